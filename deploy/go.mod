@@ -1,0 +1,3 @@
+module storagecp.dev/deploy
+
+go 1.26.8

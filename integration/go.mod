@@ -1,0 +1,3 @@
+module storagecp.dev/integration
+
+go 1.26.8

@@ -1,0 +1,29 @@
+// Command region-allocator serves storage.allocator.v1: inventory,
+// expungement, region placement and the simulated Crucible agents.
+package main
+
+import (
+	"context"
+
+	allocatorserver "storagecp.dev/allocator/internal/server"
+	"storagecp.dev/allocator/migrations"
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/server"
+)
+
+func main() {
+	server.Main(server.Service{
+		Name:        "region-allocator",
+		DefaultAddr: "127.0.0.1:7102",
+		EnvPrefix:   "STORAGECP_ALLOCATOR",
+		Migrations:  migrations.FS,
+		Register: func(ctx context.Context, env *server.Env) error {
+			s := allocatorserver.New(env.Pool, env.Logger)
+			allocatorv1.RegisterRegionAllocatorServiceServer(env.Server, s)
+			if env.Dev {
+				allocatorv1.RegisterAgentFaultServiceServer(env.Server, s.Faults())
+			}
+			return nil
+		},
+	})
+}

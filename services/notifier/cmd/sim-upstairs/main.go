@@ -1,0 +1,37 @@
+// Command sim-upstairs stands in for a Propolis or Pantry Upstairs: it holds
+// activated volumes, answers ReplaceVolume as Crucible does, reports repairs
+// to the notifier, and probes its targets' data path through the allocator.
+package main
+
+import (
+	"context"
+	"flag"
+
+	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
+	"storagecp.dev/notifier/internal/simupstairs"
+	"storagecp.dev/platform/server"
+)
+
+func main() {
+	var notifierAddr, allocatorAddr *string
+	server.Main(server.Service{
+		Name:        "sim-upstairs",
+		DefaultAddr: "127.0.0.1:7110",
+		EnvPrefix:   "STORAGECP_SIM_UPSTAIRS",
+		Flags: func(fs *flag.FlagSet) {
+			notifierAddr = fs.String("notifier-addr", "127.0.0.1:7103", "upstairs-notifier address (repair reports)")
+			allocatorAddr = fs.String("allocator-addr", "127.0.0.1:7102", "region-allocator address (data-path probes)")
+		},
+		Register: func(ctx context.Context, env *server.Env) error {
+			s, err := simupstairs.New(env.Logger, *notifierAddr, *allocatorAddr)
+			if err != nil {
+				return err
+			}
+			upstairsv1.RegisterUpstairsServiceServer(env.Server, s)
+			if env.Dev {
+				upstairsv1.RegisterUpstairsFaultServiceServer(env.Server, s.Faults())
+			}
+			return nil
+		},
+	})
+}

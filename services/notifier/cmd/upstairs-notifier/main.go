@@ -1,0 +1,34 @@
+// Command upstairs-notifier serves storage.notifier.v1: the only door to
+// running Upstairs.
+package main
+
+import (
+	"context"
+	"flag"
+
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	notifierserver "storagecp.dev/notifier/internal/server"
+	"storagecp.dev/notifier/migrations"
+	"storagecp.dev/platform/server"
+)
+
+func main() {
+	var volumeAddr *string
+	server.Main(server.Service{
+		Name:        "upstairs-notifier",
+		DefaultAddr: "127.0.0.1:7103",
+		EnvPrefix:   "STORAGECP_NOTIFIER",
+		Migrations:  migrations.FS,
+		Flags: func(fs *flag.FlagSet) {
+			volumeAddr = fs.String("volume-addr", "127.0.0.1:7101", "volume-service address")
+		},
+		Register: func(ctx context.Context, env *server.Env) error {
+			s, err := notifierserver.New(env.Pool, env.Logger, *volumeAddr)
+			if err != nil {
+				return err
+			}
+			notifierv1.RegisterUpstairsNotifierServiceServer(env.Server, s)
+			return nil
+		},
+	})
+}

@@ -1,0 +1,39 @@
+// Command replacement-orchestrator is the saga execution coordinator: it
+// holds the volume repair locks, the replacement records and the saga log,
+// and (as leader) runs sagas and background tasks.
+package main
+
+import (
+	"context"
+	"flag"
+
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	orchestratorserver "storagecp.dev/orchestrator/internal/server"
+	"storagecp.dev/orchestrator/migrations"
+	"storagecp.dev/platform/server"
+)
+
+func main() {
+	var cfg orchestratorserver.Config
+	server.Main(server.Service{
+		Name:        "replacement-orchestrator",
+		DefaultAddr: "127.0.0.1:7104",
+		EnvPrefix:   "STORAGECP_ORCHESTRATOR",
+		Migrations:  migrations.FS,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.VolumeAddr, "volume-addr", "127.0.0.1:7101", "volume-service address")
+			fs.StringVar(&cfg.AllocatorAddr, "allocator-addr", "127.0.0.1:7102", "region-allocator address")
+			fs.StringVar(&cfg.NotifierAddr, "notifier-addr", "127.0.0.1:7103", "upstairs-notifier address")
+		},
+		Register: func(ctx context.Context, env *server.Env) error {
+			s, err := orchestratorserver.New(env.Pool, env.Logger, cfg)
+			if err != nil {
+				return err
+			}
+			orchestratorv1.RegisterLifecycleServiceServer(env.Server, s.Lifecycle())
+			orchestratorv1.RegisterReplacementServiceServer(env.Server, s.Replacement())
+			orchestratorv1.RegisterAdminServiceServer(env.Server, s.Admin())
+			return nil
+		},
+	})
+}

@@ -1,0 +1,142 @@
+// Package db is the PostgreSQL plumbing every service shares: a pgx pool
+// instrumented with otelpgx, embedded migrations applied with tern, and a
+// transaction helper that retries serialization failures and deadlocks.
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/tern/v2/migrate"
+)
+
+// VersionTable records applied migrations in every service database.
+const VersionTable = "schema_version"
+
+// Open parses the DSN and creates a traced pool. It does not wait for the
+// database to be reachable: pgx connects lazily.
+func Open(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("invalid database DSN: %w", err)
+	}
+	cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithTrimSQLInSpanName())
+	if cfg.MaxConns < 16 {
+		cfg.MaxConns = 16
+	}
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// Migrate applies every migration in fsys (files named NNN_name.sql) that the
+// database has not seen yet.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	m, err := migrate.NewMigrator(ctx, conn.Conn(), VersionTable)
+	if err != nil {
+		return fmt.Errorf("migrator: %w", err)
+	}
+	if err := m.LoadMigrations(fsys); err != nil {
+		return fmt.Errorf("load migrations: %w", err)
+	}
+	if err := m.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// Migrated reports whether every migration in fsys has been applied.
+func Migrated(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) (bool, error) {
+	names, err := migrate.FindMigrations(fsys)
+	if err != nil {
+		return false, err
+	}
+	var v int32
+	err = pool.QueryRow(ctx, "SELECT version FROM "+VersionTable).Scan(&v)
+	if err != nil {
+		return false, err
+	}
+	return int(v) >= len(names), nil
+}
+
+// Querier is what both a pool and a transaction offer.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// TxOptions tune InTx.
+type TxOptions struct {
+	// IsoLevel defaults to serializable.
+	IsoLevel pgx.TxIsoLevel
+	ReadOnly bool
+	// MaxElapsed bounds retries (default 30 s).
+	MaxElapsed time.Duration
+}
+
+// InTx runs fn in a SERIALIZABLE transaction and commits it, retrying the
+// whole function on serialization failures (40001) and deadlocks (40P01).
+// fn must therefore be safe to run more than once: no side effects outside
+// the transaction.
+func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	return InTxOpts(ctx, pool, TxOptions{}, fn)
+}
+
+// InTxOpts is InTx with options.
+func InTxOpts(ctx context.Context, pool *pgxpool.Pool, o TxOptions, fn func(pgx.Tx) error) error {
+	iso := o.IsoLevel
+	if iso == "" {
+		iso = pgx.Serializable
+	}
+	access := pgx.ReadWrite
+	if o.ReadOnly {
+		access = pgx.ReadOnly
+	}
+	maxElapsed := o.MaxElapsed
+	if maxElapsed == 0 {
+		maxElapsed = 30 * time.Second
+	}
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 2 * time.Millisecond
+	b.MaxInterval = 200 * time.Millisecond
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: iso, AccessMode: access}, fn)
+		if err != nil && !IsRetryable(err) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
+	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(maxElapsed))
+	return err
+}
+
+// IsRetryable reports a serialization failure or deadlock.
+func IsRetryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	return false
+}
+
+// IsUniqueViolation reports a unique_violation (23505), optionally on a
+// named constraint.
+func IsUniqueViolation(err error, constraint string) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return constraint == "" || pgErr.ConstraintName == constraint
+	}
+	return false
+}

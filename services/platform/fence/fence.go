@@ -1,0 +1,118 @@
+// Package fence carries the orchestrator leader's epoch on every mutating
+// RPC and rejects mutations from a stale leader.
+//
+// The leader lease (held by the orchestrator) has an epoch that rises at every
+// change of leader. The leader attaches it to outgoing calls (WithEpoch); each
+// service's interceptor puts it into the request context; each mutating
+// transaction calls Check, which compares it with the newest epoch this
+// service's database has seen and either records the newer one or refuses.
+// A paused leader that wakes up therefore cannot change anything once any
+// call from its successor has landed.
+package fence
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// MetadataKey is the gRPC metadata key of the epoch.
+const MetadataKey = "storagecp-epoch"
+
+type ctxKey struct{}
+
+// WithEpoch returns a context whose outgoing calls carry epoch.
+func WithEpoch(ctx context.Context, epoch int64) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, MetadataKey, strconv.FormatInt(epoch, 10))
+}
+
+// FromContext returns the epoch a request carried, if any.
+func FromContext(ctx context.Context) (int64, bool) {
+	e, ok := ctx.Value(ctxKey{}).(int64)
+	return e, ok
+}
+
+// NewContext returns ctx carrying epoch as if a request had brought it.
+func NewContext(ctx context.Context, epoch int64) context.Context {
+	return context.WithValue(ctx, ctxKey{}, epoch)
+}
+
+func fromMetadata(ctx context.Context) (context.Context, error) {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return ctx, nil
+	}
+	vals := md.Get(MetadataKey)
+	if len(vals) == 0 {
+		return ctx, nil
+	}
+	e, err := strconv.ParseInt(vals[len(vals)-1], 10, 64)
+	if err != nil || e < 0 {
+		return ctx, status.Errorf(codes.InvalidArgument, "metadata %s: not a non-negative integer", MetadataKey)
+	}
+	return NewContext(ctx, e), nil
+}
+
+// UnaryServerInterceptor moves the epoch from metadata into the context.
+func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, err := fromMetadata(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamServerInterceptor moves the epoch from metadata into the context.
+func StreamServerInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, err := fromMetadata(ss.Context())
+		if err != nil {
+			return err
+		}
+		return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	}
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// ErrStale is the status a stale epoch gets.
+func errStale(have, newest int64) error {
+	return status.Errorf(codes.FailedPrecondition, "stale epoch: request carries %d, newest seen is %d", have, newest)
+}
+
+// Check runs inside a mutating transaction; the service's database must
+// have the one-row `fence (id, epoch)` table (each service's 001 migration). Without an epoch in ctx (an
+// operator or a test calling directly) it does nothing. With one, it refuses
+// an epoch older than the newest recorded, and records a newer one in the
+// same transaction, so the mutation and the fence commit together.
+func Check(ctx context.Context, tx pgx.Tx) error {
+	e, ok := FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	var newest int64
+	if err := tx.QueryRow(ctx, `SELECT epoch FROM fence WHERE id = 1`).Scan(&newest); err != nil {
+		return err
+	}
+	if e < newest {
+		return errStale(e, newest)
+	}
+	if e > newest {
+		if _, err := tx.Exec(ctx, `UPDATE fence SET epoch = $1 WHERE id = 1 AND epoch < $1`, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+// Package pgcluster runs a private PostgreSQL cluster from the Debian server
+// binaries: for tests (one per test binary), for the integration harness and
+// for the local launcher behind `make run`.
+//
+// PostgreSQL refuses to run as root, and development machines and CI run as
+// root, so when the effective uid is 0 every server command runs as the
+// `postgres` user through runuser, in a directory chowned to it.
+package pgcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Options configure a cluster.
+type Options struct {
+	// Dir holds data/, the socket and the log. Empty: a fresh short
+	// directory under /tmp (unix socket paths are limited to 107 bytes),
+	// removed by Stop.
+	Dir string
+	// Port on 127.0.0.1; 0 picks a free one.
+	Port int
+	// Fsync keeps durability on (benchmarks, make run). Tests turn it off.
+	Fsync bool
+	// BinDir overrides the PostgreSQL binary directory.
+	BinDir string
+	// ExtraConfig are additional "-c name=value" settings.
+	ExtraConfig map[string]string
+}
+
+// Cluster is a running private PostgreSQL.
+type Cluster struct {
+	Dir     string
+	Port    int
+	binDir  string
+	owned   bool // Dir was created by Start and is removed by Stop
+	asUser  string
+	options Options
+}
+
+// ErrNoBinaries means no PostgreSQL server binaries were found.
+var ErrNoBinaries = errors.New("PostgreSQL server binaries not found (apt-get install postgresql, or set STORAGECP_PG_BIN)")
+
+// FindBinDir locates the PostgreSQL server binaries: $STORAGECP_PG_BIN, else
+// the newest /usr/lib/postgresql/*/bin holding initdb.
+func FindBinDir() (string, error) {
+	if d := os.Getenv("STORAGECP_PG_BIN"); d != "" {
+		return d, nil
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(matches) == 0 {
+		return "", ErrNoBinaries
+	}
+	sort.Slice(matches, func(i, j int) bool {
+		return versionOf(matches[i]) > versionOf(matches[j])
+	})
+	return filepath.Dir(matches[0]), nil
+}
+
+func versionOf(initdbPath string) int {
+	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(initdbPath))))
+	return v
+}
+
+// FreePort asks the kernel for a free 127.0.0.1 TCP port.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Start initialises the cluster if Dir holds none yet, then starts it.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	binDir := opts.BinDir
+	if binDir == "" {
+		var err error
+		if binDir, err = FindBinDir(); err != nil {
+			return nil, err
+		}
+	}
+	c := &Cluster{Dir: opts.Dir, Port: opts.Port, binDir: binDir, options: opts}
+	if os.Geteuid() == 0 {
+		c.asUser = "postgres"
+		if _, err := user.Lookup(c.asUser); err != nil {
+			return nil, fmt.Errorf("running as root needs the postgres user: %w", err)
+		}
+	}
+	if c.Dir == "" {
+		d, err := os.MkdirTemp("/tmp", "scpg")
+		if err != nil {
+			return nil, err
+		}
+		c.Dir, c.owned = d, true
+	} else if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if c.Port == 0 {
+		p, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		c.Port = p
+	}
+	if err := c.chown(c.Dir); err != nil {
+		c.cleanup()
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(c.dataDir(), "PG_VERSION")); err != nil {
+		if err := c.run(ctx, "initdb", "-D", c.dataDir(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
+			c.cleanup()
+			return nil, err
+		}
+	}
+	if err := c.Restart(ctx); err != nil {
+		c.cleanup()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) dataDir() string { return filepath.Join(c.Dir, "data") }
+
+// LogPath is the server log.
+func (c *Cluster) LogPath() string { return filepath.Join(c.Dir, "postgres.log") }
+
+// DSN for a database on this cluster, over TCP loopback.
+func (c *Cluster) DSN(database string) string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.Port, database)
+}
+
+// Restart starts the server (again) after Stop without removing anything.
+func (c *Cluster) Restart(ctx context.Context) error {
+	fsync := "off"
+	if c.options.Fsync {
+		fsync = "on"
+	}
+	conf := []string{
+		"-k " + c.Dir,
+		"-p " + strconv.Itoa(c.Port),
+		"-c listen_addresses=127.0.0.1",
+		"-c fsync=" + fsync,
+		"-c max_connections=400",
+		"-c shared_buffers=128MB",
+	}
+	if !c.options.Fsync {
+		conf = append(conf, "-c synchronous_commit=off", "-c full_page_writes=off")
+	}
+	keys := make([]string, 0, len(c.options.ExtraConfig))
+	for k := range c.options.ExtraConfig {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		conf = append(conf, fmt.Sprintf("-c %s=%s", k, c.options.ExtraConfig[k]))
+	}
+	if err := c.run(ctx, "pg_ctl", "-D", c.dataDir(), "-o", strings.Join(conf, " "), "-l", c.LogPath(), "-w", "-t", "60", "start"); err != nil {
+		return err
+	}
+	return c.waitReady(ctx)
+}
+
+func (c *Cluster) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+		if err == nil {
+			conn.Close(ctx)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("postgres on port %d not ready: %w", c.Port, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Stop stops the server (fast shutdown) and keeps its files.
+func (c *Cluster) Stop(ctx context.Context) error {
+	return c.run(ctx, "pg_ctl", "-D", c.dataDir(), "-m", "fast", "-w", "stop")
+}
+
+// Close stops the server and, if Start created the directory, removes it.
+func (c *Cluster) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := c.Stop(ctx)
+	c.cleanup()
+	return err
+}
+
+func (c *Cluster) cleanup() {
+	if c.owned {
+		os.RemoveAll(c.Dir)
+	}
+}
+
+// CreateDatabase creates a database, optionally from a template. It is a
+// no-op when the database exists.
+func (c *Cluster) CreateDatabase(ctx context.Context, name, template string) error {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	stmt := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize()
+	if template != "" {
+		stmt += " TEMPLATE " + pgx.Identifier{template}.Sanitize()
+	}
+	_, err = conn.Exec(ctx, stmt)
+	return err
+}
+
+// DropDatabase drops a database, disconnecting its sessions.
+func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	return err
+}
+
+func (c *Cluster) chown(path string) error {
+	if c.asUser == "" {
+		return nil
+	}
+	u, err := user.Lookup(c.asUser)
+	if err != nil {
+		return err
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return os.Chown(path, uid, gid)
+}
+
+func (c *Cluster) run(ctx context.Context, bin string, args ...string) error {
+	path := filepath.Join(c.binDir, bin)
+	var cmd *exec.Cmd
+	if c.asUser != "" {
+		cmd = exec.CommandContext(ctx, "runuser", append([]string{"-u", c.asUser, "--", path}, args...)...)
+	} else {
+		cmd = exec.CommandContext(ctx, path, args...)
+	}
+	// pg_ctl's server must not die with our process group on Ctrl-C: the
+	// launcher stops it explicitly.
+	cmd.SysProcAttr = detached()
+	cmd.Dir = c.Dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", bin, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -1,0 +1,1 @@
+CREATE TABLE widget (id int PRIMARY KEY, name text NOT NULL);

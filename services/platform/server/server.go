@@ -1,0 +1,303 @@
+// Package server is the bootstrap every storagecp binary shares: flags,
+// telemetry, database connection and migrations, a gRPC server with health,
+// reflection, tracing and panic recovery, and graceful shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/telemetry"
+)
+
+// Service describes one binary.
+type Service struct {
+	// Name is the service name in traces and logs, e.g. "volume-service".
+	Name string
+	// DefaultAddr is the listen address when neither flag nor env gives one.
+	DefaultAddr string
+	// EnvPrefix names the environment variables, e.g. "STORAGECP_VOLUME"
+	// gives STORAGECP_VOLUME_LISTEN and STORAGECP_VOLUME_DB.
+	EnvPrefix string
+	// Migrations, when set, means the service has a database: --db is
+	// required and migrations are applied at start.
+	Migrations fs.FS
+	// Flags registers extra flags before parsing.
+	Flags func(*flag.FlagSet)
+	// Register adds the gRPC services. ctx is cancelled at shutdown, so
+	// background loops it starts stop with the process.
+	Register func(ctx context.Context, env *Env) error
+}
+
+// Env is what Register gets.
+type Env struct {
+	Server *grpc.Server
+	// Pool is nil for services without a database.
+	Pool   *pgxpool.Pool
+	Logger *slog.Logger
+	// Dev enables development-only RPCs (fault injection).
+	Dev bool
+	// Addr is the address actually listened on.
+	Addr string
+}
+
+// Exit codes.
+const (
+	ExitOK       = 0
+	ExitFailure  = 1
+	ExitBadUsage = 2
+)
+
+// Main runs the service until SIGINT or SIGTERM and exits the process.
+func Main(svc Service) {
+	os.Exit(Run(context.Background(), svc, os.Args[1:]))
+}
+
+// Run is Main without the exit, for tests.
+func Run(ctx context.Context, svc Service, args []string) int {
+	fset := flag.NewFlagSet(svc.Name, flag.ContinueOnError)
+	listen := fset.String("listen", envOr(svc.EnvPrefix+"_LISTEN", svc.DefaultAddr), "gRPC listen address (env "+svc.EnvPrefix+"_LISTEN)")
+	dev := fset.Bool("dev", os.Getenv("STORAGECP_DEV") == "1", "serve development-only RPCs such as fault injection (env STORAGECP_DEV=1)")
+	var dsn *string
+	var dbWait *time.Duration
+	if svc.Migrations != nil {
+		dsn = fset.String("db", os.Getenv(svc.EnvPrefix+"_DB"), "PostgreSQL DSN (env "+svc.EnvPrefix+"_DB)")
+		dbWait = fset.Duration("db-wait", 15*time.Second, "how long to wait for the database at start")
+	}
+	if svc.Flags != nil {
+		svc.Flags(fset)
+	}
+	if err := fset.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitBadUsage
+	}
+	if fset.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "%s: unexpected arguments: %s\n", svc.Name, strings.Join(fset.Args(), " "))
+		fset.Usage()
+		return ExitBadUsage
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	logger, shutdownTelemetry, err := telemetry.Setup(ctx, svc.Name, os.Stderr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: telemetry: %v\n", svc.Name, err)
+		return ExitFailure
+	}
+	defer func() {
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTelemetry(c)
+	}()
+
+	var pool *pgxpool.Pool
+	if svc.Migrations != nil {
+		if *dsn == "" {
+			fmt.Fprintf(os.Stderr, "%s: no database: set --db or %s_DB\n", svc.Name, svc.EnvPrefix)
+			return ExitBadUsage
+		}
+		pool, err = db.Open(ctx, *dsn)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", svc.Name, err)
+			return ExitBadUsage
+		}
+		defer pool.Close()
+		if err := migrateWithin(ctx, pool, svc.Migrations, *dbWait); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: database %s unreachable or not migratable: %v\n", svc.Name, redactDSN(*dsn), err)
+			return ExitFailure
+		}
+	}
+
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: listen %s: %v\n", svc.Name, *listen, err)
+		return ExitFailure
+	}
+
+	gs := grpc.NewServer(
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.ChainUnaryInterceptor(recoverUnary(logger), fence.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(recoverStream(logger), fence.StreamServerInterceptor()),
+	)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	env := &Env{Server: gs, Pool: pool, Logger: logger, Dev: *dev, Addr: lis.Addr().String()}
+	if err := svc.Register(runCtx, env); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", svc.Name, err)
+		return ExitFailure
+	}
+	names := []string{""}
+	for name := range gs.GetServiceInfo() {
+		names = append(names, name)
+	}
+	setAll := func(st healthpb.HealthCheckResponse_ServingStatus) {
+		for _, n := range names {
+			hs.SetServingStatus(n, st)
+		}
+	}
+	setAll(healthpb.HealthCheckResponse_SERVING)
+
+	var wg sync.WaitGroup
+	if pool != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			watchDatabase(runCtx, pool, svc.Migrations, logger, setAll)
+		}()
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gs.Serve(lis) }()
+	logger.Info("serving", "addr", lis.Addr().String(), "dev", *dev)
+
+	code := ExitOK
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+	case err := <-serveErr:
+		logger.Error("serve failed", "err", err)
+		code = ExitFailure
+	}
+	// Draining: tell load balancers first, then finish in-flight calls.
+	hs.Shutdown()
+	cancelRun()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		gs.Stop()
+	}
+	wg.Wait()
+	return code
+}
+
+func migrateWithin(ctx context.Context, pool *pgxpool.Pool, migrations fs.FS, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := db.Migrate(c, pool, migrations)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// watchDatabase turns the service NOT_SERVING while the database is down (or
+// not migrated) and SERVING again when it is back, without a restart.
+func watchDatabase(ctx context.Context, pool *pgxpool.Pool, migrations fs.FS, logger *slog.Logger, set func(healthpb.HealthCheckResponse_ServingStatus)) {
+	healthy := true
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		ok, err := db.Migrated(c, pool, migrations)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		now := err == nil && ok
+		if now == healthy {
+			continue
+		}
+		healthy = now
+		if now {
+			logger.Info("database reachable again: SERVING")
+			set(healthpb.HealthCheckResponse_SERVING)
+		} else {
+			logger.Warn("database unreachable: NOT_SERVING", "err", err)
+			set(healthpb.HealthCheckResponse_NOT_SERVING)
+		}
+	}
+}
+
+func recoverUnary(logger *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(ctx, req)
+	}
+}
+
+func recoverStream(logger *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				logger.ErrorContext(ss.Context(), "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(srv, ss)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// redactDSN drops any password from a DSN before it is printed.
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		if err != nil {
+			return "(unparsable DSN)"
+		}
+		return dsn
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}

@@ -1,0 +1,4 @@
+module storagecp.dev/storctl
+
+go 1.26.8
+
