@@ -1,0 +1,80 @@
+# storagecp — every developer and CI entry point.
+#
+#   make run     the whole system on this machine, until Ctrl-C
+#   make test    everything CI checks (what .ci/run calls)
+#   make bench   the performance suite
+#   make soak    the long suites (every crash point, many race seeds)
+#
+# Needs only Go (see go.work) and the PostgreSQL 15 server binaries
+# (/usr/lib/postgresql/15/bin; apt-get install postgresql). Tools (buf, the
+# protoc plugins, grpcurl) are pinned in tools/go.mod and built into
+# .run/bin on first use.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO ?= go
+BIN := $(CURDIR)/.run/bin
+export PATH := $(BIN):$(PATH)
+
+# Every package of the workspace except the process-level integration tests.
+UNIT_PKGS = $$($(GO) list storagecp.dev/... | grep -v '^storagecp.dev/integration/')
+INTEGRATION_PKGS = storagecp.dev/integration/...
+
+BASELINE := proto/baseline.binpb
+
+.PHONY: all tools generate lint breaking baseline gen-check vet unit integration test run clean-run bench soak fmt-check
+
+all: test
+
+tools: $(BIN)/.tools-stamp
+
+$(BIN)/.tools-stamp: tools/go.mod tools/go.sum
+	cd tools && GOWORK=off $(GO) build -o $(BIN)/ tool
+	touch $@
+
+generate: tools
+	buf generate
+
+lint: tools
+	buf lint
+
+# Incompatible API changes fail against the committed baseline image; an
+# intended one updates the baseline (make baseline) in its own commit.
+breaking: tools
+	buf breaking --against $(BASELINE)
+
+baseline: tools
+	buf build -o $(BASELINE)
+
+# Generated code is committed; CI fails if it is stale.
+gen-check: generate
+	@git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- gen/)" || { git status --short -- gen/; echo "gen/ has uncommitted files: run 'make generate' and commit"; exit 1; }
+
+fmt-check:
+	@out=$$(gofmt -l gen services deploy integration); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+
+vet:
+	$(GO) vet storagecp.dev/...
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
+
+integration:
+	$(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
+
+test: gen-check lint breaking fmt-check vet unit integration
+	@echo "make test: all checks passed"
+
+run: tools
+	$(GO) run ./deploy/cmd/storagecp-local
+
+clean-run:
+	rm -rf .run/pg .run/logs
+
+bench:
+	@mkdir -p .run/bench
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m $(UNIT_PKGS) | tee .run/bench/go-bench.txt
+
+soak:
+	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m $(INTEGRATION_PKGS)

@@ -1,0 +1,471 @@
+// Package stack starts a whole storagecp deployment as real processes on
+// loopback: a private PostgreSQL cluster with one database per service, the
+// four services and a number of sim-upstairs. The local launcher behind
+// `make run` and the integration tests both use it, so what the tests
+// exercise is what an operator runs.
+package stack
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"storagecp.dev/platform/pgcluster"
+)
+
+// Service names, also the process names and log file names.
+const (
+	Volume       = "volume-service"
+	Allocator    = "region-allocator"
+	Notifier     = "upstairs-notifier"
+	Orchestrator = "replacement-orchestrator"
+	SimUpstairs  = "sim-upstairs"
+)
+
+// Binaries every deployment needs, with their package paths.
+var binaries = map[string]string{
+	Volume:       "./services/volume/cmd/volume-service",
+	Allocator:    "./services/allocator/cmd/region-allocator",
+	Notifier:     "./services/notifier/cmd/upstairs-notifier",
+	Orchestrator: "./services/orchestrator/cmd/replacement-orchestrator",
+	SimUpstairs:  "./services/notifier/cmd/sim-upstairs",
+}
+
+// databases maps a service to its database name.
+var databases = map[string]string{
+	Volume:       "volume",
+	Allocator:    "allocator",
+	Notifier:     "notifier",
+	Orchestrator: "orchestrator",
+}
+
+// DatabaseOf returns the database name of a service ("" for none).
+func DatabaseOf(service string) string { return databases[service] }
+
+// FindRepoRoot walks up from the working directory to the directory holding
+// go.work.
+func FindRepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.work not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Build compiles every binary into binDir with one `go build`.
+func Build(ctx context.Context, repoRoot, binDir string) error {
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return err
+	}
+	args := []string{"build", "-o", binDir + string(os.PathSeparator)}
+	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator, SimUpstairs} {
+		args = append(args, binaries[name])
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = repoRoot
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// Config describes a deployment.
+type Config struct {
+	// BinDir holds the built binaries.
+	BinDir string
+	// PGDir keeps the cluster across runs; empty means a throwaway one.
+	PGDir string
+	// PGPort fixes the cluster's port; 0 picks a free one.
+	PGPort int
+	// Fsync keeps PostgreSQL durable (make run, benchmarks).
+	Fsync bool
+	// LogDir receives one log file per process; empty means a temp dir.
+	LogDir string
+	// FixedPorts uses the default ports (7101–7104, 7110+) instead of free
+	// ones.
+	FixedPorts bool
+	// SimUpstairs is how many sim-upstairs to start.
+	SimUpstairs int
+	// Dev serves the fault-injection RPCs.
+	Dev bool
+	// Env is added to every process's environment (e.g. OTEL_*).
+	Env []string
+	// ExtraArgs are appended to a process's arguments, by process name
+	// (sim-upstairs instances are "sim-upstairs-0", …).
+	ExtraArgs map[string][]string
+	// Only starts just these services (and the cluster); nil starts all.
+	Only []string
+}
+
+// Proc is one running process.
+type Proc struct {
+	Name    string
+	Addr    string
+	bin     string
+	args    []string
+	env     []string
+	logPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Stack is a running deployment.
+type Stack struct {
+	Cluster *pgcluster.Cluster
+	LogDir  string
+	cfg     Config
+	procs   []*Proc
+	byName  map[string]*Proc
+}
+
+var defaultPorts = map[string]int{Volume: 7101, Allocator: 7102, Notifier: 7103, Orchestrator: 7104, SimUpstairs: 7110}
+
+// Start brings the deployment up and waits until every process is healthy.
+// On error everything already started is stopped.
+func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
+	s := &Stack{cfg: cfg, byName: map[string]*Proc{}}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	s.LogDir = cfg.LogDir
+	if s.LogDir == "" {
+		if s.LogDir, err = os.MkdirTemp("", "storagecp-logs"); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(s.LogDir, 0o755); err != nil {
+		return nil, err
+	}
+	s.Cluster, err = pgcluster.Start(ctx, pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator} {
+		if err := s.Cluster.CreateDatabase(ctx, databases[name], ""); err != nil {
+			return nil, fmt.Errorf("create database %s: %w", databases[name], err)
+		}
+	}
+
+	addr := func(name string, idx int) (string, error) {
+		if cfg.FixedPorts {
+			return "127.0.0.1:" + strconv.Itoa(defaultPorts[name]+idx), nil
+		}
+		p, err := pgcluster.FreePort()
+		return "127.0.0.1:" + strconv.Itoa(p), err
+	}
+	want := func(name string) bool {
+		if cfg.Only == nil {
+			return true
+		}
+		for _, n := range cfg.Only {
+			if n == name {
+				return true
+			}
+		}
+		return false
+	}
+	addrs := map[string]string{}
+	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator} {
+		if addrs[name], err = addr(name, 0); err != nil {
+			return nil, err
+		}
+	}
+	common := []string{}
+	if cfg.Dev {
+		common = append(common, "--dev")
+	}
+	specs := []struct {
+		name string
+		args []string
+	}{
+		{Volume, []string{"--db", s.Cluster.DSN(databases[Volume])}},
+		{Allocator, []string{"--db", s.Cluster.DSN(databases[Allocator])}},
+		{Notifier, []string{"--db", s.Cluster.DSN(databases[Notifier]), "--volume-addr", addrs[Volume]}},
+		{Orchestrator, []string{"--db", s.Cluster.DSN(databases[Orchestrator]),
+			"--volume-addr", addrs[Volume], "--allocator-addr", addrs[Allocator], "--notifier-addr", addrs[Notifier]}},
+	}
+	for _, sp := range specs {
+		if !want(sp.name) {
+			continue
+		}
+		args := append([]string{"--listen", addrs[sp.name]}, sp.args...)
+		args = append(args, common...)
+		args = append(args, cfg.ExtraArgs[sp.name]...)
+		s.add(&Proc{Name: sp.name, Addr: addrs[sp.name], bin: filepath.Join(cfg.BinDir, sp.name), args: args})
+	}
+	if want(SimUpstairs) {
+		for i := 0; i < cfg.SimUpstairs; i++ {
+			name := fmt.Sprintf("%s-%d", SimUpstairs, i)
+			a, err := addr(SimUpstairs, i)
+			if err != nil {
+				return nil, err
+			}
+			args := []string{"--listen", a, "--notifier-addr", addrs[Notifier], "--allocator-addr", addrs[Allocator]}
+			args = append(args, common...)
+			args = append(args, cfg.ExtraArgs[name]...)
+			s.add(&Proc{Name: name, Addr: a, bin: filepath.Join(cfg.BinDir, SimUpstairs), args: args})
+		}
+	}
+	for _, p := range s.procs {
+		p.env = append(os.Environ(), cfg.Env...)
+		p.logPath = filepath.Join(s.LogDir, p.Name+".log")
+		if err := p.start(); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.WaitHealthy(ctx, 60*time.Second); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) add(p *Proc) {
+	s.procs = append(s.procs, p)
+	s.byName[p.Name] = p
+}
+
+// Procs lists the processes in start order.
+func (s *Stack) Procs() []*Proc { return s.procs }
+
+// Proc returns a process by name, or nil.
+func (s *Stack) Proc(name string) *Proc { return s.byName[name] }
+
+// Addr returns a process's gRPC address ("" if not started).
+func (s *Stack) Addr(name string) string {
+	if p := s.byName[name]; p != nil {
+		return p.Addr
+	}
+	return ""
+}
+
+// SimUpstairsAddrs lists the sim-upstairs addresses.
+func (s *Stack) SimUpstairsAddrs() []string {
+	var out []string
+	for _, p := range s.procs {
+		if strings.HasPrefix(p.Name, SimUpstairs+"-") {
+			out = append(out, p.Addr)
+		}
+	}
+	return out
+}
+
+// WaitHealthy polls every process's gRPC health until all are SERVING.
+func (s *Stack) WaitHealthy(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, p := range s.procs {
+		for {
+			st, err := p.Health(ctx)
+			if err == nil && st == healthpb.HealthCheckResponse_SERVING {
+				break
+			}
+			if exited, perr := p.Exited(); exited {
+				return fmt.Errorf("%s exited: %v\n%s", p.Name, perr, p.LogTail(20))
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s not healthy after %s (status %v, err %v)\n%s", p.Name, timeout, st, err, p.LogTail(20))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// Stop terminates every process (SIGTERM, then SIGKILL) and the cluster.
+func (s *Stack) Stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		s.procs[i].Stop(10 * time.Second)
+	}
+	if s.Cluster != nil {
+		if s.cfg.PGDir != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_ = s.Cluster.Stop(ctx)
+			cancel()
+		} else {
+			_ = s.Cluster.Close()
+		}
+	}
+}
+
+func (p *Proc) start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = p.env
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	// Children die with the launcher even if it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	p.cmd = cmd
+	p.done = make(chan struct{})
+	p.err = nil
+	go func(done chan struct{}) {
+		err := cmd.Wait()
+		logf.Close()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(done)
+	}(p.done)
+	return nil
+}
+
+// Restart starts a stopped or killed process again with the same arguments.
+func (p *Proc) Restart() error {
+	if exited, _ := p.Exited(); !exited {
+		return fmt.Errorf("%s is still running", p.Name)
+	}
+	return p.start()
+}
+
+// Pid is the current process id (0 when not running).
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Exited reports whether the process has exited, and its error.
+func (p *Proc) Exited() (bool, error) {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done == nil {
+		return true, nil
+	}
+	select {
+	case <-done:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return errors.New("not started")
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// Kill sends SIGKILL and waits for the exit (a crash).
+func (p *Proc) Kill() {
+	_ = p.Signal(syscall.SIGKILL)
+	p.wait(30 * time.Second)
+}
+
+// Stop sends SIGTERM and waits up to grace, then SIGKILL.
+func (p *Proc) Stop(grace time.Duration) {
+	if exited, _ := p.Exited(); exited {
+		return
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	if !p.wait(grace) {
+		p.Kill()
+	}
+}
+
+func (p *Proc) wait(d time.Duration) bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Health asks the process's gRPC health service for the overall status.
+func (p *Proc) Health(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, err
+	}
+	return resp.Status, nil
+}
+
+// LogPath is the process's log file.
+func (p *Proc) LogPath() string { return p.logPath }
+
+// LogTail returns the last n lines of the process's log.
+func (p *Proc) LogTail(n int) string {
+	f, err := os.Open(p.logPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	return tail(f, n)
+}
+
+func tail(r io.Reader, n int) string {
+	var lines []string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
