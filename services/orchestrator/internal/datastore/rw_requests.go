@@ -1,0 +1,228 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// RegionState is a rw region replacement request's state.
+type RegionState string
+
+// States (spec/replacement.md §9.1): Requested → Allocating → Running ⇄
+// Driving → ReplacementDone → Completing → Complete, and Requested →
+// Complete when the volume is gone.
+const (
+	RWRequested       RegionState = "requested"
+	RWAllocating      RegionState = "allocating"
+	RWRunning         RegionState = "running"
+	RWDriving         RegionState = "driving"
+	RWReplacementDone RegionState = "replacement_done"
+	RWCompleting      RegionState = "completing"
+	RWComplete        RegionState = "complete"
+)
+
+// RegionRequest replaces one rw region of a volume.
+type RegionRequest struct {
+	ID                uuid.UUID
+	RequestTime       time.Time
+	TimeModified      time.Time
+	OldRegionID       uuid.UUID
+	VolumeID          uuid.UUID
+	State             RegionState
+	OperatingSagaID   *uuid.UUID
+	NewRegionID       *uuid.UUID
+	OldRegionVolumeID *uuid.UUID
+	Traceparent       string
+}
+
+const rwColumns = `id, request_time, time_modified, old_region_id, volume_id, state, operating_saga_id,
+	new_region_id, old_region_volume_id, traceparent`
+
+func scanRW(row pgx.Row) (RegionRequest, error) {
+	var r RegionRequest
+	err := row.Scan(&r.ID, &r.RequestTime, &r.TimeModified, &r.OldRegionID, &r.VolumeID, &r.State, &r.OperatingSagaID,
+		&r.NewRegionID, &r.OldRegionVolumeID, &r.Traceparent)
+	return r, err
+}
+
+func collectRW(rows pgx.Rows, err error) ([]RegionRequest, error) {
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (RegionRequest, error) { return scanRW(r) })
+}
+
+// InsertRegionRequest creates a request and takes the lock on its volume in
+// the same transaction. Keyed by region: an existing request for the region
+// is returned with created=false. ErrLockHeld when another repair holds the
+// volume.
+func (s *Store) InsertRegionRequest(ctx context.Context, r RegionRequest) (RegionRequest, bool, error) {
+	var out RegionRequest
+	var created bool
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		existing, err := scanRW(tx.QueryRow(ctx, `SELECT `+rwColumns+` FROM rw_replacement WHERE old_region_id = $1`, r.OldRegionID))
+		if err == nil {
+			out, created = existing, false
+			return nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		if err := lockVolume(ctx, tx, r.VolumeID, r.ID, HolderRegionReplacement); err != nil {
+			return err
+		}
+		out, err = scanRW(tx.QueryRow(ctx, `
+			INSERT INTO rw_replacement (id, old_region_id, volume_id, state, traceparent)
+			VALUES ($1, $2, $3, 'requested', $4) RETURNING `+rwColumns, r.ID, r.OldRegionID, r.VolumeID, r.Traceparent))
+		created = true
+		return err
+	})
+	return out, created, err
+}
+
+// GetRegionRequest returns a request, or ErrNotFound.
+func (s *Store) GetRegionRequest(ctx context.Context, id uuid.UUID) (RegionRequest, error) {
+	r, err := scanRW(s.pool.QueryRow(ctx, `SELECT `+rwColumns+` FROM rw_replacement WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("region replacement %s: %w", id, ErrNotFound)
+	}
+	return r, err
+}
+
+// RegionRequestsIn lists requests in a rest state with no operating saga.
+func (s *Store) RegionRequestsIn(ctx context.Context, state RegionState) ([]RegionRequest, error) {
+	return collectRW(s.pool.Query(ctx, `SELECT `+rwColumns+` FROM rw_replacement
+		WHERE state = $1 AND operating_saga_id IS NULL ORDER BY request_time, id`, state))
+}
+
+// ListRegionRequests pages through requests by id, optionally in one state.
+func (s *Store) ListRegionRequests(ctx context.Context, state RegionState, after uuid.UUID, limit int) ([]RegionRequest, error) {
+	return collectRW(s.pool.Query(ctx, `SELECT `+rwColumns+` FROM rw_replacement
+		WHERE ($1 = '' OR state = $1) AND id > $2 ORDER BY id LIMIT $3`, string(state), after, limit))
+}
+
+// SetRWAllocating: the start saga claims.
+func (s *Store) SetRWAllocating(ctx context.Context, id, saga uuid.UUID) error {
+	return s.claim(ctx, rwRequests, id, string(RWRequested), string(RWAllocating), saga)
+}
+
+// UndoRWAllocating returns the request to Requested.
+func (s *Store) UndoRWAllocating(ctx context.Context, id, saga uuid.UUID) error {
+	return s.exitIntermediate(ctx, rwRequests, id, saga, exit{intermediate: string(RWAllocating), to: string(RWRequested)})
+}
+
+// SetRWRunning is the start saga's commit, recording the new region and the
+// stash volume that now owns the old one.
+func (s *Store) SetRWRunning(ctx context.Context, id, saga, newRegion, oldRegionVolume uuid.UUID) error {
+	return s.exitIntermediate(ctx, rwRequests, id, saga, exit{
+		intermediate: string(RWAllocating), to: string(RWRunning),
+		set: "new_region_id = $4, old_region_volume_id = $5", args: []any{newRegion, oldRegionVolume},
+		contradicts: []string{string(RWRequested)},
+	})
+}
+
+// SetRWDriving: the drive saga claims a Running request.
+func (s *Store) SetRWDriving(ctx context.Context, id, saga uuid.UUID) error {
+	return s.claim(ctx, rwRequests, id, string(RWRunning), string(RWDriving), saga)
+}
+
+// UndoRWDriving returns the request to Running.
+func (s *Store) UndoRWDriving(ctx context.Context, id, saga uuid.UUID) error {
+	return s.exitIntermediate(ctx, rwRequests, id, saga, exit{intermediate: string(RWDriving), to: string(RWRunning)})
+}
+
+// FinishRWDriving is the drive saga's commit: back to Running to be driven
+// again, or ReplacementDone when the Upstairs reported the repair finished
+// (or the volume is gone).
+func (s *Store) FinishRWDriving(ctx context.Context, id, saga uuid.UUID, done bool) error {
+	to := RWRunning
+	if done {
+		to = RWReplacementDone
+	}
+	return s.exitIntermediate(ctx, rwRequests, id, saga, exit{intermediate: string(RWDriving), to: string(to)})
+}
+
+// SetRWReplacementDoneFromRunning: the drive task saw a successful repair
+// finish for the new region.
+func (s *Store) SetRWReplacementDoneFromRunning(ctx context.Context, id uuid.UUID) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE rw_replacement SET state = 'replacement_done', time_modified = now()
+			WHERE id = $1 AND state = 'running' AND operating_saga_id IS NULL`, id)
+		if err != nil || tag.RowsAffected() == 1 {
+			return err
+		}
+		state, cur, err := stateOf(ctx, tx, rwRequests, id)
+		if err != nil {
+			return err
+		}
+		if state == string(RWReplacementDone) || state == string(RWCompleting) || state == string(RWComplete) {
+			return nil
+		}
+		return conflictf(rwRequests.what, id, state, cur)
+	})
+}
+
+// SetRWCompleting: the finish saga claims.
+func (s *Store) SetRWCompleting(ctx context.Context, id, saga uuid.UUID) error {
+	return s.claim(ctx, rwRequests, id, string(RWReplacementDone), string(RWCompleting), saga)
+}
+
+// UndoRWCompleting returns the request to ReplacementDone.
+func (s *Store) UndoRWCompleting(ctx context.Context, id, saga uuid.UUID) error {
+	return s.exitIntermediate(ctx, rwRequests, id, saga, exit{intermediate: string(RWCompleting), to: string(RWReplacementDone)})
+}
+
+// SetRWComplete is the finish saga's commit; releases the volume's lock.
+func (s *Store) SetRWComplete(ctx context.Context, id, saga uuid.UUID) error {
+	return s.exitIntermediate(ctx, rwRequests, id, saga, exit{
+		intermediate: string(RWCompleting), to: string(RWComplete),
+		contradicts: []string{string(RWReplacementDone)},
+		releaseLock: true,
+	})
+}
+
+// SetRWCompleteFromRequested: the volume was deleted before anything was
+// allocated. Releases the lock.
+func (s *Store) SetRWCompleteFromRequested(ctx context.Context, id uuid.UUID) error {
+	return s.shortcut(ctx, rwRequests, id, string(RWRequested), string(RWComplete), "new_region_id IS NULL")
+}
+
+// DriveStep is one attempt at driving a rw replacement.
+type DriveStep struct {
+	ID           uuid.UUID
+	RequestID    uuid.UUID
+	Time         time.Time
+	StepType     string // "propolis" or "pantry"
+	AttachmentID *uuid.UUID
+	Incarnation  *int64
+	Endpoint     string
+}
+
+// RecordDriveStep records an attempt; idempotent on its id.
+func (s *Store) RecordDriveStep(ctx context.Context, d DriveStep) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO rw_replacement_drive_step (id, request_id, step_type, attachment_id, incarnation, endpoint)
+			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`,
+			d.ID, d.RequestID, d.StepType, d.AttachmentID, d.Incarnation, d.Endpoint)
+		return err
+	})
+}
+
+// DriveSteps lists a request's attempts, oldest first.
+func (s *Store) DriveSteps(ctx context.Context, requestID uuid.UUID) ([]DriveStep, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, request_id, time, step_type, attachment_id, incarnation, endpoint
+		FROM rw_replacement_drive_step WHERE request_id = $1 ORDER BY time, id`, requestID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (DriveStep, error) {
+		var d DriveStep
+		err := r.Scan(&d.ID, &d.RequestID, &d.Time, &d.StepType, &d.AttachmentID, &d.Incarnation, &d.Endpoint)
+		return d, err
+	})
+}
