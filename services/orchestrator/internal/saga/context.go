@@ -1,0 +1,83 @@
+package saga
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// ActionContext is what an action or undo sees of its saga.
+type ActionContext struct {
+	sagaID uuid.UUID
+	node   int
+	ex     *execution
+	logger *slog.Logger
+}
+
+// SagaID is the saga's id (stable across recovery; use it to derive ids).
+func (c *ActionContext) SagaID() uuid.UUID { return c.sagaID }
+
+// NodeName is the node's full (scoped) name.
+func (c *ActionContext) NodeName() string { return c.ex.dag.Nodes[c.node].Name }
+
+// Deps is the SEC's dependency value (service clients and the like).
+func (c *ActionContext) Deps() any { return c.ex.sec.deps }
+
+// Logger is a logger tagged with the saga and node.
+func (c *ActionContext) Logger() *slog.Logger { return c.logger }
+
+// Params decodes the parameters of the node's (sub)saga into out.
+func (c *ActionContext) Params(out any) error {
+	raw, ok := c.ex.output(c.ex.dag.Nodes[c.node].ParamsNode)
+	if !ok {
+		return &ActionError{Kind: ErrKindDeserialize, Message: "saga parameters are not available"}
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return &ActionError{Kind: ErrKindDeserialize, Message: fmt.Sprintf("decode saga parameters: %v", err)}
+	}
+	return nil
+}
+
+// Lookup decodes into out the output of node name, an ancestor in the same
+// (sub)saga scope (an undo may also look up its own node).
+func (c *ActionContext) Lookup(name string, out any) error {
+	self := c.ex.dag.Nodes[c.node]
+	full := self.Scope + name
+	id, ok := c.ex.byName[full]
+	if !ok || strings.Contains(strings.TrimPrefix(full, self.Scope), "@") {
+		return &ActionError{Kind: ErrKindDeserialize, Message: fmt.Sprintf("lookup %q from %q: no such node", name, self.Name)}
+	}
+	if id != c.node && !c.ex.isAncestor(id, c.node) {
+		return &ActionError{Kind: ErrKindDeserialize, Message: fmt.Sprintf("lookup %q from %q: not an ancestor", name, self.Name)}
+	}
+	raw, ok := c.ex.output(id)
+	if !ok {
+		return &ActionError{Kind: ErrKindDeserialize, Message: fmt.Sprintf("lookup %q from %q: no output", name, self.Name)}
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return &ActionError{Kind: ErrKindDeserialize, Message: fmt.Sprintf("lookup %q: decode: %v", name, err)}
+	}
+	return nil
+}
+
+// Output decodes the node's own output (for undos).
+func (c *ActionContext) Output(out any) error {
+	return c.Lookup(strings.TrimPrefix(c.NodeName(), c.ex.dag.Nodes[c.node].Scope), out)
+}
+
+// Lookup is ActionContext.Lookup returning a typed value.
+func Lookup[T any](ac *ActionContext, name string) (T, error) {
+	var v T
+	err := ac.Lookup(name, &v)
+	return v, err
+}
+
+// Params is ActionContext.Params returning a typed value.
+func Params[T any](ac *ActionContext) (T, error) {
+	var v T
+	err := ac.Params(&v)
+	return v, err
+}

@@ -1,0 +1,554 @@
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"storagecp.dev/orchestrator/internal/saga/store"
+)
+
+// Node statuses (the per-node state machine of spec §A.3).
+type nodeStatus int
+
+const (
+	neverStarted nodeStatus = iota
+	started
+	succeeded
+	failed
+	undoStarted
+	undoFinished
+	undoFailed
+)
+
+func (s nodeStatus) String() string {
+	return [...]string{"never_started", "started", "succeeded", "failed", "undo_started", "undo_finished", "undo_failed"}[s]
+}
+
+// Event labels as persisted, in replay rank order (spec §A.7).
+const (
+	evStarted      = "started"
+	evSucceeded    = "succeeded"
+	evFailed       = "failed"
+	evUndoStarted  = "undo_started"
+	evUndoFinished = "undo_finished"
+	evUndoFailed   = "undo_failed"
+)
+
+var eventRank = map[string]int{evStarted: 0, evSucceeded: 1, evFailed: 2, evUndoStarted: 3, evUndoFinished: 4, evUndoFailed: 5}
+
+// ErrNotOwner means the saga stopped being driven here because another SEC
+// adopted it (or an operator abandoned it) and this SEC's writes were
+// refused.
+var ErrNotOwner = errors.New("saga no longer owned by this SEC")
+
+// ErrShutdown means the SEC shut down before the saga finished; it resumes
+// at the next recovery.
+var ErrShutdown = errors.New("saga executor shut down")
+
+type nodeState struct {
+	status nodeStatus
+	// undone: while unwinding, nothing of this node remains (undo finished,
+	// or it never ran or failed).
+	undone  bool
+	running bool // an action or undo task is in flight
+	output  json.RawMessage
+	err     *ActionError
+}
+
+type completion struct {
+	node   int
+	undo   bool
+	output json.RawMessage
+	err    *ActionError
+}
+
+type launch struct {
+	node int
+	undo bool
+}
+
+// batch is what one iteration of the driver writes and then starts.
+type batch struct {
+	events   []store.Event
+	state    string
+	launches []launch
+	finished bool
+}
+
+func (b *batch) add(node int, typ string, data []byte) {
+	b.events = append(b.events, store.Event{NodeID: node, Type: typ, Data: data})
+}
+
+// execution drives one saga. Only the driver goroutine mutates nodes and
+// the fields below mu; action tasks read outputs under mu.
+type execution struct {
+	sec      *SEC
+	id       uuid.UUID
+	dag      *DAG
+	byName   map[string]int
+	children [][]int
+	anc      [][]uint64 // ancestor bitsets
+	actions  []*Action  // per node, nil for internal nodes
+	owner    store.Owner
+	hooks    *Hooks
+	logger   *slog.Logger
+
+	parentCtx context.Context // carries the saga's trace parent
+	links     []trace.Link
+
+	mu    sync.RWMutex
+	nodes []nodeState
+
+	unwinding  bool
+	stuck      bool
+	failedNode int
+	undoNode   int
+
+	completions chan completion
+	inFlight    int
+
+	// ctx is the execution's own context (cancelled by Abandon or
+	// Shutdown); set by the SEC before drive starts.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	outcome Outcome
+	err     error
+}
+
+func newExecution(sec *SEC, id uuid.UUID, d *DAG, owner store.Owner, hooks *Hooks) (*execution, error) {
+	if err := d.validate(); err != nil {
+		return nil, err
+	}
+	ex := &execution{
+		sec: sec, id: id, dag: d, owner: owner, hooks: hooks,
+		byName:      make(map[string]int, len(d.Nodes)),
+		children:    make([][]int, len(d.Nodes)),
+		anc:         make([][]uint64, len(d.Nodes)),
+		actions:     make([]*Action, len(d.Nodes)),
+		nodes:       make([]nodeState, len(d.Nodes)),
+		completions: make(chan completion, len(d.Nodes)),
+		failedNode:  -1,
+		undoNode:    -1,
+		done:        make(chan struct{}),
+		logger:      sec.logger.With("saga_id", id.String(), "saga", d.Template),
+		parentCtx:   context.Background(),
+	}
+	words := (len(d.Nodes) + 63) / 64
+	for id, n := range d.Nodes {
+		ex.byName[n.Name] = id
+		ex.anc[id] = make([]uint64, words)
+		for _, p := range n.Parents {
+			ex.children[p] = append(ex.children[p], id)
+			ex.anc[id][p/64] |= 1 << (p % 64)
+			for w := range words {
+				ex.anc[id][w] |= ex.anc[p][w]
+			}
+		}
+		if n.Kind == KindAction {
+			a, err := sec.registry.action(n.Action)
+			if err != nil {
+				return nil, fmt.Errorf("node %q: %w", n.Name, err)
+			}
+			ex.actions[id] = a
+		}
+	}
+	return ex, nil
+}
+
+func (ex *execution) isAncestor(a, b int) bool { return ex.anc[b][a/64]&(1<<(a%64)) != 0 }
+
+func (ex *execution) output(id int) (json.RawMessage, bool) {
+	ex.mu.RLock()
+	defer ex.mu.RUnlock()
+	n := ex.nodes[id]
+	if n.output == nil {
+		return nil, false
+	}
+	return n.output, true
+}
+
+func (ex *execution) setOutput(id int, out json.RawMessage) {
+	ex.mu.Lock()
+	ex.nodes[id].output = out
+	ex.mu.Unlock()
+}
+
+// internalOutput computes the output of a node the engine runs itself.
+func (ex *execution) internalOutput(id int) json.RawMessage {
+	n := ex.dag.Nodes[id]
+	switch n.Kind {
+	case KindStart:
+		return ex.dag.Params
+	case KindConstant:
+		return n.Constant
+	default: // subsaga start/end, end: pass a node's output through
+		out, _ := ex.output(n.From)
+		return out
+	}
+}
+
+func (ex *execution) parentsSucceeded(id int) bool {
+	for _, p := range ex.dag.Nodes[id].Parents {
+		if ex.nodes[p].status != succeeded {
+			return false
+		}
+	}
+	return true
+}
+
+func (ex *execution) childrenUndone(id int) bool {
+	for _, c := range ex.children[id] {
+		if !ex.nodes[c].undone {
+			return false
+		}
+	}
+	return true
+}
+
+// advance moves the saga as far as it can without waiting, adding the
+// events to write and the tasks to start (after the write) to b. Because
+// nodes are in topological order, one pass (forward, or reverse when
+// unwinding) cascades through every node the engine runs itself, so the
+// events of a whole chain of internal nodes and the `started` of the next
+// actions share one commit with the completion that enabled them.
+func (ex *execution) advance(b *batch) {
+	if ex.stuck {
+		if ex.inFlight == 0 && !b.finished {
+			b.state = store.StateDone
+			b.finished = true
+		}
+		return
+	}
+	// Recovered tasks: started but unfinished actions and undos are run
+	// again, in either direction (their `started` is already durable).
+	for id := range ex.nodes {
+		n := &ex.nodes[id]
+		if n.running {
+			continue
+		}
+		switch n.status {
+		case started:
+			n.running = true
+			b.launches = append(b.launches, launch{node: id})
+		case undoStarted:
+			n.running = true
+			b.launches = append(b.launches, launch{node: id, undo: true})
+		}
+	}
+	if !ex.unwinding {
+		for id := range ex.nodes {
+			n := &ex.nodes[id]
+			if n.status != neverStarted || !ex.parentsSucceeded(id) {
+				continue
+			}
+			if ex.actions[id] != nil {
+				n.status = started
+				n.running = true
+				b.add(id, evStarted, nil)
+				b.launches = append(b.launches, launch{node: id})
+				continue
+			}
+			out := ex.internalOutput(id)
+			ex.setOutput(id, out)
+			n.status = succeeded
+			b.add(id, evStarted, nil)
+			b.add(id, evSucceeded, out)
+			if ex.dag.Nodes[id].Kind == KindEnd {
+				b.state = store.StateDone
+				b.finished = true
+				ex.outcome = Outcome{SagaID: ex.id, Kind: Succeeded, Output: out}
+			}
+		}
+		return
+	}
+	for id := len(ex.nodes) - 1; id >= 0; id-- {
+		n := &ex.nodes[id]
+		if n.undone || n.running || !ex.childrenUndone(id) {
+			continue
+		}
+		switch n.status {
+		case neverStarted, failed, undoFinished:
+			n.undone = true
+		case succeeded:
+			if a := ex.actions[id]; a != nil && a.undo != nil {
+				n.status = undoStarted
+				n.running = true
+				b.add(id, evUndoStarted, nil)
+				b.launches = append(b.launches, launch{node: id, undo: true})
+				continue
+			}
+			// Nothing to undo: record it so the log stays consistent
+			// for replay (parents may only be undone after children).
+			n.status = undoFinished
+			n.undone = true
+			b.add(id, evUndoStarted, nil)
+			b.add(id, evUndoFinished, nil)
+		}
+	}
+	if ex.nodes[0].undone {
+		b.state = store.StateDone
+		b.finished = true
+		ex.outcome = Outcome{SagaID: ex.id, Kind: Failed}
+		if ex.failedNode >= 0 {
+			ex.outcome.FailedNode = ex.dag.Nodes[ex.failedNode].Name
+			ex.outcome.Err = ex.nodes[ex.failedNode].err
+		}
+	}
+}
+
+// apply records a task's completion in memory and in b.
+func (ex *execution) apply(c completion, b *batch) {
+	ex.inFlight--
+	n := &ex.nodes[c.node]
+	n.running = false
+	switch {
+	case !c.undo && c.err == nil:
+		ex.setOutput(c.node, c.output)
+		n.status = succeeded
+		b.add(c.node, evSucceeded, c.output)
+	case !c.undo:
+		n.status = failed
+		n.err = c.err
+		b.add(c.node, evFailed, mustJSON(c.err))
+		if !ex.unwinding {
+			ex.unwinding = true
+			ex.failedNode = c.node
+			b.state = store.StateUnwinding
+			ex.logger.Info("saga unwinding", "node", ex.dag.Nodes[c.node].Name, "error", c.err.Message)
+		}
+	case c.err == nil:
+		n.status = undoFinished
+		n.undone = true
+		b.add(c.node, evUndoFinished, nil)
+	default:
+		n.status = undoFailed
+		n.err = c.err
+		b.add(c.node, evUndoFailed, mustJSON(c.err))
+		if !ex.stuck {
+			ex.stuck = true
+			ex.undoNode = c.node
+		}
+	}
+}
+
+func mustJSON(v any) []byte {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only called on our own plain structs
+	}
+	return raw
+}
+
+// finishStuck fills the stuck outcome.
+func (ex *execution) stuckOutcome() Outcome {
+	o := Outcome{SagaID: ex.id, Kind: Stuck}
+	if ex.failedNode >= 0 {
+		o.FailedNode = ex.dag.Nodes[ex.failedNode].Name
+		o.Err = ex.nodes[ex.failedNode].err
+	}
+	if ex.undoNode >= 0 {
+		o.UndoNode = ex.dag.Nodes[ex.undoNode].Name
+		o.UndoErr = ex.nodes[ex.undoNode].err
+	}
+	return o
+}
+
+// drive runs the saga to completion. first is the batch to write (unless
+// already written, as at creation) before anything starts.
+func (ex *execution) drive(ctx context.Context, first batch, written bool) {
+	defer close(ex.done)
+	defer ex.sec.forget(ex)
+	ctx, span := ex.sec.tracer.Start(ex.parentCtx, "saga "+ex.dag.Template,
+		trace.WithLinks(ex.links...),
+		trace.WithAttributes(attribute.String("saga.id", ex.id.String()), attribute.String("saga.name", ex.dag.Template)))
+	defer span.End()
+	// Tasks see the saga's span, but their lifetime is the execution's
+	// (cancelled at shutdown or abandonment), not the creating request's.
+	ctx = trace.ContextWithSpan(ex.ctx, span)
+
+	b := first
+	for {
+		if !written && (len(b.events) > 0 || b.state != "") {
+			if err := ex.write(ctx, b.events, b.state); err != nil {
+				ex.err = err
+				span.SetStatus(codes.Error, err.Error())
+				ex.logger.Warn("saga stopped", "error", err)
+				return
+			}
+		}
+		written = false
+		for _, l := range b.launches {
+			ex.inFlight++
+			go ex.run(ctx, l)
+		}
+		if b.finished {
+			if ex.stuck {
+				ex.outcome = ex.stuckOutcome()
+				ex.logger.Error("saga stuck", "failed_node", ex.outcome.FailedNode, "undo_node", ex.outcome.UndoNode, "undo_error", ex.outcome.UndoErr)
+				span.SetStatus(codes.Error, "stuck")
+			} else if ex.outcome.Kind == Failed {
+				span.SetStatus(codes.Error, "failed at "+ex.outcome.FailedNode)
+			}
+			ex.logger.Info("saga done", "outcome", ex.outcome.Kind.String())
+			return
+		}
+		if ex.inFlight == 0 {
+			// Nothing can happen any more: the log was consistent but
+			// no rule applies. Never expected; leave it for an operator.
+			ex.err = errors.New("saga stalled: no runnable node")
+			ex.logger.Error("saga stalled")
+			return
+		}
+		b = batch{}
+		select {
+		case c := <-ex.completions:
+			ex.apply(c, &b)
+		case <-ctx.Done():
+			ex.err = ErrShutdown
+			if ex.sec.ctx.Err() == nil {
+				ex.err = ErrAbandoned
+			}
+			// Let in-flight tasks see the cancellation and return, so
+			// nothing of this saga runs once Shutdown returns. Their
+			// results are dropped: recovery runs them again.
+			for ; ex.inFlight > 0; ex.inFlight-- {
+				<-ex.completions
+			}
+			return
+		}
+		// Take every completion already waiting: one write for all.
+	drain:
+		for {
+			select {
+			case c := <-ex.completions:
+				ex.apply(c, &b)
+			default:
+				break drain
+			}
+		}
+		ex.advance(&b)
+	}
+}
+
+// write appends events (and a state change), retrying transient failures
+// forever with backoff; it gives up only when ctx ends or ownership is lost.
+func (ex *execution) write(ctx context.Context, events []store.Event, state string) error {
+	delay := 5 * time.Millisecond
+	for {
+		if ctx.Err() != nil {
+			return ErrShutdown
+		}
+		owned, err := ex.sec.store.Append(ctx, ex.id, ex.owner, events, state)
+		if err == nil {
+			ex.sec.writes.Add(1)
+			ex.sec.events.Add(int64(len(events)))
+			if !owned {
+				return ErrNotOwner
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ErrShutdown
+		}
+		ex.logger.Warn("saga log write failed; retrying", "error", err, "retry_in", delay)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ErrShutdown
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// run executes one action or undo task and reports its completion.
+func (ex *execution) run(ctx context.Context, l launch) {
+	node := ex.dag.Nodes[l.node]
+	c := completion{node: l.node, undo: l.undo}
+	defer func() { ex.completions <- c }()
+	kind := "action"
+	if l.undo {
+		kind = "undo"
+	}
+	ctx, span := ex.sec.tracer.Start(ctx, node.Name, trace.WithAttributes(
+		attribute.String("saga.id", ex.id.String()),
+		attribute.String("saga.node", node.Name),
+		attribute.String("saga.task", kind)))
+	defer span.End()
+	ac := &ActionContext{sagaID: ex.id, node: l.node, ex: ex, logger: ex.logger.With("node", node.Name)}
+	errAction, errUndo, rep := ex.hooks.get(node.Name)
+	a := ex.actions[l.node]
+	switch {
+	case a == nil && !l.undo:
+		// Only a corrupt or hand-written log leaves an internal node
+		// started but not finished: compute it again.
+		c.output = ex.internalOutput(l.node)
+	case l.undo && (a == nil || a.undo == nil):
+		// Nothing to undo.
+	case !l.undo:
+		ex.sec.crash.maybeCrash(ex.dag.Template, node.Name, CrashAfterStarted)
+		ex.hooks.before(ctx, node.Name)
+		if errAction {
+			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected error at " + node.Name}
+		} else {
+			for i := 0; i < max(rep.Action, 1); i++ {
+				c.output, c.err = ex.callAction(ctx, a, ac)
+				if c.err != nil {
+					break
+				}
+			}
+		}
+		ex.sec.crash.maybeCrash(ex.dag.Template, node.Name, CrashAfterAction)
+	default:
+		if errUndo {
+			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected undo error at " + node.Name}
+		} else {
+			for i := 0; i < max(rep.Undo, 1); i++ {
+				if err := callUndo(ctx, a, ac); err != nil {
+					c.err = newActionError(ErrKindUndo, err)
+					break
+				}
+			}
+		}
+		ex.sec.crash.maybeCrash(ex.dag.Template, node.Name, CrashAfterUndo)
+	}
+	if c.err != nil {
+		span.SetStatus(codes.Error, c.err.Error())
+	}
+}
+
+func (ex *execution) callAction(ctx context.Context, a *Action, ac *ActionContext) (out json.RawMessage, aerr *ActionError) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, aerr = nil, &ActionError{Kind: ErrKindAction, Message: fmt.Sprintf("panic: %v", r)}
+		}
+	}()
+	v, err := a.do(ctx, ac)
+	if err != nil {
+		return nil, newActionError(ErrKindAction, err)
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, &ActionError{Kind: ErrKindSerialize, Message: err.Error()}
+	}
+	return raw, nil
+}
+
+func callUndo(ctx context.Context, a *Action, ac *ActionContext) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return a.undo(ctx, ac)
+}

@@ -1,0 +1,115 @@
+package saga
+
+import (
+	"context"
+	"os"
+	"strings"
+	"sync"
+)
+
+// Repeat asks for a node's action to run Action times (the last result is
+// kept) and its undo Undo times. Zero means once.
+type Repeat struct {
+	Action int
+	Undo   int
+}
+
+// Hooks are test hooks for one saga (spec §A.10). They live in memory only:
+// a recovered saga runs without them. The zero value does nothing. Node
+// names are full (scoped) names.
+type Hooks struct {
+	mu          sync.Mutex
+	errorAt     map[string]bool
+	undoErrorAt map[string]bool
+	repeat      map[string]Repeat
+
+	// BeforeNode, if set, runs right before each action node's action (and
+	// before any injected error), with the node name. Use it to race user
+	// operations against every node.
+	BeforeNode func(ctx context.Context, node string)
+}
+
+// InjectError makes node's action fail (without running it).
+func (h *Hooks) InjectError(node string) *Hooks {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.errorAt == nil {
+		h.errorAt = map[string]bool{}
+	}
+	h.errorAt[node] = true
+	return h
+}
+
+// InjectUndoError makes node's undo fail (without running it): the saga
+// becomes stuck if it unwinds through node.
+func (h *Hooks) InjectUndoError(node string) *Hooks {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.undoErrorAt == nil {
+		h.undoErrorAt = map[string]bool{}
+	}
+	h.undoErrorAt[node] = true
+	return h
+}
+
+// InjectRepeat runs node's action and undo several times.
+func (h *Hooks) InjectRepeat(node string, r Repeat) *Hooks {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.repeat == nil {
+		h.repeat = map[string]Repeat{}
+	}
+	h.repeat[node] = r
+	return h
+}
+
+func (h *Hooks) get(node string) (errAction, errUndo bool, r Repeat) {
+	if h == nil {
+		return false, false, Repeat{}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.errorAt[node], h.undoErrorAt[node], h.repeat[node]
+}
+
+func (h *Hooks) before(ctx context.Context, node string) {
+	if h != nil && h.BeforeNode != nil {
+		h.BeforeNode(ctx, node)
+	}
+}
+
+// CrashEnv names the environment variable of the process-level crash hook:
+// "<template>/<node>/<point>" makes the process exit at once (status 137,
+// like SIGKILL, nothing flushed) at that point of that node of any saga of
+// that template. Points: after_started (the `started` event is committed,
+// the action has not run), after_action (the action ran, `succeeded` is
+// not written), after_undo (the undo ran, `undo_finished` is not written).
+const CrashEnv = "STORAGECP_CRASH_AT"
+
+// Crash points.
+const (
+	CrashAfterStarted = "after_started"
+	CrashAfterAction  = "after_action"
+	CrashAfterUndo    = "after_undo"
+)
+
+// crashPoint is the parsed CrashEnv; the zero value never fires.
+type crashPoint struct {
+	template, node, point string
+}
+
+// crashPointFromEnv is the one place that reads CrashEnv.
+func crashPointFromEnv() crashPoint {
+	v := os.Getenv(CrashEnv)
+	parts := strings.Split(v, "/")
+	if len(parts) != 3 {
+		return crashPoint{}
+	}
+	return crashPoint{template: parts[0], node: parts[1], point: parts[2]}
+}
+
+func (c crashPoint) maybeCrash(template, node, point string) {
+	if c.point != "" && c.template == template && c.node == node && c.point == point {
+		os.Exit(137)
+	}
+}

@@ -1,0 +1,146 @@
+package saga
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+
+	"storagecp.dev/orchestrator/internal/saga/store"
+)
+
+// ErrCorruptLog means a saga's log cannot be replayed: an unknown label, a
+// transition the node state machine forbids, or nodes inconsistent with
+// their parents. Recovery treats it as permanent.
+var ErrCorruptLog = errors.New("corrupt saga log")
+
+// replay rebuilds per-node state from the log (spec §A.7): events are
+// sorted by label rank, never by time, and fed through the state machine;
+// then every edge is checked.
+func (ex *execution) replay(events []store.Event) error {
+	sorted := append([]store.Event(nil), events...)
+	for _, e := range sorted {
+		if _, ok := eventRank[e.Type]; !ok {
+			return fmt.Errorf("%w: unknown event label %q", ErrCorruptLog, e.Type)
+		}
+		if e.NodeID < 0 || e.NodeID >= len(ex.nodes) {
+			return fmt.Errorf("%w: event for node %d of a %d-node DAG", ErrCorruptLog, e.NodeID, len(ex.nodes))
+		}
+	}
+	sort.SliceStable(sorted, func(i, j int) bool { return eventRank[sorted[i].Type] < eventRank[sorted[j].Type] })
+	for _, e := range sorted {
+		n := &ex.nodes[e.NodeID]
+		name := ex.dag.Nodes[e.NodeID].Name
+		bad := func() error {
+			return fmt.Errorf("%w: node %q: %s after %s", ErrCorruptLog, name, e.Type, n.status)
+		}
+		switch e.Type {
+		case evStarted:
+			if n.status != neverStarted {
+				return bad()
+			}
+			n.status = started
+		case evSucceeded:
+			if n.status != started {
+				return bad()
+			}
+			n.status = succeeded
+			n.output = json.RawMessage(e.Data)
+			if n.output == nil {
+				n.output = json.RawMessage("null")
+			}
+		case evFailed, evUndoFailed:
+			if (e.Type == evFailed && n.status != started) || (e.Type == evUndoFailed && n.status != undoStarted) {
+				return bad()
+			}
+			var ae ActionError
+			if err := json.Unmarshal(e.Data, &ae); err != nil {
+				ae = ActionError{Kind: ErrKindAction, Message: string(e.Data)}
+			}
+			n.err = &ae
+			if e.Type == evFailed {
+				n.status = failed
+			} else {
+				n.status = undoFailed
+			}
+		case evUndoStarted:
+			if n.status != succeeded {
+				return bad()
+			}
+			n.status = undoStarted
+		case evUndoFinished:
+			if n.status != undoStarted {
+				return bad()
+			}
+			n.status = undoFinished
+			n.undone = true
+		}
+	}
+	for id := range ex.nodes {
+		st := ex.nodes[id].status
+		switch st {
+		case failed:
+			ex.unwinding = true
+			if ex.failedNode < 0 {
+				ex.failedNode = id
+			}
+		case undoStarted, undoFinished:
+			ex.unwinding = true
+		case undoFailed:
+			ex.unwinding = true
+			ex.stuck = true
+			if ex.undoNode < 0 {
+				ex.undoNode = id
+			}
+		}
+		for _, p := range ex.dag.Nodes[id].Parents {
+			ps := ex.nodes[p].status
+			everSucceeded := ps == succeeded || ps == undoStarted || ps == undoFinished || ps == undoFailed
+			if st != neverStarted && !everSucceeded {
+				return fmt.Errorf("%w: node %q is %s but its parent %q is %s", ErrCorruptLog, ex.dag.Nodes[id].Name, st, ex.dag.Nodes[p].Name, ps)
+			}
+			if (ps == undoStarted || ps == undoFinished || ps == undoFailed) && st != neverStarted && st != failed && st != undoFinished {
+				return fmt.Errorf("%w: parent %q is %s while node %q is %s", ErrCorruptLog, ex.dag.Nodes[p].Name, ps, ex.dag.Nodes[id].Name, st)
+			}
+		}
+	}
+	return nil
+}
+
+// resumeBatch is the first batch of a recovered saga.
+func (ex *execution) resumeBatch(state string) batch {
+	var b batch
+	end := len(ex.nodes) - 1
+	switch {
+	case ex.nodes[end].status == succeeded || ex.nodes[end].status == undoStarted || ex.nodes[end].status == undoFinished:
+		// The end node has an output: the saga is complete.
+		b.state = store.StateDone
+		b.finished = true
+		ex.unwinding = false
+		ex.stuck = false
+		ex.outcome = Outcome{SagaID: ex.id, Kind: Succeeded, Output: ex.nodes[end].output}
+		return b
+	case ex.unwinding && state != store.StateUnwinding && !ex.stuck:
+		b.state = store.StateUnwinding
+	}
+	ex.advance(&b)
+	return b
+}
+
+// outcomeFromLog computes the outcome of a finished saga from its log.
+func (ex *execution) outcomeFromLog() Outcome {
+	end := len(ex.nodes) - 1
+	switch {
+	case ex.nodes[end].output != nil:
+		return Outcome{SagaID: ex.id, Kind: Succeeded, Output: ex.nodes[end].output}
+	case ex.stuck:
+		return ex.stuckOutcome()
+	default:
+		o := Outcome{SagaID: ex.id, Kind: Failed}
+		if ex.failedNode >= 0 {
+			o.FailedNode = ex.dag.Nodes[ex.failedNode].Name
+			o.Err = ex.nodes[ex.failedNode].err
+		}
+		return o
+	}
+}

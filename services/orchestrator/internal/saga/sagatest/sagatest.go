@@ -1,0 +1,168 @@
+// Package sagatest holds the test helpers every saga type runs (spec
+// §A.10): every action twice, an error injected at every node unwinds
+// cleanly, every undo twice, and a hook run right before each node.
+package sagatest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"storagecp.dev/orchestrator/internal/saga"
+)
+
+// Timeout bounds each saga run of the helpers.
+const Timeout = 60 * time.Second
+
+func actionNodes(t testing.TB, tmpl *saga.Template, params any) []string {
+	t.Helper()
+	d, err := tmpl.BuildDAG(params)
+	if err != nil {
+		t.Fatalf("build DAG of %s: %v", tmpl.Name(), err)
+	}
+	return d.ActionNodes()
+}
+
+func run(t testing.TB, sec *saga.SEC, tmpl *saga.Template, params any, h *saga.Hooks) saga.Outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	o, err := sec.Run(ctx, tmpl, params, saga.WithHooks(h))
+	if err != nil {
+		t.Fatalf("run saga %s: %v", tmpl.Name(), err)
+	}
+	return o
+}
+
+// ActionsSucceedIdempotently runs the saga with every action node run twice
+// (undo once) and asserts it succeeds: each action tolerates a re-run. It
+// returns the outcome for further checks.
+func ActionsSucceedIdempotently(t testing.TB, sec *saga.SEC, tmpl *saga.Template, params any) saga.Outcome {
+	t.Helper()
+	h := &saga.Hooks{}
+	for _, n := range actionNodes(t, tmpl, params) {
+		h.InjectRepeat(n, saga.Repeat{Action: 2, Undo: 1})
+	}
+	o := run(t, sec, tmpl, params, h)
+	if o.Kind != saga.Succeeded {
+		t.Fatalf("saga %s with every action twice: %v", tmpl.Name(), o.Error())
+	}
+	return o
+}
+
+// ActionFailureCanUnwind, for each action node i, takes fresh parameters
+// from setup, injects an error at node i, runs the saga, asserts it failed
+// at node i (cleanly unwound, not stuck) and calls check, which should
+// assert that nothing of the saga remains. At the end no saga may be stuck.
+func ActionFailureCanUnwind(t *testing.T, sec *saga.SEC, tmpl *saga.Template, setup func() any, check func(t testing.TB)) {
+	t.Helper()
+	unwindEach(t, sec, tmpl, setup, check, false)
+}
+
+// ActionFailureCanUnwindIdempotently is ActionFailureCanUnwind from the
+// second action node on, with the undo of the previous action node run
+// twice, so the first undo of each unwind is repeated.
+func ActionFailureCanUnwindIdempotently(t *testing.T, sec *saga.SEC, tmpl *saga.Template, setup func() any, check func(t testing.TB)) {
+	t.Helper()
+	unwindEach(t, sec, tmpl, setup, check, true)
+}
+
+func unwindEach(t *testing.T, sec *saga.SEC, tmpl *saga.Template, setup func() any, check func(t testing.TB), repeatUndo bool) {
+	t.Helper()
+	nodes := actionNodes(t, tmpl, setup())
+	first := 0
+	if repeatUndo {
+		first = 1
+	}
+	for i := first; i < len(nodes); i++ {
+		t.Run("error_at_"+nodes[i], func(t *testing.T) {
+			params := setup()
+			now := actionNodes(t, tmpl, params)
+			if len(now) != len(nodes) {
+				t.Fatalf("DAG has %d action nodes for fresh parameters, was %d", len(now), len(nodes))
+			}
+			h := (&saga.Hooks{}).InjectError(now[i])
+			if repeatUndo {
+				h.InjectRepeat(now[i-1], saga.Repeat{Action: 1, Undo: 2})
+			}
+			o := run(t, sec, tmpl, params, h)
+			if o.Kind != saga.Failed || o.FailedNode != now[i] {
+				t.Fatalf("error injected at %s: outcome %v at %q (%v), want failed at %s", now[i], o.Kind, o.FailedNode, o.Error(), now[i])
+			}
+			if check != nil {
+				check(t)
+			}
+		})
+	}
+	assertNoStuck(t, sec)
+}
+
+// BeforeEachNode, for each action node, takes fresh parameters from setup
+// and runs the saga with before called right before that node's action
+// (only that node), then calls check with the node and the outcome. Use it
+// to race user operations against every node.
+func BeforeEachNode(t *testing.T, sec *saga.SEC, tmpl *saga.Template, setup func() any,
+	before func(ctx context.Context, node string), check func(t testing.TB, node string, o saga.Outcome)) {
+	t.Helper()
+	nodes := actionNodes(t, tmpl, setup())
+	for _, node := range nodes {
+		t.Run("before_"+node, func(t *testing.T) {
+			h := &saga.Hooks{BeforeNode: func(ctx context.Context, n string) {
+				if n == node {
+					before(ctx, n)
+				}
+			}}
+			o := run(t, sec, tmpl, setup(), h)
+			if check != nil {
+				check(t, node, o)
+			}
+		})
+	}
+}
+
+func assertNoStuck(t testing.TB, sec *saga.SEC) {
+	t.Helper()
+	views, err := sec.List(context.Background(), saga.ListFilter{Limit: 10000})
+	if err != nil {
+		t.Fatalf("list sagas: %v", err)
+	}
+	for _, v := range views {
+		if v.Stuck {
+			t.Errorf("saga %s (%s) is stuck: its log has undo_failed", v.ID, v.Name)
+		}
+	}
+}
+
+// NoUndoFailed asserts the saga log holds no undo_failed event.
+func NoUndoFailed(t testing.TB, pool *pgxpool.Pool) {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM saga_node_event WHERE event_type = 'undo_failed'`).Scan(&n); err != nil {
+		t.Fatalf("count undo_failed: %v", err)
+	}
+	if n != 0 {
+		t.Fatalf("%d undo_failed events in the saga log", n)
+	}
+}
+
+// WaitIdle polls until no saga is running or unwinding (or fails the test
+// after timeout).
+func WaitIdle(t testing.TB, pool *pgxpool.Pool, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM saga WHERE saga_state IN ('running', 'unwinding')`).Scan(&n); err != nil {
+			t.Fatalf("count running sagas: %v", err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sagas still running after %v", n, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

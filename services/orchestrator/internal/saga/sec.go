@@ -1,0 +1,467 @@
+// Package saga is the durable saga engine (spec/platform.md §A): templates
+// whose DAGs of sequential stages of parallel nodes are built from typed
+// parameters and persisted, an executor that writes the log ahead of every
+// step (batched so a node costs about one commit), unwinding with undo
+// actions, the stuck state, recovery by replaying the log, adoption and
+// abandonment, and the test hooks of §A.10.
+//
+// A process has one SEC (saga execution coordinator), identified by a
+// stable id. It creates sagas, drives them and, at start-up (and after
+// adopting another SEC's sagas), recovers the unfinished sagas it owns.
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"storagecp.dev/orchestrator/internal/saga/store"
+)
+
+// SEC is a saga execution coordinator.
+type SEC struct {
+	store    *store.Store
+	id       string
+	registry *Registry
+	deps     any
+	logger   *slog.Logger
+	tracer   trace.Tracer
+	crash    crashPoint
+
+	ctx    context.Context // cancelled by Shutdown
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	running  map[uuid.UUID]*execution
+	finished map[uuid.UUID]Outcome // recent outcomes, for Wait
+
+	writes atomic.Int64
+	events atomic.Int64
+}
+
+// NewSEC returns a SEC with id secID over pool. registry holds every
+// template; deps is handed to actions (ActionContext.Deps). It does not
+// recover anything: call Recover.
+func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logger *slog.Logger) *SEC {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &SEC{
+		store: store.New(pool), id: secID, registry: registry, deps: deps,
+		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
+		crash: crashPointFromEnv(), ctx: ctx, cancel: cancel,
+		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
+	}
+}
+
+// ID is the SEC id.
+func (s *SEC) ID() string { return s.id }
+
+// CreateOption tunes Create.
+type CreateOption func(*createOptions)
+
+type createOptions struct {
+	id          uuid.UUID
+	hooks       *Hooks
+	traceParent string
+	links       []trace.Link
+	subject     *string
+}
+
+// WithID uses a caller-chosen saga id (for example one announced before
+// persisting). Creating the same id twice is an error.
+func WithID(id uuid.UUID) CreateOption { return func(o *createOptions) { o.id = id } }
+
+// WithHooks attaches test hooks to the saga.
+func WithHooks(h *Hooks) CreateOption { return func(o *createOptions) { o.hooks = h } }
+
+// WithTraceParent makes the saga's span a child of the W3C traceparent tp
+// (persisted, so a recovered saga continues the same trace). Without it the
+// span context of Create's ctx is used, if any.
+func WithTraceParent(tp string) CreateOption { return func(o *createOptions) { o.traceParent = tp } }
+
+// WithLinks adds span links to the saga's span (not persisted).
+func WithLinks(links ...trace.Link) CreateOption {
+	return func(o *createOptions) { o.links = append(o.links, links...) }
+}
+
+// WithSubject records what the saga acts on (saga.subject_id).
+func WithSubject(subject string) CreateOption { return func(o *createOptions) { o.subject = &subject } }
+
+// ErrClosed means the SEC is shut down.
+var ErrClosed = errors.New("saga executor is shut down")
+
+// Create builds the template's DAG for params, persists the saga with its
+// first events in one commit and starts it. It returns once the saga is
+// durable; cancelling ctx afterwards does not cancel the saga.
+func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...CreateOption) (uuid.UUID, error) {
+	var o createOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.id == uuid.Nil {
+		o.id = uuid.New()
+	}
+	d, err := t.BuildDAG(params)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if err := s.registry.check(d); err != nil {
+		return uuid.Nil, fmt.Errorf("saga %s: %w (register the template)", t.name, err)
+	}
+	dagJSON, err := json.Marshal(d)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	owner := store.Owner{SEC: s.id, Generation: 1}
+	ex, err := newExecution(s, o.id, d, owner, o.hooks)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if o.traceParent == "" {
+		carrier := propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, carrier)
+		o.traceParent = carrier["traceparent"]
+	}
+	var tp *string
+	if o.traceParent != "" {
+		tp = &o.traceParent
+		ex.parentCtx = parentFromTraceParent(o.traceParent)
+	}
+	ex.links = o.links
+	var first batch
+	ex.advance(&first)
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return uuid.Nil, ErrClosed
+	}
+	if _, dup := s.running[o.id]; dup {
+		s.mu.Unlock()
+		return uuid.Nil, fmt.Errorf("saga %s already running", o.id)
+	}
+	s.running[o.id] = ex
+	s.mu.Unlock()
+
+	err = retryWrite(ctx, s.logger, func() error {
+		return s.store.CreateSaga(ctx, o.id, t.name, s.id, dagJSON, o.subject, tp, first.events)
+	})
+	if err != nil {
+		s.mu.Lock()
+		delete(s.running, o.id)
+		s.mu.Unlock()
+		return uuid.Nil, fmt.Errorf("persist saga: %w", err)
+	}
+	s.writes.Add(1)
+	s.events.Add(int64(len(first.events)))
+	s.start(ex, first, true)
+	return o.id, nil
+}
+
+// retryWrite retries fn with backoff until it succeeds or ctx ends.
+func retryWrite(ctx context.Context, logger *slog.Logger, fn func() error) error {
+	delay := 5 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		logger.Warn("saga store write failed; retrying", "error", err, "retry_in", delay)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return err
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+func parentFromTraceParent(tp string) context.Context {
+	return propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": tp})
+}
+
+// start launches the driver of a registered execution.
+func (s *SEC) start(ex *execution, first batch, written bool) {
+	ex.ctx, ex.cancel = context.WithCancel(s.ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer ex.cancel()
+		ex.drive(ex.ctx, first, written)
+	}()
+}
+
+// forget moves a finished execution out of the running table.
+func (s *SEC) forget(ex *execution) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.running, ex.id)
+	if ex.err == nil {
+		if len(s.finished) > 10000 {
+			clear(s.finished) // a cache only: Wait falls back to the log
+		}
+		s.finished[ex.id] = ex.outcome
+	}
+}
+
+// Run creates a saga and waits for its outcome.
+func (s *SEC) Run(ctx context.Context, t *Template, params any, opts ...CreateOption) (Outcome, error) {
+	id, err := s.Create(ctx, t, params, opts...)
+	if err != nil {
+		return Outcome{}, err
+	}
+	return s.Wait(ctx, id)
+}
+
+// ErrAbandoned is returned by Wait for an abandoned saga.
+var ErrAbandoned = errors.New("saga abandoned")
+
+// Wait returns the outcome of saga id once it is done. For a saga driven
+// elsewhere (or already finished) it reads the log, polling until done.
+// The error is non-nil only when no outcome exists (ctx ended, the saga
+// was abandoned, or this SEC stopped driving it).
+func (s *SEC) Wait(ctx context.Context, id uuid.UUID) (Outcome, error) {
+	s.mu.Lock()
+	ex := s.running[id]
+	o, done := s.finished[id]
+	s.mu.Unlock()
+	if done {
+		return o, nil
+	}
+	if ex != nil {
+		select {
+		case <-ex.done:
+			if ex.err != nil {
+				return Outcome{}, ex.err
+			}
+			return ex.outcome, nil
+		case <-ctx.Done():
+			return Outcome{}, ctx.Err()
+		}
+	}
+	delay := 10 * time.Millisecond
+	for {
+		row, err := s.store.Get(ctx, id)
+		if err != nil {
+			return Outcome{}, err
+		}
+		switch row.State {
+		case store.StateDone:
+			return s.outcomeOf(ctx, row)
+		case store.StateAbandoned:
+			return Outcome{}, fmt.Errorf("%w: %s", ErrAbandoned, id)
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return Outcome{}, ctx.Err()
+		}
+		delay = min(delay*2, 500*time.Millisecond)
+	}
+}
+
+// load parses a saga row and replays its log into an execution.
+func (s *SEC) load(ctx context.Context, row store.Saga) (*execution, []store.Event, error) {
+	var d DAG
+	if err := json.Unmarshal(row.DAG, &d); err != nil {
+		return nil, nil, permanent(fmt.Errorf("decode DAG: %w", err))
+	}
+	gen := row.AdoptGeneration
+	ex, err := newExecution(s, row.ID, &d, store.Owner{SEC: s.id, Generation: gen}, nil)
+	if err != nil {
+		return nil, nil, permanent(err)
+	}
+	events, err := s.store.Events(ctx, row.ID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := ex.replay(events); err != nil {
+		return nil, nil, permanent(err)
+	}
+	return ex, events, nil
+}
+
+func (s *SEC) outcomeOf(ctx context.Context, row store.Saga) (Outcome, error) {
+	ex, _, err := s.load(ctx, row)
+	if err != nil {
+		return Outcome{}, err
+	}
+	return ex.outcomeFromLog(), nil
+}
+
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+func permanent(err error) error { return permanentError{err} }
+
+// RecoveryReport summarises a recovery pass.
+type RecoveryReport struct {
+	// Recovered sagas now run here.
+	Recovered []uuid.UUID
+	// Skipped were already running here.
+	Skipped int
+	// Abandoned could never be recovered (unknown action, corrupt log) and
+	// were marked abandoned/unrecoverable.
+	Abandoned []uuid.UUID
+	// Failed hit a transient error; the next pass retries them.
+	Failed []error
+}
+
+// Recover resumes every unfinished saga owned by this SEC that is not
+// already running here (spec §A.7): the log is replayed, started but
+// unfinished actions and undos run again, a saga with an undo_failed event
+// goes straight to stuck. Run it at start-up and after Adopt.
+func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
+	var rep RecoveryReport
+	rows, err := s.store.RecoveryCandidates(ctx, s.id)
+	if err != nil {
+		return rep, fmt.Errorf("list recovery candidates: %w", err)
+	}
+	for _, row := range rows {
+		s.mu.Lock()
+		_, known := s.running[row.ID]
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			return rep, ErrClosed
+		}
+		if known {
+			rep.Skipped++
+			continue
+		}
+		ex, _, err := s.load(ctx, row)
+		var perm permanentError
+		switch {
+		case errors.As(err, &perm):
+			s.logger.Error("saga unrecoverable; abandoning", "saga_id", row.ID, "error", err)
+			sec := s.id
+			if _, aerr := s.store.Abandon(ctx, row.ID, store.AbandonUnrecoverable, err.Error(), &sec); aerr != nil {
+				rep.Failed = append(rep.Failed, fmt.Errorf("saga %s: abandon: %w", row.ID, aerr))
+				continue
+			}
+			rep.Abandoned = append(rep.Abandoned, row.ID)
+			continue
+		case err != nil:
+			rep.Failed = append(rep.Failed, fmt.Errorf("saga %s: %w", row.ID, err))
+			continue
+		}
+		if row.TraceParent != nil {
+			ex.parentCtx = parentFromTraceParent(*row.TraceParent)
+		}
+		first := ex.resumeBatch(row.State)
+		s.mu.Lock()
+		if _, known := s.running[row.ID]; known || s.closed {
+			s.mu.Unlock()
+			rep.Skipped++
+			continue
+		}
+		s.running[row.ID] = ex
+		s.mu.Unlock()
+		s.logger.Info("recovering saga", "saga_id", row.ID, "saga", row.Name, "unwinding", ex.unwinding, "stuck", ex.stuck)
+		s.start(ex, first, false)
+		rep.Recovered = append(rep.Recovered, row.ID)
+	}
+	return rep, nil
+}
+
+// Adopt makes this SEC the owner of every unfinished saga of fromSEC
+// (adopt_generation+1, so fromSEC's writes are refused from then on). It
+// returns how many it took; call Recover to run them. Only call it when
+// fromSEC can no longer run (the leadership code guarantees that).
+func (s *SEC) Adopt(ctx context.Context, fromSEC string) (int64, error) {
+	if fromSEC == s.id {
+		return 0, errors.New("a SEC cannot adopt its own sagas")
+	}
+	return s.store.Reassign(ctx, fromSEC, s.id)
+}
+
+// Abandon reasons.
+const (
+	AbandonOperator      = store.AbandonOperator
+	AbandonUnrecoverable = store.AbandonUnrecoverable
+	AbandonOrphaned      = store.AbandonOrphaned
+)
+
+// Abandon marks an unfinished saga abandoned: it is never recovered and not
+// unwound (its partial effects remain). If this SEC is driving it, it stops
+// at once; any other owner stops at its next log write. It returns
+// ErrNotFound-wrapped errors for an unknown id and an error for a done saga.
+func (s *SEC) Abandon(ctx context.Context, id uuid.UUID, reason, comment string) error {
+	switch reason {
+	case AbandonOperator, AbandonUnrecoverable, AbandonOrphaned:
+	default:
+		return fmt.Errorf("abandon reason %q: want operator, unrecoverable or orphaned", reason)
+	}
+	ok, err := s.store.Abandon(ctx, id, reason, comment, nil)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if _, err := s.store.Get(ctx, id); err != nil {
+			return err
+		}
+		return fmt.Errorf("saga %s is done; only unfinished sagas can be abandoned", id)
+	}
+	s.mu.Lock()
+	ex := s.running[id]
+	s.mu.Unlock()
+	if ex != nil {
+		ex.cancel()
+	}
+	return nil
+}
+
+// ErrNotFound means no saga has the id.
+var ErrNotFound = store.ErrNotFound
+
+// InFlight is the number of sagas this SEC is driving.
+func (s *SEC) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.running)
+}
+
+// Stats counts the log writes (each one statement, one commit) and events
+// this SEC has made.
+type Stats struct {
+	Writes int64
+	Events int64
+}
+
+// Stats returns the SEC's counters.
+func (s *SEC) Stats() Stats { return Stats{Writes: s.writes.Load(), Events: s.events.Load()} }
+
+// Shutdown stops driving sagas (in-flight actions see their context
+// cancelled; nothing more is written) and waits for the drivers to exit,
+// or for ctx. Unfinished sagas resume at the next Recover.
+func (s *SEC) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

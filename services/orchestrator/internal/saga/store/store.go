@@ -1,0 +1,285 @@
+// Package store is the SQL of the durable saga log (spec/platform.md §A.3,
+// tables in migrations/002_saga.sql). It knows rows and events, not DAGs.
+//
+// Every write is ONE statement (data-modifying CTEs), so it is atomic, one
+// round trip and one commit without an explicit transaction; that is what
+// keeps the engine near one commit per saga node. Every write that advances
+// a saga is conditional on ownership: the saga row must still name the
+// writer's SEC and the adopt generation it loaded, and be unfinished. The
+// ownership check share-locks the saga row, so an adoption (an UPDATE of that
+// row) is ordered strictly before or after each append: either the append
+// sees the new owner and writes nothing, or the adopter's later log load sees
+// the appended events.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Saga states as stored.
+const (
+	StateRunning   = "running"
+	StateUnwinding = "unwinding"
+	StateDone      = "done"
+	StateAbandoned = "abandoned"
+)
+
+// Abandon reasons as stored.
+const (
+	AbandonOperator      = "operator"
+	AbandonUnrecoverable = "unrecoverable"
+	AbandonOrphaned      = "orphaned"
+)
+
+// ErrNotFound means no saga has the id.
+var ErrNotFound = errors.New("saga not found")
+
+// Owner identifies who may append to a saga.
+type Owner struct {
+	SEC        string
+	Generation int64
+}
+
+// Saga is one row of the saga table.
+type Saga struct {
+	ID              uuid.UUID
+	Name            string
+	Creator         string
+	TimeCreated     time.Time
+	DAG             []byte
+	State           string
+	CurrentSEC      *string
+	AdoptGeneration int64
+	AdoptTime       time.Time
+	AbandonTime     *time.Time
+	AbandonReason   *string
+	AbandonComment  *string
+	SubjectID       *string
+	TraceParent     *string
+	// Stuck is derived: the log holds an undo_failed event.
+	Stuck bool
+	// LastEventTime is derived (zero without events).
+	LastEventTime time.Time
+}
+
+// Event is one row of saga_node_event. Data is JSON or nil.
+type Event struct {
+	NodeID  int
+	Type    string
+	Data    []byte
+	Time    time.Time
+	Creator string
+}
+
+// Store wraps the pool.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// New returns a store over pool.
+func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+func eventArrays(events []Event) (ids []int32, types []string, data []*string) {
+	ids = make([]int32, len(events))
+	types = make([]string, len(events))
+	data = make([]*string, len(events))
+	for i, e := range events {
+		ids[i] = int32(e.NodeID)
+		types[i] = e.Type
+		if e.Data != nil {
+			s := string(e.Data)
+			data[i] = &s
+		}
+	}
+	return ids, types, data
+}
+
+const createSQL = `
+WITH s AS (
+	INSERT INTO saga (id, name, creator, dag, saga_state, current_sec, adopt_generation,
+	                  subject_id, traceparent)
+	VALUES ($1, $2, $3, $4, 'running', $3, 1, $5, $6)
+	ON CONFLICT (id) DO NOTHING
+	RETURNING id
+)
+INSERT INTO saga_node_event (saga_id, node_id, event_type, data, creator)
+SELECT s.id, e.node_id, e.event_type, e.data::jsonb, $3
+FROM s, unnest($7::int[], $8::text[], $9::text[]) AS e(node_id, event_type, data)
+ON CONFLICT DO NOTHING`
+
+// CreateSaga writes the saga row (state running, owned by sec at
+// generation 1) together with its first events, atomically. Re-running it
+// after an ambiguous failure is harmless.
+func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec string, dag []byte, subjectID, traceParent *string, events []Event) error {
+	ids, types, data := eventArrays(events)
+	_, err := s.pool.Exec(ctx, createSQL, id, name, sec, dag, subjectID, traceParent, ids, types, data)
+	return err
+}
+
+const appendSQL = `
+WITH owner AS (
+	SELECT id FROM saga
+	WHERE id = $1 AND current_sec = $2 AND adopt_generation = $3
+	  AND saga_state IN ('running', 'unwinding')
+	FOR SHARE
+), ins AS (
+	INSERT INTO saga_node_event (saga_id, node_id, event_type, data, creator)
+	SELECT owner.id, e.node_id, e.event_type, e.data::jsonb, $2
+	FROM owner, unnest($4::int[], $5::text[], $6::text[]) AS e(node_id, event_type, data)
+	ON CONFLICT DO NOTHING
+), upd AS (
+	UPDATE saga SET saga_state = $7
+	WHERE $7 <> '' AND id IN (SELECT id FROM owner)
+)
+SELECT count(*) FROM owner`
+
+// Append inserts events (idempotently) and, when newState is not empty,
+// moves the saga to it, all in one statement and only while owner still owns
+// the unfinished saga. owned=false means nothing was written: the saga was
+// adopted, abandoned or finished by someone else.
+func (s *Store) Append(ctx context.Context, id uuid.UUID, owner Owner, events []Event, newState string) (owned bool, err error) {
+	ids, types, data := eventArrays(events)
+	var n int
+	err = s.pool.QueryRow(ctx, appendSQL, id, owner.SEC, owner.Generation, ids, types, data, newState).Scan(&n)
+	if err != nil {
+		return false, err
+	}
+	return n == 1, nil
+}
+
+const sagaColumns = `s.id, s.name, s.creator, s.time_created, s.dag, s.saga_state, s.current_sec,
+	s.adopt_generation, s.adopt_time, s.abandon_time, s.abandon_reason, s.abandon_comment,
+	s.subject_id, s.traceparent,
+	EXISTS (SELECT 1 FROM saga_node_event u WHERE u.saga_id = s.id AND u.event_type = 'undo_failed'),
+	COALESCE((SELECT max(event_time) FROM saga_node_event l WHERE l.saga_id = s.id), 'epoch'::timestamptz)`
+
+func scanSaga(row pgx.Row) (Saga, error) {
+	var r Saga
+	err := row.Scan(&r.ID, &r.Name, &r.Creator, &r.TimeCreated, &r.DAG, &r.State, &r.CurrentSEC,
+		&r.AdoptGeneration, &r.AdoptTime, &r.AbandonTime, &r.AbandonReason, &r.AbandonComment,
+		&r.SubjectID, &r.TraceParent, &r.Stuck, &r.LastEventTime)
+	return r, err
+}
+
+// Get loads one saga row.
+func (s *Store) Get(ctx context.Context, id uuid.UUID) (Saga, error) {
+	r, err := scanSaga(s.pool.QueryRow(ctx, `SELECT `+sagaColumns+` FROM saga s WHERE s.id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Saga{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return r, err
+}
+
+// Filter narrows List.
+type Filter struct {
+	// States, when not empty, keeps only these states.
+	States []string
+	// CurrentSEC, when not empty, keeps only sagas owned by it.
+	CurrentSEC string
+	// After pages: only ids greater than it (zero: from the start).
+	After uuid.UUID
+	// Limit defaults to 100.
+	Limit int
+}
+
+// List returns sagas ordered by id.
+func (s *Store) List(ctx context.Context, f Filter) ([]Saga, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+sagaColumns+` FROM saga s
+		WHERE (cardinality($1::text[]) = 0 OR s.saga_state = ANY($1))
+		  AND ($2 = '' OR s.current_sec = $2)
+		  AND s.id > $3
+		ORDER BY s.id LIMIT $4`, f.States, f.CurrentSEC, f.After, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Saga, error) { return scanSaga(r) })
+}
+
+// RecoveryCandidates lists every unfinished saga owned by sec.
+func (s *Store) RecoveryCandidates(ctx context.Context, sec string) ([]Saga, error) {
+	var all []Saga
+	after := uuid.UUID{}
+	for {
+		page, err := s.List(ctx, Filter{States: []string{StateRunning, StateUnwinding}, CurrentSEC: sec, After: after, Limit: 200})
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if len(page) < 200 {
+			return all, nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
+// Events loads a saga's whole log (in no meaningful order: replay sorts).
+func (s *Store) Events(ctx context.Context, id uuid.UUID) ([]Event, error) {
+	rows, err := s.pool.Query(ctx, `SELECT node_id, event_type, data, event_time, creator
+		FROM saga_node_event WHERE saga_id = $1 ORDER BY node_id, event_time`, id)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
+		var e Event
+		err := r.Scan(&e.NodeID, &e.Type, &e.Data, &e.Time, &e.Creator)
+		return e, err
+	})
+}
+
+// Reassign hands every unfinished saga of from to to, bumping the adopt
+// generation so that from's in-flight appends are refused from now on.
+func (s *Store) Reassign(ctx context.Context, from, to string) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE saga
+		SET current_sec = $2, adopt_generation = adopt_generation + 1, adopt_time = now()
+		WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding')`, from, to)
+	if err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Abandon marks an unfinished saga abandoned. With expectedSEC it only does
+// so while that SEC owns it (recovery giving up on its own saga). It
+// reports whether the row changed; an already abandoned saga counts as
+// changed, so retries are harmless.
+func (s *Store) Abandon(ctx context.Context, id uuid.UUID, reason, comment string, expectedSEC *string) (bool, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `WITH upd AS (
+			UPDATE saga SET saga_state = 'abandoned', abandon_time = now(),
+				abandon_reason = $2, abandon_comment = $3
+			WHERE id = $1 AND saga_state IN ('running', 'unwinding')
+			  AND ($4::text IS NULL OR current_sec = $4)
+			RETURNING id
+		)
+		SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM saga WHERE id = $1 AND saga_state = 'abandoned')`,
+		id, reason, comment, expectedSEC).Scan(&n)
+	if err != nil {
+		return false, err
+	}
+	return n > 0, nil
+}
+
+// CountUndoFailed counts undo_failed events in the whole log.
+func (s *Store) CountUndoFailed(ctx context.Context) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM saga_node_event WHERE event_type = 'undo_failed'`).Scan(&n)
+	return n, err
+}
+
+// CountUnfinished counts running or unwinding sagas.
+func (s *Store) CountUnfinished(ctx context.Context) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM saga WHERE saga_state IN ('running', 'unwinding')`).Scan(&n)
+	return n, err
+}

@@ -1,0 +1,149 @@
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/google/uuid"
+
+	"storagecp.dev/orchestrator/internal/saga/store"
+)
+
+// SagaView is a saga as the admin API shows it (read from the database, so
+// any SEC can show any saga).
+type SagaView struct {
+	ID              uuid.UUID
+	Name            string
+	Creator         string
+	CurrentSEC      string
+	State           string // running, unwinding, done, abandoned
+	Stuck           bool   // the log holds an undo_failed event
+	TimeCreated     time.Time
+	AdoptGeneration int64
+	AdoptTime       time.Time
+	AbandonTime     *time.Time
+	AbandonReason   string
+	AbandonComment  string
+	SubjectID       string
+	TraceParent     string
+	LastEventTime   time.Time
+	// Set by Get only.
+	Params  json.RawMessage
+	Nodes   []NodeView
+	Outcome *Outcome // when done
+}
+
+// NodeView is one node of a saga with its log. Outputs are shown as
+// persisted: actions must never put secrets in them.
+type NodeView struct {
+	ID      int
+	Name    string
+	Kind    string
+	Action  string
+	Parents []int
+	Status  string // never_started, started, succeeded, failed, undo_started, undo_finished, undo_failed
+	Output  json.RawMessage
+	Error   *ActionError
+	Events  []EventView
+}
+
+// EventView is one log event.
+type EventView struct {
+	Type    string
+	Time    time.Time
+	Creator string
+	Data    json.RawMessage
+}
+
+func viewOf(r store.Saga) SagaView {
+	v := SagaView{
+		ID: r.ID, Name: r.Name, Creator: r.Creator, State: r.State, Stuck: r.Stuck,
+		TimeCreated: r.TimeCreated, AdoptGeneration: r.AdoptGeneration, AdoptTime: r.AdoptTime,
+		AbandonTime: r.AbandonTime, LastEventTime: r.LastEventTime,
+	}
+	deref := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
+	}
+	v.CurrentSEC = deref(r.CurrentSEC)
+	v.AbandonReason = deref(r.AbandonReason)
+	v.AbandonComment = deref(r.AbandonComment)
+	v.SubjectID = deref(r.SubjectID)
+	v.TraceParent = deref(r.TraceParent)
+	return v
+}
+
+// ListFilter narrows List.
+type ListFilter struct {
+	States []string // empty: all
+	After  uuid.UUID
+	Limit  int // default 100
+}
+
+// List returns sagas ordered by id (page with After), without nodes.
+func (s *SEC) List(ctx context.Context, f ListFilter) ([]SagaView, error) {
+	rows, err := s.store.List(ctx, store.Filter{States: f.States, After: f.After, Limit: f.Limit})
+	if err != nil {
+		return nil, err
+	}
+	views := make([]SagaView, len(rows))
+	for i, r := range rows {
+		views[i] = viewOf(r)
+	}
+	return views, nil
+}
+
+// Get returns one saga with its DAG, every event and every output.
+func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
+	row, err := s.store.Get(ctx, id)
+	if err != nil {
+		return SagaView{}, err
+	}
+	v := viewOf(row)
+	var d DAG
+	if err := json.Unmarshal(row.DAG, &d); err != nil {
+		return v, nil // an undecodable DAG still shows its row
+	}
+	v.Params = d.Params
+	events, err := s.store.Events(ctx, id)
+	if err != nil {
+		return SagaView{}, err
+	}
+	for i, n := range d.Nodes {
+		v.Nodes = append(v.Nodes, NodeView{ID: i, Name: n.Name, Kind: n.Kind, Action: n.Action, Parents: n.Parents, Status: neverStarted.String()})
+	}
+	for _, e := range events {
+		if e.NodeID >= 0 && e.NodeID < len(v.Nodes) {
+			v.Nodes[e.NodeID].Events = append(v.Nodes[e.NodeID].Events, EventView{Type: e.Type, Time: e.Time, Creator: e.Creator, Data: e.Data})
+		}
+	}
+	// Replay for per-node status; a log that does not replay is still
+	// shown event by event.
+	ex, err := newExecutionForView(s, row, &d)
+	if err == nil && ex.replay(events) == nil {
+		for i := range v.Nodes {
+			n := ex.nodes[i]
+			v.Nodes[i].Status = n.status.String()
+			v.Nodes[i].Output = n.output
+			v.Nodes[i].Error = n.err
+		}
+		if row.State == store.StateDone {
+			o := ex.outcomeFromLog()
+			v.Outcome = &o
+		}
+	}
+	return v, nil
+}
+
+// newExecutionForView builds an execution only to replay a log; unknown
+// actions are fine here.
+func newExecutionForView(s *SEC, row store.Saga, d *DAG) (*execution, error) {
+	if err := d.validate(); err != nil {
+		return nil, err
+	}
+	ex := &execution{sec: s, id: row.ID, dag: d, nodes: make([]nodeState, len(d.Nodes)), failedNode: -1, undoNode: -1}
+	return ex, nil
+}
