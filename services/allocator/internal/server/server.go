@@ -2,30 +2,141 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"log/slog"
+	"net/netip"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"storagecp.dev/allocator/internal/agent"
+	"storagecp.dev/allocator/internal/store"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 )
+
+// Agent is what the server needs from the Crucible agents. The simulated
+// agents implement it.
+type Agent interface {
+	EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, cloneSource string) (uint16, error)
+	DeleteRegion(ctx context.Context, datasetID, regionID uuid.UUID) error
+	CreateSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
+	RunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) (uint16, error)
+	DeleteRunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
+	DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
+	Probe(ctx context.Context, addr netip.AddrPort) (agent.ProbeResult, error)
+}
 
 // Server is the RegionAllocatorService.
 type Server struct {
 	allocatorv1.UnimplementedRegionAllocatorServiceServer
 	pool   *pgxpool.Pool
 	logger *slog.Logger
+	agent  Agent
 	faults *FaultServer
 }
 
-// New returns the service over its database.
+// New returns the service over its database, with simulated agents whose
+// faults this process's FaultServer controls.
 func New(pool *pgxpool.Pool, logger *slog.Logger) *Server {
-	return &Server{pool: pool, logger: logger, faults: &FaultServer{}}
+	faults := &agent.Faults{}
+	return &Server{
+		pool:   pool,
+		logger: logger,
+		agent:  agent.NewSim(pool, faults),
+		faults: &FaultServer{faults: faults},
+	}
 }
 
 // Faults is the development-only fault injection service.
 func (s *Server) Faults() *FaultServer { return s.faults }
 
-// FaultServer is the AgentFaultService, registered only with --dev.
-type FaultServer struct {
-	allocatorv1.UnimplementedAgentFaultServiceServer
+// AgentFaults is this process's fault registry, for in-process tests.
+func (s *Server) AgentFaults() *agent.Faults { return s.faults.faults }
+
+// toStatus maps an internal error to a gRPC status. Unknown errors become
+// Internal with a generic message (the detail goes to the log only).
+func (s *Server) toStatus(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Err()
+	}
+	var guard *store.GuardError
+	var injected *agent.InjectedError
+	switch {
+	case errors.As(err, &guard):
+		if guard.Guard == store.GuardNewRegionIDs {
+			return status.Error(codes.InvalidArgument, "new_region_ids: fewer ids than regions to create")
+		}
+		return status.Error(codes.ResourceExhausted, "not enough storage: "+guard.Guard)
+	case errors.As(err, &injected):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, agent.ErrGone):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, store.ErrNoFreePort):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrConflict):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, store.ErrPrecondition),
+		errors.Is(err, agent.ErrDestroyed),
+		errors.Is(err, agent.ErrHasSnapshots),
+		errors.Is(err, agent.ErrRunning),
+		errors.Is(err, agent.ErrNoRegion),
+		errors.Is(err, agent.ErrNoSnapshot),
+		errors.Is(err, agent.ErrCloneSource):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "canceled")
+	}
+	s.logger.ErrorContext(ctx, "internal error", "err", err)
+	return status.Error(codes.Internal, "internal error")
+}
+
+func invalid(field, msg string) error {
+	return status.Error(codes.InvalidArgument, field+": "+msg)
+}
+
+// parseID parses a required UUID field.
+func parseID(field, v string) (uuid.UUID, error) {
+	if v == "" {
+		return uuid.Nil, invalid(field, "required")
+	}
+	id, err := uuid.Parse(v)
+	if err != nil || id == uuid.Nil {
+		return uuid.Nil, invalid(field, "not a UUID")
+	}
+	return id, nil
+}
+
+// parseOptionalID parses an optional UUID field; "" is uuid.Nil.
+func parseOptionalID(field, v string) (uuid.UUID, error) {
+	if v == "" {
+		return uuid.Nil, nil
+	}
+	return parseID(field, v)
+}
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+func pageSize(n int32) (int, error) {
+	switch {
+	case n < 0:
+		return 0, invalid("page_size", "negative")
+	case n == 0:
+		return defaultPageSize, nil
+	case n > maxPageSize:
+		return maxPageSize, nil
+	}
+	return int(n), nil
 }

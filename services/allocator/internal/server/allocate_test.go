@@ -1,0 +1,199 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+)
+
+func TestAllocateDistinctSledsIdempotentAndReplacement(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	inv := addInventory(t, s, 4, 2, 10*gib)
+	vol := uuid.NewString()
+	ids := newIDs(3)
+
+	resp := ok(s.AllocateRegions(ctx, allocReq(vol, 3, ids)))(t)
+	if len(resp.GetRegions()) != 3 || len(resp.GetCreatedRegionIds()) != 3 {
+		t.Fatalf("got %d regions, %d created", len(resp.GetRegions()), len(resp.GetCreatedRegionIds()))
+	}
+	sleds := map[string]bool{}
+	for i, r := range resp.GetRegions() {
+		if r.GetRegionId() != ids[i] {
+			t.Errorf("region %d id %s, want %s (ids used in order)", i, r.GetRegionId(), ids[i])
+		}
+		if r.GetAllocatedFor() != vol || r.GetEnsured() || r.GetPort() != 0 {
+			t.Errorf("bad new region %+v", r)
+		}
+		sleds[r.GetSledId()] = true
+	}
+	if len(sleds) != 3 {
+		t.Fatalf("regions on %d sleds, want 3", len(sleds))
+	}
+	usage := diskUsage(t, s)
+	var total int64
+	for _, d := range usage {
+		total += d.GetSizeUsedBytes()
+	}
+	if total != 3*testReserved {
+		t.Fatalf("size_used total %d, want %d", total, 3*testReserved)
+	}
+
+	// Replay: same set, nothing created, nothing charged. Even with no ids.
+	again := ok(s.AllocateRegions(ctx, allocReq(vol, 3, nil)))(t)
+	if len(again.GetCreatedRegionIds()) != 0 || len(again.GetRegions()) != 3 {
+		t.Fatalf("replay created %v", again.GetCreatedRegionIds())
+	}
+	for i := range again.GetRegions() {
+		if again.GetRegions()[i].GetRegionId() != resp.GetRegions()[i].GetRegionId() {
+			t.Fatalf("replay returned a different set")
+		}
+	}
+	for id, d := range diskUsage(t, s) {
+		if d.GetSizeUsedBytes() != usage[id].GetSizeUsedBytes() {
+			t.Fatalf("replay changed size_used of %s", id)
+		}
+	}
+
+	// Replacement: current+1 gives exactly one new region on the 4th sled.
+	repl := ok(s.AllocateRegions(ctx, allocReq(vol, 4, newIDs(1))))(t)
+	if len(repl.GetCreatedRegionIds()) != 1 || len(repl.GetRegions()) != 4 {
+		t.Fatalf("replacement created %d, total %d", len(repl.GetCreatedRegionIds()), len(repl.GetRegions()))
+	}
+	var newSled string
+	for _, r := range repl.GetRegions() {
+		if r.GetRegionId() == repl.GetCreatedRegionIds()[0] {
+			newSled = r.GetSledId()
+		}
+	}
+	if sleds[newSled] {
+		t.Fatalf("replacement landed on an existing sled")
+	}
+
+	// A fifth on four sleds cannot be placed.
+	_, err := s.AllocateRegions(ctx, allocReq(vol, 5, newIDs(1)))
+	wantCode(t, err, codes.ResourceExhausted)
+	if !strings.Contains(err.Error(), "not enough space") {
+		t.Fatalf("error %v does not name the space guard", err)
+	}
+	// With random (not distinct sleds) the second disk of a used sled is fine.
+	rnd := allocReq(vol, 5, newIDs(1))
+	rnd.Strategy = allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM
+	r5 := ok(s.AllocateRegions(ctx, rnd))(t)
+	zpools := map[string]bool{}
+	for _, r := range r5.GetRegions() {
+		zpools[r.GetDatasetId()] = true
+	}
+	if len(zpools) != 5 {
+		t.Fatalf("random strategy reused a dataset: %d distinct of 5", len(zpools))
+	}
+	_ = inv
+}
+
+func TestAllocateGuardsAndExclusions(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	// 3 sleds with room for exactly one region per disk.
+	inv := addInventory(t, s, 3, 1, testReserved)
+	ok(s.AllocateRegions(ctx, allocReq(uuid.NewString(), 3, newIDs(3))))(t)
+
+	// Full datasets are not candidates.
+	vol := uuid.NewString()
+	_, err := s.AllocateRegions(ctx, allocReq(vol, 3, newIDs(3)))
+	wantCode(t, err, codes.ResourceExhausted)
+	if !strings.Contains(err.Error(), "not enough space") {
+		t.Fatalf("got %v", err)
+	}
+	// A failed allocation inserted nothing.
+	list := ok(s.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedFor: vol}))(t)
+	if len(list.GetRegions()) != 0 {
+		t.Fatalf("failed allocation left %d regions", len(list.GetRegions()))
+	}
+
+	// Add three fresh sleds: one no_provision, one expunged, one fine.
+	more := addInventory(t, s, 3, 1, 100*gib)
+	np := more.disks[0][0]
+	// no_provision can only be set at creation: add a separate one.
+	sled := ok(s.AddSled(ctx, &allocatorv1.AddSledRequest{}))(t)
+	npDisk := ok(s.AddPhysicalDisk(ctx, &allocatorv1.AddPhysicalDiskRequest{
+		SledId: sled.GetSled().GetSledId(), CapacityBytes: 100 * gib,
+		DatasetAddress: "fd00:99::1", NoProvision: true,
+	}))(t)
+	ok(s.ExpungePhysicalDisk(ctx, &allocatorv1.ExpungePhysicalDiskRequest{DiskId: np.GetDiskId()}))(t)
+	ok(s.ExpungeSled(ctx, &allocatorv1.ExpungeSledRequest{SledId: more.sleds[1]}))(t)
+	// Only more.sleds[2] is usable: R=1 works, R=2 does not.
+	one := ok(s.AllocateRegions(ctx, allocReq(uuid.NewString(), 1, newIDs(1))))(t)
+	if got := one.GetRegions()[0].GetDiskId(); got != more.disks[2][0].GetDiskId() {
+		t.Fatalf("allocated on %s, want the only eligible disk %s", got, more.disks[2][0].GetDiskId())
+	}
+	_, err = s.AllocateRegions(ctx, allocReq(uuid.NewString(), 2, newIDs(2)))
+	wantCode(t, err, codes.ResourceExhausted)
+	_ = npDisk
+	_ = inv
+}
+
+func TestAllocateValidation(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	addInventory(t, s, 3, 1, 100*gib)
+	vol := uuid.NewString()
+	cases := map[string]func(r *allocatorv1.AllocateRegionsRequest){
+		"volume_id":         func(r *allocatorv1.AllocateRegionsRequest) { r.VolumeId = "nope" },
+		"snapshot_id":       func(r *allocatorv1.AllocateRegionsRequest) { r.SnapshotId = "x" },
+		"block_size":        func(r *allocatorv1.AllocateRegionsRequest) { r.BlockSize = 1000 },
+		"blocks_per_extent": func(r *allocatorv1.AllocateRegionsRequest) { r.BlocksPerExtent = 0 },
+		"extent_count":      func(r *allocatorv1.AllocateRegionsRequest) { r.ExtentCount = 1 << 40 },
+		"redundancy":        func(r *allocatorv1.AllocateRegionsRequest) { r.Redundancy = 0 },
+		"strategy":          func(r *allocatorv1.AllocateRegionsRequest) { r.Strategy = 99 },
+		"new_region_ids[1]": func(r *allocatorv1.AllocateRegionsRequest) { r.NewRegionIds[1] = "bad" },
+		"new_region_ids[2]": func(r *allocatorv1.AllocateRegionsRequest) { r.NewRegionIds[2] = r.NewRegionIds[0] },
+		"new_region_ids":    func(r *allocatorv1.AllocateRegionsRequest) { r.NewRegionIds = r.NewRegionIds[:2] },
+	}
+	for field, mutate := range cases {
+		req := allocReq(vol, 3, newIDs(3))
+		mutate(req)
+		_, err := s.AllocateRegions(ctx, req)
+		wantCode(t, err, codes.InvalidArgument)
+		if !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: error %v does not name the field", field, err)
+		}
+	}
+	// An id that already names a region (of another volume).
+	first := ok(s.AllocateRegions(ctx, allocReq(uuid.NewString(), 1, newIDs(1))))(t)
+	_, err := s.AllocateRegions(ctx, allocReq(vol, 1, []string{first.GetRegions()[0].GetRegionId()}))
+	wantCode(t, err, codes.InvalidArgument)
+	if n := len(ok(s.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedFor: vol}))(t).GetRegions()); n != 0 {
+		t.Fatalf("invalid requests left %d regions", n)
+	}
+	for _, d := range diskUsage(t, s) {
+		if d.GetSizeUsedBytes() != d.GetRegionCount()*testReserved {
+			t.Fatalf("size_used %d with %d regions", d.GetSizeUsedBytes(), d.GetRegionCount())
+		}
+	}
+}
+
+func TestDryRunChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	addInventory(t, s, 3, 1, 100*gib)
+	vol := uuid.NewString()
+	dry := ok(s.DryRunAllocation(ctx, &allocatorv1.DryRunAllocationRequest{Allocation: allocReq(vol, 3, nil)}))(t)
+	if len(dry.GetRegions()) != 3 {
+		t.Fatalf("dry run previewed %d regions", len(dry.GetRegions()))
+	}
+	if n := len(ok(s.ListRegions(ctx, &allocatorv1.ListRegionsRequest{}))(t).GetRegions()); n != 0 {
+		t.Fatalf("dry run left %d regions", n)
+	}
+	for _, d := range diskUsage(t, s) {
+		if d.GetSizeUsedBytes() != 0 {
+			t.Fatalf("dry run charged a dataset")
+		}
+	}
+	_, err := s.DryRunAllocation(ctx, &allocatorv1.DryRunAllocationRequest{Allocation: allocReq(vol, 4, nil)})
+	wantCode(t, err, codes.ResourceExhausted)
+}

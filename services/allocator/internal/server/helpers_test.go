@@ -1,0 +1,138 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"storagecp.dev/allocator/migrations"
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/pgtest"
+)
+
+func TestMain(m *testing.M) {
+	pgtest.Main(m, pgtest.Schema{Name: "allocator", Migrations: migrations.FS})
+}
+
+const (
+	gib = int64(1) << 30
+	// testGeometry regions request 64 MiB × 16 = 1 GiB and reserve 1.25 GiB.
+	testBlockSize       = 512
+	testBlocksPerExtent = 131072
+	testExtentCount     = 16
+	testReserved        = gib + gib/4
+)
+
+func newServer(t testing.TB) (*Server, *pgxpool.Pool) {
+	t.Helper()
+	pool := pgtest.NewPool(t, "allocator")
+	return New(pool, slog.New(slog.NewTextHandler(io.Discard, nil))), pool
+}
+
+// inventory is what addInventory built: sleds[i] has disks[i].
+type inventory struct {
+	sleds []string
+	disks [][]*allocatorv1.PhysicalDisk
+}
+
+func (inv inventory) allDisks() []*allocatorv1.PhysicalDisk {
+	var out []*allocatorv1.PhysicalDisk
+	for _, ds := range inv.disks {
+		out = append(out, ds...)
+	}
+	return out
+}
+
+var ipSeq uint32
+
+// addInventory adds nSleds sleds with disksPerSled disks of capacity each.
+func addInventory(t testing.TB, s *Server, nSleds, disksPerSled int, capacity int64) inventory {
+	t.Helper()
+	ctx := context.Background()
+	var inv inventory
+	for i := range nSleds {
+		sled, err := s.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: fmt.Sprintf("sled-%d", i)})
+		if err != nil {
+			t.Fatalf("AddSled: %v", err)
+		}
+		inv.sleds = append(inv.sleds, sled.GetSled().GetSledId())
+		var disks []*allocatorv1.PhysicalDisk
+		for j := range disksPerSled {
+			ipSeq++
+			d, err := s.AddPhysicalDisk(ctx, &allocatorv1.AddPhysicalDiskRequest{
+				SledId:         sled.GetSled().GetSledId(),
+				CapacityBytes:  capacity,
+				DatasetAddress: fmt.Sprintf("fd00:1122:3344:%x::%x", i+1, ipSeq*16+uint32(j)+1),
+			})
+			if err != nil {
+				t.Fatalf("AddPhysicalDisk: %v", err)
+			}
+			disks = append(disks, d.GetDisk())
+		}
+		inv.disks = append(inv.disks, disks)
+	}
+	return inv
+}
+
+func newIDs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = uuid.NewString()
+	}
+	return out
+}
+
+func allocReq(volumeID string, redundancy int, newIDs []string) *allocatorv1.AllocateRegionsRequest {
+	return &allocatorv1.AllocateRegionsRequest{
+		VolumeId:        volumeID,
+		BlockSize:       testBlockSize,
+		BlocksPerExtent: testBlocksPerExtent,
+		ExtentCount:     testExtentCount,
+		Strategy:        allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM_WITH_DISTINCT_SLEDS,
+		Redundancy:      int32(redundancy),
+		NewRegionIds:    newIDs,
+		Seed:            "test",
+	}
+}
+
+func wantCode(t testing.TB, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v, want code %v", err, code)
+	}
+}
+
+// ok turns a (value, error) result into a value, failing the test on an
+// error: ok(s.Call(ctx, req))(t).
+func ok[T any](v T, err error) func(testing.TB) T {
+	return func(t testing.TB) T {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("unexpected error: %v", err)
+		}
+		return v
+	}
+}
+
+// diskUsage returns size_used by dataset id.
+func diskUsage(t testing.TB, s *Server) map[string]*allocatorv1.PhysicalDisk {
+	t.Helper()
+	out := map[string]*allocatorv1.PhysicalDisk{}
+	token := ""
+	for {
+		resp := ok(s.ListPhysicalDisks(context.Background(), &allocatorv1.ListPhysicalDisksRequest{PageToken: token, PageSize: 1000}))(t)
+		for _, d := range resp.GetDisks() {
+			out[d.GetDatasetId()] = d
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return out
+		}
+	}
+}

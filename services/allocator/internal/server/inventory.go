@@ -1,0 +1,158 @@
+package server
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"storagecp.dev/allocator/internal/store"
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/fence"
+)
+
+// AddSled adds a sled, idempotently on its id.
+func (s *Server) AddSled(ctx context.Context, req *allocatorv1.AddSledRequest) (*allocatorv1.AddSledResponse, error) {
+	id, err := parseOptionalID("sled_id", req.GetSledId())
+	if err != nil {
+		return nil, err
+	}
+	if id == uuid.Nil {
+		id = uuid.New()
+	}
+	var sled store.Sled
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := fence.Check(ctx, tx); err != nil {
+			return err
+		}
+		sled, err = store.InsertSled(ctx, tx, id, req.GetSerial())
+		return err
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &allocatorv1.AddSledResponse{Sled: sledPB(sled)}, nil
+}
+
+// parseDatasetIP accepts a plain IPv6 address (no zone, no IPv4-mapped).
+func parseDatasetIP(v string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(v)
+	if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" || ip.IsUnspecified() {
+		return netip.Addr{}, invalid("dataset_address", "not an IPv6 address")
+	}
+	return ip, nil
+}
+
+// AddPhysicalDisk adds a disk with its zpool and dataset, idempotently on
+// the disk id.
+func (s *Server) AddPhysicalDisk(ctx context.Context, req *allocatorv1.AddPhysicalDiskRequest) (*allocatorv1.AddPhysicalDiskResponse, error) {
+	sledID, err := parseID("sled_id", req.GetSledId())
+	if err != nil {
+		return nil, err
+	}
+	diskID, err := parseOptionalID("disk_id", req.GetDiskId())
+	if err != nil {
+		return nil, err
+	}
+	if diskID == uuid.Nil {
+		diskID = uuid.New()
+	}
+	if req.GetCapacityBytes() <= 0 {
+		return nil, invalid("capacity_bytes", "must be positive")
+	}
+	ip, err := parseDatasetIP(req.GetDatasetAddress())
+	if err != nil {
+		return nil, err
+	}
+	nd := store.NewDisk{
+		ID: diskID, SledID: sledID, Capacity: req.GetCapacityBytes(), IP: ip,
+		NoProvision: req.GetNoProvision(), ZpoolID: uuid.New(), DatasetID: uuid.New(),
+	}
+	var disk store.Disk
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := fence.Check(ctx, tx); err != nil {
+			return err
+		}
+		disk, err = store.InsertDisk(ctx, tx, nd)
+		return err
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &allocatorv1.AddPhysicalDiskResponse{Disk: diskPB(disk)}, nil
+}
+
+// ExpungePhysicalDisk expunges a disk (irreversible, idempotent).
+func (s *Server) ExpungePhysicalDisk(ctx context.Context, req *allocatorv1.ExpungePhysicalDiskRequest) (*allocatorv1.ExpungePhysicalDiskResponse, error) {
+	id, err := parseID("disk_id", req.GetDiskId())
+	if err != nil {
+		return nil, err
+	}
+	var changed bool
+	var disk store.Disk
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := fence.Check(ctx, tx); err != nil {
+			return err
+		}
+		if changed, err = store.ExpungeDisk(ctx, tx, id); err != nil {
+			return err
+		}
+		disk, err = store.GetDisk(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	if changed {
+		s.logger.InfoContext(ctx, "physical disk expunged", "disk_id", id, "dataset_id", disk.DatasetID)
+	}
+	return &allocatorv1.ExpungePhysicalDiskResponse{Disk: diskPB(disk), Changed: changed}, nil
+}
+
+// ExpungeSled expunges a sled and all its disks in one transaction.
+func (s *Server) ExpungeSled(ctx context.Context, req *allocatorv1.ExpungeSledRequest) (*allocatorv1.ExpungeSledResponse, error) {
+	id, err := parseID("sled_id", req.GetSledId())
+	if err != nil {
+		return nil, err
+	}
+	var sled store.Sled
+	var disks []store.Disk
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := fence.Check(ctx, tx); err != nil {
+			return err
+		}
+		sled, disks, err = store.ExpungeSled(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &allocatorv1.ExpungeSledResponse{Sled: sledPB(sled), Disks: disksPB(disks)}, nil
+}
+
+// ListPhysicalDisks pages through disks by id.
+func (s *Server) ListPhysicalDisks(ctx context.Context, req *allocatorv1.ListPhysicalDisksRequest) (*allocatorv1.ListPhysicalDisksResponse, error) {
+	limit, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	sledID, err := parseOptionalID("sled_id", req.GetSledId())
+	if err != nil {
+		return nil, err
+	}
+	after, err := parseOptionalID("page_token", req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	disks, err := store.ListDisks(ctx, s.pool, sledID, after, limit)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	resp := &allocatorv1.ListPhysicalDisksResponse{Disks: disksPB(disks)}
+	if len(disks) == limit {
+		resp.NextPageToken = disks[len(disks)-1].ID.String()
+	}
+	return resp, nil
+}

@@ -1,0 +1,223 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"storagecp.dev/platform/db"
+)
+
+// InsertSled adds a sled unless one with that id exists, and returns the
+// stored row either way.
+func InsertSled(ctx context.Context, q db.Querier, id uuid.UUID, serial string) (Sled, error) {
+	if _, err := q.Exec(ctx, `
+		INSERT INTO sled (id, serial) VALUES ($1, $2)
+		ON CONFLICT (id) DO NOTHING`, id, serial); err != nil {
+		return Sled{}, fmt.Errorf("insert sled: %w", err)
+	}
+	return GetSled(ctx, q, id)
+}
+
+// GetSled returns a sled or ErrNotFound.
+func GetSled(ctx context.Context, q db.Querier, id uuid.UUID) (Sled, error) {
+	var s Sled
+	err := q.QueryRow(ctx, `SELECT id, serial, policy, state, time_created FROM sled WHERE id = $1`, id).
+		Scan(&s.ID, &s.Serial, &s.Policy, &s.State, &s.TimeCreated)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Sled{}, fmt.Errorf("sled %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Sled{}, fmt.Errorf("get sled: %w", err)
+	}
+	return s, nil
+}
+
+// NewDisk describes a physical disk to add.
+type NewDisk struct {
+	ID          uuid.UUID
+	SledID      uuid.UUID
+	Capacity    int64
+	IP          netip.Addr
+	NoProvision bool
+	// Fresh ids for the zpool and dataset, used only if the disk is new.
+	ZpoolID   uuid.UUID
+	DatasetID uuid.UUID
+}
+
+// InsertDisk adds a physical disk with its zpool and dataset. Idempotent on
+// the disk id: an existing disk on the same sled is returned unchanged; on
+// another sled it is ErrConflict, as is a dataset address another disk uses.
+// The sled must exist (ErrNotFound) and be in service (ErrPrecondition).
+func InsertDisk(ctx context.Context, q db.Querier, d NewDisk) (Disk, error) {
+	existing, err := GetDisk(ctx, q, d.ID)
+	if err == nil {
+		if existing.SledID != d.SledID {
+			return Disk{}, fmt.Errorf("disk %s already exists on sled %s: %w", d.ID, existing.SledID, ErrConflict)
+		}
+		return existing, nil
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return Disk{}, err
+	}
+	sled, err := GetSled(ctx, q, d.SledID)
+	if err != nil {
+		return Disk{}, err
+	}
+	if sled.Policy != PolicyInService {
+		return Disk{}, fmt.Errorf("sled %s is expunged: %w", d.SledID, ErrPrecondition)
+	}
+	var inUse bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM crucible_dataset WHERE ip = $1::inet)`, d.IP.String()).Scan(&inUse); err != nil {
+		return Disk{}, fmt.Errorf("check dataset address: %w", err)
+	}
+	if inUse {
+		return Disk{}, fmt.Errorf("dataset address %s is used by another disk: %w", d.IP, ErrConflict)
+	}
+	if _, err := q.Exec(ctx, `
+		WITH disk AS (
+			INSERT INTO physical_disk (id, sled_id) VALUES ($1, $2) RETURNING id, sled_id
+		), pool AS (
+			INSERT INTO zpool (id, physical_disk_id, sled_id) SELECT $3, id, sled_id FROM disk RETURNING id
+		)
+		INSERT INTO crucible_dataset (id, zpool_id, ip, capacity, no_provision)
+		SELECT $4, id, $5::inet, $6, $7 FROM pool`,
+		d.ID, d.SledID, d.ZpoolID, d.DatasetID, d.IP.String(), d.Capacity, d.NoProvision); err != nil {
+		return Disk{}, fmt.Errorf("insert disk: %w", err)
+	}
+	return GetDisk(ctx, q, d.ID)
+}
+
+const diskColumns = `
+	pd.id, pd.sled_id, pd.policy, pd.state, z.id, d.id, host(d.ip), d.capacity, d.size_used, d.no_provision,
+	(SELECT count(*) FROM region r WHERE r.dataset_id = d.id),
+	(SELECT count(*) FROM region_snapshot rs WHERE rs.dataset_id = d.id)`
+
+const diskFrom = `
+	FROM physical_disk pd
+	JOIN zpool z ON z.physical_disk_id = pd.id
+	JOIN crucible_dataset d ON d.zpool_id = z.id`
+
+func scanDisk(row pgx.Row) (Disk, error) {
+	var d Disk
+	var ip string
+	err := row.Scan(&d.ID, &d.SledID, &d.Policy, &d.State, &d.ZpoolID, &d.DatasetID, &ip,
+		&d.Capacity, &d.SizeUsed, &d.NoProvision, &d.RegionCount, &d.RegionSnapshotCount)
+	if err != nil {
+		return Disk{}, err
+	}
+	d.IP, err = netip.ParseAddr(ip)
+	return d, err
+}
+
+// GetDisk returns a disk or ErrNotFound.
+func GetDisk(ctx context.Context, q db.Querier, id uuid.UUID) (Disk, error) {
+	d, err := scanDisk(q.QueryRow(ctx, `SELECT `+diskColumns+diskFrom+` WHERE pd.id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Disk{}, fmt.Errorf("physical disk %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Disk{}, fmt.Errorf("get disk: %w", err)
+	}
+	return d, nil
+}
+
+// ListDisks pages through disks ordered by id, after the id `after`
+// (uuid.Nil for the first page), optionally on one sled.
+func ListDisks(ctx context.Context, q db.Querier, sledID, after uuid.UUID, limit int) ([]Disk, error) {
+	rows, err := q.Query(ctx, `SELECT `+diskColumns+diskFrom+`
+		WHERE ($1::uuid IS NULL OR pd.sled_id = $1) AND pd.id > $2
+		ORDER BY pd.id LIMIT $3`, nullUUID(sledID), after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list disks: %w", err)
+	}
+	defer rows.Close()
+	var out []Disk
+	for rows.Next() {
+		d, err := scanDisk(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list disks: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// ExpungeDisk marks a disk expunged. changed is false when it already was.
+// Irreversible: nothing sets the policy back.
+func ExpungeDisk(ctx context.Context, q db.Querier, id uuid.UUID) (changed bool, err error) {
+	tag, err := q.Exec(ctx, `UPDATE physical_disk SET policy = 'expunged' WHERE id = $1 AND policy <> 'expunged'`, id)
+	if err != nil {
+		return false, fmt.Errorf("expunge disk: %w", err)
+	}
+	if tag.RowsAffected() == 1 {
+		return true, nil
+	}
+	if _, err := GetDisk(ctx, q, id); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// ExpungeSled marks a sled and every disk on it expunged, and returns them.
+func ExpungeSled(ctx context.Context, q db.Querier, id uuid.UUID) (Sled, []Disk, error) {
+	if _, err := GetSled(ctx, q, id); err != nil {
+		return Sled{}, nil, err
+	}
+	if _, err := q.Exec(ctx, `UPDATE sled SET policy = 'expunged' WHERE id = $1 AND policy <> 'expunged'`, id); err != nil {
+		return Sled{}, nil, fmt.Errorf("expunge sled: %w", err)
+	}
+	if _, err := q.Exec(ctx, `UPDATE physical_disk SET policy = 'expunged' WHERE sled_id = $1 AND policy <> 'expunged'`, id); err != nil {
+		return Sled{}, nil, fmt.Errorf("expunge sled disks: %w", err)
+	}
+	s, err := GetSled(ctx, q, id)
+	if err != nil {
+		return Sled{}, nil, err
+	}
+	disks, err := ListDisks(ctx, q, id, uuid.Nil, 1<<20)
+	return s, disks, err
+}
+
+// DatasetInService reports whether the dataset's disk (and sled) is in
+// service: the negation of "its agent is gone" (spec §C.2). ErrNotFound
+// for an unknown dataset.
+func DatasetInService(ctx context.Context, q db.Querier, datasetID uuid.UUID) (bool, error) {
+	var ok bool
+	err := q.QueryRow(ctx, `
+		SELECT pd.policy = 'in_service' AND s.policy = 'in_service'
+		FROM crucible_dataset d
+		JOIN zpool z ON z.id = d.zpool_id
+		JOIN physical_disk pd ON pd.id = z.physical_disk_id
+		JOIN sled s ON s.id = pd.sled_id
+		WHERE d.id = $1`, datasetID).Scan(&ok)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, fmt.Errorf("dataset %s: %w", datasetID, ErrNotFound)
+	}
+	if err != nil {
+		return false, fmt.Errorf("dataset in service: %w", err)
+	}
+	return ok, nil
+}
+
+// DatasetByIP returns the dataset serving at ip and whether its agent is
+// in service. found is false when no dataset has that address.
+func DatasetByIP(ctx context.Context, q db.Querier, ip netip.Addr) (datasetID uuid.UUID, inService, found bool, err error) {
+	err = q.QueryRow(ctx, `
+		SELECT d.id, pd.policy = 'in_service' AND s.policy = 'in_service'
+		FROM crucible_dataset d
+		JOIN zpool z ON z.id = d.zpool_id
+		JOIN physical_disk pd ON pd.id = z.physical_disk_id
+		JOIN sled s ON s.id = pd.sled_id
+		WHERE d.ip = $1::inet`, ip.String()).Scan(&datasetID, &inService)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return uuid.Nil, false, false, nil
+	}
+	if err != nil {
+		return uuid.Nil, false, false, fmt.Errorf("dataset by address: %w", err)
+	}
+	return datasetID, inService, true, nil
+}
