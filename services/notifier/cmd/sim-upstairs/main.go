@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"flag"
+	"time"
 
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	"storagecp.dev/notifier/internal/simupstairs"
@@ -14,6 +15,7 @@ import (
 
 func main() {
 	var notifierAddr, allocatorAddr *string
+	var repairDelay, probeInterval *time.Duration
 	server.Main(server.Service{
 		Name:        "sim-upstairs",
 		DefaultAddr: "127.0.0.1:7110",
@@ -21,12 +23,16 @@ func main() {
 		Flags: func(fs *flag.FlagSet) {
 			notifierAddr = fs.String("notifier-addr", "127.0.0.1:7103", "upstairs-notifier address (repair reports)")
 			allocatorAddr = fs.String("allocator-addr", "127.0.0.1:7102", "region-allocator address (data-path probes)")
+			repairDelay = fs.Duration("repair-delay", simupstairs.DefaultRepairDelay, "how long a simulated live repair or reconciliation takes")
+			probeInterval = fs.Duration("probe-interval", simupstairs.DefaultProbeInterval, "data-path probe period (0 disables probing)")
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
-			s, err := simupstairs.New(env.Logger, *notifierAddr, *allocatorAddr)
+			s, err := simupstairs.New(env.Logger, *notifierAddr, *allocatorAddr,
+				simupstairs.WithRepairDelay(*repairDelay), simupstairs.WithProbeInterval(*probeInterval))
 			if err != nil {
 				return err
 			}
+			go s.Run(ctx)
 			upstairsv1.RegisterUpstairsServiceServer(env.Server, s)
 			if env.Dev {
 				upstairsv1.RegisterUpstairsFaultServiceServer(env.Server, s.Faults())

@@ -1541,10 +1541,16 @@ func (x *RepairNotification) GetTime() *timestamppb.Timestamp {
 }
 
 type ListRepairNotificationsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RegionId      string                 `protobuf:"bytes,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
-	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Filter: the repaired region. At least one of region_id and
+	// target_address is required (INVALID_ARGUMENT otherwise); both narrow.
+	RegionId  string `protobuf:"bytes,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	PageSize  int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Filter: the repaired downstairs' address ("[ipv6]:port", compared in
+	// canonical form). An Upstairs knows addresses, not region ids, so this is
+	// how the drive task finds the finish for a new region.
+	TargetAddress string `protobuf:"bytes,4,opt,name=target_address,json=targetAddress,proto3" json:"target_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1596,6 +1602,13 @@ func (x *ListRepairNotificationsRequest) GetPageSize() int32 {
 func (x *ListRepairNotificationsRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListRepairNotificationsRequest) GetTargetAddress() string {
+	if x != nil {
+		return x.TargetAddress
 	}
 	return ""
 }
@@ -2313,12 +2326,13 @@ const file_storage_notifier_v1_notifier_proto_rawDesc = "" +
 	"\tregion_id\x18\x05 \x01(\tR\bregionId\x12%\n" +
 	"\x0etarget_address\x18\x06 \x01(\tR\rtargetAddress\x12X\n" +
 	"\x11notification_type\x18\a \x01(\x0e2+.storage.notifier.v1.RepairNotificationTypeR\x10notificationType\x12.\n" +
-	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"y\n" +
+	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xa0\x01\n" +
 	"\x1eListRepairNotificationsRequest\x12\x1b\n" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"\x98\x01\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12%\n" +
+	"\x0etarget_address\x18\x04 \x01(\tR\rtargetAddress\"\x98\x01\n" +
 	"\x1fListRepairNotificationsResponse\x12M\n" +
 	"\rnotifications\x18\x01 \x03(\v2'.storage.notifier.v1.RepairNotificationR\rnotifications\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa6\x02\n" +

@@ -67,7 +67,8 @@ type UpstairsNotifierServiceClient interface {
 	ListAttachments(ctx context.Context, in *ListAttachmentsRequest, opts ...grpc.CallOption) (*ListAttachmentsResponse, error)
 	// Lists notification attempts and outcomes, paginated.
 	ListNotifications(ctx context.Context, in *ListNotificationsRequest, opts ...grpc.CallOption) (*ListNotificationsResponse, error)
-	// Lists repair notifications for a region (time ascending), paginated.
+	// Lists repair notifications for a region or a target address (time
+	// ascending), paginated.
 	ListRepairNotifications(ctx context.Context, in *ListRepairNotificationsRequest, opts ...grpc.CallOption) (*ListRepairNotificationsResponse, error)
 	// Inbound from an Upstairs: a repair started, one row per downstairs.
 	// Repeats are no-ops. A repair id seen with another repair type is
@@ -243,7 +244,8 @@ type UpstairsNotifierServiceServer interface {
 	ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error)
 	// Lists notification attempts and outcomes, paginated.
 	ListNotifications(context.Context, *ListNotificationsRequest) (*ListNotificationsResponse, error)
-	// Lists repair notifications for a region (time ascending), paginated.
+	// Lists repair notifications for a region or a target address (time
+	// ascending), paginated.
 	ListRepairNotifications(context.Context, *ListRepairNotificationsRequest) (*ListRepairNotificationsResponse, error)
 	// Inbound from an Upstairs: a repair started, one row per downstairs.
 	// Repeats are no-ops. A repair id seen with another repair type is

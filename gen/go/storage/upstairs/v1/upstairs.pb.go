@@ -511,7 +511,10 @@ type VolumeStatus struct {
 	// Addresses that were found destroyed.
 	DataLossAddresses []string `protobuf:"bytes,7,rep,name=data_loss_addresses,json=dataLossAddresses,proto3" json:"data_loss_addresses,omitempty"`
 	// A repair (live or reconciliation) is running.
-	Repairing     bool `protobuf:"varint,8,opt,name=repairing,proto3" json:"repairing,omitempty"`
+	Repairing bool `protobuf:"varint,8,opt,name=repairing,proto3" json:"repairing,omitempty"`
+	// ReplaceVolume calls this activation received (tests use it to show a
+	// deduplicated notification never reached the Upstairs).
+	ReplaceCalls  int64 `protobuf:"varint,9,opt,name=replace_calls,json=replaceCalls,proto3" json:"replace_calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +603,13 @@ func (x *VolumeStatus) GetRepairing() bool {
 		return x.Repairing
 	}
 	return false
+}
+
+func (x *VolumeStatus) GetReplaceCalls() int64 {
+	if x != nil {
+		return x.ReplaceCalls
+	}
+	return 0
 }
 
 type GetVolumeStatusRequest struct {
@@ -982,7 +992,7 @@ const file_storage_upstairs_v1_upstairs_proto_rawDesc = "" +
 	"Downstairs\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1b\n" +
 	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12:\n" +
-	"\x05state\x18\x03 \x01(\x0e2$.storage.upstairs.v1.DownstairsStateR\x05state\"\xbd\x02\n" +
+	"\x05state\x18\x03 \x01(\x0e2$.storage.upstairs.v1.DownstairsStateR\x05state\"\xe2\x02\n" +
 	"\fVolumeStatus\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x16\n" +
 	"\x06active\x18\x02 \x01(\bR\x06active\x12\x1f\n" +
@@ -996,7 +1006,8 @@ const file_storage_upstairs_v1_upstairs_proto_rawDesc = "" +
 	"downstairs\x12(\n" +
 	"\x10data_loss_events\x18\x06 \x01(\x03R\x0edataLossEvents\x12.\n" +
 	"\x13data_loss_addresses\x18\a \x03(\tR\x11dataLossAddresses\x12\x1c\n" +
-	"\trepairing\x18\b \x01(\bR\trepairing\"5\n" +
+	"\trepairing\x18\b \x01(\bR\trepairing\x12#\n" +
+	"\rreplace_calls\x18\t \x01(\x03R\freplaceCalls\"5\n" +
 	"\x16GetVolumeStatusRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"T\n" +
 	"\x17GetVolumeStatusResponse\x129\n" +

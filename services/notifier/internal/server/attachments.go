@@ -1,0 +1,215 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/notifier/internal/store"
+)
+
+// ConstructVolume implements UpstairsNotifierService. The attachment is
+// STARTING before the checkout, so a NotifyReplacement racing with this
+// construction fails (and is retried) instead of missing an Upstairs built
+// from the old VCR.
+func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructVolumeRequest) (*notifierv1.ConstructVolumeResponse, error) {
+	volumeID, err := parseID("volume_id", req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	kind, ok := kindNames[req.GetKind()]
+	if !ok {
+		return nil, invalid("kind", "must be PROPOLIS or PANTRY")
+	}
+	endpoint, err := canonicalEndpoint(req.GetEndpoint())
+	if err != nil {
+		return nil, invalid("endpoint", "%v", err)
+	}
+	var upstairsID uuid.UUID
+	if req.GetUpstairsId() != "" {
+		if upstairsID, err = parseID("upstairs_id", req.GetUpstairsId()); err != nil {
+			return nil, err
+		}
+	}
+	// An unknown volume is NotFound with nothing recorded.
+	if _, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String(), View: volumev1.VolumeView_VOLUME_VIEW_REDACTED}); err != nil {
+		return nil, volumeServiceError(err)
+	}
+
+	att, err := s.store.StartConstruction(ctx, store.ConstructionStart{
+		VolumeID: volumeID, Kind: kind, Endpoint: endpoint, UpstairsID: upstairsID, ReadOnly: req.GetReadOnly(),
+	})
+	if err != nil {
+		return nil, s.storeError(ctx, "start construction", err)
+	}
+	log := s.logger.With("volume_id", volumeID, "attachment_id", att.ID, "incarnation", att.Incarnation, "endpoint", endpoint)
+
+	// From here on every failure is recorded as FAILED, even if the caller
+	// has gone away meanwhile.
+	fail := func(cause error, what string) error {
+		st := status.Convert(cause)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := s.store.FinishConstruction(rctx, att.ID, att.Incarnation, store.StateFailed, what+": "+st.Message()); err != nil && !errors.Is(err, store.ErrSuperseded) {
+			log.ErrorContext(ctx, "recording failed construction", "err", err)
+		}
+		log.WarnContext(ctx, "construction failed", "step", what, "code", st.Code(), "err", st.Message())
+		return cause
+	}
+
+	co, err := s.volumes.CheckoutVolume(ctx, &volumev1.CheckoutVolumeRequest{VolumeId: volumeID.String(), Reason: volumev1.CheckoutReason_CHECKOUT_REASON_CONSTRUCT})
+	if err != nil {
+		return nil, fail(volumeServiceError(err), "checkout")
+	}
+	up, err := s.upstairs(endpoint)
+	if err != nil {
+		return nil, fail(status.Errorf(codes.Unavailable, "endpoint %s: %v", endpoint, err), "activate")
+	}
+	actx, cancel := context.WithTimeout(ctx, s.upstairsTimeout)
+	_, err = up.Activate(actx, &upstairsv1.ActivateRequest{
+		VolumeId: volumeID.String(), Vcr: co.GetVcr(), UpstairsId: att.UpstairsID.String(), ReadOnly: att.ReadOnly,
+	})
+	cancel()
+	if err != nil {
+		return nil, fail(upstairsError(endpoint, "Activate", err), "activate")
+	}
+	att, err = s.store.FinishConstruction(ctx, att.ID, att.Incarnation, store.StateRunning, "")
+	if err != nil {
+		return nil, s.storeError(ctx, "finish construction", err)
+	}
+	log.InfoContext(ctx, "volume constructed")
+	return &notifierv1.ConstructVolumeResponse{Attachment: attachmentProto(att)}, nil
+}
+
+// volumeServiceError keeps NotFound, InvalidArgument and
+// FailedPrecondition from the volume-service and reports anything else as
+// Unavailable (the caller retries).
+func volumeServiceError(err error) error {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.NotFound, codes.InvalidArgument, codes.FailedPrecondition, codes.Canceled:
+		return status.Errorf(st.Code(), "volume-service: %s", st.Message())
+	}
+	return status.Errorf(codes.Unavailable, "volume-service: %s", st.Message())
+}
+
+// upstairsError maps an Upstairs call failure: unreachable is Unavailable,
+// anything else FailedPrecondition (the Upstairs refused).
+func upstairsError(endpoint, method string, err error) error {
+	st := status.Convert(err)
+	code := codes.FailedPrecondition
+	if unreachable(err) {
+		code = codes.Unavailable
+	}
+	return status.Errorf(code, "upstairs %s %s: %s: %s", endpoint, method, st.Code(), st.Message())
+}
+
+// DetachUpstairs implements UpstairsNotifierService. The attachment is
+// marked STOPPING (so notifications wait), the volume deactivated on the
+// endpoint, and the record forgotten. An endpoint that cannot be reached is
+// Unavailable and the attachment stays STOPPING, unless the Upstairs was
+// already reported STOPPED or FAILED (then it has nothing to deactivate).
+func (s *Server) DetachUpstairs(ctx context.Context, req *notifierv1.DetachUpstairsRequest) (*notifierv1.DetachUpstairsResponse, error) {
+	id, err := parseID("attachment_id", req.GetAttachmentId())
+	if err != nil {
+		return nil, err
+	}
+	att, err := s.store.GetAttachment(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return &notifierv1.DetachUpstairsResponse{}, nil
+	}
+	if err != nil {
+		return nil, s.storeError(ctx, "get attachment", err)
+	}
+	mustDeactivate := att.State != store.StateStopped && att.State != store.StateFailed
+	if mustDeactivate {
+		if _, err := s.store.SetState(ctx, id, store.StateStopping); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return &notifierv1.DetachUpstairsResponse{}, nil
+			}
+			return nil, s.storeError(ctx, "mark stopping", err)
+		}
+	} else if err := s.store.CheckFence(ctx); err != nil {
+		return nil, s.storeError(ctx, "fence", err)
+	}
+	if up, derr := s.upstairs(att.Endpoint); derr == nil {
+		dctx, cancel := context.WithTimeout(ctx, s.upstairsTimeout)
+		_, err = up.Deactivate(dctx, &upstairsv1.DeactivateRequest{VolumeId: att.VolumeID.String()})
+		cancel()
+	} else {
+		err = status.Error(codes.Unavailable, derr.Error())
+	}
+	if err != nil && mustDeactivate {
+		return nil, upstairsError(att.Endpoint, "Deactivate", err)
+	}
+	if err := s.store.DeleteAttachment(ctx, id); err != nil {
+		return nil, s.storeError(ctx, "delete attachment", err)
+	}
+	return &notifierv1.DetachUpstairsResponse{}, nil
+}
+
+// SetUpstairsState implements UpstairsNotifierService.
+func (s *Server) SetUpstairsState(ctx context.Context, req *notifierv1.SetUpstairsStateRequest) (*notifierv1.SetUpstairsStateResponse, error) {
+	id, err := parseID("attachment_id", req.GetAttachmentId())
+	if err != nil {
+		return nil, err
+	}
+	state, ok := stateNames[req.GetState()]
+	if !ok {
+		return nil, invalid("state", "required")
+	}
+	if state == store.StateStarting {
+		return nil, invalid("state", "STARTING is set by ConstructVolume only")
+	}
+	att, err := s.store.SetState(ctx, id, state)
+	if err != nil {
+		return nil, s.storeError(ctx, "set state", err)
+	}
+	return &notifierv1.SetUpstairsStateResponse{Attachment: attachmentProto(att)}, nil
+}
+
+// ListAttachments implements UpstairsNotifierService.
+func (s *Server) ListAttachments(ctx context.Context, req *notifierv1.ListAttachmentsRequest) (*notifierv1.ListAttachmentsResponse, error) {
+	limit, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	var volumeID *uuid.UUID
+	if req.GetVolumeId() != "" {
+		id, err := parseID("volume_id", req.GetVolumeId())
+		if err != nil {
+			return nil, err
+		}
+		volumeID = &id
+	}
+	after := uuid.Nil
+	if req.GetPageToken() != "" {
+		parts, err := decodeToken(req.GetPageToken(), 1)
+		if err != nil {
+			return nil, err
+		}
+		if after, err = uuid.Parse(parts[0]); err != nil {
+			return nil, invalid("page_token", "malformed")
+		}
+	}
+	rows, err := s.store.ListAttachments(ctx, volumeID, after, limit+1)
+	if err != nil {
+		return nil, s.storeError(ctx, "list attachments", err)
+	}
+	resp := &notifierv1.ListAttachmentsResponse{}
+	if len(rows) > limit {
+		rows = rows[:limit]
+		resp.NextPageToken = encodeToken(rows[limit-1].ID.String())
+	}
+	for _, a := range rows {
+		resp.Attachments = append(resp.Attachments, attachmentProto(a))
+	}
+	return resp, nil
+}

@@ -1,0 +1,239 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/notifier/internal/store"
+	"storagecp.dev/notifier/internal/vcrutil"
+)
+
+const (
+	maxStepKeyLen = 512
+	// notifyRecordTimeout bounds recording an outcome after the caller may
+	// have gone: an Upstairs was called, so the attempt must be kept.
+	notifyRecordTimeout = 10 * time.Second
+)
+
+type commonVCR = commonv1.VolumeConstructionRequest
+
+// NotifyReplacement implements UpstairsNotifierService.
+//
+// Outcomes, by the attachments of the volume:
+//   - none, or only STOPPED ones → NO_UPSTAIRS: nothing runs the volume, and
+//     any later construction checks out the stored (new) VCR;
+//   - any STARTING, MIGRATING, STOPPING or FAILED → FailedPrecondition,
+//     recorded, nothing called: the caller unwinds and retries later;
+//   - otherwise every RUNNING or REBOOTING Upstairs is asked to ReplaceVolume
+//     with the current VCR: STARTED, STARTED_ALREADY, COMPLETED_ALREADY and
+//     VCR_MATCHES are NOTIFIED; MISSING or a refusal is FailedPrecondition;
+//     an unreachable endpoint is Unavailable. Each answer is recorded.
+//
+// A successful answer is recorded once per (step_key, attachment,
+// incarnation, VCR generation); a repeat returns it (deduplicated) without
+// calling the Upstairs.
+func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyReplacementRequest) (*notifierv1.NotifyReplacementResponse, error) {
+	volumeID, err := parseID("volume_id", req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	stepKey := req.GetStepKey()
+	if stepKey == "" {
+		return nil, invalid("step_key", "required")
+	}
+	if len(stepKey) > maxStepKeyLen {
+		return nil, invalid("step_key", "longer than %d bytes", maxStepKeyLen)
+	}
+	// A stale leader must not reach any Upstairs.
+	if err := s.store.CheckFence(ctx); err != nil {
+		return nil, s.storeError(ctx, "fence", err)
+	}
+	// Read the VCR before the attachments: a construction that is not yet
+	// recorded as STARTING will check out this VCR or a newer one.
+	vol, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String(), View: volumev1.VolumeView_VOLUME_VIEW_FULL})
+	if err != nil {
+		return nil, volumeServiceError(err)
+	}
+	vcr := vol.GetVolume().GetVcr()
+	gen := vcrutil.Generation(vcr)
+	atts, err := s.store.VolumeAttachments(ctx, volumeID)
+	if err != nil {
+		return nil, s.storeError(ctx, "list attachments", err)
+	}
+	record := func(ns ...store.Notification) error {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), notifyRecordTimeout)
+		defer cancel()
+		if err := s.store.RecordNotifications(rctx, ns); err != nil {
+			return s.storeError(ctx, "record notification", err)
+		}
+		return nil
+	}
+	base := store.Notification{VolumeID: volumeID, StepKey: stepKey, VCRGeneration: gen}
+
+	var running []store.Attachment
+	var blocked []string
+	var blockedRows []store.Notification
+	for _, a := range atts {
+		switch a.State {
+		case store.StateRunning, store.StateRebooting:
+			running = append(running, a)
+		case store.StateStopped:
+		default:
+			blocked = append(blocked, fmt.Sprintf("attachment %s (incarnation %d) is %s", a.ID, a.Incarnation, strings.ToUpper(a.State)))
+			n := base
+			n.AttachmentID, n.Incarnation = &a.ID, a.Incarnation
+			n.Outcome, n.Error = store.OutcomeFailed, "attachment is "+strings.ToUpper(a.State)
+			blockedRows = append(blockedRows, n)
+		}
+	}
+	if len(blocked) > 0 {
+		if err := record(blockedRows...); err != nil {
+			return nil, err
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s cannot be notified now: %s", volumeID, strings.Join(blocked, "; "))
+	}
+	if len(running) == 0 {
+		n := base
+		n.Outcome = store.OutcomeNoUpstairs
+		if err := record(n); err != nil {
+			return nil, err
+		}
+		return &notifierv1.NotifyReplacementResponse{Outcome: notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_NO_UPSTAIRS}, nil
+	}
+
+	// Ask every running Upstairs at once; each answer is independent.
+	results := make([]notifyResult, len(running))
+	var wg sync.WaitGroup
+	for i, a := range running {
+		wg.Go(func() { results[i] = s.notifyOne(ctx, a, stepKey, gen, vcr) })
+	}
+	wg.Wait()
+
+	resp := &notifierv1.NotifyReplacementResponse{Outcome: notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_NOTIFIED}
+	var rows []store.Notification
+	var failures []string
+	worst := codes.OK
+	for i, r := range results {
+		a := running[i]
+		if r.internal != nil {
+			return nil, s.storeError(ctx, "find notification", r.internal)
+		}
+		if r.deduplicated {
+			resp.Attachments = append(resp.Attachments, &notifierv1.AttachmentNotification{
+				AttachmentId: a.ID.String(), Incarnation: a.Incarnation, Result: r.result, Deduplicated: true,
+			})
+			continue
+		}
+		n := base
+		n.AttachmentID, n.Incarnation, n.Result = &a.ID, a.Incarnation, replaceResultName(r.result)
+		if r.err != nil {
+			st := status.Convert(r.err)
+			n.Outcome, n.Error = store.OutcomeFailed, st.Message()
+			failures = append(failures, st.Message())
+			if worst != codes.Unavailable {
+				worst = st.Code()
+			}
+		} else {
+			n.Outcome = store.OutcomeNotified
+			resp.Attachments = append(resp.Attachments, &notifierv1.AttachmentNotification{
+				AttachmentId: a.ID.String(), Incarnation: a.Incarnation, Result: r.result,
+			})
+		}
+		rows = append(rows, n)
+	}
+	if len(rows) > 0 {
+		if err := record(rows...); err != nil {
+			return nil, err
+		}
+	}
+	if len(failures) > 0 {
+		return nil, status.Errorf(worst, "volume %s: %s", volumeID, strings.Join(failures, "; "))
+	}
+	return resp, nil
+}
+
+type notifyResult struct {
+	result       upstairsv1.ReplaceResult
+	deduplicated bool
+	// err is a status: FailedPrecondition or Unavailable.
+	err error
+	// internal is a database failure.
+	internal error
+}
+
+// notifyOne tells one running Upstairs about the VCR, unless this
+// incarnation was already told at this generation under this step key.
+func (s *Server) notifyOne(ctx context.Context, a store.Attachment, stepKey string, gen uint64, vcr *commonVCR) notifyResult {
+	prev, found, err := s.store.FindNotified(ctx, stepKey, a.ID, a.Incarnation, gen)
+	if err != nil {
+		return notifyResult{internal: err}
+	}
+	if found {
+		return notifyResult{result: replaceResultFromName(prev.Result), deduplicated: true}
+	}
+	up, err := s.upstairs(a.Endpoint)
+	if err != nil {
+		return notifyResult{err: status.Errorf(codes.Unavailable, "upstairs %s: %v", a.Endpoint, err)}
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.upstairsTimeout)
+	defer cancel()
+	resp, err := up.ReplaceVolume(cctx, &upstairsv1.ReplaceVolumeRequest{VolumeId: a.VolumeID.String(), Vcr: vcr})
+	if err != nil {
+		return notifyResult{err: upstairsError(a.Endpoint, "ReplaceVolume", err)}
+	}
+	switch r := resp.GetResult(); r {
+	case upstairsv1.ReplaceResult_REPLACE_RESULT_STARTED,
+		upstairsv1.ReplaceResult_REPLACE_RESULT_STARTED_ALREADY,
+		upstairsv1.ReplaceResult_REPLACE_RESULT_COMPLETED_ALREADY,
+		upstairsv1.ReplaceResult_REPLACE_RESULT_VCR_MATCHES:
+		return notifyResult{result: r}
+	case upstairsv1.ReplaceResult_REPLACE_RESULT_MISSING:
+		return notifyResult{result: r, err: status.Errorf(codes.FailedPrecondition, "upstairs %s answered MISSING: %s", a.Endpoint, resp.GetDetail())}
+	default:
+		return notifyResult{result: r, err: status.Errorf(codes.FailedPrecondition, "upstairs %s answered %s", a.Endpoint, r)}
+	}
+}
+
+// ListNotifications implements UpstairsNotifierService.
+func (s *Server) ListNotifications(ctx context.Context, req *notifierv1.ListNotificationsRequest) (*notifierv1.ListNotificationsResponse, error) {
+	limit, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	var volumeID *uuid.UUID
+	if req.GetVolumeId() != "" {
+		id, err := parseID("volume_id", req.GetVolumeId())
+		if err != nil {
+			return nil, err
+		}
+		volumeID = &id
+	}
+	after, err := decodeSeqToken(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.store.ListNotifications(ctx, volumeID, after, limit+1)
+	if err != nil {
+		return nil, s.storeError(ctx, "list notifications", err)
+	}
+	resp := &notifierv1.ListNotificationsResponse{}
+	if len(rows) > limit {
+		rows = rows[:limit]
+		resp.NextPageToken = encodeToken(fmt.Sprint(rows[limit-1].Seq))
+	}
+	for _, n := range rows {
+		resp.Notifications = append(resp.Notifications, notificationProto(n))
+	}
+	return resp, nil
+}
