@@ -1,0 +1,352 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/ids"
+	"storagecp.dev/volume/internal/vcr"
+)
+
+func getTarget(ctx context.Context, q db.Querier, id uuid.UUID) (Target, bool, error) {
+	var refs int64
+	t, err := scanTarget(q.QueryRow(ctx, `SELECT `+targetCols+`,
+		(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)
+		FROM target WHERE target_id = $1`, id), &refs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Target{}, false, nil
+	}
+	if err != nil {
+		return Target{}, false, fmt.Errorf("load target %s: %w", id, err)
+	}
+	t.RefCount = refs
+	return t, true, nil
+}
+
+// Registration is a target to register as PENDING.
+type Registration struct {
+	TargetID      uuid.UUID
+	Kind          TargetKind
+	RegionID      uuid.UUID
+	OwnerVolumeID uuid.UUID
+	SnapshotID    uuid.UUID
+}
+
+// normalize checks a registration and derives its target id: a region's is
+// its region id, a region snapshot's ids.RegionSnapshotTargetID.
+func (r *Registration) normalize(i int) error {
+	p := fmt.Sprintf("targets[%d]", i)
+	if r.RegionID == uuid.Nil {
+		return invalidArgument("%s.region_id: required", p)
+	}
+	var want uuid.UUID
+	switch r.Kind {
+	case KindRWRegion, KindRORegion:
+		if r.SnapshotID != uuid.Nil {
+			return invalidArgument("%s.snapshot_id: only for region snapshots", p)
+		}
+		if r.Kind == KindRWRegion && r.OwnerVolumeID == uuid.Nil {
+			return invalidArgument("%s.owner_volume_id: required for a rw region", p)
+		}
+		want = r.RegionID
+	case KindRegionSnapshot:
+		if r.SnapshotID == uuid.Nil {
+			return invalidArgument("%s.snapshot_id: required for a region snapshot", p)
+		}
+		if r.OwnerVolumeID != uuid.Nil {
+			return invalidArgument("%s.owner_volume_id: not for a region snapshot", p)
+		}
+		want = ids.RegionSnapshotTargetID(r.RegionID, r.SnapshotID)
+	default:
+		return invalidArgument("%s.kind: required", p)
+	}
+	if r.TargetID == uuid.Nil {
+		r.TargetID = want
+	}
+	if r.TargetID != want {
+		return invalidArgument("%s.target_id: must be %s", p, want)
+	}
+	return nil
+}
+
+// RegisterTargets records targets as PENDING (idempotent: an identical
+// registration returns the stored target in whatever state). A region
+// snapshot needs its parent region registered as a live rw region whose
+// owner volume is not soft-deleted; reading that volume row here and the
+// snapshot rows in SoftDeleteVolume makes the two conflict under
+// SERIALIZABLE, so exactly one of them wins.
+func (s *Store) RegisterTargets(ctx context.Context, regs []Registration) ([]Target, error) {
+	for i := range regs {
+		if err := regs[i].normalize(i); err != nil {
+			return nil, err
+		}
+	}
+	var out []Target
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		out = out[:0]
+		for _, r := range regs {
+			t, err := registerOne(ctx, tx, r)
+			if err != nil {
+				return err
+			}
+			out = append(out, t)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func registerOne(ctx context.Context, tx pgx.Tx, r Registration) (Target, error) {
+	existing, ok, err := getTarget(ctx, tx, r.TargetID)
+	if err != nil {
+		return Target{}, err
+	}
+	if ok {
+		if existing.Kind != r.Kind || existing.RegionID != r.RegionID || existing.SnapshotID != r.SnapshotID ||
+			(r.Kind == KindRWRegion && existing.OwnerVolumeID != r.OwnerVolumeID && existing.State == StatePending) {
+			return Target{}, failedPrecondition("target %s is already registered differently", r.TargetID)
+		}
+		return existing, nil
+	}
+	if r.Kind == KindRegionSnapshot {
+		parent, ok, err := getTarget(ctx, tx, r.RegionID)
+		if err != nil {
+			return Target{}, err
+		}
+		if !ok {
+			return Target{}, failedPrecondition("region snapshot %s: parent region %s is not registered", r.TargetID, r.RegionID)
+		}
+		if parent.Kind != KindRWRegion {
+			return Target{}, failedPrecondition("region snapshot %s: region %s is %s; only rw regions are snapshotted", r.TargetID, r.RegionID, parent.Kind)
+		}
+		var deleted *time.Time
+		err = tx.QueryRow(ctx, `SELECT time_deleted FROM volume WHERE id = $1`, parent.OwnerVolumeID).Scan(&deleted)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// Owner not created yet (regions are registered before their
+			// volume) — nothing can have freed the region.
+		case err != nil:
+			return Target{}, fmt.Errorf("owner volume of %s: %w", r.RegionID, err)
+		case deleted != nil:
+			return Target{}, failedPrecondition("region snapshot %s: parent region %s belongs to soft-deleted volume %s", r.TargetID, r.RegionID, parent.OwnerVolumeID)
+		}
+	}
+	t, err := scanTarget(tx.QueryRow(ctx, `INSERT INTO target (target_id, kind, state, region_id, snapshot_id, owner_volume_id)
+		VALUES ($1, $2, 'PENDING', $3, $4, $5) RETURNING `+targetCols,
+		r.TargetID, r.Kind, r.RegionID, nullUUID(r.SnapshotID), nullUUID(r.OwnerVolumeID)))
+	if err != nil {
+		return Target{}, fmt.Errorf("register %s: %w", r.TargetID, err)
+	}
+	return t, nil
+}
+
+func nullUUID(u uuid.UUID) uuid.NullUUID { return uuid.NullUUID{UUID: u, Valid: u != uuid.Nil} }
+
+// Activation is a created target's placement.
+type Activation struct {
+	TargetID  uuid.UUID
+	DatasetID uuid.UUID
+	Address   string
+}
+
+// ActivateTargets records the dataset and address of created targets and
+// makes them ACTIVE. Idempotent; an ACTIVE target with another placement,
+// a DELETING one, or an address another live target serves is
+// FailedPrecondition.
+func (s *Store) ActivateTargets(ctx context.Context, acts []Activation) ([]Target, error) {
+	for i := range acts {
+		a := &acts[i]
+		if a.TargetID == uuid.Nil {
+			return nil, invalidArgument("targets[%d].target_id: required", i)
+		}
+		if a.DatasetID == uuid.Nil {
+			return nil, invalidArgument("targets[%d].dataset_id: required", i)
+		}
+		c, err := vcr.Canonical(a.Address)
+		if err != nil {
+			return nil, invalidArgument("targets[%d].address: %v (want \"[ipv6]:port\")", i, err)
+		}
+		a.Address = c
+	}
+	var out []Target
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		out = out[:0]
+		for _, a := range acts {
+			t, ok, err := getTarget(ctx, tx, a.TargetID)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return notFound("target %s is not registered", a.TargetID)
+			}
+			switch t.State {
+			case StateDeleting:
+				return failedPrecondition("target %s is DELETING", a.TargetID)
+			case StateActive:
+				if t.Address != a.Address || t.DatasetID != a.DatasetID {
+					return failedPrecondition("target %s is already active at %s", a.TargetID, t.Address)
+				}
+				out = append(out, t)
+				continue
+			}
+			var holder uuid.UUID
+			err = tx.QueryRow(ctx, `SELECT target_id FROM target WHERE address = $1 AND state <> 'DELETING'`, a.Address).Scan(&holder)
+			if err == nil {
+				return failedPrecondition("address %s is served by live target %s", a.Address, holder)
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("address holder: %w", err)
+			}
+			t, err = scanTarget(tx.QueryRow(ctx, `UPDATE target SET state = 'ACTIVE', dataset_id = $2, address = $3
+				WHERE target_id = $1 AND state = 'PENDING' RETURNING `+targetCols, a.TargetID, a.DatasetID, a.Address))
+			if err != nil {
+				return fmt.Errorf("activate %s: %w", a.TargetID, err)
+			}
+			out = append(out, t)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// UnregisterTargets removes destroyed targets: a read-only target when
+// DELETING, or PENDING and unreferenced (undoing a registration); a rw
+// region when PENDING or when its owner volume is soft- or hard-deleted,
+// and never while a region snapshot of it is registered. Unknown ids are
+// ignored. All or nothing.
+func (s *Store) UnregisterTargets(ctx context.Context, targetIDs []uuid.UUID) (int, error) {
+	var removed int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		removed = 0
+		for _, id := range targetIDs {
+			t, ok, err := getTarget(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			if err := checkUnregister(ctx, tx, t); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM target WHERE target_id = $1`, id); err != nil {
+				return fmt.Errorf("unregister %s: %w", id, err)
+			}
+			removed++
+		}
+		return nil
+	})
+	return removed, err
+}
+
+func checkUnregister(ctx context.Context, tx pgx.Tx, t Target) error {
+	var refs int64
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM volume_resource_usage WHERE target_id = $1`, t.ID).Scan(&refs); err != nil {
+		return fmt.Errorf("references of %s: %w", t.ID, err)
+	}
+	if t.Kind.ReadOnly() {
+		switch {
+		case t.State == StateDeleting:
+			return nil
+		case t.State == StatePending && refs == 0:
+			return nil
+		}
+		return failedPrecondition("target %s is %s with %d references; only DELETING read-only targets can be unregistered", t.ID, t.State, refs)
+	}
+	var snapshots int64
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM target WHERE kind = 'REGION_SNAPSHOT' AND region_id = $1`, t.RegionID).Scan(&snapshots); err != nil {
+		return fmt.Errorf("snapshots of %s: %w", t.ID, err)
+	}
+	if snapshots > 0 {
+		return failedPrecondition("rw region %s still has %d region snapshots registered", t.ID, snapshots)
+	}
+	if t.State == StatePending {
+		return nil
+	}
+	var deleted *time.Time
+	err := tx.QueryRow(ctx, `SELECT time_deleted FROM volume WHERE id = $1`, t.OwnerVolumeID).Scan(&deleted)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil
+	case err != nil:
+		return fmt.Errorf("owner of %s: %w", t.ID, err)
+	case deleted == nil:
+		return failedPrecondition("rw region %s is owned by live volume %s", t.ID, t.OwnerVolumeID)
+	}
+	return nil
+}
+
+// GetTarget returns a target with its reference count.
+func (s *Store) GetTarget(ctx context.Context, id uuid.UUID) (Target, error) {
+	t, ok, err := getTarget(ctx, s.pool, id)
+	if err != nil {
+		return Target{}, err
+	}
+	if !ok {
+		return Target{}, notFound("target %s is not registered", id)
+	}
+	return t, nil
+}
+
+// TargetFilter narrows ListTargets; zero fields match everything.
+type TargetFilter struct {
+	Kind          TargetKind
+	State         TargetState
+	OwnerVolumeID uuid.UUID
+}
+
+// ListTargets lists targets by id after `after`.
+func (s *Store) ListTargets(ctx context.Context, f TargetFilter, after uuid.UUID, limit int) ([]Target, uuid.UUID, error) {
+	limit = pageLimit(limit)
+	rows, err := s.pool.Query(ctx, `SELECT `+targetCols+`,
+		(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)
+		FROM target
+		WHERE target_id > $1 AND ($2 = '' OR kind = $2) AND ($3 = '' OR state = $3)
+		  AND ($4::uuid IS NULL OR owner_volume_id = $4)
+		ORDER BY target_id LIMIT $5`, after, string(f.Kind), string(f.State), nullUUID(f.OwnerVolumeID), limit+1)
+	if err != nil {
+		return nil, uuid.Nil, fmt.Errorf("list targets: %w", err)
+	}
+	defer rows.Close()
+	var out []Target
+	for rows.Next() {
+		var n int64
+		t, err := scanTarget(rows, &n)
+		if err != nil {
+			return nil, uuid.Nil, err
+		}
+		t.RefCount = n
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, uuid.Nil, err
+	}
+	var next uuid.UUID
+	if len(out) > limit {
+		out = out[:limit]
+		next = out[limit-1].ID
+	}
+	return out, next, nil
+}
+
+// ResolveAddress returns the one non-deleting target serving addr.
+func (s *Store) ResolveAddress(ctx context.Context, addr string) (Target, error) {
+	c, err := vcr.Canonical(addr)
+	if err != nil {
+		return Target{}, invalidArgument("address: %v (want \"[ipv6]:port\")", err)
+	}
+	t, err := scanTarget(s.pool.QueryRow(ctx, `SELECT `+targetCols+` FROM target WHERE address = $1 AND state <> 'DELETING'`, c))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Target{}, notFound("no live target serves %s", c)
+	}
+	if err != nil {
+		return Target{}, fmt.Errorf("resolve %s: %w", c, err)
+	}
+	return s.GetTarget(ctx, t.ID)
+}
