@@ -109,10 +109,16 @@ func wantCode(t testing.TB, err error, code codes.Code) {
 	}
 }
 
+// fataler is what both *testing.T and *rapid.T offer.
+type fataler interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
 // ok turns a (value, error) result into a value, failing the test on an
 // error: ok(s.Call(ctx, req))(t).
-func ok[T any](v T, err error) func(testing.TB) T {
-	return func(t testing.TB) T {
+func ok[T any](v T, err error) func(fataler) T {
+	return func(t fataler) T {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("unexpected error: %v", err)
@@ -122,7 +128,7 @@ func ok[T any](v T, err error) func(testing.TB) T {
 }
 
 // diskUsage returns size_used by dataset id.
-func diskUsage(t testing.TB, s *Server) map[string]*allocatorv1.PhysicalDisk {
+func diskUsage(t fataler, s *Server) map[string]*allocatorv1.PhysicalDisk {
 	t.Helper()
 	out := map[string]*allocatorv1.PhysicalDisk{}
 	token := ""
