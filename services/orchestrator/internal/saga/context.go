@@ -47,7 +47,9 @@ func (c *ActionContext) Lookup(name string, out any) error {
 	self := c.ex.dag.Nodes[c.node]
 	full := self.Scope + name
 	id, ok := c.ex.byName[full]
-	if !ok || strings.Contains(strings.TrimPrefix(full, self.Scope), "@") {
+	// Scoping: a saga sees a subsaga only by its final output (its node
+	// name), never its inner nodes or the engine's internal nodes.
+	if !ok || strings.ContainsAny(name, ".@") {
 		return &ActionError{Kind: ErrKindDeserialize, Message: fmt.Sprintf("lookup %q from %q: no such node", name, self.Name)}
 	}
 	if id != c.node && !c.ex.isAncestor(id, c.node) {

@@ -3,7 +3,7 @@ package saga_test
 import (
 	"context"
 	"errors"
-		"log/slog"
+	"log/slog"
 	"os"
 	"sync"
 	"testing"
@@ -127,7 +127,7 @@ type gate struct {
 	ch   chan struct{}
 }
 
-func newGate() *gate { return &gate{ch: make(chan struct{})} }
+func newGate() *gate  { return &gate{ch: make(chan struct{})} }
 func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
 func (g *gate) wait(ctx context.Context) error {
 	select {
