@@ -50,16 +50,43 @@ type SEC struct {
 
 	writes atomic.Int64
 	events atomic.Int64
+
+	actionCtx atomic.Pointer[func(context.Context) context.Context]
+}
+
+// SetActionContext installs fn, applied to the context of every action and
+// undo run from then on; the leadership code uses it to attach the leader
+// epoch to outgoing RPCs (fence.WithEpoch). Call it before Create/Recover.
+func (s *SEC) SetActionContext(fn func(context.Context) context.Context) {
+	s.actionCtx.Store(&fn)
+}
+
+// SECOption tunes NewSEC.
+type SECOption func(*secOptions)
+
+type secOptions struct {
+	base context.Context
+}
+
+// WithBaseContext makes every action and undo run under a context derived
+// from base: its values (the leader term's fencing epoch, say) reach every
+// call an action makes, and cancelling base stops the SEC as Shutdown does.
+func WithBaseContext(base context.Context) SECOption {
+	return func(o *secOptions) { o.base = base }
 }
 
 // NewSEC returns a SEC with id secID over pool. registry holds every
 // template; deps is handed to actions (ActionContext.Deps). It does not
 // recover anything: call Recover.
-func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logger *slog.Logger) *SEC {
+func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logger *slog.Logger, opts ...SECOption) *SEC {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	o := secOptions{base: context.Background()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ctx, cancel := context.WithCancel(o.base)
 	return &SEC{
 		store: store.New(pool), id: secID, registry: registry, deps: deps,
 		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
@@ -173,12 +200,13 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 	return o.id, nil
 }
 
-// retryWrite retries fn with backoff until it succeeds or ctx ends.
+// retryWrite retries fn with backoff until it succeeds, fails permanently
+// or ctx ends.
 func retryWrite(ctx context.Context, logger *slog.Logger, fn func() error) error {
 	delay := 5 * time.Millisecond
 	for {
 		err := fn()
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || !store.IsTransient(err) {
 			return err
 		}
 		logger.Warn("saga store write failed; retrying", "error", err, "retry_in", delay)
