@@ -241,17 +241,17 @@ func TestInboundBadInputWritesNothing(t *testing.T) {
 		}
 	}
 	cases := map[string]func(*notifierv1.RepairStartRequest){
-		"no upstairs":      func(r *notifierv1.RepairStartRequest) { r.UpstairsId = "" },
-		"bad session":      func(r *notifierv1.RepairStartRequest) { r.SessionId = "x" },
-		"bad repair id":    func(r *notifierv1.RepairStartRequest) { r.RepairId = "nope" },
-		"no type":          func(r *notifierv1.RepairStartRequest) { r.RepairType = 0 },
-		"unknown type":     func(r *notifierv1.RepairStartRequest) { r.RepairType = 99 },
-		"no time":          func(r *notifierv1.RepairStartRequest) { r.Time = nil },
-		"bad time":         func(r *notifierv1.RepairStartRequest) { r.Time = &timestamppb.Timestamp{Nanos: -1} },
-		"no downstairs":    func(r *notifierv1.RepairStartRequest) { r.Repairs = nil },
-		"ipv4 address":     func(r *notifierv1.RepairStartRequest) { r.Repairs[0].TargetAddress = "10.0.0.1:19000" },
-		"garbage address":  func(r *notifierv1.RepairStartRequest) { r.Repairs[0].TargetAddress = "fd00::77" },
-		"bad region id":    func(r *notifierv1.RepairStartRequest) { r.Repairs[0].RegionId = "region-1" },
+		"no upstairs":     func(r *notifierv1.RepairStartRequest) { r.UpstairsId = "" },
+		"bad session":     func(r *notifierv1.RepairStartRequest) { r.SessionId = "x" },
+		"bad repair id":   func(r *notifierv1.RepairStartRequest) { r.RepairId = "nope" },
+		"no type":         func(r *notifierv1.RepairStartRequest) { r.RepairType = 0 },
+		"unknown type":    func(r *notifierv1.RepairStartRequest) { r.RepairType = 99 },
+		"no time":         func(r *notifierv1.RepairStartRequest) { r.Time = nil },
+		"bad time":        func(r *notifierv1.RepairStartRequest) { r.Time = &timestamppb.Timestamp{Nanos: -1} },
+		"no downstairs":   func(r *notifierv1.RepairStartRequest) { r.Repairs = nil },
+		"ipv4 address":    func(r *notifierv1.RepairStartRequest) { r.Repairs[0].TargetAddress = "10.0.0.1:19000" },
+		"garbage address": func(r *notifierv1.RepairStartRequest) { r.Repairs[0].TargetAddress = "fd00::77" },
+		"bad region id":   func(r *notifierv1.RepairStartRequest) { r.Repairs[0].RegionId = "region-1" },
 		"second one bad": func(r *notifierv1.RepairStartRequest) {
 			r.Repairs = append(r.Repairs, &notifierv1.RepairedDownstairs{TargetAddress: ""})
 		},

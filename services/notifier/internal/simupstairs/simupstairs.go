@@ -546,7 +546,7 @@ type fault struct {
 var faultableMethods = []string{"Activate", "Deactivate", "ReplaceVolume", "GetVolumeStatus", "ListVolumes"}
 
 // InjectUpstairsFault implements UpstairsFaultService: the next `count`
-// matching calls are delayed and/or fail with UNAVAILABLE.
+// matching calls are delayed and/or fail with INTERNAL.
 func (f *FaultServer) InjectUpstairsFault(_ context.Context, req *upstairsv1.InjectUpstairsFaultRequest) (*upstairsv1.InjectUpstairsFaultResponse, error) {
 	if req.GetCount() <= 0 {
 		return nil, status.Error(codes.InvalidArgument, "count: must be positive")
@@ -612,7 +612,9 @@ func (f *FaultServer) apply(ctx context.Context, method string) error {
 		}
 	}
 	if hit.fail {
-		return status.Errorf(codes.Unavailable, "%s: %v", method, errInjected)
+		// Internal, not Unavailable: clients retry UNAVAILABLE, which would
+		// make "fail the next N calls" consume an unpredictable number.
+		return status.Errorf(codes.Internal, "%s: %v", method, errInjected)
 	}
 	return nil
 }
