@@ -21,15 +21,14 @@ const (
 	ReplaceVolumeHardDeleted
 )
 
-// replaceCommon loads and checks what both replacements need: the volume
-// (nil result ⇒ proceed), the two targets and the stash.
+// replaceInputs is what both replacements load first: the volume and the
+// two targets (a non-zero result ⇒ the volume is deleted, nothing to do).
 type replaceInputs struct {
 	volume   Volume
 	old, new Target
-	stash    Volume
 }
 
-func loadReplaceInputs(ctx context.Context, tx pgx.Tx, volumeID, oldID, newID, stashID uuid.UUID, rw bool) (replaceInputs, ReplaceResult, error) {
+func loadReplaceInputs(ctx context.Context, tx pgx.Tx, volumeID, oldID, newID uuid.UUID, rw bool) (replaceInputs, ReplaceResult, error) {
 	var in replaceInputs
 	v, ok, err := loadVolume(ctx, tx, volumeID)
 	if err != nil {
@@ -64,29 +63,33 @@ func loadReplaceInputs(ctx context.Context, tx pgx.Tx, volumeID, oldID, newID, s
 		return in, 0, failedPrecondition("targets %s and %s must both be %s", oldID, newID, want)
 	}
 	in.old, in.new = old, nt
+	return in, 0, nil
+}
+
+// checkStash: the stash must exist live, and since its VCR is overwritten it
+// may hold nothing but (on an undo) the reference that moves back.
+func checkStash(ctx context.Context, tx pgx.Tx, stashID uuid.UUID, newTarget Target) error {
 	stash, ok, err := loadVolume(ctx, tx, stashID)
 	if err != nil {
-		return in, 0, err
+		return err
 	}
 	if !ok || stash.SoftDeleted() {
-		return in, 0, failedPrecondition("stash volume %s does not exist or is soft-deleted", stashID)
-	}
-	// The stash's VCR is overwritten: it may hold nothing but (on an undo)
-	// the reference that moves back.
-	var stashUsage int64
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM volume_resource_usage WHERE volume_id = $1 AND target_id <> $2`, stashID, newID).Scan(&stashUsage); err != nil {
-		return in, 0, err
+		return failedPrecondition("stash volume %s does not exist or is soft-deleted", stashID)
 	}
 	for _, r := range vcr.AllTargets(stash.VCR) {
-		if c, err := vcr.Canonical(r.Address); err != nil || c != nt.Address {
-			return in, 0, failedPrecondition("stash volume %s already names other targets", stashID)
+		if c, err := vcr.Canonical(r.Address); err != nil || c != newTarget.Address {
+			return failedPrecondition("stash volume %s already names other targets", stashID)
 		}
 	}
-	if stashUsage > 0 {
-		return in, 0, failedPrecondition("stash volume %s already holds other references", stashID)
+	var others int64
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM volume_resource_usage WHERE volume_id = $1 AND target_id <> $2`,
+		stashID, newTarget.ID).Scan(&others); err != nil {
+		return err
 	}
-	in.stash = stash
-	return in, 0, nil
+	if others > 0 {
+		return failedPrecondition("stash volume %s already holds other references", stashID)
+	}
+	return nil
 }
 
 // ReplaceReadOnlyTarget replaces one read-only target of a volume with
@@ -99,7 +102,7 @@ func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newI
 	}
 	var res ReplaceResult
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		in, r, err := loadReplaceInputs(ctx, tx, volumeID, oldID, newID, stashID, false)
+		in, r, err := loadReplaceInputs(ctx, tx, volumeID, oldID, newID, false)
 		if err != nil || r != 0 {
 			res = r
 			return err
@@ -120,6 +123,9 @@ func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newI
 			return failedPrecondition("volume %s names both %s and %s", volumeID, in.old.Address, in.new.Address)
 		case !hasOld:
 			return failedPrecondition("volume %s names neither %s nor %s", volumeID, in.old.Address, in.new.Address)
+		}
+		if err := checkStash(ctx, tx, stashID, in.new); err != nil {
+			return err
 		}
 		replaced, n, err := vcr.ReplaceReadOnlyTargetInVCR(in.volume.VCR, in.old.Address, in.new.Address)
 		if err != nil {
@@ -181,7 +187,7 @@ func (s *Store) ReplaceRegion(ctx context.Context, volumeID, oldID, newID, stash
 	}
 	var res ReplaceResult
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		in, r, err := loadReplaceInputs(ctx, tx, volumeID, oldID, newID, stashID, true)
+		in, r, err := loadReplaceInputs(ctx, tx, volumeID, oldID, newID, true)
 		if err != nil || r != 0 {
 			res = r
 			return err
@@ -205,6 +211,9 @@ func (s *Store) ReplaceRegion(ctx context.Context, volumeID, oldID, newID, stash
 		}
 		if in.old.OwnerVolumeID != volumeID {
 			return failedPrecondition("rw region %s is owned by %s, not volume %s", oldID, in.old.OwnerVolumeID, volumeID)
+		}
+		if err := checkStash(ctx, tx, stashID, in.new); err != nil {
+			return err
 		}
 		replaced, err := vcr.ReplaceRegionInVCR(in.volume.VCR, in.old.Address, in.new.Address)
 		if err != nil {
