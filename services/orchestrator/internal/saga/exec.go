@@ -461,7 +461,14 @@ func (ex *execution) write(ctx context.Context, events []store.Event, state stri
 		if ctx.Err() != nil {
 			return ErrShutdown
 		}
-		ex.logger.Warn("saga log write failed; retrying", "error", err, "retry_in", delay)
+		// Never surfaced as a saga failure (spec §A.3): a database outage
+		// stalls the saga, it does not fail it. A permanent error is a bug
+		// and is logged loudly, but retrying is still the only safe move.
+		level := slog.LevelWarn
+		if !store.IsTransient(err) {
+			level = slog.LevelError
+		}
+		ex.logger.Log(ctx, level, "saga log write failed; retrying", "error", err, "retry_in", delay)
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
@@ -485,6 +492,9 @@ func (ex *execution) run(ctx context.Context, l launch) {
 		attribute.String("saga.node", node.Name),
 		attribute.String("saga.task", kind)))
 	defer span.End()
+	if fn := ex.sec.actionCtx.Load(); fn != nil && *fn != nil {
+		ctx = (*fn)(ctx)
+	}
 	ac := &ActionContext{sagaID: ex.id, node: l.node, ex: ex, logger: ex.logger.With("node", node.Name)}
 	errAction, errUndo, rep := ex.hooks.get(node.Name)
 	a := ex.actions[l.node]

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -441,5 +442,48 @@ func waitFor(t testing.TB, cond func() bool) {
 			t.Fatal("condition not reached")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRecoverSkipsLiveSagasAndDuplicateIDs(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sec := f.sec(t, "sec-1")
+	type ctxKey struct{}
+	sec.SetActionContext(func(ctx context.Context) context.Context { return context.WithValue(ctx, ctxKey{}, "epoch-7") })
+	var sawEpoch atomic.Bool
+	g := newGate()
+	f.app.setGate("create_b", g)
+	h := &saga.Hooks{BeforeNode: func(ctx context.Context, node string) {
+		if ctx.Value(ctxKey{}) == "epoch-7" {
+			sawEpoch.Store(true)
+		}
+	}}
+	id, err := sec.Create(ctx, f.app.sample, sampleParams{Key: "k"}, saga.WithHooks(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Running here: recovery leaves it alone.
+	rep, err := sec.Recover(ctx)
+	if err != nil || rep.Skipped != 1 || len(rep.Recovered) != 0 {
+		t.Fatalf("recover: %+v %v", rep, err)
+	}
+	// The same id cannot be created again with another DAG.
+	if _, err := sec.Create(ctx, f.app.sample, sampleParams{Key: "other"}, saga.WithID(id)); err == nil {
+		t.Fatal("duplicate id accepted while running")
+	}
+	g.open()
+	if o := wait(t, sec, id); o.Kind != saga.Succeeded {
+		t.Fatal(o.Error())
+	}
+	if _, err := sec.Create(ctx, f.app.sample, sampleParams{Key: "other"}, saga.WithID(id)); err == nil {
+		t.Fatal("duplicate id accepted after finishing")
+	}
+	if !sawEpoch.Load() {
+		t.Fatal("SetActionContext not applied to actions")
+	}
+	if sec.InFlight() != 0 {
+		t.Fatalf("in flight %d", sec.InFlight())
 	}
 }

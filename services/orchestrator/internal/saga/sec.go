@@ -1,13 +1,3 @@
-// Package saga is the durable saga engine (spec/platform.md §A): templates
-// whose DAGs of sequential stages of parallel nodes are built from typed
-// parameters and persisted, an executor that writes the log ahead of every
-// step (batched so a node costs about one commit), unwinding with undo
-// actions, the stuck state, recovery by replaying the log, adoption and
-// abandonment, and the test hooks of §A.10.
-//
-// A process has one SEC (saga execution coordinator), identified by a
-// stable id. It creates sagas, drives them and, at start-up (and after
-// adopting another SEC's sagas), recovers the unfinished sagas it owns.
 package saga
 
 import (

@@ -20,6 +20,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -40,6 +41,25 @@ const (
 
 // ErrNotFound means no saga has the id.
 var ErrNotFound = errors.New("saga not found")
+
+// IsTransient reports whether err may go away by retrying: connection
+// problems, serialization failures, resource shortage, server shutdown.
+// Other database errors (constraint violations, bad SQL) are permanent.
+func IsTransient(err error) bool {
+	if errors.Is(err, ErrDuplicate) || errors.Is(err, ErrNotFound) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "40", "53", "57", "58":
+			return true
+		}
+		return false
+	}
+	return true
+}
 
 // Owner identifies who may append to a saga.
 type Owner struct {
@@ -114,13 +134,31 @@ SELECT s.id, e.node_id, e.event_type, e.data::jsonb, $3
 FROM s, unnest($7::int[], $8::text[], $9::text[]) AS e(node_id, event_type, data)
 ON CONFLICT DO NOTHING`
 
+// ErrDuplicate means a different saga already has the id.
+var ErrDuplicate = errors.New("saga id already in use")
+
 // CreateSaga writes the saga row (state running, owned by sec at
 // generation 1) together with its first events, atomically. Re-running it
-// after an ambiguous failure is harmless.
+// after an ambiguous failure is harmless: a row this SEC already wrote with
+// the same DAG counts as created; any other row with the id is ErrDuplicate.
 func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec string, dag []byte, subjectID, traceParent *string, events []Event) error {
 	ids, types, data := eventArrays(events)
-	_, err := s.pool.Exec(ctx, createSQL, id, name, sec, dag, subjectID, traceParent, ids, types, data)
-	return err
+	tag, err := s.pool.Exec(ctx, createSQL, id, name, sec, dag, subjectID, traceParent, ids, types, data)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() > 0 {
+		return nil
+	}
+	var same bool
+	err = s.pool.QueryRow(ctx, `SELECT creator = $2 AND dag = $3::jsonb FROM saga WHERE id = $1`, id, sec, dag).Scan(&same)
+	if err != nil {
+		return err
+	}
+	if !same {
+		return fmt.Errorf("%w: %s", ErrDuplicate, id)
+	}
+	return nil
 }
 
 const appendSQL = `
