@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"flag"
+	"time"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	orchestratorserver "storagecp.dev/orchestrator/internal/server"
@@ -24,6 +25,10 @@ func main() {
 			fs.StringVar(&cfg.VolumeAddr, "volume-addr", "127.0.0.1:7101", "volume-service address")
 			fs.StringVar(&cfg.AllocatorAddr, "allocator-addr", "127.0.0.1:7102", "region-allocator address")
 			fs.StringVar(&cfg.NotifierAddr, "notifier-addr", "127.0.0.1:7103", "upstairs-notifier address")
+			fs.StringVar(&cfg.SECID, "sec-id", "", "this process's id as lease holder and saga owner (default: random per start)")
+			fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 6*time.Second, "leader lease duration")
+			fs.DurationVar(&cfg.TaskPeriod, "task-period", 30*time.Second, "background tasks' safety-net period")
+			fs.IntVar(&cfg.MaxSagasPerTask, "max-sagas-per-task", 64, "sagas each background task keeps in flight")
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
 			s, err := orchestratorserver.New(env.Pool, env.Logger, cfg)
@@ -33,6 +38,7 @@ func main() {
 			orchestratorv1.RegisterLifecycleServiceServer(env.Server, s.Lifecycle())
 			orchestratorv1.RegisterReplacementServiceServer(env.Server, s.Replacement())
 			orchestratorv1.RegisterAdminServiceServer(env.Server, s.Admin())
+			go s.Run(ctx)
 			return nil
 		},
 	})

@@ -1,50 +1,263 @@
-// Package server implements the orchestrator's gRPC services.
+// Package server implements the orchestrator's gRPC services and ties the
+// process together: it campaigns for the leader lease and, for each term,
+// runs a saga execution coordinator (adopting and recovering the sagas of
+// the previous leader) and the background tasks, all under the term's
+// fenced context.
 package server
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"sync"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/bgtasks"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/leader"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/tasks"
+	"storagecp.dev/platform/grpcclient"
 )
 
-// Config holds the addresses of the other services.
+// Config holds the addresses of the other services and tuning.
 type Config struct {
 	VolumeAddr    string
 	AllocatorAddr string
 	NotifierAddr  string
+	// SECID identifies this process as lease holder and saga owner; a fresh
+	// id per start when empty.
+	SECID string
+	// LeaseTTL is the leader lease's duration.
+	LeaseTTL time.Duration
+	// TaskPeriod is every background task's safety-net period.
+	TaskPeriod time.Duration
+	// MaxSagasPerTask bounds the sagas each task keeps in flight.
+	MaxSagasPerTask int
 }
 
 // Server bundles the orchestrator's services.
 type Server struct {
-	pool   *pgxpool.Pool
-	logger *slog.Logger
-	cfg    Config
+	pool     *pgxpool.Pool
+	logger   *slog.Logger
+	cfg      Config
+	store    *datastore.Store
+	lease    *leader.Lease
+	registry *saga.Registry
+	deps     *sagas.Deps
+	driver   *tasks.Driver
+	// viewer reads the saga log for the admin API on leader and standby
+	// alike; it never creates or recovers anything.
+	viewer *saga.SEC
+
+	mu  sync.Mutex
+	sec *saga.SEC // the current term's SEC; nil on a standby
 }
 
 // New returns the orchestrator over its database.
 func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
-	return &Server{pool: pool, logger: logger, cfg: cfg}, nil
+	if cfg.SECID == "" {
+		cfg.SECID = uuid.NewString()
+	}
+	if cfg.TaskPeriod == 0 {
+		cfg.TaskPeriod = 30 * time.Second
+	}
+	if cfg.MaxSagasPerTask == 0 {
+		cfg.MaxSagasPerTask = 64
+	}
+	dial := func(addr string) (*grpc.ClientConn, error) {
+		return grpcclient.Dial(addr, grpc.WithChainUnaryInterceptor(leader.UnaryClientInterceptor()))
+	}
+	vc, err := dial(cfg.VolumeAddr)
+	if err != nil {
+		return nil, err
+	}
+	ac, err := dial(cfg.AllocatorAddr)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := dial(cfg.NotifierAddr)
+	if err != nil {
+		return nil, err
+	}
+	registry, err := sagas.Registry()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		pool: pool, logger: logger, cfg: cfg,
+		store:    datastore.New(pool),
+		lease:    leader.New(pool, cfg.SECID, leader.Config{TTL: cfg.LeaseTTL}, logger),
+		registry: registry,
+		driver:   tasks.NewDriver(logger),
+	}
+	s.deps = &sagas.Deps{
+		Volumes:   volumev1.NewVolumeServiceClient(vc),
+		Allocator: allocatorv1.NewRegionAllocatorServiceClient(ac),
+		Notifier:  notifierv1.NewUpstairsNotifierServiceClient(nc),
+		Store:     s.store,
+		Kick:      s.kick,
+	}
+	s.viewer = saga.NewSEC(pool, "viewer-"+cfg.SECID, registry, s.deps, logger)
+	bgtasks.Register(s.driver, bgtasks.Env{
+		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
+	})
+	return s, nil
 }
 
-type lifecycle struct {
-	orchestratorv1.UnimplementedLifecycleServiceServer
+// Run campaigns for the lease until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	s.lease.Run(ctx, s.lead)
 }
 
-type replacement struct {
-	orchestratorv1.UnimplementedReplacementServiceServer
+// lead runs one term: adopt the sagas of every other SEC (the lease
+// guarantees they no longer run), recover them, then run the tasks until
+// the term ends.
+func (s *Server) lead(term *leader.Term) {
+	ctx := term.Ctx
+	logger := s.logger.With("epoch", term.Epoch)
+	sec := saga.NewSEC(s.pool, s.cfg.SECID, s.registry, s.deps, logger, saga.WithBaseContext(ctx))
+	defer func() {
+		s.mu.Lock()
+		if s.sec == sec {
+			s.sec = nil
+		}
+		s.mu.Unlock()
+		c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = sec.Shutdown(c)
+	}()
+	others, err := s.otherSECs(ctx)
+	if err != nil && ctx.Err() == nil {
+		logger.Error("listing other SECs' sagas", "err", err)
+	}
+	for _, other := range others {
+		n, err := sec.Adopt(ctx, other)
+		if err != nil {
+			logger.Error("adopting sagas", "from", other, "err", err)
+			continue
+		}
+		logger.Info("adopted sagas", "from", other, "count", n)
+	}
+	report, err := sec.Recover(ctx)
+	if err != nil && ctx.Err() == nil {
+		logger.Error("saga recovery", "err", err)
+	} else {
+		logger.Info("saga recovery", "recovered", len(report.Recovered), "abandoned", len(report.Abandoned), "failed", len(report.Failed))
+	}
+	s.mu.Lock()
+	s.sec = sec
+	s.mu.Unlock()
+	s.driver.Run(ctx)
 }
 
-type admin struct {
-	orchestratorv1.UnimplementedAdminServiceServer
+// otherSECs lists the owners of unfinished sagas other than this process.
+func (s *Server) otherSECs(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT current_sec FROM saga
+		WHERE saga_state IN ('running', 'unwinding') AND current_sec IS NOT NULL AND current_sec <> $1`, s.cfg.SECID)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// currentSEC returns the term's SEC, or Unavailable on a standby.
+func (s *Server) currentSEC() (*saga.SEC, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sec == nil || s.lease.Current() == nil {
+		return nil, status.Error(codes.Unavailable, "this orchestrator is not the leader (or is still recovering); retry")
+	}
+	return s.sec, nil
+}
+
+// kick activates tasks (all of them when none is named).
+func (s *Server) kick(names ...string) {
+	if len(names) == 0 {
+		for _, st := range s.driver.Statuses() {
+			_ = s.driver.Activate(st.Name)
+		}
+		return
+	}
+	for _, n := range names {
+		_ = s.driver.Activate(n)
+	}
+}
+
+// sagaStarter lets tasks start sagas on the current term's SEC.
+func (s *Server) sagaStarter() bgtasks.Starter {
+	return func(ctx context.Context, t *saga.Template, params any, opts ...saga.CreateOption) (uuid.UUID, <-chan saga.Outcome, error) {
+		sec, err := s.currentSEC()
+		if err != nil {
+			return uuid.Nil, nil, err
+		}
+		id, err := sec.Create(ctx, t, params, opts...)
+		if err != nil {
+			return uuid.Nil, nil, err
+		}
+		done := make(chan saga.Outcome, 1)
+		go func() {
+			o, err := sec.Wait(context.WithoutCancel(ctx), id)
+			if err != nil {
+				o = saga.Outcome{SagaID: id}
+			}
+			done <- o
+		}()
+		return id, done, nil
+	}
 }
 
 // Lifecycle is the LifecycleService.
-func (s *Server) Lifecycle() orchestratorv1.LifecycleServiceServer { return &lifecycle{} }
+func (s *Server) Lifecycle() orchestratorv1.LifecycleServiceServer { return &lifecycle{s: s} }
 
 // Replacement is the ReplacementService.
-func (s *Server) Replacement() orchestratorv1.ReplacementServiceServer { return &replacement{} }
+func (s *Server) Replacement() orchestratorv1.ReplacementServiceServer { return &replacement{s: s} }
 
 // Admin is the AdminService.
-func (s *Server) Admin() orchestratorv1.AdminServiceServer { return &admin{} }
+func (s *Server) Admin() orchestratorv1.AdminServiceServer { return &admin{s: s} }
+
+func parseUUID(field, v string) (uuid.UUID, error) {
+	id, err := uuid.Parse(v)
+	if err != nil {
+		return uuid.Nil, status.Errorf(codes.InvalidArgument, "%s: not a UUID: %q", field, v)
+	}
+	return id, nil
+}
+
+// grpcError maps datastore errors to gRPC codes.
+func grpcError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, datastore.ErrNotFound), errors.Is(err, saga.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, datastore.ErrLockHeld):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, datastore.ErrConflict):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, fmt.Sprint(err))
+}

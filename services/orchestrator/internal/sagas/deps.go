@@ -1,0 +1,105 @@
+// Package sagas holds the orchestrator's saga templates, one per file with
+// its node list at the top and each action beside its undo (the style of
+// Omicron's Nexus sagas). Actions reach the other services through Deps and
+// pass only ids between nodes: VCRs carry encryption keys and never appear
+// in a node output.
+package sagas
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+)
+
+// Deps is what actions use (saga.ActionContext.Deps).
+type Deps struct {
+	Volumes   volumev1.VolumeServiceClient
+	Allocator allocatorv1.RegionAllocatorServiceClient
+	Notifier  notifierv1.UpstairsNotifierServiceClient
+	Store     *datastore.Store
+	// Kick activates background tasks by name ("" or unknown names are
+	// ignored); sagas call it when they advance a record a task waits on.
+	Kick func(tasks ...string)
+}
+
+func deps(ac *saga.ActionContext) *Deps { return ac.Deps().(*Deps) }
+
+func (d *Deps) kick(tasks ...string) {
+	if d.Kick != nil {
+		d.Kick(tasks...)
+	}
+}
+
+// newID is the body of a "generate UUID" node: its output is persisted, so
+// every later node (and every re-run of a later node) sees the same id.
+func newID(context.Context, *saga.ActionContext) (any, error) { return uuid.New(), nil }
+
+// newIDs returns n fresh ids as one node output.
+func newIDs(n int) saga.ActionFunc {
+	return func(context.Context, *saga.ActionContext) (any, error) {
+		ids := make([]uuid.UUID, n)
+		for i := range ids {
+			ids[i] = uuid.New()
+		}
+		return ids, nil
+	}
+}
+
+func strs(ids []uuid.UUID) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id.String()
+	}
+	return out
+}
+
+func isCode(err error, c codes.Code) bool { return status.Code(err) == c }
+
+// notFoundOK turns NotFound into success (undo of something already gone).
+func notFoundOK(err error) error {
+	if isCode(err, codes.NotFound) {
+		return nil
+	}
+	return err
+}
+
+// Geometry of a region set.
+type Geometry struct {
+	BlockSize       uint64 `json:"block_size"`
+	BlocksPerExtent uint64 `json:"blocks_per_extent"`
+	ExtentCount     uint64 `json:"extent_count"`
+}
+
+// ExtentBytes is Crucible's extent size.
+const ExtentBytes = 64 << 20
+
+// GeometryFor returns the region geometry of a disk of sizeBytes.
+func GeometryFor(sizeBytes, blockSize uint64) (Geometry, error) {
+	if blockSize != 512 && blockSize != 4096 {
+		return Geometry{}, fmt.Errorf("block_size must be 512 or 4096, got %d", blockSize)
+	}
+	if sizeBytes == 0 || sizeBytes%blockSize != 0 {
+		return Geometry{}, fmt.Errorf("size_bytes must be a positive multiple of block_size")
+	}
+	if sizeBytes > 1023<<30 {
+		return Geometry{}, fmt.Errorf("size_bytes must be at most 1023 GiB")
+	}
+	return Geometry{
+		BlockSize:       blockSize,
+		BlocksPerExtent: ExtentBytes / blockSize,
+		ExtentCount:     (sizeBytes + ExtentBytes - 1) / ExtentBytes,
+	}, nil
+}
+
+// errInvalidState is an action failure that is not worth retrying.
+var errInvalidState = errors.New("invalid state")

@@ -1,0 +1,272 @@
+package sagas
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/platform/ids"
+)
+
+// snapshot-create: snapshots a disk. The snapshot id is chosen before the
+// saga and is also the snapshot volume's id, so a replacement can always
+// name the volume to lock, even after the user deleted the snapshot.
+//
+//	lock                    repair lock on the disk's volume    ⟲ unlock
+//	disk_regions            the disk's rw regions, from the registry
+//	register_snapshots      RegisterTargets PENDING             ⟲ UnregisterTargets
+//	snapshots_undo          –                                   ⟲ DeleteRegionSnapshots
+//	create_snapshots        CreateRegionSnapshots (not atomic: its cleanup is the node above)
+//	activate_snapshots      ActivateTargets
+//	create_snapshot_volume  CreateVolume(snapshot_of)           ⟲ SoftDelete + HardDelete
+//	unlock                  unlock
+//
+// The lock keeps a replacement from swapping a member of the disk's region
+// set while its snapshots are taken (a snapshot of a half-repaired set); the
+// registration is refused if the disk is being deleted, in the same
+// transaction that would free its regions.
+
+// SnapshotParams are snapshot-create's parameters.
+type SnapshotParams struct {
+	DiskVolumeID uuid.UUID `json:"disk_volume_id"`
+	SnapshotID   uuid.UUID `json:"snapshot_id"`
+}
+
+// SnapshotCreate is the snapshot-create template.
+var SnapshotCreate = newSnapshotCreate()
+
+func newSnapshotCreate() *saga.Template {
+	t := saga.NewTemplate("snapshot-create")
+	lock := t.Action("lock", snapshotLock, snapshotUnlockUndo)
+	regions := t.Action("disk_regions", snapshotDiskRegions, nil)
+	register := t.Action("register_snapshots", registerSnapshots, registerSnapshotsUndo)
+	undo := t.Action("snapshots_undo", noop, deleteSnapshotsUndo)
+	create := t.Action("create_snapshots", createSnapshots, nil)
+	activate := t.Action("activate_snapshots", activateSnapshots, nil)
+	volume := t.Action("create_snapshot_volume", createSnapshotVolume, createSnapshotVolumeUndo)
+	unlock := t.Action("unlock", snapshotUnlock, nil)
+	saga.SetBuild(t, func(b *saga.Builder, _ SnapshotParams) error {
+		for _, a := range []*saga.Action{lock, regions, register, undo, create, activate, volume, unlock} {
+			b.Append(a.Node())
+		}
+		return nil
+	})
+	return t
+}
+
+func noop(context.Context, *saga.ActionContext) (any, error) { return nil, nil }
+
+func snapshotLock(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[SnapshotParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	return nil, deps(ac).Store.LockVolume(ctx, p.DiskVolumeID, p.SnapshotID, datastore.HolderSnapshotCreate)
+}
+
+func snapshotUnlock(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[SnapshotParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	return nil, deps(ac).Store.UnlockVolume(ctx, p.DiskVolumeID, p.SnapshotID)
+}
+
+func snapshotUnlockUndo(ctx context.Context, ac *saga.ActionContext) error {
+	_, err := snapshotUnlock(ctx, ac)
+	return err
+}
+
+// RegionSnapshot is a region snapshot as node outputs carry it.
+type RegionSnapshot struct {
+	TargetID  uuid.UUID `json:"target_id"`
+	RegionID  uuid.UUID `json:"region_id"`
+	DatasetID uuid.UUID `json:"dataset_id,omitempty"`
+	Address   string    `json:"address,omitempty"`
+	// RegionAddress is the address of the region it snapshots.
+	RegionAddress string `json:"region_address,omitempty"`
+}
+
+func snapshotDiskRegions(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[SnapshotParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := deps(ac).Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: p.DiskVolumeID.String()})
+	if err != nil {
+		return nil, fmt.Errorf("disk volume %s: %w", p.DiskVolumeID, err)
+	}
+	if resp.Volume.GetTimeDeleted() != nil {
+		return nil, fmt.Errorf("%w: volume %s is deleted", errInvalidState, p.DiskVolumeID)
+	}
+	var out []Region
+	for _, t := range resp.Volume.Targets {
+		if t.Kind != commonv1.TargetKind_TARGET_KIND_RW_REGION {
+			continue
+		}
+		id, err := uuid.Parse(t.RegionId)
+		if err != nil {
+			return nil, err
+		}
+		ds, _ := uuid.Parse(t.DatasetId)
+		out = append(out, Region{RegionID: id, DatasetID: ds, Address: t.Address})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: volume %s has no rw regions to snapshot", errInvalidState, p.DiskVolumeID)
+	}
+	return out, nil
+}
+
+func snapshotTargets(ac *saga.ActionContext) (SnapshotParams, []Region, error) {
+	p, err := saga.Params[SnapshotParams](ac)
+	if err != nil {
+		return p, nil, err
+	}
+	regions, err := saga.Lookup[[]Region](ac, "disk_regions")
+	return p, regions, err
+}
+
+func registerSnapshots(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, regions, err := snapshotTargets(ac)
+	if err != nil {
+		return nil, err
+	}
+	req := &volumev1.RegisterTargetsRequest{}
+	for _, r := range regions {
+		req.Targets = append(req.Targets, &volumev1.TargetRegistration{
+			TargetId: ids.RegionSnapshotTargetID(r.RegionID, p.SnapshotID).String(),
+			Kind:     commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT,
+			RegionId: r.RegionID.String(), SnapshotId: p.SnapshotID.String(),
+		})
+	}
+	_, err = deps(ac).Volumes.RegisterTargets(ctx, req)
+	return nil, err
+}
+
+func registerSnapshotsUndo(ctx context.Context, ac *saga.ActionContext) error {
+	p, regions, err := snapshotTargets(ac)
+	if err != nil {
+		return err
+	}
+	var tids []string
+	for _, r := range regions {
+		tids = append(tids, ids.RegionSnapshotTargetID(r.RegionID, p.SnapshotID).String())
+	}
+	_, err = deps(ac).Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: tids})
+	return err
+}
+
+func snapshotKeys(p SnapshotParams, regions []Region) []*allocatorv1.RegionSnapshotKey {
+	keys := make([]*allocatorv1.RegionSnapshotKey, len(regions))
+	for i, r := range regions {
+		keys[i] = &allocatorv1.RegionSnapshotKey{RegionId: r.RegionID.String(), SnapshotId: p.SnapshotID.String()}
+	}
+	return keys
+}
+
+func deleteSnapshotsUndo(ctx context.Context, ac *saga.ActionContext) error {
+	p, regions, err := snapshotTargets(ac)
+	if err != nil {
+		return err
+	}
+	_, err = deps(ac).Allocator.DeleteRegionSnapshots(ctx, &allocatorv1.DeleteRegionSnapshotsRequest{RegionSnapshots: snapshotKeys(p, regions)})
+	return err
+}
+
+func createSnapshots(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, regions, err := snapshotTargets(ac)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := deps(ac).Allocator.CreateRegionSnapshots(ctx, &allocatorv1.CreateRegionSnapshotsRequest{
+		SnapshotId: p.SnapshotID.String(), RegionIds: strs(regionIDs(regions)),
+	})
+	if err != nil {
+		return nil, err
+	}
+	byRegion := map[string]string{}
+	for _, r := range regions {
+		byRegion[r.RegionID.String()] = r.Address
+	}
+	out := make([]RegionSnapshot, 0, len(resp.RegionSnapshots))
+	for _, rs := range resp.RegionSnapshots {
+		rid, err := uuid.Parse(rs.RegionId)
+		if err != nil {
+			return nil, err
+		}
+		ds, err := uuid.Parse(rs.DatasetId)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, RegionSnapshot{
+			TargetID: ids.RegionSnapshotTargetID(rid, p.SnapshotID), RegionID: rid, DatasetID: ds,
+			Address: rs.Address, RegionAddress: byRegion[rs.RegionId],
+		})
+	}
+	if len(out) != len(regions) {
+		return nil, fmt.Errorf("%w: %d region snapshots for %d regions", errInvalidState, len(out), len(regions))
+	}
+	return out, nil
+}
+
+func regionIDs(rs []Region) []uuid.UUID {
+	out := make([]uuid.UUID, len(rs))
+	for i, r := range rs {
+		out[i] = r.RegionID
+	}
+	return out
+}
+
+func activateSnapshots(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	snaps, err := saga.Lookup[[]RegionSnapshot](ac, "create_snapshots")
+	if err != nil {
+		return nil, err
+	}
+	req := &volumev1.ActivateTargetsRequest{}
+	for _, s := range snaps {
+		req.Targets = append(req.Targets, &volumev1.TargetActivation{
+			TargetId: s.TargetID.String(), DatasetId: s.DatasetID.String(), Address: s.Address,
+		})
+	}
+	_, err = deps(ac).Volumes.ActivateTargets(ctx, req)
+	return nil, err
+}
+
+func createSnapshotVolume(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[SnapshotParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := saga.Lookup[[]RegionSnapshot](ac, "create_snapshots")
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, s := range snaps {
+		m[s.RegionAddress] = s.Address
+	}
+	_, err = deps(ac).Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
+		VolumeId:   p.SnapshotID.String(),
+		SnapshotOf: &volumev1.SnapshotOf{SourceVolumeId: p.DiskVolumeID.String(), TargetMap: m},
+	})
+	return nil, err
+}
+
+func createSnapshotVolumeUndo(ctx context.Context, ac *saga.ActionContext) error {
+	p, err := saga.Params[SnapshotParams](ac)
+	if err != nil {
+		return err
+	}
+	v := deps(ac).Volumes
+	if _, err := v.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: p.SnapshotID.String()}); err != nil {
+		return err
+	}
+	_, err = v.HardDeleteVolume(ctx, &volumev1.HardDeleteVolumeRequest{VolumeId: p.SnapshotID.String()})
+	return err
+}

@@ -1,0 +1,172 @@
+package sagas
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/saga"
+)
+
+// volume-delete: the single place Crucible resources are freed. Used alone
+// for disks and snapshots and as a subsaga by the replacement sagas (stash
+// and reference volumes). Safe twice and safe on a missing volume: every
+// node is idempotent and the soft delete returns its stored result on a
+// re-run. It has no undos: a failed delete is retried, never rolled back.
+//
+//	soft_delete              SoftDeleteVolume → regions and region snapshots now free
+//	delete_regions ∥ delete_region_snapshots   destroy them on their agents
+//	unregister_freed         UnregisterTargets for both
+//	find_freed               FindDeletedVolumeRegions: rw regions whose last
+//	                         snapshot is gone, and volumes that frees
+//	delete_freed_regions     destroy those
+//	unregister_freed_regions UnregisterTargets
+//	hard_delete              HardDeleteVolume for the freed volumes and this
+//	                         one (KEPT while rw regions are still owned)
+
+// DeleteParams are volume-delete's parameters.
+type DeleteParams struct {
+	VolumeID uuid.UUID `json:"volume_id"`
+}
+
+// DeleteResult is volume-delete's output.
+type DeleteResult struct {
+	HardDeleted bool `json:"hard_deleted"`
+}
+
+// VolumeDelete is the volume-delete template.
+var VolumeDelete = newVolumeDelete()
+
+func newVolumeDelete() *saga.Template {
+	t := saga.NewTemplate("volume-delete")
+	soft := t.Action("soft_delete", softDelete, nil)
+	delRegions := t.Action("delete_regions", deleteFreedRegions("soft_delete"), nil)
+	delSnapshots := t.Action("delete_region_snapshots", deleteFreedSnapshots, nil)
+	unregister := t.Action("unregister_freed", unregisterFreed("soft_delete", true), nil)
+	find := t.Action("find_freed", findFreed, nil)
+	delFreed := t.Action("delete_freed_regions", deleteFreedRegions("find_freed"), nil)
+	unregisterFreedRegions := t.Action("unregister_freed_regions", unregisterFreed("find_freed", false), nil)
+	hard := t.Action("hard_delete", hardDelete, nil)
+	saga.SetBuild(t, func(b *saga.Builder, _ DeleteParams) error {
+		b.Append(soft.Node())
+		b.AppendParallel(delRegions.Node(), delSnapshots.Node())
+		b.Append(unregister.Node())
+		b.Append(find.Node())
+		b.Append(delFreed.Node())
+		b.Append(unregisterFreedRegions.Node())
+		b.Append(hard.Node())
+		return nil
+	})
+	return t
+}
+
+// Freed is what a soft delete or a freed-region scan returned.
+type Freed struct {
+	RegionIDs       []string        `json:"region_ids"`
+	RegionSnapshots []FreedSnapshot `json:"region_snapshots,omitempty"`
+	VolumeIDs       []string        `json:"volume_ids,omitempty"`
+}
+
+// FreedSnapshot identifies a freed region snapshot.
+type FreedSnapshot struct {
+	RegionID   string `json:"region_id"`
+	SnapshotID string `json:"snapshot_id"`
+	TargetID   string `json:"target_id"`
+}
+
+func softDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[DeleteParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := deps(ac).Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: p.VolumeID.String()})
+	if err != nil {
+		return nil, err
+	}
+	out := Freed{RegionIDs: resp.RegionIds}
+	for _, rs := range resp.RegionSnapshots {
+		out.RegionSnapshots = append(out.RegionSnapshots, FreedSnapshot{RegionID: rs.RegionId, SnapshotID: rs.SnapshotId, TargetID: rs.TargetId})
+	}
+	return out, nil
+}
+
+func deleteFreedRegions(from string) saga.ActionFunc {
+	return func(ctx context.Context, ac *saga.ActionContext) (any, error) {
+		f, err := saga.Lookup[Freed](ac, from)
+		if err != nil || len(f.RegionIDs) == 0 {
+			return nil, err
+		}
+		_, err = deps(ac).Allocator.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: f.RegionIDs})
+		return nil, err
+	}
+}
+
+func deleteFreedSnapshots(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	f, err := saga.Lookup[Freed](ac, "soft_delete")
+	if err != nil || len(f.RegionSnapshots) == 0 {
+		return nil, err
+	}
+	req := &allocatorv1.DeleteRegionSnapshotsRequest{}
+	for _, rs := range f.RegionSnapshots {
+		req.RegionSnapshots = append(req.RegionSnapshots, &allocatorv1.RegionSnapshotKey{RegionId: rs.RegionID, SnapshotId: rs.SnapshotID})
+	}
+	_, err = deps(ac).Allocator.DeleteRegionSnapshots(ctx, req)
+	return nil, err
+}
+
+func unregisterFreed(from string, withSnapshots bool) saga.ActionFunc {
+	return func(ctx context.Context, ac *saga.ActionContext) (any, error) {
+		f, err := saga.Lookup[Freed](ac, from)
+		if err != nil {
+			return nil, err
+		}
+		ids := append([]string(nil), f.RegionIDs...)
+		if withSnapshots {
+			for _, rs := range f.RegionSnapshots {
+				ids = append(ids, rs.TargetID)
+			}
+		}
+		if len(ids) == 0 {
+			return nil, nil
+		}
+		_, err = deps(ac).Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: ids})
+		return nil, err
+	}
+}
+
+func findFreed(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	resp, err := deps(ac).Volumes.FindDeletedVolumeRegions(ctx, &volumev1.FindDeletedVolumeRegionsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return Freed{RegionIDs: resp.RegionIds, VolumeIDs: resp.VolumeIds}, nil
+}
+
+func hardDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[DeleteParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	f, err := saga.Lookup[Freed](ac, "find_freed")
+	if err != nil {
+		return nil, err
+	}
+	v := deps(ac).Volumes
+	for _, id := range f.VolumeIDs {
+		if id == p.VolumeID.String() {
+			continue
+		}
+		if _, err := v.HardDeleteVolume(ctx, &volumev1.HardDeleteVolumeRequest{VolumeId: id}); err != nil {
+			return nil, fmt.Errorf("hard delete freed volume %s: %w", id, err)
+		}
+	}
+	resp, err := v.HardDeleteVolume(ctx, &volumev1.HardDeleteVolumeRequest{VolumeId: p.VolumeID.String()})
+	if err != nil {
+		return nil, err
+	}
+	deps(ac).kick()
+	return DeleteResult{HardDeleted: resp.Outcome == volumev1.HardDeleteOutcome_HARD_DELETE_OUTCOME_DELETED}, nil
+}
