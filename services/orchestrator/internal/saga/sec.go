@@ -353,8 +353,12 @@ func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 		return rep, fmt.Errorf("list recovery candidates: %w", err)
 	}
 	for _, row := range rows {
+		// A saga that finished here after the listing is in finished:
+		// its listed state is stale.
 		s.mu.Lock()
 		_, known := s.running[row.ID]
+		_, done := s.finished[row.ID]
+		known = known || done
 		closed := s.closed
 		s.mu.Unlock()
 		if closed {
@@ -385,7 +389,9 @@ func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 		}
 		first := ex.resumeBatch(row.State)
 		s.mu.Lock()
-		if _, known := s.running[row.ID]; known || s.closed {
+		_, known = s.running[row.ID]
+		_, done = s.finished[row.ID]
+		if known || done || s.closed {
 			s.mu.Unlock()
 			rep.Skipped++
 			continue
