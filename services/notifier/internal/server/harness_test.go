@@ -40,6 +40,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	if err := goBuild(dir, "../../../volume", "./cmd/volume-service", "volume-service"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	binDir = dir
 	pgtest.Main(m, pgtest.Schema{Name: "notifier", Migrations: migrations.FS})
 }
