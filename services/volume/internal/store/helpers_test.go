@@ -241,7 +241,9 @@ func wantContains(t testing.TB, err error, sub string) {
 	}
 }
 
-func snapshotRefTarget(r RegionSnapshotRef) uuid.UUID { return ids.RegionSnapshotTargetID(r.RegionID, r.SnapshotID) }
+func snapshotRefTarget(r RegionSnapshotRef) uuid.UUID {
+	return ids.RegionSnapshotTargetID(r.RegionID, r.SnapshotID)
+}
 
 func sameIDs(a, b []uuid.UUID) bool {
 	if len(a) != len(b) {

@@ -269,18 +269,27 @@ func checkInvariants(ctx context.Context, tx pgx.Tx) ([]Violation, error) {
 		expectedIndex := map[uuid.UUID]bool{}
 		expectedUsage := map[uuid.UUID]int{}
 		roSeen := map[uuid.UUID]bool{}
+		// A structurally broken tree is reported as such; resolving and
+		// counting its targets would only repeat the same cause.
+		broken := false
 		walkWithROP(v.vcr, func(r *vcr.Region, underROP bool) {
 			if underROP && !r.Opts.ReadOnly {
 				add(VRWUnderROP, v.id, "rw region %s under a read-only parent", r.Opts.ID)
-				healthy = false
+				broken = true
 			}
 			for _, addr := range r.Opts.Target {
-				c, err := vcr.Canonical(addr)
-				if err != nil {
+				if _, err := vcr.Canonical(addr); err != nil {
 					add(VMalformedTarget, v.id, "target %q: %v", short(addr), err)
-					healthy = false
-					continue
+					broken = true
 				}
+			}
+		})
+		if broken {
+			continue
+		}
+		walkWithROP(v.vcr, func(r *vcr.Region, underROP bool) {
+			for _, addr := range r.Opts.Target {
+				c, _ := vcr.Canonical(addr)
 				t, ok := live[c]
 				if !ok {
 					if d, isDel := deleting[c]; isDel && r.Opts.ReadOnly {
