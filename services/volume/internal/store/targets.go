@@ -254,10 +254,15 @@ func checkUnregister(ctx context.Context, tx pgx.Tx, t Target) error {
 		switch {
 		case t.State == StateDeleting:
 			return nil
-		case t.State == StatePending && refs == 0:
+		case refs == 0 && (t.State == StatePending || t.State == StateActive):
+			// Never referenced: a count that drops to zero marks the target
+			// DELETING, so an unreferenced PENDING or ACTIVE target is one
+			// whose creating saga is unwinding. A concurrent CreateVolume
+			// naming it conflicts with this transaction; whichever commits
+			// first wins, and neither can leave a dangling reference.
 			return nil
 		}
-		return failedPrecondition("target %s is %s with %d references; only DELETING read-only targets can be unregistered", t.ID, t.State, refs)
+		return failedPrecondition("target %s is %s with %d references; a read-only target can be unregistered only when DELETING or never referenced", t.ID, t.State, refs)
 	}
 	var snapshots int64
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM target WHERE kind = 'REGION_SNAPSHOT' AND region_id = $1`, t.RegionID).Scan(&snapshots); err != nil {
