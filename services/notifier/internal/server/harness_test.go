@@ -40,9 +40,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if err := goBuild(dir, "../../../volume", "./cmd/volume-service", "volume-service"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+	for _, b := range []struct{ module, pkg, name string }{
+		{"../../../volume", "./cmd/volume-service", "volume-service"},
+		{"../../../allocator", "./cmd/region-allocator", "region-allocator"},
+	} {
+		if err := goBuild(dir, b.module, b.pkg, b.name); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 	}
 	binDir = dir
 	pgtest.Main(m, pgtest.Schema{Name: "notifier", Migrations: migrations.FS})
