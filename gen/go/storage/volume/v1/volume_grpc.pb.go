@@ -108,10 +108,11 @@ type VolumeServiceClient interface {
 	// FAILED_PRECONDITION.
 	ActivateTargets(ctx context.Context, in *ActivateTargetsRequest, opts ...grpc.CallOption) (*ActivateTargetsResponse, error)
 	// Removes targets after the allocator destroyed them. A read-only target is
-	// removable only when DELETING (or PENDING and unreferenced, to undo a
-	// registration); a rw target only when its owner volume is soft- or
-	// hard-deleted (or it is PENDING). Anything else is FAILED_PRECONDITION.
-	// Unknown ids are ignored (idempotent).
+	// removable when DELETING, or when it was never referenced (PENDING or
+	// ACTIVE with no reference: its creating saga is unwinding); a rw target
+	// only when its owner volume is soft- or hard-deleted (or it is PENDING).
+	// Anything else is FAILED_PRECONDITION. Unknown ids are ignored
+	// (idempotent).
 	UnregisterTargets(ctx context.Context, in *UnregisterTargetsRequest, opts ...grpc.CallOption) (*UnregisterTargetsResponse, error)
 	// One target with its reference count. NOT_FOUND if unregistered.
 	GetTarget(ctx context.Context, in *GetTargetRequest, opts ...grpc.CallOption) (*GetTargetResponse, error)
@@ -383,10 +384,11 @@ type VolumeServiceServer interface {
 	// FAILED_PRECONDITION.
 	ActivateTargets(context.Context, *ActivateTargetsRequest) (*ActivateTargetsResponse, error)
 	// Removes targets after the allocator destroyed them. A read-only target is
-	// removable only when DELETING (or PENDING and unreferenced, to undo a
-	// registration); a rw target only when its owner volume is soft- or
-	// hard-deleted (or it is PENDING). Anything else is FAILED_PRECONDITION.
-	// Unknown ids are ignored (idempotent).
+	// removable when DELETING, or when it was never referenced (PENDING or
+	// ACTIVE with no reference: its creating saga is unwinding); a rw target
+	// only when its owner volume is soft- or hard-deleted (or it is PENDING).
+	// Anything else is FAILED_PRECONDITION. Unknown ids are ignored
+	// (idempotent).
 	UnregisterTargets(context.Context, *UnregisterTargetsRequest) (*UnregisterTargetsResponse, error)
 	// One target with its reference count. NOT_FOUND if unregistered.
 	GetTarget(context.Context, *GetTargetRequest) (*GetTargetResponse, error)
