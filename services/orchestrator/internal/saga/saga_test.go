@@ -304,12 +304,7 @@ func TestOwnershipConditionalWrites(t *testing.T) {
 	}
 	// A's next write (b's succeeded) is refused: it stops driving.
 	g.open()
-	if _, err := secA.Wait(ctx, id); !errors.Is(err, saga.ErrNotOwner) {
-		t.Fatalf("old owner Wait: %v, want ErrNotOwner", err)
-	}
-	if secA.InFlight() != 0 {
-		t.Fatalf("old owner still drives %d sagas", secA.InFlight())
-	}
+	waitFor(t, func() bool { return secA.InFlight() == 0 })
 	var byA int
 	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM saga_node_event WHERE saga_id = $1 AND creator = 'sec-a' AND node_id = 2 AND event_type = 'succeeded'`, id).Scan(&byA); err != nil || byA != 0 {
 		t.Fatalf("old owner appended after adoption: %d, %v", byA, err)
@@ -321,6 +316,10 @@ func TestOwnershipConditionalWrites(t *testing.T) {
 	o := wait(t, secB, id)
 	if o.Kind != saga.Succeeded {
 		t.Fatalf("outcome %v", o.Error())
+	}
+	// The old owner's Wait follows the saga to its new owner's outcome.
+	if o, err := secA.Wait(ctx, id); err != nil || o.Kind != saga.Succeeded {
+		t.Fatalf("old owner Wait: %+v, %v", o, err)
 	}
 	v, _ := secB.Get(ctx, id)
 	if v.CurrentSEC != "sec-b" || v.AdoptGeneration != 2 {
@@ -486,4 +485,34 @@ func TestRecoverSkipsLiveSagasAndDuplicateIDs(t *testing.T) {
 	if sec.InFlight() != 0 {
 		t.Fatalf("in flight %d", sec.InFlight())
 	}
+}
+
+func TestConstantsOnlySaga(t *testing.T) {
+	f := newFixture(t)
+	sec := f.sec(t, "sec-1")
+	tmpl := saga.NewTemplate("consts")
+	saga.SetBuild(tmpl, func(b *saga.Builder, p int) error {
+		b.Append(saga.ConstantNode("one", p))
+		b.Append(saga.ConstantNode("two", p*2))
+		return nil
+	})
+	sec2 := saga.NewSEC(f.pool, "sec-c", mustRegistry(t, tmpl), nil, nil)
+	defer sec2.Shutdown(context.Background())
+	o, err := sec2.Run(context.Background(), tmpl, 21)
+	if err != nil || o.Kind != saga.Succeeded || string(o.Output) != "42" {
+		t.Fatalf("%+v %v", o, err)
+	}
+	v, err := sec.Get(context.Background(), o.SagaID)
+	if err != nil || v.State != "done" {
+		t.Fatalf("state %s %v", v.State, err)
+	}
+}
+
+func mustRegistry(t testing.TB, tmpls ...*saga.Template) *saga.Registry {
+	t.Helper()
+	r, err := saga.NewRegistry(tmpls...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -176,7 +176,11 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 	s.mu.Unlock()
 
 	err = retryWrite(ctx, s.logger, func() error {
-		return s.store.CreateSaga(ctx, o.id, t.name, s.id, dagJSON, o.subject, tp, first.events)
+		state := store.StateRunning
+		if first.state != "" {
+			state = first.state // a DAG without actions is done at once
+		}
+		return s.store.CreateSaga(ctx, o.id, t.name, s.id, state, dagJSON, o.subject, tp, first.events)
 	})
 	if err != nil {
 		s.mu.Lock()
@@ -250,9 +254,10 @@ func (s *SEC) Run(ctx context.Context, t *Template, params any, opts ...CreateOp
 var ErrAbandoned = errors.New("saga abandoned")
 
 // Wait returns the outcome of saga id once it is done. For a saga driven
-// elsewhere (or already finished) it reads the log, polling until done.
-// The error is non-nil only when no outcome exists (ctx ended, the saga
-// was abandoned, or this SEC stopped driving it).
+// elsewhere (already finished, or adopted by another SEC meanwhile) it
+// reads the log, polling until done. The error is non-nil only when no
+// outcome exists: ctx ended, the saga was abandoned, or this SEC shut down
+// (ErrShutdown) before the saga finished.
 func (s *SEC) Wait(ctx context.Context, id uuid.UUID) (Outcome, error) {
 	s.mu.Lock()
 	ex := s.running[id]
@@ -264,10 +269,13 @@ func (s *SEC) Wait(ctx context.Context, id uuid.UUID) (Outcome, error) {
 	if ex != nil {
 		select {
 		case <-ex.done:
-			if ex.err != nil {
+			switch {
+			case ex.err == nil:
+				return ex.outcome, nil
+			case !errors.Is(ex.err, ErrNotOwner):
 				return Outcome{}, ex.err
 			}
-			return ex.outcome, nil
+			// Adopted by another SEC: its outcome will be in the log.
 		case <-ctx.Done():
 			return Outcome{}, ctx.Err()
 		}

@@ -125,7 +125,7 @@ const createSQL = `
 WITH s AS (
 	INSERT INTO saga (id, name, creator, dag, saga_state, current_sec, adopt_generation,
 	                  subject_id, traceparent)
-	VALUES ($1, $2, $3, $4, 'running', $3, 1, $5, $6)
+	VALUES ($1, $2, $3, $4, $10, $3, 1, $5, $6)
 	ON CONFLICT (id) DO NOTHING
 	RETURNING id
 )
@@ -137,13 +137,13 @@ ON CONFLICT DO NOTHING`
 // ErrDuplicate means a different saga already has the id.
 var ErrDuplicate = errors.New("saga id already in use")
 
-// CreateSaga writes the saga row (state running, owned by sec at
-// generation 1) together with its first events, atomically. Re-running it
+// CreateSaga writes the saga row (in state, normally running; owned by sec
+// at generation 1) together with its first events, atomically. Re-running it
 // after an ambiguous failure is harmless: a row this SEC already wrote with
 // the same DAG counts as created; any other row with the id is ErrDuplicate.
-func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec string, dag []byte, subjectID, traceParent *string, events []Event) error {
+func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec, state string, dag []byte, subjectID, traceParent *string, events []Event) error {
 	ids, types, data := eventArrays(events)
-	tag, err := s.pool.Exec(ctx, createSQL, id, name, sec, dag, subjectID, traceParent, ids, types, data)
+	tag, err := s.pool.Exec(ctx, createSQL, id, name, sec, dag, subjectID, traceParent, ids, types, data, state)
 	if err != nil {
 		return err
 	}
