@@ -1,0 +1,195 @@
+// Package testenv runs saga and task tests against the real services: the
+// volume-service, region-allocator, upstairs-notifier and sim-upstairs as
+// processes (deploy/stack), and a saga execution coordinator in the test
+// process on the orchestrator's database in the same PostgreSQL cluster.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+
+	"storagecp.dev/deploy/stack"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/migrations"
+	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/grpcclient"
+)
+
+// binDir is set by Main for the test binary (TestMain offers no other way).
+var binDir string
+
+// Main builds the service binaries once, runs the tests, cleans up.
+func Main(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	root, err := stack.FindRepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "storagecp-testenv")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := stack.Build(ctx, root, dir); err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	binDir = dir
+	return m.Run()
+}
+
+// Env is one test's deployment.
+type Env struct {
+	Stack     *stack.Stack
+	Pool      *pgxpool.Pool
+	Store     *datastore.Store
+	Deps      *sagas.Deps
+	SEC       *saga.SEC
+	Volumes   volumev1.VolumeServiceClient
+	Allocator allocatorv1.RegionAllocatorServiceClient
+	Notifier  notifierv1.UpstairsNotifierServiceClient
+	Logger    *slog.Logger
+}
+
+// Options tune Start.
+type Options struct {
+	SimUpstairs int
+}
+
+// Start brings the services up for one test; everything stops at its end.
+func Start(t testing.TB, o Options) *Env {
+	t.Helper()
+	if binDir == "" {
+		t.Fatal("testenv: call testenv.Main from TestMain")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	only := []string{stack.Volume, stack.Allocator, stack.Notifier}
+	if o.SimUpstairs > 0 {
+		only = append(only, stack.SimUpstairs)
+	}
+	st, err := stack.Start(ctx, stack.Config{
+		BinDir: binDir, LogDir: filepath.Join(t.TempDir(), "logs"), SimUpstairs: o.SimUpstairs, Dev: true, Only: only,
+	})
+	if err != nil {
+		t.Fatalf("start services: %v", err)
+	}
+	e := &Env{Stack: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	t.Cleanup(func() {
+		if e.SEC != nil {
+			c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = e.SEC.Shutdown(c)
+			cancel()
+		}
+		if e.Pool != nil {
+			e.Pool.Close()
+		}
+		if t.Failed() {
+			for _, p := range st.Procs() {
+				t.Logf("---- %s\n%s", p.Name, p.LogTail(25))
+			}
+		}
+		st.Stop()
+	})
+	e.Pool, err = db.Open(ctx, st.Cluster.DSN(stack.DatabaseOf(stack.Orchestrator)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Migrate(ctx, e.Pool, migrations.FS); err != nil {
+		t.Fatal(err)
+	}
+	e.Store = datastore.New(e.Pool)
+	e.Volumes = volumev1.NewVolumeServiceClient(dial(t, st.Addr(stack.Volume)))
+	e.Allocator = allocatorv1.NewRegionAllocatorServiceClient(dial(t, st.Addr(stack.Allocator)))
+	e.Notifier = notifierv1.NewUpstairsNotifierServiceClient(dial(t, st.Addr(stack.Notifier)))
+	e.Deps = &sagas.Deps{Volumes: e.Volumes, Allocator: e.Allocator, Notifier: e.Notifier, Store: e.Store}
+	reg, err := sagas.Registry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.SEC = saga.NewSEC(e.Pool, "test-"+uuid.NewString()[:8], reg, e.Deps, e.Logger)
+	return e
+}
+
+func dial(t testing.TB, addr string) *grpc.ClientConn {
+	conn, err := grpcclient.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Disk is a seeded physical disk.
+type Disk struct {
+	SledID, DiskID, DatasetID string
+}
+
+// SeedRack adds sleds × disksPerSled disks of capacity bytes each.
+func (e *Env) SeedRack(t testing.TB, sleds, disksPerSled int, capacity int64) []Disk {
+	t.Helper()
+	ctx := context.Background()
+	var out []Disk
+	for s := 0; s < sleds; s++ {
+		sled, err := e.Allocator.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: fmt.Sprintf("sled-%d", s)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for d := 0; d < disksPerSled; d++ {
+			disk, err := e.Allocator.AddPhysicalDisk(ctx, &allocatorv1.AddPhysicalDiskRequest{
+				SledId: sled.Sled.SledId, CapacityBytes: capacity,
+				DatasetAddress: fmt.Sprintf("fd00:1122:3344:%x::%x", 0x100+s, d+1),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, Disk{SledID: sled.Sled.SledId, DiskID: disk.Disk.DiskId, DatasetID: disk.Disk.DatasetId})
+		}
+	}
+	return out
+}
+
+// Run runs a saga to its outcome with optional hooks.
+func (e *Env) Run(t testing.TB, tmpl *saga.Template, params any, opts ...saga.CreateOption) saga.Outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	o, err := e.SEC.Run(ctx, tmpl, params, opts...)
+	if err != nil {
+		t.Fatalf("run %s: %v", tmpl.Name(), err)
+	}
+	return o
+}
+
+// MustSucceed runs a saga and fails the test unless it succeeded.
+func (e *Env) MustSucceed(t testing.TB, tmpl *saga.Template, params any) saga.Outcome {
+	t.Helper()
+	o := e.Run(t, tmpl, params)
+	if o.Kind != saga.Succeeded {
+		t.Fatalf("%s: %v", tmpl.Name(), o.Error())
+	}
+	return o
+}
