@@ -290,6 +290,10 @@ func writeIndex(ctx context.Context, tx pgx.Tx, volumeID uuid.UUID, entries []in
 	if _, err := tx.Exec(ctx, `DELETE FROM volume_target WHERE volume_id = $1`, volumeID); err != nil {
 		return fmt.Errorf("clear index of %s: %w", volumeID, err)
 	}
+	return insertIndex(ctx, tx, volumeID, entries)
+}
+
+func insertIndex(ctx context.Context, tx pgx.Tx, volumeID uuid.UUID, entries []indexEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}

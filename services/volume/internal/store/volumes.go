@@ -119,16 +119,11 @@ func (s *Store) CreateVolume(ctx context.Context, p CreateParams) (Volume, bool,
 				return err
 			}
 		}
-		if err := insertVolume(ctx, tx, p.ID, v); err != nil {
-			return err
-		}
-		out, ok, err = loadVolume(ctx, tx, p.ID)
+		createdAt, err := insertVolume(ctx, tx, p.ID, v)
 		if err != nil {
 			return err
 		}
-		if !ok {
-			return internal("volume %s vanished after insert", p.ID)
-		}
+		out = Volume{ID: p.ID, TimeCreated: createdAt, VCR: v}
 		created = true
 		return nil
 	})
@@ -138,22 +133,24 @@ func (s *Store) CreateVolume(ctx context.Context, p CreateParams) (Volume, bool,
 	return out, created, nil
 }
 
-func insertVolume(ctx context.Context, tx pgx.Tx, id uuid.UUID, v *vcr.VCR) error {
+func insertVolume(ctx context.Context, tx pgx.Tx, id uuid.UUID, v *vcr.VCR) (time.Time, error) {
 	index, usage, err := resolveVCR(ctx, tx, id, v)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	data, err := vcr.Encode(v)
 	if err != nil {
-		return internal("encode VCR: %v", err)
+		return time.Time{}, internal("encode VCR: %v", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO volume (id, data) VALUES ($1, $2)`, id, data); err != nil {
-		return fmt.Errorf("insert volume %s: %w", id, err)
+	var createdAt time.Time
+	if err := tx.QueryRow(ctx, `INSERT INTO volume (id, data) VALUES ($1, $2) RETURNING time_created`, id, data).Scan(&createdAt); err != nil {
+		return time.Time{}, fmt.Errorf("insert volume %s: %w", id, err)
 	}
 	if err := insertUsage(ctx, tx, id, usage); err != nil {
-		return err
+		return time.Time{}, err
 	}
-	return writeIndex(ctx, tx, id, index)
+	// A new volume has no index rows to clear.
+	return createdAt, insertIndex(ctx, tx, id, index)
 }
 
 func short(s string) string {
