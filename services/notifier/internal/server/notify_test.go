@@ -9,11 +9,13 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
+	"storagecp.dev/platform/fence"
 )
 
 // volumeFixture creates volumes in the volume-service and changes their
@@ -533,5 +535,92 @@ func TestListPagination(t *testing.T) {
 	}
 	if got := w.notifications(vols[3]); len(got) != 2 || got[0].GetVolumeId() != vols[3] {
 		t.Fatalf("filtered: %v", got)
+	}
+}
+
+func TestNotifyPartialFailureKeepsSuccesses(t *testing.T) {
+	w := newWorld(t)
+	s1, s2 := w.sim(), w.sim()
+	ro := addrs("180", 3)
+	vol := w.vols.create(t, addrs("181", 3), ro)
+	a1 := w.mustConstruct(vol, s1, false)
+	a2 := w.mustConstruct(vol, s2, true)
+	w.vols.replaceRO(t, vol, ro[0], "[fd00:1122:3344:2fb::1]:19000")
+
+	s2.kill()
+	_, err := w.notify(vol, "step")
+	wantCode(t, err, codes.Unavailable, "one of two Upstairs unreachable")
+	// The answer of the reachable one is kept; the other is a failed attempt.
+	outcomes := map[string]notifierv1.NotificationOutcome{}
+	for _, n := range w.notifications(vol) {
+		outcomes[n.GetAttachmentId()] = n.GetOutcome()
+	}
+	if outcomes[a1.GetAttachmentId()] != notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_NOTIFIED ||
+		outcomes[a2.GetAttachmentId()] != notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_FAILED {
+		t.Fatalf("recorded outcomes %v", outcomes)
+	}
+
+	s2.restart(t)
+	if again := w.mustConstruct(vol, s2, true); again.GetAttachmentId() != a2.GetAttachmentId() {
+		t.Fatalf("reconstruction made a new attachment: %v", again)
+	}
+	// The reconstruction's checkout raised the stored generation, so this is
+	// a changed VCR: both are told again. The first already switched, the
+	// restarted one was built from it.
+	byID := func(resp *notifierv1.NotifyReplacementResponse) map[string]*notifierv1.AttachmentNotification {
+		got := map[string]*notifierv1.AttachmentNotification{}
+		for _, a := range resp.GetAttachments() {
+			got[a.GetAttachmentId()] = a
+		}
+		return got
+	}
+	resp, err := w.notify(vol, "step")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := byID(resp)
+	if r := got[a1.GetAttachmentId()]; r == nil || r.GetDeduplicated() || r.GetResult() != resMatches {
+		t.Fatalf("first Upstairs: %v", r)
+	}
+	if r := got[a2.GetAttachmentId()]; r == nil || r.GetDeduplicated() || r.GetResult() != resMatches || r.GetIncarnation() != 2 {
+		t.Fatalf("restarted Upstairs: %v", r)
+	}
+	// Nothing changed since: a repeat reaches neither.
+	c1, c2 := simStatus(t, s1, vol).GetReplaceCalls(), simStatus(t, s2, vol).GetReplaceCalls()
+	resp, err = w.notify(vol, "step")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, r := range byID(resp) {
+		if !r.GetDeduplicated() {
+			t.Fatalf("%s not deduplicated", id)
+		}
+	}
+	if simStatus(t, s1, vol).GetReplaceCalls() != c1 || simStatus(t, s2, vol).GetReplaceCalls() != c2 {
+		t.Fatal("a deduplicated notification reached an Upstairs")
+	}
+}
+
+func TestStaleLeaderIsFenced(t *testing.T) {
+	w := newWorld(t)
+	s := w.sim()
+	vol := w.vols.create(t, addrs("190", 3), nil)
+	w.mustConstruct(vol, s, false)
+	leader := func(epoch int64) context.Context {
+		return metadata.AppendToOutgoingContext(w.ctx, fence.MetadataKey, fmt.Sprint(epoch))
+	}
+	if _, err := w.n.client.NotifyReplacement(leader(7), &notifierv1.NotifyReplacementRequest{VolumeId: vol, StepKey: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	calls := simStatus(t, s, vol).GetReplaceCalls()
+	_, err := w.n.client.NotifyReplacement(leader(6), &notifierv1.NotifyReplacementRequest{VolumeId: vol, StepKey: "b"})
+	wantCode(t, err, codes.FailedPrecondition, "stale epoch")
+	if now := simStatus(t, s, vol).GetReplaceCalls(); now != calls {
+		t.Fatal("a stale leader reached the Upstairs")
+	}
+	_, err = w.n.client.ConstructVolume(leader(6), &notifierv1.ConstructVolumeRequest{VolumeId: vol, Kind: notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, Endpoint: s.addr})
+	wantCode(t, err, codes.FailedPrecondition, "stale epoch construct")
+	if atts := w.attachments(vol); len(atts) != 1 || atts[0].GetIncarnation() != 1 {
+		t.Fatalf("a stale leader changed an attachment: %v", atts)
 	}
 }

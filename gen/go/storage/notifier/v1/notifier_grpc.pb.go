@@ -47,23 +47,46 @@ type UpstairsNotifierServiceClient interface {
 	// Builds a volume on an Upstairs endpoint. In order: records the attachment
 	// STARTING with a new incarnation; checks the volume out from the
 	// volume-service (reason CONSTRUCT); activates it on the endpoint; marks it
-	// RUNNING. A second rw consumer of one volume is FAILED_PRECONDITION. Any
-	// failure leaves the attachment FAILED, never RUNNING. NOT_FOUND for an
-	// unknown volume; INVALID_ARGUMENT for a malformed endpoint.
+	// RUNNING. Constructing again on the same (volume, endpoint) is a restart:
+	// same attachment, next incarnation. A second rw consumer of one volume
+	// (another endpoint's rw attachment neither STOPPED nor FAILED) is
+	// FAILED_PRECONDITION. Any failure after the attachment is recorded leaves
+	// it FAILED with the reason, never RUNNING.
+	// Errors: INVALID_ARGUMENT for a malformed volume_id, kind, endpoint
+	// ("host:port") or upstairs_id, and NOT_FOUND for an unknown volume (both
+	// with nothing recorded); FAILED_PRECONDITION for the rw conflict, a stale
+	// epoch, or an Upstairs refusing activation; UNAVAILABLE when the
+	// volume-service or the endpoint cannot be reached.
 	ConstructVolume(ctx context.Context, in *ConstructVolumeRequest, opts ...grpc.CallOption) (*ConstructVolumeResponse, error)
-	// Deactivates and forgets an attachment. Idempotent.
+	// Deactivates and forgets an attachment. Idempotent (an unknown id
+	// succeeds). The attachment is STOPPING while its Upstairs deactivates;
+	// UNAVAILABLE when that Upstairs cannot be reached, leaving it STOPPING
+	// (notifications wait) — unless it was already STOPPED or FAILED, which
+	// needs no deactivation. INVALID_ARGUMENT for a malformed id.
 	DetachUpstairs(ctx context.Context, in *DetachUpstairsRequest, opts ...grpc.CallOption) (*DetachUpstairsResponse, error)
 	// Records what an instance manager reports about an attachment.
+	// NOT_FOUND for an unknown attachment; INVALID_ARGUMENT for UNSPECIFIED or
+	// STARTING (only ConstructVolume sets it); FAILED_PRECONDITION for RUNNING
+	// or REBOOTING unless the attachment is RUNNING, REBOOTING or MIGRATING
+	// (a starting, stopped or failed Upstairs must be constructed again).
 	SetUpstairsState(ctx context.Context, in *SetUpstairsStateRequest, opts ...grpc.CallOption) (*SetUpstairsStateResponse, error)
 	// Tells every running Upstairs of a volume to switch to the volume's
 	// current VCR (read by the notifier itself; keys never leave it).
 	// NO_UPSTAIRS when nothing is attached. FAILED_PRECONDITION while any
 	// attachment is STARTING, MIGRATING, STOPPING or FAILED, or when an Upstairs
 	// answers MISSING. UNAVAILABLE when an endpoint cannot be reached.
-	// Deduplicated on (step_key, incarnation, VCR generation): a repeat after
-	// success returns the recorded outcome without calling the Upstairs.
+	// STOPPED attachments count as nothing attached. A MISSING answer is
+	// FAILED_PRECONDITION, as is an Upstairs that no longer has the volume.
+	// Deduplicated per attachment on (step_key, incarnation, VCR generation,
+	// the highest gen of the VCR's direct region sub-volumes): a repeat after
+	// success returns the recorded outcome (deduplicated = true) without
+	// calling the Upstairs and without a new record. Every other attempt is
+	// recorded, failures included. INVALID_ARGUMENT for a malformed volume_id
+	// or an empty (or longer than 512 bytes) step_key, NOT_FOUND for an
+	// unknown volume: nothing recorded.
 	NotifyReplacement(ctx context.Context, in *NotifyReplacementRequest, opts ...grpc.CallOption) (*NotifyReplacementResponse, error)
-	// Lists attachments, paginated.
+	// Lists attachments, paginated (INVALID_ARGUMENT for a negative page_size,
+	// a malformed page_token or volume_id).
 	ListAttachments(ctx context.Context, in *ListAttachmentsRequest, opts ...grpc.CallOption) (*ListAttachmentsResponse, error)
 	// Lists notification attempts and outcomes, paginated.
 	ListNotifications(ctx context.Context, in *ListNotificationsRequest, opts ...grpc.CallOption) (*ListNotificationsResponse, error)
@@ -71,21 +94,28 @@ type UpstairsNotifierServiceClient interface {
 	// ascending), paginated.
 	ListRepairNotifications(ctx context.Context, in *ListRepairNotificationsRequest, opts ...grpc.CallOption) (*ListRepairNotificationsResponse, error)
 	// Inbound from an Upstairs: a repair started, one row per downstairs.
-	// Repeats are no-ops. A repair id seen with another repair type is
-	// ALREADY_EXISTS.
+	// Repeats are no-ops (the first row's time and address win). A repair id
+	// seen with another repair type is ALREADY_EXISTS. INVALID_ARGUMENT, with
+	// nothing recorded, for a malformed upstairs_id, session_id or repair_id
+	// (UUIDs), an unspecified repair_type, a missing time, no downstairs, a
+	// target_address that is not "[ipv6]:port", or a region_id that is set
+	// but not a UUID. region_id may be empty: an Upstairs knows addresses.
 	RepairStart(ctx context.Context, in *RepairStartRequest, opts ...grpc.CallOption) (*RepairStartResponse, error)
 	// Inbound: a repair finished (succeeded, or failed when aborted). The same
 	// outcome again is a no-op; a contradicting outcome for the same key is
 	// ALREADY_EXISTS; a repair type mismatch is ALREADY_EXISTS. A finish without
-	// a start is accepted.
+	// a start is accepted. INVALID_ARGUMENT as for RepairStart.
 	RepairFinish(ctx context.Context, in *RepairFinishRequest, opts ...grpc.CallOption) (*RepairFinishResponse, error)
 	// Inbound: repair progress. NOT_FOUND unless this Upstairs has a started row
-	// for the repair. An exact duplicate is ALREADY_EXISTS.
+	// for the repair. An exact duplicate is ALREADY_EXISTS. INVALID_ARGUMENT
+	// for malformed ids, a missing time or negative item counts.
 	RepairProgress(ctx context.Context, in *RepairProgressRequest, opts ...grpc.CallOption) (*RepairProgressResponse, error)
 	// Inbound: the Upstairs asked a downstairs to stop. Append-only; repeats
-	// are no-ops.
+	// are no-ops. INVALID_ARGUMENT for malformed ids, a missing time or an
+	// unspecified reason.
 	DownstairsStopRequest(ctx context.Context, in *DownstairsStopRequestRequest, opts ...grpc.CallOption) (*DownstairsStopRequestResponse, error)
 	// Inbound: a downstairs client stopped. Append-only; repeats are no-ops.
+	// INVALID_ARGUMENT as for DownstairsStopRequest.
 	DownstairsStopped(ctx context.Context, in *DownstairsStoppedRequest, opts ...grpc.CallOption) (*DownstairsStoppedResponse, error)
 }
 
@@ -224,23 +254,46 @@ type UpstairsNotifierServiceServer interface {
 	// Builds a volume on an Upstairs endpoint. In order: records the attachment
 	// STARTING with a new incarnation; checks the volume out from the
 	// volume-service (reason CONSTRUCT); activates it on the endpoint; marks it
-	// RUNNING. A second rw consumer of one volume is FAILED_PRECONDITION. Any
-	// failure leaves the attachment FAILED, never RUNNING. NOT_FOUND for an
-	// unknown volume; INVALID_ARGUMENT for a malformed endpoint.
+	// RUNNING. Constructing again on the same (volume, endpoint) is a restart:
+	// same attachment, next incarnation. A second rw consumer of one volume
+	// (another endpoint's rw attachment neither STOPPED nor FAILED) is
+	// FAILED_PRECONDITION. Any failure after the attachment is recorded leaves
+	// it FAILED with the reason, never RUNNING.
+	// Errors: INVALID_ARGUMENT for a malformed volume_id, kind, endpoint
+	// ("host:port") or upstairs_id, and NOT_FOUND for an unknown volume (both
+	// with nothing recorded); FAILED_PRECONDITION for the rw conflict, a stale
+	// epoch, or an Upstairs refusing activation; UNAVAILABLE when the
+	// volume-service or the endpoint cannot be reached.
 	ConstructVolume(context.Context, *ConstructVolumeRequest) (*ConstructVolumeResponse, error)
-	// Deactivates and forgets an attachment. Idempotent.
+	// Deactivates and forgets an attachment. Idempotent (an unknown id
+	// succeeds). The attachment is STOPPING while its Upstairs deactivates;
+	// UNAVAILABLE when that Upstairs cannot be reached, leaving it STOPPING
+	// (notifications wait) — unless it was already STOPPED or FAILED, which
+	// needs no deactivation. INVALID_ARGUMENT for a malformed id.
 	DetachUpstairs(context.Context, *DetachUpstairsRequest) (*DetachUpstairsResponse, error)
 	// Records what an instance manager reports about an attachment.
+	// NOT_FOUND for an unknown attachment; INVALID_ARGUMENT for UNSPECIFIED or
+	// STARTING (only ConstructVolume sets it); FAILED_PRECONDITION for RUNNING
+	// or REBOOTING unless the attachment is RUNNING, REBOOTING or MIGRATING
+	// (a starting, stopped or failed Upstairs must be constructed again).
 	SetUpstairsState(context.Context, *SetUpstairsStateRequest) (*SetUpstairsStateResponse, error)
 	// Tells every running Upstairs of a volume to switch to the volume's
 	// current VCR (read by the notifier itself; keys never leave it).
 	// NO_UPSTAIRS when nothing is attached. FAILED_PRECONDITION while any
 	// attachment is STARTING, MIGRATING, STOPPING or FAILED, or when an Upstairs
 	// answers MISSING. UNAVAILABLE when an endpoint cannot be reached.
-	// Deduplicated on (step_key, incarnation, VCR generation): a repeat after
-	// success returns the recorded outcome without calling the Upstairs.
+	// STOPPED attachments count as nothing attached. A MISSING answer is
+	// FAILED_PRECONDITION, as is an Upstairs that no longer has the volume.
+	// Deduplicated per attachment on (step_key, incarnation, VCR generation,
+	// the highest gen of the VCR's direct region sub-volumes): a repeat after
+	// success returns the recorded outcome (deduplicated = true) without
+	// calling the Upstairs and without a new record. Every other attempt is
+	// recorded, failures included. INVALID_ARGUMENT for a malformed volume_id
+	// or an empty (or longer than 512 bytes) step_key, NOT_FOUND for an
+	// unknown volume: nothing recorded.
 	NotifyReplacement(context.Context, *NotifyReplacementRequest) (*NotifyReplacementResponse, error)
-	// Lists attachments, paginated.
+	// Lists attachments, paginated (INVALID_ARGUMENT for a negative page_size,
+	// a malformed page_token or volume_id).
 	ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error)
 	// Lists notification attempts and outcomes, paginated.
 	ListNotifications(context.Context, *ListNotificationsRequest) (*ListNotificationsResponse, error)
@@ -248,21 +301,28 @@ type UpstairsNotifierServiceServer interface {
 	// ascending), paginated.
 	ListRepairNotifications(context.Context, *ListRepairNotificationsRequest) (*ListRepairNotificationsResponse, error)
 	// Inbound from an Upstairs: a repair started, one row per downstairs.
-	// Repeats are no-ops. A repair id seen with another repair type is
-	// ALREADY_EXISTS.
+	// Repeats are no-ops (the first row's time and address win). A repair id
+	// seen with another repair type is ALREADY_EXISTS. INVALID_ARGUMENT, with
+	// nothing recorded, for a malformed upstairs_id, session_id or repair_id
+	// (UUIDs), an unspecified repair_type, a missing time, no downstairs, a
+	// target_address that is not "[ipv6]:port", or a region_id that is set
+	// but not a UUID. region_id may be empty: an Upstairs knows addresses.
 	RepairStart(context.Context, *RepairStartRequest) (*RepairStartResponse, error)
 	// Inbound: a repair finished (succeeded, or failed when aborted). The same
 	// outcome again is a no-op; a contradicting outcome for the same key is
 	// ALREADY_EXISTS; a repair type mismatch is ALREADY_EXISTS. A finish without
-	// a start is accepted.
+	// a start is accepted. INVALID_ARGUMENT as for RepairStart.
 	RepairFinish(context.Context, *RepairFinishRequest) (*RepairFinishResponse, error)
 	// Inbound: repair progress. NOT_FOUND unless this Upstairs has a started row
-	// for the repair. An exact duplicate is ALREADY_EXISTS.
+	// for the repair. An exact duplicate is ALREADY_EXISTS. INVALID_ARGUMENT
+	// for malformed ids, a missing time or negative item counts.
 	RepairProgress(context.Context, *RepairProgressRequest) (*RepairProgressResponse, error)
 	// Inbound: the Upstairs asked a downstairs to stop. Append-only; repeats
-	// are no-ops.
+	// are no-ops. INVALID_ARGUMENT for malformed ids, a missing time or an
+	// unspecified reason.
 	DownstairsStopRequest(context.Context, *DownstairsStopRequestRequest) (*DownstairsStopRequestResponse, error)
 	// Inbound: a downstairs client stopped. Append-only; repeats are no-ops.
+	// INVALID_ARGUMENT as for DownstairsStopRequest.
 	DownstairsStopped(context.Context, *DownstairsStoppedRequest) (*DownstairsStoppedResponse, error)
 	mustEmbedUnimplementedUpstairsNotifierServiceServer()
 }

@@ -36,7 +36,10 @@ type UpstairsServiceClient interface {
 	// Activates a volume from a VCR. Re-activating with a strictly higher
 	// generation replaces the old activation (a restart); an equal or lower one
 	// is FAILED_PRECONDITION. Activation reconciles: with a blank region in a
-	// set it reports a RECONCILIATION repair to the notifier.
+	// set it reports a RECONCILIATION repair to the notifier. (The simulator
+	// reconciles every rw activation: RECONCILIATION start and finish for the
+	// rw targets, then seen_active.) INVALID_ARGUMENT for an empty volume_id,
+	// or a VCR that is not a top-level volume or has a region without targets.
 	Activate(ctx context.Context, in *ActivateRequest, opts ...grpc.CallOption) (*ActivateResponse, error)
 	// Deactivates a volume. Idempotent.
 	Deactivate(ctx context.Context, in *DeactivateRequest, opts ...grpc.CallOption) (*DeactivateResponse, error)
@@ -119,7 +122,10 @@ type UpstairsServiceServer interface {
 	// Activates a volume from a VCR. Re-activating with a strictly higher
 	// generation replaces the old activation (a restart); an equal or lower one
 	// is FAILED_PRECONDITION. Activation reconciles: with a blank region in a
-	// set it reports a RECONCILIATION repair to the notifier.
+	// set it reports a RECONCILIATION repair to the notifier. (The simulator
+	// reconciles every rw activation: RECONCILIATION start and finish for the
+	// rw targets, then seen_active.) INVALID_ARGUMENT for an empty volume_id,
+	// or a VCR that is not a top-level volume or has a region without targets.
 	Activate(context.Context, *ActivateRequest) (*ActivateResponse, error)
 	// Deactivates a volume. Idempotent.
 	Deactivate(context.Context, *DeactivateRequest) (*DeactivateResponse, error)
@@ -314,9 +320,11 @@ const (
 //
 // Fault injection into the sim-upstairs. Served only with --dev.
 type UpstairsFaultServiceClient interface {
-	// Fail or delay the next `count` calls of UpstairsService.
+	// Fail (with INTERNAL, which clients do not retry) and/or delay the next
+	// `count` calls of UpstairsService, of one method or of any.
 	InjectUpstairsFault(ctx context.Context, in *InjectUpstairsFaultRequest, opts ...grpc.CallOption) (*InjectUpstairsFaultResponse, error)
-	// Forget every activation, as after a restart.
+	// Forget every activation, as after a restart. Pending faults and the
+	// total data-loss counter are kept.
 	ForgetAll(ctx context.Context, in *ForgetAllRequest, opts ...grpc.CallOption) (*ForgetAllResponse, error)
 }
 
@@ -354,9 +362,11 @@ func (c *upstairsFaultServiceClient) ForgetAll(ctx context.Context, in *ForgetAl
 //
 // Fault injection into the sim-upstairs. Served only with --dev.
 type UpstairsFaultServiceServer interface {
-	// Fail or delay the next `count` calls of UpstairsService.
+	// Fail (with INTERNAL, which clients do not retry) and/or delay the next
+	// `count` calls of UpstairsService, of one method or of any.
 	InjectUpstairsFault(context.Context, *InjectUpstairsFaultRequest) (*InjectUpstairsFaultResponse, error)
-	// Forget every activation, as after a restart.
+	// Forget every activation, as after a restart. Pending faults and the
+	// total data-loss counter are kept.
 	ForgetAll(context.Context, *ForgetAllRequest) (*ForgetAllResponse, error)
 	mustEmbedUnimplementedUpstairsFaultServiceServer()
 }
