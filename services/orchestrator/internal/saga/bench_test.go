@@ -12,13 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/migrations"
 	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/pgcluster"
 	"storagecp.dev/platform/pgtest"
 )
 
+// benchNodes is the length of the benchmark saga (sequential no-op actions).
 const benchNodes = 10
 
 func noopTemplate() *saga.Template {
@@ -32,6 +33,132 @@ func noopTemplate() *saga.Template {
 		return nil
 	})
 	return t
+}
+
+// BenchmarkSagaThroughput runs sagas of benchNodes sequential no-op action
+// nodes, one at a time and 16 at a time, on the test cluster (fsync off).
+// It reports node events committed per second, database commits per action
+// node (pg_stat_database.xact_commit delta) and, when pgbench is installed,
+// pgbench's single-row INSERT rate with as many clients on the same cluster
+// and the ratio events/s ÷ inserts/s.
+func BenchmarkSagaThroughput(b *testing.B) {
+	for _, conc := range []int{1, 16} {
+		b.Run(fmt.Sprintf("concurrent=%d", conc), func(b *testing.B) {
+			benchSagaAndPgbench(b, pgtest.NewDSN(b, "orchestrator"), pgtest.NewDSN(b, "orchestrator"), conc)
+		})
+	}
+}
+
+// BenchmarkSagaThroughputFsync is BenchmarkSagaThroughput on a private
+// cluster with fsync on, as ARCHITECTURE.md §8 measures. Skipped with
+// -short.
+func BenchmarkSagaThroughputFsync(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts its own PostgreSQL cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgcluster.Start(ctx, pgcluster.Options{Fsync: true})
+	if err != nil {
+		b.Skip("cannot start a PostgreSQL cluster:", err)
+	}
+	defer c.Close()
+	seq := 0
+	newDB := func() string {
+		seq++
+		name := fmt.Sprintf("bench_%d", seq)
+		if err := c.CreateDatabase(ctx, name, ""); err != nil {
+			b.Fatal(err)
+		}
+		dsn := c.DSN(name)
+		pool, err := db.Open(ctx, dsn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pool.Close()
+		if err := db.Migrate(ctx, pool, migrations.FS); err != nil {
+			b.Fatal(err)
+		}
+		return dsn
+	}
+	for _, conc := range []int{1, 16} {
+		b.Run(fmt.Sprintf("concurrent=%d", conc), func(b *testing.B) {
+			benchSagaAndPgbench(b, newDB(), newDB(), conc)
+		})
+	}
+}
+
+func benchSagaAndPgbench(b *testing.B, sagaDSN, pgbenchDSN string, conc int) {
+	eventsPerSec := benchSagas(b, sagaDSN, conc)
+	tps, ok := pgbenchInserts(b, pgbenchDSN, conc, b.N*benchNodes*2)
+	if ok {
+		b.ReportMetric(tps, "pgbench_inserts/s")
+		b.ReportMetric(eventsPerSec/tps, "ratio")
+	}
+}
+
+// benchSagas runs b.N sagas, conc at a time, and returns events/s.
+func benchSagas(b *testing.B, dsn string, conc int) float64 {
+	b.Helper()
+	tmpl := noopTemplate()
+	reg, err := saga.NewRegistry(tmpl)
+	if err != nil {
+		b.Fatal(err)
+	}
+	before, measuring := xactCommits(b, dsn)
+	pool, err := db.Open(context.Background(), dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sec := saga.NewSEC(pool, "bench", reg, nil, nil)
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	next := make(chan struct{})
+	errs := make(chan error, conc)
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				o, err := sec.Run(ctx, tmpl, benchNodes)
+				if err == nil && o.Kind != saga.Succeeded {
+					err = o.Error()
+				}
+				if err != nil {
+					errs <- err
+					for range next {
+					}
+					return
+				}
+			}
+		}()
+	}
+	for range b.N {
+		next <- struct{}{}
+	}
+	close(next)
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	st := sec.Stats()
+	_ = sec.Shutdown(ctx)
+	pool.Close()
+	after, _ := xactCommits(b, dsn)
+	commits := after - before - measuring
+	nodes := float64(b.N * benchNodes)
+	eventsPerSec := float64(st.Events) / elapsed.Seconds()
+	b.ReportMetric(eventsPerSec, "events/s")
+	b.ReportMetric(nodes/elapsed.Seconds(), "nodes/s")
+	b.ReportMetric(float64(commits)/nodes, "commits/node")
+	b.ReportMetric(float64(st.Writes)/nodes, "writes/node")
+	return eventsPerSec
 }
 
 // xactCommits reads the database's commit counter once every other
@@ -66,153 +193,42 @@ func xactCommits(b *testing.B, dsn string) (commits, own int64) {
 	return commits, own
 }
 
-// BenchmarkSagaThroughput runs sagas of benchNodes sequential no-op action
-// nodes, one at a time and 16 at a time, and reports node events committed
-// per second and database commits per action node (pg_stat_database).
-func BenchmarkSagaThroughput(b *testing.B) {
-	for _, conc := range []int{1, 16} {
-		b.Run(fmt.Sprintf("concurrent=%d", conc), func(b *testing.B) {
-			dsn := pgtest.NewDSN(b, "orchestrator")
-			tmpl := noopTemplate()
-			reg, err := saga.NewRegistry(tmpl)
-			if err != nil {
-				b.Fatal(err)
-			}
-			before, measuring := xactCommits(b, dsn)
-			pool, err := db.Open(context.Background(), dsn)
-			if err != nil {
-				b.Fatal(err)
-			}
-			sec := saga.NewSEC(pool, "bench", reg, nil, nil)
-			ctx := context.Background()
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			next := make(chan struct{})
-			errs := make(chan error, conc)
-			for range conc {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for range next {
-						o, err := sec.Run(ctx, tmpl, benchNodes)
-						if err == nil && o.Kind != saga.Succeeded {
-							err = o.Error()
-						}
-						if err != nil {
-							errs <- err
-							return
-						}
-					}
-				}()
-			}
-			for range b.N {
-				next <- struct{}{}
-			}
-			close(next)
-			wg.Wait()
-			elapsed := time.Since(start)
-			b.StopTimer()
-			select {
-			case err := <-errs:
-				b.Fatal(err)
-			default:
-			}
-			st := sec.Stats()
-			_ = sec.Shutdown(ctx)
-			pool.Close()
-			after, _ := xactCommits(b, dsn)
-			commits := after - before - measuring
-			nodes := float64(b.N * benchNodes)
-			b.ReportMetric(float64(st.Events)/elapsed.Seconds(), "events/s")
-			b.ReportMetric(nodes/elapsed.Seconds(), "nodes/s")
-			b.ReportMetric(float64(commits)/nodes, "commits/node")
-			b.ReportMetric(float64(st.Writes)/nodes, "writes/node")
-		})
-	}
-}
+var tpsRE = regexp.MustCompile(`tps = ([0-9.]+)`)
 
-// BenchmarkInsertBaseline is the yardstick of the saga bench: single-row
-// autocommit INSERTs (as pgbench's insert script) from 1 and 16 clients on
-// the same cluster.
-func BenchmarkInsertBaseline(b *testing.B) {
-	for _, conc := range []int{1, 16} {
-		b.Run(fmt.Sprintf("concurrent=%d", conc), func(b *testing.B) {
-			pool := pgtest.NewPool(b, "orchestrator")
-			ctx := context.Background()
-			if _, err := pool.Exec(ctx, `CREATE TABLE bench_insert (id bigserial PRIMARY KEY, a int, b int, at timestamptz DEFAULT now())`); err != nil {
-				b.Fatal(err)
-			}
-			b.ResetTimer()
-			start := time.Now()
-			insertConcurrently(b, pool, conc)
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "inserts/s")
-		})
-	}
-}
-
-func insertConcurrently(b *testing.B, pool *pgxpool.Pool, conc int) {
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if _, err := pool.Exec(context.Background(), `INSERT INTO bench_insert (a, b) VALUES ($1, $2)`, i, i); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	for i := range b.N {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-}
-
-// BenchmarkPgbenchInsert runs pgbench itself (single-row INSERT script, 1
-// and 16 clients) on the same cluster when the binary is installed; the
-// saga engine's events/s is compared with its tps.
-func BenchmarkPgbenchInsert(b *testing.B) {
+// pgbenchInserts runs pgbench's single-row INSERT script with conc clients
+// for about total transactions and returns its tps; ok is false when
+// pgbench is not installed.
+func pgbenchInserts(b *testing.B, dsn string, conc, total int) (tps float64, ok bool) {
+	b.Helper()
 	bin := "/usr/lib/postgresql/15/bin/pgbench"
 	if _, err := os.Stat(bin); err != nil {
 		if bin, err = exec.LookPath("pgbench"); err != nil {
-			b.Skip("pgbench not installed")
+			return 0, false
 		}
 	}
-	for _, conc := range []int{1, 16} {
-		b.Run(fmt.Sprintf("concurrent=%d", conc), func(b *testing.B) {
-			dsn := pgtest.NewDSN(b, "orchestrator")
-			pool, err := db.Open(context.Background(), dsn)
-			if err != nil {
-				b.Fatal(err)
-			}
-			_, err = pool.Exec(context.Background(), `CREATE TABLE bench_insert (id bigserial PRIMARY KEY, a int, b int, at timestamptz DEFAULT now())`)
-			pool.Close()
-			if err != nil {
-				b.Fatal(err)
-			}
-			script := filepath.Join(b.TempDir(), "insert.sql")
-			if err := os.WriteFile(script, []byte("INSERT INTO bench_insert (a, b) VALUES (1, 2);\n"), 0o644); err != nil {
-				b.Fatal(err)
-			}
-			perClient := max(b.N/conc, 1)
-			b.ResetTimer()
-			out, err := exec.Command(bin, "-n", "-f", script, "-c", strconv.Itoa(conc), "-j", "2",
-				"-t", strconv.Itoa(perClient), dsn).CombinedOutput()
-			b.StopTimer()
-			if err != nil {
-				b.Fatalf("pgbench: %v\n%s", err, out)
-			}
-			m := regexp.MustCompile(`tps = ([0-9.]+)`).FindSubmatch(out)
-			if m == nil {
-				b.Fatalf("no tps in pgbench output:\n%s", out)
-			}
-			tps, _ := strconv.ParseFloat(string(m[1]), 64)
-			b.ReportMetric(tps, "inserts/s")
-		})
+	pool, err := db.Open(context.Background(), dsn)
+	if err != nil {
+		b.Fatal(err)
 	}
+	_, err = pool.Exec(context.Background(), `CREATE TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, a int, b int, at timestamptz DEFAULT now())`)
+	pool.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	script := filepath.Join(b.TempDir(), "insert.sql")
+	if err := os.WriteFile(script, []byte("INSERT INTO bench_insert (a, b) VALUES (1, 2);\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	perClient := max(total/conc, 200)
+	out, err := exec.Command(bin, "-n", "-f", script, "-c", strconv.Itoa(conc), "-j", "2",
+		"-t", strconv.Itoa(perClient), dsn).CombinedOutput()
+	if err != nil {
+		b.Fatalf("pgbench: %v\n%s", err, out)
+	}
+	m := tpsRE.FindSubmatch(out)
+	if m == nil {
+		b.Fatalf("no tps in pgbench output:\n%s", out)
+	}
+	tps, _ = strconv.ParseFloat(string(m[1]), 64)
+	return tps, true
 }
