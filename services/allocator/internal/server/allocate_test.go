@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/uuid"
@@ -196,4 +197,60 @@ func TestDryRunChangesNothing(t *testing.T) {
 	}
 	_, err := s.DryRunAllocation(ctx, &allocatorv1.DryRunAllocationRequest{Allocation: allocReq(vol, 4, nil)})
 	wantCode(t, err, codes.ResourceExhausted)
+}
+
+// Concurrent replays of one call (same volume, same ids) — what a saga
+// re-executing its node does — end with one set of regions, answered to all.
+func TestAllocateConcurrentReplays(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	addInventory(t, s, 4, 2, 100*gib)
+	vol := uuid.NewString()
+	ids := newIDs(3)
+	errs := make([]error, 8)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() {
+			_, errs[i] = s.AllocateRegions(ctx, allocReq(vol, 3, ids))
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("replay: %v", err)
+		}
+	}
+	list := ok(s.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedFor: vol}))(t)
+	if len(list.GetRegions()) != 3 {
+		t.Fatalf("%d regions after concurrent replays", len(list.GetRegions()))
+	}
+	var total int64
+	for _, d := range diskUsage(t, s) {
+		total += d.GetSizeUsedBytes()
+	}
+	if total != 3*testReserved {
+		t.Fatalf("charged %d, want %d", total, 3*testReserved)
+	}
+}
+
+// Old regions sharing a zpool (which this allocator never does, but rows
+// from elsewhere could) trip the unique-zpools guard.
+func TestAllocateUniqueZpoolsGuard(t *testing.T) {
+	ctx := context.Background()
+	s, pool := newServer(t)
+	inv := addInventory(t, s, 3, 1, 100*gib)
+	vol := uuid.New()
+	for range 2 {
+		if _, err := pool.Exec(ctx, `INSERT INTO region (id, dataset_id, allocated_for, block_size, blocks_per_extent, extent_count, read_only)
+			VALUES ($1, $2, $3, 512, 131072, 16, false)`, uuid.New(), inv.disks[0][0].GetDatasetId(), vol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := allocReq(vol.String(), 3, newIDs(1))
+	req.Strategy = allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM
+	_, err := s.AllocateRegions(ctx, req)
+	wantCode(t, err, codes.ResourceExhausted)
+	if !strings.Contains(err.Error(), "not enough unique zpools") {
+		t.Fatalf("got %v", err)
+	}
 }

@@ -65,7 +65,11 @@ type AllocatedRegion struct {
 // string to boolean, which aborts the statement with the sentinel in the
 // error message; the CASE is not constant (it reads subqueries), so the
 // planner cannot fold it away early, and its WHEN order fixes which guard
-// is reported.
+// is reported. The chosen datasets are locked in id order (locked) before
+// they are charged, so concurrent allocations wait for each other instead
+// of deadlocking; under REPEATABLE READ a dataset charged by another
+// allocation since our snapshot makes the lock fail with a serialization
+// error and the caller retries with fresh usage.
 //
 // $1 volume, $2 snapshot (nullable), $3 block size, $4 blocks per extent,
 // $5 extent count, $6 read-only, $7 distinct sleds, $8 seed, $9 redundancy,
@@ -138,6 +142,13 @@ verdict AS (
 do_insert AS (
 	SELECT CAST(v AS boolean) AS ok FROM verdict
 ),
+locked AS MATERIALIZED (
+	SELECT d.id
+	FROM crucible_dataset d
+	WHERE d.id IN (SELECT dataset_id FROM candidate_regions) AND (SELECT ok FROM do_insert)
+	ORDER BY d.id
+	FOR NO KEY UPDATE
+),
 inserted AS (
 	INSERT INTO region (id, dataset_id, allocated_for, block_size, blocks_per_extent, extent_count, read_only)
 	SELECT id, dataset_id, $1, $3, $4, $5, $6
@@ -147,7 +158,7 @@ inserted AS (
 ),
 charged AS (
 	UPDATE crucible_dataset d SET size_used = d.size_used + i.reserved_bytes
-	FROM inserted i
+	FROM inserted i JOIN locked l ON l.id = i.dataset_id
 	WHERE d.id = i.dataset_id
 	RETURNING d.id
 )
