@@ -274,9 +274,14 @@ func TestUndoFailureIsStuck(t *testing.T) {
 	if err != nil || len(rep.Recovered) != 0 {
 		t.Fatalf("recover: %+v, %v", rep, err)
 	}
-	list, err := sec.List(ctx, saga.ListFilter{States: []string{"done"}})
-	if err != nil || len(list) != 1 || !list[0].Stuck {
-		t.Fatalf("list: %+v, %v", list, err)
+	for _, filter := range []saga.ListFilter{{States: []string{"done"}}, {}} {
+		list, err := sec.List(ctx, filter)
+		if err != nil || len(list) != 1 || !list[0].Stuck {
+			t.Fatalf("list %+v: %+v, %v", filter, list, err)
+		}
+	}
+	if n, err := sec.StuckCount(ctx); err != nil || n != 1 {
+		t.Fatalf("stuck count %d %v", n, err)
 	}
 	// Wait from the log reports it stuck too.
 	o2, err := f.sec(t, "sec-9").Wait(ctx, o.SagaID)
@@ -355,6 +360,15 @@ func TestAbandon(t *testing.T) {
 	v, err := sec.Get(ctx, id)
 	if err != nil || v.State != "abandoned" || v.AbandonReason != "operator" || v.SubjectID != "vol-1" {
 		t.Fatalf("view %+v %v", v, err)
+	}
+	if l, err := sec.List(ctx, saga.ListFilter{SubjectID: "vol-1", Name: "sample"}); err != nil || len(l) != 1 || l[0].ID != id {
+		t.Fatalf("list by subject: %+v %v", l, err)
+	}
+	if l, err := sec.List(ctx, saga.ListFilter{SubjectID: "vol-2"}); err != nil || len(l) != 0 {
+		t.Fatalf("list by other subject: %+v %v", l, err)
+	}
+	if err := sec.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
 	}
 	rep, err := f.sec(t, "sec-1").Recover(ctx)
 	if err != nil || len(rep.Recovered) != 0 {

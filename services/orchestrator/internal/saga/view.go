@@ -78,14 +78,16 @@ func viewOf(r store.Saga) SagaView {
 
 // ListFilter narrows List.
 type ListFilter struct {
-	States []string // empty: all
-	After  uuid.UUID
-	Limit  int // default 100
+	States    []string // empty: all
+	SubjectID string   // empty: all
+	Name      string   // template name; empty: all
+	After     uuid.UUID
+	Limit     int // default 100
 }
 
 // List returns sagas ordered by id (page with After), without nodes.
 func (s *SEC) List(ctx context.Context, f ListFilter) ([]SagaView, error) {
-	rows, err := s.store.List(ctx, store.Filter{States: f.States, After: f.After, Limit: f.Limit})
+	rows, err := s.store.List(ctx, store.Filter{States: f.States, SubjectID: f.SubjectID, Name: f.Name, After: f.After, Limit: f.Limit})
 	if err != nil {
 		return nil, err
 	}
@@ -146,4 +148,30 @@ func newExecutionForView(s *SEC, row store.Saga, d *DAG) (*execution, error) {
 	}
 	ex := &execution{sec: s, id: row.ID, dag: d, nodes: make([]nodeState, len(d.Nodes)), failedNode: -1, undoNode: -1}
 	return ex, nil
+}
+
+// WaitIdle polls the database until no saga (of any SEC) is running or
+// unwinding, or ctx ends.
+func (s *SEC) WaitIdle(ctx context.Context) error {
+	delay := 5 * time.Millisecond
+	for {
+		n, err := s.store.CountUnfinished(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		delay = min(delay*2, 200*time.Millisecond)
+	}
+}
+
+// StuckCount counts stuck sagas (undo_failed events) in the whole log.
+func (s *SEC) StuckCount(ctx context.Context) (int, error) {
+	return s.store.CountUndoFailed(ctx)
 }

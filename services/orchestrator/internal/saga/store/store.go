@@ -227,6 +227,10 @@ type Filter struct {
 	States []string
 	// CurrentSEC, when not empty, keeps only sagas owned by it.
 	CurrentSEC string
+	// SubjectID, when not empty, keeps only sagas acting on it.
+	SubjectID string
+	// Name, when not empty, keeps only sagas of that template.
+	Name string
 	// After pages: only ids greater than it (zero: from the start).
 	After uuid.UUID
 	// Limit defaults to 100.
@@ -240,10 +244,12 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Saga, error) {
 		limit = 100
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+sagaColumns+` FROM saga s
-		WHERE (cardinality($1::text[]) = 0 OR s.saga_state = ANY($1))
+		WHERE (COALESCE(cardinality($1::text[]), 0) = 0 OR s.saga_state = ANY($1))
 		  AND ($2 = '' OR s.current_sec = $2)
 		  AND s.id > $3
-		ORDER BY s.id LIMIT $4`, f.States, f.CurrentSEC, pgUUID(f.After), limit)
+		  AND ($5 = '' OR s.subject_id = $5)
+		  AND ($6 = '' OR s.name = $6)
+		ORDER BY s.id LIMIT $4`, f.States, f.CurrentSEC, pgUUID(f.After), limit, f.SubjectID, f.Name)
 	if err != nil {
 		return nil, err
 	}
