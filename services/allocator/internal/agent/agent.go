@@ -85,9 +85,10 @@ func (s *Sim) inTx(ctx context.Context, datasetID uuid.UUID, goneOK bool, fn fun
 			}
 			return fn(tx)
 		})
-		// Two processes picking the same free port collide on agent_port;
-		// try again with the next free one.
-		if db.IsUniqueViolation(err, "agent_port_pkey") && attempt < 10 {
+		// Two callers picking the same free port, or creating the same
+		// object, collide on a key; the next attempt takes another port or
+		// finds the object created.
+		if db.IsUniqueViolation(err, "") && attempt < 10 {
 			continue
 		}
 		return err

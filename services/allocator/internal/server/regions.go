@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"sync"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -26,6 +27,7 @@ func (s *Server) EnsureRegions(ctx context.Context, req *allocatorv1.EnsureRegio
 		cloneSource string
 	}
 	var todo []ensure
+	sources := map[uuid.UUID]string{}
 	for i, r := range req.GetRegions() {
 		id, err := parseID(fmt.Sprintf("regions[%d].region_id", i), r.GetRegionId())
 		if err != nil {
@@ -39,36 +41,34 @@ func (s *Server) EnsureRegions(ctx context.Context, req *allocatorv1.EnsureRegio
 			}
 			src = ap.String()
 		}
+		if prev, dup := sources[id]; dup {
+			if prev != src {
+				return nil, invalid(fmt.Sprintf("regions[%d]", i), "region listed twice with different clone sources")
+			}
+			continue
+		}
+		sources[id] = src
 		todo = append(todo, ensure{id: id, cloneSource: src})
 	}
 	ids := make([]uuid.UUID, 0, len(todo))
 	for _, e := range todo {
 		ids = append(ids, e.id)
 	}
-	for _, e := range todo {
-		region, err := store.GetRegion(ctx, s.pool, e.id)
-		if err != nil {
-			return nil, s.toStatus(ctx, err)
-		}
-		port, err := s.agent.EnsureRegion(ctx, region.DatasetID, region.ID, e.cloneSource)
-		if err != nil {
-			return nil, s.toStatus(ctx, fmt.Errorf("ensure region %s: %w", region.ID, err))
-		}
-		err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-			if err := fence.Check(ctx, tx); err != nil {
-				return err
-			}
-			return store.SetRegionPort(ctx, tx, region.ID, int32(port))
+	// Regions are created concurrently, a few at a time, like Nexus does;
+	// the first error is returned (ensure is not atomic: the caller's undo
+	// deletes whatever was created).
+	errs := make([]error, len(todo))
+	sem := make(chan struct{}, ensureConcurrency)
+	var wg sync.WaitGroup
+	for i, e := range todo {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = s.ensureRegion(ctx, e.id, e.cloneSource)
 		})
-		if errors.Is(err, store.ErrNotFound) {
-			// Deleted while we were creating it: do not leak it on the agent.
-			if derr := s.agent.DeleteRegion(ctx, region.DatasetID, region.ID); derr != nil {
-				s.logger.WarnContext(ctx, "could not destroy region deleted during ensure", "region_id", region.ID, "err", derr)
-			}
-		}
-		if errors.Is(err, store.ErrConflict) {
-			return nil, status.Error(codes.FailedPrecondition, err.Error())
-		}
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			return nil, s.toStatus(ctx, err)
 		}
@@ -78,6 +78,38 @@ func (s *Server) EnsureRegions(ctx context.Context, req *allocatorv1.EnsureRegio
 		return nil, s.toStatus(ctx, err)
 	}
 	return &allocatorv1.EnsureRegionsResponse{Regions: regionsPB(regions)}, nil
+}
+
+// ensureConcurrency bounds the agent calls one EnsureRegions makes at once.
+const ensureConcurrency = 4
+
+// ensureRegion creates one region on its agent and records its port.
+func (s *Server) ensureRegion(ctx context.Context, id uuid.UUID, cloneSource string) error {
+	region, err := store.GetRegion(ctx, s.pool, id)
+	if err != nil {
+		return err
+	}
+	port, err := s.agent.EnsureRegion(ctx, region.DatasetID, region.ID, cloneSource)
+	if err != nil {
+		return fmt.Errorf("ensure region %s: %w", region.ID, err)
+	}
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := fence.Check(ctx, tx); err != nil {
+			return err
+		}
+		return store.SetRegionPort(ctx, tx, region.ID, int32(port))
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		// Deleted while we were creating it: do not leak it on the agent.
+		if derr := s.agent.DeleteRegion(ctx, region.DatasetID, region.ID); derr != nil {
+			s.logger.WarnContext(ctx, "could not destroy region deleted during ensure", "region_id", region.ID, "err", derr)
+		}
+		return err
+	}
+	if errors.Is(err, store.ErrConflict) {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return err
 }
 
 // DeleteRegions destroys regions on their agents, then removes their rows

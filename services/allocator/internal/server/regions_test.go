@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"storagecp.dev/allocator/internal/agent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/ids"
 )
 
@@ -403,4 +405,51 @@ func TestInventory(t *testing.T) {
 	wantCode(t, err, codes.NotFound)
 	_, err = s.AddPhysicalDisk(ctx, &allocatorv1.AddPhysicalDiskRequest{SledId: sledID, CapacityBytes: gib, DatasetAddress: "fd00::99"})
 	wantCode(t, err, codes.FailedPrecondition)
+}
+
+func TestFenceRefusesStaleEpoch(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	addInventory(t, s, 3, 1, 100*gib)
+	alloc := ok(s.AllocateRegions(fence.NewContext(ctx, 5), allocReq(uuid.NewString(), 3, newIDs(3))))(t)
+	stale := fence.NewContext(ctx, 4)
+	_, err := s.AllocateRegions(stale, allocReq(uuid.NewString(), 3, newIDs(3)))
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = s.EnsureRegions(stale, ensureReq(alloc.GetRegions()))
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = s.AddSled(stale, &allocatorv1.AddSledRequest{})
+	wantCode(t, err, codes.FailedPrecondition)
+	// Nothing the stale call attempted reached an agent.
+	for _, r := range ok(s.ListRegions(ctx, &allocatorv1.ListRegionsRequest{}))(t).GetRegions() {
+		if r.GetEnsured() {
+			t.Fatalf("stale ensure created region %s", r.GetRegionId())
+		}
+	}
+	ok(s.EnsureRegions(fence.NewContext(ctx, 5), ensureReq(alloc.GetRegions())))(t)
+}
+
+// Concurrent ensures of the same regions (a saga node re-run racing the
+// first run) agree on one port per region.
+func TestEnsureConcurrentReplays(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	addInventory(t, s, 3, 1, 100*gib)
+	alloc := ok(s.AllocateRegions(ctx, allocReq(uuid.NewString(), 3, newIDs(3))))(t)
+	resps := make([]*allocatorv1.EnsureRegionsResponse, 6)
+	errs := make([]error, len(resps))
+	var wg sync.WaitGroup
+	for i := range resps {
+		wg.Go(func() { resps[i], errs[i] = s.EnsureRegions(ctx, ensureReq(alloc.GetRegions())) })
+	}
+	wg.Wait()
+	for i := range resps {
+		if errs[i] != nil {
+			t.Fatalf("ensure: %v", errs[i])
+		}
+		for j, r := range resps[i].GetRegions() {
+			if r.GetAddress() != resps[0].GetRegions()[j].GetAddress() {
+				t.Fatalf("concurrent ensures disagree on %s", r.GetRegionId())
+			}
+		}
+	}
 }
