@@ -10,6 +10,7 @@ require (
 	go.opentelemetry.io/otel/trace v1.47.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
+	pgregory.net/rapid v1.3.0
 	storagecp.dev/deploy v0.0.0-00010101000000-000000000000
 	storagecp.dev/gen v0.0.0
 	storagecp.dev/platform v0.0.0
