@@ -40,6 +40,8 @@ type process struct {
 	conn *grpc.ClientConn
 	api  allocatorv1.RegionAllocatorServiceClient
 	dev  allocatorv1.AgentFaultServiceClient
+	// stop sends SIGTERM and waits (idempotent).
+	stop func()
 }
 
 // buildBinary compiles this command once per test into a temp dir.
@@ -66,17 +68,21 @@ func start(t *testing.T, bin, dsn string) *process {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start: %v", err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+	}
+	t.Cleanup(stop)
 	addrCh := make(chan string, 1)
 	var logMu sync.Mutex
 	var logs strings.Builder
@@ -121,8 +127,9 @@ func start(t *testing.T, bin, dsn string) *process {
 	t.Cleanup(func() { conn.Close() })
 	return &process{
 		addr: addr, conn: conn,
-		api: allocatorv1.NewRegionAllocatorServiceClient(conn),
-		dev: allocatorv1.NewAgentFaultServiceClient(conn),
+		api:  allocatorv1.NewRegionAllocatorServiceClient(conn),
+		dev:  allocatorv1.NewAgentFaultServiceClient(conn),
+		stop: stop,
 	}
 }
 
@@ -265,6 +272,29 @@ func TestTwoProcessesNeverOvercommit(t *testing.T) {
 	for _, p := range probes.GetProbes() {
 		if p.GetResult() != allocatorv1.ProbeResult_PROBE_RESULT_SERVED {
 			t.Fatalf("%s probes %v from the other process", p.GetAddress(), p.GetResult())
+		}
+	}
+
+	// The agents survive a restart of every allocator process.
+	a.stop()
+	b.stop()
+	c := start(t, bin, dsn)
+	probes, err = c.api.ProbeTargets(ctx, probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range probes.GetProbes() {
+		if p.GetResult() != allocatorv1.ProbeResult_PROBE_RESULT_SERVED {
+			t.Fatalf("%s probes %v after a restart", p.GetAddress(), p.GetResult())
+		}
+	}
+	again, err := c.api.EnsureRegions(ctx, ensure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range again.GetRegions() {
+		if r.GetAddress() != ensured.GetRegions()[i].GetAddress() {
+			t.Fatalf("ensure after restart moved %s", r.GetRegionId())
 		}
 	}
 }
