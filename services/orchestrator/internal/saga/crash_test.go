@@ -23,6 +23,7 @@ const (
 	helperDSNEnv    = "SAGA_CRASH_DSN"
 	helperKeyEnv    = "SAGA_CRASH_KEY"
 	helperFailAtEnv = "SAGA_CRASH_FAIL_AT"
+	helperTmplEnv   = "SAGA_CRASH_TEMPLATE"
 	crashSEC        = "crash-sec"
 )
 
@@ -49,7 +50,11 @@ func crashHelperMain() int {
 	if n := os.Getenv(helperFailAtEnv); n != "" {
 		h.InjectError(n)
 	}
-	o, err := sec.Run(ctx, app.sample, sampleParams{Key: os.Getenv(helperKeyEnv)}, saga.WithHooks(h))
+	tmpl := app.sample
+	if os.Getenv(helperTmplEnv) == "outer" {
+		tmpl = app.outer
+	}
+	o, err := sec.Run(ctx, tmpl, sampleParams{Key: os.Getenv(helperKeyEnv)}, saga.WithHooks(h))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -68,14 +73,26 @@ func TestProcessCrashRecovery(t *testing.T) {
 	}
 	type crashCase struct {
 		node, point, failAt string
+		template            string // default sample
+		// eitherWay: the crash may land before or after the injected
+		// failure is recorded; without it, recovery (which runs without
+		// hooks) legitimately succeeds.
+		eitherWay bool
 	}
 	var cases []crashCase
 	for _, n := range []string{"create_a", "create_b", "finish"} {
-		cases = append(cases, crashCase{n, saga.CrashAfterStarted, ""}, crashCase{n, saga.CrashAfterAction, ""})
+		cases = append(cases, crashCase{node: n, point: saga.CrashAfterStarted}, crashCase{node: n, point: saga.CrashAfterAction})
 	}
 	for _, n := range []string{"create_a", "create_c"} {
-		cases = append(cases, crashCase{n, saga.CrashAfterUndo, "finish"})
+		cases = append(cases, crashCase{node: n, point: saga.CrashAfterUndo, failAt: "finish"})
 	}
+	// A sibling in flight when the other fails: re-run in either direction.
+	cases = append(cases, crashCase{node: "create_c", point: saga.CrashAfterAction, failAt: "create_b", eitherWay: true})
+	// Inside a spliced subsaga.
+	for _, p := range []string{saga.CrashAfterStarted, saga.CrashAfterAction} {
+		cases = append(cases, crashCase{node: "delete_stash.soft_delete", point: p, template: "outer"})
+	}
+	cases = append(cases, crashCase{node: "delete_stash.soft_delete", point: saga.CrashAfterUndo, failAt: "after", template: "outer"})
 
 	dsn := pgtest.NewDSN(t, "orchestrator")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -92,7 +109,10 @@ func TestProcessCrashRecovery(t *testing.T) {
 	f := &fixture{pool: pool, reg: app.registry(t), app: app}
 
 	for i, c := range cases {
-		name := fmt.Sprintf("%s/%s", c.node, c.point)
+		if c.template == "" {
+			c.template = "sample"
+		}
+		name := fmt.Sprintf("%s/%s/%s", c.template, c.node, c.point)
 		if c.failAt != "" {
 			name += "/fail_at_" + c.failAt
 		}
@@ -101,7 +121,7 @@ func TestProcessCrashRecovery(t *testing.T) {
 			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(),
 				helperEnv+"=1", helperDSNEnv+"="+dsn, helperKeyEnv+"="+key, helperFailAtEnv+"="+c.failAt,
-				saga.CrashEnv+"=sample/"+c.node+"/"+c.point)
+				helperTmplEnv+"="+c.template, saga.CrashEnv+"="+c.template+"/"+c.node+"/"+c.point)
 			out, err := cmd.CombinedOutput()
 			var exitErr *exec.ExitError
 			crashed := errors.As(err, &exitErr) && exitErr.ExitCode() == 137
@@ -117,14 +137,26 @@ func TestProcessCrashRecovery(t *testing.T) {
 			o := wait(t, sec, id)
 			runs := f.runs(t, key)
 			effects := f.effects(t, key)
-			if c.failAt == "" {
-				if o.Kind != saga.Succeeded {
-					t.Fatalf("outcome %v", o.Error())
+			allDone := []string{"a", "b", "c"}
+			actionNodes := []string{"create_a", "create_b", "create_c", "finish"}
+			if c.template == "outer" {
+				allDone = []string{"first"}
+				actionNodes = []string{"first", "delete_stash.soft_delete"}
+				effects = append(effects, f.effects(t, key+"-stash")...)
+				runs = f.runs(t, key)
+				for k, v := range f.runs(t, key+"-stash") {
+					runs[k] = v
 				}
-				if !slices.Equal(effects, []string{"a", "b", "c"}) {
-					t.Fatalf("effects %v", effects)
+			}
+			if c.template == "outer" && o.Kind == saga.Succeeded {
+				allDone = []string{"first", "soft"}
+			}
+			switch {
+			case o.Kind == saga.Succeeded && (c.failAt == "" || c.eitherWay):
+				if !slices.Equal(effects, allDone) {
+					t.Fatalf("effects %v, want %v", effects, allDone)
 				}
-				for _, n := range []string{"create_a", "create_b", "create_c", "finish"} {
+				for _, n := range actionNodes {
 					if runs[n+"/do"] < 1 {
 						t.Fatalf("%s never ran: %v", n, runs)
 					}
@@ -132,9 +164,9 @@ func TestProcessCrashRecovery(t *testing.T) {
 				if c.point == saga.CrashAfterAction && runs[c.node+"/do"] != 2 {
 					t.Fatalf("crashed after the action of %s: ran %d times, want 2 (re-run on recovery)", c.node, runs[c.node+"/do"])
 				}
-			} else {
-				if o.Kind != saga.Failed || o.FailedNode != c.failAt {
-					t.Fatalf("outcome %v at %s: %v", o.Kind, o.FailedNode, o.Error())
+			case o.Kind == saga.Failed && c.failAt != "":
+				if o.FailedNode != c.failAt {
+					t.Fatalf("failed at %s, want %s: %v", o.FailedNode, c.failAt, o.Error())
 				}
 				if len(effects) != 0 {
 					t.Fatalf("effects left after unwinding: %v", effects)
@@ -142,7 +174,13 @@ func TestProcessCrashRecovery(t *testing.T) {
 				if c.point == saga.CrashAfterUndo && runs[c.node+"/undo"] != 2 {
 					t.Fatalf("crashed after the undo of %s: undo ran %d times, want 2", c.node, runs[c.node+"/undo"])
 				}
+				if c.eitherWay && runs[c.node+"/do"] >= 1 && runs[c.node+"/undo"] != 1 {
+					t.Fatalf("%s ran but was not undone once: %v", c.node, runs)
+				}
+			default:
+				t.Fatalf("outcome %v: %v (fail at %q)", o.Kind, o.Error(), c.failAt)
 			}
+			t.Logf("outcome %v, runs %v", o.Kind, runs)
 			if n := sec.InFlight(); n != 0 {
 				t.Fatalf("%d sagas still in flight", n)
 			}
