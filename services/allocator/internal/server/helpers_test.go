@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"testing"
 
 	"github.com/google/uuid"
@@ -50,7 +51,12 @@ func (inv inventory) allDisks() []*allocatorv1.PhysicalDisk {
 	return out
 }
 
-var ipSeq uint32
+// randomIP is a random address in fd00::/8, unique in practice.
+func randomIP() string {
+	b := [16]byte(uuid.New())
+	b[0] = 0xfd
+	return netip.AddrFrom16(b).String()
+}
 
 // addInventory adds nSleds sleds with disksPerSled disks of capacity each.
 func addInventory(t testing.TB, s *Server, nSleds, disksPerSled int, capacity int64) inventory {
@@ -64,12 +70,11 @@ func addInventory(t testing.TB, s *Server, nSleds, disksPerSled int, capacity in
 		}
 		inv.sleds = append(inv.sleds, sled.GetSled().GetSledId())
 		var disks []*allocatorv1.PhysicalDisk
-		for j := range disksPerSled {
-			ipSeq++
+		for range disksPerSled {
 			d, err := s.AddPhysicalDisk(ctx, &allocatorv1.AddPhysicalDiskRequest{
 				SledId:         sled.GetSled().GetSledId(),
 				CapacityBytes:  capacity,
-				DatasetAddress: fmt.Sprintf("fd00:1122:3344:%x::%x", i+1, ipSeq*16+uint32(j)+1),
+				DatasetAddress: randomIP(),
 			})
 			if err != nil {
 				t.Fatalf("AddPhysicalDisk: %v", err)

@@ -453,3 +453,35 @@ func TestEnsureConcurrentReplays(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot-create that crashed after the agent snapshotted but before the
+// row was written is cleaned by DeleteRegionSnapshots (the saga's undo), so
+// the region can then be deleted.
+func TestDeleteRegionSnapshotWithoutRow(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	addInventory(t, s, 3, 1, 100*gib)
+	alloc := ok(s.AllocateRegions(ctx, allocReq(uuid.NewString(), 1, newIDs(1))))(t)
+	region := ok(s.EnsureRegions(ctx, ensureReq(alloc.GetRegions())))(t).GetRegions()[0]
+	dataset, rid, snap := uuid.MustParse(region.GetDatasetId()), uuid.MustParse(region.GetRegionId()), uuid.New()
+	if err := s.agent.CreateSnapshot(ctx, dataset, rid, snap); err != nil {
+		t.Fatal(err)
+	}
+	port, err := s.agent.RunningSnapshot(ctx, dataset, rid, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.AddrPortFrom(netip.MustParseAddrPort(region.GetAddress()).Addr(), port).String()
+	_, err = s.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: []string{rid.String()}})
+	wantCode(t, err, codes.FailedPrecondition) // the agent refuses: ZFS has a snapshot
+	d := ok(s.DeleteRegionSnapshots(ctx, &allocatorv1.DeleteRegionSnapshotsRequest{RegionSnapshots: []*allocatorv1.RegionSnapshotKey{{
+		RegionId: rid.String(), SnapshotId: snap.String(),
+	}}}))(t)
+	if d.GetDeleted() != 0 {
+		t.Fatalf("deleted %d rows that never existed", d.GetDeleted())
+	}
+	if p := probe(t, s, addr); p[0] != allocatorv1.ProbeResult_PROBE_RESULT_DESTROYED {
+		t.Fatalf("running snapshot still %v", p[0])
+	}
+	ok(s.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: []string{rid.String()}}))(t)
+}
