@@ -80,12 +80,39 @@ func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructV
 	if err != nil {
 		return nil, fail(upstairsError(endpoint, "Activate", err), "activate")
 	}
-	att, err = s.store.FinishConstruction(ctx, att.ID, att.Incarnation, store.StateRunning, "")
+	done, err := s.store.FinishConstruction(ctx, att.ID, att.Incarnation, store.StateRunning, "")
+	if errors.Is(err, store.ErrSuperseded) {
+		s.deactivateOrphan(ctx, att, up)
+	}
 	if err != nil {
 		return nil, s.storeError(ctx, "finish construction", err)
 	}
+	att = done
 	log.InfoContext(ctx, "volume constructed")
 	return &notifierv1.ConstructVolumeResponse{Attachment: attachmentProto(att)}, nil
+}
+
+// deactivateOrphan undoes an activation whose attachment was detached while
+// it was being constructed: no record would lead a notification to it, so
+// it must not keep running. If the endpoint has a newer construction of the
+// volume, that one owns the activation and it is left alone.
+func (s *Server) deactivateOrphan(ctx context.Context, att store.Attachment, up upstairsClient) {
+	ctx = context.WithoutCancel(ctx)
+	_, err := s.store.AttachmentAt(ctx, att.VolumeID, att.Endpoint)
+	if err == nil {
+		// A newer construction owns the endpoint's activation, or the same
+		// incarnation moved on by a reported state that stands.
+		return
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		s.logger.ErrorContext(ctx, "checking a superseded construction", "attachment_id", att.ID, "err", err)
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.upstairsTimeout)
+	defer cancel()
+	if _, err := up.Deactivate(dctx, &upstairsv1.DeactivateRequest{VolumeId: att.VolumeID.String()}); err != nil {
+		s.logger.WarnContext(ctx, "deactivating a detached construction", "attachment_id", att.ID, "endpoint", att.Endpoint, "err", err)
+	}
 }
 
 // volumeServiceError keeps NotFound, InvalidArgument and

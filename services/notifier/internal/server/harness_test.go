@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -126,6 +127,10 @@ func startProcess(t testing.TB, name, addr string, args ...string) *process {
 	p.start(t)
 	t.Cleanup(func() {
 		p.stop()
+		// Binaries built with -race report here.
+		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
+			t.Errorf("%s reported a data race", name)
+		}
 		if t.Failed() {
 			t.Logf("--- %s (%s) output:\n%s", name, addr, tail(p.out.String(), 6000))
 		}

@@ -624,3 +624,71 @@ func TestStaleLeaderIsFenced(t *testing.T) {
 		t.Fatalf("a stale leader changed an attachment: %v", atts)
 	}
 }
+
+func TestDetachDuringConstructionLeavesNothingRunning(t *testing.T) {
+	w := newWorld(t)
+	s := w.sim()
+	vol := w.vols.create(t, addrs("195", 3), nil)
+	if _, err := s.faults.InjectUpstairsFault(w.ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "Activate", Count: 1, Delay: durationpb.New(1500 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.construct(vol, s, false)
+		done <- err
+	}()
+	var id string
+	eventually(t, 10*time.Second, "attachment STARTING", func() error {
+		for _, a := range w.attachments(vol) {
+			if a.GetState() == notifierv1.AttachmentState_ATTACHMENT_STATE_STARTING {
+				id = a.GetAttachmentId()
+				return nil
+			}
+		}
+		return fmt.Errorf("no STARTING attachment")
+	})
+	if _, err := w.n.client.DetachUpstairs(w.ctx, &notifierv1.DetachUpstairsRequest{AttachmentId: id}); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, <-done, codes.FailedPrecondition, "construction of a detached attachment")
+	// Nothing records it, so nothing may run it.
+	if _, err := s.up.GetVolumeStatus(w.ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: vol}); status.Code(err) != codes.NotFound {
+		t.Fatalf("orphan activation left running: %v", err)
+	}
+}
+
+func TestConcurrentReadWriteConsumersOneWins(t *testing.T) {
+	w := newWorld(t)
+	sims := []*sim{w.sim(), w.sim(), w.sim()}
+	vol := w.vols.create(t, addrs("196", 3), nil)
+	errs := make(chan error, len(sims))
+	for _, s := range sims {
+		go func() {
+			_, err := w.construct(vol, s, false)
+			errs <- err
+		}()
+	}
+	wins := 0
+	for range sims {
+		err := <-errs
+		switch status.Code(err) {
+		case codes.OK:
+			wins++
+		case codes.FailedPrecondition:
+		default:
+			t.Fatalf("unexpected: %v", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d rw consumers constructed, want exactly 1", wins)
+	}
+	running := 0
+	for _, a := range w.attachments(vol) {
+		if a.GetState() == notifierv1.AttachmentState_ATTACHMENT_STATE_RUNNING {
+			running++
+		}
+	}
+	if running != 1 {
+		t.Fatalf("%d RUNNING attachments", running)
+	}
+}

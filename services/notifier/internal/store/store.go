@@ -212,6 +212,15 @@ func (s *Store) GetAttachment(ctx context.Context, id uuid.UUID) (Attachment, er
 	return a, err
 }
 
+// AttachmentAt reads the attachment of a volume on an endpoint.
+func (s *Store) AttachmentAt(ctx context.Context, volumeID uuid.UUID, endpoint string) (Attachment, error) {
+	a, err := scanAttachment(s.pool.QueryRow(ctx, `SELECT `+attachmentColumns+` FROM attachment WHERE volume_id = $1 AND endpoint = $2`, volumeID, endpoint))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return a, ErrNotFound
+	}
+	return a, err
+}
+
 // DeleteAttachment forgets an attachment; a missing one is fine.
 func (s *Store) DeleteAttachment(ctx context.Context, id uuid.UUID) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
