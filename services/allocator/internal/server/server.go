@@ -15,6 +15,7 @@ import (
 	"storagecp.dev/allocator/internal/agent"
 	"storagecp.dev/allocator/internal/store"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/db"
 )
 
 // Agent is what the server needs from the Crucible agents. The simulated
@@ -91,6 +92,9 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 		errors.Is(err, agent.ErrNoSnapshot),
 		errors.Is(err, agent.ErrCloneSource):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case db.IsRetryable(err):
+		// InTx gave up retrying serialization failures: contention, not a bug.
+		return status.Error(codes.Unavailable, "database contention, retry")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, context.Canceled):
