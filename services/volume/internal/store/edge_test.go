@@ -6,6 +6,7 @@ package store
 import (
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/uuid"
@@ -45,33 +46,42 @@ func TestCreateVolumeUnresolvableReadOnlyTargetFailsAndCreatesNothing(t *testing
 	f := newFixture(t)
 	good := f.roRegion(uuid.New())
 	f.create(uuid.New(), snapshotVCR([]Target{good}))
+	unknown := Target{Address: f.addr()}
+	id := uuid.New()
+	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: snapshotVCR([]Target{good, unknown})})
+	wantKind(t, err, KindFailedPrecondition)
+	wantContains(t, err, canon(t, unknown.Address))
+	for _, table := range []string{"volume WHERE id", "volume_resource_usage WHERE volume_id", "volume_target WHERE volume_id"} {
+		if n := f.count(`SELECT count(*) FROM `+table+` = $1`, id); n != 0 {
+			t.Fatalf("%s: %d rows written", table, n)
+		}
+	}
+	if n := f.target(good.ID).RefCount; n != 1 {
+		t.Fatalf("count = %d, want 1", n)
+	}
+	f.healthy()
+}
+
+// A PENDING target has no address yet (the reference's NULL port): nothing
+// can resolve to it until it is activated.
+func TestPendingTargetCannotBeResolvedUntilActive(t *testing.T) {
+	f := newFixture(t)
 	pending, err := f.s.RegisterTargets(f.ctx, []Registration{{Kind: KindRORegion, RegionID: uuid.New()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	unknown := Target{Address: f.addr()}
-	for name, bad := range map[string]Target{"unknown address": unknown, "pending target (no port yet)": pending[0]} {
-		t.Run(name, func(t *testing.T) {
-			if bad.Address == "" {
-				bad.Address = f.addr() // a PENDING target has no address: whatever is named cannot be it
-			}
-			id := uuid.New()
-			_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: snapshotVCR([]Target{good, bad})})
-			wantKind(t, err, KindFailedPrecondition)
-			wantContains(t, err, canon(t, bad.Address))
-			if n := f.count(`SELECT count(*) FROM volume WHERE id = $1`, id); n != 0 {
-				t.Fatal("volume row written")
-			}
-			if n := f.count(`SELECT count(*) FROM volume_resource_usage WHERE volume_id = $1`, id); n != 0 {
-				t.Fatal("usage rows written")
-			}
-			if n := f.count(`SELECT count(*) FROM volume_target WHERE volume_id = $1`, id); n != 0 {
-				t.Fatal("index rows written")
-			}
-		})
+	addr := f.addr()
+	_, _, err = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: snapshotVCR([]Target{{Address: addr}})})
+	wantKind(t, err, KindFailedPrecondition)
+	if _, err := f.s.ResolveAddress(f.ctx, addr); KindOf(err) != KindNotFound {
+		t.Fatalf("resolve pending: %v", err)
 	}
-	if n := f.target(good.ID).RefCount; n != 1 {
-		t.Fatalf("count = %d, want 1", n)
+	if _, err := f.s.ActivateTargets(f.ctx, []Activation{{TargetID: pending[0].ID, DatasetID: uuid.New(), Address: addr}}); err != nil {
+		t.Fatal(err)
+	}
+	f.create(uuid.New(), snapshotVCR([]Target{{Address: addr}}))
+	if n := f.target(pending[0].ID).RefCount; n != 1 {
+		t.Fatalf("count %d", n)
 	}
 	f.healthy()
 }
@@ -862,4 +872,66 @@ func TestVolumeDataKeysAreNeverInErrors(t *testing.T) {
 	if strings.Contains(err.Error(), "c2VjcmV0") {
 		t.Fatal("key in error")
 	}
+}
+
+func TestReplaceReadOnlyTargetFailsWhenStashHoldsTheNewTargetTwice(t *testing.T) {
+	f := newFixture(t)
+	clone, snaps, ro, stash := replaceSnapshotSetup(f)
+	for i := 0; i < 2; i++ {
+		f.exec(`INSERT INTO volume_resource_usage VALUES (gen_random_uuid(), $1, $2)`, stash, ro.ID)
+	}
+	_, err := f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, ro.ID, stash)
+	wantKind(t, err, KindInternal)
+	v, _ := f.s.GetVolume(f.ctx, clone)
+	if got := vcr.ReadOnlyTargets(v.VCR); got[0] != snaps[0].Address {
+		t.Fatal("failed replacement changed the VCR")
+	}
+}
+
+// Saga replays race: the same create or soft delete from 8 goroutines.
+func TestConcurrentReplaysOfCreateAndSoftDelete(t *testing.T) {
+	f := newFixture(t)
+	ro := f.roRegion(uuid.New())
+	id := uuid.New()
+	var wg sync.WaitGroup
+	created := make([]bool, 8)
+	errs := make([]error, 8)
+	for i := range created {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, created[i], errs[i] = f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: snapshotVCR([]Target{ro})})
+		}(i)
+	}
+	wg.Wait()
+	n := 0
+	for i := range created {
+		if errs[i] != nil {
+			t.Fatalf("replay %d: %v", i, errs[i])
+		}
+		if created[i] {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d creates reported created", n)
+	}
+	results := make([]SoftDeleteResult, 8)
+	for i := range results {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i], errs[i] = f.s.SoftDeleteVolume(f.ctx, id)
+		}(i)
+	}
+	wg.Wait()
+	for i := range results {
+		if errs[i] != nil || !sameIDs(results[i].Regions, []uuid.UUID{ro.RegionID}) {
+			t.Fatalf("soft delete %d: %+v %v", i, results[i], errs[i])
+		}
+	}
+	if f.target(ro.ID).State != StateDeleting {
+		t.Fatal("not deleting")
+	}
+	f.healthy()
 }

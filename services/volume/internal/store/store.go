@@ -113,6 +113,9 @@ type Target struct {
 
 const targetCols = `target_id, kind, state, region_id, dataset_id, address, snapshot_id, owner_volume_id`
 
+// targetColsT is targetCols qualified by the alias t.
+const targetColsT = `t.target_id, t.kind, t.state, t.region_id, t.dataset_id, t.address, t.snapshot_id, t.owner_volume_id`
+
 func scanTarget(row pgx.Row, extra ...any) (Target, error) {
 	var t Target
 	var dataset, snapshot, owner uuid.NullUUID

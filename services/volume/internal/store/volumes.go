@@ -229,8 +229,8 @@ func attachTargets(ctx context.Context, q db.Querier, vols []Volume) error {
 		idList[i] = v.ID
 		pos[v.ID] = i
 	}
-	rows, err := q.Query(ctx, `SELECT vt.volume_id, `+prefixed("t.", targetCols)+`,
-			(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = t.target_id)
+	rows, err := q.Query(ctx, `SELECT `+targetColsT+`,
+			(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = t.target_id), vt.volume_id
 		FROM volume_target vt JOIN target t ON t.target_id = vt.target_id
 		WHERE vt.volume_id = ANY($1)`, idList)
 	if err != nil {
@@ -239,16 +239,12 @@ func attachTargets(ctx context.Context, q db.Querier, vols []Volume) error {
 	defer rows.Close()
 	for rows.Next() {
 		var vid uuid.UUID
-		var t Target
-		var dataset, snapshot, owner uuid.NullUUID
-		var addr *string
-		if err := rows.Scan(&vid, &t.ID, &t.Kind, &t.State, &t.RegionID, &dataset, &addr, &snapshot, &owner, &t.RefCount); err != nil {
+		var refs int64
+		t, err := scanTarget(rows, &refs, &vid)
+		if err != nil {
 			return err
 		}
-		t.DatasetID, t.SnapshotID, t.OwnerVolumeID = dataset.UUID, snapshot.UUID, owner.UUID
-		if addr != nil {
-			t.Address = *addr
-		}
+		t.RefCount = refs
 		i := pos[vid]
 		vols[i].Targets = append(vols[i].Targets, t)
 	}
@@ -275,33 +271,6 @@ func orderOf(order map[string]int, addr string) int {
 		return i
 	}
 	return 1 << 30
-}
-
-func prefixed(p, cols string) string {
-	out := ""
-	for i, c := range splitCols(cols) {
-		if i > 0 {
-			out += ", "
-		}
-		out += p + c
-	}
-	return out
-}
-
-func splitCols(cols string) []string {
-	var out []string
-	cur := ""
-	for _, r := range cols {
-		switch r {
-		case ',':
-			out = append(out, cur)
-			cur = ""
-		case ' ':
-		default:
-			cur += string(r)
-		}
-	}
-	return append(out, cur)
 }
 
 // CheckoutReason is why a volume is checked out.
