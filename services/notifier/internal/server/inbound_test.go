@@ -33,6 +33,7 @@ type repairCall struct {
 }
 
 func TestRepairIngestRules(t *testing.T) {
+	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
 	ctx := ctxT(t)
 	base := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -151,6 +152,7 @@ func TestRepairIngestRules(t *testing.T) {
 }
 
 func TestRepairProgressRules(t *testing.T) {
+	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
 	ctx := ctxT(t)
 	up, other, session, repair := uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.NewString()
@@ -201,6 +203,7 @@ func TestRepairProgressRules(t *testing.T) {
 }
 
 func TestDownstairsClientNotificationsAreAppendOnly(t *testing.T) {
+	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
 	ctx := ctxT(t)
 	up, ds := uuid.NewString(), uuid.NewString()
@@ -232,6 +235,7 @@ func TestDownstairsClientNotificationsAreAppendOnly(t *testing.T) {
 }
 
 func TestInboundBadInputWritesNothing(t *testing.T) {
+	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
 	ctx := ctxT(t)
 	good := func() *notifierv1.RepairStartRequest {
@@ -282,6 +286,7 @@ func TestInboundBadInputWritesNothing(t *testing.T) {
 }
 
 func TestListRepairNotificationsPaginates(t *testing.T) {
+	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
 	ctx := ctxT(t)
 	region := uuid.NewString()

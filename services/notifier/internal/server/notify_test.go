@@ -128,6 +128,7 @@ const (
 )
 
 func TestNotifyOutcomes(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	// A long repair keeps a rw replacement in flight while we ask again.
 	s := w.sim("--repair-delay", "3s")
@@ -206,6 +207,7 @@ func TestNotifyOutcomes(t *testing.T) {
 }
 
 func TestNotifyUnreachableAndRestartedUpstairs(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	vol := w.vols.create(t, addrs("112", 3), addrs("212", 3))
@@ -236,13 +238,14 @@ func TestNotifyUnreachableAndRestartedUpstairs(t *testing.T) {
 }
 
 func TestConstructionRace(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	ro := addrs("213", 3)
 	vol := w.vols.create(t, addrs("113", 3), ro)
 
 	// Hold the construction between its checkout and RUNNING.
-	if _, err := s.faults.InjectUpstairsFault(w.ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "Activate", Count: 1, Delay: durationpb.New(2 * time.Second)}); err != nil {
+	if _, err := s.faults.InjectUpstairsFault(w.ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "Activate", Count: 1, Delay: durationpb.New(3 * time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -275,6 +278,7 @@ func TestConstructionRace(t *testing.T) {
 }
 
 func TestNotifyStateTable(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	const (
@@ -345,6 +349,7 @@ func TestNotifyStateTable(t *testing.T) {
 }
 
 func TestConstructVolumeRules(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s1, s2 := w.sim(), w.sim()
 	vol := w.vols.create(t, addrs("140", 3), addrs("240", 3))
@@ -410,6 +415,7 @@ func TestConstructVolumeRules(t *testing.T) {
 }
 
 func TestDetachUpstairs(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	vol := w.vols.create(t, addrs("150", 3), nil)
@@ -439,6 +445,7 @@ func TestDetachUpstairs(t *testing.T) {
 }
 
 func TestBadInputRecordsNothing(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	vol := w.vols.create(t, addrs("160", 3), nil)
@@ -493,6 +500,7 @@ func TestBadInputRecordsNothing(t *testing.T) {
 }
 
 func TestListPagination(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	var vols []string
@@ -539,6 +547,7 @@ func TestListPagination(t *testing.T) {
 }
 
 func TestNotifyPartialFailureKeepsSuccesses(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s1, s2 := w.sim(), w.sim()
 	ro := addrs("180", 3)
@@ -602,6 +611,7 @@ func TestNotifyPartialFailureKeepsSuccesses(t *testing.T) {
 }
 
 func TestStaleLeaderIsFenced(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	vol := w.vols.create(t, addrs("190", 3), nil)
@@ -626,10 +636,11 @@ func TestStaleLeaderIsFenced(t *testing.T) {
 }
 
 func TestDetachDuringConstructionLeavesNothingRunning(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	s := w.sim()
 	vol := w.vols.create(t, addrs("195", 3), nil)
-	if _, err := s.faults.InjectUpstairsFault(w.ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "Activate", Count: 1, Delay: durationpb.New(1500 * time.Millisecond)}); err != nil {
+	if _, err := s.faults.InjectUpstairsFault(w.ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "Activate", Count: 1, Delay: durationpb.New(3 * time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -658,6 +669,7 @@ func TestDetachDuringConstructionLeavesNothingRunning(t *testing.T) {
 }
 
 func TestConcurrentReadWriteConsumersOneWins(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	sims := []*sim{w.sim(), w.sim(), w.sim()}
 	vol := w.vols.create(t, addrs("196", 3), nil)

@@ -45,6 +45,7 @@ func startAllocator(t testing.TB) (*process, allocatorv1.RegionAllocatorServiceC
 // TestDataPathProbeCountsDestroyedTargets destroys a region under an
 // active volume and watches the sim-upstairs' data-loss oracle fire.
 func TestDataPathProbeCountsDestroyedTargets(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	alloc, ac := startAllocator(t)
 	s := startSim(t, freeAddr(t), alloc.addr)

@@ -48,6 +48,7 @@ func addrs(prefix string, n int) []string {
 }
 
 func TestSimReplaceVolumeAnswers(t *testing.T) {
+	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
 	s := startSim(t, n.addr, "")
 	ctx := ctxT(t)
@@ -163,6 +164,7 @@ func TestSimReplaceVolumeAnswers(t *testing.T) {
 }
 
 func TestSimActivation(t *testing.T) {
+	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
 	s := startSim(t, n.addr, "")
 	ctx := ctxT(t)
@@ -234,6 +236,7 @@ func TestSimActivation(t *testing.T) {
 }
 
 func TestSimFaults(t *testing.T) {
+	t.Parallel()
 	s := startSim(t, freeAddr(t), "")
 	ctx := ctxT(t)
 	vol := uuid.NewString()
