@@ -18,11 +18,13 @@ import (
 // asserts CheckInvariants is empty and every target's reference count
 // equals its occurrences in live VCRs (computed here from the VCRs).
 //
-// Default 12 sequences of ~30 steps (each step hits PostgreSQL); run
+// Default 8 sequences of ~30 steps (each step hits PostgreSQL); run
 // longer with -rapid.checks=N.
 func TestPropertyInvariantsHoldOverRandomOperations(t *testing.T) {
-	if fl := flag.Lookup("rapid.checks"); fl != nil && fl.Value.String() == fl.DefValue {
-		_ = fl.Value.Set("12")
+	explicit := false
+	flag.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "rapid.checks" })
+	if fl := flag.Lookup("rapid.checks"); fl != nil && !explicit {
+		_ = fl.Value.Set("8")
 		defer fl.Value.Set(fl.DefValue)
 	}
 	f := newFixture(t)
