@@ -42,7 +42,9 @@
 // Durability rules the executor keeps: the saga row and the first events
 // are one commit; `started` is committed before an action runs;
 // `succeeded`/`failed` before any dependent starts (in the same statement
-// as the dependents' `started`); `undo_started` before an undo runs. Every
+// as the dependents' `started`); `undo_started` before an undo runs. Writes
+// of concurrent sagas are group-committed: whatever queued up while a log
+// statement was in flight goes out in the next one. Every
 // write is conditional on this SEC still owning the saga (current_sec and
 // adopt_generation) and the saga being unfinished: once another SEC adopts
 // it, or an operator abandons it, this SEC stops driving it.

@@ -441,6 +441,22 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 	}
 }
 
+// appendLog queues one write for the log writers and waits for its result.
+func (s *SEC) appendLog(ctx context.Context, id uuid.UUID, gen int64, events []store.Event, state string) (bool, error) {
+	r := &appendReq{id: id, gen: gen, events: events, newState: state, done: make(chan appendRes, 1)}
+	select {
+	case s.appendCh <- r:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	select {
+	case res := <-r.done:
+		return res.owned, res.err
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+}
+
 // write appends events (and a state change), retrying transient failures
 // forever with backoff; it gives up only when ctx ends or ownership is lost.
 func (ex *execution) write(ctx context.Context, events []store.Event, state string) error {
@@ -449,10 +465,8 @@ func (ex *execution) write(ctx context.Context, events []store.Event, state stri
 		if ctx.Err() != nil {
 			return ErrShutdown
 		}
-		owned, err := ex.sec.store.Append(ctx, ex.id, ex.owner, events, state)
+		owned, err := ex.sec.appendLog(ctx, ex.id, ex.owner.Generation, events, state)
 		if err == nil {
-			ex.sec.writes.Add(1)
-			ex.sec.events.Add(int64(len(events)))
 			if !owned {
 				return ErrNotOwner
 			}

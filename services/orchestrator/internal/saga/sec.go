@@ -31,7 +31,10 @@ type SEC struct {
 
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // drivers
+
+	appendCh chan *appendReq // to the log writers (group commit)
+	writerWG sync.WaitGroup
 
 	mu       sync.Mutex
 	closed   bool
@@ -77,12 +80,15 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 		opt(&o)
 	}
 	ctx, cancel := context.WithCancel(o.base)
-	return &SEC{
+	s := &SEC{
 		store: store.New(pool), id: secID, registry: registry, deps: deps,
 		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
 		crash: crashPointFromEnv(), ctx: ctx, cancel: cancel,
 		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
+		appendCh: make(chan *appendReq, 1024),
 	}
+	s.startLogWriters()
+	return s
 }
 
 // ID is the SEC id.
@@ -489,7 +495,7 @@ func (s *SEC) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.cancel()
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() { s.wg.Wait(); s.writerWG.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

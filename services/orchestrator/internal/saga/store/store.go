@@ -198,6 +198,77 @@ func (s *Store) Append(ctx context.Context, id uuid.UUID, owner Owner, events []
 	return n == 1, nil
 }
 
+const appendManySQL = `
+WITH req AS (
+	SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS r(saga_id, gen, new_state)
+), owner AS (
+	SELECT s.id, req.new_state FROM saga s JOIN req ON s.id = req.saga_id
+	WHERE s.current_sec = $4 AND s.adopt_generation = req.gen
+	  AND s.saga_state IN ('running', 'unwinding')
+	ORDER BY s.id
+	FOR SHARE OF s
+), ins AS (
+	INSERT INTO saga_node_event (saga_id, node_id, event_type, data, creator)
+	SELECT e.saga_id, e.node_id, e.event_type, e.data::jsonb, $4
+	FROM unnest($5::uuid[], $6::int[], $7::text[], $8::text[]) AS e(saga_id, node_id, event_type, data)
+	JOIN owner ON owner.id = e.saga_id
+	ON CONFLICT DO NOTHING
+), upd AS (
+	UPDATE saga SET saga_state = owner.new_state FROM owner
+	WHERE saga.id = owner.id AND owner.new_state <> ''
+)
+SELECT id FROM owner`
+
+// AppendRequest is one saga's share of AppendMany.
+type AppendRequest struct {
+	ID         uuid.UUID
+	Generation int64
+	Events     []Event
+	NewState   string
+}
+
+// AppendMany is Append for several sagas of one SEC in one statement (group
+// commit): each saga's events and state change are written only if sec
+// still owns it at the generation given. It returns the ids that were
+// owned (and so written). Saga rows are share-locked in id order, the same
+// order Reassign locks them in, so the two cannot deadlock.
+func (s *Store) AppendMany(ctx context.Context, sec string, reqs []AppendRequest) (map[uuid.UUID]bool, error) {
+	sagaIDs := make([]pgtype.UUID, len(reqs))
+	gens := make([]int64, len(reqs))
+	states := make([]string, len(reqs))
+	var evSaga []pgtype.UUID
+	var evNode []int32
+	var evType []string
+	var evData []*string
+	for i, r := range reqs {
+		sagaIDs[i], gens[i], states[i] = pgUUID(r.ID), r.Generation, r.NewState
+		ids, types, data := eventArrays(r.Events)
+		for range r.Events {
+			evSaga = append(evSaga, sagaIDs[i])
+		}
+		evNode = append(evNode, ids...)
+		evType = append(evType, types...)
+		evData = append(evData, data...)
+	}
+	if evSaga == nil {
+		evSaga, evNode, evType, evData = []pgtype.UUID{}, []int32{}, []string{}, []*string{}
+	}
+	rows, err := s.pool.Query(ctx, appendManySQL, sagaIDs, gens, states, sec, evSaga, evNode, evType, evData)
+	if err != nil {
+		return nil, err
+	}
+	owned := make(map[uuid.UUID]bool, len(reqs))
+	var id pgtype.UUID
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		owned[uuid.UUID(id.Bytes)] = true
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return owned, nil
+}
+
 const sagaColumns = `s.id, s.name, s.creator, s.time_created, s.dag, s.saga_state, s.current_sec,
 	s.adopt_generation, s.adopt_time, s.abandon_time, s.abandon_reason, s.abandon_comment,
 	s.subject_id, s.traceparent,
@@ -290,9 +361,14 @@ func (s *Store) Events(ctx context.Context, id uuid.UUID) ([]Event, error) {
 // Reassign hands every unfinished saga of from to to, bumping the adopt
 // generation so that from's in-flight appends are refused from now on.
 func (s *Store) Reassign(ctx context.Context, from, to string) (int64, error) {
+	// Rows are locked in id order, as AppendMany locks them.
 	tag, err := s.pool.Exec(ctx, `UPDATE saga
 		SET current_sec = $2, adopt_generation = adopt_generation + 1, adopt_time = now()
-		WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding')`, from, to)
+		WHERE id IN (
+			SELECT id FROM saga
+			WHERE current_sec = $1 AND saga_state IN ('running', 'unwinding')
+			ORDER BY id FOR UPDATE)
+		  AND current_sec = $1 AND saga_state IN ('running', 'unwinding')`, from, to)
 	if err != nil {
 		return 0, err
 	}

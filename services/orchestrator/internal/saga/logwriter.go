@@ -1,0 +1,89 @@
+package saga
+
+import (
+	"github.com/google/uuid"
+
+	"storagecp.dev/orchestrator/internal/saga/store"
+)
+
+// Group commit. Every driver hands its log writes to a few writer
+// goroutines, which write whatever has queued up meanwhile in ONE statement
+// (store.AppendMany). A lone write goes out at once, so a single saga pays
+// no extra latency; with many sagas in flight, one commit carries the
+// writes of many of them, which is what keeps a large fan-out within its
+// commit budget (ARCHITECTURE.md §8).
+const (
+	// logWriters bounds the concurrent log statements of one SEC.
+	logWriters = 2
+	// maxGroup bounds how many sagas' writes share one statement.
+	maxGroup = 64
+)
+
+type appendReq struct {
+	id       uuid.UUID
+	gen      int64
+	events   []store.Event
+	newState string
+	done     chan appendRes // buffered: the writer never blocks on it
+}
+
+type appendRes struct {
+	owned bool
+	err   error
+}
+
+func (s *SEC) startLogWriters() {
+	for range logWriters {
+		s.writerWG.Add(1)
+		go s.logWriter()
+	}
+}
+
+func (s *SEC) logWriter() {
+	defer s.writerWG.Done()
+	for {
+		var group []*appendReq
+		select {
+		case r := <-s.appendCh:
+			group = append(group, r)
+		case <-s.ctx.Done():
+			return
+		}
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case r := <-s.appendCh:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		s.flush(group)
+	}
+}
+
+// flush writes a group. A permanent error (a bug, or a poisoned request)
+// is isolated by writing the members one by one, so it only stalls the
+// saga it belongs to.
+func (s *SEC) flush(group []*appendReq) {
+	reqs := make([]store.AppendRequest, len(group))
+	events := 0
+	for i, r := range group {
+		reqs[i] = store.AppendRequest{ID: r.id, Generation: r.gen, Events: r.events, NewState: r.newState}
+		events += len(r.events)
+	}
+	owned, err := s.store.AppendMany(s.ctx, s.id, reqs)
+	if err != nil && len(group) > 1 && !store.IsTransient(err) && s.ctx.Err() == nil {
+		for _, r := range group {
+			s.flush([]*appendReq{r})
+		}
+		return
+	}
+	if err == nil {
+		s.writes.Add(1)
+		s.events.Add(int64(events))
+	}
+	for _, r := range group {
+		r.done <- appendRes{owned: owned[r.id], err: err}
+	}
+}
