@@ -332,7 +332,7 @@ func (p *Proc) start() error {
 	cmd.Stderr = logf
 	// Children die with the launcher even if it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := startPinned(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", p.Name, err)
 	}

@@ -81,7 +81,11 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range st.Procs() {
-				t.Logf("---- %s (last lines of %s)\n%s", p.Name, p.LogPath(), p.LogTail(30))
+				state := "running"
+				if exited, err := p.Exited(); exited {
+					state = fmt.Sprintf("EXITED (%v)", err)
+				}
+				t.Logf("---- %s, %s (last lines of %s)\n%s", p.Name, state, p.LogPath(), p.LogTail(30))
 			}
 		}
 		st.Stop()

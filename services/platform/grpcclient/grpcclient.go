@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -29,10 +30,20 @@ const serviceConfig = `{
 }`
 
 // Dial creates a client connection (lazily connected) to target
-// ("host:port").
+// ("host:port"). Calls fail fast while the peer is unreachable (after the
+// retries of the service config); pass WaitForReady for peers that are
+// always meant to be up, so a call waits (until its deadline) for them.
 func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	base := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// gRPC's default reconnect backoff grows to two minutes, and while a
+		// channel waits to reconnect every call fails at once with the last
+		// connection error: a peer that restarted (or started a moment
+		// after us) would look down for minutes. Reconnect within a second.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		}),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithChainUnaryInterceptor(defaultDeadline),
@@ -47,4 +58,10 @@ func defaultDeadline(ctx context.Context, method string, req, reply any, cc *grp
 		defer cancel()
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// WaitForReady makes calls on the connection wait for the peer to be
+// reachable, until their deadline, instead of failing at once.
+func WaitForReady() grpc.DialOption {
+	return grpc.WithDefaultCallOptions(grpc.WaitForReady(true))
 }

@@ -1,10 +1,353 @@
 package server
 
 import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/sagas"
 )
 
 type replacement struct {
 	orchestratorv1.UnimplementedReplacementServiceServer
 	s *Server
+}
+
+var roStates = map[datastore.ReadOnlyState]orchestratorv1.ReadOnlyReplacementState{
+	datastore.RORequested:         orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_REQUESTED,
+	datastore.ROAllocating:        orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_ALLOCATING,
+	datastore.ROReplacementDone:   orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_REPLACEMENT_DONE,
+	datastore.RODeletingOldVolume: orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DELETING_OLD_VOLUME,
+	datastore.RORunning:           orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_RUNNING,
+	datastore.ROCompleting:        orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETING,
+	datastore.ROComplete:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE,
+	datastore.RODataLost:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST,
+}
+
+var stepStates = map[datastore.StepState]orchestratorv1.StepState{
+	datastore.StepRequested:     orchestratorv1.StepState_STEP_STATE_REQUESTED,
+	datastore.StepRunning:       orchestratorv1.StepState_STEP_STATE_RUNNING,
+	datastore.StepComplete:      orchestratorv1.StepState_STEP_STATE_COMPLETE,
+	datastore.StepCollecting:    orchestratorv1.StepState_STEP_STATE_COLLECTING,
+	datastore.StepVolumeDeleted: orchestratorv1.StepState_STEP_STATE_VOLUME_DELETED,
+}
+
+func reverse[K comparable, V comparable](m map[K]V, v V) (K, bool) {
+	for k, x := range m {
+		if x == v {
+			return k, true
+		}
+	}
+	var zero K
+	return zero, false
+}
+
+func idStr(id *uuid.UUID) string {
+	if id == nil {
+		return ""
+	}
+	return id.String()
+}
+
+func roProto(r datastore.ReadOnlyRequest) *orchestratorv1.Replacement {
+	kind := orchestratorv1.ReplacementKind_REPLACEMENT_KIND_REGION_SNAPSHOT
+	if r.Kind == datastore.KindReadOnlyRegion {
+		kind = orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_ONLY_REGION
+	}
+	return &orchestratorv1.Replacement{
+		ReplacementId: r.ID.String(), Kind: kind, OldTargetId: r.OldTargetID.String(), OldRegionId: r.OldRegionID.String(),
+		OldDatasetId: idStr(r.OldDatasetID), OldSnapshotId: r.OldSnapshotID.String(), LockVolumeId: r.LockVolumeID.String(),
+		ReadOnlyState: roStates[r.State], OperatingSagaId: idStr(r.OperatingSagaID), NewRegionId: idStr(r.NewRegionID),
+		NewRegionVolumeId: idStr(r.NewRegionVolumeID), OldSnapshotVolumeId: idStr(r.OldSnapshotVolumeID),
+		RequestTime: timestamppb.New(r.RequestTime), TimeModified: timestamppb.New(r.TimeModified), Traceparent: r.Traceparent,
+	}
+}
+
+func stepProto(s datastore.Step) *orchestratorv1.Step {
+	return &orchestratorv1.Step{
+		StepId: s.ID.String(), ReplacementId: s.RequestID.String(), VolumeId: s.VolumeID.String(), State: stepStates[s.State],
+		OperatingSagaId: idStr(s.OperatingSagaID), OldSnapshotVolumeId: idStr(s.OldSnapshotVolumeID),
+		RequestTime: timestamppb.New(s.RequestTime), TimeModified: timestamppb.New(s.TimeModified),
+	}
+}
+
+// RequestReplacement creates a read-only replacement request for a target
+// by hand (the detector does the same for expunged disks).
+func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv1.RequestReplacementRequest) (*orchestratorv1.RequestReplacementResponse, error) {
+	id, err := parseUUID("target_id", req.TargetId)
+	if err != nil {
+		return nil, err
+	}
+	if existing, err := r.s.store.GetReadOnlyRequestByTarget(ctx, id); err == nil {
+		return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(existing)}, nil
+	}
+	tr, err := r.s.deps.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id.String()})
+	if err != nil {
+		return nil, err
+	}
+	t := tr.Target
+	rec := datastore.ReadOnlyRequest{ID: uuid.New(), OldTargetID: id}
+	switch t.Kind {
+	case commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT:
+		rec.Kind = datastore.KindRegionSnapshot
+		rec.OldSnapshotID, err = uuid.Parse(t.SnapshotId)
+		if err == nil {
+			var ds uuid.UUID
+			if ds, err = uuid.Parse(t.DatasetId); err == nil {
+				rec.OldDatasetID = &ds
+			}
+		}
+	case commonv1.TargetKind_TARGET_KIND_RO_REGION:
+		rec.Kind = datastore.KindReadOnlyRegion
+		rec.OldSnapshotID, err = uuid.Parse(t.OwnerVolumeId)
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "target_id: %s is a %s; only read-only targets are replaced by request (rw regions are replaced when their disk is expunged)", id, t.Kind)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "target %s is not fully registered: %v", id, err)
+	}
+	if rec.OldRegionID, err = uuid.Parse(t.RegionId); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "target %s has no region: %v", id, err)
+	}
+	rec.LockVolumeID = rec.OldSnapshotID
+	rec.Traceparent = requestTrace(ctx, rec)
+	got, created, err := r.s.store.InsertReadOnlyRequest(ctx, rec)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	r.s.kick(sagas.TaskROStart)
+	return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(got), Created: created}, nil
+}
+
+// requestTrace starts the root span of a manual request, linked to the
+// calling RPC's span, and returns its traceparent.
+func requestTrace(ctx context.Context, rec datastore.ReadOnlyRequest) string {
+	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithAttributes(
+		attribute.String("replacement.id", rec.ID.String()), attribute.String("replacement.target_id", rec.OldTargetID.String()))}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+	}
+	c, span := otel.Tracer("storagecp/replacement").Start(ctx, "read-only replacement", opts...)
+	defer span.End()
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(c, carrier)
+	return carrier["traceparent"]
+}
+
+func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.GetReplacementRequest) (*orchestratorv1.GetReplacementResponse, error) {
+	id, err := parseUUID("replacement_id", req.ReplacementId)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := r.s.store.GetReadOnlyRequest(ctx, id)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	steps, err := r.s.store.StepsOfRequest(ctx, id, "")
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	out := &orchestratorv1.GetReplacementResponse{Replacement: roProto(rec)}
+	for _, s := range steps {
+		out.Steps = append(out.Steps, stepProto(s))
+	}
+	return out, nil
+}
+
+func pageArgs(size int32, token string) (uuid.UUID, int, error) {
+	limit := int(size)
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	after := uuid.Nil
+	if token != "" {
+		var err error
+		if after, err = parseUUID("page_token", token); err != nil {
+			return after, 0, err
+		}
+	}
+	return after, limit, nil
+}
+
+func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.ListReplacementsRequest) (*orchestratorv1.ListReplacementsResponse, error) {
+	after, limit, err := pageArgs(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	var state datastore.ReadOnlyState
+	if req.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED {
+		s, ok := reverse(roStates, req.ReadOnlyState)
+		if !ok {
+			return nil, status.Errorf(codes.InvalidArgument, "read_only_state: unknown %v", req.ReadOnlyState)
+		}
+		state = s
+	}
+	recs, err := r.s.store.ListReadOnlyRequests(ctx, state, after, limit)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	out := &orchestratorv1.ListReplacementsResponse{}
+	for _, rec := range recs {
+		p := roProto(rec)
+		if req.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_UNSPECIFIED && p.Kind != req.Kind {
+			continue
+		}
+		out.Replacements = append(out.Replacements, p)
+	}
+	if len(recs) == limit {
+		out.NextPageToken = recs[len(recs)-1].ID.String()
+	}
+	return out, nil
+}
+
+func (r *replacement) ListSteps(ctx context.Context, req *orchestratorv1.ListStepsRequest) (*orchestratorv1.ListStepsResponse, error) {
+	after, limit, err := pageArgs(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	var reqID *uuid.UUID
+	if req.ReplacementId != "" {
+		id, err := parseUUID("replacement_id", req.ReplacementId)
+		if err != nil {
+			return nil, err
+		}
+		reqID = &id
+	}
+	var state datastore.StepState
+	if req.State != orchestratorv1.StepState_STEP_STATE_UNSPECIFIED {
+		s, ok := reverse(stepStates, req.State)
+		if !ok {
+			return nil, status.Errorf(codes.InvalidArgument, "state: unknown %v", req.State)
+		}
+		state = s
+	}
+	steps, err := r.s.store.ListSteps(ctx, reqID, state, after, limit)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	out := &orchestratorv1.ListStepsResponse{}
+	for _, s := range steps {
+		out.Steps = append(out.Steps, stepProto(s))
+	}
+	if len(steps) == limit {
+		out.NextPageToken = steps[len(steps)-1].ID.String()
+	}
+	return out, nil
+}
+
+func (r *replacement) ListLocks(ctx context.Context, req *orchestratorv1.ListLocksRequest) (*orchestratorv1.ListLocksResponse, error) {
+	after, limit, err := pageArgs(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	locks, err := r.s.store.ListLocks(ctx, after, limit)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	out := &orchestratorv1.ListLocksResponse{}
+	for _, l := range locks {
+		out.Locks = append(out.Locks, &orchestratorv1.Lock{
+			VolumeId: l.VolumeID.String(), RepairId: l.RepairID.String(), HolderKind: string(l.HolderKind),
+			TimeAcquired: timestamppb.New(l.TimeAcquired),
+		})
+	}
+	if len(locks) == limit {
+		out.NextPageToken = locks[len(locks)-1].VolumeID.String()
+	}
+	return out, nil
+}
+
+func terminal(s datastore.ReadOnlyState) bool {
+	return s == datastore.ROComplete || s == datastore.RODataLost
+}
+
+// WatchReplacement streams the watched requests and step counts whenever
+// they change, until every watched request is terminal.
+func (r *replacement) WatchReplacement(req *orchestratorv1.WatchReplacementRequest, stream orchestratorv1.ReplacementService_WatchReplacementServer) error {
+	ctx := stream.Context()
+	var only *uuid.UUID
+	if req.ReplacementId != "" {
+		id, err := parseUUID("replacement_id", req.ReplacementId)
+		if err != nil {
+			return err
+		}
+		if _, err := r.s.store.GetReadOnlyRequest(ctx, id); err != nil {
+			return grpcError(err)
+		}
+		only = &id
+	}
+	var last string
+	for {
+		msg, err := r.snapshot(ctx, only)
+		if err != nil {
+			return err
+		}
+		key := msg.String()
+		if key != last {
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+			last = key
+		}
+		if msg.Done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestratorv1.WatchReplacementResponse, error) {
+	var recs []datastore.ReadOnlyRequest
+	if only != nil {
+		rec, err := r.s.store.GetReadOnlyRequest(ctx, *only)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		recs = append(recs, rec)
+	} else {
+		all, err := r.s.store.ListReadOnlyRequests(ctx, "", uuid.Nil, 1000)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		for _, rec := range all {
+			if !terminal(rec.State) {
+				recs = append(recs, rec)
+			}
+		}
+	}
+	counts, err := r.s.store.StepCounts(ctx, only)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	msg := &orchestratorv1.WatchReplacementResponse{Done: true, Steps: &orchestratorv1.StepCounts{
+		Requested: counts[datastore.StepRequested], Running: counts[datastore.StepRunning], Complete: counts[datastore.StepComplete],
+		Collecting: counts[datastore.StepCollecting], VolumeDeleted: counts[datastore.StepVolumeDeleted],
+	}}
+	for _, rec := range recs {
+		p := roProto(rec)
+		// The modification time changes on every transition; strip it so an
+		// unchanged record does not look changed.
+		p.TimeModified = nil
+		msg.Replacements = append(msg.Replacements, p)
+		if !terminal(rec.State) {
+			msg.Done = false
+		}
+	}
+	return msg, nil
 }

@@ -78,7 +78,10 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 		cfg.MaxSagasPerTask = 64
 	}
 	dial := func(addr string) (*grpc.ClientConn, error) {
-		return grpcclient.Dial(addr, grpc.WithChainUnaryInterceptor(leader.UnaryClientInterceptor()))
+		// The other services are always meant to be up: a call made while
+		// one restarts waits (within its deadline) rather than failing a
+		// saga node.
+		return grpcclient.Dial(addr, grpcclient.WaitForReady(), grpc.WithChainUnaryInterceptor(leader.UnaryClientInterceptor()))
 	}
 	vc, err := dial(cfg.VolumeAddr)
 	if err != nil {

@@ -1,0 +1,68 @@
+package bgtasks
+
+import (
+	"context"
+
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/tasks"
+)
+
+// roFinish starts rsr-finish for Running requests with no step in progress
+// whose old target is gone (spec §5.4). Both are needed: right after the
+// garbage collect no step exists yet, and a Complete step's stash still
+// holds A until it is collected (§8.3).
+type roFinish struct {
+	env     Env
+	limiter *tasks.Limiter
+}
+
+// FinishStatus is the finish task's status per activation.
+type FinishStatus struct {
+	FinishInvokedOK []string `json:"finish_invoked_ok"`
+	Errors          []string `json:"errors"`
+}
+
+func (t *roFinish) Name() string { return sagas.TaskROFinish }
+func (t *roFinish) Description() string {
+	return "completes read-only replacements whose steps are all done and whose old target is gone"
+}
+
+func (t *roFinish) Activate(ctx context.Context) any {
+	st := &FinishStatus{FinishInvokedOK: []string{}, Errors: []string{}}
+	d := t.env.Deps
+	reqs, err := d.Store.ReadOnlyRequestsIn(ctx, datastore.RORunning)
+	if err != nil {
+		errf(&st.Errors, "listing running: %v", err)
+		return st
+	}
+	for _, r := range reqs {
+		n, err := d.Store.InProgressSteps(ctx, r.ID)
+		if err != nil {
+			errf(&st.Errors, "request %s: steps: %v", r.ID, err)
+			continue
+		}
+		if n > 0 {
+			continue
+		}
+		gone, err := sagas.TargetGone(ctx, d, r.OldTargetID)
+		if err != nil {
+			errf(&st.Errors, "request %s: target: %v", r.ID, err)
+			continue
+		}
+		if !gone {
+			continue // target still exists: some volume still references it
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RSRFinish,
+			sagas.FinishParams{RequestID: r.ID, NewRegionVolumeID: r.NewRegionVolumeID},
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)
+		case ok:
+			st.FinishInvokedOK = append(st.FinishInvokedOK, "request "+r.ID.String())
+		}
+	}
+	return st
+}

@@ -1,0 +1,52 @@
+package bgtasks
+
+import (
+	"context"
+
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/tasks"
+)
+
+// roGC starts rsr-garbage-collect for ReplacementDone requests (spec §5.2).
+type roGC struct {
+	env     Env
+	limiter *tasks.Limiter
+}
+
+// GCStatus is the garbage-collect task's status per activation.
+type GCStatus struct {
+	GarbageCollectRequested []string `json:"garbage_collect_requested"`
+	Errors                  []string `json:"errors"`
+}
+
+func (t *roGC) Name() string { return sagas.TaskROGC }
+func (t *roGC) Description() string {
+	return "deletes the stash volume of read-only replacements whose snapshot volume was swapped"
+}
+
+func (t *roGC) Activate(ctx context.Context) any {
+	st := &GCStatus{GarbageCollectRequested: []string{}, Errors: []string{}}
+	reqs, err := t.env.Deps.Store.ReadOnlyRequestsIn(ctx, datastore.ROReplacementDone)
+	if err != nil {
+		errf(&st.Errors, "listing replacement_done: %v", err)
+		return st
+	}
+	for _, r := range reqs {
+		if r.OldSnapshotVolumeID == nil {
+			errf(&st.Errors, "request %s: illegal state: replacement_done without a stash volume", r.ID)
+			continue
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RSRGarbageCollect,
+			sagas.GCParams{RequestID: r.ID, StashID: *r.OldSnapshotVolumeID},
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)
+		case ok:
+			st.GarbageCollectRequested = append(st.GarbageCollectRequested, "request "+r.ID.String())
+		}
+	}
+	return st
+}

@@ -1,0 +1,232 @@
+package bgtasks
+
+import (
+	"context"
+	"errors"
+
+	"github.com/google/uuid"
+
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/tasks"
+)
+
+// roStep fans a Running request out into per-volume steps and drives them
+// (spec §5.3). Phases, in order:
+//  1. collect: start rsr-step-garbage-collect for Complete steps, so their
+//     stashes (which still name A) are on their way out before scanning;
+//  2. create: for each Running request, ask the volume→target index which
+//     live volumes still name A and insert a step for each (skipping stashes
+//     and volumes already handled; lock contention is retried next pass);
+//  3. launch: retire Requested steps whose volume is deleted, whose target
+//     is gone or which no longer reference A; start rsr-step for the rest,
+//     round-robin across requests so one large fan-out cannot starve others.
+type roStep struct {
+	env     Env
+	limiter *tasks.Limiter
+}
+
+// StepStatus is the step task's status per activation.
+type StepStatus struct {
+	StepRecordsCreatedOK        []string `json:"step_records_created_ok"`
+	StepGarbageCollectInvokedOK []string `json:"step_garbage_collect_invoked_ok"`
+	StepInvokedOK               []string `json:"step_invoked_ok"`
+	StepSetVolumeDeletedOK      []string `json:"step_set_volume_deleted_ok"`
+	Errors                      []string `json:"errors"`
+}
+
+func (t *roStep) Name() string { return sagas.TaskROStep }
+func (t *roStep) Description() string {
+	return "creates, runs and collects the per-volume steps of running read-only replacements"
+}
+
+// batch bounds how many steps one pass looks at per phase.
+const stepBatch = 4096
+
+func (t *roStep) Activate(ctx context.Context) any {
+	st := &StepStatus{
+		StepRecordsCreatedOK: []string{}, StepGarbageCollectInvokedOK: []string{}, StepInvokedOK: []string{},
+		StepSetVolumeDeletedOK: []string{}, Errors: []string{},
+	}
+	t.collect(ctx, st)
+	t.create(ctx, st)
+	t.launch(ctx, st)
+	if len(st.StepSetVolumeDeletedOK) > 0 {
+		t.env.Deps.Kick(sagas.TaskROFinish)
+	}
+	return st
+}
+
+func (t *roStep) collect(ctx context.Context, st *StepStatus) {
+	steps, err := t.env.Deps.Store.StepsIn(ctx, datastore.StepComplete, stepBatch)
+	if err != nil {
+		errf(&st.Errors, "listing complete steps: %v", err)
+		return
+	}
+	traces := t.traces(ctx)
+	for _, s := range steps {
+		if s.OldSnapshotVolumeID == nil {
+			errf(&st.Errors, "step %s: complete without a stash volume", s.ID)
+			continue
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, s.ID.String(), sagas.RSRStepGarbageCollect,
+			sagas.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
+			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "step %s: start garbage collect: %v", s.ID, err)
+		case ok:
+			st.StepGarbageCollectInvokedOK = append(st.StepGarbageCollectInvokedOK, "step "+s.ID.String())
+		}
+	}
+}
+
+// traces maps request ids to their traceparent (Running and recent ones).
+func (t *roStep) traces(ctx context.Context) map[uuid.UUID]string {
+	out := map[uuid.UUID]string{}
+	reqs, err := t.env.Deps.Store.ReadOnlyRequestsIn(ctx, datastore.RORunning)
+	if err == nil {
+		for _, r := range reqs {
+			out[r.ID] = r.Traceparent
+		}
+	}
+	return out
+}
+
+func (t *roStep) create(ctx context.Context, st *StepStatus) {
+	d := t.env.Deps
+	reqs, err := d.Store.ReadOnlyRequestsIn(ctx, datastore.RORunning)
+	if err != nil {
+		errf(&st.Errors, "listing running requests: %v", err)
+		return
+	}
+	for _, r := range reqs {
+		// Volumes this request already has a live step for need no insert
+		// attempt (each would be a transaction answering "already handled").
+		existing, err := d.Store.StepsOfRequest(ctx, r.ID, "")
+		if err != nil {
+			errf(&st.Errors, "request %s: steps: %v", r.ID, err)
+			continue
+		}
+		handled := map[uuid.UUID]bool{}
+		for _, s := range existing {
+			if s.State != datastore.StepVolumeDeleted {
+				handled[s.VolumeID] = true
+			}
+		}
+		token := ""
+		for {
+			resp, err := d.Volumes.FindVolumesReferencingTarget(ctx, &volumev1.FindVolumesReferencingTargetRequest{
+				TargetId: r.OldTargetID.String(), PageSize: 1000, PageToken: token,
+			})
+			if err != nil {
+				errf(&st.Errors, "request %s: volumes referencing %s: %v", r.ID, r.OldTargetID, err)
+				break
+			}
+			for _, v := range resp.Volumes {
+				if v.SoftDeleted {
+					continue // its reference is already dropped (and stashes in deletion)
+				}
+				vid, err := uuid.Parse(v.VolumeId)
+				if err != nil || handled[vid] {
+					continue
+				}
+				res, err := d.Store.InsertStep(ctx, datastore.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: vid})
+				switch {
+				case errors.Is(err, datastore.ErrLockHeld):
+					// Another repair holds the volume: next pass.
+				case err != nil:
+					errf(&st.Errors, "request %s: step for volume %s: %v", r.ID, vid, err)
+				case res.Inserted:
+					st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+vid.String())
+				}
+			}
+			if token = resp.NextPageToken; token == "" {
+				break
+			}
+		}
+	}
+}
+
+func (t *roStep) launch(ctx context.Context, st *StepStatus) {
+	d := t.env.Deps
+	steps, err := d.Store.StepsIn(ctx, datastore.StepRequested, stepBatch)
+	if err != nil {
+		errf(&st.Errors, "listing requested steps: %v", err)
+		return
+	}
+	reqs := map[uuid.UUID]*datastore.ReadOnlyRequest{}
+	gone := map[uuid.UUID]bool{}
+	for _, s := range roundRobin(steps) {
+		if t.limiter.InFlight() >= t.env.MaxSagas {
+			return // the rest wait for the next pass, which a finishing saga triggers
+		}
+		r, ok := reqs[s.RequestID]
+		if !ok {
+			got, err := d.Store.GetReadOnlyRequest(ctx, s.RequestID)
+			if err != nil {
+				errf(&st.Errors, "step %s: request: %v", s.ID, err)
+				continue
+			}
+			r = &got
+			reqs[s.RequestID] = r
+			if gone[r.ID], err = sagas.TargetGone(ctx, d, r.OldTargetID); err != nil {
+				errf(&st.Errors, "step %s: target: %v", s.ID, err)
+				delete(reqs, s.RequestID)
+				continue
+			}
+		}
+		retire := gone[r.ID]
+		if !retire {
+			ref, err := d.Volumes.VolumeReferencesReadOnlyTarget(ctx, &volumev1.VolumeReferencesReadOnlyTargetRequest{
+				VolumeId: s.VolumeID.String(), TargetId: r.OldTargetID.String(),
+			})
+			if err != nil {
+				errf(&st.Errors, "step %s: volume %s: %v", s.ID, s.VolumeID, err)
+				continue
+			}
+			retire = !ref.VolumeExists || ref.SoftDeleted || !ref.Referenced
+		}
+		if retire {
+			if err := d.Store.SetStepVolumeDeletedFromRequested(ctx, s.ID); err != nil {
+				errf(&st.Errors, "step %s: retire: %v", s.ID, err)
+				continue
+			}
+			st.StepSetVolumeDeletedOK = append(st.StepSetVolumeDeletedOK, "step "+s.ID.String())
+			continue
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, s.ID.String(), sagas.RSRStep,
+			sagas.StepParams{StepID: s.ID, RequestID: s.RequestID, VolumeID: s.VolumeID},
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "step %s: start saga: %v", s.ID, err)
+		case ok:
+			st.StepInvokedOK = append(st.StepInvokedOK, "step "+s.ID.String())
+		}
+	}
+}
+
+// roundRobin interleaves steps by request, keeping each request's order.
+func roundRobin(steps []datastore.Step) []datastore.Step {
+	var order []uuid.UUID
+	by := map[uuid.UUID][]datastore.Step{}
+	for _, s := range steps {
+		if _, ok := by[s.RequestID]; !ok {
+			order = append(order, s.RequestID)
+		}
+		by[s.RequestID] = append(by[s.RequestID], s)
+	}
+	out := make([]datastore.Step, 0, len(steps))
+	for len(out) < len(steps) {
+		for _, id := range order {
+			if q := by[id]; len(q) > 0 {
+				out = append(out, q[0])
+				by[id] = q[1:]
+			}
+		}
+	}
+	return out
+}

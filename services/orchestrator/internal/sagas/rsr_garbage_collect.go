@@ -1,0 +1,81 @@
+package sagas
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"storagecp.dev/orchestrator/internal/saga"
+)
+
+// rsr-garbage-collect: deletes the request's stash volume, dropping the
+// snapshot volume's old reference to A (if it was the last one, A is freed).
+// ReplacementDone → DeletingOldVolume → Running; an unwind returns to
+// ReplacementDone.
+//
+//	saga_id          generate S
+//	set_saga_id      claim: ReplacementDone → DeletingOldVolume  ⟲ back
+//	delete_stash     volume-delete subsaga on the stash
+//	update_request   commit: Running
+
+// GCParams are rsr-garbage-collect's parameters.
+type GCParams struct {
+	RequestID uuid.UUID `json:"request_id"`
+	StashID   uuid.UUID `json:"stash_id"`
+}
+
+// RSRGarbageCollect is the rsr-garbage-collect template.
+var RSRGarbageCollect = newRSRGarbageCollect()
+
+func newRSRGarbageCollect() *saga.Template {
+	t := saga.NewTemplate("rsr-garbage-collect")
+	id := t.Action("saga_id", newID, nil)
+	claim := t.Action("set_saga_id", rsrGCClaim, rsrGCClaimUndo)
+	commit := t.Action("update_request", rsrGCCommit, nil)
+	saga.SetBuild(t, func(b *saga.Builder, p GCParams) error {
+		b.Append(id.Node())
+		b.Append(claim.Node())
+		deleteVolumeNodes(b, "delete_stash", p.StashID)
+		b.Append(commit.Node())
+		return nil
+	})
+	return t
+}
+
+func gcParams(ac *saga.ActionContext) (GCParams, uuid.UUID, error) {
+	p, err := saga.Params[GCParams](ac)
+	if err != nil {
+		return p, uuid.Nil, err
+	}
+	s, err := saga.Lookup[uuid.UUID](ac, "saga_id")
+	return p, s, err
+}
+
+func rsrGCClaim(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := gcParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	return nil, deps(ac).Store.SetRODeletingOldVolume(ctx, p.RequestID, s)
+}
+
+func rsrGCClaimUndo(ctx context.Context, ac *saga.ActionContext) error {
+	p, s, err := gcParams(ac)
+	if err != nil {
+		return err
+	}
+	return deps(ac).Store.UndoRODeletingOldVolume(ctx, p.RequestID, s)
+}
+
+func rsrGCCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := gcParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	d := deps(ac)
+	if err := d.Store.SetRORunning(ctx, p.RequestID, s); err != nil {
+		return nil, err
+	}
+	d.kick(TaskROStep, TaskROFinish)
+	return nil, nil
+}

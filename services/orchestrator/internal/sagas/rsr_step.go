@@ -1,0 +1,192 @@
+package sagas
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/saga"
+)
+
+// rsr-step: replaces A with B in one more volume that still names A, and
+// tells its running Upstairs. Step Requested → Running → Complete; an
+// unwind returns the step to Requested and a later pass retries it.
+//
+//	saga_id            generate S
+//	new_volume_id      generate the step's stash id T
+//	set_saga_id        claim: Requested → Running          ⟲ back to Requested
+//	create_replace_params  A and B, computed once and persisted (B must be
+//	                   alive: the request's reference volume guarantees it)
+//	create_stash       blank stash T                        ⟲ remove it
+//	replace_in_volume  ReplaceReadOnlyTarget(volume, A → B, T) ⟲ swap back
+//	notify_upstairs    NotifyReplacement, unless the swap found the volume
+//	                   deleted (nobody can be running it)
+//	update_request     commit: Complete with T (releases the volume's lock)
+
+// StepParams are rsr-step's parameters.
+type StepParams struct {
+	StepID    uuid.UUID `json:"step_id"`
+	RequestID uuid.UUID `json:"request_id"`
+	VolumeID  uuid.UUID `json:"volume_id"`
+}
+
+// RSRStep is the rsr-step template.
+var RSRStep = newRSRStep()
+
+func newRSRStep() *saga.Template {
+	t := saga.NewTemplate("rsr-step")
+	nodes := []*saga.Action{
+		t.Action("saga_id", newID, nil),
+		t.Action("new_volume_id", newID, nil),
+		t.Action("set_saga_id", stepClaim, stepClaimUndo),
+		t.Action("create_replace_params", stepReplaceParams, nil),
+		t.Action("create_stash", stepCreateStash, stepCreateStashUndo),
+		t.Action("replace_in_volume", stepReplace, undoReplaceReadOnly),
+		t.Action("notify_upstairs", stepNotify, nil),
+		t.Action("update_request", stepCommit, nil),
+	}
+	saga.SetBuild(t, func(b *saga.Builder, _ StepParams) error {
+		for _, a := range nodes {
+			b.Append(a.Node())
+		}
+		return nil
+	})
+	return t
+}
+
+func stepParams(ac *saga.ActionContext) (StepParams, uuid.UUID, error) {
+	p, err := saga.Params[StepParams](ac)
+	if err != nil {
+		return p, uuid.Nil, err
+	}
+	s, err := saga.Lookup[uuid.UUID](ac, "saga_id")
+	return p, s, err
+}
+
+func stepClaim(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := stepParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	return nil, deps(ac).Store.SetStepRunning(ctx, p.StepID, s)
+}
+
+func stepClaimUndo(ctx context.Context, ac *saga.ActionContext) error {
+	p, s, err := stepParams(ac)
+	if err != nil {
+		return err
+	}
+	return deps(ac).Store.UndoStepRunning(ctx, p.StepID, s)
+}
+
+// ReplaceParams are a step's A and B.
+type ReplaceParams struct {
+	Old uuid.UUID `json:"old"`
+	New uuid.UUID `json:"new"`
+}
+
+func stepReplaceParams(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, _, err := stepParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	d := deps(ac)
+	req, err := d.Store.GetReadOnlyRequest(ctx, p.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	if req.NewRegionID == nil {
+		return nil, fmt.Errorf("%w: request %s has no new region yet", errInvalidState, req.ID)
+	}
+	b := *req.NewRegionID
+	resp, err := d.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: b.String()})
+	if err != nil {
+		return nil, fmt.Errorf("new region %s: %w", b, err)
+	}
+	if resp.Target.State != commonv1.TargetState_TARGET_STATE_ACTIVE {
+		return nil, fmt.Errorf("%w: new region %s is %s", errInvalidState, b, resp.Target.State)
+	}
+	return ReplaceParams{Old: req.OldTargetID, New: b}, nil
+}
+
+func stepCreateStash(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	id, err := saga.Lookup[uuid.UUID](ac, "new_volume_id")
+	if err != nil {
+		return nil, err
+	}
+	return nil, createBlankVolume(ctx, deps(ac), id)
+}
+
+func stepCreateStashUndo(ctx context.Context, ac *saga.ActionContext) error {
+	id, err := saga.Lookup[uuid.UUID](ac, "new_volume_id")
+	if err != nil {
+		return err
+	}
+	return removeVolume(ctx, deps(ac), id)
+}
+
+func stepReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, _, err := stepParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	rp, err := saga.Lookup[ReplaceParams](ac, "create_replace_params")
+	if err != nil {
+		return nil, err
+	}
+	stash, err := saga.Lookup[uuid.UUID](ac, "new_volume_id")
+	if err != nil {
+		return nil, err
+	}
+	r := Replacement{Volume: p.VolumeID, Old: rp.Old, New: rp.New, Stash: stash}
+	r.Result, err = replaceReadOnly(ctx, deps(ac), r)
+	return r, err
+}
+
+// stepNotify tells the volume's running Upstairs to switch to the VCR that
+// now names B. The notifier reads the VCR itself (keys never pass through
+// here). Any Upstairs still starting, migrating or stopping makes it fail:
+// the saga unwinds and a later pass retries, so a consumer that checked out
+// the old VCR can never be missed. With nothing attached there is nothing to
+// tell: any later construction reads the new VCR.
+func stepNotify(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, _, err := stepParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	r, err := saga.Lookup[Replacement](ac, "replace_in_volume")
+	if err != nil {
+		return nil, err
+	}
+	if r.VolumeGone() {
+		return "volume deleted: nothing to notify", nil
+	}
+	resp, err := deps(ac).Notifier.NotifyReplacement(ctx, &notifierv1.NotifyReplacementRequest{
+		VolumeId: p.VolumeID.String(), StepKey: p.StepID.String(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Outcome.String(), nil
+}
+
+func stepCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := stepParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	stash, err := saga.Lookup[uuid.UUID](ac, "new_volume_id")
+	if err != nil {
+		return nil, err
+	}
+	d := deps(ac)
+	if err := d.Store.SetStepComplete(ctx, p.StepID, s, stash); err != nil {
+		return nil, err
+	}
+	d.kick(TaskROStep)
+	return nil, nil
+}
