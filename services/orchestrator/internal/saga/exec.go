@@ -384,6 +384,7 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 				ex.err = err
 				span.SetStatus(codes.Error, err.Error())
 				ex.logger.Warn("saga stopped", "error", err)
+				ex.stopTasks()
 				return
 			}
 		}
@@ -419,12 +420,7 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 			if ex.sec.ctx.Err() == nil {
 				ex.err = ErrAbandoned
 			}
-			// Let in-flight tasks see the cancellation and return, so
-			// nothing of this saga runs once Shutdown returns. Their
-			// results are dropped: recovery runs them again.
-			for ; ex.inFlight > 0; ex.inFlight-- {
-				<-ex.completions
-			}
+			ex.stopTasks()
 			return
 		}
 		// Take every completion already waiting: one write for all.
@@ -438,6 +434,17 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 			}
 		}
 		ex.advance(&b)
+	}
+}
+
+// stopTasks cancels the in-flight tasks and waits for them to return, so
+// nothing of this saga runs here once its driver has exited (Shutdown
+// waits for drivers). Their results are dropped: whoever drives the saga
+// next runs them again.
+func (ex *execution) stopTasks() {
+	ex.cancel()
+	for ; ex.inFlight > 0; ex.inFlight-- {
+		<-ex.completions
 	}
 }
 
