@@ -199,6 +199,16 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
+	var simAddrs []string
+	if want(SimUpstairs) {
+		for i := 0; i < cfg.SimUpstairs; i++ {
+			a, err := addr(SimUpstairs, i)
+			if err != nil {
+				return nil, err
+			}
+			simAddrs = append(simAddrs, a)
+		}
+	}
 	common := []string{}
 	if cfg.Dev {
 		common = append(common, "--dev")
@@ -210,8 +220,10 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		{Volume, []string{"--db", s.Cluster.DSN(databases[Volume])}},
 		{Allocator, []string{"--db", s.Cluster.DSN(databases[Allocator])}},
 		{Notifier, []string{"--db", s.Cluster.DSN(databases[Notifier]), "--volume-addr", addrs[Volume]}},
+		// Every sim-upstairs can also act as a Pantry.
 		{Orchestrator, []string{"--db", s.Cluster.DSN(databases[Orchestrator]),
-			"--volume-addr", addrs[Volume], "--allocator-addr", addrs[Allocator], "--notifier-addr", addrs[Notifier]}},
+			"--volume-addr", addrs[Volume], "--allocator-addr", addrs[Allocator], "--notifier-addr", addrs[Notifier],
+			"--pantry-addrs", strings.Join(simAddrs, ",")}},
 	}
 	for _, sp := range specs {
 		if !want(sp.name) {
@@ -223,12 +235,8 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		s.add(&Proc{Name: sp.name, Addr: addrs[sp.name], bin: filepath.Join(cfg.BinDir, sp.name), args: args})
 	}
 	if want(SimUpstairs) {
-		for i := 0; i < cfg.SimUpstairs; i++ {
+		for i, a := range simAddrs {
 			name := fmt.Sprintf("%s-%d", SimUpstairs, i)
-			a, err := addr(SimUpstairs, i)
-			if err != nil {
-				return nil, err
-			}
 			args := []string{"--listen", a, "--notifier-addr", addrs[Notifier], "--allocator-addr", addrs[Allocator]}
 			args = append(args, common...)
 			args = append(args, cfg.ExtraArgs[name]...)

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"flag"
+	"strings"
 	"time"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
@@ -29,6 +30,14 @@ func main() {
 			fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 6*time.Second, "leader lease duration")
 			fs.DurationVar(&cfg.TaskPeriod, "task-period", 30*time.Second, "background tasks' safety-net period")
 			fs.IntVar(&cfg.MaxSagasPerTask, "max-sagas-per-task", 64, "sagas each background task keeps in flight")
+			fs.Func("pantry-addrs", "comma-separated Pantry-like Upstairs hosts used to reconcile volumes with no consumer", func(v string) error {
+				for _, a := range strings.Split(v, ",") {
+					if a = strings.TrimSpace(a); a != "" {
+						cfg.PantryEndpoints = append(cfg.PantryEndpoints, a)
+					}
+				}
+				return nil
+			})
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
 			s, err := orchestratorserver.New(env.Pool, env.Logger, cfg)

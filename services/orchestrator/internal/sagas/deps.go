@@ -30,6 +30,9 @@ type Deps struct {
 	// Kick activates background tasks by name ("" or unknown names are
 	// ignored); sagas call it when they advance a record a task waits on.
 	Kick func(tasks ...string)
+	// PantryEndpoints are the Pantry-like Upstairs hosts ("host:port") a rw
+	// replacement with no running consumer is reconciled on.
+	PantryEndpoints []string
 }
 
 func deps(ac *saga.ActionContext) *Deps { return ac.Deps().(*Deps) }

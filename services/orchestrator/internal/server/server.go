@@ -46,6 +46,8 @@ type Config struct {
 	TaskPeriod time.Duration
 	// MaxSagasPerTask bounds the sagas each task keeps in flight.
 	MaxSagasPerTask int
+	// PantryEndpoints are Pantry-like Upstairs hosts for reconciliation.
+	PantryEndpoints []string
 }
 
 // Server bundles the orchestrator's services.
@@ -112,6 +114,8 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 		Notifier:  notifierv1.NewUpstairsNotifierServiceClient(nc),
 		Store:     s.store,
 		Kick:      s.kick,
+
+		PantryEndpoints: cfg.PantryEndpoints,
 	}
 	s.viewer = saga.NewSEC(pool, "viewer-"+cfg.SECID, registry, s.deps, logger)
 	bgtasks.Register(s.driver, bgtasks.Env{
