@@ -205,6 +205,9 @@ func (s *Store) ActivateTargets(ctx context.Context, acts []Activation) ([]Targe
 			}
 			t, err = scanTarget(tx.QueryRow(ctx, `UPDATE target SET state = 'ACTIVE', dataset_id = $2, address = $3
 				WHERE target_id = $1 AND state = 'PENDING' RETURNING `+targetCols, a.TargetID, a.DatasetID, a.Address))
+			if db.IsUniqueViolation(err, "target_address_live") {
+				return failedPrecondition("address %s is served by another live target", a.Address)
+			}
 			if err != nil {
 				return fmt.Errorf("activate %s: %w", a.TargetID, err)
 			}
