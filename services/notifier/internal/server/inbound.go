@@ -7,9 +7,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
 	"storagecp.dev/notifier/internal/vcrutil"
 )
@@ -58,15 +60,44 @@ func (r repairReport) rows(at time.Time, notification string) ([]store.RepairNot
 		}
 		rows = append(rows, store.RepairNotification{
 			Time: at, RepairID: repair, RepairType: typ, UpstairsID: up, SessionID: session,
-			RegionID: region, TargetAddress: addr, Type: notification,
+			RegionID: region, TargetAddress: addr, Type: notification, ReportedRegion: region != "",
 		})
 	}
 	return rows, nil
 }
 
+// resolveTimeout bounds the best-effort lookup of a repaired address.
+const resolveTimeout = 2 * time.Second
+
+// resolveRegions fills the region of rows the Upstairs reported by address
+// only (an Upstairs knows no region ids), by asking the volume-service which
+// target serves the address, so that a region's repairs can be listed by
+// region id as the drive task looks for them. Best effort: an unresolved
+// row keeps an empty region and is still listed by address.
+func (s *Server) resolveRegions(ctx context.Context, rows []store.RepairNotification) {
+	// One bound for the whole report, so that an unreachable volume-service
+	// delays an Upstairs' report by at most resolveTimeout.
+	rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
+	for i := range rows {
+		if rows[i].RegionID != "" || rctx.Err() != nil {
+			continue
+		}
+		resp, err := s.volumes.ResolveAddress(rctx, &volumev1.ResolveAddressRequest{Address: rows[i].TargetAddress})
+		if err != nil {
+			s.logger.DebugContext(ctx, "repaired address not resolved", "address", rows[i].TargetAddress, "err", err)
+			continue
+		}
+		if id, err := uuid.Parse(resp.GetTarget().GetRegionId()); err == nil {
+			rows[i].RegionID = id.String()
+		}
+	}
+}
+
 // recordRepairRows stores each row in its own transaction (§15.2); the first
 // rejected row stops the report.
 func (s *Server) recordRepairRows(ctx context.Context, rows []store.RepairNotification) error {
+	s.resolveRegions(ctx, rows)
 	for _, r := range rows {
 		if err := s.store.RecordRepair(ctx, r); err != nil {
 			return s.storeError(ctx, "record repair", err)

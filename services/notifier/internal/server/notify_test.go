@@ -177,6 +177,15 @@ func TestNotifyOutcomes(t *testing.T) {
 		return fmt.Errorf("%d rows, no success", len(r.GetNotifications()))
 	})
 
+	// The Upstairs reported an address; the notifier resolved its region, so
+	// the drive task's query by region id finds the finish too.
+	if rv, ok := w.vols.(*realVolumes); ok {
+		r, err := w.n.client.ListRepairNotifications(w.ctx, &notifierv1.ListRepairNotificationsRequest{RegionId: rv.target(t, newRW)})
+		if err != nil || len(r.GetNotifications()) != 2 || r.GetNotifications()[1].GetTargetAddress() != newRW {
+			t.Fatalf("repairs by region id: %v %v", r, err)
+		}
+	}
+
 	// Two targets changed at once: the Upstairs answers MISSING.
 	w.vols.replaceRO(t, vol, ro[1], "[fd00:1122:3344:2ff::2]:19000")
 	w.vols.replaceRO(t, vol, ro[2], "[fd00:1122:3344:2ff::3]:19000")

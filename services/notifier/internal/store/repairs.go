@@ -28,16 +28,21 @@ type RepairNotification struct {
 	RepairType string
 	UpstairsID uuid.UUID
 	SessionID  uuid.UUID
-	// RegionID is empty when the Upstairs did not name one.
+	// RegionID is the region the Upstairs named, or the one its address
+	// resolved to; empty when neither is known.
 	RegionID      string
 	TargetAddress string
 	Type          string
+	// ReportedRegion says RegionID came from the Upstairs itself. Only then
+	// does it identify the downstairs within the repair; otherwise the
+	// address does, so a start and a finish are keyed alike whether or not
+	// the address could be resolved each time.
+	ReportedRegion bool
 }
 
-// downstairsKey identifies the repaired downstairs within a repair: the
-// region when named, else its address.
+// downstairsKey identifies the repaired downstairs within a repair.
 func (r RepairNotification) downstairsKey() string {
-	if r.RegionID != "" {
+	if r.ReportedRegion && r.RegionID != "" {
 		return "region:" + r.RegionID
 	}
 	return "addr:" + r.TargetAddress
