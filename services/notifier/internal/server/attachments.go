@@ -38,9 +38,14 @@ func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructV
 			return nil, err
 		}
 	}
-	// An unknown volume is NotFound with nothing recorded.
-	if _, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String(), View: volumev1.VolumeView_VOLUME_VIEW_REDACTED}); err != nil {
+	// An unknown or deleted volume is refused with nothing recorded.
+	vol, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String(), View: volumev1.VolumeView_VOLUME_VIEW_REDACTED})
+	if err != nil {
 		return nil, volumeServiceError(err)
+	}
+	if vol.GetVolume().GetTimeDeleted() != nil {
+		// Its storage is being freed; an Upstairs built from it would lose data.
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is deleted", volumeID)
 	}
 
 	att, err := s.store.StartConstruction(ctx, store.ConstructionStart{

@@ -15,6 +15,7 @@ import (
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/platform/fence"
 )
 
@@ -484,6 +485,15 @@ func TestBadInputRecordsNothing(t *testing.T) {
 		r := ok()
 		c.mutate(r)
 		wantCode(t, construct(r), c.want, c.name)
+	}
+	if rv, isReal := w.vols.(*realVolumes); isReal {
+		deleted := w.vols.create(t, addrs("161", 3), nil)
+		if _, err := rv.c.SoftDeleteVolume(w.ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: deleted}); err != nil {
+			t.Fatal(err)
+		}
+		r := ok()
+		r.VolumeId = deleted
+		wantCode(t, construct(r), codes.FailedPrecondition, "deleted volume")
 	}
 	_, err := w.notify(unknown, "k")
 	wantCode(t, err, codes.NotFound, "notify unknown volume")

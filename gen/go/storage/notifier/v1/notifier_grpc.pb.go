@@ -54,8 +54,9 @@ type UpstairsNotifierServiceClient interface {
 	// it FAILED with the reason, never RUNNING.
 	// Errors: INVALID_ARGUMENT for a malformed volume_id, kind, endpoint
 	// ("host:port") or upstairs_id, and NOT_FOUND for an unknown volume (both
-	// with nothing recorded); FAILED_PRECONDITION for the rw conflict, a stale
-	// epoch, or an Upstairs refusing activation; UNAVAILABLE when the
+	// with nothing recorded); FAILED_PRECONDITION for a soft-deleted volume
+	// (nothing recorded), the rw conflict, a stale epoch, or an Upstairs
+	// refusing activation; UNAVAILABLE when the
 	// volume-service or the endpoint cannot be reached.
 	ConstructVolume(ctx context.Context, in *ConstructVolumeRequest, opts ...grpc.CallOption) (*ConstructVolumeResponse, error)
 	// Deactivates and forgets an attachment. Idempotent (an unknown id
@@ -261,8 +262,9 @@ type UpstairsNotifierServiceServer interface {
 	// it FAILED with the reason, never RUNNING.
 	// Errors: INVALID_ARGUMENT for a malformed volume_id, kind, endpoint
 	// ("host:port") or upstairs_id, and NOT_FOUND for an unknown volume (both
-	// with nothing recorded); FAILED_PRECONDITION for the rw conflict, a stale
-	// epoch, or an Upstairs refusing activation; UNAVAILABLE when the
+	// with nothing recorded); FAILED_PRECONDITION for a soft-deleted volume
+	// (nothing recorded), the rw conflict, a stale epoch, or an Upstairs
+	// refusing activation; UNAVAILABLE when the
 	// volume-service or the endpoint cannot be reached.
 	ConstructVolume(context.Context, *ConstructVolumeRequest) (*ConstructVolumeResponse, error)
 	// Deactivates and forgets an attachment. Idempotent (an unknown id
