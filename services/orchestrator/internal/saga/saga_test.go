@@ -327,7 +327,8 @@ func TestOwnershipConditionalWrites(t *testing.T) {
 		t.Fatalf("old owner Wait: %+v, %v", o, err)
 	}
 	v, _ := secB.Get(ctx, id)
-	if v.CurrentSEC != "sec-b" || v.AdoptGeneration != 2 {
+	// 1 at creation, 2 at adoption, 3 when B's recovery claimed it.
+	if v.CurrentSEC != "sec-b" || v.AdoptGeneration != 3 {
 		t.Fatalf("owner %s gen %d", v.CurrentSEC, v.AdoptGeneration)
 	}
 	// b ran again under B (A's result was never recorded).
@@ -529,4 +530,41 @@ func mustRegistry(t testing.TB, tmpls ...*saga.Template) *saga.Registry {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// TestRecoverFencesStaleInstance: a second instance of the same SEC id
+// (the first one's shutdown never completed) recovers the saga; the first
+// can no longer append and stops; the saga finishes once.
+func TestRecoverFencesStaleInstance(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	first := f.sec(t, "sec-1")
+	g := newGate()
+	f.app.setGate("create_b", g)
+	id, err := first.Create(ctx, f.app.sample, sampleParams{Key: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return f.runs(t, "k")["create_c/do"] == 1 })
+	second := f.sec(t, "sec-1")
+	rep, err := second.Recover(ctx)
+	if err != nil || len(rep.Recovered) != 1 {
+		t.Fatalf("recover: %+v %v", rep, err)
+	}
+	g.open()
+	if o := wait(t, second, id); o.Kind != saga.Succeeded {
+		t.Fatal(o.Error())
+	}
+	waitFor(t, func() bool { return first.InFlight() == 0 })
+	v, _ := second.Get(ctx, id)
+	if v.AdoptGeneration != 2 {
+		t.Fatalf("generation %d, want 2", v.AdoptGeneration)
+	}
+	if o, err := first.Wait(ctx, id); err != nil || o.Kind != saga.Succeeded {
+		t.Fatalf("stale instance Wait: %+v %v", o, err)
+	}
+	if r := f.runs(t, "k"); r["finish/do"] != 1 || r["create_a/do"] != 1 || r["create_b/do"] != 2 {
+		t.Fatalf("runs %v", r)
+	}
 }

@@ -359,7 +359,10 @@ type RecoveryReport struct {
 // Recover resumes every unfinished saga owned by this SEC that is not
 // already running here (spec §A.7): the log is replayed, started but
 // unfinished actions and undos run again, a saga with an undo_failed event
-// goes straight to stuck. Run it at start-up and after Adopt.
+// goes straight to stuck. Each resumed saga is claimed first (its adopt
+// generation bumped), so at most one driver can append to it even if an
+// earlier SEC instance with the same id is still running. Run it at
+// start-up, after Adopt, and periodically.
 func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 	var rep RecoveryReport
 	rows, err := s.store.RecoveryCandidates(ctx, s.id)
@@ -398,6 +401,18 @@ func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 			rep.Failed = append(rep.Failed, fmt.Errorf("saga %s: %w", row.ID, err))
 			continue
 		}
+		// Claim it: a stale driver of an earlier incarnation of this SEC
+		// id (one whose shutdown timed out) must not keep appending.
+		gen, ok, err := s.store.Claim(ctx, row.ID, s.id, row.AdoptGeneration)
+		if err != nil {
+			rep.Failed = append(rep.Failed, fmt.Errorf("saga %s: claim: %w", row.ID, err))
+			continue
+		}
+		if !ok {
+			rep.Skipped++
+			continue
+		}
+		ex.owner.Generation = gen
 		if row.TraceParent != nil {
 			ex.parentCtx = parentFromTraceParent(*row.TraceParent)
 		}

@@ -375,6 +375,22 @@ func (s *Store) Reassign(ctx context.Context, from, to string) (int64, error) {
 	return tag.RowsAffected(), nil
 }
 
+// Claim makes the caller the only driver of an unfinished saga it owns:
+// it bumps adopt_generation from gen, so a stale driver of the same SEC id
+// (an earlier incarnation whose shutdown did not complete) can no longer
+// append. It returns the new generation; ok=false means the row changed
+// meanwhile (adopted, abandoned, finished or claimed already).
+func (s *Store) Claim(ctx context.Context, id uuid.UUID, sec string, gen int64) (newGen int64, ok bool, err error) {
+	err = s.pool.QueryRow(ctx, `UPDATE saga SET adopt_generation = adopt_generation + 1, adopt_time = now()
+		WHERE id = $1 AND current_sec = $2 AND adopt_generation = $3
+		  AND saga_state IN ('running', 'unwinding')
+		RETURNING adopt_generation`, pgUUID(id), sec, gen).Scan(&newGen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	return newGen, err == nil, err
+}
+
 // Abandon marks an unfinished saga abandoned. With expectedSEC it only does
 // so while that SEC owns it (recovery giving up on its own saga). It
 // reports whether the row changed; an already abandoned saga counts as
