@@ -50,7 +50,8 @@ func addrs(prefix string, n int) []string {
 func TestSimReplaceVolumeAnswers(t *testing.T) {
 	t.Parallel()
 	n := startNotifier(t, freeAddr(t))
-	s := startSim(t, n.addr, "")
+	// A repair long enough to ask again while it runs, even on a busy machine.
+	s := startSim(t, n.addr, "", "--repair-delay", "2s")
 	ctx := ctxT(t)
 	rw, ro := addrs("101", 3), addrs("201", 3)
 	vol := uuid.NewString()
@@ -113,6 +114,10 @@ func TestSimReplaceVolumeAnswers(t *testing.T) {
 	}
 	if got, d := replace(rwSwapped); got != startedAlr {
 		t.Fatalf("rw replacement repeated during repair: %v %s", got, d)
+	}
+	// Still in flight when asked with a later generation of the same VCR.
+	if got, d := replace(testVCR(7, with(rw, 2, newRW), ro)); got != startedAlr {
+		t.Fatalf("rw replacement asked again at a higher generation during repair: %v %s", got, d)
 	}
 	st, err := s.up.GetVolumeStatus(ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: vol})
 	if err != nil {

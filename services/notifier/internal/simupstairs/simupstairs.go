@@ -262,14 +262,19 @@ func (s *Server) replaceLocked(a *activation, next *commonv1.VolumeConstructionR
 	}
 	switch len(changes) {
 	case 0:
-		// Built from (or already switched to) this VCR. A repeat of the
-		// request that switched a target says how far that got.
+		// Built from (or already switched to) these targets. While a target
+		// it names is still being repaired, the replacement is in flight
+		// (whatever the generation); an exact repeat of the request that
+		// switched a target says it completed.
+		nextTargets := vcrutil.Targets(next)
+		for _, r := range a.replacements {
+			if !r.done && slices.ContainsFunc(nextTargets, func(t vcrutil.Target) bool { return t.Address == r.new }) {
+				return upstairsv1.ReplaceResult_REPLACE_RESULT_STARTED_ALREADY, ""
+			}
+		}
 		for _, r := range slices.Backward(a.replacements) {
 			if proto.Equal(r.vcr, next) {
-				if r.done {
-					return upstairsv1.ReplaceResult_REPLACE_RESULT_COMPLETED_ALREADY, ""
-				}
-				return upstairsv1.ReplaceResult_REPLACE_RESULT_STARTED_ALREADY, ""
+				return upstairsv1.ReplaceResult_REPLACE_RESULT_COMPLETED_ALREADY, ""
 			}
 		}
 		return upstairsv1.ReplaceResult_REPLACE_RESULT_VCR_MATCHES, ""
