@@ -1,0 +1,463 @@
+package sagas_test
+
+import (
+	"context"
+	"sort"
+	"testing"
+
+	"github.com/google/uuid"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/saga/sagatest"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/testenv"
+)
+
+// harness of spec/replacement.md §10: a disk D, its snapshot P, a clone F.
+type rsrHarness struct {
+	e             *testenv.Env
+	disk, snap, f uuid.UUID
+	snapshots     []*commonv1.Target // P's region snapshots, by address
+}
+
+func newRSRHarness(t *testing.T, e *testenv.Env) *rsrHarness {
+	t.Helper()
+	h := &rsrHarness{e: e, disk: createDisk(t, e)}
+	h.snap = snapshot(t, e, h.disk)
+	h.f = uuid.New()
+	e.MustSucceed(t, sagas.VolumeClone, sagas.RegionSetParams{VolumeID: h.f, SnapshotID: &h.snap})
+	h.snapshots = volumeTargets(t, e, h.snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)
+	return h
+}
+
+func volumeTargets(t testing.TB, e *testenv.Env, v uuid.UUID, kind commonv1.TargetKind) []*commonv1.Target {
+	t.Helper()
+	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: v.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*commonv1.Target
+	for _, tg := range resp.Volume.Targets {
+		if kind == commonv1.TargetKind_TARGET_KIND_UNSPECIFIED || tg.Kind == kind {
+			out = append(out, tg)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
+}
+
+// request inserts a request for P's i-th region snapshot.
+func (h *rsrHarness) request(t testing.TB, i int) datastore.ReadOnlyRequest {
+	t.Helper()
+	tg := h.snapshots[i]
+	ds := uuid.MustParse(tg.DatasetId)
+	r, _, err := h.e.Store.InsertReadOnlyRequest(context.Background(), datastore.ReadOnlyRequest{
+		ID: uuid.New(), Kind: datastore.KindRegionSnapshot, OldTargetID: uuid.MustParse(tg.TargetId),
+		OldRegionID: uuid.MustParse(tg.RegionId), OldDatasetID: &ds, OldSnapshotID: h.snap, LockVolumeID: h.snap,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func startParamsOf(r datastore.ReadOnlyRequest) sagas.StartParams {
+	return sagas.StartParams{
+		RequestID: r.ID, Kind: string(r.Kind), OldTargetID: r.OldTargetID, OldRegionID: r.OldRegionID,
+		OldSnapshotID: r.OldSnapshotID, OldDatasetID: r.OldDatasetID,
+	}
+}
+
+func getRequest(t testing.TB, e *testenv.Env, id uuid.UUID) datastore.ReadOnlyRequest {
+	t.Helper()
+	r, err := e.Store.GetReadOnlyRequest(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func regionsFor(t testing.TB, e *testenv.Env, v uuid.UUID) []*allocatorv1.Region {
+	t.Helper()
+	rs, err := e.Allocator.ListRegions(context.Background(), &allocatorv1.ListRegionsRequest{AllocatedFor: v.String(), PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs.Regions
+}
+
+// Scenario 9: the start saga's happy path.
+func TestRSRStartHappyPath(t *testing.T) {
+	e := newEnv(t)
+	h := newRSRHarness(t, e)
+	r := h.request(t, 0)
+	e.MustSucceed(t, sagas.RSRStart, startParamsOf(r))
+	got := getRequest(t, e, r.ID)
+	if got.State != datastore.ROReplacementDone || got.OperatingSagaID != nil || got.NewRegionID == nil ||
+		got.NewRegionVolumeID == nil || got.OldSnapshotVolumeID == nil {
+		t.Fatalf("request %+v", got)
+	}
+	if n := len(regionsFor(t, e, h.disk)); n != 3 {
+		t.Fatalf("disk has %d regions", n)
+	}
+	ro := regionsFor(t, e, h.snap)
+	if len(ro) != 1 || !ro[0].ReadOnly || ro[0].RegionId != got.NewRegionID.String() {
+		t.Fatalf("snapshot volume regions %v", ro)
+	}
+	ref, err := e.Volumes.FindVolumesReferencingTarget(context.Background(), &volumev1.FindVolumesReferencingTargetRequest{TargetId: got.NewRegionID.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, v := range ref.Volumes {
+		names = append(names, v.VolumeId)
+	}
+	if !contains(names, h.snap.String()) {
+		t.Fatalf("snapshot volume not among volumes referencing the new region: %v", names)
+	}
+	invariantsHold(t, e)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Scenarios 10–12: every action twice; an error at each node unwinds to the
+// state before (request Requested with no new region, snapshot VCR as it
+// was, no region or target left); the same with the first undo twice.
+func TestRSRStartHelpers(t *testing.T) {
+	e := newEnv(t)
+	{
+		h := newRSRHarness(t, e)
+		o := sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RSRStart, startParamsOf(h.request(t, 0)))
+		_ = o
+	}
+	var h *rsrHarness
+	var req datastore.ReadOnlyRequest
+	var before world
+	var snapTargets []*commonv1.Target
+	setup := func() any {
+		h = newRSRHarness(t, e)
+		req = h.request(t, 0)
+		before = census(t, e)
+		snapTargets = volumeTargets(t, e, h.snap, commonv1.TargetKind_TARGET_KIND_UNSPECIFIED)
+		return startParamsOf(req)
+	}
+	check := func(t testing.TB) {
+		expectWorld(t, e, before)
+		got := getRequest(t, e, req.ID)
+		if got.State != datastore.RORequested || got.OperatingSagaID != nil || got.NewRegionID != nil {
+			t.Fatalf("request after unwind %+v", got)
+		}
+		after := volumeTargets(t, e, h.snap, commonv1.TargetKind_TARGET_KIND_UNSPECIFIED)
+		if len(after) != len(snapTargets) {
+			t.Fatalf("snapshot volume targets changed: %v → %v", snapTargets, after)
+		}
+		for i := range after {
+			if after[i].TargetId != snapTargets[i].TargetId {
+				t.Fatalf("snapshot volume targets changed: %v → %v", snapTargets, after)
+			}
+		}
+		if n := len(regionsFor(t, e, h.snap)); n != 0 {
+			t.Fatalf("%d regions left for the snapshot volume", n)
+		}
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRStart, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRStart, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// Scenario 13: the agent fails every create; the saga unwinds cleanly and
+// the failed region is deleted on the agent.
+func TestRSRStartAgentFailsCreate(t *testing.T) {
+	e := newEnv(t)
+	h := newRSRHarness(t, e)
+	r := h.request(t, 0)
+	before := census(t, e)
+	faults := allocatorv1.NewAgentFaultServiceClient(dialAllocator(t, e))
+	if _, err := faults.InjectAgentFault(context.Background(), &allocatorv1.InjectAgentFaultRequest{
+		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION, Count: 1000, Fail: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	o := e.Run(t, sagas.RSRStart, startParamsOf(r))
+	if o.Kind != saga.Failed || o.FailedNode != "ensure_new_region" {
+		t.Fatalf("outcome %v at %s", o.Kind, o.FailedNode)
+	}
+	expectWorld(t, e, before)
+	if got := getRequest(t, e, r.ID); got.State != datastore.RORequested {
+		t.Fatalf("request %s", got.State)
+	}
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// Scenarios 14 and 15: the clone source prefers another copy, and falls
+// back to the target itself only when its own disk is in service.
+func TestRSRCloneSourceChoice(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		sleds         int
+		expunge       []int // region snapshots whose disks are expunged
+		request, want int
+	}{
+		{"prefer another copy", 4, []int{0}, 1, 2},
+		{"last resort is itself", 5, []int{0, 1}, 2, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := testenv.Start(t, testenv.Options{})
+			e.SeedRack(t, tc.sleds, 1, 100*gib)
+			h := newRSRHarness(t, e)
+			for _, i := range tc.expunge {
+				expungeDatasetDisk(t, e, h.snapshots[i].DatasetId)
+			}
+			r := h.request(t, tc.request)
+			o := e.MustSucceed(t, sagas.RSRStart, startParamsOf(r))
+			view, err := e.SEC.Get(context.Background(), o.SagaID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var src sagas.CloneSource
+			for _, n := range view.Nodes {
+				if n.Name == "get_clone_source" {
+					if err := jsonDecode(n.Output, &src); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if src.TargetID.String() != h.snapshots[tc.want].TargetId {
+				t.Fatalf("clone source %s, want region snapshot %d (%s)", src.TargetID, tc.want, h.snapshots[tc.want].TargetId)
+			}
+			if n := len(regionsFor(t, e, h.snap)); n != 1 {
+				t.Fatalf("snapshot volume has %d read-only regions, want 1", n)
+			}
+		})
+	}
+}
+
+func expungeDatasetDisk(t testing.TB, e *testenv.Env, dataset string) {
+	t.Helper()
+	ctx := context.Background()
+	disks, err := e.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disks.Disks {
+		if d.DatasetId == dataset {
+			if _, err := e.Allocator.ExpungePhysicalDisk(ctx, &allocatorv1.ExpungePhysicalDiskRequest{DiskId: d.DiskId}); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no disk for dataset %s", dataset)
+}
+
+// runToReplacementDone runs the start saga for P's i-th region snapshot.
+func (h *rsrHarness) runToReplacementDone(t testing.TB, i int) datastore.ReadOnlyRequest {
+	t.Helper()
+	r := h.request(t, i)
+	h.e.MustSucceed(t, sagas.RSRStart, startParamsOf(r))
+	return getRequest(t, h.e, r.ID)
+}
+
+func volumeExists(t testing.TB, e *testenv.Env, id uuid.UUID) bool {
+	t.Helper()
+	_, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: id.String()})
+	return err == nil
+}
+
+// Scenario 16 and the helpers on the garbage-collect saga.
+func TestRSRGarbageCollect(t *testing.T) {
+	e := newEnv(t)
+	h := newRSRHarness(t, e)
+	r := h.runToReplacementDone(t, 0)
+	p := sagas.GCParams{RequestID: r.ID, StashID: *r.OldSnapshotVolumeID}
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RSRGarbageCollect, p)
+	if got := getRequest(t, e, r.ID); got.State != datastore.RORunning {
+		t.Fatalf("request %s", got.State)
+	}
+	if volumeExists(t, e, p.StashID) {
+		t.Fatal("stash volume still exists")
+	}
+	var req datastore.ReadOnlyRequest
+	setup := func() any {
+		req = newRSRHarness(t, e).runToReplacementDone(t, 0)
+		return sagas.GCParams{RequestID: req.ID, StashID: *req.OldSnapshotVolumeID}
+	}
+	check := func(t testing.TB) {
+		// The volume-delete subsaga has no undo: if it ran, the stash is
+		// gone, but the request is back where it was and a retry finishes.
+		if got := getRequest(t, e, req.ID); got.State != datastore.ROReplacementDone || got.OperatingSagaID != nil {
+			t.Fatalf("request after unwind %+v", got)
+		}
+		invariantsHold(t, e)
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRGarbageCollect, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRGarbageCollect, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// runToRunning drives a request through start and garbage collect.
+func (h *rsrHarness) runToRunning(t testing.TB, i int) datastore.ReadOnlyRequest {
+	t.Helper()
+	r := h.runToReplacementDone(t, i)
+	h.e.MustSucceed(t, sagas.RSRGarbageCollect, sagas.GCParams{RequestID: r.ID, StashID: *r.OldSnapshotVolumeID})
+	return getRequest(t, h.e, r.ID)
+}
+
+func (h *rsrHarness) step(t testing.TB, r datastore.ReadOnlyRequest, v uuid.UUID) datastore.Step {
+	t.Helper()
+	st := datastore.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: v}
+	res, err := h.e.Store.InsertStep(context.Background(), st)
+	if err != nil || !res.Inserted {
+		t.Fatalf("insert step: %+v %v", res, err)
+	}
+	return st
+}
+
+func stepParamsOf(s datastore.Step) sagas.StepParams {
+	return sagas.StepParams{StepID: s.ID, RequestID: s.RequestID, VolumeID: s.VolumeID}
+}
+
+// The step saga replaces A with B in the clone; the helpers on it.
+func TestRSRStep(t *testing.T) {
+	e := newEnv(t)
+	h := newRSRHarness(t, e)
+	r := h.runToRunning(t, 0)
+	s := h.step(t, r, h.f)
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RSRStep, stepParamsOf(s))
+	got, err := e.Store.GetStep(context.Background(), s.ID)
+	if err != nil || got.State != datastore.StepComplete || got.OldSnapshotVolumeID == nil {
+		t.Fatalf("step %+v %v", got, err)
+	}
+	ids := []string{}
+	for _, tg := range volumeTargets(t, e, h.f, commonv1.TargetKind_TARGET_KIND_UNSPECIFIED) {
+		ids = append(ids, tg.TargetId)
+	}
+	if contains(ids, r.OldTargetID.String()) || !contains(ids, r.NewRegionID.String()) {
+		t.Fatalf("clone targets %v", ids)
+	}
+	invariantsHold(t, e)
+
+	var step datastore.Step
+	var fTargets []*commonv1.Target
+	var hh *rsrHarness
+	setup := func() any {
+		hh = newRSRHarness(t, e)
+		step = hh.step(t, hh.runToRunning(t, 0), hh.f)
+		fTargets = volumeTargets(t, e, hh.f, commonv1.TargetKind_TARGET_KIND_UNSPECIFIED)
+		return stepParamsOf(step)
+	}
+	check := func(t testing.TB) {
+		got, err := e.Store.GetStep(context.Background(), step.ID)
+		if err != nil || got.State != datastore.StepRequested || got.OperatingSagaID != nil {
+			t.Fatalf("step after unwind %+v %v", got, err)
+		}
+		after := volumeTargets(t, e, hh.f, commonv1.TargetKind_TARGET_KIND_UNSPECIFIED)
+		for i := range after {
+			if after[i].TargetId != fTargets[i].TargetId {
+				t.Fatalf("clone VCR changed by an unwound step: %v → %v", fTargets, after)
+			}
+		}
+		invariantsHold(t, e)
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRStep, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRStep, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// Scenario 17 and the helpers on the step garbage collect.
+func TestRSRStepGarbageCollect(t *testing.T) {
+	e := newEnv(t)
+	completeStep := func() datastore.Step {
+		h := newRSRHarness(t, e)
+		s := h.step(t, h.runToRunning(t, 0), h.f)
+		e.MustSucceed(t, sagas.RSRStep, stepParamsOf(s))
+		got, err := e.Store.GetStep(context.Background(), s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	s := completeStep()
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RSRStepGarbageCollect, sagas.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID})
+	got, err := e.Store.GetStep(context.Background(), s.ID)
+	if err != nil || got.State != datastore.StepVolumeDeleted {
+		t.Fatalf("step %+v %v", got, err)
+	}
+	if volumeExists(t, e, *s.OldSnapshotVolumeID) {
+		t.Fatal("step stash still exists")
+	}
+	var cur datastore.Step
+	setup := func() any {
+		cur = completeStep()
+		return sagas.StepGCParams{StepID: cur.ID, StashID: *cur.OldSnapshotVolumeID}
+	}
+	check := func(t testing.TB) {
+		got, err := e.Store.GetStep(context.Background(), cur.ID)
+		if err != nil || got.State != datastore.StepComplete || got.OperatingSagaID != nil {
+			t.Fatalf("step after unwind %+v %v", got, err)
+		}
+		invariantsHold(t, e)
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRStepGarbageCollect, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRStepGarbageCollect, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// The finish saga and its helpers: after every step is collected and A is
+// gone, it deletes the reference volume (B survives in real volumes) and
+// completes the request, releasing the snapshot volume's lock.
+func TestRSRFinish(t *testing.T) {
+	e := newEnv(t)
+	ready := func() (*rsrHarness, datastore.ReadOnlyRequest) {
+		h := newRSRHarness(t, e)
+		r := h.runToRunning(t, 0)
+		s := h.step(t, r, h.f)
+		e.MustSucceed(t, sagas.RSRStep, stepParamsOf(s))
+		got, err := e.Store.GetStep(context.Background(), s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.MustSucceed(t, sagas.RSRStepGarbageCollect, sagas.StepGCParams{StepID: s.ID, StashID: *got.OldSnapshotVolumeID})
+		return h, getRequest(t, e, r.ID)
+	}
+	h, r := ready()
+	if gone, err := sagas.TargetGone(context.Background(), e.Deps, r.OldTargetID); err != nil || !gone {
+		t.Fatalf("old target not gone after every reference was replaced: %v %v", gone, err)
+	}
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RSRFinish, sagas.FinishParams{RequestID: r.ID, NewRegionVolumeID: r.NewRegionVolumeID})
+	if got := getRequest(t, e, r.ID); got.State != datastore.ROComplete {
+		t.Fatalf("request %s", got.State)
+	}
+	if _, err := e.Store.GetLock(context.Background(), h.snap); err == nil {
+		t.Fatal("snapshot volume lock kept")
+	}
+	if gone, _ := sagas.TargetGone(context.Background(), e.Deps, *r.NewRegionID); gone {
+		t.Fatal("B freed while the snapshot and the clone use it")
+	}
+	invariantsHold(t, e)
+	var cur datastore.ReadOnlyRequest
+	setup := func() any {
+		_, cur = ready()
+		return sagas.FinishParams{RequestID: cur.ID, NewRegionVolumeID: cur.NewRegionVolumeID}
+	}
+	check := func(t testing.TB) {
+		if got := getRequest(t, e, cur.ID); got.State != datastore.RORunning || got.OperatingSagaID != nil {
+			t.Fatalf("request after unwind %+v", got)
+		}
+		invariantsHold(t, e)
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRFinish, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRFinish, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}

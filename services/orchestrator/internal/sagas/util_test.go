@@ -1,0 +1,24 @@
+package sagas_test
+
+import (
+	"encoding/json"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	"storagecp.dev/deploy/stack"
+	"storagecp.dev/orchestrator/internal/testenv"
+	"storagecp.dev/platform/grpcclient"
+)
+
+func jsonDecode(raw json.RawMessage, out any) error { return json.Unmarshal(raw, out) }
+
+func dialAllocator(t testing.TB, e *testenv.Env) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpcclient.Dial(e.Stack.Addr(stack.Allocator))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
