@@ -296,30 +296,37 @@ func writeIndex(ctx context.Context, tx pgx.Tx, volumeID uuid.UUID, entries []in
 	return insertIndex(ctx, tx, volumeID, entries)
 }
 
-func insertIndex(ctx context.Context, tx pgx.Tx, volumeID uuid.UUID, entries []indexEntry) error {
-	if len(entries) == 0 {
-		return nil
-	}
+const insertIndexSQL = `INSERT INTO volume_target (volume_id, target_id, read_only)
+	SELECT $1, t, r FROM unnest($2::uuid[], $3::bool[]) AS x(t, r)`
+
+func indexArrays(entries []indexEntry) ([]uuid.UUID, []bool) {
 	ids := make([]uuid.UUID, len(entries))
 	ro := make([]bool, len(entries))
 	for i, e := range entries {
 		ids[i], ro[i] = e.target, e.readOnly
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO volume_target (volume_id, target_id, read_only)
-		SELECT $1, t, r FROM unnest($2::uuid[], $3::bool[]) AS x(t, r)`, volumeID, ids, ro)
-	if err != nil {
+	return ids, ro
+}
+
+func insertIndex(ctx context.Context, tx pgx.Tx, volumeID uuid.UUID, entries []indexEntry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	ids, ro := indexArrays(entries)
+	if _, err := tx.Exec(ctx, insertIndexSQL, volumeID, ids, ro); err != nil {
 		return fmt.Errorf("write index of %s: %w", volumeID, err)
 	}
 	return nil
 }
 
+const insertUsageSQL = `INSERT INTO volume_resource_usage (usage_id, volume_id, target_id)
+	SELECT gen_random_uuid(), $1, t FROM unnest($2::uuid[]) AS t`
+
 func insertUsage(ctx context.Context, tx pgx.Tx, volumeID uuid.UUID, targets []uuid.UUID) error {
 	if len(targets) == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO volume_resource_usage (usage_id, volume_id, target_id)
-		SELECT gen_random_uuid(), $1, t FROM unnest($2::uuid[]) AS t`, volumeID, targets)
-	if err != nil {
+	if _, err := tx.Exec(ctx, insertUsageSQL, volumeID, targets); err != nil {
 		return fmt.Errorf("insert usage rows of %s: %w", volumeID, err)
 	}
 	return nil

@@ -142,15 +142,23 @@ func insertVolume(ctx context.Context, tx pgx.Tx, id uuid.UUID, v *vcr.VCR) (tim
 	if err != nil {
 		return time.Time{}, internal("encode VCR: %v", err)
 	}
+	// One round trip for the row, its usage rows and its index rows (a new
+	// volume has no index rows to clear).
+	var b pgx.Batch
 	var createdAt time.Time
-	if err := tx.QueryRow(ctx, `INSERT INTO volume (id, data) VALUES ($1, $2) RETURNING time_created`, id, data).Scan(&createdAt); err != nil {
+	b.Queue(`INSERT INTO volume (id, data) VALUES ($1, $2) RETURNING time_created`, id, data).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&createdAt) })
+	if len(usage) > 0 {
+		b.Queue(insertUsageSQL, id, usage)
+	}
+	if len(index) > 0 {
+		ids, ro := indexArrays(index)
+		b.Queue(insertIndexSQL, id, ids, ro)
+	}
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 		return time.Time{}, fmt.Errorf("insert volume %s: %w", id, err)
 	}
-	if err := insertUsage(ctx, tx, id, usage); err != nil {
-		return time.Time{}, err
-	}
-	// A new volume has no index rows to clear.
-	return createdAt, insertIndex(ctx, tx, id, index)
+	return createdAt, nil
 }
 
 func short(s string) string {
