@@ -51,6 +51,7 @@ func Register(d *tasks.Driver, env Env) {
 	add(step, step.limiter)
 	finish := &roFinish{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1)}
 	add(finish, finish.limiter)
+	registerRW(d, env)
 }
 
 // startSaga starts a saga if the limiter has room for key, releasing the

@@ -8,6 +8,7 @@ func Templates() []*saga.Template {
 	return []*saga.Template{
 		VolumeCreate, VolumeClone, SnapshotCreate, VolumeDelete,
 		RSRStart, RSRGarbageCollect, RSRStep, RSRStepGarbageCollect, RSRFinish,
+		RRStart, RRDrive, RRFinish,
 	}
 }
 

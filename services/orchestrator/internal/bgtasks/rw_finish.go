@@ -1,0 +1,48 @@
+package bgtasks
+
+import (
+	"context"
+
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/tasks"
+)
+
+// rwFinish starts rr-finish for ReplacementDone requests: delete the stash
+// (freeing the old region) and complete, releasing the volume's lock.
+type rwFinish struct {
+	env     Env
+	limiter *tasks.Limiter
+}
+
+func (t *rwFinish) Name() string { return sagas.TaskRWFinish }
+func (t *rwFinish) Description() string {
+	return "completes rw region replacements whose new region is repaired, freeing the old region"
+}
+
+func (t *rwFinish) Activate(ctx context.Context) any {
+	st := &FinishStatus{FinishInvokedOK: []string{}, Errors: []string{}}
+	d := t.env.Deps
+	reqs, err := d.Store.RegionRequestsIn(ctx, datastore.RWReplacementDone)
+	if err != nil {
+		errf(&st.Errors, "listing replacement_done: %v", err)
+		return st
+	}
+	for _, r := range reqs {
+		if r.OldRegionVolumeID == nil {
+			errf(&st.Errors, "request %s: done without a stash volume", r.ID)
+			continue
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RRFinish,
+			sagas.RRFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID},
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)
+		case ok:
+			st.FinishInvokedOK = append(st.FinishInvokedOK, "request "+r.ID.String())
+		}
+	}
+	return st
+}

@@ -1,0 +1,357 @@
+package sagas
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/saga"
+)
+
+// Task names the rw region replacement sagas activate.
+const (
+	TaskRWDetector = "rw_replacement_detector"
+	TaskRWDrive    = "rw_replacement_drive"
+	TaskRWFinish   = "rw_replacement_finish"
+)
+
+// rr-start: replaces one rw region of a volume with a blank new region
+// (spec/replacement.md §9.1, spec/platform.md §B.4, spec/volumes.md §11).
+// Requested → Allocating → Running; any unwind returns to Requested. The new
+// region holds no data yet: the drive saga gets an Upstairs to repair it.
+//
+//	saga_id              generate S, the operating saga id
+//	new_region_id        generate the new region's id N
+//	stash_volume_id      generate the stash volume id T (it will own the old
+//	                     region O)
+//	set_saga_id          claim: Requested → Allocating   ⟲ back to Requested
+//	get_alloc_params     O's geometry; a deleted volume fails here (the task
+//	                     then completes the request)
+//	stash_guard          nothing forward                 ⟲ hard-delete T, last
+//	                     in the unwind, once N is unregistered
+//	register_new_region  RegisterTargets N PENDING, owned by T ⟲ unregister
+//	alloc_new_region     AllocateRegions 3+1 for the volume: O still counts,
+//	                     so its sled stays excluded; O is not removed first
+//	                     (its agent could hand O's port to N) ⟲ DeleteRegions
+//	ensure_new_region    EnsureRegions N (blank)
+//	activate_new_region  ActivateTargets N
+//	create_stash         blank volume T                  ⟲ soft-delete T
+//	replace_region       ReplaceRegion(volume, O → N, T): generation bump, N
+//	                     owned by the volume, O by T. A deleted volume fails
+//	                     the node so the saga unwinds ⟲ swap back
+//	update_request       commit: Running with N and T
+//
+// Why N is registered owned by T and not by the volume: the volume-service
+// lets an ACTIVE rw target be unregistered only once its owner is deleted
+// (or never existed). Owned by the live volume, N could never be
+// unregistered by an unwind after activate_new_region. Owned by T, the
+// unwind soft-deletes T (create_stash's undo) before unregistering N, and
+// ReplaceRegion moves N to the volume anyway (its undo moves it back to T).
+
+// RRStartParams are rr-start's parameters: a copy of the request.
+type RRStartParams struct {
+	RequestID   uuid.UUID `json:"request_id"`
+	VolumeID    uuid.UUID `json:"volume_id"`
+	OldRegionID uuid.UUID `json:"old_region_id"`
+	// Seed makes placement deterministic (tests).
+	Seed string `json:"seed,omitempty"`
+}
+
+// RRStart is the rr-start template.
+var RRStart = newRRStart()
+
+func newRRStart() *saga.Template {
+	t := saga.NewTemplate("rr-start")
+	nodes := []*saga.Action{
+		t.Action("saga_id", newID, nil),
+		t.Action("new_region_id", newID, nil),
+		t.Action("stash_volume_id", newID, nil),
+		t.Action("set_saga_id", rrStartClaim, rrStartClaimUndo),
+		t.Action("get_alloc_params", rrAllocParams, nil),
+		t.Action("stash_guard", volumeGuard, rrStashGuardUndo),
+		t.Action("register_new_region", rrRegister, rrRegisterUndo),
+		t.Action("alloc_new_region", rrAlloc, rrAllocUndo),
+		t.Action("ensure_new_region", rrEnsure, nil),
+		t.Action("activate_new_region", rrActivate, nil),
+		t.Action("create_stash", rrCreateStash, rrCreateStashUndo),
+		t.Action("replace_region", rrReplace, rrReplaceUndo),
+		t.Action("update_request", rrStartCommit, nil),
+	}
+	saga.SetBuild(t, func(b *saga.Builder, _ RRStartParams) error {
+		for _, a := range nodes {
+			b.Append(a.Node())
+		}
+		return nil
+	})
+	return t
+}
+
+// errVolumeDeleted fails rr-start when the volume is gone (spec §9.1: the
+// start saga unwinds; the task then completes the request).
+var errVolumeDeleted = errors.New("volume deleted")
+
+func rrStartParams(ac *saga.ActionContext) (RRStartParams, uuid.UUID, error) {
+	p, err := saga.Params[RRStartParams](ac)
+	if err != nil {
+		return p, uuid.Nil, err
+	}
+	s, err := saga.Lookup[uuid.UUID](ac, "saga_id")
+	return p, s, err
+}
+
+func rrIDs(ac *saga.ActionContext) (newRegion, stash uuid.UUID, err error) {
+	if newRegion, err = saga.Lookup[uuid.UUID](ac, "new_region_id"); err != nil {
+		return
+	}
+	stash, err = saga.Lookup[uuid.UUID](ac, "stash_volume_id")
+	return
+}
+
+func rrStartClaim(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := rrStartParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	return nil, deps(ac).Store.SetRWAllocating(ctx, p.RequestID, s)
+}
+
+func rrStartClaimUndo(ctx context.Context, ac *saga.ActionContext) error {
+	p, s, err := rrStartParams(ac)
+	if err != nil {
+		return err
+	}
+	if err := deps(ac).Store.UndoRWAllocating(ctx, p.RequestID, s); err != nil {
+		return err
+	}
+	// Back to Requested: the detector completes it if the volume is gone.
+	deps(ac).kick(TaskRWDetector)
+	return nil
+}
+
+// VolumeDeleted reports whether a volume is soft- or hard-deleted.
+func VolumeDeleted(ctx context.Context, d *Deps, id uuid.UUID) (bool, error) {
+	resp, err := d.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: id.String()})
+	if isCode(err, codes.NotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return resp.GetVolume().GetTimeDeleted() != nil, nil
+}
+
+func rrAllocParams(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, _, err := rrStartParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	d := deps(ac)
+	gone, err := VolumeDeleted(ctx, d, p.VolumeID)
+	if err != nil {
+		return nil, err
+	}
+	if gone {
+		return nil, fmt.Errorf("%w: volume %s: nothing to repair", errVolumeDeleted, p.VolumeID)
+	}
+	old, err := d.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: p.OldRegionID.String()})
+	if err != nil {
+		return nil, fmt.Errorf("old region %s: %w", p.OldRegionID, err)
+	}
+	r := old.Region
+	if r.ReadOnly {
+		return nil, fmt.Errorf("%w: region %s is read-only", errInvalidState, p.OldRegionID)
+	}
+	return Geometry{BlockSize: r.BlockSize, BlocksPerExtent: r.BlocksPerExtent, ExtentCount: r.ExtentCount}, nil
+}
+
+// rrStashGuardUndo hard-deletes T at the end of the unwind. T is missing
+// (never created), or soft-deleted by create_stash's undo; N, which T may
+// own, is unregistered by then.
+func rrStashGuardUndo(ctx context.Context, ac *saga.ActionContext) error {
+	_, stash, err := rrIDs(ac)
+	if err != nil {
+		return err
+	}
+	resp, err := deps(ac).Volumes.HardDeleteVolume(ctx, &volumev1.HardDeleteVolumeRequest{VolumeId: stash.String()})
+	if err != nil {
+		return err
+	}
+	if resp.Outcome != volumev1.HardDeleteOutcome_HARD_DELETE_OUTCOME_DELETED {
+		return fmt.Errorf("stash volume %s kept: it owns rw regions %v", stash, resp.RemainingRegionIds)
+	}
+	return nil
+}
+
+func rrRegister(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	n, stash, err := rrIDs(ac)
+	if err != nil {
+		return nil, err
+	}
+	_, err = deps(ac).Volumes.RegisterTargets(ctx, &volumev1.RegisterTargetsRequest{Targets: []*volumev1.TargetRegistration{{
+		TargetId: n.String(), Kind: commonv1.TargetKind_TARGET_KIND_RW_REGION, RegionId: n.String(),
+		OwnerVolumeId: stash.String(),
+	}}})
+	return nil, err
+}
+
+func rrRegisterUndo(ctx context.Context, ac *saga.ActionContext) error {
+	n, _, err := rrIDs(ac)
+	if err != nil {
+		return err
+	}
+	_, err = deps(ac).Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: []string{n.String()}})
+	return err
+}
+
+func rrAlloc(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, _, err := rrStartParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	g, err := saga.Lookup[Geometry](ac, "get_alloc_params")
+	if err != nil {
+		return nil, err
+	}
+	n, _, err := rrIDs(ac)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := deps(ac).Allocator.AllocateRegions(ctx, &allocatorv1.AllocateRegionsRequest{
+		VolumeId: p.VolumeID.String(), BlockSize: g.BlockSize, BlocksPerExtent: g.BlocksPerExtent, ExtentCount: g.ExtentCount,
+		Strategy: allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM_WITH_DISTINCT_SLEDS,
+		Seed:     p.Seed, Redundancy: 3 + 1, NewRegionIds: []string{n.String()},
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range resp.Regions {
+		if r.RegionId == n.String() {
+			return Region{RegionID: n, DatasetID: uuid.MustParse(r.DatasetId)}, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: allocation for volume %s did not create region %s (it already has 3+1 regions)", errInvalidState, p.VolumeID, n)
+}
+
+func rrAllocUndo(ctx context.Context, ac *saga.ActionContext) error {
+	n, _, err := rrIDs(ac)
+	if err != nil {
+		return err
+	}
+	_, err = deps(ac).Allocator.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: []string{n.String()}})
+	return err
+}
+
+func rrEnsure(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	n, _, err := rrIDs(ac)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := deps(ac).Allocator.EnsureRegions(ctx, &allocatorv1.EnsureRegionsRequest{Regions: []*allocatorv1.RegionEnsure{{
+		RegionId: n.String(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	out, err := regionsOut(resp.Regions)
+	if err != nil || len(out) != 1 {
+		return nil, errors.Join(err, fmt.Errorf("%w: ensure returned %d regions", errInvalidState, len(out)))
+	}
+	return out[0], nil
+}
+
+func rrActivate(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	r, err := saga.Lookup[Region](ac, "ensure_new_region")
+	if err != nil {
+		return nil, err
+	}
+	_, err = deps(ac).Volumes.ActivateTargets(ctx, &volumev1.ActivateTargetsRequest{Targets: []*volumev1.TargetActivation{{
+		TargetId: r.RegionID.String(), DatasetId: r.DatasetID.String(), Address: r.Address,
+	}}})
+	return nil, err
+}
+
+func rrCreateStash(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	_, stash, err := rrIDs(ac)
+	if err != nil {
+		return nil, err
+	}
+	return nil, createBlankVolume(ctx, deps(ac), stash)
+}
+
+// rrCreateStashUndo only soft-deletes T: that makes N (owned by T) and,
+// after a swap back, T's own VCR reference removable; stash_guard
+// hard-deletes the row last.
+func rrCreateStashUndo(ctx context.Context, ac *saga.ActionContext) error {
+	_, stash, err := rrIDs(ac)
+	if err != nil {
+		return err
+	}
+	_, err = deps(ac).Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: stash.String()})
+	return err
+}
+
+func replaceRegion(ctx context.Context, d *Deps, r Replacement) (string, error) {
+	resp, err := d.Volumes.ReplaceRegion(ctx, &volumev1.ReplaceRegionRequest{
+		VolumeId: r.Volume.String(), OldRegionId: r.Old.String(), NewRegionId: r.New.String(), StashVolumeId: r.Stash.String(),
+	})
+	if err != nil {
+		return "", err
+	}
+	return resp.Result.String(), nil
+}
+
+// rrReplace swaps O for N in the volume (generation bump). Unlike the
+// read-only swap, a deleted volume is a failure: there is nothing left to
+// repair, the unwind frees N, and the detector completes the request.
+func rrReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, _, err := rrStartParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	n, stash, err := rrIDs(ac)
+	if err != nil {
+		return nil, err
+	}
+	r := Replacement{Volume: p.VolumeID, Old: p.OldRegionID, New: n, Stash: stash}
+	if r.Result, err = replaceRegion(ctx, deps(ac), r); err != nil {
+		return nil, err
+	}
+	if r.VolumeGone() {
+		return nil, fmt.Errorf("%w: ReplaceRegion on volume %s answered %s", errVolumeDeleted, p.VolumeID, r.Result)
+	}
+	return r, nil
+}
+
+// rrReplaceUndo swaps back; every result is accepted so the unwind never
+// gets stuck holding the request's lock.
+func rrReplaceUndo(ctx context.Context, ac *saga.ActionContext) error {
+	var r Replacement
+	if err := ac.Output(&r); err != nil {
+		return err
+	}
+	_, err := replaceRegion(ctx, deps(ac), Replacement{Volume: r.Volume, Old: r.New, New: r.Old, Stash: r.Stash})
+	return err
+}
+
+func rrStartCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := rrStartParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	n, stash, err := rrIDs(ac)
+	if err != nil {
+		return nil, err
+	}
+	d := deps(ac)
+	if err := d.Store.SetRWRunning(ctx, p.RequestID, s, n, stash); err != nil {
+		return nil, err
+	}
+	d.kick(TaskRWDrive)
+	return nil, nil
+}
