@@ -53,7 +53,7 @@ func (t *roDetector) Activate(ctx context.Context) any {
 		}
 	}
 	if len(st.RequestsCreatedOK) > 0 {
-		d.Kick(sagas.TaskROStart)
+		d.KickTasks(sagas.TaskROStart)
 	}
 	return st
 }

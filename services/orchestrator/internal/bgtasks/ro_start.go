@@ -80,7 +80,7 @@ func (t *roStart) Activate(ctx context.Context) any {
 	}
 	if completed {
 		// A released snapshot-volume lock may unblock another target.
-		d.Kick(sagas.TaskRODetector)
+		d.KickTasks(sagas.TaskRODetector)
 	}
 	return st
 }

@@ -54,7 +54,7 @@ func (t *roStep) Activate(ctx context.Context) any {
 	t.create(ctx, st)
 	t.launch(ctx, st)
 	if len(st.StepSetVolumeDeletedOK) > 0 {
-		t.env.Deps.Kick(sagas.TaskROFinish)
+		t.env.Deps.KickTasks(sagas.TaskROFinish)
 	}
 	return st
 }

@@ -37,11 +37,15 @@ type Deps struct {
 
 func deps(ac *saga.ActionContext) *Deps { return ac.Deps().(*Deps) }
 
-func (d *Deps) kick(tasks ...string) {
+// KickTasks activates background tasks by name (all when none is named);
+// a no-op when nothing is wired (tests).
+func (d *Deps) KickTasks(tasks ...string) {
 	if d.Kick != nil {
 		d.Kick(tasks...)
 	}
 }
+
+func (d *Deps) kick(tasks ...string) { d.KickTasks(tasks...) }
 
 // newID is the body of a "generate UUID" node: its output is persisted, so
 // every later node (and every re-run of a later node) sees the same id.
