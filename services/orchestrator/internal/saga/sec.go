@@ -178,7 +178,7 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 		s.mu.Unlock()
 		return uuid.Nil, fmt.Errorf("saga %s already running", o.id)
 	}
-	s.running[o.id] = ex
+	s.register(ex)
 	s.mu.Unlock()
 
 	err = retryWrite(ctx, s.logger, func() error {
@@ -192,6 +192,8 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 		s.mu.Lock()
 		delete(s.running, o.id)
 		s.mu.Unlock()
+		ex.cancel()
+		s.wg.Done()
 		return uuid.Nil, fmt.Errorf("persist saga: %w", err)
 	}
 	s.writes.Add(1)
@@ -223,10 +225,18 @@ func parentFromTraceParent(tp string) context.Context {
 	return propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": tp})
 }
 
+// register enters ex in the running table; s.mu must be held. The wait
+// group is incremented here, under mu, so never after Shutdown's Wait
+// began; the execution's context exists from here on, so Abandon can
+// cancel it before it starts.
+func (s *SEC) register(ex *execution) {
+	s.running[ex.id] = ex
+	s.wg.Add(1)
+	ex.ctx, ex.cancel = context.WithCancel(s.ctx)
+}
+
 // start launches the driver of a registered execution.
 func (s *SEC) start(ex *execution, first batch, written bool) {
-	ex.ctx, ex.cancel = context.WithCancel(s.ctx)
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer ex.cancel()
@@ -425,7 +435,7 @@ func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 			rep.Skipped++
 			continue
 		}
-		s.running[row.ID] = ex
+		s.register(ex)
 		s.mu.Unlock()
 		s.logger.Info("recovering saga", "saga_id", row.ID, "saga", row.Name, "unwinding", ex.unwinding, "stuck", ex.stuck)
 		s.start(ex, first, false)
