@@ -85,7 +85,10 @@ func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructV
 	if err != nil {
 		return nil, fail(upstairsError(endpoint, "Activate", err), "activate")
 	}
-	done, err := s.store.FinishConstruction(ctx, att.ID, att.Incarnation, store.StateRunning, "")
+	// The Upstairs runs it now: record that even if the caller has gone.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	done, err := s.store.FinishConstruction(fctx, att.ID, att.Incarnation, store.StateRunning, "")
 	if errors.Is(err, store.ErrSuperseded) {
 		s.deactivateOrphan(ctx, att, up)
 	}
