@@ -226,6 +226,22 @@ func (r *rack) invariants(t *testing.T) {
 	}
 }
 
+// validate waits for the sagas to settle and expects ValidateSystem empty.
+func (r *rack) validate(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := r.admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := r.admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range resp.Violations {
+		t.Errorf("system %s on %s: %s", v.Code, v.Subject, v.Detail)
+	}
+}
+
 func (r *rack) noDataLoss(t *testing.T) {
 	t.Helper()
 	for i, s := range r.sims {

@@ -101,6 +101,7 @@ func TestExpungedRegionSnapshotIsReplacedEverywhere(t *testing.T) {
 		t.Errorf("locks left: %v", locks.Locks)
 	}
 	r.invariants(t)
+	r.validate(t)
 	r.noDataLoss(t)
 }
 
@@ -152,4 +153,5 @@ func TestAllCopiesExpungedIsDataLost(t *testing.T) {
 		return fmt.Errorf("no DataLost alert yet")
 	})
 	r.invariants(t)
+	r.validate(t)
 }
