@@ -119,6 +119,10 @@ type Config struct {
 	ExtraArgs map[string][]string
 	// Only starts just these services (and the cluster); nil starts all.
 	Only []string
+	// Orchestrators is how many orchestrator processes share the database
+	// (one leads, the others stand by); default 1. Extra ones are named
+	// "replacement-orchestrator-1", …
+	Orchestrators int
 }
 
 // Proc is one running process.
@@ -232,7 +236,29 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		args := append([]string{"--listen", addrs[sp.name]}, sp.args...)
 		args = append(args, common...)
 		args = append(args, cfg.ExtraArgs[sp.name]...)
+		if sp.name == Orchestrator {
+			// A stable identity per orchestrator slot (as Nexus uses its
+			// zone id): a restarted process takes its slot's lease back at
+			// once, knowing its previous incarnation is dead.
+			args = append(args, "--sec-id", Orchestrator+"-0")
+		}
 		s.add(&Proc{Name: sp.name, Addr: addrs[sp.name], bin: filepath.Join(cfg.BinDir, sp.name), args: args})
+		if sp.name != Orchestrator {
+			continue
+		}
+		for i := 1; i < cfg.Orchestrators; i++ {
+			name := fmt.Sprintf("%s-%d", Orchestrator, i)
+			a, err := addr(Orchestrator, 10+i)
+			if err != nil {
+				return nil, err
+			}
+			extra := append([]string{"--listen", a}, sp.args...)
+			extra = append(extra, common...)
+			extra = append(extra, cfg.ExtraArgs[Orchestrator]...)
+			extra = append(extra, cfg.ExtraArgs[name]...)
+			extra = append(extra, "--sec-id", name)
+			s.add(&Proc{Name: name, Addr: a, bin: filepath.Join(cfg.BinDir, Orchestrator), args: extra})
+		}
 	}
 	if want(SimUpstairs) {
 		for i, a := range simAddrs {
@@ -365,6 +391,21 @@ func (p *Proc) Restart() error {
 	}
 	return p.start()
 }
+
+// RestartWithEnv starts a stopped or killed process again with extra
+// environment entries (e.g. a crash point) for this run only.
+func (p *Proc) RestartWithEnv(extra ...string) error {
+	if exited, _ := p.Exited(); !exited {
+		return fmt.Errorf("%s is still running", p.Name)
+	}
+	base := p.env
+	p.env = append(append([]string(nil), base...), extra...)
+	defer func() { p.env = base }()
+	return p.start()
+}
+
+// Wait waits up to d for the process to exit and reports whether it did.
+func (p *Proc) Wait(d time.Duration) bool { return p.wait(d) }
 
 // Pid is the current process id (0 when not running).
 func (p *Proc) Pid() int {

@@ -147,7 +147,7 @@ func (l *Lease) Read(ctx context.Context) (Info, error) {
 func (l *Lease) Run(ctx context.Context, onElected func(*Term)) {
 	t := time.NewTicker(l.cfg.RenewEvery)
 	defer t.Stop()
-	defer l.endTerm("shutting down")
+	defer l.release()
 	for {
 		l.tick(ctx, onElected)
 		select {
@@ -213,6 +213,22 @@ func (l *Lease) tick(ctx context.Context, onElected func(*Term)) {
 		go onElected(term)
 	default:
 		cur.extend(started.Add(l.cfg.TTL))
+	}
+}
+
+// release ends the term and, on a clean shutdown, gives the lease up at
+// once so a standby need not wait for it to expire.
+func (l *Lease) release() {
+	t := l.Current()
+	l.endTerm("shutting down")
+	if t == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := l.pool.Exec(ctx, `UPDATE leader_lease SET expires_at = now() WHERE id = 1 AND holder = $1 AND epoch = $2`, l.holder, t.Epoch)
+	if err != nil {
+		l.logger.Warn("releasing the lease", "err", err)
 	}
 }
 

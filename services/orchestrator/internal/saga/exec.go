@@ -513,9 +513,6 @@ func (ex *execution) run(ctx context.Context, l launch) {
 		attribute.String("saga.node", node.Name),
 		attribute.String("saga.task", kind)))
 	defer span.End()
-	if fn := ex.sec.actionCtx.Load(); fn != nil && *fn != nil {
-		ctx = (*fn)(ctx)
-	}
 	ac := &ActionContext{sagaID: ex.id, node: l.node, ex: ex, logger: ex.logger.With("node", node.Name)}
 	errAction, errUndo, rep := ex.hooks.get(node.Name)
 	a := ex.actions[l.node]

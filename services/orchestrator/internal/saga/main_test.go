@@ -59,9 +59,9 @@ func createEffects(ctx context.Context, pool *pgxpool.Pool) error {
 	return err
 }
 
-func (f *fixture) sec(t testing.TB, id string) *saga.SEC {
+func (f *fixture) sec(t testing.TB, id string, opts ...saga.SECOption) *saga.SEC {
 	t.Helper()
-	sec := saga.NewSEC(f.pool, id, f.reg, f.pool, testLogger(t))
+	sec := saga.NewSEC(f.pool, id, f.reg, f.pool, testLogger(t), opts...)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -463,9 +463,8 @@ func TestRecoverSkipsLiveSagasAndDuplicateIDs(t *testing.T) {
 	f := newFixture(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sec := f.sec(t, "sec-1")
 	type ctxKey struct{}
-	sec.SetActionContext(func(ctx context.Context) context.Context { return context.WithValue(ctx, ctxKey{}, "epoch-7") })
+	sec := f.sec(t, "sec-1", saga.WithBaseContext(context.WithValue(context.Background(), ctxKey{}, "epoch-7")))
 	var sawEpoch atomic.Bool
 	g := newGate()
 	f.app.setGate("create_b", g)
@@ -495,7 +494,7 @@ func TestRecoverSkipsLiveSagasAndDuplicateIDs(t *testing.T) {
 		t.Fatal("duplicate id accepted after finishing")
 	}
 	if !sawEpoch.Load() {
-		t.Fatal("SetActionContext not applied to actions")
+		t.Fatal("the base context did not reach the actions")
 	}
 	if sec.InFlight() != 0 {
 		t.Fatalf("in flight %d", sec.InFlight())

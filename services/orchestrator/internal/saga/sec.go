@@ -43,15 +43,6 @@ type SEC struct {
 
 	writes atomic.Int64
 	events atomic.Int64
-
-	actionCtx atomic.Pointer[func(context.Context) context.Context]
-}
-
-// SetActionContext installs fn, applied to the context of every action and
-// undo run from then on; the leadership code uses it to attach the leader
-// epoch to outgoing RPCs (fence.WithEpoch). Call it before Create/Recover.
-func (s *SEC) SetActionContext(fn func(context.Context) context.Context) {
-	s.actionCtx.Store(&fn)
 }
 
 // SECOption tunes NewSEC.
