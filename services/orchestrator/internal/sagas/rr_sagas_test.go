@@ -1,0 +1,411 @@
+package sagas_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/saga/sagatest"
+	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/testenv"
+	"storagecp.dev/platform/grpcclient"
+)
+
+// rrEnv is a deployment with sims sim-upstairs, also used as Pantries.
+func rrEnv(t *testing.T, sims int) *testenv.Env {
+	e := testenv.Start(t, testenv.Options{SimUpstairs: sims})
+	e.SeedRack(t, 4, 2, 100*gib)
+	e.Deps.PantryEndpoints = e.Stack.SimUpstairsAddrs()
+	return e
+}
+
+func rrSim(t *testing.T, e *testenv.Env, i int) upstairsv1.UpstairsServiceClient {
+	conn, err := grpcclient.Dial(e.Stack.SimUpstairsAddrs()[i])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return upstairsv1.NewUpstairsServiceClient(conn)
+}
+
+// rrRequest creates a disk and a rw replacement request for its first
+// region, as the detector would.
+func rrRequest(t testing.TB, e *testenv.Env) datastore.RegionRequest {
+	t.Helper()
+	p := diskParams()
+	e.MustSucceed(t, sagas.VolumeCreate, p)
+	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: p.VolumeID.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := uuid.MustParse(resp.Volume.Targets[0].TargetId)
+	r, created, err := e.Store.InsertRegionRequest(context.Background(), datastore.RegionRequest{
+		ID: uuid.New(), OldRegionID: old, VolumeID: p.VolumeID,
+	})
+	if err != nil || !created {
+		t.Fatalf("insert request: %v (created %v)", err, created)
+	}
+	return r
+}
+
+func rrStartParamsOf(r datastore.RegionRequest) sagas.RRStartParams {
+	return sagas.RRStartParams{RequestID: r.ID, VolumeID: r.VolumeID, OldRegionID: r.OldRegionID}
+}
+
+func rrGet(t testing.TB, e *testenv.Env, id uuid.UUID) datastore.RegionRequest {
+	t.Helper()
+	r, err := e.Store.GetRegionRequest(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func rrWant(t testing.TB, e *testenv.Env, id uuid.UUID, want datastore.RegionState) datastore.RegionRequest {
+	t.Helper()
+	r := rrGet(t, e, id)
+	if r.State != want || r.OperatingSagaID != nil {
+		t.Fatalf("request %s is %s (saga %v), want %s with no saga", id, r.State, r.OperatingSagaID, want)
+	}
+	return r
+}
+
+// regionGen returns the addresses and generation of a volume's region set.
+func rrRegionSet(t testing.TB, e *testenv.Env, volume uuid.UUID) ([]string, uint64) {
+	t.Helper()
+	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: volume.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resp.Volume.GetVcr().GetVolume().GetSubVolumes()[0].GetRegion()
+	return r.GetOpts().GetTarget(), r.GetGen()
+}
+
+func rrTarget(t testing.TB, e *testenv.Env, id uuid.UUID) *commonv1.Target {
+	t.Helper()
+	resp, err := e.Volumes.GetTarget(context.Background(), &volumev1.GetTargetRequest{TargetId: id.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Target
+}
+
+// rrCheckStarted asserts what rr-start leaves: the volume names N instead of
+// O with the generation bumped, N owned by the volume, O by the stash, N on
+// a fourth sled.
+func rrCheckStarted(t testing.TB, e *testenv.Env, req datastore.RegionRequest, prevGen uint64) datastore.RegionRequest {
+	t.Helper()
+	r := rrWant(t, e, req.ID, datastore.RWRunning)
+	if r.NewRegionID == nil || r.OldRegionVolumeID == nil {
+		t.Fatalf("running request without new region or stash: %+v", r)
+	}
+	oldT, newT := rrTarget(t, e, req.OldRegionID), rrTarget(t, e, *r.NewRegionID)
+	addrs, gen := rrRegionSet(t, e, req.VolumeID)
+	if !slices.Contains(addrs, newT.Address) || slices.Contains(addrs, oldT.Address) || gen != prevGen+1 {
+		t.Errorf("region set %v gen %d: want %s instead of %s at gen %d", addrs, gen, newT.Address, oldT.Address, prevGen+1)
+	}
+	if newT.OwnerVolumeId != req.VolumeID.String() || oldT.OwnerVolumeId != r.OldRegionVolumeID.String() {
+		t.Errorf("owners: new %s (want volume %s), old %s (want stash %s)", newT.OwnerVolumeId, req.VolumeID, oldT.OwnerVolumeId, r.OldRegionVolumeID)
+	}
+	rs, err := e.Allocator.ListRegions(context.Background(), &allocatorv1.ListRegionsRequest{AllocatedFor: req.VolumeID.String(), PageSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleds := map[string]bool{}
+	for _, x := range rs.Regions {
+		sleds[x.SledId] = true
+	}
+	if len(rs.Regions) != 4 || len(sleds) != 4 {
+		t.Errorf("volume has %d regions on %d sleds, want 3+1 on distinct sleds", len(rs.Regions), len(sleds))
+	}
+	invariantsHold(t, e)
+	return r
+}
+
+func TestRRStartHelpers(t *testing.T) {
+	e := newEnv(t)
+	req := rrRequest(t, e)
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RRStart, rrStartParamsOf(req))
+	rrCheckStarted(t, e, req, 1)
+
+	// Every failure unwinds to the world before the saga, the request back
+	// in Requested holding its lock.
+	var base world
+	var cur datastore.RegionRequest
+	setup := func() any {
+		cur = rrRequest(t, e)
+		base = census(t, e)
+		return rrStartParamsOf(cur)
+	}
+	check := func(t testing.TB) {
+		expectWorld(t, e, base)
+		rrWant(t, e, cur.ID, datastore.RWRequested)
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RRStart, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RRStart, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// The user deletes the disk right before each node of rr-start: the saga
+// either unwinds (the request stays Requested for the task to complete) or
+// finished before the delete mattered; nothing leaks either way.
+func TestRRStartRacesVolumeDelete(t *testing.T) {
+	e := newEnv(t)
+	var cur datastore.RegionRequest
+	var base world
+	setup := func() any {
+		base = census(t, e)
+		cur = rrRequest(t, e)
+		return rrStartParamsOf(cur)
+	}
+	before := func(ctx context.Context, node string) {
+		o, err := e.SEC.Run(ctx, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: cur.VolumeID})
+		if err != nil || o.Kind != saga.Succeeded {
+			t.Errorf("delete before %s: %v %v", node, err, o.Error())
+		}
+	}
+	sagatest.BeforeEachNode(t, e.SEC, sagas.RRStart, setup, before, func(t testing.TB, node string, o saga.Outcome) {
+		r := rrGet(t, e, cur.ID)
+		switch {
+		case o.Kind == saga.Succeeded && r.State == datastore.RWRunning:
+			// The swap happened before the delete could see N; finish it
+			// as the tasks would: drive (volume gone → done), finish.
+			e.MustSucceed(t, sagas.RRDrive, sagas.RRDriveParams{RequestID: r.ID, VolumeID: r.VolumeID, NewRegionID: *r.NewRegionID})
+			e.MustSucceed(t, sagas.RRFinish, sagas.RRFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID})
+		case o.Kind == saga.Failed && r.State == datastore.RWRequested && r.OperatingSagaID == nil:
+			if err := e.Store.SetRWCompleteFromRequested(context.Background(), r.ID); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			t.Fatalf("before %s: outcome %v (%v), request %s", node, o.Kind, o.Error(), r.State)
+		}
+		rrWant(t, e, cur.ID, datastore.RWComplete)
+		expectWorld(t, e, base)
+	})
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// rrStarted runs rr-start for a new request and returns it Running.
+func rrStarted(t testing.TB, e *testenv.Env) datastore.RegionRequest {
+	t.Helper()
+	req := rrRequest(t, e)
+	e.MustSucceed(t, sagas.RRStart, rrStartParamsOf(req))
+	return rrGet(t, e, req.ID)
+}
+
+func rrDriveParamsOf(r datastore.RegionRequest) sagas.RRDriveParams {
+	return sagas.RRDriveParams{RequestID: r.ID, VolumeID: r.VolumeID, NewRegionID: *r.NewRegionID}
+}
+
+func rrConstruct(t testing.TB, e *testenv.Env, volume uuid.UUID, kind notifierv1.UpstairsKind, sim int) *notifierv1.Attachment {
+	t.Helper()
+	resp, err := e.Notifier.ConstructVolume(context.Background(), &notifierv1.ConstructVolumeRequest{
+		VolumeId: volume.String(), Kind: kind, Endpoint: e.Stack.SimUpstairsAddrs()[sim],
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Attachment
+}
+
+// rrWaitRepaired polls until the Upstairs reported the new region repaired.
+func rrWaitRepaired(t testing.TB, e *testenv.Env, region uuid.UUID) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rs, err := sagas.RegionRepairState(context.Background(), e.Deps, region)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs.Succeeded {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("region %s never reported repaired", region)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func rrDriveOnce(t testing.TB, e *testenv.Env, r datastore.RegionRequest) bool {
+	t.Helper()
+	var done bool
+	if err := e.MustSucceed(t, sagas.RRDrive, rrDriveParamsOf(r)).Decode(&done); err != nil {
+		t.Fatal(err)
+	}
+	return done
+}
+
+// Live repair through a running consumer: drive tells it (every action
+// twice), the Upstairs repairs and reports, the next drive concludes done,
+// finish frees the old region.
+func TestRRDriveLiveRepairAndFinish(t *testing.T) {
+	e := rrEnv(t, 1)
+	ctx := context.Background()
+	req := rrRequest(t, e)
+	att := rrConstruct(t, e, req.VolumeID, notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, 0)
+	_, gen := rrRegionSet(t, e, req.VolumeID) // the checkout bumped it
+	e.MustSucceed(t, sagas.RRStart, rrStartParamsOf(req))
+	r := rrCheckStarted(t, e, req, gen)
+	oldAddr := rrTarget(t, e, req.OldRegionID).Address
+
+	var done bool
+	if err := sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RRDrive, rrDriveParamsOf(r)).Decode(&done); err != nil {
+		t.Fatal(err)
+	}
+	r = rrWant(t, e, r.ID, datastore.RWRunning)
+	steps, err := e.Store.DriveSteps(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done || len(steps) != 1 || steps[0].StepType != sagas.StepPropolis || steps[0].AttachmentID.String() != att.AttachmentId {
+		t.Fatalf("first drive: done %v, steps %+v", done, steps)
+	}
+	rrWaitRepaired(t, e, *r.NewRegionID)
+	if !rrDriveOnce(t, e, r) {
+		t.Fatal("drive after the repair finished did not conclude done")
+	}
+	rrWant(t, e, r.ID, datastore.RWReplacementDone)
+
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RRFinish, sagas.RRFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID})
+	rrWant(t, e, r.ID, datastore.RWComplete)
+	if _, err := e.Store.GetLock(ctx, r.VolumeID); err == nil {
+		t.Error("volume lock not released")
+	}
+	if _, err := e.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: r.OldRegionID.String()}); err == nil {
+		t.Error("old region still exists")
+	}
+	// The running Upstairs names the new region, and never probed a
+	// destroyed one.
+	st, err := rrSim(t, e, 0).GetVolumeStatus(ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: r.VolumeID.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range st.Status.Downstairs {
+		if d.Address == oldAddr {
+			t.Errorf("Upstairs still runs the old region %s", oldAddr)
+		}
+		if d.State != upstairsv1.DownstairsState_DOWNSTAIRS_STATE_ACTIVE {
+			t.Errorf("downstairs %s is %s", d.Address, d.State)
+		}
+	}
+	if st.Status.DataLossEvents != 0 {
+		t.Errorf("%d data-loss events", st.Status.DataLossEvents)
+	}
+	// One disk: 3 regions, 3 targets, 1 volume (the stash is gone).
+	expectWorld(t, e, world{regions: 3, targets: 3, volumes: 1})
+}
+
+// No consumer: drive reconciles on a Pantry, done comes from the
+// reconciliation's finish, and finish detaches the Pantry.
+func TestRRDrivePantryReconciles(t *testing.T) {
+	e := rrEnv(t, 2)
+	ctx := context.Background()
+	r := rrStarted(t, e)
+	if rrDriveOnce(t, e, r) {
+		t.Fatal("first drive concluded done before any repair")
+	}
+	steps, err := e.Store.DriveSteps(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 1 || steps[0].StepType != sagas.StepPantry || steps[0].AttachmentID == nil {
+		t.Fatalf("steps %+v", steps)
+	}
+	rrWaitRepaired(t, e, *r.NewRegionID)
+	if !rrDriveOnce(t, e, r) {
+		t.Fatal("drive after reconciliation did not conclude done")
+	}
+	e.MustSucceed(t, sagas.RRFinish, sagas.RRFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID})
+	rrWant(t, e, r.ID, datastore.RWComplete)
+	atts, err := e.Notifier.ListAttachments(ctx, &notifierv1.ListAttachmentsRequest{VolumeId: r.VolumeID.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range atts.Attachments {
+		if a.State == notifierv1.AttachmentState_ATTACHMENT_STATE_RUNNING {
+			t.Errorf("Pantry attachment %s still running after finish", a.AttachmentId)
+		}
+	}
+	expectWorld(t, e, world{regions: 3, targets: 3, volumes: 1})
+}
+
+func TestRRDriveHelpers(t *testing.T) {
+	e := rrEnv(t, 1)
+	r := rrStarted(t, e)
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RRDrive, rrDriveParamsOf(r))
+	rrWant(t, e, r.ID, datastore.RWRunning)
+
+	var cur datastore.RegionRequest
+	setup := func() any {
+		cur = rrStarted(t, e)
+		return rrDriveParamsOf(cur)
+	}
+	check := func(t testing.TB) {
+		rrWant(t, e, cur.ID, datastore.RWRunning)
+		steps, err := e.Store.DriveSteps(context.Background(), cur.ID)
+		if err != nil || len(steps) != 0 {
+			t.Errorf("unwound drive recorded steps %+v (%v)", steps, err)
+		}
+		invariantsHold(t, e)
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RRDrive, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RRDrive, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}
+
+// rrDone returns a ReplacementDone request whose volume the user
+// deleted mid-drive: drive skips every notification.
+func rrDone(t testing.TB, e *testenv.Env) datastore.RegionRequest {
+	t.Helper()
+	r := rrStarted(t, e)
+	e.MustSucceed(t, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: r.VolumeID})
+	if !rrDriveOnce(t, e, r) {
+		t.Fatal("drive of a deleted volume did not conclude done")
+	}
+	steps, err := e.Store.DriveSteps(context.Background(), r.ID)
+	if err != nil || len(steps) != 0 {
+		t.Fatalf("drive of a deleted volume recorded steps %+v (%v)", steps, err)
+	}
+	return rrWant(t, e, r.ID, datastore.RWReplacementDone)
+}
+
+func TestRRFinishHelpers(t *testing.T) {
+	e := newEnv(t)
+	r := rrDone(t, e)
+	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagas.RRFinish, sagas.RRFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID})
+	rrWant(t, e, r.ID, datastore.RWComplete)
+	expectWorld(t, e, world{})
+
+	var cur datastore.RegionRequest
+	var base world
+	setup := func() any {
+		base = census(t, e)
+		cur = rrDone(t, e)
+		return sagas.RRFinishParams{RequestID: cur.ID, StashVolumeID: *cur.OldRegionVolumeID}
+	}
+	// volume-delete has no undos: an unwind inside it leaves the stash half
+	// deleted (the old region destroyed on its agent, still registered),
+	// which only the retried finish repairs. Retry at once, as the task
+	// would, so the next setup's allocation cannot reuse that port.
+	check := func(t testing.TB) {
+		rrWant(t, e, cur.ID, datastore.RWReplacementDone)
+		invariantsHold(t, e)
+		e.MustSucceed(t, sagas.RRFinish, sagas.RRFinishParams{RequestID: cur.ID, StashVolumeID: *cur.OldRegionVolumeID})
+		rrWant(t, e, cur.ID, datastore.RWComplete)
+		expectWorld(t, e, base)
+	}
+	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RRFinish, setup, check)
+	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RRFinish, setup, check)
+	sagatest.NoUndoFailed(t, e.Pool)
+}
