@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
@@ -136,10 +137,15 @@ type RepairState struct {
 
 // RegionRepairState reads the repair notifications for a region's address
 // ("[ipv6]:port": an Upstairs knows addresses, not region ids). A region
-// with no address (never ensured) has none.
+// with no address (never ensured) or no longer registered has none.
 func RegionRepairState(ctx context.Context, d *Deps, regionID uuid.UUID) (RepairState, error) {
 	var st RepairState
 	tg, err := d.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: regionID.String()})
+	if isCode(err, codes.NotFound) {
+		// Unregistered: the user's delete of the volume freed it. Nothing
+		// can be repaired; the drive saga's check finds the volume gone.
+		return st, nil
+	}
 	if err != nil {
 		return st, fmt.Errorf("new region %s: %w", regionID, err)
 	}
