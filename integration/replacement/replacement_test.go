@@ -1,3 +1,5 @@
+// Package replacement tests read-only target replacement end to end over
+// real processes.
 package replacement
 
 import (
@@ -14,7 +16,9 @@ import (
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
+	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
+	"storagecp.dev/integration/rack"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
@@ -24,19 +28,19 @@ func TestMain(m *testing.M) { harness.Main(m) }
 // period at one hour, the request still reaches Complete: each phase is
 // activated by the one before.
 func TestExpungedRegionSnapshotIsReplacedEverywhere(t *testing.T) {
-	r := startRack(t, 4, 2)
+	r := rack.Start(t, 4, 2, stack.Config{})
 	ctx := context.Background()
-	disk := r.createDisk(t)
-	snap := r.snapshot(t, disk)
-	clones := []string{r.clone(t, snap), r.clone(t, snap)}
+	disk := r.CreateDisk(t)
+	snap := r.Snapshot(t, disk)
+	clones := []string{r.Clone(t, snap), r.Clone(t, snap)}
 	for i, c := range clones {
-		r.construct(t, c, i)
+		r.Construct(t, c, i)
 	}
-	old := r.targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
+	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	start := time.Now()
-	r.expunge(t, r.diskOf(t, old.DatasetId))
+	r.Expunge(t, r.DiskOf(t, old.DatasetId))
 
-	reqs := r.waitRequests(t, 60*time.Second)
+	reqs := r.WaitRequests(t, 60*time.Second)
 	t.Logf("expunge to Complete: %s", time.Since(start))
 	var req *orchestratorv1.Replacement
 	for _, q := range reqs {
@@ -47,14 +51,14 @@ func TestExpungedRegionSnapshotIsReplacedEverywhere(t *testing.T) {
 	if req == nil || req.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE {
 		t.Fatalf("request for %s: %+v", old.TargetId, req)
 	}
-	newRegion, err := r.volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: req.NewRegionId})
+	newRegion, err := r.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: req.NewRegionId})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := newRegion.Target.Address
 	// The snapshot and both clones name B and no longer A.
 	for _, v := range append([]string{snap}, clones...) {
-		resp, err := r.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: v})
+		resp, err := r.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: v})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +72,7 @@ func TestExpungedRegionSnapshotIsReplacedEverywhere(t *testing.T) {
 	}
 	// Both running Upstairs switched to B.
 	for i, c := range clones {
-		st, err := r.sims[i].GetVolumeStatus(ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: c})
+		st, err := r.Sims[i].GetVolumeStatus(ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: c})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,10 +85,10 @@ func TestExpungedRegionSnapshotIsReplacedEverywhere(t *testing.T) {
 		}
 	}
 	// The old region snapshot is gone from the registry and the allocator.
-	if _, err := r.volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: old.TargetId}); err == nil {
+	if _, err := r.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: old.TargetId}); err == nil {
 		t.Errorf("old target %s still registered", old.TargetId)
 	}
-	rs, err := r.allocator.ListRegionSnapshots(ctx, &allocatorv1.ListRegionSnapshotsRequest{SnapshotId: snap})
+	rs, err := r.Allocator.ListRegionSnapshots(ctx, &allocatorv1.ListRegionSnapshotsRequest{SnapshotId: snap})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,37 +97,37 @@ func TestExpungedRegionSnapshotIsReplacedEverywhere(t *testing.T) {
 			t.Errorf("old region snapshot still in the allocator: %+v", s)
 		}
 	}
-	locks, err := r.replacement.ListLocks(ctx, &orchestratorv1.ListLocksRequest{})
+	locks, err := r.Replacement.ListLocks(ctx, &orchestratorv1.ListLocksRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(locks.Locks) != 0 {
 		t.Errorf("locks left: %v", locks.Locks)
 	}
-	r.invariants(t)
-	r.validate(t)
-	r.noDataLoss(t)
+	r.Invariants(t)
+	r.Validate(t)
+	r.NoDataLoss(t)
 }
 
 // With every copy of a snapshot's data on expunged disks and no read-only
 // region backing it, the requests end DataLost — once — and the task says so.
 func TestAllCopiesExpungedIsDataLost(t *testing.T) {
-	r := startRack(t, 4, 1)
+	r := rack.Start(t, 4, 1, stack.Config{})
 	ctx := context.Background()
-	disk := r.createDisk(t)
-	snap := r.snapshot(t, disk)
-	for _, tg := range r.targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT) {
-		if _, err := r.allocator.ExpungePhysicalDisk(ctx, &allocatorv1.ExpungePhysicalDiskRequest{DiskId: r.diskOf(t, tg.DatasetId)}); err != nil {
+	disk := r.CreateDisk(t)
+	snap := r.Snapshot(t, disk)
+	for _, tg := range r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT) {
+		if _, err := r.Allocator.ExpungePhysicalDisk(ctx, &allocatorv1.ExpungePhysicalDiskRequest{DiskId: r.DiskOf(t, tg.DatasetId)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := r.admin.ActivateBackgroundTask(ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: "ro_replacement_detector"}); err != nil {
+	if _, err := r.Admin.ActivateBackgroundTask(ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: "ro_replacement_detector"}); err != nil {
 		t.Fatal(err)
 	}
 	// The snapshot volume's lock serialises the three requests; each ends
 	// DataLost and releases it for the next, without any period passing.
 	harness.Eventually(t, 60*time.Second, "three DataLost requests", func() error {
-		resp, err := r.replacement.ListReplacements(ctx, &orchestratorv1.ListReplacementsRequest{PageSize: 100})
+		resp, err := r.Replacement.ListReplacements(ctx, &orchestratorv1.ListReplacementsRequest{PageSize: 100})
 		if err != nil {
 			return err
 		}
@@ -140,8 +144,8 @@ func TestAllCopiesExpungedIsDataLost(t *testing.T) {
 	})
 	// The start task reports them as a standing alert.
 	harness.Eventually(t, 10*time.Second, "start task status names the DataLost requests", func() error {
-		_, _ = r.admin.ActivateBackgroundTask(ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: "ro_replacement_start"})
-		tasks, err := r.admin.ListBackgroundTasks(ctx, &orchestratorv1.ListBackgroundTasksRequest{})
+		_, _ = r.Admin.ActivateBackgroundTask(ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: "ro_replacement_start"})
+		tasks, err := r.Admin.ListBackgroundTasks(ctx, &orchestratorv1.ListBackgroundTasksRequest{})
 		if err != nil {
 			return err
 		}
@@ -152,6 +156,6 @@ func TestAllCopiesExpungedIsDataLost(t *testing.T) {
 		}
 		return fmt.Errorf("no DataLost alert yet")
 	})
-	r.invariants(t)
-	r.validate(t)
+	r.Invariants(t)
+	r.Validate(t)
 }

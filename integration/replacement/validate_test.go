@@ -10,20 +10,23 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+
+	"storagecp.dev/deploy/stack"
+	"storagecp.dev/integration/rack"
 )
 
 // ValidateSystem is able to fail: each inconsistency planted through the
 // services' own APIs (bypassing the sagas that keep them in step) is
 // reported under its code.
 func TestValidateSystemReportsInconsistencies(t *testing.T) {
-	r := startRack(t, 4, 1)
+	r := rack.Start(t, 4, 1, stack.Config{})
 	ctx := context.Background()
-	r.createDisk(t)
-	r.validate(t) // a consistent system first
+	r.CreateDisk(t)
+	r.Validate(t) // a consistent system first
 
 	// A region allocated without being registered.
 	orphan := uuid.NewString()
-	if _, err := r.allocator.AllocateRegions(ctx, &allocatorv1.AllocateRegionsRequest{
+	if _, err := r.Allocator.AllocateRegions(ctx, &allocatorv1.AllocateRegionsRequest{
 		VolumeId: uuid.NewString(), BlockSize: 512, BlocksPerExtent: 131072, ExtentCount: 1, Redundancy: 1,
 		NewRegionIds: []string{orphan},
 	}); err != nil {
@@ -31,12 +34,12 @@ func TestValidateSystemReportsInconsistencies(t *testing.T) {
 	}
 	// A target registered and never created.
 	pending := uuid.NewString()
-	if _, err := r.volumes.RegisterTargets(ctx, &volumev1.RegisterTargetsRequest{Targets: []*volumev1.TargetRegistration{{
+	if _, err := r.Volumes.RegisterTargets(ctx, &volumev1.RegisterTargetsRequest{Targets: []*volumev1.TargetRegistration{{
 		TargetId: pending, Kind: commonv1.TargetKind_TARGET_KIND_RW_REGION, RegionId: pending, OwnerVolumeId: uuid.NewString(),
 	}}}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := r.admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
+	resp, err := r.Admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

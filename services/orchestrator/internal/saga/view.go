@@ -41,6 +41,8 @@ type NodeView struct {
 	Name    string
 	Kind    string
 	Action  string
+	// HasUndo: the node's action declares an undo (known to this binary).
+	HasUndo bool
 	Parents []int
 	Status  string // never_started, started, succeeded, failed, undo_started, undo_finished, undo_failed
 	Output  json.RawMessage
@@ -115,7 +117,11 @@ func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
 		return SagaView{}, err
 	}
 	for i, n := range d.Nodes {
-		v.Nodes = append(v.Nodes, NodeView{ID: i, Name: n.Name, Kind: n.Kind, Action: n.Action, Parents: n.Parents, Status: neverStarted.String()})
+		nv := NodeView{ID: i, Name: n.Name, Kind: n.Kind, Action: n.Action, Parents: n.Parents, Status: neverStarted.String()}
+		if a, err := s.registry.action(n.Action); n.Kind == KindAction && err == nil {
+			nv.HasUndo = a.undo != nil
+		}
+		v.Nodes = append(v.Nodes, nv)
 	}
 	for _, e := range events {
 		if e.NodeID >= 0 && e.NodeID < len(v.Nodes) {

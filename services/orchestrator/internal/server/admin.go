@@ -121,7 +121,7 @@ func (a *admin) GetSaga(ctx context.Context, req *orchestratorv1.GetSagaRequest)
 	}
 	out := &orchestratorv1.GetSagaResponse{Saga: sagaProto(v), ParamsJson: string(v.Params)}
 	for _, n := range v.Nodes {
-		node := &orchestratorv1.SagaNode{NodeIndex: int32(n.ID), Name: n.Name, Kind: n.Kind, Status: n.Status, DataJson: string(n.Output)}
+		node := &orchestratorv1.SagaNode{NodeIndex: int32(n.ID), Name: n.Name, Kind: n.Kind, Status: n.Status, DataJson: string(n.Output), HasUndo: n.HasUndo}
 		if n.Error != nil {
 			b, _ := json.Marshal(n.Error)
 			node.DataJson = string(b)

@@ -458,7 +458,9 @@ type SagaNode struct {
 	// Output JSON (succeeded) or error (failed, undo_failed).
 	DataJson string `protobuf:"bytes,6,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
 	// Name of the subsaga this node belongs to, if any.
-	Subsaga       string `protobuf:"bytes,7,opt,name=subsaga,proto3" json:"subsaga,omitempty"`
+	Subsaga string `protobuf:"bytes,7,opt,name=subsaga,proto3" json:"subsaga,omitempty"`
+	// The node's action declares an undo (an unwind runs it).
+	HasUndo       bool `protobuf:"varint,8,opt,name=has_undo,json=hasUndo,proto3" json:"has_undo,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -540,6 +542,13 @@ func (x *SagaNode) GetSubsaga() string {
 		return x.Subsaga
 	}
 	return ""
+}
+
+func (x *SagaNode) GetHasUndo() bool {
+	if x != nil {
+		return x.HasUndo
+	}
+	return false
 }
 
 type SagaEvent struct {
@@ -1276,7 +1285,7 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x10adopt_generation\x18\x06 \x01(\x03R\x0fadoptGeneration\x12=\n" +
 	"\ftime_created\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\x12\x1d\n" +
 	"\n" +
-	"subject_id\x18\b \x01(\tR\tsubjectId\"\xb6\x01\n" +
+	"subject_id\x18\b \x01(\tR\tsubjectId\"\xd1\x01\n" +
 	"\bSagaNode\x12\x1d\n" +
 	"\n" +
 	"node_index\x18\x01 \x01(\x05R\tnodeIndex\x12\x12\n" +
@@ -1285,7 +1294,8 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x05stage\x18\x04 \x01(\x05R\x05stage\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x12\x1b\n" +
 	"\tdata_json\x18\x06 \x01(\tR\bdataJson\x12\x18\n" +
-	"\asubsaga\x18\a \x01(\tR\asubsaga\"\xcd\x01\n" +
+	"\asubsaga\x18\a \x01(\tR\asubsaga\x12\x19\n" +
+	"\bhas_undo\x18\b \x01(\bR\ahasUndo\"\xcd\x01\n" +
 	"\tSagaEvent\x12\x1d\n" +
 	"\n" +
 	"node_index\x18\x01 \x01(\x05R\tnodeIndex\x12\x1b\n" +
