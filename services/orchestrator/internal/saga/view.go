@@ -37,10 +37,10 @@ type SagaView struct {
 // NodeView is one node of a saga with its log. Outputs are shown as
 // persisted: actions must never put secrets in them.
 type NodeView struct {
-	ID      int
-	Name    string
-	Kind    string
-	Action  string
+	ID     int
+	Name   string
+	Kind   string
+	Action string
 	// HasUndo: the node's action declares an undo (known to this binary).
 	HasUndo bool
 	Parents []int
