@@ -409,3 +409,32 @@ func TestRRFinishHelpers(t *testing.T) {
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RRFinish, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
+
+// The swap happened, the user deletes the volume, then the commit fails:
+// the swap back answers "volume deleted" and changes nothing, so the old
+// region stays parked in the stash. The unwind must still free it and
+// leave nothing behind (and the request back in Requested, for the task
+// to complete).
+func TestRRStartUnwindAfterSwapOnDeletedVolume(t *testing.T) {
+	e := newEnv(t)
+	base := census(t, e)
+	req := rrRequest(t, e)
+	h := (&saga.Hooks{BeforeNode: func(ctx context.Context, node string) {
+		if node == "update_request" {
+			o, err := e.SEC.Run(ctx, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: req.VolumeID})
+			if err != nil || o.Kind != saga.Succeeded {
+				t.Errorf("delete: %v %v", err, o.Error())
+			}
+		}
+	}}).InjectError("update_request")
+	o := e.Run(t, sagas.RRStart, rrStartParamsOf(req), saga.WithHooks(h))
+	if o.Kind != saga.Failed || o.FailedNode != "update_request" {
+		t.Fatalf("outcome %v at %q: %v", o.Kind, o.FailedNode, o.Error())
+	}
+	rrWant(t, e, req.ID, datastore.RWRequested)
+	if err := e.Store.SetRWCompleteFromRequested(context.Background(), req.ID); err != nil {
+		t.Fatal(err)
+	}
+	expectWorld(t, e, base)
+	sagatest.NoUndoFailed(t, e.Pool)
+}

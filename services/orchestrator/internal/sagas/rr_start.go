@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -41,7 +42,8 @@ const (
 //	                     (its agent could hand O's port to N) ⟲ DeleteRegions
 //	ensure_new_region    EnsureRegions N (blank)
 //	activate_new_region  ActivateTargets N
-//	create_stash         blank volume T                  ⟲ soft-delete T
+//	create_stash         blank volume T                  ⟲ soft-delete T,
+//	                     destroying what that frees
 //	replace_region       ReplaceRegion(volume, O → N, T): generation bump, N
 //	                     owned by the volume, O by T. A deleted volume fails
 //	                     the node so the saga unwinds ⟲ swap back
@@ -172,9 +174,12 @@ func rrAllocParams(ctx context.Context, ac *saga.ActionContext) (any, error) {
 
 // rrStashGuardUndo hard-deletes T at the end of the unwind. T is missing
 // (never created), or soft-deleted by create_stash's undo; N, which T may
-// own, is unregistered by then.
+// own, is unregistered by then. KEPT is accepted only for regions other
+// than N: the old region, parked in T by a swap the volume's deletion kept
+// from being undone, whose region snapshots pin it; the volume-delete that
+// frees it with its last snapshot hard-deletes T then.
 func rrStashGuardUndo(ctx context.Context, ac *saga.ActionContext) error {
-	_, stash, err := rrIDs(ac)
+	n, stash, err := rrIDs(ac)
 	if err != nil {
 		return err
 	}
@@ -182,8 +187,8 @@ func rrStashGuardUndo(ctx context.Context, ac *saga.ActionContext) error {
 	if err != nil {
 		return err
 	}
-	if resp.Outcome != volumev1.HardDeleteOutcome_HARD_DELETE_OUTCOME_DELETED {
-		return fmt.Errorf("stash volume %s kept: it owns rw regions %v", stash, resp.RemainingRegionIds)
+	if resp.Outcome != volumev1.HardDeleteOutcome_HARD_DELETE_OUTCOME_DELETED && slices.Contains(resp.RemainingRegionIds, n.String()) {
+		return fmt.Errorf("stash volume %s kept: it still owns the new region %s", stash, n)
 	}
 	return nil
 }
@@ -284,15 +289,25 @@ func rrCreateStash(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	return nil, createBlankVolume(ctx, deps(ac), stash)
 }
 
-// rrCreateStashUndo only soft-deletes T: that makes N (owned by T) and,
-// after a swap back, T's own VCR reference removable; stash_guard
-// hard-deletes the row last.
+// rrCreateStashUndo soft-deletes T and destroys whatever that frees: after
+// a swap back, T's VCR names N (the allocation's undo destroys it too); if
+// the volume was deleted before the swap could be undone, T keeps the old
+// region, which nothing else would ever free. stash_guard hard-deletes the
+// row last, once N is unregistered.
 func rrCreateStashUndo(ctx context.Context, ac *saga.ActionContext) error {
 	_, stash, err := rrIDs(ac)
 	if err != nil {
 		return err
 	}
-	_, err = deps(ac).Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: stash.String()})
+	d := deps(ac)
+	resp, err := d.Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: stash.String()})
+	if err != nil || len(resp.RegionIds) == 0 {
+		return err
+	}
+	if _, err := d.Allocator.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: resp.RegionIds}); err != nil {
+		return err
+	}
+	_, err = d.Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: resp.RegionIds})
 	return err
 }
 
