@@ -73,7 +73,9 @@ func Start(t *testing.T, sleds, disksPerSled int, cfg stack.Config) *Rack {
 			}
 		}
 	}
-	r.WaitLeader(t, r.Admin)
+	if cfg.Orchestrators <= 1 {
+		r.WaitLeader(t, r.Admin)
+	}
 	return r
 }
 

@@ -2,6 +2,10 @@ module storagecp.dev/platform
 
 go 1.26.8
 
+require storagecp.dev/gen v0.0.0
+
+replace storagecp.dev/gen => ../../gen
+
 require (
 	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/exaring/otelpgx v0.13.0

@@ -15,10 +15,14 @@ import (
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	"storagecp.dev/platform/db"
 )
 
 // MetadataKey is the gRPC metadata key of the epoch.
@@ -115,4 +119,35 @@ func Check(ctx context.Context, tx pgx.Tx) error {
 		}
 	}
 	return nil
+}
+
+// Server serves storage.common.v1.FenceService over a service's database.
+type Server struct {
+	commonv1.UnimplementedFenceServiceServer
+	pool *pgxpool.Pool
+}
+
+// NewServer returns the FenceService of a service's database.
+func NewServer(pool *pgxpool.Pool) *Server { return &Server{pool: pool} }
+
+// AdvanceEpoch raises the fence to the request's epoch.
+func (s *Server) AdvanceEpoch(ctx context.Context, req *commonv1.AdvanceEpochRequest) (*commonv1.AdvanceEpochResponse, error) {
+	if req.Epoch < 0 {
+		return nil, status.Error(codes.InvalidArgument, "epoch: must not be negative")
+	}
+	ctx = NewContext(ctx, req.Epoch)
+	var newest int64
+	err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := Check(ctx, tx); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT epoch FROM fence WHERE id = 1`).Scan(&newest)
+	})
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return nil, err
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &commonv1.AdvanceEpochResponse{Epoch: newest}, nil
 }

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/telemetry"
@@ -149,6 +150,10 @@ func Run(ctx context.Context, svc Service, args []string) int {
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
+
+	if pool != nil {
+		commonv1.RegisterFenceServiceServer(gs, fence.NewServer(pool))
+	}
 
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()

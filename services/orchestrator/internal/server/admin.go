@@ -223,6 +223,12 @@ func (a *admin) GetLeadership(ctx context.Context, _ *orchestratorv1.GetLeadersh
 	}
 	return &orchestratorv1.GetLeadershipResponse{
 		Holder: info.Holder, Epoch: info.Epoch, LeaseExpiry: timestamppb.New(info.ExpiresAt),
-		IsLeader: a.s.lease.Current() != nil, Self: a.s.lease.Holder(),
+		// Leading and ready: fences raised, sagas adopted and recovered.
+		IsLeader: ready(a.s), Self: a.s.lease.Holder(),
 	}, nil
+}
+
+func ready(s *Server) bool {
+	_, err := s.currentSEC()
+	return err == nil
 }

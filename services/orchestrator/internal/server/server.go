@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
@@ -63,6 +64,8 @@ type Server struct {
 	// viewer reads the saga log for the admin API on leader and standby
 	// alike; it never creates or recovers anything.
 	viewer *saga.SEC
+	// fences of the other services, raised at every election.
+	fences map[string]commonv1.FenceServiceClient
 
 	mu  sync.Mutex
 	sec *saga.SEC // the current term's SEC; nil on a standby
@@ -118,6 +121,11 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 		PantryEndpoints: cfg.PantryEndpoints,
 	}
 	s.viewer = saga.NewSEC(pool, "viewer-"+cfg.SECID, registry, s.deps, logger)
+	s.fences = map[string]commonv1.FenceServiceClient{
+		"volume-service":    commonv1.NewFenceServiceClient(vc),
+		"region-allocator":  commonv1.NewFenceServiceClient(ac),
+		"upstairs-notifier": commonv1.NewFenceServiceClient(nc),
+	}
 	bgtasks.Register(s.driver, bgtasks.Env{
 		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
 	})
@@ -146,6 +154,12 @@ func (s *Server) lead(term *leader.Term) {
 		defer cancel()
 		_ = sec.Shutdown(c)
 	}()
+	// Raise every service's fence before any work: from now on nothing a
+	// previous leader (paused, partitioned) sends can land anywhere.
+	if err := s.advanceFences(ctx, term.Epoch); err != nil {
+		logger.Error("raising the fences failed; not leading this term", "err", err)
+		return
+	}
 	others, err := s.otherSECs(ctx)
 	if err != nil && ctx.Err() == nil {
 		logger.Error("listing other SECs' sagas", "err", err)
@@ -168,6 +182,31 @@ func (s *Server) lead(term *leader.Term) {
 	s.sec = sec
 	s.mu.Unlock()
 	s.driver.Run(ctx)
+}
+
+// advanceFences raises each service's fence to epoch, retrying each until it
+// answers or the term ends.
+func (s *Server) advanceFences(ctx context.Context, epoch int64) error {
+	for name, f := range s.fences {
+		for {
+			c, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := f.AdvanceEpoch(c, &commonv1.AdvanceEpochRequest{Epoch: epoch})
+			cancel()
+			if err == nil {
+				break
+			}
+			if status.Code(err) == codes.FailedPrecondition || ctx.Err() != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			s.logger.Warn("raising fence", "service", name, "err", err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // otherSECs lists the owners of unfinished sagas other than this process.

@@ -970,6 +970,95 @@ func (x *Violation) GetDetail() string {
 	return ""
 }
 
+type AdvanceEpochRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         int64                  `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdvanceEpochRequest) Reset() {
+	*x = AdvanceEpochRequest{}
+	mi := &file_storage_common_v1_common_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdvanceEpochRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdvanceEpochRequest) ProtoMessage() {}
+
+func (x *AdvanceEpochRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_common_v1_common_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdvanceEpochRequest.ProtoReflect.Descriptor instead.
+func (*AdvanceEpochRequest) Descriptor() ([]byte, []int) {
+	return file_storage_common_v1_common_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AdvanceEpochRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type AdvanceEpochResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The newest epoch this service has now seen.
+	Epoch         int64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdvanceEpochResponse) Reset() {
+	*x = AdvanceEpochResponse{}
+	mi := &file_storage_common_v1_common_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdvanceEpochResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdvanceEpochResponse) ProtoMessage() {}
+
+func (x *AdvanceEpochResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_common_v1_common_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdvanceEpochResponse.ProtoReflect.Descriptor instead.
+func (*AdvanceEpochResponse) Descriptor() ([]byte, []int) {
+	return file_storage_common_v1_common_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AdvanceEpochResponse) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 var File_storage_common_v1_common_proto protoreflect.FileDescriptor
 
 const file_storage_common_v1_common_proto_rawDesc = "" +
@@ -1047,7 +1136,11 @@ const file_storage_common_v1_common_proto_rawDesc = "" +
 	"\tViolation\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail*\x80\x01\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"+\n" +
+	"\x13AdvanceEpochRequest\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\",\n" +
+	"\x14AdvanceEpochResponse\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x03R\x05epoch*\x80\x01\n" +
 	"\n" +
 	"TargetKind\x12\x1b\n" +
 	"\x17TARGET_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -1064,7 +1157,9 @@ const file_storage_common_v1_common_proto_rawDesc = "" +
 	"\x1aVOLUME_REPLACE_RESULT_DONE\x10\x01\x12*\n" +
 	"&VOLUME_REPLACE_RESULT_ALREADY_HAPPENED\x10\x02\x126\n" +
 	"2VOLUME_REPLACE_RESULT_EXISTING_VOLUME_SOFT_DELETED\x10\x03\x126\n" +
-	"2VOLUME_REPLACE_RESULT_EXISTING_VOLUME_HARD_DELETED\x10\x04B1Z/storagecp.dev/gen/go/storage/common/v1;commonv1b\x06proto3"
+	"2VOLUME_REPLACE_RESULT_EXISTING_VOLUME_HARD_DELETED\x10\x042o\n" +
+	"\fFenceService\x12_\n" +
+	"\fAdvanceEpoch\x12&.storage.common.v1.AdvanceEpochRequest\x1a'.storage.common.v1.AdvanceEpochResponseB1Z/storagecp.dev/gen/go/storage/common/v1;commonv1b\x06proto3"
 
 var (
 	file_storage_common_v1_common_proto_rawDescOnce sync.Once
@@ -1079,7 +1174,7 @@ func file_storage_common_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_common_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_storage_common_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_storage_common_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_storage_common_v1_common_proto_goTypes = []any{
 	(TargetKind)(0),                   // 0: storage.common.v1.TargetKind
 	(TargetState)(0),                  // 1: storage.common.v1.TargetState
@@ -1093,22 +1188,26 @@ var file_storage_common_v1_common_proto_goTypes = []any{
 	(*Target)(nil),                    // 9: storage.common.v1.Target
 	(*RegionSnapshotRef)(nil),         // 10: storage.common.v1.RegionSnapshotRef
 	(*Violation)(nil),                 // 11: storage.common.v1.Violation
+	(*AdvanceEpochRequest)(nil),       // 12: storage.common.v1.AdvanceEpochRequest
+	(*AdvanceEpochResponse)(nil),      // 13: storage.common.v1.AdvanceEpochResponse
 }
 var file_storage_common_v1_common_proto_depIdxs = []int32{
-	4, // 0: storage.common.v1.VolumeConstructionRequest.volume:type_name -> storage.common.v1.VcrVolume
-	5, // 1: storage.common.v1.VolumeConstructionRequest.region:type_name -> storage.common.v1.VcrRegion
-	7, // 2: storage.common.v1.VolumeConstructionRequest.file:type_name -> storage.common.v1.VcrFile
-	8, // 3: storage.common.v1.VolumeConstructionRequest.url:type_name -> storage.common.v1.VcrUrl
-	3, // 4: storage.common.v1.VcrVolume.sub_volumes:type_name -> storage.common.v1.VolumeConstructionRequest
-	3, // 5: storage.common.v1.VcrVolume.read_only_parent:type_name -> storage.common.v1.VolumeConstructionRequest
-	6, // 6: storage.common.v1.VcrRegion.opts:type_name -> storage.common.v1.CrucibleOpts
-	0, // 7: storage.common.v1.Target.kind:type_name -> storage.common.v1.TargetKind
-	1, // 8: storage.common.v1.Target.state:type_name -> storage.common.v1.TargetState
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	4,  // 0: storage.common.v1.VolumeConstructionRequest.volume:type_name -> storage.common.v1.VcrVolume
+	5,  // 1: storage.common.v1.VolumeConstructionRequest.region:type_name -> storage.common.v1.VcrRegion
+	7,  // 2: storage.common.v1.VolumeConstructionRequest.file:type_name -> storage.common.v1.VcrFile
+	8,  // 3: storage.common.v1.VolumeConstructionRequest.url:type_name -> storage.common.v1.VcrUrl
+	3,  // 4: storage.common.v1.VcrVolume.sub_volumes:type_name -> storage.common.v1.VolumeConstructionRequest
+	3,  // 5: storage.common.v1.VcrVolume.read_only_parent:type_name -> storage.common.v1.VolumeConstructionRequest
+	6,  // 6: storage.common.v1.VcrRegion.opts:type_name -> storage.common.v1.CrucibleOpts
+	0,  // 7: storage.common.v1.Target.kind:type_name -> storage.common.v1.TargetKind
+	1,  // 8: storage.common.v1.Target.state:type_name -> storage.common.v1.TargetState
+	12, // 9: storage.common.v1.FenceService.AdvanceEpoch:input_type -> storage.common.v1.AdvanceEpochRequest
+	13, // 10: storage.common.v1.FenceService.AdvanceEpoch:output_type -> storage.common.v1.AdvanceEpochResponse
+	10, // [10:11] is the sub-list for method output_type
+	9,  // [9:10] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_storage_common_v1_common_proto_init() }
@@ -1129,9 +1228,9 @@ func file_storage_common_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_common_v1_common_proto_rawDesc), len(file_storage_common_v1_common_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
-			NumServices:   0,
+			NumServices:   1,
 		},
 		GoTypes:           file_storage_common_v1_common_proto_goTypes,
 		DependencyIndexes: file_storage_common_v1_common_proto_depIdxs,

@@ -1183,7 +1183,8 @@ type GetLeadershipResponse struct {
 	Holder      string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
 	Epoch       int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	LeaseExpiry *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=lease_expiry,json=leaseExpiry,proto3" json:"lease_expiry,omitempty"`
-	// Whether the answering process is the leader.
+	// Whether the answering process leads and is ready for work (fences
+	// raised, the previous leader's sagas adopted and recovered).
 	IsLeader      bool   `protobuf:"varint,4,opt,name=is_leader,json=isLeader,proto3" json:"is_leader,omitempty"`
 	Self          string `protobuf:"bytes,5,opt,name=self,proto3" json:"self,omitempty"`
 	unknownFields protoimpl.UnknownFields
