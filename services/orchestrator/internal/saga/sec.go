@@ -453,10 +453,12 @@ const (
 	AbandonOrphaned      = store.AbandonOrphaned
 )
 
-// Abandon marks an unfinished saga abandoned: it is never recovered and not
-// unwound (its partial effects remain). If this SEC is driving it, it stops
-// at once; any other owner stops at its next log write. It returns
-// ErrNotFound-wrapped errors for an unknown id and an error for a done saga.
+// Abandon marks an unfinished or stuck saga abandoned: it is never recovered
+// and not unwound (its partial effects remain; for a stuck saga, abandoning
+// records that an operator repaired them). If this SEC is driving it, it
+// stops at once; any other owner stops at its next log write. It returns
+// ErrNotFound-wrapped errors for an unknown id and an error for a saga that
+// finished cleanly.
 func (s *SEC) Abandon(ctx context.Context, id uuid.UUID, reason, comment string) error {
 	switch reason {
 	case AbandonOperator, AbandonUnrecoverable, AbandonOrphaned:
@@ -471,7 +473,7 @@ func (s *SEC) Abandon(ctx context.Context, id uuid.UUID, reason, comment string)
 		if _, err := s.store.Get(ctx, id); err != nil {
 			return err
 		}
-		return fmt.Errorf("saga %s is done; only unfinished sagas can be abandoned", id)
+		return fmt.Errorf("saga %s is done; only unfinished or stuck sagas can be abandoned", id)
 	}
 	s.mu.Lock()
 	ex := s.running[id]

@@ -400,8 +400,12 @@ func (s *Store) Abandon(ctx context.Context, id uuid.UUID, reason, comment strin
 	err := s.pool.QueryRow(ctx, `WITH upd AS (
 			UPDATE saga SET saga_state = 'abandoned', abandon_time = now(),
 				abandon_reason = $2, abandon_comment = $3
-			WHERE id = $1 AND saga_state IN ('running', 'unwinding')
-			  AND ($4::text IS NULL OR current_sec = $4)
+			WHERE id = $1 AND ($4::text IS NULL OR current_sec = $4)
+			  AND (saga_state IN ('running', 'unwinding')
+			       -- A stuck saga is done in the log; abandoning it is how an
+			       -- operator acknowledges having repaired its partial effects.
+			       OR (saga_state = 'done' AND EXISTS (SELECT 1 FROM saga_node_event
+			             WHERE saga_id = $1 AND event_type = 'undo_failed')))
 			RETURNING id
 		)
 		SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM saga WHERE id = $1 AND saga_state = 'abandoned')`,

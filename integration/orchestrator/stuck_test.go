@@ -1,0 +1,113 @@
+package orchestrator
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+
+	"storagecp.dev/deploy/stack"
+	"storagecp.dev/integration/harness"
+	"storagecp.dev/integration/rack"
+)
+
+// A saga whose undo fails is stuck: shown as stuck, holding its lock, never
+// retried (not even by a restarted orchestrator), reported by
+// ValidateSystem — until an operator abandons it, releasing its lock.
+func TestStuckSagaIsKeptVisibleUntilAbandoned(t *testing.T) {
+	r := rack.Start(t, 4, 1, stack.Config{})
+	ctx := context.Background()
+	disk := r.CreateDisk(t)
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	for _, op := range []allocatorv1.AgentOperation{
+		allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, // the node fails …
+		allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_SNAPSHOT, // … and so does its cleanup
+	} {
+		if _, err := faults.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{Operation: op, Count: 1000, Fail: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := r.Lifecycle.SnapshotVolume(ctx, &orchestratorv1.SnapshotVolumeRequest{VolumeId: disk, Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Saga.Outcome != orchestratorv1.SagaOutcome_SAGA_OUTCOME_STUCK {
+		t.Fatalf("outcome %v, want STUCK", resp.Saga.Outcome)
+	}
+	if _, err := faults.ClearAgentFaults(ctx, &allocatorv1.ClearAgentFaultsRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	id := resp.Saga.SagaId
+	stuck := func() *orchestratorv1.GetSagaResponse {
+		t.Helper()
+		s, err := r.Admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Saga.Outcome != "stuck" {
+			t.Fatalf("saga shows %q, want stuck", s.Saga.Outcome)
+		}
+		return s
+	}
+	events := len(stuck().Events)
+	lockHeld := func() bool {
+		locks, err := r.Replacement.ListLocks(ctx, &orchestratorv1.ListLocksRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range locks.Locks {
+			if l.VolumeId == disk {
+				return true
+			}
+		}
+		return false
+	}
+	if !lockHeld() {
+		t.Fatal("the stuck saga released the disk's lock")
+	}
+	// A restarted orchestrator does not retry it.
+	restartOrchestrator(t, r)
+	if _, err := r.Admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if after := stuck(); len(after.Events) != events {
+		t.Fatalf("the stuck saga was retried: %d events, then %d", events, len(after.Events))
+	}
+	v, err := r.Admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, x := range v.Violations {
+		if x.Code == "stuck_saga" && x.Subject == id {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("ValidateSystem does not report the stuck saga: %v", v.Violations)
+	}
+	// Its owner holds a live lease: abandoning it needs force.
+	if _, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: id, Comment: "test"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("abandon without force while the owner leads: %v", err)
+	}
+	ab, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: id, Comment: "repaired by hand", Force: true, ReleaseLocks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ab.ReleasedLockVolumeIds) != 1 || ab.ReleasedLockVolumeIds[0] != disk || lockHeld() {
+		t.Fatalf("released %v; lock held: %v", ab.ReleasedLockVolumeIds, lockHeld())
+	}
+	if ab.Saga.State != orchestratorv1.SagaState_SAGA_STATE_ABANDONED {
+		t.Fatalf("saga state %v", ab.Saga.State)
+	}
+	// The disk can be snapshotted again.
+	harness.Eventually(t, 10*time.Second, "disk snapshot after abandon", func() error {
+		_, err := r.Lifecycle.SnapshotVolume(ctx, &orchestratorv1.SnapshotVolumeRequest{VolumeId: disk, Wait: true})
+		return err
+	})
+}
