@@ -229,6 +229,9 @@ func TestConsumerRestartMidRepair(t *testing.T) {
 	req = r.waitRW(t, old.TargetId, "complete", 60*time.Second)
 	t.Logf("TIMING consumer restarted mid-repair (3 s repair delay): expunge → Complete %s", time.Since(start).Round(time.Millisecond))
 	steps := r.driveSteps(t, req.ID)
+	for i, s := range steps {
+		t.Logf("drive step %d: %s, incarnation %d", i, s.Type, deref64(s.Incarnation))
+	}
 	last := steps[len(steps)-1]
 	if steps[0].Type != "propolis" || last.Type != "propolis" || last.Incarnation == nil || *last.Incarnation != second.Incarnation {
 		t.Errorf("drive steps %+v: want propolis steps, the last on incarnation %d", steps, second.Incarnation)
@@ -358,4 +361,11 @@ func deref(s *string) string {
 		return "<none>"
 	}
 	return *s
+}
+
+func deref64(p *int64) int64 {
+	if p == nil {
+		return -1
+	}
+	return *p
 }
