@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
@@ -156,6 +160,46 @@ func TestAllCopiesExpungedIsDataLost(t *testing.T) {
 		}
 		return fmt.Errorf("no DataLost alert yet")
 	})
+	r.Invariants(t)
+	r.Validate(t)
+}
+
+// Snapshotting a disk whose volume a replacement holds answers ABORTED
+// "volume repair lock" (retry later), and changes nothing.
+func TestSnapshotOfARepairedVolumeIsAborted(t *testing.T) {
+	r := rack.Start(t, 4, 1, stack.Config{})
+	ctx := context.Background()
+	disk := r.CreateDisk(t)
+	// A slow snapshot of the disk holds the disk's repair lock (as a rw
+	// replacement of one of its regions would).
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	if _, err := faults.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{
+		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, Count: 3, Delay: durationpb.New(2 * time.Second),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := r.Lifecycle.SnapshotVolume(ctx, &orchestratorv1.SnapshotVolumeRequest{VolumeId: disk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 10*time.Second, "first snapshot holds the lock", func() error {
+		locks, err := r.Replacement.ListLocks(ctx, &orchestratorv1.ListLocksRequest{})
+		if err != nil || len(locks.Locks) != 1 {
+			return fmt.Errorf("locks %v %v", locks, err)
+		}
+		return nil
+	})
+	_, err = r.Lifecycle.SnapshotVolume(ctx, &orchestratorv1.SnapshotVolumeRequest{VolumeId: disk, Wait: true})
+	if status.Code(err) != codes.Aborted || status.Convert(err).Message() != "volume repair lock" {
+		t.Fatalf("second snapshot while locked: %v", err)
+	}
+	if _, err := r.Admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.Admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: first.Saga.SagaId})
+	if err != nil || s.Saga.Outcome != "succeeded" {
+		t.Fatalf("first snapshot: %v %v", s.GetSaga(), err)
+	}
 	r.Invariants(t)
 	r.Validate(t)
 }

@@ -2,9 +2,12 @@ package sagas
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
@@ -67,7 +70,12 @@ func snapshotLock(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nil, deps(ac).Store.LockVolume(ctx, p.DiskVolumeID, p.SnapshotID, datastore.HolderSnapshotCreate)
+	err = deps(ac).Store.LockVolume(ctx, p.DiskVolumeID, p.SnapshotID, datastore.HolderSnapshotCreate)
+	if errors.Is(err, datastore.ErrLockHeld) {
+		// Keep the contract's code, so the RPC that waits can answer it.
+		return nil, status.Error(codes.Aborted, err.Error())
+	}
+	return nil, err
 }
 
 func snapshotUnlock(ctx context.Context, ac *saga.ActionContext) (any, error) {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagas"
 )
@@ -52,6 +53,11 @@ func (l *lifecycle) start(ctx context.Context, t *saga.Template, subject uuid.UU
 		return nil, o, status.FromContextError(err).Err()
 	}
 	fillOutcome(res, o)
+	// A saga that could not even take its repair lock did nothing: answer
+	// ABORTED "volume repair lock" as the API promises, so callers retry.
+	if o.Kind == saga.Failed && o.Err != nil && o.Err.Code == codes.Aborted {
+		return nil, o, status.Error(codes.Aborted, datastore.ErrLockHeld.Error())
+	}
 	return res, o, nil
 }
 
