@@ -9,16 +9,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -91,15 +88,8 @@ func listServices(t *testing.T, conn *grpc.ClientConn) []string {
 // span, exported over OTLP to a receiver in this test, is a child of the
 // span the client put on the wire.
 func TestTraceContextReachesServerSpan(t *testing.T) {
-	recv := startOTLPReceiver(t)
-	st := harness.Start(t, stack.Config{
-		SimUpstairs: 1,
-		Env: []string{
-			"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + recv.addr,
-			"OTEL_EXPORTER_OTLP_INSECURE=true",
-			"OTEL_BSP_SCHEDULE_DELAY=100",
-		},
-	})
+	recv := harness.StartOTLPReceiver(t)
+	st := harness.Start(t, stack.Config{SimUpstairs: 1, Env: recv.Env()})
 	traceID, parentID := randomHex(16), randomHex(8)
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", fmt.Sprintf("00-%s-%s-01", traceID, parentID))
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -114,7 +104,12 @@ func TestTraceContextReachesServerSpan(t *testing.T) {
 
 	want := []string{stack.Volume, stack.Allocator, stack.Notifier, stack.Orchestrator, stack.SimUpstairs}
 	harness.Eventually(t, 15*time.Second, "server spans parented by the client span", func() error {
-		got := recv.serverSpansWithParent(traceID, parentID)
+		got := map[string]bool{}
+		for _, s := range recv.Spans() {
+			if s.Server && s.TraceID == traceID && s.ParentID == parentID {
+				got[s.Service] = true
+			}
+		}
 		for _, svc := range want {
 			if !got[svc] {
 				return fmt.Errorf("no server span from %s yet (have %v)", svc, got)
@@ -214,72 +209,4 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// otlpReceiver is a minimal OTLP/gRPC trace collector.
-type otlpReceiver struct {
-	coltracepb.UnimplementedTraceServiceServer
-	addr string
-
-	mu    sync.Mutex
-	spans []receivedSpan
-}
-
-type receivedSpan struct {
-	service, traceID, parentID string
-	server                     bool
-}
-
-func startOTLPReceiver(t *testing.T) *otlpReceiver {
-	t.Helper()
-	port, err := pgcluster.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &otlpReceiver{addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	lis, err := net.Listen("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer()
-	coltracepb.RegisterTraceServiceServer(s, r)
-	go s.Serve(lis)
-	t.Cleanup(s.Stop)
-	return r
-}
-
-func (r *otlpReceiver) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, rs := range req.ResourceSpans {
-		service := ""
-		for _, kv := range rs.GetResource().GetAttributes() {
-			if kv.Key == "service.name" {
-				service = kv.GetValue().GetStringValue()
-			}
-		}
-		for _, ss := range rs.ScopeSpans {
-			for _, sp := range ss.Spans {
-				r.spans = append(r.spans, receivedSpan{
-					service:  service,
-					traceID:  hex.EncodeToString(sp.TraceId),
-					parentID: hex.EncodeToString(sp.ParentSpanId),
-					server:   sp.Kind.String() == "SPAN_KIND_SERVER",
-				})
-			}
-		}
-	}
-	return &coltracepb.ExportTraceServiceResponse{}, nil
-}
-
-func (r *otlpReceiver) serverSpansWithParent(traceID, parentID string) map[string]bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	got := map[string]bool{}
-	for _, s := range r.spans {
-		if s.server && s.traceID == traceID && s.parentID == parentID {
-			got[s.service] = true
-		}
-	}
-	return got
 }

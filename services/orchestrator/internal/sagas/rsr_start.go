@@ -6,6 +6,9 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
@@ -184,6 +187,10 @@ func rsrCloneSource(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		return nil, err
 	}
 	ac.Logger().Error("read-only replacement: data lost", "request_id", p.RequestID, "snapshot_id", p.OldSnapshotID)
+	if c, err := otel.Meter("storagecp/replacement").Int64Counter("storagecp.replacement.data_lost",
+		metric.WithDescription("read-only replacement requests that ended DataLost: no surviving copy to clone from")); err == nil {
+		c.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", p.Kind)))
+	}
 	// The snapshot volume's lock is released: another of its targets may
 	// now get its request.
 	d.kick(TaskRODetector, TaskROStart)
