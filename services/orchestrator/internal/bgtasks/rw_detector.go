@@ -166,6 +166,6 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 	if len(st.RequestsCompletedOK) > 0 {
 		// A released volume lock may let another region of it, or a
 		// read-only request on it, proceed.
-		d.Kick(sagas.TaskRWDetector, sagas.TaskRODetector)
+		d.KickTasks(sagas.TaskRWDetector, sagas.TaskRODetector)
 	}
 }

@@ -72,7 +72,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		}
 	}
 	if len(st.DoneOK) > 0 {
-		d.Kick(sagas.TaskRWFinish)
+		d.KickTasks(sagas.TaskRWFinish)
 	}
 	return st
 }
