@@ -195,8 +195,10 @@ func (r *Rack) Expunge(t *testing.T, disk string) {
 	if _, err := r.Allocator.ExpungePhysicalDisk(ctx, &allocatorv1.ExpungePhysicalDiskRequest{DiskId: disk}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Admin.ActivateBackgroundTask(ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: "ro_replacement_detector"}); err != nil {
-		t.Fatal(err)
+	for _, task := range []string{"ro_replacement_detector", "rw_replacement_detector"} {
+		if _, err := r.Admin.ActivateBackgroundTask(ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: task}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
