@@ -202,6 +202,16 @@ func (r *Rack) Expunge(t *testing.T, disk string) {
 	}
 }
 
+// Terminal reports whether a replacement request (read-only or rw) ended.
+func Terminal(rep *orchestratorv1.Replacement) bool {
+	if rep.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
+		return rep.RegionState == orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE
+	}
+	s := rep.ReadOnlyState
+	return s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE ||
+		s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST
+}
+
 // WaitRequests waits until every read-only request is terminal and returns
 // them.
 func (r *Rack) WaitRequests(t *testing.T, timeout time.Duration) []*orchestratorv1.Replacement {
@@ -216,10 +226,8 @@ func (r *Rack) WaitRequests(t *testing.T, timeout time.Duration) []*orchestrator
 			return fmt.Errorf("no request yet")
 		}
 		for _, rep := range resp.Replacements {
-			s := rep.ReadOnlyState
-			if s != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE &&
-				s != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST {
-				return fmt.Errorf("request %s is %v", rep.ReplacementId, s)
+			if !Terminal(rep) {
+				return fmt.Errorf("%v request %s is %v%v", rep.Kind, rep.ReplacementId, rep.ReadOnlyState, rep.RegionState)
 			}
 		}
 		out = resp.Replacements

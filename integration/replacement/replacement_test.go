@@ -131,7 +131,9 @@ func TestAllCopiesExpungedIsDataLost(t *testing.T) {
 	// The snapshot volume's lock serialises the three requests; each ends
 	// DataLost and releases it for the next, without any period passing.
 	harness.Eventually(t, 60*time.Second, "three DataLost requests", func() error {
-		resp, err := r.Replacement.ListReplacements(ctx, &orchestratorv1.ListReplacementsRequest{PageSize: 100})
+		resp, err := r.Replacement.ListReplacements(ctx, &orchestratorv1.ListReplacementsRequest{
+			PageSize: 100, Kind: orchestratorv1.ReplacementKind_REPLACEMENT_KIND_REGION_SNAPSHOT,
+		})
 		if err != nil {
 			return err
 		}

@@ -2,7 +2,10 @@ package bgtasks
 
 import (
 	"context"
+	"sync"
 	"time"
+
+	"github.com/google/uuid"
 
 	"storagecp.dev/orchestrator/internal/datastore"
 	"storagecp.dev/orchestrator/internal/saga"
@@ -21,7 +24,20 @@ const DefaultDrivePeriod = 10 * time.Second
 type rwDrive struct {
 	env     Env
 	limiter *tasks.Limiter
+
+	mu        sync.Mutex
+	lastDrive map[uuid.UUID]time.Time // when each request's last rr-drive started
+	watching  bool                    // a follow-up activation is scheduled
 }
+
+// Only the Upstairs can say a repair finished, and it tells the notifier,
+// not us. While some request waits on a repair, the task re-activates
+// itself every watchEvery to look (one cheap read per request), and starts
+// a new rr-drive for a request at most every redriveEvery.
+const (
+	watchEvery   = 300 * time.Millisecond
+	redriveEvery = 2 * time.Second
+)
 
 // RWDriveStatus is the drive task's status per activation.
 type RWDriveStatus struct {
@@ -43,6 +59,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		errf(&st.Errors, "listing running: %v", err)
 		return st
 	}
+	waiting := false
 	for _, r := range reqs {
 		if r.NewRegionID == nil {
 			errf(&st.Errors, "request %s: running without a new region", r.ID)
@@ -61,6 +78,10 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 			st.DoneOK = append(st.DoneOK, "request "+r.ID.String())
 			continue
 		}
+		waiting = true
+		if !t.dueForDrive(r.ID) {
+			continue
+		}
 		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RRDrive,
 			sagas.RRDriveParams{RequestID: r.ID, VolumeID: r.VolumeID, NewRegionID: *r.NewRegionID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
@@ -74,7 +95,57 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 	if len(st.DoneOK) > 0 {
 		d.KickTasks(sagas.TaskRWFinish)
 	}
+	t.forgetAllBut(reqs)
+	if waiting {
+		t.watch()
+	}
 	return st
+}
+
+// forgetAllBut keeps drive times only for requests still Running.
+func (t *rwDrive) forgetAllBut(running []datastore.RegionRequest) {
+	keep := make(map[uuid.UUID]bool, len(running))
+	for _, r := range running {
+		keep[r.ID] = true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id := range t.lastDrive {
+		if !keep[id] {
+			delete(t.lastDrive, id)
+		}
+	}
+}
+
+// dueForDrive reports whether a request may get a new rr-drive now, and if
+// so records the start.
+func (t *rwDrive) dueForDrive(id uuid.UUID) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lastDrive == nil {
+		t.lastDrive = map[uuid.UUID]time.Time{}
+	}
+	if time.Since(t.lastDrive[id]) < redriveEvery {
+		return false
+	}
+	t.lastDrive[id] = time.Now()
+	return true
+}
+
+// watch schedules one follow-up activation (never more than one pending).
+func (t *rwDrive) watch() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.watching {
+		return
+	}
+	t.watching = true
+	time.AfterFunc(watchEvery, func() {
+		t.mu.Lock()
+		t.watching = false
+		t.mu.Unlock()
+		t.env.Deps.KickTasks(sagas.TaskRWDrive)
+	})
 }
 
 // registerRW adds the rw region replacement tasks; the drive task runs at

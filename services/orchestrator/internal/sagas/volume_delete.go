@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/saga"
 )
@@ -18,6 +19,9 @@ import (
 // re-run. It has no undos: a failed delete is retried, never rolled back.
 //
 //	soft_delete              SoftDeleteVolume → regions and region snapshots now free
+//	detach_upstairs          detach every Upstairs still built from the volume
+//	                         (e.g. a Pantry a rw replacement reconciled it on),
+//	                         so nothing reads regions about to be destroyed
 //	delete_regions ∥ delete_region_snapshots   destroy them on their agents
 //	unregister_freed         UnregisterTargets for both
 //	find_freed               FindDeletedVolumeRegions: rw regions whose last
@@ -43,6 +47,7 @@ var VolumeDelete = newVolumeDelete()
 func newVolumeDelete() *saga.Template {
 	t := saga.NewTemplate("volume-delete")
 	soft := t.Action("soft_delete", softDelete, nil)
+	detach := t.Action("detach_upstairs", detachUpstairs, nil)
 	delRegions := t.Action("delete_regions", deleteFreedRegions("soft_delete"), nil)
 	delSnapshots := t.Action("delete_region_snapshots", deleteFreedSnapshots, nil)
 	unregister := t.Action("unregister_freed", unregisterFreed("soft_delete", true), nil)
@@ -52,6 +57,7 @@ func newVolumeDelete() *saga.Template {
 	hard := t.Action("hard_delete", hardDelete, nil)
 	saga.SetBuild(t, func(b *saga.Builder, _ DeleteParams) error {
 		b.Append(soft.Node())
+		b.Append(detach.Node())
 		b.AppendParallel(delRegions.Node(), delSnapshots.Node())
 		b.Append(unregister.Node())
 		b.Append(find.Node())
@@ -91,6 +97,31 @@ func softDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		out.RegionSnapshots = append(out.RegionSnapshots, FreedSnapshot{RegionID: rs.RegionId, SnapshotID: rs.SnapshotId, TargetID: rs.TargetId})
 	}
 	return out, nil
+}
+
+func detachUpstairs(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[DeleteParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	n := deps(ac).Notifier
+	detached := 0
+	for token := ""; ; {
+		resp, err := n.ListAttachments(ctx, &notifierv1.ListAttachmentsRequest{VolumeId: p.VolumeID.String(), PageSize: 100, PageToken: token})
+		if err != nil {
+			return nil, err
+		}
+		for _, a := range resp.Attachments {
+			if _, err := n.DetachUpstairs(ctx, &notifierv1.DetachUpstairsRequest{AttachmentId: a.AttachmentId}); notFoundOK(err) != nil {
+				return nil, fmt.Errorf("detach %s from %s: %w", p.VolumeID, a.Endpoint, err)
+			}
+			detached++
+		}
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
+	}
+	return detached, nil
 }
 
 func deleteFreedRegions(from string) saga.ActionFunc {

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,6 +44,26 @@ var stepStates = map[datastore.StepState]orchestratorv1.StepState{
 	datastore.StepComplete:      orchestratorv1.StepState_STEP_STATE_COMPLETE,
 	datastore.StepCollecting:    orchestratorv1.StepState_STEP_STATE_COLLECTING,
 	datastore.StepVolumeDeleted: orchestratorv1.StepState_STEP_STATE_VOLUME_DELETED,
+}
+
+var rwStates = map[datastore.RegionState]orchestratorv1.RegionReplacementState{
+	datastore.RWRequested:       orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REQUESTED,
+	datastore.RWAllocating:      orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_ALLOCATING,
+	datastore.RWRunning:         orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_RUNNING,
+	datastore.RWDriving:         orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DRIVING,
+	datastore.RWReplacementDone: orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REPLACEMENT_DONE,
+	datastore.RWCompleting:      orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETING,
+	datastore.RWComplete:        orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE,
+}
+
+func rwProto(r datastore.RegionRequest) *orchestratorv1.Replacement {
+	return &orchestratorv1.Replacement{
+		ReplacementId: r.ID.String(), Kind: orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION,
+		OldTargetId: r.OldRegionID.String(), OldRegionId: r.OldRegionID.String(), LockVolumeId: r.VolumeID.String(),
+		RegionState: rwStates[r.State], OperatingSagaId: idStr(r.OperatingSagaID), NewRegionId: idStr(r.NewRegionID),
+		OldSnapshotVolumeId: idStr(r.OldRegionVolumeID),
+		RequestTime:         timestamppb.New(r.RequestTime), TimeModified: timestamppb.New(r.TimeModified), Traceparent: r.Traceparent,
+	}
 }
 
 func reverse[K comparable, V comparable](m map[K]V, v V) (K, bool) {
@@ -152,6 +174,9 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 		return nil, err
 	}
 	rec, err := r.s.store.GetReadOnlyRequest(ctx, id)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return r.getRegionReplacement(ctx, id)
+	}
 	if err != nil {
 		return nil, grpcError(err)
 	}
@@ -162,6 +187,29 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 	out := &orchestratorv1.GetReplacementResponse{Replacement: roProto(rec)}
 	for _, s := range steps {
 		out.Steps = append(out.Steps, stepProto(s))
+	}
+	return out, nil
+}
+
+func (r *replacement) getRegionReplacement(ctx context.Context, id uuid.UUID) (*orchestratorv1.GetReplacementResponse, error) {
+	rec, err := r.s.store.GetRegionRequest(ctx, id)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	drives, err := r.s.store.DriveSteps(ctx, id)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	out := &orchestratorv1.GetReplacementResponse{Replacement: rwProto(rec)}
+	for _, d := range drives {
+		ds := &orchestratorv1.DriveStep{
+			DriveStepId: d.ID.String(), ReplacementId: d.RequestID.String(), Time: timestamppb.New(d.Time),
+			StepType: d.StepType, AttachmentId: idStr(d.AttachmentID), Endpoint: d.Endpoint,
+		}
+		if d.Incarnation != nil {
+			ds.Incarnation = *d.Incarnation
+		}
+		out.DriveSteps = append(out.DriveSteps, ds)
 	}
 	return out, nil
 }
@@ -181,33 +229,71 @@ func pageArgs(size int32, token string) (uuid.UUID, int, error) {
 	return after, limit, nil
 }
 
+// ListReplacements pages through read-only requests, then rw ones (a page
+// token "rw:<id>" marks the second part).
 func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.ListReplacementsRequest) (*orchestratorv1.ListReplacementsResponse, error) {
-	after, limit, err := pageArgs(req.PageSize, req.PageToken)
+	token, rwPart := strings.CutPrefix(req.PageToken, "rw:")
+	after, limit, err := pageArgs(req.PageSize, token)
 	if err != nil {
 		return nil, err
 	}
-	var state datastore.ReadOnlyState
-	if req.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED {
-		s, ok := reverse(roStates, req.ReadOnlyState)
-		if !ok {
-			return nil, status.Errorf(codes.InvalidArgument, "read_only_state: unknown %v", req.ReadOnlyState)
-		}
-		state = s
-	}
-	recs, err := r.s.store.ListReadOnlyRequests(ctx, state, after, limit)
-	if err != nil {
-		return nil, grpcError(err)
-	}
+	wantRO := req.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION &&
+		req.RegionState == orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_UNSPECIFIED
+	wantRW := (req.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_UNSPECIFIED ||
+		req.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION) &&
+		req.ReadOnlyState == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED
 	out := &orchestratorv1.ListReplacementsResponse{}
-	for _, rec := range recs {
-		p := roProto(rec)
-		if req.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_UNSPECIFIED && p.Kind != req.Kind {
-			continue
+	if wantRO && !rwPart {
+		var state datastore.ReadOnlyState
+		if req.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED {
+			st, ok := reverse(roStates, req.ReadOnlyState)
+			if !ok {
+				return nil, status.Errorf(codes.InvalidArgument, "read_only_state: unknown %v", req.ReadOnlyState)
+			}
+			state = st
 		}
-		out.Replacements = append(out.Replacements, p)
+		recs, err := r.s.store.ListReadOnlyRequests(ctx, state, after, limit)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		for _, rec := range recs {
+			p := roProto(rec)
+			if req.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_UNSPECIFIED && p.Kind != req.Kind {
+				continue
+			}
+			out.Replacements = append(out.Replacements, p)
+		}
+		if len(recs) == limit {
+			out.NextPageToken = recs[len(recs)-1].ID.String()
+			return out, nil
+		}
+		after, limit = uuid.Nil, limit-len(recs)
+		if !wantRW || limit == 0 {
+			if wantRW {
+				out.NextPageToken = "rw:" + uuid.Nil.String()
+			}
+			return out, nil
+		}
 	}
-	if len(recs) == limit {
-		out.NextPageToken = recs[len(recs)-1].ID.String()
+	if wantRW {
+		var state datastore.RegionState
+		if req.RegionState != orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_UNSPECIFIED {
+			st, ok := reverse(rwStates, req.RegionState)
+			if !ok {
+				return nil, status.Errorf(codes.InvalidArgument, "region_state: unknown %v", req.RegionState)
+			}
+			state = st
+		}
+		recs, err := r.s.store.ListRegionRequests(ctx, state, after, limit)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		for _, rec := range recs {
+			out.Replacements = append(out.Replacements, rwProto(rec))
+		}
+		if len(recs) == limit {
+			out.NextPageToken = "rw:" + recs[len(recs)-1].ID.String()
+		}
 	}
 	return out, nil
 }
@@ -283,8 +369,8 @@ func (r *replacement) WatchReplacement(req *orchestratorv1.WatchReplacementReque
 		if err != nil {
 			return err
 		}
-		if _, err := r.s.store.GetReadOnlyRequest(ctx, id); err != nil {
-			return grpcError(err)
+		if _, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()}); err != nil {
+			return err
 		}
 		only = &id
 	}
@@ -314,13 +400,31 @@ func (r *replacement) WatchReplacement(req *orchestratorv1.WatchReplacementReque
 
 func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestratorv1.WatchReplacementResponse, error) {
 	var recs []datastore.ReadOnlyRequest
+	var rws []datastore.RegionRequest
 	if only != nil {
 		rec, err := r.s.store.GetReadOnlyRequest(ctx, *only)
+		switch {
+		case errors.Is(err, datastore.ErrNotFound):
+			rw, err := r.s.store.GetRegionRequest(ctx, *only)
+			if err != nil {
+				return nil, grpcError(err)
+			}
+			rws = append(rws, rw)
+		case err != nil:
+			return nil, grpcError(err)
+		default:
+			recs = append(recs, rec)
+		}
+	} else {
+		allRW, err := r.s.store.ListRegionRequests(ctx, "", uuid.Nil, 1000)
 		if err != nil {
 			return nil, grpcError(err)
 		}
-		recs = append(recs, rec)
-	} else {
+		for _, rw := range allRW {
+			if rw.State != datastore.RWComplete {
+				rws = append(rws, rw)
+			}
+		}
 		all, err := r.s.store.ListReadOnlyRequests(ctx, "", uuid.Nil, 1000)
 		if err != nil {
 			return nil, grpcError(err)
@@ -346,6 +450,14 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 		p.TimeModified = nil
 		msg.Replacements = append(msg.Replacements, p)
 		if !terminal(rec.State) {
+			msg.Done = false
+		}
+	}
+	for _, rw := range rws {
+		p := rwProto(rw)
+		p.TimeModified = nil
+		msg.Replacements = append(msg.Replacements, p)
+		if rw.State != datastore.RWComplete {
 			msg.Done = false
 		}
 	}
