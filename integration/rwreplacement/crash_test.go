@@ -10,7 +10,6 @@ import (
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
 	"storagecp.dev/deploy/stack"
-	"storagecp.dev/integration/harness"
 )
 
 // rrTemplates are the rw replacement sagas, in the order a request meets
@@ -19,11 +18,11 @@ var rrTemplates = []string{"rr-start", "rr-drive", "rr-finish"}
 
 // actionNodes returns the action nodes of the first saga of each rw
 // replacement template the orchestrator ran.
-func (r *rack) actionNodes(t *testing.T) map[string][]string {
+func (r rwRack) actionNodes(t *testing.T) map[string][]string {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string][]string{}
-	resp, err := r.admin.ListSagas(ctx, &orchestratorv1.ListSagasRequest{PageSize: 1000})
+	resp, err := r.Admin.ListSagas(ctx, &orchestratorv1.ListSagasRequest{PageSize: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +35,7 @@ func (r *rack) actionNodes(t *testing.T) map[string][]string {
 		default:
 			continue
 		}
-		g, err := r.admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: s.SagaId})
+		g, err := r.Admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: s.SagaId})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,57 +50,31 @@ func (r *rack) actionNodes(t *testing.T) map[string][]string {
 	return out
 }
 
-func (r *rack) waitLeader(t *testing.T) {
-	t.Helper()
-	harness.Eventually(t, 60*time.Second, "orchestrator leads", func() error {
-		l, err := r.admin.GetLeadership(context.Background(), &orchestratorv1.GetLeadershipRequest{})
-		if err != nil {
-			return err
-		}
-		if !l.IsLeader {
-			return fmt.Errorf("not leader yet")
-		}
-		return nil
-	})
-}
-
 // restartOrchestrator stops the orchestrator and starts it again with env.
-func (r *rack) restartOrchestrator(t *testing.T, env ...string) {
+func (r rwRack) restartOrchestrator(t *testing.T, env ...string) {
 	t.Helper()
-	p := r.st.Proc(stack.Orchestrator)
+	p := r.Stack.Proc(stack.Orchestrator)
 	p.Stop(10 * time.Second)
 	if err := p.RestartWithEnv(env...); err != nil {
 		t.Fatal(err)
 	}
-	r.waitLeader(t)
+	r.WaitLeader(t, r.Admin)
 }
 
 // waitComplete waits for a request to complete, activating the rw tasks
-// as it polls: after a crash the drive task would otherwise wait out its
-// 10 s period.
-func (r *rack) waitComplete(t *testing.T, region string, timeout time.Duration) rwRequest {
+// at most every second as it polls: after a crash nothing else kicks them.
+func (r rwRack) waitComplete(t *testing.T, region string, timeout time.Duration) *orchestratorv1.Replacement {
 	t.Helper()
-	var got rwRequest
 	last := time.Time{}
-	harness.Eventually(t, timeout, "rw request for "+region+" complete", func() error {
-		if time.Since(last) > time.Second {
-			last = time.Now()
-			for _, task := range []string{"rw_replacement_detector", "rw_replacement_drive", "rw_replacement_finish"} {
-				_, _ = r.admin.ActivateBackgroundTask(context.Background(), &orchestratorv1.ActivateBackgroundTaskRequest{Name: task})
-			}
+	return r.waitRW(t, region, rwComplete, timeout, func() {
+		if time.Since(last) < time.Second {
+			return
 		}
-		for _, q := range r.rwRequests(t) {
-			if q.OldRegion == region {
-				got = q
-				if q.State == "complete" {
-					return nil
-				}
-				return fmt.Errorf("request %s is %s", q.ID, q.State)
-			}
+		last = time.Now()
+		for _, task := range []string{"rw_replacement_detector", "rw_replacement_drive", "rw_replacement_finish"} {
+			_, _ = r.Admin.ActivateBackgroundTask(context.Background(), &orchestratorv1.ActivateBackgroundTaskRequest{Name: task})
 		}
-		return fmt.Errorf("no request yet")
 	})
-	return got
 }
 
 // A crash of the orchestrator right after `started` is committed and
@@ -116,7 +89,7 @@ func TestCrashAtEveryRRNode(t *testing.T) {
 	}
 	r := startRack(t, 4, 12)
 	// A reference run names the nodes.
-	disk := r.createDisk(t)
+	disk := r.CreateDisk(t)
 	old, _ := r.expungeRegion(t, disk)
 	r.waitComplete(t, old.TargetId, 60*time.Second)
 	nodes := r.actionNodes(t)
@@ -132,11 +105,11 @@ func TestCrashAtEveryRRNode(t *testing.T) {
 					continue
 				}
 				t.Run(fmt.Sprintf("%s/%s/%s", tmpl, node, at), func(t *testing.T) {
-					disk := r.createDisk(t)
+					disk := r.CreateDisk(t)
 					regions, gen := r.regionSet(t, disk)
 					r.restartOrchestrator(t, fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", tmpl, node, at))
-					r.expunge(t, r.diskOf(t, regions[0].DatasetId))
-					proc := r.st.Proc(stack.Orchestrator)
+					r.Expunge(t, r.DiskOf(t, regions[0].DatasetId))
+					proc := r.Stack.Proc(stack.Orchestrator)
 					crashed := proc.Wait(60 * time.Second)
 					if !crashed {
 						t.Errorf("orchestrator did not crash at %s/%s/%s", tmpl, node, at)
@@ -145,7 +118,7 @@ func TestCrashAtEveryRRNode(t *testing.T) {
 					if err := proc.RestartWithEnv(); err != nil {
 						t.Fatal(err)
 					}
-					r.waitLeader(t)
+					r.WaitLeader(t, r.Admin)
 					req := r.waitComplete(t, regions[0].TargetId, 90*time.Second)
 					r.checkReplaced(t, disk, regions[0], req, gen+1)
 				})
