@@ -167,17 +167,6 @@ func clearFaults(t *testing.T, r *rack.Rack) {
 	}
 }
 
-// restartOrchestrator stops the orchestrator and starts it again with env.
-func restartOrchestrator(t *testing.T, r *rack.Rack, env ...string) {
-	t.Helper()
-	p := r.Stack.Proc(stack.Orchestrator)
-	p.Stop(10 * time.Second)
-	if err := p.RestartWithEnv(env...); err != nil {
-		t.Fatal(err)
-	}
-	r.WaitLeader(t, r.Admin)
-}
-
 // A crash at each point of each lifecycle saga node (right after `started`
 // is committed, right after the action's effect, right after an undo's
 // effect): the restarted orchestrator recovers the saga, which finishes —
@@ -216,11 +205,11 @@ func TestCrashAtEveryLifecycleNode(t *testing.T) {
 				defer func() {
 					clearFaults(t, r)
 					if t.Failed() {
-						restartOrchestrator(t, r)
+						r.RestartOrchestrator(t)
 					}
 				}()
 				start := c.prepare(t, r)
-				restartOrchestrator(t, r, fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", c.template, p.node, p.at))
+				r.RestartOrchestrator(t, fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", c.template, p.node, p.at))
 				if p.at == "after_undo" {
 					c.inject(t, r)
 				}

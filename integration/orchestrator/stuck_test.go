@@ -71,7 +71,7 @@ func TestStuckSagaIsKeptVisibleUntilAbandoned(t *testing.T) {
 		t.Fatal("the stuck saga released the disk's lock")
 	}
 	// A restarted orchestrator does not retry it.
-	restartOrchestrator(t, r)
+	r.RestartOrchestrator(t)
 	if _, err := r.Admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{}); err != nil {
 		t.Fatal(err)
 	}

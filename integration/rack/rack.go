@@ -202,6 +202,18 @@ func (r *Rack) Expunge(t *testing.T, disk string) {
 	}
 }
 
+// RestartOrchestrator stops the (first) orchestrator and starts it again
+// with extra environment (a crash point, say), then waits for it to lead.
+func (r *Rack) RestartOrchestrator(t *testing.T, env ...string) {
+	t.Helper()
+	p := r.Stack.Proc(stack.Orchestrator)
+	p.Stop(10 * time.Second)
+	if err := p.RestartWithEnv(env...); err != nil {
+		t.Fatal(err)
+	}
+	r.WaitLeader(t, r.Admin)
+}
+
 // Terminal reports whether a replacement request (read-only or rw) ended.
 func Terminal(rep *orchestratorv1.Replacement) bool {
 	if rep.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {

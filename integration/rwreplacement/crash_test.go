@@ -50,17 +50,6 @@ func (r rwRack) actionNodes(t *testing.T) map[string][]string {
 	return out
 }
 
-// restartOrchestrator stops the orchestrator and starts it again with env.
-func (r rwRack) restartOrchestrator(t *testing.T, env ...string) {
-	t.Helper()
-	p := r.Stack.Proc(stack.Orchestrator)
-	p.Stop(10 * time.Second)
-	if err := p.RestartWithEnv(env...); err != nil {
-		t.Fatal(err)
-	}
-	r.WaitLeader(t, r.Admin)
-}
-
 // waitComplete waits for a request to complete, activating the rw tasks
 // at most every second as it polls: after a crash nothing else kicks them.
 func (r rwRack) waitComplete(t *testing.T, region string, timeout time.Duration) *orchestratorv1.Replacement {
@@ -107,7 +96,7 @@ func TestCrashAtEveryRRNode(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/%s/%s", tmpl, node, at), func(t *testing.T) {
 					disk := r.CreateDisk(t)
 					regions, gen := r.regionSet(t, disk)
-					r.restartOrchestrator(t, fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", tmpl, node, at))
+					r.RestartOrchestrator(t, fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", tmpl, node, at))
 					r.Expunge(t, r.DiskOf(t, regions[0].DatasetId))
 					proc := r.Stack.Proc(stack.Orchestrator)
 					crashed := proc.Wait(60 * time.Second)
