@@ -6,6 +6,8 @@ import (
 
 	"google.golang.org/grpc"
 
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+
 	"storagecp.dev/deploy/stack"
 	"storagecp.dev/orchestrator/internal/testenv"
 	"storagecp.dev/platform/grpcclient"
@@ -21,4 +23,8 @@ func dialAllocator(t testing.TB, e *testenv.Env) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+func listAll() *volumev1.ListVolumesRequest {
+	return &volumev1.ListVolumesRequest{PageSize: 1000, IncludeDeleted: true}
 }
