@@ -44,10 +44,32 @@ const (
 // Store is the orchestrator's datastore.
 type Store struct {
 	pool *pgxpool.Pool
+	// lockReleased runs after a transaction that released a repair lock
+	// commits: whoever lost a lock contention retries "on the next pass",
+	// and this is what makes that pass happen now.
+	lockReleased func()
 }
 
+// Option tunes New.
+type Option func(*Store)
+
+// WithLockReleased registers fn to run after any repair lock is released.
+func WithLockReleased(fn func()) Option { return func(s *Store) { s.lockReleased = fn } }
+
 // New returns a Store over the orchestrator database.
-func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+func New(pool *pgxpool.Pool, opts ...Option) *Store {
+	s := &Store{pool: pool}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+func (s *Store) released() {
+	if s.lockReleased != nil {
+		s.lockReleased()
+	}
+}
 
 // Pool exposes the pool for callers composing their own transactions.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
@@ -100,10 +122,14 @@ func (s *Store) LockVolume(ctx context.Context, volumeID, repairID uuid.UUID, ki
 // UnlockVolume releases (volumeID, repairID). A non-matching id or no lock
 // is a silent success: a caller can never release someone else's lock.
 func (s *Store) UnlockVolume(ctx context.Context, volumeID, repairID uuid.UUID) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `DELETE FROM volume_repair WHERE volume_id = $1 AND repair_id = $2`, volumeID, repairID)
 		return err
 	})
+	if err == nil {
+		s.released()
+	}
+	return err
 }
 
 // ReleaseLocksOf releases every lock a repair id holds (operator repair of an
@@ -119,6 +145,9 @@ func (s *Store) ReleaseLocksOf(ctx context.Context, repairID uuid.UUID) ([]uuid.
 		out, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 		return err
 	})
+	if err == nil && len(out) > 0 {
+		s.released()
+	}
 	return out, err
 }
 

@@ -92,6 +92,14 @@ type exit struct {
 }
 
 func (s *Store) exitIntermediate(ctx context.Context, t recordTable, id, saga uuid.UUID, e exit) error {
+	err := s.exitIntermediateTx(ctx, t, id, saga, e)
+	if err == nil && e.releaseLock {
+		s.released()
+	}
+	return err
+}
+
+func (s *Store) exitIntermediateTx(ctx context.Context, t recordTable, id, saga uuid.UUID, e exit) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
 		q := `UPDATE ` + t.name + ` SET state = $3, operating_saga_id = NULL, time_modified = now()`
 		if e.set != "" {
@@ -129,6 +137,14 @@ func (s *Store) exitIntermediate(ctx context.Context, t recordTable, id, saga uu
 // shortcut moves (from, no saga, extra guard) → terminal `to`, releasing the
 // record's lock in the same transaction.
 func (s *Store) shortcut(ctx context.Context, t recordTable, id uuid.UUID, from, to, guard string) error {
+	err := s.shortcutTx(ctx, t, id, from, to, guard)
+	if err == nil {
+		s.released()
+	}
+	return err
+}
+
+func (s *Store) shortcutTx(ctx context.Context, t recordTable, id uuid.UUID, from, to, guard string) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
 		q := `UPDATE ` + t.name + ` SET state = $3, time_modified = now()
 			WHERE id = $1 AND state = $2 AND operating_saga_id IS NULL`

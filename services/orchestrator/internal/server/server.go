@@ -106,11 +106,16 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		pool: pool, logger: logger, cfg: cfg,
-		store:    datastore.New(pool),
+
 		lease:    leader.New(pool, cfg.SECID, leader.Config{TTL: cfg.LeaseTTL}, logger),
 		registry: registry,
 		driver:   tasks.NewDriver(logger),
 	}
+	// A released repair lock may unblock a request or step insertion that
+	// lost the contention: activate whoever retries those.
+	s.store = datastore.New(pool, datastore.WithLockReleased(func() {
+		s.kick(sagas.TaskRODetector, sagas.TaskROStep, sagas.TaskRWDetector)
+	}))
 	s.deps = &sagas.Deps{
 		Volumes:   volumev1.NewVolumeServiceClient(vc),
 		Allocator: allocatorv1.NewRegionAllocatorServiceClient(ac),
