@@ -216,6 +216,14 @@ func stepOf(resp *orchestratorv1.GetReplacementResponse, volume string) *orchest
 // "failed"), optionally only those working on subject.
 func (w *world) failedSagas(t *testing.T, template, subject string) int {
 	t.Helper()
+	return w.sagasEnded(t, template, subject, "failed")
+}
+
+// sagasEnded counts the sagas of a template that ended with outcome
+// ("succeeded", "failed", "stuck"), optionally only those working on
+// subject.
+func (w *world) sagasEnded(t *testing.T, template, subject, outcome string) int {
+	t.Helper()
 	n := 0
 	token := ""
 	for {
@@ -232,7 +240,7 @@ func (w *world) failedSagas(t *testing.T, template, subject string) int {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if g.Saga.Outcome == "failed" {
+			if g.Saga.Outcome == outcome {
 				n++
 			}
 		}

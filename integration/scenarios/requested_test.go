@@ -4,7 +4,6 @@ import (
 	"os"
 	"testing"
 	"time"
-
 )
 
 // unblockStart clears the agent faults and activates the start task: the
