@@ -76,5 +76,9 @@ bench:
 	@mkdir -p .run/bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m $(UNIT_PKGS) | tee .run/bench/go-bench.txt
 
+# Every crash point and user-delete case, and SEEDS random race seeds (each
+# printed; replay one with STORAGECP_SEED=<seed> go test ./integration/race).
+SEEDS ?= 20
 soak:
-	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m $(INTEGRATION_PKGS)
+	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m -run 'TestUserDeletes|TestCrash' storagecp.dev/orchestrator/internal/sagas/...
+	STORAGECP_SOAK=1 STORAGECP_SEEDS=$(SEEDS) $(GO) test -count=1 -timeout 240m $(INTEGRATION_PKGS)

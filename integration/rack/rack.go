@@ -214,6 +214,43 @@ func (r *Rack) RestartOrchestrator(t *testing.T, env ...string) {
 	r.WaitLeader(t, r.Admin)
 }
 
+// ExpectEmpty asserts that no region, region snapshot, registered target,
+// volume or repair lock is left in any service.
+func (r *Rack) ExpectEmpty(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	regions, err := r.Allocator.ListRegions(ctx, &allocatorv1.ListRegionsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := r.Allocator.ListRegionSnapshots(ctx, &allocatorv1.ListRegionSnapshotsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets, err := r.Volumes.ListTargets(ctx, &volumev1.ListTargetsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols, err := r.Volumes.ListVolumes(ctx, &volumev1.ListVolumesRequest{PageSize: 1000, IncludeDeleted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	locks, err := r.Replacement.ListLocks(ctx, &orchestratorv1.ListLocksRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(regions.Regions) + len(snaps.RegionSnapshots) + len(targets.Targets) + len(vols.Volumes) + len(locks.Locks); n != 0 {
+		t.Errorf("left behind: %d regions, %d region snapshots, %d targets, %d volumes, %d locks",
+			len(regions.Regions), len(snaps.RegionSnapshots), len(targets.Targets), len(vols.Volumes), len(locks.Locks))
+		for _, v := range vols.Volumes {
+			t.Logf("volume %s deleted=%v targets=%d", v.VolumeId, v.TimeDeleted != nil, len(v.Targets))
+		}
+		for _, g := range regions.Regions {
+			t.Logf("region %s for %s on dataset %s", g.RegionId, g.AllocatedFor, g.DatasetId)
+		}
+	}
+}
+
 // Terminal reports whether a replacement request (read-only or rw) ended.
 func Terminal(rep *orchestratorv1.Replacement) bool {
 	if rep.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {

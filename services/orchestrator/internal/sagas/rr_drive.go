@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
@@ -258,6 +259,21 @@ func rrDriveCheck(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	}
 	for _, a := range atts {
 		if a.AttachmentId == last.AttachmentID.String() && a.Incarnation == *last.Incarnation && running(a) {
+			// The notifier's record says running, but an Upstairs that
+			// restarted (a Pantry forgetting its volumes, say) never reports
+			// the repair it lost. Ask it, through the notifier, under a key
+			// of this saga so the answer is never a deduplicated old one.
+			_, err := d.Notifier.NotifyReplacement(ctx, &notifierv1.NotifyReplacementRequest{
+				VolumeId: p.VolumeID.String(), StepKey: "drive-check/" + ac.SagaID().String(),
+			})
+			switch status.Code(err) {
+			case codes.OK:
+			case codes.FailedPrecondition, codes.Unavailable:
+				return DriveCheck{Result: DriveActionRequired, Reason: fmt.Sprintf(
+					"the Upstairs of the last %s step no longer runs the volume: %v", last.StepType, status.Convert(err).Message())}, nil
+			default:
+				return nil, err
+			}
 			return DriveCheck{Result: DriveWait, Reason: fmt.Sprintf("last %s step still running on attachment %s incarnation %d",
 				last.StepType, a.AttachmentId, a.Incarnation)}, nil
 		}
