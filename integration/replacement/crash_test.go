@@ -25,18 +25,33 @@ func TestCrashAtEveryReplacementNode(t *testing.T) {
 	if os.Getenv("STORAGECP_SOAK") == "1" {
 		every = 1
 	}
+	if only := os.Getenv("STORAGECP_CRASH_TEMPLATE"); only != "" {
+		templates = []string{only}
+	}
 	n, ran := 0, 0
 	for _, tmpl := range templates {
 		t.Run(tmpl, func(t *testing.T) {
-			// One rack per template: every case expunges a disk.
-			r := rack.Start(t, 8, 4, stack.Config{})
-			nodes := replacementNodes(t, r, tmpl)
-			for _, node := range nodes {
+			// Every case expunges a disk: a fresh rack every 12 cases keeps
+			// capacity for the replacements.
+			var r *rack.Rack
+			var nodes []string
+			cases := 0
+			fresh := func() {
+				r = rack.Start(t, 8, 4, stack.Config{})
+				nodes = replacementNodes(t, r, tmpl)
+				cases = 0
+			}
+			fresh()
+			for _, node := range append([]string(nil), nodes...) {
 				for _, at := range []string{"after_started", "after_action"} {
 					n++
 					if n%every != 0 {
 						continue
 					}
+					if cases == 12 {
+						fresh()
+					}
+					cases++
 					ran++
 					t.Run(node+"/"+at, func(t *testing.T) {
 						crashCase(t, r, tmpl, node, at)
@@ -116,4 +131,33 @@ func crashCase(t *testing.T, r *rack.Rack, tmpl, node, at string) {
 	r.Validate(t)
 	r.NoDataLoss(t)
 	_ = att
+	if t.Failed() {
+		dumpUnsucceededSagas(t, r)
+	}
+}
+
+// dumpUnsucceededSagas logs every saga that did not succeed, with the
+// failing node and its error.
+func dumpUnsucceededSagas(t *testing.T, r *rack.Rack) {
+	ctx := context.Background()
+	resp, err := r.Admin.ListSagas(ctx, &orchestratorv1.ListSagasRequest{PageSize: 1000})
+	if err != nil {
+		t.Logf("list sagas: %v", err)
+		return
+	}
+	for _, s := range resp.Sagas {
+		if s.Outcome == "succeeded" {
+			continue
+		}
+		g, err := r.Admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: s.SagaId})
+		if err != nil {
+			continue
+		}
+		t.Logf("saga %s %s: state %v outcome %s", s.Name, s.SagaId, s.State, s.Outcome)
+		for _, n := range g.Nodes {
+			if n.Status == "failed" || n.Status == "undo_failed" || n.Status == "started" || n.Status == "undo_started" {
+				t.Logf("  node %s %s %s", n.Name, n.Status, n.DataJson)
+			}
+		}
+	}
 }
