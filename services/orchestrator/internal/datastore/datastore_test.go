@@ -421,3 +421,24 @@ func TestStaleEpochRejected(t *testing.T) {
 		t.Fatalf("stale epoch changed the record: %s", got.State)
 	}
 }
+
+// The start saga completes a request whose target it finds gone (the
+// Allocating-state counterpart of R10), releasing the lock.
+func TestCompleteFromAllocating(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	r, _, err := s.InsertReadOnlyRequest(ctx, roRequest(uuid.New()))
+	must(t, err)
+	saga := uuid.New()
+	must(t, s.SetROAllocating(ctx, r.ID, saga))
+	must(t, s.SetROCompleteFromAllocating(ctx, r.ID, saga))
+	must(t, s.SetROCompleteFromAllocating(ctx, r.ID, saga))
+	got, err := s.GetReadOnlyRequest(ctx, r.ID)
+	must(t, err)
+	if got.State != datastore.ROComplete || got.OperatingSagaID != nil {
+		t.Fatalf("%+v", got)
+	}
+	if _, err := s.GetLock(ctx, r.LockVolumeID); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("lock kept: %v", err)
+	}
+}

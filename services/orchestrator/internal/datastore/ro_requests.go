@@ -180,6 +180,17 @@ func (s *Store) SetRODataLost(ctx context.Context, id, saga uuid.UUID, reason st
 	})
 }
 
+// SetROCompleteFromAllocating ends a request the start saga found with its
+// target already gone (nothing references it any more: nothing to replace,
+// nothing lost), releasing the lock. The Allocating-state counterpart of R10.
+func (s *Store) SetROCompleteFromAllocating(ctx context.Context, id, saga uuid.UUID) error {
+	return s.exitIntermediate(ctx, roRequests, id, saga, exit{
+		intermediate: string(ROAllocating), to: string(ROComplete),
+		contradicts: []string{string(RORequested)},
+		releaseLock: true,
+	})
+}
+
 // SetRODeletingOldVolume is R4: the garbage-collect saga claims.
 func (s *Store) SetRODeletingOldVolume(ctx context.Context, id, saga uuid.UUID) error {
 	return s.claim(ctx, roRequests, id, string(ROReplacementDone), string(RODeletingOldVolume), saga)

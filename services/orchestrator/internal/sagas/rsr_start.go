@@ -113,19 +113,24 @@ func rsrStartClaimUndo(ctx context.Context, ac *saga.ActionContext) error {
 	return deps(ac).Store.UndoROAllocating(ctx, p.RequestID, s)
 }
 
-// CloneSource is the surviving copy B is cloned from, or DataLost.
+// CloneSource is the surviving copy B is cloned from, or why none is needed
+// or possible.
 type CloneSource struct {
 	TargetID uuid.UUID `json:"target_id"`
 	Address  string    `json:"address"`
 	Kind     string    `json:"kind"` // region_snapshot | read_only_region
-	DataLost bool      `json:"data_lost,omitempty"`
+	// DataLost: no surviving copy; the request ended DataLost.
+	DataLost bool `json:"data_lost,omitempty"`
+	// TargetGone: nothing references the target any more; the request
+	// ended Complete.
+	TargetGone bool `json:"target_gone,omitempty"`
 }
 
-// lost reports whether get_clone_source ended the request as DataLost; every
-// later node then does nothing.
+// lost reports whether get_clone_source already ended the request (DataLost
+// or target gone); every later node then does nothing.
 func lost(ac *saga.ActionContext) (bool, error) {
 	src, err := saga.Lookup[CloneSource](ac, "get_clone_source")
-	return src.DataLost, err
+	return src.DataLost || src.TargetGone, err
 }
 
 // rsrCloneSource picks, in order (spec §4.1 node 5): another region snapshot
@@ -140,6 +145,18 @@ func rsrCloneSource(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		return nil, err
 	}
 	d := deps(ac)
+	// A target that is gone (its count reached zero, irreversibly) needs no
+	// replacement: users deleted every volume that named it, possibly while
+	// this saga waited. Without this check, the same deletes that destroyed
+	// every copy would read as data loss.
+	if gone, err := targetGone(ctx, d, p.OldTargetID); err != nil {
+		return nil, err
+	} else if gone {
+		if err := d.Store.SetROCompleteFromAllocating(ctx, p.RequestID, s); err != nil {
+			return nil, err
+		}
+		return CloneSource{TargetGone: true}, nil
+	}
 	resp, err := d.Allocator.ListCloneSources(ctx, &allocatorv1.ListCloneSourcesRequest{
 		SnapshotId: p.OldSnapshotID.String(), VolumeId: p.OldSnapshotID.String(),
 	})
@@ -181,6 +198,17 @@ func rsrCloneSource(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	}
 	if self != nil {
 		return self, nil
+	}
+	// No copy survives. Lost only if something still references the target:
+	// checked after the listing, since gone is irreversible — a target not
+	// gone now was not gone while we looked for copies.
+	if gone, err := targetGone(ctx, d, p.OldTargetID); err != nil {
+		return nil, err
+	} else if gone {
+		if err := d.Store.SetROCompleteFromAllocating(ctx, p.RequestID, s); err != nil {
+			return nil, err
+		}
+		return CloneSource{TargetGone: true}, nil
 	}
 	reason := fmt.Sprintf("no surviving copy of snapshot %s to clone from: every region snapshot and read-only region is on an expunged disk or gone", p.OldSnapshotID)
 	if err := d.Store.SetRODataLost(ctx, p.RequestID, s, reason); err != nil {

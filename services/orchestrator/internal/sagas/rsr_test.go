@@ -461,3 +461,27 @@ func TestRSRFinish(t *testing.T) {
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRFinish, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
+
+// A start saga whose target is already gone (every volume naming it was
+// deleted) completes the request: nothing to replace and nothing lost —
+// not DataLost, even though the same deletes destroyed every copy.
+func TestRSRStartTargetGoneCompletes(t *testing.T) {
+	e := newEnv(t)
+	disk := createDisk(t, e)
+	snap := snapshot(t, e, disk)
+	h := &rsrHarness{e: e, disk: disk, snap: snap}
+	h.snapshots = volumeTargets(t, e, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)
+	r := h.request(t, 0)
+	e.MustSucceed(t, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: snap})
+	e.MustSucceed(t, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: disk})
+	o := e.MustSucceed(t, sagas.RSRStart, startParamsOf(r))
+	_ = o
+	got := getRequest(t, e, r.ID)
+	if got.State != datastore.ROComplete || got.NewRegionID != nil {
+		t.Fatalf("request %+v, want Complete with no new region", got)
+	}
+	if _, err := e.Store.GetLock(context.Background(), snap); err == nil {
+		t.Fatal("lock kept")
+	}
+	expectWorld(t, e, world{})
+}
