@@ -14,6 +14,8 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -74,7 +76,12 @@ type world struct {
 // newWorld starts a rack of sleds×1 disk and builds D, P and F.
 func newWorld(t *testing.T, sleds int) *world {
 	t.Helper()
-	w := &world{Rack: rack.Start(t, sleds, 1, stack.Config{}), ctx: context.Background(), attached: map[string]string{}}
+	cfg := stack.Config{}
+	if dir := os.Getenv("STORAGECP_SCENARIO_LOGS"); dir != "" {
+		// Keep the processes' logs past the test (t.TempDir is removed).
+		cfg.LogDir = filepath.Join(dir, t.Name())
+	}
+	w := &world{Rack: rack.Start(t, sleds, 1, cfg), ctx: context.Background(), attached: map[string]string{}}
 	w.faults = allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, w.Stack.Addr(stack.Allocator)))
 	for _, a := range w.Stack.SimUpstairsAddrs() {
 		w.upFaults = append(w.upFaults, upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, a)))
@@ -188,6 +195,13 @@ func (w *world) waitState(t *testing.T, id string, timeout time.Duration, states
 	t.Helper()
 	var out *orchestratorv1.GetReplacementResponse
 	harness.Eventually(t, timeout, fmt.Sprintf("request %s in %v", id, states), func() error {
+		// The later passes the period would make (an hour here): an unwound
+		// saga is retried only on a later pass, and a step's completion can
+		// be missed by the very activation it triggers (see
+		// TestStepCompletionCollectedWithoutPeriod).
+		for _, task := range []string{"ro_replacement_start", "ro_replacement_step", "ro_replacement_finish"} {
+			_, _ = w.Admin.ActivateBackgroundTask(w.ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: task})
+		}
 		resp, err := w.Replacement.GetReplacement(w.ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id})
 		if err != nil {
 			return err
