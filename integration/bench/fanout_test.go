@@ -115,6 +115,7 @@ func fanOut(t *testing.T, clones int) result {
 	r.WaitRequests(t, 30*time.Minute)
 	took := time.Since(began)
 	commitsAfter, _, conflictsAfter := dbStats(t, r.Stack.Cluster)
+	perDatabase(t, r.Stack.Cluster)
 	_ = rollbacksBefore
 	commits := float64(commitsAfter - commitsBefore)
 	res := result{
@@ -183,4 +184,28 @@ func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
 	}
 	v, _ := strconv.ParseFloat(string(m[1]), 64)
 	return v
+}
+
+// perDatabase logs commits and rollbacks of each service database.
+func perDatabase(t *testing.T, c *pgcluster.Cluster) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT datname, xact_commit, xact_rollback FROM pg_stat_database
+		WHERE datname IN ('volume', 'allocator', 'notifier', 'orchestrator') ORDER BY datname`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var commits, rollbacks int64
+		if err := rows.Scan(&name, &commits, &rollbacks); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("database %-12s commits %8d rollbacks %8d", name, commits, rollbacks)
+	}
 }
