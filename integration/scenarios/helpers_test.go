@@ -193,8 +193,23 @@ func (w *world) get(t *testing.T, id string) *orchestratorv1.GetReplacementRespo
 // waitState waits until request id is in one of states and returns it.
 func (w *world) waitState(t *testing.T, id string, timeout time.Duration, states ...orchestratorv1.ReadOnlyReplacementState) *orchestratorv1.GetReplacementResponse {
 	t.Helper()
+	return w.waitStateWith(t, id, timeout, true, states...)
+}
+
+// waitStatePassive is waitState without the later passes: only what the
+// request's own phases activate runs.
+func (w *world) waitStatePassive(t *testing.T, id string, timeout time.Duration, states ...orchestratorv1.ReadOnlyReplacementState) *orchestratorv1.GetReplacementResponse {
+	t.Helper()
+	return w.waitStateWith(t, id, timeout, false, states...)
+}
+
+func (w *world) waitStateWith(t *testing.T, id string, timeout time.Duration, passes bool, states ...orchestratorv1.ReadOnlyReplacementState) *orchestratorv1.GetReplacementResponse {
+	t.Helper()
 	var out *orchestratorv1.GetReplacementResponse
 	harness.Eventually(t, timeout, fmt.Sprintf("request %s in %v", id, states), func() error {
+		if !passes {
+			return w.isIn(id, states, &out)
+		}
 		// The later passes the period would make (an hour here): an unwound
 		// saga is retried only on a later pass, and a step's completion can
 		// be missed by the very activation it triggers (see
@@ -583,4 +598,16 @@ func (w *world) dump(t *testing.T) {
 			t.Logf("target %s %v %v owner %s refs %d", x.TargetId, x.Kind, x.State, x.OwnerVolumeId, x.ReferenceCount)
 		}
 	}
+}
+
+func (w *world) isIn(id string, states []orchestratorv1.ReadOnlyReplacementState, out **orchestratorv1.GetReplacementResponse) error {
+	resp, err := w.Replacement.GetReplacement(w.ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id})
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(states, resp.Replacement.ReadOnlyState) {
+		return fmt.Errorf("state %v", resp.Replacement.ReadOnlyState)
+	}
+	*out = resp
+	return nil
 }
