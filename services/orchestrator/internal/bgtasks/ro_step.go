@@ -71,7 +71,9 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 			errf(&st.Errors, "step %s: complete without a stash volume", s.ID)
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, s.ID.String(), sagas.RSRStepGarbageCollect,
+		// Its own key: the step's rsr-step may still hold the step id's
+		// slot for a moment after committing Complete.
+		ok, err := startSaga(ctx, t.env, t.limiter, "collect/"+s.ID.String(), sagas.RSRStepGarbageCollect,
 			sagas.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
 			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()))
 		switch {

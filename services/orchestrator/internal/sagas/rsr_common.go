@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/saga"
@@ -39,12 +40,37 @@ func createBlankVolume(ctx context.Context, d *Deps, id uuid.UUID) error {
 	return err
 }
 
-// removeVolume undoes a volume this saga created: soft delete (dropping the
-// references it holds, which may free them) then hard delete. Safe on a
-// missing volume.
+// removeVolume undoes a volume this saga created, as the volume-delete saga
+// would delete it: the soft delete may free what the volume referenced —
+// a stash whose swap could not be undone (its volume was deleted meanwhile)
+// holds the old target's last reference — so whatever it frees is destroyed
+// and unregistered before the row is hard-deleted. Safe to repeat and on a
+// missing volume: the soft delete returns its stored result.
 func removeVolume(ctx context.Context, d *Deps, id uuid.UUID) error {
-	if _, err := d.Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: id.String()}); err != nil {
+	freed, err := d.Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: id.String()})
+	if err != nil {
 		return err
+	}
+	if len(freed.RegionIds) > 0 {
+		if _, err := d.Allocator.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: freed.RegionIds}); err != nil {
+			return err
+		}
+	}
+	unregister := append([]string(nil), freed.RegionIds...)
+	if len(freed.RegionSnapshots) > 0 {
+		req := &allocatorv1.DeleteRegionSnapshotsRequest{}
+		for _, rs := range freed.RegionSnapshots {
+			req.RegionSnapshots = append(req.RegionSnapshots, &allocatorv1.RegionSnapshotKey{RegionId: rs.RegionId, SnapshotId: rs.SnapshotId})
+			unregister = append(unregister, rs.TargetId)
+		}
+		if _, err := d.Allocator.DeleteRegionSnapshots(ctx, req); err != nil {
+			return err
+		}
+	}
+	if len(unregister) > 0 {
+		if _, err := d.Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: unregister}); err != nil {
+			return err
+		}
 	}
 	resp, err := d.Volumes.HardDeleteVolume(ctx, &volumev1.HardDeleteVolumeRequest{VolumeId: id.String()})
 	if err != nil {

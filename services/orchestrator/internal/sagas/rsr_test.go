@@ -485,3 +485,33 @@ func TestRSRStartTargetGoneCompletes(t *testing.T) {
 	}
 	expectWorld(t, e, world{})
 }
+
+// A step saga that unwinds after its swap, when the volume was deleted in
+// between, cannot swap back: its stash keeps the old target's last
+// reference. Removing the stash must destroy and unregister the target,
+// not leave it DELETING forever (found by the scenario tests).
+func TestRSRStepUnwindAfterVolumeDeletedFreesTheTarget(t *testing.T) {
+	e := newEnv(t)
+	h := newRSRHarness(t, e)
+	r := h.runToRunning(t, 0)
+	s := h.step(t, r, h.f)
+	hooks := (&saga.Hooks{BeforeNode: func(ctx context.Context, node string) {
+		if node == "notify_upstairs" {
+			o, err := e.SEC.Run(ctx, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: h.f})
+			if err != nil || o.Kind != saga.Succeeded {
+				t.Errorf("delete clone: %v %v", err, o.Error())
+			}
+		}
+	}}).InjectError("notify_upstairs")
+	o := e.Run(t, sagas.RSRStep, stepParamsOf(s), saga.WithHooks(hooks))
+	if o.Kind != saga.Failed || o.FailedNode != "notify_upstairs" {
+		t.Fatalf("outcome %v at %s", o.Kind, o.FailedNode)
+	}
+	// The clone and the snapshot volume no longer name A, the stash is
+	// gone: A must be gone too, not stuck DELETING.
+	if _, err := e.Volumes.GetTarget(context.Background(), &volumev1.GetTargetRequest{TargetId: r.OldTargetID.String()}); err == nil {
+		t.Fatalf("old target %s still registered after the unwind", r.OldTargetID)
+	}
+	invariantsHold(t, e)
+	sagatest.NoUndoFailed(t, e.Pool)
+}

@@ -74,6 +74,12 @@ func (d *Driver) Register(t Task, period time.Duration, limiter *Limiter) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e := &entry{task: t, period: period, kick: make(chan struct{}, 1), limiter: limiter}
+	if limiter != nil {
+		// Work skipped because the task was at its bound (or a key was busy)
+		// waits for a slot: when one frees, look again at once.
+		name := t.Name()
+		limiter.onRelease = func() { _ = d.Activate(name) }
+	}
 	e.status = Status{Name: t.Name(), Description: t.Description(), Period: period}
 	d.entries[t.Name()] = e
 	d.order = append(d.order, t.Name())
@@ -181,6 +187,7 @@ func (d *Driver) Statuses() []Status {
 // per-key count so one key cannot take more than PerKey slots.
 type Limiter struct {
 	max, perKey int
+	onRelease   func() // set by Driver.Register
 
 	mu    sync.Mutex
 	total int
@@ -211,7 +218,11 @@ func (l *Limiter) TryAcquire(key string) (release func(), ok bool) {
 			if l.byKey[key]--; l.byKey[key] == 0 {
 				delete(l.byKey, key)
 			}
+			onRelease := l.onRelease
 			l.mu.Unlock()
+			if onRelease != nil {
+				onRelease()
+			}
 		})
 	}, true
 }
