@@ -2,7 +2,6 @@ package scenarios
 
 import (
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -18,12 +17,10 @@ import (
 // under the same key (the step id) — while the finishing rsr-step saga may
 // still hold that key's slot. TryAcquire then fails silently, nothing is
 // started or reported, and nothing activates the task again: the step
-// stays Complete (the request Running) until the period. Timing-dependent
-// (about one step in ten here), hence many clones, and only in soak.
+// stays Complete (the request Running) until the period. Fixed (its own
+// key for the garbage collect; a released slot re-activates its task);
+// timing-dependent (it hit about one step in ten), hence many clones.
 func TestStepCompletionCollectedWithoutPeriod(t *testing.T) {
-	if os.Getenv("STORAGECP_SOAK") != "1" {
-		t.Skip("bug: a Complete step can wait for the period before its garbage collect starts (limiter key shared by rsr-step and rsr-step-garbage-collect); timing-dependent, STORAGECP_SOAK=1 runs it")
-	}
 	w := newWorld(t, 4)
 	for i := 0; i < 8; i++ {
 		w.clone(t)
