@@ -76,9 +76,11 @@ func (d *Driver) Register(t Task, period time.Duration, limiter *Limiter) {
 	e := &entry{task: t, period: period, kick: make(chan struct{}, 1), limiter: limiter}
 	if limiter != nil {
 		// Work skipped because the task was at its bound (or a key was busy)
-		// waits for a slot: when one frees, look again at once.
+		// waits for a slot: when one frees, look again at once. Only then —
+		// re-activating on every release would retry a failing saga in a
+		// hot loop instead of on the task's schedule.
 		name := t.Name()
-		limiter.onRelease = func() { _ = d.Activate(name) }
+		limiter.onSkippedRelease = func() { _ = d.Activate(name) }
 	}
 	e.status = Status{Name: t.Name(), Description: t.Description(), Period: period}
 	d.entries[t.Name()] = e
@@ -186,8 +188,9 @@ func (d *Driver) Statuses() []Status {
 // comes from the tasks' round-robin over requests; the limiter also keeps a
 // per-key count so one key cannot take more than PerKey slots.
 type Limiter struct {
-	max, perKey int
-	onRelease   func() // set by Driver.Register
+	max, perKey      int
+	onSkippedRelease func() // set by Driver.Register
+	skipped          bool   // a TryAcquire failed since the last release
 
 	mu    sync.Mutex
 	total int
@@ -206,6 +209,7 @@ func (l *Limiter) TryAcquire(key string) (release func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.total >= l.max || (l.perKey > 0 && l.byKey[key] >= l.perKey) {
+		l.skipped = true
 		return nil, false
 	}
 	l.total++
@@ -218,10 +222,13 @@ func (l *Limiter) TryAcquire(key string) (release func(), ok bool) {
 			if l.byKey[key]--; l.byKey[key] == 0 {
 				delete(l.byKey, key)
 			}
-			onRelease := l.onRelease
+			var again func()
+			if l.skipped {
+				l.skipped, again = false, l.onSkippedRelease
+			}
 			l.mu.Unlock()
-			if onRelease != nil {
-				onRelease()
+			if again != nil {
+				again()
 			}
 		})
 	}, true
