@@ -526,7 +526,7 @@ func (ex *execution) run(ctx context.Context, l launch) {
 	case !l.undo:
 		ex.sec.crash.maybeCrash(ex.dag.Template, node.Name, CrashAfterStarted)
 		ex.hooks.before(ctx, node.Name)
-		if errAction {
+		if errAction || ex.sec.fail.fails(ex.dag.Template, node.Name) {
 			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected error at " + node.Name}
 		} else {
 			for i := 0; i < max(rep.Action, 1); i++ {

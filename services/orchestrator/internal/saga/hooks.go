@@ -108,6 +108,28 @@ func crashPointFromEnv() crashPoint {
 	return crashPoint{template: parts[0], node: parts[1], point: parts[2]}
 }
 
+// FailEnv names the environment variable of the process-level failure hook:
+// "<template>/<node>" makes that node's action fail (without running it) in
+// every saga of that template this process runs. With CrashEnv pointing at
+// an after_undo point it reaches every undo of a saga in a real process; a
+// restarted process without it finishes the unwind and retries.
+const FailEnv = "STORAGECP_FAIL_AT"
+
+// failPoint is the parsed FailEnv; the zero value never fires.
+type failPoint struct{ template, node string }
+
+func failPointFromEnv() failPoint {
+	parts := strings.Split(os.Getenv(FailEnv), "/")
+	if len(parts) != 2 {
+		return failPoint{}
+	}
+	return failPoint{template: parts[0], node: parts[1]}
+}
+
+func (f failPoint) fails(template, node string) bool {
+	return f.node != "" && f.template == template && f.node == node
+}
+
 func (c crashPoint) maybeCrash(template, node, point string) {
 	if c.point != "" && c.template == template && c.node == node && c.point == point {
 		os.Exit(137)

@@ -28,6 +28,7 @@ type SEC struct {
 	logger   *slog.Logger
 	tracer   trace.Tracer
 	crash    crashPoint
+	fail     failPoint
 
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
@@ -74,7 +75,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 	s := &SEC{
 		store: store.New(pool), id: secID, registry: registry, deps: deps,
 		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
-		crash: crashPointFromEnv(), ctx: ctx, cancel: cancel,
+		crash: crashPointFromEnv(), fail: failPointFromEnv(), ctx: ctx, cancel: cancel,
 		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
 		appendCh: make(chan *appendReq, 1024),
 	}
