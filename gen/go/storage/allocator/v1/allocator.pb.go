@@ -1346,10 +1346,13 @@ func (x *AllocateRegionsResponse) GetCreatedRegionIds() []string {
 }
 
 type DryRunAllocationRequest struct {
-	state         protoimpl.MessageState  `protogen:"open.v1"`
-	Allocation    *AllocateRegionsRequest `protobuf:"bytes,1,opt,name=allocation,proto3" json:"allocation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState  `protogen:"open.v1"`
+	Allocation *AllocateRegionsRequest `protobuf:"bytes,1,opt,name=allocation,proto3" json:"allocation,omitempty"`
+	// Optional: disks treated as expunged for this dry run only, so a preview
+	// of an expunge can ask where replacements would go once they are gone.
+	ExcludeDiskIds []string `protobuf:"bytes,2,rep,name=exclude_disk_ids,json=excludeDiskIds,proto3" json:"exclude_disk_ids,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DryRunAllocationRequest) Reset() {
@@ -1385,6 +1388,13 @@ func (*DryRunAllocationRequest) Descriptor() ([]byte, []int) {
 func (x *DryRunAllocationRequest) GetAllocation() *AllocateRegionsRequest {
 	if x != nil {
 		return x.Allocation
+	}
+	return nil
+}
+
+func (x *DryRunAllocationRequest) GetExcludeDiskIds() []string {
+	if x != nil {
+		return x.ExcludeDiskIds
 	}
 	return nil
 }
@@ -2446,7 +2456,9 @@ type ListRegionSnapshotsRequest struct {
 	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Optional filter.
-	SnapshotId    string `protobuf:"bytes,3,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	SnapshotId string `protobuf:"bytes,3,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	// Optional filter: region snapshots on this dataset (in service or not).
+	DatasetId     string `protobuf:"bytes,4,opt,name=dataset_id,json=datasetId,proto3" json:"dataset_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2498,6 +2510,13 @@ func (x *ListRegionSnapshotsRequest) GetPageToken() string {
 func (x *ListRegionSnapshotsRequest) GetSnapshotId() string {
 	if x != nil {
 		return x.SnapshotId
+	}
+	return ""
+}
+
+func (x *ListRegionSnapshotsRequest) GetDatasetId() string {
+	if x != nil {
+		return x.DatasetId
 	}
 	return ""
 }
@@ -2973,11 +2992,12 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	" \x03(\tR\fnewRegionIds\"\x7f\n" +
 	"\x17AllocateRegionsResponse\x126\n" +
 	"\aregions\x18\x01 \x03(\v2\x1c.storage.allocator.v1.RegionR\aregions\x12,\n" +
-	"\x12created_region_ids\x18\x02 \x03(\tR\x10createdRegionIds\"g\n" +
+	"\x12created_region_ids\x18\x02 \x03(\tR\x10createdRegionIds\"\x91\x01\n" +
 	"\x17DryRunAllocationRequest\x12L\n" +
 	"\n" +
 	"allocation\x18\x01 \x01(\v2,.storage.allocator.v1.AllocateRegionsRequestR\n" +
-	"allocation\"R\n" +
+	"allocation\x12(\n" +
+	"\x10exclude_disk_ids\x18\x02 \x03(\tR\x0eexcludeDiskIds\"R\n" +
 	"\x18DryRunAllocationResponse\x126\n" +
 	"\aregions\x18\x01 \x03(\v2\x1c.storage.allocator.v1.RegionR\aregions\"]\n" +
 	"\fRegionEnsure\x12\x1b\n" +
@@ -3047,13 +3067,15 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"dataset_id\x18\x04 \x01(\tR\tdatasetId\"u\n" +
 	"\x13ListRegionsResponse\x126\n" +
 	"\aregions\x18\x01 \x03(\v2\x1c.storage.allocator.v1.RegionR\aregions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"y\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x98\x01\n" +
 	"\x1aListRegionSnapshotsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x1f\n" +
 	"\vsnapshot_id\x18\x03 \x01(\tR\n" +
-	"snapshotId\"\x96\x01\n" +
+	"snapshotId\x12\x1d\n" +
+	"\n" +
+	"dataset_id\x18\x04 \x01(\tR\tdatasetId\"\x96\x01\n" +
 	"\x1bListRegionSnapshotsResponse\x12O\n" +
 	"\x10region_snapshots\x18\x01 \x03(\v2$.storage.allocator.v1.RegionSnapshotR\x0fregionSnapshots\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"3\n" +

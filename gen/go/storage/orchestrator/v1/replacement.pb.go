@@ -1511,7 +1511,22 @@ type ReadOnlyTargetPreview struct {
 	// The clone source that would be used; empty when none exists.
 	CloneSourceTargetId string `protobuf:"bytes,5,opt,name=clone_source_target_id,json=cloneSourceTargetId,proto3" json:"clone_source_target_id,omitempty"`
 	// No copy of the snapshot's data survives.
-	DataLoss      bool `protobuf:"varint,6,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
+	DataLoss bool   `protobuf:"varint,6,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
+	RegionId string `protobuf:"bytes,7,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	// Where the target lives now.
+	DiskId  string `protobuf:"bytes,8,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	Address string `protobuf:"bytes,9,opt,name=address,proto3" json:"address,omitempty"`
+	// The target's reference count already reached zero: its request would
+	// complete without copying anything (never data loss).
+	Gone bool `protobuf:"varint,10,opt,name=gone,proto3" json:"gone,omitempty"`
+	// "region_snapshot" or "read_only_region"; empty without a clone source.
+	CloneSourceKind   string `protobuf:"bytes,11,opt,name=clone_source_kind,json=cloneSourceKind,proto3" json:"clone_source_kind,omitempty"`
+	CloneSourceDiskId string `protobuf:"bytes,12,opt,name=clone_source_disk_id,json=cloneSourceDiskId,proto3" json:"clone_source_disk_id,omitempty"`
+	// Where the dry run placed the replacement region (empty when gone, when
+	// data is lost, or when there is no room).
+	NewRegionDiskId string `protobuf:"bytes,13,opt,name=new_region_disk_id,json=newRegionDiskId,proto3" json:"new_region_disk_id,omitempty"`
+	// Whether a replacement region fits (true when none is needed).
+	CapacityOk    bool `protobuf:"varint,14,opt,name=capacity_ok,json=capacityOk,proto3" json:"capacity_ok,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1588,13 +1603,79 @@ func (x *ReadOnlyTargetPreview) GetDataLoss() bool {
 	return false
 }
 
+func (x *ReadOnlyTargetPreview) GetRegionId() string {
+	if x != nil {
+		return x.RegionId
+	}
+	return ""
+}
+
+func (x *ReadOnlyTargetPreview) GetDiskId() string {
+	if x != nil {
+		return x.DiskId
+	}
+	return ""
+}
+
+func (x *ReadOnlyTargetPreview) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ReadOnlyTargetPreview) GetGone() bool {
+	if x != nil {
+		return x.Gone
+	}
+	return false
+}
+
+func (x *ReadOnlyTargetPreview) GetCloneSourceKind() string {
+	if x != nil {
+		return x.CloneSourceKind
+	}
+	return ""
+}
+
+func (x *ReadOnlyTargetPreview) GetCloneSourceDiskId() string {
+	if x != nil {
+		return x.CloneSourceDiskId
+	}
+	return ""
+}
+
+func (x *ReadOnlyTargetPreview) GetNewRegionDiskId() string {
+	if x != nil {
+		return x.NewRegionDiskId
+	}
+	return ""
+}
+
+func (x *ReadOnlyTargetPreview) GetCapacityOk() bool {
+	if x != nil {
+		return x.CapacityOk
+	}
+	return false
+}
+
 // A rw region that would be replaced.
 type ReadWriteRegionPreview struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	RegionId string                 `protobuf:"bytes,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
 	VolumeId string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	// Every other member of the region set is also on an expunged disk.
-	DataLoss      bool `protobuf:"varint,3,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
+	DataLoss bool `protobuf:"varint,3,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
+	// Where the region lives now.
+	DiskId  string `protobuf:"bytes,4,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	Address string `protobuf:"bytes,5,opt,name=address,proto3" json:"address,omitempty"`
+	// The other members of its region set.
+	OtherMembers []*RegionSetMember `protobuf:"bytes,6,rep,name=other_members,json=otherMembers,proto3" json:"other_members,omitempty"`
+	// Where the dry run placed the replacement region (empty when lost or
+	// when there is no room).
+	NewRegionDiskId string `protobuf:"bytes,7,opt,name=new_region_disk_id,json=newRegionDiskId,proto3" json:"new_region_disk_id,omitempty"`
+	// Whether a replacement region fits.
+	CapacityOk    bool `protobuf:"varint,8,opt,name=capacity_ok,json=capacityOk,proto3" json:"capacity_ok,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1650,6 +1731,112 @@ func (x *ReadWriteRegionPreview) GetDataLoss() bool {
 	return false
 }
 
+func (x *ReadWriteRegionPreview) GetDiskId() string {
+	if x != nil {
+		return x.DiskId
+	}
+	return ""
+}
+
+func (x *ReadWriteRegionPreview) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ReadWriteRegionPreview) GetOtherMembers() []*RegionSetMember {
+	if x != nil {
+		return x.OtherMembers
+	}
+	return nil
+}
+
+func (x *ReadWriteRegionPreview) GetNewRegionDiskId() string {
+	if x != nil {
+		return x.NewRegionDiskId
+	}
+	return ""
+}
+
+func (x *ReadWriteRegionPreview) GetCapacityOk() bool {
+	if x != nil {
+		return x.CapacityOk
+	}
+	return false
+}
+
+// Another member of a rw region's region set.
+type RegionSetMember struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	RegionId string                 `protobuf:"bytes,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	Address  string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Empty when the address resolves to no registered target.
+	DiskId string `protobuf:"bytes,3,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	// On an expunged disk or on one of the disks being previewed.
+	Lost          bool `protobuf:"varint,4,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegionSetMember) Reset() {
+	*x = RegionSetMember{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegionSetMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegionSetMember) ProtoMessage() {}
+
+func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegionSetMember.ProtoReflect.Descriptor instead.
+func (*RegionSetMember) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RegionSetMember) GetRegionId() string {
+	if x != nil {
+		return x.RegionId
+	}
+	return ""
+}
+
+func (x *RegionSetMember) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RegionSetMember) GetDiskId() string {
+	if x != nil {
+		return x.DiskId
+	}
+	return ""
+}
+
+func (x *RegionSetMember) GetLost() bool {
+	if x != nil {
+		return x.Lost
+	}
+	return false
+}
+
 type PreviewExpungeResponse struct {
 	state            protoimpl.MessageState    `protogen:"open.v1"`
 	ReadOnlyTargets  []*ReadOnlyTargetPreview  `protobuf:"bytes,1,rep,name=read_only_targets,json=readOnlyTargets,proto3" json:"read_only_targets,omitempty"`
@@ -1658,14 +1845,17 @@ type PreviewExpungeResponse struct {
 	CapacityOk     bool   `protobuf:"varint,3,opt,name=capacity_ok,json=capacityOk,proto3" json:"capacity_ok,omitempty"`
 	CapacityDetail string `protobuf:"bytes,4,opt,name=capacity_detail,json=capacityDetail,proto3" json:"capacity_detail,omitempty"`
 	// Any target or region set would lose every copy.
-	DataLoss      bool `protobuf:"varint,5,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
+	DataLoss bool `protobuf:"varint,5,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
+	// The in-service disks the preview covers (the disk, or every in-service
+	// disk of the sled).
+	DiskIds       []string `protobuf:"bytes,6,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PreviewExpungeResponse) Reset() {
 	*x = PreviewExpungeResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1867,7 @@ func (x *PreviewExpungeResponse) String() string {
 func (*PreviewExpungeResponse) ProtoMessage() {}
 
 func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1880,7 @@ func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeResponse.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PreviewExpungeResponse) GetReadOnlyTargets() []*ReadOnlyTargetPreview {
@@ -1726,6 +1916,13 @@ func (x *PreviewExpungeResponse) GetDataLoss() bool {
 		return x.DataLoss
 	}
 	return false
+}
+
+func (x *PreviewExpungeResponse) GetDiskIds() []string {
+	if x != nil {
+		return x.DiskIds
+	}
+	return nil
 }
 
 var File_storage_orchestrator_v1_replacement_proto protoreflect.FileDescriptor
@@ -1829,7 +2026,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x04done\x18\x03 \x01(\bR\x04done\"I\n" +
 	"\x15PreviewExpungeRequest\x12\x17\n" +
 	"\adisk_id\x18\x01 \x01(\tR\x06diskId\x12\x17\n" +
-	"\asled_id\x18\x02 \x01(\tR\x06sledId\"\x96\x02\n" +
+	"\asled_id\x18\x02 \x01(\tR\x06sledId\"\xa5\x04\n" +
 	"\x15ReadOnlyTargetPreview\x12\x1b\n" +
 	"\ttarget_id\x18\x01 \x01(\tR\btargetId\x12<\n" +
 	"\x04kind\x18\x02 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12\x1f\n" +
@@ -1837,18 +2034,40 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"snapshotId\x12/\n" +
 	"\x13referencing_volumes\x18\x04 \x01(\x03R\x12referencingVolumes\x123\n" +
 	"\x16clone_source_target_id\x18\x05 \x01(\tR\x13cloneSourceTargetId\x12\x1b\n" +
-	"\tdata_loss\x18\x06 \x01(\bR\bdataLoss\"o\n" +
+	"\tdata_loss\x18\x06 \x01(\bR\bdataLoss\x12\x1b\n" +
+	"\tregion_id\x18\a \x01(\tR\bregionId\x12\x17\n" +
+	"\adisk_id\x18\b \x01(\tR\x06diskId\x12\x18\n" +
+	"\aaddress\x18\t \x01(\tR\aaddress\x12\x12\n" +
+	"\x04gone\x18\n" +
+	" \x01(\bR\x04gone\x12*\n" +
+	"\x11clone_source_kind\x18\v \x01(\tR\x0fcloneSourceKind\x12/\n" +
+	"\x14clone_source_disk_id\x18\f \x01(\tR\x11cloneSourceDiskId\x12+\n" +
+	"\x12new_region_disk_id\x18\r \x01(\tR\x0fnewRegionDiskId\x12\x1f\n" +
+	"\vcapacity_ok\x18\x0e \x01(\bR\n" +
+	"capacityOk\"\xbf\x02\n" +
 	"\x16ReadWriteRegionPreview\x12\x1b\n" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1b\n" +
-	"\tdata_loss\x18\x03 \x01(\bR\bdataLoss\"\xba\x02\n" +
+	"\tdata_loss\x18\x03 \x01(\bR\bdataLoss\x12\x17\n" +
+	"\adisk_id\x18\x04 \x01(\tR\x06diskId\x12\x18\n" +
+	"\aaddress\x18\x05 \x01(\tR\aaddress\x12M\n" +
+	"\rother_members\x18\x06 \x03(\v2(.storage.orchestrator.v1.RegionSetMemberR\fotherMembers\x12+\n" +
+	"\x12new_region_disk_id\x18\a \x01(\tR\x0fnewRegionDiskId\x12\x1f\n" +
+	"\vcapacity_ok\x18\b \x01(\bR\n" +
+	"capacityOk\"u\n" +
+	"\x0fRegionSetMember\x12\x1b\n" +
+	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
+	"\adisk_id\x18\x03 \x01(\tR\x06diskId\x12\x12\n" +
+	"\x04lost\x18\x04 \x01(\bR\x04lost\"\xd5\x02\n" +
 	"\x16PreviewExpungeResponse\x12Z\n" +
 	"\x11read_only_targets\x18\x01 \x03(\v2..storage.orchestrator.v1.ReadOnlyTargetPreviewR\x0freadOnlyTargets\x12]\n" +
 	"\x12read_write_regions\x18\x02 \x03(\v2/.storage.orchestrator.v1.ReadWriteRegionPreviewR\x10readWriteRegions\x12\x1f\n" +
 	"\vcapacity_ok\x18\x03 \x01(\bR\n" +
 	"capacityOk\x12'\n" +
 	"\x0fcapacity_detail\x18\x04 \x01(\tR\x0ecapacityDetail\x12\x1b\n" +
-	"\tdata_loss\x18\x05 \x01(\bR\bdataLoss*\xa8\x01\n" +
+	"\tdata_loss\x18\x05 \x01(\bR\bdataLoss\x12\x19\n" +
+	"\bdisk_ids\x18\x06 \x03(\tR\adiskIds*\xa8\x01\n" +
 	"\x0fReplacementKind\x12 \n" +
 	"\x1cREPLACEMENT_KIND_UNSPECIFIED\x10\x00\x12$\n" +
 	" REPLACEMENT_KIND_REGION_SNAPSHOT\x10\x01\x12%\n" +
@@ -1902,7 +2121,7 @@ func file_storage_orchestrator_v1_replacement_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
 	(ReplacementKind)(0),               // 0: storage.orchestrator.v1.ReplacementKind
 	(ReadOnlyReplacementState)(0),      // 1: storage.orchestrator.v1.ReadOnlyReplacementState
@@ -1928,19 +2147,20 @@ var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
 	(*PreviewExpungeRequest)(nil),      // 21: storage.orchestrator.v1.PreviewExpungeRequest
 	(*ReadOnlyTargetPreview)(nil),      // 22: storage.orchestrator.v1.ReadOnlyTargetPreview
 	(*ReadWriteRegionPreview)(nil),     // 23: storage.orchestrator.v1.ReadWriteRegionPreview
-	(*PreviewExpungeResponse)(nil),     // 24: storage.orchestrator.v1.PreviewExpungeResponse
-	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
+	(*RegionSetMember)(nil),            // 24: storage.orchestrator.v1.RegionSetMember
+	(*PreviewExpungeResponse)(nil),     // 25: storage.orchestrator.v1.PreviewExpungeResponse
+	(*timestamppb.Timestamp)(nil),      // 26: google.protobuf.Timestamp
 }
 var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
 	0,  // 0: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
 	1,  // 1: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
 	3,  // 2: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	25, // 3: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
-	25, // 4: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
+	26, // 3: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
+	26, // 4: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
 	2,  // 5: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
-	25, // 6: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
-	25, // 7: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
-	25, // 8: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
+	26, // 6: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
+	26, // 7: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
+	26, // 8: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
 	4,  // 9: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
 	4,  // 10: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
 	5,  // 11: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
@@ -1951,32 +2171,33 @@ var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
 	4,  // 16: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
 	2,  // 17: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
 	5,  // 18: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
-	25, // 19: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
+	26, // 19: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
 	15, // 20: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
 	4,  // 21: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
 	19, // 22: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
 	0,  // 23: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	22, // 24: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
-	23, // 25: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
-	7,  // 26: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
-	9,  // 27: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
-	11, // 28: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
-	13, // 29: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
-	16, // 30: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
-	18, // 31: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
-	21, // 32: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
-	8,  // 33: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
-	10, // 34: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
-	12, // 35: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
-	14, // 36: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
-	17, // 37: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
-	20, // 38: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
-	24, // 39: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
-	33, // [33:40] is the sub-list for method output_type
-	26, // [26:33] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	24, // 24: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
+	22, // 25: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
+	23, // 26: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
+	7,  // 27: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
+	9,  // 28: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
+	11, // 29: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
+	13, // 30: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
+	16, // 31: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
+	18, // 32: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
+	21, // 33: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
+	8,  // 34: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
+	10, // 35: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
+	12, // 36: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
+	14, // 37: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
+	17, // 38: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
+	20, // 39: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
+	25, // 40: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
+	34, // [34:41] is the sub-list for method output_type
+	27, // [27:34] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_replacement_proto_init() }
@@ -1990,7 +2211,7 @@ func file_storage_orchestrator_v1_replacement_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_replacement_proto_rawDesc), len(file_storage_orchestrator_v1_replacement_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
