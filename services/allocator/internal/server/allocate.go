@@ -172,6 +172,13 @@ func (s *Server) DryRunAllocation(ctx context.Context, req *allocatorv1.DryRunAl
 	if err != nil {
 		return nil, err
 	}
+	for i, v := range req.GetExcludeDiskIds() {
+		id, err := parseID(fmt.Sprintf("exclude_disk_ids[%d]", i), v)
+		if err != nil {
+			return nil, err
+		}
+		a.ExcludeDiskIDs = append(a.ExcludeDiskIDs, id)
+	}
 	if len(a.NewRegionIDs) == 0 {
 		// Ids are only placeholders here; a preview needs none from the caller.
 		for range a.Redundancy {

@@ -136,8 +136,11 @@ func (s *Server) ListRegionSnapshots(ctx context.Context, req *allocatorv1.ListR
 	if err != nil {
 		return nil, err
 	}
-	snapshotID, err := parseOptionalID("snapshot_id", req.GetSnapshotId())
-	if err != nil {
+	var f store.RegionSnapshotFilter
+	if f.SnapshotID, err = parseOptionalID("snapshot_id", req.GetSnapshotId()); err != nil {
+		return nil, err
+	}
+	if f.DatasetID, err = parseOptionalID("dataset_id", req.GetDatasetId()); err != nil {
 		return nil, err
 	}
 	var after store.RegionSnapshotKey
@@ -150,7 +153,7 @@ func (s *Server) ListRegionSnapshots(ctx context.Context, req *allocatorv1.ListR
 		}
 		after = store.RegionSnapshotKey{RegionID: rid, SnapshotID: sid}
 	}
-	snaps, err := store.ListRegionSnapshots(ctx, s.pool, snapshotID, after, limit)
+	snaps, err := store.ListRegionSnapshots(ctx, s.pool, f, after, limit)
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}

@@ -29,6 +29,9 @@ type Allocation struct {
 	Redundancy int
 	// NewRegionIDs are the ids of regions this call may create, in order.
 	NewRegionIDs []uuid.UUID
+	// ExcludeDiskIDs are treated as expunged (dry runs that preview an
+	// expunge).
+	ExcludeDiskIDs []uuid.UUID
 }
 
 // Reserved is what a region of the allocation's geometry reserves on its
@@ -73,7 +76,7 @@ type AllocatedRegion struct {
 //
 // $1 volume, $2 snapshot (nullable), $3 block size, $4 blocks per extent,
 // $5 extent count, $6 read-only, $7 distinct sleds, $8 seed, $9 redundancy,
-// $10 new region ids, $11 reserved bytes per region.
+// $10 new region ids, $11 reserved bytes per region, $12 disks to exclude.
 const allocateSQL = `
 WITH
 old_regions AS (
@@ -101,6 +104,7 @@ candidate_zpools AS (
 	WHERE z.time_deleted IS NULL
 	  AND s.policy = 'in_service' AND s.state = 'active'
 	  AND pd.policy = 'in_service' AND pd.state = 'active'
+	  AND pd.id <> ALL($12::uuid[])
 	  AND d.time_deleted IS NULL AND NOT d.no_provision
 	  AND d.size_used + $11::bigint <= d.capacity
 	  AND z.id NOT IN (SELECT zpool_id FROM existing_zpools)
@@ -175,9 +179,13 @@ func Allocate(ctx context.Context, q db.Querier, a Allocation) ([]AllocatedRegio
 	if ids == nil {
 		ids = []uuid.UUID{}
 	}
+	exclude := a.ExcludeDiskIDs
+	if exclude == nil {
+		exclude = []uuid.UUID{}
+	}
 	rows, err := q.Query(ctx, allocateSQL,
 		a.VolumeID, nullUUID(a.SnapshotID), a.BlockSize, a.BlocksPerExtent, a.ExtentCount, a.ReadOnly,
-		a.DistinctSleds, a.Seed, a.Redundancy, ids, a.Reserved())
+		a.DistinctSleds, a.Seed, a.Redundancy, ids, a.Reserved(), exclude)
 	if err != nil {
 		return nil, mapAllocateError(err)
 	}

@@ -79,13 +79,20 @@ type RegionSnapshotKey struct {
 	SnapshotID uuid.UUID
 }
 
-// ListRegionSnapshots pages by (region, snapshot) after `after`, optionally
-// for one snapshot.
-func ListRegionSnapshots(ctx context.Context, q db.Querier, snapshotID uuid.UUID, after RegionSnapshotKey, limit int) ([]RegionSnapshot, error) {
+// RegionSnapshotFilter narrows ListRegionSnapshots; zero values do not
+// filter.
+type RegionSnapshotFilter struct {
+	SnapshotID uuid.UUID
+	DatasetID  uuid.UUID
+}
+
+// ListRegionSnapshots pages by (region, snapshot) after `after`.
+func ListRegionSnapshots(ctx context.Context, q db.Querier, f RegionSnapshotFilter, after RegionSnapshotKey, limit int) ([]RegionSnapshot, error) {
 	return scanRegionSnapshots(q.Query(ctx, regionSnapshotSelect+`
 		WHERE ($1::uuid IS NULL OR rs.snapshot_id = $1)
+		  AND ($5::uuid IS NULL OR rs.dataset_id = $5)
 		  AND (rs.region_id, rs.snapshot_id) > ($2, $3)
-		ORDER BY rs.region_id, rs.snapshot_id LIMIT $4`, nullUUID(snapshotID), after.RegionID, after.SnapshotID, limit))
+		ORDER BY rs.region_id, rs.snapshot_id LIMIT $4`, nullUUID(f.SnapshotID), after.RegionID, after.SnapshotID, limit, nullUUID(f.DatasetID)))
 }
 
 // ListExpungedRegionSnapshots lists region snapshots on expunged disks.
