@@ -1674,8 +1674,11 @@ type ReadWriteRegionPreview struct {
 	// Where the dry run placed the replacement region (empty when lost or
 	// when there is no room).
 	NewRegionDiskId string `protobuf:"bytes,7,opt,name=new_region_disk_id,json=newRegionDiskId,proto3" json:"new_region_disk_id,omitempty"`
-	// Whether a replacement region fits.
-	CapacityOk    bool `protobuf:"varint,8,opt,name=capacity_ok,json=capacityOk,proto3" json:"capacity_ok,omitempty"`
+	// Whether a replacement region fits (true when none is needed).
+	CapacityOk bool `protobuf:"varint,8,opt,name=capacity_ok,json=capacityOk,proto3" json:"capacity_ok,omitempty"`
+	// The owning volume is soft-deleted: its request would complete without
+	// repairing anything (never data loss).
+	VolumeDeleted bool `protobuf:"varint,9,opt,name=volume_deleted,json=volumeDeleted,proto3" json:"volume_deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1762,6 +1765,13 @@ func (x *ReadWriteRegionPreview) GetNewRegionDiskId() string {
 func (x *ReadWriteRegionPreview) GetCapacityOk() bool {
 	if x != nil {
 		return x.CapacityOk
+	}
+	return false
+}
+
+func (x *ReadWriteRegionPreview) GetVolumeDeleted() bool {
+	if x != nil {
+		return x.VolumeDeleted
 	}
 	return false
 }
@@ -2044,7 +2054,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x14clone_source_disk_id\x18\f \x01(\tR\x11cloneSourceDiskId\x12+\n" +
 	"\x12new_region_disk_id\x18\r \x01(\tR\x0fnewRegionDiskId\x12\x1f\n" +
 	"\vcapacity_ok\x18\x0e \x01(\bR\n" +
-	"capacityOk\"\xbf\x02\n" +
+	"capacityOk\"\xe6\x02\n" +
 	"\x16ReadWriteRegionPreview\x12\x1b\n" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1b\n" +
@@ -2054,7 +2064,8 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\rother_members\x18\x06 \x03(\v2(.storage.orchestrator.v1.RegionSetMemberR\fotherMembers\x12+\n" +
 	"\x12new_region_disk_id\x18\a \x01(\tR\x0fnewRegionDiskId\x12\x1f\n" +
 	"\vcapacity_ok\x18\b \x01(\bR\n" +
-	"capacityOk\"u\n" +
+	"capacityOk\x12%\n" +
+	"\x0evolume_deleted\x18\t \x01(\bR\rvolumeDeleted\"u\n" +
 	"\x0fRegionSetMember\x12\x1b\n" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
