@@ -123,16 +123,24 @@ type Config struct {
 	// (one leads, the others stand by); default 1. Extra ones are named
 	// "replacement-orchestrator-1", …
 	Orchestrators int
+	// Tracing starts Jaeger (jaeger.go) on free loopback ports before the
+	// services and points every process's OTLP exporter at it.
+	Tracing bool
+	// JaegerBin is the Jaeger binary; empty means .run/bin/jaeger under the
+	// repository root (DefaultJaegerBin).
+	JaegerBin string
 }
 
 // Proc is one running process.
 type Proc struct {
-	Name    string
-	Addr    string
-	bin     string
-	args    []string
-	env     []string
-	logPath string
+	Name string
+	Addr string
+	// MetricsAddr serves the process's Prometheus /metrics ("" for none).
+	MetricsAddr string
+	bin         string
+	args        []string
+	env         []string
+	logPath     string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -147,9 +155,17 @@ type Stack struct {
 	cfg     Config
 	procs   []*Proc
 	byName  map[string]*Proc
+
+	jaeger     *Proc
+	jaegerURL  string
+	tracingEnv []string
 }
 
 var defaultPorts = map[string]int{Volume: 7101, Allocator: 7102, Notifier: 7103, Orchestrator: 7104, SimUpstairs: 7110}
+
+// metricsPortOffset puts each process's fixed metrics port beside its gRPC
+// port: 9101 for the volume-service's 7101, and so on.
+const metricsPortOffset = 2000
 
 // Start brings the deployment up and waits until every process is healthy.
 // On error everything already started is stopped.
@@ -173,6 +189,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
+	if cfg.Tracing {
+		if err := s.startJaeger(ctx); err != nil {
+			return nil, err
+		}
+	}
 	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator} {
 		if err := s.Cluster.CreateDatabase(ctx, databases[name], ""); err != nil {
 			return nil, fmt.Errorf("create database %s: %w", databases[name], err)
@@ -182,6 +203,13 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	addr := func(name string, idx int) (string, error) {
 		if cfg.FixedPorts {
 			return "127.0.0.1:" + strconv.Itoa(defaultPorts[name]+idx), nil
+		}
+		p, err := pgcluster.FreePort()
+		return "127.0.0.1:" + strconv.Itoa(p), err
+	}
+	metricsAddr := func(name string, idx int) (string, error) {
+		if cfg.FixedPorts {
+			return "127.0.0.1:" + strconv.Itoa(defaultPorts[name]+idx+metricsPortOffset), nil
 		}
 		p, err := pgcluster.FreePort()
 		return "127.0.0.1:" + strconv.Itoa(p), err
@@ -242,7 +270,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			// once, knowing its previous incarnation is dead.
 			args = append(args, "--sec-id", Orchestrator+"-0")
 		}
-		s.add(&Proc{Name: sp.name, Addr: addrs[sp.name], bin: filepath.Join(cfg.BinDir, sp.name), args: args})
+		m, err := metricsAddr(sp.name, 0)
+		if err != nil {
+			return nil, err
+		}
+		s.add(&Proc{Name: sp.name, Addr: addrs[sp.name], MetricsAddr: m, bin: filepath.Join(cfg.BinDir, sp.name), args: args})
 		if sp.name != Orchestrator {
 			continue
 		}
@@ -257,7 +289,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			extra = append(extra, cfg.ExtraArgs[Orchestrator]...)
 			extra = append(extra, cfg.ExtraArgs[name]...)
 			extra = append(extra, "--sec-id", name)
-			s.add(&Proc{Name: name, Addr: a, bin: filepath.Join(cfg.BinDir, Orchestrator), args: extra})
+			m, err := metricsAddr(Orchestrator, 10+i)
+			if err != nil {
+				return nil, err
+			}
+			s.add(&Proc{Name: name, Addr: a, MetricsAddr: m, bin: filepath.Join(cfg.BinDir, Orchestrator), args: extra})
 		}
 	}
 	if want(SimUpstairs) {
@@ -266,11 +302,19 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			args := []string{"--listen", a, "--notifier-addr", addrs[Notifier], "--allocator-addr", addrs[Allocator]}
 			args = append(args, common...)
 			args = append(args, cfg.ExtraArgs[name]...)
-			s.add(&Proc{Name: name, Addr: a, bin: filepath.Join(cfg.BinDir, SimUpstairs), args: args})
+			m, err := metricsAddr(SimUpstairs, i)
+			if err != nil {
+				return nil, err
+			}
+			s.add(&Proc{Name: name, Addr: a, MetricsAddr: m, bin: filepath.Join(cfg.BinDir, SimUpstairs), args: args})
 		}
 	}
 	for _, p := range s.procs {
-		p.env = append(os.Environ(), cfg.Env...)
+		// The metrics flag goes first so a process's ExtraArgs can override
+		// it (the flag package keeps the last value).
+		p.args = append([]string{"--metrics-addr", p.MetricsAddr}, p.args...)
+		// cfg.Env last: a test's own OTEL_* wins over the launcher's Jaeger.
+		p.env = append(append(os.Environ(), s.tracingEnv...), cfg.Env...)
 		p.logPath = filepath.Join(s.LogDir, p.Name+".log")
 		if err := p.start(); err != nil {
 			return nil, err
@@ -337,10 +381,23 @@ func (s *Stack) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-// Stop terminates every process (SIGTERM, then SIGKILL) and the cluster.
+// MetricsURL is a process's Prometheus scrape URL ("" if not started).
+func (s *Stack) MetricsURL(name string) string {
+	if p := s.byName[name]; p != nil && p.MetricsAddr != "" {
+		return "http://" + p.MetricsAddr + "/metrics"
+	}
+	return ""
+}
+
+// Stop terminates every process (SIGTERM, then SIGKILL), then Jaeger (last,
+// so the spans the processes flush at shutdown still reach it), then the
+// cluster.
 func (s *Stack) Stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		s.procs[i].Stop(10 * time.Second)
+	}
+	if s.jaeger != nil {
+		s.jaeger.Stop(10 * time.Second)
 	}
 	if s.Cluster != nil {
 		if s.cfg.PGDir != "" {

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -64,6 +65,8 @@ type Env struct {
 	Dev bool
 	// Addr is the address actually listened on.
 	Addr string
+	// MetricsAddr is where /metrics is served ("" when it is not).
+	MetricsAddr string
 }
 
 // Exit codes.
@@ -82,6 +85,7 @@ func Main(svc Service) {
 func Run(ctx context.Context, svc Service, args []string) int {
 	fset := flag.NewFlagSet(svc.Name, flag.ContinueOnError)
 	listen := fset.String("listen", envOr(svc.EnvPrefix+"_LISTEN", svc.DefaultAddr), "gRPC listen address (env "+svc.EnvPrefix+"_LISTEN)")
+	metricsAddr := fset.String("metrics-addr", os.Getenv(svc.EnvPrefix+"_METRICS_ADDR"), "serve Prometheus metrics on http://ADDR/metrics; empty: no metrics (env "+svc.EnvPrefix+"_METRICS_ADDR)")
 	dev := fset.Bool("dev", os.Getenv("STORAGECP_DEV") == "1", "serve development-only RPCs such as fault injection (env STORAGECP_DEV=1)")
 	var dsn *string
 	var dbWait *time.Duration
@@ -117,6 +121,18 @@ func Run(ctx context.Context, svc Service, args []string) int {
 		defer cancel()
 		_ = shutdownTelemetry(c)
 	}()
+
+	// Metrics before anything makes instruments, so none is created on the
+	// no-op provider; served before the database is up, so a scrape shows a
+	// process that is stuck waiting for it.
+	if *metricsAddr != "" {
+		stopMetrics, err := serveMetrics(ctx, svc.Name, *metricsAddr, logger)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: metrics: %v\n", svc.Name, err)
+			return ExitFailure
+		}
+		defer stopMetrics()
+	}
 
 	var pool *pgxpool.Pool
 	if svc.Migrations != nil {
@@ -157,7 +173,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
-	env := &Env{Server: gs, Pool: pool, Logger: logger, Dev: *dev, Addr: lis.Addr().String()}
+	env := &Env{Server: gs, Pool: pool, Logger: logger, Dev: *dev, Addr: lis.Addr().String(), MetricsAddr: *metricsAddr}
 	if err := svc.Register(runCtx, env); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", svc.Name, err)
 		return ExitFailure
@@ -206,6 +222,36 @@ func Run(ctx context.Context, svc Service, args []string) int {
 	}
 	wg.Wait()
 	return code
+}
+
+// serveMetrics installs the process's meter provider and serves it on addr
+// until the returned stop is called. The provider outlives the gRPC server
+// (stop runs last), so the final scrape during a drain still works.
+func serveMetrics(ctx context.Context, name, addr string, logger *slog.Logger) (stop func(), err error) {
+	handler, shutdown, err := telemetry.SetupMetrics(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		_ = shutdown(context.Background())
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", handler)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("metrics server failed", "err", err)
+		}
+	}()
+	logger.Info("serving metrics", "addr", lis.Addr().String())
+	return func() {
+		c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(c)
+		_ = shutdown(c)
+	}, nil
 }
 
 func migrateWithin(ctx context.Context, pool *pgxpool.Pool, migrations fs.FS, wait time.Duration) error {
