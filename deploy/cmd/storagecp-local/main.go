@@ -31,6 +31,7 @@ func run() int {
 	runDir := fs.String("run-dir", filepath.Join(root, ".run"), "state directory (PostgreSQL data, logs, binaries)")
 	sims := fs.Int("sim-upstairs", 2, "number of sim-upstairs processes")
 	build := fs.Bool("build", true, "build the binaries first")
+	tracing := fs.Bool("tracing", false, "also start Jaeger (.run/bin/jaeger, `make jaeger`) and export every process's spans to it (make run TRACING=1)")
 	exitAfterStart := fs.Bool("exit-after-start", false, "stop everything once healthy (smoke test)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -58,6 +59,8 @@ func run() int {
 		FixedPorts:  true,
 		SimUpstairs: *sims,
 		Dev:         true,
+		Tracing:     *tracing,
+		JaegerBin:   filepath.Join(binDir, stack.JaegerBinName),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "storagecp-local:", err)
@@ -72,6 +75,13 @@ func run() int {
 	fmt.Printf("  %-26s %s\n", "PostgreSQL", st.Cluster.DSN("<db>"))
 	for _, p := range st.Procs() {
 		fmt.Printf("  %-26s %-18s log %s\n", p.Name, p.Addr, p.LogPath())
+	}
+	fmt.Println("\nMetrics (Prometheus):")
+	for _, p := range st.Procs() {
+		fmt.Printf("  %-26s %s\n", p.Name, st.MetricsURL(p.Name))
+	}
+	if u := st.JaegerURL(); u != "" {
+		fmt.Printf("\nTraces (Jaeger UI): %s/search?service=%s\n", u, stack.Orchestrator)
 	}
 	grpcurl := filepath.Join(binDir, "grpcurl")
 	if _, err := os.Stat(grpcurl); err != nil {
