@@ -1,0 +1,267 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+)
+
+const prefixSaga = "SAGA_STATE_"
+
+func (e *env) admin() (orchestratorv1.AdminServiceClient, error) {
+	c, err := e.conn(svcOrchestrator)
+	if err != nil {
+		return nil, err
+	}
+	return orchestratorv1.NewAdminServiceClient(c), nil
+}
+
+func sagaCommands() []command {
+	return []command{{
+		path: "sagas list", summary: "sagas, oldest first",
+		max: 0,
+		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			state := fs.String("state", "", "only this state: running, unwinding, done, abandoned")
+			return func(ctx context.Context, e *env, _ []string) error {
+				req := &orchestratorv1.ListSagasRequest{PageSize: 1000}
+				if *state != "" {
+					s, err := parseEnum[orchestratorv1.SagaState]("--state", prefixSaga, *state, orchestratorv1.SagaState_value)
+					if err != nil {
+						return err
+					}
+					req.State = s
+				}
+				c, err := e.admin()
+				if err != nil {
+					return err
+				}
+				all := &orchestratorv1.ListSagasResponse{}
+				for {
+					resp, err := c.ListSagas(ctx, req)
+					if err != nil {
+						return e.wrap(svcOrchestrator, err)
+					}
+					all.Sagas = append(all.Sagas, resp.Sagas...)
+					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
+						break
+					}
+				}
+				if e.json() {
+					return e.printJSON(all)
+				}
+				var rows [][]string
+				for _, s := range all.Sagas {
+					rows = append(rows, []string{s.SagaId, s.Name, enum(s.State, prefixSaga), s.Outcome, s.SubjectId, s.CurrentSec, ts(s.TimeCreated)})
+				}
+				return renderTable(e.stdout, []string{"ID", "NAME", "STATE", "OUTCOME", "SUBJECT", "SEC", "CREATED"}, rows)
+			}
+		},
+	}, {
+		path: "sagas show", args: "ID", summary: "one saga: its row, parameters, DAG nodes and every log event",
+		min: 1, max: 1,
+		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, args []string) error {
+				c, err := e.admin()
+				if err != nil {
+					return err
+				}
+				resp, err := c.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: args[0]})
+				if err != nil {
+					return e.wrap(svcOrchestrator, err)
+				}
+				if e.json() {
+					return e.printJSON(resp)
+				}
+				return renderSaga(e.stdout, resp)
+			}
+		},
+	}, {
+		path: "sagas abandon", args: "ID", summary: "never recover this saga again (destructive; needs --comment)",
+		min: 1, max: 1,
+		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			comment := fs.String("comment", "", "why (required; recorded with the saga)")
+			force := fs.Bool("force", false, "abandon even though the owning orchestrator's lease is live")
+			release := fs.Bool("release-locks", false, "also release the repair locks the saga held")
+			return func(ctx context.Context, e *env, args []string) error {
+				if strings.TrimSpace(*comment) == "" {
+					return usagef("sagas abandon: --comment is required: abandoning is destructive and needs a reason")
+				}
+				c, err := e.admin()
+				if err != nil {
+					return err
+				}
+				resp, err := c.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: args[0], Comment: *comment, Force: *force, ReleaseLocks: *release})
+				if err != nil {
+					return e.wrap(svcOrchestrator, err)
+				}
+				if e.json() {
+					return e.printJSON(resp)
+				}
+				fmt.Fprintf(e.stdout, "saga %s (%s) is %s\n", resp.Saga.GetSagaId(), resp.Saga.GetName(), enum(resp.Saga.GetState(), prefixSaga))
+				for _, v := range resp.ReleasedLockVolumeIds {
+					fmt.Fprintf(e.stdout, "released the repair lock of volume %s\n", v)
+				}
+				return nil
+			}
+		},
+	}}
+}
+
+func renderSaga(w io.Writer, resp *orchestratorv1.GetSagaResponse) error {
+	s := resp.Saga
+	if err := renderFields(w, [][2]string{
+		{"id", s.SagaId}, {"name", s.Name}, {"state", enum(s.State, prefixSaga)}, {"outcome", orDash(s.Outcome)},
+		{"subject", orDash(s.SubjectId)}, {"sec", orDash(s.CurrentSec)}, {"adopt generation", fmt.Sprint(s.AdoptGeneration)},
+		{"created", ts(s.TimeCreated)}, {"params", orDash(compactJSON([]byte(resp.ParamsJson)))},
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nNodes (%d):\n", len(resp.Nodes))
+	var rows [][]string
+	for _, n := range resp.Nodes {
+		undo := ""
+		if n.HasUndo {
+			undo = "undo"
+		}
+		rows = append(rows, []string{fmt.Sprint(n.NodeIndex), fmt.Sprint(n.Stage), n.Name, n.Kind, n.Status, n.Subsaga, undo})
+	}
+	if err := renderTable(w, []string{"NODE", "STAGE", "NAME", "KIND", "STATUS", "SUBSAGA", "UNDO"}, rows); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nEvents (%d):\n", len(resp.Events))
+	rows = nil
+	for _, ev := range resp.Events {
+		rows = append(rows, []string{ts(ev.Time), fmt.Sprint(ev.NodeIndex), ev.NodeName, ev.EventType, ev.Creator})
+	}
+	return renderTable(w, []string{"TIME", "NODE", "NAME", "EVENT", "CREATOR"}, rows)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func taskCommands() []command {
+	return []command{{
+		path: "tasks list", summary: "background tasks: period, activations, sagas in flight, last run",
+		max: 0,
+		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, _ []string) error {
+				resp, err := e.listTasks(ctx)
+				if err != nil {
+					return err
+				}
+				if e.json() {
+					return e.printJSON(resp)
+				}
+				var rows [][]string
+				for _, t := range resp.Tasks {
+					rows = append(rows, []string{t.Name, dur(t.Period), fmt.Sprint(t.Activations), fmt.Sprint(t.SagasInFlight), ts(t.LastFinished)})
+				}
+				return renderTable(e.stdout, []string{"NAME", "PERIOD", "ACTIVATIONS", "IN_FLIGHT", "LAST_FINISHED"}, rows)
+			}
+		},
+	}, {
+		path: "tasks show", args: "NAME", summary: "one background task with its last status",
+		min: 1, max: 1,
+		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, args []string) error {
+				resp, err := e.listTasks(ctx)
+				if err != nil {
+					return err
+				}
+				for _, t := range resp.Tasks {
+					if t.Name != args[0] {
+						continue
+					}
+					if e.json() {
+						return e.printJSON(t)
+					}
+					return renderFields(e.stdout, [][2]string{
+						{"name", t.Name}, {"description", t.Description}, {"period", dur(t.Period)},
+						{"activations", fmt.Sprint(t.Activations)}, {"sagas in flight", fmt.Sprint(t.SagasInFlight)},
+						{"last started", orDash(ts(t.LastStarted))}, {"last finished", orDash(ts(t.LastFinished))},
+						{"last status", orDash(compactJSON([]byte(t.LastStatusJson)))},
+					})
+				}
+				return fmt.Errorf("no background task %q (see storctl tasks list)", args[0])
+			}
+		},
+	}, {
+		path: "tasks activate", args: "NAME", summary: "run a background task now",
+		min: 1, max: 1,
+		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, args []string) error {
+				c, err := e.admin()
+				if err != nil {
+					return err
+				}
+				if _, err := c.ActivateBackgroundTask(ctx, &orchestratorv1.ActivateBackgroundTaskRequest{Name: args[0]}); err != nil {
+					return e.wrap(svcOrchestrator, err)
+				}
+				if e.json() {
+					return e.printJSON(&orchestratorv1.ActivateBackgroundTaskResponse{})
+				}
+				_, err = fmt.Fprintf(e.stdout, "activated %s\n", args[0])
+				return err
+			}
+		},
+	}, {
+		path: "validate", summary: "cross-service consistency check (exit 3 on violations)",
+		max: 0,
+		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, _ []string) error {
+				c, err := e.admin()
+				if err != nil {
+					return err
+				}
+				resp, err := c.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
+				if err != nil {
+					return e.wrap(svcOrchestrator, err)
+				}
+				return e.violations(resp, resp.Violations)
+			}
+		},
+	}}
+}
+
+func (e *env) listTasks(ctx context.Context) (*orchestratorv1.ListBackgroundTasksResponse, error) {
+	c, err := e.admin()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.ListBackgroundTasks(ctx, &orchestratorv1.ListBackgroundTasksRequest{})
+	return resp, e.wrap(svcOrchestrator, err)
+}
+
+// violations prints a check's result and turns violations into exit 3.
+func (e *env) violations(resp proto.Message, vs []*commonv1.Violation) error {
+	if e.json() {
+		if err := e.printJSON(resp); err != nil {
+			return err
+		}
+	} else if len(vs) == 0 {
+		fmt.Fprintln(e.stdout, "no violations")
+	} else {
+		var rows [][]string
+		for _, v := range vs {
+			rows = append(rows, []string{v.Code, v.Subject, v.Detail})
+		}
+		if err := renderTable(e.stdout, []string{"CODE", "SUBJECT", "DETAIL"}, rows); err != nil {
+			return err
+		}
+	}
+	if len(vs) > 0 {
+		return violationsError{n: len(vs)}
+	}
+	return nil
+}

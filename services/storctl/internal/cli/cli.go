@@ -1,0 +1,364 @@
+// Package cli is storctl: an omdb-like operator CLI over storagecp's public
+// gRPC APIs. It reads nothing but those APIs, so what it shows is what any
+// client (grpcurl, the demo, a script) would see.
+//
+// Exit codes: 0 success, 1 error (a call failed, a service is unreachable),
+// 2 usage error, 3 a check (validate, volumes invariants) found violations.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// Exit codes.
+const (
+	ExitOK         = 0
+	ExitError      = 1
+	ExitUsage      = 2
+	ExitViolations = 3
+)
+
+// Service names, as the processes call themselves (deploy/stack), so an
+// error names the process an operator would look at.
+const (
+	svcVolume       = "volume-service"
+	svcAllocator    = "region-allocator"
+	svcNotifier     = "upstairs-notifier"
+	svcOrchestrator = "replacement-orchestrator"
+)
+
+// endpoint is one service's address: its flag, its environment variable
+// and its default (the ports `make run` uses).
+type endpoint struct {
+	service, flag, env, def string
+}
+
+var endpoints = []endpoint{
+	{svcVolume, "volume", "STORAGECP_VOLUME_ADDR", "127.0.0.1:7101"},
+	{svcAllocator, "allocator", "STORAGECP_ALLOCATOR_ADDR", "127.0.0.1:7102"},
+	{svcNotifier, "notifier", "STORAGECP_NOTIFIER_ADDR", "127.0.0.1:7103"},
+	{svcOrchestrator, "orchestrator", "STORAGECP_ORCHESTRATOR_ADDR", "127.0.0.1:7104"},
+}
+
+// options are the global flags, accepted before or after the command.
+type options struct {
+	addrs   map[string]*string // by service
+	output  string
+	timeout time.Duration
+}
+
+func newOptions(getenv func(string) string) *options {
+	o := &options{addrs: map[string]*string{}, output: "table", timeout: 10 * time.Second}
+	for _, ep := range endpoints {
+		v := ep.def
+		if e := getenv(ep.env); e != "" {
+			v = e
+		}
+		o.addrs[ep.service] = &v
+	}
+	return o
+}
+
+// bind registers the global flags on fs with their current values as
+// defaults, so parsing a second flag set (the command's) keeps what the
+// first one set.
+func (o *options) bind(fs *flag.FlagSet) {
+	for _, ep := range endpoints {
+		fs.StringVar(o.addrs[ep.service], ep.flag, *o.addrs[ep.service], fmt.Sprintf("%s address (env %s)", ep.service, ep.env))
+	}
+	fs.StringVar(&o.output, "o", o.output, `output: "table" or "json"`)
+	fs.DurationVar(&o.timeout, "timeout", o.timeout, "deadline of each command's calls (watch and demo are not bounded by it)")
+}
+
+// usageError is a bad command line: exit 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// violationsError means a check ran and found violations: exit 3.
+type violationsError struct{ n int }
+
+func (e violationsError) Error() string { return fmt.Sprintf("%d violation(s) found", e.n) }
+
+// Run runs storctl with args (without the program name), reading endpoints
+// from the environment, and returns the exit code.
+func Run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	return run(ctx, args, stdout, stderr, os.Getenv)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	e := &env{opts: newOptions(getenv), stdout: stdout, stderr: stderr, conns: map[string]*grpc.ClientConn{}}
+	defer e.close()
+	err := e.dispatch(ctx, args)
+	var ue usageError
+	var ve violationsError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "storctl: %s\nRun 'storctl help' for usage.\n", ue.msg)
+		return ExitUsage
+	case errors.As(err, &ve):
+		fmt.Fprintf(stderr, "storctl: %s\n", ve)
+		return ExitViolations
+	default:
+		fmt.Fprintf(stderr, "storctl: %s\n", e.describe(err))
+		return ExitError
+	}
+}
+
+// env is one invocation: options, output and lazily dialled connections.
+type env struct {
+	opts           *options
+	stdout, stderr io.Writer
+	conns          map[string]*grpc.ClientConn
+}
+
+func (e *env) close() {
+	for _, c := range e.conns {
+		_ = c.Close()
+	}
+}
+
+// conn dials a service once. Connections are lazy and calls do not wait
+// for readiness, so a service that is down fails the first call at once
+// with Unavailable instead of hanging until the deadline.
+func (e *env) conn(service string) (*grpc.ClientConn, error) {
+	if c, ok := e.conns[service]; ok {
+		return c, nil
+	}
+	addr := *e.opts.addrs[service]
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("%s address %q: %w", service, addr, err)
+	}
+	e.conns[service] = c
+	return c, nil
+}
+
+// callError remembers which service a failed call went to.
+type callError struct {
+	service string
+	err     error
+}
+
+func (c callError) Error() string { return c.service + ": " + c.err.Error() }
+func (c callError) Unwrap() error { return c.err }
+
+func (e *env) wrap(service string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return callError{service: service, err: err}
+}
+
+// describe turns an error into storctl's one-line message.
+func (e *env) describe(err error) string {
+	var ce callError
+	if !errors.As(err, &ce) {
+		return err.Error()
+	}
+	addr := *e.opts.addrs[ce.service]
+	st, _ := status.FromError(ce.err)
+	switch st.Code() {
+	case codes.Unavailable:
+		return fmt.Sprintf("%s at %s is unreachable", ce.service, addr)
+	case codes.DeadlineExceeded:
+		return fmt.Sprintf("%s at %s did not answer within %s", ce.service, addr, e.opts.timeout)
+	case codes.Canceled:
+		return "interrupted"
+	}
+	return fmt.Sprintf("%s: %s: %s", ce.service, st.Code(), st.Message())
+}
+
+// command is one leaf of the command tree. setup binds the command's own
+// flags and returns what runs once they are parsed.
+type command struct {
+	path    string // "replacements list"
+	args    string // positional arguments, for usage
+	summary string
+	min     int // positional arguments
+	max     int // -1: any number
+	// unbounded commands (watch, demo) run until done or interrupted,
+	// without the --timeout deadline.
+	unbounded bool
+	setup     func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
+}
+
+func commands() []command {
+	var all []command
+	all = append(all, replacementCommands()...)
+	all = append(all, sagaCommands()...)
+	all = append(all, taskCommands()...)
+	all = append(all, volumeCommands()...)
+	all = append(all, diskCommands()...)
+	all = append(all, rackCommands()...)
+	return all
+}
+
+func (e *env) dispatch(ctx context.Context, args []string) error {
+	global := flag.NewFlagSet("storctl", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	e.opts.bind(global)
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			e.usage(e.stdout)
+			return err
+		}
+		return usagef("%v", err)
+	}
+	rest := global.Args()
+	if len(rest) == 0 {
+		e.usage(e.stderr)
+		return usagef("no command")
+	}
+	if rest[0] == "help" {
+		e.usage(e.stdout)
+		return nil
+	}
+	cmd, rest, err := find(rest)
+	if err != nil {
+		return err
+	}
+	fs := flag.NewFlagSet("storctl "+cmd.path, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	runCmd := cmd.setup(fs)
+	e.opts.bind(fs)
+	pos, err := parseInterleaved(fs, rest)
+	if errors.Is(err, flag.ErrHelp) {
+		e.commandUsage(e.stdout, cmd, fs)
+		return err
+	}
+	if err != nil {
+		return usagef("%s: %v", cmd.path, err)
+	}
+	if len(pos) < cmd.min || (cmd.max >= 0 && len(pos) > cmd.max) {
+		return usagef("%s: want %s, got %d argument(s)", cmd.path, argsWanted(cmd), len(pos))
+	}
+	if e.opts.output != "table" && e.opts.output != "json" {
+		return usagef(`-o: want "table" or "json", got %q`, e.opts.output)
+	}
+	if !cmd.unbounded && e.opts.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.opts.timeout)
+		defer cancel()
+	}
+	return runCmd(ctx, e, pos)
+}
+
+func argsWanted(c command) string {
+	if c.args == "" {
+		return "no arguments"
+	}
+	return c.args
+}
+
+// find matches the longest command path at the start of args.
+func find(args []string) (command, []string, error) {
+	all := commands()
+	for n := 2; n >= 1; n-- {
+		if len(args) < n {
+			continue
+		}
+		p := strings.Join(args[:n], " ")
+		for _, c := range all {
+			if c.path == p {
+				return c, args[n:], nil
+			}
+		}
+	}
+	var subs []string
+	for _, c := range all {
+		if head, tail, ok := strings.Cut(c.path, " "); ok && head == args[0] {
+			subs = append(subs, tail)
+		}
+	}
+	if len(subs) > 0 {
+		if len(args) == 1 {
+			return command{}, nil, usagef("%s: missing subcommand (one of: %s)", args[0], strings.Join(subs, ", "))
+		}
+		return command{}, nil, usagef("%s: unknown subcommand %q (one of: %s)", args[0], args[1], strings.Join(subs, ", "))
+	}
+	return command{}, nil, usagef("unknown command %q", args[0])
+}
+
+// parseInterleaved parses flags anywhere among the positional arguments
+// ("sagas abandon ID --comment why"), which the flag package alone stops
+// at; everything after "--" is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var tail []string
+	for i, a := range args {
+		if a == "--" {
+			args, tail = args[:i], args[i+1:]
+			break
+		}
+	}
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	return append(pos, tail...), nil
+}
+
+func (e *env) usage(w io.Writer) {
+	fmt.Fprint(w, `storctl — operator views and actions over storagecp's gRPC APIs
+
+Usage: storctl [global flags] <command> [arguments] [flags]
+
+Commands:
+`)
+	all := commands()
+	sort.SliceStable(all, func(i, j int) bool { return all[i].path < all[j].path })
+	tw := newTable(w)
+	for _, c := range all {
+		tw.row("  "+strings.TrimSpace(c.path+" "+c.args), c.summary)
+	}
+	_ = tw.flush()
+	fmt.Fprint(w, `
+Global flags (before or after the command):
+  --volume, --allocator, --notifier, --orchestrator ADDR
+        service addresses (env STORAGECP_VOLUME_ADDR, STORAGECP_ALLOCATOR_ADDR,
+        STORAGECP_NOTIFIER_ADDR, STORAGECP_ORCHESTRATOR_ADDR; default
+        127.0.0.1:7101, 7102, 7103, 7104)
+  -o table|json
+        human tables (default) or JSON for scripts
+  --timeout D
+        deadline of a command's calls (default 10s)
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 validate/invariants found violations.
+'storctl <command> -h' shows a command's flags.
+`)
+}
+
+func (e *env) commandUsage(w io.Writer, c command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: storctl %s [flags]\n\n%s\n\nFlags:\n", strings.TrimSpace(c.path+" "+c.args), c.summary)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
