@@ -84,6 +84,9 @@ func Build(ctx context.Context, repoRoot, binDir string) error {
 	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator, SimUpstairs} {
 		args = append(args, binaries[name])
 	}
+	// The operator CLI is no deployment process, but building it here puts
+	// .run/bin/storctl beside the services for `make run` and the tests.
+	args = append(args, "./services/storctl/cmd/storctl")
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = repoRoot
 	out, err := cmd.CombinedOutput()
