@@ -38,21 +38,9 @@ func diskCommands() []command {
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			sled := fs.String("sled", "", "only the disks of this sled")
 			return func(ctx context.Context, e *env, _ []string) error {
-				c, err := e.allocator()
+				all, err := e.listDisks(ctx, *sled)
 				if err != nil {
 					return err
-				}
-				req := &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, SledId: *sled}
-				all := &allocatorv1.ListPhysicalDisksResponse{}
-				for {
-					resp, err := c.ListPhysicalDisks(ctx, req)
-					if err != nil {
-						return e.wrap(svcAllocator, err)
-					}
-					all.Disks = append(all.Disks, resp.Disks...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
 				}
 				if e.json() {
 					return e.printJSON(all)
@@ -81,6 +69,25 @@ func diskCommands() []command {
 			}
 		},
 	}}
+}
+
+func (e *env) listDisks(ctx context.Context, sled string) (*allocatorv1.ListPhysicalDisksResponse, error) {
+	c, err := e.allocator()
+	if err != nil {
+		return nil, err
+	}
+	req := &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, SledId: sled}
+	all := &allocatorv1.ListPhysicalDisksResponse{}
+	for {
+		resp, err := c.ListPhysicalDisks(ctx, req)
+		if err != nil {
+			return nil, e.wrap(svcAllocator, err)
+		}
+		all.Disks = append(all.Disks, resp.Disks...)
+		if req.PageToken = resp.NextPageToken; req.PageToken == "" {
+			return all, nil
+		}
+	}
 }
 
 var diskHeader = []string{"DISK", "SLED", "POLICY", "STATE", "DATASET", "ADDRESS", "USED", "CAPACITY", "REGIONS", "SNAPSHOTS"}
