@@ -8,7 +8,9 @@
 # Needs only Go (see go.work) and the PostgreSQL 15 server binaries
 # (/usr/lib/postgresql/15/bin; apt-get install postgresql). Tools (buf, the
 # protoc plugins, grpcurl) are pinned in tools/go.mod and built into
-# .run/bin on first use.
+# .run/bin on first use. Jaeger is pinned in its own module, tools/jaeger
+# (a big build: minutes), and built only for the trace test and
+# `make run TRACING=1`.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,7 +24,7 @@ INTEGRATION_PKGS = storagecp.dev/integration/...
 
 BASELINE := proto/baseline.binpb
 
-.PHONY: all tools generate lint breaking baseline gen-check vet unit integration test run clean-run bench soak fmt-check
+.PHONY: all tools jaeger generate lint breaking baseline gen-check vet unit integration test run clean-run bench soak fmt-check
 
 all: test
 
@@ -30,6 +32,15 @@ tools: $(BIN)/.tools-stamp
 
 $(BIN)/.tools-stamp: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off $(GO) build -o $(BIN)/ tool
+	touch $@
+
+# Its own module so that `make tools` on a fresh machine does not pay for
+# Jaeger's dependency tree; touched because go build leaves an up-to-date
+# binary's mtime alone.
+jaeger: $(BIN)/jaeger
+
+$(BIN)/jaeger: tools/jaeger/go.mod tools/jaeger/go.sum
+	cd tools/jaeger && GOWORK=off $(GO) build -o $(BIN)/ tool
 	touch $@
 
 generate: tools
@@ -60,14 +71,19 @@ vet:
 unit:
 	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
 
-integration:
-	$(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
+# STORAGECP_REQUIRE_JAEGER turns the trace tests' skip (no Jaeger binary)
+# into a failure: under make, the binary is a prerequisite.
+integration: $(BIN)/jaeger
+	STORAGECP_REQUIRE_JAEGER=1 $(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
 
 test: gen-check lint breaking fmt-check vet unit integration
 	@echo "make test: all checks passed"
 
-run: tools
-	$(GO) run ./deploy/cmd/storagecp-local
+# TRACING=1 also starts Jaeger (built on first use) and sends every
+# process's spans to it; the launcher prints the UI's address.
+TRACING ?=
+run: tools $(if $(TRACING),$(BIN)/jaeger)
+	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing)
 
 clean-run:
 	rm -rf .run/pg .run/logs
