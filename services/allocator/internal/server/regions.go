@@ -301,10 +301,13 @@ func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargets
 		switch res {
 		case agent.Served:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_SERVED
+			s.metrics.probed(ctx, "served")
 		case agent.Unreachable:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_UNREACHABLE
+			s.metrics.probed(ctx, "unreachable")
 		default:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_DESTROYED
+			s.metrics.probed(ctx, "destroyed")
 		}
 		resp.Probes = append(resp.Probes, p)
 	}

@@ -33,10 +33,11 @@ type Agent interface {
 // Server is the RegionAllocatorService.
 type Server struct {
 	allocatorv1.UnimplementedRegionAllocatorServiceServer
-	pool   *pgxpool.Pool
-	logger *slog.Logger
-	agent  Agent
-	faults *FaultServer
+	pool    *pgxpool.Pool
+	logger  *slog.Logger
+	agent   Agent
+	faults  *FaultServer
+	metrics probeMetrics
 }
 
 // New returns the service over its database, with simulated agents whose
@@ -44,10 +45,11 @@ type Server struct {
 func New(pool *pgxpool.Pool, logger *slog.Logger) *Server {
 	faults := &agent.Faults{}
 	return &Server{
-		pool:   pool,
-		logger: logger,
-		agent:  agent.NewSim(pool, faults),
-		faults: &FaultServer{faults: faults},
+		pool:    pool,
+		logger:  logger,
+		agent:   agent.NewSim(pool, faults),
+		faults:  &FaultServer{faults: faults},
+		metrics: newProbeMetrics(),
 	}
 }
 

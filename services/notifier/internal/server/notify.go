@@ -77,6 +77,7 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 		if err := s.store.RecordNotifications(rctx, ns); err != nil {
 			return s.storeError(ctx, "record notification", err)
 		}
+		s.metrics.recorded(rctx, ns)
 		return nil
 	}
 	base := store.Notification{VolumeID: volumeID, StepKey: stepKey, VCRGeneration: gen}
@@ -130,6 +131,7 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 			return nil, s.storeError(ctx, "find notification", r.internal)
 		}
 		if r.deduplicated {
+			s.metrics.deduplicated(ctx)
 			resp.Attachments = append(resp.Attachments, &notifierv1.AttachmentNotification{
 				AttachmentId: a.ID.String(), Incarnation: a.Incarnation, Result: r.result, Deduplicated: true,
 			})

@@ -56,6 +56,7 @@ type Server struct {
 	logger          *slog.Logger
 	volumes         volumeClient
 	upstairsTimeout time.Duration
+	metrics         notifyMetrics
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -73,6 +74,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, volumeAddr string, opts ...Opt
 		logger:          logger,
 		volumes:         volumev1.NewVolumeServiceClient(conn),
 		upstairsTimeout: 10 * time.Second,
+		metrics:         newNotifyMetrics(),
 		conns:           map[string]*grpc.ClientConn{},
 	}
 	for _, o := range opts {

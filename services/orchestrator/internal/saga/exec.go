@@ -402,6 +402,7 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 				span.SetStatus(codes.Error, "failed at "+ex.outcome.FailedNode)
 			}
 			ex.logger.Info("saga done", "outcome", ex.outcome.Kind.String())
+			ex.sec.metrics.sagaFinished(ctx, ex.dag.Template, ex.outcome.Kind)
 			return
 		}
 		if ex.inFlight == 0 {
@@ -513,6 +514,10 @@ func (ex *execution) run(ctx context.Context, l launch) {
 		attribute.String("saga.node", node.Name),
 		attribute.String("saga.task", kind)))
 	defer span.End()
+	began := time.Now()
+	defer func() {
+		ex.sec.metrics.nodeDone(ctx, ex.dag.Template, node.Name, kind, time.Since(began), c.err != nil)
+	}()
 	ac := &ActionContext{sagaID: ex.id, node: l.node, ex: ex, logger: ex.logger.With("node", node.Name)}
 	errAction, errUndo, rep := ex.hooks.get(node.Name)
 	a := ex.actions[l.node]

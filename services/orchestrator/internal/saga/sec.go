@@ -27,6 +27,7 @@ type SEC struct {
 	deps     any
 	logger   *slog.Logger
 	tracer   trace.Tracer
+	metrics  *secMetrics
 	crash    crashPoint
 	fail     failPoint
 
@@ -79,6 +80,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
 		appendCh: make(chan *appendReq, 1024),
 	}
+	s.metrics = newSECMetrics(s)
 	s.startLogWriters()
 	return s
 }
@@ -190,6 +192,7 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 	}
 	s.writes.Add(1)
 	s.events.Add(int64(len(first.events)))
+	s.metrics.sagaStarted(ctx, t.name)
 	s.start(ex, first, true)
 	return o.id, nil
 }
@@ -512,6 +515,7 @@ func (s *SEC) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	s.metrics.close()
 	s.cancel()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); s.writerWG.Wait(); close(done) }()

@@ -139,6 +139,11 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 
 // Run campaigns for the lease until ctx ends.
 func (s *Server) Run(ctx context.Context) {
+	if unregister, err := s.registerMetrics(ctx); err != nil {
+		s.logger.Warn("replacement metrics unavailable", "err", err)
+	} else {
+		defer unregister()
+	}
 	s.lease.Run(ctx, s.lead)
 }
 

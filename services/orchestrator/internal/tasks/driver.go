@@ -55,8 +55,9 @@ type entry struct {
 
 // Driver runs registered tasks.
 type Driver struct {
-	logger *slog.Logger
-	tracer trace.Tracer
+	logger  *slog.Logger
+	tracer  trace.Tracer
+	metrics driverMetrics
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -65,7 +66,7 @@ type Driver struct {
 
 // NewDriver returns an empty driver.
 func NewDriver(logger *slog.Logger) *Driver {
-	return &Driver{logger: logger, tracer: otel.Tracer("storagecp/tasks"), entries: map[string]*entry{}}
+	return &Driver{logger: logger, tracer: otel.Tracer("storagecp/tasks"), metrics: newDriverMetrics(), entries: map[string]*entry{}}
 }
 
 // Register adds a task with its period and the limiter bounding the sagas it
@@ -110,11 +111,13 @@ func (d *Driver) loop(ctx context.Context, e *entry) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		trigger := "period"
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		case <-e.kick:
+			trigger = "activation"
 			if !timer.Stop() {
 				select {
 				case <-timer.C:
@@ -122,17 +125,18 @@ func (d *Driver) loop(ctx context.Context, e *entry) {
 				}
 			}
 		}
-		d.activate(ctx, e)
+		d.activate(ctx, e, trigger)
 		timer.Reset(e.period)
 	}
 }
 
-func (d *Driver) activate(ctx context.Context, e *entry) {
+func (d *Driver) activate(ctx context.Context, e *entry, trigger string) {
 	ctx, span := d.tracer.Start(ctx, "task "+e.task.Name(), trace.WithNewRoot(),
 		trace.WithAttributes(attribute.String("task.name", e.task.Name())))
 	defer span.End()
+	began := time.Now()
 	e.mu.Lock()
-	e.status.LastStarted = time.Now()
+	e.status.LastStarted = began
 	e.mu.Unlock()
 	st := e.task.Activate(ctx)
 	raw, err := json.Marshal(st)
@@ -144,6 +148,7 @@ func (d *Driver) activate(ctx context.Context, e *entry) {
 	e.status.LastStatus = raw
 	e.status.Activations++
 	e.mu.Unlock()
+	d.metrics.passDone(ctx, e.task.Name(), trigger, raw, time.Since(began))
 }
 
 // Activate asks a task to run as soon as possible. Requests while it runs

@@ -1,0 +1,87 @@
+package saga
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// secMetrics are the engine's instruments, made once per SEC from the
+// process's meter provider (a no-op one unless the binary serves metrics).
+// Outcome names follow the operator's vocabulary: a failed saga has
+// unwound; a stuck one needs an operator.
+type secMetrics struct {
+	started  metric.Int64Counter
+	finished metric.Int64Counter
+	node     metric.Float64Histogram
+	running  metric.Registration
+}
+
+func newSECMetrics(s *SEC) *secMetrics {
+	m := otel.Meter("storagecp/saga")
+	var nm noop.Meter
+	out := &secMetrics{}
+	var err error
+	if out.started, err = m.Int64Counter("storagecp.saga.started",
+		metric.WithDescription("sagas created (not counting recoveries), by saga name")); err != nil {
+		out.started, _ = nm.Int64Counter("")
+	}
+	if out.finished, err = m.Int64Counter("storagecp.saga.finished",
+		metric.WithDescription("sagas that ended here, by saga name and outcome: succeeded, unwound (failed and undone) or stuck (an undo failed)")); err != nil {
+		out.finished, _ = nm.Int64Counter("")
+	}
+	if out.node, err = m.Float64Histogram("storagecp.saga.node.duration",
+		metric.WithUnit("s"),
+		metric.WithDescription("time one action or undo of a saga node took, by saga, node, task (action/undo) and result (ok/error)"),
+		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)); err != nil {
+		out.node, _ = nm.Float64Histogram("")
+	}
+	if g, err := m.Int64ObservableGauge("storagecp.saga.running",
+		metric.WithDescription("sagas this SEC is driving now")); err == nil {
+		// Unregistered at Shutdown: a process may run several SECs over
+		// its life (one per leadership term), and only the live one counts.
+		out.running, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			s.mu.Lock()
+			n := len(s.running)
+			s.mu.Unlock()
+			o.ObserveInt64(g, int64(n), metric.WithAttributes(attribute.String("sec", s.id)))
+			return nil
+		}, g)
+	}
+	return out
+}
+
+func (m *secMetrics) sagaStarted(ctx context.Context, name string) {
+	m.started.Add(ctx, 1, metric.WithAttributes(attribute.String("saga", name)))
+}
+
+func (m *secMetrics) sagaFinished(ctx context.Context, name string, kind OutcomeKind) {
+	outcome := "succeeded"
+	switch kind {
+	case Failed:
+		outcome = "unwound"
+	case Stuck:
+		outcome = "stuck"
+	}
+	m.finished.Add(ctx, 1, metric.WithAttributes(attribute.String("saga", name), attribute.String("outcome", outcome)))
+}
+
+func (m *secMetrics) nodeDone(ctx context.Context, saga, node, task string, took time.Duration, failed bool) {
+	result := "ok"
+	if failed {
+		result = "error"
+	}
+	m.node.Record(ctx, took.Seconds(), metric.WithAttributes(
+		attribute.String("saga", saga), attribute.String("node", node),
+		attribute.String("task", task), attribute.String("result", result)))
+}
+
+func (m *secMetrics) close() {
+	if m.running != nil {
+		_ = m.running.Unregister()
+	}
+}

@@ -1,0 +1,96 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// registerMetrics adds the gauges of replacement requests and steps by
+// state, read from the database at each scrape (one GROUP BY per table over
+// its state index), and initialises the DataLost counter. Only the leader
+// reports the gauges: every orchestrator reads the same rows, and a sum
+// over instances must not count them twice. The returned function
+// unregisters.
+func (s *Server) registerMetrics(ctx context.Context) (func(), error) {
+	m := otel.Meter("storagecp/replacement")
+	// The counter rsr-start adds to (sagas/rsr_start.go, same name and
+	// description, so the SDK hands out the same instrument): at zero from
+	// the start, so "DataLost > 0" has a series to alert on.
+	if c, err := m.Int64Counter("storagecp.replacement.data_lost",
+		metric.WithDescription("read-only replacement requests that ended DataLost: no surviving copy to clone from")); err == nil {
+		for _, kind := range []string{"region_snapshot", "read_only_region"} {
+			c.Add(ctx, 0, metric.WithAttributes(attribute.String("kind", kind)))
+		}
+	}
+	requests, err := m.Int64ObservableGauge("storagecp.replacement.requests",
+		metric.WithDescription("replacement requests by kind (read_only, read_write) and state; reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("requests gauge: %w", err)
+	}
+	steps, err := m.Int64ObservableGauge("storagecp.replacement.steps",
+		metric.WithDescription("read-only replacement steps (one per volume that referenced the replaced target) by state; reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("steps gauge: %w", err)
+	}
+	reg, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		s.mu.Lock()
+		leading := s.sec != nil
+		s.mu.Unlock()
+		if !leading {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		counts := func(table string) (map[string]int64, error) {
+			rows, err := s.pool.Query(ctx, "SELECT state, count(*) FROM "+table+" GROUP BY state")
+			if err != nil {
+				return nil, fmt.Errorf("count %s by state: %w", table, err)
+			}
+			defer rows.Close()
+			out := map[string]int64{}
+			for rows.Next() {
+				var st string
+				var n int64
+				if err := rows.Scan(&st, &n); err != nil {
+					return nil, fmt.Errorf("count %s by state: %w", table, err)
+				}
+				out[st] = n
+			}
+			return out, rows.Err()
+		}
+		ro, err := counts("ro_replacement")
+		if err != nil {
+			return err
+		}
+		// Every known state, so each series exists (at zero) from the first
+		// scrape: an alert on "requests in state X" must not depend on one
+		// having been seen. The maps are the API's (replacement.go).
+		for st := range roStates {
+			o.ObserveInt64(requests, ro[string(st)], metric.WithAttributes(attribute.String("kind", "read_only"), attribute.String("state", string(st))))
+		}
+		rw, err := counts("rw_replacement")
+		if err != nil {
+			return err
+		}
+		for st := range rwStates {
+			o.ObserveInt64(requests, rw[string(st)], metric.WithAttributes(attribute.String("kind", "read_write"), attribute.String("state", string(st))))
+		}
+		st, err := counts("ro_replacement_step")
+		if err != nil {
+			return err
+		}
+		for state := range stepStates {
+			o.ObserveInt64(steps, st[string(state)], metric.WithAttributes(attribute.String("state", string(state))))
+		}
+		return nil
+	}, requests, steps)
+	if err != nil {
+		return nil, fmt.Errorf("register replacement gauges: %w", err)
+	}
+	return func() { _ = reg.Unregister() }, nil
+}
