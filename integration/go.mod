@@ -11,6 +11,7 @@ require (
 	storagecp.dev/deploy v0.0.0
 	storagecp.dev/gen v0.0.0
 	storagecp.dev/platform v0.0.0
+	storagecp.dev/storctl v0.0.0
 )
 
 require (
@@ -28,4 +29,5 @@ replace (
 	storagecp.dev/deploy => ../deploy
 	storagecp.dev/gen => ../gen
 	storagecp.dev/platform => ../services/platform
+	storagecp.dev/storctl => ../services/storctl
 )

@@ -1,7 +1,12 @@
 // Command storagecp-local runs a whole storagecp deployment on this machine,
 // for `make run`: a private PostgreSQL cluster under .run/pg (kept across
 // runs), the four services on their default ports, and sim-upstairs
-// processes, with logs under .run/logs. It stops everything on Ctrl-C.
+// processes, with logs under .run/logs. Once everything is up it runs the
+// demo (storctl/demo: a live read-only replacement, shown on the
+// terminal), then serves until Ctrl-C and stops everything.
+//
+// Exit codes: 0 clean stop (or, with --non-interactive, a successful
+// demo), 1 failure, 2 bad usage.
 package main
 
 import (
@@ -11,10 +16,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"storagecp.dev/deploy/stack"
+	"storagecp.dev/storctl/demo"
 )
 
 func main() {
@@ -33,6 +40,10 @@ func run() int {
 	build := fs.Bool("build", true, "build the binaries first")
 	tracing := fs.Bool("tracing", false, "also start Jaeger (.run/bin/jaeger, `make jaeger`) and export every process's spans to it (make run TRACING=1)")
 	exitAfterStart := fs.Bool("exit-after-start", false, "stop everything once healthy (smoke test)")
+	runDemo := fs.Bool("demo", true, "once up, drive a live replacement and show its progress (--demo=false only serves)")
+	nonInteractive := fs.Bool("non-interactive", false, "plain output, and exit when the demo is done: 0 if it succeeded, 1 if not (make run DEMO=exit)")
+	freePorts := fs.Bool("free-ports", false, "free loopback ports for every process instead of 7101-7104 and 7110+ (tests, or beside another deployment)")
+	pgPort := fs.Int("pg-port", 55432, "PostgreSQL port; 0 picks a free one")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -53,10 +64,10 @@ func run() int {
 	st, err := stack.Start(ctx, stack.Config{
 		BinDir:      binDir,
 		PGDir:       filepath.Join(*runDir, "pg"),
-		PGPort:      55432,
+		PGPort:      *pgPort,
 		Fsync:       true,
 		LogDir:      filepath.Join(*runDir, "logs"),
-		FixedPorts:  true,
+		FixedPorts:  !*freePorts,
 		SimUpstairs: *sims,
 		Dev:         true,
 		Tracing:     *tracing,
@@ -94,12 +105,67 @@ Explore with grpcurl:
   %[1]s -plaintext -d '{}' %[3]s storage.allocator.v1.RegionAllocatorService/ListPhysicalDisks
   %[1]s -plaintext -d '{}' %[2]s storage.volume.v1.VolumeService/CheckInvariants
   %[1]s -plaintext -d '{}' %[4]s storage.orchestrator.v1.AdminService/ListSagas
-
-Ctrl-C stops everything.
 `, grpcurl, st.Addr(stack.Volume), st.Addr(stack.Allocator), st.Addr(stack.Orchestrator))
 	if *exitAfterStart {
 		return 0
 	}
+	if *runDemo {
+		err := playDemo(ctx, st, binDir, grpcurl, *nonInteractive)
+		switch {
+		case ctx.Err() != nil:
+			fmt.Println("\ndemo interrupted")
+			return 0
+		case err != nil:
+			fmt.Fprintln(os.Stderr, "\nstoragecp-local: demo failed:", err)
+			if *nonInteractive {
+				return 1
+			}
+			fmt.Println("the deployment keeps running for a look at what went wrong (logs above)")
+		}
+	}
+	if *nonInteractive {
+		return 0
+	}
+	fmt.Println("\nstoragecp keeps serving. Ctrl-C stops everything.")
 	<-ctx.Done()
 	return 0
+}
+
+// playDemo runs the demo against the stack, printing to stdout (redrawn
+// in place on a terminal unless nonInteractive).
+func playDemo(ctx context.Context, st *stack.Stack, binDir, grpcurl string, nonInteractive bool) error {
+	c, err := demo.Dial(demo.Addrs{
+		Volume: st.Addr(stack.Volume), Allocator: st.Addr(stack.Allocator),
+		Notifier: st.Addr(stack.Notifier), Orchestrator: st.Addr(stack.Orchestrator),
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	res, err := demo.Run(ctx, c, os.Stdout, demo.Options{
+		SimUpstairs:    st.SimUpstairsAddrs(),
+		NonInteractive: nonInteractive,
+		JaegerURL:      st.JaegerURL(),
+		StorctlPath:    shortPath(filepath.Join(binDir, "storctl")),
+		GrpcurlPath:    shortPath(grpcurl),
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\ndemo finished: expunge → Complete in %.2fs\n", res.ExpungeToComplete.Seconds())
+	return nil
+}
+
+// shortPath is path relative to the working directory when it lies below
+// it (".run/bin/storctl" under make run), else path itself.
+func shortPath(path string) string {
+	wd, err := os.Getwd()
+	if err != nil || !filepath.IsAbs(path) {
+		return path
+	}
+	rel, err := filepath.Rel(wd, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return path
+	}
+	return rel
 }

@@ -545,13 +545,26 @@ func (d *run) activateDetectors(ctx context.Context) error {
 	return nil
 }
 
-// summary prints the final requests.
+// maxListed bounds the requests listed by id: the demo keeps the volumes
+// of earlier runs, so a later run's disk holds more of their rw regions.
+const maxListed = 8
+
+// summary prints the final requests, this run's snapshot's first.
 func (d *run) summary() {
 	d.printf("\n  %-10s every request is terminal %s after the expunge\n", "done", fmtDur(d.res.ExpungeToComplete))
 	d.printf("  %-10s %d: %s\n", "requests", len(d.res.RequestIDs), statesLine(d.res.States))
-	d.printf("  %-10s %d volume(s) switched to the new read-only region: %s\n", "steps", d.res.Steps.Total(), stepsLine(d.res.Steps))
+	finished := ""
+	if d.res.Steps.Done() == d.res.Steps.Total() {
+		finished = ", every one switched"
+	}
+	d.printf("  %-10s %d, one per volume that referenced an expunged read-only target%s: %s\n", "steps",
+		d.res.Steps.Total(), finished, stepsLine(d.res.Steps))
 	d.printf("\n")
-	for _, r := range d.res.Replacements {
+	for i, r := range d.res.Replacements {
+		if i == maxListed && len(d.res.Replacements) > maxListed+1 {
+			d.printf("    … and %d more (storctl replacements list)\n", len(d.res.Replacements)-i)
+			break
+		}
 		line := fmt.Sprintf("    %s  %-16s %-9s", r.GetReplacementId(), kindName(r.GetKind()), stateName(r))
 		if tid := d.res.TraceIDs[r.GetReplacementId()]; tid != "" {
 			if d.o.JaegerURL != "" {
@@ -623,23 +636,37 @@ func clean(n int) string {
 func (d *run) hints() {
 	s, g := d.o.StorctlPath, d.o.GrpcurlPath
 	orch, vol := d.c.Orchestrator.Target(), d.c.Volume.Target()
+	// The first listed is this run's snapshot's request (see finish).
 	var ro *orchestratorv1.Replacement
-	for _, r := range d.res.Replacements {
-		if r.GetKind() != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
-			ro = r
-			break
-		}
+	if len(d.res.Replacements) > 0 && !isRW(d.res.Replacements[0]) {
+		ro = d.res.Replacements[0]
 	}
 	d.printf("\nExplore what happened:\n")
+	// storctl's defaults are make run's fixed ports; anything else is
+	// passed the way storctl reads it.
+	var env []string
+	for _, e := range []struct{ name, addr, def string }{
+		{"STORAGECP_VOLUME_ADDR", vol, "127.0.0.1:7101"},
+		{"STORAGECP_ALLOCATOR_ADDR", d.c.Allocator.Target(), "127.0.0.1:7102"},
+		{"STORAGECP_NOTIFIER_ADDR", d.c.Notifier.Target(), "127.0.0.1:7103"},
+		{"STORAGECP_ORCHESTRATOR_ADDR", orch, "127.0.0.1:7104"},
+	} {
+		if e.addr != e.def && e.addr != "localhost"+strings.TrimPrefix(e.def, "127.0.0.1") {
+			env = append(env, e.name+"="+e.addr)
+		}
+	}
+	if len(env) > 0 {
+		d.printf("  export %s\n", strings.Join(env, " "))
+	}
 	d.printf("  %s replacements list\n", s)
 	if ro != nil {
-		d.printf("  %s replacements get %s\n", s, ro.GetReplacementId())
+		d.printf("  %s replacements show %s    # the read-only request and its steps\n", s, ro.GetReplacementId())
 	}
 	d.printf("  %s sagas list\n", s)
 	if ro != nil && ro.GetNewRegionId() != "" {
 		d.printf("  %s volumes refs %s    # the new read-only region: the snapshot and every clone\n", s, ro.GetNewRegionId())
-		d.printf("  %s volumes refs %s    # the expunged target: no one\n", s, ro.GetOldTargetId())
 	}
+	d.printf("  %s disks list\n", s)
 	d.printf("  %s validate\n", s)
 	if ro != nil {
 		d.printf("  %s -plaintext -d '{\"replacement_id\":\"%s\"}' %s storage.orchestrator.v1.ReplacementService/GetReplacement\n",
@@ -800,7 +827,7 @@ func stepsLine(s StepCounts) string {
 	for _, p := range []struct {
 		n    int64
 		name string
-	}{{s.Requested, "requested"}, {s.Running, "running"}, {s.Complete, "complete"}, {s.Collecting, "collecting"}, {s.VolumeDeleted, "volume deleted"}} {
+	}{{s.Requested, "requested"}, {s.Running, "running"}, {s.Complete, "complete"}, {s.Collecting, "collecting"}, {s.VolumeDeleted, "volume_deleted"}} {
 		if p.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", p.n, p.name))
 		}

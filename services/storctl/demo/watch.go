@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -270,7 +272,19 @@ func (d *run) finish(v view, elapsed time.Duration) {
 	d.res.TraceIDs = map[string]string{}
 	d.res.RequestIDs = nil
 	d.res.Replacements = nil
-	for _, r := range v.reqs {
+	// This run's snapshot's request first: it is the one the demo is about
+	// (the others replace earlier runs' targets on the same disk).
+	reqs := slices.Clone(v.reqs)
+	slices.SortStableFunc(reqs, func(a, b *orchestratorv1.Replacement) int {
+		ours := func(r *orchestratorv1.Replacement) int {
+			if !isRW(r) && r.GetOldSnapshotId() == d.res.SnapshotID {
+				return 0
+			}
+			return 1
+		}
+		return ours(a) - ours(b)
+	})
+	for _, r := range reqs {
 		d.res.RequestIDs = append(d.res.RequestIDs, r.GetReplacementId())
 		d.res.Replacements = append(d.res.Replacements, proto.Clone(r).(*orchestratorv1.Replacement))
 		d.res.States[stateKey(r)]++
@@ -301,12 +315,21 @@ func listReplacements(ctx context.Context, a api) ([]*orchestratorv1.Replacement
 type progress struct {
 	w        io.Writer
 	ansi     bool
+	width    int // terminal columns (ansi): longer lines are cut, or a wrap would break the redraw
 	lines    int // lines drawn last time (ansi)
 	last     string
 	lastTime time.Time
 }
 
-func newProgress(w io.Writer, ansi bool) *progress { return &progress{w: w, ansi: ansi} }
+func newProgress(w io.Writer, ansi bool) *progress {
+	p := &progress{w: w, ansi: ansi, width: 80}
+	if f, ok := w.(*os.File); ok && ansi {
+		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
+			p.width = int(ws.Col)
+		}
+	}
+	return p
+}
 
 func (p *progress) draw(v view, total int, elapsed time.Duration, final bool) {
 	frac := 0.0
@@ -320,33 +343,53 @@ func (p *progress) draw(v view, total int, elapsed time.Duration, final bool) {
 	if len(v.reqs) >= total {
 		found = fmt.Sprint(len(v.reqs))
 	}
-	states := map[string]int{}
+	ro, rw := map[string]int{}, map[string]int{}
+	nro, nrw := 0, 0
 	for _, r := range v.reqs {
-		states[stateKey(r)]++
+		if isRW(r) {
+			rw[stateName(r)]++
+			nrw++
+		} else {
+			ro[stateName(r)]++
+			nro++
+		}
 	}
 	if p.ansi {
 		lines := []string{
-			fmt.Sprintf("  %-10s %s %3.0f%%  %s", "replacing", bar(frac, 30), 100*frac, fmtDur(elapsed)),
-			fmt.Sprintf("  %-10s %s found · %s", "requests", found, statesLine(states)),
-			fmt.Sprintf("  %-10s %s", "steps", stepsLine(v.steps)),
+			fmt.Sprintf("  %-10s %s %3.0f%%  %s  (%s requests found)", "replacing", bar(frac, 30), 100*frac, fmtDur(elapsed), found),
+			fmt.Sprintf("  %-10s %d: %s", "read-only", nro, statesLine(ro)),
+			fmt.Sprintf("  %-10s %d: %s", "rw", nrw, statesLine(rw)),
+			fmt.Sprintf("  %-10s %d: %s", "steps", v.steps.Total(), stepsLine(v.steps)),
 		}
 		if p.lines > 0 {
 			fmt.Fprintf(p.w, "\x1b[%dF", p.lines)
 		}
 		for _, l := range lines {
-			fmt.Fprintf(p.w, "\x1b[2K%s\n", l)
+			fmt.Fprintf(p.w, "\x1b[2K%s\n", cut(l, p.width-1))
 		}
 		p.lines = len(lines)
 		return
 	}
-	line := fmt.Sprintf("%3.0f%%  requests %s found · %s  steps %s", 100*frac, found,
-		statesLine(states), stepsLine(v.steps))
+	states := map[string]int{}
+	for _, r := range v.reqs {
+		states[stateKey(r)]++
+	}
+	line := fmt.Sprintf("%3.0f%%  requests %s found · %s  steps %s", 100*frac, found, statesLine(states), stepsLine(v.steps))
 	now := time.Now()
 	changed := line != p.last && now.Sub(p.lastTime) >= 500*time.Millisecond
 	if final || changed || now.Sub(p.lastTime) >= 5*time.Second {
 		fmt.Fprintf(p.w, "  %-10s [%7s] %s\n", "replacing", fmtDur(elapsed), line)
 		p.last, p.lastTime = line, now
 	}
+}
+
+// cut shortens s to n runes, marking the cut.
+func cut(s string, n int) string {
+	r := []rune(s)
+	if n < 1 || len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }
 
 func bar(frac float64, width int) string {

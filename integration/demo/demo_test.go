@@ -1,0 +1,115 @@
+// Package demo tests the `make run` demo end to end: storctl/demo against a
+// whole deployment, and the storagecp-local command itself run
+// non-interactively, several times over one kept PostgreSQL directory as
+// repeated `make run`s are.
+package demo
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+
+	"storagecp.dev/deploy/stack"
+	"storagecp.dev/integration/harness"
+	"storagecp.dev/storctl/demo"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// keyLines are what every finished demo prints.
+var keyLines = []string{
+	"storagecp demo: a live read-only replacement",
+	"rack ",
+	"clones ",
+	"victim ",
+	"expunged; read-only and rw replacement detectors activated",
+	"every request is terminal",
+	"CheckInvariants: clean   ValidateSystem: clean   data-loss probes: 0",
+	"Explore what happened:",
+	"replacements list",
+	"sagas list",
+	"validate",
+	"storage.orchestrator.v1.ReplacementService/GetReplacement",
+}
+
+func wantKeyLines(t *testing.T, out string) {
+	t.Helper()
+	for _, l := range keyLines {
+		if !strings.Contains(out, l) {
+			t.Errorf("demo output lacks %q", l)
+		}
+	}
+}
+
+// TestDemoRun runs the demo twice on one deployment with the default task
+// periods, as `make run` has them: the second run reuses the seeded rack
+// (one disk fewer, made up for) and replaces the first run's volumes'
+// targets on its disk too.
+func TestDemoRun(t *testing.T) {
+	st := harness.Start(t, stack.Config{})
+	c, err := demo.Dial(demo.Addrs{
+		Volume: st.Addr(stack.Volume), Allocator: st.Addr(stack.Allocator),
+		Notifier: st.Addr(stack.Notifier), Orchestrator: st.Addr(stack.Orchestrator),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	var disks []string
+	for i := 0; i < 2; i++ {
+		var out bytes.Buffer
+		res, err := demo.Run(ctx, c, &out, demo.Options{
+			SimUpstairs: st.SimUpstairsAddrs(), NonInteractive: true, JaegerURL: "http://jaeger.invalid:16686",
+		})
+		t.Logf("demo run %d output:\n%s", i+1, out.String())
+		if err != nil {
+			t.Fatalf("run %d: %v", i+1, err)
+		}
+		wantKeyLines(t, out.String())
+		t.Logf("run %d: expunge → Complete %s (%d requests, %d steps)", i+1, res.ExpungeToComplete, len(res.RequestIDs), res.Steps.Total())
+		if len(res.CloneIDs) != 10 {
+			t.Errorf("run %d: %d clones, want 10", i+1, len(res.CloneIDs))
+		}
+		ro := 0
+		for _, r := range res.Replacements {
+			switch r.GetKind() {
+			case orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION:
+				if r.GetRegionState() != orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE {
+					t.Errorf("run %d: rw request %s is %v", i+1, r.GetReplacementId(), r.GetRegionState())
+				}
+			default:
+				ro++
+				if r.GetReadOnlyState() != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE {
+					t.Errorf("run %d: read-only request %s is %v", i+1, r.GetReplacementId(), r.GetReadOnlyState())
+				}
+			}
+			if res.TraceIDs[r.GetReplacementId()] == "" {
+				t.Errorf("run %d: request %s has no trace id", i+1, r.GetReplacementId())
+			}
+		}
+		if ro == 0 {
+			t.Errorf("run %d: no read-only request among %d", i+1, len(res.Replacements))
+		}
+		// The read-only request's steps are the clones (each references the
+		// snapshot's targets through its read-only parent).
+		if res.Steps.Done() < 10 {
+			t.Errorf("run %d: %d steps done, want at least the 10 clones", i+1, res.Steps.Done())
+		}
+		if !strings.Contains(out.String(), "http://jaeger.invalid:16686/trace/") {
+			t.Errorf("run %d: no trace URL printed", i+1)
+		}
+		for _, d := range disks {
+			if d == res.DiskID {
+				t.Errorf("run %d expunged disk %s again", i+1, d)
+			}
+		}
+		disks = append(disks, res.DiskID)
+	}
+}
