@@ -63,8 +63,11 @@ type object struct {
 
 func runSeed(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	r := rack.Start(t, 6, 3, stack.Config{})
+	// Two orchestrators: one leads, the other stands by and adopts the
+	// leader's sagas when it is killed.
+	r := rack.Start(t, 6, 3, stack.Config{Orchestrators: 2})
 	ctx := context.Background()
+	orchs := newOrchestrators(t, r)
 
 	// The world: two disks, a snapshot of each, two clones of each
 	// snapshot; some clones run on sim-upstairs.
@@ -92,7 +95,6 @@ func runSeed(t *testing.T, seed uint64) {
 	}
 	expunge(r.DiskOf(t, first.DatasetId))
 
-	orch := r.Stack.Proc(stack.Orchestrator)
 	for step := 0; step < 14; step++ {
 		switch a := rng.IntN(10); {
 		case a < 3: // a user deletes something
@@ -143,18 +145,26 @@ func runSeed(t *testing.T, seed uint64) {
 					o.attachment = r.Construct(t, o.id, o.sim)
 				}
 			}
-		case a < 9: // the orchestrator crashes and comes back
-			t.Logf("step %d: orchestrator killed", step)
-			orch.Kill()
-			if err := orch.Restart(); err != nil {
-				t.Fatal(err)
+		case a < 9: // the leader is killed; the standby adopts its sagas
+			// The one killed before comes back first, as the standby.
+			orchs.restartDead(t)
+			i := orchs.leader(t)
+			t.Logf("step %d: leading orchestrator %s killed", step, orchs.procs[i].Name)
+			orchs.procs[i].Kill()
+			if rng.IntN(2) == 0 {
+				// Back at once: it races the standby for the lease.
+				if err := orchs.procs[i].Restart(); err != nil {
+					t.Fatal(err)
+				}
 			}
-			r.WaitLeader(t, r.Admin)
+			orchs.leader(t)
 		default: // time passes
 			time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
 		}
 	}
 	// Converge: every request terminal and Complete, the world consistent.
+	orchs.restartDead(t)
+	orchs.leader(t)
 	reqs := waitRequests(t, r, 90*time.Second)
 	for _, q := range reqs {
 		if q.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION &&
@@ -184,6 +194,79 @@ func runSeed(t *testing.T, seed uint64) {
 		t.Fatal(err)
 	}
 	r.ExpectEmpty(t)
+	orchs.logAdoptions(t)
+}
+
+// orchestrators are the leader and the standby of a race run. The rack's
+// orchestrator clients always point at the current leader.
+type orchestrators struct {
+	r     *rack.Rack
+	procs [2]*stack.Proc
+	admin [2]orchestratorv1.AdminServiceClient
+	life  [2]orchestratorv1.LifecycleServiceClient
+	repl  [2]orchestratorv1.ReplacementServiceClient
+}
+
+func newOrchestrators(t *testing.T, r *rack.Rack) *orchestrators {
+	o := &orchestrators{r: r}
+	for i, name := range []string{stack.Orchestrator, stack.Orchestrator + "-1"} {
+		o.procs[i] = r.Stack.Proc(name)
+		conn := harness.Dial(t, r.Stack.Addr(name))
+		o.admin[i] = orchestratorv1.NewAdminServiceClient(conn)
+		o.life[i] = orchestratorv1.NewLifecycleServiceClient(conn)
+		o.repl[i] = orchestratorv1.NewReplacementServiceClient(conn)
+	}
+	o.leader(t)
+	return o
+}
+
+// leader waits until one orchestrator leads and points the rack at it.
+func (o *orchestrators) leader(t *testing.T) int {
+	t.Helper()
+	idx := -1
+	harness.Eventually(t, 30*time.Second, "one orchestrator leads", func() error {
+		for i, a := range o.admin {
+			if exited, _ := o.procs[i].Exited(); exited {
+				continue
+			}
+			l, err := a.GetLeadership(context.Background(), &orchestratorv1.GetLeadershipRequest{})
+			if err == nil && l.IsLeader {
+				idx = i
+				return nil
+			}
+		}
+		return fmt.Errorf("no leader yet")
+	})
+	o.r.Admin, o.r.Lifecycle, o.r.Replacement = o.admin[idx], o.life[idx], o.repl[idx]
+	return idx
+}
+
+// restartDead brings back every killed orchestrator, as a standby.
+func (o *orchestrators) restartDead(t *testing.T) {
+	t.Helper()
+	for _, p := range o.procs {
+		if exited, _ := p.Exited(); exited {
+			if err := p.Restart(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// logAdoptions reports how many sagas were adopted (by the standby or by a
+// restarted leader) in this run.
+func (o *orchestrators) logAdoptions(t *testing.T) {
+	resp, err := o.r.Admin.ListSagas(context.Background(), &orchestratorv1.ListSagasRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted := 0
+	for _, s := range resp.Sagas {
+		if s.AdoptGeneration > 1 {
+			adopted++
+		}
+	}
+	t.Logf("%d of %d sagas were adopted after their leader was killed", adopted, len(resp.Sagas))
 }
 
 // waitRequests is rack.WaitRequests that, on timeout, shows why each
