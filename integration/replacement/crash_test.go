@@ -16,9 +16,12 @@ import (
 
 // The orchestrator crashes at each point of each node of the five read-only
 // replacement sagas (the volume-delete subsaga nodes they embed included):
-// right after `started` is committed and right after the action's effect.
-// Restarted, it recovers the saga and the replacement still ends Complete
-// with the world consistent and no data-loss probe.
+// right after `started` is committed, right after the action's effect, and
+// right after the undo's effect of every node that has one (reached by
+// failing the saga's last node with STORAGECP_FAIL_AT). Restarted, it
+// recovers the saga — finishing it, or finishing the unwind and retrying —
+// and the replacement still ends Complete with the world consistent and no
+// data-loss probe.
 func TestCrashAtEveryReplacementNode(t *testing.T) {
 	templates := []string{"rsr-start", "rsr-garbage-collect", "rsr-step", "rsr-step-garbage-collect", "rsr-finish"}
 	every := 5
@@ -34,7 +37,7 @@ func TestCrashAtEveryReplacementNode(t *testing.T) {
 			// Every case expunges a disk: a fresh rack every 12 cases keeps
 			// capacity for the replacements.
 			var r *rack.Rack
-			var nodes []string
+			var nodes []sagaNode
 			cases := 0
 			fresh := func() {
 				r = rack.Start(t, 8, 4, stack.Config{})
@@ -42,30 +45,48 @@ func TestCrashAtEveryReplacementNode(t *testing.T) {
 				cases = 0
 			}
 			fresh()
-			for _, node := range append([]string(nil), nodes...) {
-				for _, at := range []string{"after_started", "after_action"} {
-					n++
-					if n%every != 0 {
-						continue
-					}
-					if cases == 12 {
-						fresh()
-					}
-					cases++
-					ran++
-					t.Run(node+"/"+at, func(t *testing.T) {
-						crashCase(t, r, tmpl, node, at)
-					})
+			type point struct{ node, at string }
+			var points []point
+			for _, nd := range nodes {
+				points = append(points, point{nd.name, "after_started"}, point{nd.name, "after_action"})
+			}
+			for _, nd := range nodes {
+				if nd.hasUndo && nd.name != failNode {
+					points = append(points, point{nd.name, "after_undo"})
 				}
+			}
+			for _, p := range points {
+				n++
+				if n%every != 0 {
+					continue
+				}
+				if cases == 12 {
+					fresh()
+				}
+				cases++
+				ran++
+				t.Run(p.node+"/"+p.at, func(t *testing.T) {
+					crashCase(t, r, tmpl, p.node, p.at)
+				})
 			}
 		})
 	}
 	t.Logf("%d of %d crash points run", ran, n)
 }
 
+// failNode ends every read-only replacement saga: failing it unwinds
+// through every undo the saga has.
+const failNode = "update_request"
+
+// sagaNode is one action node of a saga as GetSaga shows it.
+type sagaNode struct {
+	name    string
+	hasUndo bool
+}
+
 // replacementNodes runs one replacement and reads a template's action
 // nodes from its saga.
-func replacementNodes(t *testing.T, r *rack.Rack, tmpl string) []string {
+func replacementNodes(t *testing.T, r *rack.Rack, tmpl string) []sagaNode {
 	t.Helper()
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
@@ -86,10 +107,10 @@ func replacementNodes(t *testing.T, r *rack.Rack, tmpl string) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []string
+		var out []sagaNode
 		for _, n := range got.Nodes {
 			if n.Kind == "action" {
-				out = append(out, n.Name)
+				out = append(out, sagaNode{n.Name, n.HasUndo})
 			}
 		}
 		return out
@@ -104,7 +125,11 @@ func crashCase(t *testing.T, r *rack.Rack, tmpl, node, at string) {
 	clone := r.Clone(t, snap)
 	att := r.Construct(t, clone, 0)
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
-	r.RestartOrchestrator(t, fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", tmpl, node, at))
+	env := []string{fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", tmpl, node, at)}
+	if at == "after_undo" {
+		env = append(env, fmt.Sprintf("STORAGECP_FAIL_AT=%s/%s", tmpl, failNode))
+	}
+	r.RestartOrchestrator(t, env...)
 	defer func() {
 		if t.Failed() {
 			r.RestartOrchestrator(t)
