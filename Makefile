@@ -1,6 +1,7 @@
 # storagecp — every developer and CI entry point.
 #
-#   make run     the whole system on this machine, until Ctrl-C
+#   make run     the whole system on this machine with a live replacement
+#                demo, until Ctrl-C (DEMO=exit: run the demo and exit)
 #   make test    everything CI checks (what .ci/run calls)
 #   make bench   the performance suite
 #   make soak    the long suites (every crash point, many race seeds)
@@ -81,9 +82,15 @@ test: gen-check lint breaking fmt-check vet unit integration
 
 # TRACING=1 also starts Jaeger (built on first use) and sends every
 # process's spans to it; the launcher prints the UI's address.
+# DEMO: "on" (default) drives a live replacement once everything is up, then
+# serves until Ctrl-C; "exit" runs it with plain output and exits with its
+# result (0 when it completed clean); "off" only serves.
 TRACING ?=
+DEMO ?= on
 run: tools $(if $(TRACING),$(BIN)/jaeger)
-	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing)
+	@case "$(DEMO)" in on|exit|off) ;; *) echo "make run: DEMO must be on, exit or off (got '$(DEMO)')"; exit 2;; esac
+	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing) \
+		$(if $(filter exit,$(DEMO)),--non-interactive) $(if $(filter off,$(DEMO)),--demo=false)
 
 clean-run:
 	rm -rf .run/pg .run/logs

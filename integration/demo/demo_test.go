@@ -7,6 +7,9 @@ package demo
 import (
 	"bytes"
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -62,11 +65,13 @@ func TestDemoRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
+	storctl := filepath.Join(harness.BinDir(t), "storctl")
 	var disks []string
 	for i := 0; i < 2; i++ {
 		var out bytes.Buffer
 		res, err := demo.Run(ctx, c, &out, demo.Options{
 			SimUpstairs: st.SimUpstairsAddrs(), NonInteractive: true, JaegerURL: "http://jaeger.invalid:16686",
+			StorctlPath: storctl,
 		})
 		t.Logf("demo run %d output:\n%s", i+1, out.String())
 		if err != nil {
@@ -111,5 +116,39 @@ func TestDemoRun(t *testing.T) {
 			}
 		}
 		disks = append(disks, res.DiskID)
+		runHints(t, out.String(), storctl)
+	}
+}
+
+// runHints runs every storctl command the demo printed, in the
+// environment it printed, and expects each to succeed: the closing hints
+// must work as printed.
+func runHints(t *testing.T, out, storctl string) {
+	t.Helper()
+	var env []string
+	ran := 0
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(line, "export "); ok {
+			env = strings.Fields(rest)
+			continue
+		}
+		if !strings.HasPrefix(line, storctl+" ") {
+			continue
+		}
+		line, _, _ = strings.Cut(line, "#")
+		args := strings.Fields(line)
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Env = append(os.Environ(), env...)
+		got, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("hint %q: %v\n%s", line, err, got)
+		} else {
+			t.Logf("$ %s\n%s", line, got)
+		}
+		ran++
+	}
+	if ran < 5 {
+		t.Errorf("only %d storctl hints printed", ran)
 	}
 }
