@@ -1,0 +1,184 @@
+package tracing
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"storagecp.dev/deploy/stack"
+	"storagecp.dev/integration/harness"
+	"storagecp.dev/integration/rack"
+)
+
+// sample is one line of the Prometheus text format.
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+// scrape fetches and parses a /metrics page (text format, no escapes in
+// label values beyond what our own labels use).
+func scrape(ctx context.Context, url string) ([]sample, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: %s", url, resp.Status)
+	}
+	var out []sample
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		s := sample{labels: map[string]string{}}
+		rest := line
+		if i := strings.IndexByte(line, '{'); i >= 0 {
+			j := strings.LastIndexByte(line, '}')
+			s.name = line[:i]
+			for _, kv := range splitLabels(line[i+1 : j]) {
+				k, v, _ := strings.Cut(kv, "=")
+				s.labels[k] = strings.Trim(v, `"`)
+			}
+			rest = strings.TrimSpace(line[j+1:])
+		} else {
+			s.name, rest, _ = strings.Cut(line, " ")
+		}
+		if s.value, err = strconv.ParseFloat(strings.Fields(rest)[0], 64); err != nil {
+			return nil, fmt.Errorf("scrape %s: line %q: %w", url, line, err)
+		}
+		out = append(out, s)
+	}
+	return out, sc.Err()
+}
+
+// splitLabels splits `a="x",b="y,z"` at the commas outside quotes.
+func splitLabels(s string) []string {
+	var out []string
+	quoted, start := false, 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '"':
+			if i == 0 || s[i-1] != '\\' {
+				quoted = !quoted
+			}
+		case ',':
+			if !quoted {
+				out = append(out, s[start:i])
+				start = i + 1
+			}
+		}
+	}
+	if start < len(s) {
+		out = append(out, s[start:])
+	}
+	return out
+}
+
+// sum adds the values of the samples named name whose labels include want.
+func sum(samples []sample, name string, want map[string]string) (float64, bool) {
+	total, found := 0.0, false
+outer:
+	for _, s := range samples {
+		if s.name != name {
+			continue
+		}
+		for k, v := range want {
+			if s.labels[k] != v {
+				continue outer
+			}
+		}
+		total += s.value
+		found = true
+	}
+	return total, found
+}
+
+// series is one expectation on a process's metrics.
+type series struct {
+	name   string
+	labels map[string]string
+	// positive: the sum must be > 0; otherwise it must exist and be 0.
+	positive bool
+}
+
+// Each process serves Prometheus metrics, and after a replacement the key
+// series are there: sagas by outcome and node latency, task passes,
+// requests and steps by state, DataLost (zero), notifications, data-path
+// probes (none destroyed), and every process's RPC durations.
+func TestMetricsAfterReplacement(t *testing.T) {
+	r := rack.Start(t, 4, 2, stack.Config{})
+	runCanonical(t, r)
+	ctx := context.Background()
+
+	rpc := series{name: "rpc_server_call_duration_seconds_count", positive: true}
+	want := map[string][]series{
+		stack.Orchestrator: {
+			{name: "storagecp_saga_started_total", labels: map[string]string{"saga": "rsr-start"}, positive: true},
+			{name: "storagecp_saga_finished_total", labels: map[string]string{"saga": "rsr-step", "outcome": "succeeded"}, positive: true},
+			{name: "storagecp_saga_finished_total", labels: map[string]string{"saga": "rsr-finish", "outcome": "succeeded"}, positive: true},
+			{name: "storagecp_saga_node_duration_seconds_count", labels: map[string]string{"saga": "rsr-start", "task": "action"}, positive: true},
+			{name: "storagecp_task_activations_total", labels: map[string]string{"task": "ro_replacement_detector", "trigger": "activation"}, positive: true},
+			{name: "storagecp_task_activations_total", labels: map[string]string{"task": "ro_replacement_finish"}, positive: true},
+			{name: "storagecp_task_duration_seconds_count", positive: true},
+			{name: "storagecp_replacement_requests", labels: map[string]string{"kind": "read_only", "state": "complete"}, positive: true},
+			{name: "storagecp_replacement_requests", labels: map[string]string{"kind": "read_only", "state": "data_lost"}},
+			{name: "storagecp_replacement_steps", labels: map[string]string{"state": "volume_deleted"}, positive: true},
+			{name: "storagecp_replacement_data_lost_total", labels: map[string]string{"kind": "region_snapshot"}},
+			{name: "storagecp_saga_running"},
+			rpc,
+		},
+		stack.Notifier: {
+			{name: "storagecp_notifier_notifications_total", labels: map[string]string{"outcome": "notified"}, positive: true},
+			rpc,
+		},
+		stack.Allocator: {
+			{name: "storagecp_allocator_probes_total", labels: map[string]string{"result": "served"}, positive: true},
+			{name: "storagecp_allocator_probes_total", labels: map[string]string{"result": "destroyed"}},
+			rpc,
+		},
+		stack.Volume:             {rpc},
+		stack.SimUpstairs + "-0": {rpc},
+	}
+	for proc, list := range want {
+		url := r.Stack.MetricsURL(proc)
+		if url == "" {
+			t.Fatalf("%s has no metrics address", proc)
+		}
+		harness.Eventually(t, 20*time.Second, proc+" metrics", func() error {
+			samples, err := scrape(ctx, url)
+			if err != nil {
+				return err
+			}
+			for _, s := range list {
+				v, ok := sum(samples, s.name, s.labels)
+				switch {
+				case !ok:
+					return fmt.Errorf("no series %s%v at %s", s.name, s.labels, url)
+				case s.positive && v <= 0:
+					return fmt.Errorf("%s%v = %v, want > 0", s.name, s.labels, v)
+				case !s.positive && s.name != "storagecp_saga_running" && v != 0:
+					return fmt.Errorf("%s%v = %v, want 0", s.name, s.labels, v)
+				}
+			}
+			return nil
+		})
+		t.Logf("%s: %s has every key series", proc, url)
+	}
+}
