@@ -71,7 +71,6 @@ func run() int {
 		SimUpstairs: *sims,
 		Dev:         true,
 		Tracing:     *tracing,
-		JaegerBin:   filepath.Join(binDir, stack.JaegerBinName),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "storagecp-local:", err)
