@@ -1,7 +1,10 @@
 package demo
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,10 +20,12 @@ import (
 
 // TestStoragecpLocalNonInteractive runs the real `make run` command
 // (storagecp-local --non-interactive, free ports so it cannot collide with
-// a parallel test package or a running make run) three times over one
-// run directory, as three `make run DEMO=exit` in a row without `make
-// clean-run`: PostgreSQL's data is kept, the sim-upstairs restart empty,
-// and every run must still end with its replacement Complete and exit 0.
+// a parallel test package or a running make run) four times over one run
+// directory, as `make run DEMO=exit` repeated without `make clean-run`:
+// PostgreSQL's data is kept and the sim-upstairs restart empty. The second
+// run is interrupted (Ctrl-C) once its clones exist, leaving volumes half
+// attached; every other run must still end with its replacement Complete
+// and exit 0.
 func TestStoragecpLocalNonInteractive(t *testing.T) {
 	root, err := stack.FindRepoRoot()
 	if err != nil {
@@ -60,7 +65,8 @@ func TestStoragecpLocalNonInteractive(t *testing.T) {
 	}
 
 	elapsed := regexp.MustCompile(`demo finished: expunge → Complete in ([0-9.]+s)`)
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= 4; i++ {
+		interrupt := i == 2
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 		cmd := exec.CommandContext(ctx, launcher, "--run-dir", runDir, "--build=false",
 			"--free-ports", "--pg-port", "0", "--non-interactive")
@@ -70,13 +76,26 @@ func TestStoragecpLocalNonInteractive(t *testing.T) {
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = time.Minute
 		start := time.Now()
-		out, err := cmd.CombinedOutput()
+		var out []byte
+		if interrupt {
+			out, err = interrupted(cmd, "  clones ")
+		} else {
+			out, err = cmd.CombinedOutput()
+		}
 		cancel()
 		t.Logf("run %d (%s):\n%s", i, time.Since(start).Round(100*time.Millisecond), out)
 		if err != nil {
 			t.Fatalf("run %d: storagecp-local --non-interactive: %v", i, err)
 		}
 		text := string(out)
+		if interrupt {
+			for _, want := range []string{"demo interrupted", "stopped: every process and PostgreSQL"} {
+				if !strings.Contains(text, want) {
+					t.Errorf("interrupted run %d: no %q", i, want)
+				}
+			}
+			continue
+		}
 		wantKeyLines(t, text)
 		m := elapsed.FindStringSubmatch(text)
 		if m == nil {
@@ -90,4 +109,36 @@ func TestStoragecpLocalNonInteractive(t *testing.T) {
 			t.Errorf("run %d did not stop cleanly", i)
 		}
 	}
+}
+
+// interrupted runs cmd and sends it SIGINT (Ctrl-C) once a line of its
+// output contains mark; it returns the whole output and how cmd exited.
+func interrupted(cmd *exec.Cmd, mark string) ([]byte, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		return nil, err
+	}
+	w.Close()
+	var out bytes.Buffer
+	sc := bufio.NewScanner(r)
+	sent := false
+	for sc.Scan() {
+		out.WriteString(sc.Text() + "\n")
+		if !sent && strings.Contains(sc.Text(), mark) {
+			sent = true
+			_ = cmd.Process.Signal(os.Interrupt)
+		}
+	}
+	r.Close()
+	err = cmd.Wait()
+	if !sent {
+		return out.Bytes(), fmt.Errorf("never printed %q (exit: %v)", mark, err)
+	}
+	return out.Bytes(), err
 }

@@ -109,7 +109,7 @@ Explore with grpcurl:
 		return 0
 	}
 	if *runDemo {
-		err := playDemo(ctx, st, binDir, grpcurl, *nonInteractive)
+		err := playDemo(ctx, st, start, binDir, grpcurl, *nonInteractive)
 		switch {
 		case ctx.Err() != nil:
 			fmt.Println("\ndemo interrupted")
@@ -132,7 +132,9 @@ Explore with grpcurl:
 
 // playDemo runs the demo against the stack, printing to stdout (redrawn
 // in place on a terminal unless nonInteractive).
-func playDemo(ctx context.Context, st *stack.Stack, binDir, grpcurl string, nonInteractive bool) error {
+// started is when the stack (and so every sim-upstairs) started: older
+// attachments are leftovers of an earlier run.
+func playDemo(ctx context.Context, st *stack.Stack, started time.Time, binDir, grpcurl string, nonInteractive bool) error {
 	c, err := demo.Dial(demo.Addrs{
 		Volume: st.Addr(stack.Volume), Allocator: st.Addr(stack.Allocator),
 		Notifier: st.Addr(stack.Notifier), Orchestrator: st.Addr(stack.Orchestrator),
@@ -143,6 +145,7 @@ func playDemo(ctx context.Context, st *stack.Stack, binDir, grpcurl string, nonI
 	defer c.Close()
 	res, err := demo.Run(ctx, c, os.Stdout, demo.Options{
 		SimUpstairs:    st.SimUpstairsAddrs(),
+		UpstairsSince:  started,
 		NonInteractive: nonInteractive,
 		JaegerURL:      st.JaegerURL(),
 		StorctlPath:    shortPath(filepath.Join(binDir, "storctl")),

@@ -35,6 +35,10 @@ type Options struct {
 	// SimUpstairs are the sim-upstairs "host:port" addresses the clones are
 	// constructed on, round-robin. Empty: the clones are not attached.
 	SimUpstairs []string
+	// UpstairsSince, when set, is when the sim-upstairs processes started
+	// (storagecp-local knows): a Propolis attachment not updated since is
+	// a leftover of an earlier run whatever its state, and is detached.
+	UpstairsSince time.Time
 	// Clones of the snapshot to create; default 10.
 	Clones int
 	// NonInteractive prints plain periodic progress lines instead of
@@ -209,10 +213,12 @@ func (d *run) waitLeader(ctx context.Context) error {
 // detachStale tells the notifier that Upstairs gone with an earlier run
 // are stopped. sim-upstairs keep their volumes in memory, so after a
 // restart of `make run` the attachments of the previous demo's clones
-// still read RUNNING while no Upstairs holds them; a replacement step
-// would ask them to switch, be answered "not active here", and retry
-// forever. An instance manager would report such a VMM as stopped: so
-// does the demo, then it detaches them.
+// still read RUNNING while no Upstairs holds them, and a run interrupted
+// mid-construction leaves them STARTING or FAILED. Any of these makes a
+// replacement step's notification fail ("not active here", or a state
+// that must settle first) and retry forever. An instance manager would
+// report such a VMM as stopped: so does the demo, then it detaches them.
+// Pantry attachments are the orchestrator's own and are left alone.
 func (d *run) detachStale(ctx context.Context) error {
 	var atts []*notifierv1.Attachment
 	token := ""
@@ -232,19 +238,30 @@ func (d *run) detachStale(ctx context.Context) error {
 		if at.GetKind() != notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS {
 			continue
 		}
-		if s := at.GetState(); s != notifierv1.AttachmentState_ATTACHMENT_STATE_RUNNING && s != notifierv1.AttachmentState_ATTACHMENT_STATE_REBOOTING {
+		switch at.GetState() {
+		case notifierv1.AttachmentState_ATTACHMENT_STATE_STOPPED:
 			continue
-		}
-		vols, ok := active[at.GetEndpoint()]
-		if !ok {
-			var err error
-			if vols, err = d.activeVolumes(ctx, at.GetEndpoint()); err != nil {
-				return err
+		case notifierv1.AttachmentState_ATTACHMENT_STATE_STARTING,
+			notifierv1.AttachmentState_ATTACHMENT_STATE_MIGRATING:
+			// Possibly in progress right now (another client): only an
+			// old one is left over.
+			updated := at.GetTimeUpdated().AsTime()
+			if updated.After(d.o.UpstairsSince) && time.Since(updated) < staleAfter {
+				continue
 			}
-			active[at.GetEndpoint()] = vols
-		}
-		if vols != nil && vols[at.GetVolumeId()] {
-			continue
+		case notifierv1.AttachmentState_ATTACHMENT_STATE_RUNNING,
+			notifierv1.AttachmentState_ATTACHMENT_STATE_REBOOTING:
+			vols, ok := active[at.GetEndpoint()]
+			if !ok {
+				var err error
+				if vols, err = d.activeVolumes(ctx, at.GetEndpoint()); err != nil {
+					return err
+				}
+				active[at.GetEndpoint()] = vols
+			}
+			if vols != nil && vols[at.GetVolumeId()] {
+				continue
+			}
 		}
 		if _, err := d.a.notifier.SetUpstairsState(ctx, &notifierv1.SetUpstairsStateRequest{
 			AttachmentId: at.GetAttachmentId(), State: notifierv1.AttachmentState_ATTACHMENT_STATE_STOPPED,
@@ -257,10 +274,14 @@ func (d *run) detachStale(ctx context.Context) error {
 		stale++
 	}
 	if stale > 0 {
-		d.printf("  %-10s detached %d attachment(s) of an earlier run whose sim-upstairs has restarted\n", "cleanup", stale)
+		d.printf("  %-10s detached %d attachment(s) left by an earlier run (its sim-upstairs restarted, or it was interrupted)\n", "cleanup", stale)
 	}
 	return nil
 }
+
+// staleAfter is how long a STARTING or MIGRATING attachment must have
+// been so before the demo takes it for a leftover.
+const staleAfter = time.Minute
 
 // activeVolumes asks an Upstairs which volumes it has active; nil when it
 // cannot be reached (gone).

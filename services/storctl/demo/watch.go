@@ -356,7 +356,7 @@ func (p *progress) draw(v view, total int, elapsed time.Duration, final bool) {
 	}
 	if p.ansi {
 		lines := []string{
-			fmt.Sprintf("  %-10s %s %3.0f%%  %s  (%s requests found)", "replacing", bar(frac, 30), 100*frac, fmtDur(elapsed), found),
+			fmt.Sprintf("  %-10s %s %3.0f%%  %s  %s requests", "replacing", bar(frac, min(max(p.width-50, 10), 30)), 100*frac, fmtDur(elapsed), found),
 			fmt.Sprintf("  %-10s %d: %s", "read-only", nro, statesLine(ro)),
 			fmt.Sprintf("  %-10s %d: %s", "rw", nrw, statesLine(rw)),
 			fmt.Sprintf("  %-10s %d: %s", "steps", v.steps.Total(), stepsLine(v.steps)),
