@@ -512,6 +512,8 @@ func listRegions(ctx context.Context, a api, dataset string) ([]*allocatorv1.Reg
 // preview shows what the expunge will replace. The preview is advisory:
 // when the orchestrator cannot answer, the demo goes on.
 func (d *run) preview(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	p, err := d.a.replacement.PreviewExpunge(ctx, &orchestratorv1.PreviewExpungeRequest{DiskId: d.res.DiskID})
 	switch {
 	case status.Code(err) == codes.Unimplemented:
@@ -602,12 +604,15 @@ func (d *run) summary() {
 // volume-service's invariants, the cross-service validation once the
 // sagas settle, and no data-loss probe on any sim-upstairs.
 func (d *run) checks(ctx context.Context) error {
+	// Garbage collection may still be finishing behind the last request.
+	idleCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if _, err := d.a.admin.WaitIdle(idleCtx, &orchestratorv1.WaitIdleRequest{}); err != nil {
+		return fmt.Errorf("wait idle: %w", err)
+	}
 	inv, err := d.a.vol.CheckInvariants(ctx, &volumev1.CheckInvariantsRequest{})
 	if err != nil {
 		return fmt.Errorf("check invariants: %w", err)
-	}
-	if _, err := d.a.admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{}); err != nil {
-		return fmt.Errorf("wait idle: %w", err)
 	}
 	val, err := d.a.admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
 	if err != nil {
