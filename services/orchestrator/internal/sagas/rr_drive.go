@@ -11,7 +11,6 @@ import (
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
-	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/datastore"
 	"storagecp.dev/orchestrator/internal/saga"
 )
@@ -136,27 +135,19 @@ type RepairState struct {
 	LastFailed bool
 }
 
-// RegionRepairState reads the repair notifications for a region's address
-// ("[ipv6]:port": an Upstairs knows addresses, not region ids). A region
-// with no address (never ensured) or no longer registered has none.
+// RegionRepairState reads the repair notifications for a region by its id.
+// An Upstairs reports addresses; the notifier records, with each report,
+// the region that served the address then. Agents reuse ports, so asking by
+// address would also return the finished repair of an earlier region at the
+// same address and call a fresh, empty region repaired. A report the
+// notifier could not resolve is never counted here: the drive saga's check
+// asks the Upstairs itself instead.
 func RegionRepairState(ctx context.Context, d *Deps, regionID uuid.UUID) (RepairState, error) {
 	var st RepairState
-	tg, err := d.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: regionID.String()})
-	if isCode(err, codes.NotFound) {
-		// Unregistered: the user's delete of the volume freed it. Nothing
-		// can be repaired; the drive saga's check finds the volume gone.
-		return st, nil
-	}
-	if err != nil {
-		return st, fmt.Errorf("new region %s: %w", regionID, err)
-	}
-	if tg.Target.Address == "" {
-		return st, nil
-	}
 	token := ""
 	for {
 		resp, err := d.Notifier.ListRepairNotifications(ctx, &notifierv1.ListRepairNotificationsRequest{
-			TargetAddress: tg.Target.Address, PageSize: 1000, PageToken: token,
+			RegionId: regionID.String(), PageSize: 1000, PageToken: token,
 		})
 		if err != nil {
 			return st, err
