@@ -44,13 +44,20 @@ func rrRequest(t testing.TB, e *testenv.Env) datastore.RegionRequest {
 	t.Helper()
 	p := diskParams()
 	e.MustSucceed(t, sagas.VolumeCreate, p)
-	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: p.VolumeID.String()})
+	return rrRequestFor(t, e, p.VolumeID)
+}
+
+// rrRequestFor creates a rw replacement request for a volume's first
+// region.
+func rrRequestFor(t testing.TB, e *testenv.Env, volume uuid.UUID) datastore.RegionRequest {
+	t.Helper()
+	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: volume.String()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	old := uuid.MustParse(resp.Volume.Targets[0].TargetId)
 	r, created, err := e.Store.InsertRegionRequest(context.Background(), datastore.RegionRequest{
-		ID: uuid.New(), OldRegionID: old, VolumeID: p.VolumeID,
+		ID: uuid.New(), OldRegionID: old, VolumeID: volume,
 	})
 	if err != nil || !created {
 		t.Fatalf("insert request: %v (created %v)", err, created)
