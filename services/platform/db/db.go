@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -112,14 +113,27 @@ func InTxOpts(ctx context.Context, pool *pgxpool.Pool, o TxOptions, fn func(pgx.
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 2 * time.Millisecond
 	b.MaxInterval = 200 * time.Millisecond
+	retries, _ := ctx.Value(retryCounterKey{}).(*atomic.Int64)
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: iso, AccessMode: access}, fn)
 		if err != nil && !IsRetryable(err) {
 			return struct{}{}, backoff.Permanent(err)
 		}
+		if err != nil && retries != nil {
+			retries.Add(1)
+		}
 		return struct{}{}, err
 	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(maxElapsed))
 	return err
+}
+
+type retryCounterKey struct{}
+
+// WithRetryCounter returns a context under which every InTx adds its
+// retried attempts (serialization failures and deadlocks) to n: how
+// benchmarks see contention that the retries otherwise hide.
+func WithRetryCounter(ctx context.Context, n *atomic.Int64) context.Context {
+	return context.WithValue(ctx, retryCounterKey{}, n)
 }
 
 // IsRetryable reports a serialization failure or deadlock.
