@@ -148,7 +148,7 @@ func TestSnapshotAndClone(t *testing.T) {
 	}
 	clone := sagas.RegionSetParams{VolumeID: uuid.New(), SnapshotID: &snap}
 	e.MustSucceed(t, sagas.VolumeClone, clone)
-	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: clone.VolumeID.String()})
+	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: clone.VolumeID.String(), IncludeReferenceCounts: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,7 +64,7 @@ func volumeCommands() []command {
 				if err != nil {
 					return err
 				}
-				resp, err := c.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: args[0]})
+				resp, err := c.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: args[0], IncludeReferenceCounts: true})
 				if err != nil {
 					return e.wrap(svcVolume, err)
 				}

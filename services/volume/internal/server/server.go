@@ -201,7 +201,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		return nil, s.toStatus(ctx, "CreateVolume", err)
 	}
 	// Read back with the targets the VCR names, like GetVolume.
-	if v, err = s.store.GetVolume(ctx, v.ID); err != nil {
+	if v, err = s.store.GetVolume(ctx, v.ID, false); err != nil {
 		return nil, s.toStatus(ctx, "CreateVolume", err)
 	}
 	return &volumev1.CreateVolumeResponse{Volume: volumeToProto(v, false), Created: created}, nil
@@ -213,7 +213,7 @@ func (s *Server) GetVolume(ctx context.Context, req *volumev1.GetVolumeRequest) 
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.store.GetVolume(ctx, id)
+	v, err := s.store.GetVolume(ctx, id, req.GetIncludeReferenceCounts())
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetVolume", err)
 	}

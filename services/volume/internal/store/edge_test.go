@@ -127,7 +127,7 @@ func TestCreateVolumeValidatesReadWriteTargetsAndSoftDeleteFailsIfTheyVanish(t *
 	f.exec(`DELETE FROM target WHERE target_id = $1`, rw2[1].ID)
 	_, err = f.s.SoftDeleteVolume(f.ctx, id2)
 	wantKind(t, err, KindFailedPrecondition)
-	v, _ := f.s.GetVolume(f.ctx, id2)
+	v, _ := f.s.GetVolume(f.ctx, id2, true)
 	if v.SoftDeleted() {
 		t.Fatal("failed soft delete left the volume deleted")
 	}
@@ -405,7 +405,7 @@ func TestHardDeleteKeptUntilLastOwnedRWTargetIsUnregistered(t *testing.T) {
 	if r, err := f.s.HardDeleteVolume(f.ctx, id); err != nil || r.Kept {
 		t.Fatalf("%+v %v", r, err)
 	}
-	if _, err := f.s.GetVolume(f.ctx, id); KindOf(err) != KindNotFound {
+	if _, err := f.s.GetVolume(f.ctx, id, true); KindOf(err) != KindNotFound {
 		t.Fatalf("volume still there: %v", err)
 	}
 }
@@ -559,7 +559,7 @@ func TestRandomizeIDsRefusedWhenAnyRegionIsRWAndBumpsNothing(t *testing.T) {
 	id, _ := f.newDisk(nil)
 	_, err := f.s.Checkout(f.ctx, id, ReasonCopyAndModify, true)
 	wantKind(t, err, KindFailedPrecondition)
-	v, _ := f.s.GetVolume(f.ctx, id)
+	v, _ := f.s.GetVolume(f.ctx, id, true)
 	if g := v.VCR.Volume.SubVolumes[0].Region.Gen; g != 1 {
 		t.Fatalf("gen bumped to %d by a refused copy", g)
 	}
@@ -569,7 +569,7 @@ func TestRandomizeIDsRefusedWhenAnyRegionIsRWAndBumpsNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv, _ := f.s.GetVolume(f.ctx, snapID)
+	sv, _ := f.s.GetVolume(f.ctx, snapID, true)
 	if c.Volume.ID == sv.VCR.Volume.ID || c.Volume.SubVolumes[0].Region.Opts.ID == sv.VCR.Volume.SubVolumes[0].Region.Opts.ID {
 		t.Fatal("ids not randomised")
 	}
@@ -685,7 +685,7 @@ func TestReplaceRegionBumpsGenOfEveryRegionInSubVolumes(t *testing.T) {
 	if r, err := f.s.ReplaceRegion(f.ctx, id, a[2].ID, nr.ID, stash); err != nil || r != ReplaceDone {
 		t.Fatalf("%v %v", r, err)
 	}
-	v, _ := f.s.GetVolume(f.ctx, id)
+	v, _ := f.s.GetVolume(f.ctx, id, true)
 	s := v.VCR.Volume.SubVolumes
 	if s[0].Region.Gen != 4 || s[1].Volume.SubVolumes[0].Region.Gen != 8 || v.VCR.Volume.ReadOnlyParent.Volume.SubVolumes[0].Region.Gen != 1 {
 		t.Fatal("wrong gens")
@@ -728,11 +728,11 @@ func replaceSnapshotSetup(f *fixture) (clone uuid.UUID, snaps []Target, ro Targe
 func TestReplaceReadOnlyTargetKeepsGensAndIDsAndUndoRestoresLedger(t *testing.T) {
 	f := newFixture(t)
 	clone, snaps, ro, stash := replaceSnapshotSetup(f)
-	before, _ := f.s.GetVolume(f.ctx, clone)
+	before, _ := f.s.GetVolume(f.ctx, clone, true)
 	if r, err := f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, ro.ID, stash); err != nil || r != ReplaceDone {
 		t.Fatalf("%v %v", r, err)
 	}
-	after, _ := f.s.GetVolume(f.ctx, clone)
+	after, _ := f.s.GetVolume(f.ctx, clone, true)
 	br := before.VCR.Volume.ReadOnlyParent.Volume.SubVolumes[0].Region
 	ar := after.VCR.Volume.ReadOnlyParent.Volume.SubVolumes[0].Region
 	if ar.Gen != br.Gen || ar.Opts.ID != br.Opts.ID || after.VCR.Volume.ID != before.VCR.Volume.ID || ar.Opts.Target[0] != ro.Address {
@@ -741,7 +741,7 @@ func TestReplaceReadOnlyTargetKeepsGensAndIDsAndUndoRestoresLedger(t *testing.T)
 	if f.target(snaps[0].ID).RefCount != 2 || f.target(ro.ID).RefCount != 2 {
 		t.Fatal("counts: old must stay (parked in stash), new +1")
 	}
-	st, _ := f.s.GetVolume(f.ctx, stash)
+	st, _ := f.s.GetVolume(f.ctx, stash, true)
 	if got := vcr.ReadOnlyTargets(st.VCR); len(got) != 1 || got[0] != snaps[0].Address {
 		t.Fatalf("stash VCR names %v", got)
 	}
@@ -882,7 +882,7 @@ func TestReplaceReadOnlyTargetFailsWhenStashHoldsTheNewTargetTwice(t *testing.T)
 	}
 	_, err := f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, ro.ID, stash)
 	wantKind(t, err, KindInternal)
-	v, _ := f.s.GetVolume(f.ctx, clone)
+	v, _ := f.s.GetVolume(f.ctx, clone, true)
 	if got := vcr.ReadOnlyTargets(v.VCR); got[0] != snaps[0].Address {
 		t.Fatal("failed replacement changed the VCR")
 	}

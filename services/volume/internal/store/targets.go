@@ -15,17 +15,13 @@ import (
 )
 
 func getTarget(ctx context.Context, q db.Querier, id uuid.UUID) (Target, bool, error) {
-	var refs int64
-	t, err := scanTarget(q.QueryRow(ctx, `SELECT `+targetCols+`,
-		(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)
-		FROM target WHERE target_id = $1`, id), &refs)
+	t, err := scanTarget(q.QueryRow(ctx, `SELECT `+targetCols+` FROM target WHERE target_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Target{}, false, nil
 	}
 	if err != nil {
 		return Target{}, false, fmt.Errorf("load target %s: %w", id, err)
 	}
-	t.RefCount = refs
 	return t, true, nil
 }
 
@@ -290,15 +286,23 @@ func checkUnregister(ctx context.Context, tx pgx.Tx, t Target) error {
 	return nil
 }
 
-// GetTarget returns a target with its reference count.
+// GetTarget returns a target with its reference count. Only here is the
+// count read: inside a mutating transaction, counting a target referenced
+// by thousands of volumes reads every one of their usage rows, costs
+// O(references) per call and makes every concurrent replacement of the
+// same target a serialization conflict.
 func (s *Store) GetTarget(ctx context.Context, id uuid.UUID) (Target, error) {
-	t, ok, err := getTarget(ctx, s.pool, id)
-	if err != nil {
-		return Target{}, err
-	}
-	if !ok {
+	var refs int64
+	t, err := scanTarget(s.pool.QueryRow(ctx, `SELECT `+targetCols+`,
+		(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)
+		FROM target WHERE target_id = $1`, id), &refs)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return Target{}, notFound("target %s is not registered", id)
 	}
+	if err != nil {
+		return Target{}, fmt.Errorf("load target %s: %w", id, err)
+	}
+	t.RefCount = refs
 	return t, nil
 }
 

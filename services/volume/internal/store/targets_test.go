@@ -141,7 +141,7 @@ func TestGetVolumeListsRegisteredTargetsInVCROrder(t *testing.T) {
 	_, rw := f.newDisk(nil)
 	_, snaps := f.newSnapshot(rw)
 	clone, crw := f.newDisk(snapshotVCR(snaps))
-	v, err := f.s.GetVolume(f.ctx, clone)
+	v, err := f.s.GetVolume(f.ctx, clone, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestCreateVolumeFromReadOnlyParentSourceAndSnapshotOf(t *testing.T) {
 	// An unmapped rw target is InvalidArgument and writes nothing.
 	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: snapID, SnapshotOf: &SnapshotOf{Source: diskID, TargetMap: map[string]string{rw[0].Address: snaps[0].Address}}})
 	wantKind(t, err, KindInvalidArgument)
-	before, _ := f.s.GetVolume(f.ctx, diskID)
+	before, _ := f.s.GetVolume(f.ctx, diskID, true)
 	if g := before.VCR.Volume.SubVolumes[0].Region.Gen; g != 1 {
 		t.Fatalf("refused snapshot bumped gen to %d", g)
 	}
@@ -198,7 +198,7 @@ func TestCreateVolumeFromReadOnlyParentSourceAndSnapshotOf(t *testing.T) {
 	if !r.Opts.ReadOnly || r.Opts.Key == nil || r.Opts.Target[0] != snaps[0].Address || r.Gen != 1 {
 		t.Fatalf("snapshot region %+v", r)
 	}
-	after, _ := f.s.GetVolume(f.ctx, diskID)
+	after, _ := f.s.GetVolume(f.ctx, diskID, true)
 	if g := after.VCR.Volume.SubVolumes[0].Region.Gen; g != 2 {
 		t.Fatalf("source gen %d, want 2 (COPY_AND_MODIFY checkout)", g)
 	}

@@ -169,8 +169,9 @@ func short(s string) string {
 }
 
 // GetVolume returns a volume, soft-deleted ones included, with the
-// registered targets its VCR names.
-func (s *Store) GetVolume(ctx context.Context, id uuid.UUID) (Volume, error) {
+// registered targets its VCR names; withRefCounts also counts each
+// target's references (O(references): for operators, not the data path).
+func (s *Store) GetVolume(ctx context.Context, id uuid.UUID, withRefCounts bool) (Volume, error) {
 	var out Volume
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
 		v, ok, err := loadVolume(ctx, tx, id)
@@ -181,7 +182,7 @@ func (s *Store) GetVolume(ctx context.Context, id uuid.UUID) (Volume, error) {
 			return notFound("volume %s not found", id)
 		}
 		vols := []Volume{v}
-		if err := attachTargets(ctx, tx, vols); err != nil {
+		if err := attachTargets(ctx, tx, vols, withRefCounts); err != nil {
 			return err
 		}
 		out = vols[0]
@@ -221,13 +222,14 @@ func (s *Store) ListVolumes(ctx context.Context, after uuid.UUID, limit int, inc
 			out = out[:limit]
 			next = out[limit-1].ID
 		}
-		return attachTargets(ctx, tx, out)
+		return attachTargets(ctx, tx, out, false)
 	})
 	return out, next, err
 }
 
-// attachTargets fills Volume.Targets from the index, in VCR order.
-func attachTargets(ctx context.Context, q db.Querier, vols []Volume) error {
+// attachTargets fills Volume.Targets from the index, in VCR order, with
+// their reference counts if asked.
+func attachTargets(ctx context.Context, q db.Querier, vols []Volume, withRefCounts bool) error {
 	if len(vols) == 0 {
 		return nil
 	}
@@ -237,8 +239,11 @@ func attachTargets(ctx context.Context, q db.Querier, vols []Volume) error {
 		idList[i] = v.ID
 		pos[v.ID] = i
 	}
-	rows, err := q.Query(ctx, `SELECT `+targetColsT+`,
-			(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = t.target_id), vt.volume_id
+	refCount := `0::bigint`
+	if withRefCounts {
+		refCount = `(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = t.target_id)`
+	}
+	rows, err := q.Query(ctx, `SELECT `+targetColsT+`, `+refCount+`, vt.volume_id
 		FROM volume_target vt JOIN target t ON t.target_id = vt.target_id
 		WHERE vt.volume_id = ANY($1)`, idList)
 	if err != nil {

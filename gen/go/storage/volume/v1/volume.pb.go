@@ -456,11 +456,15 @@ func (x *CreateVolumeResponse) GetCreated() bool {
 }
 
 type GetVolumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	View          VolumeView             `protobuf:"varint,2,opt,name=view,proto3,enum=storage.volume.v1.VolumeView" json:"view,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	View     VolumeView             `protobuf:"varint,2,opt,name=view,proto3,enum=storage.volume.v1.VolumeView" json:"view,omitempty"`
+	// Fill each target's reference_count. Counting reads every reference of
+	// every target the volume names (thousands for a popular snapshot), so
+	// it is for operators, not for the data path; otherwise the counts are 0.
+	IncludeReferenceCounts bool `protobuf:"varint,3,opt,name=include_reference_counts,json=includeReferenceCounts,proto3" json:"include_reference_counts,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *GetVolumeRequest) Reset() {
@@ -505,6 +509,13 @@ func (x *GetVolumeRequest) GetView() VolumeView {
 		return x.View
 	}
 	return VolumeView_VOLUME_VIEW_UNSPECIFIED
+}
+
+func (x *GetVolumeRequest) GetIncludeReferenceCounts() bool {
+	if x != nil {
+		return x.IncludeReferenceCounts
+	}
+	return false
 }
 
 type GetVolumeResponse struct {
@@ -2502,10 +2513,11 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
 	"\x14CreateVolumeResponse\x121\n" +
 	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"b\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\x9c\x01\n" +
 	"\x10GetVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x121\n" +
-	"\x04view\x18\x02 \x01(\x0e2\x1d.storage.volume.v1.VolumeViewR\x04view\"F\n" +
+	"\x04view\x18\x02 \x01(\x0e2\x1d.storage.volume.v1.VolumeViewR\x04view\x128\n" +
+	"\x18include_reference_counts\x18\x03 \x01(\bR\x16includeReferenceCounts\"F\n" +
 	"\x11GetVolumeResponse\x121\n" +
 	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\"y\n" +
 	"\x12ListVolumesRequest\x12\x1b\n" +
