@@ -100,7 +100,7 @@ CLONES ?= 1000 10000
 bench:
 	@mkdir -p .run/bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m $(UNIT_PKGS) | tee .run/bench/go-bench.txt
-	STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run TestFanOut storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt
+	STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run 'TestCanonical|TestFanOut' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt
 
 # Every crash point and user-delete case, and SEEDS random race seeds (each
 # printed; replay one with STORAGECP_SEED=<seed> go test ./integration/race).
