@@ -106,6 +106,9 @@ type Config struct {
 	PGPort int
 	// Fsync keeps PostgreSQL durable (make run, benchmarks).
 	Fsync bool
+	// PGConfig adds server settings (e.g. shared_preload_libraries for a
+	// benchmark's pg_stat_statements).
+	PGConfig map[string]string
 	// LogDir receives one log file per process; empty means a temp dir.
 	LogDir string
 	// FixedPorts uses the default ports (7101–7104, 7110+) instead of free
@@ -188,7 +191,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := os.MkdirAll(s.LogDir, 0o755); err != nil {
 		return nil, err
 	}
-	s.Cluster, err = pgcluster.Start(ctx, pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync})
+	s.Cluster, err = pgcluster.Start(ctx, pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync, ExtraConfig: cfg.PGConfig})
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}

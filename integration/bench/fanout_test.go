@@ -7,11 +7,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,7 +87,11 @@ func fanOut(t *testing.T, clones int) result {
 	if m := os.Getenv("STORAGECP_BENCH_MAX_SAGAS"); m != "" {
 		extra = []string{"--max-sagas-per-task", m}
 	}
-	r := rack.Start(t, 6, 2, stack.Config{Fsync: true, ExtraArgs: map[string][]string{stack.Orchestrator: extra}})
+	cfg := stack.Config{Fsync: true, ExtraArgs: map[string][]string{stack.Orchestrator: extra}}
+	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
+		cfg.PGConfig = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
+	}
+	r := rack.Start(t, 6, 2, cfg)
 	ctx := context.Background()
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
@@ -120,12 +127,22 @@ func fanOut(t *testing.T, clones int) result {
 	t.Logf("%d clones created in %s", clones, time.Since(start))
 
 	before := dbStats(t, r.Stack.Cluster)
+	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
+		// CPU profiles of the busiest processes during the replacement,
+		// under .run/bench/ (go tool pprof -top FILE).
+		for _, name := range []string{stack.Volume, stack.Orchestrator} {
+			go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d.pprof", name, clones))
+		}
+	}
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	began := time.Now()
 	r.Expunge(t, r.DiskOf(t, old.DatasetId))
 	r.WaitRequests(t, 30*time.Minute)
 	took := time.Since(began)
 	after := dbStats(t, r.Stack.Cluster)
+	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
+		topStatements(t, r.Stack.Cluster)
+	}
 	perDatabase(t, r.Stack.Cluster)
 	commits := float64(after.commits - before.commits)
 	res := result{
@@ -141,6 +158,56 @@ func fanOut(t *testing.T, clones int) result {
 	}
 	r.Invariants(t)
 	return res
+}
+
+// saveProfile fetches a 10-second CPU profile from a process's metrics
+// listener into .run/bench/.
+func saveProfile(t *testing.T, metricsURL, file string) {
+	url := strings.TrimSuffix(metricsURL, "/metrics") + "/debug/pprof/profile?seconds=10"
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Logf("profile %s: %v", url, err)
+		return
+	}
+	defer resp.Body.Close()
+	root, _ := stack.FindRepoRoot()
+	f, err := os.Create(filepath.Join(root, ".run", "bench", file))
+	if err != nil {
+		t.Logf("profile: %v", err)
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
+}
+
+// topStatements logs the statements that cost PostgreSQL the most time in
+// the run, cluster-wide (STORAGECP_BENCH_PPROF=1 preloads the extension).
+func topStatements(t *testing.T, c *pgcluster.Cluster) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		t.Logf("pg_stat_statements: %v", err)
+		return
+	}
+	rows, err := conn.Query(ctx, `SELECT d.datname, s.calls, round(s.total_exec_time)::bigint, left(regexp_replace(s.query, '\s+', ' ', 'g'), 140)
+		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid ORDER BY s.total_exec_time DESC LIMIT 40`)
+	if err != nil {
+		t.Logf("pg_stat_statements: %v", err)
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var db, q string
+		var calls, ms int64
+		if err := rows.Scan(&db, &calls, &ms, &q); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%-12s %8d calls %7d ms  %s", db, calls, ms, q)
+	}
 }
 
 // stats are cluster counters read before and after a run.
