@@ -328,7 +328,7 @@ func (w *world) wantGone(t *testing.T, target string) {
 // wantAlive checks that a target is registered ACTIVE with references.
 func (w *world) wantAlive(t *testing.T, target string) *commonv1.Target {
 	t.Helper()
-	resp, err := w.Volumes.GetTarget(w.ctx, &volumev1.GetTargetRequest{TargetId: target})
+	resp, err := w.Volumes.GetTarget(w.ctx, &volumev1.GetTargetRequest{TargetId: target, IncludeReferenceCount: true})
 	if err != nil {
 		t.Fatalf("target %s: %v", target, err)
 	}

@@ -85,7 +85,7 @@ func volumeCommands() []command {
 				if err != nil {
 					return err
 				}
-				tg, err := c.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: args[0]})
+				tg, err := c.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: args[0], IncludeReferenceCount: true})
 				if err != nil {
 					return e.wrap(svcVolume, err)
 				}

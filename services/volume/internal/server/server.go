@@ -490,7 +490,7 @@ func (s *Server) GetTarget(ctx context.Context, req *volumev1.GetTargetRequest) 
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.store.GetTarget(ctx, id)
+	t, err := s.store.GetTarget(ctx, id, req.GetIncludeReferenceCount())
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetTarget", err)
 	}

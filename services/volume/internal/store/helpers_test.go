@@ -167,7 +167,7 @@ func (f *fixture) softDelete(id uuid.UUID) SoftDeleteResult {
 
 func (f *fixture) target(id uuid.UUID) Target {
 	f.t.Helper()
-	t, err := f.s.GetTarget(f.ctx, id)
+	t, err := f.s.GetTarget(f.ctx, id, true)
 	if err != nil {
 		f.t.Fatalf("get target %s: %v", id, err)
 	}

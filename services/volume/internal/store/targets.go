@@ -286,15 +286,18 @@ func checkUnregister(ctx context.Context, tx pgx.Tx, t Target) error {
 	return nil
 }
 
-// GetTarget returns a target with its reference count. Only here is the
-// count read: inside a mutating transaction, counting a target referenced
-// by thousands of volumes reads every one of their usage rows, costs
-// O(references) per call and makes every concurrent replacement of the
-// same target a serialization conflict.
-func (s *Store) GetTarget(ctx context.Context, id uuid.UUID) (Target, error) {
+// GetTarget returns a target, with its reference count if asked. Counting
+// a target referenced by thousands of volumes reads every one of their
+// usage rows: O(references) per call, so never on the data path (nor inside
+// a mutating transaction, where it would make every concurrent replacement
+// of the same target a serialization conflict).
+func (s *Store) GetTarget(ctx context.Context, id uuid.UUID, withRefCount bool) (Target, error) {
+	refCount := `0::bigint`
+	if withRefCount {
+		refCount = `(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)`
+	}
 	var refs int64
-	t, err := scanTarget(s.pool.QueryRow(ctx, `SELECT `+targetCols+`,
-		(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)
+	t, err := scanTarget(s.pool.QueryRow(ctx, `SELECT `+targetCols+`, `+refCount+`
 		FROM target WHERE target_id = $1`, id), &refs)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Target{}, notFound("target %s is not registered", id)
@@ -360,5 +363,5 @@ func (s *Store) ResolveAddress(ctx context.Context, addr string) (Target, error)
 	if err != nil {
 		return Target{}, fmt.Errorf("resolve %s: %w", c, err)
 	}
-	return s.GetTarget(ctx, t.ID)
+	return s.GetTarget(ctx, t.ID, false)
 }

@@ -111,7 +111,7 @@ func TestUnregisterTargetsRules(t *testing.T) {
 	if n, err := f.s.UnregisterTargets(f.ctx, []uuid.UUID{ro.ID}); err != nil || n != 1 {
 		t.Fatalf("deleting ro: %d %v", n, err)
 	}
-	if _, err := f.s.GetTarget(f.ctx, ro.ID); KindOf(err) != KindNotFound {
+	if _, err := f.s.GetTarget(f.ctx, ro.ID, true); KindOf(err) != KindNotFound {
 		t.Fatalf("gone target: %v", err)
 	}
 	f.healthy()

@@ -2102,10 +2102,13 @@ func (x *UnregisterTargetsResponse) GetRemoved() int32 {
 }
 
 type GetTargetRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TargetId      string                 `protobuf:"bytes,1,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TargetId string                 `protobuf:"bytes,1,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
+	// Fill reference_count. Counting reads every reference (thousands for a
+	// popular snapshot target), so it is for operators; otherwise it is 0.
+	IncludeReferenceCount bool `protobuf:"varint,2,opt,name=include_reference_count,json=includeReferenceCount,proto3" json:"include_reference_count,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *GetTargetRequest) Reset() {
@@ -2143,6 +2146,13 @@ func (x *GetTargetRequest) GetTargetId() string {
 		return x.TargetId
 	}
 	return ""
+}
+
+func (x *GetTargetRequest) GetIncludeReferenceCount() bool {
+	if x != nil {
+		return x.IncludeReferenceCount
+	}
+	return false
 }
 
 type GetTargetResponse struct {
@@ -2617,9 +2627,10 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\n" +
 	"target_ids\x18\x01 \x03(\tR\ttargetIds\"5\n" +
 	"\x19UnregisterTargetsResponse\x12\x18\n" +
-	"\aremoved\x18\x01 \x01(\x05R\aremoved\"/\n" +
+	"\aremoved\x18\x01 \x01(\x05R\aremoved\"g\n" +
 	"\x10GetTargetRequest\x12\x1b\n" +
-	"\ttarget_id\x18\x01 \x01(\tR\btargetId\"F\n" +
+	"\ttarget_id\x18\x01 \x01(\tR\btargetId\x126\n" +
+	"\x17include_reference_count\x18\x02 \x01(\bR\x15includeReferenceCount\"F\n" +
 	"\x11GetTargetResponse\x121\n" +
 	"\x06target\x18\x01 \x01(\v2\x19.storage.common.v1.TargetR\x06target\"\xe1\x01\n" +
 	"\x12ListTargetsRequest\x12\x1b\n" +
