@@ -38,12 +38,12 @@ func (t *roFinish) Activate(ctx context.Context) any {
 		return st
 	}
 	for _, r := range reqs {
-		n, err := d.Store.InProgressSteps(ctx, r.ID)
+		busy, err := d.Store.HasStepsInProgress(ctx, r.ID)
 		if err != nil {
 			errf(&st.Errors, "request %s: steps: %v", r.ID, err)
 			continue
 		}
-		if n > 0 {
+		if busy {
 			continue
 		}
 		gone, err := sagas.TargetGone(ctx, d, r.OldTargetID)

@@ -3,6 +3,8 @@ package bgtasks
 import (
 	"context"
 	"errors"
+	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -26,7 +28,18 @@ import (
 type roStep struct {
 	env     Env
 	limiter *tasks.Limiter
+
+	mu       sync.Mutex
+	scanned  map[uuid.UUID]time.Time // when create last scanned each request
+	followUp bool                    // an activation is scheduled for a skipped scan
 }
+
+// rescanEvery bounds how often create scans one request's referencing
+// volumes. A scan reads every step and every referencing volume of the
+// request — O(fan-out) — while the task runs after every finished saga; a
+// request is scanned at once when first seen, and a skipped scan schedules
+// an activation for when it is due.
+const rescanEvery = 2 * time.Second
 
 // StepStatus is the step task's status per activation.
 type StepStatus struct {
@@ -104,7 +117,11 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 		errf(&st.Errors, "listing running requests: %v", err)
 		return
 	}
+	t.forgetScansBut(reqs)
 	for _, r := range reqs {
+		if !t.dueForScan(r.ID) {
+			continue
+		}
 		// Volumes this request already has a live step for need no insert
 		// attempt (each would be a transaction answering "already handled").
 		existing, err := d.Store.StepsOfRequest(ctx, r.ID, "")
@@ -116,6 +133,11 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 		for _, s := range existing {
 			if s.State != datastore.StepVolumeDeleted {
 				handled[s.VolumeID] = true
+			}
+			// A step's stash names A until it is collected; it never gets
+			// a step (InsertStep would answer so, one transaction each).
+			if s.OldSnapshotVolumeID != nil {
+				handled[*s.OldSnapshotVolumeID] = true
 			}
 		}
 		token := ""
@@ -148,6 +170,46 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 			if token = resp.NextPageToken; token == "" {
 				break
 			}
+		}
+	}
+}
+
+// dueForScan reports whether create may scan a request now, and if so
+// records the scan; otherwise it makes sure an activation comes when due.
+func (t *roStep) dueForScan(id uuid.UUID) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.scanned == nil {
+		t.scanned = map[uuid.UUID]time.Time{}
+	}
+	wait := rescanEvery - time.Since(t.scanned[id])
+	if wait <= 0 {
+		t.scanned[id] = time.Now()
+		return true
+	}
+	if !t.followUp {
+		t.followUp = true
+		time.AfterFunc(wait, func() {
+			t.mu.Lock()
+			t.followUp = false
+			t.mu.Unlock()
+			t.env.Deps.KickTasks(sagas.TaskROStep)
+		})
+	}
+	return false
+}
+
+// forgetScansBut keeps scan times only for requests still Running.
+func (t *roStep) forgetScansBut(running []datastore.ReadOnlyRequest) {
+	keep := make(map[uuid.UUID]bool, len(running))
+	for _, r := range running {
+		keep[r.ID] = true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id := range t.scanned {
+		if !keep[id] {
+			delete(t.scanned, id)
 		}
 	}
 }

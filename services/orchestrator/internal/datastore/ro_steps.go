@@ -152,8 +152,18 @@ func (s *Store) StepCounts(ctx context.Context, requestID *uuid.UUID) (map[StepS
 // Complete step still counts until its stash is collected (§8.3).
 func (s *Store) InProgressSteps(ctx context.Context, requestID uuid.UUID) (int64, error) {
 	var n int64
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM ro_replacement_step WHERE request_id = $1 AND state <> 'volume_deleted'`, requestID).Scan(&n)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM ro_replacement_step
+		WHERE request_id = $1 AND state IN ('requested', 'running', 'complete', 'collecting')`, requestID).Scan(&n)
 	return n, err
+}
+
+// HasStepsInProgress is InProgressSteps > 0 at the cost of one index probe
+// (the finish task asks after every collected step of a fan-out).
+func (s *Store) HasStepsInProgress(ctx context.Context, requestID uuid.UUID) (bool, error) {
+	var any bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM ro_replacement_step
+		WHERE request_id = $1 AND state IN ('requested', 'running', 'complete', 'collecting'))`, requestID).Scan(&any)
+	return any, err
 }
 
 // SetStepRunning is S1: the step saga claims a Requested step.
