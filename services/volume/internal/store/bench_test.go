@@ -184,7 +184,11 @@ func pgbenchInsert(b *testing.B, f *fixture, clients int) float64 {
 // own stash. It reports swaps per second and the transactions rolled back
 // (serialization failures retried) per swap.
 func BenchmarkReplaceFanOut(b *testing.B) {
-	const clones, workers = 1000, 16
+	const workers = 16
+	clones := 1000
+	if n, _ := strconv.Atoi(os.Getenv("STORAGECP_BENCH_CLONES")); n > 0 {
+		clones = n
+	}
 	f := newFixture(b)
 	_, rw := f.newDisk(nil)
 	snapID, snaps := f.newSnapshot(rw)
@@ -226,8 +230,19 @@ func BenchmarkReplaceFanOut(b *testing.B) {
 			b.Fatal(err)
 		}
 		took := time.Since(t0)
+		if os.Getenv("STORAGECP_BENCH_EXPLAIN") == "1" {
+			tx, _ := f.pool.Begin(f.ctx)
+			rows, _ := tx.Query(f.ctx, `EXPLAIN (ANALYZE, BUFFERS) UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3`, stashes[0], ids[0], snaps[0].ID)
+			for rows.Next() {
+				var l string
+				_ = rows.Scan(&l)
+				b.Log(l)
+			}
+			rows.Close()
+			_ = tx.Rollback(f.ctx)
+		}
 		b.ReportMetric(float64(clones)/took.Seconds(), "swaps/s")
-		b.ReportMetric(float64(retries.Load())/clones, "retries/swap")
+		b.ReportMetric(float64(retries.Load())/float64(clones), "retries/swap")
 		b.StopTimer()
 		// Swap back for the next round.
 		for i := range clones {
