@@ -123,7 +123,9 @@ func newDrainer(t *testing.T, e *testenv.Env) *drainer {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.driver.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; e.Deps.Kick = nil })
+	// Kick stays set: a task's scheduled follow-up may still fire after the
+	// driver stopped, and kicking a stopped driver does nothing.
+	t.Cleanup(func() { cancel(); <-done })
 	return d
 }
 
