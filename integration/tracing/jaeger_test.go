@@ -126,8 +126,11 @@ func getTrace(ctx context.Context, base, traceID string) (*jaegerTrace, error) {
 }
 
 // searchTraces lists the recent traces with a span of service (raw JSON).
-func searchTraces(ctx context.Context, base, service string, limit int) ([]byte, error) {
+func searchTraces(ctx context.Context, base, service, operation string, limit int) ([]byte, error) {
 	q := url.Values{"service": {service}, "limit": {fmt.Sprint(limit)}, "lookback": {"1h"}}
+	if operation != "" {
+		q.Set("operation", operation)
+	}
 	return jaegerGet(ctx, base, "/api/traces?"+q.Encode())
 }
 

@@ -80,7 +80,7 @@ func TestKeysNeverLeak(t *testing.T) {
 	}
 	spans := 0
 	for _, svc := range svcs {
-		body, err := searchTraces(ctx, base, svc, 100000)
+		body, err := searchTraces(ctx, base, svc, "", 100000)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -129,13 +129,30 @@ func TestReplacementIsOneTraceInJaeger(t *testing.T) {
 	}
 	t.Logf("trace %s: %4d spans in all", traceID, len(last.Spans))
 
-	// The search API finds it by service, as an operator would.
-	body, err := searchTraces(ctx, base, stack.Orchestrator, 100)
+	// The search API finds it by service and its root span's operation, as
+	// an operator would (by service alone, the 100 newest traces are task
+	// activations and lease renewals that ran after it).
+	root := ""
+	for _, s := range last.Spans {
+		parented := false
+		for _, ref := range s.References {
+			// A root's only references are links (FOLLOWS_FROM) to the task
+			// activation that started it.
+			parented = parented || (ref.RefType == "CHILD_OF" && ref.TraceID == traceID)
+		}
+		if !parented && last.Processes[s.ProcessID].ServiceName == stack.Orchestrator {
+			root = s.OperationName
+		}
+	}
+	if root == "" {
+		t.Fatalf("trace %s has no root span from %s", traceID, stack.Orchestrator)
+	}
+	body, err := searchTraces(ctx, base, stack.Orchestrator, root, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(body), traceID) {
-		t.Errorf("GET /api/traces?service=%s does not list trace %s", stack.Orchestrator, traceID)
+		t.Errorf("GET /api/traces?service=%s&operation=%s does not list trace %s", stack.Orchestrator, root, traceID)
 	}
 }
 
