@@ -74,7 +74,18 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	st, err := stack.Start(ctx, cfg)
+	// Free ports are picked, released, then bound by the child process; an
+	// outgoing connection can take one in between (both come from the
+	// ephemeral range), and the child exits. Another set of ports is the
+	// cure; three attempts make it vanishingly rare.
+	var st *stack.Stack
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		if st, err = stack.Start(ctx, cfg); err == nil {
+			break
+		}
+		t.Logf("start stack (attempt %d of 3): %v", attempt, err)
+	}
 	if err != nil {
 		t.Fatalf("start stack: %v", err)
 	}
