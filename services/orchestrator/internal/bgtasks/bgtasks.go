@@ -47,7 +47,7 @@ func Register(d *tasks.Driver, env Env) {
 	add(start, start.limiter)
 	gc := &roGC{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1)}
 	add(gc, gc.limiter)
-	step := &roStep{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1)}
+	step := &roStep{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1), scans: pacer{every: rescanEvery}}
 	add(step, step.limiter)
 	finish := &roFinish{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1)}
 	add(finish, finish.limiter)

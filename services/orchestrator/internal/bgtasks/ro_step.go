@@ -3,7 +3,6 @@ package bgtasks
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,10 +27,7 @@ import (
 type roStep struct {
 	env     Env
 	limiter *tasks.Limiter
-
-	mu       sync.Mutex
-	scanned  map[uuid.UUID]time.Time // when create last scanned each request
-	followUp bool                    // an activation is scheduled for a skipped scan
+	scans   pacer // create scans a request at most every rescanEvery
 }
 
 // rescanEvery bounds how often create scans one request's referencing
@@ -117,9 +113,14 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 		errf(&st.Errors, "listing running requests: %v", err)
 		return
 	}
-	t.forgetScansBut(reqs)
+	ids := make([]uuid.UUID, len(reqs))
+	for i, r := range reqs {
+		ids[i] = r.ID
+	}
+	t.scans.keepOnly(ids)
 	for _, r := range reqs {
-		if !t.dueForScan(r.ID) {
+		if ok, wait := t.scans.due(r.ID); !ok {
+			t.scans.kickAfter(wait, func() { d.KickTasks(sagas.TaskROStep) })
 			continue
 		}
 		// Volumes this request already has a live step for need no insert
@@ -170,46 +171,6 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 			if token = resp.NextPageToken; token == "" {
 				break
 			}
-		}
-	}
-}
-
-// dueForScan reports whether create may scan a request now, and if so
-// records the scan; otherwise it makes sure an activation comes when due.
-func (t *roStep) dueForScan(id uuid.UUID) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.scanned == nil {
-		t.scanned = map[uuid.UUID]time.Time{}
-	}
-	wait := rescanEvery - time.Since(t.scanned[id])
-	if wait <= 0 {
-		t.scanned[id] = time.Now()
-		return true
-	}
-	if !t.followUp {
-		t.followUp = true
-		time.AfterFunc(wait, func() {
-			t.mu.Lock()
-			t.followUp = false
-			t.mu.Unlock()
-			t.env.Deps.KickTasks(sagas.TaskROStep)
-		})
-	}
-	return false
-}
-
-// forgetScansBut keeps scan times only for requests still Running.
-func (t *roStep) forgetScansBut(running []datastore.ReadOnlyRequest) {
-	keep := make(map[uuid.UUID]bool, len(running))
-	for _, r := range running {
-		keep[r.ID] = true
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for id := range t.scanned {
-		if !keep[id] {
-			delete(t.scanned, id)
 		}
 	}
 }

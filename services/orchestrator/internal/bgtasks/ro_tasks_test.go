@@ -99,8 +99,10 @@ func newFixture(t *testing.T, sleds int) *fixture {
 func (f *fixture) detector() *roDetector { return &roDetector{env: f.env} }
 func (f *fixture) start() *roStart       { return &roStart{env: f.env, limiter: tasks.NewLimiter(64, 1)} }
 func (f *fixture) gc() *roGC             { return &roGC{env: f.env, limiter: tasks.NewLimiter(64, 1)} }
-func (f *fixture) step() *roStep         { return &roStep{env: f.env, limiter: tasks.NewLimiter(64, 1)} }
-func (f *fixture) finish() *roFinish     { return &roFinish{env: f.env, limiter: tasks.NewLimiter(64, 1)} }
+func (f *fixture) step() *roStep {
+	return &roStep{env: f.env, limiter: tasks.NewLimiter(64, 1), scans: pacer{every: rescanEvery}}
+}
+func (f *fixture) finish() *roFinish { return &roFinish{env: f.env, limiter: tasks.NewLimiter(64, 1)} }
 
 func (f *fixture) disk() uuid.UUID {
 	g, _ := sagas.GeometryFor(gib, 512)

@@ -2,7 +2,6 @@ package bgtasks
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -24,10 +23,7 @@ const DefaultDrivePeriod = 10 * time.Second
 type rwDrive struct {
 	env     Env
 	limiter *tasks.Limiter
-
-	mu        sync.Mutex
-	lastDrive map[uuid.UUID]time.Time // when each request's last rr-drive started
-	watching  bool                    // a follow-up activation is scheduled
+	drives  pacer // a new rr-drive per request at most every redriveEvery
 }
 
 // Only the Upstairs can say a repair finished, and it tells the notifier,
@@ -79,7 +75,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 			continue
 		}
 		waiting = true
-		if !t.dueForDrive(r.ID) {
+		if ok, _ := t.drives.due(r.ID); !ok {
 			continue
 		}
 		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RRDrive,
@@ -95,57 +91,15 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 	if len(st.DoneOK) > 0 {
 		d.KickTasks(sagas.TaskRWFinish)
 	}
-	t.forgetAllBut(reqs)
+	ids := make([]uuid.UUID, len(reqs))
+	for i, r := range reqs {
+		ids[i] = r.ID
+	}
+	t.drives.keepOnly(ids)
 	if waiting {
-		t.watch()
+		t.drives.kickAfter(watchEvery, func() { t.env.Deps.KickTasks(sagas.TaskRWDrive) })
 	}
 	return st
-}
-
-// forgetAllBut keeps drive times only for requests still Running.
-func (t *rwDrive) forgetAllBut(running []datastore.RegionRequest) {
-	keep := make(map[uuid.UUID]bool, len(running))
-	for _, r := range running {
-		keep[r.ID] = true
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for id := range t.lastDrive {
-		if !keep[id] {
-			delete(t.lastDrive, id)
-		}
-	}
-}
-
-// dueForDrive reports whether a request may get a new rr-drive now, and if
-// so records the start.
-func (t *rwDrive) dueForDrive(id uuid.UUID) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.lastDrive == nil {
-		t.lastDrive = map[uuid.UUID]time.Time{}
-	}
-	if time.Since(t.lastDrive[id]) < redriveEvery {
-		return false
-	}
-	t.lastDrive[id] = time.Now()
-	return true
-}
-
-// watch schedules one follow-up activation (never more than one pending).
-func (t *rwDrive) watch() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.watching {
-		return
-	}
-	t.watching = true
-	time.AfterFunc(watchEvery, func() {
-		t.mu.Lock()
-		t.watching = false
-		t.mu.Unlock()
-		t.env.Deps.KickTasks(sagas.TaskRWDrive)
-	})
 }
 
 // registerRW adds the rw region replacement tasks; the drive task runs at
@@ -157,7 +111,7 @@ func registerRW(d *tasks.Driver, env Env) {
 	if drivePeriod <= 0 || drivePeriod > DefaultDrivePeriod {
 		drivePeriod = DefaultDrivePeriod
 	}
-	drive := &rwDrive{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1)}
+	drive := &rwDrive{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1), drives: pacer{every: redriveEvery}}
 	d.Register(drive, drivePeriod, drive.limiter)
 	fin := &rwFinish{env: env, limiter: tasks.NewLimiter(env.MaxSagas, 1)}
 	d.Register(fin, env.Period, fin.limiter)

@@ -18,7 +18,9 @@ import (
 func (f *fixture) rwDetector() *rwDetector {
 	return &rwDetector{env: f.env, limiter: tasks.NewLimiter(64, 1)}
 }
-func (f *fixture) rwDrive() *rwDrive { return &rwDrive{env: f.env, limiter: tasks.NewLimiter(64, 1)} }
+func (f *fixture) rwDrive() *rwDrive {
+	return &rwDrive{env: f.env, limiter: tasks.NewLimiter(64, 1), drives: pacer{every: redriveEvery}}
+}
 func (f *fixture) rwFinish() *rwFinish {
 	return &rwFinish{env: f.env, limiter: tasks.NewLimiter(64, 1)}
 }

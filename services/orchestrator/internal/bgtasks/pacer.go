@@ -1,0 +1,66 @@
+package bgtasks
+
+import (
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// pacer spaces out expensive per-request work of a task that runs far more
+// often than that work is worth (after every finished saga), and schedules
+// one follow-up activation so that work put off is not forgotten. The zero
+// value is ready; every is set by its owner.
+type pacer struct {
+	every time.Duration
+
+	mu       sync.Mutex
+	last     map[uuid.UUID]time.Time // when each request's work last ran
+	followUp bool                    // an activation is scheduled
+}
+
+// due reports whether id's work may run now, and if so records it. When it
+// may not, it returns how long until it may.
+func (p *pacer) due(id uuid.UUID) (bool, time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last == nil {
+		p.last = map[uuid.UUID]time.Time{}
+	}
+	if wait := p.every - time.Since(p.last[id]); wait > 0 {
+		return false, wait
+	}
+	p.last[id] = time.Now()
+	return true, 0
+}
+
+// kickAfter calls kick after d, unless a call is already scheduled.
+func (p *pacer) kickAfter(d time.Duration, kick func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.followUp {
+		return
+	}
+	p.followUp = true
+	time.AfterFunc(d, func() {
+		p.mu.Lock()
+		p.followUp = false
+		p.mu.Unlock()
+		kick()
+	})
+}
+
+// keepOnly forgets every request but these.
+func (p *pacer) keepOnly(ids []uuid.UUID) {
+	keep := make(map[uuid.UUID]bool, len(ids))
+	for _, id := range ids {
+		keep[id] = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.last {
+		if !keep[id] {
+			delete(p.last, id)
+		}
+	}
+}
