@@ -116,6 +116,16 @@ const targetCols = `target_id, kind, state, region_id, dataset_id, address, snap
 // targetColsT is targetCols qualified by the alias t.
 const targetColsT = `t.target_id, t.kind, t.state, t.region_id, t.dataset_id, t.address, t.snapshot_id, t.owner_volume_id`
 
+// refCountColumn is the reference-count column of a target query: the
+// number of usage rows naming targetCol, or 0 when not asked for (counting
+// costs one read per reference).
+func refCountColumn(count bool, targetCol string) string {
+	if !count {
+		return `0::bigint`
+	}
+	return `(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = ` + targetCol + `)`
+}
+
 func scanTarget(row pgx.Row, extra ...any) (Target, error) {
 	var t Target
 	var dataset, snapshot, owner uuid.NullUUID

@@ -292,12 +292,8 @@ func checkUnregister(ctx context.Context, tx pgx.Tx, t Target) error {
 // a mutating transaction, where it would make every concurrent replacement
 // of the same target a serialization conflict).
 func (s *Store) GetTarget(ctx context.Context, id uuid.UUID, withRefCount bool) (Target, error) {
-	refCount := `0::bigint`
-	if withRefCount {
-		refCount = `(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)`
-	}
 	var refs int64
-	t, err := scanTarget(s.pool.QueryRow(ctx, `SELECT `+targetCols+`, `+refCount+`
+	t, err := scanTarget(s.pool.QueryRow(ctx, `SELECT `+targetCols+`, `+refCountColumn(withRefCount, "target.target_id")+`
 		FROM target WHERE target_id = $1`, id), &refs)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Target{}, notFound("target %s is not registered", id)
@@ -319,8 +315,7 @@ type TargetFilter struct {
 // ListTargets lists targets by id after `after`.
 func (s *Store) ListTargets(ctx context.Context, f TargetFilter, after uuid.UUID, limit int) ([]Target, uuid.UUID, error) {
 	limit = pageLimit(limit)
-	rows, err := s.pool.Query(ctx, `SELECT `+targetCols+`,
-		(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = target.target_id)
+	rows, err := s.pool.Query(ctx, `SELECT `+targetCols+`, `+refCountColumn(true, "target.target_id")+`
 		FROM target
 		WHERE target_id > $1 AND ($2 = '' OR kind = $2) AND ($3 = '' OR state = $3)
 		  AND ($4::uuid IS NULL OR owner_volume_id = $4)

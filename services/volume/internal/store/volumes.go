@@ -239,11 +239,7 @@ func attachTargets(ctx context.Context, q db.Querier, vols []Volume, withRefCoun
 		idList[i] = v.ID
 		pos[v.ID] = i
 	}
-	refCount := `0::bigint`
-	if withRefCounts {
-		refCount = `(SELECT count(*) FROM volume_resource_usage u WHERE u.target_id = t.target_id)`
-	}
-	rows, err := q.Query(ctx, `SELECT `+targetColsT+`, `+refCount+`, vt.volume_id
+	rows, err := q.Query(ctx, `SELECT `+targetColsT+`, `+refCountColumn(withRefCounts, "t.target_id")+`, vt.volume_id
 		FROM volume_target vt JOIN target t ON t.target_id = vt.target_id
 		WHERE vt.volume_id = ANY($1)`, idList)
 	if err != nil {
