@@ -43,15 +43,11 @@ func sagaCommands() []command {
 					return err
 				}
 				all := &orchestratorv1.ListSagasResponse{}
-				for {
-					resp, err := c.ListSagas(ctx, req)
-					if err != nil {
-						return e.wrap(svcOrchestrator, err)
-					}
-					all.Sagas = append(all.Sagas, resp.Sagas...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
+				if err := allPages(func(token string) (*orchestratorv1.ListSagasResponse, error) {
+					req.PageToken = token
+					return c.ListSagas(ctx, req)
+				}, func(resp *orchestratorv1.ListSagasResponse) { all.Sagas = append(all.Sagas, resp.Sagas...) }); err != nil {
+					return e.wrap(svcOrchestrator, err)
 				}
 				if e.json() {
 					return e.printJSON(all)

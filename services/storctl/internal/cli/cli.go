@@ -362,3 +362,18 @@ func (e *env) commandUsage(w io.Writer, c command, fs *flag.FlagSet) {
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 }
+
+// allPages fetches page after page — fetch gets each page's token, "" for
+// the first — until a page has no next token, handing each page to add.
+func allPages[R interface{ GetNextPageToken() string }](fetch func(token string) (R, error), add func(R)) error {
+	for token := ""; ; {
+		resp, err := fetch(token)
+		if err != nil {
+			return err
+		}
+		add(resp)
+		if token = resp.GetNextPageToken(); token == "" {
+			return nil
+		}
+	}
+}

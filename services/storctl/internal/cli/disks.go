@@ -78,16 +78,13 @@ func (e *env) listDisks(ctx context.Context, sled string) (*allocatorv1.ListPhys
 	}
 	req := &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, SledId: sled}
 	all := &allocatorv1.ListPhysicalDisksResponse{}
-	for {
-		resp, err := c.ListPhysicalDisks(ctx, req)
-		if err != nil {
-			return nil, e.wrap(svcAllocator, err)
-		}
-		all.Disks = append(all.Disks, resp.Disks...)
-		if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-			return all, nil
-		}
+	if err := allPages(func(token string) (*allocatorv1.ListPhysicalDisksResponse, error) {
+		req.PageToken = token
+		return c.ListPhysicalDisks(ctx, req)
+	}, func(resp *allocatorv1.ListPhysicalDisksResponse) { all.Disks = append(all.Disks, resp.Disks...) }); err != nil {
+		return nil, e.wrap(svcAllocator, err)
 	}
+	return all, nil
 }
 
 var diskHeader = []string{"DISK", "SLED", "POLICY", "STATE", "DATASET", "ADDRESS", "USED", "CAPACITY", "REGIONS", "SNAPSHOTS"}

@@ -103,15 +103,13 @@ func replacementCommands() []command {
 					return err
 				}
 				all := &orchestratorv1.ListReplacementsResponse{}
-				for {
-					resp, err := c.ListReplacements(ctx, req)
-					if err != nil {
-						return e.wrap(svcOrchestrator, err)
-					}
+				if err := allPages(func(token string) (*orchestratorv1.ListReplacementsResponse, error) {
+					req.PageToken = token
+					return c.ListReplacements(ctx, req)
+				}, func(resp *orchestratorv1.ListReplacementsResponse) {
 					all.Replacements = append(all.Replacements, resp.Replacements...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
+				}); err != nil {
+					return e.wrap(svcOrchestrator, err)
 				}
 				if e.json() {
 					return e.printJSON(all)
@@ -226,15 +224,11 @@ func replacementCommands() []command {
 					return err
 				}
 				all := &orchestratorv1.ListStepsResponse{}
-				for {
-					resp, err := c.ListSteps(ctx, req)
-					if err != nil {
-						return e.wrap(svcOrchestrator, err)
-					}
-					all.Steps = append(all.Steps, resp.Steps...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
+				if err := allPages(func(token string) (*orchestratorv1.ListStepsResponse, error) {
+					req.PageToken = token
+					return c.ListSteps(ctx, req)
+				}, func(resp *orchestratorv1.ListStepsResponse) { all.Steps = append(all.Steps, resp.Steps...) }); err != nil {
+					return e.wrap(svcOrchestrator, err)
 				}
 				if e.json() {
 					return e.printJSON(all)
@@ -253,15 +247,11 @@ func replacementCommands() []command {
 				}
 				req := &orchestratorv1.ListLocksRequest{PageSize: 1000}
 				all := &orchestratorv1.ListLocksResponse{}
-				for {
-					resp, err := c.ListLocks(ctx, req)
-					if err != nil {
-						return e.wrap(svcOrchestrator, err)
-					}
-					all.Locks = append(all.Locks, resp.Locks...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
+				if err := allPages(func(token string) (*orchestratorv1.ListLocksResponse, error) {
+					req.PageToken = token
+					return c.ListLocks(ctx, req)
+				}, func(resp *orchestratorv1.ListLocksResponse) { all.Locks = append(all.Locks, resp.Locks...) }); err != nil {
+					return e.wrap(svcOrchestrator, err)
 				}
 				if e.json() {
 					return e.printJSON(all)

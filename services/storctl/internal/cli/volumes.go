@@ -91,15 +91,13 @@ func volumeCommands() []command {
 				}
 				req := &volumev1.FindVolumesReferencingTargetRequest{TargetId: args[0], IncludeDeleted: *deleted, PageSize: 1000}
 				all := &volumev1.FindVolumesReferencingTargetResponse{}
-				for {
-					resp, err := c.FindVolumesReferencingTarget(ctx, req)
-					if err != nil {
-						return e.wrap(svcVolume, err)
-					}
+				if err := allPages(func(token string) (*volumev1.FindVolumesReferencingTargetResponse, error) {
+					req.PageToken = token
+					return c.FindVolumesReferencingTarget(ctx, req)
+				}, func(resp *volumev1.FindVolumesReferencingTargetResponse) {
 					all.Volumes = append(all.Volumes, resp.Volumes...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
+				}); err != nil {
+					return e.wrap(svcVolume, err)
 				}
 				if e.json() {
 					return e.printJSON(all)
