@@ -368,7 +368,18 @@ func TestConstructVolumeRules(t *testing.T) {
 	_, err := w.construct(vol, s2, false)
 	wantCode(t, err, codes.FailedPrecondition, "second rw consumer")
 	// A read-only consumer may join.
-	w.mustConstruct(vol, s2, true)
+	ro := w.mustConstruct(vol, s2, true)
+	// A Pantry never takes over a Propolis attachment's endpoint: the
+	// replacement would then detach the user's consumer. Nothing changes.
+	_, err = w.n.client.ConstructVolume(w.ctx, &notifierv1.ConstructVolumeRequest{
+		VolumeId: vol, Kind: notifierv1.UpstairsKind_UPSTAIRS_KIND_PANTRY, Endpoint: s2.addr,
+	})
+	wantCode(t, err, codes.FailedPrecondition, "Pantry at a Propolis attachment's endpoint")
+	for _, a := range w.attachments(vol) {
+		if a.GetAttachmentId() == ro.GetAttachmentId() && (a.GetIncarnation() != 1 || a.GetKind() != notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS || !a.GetReadOnly()) {
+			t.Fatalf("refused Pantry changed the read-only attachment: %v", a)
+		}
+	}
 	// The same endpoint again is a restart: a new incarnation, no conflict.
 	again := w.mustConstruct(vol, s1, false)
 	if again.GetAttachmentId() != a1.GetAttachmentId() || again.GetIncarnation() != 2 {

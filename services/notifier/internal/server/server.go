@@ -160,7 +160,7 @@ func (s *Server) storeError(ctx context.Context, op string, err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrAlreadyExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrRWConsumer), errors.Is(err, store.ErrSuperseded), errors.Is(err, store.ErrBadTransition):
+	case errors.Is(err, store.ErrRWConsumer), errors.Is(err, store.ErrOtherKind), errors.Is(err, store.ErrSuperseded), errors.Is(err, store.ErrBadTransition):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -29,6 +30,9 @@ var (
 	ErrAlreadyExists = errors.New("already exists")
 	// ErrRWConsumer: another live read/write consumer holds the volume.
 	ErrRWConsumer = errors.New("volume already has a read/write consumer")
+	// ErrOtherKind: the endpoint already runs the volume for an attachment
+	// of the other kind (a Pantry and a Propolis never share one).
+	ErrOtherKind = errors.New("endpoint already serves the volume for another kind of consumer")
 	// ErrSuperseded: the attachment moved on (new incarnation, detached, or
 	// changed state) while a construction was in progress.
 	ErrSuperseded = errors.New("attachment superseded")
@@ -112,12 +116,26 @@ type ConstructionStart struct {
 // one (a restart on the same endpoint) the next number. A read/write
 // consumer is refused with ErrRWConsumer while another read/write
 // attachment of the volume on another endpoint is neither STOPPED nor
-// FAILED.
+// FAILED. A construction of the other kind than the endpoint's attachment
+// is refused with ErrOtherKind, whatever that attachment's state: a Pantry
+// taking over a user's Propolis record (or the reverse) would have the
+// replacement's detach end the user's consumer.
 func (s *Store) StartConstruction(ctx context.Context, in ConstructionStart) (Attachment, error) {
 	var out Attachment
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var other uuid.UUID
+		var kind string
+		err := tx.QueryRow(ctx, `
+			SELECT attachment_id, kind FROM attachment
+			WHERE volume_id = $1 AND endpoint = $2 AND kind <> $3
+			FOR UPDATE`, in.VolumeID, in.Endpoint, in.Kind).Scan(&other, &kind)
+		switch {
+		case err == nil:
+			return fmt.Errorf("%w: %s attachment %s at %s", ErrOtherKind, strings.ToUpper(kind), other, in.Endpoint)
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
 		if !in.ReadOnly {
-			var other uuid.UUID
 			err := tx.QueryRow(ctx, `
 				SELECT attachment_id FROM attachment
 				WHERE volume_id = $1 AND endpoint <> $2 AND NOT read_only
@@ -134,12 +152,10 @@ func (s *Store) StartConstruction(ctx context.Context, in ConstructionStart) (At
 		if upstairsID == uuid.Nil {
 			upstairsID = uuid.New()
 		}
-		var err error
 		out, err = scanAttachment(tx.QueryRow(ctx, `
 			INSERT INTO attachment (attachment_id, volume_id, kind, endpoint, upstairs_id, incarnation, state, read_only)
 			VALUES ($1, $2, $3, $4, $5, 1, 'starting', $6)
 			ON CONFLICT ON CONSTRAINT attachment_volume_endpoint DO UPDATE SET
-				kind = excluded.kind,
 				upstairs_id = CASE WHEN $7 THEN excluded.upstairs_id ELSE attachment.upstairs_id END,
 				incarnation = attachment.incarnation + 1,
 				state = 'starting',
