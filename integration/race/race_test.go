@@ -175,6 +175,7 @@ func runSeed(t *testing.T, seed uint64) {
 	r.Invariants(t)
 	r.Validate(t)
 	r.NoDataLoss(t)
+	r.UpstairsCurrent(t)
 
 	// Delete everything the users still have; nothing may be left.
 	for pass := 0; pass < 2; pass++ {

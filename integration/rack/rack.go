@@ -6,8 +6,13 @@ package rack
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
@@ -322,5 +327,64 @@ func (r *Rack) NoDataLoss(t *testing.T) {
 		if resp.TotalDataLossEvents != 0 {
 			t.Errorf("sim-upstairs-%d saw %d data-loss probes", i, resp.TotalDataLossEvents)
 		}
+	}
+}
+
+// UpstairsCurrent checks, at rest, that every attachment the notifier has
+// running on a sim-upstairs is served there on exactly the targets its
+// volume names now. An Upstairs left on an older VCR refuses every later
+// replacement of the volume (two targets would differ) and reads from freed
+// targets; one that lost the volume no longer serves its consumer.
+func (r *Rack) UpstairsCurrent(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	sims := map[string]upstairsv1.UpstairsServiceClient{}
+	for i, a := range r.Stack.SimUpstairsAddrs() {
+		sims[a] = r.Sims[i]
+	}
+	token := ""
+	for {
+		resp, err := r.Notifier.ListAttachments(ctx, &notifierv1.ListAttachmentsRequest{PageSize: 1000, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range resp.Attachments {
+			if sim := sims[a.Endpoint]; sim != nil && (a.State == notifierv1.AttachmentState_ATTACHMENT_STATE_RUNNING ||
+				a.State == notifierv1.AttachmentState_ATTACHMENT_STATE_REBOOTING) {
+				r.servedCurrent(t, sim, a)
+			}
+		}
+		if token = resp.NextPageToken; token == "" {
+			return
+		}
+	}
+}
+
+func (r *Rack) servedCurrent(t *testing.T, sim upstairsv1.UpstairsServiceClient, a *notifierv1.Attachment) {
+	t.Helper()
+	ctx := context.Background()
+	vol, err := r.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: a.VolumeId})
+	if status.Code(err) == codes.NotFound {
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sim.GetVolumeStatus(ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: a.VolumeId})
+	if err != nil {
+		t.Errorf("attachment %s (%s) of volume %s is running at %s: %v", a.AttachmentId, a.Kind, a.VolumeId, a.Endpoint, err)
+		return
+	}
+	want := map[string]bool{}
+	for _, tg := range vol.Volume.Targets {
+		want[tg.Address] = true
+	}
+	got := map[string]bool{}
+	for _, d := range st.Status.Downstairs {
+		got[d.Address] = true
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("%s runs volume %s on %v; the volume names %v",
+			a.Endpoint, a.VolumeId, slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 	}
 }

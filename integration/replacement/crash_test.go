@@ -155,6 +155,7 @@ func crashCase(t *testing.T, r *rack.Rack, tmpl, node, at string) {
 	r.Invariants(t)
 	r.Validate(t)
 	r.NoDataLoss(t)
+	r.UpstairsCurrent(t)
 	_ = att
 	if t.Failed() {
 		dumpUnsucceededSagas(t, r)

@@ -111,6 +111,7 @@ func TestExpungedRegionSnapshotIsReplacedEverywhere(t *testing.T) {
 	r.Invariants(t)
 	r.Validate(t)
 	r.NoDataLoss(t)
+	r.UpstairsCurrent(t)
 }
 
 // With every copy of a snapshot's data on expunged disks and no read-only

@@ -61,6 +61,7 @@ func (r rwRack) checkReplaced(t *testing.T, volume string, old *commonv1.Target,
 	}
 	r.Invariants(t)
 	r.NoDataLoss(t)
+	r.UpstairsCurrent(t)
 }
 
 // Live repair: a consumer runs the disk on sim-upstairs-0; one of its

@@ -177,3 +177,21 @@ func TestScenario39ReadOnlySanity(t *testing.T) {
 	w.wantGone(t, first[0])
 	w.finish(t)
 }
+
+// A disk attached read-only still reads its rw regions: when one of them is
+// replaced the read-only Upstairs must switch as well, or it refuses every
+// later replacement of the disk's read-only targets (two targets would
+// differ). Found by scenario 39 when the rw replacement of its read-only
+// disk happened to run before the read-only ones.
+func TestReadOnlyAttachmentFollowsRWReplacement(t *testing.T) {
+	w := newWorld(t, expungeSleds)
+	g := w.clone(t)
+	w.construct(t, g, 1, true)
+	w.expungeDiskOf(t, w.Targets(t, g, kindRWRegion)[0].DatasetId)
+	w.drain(t, 90*time.Second)
+	w.UpstairsCurrent(t)
+	// Then the snapshot's region snapshots, one at a time: every step
+	// notifies g's read-only Upstairs.
+	w.replaceEach(t, ids(w.Targets(t, w.P, kindRegionSnapshot)))
+	w.finish(t)
+}

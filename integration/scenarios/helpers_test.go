@@ -459,6 +459,7 @@ func (w *world) checks(t *testing.T) {
 	w.Invariants(t)
 	w.Validate(t)
 	w.NoDataLoss(t)
+	w.UpstairsCurrent(t)
 	locks, err := w.Replacement.ListLocks(w.ctx, &orchestratorv1.ListLocksRequest{PageSize: 1000})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"slices"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -27,7 +28,8 @@ import (
 //	check           volume deleted or a successful repair finish for N →
 //	                done; the last step still in flight → wait; else
 //	                action required
-//	prepare         (action required only) a RUNNING rw Propolis attachment
+//	prepare         (action required only) a RUNNING Propolis attachment (rw
+//	                preferred; a read-only one reads the rw regions too)
 //	                → propolis step; no consumer → pantry step on one of the
 //	                Pantry endpoints, chosen by the request id and persisted
 //	execute         propolis: NotifyReplacement (ReplaceVolume → a live
@@ -169,7 +171,10 @@ func RegionRepairState(ctx context.Context, d *Deps, regionID uuid.UUID) (Repair
 	}
 }
 
-// volumeAttachments lists a volume's rw attachments.
+// volumeAttachments lists a volume's attachments, read-only ones included:
+// an Upstairs that attached a disk read-only still reads its rw regions, so
+// it must switch to the new region too. Left on the old VCR, it would refuse
+// every later replacement of the volume (two targets would differ).
 func volumeAttachments(ctx context.Context, d *Deps, volume uuid.UUID) ([]*notifierv1.Attachment, error) {
 	var out []*notifierv1.Attachment
 	token := ""
@@ -180,11 +185,7 @@ func volumeAttachments(ctx context.Context, d *Deps, volume uuid.UUID) ([]*notif
 		if err != nil {
 			return nil, err
 		}
-		for _, a := range resp.Attachments {
-			if !a.ReadOnly {
-				out = append(out, a)
-			}
-		}
+		out = append(out, resp.Attachments...)
 		if token = resp.NextPageToken; token == "" {
 			return out, nil
 		}
@@ -273,11 +274,23 @@ func rrDriveCheck(ctx context.Context, ac *saga.ActionContext) (any, error) {
 }
 
 // pantryFor picks the Pantry endpoint for a request: deterministic, so
-// every attempt of one request reconstructs on the same host.
-func pantryFor(endpoints []string, request uuid.UUID) string {
+// every attempt of one request reconstructs on the same host, skipping the
+// endpoints that run the volume for a Propolis attachment (an Upstairs
+// serves a volume once; the notifier refuses a Pantry there). "" when every
+// endpoint does.
+func pantryFor(endpoints []string, request uuid.UUID, atts []*notifierv1.Attachment) string {
 	h := fnv.New32a()
 	h.Write(request[:])
-	return endpoints[h.Sum32()%uint32(len(endpoints))]
+	first := int(h.Sum32() % uint32(len(endpoints)))
+	for i := range endpoints {
+		e := endpoints[(first+i)%len(endpoints)]
+		if !slices.ContainsFunc(atts, func(a *notifierv1.Attachment) bool {
+			return a.Endpoint == e && a.Kind != notifierv1.UpstairsKind_UPSTAIRS_KIND_PANTRY
+		}) {
+			return e
+		}
+	}
+	return ""
 }
 
 func rrDrivePrepare(ctx context.Context, ac *saga.ActionContext) (any, error) {
@@ -294,20 +307,31 @@ func rrDrivePrepare(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A running consumer is told (NotifyReplacement reaches every running
+	// attachment, read-only ones too); the step records a rw one when there
+	// is one, since that is the Upstairs that live-repairs.
+	var consumer *notifierv1.Attachment
 	for _, a := range atts {
-		if a.Kind == notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS && running(a) {
-			id, err := uuid.Parse(a.AttachmentId)
-			if err != nil {
-				return nil, err
-			}
-			inc := a.Incarnation
-			return DrivePlan{Kind: StepPropolis, AttachmentID: &id, Incarnation: &inc, Endpoint: a.Endpoint}, nil
+		if a.Kind == notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS && running(a) && (consumer == nil || consumer.ReadOnly) {
+			consumer = a
 		}
+	}
+	if consumer != nil {
+		id, err := uuid.Parse(consumer.AttachmentId)
+		if err != nil {
+			return nil, err
+		}
+		inc := consumer.Incarnation
+		return DrivePlan{Kind: StepPropolis, AttachmentID: &id, Incarnation: &inc, Endpoint: consumer.Endpoint}, nil
 	}
 	if len(d.PantryEndpoints) == 0 {
 		return nil, fmt.Errorf("%w: volume %s has no running consumer and no Pantry endpoint is configured", errInvalidState, p.VolumeID)
 	}
-	return DrivePlan{Kind: StepPantry, Endpoint: pantryFor(d.PantryEndpoints, p.RequestID)}, nil
+	endpoint := pantryFor(d.PantryEndpoints, p.RequestID, atts)
+	if endpoint == "" {
+		return nil, fmt.Errorf("%w: volume %s: every Pantry endpoint runs it for a Propolis attachment", errInvalidState, p.VolumeID)
+	}
+	return DrivePlan{Kind: StepPantry, Endpoint: endpoint}, nil
 }
 
 func rrDriveExecute(ctx context.Context, ac *saga.ActionContext) (any, error) {
