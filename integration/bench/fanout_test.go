@@ -145,6 +145,9 @@ func fanOut(t *testing.T, clones int) result {
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
 		topStatements(t, r.Stack.Cluster)
 		saveServerLog(t, r.Stack.Cluster, fmt.Sprintf("postgres-%d.log", clones))
+		for _, name := range []string{stack.Volume, stack.Allocator, stack.Notifier, stack.Orchestrator} {
+			rpcCounts(t, r.Stack.MetricsURL(name), name, clones)
+		}
 	}
 	perDatabase(t, r.Stack.Cluster)
 	commits := float64(after.commits - before.commits)
@@ -181,6 +184,30 @@ func saveProfile(t *testing.T, metricsURL, file string) {
 	}
 	defer f.Close()
 	_, _ = io.Copy(f, resp.Body)
+}
+
+// rpcCounts logs how many calls of each method a service served per
+// replaced volume (its gRPC server metrics; setup calls included).
+func rpcCounts(t *testing.T, metricsURL, service string, clones int) {
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		t.Logf("metrics %s: %v", service, err)
+		return
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	method := regexp.MustCompile(`rpc_method="([^"]+)"`)
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "rpc_server_call_duration_seconds_count{") {
+			continue
+		}
+		m := method.FindStringSubmatch(line)
+		n, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+		if m == nil || err != nil {
+			continue
+		}
+		t.Logf("%-24s %-36s %8.0f calls %6.2f per volume", service, m[1], n, n/float64(clones))
+	}
 }
 
 // saveServerLog copies PostgreSQL's log into .run/bench/.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
@@ -440,5 +441,32 @@ func TestCompleteFromAllocating(t *testing.T) {
 	}
 	if _, err := s.GetLock(ctx, r.LockVolumeID); !errors.Is(err, datastore.ErrNotFound) {
 		t.Fatalf("lock kept: %v", err)
+	}
+}
+
+// A released lock wakes the waiters (the tasks that retry a lost lock
+// contention) only when a contention was lost since the last wake-up: a
+// fan-out releases a lock per volume and nobody waits on those.
+func TestLockReleasedOnlyAfterContention(t *testing.T) {
+	ctx := context.Background()
+	var wakeups atomic.Int32
+	s := datastore.New(pgtest.NewPool(t, "orchestrator"), datastore.WithLockReleased(func() { wakeups.Add(1) }))
+	v, a, b := uuid.New(), uuid.New(), uuid.New()
+	must(t, s.LockVolume(ctx, v, a, datastore.HolderSnapshotCreate))
+	must(t, s.UnlockVolume(ctx, v, a))
+	if n := wakeups.Load(); n != 0 {
+		t.Fatalf("%d wake-ups without a contention", n)
+	}
+	must(t, s.LockVolume(ctx, v, a, datastore.HolderSnapshotCreate))
+	wantErr(t, s.LockVolume(ctx, v, b, datastore.HolderSnapshotCreate), datastore.ErrLockHeld)
+	must(t, s.UnlockVolume(ctx, v, a))
+	if n := wakeups.Load(); n != 1 {
+		t.Fatalf("%d wake-ups after one lost contention, want 1", n)
+	}
+	// Reported once: the next release has no waiter to wake.
+	must(t, s.LockVolume(ctx, v, b, datastore.HolderSnapshotCreate))
+	must(t, s.UnlockVolume(ctx, v, b))
+	if n := wakeups.Load(); n != 1 {
+		t.Fatalf("%d wake-ups, want still 1", n)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -45,9 +46,16 @@ const (
 type Store struct {
 	pool *pgxpool.Pool
 	// lockReleased runs after a transaction that released a repair lock
-	// commits: whoever lost a lock contention retries "on the next pass",
-	// and this is what makes that pass happen now.
+	// commits, if a lock contention was lost since the last run: whoever
+	// lost it retries "on the next pass", and this is what makes that pass
+	// happen now. Without a lost contention nobody waits, and a fan-out
+	// releasing one lock per volume would run every waiter's task for each.
 	lockReleased func()
+	// contended: a contention was lost and no release has reported it yet.
+	contended atomic.Bool
+	// releases counts lock releases, so that a contention lost while a
+	// release was reporting is not missed (see inTx).
+	releases atomic.Int64
 }
 
 // Option tunes New.
@@ -66,7 +74,19 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 }
 
 func (s *Store) released() {
-	if s.lockReleased != nil {
+	s.releases.Add(1)
+	if s.lockReleased != nil && s.contended.Swap(false) {
+		s.lockReleased()
+	}
+}
+
+// lostContention records a lost lock contention from a transaction that
+// began when the release count was before. A release that committed after
+// that transaction saw the lock held either sees the flag, or has already
+// counted itself and this reports it.
+func (s *Store) lostContention(before int64) {
+	s.contended.Store(true)
+	if s.releases.Load() != before && s.lockReleased != nil && s.contended.Swap(false) {
 		s.lockReleased()
 	}
 }
@@ -76,12 +96,17 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // inTx runs fn in a fenced SERIALIZABLE transaction.
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+	before := s.releases.Load()
+	err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := fence.Check(ctx, tx); err != nil {
 			return err
 		}
 		return fn(tx)
 	})
+	if errors.Is(err, ErrLockHeld) {
+		s.lostContention(before)
+	}
+	return err
 }
 
 // lockVolume takes the repair lock on volumeID for repairID inside tx. It is

@@ -140,7 +140,7 @@ func undoReplaceReadOnly(ctx context.Context, ac *saga.ActionContext) error {
 // deleteVolumeNodes appends a constant holding the delete parameters and
 // the volume-delete subsaga on id.
 func deleteVolumeNodes(b *saga.Builder, name string, id uuid.UUID) {
-	p := DeleteParams{VolumeID: id}
+	p := DeleteParams{VolumeID: id, Embedded: true}
 	b.Append(saga.ConstantNode(name+"_params", p))
 	b.Append(saga.SubsagaNode(name, VolumeDelete, name+"_params", p))
 }

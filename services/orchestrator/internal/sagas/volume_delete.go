@@ -34,6 +34,11 @@ import (
 // DeleteParams are volume-delete's parameters.
 type DeleteParams struct {
 	VolumeID uuid.UUID `json:"volume_id"`
+	// Embedded: run as a replacement saga's subsaga, whose own commit
+	// activates the tasks that wait on it; it activates every task only if
+	// it freed something. A delete of its own (a user's) always does, since
+	// any task may wait on the volume.
+	Embedded bool `json:"embedded,omitempty"`
 }
 
 // DeleteResult is volume-delete's output.
@@ -198,6 +203,16 @@ func hardDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	deps(ac).kick()
+	soft, err := saga.Lookup[Freed](ac, "soft_delete")
+	if err != nil {
+		return nil, err
+	}
+	// Freed storage (or other volumes hard-deleted) may be what any task
+	// waits on; an embedded delete that freed nothing leaves the wake-ups to
+	// its saga (a fan-out's thousands of stash deletes would otherwise run
+	// every detector once each).
+	if !p.Embedded || len(soft.RegionIDs)+len(soft.RegionSnapshots)+len(f.RegionIDs)+len(f.VolumeIDs) > 0 {
+		deps(ac).kick()
+	}
 	return DeleteResult{HardDeleted: resp.Outcome == volumev1.HardDeleteOutcome_HARD_DELETE_OUTCOME_DELETED}, nil
 }
