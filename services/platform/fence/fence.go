@@ -102,14 +102,35 @@ func errStale(have, newest int64) error {
 // an epoch older than the newest recorded, and records a newer one in the
 // same transaction, so the mutation and the fence commit together.
 func Check(ctx context.Context, tx pgx.Tx) error {
-	e, ok := FromContext(ctx)
-	if !ok {
+	if _, ok := FromContext(ctx); !ok {
 		return nil
 	}
 	var newest int64
-	if err := tx.QueryRow(ctx, `SELECT epoch FROM fence WHERE id = 1`).Scan(&newest); err != nil {
+	if err := tx.QueryRow(ctx, newestSQL).Scan(&newest); err != nil {
 		return err
 	}
+	return checkNewest(ctx, tx, newest)
+}
+
+const newestSQL = `SELECT epoch FROM fence WHERE id = 1`
+
+// QueueCheck is Check for a transaction that sends its reads as one batch
+// (one round trip): it queues the fence read on b (first, so its epoch is
+// the one the batch ran under), and the returned function, called once the
+// batch's results are in and before any write, completes the check.
+func QueueCheck(b *pgx.Batch) func(ctx context.Context, tx pgx.Tx) error {
+	var newest int64
+	b.Queue(newestSQL).QueryRow(func(row pgx.Row) error { return row.Scan(&newest) })
+	return func(ctx context.Context, tx pgx.Tx) error {
+		if _, ok := FromContext(ctx); !ok {
+			return nil
+		}
+		return checkNewest(ctx, tx, newest)
+	}
+}
+
+func checkNewest(ctx context.Context, tx pgx.Tx, newest int64) error {
+	e, _ := FromContext(ctx)
 	if e < newest {
 		return errStale(e, newest)
 	}

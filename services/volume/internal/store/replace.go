@@ -2,10 +2,14 @@ package store
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/fence"
 	"storagecp.dev/volume/internal/vcr"
 )
 
@@ -29,62 +33,113 @@ type replaceInputs struct {
 }
 
 func loadReplaceInputs(ctx context.Context, tx pgx.Tx, volumeID, oldID, newID uuid.UUID, rw bool) (replaceInputs, ReplaceResult, error) {
+	vol := loadedVolume{}
+	old, nt := loadedTarget{id: oldID}, loadedTarget{id: newID}
+	var err error
+	if vol.v, vol.ok, err = loadVolume(ctx, tx, volumeID); err != nil {
+		return replaceInputs{}, 0, err
+	}
+	if vol.ok && !vol.v.SoftDeleted() {
+		if old.t, old.ok, err = getTarget(ctx, tx, oldID); err != nil {
+			return replaceInputs{}, 0, err
+		}
+		if nt.t, nt.ok, err = getTarget(ctx, tx, newID); err != nil {
+			return replaceInputs{}, 0, err
+		}
+	}
+	return replaceInputsOf(&vol, &old, &nt, rw)
+}
+
+// replaceInputsOf checks what loadReplaceInputs (or a batch) read: a
+// non-zero result when the volume is deleted, an error when the targets are
+// not what the replacement needs.
+func replaceInputsOf(vol *loadedVolume, old, nt *loadedTarget, rw bool) (replaceInputs, ReplaceResult, error) {
 	var in replaceInputs
-	v, ok, err := loadVolume(ctx, tx, volumeID)
-	if err != nil {
-		return in, 0, err
-	}
-	if !ok {
+	switch {
+	case !vol.ok:
 		return in, ReplaceVolumeHardDeleted, nil
-	}
-	if v.SoftDeleted() {
+	case vol.v.SoftDeleted():
 		return in, ReplaceVolumeSoftDeleted, nil
 	}
-	in.volume = v
-	old, ok, err := getTarget(ctx, tx, oldID)
-	if err != nil {
-		return in, 0, err
+	in.volume = vol.v
+	if !old.ok || old.t.Address == "" {
+		return in, 0, failedPrecondition("old target %s is not a registered target with an address", old.id)
 	}
-	if !ok || old.Address == "" {
-		return in, 0, failedPrecondition("old target %s is not a registered target with an address", oldID)
+	if !nt.ok || nt.t.State != StateActive {
+		return in, 0, failedPrecondition("new target %s is not a registered ACTIVE target", nt.id)
 	}
-	nt, ok, err := getTarget(ctx, tx, newID)
-	if err != nil {
-		return in, 0, err
-	}
-	if !ok || nt.State != StateActive {
-		return in, 0, failedPrecondition("new target %s is not a registered ACTIVE target", newID)
-	}
-	if rw != (old.Kind == KindRWRegion) || rw != (nt.Kind == KindRWRegion) {
+	if rw != (old.t.Kind == KindRWRegion) || rw != (nt.t.Kind == KindRWRegion) {
 		want := "read-only targets"
 		if rw {
 			want = "rw regions"
 		}
-		return in, 0, failedPrecondition("targets %s and %s must both be %s", oldID, newID, want)
+		return in, 0, failedPrecondition("targets %s and %s must both be %s", old.id, nt.id, want)
 	}
-	in.old, in.new = old, nt
+	in.old, in.new = old.t, nt.t
 	return in, 0, nil
+}
+
+// loadedVolume and loadedTarget are rows read by a batch (or one by one);
+// ok=false when the row does not exist.
+type loadedVolume struct {
+	v  Volume
+	ok bool
+}
+
+type loadedTarget struct {
+	id uuid.UUID
+	t  Target
+	ok bool
+}
+
+// queueLoadVolume is loadVolume as a query of a batch.
+func queueLoadVolume(b *pgx.Batch, id uuid.UUID) *loadedVolume {
+	out := &loadedVolume{}
+	b.Queue(loadVolumeSQL, id).QueryRow(func(row pgx.Row) error {
+		var err error
+		out.v, out.ok, err = scanVolume(row, id)
+		return err
+	})
+	return out
+}
+
+// queueGetTarget is getTarget as a query of a batch.
+func queueGetTarget(b *pgx.Batch, id uuid.UUID) *loadedTarget {
+	out := &loadedTarget{id: id}
+	b.Queue(getTargetSQL, id).QueryRow(func(row pgx.Row) error {
+		var err error
+		out.t, out.ok, err = scanTargetRow(row, id)
+		return err
+	})
+	return out
 }
 
 // checkStash: the stash must exist live, and since its VCR is overwritten it
 // may hold nothing but (on an undo) the reference that moves back.
 func checkStash(ctx context.Context, tx pgx.Tx, stashID uuid.UUID, newTarget Target) error {
-	stash, ok, err := loadVolume(ctx, tx, stashID)
-	if err != nil {
+	var stash loadedVolume
+	var err error
+	if stash.v, stash.ok, err = loadVolume(ctx, tx, stashID); err != nil {
 		return err
 	}
-	if !ok || stash.SoftDeleted() {
+	var others int64
+	if err := tx.QueryRow(ctx, stashOthersSQL, stashID, newTarget.ID).Scan(&others); err != nil {
+		return err
+	}
+	return stashUsable(&stash, stashID, newTarget, others)
+}
+
+// stashOthersSQL counts the stash's references to other targets than new.
+const stashOthersSQL = `SELECT count(*) FROM volume_resource_usage WHERE volume_id = $1 AND target_id <> $2`
+
+func stashUsable(stash *loadedVolume, stashID uuid.UUID, newTarget Target, others int64) error {
+	if !stash.ok || stash.v.SoftDeleted() {
 		return failedPrecondition("stash volume %s does not exist or is soft-deleted", stashID)
 	}
-	for _, r := range vcr.AllTargets(stash.VCR) {
+	for _, r := range vcr.AllTargets(stash.v.VCR) {
 		if c, err := vcr.Canonical(r.Address); err != nil || c != newTarget.Address {
 			return failedPrecondition("stash volume %s already names other targets", stashID)
 		}
-	}
-	var others int64
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM volume_resource_usage WHERE volume_id = $1 AND target_id <> $2`,
-		stashID, newTarget.ID).Scan(&others); err != nil {
-		return err
 	}
 	if others > 0 {
 		return failedPrecondition("stash volume %s already holds other references", stashID)
@@ -96,13 +151,32 @@ func checkStash(ctx context.Context, tx pgx.Tx, stashID uuid.UUID, newTarget Tar
 // another (§12) and parks the old reference in the stash volume, whose VCR
 // becomes the §12 stub naming the old target. Swapping old and new undoes
 // it. Both present is FailedPrecondition.
+//
+// It is the fan-out's hot path (one call per volume naming the target), so
+// it costs two round trips inside its transaction: every read in one batch,
+// every write in another; and it maintains the volume→target index by the
+// one entry that changes instead of rewriting the volume's whole index
+// (fewer index insertions also mean fewer serialization conflicts with the
+// other swaps of the same target).
 func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newID, stashID uuid.UUID) (ReplaceResult, error) {
 	if err := distinct(volumeID, oldID, newID, stashID); err != nil {
 		return 0, err
 	}
 	var res ReplaceResult
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		in, r, err := loadReplaceInputs(ctx, tx, volumeID, oldID, newID, false)
+	err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		var reads pgx.Batch
+		fenced := fence.QueueCheck(&reads)
+		vol, stash := queueLoadVolume(&reads, volumeID), queueLoadVolume(&reads, stashID)
+		oldT, newT := queueGetTarget(&reads, oldID), queueGetTarget(&reads, newID)
+		var stashOthers int64
+		reads.Queue(stashOthersSQL, stashID, newID).QueryRow(func(row pgx.Row) error { return row.Scan(&stashOthers) })
+		if err := tx.SendBatch(ctx, &reads).Close(); err != nil {
+			return err
+		}
+		if err := fenced(ctx, tx); err != nil {
+			return err
+		}
+		in, r, err := replaceInputsOf(vol, oldT, newT, false)
 		if err != nil || r != 0 {
 			res = r
 			return err
@@ -124,7 +198,7 @@ func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newI
 		case !hasOld:
 			return failedPrecondition("volume %s names neither %s nor %s", volumeID, in.old.Address, in.new.Address)
 		}
-		if err := checkStash(ctx, tx, stashID, in.new); err != nil {
+		if err := stashUsable(stash, stashID, in.new, stashOthers); err != nil {
 			return err
 		}
 		replaced, n, err := vcr.ReplaceReadOnlyTargetInVCR(in.volume.VCR, in.old.Address, in.new.Address)
@@ -134,40 +208,52 @@ func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newI
 		if n != 1 {
 			return internal("volume %s: replaced %d occurrences of %s, want 1", volumeID, n, in.old.Address)
 		}
-		if err := writeVCR(ctx, tx, volumeID, replaced, true); err != nil {
-			return err
+		volData, err := vcr.Encode(replaced)
+		if err != nil {
+			return internal("volume %s: encode VCR: %v", volumeID, err)
 		}
-		stub := vcr.StubReadOnly(stashID, in.old.Address)
-		if err := writeVCR(ctx, tx, stashID, stub, true); err != nil {
-			return err
+		stashData, err := vcr.Encode(vcr.StubReadOnly(stashID, in.old.Address))
+		if err != nil {
+			return internal("volume %s: encode VCR: %v", stashID, err)
 		}
+
+		var writes pgx.Batch
+		const writeLive = `UPDATE volume SET data = $2 WHERE id = $1 AND time_deleted IS NULL`
+		var volRows, stashRows, oldMoved, newMoved int64
+		rows := func(n *int64) func(pgconn.CommandTag) error {
+			return func(tag pgconn.CommandTag) error { *n = tag.RowsAffected(); return nil }
+		}
+		writes.Queue(writeLive, volumeID, volData).Exec(rows(&volRows))
+		writes.Queue(writeLive, stashID, stashData).Exec(rows(&stashRows))
 		// Old reference: volume → stash.
-		tag, err := tx.Exec(ctx, `UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3`, volumeID, stashID, oldID)
-		if err != nil {
-			return err
+		writes.Queue(`UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3`,
+			volumeID, stashID, oldID).Exec(rows(&oldMoved))
+		// New reference: moved back from the stash (an undo) or inserted.
+		writes.Queue(`WITH moved AS (
+				UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3 RETURNING 1
+			), inserted AS (
+				INSERT INTO volume_resource_usage (usage_id, volume_id, target_id)
+				SELECT gen_random_uuid(), $2, $3 WHERE NOT EXISTS (SELECT 1 FROM moved)
+			)
+			SELECT count(*) FROM moved`, stashID, volumeID, newID).
+			QueryRow(func(row pgx.Row) error { return row.Scan(&newMoved) })
+		// The index: the volume trades old for new; the stash names old.
+		writes.Queue(`DELETE FROM volume_target WHERE volume_id = $1 AND target_id = $2`, volumeID, oldID)
+		writes.Queue(`INSERT INTO volume_target (volume_id, target_id, read_only) VALUES ($1, $2, true)`, volumeID, newID)
+		writes.Queue(`DELETE FROM volume_target WHERE volume_id = $1`, stashID)
+		writes.Queue(`INSERT INTO volume_target (volume_id, target_id, read_only) VALUES ($1, $2, true)`, stashID, oldID)
+		if err := tx.SendBatch(ctx, &writes).Close(); err != nil {
+			return fmt.Errorf("replace %s in %s: %w", oldID, volumeID, err)
 		}
-		if tag.RowsAffected() != 1 {
-			return internal("volume %s: moved %d usage rows of %s, want 1", volumeID, tag.RowsAffected(), oldID)
-		}
-		// New reference: insert (forward) or move back from the stash (undo).
-		tag, err = tx.Exec(ctx, `UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3`, stashID, volumeID, newID)
-		if err != nil {
-			return err
-		}
-		switch tag.RowsAffected() {
-		case 0:
-			if err := insertUsage(ctx, tx, volumeID, []uuid.UUID{newID}); err != nil {
-				return err
-			}
-		case 1:
-		default:
-			return internal("stash %s held %d usage rows of %s, want at most 1", stashID, tag.RowsAffected(), newID)
-		}
-		if err := reindex(ctx, tx, volumeID, replaced); err != nil {
-			return err
-		}
-		if err := reindex(ctx, tx, stashID, stub); err != nil {
-			return err
+		switch {
+		case volRows != 1:
+			return failedPrecondition("volume %s does not exist or is soft-deleted", volumeID)
+		case stashRows != 1:
+			return failedPrecondition("volume %s does not exist or is soft-deleted", stashID)
+		case oldMoved != 1:
+			return internal("volume %s: moved %d usage rows of %s, want 1", volumeID, oldMoved, oldID)
+		case newMoved > 1:
+			return internal("stash %s held %d usage rows of %s, want at most 1", stashID, newMoved, newID)
 		}
 		res = ReplaceDone
 		return nil

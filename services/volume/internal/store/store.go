@@ -174,10 +174,15 @@ func (s *Store) readTx(ctx context.Context, fn func(pgx.Tx) error) error {
 
 // loadVolume reads a volume row (soft-deleted included); ok=false if missing.
 func loadVolume(ctx context.Context, q db.Querier, id uuid.UUID) (Volume, bool, error) {
+	return scanVolume(q.QueryRow(ctx, loadVolumeSQL, id), id)
+}
+
+const loadVolumeSQL = `SELECT id, time_created, time_deleted, data FROM volume WHERE id = $1`
+
+func scanVolume(row pgx.Row, id uuid.UUID) (Volume, bool, error) {
 	var v Volume
 	var data []byte
-	err := q.QueryRow(ctx, `SELECT id, time_created, time_deleted, data FROM volume WHERE id = $1`, id).
-		Scan(&v.ID, &v.TimeCreated, &v.TimeDeleted, &data)
+	err := row.Scan(&v.ID, &v.TimeCreated, &v.TimeDeleted, &data)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Volume{}, false, nil
 	}

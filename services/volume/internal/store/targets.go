@@ -15,7 +15,13 @@ import (
 )
 
 func getTarget(ctx context.Context, q db.Querier, id uuid.UUID) (Target, bool, error) {
-	t, err := scanTarget(q.QueryRow(ctx, `SELECT `+targetCols+` FROM target WHERE target_id = $1`, id))
+	return scanTargetRow(q.QueryRow(ctx, getTargetSQL, id), id)
+}
+
+const getTargetSQL = `SELECT ` + targetCols + ` FROM target WHERE target_id = $1`
+
+func scanTargetRow(row pgx.Row, id uuid.UUID) (Target, bool, error) {
+	t, err := scanTarget(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Target{}, false, nil
 	}
