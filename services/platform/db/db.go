@@ -1,6 +1,7 @@
 // Package db is the PostgreSQL plumbing every service shares: a pgx pool
-// instrumented with otelpgx, embedded migrations applied with tern, and a
-// transaction helper that retries serialization failures and deadlocks.
+// instrumented with otelpgx (when traces are exported), embedded migrations
+// applied with tern, and a transaction helper that retries serialization
+// failures and deadlocks.
 package db
 
 import (
@@ -17,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
+
+	"storagecp.dev/platform/telemetry"
 )
 
 // VersionTable records applied migrations in every service database.
@@ -29,7 +32,12 @@ func Open(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid database DSN: %w", err)
 	}
-	cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithTrimSQLInSpanName())
+	// A span per statement only when traces are exported: nobody can see
+	// them otherwise (logs take trace ids from the RPC and saga spans), and
+	// at a fan-out's rate they cost a sixth of a service's CPU.
+	if telemetry.Enabled() {
+		cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithTrimSQLInSpanName())
+	}
 	if cfg.MaxConns < 16 {
 		cfg.MaxConns = 16
 	}
