@@ -2,7 +2,7 @@ package bgtasks
 
 import (
 	"context"
-	"errors"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -53,6 +53,11 @@ func (t *roStep) Description() string {
 
 // batch bounds how many steps one pass looks at per phase.
 const stepBatch = 4096
+
+// stepInsertBatch bounds the steps one InsertSteps transaction creates:
+// one statement for many volumes instead of a transaction each, small
+// enough that a serialization retry repeats little.
+const stepInsertBatch = 100
 
 func (t *roStep) Activate(ctx context.Context) any {
 	st := &StepStatus{
@@ -150,6 +155,7 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 				errf(&st.Errors, "request %s: volumes referencing %s: %v", r.ID, r.OldTargetID, err)
 				break
 			}
+			var batch []datastore.Step
 			for _, v := range resp.Volumes {
 				if v.SoftDeleted {
 					continue // its reference is already dropped (and stashes in deletion)
@@ -158,14 +164,20 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 				if err != nil || handled[vid] {
 					continue
 				}
-				res, err := d.Store.InsertStep(ctx, datastore.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: vid})
-				switch {
-				case errors.Is(err, datastore.ErrLockHeld):
-					// Another repair holds the volume: next pass.
-				case err != nil:
-					errf(&st.Errors, "request %s: step for volume %s: %v", r.ID, vid, err)
-				case res.Inserted:
-					st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+vid.String())
+				batch = append(batch, datastore.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: vid})
+			}
+			for chunk := range slices.Chunk(batch, stepInsertBatch) {
+				res, err := d.Store.InsertSteps(ctx, r.ID, chunk)
+				if err != nil {
+					errf(&st.Errors, "request %s: steps for %d volumes: %v", r.ID, len(chunk), err)
+					continue
+				}
+				for i, rs := range res {
+					// A held lock (another repair holds the volume) waits
+					// for the next pass.
+					if rs.Inserted {
+						st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+chunk[i].VolumeID.String())
+					}
 				}
 			}
 			if token = resp.NextPageToken; token == "" {

@@ -57,6 +57,9 @@ type StepInsertResult struct {
 	// Existing is the step that already handles the volume (when not
 	// inserted).
 	Existing uuid.UUID
+	// LockHeld: another repair holds the volume (InsertSteps only;
+	// InsertStep returns ErrLockHeld).
+	LockHeld bool
 }
 
 // InsertStep creates a step for a volume still referencing a request's old
@@ -69,34 +72,88 @@ type StepInsertResult struct {
 //
 // ErrLockHeld when another repair holds the volume.
 func (s *Store) InsertStep(ctx context.Context, st Step) (StepInsertResult, error) {
-	var res StepInsertResult
+	res, err := s.InsertSteps(ctx, st.RequestID, []Step{st})
+	if err != nil {
+		return StepInsertResult{}, err
+	}
+	if res[0].LockHeld {
+		return StepInsertResult{}, ErrLockHeld
+	}
+	return res[0], nil
+}
+
+// insertStepsSQL is InsertStep for many volumes in one statement: each
+// candidate is refused if it is a stash or has a step in progress, then
+// locked (a held lock refuses it too), then inserted. One row per
+// candidate, in input order: the existing step, whether it was inserted.
+const insertStepsSQL = `
+WITH cand AS (
+	SELECT c.ord, c.id, c.volume_id FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS c(id, volume_id, ord)
+), existing AS (
+	SELECT c.ord, coalesce(
+		(SELECT s.id FROM ro_replacement_step s WHERE s.old_snapshot_volume_id = c.volume_id LIMIT 1),
+		(SELECT s.id FROM ro_replacement_step s
+		 WHERE s.volume_id = c.volume_id AND s.state IN ('requested', 'running') ORDER BY s.request_time LIMIT 1)
+	) AS step_id
+	FROM cand c
+), locked AS (
+	INSERT INTO volume_repair (volume_id, repair_id, holder_kind)
+	SELECT c.volume_id, c.id, $4 FROM cand c JOIN existing e USING (ord) WHERE e.step_id IS NULL
+	ON CONFLICT (volume_id) DO NOTHING
+	RETURNING repair_id, volume_id
+), inserted AS (
+	INSERT INTO ro_replacement_step (id, request_id, volume_id, state)
+	SELECT repair_id, $1, volume_id, 'requested' FROM locked
+	RETURNING id
+)
+SELECT e.step_id, c.id IN (SELECT id FROM inserted)
+FROM cand c JOIN existing e USING (ord) ORDER BY c.ord`
+
+// InsertSteps is InsertStep for several volumes of one request in one
+// transaction (the step task creates a fan-out's steps in batches): one
+// result per step given, in order; a volume whose lock another repair holds
+// comes back LockHeld (and counts as a lost contention) instead of failing
+// the batch.
+func (s *Store) InsertSteps(ctx context.Context, requestID uuid.UUID, steps []Step) ([]StepInsertResult, error) {
+	ids := make([]uuid.UUID, len(steps))
+	volumes := make([]uuid.UUID, len(steps))
+	for i, st := range steps {
+		ids[i], volumes[i] = st.ID, st.VolumeID
+	}
+	before := s.releases.Load()
+	out := make([]StepInsertResult, 0, len(steps))
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		res = StepInsertResult{}
-		var existing uuid.UUID
-		err := tx.QueryRow(ctx, `SELECT id FROM ro_replacement_step WHERE old_snapshot_volume_id = $1 LIMIT 1`, st.VolumeID).Scan(&existing)
-		if err == nil {
-			res.Existing = existing
+		out = out[:0]
+		rows, err := tx.Query(ctx, insertStepsSQL, requestID, ids, volumes, HolderStep)
+		if err != nil {
+			return err
+		}
+		var existing *uuid.UUID
+		var inserted bool
+		_, err = pgx.ForEachRow(rows, []any{&existing, &inserted}, func() error {
+			r := StepInsertResult{Inserted: inserted}
+			switch {
+			case inserted:
+			case existing != nil:
+				r.Existing = *existing
+			default:
+				r.LockHeld = true
+			}
+			out = append(out, r)
 			return nil
-		} else if !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		err = tx.QueryRow(ctx, `SELECT id FROM ro_replacement_step
-			WHERE volume_id = $1 AND state IN ('requested', 'running') ORDER BY request_time LIMIT 1`, st.VolumeID).Scan(&existing)
-		if err == nil {
-			res.Existing = existing
-			return nil
-		} else if !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		if err := lockVolume(ctx, tx, st.VolumeID, st.ID, HolderStep); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO ro_replacement_step (id, request_id, volume_id, state) VALUES ($1, $2, $3, 'requested')`,
-			st.ID, st.RequestID, st.VolumeID)
-		res.Inserted = err == nil
+		})
 		return err
 	})
-	return res, err
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range out {
+		if r.LockHeld {
+			s.lostContention(before)
+			break
+		}
+	}
+	return out, nil
 }
 
 // GetStep returns a step, or ErrNotFound.
