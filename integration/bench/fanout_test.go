@@ -132,7 +132,7 @@ func fanOut(t *testing.T, clones int) result {
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
 		// CPU profiles of the busiest processes during the replacement,
 		// under .run/bench/ (go tool pprof -top FILE).
-		for _, name := range []string{stack.Volume, stack.Orchestrator} {
+		for _, name := range []string{stack.Volume, stack.Orchestrator, stack.Notifier} {
 			go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d.pprof", name, clones))
 		}
 	}

@@ -140,7 +140,16 @@ func undoReplaceReadOnly(ctx context.Context, ac *saga.ActionContext) error {
 // deleteVolumeNodes appends a constant holding the delete parameters and
 // the volume-delete subsaga on id.
 func deleteVolumeNodes(b *saga.Builder, name string, id uuid.UUID) {
-	p := DeleteParams{VolumeID: id, Embedded: true}
+	appendDelete(b, name, DeleteParams{VolumeID: id, Embedded: true})
+}
+
+// deleteStepStashNodes is deleteVolumeNodes for a step's stash (see
+// DeleteParams.ReadOnlyStash).
+func deleteStepStashNodes(b *saga.Builder, name string, id uuid.UUID) {
+	appendDelete(b, name, DeleteParams{VolumeID: id, Embedded: true, ReadOnlyStash: true})
+}
+
+func appendDelete(b *saga.Builder, name string, p DeleteParams) {
 	b.Append(saga.ConstantNode(name+"_params", p))
 	b.Append(saga.SubsagaNode(name, VolumeDelete, name+"_params", p))
 }

@@ -35,7 +35,7 @@ func newRSRStepGarbageCollect() *saga.Template {
 	saga.SetBuild(t, func(b *saga.Builder, p StepGCParams) error {
 		b.Append(id.Node())
 		b.Append(claim.Node())
-		deleteVolumeNodes(b, "delete_stash", p.StashID)
+		deleteStepStashNodes(b, "delete_stash", p.StashID)
 		b.Append(commit.Node())
 		return nil
 	})

@@ -39,6 +39,14 @@ type DeleteParams struct {
 	// it freed something. A delete of its own (a user's) always does, since
 	// any task may wait on the volume.
 	Embedded bool `json:"embedded,omitempty"`
+	// ReadOnlyStash: a step's stash, a one-target read-only stub the
+	// replacement made, which no Upstairs was ever built from and which
+	// owns no rw region. Nothing can be attached to detach, and it has no
+	// region of its own for FindDeletedVolumeRegions to free: only when its
+	// soft delete freed a region snapshot (the last reference to the old
+	// target) may that free a deleted disk's regions. A fan-out deletes
+	// one stash per volume, so these two calls add up.
+	ReadOnlyStash bool `json:"read_only_stash,omitempty"`
 }
 
 // DeleteResult is volume-delete's output.
@@ -109,6 +117,9 @@ func detachUpstairs(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if p.ReadOnlyStash {
+		return 0, nil
+	}
 	n := deps(ac).Notifier
 	detached := 0
 	for token := ""; ; {
@@ -174,6 +185,16 @@ func unregisterFreed(from string, withSnapshots bool) saga.ActionFunc {
 }
 
 func findFreed(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, err := saga.Params[DeleteParams](ac)
+	if err != nil {
+		return nil, err
+	}
+	if p.ReadOnlyStash {
+		soft, err := saga.Lookup[Freed](ac, "soft_delete")
+		if err != nil || len(soft.RegionSnapshots) == 0 {
+			return Freed{}, err
+		}
+	}
 	resp, err := deps(ac).Volumes.FindDeletedVolumeRegions(ctx, &volumev1.FindDeletedVolumeRegionsRequest{})
 	if err != nil {
 		return nil, err
