@@ -6,9 +6,7 @@ import (
 
 	"github.com/google/uuid"
 
-	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
-	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/saga"
 )
 
@@ -20,7 +18,8 @@ import (
 //	new_volume_id      generate the step's stash id T
 //	set_saga_id        claim: Requested → Running          ⟲ back to Requested
 //	create_replace_params  A and B, computed once and persisted (B must be
-//	                   alive: the request's reference volume guarantees it)
+//	                   alive: the request's reference volume guarantees it,
+//	                   and replace_in_volume refuses it otherwise)
 //	create_stash       blank stash T                        ⟲ remove it
 //	replace_in_volume  ReplaceReadOnlyTarget(volume, A → B, T) ⟲ swap back
 //	notify_upstairs    NotifyReplacement, unless the swap found the volume
@@ -102,15 +101,10 @@ func stepReplaceParams(ctx context.Context, ac *saga.ActionContext) (any, error)
 	if req.NewRegionID == nil {
 		return nil, fmt.Errorf("%w: request %s has no new region yet", errInvalidState, req.ID)
 	}
-	b := *req.NewRegionID
-	resp, err := d.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: b.String()})
-	if err != nil {
-		return nil, fmt.Errorf("new region %s: %w", b, err)
-	}
-	if resp.Target.State != commonv1.TargetState_TARGET_STATE_ACTIVE {
-		return nil, fmt.Errorf("%w: new region %s is %s", errInvalidState, b, resp.Target.State)
-	}
-	return ReplaceParams{Old: req.OldTargetID, New: b}, nil
+	// B's liveness is not asked here: replace_in_volume refuses a B that
+	// is not a registered ACTIVE target (FailedPrecondition), which unwinds
+	// this saga the same way, and a fan-out saves a call per volume.
+	return ReplaceParams{Old: req.OldTargetID, New: *req.NewRegionID}, nil
 }
 
 func stepCreateStash(ctx context.Context, ac *saga.ActionContext) (any, error) {
