@@ -55,10 +55,6 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 	if len(stepKey) > maxStepKeyLen {
 		return nil, invalid("step_key", "longer than %d bytes", maxStepKeyLen)
 	}
-	// A stale leader must not reach any Upstairs.
-	if err := s.store.CheckFence(ctx); err != nil {
-		return nil, s.storeError(ctx, "fence", err)
-	}
 	// Read the VCR before the attachments: a construction that is not yet
 	// recorded as STARTING will check out this VCR or a newer one.
 	vol, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String(), View: volumev1.VolumeView_VOLUME_VIEW_FULL})
@@ -67,6 +63,7 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 	}
 	vcr := vol.GetVolume().GetVcr()
 	gen := vcrutil.Generation(vcr)
+	// Fenced: a stale leader must not reach any Upstairs.
 	atts, err := s.store.VolumeAttachments(ctx, volumeID)
 	if err != nil {
 		return nil, s.storeError(ctx, "list attachments", err)

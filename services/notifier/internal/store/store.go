@@ -246,12 +246,21 @@ func (s *Store) DeleteAttachment(ctx context.Context, id uuid.UUID) error {
 }
 
 // VolumeAttachments lists every attachment of a volume.
+//
+// It reads under the fence check (one transaction, not two: a
+// notification per volume of a fan-out), so a stale leader's
+// NotifyReplacement stops here, before any Upstairs is called.
 func (s *Store) VolumeAttachments(ctx context.Context, volumeID uuid.UUID) ([]Attachment, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+attachmentColumns+` FROM attachment WHERE volume_id = $1 ORDER BY attachment_id`, volumeID)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Attachment, error) { return scanAttachment(r) })
+	var out []Attachment
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+attachmentColumns+` FROM attachment WHERE volume_id = $1 ORDER BY attachment_id`, volumeID)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Attachment, error) { return scanAttachment(r) })
+		return err
+	})
+	return out, err
 }
 
 // ListAttachments pages through attachments ordered by id, after `after`

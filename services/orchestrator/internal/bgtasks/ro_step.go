@@ -28,7 +28,16 @@ type roStep struct {
 	env     Env
 	limiter *tasks.Limiter
 	scans   pacer // create scans a request at most every rescanEvery
+	// fresh holds the steps this process inserted and has not launched
+	// yet: their volume was found naming the old target when the step
+	// took its lock, and nothing but a delete (which the saga handles) can
+	// change it since, so their first launch skips asking the
+	// volume-service again (a call per volume of a fan-out). Nil is empty.
+	fresh map[uuid.UUID]bool
 }
+
+// maxFresh bounds fresh; beyond it the launch checks every step again.
+const maxFresh = 100_000
 
 // rescanEvery bounds how often create scans one request's referencing
 // volumes. A scan reads every step and every referencing volume of the
@@ -177,6 +186,10 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 					// for the next pass.
 					if rs.Inserted {
 						st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+chunk[i].VolumeID.String())
+						if t.fresh == nil || len(t.fresh) >= maxFresh {
+							t.fresh = map[uuid.UUID]bool{}
+						}
+						t.fresh[chunk[i].ID] = true
 					}
 				}
 			}
@@ -216,7 +229,9 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 			}
 		}
 		retire := gone[r.ID]
-		if !retire {
+		fresh := t.fresh[s.ID]
+		delete(t.fresh, s.ID) // a relaunch (after an unwind, say) checks again
+		if !retire && !fresh {
 			ref, err := d.Volumes.VolumeReferencesReadOnlyTarget(ctx, &volumev1.VolumeReferencesReadOnlyTargetRequest{
 				VolumeId: s.VolumeID.String(), TargetId: r.OldTargetID.String(),
 			})

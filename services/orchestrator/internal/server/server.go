@@ -188,6 +188,17 @@ func (s *Server) lead(term *leader.Term) {
 	} else {
 		logger.Info("saga recovery", "recovered", len(report.Recovered), "abandoned", len(report.Abandoned), "failed", len(report.Failed))
 	}
+	// A task wakes when a saga it started ends; nothing started these, so
+	// each one's end wakes every task (the one activation at start may
+	// have found its record still held by the saga, an unwinding step
+	// say, with nothing to wake it later).
+	for _, id := range report.Recovered {
+		go func() {
+			if _, err := sec.Wait(ctx, id); err == nil {
+				s.kick()
+			}
+		}()
+	}
 	s.mu.Lock()
 	s.sec = sec
 	s.mu.Unlock()

@@ -200,9 +200,13 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 	if err != nil {
 		return nil, s.toStatus(ctx, "CreateVolume", err)
 	}
-	// Read back with the targets the VCR names, like GetVolume.
-	if v, err = s.store.GetVolume(ctx, v.ID, false); err != nil {
-		return nil, s.toStatus(ctx, "CreateVolume", err)
+	// Read back with the targets the VCR names, like GetVolume. A VCR that
+	// names none (a replacement's blank stash, one per volume of a
+	// fan-out) has nothing to add to the row just written.
+	if len(vcr.AllTargets(v.VCR)) > 0 {
+		if v, err = s.store.GetVolume(ctx, v.ID, false); err != nil {
+			return nil, s.toStatus(ctx, "CreateVolume", err)
+		}
 	}
 	return &volumev1.CreateVolumeResponse{Volume: volumeToProto(v, false), Created: created}, nil
 }
