@@ -236,7 +236,9 @@ func topStatements(t *testing.T, c *pgcluster.Cluster) {
 		t.Logf("pg_stat_statements: %v", err)
 		return
 	}
-	rows, err := conn.Query(ctx, `SELECT d.datname, s.calls, round(s.total_exec_time)::bigint, left(regexp_replace(s.query, '\s+', ' ', 'g'), 140)
+	rows, err := conn.Query(ctx, `SELECT d.datname, s.calls, round(s.total_exec_time)::bigint,
+		(s.shared_blks_hit + s.shared_blks_read) / greatest(s.calls, 1), s.wal_bytes::bigint / greatest(s.calls, 1), s.rows / greatest(s.calls, 1),
+		left(regexp_replace(s.query, '\s+', ' ', 'g'), 120)
 		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid ORDER BY s.total_exec_time DESC LIMIT 40`)
 	if err != nil {
 		t.Logf("pg_stat_statements: %v", err)
@@ -246,10 +248,11 @@ func topStatements(t *testing.T, c *pgcluster.Cluster) {
 	for rows.Next() {
 		var db, q string
 		var calls, ms int64
-		if err := rows.Scan(&db, &calls, &ms, &q); err != nil {
+		var blocks, walBytes, nrows int64
+		if err := rows.Scan(&db, &calls, &ms, &blocks, &walBytes, &nrows, &q); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%-12s %8d calls %7d ms  %s", db, calls, ms, q)
+		t.Logf("%-12s %8d calls %7d ms %6d blocks/call %7d WAL B/call %5d rows/call  %s", db, calls, ms, blocks, walBytes, nrows, q)
 	}
 }
 

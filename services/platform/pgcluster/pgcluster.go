@@ -171,7 +171,7 @@ func (c *Cluster) Restart(ctx context.Context) error {
 		"-c listen_addresses=127.0.0.1",
 		"-c fsync=" + fsync,
 		"-c max_connections=400",
-		"-c shared_buffers=128MB",
+		"-c shared_buffers=512MB",
 	}
 	if !c.options.Fsync {
 		conf = append(conf, "-c synchronous_commit=off", "-c full_page_writes=off")
