@@ -34,6 +34,11 @@ type roStep struct {
 	// change it since, so their first launch skips asking the
 	// volume-service again (a call per volume of a fan-out). Nil is empty.
 	fresh map[uuid.UUID]bool
+	// lockWait holds, per request, the volumes whose repair lock another
+	// repair held at the request's last scan. A pass between paced scans
+	// retries just these, so a volume is stepped as soon as the lock is
+	// released (the release wakes this task) and not a scan period later.
+	lockWait map[uuid.UUID][]uuid.UUID
 }
 
 // maxFresh bounds fresh; beyond it the launch checks every step again.
@@ -132,11 +137,24 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 		ids[i] = r.ID
 	}
 	t.scans.keepOnly(ids)
+	for id := range t.lockWait {
+		if !slices.Contains(ids, id) {
+			delete(t.lockWait, id)
+		}
+	}
 	for _, r := range reqs {
 		if ok, wait := t.scans.due(r.ID); !ok {
+			if vols := t.lockWait[r.ID]; len(vols) > 0 {
+				steps := make([]datastore.Step, len(vols))
+				for i, v := range vols {
+					steps[i] = datastore.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: v}
+				}
+				t.lockWait[r.ID] = t.insertSteps(ctx, st, r.ID, steps, false)
+			}
 			t.scans.kickAfter(wait, func() { d.KickTasks(sagas.TaskROStep) })
 			continue
 		}
+		var waiting []uuid.UUID
 		// Volumes this request already has a live step for need no insert
 		// attempt (each would be a transaction answering "already handled").
 		existing, err := d.Store.StepsOfRequest(ctx, r.ID, "")
@@ -176,28 +194,46 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 				batch = append(batch, datastore.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: vid})
 			}
 			for chunk := range slices.Chunk(batch, stepInsertBatch) {
-				res, err := d.Store.InsertSteps(ctx, r.ID, chunk)
-				if err != nil {
-					errf(&st.Errors, "request %s: steps for %d volumes: %v", r.ID, len(chunk), err)
-					continue
-				}
-				for i, rs := range res {
-					// A held lock (another repair holds the volume) waits
-					// for the next pass.
-					if rs.Inserted {
-						st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+chunk[i].VolumeID.String())
-						if t.fresh == nil || len(t.fresh) >= maxFresh {
-							t.fresh = map[uuid.UUID]bool{}
-						}
-						t.fresh[chunk[i].ID] = true
-					}
-				}
+				waiting = append(waiting, t.insertSteps(ctx, st, r.ID, chunk, true)...)
 			}
 			if token = resp.NextPageToken; token == "" {
 				break
 			}
 		}
+		if t.lockWait == nil {
+			t.lockWait = map[uuid.UUID][]uuid.UUID{}
+		}
+		t.lockWait[r.ID] = waiting
 	}
+}
+
+// insertSteps inserts steps and returns the volumes whose lock another
+// repair holds (they wait for a later pass). Steps found by a scan just now
+// are fresh (see roStep.fresh); retried ones are checked again at launch,
+// since time passed since their volume was seen naming the old target.
+func (t *roStep) insertSteps(ctx context.Context, st *StepStatus, request uuid.UUID, steps []datastore.Step, fresh bool) []uuid.UUID {
+	res, err := t.env.Deps.Store.InsertSteps(ctx, request, steps)
+	if err != nil {
+		errf(&st.Errors, "request %s: steps for %d volumes: %v", request, len(steps), err)
+		return nil
+	}
+	var held []uuid.UUID
+	for i, rs := range res {
+		switch {
+		case rs.LockHeld:
+			held = append(held, steps[i].VolumeID)
+		case rs.Inserted:
+			st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+steps[i].VolumeID.String())
+			if !fresh {
+				continue
+			}
+			if t.fresh == nil || len(t.fresh) >= maxFresh {
+				t.fresh = map[uuid.UUID]bool{}
+			}
+			t.fresh[steps[i].ID] = true
+		}
+	}
+	return held
 }
 
 func (t *roStep) launch(ctx context.Context, st *StepStatus) {
