@@ -2,6 +2,7 @@ package bgtasks
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"time"
 
@@ -137,11 +138,7 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 		ids[i] = r.ID
 	}
 	t.scans.keepOnly(ids)
-	for id := range t.lockWait {
-		if !slices.Contains(ids, id) {
-			delete(t.lockWait, id)
-		}
-	}
+	maps.DeleteFunc(t.lockWait, func(id uuid.UUID, _ []uuid.UUID) bool { return !slices.Contains(ids, id) })
 	for _, r := range reqs {
 		if ok, wait := t.scans.due(r.ID); !ok {
 			if vols := t.lockWait[r.ID]; len(vols) > 0 {
@@ -222,15 +219,14 @@ func (t *roStep) insertSteps(ctx context.Context, st *StepStatus, request uuid.U
 		switch {
 		case rs.LockHeld:
 			held = append(held, steps[i].VolumeID)
-		case rs.Inserted:
-			st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+steps[i].VolumeID.String())
-			if !fresh {
-				continue
-			}
+		case rs.Inserted && fresh:
 			if t.fresh == nil || len(t.fresh) >= maxFresh {
 				t.fresh = map[uuid.UUID]bool{}
 			}
 			t.fresh[steps[i].ID] = true
+		}
+		if rs.Inserted {
+			st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+steps[i].VolumeID.String())
 		}
 	}
 	return held
