@@ -45,8 +45,33 @@ type result struct {
 	WALSyncsPerVolume    float64 `json:"wal_syncs_per_replaced_volume"`
 	SerializationRetries int64   `json:"serialization_failures"`
 	PgbenchTPS           float64 `json:"pgbench_single_row_insert_tps"`
-	CommitsPerSecond     float64 `json:"commits_per_second"`
-	RatioToPgbench       float64 `json:"commit_rate_ratio_to_pgbench"`
+	// CommitsPerSecond are all the services' commits during the fan-out;
+	// RatioToPgbench divides them by pgbench's rate. The fan-out is
+	// bound by CPU, not by commits, so this says how much of the
+	// server's commit capacity the whole system used.
+	CommitsPerSecond float64 `json:"commits_per_second"`
+	RatioToPgbench   float64 `json:"commit_rate_ratio_to_pgbench"`
+	// SagaLog is the saga log's own capacity on the same server, measured
+	// right before pgbench (cmd/sagalog-bench: the real engine running
+	// no-op sagas, as many in flight as a task keeps). SagaLogRatio is its
+	// saga commits per second (one saga's durable log write each) over
+	// pgbench's single-row insert transactions per second.
+	SagaLog      *sagaLogResult `json:"saga_log,omitempty"`
+	SagaLogRatio float64        `json:"saga_log_commit_ratio_to_pgbench"`
+}
+
+// sagaLogResult is what cmd/sagalog-bench prints.
+type sagaLogResult struct {
+	Concurrency           int     `json:"concurrency"`
+	Nodes                 int     `json:"nodes_per_saga"`
+	Seconds               float64 `json:"seconds"`
+	Sagas                 int64   `json:"sagas"`
+	Events                int64   `json:"events"`
+	EventsPerSecond       float64 `json:"events_per_second"`
+	SagaCommits           int64   `json:"saga_commits"`
+	SagaCommitsPerSecond  float64 `json:"saga_commits_per_second"`
+	Transactions          int64   `json:"transactions"`
+	TransactionsPerSecond float64 `json:"transactions_per_second"`
 }
 
 // TestFanOut runs only under make bench (STORAGECP_BENCH=1), with fsync on.
@@ -66,11 +91,16 @@ func TestFanOut(t *testing.T) {
 	for _, n := range sizes {
 		t.Run(fmt.Sprint(n), func(t *testing.T) { results = append(results, fanOut(t, n)) })
 	}
-	fmt.Printf("\n%-8s %-12s %-10s %-16s %-14s %-14s %-10s %-12s %-12s %s\n", "clones", "complete_s", "steps/s", "commits/volume",
-		"write_tx/vol", "wal_syncs/vol", "rollbacks", "commits/s", "pgbench_tps", "ratio")
+	fmt.Printf("\n%-8s %-12s %-10s %-16s %-14s %-14s %-10s %-12s %-12s %-7s %-14s %-12s %s\n", "clones", "complete_s", "steps/s", "commits/volume",
+		"write_tx/vol", "wal_syncs/vol", "rollbacks", "commits/s", "pgbench_tps", "ratio", "log_commits/s", "log_tx/s", "log_ratio")
 	for _, r := range results {
-		fmt.Printf("%-8d %-12.2f %-10.0f %-16.1f %-14.1f %-14.1f %-10d %-12.0f %-12.0f %.2f\n", r.Clones, r.SecondsToComplete, r.StepsPerSecond,
-			r.CommitsPerVolume, r.WriteTxPerVolume, r.WALSyncsPerVolume, r.SerializationRetries, r.CommitsPerSecond, r.PgbenchTPS, r.RatioToPgbench)
+		var logCommits, logTx float64
+		if r.SagaLog != nil {
+			logCommits, logTx = r.SagaLog.SagaCommitsPerSecond, r.SagaLog.TransactionsPerSecond
+		}
+		fmt.Printf("%-8d %-12.2f %-10.0f %-16.1f %-14.1f %-14.1f %-10d %-12.0f %-12.0f %-7.2f %-14.0f %-12.0f %.2f\n", r.Clones, r.SecondsToComplete, r.StepsPerSecond,
+			r.CommitsPerVolume, r.WriteTxPerVolume, r.WALSyncsPerVolume, r.SerializationRetries, r.CommitsPerSecond, r.PgbenchTPS, r.RatioToPgbench,
+			logCommits, logTx, r.SagaLogRatio)
 	}
 	root, _ := stack.FindRepoRoot()
 	dir := filepath.Join(root, ".run", "bench")
@@ -136,6 +166,10 @@ func fanOut(t *testing.T, clones int) result {
 			go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d.pprof", name, clones))
 		}
 	}
+	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
+		// Statement statistics of the replacement only, not of the setup.
+		resetStatements(t, r.Stack.Cluster)
+	}
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	began := time.Now()
 	r.Expunge(t, r.DiskOf(t, old.DatasetId))
@@ -158,9 +192,11 @@ func fanOut(t *testing.T, clones int) result {
 		WriteTxPerVolume:  float64(after.xid-before.xid-1) / float64(clones),
 		WALSyncsPerVolume: float64(after.walSyncs-before.walSyncs) / float64(clones),
 	}
+	res.SagaLog = sagaLogCapacity(t, r.Stack.Cluster)
 	res.PgbenchTPS = pgbench(t, r.Stack.Cluster)
 	if res.PgbenchTPS > 0 {
 		res.RatioToPgbench = res.CommitsPerSecond / res.PgbenchTPS
+		res.SagaLogRatio = res.SagaLog.SagaCommitsPerSecond / res.PgbenchTPS
 	}
 	r.Invariants(t)
 	return res
@@ -321,6 +357,53 @@ func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
 	}
 	v, _ := strconv.ParseFloat(string(m[1]), 64)
 	return v
+}
+
+// sagaLogCapacity runs cmd/sagalog-bench for 10 s on a fresh database of
+// the cluster (fsync as the run has it) and logs its result.
+func sagaLogCapacity(t *testing.T, c *pgcluster.Cluster) *sagaLogResult {
+	ctx := context.Background()
+	if err := c.CreateDatabase(ctx, "sagalog_bench", ""); err != nil {
+		t.Fatal(err)
+	}
+	root, err := stack.FindRepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "sagalog-bench")
+	build := exec.Command("go", "build", "-o", bin, "./services/orchestrator/cmd/sagalog-bench")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build sagalog-bench: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "-dsn", c.DSN("sagalog_bench"), "-duration", "10s", "-concurrency", "64").Output()
+	if err != nil {
+		t.Fatalf("sagalog-bench: %v", err)
+	}
+	var res sagaLogResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("sagalog-bench output %q: %v", out, err)
+	}
+	t.Logf("saga log: %d sagas of %d no-op nodes, %d in flight: %.0f saga commits/s (%.0f events/s) in %.0f transactions/s",
+		res.Sagas, res.Nodes, res.Concurrency, res.SagaCommitsPerSecond, res.EventsPerSecond, res.TransactionsPerSecond)
+	return &res
+}
+
+// resetStatements clears pg_stat_statements cluster-wide.
+func resetStatements(t *testing.T, c *pgcluster.Cluster) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		t.Logf("pg_stat_statements: %v", err)
+		return
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_stat_statements_reset()`); err != nil {
+		t.Logf("pg_stat_statements_reset: %v", err)
+	}
 }
 
 // perDatabase logs commits and rollbacks of each service database.

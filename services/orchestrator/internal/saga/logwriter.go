@@ -85,6 +85,11 @@ func (s *SEC) flush(group []*appendReq) {
 	}
 	if err == nil {
 		s.writes.Add(1)
+		for _, r := range group {
+			if owned[r.id] {
+				s.appends.Add(1)
+			}
+		}
 		s.events.Add(int64(events))
 	}
 	for _, r := range group {

@@ -43,8 +43,9 @@ type SEC struct {
 	running  map[uuid.UUID]*execution
 	finished map[uuid.UUID]Outcome // recent outcomes, for Wait
 
-	writes atomic.Int64
-	events atomic.Int64
+	writes  atomic.Int64
+	appends atomic.Int64
+	events  atomic.Int64
 }
 
 // SECOption tunes NewSEC.
@@ -191,6 +192,7 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 		return uuid.Nil, fmt.Errorf("persist saga: %w", err)
 	}
 	s.writes.Add(1)
+	s.appends.Add(1)
 	s.events.Add(int64(len(first.events)))
 	s.metrics.sagaStarted(ctx, t.name)
 	s.start(ex, first, true)
@@ -498,15 +500,23 @@ func (s *SEC) InFlight() int {
 	return len(s.running)
 }
 
-// Stats counts the log writes (each one statement, one commit) and events
-// this SEC has made.
+// Stats counts what this SEC has written to the log.
 type Stats struct {
+	// Writes are statements, each one commit: a saga's creation, or one
+	// group commit carrying several sagas' appends.
 	Writes int64
+	// Appends are the sagas' own durable writes (a creation, or one
+	// saga's share of a group commit): what an engine without group
+	// commit would commit one by one.
+	Appends int64
+	// Events are node events (rows) written.
 	Events int64
 }
 
 // Stats returns the SEC's counters.
-func (s *SEC) Stats() Stats { return Stats{Writes: s.writes.Load(), Events: s.events.Load()} }
+func (s *SEC) Stats() Stats {
+	return Stats{Writes: s.writes.Load(), Appends: s.appends.Load(), Events: s.events.Load()}
+}
 
 // Shutdown stops driving sagas (in-flight actions see their context
 // cancelled; nothing more is written) and waits for the drivers to exit,
