@@ -19,6 +19,13 @@ type ActionFunc func(ctx context.Context, ac *ActionContext) (any, error)
 // "already gone" as success. It may run more than once.
 type UndoFunc func(ctx context.Context, ac *ActionContext) error
 
+// ShortcutFunc decides, from the saga's parameters and earlier outputs
+// alone, that an action has nothing to do outside the saga, and returns
+// the output the action would have returned. ok=false (or an error) runs
+// the action as usual. It must not touch anything outside the saga: it
+// runs on the saga's driver before anything is logged for the node.
+type ShortcutFunc func(ac *ActionContext) (output any, ok bool, err error)
+
 // Action is registered code: a forward action and an optional undo. Its
 // global name is "<template>.<name>"; persisted DAGs refer to that name, so a
 // binary must keep registering every action an unfinished saga names.
@@ -27,6 +34,42 @@ type Action struct {
 	name     string
 	do       ActionFunc
 	undo     UndoFunc
+	shortcut ShortcutFunc
+}
+
+// Shortcut lets the engine complete the node without running the action
+// when f says it has nothing to do. The write-ahead rule (the node's
+// `started` is durable before its action runs) exists for effects outside
+// the saga; a node that has none needs no record until something depends
+// on its output, so its `started` and `succeeded` go into the same commit
+// as whatever the saga does next: a node fewer to commit and to schedule.
+// The action runs f first too, so it behaves the same where the engine
+// runs it as a task instead (tests with hooks, failure or crash points at
+// the node), and replay cannot tell the two apart.
+func (a *Action) Shortcut(f ShortcutFunc) *Action {
+	do := a.do
+	a.shortcut = f
+	a.do = func(ctx context.Context, ac *ActionContext) (any, error) {
+		out, ok, err := f(ac)
+		if err != nil || ok {
+			return out, err
+		}
+		return do(ctx, ac)
+	}
+	return a
+}
+
+// Local marks an action that has no effect outside the saga at all (it
+// computes from its inputs or generates fresh ids): the engine may always
+// run it on the driver, as with Shortcut. A fresh id made by a run whose
+// record was lost is harmless, as nothing saw it.
+func (a *Action) Local() *Action {
+	do := a.do
+	a.shortcut = func(ac *ActionContext) (any, bool, error) {
+		out, err := do(context.Background(), ac)
+		return out, err == nil, err
+	}
+	return a
 }
 
 // Name is the action's global name ("template.action").

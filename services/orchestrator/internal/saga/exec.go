@@ -72,6 +72,12 @@ type completion struct {
 	err    *ActionError
 }
 
+// shortcutSpan is a node the engine completed itself, at a time.
+type shortcutSpan struct {
+	node int
+	at   time.Time
+}
+
 type launch struct {
 	node int
 	undo bool
@@ -105,6 +111,11 @@ type execution struct {
 
 	parentCtx context.Context // carries the saga's trace parent
 	links     []trace.Link
+	// spanCtx carries the saga's own span once drive has started it;
+	// shortcut nodes completed before that (at creation or recovery) wait
+	// in shortcutSpans to become its children too.
+	spanCtx       context.Context
+	shortcutSpans []shortcutSpan
 
 	mu    sync.RWMutex
 	nodes []nodeState
@@ -164,6 +175,54 @@ func newExecution(sec *SEC, id uuid.UUID, d *DAG, owner store.Owner, hooks *Hook
 		}
 	}
 	return ex, nil
+}
+
+// shortcut completes an action node on the driver when its ShortcutFunc
+// says there is nothing to do outside the saga. Any test hook, injected
+// failure or crash point aimed at the node makes it run as an ordinary
+// task instead, so every test of the node still reaches its action.
+func (ex *execution) shortcut(id int, a *Action) (out json.RawMessage, ok bool) {
+	if a.shortcut == nil {
+		return nil, false
+	}
+	name := ex.dag.Nodes[id].Name
+	if ex.hooks != nil || ex.sec.fail.fails(ex.dag.Template, name) || ex.sec.crash.targets(ex.dag.Template, name) {
+		return nil, false
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			out, ok = nil, false
+		}
+	}()
+	v, done, err := a.shortcut(&ActionContext{sagaID: ex.id, node: id, ex: ex, logger: ex.logger})
+	if err != nil || !done {
+		return nil, false
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, false
+	}
+	ex.sec.metrics.nodeDone(ex.parentCtx, ex.dag.Template, name, "shortcut", 0, false)
+	ex.shortcutSpans = append(ex.shortcutSpans, shortcutSpan{node: id, at: time.Now()})
+	if ex.spanCtx != nil {
+		ex.traceShortcuts()
+	}
+	return raw, true
+}
+
+// traceShortcuts gives each shortcut node its (instant) span under the
+// saga's, like every other action node: Jaeger shows the whole DAG, with
+// saga.task telling that the engine completed the node itself.
+func (ex *execution) traceShortcuts() {
+	for _, s := range ex.shortcutSpans {
+		name := ex.dag.Nodes[s.node].Name
+		_, span := ex.sec.tracer.Start(ex.spanCtx, name, trace.WithTimestamp(s.at), trace.WithAttributes(
+			attribute.String("saga.id", ex.id.String()),
+			attribute.String("saga.node", name),
+			attribute.String("saga.task", "shortcut")))
+		span.End(trace.WithTimestamp(s.at))
+	}
+	ex.shortcutSpans = ex.shortcutSpans[:0]
 }
 
 func (ex *execution) isAncestor(a, b int) bool { return ex.anc[b][a/64]&(1<<(a%64)) != 0 }
@@ -252,7 +311,14 @@ func (ex *execution) advance(b *batch) {
 			if n.status != neverStarted || !ex.parentsSucceeded(id) {
 				continue
 			}
-			if ex.actions[id] != nil {
+			if a := ex.actions[id]; a != nil {
+				if out, ok := ex.shortcut(id, a); ok {
+					ex.setOutput(id, out)
+					n.status = succeeded
+					b.add(id, evStarted, nil)
+					b.add(id, evSucceeded, out)
+					continue
+				}
 				n.status = started
 				n.running = true
 				b.add(id, evStarted, nil)
@@ -376,6 +442,8 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 	// Tasks see the saga's span, but their lifetime is the execution's
 	// (cancelled at shutdown or abandonment), not the creating request's.
 	ctx = trace.ContextWithSpan(ex.ctx, span)
+	ex.spanCtx = ctx
+	ex.traceShortcuts()
 
 	b := first
 	for {

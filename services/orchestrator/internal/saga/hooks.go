@@ -130,6 +130,11 @@ func (f failPoint) fails(template, node string) bool {
 	return f.node != "" && f.template == template && f.node == node
 }
 
+// targets reports whether the crash point is at one of the node's points.
+func (c crashPoint) targets(template, node string) bool {
+	return c.point != "" && c.template == template && c.node == node
+}
+
 func (c crashPoint) maybeCrash(template, node, point string) {
 	if c.point != "" && c.template == template && c.node == node && c.point == point {
 		os.Exit(137)

@@ -2,6 +2,7 @@ package saga
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -19,7 +20,13 @@ type secMetrics struct {
 	finished metric.Int64Counter
 	node     metric.Float64Histogram
 	running  metric.Registration
+	// nodeAttrs caches the attribute set of each (saga, node, task,
+	// result): building it for every node cost 4% of the orchestrator's
+	// CPU in a fan-out.
+	nodeAttrs sync.Map // nodeKey → metric.MeasurementOption
 }
+
+type nodeKey struct{ saga, node, task, result string }
 
 func newSECMetrics(s *SEC) *secMetrics {
 	m := otel.Meter("storagecp/saga")
@@ -36,7 +43,7 @@ func newSECMetrics(s *SEC) *secMetrics {
 	}
 	if out.node, err = m.Float64Histogram("storagecp.saga.node.duration",
 		metric.WithUnit("s"),
-		metric.WithDescription("time one action or undo of a saga node took, by saga, node, task (action/undo) and result (ok/error)"),
+		metric.WithDescription("time one action or undo of a saga node took, by saga, node, task (action, undo, or shortcut: completed by the engine without running the action, 0 s) and result (ok/error)"),
 		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)); err != nil {
 		out.node, _ = nm.Float64Histogram("")
 	}
@@ -75,9 +82,14 @@ func (m *secMetrics) nodeDone(ctx context.Context, saga, node, task string, took
 	if failed {
 		result = "error"
 	}
-	m.node.Record(ctx, took.Seconds(), metric.WithAttributes(
-		attribute.String("saga", saga), attribute.String("node", node),
-		attribute.String("task", task), attribute.String("result", result)))
+	k := nodeKey{saga, node, task, result}
+	attrs, ok := m.nodeAttrs.Load(k)
+	if !ok {
+		attrs, _ = m.nodeAttrs.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("saga", saga), attribute.String("node", node),
+			attribute.String("task", task), attribute.String("result", result))))
+	}
+	m.node.Record(ctx, took.Seconds(), attrs.(metric.MeasurementOption))
 }
 
 func (m *secMetrics) close() {

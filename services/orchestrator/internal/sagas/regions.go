@@ -275,7 +275,7 @@ type regionSetActions struct {
 
 func declareRegionSetActions(t *saga.Template) regionSetActions {
 	return regionSetActions{
-		regionIDs:   t.Action("region_ids", newIDs(3), nil),
+		regionIDs:   t.Action("region_ids", newIDs(3), nil).Local(),
 		volumeGuard: t.Action("volume_guard", volumeGuard, volumeGuardUndo),
 		register:    t.Action("register_regions", registerRegions, registerRegionsUndo),
 		alloc:       t.Action("alloc_regions", allocRegions, allocRegionsUndo),

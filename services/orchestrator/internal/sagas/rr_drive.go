@@ -51,8 +51,8 @@ var RRDrive = newRRDrive()
 func newRRDrive() *saga.Template {
 	t := saga.NewTemplate("rr-drive")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil),
-		t.Action("step_id", newID, nil),
+		t.Action("saga_id", newID, nil).Local(),
+		t.Action("step_id", newID, nil).Local(),
 		t.Action("set_saga_id", rrDriveClaim, rrDriveClaimUndo),
 		t.Action("check", rrDriveCheck, nil),
 		t.Action("prepare", rrDrivePrepare, nil),

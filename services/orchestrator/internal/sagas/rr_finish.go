@@ -35,7 +35,7 @@ var RRFinish = newRRFinish()
 
 func newRRFinish() *saga.Template {
 	t := saga.NewTemplate("rr-finish")
-	id := t.Action("saga_id", newID, nil)
+	id := t.Action("saga_id", newID, nil).Local()
 	claim := t.Action("set_saga_id", rrFinishClaim, rrFinishClaimUndo)
 	detach := t.Action("detach_pantry", rrDetachPantry, nil)
 	commit := t.Action("update_request", rrFinishCommit, nil)

@@ -71,9 +71,9 @@ var RRStart = newRRStart()
 func newRRStart() *saga.Template {
 	t := saga.NewTemplate("rr-start")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil),
-		t.Action("new_region_id", newID, nil),
-		t.Action("stash_volume_id", newID, nil),
+		t.Action("saga_id", newID, nil).Local(),
+		t.Action("new_region_id", newID, nil).Local(),
+		t.Action("stash_volume_id", newID, nil).Local(),
 		t.Action("set_saga_id", rrStartClaim, rrStartClaimUndo),
 		t.Action("get_alloc_params", rrAllocParams, nil),
 		t.Action("stash_guard", volumeGuard, rrStashGuardUndo),

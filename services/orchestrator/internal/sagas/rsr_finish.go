@@ -30,7 +30,7 @@ var RSRFinish = newRSRFinish()
 
 func newRSRFinish() *saga.Template {
 	t := saga.NewTemplate("rsr-finish")
-	id := t.Action("saga_id", newID, nil)
+	id := t.Action("saga_id", newID, nil).Local()
 	claim := t.Action("set_saga_id", finishClaim, finishClaimUndo)
 	commit := t.Action("update_request", finishCommit, nil)
 	saga.SetBuild(t, func(b *saga.Builder, p FinishParams) error {

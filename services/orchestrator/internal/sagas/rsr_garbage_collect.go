@@ -29,7 +29,7 @@ var RSRGarbageCollect = newRSRGarbageCollect()
 
 func newRSRGarbageCollect() *saga.Template {
 	t := saga.NewTemplate("rsr-garbage-collect")
-	id := t.Action("saga_id", newID, nil)
+	id := t.Action("saga_id", newID, nil).Local()
 	claim := t.Action("set_saga_id", rsrGCClaim, rsrGCClaimUndo)
 	commit := t.Action("update_request", rsrGCCommit, nil)
 	saga.SetBuild(t, func(b *saga.Builder, p GCParams) error {

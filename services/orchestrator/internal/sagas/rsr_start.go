@@ -63,10 +63,10 @@ var RSRStart = newRSRStart()
 func newRSRStart() *saga.Template {
 	t := saga.NewTemplate("rsr-start")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil),
-		t.Action("new_volume_id", newID, nil),
-		t.Action("new_region_volume_id", newID, nil),
-		t.Action("new_region_id", newID, nil),
+		t.Action("saga_id", newID, nil).Local(),
+		t.Action("new_volume_id", newID, nil).Local(),
+		t.Action("new_region_volume_id", newID, nil).Local(),
+		t.Action("new_region_id", newID, nil).Local(),
 		t.Action("set_saga_id", rsrStartClaim, rsrStartClaimUndo),
 		t.Action("get_clone_source", rsrCloneSource, nil),
 		t.Action("get_alloc_params", rsrAllocParams, nil),

@@ -39,8 +39,8 @@ var RSRStep = newRSRStep()
 func newRSRStep() *saga.Template {
 	t := saga.NewTemplate("rsr-step")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil),
-		t.Action("new_volume_id", newID, nil),
+		t.Action("saga_id", newID, nil).Local(),
+		t.Action("new_volume_id", newID, nil).Local(),
 		t.Action("set_saga_id", stepClaim, stepClaimUndo),
 		t.Action("create_replace_params", stepReplaceParams, nil),
 		t.Action("create_stash", stepCreateStash, stepCreateStashUndo),

@@ -29,7 +29,7 @@ var RSRStepGarbageCollect = newRSRStepGarbageCollect()
 
 func newRSRStepGarbageCollect() *saga.Template {
 	t := saga.NewTemplate("rsr-step-garbage-collect")
-	id := t.Action("saga_id", newID, nil)
+	id := t.Action("saga_id", newID, nil).Local()
 	claim := t.Action("set_saga_id", stepGCClaim, stepGCClaimUndo)
 	commit := t.Action("update_request", stepGCCommit, nil)
 	saga.SetBuild(t, func(b *saga.Builder, p StepGCParams) error {

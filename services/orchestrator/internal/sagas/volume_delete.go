@@ -60,13 +60,17 @@ var VolumeDelete = newVolumeDelete()
 func newVolumeDelete() *saga.Template {
 	t := saga.NewTemplate("volume-delete")
 	soft := t.Action("soft_delete", softDelete, nil)
-	detach := t.Action("detach_upstairs", detachUpstairs, nil)
-	delRegions := t.Action("delete_regions", deleteFreedRegions("soft_delete"), nil)
-	delSnapshots := t.Action("delete_region_snapshots", deleteFreedSnapshots, nil)
-	unregister := t.Action("unregister_freed", unregisterFreed("soft_delete", true), nil)
-	find := t.Action("find_freed", findFreed, nil)
-	delFreed := t.Action("delete_freed_regions", deleteFreedRegions("find_freed"), nil)
-	unregisterFreedRegions := t.Action("unregister_freed_regions", unregisterFreed("find_freed", false), nil)
+	// The nodes between the soft and the hard delete often have nothing to
+	// do (a fan-out's stash deletes free nothing but the last): they say
+	// so from the parameters and soft_delete's output, and the engine then
+	// completes them without a commit or a task of their own.
+	detach := t.Action("detach_upstairs", detachUpstairs, nil).Shortcut(nothingToDetach)
+	delRegions := t.Action("delete_regions", deleteFreedRegions("soft_delete"), nil).Shortcut(noFreedRegions("soft_delete"))
+	delSnapshots := t.Action("delete_region_snapshots", deleteFreedSnapshots, nil).Shortcut(noFreedSnapshots)
+	unregister := t.Action("unregister_freed", unregisterFreed("soft_delete", true), nil).Shortcut(nothingToUnregister("soft_delete", true))
+	find := t.Action("find_freed", findFreed, nil).Shortcut(nothingToFind)
+	delFreed := t.Action("delete_freed_regions", deleteFreedRegions("find_freed"), nil).Shortcut(noFreedRegions("find_freed"))
+	unregisterFreedRegions := t.Action("unregister_freed_regions", unregisterFreed("find_freed", false), nil).Shortcut(nothingToUnregister("find_freed", false))
 	hard := t.Action("hard_delete", hardDelete, nil)
 	saga.SetBuild(t, func(b *saga.Builder, _ DeleteParams) error {
 		b.Append(soft.Node())
@@ -112,13 +116,19 @@ func softDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	return out, nil
 }
 
+// nothingToDetach: a read-only stash was never attached.
+func nothingToDetach(ac *saga.ActionContext) (any, bool, error) {
+	p, err := saga.Params[DeleteParams](ac)
+	if err != nil || !p.ReadOnlyStash {
+		return nil, false, err
+	}
+	return 0, true, nil
+}
+
 func detachUpstairs(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	p, err := saga.Params[DeleteParams](ac)
 	if err != nil {
 		return nil, err
-	}
-	if p.ReadOnlyStash {
-		return 0, nil
 	}
 	n := deps(ac).Notifier
 	detached := 0
@@ -140,10 +150,17 @@ func detachUpstairs(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	return detached, nil
 }
 
+func noFreedRegions(from string) saga.ShortcutFunc {
+	return func(ac *saga.ActionContext) (any, bool, error) {
+		f, err := saga.Lookup[Freed](ac, from)
+		return nil, err == nil && len(f.RegionIDs) == 0, err
+	}
+}
+
 func deleteFreedRegions(from string) saga.ActionFunc {
 	return func(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		f, err := saga.Lookup[Freed](ac, from)
-		if err != nil || len(f.RegionIDs) == 0 {
+		if err != nil {
 			return nil, err
 		}
 		_, err = deps(ac).Allocator.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: f.RegionIDs})
@@ -151,9 +168,14 @@ func deleteFreedRegions(from string) saga.ActionFunc {
 	}
 }
 
+func noFreedSnapshots(ac *saga.ActionContext) (any, bool, error) {
+	f, err := saga.Lookup[Freed](ac, "soft_delete")
+	return nil, err == nil && len(f.RegionSnapshots) == 0, err
+}
+
 func deleteFreedSnapshots(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	f, err := saga.Lookup[Freed](ac, "soft_delete")
-	if err != nil || len(f.RegionSnapshots) == 0 {
+	if err != nil {
 		return nil, err
 	}
 	req := &allocatorv1.DeleteRegionSnapshotsRequest{}
@@ -162,6 +184,13 @@ func deleteFreedSnapshots(ctx context.Context, ac *saga.ActionContext) (any, err
 	}
 	_, err = deps(ac).Allocator.DeleteRegionSnapshots(ctx, req)
 	return nil, err
+}
+
+func nothingToUnregister(from string, withSnapshots bool) saga.ShortcutFunc {
+	return func(ac *saga.ActionContext) (any, bool, error) {
+		f, err := saga.Lookup[Freed](ac, from)
+		return nil, err == nil && len(f.RegionIDs) == 0 && (!withSnapshots || len(f.RegionSnapshots) == 0), err
+	}
 }
 
 func unregisterFreed(from string, withSnapshots bool) saga.ActionFunc {
@@ -176,25 +205,27 @@ func unregisterFreed(from string, withSnapshots bool) saga.ActionFunc {
 				ids = append(ids, rs.TargetID)
 			}
 		}
-		if len(ids) == 0 {
-			return nil, nil
-		}
 		_, err = deps(ac).Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: ids})
 		return nil, err
 	}
 }
 
-func findFreed(ctx context.Context, ac *saga.ActionContext) (any, error) {
+// nothingToFind: a read-only stash owns no region, so its delete can only
+// free a deleted disk's regions when it freed that disk's last region
+// snapshot.
+func nothingToFind(ac *saga.ActionContext) (any, bool, error) {
 	p, err := saga.Params[DeleteParams](ac)
-	if err != nil {
-		return nil, err
+	if err != nil || !p.ReadOnlyStash {
+		return nil, false, err
 	}
-	if p.ReadOnlyStash {
-		soft, err := saga.Lookup[Freed](ac, "soft_delete")
-		if err != nil || len(soft.RegionSnapshots) == 0 {
-			return Freed{}, err
-		}
+	soft, err := saga.Lookup[Freed](ac, "soft_delete")
+	if err != nil || len(soft.RegionSnapshots) > 0 {
+		return nil, false, err
 	}
+	return Freed{}, true, nil
+}
+
+func findFreed(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	resp, err := deps(ac).Volumes.FindDeletedVolumeRegions(ctx, &volumev1.FindDeletedVolumeRegionsRequest{})
 	if err != nil {
 		return nil, err
