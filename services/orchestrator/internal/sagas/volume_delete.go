@@ -19,6 +19,8 @@ import (
 // re-run. It has no undos: a failed delete is retried, never rolled back.
 //
 //	soft_delete              SoftDeleteVolume → regions and region snapshots now free
+//	                         (a read-only stash that frees nothing is removed
+//	                         at once: every node below then has nothing to do)
 //	detach_upstairs          detach every Upstairs still built from the volume
 //	                         (e.g. a Pantry a rw replacement reconciled it on),
 //	                         so nothing reads regions about to be destroyed
@@ -71,7 +73,7 @@ func newVolumeDelete() *saga.Template {
 	find := t.Action("find_freed", findFreed, nil).Shortcut(nothingToFind)
 	delFreed := t.Action("delete_freed_regions", deleteFreedRegions("find_freed"), nil).Shortcut(noFreedRegions("find_freed"))
 	unregisterFreedRegions := t.Action("unregister_freed_regions", unregisterFreed("find_freed", false), nil).Shortcut(nothingToUnregister("find_freed", false))
-	hard := t.Action("hard_delete", hardDelete, nil)
+	hard := t.Action("hard_delete", hardDelete, nil).Shortcut(alreadyHardDeleted)
 	saga.SetBuild(t, func(b *saga.Builder, _ DeleteParams) error {
 		b.Append(soft.Node())
 		b.Append(detach.Node())
@@ -91,6 +93,9 @@ type Freed struct {
 	RegionIDs       []string        `json:"region_ids"`
 	RegionSnapshots []FreedSnapshot `json:"region_snapshots,omitempty"`
 	VolumeIDs       []string        `json:"volume_ids,omitempty"`
+	// HardDeleted: the soft delete freed nothing and removed the row too
+	// (asked for a read-only stash).
+	HardDeleted bool `json:"hard_deleted,omitempty"`
 }
 
 // FreedSnapshot identifies a freed region snapshot.
@@ -105,11 +110,15 @@ func softDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := deps(ac).Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: p.VolumeID.String()})
+	// A read-only stash that frees nothing has nothing for the nodes up
+	// to hard_delete to do: the volume-service removes its row at once.
+	resp, err := deps(ac).Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{
+		VolumeId: p.VolumeID.String(), HardDeleteIfNothingFreed: p.Embedded && p.ReadOnlyStash,
+	})
 	if err != nil {
 		return nil, err
 	}
-	out := Freed{RegionIDs: resp.RegionIds}
+	out := Freed{RegionIDs: resp.RegionIds, HardDeleted: resp.HardDeleted}
 	for _, rs := range resp.RegionSnapshots {
 		out.RegionSnapshots = append(out.RegionSnapshots, FreedSnapshot{RegionID: rs.RegionId, SnapshotID: rs.SnapshotId, TargetID: rs.TargetId})
 	}
@@ -231,6 +240,24 @@ func findFreed(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		return nil, err
 	}
 	return Freed{RegionIDs: resp.RegionIds, VolumeIDs: resp.VolumeIds}, nil
+}
+
+// alreadyHardDeleted: the soft delete of an embedded delete removed the row
+// (it freed nothing, so no task needs waking either).
+func alreadyHardDeleted(ac *saga.ActionContext) (any, bool, error) {
+	p, err := saga.Params[DeleteParams](ac)
+	if err != nil || !p.Embedded {
+		return nil, false, err
+	}
+	soft, err := saga.Lookup[Freed](ac, "soft_delete")
+	if err != nil || !soft.HardDeleted {
+		return nil, false, err
+	}
+	f, err := saga.Lookup[Freed](ac, "find_freed")
+	if err != nil || len(f.RegionIDs)+len(f.VolumeIDs) > 0 {
+		return nil, false, err
+	}
+	return DeleteResult{HardDeleted: true}, true, nil
 }
 
 func hardDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {

@@ -271,11 +271,11 @@ func (s *Server) SoftDeleteVolume(ctx context.Context, req *volumev1.SoftDeleteV
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.store.SoftDeleteVolume(ctx, id)
+	r, err := s.store.SoftDeleteVolumeWith(ctx, id, store.SoftDeleteOptions{HardIfNothingFreed: req.GetHardDeleteIfNothingFreed()})
 	if err != nil {
 		return nil, s.toStatus(ctx, "SoftDeleteVolume", err)
 	}
-	out := &volumev1.SoftDeleteVolumeResponse{VolumeMissing: r.VolumeMissing, AlreadyDeleted: r.AlreadyDeleted}
+	out := &volumev1.SoftDeleteVolumeResponse{VolumeMissing: r.VolumeMissing, AlreadyDeleted: r.AlreadyDeleted, HardDeleted: r.HardDeleted}
 	for _, id := range r.Regions {
 		out.RegionIds = append(out.RegionIds, id.String())
 	}

@@ -935,3 +935,78 @@ func TestConcurrentReplaysOfCreateAndSoftDelete(t *testing.T) {
 	}
 	f.healthy()
 }
+
+// HardIfNothingFreed removes the row of a volume whose delete freed
+// nothing and which owns no rw region, in the soft delete's transaction;
+// anything else is only soft-deleted, as without the option.
+func TestSoftDeleteHardIfNothingFreed(t *testing.T) {
+	hard := SoftDeleteOptions{HardIfNothingFreed: true}
+	rows := func(f *fixture, id uuid.UUID) (volume, deleted, index int) {
+		return f.count(`SELECT count(*) FROM volume WHERE id = $1`, id),
+			f.count(`SELECT count(*) FROM volume WHERE id = $1 AND time_deleted IS NOT NULL`, id),
+			f.count(`SELECT count(*) FROM volume_target WHERE volume_id = $1`, id)
+	}
+	t.Run("stash still shared", func(t *testing.T) {
+		f := newFixture(t)
+		_, rw := f.newDisk(nil)
+		_, snaps := f.newSnapshot(rw)
+		stash := uuid.New()
+		f.create(stash, snapshotVCR(snaps[:1]))
+		before := f.target(snaps[0].ID).RefCount
+		r, err := f.s.SoftDeleteVolumeWith(f.ctx, stash, hard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.HardDeleted || len(r.Regions)+len(r.RegionSnapshots) != 0 {
+			t.Fatalf("result %+v, want hard-deleted and nothing freed", r)
+		}
+		if v, _, ix := rows(f, stash); v != 0 || ix != 0 {
+			t.Fatalf("%d volume rows and %d index rows left", v, ix)
+		}
+		if n := f.target(snaps[0].ID).RefCount; n != before-1 {
+			t.Fatalf("reference count %d, want %d", n, before-1)
+		}
+		f.healthy()
+		// A re-run (the saga's, after a crash) finds it missing: nothing freed.
+		r, err = f.s.SoftDeleteVolumeWith(f.ctx, stash, hard)
+		if err != nil || !r.VolumeMissing || r.HardDeleted || len(r.Regions)+len(r.RegionSnapshots) != 0 {
+			t.Fatalf("re-run: %+v %v", r, err)
+		}
+		f.healthy()
+	})
+	t.Run("last reference", func(t *testing.T) {
+		f := newFixture(t)
+		_, rw := f.newDisk(nil)
+		snapID, snaps := f.newSnapshot(rw)
+		stash := uuid.New()
+		f.create(stash, snapshotVCR(snaps))
+		f.softDelete(snapID)
+		r, err := f.s.SoftDeleteVolumeWith(f.ctx, stash, hard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.HardDeleted || len(r.RegionSnapshots) != 3 {
+			t.Fatalf("result %+v, want soft delete freeing 3 region snapshots", r)
+		}
+		if v, d, _ := rows(f, stash); v != 1 || d != 1 {
+			t.Fatalf("volume row %d (soft-deleted %d), want it kept soft-deleted", v, d)
+		}
+		f.healthy()
+	})
+	t.Run("owns rw regions", func(t *testing.T) {
+		f := newFixture(t)
+		id, rw := f.newDisk(nil)
+		f.newSnapshot(rw) // every rw region has a snapshot: nothing is freed
+		r, err := f.s.SoftDeleteVolumeWith(f.ctx, id, hard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.HardDeleted || len(r.Regions)+len(r.RegionSnapshots) != 0 {
+			t.Fatalf("result %+v, want a soft delete freeing nothing", r)
+		}
+		if v, d, _ := rows(f, id); v != 1 || d != 1 {
+			t.Fatalf("volume row %d (soft-deleted %d), want it kept soft-deleted", v, d)
+		}
+		f.healthy()
+	})
+}

@@ -376,6 +376,20 @@ type SoftDeleteResult struct {
 	RegionSnapshots []RegionSnapshotRef
 	VolumeMissing   bool
 	AlreadyDeleted  bool
+	// HardDeleted: SoftDeleteOptions.HardIfNothingFreed applied.
+	HardDeleted bool
+}
+
+// SoftDeleteOptions change what a soft delete does.
+type SoftDeleteOptions struct {
+	// HardIfNothingFreed: when the delete frees nothing and the volume owns
+	// no rw region, remove the row and its index rows in the same
+	// transaction instead of marking it deleted. That is all the
+	// volume-delete saga would do next (§7: hard delete once no region
+	// names the volume), and a re-run finds the volume missing, which
+	// again frees nothing. A fan-out deletes one read-only stash per
+	// volume: this saves the second transaction and RPC.
+	HardIfNothingFreed bool
 }
 
 // crucibleResources is the stored cleanup list, externally tagged by
@@ -397,6 +411,11 @@ type regionSnapshotV3 struct {
 
 // SoftDeleteVolume soft-deletes a volume (§6) in one transaction.
 func (s *Store) SoftDeleteVolume(ctx context.Context, id uuid.UUID) (SoftDeleteResult, error) {
+	return s.SoftDeleteVolumeWith(ctx, id, SoftDeleteOptions{})
+}
+
+// SoftDeleteVolumeWith is SoftDeleteVolume with options.
+func (s *Store) SoftDeleteVolumeWith(ctx context.Context, id uuid.UUID, opts SoftDeleteOptions) (SoftDeleteResult, error) {
 	var res SoftDeleteResult
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		res = SoftDeleteResult{}
@@ -434,6 +453,16 @@ func (s *Store) SoftDeleteVolume(ctx context.Context, id uuid.UUID) (SoftDeleteR
 		}
 		for _, r := range res.RegionSnapshots {
 			cr.V3.RegionSnapshots = append(cr.V3.RegionSnapshots, regionSnapshotV3{r.DatasetID, r.RegionID, r.SnapshotID})
+		}
+		if opts.HardIfNothingFreed && len(res.Regions) == 0 && len(res.RegionSnapshots) == 0 {
+			var owns bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM target WHERE kind = 'RW_REGION' AND owner_volume_id = $1)`, id).Scan(&owns); err != nil {
+				return fmt.Errorf("owned regions of %s: %w", id, err)
+			}
+			if !owns {
+				res.HardDeleted = true
+				return removeVolumeRow(ctx, tx, id)
+			}
 		}
 		js, err := json.Marshal(cr)
 		if err != nil {
@@ -647,15 +676,21 @@ func (s *Store) HardDeleteVolume(ctx context.Context, id uuid.UUID) (HardDeleteR
 			res.Kept, res.RemainingRegions = true, owned
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM volume_target WHERE volume_id = $1`, id); err != nil {
-			return fmt.Errorf("delete index rows of %s: %w", id, err)
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM volume WHERE id = $1`, id); err != nil {
-			return fmt.Errorf("hard delete %s: %w", id, err)
-		}
-		return nil
+		return removeVolumeRow(ctx, tx, id)
 	})
 	return res, err
+}
+
+// removeVolumeRow deletes a volume's row and its index rows (its usage
+// rows are the soft delete's business).
+func removeVolumeRow(ctx context.Context, tx pgx.Tx, id uuid.UUID) error {
+	var b pgx.Batch
+	b.Queue(`DELETE FROM volume_target WHERE volume_id = $1`, id)
+	b.Queue(`DELETE FROM volume WHERE id = $1`, id)
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return fmt.Errorf("hard delete %s: %w", id, err)
+	}
+	return nil
 }
 
 // FindDeletedVolumeRegions (§8): rw regions whose owner volume exists and is

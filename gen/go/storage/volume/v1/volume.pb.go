@@ -783,10 +783,16 @@ func (x *CheckoutVolumeResponse) GetVcr() *v1.VolumeConstructionRequest {
 }
 
 type SoftDeleteVolumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// When the soft delete frees nothing (no region, no region snapshot) and
+	// the volume owns no rw region, also remove the row and its index rows in
+	// the same transaction, as HardDeleteVolume would right after: a
+	// replacement's read-only stash, deleted once per volume of a fan-out.
+	// Otherwise the volume is only soft-deleted, as without the flag.
+	HardDeleteIfNothingFreed bool `protobuf:"varint,2,opt,name=hard_delete_if_nothing_freed,json=hardDeleteIfNothingFreed,proto3" json:"hard_delete_if_nothing_freed,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *SoftDeleteVolumeRequest) Reset() {
@@ -826,6 +832,13 @@ func (x *SoftDeleteVolumeRequest) GetVolumeId() string {
 	return ""
 }
 
+func (x *SoftDeleteVolumeRequest) GetHardDeleteIfNothingFreed() bool {
+	if x != nil {
+		return x.HardDeleteIfNothingFreed
+	}
+	return false
+}
+
 type SoftDeleteVolumeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Regions (rw without snapshots, and read-only regions whose count reached
@@ -837,8 +850,11 @@ type SoftDeleteVolumeResponse struct {
 	VolumeMissing bool `protobuf:"varint,3,opt,name=volume_missing,json=volumeMissing,proto3" json:"volume_missing,omitempty"`
 	// The volume was already soft-deleted; the stored result is returned.
 	AlreadyDeleted bool `protobuf:"varint,4,opt,name=already_deleted,json=alreadyDeleted,proto3" json:"already_deleted,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// hard_delete_if_nothing_freed applied: the row is gone. A later call
+	// finds the volume missing (and so, again, nothing freed).
+	HardDeleted   bool `protobuf:"varint,5,opt,name=hard_deleted,json=hardDeleted,proto3" json:"hard_deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SoftDeleteVolumeResponse) Reset() {
@@ -895,6 +911,13 @@ func (x *SoftDeleteVolumeResponse) GetVolumeMissing() bool {
 func (x *SoftDeleteVolumeResponse) GetAlreadyDeleted() bool {
 	if x != nil {
 		return x.AlreadyDeleted
+	}
+	return false
+}
+
+func (x *SoftDeleteVolumeResponse) GetHardDeleted() bool {
+	if x != nil {
+		return x.HardDeleted
 	}
 	return false
 }
@@ -2543,15 +2566,17 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2!.storage.volume.v1.CheckoutReasonR\x06reason\x12#\n" +
 	"\rrandomize_ids\x18\x03 \x01(\bR\frandomizeIds\"X\n" +
 	"\x16CheckoutVolumeResponse\x12>\n" +
-	"\x03vcr\x18\x01 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\"6\n" +
+	"\x03vcr\x18\x01 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\"v\n" +
 	"\x17SoftDeleteVolumeRequest\x12\x1b\n" +
-	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"\xda\x01\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12>\n" +
+	"\x1chard_delete_if_nothing_freed\x18\x02 \x01(\bR\x18hardDeleteIfNothingFreed\"\xfd\x01\n" +
 	"\x18SoftDeleteVolumeResponse\x12\x1d\n" +
 	"\n" +
 	"region_ids\x18\x01 \x03(\tR\tregionIds\x12O\n" +
 	"\x10region_snapshots\x18\x02 \x03(\v2$.storage.common.v1.RegionSnapshotRefR\x0fregionSnapshots\x12%\n" +
 	"\x0evolume_missing\x18\x03 \x01(\bR\rvolumeMissing\x12'\n" +
-	"\x0falready_deleted\x18\x04 \x01(\bR\x0ealreadyDeleted\"6\n" +
+	"\x0falready_deleted\x18\x04 \x01(\bR\x0ealreadyDeleted\x12!\n" +
+	"\fhard_deleted\x18\x05 \x01(\bR\vhardDeleted\"6\n" +
 	"\x17HardDeleteVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"\x8c\x01\n" +
 	"\x18HardDeleteVolumeResponse\x12>\n" +
