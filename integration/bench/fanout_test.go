@@ -44,7 +44,14 @@ type result struct {
 	WriteTxPerVolume     float64 `json:"write_transactions_per_replaced_volume"`
 	WALSyncsPerVolume    float64 `json:"wal_syncs_per_replaced_volume"`
 	SerializationRetries int64   `json:"serialization_failures"`
-	PgbenchTPS           float64 `json:"pgbench_single_row_insert_tps"`
+	// CPUMsPerVolume is the machine's busy CPU time (every process: the
+	// services, PostgreSQL, the kernel) during the fan-out per replaced
+	// volume, and CPUBusy the share of all cores that was: a steadier
+	// measure of work per volume than the time when the run is bound by
+	// CPU.
+	CPUMsPerVolume float64 `json:"cpu_ms_per_replaced_volume"`
+	CPUBusy        float64 `json:"cpu_busy"`
+	PgbenchTPS     float64 `json:"pgbench_single_row_insert_tps"`
 	// CommitsPerSecond are all the services' commits during the fan-out;
 	// RatioToPgbench divides them by pgbench's rate. The fan-out is
 	// bound by CPU, not by commits, so this says how much of the
@@ -91,15 +98,15 @@ func TestFanOut(t *testing.T) {
 	for _, n := range sizes {
 		t.Run(fmt.Sprint(n), func(t *testing.T) { results = append(results, fanOut(t, n)) })
 	}
-	fmt.Printf("\n%-8s %-12s %-10s %-16s %-14s %-14s %-10s %-12s %-12s %-7s %-14s %-12s %s\n", "clones", "complete_s", "steps/s", "commits/volume",
-		"write_tx/vol", "wal_syncs/vol", "rollbacks", "commits/s", "pgbench_tps", "ratio", "log_commits/s", "log_tx/s", "log_ratio")
+	fmt.Printf("\n%-8s %-12s %-10s %-16s %-14s %-14s %-11s %-9s %-10s %-12s %-12s %-7s %-14s %-12s %s\n", "clones", "complete_s", "steps/s", "commits/volume",
+		"write_tx/vol", "wal_syncs/vol", "cpu_ms/vol", "cpu_busy", "rollbacks", "commits/s", "pgbench_tps", "ratio", "log_commits/s", "log_tx/s", "log_ratio")
 	for _, r := range results {
 		var logCommits, logTx float64
 		if r.SagaLog != nil {
 			logCommits, logTx = r.SagaLog.SagaCommitsPerSecond, r.SagaLog.TransactionsPerSecond
 		}
-		fmt.Printf("%-8d %-12.2f %-10.0f %-16.1f %-14.1f %-14.1f %-10d %-12.0f %-12.0f %-7.2f %-14.0f %-12.0f %.2f\n", r.Clones, r.SecondsToComplete, r.StepsPerSecond,
-			r.CommitsPerVolume, r.WriteTxPerVolume, r.WALSyncsPerVolume, r.SerializationRetries, r.CommitsPerSecond, r.PgbenchTPS, r.RatioToPgbench,
+		fmt.Printf("%-8d %-12.2f %-10.0f %-16.1f %-14.1f %-14.1f %-11.2f %-9.2f %-10d %-12.0f %-12.0f %-7.2f %-14.0f %-12.0f %.2f\n", r.Clones, r.SecondsToComplete, r.StepsPerSecond,
+			r.CommitsPerVolume, r.WriteTxPerVolume, r.WALSyncsPerVolume, r.CPUMsPerVolume, r.CPUBusy, r.SerializationRetries, r.CommitsPerSecond, r.PgbenchTPS, r.RatioToPgbench,
 			logCommits, logTx, r.SagaLogRatio)
 	}
 	root, _ := stack.FindRepoRoot()
@@ -172,9 +179,11 @@ func fanOut(t *testing.T, clones int) result {
 	}
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	began := time.Now()
+	cpu0 := cpuTicks(t)
 	r.Expunge(t, r.DiskOf(t, old.DatasetId))
 	r.WaitRequests(t, 30*time.Minute)
 	took := time.Since(began)
+	cpu1 := cpuTicks(t)
 	after := dbStats(t, r.Stack.Cluster)
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
 		topStatements(t, r.Stack.Cluster)
@@ -191,6 +200,10 @@ func fanOut(t *testing.T, clones int) result {
 		CommitsPerSecond:  commits / took.Seconds(),
 		WriteTxPerVolume:  float64(after.xid-before.xid-1) / float64(clones),
 		WALSyncsPerVolume: float64(after.walSyncs-before.walSyncs) / float64(clones),
+	}
+	if busy := cpu1.busy - cpu0.busy; busy > 0 {
+		res.CPUMsPerVolume = float64(busy) * 1000 / clockTicks / float64(clones)
+		res.CPUBusy = float64(busy) / float64(cpu1.total-cpu0.total)
 	}
 	res.SagaLog = sagaLogCapacity(t, r.Stack.Cluster)
 	res.PgbenchTPS = pgbench(t, r.Stack.Cluster)
@@ -290,6 +303,31 @@ func topStatements(t *testing.T, c *pgcluster.Cluster) {
 		}
 		t.Logf("%-12s %8d calls %7d ms %6d blocks/call %7d WAL B/call %5d rows/call  %s", db, calls, ms, blocks, walBytes, nrows, q)
 	}
+}
+
+// clockTicks is USER_HZ, the unit of /proc/stat (100 on Linux).
+const clockTicks = 100
+
+type ticks struct{ busy, total int64 }
+
+// cpuTicks reads the machine's CPU time from /proc/stat: busy is user,
+// nice, system, irq, softirq and steal; total adds idle and iowait.
+func cpuTicks(t *testing.T) ticks {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Logf("cpu: %v", err)
+		return ticks{}
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	var v [8]int64
+	for i := range v {
+		if i+1 < len(f) {
+			v[i], _ = strconv.ParseInt(f[i+1], 10, 64)
+		}
+	}
+	busy := v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+	return ticks{busy: busy, total: busy + v[3] + v[4]}
 }
 
 // stats are cluster counters read before and after a run.
