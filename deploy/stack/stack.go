@@ -384,6 +384,14 @@ func (s *Stack) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 			}
 		}
 	}
+	// A process that could not bind its port exits at once, while whoever
+	// took the port may answer the checks above (another test's process of
+	// the same kind does): every process must still be running.
+	for _, p := range s.procs {
+		if exited, perr := p.Exited(); exited {
+			return fmt.Errorf("%s exited: %v\n%s", p.Name, perr, p.LogTail(20))
+		}
+	}
 	return nil
 }
 
@@ -540,7 +548,19 @@ func (p *Proc) wait(d time.Duration) bool {
 	}
 }
 
-// Health asks the process's gRPC health service for the overall status.
+// healthServices names, per binary, a gRPC service that only that binary
+// serves: asking for its status tells our process from a different kind of
+// process that took its port (which answers NOT_FOUND).
+var healthServices = map[string]string{
+	Volume:       "storage.volume.v1.VolumeService",
+	Allocator:    "storage.allocator.v1.RegionAllocatorService",
+	Notifier:     "storage.notifier.v1.UpstairsNotifierService",
+	Orchestrator: "storage.orchestrator.v1.ReplacementService",
+	SimUpstairs:  "storage.upstairs.v1.UpstairsService",
+}
+
+// Health asks the process's gRPC health service for the status of its own
+// service (see healthServices).
 func (p *Proc) Health(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {
 	conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -549,7 +569,7 @@ func (p *Proc) Health(ctx context.Context) (healthpb.HealthCheckResponse_Serving
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: healthServices[filepath.Base(p.bin)]})
 	if err != nil {
 		return healthpb.HealthCheckResponse_UNKNOWN, err
 	}
