@@ -42,7 +42,11 @@
 // Durability rules the executor keeps: the saga row and the first events
 // are one commit; `started` is committed before an action runs;
 // `succeeded`/`failed` before any dependent starts (in the same statement
-// as the dependents' `started`); `undo_started` before an undo runs. Writes
+// as the dependents' `started`); `undo_started` before an undo runs. The
+// one exception is a node whose action declares it has nothing to do
+// outside the saga (Action.Local, Action.Shortcut): the engine completes it
+// on the driver and its `started` and `succeeded` share the commit of
+// whatever the saga does next, since no effect needs the record first. Writes
 // of concurrent sagas are group-committed: whatever queued up while a log
 // statement was in flight goes out in the next one. Every
 // write is conditional on this SEC still owning the saga (current_sec and
