@@ -193,6 +193,8 @@ func fanOut(t *testing.T, clones int) result {
 		}
 	}
 	perDatabase(t, r.Stack.Cluster)
+	t.Logf("during the replacement: %d checkpoints, %d autovacuums, %d autoanalyzes (service databases)",
+		after.checkpoints-before.checkpoints, after.autovacuums-before.autovacuums, after.autoanalyzes-before.autoanalyzes)
 	commits := float64(after.commits - before.commits)
 	res := result{
 		Clones: clones, SecondsToComplete: took.Seconds(), StepsPerSecond: float64(clones) / took.Seconds(),
@@ -340,6 +342,9 @@ type stats struct {
 	xid int64
 	// walSyncs counts WAL flushes to disk.
 	walSyncs int64
+	// Background work that competes for the cores: checkpoints
+	// (cluster-wide) and autovacuum/autoanalyze runs in this database.
+	checkpoints, autovacuums, autoanalyzes int64
 }
 
 func dbStats(t *testing.T, c *pgcluster.Cluster) stats {
@@ -355,8 +360,23 @@ func dbStats(t *testing.T, c *pgcluster.Cluster) stats {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := conn.QueryRow(ctx, `SELECT txid_current(), (SELECT wal_sync FROM pg_stat_wal)`).Scan(&s.xid, &s.walSyncs); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT txid_current(), (SELECT wal_sync FROM pg_stat_wal),
+		(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)`).Scan(&s.xid, &s.walSyncs, &s.checkpoints); err != nil {
 		t.Fatal(err)
+	}
+	for _, name := range []string{"volume", "allocator", "notifier", "orchestrator"} {
+		dc, err := pgx.Connect(ctx, c.DSN(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var av, aa int64
+		err = dc.QueryRow(ctx, `SELECT coalesce(sum(autovacuum_count), 0)::bigint, coalesce(sum(autoanalyze_count), 0)::bigint FROM pg_stat_user_tables`).Scan(&av, &aa)
+		dc.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.autovacuums += av
+		s.autoanalyzes += aa
 	}
 	return s
 }
