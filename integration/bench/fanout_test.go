@@ -4,6 +4,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -62,23 +63,19 @@ type result struct {
 	// right before pgbench (cmd/sagalog-bench: the real engine running
 	// no-op sagas, as many in flight as a task keeps). SagaLogRatio is its
 	// saga commits per second (one saga's durable log write each) over
-	// pgbench's single-row insert transactions per second.
-	SagaLog      *sagaLogResult `json:"saga_log,omitempty"`
-	SagaLogRatio float64        `json:"saga_log_commit_ratio_to_pgbench"`
+	// pgbench's single-row insert transactions per second. SagaLog is the
+	// command's whole output, kept as it printed it.
+	SagaLog      json.RawMessage `json:"saga_log,omitempty"`
+	SagaLogRatio float64         `json:"saga_log_commit_ratio_to_pgbench"`
+	sagaLog      sagaLogRates
 }
 
-// sagaLogResult is what cmd/sagalog-bench prints.
-type sagaLogResult struct {
-	Concurrency           int     `json:"concurrency"`
-	Nodes                 int     `json:"nodes_per_saga"`
-	Seconds               float64 `json:"seconds"`
-	Sagas                 int64   `json:"sagas"`
-	Events                int64   `json:"events"`
-	EventsPerSecond       float64 `json:"events_per_second"`
-	SagaCommits           int64   `json:"saga_commits"`
+// sagaLogRates are the figures of cmd/sagalog-bench's output the table
+// shows.
+type sagaLogRates struct {
 	SagaCommitsPerSecond  float64 `json:"saga_commits_per_second"`
-	Transactions          int64   `json:"transactions"`
 	TransactionsPerSecond float64 `json:"transactions_per_second"`
+	EventsPerSecond       float64 `json:"events_per_second"`
 }
 
 // TestFanOut runs only under make bench (STORAGECP_BENCH=1), with fsync on.
@@ -101,13 +98,9 @@ func TestFanOut(t *testing.T) {
 	fmt.Printf("\n%-8s %-12s %-10s %-16s %-14s %-14s %-11s %-9s %-10s %-12s %-12s %-7s %-14s %-12s %s\n", "clones", "complete_s", "steps/s", "commits/volume",
 		"write_tx/vol", "wal_syncs/vol", "cpu_ms/vol", "cpu_busy", "rollbacks", "commits/s", "pgbench_tps", "ratio", "log_commits/s", "log_tx/s", "log_ratio")
 	for _, r := range results {
-		var logCommits, logTx float64
-		if r.SagaLog != nil {
-			logCommits, logTx = r.SagaLog.SagaCommitsPerSecond, r.SagaLog.TransactionsPerSecond
-		}
 		fmt.Printf("%-8d %-12.2f %-10.0f %-16.1f %-14.1f %-14.1f %-11.2f %-9.2f %-10d %-12.0f %-12.0f %-7.2f %-14.0f %-12.0f %.2f\n", r.Clones, r.SecondsToComplete, r.StepsPerSecond,
 			r.CommitsPerVolume, r.WriteTxPerVolume, r.WALSyncsPerVolume, r.CPUMsPerVolume, r.CPUBusy, r.SerializationRetries, r.CommitsPerSecond, r.PgbenchTPS, r.RatioToPgbench,
-			logCommits, logTx, r.SagaLogRatio)
+			r.sagaLog.SagaCommitsPerSecond, r.sagaLog.TransactionsPerSecond, r.SagaLogRatio)
 	}
 	root, _ := stack.FindRepoRoot()
 	dir := filepath.Join(root, ".run", "bench")
@@ -207,11 +200,11 @@ func fanOut(t *testing.T, clones int) result {
 		res.CPUMsPerVolume = float64(busy) * 1000 / clockTicks / float64(clones)
 		res.CPUBusy = float64(busy) / float64(cpu1.total-cpu0.total)
 	}
-	res.SagaLog = sagaLogCapacity(t, r.Stack.Cluster)
+	res.SagaLog, res.sagaLog = sagaLogCapacity(t, r.Stack.Cluster)
 	res.PgbenchTPS = pgbench(t, r.Stack.Cluster)
 	if res.PgbenchTPS > 0 {
 		res.RatioToPgbench = res.CommitsPerSecond / res.PgbenchTPS
-		res.SagaLogRatio = res.SagaLog.SagaCommitsPerSecond / res.PgbenchTPS
+		res.SagaLogRatio = res.sagaLog.SagaCommitsPerSecond / res.PgbenchTPS
 	}
 	r.Invariants(t)
 	return res
@@ -278,15 +271,11 @@ func saveServerLog(t *testing.T, c *pgcluster.Cluster, file string) {
 // the run, cluster-wide (STORAGECP_BENCH_PPROF=1 preloads the extension).
 func topStatements(t *testing.T, c *pgcluster.Cluster) {
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
-		t.Logf("pg_stat_statements: %v", err)
+	conn := statementsConn(t, c)
+	if conn == nil {
 		return
 	}
+	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT d.datname, s.calls, round(s.total_exec_time)::bigint,
 		(s.shared_blks_hit + s.shared_blks_read) / greatest(s.calls, 1), s.wal_bytes::bigint / greatest(s.calls, 1), s.rows / greatest(s.calls, 1),
 		left(regexp_replace(s.query, '\s+', ' ', 'g'), 120)
@@ -349,13 +338,10 @@ type stats struct {
 
 func dbStats(t *testing.T, c *pgcluster.Cluster) stats {
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connect(t, c, "postgres")
 	defer conn.Close(ctx)
 	var s stats
-	err = conn.QueryRow(ctx, `SELECT sum(xact_commit)::bigint, sum(xact_rollback)::bigint FROM pg_stat_database
+	err := conn.QueryRow(ctx, `SELECT sum(xact_commit)::bigint, sum(xact_rollback)::bigint FROM pg_stat_database
 		WHERE datname IN ('volume', 'allocator', 'notifier', 'orchestrator')`).Scan(&s.commits, &s.rollbacks)
 	if err != nil {
 		t.Fatal(err)
@@ -365,12 +351,9 @@ func dbStats(t *testing.T, c *pgcluster.Cluster) stats {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"volume", "allocator", "notifier", "orchestrator"} {
-		dc, err := pgx.Connect(ctx, c.DSN(name))
-		if err != nil {
-			t.Fatal(err)
-		}
+		dc := connect(t, c, name)
 		var av, aa int64
-		err = dc.QueryRow(ctx, `SELECT coalesce(sum(autovacuum_count), 0)::bigint, coalesce(sum(autoanalyze_count), 0)::bigint FROM pg_stat_user_tables`).Scan(&av, &aa)
+		err := dc.QueryRow(ctx, `SELECT coalesce(sum(autovacuum_count), 0)::bigint, coalesce(sum(autoanalyze_count), 0)::bigint FROM pg_stat_user_tables`).Scan(&av, &aa)
 		dc.Close(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -388,11 +371,8 @@ func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
 	if err := c.CreateDatabase(ctx, "pgbench", ""); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgx.Connect(ctx, c.DSN("pgbench"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS ins (id bigserial PRIMARY KEY, v int)`)
+	conn := connect(t, c, "pgbench")
+	_, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS ins (id bigserial PRIMARY KEY, v int)`)
 	conn.Close(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -419,7 +399,7 @@ func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
 
 // sagaLogCapacity runs cmd/sagalog-bench for 10 s on a fresh database of
 // the cluster (fsync as the run has it) and logs its result.
-func sagaLogCapacity(t *testing.T, c *pgcluster.Cluster) *sagaLogResult {
+func sagaLogCapacity(t *testing.T, c *pgcluster.Cluster) (json.RawMessage, sagaLogRates) {
 	ctx := context.Background()
 	if err := c.CreateDatabase(ctx, "sagalog_bench", ""); err != nil {
 		t.Fatal(err)
@@ -438,27 +418,46 @@ func sagaLogCapacity(t *testing.T, c *pgcluster.Cluster) *sagaLogResult {
 	if err != nil {
 		t.Fatalf("sagalog-bench: %v", err)
 	}
-	var res sagaLogResult
-	if err := json.Unmarshal(out, &res); err != nil {
+	var rates sagaLogRates
+	if err := json.Unmarshal(out, &rates); err != nil {
 		t.Fatalf("sagalog-bench output %q: %v", out, err)
 	}
-	t.Logf("saga log: %d sagas of %d no-op nodes, %d in flight: %.0f saga commits/s (%.0f events/s) in %.0f transactions/s",
-		res.Sagas, res.Nodes, res.Concurrency, res.SagaCommitsPerSecond, res.EventsPerSecond, res.TransactionsPerSecond)
-	return &res
+	t.Logf("saga log: %.0f saga commits/s (%.0f events/s) in %.0f transactions/s; %s",
+		rates.SagaCommitsPerSecond, rates.EventsPerSecond, rates.TransactionsPerSecond, bytes.TrimSpace(out))
+	return json.RawMessage(bytes.TrimSpace(out)), rates
+}
+
+// connect opens a connection to a database of the cluster; the caller
+// closes it.
+func connect(t *testing.T, c *pgcluster.Cluster, db string) *pgx.Conn {
+	conn, err := pgx.Connect(context.Background(), c.DSN(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// statementsConn connects with pg_stat_statements available, or logs why
+// not and returns nil (its library is preloaded only under
+// STORAGECP_BENCH_PPROF=1).
+func statementsConn(t *testing.T, c *pgcluster.Cluster) *pgx.Conn {
+	conn := connect(t, c, "postgres")
+	if _, err := conn.Exec(context.Background(), `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		t.Logf("pg_stat_statements: %v", err)
+		conn.Close(context.Background())
+		return nil
+	}
+	return conn
 }
 
 // resetStatements clears pg_stat_statements cluster-wide.
 func resetStatements(t *testing.T, c *pgcluster.Cluster) {
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
-		t.Logf("pg_stat_statements: %v", err)
+	conn := statementsConn(t, c)
+	if conn == nil {
 		return
 	}
+	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, `SELECT pg_stat_statements_reset()`); err != nil {
 		t.Logf("pg_stat_statements_reset: %v", err)
 	}
@@ -467,10 +466,7 @@ func resetStatements(t *testing.T, c *pgcluster.Cluster) {
 // perDatabase logs commits and rollbacks of each service database.
 func perDatabase(t *testing.T, c *pgcluster.Cluster) {
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connect(t, c, "postgres")
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT datname, xact_commit, xact_rollback FROM pg_stat_database
 		WHERE datname IN ('volume', 'allocator', 'notifier', 'orchestrator') ORDER BY datname`)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/saga/sagabench"
 	"storagecp.dev/orchestrator/migrations"
 	"storagecp.dev/platform/db"
 )
@@ -65,19 +66,6 @@ func main() {
 	_ = json.NewEncoder(os.Stdout).Encode(res)
 }
 
-func noopTemplate() *saga.Template {
-	t := saga.NewTemplate("sagalog_bench_noop")
-	step := t.Action("step", func(context.Context, *saga.ActionContext) (any, error) { return struct{}{}, nil },
-		func(context.Context, *saga.ActionContext) error { return nil })
-	saga.SetBuild(t, func(b *saga.Builder, n int) error {
-		for i := range n {
-			b.Append(saga.ActionNode(fmt.Sprintf("n%d", i), step))
-		}
-		return nil
-	})
-	return t
-}
-
 func run(ctx context.Context, dsn string, dur time.Duration, conc, nodes int) (result, error) {
 	res := result{Concurrency: conc, Nodes: nodes}
 	pool, err := db.Open(ctx, dsn)
@@ -88,7 +76,7 @@ func run(ctx context.Context, dsn string, dur time.Duration, conc, nodes int) (r
 	if err := db.Migrate(ctx, pool, migrations.FS); err != nil {
 		return res, fmt.Errorf("migrate: %w", err)
 	}
-	tmpl := noopTemplate()
+	tmpl := sagabench.NoopTemplate("sagalog_bench_noop")
 	reg, err := saga.NewRegistry(tmpl)
 	if err != nil {
 		return res, err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/saga/sagabench"
 	"storagecp.dev/orchestrator/migrations"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/pgcluster"
@@ -21,19 +22,6 @@ import (
 
 // benchNodes is the length of the benchmark saga (sequential no-op actions).
 const benchNodes = 10
-
-func noopTemplate() *saga.Template {
-	t := saga.NewTemplate("noop")
-	step := t.Action("step", func(context.Context, *saga.ActionContext) (any, error) { return struct{}{}, nil },
-		func(context.Context, *saga.ActionContext) error { return nil })
-	saga.SetBuild(t, func(b *saga.Builder, n int) error {
-		for i := range n {
-			b.Append(saga.ActionNode(fmt.Sprintf("n%d", i), step))
-		}
-		return nil
-	})
-	return t
-}
 
 // BenchmarkSagaThroughput runs sagas of benchNodes sequential no-op action
 // nodes, one at a time and 16 at a time, on the test cluster (fsync off).
@@ -100,7 +88,7 @@ func benchSagaAndPgbench(b *testing.B, sagaDSN, pgbenchDSN string, conc int) {
 // benchSagas runs b.N sagas, conc at a time, and returns events/s.
 func benchSagas(b *testing.B, dsn string, conc int) float64 {
 	b.Helper()
-	tmpl := noopTemplate()
+	tmpl := sagabench.NoopTemplate("noop")
 	reg, err := saga.NewRegistry(tmpl)
 	if err != nil {
 		b.Fatal(err)
