@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
-
-	"storagecp.dev/platform/pgcluster"
 )
 
 // JaegerBinName is the Jaeger v2 all-in-one binary `make jaeger` builds
@@ -95,14 +93,17 @@ func (s *Stack) startJaeger(ctx context.Context) error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("jaeger binary: %w (build it with `make jaeger`)", err)
 	}
+	var picker portPicker
 	var ports [3]int
 	for i := range ports {
-		p, err := pgcluster.FreePort()
+		p, err := picker.pick()
 		if err != nil {
+			picker.release()
 			return err
 		}
 		ports[i] = p
 	}
+	picker.release()
 	otlp := "127.0.0.1:" + strconv.Itoa(ports[0])
 	query := "127.0.0.1:" + strconv.Itoa(ports[1])
 	queryGRPC := "127.0.0.1:" + strconv.Itoa(ports[2])

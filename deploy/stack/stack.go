@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,18 +207,20 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 
+	var ports portPicker
+	defer ports.release()
 	addr := func(name string, idx int) (string, error) {
 		if cfg.FixedPorts {
 			return "127.0.0.1:" + strconv.Itoa(defaultPorts[name]+idx), nil
 		}
-		p, err := pgcluster.FreePort()
+		p, err := ports.pick()
 		return "127.0.0.1:" + strconv.Itoa(p), err
 	}
 	metricsAddr := func(name string, idx int) (string, error) {
 		if cfg.FixedPorts {
 			return "127.0.0.1:" + strconv.Itoa(defaultPorts[name]+idx+metricsPortOffset), nil
 		}
-		p, err := pgcluster.FreePort()
+		p, err := ports.pick()
 		return "127.0.0.1:" + strconv.Itoa(p), err
 	}
 	want := func(name string) bool {
@@ -315,6 +318,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			s.add(&Proc{Name: name, Addr: a, MetricsAddr: m, bin: filepath.Join(cfg.BinDir, SimUpstairs), args: args})
 		}
 	}
+	ports.release() // the processes bind them now
 	for _, p := range s.procs {
 		// The metrics flag goes first so a process's ExtraArgs can override
 		// it (the flag package keeps the last value).
@@ -546,6 +550,28 @@ func (p *Proc) wait(d time.Duration) bool {
 	case <-time.After(d):
 		return false
 	}
+}
+
+// portPicker hands out free loopback ports that are also distinct from
+// each other: every picked port stays bound until release, so the kernel
+// cannot return it twice (picking and releasing one at a time could, and a
+// process given its own gRPC port as its metrics port exits at start).
+type portPicker struct{ held []net.Listener }
+
+func (pp *portPicker) pick() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	pp.held = append(pp.held, l)
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (pp *portPicker) release() {
+	for _, l := range pp.held {
+		l.Close()
+	}
+	pp.held = nil
 }
 
 // healthServices names, per binary, a gRPC service that only that binary
