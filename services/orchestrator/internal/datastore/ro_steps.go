@@ -91,7 +91,7 @@ WITH cand AS (
 	SELECT c.ord, c.id, c.volume_id FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS c(id, volume_id, ord)
 ), existing AS (
 	SELECT c.ord, coalesce(
-		(SELECT s.id FROM ro_replacement_step s WHERE s.old_snapshot_volume_id = c.volume_id LIMIT 1),
+		(SELECT s.id FROM ro_replacement_step s WHERE s.old_snapshot_volume_id = c.volume_id),
 		(SELECT s.id FROM ro_replacement_step s
 		 WHERE s.volume_id = c.volume_id AND s.state IN ('requested', 'running') ORDER BY s.request_time LIMIT 1)
 	) AS step_id

@@ -203,7 +203,12 @@ WITH req AS (
 	SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS r(saga_id, gen, new_state)
 ), owner AS (
 	SELECT s.id, req.new_state FROM saga s JOIN req ON s.id = req.saga_id
-	WHERE s.current_sec = $4 AND s.adopt_generation = req.gen
+	-- id = ANY lets the unfinished-by-SEC index find just these rows; without
+	-- it every group commit walked the SEC's whole in-flight set (a heap
+	-- fetch each). A generic plan made while the table was small still
+	-- filters on it instead, which costs no more than before.
+	WHERE s.id = ANY($1::uuid[])
+	  AND s.current_sec = $4 AND s.adopt_generation = req.gen
 	  AND s.saga_state IN ('running', 'unwinding')
 	ORDER BY s.id
 	FOR SHARE OF s
