@@ -98,6 +98,10 @@ type TxOptions struct {
 	ReadOnly bool
 	// MaxElapsed bounds retries (default 30 s).
 	MaxElapsed time.Duration
+	// Prelude, if set, queues statements that go out with BEGIN in the
+	// transaction's first pipeline (e.g. the fence read of a mutating
+	// transaction); its check's error fails the attempt.
+	Prelude Prelude
 }
 
 // InTx runs fn in a SERIALIZABLE transaction and commits it, retrying the
@@ -127,7 +131,7 @@ func InTxOpts(ctx context.Context, pool *pgxpool.Pool, o TxOptions, fn func(pgx.
 	b.MaxInterval = 200 * time.Millisecond
 	retries, _ := ctx.Value(retryCounterKey{}).(*atomic.Int64)
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
-		err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: iso, AccessMode: access}, fn)
+		err := runTx(ctx, pool, pgx.TxOptions{IsoLevel: iso, AccessMode: access}, o.Prelude, fn)
 		if err != nil && !IsRetryable(err) {
 			return struct{}{}, backoff.Permanent(err)
 		}
@@ -137,6 +141,32 @@ func InTxOpts(ctx context.Context, pool *pgxpool.Pool, o TxOptions, fn func(pgx.
 		return struct{}{}, err
 	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(maxElapsed))
 	return err
+}
+
+// runTx is one attempt: fn in a pipelinedTx on a pooled connection,
+// committed if it succeeds and rolled back otherwise (a panic too).
+func runTx(ctx context.Context, pool *pgxpool.Pool, opts pgx.TxOptions, prelude Prelude, fn func(pgx.Tx) error) (err error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// The pool destroys a connection released inside a transaction, so a
+	// failed rollback cannot leak one into the next caller.
+	defer conn.Release()
+	tx := &pipelinedTx{conn: conn.Conn(), opts: opts, prelude: prelude}
+	defer func() {
+		if !tx.closed {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	err = fn(tx)
+	if tx.preludeErr != nil {
+		return tx.preludeErr
+	}
+	if err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
 
 type retryCounterKey struct{}

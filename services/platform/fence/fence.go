@@ -97,49 +97,57 @@ func errStale(have, newest int64) error {
 }
 
 // Check runs inside a mutating transaction; the service's database must
-// have the one-row `fence (id, epoch)` table (each service's 001 migration). Without an epoch in ctx (an
-// operator or a test calling directly) it does nothing. With one, it refuses
-// an epoch older than the newest recorded, and records a newer one in the
-// same transaction, so the mutation and the fence commit together.
+// have the one-row `fence (id, epoch)` table (each service's 001
+// migration). Without an epoch in ctx (an operator or a test calling
+// directly) it does nothing. With one, it refuses an epoch older than the
+// newest recorded, and records a newer one in the same transaction, so the
+// mutation and the fence commit together.
 func Check(ctx context.Context, tx pgx.Tx) error {
-	if _, ok := FromContext(ctx); !ok {
+	e, ok := FromContext(ctx)
+	if !ok {
 		return nil
 	}
 	var newest int64
-	if err := tx.QueryRow(ctx, newestSQL).Scan(&newest); err != nil {
+	if err := tx.QueryRow(ctx, advanceSQL, e).Scan(&newest); err != nil {
 		return err
 	}
-	return checkNewest(ctx, tx, newest)
-}
-
-const newestSQL = `SELECT epoch FROM fence WHERE id = 1`
-
-// QueueCheck is Check for a transaction that sends its reads as one batch
-// (one round trip): it queues the fence read on b (first, so its epoch is
-// the one the batch ran under), and the returned function, called once the
-// batch's results are in and before any write, completes the check.
-func QueueCheck(b *pgx.Batch) func(ctx context.Context, tx pgx.Tx) error {
-	var newest int64
-	b.Queue(newestSQL).QueryRow(func(row pgx.Row) error { return row.Scan(&newest) })
-	return func(ctx context.Context, tx pgx.Tx) error {
-		if _, ok := FromContext(ctx); !ok {
-			return nil
-		}
-		return checkNewest(ctx, tx, newest)
-	}
-}
-
-func checkNewest(ctx context.Context, tx pgx.Tx, newest int64) error {
-	e, _ := FromContext(ctx)
 	if e < newest {
 		return errStale(e, newest)
 	}
-	if e > newest {
-		if _, err := tx.Exec(ctx, `UPDATE fence SET epoch = $1 WHERE id = 1 AND epoch < $1`, e); err != nil {
-			return err
+	return nil
+}
+
+// advanceSQL raises the fence to $1 if it is lower and returns the epoch
+// it found (the statement's snapshot: the value before its own update).
+const advanceSQL = `WITH advance AS (UPDATE fence SET epoch = $1 WHERE id = 1 AND epoch < $1)
+SELECT epoch FROM fence WHERE id = 1`
+
+// Prelude is Check as a db.TxOptions.Prelude, so that the fence travels in
+// the transaction's first pipeline instead of costing a round trip of its
+// own; its check refuses a stale epoch before the transaction's first
+// statement returns (that statement ran, but in a transaction that then
+// rolls back). Nil without an epoch in ctx, as Check does nothing then.
+func Prelude(ctx context.Context) db.Prelude {
+	e, ok := FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	return func(b *pgx.Batch) func() error {
+		var newest int64
+		b.Queue(advanceSQL, e).QueryRow(func(row pgx.Row) error { return row.Scan(&newest) })
+		return func() error {
+			if e < newest {
+				return errStale(e, newest)
+			}
+			return nil
 		}
 	}
-	return nil
+}
+
+// InTx runs fn in a mutating transaction (db.InTx) fenced by the epoch in
+// ctx, the fence going out with the transaction's first statement.
+func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	return db.InTxOpts(ctx, pool, db.TxOptions{Prelude: Prelude(ctx)}, fn)
 }
 
 // Server serves storage.common.v1.FenceService over a service's database.

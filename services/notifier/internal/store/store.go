@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 )
 
@@ -50,12 +49,7 @@ func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // inTx runs fn in a fenced SERIALIZABLE transaction.
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := fence.Check(ctx, tx); err != nil {
-			return err
-		}
-		return fn(tx)
-	})
+	return fence.InTx(ctx, s.pool, fn)
 }
 
 // CheckFence runs only the fence check, for operations whose side effects

@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 )
 
@@ -97,12 +96,7 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 // inTx runs fn in a fenced SERIALIZABLE transaction.
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	before := s.releases.Load()
-	err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := fence.Check(ctx, tx); err != nil {
-			return err
-		}
-		return fn(tx)
-	})
+	err := fence.InTx(ctx, s.pool, fn)
 	if errors.Is(err, ErrLockHeld) {
 		s.lostContention(before)
 	}

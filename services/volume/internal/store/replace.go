@@ -8,8 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"storagecp.dev/platform/db"
-	"storagecp.dev/platform/fence"
 	"storagecp.dev/volume/internal/vcr"
 )
 
@@ -153,27 +151,23 @@ func stashUsable(stash *loadedVolume, stashID uuid.UUID, newTarget Target, other
 // it. Both present is FailedPrecondition.
 //
 // It is the fan-out's hot path (one call per volume naming the target), so
-// it costs two round trips inside its transaction: every read in one batch,
-// every write in another; and it maintains the volume→target index by the
-// one entry that changes instead of rewriting the volume's whole index
-// (fewer index insertions also mean fewer serialization conflicts with the
-// other swaps of the same target).
+// it costs three round trips: BEGIN, the fence and every read in one
+// pipeline, every write in another, then COMMIT; and it maintains the
+// volume→target index by the one entry that changes instead of rewriting
+// the volume's whole index (fewer index insertions also mean fewer
+// serialization conflicts with the other swaps of the same target).
 func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newID, stashID uuid.UUID) (ReplaceResult, error) {
 	if err := distinct(volumeID, oldID, newID, stashID); err != nil {
 		return 0, err
 	}
 	var res ReplaceResult
-	err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var reads pgx.Batch
-		fenced := fence.QueueCheck(&reads)
 		vol, stash := queueLoadVolume(&reads, volumeID), queueLoadVolume(&reads, stashID)
 		oldT, newT := queueGetTarget(&reads, oldID), queueGetTarget(&reads, newID)
 		var stashOthers int64
 		reads.Queue(stashOthersSQL, stashID, newID).QueryRow(func(row pgx.Row) error { return row.Scan(&stashOthers) })
 		if err := tx.SendBatch(ctx, &reads).Close(); err != nil {
-			return err
-		}
-		if err := fenced(ctx, tx); err != nil {
 			return err
 		}
 		in, r, err := replaceInputsOf(vol, oldT, newT, false)

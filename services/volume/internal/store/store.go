@@ -1,7 +1,7 @@
 // Package store is the volume-service's SQL: volumes, the target registry,
 // the reference-count ledger (volume_resource_usage) and the volume→target
 // index (volume_target). Every mutating operation is one SERIALIZABLE
-// transaction (db.InTx) that starts with fence.Check, so counts, target
+// transaction fenced by the leader's epoch (fence.InTx), so counts, target
 // states, rw ownership and VCR rewrites always change together.
 package store
 
@@ -159,12 +159,7 @@ func (v *Volume) SoftDeleted() bool { return v.TimeDeleted != nil }
 
 // inTx runs a mutating transaction, fenced.
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := fence.Check(ctx, tx); err != nil {
-			return err
-		}
-		return fn(tx)
-	})
+	return fence.InTx(ctx, s.pool, fn)
 }
 
 // readTx runs a read-only transaction (snapshot of one moment).
