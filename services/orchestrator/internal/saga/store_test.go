@@ -59,7 +59,25 @@ func TestAppendManyOwnership(t *testing.T) {
 	if err != nil || !owned[mine] {
 		t.Fatalf("retry: %v %v", owned, err)
 	}
-	if n, err := st.Reassign(ctx, "a", "d"); err != nil || n != 1 {
+	// A group mixing a written event with new ones (a retry that also
+	// carries what came since) writes the new ones, for every saga in it.
+	mine2 := uuid.New()
+	if err := st.CreateSaga(ctx, mine2, "x", "a", store.StateRunning, []byte(`{}`), nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	owned, err = st.AppendMany(ctx, "a", []store.AppendRequest{
+		{ID: mine, Generation: 1, Events: []store.Event{ev[1], {NodeID: 1, Type: "started"}}},
+		{ID: mine2, Generation: 1, Events: ev},
+	})
+	if err != nil || !owned[mine] || !owned[mine2] {
+		t.Fatalf("mixed retry: %v %v", owned, err)
+	}
+	for id, want := range map[uuid.UUID]int{mine: 3, mine2: 2} {
+		if evs, err := st.Events(ctx, id); err != nil || len(evs) != want {
+			t.Fatalf("saga %s: %d events after the mixed retry, want %d (%v)", id, len(evs), want, err)
+		}
+	}
+	if n, err := st.Reassign(ctx, "a", "d"); err != nil || n != 2 {
 		t.Fatalf("reassign: %d %v", n, err)
 	}
 }

@@ -174,17 +174,25 @@ func short(s string) string {
 func (s *Store) GetVolume(ctx context.Context, id uuid.UUID, withRefCounts bool) (Volume, error) {
 	var out Volume
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
-		v, ok, err := loadVolume(ctx, tx, id)
-		if err != nil {
+		// One pipeline with the BEGIN: the notifier reads a volume per
+		// step of a fan-out.
+		var b pgx.Batch
+		v := queueLoadVolume(&b, id)
+		var vols []Volume
+		b.Queue(volumeTargetsSQL(withRefCounts), []uuid.UUID{id}).Query(func(rows pgx.Rows) error {
+			if !v.ok {
+				return nil
+			}
+			vols = []Volume{v.v}
+			return scanVolumeTargets(rows, vols)
+		})
+		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 			return err
 		}
-		if !ok {
+		if !v.ok {
 			return notFound("volume %s not found", id)
 		}
-		vols := []Volume{v}
-		if err := attachTargets(ctx, tx, vols, withRefCounts); err != nil {
-			return err
-		}
+		orderTargets(vols)
 		out = vols[0]
 		return nil
 	})
@@ -234,18 +242,35 @@ func attachTargets(ctx context.Context, q db.Querier, vols []Volume, withRefCoun
 		return nil
 	}
 	idList := make([]uuid.UUID, len(vols))
-	pos := map[uuid.UUID]int{}
 	for i, v := range vols {
 		idList[i] = v.ID
-		pos[v.ID] = i
 	}
-	rows, err := q.Query(ctx, `SELECT `+targetColsT+`, `+refCountColumn(withRefCounts, "t.target_id")+`, vt.volume_id
-		FROM volume_target vt JOIN target t ON t.target_id = vt.target_id
-		WHERE vt.volume_id = ANY($1)`, idList)
+	rows, err := q.Query(ctx, volumeTargetsSQL(withRefCounts), idList)
 	if err != nil {
 		return fmt.Errorf("volume targets: %w", err)
 	}
+	if err := scanVolumeTargets(rows, vols); err != nil {
+		return err
+	}
+	orderTargets(vols)
+	return nil
+}
+
+// volumeTargetsSQL lists the targets of the volumes $1 through the index.
+func volumeTargetsSQL(withRefCounts bool) string {
+	return `SELECT ` + targetColsT + `, ` + refCountColumn(withRefCounts, "t.target_id") + `, vt.volume_id
+		FROM volume_target vt JOIN target t ON t.target_id = vt.target_id
+		WHERE vt.volume_id = ANY($1)`
+}
+
+// scanVolumeTargets appends volumeTargetsSQL's rows to their volumes'
+// Targets.
+func scanVolumeTargets(rows pgx.Rows, vols []Volume) error {
 	defer rows.Close()
+	pos := make(map[uuid.UUID]int, len(vols))
+	for i, v := range vols {
+		pos[v.ID] = i
+	}
 	for rows.Next() {
 		var vid uuid.UUID
 		var refs int64
@@ -258,8 +283,13 @@ func attachTargets(ctx context.Context, q db.Querier, vols []Volume, withRefCoun
 		vols[i].Targets = append(vols[i].Targets, t)
 	}
 	if err := rows.Err(); err != nil {
-		return err
+		return fmt.Errorf("volume targets: %w", err)
 	}
+	return nil
+}
+
+// orderTargets sorts each volume's Targets into VCR order.
+func orderTargets(vols []Volume) {
 	for i := range vols {
 		order := map[string]int{}
 		for j, r := range vcr.AllTargets(vols[i].VCR) {
@@ -272,7 +302,6 @@ func attachTargets(ctx context.Context, q db.Querier, vols []Volume, withRefCoun
 		ts := vols[i].Targets
 		sort.SliceStable(ts, func(a, b int) bool { return orderOf(order, ts[a].Address) < orderOf(order, ts[b].Address) })
 	}
-	return nil
 }
 
 func orderOf(order map[string]int, addr string) int {

@@ -23,6 +23,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"storagecp.dev/platform/db"
 )
 
 // Saga states as stored.
@@ -198,7 +200,19 @@ func (s *Store) Append(ctx context.Context, id uuid.UUID, owner Owner, events []
 	return n == 1, nil
 }
 
-const appendManySQL = `
+// appendManySQL writes a group; appendManyNewSQL is the same for events never
+// written before, the normal case: without ON CONFLICT each event costs an
+// index probe fewer. An event sent again (a retry after an ambiguous
+// failure, a recovery) makes that statement fail whole with a unique
+// violation, having written nothing, and the group goes again as
+// appendManySQL.
+var (
+	appendManySQL    = appendManyQuery("ON CONFLICT DO NOTHING")
+	appendManyNewSQL = appendManyQuery("")
+)
+
+func appendManyQuery(onConflict string) string {
+	return `
 WITH req AS (
 	SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS r(saga_id, gen, new_state)
 ), owner AS (
@@ -217,12 +231,13 @@ WITH req AS (
 	SELECT e.saga_id, e.node_id, e.event_type, e.data::jsonb, $4
 	FROM unnest($5::uuid[], $6::int[], $7::text[], $8::text[]) AS e(saga_id, node_id, event_type, data)
 	JOIN owner ON owner.id = e.saga_id
-	ON CONFLICT DO NOTHING
+	` + onConflict + `
 ), upd AS (
 	UPDATE saga SET saga_state = owner.new_state FROM owner
 	WHERE saga.id = owner.id AND owner.new_state <> ''
 )
 SELECT id FROM owner`
+}
 
 // AppendRequest is one saga's share of AppendMany.
 type AppendRequest struct {
@@ -258,11 +273,19 @@ func (s *Store) AppendMany(ctx context.Context, sec string, reqs []AppendRequest
 	if evSaga == nil {
 		evSaga, evNode, evType, evData = []pgtype.UUID{}, []int32{}, []string{}, []*string{}
 	}
-	rows, err := s.pool.Query(ctx, appendManySQL, sagaIDs, gens, states, sec, evSaga, evNode, evType, evData)
+	owned, err := s.appendMany(ctx, appendManyNewSQL, len(reqs), sagaIDs, gens, states, sec, evSaga, evNode, evType, evData)
+	if db.IsUniqueViolation(err, "saga_node_event_pkey") {
+		owned, err = s.appendMany(ctx, appendManySQL, len(reqs), sagaIDs, gens, states, sec, evSaga, evNode, evType, evData)
+	}
+	return owned, err
+}
+
+func (s *Store) appendMany(ctx context.Context, sql string, n int, args ...any) (map[uuid.UUID]bool, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
 	}
-	owned := make(map[uuid.UUID]bool, len(reqs))
+	owned := make(map[uuid.UUID]bool, n)
 	var id pgtype.UUID
 	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
 		owned[uuid.UUID(id.Bytes)] = true
