@@ -69,6 +69,19 @@ func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructV
 		return cause
 	}
 
+	// Again, now that the construction is recorded. volume-delete lists a
+	// volume's attachments only after soft-deleting it, so a construction
+	// its detach did not see sees the deletion here; the check above alone
+	// let a delete run between it and the record, and the Upstairs then
+	// ran a volume whose regions were being destroyed (checkout does not
+	// refuse deleted volumes).
+	vol, err = s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String(), View: volumev1.VolumeView_VOLUME_VIEW_REDACTED})
+	if err != nil {
+		return nil, fail(volumeServiceError(err), "checkout")
+	}
+	if vol.GetVolume().GetTimeDeleted() != nil {
+		return nil, fail(status.Errorf(codes.FailedPrecondition, "volume %s is deleted", volumeID), "checkout")
+	}
 	co, err := s.volumes.CheckoutVolume(ctx, &volumev1.CheckoutVolumeRequest{VolumeId: volumeID.String(), Reason: volumev1.CheckoutReason_CHECKOUT_REASON_CONSTRUCT})
 	if err != nil {
 		return nil, fail(volumeServiceError(err), "checkout")

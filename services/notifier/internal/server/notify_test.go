@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -732,5 +734,54 @@ func TestConcurrentReadWriteConsumersOneWins(t *testing.T) {
 	}
 	if running != 1 {
 		t.Fatalf("%d RUNNING attachments", running)
+	}
+}
+
+// deletesAfterFirstLook is the volume-service as ConstructVolume sees it
+// when a user's delete lands right after its first look at the volume.
+type deletesAfterFirstLook struct {
+	volumeClient
+	t      testing.TB
+	rv     *realVolumes
+	volume string
+	once   sync.Once
+}
+
+func (d *deletesAfterFirstLook) GetVolume(ctx context.Context, in *volumev1.GetVolumeRequest, opts ...grpc.CallOption) (*volumev1.GetVolumeResponse, error) {
+	resp, err := d.volumeClient.GetVolume(ctx, in, opts...)
+	if in.GetVolumeId() == d.volume {
+		d.once.Do(func() {
+			if _, derr := d.rv.c.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: d.volume}); derr != nil {
+				d.t.Errorf("soft delete: %v", derr)
+			}
+		})
+	}
+	return resp, err
+}
+
+// A volume deleted between ConstructVolume's first look and its record of
+// the construction is refused, with nothing left running it: volume-delete
+// lists attachments only after the soft delete, so its detach never sees
+// this construction, and the volume's regions are destroyed next
+// (scenario 33 caught an Upstairs probing destroyed targets this way).
+func TestConstructRefusesVolumeDeletedMeanwhile(t *testing.T) {
+	w := newWorld(t)
+	s := w.sim()
+	rv := w.vols.(*realVolumes)
+	vol := w.vols.create(t, addrs("162", 3), nil)
+	w.n.srv.volumes = &deletesAfterFirstLook{volumeClient: w.n.srv.volumes, t: t, rv: rv, volume: vol}
+	_, err := w.construct(vol, s, false)
+	wantCode(t, err, codes.FailedPrecondition, "volume deleted during the construction")
+	if _, err := s.up.GetVolumeStatus(w.ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: vol}); status.Code(err) != codes.NotFound {
+		t.Fatalf("the sim-upstairs runs the deleted volume: %v", err)
+	}
+	atts, err := w.n.client.ListAttachments(w.ctx, &notifierv1.ListAttachmentsRequest{VolumeId: vol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range atts.GetAttachments() {
+		if a.GetState() != notifierv1.AttachmentState_ATTACHMENT_STATE_FAILED {
+			t.Fatalf("attachment %s is %v, want FAILED", a.GetAttachmentId(), a.GetState())
+		}
 	}
 }
