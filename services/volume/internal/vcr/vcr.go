@@ -69,7 +69,8 @@ type URL struct {
 }
 
 // JSON shapes, field for field the spec's (§2.1): "type" tag in snake_case,
-// "gen" for the generation.
+// "gen" for the generation. MarshalJSON writes one per variant, so a node
+// carries only its own fields; Decode reads through nodeJSON, their union.
 type volumeJSON struct {
 	Type           string `json:"type"`
 	ID             string `json:"id"`
