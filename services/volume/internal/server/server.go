@@ -293,7 +293,13 @@ func (s *Server) SoftDeleteVolume(ctx context.Context, req *volumev1.SoftDeleteV
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.store.SoftDeleteVolumeWith(ctx, id, store.SoftDeleteOptions{HardIfNothingFreed: req.GetHardDeleteIfNothingFreed()})
+	opts := store.SoftDeleteOptions{HardIfNothingFreed: req.GetHardDeleteIfNothingFreed()}
+	if req.GetOnlyPurpose() != volumev1.VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED {
+		if opts.OnlyPurpose, err = purposeFromProto(req.GetOnlyPurpose()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "only_purpose: unknown value %d", req.GetOnlyPurpose())
+		}
+	}
+	r, err := s.store.SoftDeleteVolumeWith(ctx, id, opts)
 	if err != nil {
 		return nil, s.toStatus(ctx, "SoftDeleteVolume", err)
 	}

@@ -138,3 +138,32 @@ func TestVolumePurpose(t *testing.T) {
 	}
 	f.healthy()
 }
+
+// A user's delete names the purpose it expects: a replacement's stash or
+// reference volume is refused with nothing changed, while a missing or
+// already deleted volume answers as always.
+func TestSoftDeleteOnlyPurpose(t *testing.T) {
+	f := newFixture(t)
+	ro := f.roRegion(uuid.New())
+	stash := uuid.New()
+	if _, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: stash, VCR: snapshotVCR([]Target{ro}), Purpose: PurposeStash}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.s.SoftDeleteVolumeWith(f.ctx, stash, SoftDeleteOptions{OnlyPurpose: PurposeData})
+	wantKind(t, err, KindFailedPrecondition)
+	wantContains(t, err, "stash")
+	if v, err := f.s.GetVolume(f.ctx, stash, false); err != nil || v.SoftDeleted() {
+		t.Fatalf("a refused delete changed the stash: %+v %v", v, err)
+	}
+	if res, err := f.s.SoftDeleteVolumeWith(f.ctx, uuid.New(), SoftDeleteOptions{OnlyPurpose: PurposeData}); err != nil || !res.VolumeMissing {
+		t.Fatalf("missing volume: %+v %v", res, err)
+	}
+	// The replacement's own delete names no purpose.
+	if res, err := f.s.SoftDeleteVolume(f.ctx, stash); err != nil || !sameIDs(res.Regions, []uuid.UUID{ro.RegionID}) {
+		t.Fatalf("the replacement's delete: %+v %v", res, err)
+	}
+	if res, err := f.s.SoftDeleteVolumeWith(f.ctx, stash, SoftDeleteOptions{OnlyPurpose: PurposeData}); err != nil || !res.AlreadyDeleted {
+		t.Fatalf("already deleted: %+v %v", res, err)
+	}
+	f.healthy()
+}

@@ -428,6 +428,9 @@ type SoftDeleteOptions struct {
 	// again frees nothing. A fan-out deletes one read-only stash per
 	// volume: this saves the second transaction and RPC.
 	HardIfNothingFreed bool
+	// OnlyPurpose, when set, refuses a live volume of another purpose
+	// (FailedPrecondition, nothing changed).
+	OnlyPurpose Purpose
 }
 
 // crucibleResources is the stored cleanup list, externally tagged by
@@ -459,8 +462,9 @@ func (s *Store) SoftDeleteVolumeWith(ctx context.Context, id uuid.UUID, opts Sof
 		res = SoftDeleteResult{}
 		var deleted *time.Time
 		var data, stored []byte
-		err := tx.QueryRow(ctx, `SELECT time_deleted, data, resources_to_clean_up FROM volume WHERE id = $1`, id).
-			Scan(&deleted, &data, &stored)
+		var purpose Purpose
+		err := tx.QueryRow(ctx, `SELECT time_deleted, data, resources_to_clean_up, purpose FROM volume WHERE id = $1`, id).
+			Scan(&deleted, &data, &stored, &purpose)
 		if errors.Is(err, pgx.ErrNoRows) {
 			res.VolumeMissing = true
 			return nil
@@ -471,6 +475,9 @@ func (s *Store) SoftDeleteVolumeWith(ctx context.Context, id uuid.UUID, opts Sof
 		if deleted != nil {
 			res.AlreadyDeleted = true
 			return decodeResources(stored, &res)
+		}
+		if opts.OnlyPurpose != "" && purpose != opts.OnlyPurpose {
+			return failedPrecondition("volume %s is a %s volume, not a %s one; its replacement deletes it", id, purpose, opts.OnlyPurpose)
 		}
 		v, err := vcr.Decode(data)
 		if err != nil {

@@ -871,8 +871,13 @@ type SoftDeleteVolumeRequest struct {
 	// replacement's read-only stash, deleted once per volume of a fan-out.
 	// Otherwise the volume is only soft-deleted, as without the flag.
 	HardDeleteIfNothingFreed bool `protobuf:"varint,2,opt,name=hard_delete_if_nothing_freed,json=hardDeleteIfNothingFreed,proto3" json:"hard_delete_if_nothing_freed,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// When set, a live volume of another purpose is FAILED_PRECONDITION and
+	// nothing changes: a user's delete passes DATA, so it can never take a
+	// replacement's stash or reference volume from under the replacement. A
+	// missing or already soft-deleted volume answers as without it.
+	OnlyPurpose   VolumePurpose `protobuf:"varint,3,opt,name=only_purpose,json=onlyPurpose,proto3,enum=storage.volume.v1.VolumePurpose" json:"only_purpose,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SoftDeleteVolumeRequest) Reset() {
@@ -917,6 +922,13 @@ func (x *SoftDeleteVolumeRequest) GetHardDeleteIfNothingFreed() bool {
 		return x.HardDeleteIfNothingFreed
 	}
 	return false
+}
+
+func (x *SoftDeleteVolumeRequest) GetOnlyPurpose() VolumePurpose {
+	if x != nil {
+		return x.OnlyPurpose
+	}
+	return VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED
 }
 
 type SoftDeleteVolumeResponse struct {
@@ -2773,10 +2785,11 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2!.storage.volume.v1.CheckoutReasonR\x06reason\x12#\n" +
 	"\rrandomize_ids\x18\x03 \x01(\bR\frandomizeIds\"X\n" +
 	"\x16CheckoutVolumeResponse\x12>\n" +
-	"\x03vcr\x18\x01 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\"v\n" +
+	"\x03vcr\x18\x01 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\"\xbb\x01\n" +
 	"\x17SoftDeleteVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12>\n" +
-	"\x1chard_delete_if_nothing_freed\x18\x02 \x01(\bR\x18hardDeleteIfNothingFreed\"\xfd\x01\n" +
+	"\x1chard_delete_if_nothing_freed\x18\x02 \x01(\bR\x18hardDeleteIfNothingFreed\x12C\n" +
+	"\fonly_purpose\x18\x03 \x01(\x0e2 .storage.volume.v1.VolumePurposeR\vonlyPurpose\"\xfd\x01\n" +
 	"\x18SoftDeleteVolumeResponse\x12\x1d\n" +
 	"\n" +
 	"region_ids\x18\x01 \x03(\tR\tregionIds\x12O\n" +
@@ -3024,69 +3037,70 @@ var file_storage_volume_v1_volume_proto_depIdxs = []int32{
 	4,  // 12: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
 	2,  // 13: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
 	51, // 14: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	53, // 15: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
-	3,  // 16: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
-	54, // 17: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	54, // 18: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	0,  // 19: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
-	25, // 20: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
-	0,  // 21: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
-	55, // 22: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
-	31, // 23: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
-	52, // 24: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
-	34, // 25: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
-	52, // 26: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
-	52, // 27: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
-	55, // 28: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
-	56, // 29: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
-	52, // 30: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
-	52, // 31: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
-	57, // 32: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
-	5,  // 33: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
-	8,  // 34: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
-	10, // 35: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
-	12, // 36: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
-	14, // 37: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
-	16, // 38: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
-	18, // 39: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
-	20, // 40: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
-	22, // 41: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
-	24, // 42: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
-	27, // 43: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	29, // 44: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
-	32, // 45: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
-	35, // 46: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
-	37, // 47: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
-	39, // 48: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
-	41, // 49: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
-	43, // 50: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
-	45, // 51: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
-	47, // 52: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
-	7,  // 53: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
-	9,  // 54: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
-	11, // 55: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
-	13, // 56: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
-	15, // 57: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
-	17, // 58: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
-	19, // 59: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
-	21, // 60: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
-	23, // 61: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
-	26, // 62: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
-	28, // 63: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	30, // 64: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
-	33, // 65: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
-	36, // 66: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
-	38, // 67: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
-	40, // 68: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
-	42, // 69: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
-	44, // 70: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
-	46, // 71: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
-	48, // 72: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
-	53, // [53:73] is the sub-list for method output_type
-	33, // [33:53] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	0,  // 15: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
+	53, // 16: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
+	3,  // 17: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
+	54, // 18: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	54, // 19: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	0,  // 20: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
+	25, // 21: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
+	0,  // 22: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
+	55, // 23: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
+	31, // 24: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
+	52, // 25: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
+	34, // 26: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
+	52, // 27: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
+	52, // 28: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
+	55, // 29: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
+	56, // 30: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
+	52, // 31: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
+	52, // 32: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
+	57, // 33: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
+	5,  // 34: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
+	8,  // 35: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
+	10, // 36: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
+	12, // 37: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
+	14, // 38: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
+	16, // 39: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
+	18, // 40: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
+	20, // 41: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
+	22, // 42: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
+	24, // 43: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
+	27, // 44: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	29, // 45: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
+	32, // 46: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
+	35, // 47: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
+	37, // 48: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
+	39, // 49: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
+	41, // 50: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
+	43, // 51: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
+	45, // 52: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
+	47, // 53: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
+	7,  // 54: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
+	9,  // 55: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
+	11, // 56: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
+	13, // 57: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
+	15, // 58: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
+	17, // 59: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
+	19, // 60: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
+	21, // 61: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
+	23, // 62: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
+	26, // 63: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
+	28, // 64: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	30, // 65: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
+	33, // 66: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
+	36, // 67: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
+	38, // 68: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
+	40, // 69: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
+	42, // 70: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
+	44, // 71: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
+	46, // 72: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
+	48, // 73: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
+	54, // [54:74] is the sub-list for method output_type
+	34, // [34:54] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_storage_volume_v1_volume_proto_init() }
