@@ -197,13 +197,8 @@ func (s *Store) ActivateTargets(ctx context.Context, acts []Activation) ([]Targe
 				out = append(out, t)
 				continue
 			}
-			var holder uuid.UUID
-			err = tx.QueryRow(ctx, `SELECT target_id FROM target WHERE address = $1 AND state <> 'DELETING'`, a.Address).Scan(&holder)
-			if err == nil {
-				return failedPrecondition("address %s is served by live target %s", a.Address, holder)
-			}
-			if !errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("address holder: %w", err)
+			if err := takeOverAddress(ctx, tx, a.Address); err != nil {
+				return err
 			}
 			t, err = scanTarget(tx.QueryRow(ctx, `UPDATE target SET state = 'ACTIVE', dataset_id = $2, address = $3
 				WHERE target_id = $1 AND state = 'PENDING' RETURNING `+targetCols, a.TargetID, a.DatasetID, a.Address))
@@ -218,6 +213,32 @@ func (s *Store) ActivateTargets(ctx context.Context, acts []Activation) ([]Targe
 		return nil
 	})
 	return out, err
+}
+
+// takeOverAddress clears the way for a new target at addr. Agents reuse
+// ports, and a freed rw region stays registered between its destruction
+// and its unregistration (unregister after destroy), with no DELETING state
+// to step aside in as a freed read-only target does: a disk created in
+// that window got the port back and was refused. The agent handing out the
+// port proves the old region destroyed; if the volume-service also finds
+// it unregistrable (owner deleted, no region snapshot), its row goes now
+// and the freeing saga's own unregister finds nothing left to do. Any
+// other live holder refuses the address.
+func takeOverAddress(ctx context.Context, tx pgx.Tx, addr string) error {
+	holder, ok, err := scanTargetRow(tx.QueryRow(ctx, `SELECT `+targetCols+` FROM target WHERE address = $1 AND state <> 'DELETING'`, addr), uuid.Nil)
+	if err != nil {
+		return fmt.Errorf("address holder: %w", err)
+	}
+	if !ok {
+		return nil
+	}
+	if holder.Kind != KindRWRegion || checkUnregister(ctx, tx, holder) != nil {
+		return failedPrecondition("address %s is served by live target %s", addr, holder.ID)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM target WHERE target_id = $1`, holder.ID); err != nil {
+		return fmt.Errorf("unregister %s, destroyed under address %s: %w", holder.ID, addr, err)
+	}
+	return nil
 }
 
 // UnregisterTargets removes destroyed targets: a read-only target when

@@ -106,7 +106,10 @@ type VolumeServiceClient interface {
 	RegisterTargets(ctx context.Context, in *RegisterTargetsRequest, opts ...grpc.CallOption) (*RegisterTargetsResponse, error)
 	// Records the dataset and address of created targets and makes them
 	// ACTIVE. Idempotent; an ACTIVE target with a different address is
-	// FAILED_PRECONDITION.
+	// FAILED_PRECONDITION, as is an address another live target serves —
+	// unless that target is a rw region its owner's delete freed (owner
+	// deleted, no region snapshot): the agent reusing its port proves it
+	// destroyed, and it is unregistered in the same transaction.
 	ActivateTargets(ctx context.Context, in *ActivateTargetsRequest, opts ...grpc.CallOption) (*ActivateTargetsResponse, error)
 	// Removes targets after the allocator destroyed them. A read-only target is
 	// removable when DELETING, or when it was never referenced (PENDING or
@@ -405,7 +408,10 @@ type VolumeServiceServer interface {
 	RegisterTargets(context.Context, *RegisterTargetsRequest) (*RegisterTargetsResponse, error)
 	// Records the dataset and address of created targets and makes them
 	// ACTIVE. Idempotent; an ACTIVE target with a different address is
-	// FAILED_PRECONDITION.
+	// FAILED_PRECONDITION, as is an address another live target serves —
+	// unless that target is a rw region its owner's delete freed (owner
+	// deleted, no region snapshot): the agent reusing its port proves it
+	// destroyed, and it is unregistered in the same transaction.
 	ActivateTargets(context.Context, *ActivateTargetsRequest) (*ActivateTargetsResponse, error)
 	// Removes targets after the allocator destroyed them. A read-only target is
 	// removable when DELETING, or when it was never referenced (PENDING or
