@@ -39,7 +39,9 @@ type AdminServiceClient interface {
 	ListBackgroundTasks(ctx context.Context, in *ListBackgroundTasksRequest, opts ...grpc.CallOption) (*ListBackgroundTasksResponse, error)
 	// Activates a task now. NOT_FOUND for an unknown name.
 	ActivateBackgroundTask(ctx context.Context, in *ActivateBackgroundTaskRequest, opts ...grpc.CallOption) (*ActivateBackgroundTaskResponse, error)
-	// Sagas, paginated, optionally by state.
+	// Sagas, paginated, optionally by state (INVALID_ARGUMENT for a state
+	// value this API does not define), each with the same outcome GetSaga
+	// shows.
 	ListSagas(ctx context.Context, in *ListSagasRequest, opts ...grpc.CallOption) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(ctx context.Context, in *GetSagaRequest, opts ...grpc.CallOption) (*GetSagaResponse, error)
@@ -155,7 +157,9 @@ type AdminServiceServer interface {
 	ListBackgroundTasks(context.Context, *ListBackgroundTasksRequest) (*ListBackgroundTasksResponse, error)
 	// Activates a task now. NOT_FOUND for an unknown name.
 	ActivateBackgroundTask(context.Context, *ActivateBackgroundTaskRequest) (*ActivateBackgroundTaskResponse, error)
-	// Sagas, paginated, optionally by state.
+	// Sagas, paginated, optionally by state (INVALID_ARGUMENT for a state
+	// value this API does not define), each with the same outcome GetSaga
+	// shows.
 	ListSagas(context.Context, *ListSagasRequest) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(context.Context, *GetSagaRequest) (*GetSagaResponse, error)

@@ -88,6 +88,10 @@ type Saga struct {
 	TraceParent     *string
 	// Stuck is derived: the log holds an undo_failed event.
 	Stuck bool
+	// EndSucceeded is derived: the saga is done and its end node (the
+	// DAG's last) has a succeeded event, which is what makes a finished
+	// saga a success rather than an unwound failure.
+	EndSucceeded bool
 	// LastEventTime is derived (zero without events).
 	LastEventTime time.Time
 }
@@ -301,13 +305,19 @@ const sagaColumns = `s.id, s.name, s.creator, s.time_created, s.dag, s.saga_stat
 	s.adopt_generation, s.adopt_time, s.abandon_time, s.abandon_reason, s.abandon_comment,
 	s.subject_id, s.traceparent,
 	EXISTS (SELECT 1 FROM saga_node_event u WHERE u.saga_id = s.id AND u.event_type = 'undo_failed'),
+	-- One index probe per saga (the event table's primary key), so a list
+	-- of thousands costs no query per saga. The CASE keeps a malformed DAG
+	-- from failing the whole list.
+	s.saga_state = 'done' AND EXISTS (SELECT 1 FROM saga_node_event o WHERE o.saga_id = s.id
+		AND o.node_id = CASE WHEN jsonb_typeof(s.dag->'nodes') = 'array' THEN jsonb_array_length(s.dag->'nodes') - 1 END
+		AND o.event_type = 'succeeded'),
 	COALESCE((SELECT max(event_time) FROM saga_node_event l WHERE l.saga_id = s.id), 'epoch'::timestamptz)`
 
 func scanSaga(row pgx.Row) (Saga, error) {
 	var r Saga
 	err := row.Scan(&r.ID, &r.Name, &r.Creator, &r.TimeCreated, &r.DAG, &r.State, &r.CurrentSEC,
 		&r.AdoptGeneration, &r.AdoptTime, &r.AbandonTime, &r.AbandonReason, &r.AbandonComment,
-		&r.SubjectID, &r.TraceParent, &r.Stuck, &r.LastEventTime)
+		&r.SubjectID, &r.TraceParent, &r.Stuck, &r.EndSucceeded, &r.LastEventTime)
 	return r, err
 }
 
