@@ -152,7 +152,11 @@ var ErrDuplicate = errors.New("saga id already in use")
 // CreateSaga writes the saga row (in state, normally running; owned by sec
 // at generation 1) together with its first events, atomically. Re-running it
 // after an ambiguous failure is harmless: a row this SEC already wrote with
-// the same DAG counts as created; any other row with the id is ErrDuplicate.
+// the same DAG, still in the state it was created in, counts as created; any
+// other row with the id is ErrDuplicate — a saga that has since finished,
+// been abandoned or started unwinding included, since the caller would
+// otherwise drive it again from its first node (re-running, say, a lock
+// whose release is long done).
 func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec, state string, dag []byte, subjectID, traceParent *string, events []Event) error {
 	ids, types, data := eventArrays(events)
 	tag, err := s.pool.Exec(ctx, createSQL, pgUUID(id), name, sec, dag, subjectID, traceParent, ids, types, data, state)
@@ -163,7 +167,8 @@ func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec, state s
 		return nil
 	}
 	var same bool
-	err = s.pool.QueryRow(ctx, `SELECT creator = $2 AND dag = $3::jsonb FROM saga WHERE id = $1`, pgUUID(id), sec, dag).Scan(&same)
+	err = s.pool.QueryRow(ctx, `SELECT creator = $2 AND dag = $3::jsonb AND saga_state = $4 FROM saga WHERE id = $1`,
+		pgUUID(id), sec, dag, state).Scan(&same)
 	if err != nil {
 		return err
 	}
