@@ -164,6 +164,12 @@ func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
 	return v, nil
 }
 
+// Exists reports whether a saga with the id was ever created (it may
+// have finished or been abandoned since); it reads only the saga row.
+func (s *SEC) Exists(ctx context.Context, id uuid.UUID) (bool, error) {
+	return s.store.Exists(ctx, id)
+}
+
 // newExecutionForView builds an execution only to replay a log; unknown
 // actions are fine here.
 func newExecutionForView(s *SEC, row store.Saga, d *DAG) (*execution, error) {

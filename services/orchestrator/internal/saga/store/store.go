@@ -335,6 +335,13 @@ func (s *Store) Get(ctx context.Context, id uuid.UUID) (Saga, error) {
 	return r, err
 }
 
+// Exists reports whether a saga has the id (in any state).
+func (s *Store) Exists(ctx context.Context, id uuid.UUID) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM saga WHERE id = $1)`, pgUUID(id)).Scan(&ok)
+	return ok, err
+}
+
 // Filter narrows List.
 type Filter struct {
 	// States, when not empty, keeps only these states.
