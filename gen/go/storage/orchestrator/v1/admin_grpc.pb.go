@@ -53,7 +53,12 @@ type AdminServiceClient interface {
 	// timeout).
 	WaitIdle(ctx context.Context, in *WaitIdleRequest, opts ...grpc.CallOption) (*WaitIdleResponse, error)
 	// Cross-service consistency: allocator ↔ registry ↔ agents, every lock with
-	// a live owner, nothing stuck PENDING. Empty means consistent.
+	// a live owner, nothing stuck PENDING, no attachment of a deleted volume,
+	// no request or step held by a saga that is not running, at most one step
+	// per (request, volume). Empty means consistent. Each violation has a
+	// stable code (listed in the orchestrator's server/validate.go); findings
+	// that a running saga could explain are reported only when no saga ran
+	// during the validation.
 	ValidateSystem(ctx context.Context, in *ValidateSystemRequest, opts ...grpc.CallOption) (*ValidateSystemResponse, error)
 	// Who leads, with which epoch and lease.
 	GetLeadership(ctx context.Context, in *GetLeadershipRequest, opts ...grpc.CallOption) (*GetLeadershipResponse, error)
@@ -171,7 +176,12 @@ type AdminServiceServer interface {
 	// timeout).
 	WaitIdle(context.Context, *WaitIdleRequest) (*WaitIdleResponse, error)
 	// Cross-service consistency: allocator ↔ registry ↔ agents, every lock with
-	// a live owner, nothing stuck PENDING. Empty means consistent.
+	// a live owner, nothing stuck PENDING, no attachment of a deleted volume,
+	// no request or step held by a saga that is not running, at most one step
+	// per (request, volume). Empty means consistent. Each violation has a
+	// stable code (listed in the orchestrator's server/validate.go); findings
+	// that a running saga could explain are reported only when no saga ran
+	// during the validation.
 	ValidateSystem(context.Context, *ValidateSystemRequest) (*ValidateSystemResponse, error)
 	// Who leads, with which epoch and lease.
 	GetLeadership(context.Context, *GetLeadershipRequest) (*GetLeadershipResponse, error)
