@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
@@ -89,6 +90,17 @@ func TestLifecycleRefusesWhatCannotSucceed(t *testing.T) {
 	wantRefused(t, "create under a taken id", err, codes.AlreadyExists, "volume_id")
 	_, err = l.DeleteVolume(ctx, &orchestratorv1.DeleteVolumeRequest{VolumeId: "not-a-uuid", Wait: true})
 	wantRefused(t, "delete of a malformed id", err, codes.InvalidArgument, "volume_id")
+	// A replacement's stash is its replacement's to delete.
+	stash := uuid.NewString()
+	if _, err := r.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
+		VolumeId: stash, Purpose: volumev1.VolumePurpose_VOLUME_PURPOSE_STASH,
+		Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{Volume: &commonv1.VcrVolume{Id: stash, BlockSize: 512}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before = countAll(t, r)
+	_, err = l.DeleteVolume(ctx, &orchestratorv1.DeleteVolumeRequest{VolumeId: stash, Wait: true})
+	wantRefused(t, "delete of a stash", err, codes.FailedPrecondition, "volume_id")
 	// Deleting what is already gone is OK, and starts nothing.
 	gone, err := l.DeleteVolume(ctx, &orchestratorv1.DeleteVolumeRequest{VolumeId: unknown, Wait: true})
 	if err != nil || !gone.HardDeleted || gone.Saga.GetOutcome() != orchestratorv1.SagaOutcome_SAGA_OUTCOME_SUCCEEDED || gone.Saga.GetSagaId() != "" {

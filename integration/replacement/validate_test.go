@@ -74,8 +74,10 @@ func exec(t *testing.T, r *rack.Rack, service, sql string, args ...any) {
 // are clean on a healthy system that has attachments, a finished
 // replacement and its step, and each reports what is planted under its
 // code: an attachment of a soft-deleted and of an unknown volume, a request,
-// a step and a rw request held by a saga that is finished or unknown, and a
-// second step of one request for one volume.
+// a step and a rw request held by a saga that is finished or unknown, a
+// second step of one request for one volume, and steps made for stashes.
+// While the replacement runs, the checks that need no quiet period are
+// clean too.
 func TestValidateSystemReportsAttachmentsAndRecords(t *testing.T) {
 	r := rack.Start(t, 4, 1, stack.Config{})
 	ctx := context.Background()
@@ -89,6 +91,24 @@ func TestValidateSystemReportsAttachmentsAndRecords(t *testing.T) {
 	target := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	if _, err := r.Replacement.RequestReplacement(ctx, &orchestratorv1.RequestReplacementRequest{TargetId: target.TargetId}); err != nil {
 		t.Fatal(err)
+	}
+	// While it runs, the checks that need no quiet period find nothing:
+	// every record a running saga holds names that saga.
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		resp, err := r.Admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range resp.Violations {
+			t.Errorf("during the replacement: %s %s: %s", v.Code, v.Subject, v.Detail)
+		}
+		list, err := r.Replacement.ListReplacements(ctx, &orchestratorv1.ListReplacementsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Replacements) == 1 && rack.Terminal(list.Replacements[0]) || time.Now().After(deadline) {
+			break
+		}
 	}
 	reqs := r.WaitRequests(t, 60*time.Second)
 	if len(reqs) != 1 {
@@ -126,6 +146,20 @@ func TestValidateSystemReportsAttachmentsAndRecords(t *testing.T) {
 	// A second step of the same request for the clone.
 	exec(t, r, stack.Orchestrator, `INSERT INTO ro_replacement_step (id, request_id, volume_id, state)
 		VALUES ($1, $2, $3, 'volume_deleted')`, uuid.New(), request, uuid.MustParse(clone))
+	// Steps made for stashes: one the volume-service knows by its purpose,
+	// and the request's own stash, long deleted.
+	stash := uuid.New()
+	if _, err := r.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
+		VolumeId: stash.String(), Purpose: volumev1.VolumePurpose_VOLUME_PURPOSE_STASH,
+		Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{Volume: &commonv1.VcrVolume{Id: stash.String(), BlockSize: 512}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stashStep, oldStashStep := uuid.New(), uuid.New()
+	exec(t, r, stack.Orchestrator, `INSERT INTO ro_replacement_step (id, request_id, volume_id, state)
+		VALUES ($1, $2, $3, 'volume_deleted')`, stashStep, request, stash)
+	exec(t, r, stack.Orchestrator, `INSERT INTO ro_replacement_step (id, request_id, volume_id, state)
+		SELECT $1, id, old_snapshot_volume_id, 'volume_deleted' FROM ro_replacement WHERE id = $2`, oldStashStep, request)
 
 	if _, err := r.Admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{}); err != nil {
 		t.Fatal(err)
@@ -146,6 +180,8 @@ func TestValidateSystemReportsAttachmentsAndRecords(t *testing.T) {
 		step.String():         "operating_saga_not_running",
 		rwReq.String():        "operating_saga_not_running",
 		clone:                 "duplicate_step",
+		stashStep.String():    "stash_stepped",
+		oldStashStep.String(): "stash_stepped",
 	}
 	if len(resp.Violations) != len(want) {
 		t.Errorf("%d violations, want %d", len(resp.Violations), len(want))

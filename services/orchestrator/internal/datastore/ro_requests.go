@@ -22,6 +22,9 @@ const (
 // ReadOnlyState is a read-only replacement request's state.
 type ReadOnlyState string
 
+// Terminal reports whether nothing will move a request in this state again.
+func (s ReadOnlyState) Terminal() bool { return s == ROComplete || s == RODataLost }
+
 // Request states (spec/replacement.md §2.1), plus the terminal DataLost.
 const (
 	RORequested         ReadOnlyState = "requested"

@@ -51,6 +51,12 @@ func (d *Deps) kick(tasks ...string) { d.KickTasks(tasks...) }
 // every later node (and every re-run of a later node) sees the same id.
 func newID(context.Context, *saga.ActionContext) (any, error) { return uuid.New(), nil }
 
+// operatingSagaID is the body of every "saga_id" node: a saga claims its
+// request or step with its own saga id, so the record names the saga that
+// holds it in the log (for operators, ValidateSystem and abandonment). It
+// is persisted like any output and stable across recovery.
+func operatingSagaID(_ context.Context, ac *saga.ActionContext) (any, error) { return ac.SagaID(), nil }
+
 // newIDs returns n fresh ids as one node output.
 func newIDs(n int) saga.ActionFunc {
 	return func(context.Context, *saga.ActionContext) (any, error) {

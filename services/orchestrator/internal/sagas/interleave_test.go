@@ -42,9 +42,9 @@ import (
 // real background tasks drive both requests; a lifecycle saga under test is
 // run by the case itself (a disk created, D snapshotted, P cloned, G
 // deleted). Every case ends with the same checks: no saga stuck, every
-// request and step terminal, CheckInvariants clean, no live volume naming a
-// target the allocator no longer has, no data-loss probe, and — after every
-// volume is deleted — nothing left in any service.
+// request and step terminal, CheckInvariants and ValidateSystem clean, no
+// live volume naming a target the allocator no longer has, no data-loss
+// probe, and — after every volume is deleted — nothing left in any service.
 //
 // `make test` runs a fixed sample (every interleaveStride-th case);
 // `make soak` (STORAGECP_SOAK=1) runs them all. Each case is a subtest named
@@ -295,6 +295,7 @@ func runInterleaveCase(t *testing.T, e *testenv.Env, d *drainer, subj interleave
 	t.Logf("%s before %s: %s", o.name, node, w.opOutcome)
 	namedTargetsAllocated(t, e)
 	invariantsHold(t, e)
+	validateHolds(t, e)
 	if got := dataLossEvents(t, e); got != dataLossBefore {
 		t.Errorf("the sim-upstairs saw %d data-loss probes", got-dataLossBefore)
 		for _, p := range e.Stack.Procs() {

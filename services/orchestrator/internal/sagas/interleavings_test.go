@@ -72,10 +72,12 @@ func TestCloneDuringRSRStartSurvivesItsUnwind(t *testing.T) {
 	}
 	namedTargetsAllocated(t, e)
 	invariantsHold(t, e)
+	validateHolds(t, e)
 
 	d.drain(t, r.ID)
 	namedTargetsAllocated(t, e)
 	invariantsHold(t, e)
+	validateHolds(t, e)
 	deleteEverything(t, e)
 	expectWorld(t, e, world{})
 }
@@ -202,6 +204,7 @@ func TestVolumeDeletedBetweenSwapAndNotify(t *testing.T) {
 	d := newDrainer(t, e)
 	d.drain(t, r.ID)
 	invariantsHold(t, e)
+	validateHolds(t, e)
 	deleteEverything(t, e)
 	expectWorld(t, e, world{})
 }

@@ -13,6 +13,7 @@ import (
 	"storagecp.dev/orchestrator/internal/saga/sagatest"
 	"storagecp.dev/orchestrator/internal/sagas"
 	"storagecp.dev/orchestrator/internal/testenv"
+	"storagecp.dev/orchestrator/internal/validate"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -89,6 +90,18 @@ func invariantsHold(t testing.TB, e *testenv.Env) {
 	}
 	for _, v := range resp.Violations {
 		t.Errorf("invariant %s on %s: %s", v.Code, v.Subject, v.Detail)
+	}
+}
+
+// validateHolds runs ValidateSystem's checks against the test's services.
+func validateHolds(t testing.TB, e *testenv.Env) {
+	t.Helper()
+	vs, err := validate.Run(context.Background(), e.Deps, e.Store)
+	if err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	for _, v := range vs {
+		t.Errorf("ValidateSystem: %s on %s: %s", v.Code, v.Subject, v.Detail)
 	}
 }
 

@@ -22,7 +22,7 @@ import (
 // from the Upstairs (a successful repair finish reported for the new
 // region, or COMPLETED_ALREADY) or from the volume being deleted.
 //
-//	saga_id         generate S
+//	saga_id         S = this saga's id
 //	step_id         generate the id of this attempt's step record
 //	set_saga_id     claim: Running → Driving        ⟲ back to Running
 //	check           volume deleted or a successful repair finish for N →
@@ -51,7 +51,7 @@ var RRDrive = newRRDrive()
 func newRRDrive() *saga.Template {
 	t := saga.NewTemplate("rr-drive")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil).Local(),
+		t.Action("saga_id", operatingSagaID, nil).Local(),
 		t.Action("step_id", newID, nil).Local(),
 		t.Action("set_saga_id", rrDriveClaim, rrDriveClaimUndo),
 		t.Action("check", rrDriveCheck, nil),

@@ -17,7 +17,7 @@ import (
 // ReplacementDone → Completing → Complete; an unwind returns to
 // ReplacementDone.
 //
-//	saga_id          generate S
+//	saga_id          S = this saga's id
 //	set_saga_id      claim: ReplacementDone → Completing  ⟲ back
 //	detach_pantry    DetachUpstairs for every Pantry attachment a drive
 //	                 step recorded (idempotent)
@@ -35,7 +35,7 @@ var RRFinish = newRRFinish()
 
 func newRRFinish() *saga.Template {
 	t := saga.NewTemplate("rr-finish")
-	id := t.Action("saga_id", newID, nil).Local()
+	id := t.Action("saga_id", operatingSagaID, nil).Local()
 	claim := t.Action("set_saga_id", rrFinishClaim, rrFinishClaimUndo)
 	detach := t.Action("detach_pantry", rrDetachPantry, nil)
 	commit := t.Action("update_request", rrFinishCommit, nil)

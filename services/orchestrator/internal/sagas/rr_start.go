@@ -27,7 +27,7 @@ const (
 // Requested → Allocating → Running; any unwind returns to Requested. The new
 // region holds no data yet: the drive saga gets an Upstairs to repair it.
 //
-//	saga_id              generate S, the operating saga id
+//	saga_id              S = this saga's id, the operating saga id
 //	new_region_id        generate the new region's id N
 //	stash_volume_id      generate the stash volume id T (it will own the old
 //	                     region O)
@@ -71,7 +71,7 @@ var RRStart = newRRStart()
 func newRRStart() *saga.Template {
 	t := saga.NewTemplate("rr-start")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil).Local(),
+		t.Action("saga_id", operatingSagaID, nil).Local(),
 		t.Action("new_region_id", newID, nil).Local(),
 		t.Action("stash_volume_id", newID, nil).Local(),
 		t.Action("set_saga_id", rrStartClaim, rrStartClaimUndo),

@@ -14,7 +14,7 @@ import (
 // releasing the snapshot volume's lock. Running → Completing → Complete; an
 // unwind returns to Running.
 //
-//	saga_id              generate S
+//	saga_id              S = this saga's id
 //	set_saga_id          claim: Running → Completing   ⟲ back to Running
 //	delete_region_volume volume-delete subsaga on the reference volume
 //	update_request       commit: Complete, lock released
@@ -30,7 +30,7 @@ var RSRFinish = newRSRFinish()
 
 func newRSRFinish() *saga.Template {
 	t := saga.NewTemplate("rsr-finish")
-	id := t.Action("saga_id", newID, nil).Local()
+	id := t.Action("saga_id", operatingSagaID, nil).Local()
 	claim := t.Action("set_saga_id", finishClaim, finishClaimUndo)
 	commit := t.Action("update_request", finishCommit, nil)
 	saga.SetBuild(t, func(b *saga.Builder, p FinishParams) error {

@@ -13,7 +13,7 @@ import (
 // ReplacementDone → DeletingOldVolume → Running; an unwind returns to
 // ReplacementDone.
 //
-//	saga_id          generate S
+//	saga_id          S = this saga's id
 //	set_saga_id      claim: ReplacementDone → DeletingOldVolume  ⟲ back
 //	delete_stash     volume-delete subsaga on the stash
 //	update_request   commit: Running
@@ -29,7 +29,7 @@ var RSRGarbageCollect = newRSRGarbageCollect()
 
 func newRSRGarbageCollect() *saga.Template {
 	t := saga.NewTemplate("rsr-garbage-collect")
-	id := t.Action("saga_id", newID, nil).Local()
+	id := t.Action("saga_id", operatingSagaID, nil).Local()
 	claim := t.Action("set_saga_id", rsrGCClaim, rsrGCClaimUndo)
 	commit := t.Action("update_request", rsrGCCommit, nil)
 	saga.SetBuild(t, func(b *saga.Builder, p GCParams) error {

@@ -21,7 +21,7 @@ import (
 // surviving copy (spec/replacement.md §4.1, with the Go-side changes of §9).
 // Requested → Allocating → ReplacementDone; any unwind returns to Requested.
 //
-//	saga_id               generate S, the operating saga id
+//	saga_id               S = this saga's id, the operating saga id
 //	new_volume_id         generate the stash volume id (it will hold A)
 //	new_region_volume_id  generate the reference volume id (keeps B alive)
 //	new_region_id         generate B's region id
@@ -74,7 +74,7 @@ var RSRStart = newRSRStart()
 func newRSRStart() *saga.Template {
 	t := saga.NewTemplate("rsr-start")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil).Local(),
+		t.Action("saga_id", operatingSagaID, nil).Local(),
 		t.Action("new_volume_id", newID, nil).Local(),
 		t.Action("new_region_volume_id", newID, nil).Local(),
 		t.Action("new_region_id", newID, nil).Local(),

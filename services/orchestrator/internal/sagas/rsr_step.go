@@ -15,7 +15,7 @@ import (
 // tells its running Upstairs. Step Requested → Running → Complete; an
 // unwind returns the step to Requested and a later pass retries it.
 //
-//	saga_id            generate S
+//	saga_id            S = this saga's id
 //	new_volume_id      generate the step's stash id T
 //	set_saga_id        claim: Requested → Running          ⟲ back to Requested
 //	create_replace_params  A and B, computed once and persisted (B must be
@@ -41,7 +41,7 @@ var RSRStep = newRSRStep()
 func newRSRStep() *saga.Template {
 	t := saga.NewTemplate("rsr-step")
 	nodes := []*saga.Action{
-		t.Action("saga_id", newID, nil).Local(),
+		t.Action("saga_id", operatingSagaID, nil).Local(),
 		t.Action("new_volume_id", newID, nil).Local(),
 		t.Action("set_saga_id", stepClaim, stepClaimUndo),
 		t.Action("create_replace_params", stepReplaceParams, nil),

@@ -13,7 +13,7 @@ import (
 // Collecting claim (absent in the reference, spec §9.4) keeps two task
 // passes from collecting one stash concurrently.
 //
-//	saga_id         generate S
+//	saga_id         S = this saga's id
 //	set_saga_id     claim: Complete → Collecting   ⟲ back to Complete
 //	delete_stash    volume-delete subsaga on the step's stash
 //	update_request  commit: VolumeDeleted
@@ -29,7 +29,7 @@ var RSRStepGarbageCollect = newRSRStepGarbageCollect()
 
 func newRSRStepGarbageCollect() *saga.Template {
 	t := saga.NewTemplate("rsr-step-garbage-collect")
-	id := t.Action("saga_id", newID, nil).Local()
+	id := t.Action("saga_id", operatingSagaID, nil).Local()
 	claim := t.Action("set_saga_id", stepGCClaim, stepGCClaimUndo)
 	commit := t.Action("update_request", stepGCCommit, nil)
 	saga.SetBuild(t, func(b *saga.Builder, p StepGCParams) error {

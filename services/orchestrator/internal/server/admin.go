@@ -15,6 +15,7 @@ import (
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/tasks"
+	"storagecp.dev/orchestrator/internal/validate"
 )
 
 type admin struct {
@@ -235,4 +236,14 @@ func (a *admin) GetLeadership(ctx context.Context, _ *orchestratorv1.GetLeadersh
 func ready(s *Server) bool {
 	_, err := s.currentSEC()
 	return err == nil
+}
+
+// ValidateSystem implements AdminService (package validate holds the checks
+// and their violation codes).
+func (a *admin) ValidateSystem(ctx context.Context, _ *orchestratorv1.ValidateSystemRequest) (*orchestratorv1.ValidateSystemResponse, error) {
+	vs, err := validate.Run(ctx, a.s.deps, a.s.store)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return &orchestratorv1.ValidateSystemResponse{Violations: vs}, nil
 }

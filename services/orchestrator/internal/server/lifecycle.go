@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -263,6 +264,12 @@ func (l *lifecycle) DeleteVolume(ctx context.Context, req *orchestratorv1.Delete
 			Saga:        &orchestratorv1.SagaResult{Outcome: orchestratorv1.SagaOutcome_SAGA_OUTCOME_SUCCEEDED},
 			HardDeleted: true,
 		}, nil
+	}
+	if p := v.GetPurpose(); p != volumev1.VolumePurpose_VOLUME_PURPOSE_DATA {
+		// The volume-delete saga refuses it too (its soft delete names the
+		// purpose it expects); refusing here starts no saga at all.
+		return nil, status.Errorf(codes.FailedPrecondition, "volume_id: %s is a replacement's %s volume; its replacement deletes it",
+			id, strings.ToLower(strings.TrimPrefix(p.String(), "VOLUME_PURPOSE_")))
 	}
 	sagaID, err := sec.Create(ctx, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: id}, saga.WithSubject(id.String()))
 	if err != nil {

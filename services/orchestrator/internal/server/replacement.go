@@ -355,10 +355,6 @@ func (r *replacement) ListLocks(ctx context.Context, req *orchestratorv1.ListLoc
 	return out, nil
 }
 
-func terminal(s datastore.ReadOnlyState) bool {
-	return s == datastore.ROComplete || s == datastore.RODataLost
-}
-
 // WatchReplacement streams the watched requests and step counts whenever
 // they change, until every watched request is terminal.
 func (r *replacement) WatchReplacement(req *orchestratorv1.WatchReplacementRequest, stream orchestratorv1.ReplacementService_WatchReplacementServer) error {
@@ -430,7 +426,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 			return nil, grpcError(err)
 		}
 		for _, rec := range all {
-			if !terminal(rec.State) {
+			if !rec.State.Terminal() {
 				recs = append(recs, rec)
 			}
 		}
@@ -449,7 +445,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 		// unchanged record does not look changed.
 		p.TimeModified = nil
 		msg.Replacements = append(msg.Replacements, p)
-		if !terminal(rec.State) {
+		if !rec.State.Terminal() {
 			msg.Done = false
 		}
 	}

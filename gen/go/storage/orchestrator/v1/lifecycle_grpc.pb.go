@@ -67,7 +67,9 @@ type LifecycleServiceClient interface {
 	// which may free what the last one had to keep. Idempotent on a volume
 	// that is already gone (never created, or hard-deleted): OK at once with
 	// hard_deleted set and a SUCCEEDED saga result whose saga_id is empty — no
-	// saga is started, so nothing is left behind.
+	// saga is started, so nothing is left behind. A replacement's stash or
+	// reference volume is FAILED_PRECONDITION, nothing started: its
+	// replacement deletes it when it is done with it.
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 }
 
@@ -157,7 +159,9 @@ type LifecycleServiceServer interface {
 	// which may free what the last one had to keep. Idempotent on a volume
 	// that is already gone (never created, or hard-deleted): OK at once with
 	// hard_deleted set and a SUCCEEDED saga result whose saga_id is empty — no
-	// saga is started, so nothing is left behind.
+	// saga is started, so nothing is left behind. A replacement's stash or
+	// reference volume is FAILED_PRECONDITION, nothing started: its
+	// replacement deletes it when it is done with it.
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	mustEmbedUnimplementedLifecycleServiceServer()
 }

@@ -1,4 +1,9 @@
-package server
+// Package validate is ValidateSystem: the checks no single service can make,
+// across the allocator (where bytes are), the registry (who owns and
+// references them), the agents (what is served), the notifier's attachments
+// and the orchestrator's locks, records and sagas. The admin API serves it;
+// tests call Run directly against the same services.
+package validate
 
 import (
 	"context"
@@ -7,18 +12,19 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
-	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/sagas"
 )
 
-// ValidateSystem checks what no single service can: that the allocator (where
+// Run checks what no single service can: that the allocator (where
 // bytes are), the registry (who owns and references them), the agents (what
 // is served), the notifier's attachments and the orchestrator's locks,
 // records and sagas agree.
@@ -48,17 +54,23 @@ import (
 //	deleted_volume_attached        attachment (subject) of a soft- or hard-deleted volume (quiet)
 //	operating_saga_not_running     request or step (subject) whose operating saga is finished, abandoned or unknown
 //	duplicate_step                 volume (subject) with more than one step of one request
-func (a *admin) ValidateSystem(ctx context.Context, _ *orchestratorv1.ValidateSystemRequest) (*orchestratorv1.ValidateSystemResponse, error) {
-	v := &validator{a: a}
+//	stash_stepped                  step (subject) made for a replacement's stash or reference volume
+//
+// Run validates the system and returns every violation found (none when
+// healthy).
+func Run(ctx context.Context, deps *sagas.Deps, st *datastore.Store) ([]*commonv1.Violation, error) {
+	v := &validator{deps: deps, store: st, pool: st.Pool()}
 	if err := v.run(ctx); err != nil {
-		return nil, grpcError(err)
+		return nil, err
 	}
-	return &orchestratorv1.ValidateSystemResponse{Violations: v.violations()}, nil
+	return v.violations(), nil
 }
 
 type validator struct {
-	a   *admin
-	out []finding
+	deps  *sagas.Deps
+	store *datastore.Store
+	pool  *pgxpool.Pool
+	out   []finding
 	// start is the saga log's state when validation began; quiet says no
 	// saga was running then (quiet-only checks that cost RPCs are skipped
 	// otherwise, their findings would be dropped anyway).
@@ -77,7 +89,7 @@ type sagaMark struct{ unfinished, total int }
 
 func (v *validator) mark(ctx context.Context) (sagaMark, error) {
 	var m sagaMark
-	err := v.a.s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE saga_state IN ('running', 'unwinding')), count(*) FROM saga`).
+	err := v.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE saga_state IN ('running', 'unwinding')), count(*) FROM saga`).
 		Scan(&m.unfinished, &m.total)
 	return m, err
 }
@@ -135,12 +147,15 @@ func (v *validator) run(ctx context.Context) error {
 	if err := v.records(ctx); err != nil {
 		return err
 	}
+	if err := v.stashSteps(ctx); err != nil {
+		return err
+	}
 	return v.finish(ctx)
 }
 
 // registry checks the allocator against the registry and the agents.
 func (v *validator) registry(ctx context.Context) error {
-	d := v.a.s.deps
+	d := v.deps
 	targets := map[string]*commonv1.Target{}
 	for token := ""; ; {
 		resp, err := d.Volumes.ListTargets(ctx, &volumev1.ListTargetsRequest{PageSize: 1000, PageToken: token})
@@ -227,7 +242,7 @@ func (v *validator) registry(ctx context.Context) error {
 }
 
 func (v *validator) locksAndSagas(ctx context.Context) error {
-	st := v.a.s.store
+	st := v.store
 	for after := uuid.Nil; ; {
 		locks, err := st.ListLocks(ctx, after, 1000)
 		if err != nil {
@@ -243,7 +258,7 @@ func (v *validator) locksAndSagas(ctx context.Context) error {
 			break
 		}
 	}
-	rows, err := v.a.s.pool.Query(ctx, `SELECT DISTINCT s.id, s.name FROM saga s
+	rows, err := v.pool.Query(ctx, `SELECT DISTINCT s.id, s.name FROM saga s
 		JOIN saga_node_event e ON e.saga_id = s.id AND e.event_type = 'undo_failed'
 		WHERE s.saga_state <> 'abandoned'`)
 	if err != nil {
@@ -263,13 +278,13 @@ func (v *validator) locksAndSagas(ctx context.Context) error {
 
 // lockOwner checks that a lock's holder record exists and is not terminal.
 func (v *validator) lockOwner(ctx context.Context, l datastore.Lock) error {
-	st := v.a.s.store
+	st := v.store
 	switch l.HolderKind {
 	case datastore.HolderReadOnlyReplacement:
 		r, err := st.GetReadOnlyRequest(ctx, l.RepairID)
 		if err != nil {
 			v.add("orphan_lock", l.VolumeID.String(), "held by missing read-only replacement %s", l.RepairID)
-		} else if terminal(r.State) {
+		} else if r.State.Terminal() {
 			v.add("orphan_lock", l.VolumeID.String(), "held by %s read-only replacement %s", r.State, l.RepairID)
 		}
 	case datastore.HolderStep:
@@ -302,7 +317,7 @@ func (v *validator) attachments(ctx context.Context) error {
 	if !v.quiet {
 		return nil
 	}
-	d := v.a.s.deps
+	d := v.deps
 	byVolume := map[string][]*notifierv1.Attachment{}
 	var volumes []string
 	for token := ""; ; {
@@ -373,7 +388,7 @@ ORDER BY volume_id, request_id`
 // records checks the orchestrator's own request and step tables against its
 // saga log, and the steps against each other.
 func (v *validator) records(ctx context.Context) error {
-	pool := v.a.s.pool
+	pool := v.pool
 	rows, err := pool.Query(ctx, recordsSQL)
 	if err != nil {
 		return err
@@ -410,4 +425,57 @@ func (v *validator) records(ctx context.Context) error {
 // ("running" for ATTACHMENT_STATE_RUNNING).
 func enumName(v fmt.Stringer, prefix string) string {
 	return strings.ToLower(strings.TrimPrefix(v.String(), prefix))
+}
+
+// stashStepsSQL finds steps whose volume is a stash some step or request
+// recorded, or one of the volumes $1 (the volume-service's stash and
+// reference volumes). A stash names the old target from its swap on;
+// stepping it chases the target from stash to stash, and its own step's
+// swap-back can then no longer put the target back.
+const stashStepsSQL = `
+SELECT s.id, s.volume_id, s.state,
+	coalesce((SELECT 'the stash of step ' || o.id FROM ro_replacement_step o WHERE o.old_snapshot_volume_id = s.volume_id LIMIT 1),
+	         (SELECT 'the stash of request ' || r.id FROM ro_replacement r WHERE r.old_snapshot_volume_id = s.volume_id LIMIT 1),
+	         (SELECT 'the reference volume of request ' || r.id FROM ro_replacement r WHERE r.new_region_volume_id = s.volume_id LIMIT 1),
+	         'a ' || $2::text || ' volume')
+FROM ro_replacement_step s
+WHERE s.volume_id = ANY($1)
+   OR EXISTS (SELECT 1 FROM ro_replacement_step o WHERE o.old_snapshot_volume_id = s.volume_id)
+   OR EXISTS (SELECT 1 FROM ro_replacement r WHERE r.old_snapshot_volume_id = s.volume_id OR r.new_region_volume_id = s.volume_id)
+ORDER BY s.id`
+
+// stashSteps checks that no step was made for a stash or reference volume:
+// those the volume-service knows by purpose, and those the orchestrator's
+// records name (hard-deleted ones included).
+func (v *validator) stashSteps(ctx context.Context) error {
+	var special []uuid.UUID
+	for token := ""; ; {
+		resp, err := v.deps.Volumes.ListVolumes(ctx, &volumev1.ListVolumesRequest{PageSize: 1000, PageToken: token, IncludeDeleted: true})
+		if err != nil {
+			return fmt.Errorf("list volumes: %w", err)
+		}
+		for _, vol := range resp.Volumes {
+			if vol.Purpose == volumev1.VolumePurpose_VOLUME_PURPOSE_STASH || vol.Purpose == volumev1.VolumePurpose_VOLUME_PURPOSE_REFERENCE {
+				id, err := uuid.Parse(vol.VolumeId)
+				if err != nil {
+					return fmt.Errorf("volume-service listed volume id %q: %w", vol.VolumeId, err)
+				}
+				special = append(special, id)
+			}
+		}
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
+	}
+	rows, err := v.pool.Query(ctx, stashStepsSQL, special, "stash or reference")
+	if err != nil {
+		return err
+	}
+	var step, volume uuid.UUID
+	var state, what string
+	_, err = pgx.ForEachRow(rows, []any{&step, &volume, &state, &what}, func() error {
+		v.add("stash_stepped", step.String(), "%s step %s is of volume %s, %s", state, step, volume, what)
+		return nil
+	})
+	return err
 }
