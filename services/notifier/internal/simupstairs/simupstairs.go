@@ -445,9 +445,9 @@ func (s *Server) reconcile(a *activation, targets []string) {
 	s.reportRepair(a, repairID, notifierv1.RepairType_REPAIR_TYPE_RECONCILIATION, targets, false, false)
 	ended := s.sleep(s.repairDelay)
 	s.mu.Lock()
-	current := s.volumes[a.volumeID] == a
+	copying := s.volumes[a.volumeID] == a && !ended
 	var sets []vcrutil.RegionSet
-	if current && !ended {
+	if copying {
 		for _, p := range vcrutil.RegionSets(a.cur) {
 			if !p.ReadOnly && !strings.Contains(p.Path, ".read_only_parent") {
 				sets = append(sets, p)
@@ -463,7 +463,7 @@ func (s *Server) reconcile(a *activation, targets []string) {
 		}
 	}
 	s.mu.Lock()
-	if len(sets) > 0 {
+	if copying {
 		a.dataOps--
 		a.dataSeq++
 	}
@@ -493,9 +493,9 @@ func (s *Server) liveRepair(a *activation, r *replacement) {
 	s.reportRepair(a, repairID, notifierv1.RepairType_REPAIR_TYPE_LIVE, []string{r.new}, false, false)
 	ended := s.sleep(s.repairDelay)
 	s.mu.Lock()
-	current := s.volumes[a.volumeID] == a
+	copying := s.volumes[a.volumeID] == a && !ended
 	var set []string
-	if current && !ended {
+	if copying {
 		for _, p := range vcrutil.RegionSets(a.cur) {
 			if p.Path == r.path {
 				set = p.Targets
@@ -504,11 +504,11 @@ func (s *Server) liveRepair(a *activation, r *replacement) {
 		a.dataOps++
 	}
 	s.mu.Unlock()
-	if current && !ended && slices.Contains(set, r.new) {
+	if copying && slices.Contains(set, r.new) {
 		s.recordRepair(a, r.path, set, []string{r.new})
 	}
 	s.mu.Lock()
-	if current && !ended {
+	if copying {
 		a.dataOps--
 		a.dataSeq++
 	}
