@@ -106,9 +106,10 @@ bench:
 	$(GO) test -run '^$$' -bench DecodeClone -count 1 storagecp.dev/volume/internal/vcr | tee -a .run/bench/go-bench.txt
 	STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run 'TestCanonical|TestFanOut' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt
 
-# Every crash point and user-delete case, and SEEDS random race seeds (each
-# printed; replay one with STORAGECP_SEED=<seed> go test ./integration/race).
+# Every crash point, every user operation before every saga node, and
+# SEEDS random race seeds (each printed; replay one with
+# STORAGECP_SEED=<seed> go test ./integration/race).
 SEEDS ?= 20
 soak:
-	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m -run 'TestUserDeletes|TestCrash' storagecp.dev/orchestrator/internal/sagas/...
+	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m -run 'TestUserOperations|TestCrash' storagecp.dev/orchestrator/internal/sagas/...
 	STORAGECP_SOAK=1 STORAGECP_SEEDS=$(SEEDS) $(GO) test -count=1 -timeout 240m $(INTEGRATION_PKGS)

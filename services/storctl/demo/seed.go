@@ -96,6 +96,11 @@ func seedRack(ctx context.Context, a api, o SeedOptions) (seedReport, error) {
 		}
 		serial := fmt.Sprintf("demo-sled-%d", s)
 		sledResp, err := a.alloc.AddSled(ctx, &allocatorv1.AddSledRequest{SledId: nameID(serial), Serial: serial})
+		if status.Code(err) == codes.AlreadyExists {
+			// Another sled (not a demo one) has this serial: sleds are
+			// unique by serial, so try the next slot.
+			continue
+		}
 		if err != nil {
 			return rep, fmt.Errorf("seed rack: add sled %s: %w", serial, err)
 		}

@@ -162,7 +162,7 @@ func TestTwoProcessesNeverOvercommit(t *testing.T) {
 
 	// 8 sleds × 1 disk, 4 region slots each: 32 slots, 10 volumes at most.
 	for i := range 8 {
-		sled, err := a.api.AddSled(ctx, &allocatorv1.AddSledRequest{})
+		sled, err := a.api.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: fmt.Sprintf("sled-%d", i)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -34,7 +34,7 @@ func newRack(t *testing.T, n int) *rack {
 	r := &rack{pool: pgtest.NewPool(t, "allocator")}
 	r.sim = NewSim(r.pool, nil)
 	for i := range n {
-		sled, err := store.InsertSled(ctx, r.pool, uuid.New(), fmt.Sprint("sled-", i))
+		sled, err := store.InsertSled(ctx, r.pool, uuid.Nil, uuid.New(), fmt.Sprint("sled-", i))
 		if err != nil {
 			t.Fatal(err)
 		}

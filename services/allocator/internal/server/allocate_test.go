@@ -120,7 +120,7 @@ func TestAllocateGuardsAndExclusions(t *testing.T) {
 	more := addInventory(t, s, 3, 1, 100*gib)
 	np := more.disks[0][0]
 	// no_provision can only be set at creation: add a separate one.
-	sled := ok(s.AddSled(ctx, &allocatorv1.AddSledRequest{}))(t)
+	sled := ok(s.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: "no-provision"}))(t)
 	npDisk := ok(s.AddPhysicalDisk(ctx, &allocatorv1.AddPhysicalDiskRequest{
 		SledId: sled.GetSled().GetSledId(), CapacityBytes: 100 * gib,
 		DatasetAddress: "fd00:99::1", NoProvision: true,

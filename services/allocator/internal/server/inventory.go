@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 
 	"github.com/google/uuid"
@@ -13,27 +14,52 @@ import (
 	"storagecp.dev/platform/fence"
 )
 
-// AddSled adds a sled, idempotently on its id.
+// AddSled adds a sled, idempotently on its serial (see store.InsertSled).
 func (s *Server) AddSled(ctx context.Context, req *allocatorv1.AddSledRequest) (*allocatorv1.AddSledResponse, error) {
 	id, err := parseOptionalID("sled_id", req.GetSledId())
 	if err != nil {
 		return nil, err
 	}
-	if id == uuid.Nil {
-		id = uuid.New()
+	if err := checkSerial(req.GetSerial()); err != nil {
+		return nil, err
 	}
+	newID := uuid.New()
 	var sled store.Sled
 	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := fence.Check(ctx, tx); err != nil {
 			return err
 		}
-		sled, err = store.InsertSled(ctx, tx, id, req.GetSerial())
+		sled, err = store.InsertSled(ctx, tx, id, newID, req.GetSerial())
 		return err
 	})
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
 	return &allocatorv1.AddSledResponse{Sled: sledPB(sled)}, nil
+}
+
+// maxSerialLen bounds a sled serial (real ones are about a dozen
+// characters).
+const maxSerialLen = 64
+
+// checkSerial accepts a sled serial: required, at most maxSerialLen
+// characters, ASCII letters, digits, '.', '_' and '-', beginning with a
+// letter or digit (so it is printable, shell-safe and unambiguous in logs).
+func checkSerial(v string) error {
+	switch {
+	case v == "":
+		return invalid("serial", "required")
+	case len(v) > maxSerialLen:
+		return invalid("serial", fmt.Sprintf("longer than %d characters", maxSerialLen))
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return invalid("serial", fmt.Sprintf("%q: only letters, digits, '.', '_' and '-', beginning with a letter or digit", v))
+		}
+	}
+	return nil
 }
 
 // parseDatasetIP accepts a plain IPv6 address (no zone, no IPv4-mapped).

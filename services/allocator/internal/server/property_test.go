@@ -38,7 +38,7 @@ func TestAllocationProperties(t *testing.T) {
 		disks := map[string]*disk{} // by dataset id
 		nSleds := rapid.IntRange(1, 6).Draw(rt, "sleds")
 		for i := range nSleds {
-			sled := ok(s.AddSled(ctx, &allocatorv1.AddSledRequest{}))(rt).GetSled().GetSledId()
+			sled := ok(s.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: fmt.Sprintf("sled-%d", i)}))(rt).GetSled().GetSledId()
 			sledExpunged := rapid.IntRange(0, 9).Draw(rt, "sledExpunged") == 0
 			for j := range rapid.IntRange(1, 3).Draw(rt, "disks") {
 				capacity := int64(rapid.IntRange(0, 3).Draw(rt, "regionsFit"))*testReserved + int64(rapid.IntRange(1, 1000).Draw(rt, "slack"))

@@ -417,7 +417,7 @@ func TestFenceRefusesStaleEpoch(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition)
 	_, err = s.EnsureRegions(stale, ensureReq(alloc.GetRegions()))
 	wantCode(t, err, codes.FailedPrecondition)
-	_, err = s.AddSled(stale, &allocatorv1.AddSledRequest{})
+	_, err = s.AddSled(stale, &allocatorv1.AddSledRequest{Serial: "stale"})
 	wantCode(t, err, codes.FailedPrecondition)
 	// Nothing the stale call attempted reached an agent.
 	for _, r := range ok(s.ListRegions(ctx, &allocatorv1.ListRegionsRequest{}))(t).GetRegions() {

@@ -12,15 +12,56 @@ import (
 	"storagecp.dev/platform/db"
 )
 
-// InsertSled adds a sled unless one with that id exists, and returns the
-// stored row either way.
-func InsertSled(ctx context.Context, q db.Querier, id uuid.UUID, serial string) (Sled, error) {
-	if _, err := q.Exec(ctx, `
-		INSERT INTO sled (id, serial) VALUES ($1, $2)
-		ON CONFLICT (id) DO NOTHING`, id, serial); err != nil {
+// InsertSled adds a sled, idempotently on its serial: when a sled has the
+// serial already, that sled is returned unchanged (provided it has the id
+// asked for, if one was: id uuid.Nil accepts any). A serial another sled id
+// has, or an id another serial has, is ErrConflict. newID is the new sled's
+// id when id is uuid.Nil. The serial's unique index (migration 005) backs
+// this against concurrent calls: the one that loses the race fails to
+// serialize and its retry finds the winner's sled.
+func InsertSled(ctx context.Context, q db.Querier, id, newID uuid.UUID, serial string) (Sled, error) {
+	existing, err := sledBySerial(ctx, q, serial)
+	switch {
+	case err == nil:
+		if id != uuid.Nil && existing.ID != id {
+			return Sled{}, fmt.Errorf("serial: sled %q already exists with id %s: %w", serial, existing.ID, ErrConflict)
+		}
+		return existing, nil
+	case !errors.Is(err, ErrNotFound):
+		return Sled{}, err
+	}
+	if id == uuid.Nil {
+		id = newID
+	} else if other, err := GetSled(ctx, q, id); err == nil {
+		return Sled{}, fmt.Errorf("sled_id: sled %s already exists with serial %q: %w", id, other.Serial, ErrConflict)
+	} else if !errors.Is(err, ErrNotFound) {
+		return Sled{}, err
+	}
+	tag, err := q.Exec(ctx, `INSERT INTO sled (id, serial) VALUES ($1, $2) ON CONFLICT DO NOTHING`, id, serial)
+	if err != nil {
 		return Sled{}, fmt.Errorf("insert sled: %w", err)
 	}
+	if tag.RowsAffected() == 0 {
+		// Only a row this transaction cannot see conflicts, and under
+		// SERIALIZABLE that fails the statement instead; say so anyway.
+		return Sled{}, fmt.Errorf("sled %s with serial %q: added concurrently: %w", id, serial, ErrConflict)
+	}
 	return GetSled(ctx, q, id)
+}
+
+// sledBySerial returns the sled with a (non-empty) serial, or ErrNotFound.
+func sledBySerial(ctx context.Context, q db.Querier, serial string) (Sled, error) {
+	var s Sled
+	err := q.QueryRow(ctx, `SELECT id, serial, policy, state, time_created FROM sled
+		WHERE serial = $1 AND serial <> ''`, serial).
+		Scan(&s.ID, &s.Serial, &s.Policy, &s.State, &s.TimeCreated)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Sled{}, fmt.Errorf("sled with serial %q: %w", serial, ErrNotFound)
+	}
+	if err != nil {
+		return Sled{}, fmt.Errorf("get sled by serial: %w", err)
+	}
+	return s, nil
 }
 
 // GetSled returns a sled or ErrNotFound.

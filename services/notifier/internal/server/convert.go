@@ -90,9 +90,10 @@ var stateNames = map[notifierv1.AttachmentState]string{
 }
 
 var outcomeNames = map[notifierv1.NotificationOutcome]string{
-	notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_NO_UPSTAIRS: store.OutcomeNoUpstairs,
-	notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_NOTIFIED:    store.OutcomeNotified,
-	notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_FAILED:      store.OutcomeFailed,
+	notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_NO_UPSTAIRS:    store.OutcomeNoUpstairs,
+	notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_NOTIFIED:       store.OutcomeNotified,
+	notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_FAILED:         store.OutcomeFailed,
+	notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED: store.OutcomeVolumeDeleted,
 }
 
 var repairTypeNames = map[notifierv1.RepairType]string{

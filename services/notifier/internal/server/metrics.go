@@ -20,7 +20,7 @@ type notifyMetrics struct {
 
 func newNotifyMetrics() notifyMetrics {
 	c, err := otel.Meter("storagecp/notifier").Int64Counter("storagecp.notifier.notifications",
-		metric.WithDescription("replacement notifications by outcome (notified, no_upstairs, failed, deduplicated) and the Upstairs' answer (result)"))
+		metric.WithDescription("replacement notifications by outcome (notified, no_upstairs, failed, volume_deleted, deduplicated) and the Upstairs' answer (result)"))
 	if err != nil {
 		c, _ = noop.Meter{}.Int64Counter("")
 	}

@@ -40,6 +40,13 @@ type commonVCR = commonv1.VolumeConstructionRequest
 //     VCR_MATCHES are NOTIFIED; MISSING or a refusal is FailedPrecondition;
 //     an unreachable endpoint is Unavailable. Each answer is recorded.
 //
+// A volume being deleted is VOLUME_DELETED, nothing told and nothing counted
+// as failed: found soft-deleted up front, or found so after an attachment
+// blocked or an Upstairs refused — the delete soft-deletes the volume before
+// it detaches the Upstairs, so a detach that raced this call (an attachment
+// STOPPING, an Upstairs that no longer runs the volume) always finds it.
+// Nobody runs a deleted volume, and the caller's swap is already durable.
+//
 // A successful answer is recorded once per (step_key, attachment,
 // incarnation, VCR generation); a repeat returns it (deduplicated) without
 // calling the Upstairs.
@@ -63,20 +70,18 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 	}
 	vcr := vol.GetVolume().GetVcr()
 	gen := vcrutil.Generation(vcr)
+	deleted := func(rows ...store.Notification) (*notifierv1.NotifyReplacementResponse, error) {
+		return s.volumeDeleted(ctx, store.Notification{VolumeID: volumeID, StepKey: stepKey, VCRGeneration: gen}, rows)
+	}
+	if vol.GetVolume().GetTimeDeleted() != nil {
+		return deleted()
+	}
 	// Fenced: a stale leader must not reach any Upstairs.
 	atts, err := s.store.VolumeAttachments(ctx, volumeID)
 	if err != nil {
 		return nil, s.storeError(ctx, "list attachments", err)
 	}
-	record := func(ns ...store.Notification) error {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), notifyRecordTimeout)
-		defer cancel()
-		if err := s.store.RecordNotifications(rctx, ns); err != nil {
-			return s.storeError(ctx, "record notification", err)
-		}
-		s.metrics.recorded(rctx, ns)
-		return nil
-	}
+	record := func(ns ...store.Notification) error { return s.record(ctx, ns) }
 	base := store.Notification{VolumeID: volumeID, StepKey: stepKey, VCRGeneration: gen}
 
 	var running []store.Attachment
@@ -96,6 +101,9 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 		}
 	}
 	if len(blocked) > 0 {
+		if s.volumeGone(ctx, volumeID) {
+			return deleted(blockedRows...)
+		}
 		if err := record(blockedRows...); err != nil {
 			return nil, err
 		}
@@ -151,6 +159,9 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 		}
 		rows = append(rows, n)
 	}
+	if len(failures) > 0 && s.volumeGone(ctx, volumeID) {
+		return deleted(rows...)
+	}
 	if len(rows) > 0 {
 		if err := record(rows...); err != nil {
 			return nil, err
@@ -160,6 +171,50 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 		return nil, status.Errorf(worst, "volume %s: %s", volumeID, strings.Join(failures, "; "))
 	}
 	return resp, nil
+}
+
+// record keeps attempts and counts them, even after the caller has gone:
+// an Upstairs may have been called.
+func (s *Server) record(ctx context.Context, ns []store.Notification) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), notifyRecordTimeout)
+	defer cancel()
+	if err := s.store.RecordNotifications(rctx, ns); err != nil {
+		return s.storeError(ctx, "record notification", err)
+	}
+	s.metrics.recorded(rctx, ns)
+	return nil
+}
+
+// volumeGone reports whether the volume is soft- or hard-deleted now. An
+// error reading it is not proof: the caller keeps the failure it had.
+func (s *Server) volumeGone(ctx context.Context, volumeID uuid.UUID) bool {
+	vol, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String()})
+	if status.Code(err) == codes.NotFound {
+		return true
+	}
+	return err == nil && vol.GetVolume().GetTimeDeleted() != nil
+}
+
+// volumeDeleted records the attempt as VOLUME_DELETED: the attempts that
+// failed because the delete was detaching the volume's Upstairs are
+// relabelled, not counted as failures; without any, one row says so.
+func (s *Server) volumeDeleted(ctx context.Context, base store.Notification, rows []store.Notification) (*notifierv1.NotifyReplacementResponse, error) {
+	out := make([]store.Notification, 0, len(rows)+1)
+	for _, n := range rows {
+		if n.Outcome == store.OutcomeFailed {
+			n.Outcome = store.OutcomeVolumeDeleted
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		n := base
+		n.Outcome = store.OutcomeVolumeDeleted
+		out = append(out, n)
+	}
+	if err := s.record(ctx, out); err != nil {
+		return nil, err
+	}
+	return &notifierv1.NotifyReplacementResponse{Outcome: notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED}, nil
 }
 
 type notifyResult struct {

@@ -785,3 +785,78 @@ func TestConstructRefusesVolumeDeletedMeanwhile(t *testing.T) {
 		}
 	}
 }
+
+// deletedMidNotify is the volume-service as NotifyReplacement sees it when a
+// user's delete lands right after its read of the VCR: the volume is
+// soft-deleted and its Upstairs deactivated by the delete's detach, whose
+// forgetting of the attachment has not happened yet.
+type deletedMidNotify struct {
+	volumeClient
+	t      testing.TB
+	rv     *realVolumes
+	sim    *sim
+	volume string
+	once   sync.Once
+}
+
+func (d *deletedMidNotify) GetVolume(ctx context.Context, in *volumev1.GetVolumeRequest, opts ...grpc.CallOption) (*volumev1.GetVolumeResponse, error) {
+	resp, err := d.volumeClient.GetVolume(ctx, in, opts...)
+	if in.GetVolumeId() == d.volume {
+		d.once.Do(func() {
+			if _, derr := d.rv.c.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: d.volume}); derr != nil {
+				d.t.Errorf("soft delete: %v", derr)
+			}
+			if _, derr := d.sim.up.Deactivate(ctx, &upstairsv1.DeactivateRequest{VolumeId: d.volume}); derr != nil {
+				d.t.Errorf("deactivate: %v", derr)
+			}
+		})
+	}
+	return resp, err
+}
+
+// A volume being deleted is VOLUME_DELETED, not a failure: the step that
+// swapped it completes instead of unwinding and waiting a period. Found up
+// front (nothing called), and found after an Upstairs the delete had just
+// deactivated refused (that attempt is not counted as FAILED).
+func TestNotifyVolumeDeleted(t *testing.T) {
+	w := newWorld(t)
+	s := w.sim()
+	rv := w.vols.(*realVolumes)
+	outcomes := func(vol string) map[notifierv1.NotificationOutcome]int {
+		out := map[notifierv1.NotificationOutcome]int{}
+		for _, n := range w.notifications(vol) {
+			out[n.GetOutcome()]++
+		}
+		return out
+	}
+
+	upFront := w.vols.create(t, addrs("171", 3), addrs("271", 3))
+	w.mustConstruct(upFront, s, false)
+	w.vols.replaceRO(t, upFront, addrs("271", 3)[0], "[fd00:1122:3344:2fe::1]:19001")
+	if _, err := rv.c.SoftDeleteVolume(w.ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: upFront}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.notify(upFront, "step-1")
+	if err != nil || resp.GetOutcome() != notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED {
+		t.Fatalf("notify a soft-deleted volume: %v %v", resp, err)
+	}
+	if n := simStatus(t, s, upFront).GetReplaceCalls(); n != 0 {
+		t.Fatalf("the Upstairs of a deleted volume was called %d times", n)
+	}
+	if got := outcomes(upFront); got[notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED] != 1 || len(got) != 1 {
+		t.Fatalf("recorded %v, want one VOLUME_DELETED", got)
+	}
+
+	midway := w.vols.create(t, addrs("172", 3), addrs("272", 3))
+	w.mustConstruct(midway, s, false)
+	w.vols.replaceRO(t, midway, addrs("272", 3)[0], "[fd00:1122:3344:2fe::1]:19002")
+	w.n.srv.volumes = &deletedMidNotify{volumeClient: w.n.srv.volumes, t: t, rv: rv, sim: s, volume: midway}
+	resp, err = w.notify(midway, "step-2")
+	if err != nil || resp.GetOutcome() != notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED {
+		t.Fatalf("notify a volume deleted midway: %v %v", resp, err)
+	}
+	if got := outcomes(midway); got[notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_FAILED] != 0 ||
+		got[notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED] != 1 {
+		t.Fatalf("recorded %v, want the refused attempt as VOLUME_DELETED", got)
+	}
+}

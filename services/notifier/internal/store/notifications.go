@@ -14,6 +14,8 @@ const (
 	OutcomeNoUpstairs = "no_upstairs"
 	OutcomeNotified   = "notified"
 	OutcomeFailed     = "failed"
+	// OutcomeVolumeDeleted: the volume was being deleted; nothing was told.
+	OutcomeVolumeDeleted = "volume_deleted"
 )
 
 // Notification is one recorded NotifyReplacement attempt or outcome.

@@ -20,8 +20,9 @@ import (
 //  1. collect: start rsr-step-garbage-collect for Complete steps, so their
 //     stashes (which still name A) are on their way out before scanning;
 //  2. create: for each Running request, ask the volume→target index which
-//     live volumes still name A and insert a step for each (skipping stashes
-//     and volumes already handled; lock contention is retried next pass);
+//     live data volumes still name A and insert a step for each (never a
+//     stash or reference volume, nor one already handled; lock contention is
+//     retried next pass);
 //  3. launch: retire Requested steps whose volume is deleted, whose target
 //     is gone or which no longer reference A; start rsr-step for the rest,
 //     round-robin across requests so one large fan-out cannot starve others.
@@ -182,7 +183,14 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 			var batch []datastore.Step
 			for _, v := range resp.Volumes {
 				if v.SoftDeleted {
-					continue // its reference is already dropped (and stashes in deletion)
+					continue // its reference is already dropped
+				}
+				if v.Purpose != volumev1.VolumePurpose_VOLUME_PURPOSE_DATA {
+					// A stash names A from the moment its swap commits, long
+					// before a step record names it: stepping it would
+					// chase A from stash to stash, and an unwinding swap
+					// could no longer put A back.
+					continue
 				}
 				vid, err := uuid.Parse(v.VolumeId)
 				if err != nil || handled[vid] {
@@ -271,7 +279,10 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 				errf(&st.Errors, "step %s: volume %s: %v", s.ID, s.VolumeID, err)
 				continue
 			}
-			retire = !ref.VolumeExists || ref.SoftDeleted || !ref.Referenced
+			// A step made for a stash (by a version that could not tell
+			// one) is retired unrun.
+			retire = !ref.VolumeExists || ref.SoftDeleted || !ref.Referenced ||
+				ref.Purpose != volumev1.VolumePurpose_VOLUME_PURPOSE_DATA
 		}
 		if retire {
 			if err := d.Store.SetStepVolumeDeletedFromRequested(ctx, s.ID); err != nil {

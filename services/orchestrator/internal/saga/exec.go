@@ -599,6 +599,9 @@ func (ex *execution) run(ctx context.Context, l launch) {
 	case !l.undo:
 		ex.sec.crash.maybeCrash(ex.dag.Template, node.Name, CrashAfterStarted)
 		ex.hooks.before(ctx, node.Name)
+		// Read again: a BeforeNode hook may inject an error at its own node
+		// (a user operation, then a failure that unwinds through it).
+		errAction, _, rep = ex.hooks.get(node.Name)
 		if errAction || ex.sec.fail.fails(ex.dag.Template, node.Name) {
 			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected error at " + node.Name}
 		} else {

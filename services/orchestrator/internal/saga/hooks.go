@@ -25,7 +25,8 @@ type Hooks struct {
 
 	// BeforeNode, if set, runs right before each action node's action (and
 	// before any injected error), with the node name. Use it to race user
-	// operations against every node.
+	// operations against every node. It may inject errors, its own node's
+	// included: they are read after it returns.
 	BeforeNode func(ctx context.Context, node string)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/saga/sagatest"
+	"storagecp.dev/orchestrator/internal/saga/store"
 )
 
 func noop(context.Context, *saga.ActionContext) (any, error) { return nil, nil }
@@ -492,6 +493,14 @@ func TestRecoverSkipsLiveSagasAndDuplicateIDs(t *testing.T) {
 	}
 	if _, err := sec.Create(ctx, f.app.sample, sampleParams{Key: "other"}, saga.WithID(id)); err == nil {
 		t.Fatal("duplicate id accepted after finishing")
+	}
+	// Nor with the same DAG: a finished saga is never driven again (its
+	// first node would run a second time, after the saga's end).
+	if _, err := sec.Create(ctx, f.app.sample, sampleParams{Key: "k"}, saga.WithID(id)); !errors.Is(err, store.ErrDuplicate) {
+		t.Fatalf("same saga created again after finishing: %v", err)
+	}
+	if r := f.runs(t, "k"); r["create_a/do"] != 1 {
+		t.Fatalf("runs after the repeated create: %v", r)
 	}
 	if !sawEpoch.Load() {
 		t.Fatal("the base context did not reach the actions")

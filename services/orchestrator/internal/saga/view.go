@@ -28,10 +28,13 @@ type SagaView struct {
 	SubjectID       string
 	TraceParent     string
 	LastEventTime   time.Time
+	// Outcome is set when the saga is done. List fills its Kind only (from
+	// the saga row and two index probes of its log, no replay); Get replays
+	// the log and adds the failing node, the errors and the output.
+	Outcome *Outcome
 	// Set by Get only.
-	Params  json.RawMessage
-	Nodes   []NodeView
-	Outcome *Outcome // when done
+	Params json.RawMessage
+	Nodes  []NodeView
 }
 
 // NodeView is one node of a saga with its log. Outputs are shown as
@@ -75,6 +78,19 @@ func viewOf(r store.Saga) SagaView {
 	v.AbandonComment = deref(r.AbandonComment)
 	v.SubjectID = deref(r.SubjectID)
 	v.TraceParent = deref(r.TraceParent)
+	if r.State == store.StateDone {
+		// The same decision as execution.outcomeFromLog: the end node's
+		// output makes a success, an undo_failed event a stuck saga, and
+		// anything else finished is an unwound failure.
+		o := Outcome{SagaID: r.ID, Kind: Failed}
+		switch {
+		case r.EndSucceeded:
+			o.Kind = Succeeded
+		case r.Stuck:
+			o.Kind = Stuck
+		}
+		v.Outcome = &o
+	}
 	return v
 }
 
@@ -87,7 +103,8 @@ type ListFilter struct {
 	Limit     int // default 100
 }
 
-// List returns sagas ordered by id (page with After), without nodes.
+// List returns sagas ordered by id (page with After), without nodes, each
+// done saga with its outcome's kind.
 func (s *SEC) List(ctx context.Context, f ListFilter) ([]SagaView, error) {
 	rows, err := s.store.List(ctx, store.Filter{States: f.States, SubjectID: f.SubjectID, Name: f.Name, After: f.After, Limit: f.Limit})
 	if err != nil {
@@ -100,7 +117,8 @@ func (s *SEC) List(ctx context.Context, f ListFilter) ([]SagaView, error) {
 	return views, nil
 }
 
-// Get returns one saga with its DAG, every event and every output.
+// Get returns one saga with its DAG, every event and every output. A done
+// saga whose log does not replay keeps the outcome kind List shows.
 func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
 	row, err := s.store.Get(ctx, id)
 	if err != nil {
@@ -144,6 +162,12 @@ func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
 		}
 	}
 	return v, nil
+}
+
+// Exists reports whether a saga with the id was ever created (it may
+// have finished or been abandoned since); it reads only the saga row.
+func (s *SEC) Exists(ctx context.Context, id uuid.UUID) (bool, error) {
+	return s.store.Exists(ctx, id)
 }
 
 // newExecutionForView builds an execution only to replay a log; unknown

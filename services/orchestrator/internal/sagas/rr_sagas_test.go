@@ -29,7 +29,7 @@ func rrEnv(t *testing.T, sims int) *testenv.Env {
 	return e
 }
 
-func rrSim(t *testing.T, e *testenv.Env, i int) upstairsv1.UpstairsServiceClient {
+func rrSim(t testing.TB, e *testenv.Env, i int) upstairsv1.UpstairsServiceClient {
 	conn, err := grpcclient.Dial(e.Stack.SimUpstairsAddrs()[i])
 	if err != nil {
 		t.Fatal(err)

@@ -29,10 +29,12 @@ type RequestRef struct {
 
 // createBlankVolume creates an empty volume (no sub-volumes): a stash that
 // ReplaceReadOnlyTarget overwrites with the old target, or that is deleted
-// unused when the swap found its volume already gone.
+// unused when the swap found its volume already gone. It is created as a
+// stash: from the swap on it names the old target, and the step scan must
+// never take it for one more volume to replace the target in.
 func createBlankVolume(ctx context.Context, d *Deps, id uuid.UUID) error {
 	_, err := d.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
-		VolumeId: id.String(),
+		VolumeId: id.String(), Purpose: volumev1.VolumePurpose_VOLUME_PURPOSE_STASH,
 		Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{
 			Volume: &commonv1.VcrVolume{Id: id.String(), BlockSize: 512},
 		}},

@@ -30,9 +30,9 @@ import (
 //	                      allocating (or DataLost: terminal, no endless retry)
 //	get_alloc_params      geometry of the old region; the snapshot volume's
 //	                      current read-only regions
-//	register_new_region   RegisterTargets B PENDING            ⟲ UnregisterTargets
+//	register_new_region   RegisterTargets B PENDING            ⟲ release B
 //	alloc_new_region      AllocateRegions current+1 (excludes the snapshot's
-//	                      copies) before anything frees A's port ⟲ DeleteRegions
+//	                      copies) before anything frees A's port
 //	ensure_new_region     EnsureRegions, cloning from the source
 //	activate_new_region   ActivateTargets B
 //	new_region_volume     the reference volume naming B        ⟲ remove it
@@ -44,6 +44,17 @@ import (
 //
 // After it, DataLost aside, the snapshot volume (if it still exists) names
 // B; T holds A's reference until the garbage-collect saga deletes it.
+//
+// Releasing B on an unwind (release.go): from replace_in_snapshot on, the
+// snapshot volume names B, and a user who clones the snapshot then copies B
+// into the clone. The unwind swaps A back into the snapshot volume but
+// cannot take B out of the clone, so B is destroyed only once the
+// volume-service proves nothing references it; one the clone still names
+// is left to the clone's lifecycle, and the request, back in Requested, is
+// retried with a new region (B still counts among the snapshot volume's
+// regions, so the next allocation asks for one more). That is one undo, on
+// the registration, after every node that could have published B has been
+// undone: allocation and ensure are its forward half.
 
 // StartParams are rsr-start's parameters: a copy of the request.
 type StartParams struct {
@@ -70,8 +81,8 @@ func newRSRStart() *saga.Template {
 		t.Action("set_saga_id", rsrStartClaim, rsrStartClaimUndo),
 		t.Action("get_clone_source", rsrCloneSource, nil),
 		t.Action("get_alloc_params", rsrAllocParams, nil),
-		t.Action("register_new_region", rsrRegister, rsrRegisterUndo),
-		t.Action("alloc_new_region", rsrAlloc, rsrAllocUndo),
+		t.Action("register_new_region", rsrRegister, rsrReleaseNewRegion),
+		t.Action("alloc_new_region", rsrAlloc, nil),
 		t.Action("ensure_new_region", rsrEnsure, nil),
 		t.Action("activate_new_region", rsrActivate, nil),
 		t.Action("new_region_volume", rsrRefVolume, rsrRefVolumeUndo),
@@ -279,13 +290,16 @@ func rsrRegister(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	return nil, err
 }
 
-func rsrRegisterUndo(ctx context.Context, ac *saga.ActionContext) error {
+// rsrReleaseNewRegion undoes registration, allocation and ensure of B
+// together: retire it, destroy it (the agent may hold a failed create), and
+// unregister it, unless it escaped into a clone made while B was in the
+// snapshot volume.
+func rsrReleaseNewRegion(ctx context.Context, ac *saga.ActionContext) error {
 	b, err := newRegionID(ac)
 	if err != nil {
 		return err
 	}
-	_, err = deps(ac).Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: []string{b.String()}})
-	return err
+	return releaseCreated(ctx, ac, []createdTarget{{ID: b, RegionID: b}})
 }
 
 // rsrAlloc allocates B before anything removes A: were A's downstairs torn
@@ -322,15 +336,6 @@ func rsrAlloc(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w: allocation for snapshot volume %s did not create region %s (another allocation raced it)", errInvalidState, p.OldSnapshotID, b)
-}
-
-func rsrAllocUndo(ctx context.Context, ac *saga.ActionContext) error {
-	b, err := newRegionID(ac)
-	if err != nil {
-		return err
-	}
-	_, err = deps(ac).Allocator.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: []string{b.String()}})
-	return err
 }
 
 func rsrEnsure(ctx context.Context, ac *saga.ActionContext) (any, error) {
@@ -392,7 +397,7 @@ func rsrRefVolume(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		return nil, err
 	}
 	_, err = deps(ac).Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
-		VolumeId: id.String(),
+		VolumeId: id.String(), Purpose: volumev1.VolumePurpose_VOLUME_PURPOSE_REFERENCE,
 		Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{Volume: &commonv1.VcrVolume{
 			Id: id.String(), BlockSize: 512,
 			SubVolumes: []*commonv1.VolumeConstructionRequest{{Kind: &commonv1.VolumeConstructionRequest_Region{Region: &commonv1.VcrRegion{

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	"storagecp.dev/orchestrator/internal/saga"
@@ -23,7 +24,8 @@ import (
 //	create_stash       blank stash T                        ⟲ remove it
 //	replace_in_volume  ReplaceReadOnlyTarget(volume, A → B, T) ⟲ swap back
 //	notify_upstairs    NotifyReplacement, unless the swap found the volume
-//	                   deleted (nobody can be running it)
+//	                   deleted (nobody can be running it); a delete that
+//	                   lands after the swap is VOLUME_DELETED, also done
 //	update_request     commit: Complete with T (releases the volume's lock)
 
 // StepParams are rsr-step's parameters.
@@ -165,9 +167,18 @@ func stepNotify(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	resp, err := deps(ac).Notifier.NotifyReplacement(ctx, &notifierv1.NotifyReplacementRequest{
 		VolumeId: p.VolumeID.String(), StepKey: p.StepID.String(),
 	})
+	if isCode(err, codes.NotFound) {
+		// The swap found the volume; only its hard delete since makes it
+		// unknown now. Nobody runs a deleted volume.
+		return "volume deleted since the swap: nothing to notify", nil
+	}
 	if err != nil {
 		return nil, err
 	}
+	// VOLUME_DELETED (deleted since the swap, its Upstairs detached rather
+	// than told) completes the step like NOTIFIED: the seed's rule that a
+	// step whose volume is deleted skips the notification holds whenever
+	// the delete lands, not only when the swap itself saw it.
 	return resp.Outcome.String(), nil
 }
 

@@ -23,9 +23,9 @@ import (
 //
 //	lock                    repair lock on the disk's volume    ⟲ unlock
 //	disk_regions            the disk's rw regions, from the registry
-//	register_snapshots      RegisterTargets PENDING             ⟲ UnregisterTargets
-//	snapshots_undo          –                                   ⟲ DeleteRegionSnapshots
-//	create_snapshots        CreateRegionSnapshots (not atomic: its cleanup is the node above)
+//	register_snapshots      RegisterTargets PENDING             ⟲ release them
+//	create_snapshots        CreateRegionSnapshots (not atomic: the release
+//	                        above destroys whatever it left on the agents)
 //	activate_snapshots      ActivateTargets
 //	create_snapshot_volume  CreateVolume(snapshot_of)           ⟲ SoftDelete + HardDelete
 //	unlock                  unlock
@@ -34,6 +34,12 @@ import (
 // set while its snapshots are taken (a snapshot of a half-repaired set); the
 // registration is refused if the disk is being deleted, in the same
 // transaction that would free its regions.
+//
+// The release on an unwind retires, destroys and unregisters the region
+// snapshots (release.go): once create_snapshot_volume committed, a user can
+// clone the snapshot, and an unwind from the unlock that follows must not
+// destroy region snapshots that clone names. Those are kept, for the clone's
+// lifecycle to free.
 
 // SnapshotParams are snapshot-create's parameters.
 type SnapshotParams struct {
@@ -48,22 +54,19 @@ func newSnapshotCreate() *saga.Template {
 	t := saga.NewTemplate("snapshot-create")
 	lock := t.Action("lock", snapshotLock, snapshotUnlockUndo)
 	regions := t.Action("disk_regions", snapshotDiskRegions, nil)
-	register := t.Action("register_snapshots", registerSnapshots, registerSnapshotsUndo)
-	undo := t.Action("snapshots_undo", noop, deleteSnapshotsUndo)
+	register := t.Action("register_snapshots", registerSnapshots, releaseSnapshots)
 	create := t.Action("create_snapshots", createSnapshots, nil)
 	activate := t.Action("activate_snapshots", activateSnapshots, nil)
 	volume := t.Action("create_snapshot_volume", createSnapshotVolume, createSnapshotVolumeUndo)
 	unlock := t.Action("unlock", snapshotUnlock, nil)
 	saga.SetBuild(t, func(b *saga.Builder, _ SnapshotParams) error {
-		for _, a := range []*saga.Action{lock, regions, register, undo, create, activate, volume, unlock} {
+		for _, a := range []*saga.Action{lock, regions, register, create, activate, volume, unlock} {
 			b.Append(a.Node())
 		}
 		return nil
 	})
 	return t
 }
-
-func noop(context.Context, *saga.ActionContext) (any, error) { return nil, nil }
 
 func snapshotLock(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	p, err := saga.Params[SnapshotParams](ac)
@@ -157,34 +160,18 @@ func registerSnapshots(ctx context.Context, ac *saga.ActionContext) (any, error)
 	return nil, err
 }
 
-func registerSnapshotsUndo(ctx context.Context, ac *saga.ActionContext) error {
+// releaseSnapshots undoes registration and creation of the region
+// snapshots together, keeping any a clone made meanwhile names.
+func releaseSnapshots(ctx context.Context, ac *saga.ActionContext) error {
 	p, regions, err := snapshotTargets(ac)
 	if err != nil {
 		return err
 	}
-	var tids []string
-	for _, r := range regions {
-		tids = append(tids, ids.RegionSnapshotTargetID(r.RegionID, p.SnapshotID).String())
-	}
-	_, err = deps(ac).Volumes.UnregisterTargets(ctx, &volumev1.UnregisterTargetsRequest{TargetIds: tids})
-	return err
-}
-
-func snapshotKeys(p SnapshotParams, regions []Region) []*allocatorv1.RegionSnapshotKey {
-	keys := make([]*allocatorv1.RegionSnapshotKey, len(regions))
+	created := make([]createdTarget, len(regions))
 	for i, r := range regions {
-		keys[i] = &allocatorv1.RegionSnapshotKey{RegionId: r.RegionID.String(), SnapshotId: p.SnapshotID.String()}
+		created[i] = createdTarget{ID: ids.RegionSnapshotTargetID(r.RegionID, p.SnapshotID), RegionID: r.RegionID, SnapshotID: p.SnapshotID}
 	}
-	return keys
-}
-
-func deleteSnapshotsUndo(ctx context.Context, ac *saga.ActionContext) error {
-	p, regions, err := snapshotTargets(ac)
-	if err != nil {
-		return err
-	}
-	_, err = deps(ac).Allocator.DeleteRegionSnapshots(ctx, &allocatorv1.DeleteRegionSnapshotsRequest{RegionSnapshots: snapshotKeys(p, regions)})
-	return err
+	return releaseCreated(ctx, ac, created)
 }
 
 func createSnapshots(ctx context.Context, ac *saga.ActionContext) (any, error) {

@@ -112,9 +112,17 @@ func softDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	}
 	// A read-only stash that frees nothing has nothing for the nodes up
 	// to hard_delete to do: the volume-service removes its row at once.
-	resp, err := deps(ac).Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{
+	req := &volumev1.SoftDeleteVolumeRequest{
 		VolumeId: p.VolumeID.String(), HardDeleteIfNothingFreed: p.Embedded && p.ReadOnlyStash,
-	})
+	}
+	if !p.Embedded {
+		// A user's delete: never a replacement's stash or reference
+		// volume, which its replacement deletes when it is done with it
+		// (taken from under it, an unwinding swap could not put the old
+		// target back).
+		req.OnlyPurpose = volumev1.VolumePurpose_VOLUME_PURPOSE_DATA
+	}
+	resp, err := deps(ac).Volumes.SoftDeleteVolume(ctx, req)
 	if err != nil {
 		return nil, err
 	}

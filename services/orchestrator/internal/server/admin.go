@@ -87,7 +87,11 @@ func (a *admin) ListSagas(ctx context.Context, req *orchestratorv1.ListSagasRequ
 		f.Limit = 100
 	}
 	if req.State != orchestratorv1.SagaState_SAGA_STATE_UNSPECIFIED {
-		f.States = []string{sagaStates[req.State]}
+		st, ok := sagaStates[req.State]
+		if !ok {
+			return nil, status.Errorf(codes.InvalidArgument, "state: unknown saga state %d", int32(req.State))
+		}
+		f.States = []string{st}
 	}
 	if req.PageToken != "" {
 		after, err := parseUUID("page_token", req.PageToken)

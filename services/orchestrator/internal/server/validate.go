@@ -3,11 +3,16 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/datastore"
@@ -15,31 +20,126 @@ import (
 
 // ValidateSystem checks what no single service can: that the allocator (where
 // bytes are), the registry (who owns and references them), the agents (what
-// is served) and the orchestrator's locks and sagas agree.
+// is served), the notifier's attachments and the orchestrator's locks,
+// records and sagas agree.
 //
 // Register-before-create and unregister-after-destroy make every allocator
 // region and region snapshot a registered target at every moment, so that
-// check needs no quiet period. The reverse (an ACTIVE target with no row)
-// and PENDING targets are judged only when no saga is running, because a
-// running saga legitimately holds them between its nodes.
+// check needs no quiet period. The reverse (an ACTIVE target with no row),
+// PENDING targets, snapshot locks and attachments of deleted volumes are
+// judged only when no saga ran at any moment of the validation, because a
+// running saga legitimately holds them between its nodes: those findings
+// are kept only if no saga was running at the start or at the end and none
+// was created in between (saga rows are never deleted, so their count
+// tells). The checks of the orchestrator's own records read the records and
+// the saga log in one statement, one snapshot, so they need no quiet period.
+//
+// Violation codes (stable; scripts and tests match on them):
+//
+//	unregistered_allocation        allocator row the registry does not know
+//	kind_mismatch                  allocator and registry disagree on the kind
+//	address_mismatch               allocator and registry disagree on the address
+//	stuck_pending                  PENDING target, no saga running (quiet)
+//	registered_without_allocation  ACTIVE target with no allocator row (quiet)
+//	stuck_deleting                 DELETING target never destroyed (quiet)
+//	active_target_not_served       ACTIVE target whose agent serves nothing
+//	orphan_lock                    repair lock whose holder is gone or finished
+//	stuck_saga                     saga with a failed undo, not abandoned
+//	deleted_volume_attached        attachment (subject) of a soft- or hard-deleted volume (quiet)
+//	operating_saga_not_running     request or step (subject) whose operating saga is finished, abandoned or unknown
+//	duplicate_step                 volume (subject) with more than one step of one request
 func (a *admin) ValidateSystem(ctx context.Context, _ *orchestratorv1.ValidateSystemRequest) (*orchestratorv1.ValidateSystemResponse, error) {
 	v := &validator{a: a}
 	if err := v.run(ctx); err != nil {
 		return nil, grpcError(err)
 	}
-	return &orchestratorv1.ValidateSystemResponse{Violations: v.out}, nil
+	return &orchestratorv1.ValidateSystemResponse{Violations: v.violations()}, nil
 }
 
 type validator struct {
 	a   *admin
-	out []*commonv1.Violation
+	out []finding
+	// start is the saga log's state when validation began; quiet says no
+	// saga was running then (quiet-only checks that cost RPCs are skipped
+	// otherwise, their findings would be dropped anyway).
+	start sagaMark
+	quiet bool
+}
+
+type finding struct {
+	v *commonv1.Violation
+	// quietOnly: kept only if no saga ran during the validation.
+	quietOnly bool
+}
+
+// sagaMark is what tells whether any saga ran between two moments.
+type sagaMark struct{ unfinished, total int }
+
+func (v *validator) mark(ctx context.Context) (sagaMark, error) {
+	var m sagaMark
+	err := v.a.s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE saga_state IN ('running', 'unwinding')), count(*) FROM saga`).
+		Scan(&m.unfinished, &m.total)
+	return m, err
 }
 
 func (v *validator) add(code, subject, format string, args ...any) {
-	v.out = append(v.out, &commonv1.Violation{Code: code, Subject: subject, Detail: fmt.Sprintf(format, args...)})
+	v.out = append(v.out, finding{v: &commonv1.Violation{Code: code, Subject: subject, Detail: fmt.Sprintf(format, args...)}})
+}
+
+// addQuiet records a finding that only counts if no saga ran meanwhile.
+func (v *validator) addQuiet(code, subject, format string, args ...any) {
+	v.out = append(v.out, finding{v: &commonv1.Violation{Code: code, Subject: subject, Detail: fmt.Sprintf(format, args...)}, quietOnly: true})
+}
+
+// finish drops the quiet-only findings unless the saga log stayed quiet
+// from start to end.
+func (v *validator) finish(ctx context.Context) error {
+	end, err := v.mark(ctx)
+	if err != nil {
+		return err
+	}
+	stayedQuiet := v.quiet && end.unfinished == 0 && end.total == v.start.total
+	kept := v.out[:0]
+	for _, f := range v.out {
+		if !f.quietOnly || stayedQuiet {
+			kept = append(kept, f)
+		}
+	}
+	v.out = kept
+	return nil
+}
+
+func (v *validator) violations() []*commonv1.Violation {
+	out := make([]*commonv1.Violation, len(v.out))
+	for i, f := range v.out {
+		out[i] = f.v
+	}
+	return out
 }
 
 func (v *validator) run(ctx context.Context) error {
+	var err error
+	if v.start, err = v.mark(ctx); err != nil {
+		return err
+	}
+	v.quiet = v.start.unfinished == 0
+	if err := v.registry(ctx); err != nil {
+		return err
+	}
+	if err := v.locksAndSagas(ctx); err != nil {
+		return err
+	}
+	if err := v.attachments(ctx); err != nil {
+		return err
+	}
+	if err := v.records(ctx); err != nil {
+		return err
+	}
+	return v.finish(ctx)
+}
+
+// registry checks the allocator against the registry and the agents.
+func (v *validator) registry(ctx context.Context) error {
 	d := v.a.s.deps
 	targets := map[string]*commonv1.Target{}
 	for token := ""; ; {
@@ -84,11 +184,6 @@ func (v *validator) run(ctx context.Context) error {
 			break
 		}
 	}
-	var running int
-	if err := v.a.s.pool.QueryRow(ctx, `SELECT count(*) FROM saga WHERE saga_state IN ('running', 'unwinding')`).Scan(&running); err != nil {
-		return err
-	}
-	quiet := running == 0
 
 	for id, r := range rows {
 		t, ok := targets[id]
@@ -106,21 +201,15 @@ func (v *validator) run(ctx context.Context) error {
 		_, hasRow := rows[id]
 		switch t.State {
 		case commonv1.TargetState_TARGET_STATE_PENDING:
-			if quiet {
-				v.add("stuck_pending", id, "%s registered PENDING with no saga running", t.Kind)
-			}
+			v.addQuiet("stuck_pending", id, "%s registered PENDING with no saga running", t.Kind)
 		case commonv1.TargetState_TARGET_STATE_ACTIVE:
 			if !hasRow {
-				if quiet {
-					v.add("registered_without_allocation", id, "ACTIVE %s at %s has no allocator row", t.Kind, t.Address)
-				}
+				v.addQuiet("registered_without_allocation", id, "ACTIVE %s at %s has no allocator row", t.Kind, t.Address)
 				continue
 			}
 			probe = append(probe, t.Address)
 		case commonv1.TargetState_TARGET_STATE_DELETING:
-			if quiet {
-				v.add("stuck_deleting", id, "%s reached zero references but was never destroyed and unregistered", t.Kind)
-			}
+			v.addQuiet("stuck_deleting", id, "%s reached zero references but was never destroyed and unregistered", t.Kind)
 		}
 	}
 	if len(probe) > 0 {
@@ -134,10 +223,10 @@ func (v *validator) run(ctx context.Context) error {
 			}
 		}
 	}
-	return v.locksAndSagas(ctx, quiet)
+	return nil
 }
 
-func (v *validator) locksAndSagas(ctx context.Context, quiet bool) error {
+func (v *validator) locksAndSagas(ctx context.Context) error {
 	st := v.a.s.store
 	for after := uuid.Nil; ; {
 		locks, err := st.ListLocks(ctx, after, 1000)
@@ -145,7 +234,7 @@ func (v *validator) locksAndSagas(ctx context.Context, quiet bool) error {
 			return err
 		}
 		for _, l := range locks {
-			if err := v.lockOwner(ctx, l, quiet); err != nil {
+			if err := v.lockOwner(ctx, l); err != nil {
 				return err
 			}
 			after = l.VolumeID
@@ -173,7 +262,7 @@ func (v *validator) locksAndSagas(ctx context.Context, quiet bool) error {
 }
 
 // lockOwner checks that a lock's holder record exists and is not terminal.
-func (v *validator) lockOwner(ctx context.Context, l datastore.Lock, quiet bool) error {
+func (v *validator) lockOwner(ctx context.Context, l datastore.Lock) error {
 	st := v.a.s.store
 	switch l.HolderKind {
 	case datastore.HolderReadOnlyReplacement:
@@ -199,9 +288,126 @@ func (v *validator) lockOwner(ctx context.Context, l datastore.Lock, quiet bool)
 		}
 	default:
 		// Snapshot creation holds its lock for one saga's run.
-		if quiet {
-			v.add("orphan_lock", l.VolumeID.String(), "%s lock %s with no saga running", l.HolderKind, l.RepairID)
+		v.addQuiet("orphan_lock", l.VolumeID.String(), "%s lock %s with no saga running", l.HolderKind, l.RepairID)
+	}
+	return nil
+}
+
+// attachments checks that no soft- or hard-deleted volume is still attached
+// (an Upstairs running it, or one the notifier still tracks in any state).
+// Judged only when quiet: a volume-delete saga soft-deletes the volume
+// first and detaches its Upstairs after. One GetVolume per attached volume:
+// attachments are far fewer than volumes.
+func (v *validator) attachments(ctx context.Context) error {
+	if !v.quiet {
+		return nil
+	}
+	d := v.a.s.deps
+	byVolume := map[string][]*notifierv1.Attachment{}
+	var volumes []string
+	for token := ""; ; {
+		resp, err := d.Notifier.ListAttachments(ctx, &notifierv1.ListAttachmentsRequest{PageSize: 1000, PageToken: token})
+		if err != nil {
+			return fmt.Errorf("list attachments: %w", err)
+		}
+		for _, a := range resp.Attachments {
+			if _, seen := byVolume[a.VolumeId]; !seen {
+				volumes = append(volumes, a.VolumeId)
+			}
+			byVolume[a.VolumeId] = append(byVolume[a.VolumeId], a)
+		}
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
+	}
+	for _, vol := range volumes {
+		resp, err := d.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: vol})
+		var gone string
+		switch {
+		case status.Code(err) == codes.NotFound:
+			gone = "hard-deleted (or never created)"
+		case err != nil:
+			return fmt.Errorf("get volume %s: %w", vol, err)
+		case resp.Volume.GetTimeDeleted() != nil:
+			gone = "soft-deleted"
+		default:
+			continue
+		}
+		for _, a := range byVolume[vol] {
+			v.addQuiet("deleted_volume_attached", a.AttachmentId, "%s %s attachment at %s is of volume %s, which is %s",
+				enumName(a.State, "ATTACHMENT_STATE_"), enumName(a.Kind, "UPSTAIRS_KIND_"), a.Endpoint, vol, gone)
 		}
 	}
 	return nil
+}
+
+// recordsSQL finds every read-only request, step and rw request that names
+// an operating saga which is not running (finished, stuck, abandoned, or
+// not in the log at all). Claims are made by the saga itself, after its row
+// exists, and released by it before it finishes, so in one snapshot a
+// record naming a saga always sees that saga unfinished: no quiet period.
+const recordsSQL = `
+SELECT r.what, r.id, r.state, r.operating_saga_id, s.saga_state, s.name
+FROM (
+	SELECT 'read-only replacement' AS what, id, state, operating_saga_id FROM ro_replacement WHERE operating_saga_id IS NOT NULL
+	UNION ALL
+	SELECT 'replacement step', id, state, operating_saga_id FROM ro_replacement_step WHERE operating_saga_id IS NOT NULL
+	UNION ALL
+	SELECT 'region replacement', id, state, operating_saga_id FROM rw_replacement WHERE operating_saga_id IS NOT NULL
+) r
+LEFT JOIN saga s ON s.id = r.operating_saga_id
+WHERE s.id IS NULL OR s.saga_state NOT IN ('running', 'unwinding')
+ORDER BY r.what, r.id`
+
+// duplicateStepsSQL finds volumes with more than one step of one request.
+// Step inserts refuse a volume with a step in progress and the step swaps
+// the volume off the old target, so a second step of the same request means
+// a step that did not do its work.
+const duplicateStepsSQL = `
+SELECT volume_id, request_id, array_agg(id::text ORDER BY request_time, id)
+FROM ro_replacement_step
+GROUP BY request_id, volume_id
+HAVING count(*) > 1
+ORDER BY volume_id, request_id`
+
+// records checks the orchestrator's own request and step tables against its
+// saga log, and the steps against each other.
+func (v *validator) records(ctx context.Context) error {
+	pool := v.a.s.pool
+	rows, err := pool.Query(ctx, recordsSQL)
+	if err != nil {
+		return err
+	}
+	var what, state string
+	var id, sagaID uuid.UUID
+	var sagaState, sagaName *string
+	_, err = pgx.ForEachRow(rows, []any{&what, &id, &state, &sagaID, &sagaState, &sagaName}, func() error {
+		switch {
+		case sagaState == nil:
+			v.add("operating_saga_not_running", id.String(), "%s %s is %s under saga %s, which does not exist", what, id, state, sagaID)
+		default:
+			v.add("operating_saga_not_running", id.String(), "%s %s is %s under %s saga %s, which is %s", what, id, state, *sagaName, sagaID, *sagaState)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	rows, err = pool.Query(ctx, duplicateStepsSQL)
+	if err != nil {
+		return err
+	}
+	var volume, request uuid.UUID
+	var steps []string
+	_, err = pgx.ForEachRow(rows, []any{&volume, &request, &steps}, func() error {
+		v.add("duplicate_step", volume.String(), "%d steps of read-only replacement %s: %v", len(steps), request, steps)
+		return nil
+	})
+	return err
+}
+
+// enumName is an enum value's name without its prefix, in lower case
+// ("running" for ATTACHMENT_STATE_RUNNING).
+func enumName(v fmt.Stringer, prefix string) string {
+	return strings.ToLower(strings.TrimPrefix(v.String(), prefix))
 }

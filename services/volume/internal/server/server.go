@@ -120,7 +120,26 @@ func volumeToProto(v store.Volume, full bool) *volumev1.Volume {
 	for _, t := range v.Targets {
 		out.Targets = append(out.Targets, targetToProto(t))
 	}
+	out.Purpose = purposeToProto[v.Purpose]
 	return out
+}
+
+var purposeToProto = map[store.Purpose]volumev1.VolumePurpose{
+	store.PurposeData:      volumev1.VolumePurpose_VOLUME_PURPOSE_DATA,
+	store.PurposeStash:     volumev1.VolumePurpose_VOLUME_PURPOSE_STASH,
+	store.PurposeReference: volumev1.VolumePurpose_VOLUME_PURPOSE_REFERENCE,
+}
+
+func purposeFromProto(p volumev1.VolumePurpose) (store.Purpose, error) {
+	if p == volumev1.VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED {
+		return store.PurposeData, nil
+	}
+	for k, v := range purposeToProto {
+		if v == p {
+			return k, nil
+		}
+	}
+	return "", status.Errorf(codes.InvalidArgument, "purpose: unknown value %d", p)
 }
 
 var kindToProto = map[store.TargetKind]commonv1.TargetKind{
@@ -181,6 +200,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		return nil, err
 	}
 	p := store.CreateParams{ID: id}
+	if p.Purpose, err = purposeFromProto(req.GetPurpose()); err != nil {
+		return nil, err
+	}
 	if p.ReadOnlyParentFrom, err = parseOptionalID("read_only_parent_from_volume_id", req.GetReadOnlyParentFromVolumeId()); err != nil {
 		return nil, err
 	}
@@ -271,7 +293,13 @@ func (s *Server) SoftDeleteVolume(ctx context.Context, req *volumev1.SoftDeleteV
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.store.SoftDeleteVolumeWith(ctx, id, store.SoftDeleteOptions{HardIfNothingFreed: req.GetHardDeleteIfNothingFreed()})
+	opts := store.SoftDeleteOptions{HardIfNothingFreed: req.GetHardDeleteIfNothingFreed()}
+	if req.GetOnlyPurpose() != volumev1.VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED {
+		if opts.OnlyPurpose, err = purposeFromProto(req.GetOnlyPurpose()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "only_purpose: unknown value %d", req.GetOnlyPurpose())
+		}
+	}
+	r, err := s.store.SoftDeleteVolumeWith(ctx, id, opts)
 	if err != nil {
 		return nil, s.toStatus(ctx, "SoftDeleteVolume", err)
 	}
@@ -378,7 +406,7 @@ func (s *Server) FindVolumesReferencingTarget(ctx context.Context, req *volumev1
 	}
 	out := &volumev1.FindVolumesReferencingTargetResponse{NextPageToken: pageToken(next)}
 	for _, r := range refs {
-		out.Volumes = append(out.Volumes, &volumev1.VolumeRef{VolumeId: r.ID.String(), SoftDeleted: r.SoftDeleted})
+		out.Volumes = append(out.Volumes, &volumev1.VolumeRef{VolumeId: r.ID.String(), SoftDeleted: r.SoftDeleted, Purpose: purposeToProto[r.Purpose]})
 	}
 	return out, nil
 }
@@ -397,7 +425,7 @@ func (s *Server) VolumeReferencesReadOnlyTarget(ctx context.Context, req *volume
 	if err != nil {
 		return nil, s.toStatus(ctx, "VolumeReferencesReadOnlyTarget", err)
 	}
-	return &volumev1.VolumeReferencesReadOnlyTargetResponse{VolumeExists: r.Exists, SoftDeleted: r.SoftDeleted, Referenced: r.Referenced}, nil
+	return &volumev1.VolumeReferencesReadOnlyTargetResponse{VolumeExists: r.Exists, SoftDeleted: r.SoftDeleted, Referenced: r.Referenced, Purpose: purposeToProto[r.Purpose]}, nil
 }
 
 // RemoveReadOnlyParent implements VolumeService.
@@ -486,6 +514,33 @@ func (s *Server) UnregisterTargets(ctx context.Context, req *volumev1.Unregister
 		return nil, s.toStatus(ctx, "UnregisterTargets", err)
 	}
 	return &volumev1.UnregisterTargetsResponse{Removed: int32(n)}, nil
+}
+
+// RetireTargets implements VolumeService.
+func (s *Server) RetireTargets(ctx context.Context, req *volumev1.RetireTargetsRequest) (*volumev1.RetireTargetsResponse, error) {
+	idList := make([]uuid.UUID, 0, len(req.GetTargetIds()))
+	for i, t := range req.GetTargetIds() {
+		id, err := parseID("target_ids["+strconv.Itoa(i)+"]", t)
+		if err != nil {
+			return nil, err
+		}
+		idList = append(idList, id)
+	}
+	r, err := s.store.RetireTargets(ctx, idList)
+	if err != nil {
+		return nil, s.toStatus(ctx, "RetireTargets", err)
+	}
+	return &volumev1.RetireTargetsResponse{
+		RetiredTargetIds: idStrings(r.Retired), KeptTargetIds: idStrings(r.Kept), AbsentTargetIds: idStrings(r.Absent),
+	}, nil
+}
+
+func idStrings(in []uuid.UUID) []string {
+	out := make([]string, len(in))
+	for i, id := range in {
+		out[i] = id.String()
+	}
+	return out
 }
 
 // GetTarget implements VolumeService.

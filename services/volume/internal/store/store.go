@@ -152,7 +152,23 @@ type Volume struct {
 	VCR         *vcr.VCR
 	// Targets are the registered targets the VCR names, in VCR order.
 	Targets []Target
+	// Purpose is why the volume exists, fixed at creation.
+	Purpose Purpose
 }
+
+// Purpose is why a volume exists.
+type Purpose string
+
+// Volume purposes (the column's CHECK lists the same).
+const (
+	// PurposeData: a disk, snapshot or image, made by a lifecycle saga.
+	PurposeData Purpose = "data"
+	// PurposeStash: a replacement's stash, holding the reference a swap
+	// took from another volume. Never stepped.
+	PurposeStash Purpose = "stash"
+	// PurposeReference: keeps a replacement's new target alive.
+	PurposeReference Purpose = "reference"
+)
 
 // SoftDeleted reports whether the volume is soft-deleted.
 func (v *Volume) SoftDeleted() bool { return v.TimeDeleted != nil }
@@ -172,12 +188,12 @@ func loadVolume(ctx context.Context, q db.Querier, id uuid.UUID) (Volume, bool, 
 	return scanVolume(q.QueryRow(ctx, loadVolumeSQL, id), id)
 }
 
-const loadVolumeSQL = `SELECT id, time_created, time_deleted, data FROM volume WHERE id = $1`
+const loadVolumeSQL = `SELECT id, time_created, time_deleted, data, purpose FROM volume WHERE id = $1`
 
 func scanVolume(row pgx.Row, id uuid.UUID) (Volume, bool, error) {
 	var v Volume
 	var data []byte
-	err := row.Scan(&v.ID, &v.TimeCreated, &v.TimeDeleted, &data)
+	err := row.Scan(&v.ID, &v.TimeCreated, &v.TimeDeleted, &data, &v.Purpose)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Volume{}, false, nil
 	}

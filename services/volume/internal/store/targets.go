@@ -197,13 +197,8 @@ func (s *Store) ActivateTargets(ctx context.Context, acts []Activation) ([]Targe
 				out = append(out, t)
 				continue
 			}
-			var holder uuid.UUID
-			err = tx.QueryRow(ctx, `SELECT target_id FROM target WHERE address = $1 AND state <> 'DELETING'`, a.Address).Scan(&holder)
-			if err == nil {
-				return failedPrecondition("address %s is served by live target %s", a.Address, holder)
-			}
-			if !errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("address holder: %w", err)
+			if err := takeOverAddress(ctx, tx, a.Address); err != nil {
+				return err
 			}
 			t, err = scanTarget(tx.QueryRow(ctx, `UPDATE target SET state = 'ACTIVE', dataset_id = $2, address = $3
 				WHERE target_id = $1 AND state = 'PENDING' RETURNING `+targetCols, a.TargetID, a.DatasetID, a.Address))
@@ -218,6 +213,32 @@ func (s *Store) ActivateTargets(ctx context.Context, acts []Activation) ([]Targe
 		return nil
 	})
 	return out, err
+}
+
+// takeOverAddress clears the way for a new target at addr. Agents reuse
+// ports, and a freed rw region stays registered between its destruction
+// and its unregistration (unregister after destroy), with no DELETING state
+// to step aside in as a freed read-only target does: a disk created in
+// that window got the port back and was refused. The agent handing out the
+// port proves the old region destroyed; if the volume-service also finds
+// it unregistrable (owner deleted, no region snapshot), its row goes now
+// and the freeing saga's own unregister finds nothing left to do. Any
+// other live holder refuses the address.
+func takeOverAddress(ctx context.Context, tx pgx.Tx, addr string) error {
+	holder, ok, err := scanTargetRow(tx.QueryRow(ctx, `SELECT `+targetCols+` FROM target WHERE address = $1 AND state <> 'DELETING'`, addr), uuid.Nil)
+	if err != nil {
+		return fmt.Errorf("address holder: %w", err)
+	}
+	if !ok {
+		return nil
+	}
+	if holder.Kind != KindRWRegion || checkUnregister(ctx, tx, holder) != nil {
+		return failedPrecondition("address %s is served by live target %s", addr, holder.ID)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM target WHERE target_id = $1`, holder.ID); err != nil {
+		return fmt.Errorf("unregister %s, destroyed under address %s: %w", holder.ID, addr, err)
+	}
+	return nil
 }
 
 // UnregisterTargets removes destroyed targets: a read-only target when
@@ -248,6 +269,74 @@ func (s *Store) UnregisterTargets(ctx context.Context, targetIDs []uuid.UUID) (i
 		return nil
 	})
 	return removed, err
+}
+
+// RetireResult is what RetireTargets found for each target.
+type RetireResult struct {
+	// Retired: referenced by no volume and never to be again (DELETING, or
+	// PENDING, which no volume can name): the caller may destroy them.
+	Retired []uuid.UUID
+	// Kept: a live volume references them; they are left to its lifecycle.
+	Kept []uuid.UUID
+	// Absent: not registered.
+	Absent []uuid.UUID
+}
+
+// RetireTargets is the proof an unwinding saga needs before it destroys
+// read-only targets it created: that nothing references them. It moves each
+// unreferenced ACTIVE target to DELETING in the same transaction that
+// counts its references, so a CreateVolume naming it either committed first
+// (and the target is kept) or cannot name it any more (DELETING targets do
+// not resolve). A target that escaped into a volume made while the saga ran
+// — a clone of a snapshot that named it for a moment — is kept: destroying
+// it would leave that volume naming nothing, and unregistering it is
+// refused, so the saga would be stuck besides. Idempotent.
+func (s *Store) RetireTargets(ctx context.Context, targetIDs []uuid.UUID) (RetireResult, error) {
+	for i, id := range targetIDs {
+		if id == uuid.Nil {
+			return RetireResult{}, invalidArgument("target_ids[%d]: required", i)
+		}
+	}
+	var out RetireResult
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		out = RetireResult{}
+		for i, id := range targetIDs {
+			t, ok, err := getTarget(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				out.Absent = append(out.Absent, id)
+				continue
+			}
+			if !t.Kind.ReadOnly() {
+				return invalidArgument("target_ids[%d]: %s is a %s; only read-only targets are retired", i, id, t.Kind)
+			}
+			if t.State == StateDeleting {
+				out.Retired = append(out.Retired, id)
+				continue
+			}
+			var referenced bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM volume_resource_usage WHERE target_id = $1)`, id).Scan(&referenced); err != nil {
+				return fmt.Errorf("references of %s: %w", id, err)
+			}
+			switch {
+			case referenced:
+				out.Kept = append(out.Kept, id)
+			case t.State == StatePending:
+				// No address, so no volume can name it, and the saga that
+				// would activate it is the one unwinding.
+				out.Retired = append(out.Retired, id)
+			default:
+				if _, err := tx.Exec(ctx, `UPDATE target SET state = 'DELETING' WHERE target_id = $1 AND state = 'ACTIVE'`, id); err != nil {
+					return fmt.Errorf("retire %s: %w", id, err)
+				}
+				out.Retired = append(out.Retired, id)
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 func checkUnregister(ctx context.Context, tx pgx.Tx, t Target) error {

@@ -220,3 +220,43 @@ func TestCreateVolumeFromReadOnlyParentSourceAndSnapshotOf(t *testing.T) {
 	wantKind(t, err, KindFailedPrecondition)
 	f.healthy()
 }
+
+// Agents reuse ports. A rw region freed by its owner's delete stays
+// registered until the deleting saga unregisters it, after destroying it;
+// a region created in between gets its port back and must be able to
+// activate. A holder that may still be in use keeps the address.
+func TestActivateTakesOverAFreedRWRegionsAddress(t *testing.T) {
+	f := newFixture(t)
+	owner, rw := f.newDisk(nil)
+	_, liveRW := f.newDisk(nil)
+	f.softDelete(owner)
+	ts, err := f.s.RegisterTargets(f.ctx, []Registration{
+		{Kind: KindRWRegion, RegionID: uuid.New(), OwnerVolumeID: uuid.New()},
+		{Kind: KindRWRegion, RegionID: uuid.New(), OwnerVolumeID: uuid.New()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The live disk's region keeps its address.
+	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[0].ID, DatasetID: liveRW[0].DatasetID, Address: liveRW[0].Address}})
+	wantKind(t, err, KindFailedPrecondition)
+	// The deleted disk's does not.
+	got, err := f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[0].ID, DatasetID: rw[0].DatasetID, Address: rw[0].Address}})
+	if err != nil || got[0].Address != rw[0].Address {
+		t.Fatalf("activate at a freed region's address: %+v %v", got, err)
+	}
+	if _, err := f.s.GetTarget(f.ctx, rw[0].ID, false); KindOf(err) != KindNotFound {
+		t.Fatalf("the freed region is still registered: %v", err)
+	}
+	// Its saga's own unregister finds nothing left.
+	if n, err := f.s.UnregisterTargets(f.ctx, targetIDs(rw)); err != nil || n != 2 {
+		t.Fatalf("unregister the rest: %d %v", n, err)
+	}
+	// A freed region that still has a region snapshot is not destroyed:
+	// its address stays taken.
+	owner2, rw2 := f.newDisk(nil)
+	f.snapshots(rw2[:1], uuid.New())
+	f.softDelete(owner2)
+	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[1].ID, DatasetID: rw2[0].DatasetID, Address: rw2[0].Address}})
+	wantKind(t, err, KindFailedPrecondition)
+}

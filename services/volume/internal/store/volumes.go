@@ -25,6 +25,8 @@ type CreateParams struct {
 	// the copy's ids and make it VCR's read-only parent.
 	ReadOnlyParentFrom uuid.UUID
 	SnapshotOf         *SnapshotOf
+	// Purpose is stored with the row; empty is PurposeData.
+	Purpose Purpose
 }
 
 // SnapshotOf builds the VCR as a snapshot of Source.
@@ -43,6 +45,13 @@ type SnapshotOf struct {
 func (s *Store) CreateVolume(ctx context.Context, p CreateParams) (Volume, bool, error) {
 	if p.ID == uuid.Nil {
 		return Volume{}, false, invalidArgument("volume_id: required")
+	}
+	switch p.Purpose {
+	case "":
+		p.Purpose = PurposeData
+	case PurposeData, PurposeStash, PurposeReference:
+	default:
+		return Volume{}, false, invalidArgument("purpose: unknown purpose %q", p.Purpose)
 	}
 	var base *vcr.VCR
 	var targetMap map[string]string
@@ -119,11 +128,11 @@ func (s *Store) CreateVolume(ctx context.Context, p CreateParams) (Volume, bool,
 				return err
 			}
 		}
-		createdAt, err := insertVolume(ctx, tx, p.ID, v)
+		createdAt, err := insertVolume(ctx, tx, p.ID, v, p.Purpose)
 		if err != nil {
 			return err
 		}
-		out = Volume{ID: p.ID, TimeCreated: createdAt, VCR: v}
+		out = Volume{ID: p.ID, TimeCreated: createdAt, VCR: v, Purpose: p.Purpose}
 		created = true
 		return nil
 	})
@@ -133,7 +142,7 @@ func (s *Store) CreateVolume(ctx context.Context, p CreateParams) (Volume, bool,
 	return out, created, nil
 }
 
-func insertVolume(ctx context.Context, tx pgx.Tx, id uuid.UUID, v *vcr.VCR) (time.Time, error) {
+func insertVolume(ctx context.Context, tx pgx.Tx, id uuid.UUID, v *vcr.VCR, purpose Purpose) (time.Time, error) {
 	index, usage, err := resolveVCR(ctx, tx, id, v)
 	if err != nil {
 		return time.Time{}, err
@@ -146,7 +155,7 @@ func insertVolume(ctx context.Context, tx pgx.Tx, id uuid.UUID, v *vcr.VCR) (tim
 	// volume has no index rows to clear).
 	var b pgx.Batch
 	var createdAt time.Time
-	b.Queue(`INSERT INTO volume (id, data) VALUES ($1, $2) RETURNING time_created`, id, data).
+	b.Queue(`INSERT INTO volume (id, data, purpose) VALUES ($1, $2, $3) RETURNING time_created`, id, data, purpose).
 		QueryRow(func(row pgx.Row) error { return row.Scan(&createdAt) })
 	if len(usage) > 0 {
 		b.Queue(insertUsageSQL, id, usage)
@@ -206,7 +215,7 @@ func (s *Store) ListVolumes(ctx context.Context, after uuid.UUID, limit int, inc
 	var next uuid.UUID
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
 		out, next = nil, uuid.Nil
-		rows, err := tx.Query(ctx, `SELECT id, time_created, time_deleted, data FROM volume
+		rows, err := tx.Query(ctx, `SELECT id, time_created, time_deleted, data, purpose FROM volume
 			WHERE id > $1 AND ($2 OR time_deleted IS NULL) ORDER BY id LIMIT $3`, after, includeDeleted, limit+1)
 		if err != nil {
 			return fmt.Errorf("list volumes: %w", err)
@@ -215,7 +224,7 @@ func (s *Store) ListVolumes(ctx context.Context, after uuid.UUID, limit int, inc
 		for rows.Next() {
 			var v Volume
 			var data []byte
-			if err := rows.Scan(&v.ID, &v.TimeCreated, &v.TimeDeleted, &data); err != nil {
+			if err := rows.Scan(&v.ID, &v.TimeCreated, &v.TimeDeleted, &data, &v.Purpose); err != nil {
 				return err
 			}
 			if v.VCR, err = vcr.Decode(data); err != nil {
@@ -419,6 +428,9 @@ type SoftDeleteOptions struct {
 	// again frees nothing. A fan-out deletes one read-only stash per
 	// volume: this saves the second transaction and RPC.
 	HardIfNothingFreed bool
+	// OnlyPurpose, when set, refuses a live volume of another purpose
+	// (FailedPrecondition, nothing changed).
+	OnlyPurpose Purpose
 }
 
 // crucibleResources is the stored cleanup list, externally tagged by
@@ -450,8 +462,9 @@ func (s *Store) SoftDeleteVolumeWith(ctx context.Context, id uuid.UUID, opts Sof
 		res = SoftDeleteResult{}
 		var deleted *time.Time
 		var data, stored []byte
-		err := tx.QueryRow(ctx, `SELECT time_deleted, data, resources_to_clean_up FROM volume WHERE id = $1`, id).
-			Scan(&deleted, &data, &stored)
+		var purpose Purpose
+		err := tx.QueryRow(ctx, `SELECT time_deleted, data, resources_to_clean_up, purpose FROM volume WHERE id = $1`, id).
+			Scan(&deleted, &data, &stored, &purpose)
 		if errors.Is(err, pgx.ErrNoRows) {
 			res.VolumeMissing = true
 			return nil
@@ -462,6 +475,9 @@ func (s *Store) SoftDeleteVolumeWith(ctx context.Context, id uuid.UUID, opts Sof
 		if deleted != nil {
 			res.AlreadyDeleted = true
 			return decodeResources(stored, &res)
+		}
+		if opts.OnlyPurpose != "" && purpose != opts.OnlyPurpose {
+			return failedPrecondition("volume %s is a %s volume, not a %s one; its replacement deletes it", id, purpose, opts.OnlyPurpose)
 		}
 		v, err := vcr.Decode(data)
 		if err != nil {
@@ -757,13 +773,14 @@ func (s *Store) FindDeletedVolumeRegions(ctx context.Context) ([]uuid.UUID, []uu
 type VolumeRef struct {
 	ID          uuid.UUID
 	SoftDeleted bool
+	Purpose     Purpose
 }
 
 // FindVolumesReferencingTarget answers from the volume_target index, by
 // volume id after `after`.
 func (s *Store) FindVolumesReferencingTarget(ctx context.Context, target uuid.UUID, includeDeleted bool, after uuid.UUID, limit int) ([]VolumeRef, uuid.UUID, error) {
 	limit = pageLimit(limit)
-	rows, err := s.pool.Query(ctx, `SELECT vt.volume_id, v.time_deleted IS NOT NULL
+	rows, err := s.pool.Query(ctx, `SELECT vt.volume_id, v.time_deleted IS NOT NULL, v.purpose
 		FROM volume_target vt JOIN volume v ON v.id = vt.volume_id
 		WHERE vt.target_id = $1 AND vt.volume_id > $2 AND ($3 OR v.time_deleted IS NULL)
 		ORDER BY vt.volume_id LIMIT $4`, target, after, includeDeleted, limit+1)
@@ -772,7 +789,7 @@ func (s *Store) FindVolumesReferencingTarget(ctx context.Context, target uuid.UU
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (VolumeRef, error) {
 		var v VolumeRef
-		err := r.Scan(&v.ID, &v.SoftDeleted)
+		err := r.Scan(&v.ID, &v.SoftDeleted, &v.Purpose)
 		return v, err
 	})
 	if err != nil {
@@ -789,6 +806,8 @@ func (s *Store) FindVolumesReferencingTarget(ctx context.Context, target uuid.UU
 // ReadOnlyReference answers VolumeReferencesReadOnlyTarget.
 type ReadOnlyReference struct {
 	Exists, SoftDeleted, Referenced bool
+	// Purpose is empty when the volume does not exist.
+	Purpose Purpose
 }
 
 // VolumeReferencesReadOnlyTarget reports whether a volume's VCR (soft-deleted
@@ -802,7 +821,7 @@ func (s *Store) VolumeReferencesReadOnlyTarget(ctx context.Context, volumeID, ta
 		if err != nil || !ok {
 			return err
 		}
-		out.Exists, out.SoftDeleted = true, v.SoftDeleted()
+		out.Exists, out.SoftDeleted, out.Purpose = true, v.SoftDeleted(), v.Purpose
 		t, ok, err := getTarget(ctx, tx, targetID)
 		if err != nil || !ok || t.Address == "" {
 			return err
@@ -848,6 +867,10 @@ func (s *Store) RemoveReadOnlyParent(ctx context.Context, volumeID, tempID uuid.
 		}
 		if err := writeVCR(ctx, tx, tempID, tempVCR, true); err != nil {
 			return err
+		}
+		// It now holds what the volume referenced: a stash, never stepped.
+		if _, err := tx.Exec(ctx, `UPDATE volume SET purpose = 'stash' WHERE id = $1`, tempID); err != nil {
+			return fmt.Errorf("mark %s a stash: %w", tempID, err)
 		}
 		if err := moveReferences(ctx, tx, volumeID, tempID, vcr.ReadOnlyTargets(tempVCR)); err != nil {
 			return err

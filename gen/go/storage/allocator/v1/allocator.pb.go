@@ -365,7 +365,10 @@ func (x *Sled) GetState() HardwareState {
 type AddSledRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional; generated when empty.
-	SledId        string `protobuf:"bytes,1,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	SledId string `protobuf:"bytes,1,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	// Required: the sled's hardware serial, which identifies it. 1 to 64
+	// ASCII letters, digits, '.', '_' and '-', beginning with a letter or
+	// digit.
 	Serial        string `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -49,7 +49,11 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type RegionAllocatorServiceClient interface {
-	// Adds a sled (in service, active). Idempotent on sled_id.
+	// Adds a sled (in service, active). Idempotent on the serial: when a sled
+	// has it, that sled is returned unchanged and nothing is added.
+	// INVALID_ARGUMENT for a missing or malformed serial or a malformed
+	// sled_id; ALREADY_EXISTS when the serial belongs to a sled with another
+	// id than the sled_id given, or the sled_id to a sled with another serial.
 	AddSled(ctx context.Context, in *AddSledRequest, opts ...grpc.CallOption) (*AddSledResponse, error)
 	// Adds a physical disk to a sled with its zpool and Crucible dataset.
 	// Idempotent on disk_id. NOT_FOUND for an unknown sled; INVALID_ARGUMENT
@@ -283,7 +287,11 @@ func (c *regionAllocatorServiceClient) ProbeTargets(ctx context.Context, in *Pro
 // All implementations must embed UnimplementedRegionAllocatorServiceServer
 // for forward compatibility.
 type RegionAllocatorServiceServer interface {
-	// Adds a sled (in service, active). Idempotent on sled_id.
+	// Adds a sled (in service, active). Idempotent on the serial: when a sled
+	// has it, that sled is returned unchanged and nothing is added.
+	// INVALID_ARGUMENT for a missing or malformed serial or a malformed
+	// sled_id; ALREADY_EXISTS when the serial belongs to a sled with another
+	// id than the sled_id given, or the sled_id to a sled with another serial.
 	AddSled(context.Context, *AddSledRequest) (*AddSledResponse, error)
 	// Adds a physical disk to a sled with its zpool and Crucible dataset.
 	// Idempotent on disk_id. NOT_FOUND for an unknown sled; INVALID_ARGUMENT

@@ -157,7 +157,8 @@ const (
 	// Every running Upstairs accepted the new VCR.
 	NotificationOutcome_NOTIFICATION_OUTCOME_NOTIFIED NotificationOutcome = 2
 	// Recorded failures (attempts only; the RPC returned an error).
-	NotificationOutcome_NOTIFICATION_OUTCOME_FAILED NotificationOutcome = 3
+	NotificationOutcome_NOTIFICATION_OUTCOME_FAILED         NotificationOutcome = 3 // The volume is being deleted: its Upstairs are detached, not notified.
+	NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED NotificationOutcome = 4
 )
 
 // Enum value maps for NotificationOutcome.
@@ -167,12 +168,14 @@ var (
 		1: "NOTIFICATION_OUTCOME_NO_UPSTAIRS",
 		2: "NOTIFICATION_OUTCOME_NOTIFIED",
 		3: "NOTIFICATION_OUTCOME_FAILED",
+		4: "NOTIFICATION_OUTCOME_VOLUME_DELETED",
 	}
 	NotificationOutcome_value = map[string]int32{
-		"NOTIFICATION_OUTCOME_UNSPECIFIED": 0,
-		"NOTIFICATION_OUTCOME_NO_UPSTAIRS": 1,
-		"NOTIFICATION_OUTCOME_NOTIFIED":    2,
-		"NOTIFICATION_OUTCOME_FAILED":      3,
+		"NOTIFICATION_OUTCOME_UNSPECIFIED":    0,
+		"NOTIFICATION_OUTCOME_NO_UPSTAIRS":    1,
+		"NOTIFICATION_OUTCOME_NOTIFIED":       2,
+		"NOTIFICATION_OUTCOME_FAILED":         3,
+		"NOTIFICATION_OUTCOME_VOLUME_DELETED": 4,
 	}
 )
 
@@ -2394,12 +2397,13 @@ const file_storage_notifier_v1_notifier_proto_rawDesc = "" +
 	"\x1aATTACHMENT_STATE_MIGRATING\x10\x04\x12\x1d\n" +
 	"\x19ATTACHMENT_STATE_STOPPING\x10\x05\x12\x1c\n" +
 	"\x18ATTACHMENT_STATE_STOPPED\x10\x06\x12\x1b\n" +
-	"\x17ATTACHMENT_STATE_FAILED\x10\a*\xa5\x01\n" +
+	"\x17ATTACHMENT_STATE_FAILED\x10\a*\xce\x01\n" +
 	"\x13NotificationOutcome\x12$\n" +
 	" NOTIFICATION_OUTCOME_UNSPECIFIED\x10\x00\x12$\n" +
 	" NOTIFICATION_OUTCOME_NO_UPSTAIRS\x10\x01\x12!\n" +
 	"\x1dNOTIFICATION_OUTCOME_NOTIFIED\x10\x02\x12\x1f\n" +
-	"\x1bNOTIFICATION_OUTCOME_FAILED\x10\x03*_\n" +
+	"\x1bNOTIFICATION_OUTCOME_FAILED\x10\x03\x12'\n" +
+	"#NOTIFICATION_OUTCOME_VOLUME_DELETED\x10\x04*_\n" +
 	"\n" +
 	"RepairType\x12\x1b\n" +
 	"\x17REPAIR_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +

@@ -82,9 +82,13 @@ type UpstairsNotifierServiceClient interface {
 	// the highest gen of the VCR's direct region sub-volumes): a repeat after
 	// success returns the recorded outcome (deduplicated = true) without
 	// calling the Upstairs and without a new record. Every other attempt is
-	// recorded, failures included. INVALID_ARGUMENT for a malformed volume_id
-	// or an empty (or longer than 512 bytes) step_key, NOT_FOUND for an
-	// unknown volume: nothing recorded.
+	// recorded, failures included. VOLUME_DELETED, with no Upstairs called
+	// or nothing counted as failed, when the volume is soft-deleted: found so
+	// up front, or after an attempt failed because the delete was detaching its
+	// Upstairs (nobody runs a deleted volume, so there is nothing to tell).
+	// INVALID_ARGUMENT for a malformed volume_id or an empty (or longer than
+	// 512 bytes) step_key, NOT_FOUND for an unknown (or hard-deleted) volume:
+	// nothing recorded.
 	NotifyReplacement(ctx context.Context, in *NotifyReplacementRequest, opts ...grpc.CallOption) (*NotifyReplacementResponse, error)
 	// Lists attachments, paginated (INVALID_ARGUMENT for a negative page_size,
 	// a malformed page_token or volume_id).
@@ -290,9 +294,13 @@ type UpstairsNotifierServiceServer interface {
 	// the highest gen of the VCR's direct region sub-volumes): a repeat after
 	// success returns the recorded outcome (deduplicated = true) without
 	// calling the Upstairs and without a new record. Every other attempt is
-	// recorded, failures included. INVALID_ARGUMENT for a malformed volume_id
-	// or an empty (or longer than 512 bytes) step_key, NOT_FOUND for an
-	// unknown volume: nothing recorded.
+	// recorded, failures included. VOLUME_DELETED, with no Upstairs called
+	// or nothing counted as failed, when the volume is soft-deleted: found so
+	// up front, or after an attempt failed because the delete was detaching its
+	// Upstairs (nobody runs a deleted volume, so there is nothing to tell).
+	// INVALID_ARGUMENT for a malformed volume_id or an empty (or longer than
+	// 512 bytes) step_key, NOT_FOUND for an unknown (or hard-deleted) volume:
+	// nothing recorded.
 	NotifyReplacement(context.Context, *NotifyReplacementRequest) (*NotifyReplacementResponse, error)
 	// Lists attachments, paginated (INVALID_ARGUMENT for a negative page_size,
 	// a malformed page_token or volume_id).

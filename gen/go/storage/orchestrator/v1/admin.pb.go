@@ -347,7 +347,10 @@ type Saga struct {
 	SagaId string                 `protobuf:"bytes,1,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
 	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	State  SagaState              `protobuf:"varint,3,opt,name=state,proto3,enum=storage.orchestrator.v1.SagaState" json:"state,omitempty"`
-	// Derived from the log: succeeded, failed (unwound) or stuck.
+	// Derived from the log: "succeeded", "failed" (a node failed and every
+	// undo ran), "stuck" (an undo failed; still shown once abandoned),
+	// "abandoned" (abandoned before it finished) or "running" (running or
+	// unwinding). ListSagas and GetSaga agree on it.
 	Outcome         string                 `protobuf:"bytes,4,opt,name=outcome,proto3" json:"outcome,omitempty"`
 	CurrentSec      string                 `protobuf:"bytes,5,opt,name=current_sec,json=currentSec,proto3" json:"current_sec,omitempty"`
 	AdoptGeneration int64                  `protobuf:"varint,6,opt,name=adopt_generation,json=adoptGeneration,proto3" json:"adopt_generation,omitempty"`

@@ -39,7 +39,9 @@ type AdminServiceClient interface {
 	ListBackgroundTasks(ctx context.Context, in *ListBackgroundTasksRequest, opts ...grpc.CallOption) (*ListBackgroundTasksResponse, error)
 	// Activates a task now. NOT_FOUND for an unknown name.
 	ActivateBackgroundTask(ctx context.Context, in *ActivateBackgroundTaskRequest, opts ...grpc.CallOption) (*ActivateBackgroundTaskResponse, error)
-	// Sagas, paginated, optionally by state.
+	// Sagas, paginated, optionally by state (INVALID_ARGUMENT for a state
+	// value this API does not define), each with the same outcome GetSaga
+	// shows.
 	ListSagas(ctx context.Context, in *ListSagasRequest, opts ...grpc.CallOption) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(ctx context.Context, in *GetSagaRequest, opts ...grpc.CallOption) (*GetSagaResponse, error)
@@ -51,7 +53,12 @@ type AdminServiceClient interface {
 	// timeout).
 	WaitIdle(ctx context.Context, in *WaitIdleRequest, opts ...grpc.CallOption) (*WaitIdleResponse, error)
 	// Cross-service consistency: allocator ↔ registry ↔ agents, every lock with
-	// a live owner, nothing stuck PENDING. Empty means consistent.
+	// a live owner, nothing stuck PENDING, no attachment of a deleted volume,
+	// no request or step held by a saga that is not running, at most one step
+	// per (request, volume). Empty means consistent. Each violation has a
+	// stable code (listed in the orchestrator's server/validate.go); findings
+	// that a running saga could explain are reported only when no saga ran
+	// during the validation.
 	ValidateSystem(ctx context.Context, in *ValidateSystemRequest, opts ...grpc.CallOption) (*ValidateSystemResponse, error)
 	// Who leads, with which epoch and lease.
 	GetLeadership(ctx context.Context, in *GetLeadershipRequest, opts ...grpc.CallOption) (*GetLeadershipResponse, error)
@@ -155,7 +162,9 @@ type AdminServiceServer interface {
 	ListBackgroundTasks(context.Context, *ListBackgroundTasksRequest) (*ListBackgroundTasksResponse, error)
 	// Activates a task now. NOT_FOUND for an unknown name.
 	ActivateBackgroundTask(context.Context, *ActivateBackgroundTaskRequest) (*ActivateBackgroundTaskResponse, error)
-	// Sagas, paginated, optionally by state.
+	// Sagas, paginated, optionally by state (INVALID_ARGUMENT for a state
+	// value this API does not define), each with the same outcome GetSaga
+	// shows.
 	ListSagas(context.Context, *ListSagasRequest) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(context.Context, *GetSagaRequest) (*GetSagaResponse, error)
@@ -167,7 +176,12 @@ type AdminServiceServer interface {
 	// timeout).
 	WaitIdle(context.Context, *WaitIdleRequest) (*WaitIdleResponse, error)
 	// Cross-service consistency: allocator ↔ registry ↔ agents, every lock with
-	// a live owner, nothing stuck PENDING. Empty means consistent.
+	// a live owner, nothing stuck PENDING, no attachment of a deleted volume,
+	// no request or step held by a saga that is not running, at most one step
+	// per (request, volume). Empty means consistent. Each violation has a
+	// stable code (listed in the orchestrator's server/validate.go); findings
+	// that a running saga could explain are reported only when no saga ran
+	// during the validation.
 	ValidateSystem(context.Context, *ValidateSystemRequest) (*ValidateSystemResponse, error)
 	// Who leads, with which epoch and lease.
 	GetLeadership(context.Context, *GetLeadershipRequest) (*GetLeadershipResponse, error)

@@ -88,9 +88,11 @@ func (SagaOutcome) EnumDescriptor() ([]byte, []int) {
 
 // Result of a lifecycle saga.
 type SagaResult struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	SagaId  string                 `protobuf:"bytes,1,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
-	Outcome SagaOutcome            `protobuf:"varint,2,opt,name=outcome,proto3,enum=storage.orchestrator.v1.SagaOutcome" json:"outcome,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty when the request needed no saga (DeleteVolume of a volume that
+	// is already gone).
+	SagaId  string      `protobuf:"bytes,1,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
+	Outcome SagaOutcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=storage.orchestrator.v1.SagaOutcome" json:"outcome,omitempty"`
 	// When FAILED or STUCK: the failing node and its error.
 	FailedNode    string `protobuf:"bytes,3,opt,name=failed_node,json=failedNode,proto3" json:"failed_node,omitempty"`
 	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`

@@ -36,19 +36,38 @@ const (
 // User-level volume lifecycle, each operation a saga. Every RPC starts a saga
 // (or, given the same idempotency key, returns the one already started) and
 // optionally waits for it. UNAVAILABLE on a standby orchestrator.
+//
+// A request that could never succeed is refused before any saga starts, so
+// it leaves nothing behind: INVALID_ARGUMENT naming the field for a
+// malformed id, NOT_FOUND naming the field for a volume or snapshot that
+// does not exist or is deleted, ALREADY_EXISTS naming the field for a
+// caller-chosen new id that a volume already has. These checks apply only to
+// a request that starts a new saga: repeating a request (the same
+// idempotency key) returns its saga even if the volumes changed since.
 type LifecycleServiceClient interface {
 	// Creates a disk: register PENDING → 3 regions on distinct sleds → ensure →
-	// activate → create the volume.
+	// activate → create the volume. ALREADY_EXISTS when a given volume_id
+	// names an existing volume not created by this request.
 	CreateVolume(ctx context.Context, in *CreateVolumeRequest, opts ...grpc.CallOption) (*CreateVolumeResponse, error)
 	// Snapshots a disk. The snapshot id is generated first and is the snapshot
 	// volume's id. Holds the repair lock on the disk's volume for the saga's
 	// run (ABORTED "volume repair lock" while a replacement holds it).
+	// NOT_FOUND for an unknown or deleted volume_id; FAILED_PRECONDITION for a
+	// volume with no rw regions (a snapshot); ALREADY_EXISTS when a given
+	// snapshot_id names an existing volume.
 	SnapshotVolume(ctx context.Context, in *SnapshotVolumeRequest, opts ...grpc.CallOption) (*SnapshotVolumeResponse, error)
 	// Creates a disk whose read-only parent is a fresh-id copy of a snapshot.
+	// NOT_FOUND for an unknown or deleted snapshot_id; FAILED_PRECONDITION when
+	// it names a disk (a volume with rw regions) rather than a snapshot;
+	// ALREADY_EXISTS when a given volume_id names an existing volume.
 	CloneVolume(ctx context.Context, in *CloneVolumeRequest, opts ...grpc.CallOption) (*CloneVolumeResponse, error)
 	// Deletes a volume (disk or snapshot): soft delete, destroy and unregister
 	// what it freed, collect rw regions freed earlier, hard delete (which may be
-	// KEPT). Safe twice; safe on a missing volume.
+	// KEPT). Safe twice: a soft-deleted (KEPT) volume gets a new delete saga,
+	// which may free what the last one had to keep. Idempotent on a volume
+	// that is already gone (never created, or hard-deleted): OK at once with
+	// hard_deleted set and a SUCCEEDED saga result whose saga_id is empty — no
+	// saga is started, so nothing is left behind.
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 }
 
@@ -107,19 +126,38 @@ func (c *lifecycleServiceClient) DeleteVolume(ctx context.Context, in *DeleteVol
 // User-level volume lifecycle, each operation a saga. Every RPC starts a saga
 // (or, given the same idempotency key, returns the one already started) and
 // optionally waits for it. UNAVAILABLE on a standby orchestrator.
+//
+// A request that could never succeed is refused before any saga starts, so
+// it leaves nothing behind: INVALID_ARGUMENT naming the field for a
+// malformed id, NOT_FOUND naming the field for a volume or snapshot that
+// does not exist or is deleted, ALREADY_EXISTS naming the field for a
+// caller-chosen new id that a volume already has. These checks apply only to
+// a request that starts a new saga: repeating a request (the same
+// idempotency key) returns its saga even if the volumes changed since.
 type LifecycleServiceServer interface {
 	// Creates a disk: register PENDING → 3 regions on distinct sleds → ensure →
-	// activate → create the volume.
+	// activate → create the volume. ALREADY_EXISTS when a given volume_id
+	// names an existing volume not created by this request.
 	CreateVolume(context.Context, *CreateVolumeRequest) (*CreateVolumeResponse, error)
 	// Snapshots a disk. The snapshot id is generated first and is the snapshot
 	// volume's id. Holds the repair lock on the disk's volume for the saga's
 	// run (ABORTED "volume repair lock" while a replacement holds it).
+	// NOT_FOUND for an unknown or deleted volume_id; FAILED_PRECONDITION for a
+	// volume with no rw regions (a snapshot); ALREADY_EXISTS when a given
+	// snapshot_id names an existing volume.
 	SnapshotVolume(context.Context, *SnapshotVolumeRequest) (*SnapshotVolumeResponse, error)
 	// Creates a disk whose read-only parent is a fresh-id copy of a snapshot.
+	// NOT_FOUND for an unknown or deleted snapshot_id; FAILED_PRECONDITION when
+	// it names a disk (a volume with rw regions) rather than a snapshot;
+	// ALREADY_EXISTS when a given volume_id names an existing volume.
 	CloneVolume(context.Context, *CloneVolumeRequest) (*CloneVolumeResponse, error)
 	// Deletes a volume (disk or snapshot): soft delete, destroy and unregister
 	// what it freed, collect rw regions freed earlier, hard delete (which may be
-	// KEPT). Safe twice; safe on a missing volume.
+	// KEPT). Safe twice: a soft-deleted (KEPT) volume gets a new delete saga,
+	// which may free what the last one had to keep. Idempotent on a volume
+	// that is already gone (never created, or hard-deleted): OK at once with
+	// hard_deleted set and a SUCCEEDED saga result whose saga_id is empty — no
+	// saga is started, so nothing is left behind.
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	mustEmbedUnimplementedLifecycleServiceServer()
 }

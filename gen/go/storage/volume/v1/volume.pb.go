@@ -31,6 +31,67 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Why a volume exists. Replacement sagas make volumes of their own besides
+// the ones users and lifecycle sagas make; a replacement must never treat
+// them as one more volume to replace a target in.
+type VolumePurpose int32
+
+const (
+	// In a CreateVolumeRequest: DATA. Never returned.
+	VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED VolumePurpose = 0
+	// A disk, snapshot or image: made by a user through a lifecycle saga.
+	VolumePurpose_VOLUME_PURPOSE_DATA VolumePurpose = 1
+	// A replacement's stash: holds the reference a swap took from another
+	// volume until the stash is deleted. Never stepped.
+	VolumePurpose_VOLUME_PURPOSE_STASH VolumePurpose = 2
+	// A replacement's reference volume: keeps a new target alive for the
+	// life of its request.
+	VolumePurpose_VOLUME_PURPOSE_REFERENCE VolumePurpose = 3
+)
+
+// Enum value maps for VolumePurpose.
+var (
+	VolumePurpose_name = map[int32]string{
+		0: "VOLUME_PURPOSE_UNSPECIFIED",
+		1: "VOLUME_PURPOSE_DATA",
+		2: "VOLUME_PURPOSE_STASH",
+		3: "VOLUME_PURPOSE_REFERENCE",
+	}
+	VolumePurpose_value = map[string]int32{
+		"VOLUME_PURPOSE_UNSPECIFIED": 0,
+		"VOLUME_PURPOSE_DATA":        1,
+		"VOLUME_PURPOSE_STASH":       2,
+		"VOLUME_PURPOSE_REFERENCE":   3,
+	}
+)
+
+func (x VolumePurpose) Enum() *VolumePurpose {
+	p := new(VolumePurpose)
+	*p = x
+	return p
+}
+
+func (x VolumePurpose) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VolumePurpose) Descriptor() protoreflect.EnumDescriptor {
+	return file_storage_volume_v1_volume_proto_enumTypes[0].Descriptor()
+}
+
+func (VolumePurpose) Type() protoreflect.EnumType {
+	return &file_storage_volume_v1_volume_proto_enumTypes[0]
+}
+
+func (x VolumePurpose) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VolumePurpose.Descriptor instead.
+func (VolumePurpose) EnumDescriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{0}
+}
+
 // How much of a volume to return.
 type VolumeView int32
 
@@ -67,11 +128,11 @@ func (x VolumeView) String() string {
 }
 
 func (VolumeView) Descriptor() protoreflect.EnumDescriptor {
-	return file_storage_volume_v1_volume_proto_enumTypes[0].Descriptor()
+	return file_storage_volume_v1_volume_proto_enumTypes[1].Descriptor()
 }
 
 func (VolumeView) Type() protoreflect.EnumType {
-	return &file_storage_volume_v1_volume_proto_enumTypes[0]
+	return &file_storage_volume_v1_volume_proto_enumTypes[1]
 }
 
 func (x VolumeView) Number() protoreflect.EnumNumber {
@@ -80,7 +141,7 @@ func (x VolumeView) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use VolumeView.Descriptor instead.
 func (VolumeView) EnumDescriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{0}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{1}
 }
 
 // Why a volume is checked out.
@@ -123,11 +184,11 @@ func (x CheckoutReason) String() string {
 }
 
 func (CheckoutReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_storage_volume_v1_volume_proto_enumTypes[1].Descriptor()
+	return file_storage_volume_v1_volume_proto_enumTypes[2].Descriptor()
 }
 
 func (CheckoutReason) Type() protoreflect.EnumType {
-	return &file_storage_volume_v1_volume_proto_enumTypes[1]
+	return &file_storage_volume_v1_volume_proto_enumTypes[2]
 }
 
 func (x CheckoutReason) Number() protoreflect.EnumNumber {
@@ -136,7 +197,7 @@ func (x CheckoutReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CheckoutReason.Descriptor instead.
 func (CheckoutReason) EnumDescriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{1}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{2}
 }
 
 // What HardDeleteVolume did.
@@ -175,11 +236,11 @@ func (x HardDeleteOutcome) String() string {
 }
 
 func (HardDeleteOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_storage_volume_v1_volume_proto_enumTypes[2].Descriptor()
+	return file_storage_volume_v1_volume_proto_enumTypes[3].Descriptor()
 }
 
 func (HardDeleteOutcome) Type() protoreflect.EnumType {
-	return &file_storage_volume_v1_volume_proto_enumTypes[2]
+	return &file_storage_volume_v1_volume_proto_enumTypes[3]
 }
 
 func (x HardDeleteOutcome) Number() protoreflect.EnumNumber {
@@ -188,7 +249,7 @@ func (x HardDeleteOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HardDeleteOutcome.Descriptor instead.
 func (HardDeleteOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{2}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{3}
 }
 
 // A stored volume.
@@ -202,7 +263,9 @@ type Volume struct {
 	// VOLUME_VIEW_FULL.
 	Vcr *v1.VolumeConstructionRequest `protobuf:"bytes,4,opt,name=vcr,proto3" json:"vcr,omitempty"`
 	// The registered targets the VCR names (rw and read-only), in VCR order.
-	Targets       []*v1.Target `protobuf:"bytes,5,rep,name=targets,proto3" json:"targets,omitempty"`
+	Targets []*v1.Target `protobuf:"bytes,5,rep,name=targets,proto3" json:"targets,omitempty"`
+	// Why the volume exists; set by CreateVolume, never changed.
+	Purpose       VolumePurpose `protobuf:"varint,6,opt,name=purpose,proto3,enum=storage.volume.v1.VolumePurpose" json:"purpose,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -272,6 +335,13 @@ func (x *Volume) GetTargets() []*v1.Target {
 	return nil
 }
 
+func (x *Volume) GetPurpose() VolumePurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED
+}
+
 type CreateVolumeRequest struct {
 	state    protoimpl.MessageState        `protogen:"open.v1"`
 	VolumeId string                        `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -285,7 +355,10 @@ type CreateVolumeRequest struct {
 	// using `vcr`: checkout COPY_AND_MODIFY, fresh ids, every region read-only,
 	// control sockets dropped, top-level sub-volume targets rewritten through
 	// snapshot_target_map. Every rw target must be in the map.
-	SnapshotOf    *SnapshotOf `protobuf:"bytes,4,opt,name=snapshot_of,json=snapshotOf,proto3" json:"snapshot_of,omitempty"`
+	SnapshotOf *SnapshotOf `protobuf:"bytes,4,opt,name=snapshot_of,json=snapshotOf,proto3" json:"snapshot_of,omitempty"`
+	// Why the volume exists (UNSPECIFIED is DATA). Stored with the row and
+	// returned by GetVolume, ListVolumes and the reference lookups.
+	Purpose       VolumePurpose `protobuf:"varint,5,opt,name=purpose,proto3,enum=storage.volume.v1.VolumePurpose" json:"purpose,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -346,6 +419,13 @@ func (x *CreateVolumeRequest) GetSnapshotOf() *SnapshotOf {
 		return x.SnapshotOf
 	}
 	return nil
+}
+
+func (x *CreateVolumeRequest) GetPurpose() VolumePurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED
 }
 
 // Source of a snapshot volume.
@@ -791,8 +871,13 @@ type SoftDeleteVolumeRequest struct {
 	// replacement's read-only stash, deleted once per volume of a fan-out.
 	// Otherwise the volume is only soft-deleted, as without the flag.
 	HardDeleteIfNothingFreed bool `protobuf:"varint,2,opt,name=hard_delete_if_nothing_freed,json=hardDeleteIfNothingFreed,proto3" json:"hard_delete_if_nothing_freed,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// When set, a live volume of another purpose is FAILED_PRECONDITION and
+	// nothing changes: a user's delete passes DATA, so it can never take a
+	// replacement's stash or reference volume from under the replacement. A
+	// missing or already soft-deleted volume answers as without it.
+	OnlyPurpose   VolumePurpose `protobuf:"varint,3,opt,name=only_purpose,json=onlyPurpose,proto3,enum=storage.volume.v1.VolumePurpose" json:"only_purpose,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SoftDeleteVolumeRequest) Reset() {
@@ -837,6 +922,13 @@ func (x *SoftDeleteVolumeRequest) GetHardDeleteIfNothingFreed() bool {
 		return x.HardDeleteIfNothingFreed
 	}
 	return false
+}
+
+func (x *SoftDeleteVolumeRequest) GetOnlyPurpose() VolumePurpose {
+	if x != nil {
+		return x.OnlyPurpose
+	}
+	return VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED
 }
 
 type SoftDeleteVolumeResponse struct {
@@ -1409,6 +1501,7 @@ type VolumeRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	SoftDeleted   bool                   `protobuf:"varint,2,opt,name=soft_deleted,json=softDeleted,proto3" json:"soft_deleted,omitempty"`
+	Purpose       VolumePurpose          `protobuf:"varint,3,opt,name=purpose,proto3,enum=storage.volume.v1.VolumePurpose" json:"purpose,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1455,6 +1548,13 @@ func (x *VolumeRef) GetSoftDeleted() bool {
 		return x.SoftDeleted
 	}
 	return false
+}
+
+func (x *VolumeRef) GetPurpose() VolumePurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED
 }
 
 type FindVolumesReferencingTargetResponse struct {
@@ -1567,7 +1667,9 @@ type VolumeReferencesReadOnlyTargetResponse struct {
 	SoftDeleted  bool                   `protobuf:"varint,2,opt,name=soft_deleted,json=softDeleted,proto3" json:"soft_deleted,omitempty"`
 	// Whether the VCR names the target as a read-only target (false when the
 	// volume does not exist).
-	Referenced    bool `protobuf:"varint,3,opt,name=referenced,proto3" json:"referenced,omitempty"`
+	Referenced bool `protobuf:"varint,3,opt,name=referenced,proto3" json:"referenced,omitempty"`
+	// UNSPECIFIED when the volume does not exist.
+	Purpose       VolumePurpose `protobuf:"varint,4,opt,name=purpose,proto3,enum=storage.volume.v1.VolumePurpose" json:"purpose,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1621,6 +1723,13 @@ func (x *VolumeReferencesReadOnlyTargetResponse) GetReferenced() bool {
 		return x.Referenced
 	}
 	return false
+}
+
+func (x *VolumeReferencesReadOnlyTargetResponse) GetPurpose() VolumePurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED
 }
 
 type RemoveReadOnlyParentRequest struct {
@@ -2124,6 +2233,114 @@ func (x *UnregisterTargetsResponse) GetRemoved() int32 {
 	return 0
 }
 
+type RetireTargetsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Read-only targets (read-only regions and region snapshots).
+	TargetIds     []string `protobuf:"bytes,1,rep,name=target_ids,json=targetIds,proto3" json:"target_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireTargetsRequest) Reset() {
+	*x = RetireTargetsRequest{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireTargetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireTargetsRequest) ProtoMessage() {}
+
+func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireTargetsRequest.ProtoReflect.Descriptor instead.
+func (*RetireTargetsRequest) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RetireTargetsRequest) GetTargetIds() []string {
+	if x != nil {
+		return x.TargetIds
+	}
+	return nil
+}
+
+type RetireTargetsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DELETING (or PENDING) and referenced by no volume: safe to destroy.
+	RetiredTargetIds []string `protobuf:"bytes,1,rep,name=retired_target_ids,json=retiredTargetIds,proto3" json:"retired_target_ids,omitempty"`
+	// Referenced by a live volume: left to that volume's lifecycle.
+	KeptTargetIds []string `protobuf:"bytes,2,rep,name=kept_target_ids,json=keptTargetIds,proto3" json:"kept_target_ids,omitempty"`
+	// Not registered.
+	AbsentTargetIds []string `protobuf:"bytes,3,rep,name=absent_target_ids,json=absentTargetIds,proto3" json:"absent_target_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RetireTargetsResponse) Reset() {
+	*x = RetireTargetsResponse{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireTargetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireTargetsResponse) ProtoMessage() {}
+
+func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireTargetsResponse.ProtoReflect.Descriptor instead.
+func (*RetireTargetsResponse) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RetireTargetsResponse) GetRetiredTargetIds() []string {
+	if x != nil {
+		return x.RetiredTargetIds
+	}
+	return nil
+}
+
+func (x *RetireTargetsResponse) GetKeptTargetIds() []string {
+	if x != nil {
+		return x.KeptTargetIds
+	}
+	return nil
+}
+
+func (x *RetireTargetsResponse) GetAbsentTargetIds() []string {
+	if x != nil {
+		return x.AbsentTargetIds
+	}
+	return nil
+}
+
 type GetTargetRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	TargetId string                 `protobuf:"bytes,1,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
@@ -2136,7 +2353,7 @@ type GetTargetRequest struct {
 
 func (x *GetTargetRequest) Reset() {
 	*x = GetTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2365,7 @@ func (x *GetTargetRequest) String() string {
 func (*GetTargetRequest) ProtoMessage() {}
 
 func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2378,7 @@ func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetRequest.ProtoReflect.Descriptor instead.
 func (*GetTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetTargetRequest) GetTargetId() string {
@@ -2187,7 +2404,7 @@ type GetTargetResponse struct {
 
 func (x *GetTargetResponse) Reset() {
 	*x = GetTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2416,7 @@ func (x *GetTargetResponse) String() string {
 func (*GetTargetResponse) ProtoMessage() {}
 
 func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2212,7 +2429,7 @@ func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetResponse.ProtoReflect.Descriptor instead.
 func (*GetTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetTargetResponse) GetTarget() *v1.Target {
@@ -2236,7 +2453,7 @@ type ListTargetsRequest struct {
 
 func (x *ListTargetsRequest) Reset() {
 	*x = ListTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +2465,7 @@ func (x *ListTargetsRequest) String() string {
 func (*ListTargetsRequest) ProtoMessage() {}
 
 func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +2478,7 @@ func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ListTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListTargetsRequest) GetPageSize() int32 {
@@ -2309,7 +2526,7 @@ type ListTargetsResponse struct {
 
 func (x *ListTargetsResponse) Reset() {
 	*x = ListTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2538,7 @@ func (x *ListTargetsResponse) String() string {
 func (*ListTargetsResponse) ProtoMessage() {}
 
 func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2551,7 @@ func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ListTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListTargetsResponse) GetTargets() []*v1.Target {
@@ -2360,7 +2577,7 @@ type ResolveAddressRequest struct {
 
 func (x *ResolveAddressRequest) Reset() {
 	*x = ResolveAddressRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2589,7 @@ func (x *ResolveAddressRequest) String() string {
 func (*ResolveAddressRequest) ProtoMessage() {}
 
 func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2602,7 @@ func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressRequest.ProtoReflect.Descriptor instead.
 func (*ResolveAddressRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ResolveAddressRequest) GetAddress() string {
@@ -2404,7 +2621,7 @@ type ResolveAddressResponse struct {
 
 func (x *ResolveAddressResponse) Reset() {
 	*x = ResolveAddressResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2633,7 @@ func (x *ResolveAddressResponse) String() string {
 func (*ResolveAddressResponse) ProtoMessage() {}
 
 func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2646,7 @@ func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressResponse.ProtoReflect.Descriptor instead.
 func (*ResolveAddressResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ResolveAddressResponse) GetTarget() *v1.Target {
@@ -2447,7 +2664,7 @@ type CheckInvariantsRequest struct {
 
 func (x *CheckInvariantsRequest) Reset() {
 	*x = CheckInvariantsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2676,7 @@ func (x *CheckInvariantsRequest) String() string {
 func (*CheckInvariantsRequest) ProtoMessage() {}
 
 func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2689,7 @@ func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsRequest.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
 }
 
 type CheckInvariantsResponse struct {
@@ -2484,7 +2701,7 @@ type CheckInvariantsResponse struct {
 
 func (x *CheckInvariantsResponse) Reset() {
 	*x = CheckInvariantsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2713,7 @@ func (x *CheckInvariantsResponse) String() string {
 func (*CheckInvariantsResponse) ProtoMessage() {}
 
 func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2726,7 @@ func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsResponse.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CheckInvariantsResponse) GetViolations() []*v1.Violation {
@@ -2523,19 +2740,21 @@ var File_storage_volume_v1_volume_proto protoreflect.FileDescriptor
 
 const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\n" +
-	"\x1estorage/volume/v1/volume.proto\x12\x11storage.volume.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1estorage/common/v1/common.proto\"\x98\x02\n" +
+	"\x1estorage/volume/v1/volume.proto\x12\x11storage.volume.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1estorage/common/v1/common.proto\"\xd4\x02\n" +
 	"\x06Volume\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12=\n" +
 	"\ftime_created\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\x12=\n" +
 	"\ftime_deleted\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vtimeDeleted\x12>\n" +
 	"\x03vcr\x18\x04 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\x123\n" +
-	"\atargets\x18\x05 \x03(\v2\x19.storage.common.v1.TargetR\atargets\"\xf7\x01\n" +
+	"\atargets\x18\x05 \x03(\v2\x19.storage.common.v1.TargetR\atargets\x12:\n" +
+	"\apurpose\x18\x06 \x01(\x0e2 .storage.volume.v1.VolumePurposeR\apurpose\"\xb3\x02\n" +
 	"\x13CreateVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12>\n" +
 	"\x03vcr\x18\x02 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\x12C\n" +
 	"\x1fread_only_parent_from_volume_id\x18\x03 \x01(\tR\x1areadOnlyParentFromVolumeId\x12>\n" +
 	"\vsnapshot_of\x18\x04 \x01(\v2\x1d.storage.volume.v1.SnapshotOfR\n" +
-	"snapshotOf\"\xc1\x01\n" +
+	"snapshotOf\x12:\n" +
+	"\apurpose\x18\x05 \x01(\x0e2 .storage.volume.v1.VolumePurposeR\apurpose\"\xc1\x01\n" +
 	"\n" +
 	"SnapshotOf\x12(\n" +
 	"\x10source_volume_id\x18\x01 \x01(\tR\x0esourceVolumeId\x12K\n" +
@@ -2566,10 +2785,11 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2!.storage.volume.v1.CheckoutReasonR\x06reason\x12#\n" +
 	"\rrandomize_ids\x18\x03 \x01(\bR\frandomizeIds\"X\n" +
 	"\x16CheckoutVolumeResponse\x12>\n" +
-	"\x03vcr\x18\x01 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\"v\n" +
+	"\x03vcr\x18\x01 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\"\xbb\x01\n" +
 	"\x17SoftDeleteVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12>\n" +
-	"\x1chard_delete_if_nothing_freed\x18\x02 \x01(\bR\x18hardDeleteIfNothingFreed\"\xfd\x01\n" +
+	"\x1chard_delete_if_nothing_freed\x18\x02 \x01(\bR\x18hardDeleteIfNothingFreed\x12C\n" +
+	"\fonly_purpose\x18\x03 \x01(\x0e2 .storage.volume.v1.VolumePurposeR\vonlyPurpose\"\xfd\x01\n" +
 	"\x18SoftDeleteVolumeResponse\x12\x1d\n" +
 	"\n" +
 	"region_ids\x18\x01 \x03(\tR\tregionIds\x12O\n" +
@@ -2607,22 +2827,24 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x0finclude_deleted\x18\x02 \x01(\bR\x0eincludeDeleted\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"K\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\x87\x01\n" +
 	"\tVolumeRef\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12!\n" +
-	"\fsoft_deleted\x18\x02 \x01(\bR\vsoftDeleted\"\x86\x01\n" +
+	"\fsoft_deleted\x18\x02 \x01(\bR\vsoftDeleted\x12:\n" +
+	"\apurpose\x18\x03 \x01(\x0e2 .storage.volume.v1.VolumePurposeR\apurpose\"\x86\x01\n" +
 	"$FindVolumesReferencingTargetResponse\x126\n" +
 	"\avolumes\x18\x01 \x03(\v2\x1c.storage.volume.v1.VolumeRefR\avolumes\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"a\n" +
 	"%VolumeReferencesReadOnlyTargetRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x1b\n" +
-	"\ttarget_id\x18\x02 \x01(\tR\btargetId\"\x90\x01\n" +
+	"\ttarget_id\x18\x02 \x01(\tR\btargetId\"\xcc\x01\n" +
 	"&VolumeReferencesReadOnlyTargetResponse\x12#\n" +
 	"\rvolume_exists\x18\x01 \x01(\bR\fvolumeExists\x12!\n" +
 	"\fsoft_deleted\x18\x02 \x01(\bR\vsoftDeleted\x12\x1e\n" +
 	"\n" +
 	"referenced\x18\x03 \x01(\bR\n" +
-	"referenced\"`\n" +
+	"referenced\x12:\n" +
+	"\apurpose\x18\x04 \x01(\x0e2 .storage.volume.v1.VolumePurposeR\apurpose\"`\n" +
 	"\x1bRemoveReadOnlyParentRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12$\n" +
 	"\x0etemp_volume_id\x18\x02 \x01(\tR\ftempVolumeId\"8\n" +
@@ -2652,7 +2874,14 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\n" +
 	"target_ids\x18\x01 \x03(\tR\ttargetIds\"5\n" +
 	"\x19UnregisterTargetsResponse\x12\x18\n" +
-	"\aremoved\x18\x01 \x01(\x05R\aremoved\"g\n" +
+	"\aremoved\x18\x01 \x01(\x05R\aremoved\"5\n" +
+	"\x14RetireTargetsRequest\x12\x1d\n" +
+	"\n" +
+	"target_ids\x18\x01 \x03(\tR\ttargetIds\"\x99\x01\n" +
+	"\x15RetireTargetsResponse\x12,\n" +
+	"\x12retired_target_ids\x18\x01 \x03(\tR\x10retiredTargetIds\x12&\n" +
+	"\x0fkept_target_ids\x18\x02 \x03(\tR\rkeptTargetIds\x12*\n" +
+	"\x11absent_target_ids\x18\x03 \x03(\tR\x0fabsentTargetIds\"g\n" +
 	"\x10GetTargetRequest\x12\x1b\n" +
 	"\ttarget_id\x18\x01 \x01(\tR\btargetId\x126\n" +
 	"\x17include_reference_count\x18\x02 \x01(\bR\x15includeReferenceCount\"F\n" +
@@ -2676,7 +2905,12 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x17CheckInvariantsResponse\x12<\n" +
 	"\n" +
 	"violations\x18\x01 \x03(\v2\x1c.storage.common.v1.ViolationR\n" +
-	"violations*Y\n" +
+	"violations*\x80\x01\n" +
+	"\rVolumePurpose\x12\x1e\n" +
+	"\x1aVOLUME_PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13VOLUME_PURPOSE_DATA\x10\x01\x12\x18\n" +
+	"\x14VOLUME_PURPOSE_STASH\x10\x02\x12\x1c\n" +
+	"\x18VOLUME_PURPOSE_REFERENCE\x10\x03*Y\n" +
 	"\n" +
 	"VolumeView\x12\x1b\n" +
 	"\x17VOLUME_VIEW_UNSPECIFIED\x10\x00\x12\x18\n" +
@@ -2690,7 +2924,7 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x11HardDeleteOutcome\x12#\n" +
 	"\x1fHARD_DELETE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bHARD_DELETE_OUTCOME_DELETED\x10\x01\x12\x1c\n" +
-	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\xbb\x10\n" +
+	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x9f\x11\n" +
 	"\rVolumeService\x12_\n" +
 	"\fCreateVolume\x12&.storage.volume.v1.CreateVolumeRequest\x1a'.storage.volume.v1.CreateVolumeResponse\x12V\n" +
 	"\tGetVolume\x12#.storage.volume.v1.GetVolumeRequest\x1a$.storage.volume.v1.GetVolumeResponse\x12\\\n" +
@@ -2706,7 +2940,8 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x14RemoveReadOnlyParent\x12..storage.volume.v1.RemoveReadOnlyParentRequest\x1a/.storage.volume.v1.RemoveReadOnlyParentResponse\x12h\n" +
 	"\x0fRegisterTargets\x12).storage.volume.v1.RegisterTargetsRequest\x1a*.storage.volume.v1.RegisterTargetsResponse\x12h\n" +
 	"\x0fActivateTargets\x12).storage.volume.v1.ActivateTargetsRequest\x1a*.storage.volume.v1.ActivateTargetsResponse\x12n\n" +
-	"\x11UnregisterTargets\x12+.storage.volume.v1.UnregisterTargetsRequest\x1a,.storage.volume.v1.UnregisterTargetsResponse\x12V\n" +
+	"\x11UnregisterTargets\x12+.storage.volume.v1.UnregisterTargetsRequest\x1a,.storage.volume.v1.UnregisterTargetsResponse\x12b\n" +
+	"\rRetireTargets\x12'.storage.volume.v1.RetireTargetsRequest\x1a(.storage.volume.v1.RetireTargetsResponse\x12V\n" +
 	"\tGetTarget\x12#.storage.volume.v1.GetTargetRequest\x1a$.storage.volume.v1.GetTargetResponse\x12\\\n" +
 	"\vListTargets\x12%.storage.volume.v1.ListTargetsRequest\x1a&.storage.volume.v1.ListTargetsResponse\x12e\n" +
 	"\x0eResolveAddress\x12(.storage.volume.v1.ResolveAddressRequest\x1a).storage.volume.v1.ResolveAddressResponse\x12h\n" +
@@ -2724,138 +2959,148 @@ func file_storage_volume_v1_volume_proto_rawDescGZIP() []byte {
 	return file_storage_volume_v1_volume_proto_rawDescData
 }
 
-var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_storage_volume_v1_volume_proto_goTypes = []any{
-	(VolumeView)(0),                                // 0: storage.volume.v1.VolumeView
-	(CheckoutReason)(0),                            // 1: storage.volume.v1.CheckoutReason
-	(HardDeleteOutcome)(0),                         // 2: storage.volume.v1.HardDeleteOutcome
-	(*Volume)(nil),                                 // 3: storage.volume.v1.Volume
-	(*CreateVolumeRequest)(nil),                    // 4: storage.volume.v1.CreateVolumeRequest
-	(*SnapshotOf)(nil),                             // 5: storage.volume.v1.SnapshotOf
-	(*CreateVolumeResponse)(nil),                   // 6: storage.volume.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),                       // 7: storage.volume.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),                      // 8: storage.volume.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),                     // 9: storage.volume.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),                    // 10: storage.volume.v1.ListVolumesResponse
-	(*CheckoutVolumeRequest)(nil),                  // 11: storage.volume.v1.CheckoutVolumeRequest
-	(*CheckoutVolumeResponse)(nil),                 // 12: storage.volume.v1.CheckoutVolumeResponse
-	(*SoftDeleteVolumeRequest)(nil),                // 13: storage.volume.v1.SoftDeleteVolumeRequest
-	(*SoftDeleteVolumeResponse)(nil),               // 14: storage.volume.v1.SoftDeleteVolumeResponse
-	(*HardDeleteVolumeRequest)(nil),                // 15: storage.volume.v1.HardDeleteVolumeRequest
-	(*HardDeleteVolumeResponse)(nil),               // 16: storage.volume.v1.HardDeleteVolumeResponse
-	(*FindDeletedVolumeRegionsRequest)(nil),        // 17: storage.volume.v1.FindDeletedVolumeRegionsRequest
-	(*FindDeletedVolumeRegionsResponse)(nil),       // 18: storage.volume.v1.FindDeletedVolumeRegionsResponse
-	(*ReplaceReadOnlyTargetRequest)(nil),           // 19: storage.volume.v1.ReplaceReadOnlyTargetRequest
-	(*ReplaceReadOnlyTargetResponse)(nil),          // 20: storage.volume.v1.ReplaceReadOnlyTargetResponse
-	(*ReplaceRegionRequest)(nil),                   // 21: storage.volume.v1.ReplaceRegionRequest
-	(*ReplaceRegionResponse)(nil),                  // 22: storage.volume.v1.ReplaceRegionResponse
-	(*FindVolumesReferencingTargetRequest)(nil),    // 23: storage.volume.v1.FindVolumesReferencingTargetRequest
-	(*VolumeRef)(nil),                              // 24: storage.volume.v1.VolumeRef
-	(*FindVolumesReferencingTargetResponse)(nil),   // 25: storage.volume.v1.FindVolumesReferencingTargetResponse
-	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 26: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 27: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	(*RemoveReadOnlyParentRequest)(nil),            // 28: storage.volume.v1.RemoveReadOnlyParentRequest
-	(*RemoveReadOnlyParentResponse)(nil),           // 29: storage.volume.v1.RemoveReadOnlyParentResponse
-	(*TargetRegistration)(nil),                     // 30: storage.volume.v1.TargetRegistration
-	(*RegisterTargetsRequest)(nil),                 // 31: storage.volume.v1.RegisterTargetsRequest
-	(*RegisterTargetsResponse)(nil),                // 32: storage.volume.v1.RegisterTargetsResponse
-	(*TargetActivation)(nil),                       // 33: storage.volume.v1.TargetActivation
-	(*ActivateTargetsRequest)(nil),                 // 34: storage.volume.v1.ActivateTargetsRequest
-	(*ActivateTargetsResponse)(nil),                // 35: storage.volume.v1.ActivateTargetsResponse
-	(*UnregisterTargetsRequest)(nil),               // 36: storage.volume.v1.UnregisterTargetsRequest
-	(*UnregisterTargetsResponse)(nil),              // 37: storage.volume.v1.UnregisterTargetsResponse
-	(*GetTargetRequest)(nil),                       // 38: storage.volume.v1.GetTargetRequest
-	(*GetTargetResponse)(nil),                      // 39: storage.volume.v1.GetTargetResponse
-	(*ListTargetsRequest)(nil),                     // 40: storage.volume.v1.ListTargetsRequest
-	(*ListTargetsResponse)(nil),                    // 41: storage.volume.v1.ListTargetsResponse
-	(*ResolveAddressRequest)(nil),                  // 42: storage.volume.v1.ResolveAddressRequest
-	(*ResolveAddressResponse)(nil),                 // 43: storage.volume.v1.ResolveAddressResponse
-	(*CheckInvariantsRequest)(nil),                 // 44: storage.volume.v1.CheckInvariantsRequest
-	(*CheckInvariantsResponse)(nil),                // 45: storage.volume.v1.CheckInvariantsResponse
-	nil,                                            // 46: storage.volume.v1.SnapshotOf.TargetMapEntry
-	(*timestamppb.Timestamp)(nil),                  // 47: google.protobuf.Timestamp
-	(*v1.VolumeConstructionRequest)(nil),           // 48: storage.common.v1.VolumeConstructionRequest
-	(*v1.Target)(nil),                              // 49: storage.common.v1.Target
-	(*v1.RegionSnapshotRef)(nil),                   // 50: storage.common.v1.RegionSnapshotRef
-	(v1.VolumeReplaceResult)(0),                    // 51: storage.common.v1.VolumeReplaceResult
-	(v1.TargetKind)(0),                             // 52: storage.common.v1.TargetKind
-	(v1.TargetState)(0),                            // 53: storage.common.v1.TargetState
-	(*v1.Violation)(nil),                           // 54: storage.common.v1.Violation
+	(VolumePurpose)(0),                             // 0: storage.volume.v1.VolumePurpose
+	(VolumeView)(0),                                // 1: storage.volume.v1.VolumeView
+	(CheckoutReason)(0),                            // 2: storage.volume.v1.CheckoutReason
+	(HardDeleteOutcome)(0),                         // 3: storage.volume.v1.HardDeleteOutcome
+	(*Volume)(nil),                                 // 4: storage.volume.v1.Volume
+	(*CreateVolumeRequest)(nil),                    // 5: storage.volume.v1.CreateVolumeRequest
+	(*SnapshotOf)(nil),                             // 6: storage.volume.v1.SnapshotOf
+	(*CreateVolumeResponse)(nil),                   // 7: storage.volume.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),                       // 8: storage.volume.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),                      // 9: storage.volume.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),                     // 10: storage.volume.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),                    // 11: storage.volume.v1.ListVolumesResponse
+	(*CheckoutVolumeRequest)(nil),                  // 12: storage.volume.v1.CheckoutVolumeRequest
+	(*CheckoutVolumeResponse)(nil),                 // 13: storage.volume.v1.CheckoutVolumeResponse
+	(*SoftDeleteVolumeRequest)(nil),                // 14: storage.volume.v1.SoftDeleteVolumeRequest
+	(*SoftDeleteVolumeResponse)(nil),               // 15: storage.volume.v1.SoftDeleteVolumeResponse
+	(*HardDeleteVolumeRequest)(nil),                // 16: storage.volume.v1.HardDeleteVolumeRequest
+	(*HardDeleteVolumeResponse)(nil),               // 17: storage.volume.v1.HardDeleteVolumeResponse
+	(*FindDeletedVolumeRegionsRequest)(nil),        // 18: storage.volume.v1.FindDeletedVolumeRegionsRequest
+	(*FindDeletedVolumeRegionsResponse)(nil),       // 19: storage.volume.v1.FindDeletedVolumeRegionsResponse
+	(*ReplaceReadOnlyTargetRequest)(nil),           // 20: storage.volume.v1.ReplaceReadOnlyTargetRequest
+	(*ReplaceReadOnlyTargetResponse)(nil),          // 21: storage.volume.v1.ReplaceReadOnlyTargetResponse
+	(*ReplaceRegionRequest)(nil),                   // 22: storage.volume.v1.ReplaceRegionRequest
+	(*ReplaceRegionResponse)(nil),                  // 23: storage.volume.v1.ReplaceRegionResponse
+	(*FindVolumesReferencingTargetRequest)(nil),    // 24: storage.volume.v1.FindVolumesReferencingTargetRequest
+	(*VolumeRef)(nil),                              // 25: storage.volume.v1.VolumeRef
+	(*FindVolumesReferencingTargetResponse)(nil),   // 26: storage.volume.v1.FindVolumesReferencingTargetResponse
+	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 27: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 28: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	(*RemoveReadOnlyParentRequest)(nil),            // 29: storage.volume.v1.RemoveReadOnlyParentRequest
+	(*RemoveReadOnlyParentResponse)(nil),           // 30: storage.volume.v1.RemoveReadOnlyParentResponse
+	(*TargetRegistration)(nil),                     // 31: storage.volume.v1.TargetRegistration
+	(*RegisterTargetsRequest)(nil),                 // 32: storage.volume.v1.RegisterTargetsRequest
+	(*RegisterTargetsResponse)(nil),                // 33: storage.volume.v1.RegisterTargetsResponse
+	(*TargetActivation)(nil),                       // 34: storage.volume.v1.TargetActivation
+	(*ActivateTargetsRequest)(nil),                 // 35: storage.volume.v1.ActivateTargetsRequest
+	(*ActivateTargetsResponse)(nil),                // 36: storage.volume.v1.ActivateTargetsResponse
+	(*UnregisterTargetsRequest)(nil),               // 37: storage.volume.v1.UnregisterTargetsRequest
+	(*UnregisterTargetsResponse)(nil),              // 38: storage.volume.v1.UnregisterTargetsResponse
+	(*RetireTargetsRequest)(nil),                   // 39: storage.volume.v1.RetireTargetsRequest
+	(*RetireTargetsResponse)(nil),                  // 40: storage.volume.v1.RetireTargetsResponse
+	(*GetTargetRequest)(nil),                       // 41: storage.volume.v1.GetTargetRequest
+	(*GetTargetResponse)(nil),                      // 42: storage.volume.v1.GetTargetResponse
+	(*ListTargetsRequest)(nil),                     // 43: storage.volume.v1.ListTargetsRequest
+	(*ListTargetsResponse)(nil),                    // 44: storage.volume.v1.ListTargetsResponse
+	(*ResolveAddressRequest)(nil),                  // 45: storage.volume.v1.ResolveAddressRequest
+	(*ResolveAddressResponse)(nil),                 // 46: storage.volume.v1.ResolveAddressResponse
+	(*CheckInvariantsRequest)(nil),                 // 47: storage.volume.v1.CheckInvariantsRequest
+	(*CheckInvariantsResponse)(nil),                // 48: storage.volume.v1.CheckInvariantsResponse
+	nil,                                            // 49: storage.volume.v1.SnapshotOf.TargetMapEntry
+	(*timestamppb.Timestamp)(nil),                  // 50: google.protobuf.Timestamp
+	(*v1.VolumeConstructionRequest)(nil),           // 51: storage.common.v1.VolumeConstructionRequest
+	(*v1.Target)(nil),                              // 52: storage.common.v1.Target
+	(*v1.RegionSnapshotRef)(nil),                   // 53: storage.common.v1.RegionSnapshotRef
+	(v1.VolumeReplaceResult)(0),                    // 54: storage.common.v1.VolumeReplaceResult
+	(v1.TargetKind)(0),                             // 55: storage.common.v1.TargetKind
+	(v1.TargetState)(0),                            // 56: storage.common.v1.TargetState
+	(*v1.Violation)(nil),                           // 57: storage.common.v1.Violation
 }
 var file_storage_volume_v1_volume_proto_depIdxs = []int32{
-	47, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
-	47, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
-	48, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	49, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
-	48, // 4: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	5,  // 5: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
-	46, // 6: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
-	3,  // 7: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
-	0,  // 8: storage.volume.v1.GetVolumeRequest.view:type_name -> storage.volume.v1.VolumeView
-	3,  // 9: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
-	3,  // 10: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
-	1,  // 11: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
-	48, // 12: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	50, // 13: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
-	2,  // 14: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
-	51, // 15: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	51, // 16: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	24, // 17: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
-	52, // 18: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
-	30, // 19: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
-	49, // 20: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
-	33, // 21: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
-	49, // 22: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
-	49, // 23: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
-	52, // 24: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
-	53, // 25: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
-	49, // 26: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
-	49, // 27: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
-	54, // 28: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
-	4,  // 29: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
-	7,  // 30: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
-	9,  // 31: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
-	11, // 32: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
-	13, // 33: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
-	15, // 34: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
-	17, // 35: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
-	19, // 36: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
-	21, // 37: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
-	23, // 38: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
-	26, // 39: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	28, // 40: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
-	31, // 41: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
-	34, // 42: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
-	36, // 43: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
-	38, // 44: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
-	40, // 45: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
-	42, // 46: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
-	44, // 47: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
-	6,  // 48: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
-	8,  // 49: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
-	10, // 50: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
-	12, // 51: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
-	14, // 52: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
-	16, // 53: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
-	18, // 54: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
-	20, // 55: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
-	22, // 56: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
-	25, // 57: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
-	27, // 58: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	29, // 59: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
-	32, // 60: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
-	35, // 61: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
-	37, // 62: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
-	39, // 63: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
-	41, // 64: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
-	43, // 65: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
-	45, // 66: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
-	48, // [48:67] is the sub-list for method output_type
-	29, // [29:48] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	50, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
+	50, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
+	51, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	52, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
+	0,  // 4: storage.volume.v1.Volume.purpose:type_name -> storage.volume.v1.VolumePurpose
+	51, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	6,  // 6: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
+	0,  // 7: storage.volume.v1.CreateVolumeRequest.purpose:type_name -> storage.volume.v1.VolumePurpose
+	49, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
+	4,  // 9: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
+	1,  // 10: storage.volume.v1.GetVolumeRequest.view:type_name -> storage.volume.v1.VolumeView
+	4,  // 11: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
+	4,  // 12: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
+	2,  // 13: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
+	51, // 14: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	0,  // 15: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
+	53, // 16: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
+	3,  // 17: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
+	54, // 18: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	54, // 19: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	0,  // 20: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
+	25, // 21: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
+	0,  // 22: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
+	55, // 23: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
+	31, // 24: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
+	52, // 25: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
+	34, // 26: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
+	52, // 27: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
+	52, // 28: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
+	55, // 29: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
+	56, // 30: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
+	52, // 31: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
+	52, // 32: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
+	57, // 33: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
+	5,  // 34: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
+	8,  // 35: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
+	10, // 36: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
+	12, // 37: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
+	14, // 38: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
+	16, // 39: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
+	18, // 40: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
+	20, // 41: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
+	22, // 42: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
+	24, // 43: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
+	27, // 44: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	29, // 45: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
+	32, // 46: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
+	35, // 47: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
+	37, // 48: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
+	39, // 49: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
+	41, // 50: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
+	43, // 51: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
+	45, // 52: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
+	47, // 53: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
+	7,  // 54: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
+	9,  // 55: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
+	11, // 56: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
+	13, // 57: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
+	15, // 58: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
+	17, // 59: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
+	19, // 60: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
+	21, // 61: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
+	23, // 62: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
+	26, // 63: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
+	28, // 64: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	30, // 65: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
+	33, // 66: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
+	36, // 67: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
+	38, // 68: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
+	40, // 69: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
+	42, // 70: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
+	44, // 71: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
+	46, // 72: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
+	48, // 73: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
+	54, // [54:74] is the sub-list for method output_type
+	34, // [34:54] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_storage_volume_v1_volume_proto_init() }
@@ -2868,8 +3113,8 @@ func file_storage_volume_v1_volume_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_volume_v1_volume_proto_rawDesc), len(file_storage_volume_v1_volume_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   44,
+			NumEnums:      4,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,7 @@ const (
 	VolumeService_RegisterTargets_FullMethodName                = "/storage.volume.v1.VolumeService/RegisterTargets"
 	VolumeService_ActivateTargets_FullMethodName                = "/storage.volume.v1.VolumeService/ActivateTargets"
 	VolumeService_UnregisterTargets_FullMethodName              = "/storage.volume.v1.VolumeService/UnregisterTargets"
+	VolumeService_RetireTargets_FullMethodName                  = "/storage.volume.v1.VolumeService/RetireTargets"
 	VolumeService_GetTarget_FullMethodName                      = "/storage.volume.v1.VolumeService/GetTarget"
 	VolumeService_ListTargets_FullMethodName                    = "/storage.volume.v1.VolumeService/ListTargets"
 	VolumeService_ResolveAddress_FullMethodName                 = "/storage.volume.v1.VolumeService/ResolveAddress"
@@ -105,7 +106,10 @@ type VolumeServiceClient interface {
 	RegisterTargets(ctx context.Context, in *RegisterTargetsRequest, opts ...grpc.CallOption) (*RegisterTargetsResponse, error)
 	// Records the dataset and address of created targets and makes them
 	// ACTIVE. Idempotent; an ACTIVE target with a different address is
-	// FAILED_PRECONDITION.
+	// FAILED_PRECONDITION, as is an address another live target serves —
+	// unless that target is a rw region its owner's delete freed (owner
+	// deleted, no region snapshot): the agent reusing its port proves it
+	// destroyed, and it is unregistered in the same transaction.
 	ActivateTargets(ctx context.Context, in *ActivateTargetsRequest, opts ...grpc.CallOption) (*ActivateTargetsResponse, error)
 	// Removes targets after the allocator destroyed them. A read-only target is
 	// removable when DELETING, or when it was never referenced (PENDING or
@@ -114,6 +118,19 @@ type VolumeServiceClient interface {
 	// Anything else is FAILED_PRECONDITION. Unknown ids are ignored
 	// (idempotent).
 	UnregisterTargets(ctx context.Context, in *UnregisterTargetsRequest, opts ...grpc.CallOption) (*UnregisterTargetsResponse, error)
+	// Proves that nothing references read-only targets before an unwinding
+	// saga destroys them. Each target no live volume references is moved to
+	// DELETING (irreversible: no volume can name it again) and listed in
+	// `retired`, as is one already DELETING, and a PENDING one as it stands (no
+	// volume can name a PENDING target). A target some live volume references
+	// is listed in `kept` and left alone: it escaped into that volume while the
+	// saga ran and belongs to that volume's lifecycle now (deleting the volume
+	// frees it). Unknown ids are listed in `absent` (destroyed and
+	// unregistered already, or never registered). The caller destroys what is
+	// retired or absent, then unregisters it. A rw region is
+	// INVALID_ARGUMENT: its only referrer is its owner volume (see
+	// UnregisterTargets). Idempotent.
+	RetireTargets(ctx context.Context, in *RetireTargetsRequest, opts ...grpc.CallOption) (*RetireTargetsResponse, error)
 	// One target with its reference count. NOT_FOUND if unregistered.
 	GetTarget(ctx context.Context, in *GetTargetRequest, opts ...grpc.CallOption) (*GetTargetResponse, error)
 	// Lists registered targets, paginated, optionally filtered.
@@ -284,6 +301,16 @@ func (c *volumeServiceClient) UnregisterTargets(ctx context.Context, in *Unregis
 	return out, nil
 }
 
+func (c *volumeServiceClient) RetireTargets(ctx context.Context, in *RetireTargetsRequest, opts ...grpc.CallOption) (*RetireTargetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireTargetsResponse)
+	err := c.cc.Invoke(ctx, VolumeService_RetireTargets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *volumeServiceClient) GetTarget(ctx context.Context, in *GetTargetRequest, opts ...grpc.CallOption) (*GetTargetResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetTargetResponse)
@@ -381,7 +408,10 @@ type VolumeServiceServer interface {
 	RegisterTargets(context.Context, *RegisterTargetsRequest) (*RegisterTargetsResponse, error)
 	// Records the dataset and address of created targets and makes them
 	// ACTIVE. Idempotent; an ACTIVE target with a different address is
-	// FAILED_PRECONDITION.
+	// FAILED_PRECONDITION, as is an address another live target serves —
+	// unless that target is a rw region its owner's delete freed (owner
+	// deleted, no region snapshot): the agent reusing its port proves it
+	// destroyed, and it is unregistered in the same transaction.
 	ActivateTargets(context.Context, *ActivateTargetsRequest) (*ActivateTargetsResponse, error)
 	// Removes targets after the allocator destroyed them. A read-only target is
 	// removable when DELETING, or when it was never referenced (PENDING or
@@ -390,6 +420,19 @@ type VolumeServiceServer interface {
 	// Anything else is FAILED_PRECONDITION. Unknown ids are ignored
 	// (idempotent).
 	UnregisterTargets(context.Context, *UnregisterTargetsRequest) (*UnregisterTargetsResponse, error)
+	// Proves that nothing references read-only targets before an unwinding
+	// saga destroys them. Each target no live volume references is moved to
+	// DELETING (irreversible: no volume can name it again) and listed in
+	// `retired`, as is one already DELETING, and a PENDING one as it stands (no
+	// volume can name a PENDING target). A target some live volume references
+	// is listed in `kept` and left alone: it escaped into that volume while the
+	// saga ran and belongs to that volume's lifecycle now (deleting the volume
+	// frees it). Unknown ids are listed in `absent` (destroyed and
+	// unregistered already, or never registered). The caller destroys what is
+	// retired or absent, then unregisters it. A rw region is
+	// INVALID_ARGUMENT: its only referrer is its owner volume (see
+	// UnregisterTargets). Idempotent.
+	RetireTargets(context.Context, *RetireTargetsRequest) (*RetireTargetsResponse, error)
 	// One target with its reference count. NOT_FOUND if unregistered.
 	GetTarget(context.Context, *GetTargetRequest) (*GetTargetResponse, error)
 	// Lists registered targets, paginated, optionally filtered.
@@ -454,6 +497,9 @@ func (UnimplementedVolumeServiceServer) ActivateTargets(context.Context, *Activa
 }
 func (UnimplementedVolumeServiceServer) UnregisterTargets(context.Context, *UnregisterTargetsRequest) (*UnregisterTargetsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UnregisterTargets not implemented")
+}
+func (UnimplementedVolumeServiceServer) RetireTargets(context.Context, *RetireTargetsRequest) (*RetireTargetsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireTargets not implemented")
 }
 func (UnimplementedVolumeServiceServer) GetTarget(context.Context, *GetTargetRequest) (*GetTargetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetTarget not implemented")
@@ -758,6 +804,24 @@ func _VolumeService_UnregisterTargets_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_RetireTargets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireTargetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).RetireTargets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_RetireTargets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).RetireTargets(ctx, req.(*RetireTargetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VolumeService_GetTarget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetTargetRequest)
 	if err := dec(in); err != nil {
@@ -896,6 +960,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnregisterTargets",
 			Handler:    _VolumeService_UnregisterTargets_Handler,
+		},
+		{
+			MethodName: "RetireTargets",
+			Handler:    _VolumeService_RetireTargets_Handler,
 		},
 		{
 			MethodName: "GetTarget",

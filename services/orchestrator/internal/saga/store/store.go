@@ -88,6 +88,10 @@ type Saga struct {
 	TraceParent     *string
 	// Stuck is derived: the log holds an undo_failed event.
 	Stuck bool
+	// EndSucceeded is derived: the saga is done and its end node (the
+	// DAG's last) has a succeeded event, which is what makes a finished
+	// saga a success rather than an unwound failure.
+	EndSucceeded bool
 	// LastEventTime is derived (zero without events).
 	LastEventTime time.Time
 }
@@ -148,7 +152,11 @@ var ErrDuplicate = errors.New("saga id already in use")
 // CreateSaga writes the saga row (in state, normally running; owned by sec
 // at generation 1) together with its first events, atomically. Re-running it
 // after an ambiguous failure is harmless: a row this SEC already wrote with
-// the same DAG counts as created; any other row with the id is ErrDuplicate.
+// the same DAG, still in the state it was created in, counts as created; any
+// other row with the id is ErrDuplicate — a saga that has since finished,
+// been abandoned or started unwinding included, since the caller would
+// otherwise drive it again from its first node (re-running, say, a lock
+// whose release is long done).
 func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec, state string, dag []byte, subjectID, traceParent *string, events []Event) error {
 	ids, types, data := eventArrays(events)
 	tag, err := s.pool.Exec(ctx, createSQL, pgUUID(id), name, sec, dag, subjectID, traceParent, ids, types, data, state)
@@ -159,7 +167,8 @@ func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec, state s
 		return nil
 	}
 	var same bool
-	err = s.pool.QueryRow(ctx, `SELECT creator = $2 AND dag = $3::jsonb FROM saga WHERE id = $1`, pgUUID(id), sec, dag).Scan(&same)
+	err = s.pool.QueryRow(ctx, `SELECT creator = $2 AND dag = $3::jsonb AND saga_state = $4 FROM saga WHERE id = $1`,
+		pgUUID(id), sec, dag, state).Scan(&same)
 	if err != nil {
 		return err
 	}
@@ -301,13 +310,19 @@ const sagaColumns = `s.id, s.name, s.creator, s.time_created, s.dag, s.saga_stat
 	s.adopt_generation, s.adopt_time, s.abandon_time, s.abandon_reason, s.abandon_comment,
 	s.subject_id, s.traceparent,
 	EXISTS (SELECT 1 FROM saga_node_event u WHERE u.saga_id = s.id AND u.event_type = 'undo_failed'),
+	-- One index probe per saga (the event table's primary key), so a list
+	-- of thousands costs no query per saga. The CASE keeps a malformed DAG
+	-- from failing the whole list.
+	s.saga_state = 'done' AND EXISTS (SELECT 1 FROM saga_node_event o WHERE o.saga_id = s.id
+		AND o.node_id = CASE WHEN jsonb_typeof(s.dag->'nodes') = 'array' THEN jsonb_array_length(s.dag->'nodes') - 1 END
+		AND o.event_type = 'succeeded'),
 	COALESCE((SELECT max(event_time) FROM saga_node_event l WHERE l.saga_id = s.id), 'epoch'::timestamptz)`
 
 func scanSaga(row pgx.Row) (Saga, error) {
 	var r Saga
 	err := row.Scan(&r.ID, &r.Name, &r.Creator, &r.TimeCreated, &r.DAG, &r.State, &r.CurrentSEC,
 		&r.AdoptGeneration, &r.AdoptTime, &r.AbandonTime, &r.AbandonReason, &r.AbandonComment,
-		&r.SubjectID, &r.TraceParent, &r.Stuck, &r.LastEventTime)
+		&r.SubjectID, &r.TraceParent, &r.Stuck, &r.EndSucceeded, &r.LastEventTime)
 	return r, err
 }
 
@@ -318,6 +333,13 @@ func (s *Store) Get(ctx context.Context, id uuid.UUID) (Saga, error) {
 		return Saga{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	return r, err
+}
+
+// Exists reports whether a saga has the id (in any state).
+func (s *Store) Exists(ctx context.Context, id uuid.UUID) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM saga WHERE id = $1)`, pgUUID(id)).Scan(&ok)
+	return ok, err
 }
 
 // Filter narrows List.
