@@ -31,7 +31,7 @@ var keyLines = []string{
 	"victim ",
 	"expunged; read-only and rw replacement detectors activated",
 	"every request is terminal",
-	"CheckInvariants: clean   ValidateSystem: clean   data-loss probes: 0",
+	"CheckInvariants: clean   ValidateSystem: clean   data-loss probes: 0   content mismatches: 0",
 	"Explore what happened:",
 	"replacements list",
 	"sagas list",

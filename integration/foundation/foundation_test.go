@@ -40,7 +40,7 @@ func TestEveryServiceServesHealthAndReflection(t *testing.T) {
 	st := harness.Start(t, stack.Config{})
 	want := map[string][]string{
 		stack.Volume:       {"storage.volume.v1.VolumeService"},
-		stack.Allocator:    {"storage.allocator.v1.RegionAllocatorService", "storage.allocator.v1.AgentFaultService"},
+		stack.Allocator:    {"storage.allocator.v1.RegionAllocatorService", "storage.allocator.v1.AgentFaultService", "storage.allocator.v1.AgentDataService"},
 		stack.Notifier:     {"storage.notifier.v1.UpstairsNotifierService"},
 		stack.Orchestrator: {"storage.orchestrator.v1.LifecycleService", "storage.orchestrator.v1.ReplacementService", "storage.orchestrator.v1.AdminService"},
 		"sim-upstairs-0":   {"storage.upstairs.v1.UpstairsService", "storage.upstairs.v1.UpstairsFaultService"},

@@ -317,6 +317,10 @@ func (r *Rack) Validate(t *testing.T) {
 	}
 }
 
+// NoDataLoss expects both oracles of every sim-upstairs clean: no probe
+// found a target of a running volume destroyed (liveness), and no running
+// volume read other content than its positions held, had copies that
+// disagree or a position it could no longer read (content).
 func (r *Rack) NoDataLoss(t *testing.T) {
 	t.Helper()
 	for i, s := range r.Sims {
@@ -327,7 +331,32 @@ func (r *Rack) NoDataLoss(t *testing.T) {
 		if resp.TotalDataLossEvents != 0 {
 			t.Errorf("sim-upstairs-%d saw %d data-loss probes", i, resp.TotalDataLossEvents)
 		}
+		if resp.TotalContentMismatchEvents != 0 {
+			t.Errorf("sim-upstairs-%d saw %d content mismatches", i, resp.TotalContentMismatchEvents)
+			for _, v := range resp.Volumes {
+				for _, m := range v.ContentMismatches {
+					t.Logf("volume %s: %v at %s on %v: expected %q, read %q", v.VolumeId, m.Kind, m.Position, m.Addresses, m.Expected, m.Observed)
+				}
+			}
+		}
 	}
+}
+
+// ContentMismatches returns the content-mismatch total of every sim-upstairs
+// and the violations of the volumes each still runs.
+func (r *Rack) ContentMismatches(t *testing.T) (total int64, found []*upstairsv1.ContentMismatch) {
+	t.Helper()
+	for _, s := range r.Sims {
+		resp, err := s.ListVolumes(context.Background(), &upstairsv1.ListVolumesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += resp.TotalContentMismatchEvents
+		for _, v := range resp.Volumes {
+			found = append(found, v.ContentMismatches...)
+		}
+	}
+	return total, found
 }
 
 // UpstairsCurrent checks, at rest, that every attachment the notifier has

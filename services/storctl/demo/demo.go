@@ -602,7 +602,8 @@ func (d *run) summary() {
 
 // checks ends the demo the way every end-to-end test ends: the
 // volume-service's invariants, the cross-service validation once the
-// sagas settle, and no data-loss probe on any sim-upstairs.
+// sagas settle, and neither a data-loss probe nor a content mismatch on any
+// sim-upstairs.
 func (d *run) checks(ctx context.Context) error {
 	// Garbage collection may still be finishing behind the last request.
 	idleCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -618,7 +619,7 @@ func (d *run) checks(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("validate system: %w", err)
 	}
-	var lossEvents int64
+	var lossEvents, mismatchEvents int64
 	for _, ep := range d.o.SimUpstairs {
 		conn, err := d.sim(ep)
 		if err != nil {
@@ -629,9 +630,10 @@ func (d *run) checks(ctx context.Context) error {
 			return fmt.Errorf("list volumes on upstairs %s: %w", ep, err)
 		}
 		lossEvents += resp.GetTotalDataLossEvents()
+		mismatchEvents += resp.GetTotalContentMismatchEvents()
 	}
-	d.printf("\n  %-10s CheckInvariants: %s   ValidateSystem: %s   data-loss probes: %d\n", "checks",
-		clean(len(inv.GetViolations())), clean(len(val.GetViolations())), lossEvents)
+	d.printf("\n  %-10s CheckInvariants: %s   ValidateSystem: %s   data-loss probes: %d   content mismatches: %d\n", "checks",
+		clean(len(inv.GetViolations())), clean(len(val.GetViolations())), lossEvents, mismatchEvents)
 	var problems []string
 	for _, v := range inv.GetViolations() {
 		problems = append(problems, fmt.Sprintf("invariant %s on %s: %s", v.GetCode(), v.GetSubject(), v.GetDetail()))
@@ -644,6 +646,9 @@ func (d *run) checks(ctx context.Context) error {
 	}
 	if lossEvents > 0 {
 		problems = append(problems, fmt.Sprintf("%d data-loss probes on sim-upstairs", lossEvents))
+	}
+	if mismatchEvents > 0 {
+		problems = append(problems, fmt.Sprintf("%d content mismatches on sim-upstairs", mismatchEvents))
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("consistency checks: %s", strings.Join(problems, "; "))

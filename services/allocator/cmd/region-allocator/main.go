@@ -22,6 +22,7 @@ func main() {
 			allocatorv1.RegisterRegionAllocatorServiceServer(env.Server, s)
 			if env.Dev {
 				allocatorv1.RegisterAgentFaultServiceServer(env.Server, s.Faults())
+				allocatorv1.RegisterAgentDataServiceServer(env.Server, s.Data())
 			}
 			return nil
 		},

@@ -115,24 +115,32 @@ func (s *Sim) EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, c
 			port = r.Port
 			return nil
 		}
+		// A new region is blank; a clone holds its source's bytes, copied
+		// in this transaction so that no write to the source can slip in
+		// between.
+		content := Blank
 		if cloneSource != "" {
 			src, err := netip.ParseAddrPort(cloneSource)
 			if err != nil {
 				return fmt.Errorf("clone source %q: %w", cloneSource, ErrCloneSource)
 			}
-			res, err := probe(ctx, tx, src)
+			res, srcContent, err := probe(ctx, tx, src)
 			if err != nil {
 				return err
 			}
 			if res != Served {
 				return fmt.Errorf("clone source %s: %w", cloneSource, ErrCloneSource)
 			}
+			content = srcContent
 		}
 		port, err = store.FreePort(ctx, tx, datasetID)
 		if err != nil {
 			return err
 		}
-		return store.CreateAgentRegion(ctx, tx, datasetID, regionID, port, cloneSource)
+		if err := store.CreateAgentRegion(ctx, tx, datasetID, regionID, port, cloneSource); err != nil {
+			return err
+		}
+		return store.SetAgentRegionContent(ctx, tx, datasetID, regionID, content)
 	})
 	return uint16(port), err
 }
@@ -182,7 +190,10 @@ func (s *Sim) CreateSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 			}
 			return nil
 		}
-		return store.CreateAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
+		if err := store.CreateAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID); err != nil {
+			return err
+		}
+		return store.SnapshotAgentRegionContent(ctx, tx, datasetID, regionID, snapshotID)
 	})
 }
 
@@ -240,28 +251,35 @@ func (s *Sim) DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 	})
 }
 
-// Probe says whether a live region or running snapshot serves addr.
-func (s *Sim) Probe(ctx context.Context, addr netip.AddrPort) (ProbeResult, error) {
+// Probe says whether a live region or running snapshot serves addr and,
+// when one does, the content identity it serves.
+func (s *Sim) Probe(ctx context.Context, addr netip.AddrPort) (ProbeResult, string, error) {
 	return probe(ctx, s.pool, addr)
 }
 
-func probe(ctx context.Context, q db.Querier, addr netip.AddrPort) (ProbeResult, error) {
+func probe(ctx context.Context, q db.Querier, addr netip.AddrPort) (ProbeResult, string, error) {
+	res, obj, err := resolve(ctx, q, addr)
+	return res, obj.Content, err
+}
+
+// resolve says what serves addr: the object when it is Served.
+func resolve(ctx context.Context, q db.Querier, addr netip.AddrPort) (ProbeResult, store.ServedObject, error) {
 	datasetID, inService, found, err := store.DatasetByIP(ctx, q, addr.Addr())
 	if err != nil {
-		return 0, err
+		return 0, store.ServedObject{}, err
 	}
 	if !found {
-		return Destroyed, nil
+		return Destroyed, store.ServedObject{}, nil
 	}
 	if !inService {
-		return Unreachable, nil
+		return Unreachable, store.ServedObject{}, nil
 	}
-	used, err := store.PortInUse(ctx, q, datasetID, int32(addr.Port()))
+	obj, used, err := store.ServedAt(ctx, q, datasetID, int32(addr.Port()))
 	if err != nil {
-		return 0, err
+		return 0, store.ServedObject{}, err
 	}
 	if used {
-		return Served, nil
+		return Served, obj, nil
 	}
-	return Destroyed, nil
+	return Destroyed, store.ServedObject{}, nil
 }

@@ -281,7 +281,7 @@ func (s *Server) ListCloneSources(ctx context.Context, req *allocatorv1.ListClon
 }
 
 // ProbeTargets says, for each address, whether a live region or running
-// snapshot serves it now.
+// snapshot serves it now, and what content it serves.
 func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargetsRequest) (*allocatorv1.ProbeTargetsResponse, error) {
 	addrs := make([]netip.AddrPort, 0, len(req.GetAddresses()))
 	for i, v := range req.GetAddresses() {
@@ -293,7 +293,7 @@ func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargets
 	}
 	resp := &allocatorv1.ProbeTargetsResponse{}
 	for i, ap := range addrs {
-		res, err := s.agent.Probe(ctx, ap)
+		res, content, err := s.agent.Probe(ctx, ap)
 		if err != nil {
 			return nil, s.toStatus(ctx, err)
 		}
@@ -301,6 +301,7 @@ func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargets
 		switch res {
 		case agent.Served:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_SERVED
+			p.Content = content
 			s.metrics.probed(ctx, "served")
 		case agent.Unreachable:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_UNREACHABLE

@@ -425,7 +425,22 @@ func TestFenceRefusesStaleEpoch(t *testing.T) {
 			t.Fatalf("stale ensure created region %s", r.GetRegionId())
 		}
 	}
-	ok(s.EnsureRegions(fence.NewContext(ctx, 5), ensureReq(alloc.GetRegions())))(t)
+	ens := ok(s.EnsureRegions(fence.NewContext(ctx, 5), ensureReq(alloc.GetRegions())))(t)
+	// The data path's writes and repairs are agent calls: fenced too.
+	var addrs []string
+	for _, r := range ens.GetRegions() {
+		addrs = append(addrs, r.GetAddress())
+	}
+	_, err = s.Data().WriteRegions(stale, &allocatorv1.WriteRegionsRequest{Addresses: addrs, WriteId: uuid.NewString()})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = s.Data().RepairRegionSet(stale, &allocatorv1.RepairRegionSetRequest{Addresses: addrs})
+	wantCode(t, err, codes.FailedPrecondition)
+	resp := ok(s.ProbeTargets(ctx, &allocatorv1.ProbeTargetsRequest{Addresses: addrs}))(t)
+	for _, p := range resp.GetProbes() {
+		if p.GetContent() != agent.Blank {
+			t.Fatalf("a stale write reached %s: %s", p.GetAddress(), p.GetContent())
+		}
+	}
 }
 
 // Concurrent ensures of the same regions (a saga node re-run racing the

@@ -27,7 +27,7 @@ type Agent interface {
 	RunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) (uint16, error)
 	DeleteRunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
 	DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
-	Probe(ctx context.Context, addr netip.AddrPort) (agent.ProbeResult, error)
+	Probe(ctx context.Context, addr netip.AddrPort) (agent.ProbeResult, string, error)
 }
 
 // Server is the RegionAllocatorService.
@@ -37,6 +37,7 @@ type Server struct {
 	logger  *slog.Logger
 	agent   Agent
 	faults  *FaultServer
+	data    *DataServer
 	metrics probeMetrics
 }
 
@@ -44,17 +45,24 @@ type Server struct {
 // faults this process's FaultServer controls.
 func New(pool *pgxpool.Pool, logger *slog.Logger) *Server {
 	faults := &agent.Faults{}
-	return &Server{
+	sim := agent.NewSim(pool, faults)
+	s := &Server{
 		pool:    pool,
 		logger:  logger,
-		agent:   agent.NewSim(pool, faults),
+		agent:   sim,
 		faults:  &FaultServer{faults: faults},
 		metrics: newProbeMetrics(),
 	}
+	s.data = &DataServer{s: s, sim: sim}
+	return s
 }
 
 // Faults is the development-only fault injection service.
 func (s *Server) Faults() *FaultServer { return s.faults }
+
+// Data is the development-only data-path service (writes and repairs
+// sim-upstairs records on the simulated agents).
+func (s *Server) Data() *DataServer { return s.data }
 
 // AgentFaults is this process's fault registry, for in-process tests.
 func (s *Server) AgentFaults() *agent.Faults { return s.faults.faults }
@@ -92,7 +100,11 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 		errors.Is(err, agent.ErrRunning),
 		errors.Is(err, agent.ErrNoRegion),
 		errors.Is(err, agent.ErrNoSnapshot),
-		errors.Is(err, agent.ErrCloneSource):
+		errors.Is(err, agent.ErrCloneSource),
+		errors.Is(err, agent.ErrReadOnly),
+		errors.Is(err, agent.ErrNoSource),
+		errors.Is(err, agent.ErrDisagree),
+		errors.Is(err, agent.ErrNotServed):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case db.IsRetryable(err):
 		// InTx gave up retrying serialization failures: contention, not a bug.

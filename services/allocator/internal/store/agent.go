@@ -165,13 +165,3 @@ func DestroyAgentSnapshot(ctx context.Context, q db.Querier, datasetID, regionID
 	}
 	return nil
 }
-
-// PortInUse reports whether something on the dataset's agent listens on port.
-func PortInUse(ctx context.Context, q db.Querier, datasetID uuid.UUID, port int32) (bool, error) {
-	var ok bool
-	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM agent_port WHERE dataset_id = $1 AND port = $2)`,
-		datasetID, port).Scan(&ok); err != nil {
-		return false, fmt.Errorf("probe port: %w", err)
-	}
-	return ok, nil
-}

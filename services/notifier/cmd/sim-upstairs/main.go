@@ -1,6 +1,8 @@
 // Command sim-upstairs stands in for a Propolis or Pantry Upstairs: it holds
 // activated volumes, answers ReplaceVolume as Crucible does, reports repairs
-// to the notifier, and probes its targets' data path through the allocator.
+// to the notifier, probes its targets' data path through the allocator and
+// checks what they serve (the data-loss and content oracles), and takes
+// test writes.
 package main
 
 import (
@@ -22,7 +24,7 @@ func main() {
 		EnvPrefix:   "STORAGECP_SIM_UPSTAIRS",
 		Flags: func(fs *flag.FlagSet) {
 			notifierAddr = fs.String("notifier-addr", "127.0.0.1:7103", "upstairs-notifier address (repair reports)")
-			allocatorAddr = fs.String("allocator-addr", "127.0.0.1:7102", "region-allocator address (data-path probes)")
+			allocatorAddr = fs.String("allocator-addr", "127.0.0.1:7102", "region-allocator address (data-path probes, writes and repairs; empty: no data path)")
 			repairDelay = fs.Duration("repair-delay", simupstairs.DefaultRepairDelay, "how long a simulated live repair or reconciliation takes")
 			probeInterval = fs.Duration("probe-interval", simupstairs.DefaultProbeInterval, "data-path probe period (0 disables probing)")
 		},

@@ -229,12 +229,10 @@ type sim struct {
 	faults upstairsv1.UpstairsFaultServiceClient
 }
 
-// startSim starts a sim-upstairs (with --dev) reporting to notifierAddr.
+// startSim starts a sim-upstairs (with --dev) reporting to notifierAddr;
+// with allocatorAddr empty it has no data path (no probes, no writes).
 func startSim(t testing.TB, notifierAddr, allocatorAddr string, extra ...string) *sim {
 	t.Helper()
-	if allocatorAddr == "" {
-		allocatorAddr = freeAddr(t) // nothing listens: probes fail quietly
-	}
 	args := append([]string{"--dev", "--notifier-addr", notifierAddr, "--allocator-addr", allocatorAddr, "--repair-delay", "200ms", "--probe-interval", "100ms"}, extra...)
 	p := startProcess(t, "sim-upstairs", freeAddr(t), args...)
 	conn := dial(t, p.addr)

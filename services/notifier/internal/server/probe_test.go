@@ -19,6 +19,12 @@ import (
 // database with three sleds of one disk each.
 func startAllocator(t testing.TB) (*process, allocatorv1.RegionAllocatorServiceClient) {
 	t.Helper()
+	return startAllocatorSleds(t, 3)
+}
+
+// startAllocatorSleds is startAllocator with n sleds.
+func startAllocatorSleds(t testing.TB, n int) (*process, allocatorv1.RegionAllocatorServiceClient) {
+	t.Helper()
 	cluster := pgtest.Cluster(t)
 	ctx := context.Background()
 	name := "al_" + strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
@@ -28,7 +34,7 @@ func startAllocator(t testing.TB) (*process, allocatorv1.RegionAllocatorServiceC
 	t.Cleanup(func() { _ = cluster.DropDatabase(context.Background(), name) })
 	p := startProcess(t, "region-allocator", freeAddr(t), "--dev", "--db", cluster.DSN(name))
 	c := allocatorv1.NewRegionAllocatorServiceClient(dial(t, p.addr))
-	for i := range 3 {
+	for i := range n {
 		sled, err := c.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: fmt.Sprint("sled-", i)})
 		if err != nil {
 			t.Fatalf("AddSled: %v", err)

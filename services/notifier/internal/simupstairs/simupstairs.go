@@ -3,8 +3,13 @@
 // One process holds, per activated volume, the VCR it runs. It answers
 // ReplaceVolume as Crucible does, reports reconciliation and live repairs to
 // the upstairs-notifier, and probes the data path of every active volume
-// through the allocator, counting any target found destroyed as a data-loss
-// event: the oracle integration tests check stays zero.
+// through the allocator. Two oracles integration tests check stay zero: the
+// liveness one counts any target found destroyed as a data-loss event; the
+// content one (content.go) counts any copy that reads other bytes than its
+// position held, copies that disagree, and positions no copy of which can
+// be read. Writes (the Write RPC) and the bytes repairs copy are recorded on
+// the simulated agents through the allocator's dev-only AgentDataService.
+// With no allocator address there is no data path: no probes, no writes.
 package simupstairs
 
 import (
@@ -14,6 +19,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,9 +68,11 @@ type prober interface {
 // Server is the UpstairsService of one sim-upstairs process.
 type Server struct {
 	upstairsv1.UnimplementedUpstairsServiceServer
-	logger        *slog.Logger
-	notifier      notifierClient
+	logger   *slog.Logger
+	notifier notifierClient
+	// allocator and data are nil without an allocator: no data path.
 	allocator     prober
+	data          dataPath
 	faults        *FaultServer
 	repairDelay   time.Duration
 	probeInterval time.Duration
@@ -80,6 +88,8 @@ type Server struct {
 	lastGen map[string]uint64
 	// totalDataLoss survives ForgetAll: data loss seen is never unseen.
 	totalDataLoss int64
+	// totalContentMismatch survives ForgetAll too.
+	totalContentMismatch int64
 }
 
 // activation is one volume as this Upstairs runs it. Background work holds
@@ -102,6 +112,22 @@ type activation struct {
 	dataLoss      int64
 	dataLossAddrs []string
 	replaceCalls  int64
+
+	// The content oracle (content.go). expected is what each position
+	// (region set path) is expected to hold; origin its copies at
+	// activation; contents what the last probe found served per address.
+	expected     map[string]string
+	origin       map[string][]string
+	contents     map[string]string
+	mismatches   int64
+	mismatchList []*upstairsv1.ContentMismatch
+	mismatchSeen map[string]bool
+	// dataOps counts this Upstairs' writes and repair copies in flight;
+	// dataSeq rises as each ends. A probe checks content only if neither
+	// moved while it was in flight.
+	dataOps int
+	dataSeq uint64
+
 	// gone: deactivated (repairs report an abort) or forgotten (silence).
 	gone      bool
 	forgotten bool
@@ -111,17 +137,16 @@ type activation struct {
 type replacement struct {
 	vcr      *commonv1.VolumeConstructionRequest
 	old, new string
-	done     bool
+	// path is the position (region set) whose target changed.
+	path string
+	done bool
 }
 
 // New returns a sim-upstairs reporting to the notifier and probing through
-// the allocator. Call Run to start the probe loop.
+// the allocator (none when allocatorAddr is empty: no data path). Call Run
+// to start the probe loop.
 func New(logger *slog.Logger, notifierAddr, allocatorAddr string, opts ...Option) (*Server, error) {
 	nc, err := grpcclient.Dial(notifierAddr)
-	if err != nil {
-		return nil, err
-	}
-	ac, err := grpcclient.Dial(allocatorAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -129,13 +154,21 @@ func New(logger *slog.Logger, notifierAddr, allocatorAddr string, opts ...Option
 	s := &Server{
 		logger:        logger,
 		notifier:      notifierv1.NewUpstairsNotifierServiceClient(nc),
-		allocator:     allocatorv1.NewRegionAllocatorServiceClient(ac),
 		repairDelay:   DefaultRepairDelay,
 		probeInterval: DefaultProbeInterval,
 		bg:            bg,
 		cancelBg:      cancel,
 		volumes:       map[string]*activation{},
 		lastGen:       map[string]uint64{},
+	}
+	if allocatorAddr != "" {
+		ac, err := grpcclient.Dial(allocatorAddr)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		s.allocator = allocatorv1.NewRegionAllocatorServiceClient(ac)
+		s.data = allocatorv1.NewAgentDataServiceClient(ac)
 	}
 	s.faults = &FaultServer{s: s}
 	for _, o := range opts {
@@ -151,7 +184,7 @@ func (s *Server) Faults() *FaultServer { return s.faults }
 // stops background repair reports.
 func (s *Server) Run(ctx context.Context) {
 	defer s.cancelBg()
-	if s.probeInterval <= 0 {
+	if s.probeInterval <= 0 || s.allocator == nil {
 		<-ctx.Done()
 		return
 	}
@@ -197,6 +230,14 @@ func (s *Server) Activate(ctx context.Context, req *upstairsv1.ActivateRequest) 
 		gen:        gen,
 		liveRepair: map[string]bool{},
 		faulted:    map[string]bool{},
+
+		expected:     map[string]string{},
+		origin:       map[string][]string{},
+		contents:     map[string]string{},
+		mismatchSeen: map[string]bool{},
+	}
+	for _, p := range vcrutil.RegionSets(a.cur) {
+		a.origin[p.Path] = p.Targets
 	}
 	if a.upstairsID == "" {
 		a.upstairsID = uuid.NewString()
@@ -212,6 +253,9 @@ func (s *Server) Activate(ctx context.Context, req *upstairsv1.ActivateRequest) 
 		a.reconciling = true
 		go s.reconcile(a, rw)
 	}
+	// Record what every position holds now, before anything can replace a
+	// copy.
+	s.kickProbe(a)
 	return &upstairsv1.ActivateResponse{Status: s.statusLocked(a)}, nil
 }
 
@@ -251,6 +295,11 @@ func (s *Server) ReplaceVolume(ctx context.Context, req *upstairsv1.ReplaceVolum
 	}
 	a.replaceCalls++
 	res, detail := s.replaceLocked(a, req.GetVcr())
+	if res == upstairsv1.ReplaceResult_REPLACE_RESULT_STARTED {
+		// Check the new target against what its position held at once,
+		// not only at the next probe.
+		s.kickProbe(a)
+	}
 	return &upstairsv1.ReplaceVolumeResponse{Result: res, Detail: detail}, nil
 }
 
@@ -289,11 +338,12 @@ func (s *Server) replaceLocked(a *activation, next *commonv1.VolumeConstructionR
 	if !slices.ContainsFunc(vcrutil.Targets(a.cur), func(t vcrutil.Target) bool { return t.Address == c.Old }) {
 		return upstairsv1.ReplaceResult_REPLACE_RESULT_MISSING, fmt.Sprintf("old target %s is not in the volume", c.Old)
 	}
-	r := &replacement{vcr: proto.Clone(next).(*commonv1.VolumeConstructionRequest), old: c.Old, new: c.New}
+	r := &replacement{vcr: proto.Clone(next).(*commonv1.VolumeConstructionRequest), old: c.Old, new: c.New, path: c.Path}
 	a.replacements = append(a.replacements, r)
 	a.cur = proto.Clone(next).(*commonv1.VolumeConstructionRequest)
 	a.gen = vcrutil.Generation(next)
 	delete(a.faulted, c.Old)
+	delete(a.contents, c.Old)
 	if c.ReadOnly {
 		// Read-only data is identical on both targets: the switch is
 		// immediate, no repair.
@@ -329,7 +379,7 @@ func (s *Server) ListVolumes(ctx context.Context, _ *upstairsv1.ListVolumesReque
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	resp := &upstairsv1.ListVolumesResponse{TotalDataLossEvents: s.totalDataLoss}
+	resp := &upstairsv1.ListVolumesResponse{TotalDataLossEvents: s.totalDataLoss, TotalContentMismatchEvents: s.totalContentMismatch}
 	for _, a := range s.volumes {
 		resp.Volumes = append(resp.Volumes, s.statusLocked(a))
 	}
@@ -347,6 +397,10 @@ func (s *Server) statusLocked(a *activation) *upstairsv1.VolumeStatus {
 		DataLossAddresses: slices.Clone(a.dataLossAddrs),
 		Repairing:         a.reconciling || len(a.liveRepair) > 0,
 		ReplaceCalls:      a.replaceCalls,
+
+		ContentMismatchEvents: a.mismatches,
+		ContentMismatches:     slices.Clone(a.mismatchList),
+		Positions:             positionsLocked(a),
 	}
 	for _, t := range vcrutil.Targets(a.cur) {
 		state := upstairsv1.DownstairsState_DOWNSTAIRS_STATE_ACTIVE
@@ -356,7 +410,7 @@ func (s *Server) statusLocked(a *activation) *upstairsv1.VolumeStatus {
 		case a.liveRepair[t.Address] || (a.reconciling && !t.ReadOnly):
 			state = upstairsv1.DownstairsState_DOWNSTAIRS_STATE_REPAIRING
 		}
-		st.Downstairs = append(st.Downstairs, &upstairsv1.Downstairs{Address: t.Address, ReadOnly: t.ReadOnly, State: state})
+		st.Downstairs = append(st.Downstairs, &upstairsv1.Downstairs{Address: t.Address, ReadOnly: t.ReadOnly, State: state, Content: a.contents[t.Address]})
 	}
 	return st
 }
@@ -383,16 +437,45 @@ func rwTargets(v *commonv1.VolumeConstructionRequest) []string {
 }
 
 // reconcile reports a RECONCILIATION repair of the rw targets, takes the
-// repair delay, reports it finished and marks the volume seen active.
+// repair delay, records on the agents the content each rw region set
+// settles on (the repair's copies), reports it finished and marks the
+// volume seen active.
 func (s *Server) reconcile(a *activation, targets []string) {
 	repairID := uuid.NewString()
 	s.reportRepair(a, repairID, notifierv1.RepairType_REPAIR_TYPE_RECONCILIATION, targets, false, false)
 	ended := s.sleep(s.repairDelay)
 	s.mu.Lock()
+	copying := s.volumes[a.volumeID] == a && !ended
+	var sets []vcrutil.RegionSet
+	if copying {
+		for _, p := range vcrutil.RegionSets(a.cur) {
+			if !p.ReadOnly && !strings.Contains(p.Path, ".read_only_parent") {
+				sets = append(sets, p)
+			}
+		}
+		a.dataOps++
+	}
+	s.mu.Unlock()
+	settled := map[string]string{}
+	for _, p := range sets {
+		if c := s.recordRepair(a, p.Path, p.Targets, nil); c != "" {
+			settled[p.Path] = c
+		}
+	}
+	s.mu.Lock()
+	if copying {
+		a.dataOps--
+		a.dataSeq++
+	}
 	current, forgotten := s.volumes[a.volumeID] == a, a.forgotten
 	if current && !ended {
 		a.reconciling = false
 		a.seenActive = true
+		// What a rw position holds at activation is what reconciliation
+		// settled on; one not recorded is taken from the next probe.
+		for path, c := range settled {
+			a.expected[path] = c
+		}
 	}
 	s.mu.Unlock()
 	if forgotten || ended {
@@ -402,12 +485,33 @@ func (s *Server) reconcile(a *activation, targets []string) {
 	s.reportRepair(a, repairID, notifierv1.RepairType_REPAIR_TYPE_RECONCILIATION, targets, true, !current)
 }
 
-// liveRepair fills the new target of a rw replacement and reports it.
+// liveRepair fills the new target of a rw replacement (recording on the
+// agents that it now holds what the set's other copies hold) and reports
+// it.
 func (s *Server) liveRepair(a *activation, r *replacement) {
 	repairID := uuid.NewString()
 	s.reportRepair(a, repairID, notifierv1.RepairType_REPAIR_TYPE_LIVE, []string{r.new}, false, false)
 	ended := s.sleep(s.repairDelay)
 	s.mu.Lock()
+	copying := s.volumes[a.volumeID] == a && !ended
+	var set []string
+	if copying {
+		for _, p := range vcrutil.RegionSets(a.cur) {
+			if p.Path == r.path {
+				set = p.Targets
+			}
+		}
+		a.dataOps++
+	}
+	s.mu.Unlock()
+	if copying && slices.Contains(set, r.new) {
+		s.recordRepair(a, r.path, set, []string{r.new})
+	}
+	s.mu.Lock()
+	if copying {
+		a.dataOps--
+		a.dataSeq++
+	}
 	current, forgotten := s.volumes[a.volumeID] == a, a.forgotten
 	if current && !ended {
 		r.done = true
@@ -478,58 +582,12 @@ func (s *Server) reportRepair(a *activation, repairID string, typ notifierv1.Rep
 // records what it finds.
 func (s *Server) probeOnce(ctx context.Context) {
 	s.mu.Lock()
-	seen := map[string]bool{}
-	var addrs []string
+	acts := make([]*activation, 0, len(s.volumes))
 	for _, a := range s.volumes {
-		for _, t := range vcrutil.Targets(a.cur) {
-			if !seen[t.Address] {
-				seen[t.Address] = true
-				addrs = append(addrs, t.Address)
-			}
-		}
+		acts = append(acts, a)
 	}
 	s.mu.Unlock()
-	if len(addrs) == 0 {
-		return
-	}
-	sort.Strings(addrs)
-	pctx, cancel := context.WithTimeout(ctx, max(3*s.probeInterval, 2*time.Second))
-	resp, err := s.allocator.ProbeTargets(pctx, &allocatorv1.ProbeTargetsRequest{Addresses: addrs})
-	cancel()
-	if err != nil {
-		s.logger.Debug("data-path probe failed", "err", err)
-		return
-	}
-	results := map[string]allocatorv1.ProbeResult{}
-	for _, p := range resp.GetProbes() {
-		results[p.GetAddress()] = p.GetResult()
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, a := range s.volumes {
-		// Count each destroyed address once per volume per probe, and only
-		// if the volume still uses it (it may have switched meanwhile).
-		done := map[string]bool{}
-		for _, t := range vcrutil.Targets(a.cur) {
-			if done[t.Address] {
-				continue
-			}
-			done[t.Address] = true
-			switch results[t.Address] {
-			case allocatorv1.ProbeResult_PROBE_RESULT_DESTROYED:
-				a.dataLoss++
-				s.totalDataLoss++
-				if !slices.Contains(a.dataLossAddrs, t.Address) {
-					a.dataLossAddrs = append(a.dataLossAddrs, t.Address)
-				}
-				s.logger.Error("data loss: active volume's target destroyed", "volume_id", a.volumeID, "address", t.Address)
-			case allocatorv1.ProbeResult_PROBE_RESULT_UNREACHABLE:
-				a.faulted[t.Address] = true
-			case allocatorv1.ProbeResult_PROBE_RESULT_SERVED:
-				delete(a.faulted, t.Address)
-			}
-		}
-	}
+	s.probeVolumes(ctx, acts)
 }
 
 // FaultServer is the UpstairsFaultService, registered only with --dev.
@@ -548,7 +606,7 @@ type fault struct {
 	delay     time.Duration
 }
 
-var faultableMethods = []string{"Activate", "Deactivate", "ReplaceVolume", "GetVolumeStatus", "ListVolumes"}
+var faultableMethods = []string{"Activate", "Deactivate", "ReplaceVolume", "GetVolumeStatus", "ListVolumes", "Write"}
 
 // InjectUpstairsFault implements UpstairsFaultService: the next `count`
 // matching calls are delayed and/or fail with INTERNAL.

@@ -54,6 +54,44 @@ func Targets(v *commonv1.VolumeConstructionRequest) []Target {
 	return out
 }
 
+// RegionSet is one Region of a VCR tree: a position whose targets are the
+// copies of the same data.
+type RegionSet struct {
+	// Path locates the Region as Diff names it, e.g. "vcr.sub_volumes[0]"
+	// or "vcr.read_only_parent.sub_volumes[0]": a replacement changes the
+	// targets at a path, never the path.
+	Path    string
+	Targets []string
+	// ReadOnly is the Region's opts.read_only.
+	ReadOnly bool
+}
+
+// RegionSets lists every Region of the tree, depth first (sub-volumes in
+// order, then the read-only parent), at every depth.
+func RegionSets(v *commonv1.VolumeConstructionRequest) []RegionSet {
+	var out []RegionSet
+	var walk func(n *commonv1.VolumeConstructionRequest, path string)
+	walk = func(n *commonv1.VolumeConstructionRequest, path string) {
+		switch k := n.GetKind().(type) {
+		case *commonv1.VolumeConstructionRequest_Volume:
+			for i, sv := range k.Volume.GetSubVolumes() {
+				walk(sv, fmt.Sprintf("%s.sub_volumes[%d]", path, i))
+			}
+			if rop := k.Volume.GetReadOnlyParent(); rop != nil {
+				walk(rop, path+".read_only_parent")
+			}
+		case *commonv1.VolumeConstructionRequest_Region:
+			out = append(out, RegionSet{
+				Path:     path,
+				Targets:  append([]string(nil), k.Region.GetOpts().GetTarget()...),
+				ReadOnly: k.Region.GetOpts().GetReadOnly(),
+			})
+		}
+	}
+	walk(v, "vcr")
+	return out
+}
+
 // CanonicalAddress parses "[ipv6]:port" and formats it canonically
 // (RFC 5952), so equal addresses compare equal as strings. IPv4 is refused.
 func CanonicalAddress(s string) (string, error) {

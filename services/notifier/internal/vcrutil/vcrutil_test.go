@@ -47,6 +47,34 @@ func TestTargetsWholeTree(t *testing.T) {
 	}
 }
 
+// Region sets are named by the path Diff reports a change at, at every
+// depth, so a position keeps its name across replacements.
+func TestRegionSetsPaths(t *testing.T) {
+	inner := volume(volume(nil, region(1, true, "[fd00::8]:1")), region(1, true, "[fd00::7]:1"))
+	v := volume(inner, region(3, false, "[fd00::1]:1", "[fd00::2]:1"), region(3, false, "[fd00::3]:1"))
+	got := RegionSets(v)
+	want := []RegionSet{
+		{"vcr.sub_volumes[0]", []string{"[fd00::1]:1", "[fd00::2]:1"}, false},
+		{"vcr.sub_volumes[1]", []string{"[fd00::3]:1"}, false},
+		{"vcr.read_only_parent.sub_volumes[0]", []string{"[fd00::7]:1"}, true},
+		{"vcr.read_only_parent.read_only_parent.sub_volumes[0]", []string{"[fd00::8]:1"}, true},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].Path != want[i].Path || got[i].ReadOnly != want[i].ReadOnly || strings.Join(got[i].Targets, ",") != strings.Join(want[i].Targets, ",") {
+			t.Fatalf("set %d: %v, want %v", i, got[i], want[i])
+		}
+	}
+	next := proto.Clone(v).(*commonv1.VolumeConstructionRequest)
+	next.GetVolume().GetReadOnlyParent().GetVolume().GetReadOnlyParent().GetVolume().GetSubVolumes()[0].GetRegion().GetOpts().Target[0] = "[fd00::9]:1"
+	changes, err := Diff(v, next)
+	if err != nil || len(changes) != 1 || changes[0].Path != want[3].Path {
+		t.Fatalf("Diff names %v (%v), want %s", changes, err, want[3].Path)
+	}
+}
+
 func TestDiff(t *testing.T) {
 	base := volume(volume(nil, region(1, true, "[fd00::a]:1", "[fd00::b]:1")), region(3, false, "[fd00::1]:1", "[fd00::2]:1"))
 	mut := func(f func(v *commonv1.VcrVolume)) *commonv1.VolumeConstructionRequest {

@@ -6,10 +6,12 @@ package main
 import (
 	"context"
 	"flag"
+	"os"
 	"strings"
 	"time"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/orchestrator/internal/sagas"
 	orchestratorserver "storagecp.dev/orchestrator/internal/server"
 	"storagecp.dev/orchestrator/migrations"
 	"storagecp.dev/platform/server"
@@ -40,6 +42,21 @@ func main() {
 			})
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
+			// Sabotage hooks are test hooks: read once, at start, and
+			// honoured only in development mode, so a production process
+			// with the variable set by mistake runs clean (and says so).
+			if v := os.Getenv(sagas.SabotageEnv); v != "" {
+				if !env.Dev {
+					env.Logger.Warn("ignoring "+sagas.SabotageEnv+": sabotage hooks need --dev", "value", v)
+				} else {
+					sab, err := sagas.ParseSabotage(v)
+					if err != nil {
+						return err
+					}
+					cfg.Sabotage = sab
+					env.Logger.Warn("sabotage hooks on: replacements are deliberately wrong", "sabotage", sab.String())
+				}
+			}
 			s, err := orchestratorserver.New(env.Pool, env.Logger, cfg)
 			if err != nil {
 				return err

@@ -33,6 +33,9 @@ type Deps struct {
 	// PantryEndpoints are the Pantry-like Upstairs hosts ("host:port") a rw
 	// replacement with no running consumer is reconciled on.
 	PantryEndpoints []string
+	// Sabotage holds the deliberate bugs a dev/test process runs with
+	// (sabotage.go); the zero value, always outside --dev, holds none.
+	Sabotage Sabotage
 }
 
 func deps(ac *saga.ActionContext) *Deps { return ac.Deps().(*Deps) }

@@ -225,6 +225,24 @@ func rrConstruct(t testing.TB, e *testenv.Env, volume uuid.UUID, kind notifierv1
 	return resp.Attachment
 }
 
+// rrWrite writes to a volume running on sim i once its activation has
+// reconciled, so the volume's rw regions hold written content, not blank.
+func rrWrite(t *testing.T, e *testenv.Env, sim int, volume uuid.UUID) string {
+	t.Helper()
+	up := rrSim(t, e, sim)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := up.Write(context.Background(), &upstairsv1.WriteRequest{VolumeId: volume.String()})
+		if err == nil {
+			return resp.Content
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("write to %s: %v", volume, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // rrWaitRepaired polls until the Upstairs reported the new region repaired.
 func rrWaitRepaired(t testing.TB, e *testenv.Env, region uuid.UUID) {
 	t.Helper()
@@ -261,6 +279,8 @@ func TestRRDriveLiveRepairAndFinish(t *testing.T) {
 	ctx := context.Background()
 	req := rrRequest(t, e)
 	att := rrConstruct(t, e, req.VolumeID, notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, 0)
+	// Written data, so that the new region must really be filled.
+	written := rrWrite(t, e, 0, req.VolumeID)
 	_, gen := rrRegionSet(t, e, req.VolumeID) // the checkout bumped it
 	e.MustSucceed(t, sagas.RRStart, rrStartParamsOf(req))
 	r := rrCheckStarted(t, e, req, gen)
@@ -292,8 +312,9 @@ func TestRRDriveLiveRepairAndFinish(t *testing.T) {
 	if _, err := e.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: r.OldRegionID.String()}); err == nil {
 		t.Error("old region still exists")
 	}
-	// The running Upstairs names the new region, and never probed a
-	// destroyed one.
+	// The running Upstairs names the new region, never probed a destroyed
+	// one, and read what it should throughout (the live repair filled the
+	// new region with the set's content).
 	st, err := rrSim(t, e, 0).GetVolumeStatus(ctx, &upstairsv1.GetVolumeStatusRequest{VolumeId: r.VolumeID.String()})
 	if err != nil {
 		t.Fatal(err)
@@ -308,6 +329,14 @@ func TestRRDriveLiveRepairAndFinish(t *testing.T) {
 	}
 	if st.Status.DataLossEvents != 0 {
 		t.Errorf("%d data-loss events", st.Status.DataLossEvents)
+	}
+	if st.Status.ContentMismatchEvents != 0 {
+		t.Errorf("%d content mismatches: %v", st.Status.ContentMismatchEvents, st.Status.ContentMismatches)
+	}
+	for _, p := range st.Status.Positions {
+		if !p.ReadOnly && p.Expected != written {
+			t.Errorf("position %s expected to hold %q, want the write %q", p.Position, p.Expected, written)
+		}
 	}
 	// One disk: 3 regions, 3 targets, 1 volume (the stash is gone).
 	expectWorld(t, e, world{regions: 3, targets: 3, volumes: 1})

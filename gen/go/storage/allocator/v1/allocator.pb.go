@@ -2621,9 +2621,16 @@ func (x *ProbeTargetsRequest) GetAddresses() []string {
 }
 
 type TargetProbe struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	Result        ProbeResult            `protobuf:"varint,2,opt,name=result,proto3,enum=storage.allocator.v1.ProbeResult" json:"result,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Result  ProbeResult            `protobuf:"varint,2,opt,name=result,proto3,enum=storage.allocator.v1.ProbeResult" json:"result,omitempty"`
+	// For SERVED: what bytes the target would hold, as an opaque identity
+	// derived from its lineage. "blank" for a region created empty; a region
+	// cloned from a source takes the source's identity, a region snapshot its
+	// region's identity when it was taken, a write (AgentDataService) a new
+	// one, a repaired region its set's. Equal identities mean equal bytes.
+	// Empty for other results.
+	Content       string `protobuf:"bytes,3,opt,name=content,proto3" json:"content,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2670,6 +2677,13 @@ func (x *TargetProbe) GetResult() ProbeResult {
 		return x.Result
 	}
 	return ProbeResult_PROBE_RESULT_UNSPECIFIED
+}
+
+func (x *TargetProbe) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
 }
 
 type ProbeTargetsResponse struct {
@@ -2904,6 +2918,232 @@ func (*ClearAgentFaultsResponse) Descriptor() ([]byte, []int) {
 	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{44}
 }
 
+type WriteRegionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rw regions written, each "[ipv6]:port".
+	Addresses []string `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// Identifies the write (a UUID); the content identity is derived from it.
+	WriteId       string `protobuf:"bytes,2,opt,name=write_id,json=writeId,proto3" json:"write_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRegionsRequest) Reset() {
+	*x = WriteRegionsRequest{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRegionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRegionsRequest) ProtoMessage() {}
+
+func (x *WriteRegionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRegionsRequest.ProtoReflect.Descriptor instead.
+func (*WriteRegionsRequest) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *WriteRegionsRequest) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *WriteRegionsRequest) GetWriteId() string {
+	if x != nil {
+		return x.WriteId
+	}
+	return ""
+}
+
+type WriteRegionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The content identity every written region now has.
+	Content string `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	// The addresses written, in request order.
+	Written []string `protobuf:"bytes,2,rep,name=written,proto3" json:"written,omitempty"`
+	// The addresses skipped because nothing serves them.
+	Skipped       []string `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRegionsResponse) Reset() {
+	*x = WriteRegionsResponse{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRegionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRegionsResponse) ProtoMessage() {}
+
+func (x *WriteRegionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRegionsResponse.ProtoReflect.Descriptor instead.
+func (*WriteRegionsResponse) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *WriteRegionsResponse) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+func (x *WriteRegionsResponse) GetWritten() []string {
+	if x != nil {
+		return x.Written
+	}
+	return nil
+}
+
+func (x *WriteRegionsResponse) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+type RepairRegionSetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every copy of the region set, each "[ipv6]:port".
+	Addresses []string `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// The copies a live repair fills (a subset of addresses); empty for a
+	// reconciliation.
+	Repair        []string `protobuf:"bytes,2,rep,name=repair,proto3" json:"repair,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairRegionSetRequest) Reset() {
+	*x = RepairRegionSetRequest{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairRegionSetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairRegionSetRequest) ProtoMessage() {}
+
+func (x *RepairRegionSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairRegionSetRequest.ProtoReflect.Descriptor instead.
+func (*RepairRegionSetRequest) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *RepairRegionSetRequest) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *RepairRegionSetRequest) GetRepair() []string {
+	if x != nil {
+		return x.Repair
+	}
+	return nil
+}
+
+type RepairRegionSetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The content identity the set's served copies now hold.
+	Content string `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	// The addresses whose content this call changed.
+	Repaired      []string `protobuf:"bytes,2,rep,name=repaired,proto3" json:"repaired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairRegionSetResponse) Reset() {
+	*x = RepairRegionSetResponse{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairRegionSetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairRegionSetResponse) ProtoMessage() {}
+
+func (x *RepairRegionSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairRegionSetResponse.ProtoReflect.Descriptor instead.
+func (*RepairRegionSetResponse) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RepairRegionSetResponse) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+func (x *RepairRegionSetResponse) GetRepaired() []string {
+	if x != nil {
+		return x.Repaired
+	}
+	return nil
+}
+
 var File_storage_allocator_v1_allocator_proto protoreflect.FileDescriptor
 
 const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
@@ -3083,10 +3323,11 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\x10region_snapshots\x18\x01 \x03(\v2$.storage.allocator.v1.RegionSnapshotR\x0fregionSnapshots\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"3\n" +
 	"\x13ProbeTargetsRequest\x12\x1c\n" +
-	"\taddresses\x18\x01 \x03(\tR\taddresses\"b\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses\"|\n" +
 	"\vTargetProbe\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x129\n" +
-	"\x06result\x18\x02 \x01(\x0e2!.storage.allocator.v1.ProbeResultR\x06result\"Q\n" +
+	"\x06result\x18\x02 \x01(\x0e2!.storage.allocator.v1.ProbeResultR\x06result\x12\x18\n" +
+	"\acontent\x18\x03 \x01(\tR\acontent\"Q\n" +
 	"\x14ProbeTargetsResponse\x129\n" +
 	"\x06probes\x18\x01 \x03(\v2!.storage.allocator.v1.TargetProbeR\x06probes\"\xd7\x01\n" +
 	"\x17InjectAgentFaultRequest\x12B\n" +
@@ -3098,7 +3339,20 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\x05delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x05delay\"\x1a\n" +
 	"\x18InjectAgentFaultResponse\"\x19\n" +
 	"\x17ClearAgentFaultsRequest\"\x1a\n" +
-	"\x18ClearAgentFaultsResponse*L\n" +
+	"\x18ClearAgentFaultsResponse\"N\n" +
+	"\x13WriteRegionsRequest\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x19\n" +
+	"\bwrite_id\x18\x02 \x01(\tR\awriteId\"d\n" +
+	"\x14WriteRegionsResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\tR\acontent\x12\x18\n" +
+	"\awritten\x18\x02 \x03(\tR\awritten\x12\x18\n" +
+	"\askipped\x18\x03 \x03(\tR\askipped\"N\n" +
+	"\x16RepairRegionSetRequest\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x16\n" +
+	"\x06repair\x18\x02 \x03(\tR\x06repair\"O\n" +
+	"\x17RepairRegionSetResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\tR\acontent\x12\x1a\n" +
+	"\brepaired\x18\x02 \x03(\tR\brepaired*L\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11POLICY_IN_SERVICE\x10\x01\x12\x13\n" +
@@ -3142,7 +3396,10 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\fProbeTargets\x12).storage.allocator.v1.ProbeTargetsRequest\x1a*.storage.allocator.v1.ProbeTargetsResponse2\xf9\x01\n" +
 	"\x11AgentFaultService\x12q\n" +
 	"\x10InjectAgentFault\x12-.storage.allocator.v1.InjectAgentFaultRequest\x1a..storage.allocator.v1.InjectAgentFaultResponse\x12q\n" +
-	"\x10ClearAgentFaults\x12-.storage.allocator.v1.ClearAgentFaultsRequest\x1a..storage.allocator.v1.ClearAgentFaultsResponseB7Z5storagecp.dev/gen/go/storage/allocator/v1;allocatorv1b\x06proto3"
+	"\x10ClearAgentFaults\x12-.storage.allocator.v1.ClearAgentFaultsRequest\x1a..storage.allocator.v1.ClearAgentFaultsResponse2\xe9\x01\n" +
+	"\x10AgentDataService\x12e\n" +
+	"\fWriteRegions\x12).storage.allocator.v1.WriteRegionsRequest\x1a*.storage.allocator.v1.WriteRegionsResponse\x12n\n" +
+	"\x0fRepairRegionSet\x12,.storage.allocator.v1.RepairRegionSetRequest\x1a-.storage.allocator.v1.RepairRegionSetResponseB7Z5storagecp.dev/gen/go/storage/allocator/v1;allocatorv1b\x06proto3"
 
 var (
 	file_storage_allocator_v1_allocator_proto_rawDescOnce sync.Once
@@ -3157,7 +3414,7 @@ func file_storage_allocator_v1_allocator_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_allocator_v1_allocator_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_storage_allocator_v1_allocator_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_storage_allocator_v1_allocator_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_storage_allocator_v1_allocator_proto_goTypes = []any{
 	(Policy)(0),                           // 0: storage.allocator.v1.Policy
 	(HardwareState)(0),                    // 1: storage.allocator.v1.HardwareState
@@ -3209,8 +3466,12 @@ var file_storage_allocator_v1_allocator_proto_goTypes = []any{
 	(*InjectAgentFaultResponse)(nil),      // 47: storage.allocator.v1.InjectAgentFaultResponse
 	(*ClearAgentFaultsRequest)(nil),       // 48: storage.allocator.v1.ClearAgentFaultsRequest
 	(*ClearAgentFaultsResponse)(nil),      // 49: storage.allocator.v1.ClearAgentFaultsResponse
-	(*timestamppb.Timestamp)(nil),         // 50: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 51: google.protobuf.Duration
+	(*WriteRegionsRequest)(nil),           // 50: storage.allocator.v1.WriteRegionsRequest
+	(*WriteRegionsResponse)(nil),          // 51: storage.allocator.v1.WriteRegionsResponse
+	(*RepairRegionSetRequest)(nil),        // 52: storage.allocator.v1.RepairRegionSetRequest
+	(*RepairRegionSetResponse)(nil),       // 53: storage.allocator.v1.RepairRegionSetResponse
+	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 55: google.protobuf.Duration
 }
 var file_storage_allocator_v1_allocator_proto_depIdxs = []int32{
 	0,  // 0: storage.allocator.v1.Sled.policy:type_name -> storage.allocator.v1.Policy
@@ -3223,7 +3484,7 @@ var file_storage_allocator_v1_allocator_proto_depIdxs = []int32{
 	5,  // 7: storage.allocator.v1.ExpungeSledResponse.sled:type_name -> storage.allocator.v1.Sled
 	8,  // 8: storage.allocator.v1.ExpungeSledResponse.disks:type_name -> storage.allocator.v1.PhysicalDisk
 	8,  // 9: storage.allocator.v1.ListPhysicalDisksResponse.disks:type_name -> storage.allocator.v1.PhysicalDisk
-	50, // 10: storage.allocator.v1.Region.time_created:type_name -> google.protobuf.Timestamp
+	54, // 10: storage.allocator.v1.Region.time_created:type_name -> google.protobuf.Timestamp
 	2,  // 11: storage.allocator.v1.AllocateRegionsRequest.strategy:type_name -> storage.allocator.v1.AllocationStrategy
 	17, // 12: storage.allocator.v1.AllocateRegionsResponse.regions:type_name -> storage.allocator.v1.Region
 	18, // 13: storage.allocator.v1.DryRunAllocationRequest.allocation:type_name -> storage.allocator.v1.AllocateRegionsRequest
@@ -3244,7 +3505,7 @@ var file_storage_allocator_v1_allocator_proto_depIdxs = []int32{
 	3,  // 28: storage.allocator.v1.TargetProbe.result:type_name -> storage.allocator.v1.ProbeResult
 	44, // 29: storage.allocator.v1.ProbeTargetsResponse.probes:type_name -> storage.allocator.v1.TargetProbe
 	4,  // 30: storage.allocator.v1.InjectAgentFaultRequest.operation:type_name -> storage.allocator.v1.AgentOperation
-	51, // 31: storage.allocator.v1.InjectAgentFaultRequest.delay:type_name -> google.protobuf.Duration
+	55, // 31: storage.allocator.v1.InjectAgentFaultRequest.delay:type_name -> google.protobuf.Duration
 	6,  // 32: storage.allocator.v1.RegionAllocatorService.AddSled:input_type -> storage.allocator.v1.AddSledRequest
 	9,  // 33: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:input_type -> storage.allocator.v1.AddPhysicalDiskRequest
 	11, // 34: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:input_type -> storage.allocator.v1.ExpungePhysicalDiskRequest
@@ -3264,27 +3525,31 @@ var file_storage_allocator_v1_allocator_proto_depIdxs = []int32{
 	43, // 48: storage.allocator.v1.RegionAllocatorService.ProbeTargets:input_type -> storage.allocator.v1.ProbeTargetsRequest
 	46, // 49: storage.allocator.v1.AgentFaultService.InjectAgentFault:input_type -> storage.allocator.v1.InjectAgentFaultRequest
 	48, // 50: storage.allocator.v1.AgentFaultService.ClearAgentFaults:input_type -> storage.allocator.v1.ClearAgentFaultsRequest
-	7,  // 51: storage.allocator.v1.RegionAllocatorService.AddSled:output_type -> storage.allocator.v1.AddSledResponse
-	10, // 52: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:output_type -> storage.allocator.v1.AddPhysicalDiskResponse
-	12, // 53: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:output_type -> storage.allocator.v1.ExpungePhysicalDiskResponse
-	14, // 54: storage.allocator.v1.RegionAllocatorService.ExpungeSled:output_type -> storage.allocator.v1.ExpungeSledResponse
-	16, // 55: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:output_type -> storage.allocator.v1.ListPhysicalDisksResponse
-	19, // 56: storage.allocator.v1.RegionAllocatorService.AllocateRegions:output_type -> storage.allocator.v1.AllocateRegionsResponse
-	21, // 57: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:output_type -> storage.allocator.v1.DryRunAllocationResponse
-	24, // 58: storage.allocator.v1.RegionAllocatorService.EnsureRegions:output_type -> storage.allocator.v1.EnsureRegionsResponse
-	26, // 59: storage.allocator.v1.RegionAllocatorService.DeleteRegions:output_type -> storage.allocator.v1.DeleteRegionsResponse
-	29, // 60: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:output_type -> storage.allocator.v1.CreateRegionSnapshotsResponse
-	32, // 61: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:output_type -> storage.allocator.v1.DeleteRegionSnapshotsResponse
-	34, // 62: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:output_type -> storage.allocator.v1.ListExpungedTargetsResponse
-	36, // 63: storage.allocator.v1.RegionAllocatorService.ListCloneSources:output_type -> storage.allocator.v1.ListCloneSourcesResponse
-	38, // 64: storage.allocator.v1.RegionAllocatorService.GetRegion:output_type -> storage.allocator.v1.GetRegionResponse
-	40, // 65: storage.allocator.v1.RegionAllocatorService.ListRegions:output_type -> storage.allocator.v1.ListRegionsResponse
-	42, // 66: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:output_type -> storage.allocator.v1.ListRegionSnapshotsResponse
-	45, // 67: storage.allocator.v1.RegionAllocatorService.ProbeTargets:output_type -> storage.allocator.v1.ProbeTargetsResponse
-	47, // 68: storage.allocator.v1.AgentFaultService.InjectAgentFault:output_type -> storage.allocator.v1.InjectAgentFaultResponse
-	49, // 69: storage.allocator.v1.AgentFaultService.ClearAgentFaults:output_type -> storage.allocator.v1.ClearAgentFaultsResponse
-	51, // [51:70] is the sub-list for method output_type
-	32, // [32:51] is the sub-list for method input_type
+	50, // 51: storage.allocator.v1.AgentDataService.WriteRegions:input_type -> storage.allocator.v1.WriteRegionsRequest
+	52, // 52: storage.allocator.v1.AgentDataService.RepairRegionSet:input_type -> storage.allocator.v1.RepairRegionSetRequest
+	7,  // 53: storage.allocator.v1.RegionAllocatorService.AddSled:output_type -> storage.allocator.v1.AddSledResponse
+	10, // 54: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:output_type -> storage.allocator.v1.AddPhysicalDiskResponse
+	12, // 55: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:output_type -> storage.allocator.v1.ExpungePhysicalDiskResponse
+	14, // 56: storage.allocator.v1.RegionAllocatorService.ExpungeSled:output_type -> storage.allocator.v1.ExpungeSledResponse
+	16, // 57: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:output_type -> storage.allocator.v1.ListPhysicalDisksResponse
+	19, // 58: storage.allocator.v1.RegionAllocatorService.AllocateRegions:output_type -> storage.allocator.v1.AllocateRegionsResponse
+	21, // 59: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:output_type -> storage.allocator.v1.DryRunAllocationResponse
+	24, // 60: storage.allocator.v1.RegionAllocatorService.EnsureRegions:output_type -> storage.allocator.v1.EnsureRegionsResponse
+	26, // 61: storage.allocator.v1.RegionAllocatorService.DeleteRegions:output_type -> storage.allocator.v1.DeleteRegionsResponse
+	29, // 62: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:output_type -> storage.allocator.v1.CreateRegionSnapshotsResponse
+	32, // 63: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:output_type -> storage.allocator.v1.DeleteRegionSnapshotsResponse
+	34, // 64: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:output_type -> storage.allocator.v1.ListExpungedTargetsResponse
+	36, // 65: storage.allocator.v1.RegionAllocatorService.ListCloneSources:output_type -> storage.allocator.v1.ListCloneSourcesResponse
+	38, // 66: storage.allocator.v1.RegionAllocatorService.GetRegion:output_type -> storage.allocator.v1.GetRegionResponse
+	40, // 67: storage.allocator.v1.RegionAllocatorService.ListRegions:output_type -> storage.allocator.v1.ListRegionsResponse
+	42, // 68: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:output_type -> storage.allocator.v1.ListRegionSnapshotsResponse
+	45, // 69: storage.allocator.v1.RegionAllocatorService.ProbeTargets:output_type -> storage.allocator.v1.ProbeTargetsResponse
+	47, // 70: storage.allocator.v1.AgentFaultService.InjectAgentFault:output_type -> storage.allocator.v1.InjectAgentFaultResponse
+	49, // 71: storage.allocator.v1.AgentFaultService.ClearAgentFaults:output_type -> storage.allocator.v1.ClearAgentFaultsResponse
+	51, // 72: storage.allocator.v1.AgentDataService.WriteRegions:output_type -> storage.allocator.v1.WriteRegionsResponse
+	53, // 73: storage.allocator.v1.AgentDataService.RepairRegionSet:output_type -> storage.allocator.v1.RepairRegionSetResponse
+	53, // [53:74] is the sub-list for method output_type
+	32, // [32:53] is the sub-list for method input_type
 	32, // [32:32] is the sub-list for extension type_name
 	32, // [32:32] is the sub-list for extension extendee
 	0,  // [0:32] is the sub-list for field type_name
@@ -3301,9 +3566,9 @@ func file_storage_allocator_v1_allocator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_allocator_v1_allocator_proto_rawDesc), len(file_storage_allocator_v1_allocator_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   45,
+			NumMessages:   49,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_storage_allocator_v1_allocator_proto_goTypes,
 		DependencyIndexes: file_storage_allocator_v1_allocator_proto_depIdxs,

@@ -100,7 +100,8 @@ type RegionAllocatorServiceClient interface {
 	// Lists region snapshots, paginated.
 	ListRegionSnapshots(ctx context.Context, in *ListRegionSnapshotsRequest, opts ...grpc.CallOption) (*ListRegionSnapshotsResponse, error)
 	// The simulated data path: for each address, whether a live region or
-	// running snapshot on an agent serves it right now.
+	// running snapshot on an agent serves it right now and, when it does, the
+	// content identity of what it serves.
 	ProbeTargets(ctx context.Context, in *ProbeTargetsRequest, opts ...grpc.CallOption) (*ProbeTargetsResponse, error)
 }
 
@@ -337,7 +338,8 @@ type RegionAllocatorServiceServer interface {
 	// Lists region snapshots, paginated.
 	ListRegionSnapshots(context.Context, *ListRegionSnapshotsRequest) (*ListRegionSnapshotsResponse, error)
 	// The simulated data path: for each address, whether a live region or
-	// running snapshot on an agent serves it right now.
+	// running snapshot on an agent serves it right now and, when it does, the
+	// content identity of what it serves.
 	ProbeTargets(context.Context, *ProbeTargetsRequest) (*ProbeTargetsResponse, error)
 	mustEmbedUnimplementedRegionAllocatorServiceServer()
 }
@@ -952,6 +954,190 @@ var AgentFaultService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ClearAgentFaults",
 			Handler:    _AgentFaultService_ClearAgentFaults_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "storage/allocator/v1/allocator.proto",
+}
+
+const (
+	AgentDataService_WriteRegions_FullMethodName    = "/storage.allocator.v1.AgentDataService/WriteRegions"
+	AgentDataService_RepairRegionSet_FullMethodName = "/storage.allocator.v1.AgentDataService/RepairRegionSet"
+)
+
+// AgentDataServiceClient is the client API for AgentDataService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// The simulated data path's writes and repairs, made by sim-upstairs on
+// behalf of the volumes it runs, so that the agents know what bytes each
+// region would hold (its content identity; see TargetProbe.content). Served
+// only when the allocator runs with --dev, like AgentFaultService. Fenced like
+// every agent call.
+type AgentDataServiceClient interface {
+	// A write through an Upstairs: every rw region served at one of
+	// `addresses` gets the content identity "write:<write_id>", all in one
+	// transaction. Addresses nothing serves (destroyed, or on an expunged disk)
+	// are skipped and listed, as an Upstairs skips a faulted downstairs.
+	// Repeating a write_id rewrites the same content. INVALID_ARGUMENT naming
+	// the field for a malformed address or write_id; FAILED_PRECONDITION,
+	// nothing written, when an address serves read-only data (a running
+	// snapshot or a read-only region).
+	WriteRegions(ctx context.Context, in *WriteRegionsRequest, opts ...grpc.CallOption) (*WriteRegionsResponse, error)
+	// A repair of one rw region set, as an Upstairs records its end: with
+	// `repair` set (a live repair), the copies listed there get the content the
+	// other served copies hold, which must agree; with `repair` empty (a
+	// reconciliation), every served copy gets the content most served copies
+	// hold. One transaction. INVALID_ARGUMENT naming the field for a malformed
+	// address or a repair address not in `addresses`; FAILED_PRECONDITION,
+	// nothing changed, when no source is served, the sources disagree (no
+	// majority, for a reconciliation) or an address serves read-only data.
+	RepairRegionSet(ctx context.Context, in *RepairRegionSetRequest, opts ...grpc.CallOption) (*RepairRegionSetResponse, error)
+}
+
+type agentDataServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewAgentDataServiceClient(cc grpc.ClientConnInterface) AgentDataServiceClient {
+	return &agentDataServiceClient{cc}
+}
+
+func (c *agentDataServiceClient) WriteRegions(ctx context.Context, in *WriteRegionsRequest, opts ...grpc.CallOption) (*WriteRegionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteRegionsResponse)
+	err := c.cc.Invoke(ctx, AgentDataService_WriteRegions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentDataServiceClient) RepairRegionSet(ctx context.Context, in *RepairRegionSetRequest, opts ...grpc.CallOption) (*RepairRegionSetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RepairRegionSetResponse)
+	err := c.cc.Invoke(ctx, AgentDataService_RepairRegionSet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// AgentDataServiceServer is the server API for AgentDataService service.
+// All implementations must embed UnimplementedAgentDataServiceServer
+// for forward compatibility.
+//
+// The simulated data path's writes and repairs, made by sim-upstairs on
+// behalf of the volumes it runs, so that the agents know what bytes each
+// region would hold (its content identity; see TargetProbe.content). Served
+// only when the allocator runs with --dev, like AgentFaultService. Fenced like
+// every agent call.
+type AgentDataServiceServer interface {
+	// A write through an Upstairs: every rw region served at one of
+	// `addresses` gets the content identity "write:<write_id>", all in one
+	// transaction. Addresses nothing serves (destroyed, or on an expunged disk)
+	// are skipped and listed, as an Upstairs skips a faulted downstairs.
+	// Repeating a write_id rewrites the same content. INVALID_ARGUMENT naming
+	// the field for a malformed address or write_id; FAILED_PRECONDITION,
+	// nothing written, when an address serves read-only data (a running
+	// snapshot or a read-only region).
+	WriteRegions(context.Context, *WriteRegionsRequest) (*WriteRegionsResponse, error)
+	// A repair of one rw region set, as an Upstairs records its end: with
+	// `repair` set (a live repair), the copies listed there get the content the
+	// other served copies hold, which must agree; with `repair` empty (a
+	// reconciliation), every served copy gets the content most served copies
+	// hold. One transaction. INVALID_ARGUMENT naming the field for a malformed
+	// address or a repair address not in `addresses`; FAILED_PRECONDITION,
+	// nothing changed, when no source is served, the sources disagree (no
+	// majority, for a reconciliation) or an address serves read-only data.
+	RepairRegionSet(context.Context, *RepairRegionSetRequest) (*RepairRegionSetResponse, error)
+	mustEmbedUnimplementedAgentDataServiceServer()
+}
+
+// UnimplementedAgentDataServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedAgentDataServiceServer struct{}
+
+func (UnimplementedAgentDataServiceServer) WriteRegions(context.Context, *WriteRegionsRequest) (*WriteRegionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WriteRegions not implemented")
+}
+func (UnimplementedAgentDataServiceServer) RepairRegionSet(context.Context, *RepairRegionSetRequest) (*RepairRegionSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RepairRegionSet not implemented")
+}
+func (UnimplementedAgentDataServiceServer) mustEmbedUnimplementedAgentDataServiceServer() {}
+func (UnimplementedAgentDataServiceServer) testEmbeddedByValue()                          {}
+
+// UnsafeAgentDataServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to AgentDataServiceServer will
+// result in compilation errors.
+type UnsafeAgentDataServiceServer interface {
+	mustEmbedUnimplementedAgentDataServiceServer()
+}
+
+func RegisterAgentDataServiceServer(s grpc.ServiceRegistrar, srv AgentDataServiceServer) {
+	// If the following call panics, it indicates UnimplementedAgentDataServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&AgentDataService_ServiceDesc, srv)
+}
+
+func _AgentDataService_WriteRegions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WriteRegionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentDataServiceServer).WriteRegions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentDataService_WriteRegions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentDataServiceServer).WriteRegions(ctx, req.(*WriteRegionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentDataService_RepairRegionSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RepairRegionSetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentDataServiceServer).RepairRegionSet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentDataService_RepairRegionSet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentDataServiceServer).RepairRegionSet(ctx, req.(*RepairRegionSetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// AgentDataService_ServiceDesc is the grpc.ServiceDesc for AgentDataService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var AgentDataService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "storage.allocator.v1.AgentDataService",
+	HandlerType: (*AgentDataServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "WriteRegions",
+			Handler:    _AgentDataService_WriteRegions_Handler,
+		},
+		{
+			MethodName: "RepairRegionSet",
+			Handler:    _AgentDataService_RepairRegionSet_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -5,7 +5,8 @@
 // source: storage/upstairs/v1/upstairs.proto
 
 // What a Crucible Upstairs host (Propolis or Pantry) serves, as simulated by
-// the sim-upstairs process. Only the upstairs-notifier calls it.
+// the sim-upstairs process. The upstairs-notifier calls it; tests also call
+// Write and the status RPCs.
 
 package upstairsv1
 
@@ -138,6 +139,63 @@ func (x DownstairsState) Number() protoreflect.EnumNumber {
 // Deprecated: Use DownstairsState.Descriptor instead.
 func (DownstairsState) EnumDescriptor() ([]byte, []int) {
 	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{1}
+}
+
+// What the content oracle found wrong.
+type ContentMismatchKind int32
+
+const (
+	ContentMismatchKind_CONTENT_MISMATCH_KIND_UNSPECIFIED ContentMismatchKind = 0
+	// A copy reads other content than its position is expected to hold (what
+	// the position held at activation, changed only by this Upstairs' writes).
+	ContentMismatchKind_CONTENT_MISMATCH_KIND_CHANGED ContentMismatchKind = 1
+	// The copies of a region set disagree and no expected content is known.
+	ContentMismatchKind_CONTENT_MISMATCH_KIND_COPIES_DISAGREE ContentMismatchKind = 2
+	// No copy of a region set can be read any more.
+	ContentMismatchKind_CONTENT_MISMATCH_KIND_UNREADABLE ContentMismatchKind = 3
+)
+
+// Enum value maps for ContentMismatchKind.
+var (
+	ContentMismatchKind_name = map[int32]string{
+		0: "CONTENT_MISMATCH_KIND_UNSPECIFIED",
+		1: "CONTENT_MISMATCH_KIND_CHANGED",
+		2: "CONTENT_MISMATCH_KIND_COPIES_DISAGREE",
+		3: "CONTENT_MISMATCH_KIND_UNREADABLE",
+	}
+	ContentMismatchKind_value = map[string]int32{
+		"CONTENT_MISMATCH_KIND_UNSPECIFIED":     0,
+		"CONTENT_MISMATCH_KIND_CHANGED":         1,
+		"CONTENT_MISMATCH_KIND_COPIES_DISAGREE": 2,
+		"CONTENT_MISMATCH_KIND_UNREADABLE":      3,
+	}
+)
+
+func (x ContentMismatchKind) Enum() *ContentMismatchKind {
+	p := new(ContentMismatchKind)
+	*p = x
+	return p
+}
+
+func (x ContentMismatchKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ContentMismatchKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_storage_upstairs_v1_upstairs_proto_enumTypes[2].Descriptor()
+}
+
+func (ContentMismatchKind) Type() protoreflect.EnumType {
+	return &file_storage_upstairs_v1_upstairs_proto_enumTypes[2]
+}
+
+func (x ContentMismatchKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ContentMismatchKind.Descriptor instead.
+func (ContentMismatchKind) EnumDescriptor() ([]byte, []int) {
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{2}
 }
 
 type ActivateRequest struct {
@@ -438,10 +496,14 @@ func (x *ReplaceVolumeResponse) GetDetail() string {
 }
 
 type Downstairs struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	ReadOnly      bool                   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
-	State         DownstairsState        `protobuf:"varint,3,opt,name=state,proto3,enum=storage.upstairs.v1.DownstairsState" json:"state,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Address  string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	ReadOnly bool                   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	State    DownstairsState        `protobuf:"varint,3,opt,name=state,proto3,enum=storage.upstairs.v1.DownstairsState" json:"state,omitempty"`
+	// The content identity the last data-path probe found served there
+	// (storage.allocator.v1.TargetProbe.content); empty when not served or
+	// not probed yet.
+	Content       string `protobuf:"bytes,4,opt,name=content,proto3" json:"content,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -497,6 +559,158 @@ func (x *Downstairs) GetState() DownstairsState {
 	return DownstairsState_DOWNSTAIRS_STATE_UNSPECIFIED
 }
 
+func (x *Downstairs) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+// One content-oracle violation. Never carries keys: only the position in the
+// VCR tree, addresses and content identities.
+type ContentMismatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The region set, as a path in the VCR tree, e.g.
+	// "vcr.read_only_parent.sub_volumes[0]".
+	Position string              `protobuf:"bytes,1,opt,name=position,proto3" json:"position,omitempty"`
+	Kind     ContentMismatchKind `protobuf:"varint,2,opt,name=kind,proto3,enum=storage.upstairs.v1.ContentMismatchKind" json:"kind,omitempty"`
+	// The copies concerned.
+	Addresses []string `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// The content the position is expected to hold ("" when unknown).
+	Expected string `protobuf:"bytes,4,opt,name=expected,proto3" json:"expected,omitempty"`
+	// What was read ("" for UNREADABLE).
+	Observed      string `protobuf:"bytes,5,opt,name=observed,proto3" json:"observed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentMismatch) Reset() {
+	*x = ContentMismatch{}
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentMismatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentMismatch) ProtoMessage() {}
+
+func (x *ContentMismatch) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentMismatch.ProtoReflect.Descriptor instead.
+func (*ContentMismatch) Descriptor() ([]byte, []int) {
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ContentMismatch) GetPosition() string {
+	if x != nil {
+		return x.Position
+	}
+	return ""
+}
+
+func (x *ContentMismatch) GetKind() ContentMismatchKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ContentMismatchKind_CONTENT_MISMATCH_KIND_UNSPECIFIED
+}
+
+func (x *ContentMismatch) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *ContentMismatch) GetExpected() string {
+	if x != nil {
+		return x.Expected
+	}
+	return ""
+}
+
+func (x *ContentMismatch) GetObserved() string {
+	if x != nil {
+		return x.Observed
+	}
+	return ""
+}
+
+// The content a position (a region set of the VCR tree) is expected to hold.
+type PositionContent struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Position string                 `protobuf:"bytes,1,opt,name=position,proto3" json:"position,omitempty"`
+	ReadOnly bool                   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// "" until known (recorded at activation from the copies' agreement).
+	Expected      string `protobuf:"bytes,3,opt,name=expected,proto3" json:"expected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PositionContent) Reset() {
+	*x = PositionContent{}
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PositionContent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PositionContent) ProtoMessage() {}
+
+func (x *PositionContent) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PositionContent.ProtoReflect.Descriptor instead.
+func (*PositionContent) Descriptor() ([]byte, []int) {
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PositionContent) GetPosition() string {
+	if x != nil {
+		return x.Position
+	}
+	return ""
+}
+
+func (x *PositionContent) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *PositionContent) GetExpected() string {
+	if x != nil {
+		return x.Expected
+	}
+	return ""
+}
+
 type VolumeStatus struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -514,14 +728,22 @@ type VolumeStatus struct {
 	Repairing bool `protobuf:"varint,8,opt,name=repairing,proto3" json:"repairing,omitempty"`
 	// ReplaceVolume calls this activation received (tests use it to show a
 	// deduplicated notification never reached the Upstairs).
-	ReplaceCalls  int64 `protobuf:"varint,9,opt,name=replace_calls,json=replaceCalls,proto3" json:"replace_calls,omitempty"`
+	ReplaceCalls int64 `protobuf:"varint,9,opt,name=replace_calls,json=replaceCalls,proto3" json:"replace_calls,omitempty"`
+	// Content-oracle violations seen while active, each counted once: a copy
+	// reading other content than its position held, copies of a region set
+	// disagreeing, or a region set no copy of which can be read. Must stay 0.
+	ContentMismatchEvents int64 `protobuf:"varint,10,opt,name=content_mismatch_events,json=contentMismatchEvents,proto3" json:"content_mismatch_events,omitempty"`
+	// The violations counted (the first 100).
+	ContentMismatches []*ContentMismatch `protobuf:"bytes,11,rep,name=content_mismatches,json=contentMismatches,proto3" json:"content_mismatches,omitempty"`
+	// The content expected at every position of the VCR tree.
+	Positions     []*PositionContent `protobuf:"bytes,12,rep,name=positions,proto3" json:"positions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VolumeStatus) Reset() {
 	*x = VolumeStatus{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[7]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +755,7 @@ func (x *VolumeStatus) String() string {
 func (*VolumeStatus) ProtoMessage() {}
 
 func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[7]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +768,7 @@ func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeStatus.ProtoReflect.Descriptor instead.
 func (*VolumeStatus) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{7}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VolumeStatus) GetVolumeId() string {
@@ -612,6 +834,27 @@ func (x *VolumeStatus) GetReplaceCalls() int64 {
 	return 0
 }
 
+func (x *VolumeStatus) GetContentMismatchEvents() int64 {
+	if x != nil {
+		return x.ContentMismatchEvents
+	}
+	return 0
+}
+
+func (x *VolumeStatus) GetContentMismatches() []*ContentMismatch {
+	if x != nil {
+		return x.ContentMismatches
+	}
+	return nil
+}
+
+func (x *VolumeStatus) GetPositions() []*PositionContent {
+	if x != nil {
+		return x.Positions
+	}
+	return nil
+}
+
 type GetVolumeStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -621,7 +864,7 @@ type GetVolumeStatusRequest struct {
 
 func (x *GetVolumeStatusRequest) Reset() {
 	*x = GetVolumeStatusRequest{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[8]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +876,7 @@ func (x *GetVolumeStatusRequest) String() string {
 func (*GetVolumeStatusRequest) ProtoMessage() {}
 
 func (x *GetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[8]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +889,7 @@ func (x *GetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{8}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetVolumeStatusRequest) GetVolumeId() string {
@@ -665,7 +908,7 @@ type GetVolumeStatusResponse struct {
 
 func (x *GetVolumeStatusResponse) Reset() {
 	*x = GetVolumeStatusResponse{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[9]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +920,7 @@ func (x *GetVolumeStatusResponse) String() string {
 func (*GetVolumeStatusResponse) ProtoMessage() {}
 
 func (x *GetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[9]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +933,7 @@ func (x *GetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetVolumeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{9}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetVolumeStatusResponse) GetStatus() *VolumeStatus {
@@ -708,7 +951,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[10]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +963,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[10]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +976,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{10}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{12}
 }
 
 type ListVolumesResponse struct {
@@ -741,13 +984,15 @@ type ListVolumesResponse struct {
 	Volumes []*VolumeStatus        `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	// Sum of data-loss events, including forgotten volumes.
 	TotalDataLossEvents int64 `protobuf:"varint,2,opt,name=total_data_loss_events,json=totalDataLossEvents,proto3" json:"total_data_loss_events,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Sum of content-mismatch events, including forgotten volumes.
+	TotalContentMismatchEvents int64 `protobuf:"varint,3,opt,name=total_content_mismatch_events,json=totalContentMismatchEvents,proto3" json:"total_content_mismatch_events,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[11]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +1004,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[11]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +1017,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{11}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeStatus {
@@ -789,6 +1034,121 @@ func (x *ListVolumesResponse) GetTotalDataLossEvents() int64 {
 	return 0
 }
 
+func (x *ListVolumesResponse) GetTotalContentMismatchEvents() int64 {
+	if x != nil {
+		return x.TotalContentMismatchEvents
+	}
+	return 0
+}
+
+type WriteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRequest) Reset() {
+	*x = WriteRequest{}
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRequest) ProtoMessage() {}
+
+func (x *WriteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
+func (*WriteRequest) Descriptor() ([]byte, []int) {
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WriteRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+type WriteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The content identity the written positions now hold.
+	Content string `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	// The rw region addresses written.
+	Written []string `protobuf:"bytes,2,rep,name=written,proto3" json:"written,omitempty"`
+	// The rw region addresses skipped: nothing serves them (a faulted
+	// downstairs).
+	Skipped       []string `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteResponse) Reset() {
+	*x = WriteResponse{}
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteResponse) ProtoMessage() {}
+
+func (x *WriteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
+func (*WriteResponse) Descriptor() ([]byte, []int) {
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WriteResponse) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+func (x *WriteResponse) GetWritten() []string {
+	if x != nil {
+		return x.Written
+	}
+	return nil
+}
+
+func (x *WriteResponse) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
 type InjectUpstairsFaultRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional: only this RPC (method name, e.g. "ReplaceVolume").
@@ -802,7 +1162,7 @@ type InjectUpstairsFaultRequest struct {
 
 func (x *InjectUpstairsFaultRequest) Reset() {
 	*x = InjectUpstairsFaultRequest{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[12]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +1174,7 @@ func (x *InjectUpstairsFaultRequest) String() string {
 func (*InjectUpstairsFaultRequest) ProtoMessage() {}
 
 func (x *InjectUpstairsFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[12]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +1187,7 @@ func (x *InjectUpstairsFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InjectUpstairsFaultRequest.ProtoReflect.Descriptor instead.
 func (*InjectUpstairsFaultRequest) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{12}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InjectUpstairsFaultRequest) GetMethod() string {
@@ -866,7 +1226,7 @@ type InjectUpstairsFaultResponse struct {
 
 func (x *InjectUpstairsFaultResponse) Reset() {
 	*x = InjectUpstairsFaultResponse{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[13]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1238,7 @@ func (x *InjectUpstairsFaultResponse) String() string {
 func (*InjectUpstairsFaultResponse) ProtoMessage() {}
 
 func (x *InjectUpstairsFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[13]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1251,7 @@ func (x *InjectUpstairsFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InjectUpstairsFaultResponse.ProtoReflect.Descriptor instead.
 func (*InjectUpstairsFaultResponse) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{13}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{17}
 }
 
 type ForgetAllRequest struct {
@@ -902,7 +1262,7 @@ type ForgetAllRequest struct {
 
 func (x *ForgetAllRequest) Reset() {
 	*x = ForgetAllRequest{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[14]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1274,7 @@ func (x *ForgetAllRequest) String() string {
 func (*ForgetAllRequest) ProtoMessage() {}
 
 func (x *ForgetAllRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[14]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1287,7 @@ func (x *ForgetAllRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetAllRequest.ProtoReflect.Descriptor instead.
 func (*ForgetAllRequest) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{14}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{18}
 }
 
 type ForgetAllResponse struct {
@@ -938,7 +1298,7 @@ type ForgetAllResponse struct {
 
 func (x *ForgetAllResponse) Reset() {
 	*x = ForgetAllResponse{}
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[15]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1310,7 @@ func (x *ForgetAllResponse) String() string {
 func (*ForgetAllResponse) ProtoMessage() {}
 
 func (x *ForgetAllResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[15]
+	mi := &file_storage_upstairs_v1_upstairs_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1323,7 @@ func (x *ForgetAllResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetAllResponse.ProtoReflect.Descriptor instead.
 func (*ForgetAllResponse) Descriptor() ([]byte, []int) {
-	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{15}
+	return file_storage_upstairs_v1_upstairs_proto_rawDescGZIP(), []int{19}
 }
 
 var File_storage_upstairs_v1_upstairs_proto protoreflect.FileDescriptor
@@ -987,12 +1347,23 @@ const file_storage_upstairs_v1_upstairs_proto_rawDesc = "" +
 	"\x03vcr\x18\x02 \x01(\v2,.storage.common.v1.VolumeConstructionRequestR\x03vcr\"k\n" +
 	"\x15ReplaceVolumeResponse\x12:\n" +
 	"\x06result\x18\x01 \x01(\x0e2\".storage.upstairs.v1.ReplaceResultR\x06result\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail\"\x7f\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\"\x99\x01\n" +
 	"\n" +
 	"Downstairs\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1b\n" +
 	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12:\n" +
-	"\x05state\x18\x03 \x01(\x0e2$.storage.upstairs.v1.DownstairsStateR\x05state\"\xe2\x02\n" +
+	"\x05state\x18\x03 \x01(\x0e2$.storage.upstairs.v1.DownstairsStateR\x05state\x12\x18\n" +
+	"\acontent\x18\x04 \x01(\tR\acontent\"\xc1\x01\n" +
+	"\x0fContentMismatch\x12\x1a\n" +
+	"\bposition\x18\x01 \x01(\tR\bposition\x12<\n" +
+	"\x04kind\x18\x02 \x01(\x0e2(.storage.upstairs.v1.ContentMismatchKindR\x04kind\x12\x1c\n" +
+	"\taddresses\x18\x03 \x03(\tR\taddresses\x12\x1a\n" +
+	"\bexpected\x18\x04 \x01(\tR\bexpected\x12\x1a\n" +
+	"\bobserved\x18\x05 \x01(\tR\bobserved\"f\n" +
+	"\x0fPositionContent\x12\x1a\n" +
+	"\bposition\x18\x01 \x01(\tR\bposition\x12\x1b\n" +
+	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12\x1a\n" +
+	"\bexpected\x18\x03 \x01(\tR\bexpected\"\xb3\x04\n" +
 	"\fVolumeStatus\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x16\n" +
 	"\x06active\x18\x02 \x01(\bR\x06active\x12\x1f\n" +
@@ -1007,15 +1378,26 @@ const file_storage_upstairs_v1_upstairs_proto_rawDesc = "" +
 	"\x10data_loss_events\x18\x06 \x01(\x03R\x0edataLossEvents\x12.\n" +
 	"\x13data_loss_addresses\x18\a \x03(\tR\x11dataLossAddresses\x12\x1c\n" +
 	"\trepairing\x18\b \x01(\bR\trepairing\x12#\n" +
-	"\rreplace_calls\x18\t \x01(\x03R\freplaceCalls\"5\n" +
+	"\rreplace_calls\x18\t \x01(\x03R\freplaceCalls\x126\n" +
+	"\x17content_mismatch_events\x18\n" +
+	" \x01(\x03R\x15contentMismatchEvents\x12S\n" +
+	"\x12content_mismatches\x18\v \x03(\v2$.storage.upstairs.v1.ContentMismatchR\x11contentMismatches\x12B\n" +
+	"\tpositions\x18\f \x03(\v2$.storage.upstairs.v1.PositionContentR\tpositions\"5\n" +
 	"\x16GetVolumeStatusRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"T\n" +
 	"\x17GetVolumeStatusResponse\x129\n" +
 	"\x06status\x18\x01 \x01(\v2!.storage.upstairs.v1.VolumeStatusR\x06status\"\x14\n" +
-	"\x12ListVolumesRequest\"\x87\x01\n" +
+	"\x12ListVolumesRequest\"\xca\x01\n" +
 	"\x13ListVolumesResponse\x12;\n" +
 	"\avolumes\x18\x01 \x03(\v2!.storage.upstairs.v1.VolumeStatusR\avolumes\x123\n" +
-	"\x16total_data_loss_events\x18\x02 \x01(\x03R\x13totalDataLossEvents\"\x8f\x01\n" +
+	"\x16total_data_loss_events\x18\x02 \x01(\x03R\x13totalDataLossEvents\x12A\n" +
+	"\x1dtotal_content_mismatch_events\x18\x03 \x01(\x03R\x1atotalContentMismatchEvents\"+\n" +
+	"\fWriteRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"]\n" +
+	"\rWriteResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\tR\acontent\x12\x18\n" +
+	"\awritten\x18\x02 \x03(\tR\awritten\x12\x18\n" +
+	"\askipped\x18\x03 \x03(\tR\askipped\"\x8f\x01\n" +
 	"\x1aInjectUpstairsFaultRequest\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x12\n" +
@@ -1035,14 +1417,20 @@ const file_storage_upstairs_v1_upstairs_proto_rawDesc = "" +
 	"\x1cDOWNSTAIRS_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17DOWNSTAIRS_STATE_ACTIVE\x10\x01\x12\x1e\n" +
 	"\x1aDOWNSTAIRS_STATE_REPAIRING\x10\x02\x12\x1c\n" +
-	"\x18DOWNSTAIRS_STATE_FAULTED\x10\x032\x81\x04\n" +
+	"\x18DOWNSTAIRS_STATE_FAULTED\x10\x03*\xb0\x01\n" +
+	"\x13ContentMismatchKind\x12%\n" +
+	"!CONTENT_MISMATCH_KIND_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dCONTENT_MISMATCH_KIND_CHANGED\x10\x01\x12)\n" +
+	"%CONTENT_MISMATCH_KIND_COPIES_DISAGREE\x10\x02\x12$\n" +
+	" CONTENT_MISMATCH_KIND_UNREADABLE\x10\x032\xd1\x04\n" +
 	"\x0fUpstairsService\x12W\n" +
 	"\bActivate\x12$.storage.upstairs.v1.ActivateRequest\x1a%.storage.upstairs.v1.ActivateResponse\x12]\n" +
 	"\n" +
 	"Deactivate\x12&.storage.upstairs.v1.DeactivateRequest\x1a'.storage.upstairs.v1.DeactivateResponse\x12f\n" +
 	"\rReplaceVolume\x12).storage.upstairs.v1.ReplaceVolumeRequest\x1a*.storage.upstairs.v1.ReplaceVolumeResponse\x12l\n" +
 	"\x0fGetVolumeStatus\x12+.storage.upstairs.v1.GetVolumeStatusRequest\x1a,.storage.upstairs.v1.GetVolumeStatusResponse\x12`\n" +
-	"\vListVolumes\x12'.storage.upstairs.v1.ListVolumesRequest\x1a(.storage.upstairs.v1.ListVolumesResponse2\xec\x01\n" +
+	"\vListVolumes\x12'.storage.upstairs.v1.ListVolumesRequest\x1a(.storage.upstairs.v1.ListVolumesResponse\x12N\n" +
+	"\x05Write\x12!.storage.upstairs.v1.WriteRequest\x1a\".storage.upstairs.v1.WriteResponse2\xec\x01\n" +
 	"\x14UpstairsFaultService\x12x\n" +
 	"\x13InjectUpstairsFault\x12/.storage.upstairs.v1.InjectUpstairsFaultRequest\x1a0.storage.upstairs.v1.InjectUpstairsFaultResponse\x12Z\n" +
 	"\tForgetAll\x12%.storage.upstairs.v1.ForgetAllRequest\x1a&.storage.upstairs.v1.ForgetAllResponseB5Z3storagecp.dev/gen/go/storage/upstairs/v1;upstairsv1b\x06proto3"
@@ -1059,59 +1447,69 @@ func file_storage_upstairs_v1_upstairs_proto_rawDescGZIP() []byte {
 	return file_storage_upstairs_v1_upstairs_proto_rawDescData
 }
 
-var file_storage_upstairs_v1_upstairs_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_storage_upstairs_v1_upstairs_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_storage_upstairs_v1_upstairs_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_storage_upstairs_v1_upstairs_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_storage_upstairs_v1_upstairs_proto_goTypes = []any{
 	(ReplaceResult)(0),                   // 0: storage.upstairs.v1.ReplaceResult
 	(DownstairsState)(0),                 // 1: storage.upstairs.v1.DownstairsState
-	(*ActivateRequest)(nil),              // 2: storage.upstairs.v1.ActivateRequest
-	(*ActivateResponse)(nil),             // 3: storage.upstairs.v1.ActivateResponse
-	(*DeactivateRequest)(nil),            // 4: storage.upstairs.v1.DeactivateRequest
-	(*DeactivateResponse)(nil),           // 5: storage.upstairs.v1.DeactivateResponse
-	(*ReplaceVolumeRequest)(nil),         // 6: storage.upstairs.v1.ReplaceVolumeRequest
-	(*ReplaceVolumeResponse)(nil),        // 7: storage.upstairs.v1.ReplaceVolumeResponse
-	(*Downstairs)(nil),                   // 8: storage.upstairs.v1.Downstairs
-	(*VolumeStatus)(nil),                 // 9: storage.upstairs.v1.VolumeStatus
-	(*GetVolumeStatusRequest)(nil),       // 10: storage.upstairs.v1.GetVolumeStatusRequest
-	(*GetVolumeStatusResponse)(nil),      // 11: storage.upstairs.v1.GetVolumeStatusResponse
-	(*ListVolumesRequest)(nil),           // 12: storage.upstairs.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),          // 13: storage.upstairs.v1.ListVolumesResponse
-	(*InjectUpstairsFaultRequest)(nil),   // 14: storage.upstairs.v1.InjectUpstairsFaultRequest
-	(*InjectUpstairsFaultResponse)(nil),  // 15: storage.upstairs.v1.InjectUpstairsFaultResponse
-	(*ForgetAllRequest)(nil),             // 16: storage.upstairs.v1.ForgetAllRequest
-	(*ForgetAllResponse)(nil),            // 17: storage.upstairs.v1.ForgetAllResponse
-	(*v1.VolumeConstructionRequest)(nil), // 18: storage.common.v1.VolumeConstructionRequest
-	(*durationpb.Duration)(nil),          // 19: google.protobuf.Duration
+	(ContentMismatchKind)(0),             // 2: storage.upstairs.v1.ContentMismatchKind
+	(*ActivateRequest)(nil),              // 3: storage.upstairs.v1.ActivateRequest
+	(*ActivateResponse)(nil),             // 4: storage.upstairs.v1.ActivateResponse
+	(*DeactivateRequest)(nil),            // 5: storage.upstairs.v1.DeactivateRequest
+	(*DeactivateResponse)(nil),           // 6: storage.upstairs.v1.DeactivateResponse
+	(*ReplaceVolumeRequest)(nil),         // 7: storage.upstairs.v1.ReplaceVolumeRequest
+	(*ReplaceVolumeResponse)(nil),        // 8: storage.upstairs.v1.ReplaceVolumeResponse
+	(*Downstairs)(nil),                   // 9: storage.upstairs.v1.Downstairs
+	(*ContentMismatch)(nil),              // 10: storage.upstairs.v1.ContentMismatch
+	(*PositionContent)(nil),              // 11: storage.upstairs.v1.PositionContent
+	(*VolumeStatus)(nil),                 // 12: storage.upstairs.v1.VolumeStatus
+	(*GetVolumeStatusRequest)(nil),       // 13: storage.upstairs.v1.GetVolumeStatusRequest
+	(*GetVolumeStatusResponse)(nil),      // 14: storage.upstairs.v1.GetVolumeStatusResponse
+	(*ListVolumesRequest)(nil),           // 15: storage.upstairs.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),          // 16: storage.upstairs.v1.ListVolumesResponse
+	(*WriteRequest)(nil),                 // 17: storage.upstairs.v1.WriteRequest
+	(*WriteResponse)(nil),                // 18: storage.upstairs.v1.WriteResponse
+	(*InjectUpstairsFaultRequest)(nil),   // 19: storage.upstairs.v1.InjectUpstairsFaultRequest
+	(*InjectUpstairsFaultResponse)(nil),  // 20: storage.upstairs.v1.InjectUpstairsFaultResponse
+	(*ForgetAllRequest)(nil),             // 21: storage.upstairs.v1.ForgetAllRequest
+	(*ForgetAllResponse)(nil),            // 22: storage.upstairs.v1.ForgetAllResponse
+	(*v1.VolumeConstructionRequest)(nil), // 23: storage.common.v1.VolumeConstructionRequest
+	(*durationpb.Duration)(nil),          // 24: google.protobuf.Duration
 }
 var file_storage_upstairs_v1_upstairs_proto_depIdxs = []int32{
-	18, // 0: storage.upstairs.v1.ActivateRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	9,  // 1: storage.upstairs.v1.ActivateResponse.status:type_name -> storage.upstairs.v1.VolumeStatus
-	18, // 2: storage.upstairs.v1.ReplaceVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	23, // 0: storage.upstairs.v1.ActivateRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	12, // 1: storage.upstairs.v1.ActivateResponse.status:type_name -> storage.upstairs.v1.VolumeStatus
+	23, // 2: storage.upstairs.v1.ReplaceVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
 	0,  // 3: storage.upstairs.v1.ReplaceVolumeResponse.result:type_name -> storage.upstairs.v1.ReplaceResult
 	1,  // 4: storage.upstairs.v1.Downstairs.state:type_name -> storage.upstairs.v1.DownstairsState
-	8,  // 5: storage.upstairs.v1.VolumeStatus.downstairs:type_name -> storage.upstairs.v1.Downstairs
-	9,  // 6: storage.upstairs.v1.GetVolumeStatusResponse.status:type_name -> storage.upstairs.v1.VolumeStatus
-	9,  // 7: storage.upstairs.v1.ListVolumesResponse.volumes:type_name -> storage.upstairs.v1.VolumeStatus
-	19, // 8: storage.upstairs.v1.InjectUpstairsFaultRequest.delay:type_name -> google.protobuf.Duration
-	2,  // 9: storage.upstairs.v1.UpstairsService.Activate:input_type -> storage.upstairs.v1.ActivateRequest
-	4,  // 10: storage.upstairs.v1.UpstairsService.Deactivate:input_type -> storage.upstairs.v1.DeactivateRequest
-	6,  // 11: storage.upstairs.v1.UpstairsService.ReplaceVolume:input_type -> storage.upstairs.v1.ReplaceVolumeRequest
-	10, // 12: storage.upstairs.v1.UpstairsService.GetVolumeStatus:input_type -> storage.upstairs.v1.GetVolumeStatusRequest
-	12, // 13: storage.upstairs.v1.UpstairsService.ListVolumes:input_type -> storage.upstairs.v1.ListVolumesRequest
-	14, // 14: storage.upstairs.v1.UpstairsFaultService.InjectUpstairsFault:input_type -> storage.upstairs.v1.InjectUpstairsFaultRequest
-	16, // 15: storage.upstairs.v1.UpstairsFaultService.ForgetAll:input_type -> storage.upstairs.v1.ForgetAllRequest
-	3,  // 16: storage.upstairs.v1.UpstairsService.Activate:output_type -> storage.upstairs.v1.ActivateResponse
-	5,  // 17: storage.upstairs.v1.UpstairsService.Deactivate:output_type -> storage.upstairs.v1.DeactivateResponse
-	7,  // 18: storage.upstairs.v1.UpstairsService.ReplaceVolume:output_type -> storage.upstairs.v1.ReplaceVolumeResponse
-	11, // 19: storage.upstairs.v1.UpstairsService.GetVolumeStatus:output_type -> storage.upstairs.v1.GetVolumeStatusResponse
-	13, // 20: storage.upstairs.v1.UpstairsService.ListVolumes:output_type -> storage.upstairs.v1.ListVolumesResponse
-	15, // 21: storage.upstairs.v1.UpstairsFaultService.InjectUpstairsFault:output_type -> storage.upstairs.v1.InjectUpstairsFaultResponse
-	17, // 22: storage.upstairs.v1.UpstairsFaultService.ForgetAll:output_type -> storage.upstairs.v1.ForgetAllResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	2,  // 5: storage.upstairs.v1.ContentMismatch.kind:type_name -> storage.upstairs.v1.ContentMismatchKind
+	9,  // 6: storage.upstairs.v1.VolumeStatus.downstairs:type_name -> storage.upstairs.v1.Downstairs
+	10, // 7: storage.upstairs.v1.VolumeStatus.content_mismatches:type_name -> storage.upstairs.v1.ContentMismatch
+	11, // 8: storage.upstairs.v1.VolumeStatus.positions:type_name -> storage.upstairs.v1.PositionContent
+	12, // 9: storage.upstairs.v1.GetVolumeStatusResponse.status:type_name -> storage.upstairs.v1.VolumeStatus
+	12, // 10: storage.upstairs.v1.ListVolumesResponse.volumes:type_name -> storage.upstairs.v1.VolumeStatus
+	24, // 11: storage.upstairs.v1.InjectUpstairsFaultRequest.delay:type_name -> google.protobuf.Duration
+	3,  // 12: storage.upstairs.v1.UpstairsService.Activate:input_type -> storage.upstairs.v1.ActivateRequest
+	5,  // 13: storage.upstairs.v1.UpstairsService.Deactivate:input_type -> storage.upstairs.v1.DeactivateRequest
+	7,  // 14: storage.upstairs.v1.UpstairsService.ReplaceVolume:input_type -> storage.upstairs.v1.ReplaceVolumeRequest
+	13, // 15: storage.upstairs.v1.UpstairsService.GetVolumeStatus:input_type -> storage.upstairs.v1.GetVolumeStatusRequest
+	15, // 16: storage.upstairs.v1.UpstairsService.ListVolumes:input_type -> storage.upstairs.v1.ListVolumesRequest
+	17, // 17: storage.upstairs.v1.UpstairsService.Write:input_type -> storage.upstairs.v1.WriteRequest
+	19, // 18: storage.upstairs.v1.UpstairsFaultService.InjectUpstairsFault:input_type -> storage.upstairs.v1.InjectUpstairsFaultRequest
+	21, // 19: storage.upstairs.v1.UpstairsFaultService.ForgetAll:input_type -> storage.upstairs.v1.ForgetAllRequest
+	4,  // 20: storage.upstairs.v1.UpstairsService.Activate:output_type -> storage.upstairs.v1.ActivateResponse
+	6,  // 21: storage.upstairs.v1.UpstairsService.Deactivate:output_type -> storage.upstairs.v1.DeactivateResponse
+	8,  // 22: storage.upstairs.v1.UpstairsService.ReplaceVolume:output_type -> storage.upstairs.v1.ReplaceVolumeResponse
+	14, // 23: storage.upstairs.v1.UpstairsService.GetVolumeStatus:output_type -> storage.upstairs.v1.GetVolumeStatusResponse
+	16, // 24: storage.upstairs.v1.UpstairsService.ListVolumes:output_type -> storage.upstairs.v1.ListVolumesResponse
+	18, // 25: storage.upstairs.v1.UpstairsService.Write:output_type -> storage.upstairs.v1.WriteResponse
+	20, // 26: storage.upstairs.v1.UpstairsFaultService.InjectUpstairsFault:output_type -> storage.upstairs.v1.InjectUpstairsFaultResponse
+	22, // 27: storage.upstairs.v1.UpstairsFaultService.ForgetAll:output_type -> storage.upstairs.v1.ForgetAllResponse
+	20, // [20:28] is the sub-list for method output_type
+	12, // [12:20] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_storage_upstairs_v1_upstairs_proto_init() }
@@ -1124,8 +1522,8 @@ func file_storage_upstairs_v1_upstairs_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_upstairs_v1_upstairs_proto_rawDesc), len(file_storage_upstairs_v1_upstairs_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   16,
+			NumEnums:      3,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -5,7 +5,8 @@
 // source: storage/upstairs/v1/upstairs.proto
 
 // What a Crucible Upstairs host (Propolis or Pantry) serves, as simulated by
-// the sim-upstairs process. Only the upstairs-notifier calls it.
+// the sim-upstairs process. The upstairs-notifier calls it; tests also call
+// Write and the status RPCs.
 
 package upstairsv1
 
@@ -27,6 +28,7 @@ const (
 	UpstairsService_ReplaceVolume_FullMethodName   = "/storage.upstairs.v1.UpstairsService/ReplaceVolume"
 	UpstairsService_GetVolumeStatus_FullMethodName = "/storage.upstairs.v1.UpstairsService/GetVolumeStatus"
 	UpstairsService_ListVolumes_FullMethodName     = "/storage.upstairs.v1.UpstairsService/ListVolumes"
+	UpstairsService_Write_FullMethodName           = "/storage.upstairs.v1.UpstairsService/Write"
 )
 
 // UpstairsServiceClient is the client API for UpstairsService service.
@@ -53,8 +55,19 @@ type UpstairsServiceClient interface {
 	ReplaceVolume(ctx context.Context, in *ReplaceVolumeRequest, opts ...grpc.CallOption) (*ReplaceVolumeResponse, error)
 	// Health of an active volume, its downstairs and the data-path probe.
 	GetVolumeStatus(ctx context.Context, in *GetVolumeStatusRequest, opts ...grpc.CallOption) (*GetVolumeStatusResponse, error)
-	// Every volume active here, with the data-loss counter.
+	// Every volume active here, with the data-loss and content-mismatch
+	// counters.
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
+	// Writes to an active volume, as its guest would: every rw region of its
+	// sub-volumes gets one new content identity (recorded on the simulated
+	// agents through the allocator's AgentDataService, so the allocator must
+	// run with --dev), and the content the volume expects at those positions
+	// becomes it. INVALID_ARGUMENT for an empty volume_id; NOT_FOUND when the
+	// volume is not active here; FAILED_PRECONDITION for a read-only
+	// activation, a volume with no rw region, one still reconciling, or a
+	// sim-upstairs without a data path (no allocator, or one without --dev);
+	// UNAVAILABLE when the allocator cannot be reached.
+	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 }
 
 type upstairsServiceClient struct {
@@ -115,6 +128,16 @@ func (c *upstairsServiceClient) ListVolumes(ctx context.Context, in *ListVolumes
 	return out, nil
 }
 
+func (c *upstairsServiceClient) Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteResponse)
+	err := c.cc.Invoke(ctx, UpstairsService_Write_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UpstairsServiceServer is the server API for UpstairsService service.
 // All implementations must embed UnimplementedUpstairsServiceServer
 // for forward compatibility.
@@ -139,8 +162,19 @@ type UpstairsServiceServer interface {
 	ReplaceVolume(context.Context, *ReplaceVolumeRequest) (*ReplaceVolumeResponse, error)
 	// Health of an active volume, its downstairs and the data-path probe.
 	GetVolumeStatus(context.Context, *GetVolumeStatusRequest) (*GetVolumeStatusResponse, error)
-	// Every volume active here, with the data-loss counter.
+	// Every volume active here, with the data-loss and content-mismatch
+	// counters.
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
+	// Writes to an active volume, as its guest would: every rw region of its
+	// sub-volumes gets one new content identity (recorded on the simulated
+	// agents through the allocator's AgentDataService, so the allocator must
+	// run with --dev), and the content the volume expects at those positions
+	// becomes it. INVALID_ARGUMENT for an empty volume_id; NOT_FOUND when the
+	// volume is not active here; FAILED_PRECONDITION for a read-only
+	// activation, a volume with no rw region, one still reconciling, or a
+	// sim-upstairs without a data path (no allocator, or one without --dev);
+	// UNAVAILABLE when the allocator cannot be reached.
+	Write(context.Context, *WriteRequest) (*WriteResponse, error)
 	mustEmbedUnimplementedUpstairsServiceServer()
 }
 
@@ -165,6 +199,9 @@ func (UnimplementedUpstairsServiceServer) GetVolumeStatus(context.Context, *GetV
 }
 func (UnimplementedUpstairsServiceServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVolumes not implemented")
+}
+func (UnimplementedUpstairsServiceServer) Write(context.Context, *WriteRequest) (*WriteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Write not implemented")
 }
 func (UnimplementedUpstairsServiceServer) mustEmbedUnimplementedUpstairsServiceServer() {}
 func (UnimplementedUpstairsServiceServer) testEmbeddedByValue()                         {}
@@ -277,6 +314,24 @@ func _UpstairsService_ListVolumes_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UpstairsService_Write_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WriteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpstairsServiceServer).Write(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UpstairsService_Write_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpstairsServiceServer).Write(ctx, req.(*WriteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UpstairsService_ServiceDesc is the grpc.ServiceDesc for UpstairsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -304,6 +359,10 @@ var UpstairsService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListVolumes",
 			Handler:    _UpstairsService_ListVolumes_Handler,
 		},
+		{
+			MethodName: "Write",
+			Handler:    _UpstairsService_Write_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "storage/upstairs/v1/upstairs.proto",
@@ -324,7 +383,7 @@ type UpstairsFaultServiceClient interface {
 	// `count` calls of UpstairsService, of one method or of any.
 	InjectUpstairsFault(ctx context.Context, in *InjectUpstairsFaultRequest, opts ...grpc.CallOption) (*InjectUpstairsFaultResponse, error)
 	// Forget every activation, as after a restart. Pending faults and the
-	// total data-loss counter are kept.
+	// total data-loss and content-mismatch counters are kept.
 	ForgetAll(ctx context.Context, in *ForgetAllRequest, opts ...grpc.CallOption) (*ForgetAllResponse, error)
 }
 
@@ -366,7 +425,7 @@ type UpstairsFaultServiceServer interface {
 	// `count` calls of UpstairsService, of one method or of any.
 	InjectUpstairsFault(context.Context, *InjectUpstairsFaultRequest) (*InjectUpstairsFaultResponse, error)
 	// Forget every activation, as after a restart. Pending faults and the
-	// total data-loss counter are kept.
+	// total data-loss and content-mismatch counters are kept.
 	ForgetAll(context.Context, *ForgetAllRequest) (*ForgetAllResponse, error)
 	mustEmbedUnimplementedUpstairsFaultServiceServer()
 }

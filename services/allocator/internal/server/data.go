@@ -1,0 +1,92 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"storagecp.dev/allocator/internal/agent"
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+)
+
+// DataServer is the AgentDataService, registered only with --dev: the
+// writes and repairs sim-upstairs records on the simulated agents, so that
+// every region's content identity follows what a real Upstairs would have
+// done to its bytes.
+type DataServer struct {
+	allocatorv1.UnimplementedAgentDataServiceServer
+	s   *Server
+	sim *agent.Sim
+}
+
+// WriteRegions gives every served rw region at the addresses the content
+// of one write.
+func (d *DataServer) WriteRegions(ctx context.Context, req *allocatorv1.WriteRegionsRequest) (*allocatorv1.WriteRegionsResponse, error) {
+	addrs, err := parseAddrs("addresses", req.GetAddresses())
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, invalid("addresses", "required")
+	}
+	writeID, err := parseID("write_id", req.GetWriteId())
+	if err != nil {
+		return nil, err
+	}
+	content, written, skipped, err := d.sim.Write(ctx, addrs, writeID)
+	if err != nil {
+		return nil, d.s.toStatus(ctx, err)
+	}
+	return &allocatorv1.WriteRegionsResponse{Content: content, Written: addrStrings(written), Skipped: addrStrings(skipped)}, nil
+}
+
+// RepairRegionSet records the end of a live repair or a reconciliation of
+// one rw region set.
+func (d *DataServer) RepairRegionSet(ctx context.Context, req *allocatorv1.RepairRegionSetRequest) (*allocatorv1.RepairRegionSetResponse, error) {
+	addrs, err := parseAddrs("addresses", req.GetAddresses())
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, invalid("addresses", "required")
+	}
+	repair, err := parseAddrs("repair", req.GetRepair())
+	if err != nil {
+		return nil, err
+	}
+	for i, a := range repair {
+		found := false
+		for _, b := range addrs {
+			found = found || a == b
+		}
+		if !found {
+			return nil, invalid(fmt.Sprintf("repair[%d]", i), "not one of addresses")
+		}
+	}
+	content, repaired, err := d.sim.Repair(ctx, addrs, repair)
+	if err != nil {
+		return nil, d.s.toStatus(ctx, err)
+	}
+	return &allocatorv1.RepairRegionSetResponse{Content: content, Repaired: addrStrings(repaired)}, nil
+}
+
+// parseAddrs parses "[ipv6]:port" addresses, naming the first bad one.
+func parseAddrs(field string, vs []string) ([]netip.AddrPort, error) {
+	out := make([]netip.AddrPort, 0, len(vs))
+	for i, v := range vs {
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil || !ap.Addr().Is6() || ap.Addr().Is4In6() || ap.Port() == 0 {
+			return nil, invalid(fmt.Sprintf("%s[%d]", field, i), `not "[ipv6]:port"`)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
+}
+
+func addrStrings(addrs []netip.AddrPort) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.String()
+	}
+	return out
+}
