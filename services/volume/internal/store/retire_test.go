@@ -80,7 +80,9 @@ func TestRetireTargetsRacesCreateVolume(t *testing.T) {
 		var res RetireResult
 		var rerr, cerr error
 		wg.Go(func() { res, rerr = f.s.RetireTargets(f.ctx, []uuid.UUID{ro.ID}) })
-		wg.Go(func() { _, _, cerr = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: snapshotVCR([]Target{ro})}) })
+		wg.Go(func() {
+			_, _, cerr = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: snapshotVCR([]Target{ro})})
+		})
 		wg.Wait()
 		if rerr != nil {
 			t.Fatal(rerr)
@@ -94,8 +96,9 @@ func TestRetireTargetsRacesCreateVolume(t *testing.T) {
 }
 
 // The purpose a volume is created with is stored and reported by every
-// lookup a step scan uses; a temporary volume taking a read-only parent is
-// a stash.
+// lookup a step scan uses. A temporary volume taking a volume's read-only
+// parent keeps its own: it is the user's (a scrub's), holds real
+// references until deleted, and is stepped like any data volume.
 func TestVolumePurpose(t *testing.T) {
 	f := newFixture(t)
 	_, rw := f.newDisk(nil)
@@ -129,11 +132,11 @@ func TestVolumePurpose(t *testing.T) {
 	for _, r := range refs {
 		got[r.ID] = r.Purpose
 	}
-	if len(got) != 2 || got[snap] != PurposeData || got[temp] != PurposeStash {
+	if len(got) != 2 || got[snap] != PurposeData || got[temp] != PurposeData {
 		t.Fatalf("volumes referencing the region snapshot: %v", got)
 	}
 	ref, err := f.s.VolumeReferencesReadOnlyTarget(f.ctx, temp, snaps[0].ID)
-	if err != nil || !ref.Referenced || ref.Purpose != PurposeStash {
+	if err != nil || !ref.Referenced || ref.Purpose != PurposeData {
 		t.Fatalf("reference by the temporary volume: %+v %v", ref, err)
 	}
 	f.healthy()

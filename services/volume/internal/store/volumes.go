@@ -868,10 +868,6 @@ func (s *Store) RemoveReadOnlyParent(ctx context.Context, volumeID, tempID uuid.
 		if err := writeVCR(ctx, tx, tempID, tempVCR, true); err != nil {
 			return err
 		}
-		// It now holds what the volume referenced: a stash, never stepped.
-		if _, err := tx.Exec(ctx, `UPDATE volume SET purpose = 'stash' WHERE id = $1`, tempID); err != nil {
-			return fmt.Errorf("mark %s a stash: %w", tempID, err)
-		}
 		if err := moveReferences(ctx, tx, volumeID, tempID, vcr.ReadOnlyTargets(tempVCR)); err != nil {
 			return err
 		}
