@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
@@ -35,16 +36,18 @@ import (
 // the operation did (a clone that copied a target the saga published, a
 // volume deleted under it).
 //
-// Every case starts from the same world: a disk D, its snapshot P, a clone
-// F running on a sim-upstairs, a clone G nobody runs, a read-only
-// replacement request for one of P's region snapshots and a rw replacement
-// request for one of F's regions (live repair through F's Upstairs). The
+// Every case starts from the same world: a disk D written before its
+// snapshot P was taken, a clone F running (and written) on a sim-upstairs,
+// a clone G nobody runs, a read-only replacement request for one of P's
+// region snapshots and a rw replacement request for one of F's regions
+// (live repair through F's Upstairs). The
 // real background tasks drive both requests; a lifecycle saga under test is
 // run by the case itself (a disk created, D snapshotted, P cloned, G
 // deleted). Every case ends with the same checks: no saga stuck, every
 // request and step terminal, CheckInvariants and ValidateSystem clean, no
 // live volume naming a target the allocator no longer has, no data-loss
-// probe, and — after every volume is deleted — nothing left in any service.
+// probe or content mismatch on any sim-upstairs, and — after every volume
+// is deleted — nothing left in any service.
 //
 // `make test` runs a fixed sample (every interleaveStride-th case);
 // `make soak` (STORAGECP_SOAK=1) runs them all. Each case is a subtest named
@@ -221,13 +224,29 @@ type interleaveWorld struct {
 	h                    *rsrHarness
 }
 
+// newInterleaveWorld makes the objects every case starts from. D is written
+// (through an Upstairs, as a guest would) before P is taken, and F after
+// it is constructed, so that the content oracle tells every copy of real
+// data from a blank or wrong one: P's region snapshots hold D's written
+// content, and F's rw regions content of their own, which the rw
+// replacement's live repair must copy into the new region.
 func newInterleaveWorld(t *testing.T, e *testenv.Env, d *drainer) *interleaveWorld {
 	t.Helper()
-	h := newRSRHarness(t, e)
-	w := &interleaveWorld{e: e, d: d, disk: h.disk, snap: h.snap, f: h.f, g: uuid.New()}
+	disk := createDisk(t, e)
+	att := rrConstruct(t, e, disk, notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, 1)
+	rrWrite(t, e, 1, disk)
+	if _, err := e.Notifier.DetachUpstairs(context.Background(), &notifierv1.DetachUpstairsRequest{AttachmentId: att.AttachmentId}); err != nil {
+		t.Fatal(err)
+	}
+	h := &rsrHarness{e: e, disk: disk}
+	h.snap = snapshot(t, e, disk)
+	h.f = uuid.New()
+	e.MustSucceed(t, sagas.VolumeClone, sagas.RegionSetParams{VolumeID: h.f, SnapshotID: &h.snap})
+	h.snapshots = volumeTargets(t, e, h.snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)
+	w := &interleaveWorld{e: e, d: d, disk: h.disk, snap: h.snap, f: h.f, g: uuid.New(), h: h}
 	e.MustSucceed(t, sagas.VolumeClone, sagas.RegionSetParams{VolumeID: w.g, SnapshotID: &w.snap})
 	rrConstruct(t, e, w.f, notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, 0)
-	w.h = h
+	rrWrite(t, e, 0, w.f)
 	return w
 }
 
@@ -255,7 +274,7 @@ func (w *interleaveWorld) liveVolume(ctx context.Context, t *testing.T, p volume
 }
 
 func runInterleaveCase(t *testing.T, e *testenv.Env, d *drainer, subj interleaveSubject, node string, nodes []string, o interleaveOp, unwind bool) {
-	dataLossBefore := dataLossEvents(t, e)
+	lossBefore, contentBefore := oracleEvents(t, e)
 	w := newInterleaveWorld(t, e, d)
 	last := nodes[len(nodes)-1]
 	var fired atomic.Bool
@@ -296,8 +315,8 @@ func runInterleaveCase(t *testing.T, e *testenv.Env, d *drainer, subj interleave
 	namedTargetsAllocated(t, e)
 	invariantsHold(t, e)
 	validateHolds(t, e)
-	if got := dataLossEvents(t, e); got != dataLossBefore {
-		t.Errorf("the sim-upstairs saw %d data-loss probes", got-dataLossBefore)
+	if loss, content := oracleEvents(t, e); loss != lossBefore || content != contentBefore {
+		t.Errorf("the sim-upstairs saw %d data-loss probes and %d content mismatches", loss-lossBefore, content-contentBefore)
 		for _, p := range e.Stack.Procs() {
 			if strings.HasPrefix(p.Name, "sim-upstairs") {
 				t.Logf("---- %s\n%s", p.Name, p.LogTail(40))
@@ -309,18 +328,20 @@ func runInterleaveCase(t *testing.T, e *testenv.Env, d *drainer, subj interleave
 	expectWorld(t, e, world{})
 }
 
-// dataLossEvents sums every sim-upstairs' data-loss probes.
-func dataLossEvents(t testing.TB, e *testenv.Env) int64 {
+// oracleEvents sums every sim-upstairs' data-loss probes (a running
+// volume's target destroyed) and content mismatches (a running volume
+// reading other bytes than it did, or copies that disagree).
+func oracleEvents(t testing.TB, e *testenv.Env) (dataLoss, content int64) {
 	t.Helper()
-	var total int64
 	for i := range e.Stack.SimUpstairsAddrs() {
 		resp, err := rrSim(t, e, i).ListVolumes(context.Background(), &upstairsv1.ListVolumesRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		total += resp.TotalDataLossEvents
+		dataLoss += resp.TotalDataLossEvents
+		content += resp.TotalContentMismatchEvents
 	}
-	return total
+	return dataLoss, content
 }
 
 // drainAll kicks the tasks until every request and step is terminal and no

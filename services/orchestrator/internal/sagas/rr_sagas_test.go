@@ -227,7 +227,7 @@ func rrConstruct(t testing.TB, e *testenv.Env, volume uuid.UUID, kind notifierv1
 
 // rrWrite writes to a volume running on sim i once its activation has
 // reconciled, so the volume's rw regions hold written content, not blank.
-func rrWrite(t *testing.T, e *testenv.Env, sim int, volume uuid.UUID) string {
+func rrWrite(t testing.TB, e *testenv.Env, sim int, volume uuid.UUID) string {
 	t.Helper()
 	up := rrSim(t, e, sim)
 	deadline := time.Now().Add(30 * time.Second)
