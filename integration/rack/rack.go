@@ -259,11 +259,19 @@ func (r *Rack) ExpectEmpty(t *testing.T) {
 // Terminal reports whether a replacement request (read-only or rw) ended.
 func Terminal(rep *orchestratorv1.Replacement) bool {
 	if rep.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
-		return rep.RegionState == orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE
+		switch rep.RegionState {
+		case orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DATA_LOST,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_NEEDS_OPERATOR,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_CANCELLED:
+			return true
+		}
+		return false
 	}
 	s := rep.ReadOnlyState
 	return s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE ||
-		s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST
+		s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST ||
+		s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_CANCELLED
 }
 
 // WaitRequests waits until every read-only request is terminal and returns

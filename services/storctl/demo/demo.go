@@ -814,11 +814,19 @@ func isRW(r *orchestratorv1.Replacement) bool {
 // terminal reports whether a request ended.
 func terminal(r *orchestratorv1.Replacement) bool {
 	if isRW(r) {
-		return r.GetRegionState() == orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE
+		switch r.GetRegionState() {
+		case orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DATA_LOST,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_NEEDS_OPERATOR,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_CANCELLED:
+			return true
+		}
+		return false
 	}
 	s := r.GetReadOnlyState()
 	return s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE ||
-		s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST
+		s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST ||
+		s == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_CANCELLED
 }
 
 // stateKey is a request's kind family and state, the key of

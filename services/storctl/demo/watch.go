@@ -112,7 +112,10 @@ func requestProgress(r *orchestratorv1.Replacement, s StepCounts) float64 {
 			return 0.75
 		case orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETING:
 			return 0.9
-		case orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE:
+		case orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DATA_LOST,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_NEEDS_OPERATOR,
+			orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_CANCELLED:
 			return 1
 		}
 		return 0
@@ -132,7 +135,8 @@ func requestProgress(r *orchestratorv1.Replacement, s StepCounts) float64 {
 	case orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETING:
 		return 0.95
 	case orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE,
-		orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST:
+		orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST,
+		orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_CANCELLED:
 		return 1
 	}
 	return 0

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"flag"
+	"time"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	notifierserver "storagecp.dev/notifier/internal/server"
@@ -14,6 +15,7 @@ import (
 
 func main() {
 	var volumeAddr *string
+	var upstairsTimeout *time.Duration
 	server.Main(server.Service{
 		Name:        "upstairs-notifier",
 		DefaultAddr: "127.0.0.1:7103",
@@ -21,9 +23,11 @@ func main() {
 		Migrations:  migrations.FS,
 		Flags: func(fs *flag.FlagSet) {
 			volumeAddr = fs.String("volume-addr", "127.0.0.1:7101", "volume-service address")
+			upstairsTimeout = fs.Duration("upstairs-timeout", notifierserver.DefaultUpstairsCallTimeout,
+				"bound on each call to an Upstairs (activate, deactivate, replace); an Upstairs that does not answer in time counts as unreachable")
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
-			s, err := notifierserver.New(env.Pool, env.Logger, *volumeAddr)
+			s, err := notifierserver.New(env.Pool, env.Logger, *volumeAddr, notifierserver.WithUpstairsCallTimeout(*upstairsTimeout))
 			if err != nil {
 				return err
 			}

@@ -44,6 +44,11 @@ type upstairsClient interface {
 // Option tunes a Server.
 type Option func(*Server)
 
+// DefaultUpstairsCallTimeout bounds each call to an Upstairs when no
+// WithUpstairsCallTimeout is given: a live Upstairs answers in milliseconds,
+// and a step waiting on a dead one should unwind and retry soon.
+const DefaultUpstairsCallTimeout = 10 * time.Second
+
 // WithUpstairsCallTimeout bounds each call to an Upstairs endpoint.
 func WithUpstairsCallTimeout(d time.Duration) Option {
 	return func(s *Server) { s.upstairsTimeout = d }
@@ -73,7 +78,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, volumeAddr string, opts ...Opt
 		store:           store.New(pool),
 		logger:          logger,
 		volumes:         volumev1.NewVolumeServiceClient(conn),
-		upstairsTimeout: 10 * time.Second,
+		upstairsTimeout: DefaultUpstairsCallTimeout,
 		metrics:         newNotifyMetrics(),
 		conns:           map[string]*grpc.ClientConn{},
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/orchestrator/internal/bgtasks"
 	"storagecp.dev/orchestrator/internal/sagas"
 	orchestratorserver "storagecp.dev/orchestrator/internal/server"
 	"storagecp.dev/orchestrator/migrations"
@@ -32,6 +33,13 @@ func main() {
 			fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 6*time.Second, "leader lease duration")
 			fs.DurationVar(&cfg.TaskPeriod, "task-period", 30*time.Second, "background tasks' safety-net period")
 			fs.IntVar(&cfg.MaxSagasPerTask, "max-sagas-per-task", 64, "sagas each background task keeps in flight")
+			fs.DurationVar(&cfg.Retry.Initial, "retry-backoff-initial", bgtasks.DefaultRetryInitial,
+				"wait before retrying a request or step whose saga unwound once; doubles with each further failed attempt")
+			fs.DurationVar(&cfg.Retry.Max, "retry-backoff-max", bgtasks.DefaultRetryMax, "longest wait before retrying a request or step whose saga unwound")
+			fs.IntVar(&cfg.RWBounds.MaxDriveAttempts, "rw-max-drive-attempts", bgtasks.DefaultMaxDriveAttempts,
+				"repair starts (live-repair notifications or Pantry reconciliations) after which a rw replacement that never finished ends needs_operator")
+			fs.DurationVar(&cfg.RWBounds.StallTimeout, "rw-stall-timeout", bgtasks.DefaultStallTimeout,
+				"time without a drive attempt or a repair report after which a rw replacement ends needs_operator")
 			fs.Func("pantry-addrs", "comma-separated Pantry-like Upstairs hosts used to reconcile volumes with no consumer", func(v string) error {
 				for _, a := range strings.Split(v, ",") {
 					if a = strings.TrimSpace(a); a != "" {

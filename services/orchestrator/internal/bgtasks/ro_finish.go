@@ -21,6 +21,7 @@ type roFinish struct {
 // FinishStatus is the finish task's status per activation.
 type FinishStatus struct {
 	FinishInvokedOK []string `json:"finish_invoked_ok"`
+	Skipped         Skips    `json:"skipped"`
 	Errors          []string `json:"errors"`
 }
 
@@ -44,6 +45,7 @@ func (t *roFinish) Activate(ctx context.Context) any {
 			continue
 		}
 		if busy {
+			st.Skipped.Add("request %s: steps still in progress", r.ID)
 			continue
 		}
 		gone, err := sagas.TargetGone(ctx, d, r.OldTargetID)
@@ -52,9 +54,11 @@ func (t *roFinish) Activate(ctx context.Context) any {
 			continue
 		}
 		if !gone {
-			continue // target still exists: some volume still references it
+			// Some volume (a stash being deleted, say) still references it.
+			st.Skipped.Add("request %s: old target %s still referenced", r.ID, r.OldTargetID)
+			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RSRFinish,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagas.RSRFinish,
 			sagas.FinishParams{RequestID: r.ID, NewRegionVolumeID: r.NewRegionVolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

@@ -18,6 +18,7 @@ type roGC struct {
 // GCStatus is the garbage-collect task's status per activation.
 type GCStatus struct {
 	GarbageCollectRequested []string `json:"garbage_collect_requested"`
+	Skipped                 Skips    `json:"skipped"`
 	Errors                  []string `json:"errors"`
 }
 
@@ -38,7 +39,7 @@ func (t *roGC) Activate(ctx context.Context) any {
 			errf(&st.Errors, "request %s: illegal state: replacement_done without a stash volume", r.ID)
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RSRGarbageCollect,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagas.RSRGarbageCollect,
 			sagas.GCParams{RequestID: r.ID, StashID: *r.OldSnapshotVolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

@@ -26,6 +26,7 @@ type StartStatus struct {
 	// DataLost lists every request that ended with no surviving copy of its
 	// data: a standing alert, repeated on every activation.
 	DataLost []string `json:"data_lost"`
+	Skipped  Skips    `json:"skipped"`
 	Errors   []string `json:"errors"`
 }
 
@@ -69,7 +70,7 @@ func (t *roStart) Activate(ctx context.Context) any {
 			RequestID: r.ID, Kind: string(r.Kind), OldTargetID: r.OldTargetID, OldRegionID: r.OldRegionID,
 			OldSnapshotID: r.OldSnapshotID, OldDatasetID: r.OldDatasetID,
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RSRStart, p,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagas.RSRStart, p,
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {
 		case err != nil:

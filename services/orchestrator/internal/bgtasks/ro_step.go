@@ -59,6 +59,7 @@ type StepStatus struct {
 	StepGarbageCollectInvokedOK []string `json:"step_garbage_collect_invoked_ok"`
 	StepInvokedOK               []string `json:"step_invoked_ok"`
 	StepSetVolumeDeletedOK      []string `json:"step_set_volume_deleted_ok"`
+	Skipped                     Skips    `json:"skipped"`
 	Errors                      []string `json:"errors"`
 }
 
@@ -103,7 +104,7 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 		}
 		// Its own key: the step's rsr-step may still hold the step id's
 		// slot for a moment after committing Complete.
-		ok, err := startSaga(ctx, t.env, t.limiter, "collect/"+s.ID.String(), sagas.RSRStepGarbageCollect,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagas.RSRStepGarbageCollect,
 			sagas.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
 			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()))
 		switch {
@@ -227,6 +228,7 @@ func (t *roStep) insertSteps(ctx context.Context, st *StepStatus, request uuid.U
 		switch {
 		case rs.LockHeld:
 			held = append(held, steps[i].VolumeID)
+			st.Skipped.Add("volume %s of request %s: its repair lock is held, or queued for by an older repair; waiting in the volume's lock queue", steps[i].VolumeID, request)
 		case rs.Inserted && fresh:
 			if t.fresh == nil || len(t.fresh) >= maxFresh {
 				t.fresh = map[uuid.UUID]bool{}
@@ -292,7 +294,7 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 			st.StepSetVolumeDeletedOK = append(st.StepSetVolumeDeletedOK, "step "+s.ID.String())
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, s.ID.String(), sagas.RSRStep,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: s.ID.String(), record: s.ID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagas.RSRStep,
 			sagas.StepParams{StepID: s.ID, RequestID: s.RequestID, VolumeID: s.VolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()))
 		switch {

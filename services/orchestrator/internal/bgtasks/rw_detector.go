@@ -33,6 +33,7 @@ type RWDetectorStatus struct {
 	RequestsCreatedOK   []string `json:"requests_created_ok"`
 	StartInvokedOK      []string `json:"start_invoked_ok"`
 	RequestsCompletedOK []string `json:"requests_completed_ok"`
+	Skipped             Skips    `json:"skipped"`
 	Errors              []string `json:"errors"`
 }
 
@@ -123,7 +124,9 @@ func (t *rwDetector) request(ctx context.Context, st *RWDetectorStatus, known ma
 	got, created, err := d.Store.InsertRegionRequest(ctx, r)
 	switch {
 	case errors.Is(err, datastore.ErrLockHeld):
-		// Another request or repair holds the volume: next pass.
+		// Another request or repair holds the volume: next pass (the
+		// release wakes this task).
+		st.Skipped.Add("region %s: %s", id, datastore.LockDetail(err))
 	case err != nil:
 		errf(&st.Errors, "request for region %s: %v", id, err)
 	case created:
@@ -153,7 +156,7 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RRStart,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagas.RRStart,
 			sagas.RRStartParams{RequestID: r.ID, VolumeID: r.VolumeID, OldRegionID: r.OldRegionID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

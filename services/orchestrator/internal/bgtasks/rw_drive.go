@@ -2,6 +2,7 @@ package bgtasks
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -39,7 +40,46 @@ const (
 type RWDriveStatus struct {
 	DoneOK         []string `json:"done_ok"`
 	DriveInvokedOK []string `json:"drive_invoked_ok"`
-	Errors         []string `json:"errors"`
+	// GaveUp: requests ended DataLost or NeedsOperator, with why.
+	GaveUp []string `json:"gave_up"`
+	// Skipped: requests left alone this pass, with why (a drive not due
+	// yet, the task's saga bound).
+	Skipped Skips    `json:"skipped"`
+	Errors  []string `json:"errors"`
+}
+
+// RWBounds bound how long a rw replacement is driven before it gives up.
+// Without them, one whose repair can never finish re-drove every few
+// seconds forever, holding its volume's repair lock, and every read-only
+// step of that volume (and so its whole request) waited behind it.
+type RWBounds struct {
+	// MaxDriveAttempts ends a request NeedsOperator once its repair was
+	// started this many times (each a live-repair notification or a Pantry
+	// reconciliation) without finishing: a repair that fails that often
+	// is not failing transiently.
+	MaxDriveAttempts int
+	// StallTimeout ends a request NeedsOperator when neither a drive
+	// attempt nor any repair report (start, progress, finish) came for
+	// this long: an Upstairs that never reports is not repairing.
+	StallTimeout time.Duration
+}
+
+// Default bounds. A repair reports progress while it runs, so the stall
+// timeout only has to outlast the gaps between reports and between drive
+// attempts (redriveEvery), not a whole repair of a large region.
+const (
+	DefaultMaxDriveAttempts = 20
+	DefaultStallTimeout     = 10 * time.Minute
+)
+
+func (b RWBounds) withDefaults() RWBounds {
+	if b.MaxDriveAttempts <= 0 {
+		b.MaxDriveAttempts = DefaultMaxDriveAttempts
+	}
+	if b.StallTimeout <= 0 {
+		b.StallTimeout = DefaultStallTimeout
+	}
+	return b
 }
 
 func (t *rwDrive) Name() string { return sagas.TaskRWDrive }
@@ -48,7 +88,7 @@ func (t *rwDrive) Description() string {
 }
 
 func (t *rwDrive) Activate(ctx context.Context) any {
-	st := &RWDriveStatus{DoneOK: []string{}, DriveInvokedOK: []string{}, Errors: []string{}}
+	st := &RWDriveStatus{DoneOK: []string{}, DriveInvokedOK: []string{}, GaveUp: []string{}, Errors: []string{}}
 	d := t.env.Deps
 	reqs, err := d.Store.RegionRequestsIn(ctx, datastore.RWRunning)
 	if err != nil {
@@ -75,10 +115,24 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 			continue
 		}
 		waiting = true
-		if ok, _ := t.drives.due(r.ID); !ok {
+		if ok, wait := t.drives.due(r.ID); !ok {
+			st.Skipped.Add("request %s: next drive due in %v (the repair is running or being started)", r.ID, wait.Round(time.Millisecond))
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RRDrive,
+		if end, why, err := t.bound(ctx, r, rs); err != nil {
+			errf(&st.Errors, "request %s: bounds: %v", r.ID, err)
+			continue
+		} else if end != "" {
+			if err := d.Store.GiveUpRW(ctx, r.ID, end, why); err != nil {
+				errf(&st.Errors, "request %s: give up: %v", r.ID, err)
+				continue
+			}
+			t.env.Logger.Error("rw replacement given up", "request_id", r.ID, "volume_id", r.VolumeID, "end", end, "reason", why)
+			countGaveUp(ctx, end)
+			st.GaveUp = append(st.GaveUp, fmt.Sprintf("request %s: %s: %s", r.ID, end, why))
+			continue
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagas.RRDrive,
 			sagas.RRDriveParams{RequestID: r.ID, VolumeID: r.VolumeID, NewRegionID: *r.NewRegionID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {
@@ -88,7 +142,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 			st.DriveInvokedOK = append(st.DriveInvokedOK, "request "+r.ID.String())
 		}
 	}
-	if len(st.DoneOK) > 0 {
+	if len(st.DoneOK) > 0 || len(st.GaveUp) > 0 {
 		d.KickTasks(sagas.TaskRWFinish)
 	}
 	ids := make([]uuid.UUID, len(reqs))
@@ -100,6 +154,45 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		t.drives.kickAfter(watchEvery, func() { t.env.Deps.KickTasks(sagas.TaskRWDrive) })
 	}
 	return st
+}
+
+// bound says whether a Running request whose repair has not finished must
+// give up, and as what: DataLost when no member of its region set can still
+// serve the data (checked first: no attempt can help then), NeedsOperator
+// past its attempts or when nothing happened for StallTimeout. "" to go on.
+func (t *rwDrive) bound(ctx context.Context, r datastore.RegionRequest, rs sagas.RepairState) (datastore.RegionState, string, error) {
+	d := t.env.Deps
+	unrepaired, err := d.Store.UnrepairedRegions(ctx, r.VolumeID)
+	if err != nil {
+		return "", "", err
+	}
+	sources, fates, err := sagas.RepairSources(ctx, d, r.VolumeID, *r.NewRegionID, unrepaired)
+	if err != nil {
+		return "", "", err
+	}
+	if sources == 0 {
+		return datastore.RWDataLost, "no copy of the region set survives to repair from: " + fates, nil
+	}
+	steps, err := d.Store.DriveSteps(ctx, r.ID)
+	if err != nil {
+		return "", "", err
+	}
+	b := t.env.RWBounds.withDefaults()
+	if len(steps) >= b.MaxDriveAttempts {
+		return datastore.RWNeedsOperator, fmt.Sprintf("the repair was started %d times (the bound) and never finished", len(steps)), nil
+	}
+	if len(steps) == 0 {
+		return "", "", nil
+	}
+	last := steps[len(steps)-1].Time
+	if rs.LastReport.After(last) {
+		last = rs.LastReport
+	}
+	if idle := time.Since(last); idle > b.StallTimeout {
+		return datastore.RWNeedsOperator, fmt.Sprintf("no drive attempt and no repair report for %v (bound %v) after %d attempts",
+			idle.Round(time.Second), b.StallTimeout, len(steps)), nil
+	}
+	return "", "", nil
 }
 
 // registerRW adds the rw region replacement tasks; the drive task runs at

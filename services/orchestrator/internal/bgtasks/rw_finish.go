@@ -34,7 +34,7 @@ func (t *rwFinish) Activate(ctx context.Context) any {
 			errf(&st.Errors, "request %s: done without a stash volume", r.ID)
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, r.ID.String(), sagas.RRFinish,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagas.RRFinish,
 			sagas.RRFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

@@ -341,7 +341,7 @@ func TestDataLost(t *testing.T) {
 	must(t, s.SetRODataLost(ctx, r.ID, saga, "no clone source"))
 	got, err := s.GetReadOnlyRequest(ctx, r.ID)
 	must(t, err)
-	if got.State != datastore.RODataLost || got.DataLostReason == nil {
+	if got.State != datastore.RODataLost || got.EndReason == nil {
 		t.Fatalf("%+v", got)
 	}
 	if _, err := s.GetLock(ctx, r.LockVolumeID); !errors.Is(err, datastore.ErrNotFound) {

@@ -23,9 +23,10 @@ const (
 type ReadOnlyState string
 
 // Terminal reports whether nothing will move a request in this state again.
-func (s ReadOnlyState) Terminal() bool { return s == ROComplete || s == RODataLost }
+func (s ReadOnlyState) Terminal() bool { return s == ROComplete || s == RODataLost || s == ROCancelled }
 
-// Request states (spec/replacement.md §2.1), plus the terminal DataLost.
+// Request states (spec/replacement.md §2.1), plus the terminal DataLost and
+// Cancelled.
 const (
 	RORequested         ReadOnlyState = "requested"
 	ROAllocating        ReadOnlyState = "allocating"
@@ -35,6 +36,7 @@ const (
 	ROCompleting        ReadOnlyState = "completing"
 	ROComplete          ReadOnlyState = "complete"
 	RODataLost          ReadOnlyState = "data_lost"
+	ROCancelled         ReadOnlyState = "cancelled"
 )
 
 // ReadOnlyRequest is a read-only target replacement request.
@@ -54,18 +56,20 @@ type ReadOnlyRequest struct {
 	NewRegionVolumeID   *uuid.UUID
 	OldSnapshotVolumeID *uuid.UUID
 	Traceparent         string
-	DataLostReason      *string
+	// EndReason says why it ended other than Complete.
+	EndReason *string
+	Attempts
 }
 
 const roColumns = `id, request_time, time_modified, kind, old_target_id, old_region_id, old_dataset_id,
 	old_snapshot_id, lock_volume_id, state, operating_saga_id, new_region_id, new_region_volume_id,
-	old_snapshot_volume_id, traceparent, data_lost_reason`
+	old_snapshot_volume_id, traceparent, end_reason, ` + attemptsColumns
 
 func scanRO(row pgx.Row) (ReadOnlyRequest, error) {
 	var r ReadOnlyRequest
 	err := row.Scan(&r.ID, &r.RequestTime, &r.TimeModified, &r.Kind, &r.OldTargetID, &r.OldRegionID, &r.OldDatasetID,
 		&r.OldSnapshotID, &r.LockVolumeID, &r.State, &r.OperatingSagaID, &r.NewRegionID, &r.NewRegionVolumeID,
-		&r.OldSnapshotVolumeID, &r.Traceparent, &r.DataLostReason)
+		&r.OldSnapshotVolumeID, &r.Traceparent, &r.EndReason, &r.Attempts.Attempts, &r.LastError, &r.LastErrorTime)
 	return r, err
 }
 
@@ -93,7 +97,8 @@ func (s *Store) InsertReadOnlyRequest(ctx context.Context, r ReadOnlyRequest) (R
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		if err := lockVolume(ctx, tx, r.LockVolumeID, r.ID, HolderReadOnlyReplacement); err != nil {
+		// Queued by target: each detector pass makes a new request id.
+		if err := lockVolume(ctx, tx, r.LockVolumeID, r.ID, r.OldTargetID, HolderReadOnlyReplacement); err != nil {
 			return err
 		}
 		out, err = scanRO(tx.QueryRow(ctx, `
@@ -105,6 +110,9 @@ func (s *Store) InsertReadOnlyRequest(ctx context.Context, r ReadOnlyRequest) (R
 		created = true
 		return err
 	})
+	if errors.Is(err, ErrLockHeld) {
+		s.noteWaiter(ctx, r.LockVolumeID, r.OldTargetID, HolderReadOnlyReplacement)
+	}
 	return out, created, err
 }
 
@@ -177,7 +185,7 @@ func (s *Store) SetROReplacementDone(ctx context.Context, id, saga, newRegion, n
 func (s *Store) SetRODataLost(ctx context.Context, id, saga uuid.UUID, reason string) error {
 	return s.exitIntermediate(ctx, roRequests, id, saga, exit{
 		intermediate: string(ROAllocating), to: string(RODataLost),
-		set: "data_lost_reason = $4", args: []any{reason},
+		set: "end_reason = $4", args: []any{reason},
 		contradicts: []string{string(RORequested)},
 		releaseLock: true,
 	})

@@ -33,13 +33,15 @@ type Step struct {
 	OldSnapshotVolumeID *uuid.UUID
 	State               StepState
 	OperatingSagaID     *uuid.UUID
+	Attempts
 }
 
-const stepColumns = `id, request_id, request_time, time_modified, volume_id, old_snapshot_volume_id, state, operating_saga_id`
+const stepColumns = `id, request_id, request_time, time_modified, volume_id, old_snapshot_volume_id, state, operating_saga_id, ` + attemptsColumns
 
 func scanStep(row pgx.Row) (Step, error) {
 	var st Step
-	err := row.Scan(&st.ID, &st.RequestID, &st.RequestTime, &st.TimeModified, &st.VolumeID, &st.OldSnapshotVolumeID, &st.State, &st.OperatingSagaID)
+	err := row.Scan(&st.ID, &st.RequestID, &st.RequestTime, &st.TimeModified, &st.VolumeID, &st.OldSnapshotVolumeID, &st.State, &st.OperatingSagaID,
+		&st.Attempts.Attempts, &st.LastError, &st.LastErrorTime)
 	return st, err
 }
 
@@ -84,9 +86,10 @@ func (s *Store) InsertStep(ctx context.Context, st Step) (StepInsertResult, erro
 
 // insertStepsSQL is InsertStep for many volumes in one statement: each
 // candidate is refused if it is a stash or has a step in progress, then
-// locked (a held lock refuses it too), then inserted. One row per
+// locked (a held lock, or an older waiter queued for the volume, refuses
+// it too, and it joins the queue under its request's id), then inserted. One row per
 // candidate, in input order: the existing step, whether it was inserted.
-const insertStepsSQL = `
+var insertStepsSQL = `
 WITH cand AS (
 	SELECT c.ord, c.id, c.volume_id FROM unnest($2::uuid[], $3::uuid[]) WITH ORDINALITY AS c(id, volume_id, ord)
 ), existing AS (
@@ -98,13 +101,28 @@ WITH cand AS (
 	FROM cand c
 ), locked AS (
 	INSERT INTO volume_repair (volume_id, repair_id, holder_kind)
-	SELECT c.volume_id, c.id, $4 FROM cand c JOIN existing e USING (ord) WHERE e.step_id IS NULL
+	SELECT c.volume_id, c.id, $4 FROM cand c JOIN existing e USING (ord)
+	WHERE e.step_id IS NULL AND NOT EXISTS (
+		SELECT 1 FROM volume_lock_waiter w
+		WHERE w.volume_id = c.volume_id AND w.waiter_id <> $1 AND ` + waiterLiveSQL("$5") + `
+		  AND w.since < coalesce((SELECT m.since FROM volume_lock_waiter m WHERE m.volume_id = c.volume_id AND m.waiter_id = $1), now()))
 	ON CONFLICT (volume_id) DO NOTHING
 	RETURNING repair_id, volume_id
 ), inserted AS (
 	INSERT INTO ro_replacement_step (id, request_id, volume_id, state)
 	SELECT repair_id, $1, volume_id, 'requested' FROM locked
 	RETURNING id
+), queued AS (
+	INSERT INTO volume_lock_waiter (volume_id, waiter_id, kind)
+	SELECT c.volume_id, $1, $4 FROM cand c JOIN existing e USING (ord)
+	WHERE e.step_id IS NULL AND c.volume_id NOT IN (SELECT volume_id FROM locked)
+	ON CONFLICT (volume_id, waiter_id) DO UPDATE
+	SET last_attempt = now(), attempts = volume_lock_waiter.attempts + 1
+	RETURNING volume_id
+), served AS (
+	DELETE FROM volume_lock_waiter w USING locked l
+	WHERE w.volume_id = l.volume_id AND w.waiter_id = $1
+	RETURNING w.volume_id
 )
 SELECT e.step_id, c.id IN (SELECT id FROM inserted)
 FROM cand c JOIN existing e USING (ord) ORDER BY c.ord`
@@ -124,7 +142,7 @@ func (s *Store) InsertSteps(ctx context.Context, requestID uuid.UUID, steps []St
 	out := make([]StepInsertResult, 0, len(steps))
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		out = out[:0]
-		rows, err := tx.Query(ctx, insertStepsSQL, requestID, ids, volumes, HolderStep)
+		rows, err := tx.Query(ctx, insertStepsSQL, requestID, ids, volumes, HolderStep, lockWaiterLive)
 		if err != nil {
 			return err
 		}

@@ -15,7 +15,10 @@ type RegionState string
 
 // States (spec/replacement.md §9.1): Requested → Allocating → Running ⇄
 // Driving → ReplacementDone → Completing → Complete, and Requested →
-// Complete when the volume is gone.
+// Complete when the volume is gone. A drive that gives up (no copy left to
+// repair from, or the repair not finished within its bounds) marks the
+// Running request, and the finish saga ends it DataLost or NeedsOperator
+// instead of Complete; an operator may cancel a Requested one.
 const (
 	RWRequested       RegionState = "requested"
 	RWAllocating      RegionState = "allocating"
@@ -24,7 +27,15 @@ const (
 	RWReplacementDone RegionState = "replacement_done"
 	RWCompleting      RegionState = "completing"
 	RWComplete        RegionState = "complete"
+	RWDataLost        RegionState = "data_lost"
+	RWNeedsOperator   RegionState = "needs_operator"
+	RWCancelled       RegionState = "cancelled"
 )
+
+// Terminal reports whether nothing will move a request in this state again.
+func (s RegionState) Terminal() bool {
+	return s == RWComplete || s == RWDataLost || s == RWNeedsOperator || s == RWCancelled
+}
 
 // RegionRequest replaces one rw region of a volume.
 type RegionRequest struct {
@@ -38,15 +49,21 @@ type RegionRequest struct {
 	NewRegionID       *uuid.UUID
 	OldRegionVolumeID *uuid.UUID
 	Traceparent       string
+	// GiveUp, set on a Running request the drive gave up on, is the state
+	// its finish ends it in (RWDataLost or RWNeedsOperator) instead of
+	// Complete; EndReason says why.
+	GiveUp    *RegionState
+	EndReason *string
+	Attempts
 }
 
 const rwColumns = `id, request_time, time_modified, old_region_id, volume_id, state, operating_saga_id,
-	new_region_id, old_region_volume_id, traceparent`
+	new_region_id, old_region_volume_id, traceparent, give_up, end_reason, ` + attemptsColumns
 
 func scanRW(row pgx.Row) (RegionRequest, error) {
 	var r RegionRequest
 	err := row.Scan(&r.ID, &r.RequestTime, &r.TimeModified, &r.OldRegionID, &r.VolumeID, &r.State, &r.OperatingSagaID,
-		&r.NewRegionID, &r.OldRegionVolumeID, &r.Traceparent)
+		&r.NewRegionID, &r.OldRegionVolumeID, &r.Traceparent, &r.GiveUp, &r.EndReason, &r.Attempts.Attempts, &r.LastError, &r.LastErrorTime)
 	return r, err
 }
 
@@ -73,7 +90,8 @@ func (s *Store) InsertRegionRequest(ctx context.Context, r RegionRequest) (Regio
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		if err := lockVolume(ctx, tx, r.VolumeID, r.ID, HolderRegionReplacement); err != nil {
+		// Queued by region: each detector pass makes a new request id.
+		if err := lockVolume(ctx, tx, r.VolumeID, r.ID, r.OldRegionID, HolderRegionReplacement); err != nil {
 			return err
 		}
 		out, err = scanRW(tx.QueryRow(ctx, `
@@ -82,6 +100,9 @@ func (s *Store) InsertRegionRequest(ctx context.Context, r RegionRequest) (Regio
 		created = true
 		return err
 	})
+	if errors.Is(err, ErrLockHeld) {
+		s.noteWaiter(ctx, r.VolumeID, r.OldRegionID, HolderRegionReplacement)
+	}
 	return out, created, err
 }
 
@@ -178,11 +199,72 @@ func (s *Store) UndoRWCompleting(ctx context.Context, id, saga uuid.UUID) error 
 }
 
 // SetRWComplete is the finish saga's commit; releases the volume's lock.
+// A request the drive gave up on ends in its give-up state instead
+// (DataLost or NeedsOperator), its reason already recorded.
 func (s *Store) SetRWComplete(ctx context.Context, id, saga uuid.UUID) error {
+	r, err := s.GetRegionRequest(ctx, id)
+	if err != nil {
+		return err
+	}
+	to := RWComplete
+	if r.GiveUp != nil {
+		to = *r.GiveUp
+	}
 	return s.exitIntermediate(ctx, rwRequests, id, saga, exit{
-		intermediate: string(RWCompleting), to: string(RWComplete),
+		intermediate: string(RWCompleting), to: string(to),
 		contradicts: []string{string(RWReplacementDone)},
 		releaseLock: true,
+	})
+}
+
+// UnrepairedRegions lists the new regions that replacements of a volume put
+// in its region sets and gave up on: they were never repaired, so they hold
+// no data a later repair could copy.
+func (s *Store) UnrepairedRegions(ctx context.Context, volumeID uuid.UUID) (map[uuid.UUID]bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT new_region_id FROM rw_replacement
+		WHERE volume_id = $1 AND new_region_id IS NOT NULL AND give_up IS NOT NULL`, volumeID)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uuid.UUID]bool{}
+	var id uuid.UUID
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		out[id] = true
+		return nil
+	})
+	return out, err
+}
+
+// GiveUpRW is the drive task's end of a Running request whose repair
+// cannot or did not finish: no copy is left to repair from (RWDataLost),
+// or it did not finish within its bounds (RWNeedsOperator). The request
+// goes to ReplacementDone marked with the end, so the finish saga cleans up
+// (the stash owning the old region, a Pantry attachment) and releases the
+// volume's lock, ending it in that state. Idempotent for the same end.
+func (s *Store) GiveUpRW(ctx context.Context, id uuid.UUID, end RegionState, reason string) error {
+	if end != RWDataLost && end != RWNeedsOperator {
+		return fmt.Errorf("give up a region replacement as %q: want %s or %s", end, RWDataLost, RWNeedsOperator)
+	}
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE rw_replacement SET state = 'replacement_done', give_up = $2, end_reason = $3, time_modified = now()
+			WHERE id = $1 AND state = 'running' AND operating_saga_id IS NULL`, id, end, reason)
+		if err != nil || tag.RowsAffected() == 1 {
+			return err
+		}
+		var state string
+		var cur *uuid.UUID
+		var giveUp *string
+		err = tx.QueryRow(ctx, `SELECT state, operating_saga_id, give_up FROM rw_replacement WHERE id = $1`, id).Scan(&state, &cur, &giveUp)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%s %s: %w", rwRequests.what, id, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if giveUp != nil && *giveUp == string(end) {
+			return nil
+		}
+		return conflictf(rwRequests.what, id, state, cur)
 	})
 }
 
@@ -225,4 +307,14 @@ func (s *Store) DriveSteps(ctx context.Context, requestID uuid.UUID) ([]DriveSte
 		err := r.Scan(&d.ID, &d.RequestID, &d.Time, &d.StepType, &d.AttachmentID, &d.Incarnation, &d.Endpoint)
 		return d, err
 	})
+}
+
+// GetRegionRequestByRegion returns the request for a region, or
+// ErrNotFound.
+func (s *Store) GetRegionRequestByRegion(ctx context.Context, regionID uuid.UUID) (RegionRequest, error) {
+	r, err := scanRW(s.pool.QueryRow(ctx, `SELECT `+rwColumns+` FROM rw_replacement WHERE old_region_id = $1`, regionID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("region replacement of %s: %w", regionID, ErrNotFound)
+	}
+	return r, err
 }

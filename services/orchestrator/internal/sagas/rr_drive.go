@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -135,6 +136,9 @@ type RepairState struct {
 	Succeeded bool
 	// LastFailed: the latest notification is a failed (aborted) finish.
 	LastFailed bool
+	// LastReport is the time of the latest notification of any kind (start,
+	// progress, finish): a repair that reports is moving.
+	LastReport time.Time
 }
 
 // RegionRepairState reads the repair notifications for a region by its id.
@@ -155,6 +159,9 @@ func RegionRepairState(ctx context.Context, d *Deps, regionID uuid.UUID) (Repair
 			return st, err
 		}
 		for _, n := range resp.Notifications {
+			if t := n.GetTime().AsTime(); n.GetTime() != nil && t.After(st.LastReport) {
+				st.LastReport = t
+			}
 			switch n.NotificationType {
 			case notifierv1.RepairNotificationType_REPAIR_NOTIFICATION_TYPE_SUCCEEDED:
 				st.Succeeded = true

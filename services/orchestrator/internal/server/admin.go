@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"encoding/json"
 	"errors"
 	"time"
@@ -181,8 +182,29 @@ func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSaga
 		return nil, status.Errorf(codes.FailedPrecondition, "abandon %s: %v", id, err)
 	}
 	out := &orchestratorv1.AbandonSagaResponse{}
-	if req.ReleaseLocks && v.SubjectID != "" {
-		if repair, err := uuid.Parse(v.SubjectID); err == nil {
+	// The records the saga held go back where their tasks retry them (never
+	// a half-record waiting on a saga that will not move again), keeping
+	// their locks: those have a live holder again.
+	note := fmt.Sprintf("saga %s (%s) abandoned by an operator: %s", id, v.Name, req.Comment)
+	reconciled, err := a.s.store.ReconcileAbandoned(ctx, id, note)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	for _, r := range reconciled {
+		out.Reconciled = append(out.Reconciled, &orchestratorv1.ReconciledRecord{What: r.What, Id: r.ID.String(), FromState: r.From, ToState: r.To})
+	}
+	if len(reconciled) > 0 {
+		a.s.kick()
+	}
+	// A lock the saga took for itself (snapshot-create's, under its
+	// subject) has no holder left once the saga is abandoned; a record's
+	// lock stays with the record.
+	if repair, err := uuid.Parse(v.SubjectID); err == nil {
+		isRecord, err := a.s.store.IsRecord(ctx, repair)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		if !isRecord {
 			vols, err := a.s.store.ReleaseLocksOf(ctx, repair)
 			if err != nil {
 				return nil, grpcError(err)

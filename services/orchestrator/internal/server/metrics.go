@@ -37,6 +37,25 @@ func (s *Server) registerMetrics(ctx context.Context) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("steps gauge: %w", err)
 	}
+	lockWait, err := m.Float64ObservableGauge("storagecp.replacement.oldest_lock_wait",
+		metric.WithUnit("s"),
+		metric.WithDescription("how long the longest waiter in any volume's repair-lock queue has waited (0 when none waits); reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("lock wait gauge: %w", err)
+	}
+	lockWaiters, err := m.Int64ObservableGauge("storagecp.replacement.lock_waiters",
+		metric.WithDescription("takers waiting in volumes' repair-lock queues; reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("lock waiters gauge: %w", err)
+	}
+	// At zero from the start, like the DataLost counter (the drive task
+	// adds to it: bgtasks/metrics.go).
+	if c, err := m.Int64Counter("storagecp.replacement.gave_up",
+		metric.WithDescription("rw replacements ended DataLost or NeedsOperator by their drive's bounds")); err == nil {
+		for _, end := range []string{"data_lost", "needs_operator"} {
+			c.Add(ctx, 0, metric.WithAttributes(attribute.String("end", end)))
+		}
+	}
 	reg, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		s.mu.Lock()
 		leading := s.sec != nil
@@ -87,8 +106,14 @@ func (s *Server) registerMetrics(ctx context.Context) (func(), error) {
 		for state := range stepStates {
 			o.ObserveInt64(steps, st[string(state)], metric.WithAttributes(attribute.String("state", string(state))))
 		}
+		oldest, waiters, err := s.store.OldestLockWait(ctx)
+		if err != nil {
+			return fmt.Errorf("oldest lock wait: %w", err)
+		}
+		o.ObserveFloat64(lockWait, oldest.Seconds())
+		o.ObserveInt64(lockWaiters, int64(waiters))
 		return nil
-	}, requests, steps)
+	}, requests, steps, lockWait, lockWaiters)
 	if err != nil {
 		return nil, fmt.Errorf("register replacement gauges: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/sagas"
 )
 
 // PreviewExpunge answers what expunging a disk (or every in-service disk of
@@ -373,7 +374,7 @@ func (p *previewer) readWrite(ctx context.Context, reg *allocatorv1.Region, disk
 	for _, t := range vol.Volume.Targets {
 		byAddr[t.Address] = t
 	}
-	set := regionSetOf(vol.Volume.Vcr, tg.Address)
+	set := sagas.RegionSetOf(vol.Volume.Vcr, tg.Address)
 	survivors := 0
 	for _, addr := range set {
 		if addr == tg.Address {
@@ -404,31 +405,6 @@ func (p *previewer) readWrite(ctx context.Context, reg *allocatorv1.Region, disk
 		Redundancy: 3 + 1,
 	})
 	return rw, err
-}
-
-// regionSetOf returns the targets of the rw region set (anywhere in the VCR
-// tree) that names address.
-func regionSetOf(vcr *commonv1.VolumeConstructionRequest, address string) []string {
-	if vcr == nil {
-		return nil
-	}
-	switch k := vcr.Kind.(type) {
-	case *commonv1.VolumeConstructionRequest_Volume:
-		for _, sv := range k.Volume.SubVolumes {
-			if set := regionSetOf(sv, address); set != nil {
-				return set
-			}
-		}
-		return regionSetOf(k.Volume.ReadOnlyParent, address)
-	case *commonv1.VolumeConstructionRequest_Region:
-		opts := k.Region.GetOpts()
-		for _, t := range opts.GetTarget() {
-			if t == address && !opts.GetReadOnly() {
-				return opts.GetTarget()
-			}
-		}
-	}
-	return nil
 }
 
 func (p *previewer) summarise(out *orchestratorv1.PreviewExpungeResponse) {

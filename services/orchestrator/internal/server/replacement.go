@@ -36,6 +36,7 @@ var roStates = map[datastore.ReadOnlyState]orchestratorv1.ReadOnlyReplacementSta
 	datastore.ROCompleting:        orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETING,
 	datastore.ROComplete:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE,
 	datastore.RODataLost:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST,
+	datastore.ROCancelled:         orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_CANCELLED,
 }
 
 var stepStates = map[datastore.StepState]orchestratorv1.StepState{
@@ -54,6 +55,9 @@ var rwStates = map[datastore.RegionState]orchestratorv1.RegionReplacementState{
 	datastore.RWReplacementDone: orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REPLACEMENT_DONE,
 	datastore.RWCompleting:      orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETING,
 	datastore.RWComplete:        orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE,
+	datastore.RWDataLost:        orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DATA_LOST,
+	datastore.RWNeedsOperator:   orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_NEEDS_OPERATOR,
+	datastore.RWCancelled:       orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_CANCELLED,
 }
 
 func rwProto(r datastore.RegionRequest) *orchestratorv1.Replacement {
@@ -63,7 +67,22 @@ func rwProto(r datastore.RegionRequest) *orchestratorv1.Replacement {
 		RegionState: rwStates[r.State], OperatingSagaId: idStr(r.OperatingSagaID), NewRegionId: idStr(r.NewRegionID),
 		OldSnapshotVolumeId: idStr(r.OldRegionVolumeID),
 		RequestTime:         timestamppb.New(r.RequestTime), TimeModified: timestamppb.New(r.TimeModified), Traceparent: r.Traceparent,
+		Attempts: int32(r.Attempts.Attempts), LastError: r.LastError, LastErrorTime: optTime(r.LastErrorTime), EndReason: strOrEmpty(r.EndReason),
 	}
+}
+
+func optTime(t *time.Time) *timestamppb.Timestamp {
+	if t == nil {
+		return nil
+	}
+	return timestamppb.New(*t)
+}
+
+func strOrEmpty(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 func reverse[K comparable, V comparable](m map[K]V, v V) (K, bool) {
@@ -94,6 +113,7 @@ func roProto(r datastore.ReadOnlyRequest) *orchestratorv1.Replacement {
 		ReadOnlyState: roStates[r.State], OperatingSagaId: idStr(r.OperatingSagaID), NewRegionId: idStr(r.NewRegionID),
 		NewRegionVolumeId: idStr(r.NewRegionVolumeID), OldSnapshotVolumeId: idStr(r.OldSnapshotVolumeID),
 		RequestTime: timestamppb.New(r.RequestTime), TimeModified: timestamppb.New(r.TimeModified), Traceparent: r.Traceparent,
+		Attempts: int32(r.Attempts.Attempts), LastError: r.LastError, LastErrorTime: optTime(r.LastErrorTime), EndReason: strOrEmpty(r.EndReason),
 	}
 }
 
@@ -102,6 +122,7 @@ func stepProto(s datastore.Step) *orchestratorv1.Step {
 		StepId: s.ID.String(), ReplacementId: s.RequestID.String(), VolumeId: s.VolumeID.String(), State: stepStates[s.State],
 		OperatingSagaId: idStr(s.OperatingSagaID), OldSnapshotVolumeId: idStr(s.OldSnapshotVolumeID),
 		RequestTime: timestamppb.New(s.RequestTime), TimeModified: timestamppb.New(s.TimeModified),
+		Attempts: int32(s.Attempts.Attempts), LastError: s.LastError, LastErrorTime: optTime(s.LastErrorTime),
 	}
 }
 
@@ -113,7 +134,16 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 		return nil, err
 	}
 	if existing, err := r.s.store.GetReadOnlyRequestByTarget(ctx, id); err == nil {
-		return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(existing)}, nil
+		if existing.State != datastore.ROCancelled {
+			return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(existing)}, nil
+		}
+		return r.reopen(ctx, existing.ID)
+	}
+	if existing, err := r.s.store.GetRegionRequestByRegion(ctx, id); err == nil {
+		if existing.State != datastore.RWCancelled {
+			return &orchestratorv1.RequestReplacementResponse{Replacement: rwProto(existing)}, nil
+		}
+		return r.reopen(ctx, existing.ID)
 	}
 	tr, err := r.s.deps.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id.String()})
 	if err != nil {
@@ -153,6 +183,46 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 	return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(got), Created: created}, nil
 }
 
+// reopen takes a cancelled request back to Requested, as asking for its
+// target again does.
+func (r *replacement) reopen(ctx context.Context, id uuid.UUID) (*orchestratorv1.RequestReplacementResponse, error) {
+	if err := r.s.store.Reopen(ctx, id); err != nil {
+		return nil, grpcError(err)
+	}
+	r.s.kick(sagas.TaskROStart, sagas.TaskRWDetector)
+	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
+	if err != nil {
+		return nil, err
+	}
+	return &orchestratorv1.RequestReplacementResponse{Replacement: got.Replacement, Created: true}, nil
+}
+
+// CancelReplacement implements ReplacementService (the states each answer
+// are the datastore's Cancel).
+func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1.CancelReplacementRequest) (*orchestratorv1.CancelReplacementResponse, error) {
+	id, err := parseUUID("replacement_id", req.ReplacementId)
+	if err != nil {
+		return nil, err
+	}
+	reason := strings.TrimSpace(req.Reason)
+	if reason == "" {
+		return nil, status.Error(codes.InvalidArgument, "reason: required (it is recorded as the request's end reason)")
+	}
+	if len(reason) > 1000 {
+		return nil, status.Error(codes.InvalidArgument, "reason: longer than 1000 bytes")
+	}
+	if err := r.s.store.Cancel(ctx, id, "cancelled by an operator: "+reason); err != nil {
+		return nil, grpcError(err)
+	}
+	// The released lock may let another request of the volume proceed.
+	r.s.kick(sagas.TaskRODetector, sagas.TaskROStep, sagas.TaskRWDetector)
+	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
+	if err != nil {
+		return nil, err
+	}
+	return &orchestratorv1.CancelReplacementResponse{Replacement: got.Replacement}, nil
+}
+
 // requestTrace starts the root span of a manual request, linked to the
 // calling RPC's span, and returns its traceparent.
 func requestTrace(ctx context.Context, rec datastore.ReadOnlyRequest) string {
@@ -184,9 +254,13 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	w := waits{s: r.s, full: true}
 	out := &orchestratorv1.GetReplacementResponse{Replacement: roProto(rec)}
+	out.Replacement.Wait = w.readOnly(ctx, rec)
 	for _, s := range steps {
-		out.Steps = append(out.Steps, stepProto(s))
+		p := stepProto(s)
+		p.Wait = w.step(ctx, s)
+		out.Steps = append(out.Steps, p)
 	}
 	return out, nil
 }
@@ -201,6 +275,7 @@ func (r *replacement) getRegionReplacement(ctx context.Context, id uuid.UUID) (*
 		return nil, grpcError(err)
 	}
 	out := &orchestratorv1.GetReplacementResponse{Replacement: rwProto(rec)}
+	out.Replacement.Wait = waits{s: r.s, full: true}.regionRequest(ctx, rec)
 	for _, d := range drives {
 		ds := &orchestratorv1.DriveStep{
 			DriveStepId: d.ID.String(), ReplacementId: d.RequestID.String(), Time: timestamppb.New(d.Time),
@@ -261,6 +336,7 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 			if req.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_UNSPECIFIED && p.Kind != req.Kind {
 				continue
 			}
+			p.Wait = waits{s: r.s}.readOnly(ctx, rec)
 			out.Replacements = append(out.Replacements, p)
 		}
 		if len(recs) == limit {
@@ -289,7 +365,9 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 			return nil, grpcError(err)
 		}
 		for _, rec := range recs {
-			out.Replacements = append(out.Replacements, rwProto(rec))
+			p := rwProto(rec)
+			p.Wait = waits{s: r.s}.regionRequest(ctx, rec)
+			out.Replacements = append(out.Replacements, p)
 		}
 		if len(recs) == limit {
 			out.NextPageToken = "rw:" + recs[len(recs)-1].ID.String()
@@ -325,7 +403,9 @@ func (r *replacement) ListSteps(ctx context.Context, req *orchestratorv1.ListSte
 	}
 	out := &orchestratorv1.ListStepsResponse{}
 	for _, s := range steps {
-		out.Steps = append(out.Steps, stepProto(s))
+		p := stepProto(s)
+		p.Wait = waits{s: r.s}.step(ctx, s)
+		out.Steps = append(out.Steps, p)
 	}
 	if len(steps) == limit {
 		out.NextPageToken = steps[len(steps)-1].ID.String()
@@ -417,7 +497,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 			return nil, grpcError(err)
 		}
 		for _, rw := range allRW {
-			if rw.State != datastore.RWComplete {
+			if !rw.State.Terminal() {
 				rws = append(rws, rw)
 			}
 		}
@@ -439,8 +519,10 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 		Requested: counts[datastore.StepRequested], Running: counts[datastore.StepRunning], Complete: counts[datastore.StepComplete],
 		Collecting: counts[datastore.StepCollecting], VolumeDeleted: counts[datastore.StepVolumeDeleted],
 	}}
+	w := waits{s: r.s, full: true}
 	for _, rec := range recs {
 		p := roProto(rec)
+		p.Wait = w.readOnly(ctx, rec)
 		// The modification time changes on every transition; strip it so an
 		// unchanged record does not look changed.
 		p.TimeModified = nil
@@ -451,9 +533,10 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 	}
 	for _, rw := range rws {
 		p := rwProto(rw)
+		p.Wait = w.regionRequest(ctx, rw)
 		p.TimeModified = nil
 		msg.Replacements = append(msg.Replacements, p)
-		if rw.State != datastore.RWComplete {
+		if !rw.State.Terminal() {
 			msg.Done = false
 		}
 	}

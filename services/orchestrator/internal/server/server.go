@@ -52,6 +52,12 @@ type Config struct {
 	// Sabotage: deliberate replacement bugs (dev/test only; see
 	// sagas.SabotageEnv).
 	Sabotage sagas.Sabotage
+	// Retry is the backoff before a request or step whose saga unwound is
+	// tried again (zero fields: bgtasks' defaults).
+	Retry bgtasks.RetryBackoff
+	// RWBounds end a rw replacement whose repair does not finish (zero
+	// fields: bgtasks' defaults).
+	RWBounds bgtasks.RWBounds
 }
 
 // Server bundles the orchestrator's services.
@@ -137,6 +143,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 	}
 	bgtasks.Register(s.driver, bgtasks.Env{
 		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
+		Retry: cfg.Retry, RWBounds: cfg.RWBounds,
 	})
 	return s, nil
 }
@@ -324,7 +331,7 @@ func grpcError(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, datastore.ErrLockHeld):
 		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, datastore.ErrConflict):
+	case errors.Is(err, datastore.ErrConflict), errors.Is(err, datastore.ErrRefused):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	if _, ok := status.FromError(err); ok {

@@ -245,3 +245,6 @@ func (l *Limiter) InFlight() int {
 	defer l.mu.Unlock()
 	return l.total
 }
+
+// Max is the bound on sagas in flight.
+func (l *Limiter) Max() int { return l.max }

@@ -298,7 +298,7 @@ func (v *validator) lockOwner(ctx context.Context, l datastore.Lock) error {
 		r, err := st.GetRegionRequest(ctx, l.RepairID)
 		if err != nil {
 			v.add("orphan_lock", l.VolumeID.String(), "held by missing region replacement %s", l.RepairID)
-		} else if r.State == datastore.RWComplete {
+		} else if r.State.Terminal() {
 			v.add("orphan_lock", l.VolumeID.String(), "held by complete region replacement %s", l.RepairID)
 		}
 	default:

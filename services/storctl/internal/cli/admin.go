@@ -79,12 +79,12 @@ func sagaCommands() []command {
 			}
 		},
 	}, {
-		path: "sagas abandon", args: "ID", summary: "never recover this saga again (destructive; needs --comment)",
+		path: "sagas abandon", args: "ID", summary: "never recover this saga again; the request or step it held goes back to its task (destructive; needs --comment)",
 		min: 1, max: 1,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			comment := fs.String("comment", "", "why (required; recorded with the saga)")
 			force := fs.Bool("force", false, "abandon even though the owning orchestrator's lease is live")
-			release := fs.Bool("release-locks", false, "also release the repair locks the saga held")
+			release := fs.Bool("release-locks", false, "accepted for compatibility: a lock the saga took for itself is always released, a request's stays with it")
 			return func(ctx context.Context, e *env, args []string) error {
 				if strings.TrimSpace(*comment) == "" {
 					return usagef("sagas abandon: --comment is required: abandoning is destructive and needs a reason")
@@ -101,6 +101,9 @@ func sagaCommands() []command {
 					return e.printJSON(resp)
 				}
 				fmt.Fprintf(e.stdout, "saga %s (%s) is %s\n", resp.Saga.GetSagaId(), resp.Saga.GetName(), enum(resp.Saga.GetState(), prefixSaga))
+				for _, r := range resp.Reconciled {
+					fmt.Fprintf(e.stdout, "%s %s: %s → %s (its task retries it)\n", r.What, r.Id, r.FromState, r.ToState)
+				}
 				for _, v := range resp.ReleasedLockVolumeIds {
 					fmt.Fprintf(e.stdout, "released the repair lock of volume %s\n", v)
 				}

@@ -17,7 +17,29 @@ const (
 	prefixROState = "READ_ONLY_REPLACEMENT_STATE_"
 	prefixRWState = "REGION_REPLACEMENT_STATE_"
 	prefixStep    = "STEP_STATE_"
+	prefixWait    = "WAIT_KIND_"
 )
+
+// waitKind is what a request or step waits on, in one word ("-" when
+// nothing is said).
+func waitKind(w *orchestratorv1.Wait) string {
+	if w == nil {
+		return "-"
+	}
+	return enum(w.Kind, prefixWait)
+}
+
+// waitText is what a request or step waits on and since when.
+func waitText(w *orchestratorv1.Wait) string {
+	if w == nil {
+		return "-"
+	}
+	out := waitKind(w) + ": " + w.Detail
+	if w.Since != nil {
+		out += " (since " + ts(w.Since) + ")"
+	}
+	return out
+}
 
 func (e *env) replacement() (orchestratorv1.ReplacementServiceClient, error) {
 	c, err := e.conn(svcOrchestrator)
@@ -59,13 +81,13 @@ func replacementRows(rs []*orchestratorv1.Replacement) [][]string {
 	for _, r := range rs {
 		rows = append(rows, []string{
 			r.ReplacementId, enum(r.Kind, prefixKind), replacementState(r), r.OldTargetId, r.LockVolumeId,
-			r.OperatingSagaId, ts(r.RequestTime),
+			r.OperatingSagaId, waitKind(r.Wait), fmt.Sprint(r.Attempts), ts(r.RequestTime),
 		})
 	}
 	return rows
 }
 
-var replacementHeader = []string{"ID", "KIND", "STATE", "TARGET", "LOCK_VOLUME", "SAGA", "REQUESTED"}
+var replacementHeader = []string{"ID", "KIND", "STATE", "TARGET", "LOCK_VOLUME", "SAGA", "WAITS_ON", "ATTEMPTS", "REQUESTED"}
 
 func replacementCommands() []command {
 	return []command{{
@@ -205,6 +227,30 @@ func replacementCommands() []command {
 			}
 		},
 	}, {
+		path: "replacements cancel", args: "ID", summary: "cancel a request that has not started (its target stays where it is until requested again)",
+		min: 1, max: 1,
+		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			reason := fs.String("reason", "", "why (required; recorded as the request's end reason)")
+			return func(ctx context.Context, e *env, args []string) error {
+				if strings.TrimSpace(*reason) == "" {
+					return usagef("--reason is required")
+				}
+				c, err := e.replacement()
+				if err != nil {
+					return err
+				}
+				resp, err := c.CancelReplacement(ctx, &orchestratorv1.CancelReplacementRequest{ReplacementId: args[0], Reason: *reason})
+				if err != nil {
+					return e.wrap(svcOrchestrator, err)
+				}
+				if e.json() {
+					return e.printJSON(resp)
+				}
+				_, err = fmt.Fprintf(e.stdout, "request %s is %s: %s\n", resp.Replacement.ReplacementId, replacementState(resp.Replacement), resp.Replacement.EndReason)
+				return err
+			}
+		},
+	}, {
 		path: "steps list", summary: "steps of read-only replacements (one per referencing volume)",
 		max: 0,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
@@ -266,12 +312,12 @@ func replacementCommands() []command {
 	}}
 }
 
-var stepHeader = []string{"STEP", "REPLACEMENT", "VOLUME", "STATE", "SAGA", "MODIFIED"}
+var stepHeader = []string{"STEP", "REPLACEMENT", "VOLUME", "STATE", "SAGA", "WAITS_ON", "ATTEMPTS", "MODIFIED"}
 
 func stepRows(steps []*orchestratorv1.Step) [][]string {
 	var rows [][]string
 	for _, s := range steps {
-		rows = append(rows, []string{s.StepId, s.ReplacementId, s.VolumeId, enum(s.State, prefixStep), s.OperatingSagaId, ts(s.TimeModified)})
+		rows = append(rows, []string{s.StepId, s.ReplacementId, s.VolumeId, enum(s.State, prefixStep), s.OperatingSagaId, waitKind(s.Wait), fmt.Sprint(s.Attempts), ts(s.TimeModified)})
 	}
 	return rows
 }
@@ -301,6 +347,10 @@ func renderReplacement(w io.Writer, resp *orchestratorv1.GetReplacementResponse)
 		[2]string{"requested", ts(r.RequestTime)},
 		[2]string{"modified", ts(r.TimeModified)},
 		[2]string{"traceparent", r.Traceparent},
+		[2]string{"waits on", waitText(r.Wait)},
+		[2]string{"attempts", fmt.Sprint(r.Attempts)},
+		[2]string{"last error", r.LastError},
+		[2]string{"end reason", r.EndReason},
 	)
 	for i := range fields {
 		if fields[i][1] == "" {
@@ -327,9 +377,9 @@ func renderReplacement(w io.Writer, resp *orchestratorv1.GetReplacementResponse)
 	}
 	var rows [][]string
 	for _, s := range resp.Steps {
-		rows = append(rows, []string{s.StepId, s.VolumeId, enum(s.State, prefixStep), s.OperatingSagaId, ts(s.TimeModified)})
+		rows = append(rows, []string{s.StepId, s.VolumeId, enum(s.State, prefixStep), s.OperatingSagaId, waitText(s.Wait), fmt.Sprint(s.Attempts), ts(s.TimeModified)})
 	}
-	return renderTable(w, []string{"STEP", "VOLUME", "STATE", "SAGA", "MODIFIED"}, rows)
+	return renderTable(w, []string{"STEP", "VOLUME", "STATE", "SAGA", "WAITS_ON", "ATTEMPTS", "MODIFIED"}, rows)
 }
 
 // renderWatch prints one progress update: a line of step counts, then a
@@ -340,7 +390,7 @@ func renderWatch(w io.Writer, now time.Time, msg *orchestratorv1.WatchReplacemen
 		now.UTC().Format("15:04:05"), s.GetRequested(), s.GetRunning(), s.GetComplete(), s.GetCollecting(), s.GetVolumeDeleted())
 	t := newTable(w)
 	for _, r := range msg.Replacements {
-		t.row("  "+r.ReplacementId, enum(r.Kind, prefixKind), replacementState(r), r.OldTargetId)
+		t.row("  "+r.ReplacementId, enum(r.Kind, prefixKind), replacementState(r), r.OldTargetId, waitText(r.Wait))
 	}
 	if err := t.flush(); err != nil {
 		return err

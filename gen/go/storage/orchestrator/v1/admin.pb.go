@@ -937,8 +937,10 @@ type AbandonSagaResponse struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	Saga                  *Saga                  `protobuf:"bytes,1,opt,name=saga,proto3" json:"saga,omitempty"`
 	ReleasedLockVolumeIds []string               `protobuf:"bytes,2,rep,name=released_lock_volume_ids,json=releasedLockVolumeIds,proto3" json:"released_lock_volume_ids,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The requests and steps the saga held, and where they went.
+	Reconciled    []*ReconciledRecord `protobuf:"bytes,3,rep,name=reconciled,proto3" json:"reconciled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AbandonSagaResponse) Reset() {
@@ -985,6 +987,83 @@ func (x *AbandonSagaResponse) GetReleasedLockVolumeIds() []string {
 	return nil
 }
 
+func (x *AbandonSagaResponse) GetReconciled() []*ReconciledRecord {
+	if x != nil {
+		return x.Reconciled
+	}
+	return nil
+}
+
+// A record an abandoned saga held.
+type ReconciledRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "read-only replacement", "replacement step" or "region replacement".
+	What          string `protobuf:"bytes,1,opt,name=what,proto3" json:"what,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	FromState     string `protobuf:"bytes,3,opt,name=from_state,json=fromState,proto3" json:"from_state,omitempty"`
+	ToState       string `protobuf:"bytes,4,opt,name=to_state,json=toState,proto3" json:"to_state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconciledRecord) Reset() {
+	*x = ReconciledRecord{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconciledRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconciledRecord) ProtoMessage() {}
+
+func (x *ReconciledRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconciledRecord.ProtoReflect.Descriptor instead.
+func (*ReconciledRecord) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReconciledRecord) GetWhat() string {
+	if x != nil {
+		return x.What
+	}
+	return ""
+}
+
+func (x *ReconciledRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReconciledRecord) GetFromState() string {
+	if x != nil {
+		return x.FromState
+	}
+	return ""
+}
+
+func (x *ReconciledRecord) GetToState() string {
+	if x != nil {
+		return x.ToState
+	}
+	return ""
+}
+
 type WaitIdleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Timeout       *durationpb.Duration   `protobuf:"bytes,1,opt,name=timeout,proto3" json:"timeout,omitempty"`
@@ -994,7 +1073,7 @@ type WaitIdleRequest struct {
 
 func (x *WaitIdleRequest) Reset() {
 	*x = WaitIdleRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1085,7 @@ func (x *WaitIdleRequest) String() string {
 func (*WaitIdleRequest) ProtoMessage() {}
 
 func (x *WaitIdleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1098,7 @@ func (x *WaitIdleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitIdleRequest.ProtoReflect.Descriptor instead.
 func (*WaitIdleRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WaitIdleRequest) GetTimeout() *durationpb.Duration {
@@ -1037,7 +1116,7 @@ type WaitIdleResponse struct {
 
 func (x *WaitIdleResponse) Reset() {
 	*x = WaitIdleResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1128,7 @@ func (x *WaitIdleResponse) String() string {
 func (*WaitIdleResponse) ProtoMessage() {}
 
 func (x *WaitIdleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1141,7 @@ func (x *WaitIdleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitIdleResponse.ProtoReflect.Descriptor instead.
 func (*WaitIdleResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 type ValidateSystemRequest struct {
@@ -1073,7 +1152,7 @@ type ValidateSystemRequest struct {
 
 func (x *ValidateSystemRequest) Reset() {
 	*x = ValidateSystemRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1164,7 @@ func (x *ValidateSystemRequest) String() string {
 func (*ValidateSystemRequest) ProtoMessage() {}
 
 func (x *ValidateSystemRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1177,7 @@ func (x *ValidateSystemRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateSystemRequest.ProtoReflect.Descriptor instead.
 func (*ValidateSystemRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 type ValidateSystemResponse struct {
@@ -1110,7 +1189,7 @@ type ValidateSystemResponse struct {
 
 func (x *ValidateSystemResponse) Reset() {
 	*x = ValidateSystemResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1201,7 @@ func (x *ValidateSystemResponse) String() string {
 func (*ValidateSystemResponse) ProtoMessage() {}
 
 func (x *ValidateSystemResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1214,7 @@ func (x *ValidateSystemResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateSystemResponse.ProtoReflect.Descriptor instead.
 func (*ValidateSystemResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ValidateSystemResponse) GetViolations() []*v1.Violation {
@@ -1153,7 +1232,7 @@ type GetLeadershipRequest struct {
 
 func (x *GetLeadershipRequest) Reset() {
 	*x = GetLeadershipRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1244,7 @@ func (x *GetLeadershipRequest) String() string {
 func (*GetLeadershipRequest) ProtoMessage() {}
 
 func (x *GetLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1257,7 @@ func (x *GetLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*GetLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 type GetLeadershipResponse struct {
@@ -1196,7 +1275,7 @@ type GetLeadershipResponse struct {
 
 func (x *GetLeadershipResponse) Reset() {
 	*x = GetLeadershipResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1287,7 @@ func (x *GetLeadershipResponse) String() string {
 func (*GetLeadershipResponse) ProtoMessage() {}
 
 func (x *GetLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1300,7 @@ func (x *GetLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*GetLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetLeadershipResponse) GetHolder() string {
@@ -1329,10 +1408,19 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\x12#\n" +
-	"\rrelease_locks\x18\x04 \x01(\bR\freleaseLocks\"\x81\x01\n" +
+	"\rrelease_locks\x18\x04 \x01(\bR\freleaseLocks\"\xcc\x01\n" +
 	"\x13AbandonSagaResponse\x121\n" +
 	"\x04saga\x18\x01 \x01(\v2\x1d.storage.orchestrator.v1.SagaR\x04saga\x127\n" +
-	"\x18released_lock_volume_ids\x18\x02 \x03(\tR\x15releasedLockVolumeIds\"F\n" +
+	"\x18released_lock_volume_ids\x18\x02 \x03(\tR\x15releasedLockVolumeIds\x12I\n" +
+	"\n" +
+	"reconciled\x18\x03 \x03(\v2).storage.orchestrator.v1.ReconciledRecordR\n" +
+	"reconciled\"p\n" +
+	"\x10ReconciledRecord\x12\x12\n" +
+	"\x04what\x18\x01 \x01(\tR\x04what\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"from_state\x18\x03 \x01(\tR\tfromState\x12\x19\n" +
+	"\bto_state\x18\x04 \x01(\tR\atoState\"F\n" +
 	"\x0fWaitIdleRequest\x123\n" +
 	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x12\n" +
 	"\x10WaitIdleResponse\"\x17\n" +
@@ -1377,7 +1465,7 @@ func file_storage_orchestrator_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_orchestrator_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_storage_orchestrator_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_storage_orchestrator_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_storage_orchestrator_v1_admin_proto_goTypes = []any{
 	(SagaState)(0),                         // 0: storage.orchestrator.v1.SagaState
 	(*BackgroundTask)(nil),                 // 1: storage.orchestrator.v1.BackgroundTask
@@ -1394,54 +1482,56 @@ var file_storage_orchestrator_v1_admin_proto_goTypes = []any{
 	(*GetSagaResponse)(nil),                // 12: storage.orchestrator.v1.GetSagaResponse
 	(*AbandonSagaRequest)(nil),             // 13: storage.orchestrator.v1.AbandonSagaRequest
 	(*AbandonSagaResponse)(nil),            // 14: storage.orchestrator.v1.AbandonSagaResponse
-	(*WaitIdleRequest)(nil),                // 15: storage.orchestrator.v1.WaitIdleRequest
-	(*WaitIdleResponse)(nil),               // 16: storage.orchestrator.v1.WaitIdleResponse
-	(*ValidateSystemRequest)(nil),          // 17: storage.orchestrator.v1.ValidateSystemRequest
-	(*ValidateSystemResponse)(nil),         // 18: storage.orchestrator.v1.ValidateSystemResponse
-	(*GetLeadershipRequest)(nil),           // 19: storage.orchestrator.v1.GetLeadershipRequest
-	(*GetLeadershipResponse)(nil),          // 20: storage.orchestrator.v1.GetLeadershipResponse
-	(*durationpb.Duration)(nil),            // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 22: google.protobuf.Timestamp
-	(*v1.Violation)(nil),                   // 23: storage.common.v1.Violation
+	(*ReconciledRecord)(nil),               // 15: storage.orchestrator.v1.ReconciledRecord
+	(*WaitIdleRequest)(nil),                // 16: storage.orchestrator.v1.WaitIdleRequest
+	(*WaitIdleResponse)(nil),               // 17: storage.orchestrator.v1.WaitIdleResponse
+	(*ValidateSystemRequest)(nil),          // 18: storage.orchestrator.v1.ValidateSystemRequest
+	(*ValidateSystemResponse)(nil),         // 19: storage.orchestrator.v1.ValidateSystemResponse
+	(*GetLeadershipRequest)(nil),           // 20: storage.orchestrator.v1.GetLeadershipRequest
+	(*GetLeadershipResponse)(nil),          // 21: storage.orchestrator.v1.GetLeadershipResponse
+	(*durationpb.Duration)(nil),            // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
+	(*v1.Violation)(nil),                   // 24: storage.common.v1.Violation
 }
 var file_storage_orchestrator_v1_admin_proto_depIdxs = []int32{
-	21, // 0: storage.orchestrator.v1.BackgroundTask.period:type_name -> google.protobuf.Duration
-	22, // 1: storage.orchestrator.v1.BackgroundTask.last_started:type_name -> google.protobuf.Timestamp
-	22, // 2: storage.orchestrator.v1.BackgroundTask.last_finished:type_name -> google.protobuf.Timestamp
+	22, // 0: storage.orchestrator.v1.BackgroundTask.period:type_name -> google.protobuf.Duration
+	23, // 1: storage.orchestrator.v1.BackgroundTask.last_started:type_name -> google.protobuf.Timestamp
+	23, // 2: storage.orchestrator.v1.BackgroundTask.last_finished:type_name -> google.protobuf.Timestamp
 	1,  // 3: storage.orchestrator.v1.ListBackgroundTasksResponse.tasks:type_name -> storage.orchestrator.v1.BackgroundTask
 	0,  // 4: storage.orchestrator.v1.Saga.state:type_name -> storage.orchestrator.v1.SagaState
-	22, // 5: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
-	22, // 6: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
+	23, // 5: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
+	23, // 6: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 7: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
 	6,  // 8: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
 	6,  // 9: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
 	7,  // 10: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
 	8,  // 11: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
 	6,  // 12: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	21, // 13: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
-	23, // 14: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
-	22, // 15: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
-	2,  // 16: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
-	4,  // 17: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
-	9,  // 18: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
-	11, // 19: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
-	13, // 20: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
-	15, // 21: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
-	17, // 22: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
-	19, // 23: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
-	3,  // 24: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
-	5,  // 25: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
-	10, // 26: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
-	12, // 27: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
-	14, // 28: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
-	16, // 29: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
-	18, // 30: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
-	20, // 31: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 13: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
+	22, // 14: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
+	24, // 15: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
+	23, // 16: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
+	2,  // 17: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
+	4,  // 18: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
+	9,  // 19: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
+	11, // 20: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
+	13, // 21: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
+	16, // 22: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
+	18, // 23: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
+	20, // 24: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
+	3,  // 25: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
+	5,  // 26: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
+	10, // 27: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
+	12, // 28: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
+	14, // 29: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
+	17, // 30: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
+	19, // 31: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
+	21, // 32: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
+	25, // [25:33] is the sub-list for method output_type
+	17, // [17:25] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_admin_proto_init() }
@@ -1455,7 +1545,7 @@ func file_storage_orchestrator_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_admin_proto_rawDesc), len(file_storage_orchestrator_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

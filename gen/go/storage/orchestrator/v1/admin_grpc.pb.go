@@ -45,9 +45,18 @@ type AdminServiceClient interface {
 	ListSagas(ctx context.Context, in *ListSagasRequest, opts ...grpc.CallOption) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(ctx context.Context, in *GetSagaRequest, opts ...grpc.CallOption) (*GetSagaResponse, error)
-	// Marks a saga abandoned: never recovered again, not unwound. Refused
-	// (FAILED_PRECONDITION) while its owner's lease is live unless forced.
-	// Optionally releases the repair locks it held.
+	// Marks a saga abandoned: never recovered again, not unwound (its partial
+	// effects are the operator's to have repaired: that is what abandoning
+	// says). Refused (FAILED_PRECONDITION) while its owner's lease is live
+	// unless forced. Every request or step the saga held is put back in the
+	// rest state its claim came from (Allocating → Requested, Running →
+	// Requested for a step, Driving → Running, Completing → the state before,
+	// DeletingOldVolume → ReplacementDone, Collecting → Complete), with the
+	// abandonment counted as a failed attempt and the comment as its error:
+	// its task then starts a new saga, and its repair lock keeps a live
+	// holder. Listed in `reconciled`. A lock the saga took for itself (a
+	// snapshot's) is released, since nothing holds it any more; release_locks
+	// is accepted for compatibility and changes nothing else.
 	AbandonSaga(ctx context.Context, in *AbandonSagaRequest, opts ...grpc.CallOption) (*AbandonSagaResponse, error)
 	// Waits until no saga is running or unwinding (DEADLINE_EXCEEDED after the
 	// timeout).
@@ -168,9 +177,18 @@ type AdminServiceServer interface {
 	ListSagas(context.Context, *ListSagasRequest) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(context.Context, *GetSagaRequest) (*GetSagaResponse, error)
-	// Marks a saga abandoned: never recovered again, not unwound. Refused
-	// (FAILED_PRECONDITION) while its owner's lease is live unless forced.
-	// Optionally releases the repair locks it held.
+	// Marks a saga abandoned: never recovered again, not unwound (its partial
+	// effects are the operator's to have repaired: that is what abandoning
+	// says). Refused (FAILED_PRECONDITION) while its owner's lease is live
+	// unless forced. Every request or step the saga held is put back in the
+	// rest state its claim came from (Allocating → Requested, Running →
+	// Requested for a step, Driving → Running, Completing → the state before,
+	// DeletingOldVolume → ReplacementDone, Collecting → Complete), with the
+	// abandonment counted as a failed attempt and the comment as its error:
+	// its task then starts a new saga, and its repair lock keeps a live
+	// holder. Listed in `reconciled`. A lock the saga took for itself (a
+	// snapshot's) is released, since nothing holds it any more; release_locks
+	// is accepted for compatibility and changes nothing else.
 	AbandonSaga(context.Context, *AbandonSagaRequest) (*AbandonSagaResponse, error)
 	// Waits until no saga is running or unwinding (DEADLINE_EXCEEDED after the
 	// timeout).

@@ -89,6 +89,8 @@ const (
 	ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE            ReadOnlyReplacementState = 7
 	// Terminal: no clone source exists at all; the data is lost.
 	ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST ReadOnlyReplacementState = 8
+	// Terminal: an operator cancelled it before any copy was made.
+	ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_CANCELLED ReadOnlyReplacementState = 9
 )
 
 // Enum value maps for ReadOnlyReplacementState.
@@ -103,6 +105,7 @@ var (
 		6: "READ_ONLY_REPLACEMENT_STATE_COMPLETING",
 		7: "READ_ONLY_REPLACEMENT_STATE_COMPLETE",
 		8: "READ_ONLY_REPLACEMENT_STATE_DATA_LOST",
+		9: "READ_ONLY_REPLACEMENT_STATE_CANCELLED",
 	}
 	ReadOnlyReplacementState_value = map[string]int32{
 		"READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED":         0,
@@ -114,6 +117,7 @@ var (
 		"READ_ONLY_REPLACEMENT_STATE_COMPLETING":          6,
 		"READ_ONLY_REPLACEMENT_STATE_COMPLETE":            7,
 		"READ_ONLY_REPLACEMENT_STATE_DATA_LOST":           8,
+		"READ_ONLY_REPLACEMENT_STATE_CANCELLED":           9,
 	}
 )
 
@@ -217,19 +221,30 @@ const (
 	RegionReplacementState_REGION_REPLACEMENT_STATE_REPLACEMENT_DONE RegionReplacementState = 5
 	RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETING       RegionReplacementState = 6
 	RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE         RegionReplacementState = 7
+	// Terminal: no copy of the region set survives to repair from.
+	RegionReplacementState_REGION_REPLACEMENT_STATE_DATA_LOST RegionReplacementState = 8
+	// Terminal: the repair did not finish within its bounds (attempts and
+	// time); the volume names the new, unrepaired region and an operator must
+	// look. The repair lock is released.
+	RegionReplacementState_REGION_REPLACEMENT_STATE_NEEDS_OPERATOR RegionReplacementState = 9
+	// Terminal: an operator cancelled it before anything was done.
+	RegionReplacementState_REGION_REPLACEMENT_STATE_CANCELLED RegionReplacementState = 10
 )
 
 // Enum value maps for RegionReplacementState.
 var (
 	RegionReplacementState_name = map[int32]string{
-		0: "REGION_REPLACEMENT_STATE_UNSPECIFIED",
-		1: "REGION_REPLACEMENT_STATE_REQUESTED",
-		2: "REGION_REPLACEMENT_STATE_ALLOCATING",
-		3: "REGION_REPLACEMENT_STATE_RUNNING",
-		4: "REGION_REPLACEMENT_STATE_DRIVING",
-		5: "REGION_REPLACEMENT_STATE_REPLACEMENT_DONE",
-		6: "REGION_REPLACEMENT_STATE_COMPLETING",
-		7: "REGION_REPLACEMENT_STATE_COMPLETE",
+		0:  "REGION_REPLACEMENT_STATE_UNSPECIFIED",
+		1:  "REGION_REPLACEMENT_STATE_REQUESTED",
+		2:  "REGION_REPLACEMENT_STATE_ALLOCATING",
+		3:  "REGION_REPLACEMENT_STATE_RUNNING",
+		4:  "REGION_REPLACEMENT_STATE_DRIVING",
+		5:  "REGION_REPLACEMENT_STATE_REPLACEMENT_DONE",
+		6:  "REGION_REPLACEMENT_STATE_COMPLETING",
+		7:  "REGION_REPLACEMENT_STATE_COMPLETE",
+		8:  "REGION_REPLACEMENT_STATE_DATA_LOST",
+		9:  "REGION_REPLACEMENT_STATE_NEEDS_OPERATOR",
+		10: "REGION_REPLACEMENT_STATE_CANCELLED",
 	}
 	RegionReplacementState_value = map[string]int32{
 		"REGION_REPLACEMENT_STATE_UNSPECIFIED":      0,
@@ -240,6 +255,9 @@ var (
 		"REGION_REPLACEMENT_STATE_REPLACEMENT_DONE": 5,
 		"REGION_REPLACEMENT_STATE_COMPLETING":       6,
 		"REGION_REPLACEMENT_STATE_COMPLETE":         7,
+		"REGION_REPLACEMENT_STATE_DATA_LOST":        8,
+		"REGION_REPLACEMENT_STATE_NEEDS_OPERATOR":   9,
+		"REGION_REPLACEMENT_STATE_CANCELLED":        10,
 	}
 )
 
@@ -270,6 +288,157 @@ func (RegionReplacementState) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
 }
 
+// What a request or step is waiting on.
+type WaitKind int32
+
+const (
+	WaitKind_WAIT_KIND_UNSPECIFIED WaitKind = 0
+	// Nothing: it is terminal.
+	WaitKind_WAIT_KIND_NONE WaitKind = 1
+	// A saga is working on it (subject: the saga id).
+	WaitKind_WAIT_KIND_SAGA WaitKind = 2
+	// A volume's repair lock, held by another repair (subject: the holder's
+	// repair id).
+	WaitKind_WAIT_KIND_LOCK WaitKind = 3
+	// Room for a new region: the last attempt found no capacity.
+	WaitKind_WAIT_KIND_CAPACITY WaitKind = 4
+	// An Upstairs: to report a repair finished, or to reach a state in which
+	// it can be told (subject: the attachment id, when known).
+	WaitKind_WAIT_KIND_UPSTAIRS WaitKind = 5
+	// Its background task: to start its next saga (after an unwind, once the
+	// retry backoff has passed; or a free slot in the task's saga bound).
+	WaitKind_WAIT_KIND_TASK WaitKind = 6
+	// Its steps: volumes that still name the old target.
+	WaitKind_WAIT_KIND_STEPS WaitKind = 7
+	// The old target's last references to go (stashes being deleted).
+	WaitKind_WAIT_KIND_REFERENCES WaitKind = 8
+)
+
+// Enum value maps for WaitKind.
+var (
+	WaitKind_name = map[int32]string{
+		0: "WAIT_KIND_UNSPECIFIED",
+		1: "WAIT_KIND_NONE",
+		2: "WAIT_KIND_SAGA",
+		3: "WAIT_KIND_LOCK",
+		4: "WAIT_KIND_CAPACITY",
+		5: "WAIT_KIND_UPSTAIRS",
+		6: "WAIT_KIND_TASK",
+		7: "WAIT_KIND_STEPS",
+		8: "WAIT_KIND_REFERENCES",
+	}
+	WaitKind_value = map[string]int32{
+		"WAIT_KIND_UNSPECIFIED": 0,
+		"WAIT_KIND_NONE":        1,
+		"WAIT_KIND_SAGA":        2,
+		"WAIT_KIND_LOCK":        3,
+		"WAIT_KIND_CAPACITY":    4,
+		"WAIT_KIND_UPSTAIRS":    5,
+		"WAIT_KIND_TASK":        6,
+		"WAIT_KIND_STEPS":       7,
+		"WAIT_KIND_REFERENCES":  8,
+	}
+)
+
+func (x WaitKind) Enum() *WaitKind {
+	p := new(WaitKind)
+	*p = x
+	return p
+}
+
+func (x WaitKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WaitKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_storage_orchestrator_v1_replacement_proto_enumTypes[4].Descriptor()
+}
+
+func (WaitKind) Type() protoreflect.EnumType {
+	return &file_storage_orchestrator_v1_replacement_proto_enumTypes[4]
+}
+
+func (x WaitKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WaitKind.Descriptor instead.
+func (WaitKind) EnumDescriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
+}
+
+// What something waits on now, and since when.
+type Wait struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  WaitKind               `protobuf:"varint,1,opt,name=kind,proto3,enum=storage.orchestrator.v1.WaitKind" json:"kind,omitempty"`
+	// For people: the lock holder and its kind, the saga and its node, the
+	// Upstairs state, the last capacity error.
+	Detail string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	Since  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	// The id of what is waited on, when it has one.
+	Subject       string `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Wait) Reset() {
+	*x = Wait{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Wait) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Wait) ProtoMessage() {}
+
+func (x *Wait) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Wait.ProtoReflect.Descriptor instead.
+func (*Wait) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Wait) GetKind() WaitKind {
+	if x != nil {
+		return x.Kind
+	}
+	return WaitKind_WAIT_KIND_UNSPECIFIED
+}
+
+func (x *Wait) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *Wait) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Wait) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
 // A replacement request.
 type Replacement struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -297,14 +466,24 @@ type Replacement struct {
 	TimeModified        *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=time_modified,json=timeModified,proto3" json:"time_modified,omitempty"`
 	// W3C traceparent of the span that created the request: every saga for it
 	// is a child of this span.
-	Traceparent   string `protobuf:"bytes,16,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Traceparent string `protobuf:"bytes,16,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// What it waits on now, and since when.
+	Wait *Wait `protobuf:"bytes,17,opt,name=wait,proto3" json:"wait,omitempty"`
+	// Sagas that worked on it and unwound (or were abandoned); the task
+	// retries after a backoff that grows with them.
+	Attempts int32 `protobuf:"varint,18,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The last such saga's error.
+	LastError     string                 `protobuf:"bytes,19,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=last_error_time,json=lastErrorTime,proto3" json:"last_error_time,omitempty"`
+	// Why it ended other than COMPLETE (DATA_LOST, NEEDS_OPERATOR, CANCELLED).
+	EndReason     string `protobuf:"bytes,21,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Replacement) Reset() {
 	*x = Replacement{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -316,7 +495,7 @@ func (x *Replacement) String() string {
 func (*Replacement) ProtoMessage() {}
 
 func (x *Replacement) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -329,7 +508,7 @@ func (x *Replacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replacement.ProtoReflect.Descriptor instead.
 func (*Replacement) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Replacement) GetReplacementId() string {
@@ -444,6 +623,41 @@ func (x *Replacement) GetTraceparent() string {
 	return ""
 }
 
+func (x *Replacement) GetWait() *Wait {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
+func (x *Replacement) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Replacement) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Replacement) GetLastErrorTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorTime
+	}
+	return nil
+}
+
+func (x *Replacement) GetEndReason() string {
+	if x != nil {
+		return x.EndReason
+	}
+	return ""
+}
+
 // A replacement step.
 type Step struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -455,13 +669,19 @@ type Step struct {
 	OldSnapshotVolumeId string                 `protobuf:"bytes,6,opt,name=old_snapshot_volume_id,json=oldSnapshotVolumeId,proto3" json:"old_snapshot_volume_id,omitempty"`
 	RequestTime         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=request_time,json=requestTime,proto3" json:"request_time,omitempty"`
 	TimeModified        *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=time_modified,json=timeModified,proto3" json:"time_modified,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// What it waits on now, and since when.
+	Wait *Wait `protobuf:"bytes,9,opt,name=wait,proto3" json:"wait,omitempty"`
+	// Step sagas that unwound, and the last one's error.
+	Attempts      int32                  `protobuf:"varint,10,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	LastError     string                 `protobuf:"bytes,11,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_error_time,json=lastErrorTime,proto3" json:"last_error_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +693,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +706,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Step) GetStepId() string {
@@ -545,6 +765,34 @@ func (x *Step) GetTimeModified() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Step) GetWait() *Wait {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
+func (x *Step) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Step) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Step) GetLastErrorTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorTime
+	}
+	return nil
+}
+
 // One attempt at driving a rw replacement.
 type DriveStep struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -562,7 +810,7 @@ type DriveStep struct {
 
 func (x *DriveStep) Reset() {
 	*x = DriveStep{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +822,7 @@ func (x *DriveStep) String() string {
 func (*DriveStep) ProtoMessage() {}
 
 func (x *DriveStep) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +835,7 @@ func (x *DriveStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriveStep.ProtoReflect.Descriptor instead.
 func (*DriveStep) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DriveStep) GetDriveStepId() string {
@@ -648,7 +896,7 @@ type RequestReplacementRequest struct {
 
 func (x *RequestReplacementRequest) Reset() {
 	*x = RequestReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +908,7 @@ func (x *RequestReplacementRequest) String() string {
 func (*RequestReplacementRequest) ProtoMessage() {}
 
 func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +921,7 @@ func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementRequest.ProtoReflect.Descriptor instead.
 func (*RequestReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RequestReplacementRequest) GetTargetId() string {
@@ -694,7 +942,7 @@ type RequestReplacementResponse struct {
 
 func (x *RequestReplacementResponse) Reset() {
 	*x = RequestReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +954,7 @@ func (x *RequestReplacementResponse) String() string {
 func (*RequestReplacementResponse) ProtoMessage() {}
 
 func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +967,7 @@ func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementResponse.ProtoReflect.Descriptor instead.
 func (*RequestReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RequestReplacementResponse) GetReplacement() *Replacement {
@@ -736,6 +984,103 @@ func (x *RequestReplacementResponse) GetCreated() bool {
 	return false
 }
 
+type CancelReplacementRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplacementId string                 `protobuf:"bytes,1,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
+	// Why; recorded as the request's end_reason (and in the audit trail).
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelReplacementRequest) Reset() {
+	*x = CancelReplacementRequest{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelReplacementRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelReplacementRequest) ProtoMessage() {}
+
+func (x *CancelReplacementRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelReplacementRequest.ProtoReflect.Descriptor instead.
+func (*CancelReplacementRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CancelReplacementRequest) GetReplacementId() string {
+	if x != nil {
+		return x.ReplacementId
+	}
+	return ""
+}
+
+func (x *CancelReplacementRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CancelReplacementResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replacement   *Replacement           `protobuf:"bytes,1,opt,name=replacement,proto3" json:"replacement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelReplacementResponse) Reset() {
+	*x = CancelReplacementResponse{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelReplacementResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelReplacementResponse) ProtoMessage() {}
+
+func (x *CancelReplacementResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelReplacementResponse.ProtoReflect.Descriptor instead.
+func (*CancelReplacementResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CancelReplacementResponse) GetReplacement() *Replacement {
+	if x != nil {
+		return x.Replacement
+	}
+	return nil
+}
+
 type GetReplacementRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ReplacementId string                 `protobuf:"bytes,1,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
@@ -745,7 +1090,7 @@ type GetReplacementRequest struct {
 
 func (x *GetReplacementRequest) Reset() {
 	*x = GetReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +1102,7 @@ func (x *GetReplacementRequest) String() string {
 func (*GetReplacementRequest) ProtoMessage() {}
 
 func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +1115,7 @@ func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementRequest.ProtoReflect.Descriptor instead.
 func (*GetReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetReplacementRequest) GetReplacementId() string {
@@ -791,7 +1136,7 @@ type GetReplacementResponse struct {
 
 func (x *GetReplacementResponse) Reset() {
 	*x = GetReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1148,7 @@ func (x *GetReplacementResponse) String() string {
 func (*GetReplacementResponse) ProtoMessage() {}
 
 func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1161,7 @@ func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementResponse.ProtoReflect.Descriptor instead.
 func (*GetReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetReplacementResponse) GetReplacement() *Replacement {
@@ -854,7 +1199,7 @@ type ListReplacementsRequest struct {
 
 func (x *ListReplacementsRequest) Reset() {
 	*x = ListReplacementsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +1211,7 @@ func (x *ListReplacementsRequest) String() string {
 func (*ListReplacementsRequest) ProtoMessage() {}
 
 func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1224,7 @@ func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsRequest.ProtoReflect.Descriptor instead.
 func (*ListReplacementsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListReplacementsRequest) GetPageSize() int32 {
@@ -927,7 +1272,7 @@ type ListReplacementsResponse struct {
 
 func (x *ListReplacementsResponse) Reset() {
 	*x = ListReplacementsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1284,7 @@ func (x *ListReplacementsResponse) String() string {
 func (*ListReplacementsResponse) ProtoMessage() {}
 
 func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1297,7 @@ func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsResponse.ProtoReflect.Descriptor instead.
 func (*ListReplacementsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListReplacementsResponse) GetReplacements() []*Replacement {
@@ -982,7 +1327,7 @@ type ListStepsRequest struct {
 
 func (x *ListStepsRequest) Reset() {
 	*x = ListStepsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1339,7 @@ func (x *ListStepsRequest) String() string {
 func (*ListStepsRequest) ProtoMessage() {}
 
 func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1352,7 @@ func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsRequest.ProtoReflect.Descriptor instead.
 func (*ListStepsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListStepsRequest) GetPageSize() int32 {
@@ -1048,7 +1393,7 @@ type ListStepsResponse struct {
 
 func (x *ListStepsResponse) Reset() {
 	*x = ListStepsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1405,7 @@ func (x *ListStepsResponse) String() string {
 func (*ListStepsResponse) ProtoMessage() {}
 
 func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1418,7 @@ func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsResponse.ProtoReflect.Descriptor instead.
 func (*ListStepsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListStepsResponse) GetSteps() []*Step {
@@ -1105,7 +1450,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1462,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1475,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Lock) GetVolumeId() string {
@@ -1171,7 +1516,7 @@ type ListLocksRequest struct {
 
 func (x *ListLocksRequest) Reset() {
 	*x = ListLocksRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1528,7 @@ func (x *ListLocksRequest) String() string {
 func (*ListLocksRequest) ProtoMessage() {}
 
 func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1541,7 @@ func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksRequest.ProtoReflect.Descriptor instead.
 func (*ListLocksRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListLocksRequest) GetPageSize() int32 {
@@ -1223,7 +1568,7 @@ type ListLocksResponse struct {
 
 func (x *ListLocksResponse) Reset() {
 	*x = ListLocksResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1580,7 @@ func (x *ListLocksResponse) String() string {
 func (*ListLocksResponse) ProtoMessage() {}
 
 func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1593,7 @@ func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksResponse.ProtoReflect.Descriptor instead.
 func (*ListLocksResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListLocksResponse) GetLocks() []*Lock {
@@ -1275,7 +1620,7 @@ type WatchReplacementRequest struct {
 
 func (x *WatchReplacementRequest) Reset() {
 	*x = WatchReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1632,7 @@ func (x *WatchReplacementRequest) String() string {
 func (*WatchReplacementRequest) ProtoMessage() {}
 
 func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1645,7 @@ func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementRequest.ProtoReflect.Descriptor instead.
 func (*WatchReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchReplacementRequest) GetReplacementId() string {
@@ -1324,7 +1669,7 @@ type StepCounts struct {
 
 func (x *StepCounts) Reset() {
 	*x = StepCounts{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1681,7 @@ func (x *StepCounts) String() string {
 func (*StepCounts) ProtoMessage() {}
 
 func (x *StepCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1694,7 @@ func (x *StepCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepCounts.ProtoReflect.Descriptor instead.
 func (*StepCounts) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StepCounts) GetRequested() int64 {
@@ -1399,7 +1744,7 @@ type WatchReplacementResponse struct {
 
 func (x *WatchReplacementResponse) Reset() {
 	*x = WatchReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1756,7 @@ func (x *WatchReplacementResponse) String() string {
 func (*WatchReplacementResponse) ProtoMessage() {}
 
 func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1769,7 @@ func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementResponse.ProtoReflect.Descriptor instead.
 func (*WatchReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchReplacementResponse) GetReplacements() []*Replacement {
@@ -1459,7 +1804,7 @@ type PreviewExpungeRequest struct {
 
 func (x *PreviewExpungeRequest) Reset() {
 	*x = PreviewExpungeRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1816,7 @@ func (x *PreviewExpungeRequest) String() string {
 func (*PreviewExpungeRequest) ProtoMessage() {}
 
 func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1829,7 @@ func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeRequest.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PreviewExpungeRequest) GetDiskId() string {
@@ -1533,7 +1878,7 @@ type ReadOnlyTargetPreview struct {
 
 func (x *ReadOnlyTargetPreview) Reset() {
 	*x = ReadOnlyTargetPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1890,7 @@ func (x *ReadOnlyTargetPreview) String() string {
 func (*ReadOnlyTargetPreview) ProtoMessage() {}
 
 func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1903,7 @@ func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOnlyTargetPreview.ProtoReflect.Descriptor instead.
 func (*ReadOnlyTargetPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReadOnlyTargetPreview) GetTargetId() string {
@@ -1685,7 +2030,7 @@ type ReadWriteRegionPreview struct {
 
 func (x *ReadWriteRegionPreview) Reset() {
 	*x = ReadWriteRegionPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +2042,7 @@ func (x *ReadWriteRegionPreview) String() string {
 func (*ReadWriteRegionPreview) ProtoMessage() {}
 
 func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +2055,7 @@ func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadWriteRegionPreview.ProtoReflect.Descriptor instead.
 func (*ReadWriteRegionPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReadWriteRegionPreview) GetRegionId() string {
@@ -1791,7 +2136,7 @@ type RegionSetMember struct {
 
 func (x *RegionSetMember) Reset() {
 	*x = RegionSetMember{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2148,7 @@ func (x *RegionSetMember) String() string {
 func (*RegionSetMember) ProtoMessage() {}
 
 func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2161,7 @@ func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSetMember.ProtoReflect.Descriptor instead.
 func (*RegionSetMember) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RegionSetMember) GetRegionId() string {
@@ -1865,7 +2210,7 @@ type PreviewExpungeResponse struct {
 
 func (x *PreviewExpungeResponse) Reset() {
 	*x = PreviewExpungeResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2222,7 @@ func (x *PreviewExpungeResponse) String() string {
 func (*PreviewExpungeResponse) ProtoMessage() {}
 
 func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2235,7 @@ func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeResponse.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PreviewExpungeResponse) GetReadOnlyTargets() []*ReadOnlyTargetPreview {
@@ -1939,7 +2284,12 @@ var File_storage_orchestrator_v1_replacement_proto protoreflect.FileDescriptor
 
 const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\n" +
-	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x06\n" +
+	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	"\x04Wait\x125\n" +
+	"\x04kind\x18\x01 \x01(\x0e2!.storage.orchestrator.v1.WaitKindR\x04kind\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\"\x86\b\n" +
 	"\vReplacement\x12%\n" +
 	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12<\n" +
 	"\x04kind\x18\x02 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12\"\n" +
@@ -1957,7 +2307,14 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x16old_snapshot_volume_id\x18\r \x01(\tR\x13oldSnapshotVolumeId\x12=\n" +
 	"\frequest_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\vrequestTime\x12?\n" +
 	"\rtime_modified\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\ftimeModified\x12 \n" +
-	"\vtraceparent\x18\x10 \x01(\tR\vtraceparent\"\xfe\x02\n" +
+	"\vtraceparent\x18\x10 \x01(\tR\vtraceparent\x121\n" +
+	"\x04wait\x18\x11 \x01(\v2\x1d.storage.orchestrator.v1.WaitR\x04wait\x12\x1a\n" +
+	"\battempts\x18\x12 \x01(\x05R\battempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x13 \x01(\tR\tlastError\x12B\n" +
+	"\x0flast_error_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\rlastErrorTime\x12\x1d\n" +
+	"\n" +
+	"end_reason\x18\x15 \x01(\tR\tendReason\"\xb0\x04\n" +
 	"\x04Step\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12%\n" +
 	"\x0ereplacement_id\x18\x02 \x01(\tR\rreplacementId\x12\x1b\n" +
@@ -1966,7 +2323,13 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x11operating_saga_id\x18\x05 \x01(\tR\x0foperatingSagaId\x123\n" +
 	"\x16old_snapshot_volume_id\x18\x06 \x01(\tR\x13oldSnapshotVolumeId\x12=\n" +
 	"\frequest_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vrequestTime\x12?\n" +
-	"\rtime_modified\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\ftimeModified\"\x86\x02\n" +
+	"\rtime_modified\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\ftimeModified\x121\n" +
+	"\x04wait\x18\t \x01(\v2\x1d.storage.orchestrator.v1.WaitR\x04wait\x12\x1a\n" +
+	"\battempts\x18\n" +
+	" \x01(\x05R\battempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\v \x01(\tR\tlastError\x12B\n" +
+	"\x0flast_error_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastErrorTime\"\x86\x02\n" +
 	"\tDriveStep\x12\"\n" +
 	"\rdrive_step_id\x18\x01 \x01(\tR\vdriveStepId\x12%\n" +
 	"\x0ereplacement_id\x18\x02 \x01(\tR\rreplacementId\x12.\n" +
@@ -1979,7 +2342,12 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\ttarget_id\x18\x01 \x01(\tR\btargetId\"~\n" +
 	"\x1aRequestReplacementResponse\x12F\n" +
 	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\">\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"Y\n" +
+	"\x18CancelReplacementRequest\x12%\n" +
+	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"c\n" +
+	"\x19CancelReplacementResponse\x12F\n" +
+	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\">\n" +
 	"\x15GetReplacementRequest\x12%\n" +
 	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\"\xda\x01\n" +
 	"\x16GetReplacementResponse\x12F\n" +
@@ -2083,7 +2451,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x1cREPLACEMENT_KIND_UNSPECIFIED\x10\x00\x12$\n" +
 	" REPLACEMENT_KIND_REGION_SNAPSHOT\x10\x01\x12%\n" +
 	"!REPLACEMENT_KIND_READ_ONLY_REGION\x10\x02\x12&\n" +
-	"\"REPLACEMENT_KIND_READ_WRITE_REGION\x10\x03*\xaf\x03\n" +
+	"\"REPLACEMENT_KIND_READ_WRITE_REGION\x10\x03*\xda\x03\n" +
 	"\x18ReadOnlyReplacementState\x12+\n" +
 	"'READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED\x10\x00\x12)\n" +
 	"%READ_ONLY_REPLACEMENT_STATE_REQUESTED\x10\x01\x12*\n" +
@@ -2093,14 +2461,15 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"#READ_ONLY_REPLACEMENT_STATE_RUNNING\x10\x05\x12*\n" +
 	"&READ_ONLY_REPLACEMENT_STATE_COMPLETING\x10\x06\x12(\n" +
 	"$READ_ONLY_REPLACEMENT_STATE_COMPLETE\x10\a\x12)\n" +
-	"%READ_ONLY_REPLACEMENT_STATE_DATA_LOST\x10\b*\xac\x01\n" +
+	"%READ_ONLY_REPLACEMENT_STATE_DATA_LOST\x10\b\x12)\n" +
+	"%READ_ONLY_REPLACEMENT_STATE_CANCELLED\x10\t*\xac\x01\n" +
 	"\tStepState\x12\x1a\n" +
 	"\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STEP_STATE_REQUESTED\x10\x01\x12\x16\n" +
 	"\x12STEP_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13STEP_STATE_COMPLETE\x10\x03\x12\x19\n" +
 	"\x15STEP_STATE_COLLECTING\x10\x04\x12\x1d\n" +
-	"\x19STEP_STATE_VOLUME_DELETED\x10\x05*\xde\x02\n" +
+	"\x19STEP_STATE_VOLUME_DELETED\x10\x05*\xdb\x03\n" +
 	"\x16RegionReplacementState\x12(\n" +
 	"$REGION_REPLACEMENT_STATE_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"REGION_REPLACEMENT_STATE_REQUESTED\x10\x01\x12'\n" +
@@ -2109,7 +2478,21 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	" REGION_REPLACEMENT_STATE_DRIVING\x10\x04\x12-\n" +
 	")REGION_REPLACEMENT_STATE_REPLACEMENT_DONE\x10\x05\x12'\n" +
 	"#REGION_REPLACEMENT_STATE_COMPLETING\x10\x06\x12%\n" +
-	"!REGION_REPLACEMENT_STATE_COMPLETE\x10\a2\xb5\x06\n" +
+	"!REGION_REPLACEMENT_STATE_COMPLETE\x10\a\x12&\n" +
+	"\"REGION_REPLACEMENT_STATE_DATA_LOST\x10\b\x12+\n" +
+	"'REGION_REPLACEMENT_STATE_NEEDS_OPERATOR\x10\t\x12&\n" +
+	"\"REGION_REPLACEMENT_STATE_CANCELLED\x10\n" +
+	"*\xd4\x01\n" +
+	"\bWaitKind\x12\x19\n" +
+	"\x15WAIT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eWAIT_KIND_NONE\x10\x01\x12\x12\n" +
+	"\x0eWAIT_KIND_SAGA\x10\x02\x12\x12\n" +
+	"\x0eWAIT_KIND_LOCK\x10\x03\x12\x16\n" +
+	"\x12WAIT_KIND_CAPACITY\x10\x04\x12\x16\n" +
+	"\x12WAIT_KIND_UPSTAIRS\x10\x05\x12\x12\n" +
+	"\x0eWAIT_KIND_TASK\x10\x06\x12\x13\n" +
+	"\x0fWAIT_KIND_STEPS\x10\a\x12\x18\n" +
+	"\x14WAIT_KIND_REFERENCES\x10\b2\xb1\a\n" +
 	"\x12ReplacementService\x12}\n" +
 	"\x12RequestReplacement\x122.storage.orchestrator.v1.RequestReplacementRequest\x1a3.storage.orchestrator.v1.RequestReplacementResponse\x12q\n" +
 	"\x0eGetReplacement\x12..storage.orchestrator.v1.GetReplacementRequest\x1a/.storage.orchestrator.v1.GetReplacementResponse\x12w\n" +
@@ -2117,7 +2500,8 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\tListSteps\x12).storage.orchestrator.v1.ListStepsRequest\x1a*.storage.orchestrator.v1.ListStepsResponse\x12b\n" +
 	"\tListLocks\x12).storage.orchestrator.v1.ListLocksRequest\x1a*.storage.orchestrator.v1.ListLocksResponse\x12y\n" +
 	"\x10WatchReplacement\x120.storage.orchestrator.v1.WatchReplacementRequest\x1a1.storage.orchestrator.v1.WatchReplacementResponse0\x01\x12q\n" +
-	"\x0ePreviewExpunge\x12..storage.orchestrator.v1.PreviewExpungeRequest\x1a/.storage.orchestrator.v1.PreviewExpungeResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
+	"\x0ePreviewExpunge\x12..storage.orchestrator.v1.PreviewExpungeRequest\x1a/.storage.orchestrator.v1.PreviewExpungeResponse\x12z\n" +
+	"\x11CancelReplacement\x121.storage.orchestrator.v1.CancelReplacementRequest\x1a2.storage.orchestrator.v1.CancelReplacementResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
 	file_storage_orchestrator_v1_replacement_proto_rawDescOnce sync.Once
@@ -2131,84 +2515,97 @@ func file_storage_orchestrator_v1_replacement_proto_rawDescGZIP() []byte {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescData
 }
 
-var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
 	(ReplacementKind)(0),               // 0: storage.orchestrator.v1.ReplacementKind
 	(ReadOnlyReplacementState)(0),      // 1: storage.orchestrator.v1.ReadOnlyReplacementState
 	(StepState)(0),                     // 2: storage.orchestrator.v1.StepState
 	(RegionReplacementState)(0),        // 3: storage.orchestrator.v1.RegionReplacementState
-	(*Replacement)(nil),                // 4: storage.orchestrator.v1.Replacement
-	(*Step)(nil),                       // 5: storage.orchestrator.v1.Step
-	(*DriveStep)(nil),                  // 6: storage.orchestrator.v1.DriveStep
-	(*RequestReplacementRequest)(nil),  // 7: storage.orchestrator.v1.RequestReplacementRequest
-	(*RequestReplacementResponse)(nil), // 8: storage.orchestrator.v1.RequestReplacementResponse
-	(*GetReplacementRequest)(nil),      // 9: storage.orchestrator.v1.GetReplacementRequest
-	(*GetReplacementResponse)(nil),     // 10: storage.orchestrator.v1.GetReplacementResponse
-	(*ListReplacementsRequest)(nil),    // 11: storage.orchestrator.v1.ListReplacementsRequest
-	(*ListReplacementsResponse)(nil),   // 12: storage.orchestrator.v1.ListReplacementsResponse
-	(*ListStepsRequest)(nil),           // 13: storage.orchestrator.v1.ListStepsRequest
-	(*ListStepsResponse)(nil),          // 14: storage.orchestrator.v1.ListStepsResponse
-	(*Lock)(nil),                       // 15: storage.orchestrator.v1.Lock
-	(*ListLocksRequest)(nil),           // 16: storage.orchestrator.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),          // 17: storage.orchestrator.v1.ListLocksResponse
-	(*WatchReplacementRequest)(nil),    // 18: storage.orchestrator.v1.WatchReplacementRequest
-	(*StepCounts)(nil),                 // 19: storage.orchestrator.v1.StepCounts
-	(*WatchReplacementResponse)(nil),   // 20: storage.orchestrator.v1.WatchReplacementResponse
-	(*PreviewExpungeRequest)(nil),      // 21: storage.orchestrator.v1.PreviewExpungeRequest
-	(*ReadOnlyTargetPreview)(nil),      // 22: storage.orchestrator.v1.ReadOnlyTargetPreview
-	(*ReadWriteRegionPreview)(nil),     // 23: storage.orchestrator.v1.ReadWriteRegionPreview
-	(*RegionSetMember)(nil),            // 24: storage.orchestrator.v1.RegionSetMember
-	(*PreviewExpungeResponse)(nil),     // 25: storage.orchestrator.v1.PreviewExpungeResponse
-	(*timestamppb.Timestamp)(nil),      // 26: google.protobuf.Timestamp
+	(WaitKind)(0),                      // 4: storage.orchestrator.v1.WaitKind
+	(*Wait)(nil),                       // 5: storage.orchestrator.v1.Wait
+	(*Replacement)(nil),                // 6: storage.orchestrator.v1.Replacement
+	(*Step)(nil),                       // 7: storage.orchestrator.v1.Step
+	(*DriveStep)(nil),                  // 8: storage.orchestrator.v1.DriveStep
+	(*RequestReplacementRequest)(nil),  // 9: storage.orchestrator.v1.RequestReplacementRequest
+	(*RequestReplacementResponse)(nil), // 10: storage.orchestrator.v1.RequestReplacementResponse
+	(*CancelReplacementRequest)(nil),   // 11: storage.orchestrator.v1.CancelReplacementRequest
+	(*CancelReplacementResponse)(nil),  // 12: storage.orchestrator.v1.CancelReplacementResponse
+	(*GetReplacementRequest)(nil),      // 13: storage.orchestrator.v1.GetReplacementRequest
+	(*GetReplacementResponse)(nil),     // 14: storage.orchestrator.v1.GetReplacementResponse
+	(*ListReplacementsRequest)(nil),    // 15: storage.orchestrator.v1.ListReplacementsRequest
+	(*ListReplacementsResponse)(nil),   // 16: storage.orchestrator.v1.ListReplacementsResponse
+	(*ListStepsRequest)(nil),           // 17: storage.orchestrator.v1.ListStepsRequest
+	(*ListStepsResponse)(nil),          // 18: storage.orchestrator.v1.ListStepsResponse
+	(*Lock)(nil),                       // 19: storage.orchestrator.v1.Lock
+	(*ListLocksRequest)(nil),           // 20: storage.orchestrator.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),          // 21: storage.orchestrator.v1.ListLocksResponse
+	(*WatchReplacementRequest)(nil),    // 22: storage.orchestrator.v1.WatchReplacementRequest
+	(*StepCounts)(nil),                 // 23: storage.orchestrator.v1.StepCounts
+	(*WatchReplacementResponse)(nil),   // 24: storage.orchestrator.v1.WatchReplacementResponse
+	(*PreviewExpungeRequest)(nil),      // 25: storage.orchestrator.v1.PreviewExpungeRequest
+	(*ReadOnlyTargetPreview)(nil),      // 26: storage.orchestrator.v1.ReadOnlyTargetPreview
+	(*ReadWriteRegionPreview)(nil),     // 27: storage.orchestrator.v1.ReadWriteRegionPreview
+	(*RegionSetMember)(nil),            // 28: storage.orchestrator.v1.RegionSetMember
+	(*PreviewExpungeResponse)(nil),     // 29: storage.orchestrator.v1.PreviewExpungeResponse
+	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
 }
 var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
-	0,  // 0: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 1: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 2: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	26, // 3: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
-	26, // 4: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
-	2,  // 5: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
-	26, // 6: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
-	26, // 7: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
-	26, // 8: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
-	4,  // 9: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	4,  // 10: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	5,  // 11: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
-	6,  // 12: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
-	0,  // 13: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 14: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 15: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	4,  // 16: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	2,  // 17: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
-	5,  // 18: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
-	26, // 19: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
-	15, // 20: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
-	4,  // 21: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	19, // 22: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
-	0,  // 23: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	24, // 24: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
-	22, // 25: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
-	23, // 26: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
-	7,  // 27: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
-	9,  // 28: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
-	11, // 29: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
-	13, // 30: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
-	16, // 31: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
-	18, // 32: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
-	21, // 33: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
-	8,  // 34: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
-	10, // 35: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
-	12, // 36: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
-	14, // 37: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
-	17, // 38: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
-	20, // 39: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
-	25, // 40: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	4,  // 0: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
+	30, // 1: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
+	0,  // 2: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 3: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 4: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	30, // 5: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
+	30, // 6: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
+	5,  // 7: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
+	30, // 8: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
+	2,  // 9: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
+	30, // 10: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
+	30, // 11: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
+	5,  // 12: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
+	30, // 13: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
+	30, // 14: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
+	6,  // 15: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	6,  // 16: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	6,  // 17: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	7,  // 18: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
+	8,  // 19: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
+	0,  // 20: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 21: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 22: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	6,  // 23: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	2,  // 24: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
+	7,  // 25: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
+	30, // 26: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
+	19, // 27: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
+	6,  // 28: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	23, // 29: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
+	0,  // 30: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	28, // 31: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
+	26, // 32: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
+	27, // 33: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
+	9,  // 34: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
+	13, // 35: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
+	15, // 36: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
+	17, // 37: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
+	20, // 38: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
+	22, // 39: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
+	25, // 40: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
+	11, // 41: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
+	10, // 42: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
+	14, // 43: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
+	16, // 44: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
+	18, // 45: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
+	21, // 46: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
+	24, // 47: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
+	29, // 48: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
+	12, // 49: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
+	42, // [42:50] is the sub-list for method output_type
+	34, // [34:42] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_replacement_proto_init() }
@@ -2221,8 +2618,8 @@ func file_storage_orchestrator_v1_replacement_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_replacement_proto_rawDesc), len(file_storage_orchestrator_v1_replacement_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   22,
+			NumEnums:      5,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

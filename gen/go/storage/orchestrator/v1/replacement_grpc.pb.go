@@ -26,6 +26,7 @@ const (
 	ReplacementService_ListLocks_FullMethodName          = "/storage.orchestrator.v1.ReplacementService/ListLocks"
 	ReplacementService_WatchReplacement_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/WatchReplacement"
 	ReplacementService_PreviewExpunge_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/PreviewExpunge"
+	ReplacementService_CancelReplacement_FullMethodName  = "/storage.orchestrator.v1.ReplacementService/CancelReplacement"
 )
 
 // ReplacementServiceClient is the client API for ReplacementService service.
@@ -37,9 +38,11 @@ const (
 // rw regions driven through live repair or reconciliation.
 type ReplacementServiceClient interface {
 	// Requests replacement of a target by id. Idempotent: asking twice for the
-	// same target returns the existing request. ABORTED "volume repair lock"
-	// when another repair holds the volume (retry later). NOT_FOUND for an
-	// unknown target.
+	// same target returns the existing request. A CANCELLED request for the
+	// target (read-only, or a rw region's) is taken back to REQUESTED, its
+	// repair lock retaken: the way to resume what was cancelled. ABORTED
+	// "volume repair lock" when another repair holds the volume (retry later).
+	// NOT_FOUND for an unknown target.
 	RequestReplacement(ctx context.Context, in *RequestReplacementRequest, opts ...grpc.CallOption) (*RequestReplacementResponse, error)
 	// One request with its steps.
 	GetReplacement(ctx context.Context, in *GetReplacementRequest, opts ...grpc.CallOption) (*GetReplacementResponse, error)
@@ -54,6 +57,31 @@ type ReplacementServiceClient interface {
 	WatchReplacement(ctx context.Context, in *WatchReplacementRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchReplacementResponse], error)
 	// What expunging a disk or sled would replace and lose. Changes nothing.
 	PreviewExpunge(ctx context.Context, in *PreviewExpungeRequest, opts ...grpc.CallOption) (*PreviewExpungeResponse, error)
+	// Ends a request an operator does not want carried out, where that can be
+	// done without leaving anything half-made, and says why when it cannot:
+	//   - Requested (read-only or rw): nothing was done yet. The request ends
+	//     CANCELLED with the reason and its repair lock is released. The
+	//     target stays where it is (on its expunged disk, so the volumes
+	//     naming it stay degraded) until RequestReplacement is called for it
+	//     again; the detectors do not bring a cancelled request back.
+	//   - a saga is working on it (Allocating, DeletingOldVolume, Driving,
+	//     Completing): FAILED_PRECONDITION naming the saga. Retry once it is
+	//     at rest, or abandon the saga (AdminService/AbandonSaga puts the
+	//     request back where its task retries it).
+	//   - read-only ReplacementDone or Running: FAILED_PRECONDITION. The
+	//     snapshot already names the new copy and the old target's last
+	//     references are being moved; stopping there would leave both copies
+	//     in use and the request's stash and reference volumes behind. It
+	//     completes by itself.
+	//   - rw Running or ReplacementDone: FAILED_PRECONDITION. The volume
+	//     already names the new region; the repair either finishes or, past
+	//     its bounds, ends the request NEEDS_OPERATOR by itself.
+	//   - already CANCELLED: OK, unchanged (idempotent). Any other end:
+	//     FAILED_PRECONDITION naming it.
+	//
+	// INVALID_ARGUMENT for a malformed id or an empty reason; NOT_FOUND for an
+	// unknown request.
+	CancelReplacement(ctx context.Context, in *CancelReplacementRequest, opts ...grpc.CallOption) (*CancelReplacementResponse, error)
 }
 
 type replacementServiceClient struct {
@@ -143,6 +171,16 @@ func (c *replacementServiceClient) PreviewExpunge(ctx context.Context, in *Previ
 	return out, nil
 }
 
+func (c *replacementServiceClient) CancelReplacement(ctx context.Context, in *CancelReplacementRequest, opts ...grpc.CallOption) (*CancelReplacementResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelReplacementResponse)
+	err := c.cc.Invoke(ctx, ReplacementService_CancelReplacement_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplacementServiceServer is the server API for ReplacementService service.
 // All implementations must embed UnimplementedReplacementServiceServer
 // for forward compatibility.
@@ -152,9 +190,11 @@ func (c *replacementServiceClient) PreviewExpunge(ctx context.Context, in *Previ
 // rw regions driven through live repair or reconciliation.
 type ReplacementServiceServer interface {
 	// Requests replacement of a target by id. Idempotent: asking twice for the
-	// same target returns the existing request. ABORTED "volume repair lock"
-	// when another repair holds the volume (retry later). NOT_FOUND for an
-	// unknown target.
+	// same target returns the existing request. A CANCELLED request for the
+	// target (read-only, or a rw region's) is taken back to REQUESTED, its
+	// repair lock retaken: the way to resume what was cancelled. ABORTED
+	// "volume repair lock" when another repair holds the volume (retry later).
+	// NOT_FOUND for an unknown target.
 	RequestReplacement(context.Context, *RequestReplacementRequest) (*RequestReplacementResponse, error)
 	// One request with its steps.
 	GetReplacement(context.Context, *GetReplacementRequest) (*GetReplacementResponse, error)
@@ -169,6 +209,31 @@ type ReplacementServiceServer interface {
 	WatchReplacement(*WatchReplacementRequest, grpc.ServerStreamingServer[WatchReplacementResponse]) error
 	// What expunging a disk or sled would replace and lose. Changes nothing.
 	PreviewExpunge(context.Context, *PreviewExpungeRequest) (*PreviewExpungeResponse, error)
+	// Ends a request an operator does not want carried out, where that can be
+	// done without leaving anything half-made, and says why when it cannot:
+	//   - Requested (read-only or rw): nothing was done yet. The request ends
+	//     CANCELLED with the reason and its repair lock is released. The
+	//     target stays where it is (on its expunged disk, so the volumes
+	//     naming it stay degraded) until RequestReplacement is called for it
+	//     again; the detectors do not bring a cancelled request back.
+	//   - a saga is working on it (Allocating, DeletingOldVolume, Driving,
+	//     Completing): FAILED_PRECONDITION naming the saga. Retry once it is
+	//     at rest, or abandon the saga (AdminService/AbandonSaga puts the
+	//     request back where its task retries it).
+	//   - read-only ReplacementDone or Running: FAILED_PRECONDITION. The
+	//     snapshot already names the new copy and the old target's last
+	//     references are being moved; stopping there would leave both copies
+	//     in use and the request's stash and reference volumes behind. It
+	//     completes by itself.
+	//   - rw Running or ReplacementDone: FAILED_PRECONDITION. The volume
+	//     already names the new region; the repair either finishes or, past
+	//     its bounds, ends the request NEEDS_OPERATOR by itself.
+	//   - already CANCELLED: OK, unchanged (idempotent). Any other end:
+	//     FAILED_PRECONDITION naming it.
+	//
+	// INVALID_ARGUMENT for a malformed id or an empty reason; NOT_FOUND for an
+	// unknown request.
+	CancelReplacement(context.Context, *CancelReplacementRequest) (*CancelReplacementResponse, error)
 	mustEmbedUnimplementedReplacementServiceServer()
 }
 
@@ -199,6 +264,9 @@ func (UnimplementedReplacementServiceServer) WatchReplacement(*WatchReplacementR
 }
 func (UnimplementedReplacementServiceServer) PreviewExpunge(context.Context, *PreviewExpungeRequest) (*PreviewExpungeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PreviewExpunge not implemented")
+}
+func (UnimplementedReplacementServiceServer) CancelReplacement(context.Context, *CancelReplacementRequest) (*CancelReplacementResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelReplacement not implemented")
 }
 func (UnimplementedReplacementServiceServer) mustEmbedUnimplementedReplacementServiceServer() {}
 func (UnimplementedReplacementServiceServer) testEmbeddedByValue()                            {}
@@ -340,6 +408,24 @@ func _ReplacementService_PreviewExpunge_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReplacementService_CancelReplacement_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelReplacementRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplacementServiceServer).CancelReplacement(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplacementService_CancelReplacement_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplacementServiceServer).CancelReplacement(ctx, req.(*CancelReplacementRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReplacementService_ServiceDesc is the grpc.ServiceDesc for ReplacementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -370,6 +456,10 @@ var ReplacementService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PreviewExpunge",
 			Handler:    _ReplacementService_PreviewExpunge_Handler,
+		},
+		{
+			MethodName: "CancelReplacement",
+			Handler:    _ReplacementService_CancelReplacement_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

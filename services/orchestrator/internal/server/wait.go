@@ -1,0 +1,162 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/orchestrator/internal/datastore"
+)
+
+// What a request or step waits on, for operators ("why is it not moving?").
+// A record at rest waits on its task; the task may be holding off after a
+// failed attempt (its backoff), and a record whose last attempt found no
+// room waits on capacity. A record in an intermediate state waits on the
+// saga that claimed it. A running read-only request waits on the volumes
+// still in its lock queues, else on its steps, else on the old target's
+// last references; a running rw request waits on the Upstairs' repair.
+//
+// The cheap form (lists) reads nothing but the record; the full form
+// (GetReplacement, WatchReplacement) also reads the saga's name, the lock
+// queues, the steps and the drive steps.
+
+type waits struct {
+	s    *Server
+	full bool
+}
+
+func waitProto(kind orchestratorv1.WaitKind, since time.Time, subject, format string, args ...any) *orchestratorv1.Wait {
+	w := &orchestratorv1.Wait{Kind: kind, Detail: fmt.Sprintf(format, args...), Subject: subject}
+	if !since.IsZero() {
+		w.Since = timestamppb.New(since)
+	}
+	return w
+}
+
+// atRest is the wait of a record at rest with no saga: its task, after
+// any backoff, or capacity when the last attempt found no room.
+func (w waits) atRest(task string, modified time.Time, a datastore.Attempts) *orchestratorv1.Wait {
+	if a.Attempts > 0 && a.LastErrorTime != nil {
+		if capacityError(a.LastError) {
+			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_CAPACITY, *a.LastErrorTime, "",
+				"room for a new region: %s (attempt %d)", a.LastError, a.Attempts)
+		}
+		retryAt := a.LastErrorTime.Add(w.s.cfg.Retry.After(a.Attempts))
+		if time.Until(retryAt) > 0 {
+			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_TASK, *a.LastErrorTime, "",
+				"%s retries at %s, after %d failed attempts", task, retryAt.UTC().Format(time.RFC3339Nano), a.Attempts)
+		}
+	}
+	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_TASK, modified, "", "%s to start its next saga", task)
+}
+
+func capacityError(msg string) bool {
+	return strings.Contains(msg, "ResourceExhausted") || strings.Contains(msg, "not enough storage") || strings.Contains(msg, "not enough space")
+}
+
+func (w waits) saga(ctx context.Context, id uuid.UUID, since time.Time) *orchestratorv1.Wait {
+	name := "saga"
+	if w.full {
+		if v, err := w.s.viewer.Get(ctx, id); err == nil {
+			name = v.Name
+			if v.Stuck {
+				return waitProto(orchestratorv1.WaitKind_WAIT_KIND_SAGA, since, id.String(),
+					"%s %s is stuck (an undo failed for good): an operator must look, then abandon it", name, id)
+			}
+		}
+	}
+	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_SAGA, since, id.String(), "%s %s is working on it", name, id)
+}
+
+func (w waits) readOnly(ctx context.Context, r datastore.ReadOnlyRequest) *orchestratorv1.Wait {
+	switch {
+	case r.State.Terminal():
+		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, r.TimeModified, "", "ended %s", r.State)
+	case r.OperatingSagaID != nil:
+		return w.saga(ctx, *r.OperatingSagaID, r.TimeModified)
+	case r.State == datastore.RORequested:
+		return w.atRest("the start task", r.TimeModified, r.Attempts)
+	case r.State == datastore.ROReplacementDone:
+		return w.atRest("the garbage-collect task", r.TimeModified, r.Attempts)
+	}
+	// Running.
+	if !w.full {
+		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_STEPS, r.TimeModified, "", "its steps, then the old target's last references")
+	}
+	if lw, err := w.s.store.LockWaitsOf(ctx, r.ID); err == nil && len(lw) > 0 {
+		return lockWait(lw)
+	}
+	if counts, err := w.s.store.StepCounts(ctx, &r.ID); err == nil {
+		var open int64
+		for state, n := range counts {
+			if state != datastore.StepVolumeDeleted {
+				open += n
+			}
+		}
+		if open > 0 {
+			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_STEPS, r.TimeModified, "",
+				"%d steps in progress (%d requested, %d running, %d complete, %d collecting)", open,
+				counts[datastore.StepRequested], counts[datastore.StepRunning], counts[datastore.StepComplete], counts[datastore.StepCollecting])
+		}
+	}
+	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_REFERENCES, r.TimeModified, r.OldTargetID.String(),
+		"old target %s to lose its last references (stashes being deleted), then the finish task", r.OldTargetID)
+}
+
+// lockWait describes a request's places in lock queues, oldest first.
+func lockWait(lw []datastore.LockWait) *orchestratorv1.Wait {
+	first := lw[0]
+	holder, subject := "free, its turn is next", ""
+	if first.Holder != nil {
+		holder = fmt.Sprintf("held by %s %s", *first.HolderKind, *first.Holder)
+		subject = first.Holder.String()
+	}
+	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_LOCK, first.Since, subject,
+		"%d volumes wait for their repair lock; the longest, volume %s (%d tries): %s", len(lw), first.VolumeID, first.Attempts, holder)
+}
+
+func (w waits) regionRequest(ctx context.Context, r datastore.RegionRequest) *orchestratorv1.Wait {
+	switch {
+	case r.State.Terminal():
+		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, r.TimeModified, "", "ended %s", r.State)
+	case r.OperatingSagaID != nil:
+		return w.saga(ctx, *r.OperatingSagaID, r.TimeModified)
+	case r.State == datastore.RWRequested:
+		return w.atRest("the rw detector", r.TimeModified, r.Attempts)
+	case r.State == datastore.RWReplacementDone:
+		return w.atRest("the rw finish task", r.TimeModified, r.Attempts)
+	}
+	// Running: the Upstairs' repair of the new region.
+	since := r.TimeModified
+	detail := fmt.Sprintf("an Upstairs to repair new region %s", idStr(r.NewRegionID))
+	if w.full {
+		if steps, err := w.s.store.DriveSteps(ctx, r.ID); err == nil && len(steps) > 0 {
+			last := steps[len(steps)-1]
+			since = last.Time
+			detail = fmt.Sprintf("%s (%d drive attempts; the last a %s step at %s)", detail, len(steps), last.StepType, last.Endpoint)
+			if last.AttachmentID != nil {
+				return waitProto(orchestratorv1.WaitKind_WAIT_KIND_UPSTAIRS, since, last.AttachmentID.String(), "%s", detail)
+			}
+		}
+	}
+	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_UPSTAIRS, since, "", "%s", detail)
+}
+
+func (w waits) step(ctx context.Context, s datastore.Step) *orchestratorv1.Wait {
+	switch s.State {
+	case datastore.StepVolumeDeleted:
+		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, s.TimeModified, "", "ended")
+	case datastore.StepRunning, datastore.StepCollecting:
+		if s.OperatingSagaID != nil {
+			return w.saga(ctx, *s.OperatingSagaID, s.TimeModified)
+		}
+	case datastore.StepComplete:
+		return w.atRest("the step task (to delete its stash)", s.TimeModified, s.Attempts)
+	}
+	return w.atRest("the step task", s.TimeModified, s.Attempts)
+}
