@@ -162,6 +162,10 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 // past its attempts or when nothing happened for StallTimeout. "" to go on.
 func (t *rwDrive) bound(ctx context.Context, r datastore.RegionRequest, rs sagas.RepairState) (datastore.RegionState, string, error) {
 	d := t.env.Deps
+	// A deleted volume needs no repair: the drive saga concludes done.
+	if gone, err := sagas.VolumeDeleted(ctx, d, r.VolumeID); err != nil || gone {
+		return "", "", err
+	}
 	unrepaired, err := d.Store.UnrepairedRegions(ctx, r.VolumeID)
 	if err != nil {
 		return "", "", err
