@@ -62,11 +62,13 @@
 //
 // Because they are idempotent, the engine also runs them again in place
 // when they fail with an error that may go away by itself. Classify is the
-// one place that decides, for actions, undos and the saga log's own writes:
+// one place that decides, for actions, undos and the saga log's own writes
+// (the first row that matches decides; errors are matched through their
+// %w chains):
 //
 //	error                                             retryable  reason
-//	marked Permanent by the action                    no         marked_permanent
 //	any error once the saga's own context has ended   no         saga_context_done
+//	marked Permanent by the action                    no         marked_permanent
 //	a panic in the action or undo                     no         panic
 //	a test hook's InjectError / InjectUndoError,
 //	  STORAGECP_FAIL_AT (never retried at all)        no         injected
