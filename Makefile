@@ -106,10 +106,12 @@ bench:
 	$(GO) test -run '^$$' -bench DecodeClone -count 1 storagecp.dev/volume/internal/vcr | tee -a .run/bench/go-bench.txt
 	STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run 'TestCanonical|TestFanOut' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt
 
-# Every crash point, every user operation before every saga node, and
+# Every crash point, every user operation before every saga node, a
+# transient fault at every undo of every saga (make test samples them), and
 # SEEDS random race seeds (each printed; replay one with
 # STORAGECP_SEED=<seed> go test ./integration/race).
 SEEDS ?= 20
 soak:
 	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m -run 'TestUserOperations|TestCrash' storagecp.dev/orchestrator/internal/sagas/...
+	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 60m -run '(Helpers|^TestRSR(GarbageCollect|Step|StepGarbageCollect|Finish))$$/undo_transient_at_' storagecp.dev/orchestrator/internal/sagas
 	STORAGECP_SOAK=1 STORAGECP_SEEDS=$(SEEDS) $(GO) test -count=1 -timeout 240m $(INTEGRATION_PKGS)

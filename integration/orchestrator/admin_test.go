@@ -26,7 +26,9 @@ func TestListSagasShowsEachOutcome(t *testing.T) {
 	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
 	inject := func(op allocatorv1.AgentOperation, fail bool, delay time.Duration) {
 		t.Helper()
-		req := &allocatorv1.InjectAgentFaultRequest{Operation: op, Count: 1000, Fail: fail}
+		// Permanent: an undo meeting a retryable fault retries until it
+		// clears; only a permanent one leaves its saga stuck.
+		req := &allocatorv1.InjectAgentFaultRequest{Operation: op, Count: 1000, Fail: fail, Permanent: fail}
 		if delay > 0 {
 			req.Delay = durationpb.New(delay)
 		}

@@ -16,19 +16,23 @@ import (
 	"storagecp.dev/integration/rack"
 )
 
-// A saga whose undo fails is stuck: shown as stuck, holding its lock, never
-// retried (not even by a restarted orchestrator), reported by
-// ValidateSystem — until an operator abandons it, releasing its lock.
+// A saga whose undo fails with a permanent error is stuck: shown as stuck,
+// with the reason, holding its lock, never retried (not even by a restarted
+// orchestrator), reported by ValidateSystem — until an operator abandons
+// it, releasing its lock. (An undo failing with a retryable error is
+// retried until it clears instead: see saga's package comment.)
 func TestStuckSagaIsKeptVisibleUntilAbandoned(t *testing.T) {
 	r := rack.Start(t, 4, 1, stack.Config{})
 	ctx := context.Background()
 	disk := r.CreateDisk(t)
 	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
-	for _, op := range []allocatorv1.AgentOperation{
-		allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, // the node fails …
-		allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_SNAPSHOT, // … and so does its cleanup
+	for _, f := range []*allocatorv1.InjectAgentFaultRequest{
+		// the node fails …
+		{Operation: allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, Count: 1000, Fail: true},
+		// … and so does its cleanup, for good
+		{Operation: allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_SNAPSHOT, Count: 1000, Fail: true, Permanent: true},
 	} {
-		if _, err := faults.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{Operation: op, Count: 1000, Fail: true}); err != nil {
+		if _, err := faults.InjectAgentFault(ctx, f); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -54,7 +58,17 @@ func TestStuckSagaIsKeptVisibleUntilAbandoned(t *testing.T) {
 		}
 		return s
 	}
-	events := len(stuck().Events)
+	first := stuck()
+	events := len(first.Events)
+	var why string
+	for _, n := range first.Nodes {
+		if n.Status == "undo_failed" {
+			why = n.ErrorReason
+		}
+	}
+	if why != "grpc:FailedPrecondition" {
+		t.Fatalf("the stuck node's error reason is %q, want grpc:FailedPrecondition", why)
+	}
 	lockHeld := func() bool {
 		locks, err := r.Replacement.ListLocks(ctx, &orchestratorv1.ListLocksRequest{})
 		if err != nil {

@@ -39,12 +39,14 @@ func (o Operation) String() string {
 
 // Fault affects the next Count calls of Op (on DatasetID, or on every
 // dataset when it is uuid.Nil): each is delayed by Delay, then fails if
-// Fail is set.
+// Fail is set — permanently (a broken agent, which retrying does not fix)
+// if Permanent is set too, else as an agent out of reach.
 type Fault struct {
 	Op        Operation
 	DatasetID uuid.UUID
 	Count     int
 	Fail      bool
+	Permanent bool
 	Delay     time.Duration
 }
 
@@ -84,8 +86,9 @@ func (f *Faults) Pending() int {
 	return n
 }
 
-// take consumes one call of the first matching fault.
-func (f *Faults) take(op Operation, datasetID uuid.UUID) (fail bool, delay time.Duration) {
+// take consumes one call of the first matching fault (the zero Fault,
+// which does nothing, when none matches).
+func (f *Faults) take(op Operation, datasetID uuid.UUID) Fault {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i, p := range f.pending {
@@ -96,9 +99,9 @@ func (f *Faults) take(op Operation, datasetID uuid.UUID) (fail bool, delay time.
 		if p.Count == 0 {
 			f.pending = append(f.pending[:i], f.pending[i+1:]...)
 		}
-		return p.Fail, p.Delay
+		return *p
 	}
-	return false, 0
+	return Fault{}
 }
 
 // apply delays and/or fails a call as the registry says.
@@ -106,8 +109,8 @@ func (f *Faults) apply(ctx context.Context, op Operation, datasetID uuid.UUID) e
 	if f == nil {
 		return nil
 	}
-	fail, delay := f.take(op, datasetID)
-	if delay > 0 {
+	fault := f.take(op, datasetID)
+	if delay := fault.Delay; delay > 0 {
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -116,8 +119,8 @@ func (f *Faults) apply(ctx context.Context, op Operation, datasetID uuid.UUID) e
 		case <-t.C:
 		}
 	}
-	if fail {
-		return &InjectedError{Op: op, DatasetID: datasetID}
+	if fault.Fail {
+		return &InjectedError{Op: op, DatasetID: datasetID, Permanent: fault.Permanent}
 	}
 	return nil
 }
@@ -126,6 +129,9 @@ func (f *Faults) apply(ctx context.Context, op Operation, datasetID uuid.UUID) e
 type InjectedError struct {
 	Op        Operation
 	DatasetID uuid.UUID
+	// Permanent: a broken agent (FAILED_PRECONDITION), not one out of
+	// reach (UNAVAILABLE).
+	Permanent bool
 }
 
 func (e *InjectedError) Error() string {

@@ -52,7 +52,10 @@ func (f *FaultServer) InjectAgentFault(_ context.Context, req *allocatorv1.Injec
 	if !req.GetFail() && delay == 0 {
 		return nil, invalid("fail", "a fault must fail or delay")
 	}
-	f.faults.Inject(agent.Fault{Op: op, DatasetID: datasetID, Count: int(req.GetCount()), Fail: req.GetFail(), Delay: delay})
+	if req.GetPermanent() && !req.GetFail() {
+		return nil, invalid("permanent", "only a failing fault (fail) can be permanent")
+	}
+	f.faults.Inject(agent.Fault{Op: op, DatasetID: datasetID, Count: int(req.GetCount()), Fail: req.GetFail(), Permanent: req.GetPermanent(), Delay: delay})
 	return &allocatorv1.InjectAgentFaultResponse{}, nil
 }
 

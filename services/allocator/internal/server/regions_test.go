@@ -286,6 +286,7 @@ func TestFaultInjection(t *testing.T) {
 		"fail":       {Operation: allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION, Count: 1},
 		"dataset_id": {Operation: allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION, Count: 1, Fail: true, DatasetId: "x"},
 		"delay":      {Operation: allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION, Count: 1, Delay: durationpb.New(-time.Second)},
+		"permanent":  {Operation: allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION, Count: 1, Delay: durationpb.New(time.Second), Permanent: true},
 	} {
 		_, err := f.InjectAgentFault(ctx, req)
 		wantCode(t, err, codes.InvalidArgument)
@@ -304,6 +305,13 @@ func TestFaultInjection(t *testing.T) {
 		wantCode(t, err, codes.Unavailable)
 	}
 	ok(s.EnsureRegions(ctx, ensureReq(alloc.GetRegions())))(t)
+	// A permanent fault: a broken agent, which no retry fixes.
+	ok(f.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{
+		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION, DatasetId: target.GetDatasetId(), Count: 1, Fail: true, Permanent: true,
+	}))(t)
+	_, err := s.EnsureRegions(ctx, ensureReq(alloc.GetRegions()[1:2]))
+	wantCode(t, err, codes.FailedPrecondition)
+	ok(s.EnsureRegions(ctx, ensureReq(alloc.GetRegions())))(t)
 
 	// Delay: a delete waits, then succeeds.
 	ok(f.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{
@@ -319,7 +327,7 @@ func TestFaultInjection(t *testing.T) {
 	ok(f.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{
 		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_REGION, Count: 5, Fail: true,
 	}))(t)
-	_, err := s.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: []string{alloc.GetRegions()[1].GetRegionId()}})
+	_, err = s.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: []string{alloc.GetRegions()[1].GetRegionId()}})
 	wantCode(t, err, codes.Unavailable)
 	ok(s.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: alloc.GetRegions()[1].GetRegionId()}))(t)
 	ok(f.ClearAgentFaults(ctx, &allocatorv1.ClearAgentFaultsRequest{}))(t)

@@ -84,6 +84,8 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 			return status.Error(codes.InvalidArgument, "new_region_ids: fewer ids than regions to create")
 		}
 		return status.Error(codes.ResourceExhausted, "not enough storage: "+guard.Guard)
+	case errors.As(err, &injected) && injected.Permanent:
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.As(err, &injected):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, agent.ErrGone):

@@ -70,6 +70,8 @@ type completion struct {
 	undo   bool
 	output json.RawMessage
 	err    *ActionError
+	// attempts: runs of the task (the last one, with Hooks.InjectRepeat).
+	attempts int
 }
 
 // shortcutSpan is a node the engine completed itself, at a time.
@@ -119,6 +121,9 @@ type execution struct {
 
 	mu    sync.RWMutex
 	nodes []nodeState
+	// live holds the tasks waiting to retry after a retryable error, by
+	// node; tasks write it, Get reads it.
+	live map[int]liveRetry
 
 	unwinding  bool
 	stuck      bool
@@ -148,6 +153,7 @@ func newExecution(sec *SEC, id uuid.UUID, d *DAG, owner store.Owner, hooks *Hook
 		anc:         make([][]uint64, len(d.Nodes)),
 		actions:     make([]*Action, len(d.Nodes)),
 		nodes:       make([]nodeState, len(d.Nodes)),
+		live:        map[int]liveRetry{},
 		completions: make(chan completion, len(d.Nodes)),
 		failedNode:  -1,
 		undoNode:    -1,
@@ -396,7 +402,10 @@ func (ex *execution) apply(c completion, b *batch) {
 	case c.err == nil:
 		n.status = undoFinished
 		n.undone = true
-		b.add(c.node, evUndoFinished, nil)
+		// How many runs it took, when more than one: the log keeps one
+		// undo_started and one undo_finished per node (replay needs no
+		// more), so this is where an operator sees that it was retried.
+		b.add(c.node, evUndoFinished, undoFinishedData(c.attempts))
 	default:
 		n.status = undoFailed
 		n.err = c.err
@@ -456,6 +465,9 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 				return
 			}
 		}
+		if !written {
+			ex.reportStuckNodes(ctx, b.events)
+		}
 		written = false
 		for _, l := range b.launches {
 			ex.inFlight++
@@ -503,6 +515,27 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 			}
 		}
 		ex.advance(&b)
+	}
+}
+
+// reportStuckNodes logs and counts each undo_failed event of a batch the
+// log has just accepted: only then is the saga stuck for good (an undo
+// failure whose write was refused, at shutdown or after losing the saga,
+// runs again wherever the saga resumes).
+func (ex *execution) reportStuckNodes(ctx context.Context, events []store.Event) {
+	for _, e := range events {
+		if e.Type != evUndoFailed {
+			continue
+		}
+		name := ex.dag.Nodes[e.NodeID].Name
+		ae := ex.nodes[e.NodeID].err
+		reason, msg, attempts := "", "", 0
+		if ae != nil {
+			reason, msg, attempts = ae.Reason, ae.Message, ae.Attempts
+		}
+		ex.logger.Error("saga undo failed with a permanent error; the saga is stuck until an operator repairs and abandons it",
+			"node", name, "error", msg, "reason", reason, "attempts", attempts)
+		ex.sec.metrics.stuckNode(ctx, ex.dag.Template, name, reason)
 	}
 }
 
@@ -555,7 +588,7 @@ func (ex *execution) write(ctx context.Context, events []store.Event, state stri
 		// stalls the saga, it does not fail it. A permanent error is a bug
 		// and is logged loudly, but retrying is still the only safe move.
 		level := slog.LevelWarn
-		if !store.IsTransient(err) {
+		if !Classify(ctx, err).Retryable {
 			level = slog.LevelError
 		}
 		ex.logger.Log(ctx, level, "saga log write failed; retrying", "error", err, "retry_in", delay)
@@ -603,11 +636,22 @@ func (ex *execution) run(ctx context.Context, l launch) {
 		// (a user operation, then a failure that unwinds through it).
 		errAction, _, rep = ex.hooks.get(node.Name)
 		if errAction || ex.sec.fail.fails(ex.dag.Template, node.Name) {
-			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected error at " + node.Name}
+			// Permanent on purpose: every test that injects a failure
+			// means the node to fail, at once.
+			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected error at " + node.Name, Reason: ErrKindInjected, Attempts: 1}
 		} else {
 			for i := 0; i < max(rep.Action, 1); i++ {
-				c.output, c.err = ex.callAction(ctx, a, ac)
-				if c.err != nil {
+				attempts, err := ex.retryTask(ctx, span, l.node, false, func() error {
+					if left, ok := ex.hooks.transient(node.Name, false); ok {
+						return injectedTransient(node.Name, left)
+					}
+					var err error
+					c.output, err = callAction(ctx, a, ac)
+					return err
+				})
+				c.attempts = attempts
+				if err != nil {
+					c.output, c.err = nil, taskError(ctx, ErrKindAction, err, attempts)
 					break
 				}
 			}
@@ -615,11 +659,18 @@ func (ex *execution) run(ctx context.Context, l launch) {
 		ex.sec.crash.maybeCrash(ex.dag.Template, node.Name, CrashAfterAction)
 	default:
 		if errUndo {
-			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected undo error at " + node.Name}
+			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected undo error at " + node.Name, Reason: ErrKindInjected, Attempts: 1}
 		} else {
 			for i := 0; i < max(rep.Undo, 1); i++ {
-				if err := callUndo(ctx, a, ac); err != nil {
-					c.err = newActionError(ErrKindUndo, err)
+				attempts, err := ex.retryTask(ctx, span, l.node, true, func() error {
+					if left, ok := ex.hooks.transient(node.Name, true); ok {
+						return injectedTransient(node.Name, left)
+					}
+					return callUndo(ctx, a, ac)
+				})
+				c.attempts = attempts
+				if err != nil {
+					c.err = taskError(ctx, ErrKindUndo, err, attempts)
 					break
 				}
 			}
@@ -631,15 +682,18 @@ func (ex *execution) run(ctx context.Context, l launch) {
 	}
 }
 
-func (ex *execution) callAction(ctx context.Context, a *Action, ac *ActionContext) (out json.RawMessage, aerr *ActionError) {
+// callAction runs an action once. A panic is a permanent error (a bug,
+// which running the same code again does not fix), as is an output that
+// does not encode.
+func callAction(ctx context.Context, a *Action, ac *ActionContext) (out json.RawMessage, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			out, aerr = nil, &ActionError{Kind: ErrKindAction, Message: fmt.Sprintf("panic: %v", r)}
+			out, err = nil, &panicError{value: r}
 		}
 	}()
 	v, err := a.do(ctx, ac)
 	if err != nil {
-		return nil, newActionError(ErrKindAction, err)
+		return nil, err
 	}
 	raw, err := json.Marshal(v)
 	if err != nil {
@@ -651,7 +705,7 @@ func (ex *execution) callAction(ctx context.Context, a *Action, ac *ActionContex
 func callUndo(ctx context.Context, a *Action, ac *ActionContext) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("panic: %v", r)
+			err = &panicError{value: r}
 		}
 	}()
 	return a.undo(ctx, ac)

@@ -22,6 +22,9 @@ type Hooks struct {
 	errorAt     map[string]bool
 	undoErrorAt map[string]bool
 	repeat      map[string]Repeat
+	// transient faults still to inject, by node
+	actionTransient map[string]int
+	undoTransient   map[string]int
 
 	// BeforeNode, if set, runs right before each action node's action (and
 	// before any injected error), with the node name. Use it to race user
@@ -30,7 +33,8 @@ type Hooks struct {
 	BeforeNode func(ctx context.Context, node string)
 }
 
-// InjectError makes node's action fail (without running it).
+// InjectError makes node's action fail (without running it), with a
+// permanent error: the node fails at once, never retried.
 func (h *Hooks) InjectError(node string) *Hooks {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -41,8 +45,8 @@ func (h *Hooks) InjectError(node string) *Hooks {
 	return h
 }
 
-// InjectUndoError makes node's undo fail (without running it): the saga
-// becomes stuck if it unwinds through node.
+// InjectUndoError makes node's undo fail (without running it) with a
+// permanent error: the saga becomes stuck if it unwinds through node.
 func (h *Hooks) InjectUndoError(node string) *Hooks {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -51,6 +55,54 @@ func (h *Hooks) InjectUndoError(node string) *Hooks {
 	}
 	h.undoErrorAt[node] = true
 	return h
+}
+
+// InjectActionTransient makes node's action fail n times with a retryable
+// error (UNAVAILABLE, as from a peer down for longer than the gRPC client's
+// own retries) before it runs for real: the engine retries it in place
+// within its action retry budget (WithActionRetry), so the node succeeds,
+// or fails with that error when n is beyond the budget.
+func (h *Hooks) InjectActionTransient(node string, n int) *Hooks {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.actionTransient == nil {
+		h.actionTransient = map[string]int{}
+	}
+	h.actionTransient[node] = n
+	return h
+}
+
+// InjectUndoTransient makes node's undo fail n times with a retryable error
+// (as InjectActionTransient) before it runs for real: the fault outlasts
+// the client's retries and then clears, and the engine's retries of the
+// undo must carry the unwind through it.
+func (h *Hooks) InjectUndoTransient(node string, n int) *Hooks {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.undoTransient == nil {
+		h.undoTransient = map[string]int{}
+	}
+	h.undoTransient[node] = n
+	return h
+}
+
+// transient takes one injected transient fault of node's action (or undo),
+// if any is left, returning how many remain after it.
+func (h *Hooks) transient(node string, undo bool) (left int, ok bool) {
+	if h == nil {
+		return 0, false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := h.actionTransient
+	if undo {
+		m = h.undoTransient
+	}
+	if m[node] <= 0 {
+		return 0, false
+	}
+	m[node]--
+	return m[node], true
 }
 
 // InjectRepeat runs node's action and undo several times.

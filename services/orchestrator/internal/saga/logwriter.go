@@ -77,7 +77,7 @@ func (s *SEC) flush(group []*appendReq) {
 		events += len(r.events)
 	}
 	owned, err := s.store.AppendMany(s.ctx, s.id, reqs)
-	if err != nil && len(group) > 1 && !store.IsTransient(err) && s.ctx.Err() == nil {
+	if err != nil && len(group) > 1 && !Classify(s.ctx, err).Retryable && s.ctx.Err() == nil {
 		for _, r := range group {
 			s.flush([]*appendReq{r})
 		}

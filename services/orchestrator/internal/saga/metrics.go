@@ -19,7 +19,13 @@ type secMetrics struct {
 	started  metric.Int64Counter
 	finished metric.Int64Counter
 	node     metric.Float64Histogram
-	running  metric.Registration
+	// actionRetries and undoRetries count runs of a node's task retried
+	// after a retryable error; stuck counts undos that failed with a
+	// permanent one, by the reason Classify gave.
+	actionRetries metric.Int64Counter
+	undoRetries   metric.Int64Counter
+	stuck         metric.Int64Counter
+	running       metric.Registration
 	// nodeAttrs caches the attribute set of each (saga, node, task,
 	// result): building it for every node cost 4% of the orchestrator's
 	// CPU in a fan-out.
@@ -46,6 +52,18 @@ func newSECMetrics(s *SEC) *secMetrics {
 		metric.WithDescription("time one action or undo of a saga node took, by saga, node, task (action, undo, or shortcut: completed by the engine without running the action, 0 s) and result (ok/error)"),
 		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)); err != nil {
 		out.node, _ = nm.Float64Histogram("")
+	}
+	if out.actionRetries, err = m.Int64Counter("storagecp.saga.action.retries",
+		metric.WithDescription("saga actions run again in place after a retryable error (UNAVAILABLE, a serialization failure, a broken connection…), by saga and node")); err != nil {
+		out.actionRetries, _ = nm.Int64Counter("")
+	}
+	if out.undoRetries, err = m.Int64Counter("storagecp.saga.undo.retries",
+		metric.WithDescription("saga undos run again in place after a retryable error, by saga and node: an undo is retried until it succeeds, so a steadily rising count is an unwind waiting on a fault that has not cleared")); err != nil {
+		out.undoRetries, _ = nm.Int64Counter("")
+	}
+	if out.stuck, err = m.Int64Counter("storagecp.saga.stuck",
+		metric.WithDescription("saga undos that failed with a permanent error, leaving their saga stuck for an operator, by saga, node and reason (the error's class, e.g. grpc:NotFound)")); err != nil {
+		out.stuck, _ = nm.Int64Counter("")
 	}
 	if g, err := m.Int64ObservableGauge("storagecp.saga.running",
 		metric.WithDescription("sagas this SEC is driving now")); err == nil {
@@ -90,6 +108,18 @@ func (m *secMetrics) nodeDone(ctx context.Context, saga, node, task string, took
 			attribute.String("task", task), attribute.String("result", result))))
 	}
 	m.node.Record(ctx, took.Seconds(), attrs.(metric.MeasurementOption))
+}
+
+func (m *secMetrics) retried(ctx context.Context, saga, node string, undo bool) {
+	c := m.actionRetries
+	if undo {
+		c = m.undoRetries
+	}
+	c.Add(ctx, 1, metric.WithAttributes(attribute.String("saga", saga), attribute.String("node", node)))
+}
+
+func (m *secMetrics) stuckNode(ctx context.Context, saga, node, reason string) {
+	m.stuck.Add(ctx, 1, metric.WithAttributes(attribute.String("saga", saga), attribute.String("node", node), attribute.String("reason", reason)))
 }
 
 func (m *secMetrics) close() {

@@ -28,6 +28,18 @@ type ActionError struct {
 	// Code is the gRPC code of the underlying error (OK when it had none),
 	// so an RPC that started the saga can answer with the same code.
 	Code codes.Code `json:"code,omitempty"`
+	// Reason is Classify's reason for the error ("grpc:NotFound",
+	// "pg:23505", "injected", …): for an undo_failed node, why the saga is
+	// stuck rather than still retrying.
+	Reason string `json:"reason,omitempty"`
+	// Retryable: the error was retryable, and the node failed only because
+	// its action's retry budget ran out (never set for an undo: a retryable
+	// undo error is retried until it clears).
+	Retryable bool `json:"retryable,omitempty"`
+	// Attempts is how many times the task ran, in the execution that
+	// recorded the error, before it gave up (0 in logs written before the
+	// engine retried anything).
+	Attempts int `json:"attempts,omitempty"`
 }
 
 func (e *ActionError) Error() string { return e.Kind + ": " + e.Message }
@@ -44,7 +56,8 @@ func (e *ActionError) GRPCStatus() *status.Status {
 func newActionError(kind string, err error) *ActionError {
 	var ae *ActionError
 	if errors.As(err, &ae) {
-		return ae
+		c := *ae // the caller fills in this run's attempts
+		return &c
 	}
 	ce := &ActionError{Kind: kind, Message: err.Error()}
 	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {

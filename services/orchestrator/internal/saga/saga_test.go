@@ -434,6 +434,7 @@ func TestTestHelpers(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, sec, f.app.sample, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, sec, f.app.sample, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, sec, f.app.sample, setup, check)
 	var seen []string
 	sagatest.BeforeEachNode(t, sec, f.app.sample, setup, func(_ context.Context, node string) {
 		seen = append(seen, node)

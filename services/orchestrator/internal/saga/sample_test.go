@@ -35,10 +35,14 @@ type sampleApp struct {
 	mu      sync.Mutex
 	gates   map[string]*gate // node → gate the action waits on
 	undoLog []string         // undo order
+	// undoFaults: node → the error its undo's n-th call (from 1) returns
+	// instead of running (nil: it runs)
+	undoFaults map[string]func(n int) error
+	undoCalls  map[string]int
 }
 
 func newSampleApp() *sampleApp {
-	app := &sampleApp{gates: map[string]*gate{}}
+	app := &sampleApp{gates: map[string]*gate{}, undoFaults: map[string]func(int) error{}, undoCalls: map[string]int{}}
 	app.define()
 	return app
 }
@@ -61,6 +65,25 @@ func (app *sampleApp) setGate(node string, g *gate) {
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	app.gates[node] = g
+}
+
+// setUndoFault makes node's undo call fault(n) on its n-th call and fail
+// with what it returns, if not nil.
+func (app *sampleApp) setUndoFault(node string, fault func(n int) error) {
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	app.undoFaults[node] = fault
+}
+
+// undoFault is the fault of this call of node's undo, if any.
+func (app *sampleApp) undoFault(node string) error {
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	app.undoCalls[node]++
+	if f := app.undoFaults[node]; f != nil {
+		return f(app.undoCalls[node])
+	}
+	return nil
 }
 
 func (app *sampleApp) undos() []string {
@@ -106,6 +129,9 @@ func (app *sampleApp) deleteItem() saga.UndoFunc {
 		}
 		var out itemOut
 		if err := ac.Output(&out); err != nil {
+			return err
+		}
+		if err := app.undoFault(ac.NodeName()); err != nil {
 			return err
 		}
 		app.mu.Lock()

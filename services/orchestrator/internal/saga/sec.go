@@ -30,6 +30,9 @@ type SEC struct {
 	metrics  *secMetrics
 	crash    crashPoint
 	fail     failPoint
+	// actionRetry bounds the in-place retries of an action (undos are
+	// retried until they succeed or the saga's context ends).
+	actionRetry RetryPolicy
 
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
@@ -52,7 +55,8 @@ type SEC struct {
 type SECOption func(*secOptions)
 
 type secOptions struct {
-	base context.Context
+	base        context.Context
+	actionRetry RetryPolicy
 }
 
 // WithBaseContext makes every action and undo run under a context derived
@@ -69,7 +73,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	o := secOptions{base: context.Background()}
+	o := secOptions{base: context.Background(), actionRetry: DefaultActionRetry()}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -77,7 +81,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 	s := &SEC{
 		store: store.New(pool), id: secID, registry: registry, deps: deps,
 		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
-		crash: crashPointFromEnv(), fail: failPointFromEnv(), ctx: ctx, cancel: cancel,
+		crash: crashPointFromEnv(), fail: failPointFromEnv(), actionRetry: o.actionRetry, ctx: ctx, cancel: cancel,
 		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
 		appendCh: make(chan *appendReq, 1024),
 	}
@@ -205,7 +209,7 @@ func retryWrite(ctx context.Context, logger *slog.Logger, fn func() error) error
 	delay := 5 * time.Millisecond
 	for {
 		err := fn()
-		if err == nil || ctx.Err() != nil || !store.IsTransient(err) {
+		if err == nil || ctx.Err() != nil || !Classify(ctx, err).Retryable {
 			return err
 		}
 		logger.Warn("saga store write failed; retrying", "error", err, "retry_in", delay)
@@ -318,19 +322,19 @@ func (s *SEC) Wait(ctx context.Context, id uuid.UUID) (Outcome, error) {
 func (s *SEC) load(ctx context.Context, row store.Saga) (*execution, []store.Event, error) {
 	var d DAG
 	if err := json.Unmarshal(row.DAG, &d); err != nil {
-		return nil, nil, permanent(fmt.Errorf("decode DAG: %w", err))
+		return nil, nil, unrecoverable(fmt.Errorf("decode DAG: %w", err))
 	}
 	gen := row.AdoptGeneration
 	ex, err := newExecution(s, row.ID, &d, store.Owner{SEC: s.id, Generation: gen}, nil)
 	if err != nil {
-		return nil, nil, permanent(err)
+		return nil, nil, unrecoverable(err)
 	}
 	events, err := s.store.Events(ctx, row.ID)
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := ex.replay(events); err != nil {
-		return nil, nil, permanent(err)
+		return nil, nil, unrecoverable(err)
 	}
 	return ex, events, nil
 }
@@ -343,12 +347,14 @@ func (s *SEC) outcomeOf(ctx context.Context, row store.Saga) (Outcome, error) {
 	return ex.outcomeFromLog(), nil
 }
 
-type permanentError struct{ err error }
+// unrecoverableError is a saga recovery can never resume (its DAG or log
+// does not load): recovery abandons it.
+type unrecoverableError struct{ err error }
 
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }
+func (e unrecoverableError) Error() string { return e.err.Error() }
+func (e unrecoverableError) Unwrap() error { return e.err }
 
-func permanent(err error) error { return permanentError{err} }
+func unrecoverable(err error) error { return unrecoverableError{err} }
 
 // RecoveryReport summarises a recovery pass.
 type RecoveryReport struct {
@@ -393,9 +399,9 @@ func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 			continue
 		}
 		ex, _, err := s.load(ctx, row)
-		var perm permanentError
+		var unrec unrecoverableError
 		switch {
-		case errors.As(err, &perm):
+		case errors.As(err, &unrec):
 			s.logger.Error("saga unrecoverable; abandoning", "saga_id", row.ID, "error", err)
 			sec := s.id
 			if _, aerr := s.store.Abandon(ctx, row.ID, store.AbandonUnrecoverable, err.Error(), &sec); aerr != nil {

@@ -49,8 +49,23 @@ type NodeView struct {
 	Parents []int
 	Status  string // never_started, started, succeeded, failed, undo_started, undo_finished, undo_failed
 	Output  json.RawMessage
-	Error   *ActionError
-	Events  []EventView
+	// Error is a failed or undo_failed node's error, with its class
+	// (Error.Reason: for an undo_failed node, why the saga is stuck) and
+	// how many runs it took (Error.Attempts).
+	Error  *ActionError
+	Events []EventView
+	// Attempts is how many times the node's latest task ran in the
+	// execution that recorded its end, when the log says (a failed or
+	// undo_failed node's error, an undo_finished event after retries); 0
+	// when it does not (one run, or no end yet). While the task is
+	// retrying on the SEC answering, it is the runs so far.
+	Attempts int
+	// RetryError is set while the node's task, in flight on the SEC
+	// answering, waits to run again after a retryable error: that error;
+	// the next run starts at RetryAt. The log records no single try, so
+	// another SEC (a standby's viewer) cannot show it.
+	RetryError string
+	RetryAt    time.Time
 }
 
 // EventView is one log event.
@@ -155,13 +170,51 @@ func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
 			v.Nodes[i].Status = n.status.String()
 			v.Nodes[i].Output = n.output
 			v.Nodes[i].Error = n.err
+			if n.err != nil {
+				v.Nodes[i].Attempts = n.err.Attempts
+			}
 		}
 		if row.State == store.StateDone {
 			o := ex.outcomeFromLog()
 			v.Outcome = &o
 		}
 	}
+	for _, e := range events {
+		if e.Type == evUndoFinished && e.Data != nil && e.NodeID >= 0 && e.NodeID < len(v.Nodes) {
+			var r undoRecord
+			if json.Unmarshal(e.Data, &r) == nil {
+				v.Nodes[e.NodeID].Attempts = r.Attempts
+			}
+		}
+	}
+	s.mu.Lock()
+	running := s.running[id]
+	s.mu.Unlock()
+	if running != nil {
+		for node, r := range running.liveRetries() {
+			if node < len(v.Nodes) {
+				v.Nodes[node].Attempts, v.Nodes[node].RetryError, v.Nodes[node].RetryAt = r.attempts, r.err, r.next
+			}
+		}
+	}
 	return v, nil
+}
+
+// UndoNodes lists the names of d's action nodes whose action declares an
+// undo, in topological order (what an unwind through the whole DAG runs;
+// the test helpers iterate over them). Actions this SEC's registry does
+// not know are left out.
+func (s *SEC) UndoNodes(d *DAG) []string {
+	var names []string
+	for _, n := range d.Nodes {
+		if n.Kind != KindAction {
+			continue
+		}
+		if a, err := s.registry.action(n.Action); err == nil && a.undo != nil {
+			names = append(names, n.Name)
+		}
+	}
+	return names
 }
 
 // Exists reports whether a saga with the id was ever created (it may

@@ -149,6 +149,7 @@ func TestVolumeCreateHelpers(t *testing.T) {
 	check := func(t testing.TB) { expectWorld(t, e, base) }
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.VolumeCreate, func() any { return diskParams() }, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.VolumeCreate, func() any { return diskParams() }, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.VolumeCreate, func() any { return diskParams() }, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -190,6 +191,7 @@ func TestSnapshotCreateHelpers(t *testing.T) {
 	check := func(t testing.TB) { expectWorld(t, e, base) }
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.SnapshotCreate, params, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.SnapshotCreate, params, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.SnapshotCreate, params, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -202,6 +204,7 @@ func TestVolumeCloneHelpers(t *testing.T) {
 	check := func(t testing.TB) { expectWorld(t, e, base) }
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.VolumeClone, params, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.VolumeClone, params, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.VolumeClone, params, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 

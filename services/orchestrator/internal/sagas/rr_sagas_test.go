@@ -160,6 +160,7 @@ func TestRRStartHelpers(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RRStart, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RRStart, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RRStart, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -397,6 +398,7 @@ func TestRRDriveHelpers(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RRDrive, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RRDrive, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RRDrive, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -443,6 +445,7 @@ func TestRRFinishHelpers(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RRFinish, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RRFinish, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RRFinish, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 

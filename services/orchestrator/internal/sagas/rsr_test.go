@@ -173,6 +173,7 @@ func TestRSRStartHelpers(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRStart, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRStart, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RSRStart, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -303,6 +304,7 @@ func TestRSRGarbageCollect(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRGarbageCollect, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRGarbageCollect, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RSRGarbageCollect, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -372,6 +374,7 @@ func TestRSRStep(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRStep, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRStep, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RSRStep, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -411,6 +414,7 @@ func TestRSRStepGarbageCollect(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRStepGarbageCollect, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRStepGarbageCollect, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RSRStepGarbageCollect, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -459,6 +463,7 @@ func TestRSRFinish(t *testing.T) {
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagas.RSRFinish, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagas.RSRFinish, setup, check)
+	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagas.RSRFinish, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 

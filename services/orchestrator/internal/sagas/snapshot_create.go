@@ -75,8 +75,11 @@ func snapshotLock(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	}
 	err = deps(ac).Store.LockVolume(ctx, p.DiskVolumeID, p.SnapshotID, datastore.HolderSnapshotCreate)
 	if errors.Is(err, datastore.ErrLockHeld) {
-		// Keep the contract's code, so the RPC that waits can answer it.
-		return nil, status.Error(codes.Aborted, err.Error())
+		// Keep the contract's code, so the RPC that waits can answer it,
+		// but fail the node at once: ABORTED is otherwise retried in
+		// place, and contention must unwind the saga (its caller retries
+		// later), not hold it while the other repair runs.
+		return nil, saga.Permanent(status.Error(codes.Aborted, err.Error()))
 	}
 	return nil, err
 }

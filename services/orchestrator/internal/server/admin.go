@@ -121,16 +121,28 @@ func (a *admin) GetSaga(ctx context.Context, req *orchestratorv1.GetSagaRequest)
 	if err != nil {
 		return nil, err
 	}
-	v, err := a.s.viewer.Get(ctx, id)
+	// The term's SEC, on the leader, also shows the tasks it is retrying
+	// right now (the log records no single try); a standby's viewer shows
+	// the log alone.
+	sec := a.s.viewer
+	if cur, err := a.s.currentSEC(); err == nil {
+		sec = cur
+	}
+	v, err := sec.Get(ctx, id)
 	if err != nil {
 		return nil, grpcError(err)
 	}
 	out := &orchestratorv1.GetSagaResponse{Saga: sagaProto(v), ParamsJson: string(v.Params)}
 	for _, n := range v.Nodes {
-		node := &orchestratorv1.SagaNode{NodeIndex: int32(n.ID), Name: n.Name, Kind: n.Kind, Status: n.Status, DataJson: string(n.Output), HasUndo: n.HasUndo}
+		node := &orchestratorv1.SagaNode{NodeIndex: int32(n.ID), Name: n.Name, Kind: n.Kind, Status: n.Status, DataJson: string(n.Output), HasUndo: n.HasUndo,
+			Attempts: int32(n.Attempts), RetryError: n.RetryError}
 		if n.Error != nil {
 			b, _ := json.Marshal(n.Error)
 			node.DataJson = string(b)
+			node.ErrorReason = n.Error.Reason
+		}
+		if !n.RetryAt.IsZero() {
+			node.RetryTime = timestamppb.New(n.RetryAt)
 		}
 		if i := lastDot(n.Name); i > 0 {
 			node.Subsaga = n.Name[:i]

@@ -75,7 +75,9 @@ func (l *lifecycle) start(ctx context.Context, t *saga.Template, subject uuid.UU
 	fillOutcome(res, o)
 	// A saga that could not even take its repair lock did nothing: answer
 	// ABORTED "volume repair lock" as the API promises, so callers retry.
-	if o.Kind == saga.Failed && o.Err != nil && o.Err.Code == codes.Aborted {
+	// (Contention is reported permanent on purpose; an ABORTED conflict
+	// that merely outlasted the node's retries is not contention.)
+	if o.Kind == saga.Failed && o.Err != nil && o.Err.Code == codes.Aborted && !o.Err.Retryable {
 		return nil, o, status.Error(codes.Aborted, datastore.ErrLockHeld.Error())
 	}
 	return res, o, nil

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -124,15 +125,31 @@ func renderSaga(w io.Writer, resp *orchestratorv1.GetSagaResponse) error {
 	}
 	fmt.Fprintf(w, "\nNodes (%d):\n", len(resp.Nodes))
 	var rows [][]string
+	var notes []string
 	for _, n := range resp.Nodes {
 		undo := ""
 		if n.HasUndo {
 			undo = "undo"
 		}
-		rows = append(rows, []string{fmt.Sprint(n.NodeIndex), fmt.Sprint(n.Stage), n.Name, n.Kind, n.Status, n.Subsaga, undo})
+		runs := ""
+		if n.Attempts > 1 {
+			runs = fmt.Sprint(n.Attempts)
+		}
+		rows = append(rows, []string{fmt.Sprint(n.NodeIndex), fmt.Sprint(n.Stage), n.Name, n.Kind, n.Status, n.Subsaga, undo, runs})
+		if note := nodeNote(n); note != "" {
+			notes = append(notes, note)
+		}
 	}
-	if err := renderTable(w, []string{"NODE", "STAGE", "NAME", "KIND", "STATUS", "SUBSAGA", "UNDO"}, rows); err != nil {
+	if err := renderTable(w, []string{"NODE", "STAGE", "NAME", "KIND", "STATUS", "SUBSAGA", "UNDO", "RUNS"}, rows); err != nil {
 		return err
+	}
+	if len(notes) > 0 {
+		// Why a node failed, why a stuck saga's undo was not retried, and
+		// what a retrying one waits on: the first things an operator asks.
+		fmt.Fprintf(w, "\nErrors and retries:\n")
+		for _, note := range notes {
+			fmt.Fprintf(w, "  %s\n", note)
+		}
 	}
 	fmt.Fprintf(w, "\nEvents (%d):\n", len(resp.Events))
 	rows = nil
@@ -140,6 +157,41 @@ func renderSaga(w io.Writer, resp *orchestratorv1.GetSagaResponse) error {
 		rows = append(rows, []string{ts(ev.Time), fmt.Sprint(ev.NodeIndex), ev.NodeName, ev.EventType, ev.Creator})
 	}
 	return renderTable(w, []string{"TIME", "NODE", "NAME", "EVENT", "CREATOR"}, rows)
+}
+
+// nodeNote is one line about a node that failed or is retrying ("" for
+// any other).
+func nodeNote(n *orchestratorv1.SagaNode) string {
+	runs := func() string {
+		if n.Attempts > 1 {
+			return fmt.Sprintf(" after %d runs", n.Attempts)
+		}
+		return ""
+	}
+	switch {
+	case n.RetryError != "":
+		next := ""
+		if n.RetryTime != nil {
+			next = ", next at " + ts(n.RetryTime)
+		}
+		return fmt.Sprintf("%s: retrying (run %d failed%s): %s", n.Name, n.Attempts, next, n.RetryError)
+	case n.Status == "undo_failed":
+		return fmt.Sprintf("%s: undo failed%s with a permanent error (%s), so the saga is stuck: %s", n.Name, runs(), orDash(n.ErrorReason), errorMessage(n.DataJson))
+	case n.Status == "failed":
+		return fmt.Sprintf("%s: failed%s (%s): %s", n.Name, runs(), orDash(n.ErrorReason), errorMessage(n.DataJson))
+	}
+	return ""
+}
+
+// errorMessage is the message of a node's persisted error.
+func errorMessage(dataJSON string) string {
+	var e struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal([]byte(dataJSON), &e) != nil || e.Message == "" {
+		return dataJSON
+	}
+	return e.Message
 }
 
 func orDash(s string) string {

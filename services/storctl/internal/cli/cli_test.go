@@ -252,3 +252,34 @@ func TestCommandTable(t *testing.T) {
 		}
 	}
 }
+
+// sagas show says why a node failed, why a stuck saga's undo was not
+// retried, and what a retrying undo waits on.
+func TestRenderSagaErrorsAndRetries(t *testing.T) {
+	var b bytes.Buffer
+	err := renderSaga(&b, &orchestratorv1.GetSagaResponse{
+		Saga: &orchestratorv1.Saga{SagaId: "s1", Name: "snapshot-create", Outcome: "stuck"},
+		Nodes: []*orchestratorv1.SagaNode{
+			{NodeIndex: 1, Name: "lock", Kind: "action", Status: "undo_finished", HasUndo: true, Attempts: 4},
+			{NodeIndex: 2, Name: "register_snapshots", Kind: "action", Status: "undo_failed", HasUndo: true, Attempts: 3,
+				ErrorReason: "grpc:NotFound", DataJson: `{"kind":"undo","message":"rpc error: code = NotFound desc = gone","attempts":3}`},
+			{NodeIndex: 3, Name: "create_snapshots", Kind: "action", Status: "failed", ErrorReason: "grpc:Unavailable",
+				DataJson: `{"kind":"action","message":"agent down","retryable":true,"attempts":4}`, Attempts: 4},
+			{NodeIndex: 4, Name: "x", Kind: "action", Status: "undo_started", HasUndo: true, Attempts: 2, RetryError: "rpc error: code = Unavailable desc = down"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"1     0      lock                action  undo_finished  -        undo  4\n",
+		"Errors and retries:\n",
+		"  register_snapshots: undo failed after 3 runs with a permanent error (grpc:NotFound), so the saga is stuck: rpc error: code = NotFound desc = gone\n",
+		"  create_snapshots: failed after 4 runs (grpc:Unavailable): agent down\n",
+		"  x: retrying (run 2 failed): rpc error: code = Unavailable desc = down\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.String())
+		}
+	}
+}

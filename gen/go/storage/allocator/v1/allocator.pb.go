@@ -2740,7 +2740,13 @@ type InjectAgentFaultRequest struct {
 	// Fail the calls (UNAVAILABLE) ...
 	Fail bool `protobuf:"varint,4,opt,name=fail,proto3" json:"fail,omitempty"`
 	// ... and/or delay them.
-	Delay         *durationpb.Duration `protobuf:"bytes,5,opt,name=delay,proto3" json:"delay,omitempty"`
+	Delay *durationpb.Duration `protobuf:"bytes,5,opt,name=delay,proto3" json:"delay,omitempty"`
+	// With fail: fail with FAILED_PRECONDITION instead of UNAVAILABLE, as a
+	// broken agent rather than one out of reach for a while. The
+	// orchestrator's sagas retry UNAVAILABLE in place (an undo until it
+	// clears) but never a FAILED_PRECONDITION: this is how a test makes an
+	// undo fail for good and its saga stuck.
+	Permanent     bool `protobuf:"varint,6,opt,name=permanent,proto3" json:"permanent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2808,6 +2814,13 @@ func (x *InjectAgentFaultRequest) GetDelay() *durationpb.Duration {
 		return x.Delay
 	}
 	return nil
+}
+
+func (x *InjectAgentFaultRequest) GetPermanent() bool {
+	if x != nil {
+		return x.Permanent
+	}
+	return false
 }
 
 type InjectAgentFaultResponse struct {
@@ -3329,14 +3342,15 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\x06result\x18\x02 \x01(\x0e2!.storage.allocator.v1.ProbeResultR\x06result\x12\x18\n" +
 	"\acontent\x18\x03 \x01(\tR\acontent\"Q\n" +
 	"\x14ProbeTargetsResponse\x129\n" +
-	"\x06probes\x18\x01 \x03(\v2!.storage.allocator.v1.TargetProbeR\x06probes\"\xd7\x01\n" +
+	"\x06probes\x18\x01 \x03(\v2!.storage.allocator.v1.TargetProbeR\x06probes\"\xf5\x01\n" +
 	"\x17InjectAgentFaultRequest\x12B\n" +
 	"\toperation\x18\x01 \x01(\x0e2$.storage.allocator.v1.AgentOperationR\toperation\x12\x1d\n" +
 	"\n" +
 	"dataset_id\x18\x02 \x01(\tR\tdatasetId\x12\x14\n" +
 	"\x05count\x18\x03 \x01(\x05R\x05count\x12\x12\n" +
 	"\x04fail\x18\x04 \x01(\bR\x04fail\x12/\n" +
-	"\x05delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x05delay\"\x1a\n" +
+	"\x05delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x1c\n" +
+	"\tpermanent\x18\x06 \x01(\bR\tpermanent\"\x1a\n" +
 	"\x18InjectAgentFaultResponse\"\x19\n" +
 	"\x17ClearAgentFaultsRequest\"\x1a\n" +
 	"\x18ClearAgentFaultsResponse\"N\n" +

@@ -463,7 +463,24 @@ type SagaNode struct {
 	// Name of the subsaga this node belongs to, if any.
 	Subsaga string `protobuf:"bytes,7,opt,name=subsaga,proto3" json:"subsaga,omitempty"`
 	// The node's action declares an undo (an unwind runs it).
-	HasUndo       bool `protobuf:"varint,8,opt,name=has_undo,json=hasUndo,proto3" json:"has_undo,omitempty"`
+	HasUndo bool `protobuf:"varint,8,opt,name=has_undo,json=hasUndo,proto3" json:"has_undo,omitempty"`
+	// How many times the node's latest task (its action, or its undo once
+	// unwinding) ran, when more than once was recorded: retryable errors
+	// (UNAVAILABLE, a broken connection, a serialization failure…) are
+	// retried in place. From the log once the task ended (failed,
+	// undo_failed, undo_finished); while it retries, the runs so far, when
+	// the orchestrator answering drives the saga. 0 when nothing says.
+	Attempts int32 `protobuf:"varint,9,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// For a failed or undo_failed node: the class of the error that ended it
+	// (e.g. "grpc:NotFound", "pg:23505", "injected"). For undo_failed, why
+	// the saga is stuck: the error was judged permanent, not retried.
+	ErrorReason string `protobuf:"bytes,10,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	// Set while the node's task waits to run again after a retryable error
+	// on the orchestrator answering (the leader): that error. Empty on a
+	// standby, which sees only the log.
+	RetryError string `protobuf:"bytes,11,opt,name=retry_error,json=retryError,proto3" json:"retry_error,omitempty"`
+	// When that next run starts.
+	RetryTime     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=retry_time,json=retryTime,proto3" json:"retry_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -552,6 +569,34 @@ func (x *SagaNode) GetHasUndo() bool {
 		return x.HasUndo
 	}
 	return false
+}
+
+func (x *SagaNode) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *SagaNode) GetErrorReason() string {
+	if x != nil {
+		return x.ErrorReason
+	}
+	return ""
+}
+
+func (x *SagaNode) GetRetryError() string {
+	if x != nil {
+		return x.RetryError
+	}
+	return ""
+}
+
+func (x *SagaNode) GetRetryTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetryTime
+	}
+	return nil
 }
 
 type SagaEvent struct {
@@ -1368,7 +1413,7 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x10adopt_generation\x18\x06 \x01(\x03R\x0fadoptGeneration\x12=\n" +
 	"\ftime_created\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\x12\x1d\n" +
 	"\n" +
-	"subject_id\x18\b \x01(\tR\tsubjectId\"\xd1\x01\n" +
+	"subject_id\x18\b \x01(\tR\tsubjectId\"\xec\x02\n" +
 	"\bSagaNode\x12\x1d\n" +
 	"\n" +
 	"node_index\x18\x01 \x01(\x05R\tnodeIndex\x12\x12\n" +
@@ -1378,7 +1423,14 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x12\x1b\n" +
 	"\tdata_json\x18\x06 \x01(\tR\bdataJson\x12\x18\n" +
 	"\asubsaga\x18\a \x01(\tR\asubsaga\x12\x19\n" +
-	"\bhas_undo\x18\b \x01(\bR\ahasUndo\"\xcd\x01\n" +
+	"\bhas_undo\x18\b \x01(\bR\ahasUndo\x12\x1a\n" +
+	"\battempts\x18\t \x01(\x05R\battempts\x12!\n" +
+	"\ferror_reason\x18\n" +
+	" \x01(\tR\verrorReason\x12\x1f\n" +
+	"\vretry_error\x18\v \x01(\tR\n" +
+	"retryError\x129\n" +
+	"\n" +
+	"retry_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tretryTime\"\xcd\x01\n" +
 	"\tSagaEvent\x12\x1d\n" +
 	"\n" +
 	"node_index\x18\x01 \x01(\x05R\tnodeIndex\x12\x1b\n" +
@@ -1500,38 +1552,39 @@ var file_storage_orchestrator_v1_admin_proto_depIdxs = []int32{
 	1,  // 3: storage.orchestrator.v1.ListBackgroundTasksResponse.tasks:type_name -> storage.orchestrator.v1.BackgroundTask
 	0,  // 4: storage.orchestrator.v1.Saga.state:type_name -> storage.orchestrator.v1.SagaState
 	23, // 5: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
-	23, // 6: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 7: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
-	6,  // 8: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
-	6,  // 9: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	7,  // 10: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
-	8,  // 11: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
-	6,  // 12: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	15, // 13: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
-	22, // 14: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
-	24, // 15: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
-	23, // 16: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
-	2,  // 17: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
-	4,  // 18: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
-	9,  // 19: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
-	11, // 20: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
-	13, // 21: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
-	16, // 22: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
-	18, // 23: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
-	20, // 24: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
-	3,  // 25: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
-	5,  // 26: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
-	10, // 27: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
-	12, // 28: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
-	14, // 29: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
-	17, // 30: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
-	19, // 31: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
-	21, // 32: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	23, // 6: storage.orchestrator.v1.SagaNode.retry_time:type_name -> google.protobuf.Timestamp
+	23, // 7: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 8: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
+	6,  // 9: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
+	6,  // 10: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	7,  // 11: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
+	8,  // 12: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
+	6,  // 13: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	15, // 14: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
+	22, // 15: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
+	24, // 16: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
+	23, // 17: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
+	2,  // 18: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
+	4,  // 19: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
+	9,  // 20: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
+	11, // 21: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
+	13, // 22: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
+	16, // 23: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
+	18, // 24: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
+	20, // 25: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
+	3,  // 26: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
+	5,  // 27: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
+	10, // 28: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
+	12, // 29: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
+	14, // 30: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
+	17, // 31: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
+	19, // 32: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
+	21, // 33: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_admin_proto_init() }

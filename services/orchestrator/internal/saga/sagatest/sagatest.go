@@ -1,10 +1,13 @@
 // Package sagatest holds the test helpers every saga type runs (spec
 // §A.10): every action twice, an error injected at every node unwinds
-// cleanly, every undo twice, and a hook run right before each node.
+// cleanly, every undo twice, an undo whose transient fault outlasts the
+// client's retries still unwinds, and a hook run right before each node.
 package sagatest
 
 import (
 	"context"
+	"hash/fnv"
+	"os"
 	"testing"
 	"time"
 
@@ -96,6 +99,86 @@ func unwindEach(t *testing.T, sec *saga.SEC, tmpl *saga.Template, setup func() a
 			}
 		})
 	}
+	assertNoStuck(t, sec)
+}
+
+// TransientFaults is how many retryable faults UndoTransientFaultRecovers
+// injects at the undo under test before it runs for real.
+const TransientFaults = 3
+
+// Soak reports whether the long suites run (STORAGECP_SOAK=1, as `make
+// soak` sets): the helpers that sample nodes then take every one.
+func Soak() bool { return os.Getenv("STORAGECP_SOAK") == "1" }
+
+// sampleStride: outside Soak, UndoTransientFaultRecovers takes every
+// sampleStride-th undo node.
+const sampleStride = 3
+
+// UndoTransientFaultRecovers, for each action node with an undo (except
+// the last action node, which fails rather than being undone) — every
+// one under Soak, else every third, starting at an offset derived from
+// the template's name so that different sagas sample different positions
+// — takes fresh parameters from setup, injects a permanent error at the
+// last action node, so the saga unwinds through every node, and
+// TransientFaults retryable faults at the node's undo (UNAVAILABLE, as
+// from a peer down longer than the gRPC client's retries, then back); runs
+// the saga and asserts it failed at the last node, cleanly unwound and not
+// stuck, with the undo run for real after the faults (its undo_finished
+// records TransientFaults+1 runs); then calls check, which should assert
+// that nothing of the saga remains. At the end no saga may be stuck.
+func UndoTransientFaultRecovers(t *testing.T, sec *saga.SEC, tmpl *saga.Template, setup func() any, check func(t testing.TB)) {
+	t.Helper()
+	d, err := tmpl.BuildDAG(setup())
+	if err != nil {
+		t.Fatalf("build DAG of %s: %v", tmpl.Name(), err)
+	}
+	nodes := d.ActionNodes()
+	last := nodes[len(nodes)-1]
+	var undos []string
+	for _, n := range sec.UndoNodes(d) {
+		if n != last {
+			undos = append(undos, n)
+		}
+	}
+	if len(undos) == 0 {
+		t.Fatalf("saga %s has no undo before its last action node", tmpl.Name())
+	}
+	h := fnv.New32a()
+	h.Write([]byte(tmpl.Name()))
+	offset := int(h.Sum32() % uint32(min(sampleStride, len(undos))))
+	ran := 0
+	for i, node := range undos {
+		if !Soak() && i%sampleStride != offset {
+			continue
+		}
+		ran++
+		t.Run("undo_transient_at_"+node, func(t *testing.T) {
+			params := setup()
+			now := actionNodes(t, tmpl, params)
+			if len(now) != len(nodes) || now[len(now)-1] != last {
+				t.Fatalf("DAG has action nodes %v for fresh parameters, was %v", now, nodes)
+			}
+			hooks := (&saga.Hooks{}).InjectError(last).InjectUndoTransient(node, TransientFaults)
+			o := run(t, sec, tmpl, params, hooks)
+			if o.Kind != saga.Failed || o.FailedNode != last {
+				t.Fatalf("error at %s, %d transient faults at the undo of %s: outcome %v at %q (%v), want failed at %s",
+					last, TransientFaults, node, o.Kind, o.FailedNode, o.Error(), last)
+			}
+			v, err := sec.Get(context.Background(), o.SagaID)
+			if err != nil {
+				t.Fatalf("get saga %s: %v", o.SagaID, err)
+			}
+			for _, n := range v.Nodes {
+				if n.Name == node && (n.Status != "undo_finished" || n.Attempts != TransientFaults+1) {
+					t.Fatalf("node %s: %s after %d runs of its undo, want undo_finished after %d", node, n.Status, n.Attempts, TransientFaults+1)
+				}
+			}
+			if check != nil {
+				check(t)
+			}
+		})
+	}
+	t.Logf("%s: transient undo faults at %d of %d undo nodes (STORAGECP_SOAK=1 runs all)", tmpl.Name(), ran, len(undos))
 	assertNoStuck(t, sec)
 }
 

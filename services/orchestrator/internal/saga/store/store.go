@@ -20,7 +20,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -44,25 +43,6 @@ const (
 
 // ErrNotFound means no saga has the id.
 var ErrNotFound = errors.New("saga not found")
-
-// IsTransient reports whether err may go away by retrying: connection
-// problems, serialization failures, resource shortage, server shutdown.
-// Other database errors (constraint violations, bad SQL) are permanent.
-func IsTransient(err error) bool {
-	if errors.Is(err, ErrDuplicate) || errors.Is(err, ErrNotFound) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code[:2] {
-		case "08", "40", "53", "57", "58":
-			return true
-		}
-		return false
-	}
-	return true
-}
 
 // Owner identifies who may append to a saga.
 type Owner struct {
