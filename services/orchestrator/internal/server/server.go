@@ -193,11 +193,44 @@ func (s *Server) lead(term *leader.Term) {
 		}
 		logger.Info("adopted sagas", "from", other, "count", n)
 	}
+	if !s.recover(ctx, sec, logger) {
+		// Some saga could not be loaded (the database or a peer blinked):
+		// keep trying for the whole term, or its request or step would wait
+		// on it until the next change of leader.
+		go func() {
+			wait := time.Second
+			for ctx.Err() == nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				if s.recover(ctx, sec, logger) {
+					return
+				}
+				wait = min(2*wait, 30*time.Second)
+			}
+		}()
+	}
+	s.mu.Lock()
+	s.sec = sec
+	s.mu.Unlock()
+	s.driver.Run(ctx)
+}
+
+// recover recovers this SEC's unfinished sagas (those already running here
+// are skipped) and reports whether every one was.
+func (s *Server) recover(ctx context.Context, sec *saga.SEC, logger *slog.Logger) bool {
 	report, err := sec.Recover(ctx)
-	if err != nil && ctx.Err() == nil {
-		logger.Error("saga recovery", "err", err)
-	} else {
-		logger.Info("saga recovery", "recovered", len(report.Recovered), "abandoned", len(report.Abandoned), "failed", len(report.Failed))
+	if err != nil {
+		if ctx.Err() == nil {
+			logger.Error("saga recovery", "err", err)
+		}
+		return false
+	}
+	logger.Info("saga recovery", "recovered", len(report.Recovered), "abandoned", len(report.Abandoned), "failed", len(report.Failed))
+	for _, f := range report.Failed {
+		logger.Warn("saga not recovered yet; retrying", "err", f)
 	}
 	// A task wakes when a saga it started ends; nothing started these, so
 	// each one's end wakes every task (the one activation at start may
@@ -210,10 +243,7 @@ func (s *Server) lead(term *leader.Term) {
 			}
 		}()
 	}
-	s.mu.Lock()
-	s.sec = sec
-	s.mu.Unlock()
-	s.driver.Run(ctx)
+	return len(report.Failed) == 0
 }
 
 // advanceFences raises each service's fence to epoch, retrying each until it
