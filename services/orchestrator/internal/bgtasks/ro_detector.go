@@ -22,6 +22,7 @@ type roDetector struct{ env Env }
 // DetectorStatus is the detector's status per activation.
 type DetectorStatus struct {
 	RequestsCreatedOK []string `json:"requests_created_ok"`
+	Skipped           Skips    `json:"skipped"`
 	Errors            []string `json:"errors"`
 }
 
@@ -88,7 +89,9 @@ func (t *roDetector) request(ctx context.Context, st *DetectorStatus, kind datas
 	got, created, err := t.env.Deps.Store.InsertReadOnlyRequest(ctx, r)
 	switch {
 	case errors.Is(err, datastore.ErrLockHeld):
-		// Another request or repair holds the snapshot volume: next pass.
+		// Another request or repair holds the snapshot volume: next pass
+		// (its release wakes this task).
+		st.Skipped.Add("target %s: %s", target, datastore.LockDetail(err))
 	case err != nil:
 		errf(&st.Errors, "request for target %s: %v", target, err)
 	case created:
