@@ -23,6 +23,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 
 	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
@@ -508,6 +509,50 @@ func TestStepGetsItsLockUnderContinuousContention(t *testing.T) {
 		}
 		return fmt.Errorf("request %v, %d steps, waits on %v", resp.Replacement.ReadOnlyState, len(resp.Steps), resp.Replacement.Wait)
 	})
+	r.Invariants(t)
+	r.Validate(t)
+	r.NoDataLoss(t)
+}
+
+// A step whose saga unwinds (its Upstairs refused the new VCR once) is
+// retried within its backoff by a wake-up of its task, not after the
+// task's period (an hour in this rack): the request completes in seconds,
+// and the step shows the failed attempt and its error.
+func TestUnwoundStepIsRetriedPromptly(t *testing.T) {
+	r := rack.Start(t, 4, 1, stack.Config{})
+	ctx := context.Background()
+	disk := r.CreateDisk(t)
+	snap := r.Snapshot(t, disk)
+	clone := r.Clone(t, snap)
+	r.Construct(t, clone, 0)
+	faults := upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, r.Stack.SimUpstairsAddrs()[0]))
+	if _, err := faults.InjectUpstairsFault(ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "ReplaceVolume", Count: 1, Fail: true}); err != nil {
+		t.Fatal(err)
+	}
+	target := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
+	req, err := r.Replacement.RequestReplacement(ctx, &orchestratorv1.RequestReplacementRequest{TargetId: target.TargetId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	harness.Eventually(t, 30*time.Second, "the request completes", func() error {
+		resp := get(t, r, req.Replacement.ReplacementId)
+		if rack.Terminal(resp.Replacement) {
+			return nil
+		}
+		return fmt.Errorf("request %v, waits on %v", resp.Replacement.ReadOnlyState, resp.Replacement.Wait)
+	})
+	took := time.Since(began)
+	var retried *orchestratorv1.Step
+	for _, s := range get(t, r, req.Replacement.ReplacementId).Steps {
+		if s.VolumeId == clone {
+			retried = s
+		}
+	}
+	if retried == nil || retried.Attempts != 1 || !strings.Contains(retried.LastError, "injected fault") {
+		t.Fatalf("the clone's step: %v, want one failed attempt naming the injected fault", retried)
+	}
+	t.Logf("the unwound step was retried and the request completed %v after it was requested", took.Round(time.Millisecond))
 	r.Invariants(t)
 	r.Validate(t)
 	r.NoDataLoss(t)
