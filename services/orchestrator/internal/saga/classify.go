@@ -30,8 +30,9 @@ type ErrorClass struct {
 // whose context is ctx, is worth retrying. It is the one place that
 // decides, for actions, undos and the saga log's own writes alike; the
 // table is in the package comment. An error the saga's context caused (the
-// SEC shutting down, the saga abandoned) is never retryable: whoever
-// drives the saga next runs the task again.
+// SEC shutting down, the saga abandoned, or — for an action, whose context
+// is its own — an operator's unwind) is never retryable: whoever drives the
+// saga next runs the task again, or, after an operator's unwind, nobody.
 func Classify(ctx context.Context, err error) ErrorClass {
 	if err == nil {
 		return ErrorClass{Reason: "ok"}
@@ -54,7 +55,7 @@ func Classify(ctx context.Context, err error) ErrorClass {
 	var ae *ActionError
 	if errors.As(err, &ae) {
 		switch ae.Kind {
-		case ErrKindInjected, ErrKindSerialize, ErrKindDeserialize:
+		case ErrKindInjected, ErrKindSerialize, ErrKindDeserialize, ErrKindAbandoned:
 			return ErrorClass{Reason: ae.Kind}
 		}
 		if ae.Code != codes.OK {

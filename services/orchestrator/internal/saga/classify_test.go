@@ -20,6 +20,9 @@ func TestClassify(t *testing.T) {
 	live := context.Background()
 	done, cancel := context.WithCancel(context.Background())
 	cancel()
+	// An action's context after an operator's unwind (SEC.Unwind).
+	unwound, unwind := context.WithCancelCause(context.Background())
+	unwind(unwindCause{operatorError("test")})
 	pg := func(code string) error { return fmt.Errorf("update: %w", &pgconn.PgError{Code: code, Message: "x"}) }
 	grpcErr := func(c codes.Code) error { return fmt.Errorf("call: %w", status.Error(c, "x")) }
 	errInvalidState := errors.New("invalid state")
@@ -46,6 +49,8 @@ func TestClassify(t *testing.T) {
 		{"context canceled, saga alive", live, fmt.Errorf("query: %w", context.Canceled), true, "canceled"},
 		{"unavailable, saga context done", done, grpcErr(codes.Unavailable), false, "saga_context_done"},
 		{"canceled, saga context done", done, context.Canceled, false, "saga_context_done"},
+		{"unavailable, action unwound by an operator", unwound, grpcErr(codes.Unavailable), false, "saga_context_done"},
+		{"canceled, action unwound by an operator", unwound, grpcErr(codes.Canceled), false, "saga_context_done"},
 		{"serialization failure", live, pg("40001"), true, "pg:40001"},
 		{"deadlock", live, pg("40P01"), true, "pg:40P01"},
 		{"connection failure", live, pg("08006"), true, "pg:08006"},
@@ -71,6 +76,7 @@ func TestClassify(t *testing.T) {
 		{"injected", live, &ActionError{Kind: ErrKindInjected, Message: "x"}, false, "injected"},
 		{"deserialize", live, &ActionError{Kind: ErrKindDeserialize, Message: "x"}, false, "deserialize"},
 		{"serialize", live, &ActionError{Kind: ErrKindSerialize, Message: "x"}, false, "serialize"},
+		{"unwound by an operator", live, operatorError("x"), false, "abandoned"},
 		{"action error with a code", live, &ActionError{Kind: ErrKindAction, Message: "x", Code: codes.Unavailable}, true, "grpc:Unavailable"},
 		{"injected transient", live, injectedTransient("n", 2), true, "grpc:Unavailable"},
 	} {

@@ -28,10 +28,14 @@ const (
 	undoStarted
 	undoFinished
 	undoFailed
+	// undoSkipped: the undo failed for good and an operator, having dealt
+	// with its effect by hand, told the engine to go on without it. The
+	// node counts as undone.
+	undoSkipped
 )
 
 func (s nodeStatus) String() string {
-	return [...]string{"never_started", "started", "succeeded", "failed", "undo_started", "undo_finished", "undo_failed"}[s]
+	return [...]string{"never_started", "started", "succeeded", "failed", "undo_started", "undo_finished", "undo_failed", "undo_skipped"}[s]
 }
 
 // Event labels as persisted, in replay rank order (spec §A.7).
@@ -42,9 +46,12 @@ const (
 	evUndoStarted  = "undo_started"
 	evUndoFinished = "undo_finished"
 	evUndoFailed   = "undo_failed"
+	// evUndoSkipped answers an undo_failed (so it ranks after it): an
+	// operator dealt with the failed undo's effect (SEC.Unwind).
+	evUndoSkipped = "undo_skipped"
 )
 
-var eventRank = map[string]int{evStarted: 0, evSucceeded: 1, evFailed: 2, evUndoStarted: 3, evUndoFinished: 4, evUndoFailed: 5}
+var eventRank = map[string]int{evStarted: 0, evSucceeded: 1, evFailed: 2, evUndoStarted: 3, evUndoFinished: 4, evUndoFailed: 5, evUndoSkipped: 6}
 
 // ErrNotOwner means the saga stopped being driven here because another SEC
 // adopted it (or an operator abandoned it) and this SEC's writes were
@@ -63,6 +70,8 @@ type nodeState struct {
 	running bool // an action or undo task is in flight
 	output  json.RawMessage
 	err     *ActionError
+	// skipComment is the operator's comment of an undo_skipped node.
+	skipComment string
 }
 
 type completion struct {
@@ -133,6 +142,23 @@ type execution struct {
 	completions chan completion
 	inFlight    int
 
+	// opErr is set once an operator asked for the saga to be unwound
+	// (SEC.Unwind; durable in the saga row, so a recovered execution has it
+	// from the start): the error of the actions that unwind cancels, and of
+	// the outcome when no node failed. opComment is the operator's comment.
+	opErr     *ActionError
+	opComment string
+	// unwindCh carries an operator's unwind (their comment) to the driver,
+	// which owns the node state (one pending request is enough: it is
+	// durable already).
+	unwindCh chan string
+	// cancelActions cancels the context of the saga's action tasks only:
+	// an operator's unwind stops the actions in flight, while its undos and
+	// its driver go on (set by drive). graceTimer calls it once the unwind
+	// grace has passed.
+	cancelActions context.CancelCauseFunc
+	graceTimer    *time.Timer
+
 	// ctx is the execution's own context (cancelled by Abandon or
 	// Shutdown); set by the SEC before drive starts.
 	ctx     context.Context
@@ -155,6 +181,7 @@ func newExecution(sec *SEC, id uuid.UUID, d *DAG, owner store.Owner, hooks *Hook
 		nodes:       make([]nodeState, len(d.Nodes)),
 		live:        map[int]liveRetry{},
 		completions: make(chan completion, len(d.Nodes)),
+		unwindCh:    make(chan string, 1),
 		failedNode:  -1,
 		undoNode:    -1,
 		done:        make(chan struct{}),
@@ -281,6 +308,17 @@ func (ex *execution) childrenUndone(id int) bool {
 	return true
 }
 
+// everyActionSucceeded: every node with an action has succeeded (and none
+// is undoing).
+func (ex *execution) everyActionSucceeded() bool {
+	for id, a := range ex.actions {
+		if a != nil && ex.nodes[id].status != succeeded {
+			return false
+		}
+	}
+	return true
+}
+
 // advance moves the saga as far as it can without waiting, adding the
 // events to write and the tasks to start (after the write) to b. Because
 // nodes are in topological order, one pass (forward, or reverse when
@@ -311,6 +349,16 @@ func (ex *execution) advance(b *batch) {
 			b.launches = append(b.launches, launch{node: id, undo: true})
 		}
 	}
+	if ex.unwinding && ex.failedNode < 0 && ex.opErr != nil && ex.everyActionSucceeded() {
+		// An operator's unwind that only came to pass once every action
+		// had succeeded (the last ones finished within the grace) is too
+		// late: the saga's last actions publish its result, and nothing is
+		// ever unwound past them, so no undo of theirs was ever run or
+		// tested. The saga finishes instead, and its outcome says so.
+		ex.unwinding = false
+		b.state = store.StateRunning
+		ex.logger.Warn("an operator's unwind came after every action succeeded: the saga finishes", "comment", ex.opComment)
+	}
 	if !ex.unwinding {
 		for id := range ex.nodes {
 			n := &ex.nodes[id]
@@ -339,7 +387,7 @@ func (ex *execution) advance(b *batch) {
 			if ex.dag.Nodes[id].Kind == KindEnd {
 				b.state = store.StateDone
 				b.finished = true
-				ex.outcome = Outcome{SagaID: ex.id, Kind: Succeeded, Output: out}
+				ex.outcome = Outcome{SagaID: ex.id, Kind: Succeeded, Output: out, UnwindComment: ex.opComment}
 			}
 		}
 		return
@@ -350,7 +398,7 @@ func (ex *execution) advance(b *batch) {
 			continue
 		}
 		switch n.status {
-		case neverStarted, failed, undoFinished:
+		case neverStarted, failed, undoFinished, undoSkipped:
 			n.undone = true
 		case succeeded:
 			if a := ex.actions[id]; a != nil && a.undo != nil {
@@ -371,12 +419,22 @@ func (ex *execution) advance(b *batch) {
 	if ex.nodes[0].undone {
 		b.state = store.StateDone
 		b.finished = true
-		ex.outcome = Outcome{SagaID: ex.id, Kind: Failed}
-		if ex.failedNode >= 0 {
-			ex.outcome.FailedNode = ex.dag.Nodes[ex.failedNode].Name
-			ex.outcome.Err = ex.nodes[ex.failedNode].err
-		}
+		ex.outcome = ex.failedOutcome()
 	}
+}
+
+// failedOutcome is the outcome of a saga that unwound to its start: the
+// node that failed first, or — when an operator's unwind found every
+// action in flight finishing anyway — the operator's error.
+func (ex *execution) failedOutcome() Outcome {
+	o := Outcome{SagaID: ex.id, Kind: Failed, UnwindComment: ex.opComment}
+	if ex.failedNode >= 0 {
+		o.FailedNode = ex.dag.Nodes[ex.failedNode].Name
+		o.Err = ex.nodes[ex.failedNode].err
+	} else {
+		o.Err = ex.opErr
+	}
+	return o
 }
 
 // apply records a task's completion in memory and in b.
@@ -393,9 +451,13 @@ func (ex *execution) apply(c completion, b *batch) {
 		n.status = failed
 		n.err = c.err
 		b.add(c.node, evFailed, mustJSON(c.err))
+		if ex.failedNode < 0 {
+			// The first failure, also when an operator's unwind (which
+			// set unwinding already) is what failed it.
+			ex.failedNode = c.node
+		}
 		if !ex.unwinding {
 			ex.unwinding = true
-			ex.failedNode = c.node
 			b.state = store.StateUnwinding
 			ex.logger.Info("saga unwinding", "node", ex.dag.Nodes[c.node].Name, "error", c.err.Message)
 		}
@@ -427,7 +489,7 @@ func mustJSON(v any) []byte {
 
 // finishStuck fills the stuck outcome.
 func (ex *execution) stuckOutcome() Outcome {
-	o := Outcome{SagaID: ex.id, Kind: Stuck}
+	o := Outcome{SagaID: ex.id, Kind: Stuck, UnwindComment: ex.opComment}
 	if ex.failedNode >= 0 {
 		o.FailedNode = ex.dag.Nodes[ex.failedNode].Name
 		o.Err = ex.nodes[ex.failedNode].err
@@ -453,6 +515,22 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 	ctx = trace.ContextWithSpan(ex.ctx, span)
 	ex.spanCtx = ctx
 	ex.traceShortcuts()
+	// Actions run under a context of their own, which an operator's unwind
+	// cancels without touching the undos or the driver.
+	actCtx, cancelActions := context.WithCancelCause(ctx)
+	defer cancelActions(nil)
+	ex.cancelActions = cancelActions
+	defer func() {
+		if ex.graceTimer != nil {
+			ex.graceTimer.Stop()
+		}
+	}()
+	if ex.opErr != nil {
+		// Recovered after an operator asked for the unwind: the actions
+		// that were in flight run again (they are idempotent, and one that
+		// landed must be undone), under the same grace.
+		ex.cancelActionsAfterGrace()
+	}
 
 	b := first
 	for {
@@ -471,7 +549,11 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 		written = false
 		for _, l := range b.launches {
 			ex.inFlight++
-			go ex.run(ctx, l)
+			if l.undo {
+				go ex.run(ctx, l)
+			} else {
+				go ex.run(actCtx, l)
+			}
 		}
 		if b.finished {
 			if ex.stuck {
@@ -496,6 +578,8 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 		select {
 		case c := <-ex.completions:
 			ex.apply(c, &b)
+		case comment := <-ex.unwindCh:
+			ex.operatorUnwind(comment, &b)
 		case <-ctx.Done():
 			ex.err = ErrShutdown
 			if ex.sec.ctx.Err() == nil {
@@ -533,7 +617,7 @@ func (ex *execution) reportStuckNodes(ctx context.Context, events []store.Event)
 		if ae != nil {
 			reason, msg, attempts = ae.Reason, ae.Message, ae.Attempts
 		}
-		ex.logger.Error("saga undo failed with a permanent error; the saga is stuck until an operator repairs and abandons it",
+		ex.logger.Error("saga undo failed with a permanent error; the saga is stuck until an operator deals with what the undo left and abandons it, which unwinds the rest",
 			"node", name, "error", msg, "reason", reason, "attempts", attempts)
 		ex.sec.metrics.stuckNode(ctx, ex.dag.Template, name, reason)
 	}
@@ -631,11 +715,14 @@ func (ex *execution) run(ctx context.Context, l launch) {
 		// Nothing to undo.
 	case !l.undo:
 		ex.sec.crash.maybeCrash(ex.dag.Template, node.Name, CrashAfterStarted)
-		ex.hooks.before(ctx, node.Name)
+		ex.hooks.before(ctx, ex.id, node.Name)
 		// Read again: a BeforeNode hook may inject an error at its own node
 		// (a user operation, then a failure that unwinds through it).
 		errAction, _, rep = ex.hooks.get(node.Name)
-		if errAction || ex.sec.fail.fails(ex.dag.Template, node.Name) {
+		if ae := unwoundBy(ctx); ae != nil {
+			// An operator's unwind came first: the action never runs.
+			c.err = ae
+		} else if errAction || ex.sec.fail.fails(ex.dag.Template, node.Name) {
 			// Permanent on purpose: every test that injects a failure
 			// means the node to fail, at once.
 			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected error at " + node.Name, Reason: ErrKindInjected, Attempts: 1}
@@ -652,6 +739,13 @@ func (ex *execution) run(ctx context.Context, l launch) {
 				c.attempts = attempts
 				if err != nil {
 					c.output, c.err = nil, taskError(ctx, ErrKindAction, err, attempts)
+					if ae := unwoundBy(ctx); ae != nil {
+						// Stopped by an operator's unwind (whatever error
+						// the cancelled call made of it): say so, and never
+						// retry it (Classify: the context is done).
+						c.err = ae
+						c.err.Attempts = attempts
+					}
 					break
 				}
 			}

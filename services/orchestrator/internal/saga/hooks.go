@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+
+	"github.com/google/uuid"
 )
 
 // Repeat asks for a node's action to run Action times (the last result is
@@ -125,10 +127,19 @@ func (h *Hooks) get(node string) (errAction, errUndo bool, r Repeat) {
 	return h.errorAt[node], h.undoErrorAt[node], h.repeat[node]
 }
 
-func (h *Hooks) before(ctx context.Context, node string) {
+func (h *Hooks) before(ctx context.Context, id uuid.UUID, node string) {
 	if h != nil && h.BeforeNode != nil {
-		h.BeforeNode(ctx, node)
+		h.BeforeNode(context.WithValue(ctx, hookSagaKey{}, id), node)
 	}
+}
+
+type hookSagaKey struct{}
+
+// HookSagaID is the id of the saga whose BeforeNode hook runs with ctx
+// (for a test that acts on that saga, as an operator would).
+func HookSagaID(ctx context.Context) (uuid.UUID, bool) {
+	id, ok := ctx.Value(hookSagaKey{}).(uuid.UUID)
+	return id, ok
 }
 
 // CrashEnv names the environment variable of the process-level crash hook:

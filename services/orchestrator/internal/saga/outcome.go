@@ -17,6 +17,10 @@ const (
 	ErrKindSerialize   = "serialize"   // the output did not marshal
 	ErrKindDeserialize = "deserialize" // a lookup or params decode failed
 	ErrKindUndo        = "undo"        // an undo returned an error
+	// ErrKindAbandoned: an operator asked for the saga to be unwound
+	// (SEC.Unwind) while the action was in flight, so it was cancelled (or
+	// never ran); the message carries the operator's comment.
+	ErrKindAbandoned = "abandoned"
 )
 
 // ActionError is a node failure as persisted in the log (the data of a
@@ -76,7 +80,8 @@ const (
 	// Failed: FailedNode failed with Err and everything was undone.
 	Failed
 	// Stuck: FailedNode failed, then UndoNode's undo failed with UndoErr.
-	// The saga is done but its partial effects remain; an operator must act.
+	// The saga is done but its partial effects remain; an operator must act
+	// (SEC.Unwind goes on past the failed undo once they have).
 	Stuck
 )
 
@@ -101,6 +106,11 @@ type Outcome struct {
 	Err        *ActionError
 	UndoNode   string
 	UndoErr    *ActionError
+	// UnwindComment is the operator's comment when an operator asked for
+	// the saga to be unwound (SEC.Unwind). Err is then the operator's
+	// error (kind "abandoned") unless a node failed first, or FailedNode is
+	// the first action the unwind cancelled.
+	UnwindComment string
 }
 
 // Decode unmarshals a succeeded saga's output.
@@ -118,6 +128,11 @@ func (o Outcome) Error() error {
 	case Succeeded:
 		return nil
 	case Failed:
+		if o.FailedNode == "" {
+			// An operator's unwind that failed no node (every action in
+			// flight finished anyway).
+			return fmt.Errorf("saga %s unwound: %w", o.SagaID, o.Err)
+		}
 		return fmt.Errorf("saga %s failed at node %s: %w", o.SagaID, o.FailedNode, o.Err)
 	case Stuck:
 		return fmt.Errorf("saga %s stuck: node %s failed (%v) and the undo of %s failed: %w",

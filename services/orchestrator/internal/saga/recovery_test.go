@@ -99,6 +99,7 @@ func TestRecoveryFromEveryLogState(t *testing.T) {
 		runs    map[string]int // exact counts; missing means 0
 		mangle  func(d *saga.DAG)
 		abandon string // non-empty: recovery must abandon with this in the comment
+		unwind  string // non-empty: an operator asked for the unwind with this comment
 	}{
 		{name: "row only", state: "running", want: saga.Succeeded,
 			runs: map[string]int{"create_a/do": 1, "create_b/do": 1, "create_c/do": 1, "finish/do": 1}},
@@ -125,6 +126,33 @@ func TestRecoveryFromEveryLogState(t *testing.T) {
 		{name: "undo failed", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{failedB}, ok(nC, item("c")),
 			[]ev{{nC, "undo_started", ""}, {nC, "undo_failed", `{"kind":"undo","message":"disk on fire"}`}}),
 			want: saga.Stuck, runs: map[string]int{}},
+		// An operator skipped c's failed undo (SEC.Unwind on the stuck saga)
+		// and the SEC stopped before anything else: the unwind goes on past c.
+		{name: "undo skipped", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{failedB}, ok(nC, item("c")),
+			[]ev{{nC, "undo_started", ""}, {nC, "undo_failed", `{"kind":"undo","message":"disk on fire"}`}, {nC, "undo_skipped", `{"comment":"put out by hand"}`}}),
+			want: saga.Failed, runs: map[string]int{"create_a/undo": 1}},
+		// … and crashed in the middle of the undo after it.
+		{name: "undo skipped then a undo started", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{failedB}, ok(nC, item("c")),
+			[]ev{{nC, "undo_started", ""}, {nC, "undo_failed", `{"kind":"undo","message":"disk on fire"}`}, {nC, "undo_skipped", `{"comment":"put out by hand"}`}},
+			[]ev{{nA, "undo_started", ""}}),
+			want: saga.Failed, runs: map[string]int{"create_a/undo": 1}},
+		// Two undos failed for good; the operator skipped only one: stuck.
+		{name: "one of two failed undos skipped", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), ok(nB, item("b")), ok(nC, item("c")),
+			[]ev{{nFinish, "started", ""}, {nFinish, "failed", `{"kind":"action","message":"boom"}`}},
+			[]ev{{nB, "undo_started", ""}, {nB, "undo_failed", `{"kind":"undo","message":"b stuck"}`}, {nB, "undo_skipped", `{"comment":"b fixed"}`}},
+			[]ev{{nC, "undo_started", ""}, {nC, "undo_failed", `{"kind":"undo","message":"disk on fire"}`}}),
+			want: saga.Stuck, runs: map[string]int{}},
+		// An operator asked for the unwind while b was in flight and the SEC
+		// stopped: b runs again (it may have landed; only what finishes can
+		// be undone), then everything is undone.
+		{name: "unwind requested b in flight", state: "running", unwind: "b hangs", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), ok(nC, item("c"))),
+			want: saga.Failed, runs: map[string]int{"create_b/do": 1, "create_b/undo": 1, "create_c/undo": 1, "create_a/undo": 1}},
+		{name: "corrupt undo skipped without undo failed", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{failedB}, ok(nC, item("c")),
+			[]ev{{nC, "undo_started", ""}, {nC, "undo_skipped", `{"comment":"x"}`}}),
+			abandon: "undo_skipped after undo_started"},
+		{name: "corrupt parent undone under a child whose undo failed", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{failedB}, ok(nC, item("c")),
+			[]ev{{nC, "undo_started", ""}, {nC, "undo_failed", `{"kind":"undo","message":"disk on fire"}`}}, undone(nA)),
+			abandon: "parent"},
 		{name: "corrupt succeeded without started", state: "running", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), []ev{{nB, "succeeded", item("b")}}),
 			abandon: "succeeded after never_started"},
 		{name: "corrupt child before parent", state: "running", events: cat(ok(nStart, `{"key":"k"}`), started(nA), started(nB)),
@@ -140,6 +168,11 @@ func TestRecoveryFromEveryLogState(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			id := writeLog(t, f, "sec-r", "k", tc.state, tc.events, tc.mangle)
+			if tc.unwind != "" {
+				if _, err := f.pool.Exec(ctx, `UPDATE saga SET unwind_time = now(), unwind_comment = $2 WHERE id = $1`, id, tc.unwind); err != nil {
+					t.Fatal(err)
+				}
+			}
 			sec := f.sec(t, "sec-r")
 			rep, err := sec.Recover(ctx)
 			if err != nil || len(rep.Failed) != 0 {
@@ -159,11 +192,14 @@ func TestRecoveryFromEveryLogState(t *testing.T) {
 			if o.Kind != tc.want {
 				t.Fatalf("outcome %v (%v), want %v", o.Kind, o.Error(), tc.want)
 			}
-			if tc.want == saga.Failed && o.FailedNode != "create_b" {
+			if tc.want == saga.Failed && tc.unwind == "" && o.FailedNode != "create_b" {
 				t.Fatalf("failed node %q", o.FailedNode)
 			}
 			if tc.want == saga.Stuck && (o.UndoNode != "create_c" || o.UndoErr.Message != "disk on fire") {
 				t.Fatalf("stuck outcome %+v", o)
+			}
+			if tc.unwind != "" && (o.UnwindComment != tc.unwind || o.Err.Kind != saga.ErrKindAbandoned) {
+				t.Fatalf("outcome of the operator's unwind %+v (error %+v)", o, o.Err)
 			}
 			runs := f.runs(t, "k")
 			for k, n := range runs {

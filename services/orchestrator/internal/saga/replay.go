@@ -74,6 +74,19 @@ func (ex *execution) replay(events []store.Event) error {
 			}
 			n.status = undoFinished
 			n.undone = true
+		case evUndoSkipped:
+			// Only ever answers an undo_failed of the same node, which
+			// ranks before it. The failed undo's error stays on the node:
+			// it says what the operator dealt with.
+			if n.status != undoFailed {
+				return bad()
+			}
+			var sk skipRecord
+			if err := json.Unmarshal(e.Data, &sk); err == nil {
+				n.skipComment = sk.Comment
+			}
+			n.status = undoSkipped
+			n.undone = true
 		}
 	}
 	for id := range ex.nodes {
@@ -84,7 +97,7 @@ func (ex *execution) replay(events []store.Event) error {
 			if ex.failedNode < 0 {
 				ex.failedNode = id
 			}
-		case undoStarted, undoFinished:
+		case undoStarted, undoFinished, undoSkipped:
 			ex.unwinding = true
 		case undoFailed:
 			ex.unwinding = true
@@ -95,11 +108,15 @@ func (ex *execution) replay(events []store.Event) error {
 		}
 		for _, p := range ex.dag.Nodes[id].Parents {
 			ps := ex.nodes[p].status
-			everSucceeded := ps == succeeded || ps == undoStarted || ps == undoFinished || ps == undoFailed
+			parentUndoing := ps == undoStarted || ps == undoFinished || ps == undoFailed || ps == undoSkipped
+			everSucceeded := ps == succeeded || parentUndoing
 			if st != neverStarted && !everSucceeded {
 				return fmt.Errorf("%w: node %q is %s but its parent %q is %s", ErrCorruptLog, ex.dag.Nodes[id].Name, st, ex.dag.Nodes[p].Name, ps)
 			}
-			if (ps == undoStarted || ps == undoFinished || ps == undoFailed) && st != neverStarted && st != failed && st != undoFinished {
+			// A parent's undo starts only once every child is undone: it
+			// never ran, failed, was undone, or its failed undo was skipped.
+			childUndone := st == neverStarted || st == failed || st == undoFinished || st == undoSkipped
+			if parentUndoing && !childUndone {
 				return fmt.Errorf("%w: parent %q is %s while node %q is %s", ErrCorruptLog, ex.dag.Nodes[p].Name, ps, ex.dag.Nodes[id].Name, st)
 			}
 		}
@@ -111,16 +128,24 @@ func (ex *execution) replay(events []store.Event) error {
 func (ex *execution) resumeBatch(state string) batch {
 	var b batch
 	end := len(ex.nodes) - 1
-	switch {
-	case ex.nodes[end].status == succeeded || ex.nodes[end].status == undoStarted || ex.nodes[end].status == undoFinished:
-		// The end node has an output: the saga is complete.
+	if s := ex.nodes[end].status; s == succeeded || s == undoStarted || s == undoFinished || s == undoSkipped {
+		// The end node has an output: the saga is complete (an operator's
+		// unwind asked for after that changes nothing).
 		b.state = store.StateDone
 		b.finished = true
 		ex.unwinding = false
 		ex.stuck = false
-		ex.outcome = Outcome{SagaID: ex.id, Kind: Succeeded, Output: ex.nodes[end].output}
+		ex.outcome = Outcome{SagaID: ex.id, Kind: Succeeded, Output: ex.nodes[end].output, UnwindComment: ex.opComment}
 		return b
-	case ex.unwinding && state != store.StateUnwinding && !ex.stuck:
+	}
+	if ex.opErr != nil && !ex.stuck {
+		// An operator asked for the unwind before the SEC that drove the
+		// saga went away. The actions it had in flight run again, as in any
+		// recovery (they may have landed, and only one that finishes can
+		// be undone); the unwind's grace then cancels any that hangs.
+		ex.unwinding = true
+	}
+	if ex.unwinding && state != store.StateUnwinding && !ex.stuck {
 		b.state = store.StateUnwinding
 	}
 	ex.advance(&b)
@@ -132,15 +157,10 @@ func (ex *execution) outcomeFromLog() Outcome {
 	end := len(ex.nodes) - 1
 	switch {
 	case ex.nodes[end].output != nil:
-		return Outcome{SagaID: ex.id, Kind: Succeeded, Output: ex.nodes[end].output}
+		return Outcome{SagaID: ex.id, Kind: Succeeded, Output: ex.nodes[end].output, UnwindComment: ex.opComment}
 	case ex.stuck:
 		return ex.stuckOutcome()
 	default:
-		o := Outcome{SagaID: ex.id, Kind: Failed}
-		if ex.failedNode >= 0 {
-			o.FailedNode = ex.dag.Nodes[ex.failedNode].Name
-			o.Err = ex.nodes[ex.failedNode].err
-		}
-		return o
+		return ex.failedOutcome()
 	}
 }

@@ -33,6 +33,9 @@ type SEC struct {
 	// actionRetry bounds the in-place retries of an action (undos are
 	// retried until they succeed or the saga's context ends).
 	actionRetry RetryPolicy
+	// unwindGrace is how long an operator's unwind lets the actions in
+	// flight finish by themselves before cancelling them (WithUnwindGrace).
+	unwindGrace time.Duration
 
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
@@ -57,6 +60,22 @@ type SECOption func(*secOptions)
 type secOptions struct {
 	base        context.Context
 	actionRetry RetryPolicy
+	unwindGrace time.Duration
+}
+
+// DefaultUnwindGrace is how long an operator's unwind waits, by default,
+// for the actions in flight to finish by themselves.
+const DefaultUnwindGrace = 10 * time.Second
+
+// WithUnwindGrace sets how long an operator's unwind (Unwind) lets the
+// actions in flight finish by themselves before it cancels them. An
+// action cancelled mid-call may still land at the service it called, and
+// the engine, recording it failed, never undoes it; an action that
+// finishes is undone like any other. So the unwind waits first, and
+// cancels only what is still running after d: an action that hangs, which
+// is what an operator unwinds for.
+func WithUnwindGrace(d time.Duration) SECOption {
+	return func(o *secOptions) { o.unwindGrace = d }
 }
 
 // WithBaseContext makes every action and undo run under a context derived
@@ -73,7 +92,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	o := secOptions{base: context.Background(), actionRetry: DefaultActionRetry()}
+	o := secOptions{base: context.Background(), actionRetry: DefaultActionRetry(), unwindGrace: DefaultUnwindGrace}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -81,7 +100,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 	s := &SEC{
 		store: store.New(pool), id: secID, registry: registry, deps: deps,
 		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
-		crash: crashPointFromEnv(), fail: failPointFromEnv(), actionRetry: o.actionRetry, ctx: ctx, cancel: cancel,
+		crash: crashPointFromEnv(), fail: failPointFromEnv(), actionRetry: o.actionRetry, unwindGrace: o.unwindGrace, ctx: ctx, cancel: cancel,
 		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
 		appendCh: make(chan *appendReq, 1024),
 	}
@@ -336,6 +355,10 @@ func (s *SEC) load(ctx context.Context, row store.Saga) (*execution, []store.Eve
 	if err := ex.replay(events); err != nil {
 		return nil, nil, unrecoverable(err)
 	}
+	if row.UnwindComment != nil {
+		ex.opComment = *row.UnwindComment
+		ex.opErr = operatorError(ex.opComment)
+	}
 	return ex, events, nil
 }
 
@@ -372,10 +395,12 @@ type RecoveryReport struct {
 // Recover resumes every unfinished saga owned by this SEC that is not
 // already running here (spec §A.7): the log is replayed, started but
 // unfinished actions and undos run again, a saga with an undo_failed event
-// goes straight to stuck. Each resumed saga is claimed first (its adopt
-// generation bumped), so at most one driver can append to it even if an
-// earlier SEC instance with the same id is still running. Run it at
-// start-up, after Adopt, and periodically.
+// no operator skipped goes straight to stuck, and a saga an operator asked
+// to unwind (SEC.Unwind) records its started actions failed with the
+// operator's error instead of running them again, and unwinds. Each resumed
+// saga is claimed first (its adopt generation bumped), so at most one
+// driver can append to it even if an earlier SEC instance with the same id
+// is still running. Run it at start-up, after Adopt, and periodically.
 func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 	var rep RecoveryReport
 	rows, err := s.store.RecoveryCandidates(ctx, s.id)
@@ -383,68 +408,90 @@ func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 		return rep, fmt.Errorf("list recovery candidates: %w", err)
 	}
 	for _, row := range rows {
-		// A saga that finished here after the listing is in finished:
-		// its listed state is stale.
-		s.mu.Lock()
-		_, known := s.running[row.ID]
-		_, done := s.finished[row.ID]
-		known = known || done
-		closed := s.closed
-		s.mu.Unlock()
-		if closed {
-			return rep, ErrClosed
-		}
-		if known {
-			rep.Skipped++
-			continue
-		}
-		ex, _, err := s.load(ctx, row)
-		var unrec unrecoverableError
+		res, err := s.recoverRow(ctx, row)
 		switch {
-		case errors.As(err, &unrec):
-			s.logger.Error("saga unrecoverable; abandoning", "saga_id", row.ID, "error", err)
-			sec := s.id
-			if _, aerr := s.store.Abandon(ctx, row.ID, store.AbandonUnrecoverable, err.Error(), &sec); aerr != nil {
-				rep.Failed = append(rep.Failed, fmt.Errorf("saga %s: abandon: %w", row.ID, aerr))
-				continue
-			}
-			rep.Abandoned = append(rep.Abandoned, row.ID)
-			continue
+		case errors.Is(err, ErrClosed):
+			return rep, err
 		case err != nil:
-			rep.Failed = append(rep.Failed, fmt.Errorf("saga %s: %w", row.ID, err))
-			continue
-		}
-		// Claim it: a stale driver of an earlier incarnation of this SEC
-		// id (one whose shutdown timed out) must not keep appending.
-		gen, ok, err := s.store.Claim(ctx, row.ID, s.id, row.AdoptGeneration)
-		if err != nil {
-			rep.Failed = append(rep.Failed, fmt.Errorf("saga %s: claim: %w", row.ID, err))
-			continue
-		}
-		if !ok {
+			rep.Failed = append(rep.Failed, err)
+		case res == recoverAbandoned:
+			rep.Abandoned = append(rep.Abandoned, row.ID)
+		case res == recoverSkipped:
 			rep.Skipped++
-			continue
+		default:
+			rep.Recovered = append(rep.Recovered, row.ID)
 		}
-		ex.owner.Generation = gen
-		if row.TraceParent != nil {
-			ex.parentCtx = parentFromTraceParent(*row.TraceParent)
-		}
-		first := ex.resumeBatch(row.State)
-		s.mu.Lock()
-		_, known = s.running[row.ID]
-		_, done = s.finished[row.ID]
-		if known || done || s.closed {
-			s.mu.Unlock()
-			rep.Skipped++
-			continue
-		}
-		s.register(ex)
-		s.mu.Unlock()
-		s.logger.Info("recovering saga", "saga_id", row.ID, "saga", row.Name, "unwinding", ex.unwinding, "stuck", ex.stuck)
-		s.start(ex, first, false)
-		rep.Recovered = append(rep.Recovered, row.ID)
 	}
 	return rep, nil
+}
+
+// recoverResult is what recoverRow did with a saga.
+type recoverResult int
+
+const (
+	recoverStarted   recoverResult = iota // now driven here
+	recoverSkipped                        // already running here, finished, or claimed by someone else
+	recoverAbandoned                      // unrecoverable: marked abandoned
+)
+
+// recoverRow resumes one unfinished saga this SEC owns, as listed in row
+// (see Recover). The error is ErrClosed once the SEC shut down, or a
+// transient failure (the next pass retries the saga).
+func (s *SEC) recoverRow(ctx context.Context, row store.Saga) (recoverResult, error) {
+	// A saga that finished here after the listing is in finished: its
+	// listed state is stale.
+	s.mu.Lock()
+	_, known := s.running[row.ID]
+	_, done := s.finished[row.ID]
+	known = known || done
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return 0, ErrClosed
+	}
+	if known {
+		return recoverSkipped, nil
+	}
+	ex, _, err := s.load(ctx, row)
+	var unrec unrecoverableError
+	switch {
+	case errors.As(err, &unrec):
+		s.logger.Error("saga unrecoverable; abandoning", "saga_id", row.ID, "error", err)
+		sec := s.id
+		if _, aerr := s.store.Abandon(ctx, row.ID, store.AbandonUnrecoverable, err.Error(), &sec); aerr != nil {
+			return 0, fmt.Errorf("saga %s: abandon: %w", row.ID, aerr)
+		}
+		return recoverAbandoned, nil
+	case err != nil:
+		return 0, fmt.Errorf("saga %s: %w", row.ID, err)
+	}
+	// Claim it: a stale driver of an earlier incarnation of this SEC id
+	// (one whose shutdown timed out) must not keep appending.
+	gen, ok, err := s.store.Claim(ctx, row.ID, s.id, row.AdoptGeneration)
+	if err != nil {
+		return 0, fmt.Errorf("saga %s: claim: %w", row.ID, err)
+	}
+	if !ok {
+		return recoverSkipped, nil
+	}
+	ex.owner.Generation = gen
+	if row.TraceParent != nil {
+		ex.parentCtx = parentFromTraceParent(*row.TraceParent)
+	}
+	first := ex.resumeBatch(row.State)
+	s.mu.Lock()
+	_, known = s.running[row.ID]
+	_, done = s.finished[row.ID]
+	if known || done || s.closed {
+		s.mu.Unlock()
+		return recoverSkipped, nil
+	}
+	s.register(ex)
+	s.mu.Unlock()
+	s.logger.Info("recovering saga", "saga_id", row.ID, "saga", row.Name, "unwinding", ex.unwinding, "stuck", ex.stuck,
+		"unwind_requested", ex.opErr != nil)
+	s.start(ex, first, false)
+	return recoverStarted, nil
 }
 
 // Adopt makes this SEC the owner of every unfinished saga of fromSEC
@@ -465,12 +512,14 @@ const (
 	AbandonOrphaned      = store.AbandonOrphaned
 )
 
-// Abandon marks an unfinished or stuck saga abandoned: it is never recovered
-// and not unwound (its partial effects remain; for a stuck saga, abandoning
-// records that an operator repaired them). If this SEC is driving it, it
-// stops at once; any other owner stops at its next log write. It returns
-// ErrNotFound-wrapped errors for an unknown id and an error for a saga that
-// finished cleanly.
+// Abandon marks an unfinished or stuck saga abandoned: it is never driven
+// again and NOT unwound, so every effect of the nodes it completed (and of
+// any action it had in flight) remains, for an operator to repair. Recovery
+// uses it for a saga it cannot load (AbandonUnrecoverable); an operator
+// who wants the saga's effects undone uses Unwind instead. If this SEC is
+// driving it, it stops at once; any other owner stops at its next log
+// write. It returns ErrNotFound-wrapped errors for an unknown id and an
+// error for a saga that finished and is not stuck.
 func (s *SEC) Abandon(ctx context.Context, id uuid.UUID, reason, comment string) error {
 	switch reason {
 	case AbandonOperator, AbandonUnrecoverable, AbandonOrphaned:

@@ -18,16 +18,20 @@ type SagaView struct {
 	Creator         string
 	CurrentSEC      string
 	State           string // running, unwinding, done, abandoned
-	Stuck           bool   // the log holds an undo_failed event
+	Stuck           bool   // the log holds an undo_failed event no operator skipped
 	TimeCreated     time.Time
 	AdoptGeneration int64
 	AdoptTime       time.Time
 	AbandonTime     *time.Time
 	AbandonReason   string
 	AbandonComment  string
-	SubjectID       string
-	TraceParent     string
-	LastEventTime   time.Time
+	// UnwindTime and UnwindComment are set once an operator asked for the
+	// saga to be unwound (Unwind): when, and their comment.
+	UnwindTime    *time.Time
+	UnwindComment string
+	SubjectID     string
+	TraceParent   string
+	LastEventTime time.Time
 	// Outcome is set when the saga is done. List fills its Kind only (from
 	// the saga row and two index probes of its log, no replay); Get replays
 	// the log and adds the failing node, the errors and the output.
@@ -47,13 +51,17 @@ type NodeView struct {
 	// HasUndo: the node's action declares an undo (known to this binary).
 	HasUndo bool
 	Parents []int
-	Status  string // never_started, started, succeeded, failed, undo_started, undo_finished, undo_failed
+	Status  string // never_started, started, succeeded, failed, undo_started, undo_finished, undo_failed, undo_skipped
 	Output  json.RawMessage
-	// Error is a failed or undo_failed node's error, with its class
-	// (Error.Reason: for an undo_failed node, why the saga is stuck) and
-	// how many runs it took (Error.Attempts).
-	Error  *ActionError
-	Events []EventView
+	// Error is a failed, undo_failed or undo_skipped node's error, with its
+	// class (Error.Reason: for an undo_failed node, why the saga is stuck;
+	// "abandoned" for an action an operator's unwind stopped) and how many
+	// runs it took (Error.Attempts).
+	Error *ActionError
+	// SkipComment is an undo_skipped node's operator comment: they dealt
+	// with the effect of its failed undo (Error) by hand.
+	SkipComment string
+	Events      []EventView
 	// Attempts is how many times the node's latest task ran in the
 	// execution that recorded its end, when the log says (a failed or
 	// undo_failed node's error, an undo_finished event after retries); 0
@@ -80,24 +88,19 @@ func viewOf(r store.Saga) SagaView {
 	v := SagaView{
 		ID: r.ID, Name: r.Name, Creator: r.Creator, State: r.State, Stuck: r.Stuck,
 		TimeCreated: r.TimeCreated, AdoptGeneration: r.AdoptGeneration, AdoptTime: r.AdoptTime,
-		AbandonTime: r.AbandonTime, LastEventTime: r.LastEventTime,
-	}
-	deref := func(p *string) string {
-		if p == nil {
-			return ""
-		}
-		return *p
+		AbandonTime: r.AbandonTime, UnwindTime: r.UnwindTime, LastEventTime: r.LastEventTime,
 	}
 	v.CurrentSEC = deref(r.CurrentSEC)
 	v.AbandonReason = deref(r.AbandonReason)
 	v.AbandonComment = deref(r.AbandonComment)
+	v.UnwindComment = deref(r.UnwindComment)
 	v.SubjectID = deref(r.SubjectID)
 	v.TraceParent = deref(r.TraceParent)
 	if r.State == store.StateDone {
 		// The same decision as execution.outcomeFromLog: the end node's
-		// output makes a success, an undo_failed event a stuck saga, and
-		// anything else finished is an unwound failure.
-		o := Outcome{SagaID: r.ID, Kind: Failed}
+		// output makes a success, an undo_failed event no operator skipped
+		// a stuck saga, and anything else finished is an unwound failure.
+		o := Outcome{SagaID: r.ID, Kind: Failed, UnwindComment: v.UnwindComment}
 		switch {
 		case r.EndSucceeded:
 			o.Kind = Succeeded
@@ -170,6 +173,7 @@ func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
 			v.Nodes[i].Status = n.status.String()
 			v.Nodes[i].Output = n.output
 			v.Nodes[i].Error = n.err
+			v.Nodes[i].SkipComment = n.skipComment
 			if n.err != nil {
 				v.Nodes[i].Attempts = n.err.Attempts
 			}
@@ -230,6 +234,10 @@ func newExecutionForView(s *SEC, row store.Saga, d *DAG) (*execution, error) {
 		return nil, err
 	}
 	ex := &execution{sec: s, id: row.ID, dag: d, nodes: make([]nodeState, len(d.Nodes)), failedNode: -1, undoNode: -1}
+	if row.UnwindComment != nil {
+		ex.opComment = *row.UnwindComment
+		ex.opErr = operatorError(ex.opComment)
+	}
 	return ex, nil
 }
 
@@ -254,7 +262,8 @@ func (s *SEC) WaitIdle(ctx context.Context) error {
 	}
 }
 
-// StuckCount counts stuck sagas (undo_failed events) in the whole log.
+// StuckCount counts the undos that leave sagas stuck (undo_failed events
+// no operator skipped) in the whole log.
 func (s *SEC) StuckCount(ctx context.Context) (int, error) {
-	return s.store.CountUndoFailed(ctx)
+	return s.store.CountStuckUndos(ctx)
 }

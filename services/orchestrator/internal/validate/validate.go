@@ -50,7 +50,7 @@ import (
 //	stuck_deleting                 DELETING target never destroyed (quiet)
 //	active_target_not_served       ACTIVE target whose agent serves nothing
 //	orphan_lock                    repair lock whose holder is gone or finished
-//	stuck_saga                     saga with a failed undo, not abandoned
+//	stuck_saga                     saga with a failed undo no operator skipped, not abandoned
 //	deleted_volume_attached        attachment (subject) of a soft- or hard-deleted volume (quiet)
 //	operating_saga_not_running     request or step (subject) whose operating saga is finished, abandoned or unknown
 //	duplicate_step                 volume (subject) with more than one step of one request
@@ -258,9 +258,12 @@ func (v *validator) locksAndSagas(ctx context.Context) error {
 			break
 		}
 	}
+	// An undo_failed an operator skipped (AbandonSaga on a stuck saga) no
+	// longer holds the saga: it unwinds on, or is stuck again elsewhere.
 	rows, err := v.pool.Query(ctx, `SELECT DISTINCT s.id, s.name FROM saga s
 		JOIN saga_node_event e ON e.saga_id = s.id AND e.event_type = 'undo_failed'
-		WHERE s.saga_state <> 'abandoned'`)
+		WHERE s.saga_state <> 'abandoned' AND NOT EXISTS (SELECT 1 FROM saga_node_event k
+			WHERE k.saga_id = e.saga_id AND k.node_id = e.node_id AND k.event_type = 'undo_skipped')`)
 	if err != nil {
 		return err
 	}
@@ -271,7 +274,7 @@ func (v *validator) locksAndSagas(ctx context.Context) error {
 		if err := rows.Scan(&id, &name); err != nil {
 			return err
 		}
-		v.add("stuck_saga", id.String(), "%s saga is stuck (an undo failed); an operator must repair and abandon it", name)
+		v.add("stuck_saga", id.String(), "%s saga is stuck (an undo failed); an operator must repair what that undo left, then abandon it to unwind the rest", name)
 	}
 	return rows.Err()
 }

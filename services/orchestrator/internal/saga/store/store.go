@@ -64,9 +64,14 @@ type Saga struct {
 	AbandonTime     *time.Time
 	AbandonReason   *string
 	AbandonComment  *string
-	SubjectID       *string
-	TraceParent     *string
-	// Stuck is derived: the log holds an undo_failed event.
+	// UnwindTime and UnwindComment are set once an operator asked for the
+	// saga to be unwound (RequestUnwind, ResumeStuck).
+	UnwindTime    *time.Time
+	UnwindComment *string
+	SubjectID     *string
+	TraceParent   *string
+	// Stuck is derived: the log holds an undo_failed event that no
+	// undo_skipped of the same node answers.
 	Stuck bool
 	// EndSucceeded is derived: the saga is done and its end node (the
 	// DAG's last) has a succeeded event, which is what makes a finished
@@ -286,10 +291,18 @@ func (s *Store) appendMany(ctx context.Context, sql string, n int, args ...any) 
 	return owned, nil
 }
 
+// stuckUndos selects the undo_failed events (alias u) that no undo_skipped
+// of the same node answers: the undos that leave a saga stuck. An operator
+// who dealt with a failed undo's effect records undo_skipped (ResumeStuck);
+// the undo_failed stays in the log, which is append-only.
+const stuckUndos = `SELECT u.saga_id, u.node_id, u.data FROM saga_node_event u
+	WHERE u.event_type = 'undo_failed' AND NOT EXISTS (SELECT 1 FROM saga_node_event k
+		WHERE k.saga_id = u.saga_id AND k.node_id = u.node_id AND k.event_type = 'undo_skipped')`
+
 const sagaColumns = `s.id, s.name, s.creator, s.time_created, s.dag, s.saga_state, s.current_sec,
 	s.adopt_generation, s.adopt_time, s.abandon_time, s.abandon_reason, s.abandon_comment,
-	s.subject_id, s.traceparent,
-	EXISTS (SELECT 1 FROM saga_node_event u WHERE u.saga_id = s.id AND u.event_type = 'undo_failed'),
+	s.unwind_time, s.unwind_comment, s.subject_id, s.traceparent,
+	EXISTS (` + stuckUndos + ` AND u.saga_id = s.id),
 	-- One index probe per saga (the event table's primary key), so a list
 	-- of thousands costs no query per saga. The CASE keeps a malformed DAG
 	-- from failing the whole list.
@@ -302,7 +315,7 @@ func scanSaga(row pgx.Row) (Saga, error) {
 	var r Saga
 	err := row.Scan(&r.ID, &r.Name, &r.Creator, &r.TimeCreated, &r.DAG, &r.State, &r.CurrentSEC,
 		&r.AdoptGeneration, &r.AdoptTime, &r.AbandonTime, &r.AbandonReason, &r.AbandonComment,
-		&r.SubjectID, &r.TraceParent, &r.Stuck, &r.EndSucceeded, &r.LastEventTime)
+		&r.UnwindTime, &r.UnwindComment, &r.SubjectID, &r.TraceParent, &r.Stuck, &r.EndSucceeded, &r.LastEventTime)
 	return r, err
 }
 
@@ -432,10 +445,10 @@ func (s *Store) Abandon(ctx context.Context, id uuid.UUID, reason, comment strin
 				abandon_reason = $2, abandon_comment = $3
 			WHERE id = $1 AND ($4::text IS NULL OR current_sec = $4)
 			  AND (saga_state IN ('running', 'unwinding')
-			       -- A stuck saga is done in the log; abandoning it is how an
-			       -- operator acknowledges having repaired its partial effects.
-			       OR (saga_state = 'done' AND EXISTS (SELECT 1 FROM saga_node_event
-			             WHERE saga_id = $1 AND event_type = 'undo_failed')))
+			       -- A stuck saga is done in the log; abandoning it without
+			       -- unwinding is how an operator acknowledges having repaired
+			       -- every effect it left.
+			       OR (saga_state = 'done' AND EXISTS (`+stuckUndos+` AND u.saga_id = $1)))
 			RETURNING id
 		)
 		SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM saga WHERE id = $1 AND saga_state = 'abandoned')`,
@@ -446,10 +459,64 @@ func (s *Store) Abandon(ctx context.Context, id uuid.UUID, reason, comment strin
 	return n > 0, nil
 }
 
-// CountUndoFailed counts undo_failed events in the whole log.
-func (s *Store) CountUndoFailed(ctx context.Context) (int, error) {
+// RequestUnwind records that an operator asked for an unfinished saga owned
+// by sec to be unwound, with their comment, before the engine acts on it:
+// whoever drives the saga from then on (this SEC, or the one that recovers
+// it after a crash) unwinds it. A second request keeps the first one's time
+// and comment. ok=false means nothing was written: the saga is not
+// unfinished, or not sec's.
+func (s *Store) RequestUnwind(ctx context.Context, id uuid.UUID, sec, comment string) (ok bool, err error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE saga
+		SET unwind_time = COALESCE(unwind_time, now()), unwind_comment = COALESCE(unwind_comment, $3)
+		WHERE id = $1 AND current_sec = $2 AND saga_state IN ('running', 'unwinding')`, pgUUID(id), sec, comment)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ResumeStuck takes a stuck saga (done, with an undo_failed no operator has
+// skipped) back to unwinding, owned by sec, in one statement: it appends an
+// undo_skipped event, whose data is skipData, for every such node, records
+// the operator's comment as the saga's unwind request, and makes sec its
+// owner at the next adopt generation, which it returns with the skipped
+// nodes. ok=false means nothing was written: the saga is not stuck (any
+// more: a concurrent resume won).
+func (s *Store) ResumeStuck(ctx context.Context, id uuid.UUID, sec, comment string, skipData []byte) (gen int64, skipped []int, ok bool, err error) {
+	var g *int64
+	var nodes []int32
+	err = s.pool.QueryRow(ctx, `WITH sg AS (
+			SELECT id FROM saga WHERE id = $1 AND saga_state = 'done' FOR UPDATE
+		), stuck AS (
+			`+stuckUndos+` AND u.saga_id IN (SELECT id FROM sg)
+		), ins AS (
+			INSERT INTO saga_node_event (saga_id, node_id, event_type, data, creator)
+			SELECT saga_id, node_id, 'undo_skipped', $4::jsonb, $2 FROM stuck
+			ON CONFLICT DO NOTHING
+			RETURNING node_id
+		), upd AS (
+			UPDATE saga SET saga_state = 'unwinding', current_sec = $2,
+				adopt_generation = adopt_generation + 1, adopt_time = now(),
+				unwind_time = now(), unwind_comment = $3
+			WHERE id IN (SELECT saga_id FROM stuck)
+			RETURNING adopt_generation
+		)
+		SELECT (SELECT adopt_generation FROM upd), ARRAY(SELECT node_id FROM ins ORDER BY node_id)`,
+		pgUUID(id), sec, comment, string(skipData)).Scan(&g, &nodes)
+	if err != nil || g == nil {
+		return 0, nil, false, err
+	}
+	for _, n := range nodes {
+		skipped = append(skipped, int(n))
+	}
+	return *g, skipped, true, nil
+}
+
+// CountStuckUndos counts the undo_failed events of the whole log that no
+// operator has skipped.
+func (s *Store) CountStuckUndos(ctx context.Context) (int, error) {
 	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM saga_node_event WHERE event_type = 'undo_failed'`).Scan(&n)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM (`+stuckUndos+`) stuck`).Scan(&n)
 	return n, err
 }
 
