@@ -80,7 +80,7 @@ func TestListSagasShowsEachOutcome(t *testing.T) {
 	running := snapshot(r.CreateDisk(t), false)
 	abandoned := snapshot(r.CreateDisk(t), false)
 	want[running.SagaId], want[abandoned.SagaId] = "running", "abandoned"
-	if _, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: abandoned.SagaId, Comment: "test", Force: true}); err != nil {
+	if _, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: abandoned.SagaId, Comment: "test", Force: true, KeepEffects: true}); err != nil {
 		t.Fatal(err)
 	}
 

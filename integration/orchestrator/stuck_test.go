@@ -18,8 +18,9 @@ import (
 
 // A saga whose undo fails with a permanent error is stuck: shown as stuck,
 // with the reason, holding its lock, never retried (not even by a restarted
-// orchestrator), reported by ValidateSystem — until an operator abandons
-// it, releasing its lock. (An undo failing with a retryable error is
+// orchestrator), reported by ValidateSystem — until an operator, having
+// dealt with what the failed undo left, abandons it: the undo is skipped,
+// the rest unwinds, and the lock is released. (An undo failing with a retryable error is
 // retried until it clears instead: see saga's package comment.)
 func TestStuckSagaIsKeptVisibleUntilAbandoned(t *testing.T) {
 	r := rack.Start(t, 4, 1, stack.Config{})
@@ -105,19 +106,51 @@ func TestStuckSagaIsKeptVisibleUntilAbandoned(t *testing.T) {
 	if !found {
 		t.Fatalf("ValidateSystem does not report the stuck saga: %v", v.Violations)
 	}
-	// Its owner holds a live lease: abandoning it needs force.
-	if _, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: id, Comment: "test"}); status.Code(err) != codes.FailedPrecondition {
-		t.Fatalf("abandon without force while the owner leads: %v", err)
+	// Marking it abandoned without unwinding races its owner, who holds a
+	// live lease: refused unless forced.
+	if _, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: id, Comment: "test", KeepEffects: true}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("abandon keeping effects without force while the owner leads: %v", err)
 	}
-	ab, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: id, Comment: "repaired by hand", Force: true, ReleaseLocks: true})
+	// The operator's way back: they dealt with the snapshot the failed undo
+	// left, and abandon the saga, which skips that undo and unwinds the rest
+	// (releasing the lock).
+	ab, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: id, Comment: "deleted the snapshot by hand"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ab.ReleasedLockVolumeIds) != 1 || ab.ReleasedLockVolumeIds[0] != disk || lockHeld() {
-		t.Fatalf("released %v; lock held: %v", ab.ReleasedLockVolumeIds, lockHeld())
+	if !ab.Unwound || !ab.Finished || len(ab.SkippedUndos) != 1 {
+		t.Fatalf("abandon: unwound %v finished %v skipped %v", ab.Unwound, ab.Finished, ab.SkippedUndos)
 	}
-	if ab.Saga.State != orchestratorv1.SagaState_SAGA_STATE_ABANDONED {
-		t.Fatalf("saga state %v", ab.Saga.State)
+	if ab.Saga.State != orchestratorv1.SagaState_SAGA_STATE_DONE || ab.Saga.Outcome != "failed" || ab.Saga.UnwindComment != "deleted the snapshot by hand" {
+		t.Fatalf("saga after the abandon: %v, outcome %q, comment %q", ab.Saga.State, ab.Saga.Outcome, ab.Saga.UnwindComment)
+	}
+	if lockHeld() {
+		t.Fatal("the unwound saga still holds the disk's lock")
+	}
+	got, err := r.Admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	skipped := 0
+	for _, n := range got.Nodes {
+		if n.Status == "undo_skipped" {
+			skipped++
+		}
+	}
+	if skipped != 1 {
+		t.Fatalf("%d undo_skipped nodes, want 1", skipped)
+	}
+	if _, err := r.Admin.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: id, Comment: "again"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("abandon of a saga that finished unwinding: %v", err)
+	}
+	v, err = r.Admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range v.Violations {
+		if x.Subject == id {
+			t.Fatalf("ValidateSystem still reports the saga: %v", x)
+		}
 	}
 	// The disk can be snapshotted again.
 	harness.Eventually(t, 10*time.Second, "disk snapshot after abandon", func() error {

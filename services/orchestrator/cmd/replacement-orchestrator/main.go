@@ -12,6 +12,7 @@ import (
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	"storagecp.dev/orchestrator/internal/bgtasks"
+	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagas"
 	orchestratorserver "storagecp.dev/orchestrator/internal/server"
 	"storagecp.dev/orchestrator/migrations"
@@ -40,6 +41,8 @@ func main() {
 				"repair starts (live-repair notifications or Pantry reconciliations) after which a rw replacement that never finished ends needs_operator")
 			fs.DurationVar(&cfg.RWBounds.StallTimeout, "rw-stall-timeout", bgtasks.DefaultStallTimeout,
 				"time without a drive attempt or a repair report after which a rw replacement ends needs_operator")
+			fs.DurationVar(&cfg.UnwindGrace, "unwind-grace", saga.DefaultUnwindGrace,
+				"how long an operator's abandon (AbandonSaga) lets a saga's actions in flight finish before cancelling them")
 			fs.Func("pantry-addrs", "comma-separated Pantry-like Upstairs hosts used to reconcile volumes with no consumer", func(v string) error {
 				for _, a := range strings.Split(v, ",") {
 					if a = strings.TrimSpace(a); a != "" {

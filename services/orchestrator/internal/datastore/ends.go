@@ -86,6 +86,45 @@ var rest = map[recordTable]map[string]string{
 	rwRequests: {"allocating": "requested", "driving": "running", "completing": "replacement_done"},
 }
 
+// HeldBy lists the records saga sagaID holds now (From is each one's
+// state; To is empty).
+func (s *Store) HeldBy(ctx context.Context, sagaID uuid.UUID) ([]Reconciled, error) {
+	var out []Reconciled
+	for _, t := range []recordTable{roRequests, roSteps, rwRequests} {
+		rows, err := s.pool.Query(ctx, `SELECT id, state FROM `+t.name+` WHERE operating_saga_id = $1 ORDER BY id`, sagaID)
+		if err != nil {
+			return nil, err
+		}
+		var r Reconciled
+		_, err = pgx.ForEachRow(rows, []any{&r.ID, &r.From}, func() error {
+			r.What = t.what
+			out = append(out, r)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// WhereNow fills each record's To with its state now (empty when it is
+// gone), for an operator to see where a saga's unwind left what it held.
+func (s *Store) WhereNow(ctx context.Context, recs []Reconciled) error {
+	tables := map[string]recordTable{roRequests.what: roRequests, roSteps.what: roSteps, rwRequests.what: rwRequests}
+	for i := range recs {
+		t, ok := tables[recs[i].What]
+		if !ok {
+			return fmt.Errorf("unknown record kind %q", recs[i].What)
+		}
+		err := s.pool.QueryRow(ctx, `SELECT state FROM `+t.name+` WHERE id = $1`, recs[i].ID).Scan(&recs[i].To)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+	}
+	return nil
+}
+
 // ReconcileAbandoned puts every record an abandoned saga held back in the
 // rest state its claim came from, with the saga id cleared and the
 // abandonment counted as an attempt with note as its error: the record's

@@ -31,7 +31,8 @@ import (
 // embed — and for every operation the public API lets a user run on the
 // objects in play, plus an activation of every background task, a case
 // runs that operation right before that node, in the first saga of that
-// template to reach it. A second variant of each user operation then makes
+// template to reach it. An operator's abandonment of that very saga is one
+// more operation. A second variant of each user operation then makes
 // the same saga fail at its last node, so that it unwinds through whatever
 // the operation did (a clone that copied a target the saga published, a
 // volume deleted under it).
@@ -196,6 +197,22 @@ func interleaveOps() []interleaveOp {
 				return
 			}
 			runSaga(sagas.VolumeDelete, func(*interleaveWorld) any { return sagas.DeleteParams{VolumeID: stash} })(ctx, t, w)
+		}},
+		{name: "operator_abandon", run: func(ctx context.Context, t *testing.T, w *interleaveWorld) {
+			// An operator abandons the saga itself, right before this node:
+			// it unwinds (the node's action, let finish within the unwind
+			// grace, is undone too), and its request or step goes back to
+			// its task, which must still see it through.
+			id, ok := saga.HookSagaID(ctx)
+			if !ok {
+				t.Errorf("operator_abandon: the hook does not know its saga")
+				return
+			}
+			res, err := w.e.SEC.Unwind(context.Background(), id, "abandoned by the interleaving harness")
+			w.opOutcome = fmt.Sprintf("%+v %s", res, errText(err))
+			if err != nil {
+				t.Errorf("abandon saga %s: %v", id, err)
+			}
 		}},
 		{name: "activate_every_task", run: func(ctx context.Context, t *testing.T, w *interleaveWorld) {
 			var wg sync.WaitGroup

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -69,6 +70,10 @@ func sagaProto(v saga.SagaView) *orchestratorv1.Saga {
 	out := &orchestratorv1.Saga{
 		SagaId: v.ID.String(), Name: v.Name, State: sagaStateOf(v.State), CurrentSec: v.CurrentSEC,
 		AdoptGeneration: v.AdoptGeneration, TimeCreated: timestamppb.New(v.TimeCreated), SubjectId: v.SubjectID,
+		UnwindComment: v.UnwindComment,
+	}
+	if v.UnwindTime != nil {
+		out.UnwindTime = timestamppb.New(*v.UnwindTime)
 	}
 	switch {
 	case v.Stuck:
@@ -172,64 +177,137 @@ func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSaga
 	if err != nil {
 		return nil, err
 	}
+	wait := 30 * time.Second
+	if req.Wait != nil {
+		if wait = req.Wait.AsDuration(); wait < 0 || wait > 5*time.Minute {
+			return nil, status.Errorf(codes.InvalidArgument, "wait: %s is outside [0, 5m]", wait)
+		}
+	}
 	v, err := a.s.viewer.Get(ctx, id)
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	if !req.Force {
+	comment := strings.TrimSpace(req.Comment)
+	if comment == "" {
+		comment = "no comment given"
+	}
+	note := fmt.Sprintf("saga %s (%s) abandoned by an operator: %s", id, v.Name, comment)
+	held, err := a.s.store.HeldBy(ctx, id)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	var out *orchestratorv1.AbandonSagaResponse
+	if req.KeepEffects {
+		out, err = a.abandonKeepingEffects(ctx, v, req.Force, comment)
+	} else {
+		out, err = a.abandonByUnwinding(ctx, v, comment, wait)
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Whatever still names the saga once it is done (or abandoned) goes back
+	// where its task retries it: never a half-record waiting on a saga that
+	// will not move again. After a full unwind the undos did that already.
+	if v, err = a.s.viewer.Get(ctx, id); err != nil {
+		return nil, grpcError(err)
+	}
+	if v.State == "abandoned" || (v.State == "done" && !v.Stuck) {
+		if _, err := a.s.store.ReconcileAbandoned(ctx, id, note); err != nil {
+			return nil, grpcError(err)
+		}
+		// A lock the saga took for itself (snapshot-create's, under its
+		// subject) has no holder left; a record's lock stays with the record.
+		if err := a.releaseSagaOwnLock(ctx, v, out); err != nil {
+			return nil, err
+		}
+	}
+	if err := a.s.store.WhereNow(ctx, held); err != nil {
+		return nil, grpcError(err)
+	}
+	for _, r := range held {
+		out.Reconciled = append(out.Reconciled, &orchestratorv1.ReconciledRecord{What: r.What, Id: r.ID.String(), FromState: r.From, ToState: r.To})
+	}
+	a.s.kick()
+	out.Saga = sagaProto(v)
+	return out, nil
+}
+
+// abandonByUnwinding asks the leader's SEC to unwind saga v (SEC.Unwind)
+// and waits up to wait for the unwind to finish.
+func (a *admin) abandonByUnwinding(ctx context.Context, v saga.SagaView, comment string, wait time.Duration) (*orchestratorv1.AbandonSagaResponse, error) {
+	sec, err := a.s.currentSEC()
+	if err != nil {
+		return nil, err
+	}
+	res, err := sec.Unwind(ctx, v.ID, comment)
+	var owned *saga.OwnedElsewhereError
+	switch {
+	case errors.As(err, &owned):
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"saga %s is owned by %q, not by the leader (%s), which adopts it once that owner's lease is gone; retry then, or abandon with keep_effects and force", v.ID, owned.Owner, owned.Self)
+	case errors.Is(err, saga.ErrFinished), errors.Is(err, saga.ErrAbandoned):
+		return nil, status.Errorf(codes.FailedPrecondition, "abandon %s: %v", v.ID, err)
+	case err != nil:
+		return nil, grpcError(err)
+	}
+	out := &orchestratorv1.AbandonSagaResponse{Unwound: true, SkippedUndos: res.Skipped}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if o, err := sec.Wait(wctx, v.ID); err == nil {
+		out.Finished = true
+		// An unwind that came after every action succeeded is too late:
+		// the saga finished instead (saga.SEC.Unwind).
+		out.Unwound = o.Kind != saga.Succeeded
+	} else if ctx.Err() != nil {
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	return out, nil
+}
+
+// abandonKeepingEffects marks saga v abandoned without unwinding it.
+func (a *admin) abandonKeepingEffects(ctx context.Context, v saga.SagaView, force bool, comment string) (*orchestratorv1.AbandonSagaResponse, error) {
+	if !force {
 		info, err := a.s.lease.Read(ctx)
 		if err != nil {
 			return nil, grpcError(err)
 		}
 		if info.Holder == v.CurrentSEC && info.ExpiresAt.After(time.Now()) {
 			return nil, status.Errorf(codes.FailedPrecondition,
-				"saga %s is owned by %s, which holds a live lease: abandoning it would race its owner (force to override)", id, v.CurrentSEC)
+				"saga %s is owned by %s, which holds a live lease: abandoning it without unwinding would race its owner (force to override, or abandon without keep_effects to unwind it)", v.ID, v.CurrentSEC)
 		}
 	}
 	sec := a.s.viewer
 	if cur, err := a.s.currentSEC(); err == nil {
 		sec = cur
 	}
-	if err := sec.Abandon(ctx, id, saga.AbandonOperator, req.Comment); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "abandon %s: %v", id, err)
-	}
-	out := &orchestratorv1.AbandonSagaResponse{}
-	// The records the saga held go back where their tasks retry them (never
-	// a half-record waiting on a saga that will not move again), keeping
-	// their locks: those have a live holder again.
-	note := fmt.Sprintf("saga %s (%s) abandoned by an operator: %s", id, v.Name, req.Comment)
-	reconciled, err := a.s.store.ReconcileAbandoned(ctx, id, note)
-	if err != nil {
-		return nil, grpcError(err)
-	}
-	for _, r := range reconciled {
-		out.Reconciled = append(out.Reconciled, &orchestratorv1.ReconciledRecord{What: r.What, Id: r.ID.String(), FromState: r.From, ToState: r.To})
-	}
-	if len(reconciled) > 0 {
-		a.s.kick()
-	}
-	// A lock the saga took for itself (snapshot-create's, under its
-	// subject) has no holder left once the saga is abandoned; a record's
-	// lock stays with the record.
-	if repair, err := uuid.Parse(v.SubjectID); err == nil {
-		isRecord, err := a.s.store.IsRecord(ctx, repair)
-		if err != nil {
+	if err := sec.Abandon(ctx, v.ID, saga.AbandonOperator, comment); err != nil {
+		if errors.Is(err, saga.ErrNotFound) {
 			return nil, grpcError(err)
 		}
-		if !isRecord {
-			vols, err := a.s.store.ReleaseLocksOf(ctx, repair)
-			if err != nil {
-				return nil, grpcError(err)
-			}
-			for _, vol := range vols {
-				out.ReleasedLockVolumeIds = append(out.ReleasedLockVolumeIds, vol.String())
-			}
-		}
+		return nil, status.Errorf(codes.FailedPrecondition, "abandon %s: %v", v.ID, err)
 	}
-	if v, err = a.s.viewer.Get(ctx, id); err == nil {
-		out.Saga = sagaProto(v)
+	return &orchestratorv1.AbandonSagaResponse{Finished: true}, nil
+}
+
+// releaseSagaOwnLock releases the locks held under saga v's subject when
+// that subject is not a request or step (whose lock belongs to the record).
+func (a *admin) releaseSagaOwnLock(ctx context.Context, v saga.SagaView, out *orchestratorv1.AbandonSagaResponse) error {
+	repair, err := uuid.Parse(v.SubjectID)
+	if err != nil {
+		return nil
 	}
-	return out, nil
+	isRecord, err := a.s.store.IsRecord(ctx, repair)
+	if err != nil || isRecord {
+		return grpcError(err)
+	}
+	vols, err := a.s.store.ReleaseLocksOf(ctx, repair)
+	if err != nil {
+		return grpcError(err)
+	}
+	for _, vol := range vols {
+		out.ReleasedLockVolumeIds = append(out.ReleasedLockVolumeIds, vol.String())
+	}
+	return nil
 }
 
 func (a *admin) WaitIdle(ctx context.Context, req *orchestratorv1.WaitIdleRequest) (*orchestratorv1.WaitIdleResponse, error) {

@@ -58,6 +58,9 @@ type Config struct {
 	// RWBounds end a rw replacement whose repair does not finish (zero
 	// fields: bgtasks' defaults).
 	RWBounds bgtasks.RWBounds
+	// UnwindGrace: how long an operator's unwind lets the actions in
+	// flight finish before cancelling them (saga.WithUnwindGrace).
+	UnwindGrace time.Duration
 }
 
 // Server bundles the orchestrator's services.
@@ -164,7 +167,7 @@ func (s *Server) Run(ctx context.Context) {
 func (s *Server) lead(term *leader.Term) {
 	ctx := term.Ctx
 	logger := s.logger.With("epoch", term.Epoch)
-	sec := saga.NewSEC(s.pool, s.cfg.SECID, s.registry, s.deps, logger, saga.WithBaseContext(ctx))
+	sec := saga.NewSEC(s.pool, s.cfg.SECID, s.registry, s.deps, logger, saga.WithBaseContext(ctx), saga.WithUnwindGrace(s.unwindGrace()))
 	defer func() {
 		s.mu.Lock()
 		if s.sec == sec {
@@ -297,6 +300,14 @@ func (s *Server) currentSEC() (*saga.SEC, error) {
 		return nil, status.Error(codes.Unavailable, "this orchestrator is not the leader (or is still recovering); retry")
 	}
 	return s.sec, nil
+}
+
+// unwindGrace is the configured grace, or the default when unset.
+func (s *Server) unwindGrace() time.Duration {
+	if s.cfg.UnwindGrace > 0 {
+		return s.cfg.UnwindGrace
+	}
+	return saga.DefaultUnwindGrace
 }
 
 // kick activates tasks (all of them when none is named).

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
@@ -80,12 +82,14 @@ func sagaCommands() []command {
 			}
 		},
 	}, {
-		path: "sagas abandon", args: "ID", summary: "never recover this saga again; the request or step it held goes back to its task (destructive; needs --comment)",
+		path: "sagas abandon", args: "ID", summary: "unwind a running or stuck saga (a stuck one past its failed undo, which you dealt with); --keep-effects only marks it abandoned (needs --comment)",
 		min: 1, max: 1,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-			comment := fs.String("comment", "", "why (required; recorded with the saga)")
-			force := fs.Bool("force", false, "abandon even though the owning orchestrator's lease is live")
-			release := fs.Bool("release-locks", false, "accepted for compatibility: a lock the saga took for itself is always released, a request's stays with it")
+			comment := fs.String("comment", "", "why (required; recorded with the saga; for a stuck saga it says you dealt with what the failed undo left)")
+			keep := fs.Bool("keep-effects", false, "do not unwind: mark the saga abandoned and leave its effects for you to repair (last resort)")
+			force := fs.Bool("force", false, "with --keep-effects: abandon even though the owning orchestrator's lease is live")
+			wait := fs.Duration("wait", 30*time.Second, "how long to wait for the unwind to finish (it goes on regardless)")
+			release := fs.Bool("release-locks", false, "accepted for compatibility; changes nothing")
 			return func(ctx context.Context, e *env, args []string) error {
 				if strings.TrimSpace(*comment) == "" {
 					return usagef("sagas abandon: --comment is required: abandoning is destructive and needs a reason")
@@ -94,16 +98,34 @@ func sagaCommands() []command {
 				if err != nil {
 					return err
 				}
-				resp, err := c.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: args[0], Comment: *comment, Force: *force, ReleaseLocks: *release})
+				resp, err := c.AbandonSaga(ctx, &orchestratorv1.AbandonSagaRequest{SagaId: args[0], Comment: *comment,
+					Force: *force, ReleaseLocks: *release, KeepEffects: *keep, Wait: durationpb.New(*wait)})
 				if err != nil {
 					return e.wrap(svcOrchestrator, err)
 				}
 				if e.json() {
 					return e.printJSON(resp)
 				}
-				fmt.Fprintf(e.stdout, "saga %s (%s) is %s\n", resp.Saga.GetSagaId(), resp.Saga.GetName(), enum(resp.Saga.GetState(), prefixSaga))
+				s := resp.Saga
+				switch {
+				case !resp.Unwound && s.GetOutcome() == "succeeded":
+					fmt.Fprintf(e.stdout, "saga %s (%s) succeeded: every action had finished before the unwind could start, so nothing was undone\n", s.GetSagaId(), s.GetName())
+				case !resp.Unwound:
+					fmt.Fprintf(e.stdout, "saga %s (%s) is %s: not unwound, its effects are yours to repair\n", s.GetSagaId(), s.GetName(), enum(s.GetState(), prefixSaga))
+				case !resp.Finished:
+					fmt.Fprintf(e.stdout, "saga %s (%s) is unwinding (not finished after the wait; it goes on: storctl sagas show %s)\n", s.GetSagaId(), s.GetName(), s.GetSagaId())
+				default:
+					fmt.Fprintf(e.stdout, "saga %s (%s) unwound: %s, outcome %s\n", s.GetSagaId(), s.GetName(), enum(s.GetState(), prefixSaga), s.GetOutcome())
+				}
+				for _, n := range resp.SkippedUndos {
+					fmt.Fprintf(e.stdout, "skipped the failed undo of %s (you dealt with its effect)\n", n)
+				}
 				for _, r := range resp.Reconciled {
-					fmt.Fprintf(e.stdout, "%s %s: %s → %s (its task retries it)\n", r.What, r.Id, r.FromState, r.ToState)
+					to := r.ToState
+					if to == "" {
+						to = "gone"
+					}
+					fmt.Fprintf(e.stdout, "%s %s: %s → %s\n", r.What, r.Id, r.FromState, to)
 				}
 				for _, v := range resp.ReleasedLockVolumeIds {
 					fmt.Fprintf(e.stdout, "released the repair lock of volume %s\n", v)
@@ -118,7 +140,7 @@ func renderSaga(w io.Writer, resp *orchestratorv1.GetSagaResponse) error {
 	s := resp.Saga
 	if err := renderFields(w, [][2]string{
 		{"id", s.SagaId}, {"name", s.Name}, {"state", enum(s.State, prefixSaga)}, {"outcome", orDash(s.Outcome)},
-		{"subject", orDash(s.SubjectId)}, {"sec", orDash(s.CurrentSec)}, {"adopt generation", fmt.Sprint(s.AdoptGeneration)},
+		{"subject", orDash(s.SubjectId)}, {"unwound by operator", orDash(s.UnwindComment)}, {"sec", orDash(s.CurrentSec)}, {"adopt generation", fmt.Sprint(s.AdoptGeneration)},
 		{"created", ts(s.TimeCreated)}, {"params", orDash(compactJSON([]byte(resp.ParamsJson)))},
 	}); err != nil {
 		return err

@@ -356,7 +356,11 @@ type Saga struct {
 	AdoptGeneration int64                  `protobuf:"varint,6,opt,name=adopt_generation,json=adoptGeneration,proto3" json:"adopt_generation,omitempty"`
 	TimeCreated     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time_created,json=timeCreated,proto3" json:"time_created,omitempty"`
 	// Replacement request or step this saga works on, if any.
-	SubjectId     string `protobuf:"bytes,8,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	SubjectId string `protobuf:"bytes,8,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	// Set once an operator asked for the saga to be unwound (AbandonSaga):
+	// their comment, and when.
+	UnwindComment string                 `protobuf:"bytes,9,opt,name=unwind_comment,json=unwindComment,proto3" json:"unwind_comment,omitempty"`
+	UnwindTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=unwind_time,json=unwindTime,proto3" json:"unwind_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -447,6 +451,20 @@ func (x *Saga) GetSubjectId() string {
 	return ""
 }
 
+func (x *Saga) GetUnwindComment() string {
+	if x != nil {
+		return x.UnwindComment
+	}
+	return ""
+}
+
+func (x *Saga) GetUnwindTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UnwindTime
+	}
+	return nil
+}
+
 // One node of a saga's DAG.
 type SagaNode struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -458,7 +476,7 @@ type SagaNode struct {
 	Stage int32 `protobuf:"varint,4,opt,name=stage,proto3" json:"stage,omitempty"`
 	// Latest event label.
 	Status string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
-	// Output JSON (succeeded) or error (failed, undo_failed).
+	// Output JSON (succeeded) or error (failed, undo_failed, undo_skipped).
 	DataJson string `protobuf:"bytes,6,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
 	// Name of the subsaga this node belongs to, if any.
 	Subsaga string `protobuf:"bytes,7,opt,name=subsaga,proto3" json:"subsaga,omitempty"`
@@ -912,10 +930,15 @@ type AbandonSagaRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	SagaId  string                 `protobuf:"bytes,1,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
 	Comment string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
-	// Abandon even though the owner's lease is live.
+	// With keep_effects: abandon even though the owner's lease is live.
 	Force bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
-	// Also release every repair lock whose repair id the saga held.
-	ReleaseLocks  bool `protobuf:"varint,4,opt,name=release_locks,json=releaseLocks,proto3" json:"release_locks,omitempty"`
+	// Accepted for compatibility; changes nothing (see AbandonSaga).
+	ReleaseLocks bool `protobuf:"varint,4,opt,name=release_locks,json=releaseLocks,proto3" json:"release_locks,omitempty"`
+	// Mark the saga abandoned without unwinding it: its effects stay.
+	KeepEffects bool `protobuf:"varint,5,opt,name=keep_effects,json=keepEffects,proto3" json:"keep_effects,omitempty"`
+	// How long to wait for the unwind to finish before answering; 30 s when
+	// unset, at most 5 min. The unwind goes on after the answer.
+	Wait          *durationpb.Duration `protobuf:"bytes,6,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -978,12 +1001,36 @@ func (x *AbandonSagaRequest) GetReleaseLocks() bool {
 	return false
 }
 
+func (x *AbandonSagaRequest) GetKeepEffects() bool {
+	if x != nil {
+		return x.KeepEffects
+	}
+	return false
+}
+
+func (x *AbandonSagaRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
 type AbandonSagaResponse struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	Saga                  *Saga                  `protobuf:"bytes,1,opt,name=saga,proto3" json:"saga,omitempty"`
 	ReleasedLockVolumeIds []string               `protobuf:"bytes,2,rep,name=released_lock_volume_ids,json=releasedLockVolumeIds,proto3" json:"released_lock_volume_ids,omitempty"`
-	// The requests and steps the saga held, and where they went.
-	Reconciled    []*ReconciledRecord `protobuf:"bytes,3,rep,name=reconciled,proto3" json:"reconciled,omitempty"`
+	// The requests and steps the saga held, and where they are now.
+	Reconciled []*ReconciledRecord `protobuf:"bytes,3,rep,name=reconciled,proto3" json:"reconciled,omitempty"`
+	// The saga was unwound (not keep_effects). False also when the unwind
+	// came only after every action had succeeded (the last ones finished
+	// within the grace): such a saga has published its result and finishes
+	// instead, its outcome "succeeded".
+	Unwound bool `protobuf:"varint,4,opt,name=unwound,proto3" json:"unwound,omitempty"`
+	// For a stuck saga: the nodes whose failed undo is now recorded
+	// undo_skipped (the operator dealt with their effect).
+	SkippedUndos []string `protobuf:"bytes,5,rep,name=skipped_undos,json=skippedUndos,proto3" json:"skipped_undos,omitempty"`
+	// The unwind finished within the wait (the saga is done, or stuck again).
+	Finished      bool `protobuf:"varint,6,opt,name=finished,proto3" json:"finished,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1037,6 +1084,27 @@ func (x *AbandonSagaResponse) GetReconciled() []*ReconciledRecord {
 		return x.Reconciled
 	}
 	return nil
+}
+
+func (x *AbandonSagaResponse) GetUnwound() bool {
+	if x != nil {
+		return x.Unwound
+	}
+	return false
+}
+
+func (x *AbandonSagaResponse) GetSkippedUndos() []string {
+	if x != nil {
+		return x.SkippedUndos
+	}
+	return nil
+}
+
+func (x *AbandonSagaResponse) GetFinished() bool {
+	if x != nil {
+		return x.Finished
+	}
+	return false
 }
 
 // A record an abandoned saga held.
@@ -1402,7 +1470,7 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x05tasks\x18\x01 \x03(\v2'.storage.orchestrator.v1.BackgroundTaskR\x05tasks\"3\n" +
 	"\x1dActivateBackgroundTaskRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\" \n" +
-	"\x1eActivateBackgroundTaskResponse\"\xb1\x02\n" +
+	"\x1eActivateBackgroundTaskResponse\"\x95\x03\n" +
 	"\x04Saga\x12\x17\n" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x128\n" +
@@ -1413,7 +1481,11 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x10adopt_generation\x18\x06 \x01(\x03R\x0fadoptGeneration\x12=\n" +
 	"\ftime_created\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\x12\x1d\n" +
 	"\n" +
-	"subject_id\x18\b \x01(\tR\tsubjectId\"\xec\x02\n" +
+	"subject_id\x18\b \x01(\tR\tsubjectId\x12%\n" +
+	"\x0eunwind_comment\x18\t \x01(\tR\runwindComment\x12;\n" +
+	"\vunwind_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"unwindTime\"\xec\x02\n" +
 	"\bSagaNode\x12\x1d\n" +
 	"\n" +
 	"node_index\x18\x01 \x01(\x05R\tnodeIndex\x12\x12\n" +
@@ -1455,18 +1527,23 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\vparams_json\x18\x02 \x01(\tR\n" +
 	"paramsJson\x127\n" +
 	"\x05nodes\x18\x03 \x03(\v2!.storage.orchestrator.v1.SagaNodeR\x05nodes\x12:\n" +
-	"\x06events\x18\x04 \x03(\v2\".storage.orchestrator.v1.SagaEventR\x06events\"\x82\x01\n" +
+	"\x06events\x18\x04 \x03(\v2\".storage.orchestrator.v1.SagaEventR\x06events\"\xd4\x01\n" +
 	"\x12AbandonSagaRequest\x12\x17\n" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\x12#\n" +
-	"\rrelease_locks\x18\x04 \x01(\bR\freleaseLocks\"\xcc\x01\n" +
+	"\rrelease_locks\x18\x04 \x01(\bR\freleaseLocks\x12!\n" +
+	"\fkeep_effects\x18\x05 \x01(\bR\vkeepEffects\x12-\n" +
+	"\x04wait\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\xa7\x02\n" +
 	"\x13AbandonSagaResponse\x121\n" +
 	"\x04saga\x18\x01 \x01(\v2\x1d.storage.orchestrator.v1.SagaR\x04saga\x127\n" +
 	"\x18released_lock_volume_ids\x18\x02 \x03(\tR\x15releasedLockVolumeIds\x12I\n" +
 	"\n" +
 	"reconciled\x18\x03 \x03(\v2).storage.orchestrator.v1.ReconciledRecordR\n" +
-	"reconciled\"p\n" +
+	"reconciled\x12\x18\n" +
+	"\aunwound\x18\x04 \x01(\bR\aunwound\x12#\n" +
+	"\rskipped_undos\x18\x05 \x03(\tR\fskippedUndos\x12\x1a\n" +
+	"\bfinished\x18\x06 \x01(\bR\bfinished\"p\n" +
 	"\x10ReconciledRecord\x12\x12\n" +
 	"\x04what\x18\x01 \x01(\tR\x04what\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
@@ -1552,39 +1629,41 @@ var file_storage_orchestrator_v1_admin_proto_depIdxs = []int32{
 	1,  // 3: storage.orchestrator.v1.ListBackgroundTasksResponse.tasks:type_name -> storage.orchestrator.v1.BackgroundTask
 	0,  // 4: storage.orchestrator.v1.Saga.state:type_name -> storage.orchestrator.v1.SagaState
 	23, // 5: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
-	23, // 6: storage.orchestrator.v1.SagaNode.retry_time:type_name -> google.protobuf.Timestamp
-	23, // 7: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 8: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
-	6,  // 9: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
-	6,  // 10: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	7,  // 11: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
-	8,  // 12: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
-	6,  // 13: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	15, // 14: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
-	22, // 15: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
-	24, // 16: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
-	23, // 17: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
-	2,  // 18: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
-	4,  // 19: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
-	9,  // 20: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
-	11, // 21: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
-	13, // 22: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
-	16, // 23: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
-	18, // 24: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
-	20, // 25: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
-	3,  // 26: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
-	5,  // 27: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
-	10, // 28: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
-	12, // 29: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
-	14, // 30: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
-	17, // 31: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
-	19, // 32: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
-	21, // 33: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
-	26, // [26:34] is the sub-list for method output_type
-	18, // [18:26] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	23, // 6: storage.orchestrator.v1.Saga.unwind_time:type_name -> google.protobuf.Timestamp
+	23, // 7: storage.orchestrator.v1.SagaNode.retry_time:type_name -> google.protobuf.Timestamp
+	23, // 8: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 9: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
+	6,  // 10: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
+	6,  // 11: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	7,  // 12: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
+	8,  // 13: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
+	22, // 14: storage.orchestrator.v1.AbandonSagaRequest.wait:type_name -> google.protobuf.Duration
+	6,  // 15: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	15, // 16: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
+	22, // 17: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
+	24, // 18: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
+	23, // 19: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
+	2,  // 20: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
+	4,  // 21: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
+	9,  // 22: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
+	11, // 23: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
+	13, // 24: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
+	16, // 25: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
+	18, // 26: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
+	20, // 27: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
+	3,  // 28: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
+	5,  // 29: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
+	10, // 30: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
+	12, // 31: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
+	14, // 32: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
+	17, // 33: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
+	19, // 34: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
+	21, // 35: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
+	28, // [28:36] is the sub-list for method output_type
+	20, // [20:28] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_admin_proto_init() }

@@ -45,18 +45,40 @@ type AdminServiceClient interface {
 	ListSagas(ctx context.Context, in *ListSagasRequest, opts ...grpc.CallOption) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(ctx context.Context, in *GetSagaRequest, opts ...grpc.CallOption) (*GetSagaResponse, error)
-	// Marks a saga abandoned: never recovered again, not unwound (its partial
-	// effects are the operator's to have repaired: that is what abandoning
-	// says). Refused (FAILED_PRECONDITION) while its owner's lease is live
-	// unless forced. Every request or step the saga held is put back in the
-	// rest state its claim came from (Allocating → Requested, Running →
-	// Requested for a step, Driving → Running, Completing → the state before,
-	// DeletingOldVolume → ReplacementDone, Collecting → Complete), with the
-	// abandonment counted as a failed attempt and the comment as its error:
-	// its task then starts a new saga, and its repair lock keeps a live
-	// holder. Listed in `reconciled`. A lock the saga took for itself (a
-	// snapshot's) is released, since nothing holds it any more; release_locks
-	// is accepted for compatibility and changes nothing else.
+	// An operator's way back from a saga that does not move. By default it
+	// UNWINDS the saga, on the leader that drives it, and answers once the
+	// unwind finished (or after `wait`; it goes on regardless):
+	//   - running or unwinding: the actions in flight are cancelled and
+	//     recorded failed with the comment (never retried), no action starts
+	//     any more, and every completed node is undone in reverse. The undos
+	//     put each request or step the saga held back where its task retries
+	//     it, with its lock (a live holder again).
+	//   - stuck (done, an undo failed for good): the comment says the
+	//     operator dealt with what that undo left. The undo is recorded
+	//     undo_skipped, and the unwind goes on past it; if another undo fails
+	//     for good the saga is stuck again there, and the operator repeats.
+	//
+	// Afterwards the saga is done (outcome "failed", unwind_comment set), and
+	// any record still naming it is put back by the rule below. Refused with
+	// FAILED_PRECONDITION for a saga that finished and is not stuck, or that
+	// is abandoned; UNAVAILABLE on an orchestrator that does not lead (ask the
+	// leader, GetLeadership). NOT_FOUND for an unknown id.
+	//
+	// keep_effects is the last resort, when the unwind itself cannot move (an
+	// undo retried for ever against something that never comes back): the saga
+	// is marked abandoned, never driven again and NOT unwound, so its partial
+	// effects stay, for the operator to repair. Refused (FAILED_PRECONDITION)
+	// while its owner's lease is live unless forced. Every request or step the
+	// saga held is put back in the rest state its claim came from
+	// (Allocating → Requested, Running → Requested for a step, Driving →
+	// Running, Completing → the state before, DeletingOldVolume →
+	// ReplacementDone, Collecting → Complete), with the abandonment counted
+	// as a failed attempt and the comment as its error: its task then starts
+	// a new saga, and its repair lock keeps a live holder. A lock the saga took
+	// for itself (a snapshot's) is released, since nothing holds it any more.
+	//
+	// Either way the records are listed in `reconciled`; release_locks is
+	// accepted for compatibility and changes nothing.
 	AbandonSaga(ctx context.Context, in *AbandonSagaRequest, opts ...grpc.CallOption) (*AbandonSagaResponse, error)
 	// Waits until no saga is running or unwinding (DEADLINE_EXCEEDED after the
 	// timeout).
@@ -177,18 +199,40 @@ type AdminServiceServer interface {
 	ListSagas(context.Context, *ListSagasRequest) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(context.Context, *GetSagaRequest) (*GetSagaResponse, error)
-	// Marks a saga abandoned: never recovered again, not unwound (its partial
-	// effects are the operator's to have repaired: that is what abandoning
-	// says). Refused (FAILED_PRECONDITION) while its owner's lease is live
-	// unless forced. Every request or step the saga held is put back in the
-	// rest state its claim came from (Allocating → Requested, Running →
-	// Requested for a step, Driving → Running, Completing → the state before,
-	// DeletingOldVolume → ReplacementDone, Collecting → Complete), with the
-	// abandonment counted as a failed attempt and the comment as its error:
-	// its task then starts a new saga, and its repair lock keeps a live
-	// holder. Listed in `reconciled`. A lock the saga took for itself (a
-	// snapshot's) is released, since nothing holds it any more; release_locks
-	// is accepted for compatibility and changes nothing else.
+	// An operator's way back from a saga that does not move. By default it
+	// UNWINDS the saga, on the leader that drives it, and answers once the
+	// unwind finished (or after `wait`; it goes on regardless):
+	//   - running or unwinding: the actions in flight are cancelled and
+	//     recorded failed with the comment (never retried), no action starts
+	//     any more, and every completed node is undone in reverse. The undos
+	//     put each request or step the saga held back where its task retries
+	//     it, with its lock (a live holder again).
+	//   - stuck (done, an undo failed for good): the comment says the
+	//     operator dealt with what that undo left. The undo is recorded
+	//     undo_skipped, and the unwind goes on past it; if another undo fails
+	//     for good the saga is stuck again there, and the operator repeats.
+	//
+	// Afterwards the saga is done (outcome "failed", unwind_comment set), and
+	// any record still naming it is put back by the rule below. Refused with
+	// FAILED_PRECONDITION for a saga that finished and is not stuck, or that
+	// is abandoned; UNAVAILABLE on an orchestrator that does not lead (ask the
+	// leader, GetLeadership). NOT_FOUND for an unknown id.
+	//
+	// keep_effects is the last resort, when the unwind itself cannot move (an
+	// undo retried for ever against something that never comes back): the saga
+	// is marked abandoned, never driven again and NOT unwound, so its partial
+	// effects stay, for the operator to repair. Refused (FAILED_PRECONDITION)
+	// while its owner's lease is live unless forced. Every request or step the
+	// saga held is put back in the rest state its claim came from
+	// (Allocating → Requested, Running → Requested for a step, Driving →
+	// Running, Completing → the state before, DeletingOldVolume →
+	// ReplacementDone, Collecting → Complete), with the abandonment counted
+	// as a failed attempt and the comment as its error: its task then starts
+	// a new saga, and its repair lock keeps a live holder. A lock the saga took
+	// for itself (a snapshot's) is released, since nothing holds it any more.
+	//
+	// Either way the records are listed in `reconciled`; release_locks is
+	// accepted for compatibility and changes nothing.
 	AbandonSaga(context.Context, *AbandonSagaRequest) (*AbandonSagaResponse, error)
 	// Waits until no saga is running or unwinding (DEADLINE_EXCEEDED after the
 	// timeout).
