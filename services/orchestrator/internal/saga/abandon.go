@@ -13,7 +13,7 @@ import (
 )
 
 // An operator's way back from a saga that does not move (the package
-// comment's "Abandonment" says what it leaves): Unwind makes a running saga
+// comment's "Abandonment" says why it works as it does): Unwind makes a running saga
 // unwind from where it is, and lets a stuck one go on unwinding past the
 // undo that failed once the operator has dealt with that undo's effect.
 

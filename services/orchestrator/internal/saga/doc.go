@@ -139,4 +139,27 @@
 // error of failed and undo_failed; the data of undo_finished); while a task
 // waits to retry, Get on the SEC driving the saga shows the attempt and the
 // error (NodeView.RetryError).
+//
+// # Abandonment
+//
+// An operator's way back from a saga that does not move is Unwind (the
+// orchestrator's AbandonSaga). Its request is written to the saga row
+// before anything acts on it, so whoever drives the saga next unwinds it
+// too. For an unfinished saga no action starts any more; the actions in
+// flight get a grace (WithUnwindGrace) to finish, and are undone like any
+// other if they do; only one still running after it is cancelled and
+// recorded failed with an error of kind "abandoned", never retried. The
+// grace exists because an action cancelled mid-call may still land at the
+// service it called, and a failed action is never undone. An unwind that
+// takes effect only once every action has succeeded is too late: a saga's
+// last actions publish its result and no undo is ever run past them (none
+// is ever tested that way), so the saga finishes. For a stuck saga the
+// operator's comment asserts they dealt with what the failed undo left:
+// it is recorded undo_skipped, which replay treats as undone, and the
+// unwind goes on; another undo failing for good leaves it stuck there.
+//
+// Abandon, without unwinding, is the last resort: the saga is marked
+// abandoned, never driven again, and everything it did stays for the
+// operator to repair. Recovery also abandons a saga whose log it cannot
+// understand.
 package saga
