@@ -16,6 +16,7 @@ type pacer struct {
 
 	mu       sync.Mutex
 	last     map[uuid.UUID]time.Time // when each request's work last ran
+	first    map[uuid.UUID]time.Time // when each request's work first ran here
 	followUp bool                    // an activation is scheduled
 }
 
@@ -30,8 +31,23 @@ func (p *pacer) due(id uuid.UUID) (bool, time.Duration) {
 	if wait := p.every - time.Since(p.last[id]); wait > 0 {
 		return false, wait
 	}
-	p.last[id] = time.Now()
+	now := time.Now()
+	p.last[id] = now
+	if p.first == nil {
+		p.first = map[uuid.UUID]time.Time{}
+	}
+	if _, ok := p.first[id]; !ok {
+		p.first[id] = now
+	}
 	return true, 0
+}
+
+// firstDue is when id's work was first due on this pacer (this process, this
+// leader term); zero if never.
+func (p *pacer) firstDue(id uuid.UUID) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.first[id]
 }
 
 // kickAfter calls kick after d, unless a call is already scheduled.
@@ -61,6 +77,7 @@ func (p *pacer) keepOnly(ids []uuid.UUID) {
 	for id := range p.last {
 		if !keep[id] {
 			delete(p.last, id)
+			delete(p.first, id)
 		}
 	}
 }

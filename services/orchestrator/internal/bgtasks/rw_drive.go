@@ -186,6 +186,15 @@ func (t *rwDrive) bound(ctx context.Context, r datastore.RegionRequest, rs sagas
 		return datastore.RWNeedsOperator, fmt.Sprintf("the repair was started %d times (the bound) and never finished", len(steps)), nil
 	}
 	if len(steps) == 0 {
+		// No repair ever started (no running Upstairs, no Pantry to
+		// reconcile on, or every drive unwound before it told anyone):
+		// the stall bound runs from the first drive this leader tried.
+		// Without it such a request held its volume's lock for ever.
+		first := t.drives.firstDue(r.ID)
+		if idle := time.Since(first); !first.IsZero() && idle > b.StallTimeout && rs.LastReport.Before(first) {
+			return datastore.RWNeedsOperator, fmt.Sprintf("no repair could be started for %v (bound %v): no running Upstairs reported, and no drive reached one (is a consumer running, or a Pantry configured?)",
+				idle.Round(time.Second), b.StallTimeout), nil
+		}
 		return "", "", nil
 	}
 	last := steps[len(steps)-1].Time

@@ -56,7 +56,7 @@ type drainer struct {
 	hooks  func() *saga.Hooks
 }
 
-func newDrainer(t *testing.T, e *testenv.Env) *drainer {
+func newDrainer(t *testing.T, e *testenv.Env, tune ...func(*bgtasks.Env)) *drainer {
 	d := &drainer{e: e, driver: tasks.NewDriver(e.Logger)}
 	e.Deps.Kick = func(names ...string) {
 		if len(names) == 0 {
@@ -68,7 +68,11 @@ func newDrainer(t *testing.T, e *testenv.Env) *drainer {
 			_ = d.driver.Activate(n)
 		}
 	}
-	bgtasks.Register(d.driver, bgtasks.Env{Deps: e.Deps, Start: d.start, Period: 200 * time.Millisecond, MaxSagas: 16, Logger: e.Logger})
+	env := bgtasks.Env{Deps: e.Deps, Start: d.start, Period: 200 * time.Millisecond, MaxSagas: 16, Logger: e.Logger}
+	for _, f := range tune {
+		f(&env)
+	}
+	bgtasks.Register(d.driver, env)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.driver.Run(ctx); close(done) }()
