@@ -83,7 +83,9 @@ func sagaCommands() []command {
 		},
 	}, {
 		path: "sagas abandon", args: "ID", summary: "unwind a running or stuck saga (a stuck one past its failed undo, which you dealt with); --keep-effects only marks it abandoned (needs --comment)",
-		min: 1, max: 1,
+		// Bounded by --wait plus --timeout rather than --timeout alone: the
+		// unwind of a hung saga takes at least the orchestrator's grace.
+		min: 1, max: 1, unbounded: true,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			comment := fs.String("comment", "", "why (required; recorded with the saga; for a stuck saga it says you dealt with what the failed undo left)")
 			keep := fs.Bool("keep-effects", false, "do not unwind: mark the saga abandoned and leave its effects for you to repair (last resort)")
@@ -93,6 +95,11 @@ func sagaCommands() []command {
 			return func(ctx context.Context, e *env, args []string) error {
 				if strings.TrimSpace(*comment) == "" {
 					return usagef("sagas abandon: --comment is required: abandoning is destructive and needs a reason")
+				}
+				if e.opts.timeout > 0 {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, *wait+e.opts.timeout)
+					defer cancel()
 				}
 				c, err := e.admin()
 				if err != nil {
