@@ -172,6 +172,33 @@ func (s *Store) ReconcileAbandoned(ctx context.Context, sagaID uuid.UUID, note s
 	return out, err
 }
 
+// ReconcileOrphans applies ReconcileAbandoned to every record whose
+// operating saga is abandoned: recovery abandons a saga whose log it cannot
+// understand, and its records must not wait on it for ever. It returns
+// what it put back.
+func (s *Store) ReconcileOrphans(ctx context.Context) ([]Reconciled, error) {
+	rows, err := s.pool.Query(ctx, `SELECT s.id FROM saga s WHERE s.saga_state = 'abandoned' AND s.id IN (
+			SELECT operating_saga_id FROM ro_replacement
+			UNION SELECT operating_saga_id FROM ro_replacement_step
+			UNION SELECT operating_saga_id FROM rw_replacement)`)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, err
+	}
+	var out []Reconciled
+	for _, id := range ids {
+		r, err := s.ReconcileAbandoned(ctx, id, fmt.Sprintf("saga %s was abandoned (its log could not be recovered); its effects are left for an operator", id))
+		if err != nil {
+			return out, err
+		}
+		out = append(out, r...)
+	}
+	return out, nil
+}
+
 // Reopen takes a cancelled request back to Requested (an operator asked
 // for its target again), retaking its repair lock in the same transaction:
 // ErrLockHeld when another repair holds it (the operator retries). The

@@ -232,6 +232,19 @@ func (s *Server) recover(ctx context.Context, sec *saga.SEC, logger *slog.Logger
 		return false
 	}
 	logger.Info("saga recovery", "recovered", len(report.Recovered), "abandoned", len(report.Abandoned), "failed", len(report.Failed))
+	// A request or step whose saga is abandoned (recovery could not read
+	// its log, now or in an earlier term) goes back where its task retries
+	// it, rather than wait on a saga that will never move.
+	reconciled, err := s.store.ReconcileOrphans(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			logger.Error("reconcile the records of abandoned sagas", "err", err)
+		}
+		return false
+	}
+	for _, r := range reconciled {
+		logger.Warn("record of an abandoned saga put back", "what", r.What, "id", r.ID, "from", r.From, "to", r.To)
+	}
 	for _, f := range report.Failed {
 		logger.Warn("saga not recovered yet; retrying", "err", f)
 	}

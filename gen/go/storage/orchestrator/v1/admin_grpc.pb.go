@@ -59,9 +59,13 @@ type AdminServiceClient interface {
 	//     for good the saga is stuck again there, and the operator repeats.
 	//
 	// Afterwards the saga is done (outcome "failed", unwind_comment set), and
-	// any record still naming it is put back by the rule below. Refused with
-	// FAILED_PRECONDITION for a saga that finished and is not stuck, or that
-	// is abandoned; UNAVAILABLE on an orchestrator that does not lead (ask the
+	// any record still naming it is put back by the rule below. The
+	// abandonment counts as a failed attempt of the record when the task that
+	// started the saga is still waiting on it (always, unless the leader
+	// changed since). Refused with FAILED_PRECONDITION for a saga that
+	// finished and is not stuck, that is abandoned, or that another
+	// orchestrator still owns (the leader adopts it once that owner's lease is
+	// gone); UNAVAILABLE on an orchestrator that does not lead (ask the
 	// leader, GetLeadership). NOT_FOUND for an unknown id.
 	//
 	// keep_effects is the last resort, when the unwind itself cannot move (an
@@ -76,6 +80,9 @@ type AdminServiceClient interface {
 	// as a failed attempt and the comment as its error: its task then starts
 	// a new saga, and its repair lock keeps a live holder. A lock the saga took
 	// for itself (a snapshot's) is released, since nothing holds it any more.
+	// keep_effects is also accepted for a saga already abandoned (by an
+	// operator, or by recovery as unrecoverable): its records are put back
+	// again if any still name it.
 	//
 	// Either way the records are listed in `reconciled`; release_locks is
 	// accepted for compatibility and changes nothing.
@@ -87,7 +94,7 @@ type AdminServiceClient interface {
 	// a live owner, nothing stuck PENDING, no attachment of a deleted volume,
 	// no request or step held by a saga that is not running, at most one step
 	// per (request, volume). Empty means consistent. Each violation has a
-	// stable code (listed in the orchestrator's server/validate.go); findings
+	// stable code (listed in services/orchestrator/internal/validate/validate.go); findings
 	// that a running saga could explain are reported only when no saga ran
 	// during the validation.
 	ValidateSystem(ctx context.Context, in *ValidateSystemRequest, opts ...grpc.CallOption) (*ValidateSystemResponse, error)
@@ -213,9 +220,13 @@ type AdminServiceServer interface {
 	//     for good the saga is stuck again there, and the operator repeats.
 	//
 	// Afterwards the saga is done (outcome "failed", unwind_comment set), and
-	// any record still naming it is put back by the rule below. Refused with
-	// FAILED_PRECONDITION for a saga that finished and is not stuck, or that
-	// is abandoned; UNAVAILABLE on an orchestrator that does not lead (ask the
+	// any record still naming it is put back by the rule below. The
+	// abandonment counts as a failed attempt of the record when the task that
+	// started the saga is still waiting on it (always, unless the leader
+	// changed since). Refused with FAILED_PRECONDITION for a saga that
+	// finished and is not stuck, that is abandoned, or that another
+	// orchestrator still owns (the leader adopts it once that owner's lease is
+	// gone); UNAVAILABLE on an orchestrator that does not lead (ask the
 	// leader, GetLeadership). NOT_FOUND for an unknown id.
 	//
 	// keep_effects is the last resort, when the unwind itself cannot move (an
@@ -230,6 +241,9 @@ type AdminServiceServer interface {
 	// as a failed attempt and the comment as its error: its task then starts
 	// a new saga, and its repair lock keeps a live holder. A lock the saga took
 	// for itself (a snapshot's) is released, since nothing holds it any more.
+	// keep_effects is also accepted for a saga already abandoned (by an
+	// operator, or by recovery as unrecoverable): its records are put back
+	// again if any still name it.
 	//
 	// Either way the records are listed in `reconciled`; release_locks is
 	// accepted for compatibility and changes nothing.
@@ -241,7 +255,7 @@ type AdminServiceServer interface {
 	// a live owner, nothing stuck PENDING, no attachment of a deleted volume,
 	// no request or step held by a saga that is not running, at most one step
 	// per (request, volume). Empty means consistent. Each violation has a
-	// stable code (listed in the orchestrator's server/validate.go); findings
+	// stable code (listed in services/orchestrator/internal/validate/validate.go); findings
 	// that a running saga could explain are reported only when no saga ran
 	// during the validation.
 	ValidateSystem(context.Context, *ValidateSystemRequest) (*ValidateSystemResponse, error)

@@ -297,13 +297,15 @@ const (
 	WaitKind_WAIT_KIND_NONE WaitKind = 1
 	// A saga is working on it (subject: the saga id).
 	WaitKind_WAIT_KIND_SAGA WaitKind = 2
-	// A volume's repair lock, held by another repair (subject: the holder's
-	// repair id).
+	// A volume's repair lock: held by another repair (subject: the holder's
+	// repair id), or free with this waiter next in the volume's queue (it
+	// takes the lock on its task's next pass).
 	WaitKind_WAIT_KIND_LOCK WaitKind = 3
 	// Room for a new region: the last attempt found no capacity.
 	WaitKind_WAIT_KIND_CAPACITY WaitKind = 4
-	// An Upstairs: to report a repair finished, or to reach a state in which
-	// it can be told (subject: the attachment id, when known).
+	// An Upstairs, to report a repair finished (rw requests; subject: the
+	// attachment id, when known). A step whose Upstairs cannot be told yet
+	// shows TASK, with the Upstairs' answer as its last error.
 	WaitKind_WAIT_KIND_UPSTAIRS WaitKind = 5
 	// Its background task: to start its next saga (after an unwind, once the
 	// retry backoff has passed; or a free slot in the task's saga bound).
@@ -934,7 +936,8 @@ func (x *RequestReplacementRequest) GetTargetId() string {
 type RequestReplacementResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Replacement *Replacement           `protobuf:"bytes,1,opt,name=replacement,proto3" json:"replacement,omitempty"`
-	// false when the request already existed.
+	// false when the request already existed and was left as it was; true
+	// when it was made now, or was Cancelled and is reopened (Requested again).
 	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
