@@ -139,6 +139,10 @@ func TestLifecycleRefusesWhatCannotSucceed(t *testing.T) {
 		t.Fatalf("repeated snapshot request: %v, %v (first saga %s)", repeat, err, first.Saga.SagaId)
 	}
 	r.DeleteVolume(t, id)
+	// The stash made above is removed the way its replacement would.
+	if _, err := r.Volumes.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: stash, HardDeleteIfNothingFreed: true}); err != nil {
+		t.Fatal(err)
+	}
 	r.Invariants(t)
 	r.Validate(t)
 	r.ExpectEmpty(t)
