@@ -19,6 +19,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
@@ -416,6 +417,15 @@ func TestStepGetsItsLockUnderContinuousContention(t *testing.T) {
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
 	clone := r.Clone(t, snap)
+	// The first snapshot's agent call takes 3 s, so the lock is surely held
+	// when the step first asks for it, however slow the machine: the test
+	// always meets contention (and then the sixteen clients keep it up).
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	if _, err := faults.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{
+		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, Count: 1, Delay: durationpb.New(3 * time.Second),
+	}); err != nil {
+		t.Fatal(err)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var snapshots, refused sync.Map
@@ -438,9 +448,14 @@ func TestStepGetsItsLockUnderContinuousContention(t *testing.T) {
 			}
 		})
 	}
-	// Let the contention settle in, then ask for one of the snapshot's
+	// Once a snapshot holds the clone's lock, ask for one of the snapshot's
 	// copies to be replaced: the clone needs a step.
-	time.Sleep(time.Second)
+	harness.Eventually(t, 30*time.Second, "a snapshot holds the clone's lock", func() error {
+		if lockOn(t, r, clone) == nil {
+			return fmt.Errorf("no lock on the clone yet")
+		}
+		return nil
+	})
 	target := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	req, err := r.Replacement.RequestReplacement(ctx, &orchestratorv1.RequestReplacementRequest{TargetId: target.TargetId})
 	if err != nil {
