@@ -25,7 +25,7 @@ INTEGRATION_PKGS = storagecp.dev/integration/...
 
 BASELINE := proto/baseline.binpb
 
-.PHONY: all tools jaeger generate lint breaking baseline gen-check vet unit integration test run clean-run bench soak fmt-check
+.PHONY: all tools jaeger generate lint breaking baseline gen-check vet unit integration test run clean-run bench soak fmt-check doc-check
 
 all: test
 
@@ -64,7 +64,17 @@ gen-check: generate
 	@test -z "$$(git status --porcelain --untracked-files=all -- gen/)" || { git status --short -- gen/; echo "gen/ has uncommitted files: run 'make generate' and commit"; exit 1; }
 
 fmt-check:
-	@out=$$(gofmt -l gen services deploy integration); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	@out=$$(gofmt -l gen services deploy integration tools/cmd); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+
+# The repository cites only what it contains: every relative link in a tracked
+# *.md resolves (file, and #anchor as GitHub slugs headings), every *.md path a
+# tracked file names exists, every citation of a heading (the path, a comma,
+# the heading in double quotes) names a heading that exists, and nothing
+# points outside the clone (tools/cmd/doccheck lists the patterns). The checker's own tests run first: the tools module is not part
+# of the workspace, so `make unit` does not reach them.
+doc-check: tools
+	cd tools && GOWORK=off $(GO) test -count=1 -timeout 2m ./cmd/doccheck
+	cd tools && GOWORK=off $(GO) run ./cmd/doccheck -C ..
 
 vet:
 	$(GO) vet storagecp.dev/...
@@ -77,7 +87,7 @@ unit:
 integration: $(BIN)/jaeger
 	STORAGECP_REQUIRE_JAEGER=1 $(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
 
-test: gen-check lint breaking fmt-check vet unit integration
+test: gen-check lint breaking fmt-check doc-check vet unit integration
 	@echo "make test: all checks passed"
 
 # TRACING=1 also starts Jaeger (built on first use) and sends every

@@ -1,5 +1,6 @@
-// Package scenarios runs the integration scenarios of spec/replacement.md
-// §10 (25–32, 34–39, 43, 44) over real processes: PostgreSQL, the four
+// Package scenarios runs the numbered replacement scenarios (TestScenarioNN;
+// docs/testing.md, "Layer 4: integration tests over real processes") over
+// real processes: PostgreSQL, the four
 // services and two sim-upstairs. Every task period is an hour, so a
 // replacement advances only through activations — the ones the test makes
 // and the ones each phase makes of the next. The comment of each test says
@@ -54,7 +55,8 @@ const (
 	kindRORegion       = commonv1.TargetKind_TARGET_KIND_RO_REGION
 )
 
-// world is the harness of §10: disk D, snapshot P of D, disk F cloned from
+// world is the scenarios' harness (names as in docs/replacement.md, "The
+// cast"): disk D, snapshot P of D, disk F cloned from
 // P, and A = the region snapshot of D's first region (named by both P's and
 // F's volume). Users lists the user objects still to delete at the end,
 // snapshots last (a disk's volume is kept while its regions are pinned by a
@@ -428,7 +430,7 @@ func (w *world) onExpunged(t *testing.T) []string {
 }
 
 // drain runs the replacement tasks until no region or region snapshot is
-// left on an expunged disk and every request is terminal (§10 "Drain").
+// left on an expunged disk and every request is terminal.
 func (w *world) drain(t *testing.T, timeout time.Duration) {
 	t.Helper()
 	harness.Eventually(t, timeout, "drained", func() error {

@@ -22,7 +22,8 @@ import (
 	"storagecp.dev/integration/rack"
 )
 
-// VCRs carry encryption keys; ARCHITECTURE.md §5 says they never reach a
+// VCRs carry encryption keys; docs/architecture.md, "Observability", says
+// they never reach a
 // log, a span or a saga output. After a whole replacement with tracing on,
 // every key of every volume involved (read back in full from the
 // volume-service, the only place that may hold them), in every encoding a

@@ -1,5 +1,6 @@
--- Inventory and placement (spec/platform.md §B.1, §C.1): sled → physical
--- disk → zpool → Crucible dataset → region / region snapshot.
+-- Inventory and placement (docs/architecture.md, "Four services and what
+-- each owns"): sled → physical disk → zpool → Crucible dataset → region /
+-- region snapshot.
 
 CREATE TABLE sled (
 	id           uuid PRIMARY KEY,

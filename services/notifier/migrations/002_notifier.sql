@@ -1,6 +1,7 @@
 -- The upstairs-notifier's records: who has which volume constructed
 -- (attachments), what every replacement notification did, and what Upstairs
--- report about repairs and downstairs clients (spec/volumes.md §15).
+-- report about repairs and downstairs clients (docs/architecture.md, "The
+-- notifier and the construction race").
 
 -- One consumer of a volume on one Upstairs endpoint. Constructing again on
 -- the same (volume, endpoint) is a restart: the row is kept and its
@@ -40,7 +41,7 @@ CREATE INDEX notification_volume ON notification (volume_id, seq);
 CREATE UNIQUE INDEX notification_dedup ON notification (step_key, attachment_id, incarnation, vcr_generation)
 	WHERE outcome = 'notified';
 
--- Repair notifications (§15.1). An Upstairs knows downstairs addresses, not
+-- Repair notifications. An Upstairs knows downstairs addresses, not
 -- region ids, so region_id may be empty; downstairs_key is region_id when
 -- given, else the canonical target address, and takes region_id's place in
 -- the key so that "the first row's address wins" still holds for reports
@@ -70,7 +71,7 @@ CREATE TABLE upstairs_repair_progress (
 	PRIMARY KEY (repair_id, time, current_item, total_items)
 );
 
--- Downstairs client notifications (§15.3): append-only.
+-- Downstairs client notifications: append-only.
 CREATE TABLE downstairs_client_stop_request_notification (
 	time          timestamptz NOT NULL,
 	upstairs_id   uuid NOT NULL,

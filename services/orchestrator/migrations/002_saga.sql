@@ -1,7 +1,8 @@
--- The durable saga log (spec/platform.md §A.3): one row per saga plus an
--- append-only event log. Every write the engine makes is conditional on the
--- saga still being owned by the writer (current_sec and adopt_generation), so
--- a SEC whose sagas were adopted cannot append to them any more.
+-- The durable saga log (docs/architecture.md, "The saga engine"): one row per
+-- saga plus an append-only event log. Every write the engine makes is
+-- conditional on the saga still being owned by the writer (current_sec and
+-- adopt_generation), so a SEC whose sagas were adopted cannot append to them
+-- any more.
 CREATE TABLE saga (
 	id               uuid PRIMARY KEY,
 	name             text NOT NULL,

@@ -1,5 +1,6 @@
--- Volume repair locks and replacement records (spec/replacement.md §1–§2,
--- spec/volumes.md §14). A lock is always taken in the same transaction that
+-- Volume repair locks and replacement records (docs/replacement.md, "Records
+-- and the state lock"; docs/architecture.md, "One repair per volume: the
+-- repair lock"). A lock is always taken in the same transaction that
 -- creates the record holding it (repair_id = that record's id) and released
 -- in the same transaction as the record's terminal transition.
 

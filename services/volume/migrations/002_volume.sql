@@ -1,9 +1,10 @@
 -- Volumes, the target registry, the reference-count ledger and the
--- volume→target index (ARCHITECTURE.md §2). They change together, in one
--- SERIALIZABLE transaction per operation.
+-- volume→target index (docs/architecture.md, "Four services and what each
+-- owns"). They change together, in one SERIALIZABLE transaction per
+-- operation.
 
--- A volume: its VCR (spec/volumes.md §2.1 JSON shape) and, once soft-deleted,
--- what its soft delete freed (CrucibleResources, V3 only).
+-- A volume: its VCR (the JSON of services/volume/internal/vcr) and, once
+-- soft-deleted, what its soft delete freed (CrucibleResources, V3 only).
 CREATE TABLE volume (
 	id                    uuid PRIMARY KEY,
 	time_created          timestamptz NOT NULL DEFAULT now(),

@@ -66,7 +66,8 @@ func NewSim(pool *pgxpool.Pool, faults *Faults) *Sim {
 
 // inTx runs an agent call's transaction after checking its fence and
 // whether the agent is there. Deletes on a gone agent succeed with
-// nothing done (spec §B.5); other calls fail with ErrGone.
+// nothing done (what was there is gone with it); other calls fail with
+// ErrGone.
 func (s *Sim) inTx(ctx context.Context, datasetID uuid.UUID, goneOK bool, fn func(pgx.Tx) error) error {
 	for attempt := 0; ; attempt++ {
 		err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {

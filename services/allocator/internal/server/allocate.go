@@ -18,7 +18,7 @@ import (
 )
 
 const (
-	// maxRegionBytes is the largest region the agent accepts (spec §B.1).
+	// maxRegionBytes is the largest region the agent accepts (just under 1 TiB).
 	maxRegionBytes = 1023 << 30
 	// maxRedundancy bounds how many regions one volume can ask for.
 	maxRedundancy = 16
@@ -117,11 +117,12 @@ func allocate(ctx context.Context, tx pgx.Tx, a store.Allocation) (regions []sto
 // never be over-committed across processes (and the size_used <= capacity
 // CHECK would refuse it anyway). What REPEATABLE READ does not give is
 // safety for two concurrent calls for the SAME volume with different ids,
-// which spec §B.3 leaves to the callers (volume repair lock); a concurrent
+// which is left to the callers (the volume repair lock); a concurrent
 // replay with the same ids collides on the region ids and is re-run below.
 var allocationTx = db.TxOptions{IsoLevel: pgx.RepeatableRead}
 
-// AllocateRegions places regions for a volume (spec §B.3).
+// AllocateRegions places regions for a volume in one statement
+// (store.AllocateRegions).
 func (s *Server) AllocateRegions(ctx context.Context, req *allocatorv1.AllocateRegionsRequest) (*allocatorv1.AllocateRegionsResponse, error) {
 	a, err := parseAllocation(req)
 	if err != nil {

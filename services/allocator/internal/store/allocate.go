@@ -12,7 +12,7 @@ import (
 	"storagecp.dev/platform/db"
 )
 
-// Allocation is the input of the allocation statement (spec §B.3).
+// Allocation is the input of the allocation statement.
 type Allocation struct {
 	VolumeID uuid.UUID
 	// SnapshotID, when not Nil, excludes the zpools (and, with distinct

@@ -224,7 +224,7 @@ func ExpungeSled(ctx context.Context, q db.Querier, id uuid.UUID) (Sled, []Disk,
 }
 
 // DatasetInService reports whether the dataset's disk (and sled) is in
-// service: the negation of "its agent is gone" (spec §C.2). ErrNotFound
+// service: the negation of "its agent is gone". ErrNotFound
 // for an unknown dataset.
 func DatasetInService(ctx context.Context, q db.Querier, datasetID uuid.UUID) (bool, error) {
 	var ok bool

@@ -94,7 +94,8 @@ func (s *Server) resolveRegions(ctx context.Context, rows []store.RepairNotifica
 	}
 }
 
-// recordRepairRows stores each row in its own transaction (§15.2); the first
+// recordRepairRows stores each row in its own transaction, by the rules of
+// store.RecordRepair; the first
 // rejected row stops the report.
 func (s *Server) recordRepairRows(ctx context.Context, rows []store.RepairNotification) error {
 	s.resolveRegions(ctx, rows)

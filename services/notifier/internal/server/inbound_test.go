@@ -18,7 +18,8 @@ const (
 	recon = notifierv1.RepairType_REPAIR_TYPE_RECONCILIATION
 )
 
-// repairCall is one inbound repair report in a §15.2 scenario.
+// repairCall is one inbound repair report in a scenario of
+// store.RecordRepair's rules.
 type repairCall struct {
 	finish   bool
 	aborted  bool

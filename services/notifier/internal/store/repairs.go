@@ -57,7 +57,7 @@ func scanRepair(row pgx.Row) (RepairNotification, error) {
 }
 
 // RecordRepair stores one repair notification row in its own transaction,
-// by the rules of spec/volumes.md §15.2:
+// by these rules:
 //  1. a repair id keeps one repair type: another type anywhere is ErrConflict;
 //  2. a start is inserted, a repeated one ignored (the first row wins);
 //  3. a finish (succeeded or failed) repeated with the same outcome is a

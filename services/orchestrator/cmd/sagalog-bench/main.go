@@ -3,7 +3,8 @@
 // action nodes, as many at a time as a background task keeps in flight,
 // against a database given by -dsn. make bench runs it on the fan-out's
 // PostgreSQL, right before pgbench, so the two rates come from the same
-// server in the same run (ARCHITECTURE.md §8). It prints one JSON object.
+// server in the same run (docs/testing.md, "Benchmarks"). It prints one JSON
+// object.
 //
 // The actions do nothing, so what is measured is what the log costs: every
 // node's started and succeeded events written durably (fsync as the cluster

@@ -13,9 +13,9 @@ import (
 )
 
 // roDetector creates a read-only replacement request for every region
-// snapshot and read-only region on an expunged disk (spec/replacement.md
-// §5.1 phase A and §5.5). A request locks the snapshot volume, so the
-// targets of one snapshot are replaced one after another; contention is
+// snapshot and read-only region on an expunged disk (docs/replacement.md,
+// "How the background tasks chain"). A request locks the snapshot volume, so
+// the targets of one snapshot are replaced one after another; contention is
 // retried silently on the next pass.
 type roDetector struct{ env Env }
 

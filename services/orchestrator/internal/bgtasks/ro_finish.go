@@ -10,9 +10,10 @@ import (
 )
 
 // roFinish starts rsr-finish for Running requests with no step in progress
-// whose old target is gone (spec §5.4). Both are needed: right after the
-// garbage collect no step exists yet, and a Complete step's stash still
-// holds A until it is collected (§8.3).
+// whose old target is gone (docs/replacement.md, "Why finishing needs both
+// conditions"). Both are needed: right after the garbage collect no step
+// exists yet, and a Complete step's stash still holds A until it is
+// collected.
 type roFinish struct {
 	env     Env
 	limiter *tasks.Limiter

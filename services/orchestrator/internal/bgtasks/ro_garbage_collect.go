@@ -9,7 +9,8 @@ import (
 	"storagecp.dev/orchestrator/internal/tasks"
 )
 
-// roGC starts rsr-garbage-collect for ReplacementDone requests (spec §5.2).
+// roGC starts rsr-garbage-collect for ReplacementDone requests
+// (docs/replacement.md, "rsr-garbage-collect").
 type roGC struct {
 	env     Env
 	limiter *tasks.Limiter

@@ -10,8 +10,9 @@ import (
 	"storagecp.dev/orchestrator/internal/tasks"
 )
 
-// roStart drives Requested requests (spec §5.1 phase B): a request whose
-// target is already gone completes at once (nothing can reference it any
+// roStart drives Requested requests (docs/replacement.md, "How the
+// background tasks chain"): a request whose target is already gone
+// completes at once (nothing can reference it any
 // more); the others get an rsr-start saga. A deleted snapshot volume is no
 // reason to skip: copies of its targets may live on in clones.
 type roStart struct {

@@ -16,7 +16,7 @@ import (
 )
 
 // roStep fans a Running request out into per-volume steps and drives them
-// (spec §5.3). Phases, in order:
+// (docs/replacement.md, "How the background tasks chain"). Phases, in order:
 //  1. collect: start rsr-step-garbage-collect for Complete steps, so their
 //     stashes (which still name A) are on their way out before scanning;
 //  2. create: for each Running request, ask the volume→target index which

@@ -20,9 +20,9 @@ import (
 
 // rwDetector creates a rw region replacement request for every rw region on
 // an expunged disk, keyed by region and locking the region's owning volume
-// (spec/replacement.md §9.1); contention is retried silently on the next
-// pass. Then it moves Requested requests on: a deleted volume completes the
-// request at once (nothing to repair), the others get an rr-start saga.
+// (docs/replacement.md, "rw request"); contention is retried silently on the
+// next pass. Then it moves Requested requests on: a deleted volume completes
+// the request at once (nothing to repair), the others get an rr-start saga.
 type rwDetector struct {
 	env     Env
 	limiter *tasks.Limiter

@@ -14,13 +14,14 @@ import (
 )
 
 // DefaultDrivePeriod is the drive task's period when the tasks' common
-// period is longer (spec/platform.md §D.4: every 10 s).
+// period is longer (it runs at least every 10 s: docs/architecture.md,
+// "Background tasks").
 const DefaultDrivePeriod = 10 * time.Second
 
-// rwDrive looks at Running requests (spec/platform.md §D.4): one whose new
-// region the Upstairs reported repaired goes to ReplacementDone at once;
-// the others get an rr-drive saga, which checks and, when needed, tells the
-// running Upstairs or reconciles on a Pantry.
+// rwDrive looks at Running requests (docs/replacement.md, "rr-drive"): one
+// whose new region the Upstairs reported repaired goes to ReplacementDone at
+// once; the others get an rr-drive saga, which checks and, when needed, tells
+// the running Upstairs or reconciles on a Pantry.
 type rwDrive struct {
 	env     Env
 	limiter *tasks.Limiter

@@ -138,7 +138,7 @@ func TestRWTasksCarryARequestThrough(t *testing.T) {
 
 // A rw region of an already deleted volume (kept alive by a snapshot of
 // it) gets a request that completes at once, without a saga, releasing
-// the lock it took (spec §9.1: Requested → Complete).
+// the lock it took (docs/replacement.md, "rw request": Requested → Complete).
 func TestRWDetectorCompletesDeletedVolume(t *testing.T) {
 	f := newFixture(t, 5)
 	ctx := context.Background()

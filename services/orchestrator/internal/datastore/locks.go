@@ -1,8 +1,8 @@
 // Package datastore is the orchestrator's SQL, grouped by area: volume
 // repair locks, read-only replacement requests and steps, rw replacement
 // requests. Every state transition is one conditional UPDATE that succeeds
-// when the row is already in the transition's target state (spec
-// replacement.md §2.3–§2.4), so a re-run saga node is harmless.
+// again when re-run after a crash (the rules are in transition.go and
+// docs/replacement.md, "The state lock"), so a re-run saga node is harmless.
 package datastore
 
 import (

@@ -25,8 +25,8 @@ type ReadOnlyState string
 // Terminal reports whether nothing will move a request in this state again.
 func (s ReadOnlyState) Terminal() bool { return s == ROComplete || s == RODataLost || s == ROCancelled }
 
-// Request states (spec/replacement.md §2.1), plus the terminal DataLost and
-// Cancelled.
+// Request states (docs/replacement.md, "Read-only request"), plus the
+// terminal DataLost and Cancelled.
 const (
 	RORequested         ReadOnlyState = "requested"
 	ROAllocating        ReadOnlyState = "allocating"

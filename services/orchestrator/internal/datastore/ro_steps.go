@@ -13,8 +13,8 @@ import (
 // StepState is a replacement step's state.
 type StepState string
 
-// Step states (spec/replacement.md §2.2) with Collecting, the step garbage
-// collect's claim (§9.4).
+// Step states (docs/replacement.md, "Step") with Collecting, the step
+// garbage collect's claim.
 const (
 	StepRequested     StepState = "requested"
 	StepRunning       StepState = "running"
@@ -66,7 +66,8 @@ type StepInsertResult struct {
 
 // InsertStep creates a step for a volume still referencing a request's old
 // target, taking the volume's repair lock in the same transaction
-// (spec/replacement.md §2.5). It refuses, without error:
+// (docs/replacement.md, "Records and the state lock"). It refuses, without
+// error:
 //   - a volume that is some step's stash (replacing inside a stash would
 //     chase the target from stash to stash forever);
 //   - a volume that already has a step in progress (any non-terminal step,
@@ -224,7 +225,8 @@ func (s *Store) StepCounts(ctx context.Context, requestID *uuid.UUID) (map[StepS
 }
 
 // InProgressSteps counts a request's steps that are not VolumeDeleted: a
-// Complete step still counts until its stash is collected (§8.3).
+// Complete step still counts until its stash is collected
+// (docs/replacement.md, "Step").
 func (s *Store) InProgressSteps(ctx context.Context, requestID uuid.UUID) (int64, error) {
 	var n int64
 	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM ro_replacement_step

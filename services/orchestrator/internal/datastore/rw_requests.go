@@ -13,9 +13,9 @@ import (
 // RegionState is a rw region replacement request's state.
 type RegionState string
 
-// States (spec/replacement.md §9.1): Requested → Allocating → Running ⇄
-// Driving → ReplacementDone → Completing → Complete, and Requested →
-// Complete when the volume is gone. A drive that gives up (no copy left to
+// States (docs/replacement.md, "rw request"): Requested → Allocating →
+// Running ⇄ Driving → ReplacementDone → Completing → Complete, and Requested
+// → Complete when the volume is gone. A drive that gives up (no copy left to
 // repair from, or the repair not finished within its bounds) marks the
 // Running request, and the finish saga ends it DataLost or NeedsOperator
 // instead of Complete; an operator may cancel a Requested one.

@@ -9,10 +9,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// The state lock ("operating saga id", spec/replacement.md §2.3) has three
-// kinds of transition, and their idempotency rules follow from one fact: a
-// record in an intermediate state carrying saga S can only be moved out of
-// it by S itself.
+// The state lock ("operating saga id", docs/replacement.md, "The state lock")
+// has three kinds of transition, and their idempotency rules follow from one
+// fact: a record in an intermediate state carrying saga S can only be moved
+// out of it by S itself.
 //
 //   - claim: rest state with no saga → intermediate state with S. Re-running
 //     it succeeds only if the record is (intermediate, S); anything else is a
@@ -20,7 +20,7 @@ import (
 //   - commit / undo of a claim: (intermediate, S) → next rest state. If the
 //     record is no longer (intermediate, S) when re-run, S already moved it —
 //     and the record may since have been claimed by the next saga, so the
-//     spec's exact "already in my target state" rule would turn a crash
+//     stricter "already in my target state" rule would turn a crash
 //     between the commit and its log record into a stuck unwind. We accept
 //     any state except the ones that prove the other exit was taken.
 //   - shortcut (task, no saga): rest state → terminal state; re-run

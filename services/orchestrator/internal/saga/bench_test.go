@@ -38,8 +38,8 @@ func BenchmarkSagaThroughput(b *testing.B) {
 }
 
 // BenchmarkSagaThroughputFsync is BenchmarkSagaThroughput on a private
-// cluster with fsync on, as ARCHITECTURE.md §8 measures. Skipped with
-// -short.
+// cluster with fsync on, as make bench measures (docs/testing.md,
+// "Benchmarks"). Skipped with -short.
 func BenchmarkSagaThroughputFsync(b *testing.B) {
 	if testing.Short() {
 		b.Skip("starts its own PostgreSQL cluster")

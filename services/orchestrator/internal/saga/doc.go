@@ -1,9 +1,10 @@
-// Package saga is the durable saga engine (spec/platform.md §A): templates
-// whose DAGs of sequential stages of parallel nodes are built from typed
-// parameters and persisted, an executor that writes the log ahead of every
-// step (batched so that a node costs about one commit), unwinding with undo
-// actions, the stuck state, recovery by replaying the log, adoption and
-// abandonment, and the test hooks of §A.10 (helpers in package sagatest).
+// Package saga is the durable saga engine (docs/architecture.md, "The saga
+// engine"): templates whose DAGs of sequential stages of parallel nodes are
+// built from typed parameters and persisted, an executor that writes the log
+// ahead of every step (batched so that a node costs about one commit),
+// unwinding with undo actions, the stuck state, recovery by replaying the
+// log, adoption and abandonment, and test hooks (docs/testing.md, "Failure
+// hooks"; helpers in package sagatest).
 //
 // A process has one SEC (saga execution coordinator) with a stable id. It
 // creates sagas, drives them and, at start-up and after adopting another

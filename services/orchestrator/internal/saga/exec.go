@@ -17,7 +17,7 @@ import (
 	"storagecp.dev/orchestrator/internal/saga/store"
 )
 
-// Node statuses (the per-node state machine of spec §A.3).
+// Node statuses: each node's own state machine, advanced by its log events.
 type nodeStatus int
 
 const (
@@ -38,7 +38,8 @@ func (s nodeStatus) String() string {
 	return [...]string{"never_started", "started", "succeeded", "failed", "undo_started", "undo_finished", "undo_failed", "undo_skipped"}[s]
 }
 
-// Event labels as persisted, in replay rank order (spec §A.7).
+// Event labels as persisted, in replay rank order (replay sorts a node's
+// events by this rank, never by time).
 const (
 	evStarted      = "started"
 	evSucceeded    = "succeeded"
@@ -668,7 +669,7 @@ func (ex *execution) write(ctx context.Context, events []store.Event, state stri
 		if ctx.Err() != nil {
 			return ErrShutdown
 		}
-		// Never surfaced as a saga failure (spec §A.3): a database outage
+		// Never surfaced as a saga failure: a database outage
 		// stalls the saga, it does not fail it. A permanent error is a bug
 		// and is logged loudly, but retrying is still the only safe move.
 		level := slog.LevelWarn

@@ -16,9 +16,9 @@ type Repeat struct {
 	Undo   int
 }
 
-// Hooks are test hooks for one saga (spec §A.10). They live in memory only:
-// a recovered saga runs without them. The zero value does nothing. Node
-// names are full (scoped) names.
+// Hooks are test hooks for one saga (docs/testing.md, "Failure hooks"). They
+// live in memory only: a recovered saga runs without them. The zero value
+// does nothing. Node names are full (scoped) names.
 type Hooks struct {
 	mu          sync.Mutex
 	errorAt     map[string]bool

@@ -11,7 +11,7 @@ import (
 // (store.AppendMany). A lone write goes out at once, so a single saga pays
 // no extra latency; with many sagas in flight, one commit carries the
 // writes of many of them, which is what keeps a large fan-out within its
-// commit budget (ARCHITECTURE.md §8).
+// commit budget (README.md, "Benchmarks (`make bench`)").
 const (
 	// logWriters bounds the concurrent log statements of one SEC. One
 	// makes the largest groups: in the 3,000-clone fan-out, 2 writers made

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Kinds of action error (spec §A.2).
+// Kinds of action error, as recorded in a failed or undo_failed event.
 const (
 	ErrKindAction      = "action"      // the action returned an error
 	ErrKindInjected    = "injected"    // a test hook injected it
@@ -73,7 +73,7 @@ func newActionError(kind string, err error) *ActionError {
 // OutcomeKind says how a saga ended.
 type OutcomeKind int
 
-// Outcomes (spec §A.4).
+// Outcomes (docs/architecture.md, "The saga engine").
 const (
 	// Succeeded: Output holds the final node's output.
 	Succeeded OutcomeKind = iota + 1

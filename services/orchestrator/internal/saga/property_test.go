@@ -96,7 +96,7 @@ func propTemplates(rec *propRecorder) (outer, inner *saga.Template) {
 }
 
 // TestPropertyRandomDAGs runs random DAG shapes with an error injected at
-// a random node (or none, or also an undo error) and checks the §A.5 rules
+// a random node (or none, or also an undo error) and checks the unwinding rules
 // on the recorded order: forward, every action after its parents; on
 // failure, exactly the actions that ran are undone, each after all of its
 // descendants' undos, and nothing else.

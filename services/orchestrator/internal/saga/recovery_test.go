@@ -87,7 +87,7 @@ func writeLog(t *testing.T, f *fixture, sec, key, state string, events []ev, man
 
 // TestRecoveryFromEveryLogState writes the log a crash would leave at each
 // interesting point, recovers it in a fresh SEC and checks what runs again
-// (spec §A.7's table) and how the saga ends.
+// (a started but unfinished action or undo) and how the saga ends.
 func TestRecoveryFromEveryLogState(t *testing.T) {
 	failedB := ev{nB, "failed", `{"kind":"action","message":"boom"}`}
 	forwardDone := cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), ok(nB, item("b")), ok(nC, item("c")), ok(nFinish, `{"items":["a","b","c"]}`))

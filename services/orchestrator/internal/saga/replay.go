@@ -14,7 +14,7 @@ import (
 // their parents. Recovery treats it as permanent.
 var ErrCorruptLog = errors.New("corrupt saga log")
 
-// replay rebuilds per-node state from the log (spec §A.7): events are
+// replay rebuilds per-node state from the log: events are
 // sorted by label rank, never by time, and fed through the state machine;
 // then every edge is checked.
 func (ex *execution) replay(events []store.Event) error {

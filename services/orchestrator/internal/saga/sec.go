@@ -393,14 +393,15 @@ type RecoveryReport struct {
 }
 
 // Recover resumes every unfinished saga owned by this SEC that is not
-// already running here (spec §A.7): the log is replayed, started but
-// unfinished actions and undos run again, a saga with an undo_failed event
-// no operator skipped goes straight to stuck, and a saga an operator asked
-// to unwind (SEC.Unwind) records its started actions failed with the
-// operator's error instead of running them again, and unwinds. Each resumed
-// saga is claimed first (its adopt generation bumped), so at most one
-// driver can append to it even if an earlier SEC instance with the same id
-// is still running. Run it at start-up, after Adopt, and periodically.
+// already running here (docs/architecture.md, "One leader, fenced", step 3):
+// the log is replayed, started but unfinished actions and undos run again, a
+// saga with an undo_failed event no operator skipped goes straight to stuck,
+// and a saga an operator asked to unwind (SEC.Unwind) records its started
+// actions failed with the operator's error instead of running them again, and
+// unwinds. Each resumed saga is claimed first (its adopt generation bumped),
+// so at most one driver can append to it even if an earlier SEC instance with
+// the same id is still running. Run it at start-up, after Adopt, and
+// periodically.
 func (s *SEC) Recover(ctx context.Context) (RecoveryReport, error) {
 	var rep RecoveryReport
 	rows, err := s.store.RecoveryCandidates(ctx, s.id)

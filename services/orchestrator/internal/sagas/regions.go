@@ -15,8 +15,9 @@ import (
 )
 
 // The nodes that give a new disk its region set, shared by volume-create and
-// volume-clone. Register before create (ARCHITECTURE.md §2): the targets are
-// PENDING in the volume-service before the allocator makes them, so no
+// volume-clone. Register before create (docs/architecture.md, "Register
+// before create"): the targets are PENDING in the volume-service before the
+// allocator makes them, so no
 // volume can name them until they are ACTIVE, and an unwind unregisters them
 // only after the allocator destroyed them.
 

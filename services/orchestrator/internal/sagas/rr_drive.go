@@ -18,9 +18,9 @@ import (
 )
 
 // rr-drive: one attempt at getting an Upstairs to fill the new region
-// (spec/platform.md §D.4). Running → Driving → Running (not done yet) or
-// ReplacementDone; an unwind returns to Running. Done is concluded only
-// from the Upstairs (a successful repair finish reported for the new
+// (docs/replacement.md, "rr-drive"). Running → Driving → Running (not done
+// yet) or ReplacementDone; an unwind returns to Running. Done is concluded
+// only from the Upstairs (a successful repair finish reported for the new
 // region, or COMPLETED_ALREADY) or from the volume being deleted.
 //
 //	saga_id         S = this saga's id

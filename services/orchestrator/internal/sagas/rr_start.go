@@ -23,7 +23,7 @@ const (
 )
 
 // rr-start: replaces one rw region of a volume with a blank new region
-// (spec/replacement.md §9.1, spec/platform.md §B.4, spec/volumes.md §11).
+// (docs/replacement.md, "rr-start").
 // Requested → Allocating → Running; any unwind returns to Requested. The new
 // region holds no data yet: the drive saga gets an Upstairs to repair it.
 //
@@ -94,7 +94,7 @@ func newRRStart() *saga.Template {
 	return t
 }
 
-// errVolumeDeleted fails rr-start when the volume is gone (spec §9.1: the
+// errVolumeDeleted fails rr-start when the volume is gone (the
 // start saga unwinds; the task then completes the request).
 var errVolumeDeleted = errors.New("volume deleted")
 

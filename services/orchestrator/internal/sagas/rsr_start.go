@@ -18,7 +18,7 @@ import (
 
 // rsr-start: replaces a read-only target (region snapshot or read-only
 // region) in the snapshot volume with a new read-only region cloned from a
-// surviving copy (spec/replacement.md §4.1, with the Go-side changes of §9).
+// surviving copy (docs/replacement.md, "rsr-start").
 // Requested → Allocating → ReplacementDone; any unwind returns to Requested.
 //
 //	saga_id               S = this saga's id, the operating saga id
@@ -144,7 +144,7 @@ func lost(ac *saga.ActionContext) (bool, error) {
 	return src.DataLost || src.TargetGone, err
 }
 
-// rsrCloneSource picks, in order (spec §4.1 node 5): another region snapshot
+// rsrCloneSource picks, in order (get_clone_source): another region snapshot
 // of the snapshot on an in-service disk; a read-only region of the snapshot
 // volume on an in-service disk; the target itself if its own disk is still
 // in service. Candidates whose target is gone are skipped. With none, the

@@ -10,7 +10,7 @@ import (
 
 // rsr-step-garbage-collect: deletes a Complete step's stash, dropping that
 // volume's old reference to A. Complete → Collecting → VolumeDeleted; the
-// Collecting claim (absent in the reference, spec §9.4) keeps two task
+// Collecting claim (docs/replacement.md, "Step") keeps two task
 // passes from collecting one stash concurrently.
 //
 //	saga_id         S = this saga's id

@@ -17,7 +17,8 @@ import (
 	"storagecp.dev/orchestrator/internal/testenv"
 )
 
-// harness of spec/replacement.md §10: a disk D, its snapshot P, a clone F.
+// harness of the read-only replacement tests (names as in docs/replacement.md,
+// "The cast"): a disk D, its snapshot P, a clone F.
 type rsrHarness struct {
 	e             *testenv.Env
 	disk, snap, f uuid.UUID

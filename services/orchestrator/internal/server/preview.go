@@ -194,8 +194,9 @@ func (p *previewer) disk(ctx context.Context, d *allocatorv1.PhysicalDisk, out *
 }
 
 // targetState is GetTarget reduced to what a preview needs: whether the
-// target is gone (NotFound or DELETING, ARCHITECTURE.md §2), and the target
-// when registered.
+// target is gone (NotFound or DELETING: docs/architecture.md, '"Gone"
+// means the reference count reached zero: DELETING'), and the target when
+// registered.
 func (p *previewer) targetState(ctx context.Context, id string) (*commonv1.Target, bool, error) {
 	resp, err := p.r.s.deps.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id})
 	if status.Code(err) == codes.NotFound {

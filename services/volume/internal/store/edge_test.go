@@ -1,7 +1,8 @@
 package store
 
-// One test per applicable edge case of spec/volumes.md §18 (names follow the
-// bullet), plus this service's deliberate deviations.
+// One test per edge case of the volume-service's contract (the proto
+// comments and services/volume/README.md), plus this service's deliberate
+// deviations from the reference.
 
 import (
 	"encoding/json"

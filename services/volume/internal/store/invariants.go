@@ -23,24 +23,24 @@ type Violation struct {
 // not again through every check it also upsets.
 const (
 	VVCRUndecodable            = "vcr_undecodable"                        // stored JSON does not decode
-	VTopLevelRegion            = "top_level_region"                       // §16.1 1a
+	VTopLevelRegion            = "top_level_region"                       // live volume is a bare region
 	VRWUnderROP                = "rw_region_under_rop"                    // malformed tree
 	VMalformedTarget           = "malformed_target"                       // IPv4 / unparsable target
-	VRWTargetUnresolved        = "rw_target_unresolved"                   // §16.1 1b
-	VROTargetUnresolved        = "ro_target_unresolved"                   // §16.1 1c
-	VLiveReferencesDeleting    = "live_volume_references_deleting_target" // §16.1 1c / §16.2 6
-	VDuplicateTargetInRegion   = "duplicate_target_in_region"             // §16.1 2
+	VRWTargetUnresolved        = "rw_target_unresolved"                   // rw target is no registered rw region
+	VROTargetUnresolved        = "ro_target_unresolved"                   // read-only target is no registered read-only one
+	VLiveReferencesDeleting    = "live_volume_references_deleting_target" // a live VCR names a DELETING target
+	VDuplicateTargetInRegion   = "duplicate_target_in_region"             // one region set names a target twice
 	VROTargetTwiceInVCR        = "duplicate_read_only_target"             // one VCR names a read-only target twice
-	VROSnapshotted             = "ro_region_snapshotted"                  // §16.1 3
+	VROSnapshotted             = "ro_region_snapshotted"                  // a region snapshot of a read-only region
 	VSnapshotWithoutParent     = "region_snapshot_without_parent"         // registry
-	VUsageCountMismatch        = "usage_count_mismatch"                   // §16.2 4
-	VUsageOnDeletedVolume      = "usage_on_deleted_volume"                // §16.2 5
+	VUsageCountMismatch        = "usage_count_mismatch"                   // ledger ≠ what live VCRs name
+	VUsageOnDeletedVolume      = "usage_on_deleted_volume"                // a soft-deleted volume holds a reference
 	VUsageOrphan               = "usage_orphan"                           // usage row of a missing volume
 	VUsageUnknownTarget        = "usage_unknown_target"                   // usage row naming no registered target
 	VUsageOnRWTarget           = "usage_on_rw_target"                     // rw regions are not in the ledger
-	VDuplicateLiveAddress      = "duplicate_live_address"                 // §16.2 7
-	VDuplicateUsageRow         = "duplicate_usage_row"                    // §16.2 8
-	VRWOwnerMismatch           = "rw_owner_mismatch"                      // §16.2 10
+	VDuplicateLiveAddress      = "duplicate_live_address"                 // two non-DELETING targets at one address
+	VDuplicateUsageRow         = "duplicate_usage_row"                    // one volume, one target, two ledger rows
+	VRWOwnerMismatch           = "rw_owner_mismatch"                      // a live VCR names a rw region it does not own
 	VIndexRowMissing           = "index_row_missing"                      // index ≠ VCR
 	VIndexRowExtra             = "index_row_extra"                        // index ≠ VCR
 	VIndexReadOnlyMismatch     = "index_read_only_mismatch"               // index ≠ VCR
@@ -57,13 +57,13 @@ type invVolume struct {
 
 type pair struct{ volume, target uuid.UUID }
 
-// CheckInvariants runs every check of spec/volumes.md §16.1 and §16.2 that
-// applies to this database, plus "the volume_target index equals what the
-// VCRs say", over one consistent snapshot. Empty means healthy.
+// CheckInvariants runs every check that applies to this database (the codes
+// above), plus "the volume_target index equals what the VCRs say", over one
+// consistent snapshot. Empty means healthy.
 //
-// Not checked here: §16.2 9 (repair locks live in the orchestrator), 11
-// (a property of one checkout, tested there) and 12 (a property of
-// FindDeletedVolumeRegions' answer, tested there).
+// Not checked here: repair locks (they live in the orchestrator, and
+// ValidateSystem checks them), what one checkout returns and what
+// FindDeletedVolumeRegions answers (properties of one call, tested there).
 func (s *Store) CheckInvariants(ctx context.Context) ([]Violation, error) {
 	var out []Violation
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
@@ -228,7 +228,7 @@ func checkInvariants(ctx context.Context, tx pgx.Tx) ([]Violation, error) {
 		if v.vcr == nil {
 			continue
 		}
-		// §16.1 2, for every volume.
+		// No target twice in one region set, for every volume.
 		healthy := true
 		walkRegions(v.vcr, func(r *vcr.Region) {
 			seen := map[string]bool{}
@@ -336,7 +336,7 @@ func checkInvariants(ctx context.Context, tx pgx.Tx) ([]Violation, error) {
 				expectedIndex[t.ID] = r.Opts.ReadOnly
 			}
 		})
-		// §16.2 4 and 8 for this volume.
+		// Ledger counts and duplicate ledger rows for this volume.
 		for t, want := range expectedUsage {
 			got := actual[pair{v.id, t}]
 			switch {

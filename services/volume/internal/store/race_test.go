@@ -8,7 +8,8 @@ import (
 	"github.com/google/uuid"
 )
 
-// ARCHITECTURE.md §2: a region snapshot registration racing the soft delete
+// docs/architecture.md, "Register before create" (snapshot versus disk
+// delete): a region snapshot registration racing the soft delete
 // of its parent region's volume. Exactly one wins: either the snapshot is
 // registered and the region is kept, or the region is freed and the
 // registration is refused — never a freed region with a snapshot.

@@ -11,7 +11,7 @@ import (
 	"storagecp.dev/volume/internal/vcr"
 )
 
-// ReplaceResult is the outcome of a replacement (spec/volumes.md §12.1);
+// ReplaceResult is the outcome of a replacement;
 // the "deleted" outcomes are results, not errors.
 type ReplaceResult int
 
@@ -146,9 +146,9 @@ func stashUsable(stash *loadedVolume, stashID uuid.UUID, newTarget Target, other
 }
 
 // ReplaceReadOnlyTarget replaces one read-only target of a volume with
-// another (§12) and parks the old reference in the stash volume, whose VCR
-// becomes the §12 stub naming the old target. Swapping old and new undoes
-// it. Both present is FailedPrecondition.
+// another and parks the old reference in the stash volume, whose VCR
+// becomes a stub naming only the old target (vcr.StubReadOnly). Swapping
+// old and new undoes it. Both present is FailedPrecondition.
 //
 // It is the fan-out's hot path (one call per volume naming the target), so
 // it costs three round trips: BEGIN, the fence and every read in one
@@ -255,7 +255,7 @@ func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newI
 	return res, err
 }
 
-// ReplaceRegion replaces one rw region of a volume (§11): the target is
+// ReplaceRegion replaces one rw region of a volume: the target is
 // swapped, every Region reached through sub_volumes gets gen+1, the old
 // region's ownership moves to the stash volume (whose VCR becomes one rw
 // region naming it, so deleting the stash frees it) and the new region's to

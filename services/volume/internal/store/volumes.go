@@ -36,7 +36,7 @@ type SnapshotOf struct {
 	TargetMap map[string]string
 }
 
-// CreateVolume creates a volume (spec/volumes.md §5) in one transaction:
+// CreateVolume creates a volume in one transaction:
 // idempotent on the id (an existing row, live or soft-deleted, is returned
 // unchanged with created=false); every target must resolve to a registered
 // ACTIVE target (read-only targets to read-only ones, rw targets to rw
@@ -331,9 +331,9 @@ const (
 )
 
 // Checkout bumps the generation of every direct Region sub-volume and
-// returns the VCR as it was before (§9.2), optionally with fresh ids (§9.3,
-// refused without bumping anything when any region is rw). Soft-deleted
-// volumes are not refused.
+// returns the VCR as it was before, optionally with fresh ids (refused
+// without bumping anything when any region is rw). Soft-deleted volumes are
+// not refused.
 func (s *Store) Checkout(ctx context.Context, id uuid.UUID, reason CheckoutReason, randomize bool) (*vcr.VCR, error) {
 	if reason < ReasonReadOnlyCopy || reason > ReasonConstruct {
 		return nil, invalidArgument("reason: required")
@@ -423,7 +423,7 @@ type SoftDeleteOptions struct {
 	// HardIfNothingFreed: when the delete frees nothing and the volume owns
 	// no rw region, remove the row and its index rows in the same
 	// transaction instead of marking it deleted. That is all the
-	// volume-delete saga would do next (§7: hard delete once no region
+	// volume-delete saga would do next (hard delete once no region
 	// names the volume), and a re-run finds the volume missing, which
 	// again frees nothing. A fan-out deletes one read-only stash per
 	// volume: this saves the second transaction and RPC.
@@ -450,7 +450,7 @@ type regionSnapshotV3 struct {
 	Snapshot uuid.UUID `json:"snapshot"`
 }
 
-// SoftDeleteVolume soft-deletes a volume (§6) in one transaction.
+// SoftDeleteVolume soft-deletes a volume in one transaction.
 func (s *Store) SoftDeleteVolume(ctx context.Context, id uuid.UUID) (SoftDeleteResult, error) {
 	return s.SoftDeleteVolumeWith(ctx, id, SoftDeleteOptions{})
 }
@@ -738,7 +738,7 @@ func removeVolumeRow(ctx context.Context, tx pgx.Tx, id uuid.UUID) error {
 	return nil
 }
 
-// FindDeletedVolumeRegions (§8): rw regions whose owner volume exists and is
+// FindDeletedVolumeRegions lists rw regions whose owner volume exists and is
 // soft-deleted and which have no region snapshot registered (any state), and
 // the volumes all of whose rw regions are in that batch.
 func (s *Store) FindDeletedVolumeRegions(ctx context.Context) ([]uuid.UUID, []uuid.UUID, error) {
@@ -836,7 +836,7 @@ func (s *Store) VolumeReferencesReadOnlyTarget(ctx context.Context, volumeID, ta
 }
 
 // RemoveReadOnlyParent moves a volume's read-only parent into a live,
-// empty temporary volume (§10); the usage and index rows move with it.
+// empty temporary volume; the usage and index rows move with it.
 func (s *Store) RemoveReadOnlyParent(ctx context.Context, volumeID, tempID uuid.UUID) (bool, error) {
 	if volumeID == tempID {
 		return false, invalidArgument("temp_volume_id: must differ from volume_id")

@@ -387,7 +387,7 @@ func NetReferenced(v *VCR, net netip.Prefix) bool {
 }
 
 // BumpDirectRegionGens adds one to gen of every direct Region sub-volume of
-// a top-level Volume (§9.2) and reports whether any changed. Nested Volumes
+// a top-level Volume and reports whether any changed. Nested Volumes
 // and the ROP are untouched; File/Url have nothing to bump.
 func BumpDirectRegionGens(v *VCR) (bool, error) {
 	switch {
@@ -407,7 +407,7 @@ func BumpDirectRegionGens(v *VCR) (bool, error) {
 }
 
 // RandomizeIDs returns a copy with every Volume/File/Url id and every
-// Region's opts.id fresh (§9.3). Any rw Region anywhere is an error: a rw
+// Region's opts.id fresh. Any rw Region anywhere is an error: a rw
 // region has exactly one owning volume, so a copy must not reference it.
 func RandomizeIDs(v *VCR) (*VCR, error) {
 	c := v.Clone()
@@ -493,7 +493,7 @@ func Canonicalize(v *VCR) {
 	})
 }
 
-// StubReadOnly is the VCR of §12 step 4: a holder volume naming one
+// StubReadOnly is the VCR of a read-only stash: a holder volume naming one
 // read-only target.
 func StubReadOnly(id uuid.UUID, target string) *VCR {
 	return stub(id, target, true)

@@ -1,7 +1,7 @@
-// Package vcr models the volume construction request (spec/volumes.md §2):
-// the tree a Crucible Upstairs is assembled from. It holds the JSON shape the
-// volume table stores, the conversion to and from the proto message, the
-// traversal helpers of §2.3 and the validation every incoming VCR goes
+// Package vcr models the volume construction request (docs/architecture.md,
+// "Vocabulary"): the tree a Crucible Upstairs is assembled from. It holds the
+// JSON shape the volume table stores, the conversion to and from the proto
+// message, the traversal helpers and the validation every incoming VCR goes
 // through.
 //
 // A VCR carries encryption keys (CrucibleOpts.Key). Nothing in this package
@@ -68,7 +68,7 @@ type URL struct {
 	URL       string
 }
 
-// JSON shapes, field for field the spec's (§2.1): "type" tag in snake_case,
+// JSON shapes, field for field Crucible's: "type" tag in snake_case,
 // "gen" for the generation. MarshalJSON writes one per variant, so a node
 // carries only its own fields; Decode reads through nodeJSON, their union.
 type volumeJSON struct {
@@ -115,7 +115,7 @@ type urlJSON struct {
 	URL       string `json:"url"`
 }
 
-// MarshalJSON writes the spec's tagged shape.
+// MarshalJSON writes the tagged shape.
 func (v *VCR) MarshalJSON() ([]byte, error) {
 	switch {
 	case v == nil:
@@ -210,7 +210,7 @@ func (n *nodeJSON) vcr() (*VCR, error) {
 	return nil, fmt.Errorf("unknown type %q", t)
 }
 
-// UnmarshalJSON reads the spec's tagged shape.
+// UnmarshalJSON reads the tagged shape.
 func (v *VCR) UnmarshalJSON(data []byte) error {
 	var n nodeJSON
 	if err := json.Unmarshal(data, &n); err != nil {

@@ -66,11 +66,12 @@ type RegionAllocatorServiceClient interface {
 	ExpungeSled(ctx context.Context, in *ExpungeSledRequest, opts ...grpc.CallOption) (*ExpungeSledResponse, error)
 	// Lists physical disks with their dataset and usage, paginated.
 	ListPhysicalDisks(ctx context.Context, in *ListPhysicalDisksRequest, opts ...grpc.CallOption) (*ListPhysicalDisksResponse, error)
-	// Allocates regions for a volume in one atomic statement (spec/platform.md
-	// §B.3). Idempotent: when the volume already has `redundancy` regions the
-	// existing set is returned and nothing changes. Returns every region of the
-	// volume. RESOURCE_EXHAUSTED names the guard that failed (space, datasets,
-	// unique zpools); INVALID_ARGUMENT for bad geometry.
+	// Allocates regions for a volume in one atomic statement
+	// (docs/architecture.md, "Four services and what each owns"). Idempotent:
+	// when the volume already has `redundancy` regions the existing set is
+	// returned and nothing changes. Returns every region of the volume.
+	// RESOURCE_EXHAUSTED names the guard that failed (space, datasets, unique
+	// zpools); INVALID_ARGUMENT for bad geometry.
 	AllocateRegions(ctx context.Context, in *AllocateRegionsRequest, opts ...grpc.CallOption) (*AllocateRegionsResponse, error)
 	// The same statement, always rolled back.
 	DryRunAllocation(ctx context.Context, in *DryRunAllocationRequest, opts ...grpc.CallOption) (*DryRunAllocationResponse, error)
@@ -304,11 +305,12 @@ type RegionAllocatorServiceServer interface {
 	ExpungeSled(context.Context, *ExpungeSledRequest) (*ExpungeSledResponse, error)
 	// Lists physical disks with their dataset and usage, paginated.
 	ListPhysicalDisks(context.Context, *ListPhysicalDisksRequest) (*ListPhysicalDisksResponse, error)
-	// Allocates regions for a volume in one atomic statement (spec/platform.md
-	// §B.3). Idempotent: when the volume already has `redundancy` regions the
-	// existing set is returned and nothing changes. Returns every region of the
-	// volume. RESOURCE_EXHAUSTED names the guard that failed (space, datasets,
-	// unique zpools); INVALID_ARGUMENT for bad geometry.
+	// Allocates regions for a volume in one atomic statement
+	// (docs/architecture.md, "Four services and what each owns"). Idempotent:
+	// when the volume already has `redundancy` regions the existing set is
+	// returned and nothing changes. Returns every region of the volume.
+	// RESOURCE_EXHAUSTED names the guard that failed (space, datasets, unique
+	// zpools); INVALID_ARGUMENT for bad geometry.
 	AllocateRegions(context.Context, *AllocateRegionsRequest) (*AllocateRegionsResponse, error)
 	// The same statement, always rolled back.
 	DryRunAllocation(context.Context, *DryRunAllocationRequest) (*DryRunAllocationResponse, error)

@@ -82,7 +82,8 @@ func (TargetKind) EnumDescriptor() ([]byte, []int) {
 	return file_storage_common_v1_common_proto_rawDescGZIP(), []int{0}
 }
 
-// Lifecycle of a registered target (ARCHITECTURE.md §2).
+// Lifecycle of a registered target (docs/architecture.md, "Rules that follow
+// from the split").
 type TargetState int32
 
 const (
@@ -140,7 +141,8 @@ func (TargetState) EnumDescriptor() ([]byte, []int) {
 	return file_storage_common_v1_common_proto_rawDescGZIP(), []int{1}
 }
 
-// Result of ReplaceReadOnlyTarget / ReplaceRegion (spec/volumes.md §12.1).
+// Result of ReplaceReadOnlyTarget / ReplaceRegion (docs/replacement.md, "Why
+// stashes and a reference volume").
 // The "deleted" variants are results, not errors: nothing was changed.
 type VolumeReplaceResult int32
 
@@ -202,8 +204,9 @@ func (VolumeReplaceResult) EnumDescriptor() ([]byte, []int) {
 }
 
 // A volume construction request: the tree a Crucible Upstairs is built from
-// (spec/volumes.md §2.1). Exactly one of the kinds is set. A stored volume's
-// top-level node is a `volume`; a bare top-level `region` is invalid.
+// (docs/architecture.md, "Vocabulary"). Exactly one of the kinds is set. A
+// stored volume's top-level node is a `volume`; a bare top-level `region` is
+// invalid.
 //
 // VCRs carry encryption keys (`CrucibleOpts.key`): never log them, never put
 // them in span attributes or saga outputs.

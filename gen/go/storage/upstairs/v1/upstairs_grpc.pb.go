@@ -45,13 +45,13 @@ type UpstairsServiceClient interface {
 	Activate(ctx context.Context, in *ActivateRequest, opts ...grpc.CallOption) (*ActivateResponse, error)
 	// Deactivates a volume. Idempotent.
 	Deactivate(ctx context.Context, in *DeactivateRequest, opts ...grpc.CallOption) (*DeactivateResponse, error)
-	// Asks the Upstairs to move to a new VCR (spec/platform.md §D.2). Answers
-	// STARTED when exactly one read-only target differs, or one rw target with
-	// a higher generation (a live repair follows and is reported to the
-	// notifier); STARTED_ALREADY while that replacement is in flight;
-	// COMPLETED_ALREADY when it already switched; VCR_MATCHES when identical;
-	// MISSING when the old target is not there or more than one thing differs.
-	// NOT_FOUND when the volume is not active here.
+	// Asks the Upstairs to move to a new VCR (docs/replacement.md, "rsr-step"
+	// and "rr-drive"). Answers STARTED when exactly one read-only target
+	// differs, or one rw target with a higher generation (a live repair follows
+	// and is reported to the notifier); STARTED_ALREADY while that replacement
+	// is in flight; COMPLETED_ALREADY when it already switched; VCR_MATCHES
+	// when identical; MISSING when the old target is not there or more than one
+	// thing differs. NOT_FOUND when the volume is not active here.
 	ReplaceVolume(ctx context.Context, in *ReplaceVolumeRequest, opts ...grpc.CallOption) (*ReplaceVolumeResponse, error)
 	// Health of an active volume, its downstairs and the data-path probe.
 	GetVolumeStatus(ctx context.Context, in *GetVolumeStatusRequest, opts ...grpc.CallOption) (*GetVolumeStatusResponse, error)
@@ -152,13 +152,13 @@ type UpstairsServiceServer interface {
 	Activate(context.Context, *ActivateRequest) (*ActivateResponse, error)
 	// Deactivates a volume. Idempotent.
 	Deactivate(context.Context, *DeactivateRequest) (*DeactivateResponse, error)
-	// Asks the Upstairs to move to a new VCR (spec/platform.md §D.2). Answers
-	// STARTED when exactly one read-only target differs, or one rw target with
-	// a higher generation (a live repair follows and is reported to the
-	// notifier); STARTED_ALREADY while that replacement is in flight;
-	// COMPLETED_ALREADY when it already switched; VCR_MATCHES when identical;
-	// MISSING when the old target is not there or more than one thing differs.
-	// NOT_FOUND when the volume is not active here.
+	// Asks the Upstairs to move to a new VCR (docs/replacement.md, "rsr-step"
+	// and "rr-drive"). Answers STARTED when exactly one read-only target
+	// differs, or one rw target with a higher generation (a live repair follows
+	// and is reported to the notifier); STARTED_ALREADY while that replacement
+	// is in flight; COMPLETED_ALREADY when it already switched; VCR_MATCHES
+	// when identical; MISSING when the old target is not there or more than one
+	// thing differs. NOT_FOUND when the volume is not active here.
 	ReplaceVolume(context.Context, *ReplaceVolumeRequest) (*ReplaceVolumeResponse, error)
 	// Health of an active volume, its downstairs and the data-path probe.
 	GetVolumeStatus(context.Context, *GetVolumeStatusRequest) (*GetVolumeStatusResponse, error)

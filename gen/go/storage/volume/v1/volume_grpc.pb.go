@@ -83,8 +83,9 @@ type VolumeServiceClient interface {
 	// regions are in that batch (or that own none). Read-only.
 	FindDeletedVolumeRegions(ctx context.Context, in *FindDeletedVolumeRegionsRequest, opts ...grpc.CallOption) (*FindDeletedVolumeRegionsResponse, error)
 	// Replaces one read-only target of a volume with another and parks the old
-	// reference in a stash volume (spec/volumes.md §12). Calling it with old and
-	// new swapped undoes it. A deleted volume is a result, not an error.
+	// reference in a stash volume (docs/replacement.md, "Why stashes and a
+	// reference volume"). Calling it with old and new swapped undoes it. A
+	// deleted volume is a result, not an error.
 	ReplaceReadOnlyTarget(ctx context.Context, in *ReplaceReadOnlyTargetRequest, opts ...grpc.CallOption) (*ReplaceReadOnlyTargetResponse, error)
 	// Replaces one rw region of a volume, bumping the generation of every region
 	// set reached through sub_volumes, swapping ownership in the registry (the
@@ -96,9 +97,10 @@ type VolumeServiceClient interface {
 	FindVolumesReferencingTarget(ctx context.Context, in *FindVolumesReferencingTargetRequest, opts ...grpc.CallOption) (*FindVolumesReferencingTargetResponse, error)
 	// Whether a volume still names a read-only target anywhere in its VCR.
 	VolumeReferencesReadOnlyTarget(ctx context.Context, in *VolumeReferencesReadOnlyTargetRequest, opts ...grpc.CallOption) (*VolumeReferencesReadOnlyTargetResponse, error)
-	// Moves a volume's read-only parent into a live temporary volume
-	// (spec/volumes.md §10). Returns removed=false, changing nothing, when the
-	// volume is missing, soft-deleted, or has no read-only parent.
+	// Moves a volume's read-only parent into a live temporary volume, which
+	// holds its references until the caller deletes it. Returns removed=false,
+	// changing nothing, when the volume is missing, soft-deleted, or has no
+	// read-only parent.
 	RemoveReadOnlyParent(ctx context.Context, in *RemoveReadOnlyParentRequest, opts ...grpc.CallOption) (*RemoveReadOnlyParentResponse, error)
 	// Records targets as PENDING, before the allocator creates them.
 	// Idempotent. A region snapshot whose parent region's owner volume is
@@ -138,8 +140,10 @@ type VolumeServiceClient interface {
 	// Resolves an address to the one non-deleting target serving it.
 	// NOT_FOUND if none.
 	ResolveAddress(ctx context.Context, in *ResolveAddressRequest, opts ...grpc.CallOption) (*ResolveAddressResponse, error)
-	// Runs every invariant of spec/volumes.md §16 plus "the volume→target index
-	// equals what the VCRs say". An empty list means healthy.
+	// Runs every check the volume-service can make on its own tables
+	// (references equal what live VCRs say, the volume→target index equals the
+	// VCRs, ownership is consistent; the codes are listed in
+	// services/volume/internal/store/invariants.go). An empty list means healthy.
 	CheckInvariants(ctx context.Context, in *CheckInvariantsRequest, opts ...grpc.CallOption) (*CheckInvariantsResponse, error)
 }
 
@@ -385,8 +389,9 @@ type VolumeServiceServer interface {
 	// regions are in that batch (or that own none). Read-only.
 	FindDeletedVolumeRegions(context.Context, *FindDeletedVolumeRegionsRequest) (*FindDeletedVolumeRegionsResponse, error)
 	// Replaces one read-only target of a volume with another and parks the old
-	// reference in a stash volume (spec/volumes.md §12). Calling it with old and
-	// new swapped undoes it. A deleted volume is a result, not an error.
+	// reference in a stash volume (docs/replacement.md, "Why stashes and a
+	// reference volume"). Calling it with old and new swapped undoes it. A
+	// deleted volume is a result, not an error.
 	ReplaceReadOnlyTarget(context.Context, *ReplaceReadOnlyTargetRequest) (*ReplaceReadOnlyTargetResponse, error)
 	// Replaces one rw region of a volume, bumping the generation of every region
 	// set reached through sub_volumes, swapping ownership in the registry (the
@@ -398,9 +403,10 @@ type VolumeServiceServer interface {
 	FindVolumesReferencingTarget(context.Context, *FindVolumesReferencingTargetRequest) (*FindVolumesReferencingTargetResponse, error)
 	// Whether a volume still names a read-only target anywhere in its VCR.
 	VolumeReferencesReadOnlyTarget(context.Context, *VolumeReferencesReadOnlyTargetRequest) (*VolumeReferencesReadOnlyTargetResponse, error)
-	// Moves a volume's read-only parent into a live temporary volume
-	// (spec/volumes.md §10). Returns removed=false, changing nothing, when the
-	// volume is missing, soft-deleted, or has no read-only parent.
+	// Moves a volume's read-only parent into a live temporary volume, which
+	// holds its references until the caller deletes it. Returns removed=false,
+	// changing nothing, when the volume is missing, soft-deleted, or has no
+	// read-only parent.
 	RemoveReadOnlyParent(context.Context, *RemoveReadOnlyParentRequest) (*RemoveReadOnlyParentResponse, error)
 	// Records targets as PENDING, before the allocator creates them.
 	// Idempotent. A region snapshot whose parent region's owner volume is
@@ -440,8 +446,10 @@ type VolumeServiceServer interface {
 	// Resolves an address to the one non-deleting target serving it.
 	// NOT_FOUND if none.
 	ResolveAddress(context.Context, *ResolveAddressRequest) (*ResolveAddressResponse, error)
-	// Runs every invariant of spec/volumes.md §16 plus "the volume→target index
-	// equals what the VCRs say". An empty list means healthy.
+	// Runs every check the volume-service can make on its own tables
+	// (references equal what live VCRs say, the volume→target index equals the
+	// VCRs, ownership is consistent; the codes are listed in
+	// services/volume/internal/store/invariants.go). An empty list means healthy.
 	CheckInvariants(context.Context, *CheckInvariantsRequest) (*CheckInvariantsResponse, error)
 	mustEmbedUnimplementedVolumeServiceServer()
 }

@@ -1,6 +1,7 @@
-// Package sagatest holds the test helpers every saga type runs (spec
-// §A.10): every action twice, an error injected at every node unwinds
-// cleanly, every undo twice, an undo whose transient fault outlasts the
+// Package sagatest holds the test helpers every saga type runs
+// (docs/testing.md, "Layer 2: every saga against the real services"):
+// every action twice, an error injected at every node unwinds cleanly,
+// every undo twice, an undo whose transient fault outlasts the
 // client's retries still unwinds, and a hook run right before each node.
 package sagatest
 

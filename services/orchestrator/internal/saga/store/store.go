@@ -1,5 +1,6 @@
-// Package store is the SQL of the durable saga log (spec/platform.md §A.3,
-// tables in migrations/002_saga.sql). It knows rows and events, not DAGs.
+// Package store is the SQL of the durable saga log (docs/architecture.md,
+// "The saga engine"; tables in migrations/002_saga.sql). It knows rows and
+// events, not DAGs.
 //
 // Every write is ONE statement (data-modifying CTEs), so it is atomic, one
 // round trip and one commit without an explicit transaction; that is what
