@@ -17,7 +17,7 @@
 //     exist in that file (compared by slug, so case and backticks do not
 //     matter; comment markers between wrapped lines are ignored);
 //   - a citation of a place outside the repository: a path through the
-//     sibling ../shared directory, a numbered section sign (the sign
+//     sibling reference directory outside the repository, a numbered section sign (the sign
 //     followed by a digit or a capital letter), or a "spec" file.
 //
 // Links with a scheme (https:, mailto:) and links inside fenced code blocks
