@@ -19,6 +19,7 @@ import (
 	"storagecp.dev/allocator/internal/store"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/target"
 )
 
 // Errors of agent calls.
@@ -121,7 +122,7 @@ func (s *Sim) EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, c
 		// between.
 		content := Blank
 		if cloneSource != "" {
-			src, err := netip.ParseAddrPort(cloneSource)
+			src, err := target.Parse(cloneSource)
 			if err != nil {
 				return fmt.Errorf("clone source %q: %w", cloneSource, ErrCloneSource)
 			}

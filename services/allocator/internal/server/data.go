@@ -7,6 +7,7 @@ import (
 
 	"storagecp.dev/allocator/internal/agent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/target"
 )
 
 // DataServer is the AgentDataService, registered only with --dev: the
@@ -70,13 +71,14 @@ func (d *DataServer) RepairRegionSet(ctx context.Context, req *allocatorv1.Repai
 	return &allocatorv1.RepairRegionSetResponse{Content: content, Repaired: addrStrings(repaired)}, nil
 }
 
-// parseAddrs parses "[ipv6]:port" addresses, naming the first bad one.
+// parseAddrs parses target addresses (platform/target), naming the first
+// bad one.
 func parseAddrs(field string, vs []string) ([]netip.AddrPort, error) {
 	out := make([]netip.AddrPort, 0, len(vs))
 	for i, v := range vs {
-		ap, err := netip.ParseAddrPort(v)
-		if err != nil || !ap.Addr().Is6() || ap.Addr().Is4In6() || ap.Port() == 0 {
-			return nil, invalid(fmt.Sprintf("%s[%d]", field, i), `not "[ipv6]:port"`)
+		ap, err := target.Parse(v)
+		if err != nil {
+			return nil, invalid(fmt.Sprintf("%s[%d]", field, i), err.Error())
 		}
 		out = append(out, ap)
 	}

@@ -12,6 +12,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/target"
 )
 
 // AddSled adds a sled, idempotently on its serial (see store.InsertSled).
@@ -62,11 +63,15 @@ func checkSerial(v string) error {
 	return nil
 }
 
-// parseDatasetIP accepts a plain IPv6 address (no zone, no IPv4-mapped).
+// parseDatasetIP accepts the IP of a target address (platform/target) that
+// is not unspecified: the dataset's regions are served there.
 func parseDatasetIP(v string) (netip.Addr, error) {
-	ip, err := netip.ParseAddr(v)
-	if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" || ip.IsUnspecified() {
-		return netip.Addr{}, invalid("dataset_address", "not an IPv6 address")
+	ip, err := target.ParseIP(v)
+	if err != nil {
+		return netip.Addr{}, invalid("dataset_address", err.Error())
+	}
+	if ip.IsUnspecified() {
+		return netip.Addr{}, invalid("dataset_address", "unspecified address")
 	}
 	return ip, nil
 }

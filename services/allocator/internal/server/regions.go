@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strconv"
 	"sync"
 
@@ -18,6 +17,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/target"
 )
 
 // EnsureRegions creates regions on their agents and records their ports.
@@ -35,11 +35,11 @@ func (s *Server) EnsureRegions(ctx context.Context, req *allocatorv1.EnsureRegio
 		}
 		var src string
 		if v := r.GetCloneSourceAddress(); v != "" {
-			ap, err := netip.ParseAddrPort(v)
-			if err != nil || !ap.Addr().Is6() || ap.Port() == 0 {
-				return nil, invalid(fmt.Sprintf("regions[%d].clone_source_address", i), `not "[ipv6]:port"`)
+			c, err := target.Canonical(v)
+			if err != nil {
+				return nil, invalid(fmt.Sprintf("regions[%d].clone_source_address", i), err.Error())
 			}
-			src = ap.String()
+			src = c
 		}
 		if prev, dup := sources[id]; dup {
 			if prev != src {
@@ -283,13 +283,9 @@ func (s *Server) ListCloneSources(ctx context.Context, req *allocatorv1.ListClon
 // ProbeTargets says, for each address, whether a live region or running
 // snapshot serves it now, and what content it serves.
 func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargetsRequest) (*allocatorv1.ProbeTargetsResponse, error) {
-	addrs := make([]netip.AddrPort, 0, len(req.GetAddresses()))
-	for i, v := range req.GetAddresses() {
-		ap, err := netip.ParseAddrPort(v)
-		if err != nil {
-			return nil, invalid(fmt.Sprintf("addresses[%d]", i), `not "[ipv6]:port"`)
-		}
-		addrs = append(addrs, ap)
+	addrs, err := parseAddrs("addresses", req.GetAddresses())
+	if err != nil {
+		return nil, err
 	}
 	resp := &allocatorv1.ProbeTargetsResponse{}
 	for i, ap := range addrs {
