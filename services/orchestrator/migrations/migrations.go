@@ -2,9 +2,15 @@
 // with tern (files NNN_name.sql, in order).
 package migrations
 
-import "embed"
+import (
+	"embed"
 
-// FS holds the migration files.
-//
+	"storagecp.dev/platform/fence"
+)
+
+// FS holds the migration files: the fence table's (platform/fence), then
+// this service's own.
+var FS = fence.Migrations(own)
+
 //go:embed *.sql
-var FS embed.FS
+var own embed.FS

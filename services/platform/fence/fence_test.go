@@ -16,12 +16,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	pgtest.Main(m, pgtest.Schema{Name: "fenced", Migrations: fstest.MapFS{
-		"001_fence.sql": {Data: []byte(`
-			CREATE TABLE fence (id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL);
-			INSERT INTO fence (id, epoch) VALUES (1, 0);
-			CREATE TABLE writes (n int NOT NULL);`)},
-	}})
+	pgtest.Main(m, pgtest.Schema{Name: "fenced", Migrations: fence.Migrations(fstest.MapFS{
+		"002_writes.sql": {Data: []byte(`CREATE TABLE writes (n int NOT NULL);`)},
+	})})
 }
 
 func state(t *testing.T, pool *pgxpool.Pool) (epoch int64, writes int) {
