@@ -113,7 +113,7 @@ bench:
 	# The saga engine's benchmarks measure per saga (1x would time one),
 	# the VCR decoder per decode.
 	$(GO) test -run '^$$' -bench SagaThroughput -benchtime 300x -count 1 -timeout 20m storagecp.dev/orchestrator/internal/saga | tee -a .run/bench/go-bench.txt
-	$(GO) test -run '^$$' -bench DecodeClone -count 1 storagecp.dev/volume/internal/vcr | tee -a .run/bench/go-bench.txt
+	$(GO) test -run '^$$' -bench DecodeClone -count 1 storagecp.dev/platform/vcr | tee -a .run/bench/go-bench.txt
 	STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run 'TestCanonical|TestFanOut' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt
 
 # Every crash point, every user operation before every saga node, a

@@ -13,7 +13,7 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
-	"storagecp.dev/notifier/internal/vcrutil"
+	"storagecp.dev/platform/target"
 )
 
 // repairReport is the common part of a repair start and finish.
@@ -46,9 +46,9 @@ func (r repairReport) rows(at time.Time, notification string) ([]store.RepairNot
 	rows := make([]store.RepairNotification, 0, len(r.repairs))
 	for i, d := range r.repairs {
 		field := fmt.Sprintf("repairs[%d]", i)
-		addr, err := vcrutil.CanonicalAddress(d.GetTargetAddress())
+		addr, err := target.Canonical(d.GetTargetAddress())
 		if err != nil {
-			return nil, invalid(field+".target_address", `want "[ipv6]:port"`)
+			return nil, invalid(field+".target_address", "%v", err)
 		}
 		region := d.GetRegionId()
 		if region != "" {
@@ -242,8 +242,8 @@ func (s *Server) ListRepairNotifications(ctx context.Context, req *notifierv1.Li
 	}
 	addr := req.GetTargetAddress()
 	if addr != "" {
-		if addr, err = vcrutil.CanonicalAddress(addr); err != nil {
-			return nil, invalid("target_address", `want "[ipv6]:port"`)
+		if addr, err = target.Canonical(addr); err != nil {
+			return nil, invalid("target_address", "%v", err)
 		}
 	}
 	if region == "" && addr == "" {

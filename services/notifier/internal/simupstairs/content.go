@@ -16,6 +16,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	"storagecp.dev/notifier/internal/vcrutil"
+	"storagecp.dev/platform/target"
 )
 
 // The content oracle. The liveness probe only asks whether each target is
@@ -363,7 +364,7 @@ func (s *Server) Write(ctx context.Context, req *upstairsv1.WriteRequest) (*upst
 // canonical is the allocator's spelling of an address (it answers with
 // canonical ones); an address it cannot parse is kept as is.
 func canonical(addr string) string {
-	if c, err := vcrutil.CanonicalAddress(addr); err == nil {
+	if c, err := target.Canonical(addr); err == nil {
 		return c
 	}
 	return addr

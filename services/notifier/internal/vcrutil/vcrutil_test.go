@@ -36,7 +36,7 @@ func TestGeneration(t *testing.T) {
 func TestTargetsWholeTree(t *testing.T) {
 	v := volume(volume(nil, region(1, true, "[fd00::9]:1")), region(3, false, "[fd00::1]:1", "[fd00::2]:1"))
 	got := Targets(v)
-	want := []Target{{"[fd00::1]:1", false}, {"[fd00::2]:1", false}, {"[fd00::9]:1", true}}
+	want := []Target{{Address: "[fd00::1]:1", ReadOnly: false}, {Address: "[fd00::2]:1", ReadOnly: false}, {Address: "[fd00::9]:1", ReadOnly: true}}
 	if len(got) != len(want) {
 		t.Fatalf("%v", got)
 	}
@@ -54,10 +54,10 @@ func TestRegionSetsPaths(t *testing.T) {
 	v := volume(inner, region(3, false, "[fd00::1]:1", "[fd00::2]:1"), region(3, false, "[fd00::3]:1"))
 	got := RegionSets(v)
 	want := []RegionSet{
-		{"vcr.sub_volumes[0]", []string{"[fd00::1]:1", "[fd00::2]:1"}, false},
-		{"vcr.sub_volumes[1]", []string{"[fd00::3]:1"}, false},
-		{"vcr.read_only_parent.sub_volumes[0]", []string{"[fd00::7]:1"}, true},
-		{"vcr.read_only_parent.read_only_parent.sub_volumes[0]", []string{"[fd00::8]:1"}, true},
+		{Path: "vcr.sub_volumes[0]", Targets: []string{"[fd00::1]:1", "[fd00::2]:1"}, ReadOnly: false},
+		{Path: "vcr.sub_volumes[1]", Targets: []string{"[fd00::3]:1"}, ReadOnly: false},
+		{Path: "vcr.read_only_parent.sub_volumes[0]", Targets: []string{"[fd00::7]:1"}, ReadOnly: true},
+		{Path: "vcr.read_only_parent.read_only_parent.sub_volumes[0]", Targets: []string{"[fd00::8]:1"}, ReadOnly: true},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %v, want %v", got, want)
@@ -130,23 +130,6 @@ func TestDiff(t *testing.T) {
 	withKey := mut(func(v *commonv1.VcrVolume) { v.SubVolumes[0].GetRegion().Opts.Key = &k })
 	if _, err := Diff(base, withKey); err == nil || strings.Contains(err.Error(), k) {
 		t.Fatalf("error leaks the key or is missing: %v", err)
-	}
-}
-
-func TestCanonicalAddress(t *testing.T) {
-	good := map[string]string{
-		"[fd00:1122:3344:0101:0000::5]:19000": "[fd00:1122:3344:101::5]:19000",
-		"[FD00::1]:1":                         "[fd00::1]:1",
-	}
-	for in, want := range good {
-		if got, err := CanonicalAddress(in); err != nil || got != want {
-			t.Errorf("%s: %q %v, want %q", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "10.0.0.1:80", "[::ffff:10.0.0.1]:80", "fd00::1", "[fd00::1]", "[fd00::1]:x", "host:80"} {
-		if _, err := CanonicalAddress(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
 	}
 }
 

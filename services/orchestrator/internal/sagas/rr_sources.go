@@ -10,31 +10,17 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/platform/vcr"
 )
 
 // RegionSetOf returns the targets of the rw region set (anywhere in the VCR
-// tree) that names address, or nil.
-func RegionSetOf(vcr *commonv1.VolumeConstructionRequest, address string) []string {
-	if vcr == nil {
+// tree) that names address, or nil: vcr.RegionSetOf over the message.
+func RegionSetOf(p *commonv1.VolumeConstructionRequest, address string) []string {
+	v, err := vcr.FromProto(p)
+	if err != nil {
 		return nil
 	}
-	switch k := vcr.Kind.(type) {
-	case *commonv1.VolumeConstructionRequest_Volume:
-		for _, sv := range k.Volume.SubVolumes {
-			if set := RegionSetOf(sv, address); set != nil {
-				return set
-			}
-		}
-		return RegionSetOf(k.Volume.ReadOnlyParent, address)
-	case *commonv1.VolumeConstructionRequest_Region:
-		opts := k.Region.GetOpts()
-		for _, t := range opts.GetTarget() {
-			if t == address && !opts.GetReadOnly() {
-				return opts.GetTarget()
-			}
-		}
-	}
-	return nil
+	return vcr.RegionSetOf(v, address)
 }
 
 // RepairSources counts the members of a new rw region's region set that

@@ -18,7 +18,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/volume/internal/store"
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 // Server is the VolumeService.

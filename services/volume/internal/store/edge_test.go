@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 func TestCreateVolumeExistingIDReturnsStoredRowIgnoringVCRAndCounts(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 
 	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/pgtest"
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 	"storagecp.dev/volume/migrations"
 )
 

@@ -9,7 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 // Violation is one failed consistency check.

@@ -7,7 +7,7 @@ import (
 	"github.com/google/uuid"
 	"pgregory.net/rapid"
 
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 // TestPropertyInvariantsHoldOverRandomOperations drives random sequences of

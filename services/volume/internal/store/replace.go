@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 // ReplaceResult is the outcome of a replacement;

@@ -17,7 +17,7 @@ import (
 
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 // Store is the volume-service database.

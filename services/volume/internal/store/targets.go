@@ -11,7 +11,7 @@ import (
 
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/ids"
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 func getTarget(ctx context.Context, q db.Querier, id uuid.UUID) (Target, bool, error) {

@@ -13,7 +13,7 @@ import (
 
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/ids"
-	"storagecp.dev/volume/internal/vcr"
+	"storagecp.dev/platform/vcr"
 )
 
 // CreateParams describe CreateVolume. Exactly one of VCR and SnapshotOf is

@@ -6,13 +6,15 @@ import (
 	"net/netip"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/platform/target"
 )
 
 // Errors of the traversal helpers. They describe malformed stored VCRs (a
 // validated VCR never produces them) and never contain key material.
 var (
-	ErrIPv4Target      = errors.New("IPv4 target")
-	ErrBadAddress      = errors.New("malformed target address")
+	ErrIPv4Target      = target.ErrIPv4
+	ErrBadAddress      = target.ErrMalformed
 	ErrRWUnderROP      = errors.New("read/write region under a read-only parent")
 	ErrTopLevelRegion  = errors.New("top-level region")
 	ErrNotVolume       = errors.New("not a volume")
@@ -21,32 +23,14 @@ var (
 	ErrNonRegionSub    = errors.New("non-region sub-volume")
 )
 
-// ParseAddress parses a target as an IPv6 socket address. IPv4 (including
-// IPv4-mapped IPv6) is ErrIPv4Target; anything unparsable is ErrBadAddress.
-func ParseAddress(s string) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return netip.AddrPort{}, ErrBadAddress
-	}
-	a := ap.Addr()
-	if a.Is4() || a.Is4In6() {
-		return netip.AddrPort{}, ErrIPv4Target
-	}
-	if a.Zone() != "" {
-		return netip.AddrPort{}, ErrBadAddress
-	}
-	return ap, nil
-}
+// ParseAddress parses a target by the rule of platform/target: IPv4
+// (including IPv4-mapped IPv6) is ErrIPv4Target, a zone target.ErrZone,
+// port 0 target.ErrPortZero, anything unparsable ErrBadAddress.
+func ParseAddress(s string) (netip.AddrPort, error) { return target.Parse(s) }
 
 // Canonical is the canonical "[compressed-ipv6]:port" form (RFC 5952) every
 // comparison and every stored address uses.
-func Canonical(s string) (string, error) {
-	ap, err := ParseAddress(s)
-	if err != nil {
-		return "", err
-	}
-	return ap.String(), nil
-}
+func Canonical(s string) (string, error) { return target.Canonical(s) }
 
 // SameAddress compares two targets as parsed IPv6 socket addresses.
 func SameAddress(a, b string) (bool, error) {
@@ -324,25 +308,6 @@ func IsReadOnly(v *VCR) (bool, error) {
 		return false, ErrTopLevelRegion
 	}
 	return false, ErrNotVolume
-}
-
-// RegionSets lists each Region's target list, skipping Regions with an IPv4
-// (or unparsable) target.
-func RegionSets(v *VCR) [][]string {
-	var out [][]string
-	walk(v, true, func(n *VCR, _ bool) error {
-		if n.Region == nil {
-			return nil
-		}
-		for _, t := range n.Region.Opts.Target {
-			if _, err := ParseAddress(t); err != nil {
-				return nil
-			}
-		}
-		out = append(out, append([]string(nil), n.Region.Opts.Target...))
-		return nil
-	})
-	return out
 }
 
 // RWTargetsOnIP lists targets of rw Regions (never under a ROP) whose IP is ip.

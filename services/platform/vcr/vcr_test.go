@@ -133,8 +133,8 @@ func TestTraversalOrderAndROPHandling(t *testing.T) {
 	if _, err := CountSubVolumes(region(false, 1, "[fd00::1]:1")); !errors.Is(err, ErrTopLevelRegion) {
 		t.Fatal("top-level region counted")
 	}
-	if sets := RegionSets(volume(nil, region(true, 1, "[fd00::1]:1"), region(true, 1, "10.0.0.1:1"))); len(sets) != 1 {
-		t.Fatalf("RegionSets kept an IPv4 set: %v", sets)
+	if sets := RegionSets(volume(nil, region(true, 1, "[fd00::1]:1"), region(true, 1, "10.0.0.1:1"))); len(sets) != 2 || sets[1].Path != "vcr.sub_volumes[1]" {
+		t.Fatalf("RegionSets: %v", sets)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/platform/target"
 )
 
 // InvalidError is a malformed VCR: Path names the offending node, e.g.
@@ -112,8 +114,10 @@ func (val *validator) region(r *Region, path string, underROP bool) error {
 		switch {
 		case errors.Is(err, ErrIPv4Target):
 			return invalidf(tp, "IPv4 target %s is invalid; targets must be IPv6", quoteShort(t))
-		case err != nil:
+		case errors.Is(err, target.ErrMalformed):
 			return invalidf(tp, "malformed target %s; want \"[ipv6]:port\"", quoteShort(t))
+		case err != nil:
+			return invalidf(tp, "%v", err)
 		}
 		if inRegion[canon] {
 			return invalidf(tp, "duplicate target %s inside one region", canon)

@@ -6,6 +6,13 @@
 //
 // A VCR carries encryption keys (CrucibleOpts.Key). Nothing in this package
 // ever formats a key into an error; callers must not log VCRs.
+//
+// It is the one home of VCR traversal for every service: the
+// volume-service stores and validates VCRs with it, the upstairs-notifier
+// (and its sim-upstairs) reads targets, generations, positions and diffs
+// with it, and the replacement-orchestrator's preview finds region sets
+// with it. Proto messages go through FromProto first. Target addresses
+// follow platform/target.
 package vcr
 
 import (

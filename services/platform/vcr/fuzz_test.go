@@ -29,6 +29,13 @@ func FuzzDecodeValidate(f *testing.F) {
 		ReadOnlyTargets(v)
 		ReadWriteTargets(v)
 		RegionSets(v)
+		Generation(v)
+		if err := CheckShape(v); err != nil && v.Volume != nil {
+			t.Fatalf("CheckShape refused a valid volume: %v", err)
+		}
+		if ch, err := Diff(v, v.Clone()); err != nil || len(ch) != 0 {
+			t.Fatalf("Diff of a VCR with its clone: %v %v", ch, err)
+		}
 		for _, ref := range AllTargets(v) {
 			if _, err := RegionInVCR(v, ref.Address); err != nil {
 				t.Fatalf("RegionInVCR on a valid VCR: %v", err)
