@@ -174,41 +174,14 @@ func rsrCloneSource(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var self *CloneSource
-	consider := func(c CloneSource) (*CloneSource, error) {
-		gone, err := targetGone(ctx, d, c.TargetID)
-		if err != nil || gone {
-			return nil, err
-		}
-		if c.TargetID == p.OldTargetID {
-			self = &c
-			return nil, nil
-		}
-		return &c, nil
+	src, ok, err := ChooseCloneSource(ctx, resp, p.OldTargetID, nil, func(ctx context.Context, id uuid.UUID) (bool, error) {
+		return targetGone(ctx, d, id)
+	})
+	if err != nil {
+		return nil, err
 	}
-	for _, rs := range resp.RegionSnapshots {
-		id, err := uuid.Parse(rs.TargetId)
-		if err != nil {
-			return nil, err
-		}
-		if c, err := consider(CloneSource{TargetID: id, Address: rs.Address, Kind: "region_snapshot"}); err != nil || c != nil {
-			return c, err
-		}
-	}
-	for _, r := range resp.ReadOnlyRegions {
-		id, err := uuid.Parse(r.RegionId)
-		if err != nil {
-			return nil, err
-		}
-		if r.Address == "" {
-			continue
-		}
-		if c, err := consider(CloneSource{TargetID: id, Address: r.Address, Kind: "read_only_region"}); err != nil || c != nil {
-			return c, err
-		}
-	}
-	if self != nil {
-		return self, nil
+	if ok {
+		return &CloneSource{TargetID: src.TargetID, Address: src.Address, Kind: src.Kind}, nil
 	}
 	// No copy survives. Lost only if something still references the target:
 	// checked after the listing, since gone is irreversible — a target not

@@ -252,39 +252,29 @@ func (p *previewer) readOnly(ctx context.Context, kind orchestratorv1.Replacemen
 	return t, err
 }
 
-// cloneSource picks what rsr-start would: a region snapshot of the same
-// snapshot, else an ensured read-only region of its volume, on a disk that
-// stays in service, whose target is not gone.
+// cloneSource picks what rsr-start would (sagas.ChooseCloneSource), with
+// the previewed disks lost.
 func (p *previewer) cloneSource(ctx context.Context, t *orchestratorv1.ReadOnlyTargetPreview) error {
 	resp, err := p.r.s.deps.Allocator.ListCloneSources(ctx, &allocatorv1.ListCloneSourcesRequest{SnapshotId: t.SnapshotId, VolumeId: t.SnapshotId})
 	if err != nil {
 		return fmt.Errorf("clone sources of snapshot %s: %w", t.SnapshotId, err)
 	}
-	type candidate struct{ id, kind, disk string }
-	var cands []candidate
-	for _, rs := range resp.RegionSnapshots {
-		cands = append(cands, candidate{rs.TargetId, "region_snapshot", rs.DiskId})
+	old, err := uuid.Parse(t.TargetId)
+	if err != nil {
+		return fmt.Errorf("target %q: %w", t.TargetId, err)
 	}
-	for _, reg := range resp.ReadOnlyRegions {
-		if reg.Address != "" {
-			cands = append(cands, candidate{reg.RegionId, "read_only_region", reg.DiskId})
-		}
+	c, ok, err := sagas.ChooseCloneSource(ctx, resp, old, p.lostDisk, func(ctx context.Context, id uuid.UUID) (bool, error) {
+		_, gone, err := p.targetState(ctx, id.String())
+		return gone, err
+	})
+	if err != nil {
+		return err
 	}
-	for _, c := range cands {
-		if c.id == t.TargetId || p.lostDisk(c.disk) {
-			continue
-		}
-		_, gone, err := p.targetState(ctx, c.id)
-		if err != nil {
-			return err
-		}
-		if gone {
-			continue
-		}
-		t.CloneSourceTargetId, t.CloneSourceKind, t.CloneSourceDiskId = c.id, c.kind, c.disk
+	if !ok {
+		t.DataLoss = true
 		return nil
 	}
-	t.DataLoss = true
+	t.CloneSourceTargetId, t.CloneSourceKind, t.CloneSourceDiskId = c.TargetID.String(), c.Kind, c.DiskID
 	return nil
 }
 
