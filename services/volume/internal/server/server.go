@@ -17,8 +17,8 @@ import (
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
-	"storagecp.dev/volume/internal/store"
 	"storagecp.dev/platform/vcr"
+	"storagecp.dev/volume/internal/store"
 )
 
 // Server is the VolumeService.
