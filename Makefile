@@ -64,7 +64,7 @@ gen-check: generate
 	@test -z "$$(git status --porcelain --untracked-files=all -- gen/)" || { git status --short -- gen/; echo "gen/ has uncommitted files: run 'make generate' and commit"; exit 1; }
 
 fmt-check:
-	@out=$$(gofmt -l gen services deploy integration tools/cmd); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	@out=$$(gofmt -l gen services deploy testsupport integration tools/cmd); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 
 # The repository cites only what it contains: every relative link in a tracked
 # *.md resolves (file, and #anchor as GitHub slugs headings), every *.md path a
