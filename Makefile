@@ -25,7 +25,7 @@ INTEGRATION_PKGS = storagecp.dev/integration/...
 
 BASELINE := proto/baseline.binpb
 
-.PHONY: all tools jaeger generate lint breaking baseline gen-check vet unit integration test run clean-run bench soak fmt-check doc-check
+.PHONY: all tools jaeger generate lint breaking baseline gen-check vet prod-deps-check unit integration test run clean-run bench soak fmt-check doc-check
 
 all: test
 
@@ -64,7 +64,7 @@ gen-check: generate
 	@test -z "$$(git status --porcelain --untracked-files=all -- gen/)" || { git status --short -- gen/; echo "gen/ has uncommitted files: run 'make generate' and commit"; exit 1; }
 
 fmt-check:
-	@out=$$(gofmt -l gen services deploy integration tools/cmd); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	@out=$$(gofmt -l gen services deploy testsupport integration tools/cmd); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 
 # The repository cites only what it contains: every relative link in a tracked
 # *.md resolves (file, and #anchor as GitHub slugs headings), every *.md path a
@@ -79,6 +79,30 @@ doc-check: tools
 vet:
 	$(GO) vet storagecp.dev/...
 
+# Production binaries link production code only: `go list -deps` of each
+# names no test-support package (testsupport, integration, any testenv or
+# sagatest, platform's pgtest, the standard testing package), no launcher
+# (deploy, platform's pgcluster) and no simulation (a module named sim, as
+# storagecp.dev/notifier/sim). Known gap: region-allocator still links the
+# simulated Crucible agents (allocator/internal/agent), its only agent.
+PROD_BINS = storagecp.dev/volume/cmd/volume-service \
+	storagecp.dev/allocator/cmd/region-allocator \
+	storagecp.dev/notifier/cmd/upstairs-notifier \
+	storagecp.dev/orchestrator/cmd/replacement-orchestrator \
+	storagecp.dev/storctl/cmd/storctl
+NON_PROD_PKGS = ^(testing|storagecp\.dev/(testsupport|deploy|integration|sim)(/.*)?|storagecp\.dev/[^/]+/sim(/.*)?|storagecp\.dev/platform/(pgtest|pgcluster)(/.*)?|storagecp\.dev/.*/(testenv|sagatest))$$
+
+prod-deps-check:
+	@fail=0; for b in $(PROD_BINS); do \
+		deps=$$($(GO) list -deps $$b); \
+		bad=$$(grep -E '$(NON_PROD_PKGS)' <<<"$$deps" || true); \
+		if [ -n "$$bad" ]; then \
+			echo "$$b links non-production packages:"; sed 's/^/    /' <<<"$$bad"; fail=1; \
+		else \
+			echo "$$b: $$(grep -c . <<<"$$deps") packages ($$(grep -c '^storagecp\.dev/' <<<"$$deps") storagecp.dev), no test-support, launcher or simulation"; \
+		fi; \
+	done; exit $$fail
+
 unit:
 	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
 
@@ -87,7 +111,7 @@ unit:
 integration: $(BIN)/jaeger
 	STORAGECP_REQUIRE_JAEGER=1 $(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
 
-test: gen-check lint breaking fmt-check doc-check vet unit integration
+test: gen-check lint breaking fmt-check doc-check vet prod-deps-check unit integration
 	@echo "make test: all checks passed"
 
 # TRACING=1 also starts Jaeger (built on first use) and sends every

@@ -3,9 +3,8 @@ module storagecp.dev/deploy
 go 1.26.8
 
 require (
-	google.golang.org/grpc v1.85.0
-	storagecp.dev/platform v0.0.0
 	storagecp.dev/storctl v0.0.0
+	storagecp.dev/testsupport v0.0.0
 )
 
 require (
@@ -16,12 +15,15 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
+	google.golang.org/grpc v1.85.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 	storagecp.dev/gen v0.0.0 // indirect
+	storagecp.dev/platform v0.0.0 // indirect
 )
 
 replace (
 	storagecp.dev/gen => ../gen
 	storagecp.dev/platform => ../services/platform
 	storagecp.dev/storctl => ../services/storctl
+	storagecp.dev/testsupport => ../testsupport
 )

@@ -8,10 +8,10 @@ require (
 	go.opentelemetry.io/proto/otlp v1.11.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
-	storagecp.dev/deploy v0.0.0
 	storagecp.dev/gen v0.0.0
 	storagecp.dev/platform v0.0.0
 	storagecp.dev/storctl v0.0.0
+	storagecp.dev/testsupport v0.0.0
 )
 
 require (
@@ -26,8 +26,8 @@ require (
 )
 
 replace (
-	storagecp.dev/deploy => ../deploy
 	storagecp.dev/gen => ../gen
 	storagecp.dev/platform => ../services/platform
 	storagecp.dev/storctl => ../services/storctl
+	storagecp.dev/testsupport => ../testsupport
 )

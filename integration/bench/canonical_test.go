@@ -11,8 +11,8 @@ import (
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 // TestCanonical measures the canonical case (make bench): one disk, one

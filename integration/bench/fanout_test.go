@@ -26,10 +26,10 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
 	"storagecp.dev/platform/pgcluster"
+	"storagecp.dev/testsupport/stack"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }

@@ -16,9 +16,9 @@ import (
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/storctl/demo"
+	"storagecp.dev/testsupport/stack"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
+	"storagecp.dev/testsupport/stack"
 )
 
 // TestStoragecpLocalNonInteractive runs the real `make run` command

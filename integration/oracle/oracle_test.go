@@ -17,9 +17,9 @@ import (
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }

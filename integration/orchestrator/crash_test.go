@@ -13,9 +13,9 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }

@@ -18,9 +18,9 @@ import (
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 // pair is a rack with two orchestrators and clients for both.

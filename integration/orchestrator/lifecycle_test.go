@@ -14,8 +14,8 @@ import (
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 // counts is how many sagas, volumes (deleted ones included) and regions

@@ -11,9 +11,9 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 // A saga whose undo fails with a permanent error is stuck: shown as stuck,

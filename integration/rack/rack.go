@@ -1,5 +1,5 @@
 // Package rack is the fixture of the end-to-end tests: a whole deployment
-// (deploy/stack) with a seeded rack and clients for every service, and the
+// (testsupport/stack) with a seeded rack and clients for every service, and the
 // checks every test ends with.
 package rack
 
@@ -21,8 +21,8 @@ import (
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
+	"storagecp.dev/testsupport/stack"
 )
 
 // Rack is a running deployment with clients for every service.

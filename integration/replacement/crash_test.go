@@ -10,8 +10,8 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 // The orchestrator crashes at each point of each node of the five read-only

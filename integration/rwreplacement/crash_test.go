@@ -9,8 +9,8 @@ import (
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
+	"storagecp.dev/testsupport/stack"
 )
 
 // rrTemplates are the rw replacement sagas, in the order a request meets

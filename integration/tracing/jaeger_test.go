@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"storagecp.dev/deploy/stack"
+	"storagecp.dev/testsupport/stack"
 )
 
 // jaegerBin returns the Jaeger binary `make jaeger` builds. Outside make a

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 // sample is one line of the Prometheus text format.

@@ -13,9 +13,9 @@ require (
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 	pgregory.net/rapid v1.3.0
-	storagecp.dev/deploy v0.0.0-00010101000000-000000000000
 	storagecp.dev/gen v0.0.0
 	storagecp.dev/platform v0.0.0
+	storagecp.dev/testsupport v0.0.0
 )
 
 require (
@@ -50,7 +50,7 @@ require (
 	go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc v1.47.0 // indirect
 	go.opentelemetry.io/otel/exporters/prometheus v0.69.0 // indirect
 	go.opentelemetry.io/otel/log v1.47.0 // indirect
-	go.opentelemetry.io/otel/sdk/metric v1.47.0 // indirect
+	go.opentelemetry.io/otel/sdk/metric v1.47.0
 	go.opentelemetry.io/proto/otlp v1.11.0 // indirect
 	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
@@ -62,7 +62,7 @@ require (
 )
 
 replace (
-	storagecp.dev/deploy => ../../deploy
 	storagecp.dev/gen => ../../gen
 	storagecp.dev/platform => ../platform
+	storagecp.dev/testsupport => ../../testsupport
 )

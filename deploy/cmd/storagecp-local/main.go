@@ -20,8 +20,8 @@ import (
 	"syscall"
 	"time"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/storctl/demo"
+	"storagecp.dev/testsupport/stack"
 )
 
 func main() {

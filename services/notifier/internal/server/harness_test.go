@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build dir:", err)
 		os.Exit(1)
 	}
-	if err := goBuild(dir, "../..", "./cmd/sim-upstairs", "sim-upstairs"); err != nil {
+	if err := goBuild(dir, "../../sim", "./cmd/sim-upstairs", "sim-upstairs"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

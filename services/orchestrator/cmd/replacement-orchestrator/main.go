@@ -53,6 +53,22 @@ func main() {
 			})
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
+			// The crash and failure hooks (saga.CrashEnv, saga.FailEnv)
+			// end or fail sagas on purpose: read here, once, and only in
+			// development mode; the saga engine never reads them itself.
+			for _, h := range []struct {
+				name string
+				dst  *string
+			}{{saga.CrashEnv, &cfg.CrashAt}, {saga.FailEnv, &cfg.FailAt}} {
+				if v := os.Getenv(h.name); v != "" {
+					if !env.Dev {
+						env.Logger.Warn("ignoring "+h.name+": crash and failure hooks need --dev", "value", v)
+						continue
+					}
+					*h.dst = v
+					env.Logger.Warn("saga fault hook on", h.name, v)
+				}
+			}
 			// Sabotage hooks are test hooks: read once, at start, and
 			// honoured only in development mode, so a production process
 			// with the variable set by mistake runs clean (and says so).

@@ -45,7 +45,9 @@ func crashHelperMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	sec := saga.NewSEC(pool, crashSEC, reg, pool, nil)
+	// The engine reads no environment: the helper passes the crash point
+	// as the orchestrator's main does in development mode.
+	sec := saga.NewSEC(pool, crashSEC, reg, pool, nil, saga.WithCrashAt(os.Getenv(saga.CrashEnv)))
 	h := &saga.Hooks{}
 	if n := os.Getenv(helperFailAtEnv); n != "" {
 		h.InjectError(n)

@@ -148,6 +148,10 @@ func HookSagaID(ctx context.Context) (uuid.UUID, bool) {
 // that template. Points: after_started (the `started` event is committed,
 // the action has not run), after_action (the action ran, `succeeded` is
 // not written), after_undo (the undo ran, `undo_finished` is not written).
+//
+// This package never reads the environment: a process that honours the
+// variable (the replacement-orchestrator, only with --dev) reads it and
+// passes the value to its SEC with WithCrashAt.
 const CrashEnv = "STORAGECP_CRASH_AT"
 
 // Crash points.
@@ -162,9 +166,15 @@ type crashPoint struct {
 	template, node, point string
 }
 
-// crashPointFromEnv is the one place that reads CrashEnv.
-func crashPointFromEnv() crashPoint {
-	v := os.Getenv(CrashEnv)
+// WithCrashAt arms the process-level crash hook: spec is a CrashEnv value
+// ("" or a malformed one arms nothing). For development and test processes
+// only: the SEC exits the whole process when the point is reached.
+func WithCrashAt(spec string) SECOption {
+	return func(o *secOptions) { o.crash = parseCrashPoint(spec) }
+}
+
+// parseCrashPoint parses a CrashEnv value.
+func parseCrashPoint(v string) crashPoint {
 	parts := strings.Split(v, "/")
 	if len(parts) != 3 {
 		return crashPoint{}
@@ -176,14 +186,23 @@ func crashPointFromEnv() crashPoint {
 // "<template>/<node>" makes that node's action fail (without running it) in
 // every saga of that template this process runs. With CrashEnv pointing at
 // an after_undo point it reaches every undo of a saga in a real process; a
-// restarted process without it finishes the unwind and retries.
+// restarted process without it finishes the unwind and retries. Like
+// CrashEnv it is read by the process (only with --dev), never by this
+// package, and passed with WithFailAt.
 const FailEnv = "STORAGECP_FAIL_AT"
 
 // failPoint is the parsed FailEnv; the zero value never fires.
 type failPoint struct{ template, node string }
 
-func failPointFromEnv() failPoint {
-	parts := strings.Split(os.Getenv(FailEnv), "/")
+// WithFailAt arms the process-level failure hook: spec is a FailEnv value
+// ("" or a malformed one arms nothing).
+func WithFailAt(spec string) SECOption {
+	return func(o *secOptions) { o.fail = parseFailPoint(spec) }
+}
+
+// parseFailPoint parses a FailEnv value.
+func parseFailPoint(v string) failPoint {
+	parts := strings.Split(v, "/")
 	if len(parts) != 2 {
 		return failPoint{}
 	}

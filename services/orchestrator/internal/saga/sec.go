@@ -61,6 +61,8 @@ type secOptions struct {
 	base        context.Context
 	actionRetry RetryPolicy
 	unwindGrace time.Duration
+	crash       crashPoint
+	fail        failPoint
 }
 
 // DefaultUnwindGrace is how long an operator's unwind waits, by default,
@@ -100,7 +102,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 	s := &SEC{
 		store: store.New(pool), id: secID, registry: registry, deps: deps,
 		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
-		crash: crashPointFromEnv(), fail: failPointFromEnv(), actionRetry: o.actionRetry, unwindGrace: o.unwindGrace, ctx: ctx, cancel: cancel,
+		crash: o.crash, fail: o.fail, actionRetry: o.actionRetry, unwindGrace: o.unwindGrace, ctx: ctx, cancel: cancel,
 		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
 		appendCh: make(chan *appendReq, 1024),
 	}

@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/saga/sagatest"
 	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/testsupport/stack"
 )
 
 // A real fault, not a hook: volume-create fails at its last node and

@@ -8,9 +8,9 @@ import (
 
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/orchestrator/internal/testenv"
 	"storagecp.dev/platform/grpcclient"
+	"storagecp.dev/testsupport/stack"
 )
 
 func jsonDecode(raw json.RawMessage, out any) error { return json.Unmarshal(raw, out) }

@@ -61,6 +61,10 @@ type Config struct {
 	// UnwindGrace: how long an operator's unwind lets the actions in
 	// flight finish before cancelling them (saga.WithUnwindGrace).
 	UnwindGrace time.Duration
+	// CrashAt and FailAt arm the process-level crash and failure hooks
+	// of the leader's SEC (saga.WithCrashAt, saga.WithFailAt; dev/test
+	// only: main sets them from saga.CrashEnv and saga.FailEnv with --dev).
+	CrashAt, FailAt string
 }
 
 // Server bundles the orchestrator's services.
@@ -167,7 +171,8 @@ func (s *Server) Run(ctx context.Context) {
 func (s *Server) lead(term *leader.Term) {
 	ctx := term.Ctx
 	logger := s.logger.With("epoch", term.Epoch)
-	sec := saga.NewSEC(s.pool, s.cfg.SECID, s.registry, s.deps, logger, saga.WithBaseContext(ctx), saga.WithUnwindGrace(s.unwindGrace()))
+	sec := saga.NewSEC(s.pool, s.cfg.SECID, s.registry, s.deps, logger, saga.WithBaseContext(ctx), saga.WithUnwindGrace(s.unwindGrace()),
+		saga.WithCrashAt(s.cfg.CrashAt), saga.WithFailAt(s.cfg.FailAt))
 	defer func() {
 		s.mu.Lock()
 		if s.sec == sec {

@@ -1,7 +1,9 @@
 // Package testenv runs saga and task tests against the real services: the
 // volume-service, region-allocator, upstairs-notifier and sim-upstairs as
-// processes (deploy/stack), and a saga execution coordinator in the test
-// process on the orchestrator's database in the same PostgreSQL cluster.
+// processes (started by testsupport/testenv, shared with the integration
+// harness), and a saga execution coordinator in the test process on the
+// orchestrator's database in the same PostgreSQL cluster. Only what needs
+// the orchestrator's internals is here.
 package testenv
 
 import (
@@ -9,8 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,44 +22,18 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/orchestrator/internal/datastore"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagas"
 	"storagecp.dev/orchestrator/migrations"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/grpcclient"
+	"storagecp.dev/testsupport/stack"
+	processes "storagecp.dev/testsupport/testenv"
 )
 
-// binDir is set by Main for the test binary (TestMain offers no other way).
-var binDir string
-
 // Main builds the service binaries once, runs the tests, cleans up.
-func Main(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	root, err := stack.FindRepoRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "testenv:", err)
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "storagecp-testenv")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "testenv:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	if err := stack.Build(ctx, root, dir); err != nil {
-		fmt.Fprintln(os.Stderr, "testenv:", err)
-		return 1
-	}
-	binDir = dir
-	return m.Run()
-}
+func Main(m *testing.M) { processes.Main(m) }
 
 // Env is one test's deployment.
 type Env struct {
@@ -82,21 +56,15 @@ type Options struct {
 // Start brings the services up for one test; everything stops at its end.
 func Start(t testing.TB, o Options) *Env {
 	t.Helper()
-	if binDir == "" {
-		t.Fatal("testenv: call testenv.Main from TestMain")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	only := []string{stack.Volume, stack.Allocator, stack.Notifier}
 	if o.SimUpstairs > 0 {
 		only = append(only, stack.SimUpstairs)
 	}
-	st, err := stack.Start(ctx, stack.Config{
-		BinDir: binDir, LogDir: filepath.Join(t.TempDir(), "logs"), SimUpstairs: o.SimUpstairs, Dev: true, Only: only,
-	})
-	if err != nil {
-		t.Fatalf("start services: %v", err)
-	}
+	// The processes stop (and, on failure, show their logs) in a cleanup
+	// registered first, so it runs after the SEC's and the pool's below.
+	st := processes.Start(t, stack.Config{SimUpstairs: o.SimUpstairs, Only: only})
 	e := &Env{Stack: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	t.Cleanup(func() {
 		if e.SEC != nil {
@@ -107,13 +75,8 @@ func Start(t testing.TB, o Options) *Env {
 		if e.Pool != nil {
 			e.Pool.Close()
 		}
-		if t.Failed() {
-			for _, p := range st.Procs() {
-				t.Logf("---- %s\n%s", p.Name, p.LogTail(25))
-			}
-		}
-		st.Stop()
 	})
+	var err error
 	e.Pool, err = db.Open(ctx, st.Cluster.DSN(stack.DatabaseOf(stack.Orchestrator)))
 	if err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ const (
 	ExitViolations = 3
 )
 
-// Service names, as the processes call themselves (deploy/stack), so an
+// Service names, as the processes call themselves (testsupport/stack), so an
 // error names the process an operator would look at.
 const (
 	svcVolume       = "volume-service"

@@ -43,7 +43,7 @@ var binaries = map[string]string{
 	Allocator:    "./services/allocator/cmd/region-allocator",
 	Notifier:     "./services/notifier/cmd/upstairs-notifier",
 	Orchestrator: "./services/orchestrator/cmd/replacement-orchestrator",
-	SimUpstairs:  "./services/notifier/cmd/sim-upstairs",
+	SimUpstairs:  "./services/notifier/sim/cmd/sim-upstairs",
 }
 
 // databases maps a service to its database name.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
-	"storagecp.dev/notifier/internal/simupstairs"
+	"storagecp.dev/notifier/sim/internal/simupstairs"
 	"storagecp.dev/platform/server"
 )
 

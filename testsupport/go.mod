@@ -1,0 +1,24 @@
+module storagecp.dev/testsupport
+
+go 1.26.8
+
+require (
+	google.golang.org/grpc v1.85.0
+	storagecp.dev/platform v0.0.0
+)
+
+require (
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/pgx/v5 v5.12.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+replace (
+	storagecp.dev/gen => ../gen
+	storagecp.dev/platform => ../services/platform
+)
