@@ -22,9 +22,9 @@ import (
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/deploy/stack"
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
