@@ -282,31 +282,48 @@ func (v *validator) locksAndSagas(ctx context.Context) error {
 // lockOwner checks that a lock's holder record exists and is not terminal.
 func (v *validator) lockOwner(ctx context.Context, l datastore.Lock) error {
 	st := v.store
+	var why string
 	switch l.HolderKind {
 	case datastore.HolderReadOnlyReplacement:
 		r, err := st.GetReadOnlyRequest(ctx, l.RepairID)
 		if err != nil {
-			v.add("orphan_lock", l.VolumeID.String(), "held by missing read-only replacement %s", l.RepairID)
+			why = fmt.Sprintf("held by missing read-only replacement %s", l.RepairID)
 		} else if r.State.Terminal() {
-			v.add("orphan_lock", l.VolumeID.String(), "held by %s read-only replacement %s", r.State, l.RepairID)
+			why = fmt.Sprintf("held by %s read-only replacement %s", r.State, l.RepairID)
 		}
 	case datastore.HolderStep:
 		s, err := st.GetStep(ctx, l.RepairID)
 		if err != nil {
-			v.add("orphan_lock", l.VolumeID.String(), "held by missing step %s", l.RepairID)
+			why = fmt.Sprintf("held by missing step %s", l.RepairID)
 		} else if s.State != datastore.StepRequested && s.State != datastore.StepRunning {
-			v.add("orphan_lock", l.VolumeID.String(), "held by %s step %s", s.State, l.RepairID)
+			why = fmt.Sprintf("held by %s step %s", s.State, l.RepairID)
 		}
 	case datastore.HolderRegionReplacement:
 		r, err := st.GetRegionRequest(ctx, l.RepairID)
 		if err != nil {
-			v.add("orphan_lock", l.VolumeID.String(), "held by missing region replacement %s", l.RepairID)
+			why = fmt.Sprintf("held by missing region replacement %s", l.RepairID)
 		} else if r.State.Terminal() {
-			v.add("orphan_lock", l.VolumeID.String(), "held by complete region replacement %s", l.RepairID)
+			why = fmt.Sprintf("held by complete region replacement %s", l.RepairID)
 		}
 	default:
 		// Snapshot creation holds its lock for one saga's run.
 		v.addQuiet("orphan_lock", l.VolumeID.String(), "%s lock %s with no saga running", l.HolderKind, l.RepairID)
+		return nil
+	}
+	if why == "" {
+		return nil
+	}
+	// The lock was listed before its holder was read. A record ends and
+	// releases its lock in one transaction, so a holder seen ended while
+	// its lock is still there afterwards is a real orphan; a lock gone by
+	// now was released in between (a step completing while we looked).
+	var held bool
+	if err := v.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM volume_repair WHERE volume_id = $1 AND repair_id = $2)`,
+		l.VolumeID, l.RepairID).Scan(&held); err != nil {
+		return err
+	}
+	if held {
+		v.add("orphan_lock", l.VolumeID.String(), "%s", why)
 	}
 	return nil
 }
