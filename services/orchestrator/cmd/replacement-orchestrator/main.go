@@ -41,6 +41,10 @@ func main() {
 				"repair starts (live-repair notifications or Pantry reconciliations) after which a rw replacement that never finished ends needs_operator")
 			fs.DurationVar(&cfg.RWBounds.StallTimeout, "rw-stall-timeout", bgtasks.DefaultStallTimeout,
 				"time without a drive attempt or a repair report after which a rw replacement ends needs_operator")
+			fs.IntVar(&cfg.ActionRetry.MaxAttempts, "saga-action-attempts", saga.DefaultActionRetry().MaxAttempts,
+				"runs of a saga action that fails with a retryable error (UNAVAILABLE, a broken connection…) before its node fails and the saga unwinds")
+			fs.DurationVar(&cfg.ActionRetry.MaxElapsed, "saga-action-retry-window", saga.DefaultActionRetry().MaxElapsed,
+				"no new run of a failing saga action starts once this long has passed since its first run")
 			fs.DurationVar(&cfg.UnwindGrace, "unwind-grace", saga.DefaultUnwindGrace,
 				"how long an operator's abandon (AbandonSaga) lets a saga's actions in flight finish before cancelling them")
 			fs.Func("pantry-addrs", "comma-separated Pantry-like Upstairs hosts used to reconcile volumes with no consumer", func(v string) error {

@@ -58,6 +58,9 @@ type Config struct {
 	// RWBounds end a rw replacement whose repair does not finish (zero
 	// fields: bgtasks' defaults).
 	RWBounds bgtasks.RWBounds
+	// ActionRetry bounds the in-place retries of a saga action (zero
+	// fields: saga.DefaultActionRetry's).
+	ActionRetry saga.RetryPolicy
 	// UnwindGrace: how long an operator's unwind lets the actions in
 	// flight finish before cancelling them (saga.WithUnwindGrace).
 	UnwindGrace time.Duration
@@ -172,7 +175,7 @@ func (s *Server) lead(term *leader.Term) {
 	ctx := term.Ctx
 	logger := s.logger.With("epoch", term.Epoch)
 	sec := saga.NewSEC(s.pool, s.cfg.SECID, s.registry, s.deps, logger, saga.WithBaseContext(ctx), saga.WithUnwindGrace(s.unwindGrace()),
-		saga.WithCrashAt(s.cfg.CrashAt), saga.WithFailAt(s.cfg.FailAt))
+		saga.WithCrashAt(s.cfg.CrashAt), saga.WithFailAt(s.cfg.FailAt), saga.WithActionRetry(s.cfg.ActionRetry))
 	defer func() {
 		s.mu.Lock()
 		if s.sec == sec {
