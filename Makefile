@@ -56,7 +56,7 @@ breaking: tools
 	buf breaking --against $(BASELINE)
 
 baseline: tools
-	buf build -o $(BASELINE)
+	buf build --exclude-source-info -o $(BASELINE)
 
 # Generated code is committed; CI fails if it is stale.
 gen-check: generate
