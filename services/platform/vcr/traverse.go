@@ -154,16 +154,12 @@ func RegionInVCR(v *VCR, addr string) (bool, error) {
 	return found, err
 }
 
-// ReadOnlyTargetInVCR reports whether a read-only Region anywhere in the
-// tree contains addr. A rw Region under a ROP, or an IPv4 target seen before
-// a match, is an error.
-func ReadOnlyTargetInVCR(v *VCR, addr string) (bool, error) {
-	needle, err := ParseAddress(addr)
-	if err != nil {
-		return false, err
-	}
-	found := false
-	err = walk(v, true, func(n *VCR, underROP bool) error {
+// eachReadOnlyTarget calls f with every target of every read-only Region
+// of v (its Region, index and parsed address), stopping at f's first error.
+// A rw Region under a ROP is ErrRWUnderROP, a malformed target its parse
+// error.
+func eachReadOnlyTarget(v *VCR, f func(n *VCR, i int, p netip.AddrPort) error) error {
+	return walk(v, true, func(n *VCR, underROP bool) error {
 		if n.Region == nil {
 			return nil
 		}
@@ -173,15 +169,32 @@ func ReadOnlyTargetInVCR(v *VCR, addr string) (bool, error) {
 			}
 			return nil
 		}
-		for _, t := range n.Region.Opts.Target {
+		for i, t := range n.Region.Opts.Target {
 			p, err := ParseAddress(t)
 			if err != nil {
 				return err
 			}
-			if p == needle {
-				found = true
-				return errStop
+			if err := f(n, i, p); err != nil {
+				return err
 			}
+		}
+		return nil
+	})
+}
+
+// ReadOnlyTargetInVCR reports whether a read-only Region anywhere in the
+// tree contains addr. A rw Region under a ROP, or an IPv4 target seen before
+// a match, is an error.
+func ReadOnlyTargetInVCR(v *VCR, addr string) (bool, error) {
+	needle, err := ParseAddress(addr)
+	if err != nil {
+		return false, err
+	}
+	found := false
+	err = eachReadOnlyTarget(v, func(_ *VCR, _ int, p netip.AddrPort) error {
+		if p == needle {
+			found = true
+			return errStop
 		}
 		return nil
 	})
@@ -244,25 +257,10 @@ func ReplaceReadOnlyTargetInVCR(v *VCR, old, new string) (*VCR, int, error) {
 	}
 	c := v.Clone()
 	count := 0
-	err = walk(c, true, func(n *VCR, underROP bool) error {
-		if n.Region == nil {
-			return nil
-		}
-		if !n.Region.Opts.ReadOnly {
-			if underROP {
-				return ErrRWUnderROP
-			}
-			return nil
-		}
-		for i, t := range n.Region.Opts.Target {
-			p, err := ParseAddress(t)
-			if err != nil {
-				return err
-			}
-			if p == o {
-				n.Region.Opts.Target[i] = newCanon
-				count++
-			}
+	err = eachReadOnlyTarget(c, func(n *VCR, i int, p netip.AddrPort) error {
+		if p == o {
+			n.Region.Opts.Target[i] = newCanon
+			count++
 		}
 		return nil
 	})
