@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -790,23 +791,26 @@ func TestConstructRefusesVolumeDeletedMeanwhile(t *testing.T) {
 // user's delete lands right after its read of the VCR: the volume is
 // soft-deleted and its Upstairs deactivated by the delete's detach, whose
 // forgetting of the attachment has not happened yet.
+// deletedMidNotify is installed as the server's volume client before any
+// RPC runs (the field is read by every handler, so swapping it later races
+// them); volume, set later, arms it.
 type deletedMidNotify struct {
 	volumeClient
 	t      testing.TB
 	rv     *realVolumes
 	sim    *sim
-	volume string
+	volume atomic.Value // string
 	once   sync.Once
 }
 
 func (d *deletedMidNotify) GetVolume(ctx context.Context, in *volumev1.GetVolumeRequest, opts ...grpc.CallOption) (*volumev1.GetVolumeResponse, error) {
 	resp, err := d.volumeClient.GetVolume(ctx, in, opts...)
-	if in.GetVolumeId() == d.volume {
+	if armed, _ := d.volume.Load().(string); armed != "" && in.GetVolumeId() == armed {
 		d.once.Do(func() {
-			if _, derr := d.rv.c.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: d.volume}); derr != nil {
+			if _, derr := d.rv.c.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: armed}); derr != nil {
 				d.t.Errorf("soft delete: %v", derr)
 			}
-			if _, derr := d.sim.up.Deactivate(ctx, &upstairsv1.DeactivateRequest{VolumeId: d.volume}); derr != nil {
+			if _, derr := d.sim.up.Deactivate(ctx, &upstairsv1.DeactivateRequest{VolumeId: armed}); derr != nil {
 				d.t.Errorf("deactivate: %v", derr)
 			}
 		})
@@ -820,8 +824,11 @@ func (d *deletedMidNotify) GetVolume(ctx context.Context, in *volumev1.GetVolume
 // deactivated refused (that attempt is not counted as FAILED).
 func TestNotifyVolumeDeleted(t *testing.T) {
 	w := newWorld(t)
-	s := w.sim()
 	rv := w.vols.(*realVolumes)
+	mid := &deletedMidNotify{volumeClient: w.n.srv.volumes, t: t, rv: rv}
+	w.n.srv.volumes = mid
+	s := w.sim()
+	mid.sim = s
 	outcomes := func(vol string) map[notifierv1.NotificationOutcome]int {
 		out := map[notifierv1.NotificationOutcome]int{}
 		for _, n := range w.notifications(vol) {
@@ -850,7 +857,7 @@ func TestNotifyVolumeDeleted(t *testing.T) {
 	midway := w.vols.create(t, addrs("172", 3), addrs("272", 3))
 	w.mustConstruct(midway, s, false)
 	w.vols.replaceRO(t, midway, addrs("272", 3)[0], "[fd00:1122:3344:2fe::1]:19002")
-	w.n.srv.volumes = &deletedMidNotify{volumeClient: w.n.srv.volumes, t: t, rv: rv, sim: s, volume: midway}
+	mid.volume.Store(midway)
 	resp, err = w.notify(midway, "step-2")
 	if err != nil || resp.GetOutcome() != notifierv1.NotificationOutcome_NOTIFICATION_OUTCOME_VOLUME_DELETED {
 		t.Fatalf("notify a volume deleted midway: %v %v", resp, err)
