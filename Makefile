@@ -146,6 +146,6 @@ bench:
 # STORAGECP_SEED=<seed> go test ./integration/race).
 SEEDS ?= 20
 soak:
-	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m -run 'TestUserOperations' storagecp.dev/orchestrator/internal/sagas/...
-	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 60m -run '(Helpers|^TestRSR(GarbageCollect|Step|StepGarbageCollect|Finish))$$/undo_transient_at_' storagecp.dev/orchestrator/internal/sagas
+	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m -run 'TestUserOperations' storagecp.dev/orchestrator/internal/sagadef/...
+	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 60m -run '(Helpers|^TestRSR(GarbageCollect|Step|StepGarbageCollect|Finish))$$/undo_transient_at_' storagecp.dev/orchestrator/internal/sagadef
 	STORAGECP_SOAK=1 STORAGECP_SEEDS=$(SEEDS) $(GO) test -count=1 -timeout 240m $(INTEGRATION_PKGS)

@@ -254,8 +254,8 @@ func TestStorctlGolden(t *testing.T) {
 		}
 	}
 	stdout, _, _ = storctl(t, r, "sagas", "list", "-o", "json")
-	if !strings.Contains(stdout, `"rsr-start"`) {
-		t.Errorf("sagas list -o json lacks rsr-start:\n%s", stdout)
+	if !strings.Contains(stdout, `"ro-replacement-start"`) {
+		t.Errorf("sagas list -o json lacks ro-replacement-start:\n%s", stdout)
 	}
 	resp, err := r.Admin.ListSagas(ctx, &orchestratorv1.ListSagasRequest{PageSize: 1})
 	if err != nil || len(resp.Sagas) == 0 {

@@ -129,7 +129,7 @@ func fired(t *testing.T, r *rack.Rack, what string, want func(*upstairsv1.Conten
 // wrong_clone_source: a disk running on sim-upstairs 0 is written,
 // snapshotted (S1), written again and snapshotted again (S2); a clone of S1
 // runs on sim-upstairs 1; the disk of one of S1's region snapshots is
-// expunged. Sabotaged, rsr-start clones S1's new read-only region from S2's
+// expunged. Sabotaged, ro-replacement-start clones S1's new read-only region from S2's
 // copy: every target stays served — the liveness probe is content — but the
 // clone's read-only parent now reads the second write where it read the
 // first.
@@ -138,7 +138,7 @@ func TestWrongCloneSource(t *testing.T) {
 		t.Run(fmt.Sprintf("sabotaged=%v", sabotaged), func(t *testing.T) {
 			sabotage := ""
 			if sabotaged {
-				sabotage = "rsr-start/wrong_clone_source"
+				sabotage = "ro-replacement-start/wrong_clone_source"
 			}
 			r := start(t, 6, sabotage)
 			disk := r.CreateDisk(t)
@@ -183,7 +183,7 @@ func TestSkipSwap(t *testing.T) {
 		t.Run(fmt.Sprintf("sabotaged=%v", sabotaged), func(t *testing.T) {
 			sabotage := ""
 			if sabotaged {
-				sabotage = "rsr-step/skip_swap"
+				sabotage = "ro-replacement-step/skip_swap"
 			}
 			r := start(t, 8, sabotage)
 			disk := r.CreateDisk(t)

@@ -105,8 +105,8 @@ func TestReplacementIsOneTrace(t *testing.T) {
 	}
 	traceID := parts[1]
 	want := map[string]int{
-		"saga rsr-start": 1, "saga rsr-garbage-collect": 1, "saga rsr-step": 2,
-		"saga rsr-step-garbage-collect": 2, "saga rsr-finish": 1,
+		"saga ro-replacement-start": 1, "saga ro-replacement-garbage-collect": 1, "saga ro-replacement-step": 2,
+		"saga ro-replacement-step-garbage-collect": 2, "saga ro-replacement-finish": 1,
 	}
 	services := []string{stack.Volume, stack.Allocator, stack.Notifier}
 	harness.Eventually(t, 20*time.Second, "the whole replacement in one trace", func() error {

@@ -23,7 +23,7 @@ import (
 // and the replacement still ends Complete with the world consistent and no
 // data-loss probe.
 func TestCrashAtEveryReplacementNode(t *testing.T) {
-	templates := []string{"rsr-start", "rsr-garbage-collect", "rsr-step", "rsr-step-garbage-collect", "rsr-finish"}
+	templates := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step", "ro-replacement-step-garbage-collect", "ro-replacement-finish"}
 	every := 5
 	if os.Getenv("STORAGECP_SOAK") == "1" {
 		every = 1

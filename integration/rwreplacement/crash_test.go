@@ -15,7 +15,7 @@ import (
 
 // rrTemplates are the rw replacement sagas, in the order a request meets
 // them.
-var rrTemplates = []string{"rr-start", "rr-drive", "rr-finish"}
+var rrTemplates = []string{"rw-replacement-start", "rw-replacement-drive", "rw-replacement-finish"}
 
 // rrFailNode is the node every rw replacement saga ends with: failing it
 // (STORAGECP_FAIL_AT) unwinds through every undo the saga has.
@@ -42,7 +42,7 @@ func (r rwRack) actionNodes(t *testing.T) map[string][]sagaNode {
 			continue
 		}
 		switch s.Name {
-		case "rr-start", "rr-drive", "rr-finish":
+		case "rw-replacement-start", "rw-replacement-drive", "rw-replacement-finish":
 		default:
 			continue
 		}
@@ -137,7 +137,7 @@ func rrCrashPoints(t *testing.T, nodes map[string][]sagaNode) []crashPoint {
 
 // A crash of the orchestrator right after `started` is committed, right
 // after the action's effect, and right after an undo's effect, at every
-// node of rr-start, rr-drive and rr-finish (no consumer: the Pantry path):
+// node of rw-replacement-start, rw-replacement-drive and rw-replacement-finish (no consumer: the Pantry path):
 // the restarted orchestrator recovers the saga — finishing it, or finishing
 // its unwind and retrying — and the request still completes with the world
 // consistent. Outside soak runs (STORAGECP_SOAK=1) every third point runs.

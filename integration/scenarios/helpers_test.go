@@ -355,7 +355,7 @@ func (w *world) runs(t *testing.T, sim int, volume string) []string {
 }
 
 // requestHeldInRequested requests the replacement of target with every
-// rsr-start saga failing at its region ensure (the agent refuses to create
+// ro-replacement-start saga failing at its region ensure (the agent refuses to create
 // regions; nothing else the tests run meanwhile ensures regions), and waits
 // until the first one unwound: the request is Requested with nothing
 // allocated, and stays so until unblockStart (the start task is only
@@ -369,7 +369,7 @@ func (w *world) requestHeldInRequested(t *testing.T, target string) string {
 		t.Fatal(err)
 	}
 	id := w.request(t, target)
-	w.waitFailedSagas(t, "rsr-start", id, 1)
+	w.waitFailedSagas(t, "ro-replacement-start", id, 1)
 	if got := w.get(t, id).Replacement; got.ReadOnlyState != roRequested || got.NewRegionId != "" {
 		t.Fatalf("request after a failed start: %+v", got)
 	}

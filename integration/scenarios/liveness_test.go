@@ -11,10 +11,10 @@ import (
 )
 
 // Without any pass of the period, a request whose clones are all stepped
-// must still complete: each phase activates the next. An rsr-step saga's
+// must still complete: each phase activates the next. An ro-replacement-step saga's
 // last node marks the step Complete and activates the step task, whose
-// collect phase starts rsr-step-garbage-collect through the same limiter
-// under the same key (the step id) — while the finishing rsr-step saga may
+// collect phase starts ro-replacement-step-garbage-collect through the same limiter
+// under the same key (the step id) — while the finishing ro-replacement-step saga may
 // still hold that key's slot. TryAcquire then fails silently, nothing is
 // started or reported, and nothing activates the task again: the step
 // stays Complete (the request Running) until the period. Fixed (its own

@@ -56,9 +56,9 @@ func TestScenario43UpstairsStarting(t *testing.T) {
 		}
 		return nil
 	})
-	n := w.failedSagas(t, "rsr-step", step)
+	n := w.failedSagas(t, "ro-replacement-step", step)
 	w.activate(t, "ro_replacement_step")
-	w.waitFailedSagas(t, "rsr-step", step, n+1)
+	w.waitFailedSagas(t, "ro-replacement-step", step, n+1)
 	if a := w.attachmentOf(t, w.F); a.State != notifierv1.AttachmentState_ATTACHMENT_STATE_STARTING {
 		t.Fatalf("the step saga ran after the attachment became %v: STARTING not exercised", a.State)
 	}
@@ -148,7 +148,7 @@ func TestScenario44DeleteBetweenSwapAndNotify(t *testing.T) {
 	if s := stepOf(got, w.F); s == nil || s.StepId != step || s.State != stepVolumeDeleted {
 		t.Fatalf("F's step %v", s)
 	}
-	t.Logf("F's step sagas: %d succeeded, %d failed", w.sagasEnded(t, "rsr-step", step, "succeeded"), w.failedSagas(t, "rsr-step", step))
+	t.Logf("F's step sagas: %d succeeded, %d failed", w.sagasEnded(t, "ro-replacement-step", step, "succeeded"), w.failedSagas(t, "ro-replacement-step", step))
 	// The step task may run (activated by F's delete) while F's step saga
 	// still waits on the notification: its stash, which names A until the
 	// saga ends, is then a live volume naming A and gets a step of its own
@@ -163,7 +163,7 @@ func TestScenario44DeleteBetweenSwapAndNotify(t *testing.T) {
 	w.finish(t)
 }
 
-// stashesOf returns the stash volume ids the rsr-step sagas of a step
+// stashesOf returns the stash volume ids the ro-replacement-step sagas of a step
 // generated (their new_volume_id node outputs).
 func (w *world) stashesOf(t *testing.T, step string) []string {
 	t.Helper()
@@ -173,7 +173,7 @@ func (w *world) stashesOf(t *testing.T, step string) []string {
 		t.Fatal(err)
 	}
 	for _, sg := range resp.Sagas {
-		if sg.Name != "rsr-step" || sg.SubjectId != step {
+		if sg.Name != "ro-replacement-step" || sg.SubjectId != step {
 			continue
 		}
 		g, err := w.Admin.GetSaga(w.ctx, &orchestratorv1.GetSagaRequest{SagaId: sg.SagaId})

@@ -64,9 +64,9 @@ func TestScenario27DeleteEverythingWhileRequested(t *testing.T) {
 	// saga it provokes (which fails at its ensure) keeps any start saga from
 	// running while F's delete frees A (see the racing variant below).
 	for _, v := range []string{w.P, w.D} {
-		n := w.failedSagas(t, "rsr-start", id)
+		n := w.failedSagas(t, "ro-replacement-start", id)
 		w.deleteUser(t, v)
-		w.waitFailedSagas(t, "rsr-start", id, n+1)
+		w.waitFailedSagas(t, "ro-replacement-start", id, n+1)
 	}
 	w.deleteUser(t, w.F)
 	w.wantGone(t, w.A.TargetId)
@@ -75,7 +75,7 @@ func TestScenario27DeleteEverythingWhileRequested(t *testing.T) {
 	if got.Replacement.NewRegionId != "" || len(got.Steps) != 0 {
 		t.Fatalf("completed with new region %q and steps %v", got.Replacement.NewRegionId, got.Steps)
 	}
-	if n := w.sagasEnded(t, "rsr-start", id, "succeeded"); n != 0 {
+	if n := w.sagasEnded(t, "ro-replacement-start", id, "succeeded"); n != 0 {
 		t.Errorf("%d start sagas succeeded", n)
 	}
 	w.unblockStart(t)

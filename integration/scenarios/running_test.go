@@ -26,7 +26,7 @@ func (w *world) requestWithFHeld(t *testing.T) (id, stepID string) {
 	// Passive waits: nothing but the request's own phases activates the
 	// step task, so once its one saga has unwound nothing is in flight.
 	w.waitStatePassive(t, id, 60*time.Second, roRunning)
-	w.waitFailedSagas(t, "rsr-step", "", 1)
+	w.waitFailedSagas(t, "ro-replacement-step", "", 1)
 	got := w.waitStatePassive(t, id, 10*time.Second, roRunning)
 	s := stepOf(got, w.F)
 	if s == nil || s.State != stepRequested {
@@ -122,7 +122,7 @@ func TestScenario30DeleteCloneWithRequestedStep(t *testing.T) {
 		t.Fatalf("F's step %v", s)
 	}
 	// Retired from Requested, never completed by a saga.
-	if n := w.sagasEnded(t, "rsr-step", step, "succeeded"); n != 0 {
+	if n := w.sagasEnded(t, "ro-replacement-step", step, "succeeded"); n != 0 {
 		t.Errorf("%d step sagas succeeded for F's step", n)
 	}
 	w.wantGone(t, w.A.TargetId)
@@ -162,7 +162,7 @@ func TestScenario31RemoveReadOnlyParentWithRequestedStep(t *testing.T) {
 		t.Fatalf("the temporary volume's step %v", s)
 	}
 	// Retired from Requested, never completed by a saga.
-	if n := w.sagasEnded(t, "rsr-step", step, "succeeded"); n != 0 {
+	if n := w.sagasEnded(t, "ro-replacement-step", step, "succeeded"); n != 0 {
 		t.Errorf("%d step sagas succeeded for F's step", n)
 	}
 	w.wantNames(t, temp, w.A.TargetId, got.Replacement.NewRegionId)
@@ -193,7 +193,7 @@ func TestScenario32RemoveReadOnlyParentTargetGone(t *testing.T) {
 		t.Errorf("the deleted temporary volume got a step: %v", s)
 	}
 	// Retired from Requested, never completed by a saga.
-	if n := w.sagasEnded(t, "rsr-step", step, "succeeded"); n != 0 {
+	if n := w.sagasEnded(t, "ro-replacement-step", step, "succeeded"); n != 0 {
 		t.Errorf("%d step sagas succeeded for F's step", n)
 	}
 	w.finish(t)

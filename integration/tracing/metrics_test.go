@@ -130,10 +130,10 @@ func TestMetricsAfterReplacement(t *testing.T) {
 	rpc := series{name: "rpc_server_call_duration_seconds_count", positive: true}
 	want := map[string][]series{
 		stack.Orchestrator: {
-			{name: "storagecp_saga_started_total", labels: map[string]string{"saga": "rsr-start"}, positive: true},
-			{name: "storagecp_saga_finished_total", labels: map[string]string{"saga": "rsr-step", "outcome": "succeeded"}, positive: true},
-			{name: "storagecp_saga_finished_total", labels: map[string]string{"saga": "rsr-finish", "outcome": "succeeded"}, positive: true},
-			{name: "storagecp_saga_node_duration_seconds_count", labels: map[string]string{"saga": "rsr-start", "task": "action"}, positive: true},
+			{name: "storagecp_saga_started_total", labels: map[string]string{"saga": "ro-replacement-start"}, positive: true},
+			{name: "storagecp_saga_finished_total", labels: map[string]string{"saga": "ro-replacement-step", "outcome": "succeeded"}, positive: true},
+			{name: "storagecp_saga_finished_total", labels: map[string]string{"saga": "ro-replacement-finish", "outcome": "succeeded"}, positive: true},
+			{name: "storagecp_saga_node_duration_seconds_count", labels: map[string]string{"saga": "ro-replacement-start", "task": "action"}, positive: true},
 			{name: "storagecp_task_activations_total", labels: map[string]string{"task": "ro_replacement_detector", "trigger": "activation"}, positive: true},
 			{name: "storagecp_task_activations_total", labels: map[string]string{"task": "ro_replacement_finish"}, positive: true},
 			{name: "storagecp_task_duration_seconds_count", positive: true},

@@ -82,7 +82,7 @@ func TestReplacementIsOneTraceInJaeger(t *testing.T) {
 	actions := map[string][]string{} // saga id → action nodes that succeeded
 	names := map[string]string{}
 	for _, s := range sagas.Sagas {
-		if !strings.HasPrefix(s.Name, "rsr-") {
+		if !strings.HasPrefix(s.Name, "ro-replacement-") {
 			continue
 		}
 		g, err := r.Admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: s.SagaId})
@@ -174,7 +174,7 @@ func checkTrace(tr *jaegerTrace, actions map[string][]string, names map[string]s
 			sagaSpans[s.tag("saga.name")] = append(sagaSpans[s.tag("saga.name")], s)
 		}
 	}
-	want := map[string]int{"rsr-start": 1, "rsr-garbage-collect": 1, "rsr-step": 2, "rsr-step-garbage-collect": 2, "rsr-finish": 1}
+	want := map[string]int{"ro-replacement-start": 1, "ro-replacement-garbage-collect": 1, "ro-replacement-step": 2, "ro-replacement-step-garbage-collect": 2, "ro-replacement-finish": 1}
 	for name, n := range want {
 		if len(sagaSpans[name]) < n {
 			return fmt.Errorf("%d %q saga spans, want %d", len(sagaSpans[name]), name, n)
@@ -203,7 +203,7 @@ func checkTrace(tr *jaegerTrace, actions map[string][]string, names map[string]s
 		}
 	}
 	// Only one read-only request exists (one disk of the snapshot's three
-	// was expunged), so every rsr saga worked on it and belongs here.
+	// was expunged), so every ro-replacement saga worked on it and belongs here.
 	for id, name := range names {
 		if !hasSagaSpan(sagaSpans[name], id) {
 			return fmt.Errorf("saga %s (%s) has no span in the trace", id, name)

@@ -16,7 +16,7 @@ func TestSlug(t *testing.T) {
 		"A rw request ended needs_operator":                              "a-rw-request-ended-needs_operator",
 		"Volume purposes: data, stash, reference":                        "volume-purposes-data-stash-reference",
 		"[storctl](services/storctl), the **operator** CLI":              "storctl-the-operator-cli",
-		"rsr-step-garbage-collect":                                       "rsr-step-garbage-collect",
+		"ro-replacement-step-garbage-collect":                            "ro-replacement-step-garbage-collect",
 		"How a replacement works (in brief)":                             "how-a-replacement-works-in-brief",
 		"The `make run` demo":                                            "the-make-run-demo",
 		"Ids, not addresses":                                             "ids-not-addresses",

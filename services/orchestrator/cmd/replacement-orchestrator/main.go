@@ -11,9 +11,9 @@ import (
 	"time"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
-	"storagecp.dev/orchestrator/internal/bgtasks"
+	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/saga"
-	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/sagadef"
 	orchestratorserver "storagecp.dev/orchestrator/internal/server"
 	"storagecp.dev/orchestrator/migrations"
 	"storagecp.dev/platform/server"
@@ -34,12 +34,12 @@ func main() {
 			fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 6*time.Second, "leader lease duration")
 			fs.DurationVar(&cfg.TaskPeriod, "task-period", 30*time.Second, "background tasks' safety-net period")
 			fs.IntVar(&cfg.MaxSagasPerTask, "max-sagas-per-task", 64, "sagas each background task keeps in flight")
-			fs.DurationVar(&cfg.Retry.Initial, "retry-backoff-initial", bgtasks.DefaultRetryInitial,
+			fs.DurationVar(&cfg.Retry.Initial, "retry-backoff-initial", tasks.DefaultRetryInitial,
 				"wait before retrying a request or step whose saga unwound once; doubles with each further failed attempt")
-			fs.DurationVar(&cfg.Retry.Max, "retry-backoff-max", bgtasks.DefaultRetryMax, "longest wait before retrying a request or step whose saga unwound")
-			fs.IntVar(&cfg.RWBounds.MaxDriveAttempts, "rw-max-drive-attempts", bgtasks.DefaultMaxDriveAttempts,
+			fs.DurationVar(&cfg.Retry.Max, "retry-backoff-max", tasks.DefaultRetryMax, "longest wait before retrying a request or step whose saga unwound")
+			fs.IntVar(&cfg.RWBounds.MaxDriveAttempts, "rw-max-drive-attempts", tasks.DefaultMaxDriveAttempts,
 				"repair starts (live-repair notifications or Pantry reconciliations) after which a rw replacement that never finished ends needs_operator")
-			fs.DurationVar(&cfg.RWBounds.StallTimeout, "rw-stall-timeout", bgtasks.DefaultStallTimeout,
+			fs.DurationVar(&cfg.RWBounds.StallTimeout, "rw-stall-timeout", tasks.DefaultStallTimeout,
 				"time without a drive attempt or a repair report after which a rw replacement ends needs_operator")
 			fs.IntVar(&cfg.ActionRetry.MaxAttempts, "saga-action-attempts", saga.DefaultActionRetry().MaxAttempts,
 				"runs of a saga action that fails with a retryable error (UNAVAILABLE, a broken connection…) before its node fails and the saga unwinds")
@@ -76,11 +76,11 @@ func main() {
 			// Sabotage hooks are test hooks: read once, at start, and
 			// honoured only in development mode, so a production process
 			// with the variable set by mistake runs clean (and says so).
-			if v := os.Getenv(sagas.SabotageEnv); v != "" {
+			if v := os.Getenv(sagadef.SabotageEnv); v != "" {
 				if !env.Dev {
-					env.Logger.Warn("ignoring "+sagas.SabotageEnv+": sabotage hooks need --dev", "value", v)
+					env.Logger.Warn("ignoring "+sagadef.SabotageEnv+": sabotage hooks need --dev", "value", v)
 				} else {
-					sab, err := sagas.ParseSabotage(v)
+					sab, err := sagadef.ParseSabotage(v)
 					if err != nil {
 						return err
 					}

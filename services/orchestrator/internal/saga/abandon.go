@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"storagecp.dev/orchestrator/internal/saga/store"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
 
 // An operator's way back from a saga that does not move (the package
@@ -92,7 +92,7 @@ func (ex *execution) operatorUnwind(comment string, b *batch) {
 	ex.cancelActionsAfterGrace()
 	if !ex.unwinding {
 		ex.unwinding = true
-		b.state = store.StateUnwinding
+		b.state = sagalog.StateUnwinding
 	}
 	ex.logger.Warn("saga unwinding at an operator's request", "error", ex.opErr.Message, "stuck", ex.stuck)
 }
@@ -144,10 +144,10 @@ func (s *SEC) Unwind(ctx context.Context, id uuid.UUID, comment string) (UnwindR
 			return res, err
 		}
 		switch row.State {
-		case store.StateAbandoned:
+		case sagalog.StateAbandoned:
 			return res, fmt.Errorf("%w: saga %s was abandoned (%s: %s) and is never driven again",
 				ErrAbandoned, id, deref(row.AbandonReason), deref(row.AbandonComment))
-		case store.StateDone:
+		case sagalog.StateDone:
 			if !row.Stuck {
 				return res, fmt.Errorf("%w: saga %s is done and not stuck; there is nothing to unwind", ErrFinished, id)
 			}

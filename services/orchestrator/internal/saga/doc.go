@@ -97,7 +97,7 @@
 //	  SafeToRetry and ConnectError, conn closed,
 //	  io.EOF, net.ErrClosed, ECONNRESET/REFUSED…      yes        connection
 //	any other net.Error                               yes        network
-//	anything else (errInvalidState, datastore
+//	anything else (errInvalidState, store
 //	  conflicts, plain errors…)                       no         error
 //
 // ABORTED is retryable because it means a conflict that a second try does

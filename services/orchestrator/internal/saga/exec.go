@@ -14,7 +14,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
-	"storagecp.dev/orchestrator/internal/saga/store"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
 
 // Node statuses: each node's own state machine, advanced by its log events.
@@ -97,14 +97,14 @@ type launch struct {
 
 // batch is what one iteration of the driver writes and then starts.
 type batch struct {
-	events   []store.Event
+	events   []sagalog.Event
 	state    string
 	launches []launch
 	finished bool
 }
 
 func (b *batch) add(node int, typ string, data []byte) {
-	b.events = append(b.events, store.Event{NodeID: node, Type: typ, Data: data})
+	b.events = append(b.events, sagalog.Event{NodeID: node, Type: typ, Data: data})
 }
 
 // execution drives one saga. Only the driver goroutine mutates nodes and
@@ -117,7 +117,7 @@ type execution struct {
 	children [][]int
 	anc      [][]uint64 // ancestor bitsets
 	actions  []*Action  // per node, nil for internal nodes
-	owner    store.Owner
+	owner    sagalog.Owner
 	hooks    *Hooks
 	logger   *slog.Logger
 
@@ -169,7 +169,7 @@ type execution struct {
 	err     error
 }
 
-func newExecution(sec *SEC, id uuid.UUID, d *DAG, owner store.Owner, hooks *Hooks) (*execution, error) {
+func newExecution(sec *SEC, id uuid.UUID, d *DAG, owner sagalog.Owner, hooks *Hooks) (*execution, error) {
 	if err := d.validate(); err != nil {
 		return nil, err
 	}
@@ -329,7 +329,7 @@ func (ex *execution) everyActionSucceeded() bool {
 func (ex *execution) advance(b *batch) {
 	if ex.stuck {
 		if ex.inFlight == 0 && !b.finished {
-			b.state = store.StateDone
+			b.state = sagalog.StateDone
 			b.finished = true
 		}
 		return
@@ -357,7 +357,7 @@ func (ex *execution) advance(b *batch) {
 		// ever unwound past them, so no undo of theirs was ever run or
 		// tested. The saga finishes instead, and its outcome says so.
 		ex.unwinding = false
-		b.state = store.StateRunning
+		b.state = sagalog.StateRunning
 		ex.logger.Warn("an operator's unwind came after every action succeeded: the saga finishes", "comment", ex.opComment)
 	}
 	if !ex.unwinding {
@@ -386,7 +386,7 @@ func (ex *execution) advance(b *batch) {
 			b.add(id, evStarted, nil)
 			b.add(id, evSucceeded, out)
 			if ex.dag.Nodes[id].Kind == KindEnd {
-				b.state = store.StateDone
+				b.state = sagalog.StateDone
 				b.finished = true
 				ex.outcome = Outcome{SagaID: ex.id, Kind: Succeeded, Output: out, UnwindComment: ex.opComment}
 			}
@@ -418,7 +418,7 @@ func (ex *execution) advance(b *batch) {
 		}
 	}
 	if ex.nodes[0].undone {
-		b.state = store.StateDone
+		b.state = sagalog.StateDone
 		b.finished = true
 		ex.outcome = ex.failedOutcome()
 	}
@@ -459,7 +459,7 @@ func (ex *execution) apply(c completion, b *batch) {
 		}
 		if !ex.unwinding {
 			ex.unwinding = true
-			b.state = store.StateUnwinding
+			b.state = sagalog.StateUnwinding
 			ex.logger.Info("saga unwinding", "node", ex.dag.Nodes[c.node].Name, "error", c.err.Message)
 		}
 	case c.err == nil:
@@ -607,7 +607,7 @@ func (ex *execution) drive(ctx context.Context, first batch, written bool) {
 // log has just accepted: only then is the saga stuck for good (an undo
 // failure whose write was refused, at shutdown or after losing the saga,
 // runs again wherever the saga resumes).
-func (ex *execution) reportStuckNodes(ctx context.Context, events []store.Event) {
+func (ex *execution) reportStuckNodes(ctx context.Context, events []sagalog.Event) {
 	for _, e := range events {
 		if e.Type != evUndoFailed {
 			continue
@@ -636,7 +636,7 @@ func (ex *execution) stopTasks() {
 }
 
 // appendLog queues one write for the log writers and waits for its result.
-func (s *SEC) appendLog(ctx context.Context, id uuid.UUID, gen int64, events []store.Event, state string) (bool, error) {
+func (s *SEC) appendLog(ctx context.Context, id uuid.UUID, gen int64, events []sagalog.Event, state string) (bool, error) {
 	r := &appendReq{id: id, gen: gen, events: events, newState: state, done: make(chan appendRes, 1)}
 	select {
 	case s.appendCh <- r:
@@ -653,7 +653,7 @@ func (s *SEC) appendLog(ctx context.Context, id uuid.UUID, gen int64, events []s
 
 // write appends events (and a state change), retrying transient failures
 // forever with backoff; it gives up only when ctx ends or ownership is lost.
-func (ex *execution) write(ctx context.Context, events []store.Event, state string) error {
+func (ex *execution) write(ctx context.Context, events []sagalog.Event, state string) error {
 	delay := 5 * time.Millisecond
 	for {
 		if ctx.Err() != nil {

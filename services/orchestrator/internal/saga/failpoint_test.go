@@ -7,11 +7,11 @@ func TestParseFailPoint(t *testing.T) {
 		env, template, node string
 		want                bool
 	}{
-		{"rr-start/update_request", "rr-start", "update_request", true},
-		{"rr-start/update_request", "rr-drive", "update_request", false},
-		{"rr-start/update_request", "rr-start", "replace_region", false},
-		{"", "rr-start", "", false},
-		{"rr-start", "rr-start", "", false},
+		{"rw-replacement-start/update_request", "rw-replacement-start", "update_request", true},
+		{"rw-replacement-start/update_request", "rw-replacement-drive", "update_request", false},
+		{"rw-replacement-start/update_request", "rw-replacement-start", "replace_region", false},
+		{"", "rw-replacement-start", "", false},
+		{"rw-replacement-start", "rw-replacement-start", "", false},
 		{"a/b/c", "a", "b", false},
 	} {
 		if got := parseFailPoint(c.env).fails(c.template, c.node); got != c.want {

@@ -3,12 +3,12 @@ package saga
 import (
 	"github.com/google/uuid"
 
-	"storagecp.dev/orchestrator/internal/saga/store"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
 
 // Group commit. Every driver hands its log writes to the writer
 // goroutine, which writes whatever has queued up meanwhile in ONE statement
-// (store.AppendMany). A lone write goes out at once, so a single saga pays
+// (sagalog.AppendMany). A lone write goes out at once, so a single saga pays
 // no extra latency; with many sagas in flight, one commit carries the
 // writes of many of them, which is what keeps a large fan-out within its
 // commit budget (README.md, "Benchmarks (`make bench`)").
@@ -26,7 +26,7 @@ const (
 type appendReq struct {
 	id       uuid.UUID
 	gen      int64
-	events   []store.Event
+	events   []sagalog.Event
 	newState string
 	done     chan appendRes // buffered: the writer never blocks on it
 }
@@ -70,10 +70,10 @@ func (s *SEC) logWriter() {
 // is isolated by writing the members one by one, so it only stalls the
 // saga it belongs to.
 func (s *SEC) flush(group []*appendReq) {
-	reqs := make([]store.AppendRequest, len(group))
+	reqs := make([]sagalog.AppendRequest, len(group))
 	events := 0
 	for i, r := range group {
-		reqs[i] = store.AppendRequest{ID: r.id, Generation: r.gen, Events: r.events, NewState: r.newState}
+		reqs[i] = sagalog.AppendRequest{ID: r.id, Generation: r.gen, Events: r.events, NewState: r.newState}
 		events += len(r.events)
 	}
 	owned, err := s.store.AppendMany(s.ctx, s.id, reqs)

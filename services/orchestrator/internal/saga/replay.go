@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"sort"
 
-	"storagecp.dev/orchestrator/internal/saga/store"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
 
 // ErrCorruptLog means a saga's log cannot be replayed: an unknown label, a
@@ -17,8 +17,8 @@ var ErrCorruptLog = errors.New("corrupt saga log")
 // replay rebuilds per-node state from the log: events are
 // sorted by label rank, never by time, and fed through the state machine;
 // then every edge is checked.
-func (ex *execution) replay(events []store.Event) error {
-	sorted := append([]store.Event(nil), events...)
+func (ex *execution) replay(events []sagalog.Event) error {
+	sorted := append([]sagalog.Event(nil), events...)
 	for _, e := range sorted {
 		if _, ok := eventRank[e.Type]; !ok {
 			return fmt.Errorf("%w: unknown event label %q", ErrCorruptLog, e.Type)
@@ -131,7 +131,7 @@ func (ex *execution) resumeBatch(state string) batch {
 	if s := ex.nodes[end].status; s == succeeded || s == undoStarted || s == undoFinished || s == undoSkipped {
 		// The end node has an output: the saga is complete (an operator's
 		// unwind asked for after that changes nothing).
-		b.state = store.StateDone
+		b.state = sagalog.StateDone
 		b.finished = true
 		ex.unwinding = false
 		ex.stuck = false
@@ -145,8 +145,8 @@ func (ex *execution) resumeBatch(state string) batch {
 		// be undone); the unwind's grace then cancels any that hangs.
 		ex.unwinding = true
 	}
-	if ex.unwinding && state != store.StateUnwinding && !ex.stuck {
-		b.state = store.StateUnwinding
+	if ex.unwinding && state != sagalog.StateUnwinding && !ex.stuck {
+		b.state = sagalog.StateUnwinding
 	}
 	ex.advance(&b)
 	return b

@@ -12,8 +12,8 @@ import (
 	"github.com/google/uuid"
 
 	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 	"storagecp.dev/orchestrator/internal/saga/sagatest"
-	"storagecp.dev/orchestrator/internal/saga/store"
 )
 
 func noop(context.Context, *saga.ActionContext) (any, error) { return nil, nil }
@@ -497,7 +497,7 @@ func TestRecoverSkipsLiveSagasAndDuplicateIDs(t *testing.T) {
 	}
 	// Nor with the same DAG: a finished saga is never driven again (its
 	// first node would run a second time, after the saga's end).
-	if _, err := sec.Create(ctx, f.app.sample, sampleParams{Key: "k"}, saga.WithID(id)); !errors.Is(err, store.ErrDuplicate) {
+	if _, err := sec.Create(ctx, f.app.sample, sampleParams{Key: "k"}, saga.WithID(id)); !errors.Is(err, sagalog.ErrDuplicate) {
 		t.Fatalf("same saga created again after finishing: %v", err)
 	}
 	if r := f.runs(t, "k"); r["create_a/do"] != 1 {

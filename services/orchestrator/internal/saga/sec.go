@@ -16,12 +16,12 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"storagecp.dev/orchestrator/internal/saga/store"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
 
 // SEC is a saga execution coordinator.
 type SEC struct {
-	store    *store.Store
+	store    *sagalog.Store
 	id       string
 	registry *Registry
 	deps     any
@@ -100,7 +100,7 @@ func NewSEC(pool *pgxpool.Pool, secID string, registry *Registry, deps any, logg
 	}
 	ctx, cancel := context.WithCancel(o.base)
 	s := &SEC{
-		store: store.New(pool), id: secID, registry: registry, deps: deps,
+		store: sagalog.New(pool), id: secID, registry: registry, deps: deps,
 		logger: logger.With("sec", secID), tracer: otel.Tracer("storagecp/saga"),
 		crash: o.crash, fail: o.fail, actionRetry: o.actionRetry, unwindGrace: o.unwindGrace, ctx: ctx, cancel: cancel,
 		running: map[uuid.UUID]*execution{}, finished: map[uuid.UUID]Outcome{},
@@ -170,7 +170,7 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 	if err != nil {
 		return uuid.Nil, err
 	}
-	owner := store.Owner{SEC: s.id, Generation: 1}
+	owner := sagalog.Owner{SEC: s.id, Generation: 1}
 	ex, err := newExecution(s, o.id, d, owner, o.hooks)
 	if err != nil {
 		return uuid.Nil, err
@@ -202,7 +202,7 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 	s.mu.Unlock()
 
 	err = retryWrite(ctx, s.logger, func() error {
-		state := store.StateRunning
+		state := sagalog.StateRunning
 		if first.state != "" {
 			state = first.state // a DAG without actions is done at once
 		}
@@ -325,9 +325,9 @@ func (s *SEC) Wait(ctx context.Context, id uuid.UUID) (Outcome, error) {
 			return Outcome{}, err
 		}
 		switch row.State {
-		case store.StateDone:
+		case sagalog.StateDone:
 			return s.outcomeOf(ctx, row)
-		case store.StateAbandoned:
+		case sagalog.StateAbandoned:
 			return Outcome{}, fmt.Errorf("%w: %s", ErrAbandoned, id)
 		}
 		select {
@@ -340,13 +340,13 @@ func (s *SEC) Wait(ctx context.Context, id uuid.UUID) (Outcome, error) {
 }
 
 // load parses a saga row and replays its log into an execution.
-func (s *SEC) load(ctx context.Context, row store.Saga) (*execution, []store.Event, error) {
+func (s *SEC) load(ctx context.Context, row sagalog.Saga) (*execution, []sagalog.Event, error) {
 	var d DAG
 	if err := json.Unmarshal(row.DAG, &d); err != nil {
 		return nil, nil, unrecoverable(fmt.Errorf("decode DAG: %w", err))
 	}
 	gen := row.AdoptGeneration
-	ex, err := newExecution(s, row.ID, &d, store.Owner{SEC: s.id, Generation: gen}, nil)
+	ex, err := newExecution(s, row.ID, &d, sagalog.Owner{SEC: s.id, Generation: gen}, nil)
 	if err != nil {
 		return nil, nil, unrecoverable(err)
 	}
@@ -364,7 +364,7 @@ func (s *SEC) load(ctx context.Context, row store.Saga) (*execution, []store.Eve
 	return ex, events, nil
 }
 
-func (s *SEC) outcomeOf(ctx context.Context, row store.Saga) (Outcome, error) {
+func (s *SEC) outcomeOf(ctx context.Context, row sagalog.Saga) (Outcome, error) {
 	ex, _, err := s.load(ctx, row)
 	if err != nil {
 		return Outcome{}, err
@@ -440,7 +440,7 @@ const (
 // recoverRow resumes one unfinished saga this SEC owns, as listed in row
 // (see Recover). The error is ErrClosed once the SEC shut down, or a
 // transient failure (the next pass retries the saga).
-func (s *SEC) recoverRow(ctx context.Context, row store.Saga) (recoverResult, error) {
+func (s *SEC) recoverRow(ctx context.Context, row sagalog.Saga) (recoverResult, error) {
 	// A saga that finished here after the listing is in finished: its
 	// listed state is stale.
 	s.mu.Lock()
@@ -461,7 +461,7 @@ func (s *SEC) recoverRow(ctx context.Context, row store.Saga) (recoverResult, er
 	case errors.As(err, &unrec):
 		s.logger.Error("saga unrecoverable; abandoning", "saga_id", row.ID, "error", err)
 		sec := s.id
-		if _, aerr := s.store.Abandon(ctx, row.ID, store.AbandonUnrecoverable, err.Error(), &sec); aerr != nil {
+		if _, aerr := s.store.Abandon(ctx, row.ID, sagalog.AbandonUnrecoverable, err.Error(), &sec); aerr != nil {
 			return 0, fmt.Errorf("saga %s: abandon: %w", row.ID, aerr)
 		}
 		return recoverAbandoned, nil
@@ -510,9 +510,9 @@ func (s *SEC) Adopt(ctx context.Context, fromSEC string) (int64, error) {
 
 // Abandon reasons.
 const (
-	AbandonOperator      = store.AbandonOperator
-	AbandonUnrecoverable = store.AbandonUnrecoverable
-	AbandonOrphaned      = store.AbandonOrphaned
+	AbandonOperator      = sagalog.AbandonOperator
+	AbandonUnrecoverable = sagalog.AbandonUnrecoverable
+	AbandonOrphaned      = sagalog.AbandonOrphaned
 )
 
 // Abandon marks an unfinished or stuck saga abandoned: it is never driven
@@ -549,7 +549,7 @@ func (s *SEC) Abandon(ctx context.Context, id uuid.UUID, reason, comment string)
 }
 
 // ErrNotFound means no saga has the id.
-var ErrNotFound = store.ErrNotFound
+var ErrNotFound = sagalog.ErrNotFound
 
 // InFlight is the number of sagas this SEC is driving.
 func (s *SEC) InFlight() int {

@@ -6,7 +6,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"storagecp.dev/orchestrator/internal/saga/store"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 	"storagecp.dev/platform/pgtest"
 )
 
@@ -14,14 +14,14 @@ import (
 // still owns and nothing of the others; state changes go with them.
 func TestAppendManyOwnership(t *testing.T) {
 	pool := pgtest.NewPool(t, "orchestrator")
-	st := store.New(pool)
+	st := sagalog.New(pool)
 	ctx := context.Background()
 	mine, adopted, other := uuid.New(), uuid.New(), uuid.New()
 	for _, c := range []struct {
 		id  uuid.UUID
 		sec string
 	}{{mine, "a"}, {adopted, "a"}, {other, "b"}} {
-		if err := st.CreateSaga(ctx, c.id, "x", c.sec, store.StateRunning, []byte(`{}`), nil, nil, nil); err != nil {
+		if err := st.CreateSaga(ctx, c.id, "x", c.sec, sagalog.StateRunning, []byte(`{}`), nil, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -29,10 +29,10 @@ func TestAppendManyOwnership(t *testing.T) {
 	if _, err := pool.Exec(ctx, `UPDATE saga SET current_sec = 'c', adopt_generation = 2 WHERE id = $1`, adopted); err != nil {
 		t.Fatal(err)
 	}
-	ev := []store.Event{{NodeID: 0, Type: "started"}, {NodeID: 0, Type: "succeeded", Data: []byte(`{"x":1}`)}}
-	owned, err := st.AppendMany(ctx, "a", []store.AppendRequest{
-		{ID: mine, Generation: 1, Events: ev, NewState: store.StateUnwinding},
-		{ID: adopted, Generation: 1, Events: ev, NewState: store.StateDone},
+	ev := []sagalog.Event{{NodeID: 0, Type: "started"}, {NodeID: 0, Type: "succeeded", Data: []byte(`{"x":1}`)}}
+	owned, err := st.AppendMany(ctx, "a", []sagalog.AppendRequest{
+		{ID: mine, Generation: 1, Events: ev, NewState: sagalog.StateUnwinding},
+		{ID: adopted, Generation: 1, Events: ev, NewState: sagalog.StateDone},
 		{ID: other, Generation: 1, Events: ev},
 	})
 	if err != nil {
@@ -55,18 +55,18 @@ func TestAppendManyOwnership(t *testing.T) {
 	}
 	// Idempotent: the same group again changes nothing and still reports
 	// ownership.
-	owned, err = st.AppendMany(ctx, "a", []store.AppendRequest{{ID: mine, Generation: 1, Events: ev}})
+	owned, err = st.AppendMany(ctx, "a", []sagalog.AppendRequest{{ID: mine, Generation: 1, Events: ev}})
 	if err != nil || !owned[mine] {
 		t.Fatalf("retry: %v %v", owned, err)
 	}
 	// A group mixing a written event with new ones (a retry that also
 	// carries what came since) writes the new ones, for every saga in it.
 	mine2 := uuid.New()
-	if err := st.CreateSaga(ctx, mine2, "x", "a", store.StateRunning, []byte(`{}`), nil, nil, nil); err != nil {
+	if err := st.CreateSaga(ctx, mine2, "x", "a", sagalog.StateRunning, []byte(`{}`), nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	owned, err = st.AppendMany(ctx, "a", []store.AppendRequest{
-		{ID: mine, Generation: 1, Events: []store.Event{ev[1], {NodeID: 1, Type: "started"}}},
+	owned, err = st.AppendMany(ctx, "a", []sagalog.AppendRequest{
+		{ID: mine, Generation: 1, Events: []sagalog.Event{ev[1], {NodeID: 1, Type: "started"}}},
 		{ID: mine2, Generation: 1, Events: ev},
 	})
 	if err != nil || !owned[mine] || !owned[mine2] {

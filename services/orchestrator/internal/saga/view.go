@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"storagecp.dev/orchestrator/internal/saga/store"
+	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
 
 // SagaView is a saga as the admin API shows it (read from the database, so
@@ -84,7 +84,7 @@ type EventView struct {
 	Data    json.RawMessage
 }
 
-func viewOf(r store.Saga) SagaView {
+func viewOf(r sagalog.Saga) SagaView {
 	v := SagaView{
 		ID: r.ID, Name: r.Name, Creator: r.Creator, State: r.State, Stuck: r.Stuck,
 		TimeCreated: r.TimeCreated, AdoptGeneration: r.AdoptGeneration, AdoptTime: r.AdoptTime,
@@ -96,7 +96,7 @@ func viewOf(r store.Saga) SagaView {
 	v.UnwindComment = deref(r.UnwindComment)
 	v.SubjectID = deref(r.SubjectID)
 	v.TraceParent = deref(r.TraceParent)
-	if r.State == store.StateDone {
+	if r.State == sagalog.StateDone {
 		// The same decision as execution.outcomeFromLog: the end node's
 		// output makes a success, an undo_failed event no operator skipped
 		// a stuck saga, and anything else finished is an unwound failure.
@@ -124,7 +124,7 @@ type ListFilter struct {
 // List returns sagas ordered by id (page with After), without nodes, each
 // done saga with its outcome's kind.
 func (s *SEC) List(ctx context.Context, f ListFilter) ([]SagaView, error) {
-	rows, err := s.store.List(ctx, store.Filter{States: f.States, SubjectID: f.SubjectID, Name: f.Name, After: f.After, Limit: f.Limit})
+	rows, err := s.store.List(ctx, sagalog.Filter{States: f.States, SubjectID: f.SubjectID, Name: f.Name, After: f.After, Limit: f.Limit})
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +178,7 @@ func (s *SEC) Get(ctx context.Context, id uuid.UUID) (SagaView, error) {
 				v.Nodes[i].Attempts = n.err.Attempts
 			}
 		}
-		if row.State == store.StateDone {
+		if row.State == sagalog.StateDone {
 			o := ex.outcomeFromLog()
 			v.Outcome = &o
 		}
@@ -229,7 +229,7 @@ func (s *SEC) Exists(ctx context.Context, id uuid.UUID) (bool, error) {
 
 // newExecutionForView builds an execution only to replay a log; unknown
 // actions are fine here.
-func newExecutionForView(s *SEC, row store.Saga, d *DAG) (*execution, error) {
+func newExecutionForView(s *SEC, row sagalog.Saga, d *DAG) (*execution, error) {
 	if err := d.validate(); err != nil {
 		return nil, err
 	}

@@ -15,8 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/orchestrator/internal/background"
 	"storagecp.dev/orchestrator/internal/saga"
-	"storagecp.dev/orchestrator/internal/tasks"
 	"storagecp.dev/orchestrator/internal/validate"
 )
 
@@ -44,7 +44,7 @@ func (a *admin) ListBackgroundTasks(ctx context.Context, _ *orchestratorv1.ListB
 }
 
 func (a *admin) ActivateBackgroundTask(ctx context.Context, req *orchestratorv1.ActivateBackgroundTaskRequest) (*orchestratorv1.ActivateBackgroundTaskResponse, error) {
-	if err := a.s.driver.Activate(req.Name); errors.Is(err, tasks.ErrUnknownTask) {
+	if err := a.s.driver.Activate(req.Name); errors.Is(err, background.ErrUnknownTask) {
 		return nil, status.Errorf(codes.NotFound, "name: no background task %q", req.Name)
 	}
 	return &orchestratorv1.ActivateBackgroundTaskResponse{}, nil

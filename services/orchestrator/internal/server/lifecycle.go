@@ -12,9 +12,9 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
-	"storagecp.dev/orchestrator/internal/datastore"
 	"storagecp.dev/orchestrator/internal/saga"
-	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
 )
 
 type lifecycle struct {
@@ -78,7 +78,7 @@ func (l *lifecycle) start(ctx context.Context, t *saga.Template, subject uuid.UU
 	// (Contention is reported permanent on purpose; an ABORTED conflict
 	// that merely outlasted the node's retries is not contention.)
 	if o.Kind == saga.Failed && o.Err != nil && o.Err.Code == codes.Aborted && !o.Err.Retryable {
-		return nil, o, status.Error(codes.Aborted, datastore.ErrLockHeld.Error())
+		return nil, o, status.Error(codes.Aborted, store.ErrLockHeld.Error())
 	}
 	return res, o, nil
 }
@@ -175,7 +175,7 @@ func (l *lifecycle) CreateVolume(ctx context.Context, req *orchestratorv1.Create
 	if bs == 0 {
 		bs = 512
 	}
-	g, err := sagas.GeometryFor(req.SizeBytes, bs)
+	g, err := sagadef.GeometryFor(req.SizeBytes, bs)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -183,7 +183,7 @@ func (l *lifecycle) CreateVolume(ctx context.Context, req *orchestratorv1.Create
 	if given {
 		check = func(ctx context.Context) error { return l.freshVolumeID(ctx, "volume_id", id, given) }
 	}
-	res, _, err := l.start(ctx, sagas.VolumeCreate, id, sagas.RegionSetParams{VolumeID: id, Geometry: &g}, req.Wait, check)
+	res, _, err := l.start(ctx, sagadef.VolumeCreate, id, sagadef.RegionSetParams{VolumeID: id, Geometry: &g}, req.Wait, check)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +209,7 @@ func (l *lifecycle) SnapshotVolume(ctx context.Context, req *orchestratorv1.Snap
 		}
 		return l.freshVolumeID(ctx, "snapshot_id", snap, given)
 	}
-	res, _, err := l.start(ctx, sagas.SnapshotCreate, snap, sagas.SnapshotParams{DiskVolumeID: disk, SnapshotID: snap}, req.Wait, check)
+	res, _, err := l.start(ctx, sagadef.SnapshotCreate, snap, sagadef.SnapshotParams{DiskVolumeID: disk, SnapshotID: snap}, req.Wait, check)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +236,7 @@ func (l *lifecycle) CloneVolume(ctx context.Context, req *orchestratorv1.CloneVo
 		}
 		return l.freshVolumeID(ctx, "volume_id", id, given)
 	}
-	res, _, err := l.start(ctx, sagas.VolumeClone, id, sagas.RegionSetParams{VolumeID: id, SnapshotID: &snap}, req.Wait, check)
+	res, _, err := l.start(ctx, sagadef.VolumeClone, id, sagadef.RegionSetParams{VolumeID: id, SnapshotID: &snap}, req.Wait, check)
 	if err != nil {
 		return nil, err
 	}
@@ -273,7 +273,7 @@ func (l *lifecycle) DeleteVolume(ctx context.Context, req *orchestratorv1.Delete
 		return nil, status.Errorf(codes.FailedPrecondition, "volume_id: %s is a replacement's %s volume; its replacement deletes it",
 			id, strings.ToLower(strings.TrimPrefix(p.String(), "VOLUME_PURPOSE_")))
 	}
-	sagaID, err := sec.Create(ctx, sagas.VolumeDelete, sagas.DeleteParams{VolumeID: id}, saga.WithSubject(id.String()))
+	sagaID, err := sec.Create(ctx, sagadef.VolumeDelete, sagadef.DeleteParams{VolumeID: id}, saga.WithSubject(id.String()))
 	if err != nil {
 		return nil, grpcError(err)
 	}
@@ -287,7 +287,7 @@ func (l *lifecycle) DeleteVolume(ctx context.Context, req *orchestratorv1.Delete
 		return nil, status.FromContextError(err).Err()
 	}
 	fillOutcome(res, o)
-	var dr sagas.DeleteResult
+	var dr sagadef.DeleteResult
 	if o.Kind == saga.Succeeded && o.Decode(&dr) == nil {
 		out.HardDeleted = dr.HardDeleted
 	}

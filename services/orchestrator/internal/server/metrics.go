@@ -18,7 +18,7 @@ import (
 // unregisters.
 func (s *Server) registerMetrics(ctx context.Context) (func(), error) {
 	m := otel.Meter("storagecp/replacement")
-	// The counter rsr-start adds to (sagas/rsr_start.go, same name and
+	// The counter ro-replacement-start adds to (sagadef/ro_start.go, same name and
 	// description, so the SDK hands out the same instrument): at zero from
 	// the start, so "DataLost > 0" has a series to alert on.
 	if c, err := m.Int64Counter("storagecp.replacement.data_lost",
@@ -49,7 +49,7 @@ func (s *Server) registerMetrics(ctx context.Context) (func(), error) {
 		return nil, fmt.Errorf("lock waiters gauge: %w", err)
 	}
 	// At zero from the start, like the DataLost counter (the drive task
-	// adds to it: bgtasks/metrics.go).
+	// adds to it: background/tasks/metrics.go).
 	if c, err := m.Int64Counter("storagecp.replacement.gave_up",
 		metric.WithDescription("rw replacements ended DataLost or NeedsOperator by their drive's bounds")); err == nil {
 		for _, end := range []string{"data_lost", "needs_operator"} {

@@ -14,12 +14,12 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
-	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/sagadef"
 )
 
 // PreviewExpunge answers what expunging a disk (or every in-service disk of
 // a sled) would hand to the detectors, and what the replacement sagas would
-// then find: for each read-only target the clone source rsr-start would
+// then find: for each read-only target the clone source ro-replacement-start would
 // pick, for each rw region whether another member of its region set
 // survives, and whether the allocator has room for each replacement region.
 // It reads the same rows the detectors and sagas read (ListExpungedTargets'
@@ -208,7 +208,7 @@ func (p *previewer) targetState(ctx context.Context, id string) (*commonv1.Targe
 	return resp.Target, resp.Target.State == commonv1.TargetState_TARGET_STATE_DELETING, nil
 }
 
-// readOnly previews one read-only target the way rsr-start would treat it.
+// readOnly previews one read-only target the way ro-replacement-start would treat it.
 func (p *previewer) readOnly(ctx context.Context, kind orchestratorv1.ReplacementKind, targetID, regionID, snapshotID, address, diskID string) (*orchestratorv1.ReadOnlyTargetPreview, error) {
 	t := &orchestratorv1.ReadOnlyTargetPreview{
 		TargetId: targetID, Kind: kind, SnapshotId: snapshotID, RegionId: regionID, DiskId: diskID, Address: address, CapacityOk: true,
@@ -219,7 +219,7 @@ func (p *previewer) readOnly(ctx context.Context, kind orchestratorv1.Replacemen
 	}
 	t.Gone = gone
 	if gone {
-		// Nothing references it: rsr-start completes the request at once.
+		// Nothing references it: ro-replacement-start completes the request at once.
 		return t, nil
 	}
 	n, err := p.countReferences(ctx, targetID)
@@ -233,7 +233,7 @@ func (p *previewer) readOnly(ctx context.Context, kind orchestratorv1.Replacemen
 	if t.DataLoss {
 		return t, nil
 	}
-	// The allocation rsr-start makes: one more read-only region for the
+	// The allocation ro-replacement-start makes: one more read-only region for the
 	// snapshot volume, away from every sled holding a copy of the snapshot.
 	old, err := p.r.s.deps.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: regionID})
 	if err != nil {
@@ -252,7 +252,7 @@ func (p *previewer) readOnly(ctx context.Context, kind orchestratorv1.Replacemen
 	return t, err
 }
 
-// cloneSource picks what rsr-start would (sagas.ChooseCloneSource), with
+// cloneSource picks what ro-replacement-start would (sagadef.ChooseCloneSource), with
 // the previewed disks lost.
 func (p *previewer) cloneSource(ctx context.Context, t *orchestratorv1.ReadOnlyTargetPreview) error {
 	resp, err := p.r.s.deps.Allocator.ListCloneSources(ctx, &allocatorv1.ListCloneSourcesRequest{SnapshotId: t.SnapshotId, VolumeId: t.SnapshotId})
@@ -263,7 +263,7 @@ func (p *previewer) cloneSource(ctx context.Context, t *orchestratorv1.ReadOnlyT
 	if err != nil {
 		return fmt.Errorf("target %q: %w", t.TargetId, err)
 	}
-	c, ok, err := sagas.ChooseCloneSource(ctx, resp, old, p.lostDisk, func(ctx context.Context, id uuid.UUID) (bool, error) {
+	c, ok, err := sagadef.ChooseCloneSource(ctx, resp, old, p.lostDisk, func(ctx context.Context, id uuid.UUID) (bool, error) {
 		_, gone, err := p.targetState(ctx, id.String())
 		return gone, err
 	})
@@ -335,7 +335,7 @@ func (p *previewer) dryRun(ctx context.Context, what string, a *allocatorv1.Allo
 	return "", false, nil
 }
 
-// readWrite previews one rw region the way the rw detector and rr-start
+// readWrite previews one rw region the way the rw detector and rw-replacement-start
 // would treat it; nil when the detector would skip it (unregistered: its
 // volume's deletion already freed it).
 func (p *previewer) readWrite(ctx context.Context, reg *allocatorv1.Region, diskID string) (*orchestratorv1.ReadWriteRegionPreview, error) {
@@ -365,7 +365,7 @@ func (p *previewer) readWrite(ctx context.Context, reg *allocatorv1.Region, disk
 	for _, t := range vol.Volume.Targets {
 		byAddr[t.Address] = t
 	}
-	set := sagas.RegionSetOf(vol.Volume.Vcr, tg.Address)
+	set := sagadef.RegionSetOf(vol.Volume.Vcr, tg.Address)
 	survivors := 0
 	for _, addr := range set {
 		if addr == tg.Address {

@@ -18,8 +18,8 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
-	"storagecp.dev/orchestrator/internal/datastore"
-	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
 )
 
 type replacement struct {
@@ -27,40 +27,40 @@ type replacement struct {
 	s *Server
 }
 
-var roStates = map[datastore.ReadOnlyState]orchestratorv1.ReadOnlyReplacementState{
-	datastore.RORequested:         orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_REQUESTED,
-	datastore.ROAllocating:        orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_ALLOCATING,
-	datastore.ROReplacementDone:   orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_REPLACEMENT_DONE,
-	datastore.RODeletingOldVolume: orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DELETING_OLD_VOLUME,
-	datastore.RORunning:           orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_RUNNING,
-	datastore.ROCompleting:        orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETING,
-	datastore.ROComplete:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE,
-	datastore.RODataLost:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST,
-	datastore.ROCancelled:         orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_CANCELLED,
+var roStates = map[store.ReadOnlyState]orchestratorv1.ReadOnlyReplacementState{
+	store.RORequested:         orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_REQUESTED,
+	store.ROAllocating:        orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_ALLOCATING,
+	store.ROReplacementDone:   orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_REPLACEMENT_DONE,
+	store.RODeletingOldVolume: orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DELETING_OLD_VOLUME,
+	store.RORunning:           orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_RUNNING,
+	store.ROCompleting:        orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETING,
+	store.ROComplete:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE,
+	store.RODataLost:          orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_DATA_LOST,
+	store.ROCancelled:         orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_CANCELLED,
 }
 
-var stepStates = map[datastore.StepState]orchestratorv1.StepState{
-	datastore.StepRequested:     orchestratorv1.StepState_STEP_STATE_REQUESTED,
-	datastore.StepRunning:       orchestratorv1.StepState_STEP_STATE_RUNNING,
-	datastore.StepComplete:      orchestratorv1.StepState_STEP_STATE_COMPLETE,
-	datastore.StepCollecting:    orchestratorv1.StepState_STEP_STATE_COLLECTING,
-	datastore.StepVolumeDeleted: orchestratorv1.StepState_STEP_STATE_VOLUME_DELETED,
+var stepStates = map[store.StepState]orchestratorv1.StepState{
+	store.StepRequested:     orchestratorv1.StepState_STEP_STATE_REQUESTED,
+	store.StepRunning:       orchestratorv1.StepState_STEP_STATE_RUNNING,
+	store.StepComplete:      orchestratorv1.StepState_STEP_STATE_COMPLETE,
+	store.StepCollecting:    orchestratorv1.StepState_STEP_STATE_COLLECTING,
+	store.StepVolumeDeleted: orchestratorv1.StepState_STEP_STATE_VOLUME_DELETED,
 }
 
-var rwStates = map[datastore.RegionState]orchestratorv1.RegionReplacementState{
-	datastore.RWRequested:       orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REQUESTED,
-	datastore.RWAllocating:      orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_ALLOCATING,
-	datastore.RWRunning:         orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_RUNNING,
-	datastore.RWDriving:         orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DRIVING,
-	datastore.RWReplacementDone: orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REPLACEMENT_DONE,
-	datastore.RWCompleting:      orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETING,
-	datastore.RWComplete:        orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE,
-	datastore.RWDataLost:        orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DATA_LOST,
-	datastore.RWNeedsOperator:   orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_NEEDS_OPERATOR,
-	datastore.RWCancelled:       orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_CANCELLED,
+var rwStates = map[store.RegionState]orchestratorv1.RegionReplacementState{
+	store.RWRequested:       orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REQUESTED,
+	store.RWAllocating:      orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_ALLOCATING,
+	store.RWRunning:         orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_RUNNING,
+	store.RWDriving:         orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DRIVING,
+	store.RWReplacementDone: orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REPLACEMENT_DONE,
+	store.RWCompleting:      orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETING,
+	store.RWComplete:        orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE,
+	store.RWDataLost:        orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_DATA_LOST,
+	store.RWNeedsOperator:   orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_NEEDS_OPERATOR,
+	store.RWCancelled:       orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_CANCELLED,
 }
 
-func rwProto(r datastore.RegionRequest) *orchestratorv1.Replacement {
+func rwProto(r store.RWReplacement) *orchestratorv1.Replacement {
 	return &orchestratorv1.Replacement{
 		ReplacementId: r.ID.String(), Kind: orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION,
 		OldTargetId: r.OldRegionID.String(), OldRegionId: r.OldRegionID.String(), LockVolumeId: r.VolumeID.String(),
@@ -102,9 +102,9 @@ func idStr(id *uuid.UUID) string {
 	return id.String()
 }
 
-func roProto(r datastore.ReadOnlyRequest) *orchestratorv1.Replacement {
+func roProto(r store.ROReplacement) *orchestratorv1.Replacement {
 	kind := orchestratorv1.ReplacementKind_REPLACEMENT_KIND_REGION_SNAPSHOT
-	if r.Kind == datastore.KindReadOnlyRegion {
+	if r.Kind == store.KindReadOnlyRegion {
 		kind = orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_ONLY_REGION
 	}
 	return &orchestratorv1.Replacement{
@@ -117,7 +117,7 @@ func roProto(r datastore.ReadOnlyRequest) *orchestratorv1.Replacement {
 	}
 }
 
-func stepProto(s datastore.Step) *orchestratorv1.Step {
+func stepProto(s store.Step) *orchestratorv1.Step {
 	return &orchestratorv1.Step{
 		StepId: s.ID.String(), ReplacementId: s.RequestID.String(), VolumeId: s.VolumeID.String(), State: stepStates[s.State],
 		OperatingSagaId: idStr(s.OperatingSagaID), OldSnapshotVolumeId: idStr(s.OldSnapshotVolumeID),
@@ -133,14 +133,14 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 	if err != nil {
 		return nil, err
 	}
-	if existing, err := r.s.store.GetReadOnlyRequestByTarget(ctx, id); err == nil {
-		if existing.State != datastore.ROCancelled {
+	if existing, err := r.s.store.GetROReplacementByTarget(ctx, id); err == nil {
+		if existing.State != store.ROCancelled {
 			return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(existing)}, nil
 		}
 		return r.reopen(ctx, existing.ID)
 	}
-	if existing, err := r.s.store.GetRegionRequestByRegion(ctx, id); err == nil {
-		if existing.State != datastore.RWCancelled {
+	if existing, err := r.s.store.GetRWReplacementByRegion(ctx, id); err == nil {
+		if existing.State != store.RWCancelled {
 			return &orchestratorv1.RequestReplacementResponse{Replacement: rwProto(existing)}, nil
 		}
 		return r.reopen(ctx, existing.ID)
@@ -150,10 +150,10 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 		return nil, err
 	}
 	t := tr.Target
-	rec := datastore.ReadOnlyRequest{ID: uuid.New(), OldTargetID: id}
+	rec := store.ROReplacement{ID: uuid.New(), OldTargetID: id}
 	switch t.Kind {
 	case commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT:
-		rec.Kind = datastore.KindRegionSnapshot
+		rec.Kind = store.KindRegionSnapshot
 		rec.OldSnapshotID, err = uuid.Parse(t.SnapshotId)
 		if err == nil {
 			var ds uuid.UUID
@@ -162,7 +162,7 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 			}
 		}
 	case commonv1.TargetKind_TARGET_KIND_RO_REGION:
-		rec.Kind = datastore.KindReadOnlyRegion
+		rec.Kind = store.KindReadOnlyRegion
 		rec.OldSnapshotID, err = uuid.Parse(t.OwnerVolumeId)
 	default:
 		return nil, status.Errorf(codes.InvalidArgument, "target_id: %s is a %s; only read-only targets are replaced by request (rw regions are replaced when their disk is expunged)", id, t.Kind)
@@ -175,11 +175,11 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 	}
 	rec.LockVolumeID = rec.OldSnapshotID
 	rec.Traceparent = requestTrace(ctx, rec)
-	got, created, err := r.s.store.InsertReadOnlyRequest(ctx, rec)
+	got, created, err := r.s.store.InsertROReplacement(ctx, rec)
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	r.s.kick(sagas.TaskROStart)
+	r.s.kick(sagadef.TaskROStart)
 	return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(got), Created: created}, nil
 }
 
@@ -189,7 +189,7 @@ func (r *replacement) reopen(ctx context.Context, id uuid.UUID) (*orchestratorv1
 	if err := r.s.store.Reopen(ctx, id); err != nil {
 		return nil, grpcError(err)
 	}
-	r.s.kick(sagas.TaskROStart, sagas.TaskRWDetector)
+	r.s.kick(sagadef.TaskROStart, sagadef.TaskRWDetector)
 	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
 	if err != nil {
 		return nil, err
@@ -198,7 +198,7 @@ func (r *replacement) reopen(ctx context.Context, id uuid.UUID) (*orchestratorv1
 }
 
 // CancelReplacement implements ReplacementService (the states each answer
-// are the datastore's Cancel).
+// are the store's Cancel).
 func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1.CancelReplacementRequest) (*orchestratorv1.CancelReplacementResponse, error) {
 	id, err := parseUUID("replacement_id", req.ReplacementId)
 	if err != nil {
@@ -215,7 +215,7 @@ func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1
 		return nil, grpcError(err)
 	}
 	// The released lock may let another request of the volume proceed.
-	r.s.kick(sagas.TaskRODetector, sagas.TaskROStep, sagas.TaskRWDetector)
+	r.s.kick(sagadef.TaskRODetector, sagadef.TaskROStep, sagadef.TaskRWDetector)
 	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
 	if err != nil {
 		return nil, err
@@ -225,7 +225,7 @@ func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1
 
 // requestTrace starts the root span of a manual request, linked to the
 // calling RPC's span, and returns its traceparent.
-func requestTrace(ctx context.Context, rec datastore.ReadOnlyRequest) string {
+func requestTrace(ctx context.Context, rec store.ROReplacement) string {
 	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithAttributes(
 		attribute.String("replacement.id", rec.ID.String()), attribute.String("replacement.target_id", rec.OldTargetID.String()))}
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
@@ -243,8 +243,8 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 	if err != nil {
 		return nil, err
 	}
-	rec, err := r.s.store.GetReadOnlyRequest(ctx, id)
-	if errors.Is(err, datastore.ErrNotFound) {
+	rec, err := r.s.store.GetROReplacement(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
 		return r.getRegionReplacement(ctx, id)
 	}
 	if err != nil {
@@ -266,7 +266,7 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 }
 
 func (r *replacement) getRegionReplacement(ctx context.Context, id uuid.UUID) (*orchestratorv1.GetReplacementResponse, error) {
-	rec, err := r.s.store.GetRegionRequest(ctx, id)
+	rec, err := r.s.store.GetRWReplacement(ctx, id)
 	if err != nil {
 		return nil, grpcError(err)
 	}
@@ -319,7 +319,7 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 		req.ReadOnlyState == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED
 	out := &orchestratorv1.ListReplacementsResponse{}
 	if wantRO && !rwPart {
-		var state datastore.ReadOnlyState
+		var state store.ReadOnlyState
 		if req.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED {
 			st, ok := reverse(roStates, req.ReadOnlyState)
 			if !ok {
@@ -327,7 +327,7 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 			}
 			state = st
 		}
-		recs, err := r.s.store.ListReadOnlyRequests(ctx, state, after, limit)
+		recs, err := r.s.store.ListROReplacements(ctx, state, after, limit)
 		if err != nil {
 			return nil, grpcError(err)
 		}
@@ -352,7 +352,7 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 		}
 	}
 	if wantRW {
-		var state datastore.RegionState
+		var state store.RegionState
 		if req.RegionState != orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_UNSPECIFIED {
 			st, ok := reverse(rwStates, req.RegionState)
 			if !ok {
@@ -360,7 +360,7 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 			}
 			state = st
 		}
-		recs, err := r.s.store.ListRegionRequests(ctx, state, after, limit)
+		recs, err := r.s.store.ListRWReplacements(ctx, state, after, limit)
 		if err != nil {
 			return nil, grpcError(err)
 		}
@@ -389,7 +389,7 @@ func (r *replacement) ListSteps(ctx context.Context, req *orchestratorv1.ListSte
 		}
 		reqID = &id
 	}
-	var state datastore.StepState
+	var state store.StepState
 	if req.State != orchestratorv1.StepState_STEP_STATE_UNSPECIFIED {
 		s, ok := reverse(stepStates, req.State)
 		if !ok {
@@ -475,13 +475,13 @@ func (r *replacement) WatchReplacement(req *orchestratorv1.WatchReplacementReque
 }
 
 func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestratorv1.WatchReplacementResponse, error) {
-	var recs []datastore.ReadOnlyRequest
-	var rws []datastore.RegionRequest
+	var recs []store.ROReplacement
+	var rws []store.RWReplacement
 	if only != nil {
-		rec, err := r.s.store.GetReadOnlyRequest(ctx, *only)
+		rec, err := r.s.store.GetROReplacement(ctx, *only)
 		switch {
-		case errors.Is(err, datastore.ErrNotFound):
-			rw, err := r.s.store.GetRegionRequest(ctx, *only)
+		case errors.Is(err, store.ErrNotFound):
+			rw, err := r.s.store.GetRWReplacement(ctx, *only)
 			if err != nil {
 				return nil, grpcError(err)
 			}
@@ -492,7 +492,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 			recs = append(recs, rec)
 		}
 	} else {
-		allRW, err := r.s.store.ListRegionRequests(ctx, "", uuid.Nil, 1000)
+		allRW, err := r.s.store.ListRWReplacements(ctx, "", uuid.Nil, 1000)
 		if err != nil {
 			return nil, grpcError(err)
 		}
@@ -501,7 +501,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 				rws = append(rws, rw)
 			}
 		}
-		all, err := r.s.store.ListReadOnlyRequests(ctx, "", uuid.Nil, 1000)
+		all, err := r.s.store.ListROReplacements(ctx, "", uuid.Nil, 1000)
 		if err != nil {
 			return nil, grpcError(err)
 		}
@@ -516,8 +516,8 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 		return nil, grpcError(err)
 	}
 	msg := &orchestratorv1.WatchReplacementResponse{Done: true, Steps: &orchestratorv1.StepCounts{
-		Requested: counts[datastore.StepRequested], Running: counts[datastore.StepRunning], Complete: counts[datastore.StepComplete],
-		Collecting: counts[datastore.StepCollecting], VolumeDeleted: counts[datastore.StepVolumeDeleted],
+		Requested: counts[store.StepRequested], Running: counts[store.StepRunning], Complete: counts[store.StepComplete],
+		Collecting: counts[store.StepCollecting], VolumeDeleted: counts[store.StepVolumeDeleted],
 	}}
 	w := waits{s: r.s, full: true}
 	for _, rec := range recs {

@@ -24,12 +24,12 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
-	"storagecp.dev/orchestrator/internal/bgtasks"
-	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/background"
+	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/leader"
 	"storagecp.dev/orchestrator/internal/saga"
-	"storagecp.dev/orchestrator/internal/sagas"
-	"storagecp.dev/orchestrator/internal/tasks"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
 	"storagecp.dev/platform/grpcclient"
 )
 
@@ -50,14 +50,14 @@ type Config struct {
 	// PantryEndpoints are Pantry-like Upstairs hosts for reconciliation.
 	PantryEndpoints []string
 	// Sabotage: deliberate replacement bugs (dev/test only; see
-	// sagas.SabotageEnv).
-	Sabotage sagas.Sabotage
+	// sagadef.SabotageEnv).
+	Sabotage sagadef.Sabotage
 	// Retry is the backoff before a request or step whose saga unwound is
-	// tried again (zero fields: bgtasks' defaults).
-	Retry bgtasks.RetryBackoff
+	// tried again (zero fields: the tasks' defaults).
+	Retry tasks.RetryBackoff
 	// RWBounds end a rw replacement whose repair does not finish (zero
-	// fields: bgtasks' defaults).
-	RWBounds bgtasks.RWBounds
+	// fields: the tasks' defaults).
+	RWBounds tasks.RWBounds
 	// ActionRetry bounds the in-place retries of a saga action (zero
 	// fields: saga.DefaultActionRetry's).
 	ActionRetry saga.RetryPolicy
@@ -75,11 +75,11 @@ type Server struct {
 	pool     *pgxpool.Pool
 	logger   *slog.Logger
 	cfg      Config
-	store    *datastore.Store
+	store    *store.Store
 	lease    *leader.Lease
 	registry *saga.Registry
-	deps     *sagas.Deps
-	driver   *tasks.Driver
+	deps     *sagadef.Deps
+	driver   *background.Driver
 	// viewer reads the saga log for the admin API on leader and standby
 	// alike; it never creates or recovers anything.
 	viewer *saga.SEC
@@ -119,7 +119,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	registry, err := sagas.Registry()
+	registry, err := sagadef.Registry()
 	if err != nil {
 		return nil, err
 	}
@@ -128,14 +128,14 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 
 		lease:    leader.New(pool, cfg.SECID, leader.Config{TTL: cfg.LeaseTTL}, logger),
 		registry: registry,
-		driver:   tasks.NewDriver(logger),
+		driver:   background.NewDriver(logger),
 	}
 	// A released repair lock may unblock a request or step insertion that
 	// lost the contention: activate whoever retries those.
-	s.store = datastore.New(pool, datastore.WithLockReleased(func() {
-		s.kick(sagas.TaskRODetector, sagas.TaskROStep, sagas.TaskRWDetector)
+	s.store = store.New(pool, store.WithLockReleased(func() {
+		s.kick(sagadef.TaskRODetector, sagadef.TaskROStep, sagadef.TaskRWDetector)
 	}))
-	s.deps = &sagas.Deps{
+	s.deps = &sagadef.Deps{
 		Volumes:   volumev1.NewVolumeServiceClient(vc),
 		Allocator: allocatorv1.NewRegionAllocatorServiceClient(ac),
 		Notifier:  notifierv1.NewUpstairsNotifierServiceClient(nc),
@@ -151,7 +151,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
 		"region-allocator":  commonv1.NewFenceServiceClient(ac),
 		"upstairs-notifier": commonv1.NewFenceServiceClient(nc),
 	}
-	bgtasks.Register(s.driver, bgtasks.Env{
+	tasks.Register(s.driver, tasks.Env{
 		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
 		Retry: cfg.Retry, RWBounds: cfg.RWBounds,
 	})
@@ -345,7 +345,7 @@ func (s *Server) kick(names ...string) {
 }
 
 // sagaStarter lets tasks start sagas on the current term's SEC.
-func (s *Server) sagaStarter() bgtasks.Starter {
+func (s *Server) sagaStarter() tasks.Starter {
 	return func(ctx context.Context, t *saga.Template, params any, opts ...saga.CreateOption) (uuid.UUID, <-chan saga.Outcome, error) {
 		sec, err := s.currentSEC()
 		if err != nil {
@@ -384,16 +384,16 @@ func parseUUID(field, v string) (uuid.UUID, error) {
 	return id, nil
 }
 
-// grpcError maps datastore errors to gRPC codes.
+// grpcError maps store errors to gRPC codes.
 func grpcError(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, datastore.ErrNotFound), errors.Is(err, saga.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, saga.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, datastore.ErrLockHeld):
+	case errors.Is(err, store.ErrLockHeld):
 		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, datastore.ErrConflict), errors.Is(err, datastore.ErrRefused):
+	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrRefused):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	if _, ok := status.FromError(err); ok {

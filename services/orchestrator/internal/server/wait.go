@@ -10,7 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
-	"storagecp.dev/orchestrator/internal/datastore"
+	"storagecp.dev/orchestrator/internal/store"
 )
 
 // What a request or step waits on, for operators ("why is it not moving?").
@@ -40,7 +40,7 @@ func waitProto(kind orchestratorv1.WaitKind, since time.Time, subject, format st
 
 // atRest is the wait of a record at rest with no saga: its task, after
 // any backoff, or capacity when the last attempt found no room.
-func (w waits) atRest(task string, modified time.Time, a datastore.Attempts) *orchestratorv1.Wait {
+func (w waits) atRest(task string, modified time.Time, a store.Attempts) *orchestratorv1.Wait {
 	if a.Attempts > 0 && a.LastErrorTime != nil {
 		if capacityError(a.LastError) {
 			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_CAPACITY, *a.LastErrorTime, "",
@@ -73,15 +73,15 @@ func (w waits) saga(ctx context.Context, id uuid.UUID, since time.Time) *orchest
 	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_SAGA, since, id.String(), "%s %s is working on it", name, id)
 }
 
-func (w waits) readOnly(ctx context.Context, r datastore.ReadOnlyRequest) *orchestratorv1.Wait {
+func (w waits) readOnly(ctx context.Context, r store.ROReplacement) *orchestratorv1.Wait {
 	switch {
 	case r.State.Terminal():
 		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, r.TimeModified, "", "ended %s", r.State)
 	case r.OperatingSagaID != nil:
 		return w.saga(ctx, *r.OperatingSagaID, r.TimeModified)
-	case r.State == datastore.RORequested:
+	case r.State == store.RORequested:
 		return w.atRest("the start task", r.TimeModified, r.Attempts)
-	case r.State == datastore.ROReplacementDone:
+	case r.State == store.ROReplacementDone:
 		return w.atRest("the garbage-collect task", r.TimeModified, r.Attempts)
 	}
 	// Running.
@@ -94,14 +94,14 @@ func (w waits) readOnly(ctx context.Context, r datastore.ReadOnlyRequest) *orche
 	if counts, err := w.s.store.StepCounts(ctx, &r.ID); err == nil {
 		var open int64
 		for state, n := range counts {
-			if state != datastore.StepVolumeDeleted {
+			if state != store.StepVolumeDeleted {
 				open += n
 			}
 		}
 		if open > 0 {
 			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_STEPS, r.TimeModified, "",
 				"%d steps in progress (%d requested, %d running, %d complete, %d collecting)", open,
-				counts[datastore.StepRequested], counts[datastore.StepRunning], counts[datastore.StepComplete], counts[datastore.StepCollecting])
+				counts[store.StepRequested], counts[store.StepRunning], counts[store.StepComplete], counts[store.StepCollecting])
 		}
 	}
 	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_REFERENCES, r.TimeModified, r.OldTargetID.String(),
@@ -109,7 +109,7 @@ func (w waits) readOnly(ctx context.Context, r datastore.ReadOnlyRequest) *orche
 }
 
 // lockWait describes a request's places in lock queues, oldest first.
-func lockWait(lw []datastore.LockWait) *orchestratorv1.Wait {
+func lockWait(lw []store.LockWait) *orchestratorv1.Wait {
 	first := lw[0]
 	holder, subject := "free, its turn is next", ""
 	if first.Holder != nil {
@@ -120,15 +120,15 @@ func lockWait(lw []datastore.LockWait) *orchestratorv1.Wait {
 		"%d volumes wait for their repair lock; the longest, volume %s (%d tries): %s", len(lw), first.VolumeID, first.Attempts, holder)
 }
 
-func (w waits) regionRequest(ctx context.Context, r datastore.RegionRequest) *orchestratorv1.Wait {
+func (w waits) regionRequest(ctx context.Context, r store.RWReplacement) *orchestratorv1.Wait {
 	switch {
 	case r.State.Terminal():
 		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, r.TimeModified, "", "ended %s", r.State)
 	case r.OperatingSagaID != nil:
 		return w.saga(ctx, *r.OperatingSagaID, r.TimeModified)
-	case r.State == datastore.RWRequested:
+	case r.State == store.RWRequested:
 		return w.atRest("the rw detector", r.TimeModified, r.Attempts)
-	case r.State == datastore.RWReplacementDone:
+	case r.State == store.RWReplacementDone:
 		return w.atRest("the rw finish task", r.TimeModified, r.Attempts)
 	}
 	// Running: the Upstairs' repair of the new region.
@@ -147,15 +147,15 @@ func (w waits) regionRequest(ctx context.Context, r datastore.RegionRequest) *or
 	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_UPSTAIRS, since, "", "%s", detail)
 }
 
-func (w waits) step(ctx context.Context, s datastore.Step) *orchestratorv1.Wait {
+func (w waits) step(ctx context.Context, s store.Step) *orchestratorv1.Wait {
 	switch s.State {
-	case datastore.StepVolumeDeleted:
+	case store.StepVolumeDeleted:
 		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, s.TimeModified, "", "ended")
-	case datastore.StepRunning, datastore.StepCollecting:
+	case store.StepRunning, store.StepCollecting:
 		if s.OperatingSagaID != nil {
 			return w.saga(ctx, *s.OperatingSagaID, s.TimeModified)
 		}
-	case datastore.StepComplete:
+	case store.StepComplete:
 		return w.atRest("the step task (to delete its stash)", s.TimeModified, s.Attempts)
 	}
 	return w.atRest("the step task", s.TimeModified, s.Attempts)

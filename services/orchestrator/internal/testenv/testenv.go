@@ -22,9 +22,9 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
-	"storagecp.dev/orchestrator/internal/datastore"
 	"storagecp.dev/orchestrator/internal/saga"
-	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
 	"storagecp.dev/orchestrator/migrations"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/grpcclient"
@@ -39,8 +39,8 @@ func Main(m *testing.M) { processes.Main(m) }
 type Env struct {
 	Stack     *stack.Stack
 	Pool      *pgxpool.Pool
-	Store     *datastore.Store
-	Deps      *sagas.Deps
+	Store     *store.Store
+	Deps      *sagadef.Deps
 	SEC       *saga.SEC
 	Volumes   volumev1.VolumeServiceClient
 	Allocator allocatorv1.RegionAllocatorServiceClient
@@ -84,12 +84,12 @@ func Start(t testing.TB, o Options) *Env {
 	if err := db.Migrate(ctx, e.Pool, migrations.FS); err != nil {
 		t.Fatal(err)
 	}
-	e.Store = datastore.New(e.Pool)
+	e.Store = store.New(e.Pool)
 	e.Volumes = volumev1.NewVolumeServiceClient(dial(t, st.Addr(stack.Volume)))
 	e.Allocator = allocatorv1.NewRegionAllocatorServiceClient(dial(t, st.Addr(stack.Allocator)))
 	e.Notifier = notifierv1.NewUpstairsNotifierServiceClient(dial(t, st.Addr(stack.Notifier)))
-	e.Deps = &sagas.Deps{Volumes: e.Volumes, Allocator: e.Allocator, Notifier: e.Notifier, Store: e.Store}
-	reg, err := sagas.Registry()
+	e.Deps = &sagadef.Deps{Volumes: e.Volumes, Allocator: e.Allocator, Notifier: e.Notifier, Store: e.Store}
+	reg, err := sagadef.Registry()
 	if err != nil {
 		t.Fatal(err)
 	}

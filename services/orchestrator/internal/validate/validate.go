@@ -1,7 +1,7 @@
 // Package validate is ValidateSystem: the checks no single service can make,
 // across the allocator (where bytes are), the registry (who owns and
 // references them), the agents (what is served), the notifier's attachments
-// and the orchestrator's locks, records and sagas. The admin API serves it;
+// and the orchestrator's locks, records and sagadef. The admin API serves it;
 // tests call Run directly against the same services.
 package validate
 
@@ -20,8 +20,8 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
-	"storagecp.dev/orchestrator/internal/datastore"
-	"storagecp.dev/orchestrator/internal/sagas"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
 )
 
 // Run checks what no single service can: that the allocator (where
@@ -58,7 +58,7 @@ import (
 //
 // Run validates the system and returns every violation found (none when
 // healthy).
-func Run(ctx context.Context, deps *sagas.Deps, st *datastore.Store) ([]*commonv1.Violation, error) {
+func Run(ctx context.Context, deps *sagadef.Deps, st *store.Store) ([]*commonv1.Violation, error) {
 	v := &validator{deps: deps, store: st, pool: st.Pool()}
 	if err := v.run(ctx); err != nil {
 		return nil, err
@@ -67,8 +67,8 @@ func Run(ctx context.Context, deps *sagas.Deps, st *datastore.Store) ([]*commonv
 }
 
 type validator struct {
-	deps  *sagas.Deps
-	store *datastore.Store
+	deps  *sagadef.Deps
+	store *store.Store
 	pool  *pgxpool.Pool
 	out   []finding
 	// start is the saga log's state when validation began; quiet says no
@@ -280,26 +280,26 @@ func (v *validator) locksAndSagas(ctx context.Context) error {
 }
 
 // lockOwner checks that a lock's holder record exists and is not terminal.
-func (v *validator) lockOwner(ctx context.Context, l datastore.Lock) error {
+func (v *validator) lockOwner(ctx context.Context, l store.Lock) error {
 	st := v.store
 	var why string
 	switch l.HolderKind {
-	case datastore.HolderReadOnlyReplacement:
-		r, err := st.GetReadOnlyRequest(ctx, l.RepairID)
+	case store.HolderReadOnlyReplacement:
+		r, err := st.GetROReplacement(ctx, l.RepairID)
 		if err != nil {
 			why = fmt.Sprintf("held by missing read-only replacement %s", l.RepairID)
 		} else if r.State.Terminal() {
 			why = fmt.Sprintf("held by %s read-only replacement %s", r.State, l.RepairID)
 		}
-	case datastore.HolderStep:
+	case store.HolderStep:
 		s, err := st.GetStep(ctx, l.RepairID)
 		if err != nil {
 			why = fmt.Sprintf("held by missing step %s", l.RepairID)
-		} else if s.State != datastore.StepRequested && s.State != datastore.StepRunning {
+		} else if s.State != store.StepRequested && s.State != store.StepRunning {
 			why = fmt.Sprintf("held by %s step %s", s.State, l.RepairID)
 		}
-	case datastore.HolderRegionReplacement:
-		r, err := st.GetRegionRequest(ctx, l.RepairID)
+	case store.HolderRegionReplacement:
+		r, err := st.GetRWReplacement(ctx, l.RepairID)
 		if err != nil {
 			why = fmt.Sprintf("held by missing region replacement %s", l.RepairID)
 		} else if r.State.Terminal() {

@@ -45,8 +45,8 @@ type UpstairsServiceClient interface {
 	Activate(ctx context.Context, in *ActivateRequest, opts ...grpc.CallOption) (*ActivateResponse, error)
 	// Deactivates a volume. Idempotent.
 	Deactivate(ctx context.Context, in *DeactivateRequest, opts ...grpc.CallOption) (*DeactivateResponse, error)
-	// Asks the Upstairs to move to a new VCR (docs/replacement.md, "rsr-step"
-	// and "rr-drive"). Answers STARTED when exactly one read-only target
+	// Asks the Upstairs to move to a new VCR (docs/replacement.md, "ro-replacement-step"
+	// and "rw-replacement-drive"). Answers STARTED when exactly one read-only target
 	// differs, or one rw target with a higher generation (a live repair follows
 	// and is reported to the notifier); STARTED_ALREADY while that replacement
 	// is in flight; COMPLETED_ALREADY when it already switched; VCR_MATCHES
@@ -152,8 +152,8 @@ type UpstairsServiceServer interface {
 	Activate(context.Context, *ActivateRequest) (*ActivateResponse, error)
 	// Deactivates a volume. Idempotent.
 	Deactivate(context.Context, *DeactivateRequest) (*DeactivateResponse, error)
-	// Asks the Upstairs to move to a new VCR (docs/replacement.md, "rsr-step"
-	// and "rr-drive"). Answers STARTED when exactly one read-only target
+	// Asks the Upstairs to move to a new VCR (docs/replacement.md, "ro-replacement-step"
+	// and "rw-replacement-drive"). Answers STARTED when exactly one read-only target
 	// differs, or one rw target with a higher generation (a live repair follows
 	// and is reported to the notifier); STARTED_ALREADY while that replacement
 	// is in flight; COMPLETED_ALREADY when it already switched; VCR_MATCHES

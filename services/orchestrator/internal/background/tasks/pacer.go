@@ -1,0 +1,83 @@
+package tasks
+
+import (
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// pacer spaces out expensive per-request work of a task that runs far more
+// often than that work is worth (after every finished saga), and schedules
+// one follow-up activation so that work put off is not forgotten. The zero
+// value is ready; every is set by its owner.
+type pacer struct {
+	every time.Duration
+
+	mu       sync.Mutex
+	last     map[uuid.UUID]time.Time // when each request's work last ran
+	first    map[uuid.UUID]time.Time // when each request's work first ran here
+	followUp bool                    // an activation is scheduled
+}
+
+// due reports whether id's work may run now, and if so records it. When it
+// may not, it returns how long until it may.
+func (p *pacer) due(id uuid.UUID) (bool, time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last == nil {
+		p.last = map[uuid.UUID]time.Time{}
+	}
+	if wait := p.every - time.Since(p.last[id]); wait > 0 {
+		return false, wait
+	}
+	now := time.Now()
+	p.last[id] = now
+	if p.first == nil {
+		p.first = map[uuid.UUID]time.Time{}
+	}
+	if _, ok := p.first[id]; !ok {
+		p.first[id] = now
+	}
+	return true, 0
+}
+
+// firstDue is when id's work was first due on this pacer (this process, this
+// leader term); zero if never.
+func (p *pacer) firstDue(id uuid.UUID) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.first[id]
+}
+
+// kickAfter calls kick after d, unless a call is already scheduled.
+func (p *pacer) kickAfter(d time.Duration, kick func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.followUp {
+		return
+	}
+	p.followUp = true
+	time.AfterFunc(d, func() {
+		p.mu.Lock()
+		p.followUp = false
+		p.mu.Unlock()
+		kick()
+	})
+}
+
+// keepOnly forgets every request but these.
+func (p *pacer) keepOnly(ids []uuid.UUID) {
+	keep := make(map[uuid.UUID]bool, len(ids))
+	for _, id := range ids {
+		keep[id] = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.last {
+		if !keep[id] {
+			delete(p.last, id)
+			delete(p.first, id)
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package tasks
+
+import (
+	"context"
+	"fmt"
+
+	"storagecp.dev/orchestrator/internal/background"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
+)
+
+// roStart drives Requested requests (docs/replacement.md, "How the
+// background tasks chain"): a request whose target is already gone
+// completes at once (nothing can reference it any
+// more); the others get an ro-replacement-start saga. A deleted snapshot volume is no
+// reason to skip: copies of its targets may live on in clones.
+type roStart struct {
+	env     Env
+	limiter *background.Limiter
+}
+
+// StartStatus is the start task's status per activation.
+type StartStatus struct {
+	StartInvokedOK      []string `json:"start_invoked_ok"`
+	RequestsCompletedOK []string `json:"requests_completed_ok"`
+	// DataLost lists every request that ended with no surviving copy of its
+	// data: a standing alert, repeated on every activation.
+	DataLost []string `json:"data_lost"`
+	Skipped  Skips    `json:"skipped"`
+	Errors   []string `json:"errors"`
+}
+
+func (t *roStart) Name() string { return sagadef.TaskROStart }
+func (t *roStart) Description() string {
+	return "starts ro-replacement-start for requested read-only replacements, or completes those whose target is gone"
+}
+
+func (t *roStart) Activate(ctx context.Context) any {
+	st := &StartStatus{StartInvokedOK: []string{}, RequestsCompletedOK: []string{}, DataLost: []string{}, Errors: []string{}}
+	d := t.env.Deps
+	if lost, err := d.Store.ROReplacementsIn(ctx, store.RODataLost); err != nil {
+		errf(&st.Errors, "listing data_lost: %v", err)
+	} else {
+		for _, r := range lost {
+			st.DataLost = append(st.DataLost, fmt.Sprintf("request %s: target %s of snapshot %s", r.ID, r.OldTargetID, r.OldSnapshotID))
+		}
+	}
+	reqs, err := d.Store.ROReplacementsIn(ctx, store.RORequested)
+	if err != nil {
+		errf(&st.Errors, "listing requested: %v", err)
+		return st
+	}
+	completed := false
+	for _, r := range reqs {
+		gone, err := sagadef.TargetGone(ctx, d, r.OldTargetID)
+		if err != nil {
+			errf(&st.Errors, "request %s: target %s: %v", r.ID, r.OldTargetID, err)
+			continue
+		}
+		if gone {
+			if err := d.Store.SetROCompleteFromRequested(ctx, r.ID); err != nil {
+				errf(&st.Errors, "request %s: complete: %v", r.ID, err)
+				continue
+			}
+			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "replacement "+r.ID.String())
+			completed = true
+			continue
+		}
+		p := sagadef.StartParams{
+			RequestID: r.ID, Kind: string(r.Kind), OldTargetID: r.OldTargetID, OldRegionID: r.OldRegionID,
+			OldSnapshotID: r.OldSnapshotID, OldDatasetID: r.OldDatasetID,
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROStart, p,
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)
+		case ok:
+			st.StartInvokedOK = append(st.StartInvokedOK, "request "+r.ID.String())
+		}
+	}
+	if completed {
+		// A released snapshot-volume lock may unblock another target.
+		d.KickTasks(sagadef.TaskRODetector)
+	}
+	return st
+}

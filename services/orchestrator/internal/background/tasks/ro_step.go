@@ -1,0 +1,329 @@
+package tasks
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/background"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
+)
+
+// roStep fans a Running request out into per-volume steps and drives them
+// (docs/replacement.md, "How the background tasks chain"). Phases, in order:
+//  1. collect: start ro-replacement-step-garbage-collect for Complete steps, so their
+//     stashes (which still name A) are on their way out before scanning;
+//  2. create: for each Running request, ask the volume→target index which
+//     live data volumes still name A and insert a step for each (never a
+//     stash or reference volume, nor one already handled; lock contention is
+//     retried next pass);
+//  3. launch: retire Requested steps whose volume is deleted, whose target
+//     is gone or which no longer reference A; start ro-replacement-step for the rest,
+//     round-robin across requests so one large fan-out cannot starve others.
+type roStep struct {
+	env     Env
+	limiter *background.Limiter
+	scans   pacer // create scans a request at most every rescanEvery
+	// fresh holds the steps this process inserted and has not launched
+	// yet: their volume was found naming the old target when the step
+	// took its lock, and nothing but a delete (which the saga handles) can
+	// change it since, so their first launch skips asking the
+	// volume-service again (a call per volume of a fan-out). Nil is empty.
+	fresh map[uuid.UUID]bool
+	// lockWait holds, per request, the volumes whose repair lock another
+	// repair held at the request's last scan. A pass between paced scans
+	// retries just these, so a volume is stepped as soon as the lock is
+	// released (the release wakes this task) and not a scan period later.
+	lockWait map[uuid.UUID][]uuid.UUID
+}
+
+// maxFresh bounds fresh; beyond it the launch checks every step again.
+const maxFresh = 100_000
+
+// rescanEvery bounds how often create scans one request's referencing
+// volumes. A scan reads every step and every referencing volume of the
+// request — O(fan-out) — while the task runs after every finished saga; a
+// request is scanned at once when first seen, and a skipped scan schedules
+// an activation for when it is due.
+const rescanEvery = 2 * time.Second
+
+// StepStatus is the step task's status per activation.
+type StepStatus struct {
+	StepRecordsCreatedOK        []string `json:"step_records_created_ok"`
+	StepGarbageCollectInvokedOK []string `json:"step_garbage_collect_invoked_ok"`
+	StepInvokedOK               []string `json:"step_invoked_ok"`
+	StepSetVolumeDeletedOK      []string `json:"step_set_volume_deleted_ok"`
+	Skipped                     Skips    `json:"skipped"`
+	Errors                      []string `json:"errors"`
+}
+
+func (t *roStep) Name() string { return sagadef.TaskROStep }
+func (t *roStep) Description() string {
+	return "creates, runs and collects the per-volume steps of running read-only replacements"
+}
+
+// batch bounds how many steps one pass looks at per phase.
+const stepBatch = 4096
+
+// stepInsertBatch bounds the steps one InsertSteps transaction creates:
+// one statement for many volumes instead of a transaction each, small
+// enough that a serialization retry repeats little.
+const stepInsertBatch = 100
+
+func (t *roStep) Activate(ctx context.Context) any {
+	st := &StepStatus{
+		StepRecordsCreatedOK: []string{}, StepGarbageCollectInvokedOK: []string{}, StepInvokedOK: []string{},
+		StepSetVolumeDeletedOK: []string{}, Errors: []string{},
+	}
+	t.collect(ctx, st)
+	t.create(ctx, st)
+	t.launch(ctx, st)
+	if len(st.StepSetVolumeDeletedOK) > 0 {
+		t.env.Deps.KickTasks(sagadef.TaskROFinish)
+	}
+	return st
+}
+
+func (t *roStep) collect(ctx context.Context, st *StepStatus) {
+	steps, err := t.env.Deps.Store.StepsIn(ctx, store.StepComplete, stepBatch)
+	if err != nil {
+		errf(&st.Errors, "listing complete steps: %v", err)
+		return
+	}
+	traces := t.traces(ctx)
+	for _, s := range steps {
+		if s.OldSnapshotVolumeID == nil {
+			errf(&st.Errors, "step %s: complete without a stash volume", s.ID)
+			continue
+		}
+		// Its own key: the step's ro-replacement-step may still hold the step id's
+		// slot for a moment after committing Complete.
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStepGarbageCollect,
+			sagadef.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
+			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "step %s: start garbage collect: %v", s.ID, err)
+		case ok:
+			st.StepGarbageCollectInvokedOK = append(st.StepGarbageCollectInvokedOK, "step "+s.ID.String())
+		}
+	}
+}
+
+// traces maps request ids to their traceparent (Running and recent ones).
+func (t *roStep) traces(ctx context.Context) map[uuid.UUID]string {
+	out := map[uuid.UUID]string{}
+	reqs, err := t.env.Deps.Store.ROReplacementsIn(ctx, store.RORunning)
+	if err == nil {
+		for _, r := range reqs {
+			out[r.ID] = r.Traceparent
+		}
+	}
+	return out
+}
+
+func (t *roStep) create(ctx context.Context, st *StepStatus) {
+	d := t.env.Deps
+	reqs, err := d.Store.ROReplacementsIn(ctx, store.RORunning)
+	if err != nil {
+		errf(&st.Errors, "listing running requests: %v", err)
+		return
+	}
+	ids := make([]uuid.UUID, len(reqs))
+	for i, r := range reqs {
+		ids[i] = r.ID
+	}
+	t.scans.keepOnly(ids)
+	maps.DeleteFunc(t.lockWait, func(id uuid.UUID, _ []uuid.UUID) bool { return !slices.Contains(ids, id) })
+	for _, r := range reqs {
+		if ok, wait := t.scans.due(r.ID); !ok {
+			if vols := t.lockWait[r.ID]; len(vols) > 0 {
+				steps := make([]store.Step, len(vols))
+				for i, v := range vols {
+					steps[i] = store.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: v}
+				}
+				t.lockWait[r.ID] = t.insertSteps(ctx, st, r.ID, steps, false)
+			}
+			t.scans.kickAfter(wait, func() { d.KickTasks(sagadef.TaskROStep) })
+			continue
+		}
+		var waiting []uuid.UUID
+		// Volumes this request already has a live step for need no insert
+		// attempt (each would be a transaction answering "already handled").
+		existing, err := d.Store.StepsOfRequest(ctx, r.ID, "")
+		if err != nil {
+			errf(&st.Errors, "request %s: steps: %v", r.ID, err)
+			continue
+		}
+		handled := map[uuid.UUID]bool{}
+		for _, s := range existing {
+			if s.State != store.StepVolumeDeleted {
+				handled[s.VolumeID] = true
+			}
+			// A step's stash names A until it is collected; it never gets
+			// a step (InsertStep would answer so, one transaction each).
+			if s.OldSnapshotVolumeID != nil {
+				handled[*s.OldSnapshotVolumeID] = true
+			}
+		}
+		token := ""
+		for {
+			resp, err := d.Volumes.FindVolumesReferencingTarget(ctx, &volumev1.FindVolumesReferencingTargetRequest{
+				TargetId: r.OldTargetID.String(), PageSize: 1000, PageToken: token,
+			})
+			if err != nil {
+				errf(&st.Errors, "request %s: volumes referencing %s: %v", r.ID, r.OldTargetID, err)
+				break
+			}
+			var batch []store.Step
+			for _, v := range resp.Volumes {
+				if v.SoftDeleted {
+					continue // its reference is already dropped
+				}
+				if v.Purpose != volumev1.VolumePurpose_VOLUME_PURPOSE_DATA {
+					// A stash names A from the moment its swap commits, long
+					// before a step record names it: stepping it would
+					// chase A from stash to stash, and an unwinding swap
+					// could no longer put A back.
+					continue
+				}
+				vid, err := uuid.Parse(v.VolumeId)
+				if err != nil || handled[vid] {
+					continue
+				}
+				batch = append(batch, store.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: vid})
+			}
+			for chunk := range slices.Chunk(batch, stepInsertBatch) {
+				waiting = append(waiting, t.insertSteps(ctx, st, r.ID, chunk, true)...)
+			}
+			if token = resp.NextPageToken; token == "" {
+				break
+			}
+		}
+		if t.lockWait == nil {
+			t.lockWait = map[uuid.UUID][]uuid.UUID{}
+		}
+		t.lockWait[r.ID] = waiting
+	}
+}
+
+// insertSteps inserts steps and returns the volumes whose lock another
+// repair holds (they wait for a later pass). Steps found by a scan just now
+// are fresh (see roStep.fresh); retried ones are checked again at launch,
+// since time passed since their volume was seen naming the old target.
+func (t *roStep) insertSteps(ctx context.Context, st *StepStatus, request uuid.UUID, steps []store.Step, fresh bool) []uuid.UUID {
+	res, err := t.env.Deps.Store.InsertSteps(ctx, request, steps)
+	if err != nil {
+		errf(&st.Errors, "request %s: steps for %d volumes: %v", request, len(steps), err)
+		return nil
+	}
+	var held []uuid.UUID
+	for i, rs := range res {
+		switch {
+		case rs.LockHeld:
+			held = append(held, steps[i].VolumeID)
+			st.Skipped.Add("volume %s of request %s: its repair lock is held, or queued for by an older repair; waiting in the volume's lock queue", steps[i].VolumeID, request)
+		case rs.Inserted && fresh:
+			if t.fresh == nil || len(t.fresh) >= maxFresh {
+				t.fresh = map[uuid.UUID]bool{}
+			}
+			t.fresh[steps[i].ID] = true
+		}
+		if rs.Inserted {
+			st.StepRecordsCreatedOK = append(st.StepRecordsCreatedOK, "created step for volume "+steps[i].VolumeID.String())
+		}
+	}
+	return held
+}
+
+func (t *roStep) launch(ctx context.Context, st *StepStatus) {
+	d := t.env.Deps
+	steps, err := d.Store.StepsIn(ctx, store.StepRequested, stepBatch)
+	if err != nil {
+		errf(&st.Errors, "listing requested steps: %v", err)
+		return
+	}
+	reqs := map[uuid.UUID]*store.ROReplacement{}
+	gone := map[uuid.UUID]bool{}
+	for _, s := range roundRobin(steps) {
+		if t.limiter.InFlight() >= t.env.MaxSagas {
+			return // the rest wait for the next pass, which a finishing saga triggers
+		}
+		r, ok := reqs[s.RequestID]
+		if !ok {
+			got, err := d.Store.GetROReplacement(ctx, s.RequestID)
+			if err != nil {
+				errf(&st.Errors, "step %s: request: %v", s.ID, err)
+				continue
+			}
+			r = &got
+			reqs[s.RequestID] = r
+			if gone[r.ID], err = sagadef.TargetGone(ctx, d, r.OldTargetID); err != nil {
+				errf(&st.Errors, "step %s: target: %v", s.ID, err)
+				delete(reqs, s.RequestID)
+				continue
+			}
+		}
+		retire := gone[r.ID]
+		fresh := t.fresh[s.ID]
+		delete(t.fresh, s.ID) // a relaunch (after an unwind, say) checks again
+		if !retire && !fresh {
+			ref, err := d.Volumes.VolumeReferencesReadOnlyTarget(ctx, &volumev1.VolumeReferencesReadOnlyTargetRequest{
+				VolumeId: s.VolumeID.String(), TargetId: r.OldTargetID.String(),
+			})
+			if err != nil {
+				errf(&st.Errors, "step %s: volume %s: %v", s.ID, s.VolumeID, err)
+				continue
+			}
+			// A step made for a stash (by a version that could not tell
+			// one) is retired unrun.
+			retire = !ref.VolumeExists || ref.SoftDeleted || !ref.Referenced ||
+				ref.Purpose != volumev1.VolumePurpose_VOLUME_PURPOSE_DATA
+		}
+		if retire {
+			if err := d.Store.SetStepVolumeDeletedFromRequested(ctx, s.ID); err != nil {
+				errf(&st.Errors, "step %s: retire: %v", s.ID, err)
+				continue
+			}
+			st.StepSetVolumeDeletedOK = append(st.StepSetVolumeDeletedOK, "step "+s.ID.String())
+			continue
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: s.ID.String(), record: s.ID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStep,
+			sagadef.StepParams{StepID: s.ID, RequestID: s.RequestID, VolumeID: s.VolumeID},
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "step %s: start saga: %v", s.ID, err)
+		case ok:
+			st.StepInvokedOK = append(st.StepInvokedOK, "step "+s.ID.String())
+		}
+	}
+}
+
+// roundRobin interleaves steps by request, keeping each request's order.
+func roundRobin(steps []store.Step) []store.Step {
+	var order []uuid.UUID
+	by := map[uuid.UUID][]store.Step{}
+	for _, s := range steps {
+		if _, ok := by[s.RequestID]; !ok {
+			order = append(order, s.RequestID)
+		}
+		by[s.RequestID] = append(by[s.RequestID], s)
+	}
+	out := make([]store.Step, 0, len(steps))
+	for len(out) < len(steps) {
+		for _, id := range order {
+			if q := by[id]; len(q) > 0 {
+				out = append(out, q[0])
+				by[id] = q[1:]
+			}
+		}
+	}
+	return out
+}

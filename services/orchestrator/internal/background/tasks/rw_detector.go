@@ -1,0 +1,174 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/background"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
+)
+
+// rwDetector creates a rw region replacement request for every rw region on
+// an expunged disk, keyed by region and locking the region's owning volume
+// (docs/replacement.md, "rw request"); contention is retried silently on the
+// next pass. Then it moves Requested requests on: a deleted volume completes
+// the request at once (nothing to repair), the others get an rw-replacement-start saga.
+type rwDetector struct {
+	env     Env
+	limiter *background.Limiter
+}
+
+// RWDetectorStatus is the rw detector's status per activation.
+type RWDetectorStatus struct {
+	RequestsCreatedOK   []string `json:"requests_created_ok"`
+	StartInvokedOK      []string `json:"start_invoked_ok"`
+	RequestsCompletedOK []string `json:"requests_completed_ok"`
+	Skipped             Skips    `json:"skipped"`
+	Errors              []string `json:"errors"`
+}
+
+func (t *rwDetector) Name() string { return sagadef.TaskRWDetector }
+func (t *rwDetector) Description() string {
+	return "creates rw region replacement requests for regions on expunged disks and starts rw-replacement-start for them"
+}
+
+func (t *rwDetector) Activate(ctx context.Context) any {
+	st := &RWDetectorStatus{RequestsCreatedOK: []string{}, StartInvokedOK: []string{}, RequestsCompletedOK: []string{}, Errors: []string{}}
+	t.detect(ctx, st)
+	t.start(ctx, st)
+	return st
+}
+
+// knownRegions is every region that already has a request (at most one per
+// region over its lifetime).
+func (t *rwDetector) knownRegions(ctx context.Context) (map[uuid.UUID]bool, error) {
+	known := map[uuid.UUID]bool{}
+	after := uuid.Nil
+	for {
+		page, err := t.env.Deps.Store.ListRWReplacements(ctx, "", after, 1000)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range page {
+			known[r.OldRegionID] = true
+		}
+		if len(page) < 1000 {
+			return known, nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
+func (t *rwDetector) detect(ctx context.Context, st *RWDetectorStatus) {
+	d := t.env.Deps
+	known, err := t.knownRegions(ctx)
+	if err != nil {
+		errf(&st.Errors, "listing requests: %v", err)
+		return
+	}
+	token := ""
+	for {
+		resp, err := d.Allocator.ListExpungedTargets(ctx, &allocatorv1.ListExpungedTargetsRequest{PageSize: 1000, PageToken: token})
+		if err != nil {
+			errf(&st.Errors, "listing expunged targets: %v", err)
+			return
+		}
+		for _, r := range resp.ReadWriteRegions {
+			t.request(ctx, st, known, r.RegionId)
+		}
+		if token = resp.NextPageToken; token == "" {
+			return
+		}
+	}
+}
+
+func (t *rwDetector) request(ctx context.Context, st *RWDetectorStatus, known map[uuid.UUID]bool, region string) {
+	d := t.env.Deps
+	id, err := uuid.Parse(region)
+	if err != nil {
+		errf(&st.Errors, "region %q: %v", region, err)
+		return
+	}
+	if known[id] {
+		return
+	}
+	// The registry knows the owner (ReplaceRegion changes it; the
+	// allocator's allocated_for never does).
+	tg, err := d.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id.String()})
+	if status.Code(err) == codes.NotFound {
+		return // unregistered: its volume's deletion already freed it
+	}
+	if err != nil {
+		errf(&st.Errors, "region %s: target: %v", id, err)
+		return
+	}
+	owner, err := uuid.Parse(tg.Target.OwnerVolumeId)
+	if err != nil {
+		errf(&st.Errors, "region %s: owner %q: %v", id, tg.Target.OwnerVolumeId, err)
+		return
+	}
+	r := store.RWReplacement{ID: uuid.New(), OldRegionID: id, VolumeID: owner}
+	r.Traceparent = newRequestTrace(ctx, "rw region replacement",
+		attribute.String("replacement.id", r.ID.String()), attribute.String("replacement.region_id", id.String()),
+		attribute.String("replacement.volume_id", owner.String()))
+	got, created, err := d.Store.InsertRWReplacement(ctx, r)
+	switch {
+	case errors.Is(err, store.ErrLockHeld):
+		// Another request or repair holds the volume: next pass (the
+		// release wakes this task).
+		st.Skipped.Add("region %s: %s", id, store.LockDetail(err))
+	case err != nil:
+		errf(&st.Errors, "request for region %s: %v", id, err)
+	case created:
+		known[id] = true
+		st.RequestsCreatedOK = append(st.RequestsCreatedOK, fmt.Sprintf("created request %s for region %s of volume %s", got.ID, id, owner))
+	}
+}
+
+func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
+	d := t.env.Deps
+	reqs, err := d.Store.RWReplacementsIn(ctx, store.RWRequested)
+	if err != nil {
+		errf(&st.Errors, "listing requested: %v", err)
+		return
+	}
+	for _, r := range reqs {
+		gone, err := sagadef.VolumeDeleted(ctx, d, r.VolumeID)
+		if err != nil {
+			errf(&st.Errors, "request %s: volume %s: %v", r.ID, r.VolumeID, err)
+			continue
+		}
+		if gone {
+			if err := d.Store.SetRWCompleteFromRequested(ctx, r.ID); err != nil {
+				errf(&st.Errors, "request %s: complete: %v", r.ID, err)
+				continue
+			}
+			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
+			continue
+		}
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWStart,
+			sagadef.RWStartParams{RequestID: r.ID, VolumeID: r.VolumeID, OldRegionID: r.OldRegionID},
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
+		switch {
+		case err != nil:
+			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)
+		case ok:
+			st.StartInvokedOK = append(st.StartInvokedOK, "request "+r.ID.String())
+		}
+	}
+	if len(st.RequestsCompletedOK) > 0 {
+		// A released volume lock may let another region of it, or a
+		// read-only request on it, proceed.
+		d.KickTasks(sagadef.TaskRWDetector, sagadef.TaskRODetector)
+	}
+}

@@ -1,0 +1,195 @@
+package tasks
+
+import (
+	"context"
+	"testing"
+
+	"github.com/google/uuid"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/background"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
+)
+
+func (f *fixture) rwDetector() *rwDetector {
+	return &rwDetector{env: f.env, limiter: background.NewLimiter(64, 1)}
+}
+func (f *fixture) rwDrive() *rwDrive {
+	return &rwDrive{env: f.env, limiter: background.NewLimiter(64, 1), drives: pacer{every: redriveEvery}}
+}
+func (f *fixture) rwFinish() *rwFinish {
+	return &rwFinish{env: f.env, limiter: background.NewLimiter(64, 1)}
+}
+
+// expungeRegionOf expunges the disk holding a volume's first rw region and
+// returns that region's id.
+func (f *fixture) expungeRegionOf(volume uuid.UUID) uuid.UUID {
+	ctx := context.Background()
+	resp, err := f.e.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volume.String()})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var region *commonv1.Target
+	for _, tg := range resp.Volume.Targets {
+		if tg.Kind == commonv1.TargetKind_TARGET_KIND_RW_REGION {
+			region = tg
+			break
+		}
+	}
+	disks, err := f.e.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 100})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, d := range disks.Disks {
+		if d.DatasetId == region.DatasetId {
+			if _, err := f.e.Allocator.ExpungePhysicalDisk(ctx, &allocatorv1.ExpungePhysicalDiskRequest{DiskId: d.DiskId}); err != nil {
+				f.t.Fatal(err)
+			}
+		}
+	}
+	return uuid.MustParse(region.TargetId)
+}
+
+func (f *fixture) rwRequestFor(region uuid.UUID) (store.RWReplacement, bool) {
+	reqs, err := f.e.Store.ListRWReplacements(context.Background(), "", uuid.Nil, 1000)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, r := range reqs {
+		if r.OldRegionID == region {
+			return r, true
+		}
+	}
+	return store.RWReplacement{}, false
+}
+
+func allSucceeded(t testing.TB, os []saga.Outcome) {
+	t.Helper()
+	for _, o := range os {
+		if o.Kind != saga.Succeeded {
+			t.Fatalf("saga %s: %v", o.SagaID, o.Error())
+		}
+	}
+}
+
+// The three rw tasks move one request through its life: the detector
+// creates it (once) and starts rw-replacement-start; the user deletes the disk; the
+// drive task's saga finds the volume gone and concludes done without any
+// notification; the finish task completes it, releasing the lock.
+func TestRWTasksCarryARequestThrough(t *testing.T) {
+	f := newFixture(t, 5)
+	ctx := context.Background()
+	disk := f.disk()
+	region := f.expungeRegionOf(disk)
+
+	ds := f.rwDetector().Activate(ctx).(*RWDetectorStatus)
+	noErrors(t, ds.Errors)
+	if len(ds.RequestsCreatedOK) != 1 || len(ds.StartInvokedOK) != 1 {
+		t.Fatalf("detector %+v", ds)
+	}
+	allSucceeded(t, f.rec.settle(t))
+	r, ok := f.rwRequestFor(region)
+	if !ok || r.State != store.RWRunning || r.VolumeID != disk {
+		t.Fatalf("request %+v", r)
+	}
+	// Again: one request per region, and nothing Requested to start.
+	if again := f.rwDetector().Activate(ctx).(*RWDetectorStatus); len(again.RequestsCreatedOK)+len(again.StartInvokedOK) != 0 {
+		t.Fatalf("second pass %+v", again)
+	}
+
+	f.delete(disk)
+	dr := f.rwDrive().Activate(ctx).(*RWDriveStatus)
+	noErrors(t, dr.Errors)
+	if len(dr.DriveInvokedOK) != 1 {
+		t.Fatalf("drive %+v", dr)
+	}
+	allSucceeded(t, f.rec.settle(t))
+	if r, _ = f.rwRequestFor(region); r.State != store.RWReplacementDone {
+		t.Fatalf("after drive: %s", r.State)
+	}
+	steps, err := f.e.Store.DriveSteps(ctx, r.ID)
+	if err != nil || len(steps) != 0 {
+		t.Fatalf("a deleted volume's drive recorded steps %+v (%v)", steps, err)
+	}
+
+	fs := f.rwFinish().Activate(ctx).(*FinishStatus)
+	noErrors(t, fs.Errors)
+	if len(fs.FinishInvokedOK) != 1 {
+		t.Fatalf("finish %+v", fs)
+	}
+	allSucceeded(t, f.rec.settle(t))
+	if r, _ = f.rwRequestFor(region); r.State != store.RWComplete {
+		t.Fatalf("after finish: %s", r.State)
+	}
+	if _, err := f.e.Store.GetLock(ctx, disk); err == nil {
+		t.Error("lock not released")
+	}
+	if _, err := f.e.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: region.String()}); err == nil {
+		t.Error("old region not destroyed")
+	}
+	if f.rec.count(sagadef.RWStart.Name()) != 1 || f.rec.count(sagadef.RWDrive.Name()) != 1 || f.rec.count(sagadef.RWFinish.Name()) != 1 {
+		t.Errorf("sagas started: %+v", f.rec.by)
+	}
+}
+
+// A rw region of an already deleted volume (kept alive by a snapshot of
+// it) gets a request that completes at once, without a saga, releasing
+// the lock it took (docs/replacement.md, "rw request": Requested → Complete).
+func TestRWDetectorCompletesDeletedVolume(t *testing.T) {
+	f := newFixture(t, 5)
+	ctx := context.Background()
+	disk := f.disk()
+	f.snapshot(disk)
+	f.delete(disk) // soft-deleted: its regions are pinned by the snapshot
+	region := f.expungeRegionOf(disk)
+	ds := f.rwDetector().Activate(ctx).(*RWDetectorStatus)
+	noErrors(t, ds.Errors)
+	if len(ds.RequestsCreatedOK) != 1 || len(ds.RequestsCompletedOK) != 1 || len(ds.StartInvokedOK) != 0 {
+		t.Fatalf("detector %+v", ds)
+	}
+	if r, _ := f.rwRequestFor(region); r.State != store.RWComplete {
+		t.Fatalf("request is %s", r.State)
+	}
+	if _, err := f.e.Store.GetLock(ctx, disk); err == nil {
+		t.Error("lock not released")
+	}
+}
+
+// Another repair holding the volume's lock: no request, no error; the next
+// pass after the lock is free creates it.
+func TestRWDetectorRetriesContendedLock(t *testing.T) {
+	f := newFixture(t, 5)
+	ctx := context.Background()
+	disk := f.disk()
+	region := f.expungeRegionOf(disk)
+	// Scenario 2's other side: a read-only request holding the volume.
+	holder, _, err := f.e.Store.InsertROReplacement(ctx, store.ROReplacement{
+		ID: uuid.New(), Kind: store.KindReadOnlyRegion, OldTargetID: uuid.New(), OldRegionID: uuid.New(),
+		OldSnapshotID: disk, LockVolumeID: disk,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := f.rwDetector().Activate(ctx).(*RWDetectorStatus)
+	noErrors(t, ds.Errors)
+	if len(ds.RequestsCreatedOK) != 0 {
+		t.Fatalf("created %v while the lock was held", ds.RequestsCreatedOK)
+	}
+	if _, ok := f.rwRequestFor(region); ok {
+		t.Fatal("request created under contention")
+	}
+	// The holder completes, releasing the lock.
+	if err := f.e.Store.SetROCompleteFromRequested(ctx, holder.ID); err != nil {
+		t.Fatal(err)
+	}
+	ds = f.rwDetector().Activate(ctx).(*RWDetectorStatus)
+	noErrors(t, ds.Errors)
+	if len(ds.RequestsCreatedOK) != 1 {
+		t.Fatalf("after release: %+v", ds)
+	}
+	allSucceeded(t, f.rec.settle(t))
+}

@@ -1,0 +1,226 @@
+// Package tasks holds the orchestrator's background tasks, one per file,
+// each returning a status struct per activation (the style of Nexus's
+// background tasks). Tasks only start sagas; they never wait for them. Each
+// runs on its period (the safety net) and is activated at once by the saga
+// or task that advanced the records it waits on, so a replacement flows
+// through its phases without waiting for a period.
+package tasks
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"storagecp.dev/orchestrator/internal/background"
+	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
+)
+
+// Starter creates a saga on the leader's SEC and returns its id and a
+// channel that receives its outcome.
+type Starter func(ctx context.Context, t *saga.Template, params any, opts ...saga.CreateOption) (uuid.UUID, <-chan saga.Outcome, error)
+
+// Env is what every task gets.
+type Env struct {
+	Deps     *sagadef.Deps
+	Start    Starter
+	Period   time.Duration
+	MaxSagas int
+	Logger   *slog.Logger
+	// RWBounds bound rw replacements' drives (zero: the defaults).
+	RWBounds RWBounds
+	// Retry is the backoff before a record whose saga unwound is tried
+	// again (zero: the defaults).
+	Retry RetryBackoff
+}
+
+// Register adds every background task to the driver.
+func Register(d *background.Driver, env Env) {
+	if env.MaxSagas <= 0 {
+		env.MaxSagas = 64
+	}
+	add := func(t background.Task, l *background.Limiter) { d.Register(t, env.Period, l) }
+	add(&roDetector{env: env}, nil)
+	start := &roStart{env: env, limiter: background.NewLimiter(env.MaxSagas, 1)}
+	add(start, start.limiter)
+	gc := &roGC{env: env, limiter: background.NewLimiter(env.MaxSagas, 1)}
+	add(gc, gc.limiter)
+	step := &roStep{env: env, limiter: background.NewLimiter(env.MaxSagas, 1), scans: pacer{every: rescanEvery}}
+	add(step, step.limiter)
+	finish := &roFinish{env: env, limiter: background.NewLimiter(env.MaxSagas, 1)}
+	add(finish, finish.limiter)
+	registerRW(d, env)
+}
+
+// job is a saga a task starts for one record (request or step).
+type job struct {
+	// key bounds the task to one saga in flight per key (the record id,
+	// or a derived key when two sagas of one record may overlap).
+	key string
+	// record is the request or step the saga works on: an unwound saga
+	// counts as an attempt on it, and task is woken to try again once the
+	// backoff for that many attempts has passed.
+	record uuid.UUID
+	task   string
+	// attempts is the record's, as the task read it: a record whose last
+	// attempt failed too recently is skipped until its backoff has passed.
+	attempts store.Attempts
+	// skipped, when set, receives why the saga was not started.
+	skipped *Skips
+}
+
+// startSaga starts a saga for the job unless the record is backing off
+// after a failed attempt or the limiter has no room for the job's key,
+// releasing the slot when the saga ends. It reports whether it started one
+// (and in j.skipped why not).
+func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *saga.Template, params any, opts ...saga.CreateOption) (bool, error) {
+	if left, ok := env.backingOff(j.attempts); ok {
+		j.skipped.Add("%s %s: retry in %v, after %d failed attempts (last: %s)", t.Name(), j.record, left.Round(time.Millisecond), j.attempts.Attempts, j.attempts.LastError)
+		return false, nil
+	}
+	release, ok := l.TryAcquire(j.key)
+	if !ok {
+		if l.InFlight() >= l.Max() {
+			j.skipped.Add("%s %s: the task is at its bound of %d sagas in flight", t.Name(), j.record, l.Max())
+		} else {
+			j.skipped.Add("%s %s: a saga for it is still in flight", t.Name(), j.record)
+		}
+		return false, nil
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		opts = append(opts, saga.WithLinks(trace.Link{SpanContext: sc}))
+	}
+	_, done, err := env.Start(ctx, t, params, opts...)
+	if err != nil {
+		release()
+		return false, err
+	}
+	go func() {
+		o := <-done
+		// Count the attempt before the slot frees: a pass that takes the
+		// slot next then reads the record with its backoff.
+		env.afterUnwind(j, o)
+		release()
+	}()
+	return true, nil
+}
+
+// afterUnwind counts a saga that did not move its record on as an attempt
+// (with its error, for operators) and wakes the record's task once the
+// backoff for that many attempts has passed: an unwound step or request is
+// retried within a second or so, not after the task's safety period. A saga
+// that lost its claim (another saga holds the record) did nothing to the
+// record and counts for nothing; a stuck one waits for an operator.
+func (env Env) afterUnwind(j job, o saga.Outcome) {
+	if o.Kind == saga.Succeeded || o.Kind == 0 || j.record == uuid.Nil {
+		return // done, or never finished here (shut down, adopted elsewhere)
+	}
+	if o.Kind == saga.Failed && o.FailedNode == "set_saga_id" && o.Err != nil && strings.Contains(o.Err.Message, store.ErrConflict.Error()) {
+		return
+	}
+	cause := fmt.Sprintf("%v", o.Error())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, err := env.Deps.Store.RecordAttempt(ctx, j.record, cause)
+	if err != nil {
+		env.Logger.Warn("record a failed attempt", "record", j.record, "error", err)
+		return
+	}
+	if o.Kind != saga.Failed {
+		return
+	}
+	delay := env.Retry.After(a.Attempts)
+	time.AfterFunc(delay, func() { env.Deps.KickTasks(j.task) })
+}
+
+// RetryBackoff is the wait before a record whose saga unwound is tried
+// again: Initial after the first attempt, doubling with every further one,
+// never more than Max.
+type RetryBackoff struct {
+	Initial, Max time.Duration
+}
+
+// Default retry backoff: quick enough that a step unwound by a blip is
+// retried at once, long enough that a record failing for a lasting reason
+// (no capacity, say) costs a saga every half minute, like the task's
+// safety period, not every pass.
+const (
+	DefaultRetryInitial = 250 * time.Millisecond
+	DefaultRetryMax     = 30 * time.Second
+)
+
+// After is the wait after the given number of failed attempts.
+func (b RetryBackoff) After(attempts int) time.Duration {
+	if b.Initial <= 0 {
+		b.Initial = DefaultRetryInitial
+	}
+	if b.Max <= 0 {
+		b.Max = DefaultRetryMax
+	}
+	d := b.Initial
+	for i := 1; i < attempts && d < b.Max; i++ {
+		d *= 2
+	}
+	return min(d, b.Max)
+}
+
+// backingOff reports whether a record's last failed attempt is too recent
+// to try again, and how long is left.
+func (env Env) backingOff(a store.Attempts) (time.Duration, bool) {
+	if a.Attempts == 0 || a.LastErrorTime == nil {
+		return 0, false
+	}
+	left := env.Retry.After(a.Attempts) - time.Since(*a.LastErrorTime)
+	return left, left > 0
+}
+
+// newRequestTrace starts the root span of a new replacement request and
+// returns its traceparent: every saga working on the request is created as
+// its child (linked to the activation that started it), so one replacement
+// is one trace.
+func newRequestTrace(ctx context.Context, name string, attrs ...attribute.KeyValue) string {
+	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithAttributes(attrs...)}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+	}
+	c, span := otel.Tracer("storagecp/replacement").Start(ctx, name, opts...)
+	defer span.End()
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(c, carrier)
+	return carrier["traceparent"]
+}
+
+// Skips lists what a task's pass left alone and why, so that operators see
+// what a request waits on without reading the code: at most maxSkips
+// entries, with the total.
+type Skips struct {
+	Items []string `json:"items"`
+	Total int      `json:"total"`
+}
+
+const maxSkips = 100
+
+// Add records one skipped item; a nil Skips records nothing.
+func (s *Skips) Add(format string, args ...any) {
+	if s == nil {
+		return
+	}
+	s.Total++
+	if len(s.Items) < maxSkips {
+		s.Items = append(s.Items, fmt.Sprintf(format, args...))
+	}
+}
+
+// errs collects per-item errors into a status list.
+func errf(list *[]string, format string, args ...any) {
+	*list = append(*list, fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,81 @@
+package sagadef
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"storagecp.dev/orchestrator/internal/saga"
+)
+
+// ro-replacement-garbage-collect: deletes the request's stash volume, dropping the
+// snapshot volume's old reference to A (if it was the last one, A is freed).
+// ReplacementDone → DeletingOldVolume → Running; an unwind returns to
+// ReplacementDone.
+//
+//	saga_id          S = this saga's id
+//	set_saga_id      claim: ReplacementDone → DeletingOldVolume  ⟲ back
+//	delete_stash     volume-delete subsaga on the stash
+//	update_request   commit: Running
+
+// GCParams are ro-replacement-garbage-collect's parameters.
+type GCParams struct {
+	RequestID uuid.UUID `json:"request_id"`
+	StashID   uuid.UUID `json:"stash_id"`
+}
+
+// ROGarbageCollect is the ro-replacement-garbage-collect template.
+var ROGarbageCollect = newROGarbageCollect()
+
+func newROGarbageCollect() *saga.Template {
+	t := saga.NewTemplate("ro-replacement-garbage-collect")
+	id := t.Action("saga_id", operatingSagaID, nil).Local()
+	claim := t.Action("set_saga_id", roGCClaim, roGCClaimUndo)
+	commit := t.Action("update_request", roGCCommit, nil)
+	saga.SetBuild(t, func(b *saga.Builder, p GCParams) error {
+		b.Append(id.Node())
+		b.Append(claim.Node())
+		deleteVolumeNodes(b, "delete_stash", p.StashID)
+		b.Append(commit.Node())
+		return nil
+	})
+	return t
+}
+
+func gcParams(ac *saga.ActionContext) (GCParams, uuid.UUID, error) {
+	p, err := saga.Params[GCParams](ac)
+	if err != nil {
+		return p, uuid.Nil, err
+	}
+	s, err := saga.Lookup[uuid.UUID](ac, "saga_id")
+	return p, s, err
+}
+
+func roGCClaim(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := gcParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	return nil, deps(ac).Store.SetRODeletingOldVolume(ctx, p.RequestID, s)
+}
+
+func roGCClaimUndo(ctx context.Context, ac *saga.ActionContext) error {
+	p, s, err := gcParams(ac)
+	if err != nil {
+		return err
+	}
+	return deps(ac).Store.UndoRODeletingOldVolume(ctx, p.RequestID, s)
+}
+
+func roGCCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	p, s, err := gcParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	d := deps(ac)
+	if err := d.Store.SetRORunning(ctx, p.RequestID, s); err != nil {
+		return nil, err
+	}
+	d.kick(TaskROStep, TaskROFinish)
+	return nil, nil
+}
