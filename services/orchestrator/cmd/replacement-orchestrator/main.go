@@ -11,6 +11,7 @@ import (
 	"time"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/orchestrator/internal/app"
 	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
@@ -20,7 +21,7 @@ import (
 )
 
 func main() {
-	var cfg orchestratorserver.Config
+	var cfg app.Config
 	server.Main(server.Service{
 		Name:        "replacement-orchestrator",
 		DefaultAddr: "127.0.0.1:7104",
@@ -88,14 +89,15 @@ func main() {
 					env.Logger.Warn("sabotage hooks on: replacements are deliberately wrong", "sabotage", sab.String())
 				}
 			}
-			s, err := orchestratorserver.New(env.Pool, env.Logger, cfg)
+			a, err := app.New(env.Pool, env.Logger, cfg)
 			if err != nil {
 				return err
 			}
+			s := orchestratorserver.New(a)
 			orchestratorv1.RegisterLifecycleServiceServer(env.Server, s.Lifecycle())
 			orchestratorv1.RegisterReplacementServiceServer(env.Server, s.Replacement())
 			orchestratorv1.RegisterAdminServiceServer(env.Server, s.Admin())
-			go s.Run(ctx)
+			go a.Run(ctx)
 			return nil
 		},
 	})

@@ -18,6 +18,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/preview"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
 )
@@ -225,6 +226,29 @@ func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1
 
 // requestTrace starts the root span of a manual request, linked to the
 // calling RPC's span, and returns its traceparent.
+// PreviewExpunge implements ReplacementService (package preview holds the
+// operation).
+func (r *replacement) PreviewExpunge(ctx context.Context, req *orchestratorv1.PreviewExpungeRequest) (*orchestratorv1.PreviewExpungeResponse, error) {
+	if (req.DiskId == "") == (req.SledId == "") {
+		return nil, status.Error(codes.InvalidArgument, "disk_id: exactly one of disk_id and sled_id is required")
+	}
+	var disk, sled uuid.UUID
+	var err error
+	if req.DiskId != "" {
+		disk, err = parseUUID("disk_id", req.DiskId)
+	} else {
+		sled, err = parseUUID("sled_id", req.SledId)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out, err := preview.Expunge(ctx, preview.Clients{Volumes: r.s.deps.Volumes, Allocator: r.s.deps.Allocator}, disk, sled)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return out, nil
+}
+
 func requestTrace(ctx context.Context, rec store.ROReplacement) string {
 	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithAttributes(
 		attribute.String("replacement.id", rec.ID.String()), attribute.String("replacement.target_id", rec.OldTargetID.String()))}

@@ -1,370 +1,42 @@
-// Package server implements the orchestrator's gRPC services and ties the
-// process together: it campaigns for the leader lease and, for each term,
-// runs a saga execution coordinator (adopting and recovering the sagas of
-// the previous leader) and the background tasks, all under the term's
-// fenced context.
+// Package server holds the orchestrator's gRPC handlers: LifecycleService,
+// ReplacementService and AdminService. A handler checks its request, asks
+// the process (package app) or an operation package (preview, validate) to
+// act, and turns the answer into the API's types; the process wiring lives
+// in package app.
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"sync"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
-	commonv1 "storagecp.dev/gen/go/storage/common/v1"
-	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
-	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/app"
 	"storagecp.dev/orchestrator/internal/background"
-	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/leader"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
-	"storagecp.dev/platform/grpcclient"
 )
 
-// Config holds the addresses of the other services and tuning.
-type Config struct {
-	VolumeAddr    string
-	AllocatorAddr string
-	NotifierAddr  string
-	// SECID identifies this process as lease holder and saga owner; a fresh
-	// id per start when empty.
-	SECID string
-	// LeaseTTL is the leader lease's duration.
-	LeaseTTL time.Duration
-	// TaskPeriod is every background task's safety-net period.
-	TaskPeriod time.Duration
-	// MaxSagasPerTask bounds the sagas each task keeps in flight.
-	MaxSagasPerTask int
-	// PantryEndpoints are Pantry-like Upstairs hosts for reconciliation.
-	PantryEndpoints []string
-	// Sabotage: deliberate replacement bugs (dev/test only; see
-	// sagadef.SabotageEnv).
-	Sabotage sagadef.Sabotage
-	// Retry is the backoff before a request or step whose saga unwound is
-	// tried again (zero fields: the tasks' defaults).
-	Retry tasks.RetryBackoff
-	// RWBounds end a rw replacement whose repair does not finish (zero
-	// fields: the tasks' defaults).
-	RWBounds tasks.RWBounds
-	// ActionRetry bounds the in-place retries of a saga action (zero
-	// fields: saga.DefaultActionRetry's).
-	ActionRetry saga.RetryPolicy
-	// UnwindGrace: how long an operator's unwind lets the actions in
-	// flight finish before cancelling them (saga.WithUnwindGrace).
-	UnwindGrace time.Duration
-	// CrashAt and FailAt arm the process-level crash and failure hooks
-	// of the leader's SEC (saga.WithCrashAt, saga.WithFailAt; dev/test
-	// only: main sets them from saga.CrashEnv and saga.FailEnv with --dev).
-	CrashAt, FailAt string
-}
-
-// Server bundles the orchestrator's services.
+// Server serves one orchestrator process's APIs.
 type Server struct {
-	pool     *pgxpool.Pool
-	logger   *slog.Logger
-	cfg      Config
-	store    *store.Store
-	lease    *leader.Lease
-	registry *saga.Registry
-	deps     *sagadef.Deps
-	driver   *background.Driver
-	// viewer reads the saga log for the admin API on leader and standby
-	// alike; it never creates or recovers anything.
+	app    *app.App
+	pool   *pgxpool.Pool
+	store  *store.Store
+	deps   *sagadef.Deps
+	driver *background.Driver
 	viewer *saga.SEC
-	// fences of the other services, raised at every election.
-	fences map[string]commonv1.FenceServiceClient
-
-	mu  sync.Mutex
-	sec *saga.SEC // the current term's SEC; nil on a standby
+	lease  *leader.Lease
 }
 
-// New returns the orchestrator over its database.
-func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Server, error) {
-	if cfg.SECID == "" {
-		cfg.SECID = uuid.NewString()
-	}
-	if cfg.TaskPeriod == 0 {
-		cfg.TaskPeriod = 30 * time.Second
-	}
-	if cfg.MaxSagasPerTask == 0 {
-		cfg.MaxSagasPerTask = 64
-	}
-	dial := func(addr string) (*grpc.ClientConn, error) {
-		// The other services are always meant to be up: a call made while
-		// one restarts waits (within its deadline) rather than failing a
-		// saga node.
-		return grpcclient.Dial(addr, grpcclient.WaitForReady(), grpc.WithChainUnaryInterceptor(leader.UnaryClientInterceptor()))
-	}
-	vc, err := dial(cfg.VolumeAddr)
-	if err != nil {
-		return nil, err
-	}
-	ac, err := dial(cfg.AllocatorAddr)
-	if err != nil {
-		return nil, err
-	}
-	nc, err := dial(cfg.NotifierAddr)
-	if err != nil {
-		return nil, err
-	}
-	registry, err := sagadef.Registry()
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{
-		pool: pool, logger: logger, cfg: cfg,
-
-		lease:    leader.New(pool, cfg.SECID, leader.Config{TTL: cfg.LeaseTTL}, logger),
-		registry: registry,
-		driver:   background.NewDriver(logger),
-	}
-	// A released repair lock may unblock a request or step insertion that
-	// lost the contention: activate whoever retries those.
-	s.store = store.New(pool, store.WithLockReleased(func() {
-		s.kick(sagadef.TaskRODetector, sagadef.TaskROStep, sagadef.TaskRWDetector)
-	}))
-	s.deps = &sagadef.Deps{
-		Volumes:   volumev1.NewVolumeServiceClient(vc),
-		Allocator: allocatorv1.NewRegionAllocatorServiceClient(ac),
-		Notifier:  notifierv1.NewUpstairsNotifierServiceClient(nc),
-		Store:     s.store,
-		Kick:      s.kick,
-
-		PantryEndpoints: cfg.PantryEndpoints,
-		Sabotage:        cfg.Sabotage,
-	}
-	s.viewer = saga.NewSEC(pool, "viewer-"+cfg.SECID, registry, s.deps, logger)
-	s.fences = map[string]commonv1.FenceServiceClient{
-		"volume-service":    commonv1.NewFenceServiceClient(vc),
-		"region-allocator":  commonv1.NewFenceServiceClient(ac),
-		"upstairs-notifier": commonv1.NewFenceServiceClient(nc),
-	}
-	tasks.Register(s.driver, tasks.Env{
-		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
-		Retry: cfg.Retry, RWBounds: cfg.RWBounds,
-	})
-	return s, nil
-}
-
-// Run campaigns for the lease until ctx ends.
-func (s *Server) Run(ctx context.Context) {
-	if unregister, err := s.registerMetrics(ctx); err != nil {
-		s.logger.Warn("replacement metrics unavailable", "err", err)
-	} else {
-		defer unregister()
-	}
-	s.lease.Run(ctx, s.lead)
-}
-
-// lead runs one term: adopt the sagas of every other SEC (the lease
-// guarantees they no longer run), recover them, then run the tasks until
-// the term ends.
-func (s *Server) lead(term *leader.Term) {
-	ctx := term.Ctx
-	logger := s.logger.With("epoch", term.Epoch)
-	sec := saga.NewSEC(s.pool, s.cfg.SECID, s.registry, s.deps, logger, saga.WithBaseContext(ctx), saga.WithUnwindGrace(s.unwindGrace()),
-		saga.WithCrashAt(s.cfg.CrashAt), saga.WithFailAt(s.cfg.FailAt), saga.WithActionRetry(s.cfg.ActionRetry))
-	defer func() {
-		s.mu.Lock()
-		if s.sec == sec {
-			s.sec = nil
-		}
-		s.mu.Unlock()
-		c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = sec.Shutdown(c)
-	}()
-	// Raise every service's fence before any work: from now on nothing a
-	// previous leader (paused, partitioned) sends can land anywhere.
-	if err := s.advanceFences(ctx, term.Epoch); err != nil {
-		logger.Error("raising the fences failed; not leading this term", "err", err)
-		return
-	}
-	others, err := s.otherSECs(ctx)
-	if err != nil && ctx.Err() == nil {
-		logger.Error("listing other SECs' sagas", "err", err)
-	}
-	for _, other := range others {
-		n, err := sec.Adopt(ctx, other)
-		if err != nil {
-			logger.Error("adopting sagas", "from", other, "err", err)
-			continue
-		}
-		logger.Info("adopted sagas", "from", other, "count", n)
-	}
-	if !s.recover(ctx, sec, logger) {
-		// Some saga could not be loaded (the database or a peer blinked):
-		// keep trying for the whole term, or its request or step would wait
-		// on it until the next change of leader.
-		go func() {
-			wait := time.Second
-			for ctx.Err() == nil {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
-				}
-				if s.recover(ctx, sec, logger) {
-					return
-				}
-				wait = min(2*wait, 30*time.Second)
-			}
-		}()
-	}
-	s.mu.Lock()
-	s.sec = sec
-	s.mu.Unlock()
-	s.driver.Run(ctx)
-}
-
-// recover recovers this SEC's unfinished sagas (those already running here
-// are skipped) and reports whether every one was.
-func (s *Server) recover(ctx context.Context, sec *saga.SEC, logger *slog.Logger) bool {
-	report, err := sec.Recover(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			logger.Error("saga recovery", "err", err)
-		}
-		return false
-	}
-	logger.Info("saga recovery", "recovered", len(report.Recovered), "abandoned", len(report.Abandoned), "failed", len(report.Failed))
-	// A request or step whose saga is abandoned (recovery could not read
-	// its log, now or in an earlier term) goes back where its task retries
-	// it, rather than wait on a saga that will never move.
-	reconciled, err := s.store.ReconcileOrphans(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			logger.Error("reconcile the records of abandoned sagas", "err", err)
-		}
-		return false
-	}
-	for _, r := range reconciled {
-		logger.Warn("record of an abandoned saga put back", "what", r.What, "id", r.ID, "from", r.From, "to", r.To)
-	}
-	for _, f := range report.Failed {
-		logger.Warn("saga not recovered yet; retrying", "err", f)
-	}
-	// A task wakes when a saga it started ends; nothing started these, so
-	// each one's end wakes every task (the one activation at start may
-	// have found its record still held by the saga, an unwinding step
-	// say, with nothing to wake it later).
-	for _, id := range report.Recovered {
-		go func() {
-			if _, err := sec.Wait(ctx, id); err == nil {
-				s.kick()
-			}
-		}()
-	}
-	return len(report.Failed) == 0
-}
-
-// advanceFences raises each service's fence to epoch, retrying each until it
-// answers or the term ends.
-func (s *Server) advanceFences(ctx context.Context, epoch int64) error {
-	for name, f := range s.fences {
-		for {
-			c, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := f.AdvanceEpoch(c, &commonv1.AdvanceEpochRequest{Epoch: epoch})
-			cancel()
-			if err == nil {
-				break
-			}
-			if status.Code(err) == codes.FailedPrecondition || ctx.Err() != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			s.logger.Warn("raising fence", "service", name, "err", err)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}
-	return nil
-}
-
-// otherSECs lists the owners of unfinished sagas other than this process.
-func (s *Server) otherSECs(ctx context.Context) ([]string, error) {
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT current_sec FROM saga
-		WHERE saga_state IN ('running', 'unwinding') AND current_sec IS NOT NULL AND current_sec <> $1`, s.cfg.SECID)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
-}
-
-// currentSEC returns the term's SEC, or Unavailable on a standby.
-func (s *Server) currentSEC() (*saga.SEC, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sec == nil || s.lease.Current() == nil {
-		return nil, status.Error(codes.Unavailable, "this orchestrator is not the leader (or is still recovering); retry")
-	}
-	return s.sec, nil
-}
-
-// unwindGrace is the configured grace, or the default when unset.
-func (s *Server) unwindGrace() time.Duration {
-	if s.cfg.UnwindGrace > 0 {
-		return s.cfg.UnwindGrace
-	}
-	return saga.DefaultUnwindGrace
-}
-
-// kick activates tasks (all of them when none is named).
-func (s *Server) kick(names ...string) {
-	if len(names) == 0 {
-		for _, st := range s.driver.Statuses() {
-			_ = s.driver.Activate(st.Name)
-		}
-		return
-	}
-	for _, n := range names {
-		_ = s.driver.Activate(n)
-	}
-}
-
-// sagaStarter lets tasks start sagas on the current term's SEC.
-func (s *Server) sagaStarter() tasks.Starter {
-	return func(ctx context.Context, t *saga.Template, params any, opts ...saga.CreateOption) (uuid.UUID, <-chan saga.Outcome, error) {
-		sec, err := s.currentSEC()
-		if err != nil {
-			return uuid.Nil, nil, err
-		}
-		id, err := sec.Create(ctx, t, params, opts...)
-		if err != nil {
-			return uuid.Nil, nil, err
-		}
-		done := make(chan saga.Outcome, 1)
-		go func() {
-			o, err := sec.Wait(context.WithoutCancel(ctx), id)
-			if err != nil {
-				o = saga.Outcome{SagaID: id}
-			}
-			done <- o
-		}()
-		return id, done, nil
-	}
+// New returns the handlers of a.
+func New(a *app.App) *Server {
+	return &Server{app: a, pool: a.Pool(), store: a.Store(), deps: a.Deps(), driver: a.Driver(), viewer: a.Viewer(), lease: a.Lease()}
 }
 
 // Lifecycle is the LifecycleService.
@@ -375,6 +47,9 @@ func (s *Server) Replacement() orchestratorv1.ReplacementServiceServer { return 
 
 // Admin is the AdminService.
 func (s *Server) Admin() orchestratorv1.AdminServiceServer { return &admin{s: s} }
+
+func (s *Server) currentSEC() (*saga.SEC, error) { return s.app.CurrentSEC() }
+func (s *Server) kick(names ...string)           { s.app.Kick(names...) }
 
 func parseUUID(field, v string) (uuid.UUID, error) {
 	id, err := uuid.Parse(v)

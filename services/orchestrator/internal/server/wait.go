@@ -46,7 +46,7 @@ func (w waits) atRest(task string, modified time.Time, a store.Attempts) *orches
 			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_CAPACITY, *a.LastErrorTime, "",
 				"room for a new region: %s (attempt %d)", a.LastError, a.Attempts)
 		}
-		retryAt := a.LastErrorTime.Add(w.s.cfg.Retry.After(a.Attempts))
+		retryAt := a.LastErrorTime.Add(w.s.app.Retry().After(a.Attempts))
 		if time.Until(retryAt) > 0 {
 			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_TASK, *a.LastErrorTime, "",
 				"%s retries at %s, after %d failed attempts", task, retryAt.UTC().Format(time.RFC3339Nano), a.Attempts)

@@ -39,6 +39,9 @@ const (
 	ROCancelled         ReadOnlyState = "cancelled"
 )
 
+// ROStates lists every read-only request state, in the order above.
+var ROStates = []ReadOnlyState{RORequested, ROAllocating, ROReplacementDone, RODeletingOldVolume, RORunning, ROCompleting, ROComplete, RODataLost, ROCancelled}
+
 // ROReplacement is a read-only target replacement request.
 type ROReplacement struct {
 	ID                  uuid.UUID

@@ -23,6 +23,9 @@ const (
 	StepVolumeDeleted StepState = "volume_deleted"
 )
 
+// StepStates lists every step state, in the order above.
+var StepStates = []StepState{StepRequested, StepRunning, StepComplete, StepCollecting, StepVolumeDeleted}
+
 // Step is one volume's part of a read-only replacement.
 type Step struct {
 	ID                  uuid.UUID

@@ -32,6 +32,9 @@ const (
 	RWCancelled       RegionState = "cancelled"
 )
 
+// RWStates lists every rw request state, in the order above.
+var RWStates = []RegionState{RWRequested, RWAllocating, RWRunning, RWDriving, RWReplacementDone, RWCompleting, RWComplete, RWDataLost, RWNeedsOperator, RWCancelled}
+
 // Terminal reports whether nothing will move a request in this state again.
 func (s RegionState) Terminal() bool {
 	return s == RWComplete || s == RWDataLost || s == RWNeedsOperator || s == RWCancelled

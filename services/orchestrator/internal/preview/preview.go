@@ -1,4 +1,8 @@
-package server
+// Package preview answers "what would expunging this disk (or sled) do?"
+// without changing anything: the operation behind ReplacementService's
+// PreviewExpunge. It reads the same rows the detectors and the replacement
+// sagas read, with the previewed disks treated as expunged.
+package preview
 
 import (
 	"context"
@@ -17,7 +21,13 @@ import (
 	"storagecp.dev/orchestrator/internal/sagadef"
 )
 
-// PreviewExpunge answers what expunging a disk (or every in-service disk of
+// Clients are the services a preview reads.
+type Clients struct {
+	Volumes   volumev1.VolumeServiceClient
+	Allocator allocatorv1.RegionAllocatorServiceClient
+}
+
+// Expunge answers what expunging a disk (or every in-service disk of
 // a sled) would hand to the detectors, and what the replacement sagas would
 // then find: for each read-only target the clone source ro-replacement-start would
 // pick, for each rw region whether another member of its region set
@@ -25,15 +35,19 @@ import (
 // It reads the same rows the detectors and sagas read (ListExpungedTargets'
 // walk, ListCloneSources, GetTarget, the dry run of the saga's allocation)
 // with the previewed disks treated as expunged, and writes nothing anywhere.
-func (r *replacement) PreviewExpunge(ctx context.Context, req *orchestratorv1.PreviewExpungeRequest) (*orchestratorv1.PreviewExpungeResponse, error) {
-	if (req.DiskId == "") == (req.SledId == "") {
+//
+// Bad requests (InvalidArgument), unknown disks (NotFound) and disks
+// already expunged (FailedPrecondition) come back as gRPC status errors;
+// any other error is the failed read, wrapped.
+func Expunge(ctx context.Context, c Clients, diskID, sledID uuid.UUID) (*orchestratorv1.PreviewExpungeResponse, error) {
+	if (diskID == uuid.Nil) == (sledID == uuid.Nil) {
 		return nil, status.Error(codes.InvalidArgument, "disk_id: exactly one of disk_id and sled_id is required")
 	}
-	p := &previewer{r: r, disks: map[string]*allocatorv1.PhysicalDisk{}, byDataset: map[string]*allocatorv1.PhysicalDisk{}, previewed: map[string]bool{}}
+	p := &previewer{c: c, disks: map[string]*allocatorv1.PhysicalDisk{}, byDataset: map[string]*allocatorv1.PhysicalDisk{}, previewed: map[string]bool{}}
 	if err := p.loadDisks(ctx); err != nil {
-		return nil, grpcError(err)
+		return nil, err
 	}
-	covered, err := p.chooseDisks(req)
+	covered, err := p.chooseDisks(diskID, sledID)
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +58,7 @@ func (r *replacement) PreviewExpunge(ctx context.Context, req *orchestratorv1.Pr
 	}
 	for _, d := range covered {
 		if err := p.disk(ctx, d, out); err != nil {
-			return nil, grpcError(err)
+			return nil, err
 		}
 	}
 	sort.Slice(out.ReadOnlyTargets, func(i, j int) bool { return out.ReadOnlyTargets[i].TargetId < out.ReadOnlyTargets[j].TargetId })
@@ -55,7 +69,7 @@ func (r *replacement) PreviewExpunge(ctx context.Context, req *orchestratorv1.Pr
 
 // previewer holds one preview's view of the inventory.
 type previewer struct {
-	r         *replacement
+	c         Clients
 	disks     map[string]*allocatorv1.PhysicalDisk
 	byDataset map[string]*allocatorv1.PhysicalDisk
 	// previewed are the disks the preview treats as expunged.
@@ -69,7 +83,7 @@ type previewer struct {
 
 func (p *previewer) loadDisks(ctx context.Context) error {
 	for token := ""; ; {
-		resp, err := p.r.s.deps.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token})
+		resp, err := p.c.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token})
 		if err != nil {
 			return fmt.Errorf("list physical disks: %w", err)
 		}
@@ -83,14 +97,10 @@ func (p *previewer) loadDisks(ctx context.Context) error {
 	}
 }
 
-// chooseDisks validates the request and returns the in-service disks it
-// covers, in id order.
-func (p *previewer) chooseDisks(req *orchestratorv1.PreviewExpungeRequest) ([]*allocatorv1.PhysicalDisk, error) {
-	if req.DiskId != "" {
-		id, err := parseUUID("disk_id", req.DiskId)
-		if err != nil {
-			return nil, err
-		}
+// chooseDisks returns the in-service disks the preview covers, in id order.
+func (p *previewer) chooseDisks(diskID, sledID uuid.UUID) ([]*allocatorv1.PhysicalDisk, error) {
+	if diskID != uuid.Nil {
+		id := diskID
 		d, ok := p.disks[id.String()]
 		if !ok {
 			return nil, status.Errorf(codes.NotFound, "disk_id: physical disk %s not found", id)
@@ -100,10 +110,7 @@ func (p *previewer) chooseDisks(req *orchestratorv1.PreviewExpungeRequest) ([]*a
 		}
 		return []*allocatorv1.PhysicalDisk{d}, nil
 	}
-	id, err := parseUUID("sled_id", req.SledId)
-	if err != nil {
-		return nil, err
-	}
+	id := sledID
 	var all, live []*allocatorv1.PhysicalDisk
 	for _, d := range p.disks {
 		if d.SledId != id.String() {
@@ -144,7 +151,7 @@ func (p *previewer) exclude() []string {
 // disk previews one disk: its region snapshots and regions, as the
 // detectors' walk (disk → dataset → rows) would find them.
 func (p *previewer) disk(ctx context.Context, d *allocatorv1.PhysicalDisk, out *orchestratorv1.PreviewExpungeResponse) error {
-	a := p.r.s.deps.Allocator
+	a := p.c.Allocator
 	for token := ""; ; {
 		resp, err := a.ListRegionSnapshots(ctx, &allocatorv1.ListRegionSnapshotsRequest{DatasetId: d.DatasetId, PageSize: 1000, PageToken: token})
 		if err != nil {
@@ -198,7 +205,7 @@ func (p *previewer) disk(ctx context.Context, d *allocatorv1.PhysicalDisk, out *
 // means the reference count reached zero: DELETING'), and the target when
 // registered.
 func (p *previewer) targetState(ctx context.Context, id string) (*commonv1.Target, bool, error) {
-	resp, err := p.r.s.deps.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id})
+	resp, err := p.c.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id})
 	if status.Code(err) == codes.NotFound {
 		return nil, true, nil
 	}
@@ -235,7 +242,7 @@ func (p *previewer) readOnly(ctx context.Context, kind orchestratorv1.Replacemen
 	}
 	// The allocation ro-replacement-start makes: one more read-only region for the
 	// snapshot volume, away from every sled holding a copy of the snapshot.
-	old, err := p.r.s.deps.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: regionID})
+	old, err := p.c.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: regionID})
 	if err != nil {
 		return nil, fmt.Errorf("region %s of target %s: %w", regionID, targetID, err)
 	}
@@ -255,7 +262,7 @@ func (p *previewer) readOnly(ctx context.Context, kind orchestratorv1.Replacemen
 // cloneSource picks what ro-replacement-start would (sagadef.ChooseCloneSource), with
 // the previewed disks lost.
 func (p *previewer) cloneSource(ctx context.Context, t *orchestratorv1.ReadOnlyTargetPreview) error {
-	resp, err := p.r.s.deps.Allocator.ListCloneSources(ctx, &allocatorv1.ListCloneSourcesRequest{SnapshotId: t.SnapshotId, VolumeId: t.SnapshotId})
+	resp, err := p.c.Allocator.ListCloneSources(ctx, &allocatorv1.ListCloneSourcesRequest{SnapshotId: t.SnapshotId, VolumeId: t.SnapshotId})
 	if err != nil {
 		return fmt.Errorf("clone sources of snapshot %s: %w", t.SnapshotId, err)
 	}
@@ -281,7 +288,7 @@ func (p *previewer) cloneSource(ctx context.Context, t *orchestratorv1.ReadOnlyT
 func (p *previewer) countReferences(ctx context.Context, targetID string) (int64, error) {
 	var n int64
 	for token := ""; ; {
-		resp, err := p.r.s.deps.Volumes.FindVolumesReferencingTarget(ctx, &volumev1.FindVolumesReferencingTargetRequest{
+		resp, err := p.c.Volumes.FindVolumesReferencingTarget(ctx, &volumev1.FindVolumesReferencingTargetRequest{
 			TargetId: targetID, PageSize: 1000, PageToken: token,
 		})
 		if err != nil {
@@ -297,7 +304,7 @@ func (p *previewer) countReferences(ctx context.Context, targetID string) (int64
 func (p *previewer) countRegions(ctx context.Context, volumeID string) (int, error) {
 	n := 0
 	for token := ""; ; {
-		resp, err := p.r.s.deps.Allocator.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedFor: volumeID, PageSize: 1000, PageToken: token})
+		resp, err := p.c.Allocator.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedFor: volumeID, PageSize: 1000, PageToken: token})
 		if err != nil {
 			return 0, fmt.Errorf("regions of volume %s: %w", volumeID, err)
 		}
@@ -316,7 +323,7 @@ func (p *previewer) dryRun(ctx context.Context, what string, a *allocatorv1.Allo
 	newID := uuid.NewString()
 	a.Strategy = allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM_WITH_DISTINCT_SLEDS
 	a.NewRegionIds = []string{newID}
-	resp, err := p.r.s.deps.Allocator.DryRunAllocation(ctx, &allocatorv1.DryRunAllocationRequest{Allocation: a, ExcludeDiskIds: p.exclude()})
+	resp, err := p.c.Allocator.DryRunAllocation(ctx, &allocatorv1.DryRunAllocationRequest{Allocation: a, ExcludeDiskIds: p.exclude()})
 	if status.Code(err) == codes.ResourceExhausted {
 		p.short = append(p.short, fmt.Sprintf("%s: %s", what, status.Convert(err).Message()))
 		return "", false, nil
@@ -349,7 +356,7 @@ func (p *previewer) readWrite(ctx context.Context, reg *allocatorv1.Region, disk
 	rw := &orchestratorv1.ReadWriteRegionPreview{
 		RegionId: reg.RegionId, VolumeId: tg.OwnerVolumeId, DiskId: diskID, Address: tg.Address, CapacityOk: true,
 	}
-	vol, err := p.r.s.deps.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: tg.OwnerVolumeId})
+	vol, err := p.c.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: tg.OwnerVolumeId})
 	if status.Code(err) == codes.NotFound {
 		rw.VolumeDeleted = true
 		return rw, nil

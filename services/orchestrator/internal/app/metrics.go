@@ -1,4 +1,4 @@
-package server
+package app
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"storagecp.dev/orchestrator/internal/store"
 )
 
 // registerMetrics adds the gauges of replacement requests and steps by
@@ -16,7 +18,7 @@ import (
 // reports the gauges: every orchestrator reads the same rows, and a sum
 // over instances must not count them twice. The returned function
 // unregisters.
-func (s *Server) registerMetrics(ctx context.Context) (func(), error) {
+func (s *App) registerMetrics(ctx context.Context) (func(), error) {
 	m := otel.Meter("storagecp/replacement")
 	// The counter ro-replacement-start adds to (sagadef/ro_start.go, same name and
 	// description, so the SDK hands out the same instrument): at zero from
@@ -88,22 +90,22 @@ func (s *Server) registerMetrics(ctx context.Context) (func(), error) {
 		}
 		// Every known state, so each series exists (at zero) from the first
 		// scrape: an alert on "requests in state X" must not depend on one
-		// having been seen. The maps are the API's (replacement.go).
-		for st := range roStates {
+		// having been seen. The lists are the store's.
+		for _, st := range store.ROStates {
 			o.ObserveInt64(requests, ro[string(st)], metric.WithAttributes(attribute.String("kind", "read_only"), attribute.String("state", string(st))))
 		}
 		rw, err := counts("rw_replacement")
 		if err != nil {
 			return err
 		}
-		for st := range rwStates {
+		for _, st := range store.RWStates {
 			o.ObserveInt64(requests, rw[string(st)], metric.WithAttributes(attribute.String("kind", "read_write"), attribute.String("state", string(st))))
 		}
 		st, err := counts("ro_replacement_step")
 		if err != nil {
 			return err
 		}
-		for state := range stepStates {
+		for _, state := range store.StepStates {
 			o.ObserveInt64(steps, st[string(state)], metric.WithAttributes(attribute.String("state", string(state))))
 		}
 		oldest, waiters, err := s.store.OldestLockWait(ctx)
