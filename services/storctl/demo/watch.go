@@ -96,6 +96,19 @@ func (t *tracker) view() view {
 	return v
 }
 
+// sortReplacements orders requests read-only first, then by id.
+func sortReplacements(rs []*orchestratorv1.Replacement) {
+	slices.SortFunc(rs, func(a, b *orchestratorv1.Replacement) int {
+		if ra, rb := isRW(a), isRW(b); ra != rb {
+			if ra {
+				return 1
+			}
+			return -1
+		}
+		return strings.Compare(a.GetReplacementId(), b.GetReplacementId())
+	})
+}
+
 // requestProgress is how far one request is, in [0,1]: by state, and for
 // a read-only request in RUNNING by the share of its steps done (the
 // fan-out is most of the work).
@@ -296,6 +309,15 @@ func (d *run) finish(v view, elapsed time.Duration) {
 			d.res.TraceIDs[r.GetReplacementId()] = tid
 		}
 	}
+}
+
+// traceID is the trace id of a W3C traceparent ("" when malformed).
+func traceID(traceparent string) string {
+	parts := strings.Split(traceparent, "-")
+	if len(parts) != 4 || len(parts[1]) != 32 || strings.Trim(parts[1], "0") == "" {
+		return ""
+	}
+	return parts[1]
 }
 
 func listReplacements(ctx context.Context, a api) ([]*orchestratorv1.Replacement, error) {
