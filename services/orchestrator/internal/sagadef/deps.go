@@ -1,8 +1,9 @@
 // Package sagadef holds the orchestrator's saga templates, one per file with
-// its node list at the top and each action beside its undo (the style of
-// Omicron's Nexus sagas). Actions reach the other services through Deps and
-// pass only ids between nodes: VCRs carry encryption keys and never appear
-// in a node output.
+// its node list in the template's code, each node described where it is
+// declared, and each action beside its undo (the style of Omicron's Nexus
+// sagas). Actions reach the other services through Deps and pass only ids
+// between nodes: VCRs carry encryption keys and never appear in a node
+// output.
 package sagadef
 
 import (

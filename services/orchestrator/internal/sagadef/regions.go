@@ -21,6 +21,36 @@ import (
 // volume can name them until they are ACTIVE, and an unwind unregisters them
 // only after the allocator destroyed them.
 
+// declareRegionSetActions declares the region-set nodes' actions on t, in
+// node order: this list is their one declaration, and addRegionSetNodes
+// appends them as they are, each after the one before it.
+func declareRegionSetActions(t *saga.Template) []*saga.Action {
+	return []*saga.Action{
+		// Generate the three region ids.
+		t.Action("region_ids", newIDs(3), nil).Local(),
+		// – (nothing forward). ⟲ hard-delete the volume row (last).
+		t.Action("volume_guard", volumeGuard, volumeGuardUndo),
+		// RegisterTargets PENDING. ⟲ UnregisterTargets.
+		t.Action("register_regions", registerRegions, registerRegionsUndo),
+		// AllocateRegions. ⟲ DeleteRegions (agents and rows).
+		t.Action("alloc_regions", allocRegions, allocRegionsUndo),
+		// EnsureRegions.
+		t.Action("ensure_regions", ensureRegions, nil),
+		// ActivateTargets.
+		t.Action("activate_regions", activateRegions, nil),
+		// CreateVolume. ⟲ SoftDeleteVolume.
+		t.Action("create_volume", createDiskVolume, createDiskVolumeUndo),
+	}
+}
+
+// addRegionSetNodes appends the region-set nodes to b, in the order
+// declareRegionSetActions lists them.
+func addRegionSetNodes(b *saga.Builder, nodes []*saga.Action) {
+	for _, a := range nodes {
+		b.Append(a.Node())
+	}
+}
+
 // RegionSetParams are what the region-set nodes read from their saga's
 // parameters.
 type RegionSetParams struct {
@@ -257,31 +287,4 @@ func regionsOut(in []*allocatorv1.Region) ([]Region, error) {
 		out = append(out, Region{RegionID: id, DatasetID: ds, Address: r.Address})
 	}
 	return out, nil
-}
-
-// addRegionSetNodes appends the region-set nodes of template t to b.
-func addRegionSetNodes(b *saga.Builder, a regionSetActions) {
-	b.Append(a.regionIDs.Node())
-	b.Append(a.volumeGuard.Node())
-	b.Append(a.register.Node())
-	b.Append(a.alloc.Node())
-	b.Append(a.ensure.Node())
-	b.Append(a.activate.Node())
-	b.Append(a.create.Node())
-}
-
-type regionSetActions struct {
-	regionIDs, volumeGuard, register, alloc, ensure, activate, create *saga.Action
-}
-
-func declareRegionSetActions(t *saga.Template) regionSetActions {
-	return regionSetActions{
-		regionIDs:   t.Action("region_ids", newIDs(3), nil).Local(),
-		volumeGuard: t.Action("volume_guard", volumeGuard, volumeGuardUndo),
-		register:    t.Action("register_regions", registerRegions, registerRegionsUndo),
-		alloc:       t.Action("alloc_regions", allocRegions, allocRegionsUndo),
-		ensure:      t.Action("ensure_regions", ensureRegions, nil),
-		activate:    t.Action("activate_regions", activateRegions, nil),
-		create:      t.Action("create_volume", createDiskVolume, createDiskVolumeUndo),
-	}
 }

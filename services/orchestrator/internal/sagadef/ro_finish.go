@@ -12,12 +12,8 @@ import (
 // reference volume (dropping only its reference to B: real volumes keep B
 // alive, and an unused B is freed, not leaked) and completes the request,
 // releasing the snapshot volume's lock. Running → Completing → Complete; an
-// unwind returns to Running.
-//
-//	saga_id              S = this saga's id
-//	set_saga_id          claim: Running → Completing   ⟲ back to Running
-//	delete_region_volume volume-delete subsaga on the reference volume
-//	update_request       commit: Complete, lock released
+// unwind returns to Running. Its nodes, each described where it is
+// appended, are in newROFinish's build function.
 
 // FinishParams are ro-replacement-finish's parameters.
 type FinishParams struct {
@@ -33,14 +29,22 @@ func newROFinish() *saga.Template {
 	id := t.Action("saga_id", operatingSagaID, nil).Local()
 	claim := t.Action("set_saga_id", finishClaim, finishClaimUndo)
 	commit := t.Action("update_request", finishCommit, nil)
+	// The nodes, in order, each after the one before it.
 	saga.SetBuild(t, func(b *saga.Builder, p FinishParams) error {
+		// saga_id: S = this saga's id.
 		b.Append(id.Node())
+		// set_saga_id: claim: Running → Completing. ⟲ back to Running.
 		b.Append(claim.Node())
+		// delete_region_volume: volume-delete subsaga on the reference
+		// volume (after its parameters, the constant
+		// delete_region_volume_params).
+		//
 		// The DAG's shape depends on the parameters; safe because the
 		// reference volume id never changes after ReplacementDone.
 		if p.NewRegionVolumeID != nil {
 			deleteVolumeNodes(b, "delete_region_volume", *p.NewRegionVolumeID)
 		}
+		// update_request: commit: Complete, lock released.
 		b.Append(commit.Node())
 		return nil
 	})

@@ -11,12 +11,8 @@ import (
 // ro-replacement-garbage-collect: deletes the request's stash volume, dropping the
 // snapshot volume's old reference to A (if it was the last one, A is freed).
 // ReplacementDone → DeletingOldVolume → Running; an unwind returns to
-// ReplacementDone.
-//
-//	saga_id          S = this saga's id
-//	set_saga_id      claim: ReplacementDone → DeletingOldVolume  ⟲ back
-//	delete_stash     volume-delete subsaga on the stash
-//	update_request   commit: Running
+// ReplacementDone. Its nodes, each described where it is appended, are in
+// newROGarbageCollect's build function.
 
 // GCParams are ro-replacement-garbage-collect's parameters.
 type GCParams struct {
@@ -32,10 +28,16 @@ func newROGarbageCollect() *saga.Template {
 	id := t.Action("saga_id", operatingSagaID, nil).Local()
 	claim := t.Action("set_saga_id", roGCClaim, roGCClaimUndo)
 	commit := t.Action("update_request", roGCCommit, nil)
+	// The nodes, in order, each after the one before it.
 	saga.SetBuild(t, func(b *saga.Builder, p GCParams) error {
+		// saga_id: S = this saga's id.
 		b.Append(id.Node())
+		// set_saga_id: claim: ReplacementDone → DeletingOldVolume. ⟲ back.
 		b.Append(claim.Node())
+		// delete_stash: volume-delete subsaga on the stash (after its
+		// parameters, the constant delete_stash_params).
 		deleteVolumeNodes(b, "delete_stash", p.StashID)
+		// update_request: commit: Running.
 		b.Append(commit.Node())
 		return nil
 	})

@@ -20,27 +20,7 @@ import (
 // region) in the snapshot volume with a new read-only region cloned from a
 // surviving copy (docs/replacement.md, "ro-replacement-start").
 // Requested → Allocating → ReplacementDone; any unwind returns to Requested.
-//
-//	saga_id               S = this saga's id, the operating saga id
-//	new_volume_id         generate the stash volume id (it will hold A)
-//	new_region_volume_id  generate the reference volume id (keeps B alive)
-//	new_region_id         generate B's region id
-//	set_saga_id           claim: Requested → Allocating       ⟲ back to Requested
-//	get_clone_source      a surviving copy of the data, chosen before
-//	                      allocating (or DataLost: terminal, no endless retry)
-//	get_alloc_params      geometry of the old region; the snapshot volume's
-//	                      current read-only regions
-//	register_new_region   RegisterTargets B PENDING            ⟲ release B
-//	alloc_new_region      AllocateRegions current+1 (excludes the snapshot's
-//	                      copies) before anything frees A's port
-//	ensure_new_region     EnsureRegions, cloning from the source
-//	activate_new_region   ActivateTargets B
-//	new_region_volume     the reference volume naming B        ⟲ remove it
-//	create_stash          blank stash volume T                 ⟲ remove it
-//	replace_in_snapshot   ReplaceReadOnlyTarget(snapshot volume, A → B, T);
-//	                      a deleted snapshot volume is a success ⟲ swap back
-//	update_request        commit: ReplacementDone with B, the reference
-//	                      volume and T
+// Its nodes, each described where it is declared, are in newROStart.
 //
 // After it, DataLost aside, the snapshot volume (if it still exists) names
 // B; T holds A's reference until the garbage-collect saga deletes it.
@@ -73,21 +53,41 @@ var ROStart = newROStart()
 
 func newROStart() *saga.Template {
 	t := saga.NewTemplate("ro-replacement-start")
+	// The nodes, in order, each after the one before it.
 	nodes := []*saga.Action{
+		// S = this saga's id, the operating saga id.
 		t.Action("saga_id", operatingSagaID, nil).Local(),
+		// Generate the stash volume id (it will hold A).
 		t.Action("new_volume_id", newID, nil).Local(),
+		// Generate the reference volume id (keeps B alive).
 		t.Action("new_region_volume_id", newID, nil).Local(),
+		// Generate B's region id.
 		t.Action("new_region_id", newID, nil).Local(),
+		// Claim: Requested → Allocating. ⟲ back to Requested.
 		t.Action("set_saga_id", roStartClaim, roStartClaimUndo),
+		// A surviving copy of the data, chosen before allocating (or
+		// DataLost: terminal, no endless retry).
 		t.Action("get_clone_source", roCloneSource, nil),
+		// Geometry of the old region; the snapshot volume's current
+		// read-only regions.
 		t.Action("get_alloc_params", roAllocParams, nil),
+		// RegisterTargets B PENDING. ⟲ release B.
 		t.Action("register_new_region", roRegister, roReleaseNewRegion),
+		// AllocateRegions current+1 (excludes the snapshot's copies)
+		// before anything frees A's port.
 		t.Action("alloc_new_region", roAlloc, nil),
+		// EnsureRegions, cloning from the source.
 		t.Action("ensure_new_region", roEnsure, nil),
+		// ActivateTargets B.
 		t.Action("activate_new_region", roActivate, nil),
+		// The reference volume naming B. ⟲ remove it.
 		t.Action("new_region_volume", roRefVolume, roRefVolumeUndo),
+		// Blank stash volume T. ⟲ remove it.
 		t.Action("create_stash", roCreateStash, roCreateStashUndo),
+		// ReplaceReadOnlyTarget(snapshot volume, A → B, T); a deleted
+		// snapshot volume is a success. ⟲ swap back.
 		t.Action("replace_in_snapshot", roReplace, undoReplaceReadOnly),
+		// Commit: ReplacementDone with B, the reference volume and T.
 		t.Action("update_request", roStartCommit, nil),
 	}
 	saga.SetBuild(t, func(b *saga.Builder, _ StartParams) error {

@@ -13,20 +13,8 @@ import (
 
 // ro-replacement-step: replaces A with B in one more volume that still names A, and
 // tells its running Upstairs. Step Requested → Running → Complete; an
-// unwind returns the step to Requested and a later pass retries it.
-//
-//	saga_id            S = this saga's id
-//	new_volume_id      generate the step's stash id T
-//	set_saga_id        claim: Requested → Running          ⟲ back to Requested
-//	create_replace_params  A and B, computed once and persisted (B must be
-//	                   alive: the request's reference volume guarantees it,
-//	                   and replace_in_volume refuses it otherwise)
-//	create_stash       blank stash T                        ⟲ remove it
-//	replace_in_volume  ReplaceReadOnlyTarget(volume, A → B, T) ⟲ swap back
-//	notify_upstairs    NotifyReplacement, unless the swap found the volume
-//	                   deleted (nobody can be running it); a delete that
-//	                   lands after the swap is VOLUME_DELETED, also done
-//	update_request     commit: Complete with T (releases the volume's lock)
+// unwind returns the step to Requested and a later pass retries it. Its
+// nodes, each described where it is declared, are in newROStep.
 
 // StepParams are ro-replacement-step's parameters.
 type StepParams struct {
@@ -40,14 +28,27 @@ var ROStep = newROStep()
 
 func newROStep() *saga.Template {
 	t := saga.NewTemplate("ro-replacement-step")
+	// The nodes, in order, each after the one before it.
 	nodes := []*saga.Action{
+		// S = this saga's id.
 		t.Action("saga_id", operatingSagaID, nil).Local(),
+		// Generate the step's stash id T.
 		t.Action("new_volume_id", newID, nil).Local(),
+		// Claim: Requested → Running. ⟲ back to Requested.
 		t.Action("set_saga_id", stepClaim, stepClaimUndo),
+		// A and B, computed once and persisted (B must be alive: the
+		// request's reference volume guarantees it, and replace_in_volume
+		// refuses it otherwise).
 		t.Action("create_replace_params", stepReplaceParams, nil),
+		// Blank stash T. ⟲ remove it.
 		t.Action("create_stash", stepCreateStash, stepCreateStashUndo),
+		// ReplaceReadOnlyTarget(volume, A → B, T). ⟲ swap back.
 		t.Action("replace_in_volume", stepReplace, undoReplaceReadOnly),
+		// NotifyReplacement, unless the swap found the volume deleted
+		// (nobody can be running it); a delete that lands after the swap
+		// is VOLUME_DELETED, also done.
 		t.Action("notify_upstairs", stepNotify, nil),
+		// Commit: Complete with T (releases the volume's lock).
 		t.Action("update_request", stepCommit, nil),
 	}
 	saga.SetBuild(t, func(b *saga.Builder, _ StepParams) error {

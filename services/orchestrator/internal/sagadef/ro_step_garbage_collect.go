@@ -11,12 +11,8 @@ import (
 // ro-replacement-step-garbage-collect: deletes a Complete step's stash, dropping that
 // volume's old reference to A. Complete → Collecting → VolumeDeleted; the
 // Collecting claim (docs/replacement.md, "Step") keeps two task
-// passes from collecting one stash concurrently.
-//
-//	saga_id         S = this saga's id
-//	set_saga_id     claim: Complete → Collecting   ⟲ back to Complete
-//	delete_stash    volume-delete subsaga on the step's stash
-//	update_request  commit: VolumeDeleted
+// passes from collecting one stash concurrently. Its nodes, each described
+// where it is appended, are in newROStepGarbageCollect's build function.
 
 // StepGCParams are ro-replacement-step-garbage-collect's parameters.
 type StepGCParams struct {
@@ -32,10 +28,16 @@ func newROStepGarbageCollect() *saga.Template {
 	id := t.Action("saga_id", operatingSagaID, nil).Local()
 	claim := t.Action("set_saga_id", stepGCClaim, stepGCClaimUndo)
 	commit := t.Action("update_request", stepGCCommit, nil)
+	// The nodes, in order, each after the one before it.
 	saga.SetBuild(t, func(b *saga.Builder, p StepGCParams) error {
+		// saga_id: S = this saga's id.
 		b.Append(id.Node())
+		// set_saga_id: claim: Complete → Collecting. ⟲ back to Complete.
 		b.Append(claim.Node())
+		// delete_stash: volume-delete subsaga on the step's stash (after
+		// its parameters, the constant delete_stash_params).
 		deleteStepStashNodes(b, "delete_stash", p.StashID)
+		// update_request: commit: VolumeDeleted.
 		b.Append(commit.Node())
 		return nil
 	})

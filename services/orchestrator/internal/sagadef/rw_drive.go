@@ -21,23 +21,8 @@ import (
 // (docs/replacement.md, "rw-replacement-drive"). Running → Driving → Running (not done
 // yet) or ReplacementDone; an unwind returns to Running. Done is concluded
 // only from the Upstairs (a successful repair finish reported for the new
-// region, or COMPLETED_ALREADY) or from the volume being deleted.
-//
-//	saga_id         S = this saga's id
-//	step_id         generate the id of this attempt's step record
-//	set_saga_id     claim: Running → Driving        ⟲ back to Running
-//	check           volume deleted or a successful repair finish for N →
-//	                done; the last step still in flight → wait; else
-//	                action required
-//	prepare         (action required only) a RUNNING Propolis attachment (rw
-//	                preferred; a read-only one reads the rw regions too)
-//	                → propolis step; no consumer → pantry step on one of the
-//	                Pantry endpoints, chosen by the request id and persisted
-//	execute         propolis: NotifyReplacement (ReplaceVolume → a live
-//	                repair); pantry: ConstructVolume kind PANTRY (its
-//	                activation reconciles). No undo: the external effect
-//	                cannot be rolled back and the next check needs its record
-//	update_request  commit: record the step, Running or ReplacementDone
+// region, or COMPLETED_ALREADY) or from the volume being deleted. Its nodes,
+// each described where it is declared, are in newRWDrive.
 
 // RWDriveParams are rw-replacement-drive's parameters.
 type RWDriveParams struct {
@@ -51,13 +36,28 @@ var RWDrive = newRWDrive()
 
 func newRWDrive() *saga.Template {
 	t := saga.NewTemplate("rw-replacement-drive")
+	// The nodes, in order, each after the one before it.
 	nodes := []*saga.Action{
+		// S = this saga's id.
 		t.Action("saga_id", operatingSagaID, nil).Local(),
+		// Generate the id of this attempt's step record.
 		t.Action("step_id", newID, nil).Local(),
+		// Claim: Running → Driving. ⟲ back to Running.
 		t.Action("set_saga_id", rwDriveClaim, rwDriveClaimUndo),
+		// Volume deleted or a successful repair finish for N → done; the
+		// last step still in flight → wait; else action required.
 		t.Action("check", rwDriveCheck, nil),
+		// (Action required only) a RUNNING Propolis attachment (rw
+		// preferred; a read-only one reads the rw regions too) → propolis
+		// step; no consumer → pantry step on one of the Pantry endpoints,
+		// chosen by the request id and persisted.
 		t.Action("prepare", rwDrivePrepare, nil),
+		// Propolis: NotifyReplacement (ReplaceVolume → a live repair);
+		// pantry: ConstructVolume kind PANTRY (its activation reconciles).
+		// No undo: the external effect cannot be rolled back and the next
+		// check needs its record.
 		t.Action("execute", rwDriveExecute, nil),
+		// Commit: record the step, Running or ReplacementDone.
 		t.Action("update_request", rwDriveCommit, nil),
 	}
 	saga.SetBuild(t, func(b *saga.Builder, _ RWDriveParams) error {

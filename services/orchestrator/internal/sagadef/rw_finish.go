@@ -15,14 +15,8 @@ import (
 // instance), deletes the stash volume — which frees the old region — and
 // completes the request, releasing the volume's lock.
 // ReplacementDone → Completing → Complete; an unwind returns to
-// ReplacementDone.
-//
-//	saga_id          S = this saga's id
-//	set_saga_id      claim: ReplacementDone → Completing  ⟲ back
-//	detach_pantry    DetachUpstairs for every Pantry attachment a drive
-//	                 step recorded (idempotent)
-//	delete_stash     volume-delete subsaga on the stash volume
-//	update_request   commit: Complete, lock released
+// ReplacementDone. Its nodes, each described where it is appended, are in
+// newRWFinish's build function.
 
 // RWFinishParams are rw-replacement-finish's parameters.
 type RWFinishParams struct {
@@ -39,11 +33,19 @@ func newRWFinish() *saga.Template {
 	claim := t.Action("set_saga_id", rwFinishClaim, rwFinishClaimUndo)
 	detach := t.Action("detach_pantry", rwDetachPantry, nil)
 	commit := t.Action("update_request", rwFinishCommit, nil)
+	// The nodes, in order, each after the one before it.
 	saga.SetBuild(t, func(b *saga.Builder, p RWFinishParams) error {
+		// saga_id: S = this saga's id.
 		b.Append(id.Node())
+		// set_saga_id: claim: ReplacementDone → Completing. ⟲ back.
 		b.Append(claim.Node())
+		// detach_pantry: DetachUpstairs for every Pantry attachment a drive
+		// step recorded (idempotent).
 		b.Append(detach.Node())
+		// delete_stash: volume-delete subsaga on the stash volume (after
+		// its parameters, the constant delete_stash_params).
 		deleteVolumeNodes(b, "delete_stash", p.StashVolumeID)
+		// update_request: commit: Complete, lock released.
 		b.Append(commit.Node())
 		return nil
 	})

@@ -26,28 +26,7 @@ const (
 // (docs/replacement.md, "rw-replacement-start").
 // Requested → Allocating → Running; any unwind returns to Requested. The new
 // region holds no data yet: the drive saga gets an Upstairs to repair it.
-//
-//	saga_id              S = this saga's id, the operating saga id
-//	new_region_id        generate the new region's id N
-//	stash_volume_id      generate the stash volume id T (it will own the old
-//	                     region O)
-//	set_saga_id          claim: Requested → Allocating   ⟲ back to Requested
-//	get_alloc_params     O's geometry; a deleted volume fails here (the task
-//	                     then completes the request)
-//	stash_guard          nothing forward                 ⟲ hard-delete T, last
-//	                     in the unwind, once N is unregistered
-//	register_new_region  RegisterTargets N PENDING, owned by T ⟲ unregister
-//	alloc_new_region     AllocateRegions 3+1 for the volume: O still counts,
-//	                     so its sled stays excluded; O is not removed first
-//	                     (its agent could hand O's port to N) ⟲ DeleteRegions
-//	ensure_new_region    EnsureRegions N (blank)
-//	activate_new_region  ActivateTargets N
-//	create_stash         blank volume T                  ⟲ soft-delete T,
-//	                     destroying what that frees
-//	replace_region       ReplaceRegion(volume, O → N, T): generation bump, N
-//	                     owned by the volume, O by T. A deleted volume fails
-//	                     the node so the saga unwinds ⟲ swap back
-//	update_request       commit: Running with N and T
+// Its nodes, each described where it is declared, are in newRWStart.
 //
 // Why N is registered owned by T and not by the volume: the volume-service
 // lets an ACTIVE rw target be unregistered only once its owner is deleted
@@ -70,19 +49,39 @@ var RWStart = newRWStart()
 
 func newRWStart() *saga.Template {
 	t := saga.NewTemplate("rw-replacement-start")
+	// The nodes, in order, each after the one before it.
 	nodes := []*saga.Action{
+		// S = this saga's id, the operating saga id.
 		t.Action("saga_id", operatingSagaID, nil).Local(),
+		// Generate the new region's id N.
 		t.Action("new_region_id", newID, nil).Local(),
+		// Generate the stash volume id T (it will own the old region O).
 		t.Action("stash_volume_id", newID, nil).Local(),
+		// Claim: Requested → Allocating. ⟲ back to Requested.
 		t.Action("set_saga_id", rwStartClaim, rwStartClaimUndo),
+		// O's geometry; a deleted volume fails here (the task then
+		// completes the request).
 		t.Action("get_alloc_params", rwAllocParams, nil),
+		// Nothing forward. ⟲ hard-delete T, last in the unwind, once N is
+		// unregistered.
 		t.Action("stash_guard", volumeGuard, rwStashGuardUndo),
+		// RegisterTargets N PENDING, owned by T. ⟲ unregister.
 		t.Action("register_new_region", rwRegister, rwRegisterUndo),
+		// AllocateRegions 3+1 for the volume: O still counts, so its sled
+		// stays excluded; O is not removed first (its agent could hand O's
+		// port to N). ⟲ DeleteRegions.
 		t.Action("alloc_new_region", rwAlloc, rwAllocUndo),
+		// EnsureRegions N (blank).
 		t.Action("ensure_new_region", rwEnsure, nil),
+		// ActivateTargets N.
 		t.Action("activate_new_region", rwActivate, nil),
+		// Blank volume T. ⟲ soft-delete T, destroying what that frees.
 		t.Action("create_stash", rwCreateStash, rwCreateStashUndo),
+		// ReplaceRegion(volume, O → N, T): generation bump, N owned by the
+		// volume, O by T. A deleted volume fails the node so the saga
+		// unwinds. ⟲ swap back.
 		t.Action("replace_region", rwReplace, rwReplaceUndo),
+		// Commit: Running with N and T.
 		t.Action("update_request", rwStartCommit, nil),
 	}
 	saga.SetBuild(t, func(b *saga.Builder, _ RWStartParams) error {

@@ -19,16 +19,8 @@ import (
 
 // snapshot-create: snapshots a disk. The snapshot id is chosen before the
 // saga and is also the snapshot volume's id, so a replacement can always
-// name the volume to lock, even after the user deleted the snapshot.
-//
-//	lock                    repair lock on the disk's volume    ⟲ unlock
-//	disk_regions            the disk's rw regions, from the registry
-//	register_snapshots      RegisterTargets PENDING             ⟲ release them
-//	create_snapshots        CreateRegionSnapshots (not atomic: the release
-//	                        above destroys whatever it left on the agents)
-//	activate_snapshots      ActivateTargets
-//	create_snapshot_volume  CreateVolume(snapshot_of)           ⟲ SoftDelete + HardDelete
-//	unlock                  unlock
+// name the volume to lock, even after the user deleted the snapshot. Its
+// nodes, each described where it is declared, are in newSnapshotCreate.
 //
 // The lock keeps a replacement from swapping a member of the disk's region
 // set while its snapshots are taken (a snapshot of a half-repaired set); the
@@ -52,15 +44,26 @@ var SnapshotCreate = newSnapshotCreate()
 
 func newSnapshotCreate() *saga.Template {
 	t := saga.NewTemplate("snapshot-create")
-	lock := t.Action("lock", snapshotLock, snapshotUnlockUndo)
-	regions := t.Action("disk_regions", snapshotDiskRegions, nil)
-	register := t.Action("register_snapshots", registerSnapshots, releaseSnapshots)
-	create := t.Action("create_snapshots", createSnapshots, nil)
-	activate := t.Action("activate_snapshots", activateSnapshots, nil)
-	volume := t.Action("create_snapshot_volume", createSnapshotVolume, createSnapshotVolumeUndo)
-	unlock := t.Action("unlock", snapshotUnlock, nil)
+	// The nodes, in order, each after the one before it.
+	nodes := []*saga.Action{
+		// Repair lock on the disk's volume. ⟲ unlock.
+		t.Action("lock", snapshotLock, snapshotUnlockUndo),
+		// The disk's rw regions, from the registry.
+		t.Action("disk_regions", snapshotDiskRegions, nil),
+		// RegisterTargets PENDING. ⟲ release them.
+		t.Action("register_snapshots", registerSnapshots, releaseSnapshots),
+		// CreateRegionSnapshots (not atomic: the release above destroys
+		// whatever it left on the agents).
+		t.Action("create_snapshots", createSnapshots, nil),
+		// ActivateTargets.
+		t.Action("activate_snapshots", activateSnapshots, nil),
+		// CreateVolume(snapshot_of). ⟲ SoftDelete + HardDelete.
+		t.Action("create_snapshot_volume", createSnapshotVolume, createSnapshotVolumeUndo),
+		// Unlock.
+		t.Action("unlock", snapshotUnlock, nil),
+	}
 	saga.SetBuild(t, func(b *saga.Builder, _ SnapshotParams) error {
-		for _, a := range []*saga.Action{lock, regions, register, create, activate, volume, unlock} {
+		for _, a := range nodes {
 			b.Append(a.Node())
 		}
 		return nil

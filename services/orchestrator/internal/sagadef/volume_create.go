@@ -5,15 +5,8 @@ import (
 )
 
 // volume-create: a disk whose one region set is three new rw regions on
-// distinct sleds.
-//
-//	region_ids        generate the three region ids
-//	volume_guard      –                          ⟲ hard-delete the volume row (last)
-//	register_regions  RegisterTargets PENDING    ⟲ UnregisterTargets
-//	alloc_regions     AllocateRegions            ⟲ DeleteRegions (agents and rows)
-//	ensure_regions    EnsureRegions
-//	activate_regions  ActivateTargets
-//	create_volume     CreateVolume               ⟲ SoftDeleteVolume
+// distinct sleds. Its nodes are the region-set nodes, each described where
+// it is declared, in declareRegionSetActions (regions.go).
 
 // VolumeCreate is the volume-create template.
 var VolumeCreate = newVolumeCreate()
@@ -22,6 +15,7 @@ func newVolumeCreate() *saga.Template {
 	t := saga.NewTemplate("volume-create")
 	a := declareRegionSetActions(t)
 	saga.SetBuild(t, func(b *saga.Builder, _ RegionSetParams) error {
+		// region_ids … create_volume: the region-set nodes.
 		addRegionSetNodes(b, a)
 		return nil
 	})

@@ -17,21 +17,7 @@ import (
 // and reference volumes). Safe twice and safe on a missing volume: every
 // node is idempotent and the soft delete returns its stored result on a
 // re-run. It has no undos: a failed delete is retried, never rolled back.
-//
-//	soft_delete              SoftDeleteVolume → regions and region snapshots now free
-//	                         (a read-only stash that frees nothing is removed
-//	                         at once: every node below then has nothing to do)
-//	detach_upstairs          detach every Upstairs still built from the volume
-//	                         (e.g. a Pantry a rw replacement reconciled it on),
-//	                         so nothing reads regions about to be destroyed
-//	delete_regions ∥ delete_region_snapshots   destroy them on their agents
-//	unregister_freed         UnregisterTargets for both
-//	find_freed               FindDeletedVolumeRegions: rw regions whose last
-//	                         snapshot is gone, and volumes that frees
-//	delete_freed_regions     destroy those
-//	unregister_freed_regions UnregisterTargets
-//	hard_delete              HardDeleteVolume for the freed volumes and this
-//	                         one (KEPT while rw regions are still owned)
+// Its nodes, each described where it is declared, are in newVolumeDelete.
 
 // DeleteParams are volume-delete's parameters.
 type DeleteParams struct {
@@ -61,28 +47,50 @@ var VolumeDelete = newVolumeDelete()
 
 func newVolumeDelete() *saga.Template {
 	t := saga.NewTemplate("volume-delete")
-	soft := t.Action("soft_delete", softDelete, nil)
+	// The nodes, in order, stage by stage: each stage's nodes run
+	// concurrently, after every node of the stage before. Only the third
+	// stage has two.
+	//
 	// The nodes between the soft and the hard delete often have nothing to
 	// do (a fan-out's stash deletes free nothing but the last): they say
 	// so from the parameters and soft_delete's output, and the engine then
 	// completes them without a commit or a task of their own.
-	detach := t.Action("detach_upstairs", detachUpstairs, nil).Shortcut(nothingToDetach)
-	delRegions := t.Action("delete_regions", deleteFreedRegions("soft_delete"), nil).Shortcut(noFreedRegions("soft_delete"))
-	delSnapshots := t.Action("delete_region_snapshots", deleteFreedSnapshots, nil).Shortcut(noFreedSnapshots)
-	unregister := t.Action("unregister_freed", unregisterFreed("soft_delete", true), nil).Shortcut(nothingToUnregister("soft_delete", true))
-	find := t.Action("find_freed", findFreed, nil).Shortcut(nothingToFind)
-	delFreed := t.Action("delete_freed_regions", deleteFreedRegions("find_freed"), nil).Shortcut(noFreedRegions("find_freed"))
-	unregisterFreedRegions := t.Action("unregister_freed_regions", unregisterFreed("find_freed", false), nil).Shortcut(nothingToUnregister("find_freed", false))
-	hard := t.Action("hard_delete", hardDelete, nil).Shortcut(alreadyHardDeleted)
+	stages := [][]*saga.Action{
+		// SoftDeleteVolume → regions and region snapshots now free (a
+		// read-only stash that frees nothing is removed at once: every
+		// node below then has nothing to do).
+		{t.Action("soft_delete", softDelete, nil)},
+		// Detach every Upstairs still built from the volume (e.g. a Pantry
+		// a rw replacement reconciled it on), so nothing reads regions
+		// about to be destroyed.
+		{t.Action("detach_upstairs", detachUpstairs, nil).Shortcut(nothingToDetach)},
+		// delete_regions ∥ delete_region_snapshots: destroy them on their
+		// agents.
+		{
+			t.Action("delete_regions", deleteFreedRegions("soft_delete"), nil).Shortcut(noFreedRegions("soft_delete")),
+			t.Action("delete_region_snapshots", deleteFreedSnapshots, nil).Shortcut(noFreedSnapshots),
+		},
+		// UnregisterTargets for both.
+		{t.Action("unregister_freed", unregisterFreed("soft_delete", true), nil).Shortcut(nothingToUnregister("soft_delete", true))},
+		// FindDeletedVolumeRegions: rw regions whose last snapshot is
+		// gone, and volumes that frees.
+		{t.Action("find_freed", findFreed, nil).Shortcut(nothingToFind)},
+		// Destroy those.
+		{t.Action("delete_freed_regions", deleteFreedRegions("find_freed"), nil).Shortcut(noFreedRegions("find_freed"))},
+		// UnregisterTargets.
+		{t.Action("unregister_freed_regions", unregisterFreed("find_freed", false), nil).Shortcut(nothingToUnregister("find_freed", false))},
+		// HardDeleteVolume for the freed volumes and this one (KEPT while
+		// rw regions are still owned).
+		{t.Action("hard_delete", hardDelete, nil).Shortcut(alreadyHardDeleted)},
+	}
 	saga.SetBuild(t, func(b *saga.Builder, _ DeleteParams) error {
-		b.Append(soft.Node())
-		b.Append(detach.Node())
-		b.AppendParallel(delRegions.Node(), delSnapshots.Node())
-		b.Append(unregister.Node())
-		b.Append(find.Node())
-		b.Append(delFreed.Node())
-		b.Append(unregisterFreedRegions.Node())
-		b.Append(hard.Node())
+		for _, stage := range stages {
+			nodes := make([]saga.Node, len(stage))
+			for i, a := range stage {
+				nodes[i] = a.Node()
+			}
+			b.AppendParallel(nodes...)
+		}
 		return nil
 	})
 	return t
