@@ -133,14 +133,13 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	// A released repair lock may unblock a request or step insertion that
 	// lost the contention: activate whoever retries those.
 	s.store = store.New(pool, store.WithLockReleased(func() {
-		s.Kick(sagadef.TaskRODetector, sagadef.TaskROStep, sagadef.TaskRWDetector)
+		sagadef.Wakeup(s.deps.Wake.RODetector, s.deps.Wake.ROStep, s.deps.Wake.RWDetector)
 	}))
 	s.deps = &sagadef.Deps{
 		Volumes:   volumev1.NewVolumeServiceClient(vc),
 		Allocator: allocatorv1.NewRegionAllocatorServiceClient(ac),
 		Notifier:  notifierv1.NewUpstairsNotifierServiceClient(nc),
 		Store:     s.store,
-		Kick:      s.Kick,
 
 		PantryEndpoints: cfg.PantryEndpoints,
 		Sabotage:        cfg.Sabotage,
@@ -263,7 +262,7 @@ func (s *App) recover(ctx context.Context, sec *saga.SEC, logger *slog.Logger) b
 	for _, id := range report.Recovered {
 		go func() {
 			if _, err := sec.Wait(ctx, id); err == nil {
-				s.Kick()
+				sagadef.Wakeup(s.deps.Wake.All)
 			}
 		}()
 	}
@@ -329,19 +328,6 @@ func (s *App) UnwindGrace() time.Duration {
 		return s.cfg.UnwindGrace
 	}
 	return saga.DefaultUnwindGrace
-}
-
-// Kick activates tasks (all of them when none is named).
-func (s *App) Kick(names ...string) {
-	if len(names) == 0 {
-		for _, st := range s.driver.Statuses() {
-			_ = s.driver.Activate(st.Name)
-		}
-		return
-	}
-	for _, n := range names {
-		_ = s.driver.Activate(n)
-	}
 }
 
 // sagaStarter lets tasks start sagas on the current term's SEC.

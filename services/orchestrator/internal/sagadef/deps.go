@@ -28,9 +28,9 @@ type Deps struct {
 	Allocator allocatorv1.RegionAllocatorServiceClient
 	Notifier  notifierv1.UpstairsNotifierServiceClient
 	Store     *store.Store
-	// Kick activates background tasks by name ("" or unknown names are
-	// ignored); sagas call it when they advance a record a task waits on.
-	Kick func(tasks ...string)
+	// Wake activates the background tasks that act next on a record a
+	// saga advanced.
+	Wake Wake
 	// PantryEndpoints are the Pantry-like Upstairs hosts ("host:port") a rw
 	// replacement with no running consumer is reconciled on.
 	PantryEndpoints []string
@@ -41,15 +41,26 @@ type Deps struct {
 
 func deps(ac *saga.ActionContext) *Deps { return ac.Deps().(*Deps) }
 
-// KickTasks activates background tasks by name (all when none is named);
-// a no-op when nothing is wired (tests).
-func (d *Deps) KickTasks(tasks ...string) {
-	if d.Kick != nil {
-		d.Kick(tasks...)
-	}
+// Wake activates, each by what it does, the background tasks a saga or a
+// handler wakes when it advances a record one of them acts on next.
+// Package tasks fills it in when it registers the tasks, so each task keeps
+// its own name; a nil field wakes nothing, so sagas run without tasks (in
+// tests) need no wiring.
+type Wake struct {
+	ROStart, ROGarbageCollect, ROStep, ROFinish, RODetector func()
+	RWDetector, RWDrive, RWFinish                           func()
+	// All wakes every task.
+	All func()
 }
 
-func (d *Deps) kick(tasks ...string) { d.KickTasks(tasks...) }
+// Wakeup calls each of the wake functions that is set.
+func Wakeup(wake ...func()) {
+	for _, w := range wake {
+		if w != nil {
+			w()
+		}
+	}
+}
 
 // newID is the body of a "generate UUID" node: its output is persisted, so
 // every later node (and every re-run of a later node) sees the same id.

@@ -368,7 +368,7 @@ func (d *drainer) drainAll(t *testing.T) {
 	ctx := context.Background()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		d.e.Deps.KickTasks()
+		sagadef.Wakeup(d.e.Deps.Wake.All)
 		var open int
 		err := d.e.Pool.QueryRow(ctx, `SELECT
 			(SELECT count(*) FROM ro_replacement WHERE state NOT IN ('complete', 'data_lost')) +

@@ -13,6 +13,7 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/saga/sagatest"
 	"storagecp.dev/orchestrator/internal/sagadef"
@@ -102,7 +103,7 @@ func TestStashIsNeverStepped(t *testing.T) {
 			return
 		}
 		d = newDrainer(t, e)
-		d.activateAndWait(t, sagadef.TaskROStep)
+		d.activateAndWait(t, tasks.ROStepName)
 	}}).InjectError("update_request")
 	o := e.Run(t, sagadef.ROStep, stepParamsOf(s), saga.WithHooks(hooks))
 	if o.Kind != saga.Failed || o.FailedNode != "update_request" {

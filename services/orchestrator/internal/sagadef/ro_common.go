@@ -13,15 +13,6 @@ import (
 	"storagecp.dev/orchestrator/internal/saga"
 )
 
-// Task names the replacement sagas activate when they advance a record.
-const (
-	TaskROStart    = "ro_replacement_start"
-	TaskROGC       = "ro_replacement_garbage_collect"
-	TaskROStep     = "ro_replacement_step"
-	TaskROFinish   = "ro_replacement_finish"
-	TaskRODetector = "ro_replacement_detector"
-)
-
 // RequestRef names a read-only replacement request in saga parameters.
 type RequestRef struct {
 	RequestID uuid.UUID `json:"request_id"`

@@ -85,6 +85,6 @@ func finishCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err := d.Store.SetROComplete(ctx, p.RequestID, s); err != nil {
 		return nil, err
 	}
-	d.kick(TaskRODetector)
+	Wakeup(d.Wake.RODetector)
 	return nil, nil
 }

@@ -78,6 +78,6 @@ func roGCCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err := d.Store.SetRORunning(ctx, p.RequestID, s); err != nil {
 		return nil, err
 	}
-	d.kick(TaskROStep, TaskROFinish)
+	Wakeup(d.Wake.ROStep, d.Wake.ROFinish)
 	return nil, nil
 }

@@ -205,7 +205,7 @@ func roCloneSource(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	}
 	// The snapshot volume's lock is released: another of its targets may
 	// now get its request.
-	d.kick(TaskRODetector, TaskROStart)
+	Wakeup(d.Wake.RODetector, d.Wake.ROStart)
 	return CloneSource{DataLost: true}, nil
 }
 
@@ -461,6 +461,6 @@ func roStartCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err := d.Store.SetROReplacementDone(ctx, p.RequestID, s, b, ref, stash); err != nil {
 		return nil, err
 	}
-	d.kick(TaskROGC)
+	Wakeup(d.Wake.ROGarbageCollect)
 	return nil, nil
 }

@@ -196,6 +196,6 @@ func stepCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err := d.Store.SetStepComplete(ctx, p.StepID, s, stash); err != nil {
 		return nil, err
 	}
-	d.kick(TaskROStep)
+	Wakeup(d.Wake.ROStep)
 	return nil, nil
 }

@@ -78,6 +78,6 @@ func stepGCCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err := d.Store.SetStepVolumeDeleted(ctx, p.StepID, s); err != nil {
 		return nil, err
 	}
-	d.kick(TaskROFinish)
+	Wakeup(d.Wake.ROFinish)
 	return nil, nil
 }

@@ -27,7 +27,7 @@ func TestReadWriteThatCannotStartARepairEndsNeedsOperator(t *testing.T) {
 	req := rwRequestFor(t, e, disk)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		e.Deps.KickTasks()
+		e.Deps.Wake.All()
 		r := rwGet(t, e, req.ID)
 		if r.State == store.RWNeedsOperator {
 			if r.EndReason == nil || !strings.Contains(*r.EndReason, "no repair could be started") {

@@ -430,7 +430,7 @@ func rwDriveCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		return nil, err
 	}
 	if done {
-		d.kick(TaskRWFinish)
+		Wakeup(d.Wake.RWFinish)
 	}
 	return done, nil
 }

@@ -113,6 +113,6 @@ func rwFinishCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	}
 	// The volume's lock is released: another of its regions may now get a
 	// request, and read-only requests on the same volume may proceed.
-	d.kick(TaskRWDetector, TaskRODetector)
+	Wakeup(d.Wake.RWDetector, d.Wake.RODetector)
 	return nil, nil
 }

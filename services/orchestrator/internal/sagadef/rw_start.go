@@ -15,13 +15,6 @@ import (
 	"storagecp.dev/orchestrator/internal/saga"
 )
 
-// Task names the rw region replacement sagas activate.
-const (
-	TaskRWDetector = "rw_replacement_detector"
-	TaskRWDrive    = "rw_replacement_drive"
-	TaskRWFinish   = "rw_replacement_finish"
-)
-
 // rw-replacement-start: replaces one rw region of a volume with a blank new region
 // (docs/replacement.md, "rw-replacement-start").
 // Requested → Allocating → Running; any unwind returns to Requested. The new
@@ -131,7 +124,7 @@ func rwStartClaimUndo(ctx context.Context, ac *saga.ActionContext) error {
 		return err
 	}
 	// Back to Requested: the detector completes it if the volume is gone.
-	deps(ac).kick(TaskRWDetector)
+	Wakeup(deps(ac).Wake.RWDetector)
 	return nil
 }
 
@@ -366,6 +359,6 @@ func rwStartCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err := d.Store.SetRWRunning(ctx, p.RequestID, s, n, stash); err != nil {
 		return nil, err
 	}
-	d.kick(TaskRWDrive)
+	Wakeup(d.Wake.RWDrive)
 	return nil, nil
 }

@@ -58,16 +58,6 @@ type drainer struct {
 
 func newDrainer(t *testing.T, e *testenv.Env, tune ...func(*tasks.Env)) *drainer {
 	d := &drainer{e: e, driver: background.NewDriver(e.Logger)}
-	e.Deps.Kick = func(names ...string) {
-		if len(names) == 0 {
-			for _, st := range d.driver.Statuses() {
-				names = append(names, st.Name)
-			}
-		}
-		for _, n := range names {
-			_ = d.driver.Activate(n)
-		}
-	}
 	env := tasks.Env{Deps: e.Deps, Start: d.start, Period: 200 * time.Millisecond, MaxSagas: 16, Logger: e.Logger}
 	for _, f := range tune {
 		f(&env)
@@ -76,8 +66,9 @@ func newDrainer(t *testing.T, e *testenv.Env, tune ...func(*tasks.Env)) *drainer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.driver.Run(ctx); close(done) }()
-	// Kick stays set: a task's scheduled follow-up may still fire after the
-	// driver stopped, and kicking a stopped driver does nothing.
+	// Register bound e.Deps.Wake to this driver, and it stays bound: a
+	// task's scheduled follow-up may still fire after the driver stopped,
+	// and activating a stopped driver does nothing.
 	t.Cleanup(func() { cancel(); <-done })
 	return d
 }
@@ -114,7 +105,7 @@ func (d *drainer) drain(t *testing.T, request uuid.UUID) {
 	ctx := context.Background()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		d.e.Deps.KickTasks()
+		sagadef.Wakeup(d.e.Deps.Wake.All)
 		r, err := d.e.Store.GetROReplacement(ctx, request)
 		if err != nil {
 			t.Fatal(err)
@@ -165,7 +156,7 @@ func (d *drainer) drainRW(t *testing.T, request uuid.UUID) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		d.e.Deps.KickTasks()
+		sagadef.Wakeup(d.e.Deps.Wake.All)
 		if r := rwGet(t, d.e, request); r.State == store.RWComplete {
 			break
 		} else if time.Now().After(deadline) {

@@ -307,7 +307,7 @@ func hardDelete(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	// its saga (a fan-out's thousands of stash deletes would otherwise run
 	// every detector once each).
 	if !p.Embedded || len(soft.RegionIDs)+len(soft.RegionSnapshots)+len(f.RegionIDs)+len(f.VolumeIDs) > 0 {
-		deps(ac).kick()
+		Wakeup(deps(ac).Wake.All)
 	}
 	return DeleteResult{HardDeleted: resp.Outcome == volumev1.HardDeleteOutcome_HARD_DELETE_OUTCOME_DELETED}, nil
 }

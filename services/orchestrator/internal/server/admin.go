@@ -17,6 +17,7 @@ import (
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	"storagecp.dev/orchestrator/internal/background"
 	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/validate"
 )
 
@@ -227,7 +228,7 @@ func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSaga
 	for _, r := range held {
 		out.Reconciled = append(out.Reconciled, &orchestratorv1.ReconciledRecord{What: r.What, Id: r.ID.String(), FromState: r.From, ToState: r.To})
 	}
-	a.s.kick()
+	sagadef.Wakeup(a.s.deps.Wake.All)
 	out.Saga = sagaProto(v)
 	return out, nil
 }

@@ -180,7 +180,7 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	r.s.kick(sagadef.TaskROStart)
+	sagadef.Wakeup(r.s.deps.Wake.ROStart)
 	return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(got), Created: created}, nil
 }
 
@@ -190,7 +190,7 @@ func (r *replacement) reopen(ctx context.Context, id uuid.UUID) (*orchestratorv1
 	if err := r.s.store.Reopen(ctx, id); err != nil {
 		return nil, grpcError(err)
 	}
-	r.s.kick(sagadef.TaskROStart, sagadef.TaskRWDetector)
+	sagadef.Wakeup(r.s.deps.Wake.ROStart, r.s.deps.Wake.RWDetector)
 	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
 	if err != nil {
 		return nil, err
@@ -216,7 +216,7 @@ func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1
 		return nil, grpcError(err)
 	}
 	// The released lock may let another request of the volume proceed.
-	r.s.kick(sagadef.TaskRODetector, sagadef.TaskROStep, sagadef.TaskRWDetector)
+	sagadef.Wakeup(r.s.deps.Wake.RODetector, r.s.deps.Wake.ROStep, r.s.deps.Wake.RWDetector)
 	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
 	if err != nil {
 		return nil, err

@@ -49,7 +49,6 @@ func (s *Server) Replacement() orchestratorv1.ReplacementServiceServer { return 
 func (s *Server) Admin() orchestratorv1.AdminServiceServer { return &admin{s: s} }
 
 func (s *Server) currentSEC() (*saga.SEC, error) { return s.app.CurrentSEC() }
-func (s *Server) kick(names ...string)           { s.app.Kick(names...) }
 
 func parseUUID(field, v string) (uuid.UUID, error) {
 	id, err := uuid.Parse(v)

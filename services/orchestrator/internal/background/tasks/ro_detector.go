@@ -26,7 +26,10 @@ type DetectorStatus struct {
 	Errors            []string `json:"errors"`
 }
 
-func (t *roDetector) Name() string { return sagadef.TaskRODetector }
+// RODetectorName is the task's name (AdminService, metrics, logs).
+const RODetectorName = "ro_replacement_detector"
+
+func (t *roDetector) Name() string { return RODetectorName }
 func (t *roDetector) Description() string {
 	return "creates read-only replacement requests for region snapshots and read-only regions on expunged disks"
 }
@@ -54,7 +57,7 @@ func (t *roDetector) Activate(ctx context.Context) any {
 		}
 	}
 	if len(st.RequestsCreatedOK) > 0 {
-		d.KickTasks(sagadef.TaskROStart)
+		sagadef.Wakeup(d.Wake.ROStart)
 	}
 	return st
 }

@@ -26,7 +26,10 @@ type FinishStatus struct {
 	Errors          []string `json:"errors"`
 }
 
-func (t *roFinish) Name() string { return sagadef.TaskROFinish }
+// ROFinishName is the task's name (AdminService, metrics, logs).
+const ROFinishName = "ro_replacement_finish"
+
+func (t *roFinish) Name() string { return ROFinishName }
 func (t *roFinish) Description() string {
 	return "completes read-only replacements whose steps are all done and whose old target is gone"
 }

@@ -23,7 +23,10 @@ type GCStatus struct {
 	Errors                  []string `json:"errors"`
 }
 
-func (t *roGC) Name() string { return sagadef.TaskROGC }
+// ROGarbageCollectName is the task's name (AdminService, metrics, logs).
+const ROGarbageCollectName = "ro_replacement_garbage_collect"
+
+func (t *roGC) Name() string { return ROGarbageCollectName }
 func (t *roGC) Description() string {
 	return "deletes the stash volume of read-only replacements whose snapshot volume was swapped"
 }

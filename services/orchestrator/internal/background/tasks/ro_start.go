@@ -31,7 +31,10 @@ type StartStatus struct {
 	Errors   []string `json:"errors"`
 }
 
-func (t *roStart) Name() string { return sagadef.TaskROStart }
+// ROStartName is the task's name (AdminService, metrics, logs).
+const ROStartName = "ro_replacement_start"
+
+func (t *roStart) Name() string { return ROStartName }
 func (t *roStart) Description() string {
 	return "starts ro-replacement-start for requested read-only replacements, or completes those whose target is gone"
 }
@@ -82,7 +85,7 @@ func (t *roStart) Activate(ctx context.Context) any {
 	}
 	if completed {
 		// A released snapshot-volume lock may unblock another target.
-		d.KickTasks(sagadef.TaskRODetector)
+		sagadef.Wakeup(d.Wake.RODetector)
 	}
 	return st
 }

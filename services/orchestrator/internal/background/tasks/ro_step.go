@@ -63,7 +63,10 @@ type StepStatus struct {
 	Errors                      []string `json:"errors"`
 }
 
-func (t *roStep) Name() string { return sagadef.TaskROStep }
+// ROStepName is the task's name (AdminService, metrics, logs).
+const ROStepName = "ro_replacement_step"
+
+func (t *roStep) Name() string { return ROStepName }
 func (t *roStep) Description() string {
 	return "creates, runs and collects the per-volume steps of running read-only replacements"
 }
@@ -85,7 +88,7 @@ func (t *roStep) Activate(ctx context.Context) any {
 	t.create(ctx, st)
 	t.launch(ctx, st)
 	if len(st.StepSetVolumeDeletedOK) > 0 {
-		t.env.Deps.KickTasks(sagadef.TaskROFinish)
+		sagadef.Wakeup(t.env.Deps.Wake.ROFinish)
 	}
 	return st
 }
@@ -150,7 +153,7 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 				}
 				t.lockWait[r.ID] = t.insertSteps(ctx, st, r.ID, steps, false)
 			}
-			t.scans.kickAfter(wait, func() { d.KickTasks(sagadef.TaskROStep) })
+			t.scans.kickAfter(wait, func() { sagadef.Wakeup(d.Wake.ROStep) })
 			continue
 		}
 		var waiting []uuid.UUID

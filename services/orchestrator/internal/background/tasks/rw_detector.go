@@ -37,7 +37,10 @@ type RWDetectorStatus struct {
 	Errors              []string `json:"errors"`
 }
 
-func (t *rwDetector) Name() string { return sagadef.TaskRWDetector }
+// RWDetectorName is the task's name (AdminService, metrics, logs).
+const RWDetectorName = "rw_replacement_detector"
+
+func (t *rwDetector) Name() string { return RWDetectorName }
 func (t *rwDetector) Description() string {
 	return "creates rw region replacement requests for regions on expunged disks and starts rw-replacement-start for them"
 }
@@ -169,6 +172,6 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 	if len(st.RequestsCompletedOK) > 0 {
 		// A released volume lock may let another region of it, or a
 		// read-only request on it, proceed.
-		d.KickTasks(sagadef.TaskRWDetector, sagadef.TaskRODetector)
+		sagadef.Wakeup(d.Wake.RWDetector, d.Wake.RODetector)
 	}
 }

@@ -83,7 +83,10 @@ func (b RWBounds) withDefaults() RWBounds {
 	return b
 }
 
-func (t *rwDrive) Name() string { return sagadef.TaskRWDrive }
+// RWDriveName is the task's name (AdminService, metrics, logs).
+const RWDriveName = "rw_replacement_drive"
+
+func (t *rwDrive) Name() string { return RWDriveName }
 func (t *rwDrive) Description() string {
 	return "marks rw replacements done when the Upstairs reported the new region repaired, or starts rw-replacement-drive"
 }
@@ -144,7 +147,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		}
 	}
 	if len(st.DoneOK) > 0 || len(st.GaveUp) > 0 {
-		d.KickTasks(sagadef.TaskRWFinish)
+		sagadef.Wakeup(d.Wake.RWFinish)
 	}
 	ids := make([]uuid.UUID, len(reqs))
 	for i, r := range reqs {
@@ -152,7 +155,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 	}
 	t.drives.keepOnly(ids)
 	if waiting {
-		t.drives.kickAfter(watchEvery, func() { t.env.Deps.KickTasks(sagadef.TaskRWDrive) })
+		t.drives.kickAfter(watchEvery, func() { sagadef.Wakeup(t.env.Deps.Wake.RWDrive) })
 	}
 	return st
 }

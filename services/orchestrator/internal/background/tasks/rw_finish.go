@@ -16,7 +16,10 @@ type rwFinish struct {
 	limiter *background.Limiter
 }
 
-func (t *rwFinish) Name() string { return sagadef.TaskRWFinish }
+// RWFinishName is the task's name (AdminService, metrics, logs).
+const RWFinishName = "rw_replacement_finish"
+
+func (t *rwFinish) Name() string { return RWFinishName }
 func (t *rwFinish) Description() string {
 	return "completes rw region replacements whose new region is repaired, freeing the old region"
 }

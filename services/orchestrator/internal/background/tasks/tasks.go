@@ -41,12 +41,29 @@ type Env struct {
 	// Retry is the backoff before a record whose saga unwound is tried
 	// again (zero: the defaults).
 	Retry RetryBackoff
+
+	// activate wakes a task by name (set by Register).
+	activate func(name string)
 }
 
-// Register adds every background task to the driver.
+// Register adds every background task to the driver, and sets
+// env.Deps.Wake to wake them there: each task declares its own name, and
+// sagas and handlers wake a task by what it does.
 func Register(d *background.Driver, env Env) {
 	if env.MaxSagas <= 0 {
 		env.MaxSagas = 64
+	}
+	env.activate = func(name string) { _ = d.Activate(name) }
+	by := func(name string) func() { return func() { env.activate(name) } }
+	env.Deps.Wake = sagadef.Wake{
+		ROStart: by(ROStartName), ROGarbageCollect: by(ROGarbageCollectName), ROStep: by(ROStepName),
+		ROFinish: by(ROFinishName), RODetector: by(RODetectorName),
+		RWDetector: by(RWDetectorName), RWDrive: by(RWDriveName), RWFinish: by(RWFinishName),
+		All: func() {
+			for _, st := range d.Statuses() {
+				env.activate(st.Name)
+			}
+		},
 	}
 	add := func(t background.Task, l *background.Limiter) { d.Register(t, env.Period, l) }
 	add(&roDetector{env: env}, nil)
@@ -139,7 +156,9 @@ func (env Env) afterUnwind(j job, o saga.Outcome) {
 		return
 	}
 	delay := env.Retry.After(a.Attempts)
-	time.AfterFunc(delay, func() { env.Deps.KickTasks(j.task) })
+	if env.activate != nil {
+		time.AfterFunc(delay, func() { env.activate(j.task) })
+	}
 }
 
 // RetryBackoff is the wait before a record whose saga unwound is tried
