@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"storagecp.dev/allocator/internal/agent"
+	agent "storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/target"
 )

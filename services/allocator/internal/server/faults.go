@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"storagecp.dev/allocator/internal/agent"
+	agent "storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 )
 

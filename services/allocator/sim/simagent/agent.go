@@ -4,7 +4,7 @@
 // database sees the same agents; each agent call is its own transaction,
 // separate from the control plane's rows, because a real agent is a
 // separate system (ensure is not atomic with recording the port).
-package agent
+package simagent
 
 import (
 	"context"
