@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"storagecp.dev/allocator/agentapi"
 	"storagecp.dev/allocator/internal/store"
-	agent "storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
@@ -295,11 +295,11 @@ func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargets
 		}
 		p := &allocatorv1.TargetProbe{Address: req.GetAddresses()[i]}
 		switch res {
-		case agent.Served:
+		case agentapi.Served:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_SERVED
 			p.Content = content
 			s.metrics.probed(ctx, "served")
-		case agent.Unreachable:
+		case agentapi.Unreachable:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_UNREACHABLE
 			s.metrics.probed(ctx, "unreachable")
 		default:

@@ -1,14 +1,15 @@
-// Package agent simulates the Crucible agents, one per dataset. Their state
-// lives in the allocator's database (agent_region, agent_snapshot,
-// agent_port) so it survives restarts and every allocator process on the
-// database sees the same agents; each agent call is its own transaction,
-// separate from the control plane's rows, because a real agent is a
-// separate system (ensure is not atomic with recording the port).
+// Package simagent simulates the Crucible agents, one per dataset, behind
+// the allocator's agent contract (storagecp.dev/allocator/agentapi). Their
+// state lives in the allocator's database (agent_region, agent_snapshot,
+// agent_port; the allocator's migrations create them) so it survives
+// restarts and every allocator process on the database sees the same
+// agents; each agent call is its own transaction, separate from the
+// control plane's rows, because a real agent is a separate system (ensure
+// is not atomic with recording the port).
 package simagent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -16,41 +17,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"storagecp.dev/allocator/internal/store"
+	"storagecp.dev/allocator/agentapi"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/target"
-)
-
-// Errors of agent calls.
-var (
-	// ErrGone: the dataset's disk is expunged; the agent does not answer.
-	ErrGone = errors.New("agent gone: dataset is not on an in-service disk")
-	// ErrDestroyed: the object was destroyed on the agent and cannot be
-	// created again under the same id.
-	ErrDestroyed = errors.New("destroyed on the agent")
-	// ErrHasSnapshots: ZFS cannot destroy a region that has snapshots.
-	ErrHasSnapshots = errors.New("region still has snapshots on the agent")
-	// ErrRunning: a snapshot cannot be destroyed while its running snapshot is up.
-	ErrRunning = errors.New("snapshot still has a running snapshot")
-	// ErrNoRegion: the region does not exist on the agent.
-	ErrNoRegion = errors.New("region does not exist on the agent")
-	// ErrNoSnapshot: the snapshot does not exist on the agent.
-	ErrNoSnapshot = errors.New("snapshot does not exist on the agent")
-	// ErrCloneSource: the clone source does not serve its address.
-	ErrCloneSource = errors.New("clone source is not served")
-	// ErrNoFreePort: every port of the agent's range is in use.
-	ErrNoFreePort = store.ErrNoFreePort
-)
-
-// ProbeResult says what answers at an address.
-type ProbeResult int
-
-// Probe results.
-const (
-	Destroyed ProbeResult = iota + 1
-	Served
-	Unreachable
 )
 
 // Sim is the simulated agent of every dataset.
@@ -68,14 +38,14 @@ func NewSim(pool *pgxpool.Pool, faults *Faults) *Sim {
 // inTx runs an agent call's transaction after checking its fence and
 // whether the agent is there. Deletes on a gone agent succeed with
 // nothing done (what was there is gone with it); other calls fail with
-// ErrGone.
+// agentapi.ErrGone.
 func (s *Sim) inTx(ctx context.Context, datasetID uuid.UUID, goneOK bool, fn func(pgx.Tx) error) error {
 	for attempt := 0; ; attempt++ {
 		err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 			if err := fence.Check(ctx, tx); err != nil {
 				return err
 			}
-			in, err := store.DatasetInService(ctx, tx, datasetID)
+			in, err := datasetInService(ctx, tx, datasetID)
 			if err != nil {
 				return err
 			}
@@ -83,7 +53,7 @@ func (s *Sim) inTx(ctx context.Context, datasetID uuid.UUID, goneOK bool, fn fun
 				if goneOK {
 					return nil
 				}
-				return fmt.Errorf("dataset %s: %w", datasetID, ErrGone)
+				return fmt.Errorf("dataset %s: %w", datasetID, agentapi.ErrGone)
 			}
 			return fn(tx)
 		})
@@ -101,18 +71,18 @@ func (s *Sim) inTx(ctx context.Context, datasetID uuid.UUID, goneOK bool, fn fun
 // port), optionally cloned from a read-only source address, and returns
 // its port.
 func (s *Sim) EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, cloneSource string) (uint16, error) {
-	if err := s.faults.apply(ctx, OpEnsureRegion, datasetID); err != nil {
+	if err := s.faults.apply(ctx, agentapi.OpEnsureRegion, datasetID); err != nil {
 		return 0, err
 	}
 	var port int32
 	err := s.inTx(ctx, datasetID, false, func(tx pgx.Tx) error {
-		r, found, err := store.GetAgentRegion(ctx, tx, datasetID, regionID)
+		r, found, err := getAgentRegion(ctx, tx, datasetID, regionID)
 		if err != nil {
 			return err
 		}
 		if found {
-			if r.State == store.AgentDestroyed {
-				return fmt.Errorf("region %s: %w", regionID, ErrDestroyed)
+			if r.State == agentDestroyed {
+				return fmt.Errorf("region %s: %w", regionID, agentapi.ErrDestroyed)
 			}
 			port = r.Port
 			return nil
@@ -124,25 +94,25 @@ func (s *Sim) EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, c
 		if cloneSource != "" {
 			src, err := target.Parse(cloneSource)
 			if err != nil {
-				return fmt.Errorf("clone source %q: %w", cloneSource, ErrCloneSource)
+				return fmt.Errorf("clone source %q: %w", cloneSource, agentapi.ErrCloneSource)
 			}
 			res, srcContent, err := probe(ctx, tx, src)
 			if err != nil {
 				return err
 			}
-			if res != Served {
-				return fmt.Errorf("clone source %s: %w", cloneSource, ErrCloneSource)
+			if res != agentapi.Served {
+				return fmt.Errorf("clone source %s: %w", cloneSource, agentapi.ErrCloneSource)
 			}
 			content = srcContent
 		}
-		port, err = store.FreePort(ctx, tx, datasetID)
+		port, err = freePort(ctx, tx, datasetID)
 		if err != nil {
 			return err
 		}
-		if err := store.CreateAgentRegion(ctx, tx, datasetID, regionID, port, cloneSource); err != nil {
+		if err := createAgentRegion(ctx, tx, datasetID, regionID, port, cloneSource); err != nil {
 			return err
 		}
-		return store.SetAgentRegionContent(ctx, tx, datasetID, regionID, content)
+		return setAgentRegionContent(ctx, tx, datasetID, regionID, content)
 	})
 	return uint16(port), err
 }
@@ -150,52 +120,52 @@ func (s *Sim) EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, c
 // DeleteRegion destroys a region. Unknown regions, destroyed regions and a
 // gone agent are success.
 func (s *Sim) DeleteRegion(ctx context.Context, datasetID, regionID uuid.UUID) error {
-	if err := s.faults.apply(ctx, OpDeleteRegion, datasetID); err != nil {
+	if err := s.faults.apply(ctx, agentapi.OpDeleteRegion, datasetID); err != nil {
 		return err
 	}
 	return s.inTx(ctx, datasetID, true, func(tx pgx.Tx) error {
-		r, found, err := store.GetAgentRegion(ctx, tx, datasetID, regionID)
-		if err != nil || !found || r.State == store.AgentDestroyed {
+		r, found, err := getAgentRegion(ctx, tx, datasetID, regionID)
+		if err != nil || !found || r.State == agentDestroyed {
 			return err
 		}
-		n, err := store.LiveAgentSnapshots(ctx, tx, datasetID, regionID)
+		n, err := liveAgentSnapshots(ctx, tx, datasetID, regionID)
 		if err != nil {
 			return err
 		}
 		if n > 0 {
-			return fmt.Errorf("region %s: %w", regionID, ErrHasSnapshots)
+			return fmt.Errorf("region %s: %w", regionID, agentapi.ErrHasSnapshots)
 		}
-		return store.DestroyAgentRegion(ctx, tx, datasetID, regionID)
+		return destroyAgentRegion(ctx, tx, datasetID, regionID)
 	})
 }
 
 // CreateSnapshot takes a ZFS snapshot of a created region. Idempotent.
 func (s *Sim) CreateSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error {
-	if err := s.faults.apply(ctx, OpCreateSnapshot, datasetID); err != nil {
+	if err := s.faults.apply(ctx, agentapi.OpCreateSnapshot, datasetID); err != nil {
 		return err
 	}
 	return s.inTx(ctx, datasetID, false, func(tx pgx.Tx) error {
-		r, found, err := store.GetAgentRegion(ctx, tx, datasetID, regionID)
+		r, found, err := getAgentRegion(ctx, tx, datasetID, regionID)
 		if err != nil {
 			return err
 		}
-		if !found || r.State != store.AgentCreated {
-			return fmt.Errorf("region %s: %w", regionID, ErrNoRegion)
+		if !found || r.State != agentCreated {
+			return fmt.Errorf("region %s: %w", regionID, agentapi.ErrNoRegion)
 		}
-		snap, found, err := store.GetAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
+		snap, found, err := getAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
 		if err != nil {
 			return err
 		}
 		if found {
-			if snap.State == store.AgentDestroyed {
-				return fmt.Errorf("snapshot %s of region %s: %w", snapshotID, regionID, ErrDestroyed)
+			if snap.State == agentDestroyed {
+				return fmt.Errorf("snapshot %s of region %s: %w", snapshotID, regionID, agentapi.ErrDestroyed)
 			}
 			return nil
 		}
-		if err := store.CreateAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID); err != nil {
+		if err := createAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID); err != nil {
 			return err
 		}
-		return store.SnapshotAgentRegionContent(ctx, tx, datasetID, regionID, snapshotID)
+		return snapshotAgentRegionContent(ctx, tx, datasetID, regionID, snapshotID)
 	})
 }
 
@@ -204,25 +174,25 @@ func (s *Sim) CreateSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 func (s *Sim) RunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) (uint16, error) {
 	var port int32
 	err := s.inTx(ctx, datasetID, false, func(tx pgx.Tx) error {
-		snap, found, err := store.GetAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
+		snap, found, err := getAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
 		if err != nil {
 			return err
 		}
-		if !found || snap.State != store.AgentCreated {
-			return fmt.Errorf("snapshot %s of region %s: %w", snapshotID, regionID, ErrNoSnapshot)
+		if !found || snap.State != agentCreated {
+			return fmt.Errorf("snapshot %s of region %s: %w", snapshotID, regionID, agentapi.ErrNoSnapshot)
 		}
 		switch snap.RunningState {
-		case store.AgentCreated:
+		case agentCreated:
 			port = snap.RunningPort
 			return nil
-		case store.AgentDestroyed:
-			return fmt.Errorf("running snapshot %s of region %s: %w", snapshotID, regionID, ErrDestroyed)
+		case agentDestroyed:
+			return fmt.Errorf("running snapshot %s of region %s: %w", snapshotID, regionID, agentapi.ErrDestroyed)
 		}
-		port, err = store.FreePort(ctx, tx, datasetID)
+		port, err = freePort(ctx, tx, datasetID)
 		if err != nil {
 			return err
 		}
-		return store.StartRunningSnapshot(ctx, tx, datasetID, regionID, snapshotID, port)
+		return startRunningSnapshot(ctx, tx, datasetID, regionID, snapshotID, port)
 	})
 	return uint16(port), err
 }
@@ -230,11 +200,11 @@ func (s *Sim) RunningSnapshot(ctx context.Context, datasetID, regionID, snapshot
 // DeleteRunningSnapshot stops a running snapshot. Unknown ones and a gone
 // agent are success.
 func (s *Sim) DeleteRunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error {
-	if err := s.faults.apply(ctx, OpDeleteSnapshot, datasetID); err != nil {
+	if err := s.faults.apply(ctx, agentapi.OpDeleteSnapshot, datasetID); err != nil {
 		return err
 	}
 	return s.inTx(ctx, datasetID, true, func(tx pgx.Tx) error {
-		return store.StopRunningSnapshot(ctx, tx, datasetID, regionID, snapshotID)
+		return stopRunningSnapshot(ctx, tx, datasetID, regionID, snapshotID)
 	})
 }
 
@@ -242,46 +212,46 @@ func (s *Sim) DeleteRunningSnapshot(ctx context.Context, datasetID, regionID, sn
 // stopped. Unknown ones and a gone agent are success.
 func (s *Sim) DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error {
 	return s.inTx(ctx, datasetID, true, func(tx pgx.Tx) error {
-		snap, found, err := store.GetAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
+		snap, found, err := getAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
 		if err != nil || !found {
 			return err
 		}
-		if snap.RunningState == store.AgentCreated {
-			return fmt.Errorf("snapshot %s of region %s: %w", snapshotID, regionID, ErrRunning)
+		if snap.RunningState == agentCreated {
+			return fmt.Errorf("snapshot %s of region %s: %w", snapshotID, regionID, agentapi.ErrRunning)
 		}
-		return store.DestroyAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
+		return destroyAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
 	})
 }
 
 // Probe says whether a live region or running snapshot serves addr and,
 // when one does, the content identity it serves.
-func (s *Sim) Probe(ctx context.Context, addr netip.AddrPort) (ProbeResult, string, error) {
+func (s *Sim) Probe(ctx context.Context, addr netip.AddrPort) (agentapi.ProbeResult, string, error) {
 	return probe(ctx, s.pool, addr)
 }
 
-func probe(ctx context.Context, q db.Querier, addr netip.AddrPort) (ProbeResult, string, error) {
+func probe(ctx context.Context, q db.Querier, addr netip.AddrPort) (agentapi.ProbeResult, string, error) {
 	res, obj, err := resolve(ctx, q, addr)
 	return res, obj.Content, err
 }
 
-// resolve says what serves addr: the object when it is Served.
-func resolve(ctx context.Context, q db.Querier, addr netip.AddrPort) (ProbeResult, store.ServedObject, error) {
-	datasetID, inService, found, err := store.DatasetByIP(ctx, q, addr.Addr())
+// resolve says what serves addr: the object when it is agentapi.Served.
+func resolve(ctx context.Context, q db.Querier, addr netip.AddrPort) (agentapi.ProbeResult, servedObject, error) {
+	datasetID, inService, found, err := datasetByIP(ctx, q, addr.Addr())
 	if err != nil {
-		return 0, store.ServedObject{}, err
+		return 0, servedObject{}, err
 	}
 	if !found {
-		return Destroyed, store.ServedObject{}, nil
+		return agentapi.Destroyed, servedObject{}, nil
 	}
 	if !inService {
-		return Unreachable, store.ServedObject{}, nil
+		return agentapi.Unreachable, servedObject{}, nil
 	}
-	obj, used, err := store.ServedAt(ctx, q, datasetID, int32(addr.Port()))
+	obj, used, err := servedAt(ctx, q, datasetID, int32(addr.Port()))
 	if err != nil {
-		return 0, store.ServedObject{}, err
+		return 0, servedObject{}, err
 	}
 	if used {
-		return Served, obj, nil
+		return agentapi.Served, obj, nil
 	}
-	return Destroyed, store.ServedObject{}, nil
+	return agentapi.Destroyed, servedObject{}, nil
 }
