@@ -10,6 +10,7 @@ require (
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 	pgregory.net/rapid v1.3.0
+	storagecp.dev/allocator/sim v0.0.0
 	storagecp.dev/gen v0.0.0
 	storagecp.dev/platform v0.0.0
 )
@@ -61,6 +62,7 @@ require (
 )
 
 replace (
+	storagecp.dev/allocator/sim => ./sim
 	storagecp.dev/gen => ../../gen
 	storagecp.dev/platform => ../platform
 )

@@ -1,5 +1,9 @@
 // Command region-allocator serves storage.allocator.v1: inventory,
 // expungement, region placement and the simulated Crucible agents.
+//
+// It links the simulation (storagecp.dev/allocator/sim/simagent) because it
+// is the only agent implementation there is; `make prod-deps-check` names
+// this as its one exception.
 package main
 
 import (
@@ -7,6 +11,7 @@ import (
 
 	allocatorserver "storagecp.dev/allocator/internal/server"
 	"storagecp.dev/allocator/migrations"
+	"storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/server"
 )
@@ -18,7 +23,9 @@ func main() {
 		EnvPrefix:   "STORAGECP_ALLOCATOR",
 		Migrations:  migrations.FS,
 		Register: func(ctx context.Context, env *server.Env) error {
-			s := allocatorserver.New(env.Pool, env.Logger)
+			faults := &simagent.Faults{}
+			agents := simagent.NewSim(env.Pool, faults)
+			s := allocatorserver.New(env.Pool, env.Logger, agents, faults, agents)
 			allocatorv1.RegisterRegionAllocatorServiceServer(env.Server, s)
 			if env.Dev {
 				allocatorv1.RegisterAgentFaultServiceServer(env.Server, s.Faults())

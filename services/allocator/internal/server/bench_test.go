@@ -3,8 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,7 +62,7 @@ func BenchmarkAllocateRegions(b *testing.B) {
 	if _, err := pool.Exec(ctx, benchInventorySQL); err != nil {
 		b.Fatalf("inventory: %v", err)
 	}
-	s := New(pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s := newSimServer(pool)
 	req := func() *allocatorv1.AllocateRegionsRequest {
 		r := allocReq(uuid.NewString(), 3, newIDs(3))
 		r.Seed = ""

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"storagecp.dev/allocator/internal/agent"
+	"storagecp.dev/allocator/agentapi"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/target"
 )
@@ -16,8 +16,8 @@ import (
 // done to its bytes.
 type DataServer struct {
 	allocatorv1.UnimplementedAgentDataServiceServer
-	s   *Server
-	sim *agent.Sim
+	s    *Server
+	data agentapi.DataPath
 }
 
 // WriteRegions gives every served rw region at the addresses the content
@@ -34,7 +34,7 @@ func (d *DataServer) WriteRegions(ctx context.Context, req *allocatorv1.WriteReg
 	if err != nil {
 		return nil, err
 	}
-	content, written, skipped, err := d.sim.Write(ctx, addrs, writeID)
+	content, written, skipped, err := d.data.Write(ctx, addrs, writeID)
 	if err != nil {
 		return nil, d.s.toStatus(ctx, err)
 	}
@@ -64,7 +64,7 @@ func (d *DataServer) RepairRegionSet(ctx context.Context, req *allocatorv1.Repai
 			return nil, invalid(fmt.Sprintf("repair[%d]", i), "not one of addresses")
 		}
 	}
-	content, repaired, err := d.sim.Repair(ctx, addrs, repair)
+	content, repaired, err := d.data.Repair(ctx, addrs, repair)
 	if err != nil {
 		return nil, d.s.toStatus(ctx, err)
 	}

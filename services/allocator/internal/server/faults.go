@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"storagecp.dev/allocator/internal/agent"
+	"storagecp.dev/allocator/agentapi"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 )
 
@@ -12,23 +12,23 @@ import (
 // drives this process's fault registry.
 type FaultServer struct {
 	allocatorv1.UnimplementedAgentFaultServiceServer
-	faults *agent.Faults
+	faults agentapi.FaultInjector
 }
 
 const maxFaultDelay = 10 * time.Minute
 
 // InjectAgentFault makes the next count calls of an operation fail or wait.
 func (f *FaultServer) InjectAgentFault(_ context.Context, req *allocatorv1.InjectAgentFaultRequest) (*allocatorv1.InjectAgentFaultResponse, error) {
-	var op agent.Operation
+	var op agentapi.Operation
 	switch req.GetOperation() {
 	case allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION:
-		op = agent.OpEnsureRegion
+		op = agentapi.OpEnsureRegion
 	case allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_REGION:
-		op = agent.OpDeleteRegion
+		op = agentapi.OpDeleteRegion
 	case allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT:
-		op = agent.OpCreateSnapshot
+		op = agentapi.OpCreateSnapshot
 	case allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_SNAPSHOT:
-		op = agent.OpDeleteSnapshot
+		op = agentapi.OpDeleteSnapshot
 	default:
 		return nil, invalid("operation", "unknown or unspecified")
 	}
@@ -55,7 +55,7 @@ func (f *FaultServer) InjectAgentFault(_ context.Context, req *allocatorv1.Injec
 	if req.GetPermanent() && !req.GetFail() {
 		return nil, invalid("permanent", "only a failing fault (fail) can be permanent")
 	}
-	f.faults.Inject(agent.Fault{Op: op, DatasetID: datasetID, Count: int(req.GetCount()), Fail: req.GetFail(), Permanent: req.GetPermanent(), Delay: delay})
+	f.faults.Inject(agentapi.Fault{Op: op, DatasetID: datasetID, Count: int(req.GetCount()), Fail: req.GetFail(), Permanent: req.GetPermanent(), Delay: delay})
 	return &allocatorv1.InjectAgentFaultResponse{}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"storagecp.dev/allocator/migrations"
+	"storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/pgtest"
 )
@@ -34,8 +35,19 @@ const (
 func newServer(t testing.TB) (*Server, *pgxpool.Pool) {
 	t.Helper()
 	pool := pgtest.NewPool(t, "allocator")
-	return New(pool, slog.New(slog.NewTextHandler(io.Discard, nil))), pool
+	return newSimServer(pool), pool
 }
+
+// newSimServer is the service over pool with simulated agents, as
+// region-allocator runs it.
+func newSimServer(pool *pgxpool.Pool) *Server {
+	faults := &simagent.Faults{}
+	sim := simagent.NewSim(pool, faults)
+	return New(pool, slog.New(slog.NewTextHandler(io.Discard, nil)), sim, faults, sim)
+}
+
+// agentFaults is the simulated agents' fault registry.
+func agentFaults(s *Server) *simagent.Faults { return s.faults.faults.(*simagent.Faults) }
 
 // inventory is what addInventory built: sleds[i] has disks[i].
 type inventory struct {

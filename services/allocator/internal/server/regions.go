@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"storagecp.dev/allocator/internal/agent"
+	"storagecp.dev/allocator/agentapi"
 	"storagecp.dev/allocator/internal/store"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
@@ -295,11 +295,11 @@ func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargets
 		}
 		p := &allocatorv1.TargetProbe{Address: req.GetAddresses()[i]}
 		switch res {
-		case agent.Served:
+		case agentapi.Served:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_SERVED
 			p.Content = content
 			s.metrics.probed(ctx, "served")
-		case agent.Unreachable:
+		case agentapi.Unreachable:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_UNREACHABLE
 			s.metrics.probed(ctx, "unreachable")
 		default:

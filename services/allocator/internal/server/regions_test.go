@@ -11,7 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"storagecp.dev/allocator/internal/agent"
+	"storagecp.dev/allocator/agentapi"
+	"storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/ids"
@@ -331,7 +332,7 @@ func TestFaultInjection(t *testing.T) {
 	wantCode(t, err, codes.Unavailable)
 	ok(s.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: alloc.GetRegions()[1].GetRegionId()}))(t)
 	ok(f.ClearAgentFaults(ctx, &allocatorv1.ClearAgentFaultsRequest{}))(t)
-	if s.AgentFaults().Pending() != 0 {
+	if agentFaults(s).Pending() != 0 {
 		t.Fatalf("faults pending after clear")
 	}
 	ok(s.DeleteRegions(ctx, &allocatorv1.DeleteRegionsRequest{RegionIds: []string{alloc.GetRegions()[1].GetRegionId()}}))(t)
@@ -339,11 +340,11 @@ func TestFaultInjection(t *testing.T) {
 	// Snapshot faults: create fails once, then works; delete fails once.
 	r2 := alloc.GetRegions()[2]
 	snap := uuid.NewString()
-	s.AgentFaults().Inject(agent.Fault{Op: agent.OpCreateSnapshot, Count: 1, Fail: true})
+	agentFaults(s).Inject(agentapi.Fault{Op: agentapi.OpCreateSnapshot, Count: 1, Fail: true})
 	_, err = s.CreateRegionSnapshots(ctx, &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: snap, RegionIds: []string{r2.GetRegionId()}})
 	wantCode(t, err, codes.Unavailable)
 	ok(s.CreateRegionSnapshots(ctx, &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: snap, RegionIds: []string{r2.GetRegionId()}}))(t)
-	s.AgentFaults().Inject(agent.Fault{Op: agent.OpDeleteSnapshot, Count: 1, Fail: true})
+	agentFaults(s).Inject(agentapi.Fault{Op: agentapi.OpDeleteSnapshot, Count: 1, Fail: true})
 	key := []*allocatorv1.RegionSnapshotKey{{RegionId: r2.GetRegionId(), SnapshotId: snap}}
 	_, err = s.DeleteRegionSnapshots(ctx, &allocatorv1.DeleteRegionSnapshotsRequest{RegionSnapshots: key})
 	wantCode(t, err, codes.Unavailable)
@@ -445,7 +446,7 @@ func TestFenceRefusesStaleEpoch(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition)
 	resp := ok(s.ProbeTargets(ctx, &allocatorv1.ProbeTargetsRequest{Addresses: addrs}))(t)
 	for _, p := range resp.GetProbes() {
-		if p.GetContent() != agent.Blank {
+		if p.GetContent() != simagent.Blank {
 			t.Fatalf("a stale write reached %s: %s", p.GetAddress(), p.GetContent())
 		}
 	}

@@ -5,55 +5,41 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/netip"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"storagecp.dev/allocator/internal/agent"
+	"storagecp.dev/allocator/agentapi"
 	"storagecp.dev/allocator/internal/store"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 )
-
-// Agent is what the server needs from the Crucible agents. The simulated
-// agents implement it.
-type Agent interface {
-	EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, cloneSource string) (uint16, error)
-	DeleteRegion(ctx context.Context, datasetID, regionID uuid.UUID) error
-	CreateSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
-	RunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) (uint16, error)
-	DeleteRunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
-	DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error
-	Probe(ctx context.Context, addr netip.AddrPort) (agent.ProbeResult, string, error)
-}
 
 // Server is the RegionAllocatorService.
 type Server struct {
 	allocatorv1.UnimplementedRegionAllocatorServiceServer
 	pool    *pgxpool.Pool
 	logger  *slog.Logger
-	agent   Agent
+	agent   agentapi.Agent
 	faults  *FaultServer
 	data    *DataServer
 	metrics probeMetrics
 }
 
-// New returns the service over its database, with simulated agents whose
-// faults this process's FaultServer controls.
-func New(pool *pgxpool.Pool, logger *slog.Logger) *Server {
-	faults := &agent.Faults{}
-	sim := agent.NewSim(pool, faults)
+// New returns the service over its database and the Crucible agents.
+// faults (the agents' fault registry) and data (their data path) back the
+// development-only services Faults and Data, registered only with --dev.
+func New(pool *pgxpool.Pool, logger *slog.Logger, agents agentapi.Agent, faults agentapi.FaultInjector, data agentapi.DataPath) *Server {
 	s := &Server{
 		pool:    pool,
 		logger:  logger,
-		agent:   sim,
+		agent:   agents,
 		faults:  &FaultServer{faults: faults},
 		metrics: newProbeMetrics(),
 	}
-	s.data = &DataServer{s: s, sim: sim}
+	s.data = &DataServer{s: s, data: data}
 	return s
 }
 
@@ -63,9 +49,6 @@ func (s *Server) Faults() *FaultServer { return s.faults }
 // Data is the development-only data-path service (writes and repairs
 // sim-upstairs records on the simulated agents).
 func (s *Server) Data() *DataServer { return s.data }
-
-// AgentFaults is this process's fault registry, for in-process tests.
-func (s *Server) AgentFaults() *agent.Faults { return s.faults.faults }
 
 // toStatus maps an internal error to a gRPC status. Unknown errors become
 // Internal with a generic message (the detail goes to the log only).
@@ -77,36 +60,35 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 		return st.Err()
 	}
 	var guard *store.GuardError
-	var injected *agent.InjectedError
 	switch {
 	case errors.As(err, &guard):
 		if guard.Guard == store.GuardNewRegionIDs {
 			return status.Error(codes.InvalidArgument, "new_region_ids: fewer ids than regions to create")
 		}
 		return status.Error(codes.ResourceExhausted, "not enough storage: "+guard.Guard)
-	case errors.As(err, &injected) && injected.Permanent:
+	case errors.Is(err, agentapi.ErrBroken):
 		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.As(err, &injected):
+	case errors.Is(err, agentapi.ErrUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, agent.ErrGone):
+	case errors.Is(err, agentapi.ErrGone):
 		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, store.ErrNoFreePort):
+	case errors.Is(err, agentapi.ErrNoFreePort):
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrConflict):
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrPrecondition),
-		errors.Is(err, agent.ErrDestroyed),
-		errors.Is(err, agent.ErrHasSnapshots),
-		errors.Is(err, agent.ErrRunning),
-		errors.Is(err, agent.ErrNoRegion),
-		errors.Is(err, agent.ErrNoSnapshot),
-		errors.Is(err, agent.ErrCloneSource),
-		errors.Is(err, agent.ErrReadOnly),
-		errors.Is(err, agent.ErrNoSource),
-		errors.Is(err, agent.ErrDisagree),
-		errors.Is(err, agent.ErrNotServed):
+		errors.Is(err, agentapi.ErrDestroyed),
+		errors.Is(err, agentapi.ErrHasSnapshots),
+		errors.Is(err, agentapi.ErrRunning),
+		errors.Is(err, agentapi.ErrNoRegion),
+		errors.Is(err, agentapi.ErrNoSnapshot),
+		errors.Is(err, agentapi.ErrCloneSource),
+		errors.Is(err, agentapi.ErrReadOnly),
+		errors.Is(err, agentapi.ErrNoSource),
+		errors.Is(err, agentapi.ErrDisagree),
+		errors.Is(err, agentapi.ErrNotServed):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case db.IsRetryable(err):
 		// InTx gave up retrying serialization failures: contention, not a bug.

@@ -1,6 +1,7 @@
 // Package store holds the region-allocator's SQL: inventory, the atomic
-// region allocation statement, regions, region snapshots and the persisted
-// state of the simulated Crucible agents. Functions take a db.Querier (a
+// region allocation statement, regions and region snapshots. (The
+// simulated Crucible agents keep their SQL with them, in
+// storagecp.dev/allocator/sim/simagent.) Functions take a db.Querier (a
 // pool or a transaction); callers own transactions.
 package store
 

@@ -1,4 +1,4 @@
-package store
+package simagent
 
 import (
 	"context"
@@ -11,9 +11,9 @@ import (
 	"storagecp.dev/platform/db"
 )
 
-// ServedObject is what listens on a port of an agent: a live region or a
+// servedObject is what listens on a port of an agent: a live region or a
 // running snapshot, with the content identity it serves.
-type ServedObject struct {
+type servedObject struct {
 	DatasetID uuid.UUID
 	RegionID  uuid.UUID
 	// SnapshotID is uuid.Nil for a region.
@@ -26,11 +26,11 @@ type ServedObject struct {
 }
 
 // IsSnapshot reports whether a running snapshot serves the port.
-func (o ServedObject) IsSnapshot() bool { return o.SnapshotID != uuid.Nil }
+func (o servedObject) IsSnapshot() bool { return o.SnapshotID != uuid.Nil }
 
-// ServedAt returns what listens on the dataset's port; found is false when
+// servedAt returns what listens on the dataset's port; found is false when
 // nothing does.
-func ServedAt(ctx context.Context, q db.Querier, datasetID uuid.UUID, port int32) (o ServedObject, found bool, err error) {
+func servedAt(ctx context.Context, q db.Querier, datasetID uuid.UUID, port int32) (o servedObject, found bool, err error) {
 	var snapshotID *uuid.UUID
 	err = q.QueryRow(ctx, `
 		SELECT ap.region_id, ap.snapshot_id, coalesce(s.content, r.content, ''),
@@ -44,10 +44,10 @@ func ServedAt(ctx context.Context, q db.Querier, datasetID uuid.UUID, port int32
 		WHERE ap.dataset_id = $1 AND ap.port = $2`, datasetID, port).
 		Scan(&o.RegionID, &snapshotID, &o.Content, &o.ReadOnly)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return ServedObject{}, false, nil
+		return servedObject{}, false, nil
 	}
 	if err != nil {
-		return ServedObject{}, false, fmt.Errorf("served at port: %w", err)
+		return servedObject{}, false, fmt.Errorf("served at port: %w", err)
 	}
 	if snapshotID != nil {
 		o.SnapshotID = *snapshotID
@@ -56,8 +56,8 @@ func ServedAt(ctx context.Context, q db.Querier, datasetID uuid.UUID, port int32
 	return o, true, nil
 }
 
-// SetAgentRegionContent records what bytes a live region now holds.
-func SetAgentRegionContent(ctx context.Context, q db.Querier, datasetID, regionID uuid.UUID, content string) error {
+// setAgentRegionContent records what bytes a live region now holds.
+func setAgentRegionContent(ctx context.Context, q db.Querier, datasetID, regionID uuid.UUID, content string) error {
 	if _, err := q.Exec(ctx, `UPDATE agent_region SET content = $3
 		WHERE dataset_id = $1 AND region_id = $2 AND state = 'created'`, datasetID, regionID, content); err != nil {
 		return fmt.Errorf("set agent region content: %w", err)
@@ -65,10 +65,10 @@ func SetAgentRegionContent(ctx context.Context, q db.Querier, datasetID, regionI
 	return nil
 }
 
-// SnapshotAgentRegionContent gives a snapshot its region's content as it
+// snapshotAgentRegionContent gives a snapshot its region's content as it
 // is now: a ZFS snapshot freezes the region's bytes at the moment it is
 // taken, and later writes to the region do not reach it.
-func SnapshotAgentRegionContent(ctx context.Context, q db.Querier, datasetID, regionID, snapshotID uuid.UUID) error {
+func snapshotAgentRegionContent(ctx context.Context, q db.Querier, datasetID, regionID, snapshotID uuid.UUID) error {
 	if _, err := q.Exec(ctx, `UPDATE agent_snapshot s SET content = r.content
 		FROM agent_region r
 		WHERE s.dataset_id = $1 AND s.region_id = $2 AND s.snapshot_id = $3

@@ -1,4 +1,4 @@
-package agent
+package simagent
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"storagecp.dev/allocator/internal/store"
+	"storagecp.dev/allocator/agentapi"
 	"storagecp.dev/allocator/migrations"
 	"storagecp.dev/platform/pgtest"
 )
@@ -34,20 +34,32 @@ func newRack(t *testing.T, n int) *rack {
 	r := &rack{pool: pgtest.NewPool(t, "allocator")}
 	r.sim = NewSim(r.pool, nil)
 	for i := range n {
-		sled, err := store.InsertSled(ctx, r.pool, uuid.Nil, uuid.New(), fmt.Sprint("sled-", i))
-		if err != nil {
-			t.Fatal(err)
-		}
 		ip := netip.MustParseAddr(fmt.Sprintf("fd00:1122:3344:%x::1", 0x101+i))
-		d, err := store.InsertDisk(ctx, r.pool, store.NewDisk{
-			ID: uuid.New(), SledID: sled.ID, Capacity: 1 << 40, IP: ip, ZpoolID: uuid.New(), DatasetID: uuid.New(),
-		})
-		if err != nil {
-			t.Fatal(err)
+		sled, disk, zpool, dataset := uuid.New(), uuid.New(), uuid.New(), uuid.New()
+		// The allocator's inventory code is internal to its module: add
+		// the rows the agents read directly.
+		for _, stmt := range []struct {
+			sql  string
+			args []any
+		}{
+			{`INSERT INTO sled (id, serial) VALUES ($1, $2)`, []any{sled, fmt.Sprint("sled-", i)}},
+			{`INSERT INTO physical_disk (id, sled_id) VALUES ($1, $2)`, []any{disk, sled}},
+			{`INSERT INTO zpool (id, physical_disk_id, sled_id) VALUES ($1, $2, $3)`, []any{zpool, disk, sled}},
+			{`INSERT INTO crucible_dataset (id, zpool_id, ip, capacity) VALUES ($1, $2, $3::inet, $4)`, []any{dataset, zpool, ip.String(), int64(1) << 40}},
+		} {
+			if _, err := r.pool.Exec(ctx, stmt.sql, stmt.args...); err != nil {
+				t.Fatal(err)
+			}
 		}
-		r.datasets, r.disks, r.ips = append(r.datasets, d.DatasetID), append(r.disks, d.ID), append(r.ips, ip)
+		r.datasets, r.disks, r.ips = append(r.datasets, dataset), append(r.disks, disk), append(r.ips, ip)
 	}
 	return r
+}
+
+// expunge expunges dataset i's disk.
+func (r *rack) expunge(ctx context.Context, i int) error {
+	_, err := r.pool.Exec(ctx, `UPDATE physical_disk SET policy = 'expunged' WHERE id = $1`, r.disks[i])
+	return err
 }
 
 // region ensures a region on dataset i (cloned from src when valid) and
@@ -70,7 +82,7 @@ func (r *rack) region(t *testing.T, i int, src netip.AddrPort) netip.AddrPort {
 func (r *rack) snapshot(t *testing.T, i int, regionAddr netip.AddrPort) netip.AddrPort {
 	t.Helper()
 	ctx := context.Background()
-	obj, found, err := store.ServedAt(ctx, r.pool, r.datasets[i], int32(regionAddr.Port()))
+	obj, found, err := servedAt(ctx, r.pool, r.datasets[i], int32(regionAddr.Port()))
 	if err != nil || !found {
 		t.Fatalf("region at %s: found %v, %v", regionAddr, found, err)
 	}
@@ -89,7 +101,7 @@ func (r *rack) snapshot(t *testing.T, i int, regionAddr netip.AddrPort) netip.Ad
 func (r *rack) content(t *testing.T, addr netip.AddrPort) string {
 	t.Helper()
 	res, c, err := r.sim.Probe(context.Background(), addr)
-	if err != nil || res != Served {
+	if err != nil || res != agentapi.Served {
 		t.Fatalf("probe %s: %v, %v", addr, res, err)
 	}
 	return c
@@ -162,7 +174,7 @@ func TestContentLineage(t *testing.T) {
 	}
 
 	// Ensuring again does not re-copy: the region keeps its bytes.
-	obj, _, err := store.ServedAt(context.Background(), r.pool, r.datasets[1], int32(c1.Port()))
+	obj, _, err := servedAt(context.Background(), r.pool, r.datasets[1], int32(c1.Port()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +193,7 @@ func TestWriteSkipsGoneAndRefusesReadOnly(t *testing.T) {
 	ctx := context.Background()
 	none := netip.AddrPort{}
 	set := []netip.AddrPort{r.region(t, 0, none), r.region(t, 1, none), r.region(t, 2, none)}
-	if _, err := store.ExpungeDisk(ctx, r.pool, r.disks[2]); err != nil {
+	if err := r.expunge(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
 	c, written, skipped, err := r.sim.Write(ctx, set, uuid.New())
@@ -198,7 +210,7 @@ func TestWriteSkipsGoneAndRefusesReadOnly(t *testing.T) {
 	}
 	// A snapshot's running snapshot is read-only: the whole write is refused.
 	snap := r.snapshot(t, 0, set[0])
-	if _, _, _, err := r.sim.Write(ctx, []netip.AddrPort{set[1], snap}, uuid.New()); !errors.Is(err, ErrReadOnly) {
+	if _, _, _, err := r.sim.Write(ctx, []netip.AddrPort{set[1], snap}, uuid.New()); !errors.Is(err, agentapi.ErrReadOnly) {
 		t.Fatalf("write to a running snapshot: %v", err)
 	}
 	if r.content(t, set[1]) != c {
@@ -249,7 +261,7 @@ func TestRepairCopiesTheSetsContent(t *testing.T) {
 	// changed.
 	x, y := r.region(t, 1, none), r.region(t, 2, none)
 	cx, cy := r.write(t, x), r.write(t, y)
-	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y}, nil); !errors.Is(err, ErrDisagree) {
+	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y}, nil); !errors.Is(err, agentapi.ErrDisagree) {
 		t.Fatalf("reconciliation of two written contents: %v", err)
 	}
 	if r.content(t, x) != cx || r.content(t, y) != cy {
@@ -257,15 +269,15 @@ func TestRepairCopiesTheSetsContent(t *testing.T) {
 	}
 	// A live repair whose sources disagree is refused too.
 	z := r.region(t, 3, none)
-	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y, z}, []netip.AddrPort{z}); !errors.Is(err, ErrDisagree) {
+	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y, z}, []netip.AddrPort{z}); !errors.Is(err, agentapi.ErrDisagree) {
 		t.Fatalf("live repair from disagreeing copies: %v", err)
 	}
 	// With every source gone there is nothing to repair from.
-	if _, err := store.ExpungeDisk(ctx, r.pool, r.disks[0]); err != nil {
+	if err := r.expunge(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
 	lone := r.region(t, 3, none)
-	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{old[0], lone}, []netip.AddrPort{lone}); !errors.Is(err, ErrNoSource) {
+	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{old[0], lone}, []netip.AddrPort{lone}); !errors.Is(err, agentapi.ErrNoSource) {
 		t.Fatalf("live repair with no served source: %v", err)
 	}
 }

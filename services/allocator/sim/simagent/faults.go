@@ -1,4 +1,4 @@
-package agent
+package simagent
 
 import (
 	"context"
@@ -6,60 +6,20 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/allocator/agentapi"
 )
-
-// Operation is a kind of agent call faults can target.
-type Operation int
-
-// Operations.
-const (
-	OpEnsureRegion Operation = iota + 1
-	OpDeleteRegion
-	// OpCreateSnapshot covers taking a snapshot (not starting its running
-	// snapshot, so one fault fails one CreateRegionSnapshots attempt).
-	OpCreateSnapshot
-	// OpDeleteSnapshot covers stopping the running snapshot (the first step
-	// of deleting a region snapshot).
-	OpDeleteSnapshot
-)
-
-func (o Operation) String() string {
-	switch o {
-	case OpEnsureRegion:
-		return "ensure region"
-	case OpDeleteRegion:
-		return "delete region"
-	case OpCreateSnapshot:
-		return "create snapshot"
-	case OpDeleteSnapshot:
-		return "delete snapshot"
-	}
-	return "unknown operation"
-}
-
-// Fault affects the next Count calls of Op (on DatasetID, or on every
-// dataset when it is uuid.Nil): each is delayed by Delay, then fails if
-// Fail is set — permanently (a broken agent, which retrying does not fix)
-// if Permanent is set too, else as an agent out of reach.
-type Fault struct {
-	Op        Operation
-	DatasetID uuid.UUID
-	Count     int
-	Fail      bool
-	Permanent bool
-	Delay     time.Duration
-}
 
 // Faults is the per-process fault registry. It is deliberately in memory:
 // a fault belongs to the process a test (or the dev-only RPC) injected it
 // into, which is how an integration test breaks one allocator process.
 type Faults struct {
 	mu      sync.Mutex
-	pending []*Fault
+	pending []*agentapi.Fault
 }
 
 // Inject adds a fault; faults are consumed in the order injected.
-func (f *Faults) Inject(fault Fault) {
+func (f *Faults) Inject(fault agentapi.Fault) {
 	if fault.Count <= 0 {
 		return
 	}
@@ -88,7 +48,7 @@ func (f *Faults) Pending() int {
 
 // take consumes one call of the first matching fault (the zero Fault,
 // which does nothing, when none matches).
-func (f *Faults) take(op Operation, datasetID uuid.UUID) Fault {
+func (f *Faults) take(op agentapi.Operation, datasetID uuid.UUID) agentapi.Fault {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i, p := range f.pending {
@@ -101,11 +61,11 @@ func (f *Faults) take(op Operation, datasetID uuid.UUID) Fault {
 		}
 		return *p
 	}
-	return Fault{}
+	return agentapi.Fault{}
 }
 
 // apply delays and/or fails a call as the registry says.
-func (f *Faults) apply(ctx context.Context, op Operation, datasetID uuid.UUID) error {
+func (f *Faults) apply(ctx context.Context, op agentapi.Operation, datasetID uuid.UUID) error {
 	if f == nil {
 		return nil
 	}
@@ -125,15 +85,24 @@ func (f *Faults) apply(ctx context.Context, op Operation, datasetID uuid.UUID) e
 	return nil
 }
 
-// InjectedError is a failure injected by a Fault.
+// InjectedError is a failure injected by an agentapi.Fault.
 type InjectedError struct {
-	Op        Operation
+	Op        agentapi.Operation
 	DatasetID uuid.UUID
-	// Permanent: a broken agent (FAILED_PRECONDITION), not one out of
-	// reach (UNAVAILABLE).
+	// Permanent: a broken agent (agentapi.ErrBroken, FAILED_PRECONDITION),
+	// not one out of reach (agentapi.ErrUnavailable, UNAVAILABLE).
 	Permanent bool
 }
 
 func (e *InjectedError) Error() string {
 	return "injected agent fault: " + e.Op.String() + " on dataset " + e.DatasetID.String()
+}
+
+// Unwrap says what kind of agent failure the fault stands for, so that
+// callers classify it by the agentapi errors alone.
+func (e *InjectedError) Unwrap() error {
+	if e.Permanent {
+		return agentapi.ErrBroken
+	}
+	return agentapi.ErrUnavailable
 }

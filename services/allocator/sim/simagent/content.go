@@ -1,8 +1,7 @@
-package agent
+package simagent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -11,7 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"storagecp.dev/allocator/internal/store"
+	"storagecp.dev/allocator/agentapi"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 )
@@ -38,19 +37,6 @@ const Blank = "blank"
 // WriteContent is the content identity a write gives the regions it reaches.
 func WriteContent(writeID uuid.UUID) string { return "write:" + writeID.String() }
 
-// Errors of the data-path calls.
-var (
-	// ErrReadOnly: the address serves read-only data (a running snapshot
-	// or a read-only region); nothing writes or repairs it.
-	ErrReadOnly = errors.New("serves read-only data")
-	// ErrNoSource: no copy of the set to repair from is served.
-	ErrNoSource = errors.New("no served copy to repair from")
-	// ErrDisagree: the copies to repair from hold different content.
-	ErrDisagree = errors.New("the copies to repair from disagree")
-	// ErrNotServed: a copy to repair is not served.
-	ErrNotServed = errors.New("not served")
-)
-
 // dataTx runs a data-path call's transaction, fenced like every agent call.
 // Unlike inTx it spans several agents: a write or a repair reaches every
 // copy of a region set, each on its own dataset.
@@ -67,29 +53,29 @@ func (s *Sim) dataTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // write writeID, in one transaction, and returns the content, the
 // addresses written and those skipped because nothing serves them (an
 // Upstairs skips a faulted downstairs). An address serving read-only data
-// is ErrReadOnly and nothing is written.
+// is agentapi.ErrReadOnly and nothing is written.
 func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UUID) (content string, written, skipped []netip.AddrPort, err error) {
 	content = WriteContent(writeID)
 	err = s.dataTx(ctx, func(tx pgx.Tx) error {
 		written, skipped = written[:0], skipped[:0]
-		var objs []store.ServedObject
+		var objs []servedObject
 		for _, a := range dedup(addrs) {
 			res, obj, err := resolve(ctx, tx, a)
 			if err != nil {
 				return err
 			}
-			if res != Served {
+			if res != agentapi.Served {
 				skipped = append(skipped, a)
 				continue
 			}
 			if obj.ReadOnly {
-				return fmt.Errorf("write to %s: %w", a, ErrReadOnly)
+				return fmt.Errorf("write to %s: %w", a, agentapi.ErrReadOnly)
 			}
 			written = append(written, a)
 			objs = append(objs, obj)
 		}
 		for _, o := range objs {
-			if err := store.SetAgentRegionContent(ctx, tx, o.DatasetID, o.RegionID, content); err != nil {
+			if err := setAgentRegionContent(ctx, tx, o.DatasetID, o.RegionID, content); err != nil {
 				return err
 			}
 		}
@@ -107,30 +93,30 @@ func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UU
 //
 // With repair non-empty (a live repair, repair ⊆ addrs) the copies in
 // repair get the content of the other served copies, which must agree
-// (ErrDisagree) and exist (ErrNoSource); a copy to repair must be served
-// (ErrNotServed).
+// (agentapi.ErrDisagree) and exist (agentapi.ErrNoSource); a copy to repair must be served
+// (agentapi.ErrNotServed).
 //
 // With repair empty (a reconciliation) every served copy gets the content
 // most served copies hold, where a Blank copy — never written, as
 // Crucible's flush numbers would tell — loses to any written one. Two
-// different written contents with no majority are ErrDisagree.
+// different written contents with no majority are agentapi.ErrDisagree.
 //
-// Any address serving read-only data is ErrReadOnly. Nothing changes on
+// Any address serving read-only data is agentapi.ErrReadOnly. Nothing changes on
 // error.
 func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (content string, repaired []netip.AddrPort, err error) {
 	err = s.dataTx(ctx, func(tx pgx.Tx) error {
 		repaired = repaired[:0]
-		served := map[netip.AddrPort]store.ServedObject{}
+		served := map[netip.AddrPort]servedObject{}
 		for _, a := range dedup(addrs) {
 			res, obj, err := resolve(ctx, tx, a)
 			if err != nil {
 				return err
 			}
-			if res != Served {
+			if res != agentapi.Served {
 				continue
 			}
 			if obj.ReadOnly {
-				return fmt.Errorf("repair of %s: %w", a, ErrReadOnly)
+				return fmt.Errorf("repair of %s: %w", a, agentapi.ErrReadOnly)
 			}
 			served[a] = obj
 		}
@@ -143,22 +129,22 @@ func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (conte
 				}
 			}
 			if len(sources) == 0 {
-				return ErrNoSource
+				return agentapi.ErrNoSource
 			}
 			slices.Sort(sources)
 			if sources = slices.Compact(sources); len(sources) > 1 {
-				return fmt.Errorf("%w: %v", ErrDisagree, sources)
+				return fmt.Errorf("%w: %v", agentapi.ErrDisagree, sources)
 			}
 			content = sources[0]
 			for _, a := range dedup(repair) {
 				if _, ok := served[a]; !ok {
-					return fmt.Errorf("repair of %s: %w", a, ErrNotServed)
+					return fmt.Errorf("repair of %s: %w", a, agentapi.ErrNotServed)
 				}
 				fill = append(fill, a)
 			}
 		} else {
 			if len(served) == 0 {
-				return ErrNoSource
+				return agentapi.ErrNoSource
 			}
 			c, err := reconciled(slices.Collect(maps.Values(served)))
 			if err != nil {
@@ -176,7 +162,7 @@ func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (conte
 			if o.Content == content {
 				continue
 			}
-			if err := store.SetAgentRegionContent(ctx, tx, o.DatasetID, o.RegionID, content); err != nil {
+			if err := setAgentRegionContent(ctx, tx, o.DatasetID, o.RegionID, content); err != nil {
 				return err
 			}
 			repaired = append(repaired, a)
@@ -190,7 +176,7 @@ func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (conte
 }
 
 // reconciled is the content a reconciliation settles on (see Repair).
-func reconciled(objs []store.ServedObject) (string, error) {
+func reconciled(objs []servedObject) (string, error) {
 	count := map[string]int{}
 	for _, o := range objs {
 		if o.Content != Blank {
@@ -211,7 +197,7 @@ func reconciled(objs []store.ServedObject) (string, error) {
 	}
 	if tie {
 		contents := slices.Sorted(maps.Keys(count))
-		return "", fmt.Errorf("%w: %v and no majority", ErrDisagree, contents)
+		return "", fmt.Errorf("%w: %v and no majority", agentapi.ErrDisagree, contents)
 	}
 	return best, nil
 }
