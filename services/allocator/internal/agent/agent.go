@@ -8,7 +8,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -17,28 +16,30 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"storagecp.dev/allocator/internal/store"
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/target"
 )
 
-// Errors of agent calls.
+// Errors of agent calls; their kinds are their gRPC codes (apierr): the
+// agent out of reach is Unavailable, the rest are FailedPrecondition.
 var (
 	// ErrGone: the dataset's disk is expunged; the agent does not answer.
-	ErrGone = errors.New("agent gone: dataset is not on an in-service disk")
+	ErrGone = apierr.New(apierr.Unavailable, "agent gone: dataset is not on an in-service disk")
 	// ErrDestroyed: the object was destroyed on the agent and cannot be
 	// created again under the same id.
-	ErrDestroyed = errors.New("destroyed on the agent")
+	ErrDestroyed = apierr.New(apierr.Precondition, "destroyed on the agent")
 	// ErrHasSnapshots: ZFS cannot destroy a region that has snapshots.
-	ErrHasSnapshots = errors.New("region still has snapshots on the agent")
+	ErrHasSnapshots = apierr.New(apierr.Precondition, "region still has snapshots on the agent")
 	// ErrRunning: a snapshot cannot be destroyed while its running snapshot is up.
-	ErrRunning = errors.New("snapshot still has a running snapshot")
+	ErrRunning = apierr.New(apierr.Precondition, "snapshot still has a running snapshot")
 	// ErrNoRegion: the region does not exist on the agent.
-	ErrNoRegion = errors.New("region does not exist on the agent")
+	ErrNoRegion = apierr.New(apierr.Precondition, "region does not exist on the agent")
 	// ErrNoSnapshot: the snapshot does not exist on the agent.
-	ErrNoSnapshot = errors.New("snapshot does not exist on the agent")
+	ErrNoSnapshot = apierr.New(apierr.Precondition, "snapshot does not exist on the agent")
 	// ErrCloneSource: the clone source does not serve its address.
-	ErrCloneSource = errors.New("clone source is not served")
+	ErrCloneSource = apierr.New(apierr.Precondition, "clone source is not served")
 	// ErrNoFreePort: every port of the agent's range is in use.
 	ErrNoFreePort = store.ErrNoFreePort
 )

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -12,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"storagecp.dev/allocator/internal/store"
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 )
@@ -38,17 +38,17 @@ const Blank = "blank"
 // WriteContent is the content identity a write gives the regions it reaches.
 func WriteContent(writeID uuid.UUID) string { return "write:" + writeID.String() }
 
-// Errors of the data-path calls.
+// Errors of the data-path calls, all FailedPrecondition (apierr).
 var (
 	// ErrReadOnly: the address serves read-only data (a running snapshot
 	// or a read-only region); nothing writes or repairs it.
-	ErrReadOnly = errors.New("serves read-only data")
+	ErrReadOnly = apierr.New(apierr.Precondition, "serves read-only data")
 	// ErrNoSource: no copy of the set to repair from is served.
-	ErrNoSource = errors.New("no served copy to repair from")
+	ErrNoSource = apierr.New(apierr.Precondition, "no served copy to repair from")
 	// ErrDisagree: the copies to repair from hold different content.
-	ErrDisagree = errors.New("the copies to repair from disagree")
+	ErrDisagree = apierr.New(apierr.Precondition, "the copies to repair from disagree")
 	// ErrNotServed: a copy to repair is not served.
-	ErrNotServed = errors.New("not served")
+	ErrNotServed = apierr.New(apierr.Precondition, "not served")
 )
 
 // dataTx runs a data-path call's transaction, fenced like every agent call.

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/platform/apierr"
 )
 
 // Operation is a kind of agent call faults can target.
@@ -136,4 +138,13 @@ type InjectedError struct {
 
 func (e *InjectedError) Error() string {
 	return "injected agent fault: " + e.Op.String() + " on dataset " + e.DatasetID.String()
+}
+
+// Unwrap is the fault's kind (apierr): Precondition when Permanent,
+// Unavailable otherwise.
+func (e *InjectedError) Unwrap() error {
+	if e.Permanent {
+		return apierr.Precondition
+	}
+	return apierr.Unavailable
 }

@@ -3,7 +3,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net/netip"
 
@@ -13,9 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"storagecp.dev/allocator/internal/agent"
-	"storagecp.dev/allocator/internal/store"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
-	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/apierr"
 )
 
 // Agent is what the server needs from the Crucible agents. The simulated
@@ -67,57 +65,10 @@ func (s *Server) Data() *DataServer { return s.data }
 // AgentFaults is this process's fault registry, for in-process tests.
 func (s *Server) AgentFaults() *agent.Faults { return s.faults.faults }
 
-// toStatus maps an internal error to a gRPC status. Unknown errors become
-// Internal with a generic message (the detail goes to the log only).
+// toStatus maps an error to a gRPC status by apierr's rule: the store's
+// and the agents' errors carry their kinds (a guard error its message).
 func (s *Server) toStatus(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
-	}
-	if st, ok := status.FromError(err); ok {
-		return st.Err()
-	}
-	var guard *store.GuardError
-	var injected *agent.InjectedError
-	switch {
-	case errors.As(err, &guard):
-		if guard.Guard == store.GuardNewRegionIDs {
-			return status.Error(codes.InvalidArgument, "new_region_ids: fewer ids than regions to create")
-		}
-		return status.Error(codes.ResourceExhausted, "not enough storage: "+guard.Guard)
-	case errors.As(err, &injected) && injected.Permanent:
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.As(err, &injected):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, agent.ErrGone):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, store.ErrNoFreePort):
-		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, store.ErrConflict):
-		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrPrecondition),
-		errors.Is(err, agent.ErrDestroyed),
-		errors.Is(err, agent.ErrHasSnapshots),
-		errors.Is(err, agent.ErrRunning),
-		errors.Is(err, agent.ErrNoRegion),
-		errors.Is(err, agent.ErrNoSnapshot),
-		errors.Is(err, agent.ErrCloneSource),
-		errors.Is(err, agent.ErrReadOnly),
-		errors.Is(err, agent.ErrNoSource),
-		errors.Is(err, agent.ErrDisagree),
-		errors.Is(err, agent.ErrNotServed):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case db.IsRetryable(err):
-		// InTx gave up retrying serialization failures: contention, not a bug.
-		return status.Error(codes.Unavailable, "database contention, retry")
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "canceled")
-	}
-	s.logger.ErrorContext(ctx, "internal error", "err", err)
-	return status.Error(codes.Internal, "internal error")
+	return apierr.Status(ctx, s.logger, err)
 }
 
 func invalid(field, msg string) error {

@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/db"
 )
 
@@ -18,7 +19,7 @@ const (
 )
 
 // ErrNoFreePort means every port of the dataset's range is in use.
-var ErrNoFreePort = errors.New("no free port on agent")
+var ErrNoFreePort = apierr.New(apierr.Exhausted, "no free port on agent")
 
 // AgentRegion is what an agent knows about a region.
 type AgentRegion struct {
