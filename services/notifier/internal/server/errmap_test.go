@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"storagecp.dev/notifier/internal/store"
+	"storagecp.dev/platform/apierr/apierrtest"
 )
 
 // TestErrorTable is the notifier's store error→code table as it was before
@@ -20,32 +21,24 @@ import (
 // wraps it, keeps its code and message.
 func TestErrorTable(t *testing.T) {
 	s := &Server{logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	toStatus := func(err error) error { return s.storeError(context.Background(), "test", err) }
 	wrap := func(err error) error { return fmt.Errorf("%w: attachment a1", err) }
-	for _, c := range []struct {
-		err  error
-		code codes.Code
-		msg  string
-	}{
-		{status.Error(codes.FailedPrecondition, "stale epoch"), codes.FailedPrecondition, "stale epoch"},
-		{wrap(store.ErrNotFound), codes.NotFound, "not found: attachment a1"},
-		{wrap(store.ErrConflict), codes.AlreadyExists, "conflict: attachment a1"},
-		{wrap(store.ErrAlreadyExists), codes.AlreadyExists, "already exists: attachment a1"},
-		{wrap(store.ErrRWConsumer), codes.FailedPrecondition, "volume already has a read/write consumer: attachment a1"},
-		{wrap(store.ErrOtherKind), codes.FailedPrecondition, ""},
-		{wrap(store.ErrSuperseded), codes.FailedPrecondition, "attachment superseded: attachment a1"},
-		{wrap(store.ErrBadTransition), codes.FailedPrecondition, ""},
-		{fmt.Errorf("list: %w", context.Canceled), codes.Canceled, "list: context canceled"},
-		{fmt.Errorf("list: %w", context.DeadlineExceeded), codes.DeadlineExceeded, "list: context deadline exceeded"},
-		{errors.New("connection refused"), codes.Internal, ""},
-	} {
-		st, _ := status.FromError(s.storeError(context.Background(), "test", c.err))
-		if st.Code() != c.code || c.msg != "" && st.Message() != c.msg {
-			t.Errorf("%v: %v %q, want %v %q", c.err, st.Code(), st.Message(), c.code, c.msg)
-		}
-	}
+	apierrtest.Check(t, toStatus, []apierrtest.Case{
+		{Err: status.Error(codes.FailedPrecondition, "stale epoch"), Code: codes.FailedPrecondition, Msg: "stale epoch"},
+		{Err: wrap(store.ErrNotFound), Code: codes.NotFound, Msg: "not found: attachment a1"},
+		{Err: wrap(store.ErrConflict), Code: codes.AlreadyExists, Msg: "conflict: attachment a1"},
+		{Err: wrap(store.ErrAlreadyExists), Code: codes.AlreadyExists, Msg: "already exists: attachment a1"},
+		{Err: wrap(store.ErrRWConsumer), Code: codes.FailedPrecondition, Msg: "volume already has a read/write consumer: attachment a1"},
+		{Err: wrap(store.ErrOtherKind), Code: codes.FailedPrecondition, Msg: ""},
+		{Err: wrap(store.ErrSuperseded), Code: codes.FailedPrecondition, Msg: "attachment superseded: attachment a1"},
+		{Err: wrap(store.ErrBadTransition), Code: codes.FailedPrecondition, Msg: ""},
+		{Err: fmt.Errorf("list: %w", context.Canceled), Code: codes.Canceled, Msg: "list: context canceled"},
+		{Err: fmt.Errorf("list: %w", context.DeadlineExceeded), Code: codes.DeadlineExceeded, Msg: "list: context deadline exceeded"},
+		{Err: errors.New("connection refused"), Code: codes.Internal, Msg: ""},
+	})
 	// The one change: contention was Internal, is now Unavailable as in
 	// every service.
-	if got := status.Code(s.storeError(context.Background(), "test", &pgconn.PgError{Code: "40001"})); got != codes.Unavailable {
-		t.Errorf("contention: %v", got)
-	}
+	apierrtest.Check(t, toStatus, []apierrtest.Case{
+		{Err: &pgconn.PgError{Code: "40001"}, Code: codes.Unavailable, Msg: "database contention, retry"},
+	})
 }
