@@ -12,13 +12,13 @@ package agentapi
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"time"
 
 	"github.com/google/uuid"
 
 	"storagecp.dev/allocator/internal/store"
+	"storagecp.dev/platform/apierr"
 )
 
 // Agent is what the server needs from the Crucible agents.
@@ -56,46 +56,48 @@ const (
 	Unreachable
 )
 
-// Errors of agent calls.
+// Errors of agent calls. Each carries its kind (platform/apierr), which is
+// the gRPC code the allocator answers with: an agent out of reach is
+// Unavailable, a full port range Exhausted, the rest FailedPrecondition.
 var (
 	// ErrGone: the dataset's disk is expunged; the agent does not answer.
-	ErrGone = errors.New("agent gone: dataset is not on an in-service disk")
+	ErrGone = apierr.New(apierr.Unavailable, "agent gone: dataset is not on an in-service disk")
 	// ErrDestroyed: the object was destroyed on the agent and cannot be
 	// created again under the same id.
-	ErrDestroyed = errors.New("destroyed on the agent")
+	ErrDestroyed = apierr.New(apierr.Precondition, "destroyed on the agent")
 	// ErrHasSnapshots: ZFS cannot destroy a region that has snapshots.
-	ErrHasSnapshots = errors.New("region still has snapshots on the agent")
+	ErrHasSnapshots = apierr.New(apierr.Precondition, "region still has snapshots on the agent")
 	// ErrRunning: a snapshot cannot be destroyed while its running snapshot is up.
-	ErrRunning = errors.New("snapshot still has a running snapshot")
+	ErrRunning = apierr.New(apierr.Precondition, "snapshot still has a running snapshot")
 	// ErrNoRegion: the region does not exist on the agent.
-	ErrNoRegion = errors.New("region does not exist on the agent")
+	ErrNoRegion = apierr.New(apierr.Precondition, "region does not exist on the agent")
 	// ErrNoSnapshot: the snapshot does not exist on the agent.
-	ErrNoSnapshot = errors.New("snapshot does not exist on the agent")
+	ErrNoSnapshot = apierr.New(apierr.Precondition, "snapshot does not exist on the agent")
 	// ErrCloneSource: the clone source does not serve its address.
-	ErrCloneSource = errors.New("clone source is not served")
+	ErrCloneSource = apierr.New(apierr.Precondition, "clone source is not served")
 	// ErrNoFreePort: every port of the agent's range is in use.
-	ErrNoFreePort = errors.New("no free port on agent")
+	ErrNoFreePort = apierr.New(apierr.Exhausted, "no free port on agent")
 	// ErrNotFound: the call names a dataset the inventory does not have.
 	// It is the store's ErrNotFound, so that the server answers it as it
 	// answers every unknown object.
 	ErrNotFound = store.ErrNotFound
 	// ErrUnavailable: the agent is out of reach; retrying may succeed.
-	ErrUnavailable = errors.New("agent out of reach")
+	ErrUnavailable = apierr.New(apierr.Unavailable, "agent out of reach")
 	// ErrBroken: the agent is broken; retrying does not fix it.
-	ErrBroken = errors.New("agent broken")
+	ErrBroken = apierr.New(apierr.Precondition, "agent broken")
 )
 
-// Errors of the data-path calls.
+// Errors of the data-path calls, all FailedPrecondition.
 var (
 	// ErrReadOnly: the address serves read-only data (a running snapshot
 	// or a read-only region); nothing writes or repairs it.
-	ErrReadOnly = errors.New("serves read-only data")
+	ErrReadOnly = apierr.New(apierr.Precondition, "serves read-only data")
 	// ErrNoSource: no copy of the set to repair from is served.
-	ErrNoSource = errors.New("no served copy to repair from")
+	ErrNoSource = apierr.New(apierr.Precondition, "no served copy to repair from")
 	// ErrDisagree: the copies to repair from hold different content.
-	ErrDisagree = errors.New("the copies to repair from disagree")
+	ErrDisagree = apierr.New(apierr.Precondition, "the copies to repair from disagree")
 	// ErrNotServed: a copy to repair is not served.
-	ErrNotServed = errors.New("not served")
+	ErrNotServed = apierr.New(apierr.Precondition, "not served")
 )
 
 // DataPath records what an Upstairs does to the bytes of the regions it

@@ -7,18 +7,22 @@ import (
 
 	"github.com/google/uuid"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/target"
 )
 
 // InvalidError is a malformed VCR: Path names the offending node, e.g.
 // "vcr.volume.read_only_parent.volume.sub_volumes[0].region.opts.target[1]".
-// Messages never contain key material.
+// Messages never contain key material. Its kind is apierr.Invalid.
 type InvalidError struct {
 	Path string
 	Msg  string
 }
 
 func (e *InvalidError) Error() string { return e.Path + ": " + e.Msg }
+
+// Unwrap is the error's kind, apierr.Invalid (InvalidArgument).
+func (e *InvalidError) Unwrap() error { return apierr.Invalid }
 
 func invalidf(path, format string, args ...any) *InvalidError {
 	return &InvalidError{Path: path, Msg: fmt.Sprintf(format, args...)}

@@ -3,7 +3,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
 	"github.com/google/uuid"
@@ -12,9 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"storagecp.dev/allocator/agentapi"
-	"storagecp.dev/allocator/internal/store"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
-	"storagecp.dev/platform/db"
+	"storagecp.dev/platform/apierr"
 )
 
 // Server is the RegionAllocatorService.
@@ -50,56 +48,10 @@ func (s *Server) Faults() *FaultServer { return s.faults }
 // sim-upstairs records on the simulated agents).
 func (s *Server) Data() *DataServer { return s.data }
 
-// toStatus maps an internal error to a gRPC status. Unknown errors become
-// Internal with a generic message (the detail goes to the log only).
+// toStatus maps an error to a gRPC status by apierr's rule: the store's
+// and the agents' errors carry their kinds (a guard error its message).
 func (s *Server) toStatus(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
-	}
-	if st, ok := status.FromError(err); ok {
-		return st.Err()
-	}
-	var guard *store.GuardError
-	switch {
-	case errors.As(err, &guard):
-		if guard.Guard == store.GuardNewRegionIDs {
-			return status.Error(codes.InvalidArgument, "new_region_ids: fewer ids than regions to create")
-		}
-		return status.Error(codes.ResourceExhausted, "not enough storage: "+guard.Guard)
-	case errors.Is(err, agentapi.ErrBroken):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, agentapi.ErrUnavailable):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, agentapi.ErrGone):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, agentapi.ErrNoFreePort):
-		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, store.ErrConflict):
-		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrPrecondition),
-		errors.Is(err, agentapi.ErrDestroyed),
-		errors.Is(err, agentapi.ErrHasSnapshots),
-		errors.Is(err, agentapi.ErrRunning),
-		errors.Is(err, agentapi.ErrNoRegion),
-		errors.Is(err, agentapi.ErrNoSnapshot),
-		errors.Is(err, agentapi.ErrCloneSource),
-		errors.Is(err, agentapi.ErrReadOnly),
-		errors.Is(err, agentapi.ErrNoSource),
-		errors.Is(err, agentapi.ErrDisagree),
-		errors.Is(err, agentapi.ErrNotServed):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case db.IsRetryable(err):
-		// InTx gave up retrying serialization failures: contention, not a bug.
-		return status.Error(codes.Unavailable, "database contention, retry")
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "canceled")
-	}
-	s.logger.ErrorContext(ctx, "internal error", "err", err)
-	return status.Error(codes.Internal, "internal error")
+	return apierr.Status(ctx, s.logger, err)
 }
 
 func invalid(field, msg string) error {

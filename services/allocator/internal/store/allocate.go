@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/db"
 )
 
@@ -51,10 +52,24 @@ const (
 	guardSentinelPrefix = "not enough "
 )
 
-// GuardError is a failed allocation guard.
+// GuardError is a failed allocation guard. Its text is what the caller is
+// told, and its kind (Unwrap) the code: fewer new_region_ids than regions
+// to create is the caller's mistake, any other guard is not enough storage.
 type GuardError struct{ Guard string }
 
-func (e *GuardError) Error() string { return "region allocation: " + e.Guard }
+func (e *GuardError) Error() string {
+	if e.Guard == GuardNewRegionIDs {
+		return "new_region_ids: fewer ids than regions to create"
+	}
+	return "not enough storage: " + e.Guard
+}
+
+func (e *GuardError) Unwrap() error {
+	if e.Guard == GuardNewRegionIDs {
+		return apierr.Invalid
+	}
+	return apierr.Exhausted
+}
 
 // AllocatedRegion is one region of the volume after an allocation.
 type AllocatedRegion struct {

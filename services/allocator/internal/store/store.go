@@ -6,18 +6,19 @@
 package store
 
 import (
-	"errors"
 	"net/netip"
 	"time"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/platform/apierr"
 )
 
-// Errors callers map to gRPC codes.
+// Errors of the store; their kinds are their gRPC codes (apierr).
 var (
-	ErrNotFound     = errors.New("not found")
-	ErrConflict     = errors.New("conflict")
-	ErrPrecondition = errors.New("failed precondition")
+	ErrNotFound     = apierr.New(apierr.NotFound, "not found")
+	ErrConflict     = apierr.New(apierr.AlreadyExists, "conflict")
+	ErrPrecondition = apierr.New(apierr.Precondition, "failed precondition")
 )
 
 // Policy values of sleds and disks.

@@ -24,6 +24,7 @@ import (
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/grpcclient"
 )
 
@@ -150,28 +151,11 @@ func unreachable(err error) bool {
 	return false
 }
 
-// storeError maps store errors to gRPC; anything else is Internal without
-// detail (details are logged).
+// storeError maps an error to a gRPC status by apierr's rule (the store's
+// errors carry their kinds); op names the operation in the log line of an
+// internal error.
 func (s *Server) storeError(ctx context.Context, op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		// Already a status (the fence's FailedPrecondition).
-		return err
-	}
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrAlreadyExists):
-		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrRWConsumer), errors.Is(err, store.ErrOtherKind), errors.Is(err, store.ErrSuperseded), errors.Is(err, store.ErrBadTransition):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return status.FromContextError(err).Err()
-	}
-	s.logger.ErrorContext(ctx, "database error", "op", op, "err", err)
-	return status.Errorf(codes.Internal, "%s: database error", op)
+	return apierr.Status(ctx, s.logger, err, "op", op)
 }
 
 func invalid(field, format string, args ...any) error {

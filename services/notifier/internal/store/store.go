@@ -16,27 +16,28 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/fence"
 )
 
-// Errors the server maps to gRPC codes.
+// Errors of the store; their kinds are their gRPC codes (apierr).
 var (
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = apierr.New(apierr.NotFound, "not found")
 	// ErrConflict: a repair id reused with another type, or a contradicting
 	// finish.
-	ErrConflict = errors.New("conflict")
+	ErrConflict = apierr.New(apierr.AlreadyExists, "conflict")
 	// ErrAlreadyExists: an exact duplicate that must not be ignored.
-	ErrAlreadyExists = errors.New("already exists")
+	ErrAlreadyExists = apierr.New(apierr.AlreadyExists, "already exists")
 	// ErrRWConsumer: another live read/write consumer holds the volume.
-	ErrRWConsumer = errors.New("volume already has a read/write consumer")
+	ErrRWConsumer = apierr.New(apierr.Precondition, "volume already has a read/write consumer")
 	// ErrOtherKind: the endpoint already runs the volume for an attachment
 	// of the other kind (a Pantry and a Propolis never share one).
-	ErrOtherKind = errors.New("endpoint already serves the volume for another kind of consumer")
+	ErrOtherKind = apierr.New(apierr.Precondition, "endpoint already serves the volume for another kind of consumer")
 	// ErrSuperseded: the attachment moved on (new incarnation, detached, or
 	// changed state) while a construction was in progress.
-	ErrSuperseded = errors.New("attachment superseded")
+	ErrSuperseded = apierr.New(apierr.Precondition, "attachment superseded")
 	// ErrBadTransition: a reported state the attachment cannot take.
-	ErrBadTransition = errors.New("state transition not allowed")
+	ErrBadTransition = apierr.New(apierr.Precondition, "state transition not allowed")
 )
 
 // Store runs the notifier's statements on its database.

@@ -6,8 +6,7 @@
 package server
 
 import (
-	"errors"
-	"fmt"
+	"context"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,6 +20,7 @@ import (
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
+	"storagecp.dev/platform/apierr"
 )
 
 // Server serves one orchestrator process's APIs.
@@ -58,20 +58,9 @@ func parseUUID(field, v string) (uuid.UUID, error) {
 	return id, nil
 }
 
-// grpcError maps store errors to gRPC codes.
+// grpcError maps an error to a gRPC status by apierr's rule (the store's
+// and the saga log's errors carry their kinds). It takes no logger, so an
+// internal error's detail goes to slog's default logger.
 func grpcError(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, saga.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, store.ErrLockHeld):
-		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrRefused):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(codes.Internal, fmt.Sprint(err))
+	return apierr.Status(context.Background(), nil, err)
 }

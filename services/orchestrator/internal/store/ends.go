@@ -7,11 +7,13 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"storagecp.dev/platform/apierr"
 )
 
 // ErrRefused means an operator's request cannot be carried out in the
-// record's current state; its message says why.
-var ErrRefused = errors.New("refused")
+// record's current state (FailedPrecondition); its message says why.
+var ErrRefused = apierr.New(apierr.Precondition, "refused")
 
 // Cancel ends a request an operator does not want carried out. Only a
 // Requested one is cancelled (nothing was done for it yet): it ends

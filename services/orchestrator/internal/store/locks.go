@@ -16,19 +16,21 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/fence"
 )
 
-// ErrLockHeld means another repair holds the volume. Its text is the fixed
-// message callers (and the reference's tests) match on.
-var ErrLockHeld = errors.New("volume repair lock")
+// ErrLockHeld means another repair holds the volume (Aborted). Its text is
+// the fixed message callers (and the reference's tests) match on.
+var ErrLockHeld = apierr.New(apierr.Aborted, "volume repair lock")
 
 // ErrConflict means a transition's guard did not hold and the row is not in
-// the target state either: another saga owns the record, or it moved on.
-var ErrConflict = errors.New("state conflict")
+// the target state either: another saga owns the record, or it moved on
+// (FailedPrecondition).
+var ErrConflict = apierr.New(apierr.Precondition, "state conflict")
 
 // ErrNotFound means the record does not exist.
-var ErrNotFound = errors.New("not found")
+var ErrNotFound = apierr.New(apierr.NotFound, "not found")
 
 // HolderKind names what kind of record holds a lock.
 type HolderKind string
@@ -245,8 +247,9 @@ func LockDetail(err error) string {
 	return err.Error()
 }
 
-// Is makes errors.Is(err, ErrLockHeld) hold.
-func (e *LockHeldError) Is(target error) bool { return target == ErrLockHeld }
+// Unwrap is ErrLockHeld: errors.Is(err, ErrLockHeld) holds, and the error
+// has ErrLockHeld's kind (Aborted).
+func (e *LockHeldError) Unwrap() error { return ErrLockHeld }
 
 // unlockByRepair releases every lock a repair id holds, and gives up the
 // places it waits in (a request's steps wait under its id). Zero rows is

@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strconv"
 
@@ -17,6 +16,7 @@ import (
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/vcr"
 	"storagecp.dev/volume/internal/store"
 )
@@ -33,38 +33,11 @@ func New(pool *pgxpool.Pool, logger *slog.Logger) *Server {
 	return &Server{store: store.New(pool), logger: logger}
 }
 
-// toStatus maps an error to a gRPC status. Store and VCR messages never
-// carry key material, so they are returned as they are.
+// toStatus maps an error to a gRPC status by apierr's rule (store errors
+// and VCR errors carry their kinds); method names the RPC in the log line
+// of an internal error.
 func (s *Server) toStatus(ctx context.Context, method string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	var ie *vcr.InvalidError
-	if errors.As(err, &ie) {
-		return status.Error(codes.InvalidArgument, ie.Error())
-	}
-	var se *store.Error
-	if errors.As(err, &se) {
-		switch se.Kind {
-		case store.KindInvalidArgument:
-			return status.Error(codes.InvalidArgument, se.Msg)
-		case store.KindNotFound:
-			return status.Error(codes.NotFound, se.Msg)
-		case store.KindFailedPrecondition:
-			return status.Error(codes.FailedPrecondition, se.Msg)
-		}
-	}
-	if errors.Is(err, context.Canceled) {
-		return status.Error(codes.Canceled, err.Error())
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	}
-	s.logger.ErrorContext(ctx, "internal error", "method", method, "error", err.Error())
-	return status.Error(codes.Internal, err.Error())
+	return apierr.Status(ctx, s.logger, err, "method", method)
 }
 
 func parseID(field, s string) (uuid.UUID, error) {

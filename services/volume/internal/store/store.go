@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/vcr"
@@ -28,50 +29,38 @@ type Store struct {
 // New returns a Store over pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// ErrorKind classifies store errors for the gRPC layer.
-type ErrorKind int
+// ErrorKind classifies store errors for the gRPC layer: an apierr.Kind,
+// whose code the caller gets. Messages name ids and addresses, never key
+// material.
+type ErrorKind = apierr.Kind
 
 // Error kinds.
 const (
-	KindInvalidArgument ErrorKind = iota + 1
-	KindNotFound
-	KindFailedPrecondition
-	KindInternal
+	KindInvalidArgument    = apierr.Invalid
+	KindNotFound           = apierr.NotFound
+	KindFailedPrecondition = apierr.Precondition
+	// KindInternal is a broken invariant: logged, and Internal.
+	KindInternal = apierr.Internal
 )
 
-// Error is a classified failure. Messages name ids and addresses, never
-// key material.
-type Error struct {
-	Kind ErrorKind
-	Msg  string
-}
-
-func (e *Error) Error() string { return e.Msg }
-
 func invalidArgument(format string, args ...any) error {
-	return &Error{Kind: KindInvalidArgument, Msg: fmt.Sprintf(format, args...)}
+	return apierr.Errorf(KindInvalidArgument, format, args...)
 }
 
 func notFound(format string, args ...any) error {
-	return &Error{Kind: KindNotFound, Msg: fmt.Sprintf(format, args...)}
+	return apierr.Errorf(KindNotFound, format, args...)
 }
 
 func failedPrecondition(format string, args ...any) error {
-	return &Error{Kind: KindFailedPrecondition, Msg: fmt.Sprintf(format, args...)}
+	return apierr.Errorf(KindFailedPrecondition, format, args...)
 }
 
 func internal(format string, args ...any) error {
-	return &Error{Kind: KindInternal, Msg: fmt.Sprintf(format, args...)}
+	return apierr.Errorf(KindInternal, format, args...)
 }
 
 // KindOf returns the kind of a store error (0 if err is not one).
-func KindOf(err error) ErrorKind {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Kind
-	}
-	return 0
-}
+func KindOf(err error) ErrorKind { return apierr.KindOf(err) }
 
 // TargetKind is what a registered target is.
 type TargetKind string

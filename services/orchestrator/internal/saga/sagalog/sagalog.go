@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/db"
 )
 
@@ -43,7 +44,7 @@ const (
 )
 
 // ErrNotFound means no saga has the id.
-var ErrNotFound = errors.New("saga not found")
+var ErrNotFound = apierr.New(apierr.NotFound, "saga not found")
 
 // Owner identifies who may append to a saga.
 type Owner struct {
