@@ -53,7 +53,7 @@ type entry struct {
 	status Status
 }
 
-// Driver runs registered background.
+// Driver runs registered tasks.
 type Driver struct {
 	logger  *slog.Logger
 	tracer  trace.Tracer

@@ -1,7 +1,7 @@
 // Package validate is ValidateSystem: the checks no single service can make,
 // across the allocator (where bytes are), the registry (who owns and
 // references them), the agents (what is served), the notifier's attachments
-// and the orchestrator's locks, records and sagadef. The admin API serves it;
+// and the orchestrator's locks, records and sagas. The admin API serves it;
 // tests call Run directly against the same services.
 package validate
 
