@@ -1,14 +1,16 @@
 // Package rules checks, over real processes, that every service applies
-// the shared rules the same way: one target-address rule (platform/target)
-// and one VCR shape check (platform/vcr). Each address and each VCR goes to
-// every RPC that takes one; each must give the same verdict: accepted (any
-// answer but InvalidArgument: an unknown id is NotFound, say), or
-// InvalidArgument. The orchestrator's RPCs take neither.
+// the shared rules the same way: one target-address rule (platform/target),
+// one VCR shape check (platform/vcr) and one id rule (platform/ids). Each
+// address, VCR and id goes to RPCs of every service that takes one; each
+// must give the same verdict: accepted (any answer but InvalidArgument: an
+// unknown id is NotFound, say), or InvalidArgument naming the field. The
+// orchestrator's RPCs take no address or VCR, only ids.
 package rules
 
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -21,6 +23,8 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
@@ -163,6 +167,55 @@ func TestOneVerdictPerAddressAndVCR(t *testing.T) {
 			t.Logf("verdict %-45s %-34s %s", name, s.name, verdict(err))
 			if got := verdict(err); got != s.want {
 				t.Errorf("%s(%s): %s (%v), want %s", name, s.name, got, err, s.want)
+			}
+		}
+	}
+
+	idRPCs := map[string]struct {
+		field string
+		call  func(id string) error
+	}{
+		"volume GetVolume": {"volume_id", func(id string) error {
+			_, err := r.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: id})
+			return err
+		}},
+		"allocator GetRegion": {"region_id", func(id string) error {
+			_, err := r.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: id})
+			return err
+		}},
+		"notifier DetachUpstairs": {"attachment_id", func(id string) error {
+			_, err := r.Notifier.DetachUpstairs(ctx, &notifierv1.DetachUpstairsRequest{AttachmentId: id})
+			return err
+		}},
+		"orchestrator GetReplacement": {"replacement_id", func(id string) error {
+			_, err := r.Replacement.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id})
+			return err
+		}},
+		"orchestrator GetSaga": {"saga_id", func(id string) error {
+			_, err := r.Admin.GetSaga(ctx, &orchestratorv1.GetSagaRequest{SagaId: id})
+			return err
+		}},
+	}
+	some := uuid.New()
+	idCases := []struct {
+		id   string
+		want string
+	}{
+		{some.String(), "accepted"},
+		{strings.ToUpper(some.String()), "accepted"},
+		{"", "InvalidArgument"},
+		{"not-a-uuid", "InvalidArgument"},
+		{uuid.Nil.String(), "InvalidArgument"},
+		{some.String() + "0", "InvalidArgument"},
+	}
+	for _, c := range idCases {
+		for name, rpc := range idRPCs {
+			err := rpc.call(c.id)
+			t.Logf("verdict %-45s %-40q %s", name, c.id, verdict(err))
+			if got := verdict(err); got != c.want {
+				t.Errorf("%s(%q): %s (%v), want %s", name, c.id, got, err, c.want)
+			} else if got == "InvalidArgument" && !strings.HasPrefix(status.Convert(err).Message(), rpc.field+": ") {
+				t.Errorf("%s(%q): %q does not name the field %s", name, c.id, status.Convert(err).Message(), rpc.field)
 			}
 		}
 	}

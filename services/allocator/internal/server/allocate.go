@@ -15,6 +15,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/ids"
 )
 
 const (
@@ -32,7 +33,7 @@ func parseAllocation(req *allocatorv1.AllocateRegionsRequest) (store.Allocation,
 		return a, invalid("allocation", "required")
 	}
 	var err error
-	if a.VolumeID, err = parseID("volume_id", req.GetVolumeId()); err != nil {
+	if a.VolumeID, err = ids.Parse("volume_id", req.GetVolumeId()); err != nil {
 		return a, err
 	}
 	if a.SnapshotID, err = parseOptionalID("snapshot_id", req.GetSnapshotId()); err != nil {
@@ -74,7 +75,7 @@ func parseAllocation(req *allocatorv1.AllocateRegionsRequest) (store.Allocation,
 	seen := make(map[uuid.UUID]bool, len(req.GetNewRegionIds()))
 	for i, v := range req.GetNewRegionIds() {
 		field := fmt.Sprintf("new_region_ids[%d]", i)
-		id, err := parseID(field, v)
+		id, err := ids.Parse(field, v)
 		if err != nil {
 			return a, err
 		}
@@ -174,7 +175,7 @@ func (s *Server) DryRunAllocation(ctx context.Context, req *allocatorv1.DryRunAl
 		return nil, err
 	}
 	for i, v := range req.GetExcludeDiskIds() {
-		id, err := parseID(fmt.Sprintf("exclude_disk_ids[%d]", i), v)
+		id, err := ids.Parse(fmt.Sprintf("exclude_disk_ids[%d]", i), v)
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 
 	"storagecp.dev/allocator/agentapi"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/target"
 )
 
@@ -30,7 +31,7 @@ func (d *DataServer) WriteRegions(ctx context.Context, req *allocatorv1.WriteReg
 	if len(addrs) == 0 {
 		return nil, invalid("addresses", "required")
 	}
-	writeID, err := parseID("write_id", req.GetWriteId())
+	writeID, err := ids.Parse("write_id", req.GetWriteId())
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/target"
 )
 
@@ -79,7 +80,7 @@ func parseDatasetIP(v string) (netip.Addr, error) {
 // AddPhysicalDisk adds a disk with its zpool and dataset, idempotently on
 // the disk id.
 func (s *Server) AddPhysicalDisk(ctx context.Context, req *allocatorv1.AddPhysicalDiskRequest) (*allocatorv1.AddPhysicalDiskResponse, error) {
-	sledID, err := parseID("sled_id", req.GetSledId())
+	sledID, err := ids.Parse("sled_id", req.GetSledId())
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +118,7 @@ func (s *Server) AddPhysicalDisk(ctx context.Context, req *allocatorv1.AddPhysic
 
 // ExpungePhysicalDisk expunges a disk (irreversible, idempotent).
 func (s *Server) ExpungePhysicalDisk(ctx context.Context, req *allocatorv1.ExpungePhysicalDiskRequest) (*allocatorv1.ExpungePhysicalDiskResponse, error) {
-	id, err := parseID("disk_id", req.GetDiskId())
+	id, err := ids.Parse("disk_id", req.GetDiskId())
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +145,7 @@ func (s *Server) ExpungePhysicalDisk(ctx context.Context, req *allocatorv1.Expun
 
 // ExpungeSled expunges a sled and all its disks in one transaction.
 func (s *Server) ExpungeSled(ctx context.Context, req *allocatorv1.ExpungeSledRequest) (*allocatorv1.ExpungeSledResponse, error) {
-	id, err := parseID("sled_id", req.GetSledId())
+	id, err := ids.Parse("sled_id", req.GetSledId())
 	if err != nil {
 		return nil, err
 	}

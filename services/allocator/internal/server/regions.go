@@ -17,6 +17,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/target"
 )
 
@@ -29,7 +30,7 @@ func (s *Server) EnsureRegions(ctx context.Context, req *allocatorv1.EnsureRegio
 	var todo []ensure
 	sources := map[uuid.UUID]string{}
 	for i, r := range req.GetRegions() {
-		id, err := parseID(fmt.Sprintf("regions[%d].region_id", i), r.GetRegionId())
+		id, err := ids.Parse(fmt.Sprintf("regions[%d].region_id", i), r.GetRegionId())
 		if err != nil {
 			return nil, err
 		}
@@ -50,9 +51,9 @@ func (s *Server) EnsureRegions(ctx context.Context, req *allocatorv1.EnsureRegio
 		sources[id] = src
 		todo = append(todo, ensure{id: id, cloneSource: src})
 	}
-	ids := make([]uuid.UUID, 0, len(todo))
+	regionIDs := make([]uuid.UUID, 0, len(todo))
 	for _, e := range todo {
-		ids = append(ids, e.id)
+		regionIDs = append(regionIDs, e.id)
 	}
 	// Regions are created concurrently, a few at a time, like Nexus does;
 	// the first error is returned (ensure is not atomic: the caller's undo
@@ -73,7 +74,7 @@ func (s *Server) EnsureRegions(ctx context.Context, req *allocatorv1.EnsureRegio
 			return nil, s.toStatus(ctx, err)
 		}
 	}
-	regions, err := store.GetRegions(ctx, s.pool, ids)
+	regions, err := store.GetRegions(ctx, s.pool, regionIDs)
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
@@ -115,19 +116,19 @@ func (s *Server) ensureRegion(ctx context.Context, id uuid.UUID, cloneSource str
 // DeleteRegions destroys regions on their agents, then removes their rows
 // and recomputes size_used. Unknown ids succeed.
 func (s *Server) DeleteRegions(ctx context.Context, req *allocatorv1.DeleteRegionsRequest) (*allocatorv1.DeleteRegionsResponse, error) {
-	var ids []uuid.UUID
+	var regionIDs []uuid.UUID
 	seen := map[uuid.UUID]bool{}
 	for i, v := range req.GetRegionIds() {
-		id, err := parseID(fmt.Sprintf("region_ids[%d]", i), v)
+		id, err := ids.Parse(fmt.Sprintf("region_ids[%d]", i), v)
 		if err != nil {
 			return nil, err
 		}
 		if !seen[id] {
 			seen[id] = true
-			ids = append(ids, id)
+			regionIDs = append(regionIDs, id)
 		}
 	}
-	regions, err := store.GetRegions(ctx, s.pool, ids)
+	regions, err := store.GetRegions(ctx, s.pool, regionIDs)
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
@@ -167,7 +168,7 @@ func (s *Server) DeleteRegions(ctx context.Context, req *allocatorv1.DeleteRegio
 
 // GetRegion returns one region with its region snapshots.
 func (s *Server) GetRegion(ctx context.Context, req *allocatorv1.GetRegionRequest) (*allocatorv1.GetRegionResponse, error) {
-	id, err := parseID("region_id", req.GetRegionId())
+	id, err := ids.Parse("region_id", req.GetRegionId())
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"storagecp.dev/allocator/agentapi"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/apierr"
+	"storagecp.dev/platform/ids"
 )
 
 // Server is the RegionAllocatorService.
@@ -58,24 +59,12 @@ func invalid(field, msg string) error {
 	return status.Error(codes.InvalidArgument, field+": "+msg)
 }
 
-// parseID parses a required UUID field.
-func parseID(field, v string) (uuid.UUID, error) {
-	if v == "" {
-		return uuid.Nil, invalid(field, "required")
-	}
-	id, err := uuid.Parse(v)
-	if err != nil || id == uuid.Nil {
-		return uuid.Nil, invalid(field, "not a UUID")
-	}
-	return id, nil
-}
-
 // parseOptionalID parses an optional UUID field; "" is uuid.Nil.
 func parseOptionalID(field, v string) (uuid.UUID, error) {
 	if v == "" {
 		return uuid.Nil, nil
 	}
-	return parseID(field, v)
+	return ids.Parse(field, v)
 }
 
 const (

@@ -15,33 +15,34 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/ids"
 )
 
 // CreateRegionSnapshots snapshots each region on its agent, starts a
 // running snapshot for it and records the region_snapshot row. A replay
 // returns the recorded rows (same addresses).
 func (s *Server) CreateRegionSnapshots(ctx context.Context, req *allocatorv1.CreateRegionSnapshotsRequest) (*allocatorv1.CreateRegionSnapshotsResponse, error) {
-	snapshotID, err := parseID("snapshot_id", req.GetSnapshotId())
+	snapshotID, err := ids.Parse("snapshot_id", req.GetSnapshotId())
 	if err != nil {
 		return nil, err
 	}
 	if len(req.GetRegionIds()) == 0 {
 		return nil, invalid("region_ids", "required")
 	}
-	var ids []uuid.UUID
+	var regionIDs []uuid.UUID
 	seen := map[uuid.UUID]bool{}
 	for i, v := range req.GetRegionIds() {
-		id, err := parseID(fmt.Sprintf("region_ids[%d]", i), v)
+		id, err := ids.Parse(fmt.Sprintf("region_ids[%d]", i), v)
 		if err != nil {
 			return nil, err
 		}
 		if !seen[id] {
 			seen[id] = true
-			ids = append(ids, id)
+			regionIDs = append(regionIDs, id)
 		}
 	}
 	resp := &allocatorv1.CreateRegionSnapshotsResponse{}
-	for _, id := range ids {
+	for _, id := range regionIDs {
 		rs, err := s.createRegionSnapshot(ctx, id, snapshotID)
 		if err != nil {
 			return nil, s.toStatus(ctx, err)
@@ -86,11 +87,11 @@ func (s *Server) createRegionSnapshot(ctx context.Context, regionID, snapshotID 
 func (s *Server) DeleteRegionSnapshots(ctx context.Context, req *allocatorv1.DeleteRegionSnapshotsRequest) (*allocatorv1.DeleteRegionSnapshotsResponse, error) {
 	var keys []store.RegionSnapshotKey
 	for i, k := range req.GetRegionSnapshots() {
-		rid, err := parseID(fmt.Sprintf("region_snapshots[%d].region_id", i), k.GetRegionId())
+		rid, err := ids.Parse(fmt.Sprintf("region_snapshots[%d].region_id", i), k.GetRegionId())
 		if err != nil {
 			return nil, err
 		}
-		sid, err := parseID(fmt.Sprintf("region_snapshots[%d].snapshot_id", i), k.GetSnapshotId())
+		sid, err := ids.Parse(fmt.Sprintf("region_snapshots[%d].snapshot_id", i), k.GetSnapshotId())
 		if err != nil {
 			return nil, err
 		}

@@ -13,6 +13,7 @@ import (
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
+	"storagecp.dev/platform/ids"
 )
 
 // ConstructVolume implements UpstairsNotifierService. The attachment is
@@ -20,7 +21,7 @@ import (
 // construction fails (and is retried) instead of missing an Upstairs built
 // from the old VCR.
 func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructVolumeRequest) (*notifierv1.ConstructVolumeResponse, error) {
-	volumeID, err := parseID("volume_id", req.GetVolumeId())
+	volumeID, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -34,7 +35,7 @@ func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructV
 	}
 	var upstairsID uuid.UUID
 	if req.GetUpstairsId() != "" {
-		if upstairsID, err = parseID("upstairs_id", req.GetUpstairsId()); err != nil {
+		if upstairsID, err = ids.Parse("upstairs_id", req.GetUpstairsId()); err != nil {
 			return nil, err
 		}
 	}
@@ -165,7 +166,7 @@ func upstairsError(endpoint, method string, err error) error {
 // Unavailable and the attachment stays STOPPING, unless the Upstairs was
 // already reported STOPPED or FAILED (then it has nothing to deactivate).
 func (s *Server) DetachUpstairs(ctx context.Context, req *notifierv1.DetachUpstairsRequest) (*notifierv1.DetachUpstairsResponse, error) {
-	id, err := parseID("attachment_id", req.GetAttachmentId())
+	id, err := ids.Parse("attachment_id", req.GetAttachmentId())
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +206,7 @@ func (s *Server) DetachUpstairs(ctx context.Context, req *notifierv1.DetachUpsta
 
 // SetUpstairsState implements UpstairsNotifierService.
 func (s *Server) SetUpstairsState(ctx context.Context, req *notifierv1.SetUpstairsStateRequest) (*notifierv1.SetUpstairsStateResponse, error) {
-	id, err := parseID("attachment_id", req.GetAttachmentId())
+	id, err := ids.Parse("attachment_id", req.GetAttachmentId())
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +232,7 @@ func (s *Server) ListAttachments(ctx context.Context, req *notifierv1.ListAttach
 	}
 	var volumeID *uuid.UUID
 	if req.GetVolumeId() != "" {
-		id, err := parseID("volume_id", req.GetVolumeId())
+		id, err := ids.Parse("volume_id", req.GetVolumeId())
 		if err != nil {
 			return nil, err
 		}

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
@@ -18,17 +17,6 @@ const (
 	defaultPageSize = 100
 	maxPageSize     = 1000
 )
-
-func parseID(field, s string) (uuid.UUID, error) {
-	if s == "" {
-		return uuid.Nil, invalid(field, "required")
-	}
-	id, err := uuid.Parse(s)
-	if err != nil {
-		return uuid.Nil, invalid(field, "not a UUID")
-	}
-	return id, nil
-}
 
 func pageSize(n int32) (int, error) {
 	switch {

@@ -13,6 +13,7 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
+	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/target"
 )
 
@@ -24,15 +25,15 @@ type repairReport struct {
 }
 
 func (r repairReport) rows(at time.Time, notification string) ([]store.RepairNotification, error) {
-	up, err := parseID("upstairs_id", r.upstairsID)
+	up, err := ids.Parse("upstairs_id", r.upstairsID)
 	if err != nil {
 		return nil, err
 	}
-	session, err := parseID("session_id", r.sessionID)
+	session, err := ids.Parse("session_id", r.sessionID)
 	if err != nil {
 		return nil, err
 	}
-	repair, err := parseID("repair_id", r.repairID)
+	repair, err := ids.Parse("repair_id", r.repairID)
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +53,7 @@ func (r repairReport) rows(at time.Time, notification string) ([]store.RepairNot
 		}
 		region := d.GetRegionId()
 		if region != "" {
-			id, err := parseID(field+".region_id", region)
+			id, err := ids.Parse(field+".region_id", region)
 			if err != nil {
 				return nil, err
 			}
@@ -145,11 +146,11 @@ func (s *Server) RepairFinish(ctx context.Context, req *notifierv1.RepairFinishR
 
 // RepairProgress implements UpstairsNotifierService.
 func (s *Server) RepairProgress(ctx context.Context, req *notifierv1.RepairProgressRequest) (*notifierv1.RepairProgressResponse, error) {
-	up, err := parseID("upstairs_id", req.GetUpstairsId())
+	up, err := ids.Parse("upstairs_id", req.GetUpstairsId())
 	if err != nil {
 		return nil, err
 	}
-	repair, err := parseID("repair_id", req.GetRepairId())
+	repair, err := ids.Parse("repair_id", req.GetRepairId())
 	if err != nil {
 		return nil, err
 	}
@@ -176,10 +177,10 @@ func downstairsNotification(upstairsID, downstairsID string, req interface {
 }) (store.DownstairsClientNotification, error) {
 	var n store.DownstairsClientNotification
 	var err error
-	if n.UpstairsID, err = parseID("upstairs_id", upstairsID); err != nil {
+	if n.UpstairsID, err = ids.Parse("upstairs_id", upstairsID); err != nil {
 		return n, err
 	}
-	if n.DownstairsID, err = parseID("downstairs_id", downstairsID); err != nil {
+	if n.DownstairsID, err = ids.Parse("downstairs_id", downstairsID); err != nil {
 		return n, err
 	}
 	if n.Time, err = parseTime("time", req.GetTime()); err != nil {
@@ -234,7 +235,7 @@ func (s *Server) ListRepairNotifications(ctx context.Context, req *notifierv1.Li
 	}
 	region := req.GetRegionId()
 	if region != "" {
-		id, err := parseID("region_id", region)
+		id, err := ids.Parse("region_id", region)
 		if err != nil {
 			return nil, err
 		}

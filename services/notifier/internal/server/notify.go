@@ -17,6 +17,7 @@ import (
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
 	"storagecp.dev/notifier/internal/vcrutil"
+	"storagecp.dev/platform/ids"
 )
 
 const (
@@ -51,7 +52,7 @@ type commonVCR = commonv1.VolumeConstructionRequest
 // incarnation, VCR generation); a repeat returns it (deduplicated) without
 // calling the Upstairs.
 func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyReplacementRequest) (*notifierv1.NotifyReplacementResponse, error) {
-	volumeID, err := parseID("volume_id", req.GetVolumeId())
+	volumeID, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -267,7 +268,7 @@ func (s *Server) ListNotifications(ctx context.Context, req *notifierv1.ListNoti
 	}
 	var volumeID *uuid.UUID
 	if req.GetVolumeId() != "" {
-		id, err := parseID("volume_id", req.GetVolumeId())
+		id, err := ids.Parse("volume_id", req.GetVolumeId())
 		if err != nil {
 			return nil, err
 		}

@@ -19,6 +19,7 @@ import (
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/validate"
+	"storagecp.dev/platform/ids"
 )
 
 type admin struct {
@@ -102,7 +103,7 @@ func (a *admin) ListSagas(ctx context.Context, req *orchestratorv1.ListSagasRequ
 		f.States = []string{st}
 	}
 	if req.PageToken != "" {
-		after, err := parseUUID("page_token", req.PageToken)
+		after, err := ids.Parse("page_token", req.PageToken)
 		if err != nil {
 			return nil, err
 		}
@@ -123,7 +124,7 @@ func (a *admin) ListSagas(ctx context.Context, req *orchestratorv1.ListSagasRequ
 }
 
 func (a *admin) GetSaga(ctx context.Context, req *orchestratorv1.GetSagaRequest) (*orchestratorv1.GetSagaResponse, error) {
-	id, err := parseUUID("saga_id", req.SagaId)
+	id, err := ids.Parse("saga_id", req.SagaId)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +175,7 @@ func lastDot(s string) int {
 }
 
 func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSagaRequest) (*orchestratorv1.AbandonSagaResponse, error) {
-	id, err := parseUUID("saga_id", req.SagaId)
+	id, err := ids.Parse("saga_id", req.SagaId)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
+	"storagecp.dev/platform/ids"
 )
 
 type lifecycle struct {
@@ -104,7 +105,7 @@ func optionalID(field, v string) (id uuid.UUID, given bool, err error) {
 	if v == "" {
 		return uuid.New(), false, nil
 	}
-	id, err = parseUUID(field, v)
+	id, err = ids.Parse(field, v)
 	return id, true, err
 }
 
@@ -191,7 +192,7 @@ func (l *lifecycle) CreateVolume(ctx context.Context, req *orchestratorv1.Create
 }
 
 func (l *lifecycle) SnapshotVolume(ctx context.Context, req *orchestratorv1.SnapshotVolumeRequest) (*orchestratorv1.SnapshotVolumeResponse, error) {
-	disk, err := parseUUID("volume_id", req.VolumeId)
+	disk, err := ids.Parse("volume_id", req.VolumeId)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +218,7 @@ func (l *lifecycle) SnapshotVolume(ctx context.Context, req *orchestratorv1.Snap
 }
 
 func (l *lifecycle) CloneVolume(ctx context.Context, req *orchestratorv1.CloneVolumeRequest) (*orchestratorv1.CloneVolumeResponse, error) {
-	snap, err := parseUUID("snapshot_id", req.SnapshotId)
+	snap, err := ids.Parse("snapshot_id", req.SnapshotId)
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +250,7 @@ func (l *lifecycle) CloneVolume(ctx context.Context, req *orchestratorv1.CloneVo
 // not know (never created, or already hard-deleted) is already gone: that
 // answers OK at once, hard-deleted, and starts no saga.
 func (l *lifecycle) DeleteVolume(ctx context.Context, req *orchestratorv1.DeleteVolumeRequest) (*orchestratorv1.DeleteVolumeResponse, error) {
-	id, err := parseUUID("volume_id", req.VolumeId)
+	id, err := ids.Parse("volume_id", req.VolumeId)
 	if err != nil {
 		return nil, err
 	}

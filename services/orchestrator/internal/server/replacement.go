@@ -21,6 +21,7 @@ import (
 	"storagecp.dev/orchestrator/internal/preview"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
+	"storagecp.dev/platform/ids"
 )
 
 type replacement struct {
@@ -130,7 +131,7 @@ func stepProto(s store.Step) *orchestratorv1.Step {
 // RequestReplacement creates a read-only replacement request for a target
 // by hand (the detector does the same for expunged disks).
 func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv1.RequestReplacementRequest) (*orchestratorv1.RequestReplacementResponse, error) {
-	id, err := parseUUID("target_id", req.TargetId)
+	id, err := ids.Parse("target_id", req.TargetId)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +202,7 @@ func (r *replacement) reopen(ctx context.Context, id uuid.UUID) (*orchestratorv1
 // CancelReplacement implements ReplacementService (the states each answer
 // are the store's Cancel).
 func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1.CancelReplacementRequest) (*orchestratorv1.CancelReplacementResponse, error) {
-	id, err := parseUUID("replacement_id", req.ReplacementId)
+	id, err := ids.Parse("replacement_id", req.ReplacementId)
 	if err != nil {
 		return nil, err
 	}
@@ -235,9 +236,9 @@ func (r *replacement) PreviewExpunge(ctx context.Context, req *orchestratorv1.Pr
 	var disk, sled uuid.UUID
 	var err error
 	if req.DiskId != "" {
-		disk, err = parseUUID("disk_id", req.DiskId)
+		disk, err = ids.Parse("disk_id", req.DiskId)
 	} else {
-		sled, err = parseUUID("sled_id", req.SledId)
+		sled, err = ids.Parse("sled_id", req.SledId)
 	}
 	if err != nil {
 		return nil, err
@@ -263,7 +264,7 @@ func requestTrace(ctx context.Context, rec store.ROReplacement) string {
 }
 
 func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.GetReplacementRequest) (*orchestratorv1.GetReplacementResponse, error) {
-	id, err := parseUUID("replacement_id", req.ReplacementId)
+	id, err := ids.Parse("replacement_id", req.ReplacementId)
 	if err != nil {
 		return nil, err
 	}
@@ -320,9 +321,10 @@ func pageArgs(size int32, token string) (uuid.UUID, int, error) {
 	}
 	after := uuid.Nil
 	if token != "" {
+		// A cursor, not an id: the nil UUID is where a listing starts.
 		var err error
-		if after, err = parseUUID("page_token", token); err != nil {
-			return after, 0, err
+		if after, err = uuid.Parse(token); err != nil {
+			return uuid.Nil, 0, status.Errorf(codes.InvalidArgument, "page_token: not a token this service issued: %q", token)
 		}
 	}
 	return after, limit, nil
@@ -407,7 +409,7 @@ func (r *replacement) ListSteps(ctx context.Context, req *orchestratorv1.ListSte
 	}
 	var reqID *uuid.UUID
 	if req.ReplacementId != "" {
-		id, err := parseUUID("replacement_id", req.ReplacementId)
+		id, err := ids.Parse("replacement_id", req.ReplacementId)
 		if err != nil {
 			return nil, err
 		}
@@ -465,7 +467,7 @@ func (r *replacement) WatchReplacement(req *orchestratorv1.WatchReplacementReque
 	ctx := stream.Context()
 	var only *uuid.UUID
 	if req.ReplacementId != "" {
-		id, err := parseUUID("replacement_id", req.ReplacementId)
+		id, err := ids.Parse("replacement_id", req.ReplacementId)
 		if err != nil {
 			return err
 		}

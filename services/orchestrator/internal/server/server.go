@@ -8,10 +8,7 @@ package server
 import (
 	"context"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	"storagecp.dev/orchestrator/internal/app"
@@ -49,14 +46,6 @@ func (s *Server) Replacement() orchestratorv1.ReplacementServiceServer { return 
 func (s *Server) Admin() orchestratorv1.AdminServiceServer { return &admin{s: s} }
 
 func (s *Server) currentSEC() (*saga.SEC, error) { return s.app.CurrentSEC() }
-
-func parseUUID(field, v string) (uuid.UUID, error) {
-	id, err := uuid.Parse(v)
-	if err != nil {
-		return uuid.Nil, status.Errorf(codes.InvalidArgument, "%s: not a UUID: %q", field, v)
-	}
-	return id, nil
-}
 
 // grpcError maps an error to a gRPC status by apierr's rule (the store's
 // and the saga log's errors carry their kinds). It takes no logger, so an

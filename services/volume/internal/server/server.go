@@ -17,6 +17,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/platform/apierr"
+	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/vcr"
 	"storagecp.dev/volume/internal/store"
 )
@@ -40,19 +41,11 @@ func (s *Server) toStatus(ctx context.Context, method string, err error) error {
 	return apierr.Status(ctx, s.logger, err, "method", method)
 }
 
-func parseID(field, s string) (uuid.UUID, error) {
-	id, err := uuid.Parse(s)
-	if err != nil || id == uuid.Nil {
-		return uuid.Nil, status.Errorf(codes.InvalidArgument, "%s: not a UUID", field)
-	}
-	return id, nil
-}
-
 func parseOptionalID(field, s string) (uuid.UUID, error) {
 	if s == "" {
 		return uuid.Nil, nil
 	}
-	return parseID(field, s)
+	return ids.Parse(field, s)
 }
 
 func parsePageToken(tok string) (uuid.UUID, error) {
@@ -168,7 +161,7 @@ var replaceToProto = map[store.ReplaceResult]commonv1.VolumeReplaceResult{
 
 // CreateVolume implements VolumeService.
 func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeRequest) (*volumev1.CreateVolumeResponse, error) {
-	id, err := parseID("volume_id", req.GetVolumeId())
+	id, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +173,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		return nil, err
 	}
 	if so := req.GetSnapshotOf(); so != nil {
-		src, err := parseID("snapshot_of.source_volume_id", so.GetSourceVolumeId())
+		src, err := ids.Parse("snapshot_of.source_volume_id", so.GetSourceVolumeId())
 		if err != nil {
 			return nil, err
 		}
@@ -208,7 +201,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 
 // GetVolume implements VolumeService.
 func (s *Server) GetVolume(ctx context.Context, req *volumev1.GetVolumeRequest) (*volumev1.GetVolumeResponse, error) {
-	id, err := parseID("volume_id", req.GetVolumeId())
+	id, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +231,7 @@ func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesReque
 
 // CheckoutVolume implements VolumeService.
 func (s *Server) CheckoutVolume(ctx context.Context, req *volumev1.CheckoutVolumeRequest) (*volumev1.CheckoutVolumeResponse, error) {
-	id, err := parseID("volume_id", req.GetVolumeId())
+	id, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +255,7 @@ func (s *Server) CheckoutVolume(ctx context.Context, req *volumev1.CheckoutVolum
 
 // SoftDeleteVolume implements VolumeService.
 func (s *Server) SoftDeleteVolume(ctx context.Context, req *volumev1.SoftDeleteVolumeRequest) (*volumev1.SoftDeleteVolumeResponse, error) {
-	id, err := parseID("volume_id", req.GetVolumeId())
+	id, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +282,7 @@ func (s *Server) SoftDeleteVolume(ctx context.Context, req *volumev1.SoftDeleteV
 
 // HardDeleteVolume implements VolumeService.
 func (s *Server) HardDeleteVolume(ctx context.Context, req *volumev1.HardDeleteVolumeRequest) (*volumev1.HardDeleteVolumeResponse, error) {
-	id, err := parseID("volume_id", req.GetVolumeId())
+	id, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -324,16 +317,16 @@ func (s *Server) FindDeletedVolumeRegions(ctx context.Context, _ *volumev1.FindD
 }
 
 func parseReplace(volume, old, new, stash string, oldField, newField string) (v, o, n, st uuid.UUID, err error) {
-	if v, err = parseID("volume_id", volume); err != nil {
+	if v, err = ids.Parse("volume_id", volume); err != nil {
 		return
 	}
-	if o, err = parseID(oldField, old); err != nil {
+	if o, err = ids.Parse(oldField, old); err != nil {
 		return
 	}
-	if n, err = parseID(newField, new); err != nil {
+	if n, err = ids.Parse(newField, new); err != nil {
 		return
 	}
-	st, err = parseID("stash_volume_id", stash)
+	st, err = ids.Parse("stash_volume_id", stash)
 	return
 }
 
@@ -365,7 +358,7 @@ func (s *Server) ReplaceRegion(ctx context.Context, req *volumev1.ReplaceRegionR
 
 // FindVolumesReferencingTarget implements VolumeService.
 func (s *Server) FindVolumesReferencingTarget(ctx context.Context, req *volumev1.FindVolumesReferencingTargetRequest) (*volumev1.FindVolumesReferencingTargetResponse, error) {
-	t, err := parseID("target_id", req.GetTargetId())
+	t, err := ids.Parse("target_id", req.GetTargetId())
 	if err != nil {
 		return nil, err
 	}
@@ -386,11 +379,11 @@ func (s *Server) FindVolumesReferencingTarget(ctx context.Context, req *volumev1
 
 // VolumeReferencesReadOnlyTarget implements VolumeService.
 func (s *Server) VolumeReferencesReadOnlyTarget(ctx context.Context, req *volumev1.VolumeReferencesReadOnlyTargetRequest) (*volumev1.VolumeReferencesReadOnlyTargetResponse, error) {
-	v, err := parseID("volume_id", req.GetVolumeId())
+	v, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
-	t, err := parseID("target_id", req.GetTargetId())
+	t, err := ids.Parse("target_id", req.GetTargetId())
 	if err != nil {
 		return nil, err
 	}
@@ -403,11 +396,11 @@ func (s *Server) VolumeReferencesReadOnlyTarget(ctx context.Context, req *volume
 
 // RemoveReadOnlyParent implements VolumeService.
 func (s *Server) RemoveReadOnlyParent(ctx context.Context, req *volumev1.RemoveReadOnlyParentRequest) (*volumev1.RemoveReadOnlyParentResponse, error) {
-	v, err := parseID("volume_id", req.GetVolumeId())
+	v, err := ids.Parse("volume_id", req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
-	t, err := parseID("temp_volume_id", req.GetTempVolumeId())
+	t, err := ids.Parse("temp_volume_id", req.GetTempVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -428,7 +421,7 @@ func (s *Server) RegisterTargets(ctx context.Context, req *volumev1.RegisterTarg
 		if reg.TargetID, err = parseOptionalID(p("target_id"), r.GetTargetId()); err != nil {
 			return nil, err
 		}
-		if reg.RegionID, err = parseID(p("region_id"), r.GetRegionId()); err != nil {
+		if reg.RegionID, err = ids.Parse(p("region_id"), r.GetRegionId()); err != nil {
 			return nil, err
 		}
 		if reg.OwnerVolumeID, err = parseOptionalID(p("owner_volume_id"), r.GetOwnerVolumeId()); err != nil {
@@ -456,10 +449,10 @@ func (s *Server) ActivateTargets(ctx context.Context, req *volumev1.ActivateTarg
 		var act store.Activation
 		var err error
 		p := func(f string) string { return "targets[" + strconv.Itoa(i) + "]." + f }
-		if act.TargetID, err = parseID(p("target_id"), a.GetTargetId()); err != nil {
+		if act.TargetID, err = ids.Parse(p("target_id"), a.GetTargetId()); err != nil {
 			return nil, err
 		}
-		if act.DatasetID, err = parseID(p("dataset_id"), a.GetDatasetId()); err != nil {
+		if act.DatasetID, err = ids.Parse(p("dataset_id"), a.GetDatasetId()); err != nil {
 			return nil, err
 		}
 		act.Address = a.GetAddress()
@@ -476,7 +469,7 @@ func (s *Server) ActivateTargets(ctx context.Context, req *volumev1.ActivateTarg
 func (s *Server) UnregisterTargets(ctx context.Context, req *volumev1.UnregisterTargetsRequest) (*volumev1.UnregisterTargetsResponse, error) {
 	idList := make([]uuid.UUID, 0, len(req.GetTargetIds()))
 	for i, t := range req.GetTargetIds() {
-		id, err := parseID("target_ids["+strconv.Itoa(i)+"]", t)
+		id, err := ids.Parse("target_ids["+strconv.Itoa(i)+"]", t)
 		if err != nil {
 			return nil, err
 		}
@@ -493,7 +486,7 @@ func (s *Server) UnregisterTargets(ctx context.Context, req *volumev1.Unregister
 func (s *Server) RetireTargets(ctx context.Context, req *volumev1.RetireTargetsRequest) (*volumev1.RetireTargetsResponse, error) {
 	idList := make([]uuid.UUID, 0, len(req.GetTargetIds()))
 	for i, t := range req.GetTargetIds() {
-		id, err := parseID("target_ids["+strconv.Itoa(i)+"]", t)
+		id, err := ids.Parse("target_ids["+strconv.Itoa(i)+"]", t)
 		if err != nil {
 			return nil, err
 		}
@@ -518,7 +511,7 @@ func idStrings(in []uuid.UUID) []string {
 
 // GetTarget implements VolumeService.
 func (s *Server) GetTarget(ctx context.Context, req *volumev1.GetTargetRequest) (*volumev1.GetTargetResponse, error) {
-	id, err := parseID("target_id", req.GetTargetId())
+	id, err := ids.Parse("target_id", req.GetTargetId())
 	if err != nil {
 		return nil, err
 	}
