@@ -369,6 +369,9 @@ func (s *App) Viewer() *saga.SEC { return s.viewer }
 // Lease is this process's view of the leader lease.
 func (s *App) Lease() *leader.Lease { return s.lease }
 
+// Logger is the process's logger.
+func (s *App) Logger() *slog.Logger { return s.logger }
+
 // Pool is the orchestrator's database.
 func (s *App) Pool() *pgxpool.Pool { return s.pool }
 

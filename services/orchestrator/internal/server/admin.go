@@ -111,7 +111,7 @@ func (a *admin) ListSagas(ctx context.Context, req *orchestratorv1.ListSagasRequ
 	}
 	views, err := a.s.viewer.List(ctx, f)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	out := &orchestratorv1.ListSagasResponse{}
 	for _, v := range views {
@@ -137,7 +137,7 @@ func (a *admin) GetSaga(ctx context.Context, req *orchestratorv1.GetSagaRequest)
 	}
 	v, err := sec.Get(ctx, id)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	out := &orchestratorv1.GetSagaResponse{Saga: sagaProto(v), ParamsJson: string(v.Params)}
 	for _, n := range v.Nodes {
@@ -187,7 +187,7 @@ func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSaga
 	}
 	v, err := a.s.viewer.Get(ctx, id)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	comment := strings.TrimSpace(req.Comment)
 	if comment == "" {
@@ -196,7 +196,7 @@ func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSaga
 	note := fmt.Sprintf("saga %s (%s) abandoned by an operator: %s", id, v.Name, comment)
 	held, err := a.s.store.HeldBy(ctx, id)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	var out *orchestratorv1.AbandonSagaResponse
 	if req.KeepEffects {
@@ -211,11 +211,11 @@ func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSaga
 	// where its task retries it: never a half-record waiting on a saga that
 	// will not move again. After a full unwind the undos did that already.
 	if v, err = a.s.viewer.Get(ctx, id); err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	if v.State == "abandoned" || (v.State == "done" && !v.Stuck) {
 		if _, err := a.s.store.ReconcileAbandoned(ctx, id, note); err != nil {
-			return nil, grpcError(err)
+			return nil, a.s.status(ctx, err)
 		}
 		// A lock the saga took for itself (snapshot-create's, under its
 		// subject) has no holder left; a record's lock stays with the record.
@@ -224,7 +224,7 @@ func (a *admin) AbandonSaga(ctx context.Context, req *orchestratorv1.AbandonSaga
 		}
 	}
 	if err := a.s.store.WhereNow(ctx, held); err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	for _, r := range held {
 		out.Reconciled = append(out.Reconciled, &orchestratorv1.ReconciledRecord{What: r.What, Id: r.ID.String(), FromState: r.From, ToState: r.To})
@@ -250,7 +250,7 @@ func (a *admin) abandonByUnwinding(ctx context.Context, v saga.SagaView, comment
 	case errors.Is(err, saga.ErrFinished), errors.Is(err, saga.ErrAbandoned):
 		return nil, status.Errorf(codes.FailedPrecondition, "abandon %s: %v", v.ID, err)
 	case err != nil:
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	out := &orchestratorv1.AbandonSagaResponse{Unwound: true, SkippedUndos: res.Skipped}
 	wctx, cancel := context.WithTimeout(ctx, wait)
@@ -271,7 +271,7 @@ func (a *admin) abandonKeepingEffects(ctx context.Context, v saga.SagaView, forc
 	if !force {
 		info, err := a.s.lease.Read(ctx)
 		if err != nil {
-			return nil, grpcError(err)
+			return nil, a.s.status(ctx, err)
 		}
 		if info.Holder == v.CurrentSEC && info.ExpiresAt.After(time.Now()) {
 			return nil, status.Errorf(codes.FailedPrecondition,
@@ -284,7 +284,7 @@ func (a *admin) abandonKeepingEffects(ctx context.Context, v saga.SagaView, forc
 	}
 	if err := sec.Abandon(ctx, v.ID, saga.AbandonOperator, comment); err != nil {
 		if errors.Is(err, saga.ErrNotFound) {
-			return nil, grpcError(err)
+			return nil, a.s.status(ctx, err)
 		}
 		return nil, status.Errorf(codes.FailedPrecondition, "abandon %s: %v", v.ID, err)
 	}
@@ -300,11 +300,11 @@ func (a *admin) releaseSagaOwnLock(ctx context.Context, v saga.SagaView, out *or
 	}
 	isRecord, err := a.s.store.IsRecord(ctx, repair)
 	if err != nil || isRecord {
-		return grpcError(err)
+		return a.s.status(ctx, err)
 	}
 	vols, err := a.s.store.ReleaseLocksOf(ctx, repair)
 	if err != nil {
-		return grpcError(err)
+		return a.s.status(ctx, err)
 	}
 	for _, vol := range vols {
 		out.ReleasedLockVolumeIds = append(out.ReleasedLockVolumeIds, vol.String())
@@ -338,7 +338,7 @@ func (a *admin) WaitIdle(ctx context.Context, req *orchestratorv1.WaitIdleReques
 func (a *admin) GetLeadership(ctx context.Context, _ *orchestratorv1.GetLeadershipRequest) (*orchestratorv1.GetLeadershipResponse, error) {
 	info, err := a.s.lease.Read(ctx)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	return &orchestratorv1.GetLeadershipResponse{
 		Holder: info.Holder, Epoch: info.Epoch, LeaseExpiry: timestamppb.New(info.ExpiresAt),
@@ -357,7 +357,7 @@ func ready(s *Server) bool {
 func (a *admin) ValidateSystem(ctx context.Context, _ *orchestratorv1.ValidateSystemRequest) (*orchestratorv1.ValidateSystemResponse, error) {
 	vs, err := validate.Run(ctx, a.s.deps, a.s.store)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, a.s.status(ctx, err)
 	}
 	return &orchestratorv1.ValidateSystemResponse{Violations: vs}, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"testing"
 
 	"github.com/google/uuid"
@@ -20,7 +22,9 @@ import (
 // the mapping moved to platform/apierr: each error, wrapped as the store
 // wraps it, keeps its code and message.
 func TestErrorTable(t *testing.T) {
-	apierrtest.Check(t, grpcError, []apierrtest.Case{
+	s := &Server{logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	toStatus := func(err error) error { return s.status(context.Background(), err) }
+	apierrtest.Check(t, toStatus, []apierrtest.Case{
 		{Err: nil, Code: codes.OK, Msg: ""},
 		{Err: fmt.Errorf("replacement r1: %w", store.ErrNotFound), Code: codes.NotFound, Msg: "replacement r1: not found"},
 		{Err: fmt.Errorf("saga s1: %w", saga.ErrNotFound), Code: codes.NotFound, Msg: "saga s1: saga not found"},
@@ -34,7 +38,7 @@ func TestErrorTable(t *testing.T) {
 	})
 	// The changes: contention and context errors were Internal; they are
 	// now Unavailable, DeadlineExceeded and Canceled as in every service.
-	apierrtest.Check(t, grpcError, []apierrtest.Case{
+	apierrtest.Check(t, toStatus, []apierrtest.Case{
 		{Err: &pgconn.PgError{Code: "40001"}, Code: codes.Unavailable, Msg: "database contention, retry"},
 		{Err: context.DeadlineExceeded, Code: codes.DeadlineExceeded},
 		{Err: context.Canceled, Code: codes.Canceled},

@@ -46,7 +46,7 @@ func (l *lifecycle) start(ctx context.Context, t *saga.Template, subject uuid.UU
 	id := lifecycleSagaID(t.Name(), subject)
 	exists, err := sec.Exists(ctx, id)
 	if err != nil {
-		return nil, saga.Outcome{}, grpcError(err)
+		return nil, saga.Outcome{}, l.s.status(ctx, err)
 	}
 	if !exists {
 		if check != nil {
@@ -57,7 +57,7 @@ func (l *lifecycle) start(ctx context.Context, t *saga.Template, subject uuid.UU
 		if _, err := sec.Create(ctx, t, params, saga.WithID(id), saga.WithSubject(subject.String())); err != nil {
 			// Created meanwhile by the same request? Then report that saga.
 			if _, gerr := l.s.viewer.Get(ctx, id); gerr != nil {
-				return nil, saga.Outcome{}, grpcError(err)
+				return nil, saga.Outcome{}, l.s.status(ctx, err)
 			}
 		}
 	}
@@ -276,7 +276,7 @@ func (l *lifecycle) DeleteVolume(ctx context.Context, req *orchestratorv1.Delete
 	}
 	sagaID, err := sec.Create(ctx, sagadef.VolumeDelete, sagadef.DeleteParams{VolumeID: id}, saga.WithSubject(id.String()))
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, l.s.status(ctx, err)
 	}
 	res := &orchestratorv1.SagaResult{SagaId: sagaID.String(), Outcome: orchestratorv1.SagaOutcome_SAGA_OUTCOME_RUNNING}
 	out := &orchestratorv1.DeleteVolumeResponse{Saga: res}

@@ -179,7 +179,7 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 	rec.Traceparent = requestTrace(ctx, rec)
 	got, created, err := r.s.store.InsertROReplacement(ctx, rec)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	sagadef.Wakeup(r.s.deps.Wake.ROStart)
 	return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(got), Created: created}, nil
@@ -189,7 +189,7 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 // target again does.
 func (r *replacement) reopen(ctx context.Context, id uuid.UUID) (*orchestratorv1.RequestReplacementResponse, error) {
 	if err := r.s.store.Reopen(ctx, id); err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	sagadef.Wakeup(r.s.deps.Wake.ROStart, r.s.deps.Wake.RWDetector)
 	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
@@ -214,7 +214,7 @@ func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1
 		return nil, status.Error(codes.InvalidArgument, "reason: longer than 1000 bytes")
 	}
 	if err := r.s.store.Cancel(ctx, id, "cancelled by an operator: "+reason); err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	// The released lock may let another request of the volume proceed.
 	sagadef.Wakeup(r.s.deps.Wake.RODetector, r.s.deps.Wake.ROStep, r.s.deps.Wake.RWDetector)
@@ -245,7 +245,7 @@ func (r *replacement) PreviewExpunge(ctx context.Context, req *orchestratorv1.Pr
 	}
 	out, err := preview.Expunge(ctx, preview.Clients{Volumes: r.s.deps.Volumes, Allocator: r.s.deps.Allocator}, disk, sled)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	return out, nil
 }
@@ -273,11 +273,11 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 		return r.getRegionReplacement(ctx, id)
 	}
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	steps, err := r.s.store.StepsOfRequest(ctx, id, "")
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	w := waits{s: r.s, full: true}
 	out := &orchestratorv1.GetReplacementResponse{Replacement: roProto(rec)}
@@ -293,11 +293,11 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 func (r *replacement) getRegionReplacement(ctx context.Context, id uuid.UUID) (*orchestratorv1.GetReplacementResponse, error) {
 	rec, err := r.s.store.GetRWReplacement(ctx, id)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	drives, err := r.s.store.DriveSteps(ctx, id)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	out := &orchestratorv1.GetReplacementResponse{Replacement: rwProto(rec)}
 	out.Replacement.Wait = waits{s: r.s, full: true}.regionRequest(ctx, rec)
@@ -355,7 +355,7 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 		}
 		recs, err := r.s.store.ListROReplacements(ctx, state, after, limit)
 		if err != nil {
-			return nil, grpcError(err)
+			return nil, r.s.status(ctx, err)
 		}
 		for _, rec := range recs {
 			p := roProto(rec)
@@ -388,7 +388,7 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 		}
 		recs, err := r.s.store.ListRWReplacements(ctx, state, after, limit)
 		if err != nil {
-			return nil, grpcError(err)
+			return nil, r.s.status(ctx, err)
 		}
 		for _, rec := range recs {
 			p := rwProto(rec)
@@ -425,7 +425,7 @@ func (r *replacement) ListSteps(ctx context.Context, req *orchestratorv1.ListSte
 	}
 	steps, err := r.s.store.ListSteps(ctx, reqID, state, after, limit)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	out := &orchestratorv1.ListStepsResponse{}
 	for _, s := range steps {
@@ -446,7 +446,7 @@ func (r *replacement) ListLocks(ctx context.Context, req *orchestratorv1.ListLoc
 	}
 	locks, err := r.s.store.ListLocks(ctx, after, limit)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	out := &orchestratorv1.ListLocksResponse{}
 	for _, l := range locks {
@@ -509,18 +509,18 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 		case errors.Is(err, store.ErrNotFound):
 			rw, err := r.s.store.GetRWReplacement(ctx, *only)
 			if err != nil {
-				return nil, grpcError(err)
+				return nil, r.s.status(ctx, err)
 			}
 			rws = append(rws, rw)
 		case err != nil:
-			return nil, grpcError(err)
+			return nil, r.s.status(ctx, err)
 		default:
 			recs = append(recs, rec)
 		}
 	} else {
 		allRW, err := r.s.store.ListRWReplacements(ctx, "", uuid.Nil, 1000)
 		if err != nil {
-			return nil, grpcError(err)
+			return nil, r.s.status(ctx, err)
 		}
 		for _, rw := range allRW {
 			if !rw.State.Terminal() {
@@ -529,7 +529,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 		}
 		all, err := r.s.store.ListROReplacements(ctx, "", uuid.Nil, 1000)
 		if err != nil {
-			return nil, grpcError(err)
+			return nil, r.s.status(ctx, err)
 		}
 		for _, rec := range all {
 			if !rec.State.Terminal() {
@@ -539,7 +539,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 	}
 	counts, err := r.s.store.StepCounts(ctx, only)
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, r.s.status(ctx, err)
 	}
 	msg := &orchestratorv1.WatchReplacementResponse{Done: true, Steps: &orchestratorv1.StepCounts{
 		Requested: counts[store.StepRequested], Running: counts[store.StepRunning], Complete: counts[store.StepComplete],

@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -29,11 +30,12 @@ type Server struct {
 	driver *background.Driver
 	viewer *saga.SEC
 	lease  *leader.Lease
+	logger *slog.Logger
 }
 
 // New returns the handlers of a.
 func New(a *app.App) *Server {
-	return &Server{app: a, pool: a.Pool(), store: a.Store(), deps: a.Deps(), driver: a.Driver(), viewer: a.Viewer(), lease: a.Lease()}
+	return &Server{app: a, pool: a.Pool(), store: a.Store(), deps: a.Deps(), driver: a.Driver(), viewer: a.Viewer(), lease: a.Lease(), logger: a.Logger()}
 }
 
 // Lifecycle is the LifecycleService.
@@ -47,9 +49,9 @@ func (s *Server) Admin() orchestratorv1.AdminServiceServer { return &admin{s: s}
 
 func (s *Server) currentSEC() (*saga.SEC, error) { return s.app.CurrentSEC() }
 
-// grpcError maps an error to a gRPC status by apierr's rule (the store's
-// and the saga log's errors carry their kinds). It takes no logger, so an
-// internal error's detail goes to slog's default logger.
-func grpcError(err error) error {
-	return apierr.Status(context.Background(), nil, err)
+// status maps an error to a gRPC status by apierr's rule (the store's and
+// the saga log's errors carry their kinds); an internal error's detail goes
+// to this process's log, with the request's trace.
+func (s *Server) status(ctx context.Context, err error) error {
+	return apierr.Status(ctx, s.logger, err)
 }
