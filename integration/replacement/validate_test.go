@@ -23,7 +23,7 @@ import (
 func TestValidateSystemReportsInconsistencies(t *testing.T) {
 	r := rack.Start(t, 4, 1, stack.Config{})
 	ctx := context.Background()
-	r.CreateDisk(t)
+	disk := r.CreateDisk(t)
 	r.Validate(t) // a consistent system first
 
 	// A region allocated without being registered.
@@ -41,6 +41,11 @@ func TestValidateSystemReportsInconsistencies(t *testing.T) {
 	}}}); err != nil {
 		t.Fatal(err)
 	}
+	// An ACTIVE target its agent no longer serves (destroyed behind the
+	// control plane's back, as a lost disk write or a bug would).
+	unserved := r.Targets(t, disk, commonv1.TargetKind_TARGET_KIND_RW_REGION)[0]
+	exec(t, r, stack.Allocator, `UPDATE agent_region SET state = 'destroyed' WHERE region_id = $1`, unserved.TargetId)
+	exec(t, r, stack.Allocator, `DELETE FROM agent_port WHERE region_id = $1 AND snapshot_id IS NULL`, unserved.TargetId)
 	resp, err := r.Admin.ValidateSystem(ctx, &orchestratorv1.ValidateSystemRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +54,8 @@ func TestValidateSystemReportsInconsistencies(t *testing.T) {
 	for _, v := range resp.Violations {
 		got[v.Subject] = v.Code
 	}
-	if got[orphan] != "unregistered_allocation" || got[pending] != "stuck_pending" || len(got) != 2 {
+	if got[orphan] != "unregistered_allocation" || got[pending] != "stuck_pending" ||
+		got[unserved.Address] != "active_target_not_served" || len(got) != 3 {
 		t.Fatalf("violations %v", resp.Violations)
 	}
 }

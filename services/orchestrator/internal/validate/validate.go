@@ -212,6 +212,7 @@ func (v *validator) registry(ctx context.Context) error {
 		}
 	}
 	var probe []string
+	probedID := map[string]string{} // address → the ACTIVE target probed there
 	for id, t := range targets {
 		_, hasRow := rows[id]
 		switch t.State {
@@ -223,6 +224,7 @@ func (v *validator) registry(ctx context.Context) error {
 				continue
 			}
 			probe = append(probe, t.Address)
+			probedID[t.Address] = id
 		case commonv1.TargetState_TARGET_STATE_DELETING:
 			v.addQuiet("stuck_deleting", id, "%s reached zero references but was never destroyed and unregistered", t.Kind)
 		}
@@ -233,12 +235,38 @@ func (v *validator) registry(ctx context.Context) error {
 			return fmt.Errorf("probe targets: %w", err)
 		}
 		for _, p := range resp.Probes {
-			if p.Result == allocatorv1.ProbeResult_PROBE_RESULT_DESTROYED {
+			if p.Result != allocatorv1.ProbeResult_PROBE_RESULT_DESTROYED {
+				continue
+			}
+			// The registry was read before the probe: meanwhile the target
+			// may have reached zero references (DELETING), been destroyed
+			// and unregistered, as a replacement's garbage collection does.
+			// A target only moves on from ACTIVE, so one still ACTIVE at
+			// the same address now was ACTIVE when the probe found nothing.
+			still, err := v.stillActiveAt(ctx, probedID[p.Address], p.Address)
+			if err != nil {
+				return err
+			}
+			if still {
 				v.add("active_target_not_served", p.Address, "an ACTIVE target's agent serves nothing there")
 			}
 		}
 	}
 	return nil
+}
+
+// stillActiveAt reports whether target id is still registered ACTIVE at
+// address.
+func (v *validator) stillActiveAt(ctx context.Context, id, address string) (bool, error) {
+	resp, err := v.deps.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id})
+	if status.Code(err) == codes.NotFound {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get target %s: %w", id, err)
+	}
+	t := resp.GetTarget()
+	return t.GetState() == commonv1.TargetState_TARGET_STATE_ACTIVE && t.GetAddress() == address, nil
 }
 
 func (v *validator) locksAndSagas(ctx context.Context) error {
