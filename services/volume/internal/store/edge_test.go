@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/vcr"
 )
 
@@ -50,7 +51,7 @@ func TestCreateVolumeUnresolvableReadOnlyTargetFailsAndCreatesNothing(t *testing
 	unknown := Target{Address: f.addr()}
 	id := uuid.New()
 	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: snapshotVCR([]Target{good, unknown})})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	wantContains(t, err, canon(t, unknown.Address))
 	for _, table := range []string{"volume WHERE id", "volume_resource_usage WHERE volume_id", "volume_target WHERE volume_id"} {
 		if n := f.count(`SELECT count(*) FROM `+table+` = $1`, id); n != 0 {
@@ -73,8 +74,8 @@ func TestPendingTargetCannotBeResolvedUntilActive(t *testing.T) {
 	}
 	addr := f.addr()
 	_, _, err = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: snapshotVCR([]Target{{Address: addr}})})
-	wantKind(t, err, KindFailedPrecondition)
-	if _, err := f.s.ResolveAddress(f.ctx, addr); KindOf(err) != KindNotFound {
+	wantKind(t, err, apierr.Precondition)
+	if _, err := f.s.ResolveAddress(f.ctx, addr); apierr.KindOf(err) != apierr.NotFound {
 		t.Fatalf("resolve pending: %v", err)
 	}
 	if _, err := f.s.ActivateTargets(f.ctx, []Activation{{TargetID: pending[0].ID, DatasetID: uuid.New(), Address: addr}}); err != nil {
@@ -100,10 +101,10 @@ func TestCreateVolumeOnDeletingSnapshotFailsEvenAfterEarlierCheckout(t *testing.
 		t.Fatalf("freed %d region snapshots, want 3", len(res.RegionSnapshots))
 	}
 	_, _, err = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: volumeNode(copyVCR)})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	// And through the server-side clone path.
 	_, _, err = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: volumeNode(nil), ReadOnlyParentFrom: snapID})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	if st := f.target(snaps[0].ID).State; st != StateDeleting {
 		t.Fatalf("state = %s", st)
 	}
@@ -119,15 +120,15 @@ func TestCreateVolumeValidatesReadWriteTargetsAndSoftDeleteFailsIfTheyVanish(t *
 	id := uuid.New()
 	rw := f.rwRegions(uuid.New(), 3) // owned by someone else
 	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: disk(rw, nil)})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	wantContains(t, err, "owned by")
 	_, _, err = f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: disk([]Target{{Address: f.addr()}}, nil)})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 
 	id2, rw2 := f.newDisk(nil)
 	f.exec(`DELETE FROM target WHERE target_id = $1`, rw2[1].ID)
 	_, err = f.s.SoftDeleteVolume(f.ctx, id2)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	v, _ := f.s.GetVolume(f.ctx, id2, true)
 	if v.SoftDeleted() {
 		t.Fatal("failed soft delete left the volume deleted")
@@ -140,7 +141,7 @@ func TestCreateVolumeRejectsReadOnlyTargetListedTwice(t *testing.T) {
 	id := uuid.New()
 	v := volumeNode(snapshotVCR([]Target{ro}), regionNode(true, 1, ro))
 	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: v})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	wantContains(t, err, "vcr.volume.read_only_parent.volume.sub_volumes[0].region.opts.target[0]")
 	if strings.Contains(err.Error(), "c2VjcmV0") {
 		t.Fatal("error carries the key")
@@ -163,7 +164,7 @@ func TestUsageUniquenessEnforcedOutsideTheIndex(t *testing.T) {
 		t.Fatalf("violations = %v", got)
 	}
 	_, err := f.s.SoftDeleteVolume(f.ctx, id)
-	wantKind(t, err, KindInternal)
+	wantKind(t, err, apierr.Internal)
 }
 
 func TestSoftDeleteOfHardDeletedVolumeReturnsEmpty(t *testing.T) {
@@ -384,7 +385,7 @@ func TestHardDeleteOfLiveVolumeIsRefused(t *testing.T) {
 	id := uuid.New()
 	f.create(id, snapshotVCR([]Target{ro}))
 	_, err := f.s.HardDeleteVolume(f.ctx, id)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	if n := f.target(ro.ID).RefCount; n != 1 {
 		t.Fatalf("count %d", n)
 	}
@@ -406,7 +407,7 @@ func TestHardDeleteKeptUntilLastOwnedRWTargetIsUnregistered(t *testing.T) {
 	if r, err := f.s.HardDeleteVolume(f.ctx, id); err != nil || r.Kept {
 		t.Fatalf("%+v %v", r, err)
 	}
-	if _, err := f.s.GetVolume(f.ctx, id, true); KindOf(err) != KindNotFound {
+	if _, err := f.s.GetVolume(f.ctx, id, true); apierr.KindOf(err) != apierr.NotFound {
 		t.Fatalf("volume still there: %v", err)
 	}
 }
@@ -479,7 +480,7 @@ func TestCheckoutDoesNotRejectSoftDeletedAndMissingIsNotFound(t *testing.T) {
 	}
 	// The proto contract says NOT_FOUND (the reference answers 500).
 	_, err := f.s.Checkout(f.ctx, uuid.New(), ReasonConstruct, false)
-	wantKind(t, err, KindNotFound)
+	wantKind(t, err, apierr.NotFound)
 }
 
 func TestCheckoutReturnsPreBumpGensAndPersistsPlusOneForDirectRegions(t *testing.T) {
@@ -536,10 +537,10 @@ func TestCheckoutOfTopLevelRegionIsErrorAndFileURLPassThrough(t *testing.T) {
 	}
 	// A bare region cannot be created; a stored one (legacy/corrupt) fails checkout.
 	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: regionNode(false, 1, Target{Address: f.addr()})})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	f.exec(`UPDATE volume SET data = $2 WHERE id = $1`, file, `{"type":"region","block_size":512,"blocks_per_extent":1,"extent_count":1,"gen":1,"opts":{"id":"`+uuid.NewString()+`","target":["[fd00::1]:1"],"read_only":false}}`)
 	_, err = f.s.Checkout(f.ctx, file, ReasonConstruct, false)
-	wantKind(t, err, KindInternal)
+	wantKind(t, err, apierr.Internal)
 }
 
 func TestReadOnlyCopyOfVolumeWithFileSubVolumeIsInternalNotPrecondition(t *testing.T) {
@@ -547,10 +548,10 @@ func TestReadOnlyCopyOfVolumeWithFileSubVolumeIsInternalNotPrecondition(t *testi
 	id := uuid.New()
 	f.create(id, volumeNode(nil, &vcr.VCR{File: &vcr.File{ID: uuid.NewString(), BlockSize: 512}}))
 	_, err := f.s.Checkout(f.ctx, id, ReasonReadOnlyCopy, false)
-	wantKind(t, err, KindInternal)
+	wantKind(t, err, apierr.Internal)
 	disk, _ := f.newDisk(nil)
 	_, err = f.s.Checkout(f.ctx, disk, ReasonReadOnlyCopy, false)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 }
 
 // randomize_ids fails when any region is rw; unlike the reference's
@@ -559,7 +560,7 @@ func TestRandomizeIDsRefusedWhenAnyRegionIsRWAndBumpsNothing(t *testing.T) {
 	f := newFixture(t)
 	id, _ := f.newDisk(nil)
 	_, err := f.s.Checkout(f.ctx, id, ReasonCopyAndModify, true)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	v, _ := f.s.GetVolume(f.ctx, id, true)
 	if g := v.VCR.Volume.SubVolumes[0].Region.Gen; g != 1 {
 		t.Fatalf("gen bumped to %d by a refused copy", g)
@@ -600,7 +601,7 @@ func TestRemoveReadOnlyParentNeedsLiveTempAndMovesUsageRows(t *testing.T) {
 	snapID, snaps := f.newSnapshot(rw)
 	clone, _ := f.newDisk(snapshotVCR(snaps))
 	_, err := f.s.RemoveReadOnlyParent(f.ctx, clone, uuid.New())
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	temp := uuid.New()
 	f.create(temp, volumeNode(nil))
 	if ok, err := f.s.RemoveReadOnlyParent(f.ctx, clone, temp); err != nil || !ok {
@@ -667,9 +668,9 @@ func TestReplaceRegionErrorsWhenBothOrNeitherPresent(t *testing.T) {
 	f := newFixture(t)
 	d, rw, nr, stash := replaceRegionSetup(f)
 	_, err := f.s.ReplaceRegion(f.ctx, d, rw[0].ID, rw[1].ID, stash)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	_, err = f.s.ReplaceRegion(f.ctx, d, nr.ID, f.rwRegions(stash, 1)[0].ID, stash)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	f.healthy()
 }
 
@@ -703,7 +704,7 @@ func TestReplaceRegionNeedsLiveStashAndLeavesTheLedgerAlone(t *testing.T) {
 	f := newFixture(t)
 	d, rw, nr, stash := replaceRegionSetup(f)
 	_, err := f.s.ReplaceRegion(f.ctx, d, rw[0].ID, nr.ID, uuid.New())
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	before := f.count(`SELECT count(*) FROM volume_resource_usage`)
 	if _, err := f.s.ReplaceRegion(f.ctx, d, rw[0].ID, nr.ID, stash); err != nil {
 		t.Fatal(err)
@@ -767,10 +768,10 @@ func TestReplaceReadOnlyTargetErrorsWhenBothOrNeitherPresent(t *testing.T) {
 	f := newFixture(t)
 	clone, snaps, ro, stash := replaceSnapshotSetup(f)
 	_, err := f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, snaps[1].ID, stash)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	other := f.roRegion(uuid.New())
 	_, err = f.s.ReplaceReadOnlyTarget(f.ctx, clone, ro.ID, other.ID, stash)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	f.healthy()
 }
 
@@ -778,12 +779,12 @@ func TestReplaceReadOnlyTargetRequiresLiveStashAndOverwritesIt(t *testing.T) {
 	f := newFixture(t)
 	clone, snaps, ro, stash := replaceSnapshotSetup(f)
 	_, err := f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, ro.ID, uuid.New())
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	dead := uuid.New()
 	f.create(dead, volumeNode(nil))
 	f.softDelete(dead)
 	_, err = f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, ro.ID, dead)
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	if _, err := f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, ro.ID, stash); err != nil {
 		t.Fatal(err)
 	}
@@ -869,7 +870,7 @@ func TestVolumeDataKeysAreNeverInErrors(t *testing.T) {
 	ro := f.roRegion(uuid.New())
 	v := volumeNode(snapshotVCR([]Target{ro}), regionNode(false, 1, Target{Address: "10.0.0.1:1"}))
 	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: v})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	if strings.Contains(err.Error(), "c2VjcmV0") {
 		t.Fatal("key in error")
 	}
@@ -882,7 +883,7 @@ func TestReplaceReadOnlyTargetFailsWhenStashHoldsTheNewTargetTwice(t *testing.T)
 		f.exec(`INSERT INTO volume_resource_usage VALUES (gen_random_uuid(), $1, $2)`, stash, ro.ID)
 	}
 	_, err := f.s.ReplaceReadOnlyTarget(f.ctx, clone, snaps[0].ID, ro.ID, stash)
-	wantKind(t, err, KindInternal)
+	wantKind(t, err, apierr.Internal)
 	v, _ := f.s.GetVolume(f.ctx, clone, true)
 	if got := vcr.ReadOnlyTargets(v.VCR); got[0] != snaps[0].Address {
 		t.Fatal("failed replacement changed the VCR")

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/pgtest"
 	"storagecp.dev/platform/vcr"
@@ -220,16 +221,16 @@ func (f *fixture) violationCodes() []string {
 	return codes
 }
 
-func wantKind(t testing.TB, err error, kind ErrorKind) {
+func wantKind(t testing.TB, err error, kind apierr.Kind) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("want error of kind %d, got nil", kind)
 	}
 	var ie *vcr.InvalidError
-	if kind == KindInvalidArgument && errors.As(err, &ie) {
+	if kind == apierr.Invalid && errors.As(err, &ie) {
 		return
 	}
-	if got := KindOf(err); got != kind {
+	if got := apierr.KindOf(err); got != kind {
 		t.Fatalf("want error kind %d, got %d: %v", kind, got, err)
 	}
 }

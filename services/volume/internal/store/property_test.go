@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 	"pgregory.net/rapid"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/vcr"
 )
 
@@ -70,7 +71,7 @@ func (p *propState) allowPrecondition(err error, what string) bool {
 	if err == nil {
 		return true
 	}
-	if KindOf(err) != KindFailedPrecondition {
+	if apierr.KindOf(err) != apierr.Precondition {
 		p.t.Fatalf("%s: %v", what, err)
 	}
 	return false

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/platform/apierr"
 )
 
 // docs/architecture.md, "Register before create" (snapshot versus disk
@@ -49,7 +51,7 @@ func TestSnapshotRegistrationRacesSoftDeleteOfParentVolume(t *testing.T) {
 		case regErr == nil && !freed:
 			wins["snapshot"]++
 		case regErr != nil && freed:
-			wantKind(t, regErr, KindFailedPrecondition)
+			wantKind(t, regErr, apierr.Precondition)
 			wins["delete"]++
 		case regErr == nil && freed:
 			t.Fatalf("iteration %d: region freed although a snapshot of it was registered", i)
@@ -104,7 +106,7 @@ func TestConcurrentCreateAndSoftDeleteOnSharedSnapshotTargets(t *testing.T) {
 			for r := 0; r < rounds; r++ {
 				id := uuid.New()
 				_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: id, VCR: volumeNode(snapshotVCR(snaps))})
-				if KindOf(err) == KindFailedPrecondition {
+				if apierr.KindOf(err) == apierr.Precondition {
 					o.refused++
 					continue
 				}

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/platform/apierr"
 )
 
 // RetireTargets proves a created target unreferenced before an unwinding
@@ -36,7 +38,7 @@ func TestRetireTargets(t *testing.T) {
 	}
 	// A retired target can no longer be named.
 	_, _, err = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: snapshotVCR([]Target{unused})})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	// Again: the same answer, nothing changed.
 	again, err := f.s.RetireTargets(f.ctx, []uuid.UUID{unused.ID, escaped.ID, pending[0].ID, unknown})
 	if err != nil || !sameIDs(again.Retired, got.Retired) || !sameIDs(again.Kept, got.Kept) || !sameIDs(again.Absent, got.Absent) {
@@ -60,10 +62,10 @@ func TestRetireTargetsRefusesBadInput(t *testing.T) {
 	_, rw := f.newDisk(nil)
 	ro := f.roRegion(uuid.New())
 	_, err := f.s.RetireTargets(f.ctx, []uuid.UUID{ro.ID, rw[0].ID})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	wantContains(t, err, "target_ids[1]")
 	_, err = f.s.RetireTargets(f.ctx, []uuid.UUID{uuid.Nil})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	if s := f.target(ro.ID).State; s != StateActive {
 		t.Fatalf("a refused call changed %s to %s", ro.ID, s)
 	}
@@ -107,7 +109,7 @@ func TestVolumePurpose(t *testing.T) {
 	if _, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: stash, VCR: volumeNode(nil), Purpose: PurposeStash}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: volumeNode(nil), Purpose: "bogus"}); KindOf(err) != KindInvalidArgument {
+	if _, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: volumeNode(nil), Purpose: "bogus"}); apierr.KindOf(err) != apierr.Invalid {
 		t.Fatalf("bogus purpose: %v", err)
 	}
 	clone, _ := f.newDisk(snapshotVCR(snaps))
@@ -153,7 +155,7 @@ func TestSoftDeleteOnlyPurpose(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := f.s.SoftDeleteVolumeWith(f.ctx, stash, SoftDeleteOptions{OnlyPurpose: PurposeData})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	wantContains(t, err, "stash")
 	if v, err := f.s.GetVolume(f.ctx, stash, false); err != nil || v.SoftDeleted() {
 		t.Fatalf("a refused delete changed the stash: %+v %v", v, err)

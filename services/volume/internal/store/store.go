@@ -29,38 +29,24 @@ type Store struct {
 // New returns a Store over pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// ErrorKind classifies store errors for the gRPC layer: an apierr.Kind,
-// whose code the caller gets. Messages name ids and addresses, never key
-// material.
-type ErrorKind = apierr.Kind
-
-// Error kinds.
-const (
-	KindInvalidArgument    = apierr.Invalid
-	KindNotFound           = apierr.NotFound
-	KindFailedPrecondition = apierr.Precondition
-	// KindInternal is a broken invariant: logged, and Internal.
-	KindInternal = apierr.Internal
-)
+// Store errors carry an apierr kind, whose code the caller gets (apierr's
+// rule). Messages name ids and addresses, never key material.
 
 func invalidArgument(format string, args ...any) error {
-	return apierr.Errorf(KindInvalidArgument, format, args...)
+	return apierr.Errorf(apierr.Invalid, format, args...)
 }
 
 func notFound(format string, args ...any) error {
-	return apierr.Errorf(KindNotFound, format, args...)
+	return apierr.Errorf(apierr.NotFound, format, args...)
 }
 
 func failedPrecondition(format string, args ...any) error {
-	return apierr.Errorf(KindFailedPrecondition, format, args...)
+	return apierr.Errorf(apierr.Precondition, format, args...)
 }
 
 func internal(format string, args ...any) error {
-	return apierr.Errorf(KindInternal, format, args...)
+	return apierr.Errorf(apierr.Internal, format, args...)
 }
-
-// KindOf returns the kind of a store error (0 if err is not one).
-func KindOf(err error) ErrorKind { return apierr.KindOf(err) }
 
 // TargetKind is what a registered target is.
 type TargetKind string

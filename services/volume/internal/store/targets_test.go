@@ -5,6 +5,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/ids"
 )
 
@@ -27,11 +28,11 @@ func TestRegisterTargetsIsIdempotentAndDerivesIDs(t *testing.T) {
 		t.Fatalf("%+v %v", rs, err)
 	}
 	_, err = f.s.RegisterTargets(f.ctx, []Registration{{TargetID: uuid.New(), Kind: KindRWRegion, RegionID: uuid.New(), OwnerVolumeID: owner}})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	_, err = f.s.RegisterTargets(f.ctx, []Registration{{Kind: KindRORegion, RegionID: region}})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	_, err = f.s.RegisterTargets(f.ctx, []Registration{{Kind: KindRWRegion, RegionID: uuid.New()}})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 }
 
 func TestRegisterRegionSnapshotRefusedWhenParentOwnerSoftDeleted(t *testing.T) {
@@ -39,12 +40,12 @@ func TestRegisterRegionSnapshotRefusedWhenParentOwnerSoftDeleted(t *testing.T) {
 	id, rw := f.newDisk(nil)
 	f.softDelete(id)
 	_, err := f.s.RegisterTargets(f.ctx, []Registration{{Kind: KindRegionSnapshot, RegionID: rw[0].RegionID, SnapshotID: uuid.New()}})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	_, err = f.s.RegisterTargets(f.ctx, []Registration{{Kind: KindRegionSnapshot, RegionID: uuid.New(), SnapshotID: uuid.New()}})
-	wantKind(t, err, KindFailedPrecondition) // parent not registered
+	wantKind(t, err, apierr.Precondition) // parent not registered
 	ro := f.roRegion(uuid.New())
 	_, err = f.s.RegisterTargets(f.ctx, []Registration{{Kind: KindRegionSnapshot, RegionID: ro.RegionID, SnapshotID: uuid.New()}})
-	wantKind(t, err, KindFailedPrecondition) // read-only regions are never snapshotted
+	wantKind(t, err, apierr.Precondition) // read-only regions are never snapshotted
 	if n := f.count(`SELECT count(*) FROM target WHERE kind = 'REGION_SNAPSHOT'`); n != 0 {
 		t.Fatalf("%d snapshot rows", n)
 	}
@@ -64,13 +65,13 @@ func TestActivateTargetsIdempotentAndGuarded(t *testing.T) {
 		t.Fatalf("replay: %v", err)
 	}
 	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[0].ID, DatasetID: ds, Address: f.addr()}})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[1].ID, DatasetID: ds, Address: addr}})
-	wantKind(t, err, KindFailedPrecondition) // address served by a live target
+	wantKind(t, err, apierr.Precondition) // address served by a live target
 	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[1].ID, DatasetID: ds, Address: "10.0.0.1:19000"}})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: uuid.New(), DatasetID: ds, Address: f.addr()}})
-	wantKind(t, err, KindNotFound)
+	wantKind(t, err, apierr.NotFound)
 }
 
 func TestUnregisterTargetsRules(t *testing.T) {
@@ -84,13 +85,13 @@ func TestUnregisterTargetsRules(t *testing.T) {
 
 	for name, target := range map[string]uuid.UUID{"rw of live volume": rw[0].ID, "active read-only": ro.ID} {
 		_, err := f.s.UnregisterTargets(f.ctx, []uuid.UUID{target})
-		if KindOf(err) != KindFailedPrecondition {
+		if apierr.KindOf(err) != apierr.Precondition {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
 	// All or nothing.
 	_, err := f.s.UnregisterTargets(f.ctx, []uuid.UUID{pendingRO[0].ID, rw[0].ID})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	if f.count(`SELECT count(*) FROM target WHERE target_id = $1`, pendingRO[0].ID) != 1 {
 		t.Fatal("partial unregister")
 	}
@@ -103,7 +104,7 @@ func TestUnregisterTargetsRules(t *testing.T) {
 	f.snapshots(rw[:1], snapID)
 	f.softDelete(id)
 	_, err = f.s.UnregisterTargets(f.ctx, []uuid.UUID{rw[0].ID})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	if n, err := f.s.UnregisterTargets(f.ctx, targetIDs(rw[1:])); err != nil || n != 2 {
 		t.Fatalf("%d %v", n, err)
 	}
@@ -111,7 +112,7 @@ func TestUnregisterTargetsRules(t *testing.T) {
 	if n, err := f.s.UnregisterTargets(f.ctx, []uuid.UUID{ro.ID}); err != nil || n != 1 {
 		t.Fatalf("deleting ro: %d %v", n, err)
 	}
-	if _, err := f.s.GetTarget(f.ctx, ro.ID, true); KindOf(err) != KindNotFound {
+	if _, err := f.s.GetTarget(f.ctx, ro.ID, true); apierr.KindOf(err) != apierr.NotFound {
 		t.Fatalf("gone target: %v", err)
 	}
 	f.healthy()
@@ -185,7 +186,7 @@ func TestCreateVolumeFromReadOnlyParentSourceAndSnapshotOf(t *testing.T) {
 	}
 	// An unmapped rw target is InvalidArgument and writes nothing.
 	_, _, err := f.s.CreateVolume(f.ctx, CreateParams{ID: snapID, SnapshotOf: &SnapshotOf{Source: diskID, TargetMap: map[string]string{rw[0].Address: snaps[0].Address}}})
-	wantKind(t, err, KindInvalidArgument)
+	wantKind(t, err, apierr.Invalid)
 	before, _ := f.s.GetVolume(f.ctx, diskID, true)
 	if g := before.VCR.Volume.SubVolumes[0].Region.Gen; g != 1 {
 		t.Fatalf("refused snapshot bumped gen to %d", g)
@@ -217,7 +218,7 @@ func TestCreateVolumeFromReadOnlyParentSourceAndSnapshotOf(t *testing.T) {
 	}
 	// A disk cannot be the read-only parent source.
 	_, _, err = f.s.CreateVolume(f.ctx, CreateParams{ID: uuid.New(), VCR: volumeNode(nil), ReadOnlyParentFrom: diskID})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	f.healthy()
 }
 
@@ -239,13 +240,13 @@ func TestActivateTakesOverAFreedRWRegionsAddress(t *testing.T) {
 	}
 	// The live disk's region keeps its address.
 	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[0].ID, DatasetID: liveRW[0].DatasetID, Address: liveRW[0].Address}})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 	// The deleted disk's does not.
 	got, err := f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[0].ID, DatasetID: rw[0].DatasetID, Address: rw[0].Address}})
 	if err != nil || got[0].Address != rw[0].Address {
 		t.Fatalf("activate at a freed region's address: %+v %v", got, err)
 	}
-	if _, err := f.s.GetTarget(f.ctx, rw[0].ID, false); KindOf(err) != KindNotFound {
+	if _, err := f.s.GetTarget(f.ctx, rw[0].ID, false); apierr.KindOf(err) != apierr.NotFound {
 		t.Fatalf("the freed region is still registered: %v", err)
 	}
 	// Its saga's own unregister finds nothing left.
@@ -258,5 +259,5 @@ func TestActivateTakesOverAFreedRWRegionsAddress(t *testing.T) {
 	f.snapshots(rw2[:1], uuid.New())
 	f.softDelete(owner2)
 	_, err = f.s.ActivateTargets(f.ctx, []Activation{{TargetID: ts[1].ID, DatasetID: rw2[0].DatasetID, Address: rw2[0].Address}})
-	wantKind(t, err, KindFailedPrecondition)
+	wantKind(t, err, apierr.Precondition)
 }
