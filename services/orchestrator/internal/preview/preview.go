@@ -36,13 +36,11 @@ type Clients struct {
 // walk, ListCloneSources, GetTarget, the dry run of the saga's allocation)
 // with the previewed disks treated as expunged, and writes nothing anywhere.
 //
-// Bad requests (InvalidArgument), unknown disks (NotFound) and disks
-// already expunged (FailedPrecondition) come back as gRPC status errors;
-// any other error is the failed read, wrapped.
+// Exactly one of diskID and sledID is set (the handler checked the
+// request). Unknown disks (NotFound) and disks already expunged
+// (FailedPrecondition) come back as gRPC status errors; any other error is
+// the failed read, wrapped.
 func Expunge(ctx context.Context, c Clients, diskID, sledID uuid.UUID) (*orchestratorv1.PreviewExpungeResponse, error) {
-	if (diskID == uuid.Nil) == (sledID == uuid.Nil) {
-		return nil, status.Error(codes.InvalidArgument, "disk_id: exactly one of disk_id and sled_id is required")
-	}
 	p := &previewer{c: c, disks: map[string]*allocatorv1.PhysicalDisk{}, byDataset: map[string]*allocatorv1.PhysicalDisk{}, previewed: map[string]bool{}}
 	if err := p.loadDisks(ctx); err != nil {
 		return nil, err
