@@ -90,30 +90,15 @@ PROD_BINS = storagecp.dev/volume/cmd/volume-service \
 	storagecp.dev/orchestrator/cmd/replacement-orchestrator \
 	storagecp.dev/storctl/cmd/storctl
 NON_PROD_PKGS = ^(testing|storagecp\.dev/(testsupport|deploy|integration|sim)(/.*)?|storagecp\.dev/[^/]+/sim(/.*)?|storagecp\.dev/platform/(pgtest|pgcluster)(/.*)?|storagecp\.dev/.*/(testenv|sagatest))$$
-# The one exception: region-allocator (SIM_AGENT_BIN, and no other binary)
-# may link the simulated Crucible agent (SIM_AGENT_PKGS), because it is the
-# only agent implementation there is: no client of a real Crucible agent
-# exists. The check prints the exception whenever it applies; any other
-# package of the sim module is still refused.
-SIM_AGENT_BIN = storagecp.dev/allocator/cmd/region-allocator
-SIM_AGENT_PKGS = ^storagecp\.dev/allocator/sim/simagent$$
 
 prod-deps-check:
 	@fail=0; for b in $(PROD_BINS); do \
 		deps=$$($(GO) list -deps $$b); \
 		bad=$$(grep -E '$(NON_PROD_PKGS)' <<<"$$deps" || true); \
-		allowed=; \
-		if [ "$$b" = "$(SIM_AGENT_BIN)" ]; then \
-			allowed=$$(grep -E '$(SIM_AGENT_PKGS)' <<<"$$bad" || true); \
-			bad=$$(grep -vE '$(SIM_AGENT_PKGS)' <<<"$$bad" || true); \
-		fi; \
 		if [ -n "$$bad" ]; then \
 			echo "$$b links non-production packages:"; sed 's/^/    /' <<<"$$bad"; fail=1; \
 		else \
-			echo "$$b: $$(grep -c . <<<"$$deps") packages ($$(grep -c '^storagecp\.dev/' <<<"$$deps") storagecp.dev), no test-support, launcher or simulation$${allowed:+ but the named exception}"; \
-		fi; \
-		if [ -n "$$allowed" ]; then \
-			echo "    exception (SIM_AGENT_PKGS): links the simulated Crucible agent, the only agent implementation:"; sed 's/^/        /' <<<"$$allowed"; \
+			echo "$$b: $$(grep -c . <<<"$$deps") packages ($$(grep -c '^storagecp\.dev/' <<<"$$deps") storagecp.dev), no test-support, launcher or simulation"; \
 		fi; \
 	done; exit $$fail
 

@@ -1,6 +1,8 @@
 // Package stack starts a whole storagecp deployment as real processes on
 // loopback: a private PostgreSQL cluster with one database per service, the
-// four services and a number of sim-upstairs. The local launcher behind
+// four services, the simulated hardware's processes (sim-agent, the
+// Crucible agents the region-allocator calls, and a number of
+// sim-upstairs). The local launcher behind
 // `make run` and the integration tests both use it, so what the tests
 // exercise is what an operator runs.
 package stack
@@ -35,6 +37,9 @@ const (
 	Notifier     = "upstairs-notifier"
 	Orchestrator = "replacement-orchestrator"
 	SimUpstairs  = "sim-upstairs"
+	// SimAgent simulates the Crucible agents; it runs wherever the
+	// region-allocator does, on the allocator's database.
+	SimAgent = "sim-agent"
 )
 
 // Binaries every deployment needs, with their package paths.
@@ -44,6 +49,7 @@ var binaries = map[string]string{
 	Notifier:     "./services/notifier/cmd/upstairs-notifier",
 	Orchestrator: "./services/orchestrator/cmd/replacement-orchestrator",
 	SimUpstairs:  "./services/notifier/sim/cmd/sim-upstairs",
+	SimAgent:     "./services/allocator/sim/cmd/sim-agent",
 }
 
 // databases maps a service to its database name.
@@ -82,7 +88,7 @@ func Build(ctx context.Context, repoRoot, binDir string) error {
 		return err
 	}
 	args := []string{"build", "-o", binDir + string(os.PathSeparator)}
-	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator, SimUpstairs} {
+	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator, SimUpstairs, SimAgent} {
 		args = append(args, binaries[name])
 	}
 	// The operator CLI is no deployment process, but building it here puts
@@ -168,7 +174,7 @@ type Stack struct {
 	tracingEnv []string
 }
 
-var defaultPorts = map[string]int{Volume: 7101, Allocator: 7102, Notifier: 7103, Orchestrator: 7104, SimUpstairs: 7110}
+var defaultPorts = map[string]int{Volume: 7101, Allocator: 7102, Notifier: 7103, Orchestrator: 7104, SimAgent: 7105, SimUpstairs: 7110}
 
 // metricsPortOffset puts each process's fixed metrics port beside its gRPC
 // port: 9101 for the volume-service's 7101, and so on.
@@ -227,6 +233,10 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		if cfg.Only == nil {
 			return true
 		}
+		if name == SimAgent {
+			// The allocator's agents come with it.
+			name = Allocator
+		}
 		for _, n := range cfg.Only {
 			if n == name {
 				return true
@@ -235,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return false
 	}
 	addrs := map[string]string{}
-	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator} {
+	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator, SimAgent} {
 		if addrs[name], err = addr(name, 0); err != nil {
 			return nil, err
 		}
@@ -259,7 +269,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		args []string
 	}{
 		{Volume, []string{"--db", s.Cluster.DSN(databases[Volume])}},
-		{Allocator, []string{"--db", s.Cluster.DSN(databases[Allocator])}},
+		// The simulated agents keep their state in the allocator's database.
+		{SimAgent, []string{"--db", s.Cluster.DSN(databases[Allocator])}},
+		{Allocator, []string{"--db", s.Cluster.DSN(databases[Allocator]), "--agent-addr", addrs[SimAgent]}},
 		{Notifier, []string{"--db", s.Cluster.DSN(databases[Notifier]), "--volume-addr", addrs[Volume]}},
 		// Every sim-upstairs can also act as a Pantry.
 		{Orchestrator, []string{"--db", s.Cluster.DSN(databases[Orchestrator]),
@@ -583,6 +595,7 @@ var healthServices = map[string]string{
 	Notifier:     "storage.notifier.v1.UpstairsNotifierService",
 	Orchestrator: "storage.orchestrator.v1.ReplacementService",
 	SimUpstairs:  "storage.upstairs.v1.UpstairsService",
+	SimAgent:     "storage.agent.v1.AgentService",
 }
 
 // Health asks the process's gRPC health service for the status of its own

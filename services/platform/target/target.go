@@ -16,6 +16,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Errors name what is wrong with an address; test them with errors.Is. The
@@ -45,6 +48,20 @@ func Parse(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, wrap(s, ErrPortZero)
 	}
 	return ap, nil
+}
+
+// ParseAll parses a list of target addresses, the request field field,
+// and refuses the first bad one as InvalidArgument naming it ("field[i]: ").
+func ParseAll(field string, vs []string) ([]netip.AddrPort, error) {
+	out := make([]netip.AddrPort, 0, len(vs))
+	for i, v := range vs {
+		ap, err := Parse(v)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%s[%d]: %v", field, i, err)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
 }
 
 // Canonical parses a target address and returns its canonical form.

@@ -2,7 +2,11 @@ package target
 
 import (
 	"errors"
+	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestParse(t *testing.T) {
@@ -40,5 +44,16 @@ func TestParseIP(t *testing.T) {
 		if _, err := ParseIP(in); (err == nil) != ok {
 			t.Errorf("ParseIP(%q): %v", in, err)
 		}
+	}
+}
+
+func TestParseAll(t *testing.T) {
+	got, err := ParseAll("addresses", []string{"[fd00::1]:19000", "[fd00:0::2]:19001"})
+	if err != nil || len(got) != 2 || got[1].String() != "[fd00::2]:19001" {
+		t.Fatalf("ParseAll: %v, %v", got, err)
+	}
+	_, err = ParseAll("addresses", []string{"[fd00::1]:19000", "10.0.0.1:19000"})
+	if status.Code(err) != codes.InvalidArgument || !strings.HasPrefix(status.Convert(err).Message(), "addresses[1]: ") {
+		t.Fatalf("a bad second address: %v", err)
 	}
 }

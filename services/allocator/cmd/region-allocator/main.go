@@ -1,36 +1,56 @@
 // Command region-allocator serves storage.allocator.v1: inventory,
-// expungement, region placement and the simulated Crucible agents.
-//
-// It links the simulation (storagecp.dev/allocator/sim/simagent) because it
-// is the only agent implementation there is; `make prod-deps-check` names
-// this as its one exception.
+// expungement and region placement, creating and destroying regions
+// through the Crucible agents it reaches at --agent-addr
+// (storage.agent.v1; sim-agent in development).
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"os"
 
+	"storagecp.dev/allocator/internal/agentclient"
+	"storagecp.dev/allocator/internal/agentfault"
 	allocatorserver "storagecp.dev/allocator/internal/server"
 	"storagecp.dev/allocator/migrations"
-	"storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/server"
 )
 
 func main() {
+	var agentAddr *string
 	server.Main(server.Service{
 		Name:        "region-allocator",
 		DefaultAddr: "127.0.0.1:7102",
 		EnvPrefix:   "STORAGECP_ALLOCATOR",
 		Migrations:  migrations.FS,
-		Register: func(ctx context.Context, env *server.Env) error {
-			faults := &simagent.Faults{}
-			agents := simagent.NewSim(env.Pool, faults)
-			s := allocatorserver.New(env.Pool, env.Logger, agents, faults, agents)
-			allocatorv1.RegisterRegionAllocatorServiceServer(env.Server, s)
-			if env.Dev {
-				allocatorv1.RegisterAgentFaultServiceServer(env.Server, s.Faults())
-				allocatorv1.RegisterAgentDataServiceServer(env.Server, s.Data())
+		Flags: func(fs *flag.FlagSet) {
+			agentAddr = fs.String("agent-addr", os.Getenv("STORAGECP_ALLOCATOR_AGENT_ADDR"),
+				"host:port of the Crucible agents' endpoint, storage.agent.v1 (env STORAGECP_ALLOCATOR_AGENT_ADDR)")
+		},
+		Register: func(_ context.Context, env *server.Env) error {
+			if *agentAddr == "" {
+				return errors.New("no agents: set --agent-addr or STORAGECP_ALLOCATOR_AGENT_ADDR")
 			}
+			conn, err := agentclient.Dial(*agentAddr)
+			if err != nil {
+				return err
+			}
+			// conn lives as long as the process: in-flight calls drain
+			// through it after ctx is cancelled.
+			agents := agentclient.New(conn)
+			if !env.Dev {
+				allocatorv1.RegisterRegionAllocatorServiceServer(env.Server, allocatorserver.New(env.Pool, env.Logger, agents))
+				return nil
+			}
+			s := allocatorserver.NewDev(env.Pool, env.Logger, agents, allocatorserver.Dev{
+				Faults: &agentfault.Faults{},
+				Data:   allocatorv1.NewAgentDataServiceClient(conn),
+			})
+			allocatorv1.RegisterRegionAllocatorServiceServer(env.Server, s)
+			allocatorv1.RegisterAgentFaultServiceServer(env.Server, s.Faults())
+			allocatorv1.RegisterAgentDataServiceServer(env.Server, s.Data())
 			return nil
 		},
 	})

@@ -44,22 +44,56 @@ type process struct {
 	stop func()
 }
 
-// buildBinary compiles this command once per test into a temp dir.
-func buildBinary(t *testing.T) string {
+// binaries are the two programs a deployment of the allocator runs.
+type binaries struct {
+	allocator string
+	// agent is sim-agent, the simulated Crucible agents the allocator
+	// reaches at --agent-addr.
+	agent string
+}
+
+// buildBinaries compiles this command and sim-agent once per test into a
+// temp dir.
+func buildBinaries(t *testing.T) binaries {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "region-allocator")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), ".", "storagecp.dev/allocator/sim/cmd/sim-agent")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	return bin
+	return binaries{allocator: filepath.Join(dir, "region-allocator"), agent: filepath.Join(dir, "sim-agent")}
 }
 
-// start runs the binary on an ephemeral port (read back from its
-// "serving" log line) and stops it with SIGTERM at the end of the test.
-func start(t *testing.T, bin, dsn string) *process {
+// start runs an allocator over dsn whose agents are at agentAddr.
+func start(t *testing.T, bins binaries, dsn, agentAddr string) *process {
 	t.Helper()
-	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--db", dsn, "--dev")
+	addr, stop := run(t, bins.allocator, "--listen", "127.0.0.1:0", "--db", dsn, "--agent-addr", agentAddr, "--dev")
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &process{
+		addr: addr, conn: conn,
+		api:  allocatorv1.NewRegionAllocatorServiceClient(conn),
+		dev:  allocatorv1.NewAgentFaultServiceClient(conn),
+		stop: stop,
+	}
+}
+
+// startAgent runs sim-agent over dsn and returns its address.
+func startAgent(t *testing.T, bins binaries, dsn string) string {
+	t.Helper()
+	addr, _ := run(t, bins.agent, "--listen", "127.0.0.1:0", "--db", dsn)
+	return addr
+}
+
+// run starts a service binary on an ephemeral port (read back from its
+// "serving" log line) and stops it with SIGTERM at the end of the test.
+func run(t *testing.T, bin string, args ...string) (addr string, stop func()) {
+	t.Helper()
+	name := filepath.Base(bin)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -69,7 +103,7 @@ func start(t *testing.T, bin, dsn string) *process {
 		t.Fatalf("start: %v", err)
 	}
 	var once sync.Once
-	stop := func() {
+	stop = func() {
 		once.Do(func() {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			done := make(chan struct{})
@@ -90,7 +124,7 @@ func start(t *testing.T, bin, dsn string) *process {
 		if t.Failed() {
 			logMu.Lock()
 			defer logMu.Unlock()
-			t.Logf("allocator log:\n%s", logs.String())
+			t.Logf("%s log:\n%s", name, logs.String())
 		}
 	})
 	go func() {
@@ -112,25 +146,14 @@ func start(t *testing.T, bin, dsn string) *process {
 			}
 		}
 	}()
-	var addr string
 	select {
 	case addr = <-addrCh:
 	case <-time.After(60 * time.Second):
 		logMu.Lock()
 		defer logMu.Unlock()
-		t.Fatalf("allocator did not start; log:\n%s", logs.String())
+		t.Fatalf("%s did not start; log:\n%s", name, logs.String())
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &process{
-		addr: addr, conn: conn,
-		api:  allocatorv1.NewRegionAllocatorServiceClient(conn),
-		dev:  allocatorv1.NewAgentFaultServiceClient(conn),
-		stop: stop,
-	}
+	return addr, stop
 }
 
 func allocReq(volumeID string) *allocatorv1.AllocateRegionsRequest {
@@ -154,9 +177,10 @@ func TestTwoProcessesNeverOvercommit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	bin := buildBinary(t)
+	bins := buildBinaries(t)
 	dsn := pgtest.NewDSN(t, "allocator")
-	a, b := start(t, bin, dsn), start(t, bin, dsn)
+	agent := startAgent(t, bins, dsn)
+	a, b := start(t, bins, dsn, agent), start(t, bins, dsn, agent)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -278,7 +302,7 @@ func TestTwoProcessesNeverOvercommit(t *testing.T) {
 	// The agents survive a restart of every allocator process.
 	a.stop()
 	b.stop()
-	c := start(t, bin, dsn)
+	c := start(t, bins, dsn, agent)
 	probes, err = c.api.ProbeTargets(ctx, probe)
 	if err != nil {
 		t.Fatal(err)
@@ -296,5 +320,17 @@ func TestTwoProcessesNeverOvercommit(t *testing.T) {
 		if r.GetAddress() != ensured.GetRegions()[i].GetAddress() {
 			t.Fatalf("ensure after restart moved %s", r.GetRegionId())
 		}
+	}
+}
+
+// Without agents the allocator cannot create a region, so it does not
+// start: it says which flag is missing and exits non-zero.
+func TestRefusesToStartWithoutAgents(t *testing.T) {
+	bins := buildBinaries(t)
+	cmd := exec.Command(bins.allocator, "--listen", "127.0.0.1:0", "--db", pgtest.NewDSN(t, "allocator"))
+	cmd.Env = append(os.Environ(), "STORAGECP_ALLOCATOR_AGENT_ADDR=", "OTEL_SDK_DISABLED=true")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--agent-addr") {
+		t.Fatalf("started without agents: %v\n%s", err, out)
 	}
 }

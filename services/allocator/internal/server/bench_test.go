@@ -62,7 +62,7 @@ func BenchmarkAllocateRegions(b *testing.B) {
 	if _, err := pool.Exec(ctx, benchInventorySQL); err != nil {
 		b.Fatalf("inventory: %v", err)
 	}
-	s := newSimServer(pool)
+	s := newSimServer(b, pool)
 	req := func() *allocatorv1.AllocateRegionsRequest {
 		r := allocReq(uuid.NewString(), 3, newIDs(3))
 		r.Seed = ""

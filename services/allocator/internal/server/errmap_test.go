@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"storagecp.dev/allocator/agentapi"
+	"storagecp.dev/allocator/internal/agentfault"
 	"storagecp.dev/allocator/internal/store"
-	"storagecp.dev/allocator/sim/simagent"
 	"storagecp.dev/platform/apierr/apierrtest"
 )
 
@@ -30,8 +30,8 @@ func TestErrorCodes(t *testing.T) {
 		{Err: &store.GuardError{Guard: store.GuardSpace}, Code: codes.ResourceExhausted, Msg: "not enough storage: not enough space"},
 		{Err: &store.GuardError{Guard: store.GuardDatasets}, Code: codes.ResourceExhausted, Msg: "not enough storage: not enough datasets"},
 		{Err: &store.GuardError{Guard: store.GuardUniqueZpools}, Code: codes.ResourceExhausted, Msg: "not enough storage: not enough unique zpools"},
-		{Err: wrap(&simagent.InjectedError{Op: agentapi.OpEnsureRegion, Permanent: true}), Code: codes.FailedPrecondition, Msg: ""},
-		{Err: wrap(&simagent.InjectedError{Op: agentapi.OpEnsureRegion}), Code: codes.Unavailable, Msg: ""},
+		{Err: wrap(&agentfault.InjectedError{Op: agentfault.OpEnsureRegion, Permanent: true}), Code: codes.FailedPrecondition, Msg: ""},
+		{Err: wrap(&agentfault.InjectedError{Op: agentfault.OpEnsureRegion}), Code: codes.Unavailable, Msg: ""},
 		{Err: wrap(agentapi.ErrGone), Code: codes.Unavailable, Msg: "delete region r1: agent gone: dataset is not on an in-service disk"},
 		{Err: wrap(agentapi.ErrNoFreePort), Code: codes.ResourceExhausted, Msg: "delete region r1: no free port on agent"},
 		{Err: wrap(store.ErrNotFound), Code: codes.NotFound, Msg: "delete region r1: not found"},
@@ -43,13 +43,21 @@ func TestErrorCodes(t *testing.T) {
 		{Err: wrap(agentapi.ErrNoRegion), Code: codes.FailedPrecondition, Msg: ""},
 		{Err: wrap(agentapi.ErrNoSnapshot), Code: codes.FailedPrecondition, Msg: ""},
 		{Err: wrap(agentapi.ErrCloneSource), Code: codes.FailedPrecondition, Msg: ""},
-		{Err: wrap(agentapi.ErrReadOnly), Code: codes.FailedPrecondition, Msg: ""},
-		{Err: wrap(agentapi.ErrNoSource), Code: codes.FailedPrecondition, Msg: ""},
-		{Err: fmt.Errorf("%w: [a b]", agentapi.ErrDisagree), Code: codes.FailedPrecondition, Msg: "the copies to repair from disagree: [a b]"},
-		{Err: wrap(agentapi.ErrNotServed), Code: codes.FailedPrecondition, Msg: ""},
+		// Agent errors as they come back over storage.agent.v1.
+		{Err: wrap(overWire(agentapi.ErrGone)), Code: codes.Unavailable, Msg: "delete region r1: agent gone: dataset is not on an in-service disk"},
+		{Err: wrap(overWire(fmt.Errorf("region r1: %w", agentapi.ErrHasSnapshots))), Code: codes.FailedPrecondition, Msg: "delete region r1: region r1: region still has snapshots on the agent"},
+		{Err: wrap(overWire(agentapi.ErrUnknownDataset)), Code: codes.NotFound, Msg: ""},
+		{Err: wrap(agentapi.FromStatus(status.Error(codes.Unavailable, "connection refused"))), Code: codes.Unavailable, Msg: "delete region r1: agent: connection refused"},
+		{Err: wrap(agentapi.FromStatus(status.Error(codes.FailedPrecondition, "stale epoch: request carries 1, newest seen is 2"))), Code: codes.FailedPrecondition, Msg: ""},
 		{Err: wrap(&pgconn.PgError{Code: "40001"}), Code: codes.Unavailable, Msg: "database contention, retry"},
 		{Err: wrap(context.DeadlineExceeded), Code: codes.DeadlineExceeded, Msg: ""},
 		{Err: wrap(context.Canceled), Code: codes.Canceled, Msg: ""},
 		{Err: errors.New("connection refused"), Code: codes.Internal, Msg: "internal error"},
 	})
+}
+
+// overWire is err as the allocator's agent client gets it back from an
+// agent that answered with it.
+func overWire(err error) error {
+	return agentapi.FromStatus(agentapi.Status(context.Background(), nil, err))
 }

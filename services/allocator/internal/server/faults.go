@@ -4,31 +4,32 @@ import (
 	"context"
 	"time"
 
-	"storagecp.dev/allocator/agentapi"
+	"storagecp.dev/allocator/internal/agentfault"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 )
 
 // FaultServer is the AgentFaultService, registered only with --dev. It
-// drives this process's fault registry.
+// drives this process's fault registry: a fault fails or delays this
+// allocator's calls to the agents, not another allocator's.
 type FaultServer struct {
 	allocatorv1.UnimplementedAgentFaultServiceServer
-	faults agentapi.FaultInjector
+	faults *agentfault.Faults
 }
 
 const maxFaultDelay = 10 * time.Minute
 
 // InjectAgentFault makes the next count calls of an operation fail or wait.
 func (f *FaultServer) InjectAgentFault(_ context.Context, req *allocatorv1.InjectAgentFaultRequest) (*allocatorv1.InjectAgentFaultResponse, error) {
-	var op agentapi.Operation
+	var op agentfault.Operation
 	switch req.GetOperation() {
 	case allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION:
-		op = agentapi.OpEnsureRegion
+		op = agentfault.OpEnsureRegion
 	case allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_REGION:
-		op = agentapi.OpDeleteRegion
+		op = agentfault.OpDeleteRegion
 	case allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT:
-		op = agentapi.OpCreateSnapshot
+		op = agentfault.OpCreateSnapshot
 	case allocatorv1.AgentOperation_AGENT_OPERATION_DELETE_SNAPSHOT:
-		op = agentapi.OpDeleteSnapshot
+		op = agentfault.OpDeleteSnapshot
 	default:
 		return nil, invalid("operation", "unknown or unspecified")
 	}
@@ -55,7 +56,7 @@ func (f *FaultServer) InjectAgentFault(_ context.Context, req *allocatorv1.Injec
 	if req.GetPermanent() && !req.GetFail() {
 		return nil, invalid("permanent", "only a failing fault (fail) can be permanent")
 	}
-	f.faults.Inject(agentapi.Fault{Op: op, DatasetID: datasetID, Count: int(req.GetCount()), Fail: req.GetFail(), Permanent: req.GetPermanent(), Delay: delay})
+	f.faults.Inject(agentfault.Fault{Op: op, DatasetID: datasetID, Count: int(req.GetCount()), Fail: req.GetFail(), Permanent: req.GetPermanent(), Delay: delay})
 	return &allocatorv1.InjectAgentFaultResponse{}, nil
 }
 

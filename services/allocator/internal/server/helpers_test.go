@@ -5,17 +5,23 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"storagecp.dev/allocator/internal/agentclient"
+	"storagecp.dev/allocator/internal/agentfault"
 	"storagecp.dev/allocator/migrations"
+	"storagecp.dev/allocator/sim/agentserver"
 	"storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/pgtest"
 )
 
@@ -35,19 +41,37 @@ const (
 func newServer(t testing.TB) (*Server, *pgxpool.Pool) {
 	t.Helper()
 	pool := pgtest.NewPool(t, "allocator")
-	return newSimServer(pool), pool
+	return newSimServer(t, pool), pool
 }
 
-// newSimServer is the service over pool with simulated agents, as
-// region-allocator runs it.
-func newSimServer(pool *pgxpool.Pool) *Server {
-	faults := &simagent.Faults{}
-	sim := simagent.NewSim(pool, faults)
-	return New(pool, slog.New(slog.NewTextHandler(io.Discard, nil)), sim, faults, sim)
+// newSimServer is the service over pool as region-allocator --dev runs
+// it: its agents are the simulated ones, served as sim-agent serves them
+// (on a loopback port, behind the fence interceptor) and reached through
+// the production client, so every test here crosses the agent wire.
+func newSimServer(t testing.TB, pool *pgxpool.Pool) *Server {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(fence.UnaryServerInterceptor()))
+	agentserver.Register(gs, simagent.NewSim(pool), logger)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := agentclient.Dial(lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return NewDev(pool, logger, agentclient.New(conn), Dev{
+		Faults: &agentfault.Faults{},
+		Data:   allocatorv1.NewAgentDataServiceClient(conn),
+	})
 }
 
-// agentFaults is the simulated agents' fault registry.
-func agentFaults(s *Server) *simagent.Faults { return s.faults.faults.(*simagent.Faults) }
+// agentFaults is this server's fault registry.
+func agentFaults(s *Server) *agentfault.Faults { return s.faults.faults }
 
 // inventory is what addInventory built: sleds[i] has disks[i].
 type inventory struct {

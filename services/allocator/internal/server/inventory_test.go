@@ -182,7 +182,7 @@ func TestSerialMigrationKeepsOldestSled(t *testing.T) {
 		serials[other] != "sled-1" || empty != 2 || len(serials) != 6 {
 		t.Fatalf("serials after the migration: %v", serials)
 	}
-	s := newSimServer(pool)
+	s := newSimServer(t, pool)
 	got := ok(s.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: "sled-0"}))(t).GetSled()
 	if got.GetSledId() != oldest.String() || sledCount(t, pool) != 6 {
 		t.Fatalf("AddSled(sled-0) after the migration: %v, %d sleds", got, sledCount(t, pool))

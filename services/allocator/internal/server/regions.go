@@ -284,21 +284,21 @@ func (s *Server) ListCloneSources(ctx context.Context, req *allocatorv1.ListClon
 // ProbeTargets says, for each address, whether a live region or running
 // snapshot serves it now, and what content it serves.
 func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargetsRequest) (*allocatorv1.ProbeTargetsResponse, error) {
-	addrs, err := parseAddrs("addresses", req.GetAddresses())
+	addrs, err := target.ParseAll("addresses", req.GetAddresses())
 	if err != nil {
 		return nil, err
 	}
-	resp := &allocatorv1.ProbeTargetsResponse{}
-	for i, ap := range addrs {
-		res, content, err := s.agent.Probe(ctx, ap)
-		if err != nil {
-			return nil, s.toStatus(ctx, err)
-		}
+	probes, err := s.agent.ProbeTargets(ctx, addrs)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	resp := &allocatorv1.ProbeTargetsResponse{Probes: make([]*allocatorv1.TargetProbe, len(probes))}
+	for i, pr := range probes {
 		p := &allocatorv1.TargetProbe{Address: req.GetAddresses()[i]}
-		switch res {
+		switch pr.Result {
 		case agentapi.Served:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_SERVED
-			p.Content = content
+			p.Content = pr.Content
 			s.metrics.probed(ctx, "served")
 		case agentapi.Unreachable:
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_UNREACHABLE
@@ -307,7 +307,7 @@ func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargets
 			p.Result = allocatorv1.ProbeResult_PROBE_RESULT_DESTROYED
 			s.metrics.probed(ctx, "destroyed")
 		}
-		resp.Probes = append(resp.Probes, p)
+		resp.Probes[i] = p
 	}
 	return resp, nil
 }

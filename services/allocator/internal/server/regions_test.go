@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"storagecp.dev/allocator/agentapi"
+	"storagecp.dev/allocator/internal/agentfault"
 	"storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/fence"
@@ -340,11 +340,11 @@ func TestFaultInjection(t *testing.T) {
 	// Snapshot faults: create fails once, then works; delete fails once.
 	r2 := alloc.GetRegions()[2]
 	snap := uuid.NewString()
-	agentFaults(s).Inject(agentapi.Fault{Op: agentapi.OpCreateSnapshot, Count: 1, Fail: true})
+	agentFaults(s).Inject(agentfault.Fault{Op: agentfault.OpCreateSnapshot, Count: 1, Fail: true})
 	_, err = s.CreateRegionSnapshots(ctx, &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: snap, RegionIds: []string{r2.GetRegionId()}})
 	wantCode(t, err, codes.Unavailable)
 	ok(s.CreateRegionSnapshots(ctx, &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: snap, RegionIds: []string{r2.GetRegionId()}}))(t)
-	agentFaults(s).Inject(agentapi.Fault{Op: agentapi.OpDeleteSnapshot, Count: 1, Fail: true})
+	agentFaults(s).Inject(agentfault.Fault{Op: agentfault.OpDeleteSnapshot, Count: 1, Fail: true})
 	key := []*allocatorv1.RegionSnapshotKey{{RegionId: r2.GetRegionId(), SnapshotId: snap}}
 	_, err = s.DeleteRegionSnapshots(ctx, &allocatorv1.DeleteRegionSnapshotsRequest{RegionSnapshots: key})
 	wantCode(t, err, codes.Unavailable)
@@ -491,7 +491,7 @@ func TestDeleteRegionSnapshotWithoutRow(t *testing.T) {
 	if err := s.agent.CreateSnapshot(ctx, dataset, rid, snap); err != nil {
 		t.Fatal(err)
 	}
-	port, err := s.agent.RunningSnapshot(ctx, dataset, rid, snap)
+	port, err := s.agent.StartRunningSnapshot(ctx, dataset, rid, snap)
 	if err != nil {
 		t.Fatal(err)
 	}

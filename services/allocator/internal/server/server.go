@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"storagecp.dev/allocator/agentapi"
+	"storagecp.dev/allocator/internal/agentfault"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/ids"
@@ -28,25 +29,35 @@ type Server struct {
 }
 
 // New returns the service over its database and the Crucible agents.
-// faults (the agents' fault registry) and data (their data path) back the
-// development-only services Faults and Data, registered only with --dev.
-func New(pool *pgxpool.Pool, logger *slog.Logger, agents agentapi.Agent, faults agentapi.FaultInjector, data agentapi.DataPath) *Server {
-	s := &Server{
-		pool:    pool,
-		logger:  logger,
-		agent:   agents,
-		faults:  &FaultServer{faults: faults},
-		metrics: newProbeMetrics(),
-	}
-	s.data = &DataServer{s: s, data: data}
+func New(pool *pgxpool.Pool, logger *slog.Logger, agents agentapi.Agent) *Server {
+	return &Server{pool: pool, logger: logger, agent: agents, metrics: newProbeMetrics()}
+}
+
+// Dev are the development-only services (registered with --dev) and what
+// backs them.
+type Dev struct {
+	// Faults is the registry AgentFaultService drives; New's agents are
+	// wrapped to consult it.
+	Faults *agentfault.Faults
+	// Data is the agents' data-path service, which AgentDataService
+	// forwards to.
+	Data allocatorv1.AgentDataServiceClient
+}
+
+// NewDev returns the service as New does, with the development-only
+// services of dev: every agent call first consults dev.Faults.
+func NewDev(pool *pgxpool.Pool, logger *slog.Logger, agents agentapi.Agent, dev Dev) *Server {
+	s := New(pool, logger, agentfault.Wrap(agents, dev.Faults))
+	s.faults = &FaultServer{faults: dev.Faults}
+	s.data = &DataServer{agent: dev.Data}
 	return s
 }
 
-// Faults is the development-only fault injection service.
+// Faults is the development-only fault injection service (nil unless
+// NewDev).
 func (s *Server) Faults() *FaultServer { return s.faults }
 
-// Data is the development-only data-path service (writes and repairs
-// sim-upstairs records on the simulated agents).
+// Data is the development-only data-path service (nil unless NewDev).
 func (s *Server) Data() *DataServer { return s.data }
 
 // toStatus maps an error to a gRPC status by apierr's rule: the store's

@@ -66,7 +66,7 @@ func (s *Server) createRegionSnapshot(ctx context.Context, regionID, snapshotID 
 	if err := s.agent.CreateSnapshot(ctx, region.DatasetID, regionID, snapshotID); err != nil {
 		return store.RegionSnapshot{}, fmt.Errorf("snapshot region %s: %w", regionID, err)
 	}
-	port, err := s.agent.RunningSnapshot(ctx, region.DatasetID, regionID, snapshotID)
+	port, err := s.agent.StartRunningSnapshot(ctx, region.DatasetID, regionID, snapshotID)
 	if err != nil {
 		return store.RegionSnapshot{}, fmt.Errorf("start running snapshot of region %s: %w", regionID, err)
 	}
@@ -106,7 +106,7 @@ func (s *Server) DeleteRegionSnapshots(ctx context.Context, req *allocatorv1.Del
 		if !found {
 			continue
 		}
-		if err := s.agent.DeleteRunningSnapshot(ctx, datasetID, k.RegionID, k.SnapshotID); err != nil {
+		if err := s.agent.StopRunningSnapshot(ctx, datasetID, k.RegionID, k.SnapshotID); err != nil {
 			return nil, s.toStatus(ctx, fmt.Errorf("stop running snapshot %s of region %s: %w", k.SnapshotID, k.RegionID, err))
 		}
 		if err := s.agent.DeleteSnapshot(ctx, datasetID, k.RegionID, k.SnapshotID); err != nil {

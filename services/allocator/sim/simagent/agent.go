@@ -1,5 +1,6 @@
 // Package simagent simulates the Crucible agents, one per dataset, behind
-// the allocator's agent contract (storagecp.dev/allocator/agentapi). Their
+// the allocator's agent contract (storagecp.dev/allocator/agentapi); the
+// sim-agent process serves it as storage.agent.v1 (package agentserver). Their
 // state lives in the allocator's database (agent_region, agent_snapshot,
 // agent_port; the allocator's migrations create them) so it survives
 // restarts and every allocator process on the database sees the same
@@ -25,14 +26,14 @@ import (
 
 // Sim is the simulated agent of every dataset.
 type Sim struct {
-	pool   *pgxpool.Pool
-	faults *Faults
+	pool *pgxpool.Pool
 }
 
-// NewSim returns the agents over the allocator database with this
-// process's fault registry (nil for none).
-func NewSim(pool *pgxpool.Pool, faults *Faults) *Sim {
-	return &Sim{pool: pool, faults: faults}
+var _ agentapi.Agent = (*Sim)(nil)
+
+// NewSim returns the agents over the allocator database.
+func NewSim(pool *pgxpool.Pool) *Sim {
+	return &Sim{pool: pool}
 }
 
 // inTx runs an agent call's transaction after checking its fence and
@@ -71,9 +72,6 @@ func (s *Sim) inTx(ctx context.Context, datasetID uuid.UUID, goneOK bool, fn fun
 // port), optionally cloned from a read-only source address, and returns
 // its port.
 func (s *Sim) EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, cloneSource string) (uint16, error) {
-	if err := s.faults.apply(ctx, agentapi.OpEnsureRegion, datasetID); err != nil {
-		return 0, err
-	}
 	var port int32
 	err := s.inTx(ctx, datasetID, false, func(tx pgx.Tx) error {
 		r, found, err := getAgentRegion(ctx, tx, datasetID, regionID)
@@ -120,9 +118,6 @@ func (s *Sim) EnsureRegion(ctx context.Context, datasetID, regionID uuid.UUID, c
 // DeleteRegion destroys a region. Unknown regions, destroyed regions and a
 // gone agent are success.
 func (s *Sim) DeleteRegion(ctx context.Context, datasetID, regionID uuid.UUID) error {
-	if err := s.faults.apply(ctx, agentapi.OpDeleteRegion, datasetID); err != nil {
-		return err
-	}
 	return s.inTx(ctx, datasetID, true, func(tx pgx.Tx) error {
 		r, found, err := getAgentRegion(ctx, tx, datasetID, regionID)
 		if err != nil || !found || r.State == agentDestroyed {
@@ -141,9 +136,6 @@ func (s *Sim) DeleteRegion(ctx context.Context, datasetID, regionID uuid.UUID) e
 
 // CreateSnapshot takes a ZFS snapshot of a created region. Idempotent.
 func (s *Sim) CreateSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error {
-	if err := s.faults.apply(ctx, agentapi.OpCreateSnapshot, datasetID); err != nil {
-		return err
-	}
 	return s.inTx(ctx, datasetID, false, func(tx pgx.Tx) error {
 		r, found, err := getAgentRegion(ctx, tx, datasetID, regionID)
 		if err != nil {
@@ -169,9 +161,9 @@ func (s *Sim) CreateSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 	})
 }
 
-// RunningSnapshot starts (or finds) the read-only downstairs serving a
-// snapshot and returns its port.
-func (s *Sim) RunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) (uint16, error) {
+// StartRunningSnapshot starts (or finds) the read-only downstairs serving
+// a snapshot and returns its port.
+func (s *Sim) StartRunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) (uint16, error) {
 	var port int32
 	err := s.inTx(ctx, datasetID, false, func(tx pgx.Tx) error {
 		snap, found, err := getAgentSnapshot(ctx, tx, datasetID, regionID, snapshotID)
@@ -197,12 +189,9 @@ func (s *Sim) RunningSnapshot(ctx context.Context, datasetID, regionID, snapshot
 	return uint16(port), err
 }
 
-// DeleteRunningSnapshot stops a running snapshot. Unknown ones and a gone
+// StopRunningSnapshot stops a running snapshot. Unknown ones and a gone
 // agent are success.
-func (s *Sim) DeleteRunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error {
-	if err := s.faults.apply(ctx, agentapi.OpDeleteSnapshot, datasetID); err != nil {
-		return err
-	}
+func (s *Sim) StopRunningSnapshot(ctx context.Context, datasetID, regionID, snapshotID uuid.UUID) error {
 	return s.inTx(ctx, datasetID, true, func(tx pgx.Tx) error {
 		return stopRunningSnapshot(ctx, tx, datasetID, regionID, snapshotID)
 	})
@@ -223,10 +212,18 @@ func (s *Sim) DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 	})
 }
 
-// Probe says whether a live region or running snapshot serves addr and,
-// when one does, the content identity it serves.
-func (s *Sim) Probe(ctx context.Context, addr netip.AddrPort) (agentapi.ProbeResult, string, error) {
-	return probe(ctx, s.pool, addr)
+// ProbeTargets says, for each address, whether a live region or running
+// snapshot serves it and, when one does, the content identity it serves.
+func (s *Sim) ProbeTargets(ctx context.Context, addrs []netip.AddrPort) ([]agentapi.Probe, error) {
+	out := make([]agentapi.Probe, len(addrs))
+	for i, a := range addrs {
+		res, content, err := probe(ctx, s.pool, a)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = agentapi.Probe{Result: res, Content: content}
+	}
+	return out, nil
 }
 
 func probe(ctx context.Context, q db.Querier, addr netip.AddrPort) (agentapi.ProbeResult, string, error) {

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"storagecp.dev/allocator/agentapi"
+	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 )
@@ -34,6 +35,19 @@ import (
 // Equal identities mean equal bytes; different ones, different bytes.
 const Blank = "blank"
 
+// Errors of the data-path calls, all FailedPrecondition.
+var (
+	// ErrReadOnly: the address serves read-only data (a running snapshot
+	// or a read-only region); nothing writes or repairs it.
+	ErrReadOnly = apierr.New(apierr.Precondition, "serves read-only data")
+	// ErrNoSource: no copy of the set to repair from is served.
+	ErrNoSource = apierr.New(apierr.Precondition, "no served copy to repair from")
+	// ErrDisagree: the copies to repair from hold different content.
+	ErrDisagree = apierr.New(apierr.Precondition, "the copies to repair from disagree")
+	// ErrNotServed: a copy to repair is not served.
+	ErrNotServed = apierr.New(apierr.Precondition, "not served")
+)
+
 // WriteContent is the content identity a write gives the regions it reaches.
 func WriteContent(writeID uuid.UUID) string { return "write:" + writeID.String() }
 
@@ -53,7 +67,7 @@ func (s *Sim) dataTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // write writeID, in one transaction, and returns the content, the
 // addresses written and those skipped because nothing serves them (an
 // Upstairs skips a faulted downstairs). An address serving read-only data
-// is agentapi.ErrReadOnly and nothing is written.
+// is ErrReadOnly and nothing is written.
 func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UUID) (content string, written, skipped []netip.AddrPort, err error) {
 	content = WriteContent(writeID)
 	err = s.dataTx(ctx, func(tx pgx.Tx) error {
@@ -69,7 +83,7 @@ func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UU
 				continue
 			}
 			if obj.ReadOnly {
-				return fmt.Errorf("write to %s: %w", a, agentapi.ErrReadOnly)
+				return fmt.Errorf("write to %s: %w", a, ErrReadOnly)
 			}
 			written = append(written, a)
 			objs = append(objs, obj)
@@ -93,15 +107,15 @@ func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UU
 //
 // With repair non-empty (a live repair, repair ⊆ addrs) the copies in
 // repair get the content of the other served copies, which must agree
-// (agentapi.ErrDisagree) and exist (agentapi.ErrNoSource); a copy to repair must be served
-// (agentapi.ErrNotServed).
+// (ErrDisagree) and exist (ErrNoSource); a copy to repair must be served
+// (ErrNotServed).
 //
 // With repair empty (a reconciliation) every served copy gets the content
 // most served copies hold, where a Blank copy — never written, as
 // Crucible's flush numbers would tell — loses to any written one. Two
-// different written contents with no majority are agentapi.ErrDisagree.
+// different written contents with no majority are ErrDisagree.
 //
-// Any address serving read-only data is agentapi.ErrReadOnly. Nothing changes on
+// Any address serving read-only data is ErrReadOnly. Nothing changes on
 // error.
 func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (content string, repaired []netip.AddrPort, err error) {
 	err = s.dataTx(ctx, func(tx pgx.Tx) error {
@@ -116,7 +130,7 @@ func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (conte
 				continue
 			}
 			if obj.ReadOnly {
-				return fmt.Errorf("repair of %s: %w", a, agentapi.ErrReadOnly)
+				return fmt.Errorf("repair of %s: %w", a, ErrReadOnly)
 			}
 			served[a] = obj
 		}
@@ -129,22 +143,22 @@ func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (conte
 				}
 			}
 			if len(sources) == 0 {
-				return agentapi.ErrNoSource
+				return ErrNoSource
 			}
 			slices.Sort(sources)
 			if sources = slices.Compact(sources); len(sources) > 1 {
-				return fmt.Errorf("%w: %v", agentapi.ErrDisagree, sources)
+				return fmt.Errorf("%w: %v", ErrDisagree, sources)
 			}
 			content = sources[0]
 			for _, a := range dedup(repair) {
 				if _, ok := served[a]; !ok {
-					return fmt.Errorf("repair of %s: %w", a, agentapi.ErrNotServed)
+					return fmt.Errorf("repair of %s: %w", a, ErrNotServed)
 				}
 				fill = append(fill, a)
 			}
 		} else {
 			if len(served) == 0 {
-				return agentapi.ErrNoSource
+				return ErrNoSource
 			}
 			c, err := reconciled(slices.Collect(maps.Values(served)))
 			if err != nil {
@@ -197,7 +211,7 @@ func reconciled(objs []servedObject) (string, error) {
 	}
 	if tie {
 		contents := slices.Sorted(maps.Keys(count))
-		return "", fmt.Errorf("%w: %v and no majority", agentapi.ErrDisagree, contents)
+		return "", fmt.Errorf("%w: %v and no majority", ErrDisagree, contents)
 	}
 	return best, nil
 }

@@ -32,7 +32,7 @@ func newRack(t *testing.T, n int) *rack {
 	t.Helper()
 	ctx := context.Background()
 	r := &rack{pool: pgtest.NewPool(t, "allocator")}
-	r.sim = NewSim(r.pool, nil)
+	r.sim = NewSim(r.pool)
 	for i := range n {
 		ip := netip.MustParseAddr(fmt.Sprintf("fd00:1122:3344:%x::1", 0x101+i))
 		sled, disk, zpool, dataset := uuid.New(), uuid.New(), uuid.New(), uuid.New()
@@ -90,7 +90,7 @@ func (r *rack) snapshot(t *testing.T, i int, regionAddr netip.AddrPort) netip.Ad
 	if err := r.sim.CreateSnapshot(ctx, r.datasets[i], obj.RegionID, snap); err != nil {
 		t.Fatal(err)
 	}
-	port, err := r.sim.RunningSnapshot(ctx, r.datasets[i], obj.RegionID, snap)
+	port, err := r.sim.StartRunningSnapshot(ctx, r.datasets[i], obj.RegionID, snap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,11 +100,11 @@ func (r *rack) snapshot(t *testing.T, i int, regionAddr netip.AddrPort) netip.Ad
 // content probes addr and fails unless it is served.
 func (r *rack) content(t *testing.T, addr netip.AddrPort) string {
 	t.Helper()
-	res, c, err := r.sim.Probe(context.Background(), addr)
-	if err != nil || res != agentapi.Served {
-		t.Fatalf("probe %s: %v, %v", addr, res, err)
+	p, err := r.sim.ProbeTargets(context.Background(), []netip.AddrPort{addr})
+	if err != nil || p[0].Result != agentapi.Served {
+		t.Fatalf("probe %s: %v, %v", addr, p, err)
 	}
-	return c
+	return p[0].Content
 }
 
 func (r *rack) write(t *testing.T, addrs ...netip.AddrPort) string {
@@ -210,7 +210,7 @@ func TestWriteSkipsGoneAndRefusesReadOnly(t *testing.T) {
 	}
 	// A snapshot's running snapshot is read-only: the whole write is refused.
 	snap := r.snapshot(t, 0, set[0])
-	if _, _, _, err := r.sim.Write(ctx, []netip.AddrPort{set[1], snap}, uuid.New()); !errors.Is(err, agentapi.ErrReadOnly) {
+	if _, _, _, err := r.sim.Write(ctx, []netip.AddrPort{set[1], snap}, uuid.New()); !errors.Is(err, ErrReadOnly) {
 		t.Fatalf("write to a running snapshot: %v", err)
 	}
 	if r.content(t, set[1]) != c {
@@ -261,7 +261,7 @@ func TestRepairCopiesTheSetsContent(t *testing.T) {
 	// changed.
 	x, y := r.region(t, 1, none), r.region(t, 2, none)
 	cx, cy := r.write(t, x), r.write(t, y)
-	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y}, nil); !errors.Is(err, agentapi.ErrDisagree) {
+	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y}, nil); !errors.Is(err, ErrDisagree) {
 		t.Fatalf("reconciliation of two written contents: %v", err)
 	}
 	if r.content(t, x) != cx || r.content(t, y) != cy {
@@ -269,7 +269,7 @@ func TestRepairCopiesTheSetsContent(t *testing.T) {
 	}
 	// A live repair whose sources disagree is refused too.
 	z := r.region(t, 3, none)
-	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y, z}, []netip.AddrPort{z}); !errors.Is(err, agentapi.ErrDisagree) {
+	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{x, y, z}, []netip.AddrPort{z}); !errors.Is(err, ErrDisagree) {
 		t.Fatalf("live repair from disagreeing copies: %v", err)
 	}
 	// With every source gone there is nothing to repair from.
@@ -277,7 +277,7 @@ func TestRepairCopiesTheSetsContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	lone := r.region(t, 3, none)
-	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{old[0], lone}, []netip.AddrPort{lone}); !errors.Is(err, agentapi.ErrNoSource) {
+	if _, _, err := r.sim.Repair(ctx, []netip.AddrPort{old[0], lone}, []netip.AddrPort{lone}); !errors.Is(err, ErrNoSource) {
 		t.Fatalf("live repair with no served source: %v", err)
 	}
 }

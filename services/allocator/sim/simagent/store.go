@@ -171,7 +171,7 @@ func destroyAgentSnapshot(ctx context.Context, q db.Querier, datasetID, regionID
 }
 
 // datasetInService reports whether the dataset's disk (and sled) is in
-// service: the negation of "its agent is gone". agentapi.ErrNotFound
+// service: the negation of "its agent is gone". agentapi.ErrUnknownDataset
 // for an unknown dataset.
 func datasetInService(ctx context.Context, q db.Querier, datasetID uuid.UUID) (bool, error) {
 	var ok bool
@@ -183,7 +183,7 @@ func datasetInService(ctx context.Context, q db.Querier, datasetID uuid.UUID) (b
 		JOIN sled s ON s.id = pd.sled_id
 		WHERE d.id = $1`, datasetID).Scan(&ok)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return false, fmt.Errorf("dataset %s: %w", datasetID, agentapi.ErrNotFound)
+		return false, fmt.Errorf("dataset %s: %w", datasetID, agentapi.ErrUnknownDataset)
 	}
 	if err != nil {
 		return false, fmt.Errorf("dataset in service: %w", err)

@@ -44,6 +44,7 @@ func TestMain(m *testing.M) {
 	for _, b := range []struct{ module, pkg, name string }{
 		{"../../../volume", "./cmd/volume-service", "volume-service"},
 		{"../../../allocator", "./cmd/region-allocator", "region-allocator"},
+		{"../../../allocator/sim", "./cmd/sim-agent", "sim-agent"},
 	} {
 		if err := goBuild(dir, b.module, b.pkg, b.name); err != nil {
 			fmt.Fprintln(os.Stderr, err)

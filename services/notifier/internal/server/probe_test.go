@@ -15,8 +15,9 @@ import (
 	"storagecp.dev/platform/pgtest"
 )
 
-// startAllocator runs the region-allocator binary (with --dev) on its own
-// database with three sleds of one disk each.
+// startAllocator runs the region-allocator binary (with --dev) and its
+// simulated agents (sim-agent) on their own database with three sleds of
+// one disk each.
 func startAllocator(t testing.TB) (*process, allocatorv1.RegionAllocatorServiceClient) {
 	t.Helper()
 	return startAllocatorSleds(t, 3)
@@ -32,7 +33,8 @@ func startAllocatorSleds(t testing.TB, n int) (*process, allocatorv1.RegionAlloc
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cluster.DropDatabase(context.Background(), name) })
-	p := startProcess(t, "region-allocator", freeAddr(t), "--dev", "--db", cluster.DSN(name))
+	agent := startProcess(t, "sim-agent", freeAddr(t), "--db", cluster.DSN(name))
+	p := startProcess(t, "region-allocator", freeAddr(t), "--dev", "--db", cluster.DSN(name), "--agent-addr", agent.addr)
 	c := allocatorv1.NewRegionAllocatorServiceClient(dial(t, p.addr))
 	for i := range n {
 		sled, err := c.AddSled(ctx, &allocatorv1.AddSledRequest{Serial: fmt.Sprint("sled-", i)})

@@ -6,7 +6,8 @@
 
 // The region-allocator: the physical side of storage. It owns the inventory
 // (sleds, physical disks, zpools, Crucible datasets), region and
-// region-snapshot placement, and the simulated Crucible agents.
+// region-snapshot placement. It creates and destroys what it places through
+// the Crucible agents (storage.agent.v1).
 //
 // Mutating RPCs honour the "storagecp-epoch" metadata fence (see
 // storage.volume.v1).

@@ -6,7 +6,8 @@
 
 // The region-allocator: the physical side of storage. It owns the inventory
 // (sleds, physical disks, zpools, Crucible datasets), region and
-// region-snapshot placement, and the simulated Crucible agents.
+// region-snapshot placement. It creates and destroys what it places through
+// the Crucible agents (storage.agent.v1).
 //
 // Mutating RPCs honour the "storagecp-epoch" metadata fence (see
 // storage.volume.v1).
@@ -821,8 +822,10 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// Fault injection into the simulated Crucible agents. Served only when the
-// allocator runs with --dev.
+// Fault injection into this allocator process's calls to the Crucible
+// agents: a fault fails or delays them before they leave the process, so it
+// breaks one allocator and not another on the same agents. Served only when
+// the allocator runs with --dev.
 type AgentFaultServiceClient interface {
 	// Makes the next `count` agent calls of a kind fail or be delayed.
 	InjectAgentFault(ctx context.Context, in *InjectAgentFaultRequest, opts ...grpc.CallOption) (*InjectAgentFaultResponse, error)
@@ -862,8 +865,10 @@ func (c *agentFaultServiceClient) ClearAgentFaults(ctx context.Context, in *Clea
 // All implementations must embed UnimplementedAgentFaultServiceServer
 // for forward compatibility.
 //
-// Fault injection into the simulated Crucible agents. Served only when the
-// allocator runs with --dev.
+// Fault injection into this allocator process's calls to the Crucible
+// agents: a fault fails or delays them before they leave the process, so it
+// breaks one allocator and not another on the same agents. Served only when
+// the allocator runs with --dev.
 type AgentFaultServiceServer interface {
 	// Makes the next `count` agent calls of a kind fail or be delayed.
 	InjectAgentFault(context.Context, *InjectAgentFaultRequest) (*InjectAgentFaultResponse, error)
@@ -974,8 +979,9 @@ const (
 // The simulated data path's writes and repairs, made by sim-upstairs on
 // behalf of the volumes it runs, so that the agents know what bytes each
 // region would hold (its content identity; see TargetProbe.content). Served
-// only when the allocator runs with --dev, like AgentFaultService. Fenced like
-// every agent call.
+// only when the allocator runs with --dev, like AgentFaultService; the
+// allocator passes each call on to the agents (sim-agent serves this service
+// too), with the fence epoch it carried. Fenced like every agent call.
 type AgentDataServiceClient interface {
 	// A write through an Upstairs: every rw region served at one of
 	// `addresses` gets the content identity "write:<write_id>", all in one
@@ -1032,8 +1038,9 @@ func (c *agentDataServiceClient) RepairRegionSet(ctx context.Context, in *Repair
 // The simulated data path's writes and repairs, made by sim-upstairs on
 // behalf of the volumes it runs, so that the agents know what bytes each
 // region would hold (its content identity; see TargetProbe.content). Served
-// only when the allocator runs with --dev, like AgentFaultService. Fenced like
-// every agent call.
+// only when the allocator runs with --dev, like AgentFaultService; the
+// allocator passes each call on to the agents (sim-agent serves this service
+// too), with the fence epoch it carried. Fenced like every agent call.
 type AgentDataServiceServer interface {
 	// A write through an Upstairs: every rw region served at one of
 	// `addresses` gets the content identity "write:<write_id>", all in one
