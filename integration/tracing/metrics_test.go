@@ -155,6 +155,8 @@ func TestMetricsAfterReplacement(t *testing.T) {
 		},
 		stack.Volume:             {rpc},
 		stack.SimUpstairs + "-0": {rpc},
+		// The allocator's agent calls cross the wire to sim-agent.
+		stack.SimAgent: {rpc},
 	}
 	for proc, list := range want {
 		url := r.Stack.MetricsURL(proc)
