@@ -45,6 +45,7 @@ func TestEveryServiceServesHealthAndReflection(t *testing.T) {
 		stack.Orchestrator: {"storage.orchestrator.v1.LifecycleService", "storage.orchestrator.v1.ReplacementService", "storage.orchestrator.v1.AdminService"},
 		"sim-upstairs-0":   {"storage.upstairs.v1.UpstairsService", "storage.upstairs.v1.UpstairsFaultService"},
 		"sim-upstairs-1":   {"storage.upstairs.v1.UpstairsService"},
+		stack.SimAgent:     {"storage.agent.v1.AgentService", "storage.allocator.v1.AgentDataService"},
 	}
 	ctx := context.Background()
 	for name, services := range want {
@@ -116,6 +117,36 @@ func TestTraceContextReachesServerSpan(t *testing.T) {
 			}
 		}
 		return nil
+	})
+}
+
+// The allocator's calls to the Crucible agents are part of its caller's
+// trace: a probe through the allocator shows the agent's server span in
+// the same trace, under the allocator's client span.
+func TestTraceReachesTheAgents(t *testing.T) {
+	recv := harness.StartOTLPReceiver(t)
+	st := harness.Start(t, stack.Config{Env: recv.Env()})
+	traceID, parentID := randomHex(16), randomHex(8)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", fmt.Sprintf("00-%s-%s-01", traceID, parentID))
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := allocatorv1.NewRegionAllocatorServiceClient(harness.Dial(t, st.Addr(stack.Allocator))).ProbeTargets(ctx,
+		&allocatorv1.ProbeTargetsRequest{Addresses: []string{"[fd00:1122:3344:101::1]:19000"}}); err != nil {
+		t.Fatalf("ProbeTargets: %v", err)
+	}
+	harness.Eventually(t, 15*time.Second, "the agent's server span in the caller's trace", func() error {
+		clientSpans := map[string]bool{}
+		for _, s := range recv.Spans() {
+			if s.Service == stack.Allocator && !s.Server && s.TraceID == traceID {
+				clientSpans[s.SpanID] = true
+			}
+		}
+		for _, s := range recv.Spans() {
+			if s.Service == stack.SimAgent && s.Server && s.TraceID == traceID && clientSpans[s.ParentID] {
+				return nil
+			}
+		}
+		return fmt.Errorf("no sim-agent server span under an allocator client span in trace %s yet", traceID)
 	})
 }
 
