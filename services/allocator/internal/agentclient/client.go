@@ -25,14 +25,21 @@ import (
 )
 
 // Dial connects (lazily) to the agents' endpoint, forwarding the fence.
+//
+// Without the platform's retries: a gone agent answers UNAVAILABLE (its
+// kind's code) with the reason GONE, which is final, and the retry policy
+// cannot tell it from a dropped connection, so it would ask five times
+// with backoff on every call aimed at an expunged disk. The allocator's
+// callers retry what is transient (sagas do), as they did when the agents
+// answered in process.
 func Dial(addr string) (*grpc.ClientConn, error) {
-	return grpcclient.Dial(addr, grpc.WithChainUnaryInterceptor(ForwardEpoch))
+	return grpcclient.Dial(addr, grpc.WithDisableRetry(), grpc.WithChainUnaryInterceptor(forwardEpoch))
 }
 
-// ForwardEpoch is a client interceptor that sends on the fence epoch the
+// forwardEpoch is a client interceptor that sends on the fence epoch the
 // incoming request carried (fence.FromContext): every call the allocator
 // makes on behalf of a fenced caller is fenced too.
-func ForwardEpoch(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+func forwardEpoch(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	if epoch, ok := fence.FromContext(ctx); ok {
 		ctx = fence.WithEpoch(ctx, epoch)
 	}
