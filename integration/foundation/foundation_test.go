@@ -28,7 +28,9 @@ import (
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
 	"storagecp.dev/integration/harness"
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/platform/pgcluster"
+	"storagecp.dev/platform/pki"
 	"storagecp.dev/testsupport/stack"
 )
 
@@ -49,7 +51,7 @@ func TestEveryServiceServesHealthAndReflection(t *testing.T) {
 	}
 	ctx := context.Background()
 	for name, services := range want {
-		conn := harness.Dial(t, st.Addr(name))
+		conn := harness.Dial(t, st, st.Addr(name))
 		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
 			t.Errorf("%s: health %v, %v", name, resp.GetStatus(), err)
@@ -97,11 +99,11 @@ func TestTraceContextReachesServerSpan(t *testing.T) {
 	defer cancel()
 	id := "00000000-0000-0000-0000-000000000001"
 	// The answers do not matter (most are NotFound); the server spans do.
-	_, _ = volumev1.NewVolumeServiceClient(harness.Dial(t, st.Addr(stack.Volume))).GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: id})
-	_, _ = allocatorv1.NewRegionAllocatorServiceClient(harness.Dial(t, st.Addr(stack.Allocator))).GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: id})
-	_, _ = notifierv1.NewUpstairsNotifierServiceClient(harness.Dial(t, st.Addr(stack.Notifier))).ListAttachments(ctx, &notifierv1.ListAttachmentsRequest{})
-	_, _ = orchestratorv1.NewAdminServiceClient(harness.Dial(t, st.Addr(stack.Orchestrator))).ListSagas(ctx, &orchestratorv1.ListSagasRequest{})
-	_, _ = upstairsv1.NewUpstairsServiceClient(harness.Dial(t, st.Addr("sim-upstairs-0"))).ListVolumes(ctx, &upstairsv1.ListVolumesRequest{})
+	_, _ = volumev1.NewVolumeServiceClient(harness.Dial(t, st, st.Addr(stack.Volume))).GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: id})
+	_, _ = allocatorv1.NewRegionAllocatorServiceClient(harness.Dial(t, st, st.Addr(stack.Allocator))).GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: id})
+	_, _ = notifierv1.NewUpstairsNotifierServiceClient(harness.Dial(t, st, st.Addr(stack.Notifier))).ListAttachments(ctx, &notifierv1.ListAttachmentsRequest{})
+	_, _ = orchestratorv1.NewAdminServiceClient(harness.Dial(t, st, st.Addr(stack.Orchestrator))).ListSagas(ctx, &orchestratorv1.ListSagasRequest{})
+	_, _ = upstairsv1.NewUpstairsServiceClient(harness.Dial(t, st, st.Addr("sim-upstairs-0"))).ListVolumes(ctx, &upstairsv1.ListVolumesRequest{})
 
 	want := []string{stack.Volume, stack.Allocator, stack.Notifier, stack.Orchestrator, stack.SimUpstairs}
 	harness.Eventually(t, 15*time.Second, "server spans parented by the client span", func() error {
@@ -130,7 +132,7 @@ func TestTraceReachesTheAgents(t *testing.T) {
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", fmt.Sprintf("00-%s-%s-01", traceID, parentID))
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := allocatorv1.NewRegionAllocatorServiceClient(harness.Dial(t, st.Addr(stack.Allocator))).ProbeTargets(ctx,
+	if _, err := allocatorv1.NewRegionAllocatorServiceClient(harness.Dial(t, st, st.Addr(stack.Allocator))).ProbeTargets(ctx,
 		&allocatorv1.ProbeTargetsRequest{Addresses: []string{"[fd00:1122:3344:101::1]:19000"}}); err != nil {
 		t.Fatalf("ProbeTargets: %v", err)
 	}
@@ -198,16 +200,38 @@ func TestBadStartupInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ca, err := pki.NewCA(filepath.Join(t.TempDir(), "pki"), mtls.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := ca.Ensure(stack.Volume, mtls.ServiceID(mtls.DefaultTrustDomain, mtls.VolumeService))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, err := stack.DefaultPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsArgs := []string{"--tls-ca", ca.BundlePath(), "--tls-cert", id.Cert, "--tls-key", id.Key, "--authz-policy", policy}
+	secure := func(args ...string) []string { return append(append([]string(nil), tlsArgs...), args...) }
 	cases := []struct {
 		name     string
 		args     []string
 		wantCode int
 		wantText string
 	}{
-		{"malformed DSN", []string{"--listen", "127.0.0.1:0", "--db", "postgres://%zz"}, 2, "invalid database DSN"},
-		{"unreachable database", []string{"--listen", "127.0.0.1:0", "--db-wait", "500ms", "--db", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable&connect_timeout=1", freePort)}, 1, "unreachable"},
-		{"no database", []string{"--listen", "127.0.0.1:0", "--db", ""}, 2, "no database"},
+		{"malformed DSN", secure("--listen", "127.0.0.1:0", "--db", "postgres://%zz"), 2, "invalid database DSN"},
+		{"unreachable database", secure("--listen", "127.0.0.1:0", "--db-wait", "500ms", "--db", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable&connect_timeout=1", freePort)), 1, "unreachable"},
+		{"no database", secure("--listen", "127.0.0.1:0", "--db", ""), 2, "no database"},
 		{"unknown flag", []string{"--no-such-flag"}, 2, "flag provided but not defined"},
+		// Secure by default: no credentials is no start, not plaintext.
+		{"no TLS credentials", []string{"--listen", "127.0.0.1:0", "--db", "postgres://x@127.0.0.1/x"}, 2, "no TLS credentials"},
+		{"missing certificate file", []string{"--tls-ca", ca.BundlePath(), "--tls-cert", id.Cert + ".missing", "--tls-key", id.Key, "--authz-policy", policy, "--db", "postgres://x@127.0.0.1/x"}, 2, "no such file"},
+		{"no authorization policy", []string{"--tls-ca", ca.BundlePath(), "--tls-cert", id.Cert, "--tls-key", id.Key, "--db", "postgres://x@127.0.0.1/x"}, 2, "no authorization policy"},
+		{"invalid authorization policy", []string{"--tls-ca", ca.BundlePath(), "--tls-cert", id.Cert, "--tls-key", id.Key, "--authz-policy", id.Cert, "--db", "postgres://x@127.0.0.1/x"}, 2, "authorization policy"},
+		{"certificate outside the trust domain", secure("--trust-domain", "elsewhere.example", "--db", "postgres://x@127.0.0.1/x"), 2, "trust"},
+		// Metrics and profiles off loopback only over TLS.
+		{"plaintext metrics off loopback", []string{"--insecure", "--metrics-addr", "0.0.0.0:0", "--db", "postgres://x@127.0.0.1/x"}, 1, "needs TLS"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,11 +253,23 @@ func TestBadStartupInput(t *testing.T) {
 			if strings.Contains(out, "panic") || strings.Contains(out, "goroutine ") {
 				t.Errorf("stderr shows a panic:\n%s", out)
 			}
-			if tc.name != "unknown flag" && strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			if tc.name != "unknown flag" && strings.Count(strings.TrimSpace(withoutLogLines(out)), "\n") != 0 {
 				t.Errorf("want one line, got:\n%s", out)
 			}
 		})
 	}
+}
+
+// withoutLogLines drops the structured log lines (JSON) a process writes
+// before failing, such as --insecure's warning.
+func withoutLogLines(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(l, "{") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 func randomHex(n int) string {

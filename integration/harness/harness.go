@@ -31,11 +31,11 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 	return testenv.Start(t, cfg)
 }
 
-// Dial connects to a process of the stack, closing the connection at the
-// end of the test.
-func Dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+// Dial connects to a process of st as the test harness, closing the
+// connection at the end of the test.
+func Dial(t testing.TB, st *stack.Stack, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	return testenv.Dial(t, addr, opts...)
+	return testenv.Dial(t, st, addr, opts...)
 }
 
 // Eventually polls cond until it returns nil or the timeout passes.

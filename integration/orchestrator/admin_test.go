@@ -23,7 +23,7 @@ import (
 func TestListSagasShowsEachOutcome(t *testing.T) {
 	r := rack.Start(t, 4, 1, stack.Config{})
 	ctx := context.Background()
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	inject := func(op allocatorv1.AgentOperation, fail bool, delay time.Duration) {
 		t.Helper()
 		// Permanent: an undo meeting a retryable fault retries until it

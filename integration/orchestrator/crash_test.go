@@ -152,7 +152,7 @@ func waitSaga(t *testing.T, r *rack.Rack, id string) *orchestratorv1.Saga {
 
 func (c lifecycleCase) inject(t *testing.T, r *rack.Rack) {
 	t.Helper()
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	// More failures than the client's retries, so the node fails.
 	if _, err := faults.InjectAgentFault(context.Background(), &allocatorv1.InjectAgentFaultRequest{Operation: c.unwind, Count: 1000, Fail: true}); err != nil {
 		t.Fatal(err)
@@ -161,7 +161,7 @@ func (c lifecycleCase) inject(t *testing.T, r *rack.Rack) {
 
 func clearFaults(t *testing.T, r *rack.Rack) {
 	t.Helper()
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	if _, err := faults.ClearAgentFaults(context.Background(), &allocatorv1.ClearAgentFaultsRequest{}); err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func startPair(t *testing.T) *pair {
 	r := rack.Start(t, 4, 1, stack.Config{Orchestrators: 2})
 	p := &pair{r: r, names: [2]string{stack.Orchestrator, stack.Orchestrator + "-1"}}
 	for i, n := range p.names {
-		conn := harness.Dial(t, r.Stack.Addr(n))
+		conn := harness.Dial(t, r.Stack, r.Stack.Addr(n))
 		p.admin[i] = orchestratorv1.NewAdminServiceClient(conn)
 		p.life[i] = orchestratorv1.NewLifecycleServiceClient(conn)
 	}
@@ -73,7 +73,7 @@ func (p *pair) self(t *testing.T, i int) string {
 // long enough to lose its orchestrator mid-node.
 func (p *pair) slowEnsures(t *testing.T, d time.Duration) {
 	t.Helper()
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, p.r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, p.r.Stack, p.r.Stack.Addr(stack.Allocator)))
 	if _, err := faults.InjectAgentFault(context.Background(), &allocatorv1.InjectAgentFaultRequest{
 		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_ENSURE_REGION, Count: 3, Delay: durationpb.New(d),
 	}); err != nil {

@@ -26,7 +26,7 @@ func TestStuckSagaIsKeptVisibleUntilAbandoned(t *testing.T) {
 	r := rack.Start(t, 4, 1, stack.Config{})
 	ctx := context.Background()
 	disk := r.CreateDisk(t)
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	for _, f := range []*allocatorv1.InjectAgentFaultRequest{
 		// the node fails …
 		{Operation: allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, Count: 1000, Fail: true},

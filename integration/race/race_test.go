@@ -136,7 +136,7 @@ func runSeed(t *testing.T, seed uint64) {
 		case a < 7: // an Upstairs restarts; its instance manager constructs again
 			i := rng.IntN(len(r.Sims))
 			t.Logf("step %d: sim-upstairs-%d restarts", step, i)
-			faults := upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, r.Stack.SimUpstairsAddrs()[i]))
+			faults := upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.SimUpstairsAddrs()[i]))
 			if _, err := faults.ForgetAll(ctx, &upstairsv1.ForgetAllRequest{}); err != nil {
 				t.Fatal(err)
 			}
@@ -212,7 +212,7 @@ func newOrchestrators(t *testing.T, r *rack.Rack) *orchestrators {
 	o := &orchestrators{r: r}
 	for i, name := range []string{stack.Orchestrator, stack.Orchestrator + "-1"} {
 		o.procs[i] = r.Stack.Proc(name)
-		conn := harness.Dial(t, r.Stack.Addr(name))
+		conn := harness.Dial(t, r.Stack, r.Stack.Addr(name))
 		o.admin[i] = orchestratorv1.NewAdminServiceClient(conn)
 		o.life[i] = orchestratorv1.NewLifecycleServiceClient(conn)
 		o.repl[i] = orchestratorv1.NewReplacementServiceClient(conn)

@@ -54,15 +54,15 @@ func Start(t *testing.T, sleds, disksPerSled int, cfg stack.Config) *Rack {
 	st := harness.Start(t, cfg)
 	r := &Rack{
 		Stack:       st,
-		Volumes:     volumev1.NewVolumeServiceClient(harness.Dial(t, st.Addr(stack.Volume))),
-		Allocator:   allocatorv1.NewRegionAllocatorServiceClient(harness.Dial(t, st.Addr(stack.Allocator))),
-		Notifier:    notifierv1.NewUpstairsNotifierServiceClient(harness.Dial(t, st.Addr(stack.Notifier))),
-		Lifecycle:   orchestratorv1.NewLifecycleServiceClient(harness.Dial(t, st.Addr(stack.Orchestrator))),
-		Replacement: orchestratorv1.NewReplacementServiceClient(harness.Dial(t, st.Addr(stack.Orchestrator))),
-		Admin:       orchestratorv1.NewAdminServiceClient(harness.Dial(t, st.Addr(stack.Orchestrator))),
+		Volumes:     volumev1.NewVolumeServiceClient(harness.Dial(t, st, st.Addr(stack.Volume))),
+		Allocator:   allocatorv1.NewRegionAllocatorServiceClient(harness.Dial(t, st, st.Addr(stack.Allocator))),
+		Notifier:    notifierv1.NewUpstairsNotifierServiceClient(harness.Dial(t, st, st.Addr(stack.Notifier))),
+		Lifecycle:   orchestratorv1.NewLifecycleServiceClient(harness.Dial(t, st, st.Addr(stack.Orchestrator))),
+		Replacement: orchestratorv1.NewReplacementServiceClient(harness.Dial(t, st, st.Addr(stack.Orchestrator))),
+		Admin:       orchestratorv1.NewAdminServiceClient(harness.Dial(t, st, st.Addr(stack.Orchestrator))),
 	}
 	for _, a := range st.SimUpstairsAddrs() {
-		r.Sims = append(r.Sims, upstairsv1.NewUpstairsServiceClient(harness.Dial(t, a)))
+		r.Sims = append(r.Sims, upstairsv1.NewUpstairsServiceClient(harness.Dial(t, st, a)))
 	}
 	ctx := context.Background()
 	for s := 0; s < sleds; s++ {

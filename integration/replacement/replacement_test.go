@@ -175,7 +175,7 @@ func TestSnapshotOfARepairedVolumeIsAborted(t *testing.T) {
 	disk := r.CreateDisk(t)
 	// A slow snapshot of the disk holds the disk's repair lock (as a rw
 	// replacement of one of its regions would).
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	if _, err := faults.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{
 		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, Count: 3, Delay: durationpb.New(2 * time.Second),
 	}); err != nil {

@@ -55,7 +55,7 @@ func verdict(err error) string {
 
 func TestOneVerdictPerAddressAndVCR(t *testing.T) {
 	r := rack.Start(t, 1, 1, stack.Config{})
-	data := allocatorv1.NewAgentDataServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	data := allocatorv1.NewAgentDataServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	ctx := context.Background()
 
 	addressRPCs := map[string]func(a string) error{

@@ -84,9 +84,9 @@ func newWorld(t *testing.T, sleds int) *world {
 		cfg.LogDir = filepath.Join(dir, t.Name())
 	}
 	w := &world{Rack: rack.Start(t, sleds, 1, cfg), ctx: context.Background(), attached: map[string]string{}}
-	w.faults = allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, w.Stack.Addr(stack.Allocator)))
+	w.faults = allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, w.Stack, w.Stack.Addr(stack.Allocator)))
 	for _, a := range w.Stack.SimUpstairsAddrs() {
-		w.upFaults = append(w.upFaults, upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, a)))
+		w.upFaults = append(w.upFaults, upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, w.Stack, a)))
 	}
 	w.D = w.CreateDisk(t)
 	w.P = w.Snapshot(t, w.D)

@@ -33,7 +33,7 @@ func TestAbandonRunningSagaUnwindsAndTheRequestCompletes(t *testing.T) {
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
 	clone := r.Clone(t, snap)
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	// The new region's agent call takes 3 s: the saga is caught in flight,
 	// and the call ends well within the 10 s unwind grace.
 	if _, err := faults.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{

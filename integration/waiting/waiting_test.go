@@ -420,7 +420,7 @@ func TestStepGetsItsLockUnderContinuousContention(t *testing.T) {
 	// The first snapshot's agent call takes 3 s, so the lock is surely held
 	// when the step first asks for it, however slow the machine: the test
 	// always meets contention (and then the sixteen clients keep it up).
-	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack.Addr(stack.Allocator)))
+	faults := allocatorv1.NewAgentFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(stack.Allocator)))
 	if _, err := faults.InjectAgentFault(ctx, &allocatorv1.InjectAgentFaultRequest{
 		Operation: allocatorv1.AgentOperation_AGENT_OPERATION_CREATE_SNAPSHOT, Count: 1, Delay: durationpb.New(3 * time.Second),
 	}); err != nil {
@@ -540,7 +540,7 @@ func TestUnwoundStepIsRetriedPromptly(t *testing.T) {
 	snap := r.Snapshot(t, disk)
 	clone := r.Clone(t, snap)
 	r.Construct(t, clone, 0)
-	faults := upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, r.Stack.SimUpstairsAddrs()[0]))
+	faults := upstairsv1.NewUpstairsFaultServiceClient(harness.Dial(t, r.Stack, r.Stack.SimUpstairsAddrs()[0]))
 	if _, err := faults.InjectUpstairsFault(ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "ReplaceVolume", Count: 1, Fail: true}); err != nil {
 		t.Fatal(err)
 	}

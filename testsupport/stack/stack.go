@@ -24,10 +24,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/platform/pgcluster"
+	"storagecp.dev/platform/pki"
 )
 
 // Service names, also the process names and log file names.
@@ -142,6 +143,19 @@ type Config struct {
 	// JaegerBin is the Jaeger binary; empty means .run/bin/jaeger under the
 	// repository root (DefaultJaegerBin).
 	JaegerBin string
+	// Insecure runs every process in plaintext (--insecure), for a
+	// comparison; by default they speak mutual TLS (security.go).
+	Insecure bool
+	// PKIDir holds the local CA and every identity; kept across runs when
+	// set (make run: .run/pki), else under LogDir.
+	PKIDir string
+	// AuthzPolicy is the policy file; empty means deploy/authz/policy.json.
+	AuthzPolicy string
+	// TestHarness issues the harness identity (test/harness) and lets it
+	// call every method (DialOption), by a rule added to a copy of the
+	// policy: tests play every role against processes that between
+	// themselves run under the policy as deployed.
+	TestHarness bool
 }
 
 // Proc is one running process.
@@ -152,6 +166,7 @@ type Proc struct {
 	MetricsAddr string
 	bin         string
 	args        []string
+	health      *mtls.Transport
 	env         []string
 	logPath     string
 
@@ -172,6 +187,11 @@ type Stack struct {
 	jaeger     *Proc
 	jaegerURL  string
 	tracingEnv []string
+
+	ca         *pki.CA
+	policyPath string
+	transport  *mtls.Transport // the launcher's: health checks
+	harness    *mtls.Transport // TestHarness's, nil otherwise
 }
 
 var defaultPorts = map[string]int{Volume: 7101, Allocator: 7102, Notifier: 7103, Orchestrator: 7104, SimAgent: 7105, SimUpstairs: 7110}
@@ -196,6 +216,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	if err := os.MkdirAll(s.LogDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := s.setupSecurity(); err != nil {
 		return nil, err
 	}
 	s.Cluster, err = pgcluster.Start(ctx, pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync, ExtraConfig: cfg.PGConfig})
@@ -334,7 +357,12 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	for _, p := range s.procs {
 		// The metrics flag goes first so a process's ExtraArgs can override
 		// it (the flag package keeps the last value).
-		p.args = append([]string{"--metrics-addr", p.MetricsAddr}, p.args...)
+		sec, err := s.securityArgs(p.Name)
+		if err != nil {
+			return nil, err
+		}
+		p.args = append(append([]string{"--metrics-addr", p.MetricsAddr}, sec...), p.args...)
+		p.health = s.transport
 		// cfg.Env last: a test's own OTEL_* wins over the launcher's Jaeger.
 		p.env = append(append(os.Environ(), s.tracingEnv...), cfg.Env...)
 		p.logPath = filepath.Join(s.LogDir, p.Name+".log")
@@ -601,7 +629,7 @@ var healthServices = map[string]string{
 // Health asks the process's gRPC health service for the status of its own
 // service (see healthServices).
 func (p *Proc) Health(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {
-	conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(p.Addr, p.health.DialOption())
 	if err != nil {
 		return healthpb.HealthCheckResponse_UNKNOWN, err
 	}

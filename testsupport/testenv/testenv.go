@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"storagecp.dev/testsupport/stack"
 )
@@ -73,6 +72,7 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 		cfg.SimUpstairs = 2
 	}
 	cfg.Dev = true
+	cfg.TestHarness = true
 	if cfg.LogDir == "" {
 		cfg.LogDir = filepath.Join(t.TempDir(), "logs")
 	}
@@ -108,11 +108,12 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 	return st
 }
 
-// Dial connects to a process of the stack, closing the connection at the
+// Dial connects to a process of the stack as the test harness (an identity
+// the stack's policy lets call everything), closing the connection at the
 // end of the test.
-func Dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+func Dial(t testing.TB, st *stack.Stack, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{st.DialOption()}, opts...)...)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}

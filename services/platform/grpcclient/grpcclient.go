@@ -1,6 +1,11 @@
 // Package grpcclient dials storagecp services the same way everywhere:
 // tracing, retries of UNAVAILABLE (every storagecp RPC is idempotent by
 // design), and a default per-call deadline.
+//
+// It adds no transport credentials: the caller passes its own, normally
+// mtls.Transport.DialOption naming the service it expects to reach. A dial
+// without credentials fails ("no transport security set") rather than
+// falling back to plaintext.
 package grpcclient
 
 import (
@@ -10,7 +15,6 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // DefaultCallTimeout applies to calls whose context has no deadline.
@@ -35,7 +39,6 @@ const serviceConfig = `{
 // always meant to be up, so a call waits (until its deadline) for them.
 func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	base := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// gRPC's default reconnect backoff grows to two minutes, and while a
 		// channel waits to reconnect every call fails at once with the last
 		// connection error: a peer that restarted (or started a moment

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,6 +35,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/platform/telemetry"
 )
 
@@ -68,6 +70,9 @@ type Env struct {
 	Addr string
 	// MetricsAddr is where /metrics is served ("" when it is not).
 	MetricsAddr string
+	// Transport is the process's TLS identity: Register dials its peers
+	// with Transport.DialOption.
+	Transport *mtls.Transport
 }
 
 // Exit codes.
@@ -88,6 +93,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 	listen := fset.String("listen", envOr(svc.EnvPrefix+"_LISTEN", svc.DefaultAddr), "gRPC listen address (env "+svc.EnvPrefix+"_LISTEN)")
 	metricsAddr := fset.String("metrics-addr", os.Getenv(svc.EnvPrefix+"_METRICS_ADDR"), "serve Prometheus metrics on http://ADDR/metrics; empty: no metrics (env "+svc.EnvPrefix+"_METRICS_ADDR)")
 	dev := fset.Bool("dev", os.Getenv("STORAGECP_DEV") == "1", "serve development-only RPCs such as fault injection (env STORAGECP_DEV=1)")
+	sec := registerSecurityFlags(fset, svc.EnvPrefix)
 	var dsn *string
 	var dbWait *time.Duration
 	if svc.Migrations != nil {
@@ -123,11 +129,18 @@ func Run(ctx context.Context, svc Service, args []string) int {
 		_ = shutdownTelemetry(c)
 	}()
 
+	transport, guard, err := sec.load(logger)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", svc.Name, err)
+		return ExitBadUsage
+	}
+	defer guard.Close()
+
 	// Metrics before anything makes instruments, so none is created on the
 	// no-op provider; served before the database is up, so a scrape shows a
 	// process that is stuck waiting for it.
 	if *metricsAddr != "" {
-		stopMetrics, err := serveMetrics(ctx, svc.Name, *metricsAddr, logger)
+		stopMetrics, err := serveMetrics(ctx, svc.Name, *metricsAddr, transport, logger)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: metrics: %v\n", svc.Name, err)
 			return ExitFailure
@@ -159,10 +172,13 @@ func Run(ctx context.Context, svc Service, args []string) int {
 		return ExitFailure
 	}
 
+	// Authorization before the fence: a refused caller learns nothing, not
+	// even the epoch.
 	gs := grpc.NewServer(
+		transport.ServerOption(),
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
-		grpc.ChainUnaryInterceptor(recoverUnary(logger), fence.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(recoverStream(logger), fence.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(recoverUnary(logger), guard.Unary(), fence.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(recoverStream(logger), guard.Stream(), fence.StreamServerInterceptor()),
 	)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -174,7 +190,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
-	env := &Env{Server: gs, Pool: pool, Logger: logger, Dev: *dev, Addr: lis.Addr().String(), MetricsAddr: *metricsAddr}
+	env := &Env{Server: gs, Pool: pool, Logger: logger, Dev: *dev, Addr: lis.Addr().String(), MetricsAddr: *metricsAddr, Transport: transport}
 	if err := svc.Register(runCtx, env); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", svc.Name, err)
 		return ExitFailure
@@ -201,7 +217,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
-	logger.Info("serving", "addr", lis.Addr().String(), "dev", *dev)
+	logger.Info("serving", "addr", lis.Addr().String(), "dev", *dev, "tls", transport.Secure(), "id", transport.ID())
 
 	code := ExitOK
 	select {
@@ -228,7 +244,17 @@ func Run(ctx context.Context, svc Service, args []string) int {
 // serveMetrics installs the process's meter provider and serves it on addr
 // until the returned stop is called. The provider outlives the gRPC server
 // (stop runs last), so the final scrape during a drain still works.
-func serveMetrics(ctx context.Context, name, addr string, logger *slog.Logger) (stop func(), err error) {
+//
+// Metrics and profiles say much about the process (pprof's cmdline its
+// flags), so they are served on loopback only, unless over mutual TLS.
+func serveMetrics(ctx context.Context, name, addr string, transport *mtls.Transport, logger *slog.Logger) (stop func(), err error) {
+	loopback, err := isLoopback(addr)
+	if err != nil {
+		return nil, err
+	}
+	if !loopback && !transport.Secure() {
+		return nil, fmt.Errorf("metrics address %s is not loopback: serving it needs TLS (drop --insecure, or bind 127.0.0.1)", addr)
+	}
 	handler, shutdown, err := telemetry.SetupMetrics(ctx, name)
 	if err != nil {
 		return nil, err
@@ -237,6 +263,9 @@ func serveMetrics(ctx context.Context, name, addr string, logger *slog.Logger) (
 	if err != nil {
 		_ = shutdown(context.Background())
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if !loopback {
+		lis = tls.NewListener(lis, transport.ServerTLS())
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", handler)
@@ -253,7 +282,7 @@ func serveMetrics(ctx context.Context, name, addr string, logger *slog.Logger) (
 			logger.Error("metrics server failed", "err", err)
 		}
 	}()
-	logger.Info("serving metrics", "addr", lis.Addr().String())
+	logger.Info("serving metrics", "addr", lis.Addr().String(), "tls", !loopback)
 	return func() {
 		c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

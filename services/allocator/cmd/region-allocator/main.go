@@ -33,7 +33,7 @@ func main() {
 			if *agentAddr == "" {
 				return errors.New("no agents: set --agent-addr or STORAGECP_ALLOCATOR_AGENT_ADDR")
 			}
-			conn, err := agentclient.Dial(*agentAddr)
+			conn, err := agentclient.Dial(*agentAddr, env.Transport)
 			if err != nil {
 				return err
 			}

@@ -22,6 +22,7 @@ import (
 	agentv1 "storagecp.dev/gen/go/storage/agent/v1"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/grpcclient"
+	"storagecp.dev/platform/mtls"
 )
 
 // Dial connects (lazily) to the agents' endpoint, forwarding the fence.
@@ -32,8 +33,8 @@ import (
 // with backoff on every call aimed at an expunged disk. The allocator's
 // callers retry what is transient (sagas do), as they did when the agents
 // answered in process.
-func Dial(addr string) (*grpc.ClientConn, error) {
-	return grpcclient.Dial(addr, grpc.WithDisableRetry(), grpc.WithChainUnaryInterceptor(forwardEpoch))
+func Dial(addr string, transport *mtls.Transport) (*grpc.ClientConn, error) {
+	return grpcclient.Dial(addr, transport.DialOption(mtls.CrucibleAgents), grpc.WithDisableRetry(), grpc.WithChainUnaryInterceptor(forwardEpoch))
 }
 
 // forwardEpoch is a client interceptor that sends on the fence epoch the

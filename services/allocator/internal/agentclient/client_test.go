@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"storagecp.dev/platform/mtls"
 	"sync/atomic"
 	"testing"
 
@@ -40,7 +41,7 @@ func TestGoneIsAskedOnce(t *testing.T) {
 	}
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	conn, err := Dial(lis.Addr().String())
+	conn, err := Dial(lis.Addr().String(), mtls.Insecure())
 	if err != nil {
 		t.Fatal(err)
 	}

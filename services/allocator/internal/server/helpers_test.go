@@ -22,6 +22,7 @@ import (
 	"storagecp.dev/allocator/sim/simagent"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/platform/pgtest"
 )
 
@@ -59,7 +60,7 @@ func newSimServer(t testing.TB, pool *pgxpool.Pool) *Server {
 	}
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	conn, err := agentclient.Dial(lis.Addr().String())
+	conn, err := agentclient.Dial(lis.Addr().String(), mtls.Insecure())
 	if err != nil {
 		t.Fatal(err)
 	}

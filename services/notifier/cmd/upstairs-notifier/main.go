@@ -27,7 +27,7 @@ func main() {
 				"bound on each call to an Upstairs (activate, deactivate, replace); an Upstairs that does not answer in time counts as unreachable")
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
-			s, err := notifierserver.New(env.Pool, env.Logger, *volumeAddr, notifierserver.WithUpstairsCallTimeout(*upstairsTimeout))
+			s, err := notifierserver.New(env.Pool, env.Logger, *volumeAddr, env.Transport, notifierserver.WithUpstairsCallTimeout(*upstairsTimeout))
 			if err != nil {
 				return err
 			}

@@ -24,6 +24,7 @@ import (
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	"storagecp.dev/notifier/migrations"
 	"storagecp.dev/platform/fence"
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/platform/pgtest"
 )
 
@@ -141,7 +142,9 @@ func startProcess(t testing.TB, name, addr string, args ...string) *process {
 
 func (p *process) start(t testing.TB) {
 	t.Helper()
-	p.cmd = exec.Command(filepath.Join(binDir, p.name), append([]string{"--listen", p.addr}, p.args...)...)
+	// Plaintext: the notifier under test runs in process, without an
+	// identity; the processes' mutual TLS is the stack's to test.
+	p.cmd = exec.Command(filepath.Join(binDir, p.name), append([]string{"--listen", p.addr, "--insecure"}, p.args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)
@@ -256,7 +259,7 @@ func startNotifier(t testing.TB, volumeAddr string) *notifierEnv {
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	srv, err := New(pool, logger, volumeAddr, WithUpstairsCallTimeout(5*time.Second))
+	srv, err := New(pool, logger, volumeAddr, mtls.Insecure(), WithUpstairsCallTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ import (
 	"storagecp.dev/notifier/internal/store"
 	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/grpcclient"
+	"storagecp.dev/platform/mtls"
 )
 
 // volumeClient is what the notifier needs of the volume-service.
@@ -63,20 +64,22 @@ type Server struct {
 	volumes         volumeClient
 	upstairsTimeout time.Duration
 	metrics         notifyMetrics
+	transport       *mtls.Transport
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
 
 // New returns the service over its database, talking to the volume-service
-// at volumeAddr.
-func New(pool *pgxpool.Pool, logger *slog.Logger, volumeAddr string, opts ...Option) (*Server, error) {
-	conn, err := grpcclient.Dial(volumeAddr)
+// at volumeAddr and to Upstairs endpoints, with transport's identity.
+func New(pool *pgxpool.Pool, logger *slog.Logger, volumeAddr string, transport *mtls.Transport, opts ...Option) (*Server, error) {
+	conn, err := grpcclient.Dial(volumeAddr, transport.DialOption(mtls.VolumeService))
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
 		store:           store.New(pool),
+		transport:       transport,
 		logger:          logger,
 		volumes:         volumev1.NewVolumeServiceClient(conn),
 		upstairsTimeout: DefaultUpstairsCallTimeout,
@@ -106,7 +109,7 @@ func (s *Server) upstairs(endpoint string) (upstairsClient, error) {
 	c, ok := s.conns[endpoint]
 	if !ok {
 		var err error
-		c, err = grpcclient.Dial(endpoint)
+		c, err = grpcclient.Dial(endpoint, s.transport.DialOption(mtls.Upstairs))
 		if err != nil {
 			return nil, err
 		}

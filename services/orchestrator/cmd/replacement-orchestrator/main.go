@@ -89,6 +89,7 @@ func main() {
 					env.Logger.Warn("sabotage hooks on: replacements are deliberately wrong", "sabotage", sab.String())
 				}
 			}
+			cfg.Transport = env.Transport
 			a, err := app.New(env.Pool, env.Logger, cfg)
 			if err != nil {
 				return err

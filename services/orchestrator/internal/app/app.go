@@ -8,6 +8,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -30,10 +31,13 @@ import (
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
 	"storagecp.dev/platform/grpcclient"
+	"storagecp.dev/platform/mtls"
 )
 
 // Config holds the addresses of the other services and tuning.
 type Config struct {
+	// Transport is the orchestrator's identity for dialing the services.
+	Transport     *mtls.Transport
 	VolumeAddr    string
 	AllocatorAddr string
 	NotifierAddr  string
@@ -101,21 +105,24 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	if cfg.MaxSagasPerTask == 0 {
 		cfg.MaxSagasPerTask = 64
 	}
-	dial := func(addr string) (*grpc.ClientConn, error) {
+	if cfg.Transport == nil {
+		return nil, errors.New("app: no transport")
+	}
+	dial := func(addr, service string) (*grpc.ClientConn, error) {
 		// The other services are always meant to be up: a call made while
 		// one restarts waits (within its deadline) rather than failing a
 		// saga node.
-		return grpcclient.Dial(addr, grpcclient.WaitForReady(), grpc.WithChainUnaryInterceptor(leader.UnaryClientInterceptor()))
+		return grpcclient.Dial(addr, cfg.Transport.DialOption(service), grpcclient.WaitForReady(), grpc.WithChainUnaryInterceptor(leader.UnaryClientInterceptor()))
 	}
-	vc, err := dial(cfg.VolumeAddr)
+	vc, err := dial(cfg.VolumeAddr, mtls.VolumeService)
 	if err != nil {
 		return nil, err
 	}
-	ac, err := dial(cfg.AllocatorAddr)
+	ac, err := dial(cfg.AllocatorAddr, mtls.RegionAllocator)
 	if err != nil {
 		return nil, err
 	}
-	nc, err := dial(cfg.NotifierAddr)
+	nc, err := dial(cfg.NotifierAddr, mtls.UpstairsNotifier)
 	if err != nil {
 		return nil, err
 	}

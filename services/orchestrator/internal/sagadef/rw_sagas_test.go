@@ -30,7 +30,7 @@ func rwEnv(t *testing.T, sims int) *testenv.Env {
 }
 
 func rwSim(t testing.TB, e *testenv.Env, i int) upstairsv1.UpstairsServiceClient {
-	conn, err := grpcclient.Dial(e.Stack.SimUpstairsAddrs()[i])
+	conn, err := grpcclient.Dial(e.Stack.SimUpstairsAddrs()[i], e.Stack.DialOption())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ func jsonDecode(raw json.RawMessage, out any) error { return json.Unmarshal(raw,
 
 func dialAllocator(t testing.TB, e *testenv.Env) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpcclient.Dial(e.Stack.Addr(stack.Allocator))
+	conn, err := grpcclient.Dial(e.Stack.Addr(stack.Allocator), e.Stack.DialOption())
 	if err != nil {
 		t.Fatal(err)
 	}

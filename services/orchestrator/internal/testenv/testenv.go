@@ -85,9 +85,9 @@ func Start(t testing.TB, o Options) *Env {
 		t.Fatal(err)
 	}
 	e.Store = store.New(e.Pool)
-	e.Volumes = volumev1.NewVolumeServiceClient(dial(t, st.Addr(stack.Volume)))
-	e.Allocator = allocatorv1.NewRegionAllocatorServiceClient(dial(t, st.Addr(stack.Allocator)))
-	e.Notifier = notifierv1.NewUpstairsNotifierServiceClient(dial(t, st.Addr(stack.Notifier)))
+	e.Volumes = volumev1.NewVolumeServiceClient(dial(t, st, st.Addr(stack.Volume)))
+	e.Allocator = allocatorv1.NewRegionAllocatorServiceClient(dial(t, st, st.Addr(stack.Allocator)))
+	e.Notifier = notifierv1.NewUpstairsNotifierServiceClient(dial(t, st, st.Addr(stack.Notifier)))
 	e.Deps = &sagadef.Deps{Volumes: e.Volumes, Allocator: e.Allocator, Notifier: e.Notifier, Store: e.Store}
 	reg, err := sagadef.Registry()
 	if err != nil {
@@ -97,8 +97,8 @@ func Start(t testing.TB, o Options) *Env {
 	return e
 }
 
-func dial(t testing.TB, addr string) *grpc.ClientConn {
-	conn, err := grpcclient.Dial(addr)
+func dial(t testing.TB, st *stack.Stack, addr string) *grpc.ClientConn {
+	conn, err := grpcclient.Dial(addr, st.DialOption())
 	if err != nil {
 		t.Fatal(err)
 	}

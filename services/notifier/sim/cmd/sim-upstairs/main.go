@@ -29,7 +29,7 @@ func main() {
 			probeInterval = fs.Duration("probe-interval", simupstairs.DefaultProbeInterval, "data-path probe period (0 disables probing)")
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
-			s, err := simupstairs.New(env.Logger, *notifierAddr, *allocatorAddr,
+			s, err := simupstairs.New(env.Logger, env.Transport, *notifierAddr, *allocatorAddr,
 				simupstairs.WithRepairDelay(*repairDelay), simupstairs.WithProbeInterval(*probeInterval))
 			if err != nil {
 				return err

@@ -36,6 +36,7 @@ import (
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	"storagecp.dev/notifier/internal/vcrutil"
 	"storagecp.dev/platform/grpcclient"
+	"storagecp.dev/platform/mtls"
 )
 
 // Defaults of the tunables.
@@ -145,8 +146,8 @@ type replacement struct {
 // New returns a sim-upstairs reporting to the notifier and probing through
 // the allocator (none when allocatorAddr is empty: no data path). Call Run
 // to start the probe loop.
-func New(logger *slog.Logger, notifierAddr, allocatorAddr string, opts ...Option) (*Server, error) {
-	nc, err := grpcclient.Dial(notifierAddr)
+func New(logger *slog.Logger, transport *mtls.Transport, notifierAddr, allocatorAddr string, opts ...Option) (*Server, error) {
+	nc, err := grpcclient.Dial(notifierAddr, transport.DialOption(mtls.UpstairsNotifier))
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +163,7 @@ func New(logger *slog.Logger, notifierAddr, allocatorAddr string, opts ...Option
 		lastGen:       map[string]uint64{},
 	}
 	if allocatorAddr != "" {
-		ac, err := grpcclient.Dial(allocatorAddr)
+		ac, err := grpcclient.Dial(allocatorAddr, transport.DialOption(mtls.RegionAllocator))
 		if err != nil {
 			cancel()
 			return nil, err
