@@ -39,7 +39,7 @@ func TestKeysNeverLeak(t *testing.T) {
 
 	keys := map[string]bool{}
 	for _, v := range append([]string{c.disk, c.snap}, c.clones...) {
-		resp, err := r.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: v, View: volumev1.VolumeView_VOLUME_VIEW_FULL})
+		resp, err := r.Volumes.GetVolumeWithKeys(ctx, &volumev1.GetVolumeWithKeysRequest{VolumeId: v})
 		if err != nil {
 			t.Fatal(err)
 		}

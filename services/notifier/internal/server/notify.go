@@ -65,7 +65,7 @@ func (s *Server) NotifyReplacement(ctx context.Context, req *notifierv1.NotifyRe
 	}
 	// Read the VCR before the attachments: a construction that is not yet
 	// recorded as STARTING will check out this VCR or a newer one.
-	vol, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: volumeID.String(), View: volumev1.VolumeView_VOLUME_VIEW_FULL})
+	vol, err := s.volumes.GetVolumeWithKeys(ctx, &volumev1.GetVolumeWithKeysRequest{VolumeId: volumeID.String()})
 	if err != nil {
 		return nil, volumeServiceError(err)
 	}

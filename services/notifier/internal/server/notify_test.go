@@ -803,8 +803,8 @@ type deletedMidNotify struct {
 	once   sync.Once
 }
 
-func (d *deletedMidNotify) GetVolume(ctx context.Context, in *volumev1.GetVolumeRequest, opts ...grpc.CallOption) (*volumev1.GetVolumeResponse, error) {
-	resp, err := d.volumeClient.GetVolume(ctx, in, opts...)
+func (d *deletedMidNotify) GetVolumeWithKeys(ctx context.Context, in *volumev1.GetVolumeWithKeysRequest, opts ...grpc.CallOption) (*volumev1.GetVolumeWithKeysResponse, error) {
+	resp, err := d.volumeClient.GetVolumeWithKeys(ctx, in, opts...)
 	if armed, _ := d.volume.Load().(string); armed != "" && in.GetVolumeId() == armed {
 		d.once.Do(func() {
 			if _, derr := d.rv.c.SoftDeleteVolume(ctx, &volumev1.SoftDeleteVolumeRequest{VolumeId: armed}); derr != nil {

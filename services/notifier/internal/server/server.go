@@ -33,6 +33,7 @@ import (
 type volumeClient interface {
 	CheckoutVolume(ctx context.Context, in *volumev1.CheckoutVolumeRequest, opts ...grpc.CallOption) (*volumev1.CheckoutVolumeResponse, error)
 	GetVolume(ctx context.Context, in *volumev1.GetVolumeRequest, opts ...grpc.CallOption) (*volumev1.GetVolumeResponse, error)
+	GetVolumeWithKeys(ctx context.Context, in *volumev1.GetVolumeWithKeysRequest, opts ...grpc.CallOption) (*volumev1.GetVolumeWithKeysResponse, error)
 	ResolveAddress(ctx context.Context, in *volumev1.ResolveAddressRequest, opts ...grpc.CallOption) (*volumev1.ResolveAddressResponse, error)
 }
 

@@ -205,11 +205,30 @@ func (s *Server) GetVolume(ctx context.Context, req *volumev1.GetVolumeRequest) 
 	if err != nil {
 		return nil, err
 	}
+	if req.GetView() == volumev1.VolumeView_VOLUME_VIEW_FULL {
+		// Keys have a method of their own, so that the authorization
+		// policy, not this handler, says who may read them.
+		return nil, status.Error(codes.InvalidArgument, "view: VOLUME_VIEW_FULL is not served by GetVolume; keys are read with GetVolumeWithKeys")
+	}
 	v, err := s.store.GetVolume(ctx, id, req.GetIncludeReferenceCounts())
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetVolume", err)
 	}
-	return &volumev1.GetVolumeResponse{Volume: volumeToProto(v, req.GetView() == volumev1.VolumeView_VOLUME_VIEW_FULL)}, nil
+	return &volumev1.GetVolumeResponse{Volume: volumeToProto(v, false)}, nil
+}
+
+// GetVolumeWithKeys implements VolumeService: the stored VCR, keys
+// included.
+func (s *Server) GetVolumeWithKeys(ctx context.Context, req *volumev1.GetVolumeWithKeysRequest) (*volumev1.GetVolumeWithKeysResponse, error) {
+	id, err := ids.Parse("volume_id", req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.store.GetVolume(ctx, id, false)
+	if err != nil {
+		return nil, s.toStatus(ctx, "GetVolumeWithKeys", err)
+	}
+	return &volumev1.GetVolumeWithKeysResponse{Volume: volumeToProto(v, true)}, nil
 }
 
 // ListVolumes implements VolumeService.

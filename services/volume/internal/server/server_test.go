@@ -93,9 +93,12 @@ func TestEndToEndThroughTheService(t *testing.T) {
 	if err != nil || strings.Contains(g.String(), secretKey) {
 		t.Fatalf("redacted view: %v", err)
 	}
-	g, _ = s.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: diskID, View: volumev1.VolumeView_VOLUME_VIEW_FULL})
-	if !strings.Contains(g.String(), secretKey) {
-		t.Fatal("full view lacks the key")
+	if _, err := s.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: diskID, View: volumev1.VolumeView_VOLUME_VIEW_FULL}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "view") {
+		t.Fatalf("GetVolume with the full view: %v, want InvalidArgument naming view (keys have their own method)", err)
+	}
+	k, err := s.GetVolumeWithKeys(ctx, &volumev1.GetVolumeWithKeysRequest{VolumeId: diskID})
+	if err != nil || !strings.Contains(k.String(), secretKey) {
+		t.Fatalf("GetVolumeWithKeys lacks the key: %v", err)
 	}
 	// Snapshot through snapshot_of.
 	snapID := uuid.NewString()

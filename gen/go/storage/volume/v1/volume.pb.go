@@ -99,7 +99,8 @@ const (
 	VolumeView_VOLUME_VIEW_UNSPECIFIED VolumeView = 0
 	// VCR with encryption keys and TLS material removed (the default).
 	VolumeView_VOLUME_VIEW_REDACTED VolumeView = 1
-	// VCR including secrets; for the upstairs-notifier only.
+	// VCR including secrets. Refused by GetVolume (INVALID_ARGUMENT); use
+	// GetVolumeWithKeys, which the policy grants to the notifier only.
 	VolumeView_VOLUME_VIEW_FULL VolumeView = 2
 )
 
@@ -259,8 +260,7 @@ type Volume struct {
 	TimeCreated *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time_created,json=timeCreated,proto3" json:"time_created,omitempty"`
 	// Set when soft-deleted.
 	TimeDeleted *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time_deleted,json=timeDeleted,proto3" json:"time_deleted,omitempty"`
-	// The VCR. Key material is removed unless the request asked for
-	// VOLUME_VIEW_FULL.
+	// The VCR. Key material is removed except in GetVolumeWithKeys.
 	Vcr *v1.VolumeConstructionRequest `protobuf:"bytes,4,opt,name=vcr,proto3" json:"vcr,omitempty"`
 	// The registered targets the VCR names (rw and read-only), in VCR order.
 	Targets []*v1.Target `protobuf:"bytes,5,rep,name=targets,proto3" json:"targets,omitempty"`
@@ -642,6 +642,95 @@ func (x *GetVolumeResponse) GetVolume() *Volume {
 	return nil
 }
 
+type GetVolumeWithKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeWithKeysRequest) Reset() {
+	*x = GetVolumeWithKeysRequest{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeWithKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeWithKeysRequest) ProtoMessage() {}
+
+func (x *GetVolumeWithKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeWithKeysRequest.ProtoReflect.Descriptor instead.
+func (*GetVolumeWithKeysRequest) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetVolumeWithKeysRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+type GetVolumeWithKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volume, its VCR unredacted.
+	Volume        *Volume `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeWithKeysResponse) Reset() {
+	*x = GetVolumeWithKeysResponse{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeWithKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeWithKeysResponse) ProtoMessage() {}
+
+func (x *GetVolumeWithKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeWithKeysResponse.ProtoReflect.Descriptor instead.
+func (*GetVolumeWithKeysResponse) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetVolumeWithKeysResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 type ListVolumesRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PageSize       int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -653,7 +742,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +754,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +767,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{6}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListVolumesRequest) GetPageSize() int32 {
@@ -713,7 +802,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +814,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +827,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{7}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -768,7 +857,7 @@ type CheckoutVolumeRequest struct {
 
 func (x *CheckoutVolumeRequest) Reset() {
 	*x = CheckoutVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +869,7 @@ func (x *CheckoutVolumeRequest) String() string {
 func (*CheckoutVolumeRequest) ProtoMessage() {}
 
 func (x *CheckoutVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +882,7 @@ func (x *CheckoutVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckoutVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CheckoutVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{8}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CheckoutVolumeRequest) GetVolumeId() string {
@@ -827,7 +916,7 @@ type CheckoutVolumeResponse struct {
 
 func (x *CheckoutVolumeResponse) Reset() {
 	*x = CheckoutVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +928,7 @@ func (x *CheckoutVolumeResponse) String() string {
 func (*CheckoutVolumeResponse) ProtoMessage() {}
 
 func (x *CheckoutVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +941,7 @@ func (x *CheckoutVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckoutVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CheckoutVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{9}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CheckoutVolumeResponse) GetVcr() *v1.VolumeConstructionRequest {
@@ -882,7 +971,7 @@ type SoftDeleteVolumeRequest struct {
 
 func (x *SoftDeleteVolumeRequest) Reset() {
 	*x = SoftDeleteVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +983,7 @@ func (x *SoftDeleteVolumeRequest) String() string {
 func (*SoftDeleteVolumeRequest) ProtoMessage() {}
 
 func (x *SoftDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +996,7 @@ func (x *SoftDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftDeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*SoftDeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{10}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SoftDeleteVolumeRequest) GetVolumeId() string {
@@ -951,7 +1040,7 @@ type SoftDeleteVolumeResponse struct {
 
 func (x *SoftDeleteVolumeResponse) Reset() {
 	*x = SoftDeleteVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1052,7 @@ func (x *SoftDeleteVolumeResponse) String() string {
 func (*SoftDeleteVolumeResponse) ProtoMessage() {}
 
 func (x *SoftDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1065,7 @@ func (x *SoftDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftDeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*SoftDeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{11}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SoftDeleteVolumeResponse) GetRegionIds() []string {
@@ -1023,7 +1112,7 @@ type HardDeleteVolumeRequest struct {
 
 func (x *HardDeleteVolumeRequest) Reset() {
 	*x = HardDeleteVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1124,7 @@ func (x *HardDeleteVolumeRequest) String() string {
 func (*HardDeleteVolumeRequest) ProtoMessage() {}
 
 func (x *HardDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1137,7 @@ func (x *HardDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardDeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*HardDeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{12}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HardDeleteVolumeRequest) GetVolumeId() string {
@@ -1069,7 +1158,7 @@ type HardDeleteVolumeResponse struct {
 
 func (x *HardDeleteVolumeResponse) Reset() {
 	*x = HardDeleteVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1170,7 @@ func (x *HardDeleteVolumeResponse) String() string {
 func (*HardDeleteVolumeResponse) ProtoMessage() {}
 
 func (x *HardDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1183,7 @@ func (x *HardDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardDeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*HardDeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{13}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HardDeleteVolumeResponse) GetOutcome() HardDeleteOutcome {
@@ -1119,7 +1208,7 @@ type FindDeletedVolumeRegionsRequest struct {
 
 func (x *FindDeletedVolumeRegionsRequest) Reset() {
 	*x = FindDeletedVolumeRegionsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1220,7 @@ func (x *FindDeletedVolumeRegionsRequest) String() string {
 func (*FindDeletedVolumeRegionsRequest) ProtoMessage() {}
 
 func (x *FindDeletedVolumeRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1233,7 @@ func (x *FindDeletedVolumeRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDeletedVolumeRegionsRequest.ProtoReflect.Descriptor instead.
 func (*FindDeletedVolumeRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{14}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{16}
 }
 
 type FindDeletedVolumeRegionsResponse struct {
@@ -1159,7 +1248,7 @@ type FindDeletedVolumeRegionsResponse struct {
 
 func (x *FindDeletedVolumeRegionsResponse) Reset() {
 	*x = FindDeletedVolumeRegionsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1260,7 @@ func (x *FindDeletedVolumeRegionsResponse) String() string {
 func (*FindDeletedVolumeRegionsResponse) ProtoMessage() {}
 
 func (x *FindDeletedVolumeRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1273,7 @@ func (x *FindDeletedVolumeRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDeletedVolumeRegionsResponse.ProtoReflect.Descriptor instead.
 func (*FindDeletedVolumeRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{15}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FindDeletedVolumeRegionsResponse) GetRegionIds() []string {
@@ -1214,7 +1303,7 @@ type ReplaceReadOnlyTargetRequest struct {
 
 func (x *ReplaceReadOnlyTargetRequest) Reset() {
 	*x = ReplaceReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1315,7 @@ func (x *ReplaceReadOnlyTargetRequest) String() string {
 func (*ReplaceReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1328,7 @@ func (x *ReplaceReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{16}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReplaceReadOnlyTargetRequest) GetVolumeId() string {
@@ -1279,7 +1368,7 @@ type ReplaceReadOnlyTargetResponse struct {
 
 func (x *ReplaceReadOnlyTargetResponse) Reset() {
 	*x = ReplaceReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1380,7 @@ func (x *ReplaceReadOnlyTargetResponse) String() string {
 func (*ReplaceReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1393,7 @@ func (x *ReplaceReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{17}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReplaceReadOnlyTargetResponse) GetResult() v1.VolumeReplaceResult {
@@ -1327,7 +1416,7 @@ type ReplaceRegionRequest struct {
 
 func (x *ReplaceRegionRequest) Reset() {
 	*x = ReplaceRegionRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1428,7 @@ func (x *ReplaceRegionRequest) String() string {
 func (*ReplaceRegionRequest) ProtoMessage() {}
 
 func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1441,7 @@ func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{18}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReplaceRegionRequest) GetVolumeId() string {
@@ -1392,7 +1481,7 @@ type ReplaceRegionResponse struct {
 
 func (x *ReplaceRegionResponse) Reset() {
 	*x = ReplaceRegionResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1493,7 @@ func (x *ReplaceRegionResponse) String() string {
 func (*ReplaceRegionResponse) ProtoMessage() {}
 
 func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1506,7 @@ func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{19}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReplaceRegionResponse) GetResult() v1.VolumeReplaceResult {
@@ -1440,7 +1529,7 @@ type FindVolumesReferencingTargetRequest struct {
 
 func (x *FindVolumesReferencingTargetRequest) Reset() {
 	*x = FindVolumesReferencingTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1541,7 @@ func (x *FindVolumesReferencingTargetRequest) String() string {
 func (*FindVolumesReferencingTargetRequest) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1554,7 @@ func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use FindVolumesReferencingTargetRequest.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{20}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FindVolumesReferencingTargetRequest) GetTargetId() string {
@@ -1508,7 +1597,7 @@ type VolumeRef struct {
 
 func (x *VolumeRef) Reset() {
 	*x = VolumeRef{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1609,7 @@ func (x *VolumeRef) String() string {
 func (*VolumeRef) ProtoMessage() {}
 
 func (x *VolumeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1622,7 @@ func (x *VolumeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeRef.ProtoReflect.Descriptor instead.
 func (*VolumeRef) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{21}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *VolumeRef) GetVolumeId() string {
@@ -1567,7 +1656,7 @@ type FindVolumesReferencingTargetResponse struct {
 
 func (x *FindVolumesReferencingTargetResponse) Reset() {
 	*x = FindVolumesReferencingTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1668,7 @@ func (x *FindVolumesReferencingTargetResponse) String() string {
 func (*FindVolumesReferencingTargetResponse) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1681,7 @@ func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FindVolumesReferencingTargetResponse.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{22}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FindVolumesReferencingTargetResponse) GetVolumes() []*VolumeRef {
@@ -1619,7 +1708,7 @@ type VolumeReferencesReadOnlyTargetRequest struct {
 
 func (x *VolumeReferencesReadOnlyTargetRequest) Reset() {
 	*x = VolumeReferencesReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1720,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) String() string {
 func (*VolumeReferencesReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1733,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{23}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *VolumeReferencesReadOnlyTargetRequest) GetVolumeId() string {
@@ -1676,7 +1765,7 @@ type VolumeReferencesReadOnlyTargetResponse struct {
 
 func (x *VolumeReferencesReadOnlyTargetResponse) Reset() {
 	*x = VolumeReferencesReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1777,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) String() string {
 func (*VolumeReferencesReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1790,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Mes
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{24}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *VolumeReferencesReadOnlyTargetResponse) GetVolumeExists() bool {
@@ -1742,7 +1831,7 @@ type RemoveReadOnlyParentRequest struct {
 
 func (x *RemoveReadOnlyParentRequest) Reset() {
 	*x = RemoveReadOnlyParentRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1843,7 @@ func (x *RemoveReadOnlyParentRequest) String() string {
 func (*RemoveReadOnlyParentRequest) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1856,7 @@ func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveReadOnlyParentRequest) GetVolumeId() string {
@@ -1793,7 +1882,7 @@ type RemoveReadOnlyParentResponse struct {
 
 func (x *RemoveReadOnlyParentResponse) Reset() {
 	*x = RemoveReadOnlyParentResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1894,7 @@ func (x *RemoveReadOnlyParentResponse) String() string {
 func (*RemoveReadOnlyParentResponse) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1907,7 @@ func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveReadOnlyParentResponse) GetRemoved() bool {
@@ -1844,7 +1933,7 @@ type TargetRegistration struct {
 
 func (x *TargetRegistration) Reset() {
 	*x = TargetRegistration{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +1945,7 @@ func (x *TargetRegistration) String() string {
 func (*TargetRegistration) ProtoMessage() {}
 
 func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +1958,7 @@ func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetRegistration.ProtoReflect.Descriptor instead.
 func (*TargetRegistration) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TargetRegistration) GetTargetId() string {
@@ -1916,7 +2005,7 @@ type RegisterTargetsRequest struct {
 
 func (x *RegisterTargetsRequest) Reset() {
 	*x = RegisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2017,7 @@ func (x *RegisterTargetsRequest) String() string {
 func (*RegisterTargetsRequest) ProtoMessage() {}
 
 func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2030,7 @@ func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RegisterTargetsRequest) GetTargets() []*TargetRegistration {
@@ -1960,7 +2049,7 @@ type RegisterTargetsResponse struct {
 
 func (x *RegisterTargetsResponse) Reset() {
 	*x = RegisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2061,7 @@ func (x *RegisterTargetsResponse) String() string {
 func (*RegisterTargetsResponse) ProtoMessage() {}
 
 func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2074,7 @@ func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RegisterTargetsResponse) GetTargets() []*v1.Target {
@@ -2007,7 +2096,7 @@ type TargetActivation struct {
 
 func (x *TargetActivation) Reset() {
 	*x = TargetActivation{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2108,7 @@ func (x *TargetActivation) String() string {
 func (*TargetActivation) ProtoMessage() {}
 
 func (x *TargetActivation) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2121,7 @@ func (x *TargetActivation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetActivation.ProtoReflect.Descriptor instead.
 func (*TargetActivation) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TargetActivation) GetTargetId() string {
@@ -2065,7 +2154,7 @@ type ActivateTargetsRequest struct {
 
 func (x *ActivateTargetsRequest) Reset() {
 	*x = ActivateTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2077,7 +2166,7 @@ func (x *ActivateTargetsRequest) String() string {
 func (*ActivateTargetsRequest) ProtoMessage() {}
 
 func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2090,7 +2179,7 @@ func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ActivateTargetsRequest) GetTargets() []*TargetActivation {
@@ -2109,7 +2198,7 @@ type ActivateTargetsResponse struct {
 
 func (x *ActivateTargetsResponse) Reset() {
 	*x = ActivateTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2210,7 @@ func (x *ActivateTargetsResponse) String() string {
 func (*ActivateTargetsResponse) ProtoMessage() {}
 
 func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2223,7 @@ func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ActivateTargetsResponse) GetTargets() []*v1.Target {
@@ -2153,7 +2242,7 @@ type UnregisterTargetsRequest struct {
 
 func (x *UnregisterTargetsRequest) Reset() {
 	*x = UnregisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2254,7 @@ func (x *UnregisterTargetsRequest) String() string {
 func (*UnregisterTargetsRequest) ProtoMessage() {}
 
 func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2267,7 @@ func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UnregisterTargetsRequest) GetTargetIds() []string {
@@ -2198,7 +2287,7 @@ type UnregisterTargetsResponse struct {
 
 func (x *UnregisterTargetsResponse) Reset() {
 	*x = UnregisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2299,7 @@ func (x *UnregisterTargetsResponse) String() string {
 func (*UnregisterTargetsResponse) ProtoMessage() {}
 
 func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2312,7 @@ func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UnregisterTargetsResponse) GetRemoved() int32 {
@@ -2243,7 +2332,7 @@ type RetireTargetsRequest struct {
 
 func (x *RetireTargetsRequest) Reset() {
 	*x = RetireTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2344,7 @@ func (x *RetireTargetsRequest) String() string {
 func (*RetireTargetsRequest) ProtoMessage() {}
 
 func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2357,7 @@ func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RetireTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RetireTargetsRequest) GetTargetIds() []string {
@@ -2292,7 +2381,7 @@ type RetireTargetsResponse struct {
 
 func (x *RetireTargetsResponse) Reset() {
 	*x = RetireTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2393,7 @@ func (x *RetireTargetsResponse) String() string {
 func (*RetireTargetsResponse) ProtoMessage() {}
 
 func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2406,7 @@ func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RetireTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RetireTargetsResponse) GetRetiredTargetIds() []string {
@@ -2353,7 +2442,7 @@ type GetTargetRequest struct {
 
 func (x *GetTargetRequest) Reset() {
 	*x = GetTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2454,7 @@ func (x *GetTargetRequest) String() string {
 func (*GetTargetRequest) ProtoMessage() {}
 
 func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2467,7 @@ func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetRequest.ProtoReflect.Descriptor instead.
 func (*GetTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetTargetRequest) GetTargetId() string {
@@ -2404,7 +2493,7 @@ type GetTargetResponse struct {
 
 func (x *GetTargetResponse) Reset() {
 	*x = GetTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2505,7 @@ func (x *GetTargetResponse) String() string {
 func (*GetTargetResponse) ProtoMessage() {}
 
 func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2518,7 @@ func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetResponse.ProtoReflect.Descriptor instead.
 func (*GetTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetTargetResponse) GetTarget() *v1.Target {
@@ -2453,7 +2542,7 @@ type ListTargetsRequest struct {
 
 func (x *ListTargetsRequest) Reset() {
 	*x = ListTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2465,7 +2554,7 @@ func (x *ListTargetsRequest) String() string {
 func (*ListTargetsRequest) ProtoMessage() {}
 
 func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2478,7 +2567,7 @@ func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ListTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListTargetsRequest) GetPageSize() int32 {
@@ -2526,7 +2615,7 @@ type ListTargetsResponse struct {
 
 func (x *ListTargetsResponse) Reset() {
 	*x = ListTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2627,7 @@ func (x *ListTargetsResponse) String() string {
 func (*ListTargetsResponse) ProtoMessage() {}
 
 func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2640,7 @@ func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ListTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListTargetsResponse) GetTargets() []*v1.Target {
@@ -2577,7 +2666,7 @@ type ResolveAddressRequest struct {
 
 func (x *ResolveAddressRequest) Reset() {
 	*x = ResolveAddressRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2589,7 +2678,7 @@ func (x *ResolveAddressRequest) String() string {
 func (*ResolveAddressRequest) ProtoMessage() {}
 
 func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2602,7 +2691,7 @@ func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressRequest.ProtoReflect.Descriptor instead.
 func (*ResolveAddressRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ResolveAddressRequest) GetAddress() string {
@@ -2621,7 +2710,7 @@ type ResolveAddressResponse struct {
 
 func (x *ResolveAddressResponse) Reset() {
 	*x = ResolveAddressResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2722,7 @@ func (x *ResolveAddressResponse) String() string {
 func (*ResolveAddressResponse) ProtoMessage() {}
 
 func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2646,7 +2735,7 @@ func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressResponse.ProtoReflect.Descriptor instead.
 func (*ResolveAddressResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ResolveAddressResponse) GetTarget() *v1.Target {
@@ -2664,7 +2753,7 @@ type CheckInvariantsRequest struct {
 
 func (x *CheckInvariantsRequest) Reset() {
 	*x = CheckInvariantsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +2765,7 @@ func (x *CheckInvariantsRequest) String() string {
 func (*CheckInvariantsRequest) ProtoMessage() {}
 
 func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +2778,7 @@ func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsRequest.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
 }
 
 type CheckInvariantsResponse struct {
@@ -2701,7 +2790,7 @@ type CheckInvariantsResponse struct {
 
 func (x *CheckInvariantsResponse) Reset() {
 	*x = CheckInvariantsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2802,7 @@ func (x *CheckInvariantsResponse) String() string {
 func (*CheckInvariantsResponse) ProtoMessage() {}
 
 func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2815,7 @@ func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsResponse.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CheckInvariantsResponse) GetViolations() []*v1.Violation {
@@ -2771,6 +2860,10 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x04view\x18\x02 \x01(\x0e2\x1d.storage.volume.v1.VolumeViewR\x04view\x128\n" +
 	"\x18include_reference_counts\x18\x03 \x01(\bR\x16includeReferenceCounts\"F\n" +
 	"\x11GetVolumeResponse\x121\n" +
+	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\"7\n" +
+	"\x18GetVolumeWithKeysRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"N\n" +
+	"\x19GetVolumeWithKeysResponse\x121\n" +
 	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\"y\n" +
 	"\x12ListVolumesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2924,10 +3017,11 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x11HardDeleteOutcome\x12#\n" +
 	"\x1fHARD_DELETE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bHARD_DELETE_OUTCOME_DELETED\x10\x01\x12\x1c\n" +
-	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x9f\x11\n" +
+	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x8f\x12\n" +
 	"\rVolumeService\x12_\n" +
 	"\fCreateVolume\x12&.storage.volume.v1.CreateVolumeRequest\x1a'.storage.volume.v1.CreateVolumeResponse\x12V\n" +
-	"\tGetVolume\x12#.storage.volume.v1.GetVolumeRequest\x1a$.storage.volume.v1.GetVolumeResponse\x12\\\n" +
+	"\tGetVolume\x12#.storage.volume.v1.GetVolumeRequest\x1a$.storage.volume.v1.GetVolumeResponse\x12n\n" +
+	"\x11GetVolumeWithKeys\x12+.storage.volume.v1.GetVolumeWithKeysRequest\x1a,.storage.volume.v1.GetVolumeWithKeysResponse\x12\\\n" +
 	"\vListVolumes\x12%.storage.volume.v1.ListVolumesRequest\x1a&.storage.volume.v1.ListVolumesResponse\x12e\n" +
 	"\x0eCheckoutVolume\x12(.storage.volume.v1.CheckoutVolumeRequest\x1a).storage.volume.v1.CheckoutVolumeResponse\x12k\n" +
 	"\x10SoftDeleteVolume\x12*.storage.volume.v1.SoftDeleteVolumeRequest\x1a+.storage.volume.v1.SoftDeleteVolumeResponse\x12k\n" +
@@ -2960,7 +3054,7 @@ func file_storage_volume_v1_volume_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(VolumePurpose)(0),                             // 0: storage.volume.v1.VolumePurpose
 	(VolumeView)(0),                                // 1: storage.volume.v1.VolumeView
@@ -2972,135 +3066,140 @@ var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(*CreateVolumeResponse)(nil),                   // 7: storage.volume.v1.CreateVolumeResponse
 	(*GetVolumeRequest)(nil),                       // 8: storage.volume.v1.GetVolumeRequest
 	(*GetVolumeResponse)(nil),                      // 9: storage.volume.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),                     // 10: storage.volume.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),                    // 11: storage.volume.v1.ListVolumesResponse
-	(*CheckoutVolumeRequest)(nil),                  // 12: storage.volume.v1.CheckoutVolumeRequest
-	(*CheckoutVolumeResponse)(nil),                 // 13: storage.volume.v1.CheckoutVolumeResponse
-	(*SoftDeleteVolumeRequest)(nil),                // 14: storage.volume.v1.SoftDeleteVolumeRequest
-	(*SoftDeleteVolumeResponse)(nil),               // 15: storage.volume.v1.SoftDeleteVolumeResponse
-	(*HardDeleteVolumeRequest)(nil),                // 16: storage.volume.v1.HardDeleteVolumeRequest
-	(*HardDeleteVolumeResponse)(nil),               // 17: storage.volume.v1.HardDeleteVolumeResponse
-	(*FindDeletedVolumeRegionsRequest)(nil),        // 18: storage.volume.v1.FindDeletedVolumeRegionsRequest
-	(*FindDeletedVolumeRegionsResponse)(nil),       // 19: storage.volume.v1.FindDeletedVolumeRegionsResponse
-	(*ReplaceReadOnlyTargetRequest)(nil),           // 20: storage.volume.v1.ReplaceReadOnlyTargetRequest
-	(*ReplaceReadOnlyTargetResponse)(nil),          // 21: storage.volume.v1.ReplaceReadOnlyTargetResponse
-	(*ReplaceRegionRequest)(nil),                   // 22: storage.volume.v1.ReplaceRegionRequest
-	(*ReplaceRegionResponse)(nil),                  // 23: storage.volume.v1.ReplaceRegionResponse
-	(*FindVolumesReferencingTargetRequest)(nil),    // 24: storage.volume.v1.FindVolumesReferencingTargetRequest
-	(*VolumeRef)(nil),                              // 25: storage.volume.v1.VolumeRef
-	(*FindVolumesReferencingTargetResponse)(nil),   // 26: storage.volume.v1.FindVolumesReferencingTargetResponse
-	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 27: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 28: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	(*RemoveReadOnlyParentRequest)(nil),            // 29: storage.volume.v1.RemoveReadOnlyParentRequest
-	(*RemoveReadOnlyParentResponse)(nil),           // 30: storage.volume.v1.RemoveReadOnlyParentResponse
-	(*TargetRegistration)(nil),                     // 31: storage.volume.v1.TargetRegistration
-	(*RegisterTargetsRequest)(nil),                 // 32: storage.volume.v1.RegisterTargetsRequest
-	(*RegisterTargetsResponse)(nil),                // 33: storage.volume.v1.RegisterTargetsResponse
-	(*TargetActivation)(nil),                       // 34: storage.volume.v1.TargetActivation
-	(*ActivateTargetsRequest)(nil),                 // 35: storage.volume.v1.ActivateTargetsRequest
-	(*ActivateTargetsResponse)(nil),                // 36: storage.volume.v1.ActivateTargetsResponse
-	(*UnregisterTargetsRequest)(nil),               // 37: storage.volume.v1.UnregisterTargetsRequest
-	(*UnregisterTargetsResponse)(nil),              // 38: storage.volume.v1.UnregisterTargetsResponse
-	(*RetireTargetsRequest)(nil),                   // 39: storage.volume.v1.RetireTargetsRequest
-	(*RetireTargetsResponse)(nil),                  // 40: storage.volume.v1.RetireTargetsResponse
-	(*GetTargetRequest)(nil),                       // 41: storage.volume.v1.GetTargetRequest
-	(*GetTargetResponse)(nil),                      // 42: storage.volume.v1.GetTargetResponse
-	(*ListTargetsRequest)(nil),                     // 43: storage.volume.v1.ListTargetsRequest
-	(*ListTargetsResponse)(nil),                    // 44: storage.volume.v1.ListTargetsResponse
-	(*ResolveAddressRequest)(nil),                  // 45: storage.volume.v1.ResolveAddressRequest
-	(*ResolveAddressResponse)(nil),                 // 46: storage.volume.v1.ResolveAddressResponse
-	(*CheckInvariantsRequest)(nil),                 // 47: storage.volume.v1.CheckInvariantsRequest
-	(*CheckInvariantsResponse)(nil),                // 48: storage.volume.v1.CheckInvariantsResponse
-	nil,                                            // 49: storage.volume.v1.SnapshotOf.TargetMapEntry
-	(*timestamppb.Timestamp)(nil),                  // 50: google.protobuf.Timestamp
-	(*v1.VolumeConstructionRequest)(nil),           // 51: storage.common.v1.VolumeConstructionRequest
-	(*v1.Target)(nil),                              // 52: storage.common.v1.Target
-	(*v1.RegionSnapshotRef)(nil),                   // 53: storage.common.v1.RegionSnapshotRef
-	(v1.VolumeReplaceResult)(0),                    // 54: storage.common.v1.VolumeReplaceResult
-	(v1.TargetKind)(0),                             // 55: storage.common.v1.TargetKind
-	(v1.TargetState)(0),                            // 56: storage.common.v1.TargetState
-	(*v1.Violation)(nil),                           // 57: storage.common.v1.Violation
+	(*GetVolumeWithKeysRequest)(nil),               // 10: storage.volume.v1.GetVolumeWithKeysRequest
+	(*GetVolumeWithKeysResponse)(nil),              // 11: storage.volume.v1.GetVolumeWithKeysResponse
+	(*ListVolumesRequest)(nil),                     // 12: storage.volume.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),                    // 13: storage.volume.v1.ListVolumesResponse
+	(*CheckoutVolumeRequest)(nil),                  // 14: storage.volume.v1.CheckoutVolumeRequest
+	(*CheckoutVolumeResponse)(nil),                 // 15: storage.volume.v1.CheckoutVolumeResponse
+	(*SoftDeleteVolumeRequest)(nil),                // 16: storage.volume.v1.SoftDeleteVolumeRequest
+	(*SoftDeleteVolumeResponse)(nil),               // 17: storage.volume.v1.SoftDeleteVolumeResponse
+	(*HardDeleteVolumeRequest)(nil),                // 18: storage.volume.v1.HardDeleteVolumeRequest
+	(*HardDeleteVolumeResponse)(nil),               // 19: storage.volume.v1.HardDeleteVolumeResponse
+	(*FindDeletedVolumeRegionsRequest)(nil),        // 20: storage.volume.v1.FindDeletedVolumeRegionsRequest
+	(*FindDeletedVolumeRegionsResponse)(nil),       // 21: storage.volume.v1.FindDeletedVolumeRegionsResponse
+	(*ReplaceReadOnlyTargetRequest)(nil),           // 22: storage.volume.v1.ReplaceReadOnlyTargetRequest
+	(*ReplaceReadOnlyTargetResponse)(nil),          // 23: storage.volume.v1.ReplaceReadOnlyTargetResponse
+	(*ReplaceRegionRequest)(nil),                   // 24: storage.volume.v1.ReplaceRegionRequest
+	(*ReplaceRegionResponse)(nil),                  // 25: storage.volume.v1.ReplaceRegionResponse
+	(*FindVolumesReferencingTargetRequest)(nil),    // 26: storage.volume.v1.FindVolumesReferencingTargetRequest
+	(*VolumeRef)(nil),                              // 27: storage.volume.v1.VolumeRef
+	(*FindVolumesReferencingTargetResponse)(nil),   // 28: storage.volume.v1.FindVolumesReferencingTargetResponse
+	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 29: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 30: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	(*RemoveReadOnlyParentRequest)(nil),            // 31: storage.volume.v1.RemoveReadOnlyParentRequest
+	(*RemoveReadOnlyParentResponse)(nil),           // 32: storage.volume.v1.RemoveReadOnlyParentResponse
+	(*TargetRegistration)(nil),                     // 33: storage.volume.v1.TargetRegistration
+	(*RegisterTargetsRequest)(nil),                 // 34: storage.volume.v1.RegisterTargetsRequest
+	(*RegisterTargetsResponse)(nil),                // 35: storage.volume.v1.RegisterTargetsResponse
+	(*TargetActivation)(nil),                       // 36: storage.volume.v1.TargetActivation
+	(*ActivateTargetsRequest)(nil),                 // 37: storage.volume.v1.ActivateTargetsRequest
+	(*ActivateTargetsResponse)(nil),                // 38: storage.volume.v1.ActivateTargetsResponse
+	(*UnregisterTargetsRequest)(nil),               // 39: storage.volume.v1.UnregisterTargetsRequest
+	(*UnregisterTargetsResponse)(nil),              // 40: storage.volume.v1.UnregisterTargetsResponse
+	(*RetireTargetsRequest)(nil),                   // 41: storage.volume.v1.RetireTargetsRequest
+	(*RetireTargetsResponse)(nil),                  // 42: storage.volume.v1.RetireTargetsResponse
+	(*GetTargetRequest)(nil),                       // 43: storage.volume.v1.GetTargetRequest
+	(*GetTargetResponse)(nil),                      // 44: storage.volume.v1.GetTargetResponse
+	(*ListTargetsRequest)(nil),                     // 45: storage.volume.v1.ListTargetsRequest
+	(*ListTargetsResponse)(nil),                    // 46: storage.volume.v1.ListTargetsResponse
+	(*ResolveAddressRequest)(nil),                  // 47: storage.volume.v1.ResolveAddressRequest
+	(*ResolveAddressResponse)(nil),                 // 48: storage.volume.v1.ResolveAddressResponse
+	(*CheckInvariantsRequest)(nil),                 // 49: storage.volume.v1.CheckInvariantsRequest
+	(*CheckInvariantsResponse)(nil),                // 50: storage.volume.v1.CheckInvariantsResponse
+	nil,                                            // 51: storage.volume.v1.SnapshotOf.TargetMapEntry
+	(*timestamppb.Timestamp)(nil),                  // 52: google.protobuf.Timestamp
+	(*v1.VolumeConstructionRequest)(nil),           // 53: storage.common.v1.VolumeConstructionRequest
+	(*v1.Target)(nil),                              // 54: storage.common.v1.Target
+	(*v1.RegionSnapshotRef)(nil),                   // 55: storage.common.v1.RegionSnapshotRef
+	(v1.VolumeReplaceResult)(0),                    // 56: storage.common.v1.VolumeReplaceResult
+	(v1.TargetKind)(0),                             // 57: storage.common.v1.TargetKind
+	(v1.TargetState)(0),                            // 58: storage.common.v1.TargetState
+	(*v1.Violation)(nil),                           // 59: storage.common.v1.Violation
 }
 var file_storage_volume_v1_volume_proto_depIdxs = []int32{
-	50, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
-	50, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
-	51, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	52, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
+	52, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
+	52, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
+	53, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	54, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
 	0,  // 4: storage.volume.v1.Volume.purpose:type_name -> storage.volume.v1.VolumePurpose
-	51, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	53, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
 	6,  // 6: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
 	0,  // 7: storage.volume.v1.CreateVolumeRequest.purpose:type_name -> storage.volume.v1.VolumePurpose
-	49, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
+	51, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
 	4,  // 9: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
 	1,  // 10: storage.volume.v1.GetVolumeRequest.view:type_name -> storage.volume.v1.VolumeView
 	4,  // 11: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
-	4,  // 12: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
-	2,  // 13: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
-	51, // 14: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	0,  // 15: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
-	53, // 16: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
-	3,  // 17: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
-	54, // 18: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	54, // 19: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	0,  // 20: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
-	25, // 21: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
-	0,  // 22: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
-	55, // 23: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
-	31, // 24: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
-	52, // 25: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
-	34, // 26: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
-	52, // 27: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
-	52, // 28: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
-	55, // 29: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
-	56, // 30: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
-	52, // 31: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
-	52, // 32: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
-	57, // 33: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
-	5,  // 34: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
-	8,  // 35: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
-	10, // 36: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
-	12, // 37: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
-	14, // 38: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
-	16, // 39: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
-	18, // 40: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
-	20, // 41: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
-	22, // 42: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
-	24, // 43: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
-	27, // 44: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	29, // 45: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
-	32, // 46: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
-	35, // 47: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
-	37, // 48: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
-	39, // 49: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
-	41, // 50: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
-	43, // 51: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
-	45, // 52: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
-	47, // 53: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
-	7,  // 54: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
-	9,  // 55: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
-	11, // 56: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
-	13, // 57: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
-	15, // 58: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
-	17, // 59: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
-	19, // 60: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
-	21, // 61: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
-	23, // 62: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
-	26, // 63: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
-	28, // 64: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	30, // 65: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
-	33, // 66: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
-	36, // 67: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
-	38, // 68: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
-	40, // 69: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
-	42, // 70: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
-	44, // 71: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
-	46, // 72: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
-	48, // 73: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
-	54, // [54:74] is the sub-list for method output_type
-	34, // [34:54] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	4,  // 12: storage.volume.v1.GetVolumeWithKeysResponse.volume:type_name -> storage.volume.v1.Volume
+	4,  // 13: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
+	2,  // 14: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
+	53, // 15: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	0,  // 16: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
+	55, // 17: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
+	3,  // 18: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
+	56, // 19: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	56, // 20: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	0,  // 21: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
+	27, // 22: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
+	0,  // 23: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
+	57, // 24: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
+	33, // 25: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
+	54, // 26: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
+	36, // 27: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
+	54, // 28: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
+	54, // 29: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
+	57, // 30: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
+	58, // 31: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
+	54, // 32: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
+	54, // 33: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
+	59, // 34: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
+	5,  // 35: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
+	8,  // 36: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
+	10, // 37: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
+	12, // 38: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
+	14, // 39: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
+	16, // 40: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
+	18, // 41: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
+	20, // 42: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
+	22, // 43: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
+	24, // 44: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
+	26, // 45: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
+	29, // 46: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	31, // 47: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
+	34, // 48: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
+	37, // 49: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
+	39, // 50: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
+	41, // 51: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
+	43, // 52: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
+	45, // 53: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
+	47, // 54: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
+	49, // 55: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
+	7,  // 56: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
+	9,  // 57: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
+	11, // 58: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
+	13, // 59: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
+	15, // 60: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
+	17, // 61: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
+	19, // 62: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
+	21, // 63: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
+	23, // 64: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
+	25, // 65: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
+	28, // 66: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
+	30, // 67: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	32, // 68: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
+	35, // 69: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
+	38, // 70: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
+	40, // 71: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
+	42, // 72: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
+	44, // 73: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
+	46, // 74: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
+	48, // 75: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
+	50, // 76: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
+	56, // [56:77] is the sub-list for method output_type
+	35, // [35:56] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_storage_volume_v1_volume_proto_init() }
@@ -3114,7 +3213,7 @@ func file_storage_volume_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_volume_v1_volume_proto_rawDesc), len(file_storage_volume_v1_volume_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

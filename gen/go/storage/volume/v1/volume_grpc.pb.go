@@ -29,6 +29,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	VolumeService_CreateVolume_FullMethodName                   = "/storage.volume.v1.VolumeService/CreateVolume"
 	VolumeService_GetVolume_FullMethodName                      = "/storage.volume.v1.VolumeService/GetVolume"
+	VolumeService_GetVolumeWithKeys_FullMethodName              = "/storage.volume.v1.VolumeService/GetVolumeWithKeys"
 	VolumeService_ListVolumes_FullMethodName                    = "/storage.volume.v1.VolumeService/ListVolumes"
 	VolumeService_CheckoutVolume_FullMethodName                 = "/storage.volume.v1.VolumeService/CheckoutVolume"
 	VolumeService_SoftDeleteVolume_FullMethodName               = "/storage.volume.v1.VolumeService/SoftDeleteVolume"
@@ -60,8 +61,15 @@ type VolumeServiceClient interface {
 	// and nothing is written. A malformed VCR is INVALID_ARGUMENT naming the
 	// path of the offending node.
 	CreateVolume(ctx context.Context, in *CreateVolumeRequest, opts ...grpc.CallOption) (*CreateVolumeResponse, error)
-	// Returns a volume, soft-deleted ones included. NOT_FOUND if hard-deleted.
+	// Returns a volume, soft-deleted ones included, with its VCR redacted
+	// (no keys). NOT_FOUND if hard-deleted. VOLUME_VIEW_FULL is
+	// INVALID_ARGUMENT: keys are served by GetVolumeWithKeys alone.
 	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*GetVolumeResponse, error)
+	// Returns a volume with its VCR as stored, encryption keys included. A
+	// method of its own so that the authorization policy can grant keys to
+	// the services that construct volumes (the upstairs-notifier) and to no
+	// one who may merely look (viewers, operators).
+	GetVolumeWithKeys(ctx context.Context, in *GetVolumeWithKeysRequest, opts ...grpc.CallOption) (*GetVolumeWithKeysResponse, error)
 	// Lists volumes by id, paginated.
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	// Checks a volume out for construction or copying: bumps the generation of
@@ -169,6 +177,16 @@ func (c *volumeServiceClient) GetVolume(ctx context.Context, in *GetVolumeReques
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetVolumeResponse)
 	err := c.cc.Invoke(ctx, VolumeService_GetVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) GetVolumeWithKeys(ctx context.Context, in *GetVolumeWithKeysRequest, opts ...grpc.CallOption) (*GetVolumeWithKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVolumeWithKeysResponse)
+	err := c.cc.Invoke(ctx, VolumeService_GetVolumeWithKeys_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -366,8 +384,15 @@ type VolumeServiceServer interface {
 	// and nothing is written. A malformed VCR is INVALID_ARGUMENT naming the
 	// path of the offending node.
 	CreateVolume(context.Context, *CreateVolumeRequest) (*CreateVolumeResponse, error)
-	// Returns a volume, soft-deleted ones included. NOT_FOUND if hard-deleted.
+	// Returns a volume, soft-deleted ones included, with its VCR redacted
+	// (no keys). NOT_FOUND if hard-deleted. VOLUME_VIEW_FULL is
+	// INVALID_ARGUMENT: keys are served by GetVolumeWithKeys alone.
 	GetVolume(context.Context, *GetVolumeRequest) (*GetVolumeResponse, error)
+	// Returns a volume with its VCR as stored, encryption keys included. A
+	// method of its own so that the authorization policy can grant keys to
+	// the services that construct volumes (the upstairs-notifier) and to no
+	// one who may merely look (viewers, operators).
+	GetVolumeWithKeys(context.Context, *GetVolumeWithKeysRequest) (*GetVolumeWithKeysResponse, error)
 	// Lists volumes by id, paginated.
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	// Checks a volume out for construction or copying: bumps the generation of
@@ -466,6 +491,9 @@ func (UnimplementedVolumeServiceServer) CreateVolume(context.Context, *CreateVol
 }
 func (UnimplementedVolumeServiceServer) GetVolume(context.Context, *GetVolumeRequest) (*GetVolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVolume not implemented")
+}
+func (UnimplementedVolumeServiceServer) GetVolumeWithKeys(context.Context, *GetVolumeWithKeysRequest) (*GetVolumeWithKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVolumeWithKeys not implemented")
 }
 func (UnimplementedVolumeServiceServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVolumes not implemented")
@@ -574,6 +602,24 @@ func _VolumeService_GetVolume_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VolumeServiceServer).GetVolume(ctx, req.(*GetVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_GetVolumeWithKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVolumeWithKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).GetVolumeWithKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_GetVolumeWithKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).GetVolumeWithKeys(ctx, req.(*GetVolumeWithKeysRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -916,6 +962,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVolume",
 			Handler:    _VolumeService_GetVolume_Handler,
+		},
+		{
+			MethodName: "GetVolumeWithKeys",
+			Handler:    _VolumeService_GetVolumeWithKeys_Handler,
 		},
 		{
 			MethodName: "ListVolumes",
