@@ -52,7 +52,7 @@ func TestKeysNeverLeak(t *testing.T) {
 	for k := range keys {
 		needles = append(needles, keyForms(t, k)...)
 	}
-	leaks := &leakFinder{needles: needles}
+	leaks := &leakFinder{needles: needles, audited: map[string]int{}}
 
 	// Stop the processes first: their last log lines and spans are flushed
 	// at shutdown (tracer provider Shutdown), so nothing escapes the search.
@@ -68,6 +68,18 @@ func TestKeysNeverLeak(t *testing.T) {
 	lines := 0
 	for _, path := range logs {
 		lines += leaks.file(t, path)
+	}
+	// The audit lines of the calls that carry VCRs, keys and all, were
+	// among the lines searched.
+	for _, m := range []string{
+		"/storage.volume.v1.VolumeService/CreateVolume",
+		"/storage.volume.v1.VolumeService/ReplaceReadOnlyTarget",
+		"/storage.upstairs.v1.UpstairsService/Activate",
+		"/storage.upstairs.v1.UpstairsService/ReplaceVolume",
+	} {
+		if leaks.audited[m] == 0 {
+			t.Errorf("no audit line for %s among the logs searched (audited: %v)", m, leaks.audited)
+		}
 	}
 
 	// Every span in Jaeger, tags, events and process tags alike.
@@ -161,6 +173,9 @@ func keyForms(t *testing.T, key string) []string {
 type leakFinder struct {
 	needles []string
 	found   []string
+	// audited counts the audit lines (platform/authz) seen, by method:
+	// they are searched like every other line, and must be there.
+	audited map[string]int
 }
 
 func (l *leakFinder) check(where, s string) {
@@ -208,6 +223,10 @@ func (l *leakFinder) file(t *testing.T, path string) int {
 		var v any
 		if json.Unmarshal(sc.Bytes(), &v) == nil {
 			l.value(where, v)
+			if m, ok := v.(map[string]any); ok && m["msg"] == "audit" {
+				method, _ := m["method"].(string)
+				l.audited[method]++
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {

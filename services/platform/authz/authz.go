@@ -34,7 +34,6 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	grpcauthz "google.golang.org/grpc/authz"
 	"google.golang.org/grpc/codes"
@@ -156,9 +155,8 @@ func (g *Guard) audit(ctx context.Context, caller, method string, req any, reach
 			attrs = append(attrs, slog.Any("ids", ids))
 		}
 	}
-	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
-		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
-	}
+	// The trace id comes from ctx: the process's log handler adds it to
+	// every line logged with a span's context (platform/telemetry).
 	g.logger.LogAttrs(ctx, slog.LevelInfo, "audit", toAttrs(attrs)...)
 }
 

@@ -287,3 +287,23 @@ func minTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// ParseCertificates parses every PEM certificate in raw, in order.
+func ParseCertificates(raw []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, raw = pem.Decode(raw)
+		if b == nil {
+			return out, nil
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+}
