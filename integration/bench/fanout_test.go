@@ -35,7 +35,9 @@ import (
 func TestMain(m *testing.M) { harness.Main(m) }
 
 type result struct {
-	Clones            int     `json:"clones"`
+	Clones int `json:"clones"`
+	// Transport is "mtls" (the default) or "plaintext" (--insecure).
+	Transport         string  `json:"transport"`
 	SecondsToComplete float64 `json:"seconds_to_complete"`
 	StepsPerSecond    float64 `json:"steps_per_second"`
 	CommitsPerVolume  float64 `json:"commits_per_replaced_volume"`
@@ -93,12 +95,14 @@ func TestFanOut(t *testing.T) {
 	}
 	var results []result
 	for _, n := range sizes {
-		t.Run(fmt.Sprint(n), func(t *testing.T) { results = append(results, fanOut(t, n)) })
+		for _, m := range transportModes() {
+			t.Run(fmt.Sprintf("%d/%s", n, m.name), func(t *testing.T) { results = append(results, fanOut(t, n, m)) })
+		}
 	}
-	fmt.Printf("\n%-8s %-12s %-10s %-16s %-14s %-14s %-11s %-9s %-10s %-12s %-12s %-7s %-14s %-12s %s\n", "clones", "complete_s", "steps/s", "commits/volume",
+	fmt.Printf("\n%-8s %-10s %-12s %-10s %-16s %-14s %-14s %-11s %-9s %-10s %-12s %-12s %-7s %-14s %-12s %s\n", "clones", "transport", "complete_s", "steps/s", "commits/volume",
 		"write_tx/vol", "wal_syncs/vol", "cpu_ms/vol", "cpu_busy", "rollbacks", "commits/s", "pgbench_tps", "ratio", "log_commits/s", "log_tx/s", "log_ratio")
 	for _, r := range results {
-		fmt.Printf("%-8d %-12.2f %-10.0f %-16.1f %-14.1f %-14.1f %-11.2f %-9.2f %-10d %-12.0f %-12.0f %-7.2f %-14.0f %-12.0f %.2f\n", r.Clones, r.SecondsToComplete, r.StepsPerSecond,
+		fmt.Printf("%-8d %-10s %-12.2f %-10.0f %-16.1f %-14.1f %-14.1f %-11.2f %-9.2f %-10d %-12.0f %-12.0f %-7.2f %-14.0f %-12.0f %.2f\n", r.Clones, r.Transport, r.SecondsToComplete, r.StepsPerSecond,
 			r.CommitsPerVolume, r.WriteTxPerVolume, r.WALSyncsPerVolume, r.CPUMsPerVolume, r.CPUBusy, r.SerializationRetries, r.CommitsPerSecond, r.PgbenchTPS, r.RatioToPgbench,
 			r.sagaLog.SagaCommitsPerSecond, r.sagaLog.TransactionsPerSecond, r.SagaLogRatio)
 	}
@@ -109,7 +113,7 @@ func TestFanOut(t *testing.T) {
 	_ = os.WriteFile(filepath.Join(dir, "fanout.json"), b, 0o644)
 }
 
-func fanOut(t *testing.T, clones int) result {
+func fanOut(t *testing.T, clones int, mode transportMode) result {
 	// The orchestrator's default saga bound (64 per task) unless
 	// STORAGECP_BENCH_MAX_SAGAS says otherwise: at 1,000 clones 32 gave
 	// 48-52 steps/s, 64 and 128 both 69.
@@ -117,7 +121,7 @@ func fanOut(t *testing.T, clones int) result {
 	if m := os.Getenv("STORAGECP_BENCH_MAX_SAGAS"); m != "" {
 		extra = []string{"--max-sagas-per-task", m}
 	}
-	cfg := stack.Config{Fsync: true, ExtraArgs: map[string][]string{stack.Orchestrator: extra}}
+	cfg := stack.Config{Fsync: true, Insecure: mode.insecure, ExtraArgs: map[string][]string{stack.Orchestrator: extra}}
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
 		// Failed statements (serialization failures above all) go to the
 		// server log, copied to .run/bench/ at the end.
@@ -190,7 +194,7 @@ func fanOut(t *testing.T, clones int) result {
 		after.checkpoints-before.checkpoints, after.autovacuums-before.autovacuums, after.autoanalyzes-before.autoanalyzes)
 	commits := float64(after.commits - before.commits)
 	res := result{
-		Clones: clones, SecondsToComplete: took.Seconds(), StepsPerSecond: float64(clones) / took.Seconds(),
+		Clones: clones, Transport: mode.name, SecondsToComplete: took.Seconds(), StepsPerSecond: float64(clones) / took.Seconds(),
 		CommitsPerVolume: commits / float64(clones), SerializationRetries: after.rollbacks - before.rollbacks,
 		CommitsPerSecond:  commits / took.Seconds(),
 		WriteTxPerVolume:  float64(after.xid-before.xid-1) / float64(clones),
