@@ -171,7 +171,7 @@ func toAttrs(in []any) []slog.Attr {
 // readOnlyPrefixes are the method-name prefixes of calls that change
 // nothing. Everything else is mutating, so a new RPC is audited unless its
 // name says it only reads.
-var readOnlyPrefixes = []string{"Get", "List", "Watch", "Preview", "Validate", "Check", "Find", "DryRun", "Resolve", "Probe", "WaitIdle", "VolumeReferences", "ServerReflectionInfo"}
+var readOnlyPrefixes = []string{"Get", "List", "Watch", "Preview", "Validate", "CheckInvariants", "Find", "DryRun", "Resolve", "Probe", "WaitIdle", "VolumeReferences", "ServerReflectionInfo"}
 
 // ReadOnly reports whether the method (a full gRPC method path,
 // "/pkg.Service/Method") changes nothing: a read, a preview, a check.
