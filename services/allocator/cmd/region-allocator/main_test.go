@@ -329,7 +329,7 @@ func TestTwoProcessesNeverOvercommit(t *testing.T) {
 // start: it says which flag is missing and exits non-zero.
 func TestRefusesToStartWithoutAgents(t *testing.T) {
 	bins := buildBinaries(t)
-	cmd := exec.Command(bins.allocator, "--listen", "127.0.0.1:0", "--db", pgtest.NewDSN(t, "allocator"))
+	cmd := exec.Command(bins.allocator, "--insecure", "--listen", "127.0.0.1:0", "--db", pgtest.NewDSN(t, "allocator"))
 	cmd.Env = append(os.Environ(), "STORAGECP_ALLOCATOR_AGENT_ADDR=", "OTEL_SDK_DISABLED=true")
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--agent-addr") {
