@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/storctl/demo"
 )
 
@@ -29,7 +30,18 @@ func (e *env) demoClients() (demo.Clients, error) {
 		}
 		*x.conn = conn
 	}
+	// The sim-upstairs, under the same identity (e.conn loaded it).
+	c.Upstairs = e.transport.DialOption(mtls.Upstairs)
 	return c, nil
+}
+
+// hintTLS is what the demo's closing hints connect with: storctl's own
+// credentials.
+func (e *env) hintTLS() demo.HintTLS {
+	if e.opts.insecure {
+		return demo.HintTLS{Insecure: true}
+	}
+	return demo.HintTLS{CA: e.files.CA, Cert: e.files.Cert, Key: e.files.Key, StorctlFinds: e.discovered}
 }
 
 func rackCommands() []command {
@@ -84,6 +96,7 @@ func rackCommands() []command {
 				if err != nil {
 					return err
 				}
+				o.TLS = e.hintTLS()
 				w := e.stdout
 				if e.json() {
 					// The narrative goes to stderr; stdout keeps the result.
