@@ -118,11 +118,15 @@ test: gen-check lint breaking fmt-check doc-check vet prod-deps-check unit integ
 # DEMO: "on" (default) drives a live replacement once everything is up, then
 # serves until Ctrl-C; "exit" runs it with plain output and exits with its
 # result (0 when it completed clean); "off" only serves.
+# INSECURE=1 runs every process in plaintext without identities or
+# authorization (a lab bench only); by default they speak mutual TLS with
+# certificates from .run/pki.
 TRACING ?=
 DEMO ?= on
+INSECURE ?=
 run: tools $(if $(TRACING),$(BIN)/jaeger)
 	@case "$(DEMO)" in on|exit|off) ;; *) echo "make run: DEMO must be on, exit or off (got '$(DEMO)')"; exit 2;; esac
-	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing) \
+	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing) $(if $(INSECURE),--insecure) \
 		$(if $(filter exit,$(DEMO)),--non-interactive) $(if $(filter off,$(DEMO)),--demo=false)
 
 clean-run:

@@ -3,6 +3,7 @@ module storagecp.dev/deploy
 go 1.26.8
 
 require (
+	storagecp.dev/platform v0.0.0
 	storagecp.dev/storctl v0.0.0
 	storagecp.dev/testsupport v0.0.0
 )
@@ -11,6 +12,7 @@ require (
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/pgx/v5 v5.12.0 // indirect
+	github.com/spiffe/go-spiffe/v2 v2.9.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
@@ -18,7 +20,6 @@ require (
 	google.golang.org/grpc v1.85.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 	storagecp.dev/gen v0.0.0 // indirect
-	storagecp.dev/platform v0.0.0 // indirect
 )
 
 replace (

@@ -54,10 +54,20 @@ func wantKeyLines(t *testing.T, out string) {
 // targets on its disk too.
 func TestDemoRun(t *testing.T) {
 	st := harness.Start(t, stack.Config{})
+	// The demo runs as an operator, as under make run: what it does must be
+	// what the policy lets an operator do.
+	op, err := st.Identity(stack.OperatorID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := st.Transport(op)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c, err := demo.Dial(demo.Addrs{
 		Volume: st.Addr(stack.Volume), Allocator: st.Addr(stack.Allocator),
 		Notifier: st.Addr(stack.Notifier), Orchestrator: st.Addr(stack.Orchestrator),
-	})
+	}, tr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,12 +82,18 @@ func TestDemoRun(t *testing.T) {
 		res, err := demo.Run(ctx, c, &out, demo.Options{
 			SimUpstairs: st.SimUpstairsAddrs(), NonInteractive: true, JaegerURL: "http://jaeger.invalid:16686",
 			StorctlPath: storctl,
+			TLS:         demo.HintTLS{CA: st.CA().BundlePath(), Cert: op.Cert, Key: op.Key},
 		})
 		t.Logf("demo run %d output:\n%s", i+1, out.String())
 		if err != nil {
 			t.Fatalf("run %d: %v", i+1, err)
 		}
 		wantKeyLines(t, out.String())
+		// The printed grpcurl commands carry the operator's certificate.
+		if tlsFlags := "-cacert " + st.CA().BundlePath() + " -cert " + op.Cert + " -key " + op.Key; strings.Contains(out.String(), "-plaintext") ||
+			!strings.Contains(out.String(), "grpcurl "+tlsFlags+" -d ") {
+			t.Errorf("run %d: grpcurl hints lack %q", i+1, tlsFlags)
+		}
 		t.Logf("run %d: expunge → Complete %s (%d requests, %d steps)", i+1, res.ExpungeToComplete, len(res.RequestIDs), res.Steps.Total())
 		if len(res.CloneIDs) != 10 {
 			t.Errorf("run %d: %d clones, want 10", i+1, len(res.CloneIDs))

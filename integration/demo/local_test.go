@@ -97,6 +97,15 @@ func TestStoragecpLocalNonInteractive(t *testing.T) {
 			continue
 		}
 		wantKeyLines(t, text)
+		// TLS by default, and every printed command carries it.
+		for _, want := range []string{"Security: mutual TLS", "operator/local", "viewer/local", "-cacert " + filepath.Join(runDir, "pki", "bundle.pem")} {
+			if !strings.Contains(text, want) {
+				t.Errorf("run %d: no %q", i, want)
+			}
+		}
+		if strings.Contains(text, "-plaintext") {
+			t.Errorf("run %d printed a plaintext grpcurl command", i)
+		}
 		m := elapsed.FindStringSubmatch(text)
 		if m == nil {
 			t.Fatalf("run %d: no 'demo finished' line", i)

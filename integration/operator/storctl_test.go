@@ -25,15 +25,29 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from this run")
 
-// storctl runs the built binary with the rack's addresses in its
-// environment (exercising the STORAGECP_*_ADDR path) and returns stdout,
-// stderr and the exit code.
+// storctl runs the built binary as an operator (stack.OperatorID's
+// certificate) with the rack's addresses in its environment (exercising
+// the STORAGECP_*_ADDR path) and returns stdout, stderr and the exit code.
 func storctl(t *testing.T, r *rack.Rack, args ...string) (string, string, int) {
+	t.Helper()
+	return storctlIn(t, r, "", append(r.StorctlTLS(t, stack.OperatorID), args...)...)
+}
+
+// storctlIn runs storctl in dir ("": the test's) with args as given: no
+// credentials but those in args.
+func storctlIn(t *testing.T, r *rack.Rack, dir string, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(harness.BinDir(t), "storctl"), args...)
-	cmd.Env = append(os.Environ(),
+	cmd.Dir = dir
+	// Not the caller's STORCTL_* (a developer's shell may set them).
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "STORCTL_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env,
 		"STORAGECP_VOLUME_ADDR="+r.Stack.Addr(stack.Volume),
 		"STORAGECP_ALLOCATOR_ADDR="+r.Stack.Addr(stack.Allocator),
 		"STORAGECP_NOTIFIER_ADDR="+r.Stack.Addr(stack.Notifier),
@@ -264,5 +278,55 @@ func TestStorctlGolden(t *testing.T) {
 	stdout, _, code = storctl(t, r, "sagas", "show", resp.Sagas[0].SagaId)
 	if code != 0 || !strings.Contains(stdout, "Nodes (") || !strings.Contains(stdout, "Events (") {
 		t.Errorf("sagas show: exit %d\n%s", code, stdout)
+	}
+}
+
+// storctl runs under its user's identity and the deployment's policy: a
+// viewer reads but may not change anything, and the refusal names the
+// caller and the method; without any certificate storctl says what to
+// pass.
+func TestStorctlIdentity(t *testing.T) {
+	r := rack.Start(t, 4, 1, stack.Config{})
+	disk := r.CreateDisk(t)
+	snap := r.Snapshot(t, disk)
+	target := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0].TargetId
+	viewer := r.StorctlTLS(t, "viewer/x")
+	as := func(args ...string) (string, string, int) {
+		t.Helper()
+		return storctlIn(t, r, "", append(append([]string(nil), viewer...), args...)...)
+	}
+
+	for _, args := range [][]string{{"replacements", "list"}, {"disks", "list"}, {"volumes", "show", snap}, {"sagas", "list"}} {
+		if stdout, stderr, code := as(args...); code != 0 || stdout == "" {
+			t.Errorf("viewer: storctl %v: exit %d\n%s%s", args, code, stdout, stderr)
+		}
+	}
+	for _, c := range []struct {
+		args   []string
+		method string
+	}{
+		{[]string{"replacements", "request", target}, "/storage.orchestrator.v1.ReplacementService/RequestReplacement"},
+		{[]string{"sagas", "abandon", "00000000-0000-0000-0000-000000000001", "--comment", "viewer tries"}, "/storage.orchestrator.v1.AdminService/AbandonSaga"},
+		{[]string{"tasks", "activate", "ro_replacement_detector"}, "/storage.orchestrator.v1.AdminService/ActivateBackgroundTask"},
+	} {
+		stdout, stderr, code := as(c.args...)
+		want := "storctl: replacement-orchestrator refused the call: PermissionDenied: spiffe://storagecp.local/viewer/x may not call " + c.method
+		if code != 1 || !strings.HasPrefix(stderr, want) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("viewer: storctl %v: exit %d, stderr %q; want exit 1 and one line starting %q\n%s", c.args, code, stderr, want, stdout)
+		}
+	}
+	// The refused request did nothing; the operator may make it.
+	if stdout, _, _ := storctl(t, r, "replacements", "list", "-o", "json"); strings.Contains(stdout, target) {
+		t.Errorf("a refused request was made:\n%s", stdout)
+	}
+	if stdout, stderr, code := storctl(t, r, "replacements", "request", target); code != 0 || !strings.Contains(stdout, "created request") {
+		t.Errorf("operator: replacements request: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	// No flags, no environment, no .run/pki above the working directory.
+	_, stderr, code := storctlIn(t, r, t.TempDir(), "replacements", "list")
+	if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "no TLS credentials: pass --ca, --cert and --key") ||
+		!strings.Contains(stderr, "make run") || !strings.Contains(stderr, "--insecure") {
+		t.Errorf("no certificate: exit %d, stderr %q", code, stderr)
 	}
 }

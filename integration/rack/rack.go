@@ -84,6 +84,19 @@ func Start(t *testing.T, sleds, disksPerSled int, cfg stack.Config) *Rack {
 	return r
 }
 
+// StorctlTLS is storctl's --ca, --cert and --key for the identity
+// spiffe://storagecp.local/<path> (stack.OperatorID, "viewer/x"), issued
+// by the stack's CA: an operator's tool runs under an operator's identity,
+// not the harness's.
+func (r *Rack) StorctlTLS(t *testing.T, path string) []string {
+	t.Helper()
+	id, err := r.Stack.Identity(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--ca", r.Stack.CA().BundlePath(), "--cert", id.Cert, "--key", id.Key}
+}
+
 // WaitLeader waits until the orchestrator behind admin leads and is ready.
 func (r *Rack) WaitLeader(t *testing.T, admin orchestratorv1.AdminServiceClient) {
 	t.Helper()

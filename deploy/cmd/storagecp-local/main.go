@@ -1,9 +1,14 @@
 // Command storagecp-local runs a whole storagecp deployment on this machine,
 // for `make run`: a private PostgreSQL cluster under .run/pg (kept across
 // runs), the four services on their default ports, and sim-upstairs
-// processes, with logs under .run/logs. Once everything is up it runs the
-// demo (storctl/demo: a live read-only replacement, shown on the
-// terminal), then serves until Ctrl-C and stops everything.
+// processes, with logs under .run/logs. Every process speaks mutual TLS
+// with a certificate from a local CA under .run/pki (kept across runs;
+// missing or near-expiry certificates are re-issued), which also holds an
+// operator identity (what storctl uses by default) and a viewer one;
+// --insecure runs everything in plaintext instead. Once everything is up
+// it runs the demo (storctl/demo: a live read-only replacement, shown on
+// the terminal) as the operator, then serves until Ctrl-C and stops
+// everything.
 //
 // Exit codes: 0 clean stop (or, with --non-interactive, a successful
 // demo), 1 failure, 2 bad usage.
@@ -20,9 +25,14 @@ import (
 	"syscall"
 	"time"
 
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/storctl/demo"
 	"storagecp.dev/testsupport/stack"
 )
+
+// ViewerID is the read-only identity the launcher issues beside the
+// operator's, to try the policy with.
+const ViewerID = mtls.Viewers + "/local"
 
 func main() {
 	os.Exit(run())
@@ -35,7 +45,7 @@ func run() int {
 		return 1
 	}
 	fs := flag.NewFlagSet("storagecp-local", flag.ContinueOnError)
-	runDir := fs.String("run-dir", filepath.Join(root, ".run"), "state directory (PostgreSQL data, logs, binaries)")
+	runDir := fs.String("run-dir", filepath.Join(root, ".run"), "state directory (PostgreSQL data, logs, binaries, the PKI)")
 	sims := fs.Int("sim-upstairs", 2, "number of sim-upstairs processes")
 	build := fs.Bool("build", true, "build the binaries first")
 	tracing := fs.Bool("tracing", false, "also start Jaeger (.run/bin/jaeger, `make jaeger`) and export every process's spans to it (make run TRACING=1)")
@@ -44,8 +54,12 @@ func run() int {
 	nonInteractive := fs.Bool("non-interactive", false, "plain output, and exit when the demo is done: 0 if it succeeded, 1 if not (make run DEMO=exit)")
 	freePorts := fs.Bool("free-ports", false, "free loopback ports for every process instead of 7101-7104 and 7110+ (tests, or beside another deployment)")
 	pgPort := fs.Int("pg-port", 55432, "PostgreSQL port; 0 picks a free one")
+	insecure := fs.Bool("insecure", false, "plaintext gRPC without identities or authorization: anything that reaches a port may call every RPC (a lab bench only; make run INSECURE=1)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
+	}
+	if *insecure {
+		fmt.Println(insecureBanner)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -71,6 +85,8 @@ func run() int {
 		SimUpstairs: *sims,
 		Dev:         true,
 		Tracing:     *tracing,
+		PKIDir:      filepath.Join(*runDir, "pki"),
+		Insecure:    *insecure,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "storagecp-local:", err)
@@ -81,6 +97,11 @@ func run() int {
 		st.Stop()
 		fmt.Println("stopped: every process and PostgreSQL")
 	}()
+	sec, err := newSecurity(st, *freePorts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "storagecp-local:", err)
+		return 1
+	}
 	fmt.Printf("\nstoragecp is up (%.1fs)\n\n", time.Since(start).Seconds())
 	fmt.Printf("  %-26s %s\n", "PostgreSQL", st.Cluster.DSN("<db>"))
 	for _, p := range st.Procs() {
@@ -93,23 +114,26 @@ func run() int {
 	if u := st.JaegerURL(); u != "" {
 		fmt.Printf("\nTraces (Jaeger UI): %s/search?service=%s\n", u, stack.Orchestrator)
 	}
+	sec.print()
 	grpcurl := filepath.Join(binDir, "grpcurl")
 	if _, err := os.Stat(grpcurl); err != nil {
 		grpcurl = "grpcurl"
 	}
+	g := shortPath(grpcurl) + " " + sec.grpcurlFlags()
 	fmt.Printf(`
-Explore with grpcurl:
-  %[1]s -plaintext %[2]s list
-  %[1]s -plaintext %[3]s list storage.allocator.v1.RegionAllocatorService
-  %[1]s -plaintext -d '{}' %[3]s storage.allocator.v1.RegionAllocatorService/ListPhysicalDisks
-  %[1]s -plaintext -d '{}' %[2]s storage.volume.v1.VolumeService/CheckInvariants
-  %[1]s -plaintext -d '{}' %[4]s storage.orchestrator.v1.AdminService/ListSagas
-`, grpcurl, st.Addr(stack.Volume), st.Addr(stack.Allocator), st.Addr(stack.Orchestrator))
+Explore with grpcurl (as %[5]s):
+  %[1]s %[2]s list
+  %[1]s %[3]s list storage.allocator.v1.RegionAllocatorService
+  %[1]s -d '{}' %[3]s storage.allocator.v1.RegionAllocatorService/ListPhysicalDisks
+  %[1]s -d '{}' %[2]s storage.volume.v1.VolumeService/CheckInvariants
+  %[1]s -d '{}' %[4]s storage.orchestrator.v1.AdminService/ListSagas
+`, g, st.Addr(stack.Volume), st.Addr(stack.Allocator), st.Addr(stack.Orchestrator), sec.who())
+	sec.printStorctl(st, shortPath(filepath.Join(binDir, "storctl")))
 	if *exitAfterStart {
 		return 0
 	}
 	if *runDemo {
-		err := playDemo(ctx, st, start, binDir, grpcurl, *nonInteractive)
+		err := playDemo(ctx, st, sec, start, binDir, grpcurl, *nonInteractive)
 		switch {
 		case ctx.Err() != nil:
 			fmt.Println("\ndemo interrupted")
@@ -130,15 +154,15 @@ Explore with grpcurl:
 	return 0
 }
 
-// playDemo runs the demo against the stack, printing to stdout (redrawn
-// in place on a terminal unless nonInteractive).
+// playDemo runs the demo against the stack as the operator, printing to
+// stdout (redrawn in place on a terminal unless nonInteractive).
 // started is when the stack (and so every sim-upstairs) started: older
 // attachments are leftovers of an earlier run.
-func playDemo(ctx context.Context, st *stack.Stack, started time.Time, binDir, grpcurl string, nonInteractive bool) error {
+func playDemo(ctx context.Context, st *stack.Stack, sec *security, started time.Time, binDir, grpcurl string, nonInteractive bool) error {
 	c, err := demo.Dial(demo.Addrs{
 		Volume: st.Addr(stack.Volume), Allocator: st.Addr(stack.Allocator),
 		Notifier: st.Addr(stack.Notifier), Orchestrator: st.Addr(stack.Orchestrator),
-	})
+	}, sec.transport)
 	if err != nil {
 		return err
 	}
@@ -150,6 +174,7 @@ func playDemo(ctx context.Context, st *stack.Stack, started time.Time, binDir, g
 		JaegerURL:      st.JaegerURL(),
 		StorctlPath:    shortPath(filepath.Join(binDir, "storctl")),
 		GrpcurlPath:    shortPath(grpcurl),
+		TLS:            sec.hint(),
 	})
 	if err != nil {
 		return err

@@ -5,7 +5,8 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"storagecp.dev/platform/mtls"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
@@ -14,12 +15,18 @@ import (
 )
 
 // Clients are connections to the four services. The demo talks to them
-// only through their public gRPC APIs, exactly as storctl and grpcurl do.
+// only through their public gRPC APIs, exactly as storctl and grpcurl do,
+// and under the caller's identity: an operator's (deploy/authz/policy.json
+// lets operators run the lifecycle, expunge disks and activate tasks).
 type Clients struct {
 	Volume       *grpc.ClientConn
 	Allocator    *grpc.ClientConn
 	Notifier     *grpc.ClientConn
 	Orchestrator *grpc.ClientConn
+	// Upstairs is the credentials the demo dials the sim-upstairs of
+	// Options.SimUpstairs with (e.g. Transport.DialOption(mtls.Upstairs));
+	// required when there are any.
+	Upstairs grpc.DialOption
 }
 
 // Addrs are the services' "host:port" addresses.
@@ -27,23 +34,28 @@ type Addrs struct {
 	Volume, Allocator, Notifier, Orchestrator string
 }
 
-// Dial connects to every service in plaintext (loopback deployments) with
-// opts added, e.g. the caller's otelgrpc stats handler. Connections are
+// Dial connects to every service with t's credentials, expecting each
+// service's own identity, with opts added (e.g. the caller's otelgrpc
+// stats handler); the sim-upstairs are dialled with t too. There is no
+// default: a plaintext deployment takes mtls.Insecure(). Connections are
 // lazy: nothing is contacted until the first call.
-func Dial(a Addrs, opts ...grpc.DialOption) (Clients, error) {
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
-	var c Clients
+func Dial(a Addrs, t *mtls.Transport, opts ...grpc.DialOption) (Clients, error) {
+	if t == nil {
+		return Clients{}, errors.New("demo: no transport (mtls.Load the operator's files, or mtls.Insecure() for a plaintext deployment)")
+	}
+	c := Clients{Upstairs: t.DialOption(mtls.Upstairs)}
 	for _, x := range []struct {
-		name string
-		addr string
-		conn **grpc.ClientConn
+		name     string
+		addr     string
+		identity string
+		conn     **grpc.ClientConn
 	}{
-		{"volume", a.Volume, &c.Volume},
-		{"allocator", a.Allocator, &c.Allocator},
-		{"notifier", a.Notifier, &c.Notifier},
-		{"orchestrator", a.Orchestrator, &c.Orchestrator},
+		{"volume", a.Volume, mtls.VolumeService, &c.Volume},
+		{"allocator", a.Allocator, mtls.RegionAllocator, &c.Allocator},
+		{"notifier", a.Notifier, mtls.UpstairsNotifier, &c.Notifier},
+		{"orchestrator", a.Orchestrator, mtls.ReplacementOrchestrator, &c.Orchestrator},
 	} {
-		conn, err := grpc.NewClient(x.addr, opts...)
+		conn, err := grpc.NewClient(x.addr, append([]grpc.DialOption{t.DialOption(x.identity)}, opts...)...)
 		if err != nil {
 			_ = c.Close()
 			return Clients{}, fmt.Errorf("dial %s at %q: %w", x.name, x.addr, err)

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 )
@@ -50,6 +49,23 @@ type Options struct {
 	// StorctlPath and GrpcurlPath are what the closing hints run; defaults
 	// ".run/bin/storctl" and ".run/bin/grpcurl" (where make run puts them).
 	StorctlPath, GrpcurlPath string
+	// TLS is what the closing hints connect with.
+	TLS HintTLS
+}
+
+// HintTLS is the credentials the closing hints give grpcurl and storctl:
+// the files of the identity the demo ran as. With the zero value grpcurl
+// gets placeholders and storctl its own defaults.
+type HintTLS struct {
+	// CA is the trust bundle, Cert and Key the identity's SVID.
+	CA, Cert, Key string
+	// Insecure: the deployment is plaintext (grpcurl -plaintext, storctl
+	// --insecure).
+	Insecure bool
+	// StorctlFinds: storctl finds these files by itself (the operator
+	// under the .run/pki above the working directory), so its lines need
+	// no TLS settings.
+	StorctlFinds bool
 }
 
 func (o Options) withDefaults() Options {
@@ -191,7 +207,10 @@ func (d *run) sim(endpoint string) (*grpc.ClientConn, error) {
 	if conn := d.sims[endpoint]; conn != nil {
 		return conn, nil
 	}
-	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if d.c.Upstairs == nil {
+		return nil, fmt.Errorf("dial upstairs %s: no credentials (Clients.Upstairs)", endpoint)
+	}
+	conn, err := grpc.NewClient(endpoint, d.c.Upstairs)
 	if err != nil {
 		return nil, fmt.Errorf("dial upstairs %s: %w", endpoint, err)
 	}

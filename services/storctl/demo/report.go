@@ -52,8 +52,8 @@ func (d *run) hints() {
 		ro = d.res.Replacements[0]
 	}
 	d.printf("\nExplore what happened:\n")
-	// storctl's defaults are make run's fixed ports; anything else is
-	// passed the way storctl reads it.
+	// storctl's defaults are make run's fixed ports and operator
+	// certificate; anything else is passed the way storctl reads it.
 	var env []string
 	for _, e := range []struct{ name, addr, def string }{
 		{"STORAGECP_VOLUME_ADDR", vol, "127.0.0.1:7101"},
@@ -65,9 +65,17 @@ func (d *run) hints() {
 			env = append(env, e.name+"="+e.addr)
 		}
 	}
+	tls := d.o.TLS
+	switch {
+	case tls.Insecure:
+		s += " --insecure"
+	case tls.Cert != "" && !tls.StorctlFinds:
+		env = append(env, "STORCTL_CA="+tls.CA, "STORCTL_CERT="+tls.Cert, "STORCTL_KEY="+tls.Key)
+	}
 	if len(env) > 0 {
 		d.printf("  export %s\n", strings.Join(env, " "))
 	}
+	g += " " + tls.grpcurlFlags()
 	d.printf("  %s replacements list\n", s)
 	if ro != nil {
 		d.printf("  %s replacements show %s    # the read-only request and its steps\n", s, ro.GetReplacementId())
@@ -79,12 +87,12 @@ func (d *run) hints() {
 	d.printf("  %s disks list\n", s)
 	d.printf("  %s validate\n", s)
 	if ro != nil {
-		d.printf("  %s -plaintext -d '{\"replacement_id\":\"%s\"}' %s storage.orchestrator.v1.ReplacementService/GetReplacement\n",
+		d.printf("  %s -d '{\"replacement_id\":\"%s\"}' %s storage.orchestrator.v1.ReplacementService/GetReplacement\n",
 			g, ro.GetReplacementId(), orch)
 	}
-	d.printf("  %s -plaintext -d '{}' %s storage.orchestrator.v1.AdminService/ListSagas\n", g, orch)
+	d.printf("  %s -d '{}' %s storage.orchestrator.v1.AdminService/ListSagas\n", g, orch)
 	if ro != nil && ro.GetNewRegionId() != "" {
-		d.printf("  %s -plaintext -d '{\"target_id\":\"%s\"}' %s storage.volume.v1.VolumeService/FindVolumesReferencingTarget\n",
+		d.printf("  %s -d '{\"target_id\":\"%s\"}' %s storage.volume.v1.VolumeService/FindVolumesReferencingTarget\n",
 			g, ro.GetNewRegionId(), vol)
 	}
 	if d.o.JaegerURL != "" && ro != nil {
@@ -92,4 +100,15 @@ func (d *run) hints() {
 			d.printf("\nThe read-only replacement as one trace: %s/trace/%s\n", d.o.JaegerURL, tid)
 		}
 	}
+}
+
+// grpcurlFlags are grpcurl's connection flags for these credentials.
+func (t HintTLS) grpcurlFlags() string {
+	switch {
+	case t.Insecure:
+		return "-plaintext"
+	case t.Cert == "":
+		return "-cacert BUNDLE.pem -cert SVID.pem -key SVID.key"
+	}
+	return "-cacert " + t.CA + " -cert " + t.Cert + " -key " + t.Key
 }

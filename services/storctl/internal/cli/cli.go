@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
@@ -20,8 +21,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"storagecp.dev/platform/mtls"
+	"storagecp.dev/storctl/creds"
 )
 
 // Exit codes.
@@ -42,16 +45,17 @@ const (
 )
 
 // endpoint is one service's address: its flag, its environment variable
-// and its default (the ports `make run` uses).
+// and its default (the ports `make run` uses), and the identity path the
+// service must present (mtls), so that storctl talks to nothing else.
 type endpoint struct {
-	service, flag, env, def string
+	service, flag, env, def, identity string
 }
 
 var endpoints = []endpoint{
-	{svcVolume, "volume", "STORAGECP_VOLUME_ADDR", "127.0.0.1:7101"},
-	{svcAllocator, "allocator", "STORAGECP_ALLOCATOR_ADDR", "127.0.0.1:7102"},
-	{svcNotifier, "notifier", "STORAGECP_NOTIFIER_ADDR", "127.0.0.1:7103"},
-	{svcOrchestrator, "orchestrator", "STORAGECP_ORCHESTRATOR_ADDR", "127.0.0.1:7104"},
+	{svcVolume, "volume", "STORAGECP_VOLUME_ADDR", "127.0.0.1:7101", mtls.VolumeService},
+	{svcAllocator, "allocator", "STORAGECP_ALLOCATOR_ADDR", "127.0.0.1:7102", mtls.RegionAllocator},
+	{svcNotifier, "notifier", "STORAGECP_NOTIFIER_ADDR", "127.0.0.1:7103", mtls.UpstairsNotifier},
+	{svcOrchestrator, "orchestrator", "STORAGECP_ORCHESTRATOR_ADDR", "127.0.0.1:7104", mtls.ReplacementOrchestrator},
 }
 
 // options are the global flags, accepted before or after the command.
@@ -59,6 +63,11 @@ type options struct {
 	addrs   map[string]*string // by service
 	output  string
 	timeout time.Duration
+
+	// TLS: the trust bundle and this operator's X509-SVID, or plaintext.
+	files       mtls.Files
+	trustDomain string
+	insecure    bool
 }
 
 func newOptions(getenv func(string) string) *options {
@@ -69,6 +78,11 @@ func newOptions(getenv func(string) string) *options {
 			v = e
 		}
 		o.addrs[ep.service] = &v
+	}
+	o.files = mtls.Files{CA: getenv("STORCTL_CA"), Cert: getenv("STORCTL_CERT"), Key: getenv("STORCTL_KEY")}
+	o.trustDomain = mtls.DefaultTrustDomain
+	if td := getenv("STORAGECP_TRUST_DOMAIN"); td != "" {
+		o.trustDomain = td
 	}
 	return o
 }
@@ -82,6 +96,42 @@ func (o *options) bind(fs *flag.FlagSet) {
 	}
 	fs.StringVar(&o.output, "o", o.output, `output: "table" or "json"`)
 	fs.DurationVar(&o.timeout, "timeout", o.timeout, "deadline of each command's calls (watch and demo are not bounded by it)")
+	fs.StringVar(&o.files.CA, "ca", o.files.CA, "trust bundle, PEM CA certificates (env STORCTL_CA; default .run/pki/bundle.pem above the working directory)")
+	fs.StringVar(&o.files.Cert, "cert", o.files.Cert, "your X509-SVID, PEM (env STORCTL_CERT; default .run/pki/"+creds.Operator+"/svid.pem)")
+	fs.StringVar(&o.files.Key, "key", o.files.Key, "its private key (env STORCTL_KEY; default .run/pki/"+creds.Operator+"/svid.key)")
+	fs.StringVar(&o.trustDomain, "trust-domain", o.trustDomain, "SPIFFE trust domain of the deployment (env STORAGECP_TRUST_DOMAIN)")
+	fs.BoolVar(&o.insecure, "insecure", o.insecure, "plaintext, no certificates: only for a deployment started with --insecure")
+}
+
+// errNoCredentials is storctl's one line when it has no certificate.
+var errNoCredentials = errors.New("no TLS credentials: pass --ca, --cert and --key (or STORCTL_CA, STORCTL_CERT, STORCTL_KEY), " +
+	"run `make run` (storctl then finds .run/pki above the working directory), or use --insecure against a plaintext deployment")
+
+// credentials resolves the TLS files: each flag (or its environment
+// variable), else the operator `make run` issued under the nearest
+// .run/pki above the working directory. A certificate without its key (or
+// the reverse) is a usage error rather than a silent mix with the default.
+// found reports that all three were found rather than given.
+func (o *options) credentials(wd string) (mtls.Files, bool, error) {
+	f := o.files
+	if (f.Cert == "") != (f.Key == "") {
+		return mtls.Files{}, false, usagef("--cert and --key go together")
+	}
+	if f.CA != "" && f.Cert != "" {
+		return f, false, nil
+	}
+	def, ok := creds.Default(wd)
+	if !ok {
+		return mtls.Files{}, false, errNoCredentials
+	}
+	found := f == mtls.Files{}
+	if f.CA == "" {
+		f.CA = def.CA
+	}
+	if f.Cert == "" {
+		f.Cert, f.Key = def.Cert, def.Key
+	}
+	return f, found, nil
 }
 
 // usageError is a bad command line: exit 2.
@@ -132,6 +182,12 @@ type env struct {
 	opts           *options
 	stdout, stderr io.Writer
 	conns          map[string]*grpc.ClientConn
+	// transport is loaded with the first connection; files are what it
+	// was loaded from, and discovered whether they were found under
+	// .run/pki rather than given.
+	transport  *mtls.Transport
+	files      mtls.Files
+	discovered bool
 }
 
 func (e *env) close() {
@@ -147,13 +203,54 @@ func (e *env) conn(service string) (*grpc.ClientConn, error) {
 	if c, ok := e.conns[service]; ok {
 		return c, nil
 	}
+	t, err := e.tls()
+	if err != nil {
+		return nil, err
+	}
 	addr := *e.opts.addrs[service]
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, t.DialOption(identityOf(service)))
 	if err != nil {
 		return nil, fmt.Errorf("%s address %q: %w", service, addr, err)
 	}
 	e.conns[service] = c
 	return c, nil
+}
+
+// tls loads the transport once: plaintext with --insecure (and a warning),
+// else mutual TLS with the resolved files.
+func (e *env) tls() (*mtls.Transport, error) {
+	if e.transport != nil {
+		return e.transport, nil
+	}
+	if e.opts.insecure {
+		fmt.Fprintln(e.stderr, "storctl: WARNING: --insecure: plaintext, no identity; only a deployment started with --insecure answers")
+		e.transport = mtls.Insecure()
+		return e.transport, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	files, found, err := e.opts.credentials(wd)
+	if err != nil {
+		return nil, err
+	}
+	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	t, err := mtls.Load(e.opts.trustDomain, files, logger)
+	if err != nil {
+		return nil, fmt.Errorf("TLS credentials: %w", err)
+	}
+	e.transport, e.files, e.discovered = t, files, found
+	return t, nil
+}
+
+func identityOf(service string) string {
+	for _, ep := range endpoints {
+		if ep.service == service {
+			return ep.identity
+		}
+	}
+	return service
 }
 
 // callError remembers which service a failed call went to.
@@ -182,11 +279,36 @@ func (e *env) describe(err error) string {
 	st, _ := status.FromError(ce.err)
 	switch st.Code() {
 	case codes.Unavailable:
+		msg := st.Message()
+		switch {
+		case strings.Contains(msg, "handshake failed"):
+			// Reachable, but one side refused the other's certificate
+			// (another deployment's CA, not the expected service, an
+			// expired SVID) or it serves plaintext.
+			_, why, _ := strings.Cut(msg, "handshake failed: ")
+			return fmt.Sprintf("%s at %s: TLS handshake failed: %s", ce.service, addr, strings.TrimRight(why, `"`))
+		case strings.Contains(msg, "remote error: tls: "):
+			// TLS 1.3: the server checks the client's certificate after
+			// the client is done, and says no with an alert.
+			_, why, _ := strings.Cut(msg, "remote error: ")
+			return fmt.Sprintf("%s at %s refused storctl's certificate (%s): is it from this deployment's CA, and current?", ce.service, addr, strings.TrimRight(why, `"`))
+		case !e.opts.insecure && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "server preface: EOF")):
+			// The same refusal when the alert lost the race with our
+			// first write.
+			return fmt.Sprintf("%s at %s closed the connection after the TLS handshake: it probably does not accept storctl's certificate (another deployment's CA, or expired)", ce.service, addr)
+		case e.opts.insecure && strings.Contains(msg, "server preface"):
+			return fmt.Sprintf("%s at %s closed the plaintext connection: it serves TLS (drop --insecure)", ce.service, addr)
+		}
 		return fmt.Sprintf("%s at %s is unreachable", ce.service, addr)
 	case codes.DeadlineExceeded:
 		return fmt.Sprintf("%s at %s did not answer within %s", ce.service, addr, e.opts.timeout)
 	case codes.Canceled:
 		return "interrupted"
+	case codes.PermissionDenied:
+		// The server names the caller and the method.
+		return fmt.Sprintf("%s refused the call: PermissionDenied: %s (the authorization policy decides who may call what)", ce.service, st.Message())
+	case codes.Unauthenticated:
+		return fmt.Sprintf("%s refused the call: Unauthenticated: %s", ce.service, st.Message())
 	}
 	return fmt.Sprintf("%s: %s: %s", ce.service, st.Code(), st.Message())
 }
@@ -351,6 +473,16 @@ Global flags (before or after the command):
         human tables (default) or JSON for scripts
   --timeout D
         deadline of a command's calls (default 10s)
+  --ca FILE, --cert FILE, --key FILE
+        mutual TLS: the trust bundle, your X509-SVID and its key (env STORCTL_CA,
+        STORCTL_CERT, STORCTL_KEY; default the operator identity make run issues:
+        .run/pki/bundle.pem, .run/pki/operator/local/svid.pem and svid.key in the
+        nearest .run/pki above the working directory). What you may call is the
+        deployment's authorization policy's business (deploy/authz/policy.json).
+  --trust-domain TD
+        SPIFFE trust domain (env STORAGECP_TRUST_DOMAIN; default storagecp.local)
+  --insecure
+        plaintext, no certificate: only for a deployment started with --insecure
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 validate/invariants found violations.
 'storctl <command> -h' shows a command's flags.

@@ -3,13 +3,26 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/platform/mtls"
+	"storagecp.dev/platform/pki"
+	"storagecp.dev/storctl/creds"
 )
 
 func noEnv(string) string { return "" }
@@ -82,15 +95,48 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// testPKI creates a CA under dir/.run/pki, as make run does, and issues
+// the identities named (paths such as "operator/local").
+func testPKI(t *testing.T, dir string, ids ...string) (*pki.CA, map[string]pki.Identity) {
+	t.Helper()
+	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, creds.RunPKI), mtls.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]pki.Identity{}
+	for _, id := range ids {
+		if out[id], err = ca.Ensure(id, mtls.ServiceID(mtls.DefaultTrustDomain, id), "127.0.0.1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ca, out
+}
+
+// withTLS adds an identity's files to getenv, as STORCTL_CA/CERT/KEY.
+func withTLS(getenv func(string) string, ca *pki.CA, id pki.Identity) func(string) string {
+	return func(k string) string {
+		switch k {
+		case "STORCTL_CA":
+			return ca.BundlePath()
+		case "STORCTL_CERT":
+			return id.Cert
+		case "STORCTL_KEY":
+			return id.Key
+		}
+		return getenv(k)
+	}
+}
+
 // Endpoints come from flags, then the environment, then the defaults; an
 // unreachable one is named in one line with exit 1.
 func TestEndpointsAndUnreachable(t *testing.T) {
-	env := func(k string) string {
+	ca, ids := testPKI(t, t.TempDir(), creds.Operator)
+	env := withTLS(func(k string) string {
 		if k == "STORAGECP_ALLOCATOR_ADDR" {
 			return "127.0.0.1:1"
 		}
 		return ""
-	}
+	}, ca, ids[creds.Operator])
 	o := newOptions(env)
 	if *o.addrs[svcAllocator] != "127.0.0.1:1" || *o.addrs[svcVolume] != "127.0.0.1:7101" || *o.addrs[svcOrchestrator] != "127.0.0.1:7104" {
 		t.Fatalf("endpoints %v %v %v", *o.addrs[svcAllocator], *o.addrs[svcVolume], *o.addrs[svcOrchestrator])
@@ -281,5 +327,103 @@ func TestRenderSagaErrorsAndRetries(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// Without flags or environment, storctl takes the operator identity of the
+// nearest .run/pki above the working directory; with none there it says
+// what to pass, in one line.
+func TestDefaultCredentials(t *testing.T) {
+	root := t.TempDir()
+	sub := filepath.Join(root, "services", "storctl")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o := newOptions(noEnv)
+	if _, _, err := o.credentials(sub); !errors.Is(err, errNoCredentials) {
+		t.Fatalf("no .run/pki: err %v", err)
+	}
+	t.Chdir(sub)
+	_, stderr, code := runCLI(t, noEnv, "disks", "list")
+	if code != ExitError || stderr != "storctl: "+errNoCredentials.Error()+"\n" {
+		t.Fatalf("no .run/pki: exit %d, stderr %q", code, stderr)
+	}
+	for _, want := range []string{"--ca, --cert and --key", "make run", "--insecure"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("the message lacks %q: %s", want, stderr)
+		}
+	}
+
+	ca, ids := testPKI(t, root, creds.Operator, "viewer/v")
+	files, found, err := o.credentials(sub)
+	op := ids[creds.Operator]
+	if err != nil || !found || files != (mtls.Files{CA: ca.BundlePath(), Cert: op.Cert, Key: op.Key}) {
+		t.Fatalf("default: %+v found=%v err=%v", files, found, err)
+	}
+	// Flags win, the CA still found; a certificate needs its key.
+	o = newOptions(noEnv)
+	o.files.Cert, o.files.Key = ids["viewer/v"].Cert, ids["viewer/v"].Key
+	if files, found, err = o.credentials(sub); err != nil || found || files.Cert != ids["viewer/v"].Cert || files.CA != ca.BundlePath() {
+		t.Fatalf("--cert/--key: %+v found=%v err=%v", files, found, err)
+	}
+	_, stderr, code = runCLI(t, noEnv, "disks", "list", "--cert", op.Cert)
+	if code != ExitUsage || !strings.Contains(stderr, "--cert and --key go together") {
+		t.Fatalf("--cert alone: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// --insecure dials plaintext after a one-line warning.
+func TestInsecureWarns(t *testing.T) {
+	t.Chdir(t.TempDir())
+	_, stderr, code := runCLI(t, noEnv, "--insecure", "--allocator", "127.0.0.1:1", "disks", "list")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if code != ExitError || len(lines) != 2 || !strings.Contains(lines[0], "WARNING: --insecure") ||
+		lines[1] != "storctl: region-allocator at 127.0.0.1:1 is unreachable" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// storctl talks only to the service it means: a server presenting another
+// identity of the deployment fails the handshake, which is said as such
+// rather than as "unreachable"; so is a server refusing storctl's
+// certificate.
+func TestHandshakeFailures(t *testing.T) {
+	ca, ids := testPKI(t, t.TempDir(), creds.Operator, mtls.VolumeService)
+	server, err := mtls.Load(mtls.DefaultTrustDomain, mtls.Files{CA: ca.BundlePath(), Cert: ids[mtls.VolumeService].Cert, Key: ids[mtls.VolumeService].Key},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(server.ServerOption())
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	_, stderr, code := runCLI(t, withTLS(noEnv, ca, ids[creds.Operator]), "--allocator", lis.Addr().String(), "disks", "list")
+	want := "storctl: region-allocator at " + lis.Addr().String() + ": TLS handshake failed: "
+	if code != ExitError || !strings.HasPrefix(stderr, want) || !strings.Contains(stderr, "volume-service") {
+		t.Fatalf("exit %d, stderr %q; want it to start %q and name volume-service", code, stderr, want)
+	}
+	// A certificate from another deployment's CA: the server refuses it.
+	_, other := testPKI(t, t.TempDir(), creds.Operator)
+	_, stderr, code = runCLI(t, withTLS(noEnv, ca, other[creds.Operator]), "--volume", lis.Addr().String(), "volumes", "invariants")
+	// The alert or, when it loses the race with storctl's first write, a
+	// closed connection.
+	want = "storctl: volume-service at " + lis.Addr().String()
+	if code != ExitError || !strings.HasPrefix(stderr, want) || !strings.Contains(stderr, "storctl's certificate") {
+		t.Fatalf("foreign certificate: exit %d, stderr %q; want it to start %q and blame the certificate", code, stderr, want)
+	}
+}
+
+// A refusal by the authorization policy is one line naming who may not
+// call what.
+func TestDescribePermissionDenied(t *testing.T) {
+	e := &env{opts: newOptions(noEnv)}
+	msg := "spiffe://storagecp.local/viewer/x may not call /storage.orchestrator.v1.AdminService/AbandonSaga"
+	got := e.describe(callError{service: svcOrchestrator, err: status.Error(codes.PermissionDenied, msg)})
+	if !strings.HasPrefix(got, "replacement-orchestrator refused the call: PermissionDenied: "+msg) {
+		t.Fatalf("got %q", got)
 	}
 }

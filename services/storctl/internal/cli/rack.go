@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"storagecp.dev/platform/mtls"
 	"storagecp.dev/storctl/demo"
 )
 
@@ -29,7 +32,32 @@ func (e *env) demoClients() (demo.Clients, error) {
 		}
 		*x.conn = conn
 	}
+	// The sim-upstairs, under the same identity (e.conn loaded it).
+	c.Upstairs = e.transport.DialOption(mtls.Upstairs)
 	return c, nil
+}
+
+// hintTLS is what the demo's closing hints connect with: storctl's own
+// credentials.
+func (e *env) hintTLS() demo.HintTLS {
+	if e.opts.insecure {
+		return demo.HintTLS{Insecure: true}
+	}
+	return demo.HintTLS{CA: short(e.files.CA), Cert: short(e.files.Cert), Key: short(e.files.Key), StorctlFinds: e.discovered}
+}
+
+// short is path relative to the working directory when it lies below it
+// (.run/pki/bundle.pem from the repository root), else path itself.
+func short(path string) string {
+	wd, err := os.Getwd()
+	if err != nil || !filepath.IsAbs(path) {
+		return path
+	}
+	rel, err := filepath.Rel(wd, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return path
+	}
+	return rel
 }
 
 func rackCommands() []command {
@@ -84,6 +112,7 @@ func rackCommands() []command {
 				if err != nil {
 					return err
 				}
+				o.TLS = e.hintTLS()
 				w := e.stdout
 				if e.json() {
 					// The narrative goes to stderr; stdout keeps the result.
