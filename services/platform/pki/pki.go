@@ -9,7 +9,7 @@
 //
 //	ca.pem, ca.key             the authority (key never leaves this directory)
 //	bundle.pem                 the trust bundle every process reads
-//	<name>/svid.pem, svid.key  one identity, e.g. operator/svid.pem
+//	<name>/svid.pem, svid.key  one identity, e.g. operator/local/svid.pem
 package pki
 
 import (
