@@ -8,7 +8,7 @@
 #
 # Needs only Go (see go.work) and the PostgreSQL 15 server binaries
 # (/usr/lib/postgresql/15/bin; apt-get install postgresql). Tools (buf, the
-# protoc plugins, grpcurl) are pinned in tools/go.mod and built into
+# protoc plugins, grpcurl, grpc-health-probe) are pinned in tools/go.mod and built into
 # .run/bin on first use. Jaeger is pinned in its own module, tools/jaeger
 # (a big build: minutes), and built only for the trace test and
 # `make run TRACING=1`.

@@ -8,6 +8,7 @@ require (
 	go.opentelemetry.io/proto/otlp v1.11.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
+	storagecp.dev/deploy v0.0.0
 	storagecp.dev/gen v0.0.0
 	storagecp.dev/platform v0.0.0
 	storagecp.dev/storctl v0.0.0
@@ -18,6 +19,7 @@ require (
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/spiffe/go-spiffe/v2 v2.9.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
@@ -26,6 +28,7 @@ require (
 )
 
 replace (
+	storagecp.dev/deploy => ../deploy
 	storagecp.dev/gen => ../gen
 	storagecp.dev/platform => ../services/platform
 	storagecp.dev/storctl => ../services/storctl
