@@ -172,7 +172,17 @@ func ServiceID(trustDomain, name string) string {
 // presented no usable SVID (which the handshake already refuses).
 func Caller(ctx context.Context) (id string, ok bool) {
 	p, found := peer.FromContext(ctx)
-	if !found || p.AuthInfo == nil {
+	if !found {
+		return Anonymous, true
+	}
+	return PeerID(p)
+}
+
+// PeerID returns the verified SPIFFE ID of a connection's peer: the caller
+// on a server, the server on a client (grpc.Peer call option). Anonymous
+// for plaintext; ok is false when a TLS peer presented no usable SVID.
+func PeerID(p *peer.Peer) (id string, ok bool) {
+	if p == nil || p.AuthInfo == nil {
 		return Anonymous, true
 	}
 	info, isTLS := p.AuthInfo.(credentials.TLSInfo)
