@@ -311,7 +311,7 @@ func checkDeniedMetric(t *testing.T, st *stack.Stack, refusedCalls []call) {
 		samples := scrape(t, st.MetricsURL(proc), "storagecp_authz_denied_total")
 		got := map[[2]string]float64{}
 		for _, s := range samples {
-			got[[2]string{s.labels["method"], s.labels["identity"]}] += s.value
+			got[[2]string{s.Labels["method"], s.Labels["identity"]}] += s.Value
 		}
 		want := map[[2]string]float64{}
 		for _, c := range refusedCalls {
@@ -330,7 +330,7 @@ func checkDeniedMetric(t *testing.T, st *stack.Stack, refusedCalls []call) {
 			}
 		}
 		if len(samples) > 0 {
-			t.Logf("%s: %d storagecp_authz_denied_total series, e.g. %v = %v", proc, len(samples), samples[0].labels, samples[0].value)
+			t.Logf("%s: %d storagecp_authz_denied_total series, e.g. %v = %v", proc, len(samples), samples[0].Labels, samples[0].Value)
 		}
 	}
 }

@@ -11,10 +11,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net/http"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -189,83 +187,18 @@ func auditLines(t *testing.T, p *stack.Proc) []auditLine {
 	return out
 }
 
-// sample is one line of a Prometheus text exposition.
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-// scrape fetches a process's /metrics (plain HTTP on loopback) and returns
-// the samples named name.
-func scrape(t *testing.T, url, name string) []sample {
+// scrape fetches a process's /metrics and returns the samples named name.
+func scrape(t *testing.T, url, name string) []harness.Sample {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	all, err := harness.Scrape(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("scrape %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape %s: %s", url, resp.Status)
-	}
-	var out []sample
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
+	var out []harness.Sample
+	for _, s := range all {
+		if s.Name == name {
+			out = append(out, s)
 		}
-		s := sample{name: name, labels: map[string]string{}}
-		rest := strings.TrimPrefix(line, name)
-		if strings.HasPrefix(rest, "{") {
-			end := strings.LastIndexByte(rest, '}')
-			for _, kv := range splitLabels(rest[1:end]) {
-				k, v, _ := strings.Cut(kv, "=")
-				uq, err := strconv.Unquote(v)
-				if err != nil {
-					t.Fatalf("scrape %s: label in %q: %v", url, line, err)
-				}
-				s.labels[k] = uq
-			}
-			rest = rest[end+1:]
-		}
-		if s.value, err = strconv.ParseFloat(strings.Fields(rest)[0], 64); err != nil {
-			t.Fatalf("scrape %s: %q: %v", url, line, err)
-		}
-		out = append(out, s)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// splitLabels splits `a="x",b="y,z"` at the commas outside quotes.
-func splitLabels(s string) []string {
-	var out []string
-	quoted, start := false, 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '"':
-			if i == 0 || s[i-1] != '\\' {
-				quoted = !quoted
-			}
-		case ',':
-			if !quoted {
-				out = append(out, s[start:i])
-				start = i + 1
-			}
-		}
-	}
-	if start < len(s) {
-		out = append(out, s[start:])
 	}
 	return out
 }

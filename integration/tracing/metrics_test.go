@@ -1,12 +1,8 @@
 package tracing
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,96 +11,20 @@ import (
 	"storagecp.dev/testsupport/stack"
 )
 
-// sample is one line of the Prometheus text format.
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-// scrape fetches and parses a /metrics page (text format, no escapes in
-// label values beyond what our own labels use).
-func scrape(ctx context.Context, url string) ([]sample, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scrape %s: %s", url, resp.Status)
-	}
-	var out []sample
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		s := sample{labels: map[string]string{}}
-		rest := line
-		if i := strings.IndexByte(line, '{'); i >= 0 {
-			j := strings.LastIndexByte(line, '}')
-			s.name = line[:i]
-			for _, kv := range splitLabels(line[i+1 : j]) {
-				k, v, _ := strings.Cut(kv, "=")
-				s.labels[k] = strings.Trim(v, `"`)
-			}
-			rest = strings.TrimSpace(line[j+1:])
-		} else {
-			s.name, rest, _ = strings.Cut(line, " ")
-		}
-		if s.value, err = strconv.ParseFloat(strings.Fields(rest)[0], 64); err != nil {
-			return nil, fmt.Errorf("scrape %s: line %q: %w", url, line, err)
-		}
-		out = append(out, s)
-	}
-	return out, sc.Err()
-}
-
-// splitLabels splits `a="x",b="y,z"` at the commas outside quotes.
-func splitLabels(s string) []string {
-	var out []string
-	quoted, start := false, 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '"':
-			if i == 0 || s[i-1] != '\\' {
-				quoted = !quoted
-			}
-		case ',':
-			if !quoted {
-				out = append(out, s[start:i])
-				start = i + 1
-			}
-		}
-	}
-	if start < len(s) {
-		out = append(out, s[start:])
-	}
-	return out
-}
-
 // sum adds the values of the samples named name whose labels include want.
-func sum(samples []sample, name string, want map[string]string) (float64, bool) {
+func sum(samples []harness.Sample, name string, want map[string]string) (float64, bool) {
 	total, found := 0.0, false
 outer:
 	for _, s := range samples {
-		if s.name != name {
+		if s.Name != name {
 			continue
 		}
 		for k, v := range want {
-			if s.labels[k] != v {
+			if s.Labels[k] != v {
 				continue outer
 			}
 		}
-		total += s.value
+		total += s.Value
 		found = true
 	}
 	return total, found
@@ -164,7 +84,7 @@ func TestMetricsAfterReplacement(t *testing.T) {
 			t.Fatalf("%s has no metrics address", proc)
 		}
 		harness.Eventually(t, 20*time.Second, proc+" metrics", func() error {
-			samples, err := scrape(ctx, url)
+			samples, err := harness.Scrape(ctx, url)
 			if err != nil {
 				return err
 			}

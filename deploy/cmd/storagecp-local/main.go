@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -119,7 +118,7 @@ func run() int {
 	if _, err := os.Stat(grpcurl); err != nil {
 		grpcurl = "grpcurl"
 	}
-	g := shortPath(grpcurl) + " " + sec.grpcurlFlags()
+	g := demo.ShortPath(grpcurl) + " " + sec.grpcurlFlags()
 	fmt.Printf(`
 Explore with grpcurl (as %[5]s):
   %[1]s %[2]s list
@@ -128,7 +127,7 @@ Explore with grpcurl (as %[5]s):
   %[1]s -d '{}' %[2]s storage.volume.v1.VolumeService/CheckInvariants
   %[1]s -d '{}' %[4]s storage.orchestrator.v1.AdminService/ListSagas
 `, g, st.Addr(stack.Volume), st.Addr(stack.Allocator), st.Addr(stack.Orchestrator), sec.who())
-	sec.printStorctl(st, shortPath(filepath.Join(binDir, "storctl")))
+	sec.printStorctl(st, demo.ShortPath(filepath.Join(binDir, "storctl")))
 	if *exitAfterStart {
 		return 0
 	}
@@ -172,8 +171,8 @@ func playDemo(ctx context.Context, st *stack.Stack, sec *security, started time.
 		UpstairsSince:  started,
 		NonInteractive: nonInteractive,
 		JaegerURL:      st.JaegerURL(),
-		StorctlPath:    shortPath(filepath.Join(binDir, "storctl")),
-		GrpcurlPath:    shortPath(grpcurl),
+		StorctlPath:    demo.ShortPath(filepath.Join(binDir, "storctl")),
+		GrpcurlPath:    demo.ShortPath(grpcurl),
 		TLS:            sec.hint(),
 	})
 	if err != nil {
@@ -181,18 +180,4 @@ func playDemo(ctx context.Context, st *stack.Stack, sec *security, started time.
 	}
 	fmt.Printf("\ndemo finished: expunge → Complete in %.2fs\n", res.ExpungeToComplete.Seconds())
 	return nil
-}
-
-// shortPath is path relative to the working directory when it lies below
-// it (".run/bin/storctl" under make run), else path itself.
-func shortPath(path string) string {
-	wd, err := os.Getwd()
-	if err != nil || !filepath.IsAbs(path) {
-		return path
-	}
-	rel, err := filepath.Rel(wd, path)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return path
-	}
-	return rel
 }

@@ -82,11 +82,11 @@ func (s *security) print() {
 		return
 	}
 	fmt.Printf("\nSecurity: mutual TLS 1.3 with SPIFFE X509-SVIDs, trust domain %s\n", mtls.DefaultTrustDomain)
-	fmt.Printf("  %-26s %s (a local CA; kept across runs, certificates re-issued when missing or near expiry)\n", "PKI", shortPath(s.pkiDir))
-	fmt.Printf("  %-26s %s\n", "trust bundle", shortPath(s.bundle))
-	fmt.Printf("  %-26s %s (re-read when it changes)\n", "authorization policy", shortPath(s.policy))
-	fmt.Printf("  %-26s %s, %s   may run the lifecycle, replacements, hardware changes, and read\n", stack.OperatorID, shortPath(s.operator.Cert), pki.KeyFile)
-	fmt.Printf("  %-26s %s, %s   may only read\n", ViewerID, shortPath(s.viewer.Cert), pki.KeyFile)
+	fmt.Printf("  %-26s %s (a local CA; kept across runs, certificates re-issued when missing or near expiry)\n", "PKI", demo.ShortPath(s.pkiDir))
+	fmt.Printf("  %-26s %s\n", "trust bundle", demo.ShortPath(s.bundle))
+	fmt.Printf("  %-26s %s (re-read when it changes)\n", "authorization policy", demo.ShortPath(s.policy))
+	fmt.Printf("  %-26s %s, %s   may run the lifecycle, replacements, hardware changes, and read\n", stack.OperatorID, demo.ShortPath(s.operator.Cert), pki.KeyFile)
+	fmt.Printf("  %-26s %s, %s   may only read\n", ViewerID, demo.ShortPath(s.viewer.Cert), pki.KeyFile)
 	// Every other identity the PKI holds, by directory, and its SPIFFE
 	// path where that differs (sim-agent is crucible-agent/sim).
 	var others []string
@@ -107,7 +107,7 @@ func (s *security) print() {
 	})
 	sort.Strings(others)
 	fmt.Printf("  %-26s %s\n", "other identities", strings.Join(others, ", "))
-	fmt.Printf("  %-26s spiffe://%s/<path>, files in %s/<name>/\n", "", mtls.DefaultTrustDomain, shortPath(s.pkiDir))
+	fmt.Printf("  %-26s spiffe://%s/<path>, files in %s/<name>/\n", "", mtls.DefaultTrustDomain, demo.ShortPath(s.pkiDir))
 }
 
 // spiffePath is the path of the SPIFFE ID in a certificate file ("" if
@@ -141,7 +141,7 @@ func (s *security) grpcurlFlags() string {
 	if s.insecure {
 		return "-plaintext"
 	}
-	return fmt.Sprintf("-cacert %s -cert %s -key %s", shortPath(s.bundle), shortPath(s.operator.Cert), shortPath(s.operator.Key))
+	return fmt.Sprintf("-cacert %s -cert %s -key %s", demo.ShortPath(s.bundle), demo.ShortPath(s.operator.Cert), demo.ShortPath(s.operator.Key))
 }
 
 // hint is the credentials of the demo's closing hints.
@@ -149,7 +149,7 @@ func (s *security) hint() demo.HintTLS {
 	if s.insecure {
 		return demo.HintTLS{Insecure: true}
 	}
-	return demo.HintTLS{CA: shortPath(s.bundle), Cert: shortPath(s.operator.Cert), Key: shortPath(s.operator.Key), StorctlFinds: s.storctlFinds}
+	return demo.HintTLS{CA: demo.ShortPath(s.bundle), Cert: demo.ShortPath(s.operator.Cert), Key: demo.ShortPath(s.operator.Key), StorctlFinds: s.storctlFinds}
 }
 
 // printStorctl prints storctl commands that work as printed: as the
@@ -171,10 +171,10 @@ func (s *security) printStorctl(st *stack.Stack, storctl string) {
 		storctl += " --insecure"
 	case s.storctlFinds:
 		fmt.Printf("\nExplore with storctl (as %s, its default here: --ca %s --cert %s --key %s):\n",
-			stack.OperatorID, shortPath(s.bundle), shortPath(s.operator.Cert), shortPath(s.operator.Key))
+			stack.OperatorID, demo.ShortPath(s.bundle), demo.ShortPath(s.operator.Cert), demo.ShortPath(s.operator.Key))
 	default:
 		fmt.Printf("\nExplore with storctl (as %s):\n", stack.OperatorID)
-		env = append(env, "STORCTL_CA="+shortPath(s.bundle), "STORCTL_CERT="+shortPath(s.operator.Cert), "STORCTL_KEY="+shortPath(s.operator.Key))
+		env = append(env, "STORCTL_CA="+demo.ShortPath(s.bundle), "STORCTL_CERT="+demo.ShortPath(s.operator.Cert), "STORCTL_KEY="+demo.ShortPath(s.operator.Key))
 	}
 	if len(env) > 0 {
 		fmt.Printf("  export %s\n", strings.Join(env, " "))
@@ -183,6 +183,6 @@ func (s *security) printStorctl(st *stack.Stack, storctl string) {
 	fmt.Printf("  %s replacements list\n", storctl)
 	fmt.Printf("  %s validate\n", storctl)
 	if !s.insecure {
-		fmt.Printf("  %s --cert %s --key %s sagas list    # as %s: reads only\n", storctl, shortPath(s.viewer.Cert), shortPath(s.viewer.Key), ViewerID)
+		fmt.Printf("  %s --cert %s --key %s sagas list    # as %s: reads only\n", storctl, demo.ShortPath(s.viewer.Cert), demo.ShortPath(s.viewer.Key), ViewerID)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -222,4 +224,19 @@ func (d *run) closeSims() {
 	for _, conn := range d.sims {
 		_ = conn.Close()
 	}
+}
+
+// ShortPath is path relative to the working directory when it lies below
+// it (.run/pki/bundle.pem from the repository root), else path itself: how
+// the hints and the launcher print the files a reader will type.
+func ShortPath(path string) string {
+	wd, err := os.Getwd()
+	if err != nil || !filepath.IsAbs(path) {
+		return path
+	}
+	rel, err := filepath.Rel(wd, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return path
+	}
+	return rel
 }

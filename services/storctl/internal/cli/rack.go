@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -43,21 +41,7 @@ func (e *env) hintTLS() demo.HintTLS {
 	if e.opts.insecure {
 		return demo.HintTLS{Insecure: true}
 	}
-	return demo.HintTLS{CA: short(e.files.CA), Cert: short(e.files.Cert), Key: short(e.files.Key), StorctlFinds: e.discovered}
-}
-
-// short is path relative to the working directory when it lies below it
-// (.run/pki/bundle.pem from the repository root), else path itself.
-func short(path string) string {
-	wd, err := os.Getwd()
-	if err != nil || !filepath.IsAbs(path) {
-		return path
-	}
-	rel, err := filepath.Rel(wd, path)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return path
-	}
-	return rel
+	return demo.HintTLS{CA: demo.ShortPath(e.files.CA), Cert: demo.ShortPath(e.files.Cert), Key: demo.ShortPath(e.files.Key), StorctlFinds: e.discovered}
 }
 
 func rackCommands() []command {
