@@ -34,6 +34,9 @@ func TestAnUpstairsCannotReportForAnother(t *testing.T) {
 	att := r.Construct(t, disk, 0)
 	addr := r.Targets(t, disk, commonv1.TargetKind_TARGET_KIND_RW_REGION)[0].Address
 	owner, other := spiffeID("upstairs/sim-upstairs-0"), spiffeID("upstairs/sim-upstairs-1")
+	if att.UpstairsIdentity != owner {
+		t.Fatalf("attachment records upstairs identity %q, want %q (the server that accepted the activation)", att.UpstairsIdentity, owner)
+	}
 
 	repairsOf := func(repairID string) int {
 		t.Helper()
