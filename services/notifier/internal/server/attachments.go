@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
@@ -63,7 +65,7 @@ func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructV
 		st := status.Convert(cause)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if _, err := s.store.FinishConstruction(rctx, att.ID, att.Incarnation, store.StateFailed, what+": "+st.Message()); err != nil && !errors.Is(err, store.ErrSuperseded) {
+		if _, err := s.store.FinishConstruction(rctx, att.ID, att.Incarnation, store.StateFailed, what+": "+st.Message(), ""); err != nil && !errors.Is(err, store.ErrSuperseded) {
 			log.ErrorContext(ctx, "recording failed construction", "err", err)
 		}
 		log.WarnContext(ctx, "construction failed", "step", what, "code", st.Code(), "err", st.Message())
@@ -92,17 +94,21 @@ func (s *Server) ConstructVolume(ctx context.Context, req *notifierv1.ConstructV
 		return nil, fail(status.Errorf(codes.Unavailable, "endpoint %s: %v", endpoint, err), "activate")
 	}
 	actx, cancel := context.WithTimeout(ctx, s.upstairsTimeout)
+	var server peer.Peer
 	_, err = up.Activate(actx, &upstairsv1.ActivateRequest{
 		VolumeId: volumeID.String(), Vcr: co.GetVcr(), UpstairsId: att.UpstairsID.String(), ReadOnly: att.ReadOnly,
-	})
+	}, grpc.Peer(&server))
 	cancel()
 	if err != nil {
 		return nil, fail(upstairsError(endpoint, "Activate", err), "activate")
 	}
-	// The Upstairs runs it now: record that even if the caller has gone.
+	// The Upstairs runs it now: record that even if the caller has gone,
+	// and who it is, so that only it may report for this upstairs_id
+	// (reporterMayReportFor).
+	identity := upstairsIdentity(&server)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	done, err := s.store.FinishConstruction(fctx, att.ID, att.Incarnation, store.StateRunning, "")
+	done, err := s.store.FinishConstruction(fctx, att.ID, att.Incarnation, store.StateRunning, "", identity)
 	if errors.Is(err, store.ErrSuperseded) {
 		s.deactivateOrphan(ctx, att, up)
 	}

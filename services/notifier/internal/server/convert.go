@@ -120,16 +120,17 @@ func replaceResultFromName(s string) upstairsv1.ReplaceResult {
 
 func attachmentProto(a store.Attachment) *notifierv1.Attachment {
 	return &notifierv1.Attachment{
-		AttachmentId: a.ID.String(),
-		VolumeId:     a.VolumeID.String(),
-		Kind:         reverse(kindNames, a.Kind),
-		Endpoint:     a.Endpoint,
-		UpstairsId:   a.UpstairsID.String(),
-		Incarnation:  a.Incarnation,
-		State:        reverse(stateNames, a.State),
-		ReadOnly:     a.ReadOnly,
-		TimeUpdated:  timestamppb.New(a.TimeUpdated),
-		Error:        a.Error,
+		AttachmentId:     a.ID.String(),
+		VolumeId:         a.VolumeID.String(),
+		Kind:             reverse(kindNames, a.Kind),
+		Endpoint:         a.Endpoint,
+		UpstairsId:       a.UpstairsID.String(),
+		Incarnation:      a.Incarnation,
+		State:            reverse(stateNames, a.State),
+		ReadOnly:         a.ReadOnly,
+		TimeUpdated:      timestamppb.New(a.TimeUpdated),
+		Error:            a.Error,
+		UpstairsIdentity: a.UpstairsIdentity,
 	}
 }
 

@@ -118,6 +118,9 @@ func (s *Server) RepairStart(ctx context.Context, req *notifierv1.RepairStartReq
 	if err != nil {
 		return nil, err
 	}
+	if err := s.authorizeReport(ctx, rows[0].UpstairsID); err != nil {
+		return nil, err
+	}
 	if err := s.recordRepairRows(ctx, rows); err != nil {
 		return nil, err
 	}
@@ -136,6 +139,9 @@ func (s *Server) RepairFinish(ctx context.Context, req *notifierv1.RepairFinishR
 	}
 	rows, err := repairReport{req.GetUpstairsId(), req.GetSessionId(), req.GetRepairId(), req.GetRepairType(), req.GetRepairs()}.rows(at, outcome)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorizeReport(ctx, rows[0].UpstairsID); err != nil {
 		return nil, err
 	}
 	if err := s.recordRepairRows(ctx, rows); err != nil {
@@ -163,6 +169,9 @@ func (s *Server) RepairProgress(ctx context.Context, req *notifierv1.RepairProgr
 	}
 	if req.GetTotalItems() < 0 {
 		return nil, invalid("total_items", "must not be negative")
+	}
+	if err := s.authorizeReport(ctx, up); err != nil {
+		return nil, err
 	}
 	if err := s.store.RecordProgress(ctx, repair, up, at, req.GetCurrentItem(), req.GetTotalItems()); err != nil {
 		return nil, s.storeError(ctx, "record progress", err)
@@ -205,6 +214,9 @@ func (s *Server) DownstairsStopRequest(ctx context.Context, req *notifierv1.Down
 		return nil, invalid("reason", "required")
 	}
 	n.Reason = enumSuffix(req.GetReason().String(), "STOP_REQUEST_REASON_")
+	if err := s.authorizeReport(ctx, n.UpstairsID); err != nil {
+		return nil, err
+	}
 	if err := s.store.RecordStopRequest(ctx, n); err != nil {
 		return nil, s.storeError(ctx, "record stop request", err)
 	}
@@ -221,6 +233,9 @@ func (s *Server) DownstairsStopped(ctx context.Context, req *notifierv1.Downstai
 		return nil, invalid("reason", "required")
 	}
 	n.Reason = enumSuffix(req.GetReason().String(), "STOPPED_REASON_")
+	if err := s.authorizeReport(ctx, n.UpstairsID); err != nil {
+		return nil, err
+	}
 	if err := s.store.RecordStopped(ctx, n); err != nil {
 		return nil, s.storeError(ctx, "record stopped", err)
 	}

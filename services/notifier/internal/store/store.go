@@ -85,13 +85,17 @@ type Attachment struct {
 	ReadOnly    bool
 	Error       string
 	TimeUpdated time.Time
+	// UpstairsIdentity is the verified SPIFFE ID of the Upstairs server
+	// that last accepted an activation of this attachment; empty if none
+	// has, or the deployment runs plaintext.
+	UpstairsIdentity string
 }
 
-const attachmentColumns = `attachment_id, volume_id, kind, endpoint, upstairs_id, incarnation, state, read_only, error, time_updated`
+const attachmentColumns = `attachment_id, volume_id, kind, endpoint, upstairs_id, incarnation, state, read_only, error, time_updated, coalesce(upstairs_identity, '')`
 
 func scanAttachment(row pgx.Row) (Attachment, error) {
 	var a Attachment
-	err := row.Scan(&a.ID, &a.VolumeID, &a.Kind, &a.Endpoint, &a.UpstairsID, &a.Incarnation, &a.State, &a.ReadOnly, &a.Error, &a.TimeUpdated)
+	err := row.Scan(&a.ID, &a.VolumeID, &a.Kind, &a.Endpoint, &a.UpstairsID, &a.Incarnation, &a.State, &a.ReadOnly, &a.Error, &a.TimeUpdated, &a.UpstairsIdentity)
 	return a, err
 }
 
@@ -165,16 +169,20 @@ func (s *Store) StartConstruction(ctx context.Context, in ConstructionStart) (At
 }
 
 // FinishConstruction moves a STARTING attachment of the given incarnation to
-// state (RUNNING or FAILED) with errText. ErrSuperseded when the attachment
-// is gone, has a newer incarnation, or left STARTING for another state.
-func (s *Store) FinishConstruction(ctx context.Context, id uuid.UUID, incarnation int64, state, errText string) (Attachment, error) {
+// state (RUNNING or FAILED) with errText. identity, when not empty, is the
+// verified SPIFFE ID of the Upstairs that accepted the activation and
+// replaces the recorded one; empty keeps it (a failed activation, or a
+// plaintext deployment). ErrSuperseded when the attachment is gone, has a
+// newer incarnation, or left STARTING for another state.
+func (s *Store) FinishConstruction(ctx context.Context, id uuid.UUID, incarnation int64, state, errText, identity string) (Attachment, error) {
 	var out Attachment
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
 		out, err = scanAttachment(tx.QueryRow(ctx, `
-			UPDATE attachment SET state = $3, error = $4, time_updated = now()
+			UPDATE attachment SET state = $3, error = $4, time_updated = now(),
+				upstairs_identity = coalesce(nullif($5, ''), upstairs_identity)
 			WHERE attachment_id = $1 AND incarnation = $2 AND state IN ('starting', $3)
-			RETURNING `+attachmentColumns, id, incarnation, state, errText))
+			RETURNING `+attachmentColumns, id, incarnation, state, errText, identity))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrSuperseded
 		}
@@ -256,6 +264,20 @@ func (s *Store) VolumeAttachments(ctx context.Context, volumeID uuid.UUID) ([]At
 		return err
 	})
 	return out, err
+}
+
+// UpstairsIdentities returns the distinct identities recorded for the
+// attachments running upstairsID (none: no attachment has it, or none has
+// had a verified activation).
+func (s *Store) UpstairsIdentities(ctx context.Context, upstairsID uuid.UUID) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT DISTINCT upstairs_identity FROM attachment
+		WHERE upstairs_id = $1 AND upstairs_identity IS NOT NULL
+		ORDER BY upstairs_identity`, upstairsID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // ListAttachments pages through attachments ordered by id, after `after`

@@ -467,9 +467,13 @@ type Attachment struct {
 	ReadOnly    bool                   `protobuf:"varint,8,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
 	TimeUpdated *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=time_updated,json=timeUpdated,proto3" json:"time_updated,omitempty"`
 	// Why it FAILED, if it did.
-	Error         string `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error string `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	// The verified SPIFFE ID of the Upstairs server that accepted the last
+	// successful activation; only it may report for upstairs_id. Empty before
+	// one, or in a plaintext (--insecure) deployment.
+	UpstairsIdentity string `protobuf:"bytes,11,opt,name=upstairs_identity,json=upstairsIdentity,proto3" json:"upstairs_identity,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Attachment) Reset() {
@@ -568,6 +572,13 @@ func (x *Attachment) GetTimeUpdated() *timestamppb.Timestamp {
 func (x *Attachment) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *Attachment) GetUpstairsIdentity() string {
+	if x != nil {
+		return x.UpstairsIdentity
 	}
 	return ""
 }
@@ -2240,7 +2251,7 @@ var File_storage_notifier_v1_notifier_proto protoreflect.FileDescriptor
 
 const file_storage_notifier_v1_notifier_proto_rawDesc = "" +
 	"\n" +
-	"\"storage/notifier/v1/notifier.proto\x12\x13storage.notifier.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"storage/upstairs/v1/upstairs.proto\"\x92\x03\n" +
+	"\"storage/notifier/v1/notifier.proto\x12\x13storage.notifier.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"storage/upstairs/v1/upstairs.proto\"\xbf\x03\n" +
 	"\n" +
 	"Attachment\x12#\n" +
 	"\rattachment_id\x18\x01 \x01(\tR\fattachmentId\x12\x1b\n" +
@@ -2254,7 +2265,8 @@ const file_storage_notifier_v1_notifier_proto_rawDesc = "" +
 	"\tread_only\x18\b \x01(\bR\breadOnly\x12=\n" +
 	"\ftime_updated\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vtimeUpdated\x12\x14\n" +
 	"\x05error\x18\n" +
-	" \x01(\tR\x05error\"\xc6\x01\n" +
+	" \x01(\tR\x05error\x12+\n" +
+	"\x11upstairs_identity\x18\v \x01(\tR\x10upstairsIdentity\"\xc6\x01\n" +
 	"\x16ConstructVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x125\n" +
 	"\x04kind\x18\x02 \x01(\x0e2!.storage.notifier.v1.UpstairsKindR\x04kind\x12\x1a\n" +
