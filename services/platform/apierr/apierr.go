@@ -18,6 +18,9 @@
 //   - a serialization failure or deadlock that db.InTx stopped retrying is
 //     contention, not a bug: Unavailable "database contention, retry";
 //   - a context error is DeadlineExceeded or Canceled;
+//   - a database that cannot be reached (down, restarting, failing over,
+//     db.IsUnreachable) is Unavailable "database unreachable, retry": the
+//     caller's retry reaches the new primary;
 //   - anything else is Internal "internal error": the detail goes to the
 //     log only, never to the caller.
 package apierr
@@ -128,6 +131,10 @@ func KindOf(err error) Kind {
 // serialization failures or deadlocks.
 const Contention = "database contention, retry"
 
+// Unreachable is the message of the Unavailable status for a database that
+// cannot be used for the moment (db.IsUnreachable).
+const Unreachable = "database unreachable, retry"
+
 // Status returns the gRPC status error for err by the rule of the package
 // comment; nil for nil. An unknown error is logged on logger
 // (slog.Default() if nil) as "internal error" with logArgs (for instance
@@ -150,6 +157,11 @@ func Status(ctx context.Context, logger *slog.Logger, err error, logArgs ...any)
 	}
 	if logger == nil {
 		logger = slog.Default()
+	}
+	if db.IsUnreachable(err) {
+		args := append(append(make([]any, 0, len(logArgs)+2), logArgs...), "err", err)
+		logger.WarnContext(ctx, "database unreachable", args...)
+		return status.Error(codes.Unavailable, Unreachable)
 	}
 	args := append(append(make([]any, 0, len(logArgs)+2), logArgs...), "err", err)
 	logger.ErrorContext(ctx, "internal error", args...)

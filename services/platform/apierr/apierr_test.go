@@ -174,3 +174,12 @@ func TestSentinels(t *testing.T) {
 		t.Error("KindOf")
 	}
 }
+
+// A database that cannot be reached is Unavailable (the caller retries and
+// reaches the new primary), not Internal.
+func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
+	err := Status(context.Background(), nil, fmt.Errorf("get volume: %w", &pgconn.PgError{Code: "57P01"}))
+	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != Unreachable {
+		t.Fatalf("%v, want Unavailable %q", err, Unreachable)
+	}
+}

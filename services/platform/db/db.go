@@ -8,8 +8,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -185,6 +189,38 @@ func IsRetryable(err error) bool {
 		return pgErr.Code == "40001" || pgErr.Code == "40P01"
 	}
 	return false
+}
+
+// IsUnreachable reports an error that says the database could not be used
+// at all for the moment: no connection could be made, the connection broke,
+// or the server is shutting down, starting, or read-only (a standby, or a
+// primary just demoted by a failover). A later try, on a new connection,
+// can succeed: the pool drops broken connections, and a multi-host DSN
+// with target_session_attrs=read-write finds the new primary.
+//
+// A connection lost during COMMIT leaves the outcome unknown. Callers may
+// still retry because every storagecp RPC is idempotent: the retry finds
+// its own effect and answers as the first call would have.
+func IsUnreachable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) || errors.Is(err, pgconn.ErrConnClosed) || pgconn.SafeToRetry(err) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P01", "57P02", "57P03", // admin or crash shutdown, cannot connect now
+			"25006": // read_only_sql_transaction: a standby answered
+			return true
+		}
+		return strings.HasPrefix(pgErr.Code, "08") // connection exception
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
 }
 
 // IsUniqueViolation reports a unique_violation (23505), optionally on a
