@@ -25,7 +25,7 @@ INTEGRATION_PKGS = storagecp.dev/integration/...
 
 BASELINE := proto/baseline.binpb
 
-.PHONY: all tools jaeger generate lint breaking baseline gen-check vet prod-deps-check unit integration test run clean-run bench soak fmt-check doc-check
+.PHONY: ha-deps all tools jaeger generate lint breaking baseline gen-check vet prod-deps-check unit integration test run clean-run bench soak fmt-check doc-check
 
 all: test
 
@@ -43,6 +43,13 @@ jaeger: $(BIN)/jaeger
 $(BIN)/jaeger: tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && GOWORK=off $(GO) build -o $(BIN)/ tool
 	touch $@
+
+# pg_auto_failover, the engine of the replicated PostgreSQL (make run HA=1,
+# platform/pgformation and its tests), from Debian's packages when missing.
+ha-deps:
+	@command -v pg_autoctl >/dev/null 2>&1 || { \
+		echo "installing pg_auto_failover (apt-get install postgresql-15-auto-failover pg-auto-failover-cli)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-auto-failover pg-auto-failover-cli; }
 
 generate: tools
 	buf generate
@@ -102,12 +109,12 @@ prod-deps-check:
 		fi; \
 	done; exit $$fail
 
-unit:
+unit: ha-deps
 	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
 
 # STORAGECP_REQUIRE_JAEGER turns the trace tests' skip (no Jaeger binary)
 # into a failure: under make, the binary is a prerequisite.
-integration: $(BIN)/jaeger
+integration: $(BIN)/jaeger ha-deps
 	STORAGECP_REQUIRE_JAEGER=1 $(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
 
 test: gen-check lint breaking fmt-check doc-check vet prod-deps-check unit integration
@@ -124,9 +131,13 @@ test: gen-check lint breaking fmt-check doc-check vet prod-deps-check unit integ
 TRACING ?=
 DEMO ?= on
 INSECURE ?=
-run: tools $(if $(TRACING),$(BIN)/jaeger)
+# HA=1 runs the services on a replicated PostgreSQL (pg_auto_failover: a
+# monitor, a primary and a synchronous standby under .run/ha), installing
+# pg_auto_failover first when it is missing (make ha-deps).
+HA ?=
+run: tools $(if $(TRACING),$(BIN)/jaeger) $(if $(HA),ha-deps)
 	@case "$(DEMO)" in on|exit|off) ;; *) echo "make run: DEMO must be on, exit or off (got '$(DEMO)')"; exit 2;; esac
-	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing) $(if $(INSECURE),--insecure) \
+	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing) $(if $(INSECURE),--insecure) $(if $(HA),--ha) \
 		$(if $(filter exit,$(DEMO)),--non-interactive) $(if $(filter off,$(DEMO)),--demo=false)
 
 clean-run:

@@ -28,6 +28,7 @@ import (
 
 	"storagecp.dev/platform/mtls"
 	"storagecp.dev/platform/pgcluster"
+	"storagecp.dev/platform/pgformation"
 	"storagecp.dev/platform/pki"
 )
 
@@ -143,6 +144,12 @@ type Config struct {
 	// JaegerBin is the Jaeger binary; empty means .run/bin/jaeger under the
 	// repository root (DefaultJaegerBin).
 	JaegerBin string
+	// HA runs the services on a replicated PostgreSQL (platform/pgformation:
+	// pg_auto_failover, a monitor, a primary and a synchronous standby)
+	// instead of the single private cluster; HADir keeps it across runs
+	// (make run HA=1: .run/ha), else it is thrown away.
+	HA    bool
+	HADir string
 	// Insecure runs every process in plaintext (--insecure), for a
 	// comparison; by default they speak mutual TLS (security.go).
 	Insecure bool
@@ -178,11 +185,14 @@ type Proc struct {
 
 // Stack is a running deployment.
 type Stack struct {
+	// Cluster is the single private PostgreSQL (nil under HA).
 	Cluster *pgcluster.Cluster
-	LogDir  string
-	cfg     Config
-	procs   []*Proc
-	byName  map[string]*Proc
+	// Formation is the replicated PostgreSQL under HA (nil otherwise).
+	Formation *pgformation.Formation
+	LogDir    string
+	cfg       Config
+	procs     []*Proc
+	byName    map[string]*Proc
 
 	jaeger     *Proc
 	jaegerURL  string
@@ -221,9 +231,21 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := s.setupSecurity(); err != nil {
 		return nil, err
 	}
-	s.Cluster, err = pgcluster.Start(ctx, pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync, ExtraConfig: cfg.PGConfig})
-	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
+	var store interface {
+		CreateDatabase(ctx context.Context, name, template string) error
+	}
+	if cfg.HA {
+		s.Formation, err = pgformation.Start(ctx, pgformation.Options{Dir: cfg.HADir, Fsync: cfg.Fsync})
+		if err != nil {
+			return nil, fmt.Errorf("postgres formation: %w", err)
+		}
+		store = s.Formation
+	} else {
+		s.Cluster, err = pgcluster.Start(ctx, pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync, ExtraConfig: cfg.PGConfig})
+		if err != nil {
+			return nil, fmt.Errorf("postgres: %w", err)
+		}
+		store = s.Cluster
 	}
 	if cfg.Tracing {
 		if err := s.startJaeger(ctx); err != nil {
@@ -231,7 +253,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator} {
-		if err := s.Cluster.CreateDatabase(ctx, databases[name], ""); err != nil {
+		if err := store.CreateDatabase(ctx, databases[name], ""); err != nil {
 			return nil, fmt.Errorf("create database %s: %w", databases[name], err)
 		}
 	}
@@ -291,13 +313,13 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		name string
 		args []string
 	}{
-		{Volume, []string{"--db", s.Cluster.DSN(databases[Volume])}},
+		{Volume, []string{"--db", s.DSN(databases[Volume])}},
 		// The simulated agents keep their state in the allocator's database.
-		{SimAgent, []string{"--db", s.Cluster.DSN(databases[Allocator])}},
-		{Allocator, []string{"--db", s.Cluster.DSN(databases[Allocator]), "--agent-addr", addrs[SimAgent]}},
-		{Notifier, []string{"--db", s.Cluster.DSN(databases[Notifier]), "--volume-addr", addrs[Volume]}},
+		{SimAgent, []string{"--db", s.DSN(databases[Allocator])}},
+		{Allocator, []string{"--db", s.DSN(databases[Allocator]), "--agent-addr", addrs[SimAgent]}},
+		{Notifier, []string{"--db", s.DSN(databases[Notifier]), "--volume-addr", addrs[Volume]}},
 		// Every sim-upstairs can also act as a Pantry.
-		{Orchestrator, []string{"--db", s.Cluster.DSN(databases[Orchestrator]),
+		{Orchestrator, []string{"--db", s.DSN(databases[Orchestrator]),
 			"--volume-addr", addrs[Volume], "--allocator-addr", addrs[Allocator], "--notifier-addr", addrs[Notifier],
 			"--pantry-addrs", strings.Join(simAddrs, ",")}},
 	}
@@ -374,6 +396,15 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// DSN is a database's connection string: the single cluster's, or under HA
+// the formation's multi-host one.
+func (s *Stack) DSN(database string) string {
+	if s.Formation != nil {
+		return s.Formation.DSN(database)
+	}
+	return s.Cluster.DSN(database)
 }
 
 func (s *Stack) add(p *Proc) {
@@ -456,6 +487,9 @@ func (s *Stack) Stop() {
 	}
 	if s.jaeger != nil {
 		s.jaeger.Stop(10 * time.Second)
+	}
+	if s.Formation != nil {
+		s.Formation.Close()
 	}
 	if s.Cluster != nil {
 		if s.cfg.PGDir != "" {

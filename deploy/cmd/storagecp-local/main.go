@@ -53,6 +53,7 @@ func run() int {
 	nonInteractive := fs.Bool("non-interactive", false, "plain output, and exit when the demo is done: 0 if it succeeded, 1 if not (make run DEMO=exit)")
 	freePorts := fs.Bool("free-ports", false, "free loopback ports for every process instead of 7101-7104 and 7110+ (tests, or beside another deployment)")
 	pgPort := fs.Int("pg-port", 55432, "PostgreSQL port; 0 picks a free one")
+	ha := fs.Bool("ha", false, "run the services on a replicated PostgreSQL under <run-dir>/ha (pg_auto_failover: a monitor, a primary and a synchronous standby; make run HA=1) instead of the single cluster under <run-dir>/pg")
 	insecure := fs.Bool("insecure", false, "plaintext gRPC without identities or authorization: anything that reaches a port may call every RPC (a lab bench only; make run INSECURE=1)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -78,6 +79,8 @@ func run() int {
 		BinDir:      binDir,
 		PGDir:       filepath.Join(*runDir, "pg"),
 		PGPort:      *pgPort,
+		HA:          *ha,
+		HADir:       filepath.Join(*runDir, "ha"),
 		Fsync:       true,
 		LogDir:      filepath.Join(*runDir, "logs"),
 		FixedPorts:  !*freePorts,
@@ -102,7 +105,10 @@ func run() int {
 		return 1
 	}
 	fmt.Printf("\nstoragecp is up (%.1fs)\n\n", time.Since(start).Seconds())
-	fmt.Printf("  %-26s %s\n", "PostgreSQL", st.Cluster.DSN("<db>"))
+	fmt.Printf("  %-26s %s\n", "PostgreSQL", st.DSN("<db>"))
+	if st.Formation != nil {
+		printFormation(ctx, st)
+	}
 	for _, p := range st.Procs() {
 		fmt.Printf("  %-26s %-18s log %s\n", p.Name, p.Addr, p.LogPath())
 	}
@@ -180,4 +186,17 @@ func playDemo(ctx context.Context, st *stack.Stack, sec *security, started time.
 	}
 	fmt.Printf("\ndemo finished: expunge → Complete in %.2fs\n", res.ExpungeToComplete.Seconds())
 	return nil
+}
+
+// printFormation shows the replicated PostgreSQL as its monitor sees it.
+func printFormation(ctx context.Context, st *stack.Stack) {
+	nodes, err := st.Formation.State(ctx)
+	if err != nil {
+		fmt.Printf("  %-26s unknown: %v\n", "formation", err)
+		return
+	}
+	fmt.Printf("  %-26s monitor 127.0.0.1:%d (pg_autoctl show state --pgdata %s)\n", "formation", st.Formation.MonitorPort, demo.ShortPath(filepath.Join(st.Formation.Dir, "monitor")))
+	for _, n := range nodes {
+		fmt.Printf("  %-26s 127.0.0.1:%d %s (assigned %s), timeline %d, LSN %s\n", "  "+n.Name, n.Port, n.Current, n.Assigned, n.TLI, n.LSN)
+	}
 }

@@ -77,7 +77,7 @@ func Start(t testing.TB, o Options) *Env {
 		}
 	})
 	var err error
-	e.Pool, err = db.Open(ctx, st.Cluster.DSN(stack.DatabaseOf(stack.Orchestrator)))
+	e.Pool, err = db.Open(ctx, st.DSN(stack.DatabaseOf(stack.Orchestrator)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,91 @@
+package pgformation
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The formation comes up with a primary and a synchronous standby; killing
+// the primary's postmaster makes pg_auto_failover promote the standby, and
+// the multi-host DSN finds it with no change; the old primary rejoins as
+// the standby.
+func TestFailoverKeepsAcknowledgedWrites(t *testing.T) {
+	if !Installed() {
+		t.Fatal(ErrNotInstalled) // make unit and make integration install it (make ha-deps)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f, err := Start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.CreateDatabase(ctx, "probe", ""); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(sql string, args ...any) error {
+		c, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(c, f.DSN("probe"))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		_, err = conn.Exec(c, sql, args...)
+		return err
+	}
+	if err := exec("CREATE TABLE acked (n int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		if err := exec("INSERT INTO acked VALUES ($1)", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, err := f.Primary(ctx)
+	if err != nil || old == nil {
+		t.Fatalf("primary: %v %v", old, err)
+	}
+	killed := time.Now()
+	if err := syscall.Kill(old.Postmaster(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var first time.Duration
+	for {
+		if err := exec("INSERT INTO acked VALUES ($1)", 100); err == nil {
+			first = time.Since(killed)
+			break
+		} else if time.Since(killed) > 90*time.Second {
+			t.Fatalf("no write accepted 90 s after the kill: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("first write accepted %s after the primary's postmaster was killed", first.Round(time.Millisecond))
+	var n int
+	c, cancelQ := context.WithTimeout(ctx, 3*time.Second)
+	defer cancelQ()
+	conn, err := pgx.Connect(c, f.DSN("probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(c, "SELECT count(*) FROM acked").Scan(&n); err != nil || n != 101 {
+		t.Fatalf("%d rows after the failover (%v), want all 101 acknowledged", n, err)
+	}
+	if err := f.WaitHealthy(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	now, err := f.Primary(ctx)
+	if err != nil || now == nil {
+		t.Fatalf("primary after: %v %v", now, err)
+	}
+	t.Logf("primary %s → %s; formation healthy again %s after the kill", old.Name, now.Name, time.Since(killed).Round(time.Millisecond))
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatal("timed out")
+	}
+}
