@@ -293,6 +293,29 @@ func (f *Formation) WaitHealthy(ctx context.Context, timeout time.Duration) erro
 	}
 }
 
+// WaitFailover waits until a node other than from is the primary, as
+// assigned and as reported. A killed primary's keeper may restart its
+// PostgreSQL within a second, and that node may take writes again before
+// the monitor (which saw it fail) promotes the standby: the failover is
+// done only when the monitor says so.
+func (f *Formation) WaitFailover(ctx context.Context, from string, timeout time.Duration) (*Node, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := f.Primary(ctx)
+		if err == nil && n != nil && n.Name != from {
+			return n, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no failover from %s after %s (primary %v, %v)", from, timeout, n, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // Postmaster is the pid of a node's PostgreSQL server (0 when it is not
 // running), for tests that kill it.
 func (n *Node) Postmaster() int {
@@ -302,6 +325,17 @@ func (n *Node) Postmaster() int {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(raw), "\n", 2)[0]))
 	return pid
+}
+
+// LogTail is the last n lines of a node's (or "monitor"'s) pg_autoctl
+// log, which holds its keeper's decisions and its PostgreSQL's messages:
+// what a test prints when a failover did not go as expected.
+func (f *Formation) LogTail(name string, n int) string {
+	raw, err := os.ReadFile(filepath.Join(f.Dir, name+".log"))
+	if err != nil {
+		return err.Error()
+	}
+	return lastLines(string(raw), n)
 }
 
 // Close stops every pg_autoctl (nodes first, then the monitor) and, if

@@ -25,6 +25,18 @@ func TestFailoverKeepsAcknowledgedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	// Registered after Close's defer, so it runs first, while the logs and
+	// the monitor are still there.
+	defer func() {
+		if !t.Failed() {
+			return
+		}
+		st, err := f.State(context.Background())
+		t.Logf("formation state: %+v (%v)", st, err)
+		for _, name := range []string{"monitor", "node1", "node2"} {
+			t.Logf("---- %s (last lines of its pg_autoctl log)\n%s", name, f.LogTail(name, 40))
+		}
+	}()
 	if err := f.CreateDatabase(ctx, "probe", ""); err != nil {
 		t.Fatal(err)
 	}
@@ -66,25 +78,38 @@ func TestFailoverKeepsAcknowledgedWrites(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("first write accepted %s after the primary's postmaster was killed", first.Round(time.Millisecond))
-	var n int
-	c, cancelQ := context.WithTimeout(ctx, 3*time.Second)
-	defer cancelQ()
-	conn, err := pgx.Connect(c, f.DSN("probe"))
+	now, err := f.WaitFailover(ctx, old.Name, 90*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
-	if err := conn.QueryRow(c, "SELECT count(*) FROM acked").Scan(&n); err != nil || n != 101 {
-		t.Fatalf("%d rows after the failover (%v), want all 101 acknowledged", n, err)
-	}
+	promoted := time.Since(killed)
 	if err := f.WaitHealthy(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	now, err := f.Primary(ctx)
-	if err != nil || now == nil {
-		t.Fatalf("primary after: %v %v", now, err)
+	t.Logf("primary %s → %s %s after the kill; formation healthy again after %s", old.Name, now.Name, promoted.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+	// Every acknowledged row is on the new primary (read there, retrying
+	// while connections to the demoted node are refused).
+	var n int
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, cancelQ := context.WithTimeout(ctx, 3*time.Second)
+		conn, err := pgx.Connect(c, f.DSN("probe"))
+		if err == nil {
+			err = conn.QueryRow(c, "SELECT count(*) FROM acked").Scan(&n)
+			conn.Close(ctx)
+		}
+		cancelQ()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("count after the failover: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("primary %s → %s; formation healthy again %s after the kill", old.Name, now.Name, time.Since(killed).Round(time.Millisecond))
+	if n != 101 {
+		t.Fatalf("%d rows after the failover, want all 101 acknowledged", n)
+	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatal("timed out")
 	}
