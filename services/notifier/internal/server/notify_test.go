@@ -19,6 +19,7 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/notifier/internal/vcrutil"
 	"storagecp.dev/platform/fence"
 )
 
@@ -257,6 +258,11 @@ func TestConstructionRace(t *testing.T) {
 	ro := addrs("213", 3)
 	vol := w.vols.create(t, addrs("113", 3), ro)
 
+	before, err := w.vols.(*realVolumes).c.GetVolume(w.ctx, &volumev1.GetVolumeRequest{VolumeId: vol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	genBefore := vcrutil.Generation(before.GetVolume().GetVcr())
 	// Hold the construction between its checkout and RUNNING.
 	if _, err := s.faults.InjectUpstairsFault(w.ctx, &upstairsv1.InjectUpstairsFaultRequest{Method: "Activate", Count: 1, Delay: durationpb.New(3 * time.Second)}); err != nil {
 		t.Fatal(err)
@@ -274,9 +280,24 @@ func TestConstructionRace(t *testing.T) {
 		}
 		return fmt.Errorf("no STARTING attachment")
 	})
+	// STARTING is recorded before the checkout: wait for the checkout too
+	// (it bumps the generation), so that the construction holds the old
+	// VCR. Without this wait, a slow run replaced the target first and the
+	// construction checked out the new VCR (VCR_MATCHES below).
+	rv := w.vols.(*realVolumes)
+	eventually(t, 10*time.Second, "the construction's checkout", func() error {
+		g, err := rv.c.GetVolume(w.ctx, &volumev1.GetVolumeRequest{VolumeId: vol})
+		if err != nil {
+			return err
+		}
+		if gen := vcrutil.Generation(g.GetVolume().GetVcr()); gen <= genBefore {
+			return fmt.Errorf("generation %d, not yet bumped", gen)
+		}
+		return nil
+	})
 	// The replacement commits while the consumer holds the old VCR.
 	w.vols.replaceRO(t, vol, ro[2], "[fd00:1122:3344:2fd::1]:19000")
-	_, err := w.notify(vol, "race")
+	_, err = w.notify(vol, "race")
 	wantCode(t, err, codes.FailedPrecondition, "notify during construction")
 	if err := <-done; err != nil {
 		t.Fatalf("construction: %v", err)
