@@ -235,7 +235,14 @@ func (c *Cluster) cleanup() {
 // CreateDatabase creates a database, optionally from a template. It is a
 // no-op when the database exists.
 func (c *Cluster) CreateDatabase(ctx context.Context, name, template string) error {
-	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	return CreateDatabaseAt(ctx, c.DSN("postgres"), name, template)
+}
+
+// CreateDatabaseAt creates a database through the server dsn reaches
+// (a cluster's, or a formation's primary), optionally from a template; a
+// no-op when it exists.
+func CreateDatabaseAt(ctx context.Context, dsn, name, template string) error {
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
 	}
@@ -266,11 +273,15 @@ func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
 	return err
 }
 
-func (c *Cluster) chown(path string) error {
-	if c.asUser == "" {
+func (c *Cluster) chown(path string) error { return Chown(path, c.asUser) }
+
+// Chown gives path to the named user (the postgres user the servers run
+// as when we are root); a no-op for "".
+func Chown(path, owner string) error {
+	if owner == "" {
 		return nil
 	}
-	u, err := user.Lookup(c.asUser)
+	u, err := user.Lookup(owner)
 	if err != nil {
 		return err
 	}

@@ -196,24 +196,7 @@ func (f *Formation) DSN(database string) string {
 // CreateDatabase creates a database on the primary (the standby replays
 // it), optionally from a template; a no-op when it exists.
 func (f *Formation) CreateDatabase(ctx context.Context, name, template string) error {
-	conn, err := pgx.Connect(ctx, f.DSN("postgres"))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
-		return err
-	}
-	if exists {
-		return nil
-	}
-	stmt := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize()
-	if template != "" {
-		stmt += " TEMPLATE " + pgx.Identifier{template}.Sanitize()
-	}
-	_, err = conn.Exec(ctx, stmt)
-	return err
+	return pgcluster.CreateDatabaseAt(ctx, f.DSN("postgres"), name, template)
 }
 
 // NodeState is one node as the monitor sees it.
@@ -437,18 +420,7 @@ func (f *Formation) command(ctx context.Context, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func (f *Formation) chown(path string) error {
-	if f.asUser == "" {
-		return nil
-	}
-	u, err := user.Lookup(f.asUser)
-	if err != nil {
-		return err
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return os.Chown(path, uid, gid)
-}
+func (f *Formation) chown(path string) error { return pgcluster.Chown(path, f.asUser) }
 
 func exists(path string) bool {
 	_, err := os.Stat(path)
