@@ -158,6 +158,11 @@ type Config struct {
 	PKIDir string
 	// AuthzPolicy is the policy file; empty means deploy/authz/policy.json.
 	AuthzPolicy string
+	// WrapDSN, if set, rewrites the connection string each service process
+	// is given (by process name, SimAgent included): how a test puts a
+	// fault proxy (testsupport/pgproxy) between a service and PostgreSQL.
+	// Extra orchestrators get their own call.
+	WrapDSN func(process, dsn string) (string, error)
 	// TestHarness issues the harness identity (test/harness) and lets it
 	// call every method (DialOption), by a rule added to a copy of the
 	// policy: tests play every role against processes that between
@@ -309,17 +314,27 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if cfg.Dev {
 		common = append(common, "--dev")
 	}
+	dsn := map[string]string{}
+	for proc, database := range map[string]string{
+		Volume: databases[Volume], Allocator: databases[Allocator], Notifier: databases[Notifier],
+		Orchestrator: databases[Orchestrator],
+		// The simulated agents keep their state in the allocator's database.
+		SimAgent: databases[Allocator],
+	} {
+		if dsn[proc], err = s.wrapDSN(proc, database); err != nil {
+			return nil, err
+		}
+	}
 	specs := []struct {
 		name string
 		args []string
 	}{
-		{Volume, []string{"--db", s.DSN(databases[Volume])}},
-		// The simulated agents keep their state in the allocator's database.
-		{SimAgent, []string{"--db", s.DSN(databases[Allocator])}},
-		{Allocator, []string{"--db", s.DSN(databases[Allocator]), "--agent-addr", addrs[SimAgent]}},
-		{Notifier, []string{"--db", s.DSN(databases[Notifier]), "--volume-addr", addrs[Volume]}},
+		{Volume, []string{"--db", dsn[Volume]}},
+		{SimAgent, []string{"--db", dsn[SimAgent]}},
+		{Allocator, []string{"--db", dsn[Allocator], "--agent-addr", addrs[SimAgent]}},
+		{Notifier, []string{"--db", dsn[Notifier], "--volume-addr", addrs[Volume]}},
 		// Every sim-upstairs can also act as a Pantry.
-		{Orchestrator, []string{"--db", s.DSN(databases[Orchestrator]),
+		{Orchestrator, []string{"--db", dsn[Orchestrator],
 			"--volume-addr", addrs[Volume], "--allocator-addr", addrs[Allocator], "--notifier-addr", addrs[Notifier],
 			"--pantry-addrs", strings.Join(simAddrs, ",")}},
 	}
@@ -351,6 +366,15 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 				return nil, err
 			}
 			extra := append([]string{"--listen", a}, sp.args...)
+			if cfg.WrapDSN != nil {
+				// Its own connection string (and proxy): the flag
+				// package keeps the last --db.
+				d, err := s.wrapDSN(name, databases[Orchestrator])
+				if err != nil {
+					return nil, err
+				}
+				extra = append(extra, "--db", d)
+			}
 			extra = append(extra, common...)
 			extra = append(extra, cfg.ExtraArgs[Orchestrator]...)
 			extra = append(extra, cfg.ExtraArgs[name]...)
@@ -405,6 +429,19 @@ func (s *Stack) DSN(database string) string {
 		return s.Formation.DSN(database)
 	}
 	return s.Cluster.DSN(database)
+}
+
+// wrapDSN is a process's connection string, through Config.WrapDSN.
+func (s *Stack) wrapDSN(process, database string) (string, error) {
+	d := s.DSN(database)
+	if s.cfg.WrapDSN == nil {
+		return d, nil
+	}
+	w, err := s.cfg.WrapDSN(process, d)
+	if err != nil {
+		return "", fmt.Errorf("wrap %s's DSN: %w", process, err)
+	}
+	return w, nil
 }
 
 func (s *Stack) add(p *Proc) {
