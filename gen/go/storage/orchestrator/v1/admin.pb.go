@@ -1619,7 +1619,7 @@ type DatabaseConnection struct {
 	// Why the node could not be read; every other field is then empty.
 	Error string `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
 	// inet_server_addr() and inet_server_port(): the node as it sees itself
-	// (empty host over a Unix socket).
+	// (over a Unix socket: no host, and the server's port setting).
 	Host     string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
 	Port     int32  `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
 	Database string `protobuf:"bytes,4,opt,name=database,proto3" json:"database,omitempty"`
