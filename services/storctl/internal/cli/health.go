@@ -36,7 +36,7 @@ const prefixNodeHealth = "DATABASE_NODE_HEALTH_"
 
 func healthCommands() []command {
 	return []command{{
-		path: "health", summary: "each service's gRPC health, the orchestrator's leader, and the database formation (primary, standbys, lag); exit 1 if a service is not serving, 3 if the database is degraded",
+		path: "health", summary: "every service's health, the leader, the database formation (primary, standbys, lag)",
 		max: 0,
 		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, _ []string) error {
