@@ -338,6 +338,13 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			"--volume-addr", addrs[Volume], "--allocator-addr", addrs[Allocator], "--notifier-addr", addrs[Notifier],
 			"--pantry-addrs", strings.Join(simAddrs, ",")}},
 	}
+	for i := range specs {
+		if specs[i].name == Orchestrator && s.Formation != nil {
+			// Every orchestrator reads pg_auto_failover's monitor too, for
+			// GetDatabaseFormation (storctl health).
+			specs[i].args = append(specs[i].args, "--db-monitor", s.Formation.MonitorURI())
+		}
+	}
 	for _, sp := range specs {
 		if !want(sp.name) {
 			continue

@@ -188,7 +188,9 @@ func playDemo(ctx context.Context, st *stack.Stack, sec *security, started time.
 	return nil
 }
 
-// printFormation shows the replicated PostgreSQL as its monitor sees it.
+// printFormation shows the replicated PostgreSQL as its monitor sees it
+// at start; `storctl health` shows it at any time, through the
+// orchestrator.
 func printFormation(ctx context.Context, st *stack.Stack) {
 	nodes, err := st.Formation.State(ctx)
 	if err != nil {

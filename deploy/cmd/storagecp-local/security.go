@@ -179,6 +179,7 @@ func (s *security) printStorctl(st *stack.Stack, storctl string) {
 	if len(env) > 0 {
 		fmt.Printf("  export %s\n", strings.Join(env, " "))
 	}
+	fmt.Printf("  %s health\n", storctl)
 	fmt.Printf("  %s disks list\n", storctl)
 	fmt.Printf("  %s replacements list\n", storctl)
 	fmt.Printf("  %s validate\n", storctl)

@@ -241,6 +241,7 @@ func TestReadOnly(t *testing.T) {
 		"/storage.volume.v1.VolumeService/GetVolumeWithKeys":           true,
 		"/storage.orchestrator.v1.ReplacementService/WatchReplacement": true,
 		"/storage.orchestrator.v1.ReplacementService/PreviewExpunge":   true,
+		"/storage.orchestrator.v1.AdminService/GetDatabaseFormation":   true,
 		"/grpc.health.v1.Health/Check":                                 true,
 		"/storage.volume.v1.VolumeService/CreateVolume":                false,
 		"/storage.orchestrator.v1.AdminService/AbandonSaga":            false,

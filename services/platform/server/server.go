@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -161,7 +160,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 		}
 		defer pool.Close()
 		if err := migrateWithin(ctx, pool, svc.Migrations, *dbWait); err != nil {
-			fmt.Fprintf(os.Stderr, "%s: database %s unreachable or not migratable: %v\n", svc.Name, redactDSN(*dsn), err)
+			fmt.Fprintf(os.Stderr, "%s: database %s unreachable or not migratable: %v\n", svc.Name, db.RedactDSN(*dsn), err)
 			return ExitFailure
 		}
 	}
@@ -373,19 +372,4 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
-}
-
-// redactDSN drops any password from a DSN before it is printed.
-func redactDSN(dsn string) string {
-	u, err := url.Parse(dsn)
-	if err != nil || u.User == nil {
-		if err != nil {
-			return "(unparsable DSN)"
-		}
-		return dsn
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
 }

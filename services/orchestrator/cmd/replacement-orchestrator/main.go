@@ -48,6 +48,8 @@ func main() {
 				"no new run of a failing saga action starts once this long has passed since its first run")
 			fs.DurationVar(&cfg.UnwindGrace, "unwind-grace", saga.DefaultUnwindGrace,
 				"how long an operator's abandon (AbandonSaga) lets a saga's actions in flight finish before cancelling them")
+			fs.StringVar(&cfg.DBMonitor, "db-monitor", os.Getenv("STORAGECP_ORCHESTRATOR_DB_MONITOR"),
+				"pg_auto_failover monitor's connection string, when the database is a formation: AdminService/GetDatabaseFormation adds every node as the monitor sees it (env STORAGECP_ORCHESTRATOR_DB_MONITOR)")
 			fs.Func("pantry-addrs", "comma-separated Pantry-like Upstairs hosts used to reconcile volumes with no consumer", func(v string) error {
 				for _, a := range strings.Split(v, ",") {
 					if a = strings.TrimSpace(a); a != "" {

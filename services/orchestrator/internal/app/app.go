@@ -26,6 +26,7 @@ import (
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/background"
 	"storagecp.dev/orchestrator/internal/background/tasks"
+	"storagecp.dev/orchestrator/internal/formation"
 	"storagecp.dev/orchestrator/internal/leader"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
@@ -71,6 +72,10 @@ type Config struct {
 	// of the leader's SEC (saga.WithCrashAt, saga.WithFailAt; dev/test
 	// only: main sets them from saga.CrashEnv and saga.FailEnv with --dev).
 	CrashAt, FailAt string
+	// DBMonitor is pg_auto_failover's monitor's connection string, when the
+	// database is a formation (--db-monitor): GetDatabaseFormation then
+	// includes its view. Empty: the connection's view alone.
+	DBMonitor string
 }
 
 // App is one orchestrator process: its clients, store, saga registry,
@@ -89,6 +94,8 @@ type App struct {
 	viewer *saga.SEC
 	// fences of the other services, raised at every election.
 	fences map[string]commonv1.FenceServiceClient
+	// formation reads the database's replication state.
+	formation *formation.Reader
 
 	mu  sync.Mutex
 	sec *saga.SEC // the current term's SEC; nil on a standby
@@ -130,8 +137,12 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	fr, err := formation.New(pool, cfg.DBMonitor)
+	if err != nil {
+		return nil, err
+	}
 	s := &App{
-		pool: pool, logger: logger, cfg: cfg,
+		pool: pool, logger: logger, cfg: cfg, formation: fr,
 
 		lease:    leader.New(pool, cfg.SECID, leader.Config{TTL: cfg.LeaseTTL}, logger),
 		registry: registry,
@@ -171,6 +182,12 @@ func (s *App) Run(ctx context.Context) {
 	} else {
 		defer unregister()
 	}
+	if unregister, err := s.registerFormationMetrics(); err != nil {
+		s.logger.Warn("database replication metrics unavailable", "err", err)
+	} else {
+		defer unregister()
+	}
+	defer s.formation.Close()
 	s.lease.Run(ctx, s.lead)
 }
 
@@ -378,6 +395,10 @@ func (s *App) Lease() *leader.Lease { return s.lease }
 
 // Logger is the process's logger.
 func (s *App) Logger() *slog.Logger { return s.logger }
+
+// Formation reads the database's formation: the connected node, its
+// standbys and, with --db-monitor, pg_auto_failover's monitor.
+func (s *App) Formation() *formation.Reader { return s.formation }
 
 // Pool is the orchestrator's database.
 func (s *App) Pool() *pgxpool.Pool { return s.pool }

@@ -121,3 +121,56 @@ func (s *App) registerMetrics(ctx context.Context) (func(), error) {
 	}
 	return func() { _ = reg.Unregister() }, nil
 }
+
+// syncStates are pg_stat_replication's sync_state values: each has a
+// series, at zero when no standby is in it, so that "no sync standby" is
+// a value to alert on rather than a missing series.
+var syncStates = []string{"sync", "quorum", "potential", "async"}
+
+// registerFormationMetrics adds the replication gauges, read at each
+// scrape from the node this process is connected to (the primary, through
+// the multi-host DSN): each standby's replay lag in bytes, and the standbys
+// by sync state. Like the replacement gauges, only the leader reports them,
+// so that a sum over instances counts each standby once; a scrape that
+// cannot reach the database reports none (the RPC says why).
+func (s *App) registerFormationMetrics() (func(), error) {
+	m := otel.Meter("storagecp/database")
+	lag, err := m.Int64ObservableGauge("storagecp.db.replication_lag",
+		metric.WithUnit("By"),
+		metric.WithDescription("how far each standby's replayed WAL is behind the primary's current position (pg_stat_replication), by standby application_name; reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("replication lag gauge: %w", err)
+	}
+	standbys, err := m.Int64ObservableGauge("storagecp.db.standbys",
+		metric.WithDescription("standbys streaming from the primary, by sync_state (sync or quorum: commits wait for it); reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("standbys gauge: %w", err)
+	}
+	reg, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		s.mu.Lock()
+		leading := s.sec != nil
+		s.mu.Unlock()
+		if !leading {
+			return nil
+		}
+		c := s.formation.ReadConnection(ctx)
+		if c.Error != "" || !c.Primary {
+			return nil
+		}
+		counts := map[string]int64{}
+		for _, sb := range c.Standbys {
+			counts[sb.SyncState]++
+			if sb.State != "" {
+				o.ObserveInt64(lag, sb.ReplayLagBytes, metric.WithAttributes(attribute.String("standby", sb.ApplicationName)))
+			}
+		}
+		for _, st := range syncStates {
+			o.ObserveInt64(standbys, counts[st], metric.WithAttributes(attribute.String("sync_state", st)))
+		}
+		return nil
+	}, lag, standbys)
+	if err != nil {
+		return nil, fmt.Errorf("register database gauges: %w", err)
+	}
+	return func() { _ = reg.Unregister() }, nil
+}

@@ -347,6 +347,15 @@ func (a *admin) GetLeadership(ctx context.Context, _ *orchestratorv1.GetLeadersh
 	}, nil
 }
 
+// GetDatabaseFormation never fails for a source that does not answer: the
+// view is wanted most while the database fails over, and each source's
+// error says what could not be read.
+func (a *admin) GetDatabaseFormation(ctx context.Context, _ *orchestratorv1.GetDatabaseFormationRequest) (*orchestratorv1.GetDatabaseFormationResponse, error) {
+	out := a.s.app.Formation().Read(ctx)
+	out.Orchestrator = a.s.lease.Holder()
+	return out, nil
+}
+
 func ready(s *Server) bool {
 	_, err := s.currentSEC()
 	return err == nil

@@ -2,8 +2,10 @@
 // gRPC APIs. It reads nothing but those APIs, so what it shows is what any
 // client (grpcurl, the demo, a script) would see.
 //
-// Exit codes: 0 success, 1 error (a call failed, a service is unreachable),
-// 2 usage error, 3 a check (validate, volumes invariants) found violations.
+// Exit codes: 0 success, 1 error (a call failed, a service is unreachable
+// or, for health, not serving), 2 usage error, 3 a check found violations
+// (validate, volumes invariants) or problems (health: the database
+// formation is degraded).
 package cli
 
 import (
@@ -141,10 +143,20 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
-// violationsError means a check ran and found violations: exit 3.
-type violationsError struct{ n int }
+// violationsError means a check ran and found violations (or, for
+// health, problems with the database): exit 3. msg, when set, says what
+// was checked.
+type violationsError struct {
+	n   int
+	msg string
+}
 
-func (e violationsError) Error() string { return fmt.Sprintf("%d violation(s) found", e.n) }
+func (e violationsError) Error() string {
+	if e.msg != "" {
+		return e.msg
+	}
+	return fmt.Sprintf("%d violation(s) found", e.n)
+}
 
 // Run runs storctl with args (without the program name), reading endpoints
 // from the environment, and returns the exit code.
@@ -335,6 +347,7 @@ func commands() []command {
 	all = append(all, volumeCommands()...)
 	all = append(all, diskCommands()...)
 	all = append(all, rackCommands()...)
+	all = append(all, healthCommands()...)
 	return all
 }
 
@@ -484,7 +497,8 @@ Global flags (before or after the command):
   --insecure
         plaintext, no certificate: only for a deployment started with --insecure
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 validate/invariants found violations.
+Exit codes: 0 ok, 1 error, 2 usage, 3 validate/invariants found violations;
+health exits 1 if a service is not serving, 3 if the database is degraded.
 'storctl <command> -h' shows a command's flags.
 `)
 }

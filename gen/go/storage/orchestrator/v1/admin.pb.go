@@ -80,6 +80,57 @@ func (SagaState) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// The health the monitor last found a node in.
+type DatabaseNodeHealth int32
+
+const (
+	// Not checked yet.
+	DatabaseNodeHealth_DATABASE_NODE_HEALTH_UNSPECIFIED DatabaseNodeHealth = 0
+	DatabaseNodeHealth_DATABASE_NODE_HEALTH_HEALTHY     DatabaseNodeHealth = 1
+	DatabaseNodeHealth_DATABASE_NODE_HEALTH_UNHEALTHY   DatabaseNodeHealth = 2
+)
+
+// Enum value maps for DatabaseNodeHealth.
+var (
+	DatabaseNodeHealth_name = map[int32]string{
+		0: "DATABASE_NODE_HEALTH_UNSPECIFIED",
+		1: "DATABASE_NODE_HEALTH_HEALTHY",
+		2: "DATABASE_NODE_HEALTH_UNHEALTHY",
+	}
+	DatabaseNodeHealth_value = map[string]int32{
+		"DATABASE_NODE_HEALTH_UNSPECIFIED": 0,
+		"DATABASE_NODE_HEALTH_HEALTHY":     1,
+		"DATABASE_NODE_HEALTH_UNHEALTHY":   2,
+	}
+)
+
+func (x DatabaseNodeHealth) Enum() *DatabaseNodeHealth {
+	p := new(DatabaseNodeHealth)
+	*p = x
+	return p
+}
+
+func (x DatabaseNodeHealth) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DatabaseNodeHealth) Descriptor() protoreflect.EnumDescriptor {
+	return file_storage_orchestrator_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (DatabaseNodeHealth) Type() protoreflect.EnumType {
+	return &file_storage_orchestrator_v1_admin_proto_enumTypes[1]
+}
+
+func (x DatabaseNodeHealth) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DatabaseNodeHealth.Descriptor instead.
+func (DatabaseNodeHealth) EnumDescriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
 type BackgroundTask struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1451,6 +1502,623 @@ func (x *GetLeadershipResponse) GetSelf() string {
 	return ""
 }
 
+type GetDatabaseFormationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDatabaseFormationRequest) Reset() {
+	*x = GetDatabaseFormationRequest{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDatabaseFormationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDatabaseFormationRequest) ProtoMessage() {}
+
+func (x *GetDatabaseFormationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDatabaseFormationRequest.ProtoReflect.Descriptor instead.
+func (*GetDatabaseFormationRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+type GetDatabaseFormationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answering process (its lease holder id, as GetLeadership's self).
+	Orchestrator string `protobuf:"bytes,1,opt,name=orchestrator,proto3" json:"orchestrator,omitempty"`
+	// When the sources were read.
+	ObservedTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=observed_time,json=observedTime,proto3" json:"observed_time,omitempty"`
+	// What the orchestrator's own database connection reports. Always set.
+	Connection *DatabaseConnection `protobuf:"bytes,3,opt,name=connection,proto3" json:"connection,omitempty"`
+	// What pg_auto_failover's monitor reports; unset when the orchestrator
+	// has no --db-monitor (a single PostgreSQL, or a formation it was not
+	// told about).
+	Monitor       *DatabaseMonitor `protobuf:"bytes,4,opt,name=monitor,proto3" json:"monitor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDatabaseFormationResponse) Reset() {
+	*x = GetDatabaseFormationResponse{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDatabaseFormationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDatabaseFormationResponse) ProtoMessage() {}
+
+func (x *GetDatabaseFormationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDatabaseFormationResponse.ProtoReflect.Descriptor instead.
+func (*GetDatabaseFormationResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetDatabaseFormationResponse) GetOrchestrator() string {
+	if x != nil {
+		return x.Orchestrator
+	}
+	return ""
+}
+
+func (x *GetDatabaseFormationResponse) GetObservedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ObservedTime
+	}
+	return nil
+}
+
+func (x *GetDatabaseFormationResponse) GetConnection() *DatabaseConnection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+func (x *GetDatabaseFormationResponse) GetMonitor() *DatabaseMonitor {
+	if x != nil {
+		return x.Monitor
+	}
+	return nil
+}
+
+// The database node the orchestrator's pool reached (with a multi-host DSN
+// and target_session_attrs=read-write, the primary) and what it reports.
+type DatabaseConnection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why the node could not be read; every other field is then empty.
+	Error string `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	// inet_server_addr() and inet_server_port(): the node as it sees itself
+	// (over a Unix socket: no host, and the server's port setting).
+	Host     string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	Port     int32  `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	Database string `protobuf:"bytes,4,opt,name=database,proto3" json:"database,omitempty"`
+	// Not in recovery: the node accepts writes.
+	Primary bool `protobuf:"varint,5,opt,name=primary,proto3" json:"primary,omitempty"`
+	// pg_current_wal_lsn() on a primary, pg_last_wal_replay_lsn() on a
+	// standby, as PostgreSQL prints an LSN ("0/3000148").
+	WalLsn string `protobuf:"bytes,6,opt,name=wal_lsn,json=walLsn,proto3" json:"wal_lsn,omitempty"`
+	// SHOW synchronous_standby_names: which standbys a commit waits for.
+	SynchronousStandbyNames string `protobuf:"bytes,7,opt,name=synchronous_standby_names,json=synchronousStandbyNames,proto3" json:"synchronous_standby_names,omitempty"`
+	// The standbys streaming from this node (pg_stat_replication); empty on
+	// a standby and on a primary without replicas.
+	Standbys []*DatabaseStandby `protobuf:"bytes,8,rep,name=standbys,proto3" json:"standbys,omitempty"`
+	// Why the standbys could not be read, or not in full: reading
+	// pg_stat_replication's addresses, states and positions needs a superuser
+	// or a member of pg_monitor (pg_read_all_stats).
+	StandbysError string `protobuf:"bytes,9,opt,name=standbys_error,json=standbysError,proto3" json:"standbys_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatabaseConnection) Reset() {
+	*x = DatabaseConnection{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseConnection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseConnection) ProtoMessage() {}
+
+func (x *DatabaseConnection) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseConnection.ProtoReflect.Descriptor instead.
+func (*DatabaseConnection) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DatabaseConnection) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DatabaseConnection) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *DatabaseConnection) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *DatabaseConnection) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *DatabaseConnection) GetPrimary() bool {
+	if x != nil {
+		return x.Primary
+	}
+	return false
+}
+
+func (x *DatabaseConnection) GetWalLsn() string {
+	if x != nil {
+		return x.WalLsn
+	}
+	return ""
+}
+
+func (x *DatabaseConnection) GetSynchronousStandbyNames() string {
+	if x != nil {
+		return x.SynchronousStandbyNames
+	}
+	return ""
+}
+
+func (x *DatabaseConnection) GetStandbys() []*DatabaseStandby {
+	if x != nil {
+		return x.Standbys
+	}
+	return nil
+}
+
+func (x *DatabaseConnection) GetStandbysError() string {
+	if x != nil {
+		return x.StandbysError
+	}
+	return ""
+}
+
+// One standby as the primary sees it, from pg_stat_replication.
+type DatabaseStandby struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The standby's application_name (pg_auto_failover names its standbys
+	// "pgautofailover_standby_<node id>").
+	ApplicationName string `protobuf:"bytes,1,opt,name=application_name,json=applicationName,proto3" json:"application_name,omitempty"`
+	ClientAddr      string `protobuf:"bytes,2,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`
+	// startup, catchup, streaming, backup or stopping.
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// async, potential, sync or quorum: "sync" or "quorum" means commits wait
+	// for this standby.
+	SyncState string `protobuf:"bytes,4,opt,name=sync_state,json=syncState,proto3" json:"sync_state,omitempty"`
+	// WAL positions the standby has been sent, written, flushed and replayed.
+	SentLsn   string `protobuf:"bytes,5,opt,name=sent_lsn,json=sentLsn,proto3" json:"sent_lsn,omitempty"`
+	WriteLsn  string `protobuf:"bytes,6,opt,name=write_lsn,json=writeLsn,proto3" json:"write_lsn,omitempty"`
+	FlushLsn  string `protobuf:"bytes,7,opt,name=flush_lsn,json=flushLsn,proto3" json:"flush_lsn,omitempty"`
+	ReplayLsn string `protobuf:"bytes,8,opt,name=replay_lsn,json=replayLsn,proto3" json:"replay_lsn,omitempty"`
+	// The primary's current WAL position minus replay_lsn, in bytes.
+	ReplayLagBytes int64 `protobuf:"varint,9,opt,name=replay_lag_bytes,json=replayLagBytes,proto3" json:"replay_lag_bytes,omitempty"`
+	// PostgreSQL's measured lags (unset once the standby has caught up and
+	// the primary is idle).
+	WriteLag  *durationpb.Duration `protobuf:"bytes,10,opt,name=write_lag,json=writeLag,proto3" json:"write_lag,omitempty"`
+	FlushLag  *durationpb.Duration `protobuf:"bytes,11,opt,name=flush_lag,json=flushLag,proto3" json:"flush_lag,omitempty"`
+	ReplayLag *durationpb.Duration `protobuf:"bytes,12,opt,name=replay_lag,json=replayLag,proto3" json:"replay_lag,omitempty"`
+	// The standby's last reply.
+	ReplyTime     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=reply_time,json=replyTime,proto3" json:"reply_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatabaseStandby) Reset() {
+	*x = DatabaseStandby{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseStandby) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseStandby) ProtoMessage() {}
+
+func (x *DatabaseStandby) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseStandby.ProtoReflect.Descriptor instead.
+func (*DatabaseStandby) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DatabaseStandby) GetApplicationName() string {
+	if x != nil {
+		return x.ApplicationName
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetClientAddr() string {
+	if x != nil {
+		return x.ClientAddr
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetSyncState() string {
+	if x != nil {
+		return x.SyncState
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetSentLsn() string {
+	if x != nil {
+		return x.SentLsn
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetWriteLsn() string {
+	if x != nil {
+		return x.WriteLsn
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetFlushLsn() string {
+	if x != nil {
+		return x.FlushLsn
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetReplayLsn() string {
+	if x != nil {
+		return x.ReplayLsn
+	}
+	return ""
+}
+
+func (x *DatabaseStandby) GetReplayLagBytes() int64 {
+	if x != nil {
+		return x.ReplayLagBytes
+	}
+	return 0
+}
+
+func (x *DatabaseStandby) GetWriteLag() *durationpb.Duration {
+	if x != nil {
+		return x.WriteLag
+	}
+	return nil
+}
+
+func (x *DatabaseStandby) GetFlushLag() *durationpb.Duration {
+	if x != nil {
+		return x.FlushLag
+	}
+	return nil
+}
+
+func (x *DatabaseStandby) GetReplayLag() *durationpb.Duration {
+	if x != nil {
+		return x.ReplayLag
+	}
+	return nil
+}
+
+func (x *DatabaseStandby) GetReplyTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReplyTime
+	}
+	return nil
+}
+
+// pg_auto_failover's monitor and its view of the formation.
+type DatabaseMonitor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The monitor's connection string, any password removed.
+	Uri string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	// The pg_auto_failover formation read ("default").
+	Formation string `protobuf:"bytes,2,opt,name=formation,proto3" json:"formation,omitempty"`
+	// Why the monitor could not be read; nodes is then empty.
+	Error         string          `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Nodes         []*DatabaseNode `protobuf:"bytes,4,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatabaseMonitor) Reset() {
+	*x = DatabaseMonitor{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseMonitor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseMonitor) ProtoMessage() {}
+
+func (x *DatabaseMonitor) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseMonitor.ProtoReflect.Descriptor instead.
+func (*DatabaseMonitor) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DatabaseMonitor) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+func (x *DatabaseMonitor) GetFormation() string {
+	if x != nil {
+		return x.Formation
+	}
+	return ""
+}
+
+func (x *DatabaseMonitor) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DatabaseMonitor) GetNodes() []*DatabaseNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// One data node as the monitor reports it (pgautofailover.current_state).
+type DatabaseNode struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	NodeId  int64                  `protobuf:"varint,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	GroupId int32                  `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Host    string                 `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
+	Port    int32                  `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	// The state the node's keeper last reported ("primary", "secondary",
+	// "wait_primary", "catchingup", "draining", "demoted", …).
+	ReportedState string `protobuf:"bytes,6,opt,name=reported_state,json=reportedState,proto3" json:"reported_state,omitempty"`
+	// The state the monitor assigned it (its goal); equal to reported_state
+	// once the node got there.
+	AssignedState string             `protobuf:"bytes,7,opt,name=assigned_state,json=assignedState,proto3" json:"assigned_state,omitempty"`
+	Health        DatabaseNodeHealth `protobuf:"varint,8,opt,name=health,proto3,enum=storage.orchestrator.v1.DatabaseNodeHealth" json:"health,omitempty"`
+	// The WAL position and timeline the node last reported.
+	ReportedLsn      string `protobuf:"bytes,9,opt,name=reported_lsn,json=reportedLsn,proto3" json:"reported_lsn,omitempty"`
+	ReportedTimeline int32  `protobuf:"varint,10,opt,name=reported_timeline,json=reportedTimeline,proto3" json:"reported_timeline,omitempty"`
+	// How far reported_lsn is behind the primary's, in bytes; unset when no
+	// node is primary. Keepers report every few seconds, so this is coarse:
+	// the connection's standbys have the precise figure.
+	LagBytes *int64 `protobuf:"varint,11,opt,name=lag_bytes,json=lagBytes,proto3,oneof" json:"lag_bytes,omitempty"`
+	// Failover preferences: the higher candidate_priority is promoted first
+	// (0: never); replication_quorum means commits wait for this node.
+	CandidatePriority int32 `protobuf:"varint,12,opt,name=candidate_priority,json=candidatePriority,proto3" json:"candidate_priority,omitempty"`
+	ReplicationQuorum bool  `protobuf:"varint,13,opt,name=replication_quorum,json=replicationQuorum,proto3" json:"replication_quorum,omitempty"`
+	// The node the monitor names as primary (reported and assigned
+	// "primary", or a primary-side state such as "wait_primary" or
+	// "single").
+	Primary       bool `protobuf:"varint,14,opt,name=primary,proto3" json:"primary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatabaseNode) Reset() {
+	*x = DatabaseNode{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseNode) ProtoMessage() {}
+
+func (x *DatabaseNode) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseNode.ProtoReflect.Descriptor instead.
+func (*DatabaseNode) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *DatabaseNode) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DatabaseNode) GetNodeId() int64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *DatabaseNode) GetGroupId() int32 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *DatabaseNode) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *DatabaseNode) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *DatabaseNode) GetReportedState() string {
+	if x != nil {
+		return x.ReportedState
+	}
+	return ""
+}
+
+func (x *DatabaseNode) GetAssignedState() string {
+	if x != nil {
+		return x.AssignedState
+	}
+	return ""
+}
+
+func (x *DatabaseNode) GetHealth() DatabaseNodeHealth {
+	if x != nil {
+		return x.Health
+	}
+	return DatabaseNodeHealth_DATABASE_NODE_HEALTH_UNSPECIFIED
+}
+
+func (x *DatabaseNode) GetReportedLsn() string {
+	if x != nil {
+		return x.ReportedLsn
+	}
+	return ""
+}
+
+func (x *DatabaseNode) GetReportedTimeline() int32 {
+	if x != nil {
+		return x.ReportedTimeline
+	}
+	return 0
+}
+
+func (x *DatabaseNode) GetLagBytes() int64 {
+	if x != nil && x.LagBytes != nil {
+		return *x.LagBytes
+	}
+	return 0
+}
+
+func (x *DatabaseNode) GetCandidatePriority() int32 {
+	if x != nil {
+		return x.CandidatePriority
+	}
+	return 0
+}
+
+func (x *DatabaseNode) GetReplicationQuorum() bool {
+	if x != nil {
+		return x.ReplicationQuorum
+	}
+	return false
+}
+
+func (x *DatabaseNode) GetPrimary() bool {
+	if x != nil {
+		return x.Primary
+	}
+	return false
+}
+
 var File_storage_orchestrator_v1_admin_proto protoreflect.FileDescriptor
 
 const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
@@ -1564,13 +2232,78 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12=\n" +
 	"\flease_expiry\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vleaseExpiry\x12\x1b\n" +
 	"\tis_leader\x18\x04 \x01(\bR\bisLeader\x12\x12\n" +
-	"\x04self\x18\x05 \x01(\tR\x04self*\x88\x01\n" +
+	"\x04self\x18\x05 \x01(\tR\x04self\"\x1d\n" +
+	"\x1bGetDatabaseFormationRequest\"\x94\x02\n" +
+	"\x1cGetDatabaseFormationResponse\x12\"\n" +
+	"\forchestrator\x18\x01 \x01(\tR\forchestrator\x12?\n" +
+	"\robserved_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\fobservedTime\x12K\n" +
+	"\n" +
+	"connection\x18\x03 \x01(\v2+.storage.orchestrator.v1.DatabaseConnectionR\n" +
+	"connection\x12B\n" +
+	"\amonitor\x18\x04 \x01(\v2(.storage.orchestrator.v1.DatabaseMonitorR\amonitor\"\xca\x02\n" +
+	"\x12DatabaseConnection\x12\x14\n" +
+	"\x05error\x18\x01 \x01(\tR\x05error\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\x05R\x04port\x12\x1a\n" +
+	"\bdatabase\x18\x04 \x01(\tR\bdatabase\x12\x18\n" +
+	"\aprimary\x18\x05 \x01(\bR\aprimary\x12\x17\n" +
+	"\awal_lsn\x18\x06 \x01(\tR\x06walLsn\x12:\n" +
+	"\x19synchronous_standby_names\x18\a \x01(\tR\x17synchronousStandbyNames\x12D\n" +
+	"\bstandbys\x18\b \x03(\v2(.storage.orchestrator.v1.DatabaseStandbyR\bstandbys\x12%\n" +
+	"\x0estandbys_error\x18\t \x01(\tR\rstandbysError\"\x95\x04\n" +
+	"\x0fDatabaseStandby\x12)\n" +
+	"\x10application_name\x18\x01 \x01(\tR\x0fapplicationName\x12\x1f\n" +
+	"\vclient_addr\x18\x02 \x01(\tR\n" +
+	"clientAddr\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"sync_state\x18\x04 \x01(\tR\tsyncState\x12\x19\n" +
+	"\bsent_lsn\x18\x05 \x01(\tR\asentLsn\x12\x1b\n" +
+	"\twrite_lsn\x18\x06 \x01(\tR\bwriteLsn\x12\x1b\n" +
+	"\tflush_lsn\x18\a \x01(\tR\bflushLsn\x12\x1d\n" +
+	"\n" +
+	"replay_lsn\x18\b \x01(\tR\treplayLsn\x12(\n" +
+	"\x10replay_lag_bytes\x18\t \x01(\x03R\x0ereplayLagBytes\x126\n" +
+	"\twrite_lag\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\bwriteLag\x126\n" +
+	"\tflush_lag\x18\v \x01(\v2\x19.google.protobuf.DurationR\bflushLag\x128\n" +
+	"\n" +
+	"replay_lag\x18\f \x01(\v2\x19.google.protobuf.DurationR\treplayLag\x129\n" +
+	"\n" +
+	"reply_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\treplyTime\"\x94\x01\n" +
+	"\x0fDatabaseMonitor\x12\x10\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x1c\n" +
+	"\tformation\x18\x02 \x01(\tR\tformation\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12;\n" +
+	"\x05nodes\x18\x04 \x03(\v2%.storage.orchestrator.v1.DatabaseNodeR\x05nodes\"\x89\x04\n" +
+	"\fDatabaseNode\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\x03R\x06nodeId\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x05R\agroupId\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\x05R\x04port\x12%\n" +
+	"\x0ereported_state\x18\x06 \x01(\tR\rreportedState\x12%\n" +
+	"\x0eassigned_state\x18\a \x01(\tR\rassignedState\x12C\n" +
+	"\x06health\x18\b \x01(\x0e2+.storage.orchestrator.v1.DatabaseNodeHealthR\x06health\x12!\n" +
+	"\freported_lsn\x18\t \x01(\tR\vreportedLsn\x12+\n" +
+	"\x11reported_timeline\x18\n" +
+	" \x01(\x05R\x10reportedTimeline\x12 \n" +
+	"\tlag_bytes\x18\v \x01(\x03H\x00R\blagBytes\x88\x01\x01\x12-\n" +
+	"\x12candidate_priority\x18\f \x01(\x05R\x11candidatePriority\x12-\n" +
+	"\x12replication_quorum\x18\r \x01(\bR\x11replicationQuorum\x12\x18\n" +
+	"\aprimary\x18\x0e \x01(\bR\aprimaryB\f\n" +
+	"\n" +
+	"_lag_bytes*\x88\x01\n" +
 	"\tSagaState\x12\x1a\n" +
 	"\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SAGA_STATE_RUNNING\x10\x01\x12\x18\n" +
 	"\x14SAGA_STATE_UNWINDING\x10\x02\x12\x13\n" +
 	"\x0fSAGA_STATE_DONE\x10\x03\x12\x18\n" +
-	"\x14SAGA_STATE_ABANDONED\x10\x042\x8d\a\n" +
+	"\x14SAGA_STATE_ABANDONED\x10\x04*\x80\x01\n" +
+	"\x12DatabaseNodeHealth\x12$\n" +
+	" DATABASE_NODE_HEALTH_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cDATABASE_NODE_HEALTH_HEALTHY\x10\x01\x12\"\n" +
+	"\x1eDATABASE_NODE_HEALTH_UNHEALTHY\x10\x022\x93\b\n" +
 	"\fAdminService\x12\x80\x01\n" +
 	"\x13ListBackgroundTasks\x123.storage.orchestrator.v1.ListBackgroundTasksRequest\x1a4.storage.orchestrator.v1.ListBackgroundTasksResponse\x12\x89\x01\n" +
 	"\x16ActivateBackgroundTask\x126.storage.orchestrator.v1.ActivateBackgroundTaskRequest\x1a7.storage.orchestrator.v1.ActivateBackgroundTaskResponse\x12b\n" +
@@ -1579,7 +2312,8 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\vAbandonSaga\x12+.storage.orchestrator.v1.AbandonSagaRequest\x1a,.storage.orchestrator.v1.AbandonSagaResponse\x12_\n" +
 	"\bWaitIdle\x12(.storage.orchestrator.v1.WaitIdleRequest\x1a).storage.orchestrator.v1.WaitIdleResponse\x12q\n" +
 	"\x0eValidateSystem\x12..storage.orchestrator.v1.ValidateSystemRequest\x1a/.storage.orchestrator.v1.ValidateSystemResponse\x12n\n" +
-	"\rGetLeadership\x12-.storage.orchestrator.v1.GetLeadershipRequest\x1a..storage.orchestrator.v1.GetLeadershipResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
+	"\rGetLeadership\x12-.storage.orchestrator.v1.GetLeadershipRequest\x1a..storage.orchestrator.v1.GetLeadershipResponse\x12\x83\x01\n" +
+	"\x14GetDatabaseFormation\x124.storage.orchestrator.v1.GetDatabaseFormationRequest\x1a5.storage.orchestrator.v1.GetDatabaseFormationResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
 	file_storage_orchestrator_v1_admin_proto_rawDescOnce sync.Once
@@ -1593,77 +2327,96 @@ func file_storage_orchestrator_v1_admin_proto_rawDescGZIP() []byte {
 	return file_storage_orchestrator_v1_admin_proto_rawDescData
 }
 
-var file_storage_orchestrator_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_storage_orchestrator_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_storage_orchestrator_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_storage_orchestrator_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_storage_orchestrator_v1_admin_proto_goTypes = []any{
 	(SagaState)(0),                         // 0: storage.orchestrator.v1.SagaState
-	(*BackgroundTask)(nil),                 // 1: storage.orchestrator.v1.BackgroundTask
-	(*ListBackgroundTasksRequest)(nil),     // 2: storage.orchestrator.v1.ListBackgroundTasksRequest
-	(*ListBackgroundTasksResponse)(nil),    // 3: storage.orchestrator.v1.ListBackgroundTasksResponse
-	(*ActivateBackgroundTaskRequest)(nil),  // 4: storage.orchestrator.v1.ActivateBackgroundTaskRequest
-	(*ActivateBackgroundTaskResponse)(nil), // 5: storage.orchestrator.v1.ActivateBackgroundTaskResponse
-	(*Saga)(nil),                           // 6: storage.orchestrator.v1.Saga
-	(*SagaNode)(nil),                       // 7: storage.orchestrator.v1.SagaNode
-	(*SagaEvent)(nil),                      // 8: storage.orchestrator.v1.SagaEvent
-	(*ListSagasRequest)(nil),               // 9: storage.orchestrator.v1.ListSagasRequest
-	(*ListSagasResponse)(nil),              // 10: storage.orchestrator.v1.ListSagasResponse
-	(*GetSagaRequest)(nil),                 // 11: storage.orchestrator.v1.GetSagaRequest
-	(*GetSagaResponse)(nil),                // 12: storage.orchestrator.v1.GetSagaResponse
-	(*AbandonSagaRequest)(nil),             // 13: storage.orchestrator.v1.AbandonSagaRequest
-	(*AbandonSagaResponse)(nil),            // 14: storage.orchestrator.v1.AbandonSagaResponse
-	(*ReconciledRecord)(nil),               // 15: storage.orchestrator.v1.ReconciledRecord
-	(*WaitIdleRequest)(nil),                // 16: storage.orchestrator.v1.WaitIdleRequest
-	(*WaitIdleResponse)(nil),               // 17: storage.orchestrator.v1.WaitIdleResponse
-	(*ValidateSystemRequest)(nil),          // 18: storage.orchestrator.v1.ValidateSystemRequest
-	(*ValidateSystemResponse)(nil),         // 19: storage.orchestrator.v1.ValidateSystemResponse
-	(*GetLeadershipRequest)(nil),           // 20: storage.orchestrator.v1.GetLeadershipRequest
-	(*GetLeadershipResponse)(nil),          // 21: storage.orchestrator.v1.GetLeadershipResponse
-	(*durationpb.Duration)(nil),            // 22: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
-	(*v1.Violation)(nil),                   // 24: storage.common.v1.Violation
+	(DatabaseNodeHealth)(0),                // 1: storage.orchestrator.v1.DatabaseNodeHealth
+	(*BackgroundTask)(nil),                 // 2: storage.orchestrator.v1.BackgroundTask
+	(*ListBackgroundTasksRequest)(nil),     // 3: storage.orchestrator.v1.ListBackgroundTasksRequest
+	(*ListBackgroundTasksResponse)(nil),    // 4: storage.orchestrator.v1.ListBackgroundTasksResponse
+	(*ActivateBackgroundTaskRequest)(nil),  // 5: storage.orchestrator.v1.ActivateBackgroundTaskRequest
+	(*ActivateBackgroundTaskResponse)(nil), // 6: storage.orchestrator.v1.ActivateBackgroundTaskResponse
+	(*Saga)(nil),                           // 7: storage.orchestrator.v1.Saga
+	(*SagaNode)(nil),                       // 8: storage.orchestrator.v1.SagaNode
+	(*SagaEvent)(nil),                      // 9: storage.orchestrator.v1.SagaEvent
+	(*ListSagasRequest)(nil),               // 10: storage.orchestrator.v1.ListSagasRequest
+	(*ListSagasResponse)(nil),              // 11: storage.orchestrator.v1.ListSagasResponse
+	(*GetSagaRequest)(nil),                 // 12: storage.orchestrator.v1.GetSagaRequest
+	(*GetSagaResponse)(nil),                // 13: storage.orchestrator.v1.GetSagaResponse
+	(*AbandonSagaRequest)(nil),             // 14: storage.orchestrator.v1.AbandonSagaRequest
+	(*AbandonSagaResponse)(nil),            // 15: storage.orchestrator.v1.AbandonSagaResponse
+	(*ReconciledRecord)(nil),               // 16: storage.orchestrator.v1.ReconciledRecord
+	(*WaitIdleRequest)(nil),                // 17: storage.orchestrator.v1.WaitIdleRequest
+	(*WaitIdleResponse)(nil),               // 18: storage.orchestrator.v1.WaitIdleResponse
+	(*ValidateSystemRequest)(nil),          // 19: storage.orchestrator.v1.ValidateSystemRequest
+	(*ValidateSystemResponse)(nil),         // 20: storage.orchestrator.v1.ValidateSystemResponse
+	(*GetLeadershipRequest)(nil),           // 21: storage.orchestrator.v1.GetLeadershipRequest
+	(*GetLeadershipResponse)(nil),          // 22: storage.orchestrator.v1.GetLeadershipResponse
+	(*GetDatabaseFormationRequest)(nil),    // 23: storage.orchestrator.v1.GetDatabaseFormationRequest
+	(*GetDatabaseFormationResponse)(nil),   // 24: storage.orchestrator.v1.GetDatabaseFormationResponse
+	(*DatabaseConnection)(nil),             // 25: storage.orchestrator.v1.DatabaseConnection
+	(*DatabaseStandby)(nil),                // 26: storage.orchestrator.v1.DatabaseStandby
+	(*DatabaseMonitor)(nil),                // 27: storage.orchestrator.v1.DatabaseMonitor
+	(*DatabaseNode)(nil),                   // 28: storage.orchestrator.v1.DatabaseNode
+	(*durationpb.Duration)(nil),            // 29: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
+	(*v1.Violation)(nil),                   // 31: storage.common.v1.Violation
 }
 var file_storage_orchestrator_v1_admin_proto_depIdxs = []int32{
-	22, // 0: storage.orchestrator.v1.BackgroundTask.period:type_name -> google.protobuf.Duration
-	23, // 1: storage.orchestrator.v1.BackgroundTask.last_started:type_name -> google.protobuf.Timestamp
-	23, // 2: storage.orchestrator.v1.BackgroundTask.last_finished:type_name -> google.protobuf.Timestamp
-	1,  // 3: storage.orchestrator.v1.ListBackgroundTasksResponse.tasks:type_name -> storage.orchestrator.v1.BackgroundTask
+	29, // 0: storage.orchestrator.v1.BackgroundTask.period:type_name -> google.protobuf.Duration
+	30, // 1: storage.orchestrator.v1.BackgroundTask.last_started:type_name -> google.protobuf.Timestamp
+	30, // 2: storage.orchestrator.v1.BackgroundTask.last_finished:type_name -> google.protobuf.Timestamp
+	2,  // 3: storage.orchestrator.v1.ListBackgroundTasksResponse.tasks:type_name -> storage.orchestrator.v1.BackgroundTask
 	0,  // 4: storage.orchestrator.v1.Saga.state:type_name -> storage.orchestrator.v1.SagaState
-	23, // 5: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
-	23, // 6: storage.orchestrator.v1.Saga.unwind_time:type_name -> google.protobuf.Timestamp
-	23, // 7: storage.orchestrator.v1.SagaNode.retry_time:type_name -> google.protobuf.Timestamp
-	23, // 8: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
+	30, // 5: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
+	30, // 6: storage.orchestrator.v1.Saga.unwind_time:type_name -> google.protobuf.Timestamp
+	30, // 7: storage.orchestrator.v1.SagaNode.retry_time:type_name -> google.protobuf.Timestamp
+	30, // 8: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 9: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
-	6,  // 10: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
-	6,  // 11: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	7,  // 12: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
-	8,  // 13: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
-	22, // 14: storage.orchestrator.v1.AbandonSagaRequest.wait:type_name -> google.protobuf.Duration
-	6,  // 15: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	15, // 16: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
-	22, // 17: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
-	24, // 18: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
-	23, // 19: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
-	2,  // 20: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
-	4,  // 21: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
-	9,  // 22: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
-	11, // 23: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
-	13, // 24: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
-	16, // 25: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
-	18, // 26: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
-	20, // 27: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
-	3,  // 28: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
-	5,  // 29: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
-	10, // 30: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
-	12, // 31: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
-	14, // 32: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
-	17, // 33: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
-	19, // 34: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
-	21, // 35: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
-	28, // [28:36] is the sub-list for method output_type
-	20, // [20:28] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	7,  // 10: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
+	7,  // 11: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	8,  // 12: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
+	9,  // 13: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
+	29, // 14: storage.orchestrator.v1.AbandonSagaRequest.wait:type_name -> google.protobuf.Duration
+	7,  // 15: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	16, // 16: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
+	29, // 17: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
+	31, // 18: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
+	30, // 19: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
+	30, // 20: storage.orchestrator.v1.GetDatabaseFormationResponse.observed_time:type_name -> google.protobuf.Timestamp
+	25, // 21: storage.orchestrator.v1.GetDatabaseFormationResponse.connection:type_name -> storage.orchestrator.v1.DatabaseConnection
+	27, // 22: storage.orchestrator.v1.GetDatabaseFormationResponse.monitor:type_name -> storage.orchestrator.v1.DatabaseMonitor
+	26, // 23: storage.orchestrator.v1.DatabaseConnection.standbys:type_name -> storage.orchestrator.v1.DatabaseStandby
+	29, // 24: storage.orchestrator.v1.DatabaseStandby.write_lag:type_name -> google.protobuf.Duration
+	29, // 25: storage.orchestrator.v1.DatabaseStandby.flush_lag:type_name -> google.protobuf.Duration
+	29, // 26: storage.orchestrator.v1.DatabaseStandby.replay_lag:type_name -> google.protobuf.Duration
+	30, // 27: storage.orchestrator.v1.DatabaseStandby.reply_time:type_name -> google.protobuf.Timestamp
+	28, // 28: storage.orchestrator.v1.DatabaseMonitor.nodes:type_name -> storage.orchestrator.v1.DatabaseNode
+	1,  // 29: storage.orchestrator.v1.DatabaseNode.health:type_name -> storage.orchestrator.v1.DatabaseNodeHealth
+	3,  // 30: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
+	5,  // 31: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
+	10, // 32: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
+	12, // 33: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
+	14, // 34: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
+	17, // 35: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
+	19, // 36: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
+	21, // 37: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
+	23, // 38: storage.orchestrator.v1.AdminService.GetDatabaseFormation:input_type -> storage.orchestrator.v1.GetDatabaseFormationRequest
+	4,  // 39: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
+	6,  // 40: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
+	11, // 41: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
+	13, // 42: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
+	15, // 43: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
+	18, // 44: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
+	20, // 45: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
+	22, // 46: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
+	24, // 47: storage.orchestrator.v1.AdminService.GetDatabaseFormation:output_type -> storage.orchestrator.v1.GetDatabaseFormationResponse
+	39, // [39:48] is the sub-list for method output_type
+	30, // [30:39] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_admin_proto_init() }
@@ -1671,13 +2424,14 @@ func file_storage_orchestrator_v1_admin_proto_init() {
 	if File_storage_orchestrator_v1_admin_proto != nil {
 		return
 	}
+	file_storage_orchestrator_v1_admin_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_admin_proto_rawDesc), len(file_storage_orchestrator_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   21,
+			NumEnums:      2,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	AdminService_WaitIdle_FullMethodName               = "/storage.orchestrator.v1.AdminService/WaitIdle"
 	AdminService_ValidateSystem_FullMethodName         = "/storage.orchestrator.v1.AdminService/ValidateSystem"
 	AdminService_GetLeadership_FullMethodName          = "/storage.orchestrator.v1.AdminService/GetLeadership"
+	AdminService_GetDatabaseFormation_FullMethodName   = "/storage.orchestrator.v1.AdminService/GetDatabaseFormation"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -100,6 +101,17 @@ type AdminServiceClient interface {
 	ValidateSystem(ctx context.Context, in *ValidateSystemRequest, opts ...grpc.CallOption) (*ValidateSystemResponse, error)
 	// Who leads, with which epoch and lease.
 	GetLeadership(ctx context.Context, in *GetLeadershipRequest, opts ...grpc.CallOption) (*GetLeadershipResponse, error)
+	// The replicated database as the answering orchestrator sees it, from
+	// two sources: its own connection (the node it reached, whether that node
+	// is the primary, and the standbys that node streams to, from
+	// pg_stat_replication) and, when the process was started with
+	// --db-monitor, pg_auto_failover's monitor (every node, its state, health
+	// and lag). Read-only; every orchestrator answers, leader or not. A source
+	// that cannot be read within a few seconds (the database failing over,
+	// the monitor unreachable, a role without pg_monitor) is reported in its
+	// `error` field, and the call still succeeds with what the other source
+	// said.
+	GetDatabaseFormation(ctx context.Context, in *GetDatabaseFormationRequest, opts ...grpc.CallOption) (*GetDatabaseFormationResponse, error)
 }
 
 type adminServiceClient struct {
@@ -190,6 +202,16 @@ func (c *adminServiceClient) GetLeadership(ctx context.Context, in *GetLeadershi
 	return out, nil
 }
 
+func (c *adminServiceClient) GetDatabaseFormation(ctx context.Context, in *GetDatabaseFormationRequest, opts ...grpc.CallOption) (*GetDatabaseFormationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDatabaseFormationResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetDatabaseFormation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -261,6 +283,17 @@ type AdminServiceServer interface {
 	ValidateSystem(context.Context, *ValidateSystemRequest) (*ValidateSystemResponse, error)
 	// Who leads, with which epoch and lease.
 	GetLeadership(context.Context, *GetLeadershipRequest) (*GetLeadershipResponse, error)
+	// The replicated database as the answering orchestrator sees it, from
+	// two sources: its own connection (the node it reached, whether that node
+	// is the primary, and the standbys that node streams to, from
+	// pg_stat_replication) and, when the process was started with
+	// --db-monitor, pg_auto_failover's monitor (every node, its state, health
+	// and lag). Read-only; every orchestrator answers, leader or not. A source
+	// that cannot be read within a few seconds (the database failing over,
+	// the monitor unreachable, a role without pg_monitor) is reported in its
+	// `error` field, and the call still succeeds with what the other source
+	// said.
+	GetDatabaseFormation(context.Context, *GetDatabaseFormationRequest) (*GetDatabaseFormationResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -294,6 +327,9 @@ func (UnimplementedAdminServiceServer) ValidateSystem(context.Context, *Validate
 }
 func (UnimplementedAdminServiceServer) GetLeadership(context.Context, *GetLeadershipRequest) (*GetLeadershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetLeadership not implemented")
+}
+func (UnimplementedAdminServiceServer) GetDatabaseFormation(context.Context, *GetDatabaseFormationRequest) (*GetDatabaseFormationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDatabaseFormation not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -460,6 +496,24 @@ func _AdminService_GetLeadership_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetDatabaseFormation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDatabaseFormationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetDatabaseFormation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetDatabaseFormation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetDatabaseFormation(ctx, req.(*GetDatabaseFormationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -498,6 +552,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLeadership",
 			Handler:    _AdminService_GetLeadership_Handler,
+		},
+		{
+			MethodName: "GetDatabaseFormation",
+			Handler:    _AdminService_GetDatabaseFormation_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
