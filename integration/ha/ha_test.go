@@ -28,12 +28,119 @@ func TestMain(m *testing.M) { harness.Main(m) }
 // reach it through their multi-host DSN with no restart, and the
 // replacement completes with nothing lost.
 func TestPrimaryKilledMidFanOut(t *testing.T) {
+	midFanOut(t, 200, func(t *testing.T, r *rack.Rack) {
+		ctx := context.Background()
+		f := r.Stack.Formation
+		primary, err := f.Primary(ctx)
+		if err != nil || primary == nil {
+			t.Fatalf("primary: %v %v", primary, err)
+		}
+		killed := time.Now()
+		if err := syscall.Kill(primary.Postmaster(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("killed %s's postmaster", primary.Name)
+		// The killed node's keeper may restart its PostgreSQL at once; the
+		// monitor promotes the standby anyway. Wait for that, so that the
+		// checks that follow do not meet a failover still to come.
+		now, err := f.WaitFailover(ctx, primary.Name, 90*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("primary %s → %s %s after the kill", primary.Name, now.Name, time.Since(killed).Round(time.Millisecond))
+	})
+}
+
+// A planned switchover (an operator's `pg_autoctl perform switchover`,
+// say before patching the primary's machine) in the middle of a fan-out:
+// the primary is demoted once the standby has caught up, the standby
+// promoted, and the services follow as they do after a failure.
+func TestSwitchoverMidFanOut(t *testing.T) {
+	midFanOut(t, 100, func(t *testing.T, r *rack.Rack) {
+		ctx := context.Background()
+		f := r.Stack.Formation
+		before, err := f.Primary(ctx)
+		if err != nil || before == nil {
+			t.Fatalf("primary: %v %v", before, err)
+		}
+		began := time.Now()
+		if err := f.Switchover(ctx); err != nil {
+			t.Fatal(err)
+		}
+		now, err := f.WaitFailover(ctx, before.Name, 90*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("switchover %s → %s took %s", before.Name, now.Name, time.Since(began).Round(time.Millisecond))
+	})
+}
+
+// The standby's machine goes away in the middle of a fan-out and comes
+// back. pg_auto_failover trades synchronous replication for availability:
+// the monitor moves the primary to wait_primary, which stops waiting for a
+// standby's acknowledgement, and the replacement goes on. When the standby
+// returns it catches up and replication is synchronous again.
+func TestStandbyLostAndBack(t *testing.T) {
+	midFanOut(t, 100, func(t *testing.T, r *rack.Rack) {
+		ctx := context.Background()
+		f := r.Stack.Formation
+		primary, err := f.Primary(ctx)
+		if err != nil || primary == nil {
+			t.Fatalf("primary: %v %v", primary, err)
+		}
+		standby, err := f.Standby(ctx)
+		if err != nil || standby == nil {
+			t.Fatalf("standby: %v %v", standby, err)
+		}
+		stopped := time.Now()
+		if err := f.StopNode(ctx, standby); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.WaitStates(ctx, map[string]string{primary.Name: "wait_primary"}, 90*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("standby %s stopped; %s is wait_primary %s later", standby.Name, primary.Name, time.Since(stopped).Round(time.Millisecond))
+		// The primary goes on alone: steps keep completing.
+		done := doneSteps(t, r)
+		harness.Eventually(t, 90*time.Second, "steps completing without the standby", func() error {
+			more := 0
+			for id := range doneSteps(t, r) {
+				if !done[id] {
+					more++
+				}
+			}
+			if more < 10 {
+				return fmt.Errorf("%d steps done since the standby stopped", more)
+			}
+			return nil
+		})
+		if err := f.StartNode(standby); err != nil {
+			t.Fatal(err)
+		}
+		back := time.Now()
+		if err := f.WaitHealthy(ctx, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("standby %s back and synchronous %s after its restart", standby.Name, time.Since(back).Round(time.Millisecond))
+		if now, err := f.Primary(ctx); err != nil || now == nil || now.Name != primary.Name {
+			t.Errorf("primary after the standby's return: %v %v, want %s unchanged", now, err, primary.Name)
+		}
+	})
+}
+
+// midFanOut makes a snapshot with the given number of clones on an HA
+// stack, expunges the snapshot's disk, applies fault once the fan-out is
+// under way, and then checks that nothing acknowledged was lost: every
+// request completes, every saga reported succeeded before the fault still
+// is, the leader's term survived or a later one took over, the checks are
+// clean, and deleting everything leaves nothing behind.
+func midFanOut(t *testing.T, clones int, fault func(*testing.T, *rack.Rack)) {
 	r := rack.Start(t, 4, 2, stack.Config{HA: true})
 	ctx := context.Background()
 	f := r.Stack.Formation
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
-	const clones = 200
+	volumes := []string{disk, snap}
 	var wg sync.WaitGroup
 	ids := make(chan string)
 	for range 8 {
@@ -53,51 +160,35 @@ func TestPrimaryKilledMidFanOut(t *testing.T) {
 		}()
 	}
 	for range clones {
-		ids <- uuid.NewString()
+		id := uuid.NewString()
+		volumes = append(volumes, id)
+		ids <- id
 	}
 	close(ids)
 	wg.Wait()
 
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	r.Expunge(t, r.DiskOf(t, old.DatasetId))
-	// Kill once the fan-out is under way: some steps done, most not.
+	// The fault comes once the fan-out is under way: some steps done,
+	// most not.
 	harness.Eventually(t, 60*time.Second, "the fan-out under way", func() error {
-		resp, err := r.Replacement.ListSteps(ctx, &orchestratorv1.ListStepsRequest{PageSize: 1000})
-		if err != nil {
-			return err
-		}
-		if len(resp.Steps) < 20 {
-			return fmt.Errorf("%d steps so far", len(resp.Steps))
+		if n := stepCount(t, r); n < clones/10 {
+			return fmt.Errorf("%d steps so far", n)
 		}
 		return nil
 	})
-	primary, err := f.Primary(ctx)
-	if err != nil || primary == nil {
-		t.Fatalf("primary: %v %v", primary, err)
-	}
-	// What was acknowledged before the kill: the sagas reported succeeded,
-	// and the leader's epoch.
+	// What was acknowledged before the fault: the sagas reported
+	// succeeded, and the leader's epoch.
 	succeeded := sagasWithOutcome(t, r, "succeeded")
 	lead, err := r.Admin.GetLeadership(ctx, &orchestratorv1.GetLeadershipRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	killed := time.Now()
-	if err := syscall.Kill(primary.Postmaster(), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("killed %s's postmaster", primary.Name)
-	// The killed node's keeper may restart its PostgreSQL at once; the
-	// monitor promotes the standby anyway. Wait for that, so that the
-	// checks below do not meet a failover still to come.
-	now, err := f.WaitFailover(ctx, primary.Name, 90*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("primary %s → %s %s after the kill", primary.Name, now.Name, time.Since(killed).Round(time.Millisecond))
+	began := time.Now()
+	fault(t, r)
 
 	reqs := r.WaitRequests(t, 3*time.Minute)
-	t.Logf("every request terminal %s after the kill", time.Since(killed).Round(time.Millisecond))
+	t.Logf("every request terminal %s after the fault began", time.Since(began).Round(time.Millisecond))
 	for _, q := range reqs {
 		if q.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE &&
 			q.RegionState != orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE {
@@ -110,22 +201,53 @@ func TestPrimaryKilledMidFanOut(t *testing.T) {
 	after := sagasWithOutcome(t, r, "succeeded")
 	for id := range succeeded {
 		if !after[id] {
-			t.Errorf("saga %s was reported succeeded before the kill and is not after it", id)
+			t.Errorf("saga %s was reported succeeded before the fault and is not after it", id)
 		}
 	}
-	t.Logf("%d sagas acknowledged succeeded before the kill, all still succeeded after", len(succeeded))
-	// The lease lapsed with the database; whoever leads now won a new term.
+	t.Logf("%d sagas acknowledged succeeded before the fault, all still succeeded after", len(succeeded))
+	// A lease that lapsed with the database was won again with a higher
+	// epoch; one that did not lapse kept its term. Never a lower one.
 	r.WaitLeader(t, r.Admin)
 	lead2, err := r.Admin.GetLeadership(ctx, &orchestratorv1.GetLeadershipRequest{})
-	if err != nil || lead2.Epoch <= lead.Epoch {
-		t.Errorf("leader epoch %d before the failover, %v after (%v): want a higher one", lead.Epoch, lead2.GetEpoch(), err)
+	if err != nil || lead2.Epoch < lead.Epoch {
+		t.Errorf("leader epoch %d before the fault, %v after (%v): want no lower", lead.Epoch, lead2.GetEpoch(), err)
 	}
+	t.Logf("leader epoch %d before the fault, %d after", lead.Epoch, lead2.Epoch)
 	if err := r.Stack.WaitHealthy(ctx, 30*time.Second); err != nil {
-		t.Errorf("after the failover: %v", err)
+		t.Errorf("after the fault: %v", err)
 	}
 	r.Invariants(t)
 	r.Validate(t)
 	r.NoDataLoss(t)
+	noStuckSagas(t, r)
+	drain(t, r, nil, volumes)
+	r.ExpectEmpty(t)
+}
+
+// doneSteps are the read-only replacement steps past their swap.
+func doneSteps(t *testing.T, r *rack.Rack) map[string]bool {
+	t.Helper()
+	resp, err := r.Replacement.ListSteps(context.Background(), &orchestratorv1.ListStepsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, s := range resp.Steps {
+		if s.State >= orchestratorv1.StepState_STEP_STATE_COMPLETE {
+			out[s.StepId] = true
+		}
+	}
+	return out
+}
+
+// stepCount is how many read-only replacement steps exist so far.
+func stepCount(t *testing.T, r *rack.Rack) int {
+	t.Helper()
+	resp, err := r.Replacement.ListSteps(context.Background(), &orchestratorv1.ListStepsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(resp.Steps)
 }
 
 // sagasWithOutcome lists the ids of the sagas with an outcome.

@@ -299,6 +299,85 @@ func (f *Formation) WaitFailover(ctx context.Context, from string, timeout time.
 	}
 }
 
+// Switchover asks the monitor for a planned switchover: the primary is
+// demoted once the standby has caught up, and the standby promoted. It
+// returns when the monitor reports the new primary (pg_autoctl waits up to
+// a minute).
+func (f *Formation) Switchover(ctx context.Context) error {
+	return f.autoctl(ctx, "perform", "switchover", "--pgdata", f.monitor.PGData, "--wait", "60")
+}
+
+// StopNode stops a node's keeper and its PostgreSQL (a fast shutdown), as
+// when its machine goes away, and waits until the keeper has exited.
+func (f *Formation) StopNode(ctx context.Context, n *Node) error {
+	if n.run == nil {
+		return fmt.Errorf("node %s is not running", n.Name)
+	}
+	if err := f.autoctl(ctx, "stop", "--pgdata", n.PGData, "--fast"); err != nil {
+		return err
+	}
+	select {
+	case <-n.done:
+		n.run = nil
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// StartNode starts a stopped node's keeper again; it rejoins the formation
+// (a former primary as a standby, if another was promoted meanwhile).
+func (f *Formation) StartNode(n *Node) error {
+	if n.run != nil {
+		return fmt.Errorf("node %s is running", n.Name)
+	}
+	return f.startRun(n)
+}
+
+// WaitStates waits until every node named in want reports the given state
+// (current and assigned alike), e.g. {"node1": "wait_primary"}.
+func (f *Formation) WaitStates(ctx context.Context, want map[string]string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last []NodeState
+	for {
+		st, err := f.State(ctx)
+		if err == nil {
+			last = st
+			ok := 0
+			for _, s := range st {
+				if w, named := want[s.Name]; named && s.Current == w && s.Assigned == w {
+					ok++
+				}
+			}
+			if ok == len(want) {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("formation not in %v after %s: %+v (%v)", want, timeout, last, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// Standby is the node the monitor reports as secondary (nil when none).
+func (f *Formation) Standby(ctx context.Context) (*Node, error) {
+	st, err := f.State(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range st {
+		if s.Current == "secondary" && s.Assigned == "secondary" {
+			return f.node(s.Name), nil
+		}
+	}
+	return nil, nil
+}
+
 // Postmaster is the pid of a node's PostgreSQL server (0 when it is not
 // running), for tests that kill it.
 func (n *Node) Postmaster() int {
@@ -328,7 +407,7 @@ func (f *Formation) Close() {
 	defer cancel()
 	for _, n := range append(append([]*Node(nil), f.Nodes...), f.monitor) {
 		if n == nil || n.run == nil {
-			continue
+			continue // never started, or stopped by StopNode
 		}
 		_ = f.autoctl(ctx, "stop", "--pgdata", n.PGData, "--fast")
 		select {
