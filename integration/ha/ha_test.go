@@ -5,12 +5,14 @@ package ha
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
@@ -35,6 +37,7 @@ func TestPrimaryKilledMidFanOut(t *testing.T) {
 		if err != nil || primary == nil {
 			t.Fatalf("primary: %v %v", primary, err)
 		}
+		watch := watchHealth(t, r)
 		killed := time.Now()
 		if err := syscall.Kill(primary.Postmaster(), syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -48,7 +51,85 @@ func TestPrimaryKilledMidFanOut(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("primary %s → %s %s after the kill", primary.Name, now.Name, time.Since(killed).Round(time.Millisecond))
+		// While no primary answered, health said so; it says SERVING
+		// again after (midFanOut checks every process).
+		harness.Eventually(t, 60*time.Second, "every service SERVING again", func() error { return watch.allServing() })
+		seen := watch.stop()
+		if len(seen) == 0 {
+			t.Error("no service reported NOT_SERVING while the primary was gone")
+		}
+		t.Logf("NOT_SERVING seen during the failover: %v", seen)
 	})
+}
+
+// healthWatch polls every service's gRPC health every 100 ms and
+// remembers who said NOT_SERVING.
+type healthWatch struct {
+	mu      sync.Mutex
+	seen    map[string]bool
+	current map[string]healthpb.HealthCheckResponse_ServingStatus
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func watchHealth(t *testing.T, r *rack.Rack) *healthWatch {
+	w := &healthWatch{seen: map[string]bool{}, current: map[string]healthpb.HealthCheckResponse_ServingStatus{}, done: make(chan struct{})}
+	for _, name := range []string{stack.Volume, stack.Allocator, stack.Notifier, stack.Orchestrator} {
+		client := healthpb.NewHealthClient(harness.Dial(t, r.Stack, r.Stack.Addr(name)))
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				resp, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+				cancel()
+				if err == nil {
+					w.mu.Lock()
+					w.current[name] = resp.Status
+					if resp.Status == healthpb.HealthCheckResponse_NOT_SERVING {
+						w.seen[name] = true
+					}
+					w.mu.Unlock()
+				}
+				select {
+				case <-w.done:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { w.stop() })
+	return w
+}
+
+func (w *healthWatch) allServing() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for name, st := range w.current {
+		if st != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("%s is %v", name, st)
+		}
+	}
+	return nil
+}
+
+// stop ends the polling and lists who was seen NOT_SERVING.
+func (w *healthWatch) stop() []string {
+	select {
+	case <-w.done:
+	default:
+		close(w.done)
+	}
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for name := range w.seen {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // A planned switchover (an operator's `pg_autoctl perform switchover`,
