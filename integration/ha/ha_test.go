@@ -6,12 +6,14 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
@@ -209,6 +211,68 @@ func TestStandbyLostAndBack(t *testing.T) {
 	})
 }
 
+// The primary's link is cut in the middle of a fan-out (its network
+// namespace's veth taken down): no RST, no refusal, just silence, for the
+// services, the monitor and the standby alike. Connections to it hang
+// until their deadlines, new ones time out, the monitor promotes the
+// standby once the old primary has had time to demote itself, and the
+// services find the new primary. The link comes back and the old primary
+// rejoins as the standby. (platform/pgformation's TestIsolatedPrimaryCutOff
+// shows a write on the cut-off side is never acknowledged.)
+func TestPrimaryCutOffMidFanOut(t *testing.T) {
+	midFanOutOn(t, 100, stack.Config{HA: true, HAIsolated: true}, func(t *testing.T, r *rack.Rack) {
+		ctx := context.Background()
+		f := r.Stack.Formation
+		primary, err := f.Primary(ctx)
+		if err != nil || primary == nil {
+			t.Fatalf("primary: %v %v", primary, err)
+		}
+		cut := time.Now()
+		if err := f.Cut(ctx, primary); err != nil {
+			t.Fatal(err)
+		}
+		// No split brain: a client on the old primary's side of the cut
+		// gets no write acknowledged. The commit waits for a synchronous
+		// standby that cannot answer (or meets a node that demoted
+		// itself); the client gives up after ten seconds.
+		out, answered := f.WriteFromInside(ctx, primary, stack.DatabaseOf(stack.Volume),
+			"create table split_brain_probe (id int)", 10*time.Second)
+		if answered && strings.Contains(out, "CREATE TABLE") {
+			t.Errorf("the cut-off primary acknowledged a write: %s", out)
+		}
+		t.Logf("a write on the cut-off side: answered=%v %q", answered, out)
+		now, err := f.WaitFailover(ctx, primary.Name, 3*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s cut off; %s promoted %s later", primary.Name, now.Name, time.Since(cut).Round(time.Millisecond))
+		if err := f.Heal(ctx, primary); err != nil {
+			t.Fatal(err)
+		}
+		// Healed, the old primary rejoins as the standby (midFanOut waits
+		// for that) and its unacknowledged write is gone with its
+		// divergent history.
+		if err := f.WaitHealthy(ctx, 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		var probe *string
+		conn := r.Stack.DSN(stack.DatabaseOf(stack.Volume))
+		if err := queryRow(ctx, conn, "select to_regclass('split_brain_probe')::text", &probe); err != nil || probe != nil {
+			t.Errorf("the cut-off side's table after healing: %v %v, want none", probe, err)
+		}
+	})
+}
+
+// queryRow runs one query on a database and scans its row.
+func queryRow(ctx context.Context, dsn, sql string, dest ...any) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.QueryRow(ctx, sql).Scan(dest...)
+}
+
 // midFanOut makes a snapshot with the given number of clones on an HA
 // stack, expunges the snapshot's disk, applies fault once the fan-out is
 // under way, and then checks that nothing acknowledged was lost: every
@@ -216,7 +280,11 @@ func TestStandbyLostAndBack(t *testing.T) {
 // is, the leader's term survived or a later one took over, the checks are
 // clean, and deleting everything leaves nothing behind.
 func midFanOut(t *testing.T, clones int, fault func(*testing.T, *rack.Rack)) {
-	r := rack.Start(t, 4, 2, stack.Config{HA: true})
+	midFanOutOn(t, clones, stack.Config{HA: true}, fault)
+}
+
+func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing.T, *rack.Rack)) {
+	r := rack.Start(t, 4, 2, cfg)
 	ctx := context.Background()
 	f := r.Stack.Formation
 	disk := r.CreateDisk(t)

@@ -150,6 +150,10 @@ type Config struct {
 	// (make run HA=1: .run/ha), else it is thrown away.
 	HA    bool
 	HADir string
+	// HAIsolated puts each of the formation's data nodes in a network
+	// namespace of its own, so that a test can cut its link
+	// (pgformation.Options.Isolated; needs root).
+	HAIsolated bool
 	// Insecure runs every process in plaintext (--insecure), for a
 	// comparison; by default they speak mutual TLS (security.go).
 	Insecure bool
@@ -240,7 +244,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		CreateDatabase(ctx context.Context, name, template string) error
 	}
 	if cfg.HA {
-		s.Formation, err = pgformation.Start(ctx, pgformation.Options{Dir: cfg.HADir, Fsync: cfg.Fsync})
+		s.Formation, err = pgformation.Start(ctx, pgformation.Options{Dir: cfg.HADir, Fsync: cfg.Fsync, Isolated: cfg.HAIsolated})
 		if err != nil {
 			return nil, fmt.Errorf("postgres formation: %w", err)
 		}

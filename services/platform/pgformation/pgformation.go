@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -46,15 +47,22 @@ type Options struct {
 	Ports []int
 	// Fsync keeps durability on (make run, benchmarks). Tests turn it off.
 	Fsync bool
+	// Isolated runs each data node in a network namespace of its own on a
+	// bridge (netns.go), so that tests can cut its links. Needs root.
+	Isolated bool
 }
 
 // Node is one data node.
 type Node struct {
-	Name   string
+	Name string
+	// Host is the address the node listens on and registers: 127.0.0.1,
+	// or its own on the bridge when the formation is Isolated.
+	Host   string
 	Port   int
 	PGData string
 	run    *exec.Cmd
 	done   chan struct{}
+	net    *nodeNet // nil unless Isolated
 }
 
 // Formation is a running monitor and its data nodes.
@@ -67,6 +75,7 @@ type Formation struct {
 	asUser  string
 	owned   bool
 	monitor *Node
+	net     *network // nil unless Isolated
 	mu      sync.Mutex
 }
 
@@ -118,40 +127,59 @@ func Start(ctx context.Context, opts Options) (_ *Formation, err error) {
 		ports = append(ports, p)
 	}
 	f.MonitorPort = ports[0]
-	f.monitor = &Node{Name: "monitor", Port: ports[0], PGData: filepath.Join(f.Dir, "monitor")}
+	f.monitor = &Node{Name: "monitor", Host: "127.0.0.1", Port: ports[0], PGData: filepath.Join(f.Dir, "monitor")}
+	if opts.Isolated {
+		if f.net, err = newNetwork(ctx); err != nil {
+			return nil, err
+		}
+		f.monitor.Host = f.net.gateway()
+	}
 	for i := 1; i <= 2; i++ {
-		f.Nodes = append(f.Nodes, &Node{Name: fmt.Sprintf("node%d", i), Port: ports[i], PGData: filepath.Join(f.Dir, fmt.Sprintf("node%d", i))})
+		n := &Node{Name: fmt.Sprintf("node%d", i), Host: "127.0.0.1", Port: ports[i], PGData: filepath.Join(f.Dir, fmt.Sprintf("node%d", i))}
+		if f.net != nil {
+			if n.net, err = f.net.addNode(ctx, i); err != nil {
+				return nil, err
+			}
+			n.Host = f.net.address(i)
+		}
+		f.Nodes = append(f.Nodes, n)
 	}
 
 	if !exists(filepath.Join(f.monitor.PGData, "PG_VERSION")) {
 		if err := f.autoctl(ctx, "create", "monitor", "--pgdata", f.monitor.PGData, "--pgport", strconv.Itoa(f.MonitorPort),
-			"--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl"); err != nil {
+			"--hostname", f.monitor.Host, "--auth", "trust", "--no-ssl"); err != nil {
+			return nil, err
+		}
+		if err := f.trustBridge(f.monitor); err != nil {
 			return nil, err
 		}
 	}
 	if err := f.startRun(f.monitor); err != nil {
 		return nil, err
 	}
-	if err := f.waitConnect(ctx, f.monitor.Port, "pg_auto_failover"); err != nil {
+	if err := f.waitConnect(ctx, f.monitor, "pg_auto_failover"); err != nil {
 		return nil, fmt.Errorf("monitor: %w", err)
 	}
 	// One node at a time: the first becomes the primary, the second is
 	// cloned from it as its standby.
 	for _, n := range f.Nodes {
 		if !exists(filepath.Join(n.PGData, "PG_VERSION")) {
-			if err := f.autoctl(ctx, "create", "postgres", "--pgdata", n.PGData, "--pgport", strconv.Itoa(n.Port),
-				"--hostname", "127.0.0.1", "--name", n.Name, "--auth", "trust", "--no-ssl",
-				"--monitor", f.MonitorURI()); err != nil {
+			if _, err := f.run(f.commandIn(ctx, n, "create", "postgres", "--pgdata", n.PGData, "--pgport", strconv.Itoa(n.Port),
+				"--hostname", n.Host, "--name", n.Name, "--auth", "trust", "--no-ssl",
+				"--monitor", f.MonitorURI())); err != nil {
 				return nil, err
 			}
 			if err := f.tune(n, opts); err != nil {
+				return nil, err
+			}
+			if err := f.trustBridge(n); err != nil {
 				return nil, err
 			}
 		}
 		if err := f.startRun(n); err != nil {
 			return nil, err
 		}
-		if err := f.waitConnect(ctx, n.Port, "postgres"); err != nil {
+		if err := f.waitConnect(ctx, n, "postgres"); err != nil {
 			return nil, fmt.Errorf("%s: %w", n.Name, err)
 		}
 	}
@@ -180,7 +208,7 @@ func (f *Formation) tune(n *Node, opts Options) error {
 
 // MonitorURI is the monitor's connection string, for pg_autoctl.
 func (f *Formation) MonitorURI() string {
-	return fmt.Sprintf("postgres://autoctl_node@127.0.0.1:%d/pg_auto_failover?sslmode=disable", f.MonitorPort)
+	return fmt.Sprintf("postgres://autoctl_node@%s:%d/pg_auto_failover?sslmode=disable", f.monitor.Host, f.MonitorPort)
 }
 
 // DSN is the multi-host connection string of a database: every node, the
@@ -188,7 +216,7 @@ func (f *Formation) MonitorURI() string {
 func (f *Formation) DSN(database string) string {
 	hosts := make([]string, len(f.Nodes))
 	for i, n := range f.Nodes {
-		hosts[i] = fmt.Sprintf("127.0.0.1:%d", n.Port)
+		hosts[i] = net.JoinHostPort(n.Host, strconv.Itoa(n.Port))
 	}
 	return fmt.Sprintf("postgres://postgres@%s/%s?target_session_attrs=read-write&sslmode=disable&connect_timeout=2", strings.Join(hosts, ","), database)
 }
@@ -223,14 +251,16 @@ func (f *Formation) State(ctx context.Context) ([]NodeState, error) {
 	return st, nil
 }
 
-// Primary is the node the monitor reports as primary (nil when none).
+// Primary is the node the monitor reports as the writable one (nil when
+// none): primary, or wait_primary, a primary taking writes without a
+// synchronous standby (the standby is gone or catching up).
 func (f *Formation) Primary(ctx context.Context) (*Node, error) {
 	st, err := f.State(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for _, s := range st {
-		if s.Current == "primary" && s.Assigned == "primary" {
+		if s.Current == s.Assigned && (s.Current == "primary" || s.Current == "wait_primary") {
 			return f.node(s.Name), nil
 		}
 	}
@@ -417,9 +447,34 @@ func (f *Formation) Close() {
 			<-n.done
 		}
 	}
+	for _, n := range f.Nodes {
+		if n.net != nil {
+			n.net.remove()
+		}
+	}
+	if f.net != nil {
+		f.net.close()
+	}
 	if f.owned {
 		os.RemoveAll(f.Dir)
 	}
+}
+
+// trustBridge lets every address on an isolated formation's bridge in, as
+// --auth trust lets in 127.0.0.1: clients and the monitor reach a node, and
+// the nodes the monitor and each other (replication too), from there.
+func (f *Formation) trustBridge(n *Node) error {
+	if f.net == nil {
+		return nil
+	}
+	cidr := fmt.Sprintf("%s.%d.0/24", subnetPrefix, f.net.subnet)
+	fh, err := os.OpenFile(filepath.Join(n.PGData, "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	_, err = fmt.Fprintf(fh, "\n# storagecp (platform/pgformation): the formation's bridge\nhost all all %s trust\nhost replication all %s trust\n", cidr, cidr)
+	return err
 }
 
 // startRun starts the node's supervisor, `pg_autoctl run`, in its own
@@ -429,7 +484,7 @@ func (f *Formation) startRun(n *Node) error {
 	if err != nil {
 		return err
 	}
-	cmd := f.command(context.Background(), "run", "--pgdata", n.PGData)
+	cmd := f.commandIn(context.Background(), n, "run", "--pgdata", n.PGData)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -445,8 +500,9 @@ func (f *Formation) startRun(n *Node) error {
 	return nil
 }
 
-func (f *Formation) waitConnect(ctx context.Context, port int, db string) error {
-	dsn := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable&connect_timeout=2", port, db)
+func (f *Formation) waitConnect(ctx context.Context, n *Node, db string) error {
+	port := n.Port
+	dsn := fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable&connect_timeout=2", net.JoinHostPort(n.Host, strconv.Itoa(port)), db)
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		conn, err := pgx.Connect(ctx, dsn)
@@ -471,7 +527,18 @@ func (f *Formation) autoctl(ctx context.Context, args ...string) error {
 }
 
 func (f *Formation) autoctlOutput(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := f.command(ctx, args...)
+	return f.run(f.command(ctx, args...))
+}
+
+// run runs a pg_autoctl command to its end and returns its output.
+func (f *Formation) run(cmd *exec.Cmd) ([]byte, error) {
+	args := cmd.Args
+	for i, a := range args {
+		if a == "pg_autoctl" {
+			args = args[i+1:]
+			break
+		}
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -479,6 +546,19 @@ func (f *Formation) autoctlOutput(ctx context.Context, args ...string) ([]byte, 
 		return nil, fmt.Errorf("pg_autoctl %s: %w: %s", strings.Join(args, " "), err, lastLines(stderr.String(), 5))
 	}
 	return []byte(stdout.String()), nil
+}
+
+// commandIn is command in a node's network namespace (when it has one).
+func (f *Formation) commandIn(ctx context.Context, n *Node, args ...string) *exec.Cmd {
+	cmd := f.command(ctx, args...)
+	if n.net != nil {
+		cmd.Args = append([]string{"ip", "netns", "exec", n.net.netns}, cmd.Args...)
+		cmd.Path = "/usr/sbin/ip"
+		if p, err := exec.LookPath("ip"); err == nil {
+			cmd.Path = p
+		}
+	}
+	return cmd
 }
 
 // command is pg_autoctl as the postgres user, its configuration and state
