@@ -26,9 +26,7 @@ import (
 // register it with the monitor, which hands it to the standby for
 // replication. Links can then fail the way a rack's do, with nothing but
 // iproute2: Cut takes a node's link down (it reaches nobody, nobody
-// reaches it) and Separate isolates the nodes' bridge ports from each
-// other (each still reaches the monitor and the clients, but not the other
-// node: a partition between primary and standby alone). It needs root.
+// reaches it). It needs root.
 type network struct {
 	bridge string
 	subnet int // K above
@@ -158,25 +156,6 @@ func (f *Formation) Heal(ctx context.Context, n *Node) error {
 		return fmt.Errorf("node %s is not isolated (Options.Isolated)", n.Name)
 	}
 	return ip(ctx, "link", "set", n.net.veth, "up")
-}
-
-// Separate partitions the data nodes from each other while each still
-// reaches the monitor and the clients (isolated bridge ports talk only to
-// the bridge itself); separated false joins them again.
-func (f *Formation) Separate(ctx context.Context, separated bool) error {
-	mode := "off"
-	if separated {
-		mode = "on"
-	}
-	for _, n := range f.Nodes {
-		if n.net == nil {
-			return fmt.Errorf("node %s is not isolated (Options.Isolated)", n.Name)
-		}
-		if err := ip(ctx, "link", "set", "dev", n.net.veth, "type", "bridge_slave", "isolated", mode); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // WriteFromInside runs one SQL statement on node n through psql from inside
