@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
 	"storagecp.dev/integration/harness"
@@ -85,16 +86,8 @@ func TestFanOut(t *testing.T) {
 	if os.Getenv("STORAGECP_BENCH") != "1" {
 		t.Skip("benchmark: run with make bench")
 	}
-	sizes := []int{1000}
-	if s := os.Getenv("STORAGECP_BENCH_CLONES"); s != "" {
-		sizes = nil
-		for _, f := range regexp.MustCompile(`\d+`).FindAllString(s, -1) {
-			n, _ := strconv.Atoi(f)
-			sizes = append(sizes, n)
-		}
-	}
 	var results []result
-	for _, n := range sizes {
+	for _, n := range cloneSizes() {
 		for _, m := range transportModes() {
 			t.Run(fmt.Sprintf("%d/%s", n, m.name), func(t *testing.T) { results = append(results, fanOut(t, n, m)) })
 		}
@@ -111,6 +104,20 @@ func TestFanOut(t *testing.T) {
 	_ = os.MkdirAll(dir, 0o755)
 	b, _ := json.MarshalIndent(results, "", "  ")
 	_ = os.WriteFile(filepath.Join(dir, "fanout.json"), b, 0o644)
+}
+
+// cloneSizes are the fan-out sizes: the numbers in STORAGECP_BENCH_CLONES
+// (make bench CLONES="1000 10000"), else 1,000.
+func cloneSizes() []int {
+	sizes := []int{1000}
+	if s := os.Getenv("STORAGECP_BENCH_CLONES"); s != "" {
+		sizes = nil
+		for _, f := range regexp.MustCompile(`\d+`).FindAllString(s, -1) {
+			n, _ := strconv.Atoi(f)
+			sizes = append(sizes, n)
+		}
+	}
+	return sizes
 }
 
 func fanOut(t *testing.T, clones int, mode transportMode) result {
@@ -247,6 +254,14 @@ func replace(t *testing.T, r *rack.Rack, db database, snap string, clones int, h
 	if h.expunged != nil {
 		h.expunged(began, old)
 	}
+	// The expunge's own request first: on a rack that has replaced before,
+	// the earlier requests are all terminal until the detector adds it.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	_, err := requestFor(ctx, r, old.TargetId)
+	cancel()
+	if err != nil {
+		t.Fatalf("the request replacing %s: %v", old.TargetId, err)
+	}
 	r.WaitRequests(t, 30*time.Minute)
 	took := time.Since(began)
 	cpu1 := cpuTicks(t)
@@ -275,6 +290,25 @@ func replace(t *testing.T, r *rack.Rack, db database, snap string, clones int, h
 	res.WriteTxPerVolume = float64(after.xid-before.xid-1) / float64(clones)
 	res.WALSyncsPerVolume = float64(after.walSyncs-before.walSyncs) / float64(clones)
 	return res
+}
+
+// requestFor waits for the read-only request of a target.
+func requestFor(ctx context.Context, r *rack.Rack, targetID string) (string, error) {
+	for {
+		resp, err := r.Replacement.ListReplacements(ctx, &orchestratorv1.ListReplacementsRequest{PageSize: 1000})
+		if err == nil {
+			for _, q := range resp.Replacements {
+				if q.OldTargetId == targetID && q.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
+					return q.ReplacementId, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // database is the PostgreSQL a bench measures, reached as the services
