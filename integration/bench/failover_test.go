@@ -146,6 +146,13 @@ type failoverFigures struct {
 	// the fan-out was complete: the formation is rejoining its old primary
 	// meanwhile, on the same cores.
 	AfterResumed float64 `json:"steps_per_second_after_resumed"`
+	// WhileRejoining is the rate from steps resumed until the formation
+	// was healthy again, AfterHealthy from then to the end (0 when the
+	// fan-out ended first); DoneBySecond the steps seen done at each whole
+	// second from the kill, the shape of the recovery.
+	WhileRejoining float64 `json:"steps_per_second_while_rejoining"`
+	AfterHealthy   float64 `json:"steps_per_second_after_healthy"`
+	DoneBySecond   []int64 `json:"steps_done_by_second_from_kill"`
 	// The machine's CPU time per replaced volume and how busy the cores
 	// were, across the whole fan-out (the rejoin included).
 	CPUMsPerVolume float64 `json:"cpu_ms_per_replaced_volume"`
@@ -216,7 +223,7 @@ func TestFailover(t *testing.T) {
 		cfg.HA = true
 		r := rack.Start(t, 6, 2, cfg)
 		rep.HA = fanOutOn(t, r, "ha", clones)
-		rep.Failover = failover(t, r, clones, rep.HA)
+		failover(t, r, clones, rep.HA, func(fo *failoverFigures) { rep.Failover = fo })
 	})
 	if rep.Single != nil && rep.HA != nil {
 		rep.HAOverSingle = map[string]float64{
@@ -269,8 +276,9 @@ func fanOutOn(t *testing.T, r *rack.Rack, kind string, clones int) *kindFigures 
 
 // failover runs the fan-out again on the formation (a fresh disk, snapshot
 // and clones) and kills the primary's postmaster once a fifth of the steps
-// are done.
-func failover(t *testing.T, r *rack.Rack, clones int, without *kindFigures) *failoverFigures {
+// are done. It reports the figures before the checks that end it, so that
+// they are printed even when a check fails.
+func failover(t *testing.T, r *rack.Rack, clones int, without *kindFigures, report func(*failoverFigures)) {
 	ctx := context.Background()
 	f := r.Stack.Formation
 	snap := prepareFanOut(t, r, clones)
@@ -337,8 +345,17 @@ func failover(t *testing.T, r *rack.Rack, clones int, without *kindFigures) *fai
 			out.Stall = since(from, resumed)
 			out.SeenBeforeWritesBack = doneBefore - run.stepsAtKill
 			out.AfterResumed = ratio(float64(int64(clones)-doneBefore), completed.Sub(resumed).Seconds())
+			if h := run.healthy; h.After(resumed) && h.Before(completed) {
+				atHealthy := run.progress.doneAt(h)
+				out.WhileRejoining = ratio(float64(atHealthy-doneBefore), h.Sub(resumed).Seconds())
+				out.AfterHealthy = ratio(float64(int64(clones)-atHealthy), completed.Sub(h).Seconds())
+			}
 		}
 	}
+	for at := run.killed; !at.After(completed.Add(time.Second)); at = at.Add(time.Second) {
+		out.DoneBySecond = append(out.DoneBySecond, run.progress.doneAt(at))
+	}
+	report(out)
 
 	// Every request Complete, the formation whole again, a new leader's
 	// term, every acknowledged probe write still there, and the checks
@@ -375,7 +392,6 @@ func failover(t *testing.T, r *rack.Rack, clones int, without *kindFigures) *fai
 	}
 	t.Logf("failover: killed %s at %d/%d steps; promotion %ss after the kill; fan-out %.2fs (%.2fs without a failover); stall %ss",
 		primary.Name, out.StepsAtKill, clones, fmtSeconds(out.Promotion), out.Seconds, out.WithoutSeconds, fmtSeconds(out.Stall))
-	return out
 }
 
 // since is b-a in seconds, nil when b never came.
@@ -885,6 +901,20 @@ func (p *progress) firstAndLongest() (first, longest float64) {
 	return first, longest
 }
 
+// doneAt is how many steps were seen done at a time.
+func (p *progress) doneAt(at time.Time) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var done int64
+	for _, e := range p.events {
+		if e.at.After(at) {
+			break
+		}
+		done = e.done
+	}
+	return done
+}
+
 // firstAfter is the first time steps were seen done after at (zero if
 // none), and how many were done before it.
 func (p *progress) firstAfter(at time.Time) (time.Time, int64) {
@@ -958,8 +988,9 @@ func printFailover(rep failoverReport) {
 		fo.GapFrom, fmtSeconds(fo.Resumed), fmtSeconds(fo.Stall), fo.SeenBeforeWritesBack, fo.Gap, fo.GapTo)
 	fmt.Printf("  longest gap between steps: %.2f with the failover; without: %.2f (ha), %.2f (single)\n", fo.LongestGap, gapOf(rep.HA), gapOf(rep.Single))
 	fmt.Printf("  fan-out %.2fs (%.0f steps/s) with the failover, %.2fs without on the same formation: ratio %.2f\n", fo.Seconds, fo.StepsPerSecond, fo.WithoutSeconds, fo.Ratio)
-	fmt.Printf("  after steps resumed: %.0f steps/s (the old primary rejoining meanwhile); %.2f ms CPU per volume, cores %.0f%% busy over the fan-out\n",
-		fo.AfterResumed, fo.CPUMsPerVolume, fo.CPUBusy*100)
+	fmt.Printf("  after steps resumed: %.0f steps/s (%.0f while the old primary rejoined, %.0f after); %.2f ms CPU per volume, cores %.0f%% busy over the fan-out\n",
+		fo.AfterResumed, fo.WhileRejoining, fo.AfterHealthy, fo.CPUMsPerVolume, fo.CPUBusy*100)
+	fmt.Printf("  steps done at each second from the kill: %v\n", fo.DoneBySecond)
 	fmt.Printf("  leader epoch %d → %d; %d acknowledged probe writes checked after\n", fo.LeaderEpochBefore, fo.LeaderEpochAfter, fo.AcknowledgedProbes)
 	fmt.Printf("\n%-26s %-11s %-12s %-12s %-9s %-8s %-12s %-12s %s\n", "service (s from the kill)", "first_fail", "first_write", "writes_back", "unavail", "outages",
 		"health_down", "health_back", "down_periods")
