@@ -1038,8 +1038,12 @@ func printFailover(rep failoverReport) {
 		fo.GapFrom, fmtSeconds(fo.Resumed), fmtSeconds(fo.Stall), fo.SeenBeforeWritesBack, fo.Gap, fo.GapTo)
 	fmt.Printf("  longest gap between steps: %.2f with the failover; without: %.2f (ha), %.2f (single)\n", fo.LongestGap, gapOf(rep.HA), gapOf(rep.Single))
 	fmt.Printf("  fan-out %.2fs (%.0f steps/s) with the failover, %.2fs without (each on a fresh formation): ratio %.2f\n", fo.Seconds, fo.StepsPerSecond, fo.WithoutSeconds, fo.Ratio)
-	fmt.Printf("  after steps resumed: %.0f steps/s (%.0f while the old primary rejoined, %.0f after); %.2f ms CPU per volume, cores %.0f%% busy over the fan-out\n",
-		fo.AfterResumed, fo.WhileRejoining, fo.AfterHealthy, fo.CPUMsPerVolume, fo.CPUBusy*100)
+	split := "every step done before the formation was healthy again"
+	if fo.WhileRejoining > 0 || fo.AfterHealthy > 0 {
+		split = fmt.Sprintf("%.0f while the old primary rejoined, %.0f after", fo.WhileRejoining, fo.AfterHealthy)
+	}
+	fmt.Printf("  after steps resumed: %.0f steps/s (%s); %.2f ms CPU per volume, cores %.0f%% busy over the fan-out\n",
+		fo.AfterResumed, split, fo.CPUMsPerVolume, fo.CPUBusy*100)
 	fmt.Printf("  last step done → fan-out complete: %.2f with the failover; without: %.2f (ha), %.2f (single)\n", fo.Tail, tailOf(rep.HA), tailOf(rep.Single))
 	fmt.Printf("  steps done at each second from the kill:  %v\n", fo.DoneBySecond)
 	fmt.Printf("  steps ended (stash volume deleted too):   %v\n", fo.CollectedBySecond)
