@@ -3,7 +3,7 @@
 #   make run     the whole system on this machine with a live replacement
 #                demo, until Ctrl-C (DEMO=exit: run the demo and exit)
 #   make test    everything CI checks (what .ci/run calls)
-#   make bench   the performance suite
+#   make bench   the performance suite (BENCH=failover: one part alone)
 #   make soak    the long suites (every crash point, many race seeds)
 #
 # Needs only Go (see go.work) and the PostgreSQL 15 server binaries
@@ -143,16 +143,27 @@ run: tools $(if $(TRACING),$(BIN)/jaeger) $(if $(HA),ha-deps)
 clean-run:
 	rm -rf .run/pg .run/logs
 
-# CLONES: fan-out sizes for the replacement benchmark (e.g. CLONES="1000 10000").
+# CLONES: fan-out sizes for the replacement benchmark (e.g. CLONES="1000 10000");
+# the failover bench takes the first.
 CLONES ?= 1000 10000
-bench:
+# BENCH runs parts of the suite alone, e.g. BENCH=failover or BENCH="canonical
+# fanout": go (the Go benchmarks), canonical, fanout, failover. Empty runs all.
+BENCH ?=
+bench_parts := go canonical fanout failover
+bench_run = $(if $(BENCH),$(filter $(1),$(BENCH)),$(1))
+bench_fanout_tests = $(subst $(eval) ,|,$(strip $(if $(call bench_run,canonical),TestCanonical) $(if $(call bench_run,fanout),TestFanOut)))
+bench: $(if $(call bench_run,failover),ha-deps)
+	@bad="$(filter-out $(bench_parts),$(BENCH))"; test -z "$$bad" || { echo "make bench: BENCH takes $(bench_parts) (got '$$bad')"; exit 2; }
 	@mkdir -p .run/bench
-	$(GO) test -run '^$$' -bench . -skip 'SagaThroughput|DecodeClone' -benchtime 1x -count 1 -timeout 60m $(UNIT_PKGS) | tee .run/bench/go-bench.txt
+	$(if $(call bench_run,go),$(GO) test -run '^$$' -bench . -skip 'SagaThroughput|DecodeClone' -benchtime 1x -count 1 -timeout 60m $(UNIT_PKGS) | tee .run/bench/go-bench.txt)
 	# The saga engine's benchmarks measure per saga (1x would time one),
 	# the VCR decoder per decode.
-	$(GO) test -run '^$$' -bench SagaThroughput -benchtime 300x -count 1 -timeout 20m storagecp.dev/orchestrator/internal/saga | tee -a .run/bench/go-bench.txt
-	$(GO) test -run '^$$' -bench DecodeClone -count 1 storagecp.dev/platform/vcr | tee -a .run/bench/go-bench.txt
-	STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run 'TestCanonical|TestFanOut' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt
+	$(if $(call bench_run,go),$(GO) test -run '^$$' -bench SagaThroughput -benchtime 300x -count 1 -timeout 20m storagecp.dev/orchestrator/internal/saga | tee -a .run/bench/go-bench.txt)
+	$(if $(call bench_run,go),$(GO) test -run '^$$' -bench DecodeClone -count 1 storagecp.dev/platform/vcr | tee -a .run/bench/go-bench.txt)
+	$(if $(bench_fanout_tests),STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run '^($(bench_fanout_tests))$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt)
+	# The failover bench: the fan-out on one PostgreSQL and on a replicated
+	# formation, then the formation's primary killed in the middle of it.
+	$(if $(call bench_run,failover),STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 60m -run '^TestFailover$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/failover.txt)
 
 # Every crash point, every user operation before every saga node, a
 # transient fault at every undo of every saga (make test samples them), and

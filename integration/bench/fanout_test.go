@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
 	"storagecp.dev/integration/harness"
@@ -85,16 +86,8 @@ func TestFanOut(t *testing.T) {
 	if os.Getenv("STORAGECP_BENCH") != "1" {
 		t.Skip("benchmark: run with make bench")
 	}
-	sizes := []int{1000}
-	if s := os.Getenv("STORAGECP_BENCH_CLONES"); s != "" {
-		sizes = nil
-		for _, f := range regexp.MustCompile(`\d+`).FindAllString(s, -1) {
-			n, _ := strconv.Atoi(f)
-			sizes = append(sizes, n)
-		}
-	}
 	var results []result
-	for _, n := range sizes {
+	for _, n := range cloneSizes() {
 		for _, m := range transportModes() {
 			t.Run(fmt.Sprintf("%d/%s", n, m.name), func(t *testing.T) { results = append(results, fanOut(t, n, m)) })
 		}
@@ -113,10 +106,65 @@ func TestFanOut(t *testing.T) {
 	_ = os.WriteFile(filepath.Join(dir, "fanout.json"), b, 0o644)
 }
 
+// cloneSizes are the fan-out sizes: the numbers in STORAGECP_BENCH_CLONES
+// (make bench CLONES="1000 10000"), else 1,000.
+func cloneSizes() []int {
+	sizes := []int{1000}
+	if s := os.Getenv("STORAGECP_BENCH_CLONES"); s != "" {
+		sizes = nil
+		for _, f := range regexp.MustCompile(`\d+`).FindAllString(s, -1) {
+			n, _ := strconv.Atoi(f)
+			sizes = append(sizes, n)
+		}
+	}
+	return sizes
+}
+
 func fanOut(t *testing.T, clones int, mode transportMode) result {
-	// The orchestrator's default saga bound (64 per task) unless
-	// STORAGECP_BENCH_MAX_SAGAS says otherwise: at 1,000 clones 32 gave
-	// 48-52 steps/s, 64 and 128 both 69.
+	r := rack.Start(t, 6, 2, benchConfig(mode))
+	db := databaseOf(r.Stack)
+	snap := prepareFanOut(t, r, clones)
+	pprof := os.Getenv("STORAGECP_BENCH_PPROF") == "1"
+	res := replace(t, r, db, snap, clones, replaceHooks{
+		beforeExpunge: func() {
+			if !pprof {
+				return
+			}
+			// CPU profiles of the busiest processes during the replacement,
+			// under .run/bench/ (go tool pprof -top FILE).
+			for _, name := range []string{stack.Volume, stack.Orchestrator, stack.Notifier} {
+				go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d.pprof", name, clones))
+			}
+			// Statement statistics of the replacement only, not of the setup.
+			resetStatements(t, db)
+		},
+		completed: func() {
+			if !pprof {
+				return
+			}
+			topStatements(t, db)
+			saveServerLog(t, r.Stack.Cluster, fmt.Sprintf("postgres-%d.log", clones))
+			for _, name := range []string{stack.Volume, stack.Allocator, stack.Notifier, stack.Orchestrator} {
+				rpcCounts(t, r.Stack.MetricsURL(name), name, clones)
+			}
+		},
+	})
+	res.Transport = mode.name
+	res.SagaLog, res.sagaLog = sagaLogCapacity(t, db)
+	res.PgbenchTPS = pgbench(t, db)
+	if res.PgbenchTPS > 0 {
+		res.RatioToPgbench = res.CommitsPerSecond / res.PgbenchTPS
+		res.SagaLogRatio = res.sagaLog.SagaCommitsPerSecond / res.PgbenchTPS
+	}
+	r.Invariants(t)
+	return res
+}
+
+// benchConfig is the deployment every fan-out runs on: fsync on, the
+// transport of mode, and the orchestrator's default saga bound (64 per
+// task) unless STORAGECP_BENCH_MAX_SAGAS says otherwise: at 1,000 clones
+// 32 gave 48-52 steps/s, 64 and 128 both 69.
+func benchConfig(mode transportMode) stack.Config {
 	var extra []string
 	if m := os.Getenv("STORAGECP_BENCH_MAX_SAGAS"); m != "" {
 		extra = []string{"--max-sagas-per-task", m}
@@ -127,13 +175,19 @@ func fanOut(t *testing.T, clones int, mode transportMode) result {
 		// server log, copied to .run/bench/ at the end.
 		cfg.PGConfig = map[string]string{"shared_preload_libraries": "pg_stat_statements", "log_min_error_statement": "error"}
 	}
-	r := rack.Start(t, 6, 2, cfg)
+	return cfg
+}
+
+// prepareFanOut makes what a fan-out replaces: a disk, its snapshot and
+// clones of the snapshot, and returns the snapshot's id. The clones are
+// made directly in the volume-service: a read-only parent copied from the
+// snapshot and no regions of their own (fast to set up; what is measured
+// is the replacement, which only touches the parent).
+func prepareFanOut(t *testing.T, r *rack.Rack, clones int) string {
+	t.Helper()
 	ctx := context.Background()
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
-	// Clones made directly in the volume-service: a read-only parent copied
-	// from the snapshot and no regions of their own (fast to set up; what is
-	// measured is the replacement, which only touches the parent).
 	start := time.Now()
 	var wg sync.WaitGroup
 	ch := make(chan int)
@@ -161,57 +215,118 @@ func fanOut(t *testing.T, clones int, mode transportMode) result {
 	close(ch)
 	wg.Wait()
 	t.Logf("%d clones created in %s", clones, time.Since(start))
+	return snap
+}
 
-	before := dbStats(t, r.Stack.Cluster)
-	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
-		// CPU profiles of the busiest processes during the replacement,
-		// under .run/bench/ (go tool pprof -top FILE).
-		for _, name := range []string{stack.Volume, stack.Orchestrator, stack.Notifier} {
-			go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d.pprof", name, clones))
-		}
+// replaceHooks let a bench act around the measured replacement.
+type replaceHooks struct {
+	// beforeExpunge runs after the counters are read, right before the
+	// expunge.
+	beforeExpunge func()
+	// expunged runs right after the expunge, before the wait for every
+	// request to end: what it starts runs beside the replacement.
+	expunged func(began time.Time, old *commonv1.Target)
+	// completed runs once every request is terminal, before the counters
+	// are read again.
+	completed func()
+	// noCounters skips the database's counters: they are a node's own, so
+	// across a failover they come from two servers and mean nothing.
+	noCounters bool
+}
+
+// replace expunges the disk holding snap's region snapshot and times the
+// replacement, from the expunge to every request terminal, with the
+// database's counters and the machine's CPU time across it (result
+// without transport, pgbench or saga log).
+func replace(t *testing.T, r *rack.Rack, db database, snap string, clones int, h replaceHooks) result {
+	t.Helper()
+	var before stats
+	if !h.noCounters {
+		before = dbStats(t, db)
 	}
-	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
-		// Statement statistics of the replacement only, not of the setup.
-		resetStatements(t, r.Stack.Cluster)
+	if h.beforeExpunge != nil {
+		h.beforeExpunge()
 	}
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	began := time.Now()
 	cpu0 := cpuTicks(t)
 	r.Expunge(t, r.DiskOf(t, old.DatasetId))
+	if h.expunged != nil {
+		h.expunged(began, old)
+	}
+	// The expunge's own request first: on a rack that has replaced before,
+	// the earlier requests are all terminal until the detector adds it.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	_, err := requestFor(ctx, r, old.TargetId)
+	cancel()
+	if err != nil {
+		t.Fatalf("the request replacing %s: %v", old.TargetId, err)
+	}
 	r.WaitRequests(t, 30*time.Minute)
 	took := time.Since(began)
 	cpu1 := cpuTicks(t)
-	after := dbStats(t, r.Stack.Cluster)
-	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
-		topStatements(t, r.Stack.Cluster)
-		saveServerLog(t, r.Stack.Cluster, fmt.Sprintf("postgres-%d.log", clones))
-		for _, name := range []string{stack.Volume, stack.Allocator, stack.Notifier, stack.Orchestrator} {
-			rpcCounts(t, r.Stack.MetricsURL(name), name, clones)
-		}
+	var after stats
+	if !h.noCounters {
+		after = dbStats(t, db)
 	}
-	perDatabase(t, r.Stack.Cluster)
-	t.Logf("during the replacement: %d checkpoints, %d autovacuums, %d autoanalyzes (service databases)",
-		after.checkpoints-before.checkpoints, after.autovacuums-before.autovacuums, after.autoanalyzes-before.autoanalyzes)
-	commits := float64(after.commits - before.commits)
-	res := result{
-		Clones: clones, Transport: mode.name, SecondsToComplete: took.Seconds(), StepsPerSecond: float64(clones) / took.Seconds(),
-		CommitsPerVolume: commits / float64(clones), SerializationRetries: after.rollbacks - before.rollbacks,
-		CommitsPerSecond:  commits / took.Seconds(),
-		WriteTxPerVolume:  float64(after.xid-before.xid-1) / float64(clones),
-		WALSyncsPerVolume: float64(after.walSyncs-before.walSyncs) / float64(clones),
+	if h.completed != nil {
+		h.completed()
 	}
+	res := result{Clones: clones, SecondsToComplete: took.Seconds(), StepsPerSecond: float64(clones) / took.Seconds()}
 	if busy := cpu1.busy - cpu0.busy; busy > 0 {
 		res.CPUMsPerVolume = float64(busy) * 1000 / clockTicks / float64(clones)
 		res.CPUBusy = float64(busy) / float64(cpu1.total-cpu0.total)
 	}
-	res.SagaLog, res.sagaLog = sagaLogCapacity(t, r.Stack.Cluster)
-	res.PgbenchTPS = pgbench(t, r.Stack.Cluster)
-	if res.PgbenchTPS > 0 {
-		res.RatioToPgbench = res.CommitsPerSecond / res.PgbenchTPS
-		res.SagaLogRatio = res.sagaLog.SagaCommitsPerSecond / res.PgbenchTPS
+	if h.noCounters {
+		return res
 	}
-	r.Invariants(t)
+	perDatabase(t, db)
+	t.Logf("during the replacement: %d checkpoints, %d autovacuums, %d autoanalyzes (service databases)",
+		after.checkpoints-before.checkpoints, after.autovacuums-before.autovacuums, after.autoanalyzes-before.autoanalyzes)
+	commits := float64(after.commits - before.commits)
+	res.CommitsPerVolume = commits / float64(clones)
+	res.SerializationRetries = after.rollbacks - before.rollbacks
+	res.CommitsPerSecond = commits / took.Seconds()
+	res.WriteTxPerVolume = float64(after.xid-before.xid-1) / float64(clones)
+	res.WALSyncsPerVolume = float64(after.walSyncs-before.walSyncs) / float64(clones)
 	return res
+}
+
+// requestFor waits for the read-only request of a target.
+func requestFor(ctx context.Context, r *rack.Rack, targetID string) (string, error) {
+	for {
+		resp, err := r.Replacement.ListReplacements(ctx, &orchestratorv1.ListReplacementsRequest{PageSize: 1000})
+		if err == nil {
+			for _, q := range resp.Replacements {
+				if q.OldTargetId == targetID && q.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
+					return q.ReplacementId, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// database is the PostgreSQL a bench measures, reached as the services
+// reach it: the single private cluster, or the replicated formation,
+// whose connection string names both nodes and keeps the one that accepts
+// writes (the primary).
+type database interface {
+	DSN(name string) string
+	CreateDatabase(ctx context.Context, name, template string) error
+}
+
+// databaseOf is the stack's database: its formation under HA, else its
+// cluster.
+func databaseOf(st *stack.Stack) database {
+	if st.Formation != nil {
+		return st.Formation
+	}
+	return st.Cluster
 }
 
 // saveProfile fetches a 10-second CPU profile from a process's metrics
@@ -273,9 +388,9 @@ func saveServerLog(t *testing.T, c *pgcluster.Cluster, file string) {
 
 // topStatements logs the statements that cost PostgreSQL the most time in
 // the run, cluster-wide (STORAGECP_BENCH_PPROF=1 preloads the extension).
-func topStatements(t *testing.T, c *pgcluster.Cluster) {
+func topStatements(t *testing.T, db database) {
 	ctx := context.Background()
-	conn := statementsConn(t, c)
+	conn := statementsConn(t, db)
 	if conn == nil {
 		return
 	}
@@ -340,9 +455,9 @@ type stats struct {
 	checkpoints, autovacuums, autoanalyzes int64
 }
 
-func dbStats(t *testing.T, c *pgcluster.Cluster) stats {
+func dbStats(t *testing.T, db database) stats {
 	ctx := context.Background()
-	conn := connect(t, c, "postgres")
+	conn := connect(t, db, "postgres")
 	defer conn.Close(ctx)
 	var s stats
 	err := conn.QueryRow(ctx, `SELECT sum(xact_commit)::bigint, sum(xact_rollback)::bigint FROM pg_stat_database
@@ -355,7 +470,7 @@ func dbStats(t *testing.T, c *pgcluster.Cluster) stats {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"volume", "allocator", "notifier", "orchestrator"} {
-		dc := connect(t, c, name)
+		dc := connect(t, db, name)
 		var av, aa int64
 		err := dc.QueryRow(ctx, `SELECT coalesce(sum(autovacuum_count), 0)::bigint, coalesce(sum(autoanalyze_count), 0)::bigint FROM pg_stat_user_tables`).Scan(&av, &aa)
 		dc.Close(ctx)
@@ -369,13 +484,15 @@ func dbStats(t *testing.T, c *pgcluster.Cluster) stats {
 }
 
 // pgbench measures single-row INSERT transactions (8 clients, 10 s) on the
-// same cluster.
-func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
+// same server, connected as the services are (libpq takes the same
+// connection string: the cluster's socket, or the formation's nodes of
+// which it keeps the primary).
+func pgbench(t *testing.T, db database) float64 {
 	ctx := context.Background()
-	if err := c.CreateDatabase(ctx, "pgbench", ""); err != nil {
+	if err := db.CreateDatabase(ctx, "pgbench", ""); err != nil {
 		t.Fatal(err)
 	}
-	conn := connect(t, c, "pgbench")
+	conn := connect(t, db, "pgbench")
 	_, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS ins (id bigserial PRIMARY KEY, v int)`)
 	conn.Close(ctx)
 	if err != nil {
@@ -388,7 +505,7 @@ func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
 	script := filepath.Join(t.TempDir(), "ins.sql")
 	_ = os.WriteFile(script, []byte("INSERT INTO ins (v) VALUES (1);\n"), 0o644)
 	out, err := exec.Command(filepath.Join(bin, "pgbench"), "-n", "-c", "8", "-j", "2", "-T", "10", "-f", script,
-		"-h", c.SocketDir(), "-p", strconv.Itoa(c.Port), "-U", "postgres", "pgbench").CombinedOutput()
+		db.DSN("pgbench")).CombinedOutput()
 	if err != nil {
 		t.Logf("pgbench: %v\n%s", err, out)
 		return 0
@@ -402,10 +519,10 @@ func pgbench(t *testing.T, c *pgcluster.Cluster) float64 {
 }
 
 // sagaLogCapacity runs cmd/sagalog-bench for 10 s on a fresh database of
-// the cluster (fsync as the run has it) and logs its result.
-func sagaLogCapacity(t *testing.T, c *pgcluster.Cluster) (json.RawMessage, sagaLogRates) {
+// the server (fsync as the run has it) and logs its result.
+func sagaLogCapacity(t *testing.T, db database) (json.RawMessage, sagaLogRates) {
 	ctx := context.Background()
-	if err := c.CreateDatabase(ctx, "sagalog_bench", ""); err != nil {
+	if err := db.CreateDatabase(ctx, "sagalog_bench", ""); err != nil {
 		t.Fatal(err)
 	}
 	root, err := stack.FindRepoRoot()
@@ -418,7 +535,7 @@ func sagaLogCapacity(t *testing.T, c *pgcluster.Cluster) (json.RawMessage, sagaL
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build sagalog-bench: %v\n%s", err, out)
 	}
-	out, err := exec.Command(bin, "-dsn", c.DSN("sagalog_bench"), "-duration", "10s", "-concurrency", "64").Output()
+	out, err := exec.Command(bin, "-dsn", db.DSN("sagalog_bench"), "-duration", "10s", "-concurrency", "64").Output()
 	if err != nil {
 		t.Fatalf("sagalog-bench: %v", err)
 	}
@@ -431,10 +548,10 @@ func sagaLogCapacity(t *testing.T, c *pgcluster.Cluster) (json.RawMessage, sagaL
 	return json.RawMessage(bytes.TrimSpace(out)), rates
 }
 
-// connect opens a connection to a database of the cluster; the caller
+// connect opens a connection to a database of the server; the caller
 // closes it.
-func connect(t *testing.T, c *pgcluster.Cluster, db string) *pgx.Conn {
-	conn, err := pgx.Connect(context.Background(), c.DSN(db))
+func connect(t *testing.T, db database, name string) *pgx.Conn {
+	conn, err := pgx.Connect(context.Background(), db.DSN(name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,8 +561,8 @@ func connect(t *testing.T, c *pgcluster.Cluster, db string) *pgx.Conn {
 // statementsConn connects with pg_stat_statements available, or logs why
 // not and returns nil (its library is preloaded only under
 // STORAGECP_BENCH_PPROF=1).
-func statementsConn(t *testing.T, c *pgcluster.Cluster) *pgx.Conn {
-	conn := connect(t, c, "postgres")
+func statementsConn(t *testing.T, db database) *pgx.Conn {
+	conn := connect(t, db, "postgres")
 	if _, err := conn.Exec(context.Background(), `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
 		t.Logf("pg_stat_statements: %v", err)
 		conn.Close(context.Background())
@@ -455,9 +572,9 @@ func statementsConn(t *testing.T, c *pgcluster.Cluster) *pgx.Conn {
 }
 
 // resetStatements clears pg_stat_statements cluster-wide.
-func resetStatements(t *testing.T, c *pgcluster.Cluster) {
+func resetStatements(t *testing.T, db database) {
 	ctx := context.Background()
-	conn := statementsConn(t, c)
+	conn := statementsConn(t, db)
 	if conn == nil {
 		return
 	}
@@ -468,9 +585,9 @@ func resetStatements(t *testing.T, c *pgcluster.Cluster) {
 }
 
 // perDatabase logs commits and rollbacks of each service database.
-func perDatabase(t *testing.T, c *pgcluster.Cluster) {
+func perDatabase(t *testing.T, db database) {
 	ctx := context.Background()
-	conn := connect(t, c, "postgres")
+	conn := connect(t, db, "postgres")
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT datname, xact_commit, xact_rollback FROM pg_stat_database
 		WHERE datname IN ('volume', 'allocator', 'notifier', 'orchestrator') ORDER BY datname`)

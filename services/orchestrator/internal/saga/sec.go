@@ -150,7 +150,9 @@ var ErrClosed = errors.New("saga executor is shut down")
 
 // Create builds the template's DAG for params, persists the saga with its
 // first events in one commit and starts it. It returns once the saga is
-// durable; cancelling ctx afterwards does not cancel the saga.
+// durable; cancelling ctx does not cancel the saga, nor, once the DAG is
+// built, the write (it returns when the write is settled, or the SEC shuts
+// down).
 func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...CreateOption) (uuid.UUID, error) {
 	var o createOptions
 	for _, f := range opts {
@@ -201,12 +203,20 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 	s.register(ex)
 	s.mu.Unlock()
 
-	err = retryWrite(ctx, s.logger, func() error {
+	// The write and its retries outlive the caller's cancellation (not its
+	// values): a write cut off by it may commit all the same, and a saga
+	// durable but not started would wait for the next leader's recovery.
+	// CreateSaga is idempotent, so the retries settle what an ambiguous
+	// attempt did; only the SEC's end stops them.
+	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer wcancel()
+	defer context.AfterFunc(s.ctx, wcancel)()
+	err = retryWrite(wctx, s.logger, func() error {
 		state := sagalog.StateRunning
 		if first.state != "" {
 			state = first.state // a DAG without actions is done at once
 		}
-		return s.store.CreateSaga(ctx, o.id, t.name, s.id, state, dagJSON, o.subject, tp, first.events)
+		return s.store.CreateSaga(wctx, o.id, t.name, s.id, state, dagJSON, o.subject, tp, first.events)
 	})
 	if err != nil {
 		s.mu.Lock()
