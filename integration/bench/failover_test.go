@@ -118,13 +118,13 @@ type failoverFigures struct {
 	PromotedNode string `json:"promoted_node"`
 	// From the kill, as the monitor reports it (polled every 100 ms):
 	// Promotion until another node takes writes (wait_primary, or primary,
-	// as assigned and as reported); WaitFailover until that node is
-	// primary, as Formation.WaitFailover waits for, which pg_auto_failover
+	// as assigned and as reported; what Formation.WaitFailover waits for);
+	// PrimaryWithStandby until that node is primary, which pg_auto_failover
 	// reports only once the old node is back as its synchronous standby;
 	// Healthy until a primary and a secondary (Formation.WaitHealthy's
 	// condition).
 	Promotion    *float64 `json:"kill_to_promotion_s"`
-	WaitFailover *float64 `json:"kill_to_wait_failover_s"`
+	PrimaryWithStandby *float64 `json:"kill_to_primary_with_standby_s"`
 	Healthy      *float64 `json:"kill_to_formation_healthy_s"`
 	// FanOutEnded is when every request was terminal, from the kill.
 	FanOutEnded float64 `json:"kill_to_fanout_complete_s"`
@@ -339,7 +339,7 @@ func failover(t *testing.T, r *rack.Rack, clones int, without *kindFigures, repo
 		Seconds: res.SecondsToComplete, StepsPerSecond: res.StepsPerSecond, CPUMsPerVolume: res.CPUMsPerVolume, CPUBusy: res.CPUBusy,
 		WithoutSeconds: without.Seconds, Ratio: ratio(res.SecondsToComplete, without.Seconds),
 		StepsAtKill: run.stepsAtKill, KilledNode: primary.Name, PromotedNode: run.promotedNode,
-		Promotion: since(run.killed, run.promoted), WaitFailover: since(run.killed, run.failedOver), Healthy: since(run.killed, run.healthy),
+		Promotion: since(run.killed, run.promoted), PrimaryWithStandby: since(run.killed, run.failedOver), Healthy: since(run.killed, run.healthy),
 		FanOutEnded:       completed.Sub(run.killed).Seconds(),
 		LeaderEpochBefore: lead.Epoch, FormationStates: run.states,
 	}
@@ -438,8 +438,8 @@ type failoverRun struct {
 	stepsAtKill  int64
 	promotedNode string
 	states       []string
-	// failedOver is when WaitFailover's condition held: another node
-	// primary as assigned and as reported.
+	// failedOver is when another node was primary as assigned and as
+	// reported: its standby back.
 	failedOver time.Time
 	writes     map[string]*probeLog
 	health     map[string][]healthChange
@@ -524,7 +524,7 @@ func (fr *failoverRun) run() {
 }
 
 // watchFormation polls the monitor every 100 ms from the kill, recording
-// every change of a node's state, until another node is primary (the
+// every change of a node's state, until another node takes writes (the
 // promotion) and the formation is healthy again: Formation.WaitFailover's
 // and WaitHealthy's conditions, in one loop so that the transitions
 // between them are seen too.
@@ -1031,7 +1031,7 @@ func printFailover(rep failoverReport) {
 	fmt.Printf("\nfailover: kill -9 of %s's postmaster at %d of %d steps done; seconds from the kill\n", fo.KilledNode, fo.StepsAtKill, rep.Clones)
 	fmt.Printf("  promotion of %s (takes writes, wait_primary)  %s\n", fo.PromotedNode, fmtSeconds(fo.Promotion))
 	fmt.Printf("  first service write back                       %s\n", fmtSeconds(fo.WritesBack))
-	fmt.Printf("  WaitFailover (primary, standby back)           %s\n", fmtSeconds(fo.WaitFailover))
+	fmt.Printf("  primary again, its standby back               %s\n", fmtSeconds(fo.PrimaryWithStandby))
 	fmt.Printf("  formation healthy (WaitHealthy)                %s\n", fmtSeconds(fo.Healthy))
 	fmt.Printf("  fan-out complete                               %+.2f\n", fo.FanOutEnded)
 	fmt.Printf("  stall: no step done from %+.2f until steps resumed at %s: %s (%d seen done before writes were back; gap at the kill %.2f, to %+.2f)\n",
