@@ -163,16 +163,7 @@ func TestAmbiguousCommits(t *testing.T) {
 			volumes = append(volumes, id)
 			if err := retryUnavailable(ctx, func() error {
 				resp, err := r.Lifecycle.CloneVolume(ctx, &orchestratorv1.CloneVolumeRequest{SnapshotId: snap, VolumeId: id, Wait: true})
-				if err == nil && resp.Saga.GetOutcome() == orchestratorv1.SagaOutcome_SAGA_OUTCOME_FAILED {
-					// Unwound cleanly (its retries ran out): the
-					// user tries again, under the same id.
-					t.Logf("clone %s: saga failed at %s (%s); again", id, resp.Saga.GetFailedNode(), resp.Saga.GetError())
-					return status.Error(codes.Unavailable, "again")
-				}
-				if err == nil && resp.Saga.GetOutcome() != orchestratorv1.SagaOutcome_SAGA_OUTCOME_SUCCEEDED {
-					return fmt.Errorf("clone saga %v", resp.Saga.GetOutcome())
-				}
-				return err
+				return sagaOutcome(t, "clone "+id, resp.GetSaga(), err)
 			}); err != nil {
 				t.Errorf("clone %s: %v", id, err)
 			}
@@ -264,14 +255,7 @@ func drain(t *testing.T, r *rack.Rack, atts []*notifierv1.Attachment, volumes []
 	for _, id := range volumes {
 		if err := retryUnavailable(ctx, func() error {
 			resp, err := r.Lifecycle.DeleteVolume(ctx, &orchestratorv1.DeleteVolumeRequest{VolumeId: id, Wait: true})
-			if err == nil && resp.Saga.GetOutcome() == orchestratorv1.SagaOutcome_SAGA_OUTCOME_FAILED {
-				t.Logf("delete %s: saga failed at %s (%s); again", id, resp.Saga.GetFailedNode(), resp.Saga.GetError())
-				return status.Error(codes.Unavailable, "again")
-			}
-			if err == nil && resp.Saga.GetOutcome() != orchestratorv1.SagaOutcome_SAGA_OUTCOME_SUCCEEDED {
-				return fmt.Errorf("delete saga %v", resp.Saga.GetOutcome())
-			}
-			return err
+			return sagaOutcome(t, "delete "+id, resp.GetSaga(), err)
 		}); err != nil {
 			t.Fatalf("delete %s: %v", id, err)
 		}
@@ -282,6 +266,25 @@ func drain(t *testing.T, r *rack.Rack, atts []*notifierv1.Attachment, volumes []
 		return err
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// sagaOutcome turns an RPC that waited for its saga into what
+// retryUnavailable understands: the RPC's error, else nil when the saga
+// succeeded, Unavailable when it unwound cleanly (its retries ran out, as
+// they may while answers are lost: the user tries again under the same
+// id), and an error otherwise.
+func sagaOutcome(t *testing.T, what string, s *orchestratorv1.SagaResult, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case s.GetOutcome() == orchestratorv1.SagaOutcome_SAGA_OUTCOME_SUCCEEDED:
+		return nil
+	case s.GetOutcome() == orchestratorv1.SagaOutcome_SAGA_OUTCOME_FAILED:
+		t.Logf("%s: saga failed at %s (%s); again", what, s.GetFailedNode(), s.GetError())
+		return status.Error(codes.Unavailable, "again")
+	default:
+		return fmt.Errorf("%s: saga %v", what, s.GetOutcome())
 	}
 }
 
