@@ -123,9 +123,9 @@ type failoverFigures struct {
 	// reports only once the old node is back as its synchronous standby;
 	// Healthy until a primary and a secondary (Formation.WaitHealthy's
 	// condition).
-	Promotion    *float64 `json:"kill_to_promotion_s"`
+	Promotion          *float64 `json:"kill_to_promotion_s"`
 	PrimaryWithStandby *float64 `json:"kill_to_primary_with_standby_s"`
-	Healthy      *float64 `json:"kill_to_formation_healthy_s"`
+	Healthy            *float64 `json:"kill_to_formation_healthy_s"`
 	// FanOutEnded is when every request was terminal, from the kill.
 	FanOutEnded float64 `json:"kill_to_fanout_complete_s"`
 	// GapFrom and GapTo bound the gap with no step done that contains the
