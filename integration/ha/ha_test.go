@@ -139,7 +139,7 @@ func (w *healthWatch) stop() []string {
 // the primary is demoted once the standby has caught up, the standby
 // promoted, and the services follow as they do after a failure.
 func TestSwitchoverMidFanOut(t *testing.T) {
-	midFanOut(t, 100, func(t *testing.T, r *rack.Rack) {
+	midFanOut(t, 60, func(t *testing.T, r *rack.Rack) {
 		ctx := context.Background()
 		f := r.Stack.Formation
 		before, err := f.Primary(ctx)
@@ -164,7 +164,9 @@ func TestSwitchoverMidFanOut(t *testing.T) {
 // standby's acknowledgement, and the replacement goes on. When the standby
 // returns it catches up and replication is synchronous again.
 func TestStandbyLostAndBack(t *testing.T) {
-	midFanOut(t, 100, func(t *testing.T, r *rack.Rack) {
+	// Mostly waiting for the monitor's timeouts: beside another test.
+	t.Parallel()
+	midFanOut(t, 60, func(t *testing.T, r *rack.Rack) {
 		ctx := context.Background()
 		f := r.Stack.Formation
 		primary, err := f.Primary(ctx)
@@ -220,7 +222,9 @@ func TestStandbyLostAndBack(t *testing.T) {
 // rejoins as the standby. (platform/pgformation's TestIsolatedPrimaryCutOff
 // shows a write on the cut-off side is never acknowledged.)
 func TestPrimaryCutOffMidFanOut(t *testing.T) {
-	midFanOutOn(t, 100, stack.Config{HA: true, HAIsolated: true}, func(t *testing.T, r *rack.Rack) {
+	// Mostly waiting for the monitor's timeouts: beside another test.
+	t.Parallel()
+	midFanOutOn(t, 60, stack.Config{HA: true, HAIsolated: true}, func(t *testing.T, r *rack.Rack) {
 		ctx := context.Background()
 		f := r.Stack.Formation
 		primary, err := f.Primary(ctx)
