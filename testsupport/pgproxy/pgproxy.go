@@ -16,7 +16,8 @@
 // session idle without an error or a ROLLBACK committed a transaction:
 // an explicit COMMIT, or the implicit transaction of a statement or a
 // pipeline sent outside one. For each such commit the policy decides; a
-// lost answer is thrown away whole and both connections are closed. It
+// lost answer is thrown away whole and both connections are closed. An
+// answer can also be held for a while instead (SetDelay). It
 // does not speak TLS: point it at a server with sslmode=disable.
 package pgproxy
 
@@ -32,6 +33,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Commit is one COMMIT through the proxy: its number (from 1), and the
@@ -64,6 +66,11 @@ func (c Commit) Writes() bool {
 // from many connections at once.
 type Policy func(Commit) bool
 
+// Delay decides how long a COMMIT's answer is held after the server
+// applied it (0: not at all): long enough, and the client gives up on an
+// answer that would have said yes.
+type Delay func(Commit) time.Duration
+
 // Every loses the answer to every k-th COMMIT, starting with the first-th.
 func Every(k, first int64) Policy {
 	return func(c Commit) bool { return c.N >= first && (c.N-first)%k == 0 }
@@ -75,6 +82,7 @@ type Proxy struct {
 	ln                net.Listener
 
 	policy  atomic.Pointer[Policy]
+	delay   atomic.Pointer[Delay]
 	commits atomic.Int64
 
 	mu      sync.Mutex
@@ -111,6 +119,15 @@ func (p *Proxy) SetPolicy(pol Policy) {
 		return
 	}
 	p.policy.Store(&pol)
+}
+
+// SetDelay replaces the delay; nil holds nothing.
+func (p *Proxy) SetDelay(d Delay) {
+	if d == nil {
+		p.delay.Store(nil)
+		return
+	}
+	p.delay.Store(&d)
 }
 
 // Commits is how many COMMITs went through the proxy.
@@ -339,6 +356,9 @@ func (ss *session) backend() {
 					ss.p.dropped = append(ss.p.dropped, c)
 					ss.p.mu.Unlock()
 					return
+				}
+				if d := ss.p.delay.Load(); d != nil {
+					time.Sleep((*d)(c))
 				}
 			}
 		}

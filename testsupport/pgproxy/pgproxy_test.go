@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -68,6 +69,42 @@ func TestLosesTheAnswerAfterTheCommit(t *testing.T) {
 	// retry rolled back.
 	if p.Commits() != 3 {
 		t.Errorf("%d commits through the proxy, want 3", p.Commits())
+	}
+}
+
+// A held answer arrives after the client's deadline: the client sees an
+// error, and the row is there all the same.
+func TestHoldsTheAnswerPastTheDeadline(t *testing.T) {
+	ctx := context.Background()
+	dsn, proxies, err := pgproxy.WrapDSN(pgtest.NewDSN(t, "proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := proxies[0]
+	t.Cleanup(p.Close)
+	pool, err := db.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	p.SetDelay(func(c pgproxy.Commit) time.Duration {
+		if c.Touches("insert into t") {
+			return 500 * time.Millisecond
+		}
+		return 0
+	})
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := db.InTx(short, pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(short, "insert into t (id) values (7)")
+		return err
+	}); err == nil {
+		t.Fatal("the insert answered within its 100 ms deadline; want its answer held")
+	}
+	p.SetDelay(nil)
+	var n int
+	if err := pool.QueryRow(ctx, "select count(*) from t where id = 7").Scan(&n); err != nil || n != 1 {
+		t.Errorf("rows: %d %v, want the held insert's", n, err)
 	}
 }
 

@@ -1,25 +1,17 @@
 package saga_test
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"net"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/pgtest"
+	"storagecp.dev/testsupport/pgproxy"
 )
 
 // A caller that stops waiting while its saga's first write is on the wire
@@ -31,11 +23,23 @@ func TestCreateOutlivesItsCaller(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// The server's answers reach the SEC through a proxy that, while slow
-	// is set, holds those that complete an INSERT for a second: the saga
-	// row commits at once, and its acknowledgement arrives long after a
-	// 200 ms caller has gone.
+	// is set, holds the answer to a committed INSERT for a second: the
+	// saga row commits at once, and its acknowledgement arrives long after
+	// a 200 ms caller has gone.
 	var slow atomic.Bool
-	dsn := delayingProxy(t, pgtest.NewDSN(t, "orchestrator"), &slow, time.Second)
+	dsn, proxies, err := pgproxy.WrapDSN(pgtest.NewDSN(t, "orchestrator"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range proxies {
+		t.Cleanup(p.Close)
+		p.SetDelay(func(c pgproxy.Commit) time.Duration {
+			if slow.Load() && c.Touches("insert ") {
+				return time.Second
+			}
+			return 0
+		})
+	}
 	pool, err := db.Open(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -75,65 +79,4 @@ func TestCreateOutlivesItsCaller(t *testing.T) {
 	if o.Kind != saga.Succeeded {
 		t.Fatal(o.Error())
 	}
-}
-
-// delayingProxy forwards TCP connections to the server of dsn, holding
-// each answer that completes an INSERT (its command tag) for delay while
-// slow is set, and returns the DSN that goes through it. Other answers
-// pass at once: the statement is prepared before it runs, and holding
-// the preparation would only keep the INSERT from being sent.
-func delayingProxy(t *testing.T, dsn string, slow *atomic.Bool, delay time.Duration) string {
-	t.Helper()
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	network, addr := "tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
-	if strings.HasPrefix(cfg.Host, "/") {
-		network, addr = "unix", filepath.Join(cfg.Host, fmt.Sprintf(".s.PGSQL.%d", cfg.Port))
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			client, err := l.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial(network, addr)
-			if err != nil {
-				client.Close()
-				continue
-			}
-			go func() {
-				_, _ = io.Copy(server, client)
-				server.Close()
-			}()
-			go func() {
-				defer client.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := server.Read(buf)
-					if n > 0 {
-						if slow.Load() && bytes.Contains(buf[:n], []byte("INSERT 0 ")) {
-							time.Sleep(delay)
-						}
-						if _, werr := client.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						if !errors.Is(err, io.EOF) {
-							server.Close()
-						}
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, l.Addr(), cfg.Database)
 }
