@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
@@ -141,7 +138,7 @@ func TestAmbiguousCommits(t *testing.T) {
 	lp.set(true)
 	// The operator's expunge is a write too: retried like any other.
 	expunged := r.DiskOf(t, region.DatasetId)
-	if err := retryUnavailable(ctx, func() error {
+	if err := rack.RetryUnavailable(ctx, func() error {
 		_, err := r.Allocator.ExpungePhysicalDisk(ctx, &allocatorv1.ExpungePhysicalDiskRequest{DiskId: expunged})
 		return err
 	}); err != nil {
@@ -161,9 +158,9 @@ func TestAmbiguousCommits(t *testing.T) {
 		for i := range 6 {
 			id := fmt.Sprintf("00000000-0000-4000-8000-%012d", i+1)
 			volumes = append(volumes, id)
-			if err := retryUnavailable(ctx, func() error {
+			if err := rack.RetryUnavailable(ctx, func() error {
 				resp, err := r.Lifecycle.CloneVolume(ctx, &orchestratorv1.CloneVolumeRequest{SnapshotId: snap, VolumeId: id, Wait: true})
-				return sagaOutcome(t, "clone "+id, resp.GetSaga(), err)
+				return rack.SagaOutcome(t, "clone "+id, resp.GetSaga(), err)
 			}); err != nil {
 				t.Errorf("clone %s: %v", id, err)
 			}
@@ -211,89 +208,12 @@ func TestAmbiguousCommits(t *testing.T) {
 	r.Validate(t)
 	r.NoDataLoss(t)
 	r.UpstairsCurrent(t)
-	noStuckSagas(t, r)
+	r.NoStuckSagas(t)
 
 	// The users delete everything, answers still being lost; nothing may
 	// be left.
-	drain(t, r, atts, volumes)
+	r.Drain(t, atts, volumes)
 	lp.set(false)
 	r.ExpectEmpty(t)
-	noStuckSagas(t, r)
-}
-
-// retryUnavailable runs f until it returns anything but Unavailable, for
-// at most a minute.
-func retryUnavailable(ctx context.Context, f func() error) error {
-	deadline := time.Now().Add(time.Minute)
-	for {
-		err := f()
-		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// drain detaches every attachment and deletes every volume, retrying what
-// answers Unavailable or unwinds, then waits until the orchestrator is
-// idle.
-func drain(t *testing.T, r *rack.Rack, atts []*notifierv1.Attachment, volumes []string) {
-	t.Helper()
-	ctx := context.Background()
-	for _, a := range atts {
-		if err := retryUnavailable(ctx, func() error {
-			_, err := r.Notifier.DetachUpstairs(ctx, &notifierv1.DetachUpstairsRequest{AttachmentId: a.AttachmentId})
-			return err
-		}); err != nil {
-			t.Fatalf("detach %s: %v", a.AttachmentId, err)
-		}
-	}
-	for _, id := range volumes {
-		if err := retryUnavailable(ctx, func() error {
-			resp, err := r.Lifecycle.DeleteVolume(ctx, &orchestratorv1.DeleteVolumeRequest{VolumeId: id, Wait: true})
-			return sagaOutcome(t, "delete "+id, resp.GetSaga(), err)
-		}); err != nil {
-			t.Fatalf("delete %s: %v", id, err)
-		}
-	}
-	r.WaitRequests(t, 2*time.Minute)
-	if err := retryUnavailable(ctx, func() error {
-		_, err := r.Admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// sagaOutcome turns an RPC that waited for its saga into what
-// retryUnavailable understands: the RPC's error, else nil when the saga
-// succeeded, Unavailable when it unwound cleanly (its retries ran out, as
-// they may while answers are lost: the user tries again under the same
-// id), and an error otherwise.
-func sagaOutcome(t *testing.T, what string, s *orchestratorv1.SagaResult, err error) error {
-	switch {
-	case err != nil:
-		return err
-	case s.GetOutcome() == orchestratorv1.SagaOutcome_SAGA_OUTCOME_SUCCEEDED:
-		return nil
-	case s.GetOutcome() == orchestratorv1.SagaOutcome_SAGA_OUTCOME_FAILED:
-		t.Logf("%s: saga failed at %s (%s); again", what, s.GetFailedNode(), s.GetError())
-		return status.Error(codes.Unavailable, "again")
-	default:
-		return fmt.Errorf("%s: saga %v", what, s.GetOutcome())
-	}
-}
-
-// noStuckSagas fails for every saga left stuck or running.
-func noStuckSagas(t *testing.T, r *rack.Rack) {
-	t.Helper()
-	for _, outcome := range []string{"stuck", "running"} {
-		for id := range sagasWithOutcome(t, r, outcome) {
-			t.Errorf("saga %s is %s", id, outcome)
-		}
-	}
+	r.NoStuckSagas(t)
 }

@@ -325,14 +325,14 @@ func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing
 	// The fault comes once the fan-out is under way: some steps done,
 	// most not.
 	harness.Eventually(t, 60*time.Second, "the fan-out under way", func() error {
-		if n := stepCount(t, r); n < clones/10 {
+		if n := r.StepCount(t); n < clones/10 {
 			return fmt.Errorf("%d steps so far", n)
 		}
 		return nil
 	})
 	// What was acknowledged before the fault: the sagas reported
 	// succeeded, and the leader's epoch.
-	succeeded := sagasWithOutcome(t, r, "succeeded")
+	succeeded := r.SagasWithOutcome(t, "succeeded")
 	lead, err := r.Admin.GetLeadership(ctx, &orchestratorv1.GetLeadershipRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -351,7 +351,7 @@ func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing
 	if err := f.WaitHealthy(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	after := sagasWithOutcome(t, r, "succeeded")
+	after := r.SagasWithOutcome(t, "succeeded")
 	for id := range succeeded {
 		if !after[id] {
 			t.Errorf("saga %s was reported succeeded before the fault and is not after it", id)
@@ -372,8 +372,8 @@ func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing
 	r.Invariants(t)
 	r.Validate(t)
 	r.NoDataLoss(t)
-	noStuckSagas(t, r)
-	drain(t, r, nil, volumes)
+	r.NoStuckSagas(t)
+	r.Drain(t, nil, volumes)
 	r.ExpectEmpty(t)
 }
 
@@ -391,35 +391,4 @@ func doneSteps(t *testing.T, r *rack.Rack) map[string]bool {
 		}
 	}
 	return out
-}
-
-// stepCount is how many read-only replacement steps exist so far.
-func stepCount(t *testing.T, r *rack.Rack) int {
-	t.Helper()
-	resp, err := r.Replacement.ListSteps(context.Background(), &orchestratorv1.ListStepsRequest{PageSize: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(resp.Steps)
-}
-
-// sagasWithOutcome lists the ids of the sagas with an outcome.
-func sagasWithOutcome(t *testing.T, r *rack.Rack, outcome string) map[string]bool {
-	t.Helper()
-	out := map[string]bool{}
-	token := ""
-	for {
-		resp, err := r.Admin.ListSagas(context.Background(), &orchestratorv1.ListSagasRequest{PageSize: 1000, PageToken: token})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range resp.Sagas {
-			if s.Outcome == outcome {
-				out[s.SagaId] = true
-			}
-		}
-		if token = resp.NextPageToken; token == "" {
-			return out
-		}
-	}
 }

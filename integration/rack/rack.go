@@ -162,7 +162,7 @@ func (r *Rack) DeleteVolume(t *testing.T, id string) {
 func (r *Rack) Construct(t *testing.T, volume string, sim int) *notifierv1.Attachment {
 	t.Helper()
 	resp, err := r.Notifier.ConstructVolume(context.Background(), &notifierv1.ConstructVolumeRequest{
-		VolumeId: volume, Kind: notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, Endpoint: r.Stack.SimUpstairsAddrs()[sim],
+		VolumeId: volume, Kind: notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, Endpoint: r.Stack.UpstairsEndpoints()[sim],
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -389,7 +389,7 @@ func (r *Rack) UpstairsCurrent(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	sims := map[string]upstairsv1.UpstairsServiceClient{}
-	for i, a := range r.Stack.SimUpstairsAddrs() {
+	for i, a := range r.Stack.UpstairsEndpoints() {
 		sims[a] = r.Sims[i]
 	}
 	token := ""
@@ -437,4 +437,15 @@ func (r *Rack) servedCurrent(t *testing.T, sim upstairsv1.UpstairsServiceClient,
 		t.Errorf("%s runs volume %s on %v; the volume names %v",
 			a.Endpoint, a.VolumeId, slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 	}
+}
+
+// UseOrchestrator points the rack's orchestrator clients (Lifecycle,
+// Replacement, Admin) at another orchestrator process: the one leading
+// after a failover, when the first is cut off.
+func (r *Rack) UseOrchestrator(t *testing.T, proc string) {
+	t.Helper()
+	conn := harness.Dial(t, r.Stack, r.Stack.Addr(proc))
+	r.Lifecycle = orchestratorv1.NewLifecycleServiceClient(conn)
+	r.Replacement = orchestratorv1.NewReplacementServiceClient(conn)
+	r.Admin = orchestratorv1.NewAdminServiceClient(conn)
 }

@@ -139,6 +139,7 @@ func (s *Stack) startJaeger(ctx context.Context) error {
 	}
 	// Every process exports there; a short batch delay makes spans show up
 	// in the UI (and in the trace test) within a fraction of a second.
+	s.jaegerOTLP = otlp
 	s.tracingEnv = []string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + otlp,
 		"OTEL_EXPORTER_OTLP_INSECURE=true",
@@ -174,3 +175,18 @@ func (s *Stack) JaegerURL() string { return s.jaegerURL }
 
 // JaegerProc is the Jaeger process, or nil without tracing.
 func (s *Stack) JaegerProc() *Proc { return s.jaeger }
+
+// tracingEnvOf is a process's OTLP settings: Jaeger's receiver, reached in
+// hosts mode through the process's own link to it.
+func (s *Stack) tracingEnvOf(proc string) ([]string, error) {
+	if s.net == nil || len(s.tracingEnv) == 0 {
+		return s.tracingEnv, nil
+	}
+	l, err := s.net.link(proc, "jaeger", s.jaegerOTLP)
+	if err != nil {
+		return nil, err
+	}
+	env := append([]string(nil), s.tracingEnv...)
+	env[0] = "OTEL_EXPORTER_OTLP_ENDPOINT=http://" + l.Listen
+	return env, nil
+}

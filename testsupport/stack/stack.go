@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"storagecp.dev/platform/mtls"
+	"storagecp.dev/platform/netlab"
 	"storagecp.dev/platform/pgcluster"
 	"storagecp.dev/platform/pgformation"
 	"storagecp.dev/platform/pki"
@@ -167,6 +168,10 @@ type Config struct {
 	// fault proxy (testsupport/pgproxy) between a service and PostgreSQL.
 	// Extra orchestrators get their own call.
 	WrapDSN func(process, dsn string) (string, error)
+	// Hosts runs every process on a host of its own, a network namespace
+	// on a bridge, and every link between two processes through a fault
+	// proxy of its own (hosts.go). Needs root.
+	Hosts bool
 	// TestHarness issues the harness identity (test/harness) and lets it
 	// call every method (DialOption), by a rule added to a copy of the
 	// policy: tests play every role against processes that between
@@ -184,6 +189,7 @@ type Proc struct {
 	args        []string
 	health      *mtls.Transport
 	env         []string
+	host        *netlab.Host // hosts mode: where it runs
 	logPath     string
 
 	mu   sync.Mutex
@@ -206,11 +212,15 @@ type Stack struct {
 	jaeger     *Proc
 	jaegerURL  string
 	tracingEnv []string
+	jaegerOTLP string
 
 	ca         *pki.CA
 	policyPath string
 	transport  *mtls.Transport // the launcher's: health checks
 	harness    *mtls.Transport // TestHarness's, nil otherwise
+
+	net               *hostsNet // hosts mode only
+	upstairsEndpoints []string
 }
 
 var defaultPorts = map[string]int{Volume: 7101, Allocator: 7102, Notifier: 7103, Orchestrator: 7104, SimAgent: 7105, SimUpstairs: 7110}
@@ -240,17 +250,31 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := s.setupSecurity(); err != nil {
 		return nil, err
 	}
+	if cfg.Hosts {
+		if s.net, err = newHostsNet(ctx, s.LogDir); err != nil {
+			return nil, err
+		}
+	}
 	var store interface {
 		CreateDatabase(ctx context.Context, name, template string) error
 	}
 	if cfg.HA {
-		s.Formation, err = pgformation.Start(ctx, pgformation.Options{Dir: cfg.HADir, Fsync: cfg.Fsync, Isolated: cfg.HAIsolated})
+		// In hosts mode the data nodes are hosts of their own too, on
+		// the formation's bridge.
+		s.Formation, err = pgformation.Start(ctx, pgformation.Options{Dir: cfg.HADir, Fsync: cfg.Fsync, Isolated: cfg.HAIsolated || cfg.Hosts})
 		if err != nil {
 			return nil, fmt.Errorf("postgres formation: %w", err)
 		}
 		store = s.Formation
 	} else {
-		s.Cluster, err = pgcluster.Start(ctx, pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync, ExtraConfig: cfg.PGConfig})
+		opts := pgcluster.Options{Dir: cfg.PGDir, Port: cfg.PGPort, Fsync: cfg.Fsync, ExtraConfig: cfg.PGConfig}
+		if s.net != nil {
+			if opts.Host, err = s.net.host(ctx, Postgres); err != nil {
+				return nil, err
+			}
+			opts.TrustCIDR = s.net.nw.CIDR()
+		}
+		s.Cluster, err = pgcluster.Start(ctx, opts)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: %w", err)
 		}
@@ -269,16 +293,35 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 
 	var ports portPicker
 	defer ports.release()
-	addr := func(name string, idx int) (string, error) {
+	// listenAddr is where a process serves gRPC: its host's address and
+	// its kind's default port in hosts mode, else loopback.
+	listenAddr := func(proc string) (string, error) {
+		kind, idx := kindOf(proc)
+		if kind == Orchestrator && idx > 0 {
+			idx += 10
+		}
+		if s.net != nil {
+			h, err := s.net.host(ctx, proc)
+			if err != nil {
+				return "", err
+			}
+			return net.JoinHostPort(h.Addr, strconv.Itoa(defaultPorts[kind])), nil
+		}
 		if cfg.FixedPorts {
-			return "127.0.0.1:" + strconv.Itoa(defaultPorts[name]+idx), nil
+			return "127.0.0.1:" + strconv.Itoa(defaultPorts[kind]+idx), nil
 		}
 		p, err := ports.pick()
 		return "127.0.0.1:" + strconv.Itoa(p), err
 	}
-	metricsAddr := func(name string, idx int) (string, error) {
-		if cfg.FixedPorts {
-			return "127.0.0.1:" + strconv.Itoa(defaultPorts[name]+idx+metricsPortOffset), nil
+	// metricsAddr is loopback: on the process's own host in hosts mode,
+	// where only that host's agent would scrape it.
+	metricsAddr := func(proc string) (string, error) {
+		kind, idx := kindOf(proc)
+		if kind == Orchestrator && idx > 0 {
+			idx += 10
+		}
+		if cfg.FixedPorts || s.net != nil {
+			return "127.0.0.1:" + strconv.Itoa(defaultPorts[kind]+idx+metricsPortOffset), nil
 		}
 		p, err := ports.pick()
 		return "127.0.0.1:" + strconv.Itoa(p), err
@@ -298,117 +341,150 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 		return false
 	}
+	procs := []string{Volume, SimAgent, Allocator, Notifier, Orchestrator}
+	for i := 1; i < cfg.Orchestrators; i++ {
+		procs = append(procs, fmt.Sprintf("%s-%d", Orchestrator, i))
+	}
+	if want(SimUpstairs) {
+		for i := 0; i < cfg.SimUpstairs; i++ {
+			procs = append(procs, fmt.Sprintf("%s-%d", SimUpstairs, i))
+		}
+	}
 	addrs := map[string]string{}
-	for _, name := range []string{Volume, Allocator, Notifier, Orchestrator, SimAgent} {
-		if addrs[name], err = addr(name, 0); err != nil {
+	for _, p := range procs {
+		if addrs[p], err = listenAddr(p); err != nil {
 			return nil, err
 		}
 	}
-	var simAddrs []string
-	if want(SimUpstairs) {
-		for i := 0; i < cfg.SimUpstairs; i++ {
-			a, err := addr(SimUpstairs, i)
+	// peer is the address client is given for server: server's own, or in
+	// hosts mode the link between them.
+	peer := func(client, server string) (string, error) {
+		if s.net == nil {
+			return addrs[server], nil
+		}
+		l, err := s.net.link(client, server, addrs[server])
+		if err != nil {
+			return "", err
+		}
+		return l.Listen, nil
+	}
+	peers := func(client string, servers ...string) ([]string, error) {
+		var out []string
+		for _, srv := range servers {
+			a, err := peer(client, srv)
 			if err != nil {
 				return nil, err
 			}
-			simAddrs = append(simAddrs, a)
+			out = append(out, a)
 		}
+		return out, nil
+	}
+	var sims []string
+	for _, p := range procs {
+		if k, _ := kindOf(p); k == SimUpstairs {
+			sims = append(sims, p)
+		}
+	}
+	// The endpoints the notifier is given for each sim-upstairs (the
+	// attachments record them).
+	if s.upstairsEndpoints, err = peers(Notifier, sims...); err != nil {
+		return nil, err
+	}
+	// argsFor is a process's own arguments: its database, its peers.
+	argsFor := func(proc string) ([]string, error) {
+		kind, _ := kindOf(proc)
+		var args []string
+		if db := map[string]string{Volume: databases[Volume], Allocator: databases[Allocator], Notifier: databases[Notifier],
+			Orchestrator: databases[Orchestrator],
+			// The simulated agents keep their state in the allocator's database.
+			SimAgent: databases[Allocator]}[kind]; db != "" {
+			d, err := s.processDSN(proc, db)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "--db", d)
+		}
+		switch kind {
+		case Allocator:
+			a, err := peer(proc, SimAgent)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "--agent-addr", a)
+		case Notifier:
+			a, err := peer(proc, Volume)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "--volume-addr", a)
+		case Orchestrator:
+			a, err := peers(proc, Volume, Allocator, Notifier)
+			if err != nil {
+				return nil, err
+			}
+			// Every sim-upstairs can also act as a Pantry.
+			pantries, err := peers(proc, sims...)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "--volume-addr", a[0], "--allocator-addr", a[1], "--notifier-addr", a[2],
+				"--pantry-addrs", strings.Join(pantries, ","))
+			if s.Formation != nil {
+				// Every orchestrator reads pg_auto_failover's monitor
+				// too, for GetDatabaseFormation (storctl health).
+				m := s.Formation.MonitorURI()
+				if s.net != nil {
+					if m, err = s.net.dsn(proc, m, func(string) string { return Postgres + "-monitor" }); err != nil {
+						return nil, err
+					}
+				}
+				args = append(args, "--db-monitor", m)
+			}
+		case SimUpstairs:
+			a, err := peers(proc, Notifier, Allocator)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "--notifier-addr", a[0], "--allocator-addr", a[1])
+		}
+		return args, nil
 	}
 	common := []string{}
 	if cfg.Dev {
 		common = append(common, "--dev")
 	}
-	dsn := map[string]string{}
-	for proc, database := range map[string]string{
-		Volume: databases[Volume], Allocator: databases[Allocator], Notifier: databases[Notifier],
-		Orchestrator: databases[Orchestrator],
-		// The simulated agents keep their state in the allocator's database.
-		SimAgent: databases[Allocator],
-	} {
-		if dsn[proc], err = s.wrapDSN(proc, database); err != nil {
-			return nil, err
-		}
-	}
-	specs := []struct {
-		name string
-		args []string
-	}{
-		{Volume, []string{"--db", dsn[Volume]}},
-		{SimAgent, []string{"--db", dsn[SimAgent]}},
-		{Allocator, []string{"--db", dsn[Allocator], "--agent-addr", addrs[SimAgent]}},
-		{Notifier, []string{"--db", dsn[Notifier], "--volume-addr", addrs[Volume]}},
-		// Every sim-upstairs can also act as a Pantry.
-		{Orchestrator, []string{"--db", dsn[Orchestrator],
-			"--volume-addr", addrs[Volume], "--allocator-addr", addrs[Allocator], "--notifier-addr", addrs[Notifier],
-			"--pantry-addrs", strings.Join(simAddrs, ",")}},
-	}
-	for i := range specs {
-		if specs[i].name == Orchestrator && s.Formation != nil {
-			// Every orchestrator reads pg_auto_failover's monitor too, for
-			// GetDatabaseFormation (storctl health).
-			specs[i].args = append(specs[i].args, "--db-monitor", s.Formation.MonitorURI())
-		}
-	}
-	for _, sp := range specs {
-		if !want(sp.name) {
+	for _, proc := range procs {
+		kind, _ := kindOf(proc)
+		if !want(kind) {
 			continue
 		}
-		args := append([]string{"--listen", addrs[sp.name]}, sp.args...)
-		args = append(args, common...)
-		args = append(args, cfg.ExtraArgs[sp.name]...)
-		if sp.name == Orchestrator {
-			// A stable identity per orchestrator slot (as Nexus uses its
-			// zone id): a restarted process takes its slot's lease back at
-			// once, knowing its previous incarnation is dead.
-			args = append(args, "--sec-id", Orchestrator+"-0")
-		}
-		m, err := metricsAddr(sp.name, 0)
+		own, err := argsFor(proc)
 		if err != nil {
 			return nil, err
 		}
-		s.add(&Proc{Name: sp.name, Addr: addrs[sp.name], MetricsAddr: m, bin: filepath.Join(cfg.BinDir, sp.name), args: args})
-		if sp.name != Orchestrator {
-			continue
+		args := append([]string{"--listen", addrs[proc]}, own...)
+		args = append(args, common...)
+		if kind == Orchestrator {
+			// A stable identity per orchestrator slot (as Nexus uses its
+			// zone id): a restarted process takes its slot's lease back at
+			// once, knowing its previous incarnation is dead.
+			args = append(args, "--sec-id", orchestratorSlot(proc))
 		}
-		for i := 1; i < cfg.Orchestrators; i++ {
-			name := fmt.Sprintf("%s-%d", Orchestrator, i)
-			a, err := addr(Orchestrator, 10+i)
-			if err != nil {
+		args = append(args, cfg.ExtraArgs[kind]...)
+		if proc != kind {
+			args = append(args, cfg.ExtraArgs[proc]...)
+		}
+		m, err := metricsAddr(proc)
+		if err != nil {
+			return nil, err
+		}
+		p := &Proc{Name: proc, Addr: addrs[proc], MetricsAddr: m, bin: filepath.Join(cfg.BinDir, kind), args: args}
+		if s.net != nil {
+			if p.host, err = s.net.host(ctx, proc); err != nil {
 				return nil, err
 			}
-			extra := append([]string{"--listen", a}, sp.args...)
-			if cfg.WrapDSN != nil {
-				// Its own connection string (and proxy): the flag
-				// package keeps the last --db.
-				d, err := s.wrapDSN(name, databases[Orchestrator])
-				if err != nil {
-					return nil, err
-				}
-				extra = append(extra, "--db", d)
-			}
-			extra = append(extra, common...)
-			extra = append(extra, cfg.ExtraArgs[Orchestrator]...)
-			extra = append(extra, cfg.ExtraArgs[name]...)
-			extra = append(extra, "--sec-id", name)
-			m, err := metricsAddr(Orchestrator, 10+i)
-			if err != nil {
-				return nil, err
-			}
-			s.add(&Proc{Name: name, Addr: a, MetricsAddr: m, bin: filepath.Join(cfg.BinDir, Orchestrator), args: extra})
 		}
-	}
-	if want(SimUpstairs) {
-		for i, a := range simAddrs {
-			name := fmt.Sprintf("%s-%d", SimUpstairs, i)
-			args := []string{"--listen", a, "--notifier-addr", addrs[Notifier], "--allocator-addr", addrs[Allocator]}
-			args = append(args, common...)
-			args = append(args, cfg.ExtraArgs[name]...)
-			m, err := metricsAddr(SimUpstairs, i)
-			if err != nil {
-				return nil, err
-			}
-			s.add(&Proc{Name: name, Addr: a, MetricsAddr: m, bin: filepath.Join(cfg.BinDir, SimUpstairs), args: args})
-		}
+		s.add(p)
 	}
 	ports.release() // the processes bind them now
 	for _, p := range s.procs {
@@ -421,7 +497,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		p.args = append(append([]string{"--metrics-addr", p.MetricsAddr}, sec...), p.args...)
 		p.health = s.transport
 		// cfg.Env last: a test's own OTEL_* wins over the launcher's Jaeger.
-		p.env = append(append(os.Environ(), s.tracingEnv...), cfg.Env...)
+		tracing, err := s.tracingEnvOf(p.Name)
+		if err != nil {
+			return nil, err
+		}
+		p.env = append(append(os.Environ(), tracing...), cfg.Env...)
 		p.logPath = filepath.Join(s.LogDir, p.Name+".log")
 		if err := p.start(); err != nil {
 			return nil, err
@@ -442,17 +522,64 @@ func (s *Stack) DSN(database string) string {
 	return s.Cluster.DSN(database)
 }
 
-// wrapDSN is a process's connection string, through Config.WrapDSN.
-func (s *Stack) wrapDSN(process, database string) (string, error) {
+// processDSN is the connection string a process is given: through
+// Config.WrapDSN, and in hosts mode over TCP through the process's own
+// links to each database server.
+func (s *Stack) processDSN(proc, database string) (string, error) {
 	d := s.DSN(database)
-	if s.cfg.WrapDSN == nil {
+	if s.net != nil && s.Cluster != nil {
+		d = fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable", s.Cluster.Addr(), database)
+	}
+	if s.cfg.WrapDSN != nil {
+		w, err := s.cfg.WrapDSN(proc, d)
+		if err != nil {
+			return "", fmt.Errorf("wrap %s's DSN: %w", proc, err)
+		}
+		d = w
+	}
+	if s.net == nil {
 		return d, nil
 	}
-	w, err := s.cfg.WrapDSN(process, d)
-	if err != nil {
-		return "", fmt.Errorf("wrap %s's DSN: %w", process, err)
+	return s.net.dsn(proc, d, s.databaseHost)
+}
+
+// databaseHost names the database server at addr, as its links name it.
+func (s *Stack) databaseHost(addr string) string {
+	if s.Formation != nil {
+		for i, n := range s.Formation.Nodes {
+			if net.JoinHostPort(n.Host, strconv.Itoa(n.Port)) == addr {
+				return fmt.Sprintf("%s-node%d", Postgres, i+1)
+			}
+		}
 	}
-	return w, nil
+	if s.Cluster != nil && s.Cluster.Addr() == addr {
+		return Postgres
+	}
+	// Behind another proxy (Config.WrapDSN).
+	return Postgres + "@" + addr
+}
+
+// kindOf is a process's binary and its instance number: "sim-upstairs-3"
+// is (sim-upstairs, 3), "replacement-orchestrator-1" (…, 1), a service
+// (itself, 0).
+func kindOf(proc string) (string, int) {
+	for _, k := range []string{SimUpstairs, Orchestrator} {
+		if rest, ok := strings.CutPrefix(proc, k+"-"); ok {
+			n, err := strconv.Atoi(rest)
+			if err == nil {
+				return k, n
+			}
+		}
+	}
+	return proc, 0
+}
+
+// orchestratorSlot is an orchestrator process's --sec-id.
+func orchestratorSlot(proc string) string {
+	if proc == Orchestrator {
+		return Orchestrator + "-0"
+	}
+	return proc
 }
 
 func (s *Stack) add(p *Proc) {
@@ -473,6 +600,11 @@ func (s *Stack) Addr(name string) string {
 	}
 	return ""
 }
+
+// UpstairsEndpoints lists, for each sim-upstairs, the endpoint the
+// notifier reaches it at: what an attachment names (ConstructVolume). The
+// same as SimUpstairsAddrs but in hosts mode, where it is the link's.
+func (s *Stack) UpstairsEndpoints() []string { return s.upstairsEndpoints }
 
 // SimUpstairsAddrs lists the sim-upstairs addresses.
 func (s *Stack) SimUpstairsAddrs() []string {
@@ -518,9 +650,10 @@ func (s *Stack) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-// MetricsURL is a process's Prometheus scrape URL ("" if not started).
+// MetricsURL is a process's Prometheus scrape URL ("" if not started, or
+// in hosts mode, where it serves on its own host's loopback).
 func (s *Stack) MetricsURL(name string) string {
-	if p := s.byName[name]; p != nil && p.MetricsAddr != "" {
+	if p := s.byName[name]; p != nil && p.MetricsAddr != "" && s.net == nil {
 		return "http://" + p.MetricsAddr + "/metrics"
 	}
 	return ""
@@ -548,6 +681,9 @@ func (s *Stack) Stop() {
 			_ = s.Cluster.Close()
 		}
 	}
+	if s.net != nil {
+		s.net.close()
+	}
 }
 
 func (p *Proc) start() error {
@@ -557,7 +693,11 @@ func (p *Proc) start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(p.bin, p.args...)
+	name, args := p.bin, p.args
+	if p.host != nil {
+		name, args = p.host.Wrap(name, args)
+	}
+	cmd := exec.Command(name, args...)
 	cmd.Env = p.env
 	cmd.Stdout = logf
 	cmd.Stderr = logf

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"storagecp.dev/platform/netlab"
 )
 
 // Options configure a cluster.
@@ -38,6 +40,12 @@ type Options struct {
 	BinDir string
 	// ExtraConfig are additional "-c name=value" settings.
 	ExtraConfig map[string]string
+	// Host runs the server inside a network namespace (platform/netlab),
+	// listening on the host's address as well as its loopback; TrustCIDR
+	// then names the subnet whose clients it lets in (pg_hba trust, as for
+	// 127.0.0.1). The Unix-domain socket stays reachable from here.
+	Host      *netlab.Host
+	TrustCIDR string
 }
 
 // Cluster is a running private PostgreSQL.
@@ -168,7 +176,7 @@ func (c *Cluster) Restart(ctx context.Context) error {
 	conf := []string{
 		"-k " + c.SocketDir(),
 		"-p " + strconv.Itoa(c.Port),
-		"-c listen_addresses=127.0.0.1",
+		"-c listen_addresses=" + c.listenAddresses(),
 		"-c fsync=" + fsync,
 		"-c max_connections=400",
 		"-c shared_buffers=512MB",
@@ -184,10 +192,47 @@ func (c *Cluster) Restart(ctx context.Context) error {
 	for _, k := range keys {
 		conf = append(conf, fmt.Sprintf("-c %s=%s", k, c.options.ExtraConfig[k]))
 	}
+	if err := c.trustSubnet(); err != nil {
+		return err
+	}
 	if err := c.run(ctx, "pg_ctl", "-D", c.dataDir(), "-o", strings.Join(conf, " "), "-l", c.LogPath(), "-w", "-t", "60", "start"); err != nil {
 		return err
 	}
 	return c.waitReady(ctx)
+}
+
+// Addr is the server's TCP address, for clients that do not share its
+// file system: 127.0.0.1:Port, or its host's address under Options.Host.
+func (c *Cluster) Addr() string {
+	h := "127.0.0.1"
+	if c.options.Host != nil {
+		h = c.options.Host.Addr
+	}
+	return net.JoinHostPort(h, strconv.Itoa(c.Port))
+}
+
+func (c *Cluster) listenAddresses() string {
+	if c.options.Host != nil {
+		return "127.0.0.1," + c.options.Host.Addr
+	}
+	return "127.0.0.1"
+}
+
+// trustSubnet lets Options.TrustCIDR in (once: a kept cluster has it).
+func (c *Cluster) trustSubnet() error {
+	if c.options.TrustCIDR == "" {
+		return nil
+	}
+	path := filepath.Join(c.dataDir(), "pg_hba.conf")
+	hba, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	line := fmt.Sprintf("host all all %s trust", c.options.TrustCIDR)
+	if strings.Contains(string(hba), line) {
+		return nil
+	}
+	return os.WriteFile(path, append(hba, []byte("\n# storagecp (platform/pgcluster): the deployment's network\n"+line+"\n")...), 0o600)
 }
 
 func (c *Cluster) waitReady(ctx context.Context) error {
@@ -291,13 +336,15 @@ func Chown(path, owner string) error {
 }
 
 func (c *Cluster) run(ctx context.Context, bin string, args ...string) error {
-	path := filepath.Join(c.binDir, bin)
-	var cmd *exec.Cmd
+	name := filepath.Join(c.binDir, bin)
 	if c.asUser != "" {
-		cmd = exec.CommandContext(ctx, "runuser", append([]string{"-u", c.asUser, "--", path}, args...)...)
-	} else {
-		cmd = exec.CommandContext(ctx, path, args...)
+		name, args = "runuser", append([]string{"-u", c.asUser, "--", name}, args...)
 	}
+	if c.options.Host != nil {
+		// The server pg_ctl starts inherits the namespace.
+		name, args = c.options.Host.Wrap(name, args)
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
 	// pg_ctl's server must not die with our process group on Ctrl-C: the
 	// launcher stops it explicitly.
 	cmd.SysProcAttr = detached()

@@ -31,6 +31,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"storagecp.dev/platform/netlab"
 	"storagecp.dev/platform/pgcluster"
 )
 
@@ -62,7 +63,7 @@ type Node struct {
 	PGData string
 	run    *exec.Cmd
 	done   chan struct{}
-	net    *nodeNet // nil unless Isolated
+	net    *netlab.Host // nil unless Isolated
 }
 
 // Formation is a running monitor and its data nodes.
@@ -75,7 +76,7 @@ type Formation struct {
 	asUser  string
 	owned   bool
 	monitor *Node
-	net     *network // nil unless Isolated
+	net     *netlab.Network // nil unless Isolated
 	mu      sync.Mutex
 }
 
@@ -132,15 +133,15 @@ func Start(ctx context.Context, opts Options) (_ *Formation, err error) {
 		if f.net, err = newNetwork(ctx); err != nil {
 			return nil, err
 		}
-		f.monitor.Host = f.net.gateway()
+		f.monitor.Host = f.net.Gateway()
 	}
 	for i := 1; i <= 2; i++ {
 		n := &Node{Name: fmt.Sprintf("node%d", i), Host: "127.0.0.1", Port: ports[i], PGData: filepath.Join(f.Dir, fmt.Sprintf("node%d", i))}
 		if f.net != nil {
-			if n.net, err = f.net.addNode(ctx, i); err != nil {
+			if n.net, err = addNode(ctx, f.net, i); err != nil {
 				return nil, err
 			}
-			n.Host = f.net.address(i)
+			n.Host = n.net.Addr
 		}
 		f.Nodes = append(f.Nodes, n)
 	}
@@ -449,11 +450,11 @@ func (f *Formation) Close() {
 	}
 	for _, n := range f.Nodes {
 		if n.net != nil {
-			n.net.remove()
+			n.net.Remove()
 		}
 	}
 	if f.net != nil {
-		f.net.close()
+		f.net.Close()
 	}
 	if f.owned {
 		os.RemoveAll(f.Dir)
@@ -467,7 +468,7 @@ func (f *Formation) trustBridge(n *Node) error {
 	if f.net == nil {
 		return nil
 	}
-	cidr := fmt.Sprintf("%s.%d.0/24", subnetPrefix, f.net.subnet)
+	cidr := f.net.CIDR()
 	fh, err := os.OpenFile(filepath.Join(n.PGData, "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
@@ -552,7 +553,8 @@ func (f *Formation) run(cmd *exec.Cmd) ([]byte, error) {
 func (f *Formation) commandIn(ctx context.Context, n *Node, args ...string) *exec.Cmd {
 	cmd := f.command(ctx, args...)
 	if n.net != nil {
-		cmd.Args = append([]string{"ip", "netns", "exec", n.net.netns}, cmd.Args...)
+		_, cmd.Args = n.net.Wrap(cmd.Args[0], cmd.Args[1:])
+		cmd.Args = append([]string{"ip"}, cmd.Args...)
 		cmd.Path = "/usr/sbin/ip"
 		if p, err := exec.LookPath("ip"); err == nil {
 			cmd.Path = p

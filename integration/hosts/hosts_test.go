@@ -1,0 +1,274 @@
+// Package hosts runs replacements on a rack's network instead of one
+// loopback: every process on a host of its own, every link through a fault
+// proxy (testsupport/stack's hosts mode), and network faults on those
+// links in the middle of a fan-out.
+//
+// Each test builds the same replacement: a disk, its snapshot and clones of
+// it, some of the clones running on sim-upstairs, and the snapshot's disk
+// expunged. Once the fan-out is under way a fault goes on, and every test
+// ends with the same checks: every request Complete; invariants, system
+// validation and the data-loss probe clean; every Upstairs serving what its
+// volume names; no saga stuck or running; draining (detach and delete
+// everything) leaves nothing; and the fence epochs in the processes' logs
+// show one leader at a time.
+package hosts
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
+	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+
+	"storagecp.dev/integration/harness"
+	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/stack"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// Sizes: the fan-out every fault test runs during, and how many of its
+// clones run on an Upstairs. STORAGECP_HOSTS_CLONES overrides the first.
+const (
+	defaultClones = 200
+	runningClones = 12
+)
+
+func clones(t *testing.T) int {
+	if v := os.Getenv("STORAGECP_HOSTS_CLONES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("STORAGECP_HOSTS_CLONES=%q: want a positive number", v)
+		}
+		return n
+	}
+	return defaultClones
+}
+
+// soak skips a test outside `make soak`.
+func soak(t *testing.T) {
+	if os.Getenv("STORAGECP_SOAK") == "" {
+		t.Skip("a soak test: make soak (STORAGECP_SOAK=1)")
+	}
+}
+
+// scene is one fan-out on a hosts-mode rack.
+type scene struct {
+	r       *rack.Rack
+	volumes []string
+	atts    []*notifierv1.Attachment
+	clones  int
+}
+
+// hostsConfig is every test's deployment: two orchestrators (a leader and
+// a standby), two sim-upstairs.
+func hostsConfig() stack.Config {
+	return stack.Config{Hosts: true, Orchestrators: 2, SimUpstairs: 2}
+}
+
+// newScene starts the rack and builds the fan-out's volumes: a disk, its
+// snapshot, n clones of it, and runningClones of those constructed on the
+// sim-upstairs in turn.
+func newScene(t *testing.T, cfg stack.Config, n int) *scene {
+	t.Helper()
+	r := rack.Start(t, 4, 2, cfg)
+	sc := &scene{r: r, clones: n}
+	t.Logf("%d processes on hosts of their own, %d links through fault proxies", len(r.Stack.Procs()), len(r.Stack.Links()))
+	sc.followLeader(t, time.Minute)
+	ctx := context.Background()
+	disk := r.CreateDisk(t)
+	snap := r.Snapshot(t, disk)
+	sc.volumes = []string{disk, snap}
+	var wg sync.WaitGroup
+	ids := make(chan string)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range ids {
+				if _, err := r.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
+					VolumeId: id, ReadOnlyParentFromVolumeId: snap,
+					Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{
+						Volume: &commonv1.VcrVolume{Id: id, BlockSize: 512},
+					}},
+				}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	for range n {
+		id := uuid.NewString()
+		sc.volumes = append(sc.volumes, id)
+		ids <- id
+	}
+	close(ids)
+	wg.Wait()
+	for i := range min(runningClones, n) {
+		sc.atts = append(sc.atts, r.Construct(t, sc.volumes[2+i], i%len(r.Sims)))
+	}
+	return sc
+}
+
+// leader is the orchestrator process that leads now ("" if none does).
+func (sc *scene) leader(t *testing.T) string {
+	t.Helper()
+	for _, p := range sc.r.Stack.Procs() {
+		if k, _ := kind(p.Name); k != stack.Orchestrator {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		l, err := orchestratorv1.NewAdminServiceClient(harness.Dial(t, sc.r.Stack, p.Addr)).GetLeadership(ctx, &orchestratorv1.GetLeadershipRequest{})
+		cancel()
+		if err == nil && l.IsLeader {
+			return p.Name
+		}
+	}
+	return ""
+}
+
+// followLeader waits for a leader and points the rack's orchestrator
+// clients at it; it returns the leader's process name.
+func (sc *scene) followLeader(t *testing.T, timeout time.Duration) string {
+	t.Helper()
+	var lead string
+	harness.Eventually(t, timeout, "an orchestrator leads", func() error {
+		if lead = sc.leader(t); lead == "" {
+			return fmt.Errorf("no orchestrator leads")
+		}
+		return nil
+	})
+	sc.r.UseOrchestrator(t, lead)
+	return lead
+}
+
+func kind(proc string) (string, bool) {
+	for _, k := range []string{stack.Orchestrator, stack.SimUpstairs} {
+		if len(proc) >= len(k) && proc[:len(k)] == k {
+			return k, true
+		}
+	}
+	return proc, false
+}
+
+// expunge expunges the snapshot's disk and waits until the fan-out is
+// under way: some steps exist, most not done.
+func (sc *scene) expunge(t *testing.T) time.Time {
+	t.Helper()
+	r := sc.r
+	old := r.Targets(t, sc.volumes[1], commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
+	began := time.Now()
+	r.Expunge(t, r.DiskOf(t, old.DatasetId))
+	harness.Eventually(t, time.Minute, "the fan-out under way", func() error {
+		if n := r.StepCount(t); n < sc.clones/10 {
+			return fmt.Errorf("%d steps so far", n)
+		}
+		return nil
+	})
+	return began
+}
+
+// finish waits for every request, then runs every check and drains. It
+// returns the time from the expunge to every request terminal.
+func (sc *scene) finish(t *testing.T, began time.Time) time.Duration {
+	t.Helper()
+	r := sc.r
+	sc.followLeader(t, 2*time.Minute)
+	reqs := r.WaitRequests(t, 5*time.Minute)
+	took := time.Since(began)
+	for _, q := range reqs {
+		if q.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE &&
+			q.RegionState != orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_COMPLETE {
+			t.Errorf("%v request %s ended %v%v", q.Kind, q.ReplacementId, q.ReadOnlyState, q.RegionState)
+		}
+	}
+	t.Logf("%d clones (%d on sim-upstairs): every request terminal %s after the expunge", sc.clones, len(sc.atts), took.Round(time.Millisecond))
+	if err := r.Stack.WaitHealthy(context.Background(), time.Minute); err != nil {
+		t.Errorf("after the fault: %v", err)
+	}
+	r.Invariants(t)
+	r.Validate(t)
+	r.NoDataLoss(t)
+	r.UpstairsCurrent(t)
+	r.NoStuckSagas(t)
+	r.Drain(t, sc.atts, sc.volumes)
+	r.ExpectEmpty(t)
+	return took
+}
+
+// TestNoFault is the baseline: the same fan-out on the same network with
+// no fault, for the time each fault adds.
+func TestNoFault(t *testing.T) {
+	sc := newScene(t, hostsConfig(), clones(t))
+	sc.finish(t, sc.expunge(t))
+}
+
+// TestLeaderCutOffFromDatabase: the leader loses its database link (both
+// ways, connections held open and silent, as a partition does) in the
+// middle of the fan-out. Its lease lapses; the standby takes the lease,
+// raises every service's fence, adopts the leader's sagas and finishes
+// them. When the link heals, the old leader finds it has lost the lease
+// and stands down, and nothing it sends lands anywhere.
+func TestLeaderCutOffFromDatabase(t *testing.T) {
+	sc := newScene(t, hostsConfig(), clones(t))
+	r := sc.r
+	old := sc.leader(t)
+	began := sc.expunge(t)
+	before, err := r.Admin.GetLeadership(context.Background(), &orchestratorv1.GetLeadershipRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := r.Stack.Link(old, stack.Postgres)
+	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
+		if err := link.Blackhole(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := time.Now()
+	var lead string
+	harness.Eventually(t, time.Minute, "the standby leads", func() error {
+		if lead = sc.leader(t); lead == "" || lead == old {
+			return fmt.Errorf("leader %q", lead)
+		}
+		return nil
+	})
+	t.Logf("%s cut off from the database; %s leads %s later", old, lead, time.Since(cut).Round(time.Millisecond))
+	sc.r.UseOrchestrator(t, lead)
+	after, err := r.Admin.GetLeadership(context.Background(), &orchestratorv1.GetLeadershipRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Epoch <= before.Epoch {
+		t.Errorf("epoch %d before the cut, %d after: want higher", before.Epoch, after.Epoch)
+	}
+	// Heal while the standby is still replacing: the old leader comes
+	// back to a database whose lease another holds.
+	harness.Eventually(t, time.Minute, "the new leader finishing some steps", func() error {
+		if n := len(r.SagasWithOutcome(t, "succeeded")); n == 0 {
+			return fmt.Errorf("no saga succeeded yet")
+		}
+		return nil
+	})
+	link.Clear()
+	oldAdmin := orchestratorv1.NewAdminServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(old)))
+	harness.Eventually(t, time.Minute, "the old leader standing by", func() error {
+		l, err := oldAdmin.GetLeadership(context.Background(), &orchestratorv1.GetLeadershipRequest{})
+		if err != nil {
+			return err
+		}
+		if l.IsLeader || l.Epoch < after.Epoch {
+			return fmt.Errorf("old leader says leader=%v epoch %d", l.IsLeader, l.Epoch)
+		}
+		return nil
+	})
+	sc.finish(t, began)
+}
