@@ -186,10 +186,10 @@ func TestStandbyLostAndBack(t *testing.T) {
 		}
 		t.Logf("standby %s stopped; %s is wait_primary %s later", standby.Name, primary.Name, time.Since(stopped).Round(time.Millisecond))
 		// The primary goes on alone: steps keep completing.
-		done := doneSteps(t, r)
+		done := r.DoneSteps(t)
 		harness.Eventually(t, 90*time.Second, "steps completing without the standby", func() error {
 			more := 0
-			for id := range doneSteps(t, r) {
+			for id := range r.DoneSteps(t) {
 				if !done[id] {
 					more++
 				}
@@ -377,18 +377,3 @@ func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing
 	r.ExpectEmpty(t)
 }
 
-// doneSteps are the read-only replacement steps past their swap.
-func doneSteps(t *testing.T, r *rack.Rack) map[string]bool {
-	t.Helper()
-	resp, err := r.Replacement.ListSteps(context.Background(), &orchestratorv1.ListStepsRequest{PageSize: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]bool{}
-	for _, s := range resp.Steps {
-		if s.State >= orchestratorv1.StepState_STEP_STATE_COMPLETE {
-			out[s.StepId] = true
-		}
-	}
-	return out
-}

@@ -9,6 +9,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"storagecp.dev/testsupport/stack"
 )
 
 // Sample is one series of a Prometheus scrape, named as in the text
@@ -23,13 +25,24 @@ type Sample struct {
 // Scrape fetches a process's /metrics (plain HTTP on loopback) and parses
 // it with Prometheus's own text parser.
 func Scrape(ctx context.Context, url string) ([]Sample, error) {
+	return ScrapeWith(ctx, http.DefaultClient, url)
+}
+
+// ScrapeProc is Scrape of one of st's processes, reaching it the way
+// st.HTTPClient does (from inside its host in hosts mode).
+func ScrapeProc(ctx context.Context, st *stack.Stack, proc string) ([]Sample, error) {
+	return ScrapeWith(ctx, st.HTTPClient(proc), st.MetricsURL(proc))
+}
+
+// ScrapeWith is Scrape through client.
+func ScrapeWith(ctx context.Context, client *http.Client, url string) ([]Sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", url, err)
 	}

@@ -16,6 +16,7 @@ package hosts
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
 	"sync"
@@ -27,6 +28,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
 	"storagecp.dev/integration/harness"
@@ -72,7 +74,7 @@ type scene struct {
 // hostsConfig is every test's deployment: two orchestrators (a leader and
 // a standby), two sim-upstairs.
 func hostsConfig() stack.Config {
-	return stack.Config{Hosts: true, Orchestrators: 2, SimUpstairs: 2}
+	return stack.Config{Hosts: true, Orchestrators: 2, SimUpstairs: 2, LogDir: os.Getenv("STORAGECP_HOSTS_LOGS")}
 }
 
 // newScene starts the rack and builds the fan-out's volumes: a disk, its
@@ -271,4 +273,200 @@ func TestLeaderCutOffFromDatabase(t *testing.T) {
 		return nil
 	})
 	sc.finish(t, began)
+}
+
+// TestLeaderCutOffFromVolumeService: the leader still reaches its
+// database but not the volume-service, both ways, for longer than a call's
+// deadline. Its calls time out; its saga actions retry or unwind and its
+// undos retry; nothing is left stuck. When the link heals, the
+// replacement completes.
+func TestLeaderCutOffFromVolumeService(t *testing.T) {
+	sc := newScene(t, hostsConfig(), clones(t))
+	r := sc.r
+	lead := sc.leader(t)
+	began := sc.expunge(t)
+	link := r.Stack.Link(lead, stack.Volume)
+	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
+		if err := link.Blackhole(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(cutFor)
+	link.Clear()
+	t.Logf("%s cut off from the volume-service for %s", lead, cutFor)
+	sc.finish(t, began)
+}
+
+// cutFor is how long a partition lasts: longer than a call's default
+// deadline (platform/grpcclient, 30 s), so that calls in flight time out.
+const cutFor = 35 * time.Second
+
+// TestLostAnswers: answers from the volume-service, the region-allocator
+// and the upstairs-notifier to the leader are lost on the way back, over
+// and over, while the requests reach the service and are applied: the
+// proxy drops the return path for a moment and then closes the connection.
+// Every saga action retried after a lost answer must find its work done:
+// no second swap, no second allocation, no reference lost (the invariants,
+// the system validation and draining to nothing would show each).
+func TestLostAnswers(t *testing.T) {
+	sc := newScene(t, hostsConfig(), clones(t))
+	r := sc.r
+	lead := sc.leader(t)
+	began := sc.expunge(t)
+	var links []*stack.Link
+	servers := []string{stack.Volume, stack.Allocator, stack.Notifier}
+	for _, srv := range servers {
+		links = append(links, r.Stack.Link(lead, srv))
+	}
+	clientBefore := okCalls(t, r.Stack, lead, false)
+	serverBefore := map[string]float64{}
+	for _, srv := range servers {
+		maps.Copy(serverBefore, okCalls(t, r.Stack, srv, true))
+	}
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		windows := 0
+		defer func() { done <- windows }()
+		for {
+			for _, l := range links {
+				if err := l.Add(stack.Toxic{Name: "lose-answers", Type: "timeout", Stream: stack.Downstream,
+					Attributes: map[string]any{"timeout": 150}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			windows++
+			time.Sleep(300 * time.Millisecond)
+			for _, l := range links {
+				l.Clear()
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(700 * time.Millisecond):
+			}
+		}
+	}()
+	// Answers are lost until every request has finished its first
+	// attempt or a minute has passed.
+	harness.Eventually(t, time.Minute, "the fan-out's steps all past their swap", func() error {
+		if done, n := len(r.DoneSteps(t)), r.StepCount(t); done < n || n < sc.clones {
+			return fmt.Errorf("%d of %d steps done", done, n)
+		}
+		return nil
+	})
+	close(stop)
+	windows := <-done
+	// An answer lost after the server applied the call shows as a call
+	// the server answered OK that the leader never saw answered.
+	clientAfter := okCalls(t, r.Stack, lead, false)
+	lost := map[string]float64{}
+	for _, srv := range servers {
+		for m, n := range okCalls(t, r.Stack, srv, true) {
+			if d := (n - serverBefore[m]) - (clientAfter[m] - clientBefore[m]); d > 0 {
+				lost[m] = d
+			}
+		}
+	}
+	t.Logf("%d windows of lost answers on %d links; answers lost after the server applied the call, by method: %v", windows, len(links), lost)
+	t.Logf("saga nodes the leader retried (an error got past gRPC's own retries): %v", retriedNodes(t, r.Stack, lead))
+	if len(lost) == 0 {
+		t.Errorf("no answer was lost")
+	}
+	sc.finish(t, began)
+}
+
+// TestNotifierCutOffFromUpstairs: the notifier loses its link to one
+// sim-upstairs, both ways, while it notifies the Upstairs of the fan-out's
+// replacements. The steps of volumes on that Upstairs retry; none is
+// activated again; after the link heals, every request completes and
+// every Upstairs runs what its volume names.
+func TestNotifierCutOffFromUpstairs(t *testing.T) {
+	sc := newScene(t, hostsConfig(), clones(t))
+	r := sc.r
+	sim := fmt.Sprintf("%s-0", stack.SimUpstairs)
+	link := r.Stack.Link(stack.Notifier, sim)
+	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
+		if err := link.Blackhole(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	began := sc.expunge(t)
+	time.Sleep(cutFor)
+	link.Clear()
+	t.Logf("the notifier cut off from %s for %s", sim, cutFor)
+	sc.activatedOnce(t)
+	sc.finish(t, began)
+}
+
+// activatedOnce checks that every running clone was activated exactly
+// once on its Upstairs: notifications retried across a partition replace
+// a volume's VCR, they never activate it again.
+func (sc *scene) activatedOnce(t *testing.T) {
+	t.Helper()
+	sims := map[string]int{}
+	for i, e := range sc.r.Stack.UpstairsEndpoints() {
+		sims[e] = i
+	}
+	for _, a := range sc.atts {
+		st, err := sc.r.Sims[sims[a.Endpoint]].GetVolumeStatus(context.Background(), &upstairsv1.GetVolumeStatusRequest{VolumeId: a.VolumeId})
+		if err != nil {
+			t.Errorf("volume %s on %s: %v", a.VolumeId, a.Endpoint, err)
+			continue
+		}
+		if st.Status.Activations != 1 {
+			t.Errorf("volume %s was activated %d times on %s", a.VolumeId, st.Status.Activations, a.Endpoint)
+		}
+	}
+}
+
+// TestLatency is the canonical case (ten clones running on sim-upstairs,
+// the disk of one of the snapshot's region snapshots expunged) on a quiet
+// network, with 200 ms ± 50 ms added to every round trip of every link, and
+// with 100 ms ± 20 ms added to the database links alone.
+func TestLatency(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		latency, jitter int
+		only            string // a server: only links to it
+	}{
+		{"quiet", 0, 0, ""},
+		{"every-link-200ms", 200, 50, ""},
+		{"database-100ms", 100, 20, stack.Postgres},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := rack.Start(t, 4, 2, stack.Config{Hosts: true, SimUpstairs: 2})
+			disk := r.CreateDisk(t)
+			snap := r.Snapshot(t, disk)
+			var atts []*notifierv1.Attachment
+			volumes := []string{disk, snap}
+			for i := range 10 {
+				v := r.Clone(t, snap)
+				volumes = append(volumes, v)
+				atts = append(atts, r.Construct(t, v, i%2))
+			}
+			if c.latency > 0 {
+				for _, l := range r.Stack.Links() {
+					if c.only != "" && l.Server != c.only {
+						continue
+					}
+					if err := l.Add(stack.Toxic{Name: "latency", Type: "latency", Stream: stack.Downstream,
+						Attributes: map[string]any{"latency": c.latency, "jitter": c.jitter}}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
+			began := time.Now()
+			r.Expunge(t, r.DiskOf(t, old.DatasetId))
+			reqs := r.WaitRequests(t, 10*time.Minute)
+			t.Logf("canonical case, %s: %d requests terminal %s after the expunge", c.name, len(reqs), time.Since(began).Round(time.Millisecond))
+			for _, l := range r.Stack.Links() {
+				l.Clear()
+			}
+			sc := &scene{r: r, volumes: volumes, atts: atts, clones: 10}
+			sc.finish(t, began)
+		})
+	}
 }

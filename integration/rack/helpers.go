@@ -120,3 +120,19 @@ func (r *Rack) SagasWithOutcome(t *testing.T, outcome string) map[string]bool {
 		}
 	}
 }
+
+// DoneSteps are the read-only replacement steps past their swap.
+func (r *Rack) DoneSteps(t *testing.T) map[string]bool {
+	t.Helper()
+	resp, err := r.Replacement.ListSteps(context.Background(), &orchestratorv1.ListStepsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, s := range resp.Steps {
+		if s.State >= orchestratorv1.StepState_STEP_STATE_COMPLETE {
+			out[s.StepId] = true
+		}
+	}
+	return out
+}

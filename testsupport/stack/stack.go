@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -650,13 +651,25 @@ func (s *Stack) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-// MetricsURL is a process's Prometheus scrape URL ("" if not started, or
-// in hosts mode, where it serves on its own host's loopback).
+// MetricsURL is a process's Prometheus scrape URL ("" if not started). In
+// hosts mode it is on the process's own host's loopback: fetch it with
+// HTTPClient.
 func (s *Stack) MetricsURL(name string) string {
-	if p := s.byName[name]; p != nil && p.MetricsAddr != "" && s.net == nil {
+	if p := s.byName[name]; p != nil && p.MetricsAddr != "" {
 		return "http://" + p.MetricsAddr + "/metrics"
 	}
 	return ""
+}
+
+// HTTPClient fetches what a process serves over HTTP (MetricsURL): from
+// this namespace, or in hosts mode from inside the process's host, as an
+// agent on that machine would.
+func (s *Stack) HTTPClient(proc string) *http.Client {
+	p := s.byName[proc]
+	if p == nil || p.host == nil {
+		return http.DefaultClient
+	}
+	return &http.Client{Transport: &http.Transport{DialContext: p.host.DialContext, DisableKeepAlives: true}}
 }
 
 // Stop terminates every process (SIGTERM, then SIGKILL), then Jaeger (last,

@@ -736,7 +736,11 @@ type VolumeStatus struct {
 	// The violations counted (the first 100).
 	ContentMismatches []*ContentMismatch `protobuf:"bytes,11,rep,name=content_mismatches,json=contentMismatches,proto3" json:"content_mismatches,omitempty"`
 	// The content expected at every position of the VCR tree.
-	Positions     []*PositionContent `protobuf:"bytes,12,rep,name=positions,proto3" json:"positions,omitempty"`
+	Positions []*PositionContent `protobuf:"bytes,12,rep,name=positions,proto3" json:"positions,omitempty"`
+	// Activate calls this Upstairs accepted for the volume, restarts on a
+	// higher generation included (tests use it to show that a notification
+	// retried across a partition never activated a volume again).
+	Activations   int64 `protobuf:"varint,13,opt,name=activations,proto3" json:"activations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -853,6 +857,13 @@ func (x *VolumeStatus) GetPositions() []*PositionContent {
 		return x.Positions
 	}
 	return nil
+}
+
+func (x *VolumeStatus) GetActivations() int64 {
+	if x != nil {
+		return x.Activations
+	}
+	return 0
 }
 
 type GetVolumeStatusRequest struct {
@@ -1363,7 +1374,7 @@ const file_storage_upstairs_v1_upstairs_proto_rawDesc = "" +
 	"\x0fPositionContent\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\tR\bposition\x12\x1b\n" +
 	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12\x1a\n" +
-	"\bexpected\x18\x03 \x01(\tR\bexpected\"\xb3\x04\n" +
+	"\bexpected\x18\x03 \x01(\tR\bexpected\"\xd5\x04\n" +
 	"\fVolumeStatus\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x16\n" +
 	"\x06active\x18\x02 \x01(\bR\x06active\x12\x1f\n" +
@@ -1382,7 +1393,8 @@ const file_storage_upstairs_v1_upstairs_proto_rawDesc = "" +
 	"\x17content_mismatch_events\x18\n" +
 	" \x01(\x03R\x15contentMismatchEvents\x12S\n" +
 	"\x12content_mismatches\x18\v \x03(\v2$.storage.upstairs.v1.ContentMismatchR\x11contentMismatches\x12B\n" +
-	"\tpositions\x18\f \x03(\v2$.storage.upstairs.v1.PositionContentR\tpositions\"5\n" +
+	"\tpositions\x18\f \x03(\v2$.storage.upstairs.v1.PositionContentR\tpositions\x12 \n" +
+	"\vactivations\x18\r \x01(\x03R\vactivations\"5\n" +
 	"\x16GetVolumeStatusRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"T\n" +
 	"\x17GetVolumeStatusResponse\x129\n" +

@@ -87,6 +87,9 @@ type Server struct {
 	// lastGen is the highest generation ever activated per volume id, kept
 	// across Deactivate (a downstairs remembers) and dropped by ForgetAll.
 	lastGen map[string]uint64
+	// activations counts the Activate calls accepted per volume id, kept
+	// across deactivation like lastGen.
+	activations map[string]int64
 	// totalDataLoss survives ForgetAll: data loss seen is never unseen.
 	totalDataLoss int64
 	// totalContentMismatch survives ForgetAll too.
@@ -161,6 +164,7 @@ func New(logger *slog.Logger, transport *mtls.Transport, notifierAddr, allocator
 		cancelBg:      cancel,
 		volumes:       map[string]*activation{},
 		lastGen:       map[string]uint64{},
+		activations:   map[string]int64{},
 	}
 	if allocatorAddr != "" {
 		ac, err := grpcclient.Dial(allocatorAddr, transport.DialOption(mtls.RegionAllocator))
@@ -245,6 +249,7 @@ func (s *Server) Activate(ctx context.Context, req *upstairsv1.ActivateRequest) 
 	}
 	s.volumes[a.volumeID] = a
 	s.lastGen[a.volumeID] = gen
+	s.activations[a.volumeID]++
 	rw := rwTargets(a.cur)
 	if a.readOnly || len(rw) == 0 {
 		a.seenActive = true
@@ -398,6 +403,7 @@ func (s *Server) statusLocked(a *activation) *upstairsv1.VolumeStatus {
 		DataLossAddresses: slices.Clone(a.dataLossAddrs),
 		Repairing:         a.reconciling || len(a.liveRepair) > 0,
 		ReplaceCalls:      a.replaceCalls,
+		Activations:       s.activations[a.volumeID],
 
 		ContentMismatchEvents: a.mismatches,
 		ContentMismatches:     slices.Clone(a.mismatchList),
@@ -642,6 +648,7 @@ func (f *FaultServer) ForgetAll(context.Context, *upstairsv1.ForgetAllRequest) (
 	}
 	s.volumes = map[string]*activation{}
 	s.lastGen = map[string]uint64{}
+	s.activations = map[string]int64{}
 	return &upstairsv1.ForgetAllResponse{}, nil
 }
 
