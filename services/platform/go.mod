@@ -7,6 +7,7 @@ require storagecp.dev/gen v0.0.0
 replace storagecp.dev/gen => ../../gen
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/exaring/otelpgx v0.13.0
 	github.com/google/uuid v1.6.0

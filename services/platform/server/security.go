@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 
 	"storagecp.dev/platform/authz"
 	"storagecp.dev/platform/mtls"
@@ -21,13 +20,13 @@ type securityFlags struct {
 	policy      string
 }
 
-func registerSecurityFlags(fs *flag.FlagSet, prefix string) *securityFlags {
+func registerSecurityFlags(fs *flag.FlagSet) *securityFlags {
 	f := &securityFlags{}
-	fs.StringVar(&f.files.CA, "tls-ca", envOr(prefix+"_TLS_CA", os.Getenv("STORAGECP_TLS_CA")), "trust bundle: PEM CA certificates (env "+prefix+"_TLS_CA or STORAGECP_TLS_CA)")
-	fs.StringVar(&f.files.Cert, "tls-cert", os.Getenv(prefix+"_TLS_CERT"), "this process's X509-SVID, PEM chain leaf first (env "+prefix+"_TLS_CERT)")
-	fs.StringVar(&f.files.Key, "tls-key", os.Getenv(prefix+"_TLS_KEY"), "the SVID's private key (env "+prefix+"_TLS_KEY)")
-	fs.StringVar(&f.trustDomain, "trust-domain", envOr("STORAGECP_TRUST_DOMAIN", mtls.DefaultTrustDomain), "SPIFFE trust domain of the deployment (env STORAGECP_TRUST_DOMAIN)")
-	fs.StringVar(&f.policy, "authz-policy", envOr(prefix+"_AUTHZ_POLICY", os.Getenv("STORAGECP_AUTHZ_POLICY")), "authorization policy file, re-read when it changes (deploy/authz/policy.json; env "+prefix+"_AUTHZ_POLICY or STORAGECP_AUTHZ_POLICY)")
+	fs.StringVar(&f.files.CA, "tls-ca", "", "trust bundle: PEM CA certificates")
+	fs.StringVar(&f.files.Cert, "tls-cert", "", "this process's X509-SVID, PEM chain leaf first")
+	fs.StringVar(&f.files.Key, "tls-key", "", "the SVID's private key")
+	fs.StringVar(&f.trustDomain, "trust-domain", mtls.DefaultTrustDomain, "SPIFFE trust domain of the deployment")
+	fs.StringVar(&f.policy, "authz-policy", "", "authorization policy file, re-read when it changes (deploy/authz/policy.json)")
 	fs.BoolVar(&f.insecure, "insecure", false, "plaintext gRPC, no caller identities and no authorization: any process that reaches the port may call anything (a lab bench only)")
 	return f
 }

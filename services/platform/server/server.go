@@ -32,9 +32,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	"storagecp.dev/platform/config"
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/mtls"
+	"storagecp.dev/platform/sdnotify"
 	"storagecp.dev/platform/telemetry"
 )
 
@@ -88,21 +90,10 @@ func Main(svc Service) {
 
 // Run is Main without the exit, for tests.
 func Run(ctx context.Context, svc Service, args []string) int {
-	fset := flag.NewFlagSet(svc.Name, flag.ContinueOnError)
-	listen := fset.String("listen", envOr(svc.EnvPrefix+"_LISTEN", svc.DefaultAddr), "gRPC listen address (env "+svc.EnvPrefix+"_LISTEN)")
-	metricsAddr := fset.String("metrics-addr", os.Getenv(svc.EnvPrefix+"_METRICS_ADDR"), "serve Prometheus metrics on http://ADDR/metrics; empty: no metrics (env "+svc.EnvPrefix+"_METRICS_ADDR)")
-	dev := fset.Bool("dev", os.Getenv("STORAGECP_DEV") == "1", "serve development-only RPCs such as fault injection (env STORAGECP_DEV=1)")
-	sec := registerSecurityFlags(fset, svc.EnvPrefix)
-	var dsn *string
-	var dbWait *time.Duration
-	if svc.Migrations != nil {
-		dsn = fset.String("db", os.Getenv(svc.EnvPrefix+"_DB"), "PostgreSQL DSN (env "+svc.EnvPrefix+"_DB)")
-		dbWait = fset.Duration("db-wait", 15*time.Second, "how long to wait for the database at start")
-	}
-	if svc.Flags != nil {
-		svc.Flags(fset)
-	}
-	if err := fset.Parse(args); err != nil {
+	fset, f := newFlagSet(svc)
+	// Errors are printed by Parse; bad input of any source (flag, file,
+	// environment) stops the process before it does anything.
+	if err := config.Parse(fset, args, svc.configOptions()); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
 		}
@@ -113,6 +104,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 		fset.Usage()
 		return ExitBadUsage
 	}
+	listen, metricsAddr, dev, sec, dsn, dbWait := f.listen, f.metricsAddr, f.dev, f.sec, f.dsn, f.dbWait
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -159,6 +151,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 			return ExitBadUsage
 		}
 		defer pool.Close()
+		notify(logger, sdnotify.Status, "migrating the database "+db.RedactDSN(*dsn))
 		if err := migrateWithin(ctx, pool, svc.Migrations, *dbWait); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: database %s unreachable or not migratable: %v\n", svc.Name, db.RedactDSN(*dsn), err)
 			return ExitFailure
@@ -217,6 +210,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
 	logger.Info("serving", "addr", lis.Addr().String(), "dev", *dev, "tls", transport.Secure(), "id", transport.ID())
+	notify(logger, sdnotify.Ready, "serving on "+lis.Addr().String())
 
 	code := ExitOK
 	select {
@@ -226,6 +220,7 @@ func Run(ctx context.Context, svc Service, args []string) int {
 		logger.Error("serve failed", "err", err)
 		code = ExitFailure
 	}
+	notify(logger, sdnotify.Stopping, "draining")
 	// Draining: tell load balancers first, then finish in-flight calls.
 	hs.Shutdown()
 	cancelRun()
@@ -367,9 +362,10 @@ func recoverStream(logger *slog.Logger) grpc.StreamServerInterceptor {
 	}
 }
 
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
+// notify tells systemd (Type=notify units) how start-up and shutdown go;
+// a no-op unless systemd started the process.
+func notify(logger *slog.Logger, send func(string) error, status string) {
+	if err := send(status); err != nil {
+		logger.Warn("cannot notify systemd", "err", err)
 	}
-	return def
 }

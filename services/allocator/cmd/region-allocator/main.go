@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"os"
 
 	"storagecp.dev/allocator/internal/agentclient"
 	"storagecp.dev/allocator/internal/agentfault"
@@ -18,20 +17,23 @@ import (
 	"storagecp.dev/platform/server"
 )
 
-func main() {
+func main() { server.Main(service()) }
+
+// service is the binary's definition: its flags, with main's caller
+// and the example configuration's test.
+func service() server.Service {
 	var agentAddr *string
-	server.Main(server.Service{
+	return server.Service{
 		Name:        "region-allocator",
 		DefaultAddr: "127.0.0.1:7102",
 		EnvPrefix:   "STORAGECP_ALLOCATOR",
 		Migrations:  migrations.FS,
 		Flags: func(fs *flag.FlagSet) {
-			agentAddr = fs.String("agent-addr", os.Getenv("STORAGECP_ALLOCATOR_AGENT_ADDR"),
-				"host:port of the Crucible agents' endpoint, storage.agent.v1 (env STORAGECP_ALLOCATOR_AGENT_ADDR)")
+			agentAddr = fs.String("agent-addr", "", "host:port of the Crucible agents' endpoint, storage.agent.v1")
 		},
 		Register: func(_ context.Context, env *server.Env) error {
 			if *agentAddr == "" {
-				return errors.New("no agents: set --agent-addr or STORAGECP_ALLOCATOR_AGENT_ADDR")
+				return errors.New("no agents: set --agent-addr (agent-addr in the --config file, or STORAGECP_ALLOCATOR_AGENT_ADDR)")
 			}
 			conn, err := agentclient.Dial(*agentAddr, env.Transport)
 			if err != nil {
@@ -53,5 +55,5 @@ func main() {
 			allocatorv1.RegisterAgentDataServiceServer(env.Server, s.Data())
 			return nil
 		},
-	})
+	}
 }

@@ -13,10 +13,14 @@ import (
 	"storagecp.dev/platform/server"
 )
 
-func main() {
+func main() { server.Main(service()) }
+
+// service is the binary's definition: its flags, with main's caller
+// and the example configuration's test.
+func service() server.Service {
 	var volumeAddr *string
 	var upstairsTimeout *time.Duration
-	server.Main(server.Service{
+	return server.Service{
 		Name:        "upstairs-notifier",
 		DefaultAddr: "127.0.0.1:7103",
 		EnvPrefix:   "STORAGECP_NOTIFIER",
@@ -34,5 +38,5 @@ func main() {
 			notifierv1.RegisterUpstairsNotifierServiceServer(env.Server, s)
 			return nil
 		},
-	})
+	}
 }

@@ -20,9 +20,13 @@ import (
 	"storagecp.dev/platform/server"
 )
 
-func main() {
+func main() { server.Main(service()) }
+
+// service is the binary's definition: its flags, with main's caller
+// and the example configuration's test.
+func service() server.Service {
 	var cfg app.Config
-	server.Main(server.Service{
+	return server.Service{
 		Name:        "replacement-orchestrator",
 		DefaultAddr: "127.0.0.1:7104",
 		EnvPrefix:   "STORAGECP_ORCHESTRATOR",
@@ -48,8 +52,8 @@ func main() {
 				"no new run of a failing saga action starts once this long has passed since its first run")
 			fs.DurationVar(&cfg.UnwindGrace, "unwind-grace", saga.DefaultUnwindGrace,
 				"how long an operator's abandon (AbandonSaga) lets a saga's actions in flight finish before cancelling them")
-			fs.StringVar(&cfg.DBMonitor, "db-monitor", os.Getenv("STORAGECP_ORCHESTRATOR_DB_MONITOR"),
-				"pg_auto_failover monitor's connection string, when the database is a formation: AdminService/GetDatabaseFormation adds every node as the monitor sees it (env STORAGECP_ORCHESTRATOR_DB_MONITOR)")
+			fs.StringVar(&cfg.DBMonitor, "db-monitor", "",
+				"pg_auto_failover monitor's connection string, when the database is a formation: AdminService/GetDatabaseFormation adds every node as the monitor sees it")
 			fs.Func("pantry-addrs", "comma-separated Pantry-like Upstairs hosts used to reconcile volumes with no consumer", func(v string) error {
 				for _, a := range strings.Split(v, ",") {
 					if a = strings.TrimSpace(a); a != "" {
@@ -103,5 +107,5 @@ func main() {
 			go a.Run(ctx)
 			return nil
 		},
-	})
+	}
 }

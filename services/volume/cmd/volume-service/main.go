@@ -11,8 +11,12 @@ import (
 	"storagecp.dev/volume/migrations"
 )
 
-func main() {
-	server.Main(server.Service{
+func main() { server.Main(service()) }
+
+// service is the binary's definition: its flags, with main's caller
+// and the example configuration's test.
+func service() server.Service {
+	return server.Service{
 		Name:        "volume-service",
 		DefaultAddr: "127.0.0.1:7101",
 		EnvPrefix:   "STORAGECP_VOLUME",
@@ -21,5 +25,5 @@ func main() {
 			volumev1.RegisterVolumeServiceServer(env.Server, volumeserver.New(env.Pool, env.Logger))
 			return nil
 		},
-	})
+	}
 }
