@@ -152,13 +152,16 @@ func (t *pipelinedTx) Commit(ctx context.Context) error {
 // its function, has committed; not at all if it rolls back (an attempt
 // that is retried included). It reports false, and does nothing, for any
 // other pgx.Tx. This is how something a transaction did is reported only
-// when it happened, e.g. the fence's "fence raised" log line.
+// when it happened, e.g. the fence's "fence raised" log line. A nil fn
+// only asks whether tx is such a transaction.
 func AfterCommit(tx pgx.Tx, fn func()) bool {
 	t, ok := tx.(*pipelinedTx)
 	if !ok || t.closed {
 		return false
 	}
-	t.afterCommit = append(t.afterCommit, fn)
+	if fn != nil {
+		t.afterCommit = append(t.afterCommit, fn)
+	}
 	return true
 }
 
