@@ -33,6 +33,8 @@ type pipelinedTx struct {
 	// preludeErr is the prelude check's verdict; InTx returns it whatever
 	// the function made of the failed statement.
 	preludeErr error
+	// afterCommit runs once COMMIT has succeeded (AfterCommit).
+	afterCommit []func()
 }
 
 var _ pgx.Tx = (*pipelinedTx)(nil)
@@ -137,7 +139,30 @@ func (t *pipelinedTx) Commit(ctx context.Context) error {
 	if t.tx == nil {
 		return nil // nothing was sent: nothing to commit
 	}
-	return t.tx.Commit(ctx)
+	if err := t.tx.Commit(ctx); err != nil {
+		return err
+	}
+	for _, fn := range t.afterCommit {
+		fn()
+	}
+	return nil
+}
+
+// AfterCommit arranges for fn to run once tx, a transaction InTx handed to
+// its function, has committed; not at all if it rolls back (an attempt
+// that is retried included). It reports false, and does nothing, for any
+// other pgx.Tx. This is how something a transaction did is reported only
+// when it happened, e.g. the fence's "fence raised" log line. A nil fn
+// only asks whether tx is such a transaction.
+func AfterCommit(tx pgx.Tx, fn func()) bool {
+	t, ok := tx.(*pipelinedTx)
+	if !ok || t.closed {
+		return false
+	}
+	if fn != nil {
+		t.afterCommit = append(t.afterCommit, fn)
+	}
+	return true
 }
 
 func (t *pipelinedTx) Rollback(ctx context.Context) error {

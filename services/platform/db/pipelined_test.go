@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"storagecp.dev/platform/db"
@@ -252,5 +253,58 @@ func TestInTxPrelude(t *testing.T) {
 	}
 	if seen != 1 || count(t, pool) != 1 {
 		t.Fatalf("prelude saw %d; %d rows after the refusal", seen, count(t, pool))
+	}
+}
+
+// AfterCommit's function runs once the transaction commits: not for an
+// attempt that is retried, not for one that fails, and never for a
+// transaction InTx did not make.
+func TestAfterCommit(t *testing.T) {
+	ctx := context.Background()
+	pool := onePool(t)
+	insert := `INSERT INTO ids (id) VALUES ($1)`
+	var ran []int
+	attempt := 0
+	err := db.InTx(ctx, pool, func(tx pgx.Tx) error {
+		attempt++
+		n := attempt
+		if _, err := tx.Exec(ctx, insert, uuid.New()); err != nil {
+			return err
+		}
+		if !db.AfterCommit(tx, func() { ran = append(ran, n) }) {
+			t.Fatal("AfterCommit refused InTx's transaction")
+		}
+		if n == 1 {
+			return &pgconn.PgError{Code: "40001"} // retried
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ran) != 1 || ran[0] != 2 {
+		t.Fatalf("after a retried attempt and a committed one, ran %v; want [2]", ran)
+	}
+
+	ran = nil
+	boom := errors.New("boom")
+	err = db.InTx(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, insert, uuid.New()); err != nil {
+			return err
+		}
+		db.AfterCommit(tx, func() { ran = append(ran, 1) })
+		return boom
+	})
+	if !errors.Is(err, boom) || len(ran) != 0 {
+		t.Fatalf("rolled back: err %v, ran %v", err, ran)
+	}
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if db.AfterCommit(tx, func() {}) {
+		t.Fatal("AfterCommit accepted a transaction InTx did not make")
 	}
 }

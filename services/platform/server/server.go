@@ -169,15 +169,15 @@ func Run(ctx context.Context, svc Service, args []string) int {
 	gs := grpc.NewServer(
 		transport.ServerOption(),
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
-		grpc.ChainUnaryInterceptor(recoverUnary(logger), guard.Unary(), fence.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(recoverStream(logger), guard.Stream(), fence.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(recoverUnary(logger), guard.Unary(), fence.UnaryServerInterceptor(logger)),
+		grpc.ChainStreamInterceptor(recoverStream(logger), guard.Stream(), fence.StreamServerInterceptor(logger)),
 	)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 
 	if pool != nil {
-		commonv1.RegisterFenceServiceServer(gs, fence.NewServer(pool))
+		commonv1.RegisterFenceServiceServer(gs, fence.NewServer(pool, logger))
 	}
 
 	runCtx, cancelRun := context.WithCancel(ctx)

@@ -52,7 +52,7 @@ func newServer(t testing.TB) (*Server, *pgxpool.Pool) {
 func newSimServer(t testing.TB, pool *pgxpool.Pool) *Server {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(fence.UnaryServerInterceptor()))
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(fence.UnaryServerInterceptor(logger)))
 	agentserver.Register(gs, simagent.NewSim(pool), logger)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -267,7 +267,7 @@ func startNotifier(t testing.TB, volumeAddr string) *notifierEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(fence.UnaryServerInterceptor()))
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(fence.UnaryServerInterceptor(logger)))
 	notifierv1.RegisterUpstairsNotifierServiceServer(gs, srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(func() { gs.Stop(); srv.Close() })
