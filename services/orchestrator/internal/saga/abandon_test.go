@@ -165,13 +165,13 @@ func TestUnwindUndoesAnActionThatFinishedAnyway(t *testing.T) {
 	f := newFixture(t)
 	release, holding := make(chan struct{}), make(chan struct{})
 	tmpl := saga.NewTemplate("stubborn")
-	first := tmpl.Action("first", f.app.insertItem("first"), f.app.deleteItem())
+	first := tmpl.Action("first", f.app.insertItem("first"), f.app.deleteItem("first"))
 	hold := tmpl.Action("hold", func(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		close(holding)
 		<-release // ignores ctx on purpose
 		return f.app.insertItem("hold")(context.Background(), ac)
-	}, f.app.deleteItem())
-	never := tmpl.Action("never", f.app.insertItem("never"), f.app.deleteItem())
+	}, f.app.deleteItem("hold"))
+	never := tmpl.Action("never", f.app.insertItem("never"), f.app.deleteItem("never"))
 	saga.SetBuild(tmpl, func(b *saga.Builder, _ sampleParams) error {
 		b.Append(first.Node())
 		b.Append(hold.Node())
@@ -441,8 +441,8 @@ func TestUnwindGraceLetsAnActionFinish(t *testing.T) {
 func TestUnwindAfterTheLastActionFinishes(t *testing.T) {
 	f := newFixture(t)
 	tmpl := saga.NewTemplate("late")
-	first := tmpl.Action("first", f.app.insertItem("first"), f.app.deleteItem())
-	last := tmpl.Action("last", f.app.insertItem("last"), f.app.deleteItem())
+	first := tmpl.Action("first", f.app.insertItem("first"), f.app.deleteItem("first"))
+	last := tmpl.Action("last", f.app.insertItem("last"), f.app.deleteItem("last"))
 	saga.SetBuild(tmpl, func(b *saga.Builder, _ sampleParams) error {
 		b.Append(first.Node())
 		b.Append(last.Node())

@@ -11,11 +11,21 @@ import (
 
 // ActionContext is what an action or undo sees of its saga.
 type ActionContext struct {
-	sagaID uuid.UUID
-	node   int
-	ex     *execution
-	logger *slog.Logger
+	sagaID  uuid.UUID
+	node    int
+	ex      *execution
+	logger  *slog.Logger
+	unknown bool
 }
+
+// OutcomeUnknown, in an undo, says the node's action failed with its
+// outcome unknown: its last run ended in a retryable error (an answer lost
+// after the call landed, a deadline that passed while it ran), so the
+// unwind undoes it as if it had succeeded, without an output. An undo that
+// reads its own node's output (Output) works out instead what the action
+// meant to do, from the same inputs, and undoes that: every undo already
+// treats "not there" as done.
+func (c *ActionContext) OutcomeUnknown() bool { return c.unknown }
 
 // SagaID is the saga's id (stable across recovery; use it to derive ids).
 func (c *ActionContext) SagaID() uuid.UUID { return c.sagaID }
@@ -65,8 +75,12 @@ func (c *ActionContext) Lookup(name string, out any) error {
 	return nil
 }
 
-// Output decodes the node's own output (for undos).
+// Output decodes the node's own output (for undos). There is none when
+// OutcomeUnknown: it is an error to ask.
 func (c *ActionContext) Output(out any) error {
+	if c.unknown {
+		return &ActionError{Kind: ErrKindDeserialize, Message: fmt.Sprintf("node %q failed with its outcome unknown: it has no output (ActionContext.OutcomeUnknown)", c.NodeName())}
+	}
 	return c.Lookup(strings.TrimPrefix(c.NodeName(), c.ex.dag.Nodes[c.node].Scope), out)
 }
 

@@ -386,6 +386,42 @@ func (d *DAG) ActionNodes() []string {
 	return names
 }
 
+// finalActions marks, by node index, the action nodes with no action node
+// after them: the saga's commit points. Nodes are in topological order,
+// so one reverse pass sees every child before its parents.
+func (d *DAG) finalActions() []bool {
+	children := make([][]int, len(d.Nodes))
+	for id, n := range d.Nodes {
+		for _, p := range n.Parents {
+			children[p] = append(children[p], id)
+		}
+	}
+	below := make([]bool, len(d.Nodes)) // an action node after it
+	final := make([]bool, len(d.Nodes))
+	for id := len(d.Nodes) - 1; id >= 0; id-- {
+		for _, c := range children[id] {
+			if d.Nodes[c].Kind == KindAction || below[c] {
+				below[id] = true
+			}
+		}
+		final[id] = d.Nodes[id].Kind == KindAction && !below[id]
+	}
+	return final
+}
+
+// FinalActionNodes lists the names of the action nodes with no action
+// node after them: the commit points, whose retryable failures are retried
+// until they clear rather than unwound (doc.go, "Retries").
+func (d *DAG) FinalActionNodes() []string {
+	var names []string
+	for id, f := range d.finalActions() {
+		if f {
+			names = append(names, d.Nodes[id].Name)
+		}
+	}
+	return names
+}
+
 // validate checks a loaded DAG's structure (a corrupt row must not crash
 // the engine).
 func (d *DAG) validate() error {

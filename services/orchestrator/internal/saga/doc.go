@@ -132,6 +132,22 @@
 //     which unwinds the saga: an outage that outlasts a restart should
 //     release the saga's locks and let its task try again later, not hold
 //     them. A permanent error fails the node at once.
+//   - A node that failed that way, on a retryable error, failed with its
+//     outcome unknown: the last run's error (a lost answer, a deadline that
+//     passed while the call ran, a broken connection) says nothing of
+//     whether the call landed. The unwind undoes it like a succeeded node,
+//     before its parents; its undo gets no output and
+//     ActionContext.OutcomeUnknown says so, so an undo that reads its own
+//     output works out from the same inputs what the action meant to do,
+//     and undoes that ("not there" is already done). Without it, a lost
+//     answer leaks what the call created, or leaves a swap the unwind's
+//     other undos then pull the ground from under. A node that failed on a
+//     permanent error did nothing (actions fail cleanly or not at all) and
+//     is not undone.
+//   - A commit point — an action with no action after it
+//     (DAG.FinalActionNodes) — is retried like an undo, without a budget:
+//     once it may have landed it has published the saga's result (a
+//     request marked done), and no undo runs past it.
 //
 // Every retry is logged at warn level with the attempt and the error,
 // counted in storagecp.saga.action.retries or storagecp.saga.undo.retries
@@ -151,7 +167,8 @@
 // other if they do; only one still running after it is cancelled and
 // recorded failed with an error of kind "abandoned", never retried. The
 // grace exists because an action cancelled mid-call may still land at the
-// service it called, and a failed action is never undone. An unwind that
+// service it called, and an action failed by an operator's unwind is not
+// undone (only a retryable failure leaves its outcome unknown). An unwind that
 // takes effect only once every action has succeeded is too late: a saga's
 // last actions publish its result and no undo is ever run past them (none
 // is ever tested that way), so the saga finishes. For a stuck saga the

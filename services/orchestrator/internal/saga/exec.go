@@ -13,6 +13,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
@@ -71,6 +73,9 @@ type nodeState struct {
 	running bool // an action or undo task is in flight
 	output  json.RawMessage
 	err     *ActionError
+	// actionErr is the action's error when the node failed (err then
+	// moves on to its undo's, if the undo of an unknown outcome fails).
+	actionErr *ActionError
 	// skipComment is the operator's comment of an undo_skipped node.
 	skipComment string
 }
@@ -93,6 +98,9 @@ type shortcutSpan struct {
 type launch struct {
 	node int
 	undo bool
+	// unknown: an undo of a node whose action failed with its outcome
+	// unknown (ActionContext.OutcomeUnknown).
+	unknown bool
 }
 
 // batch is what one iteration of the driver writes and then starts.
@@ -117,9 +125,12 @@ type execution struct {
 	children [][]int
 	anc      [][]uint64 // ancestor bitsets
 	actions  []*Action  // per node, nil for internal nodes
-	owner    sagalog.Owner
-	hooks    *Hooks
-	logger   *slog.Logger
+	// final marks the action nodes with no action after them: the saga's
+	// commit points, retried without a budget (retryTask).
+	final  []bool
+	owner  sagalog.Owner
+	hooks  *Hooks
+	logger *slog.Logger
 
 	parentCtx context.Context // carries the saga's trace parent
 	links     []trace.Link
@@ -208,6 +219,7 @@ func newExecution(sec *SEC, id uuid.UUID, d *DAG, owner sagalog.Owner, hooks *Ho
 			ex.actions[id] = a
 		}
 	}
+	ex.final = d.finalActions()
 	return ex, nil
 }
 
@@ -300,6 +312,27 @@ func (ex *execution) parentsSucceeded(id int) bool {
 	return true
 }
 
+// outcomeUnknown: node id failed, but its action may have taken effect
+// (its last run ended in a retryable error: a lost answer, a call that
+// timed out after it landed), and it has an undo to run for it. A parent
+// already undoing (a log written before the engine undid such nodes) means
+// the unwind went past it: it is left as it was.
+func (ex *execution) outcomeUnknown(id int) bool {
+	n := &ex.nodes[id]
+	if n.status != failed || n.actionErr == nil || !n.actionErr.Retryable {
+		return false
+	}
+	if a := ex.actions[id]; a == nil || a.undo == nil {
+		return false
+	}
+	for _, p := range ex.dag.Nodes[id].Parents {
+		if ex.nodes[p].status != succeeded {
+			return false
+		}
+	}
+	return true
+}
+
 func (ex *execution) childrenUndone(id int) bool {
 	for _, c := range ex.children[id] {
 		if !ex.nodes[c].undone {
@@ -347,7 +380,7 @@ func (ex *execution) advance(b *batch) {
 			b.launches = append(b.launches, launch{node: id})
 		case undoStarted:
 			n.running = true
-			b.launches = append(b.launches, launch{node: id, undo: true})
+			b.launches = append(b.launches, launch{node: id, undo: true, unknown: n.actionErr != nil})
 		}
 	}
 	if ex.unwinding && ex.failedNode < 0 && ex.opErr != nil && ex.everyActionSucceeded() {
@@ -399,7 +432,17 @@ func (ex *execution) advance(b *batch) {
 			continue
 		}
 		switch n.status {
-		case neverStarted, failed, undoFinished, undoSkipped:
+		case failed:
+			if ex.outcomeUnknown(id) {
+				// It may have landed: undo it like a succeeded node.
+				n.status = undoStarted
+				n.running = true
+				b.add(id, evUndoStarted, nil)
+				b.launches = append(b.launches, launch{node: id, undo: true, unknown: true})
+				continue
+			}
+			n.undone = true
+		case neverStarted, undoFinished, undoSkipped:
 			n.undone = true
 		case succeeded:
 			if a := ex.actions[id]; a != nil && a.undo != nil {
@@ -431,7 +474,7 @@ func (ex *execution) failedOutcome() Outcome {
 	o := Outcome{SagaID: ex.id, Kind: Failed, UnwindComment: ex.opComment}
 	if ex.failedNode >= 0 {
 		o.FailedNode = ex.dag.Nodes[ex.failedNode].Name
-		o.Err = ex.nodes[ex.failedNode].err
+		o.Err = ex.nodes[ex.failedNode].actionErr
 	} else {
 		o.Err = ex.opErr
 	}
@@ -450,7 +493,7 @@ func (ex *execution) apply(c completion, b *batch) {
 		b.add(c.node, evSucceeded, c.output)
 	case !c.undo:
 		n.status = failed
-		n.err = c.err
+		n.err, n.actionErr = c.err, c.err
 		b.add(c.node, evFailed, mustJSON(c.err))
 		if ex.failedNode < 0 {
 			// The first failure, also when an operator's unwind (which
@@ -493,7 +536,7 @@ func (ex *execution) stuckOutcome() Outcome {
 	o := Outcome{SagaID: ex.id, Kind: Stuck, UnwindComment: ex.opComment}
 	if ex.failedNode >= 0 {
 		o.FailedNode = ex.dag.Nodes[ex.failedNode].Name
-		o.Err = ex.nodes[ex.failedNode].err
+		o.Err = ex.nodes[ex.failedNode].actionErr
 	}
 	if ex.undoNode >= 0 {
 		o.UndoNode = ex.dag.Nodes[ex.undoNode].Name
@@ -704,7 +747,7 @@ func (ex *execution) run(ctx context.Context, l launch) {
 	defer func() {
 		ex.sec.metrics.nodeDone(ctx, ex.dag.Template, node.Name, kind, time.Since(began), c.err != nil)
 	}()
-	ac := &ActionContext{sagaID: ex.id, node: l.node, ex: ex, logger: ex.logger.With("node", node.Name)}
+	ac := &ActionContext{sagaID: ex.id, node: l.node, ex: ex, logger: ex.logger.With("node", node.Name), unknown: l.unknown}
 	errAction, errUndo, rep := ex.hooks.get(node.Name)
 	a := ex.actions[l.node]
 	switch {
@@ -727,7 +770,23 @@ func (ex *execution) run(ctx context.Context, l launch) {
 			// Permanent on purpose: every test that injects a failure
 			// means the node to fail, at once.
 			c.err = &ActionError{Kind: ErrKindInjected, Message: "injected error at " + node.Name, Reason: ErrKindInjected, Attempts: 1}
+		} else if ex.hooks.lostAnswer(node.Name) && !ex.final[l.node] {
+			const runs = 2
+			for i := 0; i < runs && c.err == nil; i++ {
+				if _, err := callAction(ctx, a, ac); err != nil {
+					c.err = taskError(ctx, ErrKindAction, err, i+1)
+				}
+			}
+			if c.err == nil {
+				c.err = taskError(ctx, ErrKindAction, status.Error(grpccodes.Unavailable, "injected lost answer at "+node.Name), runs)
+			}
 		} else {
+			// A commit point's lost answers are retried until one comes
+			// back (retryTask): they land, and the next run runs for real.
+			lost := 0
+			if ex.hooks.lostAnswer(node.Name) {
+				lost = 2
+			}
 			for i := 0; i < max(rep.Action, 1); i++ {
 				attempts, err := ex.retryTask(ctx, span, l.node, false, func() error {
 					if left, ok := ex.hooks.transient(node.Name, false); ok {
@@ -735,6 +794,11 @@ func (ex *execution) run(ctx context.Context, l launch) {
 					}
 					var err error
 					c.output, err = callAction(ctx, a, ac)
+					if err == nil && lost > 0 {
+						lost--
+						c.output = nil
+						return status.Error(grpccodes.Unavailable, "injected lost answer at "+node.Name)
+					}
 					return err
 				})
 				c.attempts = attempts

@@ -27,6 +27,7 @@ type Hooks struct {
 	// transient faults still to inject, by node
 	actionTransient map[string]int
 	undoTransient   map[string]int
+	lostAnswerAt    map[string]bool
 
 	// BeforeNode, if set, runs right before each action node's action (and
 	// before any injected error), with the node name. Use it to race user
@@ -72,6 +73,31 @@ func (h *Hooks) InjectActionTransient(node string, n int) *Hooks {
 	}
 	h.actionTransient[node] = n
 	return h
+}
+
+// InjectLostAnswer makes node's action land and its answer be lost: the
+// action runs for real, twice (a run and the engine's retry of it), and
+// each time reports UNAVAILABLE, as when a partition swallows the answer of
+// a call the service applied; then the node fails as if its action retry
+// budget had run out (at once: no backoff is waited), with its outcome
+// unknown. The unwind must undo what the action did.
+func (h *Hooks) InjectLostAnswer(node string) *Hooks {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lostAnswerAt == nil {
+		h.lostAnswerAt = map[string]bool{}
+	}
+	h.lostAnswerAt[node] = true
+	return h
+}
+
+func (h *Hooks) lostAnswer(node string) bool {
+	if h == nil {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lostAnswerAt[node]
 }
 
 // InjectUndoTransient makes node's undo fail n times with a retryable error

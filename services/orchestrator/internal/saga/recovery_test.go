@@ -90,6 +90,7 @@ func writeLog(t *testing.T, f *fixture, sec, key, state string, events []ev, man
 // (a started but unfinished action or undo) and how the saga ends.
 func TestRecoveryFromEveryLogState(t *testing.T) {
 	failedB := ev{nB, "failed", `{"kind":"action","message":"boom"}`}
+	unknownB := ev{nB, "failed", `{"kind":"action","message":"rpc error: code = Unavailable","reason":"grpc:Unavailable","retryable":true,"attempts":4}`}
 	forwardDone := cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), ok(nB, item("b")), ok(nC, item("c")), ok(nFinish, `{"items":["a","b","c"]}`))
 	cases := []struct {
 		name    string
@@ -147,6 +148,22 @@ func TestRecoveryFromEveryLogState(t *testing.T) {
 		// be undone), then everything is undone.
 		{name: "unwind requested b in flight", state: "running", unwind: "b hangs", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), ok(nC, item("c"))),
 			want: saga.Failed, runs: map[string]int{"create_b/do": 1, "create_b/undo": 1, "create_c/undo": 1, "create_a/undo": 1}},
+		// b failed with its outcome unknown (a retryable error: it may
+		// have landed), and the SEC stopped before its undo started, or
+		// during it: b is undone like a succeeded node, before a.
+		{name: "b failed unknown", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{unknownB}, ok(nC, item("c"))),
+			want: saga.Failed, runs: map[string]int{"create_b/undo": 1, "create_c/undo": 1, "create_a/undo": 1}},
+		{name: "b failed unknown undo started", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{unknownB}, ok(nC, item("c")),
+			undone(nC), []ev{{nB, "undo_started", ""}}),
+			want: saga.Failed, runs: map[string]int{"create_b/undo": 1, "create_a/undo": 1}},
+		// A log from before the engine undid such nodes: a's undo already
+		// went past b, which is left as it was.
+		{name: "b failed unknown parent already undone", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{unknownB}, ok(nC, item("c")),
+			undone(nC), []ev{{nA, "undo_started", ""}}),
+			want: saga.Failed, runs: map[string]int{"create_a/undo": 1}},
+		{name: "corrupt undo of a node that failed for good", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{failedB}, ok(nC, item("c")),
+			[]ev{{nB, "undo_started", ""}}),
+			abandon: "undo_started after failed"},
 		{name: "corrupt undo skipped without undo failed", state: "unwinding", events: cat(ok(nStart, `{"key":"k"}`), ok(nA, item("a")), started(nB), []ev{failedB}, ok(nC, item("c")),
 			[]ev{{nC, "undo_started", ""}, {nC, "undo_skipped", `{"comment":"x"}`}}),
 			abandon: "undo_skipped after undo_started"},

@@ -60,11 +60,13 @@ func (ex *execution) replay(events []sagalog.Event) error {
 			n.err = &ae
 			if e.Type == evFailed {
 				n.status = failed
+				n.actionErr = &ae
 			} else {
 				n.status = undoFailed
 			}
 		case evUndoStarted:
-			if n.status != succeeded {
+			// A failed node is undone only when its outcome was unknown.
+			if n.status != succeeded && (n.status != failed || n.actionErr == nil || !n.actionErr.Retryable) {
 				return bad()
 			}
 			n.status = undoStarted
@@ -91,12 +93,14 @@ func (ex *execution) replay(events []sagalog.Event) error {
 	}
 	for id := range ex.nodes {
 		st := ex.nodes[id].status
-		switch st {
-		case failed:
+		if ex.nodes[id].actionErr != nil {
+			// Failed, and perhaps undone since (an unknown outcome).
 			ex.unwinding = true
 			if ex.failedNode < 0 {
 				ex.failedNode = id
 			}
+		}
+		switch st {
 		case undoStarted, undoFinished, undoSkipped:
 			ex.unwinding = true
 		case undoFailed:

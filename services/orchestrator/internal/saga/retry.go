@@ -101,7 +101,9 @@ func exponential(initial, maxInterval time.Duration) *backoff.ExponentialBackOff
 // error.
 func (ex *execution) retryTask(ctx context.Context, span trace.Span, node int, undo bool, attempt func() error) (int, error) {
 	var opts []backoff.RetryOption
-	if undo {
+	if undo || ex.final[node] {
+		// A commit point is retried like an undo: once it may have
+		// landed, unwinding past it would undo what it published.
 		opts = []backoff.RetryOption{
 			backoff.WithBackOff(exponential(undoRetryInitial, undoRetryMax)),
 			backoff.WithMaxElapsedTime(0), // no bound: see undoRetryMax

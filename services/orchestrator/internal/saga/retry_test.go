@@ -206,7 +206,9 @@ func TestActionTransientFaultIsRetriedWithinBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := nodeView(t, v, "create_b"); b.Status != "failed" || b.Attempts != 3 {
+	// Its outcome unknown (the last run's error said nothing of whether
+	// it landed), create_b is undone too.
+	if b := nodeView(t, v, "create_b"); b.Status != "undo_finished" {
 		t.Fatalf("create_b: %s after %d runs", b.Status, b.Attempts)
 	}
 
@@ -346,5 +348,52 @@ func TestOutcomeWrapsRetriedError(t *testing.T) {
 	var ae *saga.ActionError
 	if !errors.As(o.Error(), &ae) || ae.Attempts != 2 || status.Code(o.Error()) != codes.Unavailable {
 		t.Fatalf("outcome error %v (%+v)", o.Error(), ae)
+	}
+}
+
+// An action whose answers are lost (it lands, and its caller hears only
+// UNAVAILABLE until the budget runs out) fails with its outcome unknown,
+// and the unwind undoes it like a succeeded node: nothing of it remains.
+func TestLostAnswerIsUndone(t *testing.T) {
+	f := newFixture(t)
+	sec := f.sec(t, "sec-1", saga.WithActionRetry(saga.RetryPolicy{MaxAttempts: 3, Initial: 5 * time.Millisecond}))
+	o, err := sec.Run(context.Background(), f.app.sample, sampleParams{Key: "lost"}, saga.WithHooks((&saga.Hooks{}).InjectLostAnswer("create_b")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Kind != saga.Failed || o.FailedNode != "create_b" || !o.Err.Retryable {
+		t.Fatalf("outcome %v at %s (%+v), want failed at create_b with a retryable error", o.Kind, o.FailedNode, o.Err)
+	}
+	if got := f.effects(t, "lost"); len(got) != 0 {
+		t.Fatalf("effects left: %v", got)
+	}
+	if r := f.runs(t, "lost"); r["create_b/do"] != 2 || r["create_b/undo"] != 1 || r["create_a/undo"] != 1 {
+		t.Fatalf("runs %v", r)
+	}
+}
+
+// A commit point (an action with no action after it) is retried past the
+// budget, like an undo: once it may have landed, unwinding past it would
+// undo what it published.
+func TestCommitPointRetriedPastBudget(t *testing.T) {
+	f := newFixture(t)
+	sec := f.sec(t, "sec-1", saga.WithActionRetry(saga.RetryPolicy{MaxAttempts: 2, Initial: 5 * time.Millisecond}))
+	d, err := f.app.sample.BuildDAG(sampleParams{Key: "commit"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.FinalActionNodes(); !slices.Equal(got, []string{"finish"}) {
+		t.Fatalf("final action nodes %v, want [finish]", got)
+	}
+	o, err := sec.Run(context.Background(), f.app.sample, sampleParams{Key: "commit"},
+		saga.WithHooks((&saga.Hooks{}).InjectActionTransient("finish", 4).InjectLostAnswer("finish")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Kind != saga.Succeeded {
+		t.Fatalf("four transient faults and two lost answers at the commit point, budget two runs: %v (%v)", o.Kind, o.Error())
+	}
+	if r := f.runs(t, "commit"); r["finish/do"] != 3 {
+		t.Fatalf("runs %v: want finish run three times (two answers lost)", r)
 	}
 }

@@ -119,8 +119,10 @@ func (app *sampleApp) insertItem(item string) saga.ActionFunc {
 	}
 }
 
-// deleteItem is the idempotent undo of insertItem; it reads its own output.
-func (app *sampleApp) deleteItem() saga.UndoFunc {
+// deleteItem is the idempotent undo of insertItem; it reads its own
+// output, or when the action failed with its outcome unknown works out the
+// item as the action does: planned, or "" for the node's name.
+func (app *sampleApp) deleteItem(planned string) saga.UndoFunc {
 	return func(ctx context.Context, ac *saga.ActionContext) error {
 		pool := ac.Deps().(*pgxpool.Pool)
 		p, err := saga.Params[sampleParams](ac)
@@ -128,7 +130,12 @@ func (app *sampleApp) deleteItem() saga.UndoFunc {
 			return err
 		}
 		var out itemOut
-		if err := ac.Output(&out); err != nil {
+		if ac.OutcomeUnknown() {
+			out.Item = planned
+			if planned == "" {
+				out.Item = ac.NodeName()
+			}
+		} else if err := ac.Output(&out); err != nil {
 			return err
 		}
 		if err := app.undoFault(ac.NodeName()); err != nil {
@@ -148,10 +155,10 @@ func (app *sampleApp) deleteItem() saga.UndoFunc {
 func (app *sampleApp) define() {
 	// sample: a → [b, c, wide...] → finish
 	s := saga.NewTemplate("sample")
-	a := s.Action("create_a", app.insertItem("a"), app.deleteItem())
-	b := s.Action("create_b", app.insertItem("b"), app.deleteItem())
-	c := s.Action("create_c", app.insertItem("c"), app.deleteItem())
-	w := s.Action("create_w", wideItem(app), app.deleteItem())
+	a := s.Action("create_a", app.insertItem("a"), app.deleteItem("a"))
+	b := s.Action("create_b", app.insertItem("b"), app.deleteItem("b"))
+	c := s.Action("create_c", app.insertItem("c"), app.deleteItem("c"))
+	w := s.Action("create_w", wideItem(app), app.deleteItem(""))
 	finish := s.Action("finish", func(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		p, err := saga.Params[sampleParams](ac)
 		if err != nil {
@@ -187,7 +194,7 @@ func (app *sampleApp) define() {
 
 	// stash: soft_delete → hard_delete, used as a subsaga.
 	st := saga.NewTemplate("stash")
-	soft := st.Action("soft_delete", app.insertItem("soft"), app.deleteItem())
+	soft := st.Action("soft_delete", app.insertItem("soft"), app.deleteItem("soft"))
 	hard := st.Action("hard_delete", func(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		prev, err := saga.Lookup[itemOut](ac, "soft_delete")
 		if err != nil {
@@ -204,7 +211,7 @@ func (app *sampleApp) define() {
 
 	// outer: first → stash_params → delete_stash (subsaga) → after
 	o := saga.NewTemplate("outer")
-	first := o.Action("first", app.insertItem("first"), app.deleteItem())
+	first := o.Action("first", app.insertItem("first"), app.deleteItem("first"))
 	after := o.Action("after", func(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		sub, err := saga.Lookup[itemOut](ac, "delete_stash")
 		if err != nil {

@@ -82,6 +82,32 @@ func census(t testing.TB, e *testenv.Env) world {
 	return w
 }
 
+// lostAnswersUnwind is sagatest.LostAnswerCanUnwind with check, and with
+// the world counted around each run: an unwound saga whose answers were
+// lost at some node must leave no volume, region, region snapshot, target
+// or lock more than it found.
+func lostAnswersUnwind(t *testing.T, e *testenv.Env, tmpl *saga.Template, setup func() any, check func(testing.TB)) {
+	t.Helper()
+	var before world
+	sagatest.LostAnswerCanUnwind(t, e.SEC, tmpl, func() any {
+		p := setup()
+		before = census(t, e)
+		return p
+	}, func(t testing.TB) {
+		if check != nil {
+			check(t)
+		}
+		// Nothing more than it found; less only where a deletion
+		// landed, which the run that follows finishes.
+		after := census(t, e)
+		if after.regions > before.regions || after.regionSnapshots > before.regionSnapshots || after.targets > before.targets ||
+			after.volumes > before.volumes || after.locks > before.locks {
+			t.Fatalf("the unwound saga left the world %+v; it found it %+v", after, before)
+		}
+		invariantsHold(t, e)
+	})
+}
+
 func invariantsHold(t testing.TB, e *testenv.Env) {
 	t.Helper()
 	resp, err := e.Volumes.CheckInvariants(context.Background(), &volumev1.CheckInvariantsRequest{})
@@ -148,6 +174,7 @@ func TestVolumeCreateHelpers(t *testing.T) {
 	base := census(t, e)
 	check := func(t testing.TB) { expectWorld(t, e, base) }
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.VolumeCreate, func() any { return diskParams() }, check)
+	lostAnswersUnwind(t, e, sagadef.VolumeCreate, func() any { return diskParams() }, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.VolumeCreate, func() any { return diskParams() }, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.VolumeCreate, func() any { return diskParams() }, check)
 	sagatest.NoUndoFailed(t, e.Pool)
@@ -190,6 +217,7 @@ func TestSnapshotCreateHelpers(t *testing.T) {
 	base := census(t, e)
 	check := func(t testing.TB) { expectWorld(t, e, base) }
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.SnapshotCreate, params, check)
+	lostAnswersUnwind(t, e, sagadef.SnapshotCreate, params, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.SnapshotCreate, params, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.SnapshotCreate, params, check)
 	sagatest.NoUndoFailed(t, e.Pool)
@@ -203,6 +231,7 @@ func TestVolumeCloneHelpers(t *testing.T) {
 	base := census(t, e)
 	check := func(t testing.TB) { expectWorld(t, e, base) }
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.VolumeClone, params, check)
+	lostAnswersUnwind(t, e, sagadef.VolumeClone, params, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.VolumeClone, params, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.VolumeClone, params, check)
 	sagatest.NoUndoFailed(t, e.Pool)

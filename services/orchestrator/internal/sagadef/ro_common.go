@@ -119,15 +119,30 @@ func replaceReadOnly(ctx context.Context, d *Deps, r Replacement) (string, error
 	return resp.Result.String(), nil
 }
 
-// undoReplaceReadOnly swaps back; every result, including the deleted ones,
+// swapPlan is what a swap node swaps, worked out from the saga's inputs
+// as its action does; ok is false when the action swaps nothing.
+type swapPlan func(ac *saga.ActionContext) (r Replacement, ok bool, err error)
+
+// undoSwap is the undo of a swap node: it swaps back what the action
+// swapped (its output), or, when the action failed with its outcome
+// unknown, what it meant to swap (plan): swapping back a swap that never
+// landed finds nothing to swap. Every result, including the deleted ones,
 // is accepted so the saga never gets stuck holding the record's lock.
-func undoReplaceReadOnly(ctx context.Context, ac *saga.ActionContext) error {
-	var r Replacement
-	if err := ac.Output(&r); err != nil {
+func undoSwap(plan swapPlan, swap func(context.Context, *Deps, Replacement) (string, error)) saga.UndoFunc {
+	return func(ctx context.Context, ac *saga.ActionContext) error {
+		var r Replacement
+		if ac.OutcomeUnknown() {
+			var ok bool
+			var err error
+			if r, ok, err = plan(ac); err != nil || !ok {
+				return err
+			}
+		} else if err := ac.Output(&r); err != nil {
+			return err
+		}
+		_, err := swap(ctx, deps(ac), Replacement{Volume: r.Volume, Old: r.New, New: r.Old, Stash: r.Stash})
 		return err
 	}
-	_, err := replaceReadOnly(ctx, deps(ac), Replacement{Volume: r.Volume, Old: r.New, New: r.Old, Stash: r.Stash})
-	return err
 }
 
 // deleteVolumeNodes appends a constant holding the delete parameters and

@@ -86,7 +86,7 @@ func newROStart() *saga.Template {
 		t.Action("create_stash", roCreateStash, roCreateStashUndo),
 		// ReplaceReadOnlyTarget(snapshot volume, A → B, T); a deleted
 		// snapshot volume is a success. ⟲ swap back.
-		t.Action("replace_in_snapshot", roReplace, undoReplaceReadOnly),
+		t.Action("replace_in_snapshot", roReplace, undoSwap(roSwap, replaceReadOnly)),
 		// Commit: ReplacementDone with B, the reference volume and T.
 		t.Action("update_request", roStartCommit, nil),
 	}
@@ -416,23 +416,33 @@ func roCreateStashUndo(ctx context.Context, ac *saga.ActionContext) error {
 // is a success: other volumes may still name A and need B, and treating it
 // as a failure would break idempotency (swap, crash, user deletes snapshot,
 // re-run).
-func roReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+// roSwap is what replace_in_snapshot swaps: in the snapshot's volume, the
+// old target for the new read-only region, the old one kept in the stash;
+// nothing when the data is lost.
+func roSwap(ac *saga.ActionContext) (Replacement, bool, error) {
 	if l, err := lost(ac); l || err != nil {
-		return Replacement{}, err
+		return Replacement{}, false, err
 	}
 	p, _, err := startParams(ac)
 	if err != nil {
-		return nil, err
+		return Replacement{}, false, err
 	}
 	b, err := newRegionID(ac)
 	if err != nil {
-		return nil, err
+		return Replacement{}, false, err
 	}
 	stash, err := saga.Lookup[uuid.UUID](ac, "new_volume_id")
 	if err != nil {
-		return nil, err
+		return Replacement{}, false, err
 	}
-	r := Replacement{Volume: p.OldSnapshotID, Old: p.OldTargetID, New: b, Stash: stash}
+	return Replacement{Volume: p.OldSnapshotID, Old: p.OldTargetID, New: b, Stash: stash}, true, nil
+}
+
+func roReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	r, ok, err := roSwap(ac)
+	if err != nil || !ok {
+		return r, err
+	}
 	r.Result, err = replaceReadOnly(ctx, deps(ac), r)
 	return r, err
 }

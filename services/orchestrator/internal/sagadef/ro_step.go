@@ -43,7 +43,7 @@ func newROStep() *saga.Template {
 		// Blank stash T. ⟲ remove it.
 		t.Action("create_stash", stepCreateStash, stepCreateStashUndo),
 		// ReplaceReadOnlyTarget(volume, A → B, T). ⟲ swap back.
-		t.Action("replace_in_volume", stepReplace, undoReplaceReadOnly),
+		t.Action("replace_in_volume", stepReplace, undoSwap(stepSwap, replaceReadOnly)),
 		// NotifyReplacement, unless the swap found the volume deleted
 		// (nobody can be running it); a delete that lands after the swap
 		// is VOLUME_DELETED, also done.
@@ -126,20 +126,29 @@ func stepCreateStashUndo(ctx context.Context, ac *saga.ActionContext) error {
 	return removeVolume(ctx, deps(ac), id)
 }
 
-func stepReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+// stepSwap is what replace_in_volume swaps: the volume's old target for
+// the new one, the old one kept in the stash.
+func stepSwap(ac *saga.ActionContext) (Replacement, bool, error) {
 	p, _, err := stepParams(ac)
 	if err != nil {
-		return nil, err
+		return Replacement{}, false, err
 	}
 	rp, err := saga.Lookup[ReplaceParams](ac, "create_replace_params")
 	if err != nil {
-		return nil, err
+		return Replacement{}, false, err
 	}
 	stash, err := saga.Lookup[uuid.UUID](ac, "new_volume_id")
 	if err != nil {
+		return Replacement{}, false, err
+	}
+	return Replacement{Volume: p.VolumeID, Old: rp.Old, New: rp.New, Stash: stash}, true, nil
+}
+
+func stepReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	r, _, err := stepSwap(ac)
+	if err != nil {
 		return nil, err
 	}
-	r := Replacement{Volume: p.VolumeID, Old: rp.Old, New: rp.New, Stash: stash}
 	if r, ok := sabotageSkipSwap(ac, r); ok {
 		return r, nil
 	}

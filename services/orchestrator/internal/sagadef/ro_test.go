@@ -173,6 +173,7 @@ func TestROStartHelpers(t *testing.T) {
 		}
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.ROStart, setup, check)
+	lostAnswersUnwind(t, e, sagadef.ROStart, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.ROStart, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.ROStart, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
@@ -304,6 +305,7 @@ func TestROGarbageCollect(t *testing.T) {
 		invariantsHold(t, e)
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.ROGarbageCollect, setup, check)
+	lostAnswersUnwind(t, e, sagadef.ROGarbageCollect, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.ROGarbageCollect, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.ROGarbageCollect, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
@@ -376,6 +378,7 @@ func TestROStep(t *testing.T) {
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.ROStep, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.ROStep, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.ROStep, setup, check)
+	lostAnswersUnwind(t, e, sagadef.ROStep, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
 }
 
@@ -414,6 +417,7 @@ func TestROStepGarbageCollect(t *testing.T) {
 		invariantsHold(t, e)
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.ROStepGarbageCollect, setup, check)
+	lostAnswersUnwind(t, e, sagadef.ROStepGarbageCollect, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.ROStepGarbageCollect, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.ROStepGarbageCollect, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
@@ -463,6 +467,7 @@ func TestROFinish(t *testing.T) {
 		invariantsHold(t, e)
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.ROFinish, setup, check)
+	lostAnswersUnwind(t, e, sagadef.ROFinish, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.ROFinish, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.ROFinish, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)

@@ -159,6 +159,7 @@ func TestRWStartHelpers(t *testing.T) {
 		rwWant(t, e, cur.ID, store.RWRequested)
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.RWStart, setup, check)
+	lostAnswersUnwind(t, e, sagadef.RWStart, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.RWStart, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.RWStart, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
@@ -397,6 +398,7 @@ func TestRWDriveHelpers(t *testing.T) {
 		invariantsHold(t, e)
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.RWDrive, setup, check)
+	lostAnswersUnwind(t, e, sagadef.RWDrive, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.RWDrive, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.RWDrive, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)
@@ -444,6 +446,7 @@ func TestRWFinishHelpers(t *testing.T) {
 		expectWorld(t, e, base)
 	}
 	sagatest.ActionFailureCanUnwind(t, e.SEC, sagadef.RWFinish, setup, check)
+	lostAnswersUnwind(t, e, sagadef.RWFinish, setup, check)
 	sagatest.ActionFailureCanUnwindIdempotently(t, e.SEC, sagadef.RWFinish, setup, check)
 	sagatest.UndoTransientFaultRecovers(t, e.SEC, sagadef.RWFinish, setup, check)
 	sagatest.NoUndoFailed(t, e.Pool)

@@ -73,7 +73,7 @@ func newRWStart() *saga.Template {
 		// ReplaceRegion(volume, O → N, T): generation bump, N owned by the
 		// volume, O by T. A deleted volume fails the node so the saga
 		// unwinds. ⟲ swap back.
-		t.Action("replace_region", rwReplace, rwReplaceUndo),
+		t.Action("replace_region", rwReplace, undoSwap(rwSwap, replaceRegion)),
 		// Commit: Running with N and T.
 		t.Action("update_request", rwStartCommit, nil),
 	}
@@ -316,34 +316,32 @@ func replaceRegion(ctx context.Context, d *Deps, r Replacement) (string, error) 
 // rwReplace swaps O for N in the volume (generation bump). Unlike the
 // read-only swap, a deleted volume is a failure: there is nothing left to
 // repair, the unwind frees N, and the detector completes the request.
-func rwReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+// rwSwap is what replace_region swaps: in the volume, the old region for
+// the new one, the old one kept in the stash.
+func rwSwap(ac *saga.ActionContext) (Replacement, bool, error) {
 	p, _, err := rwStartParams(ac)
 	if err != nil {
-		return nil, err
+		return Replacement{}, false, err
 	}
 	n, stash, err := rwIDs(ac)
 	if err != nil {
+		return Replacement{}, false, err
+	}
+	return Replacement{Volume: p.VolumeID, Old: p.OldRegionID, New: n, Stash: stash}, true, nil
+}
+
+func rwReplace(ctx context.Context, ac *saga.ActionContext) (any, error) {
+	r, _, err := rwSwap(ac)
+	if err != nil {
 		return nil, err
 	}
-	r := Replacement{Volume: p.VolumeID, Old: p.OldRegionID, New: n, Stash: stash}
 	if r.Result, err = replaceRegion(ctx, deps(ac), r); err != nil {
 		return nil, err
 	}
 	if r.VolumeGone() {
-		return nil, fmt.Errorf("%w: ReplaceRegion on volume %s answered %s", errVolumeDeleted, p.VolumeID, r.Result)
+		return nil, fmt.Errorf("%w: ReplaceRegion on volume %s answered %s", errVolumeDeleted, r.Volume, r.Result)
 	}
 	return r, nil
-}
-
-// rwReplaceUndo swaps back; every result is accepted so the unwind never
-// gets stuck holding the request's lock.
-func rwReplaceUndo(ctx context.Context, ac *saga.ActionContext) error {
-	var r Replacement
-	if err := ac.Output(&r); err != nil {
-		return err
-	}
-	_, err := replaceRegion(ctx, deps(ac), Replacement{Volume: r.Volume, Old: r.New, New: r.Old, Stash: r.Stash})
-	return err
 }
 
 func rwStartCommit(ctx context.Context, ac *saga.ActionContext) (any, error) {

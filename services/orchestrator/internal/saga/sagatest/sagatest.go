@@ -183,6 +183,57 @@ func UndoTransientFaultRecovers(t *testing.T, sec *saga.SEC, tmpl *saga.Template
 	assertNoStuck(t, sec)
 }
 
+// LostAnswerCanUnwind, for each action node — every one under Soak, else
+// every sampleStride-th from an offset derived from the template's name —
+// takes fresh parameters from setup and injects a lost answer there
+// (Hooks.InjectLostAnswer: the action lands, its answers are lost until its
+// retry budget runs out): the node fails with its outcome unknown, so the
+// unwind must undo what it did as well as what came before. Asserts the
+// saga failed at that node, cleanly unwound and not stuck, then calls
+// check, which should assert that nothing of the saga remains (but what
+// cannot be taken back: a deletion that landed, which the saga's next run
+// finishes, as every action tolerates a re-run). Commit points
+// (DAG.FinalActionNodes) are left out: they are retried until an answer
+// comes back, so the saga succeeds (the engine's own tests show it). At the
+// end no saga may be stuck.
+func LostAnswerCanUnwind(t *testing.T, sec *saga.SEC, tmpl *saga.Template, setup func() any, check func(t testing.TB)) {
+	t.Helper()
+	d, err := tmpl.BuildDAG(setup())
+	if err != nil {
+		t.Fatalf("build DAG of %s: %v", tmpl.Name(), err)
+	}
+	nodes := d.ActionNodes()
+	final := map[string]bool{}
+	for _, n := range d.FinalActionNodes() {
+		final[n] = true
+	}
+	h := fnv.New32a()
+	h.Write([]byte(tmpl.Name()))
+	offset := int(h.Sum32() % uint32(min(sampleStride, len(nodes))))
+	ran := 0
+	for i, node := range nodes {
+		if final[node] || (!Soak() && i%sampleStride != offset) {
+			continue
+		}
+		ran++
+		t.Run("lost_answer_at_"+node, func(t *testing.T) {
+			params := setup()
+			if now := actionNodes(t, tmpl, params); len(now) != len(nodes) || now[i] != node {
+				t.Fatalf("DAG has action nodes %v for fresh parameters, was %v", now, nodes)
+			}
+			o := run(t, sec, tmpl, params, (&saga.Hooks{}).InjectLostAnswer(node))
+			if o.Kind != saga.Failed || o.FailedNode != node {
+				t.Fatalf("answers lost at %s: outcome %v at %q (%v), want failed at %s", node, o.Kind, o.FailedNode, o.Error(), node)
+			}
+			if check != nil {
+				check(t)
+			}
+		})
+	}
+	t.Logf("%s: lost answers at %d of %d action nodes (STORAGECP_SOAK=1 runs all)", tmpl.Name(), ran, len(nodes))
+	assertNoStuck(t, sec)
+}
+
 // BeforeEachNode, for each action node, takes fresh parameters from setup
 // and runs the saga with before called right before that node's action
 // (only that node), then calls check with the node and the outcome. Use it
