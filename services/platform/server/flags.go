@@ -2,7 +2,10 @@ package server
 
 import (
 	"flag"
+	"fmt"
 	"io"
+	"os"
+	"regexp"
 	"time"
 
 	"storagecp.dev/platform/config"
@@ -62,3 +65,36 @@ func CheckConfig(svc Service, path string) error {
 	opts.Getenv = func(string) string { return "" }
 	return config.Parse(fset, []string{"--" + config.Flag, path}, opts)
 }
+
+// CheckExampleConfig is CheckConfig of an example file an operator
+// installs (deploy/config), and again with every setting it shows
+// commented out ("# key = value", at its default) uncommented: no key the
+// binary does not know, no value a flag rejects, in either.
+func CheckExampleConfig(svc Service, path string) error {
+	if err := CheckConfig(svc, path); err != nil {
+		return err
+	}
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp("", "storagecp-config-*.toml")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(commentedSetting.ReplaceAll(text, []byte("$1")))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := CheckConfig(svc, f.Name()); err != nil {
+		return fmt.Errorf("a commented-out setting of %s: %w", path, err)
+	}
+	return nil
+}
+
+// commentedSetting is a setting an example file shows commented out.
+var commentedSetting = regexp.MustCompile(`(?m)^# ([a-z][a-z0-9-]* = .*)$`)
