@@ -106,14 +106,14 @@ vet:
 # Production binaries link production code only: `go list -deps` of each
 # names no test-support package (testsupport, integration, any testenv or
 # sagatest, platform's pgtest, the standard testing package), no launcher
-# (deploy, platform's pgcluster) and no simulation (a module named sim, as
+# (deploy, platform's pgcluster and netlab) and no simulation (a module named sim, as
 # storagecp.dev/notifier/sim and storagecp.dev/allocator/sim).
 PROD_BINS = storagecp.dev/volume/cmd/volume-service \
 	storagecp.dev/allocator/cmd/region-allocator \
 	storagecp.dev/notifier/cmd/upstairs-notifier \
 	storagecp.dev/orchestrator/cmd/replacement-orchestrator \
 	storagecp.dev/storctl/cmd/storctl
-NON_PROD_PKGS = ^(testing|storagecp\.dev/(testsupport|deploy|integration|sim)(/.*)?|storagecp\.dev/[^/]+/sim(/.*)?|storagecp\.dev/platform/(pgtest|pgcluster)(/.*)?|storagecp\.dev/.*/(testenv|sagatest))$$
+NON_PROD_PKGS = ^(testing|storagecp\.dev/(testsupport|deploy|integration|sim)(/.*)?|storagecp\.dev/[^/]+/sim(/.*)?|storagecp\.dev/platform/(pgtest|pgcluster|netlab)(/.*)?|storagecp\.dev/.*/(testenv|sagatest))$$
 
 prod-deps-check:
 	@fail=0; for b in $(PROD_BINS); do \
@@ -152,9 +152,14 @@ INSECURE ?=
 # monitor, a primary and a synchronous standby under .run/ha), installing
 # pg_auto_failover first when it is missing (make ha-deps).
 HA ?=
+# HOSTS=1 runs every process on a host of its own (a network namespace on a
+# bridge; needs root) with every link through a fault proxy (toxiproxy,
+# whose API the launcher serves on 127.0.0.1:8474), each process deployed
+# through its configuration file.
+HOSTS ?=
 run: tools $(if $(TRACING),$(BIN)/jaeger) $(if $(HA),ha-deps)
 	@case "$(DEMO)" in on|exit|off) ;; *) echo "make run: DEMO must be on, exit or off (got '$(DEMO)')"; exit 2;; esac
-	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing) $(if $(INSECURE),--insecure) $(if $(HA),--ha) \
+	$(GO) run ./deploy/cmd/storagecp-local $(if $(TRACING),--tracing) $(if $(INSECURE),--insecure) $(if $(HA),--ha) $(if $(HOSTS),--hosts) \
 		$(if $(filter exit,$(DEMO)),--non-interactive) $(if $(filter off,$(DEMO)),--demo=false)
 
 clean-run:
@@ -183,11 +188,13 @@ bench: $(if $(call bench_run,failover),ha-deps)
 	$(if $(call bench_run,failover),STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 60m -run '^TestFailover$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/failover.txt)
 
 # Every crash point, every user operation before every saga node, a
-# transient fault at every undo of every saga (make test samples them), and
+# transient fault at every undo and a lost answer at every action of every
+# saga (make test samples them), every network fault several times
+# (integration/hosts), and
 # SEEDS random race seeds (each printed; replay one with
 # STORAGECP_SEED=<seed> go test ./integration/race).
 SEEDS ?= 20
 soak:
 	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 240m -run 'TestUserOperations' storagecp.dev/orchestrator/internal/sagadef/...
-	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 60m -run '(Helpers|^TestRSR(GarbageCollect|Step|StepGarbageCollect|Finish))$$/undo_transient_at_' storagecp.dev/orchestrator/internal/sagadef
+	STORAGECP_SOAK=1 $(GO) test -count=1 -timeout 60m -run '(Helpers|^TestRO(GarbageCollect|Step|StepGarbageCollect|Finish))$$/(undo_transient|lost_answer)_at_' storagecp.dev/orchestrator/internal/sagadef
 	STORAGECP_SOAK=1 STORAGECP_SEEDS=$(SEEDS) $(GO) test -count=1 -timeout 240m $(INTEGRATION_PKGS)

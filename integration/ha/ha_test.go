@@ -12,13 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
-	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
@@ -294,31 +292,7 @@ func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
 	volumes := []string{disk, snap}
-	var wg sync.WaitGroup
-	ids := make(chan string)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for id := range ids {
-				if _, err := r.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
-					VolumeId: id, ReadOnlyParentFromVolumeId: snap,
-					Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{
-						Volume: &commonv1.VcrVolume{Id: id, BlockSize: 512},
-					}},
-				}); err != nil {
-					t.Error(err)
-				}
-			}
-		}()
-	}
-	for range clones {
-		id := uuid.NewString()
-		volumes = append(volumes, id)
-		ids <- id
-	}
-	close(ids)
-	wg.Wait()
+	volumes = append(volumes, r.CloneFanOut(t, snap, clones)...)
 
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	r.Expunge(t, r.DiskOf(t, old.DatasetId))
@@ -376,4 +350,3 @@ func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing
 	r.Drain(t, nil, volumes)
 	r.ExpectEmpty(t)
 }
-

@@ -19,20 +19,17 @@ import (
 	"maps"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/google/uuid"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
-	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
 	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
+	"storagecp.dev/testsupport/fencelog"
 	"storagecp.dev/testsupport/stack"
 )
 
@@ -56,10 +53,37 @@ func clones(t *testing.T) int {
 	return defaultClones
 }
 
-// soak skips a test outside `make soak`.
+// soak skips a test outside `make soak`: `make test` runs a sample
+// (TestLeaderCutOffFromDatabase, TestLostAnswers).
 func soak(t *testing.T) {
 	if os.Getenv("STORAGECP_SOAK") == "" {
 		t.Skip("a soak test: make soak (STORAGECP_SOAK=1)")
+	}
+}
+
+// soakRounds is how many times `make soak` runs each test
+// (STORAGECP_HOSTS_ROUNDS overrides it).
+const soakRounds = 3
+
+// rounds runs a test once, or soakRounds times under `make soak`, each on
+// a fresh rack.
+func rounds(t *testing.T, test func(*testing.T)) {
+	n := 1
+	if os.Getenv("STORAGECP_SOAK") != "" {
+		n = soakRounds
+	}
+	if v := os.Getenv("STORAGECP_HOSTS_ROUNDS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("STORAGECP_HOSTS_ROUNDS=%q: want a positive number", v)
+		}
+	}
+	if n == 1 {
+		test(t)
+		return
+	}
+	for i := range n {
+		t.Run(fmt.Sprintf("round-%d", i), test)
 	}
 }
 
@@ -73,8 +97,10 @@ type scene struct {
 
 // hostsConfig is every test's deployment: two orchestrators (a leader and
 // a standby), two sim-upstairs.
+// STORAGECP_HOSTS_HA=1 puts the database on a replicated formation (each
+// data node a host of its own, every link to each through a proxy).
 func hostsConfig() stack.Config {
-	return stack.Config{Hosts: true, Orchestrators: 2, SimUpstairs: 2, LogDir: os.Getenv("STORAGECP_HOSTS_LOGS")}
+	return stack.Config{Hosts: true, Orchestrators: 2, SimUpstairs: 2, HA: os.Getenv("STORAGECP_HOSTS_HA") == "1"}
 }
 
 // newScene starts the rack and builds the fan-out's volumes: a disk, its
@@ -86,35 +112,10 @@ func newScene(t *testing.T, cfg stack.Config, n int) *scene {
 	sc := &scene{r: r, clones: n}
 	t.Logf("%d processes on hosts of their own, %d links through fault proxies", len(r.Stack.Procs()), len(r.Stack.Links()))
 	sc.followLeader(t, time.Minute)
-	ctx := context.Background()
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
 	sc.volumes = []string{disk, snap}
-	var wg sync.WaitGroup
-	ids := make(chan string)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for id := range ids {
-				if _, err := r.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
-					VolumeId: id, ReadOnlyParentFromVolumeId: snap,
-					Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{
-						Volume: &commonv1.VcrVolume{Id: id, BlockSize: 512},
-					}},
-				}); err != nil {
-					t.Error(err)
-				}
-			}
-		}()
-	}
-	for range n {
-		id := uuid.NewString()
-		sc.volumes = append(sc.volumes, id)
-		ids <- id
-	}
-	close(ids)
-	wg.Wait()
+	sc.volumes = append(sc.volumes, r.CloneFanOut(t, snap, n)...)
 	for i := range min(runningClones, n) {
 		sc.atts = append(sc.atts, r.Construct(t, sc.volumes[2+i], i%len(r.Sims)))
 	}
@@ -125,7 +126,7 @@ func newScene(t *testing.T, cfg stack.Config, n int) *scene {
 func (sc *scene) leader(t *testing.T) string {
 	t.Helper()
 	for _, p := range sc.r.Stack.Procs() {
-		if k, _ := kind(p.Name); k != stack.Orchestrator {
+		if k, _ := stack.KindOf(p.Name); k != stack.Orchestrator {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -153,13 +154,20 @@ func (sc *scene) followLeader(t *testing.T, timeout time.Duration) string {
 	return lead
 }
 
-func kind(proc string) (string, bool) {
-	for _, k := range []string{stack.Orchestrator, stack.SimUpstairs} {
-		if len(proc) >= len(k) && proc[:len(k)] == k {
-			return k, true
+// takeOver waits for an orchestrator other than old to lead, points the
+// rack's clients at it, and says how long it took.
+func (sc *scene) takeOver(t *testing.T, old string, timeout time.Duration) (string, time.Duration) {
+	t.Helper()
+	began := time.Now()
+	var lead string
+	harness.Eventually(t, timeout, "the standby leads", func() error {
+		if lead = sc.leader(t); lead == "" || lead == old {
+			return fmt.Errorf("leader %q", lead)
 		}
-	}
-	return proc, false
+		return nil
+	})
+	sc.r.UseOrchestrator(t, lead)
+	return lead, time.Since(began).Round(time.Millisecond)
 }
 
 // expunge expunges the snapshot's disk and waits until the fan-out is
@@ -204,12 +212,44 @@ func (sc *scene) finish(t *testing.T, began time.Time) time.Duration {
 	r.NoStuckSagas(t)
 	r.Drain(t, sc.atts, sc.volumes)
 	r.ExpectEmpty(t)
+	sc.oneLeaderAtATime(t)
 	return took
+}
+
+// oneLeaderAtATime reads the fence epochs in every process's log: each
+// epoch led by one orchestrator, terms of one process never overlapping,
+// every service's fence only ever rising, and every refusal one of an
+// older epoch.
+func (sc *scene) oneLeaderAtATime(t *testing.T) fencelog.Report {
+	t.Helper()
+	rep, err := fencelog.Check(sc.r.Stack.LogDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Errorf("the logs show more than one leader acting:\n%s", rep)
+	}
+	t.Logf("fence epochs in the logs: leaders %v", rep.Led())
+	for _, svc := range rep.Services {
+		var raised []int64
+		for _, r := range svc.Raises {
+			raised = append(raised, r.To)
+		}
+		if len(raised) > 0 || len(svc.Refusals) > 0 {
+			t.Logf("  %s: fence raised to %v, %d stale calls refused", svc.Name, raised, len(svc.Refusals))
+		}
+	}
+	return rep
 }
 
 // TestNoFault is the baseline: the same fan-out on the same network with
 // no fault, for the time each fault adds.
 func TestNoFault(t *testing.T) {
+	soak(t)
+	rounds(t, noFault)
+}
+
+func noFault(t *testing.T) {
 	sc := newScene(t, hostsConfig(), clones(t))
 	sc.finish(t, sc.expunge(t))
 }
@@ -221,6 +261,10 @@ func TestNoFault(t *testing.T) {
 // them. When the link heals, the old leader finds it has lost the lease
 // and stands down, and nothing it sends lands anywhere.
 func TestLeaderCutOffFromDatabase(t *testing.T) {
+	rounds(t, leaderCutOffFromDatabase)
+}
+
+func leaderCutOffFromDatabase(t *testing.T) {
 	sc := newScene(t, hostsConfig(), clones(t))
 	r := sc.r
 	old := sc.leader(t)
@@ -235,16 +279,19 @@ func TestLeaderCutOffFromDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cut := time.Now()
-	var lead string
-	harness.Eventually(t, time.Minute, "the standby leads", func() error {
-		if lead = sc.leader(t); lead == "" || lead == old {
-			return fmt.Errorf("leader %q", lead)
+	// What the old leader sends the services from now on arrives late,
+	// after its successor has raised their fences: the writes a leader
+	// attempts in its last moments, or after it lost its lease unawares.
+	var slowed []*stack.Link
+	for _, srv := range []string{stack.Volume, stack.Allocator, stack.Notifier} {
+		l := r.Stack.Link(old, srv)
+		if err := l.Add(stack.Toxic{Name: "late", Type: "latency", Stream: stack.Upstream, Attributes: map[string]any{"latency": 8000}}); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	t.Logf("%s cut off from the database; %s leads %s later", old, lead, time.Since(cut).Round(time.Millisecond))
-	sc.r.UseOrchestrator(t, lead)
+		slowed = append(slowed, l)
+	}
+	lead, took := sc.takeOver(t, old, time.Minute)
+	t.Logf("%s cut off from the database; %s leads %s later", old, lead, took)
 	after, err := r.Admin.GetLeadership(context.Background(), &orchestratorv1.GetLeadershipRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -261,6 +308,11 @@ func TestLeaderCutOffFromDatabase(t *testing.T) {
 		return nil
 	})
 	link.Clear()
+	// Let the late writes arrive before the links run fast again.
+	time.Sleep(10 * time.Second)
+	for _, l := range slowed {
+		l.Clear()
+	}
 	oldAdmin := orchestratorv1.NewAdminServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(old)))
 	harness.Eventually(t, time.Minute, "the old leader standing by", func() error {
 		l, err := oldAdmin.GetLeadership(context.Background(), &orchestratorv1.GetLeadershipRequest{})
@@ -273,6 +325,26 @@ func TestLeaderCutOffFromDatabase(t *testing.T) {
 		return nil
 	})
 	sc.finish(t, began)
+	// The old leader's late writes were each refused by a fence, and
+	// none landed: no service raised its fence to the old epoch after
+	// the new one (oneLeaderAtATime), and each refusal names the old one.
+	rep, err := fencelog.Check(r.Stack.LogDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for _, svc := range rep.Services {
+		for _, f := range svc.Refusals {
+			if f.Epoch != before.Epoch {
+				t.Errorf("%s refused epoch %d (newest %d): want only the old leader's %d", svc.Name, f.Epoch, f.Newest, before.Epoch)
+			}
+			refused++
+		}
+	}
+	t.Logf("the old leader's late writes: %d refused by the services' fences", refused)
+	if refused == 0 {
+		t.Errorf("no write of the old leader reached a service late: the test did not exercise the fence")
+	}
 }
 
 // TestLeaderCutOffFromVolumeService: the leader still reaches its
@@ -281,6 +353,11 @@ func TestLeaderCutOffFromDatabase(t *testing.T) {
 // undos retry; nothing is left stuck. When the link heals, the
 // replacement completes.
 func TestLeaderCutOffFromVolumeService(t *testing.T) {
+	soak(t)
+	rounds(t, leaderCutOffFromVolumeService)
+}
+
+func leaderCutOffFromVolumeService(t *testing.T) {
 	sc := newScene(t, hostsConfig(), clones(t))
 	r := sc.r
 	lead := sc.leader(t)
@@ -309,19 +386,22 @@ const cutFor = 35 * time.Second
 // no second swap, no second allocation, no reference lost (the invariants,
 // the system validation and draining to nothing would show each).
 func TestLostAnswers(t *testing.T) {
+	rounds(t, lostAnswers)
+}
+
+func lostAnswers(t *testing.T) {
 	sc := newScene(t, hostsConfig(), clones(t))
 	r := sc.r
 	lead := sc.leader(t)
-	began := sc.expunge(t)
 	var links []*stack.Link
 	servers := []string{stack.Volume, stack.Allocator, stack.Notifier}
 	for _, srv := range servers {
 		links = append(links, r.Stack.Link(lead, srv))
 	}
-	clientBefore := okCalls(t, r.Stack, lead, false)
-	serverBefore := map[string]float64{}
+	clientBefore := calls(t, r.Stack, lead, false)
+	serverBefore := map[string]map[string]float64{}
 	for _, srv := range servers {
-		maps.Copy(serverBefore, okCalls(t, r.Stack, srv, true))
+		maps.Copy(serverBefore, calls(t, r.Stack, srv, true))
 	}
 	stop := make(chan struct{})
 	done := make(chan int)
@@ -348,8 +428,9 @@ func TestLostAnswers(t *testing.T) {
 			}
 		}
 	}()
-	// Answers are lost until every request has finished its first
-	// attempt or a minute has passed.
+	// From the expunge on, through the requests' start (allocations) to
+	// every step past its swap.
+	began := sc.expunge(t)
 	harness.Eventually(t, time.Minute, "the fan-out's steps all past their swap", func() error {
 		if done, n := len(r.DoneSteps(t)), r.StepCount(t); done < n || n < sc.clones {
 			return fmt.Errorf("%d of %d steps done", done, n)
@@ -360,15 +441,30 @@ func TestLostAnswers(t *testing.T) {
 	windows := <-done
 	// An answer lost after the server applied the call shows as a call
 	// the server answered OK that the leader never saw answered.
-	clientAfter := okCalls(t, r.Stack, lead, false)
+	// Only methods the leader calls, and of those the mutating ones
+	// only the orchestrators call: their servers' counts are the
+	// leader's calls.
+	clientAfter := calls(t, r.Stack, lead, false)
 	lost := map[string]float64{}
+	failed := map[string]float64{}
 	for _, srv := range servers {
-		for m, n := range okCalls(t, r.Stack, srv, true) {
-			if d := (n - serverBefore[m]) - (clientAfter[m] - clientBefore[m]); d > 0 {
+		for m, byCode := range calls(t, r.Stack, srv, true) {
+			if _, called := clientAfter[m]; !called || readOnly(m) {
+				continue
+			}
+			if d := (byCode["OK"] - serverBefore[m]["OK"]) - (clientAfter[m]["OK"] - clientBefore[m]["OK"]); d > 0 {
 				lost[m] = d
 			}
 		}
 	}
+	for m, byCode := range clientAfter {
+		for code, n := range byCode {
+			if code != "OK" {
+				failed[m+" "+code] = n - clientBefore[m][code]
+			}
+		}
+	}
+	t.Logf("attempts the leader saw fail, by method and code: %v", failed)
 	t.Logf("%d windows of lost answers on %d links; answers lost after the server applied the call, by method: %v", windows, len(links), lost)
 	t.Logf("saga nodes the leader retried (an error got past gRPC's own retries): %v", retriedNodes(t, r.Stack, lead))
 	if len(lost) == 0 {
@@ -383,6 +479,11 @@ func TestLostAnswers(t *testing.T) {
 // activated again; after the link heals, every request completes and
 // every Upstairs runs what its volume names.
 func TestNotifierCutOffFromUpstairs(t *testing.T) {
+	soak(t)
+	rounds(t, notifierCutOffFromUpstairs)
+}
+
+func notifierCutOffFromUpstairs(t *testing.T) {
 	sc := newScene(t, hostsConfig(), clones(t))
 	r := sc.r
 	sim := fmt.Sprintf("%s-0", stack.SimUpstairs)
@@ -426,6 +527,11 @@ func (sc *scene) activatedOnce(t *testing.T) {
 // network, with 200 ms ± 50 ms added to every round trip of every link, and
 // with 100 ms ± 20 ms added to the database links alone.
 func TestLatency(t *testing.T) {
+	soak(t)
+	rounds(t, latency)
+}
+
+func latency(t *testing.T) {
 	for _, c := range []struct {
 		name            string
 		latency, jitter int
@@ -469,4 +575,71 @@ func TestLatency(t *testing.T) {
 			sc.finish(t, began)
 		})
 	}
+}
+
+// TestLeaderHearsNoAnswersFromDatabase is an asymmetric partition: what
+// the leader sends its database arrives, and nothing comes back. Its lease
+// renewals may land while it hears none of them, so it must stand down by
+// its own clock; the standby takes over once the lease lapses in the
+// database, and the fence epochs show one leader at a time throughout.
+func TestLeaderHearsNoAnswersFromDatabase(t *testing.T) {
+	soak(t)
+	rounds(t, leaderHearsNoAnswersFromDatabase)
+}
+
+func leaderHearsNoAnswersFromDatabase(t *testing.T) {
+	sc := newScene(t, hostsConfig(), clones(t))
+	r := sc.r
+	old := sc.leader(t)
+	began := sc.expunge(t)
+	link := r.Stack.Link(old, stack.Postgres)
+	if err := link.Blackhole(stack.Downstream); err != nil {
+		t.Fatal(err)
+	}
+	lead, took := sc.takeOver(t, old, 2*time.Minute)
+	t.Logf("%s hears nothing from the database; %s leads %s later", old, lead, took)
+	time.Sleep(5 * time.Second)
+	link.Clear()
+	sc.finish(t, began)
+}
+
+// TestStandbyHearsNoAnswersWhileLeaderCutOff is the other way round: the
+// leader is cut off from the database (both ways), and the standby's
+// requests reach the database while its answers are lost. The standby's
+// attempt to take the lapsed lease may commit without it knowing; until
+// its link heals nobody acts, and then exactly one orchestrator leads.
+func TestStandbyHearsNoAnswersWhileLeaderCutOff(t *testing.T) {
+	soak(t)
+	rounds(t, standbyHearsNoAnswersWhileLeaderCutOff)
+}
+
+func standbyHearsNoAnswersWhileLeaderCutOff(t *testing.T) {
+	sc := newScene(t, hostsConfig(), clones(t))
+	r := sc.r
+	old := sc.leader(t)
+	standby := stack.Orchestrator
+	if old == standby {
+		standby = stack.Orchestrator + "-1"
+	}
+	began := sc.expunge(t)
+	deaf := r.Stack.Link(standby, stack.Postgres)
+	if err := deaf.Blackhole(stack.Downstream); err != nil {
+		t.Fatal(err)
+	}
+	cut := r.Stack.Link(old, stack.Postgres)
+	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
+		if err := cut.Blackhole(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Second)
+	if l := sc.leader(t); l != "" {
+		t.Errorf("%s leads while neither orchestrator hears the database", l)
+	}
+	deaf.Clear()
+	healed := time.Now()
+	lead := sc.followLeader(t, 2*time.Minute)
+	t.Logf("the standby's link healed; %s leads %s later", lead, time.Since(healed).Round(time.Millisecond))
+	cut.Clear()
+	sc.finish(t, began)
 }

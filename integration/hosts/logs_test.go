@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"storagecp.dev/integration/harness"
@@ -53,10 +54,10 @@ func retriedNodes(t *testing.T, st *stack.Stack, proc string) []string {
 	return out
 }
 
-// okCalls counts, per gRPC method ("package.Service/Method"), the calls a process
-// answered OK as a server (server) or saw answered OK as a client (!server),
-// from its metrics.
-func okCalls(t *testing.T, st *stack.Stack, proc string, server bool) map[string]float64 {
+// calls counts, per gRPC method ("package.Service/Method") and status
+// code, the calls a process answered as a server (server) or the
+// attempts it made as a client (!server), from its metrics.
+func calls(t *testing.T, st *stack.Stack, proc string, server bool) map[string]map[string]float64 {
 	t.Helper()
 	samples, err := harness.ScrapeProc(context.Background(), st, proc)
 	if err != nil {
@@ -66,15 +67,27 @@ func okCalls(t *testing.T, st *stack.Stack, proc string, server bool) map[string
 	if server {
 		name = "rpc_server_call_duration_seconds_count"
 	}
-	out := map[string]float64{}
+	out := map[string]map[string]float64{}
 	for _, s := range samples {
 		if s.Name != name {
 			continue
 		}
-		if s.Labels["rpc_response_status_code"] != "OK" {
-			continue
+		m := s.Labels["rpc_method"]
+		if out[m] == nil {
+			out[m] = map[string]float64{}
 		}
-		out[s.Labels["rpc_method"]] += s.Value
+		out[m][s.Labels["rpc_response_status_code"]] += s.Value
 	}
 	return out
+}
+
+// readOnly tells a method that changes nothing by its name.
+func readOnly(method string) bool {
+	name := method[strings.LastIndex(method, "/")+1:]
+	for _, p := range []string{"Get", "List", "Find", "Resolve", "Probe", "Watch", "Check", "Preview"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
 }

@@ -3,14 +3,19 @@ package rack
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 )
 
 // RetryUnavailable runs f until it returns anything but Unavailable, for
@@ -134,5 +139,41 @@ func (r *Rack) DoneSteps(t *testing.T) map[string]bool {
 			out[s.StepId] = true
 		}
 	}
+	return out
+}
+
+// CloneFanOut makes n clones of a snapshot the way a rack's image service
+// does, straight through VolumeService/CreateVolume with the snapshot as
+// read-only parent (eight at a time), and returns their ids: the fan-out a
+// replacement of the snapshot's targets then has to step through.
+func (r *Rack) CloneFanOut(t *testing.T, snap string, n int) []string {
+	t.Helper()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	ids := make(chan string)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range ids {
+				if _, err := r.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
+					VolumeId: id, ReadOnlyParentFromVolumeId: snap,
+					Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{
+						Volume: &commonv1.VcrVolume{Id: id, BlockSize: 512},
+					}},
+				}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	out := make([]string, 0, n)
+	for range n {
+		id := uuid.NewString()
+		out = append(out, id)
+		ids <- id
+	}
+	close(ids)
+	wg.Wait()
 	return out
 }

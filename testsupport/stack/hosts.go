@@ -329,3 +329,24 @@ func (s *Stack) Links(procs ...string) []*Link {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
 	return out
 }
+
+// ServeLinksAPI serves toxiproxy's own HTTP API for the links on addr
+// (host:port), so that an operator at `make run HOSTS=1` can break links
+// with curl or toxiproxy-cli. It serves until the process exits.
+func (s *Stack) ServeLinksAPI(addr string) error {
+	if s.net == nil {
+		return fmt.Errorf("no links: not in hosts mode")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("links API address %q: %w", addr, err)
+	}
+	// Listen exits the process when it cannot bind: check first.
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("links API: %w", err)
+	}
+	l.Close()
+	go s.net.tox.Listen(host, port)
+	return nil
+}

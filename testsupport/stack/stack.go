@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"storagecp.dev/platform/config"
 	"storagecp.dev/platform/mtls"
 	"storagecp.dev/platform/netlab"
 	"storagecp.dev/platform/pgcluster"
@@ -191,6 +192,7 @@ type Proc struct {
 	health      *mtls.Transport
 	env         []string
 	host        *netlab.Host // hosts mode: where it runs
+	overrides   []string     // Config.ExtraArgs: after everything else
 	logPath     string
 
 	mu   sync.Mutex
@@ -297,7 +299,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	// listenAddr is where a process serves gRPC: its host's address and
 	// its kind's default port in hosts mode, else loopback.
 	listenAddr := func(proc string) (string, error) {
-		kind, idx := kindOf(proc)
+		kind, idx := KindOf(proc)
 		if kind == Orchestrator && idx > 0 {
 			idx += 10
 		}
@@ -317,7 +319,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	// metricsAddr is loopback: on the process's own host in hosts mode,
 	// where only that host's agent would scrape it.
 	metricsAddr := func(proc string) (string, error) {
-		kind, idx := kindOf(proc)
+		kind, idx := KindOf(proc)
 		if kind == Orchestrator && idx > 0 {
 			idx += 10
 		}
@@ -382,7 +384,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	var sims []string
 	for _, p := range procs {
-		if k, _ := kindOf(p); k == SimUpstairs {
+		if k, _ := KindOf(p); k == SimUpstairs {
 			sims = append(sims, p)
 		}
 	}
@@ -393,7 +395,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	// argsFor is a process's own arguments: its database, its peers.
 	argsFor := func(proc string) ([]string, error) {
-		kind, _ := kindOf(proc)
+		kind, _ := KindOf(proc)
 		var args []string
 		if db := map[string]string{Volume: databases[Volume], Allocator: databases[Allocator], Notifier: databases[Notifier],
 			Orchestrator: databases[Orchestrator],
@@ -455,7 +457,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		common = append(common, "--dev")
 	}
 	for _, proc := range procs {
-		kind, _ := kindOf(proc)
+		kind, _ := KindOf(proc)
 		if !want(kind) {
 			continue
 		}
@@ -471,15 +473,17 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			// once, knowing its previous incarnation is dead.
 			args = append(args, "--sec-id", orchestratorSlot(proc))
 		}
-		args = append(args, cfg.ExtraArgs[kind]...)
+		// A test's own arguments stay on the command line, where they
+		// override the configuration file of hosts mode.
+		overrides := append([]string(nil), cfg.ExtraArgs[kind]...)
 		if proc != kind {
-			args = append(args, cfg.ExtraArgs[proc]...)
+			overrides = append(overrides, cfg.ExtraArgs[proc]...)
 		}
 		m, err := metricsAddr(proc)
 		if err != nil {
 			return nil, err
 		}
-		p := &Proc{Name: proc, Addr: addrs[proc], MetricsAddr: m, bin: filepath.Join(cfg.BinDir, kind), args: args}
+		p := &Proc{Name: proc, Addr: addrs[proc], MetricsAddr: m, bin: filepath.Join(cfg.BinDir, kind), args: args, overrides: overrides}
 		if s.net != nil {
 			if p.host, err = s.net.host(ctx, proc); err != nil {
 				return nil, err
@@ -496,6 +500,16 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 		p.args = append(append([]string{"--metrics-addr", p.MetricsAddr}, sec...), p.args...)
+		if s.net != nil {
+			// Hosts mode deploys as an operator does: every setting in
+			// the process's configuration file (deploy/config).
+			path := filepath.Join(s.LogDir, "config", p.Name+".toml")
+			if err := writeConfig(path, p.args); err != nil {
+				return nil, fmt.Errorf("%s: %w", p.Name, err)
+			}
+			p.args = []string{"--config", path}
+		}
+		p.args = append(p.args, p.overrides...)
 		p.health = s.transport
 		// cfg.Env last: a test's own OTEL_* wins over the launcher's Jaeger.
 		tracing, err := s.tracingEnvOf(p.Name)
@@ -560,10 +574,32 @@ func (s *Stack) databaseHost(addr string) string {
 	return Postgres + "@" + addr
 }
 
-// kindOf is a process's binary and its instance number: "sim-upstairs-3"
+// writeConfig writes command-line flags ("--name value", or "--name"
+// alone for a boolean) as a configuration file (platform/config).
+func writeConfig(path string, args []string) error {
+	settings := map[string]any{}
+	for i := 0; i < len(args); i++ {
+		name, ok := strings.CutPrefix(args[i], "--")
+		if !ok {
+			return fmt.Errorf("configuration file: %q is not a flag", args[i])
+		}
+		if i+1 < len(args) && !strings.HasPrefix(args[i+1], "--") {
+			settings[name] = args[i+1]
+			i++
+		} else {
+			settings[name] = true
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return config.Write(path, settings)
+}
+
+// KindOf is a process's binary and its instance number: "sim-upstairs-3"
 // is (sim-upstairs, 3), "replacement-orchestrator-1" (…, 1), a service
 // (itself, 0).
-func kindOf(proc string) (string, int) {
+func KindOf(proc string) (string, int) {
 	for _, k := range []string{SimUpstairs, Orchestrator} {
 		if rest, ok := strings.CutPrefix(proc, k+"-"); ok {
 			n, err := strconv.Atoi(rest)

@@ -54,6 +54,8 @@ func run() int {
 	freePorts := fs.Bool("free-ports", false, "free loopback ports for every process instead of 7101-7104 and 7110+ (tests, or beside another deployment)")
 	pgPort := fs.Int("pg-port", 55432, "PostgreSQL port; 0 picks a free one")
 	ha := fs.Bool("ha", false, "run the services on a replicated PostgreSQL under <run-dir>/ha (pg_auto_failover: a monitor, a primary and a synchronous standby; make run HA=1) instead of the single cluster under <run-dir>/pg")
+	hosts := fs.Bool("hosts", false, "run every process on a host of its own (a network namespace on a bridge) with every link through a fault proxy, deployed through configuration files (make run HOSTS=1; needs root)")
+	linksAPI := fs.String("links-api", "127.0.0.1:8474", "with --hosts: serve toxiproxy's HTTP API for the links' proxies here (empty: none)")
 	insecure := fs.Bool("insecure", false, "plaintext gRPC without identities or authorization: anything that reaches a port may call every RPC (a lab bench only; make run INSECURE=1)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -89,6 +91,7 @@ func run() int {
 		Tracing:     *tracing,
 		PKIDir:      filepath.Join(*runDir, "pki"),
 		Insecure:    *insecure,
+		Hosts:       *hosts,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "storagecp-local:", err)
@@ -99,7 +102,7 @@ func run() int {
 		st.Stop()
 		fmt.Println("stopped: every process and PostgreSQL")
 	}()
-	sec, err := newSecurity(st, *freePorts)
+	sec, err := newSecurity(st, *freePorts || *hosts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "storagecp-local:", err)
 		return 1
@@ -112,9 +115,16 @@ func run() int {
 	for _, p := range st.Procs() {
 		fmt.Printf("  %-26s %-18s log %s\n", p.Name, p.Addr, p.LogPath())
 	}
-	fmt.Println("\nMetrics (Prometheus):")
-	for _, p := range st.Procs() {
-		fmt.Printf("  %-26s %s\n", p.Name, st.MetricsURL(p.Name))
+	if st.Hosts() {
+		if err := printHosts(st, *linksAPI); err != nil {
+			fmt.Fprintln(os.Stderr, "storagecp-local:", err)
+			return 1
+		}
+	} else {
+		fmt.Println("\nMetrics (Prometheus):")
+		for _, p := range st.Procs() {
+			fmt.Printf("  %-26s %s\n", p.Name, st.MetricsURL(p.Name))
+		}
 	}
 	if u := st.JaegerURL(); u != "" {
 		fmt.Printf("\nTraces (Jaeger UI): %s/search?service=%s\n", u, stack.Orchestrator)
@@ -173,7 +183,7 @@ func playDemo(ctx context.Context, st *stack.Stack, sec *security, started time.
 	}
 	defer c.Close()
 	res, err := demo.Run(ctx, c, os.Stdout, demo.Options{
-		SimUpstairs:    st.SimUpstairsAddrs(),
+		SimUpstairs:    st.UpstairsEndpoints(),
 		UpstairsSince:  started,
 		NonInteractive: nonInteractive,
 		JaegerURL:      st.JaegerURL(),
@@ -201,4 +211,37 @@ func printFormation(ctx context.Context, st *stack.Stack) {
 	for _, n := range nodes {
 		fmt.Printf("  %-26s 127.0.0.1:%d %s (assigned %s), timeline %d, LSN %s\n", "  "+n.Name, n.Port, n.Current, n.Assigned, n.TLI, n.LSN)
 	}
+}
+
+// printHosts shows hosts mode's network: each process's host, its
+// configuration file, and how to break a link.
+func printHosts(st *stack.Stack, linksAPI string) error {
+	fmt.Println("\nHosts (each a network namespace on one bridge; ip netns exec NETNS …):")
+	for _, p := range st.Procs() {
+		h := st.Host(p.Name)
+		fmt.Printf("  %-26s %-15s netns %-14s config %s\n", p.Name, h.Addr, h.Netns, demo.ShortPath(filepath.Join(st.LogDir, "config", p.Name+".toml")))
+	}
+	if h := st.Host(stack.Postgres); h != nil {
+		fmt.Printf("  %-26s %-15s netns %s\n", stack.Postgres, h.Addr, h.Netns)
+	}
+	links := st.Links()
+	fmt.Printf("\nLinks: %d, each through a proxy of its own (toxiproxy), e.g.\n", len(links))
+	for _, l := range links {
+		if l.Client == stack.Orchestrator {
+			fmt.Printf("  %-50s %s → %s\n", l.Name(), l.Listen, l.Upstream)
+		}
+	}
+	fmt.Println("Metrics are served on each host's loopback: ip netns exec NETNS curl -s http://127.0.0.1:PORT/metrics")
+	if linksAPI == "" {
+		return nil
+	}
+	if err := st.ServeLinksAPI(linksAPI); err != nil {
+		return err
+	}
+	fmt.Printf(`Break a link through toxiproxy's API on %[1]s (the proxy's name, with > as %%3E):
+  curl -s %[1]s/proxies
+  curl -s -X POST %[1]s/proxies/%[2]s%%3E%[3]s/toxics -d '{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":50}}'
+  curl -s -X DELETE %[1]s/proxies/%[2]s%%3E%[3]s/toxics/slow
+`, linksAPI, stack.Orchestrator, stack.Volume)
+	return nil
 }
