@@ -273,15 +273,10 @@ func leaderCutOffFromDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	link := r.Stack.Link(old, stack.Postgres)
-	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
-		if err := link.Blackhole(d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// What the old leader sends the services from now on arrives late,
-	// after its successor has raised their fences: the writes a leader
-	// attempts in its last moments, or after it lost its lease unawares.
+	// What the leader sends the services from now on arrives 8 s late:
+	// the calls of its last moments as leader land after its successor
+	// has raised their fences, as a leader's writes delayed in a network
+	// would. A second of its calls goes out that way before the cut.
 	var slowed []*stack.Link
 	for _, srv := range []string{stack.Volume, stack.Allocator, stack.Notifier} {
 		l := r.Stack.Link(old, srv)
@@ -289,6 +284,13 @@ func leaderCutOffFromDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 		slowed = append(slowed, l)
+	}
+	time.Sleep(time.Second)
+	link := r.Stack.Link(old, stack.Postgres)
+	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
+		if err := link.Blackhole(d); err != nil {
+			t.Fatal(err)
+		}
 	}
 	lead, took := sc.takeOver(t, old, time.Minute)
 	t.Logf("%s cut off from the database; %s leads %s later", old, lead, took)
