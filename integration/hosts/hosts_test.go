@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
@@ -326,26 +329,43 @@ func leaderCutOffFromDatabase(t *testing.T) {
 		}
 		return nil
 	})
+	// Whether the old leader's delayed calls are handled before the
+	// cancellations that follow them (its term ended meanwhile) is a
+	// race; a write at its epoch reaching each service now is not: every
+	// one must be refused.
+	for _, srv := range []string{stack.Volume, stack.Allocator, stack.Notifier} {
+		fence := commonv1.NewFenceServiceClient(harness.Dial(t, r.Stack, r.Stack.Addr(srv)))
+		_, err := fence.AdvanceEpoch(context.Background(), &commonv1.AdvanceEpochRequest{Epoch: before.Epoch})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("%s: a write at the old leader's epoch %d: %v, want FailedPrecondition", srv, before.Epoch, err)
+		}
+	}
 	sc.finish(t, began)
-	// The old leader's late writes were each refused by a fence, and
-	// none landed: no service raised its fence to the old epoch after
-	// the new one (oneLeaderAtATime), and each refusal names the old one.
+	// None of the old leader's writes landed after its successor's
+	// first: no service raised its fence to the old epoch after the new
+	// one (oneLeaderAtATime), and every refusal names the old one.
 	rep, err := fencelog.Check(r.Stack.LogDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	refused := 0
+	late := 0
+	refusedAt := map[string]bool{}
 	for _, svc := range rep.Services {
 		for _, f := range svc.Refusals {
 			if f.Epoch != before.Epoch {
 				t.Errorf("%s refused epoch %d (newest %d): want only the old leader's %d", svc.Name, f.Epoch, f.Newest, before.Epoch)
 			}
-			refused++
+			refusedAt[svc.Name] = true
+			if f.Method != "/storage.common.v1.FenceService/AdvanceEpoch" {
+				late++
+			}
 		}
 	}
-	t.Logf("the old leader's late writes: %d refused by the services' fences", refused)
-	if refused == 0 {
-		t.Errorf("no write of the old leader reached a service late: the test did not exercise the fence")
+	t.Logf("the old leader's epoch %d: %d of its late writes refused, and a write at it refused by each service", before.Epoch, late)
+	for _, srv := range []string{stack.Volume, stack.Allocator, stack.Notifier} {
+		if !refusedAt[srv] {
+			t.Errorf("%s's log shows no refusal of epoch %d", srv, before.Epoch)
+		}
 	}
 }
 

@@ -101,15 +101,23 @@ func exponential(initial, maxInterval time.Duration) *backoff.ExponentialBackOff
 // error.
 func (ex *execution) retryTask(ctx context.Context, span trace.Span, node int, undo bool, attempt func() error) (int, error) {
 	var opts []backoff.RetryOption
-	if undo || ex.final[node] {
-		// A commit point is retried like an undo: once it may have
-		// landed, unwinding past it would undo what it published.
+	p := ex.sec.actionRetry
+	switch {
+	case undo:
 		opts = []backoff.RetryOption{
 			backoff.WithBackOff(exponential(undoRetryInitial, undoRetryMax)),
 			backoff.WithMaxElapsedTime(0), // no bound: see undoRetryMax
 		}
-	} else {
-		p := ex.sec.actionRetry
+	case ex.final[node]:
+		// A commit point is retried without a bound, like an undo (once it
+		// may have landed, unwinding past it would undo what it
+		// published), but at the action's pace: it holds the saga's locks
+		// meanwhile, and must go on within seconds once its peer is back.
+		opts = []backoff.RetryOption{
+			backoff.WithBackOff(exponential(p.Initial, p.Max)),
+			backoff.WithMaxElapsedTime(0),
+		}
+	default:
 		opts = []backoff.RetryOption{
 			backoff.WithBackOff(exponential(p.Initial, p.Max)),
 			backoff.WithMaxTries(uint(max(p.MaxAttempts, 1))),
