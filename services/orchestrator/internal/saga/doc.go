@@ -145,9 +145,10 @@
 //     permanent error did nothing (actions fail cleanly or not at all) and
 //     is not undone.
 //   - A commit point — an action with no action after it
-//     (DAG.FinalActionNodes) — is retried like an undo, without a budget:
-//     once it may have landed it has published the saga's result (a
-//     request marked done), and no undo runs past it.
+//     (DAG.FinalActionNodes) — is retried without a budget, like an undo,
+//     but at the action policy's pace: once it may have landed it has
+//     published the saga's result (a request marked done), and no undo
+//     runs past it; and it holds the saga's locks while it waits.
 //
 // Every retry is logged at warn level with the attempt and the error,
 // counted in storagecp.saga.action.retries or storagecp.saga.undo.retries
