@@ -290,10 +290,8 @@ func leaderCutOffFromDatabase(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	link := r.Stack.Link(old, stack.Postgres)
-	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
-		if err := link.Blackhole(d); err != nil {
-			t.Fatal(err)
-		}
+	if err := link.Partition(); err != nil {
+		t.Fatal(err)
 	}
 	lead, took := sc.takeOver(t, old, time.Minute)
 	t.Logf("%s cut off from the database; %s leads %s later", old, lead, took)
@@ -385,10 +383,8 @@ func leaderCutOffFromVolumeService(t *testing.T) {
 	lead := sc.leader(t)
 	began := sc.expunge(t)
 	link := r.Stack.Link(lead, stack.Volume)
-	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
-		if err := link.Blackhole(d); err != nil {
-			t.Fatal(err)
-		}
+	if err := link.Partition(); err != nil {
+		t.Fatal(err)
 	}
 	time.Sleep(cutFor)
 	link.Clear()
@@ -510,10 +506,8 @@ func notifierCutOffFromUpstairs(t *testing.T) {
 	r := sc.r
 	sim := fmt.Sprintf("%s-0", stack.SimUpstairs)
 	link := r.Stack.Link(stack.Notifier, sim)
-	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
-		if err := link.Blackhole(d); err != nil {
-			t.Fatal(err)
-		}
+	if err := link.Partition(); err != nil {
+		t.Fatal(err)
 	}
 	began := sc.expunge(t)
 	time.Sleep(cutFor)
@@ -649,10 +643,8 @@ func standbyHearsNoAnswersWhileLeaderCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	cut := r.Stack.Link(old, stack.Postgres)
-	for _, d := range []stack.Direction{stack.Upstream, stack.Downstream} {
-		if err := cut.Blackhole(d); err != nil {
-			t.Fatal(err)
-		}
+	if err := cut.Partition(); err != nil {
+		t.Fatal(err)
 	}
 	time.Sleep(20 * time.Second)
 	if l := sc.leader(t); l != "" {

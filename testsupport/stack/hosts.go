@@ -58,27 +58,12 @@ const hostsSubnet = "10.202"
 
 // hostNumbers places each process on the bridge.
 func hostNumber(proc string) int {
-	switch {
-	case proc == Postgres:
-		return 2
-	case proc == Volume:
-		return 10
-	case proc == Allocator:
-		return 11
-	case proc == Notifier:
-		return 12
-	case proc == SimAgent:
-		return 13
-	case proc == Orchestrator:
-		return 20
-	case strings.HasPrefix(proc, Orchestrator+"-"):
-		n, _ := strconv.Atoi(strings.TrimPrefix(proc, Orchestrator+"-"))
-		return 20 + n
-	case strings.HasPrefix(proc, SimUpstairs+"-"):
-		n, _ := strconv.Atoi(strings.TrimPrefix(proc, SimUpstairs+"-"))
-		return 40 + n
+	kind, n := KindOf(proc)
+	base := map[string]int{Postgres: 2, Volume: 10, Allocator: 11, Notifier: 12, SimAgent: 13, Orchestrator: 20, SimUpstairs: 40}[kind]
+	if base == 0 {
+		return 0
 	}
-	return 0
+	return base + n
 }
 
 // hostsNet is a hosts-mode deployment's network.
@@ -279,6 +264,17 @@ func (l *Link) Clear() { l.proxy.Toxics.ResetToxics(context.Background()) }
 // heals it.
 func (l *Link) Blackhole(d Direction) error {
 	return l.Add(Toxic{Name: "blackhole-" + string(d), Type: "timeout", Stream: d, Attributes: map[string]any{"timeout": 0}})
+}
+
+// Partition blackholes the link both ways: neither side hears the other
+// until Clear.
+func (l *Link) Partition() error {
+	for _, d := range []Direction{Upstream, Downstream} {
+		if err := l.Blackhole(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Hosts reports whether the stack runs in hosts mode.

@@ -299,10 +299,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	// listenAddr is where a process serves gRPC: its host's address and
 	// its kind's default port in hosts mode, else loopback.
 	listenAddr := func(proc string) (string, error) {
-		kind, idx := KindOf(proc)
-		if kind == Orchestrator && idx > 0 {
-			idx += 10
-		}
+		kind, idx := portSlot(proc)
 		if s.net != nil {
 			h, err := s.net.host(ctx, proc)
 			if err != nil {
@@ -319,10 +316,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	// metricsAddr is loopback: on the process's own host in hosts mode,
 	// where only that host's agent would scrape it.
 	metricsAddr := func(proc string) (string, error) {
-		kind, idx := KindOf(proc)
-		if kind == Orchestrator && idx > 0 {
-			idx += 10
-		}
+		kind, idx := portSlot(proc)
 		if cfg.FixedPorts || s.net != nil {
 			return "127.0.0.1:" + strconv.Itoa(defaultPorts[kind]+idx+metricsPortOffset), nil
 		}
@@ -609,6 +603,17 @@ func KindOf(proc string) (string, int) {
 		}
 	}
 	return proc, 0
+}
+
+// portSlot is a process's kind and its offset from the kind's default
+// port: the instance number, but 10 more for the extra orchestrators
+// (7115 …), which would otherwise collide with the sim-upstairs' 7110 ….
+func portSlot(proc string) (string, int) {
+	kind, idx := KindOf(proc)
+	if kind == Orchestrator && idx > 0 {
+		idx += 10
+	}
+	return kind, idx
 }
 
 // orchestratorSlot is an orchestrator process's --sec-id.

@@ -9,7 +9,7 @@
 //	netns P.K.11         netns P.K.12
 //
 // A host reaches the bridge's address and every other host; processes in
-// it are started through Host.Command. Links fail the way a rack's do:
+// it are started through Host.Wrap. Links fail the way a rack's do:
 // Cut takes a host's link down (it reaches nobody, nobody reaches it) and
 // Heal brings it back, while the host's processes run on. Finer faults
 // (latency, a one-way blackhole, lost answers) belong to a proxy on the
@@ -145,14 +145,9 @@ func (nw *Network) AddHost(ctx context.Context, i int, label string) (*Host, err
 	return h, nil
 }
 
-// Command runs name with args inside the host's namespace. ip netns exec
-// replaces itself with the program, so the returned command's process is
-// the program's.
-func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.Netns, name}, args...)...)
-}
-
 // Wrap turns a command line into the one that runs it inside the host.
+// ip netns exec replaces itself with the program, so the process started
+// is the program's.
 func (h *Host) Wrap(name string, args []string) (string, []string) {
 	return "ip", append([]string{"netns", "exec", h.Netns, name}, args...)
 }

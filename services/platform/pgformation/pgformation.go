@@ -551,32 +551,30 @@ func (f *Formation) run(cmd *exec.Cmd) ([]byte, error) {
 
 // commandIn is command in a node's network namespace (when it has one).
 func (f *Formation) commandIn(ctx context.Context, n *Node, args ...string) *exec.Cmd {
-	cmd := f.command(ctx, args...)
-	if n.net != nil {
-		_, cmd.Args = n.net.Wrap(cmd.Args[0], cmd.Args[1:])
-		cmd.Args = append([]string{"ip"}, cmd.Args...)
-		cmd.Path = "/usr/sbin/ip"
-		if p, err := exec.LookPath("ip"); err == nil {
-			cmd.Path = p
-		}
-	}
-	return cmd
+	return f.commandOn(ctx, n.net, args...)
 }
 
 // command is pg_autoctl as the postgres user, its configuration and state
 // under Dir, the server binaries on its PATH.
 func (f *Formation) command(ctx context.Context, args ...string) *exec.Cmd {
+	return f.commandOn(ctx, nil, args...)
+}
+
+// commandOn is command inside host (nil: here).
+func (f *Formation) commandOn(ctx context.Context, host *netlab.Host, args ...string) *exec.Cmd {
 	env := []string{
 		"PATH=" + f.binDir + ":/usr/bin:/bin",
 		"XDG_CONFIG_HOME=" + filepath.Join(f.Dir, "config"),
 		"XDG_DATA_HOME=" + filepath.Join(f.Dir, "state"),
 	}
-	var cmd *exec.Cmd
+	name, argv := "env", append(env, append([]string{"pg_autoctl"}, args...)...)
 	if f.asUser != "" {
-		cmd = exec.CommandContext(ctx, "runuser", append([]string{"-u", f.asUser, "--", "env"}, append(env, append([]string{"pg_autoctl"}, args...)...)...)...)
-	} else {
-		cmd = exec.CommandContext(ctx, "env", append(env, append([]string{"pg_autoctl"}, args...)...)...)
+		name, argv = "runuser", append([]string{"-u", f.asUser, "--", name}, argv...)
 	}
+	if host != nil {
+		name, argv = host.Wrap(name, argv)
+	}
+	cmd := exec.CommandContext(ctx, name, argv...)
 	cmd.Dir = f.Dir
 	return cmd
 }

@@ -13,8 +13,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-	grpccodes "google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"storagecp.dev/orchestrator/internal/saga/sagalog"
 )
@@ -778,7 +776,7 @@ func (ex *execution) run(ctx context.Context, l launch) {
 				}
 			}
 			if c.err == nil {
-				c.err = taskError(ctx, ErrKindAction, status.Error(grpccodes.Unavailable, "injected lost answer at "+node.Name), runs)
+				c.err = taskError(ctx, ErrKindAction, injectedLostAnswer(node.Name), runs)
 			}
 		} else {
 			// A commit point's lost answers are retried until one comes
@@ -797,7 +795,7 @@ func (ex *execution) run(ctx context.Context, l launch) {
 					if err == nil && lost > 0 {
 						lost--
 						c.output = nil
-						return status.Error(grpccodes.Unavailable, "injected lost answer at "+node.Name)
+						return injectedLostAnswer(node.Name)
 					}
 					return err
 				})

@@ -200,6 +200,12 @@ func injectedTransient(node string, left int) error {
 	return status.Error(codes.Unavailable, fmt.Sprintf("injected transient fault at %s (%d more)", node, left))
 }
 
+// injectedLostAnswer is the error of Hooks.InjectLostAnswer after the
+// action ran: UNAVAILABLE, what a caller whose answer was lost sees.
+func injectedLostAnswer(node string) error {
+	return status.Error(codes.Unavailable, "injected lost answer at "+node)
+}
+
 // undoFinishedData is the data of an undo_finished event.
 func undoFinishedData(attempts int) []byte {
 	if attempts <= 1 {
