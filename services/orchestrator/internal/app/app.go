@@ -28,6 +28,7 @@ import (
 	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/formation"
 	"storagecp.dev/orchestrator/internal/leader"
+	"storagecp.dev/orchestrator/internal/pause"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
@@ -99,6 +100,8 @@ type App struct {
 
 	mu  sync.Mutex
 	sec *saga.SEC // the current term's SEC; nil on a standby
+
+	pauses *pause.Gate
 }
 
 // New returns the orchestrator over its database.
@@ -168,9 +171,10 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 		"region-allocator":  commonv1.NewFenceServiceClient(ac),
 		"upstairs-notifier": commonv1.NewFenceServiceClient(nc),
 	}
+	s.pauses = pause.New(s.store)
 	tasks.Register(s.driver, tasks.Env{
 		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
-		Retry: cfg.Retry, RWBounds: cfg.RWBounds,
+		Retry: cfg.Retry, RWBounds: cfg.RWBounds, Pauses: s.pauses,
 	})
 	return s, nil
 }
@@ -245,6 +249,21 @@ func (s *App) lead(term *leader.Term) {
 				wait = min(2*wait, 30*time.Second)
 			}
 		}()
+	}
+	// Operators' holds before any task runs: a request paused under the
+	// previous leader stays paused. Until they are read nothing starts
+	// (the gate refuses), so a failure here only delays the tasks.
+	defer s.pauses.Forget()
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := s.pauses.Load(ctx)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		logger.Warn("reading operators' holds; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
 	}
 	s.mu.Lock()
 	s.sec = sec
@@ -379,6 +398,9 @@ func (s *App) sagaStarter() tasks.Starter {
 
 // Store is the orchestrator's SQL store.
 func (s *App) Store() *store.Store { return s.store }
+
+// Pauses is the leader's gate for operators' holds (package pause).
+func (s *App) Pauses() *pause.Gate { return s.pauses }
 
 // Deps are the clients and hooks the sagas use; the handlers use the same
 // clients.

@@ -50,6 +50,22 @@ func (s *App) registerMetrics(ctx context.Context) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock waiters gauge: %w", err)
 	}
+	paused, err := m.Int64ObservableGauge("storagecp.replacement.paused",
+		metric.WithDescription("unfinished replacement requests an operator holds by their own pause (PauseReplacement); reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("paused gauge: %w", err)
+	}
+	rackPaused, err := m.Int64ObservableGauge("storagecp.replacement.rack_paused",
+		metric.WithDescription("1 while an operator holds every replacement of the rack (PauseReplacement with rack), else 0; reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("rack paused gauge: %w", err)
+	}
+	stalled, err := m.Float64ObservableGauge("storagecp.replacement.stalled",
+		metric.WithUnit("s"),
+		metric.WithDescription("how long the longest-idle unfinished replacement request nobody holds has gone without progress (no change to it, its steps or its drive steps); 0 when none; reported by the leader"))
+	if err != nil {
+		return nil, fmt.Errorf("stalled gauge: %w", err)
+	}
 	// At zero from the start, like the DataLost counter (the drive task
 	// adds to it: background/tasks/metrics.go).
 	if c, err := m.Int64Counter("storagecp.replacement.gave_up",
@@ -114,8 +130,19 @@ func (s *App) registerMetrics(ctx context.Context) (func(), error) {
 		}
 		o.ObserveFloat64(lockWait, oldest.Seconds())
 		o.ObserveInt64(lockWaiters, int64(waiters))
+		held, rack, err := s.store.PausedRequests(ctx)
+		if err != nil {
+			return fmt.Errorf("paused requests: %w", err)
+		}
+		o.ObserveInt64(paused, held)
+		o.ObserveInt64(rackPaused, map[bool]int64{false: 0, true: 1}[rack])
+		idle, err := s.store.Stalled(ctx)
+		if err != nil {
+			return fmt.Errorf("stalled requests: %w", err)
+		}
+		o.ObserveFloat64(stalled, idle.Seconds())
 		return nil
-	}, requests, steps, lockWait, lockWaiters)
+	}, requests, steps, lockWait, lockWaiters, paused, rackPaused, stalled)
 	if err != nil {
 		return nil, fmt.Errorf("register replacement gauges: %w", err)
 	}

@@ -279,9 +279,12 @@ func (r *replacement) GetReplacement(ctx context.Context, req *orchestratorv1.Ge
 	if err != nil {
 		return nil, r.s.status(ctx, err)
 	}
-	w := waits{s: r.s, full: true}
+	w, err := r.s.newWaits(ctx, true)
+	if err != nil {
+		return nil, err
+	}
 	out := &orchestratorv1.GetReplacementResponse{Replacement: roProto(rec)}
-	out.Replacement.Wait = w.readOnly(ctx, rec)
+	w.describeRO(ctx, out.Replacement, rec)
 	for _, s := range steps {
 		p := stepProto(s)
 		p.Wait = w.step(ctx, s)
@@ -299,8 +302,12 @@ func (r *replacement) getRegionReplacement(ctx context.Context, id uuid.UUID) (*
 	if err != nil {
 		return nil, r.s.status(ctx, err)
 	}
+	w, err := r.s.newWaits(ctx, true)
+	if err != nil {
+		return nil, err
+	}
 	out := &orchestratorv1.GetReplacementResponse{Replacement: rwProto(rec)}
-	out.Replacement.Wait = waits{s: r.s, full: true}.regionRequest(ctx, rec)
+	w.describeRW(ctx, out.Replacement, rec)
 	for _, d := range drives {
 		ds := &orchestratorv1.DriveStep{
 			DriveStepId: d.ID.String(), ReplacementId: d.RequestID.String(), Time: timestamppb.New(d.Time),
@@ -343,7 +350,14 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 	wantRW := (req.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_UNSPECIFIED ||
 		req.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION) &&
 		req.ReadOnlyState == orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED
-	out := &orchestratorv1.ListReplacementsResponse{}
+	w, err := r.s.newWaits(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	out := &orchestratorv1.ListReplacementsResponse{RackPause: pauseProto(w.holds.Rack)}
+	// Only held requests: a filter on rows, like kind's (a page may come
+	// back short, never wrong).
+	skip := func(id uuid.UUID) bool { return req.Paused && w.holds.Of(id) == nil }
 	if wantRO && !rwPart {
 		var state store.ReadOnlyState
 		if req.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_UNSPECIFIED {
@@ -362,7 +376,10 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 			if req.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_UNSPECIFIED && p.Kind != req.Kind {
 				continue
 			}
-			p.Wait = waits{s: r.s}.readOnly(ctx, rec)
+			if skip(rec.ID) || (req.Paused && rec.State.Terminal()) {
+				continue
+			}
+			w.describeRO(ctx, p, rec)
 			out.Replacements = append(out.Replacements, p)
 		}
 		if len(recs) == limit {
@@ -391,8 +408,11 @@ func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.
 			return nil, r.s.status(ctx, err)
 		}
 		for _, rec := range recs {
+			if skip(rec.ID) || (req.Paused && rec.State.Terminal()) {
+				continue
+			}
 			p := rwProto(rec)
-			p.Wait = waits{s: r.s}.regionRequest(ctx, rec)
+			w.describeRW(ctx, p, rec)
 			out.Replacements = append(out.Replacements, p)
 		}
 		if len(recs) == limit {
@@ -427,10 +447,14 @@ func (r *replacement) ListSteps(ctx context.Context, req *orchestratorv1.ListSte
 	if err != nil {
 		return nil, r.s.status(ctx, err)
 	}
+	w, err := r.s.newWaits(ctx, false)
+	if err != nil {
+		return nil, err
+	}
 	out := &orchestratorv1.ListStepsResponse{}
 	for _, s := range steps {
 		p := stepProto(s)
-		p.Wait = waits{s: r.s}.step(ctx, s)
+		p.Wait = w.step(ctx, s)
 		out.Steps = append(out.Steps, p)
 	}
 	if len(steps) == limit {
@@ -482,7 +506,9 @@ func (r *replacement) WatchReplacement(req *orchestratorv1.WatchReplacementReque
 		if err != nil {
 			return err
 		}
-		key := msg.String()
+		// An estimate moves with the clock; only a change in the records
+		// makes a new message (which then carries a fresh estimate).
+		key := watchKey(msg)
 		if key != last {
 			if err := stream.Send(msg); err != nil {
 				return err
@@ -541,14 +567,14 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 	if err != nil {
 		return nil, r.s.status(ctx, err)
 	}
-	msg := &orchestratorv1.WatchReplacementResponse{Done: true, Steps: &orchestratorv1.StepCounts{
-		Requested: counts[store.StepRequested], Running: counts[store.StepRunning], Complete: counts[store.StepComplete],
-		Collecting: counts[store.StepCollecting], VolumeDeleted: counts[store.StepVolumeDeleted],
-	}}
-	w := waits{s: r.s, full: true}
+	w, err := r.s.newWaits(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	msg := &orchestratorv1.WatchReplacementResponse{Done: true, Steps: stepCountsProto(counts), RackPause: pauseProto(w.holds.Rack)}
 	for _, rec := range recs {
 		p := roProto(rec)
-		p.Wait = w.readOnly(ctx, rec)
+		w.describeRO(ctx, p, rec)
 		// The modification time changes on every transition; strip it so an
 		// unchanged record does not look changed.
 		p.TimeModified = nil
@@ -559,7 +585,7 @@ func (r *replacement) snapshot(ctx context.Context, only *uuid.UUID) (*orchestra
 	}
 	for _, rw := range rws {
 		p := rwProto(rw)
-		p.Wait = w.regionRequest(ctx, rw)
+		w.describeRW(ctx, p, rw)
 		p.TimeModified = nil
 		msg.Replacements = append(msg.Replacements, p)
 		if !rw.State.Terminal() {

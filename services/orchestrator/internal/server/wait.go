@@ -28,6 +28,38 @@ import (
 type waits struct {
 	s    *Server
 	full bool
+	// holds are the operators' holds in force when the answer was made.
+	holds store.Pauses
+}
+
+// newWaits reads the holds once for an answer's records.
+func (s *Server) newWaits(ctx context.Context, full bool) (waits, error) {
+	holds, err := s.store.LoadPauses(ctx)
+	if err != nil {
+		return waits{}, s.status(ctx, err)
+	}
+	return waits{s: s, full: full, holds: holds}, nil
+}
+
+// paused is the wait of a held record at rest: nothing starts until an
+// operator resumes it.
+func paused(p *store.Pause, what string) *orchestratorv1.Wait {
+	whose, subject := "its request is paused", "request"
+	if p.Rack() {
+		whose, subject = "the rack is paused", "rack"
+	} else {
+		subject = p.RequestID.String()
+	}
+	return waitProto(orchestratorv1.WaitKind_WAIT_KIND_PAUSED, p.Time, subject,
+		"%s by %s (%s): %s until it is resumed", whose, p.By, p.Reason, what)
+}
+
+// pauseProto is a hold as the API shows it.
+func pauseProto(p *store.Pause) *orchestratorv1.Pause {
+	if p == nil {
+		return nil
+	}
+	return &orchestratorv1.Pause{PausedBy: p.By, PausedTime: timestamppb.New(p.Time), Reason: p.Reason, Rack: p.Rack()}
 }
 
 func waitProto(kind orchestratorv1.WaitKind, since time.Time, subject, format string, args ...any) *orchestratorv1.Wait {
@@ -79,6 +111,8 @@ func (w waits) readOnly(ctx context.Context, r store.ROReplacement) *orchestrato
 		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, r.TimeModified, "", "ended %s", r.State)
 	case r.OperatingSagaID != nil:
 		return w.saga(ctx, *r.OperatingSagaID, r.TimeModified)
+	case w.holds.Of(r.ID) != nil:
+		return paused(w.holds.Of(r.ID), "no saga starts and no step is made")
 	case r.State == store.RORequested:
 		return w.atRest("the start task", r.TimeModified, r.Attempts)
 	case r.State == store.ROReplacementDone:
@@ -126,6 +160,8 @@ func (w waits) regionRequest(ctx context.Context, r store.RWReplacement) *orches
 		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_NONE, r.TimeModified, "", "ended %s", r.State)
 	case r.OperatingSagaID != nil:
 		return w.saga(ctx, *r.OperatingSagaID, r.TimeModified)
+	case w.holds.Of(r.ID) != nil:
+		return paused(w.holds.Of(r.ID), "no saga starts (an Upstairs may still finish a repair it began)")
 	case r.State == store.RWRequested:
 		return w.atRest("the rw detector", r.TimeModified, r.Attempts)
 	case r.State == store.RWReplacementDone:
@@ -155,7 +191,11 @@ func (w waits) step(ctx context.Context, s store.Step) *orchestratorv1.Wait {
 		if s.OperatingSagaID != nil {
 			return w.saga(ctx, *s.OperatingSagaID, s.TimeModified)
 		}
-	case store.StepComplete:
+	}
+	if p := w.holds.Of(s.RequestID); p != nil {
+		return paused(p, "no saga starts for the step")
+	}
+	if s.State == store.StepComplete {
 		return w.atRest("the step task (to delete its stash)", s.TimeModified, s.Attempts)
 	}
 	return w.atRest("the step task", s.TimeModified, s.Attempts)

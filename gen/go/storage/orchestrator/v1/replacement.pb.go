@@ -9,6 +9,7 @@ package orchestratorv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -314,6 +315,9 @@ const (
 	WaitKind_WAIT_KIND_STEPS WaitKind = 7
 	// The old target's last references to go (stashes being deleted).
 	WaitKind_WAIT_KIND_REFERENCES WaitKind = 8
+	// An operator's pause (of the request, or of the whole rack): nothing
+	// starts until it is resumed (subject: the request id, or "rack").
+	WaitKind_WAIT_KIND_PAUSED WaitKind = 9
 )
 
 // Enum value maps for WaitKind.
@@ -328,6 +332,7 @@ var (
 		6: "WAIT_KIND_TASK",
 		7: "WAIT_KIND_STEPS",
 		8: "WAIT_KIND_REFERENCES",
+		9: "WAIT_KIND_PAUSED",
 	}
 	WaitKind_value = map[string]int32{
 		"WAIT_KIND_UNSPECIFIED": 0,
@@ -339,6 +344,7 @@ var (
 		"WAIT_KIND_TASK":        6,
 		"WAIT_KIND_STEPS":       7,
 		"WAIT_KIND_REFERENCES":  8,
+		"WAIT_KIND_PAUSED":      9,
 	}
 )
 
@@ -369,6 +375,178 @@ func (WaitKind) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
+// An operator's hold on a request or on the rack.
+type Pause struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's identity (its SPIFFE ID, or "unverified" without TLS).
+	PausedBy   string                 `protobuf:"bytes,1,opt,name=paused_by,json=pausedBy,proto3" json:"paused_by,omitempty"`
+	PausedTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=paused_time,json=pausedTime,proto3" json:"paused_time,omitempty"`
+	Reason     string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The hold is the rack's (every request), not the request's own.
+	Rack          bool `protobuf:"varint,4,opt,name=rack,proto3" json:"rack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pause) Reset() {
+	*x = Pause{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pause) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pause) ProtoMessage() {}
+
+func (x *Pause) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pause.ProtoReflect.Descriptor instead.
+func (*Pause) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Pause) GetPausedBy() string {
+	if x != nil {
+		return x.PausedBy
+	}
+	return ""
+}
+
+func (x *Pause) GetPausedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PausedTime
+	}
+	return nil
+}
+
+func (x *Pause) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Pause) GetRack() bool {
+	if x != nil {
+		return x.Rack
+	}
+	return false
+}
+
+// How far a request is, and when it should end, from the rate its work
+// finished at lately.
+type Estimate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether an estimate could be made; basis says why not when false.
+	Known bool `protobuf:"varint,1,opt,name=known,proto3" json:"known,omitempty"`
+	// Time left, and the time it should be done by.
+	Remaining    *durationpb.Duration   `protobuf:"bytes,2,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	CompleteTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=complete_time,json=completeTime,proto3" json:"complete_time,omitempty"`
+	// Units of work left and done, and the rate the estimate used (units per
+	// second). A read-only request counts its steps; a rw request counts its
+	// phases (allocation, repair, completion).
+	UnitsLeft      int64   `protobuf:"varint,4,opt,name=units_left,json=unitsLeft,proto3" json:"units_left,omitempty"`
+	UnitsDone      int64   `protobuf:"varint,5,opt,name=units_done,json=unitsDone,proto3" json:"units_done,omitempty"`
+	UnitsPerSecond float64 `protobuf:"fixed64,6,opt,name=units_per_second,json=unitsPerSecond,proto3" json:"units_per_second,omitempty"`
+	// How the figure was made, for people ("12 of 40 steps done; 3.1
+	// steps/s over the last 60 s").
+	Basis         string `protobuf:"bytes,7,opt,name=basis,proto3" json:"basis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Estimate) Reset() {
+	*x = Estimate{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Estimate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Estimate) ProtoMessage() {}
+
+func (x *Estimate) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Estimate.ProtoReflect.Descriptor instead.
+func (*Estimate) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Estimate) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
+}
+
+func (x *Estimate) GetRemaining() *durationpb.Duration {
+	if x != nil {
+		return x.Remaining
+	}
+	return nil
+}
+
+func (x *Estimate) GetCompleteTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompleteTime
+	}
+	return nil
+}
+
+func (x *Estimate) GetUnitsLeft() int64 {
+	if x != nil {
+		return x.UnitsLeft
+	}
+	return 0
+}
+
+func (x *Estimate) GetUnitsDone() int64 {
+	if x != nil {
+		return x.UnitsDone
+	}
+	return 0
+}
+
+func (x *Estimate) GetUnitsPerSecond() float64 {
+	if x != nil {
+		return x.UnitsPerSecond
+	}
+	return 0
+}
+
+func (x *Estimate) GetBasis() string {
+	if x != nil {
+		return x.Basis
+	}
+	return ""
+}
+
 // What something waits on now, and since when.
 type Wait struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -385,7 +563,7 @@ type Wait struct {
 
 func (x *Wait) Reset() {
 	*x = Wait{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +575,7 @@ func (x *Wait) String() string {
 func (*Wait) ProtoMessage() {}
 
 func (x *Wait) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +588,7 @@ func (x *Wait) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wait.ProtoReflect.Descriptor instead.
 func (*Wait) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Wait) GetKind() WaitKind {
@@ -478,14 +656,23 @@ type Replacement struct {
 	LastError     string                 `protobuf:"bytes,19,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	LastErrorTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=last_error_time,json=lastErrorTime,proto3" json:"last_error_time,omitempty"`
 	// Why it ended other than COMPLETE (DATA_LOST, NEEDS_OPERATOR, CANCELLED).
-	EndReason     string `protobuf:"bytes,21,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
+	EndReason string `protobuf:"bytes,21,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
+	// Set while an operator holds the request (its own pause, or the
+	// rack's): see PauseReplacement.
+	Pause *Pause `protobuf:"bytes,22,opt,name=pause,proto3" json:"pause,omitempty"`
+	// Its steps by state (read-only kinds), for a progress bar: done is
+	// volume_deleted (the step finished and its stash was deleted).
+	StepCounts *StepCounts `protobuf:"bytes,23,opt,name=step_counts,json=stepCounts,proto3" json:"step_counts,omitempty"`
+	// Time to completion, from the observed rate (GetReplacement and
+	// WatchReplacement; not filled by ListReplacements).
+	Estimate      *Estimate `protobuf:"bytes,24,opt,name=estimate,proto3" json:"estimate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Replacement) Reset() {
 	*x = Replacement{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +684,7 @@ func (x *Replacement) String() string {
 func (*Replacement) ProtoMessage() {}
 
 func (x *Replacement) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +697,7 @@ func (x *Replacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replacement.ProtoReflect.Descriptor instead.
 func (*Replacement) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Replacement) GetReplacementId() string {
@@ -660,6 +847,27 @@ func (x *Replacement) GetEndReason() string {
 	return ""
 }
 
+func (x *Replacement) GetPause() *Pause {
+	if x != nil {
+		return x.Pause
+	}
+	return nil
+}
+
+func (x *Replacement) GetStepCounts() *StepCounts {
+	if x != nil {
+		return x.StepCounts
+	}
+	return nil
+}
+
+func (x *Replacement) GetEstimate() *Estimate {
+	if x != nil {
+		return x.Estimate
+	}
+	return nil
+}
+
 // A replacement step.
 type Step struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -683,7 +891,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +903,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +916,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Step) GetStepId() string {
@@ -812,7 +1020,7 @@ type DriveStep struct {
 
 func (x *DriveStep) Reset() {
 	*x = DriveStep{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1032,7 @@ func (x *DriveStep) String() string {
 func (*DriveStep) ProtoMessage() {}
 
 func (x *DriveStep) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1045,7 @@ func (x *DriveStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriveStep.ProtoReflect.Descriptor instead.
 func (*DriveStep) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DriveStep) GetDriveStepId() string {
@@ -898,7 +1106,7 @@ type RequestReplacementRequest struct {
 
 func (x *RequestReplacementRequest) Reset() {
 	*x = RequestReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1118,7 @@ func (x *RequestReplacementRequest) String() string {
 func (*RequestReplacementRequest) ProtoMessage() {}
 
 func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1131,7 @@ func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementRequest.ProtoReflect.Descriptor instead.
 func (*RequestReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RequestReplacementRequest) GetTargetId() string {
@@ -945,7 +1153,7 @@ type RequestReplacementResponse struct {
 
 func (x *RequestReplacementResponse) Reset() {
 	*x = RequestReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1165,7 @@ func (x *RequestReplacementResponse) String() string {
 func (*RequestReplacementResponse) ProtoMessage() {}
 
 func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1178,7 @@ func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementResponse.ProtoReflect.Descriptor instead.
 func (*RequestReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RequestReplacementResponse) GetReplacement() *Replacement {
@@ -998,7 +1206,7 @@ type CancelReplacementRequest struct {
 
 func (x *CancelReplacementRequest) Reset() {
 	*x = CancelReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1218,7 @@ func (x *CancelReplacementRequest) String() string {
 func (*CancelReplacementRequest) ProtoMessage() {}
 
 func (x *CancelReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1231,7 @@ func (x *CancelReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplacementRequest.ProtoReflect.Descriptor instead.
 func (*CancelReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CancelReplacementRequest) GetReplacementId() string {
@@ -1049,7 +1257,7 @@ type CancelReplacementResponse struct {
 
 func (x *CancelReplacementResponse) Reset() {
 	*x = CancelReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1269,7 @@ func (x *CancelReplacementResponse) String() string {
 func (*CancelReplacementResponse) ProtoMessage() {}
 
 func (x *CancelReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1282,7 @@ func (x *CancelReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplacementResponse.ProtoReflect.Descriptor instead.
 func (*CancelReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelReplacementResponse) GetReplacement() *Replacement {
@@ -1093,7 +1301,7 @@ type GetReplacementRequest struct {
 
 func (x *GetReplacementRequest) Reset() {
 	*x = GetReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1313,7 @@ func (x *GetReplacementRequest) String() string {
 func (*GetReplacementRequest) ProtoMessage() {}
 
 func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1326,7 @@ func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementRequest.ProtoReflect.Descriptor instead.
 func (*GetReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetReplacementRequest) GetReplacementId() string {
@@ -1139,7 +1347,7 @@ type GetReplacementResponse struct {
 
 func (x *GetReplacementResponse) Reset() {
 	*x = GetReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1359,7 @@ func (x *GetReplacementResponse) String() string {
 func (*GetReplacementResponse) ProtoMessage() {}
 
 func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1372,7 @@ func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementResponse.ProtoReflect.Descriptor instead.
 func (*GetReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetReplacementResponse) GetReplacement() *Replacement {
@@ -1196,13 +1404,16 @@ type ListReplacementsRequest struct {
 	Kind          ReplacementKind          `protobuf:"varint,3,opt,name=kind,proto3,enum=storage.orchestrator.v1.ReplacementKind" json:"kind,omitempty"`
 	ReadOnlyState ReadOnlyReplacementState `protobuf:"varint,4,opt,name=read_only_state,json=readOnlyState,proto3,enum=storage.orchestrator.v1.ReadOnlyReplacementState" json:"read_only_state,omitempty"`
 	RegionState   RegionReplacementState   `protobuf:"varint,5,opt,name=region_state,json=regionState,proto3,enum=storage.orchestrator.v1.RegionReplacementState" json:"region_state,omitempty"`
+	// Only requests an operator holds (their own pause, or all non-terminal
+	// ones while the rack is held).
+	Paused        bool `protobuf:"varint,6,opt,name=paused,proto3" json:"paused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListReplacementsRequest) Reset() {
 	*x = ListReplacementsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1425,7 @@ func (x *ListReplacementsRequest) String() string {
 func (*ListReplacementsRequest) ProtoMessage() {}
 
 func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1438,7 @@ func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsRequest.ProtoReflect.Descriptor instead.
 func (*ListReplacementsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListReplacementsRequest) GetPageSize() int32 {
@@ -1265,17 +1476,26 @@ func (x *ListReplacementsRequest) GetRegionState() RegionReplacementState {
 	return RegionReplacementState_REGION_REPLACEMENT_STATE_UNSPECIFIED
 }
 
+func (x *ListReplacementsRequest) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
 type ListReplacementsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Replacements  []*Replacement         `protobuf:"bytes,1,rep,name=replacements,proto3" json:"replacements,omitempty"`
 	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set while the whole rack is held.
+	RackPause     *Pause `protobuf:"bytes,3,opt,name=rack_pause,json=rackPause,proto3" json:"rack_pause,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListReplacementsResponse) Reset() {
 	*x = ListReplacementsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1507,7 @@ func (x *ListReplacementsResponse) String() string {
 func (*ListReplacementsResponse) ProtoMessage() {}
 
 func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1520,7 @@ func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsResponse.ProtoReflect.Descriptor instead.
 func (*ListReplacementsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListReplacementsResponse) GetReplacements() []*Replacement {
@@ -1317,6 +1537,245 @@ func (x *ListReplacementsResponse) GetNextPageToken() string {
 	return ""
 }
 
+func (x *ListReplacementsResponse) GetRackPause() *Pause {
+	if x != nil {
+		return x.RackPause
+	}
+	return nil
+}
+
+type PauseReplacementRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of replacement_id and rack.
+	ReplacementId string `protobuf:"bytes,1,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
+	Rack          bool   `protobuf:"varint,2,opt,name=rack,proto3" json:"rack,omitempty"`
+	// Why; shown with the pause.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseReplacementRequest) Reset() {
+	*x = PauseReplacementRequest{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseReplacementRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseReplacementRequest) ProtoMessage() {}
+
+func (x *PauseReplacementRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseReplacementRequest.ProtoReflect.Descriptor instead.
+func (*PauseReplacementRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PauseReplacementRequest) GetReplacementId() string {
+	if x != nil {
+		return x.ReplacementId
+	}
+	return ""
+}
+
+func (x *PauseReplacementRequest) GetRack() bool {
+	if x != nil {
+		return x.Rack
+	}
+	return false
+}
+
+func (x *PauseReplacementRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type PauseReplacementResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request, when one was named.
+	Replacement *Replacement `protobuf:"bytes,1,opt,name=replacement,proto3" json:"replacement,omitempty"`
+	// The rack's pause, when the rack was named.
+	RackPause *Pause `protobuf:"bytes,2,opt,name=rack_pause,json=rackPause,proto3" json:"rack_pause,omitempty"`
+	// Steps withdrawn (Requested steps whose volume locks were released).
+	StepsWithdrawn int64 `protobuf:"varint,3,opt,name=steps_withdrawn,json=stepsWithdrawn,proto3" json:"steps_withdrawn,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PauseReplacementResponse) Reset() {
+	*x = PauseReplacementResponse{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseReplacementResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseReplacementResponse) ProtoMessage() {}
+
+func (x *PauseReplacementResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseReplacementResponse.ProtoReflect.Descriptor instead.
+func (*PauseReplacementResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PauseReplacementResponse) GetReplacement() *Replacement {
+	if x != nil {
+		return x.Replacement
+	}
+	return nil
+}
+
+func (x *PauseReplacementResponse) GetRackPause() *Pause {
+	if x != nil {
+		return x.RackPause
+	}
+	return nil
+}
+
+func (x *PauseReplacementResponse) GetStepsWithdrawn() int64 {
+	if x != nil {
+		return x.StepsWithdrawn
+	}
+	return 0
+}
+
+type ResumeReplacementRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of replacement_id and rack.
+	ReplacementId string `protobuf:"bytes,1,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
+	Rack          bool   `protobuf:"varint,2,opt,name=rack,proto3" json:"rack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeReplacementRequest) Reset() {
+	*x = ResumeReplacementRequest{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeReplacementRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeReplacementRequest) ProtoMessage() {}
+
+func (x *ResumeReplacementRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeReplacementRequest.ProtoReflect.Descriptor instead.
+func (*ResumeReplacementRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ResumeReplacementRequest) GetReplacementId() string {
+	if x != nil {
+		return x.ReplacementId
+	}
+	return ""
+}
+
+func (x *ResumeReplacementRequest) GetRack() bool {
+	if x != nil {
+		return x.Rack
+	}
+	return false
+}
+
+type ResumeReplacementResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Replacement *Replacement           `protobuf:"bytes,1,opt,name=replacement,proto3" json:"replacement,omitempty"`
+	// Whether the rack is still held (after resuming a request; false after
+	// resuming the rack).
+	RackPaused    bool `protobuf:"varint,2,opt,name=rack_paused,json=rackPaused,proto3" json:"rack_paused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeReplacementResponse) Reset() {
+	*x = ResumeReplacementResponse{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeReplacementResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeReplacementResponse) ProtoMessage() {}
+
+func (x *ResumeReplacementResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeReplacementResponse.ProtoReflect.Descriptor instead.
+func (*ResumeReplacementResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ResumeReplacementResponse) GetReplacement() *Replacement {
+	if x != nil {
+		return x.Replacement
+	}
+	return nil
+}
+
+func (x *ResumeReplacementResponse) GetRackPaused() bool {
+	if x != nil {
+		return x.RackPaused
+	}
+	return false
+}
+
 type ListStepsRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -1330,7 +1789,7 @@ type ListStepsRequest struct {
 
 func (x *ListStepsRequest) Reset() {
 	*x = ListStepsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1801,7 @@ func (x *ListStepsRequest) String() string {
 func (*ListStepsRequest) ProtoMessage() {}
 
 func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1814,7 @@ func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsRequest.ProtoReflect.Descriptor instead.
 func (*ListStepsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListStepsRequest) GetPageSize() int32 {
@@ -1396,7 +1855,7 @@ type ListStepsResponse struct {
 
 func (x *ListStepsResponse) Reset() {
 	*x = ListStepsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1867,7 @@ func (x *ListStepsResponse) String() string {
 func (*ListStepsResponse) ProtoMessage() {}
 
 func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1880,7 @@ func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsResponse.ProtoReflect.Descriptor instead.
 func (*ListStepsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListStepsResponse) GetSteps() []*Step {
@@ -1453,7 +1912,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1924,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1937,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Lock) GetVolumeId() string {
@@ -1519,7 +1978,7 @@ type ListLocksRequest struct {
 
 func (x *ListLocksRequest) Reset() {
 	*x = ListLocksRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1990,7 @@ func (x *ListLocksRequest) String() string {
 func (*ListLocksRequest) ProtoMessage() {}
 
 func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +2003,7 @@ func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksRequest.ProtoReflect.Descriptor instead.
 func (*ListLocksRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListLocksRequest) GetPageSize() int32 {
@@ -1571,7 +2030,7 @@ type ListLocksResponse struct {
 
 func (x *ListLocksResponse) Reset() {
 	*x = ListLocksResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +2042,7 @@ func (x *ListLocksResponse) String() string {
 func (*ListLocksResponse) ProtoMessage() {}
 
 func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +2055,7 @@ func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksResponse.ProtoReflect.Descriptor instead.
 func (*ListLocksResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListLocksResponse) GetLocks() []*Lock {
@@ -1623,7 +2082,7 @@ type WatchReplacementRequest struct {
 
 func (x *WatchReplacementRequest) Reset() {
 	*x = WatchReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +2094,7 @@ func (x *WatchReplacementRequest) String() string {
 func (*WatchReplacementRequest) ProtoMessage() {}
 
 func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +2107,7 @@ func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementRequest.ProtoReflect.Descriptor instead.
 func (*WatchReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchReplacementRequest) GetReplacementId() string {
@@ -1672,7 +2131,7 @@ type StepCounts struct {
 
 func (x *StepCounts) Reset() {
 	*x = StepCounts{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +2143,7 @@ func (x *StepCounts) String() string {
 func (*StepCounts) ProtoMessage() {}
 
 func (x *StepCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +2156,7 @@ func (x *StepCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepCounts.ProtoReflect.Descriptor instead.
 func (*StepCounts) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StepCounts) GetRequested() int64 {
@@ -1740,14 +2199,16 @@ type WatchReplacementResponse struct {
 	Replacements []*Replacement         `protobuf:"bytes,1,rep,name=replacements,proto3" json:"replacements,omitempty"`
 	Steps        *StepCounts            `protobuf:"bytes,2,opt,name=steps,proto3" json:"steps,omitempty"`
 	// Every watched request is terminal; the stream ends after this message.
-	Done          bool `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	Done bool `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	// Set while the whole rack is held.
+	RackPause     *Pause `protobuf:"bytes,4,opt,name=rack_pause,json=rackPause,proto3" json:"rack_pause,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchReplacementResponse) Reset() {
 	*x = WatchReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +2220,7 @@ func (x *WatchReplacementResponse) String() string {
 func (*WatchReplacementResponse) ProtoMessage() {}
 
 func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2233,7 @@ func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementResponse.ProtoReflect.Descriptor instead.
 func (*WatchReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchReplacementResponse) GetReplacements() []*Replacement {
@@ -1796,6 +2257,13 @@ func (x *WatchReplacementResponse) GetDone() bool {
 	return false
 }
 
+func (x *WatchReplacementResponse) GetRackPause() *Pause {
+	if x != nil {
+		return x.RackPause
+	}
+	return nil
+}
+
 type PreviewExpungeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Exactly one.
@@ -1807,7 +2275,7 @@ type PreviewExpungeRequest struct {
 
 func (x *PreviewExpungeRequest) Reset() {
 	*x = PreviewExpungeRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +2287,7 @@ func (x *PreviewExpungeRequest) String() string {
 func (*PreviewExpungeRequest) ProtoMessage() {}
 
 func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +2300,7 @@ func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeRequest.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PreviewExpungeRequest) GetDiskId() string {
@@ -1881,7 +2349,7 @@ type ReadOnlyTargetPreview struct {
 
 func (x *ReadOnlyTargetPreview) Reset() {
 	*x = ReadOnlyTargetPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2361,7 @@ func (x *ReadOnlyTargetPreview) String() string {
 func (*ReadOnlyTargetPreview) ProtoMessage() {}
 
 func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2374,7 @@ func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOnlyTargetPreview.ProtoReflect.Descriptor instead.
 func (*ReadOnlyTargetPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadOnlyTargetPreview) GetTargetId() string {
@@ -2033,7 +2501,7 @@ type ReadWriteRegionPreview struct {
 
 func (x *ReadWriteRegionPreview) Reset() {
 	*x = ReadWriteRegionPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2513,7 @@ func (x *ReadWriteRegionPreview) String() string {
 func (*ReadWriteRegionPreview) ProtoMessage() {}
 
 func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2526,7 @@ func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadWriteRegionPreview.ProtoReflect.Descriptor instead.
 func (*ReadWriteRegionPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadWriteRegionPreview) GetRegionId() string {
@@ -2139,7 +2607,7 @@ type RegionSetMember struct {
 
 func (x *RegionSetMember) Reset() {
 	*x = RegionSetMember{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2619,7 @@ func (x *RegionSetMember) String() string {
 func (*RegionSetMember) ProtoMessage() {}
 
 func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2632,7 @@ func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSetMember.ProtoReflect.Descriptor instead.
 func (*RegionSetMember) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RegionSetMember) GetRegionId() string {
@@ -2213,7 +2681,7 @@ type PreviewExpungeResponse struct {
 
 func (x *PreviewExpungeResponse) Reset() {
 	*x = PreviewExpungeResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2693,7 @@ func (x *PreviewExpungeResponse) String() string {
 func (*PreviewExpungeResponse) ProtoMessage() {}
 
 func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2706,7 @@ func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeResponse.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PreviewExpungeResponse) GetReadOnlyTargets() []*ReadOnlyTargetPreview {
@@ -2287,12 +2755,28 @@ var File_storage_orchestrator_v1_replacement_proto protoreflect.FileDescriptor
 
 const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\n" +
-	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n" +
+	"\x05Pause\x12\x1b\n" +
+	"\tpaused_by\x18\x01 \x01(\tR\bpausedBy\x12;\n" +
+	"\vpaused_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"pausedTime\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04rack\x18\x04 \x01(\bR\x04rack\"\x98\x02\n" +
+	"\bEstimate\x12\x14\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\x127\n" +
+	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\x12?\n" +
+	"\rcomplete_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fcompleteTime\x12\x1d\n" +
+	"\n" +
+	"units_left\x18\x04 \x01(\x03R\tunitsLeft\x12\x1d\n" +
+	"\n" +
+	"units_done\x18\x05 \x01(\x03R\tunitsDone\x12(\n" +
+	"\x10units_per_second\x18\x06 \x01(\x01R\x0eunitsPerSecond\x12\x14\n" +
+	"\x05basis\x18\a \x01(\tR\x05basis\"\xa1\x01\n" +
 	"\x04Wait\x125\n" +
 	"\x04kind\x18\x01 \x01(\x0e2!.storage.orchestrator.v1.WaitKindR\x04kind\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x120\n" +
 	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\asubject\x18\x04 \x01(\tR\asubject\"\x86\b\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\"\xc1\t\n" +
 	"\vReplacement\x12%\n" +
 	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12<\n" +
 	"\x04kind\x18\x02 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12\"\n" +
@@ -2317,7 +2801,11 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"last_error\x18\x13 \x01(\tR\tlastError\x12B\n" +
 	"\x0flast_error_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\rlastErrorTime\x12\x1d\n" +
 	"\n" +
-	"end_reason\x18\x15 \x01(\tR\tendReason\"\xb0\x04\n" +
+	"end_reason\x18\x15 \x01(\tR\tendReason\x124\n" +
+	"\x05pause\x18\x16 \x01(\v2\x1e.storage.orchestrator.v1.PauseR\x05pause\x12D\n" +
+	"\vstep_counts\x18\x17 \x01(\v2#.storage.orchestrator.v1.StepCountsR\n" +
+	"stepCounts\x12=\n" +
+	"\bestimate\x18\x18 \x01(\v2!.storage.orchestrator.v1.EstimateR\bestimate\"\xb0\x04\n" +
 	"\x04Step\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12%\n" +
 	"\x0ereplacement_id\x18\x02 \x01(\tR\rreplacementId\x12\x1b\n" +
@@ -2357,17 +2845,36 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\x123\n" +
 	"\x05steps\x18\x02 \x03(\v2\x1d.storage.orchestrator.v1.StepR\x05steps\x12C\n" +
 	"\vdrive_steps\x18\x03 \x03(\v2\".storage.orchestrator.v1.DriveStepR\n" +
-	"driveSteps\"\xc2\x02\n" +
+	"driveSteps\"\xda\x02\n" +
 	"\x17ListReplacementsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x12<\n" +
 	"\x04kind\x18\x03 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12Y\n" +
 	"\x0fread_only_state\x18\x04 \x01(\x0e21.storage.orchestrator.v1.ReadOnlyReplacementStateR\rreadOnlyState\x12R\n" +
-	"\fregion_state\x18\x05 \x01(\x0e2/.storage.orchestrator.v1.RegionReplacementStateR\vregionState\"\x8c\x01\n" +
+	"\fregion_state\x18\x05 \x01(\x0e2/.storage.orchestrator.v1.RegionReplacementStateR\vregionState\x12\x16\n" +
+	"\x06paused\x18\x06 \x01(\bR\x06paused\"\xcb\x01\n" +
 	"\x18ListReplacementsResponse\x12H\n" +
 	"\freplacements\x18\x01 \x03(\v2$.storage.orchestrator.v1.ReplacementR\freplacements\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaf\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12=\n" +
+	"\n" +
+	"rack_pause\x18\x03 \x01(\v2\x1e.storage.orchestrator.v1.PauseR\trackPause\"l\n" +
+	"\x17PauseReplacementRequest\x12%\n" +
+	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12\x12\n" +
+	"\x04rack\x18\x02 \x01(\bR\x04rack\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xca\x01\n" +
+	"\x18PauseReplacementResponse\x12F\n" +
+	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\x12=\n" +
+	"\n" +
+	"rack_pause\x18\x02 \x01(\v2\x1e.storage.orchestrator.v1.PauseR\trackPause\x12'\n" +
+	"\x0fsteps_withdrawn\x18\x03 \x01(\x03R\x0estepsWithdrawn\"U\n" +
+	"\x18ResumeReplacementRequest\x12%\n" +
+	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12\x12\n" +
+	"\x04rack\x18\x02 \x01(\bR\x04rack\"\x84\x01\n" +
+	"\x19ResumeReplacementResponse\x12F\n" +
+	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\x12\x1f\n" +
+	"\vrack_paused\x18\x02 \x01(\bR\n" +
+	"rackPaused\"\xaf\x01\n" +
 	"\x10ListStepsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2400,11 +2907,13 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\n" +
 	"collecting\x18\x04 \x01(\x03R\n" +
 	"collecting\x12%\n" +
-	"\x0evolume_deleted\x18\x05 \x01(\x03R\rvolumeDeleted\"\xb3\x01\n" +
+	"\x0evolume_deleted\x18\x05 \x01(\x03R\rvolumeDeleted\"\xf2\x01\n" +
 	"\x18WatchReplacementResponse\x12H\n" +
 	"\freplacements\x18\x01 \x03(\v2$.storage.orchestrator.v1.ReplacementR\freplacements\x129\n" +
 	"\x05steps\x18\x02 \x01(\v2#.storage.orchestrator.v1.StepCountsR\x05steps\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\bR\x04done\"I\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\x12=\n" +
+	"\n" +
+	"rack_pause\x18\x04 \x01(\v2\x1e.storage.orchestrator.v1.PauseR\trackPause\"I\n" +
 	"\x15PreviewExpungeRequest\x12\x17\n" +
 	"\adisk_id\x18\x01 \x01(\tR\x06diskId\x12\x17\n" +
 	"\asled_id\x18\x02 \x01(\tR\x06sledId\"\xa5\x04\n" +
@@ -2485,7 +2994,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\"REGION_REPLACEMENT_STATE_DATA_LOST\x10\b\x12+\n" +
 	"'REGION_REPLACEMENT_STATE_NEEDS_OPERATOR\x10\t\x12&\n" +
 	"\"REGION_REPLACEMENT_STATE_CANCELLED\x10\n" +
-	"*\xd4\x01\n" +
+	"*\xea\x01\n" +
 	"\bWaitKind\x12\x19\n" +
 	"\x15WAIT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eWAIT_KIND_NONE\x10\x01\x12\x12\n" +
@@ -2495,7 +3004,8 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x12WAIT_KIND_UPSTAIRS\x10\x05\x12\x12\n" +
 	"\x0eWAIT_KIND_TASK\x10\x06\x12\x13\n" +
 	"\x0fWAIT_KIND_STEPS\x10\a\x12\x18\n" +
-	"\x14WAIT_KIND_REFERENCES\x10\b2\xb1\a\n" +
+	"\x14WAIT_KIND_REFERENCES\x10\b\x12\x14\n" +
+	"\x10WAIT_KIND_PAUSED\x10\t2\xa6\t\n" +
 	"\x12ReplacementService\x12}\n" +
 	"\x12RequestReplacement\x122.storage.orchestrator.v1.RequestReplacementRequest\x1a3.storage.orchestrator.v1.RequestReplacementResponse\x12q\n" +
 	"\x0eGetReplacement\x12..storage.orchestrator.v1.GetReplacementRequest\x1a/.storage.orchestrator.v1.GetReplacementResponse\x12w\n" +
@@ -2504,7 +3014,9 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\tListLocks\x12).storage.orchestrator.v1.ListLocksRequest\x1a*.storage.orchestrator.v1.ListLocksResponse\x12y\n" +
 	"\x10WatchReplacement\x120.storage.orchestrator.v1.WatchReplacementRequest\x1a1.storage.orchestrator.v1.WatchReplacementResponse0\x01\x12q\n" +
 	"\x0ePreviewExpunge\x12..storage.orchestrator.v1.PreviewExpungeRequest\x1a/.storage.orchestrator.v1.PreviewExpungeResponse\x12z\n" +
-	"\x11CancelReplacement\x121.storage.orchestrator.v1.CancelReplacementRequest\x1a2.storage.orchestrator.v1.CancelReplacementResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
+	"\x11CancelReplacement\x121.storage.orchestrator.v1.CancelReplacementRequest\x1a2.storage.orchestrator.v1.CancelReplacementResponse\x12w\n" +
+	"\x10PauseReplacement\x120.storage.orchestrator.v1.PauseReplacementRequest\x1a1.storage.orchestrator.v1.PauseReplacementResponse\x12z\n" +
+	"\x11ResumeReplacement\x121.storage.orchestrator.v1.ResumeReplacementRequest\x1a2.storage.orchestrator.v1.ResumeReplacementResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
 	file_storage_orchestrator_v1_replacement_proto_rawDescOnce sync.Once
@@ -2519,96 +3031,118 @@ func file_storage_orchestrator_v1_replacement_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
 	(ReplacementKind)(0),               // 0: storage.orchestrator.v1.ReplacementKind
 	(ReadOnlyReplacementState)(0),      // 1: storage.orchestrator.v1.ReadOnlyReplacementState
 	(StepState)(0),                     // 2: storage.orchestrator.v1.StepState
 	(RegionReplacementState)(0),        // 3: storage.orchestrator.v1.RegionReplacementState
 	(WaitKind)(0),                      // 4: storage.orchestrator.v1.WaitKind
-	(*Wait)(nil),                       // 5: storage.orchestrator.v1.Wait
-	(*Replacement)(nil),                // 6: storage.orchestrator.v1.Replacement
-	(*Step)(nil),                       // 7: storage.orchestrator.v1.Step
-	(*DriveStep)(nil),                  // 8: storage.orchestrator.v1.DriveStep
-	(*RequestReplacementRequest)(nil),  // 9: storage.orchestrator.v1.RequestReplacementRequest
-	(*RequestReplacementResponse)(nil), // 10: storage.orchestrator.v1.RequestReplacementResponse
-	(*CancelReplacementRequest)(nil),   // 11: storage.orchestrator.v1.CancelReplacementRequest
-	(*CancelReplacementResponse)(nil),  // 12: storage.orchestrator.v1.CancelReplacementResponse
-	(*GetReplacementRequest)(nil),      // 13: storage.orchestrator.v1.GetReplacementRequest
-	(*GetReplacementResponse)(nil),     // 14: storage.orchestrator.v1.GetReplacementResponse
-	(*ListReplacementsRequest)(nil),    // 15: storage.orchestrator.v1.ListReplacementsRequest
-	(*ListReplacementsResponse)(nil),   // 16: storage.orchestrator.v1.ListReplacementsResponse
-	(*ListStepsRequest)(nil),           // 17: storage.orchestrator.v1.ListStepsRequest
-	(*ListStepsResponse)(nil),          // 18: storage.orchestrator.v1.ListStepsResponse
-	(*Lock)(nil),                       // 19: storage.orchestrator.v1.Lock
-	(*ListLocksRequest)(nil),           // 20: storage.orchestrator.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),          // 21: storage.orchestrator.v1.ListLocksResponse
-	(*WatchReplacementRequest)(nil),    // 22: storage.orchestrator.v1.WatchReplacementRequest
-	(*StepCounts)(nil),                 // 23: storage.orchestrator.v1.StepCounts
-	(*WatchReplacementResponse)(nil),   // 24: storage.orchestrator.v1.WatchReplacementResponse
-	(*PreviewExpungeRequest)(nil),      // 25: storage.orchestrator.v1.PreviewExpungeRequest
-	(*ReadOnlyTargetPreview)(nil),      // 26: storage.orchestrator.v1.ReadOnlyTargetPreview
-	(*ReadWriteRegionPreview)(nil),     // 27: storage.orchestrator.v1.ReadWriteRegionPreview
-	(*RegionSetMember)(nil),            // 28: storage.orchestrator.v1.RegionSetMember
-	(*PreviewExpungeResponse)(nil),     // 29: storage.orchestrator.v1.PreviewExpungeResponse
-	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
+	(*Pause)(nil),                      // 5: storage.orchestrator.v1.Pause
+	(*Estimate)(nil),                   // 6: storage.orchestrator.v1.Estimate
+	(*Wait)(nil),                       // 7: storage.orchestrator.v1.Wait
+	(*Replacement)(nil),                // 8: storage.orchestrator.v1.Replacement
+	(*Step)(nil),                       // 9: storage.orchestrator.v1.Step
+	(*DriveStep)(nil),                  // 10: storage.orchestrator.v1.DriveStep
+	(*RequestReplacementRequest)(nil),  // 11: storage.orchestrator.v1.RequestReplacementRequest
+	(*RequestReplacementResponse)(nil), // 12: storage.orchestrator.v1.RequestReplacementResponse
+	(*CancelReplacementRequest)(nil),   // 13: storage.orchestrator.v1.CancelReplacementRequest
+	(*CancelReplacementResponse)(nil),  // 14: storage.orchestrator.v1.CancelReplacementResponse
+	(*GetReplacementRequest)(nil),      // 15: storage.orchestrator.v1.GetReplacementRequest
+	(*GetReplacementResponse)(nil),     // 16: storage.orchestrator.v1.GetReplacementResponse
+	(*ListReplacementsRequest)(nil),    // 17: storage.orchestrator.v1.ListReplacementsRequest
+	(*ListReplacementsResponse)(nil),   // 18: storage.orchestrator.v1.ListReplacementsResponse
+	(*PauseReplacementRequest)(nil),    // 19: storage.orchestrator.v1.PauseReplacementRequest
+	(*PauseReplacementResponse)(nil),   // 20: storage.orchestrator.v1.PauseReplacementResponse
+	(*ResumeReplacementRequest)(nil),   // 21: storage.orchestrator.v1.ResumeReplacementRequest
+	(*ResumeReplacementResponse)(nil),  // 22: storage.orchestrator.v1.ResumeReplacementResponse
+	(*ListStepsRequest)(nil),           // 23: storage.orchestrator.v1.ListStepsRequest
+	(*ListStepsResponse)(nil),          // 24: storage.orchestrator.v1.ListStepsResponse
+	(*Lock)(nil),                       // 25: storage.orchestrator.v1.Lock
+	(*ListLocksRequest)(nil),           // 26: storage.orchestrator.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),          // 27: storage.orchestrator.v1.ListLocksResponse
+	(*WatchReplacementRequest)(nil),    // 28: storage.orchestrator.v1.WatchReplacementRequest
+	(*StepCounts)(nil),                 // 29: storage.orchestrator.v1.StepCounts
+	(*WatchReplacementResponse)(nil),   // 30: storage.orchestrator.v1.WatchReplacementResponse
+	(*PreviewExpungeRequest)(nil),      // 31: storage.orchestrator.v1.PreviewExpungeRequest
+	(*ReadOnlyTargetPreview)(nil),      // 32: storage.orchestrator.v1.ReadOnlyTargetPreview
+	(*ReadWriteRegionPreview)(nil),     // 33: storage.orchestrator.v1.ReadWriteRegionPreview
+	(*RegionSetMember)(nil),            // 34: storage.orchestrator.v1.RegionSetMember
+	(*PreviewExpungeResponse)(nil),     // 35: storage.orchestrator.v1.PreviewExpungeResponse
+	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 37: google.protobuf.Duration
 }
 var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
-	4,  // 0: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
-	30, // 1: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
-	0,  // 2: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 3: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 4: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	30, // 5: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
-	30, // 6: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
-	5,  // 7: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
-	30, // 8: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
-	2,  // 9: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
-	30, // 10: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
-	30, // 11: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
-	5,  // 12: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
-	30, // 13: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
-	30, // 14: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
-	6,  // 15: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 16: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 17: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	7,  // 18: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
-	8,  // 19: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
-	0,  // 20: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 21: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 22: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	6,  // 23: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	2,  // 24: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
-	7,  // 25: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
-	30, // 26: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
-	19, // 27: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
-	6,  // 28: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	23, // 29: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
-	0,  // 30: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	28, // 31: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
-	26, // 32: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
-	27, // 33: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
-	9,  // 34: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
-	13, // 35: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
-	15, // 36: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
-	17, // 37: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
-	20, // 38: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
-	22, // 39: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
-	25, // 40: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
-	11, // 41: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
-	10, // 42: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
-	14, // 43: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
-	16, // 44: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
-	18, // 45: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
-	21, // 46: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
-	24, // 47: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
-	29, // 48: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
-	12, // 49: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
-	42, // [42:50] is the sub-list for method output_type
-	34, // [34:42] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	36, // 0: storage.orchestrator.v1.Pause.paused_time:type_name -> google.protobuf.Timestamp
+	37, // 1: storage.orchestrator.v1.Estimate.remaining:type_name -> google.protobuf.Duration
+	36, // 2: storage.orchestrator.v1.Estimate.complete_time:type_name -> google.protobuf.Timestamp
+	4,  // 3: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
+	36, // 4: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
+	0,  // 5: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 6: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 7: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	36, // 8: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
+	36, // 9: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
+	7,  // 10: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
+	36, // 11: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
+	5,  // 12: storage.orchestrator.v1.Replacement.pause:type_name -> storage.orchestrator.v1.Pause
+	29, // 13: storage.orchestrator.v1.Replacement.step_counts:type_name -> storage.orchestrator.v1.StepCounts
+	6,  // 14: storage.orchestrator.v1.Replacement.estimate:type_name -> storage.orchestrator.v1.Estimate
+	2,  // 15: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
+	36, // 16: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
+	36, // 17: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
+	7,  // 18: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
+	36, // 19: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
+	36, // 20: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
+	8,  // 21: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	8,  // 22: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	8,  // 23: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	9,  // 24: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
+	10, // 25: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
+	0,  // 26: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 27: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 28: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	8,  // 29: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	5,  // 30: storage.orchestrator.v1.ListReplacementsResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	8,  // 31: storage.orchestrator.v1.PauseReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	5,  // 32: storage.orchestrator.v1.PauseReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	8,  // 33: storage.orchestrator.v1.ResumeReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	2,  // 34: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
+	9,  // 35: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
+	36, // 36: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
+	25, // 37: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
+	8,  // 38: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	29, // 39: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
+	5,  // 40: storage.orchestrator.v1.WatchReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	0,  // 41: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	34, // 42: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
+	32, // 43: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
+	33, // 44: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
+	11, // 45: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
+	15, // 46: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
+	17, // 47: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
+	23, // 48: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
+	26, // 49: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
+	28, // 50: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
+	31, // 51: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
+	13, // 52: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
+	19, // 53: storage.orchestrator.v1.ReplacementService.PauseReplacement:input_type -> storage.orchestrator.v1.PauseReplacementRequest
+	21, // 54: storage.orchestrator.v1.ReplacementService.ResumeReplacement:input_type -> storage.orchestrator.v1.ResumeReplacementRequest
+	12, // 55: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
+	16, // 56: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
+	18, // 57: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
+	24, // 58: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
+	27, // 59: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
+	30, // 60: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
+	35, // 61: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
+	14, // 62: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
+	20, // 63: storage.orchestrator.v1.ReplacementService.PauseReplacement:output_type -> storage.orchestrator.v1.PauseReplacementResponse
+	22, // 64: storage.orchestrator.v1.ReplacementService.ResumeReplacement:output_type -> storage.orchestrator.v1.ResumeReplacementResponse
+	55, // [55:65] is the sub-list for method output_type
+	45, // [45:55] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_replacement_proto_init() }
@@ -2622,7 +3156,7 @@ func file_storage_orchestrator_v1_replacement_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_replacement_proto_rawDesc), len(file_storage_orchestrator_v1_replacement_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   25,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

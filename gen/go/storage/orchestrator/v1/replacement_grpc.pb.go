@@ -27,6 +27,8 @@ const (
 	ReplacementService_WatchReplacement_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/WatchReplacement"
 	ReplacementService_PreviewExpunge_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/PreviewExpunge"
 	ReplacementService_CancelReplacement_FullMethodName  = "/storage.orchestrator.v1.ReplacementService/CancelReplacement"
+	ReplacementService_PauseReplacement_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/PauseReplacement"
+	ReplacementService_ResumeReplacement_FullMethodName  = "/storage.orchestrator.v1.ReplacementService/ResumeReplacement"
 )
 
 // ReplacementServiceClient is the client API for ReplacementService service.
@@ -82,6 +84,29 @@ type ReplacementServiceClient interface {
 	// INVALID_ARGUMENT for a malformed id or an empty reason; NOT_FOUND for an
 	// unknown request.
 	CancelReplacement(ctx context.Context, in *CancelReplacementRequest, opts ...grpc.CallOption) (*CancelReplacementResponse, error)
+	// Holds a request (replacement_id), or every request of the rack (rack),
+	// for an operator: while held, no new saga starts for it and it takes no
+	// lock, but sagas already in flight finish. The request keeps the repair
+	// lock its record holds (taken with the record, released at its end) and
+	// gives up what its waiting work held: its Requested steps are withdrawn
+	// with their volume locks and its places in lock queues, so a user's
+	// snapshot of a clone is not blocked by a held fan-out. The detectors
+	// open no new request while the rack is held. A held request waits on
+	// WAIT_KIND_PAUSED and shows who held it, when and why. The pause is in
+	// the database: it outlives a change of leader. Idempotent: holding a
+	// held request answers OK and keeps the first pause's author and time.
+	// Served by the leader only (UNAVAILABLE elsewhere: ask GetLeadership),
+	// so that a pause and a saga start never cross. INVALID_ARGUMENT when
+	// neither or both of replacement_id and rack are given, or the reason is
+	// empty; NOT_FOUND for an unknown request; FAILED_PRECONDITION for one
+	// that already ended.
+	PauseReplacement(ctx context.Context, in *PauseReplacementRequest, opts ...grpc.CallOption) (*PauseReplacementResponse, error)
+	// Lifts a request's pause, or the rack's. Its tasks are woken at once;
+	// withdrawn steps are found again by the next scan of the request. A
+	// request that is not held is left as it is (OK). Lifting a request's own
+	// pause while the rack is held leaves it held by the rack. Leader only,
+	// like PauseReplacement.
+	ResumeReplacement(ctx context.Context, in *ResumeReplacementRequest, opts ...grpc.CallOption) (*ResumeReplacementResponse, error)
 }
 
 type replacementServiceClient struct {
@@ -181,6 +206,26 @@ func (c *replacementServiceClient) CancelReplacement(ctx context.Context, in *Ca
 	return out, nil
 }
 
+func (c *replacementServiceClient) PauseReplacement(ctx context.Context, in *PauseReplacementRequest, opts ...grpc.CallOption) (*PauseReplacementResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseReplacementResponse)
+	err := c.cc.Invoke(ctx, ReplacementService_PauseReplacement_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *replacementServiceClient) ResumeReplacement(ctx context.Context, in *ResumeReplacementRequest, opts ...grpc.CallOption) (*ResumeReplacementResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeReplacementResponse)
+	err := c.cc.Invoke(ctx, ReplacementService_ResumeReplacement_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplacementServiceServer is the server API for ReplacementService service.
 // All implementations must embed UnimplementedReplacementServiceServer
 // for forward compatibility.
@@ -234,6 +279,29 @@ type ReplacementServiceServer interface {
 	// INVALID_ARGUMENT for a malformed id or an empty reason; NOT_FOUND for an
 	// unknown request.
 	CancelReplacement(context.Context, *CancelReplacementRequest) (*CancelReplacementResponse, error)
+	// Holds a request (replacement_id), or every request of the rack (rack),
+	// for an operator: while held, no new saga starts for it and it takes no
+	// lock, but sagas already in flight finish. The request keeps the repair
+	// lock its record holds (taken with the record, released at its end) and
+	// gives up what its waiting work held: its Requested steps are withdrawn
+	// with their volume locks and its places in lock queues, so a user's
+	// snapshot of a clone is not blocked by a held fan-out. The detectors
+	// open no new request while the rack is held. A held request waits on
+	// WAIT_KIND_PAUSED and shows who held it, when and why. The pause is in
+	// the database: it outlives a change of leader. Idempotent: holding a
+	// held request answers OK and keeps the first pause's author and time.
+	// Served by the leader only (UNAVAILABLE elsewhere: ask GetLeadership),
+	// so that a pause and a saga start never cross. INVALID_ARGUMENT when
+	// neither or both of replacement_id and rack are given, or the reason is
+	// empty; NOT_FOUND for an unknown request; FAILED_PRECONDITION for one
+	// that already ended.
+	PauseReplacement(context.Context, *PauseReplacementRequest) (*PauseReplacementResponse, error)
+	// Lifts a request's pause, or the rack's. Its tasks are woken at once;
+	// withdrawn steps are found again by the next scan of the request. A
+	// request that is not held is left as it is (OK). Lifting a request's own
+	// pause while the rack is held leaves it held by the rack. Leader only,
+	// like PauseReplacement.
+	ResumeReplacement(context.Context, *ResumeReplacementRequest) (*ResumeReplacementResponse, error)
 	mustEmbedUnimplementedReplacementServiceServer()
 }
 
@@ -267,6 +335,12 @@ func (UnimplementedReplacementServiceServer) PreviewExpunge(context.Context, *Pr
 }
 func (UnimplementedReplacementServiceServer) CancelReplacement(context.Context, *CancelReplacementRequest) (*CancelReplacementResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelReplacement not implemented")
+}
+func (UnimplementedReplacementServiceServer) PauseReplacement(context.Context, *PauseReplacementRequest) (*PauseReplacementResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseReplacement not implemented")
+}
+func (UnimplementedReplacementServiceServer) ResumeReplacement(context.Context, *ResumeReplacementRequest) (*ResumeReplacementResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeReplacement not implemented")
 }
 func (UnimplementedReplacementServiceServer) mustEmbedUnimplementedReplacementServiceServer() {}
 func (UnimplementedReplacementServiceServer) testEmbeddedByValue()                            {}
@@ -426,6 +500,42 @@ func _ReplacementService_CancelReplacement_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReplacementService_PauseReplacement_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseReplacementRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplacementServiceServer).PauseReplacement(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplacementService_PauseReplacement_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplacementServiceServer).PauseReplacement(ctx, req.(*PauseReplacementRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ReplacementService_ResumeReplacement_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeReplacementRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplacementServiceServer).ResumeReplacement(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplacementService_ResumeReplacement_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplacementServiceServer).ResumeReplacement(ctx, req.(*ResumeReplacementRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReplacementService_ServiceDesc is the grpc.ServiceDesc for ReplacementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -460,6 +570,14 @@ var ReplacementService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelReplacement",
 			Handler:    _ReplacementService_CancelReplacement_Handler,
+		},
+		{
+			MethodName: "PauseReplacement",
+			Handler:    _ReplacementService_PauseReplacement_Handler,
+		},
+		{
+			MethodName: "ResumeReplacement",
+			Handler:    _ReplacementService_ResumeReplacement_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

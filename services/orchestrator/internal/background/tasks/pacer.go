@@ -81,3 +81,11 @@ func (p *pacer) keepOnly(ids []uuid.UUID) {
 		}
 	}
 }
+
+// forget makes id's work due at once the next time it is asked (a request
+// held by an operator is scanned afresh when it is resumed).
+func (p *pacer) forget(id uuid.UUID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.last, id)
+}

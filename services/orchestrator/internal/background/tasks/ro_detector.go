@@ -89,8 +89,15 @@ func (t *roDetector) request(ctx context.Context, st *DetectorStatus, kind store
 	r.Traceparent = newRequestTrace(ctx, "read-only replacement",
 		attribute.String("replacement.id", r.ID.String()), attribute.String("replacement.kind", string(kind)),
 		attribute.String("replacement.target_id", target))
-	got, created, err := t.env.Deps.Store.InsertROReplacement(ctx, r)
+	var got store.ROReplacement
+	var created bool
+	held, err := t.env.unlessHeld(ctx, uuid.Nil, func() (err error) {
+		got, created, err = t.env.Deps.Store.InsertROReplacement(ctx, r)
+		return err
+	})
 	switch {
+	case held != nil:
+		st.Skipped.Add("target %s: no new request: %s", target, heldText(held))
 	case errors.Is(err, store.ErrLockHeld):
 		// Another request or repair holds the snapshot volume: next pass
 		// (its release wakes this task).

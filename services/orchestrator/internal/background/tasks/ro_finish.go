@@ -43,6 +43,9 @@ func (t *roFinish) Activate(ctx context.Context) any {
 		return st
 	}
 	for _, r := range reqs {
+		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+			continue
+		}
 		busy, err := d.Store.HasStepsInProgress(ctx, r.ID)
 		if err != nil {
 			errf(&st.Errors, "request %s: steps: %v", r.ID, err)
@@ -62,7 +65,7 @@ func (t *roFinish) Activate(ctx context.Context) any {
 			st.Skipped.Add("request %s: old target %s still referenced", r.ID, r.OldTargetID)
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROFinish,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROFinish,
 			sagadef.FinishParams{RequestID: r.ID, NewRegionVolumeID: r.NewRegionVolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

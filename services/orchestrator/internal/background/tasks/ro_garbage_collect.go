@@ -39,11 +39,14 @@ func (t *roGC) Activate(ctx context.Context) any {
 		return st
 	}
 	for _, r := range reqs {
+		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+			continue
+		}
 		if r.OldSnapshotVolumeID == nil {
 			errf(&st.Errors, "request %s: illegal state: replacement_done without a stash volume", r.ID)
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROGarbageCollect,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROGarbageCollect,
 			sagadef.GCParams{RequestID: r.ID, StashID: *r.OldSnapshotVolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

@@ -56,6 +56,9 @@ func (t *roStart) Activate(ctx context.Context) any {
 	}
 	completed := false
 	for _, r := range reqs {
+		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+			continue
+		}
 		gone, err := sagadef.TargetGone(ctx, d, r.OldTargetID)
 		if err != nil {
 			errf(&st.Errors, "request %s: target %s: %v", r.ID, r.OldTargetID, err)
@@ -74,7 +77,7 @@ func (t *roStart) Activate(ctx context.Context) any {
 			RequestID: r.ID, Kind: string(r.Kind), OldTargetID: r.OldTargetID, OldRegionID: r.OldRegionID,
 			OldSnapshotID: r.OldSnapshotID, OldDatasetID: r.OldDatasetID,
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROStart, p,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROStart, p,
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {
 		case err != nil:

@@ -101,13 +101,16 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 	}
 	traces := t.traces(ctx)
 	for _, s := range steps {
+		if t.env.heldBy(s.RequestID, &st.Skipped, "step "+s.ID.String()) {
+			continue
+		}
 		if s.OldSnapshotVolumeID == nil {
 			errf(&st.Errors, "step %s: complete without a stash volume", s.ID)
 			continue
 		}
 		// Its own key: the step's ro-replacement-step may still hold the step id's
 		// slot for a moment after committing Complete.
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStepGarbageCollect,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStepGarbageCollect,
 			sagadef.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
 			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()))
 		switch {
@@ -145,13 +148,20 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 	t.scans.keepOnly(ids)
 	maps.DeleteFunc(t.lockWait, func(id uuid.UUID, _ []uuid.UUID) bool { return !slices.Contains(ids, id) })
 	for _, r := range reqs {
+		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()+": no steps made") {
+			// Its lock-queue places were given up with the pause; the
+			// first scan after the resume finds every volume again.
+			delete(t.lockWait, r.ID)
+			t.scans.forget(r.ID)
+			continue
+		}
 		if ok, wait := t.scans.due(r.ID); !ok {
 			if vols := t.lockWait[r.ID]; len(vols) > 0 {
 				steps := make([]store.Step, len(vols))
 				for i, v := range vols {
 					steps[i] = store.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: v}
 				}
-				t.lockWait[r.ID] = t.insertSteps(ctx, st, r.ID, steps, false)
+				t.lockWait[r.ID] = t.insertStepsUnlessHeld(ctx, st, r.ID, steps, false)
 			}
 			t.scans.kickAfter(wait, func() { sagadef.Wakeup(d.Wake.ROStep) })
 			continue
@@ -203,7 +213,7 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 				batch = append(batch, store.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: vid})
 			}
 			for chunk := range slices.Chunk(batch, stepInsertBatch) {
-				waiting = append(waiting, t.insertSteps(ctx, st, r.ID, chunk, true)...)
+				waiting = append(waiting, t.insertStepsUnlessHeld(ctx, st, r.ID, chunk, true)...)
 			}
 			if token = resp.NextPageToken; token == "" {
 				break
@@ -214,6 +224,24 @@ func (t *roStep) create(ctx context.Context, st *StepStatus) {
 		}
 		t.lockWait[r.ID] = waiting
 	}
+}
+
+// insertStepsUnlessHeld inserts steps unless their request was held since
+// the pass began: a step takes its volume's lock, and a held request takes
+// none (package pause makes the check and the insert one step).
+func (t *roStep) insertStepsUnlessHeld(ctx context.Context, st *StepStatus, request uuid.UUID, steps []store.Step, fresh bool) []uuid.UUID {
+	var held []uuid.UUID
+	hold, err := t.env.unlessHeld(ctx, request, func() error {
+		held = t.insertSteps(ctx, st, request, steps, fresh)
+		return nil
+	})
+	switch {
+	case err != nil:
+		errf(&st.Errors, "request %s: steps: %v", request, err)
+	case hold != nil:
+		st.Skipped.Add("request %s: %d steps not made: %s", request, len(steps), heldText(hold))
+	}
+	return held
 }
 
 // insertSteps inserts steps and returns the volumes whose lock another
@@ -258,6 +286,9 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 		if t.limiter.InFlight() >= t.env.MaxSagas {
 			return // the rest wait for the next pass, which a finishing saga triggers
 		}
+		if t.env.heldBy(s.RequestID, &st.Skipped, "step "+s.ID.String()) {
+			continue
+		}
 		r, ok := reqs[s.RequestID]
 		if !ok {
 			got, err := d.Store.GetROReplacement(ctx, s.RequestID)
@@ -297,7 +328,7 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 			st.StepSetVolumeDeletedOK = append(st.StepSetVolumeDeletedOK, "step "+s.ID.String())
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: s.ID.String(), record: s.ID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStep,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStep,
 			sagadef.StepParams{StepID: s.ID, RequestID: s.RequestID, VolumeID: s.VolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()))
 		switch {

@@ -124,8 +124,15 @@ func (t *rwDetector) request(ctx context.Context, st *RWDetectorStatus, known ma
 	r.Traceparent = newRequestTrace(ctx, "rw region replacement",
 		attribute.String("replacement.id", r.ID.String()), attribute.String("replacement.region_id", id.String()),
 		attribute.String("replacement.volume_id", owner.String()))
-	got, created, err := d.Store.InsertRWReplacement(ctx, r)
+	var got store.RWReplacement
+	var created bool
+	held, err := t.env.unlessHeld(ctx, uuid.Nil, func() (err error) {
+		got, created, err = d.Store.InsertRWReplacement(ctx, r)
+		return err
+	})
 	switch {
+	case held != nil:
+		st.Skipped.Add("region %s: no new request: %s", id, heldText(held))
 	case errors.Is(err, store.ErrLockHeld):
 		// Another request or repair holds the volume: next pass (the
 		// release wakes this task).
@@ -146,6 +153,9 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 		return
 	}
 	for _, r := range reqs {
+		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+			continue
+		}
 		gone, err := sagadef.VolumeDeleted(ctx, d, r.VolumeID)
 		if err != nil {
 			errf(&st.Errors, "request %s: volume %s: %v", r.ID, r.VolumeID, err)
@@ -159,7 +169,7 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWStart,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWStart,
 			sagadef.RWStartParams{RequestID: r.ID, VolumeID: r.VolumeID, OldRegionID: r.OldRegionID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

@@ -3,6 +3,8 @@ package tasks
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -26,6 +28,10 @@ type rwDrive struct {
 	env     Env
 	limiter *background.Limiter
 	drives  pacer // a new rw-replacement-drive per request at most every redriveEvery
+	// heldAt is when a pass last found a request held by an operator: the
+	// stall bound runs from there, so time spent paused never ends a repair
+	// NeedsOperator the moment it is resumed.
+	heldAt map[uuid.UUID]time.Time
 }
 
 // Only the Upstairs can say a repair finished, and it tells the notifier,
@@ -119,6 +125,13 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 			continue
 		}
 		waiting = true
+		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+			if t.heldAt == nil {
+				t.heldAt = map[uuid.UUID]time.Time{}
+			}
+			t.heldAt[r.ID] = time.Now()
+			continue
+		}
 		if ok, wait := t.drives.due(r.ID); !ok {
 			st.Skipped.Add("request %s: next drive due in %v (the repair is running or being started)", r.ID, wait.Round(time.Millisecond))
 			continue
@@ -136,7 +149,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 			st.GaveUp = append(st.GaveUp, fmt.Sprintf("request %s: %s: %s", r.ID, end, why))
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWDrive,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWDrive,
 			sagadef.RWDriveParams{RequestID: r.ID, VolumeID: r.VolumeID, NewRegionID: *r.NewRegionID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {
@@ -154,6 +167,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		ids[i] = r.ID
 	}
 	t.drives.keepOnly(ids)
+	maps.DeleteFunc(t.heldAt, func(id uuid.UUID, _ time.Time) bool { return !slices.Contains(ids, id) })
 	if waiting {
 		t.drives.kickAfter(watchEvery, func() { sagadef.Wakeup(t.env.Deps.Wake.RWDrive) })
 	}
@@ -195,6 +209,9 @@ func (t *rwDrive) bound(ctx context.Context, r store.RWReplacement, rs sagadef.R
 		// the stall bound runs from the first drive this leader tried.
 		// Without it such a request held its volume's lock for ever.
 		first := t.drives.firstDue(r.ID)
+		if h := t.heldAt[r.ID]; !first.IsZero() && h.After(first) {
+			first = h
+		}
 		if idle := time.Since(first); !first.IsZero() && idle > b.StallTimeout && rs.LastReport.Before(first) {
 			return store.RWNeedsOperator, fmt.Sprintf("no repair could be started for %v (bound %v): no running Upstairs reported, and no drive reached one (is a consumer running, or a Pantry configured?)",
 				idle.Round(time.Second), b.StallTimeout), nil
@@ -204,6 +221,9 @@ func (t *rwDrive) bound(ctx context.Context, r store.RWReplacement, rs sagadef.R
 	last := steps[len(steps)-1].Time
 	if rs.LastReport.After(last) {
 		last = rs.LastReport
+	}
+	if h := t.heldAt[r.ID]; h.After(last) {
+		last = h
 	}
 	if idle := time.Since(last); idle > b.StallTimeout {
 		return store.RWNeedsOperator, fmt.Sprintf("no drive attempt and no repair report for %v (bound %v) after %d attempts",

@@ -33,11 +33,14 @@ func (t *rwFinish) Activate(ctx context.Context) any {
 		return st
 	}
 	for _, r := range reqs {
+		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+			continue
+		}
 		if r.OldRegionVolumeID == nil {
 			errf(&st.Errors, "request %s: done without a stash volume", r.ID)
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWFinish,
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWFinish,
 			sagadef.RWFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
 		switch {

@@ -8,6 +8,7 @@ package tasks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"storagecp.dev/orchestrator/internal/background"
+	"storagecp.dev/orchestrator/internal/pause"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
@@ -41,6 +43,10 @@ type Env struct {
 	// Retry is the backoff before a record whose saga unwound is tried
 	// again (zero: the defaults).
 	Retry RetryBackoff
+	// Pauses is the leader's gate for operators' holds: no saga starts and
+	// no lock is taken for a held request (nil: nothing is ever held, for
+	// tests of a task alone).
+	Pauses *pause.Gate
 
 	// activate wakes a task by name (set by Register).
 	activate func(name string)
@@ -87,7 +93,11 @@ type job struct {
 	// counts as an attempt on it, and task is woken to try again once the
 	// backoff for that many attempts has passed.
 	record uuid.UUID
-	task   string
+	// request is the replacement request the record belongs to (the record
+	// itself, or a step's request): its hold, or the rack's, keeps the saga
+	// from starting.
+	request uuid.UUID
+	task    string
 	// attempts is the record's, as the task read it: a record whose last
 	// attempt failed too recently is skipped until its backoff has passed.
 	attempts store.Attempts
@@ -104,31 +114,83 @@ func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *sa
 		j.skipped.Add("%s %s: retry in %v, after %d failed attempts (last: %s)", t.Name(), j.record, left.Round(time.Millisecond), j.attempts.Attempts, j.attempts.LastError)
 		return false, nil
 	}
-	release, ok := l.TryAcquire(j.key)
-	if !ok {
-		if l.InFlight() >= l.Max() {
-			j.skipped.Add("%s %s: the task is at its bound of %d sagas in flight", t.Name(), j.record, l.Max())
-		} else {
-			j.skipped.Add("%s %s: a saga for it is still in flight", t.Name(), j.record)
+	started := false
+	held, err := env.unlessHeld(ctx, j.request, func() error {
+		release, ok := l.TryAcquire(j.key)
+		if !ok {
+			if l.InFlight() >= l.Max() {
+				j.skipped.Add("%s %s: the task is at its bound of %d sagas in flight", t.Name(), j.record, l.Max())
+			} else {
+				j.skipped.Add("%s %s: a saga for it is still in flight", t.Name(), j.record)
+			}
+			return nil
 		}
-		return false, nil
+		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+			opts = append(opts, saga.WithLinks(trace.Link{SpanContext: sc}))
+		}
+		_, done, err := env.Start(ctx, t, params, opts...)
+		if err != nil {
+			release()
+			return err
+		}
+		started = true
+		go func() {
+			o := <-done
+			// Count the attempt before the slot frees: a pass that takes the
+			// slot next then reads the record with its backoff.
+			env.afterUnwind(j, o)
+			release()
+		}()
+		return nil
+	})
+	if held != nil {
+		j.skipped.Add("%s %s: %s", t.Name(), j.record, heldText(held))
 	}
-	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		opts = append(opts, saga.WithLinks(trace.Link{SpanContext: sc}))
+	return started, err
+}
+
+// unlessHeld runs start unless request (uuid.Nil: the rack) is held by an
+// operator, with no pause able to begin meanwhile (package pause), and
+// returns the hold that kept it from running. A gate not loaded yet (a new
+// term, or a pause whose outcome was lost) is loaded first; while it cannot
+// be, nothing starts.
+func (env Env) unlessHeld(ctx context.Context, request uuid.UUID, start func() error) (*store.Pause, error) {
+	if env.Pauses == nil {
+		return nil, start()
 	}
-	_, done, err := env.Start(ctx, t, params, opts...)
-	if err != nil {
-		release()
-		return false, err
+	held, err := env.Pauses.Do(request, start)
+	if errors.Is(err, pause.ErrNotLoaded) {
+		if err := env.Pauses.Load(ctx); err != nil {
+			return nil, fmt.Errorf("reading operators' holds: %w", err)
+		}
+		held, err = env.Pauses.Do(request, start)
 	}
-	go func() {
-		o := <-done
-		// Count the attempt before the slot frees: a pass that takes the
-		// slot next then reads the record with its backoff.
-		env.afterUnwind(j, o)
-		release()
-	}()
-	return true, nil
+	return held, err
+}
+
+// heldBy reports whether request (uuid.Nil: the rack) is held now, noting
+// why in skipped: a task's pass leaves a held request alone (unlessHeld is
+// what makes a start and a pause exclusive; this only spares the work of
+// preparing one).
+func (env Env) heldBy(request uuid.UUID, skipped *Skips, what string) bool {
+	if env.Pauses == nil {
+		return false
+	}
+	p, _ := env.Pauses.Of(request)
+	if p == nil {
+		return false
+	}
+	skipped.Add("%s: %s", what, heldText(p))
+	return true
+}
+
+// heldText says who holds what, since when and why.
+func heldText(p *store.Pause) string {
+	whose := "its request is paused"
+	if p.Rack() {
+		whose = "the rack is paused"
+	}
+	return fmt.Sprintf("%s by %s since %s (%s)", whose, p.By, p.Time.UTC().Format(time.RFC3339), p.Reason)
 }
 
 // afterUnwind counts a saga that did not move its record on as an attempt
