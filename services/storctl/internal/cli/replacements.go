@@ -79,15 +79,59 @@ func replacementState(r *orchestratorv1.Replacement) string {
 func replacementRows(rs []*orchestratorv1.Replacement) [][]string {
 	var rows [][]string
 	for _, r := range rs {
+		since, detail := "-", "-"
+		if r.Wait != nil {
+			if r.Wait.Since != nil {
+				since = ts(r.Wait.Since)
+			}
+			if r.Wait.Detail != "" {
+				detail = r.Wait.Detail
+			}
+		}
 		rows = append(rows, []string{
 			r.ReplacementId, enum(r.Kind, prefixKind), replacementState(r), r.OldTargetId, r.LockVolumeId,
-			r.OperatingSagaId, waitKind(r.Wait), fmt.Sprint(r.Attempts), ts(r.RequestTime),
+			r.OperatingSagaId, waitKind(r.Wait), since, fmt.Sprint(r.Attempts), ts(r.RequestTime), detail,
 		})
 	}
 	return rows
 }
 
-var replacementHeader = []string{"ID", "KIND", "STATE", "TARGET", "LOCK_VOLUME", "SAGA", "WAITS_ON", "ATTEMPTS", "REQUESTED"}
+// The wait's detail comes last: it is the long column.
+var replacementHeader = []string{"ID", "KIND", "STATE", "TARGET", "LOCK_VOLUME", "SAGA", "WAITS_ON", "WAITING_SINCE", "ATTEMPTS", "REQUESTED", "WAIT_DETAIL"}
+
+// pauseText says who holds a request, since when and why ("-" when no one).
+func pauseText(p *orchestratorv1.Pause) string {
+	if p == nil {
+		return "-"
+	}
+	whose := "paused"
+	if p.Rack {
+		whose = "rack paused"
+	}
+	return fmt.Sprintf("%s by %s since %s: %s", whose, p.PausedBy, ts(p.PausedTime), p.Reason)
+}
+
+// progressText is a request's steps done of all, for read-only kinds.
+func progressText(r *orchestratorv1.Replacement) string {
+	c := r.StepCounts
+	if c == nil || r.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
+		return "-"
+	}
+	total := c.Requested + c.Running + c.Complete + c.Collecting + c.VolumeDeleted
+	return fmt.Sprintf("%d of %d steps done (requested %d, running %d, complete %d, collecting %d)",
+		c.VolumeDeleted, total, c.Requested, c.Running, c.Complete, c.Collecting)
+}
+
+// estimateText is the time left and what it was made from.
+func estimateText(e *orchestratorv1.Estimate) string {
+	if e == nil {
+		return "-"
+	}
+	if !e.Known {
+		return "unknown: " + e.Basis
+	}
+	return fmt.Sprintf("%s left, done by %s (%s)", e.Remaining.AsDuration().Round(time.Second), ts(e.CompleteTime), e.Basis)
+}
 
 func replacementCommands() []command {
 	return []command{{
@@ -95,9 +139,10 @@ func replacementCommands() []command {
 		max: 0,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			kind := fs.String("kind", "", "only this kind: region_snapshot, read_only_region, read_write_region")
+			paused := fs.Bool("paused", false, "only requests an operator holds (their own pause, or the rack's)")
 			state := fs.String("state", "", "only this state (read-only states, or rw states with --kind read_write_region)")
 			return func(ctx context.Context, e *env, _ []string) error {
-				req := &orchestratorv1.ListReplacementsRequest{PageSize: 1000}
+				req := &orchestratorv1.ListReplacementsRequest{PageSize: 1000, Paused: *paused}
 				if *kind != "" {
 					k, err := parseEnum[orchestratorv1.ReplacementKind]("--kind", prefixKind, *kind, orchestratorv1.ReplacementKind_value)
 					if err != nil {
@@ -130,11 +175,17 @@ func replacementCommands() []command {
 					return c.ListReplacements(ctx, req)
 				}, func(resp *orchestratorv1.ListReplacementsResponse) {
 					all.Replacements = append(all.Replacements, resp.Replacements...)
+					all.RackPause = resp.RackPause
 				}); err != nil {
 					return e.wrap(svcOrchestrator, err)
 				}
 				if e.json() {
 					return e.printJSON(all)
+				}
+				if all.RackPause != nil {
+					if _, err := fmt.Fprintf(e.stdout, "THE RACK IS PAUSED: %s\n\n", pauseText(all.RackPause)); err != nil {
+						return err
+					}
 				}
 				return renderTable(e.stdout, replacementHeader, replacementRows(all.Replacements))
 			}
@@ -251,6 +302,79 @@ func replacementCommands() []command {
 			}
 		},
 	}, {
+		path: "replacements pause", args: "ID|--rack", summary: "hold a request (or every request, --rack): no new saga starts and no lock is taken until resumed; sagas in flight finish",
+		max: 1,
+		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			reason := fs.String("reason", "", "why (required; shown with the pause)")
+			rack := fs.Bool("rack", false, "hold every request of the rack (maintenance); the detectors open no new request meanwhile")
+			return func(ctx context.Context, e *env, args []string) error {
+				if (len(args) == 1) == *rack {
+					return usagef("name one request, or give --rack")
+				}
+				if strings.TrimSpace(*reason) == "" {
+					return usagef("--reason is required")
+				}
+				req := &orchestratorv1.PauseReplacementRequest{Rack: *rack, Reason: *reason}
+				if len(args) == 1 {
+					req.ReplacementId = args[0]
+				}
+				c, err := e.replacement()
+				if err != nil {
+					return err
+				}
+				resp, err := c.PauseReplacement(ctx, req)
+				if err != nil {
+					return e.wrap(svcOrchestrator, err)
+				}
+				if e.json() {
+					return e.printJSON(resp)
+				}
+				if *rack {
+					_, err = fmt.Fprintf(e.stdout, "the rack is %s; %d waiting steps withdrawn\n", pauseText(resp.RackPause), resp.StepsWithdrawn)
+					return err
+				}
+				_, err = fmt.Fprintf(e.stdout, "request %s (%s) is %s; %d waiting steps withdrawn\n", resp.Replacement.ReplacementId,
+					replacementState(resp.Replacement), pauseText(resp.Replacement.Pause), resp.StepsWithdrawn)
+				return err
+			}
+		},
+	}, {
+		path: "replacements resume", args: "ID|--rack", summary: "lift a request's pause (or the rack's, --rack)",
+		max: 1,
+		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+			rack := fs.Bool("rack", false, "lift the rack's pause")
+			return func(ctx context.Context, e *env, args []string) error {
+				if (len(args) == 1) == *rack {
+					return usagef("name one request, or give --rack")
+				}
+				req := &orchestratorv1.ResumeReplacementRequest{Rack: *rack}
+				if len(args) == 1 {
+					req.ReplacementId = args[0]
+				}
+				c, err := e.replacement()
+				if err != nil {
+					return err
+				}
+				resp, err := c.ResumeReplacement(ctx, req)
+				if err != nil {
+					return e.wrap(svcOrchestrator, err)
+				}
+				if e.json() {
+					return e.printJSON(resp)
+				}
+				if *rack {
+					_, err = fmt.Fprintln(e.stdout, "the rack is resumed")
+					return err
+				}
+				still := ""
+				if resp.RackPaused {
+					still = " (the rack is still paused: it waits for the rack's resume too)"
+				}
+				_, err = fmt.Fprintf(e.stdout, "request %s (%s) is resumed%s\n", resp.Replacement.ReplacementId, replacementState(resp.Replacement), still)
+				return err
+			}
+		},
+	}, {
 		path: "steps list", summary: "steps of read-only replacements (one per referencing volume)",
 		max: 0,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
@@ -348,6 +472,9 @@ func renderReplacement(w io.Writer, resp *orchestratorv1.GetReplacementResponse)
 		[2]string{"modified", ts(r.TimeModified)},
 		[2]string{"traceparent", r.Traceparent},
 		[2]string{"waits on", waitText(r.Wait)},
+		[2]string{"paused", pauseText(r.Pause)},
+		[2]string{"progress", progressText(r)},
+		[2]string{"estimate", estimateText(r.Estimate)},
 		[2]string{"attempts", fmt.Sprint(r.Attempts)},
 		[2]string{"last error", r.LastError},
 		[2]string{"end reason", r.EndReason},
@@ -388,9 +515,16 @@ func renderWatch(w io.Writer, now time.Time, msg *orchestratorv1.WatchReplacemen
 	s := msg.Steps
 	fmt.Fprintf(w, "%s  steps: requested=%d running=%d complete=%d collecting=%d volume_deleted=%d\n",
 		now.UTC().Format("15:04:05"), s.GetRequested(), s.GetRunning(), s.GetComplete(), s.GetCollecting(), s.GetVolumeDeleted())
+	if msg.RackPause != nil {
+		fmt.Fprintf(w, "  THE RACK IS PAUSED: %s\n", pauseText(msg.RackPause))
+	}
 	t := newTable(w)
 	for _, r := range msg.Replacements {
-		t.row("  "+r.ReplacementId, enum(r.Kind, prefixKind), replacementState(r), r.OldTargetId, waitText(r.Wait))
+		eta := "eta unknown"
+		if e := r.Estimate; e.GetKnown() {
+			eta = "eta " + e.Remaining.AsDuration().Round(time.Second).String()
+		}
+		t.row("  "+r.ReplacementId, enum(r.Kind, prefixKind), replacementState(r), r.OldTargetId, eta, waitText(r.Wait))
 	}
 	if err := t.flush(); err != nil {
 		return err
