@@ -11,7 +11,7 @@ import (
 )
 
 // Pause is an operator's hold on one request, or on the rack (RequestID
-// uuid.Nil): docs/operations.md, "Pausing replacements".
+// uuid.Nil): docs/operations.md, "Pausing and resuming".
 type Pause struct {
 	RequestID uuid.UUID
 	By        string
