@@ -187,6 +187,31 @@ func withdrawWaiting(ctx context.Context, tx pgx.Tx, request *uuid.UUID) (int64,
 	return int64(len(steps)), err
 }
 
+// WithdrawStep deletes one Requested step with its volume lock, as a pause
+// withdraws its request's: a step whose saga unwound while its request was
+// held came back to Requested holding its lock, and a held request holds
+// none by waiting. It reports whether the step was withdrawn (false when a
+// saga claimed it or it moved on).
+func (s *Store) WithdrawStep(ctx context.Context, id uuid.UUID) (bool, error) {
+	var done bool
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM ro_replacement_step WHERE id = $1 AND state = 'requested' AND operating_saga_id IS NULL`, id)
+		if err != nil {
+			return err
+		}
+		done = tag.RowsAffected() == 1
+		if !done {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM volume_repair WHERE repair_id = $1`, id)
+		return err
+	})
+	if err == nil && done {
+		s.released()
+	}
+	return done, err
+}
+
 // requestState finds a request in either request table.
 func requestState(ctx context.Context, tx pgx.Tx, id uuid.UUID) (recordTable, string, error) {
 	for _, t := range []recordTable{roRequests, rwRequests} {

@@ -161,3 +161,29 @@ func TestRackPause(t *testing.T) {
 		t.Fatalf("stalled %v with b open and free, %v", d, err)
 	}
 }
+
+// A Requested step is withdrawn with its lock; a Running one is not.
+func TestWithdrawStep(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	r := mustRequested(t, s)
+	a := store.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: uuid.New()}
+	b := store.Step{ID: uuid.New(), RequestID: r.ID, VolumeID: uuid.New()}
+	for _, st := range []store.Step{a, b} {
+		_, err := s.InsertStep(ctx, st)
+		must(t, err)
+	}
+	must(t, s.SetStepRunning(ctx, b.ID, uuid.New()))
+	if ok, err := s.WithdrawStep(ctx, a.ID); err != nil || !ok {
+		t.Fatalf("withdraw a requested step: %v %v", ok, err)
+	}
+	if _, err := s.GetLock(ctx, a.VolumeID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("its lock: %v", err)
+	}
+	if ok, err := s.WithdrawStep(ctx, b.ID); err != nil || ok {
+		t.Fatalf("withdraw a running step: %v %v", ok, err)
+	}
+	if _, err := s.GetLock(ctx, b.VolumeID); err != nil {
+		t.Fatalf("the running step's lock: %v", err)
+	}
+}

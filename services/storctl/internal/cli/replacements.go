@@ -130,6 +130,9 @@ func estimateText(e *orchestratorv1.Estimate) string {
 	if !e.Known {
 		return "unknown: " + e.Basis
 	}
+	if e.Remaining.AsDuration() == 0 {
+		return "nothing left (" + e.Basis + ")"
+	}
 	return fmt.Sprintf("%s left, done by %s (%s)", e.Remaining.AsDuration().Round(time.Second), ts(e.CompleteTime), e.Basis)
 }
 

@@ -287,6 +287,11 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 			return // the rest wait for the next pass, which a finishing saga triggers
 		}
 		if t.env.heldBy(s.RequestID, &st.Skipped, "step "+s.ID.String()) {
+			// Back at Requested after its saga unwound during the hold:
+			// it gives up its lock like the steps the pause withdrew.
+			if _, err := d.Store.WithdrawStep(ctx, s.ID); err != nil {
+				errf(&st.Errors, "step %s: withdraw: %v", s.ID, err)
+			}
 			continue
 		}
 		r, ok := reqs[s.RequestID]
