@@ -22,10 +22,12 @@ package paging
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 const (
@@ -98,3 +100,32 @@ func Offset(token string) (int, error) {
 
 // OffsetToken is the token of the page that starts at offset n.
 func OffsetToken(n int) string { return fmt.Sprint(n) }
+
+// Paged says whether m must follow this rule: every List RPC of a
+// storage.* service and every other one whose request has a page_size,
+// except those Exempt names. The descriptor test and the integration test
+// over the running services both select RPCs with it, so a new List RPC is
+// checked the day it is added.
+func Paged(m protoreflect.MethodDescriptor) bool {
+	if !strings.HasPrefix(string(m.FullName()), "storage.") || Exempt(m) != "" {
+		return false
+	}
+	return strings.HasPrefix(string(m.Name()), "List") || m.Input().Fields().ByName("page_size") != nil
+}
+
+// Exempt says why m, a List RPC, is not paginated ("" when it must be).
+// The list is short on purpose; each entry says why.
+func Exempt(m protoreflect.MethodDescriptor) string {
+	switch m.ParentFile().Package() {
+	case "storage.agent.v1":
+		return "the Crucible agent's API, simulated: hardware answers as it does"
+	case "storage.upstairs.v1":
+		return "the Upstairs' API (Propolis/Pantry), simulated: hardware answers as it does"
+	}
+	switch m.FullName() {
+	case "storage.allocator.v1.RegionAllocatorService.ListCloneSources":
+		// Read whole by the saga choosing a source.
+		return "bounded: the surviving copies of one region set"
+	}
+	return ""
+}
