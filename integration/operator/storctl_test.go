@@ -258,7 +258,7 @@ func TestStorctlGolden(t *testing.T) {
 	}
 	check(run{name: "replacement_show", args: []string{"replacements", "show", roReq}})
 	check(run{name: "steps_list", args: []string{"steps", "list", "--replacement", roReq}})
-	check(run{name: "steps_list_volume", args: []string{"steps", "list", "--volume", clone}})
+	check(run{name: "steps_list_volume", args: []string{"steps", "list", "--volume-id", clone}})
 	check(run{name: "locks_list", args: []string{"locks", "list"}})
 	check(run{name: "snapshot_volume", args: []string{"volumes", "show", snap}})
 	check(run{name: "validate", args: []string{"validate"}})

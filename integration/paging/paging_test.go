@@ -239,4 +239,3 @@ func TestEveryListRPCPages(t *testing.T) {
 }
 
 func sorted(s []string) []string { return slices.Sorted(slices.Values(slices.Clone(s))) }
-

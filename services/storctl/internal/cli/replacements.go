@@ -382,7 +382,7 @@ func replacementCommands() []command {
 		max: 0,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			rep := fs.String("replacement", "", "only the steps of this request")
-			volume := fs.String("volume", "", "only the steps that swap a target out of this volume")
+			volume := fs.String("volume-id", "", "only the steps that swap a target out of this volume (--volume is the volume-service address)")
 			state := fs.String("state", "", "only this state: requested, running, complete, collecting, done (volume_deleted: the step's stash volume deleted)")
 			return func(ctx context.Context, e *env, _ []string) error {
 				req := &orchestratorv1.ListStepsRequest{PageSize: 1000, ReplacementId: *rep, VolumeId: *volume}
