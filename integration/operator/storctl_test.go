@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
@@ -194,6 +196,7 @@ func TestStorctlGolden(t *testing.T) {
 		code   int
 		stderr bool // compare stderr instead of stdout
 		sort   bool
+		mask   *regexp.Regexp // also replaced by "<masked>", column widths kept
 	}
 	check := func(c run) {
 		t.Helper()
@@ -206,6 +209,9 @@ func TestStorctlGolden(t *testing.T) {
 			out = stderr
 		}
 		out = n.apply(out)
+		if c.mask != nil {
+			out = replace(out, c.mask, func(string) string { return "<masked>" })
+		}
 		if c.sort {
 			out = sortRows(out)
 		}
@@ -215,6 +221,10 @@ func TestStorctlGolden(t *testing.T) {
 	check(run{name: "help", args: []string{"help"}})
 	check(run{name: "preview", args: []string{"disks", "expunge", victim, "--dry-run"}})
 	check(run{name: "preview_json", args: []string{"disks", "expunge", "--dry-run", "-o", "json", victim}})
+	// Three sleds hold the disk volume's region and the snapshot's region
+	// snapshot, the fourth nothing; which serial is which is placement's
+	// choice, so serials are masked and rows sorted.
+	check(run{name: "sleds_list", args: []string{"sleds", "list"}, sort: true, mask: regexp.MustCompile(`sled-\S+`)})
 
 	clone := r.Clone(t, snap)
 	n.names[clone] = "clone"
@@ -248,6 +258,7 @@ func TestStorctlGolden(t *testing.T) {
 	}
 	check(run{name: "replacement_show", args: []string{"replacements", "show", roReq}})
 	check(run{name: "steps_list", args: []string{"steps", "list", "--replacement", roReq}})
+	check(run{name: "steps_list_volume", args: []string{"steps", "list", "--volume-id", clone}})
 	check(run{name: "locks_list", args: []string{"locks", "list"}})
 	check(run{name: "snapshot_volume", args: []string{"volumes", "show", snap}})
 	check(run{name: "validate", args: []string{"validate"}})
@@ -270,6 +281,46 @@ func TestStorctlGolden(t *testing.T) {
 	stdout, _, _ = storctl(t, r, "sagas", "list", "-o", "json")
 	if !strings.Contains(stdout, `"ro-replacement-start"`) {
 		t.Errorf("sagas list -o json lacks ro-replacement-start:\n%s", stdout)
+	}
+	// The expunged disk shows in its sled's counts.
+	stdout, _, _ = storctl(t, r, "sleds", "list")
+	if !strings.Contains(stdout, "1 expunged/active") {
+		t.Errorf("sleds list after the expunge lacks the expunged disk:\n%s", stdout)
+	}
+	// Every saga of the read-only request, its step's included, and only
+	// those; a saga that unwound and was retried is one more row, so this
+	// checks names, not a golden file.
+	sagaNames := func(args ...string) map[string]bool {
+		t.Helper()
+		stdout, stderr, code := storctl(t, r, append([]string{"sagas", "list", "-o", "json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("sagas list %v: exit %d\n%s", args, code, stderr)
+		}
+		var got orchestratorv1.ListSagasResponse
+		if err := protojson.Unmarshal([]byte(stdout), &got); err != nil {
+			t.Fatalf("sagas list %v: %v\n%s", args, err, stdout)
+		}
+		names := map[string]bool{}
+		for _, s := range got.Sagas {
+			names[s.Name] = true
+		}
+		return names
+	}
+	want := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step", "ro-replacement-step-garbage-collect", "ro-replacement-finish"}
+	got := sagaNames("--replacement", roReq)
+	for _, w := range want {
+		if !got[w] {
+			t.Errorf("sagas list --replacement: no %s saga; got %v", w, got)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("sagas list --replacement: got %v, want only %v", got, want)
+	}
+	if got := sagaNames("--subject", clone, "--name", "volume-clone", "--state", "done"); len(got) != 1 || !got["volume-clone"] {
+		t.Errorf("sagas list --subject CLONE --name volume-clone: got %v", got)
+	}
+	if got := sagaNames("--subject", roReq); got["ro-replacement-step"] || !got["ro-replacement-start"] {
+		t.Errorf("sagas list --subject REQUEST: got %v, want the request's own sagas only", got)
 	}
 	resp, err := r.Admin.ListSagas(ctx, &orchestratorv1.ListSagasRequest{PageSize: 1})
 	if err != nil || len(resp.Sagas) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io/fs"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -92,4 +93,60 @@ func TestReplacementSagaNamesMigrate(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Migration 011 gives sagas written before it a subject_parent_id: a step
+// saga (subject: a step) gets the step's request, so ListSagas'
+// replacement_id finds it; every other saga keeps NULL.
+func TestStepSagasGetTheirRequest(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t, "orchestrator")
+	req, step, other := uuid.New(), uuid.New(), uuid.New()
+	if _, err := pool.Exec(ctx, `INSERT INTO ro_replacement (id, kind, old_target_id, old_region_id, old_dataset_id, old_snapshot_id, lock_volume_id, state)
+		VALUES ($1, 'region_snapshot', $2, $3, $3, $4, $4, 'requested')`, req, uuid.New(), uuid.New(), uuid.New()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO ro_replacement_step (id, request_id, volume_id, state)
+		VALUES ($1, $2, $3, 'volume_deleted')`, step, req, uuid.New()); err != nil {
+		t.Fatal(err)
+	}
+	sagas := map[string]uuid.UUID{"step": uuid.New(), "request": uuid.New(), "volume": uuid.New()}
+	subjects := map[string]uuid.UUID{"step": step, "request": req, "volume": other}
+	for k, id := range sagas {
+		if _, err := pool.Exec(ctx, `INSERT INTO saga (id, name, creator, dag, saga_state, current_sec, subject_id)
+			VALUES ($1, 'x', 'sec', '{}', 'done', NULL, $2)`, id, subjects[k].String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sql, err := fs.ReadFile(migrations.FS, "011_saga_subject_filters.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The migration already ran on this database; its UPDATE is what
+	// matters for old rows, so run that statement again.
+	stmt := string(sql)
+	i := strings.Index(stmt, "UPDATE saga")
+	j := strings.Index(stmt[i:], ";")
+	if _, err := pool.Exec(ctx, stmt[i:i+j]); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]*string{"step": ptr(req.String()), "request": nil, "volume": nil}
+	for k, id := range sagas {
+		var got *string
+		if err := pool.QueryRow(ctx, `SELECT subject_parent_id FROM saga WHERE id = $1`, id).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if (got == nil) != (want[k] == nil) || (got != nil && *got != *want[k]) {
+			t.Errorf("%s saga: subject_parent_id %v, want %v", k, deref(got), deref(want[k]))
+		}
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+func deref(s *string) string {
+	if s == nil {
+		return "NULL"
+	}
+	return *s
 }

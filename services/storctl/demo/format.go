@@ -46,7 +46,7 @@ func stepsLine(s StepCounts) string {
 	for _, p := range []struct {
 		n    int64
 		name string
-	}{{s.Requested, "requested"}, {s.Running, "running"}, {s.Complete, "complete"}, {s.Collecting, "collecting"}, {s.VolumeDeleted, "volume_deleted"}} {
+	}{{s.Requested, "requested"}, {s.Running, "running"}, {s.Complete, "complete"}, {s.Collecting, "collecting"}, {s.VolumeDeleted, "done (stash deleted)"}} {
 		if p.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", p.n, p.name))
 		}

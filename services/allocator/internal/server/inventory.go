@@ -13,6 +13,7 @@ import (
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 	"storagecp.dev/platform/target"
 )
 
@@ -164,17 +165,43 @@ func (s *Server) ExpungeSled(ctx context.Context, req *allocatorv1.ExpungeSledRe
 	return &allocatorv1.ExpungeSledResponse{Sled: sledPB(sled), Disks: disksPB(disks)}, nil
 }
 
+// ListSleds pages through sleds by id, each with what is on it.
+func (s *Server) ListSleds(ctx context.Context, req *allocatorv1.ListSledsRequest) (*allocatorv1.ListSledsResponse, error) {
+	limit, after, err := paging.UUIDRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	sleds, err := store.ListSleds(ctx, s.pool, after, limit)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	resp := &allocatorv1.ListSledsResponse{}
+	for _, sl := range sleds {
+		sum := &allocatorv1.SledSummary{
+			Sled:                sledPB(sl.Sled),
+			RegionCount:         sl.RegionCount,
+			RegionSnapshotCount: sl.RegionSnapshotCount,
+			CapacityBytes:       sl.Capacity,
+			SizeUsedBytes:       sl.SizeUsed,
+		}
+		for _, c := range sl.Disks {
+			sum.Disks = append(sum.Disks, &allocatorv1.DiskCount{Policy: policyPB(c.Policy), State: statePB(c.State), Count: c.Count})
+		}
+		resp.Sleds = append(resp.Sleds, sum)
+	}
+	if len(sleds) == limit {
+		resp.NextPageToken = sleds[len(sleds)-1].ID.String()
+	}
+	return resp, nil
+}
+
 // ListPhysicalDisks pages through disks by id.
 func (s *Server) ListPhysicalDisks(ctx context.Context, req *allocatorv1.ListPhysicalDisksRequest) (*allocatorv1.ListPhysicalDisksResponse, error) {
-	limit, err := pageSize(req.GetPageSize())
+	limit, after, err := paging.UUIDRequest(req)
 	if err != nil {
 		return nil, err
 	}
 	sledID, err := parseOptionalID("sled_id", req.GetSledId())
-	if err != nil {
-		return nil, err
-	}
-	after, err := parseOptionalID("page_token", req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}

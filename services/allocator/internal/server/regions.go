@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 
 	"github.com/google/uuid"
@@ -18,6 +17,7 @@ import (
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 	"storagecp.dev/platform/target"
 )
 
@@ -185,7 +185,7 @@ func (s *Server) GetRegion(ctx context.Context, req *allocatorv1.GetRegionReques
 
 // ListRegions pages through regions by id.
 func (s *Server) ListRegions(ctx context.Context, req *allocatorv1.ListRegionsRequest) (*allocatorv1.ListRegionsResponse, error) {
-	limit, err := pageSize(req.GetPageSize())
+	limit, after, err := paging.UUIDRequest(req)
 	if err != nil {
 		return nil, err
 	}
@@ -194,10 +194,6 @@ func (s *Server) ListRegions(ctx context.Context, req *allocatorv1.ListRegionsRe
 		return nil, err
 	}
 	if f.DatasetID, err = parseOptionalID("dataset_id", req.GetDatasetId()); err != nil {
-		return nil, err
-	}
-	after, err := parseOptionalID("page_token", req.GetPageToken())
-	if err != nil {
 		return nil, err
 	}
 	regions, err := store.ListRegions(ctx, s.pool, f, after, limit)
@@ -216,15 +212,13 @@ func (s *Server) ListRegions(ctx context.Context, req *allocatorv1.ListRegionsRe
 // of the three lists; a next token is returned while any list filled its
 // page.
 func (s *Server) ListExpungedTargets(ctx context.Context, req *allocatorv1.ListExpungedTargetsRequest) (*allocatorv1.ListExpungedTargetsResponse, error) {
-	limit, err := pageSize(req.GetPageSize())
+	limit, err := paging.Size(req.GetPageSize())
 	if err != nil {
 		return nil, err
 	}
-	offset := 0
-	if t := req.GetPageToken(); t != "" {
-		if offset, err = strconv.Atoi(t); err != nil || offset < 0 {
-			return nil, invalid("page_token", "invalid")
-		}
+	offset, err := paging.Offset(req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
 	snaps, err := store.ListExpungedRegionSnapshots(ctx, s.pool, offset, limit)
 	if err != nil {
@@ -244,7 +238,7 @@ func (s *Server) ListExpungedTargets(ctx context.Context, req *allocatorv1.ListE
 		ReadWriteRegions: regionsPB(rw),
 	}
 	if len(snaps) == limit || len(ro) == limit || len(rw) == limit {
-		resp.NextPageToken = strconv.Itoa(offset + limit)
+		resp.NextPageToken = paging.OffsetToken(offset + limit)
 	}
 	return resp, nil
 }

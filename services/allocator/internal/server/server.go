@@ -77,20 +77,3 @@ func parseOptionalID(field, v string) (uuid.UUID, error) {
 	}
 	return ids.Parse(field, v)
 }
-
-const (
-	defaultPageSize = 100
-	maxPageSize     = 1000
-)
-
-func pageSize(n int32) (int, error) {
-	switch {
-	case n < 0:
-		return 0, invalid("page_size", "negative")
-	case n == 0:
-		return defaultPageSize, nil
-	case n > maxPageSize:
-		return maxPageSize, nil
-	}
-	return int(n), nil
-}

@@ -16,6 +16,7 @@ import (
 	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/fence"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 )
 
 // CreateRegionSnapshots snapshots each region on its agent, starts a
@@ -133,15 +134,8 @@ func (s *Server) DeleteRegionSnapshots(ctx context.Context, req *allocatorv1.Del
 // ListRegionSnapshots pages by (region, snapshot); the token is
 // "region_id/snapshot_id" of the last row.
 func (s *Server) ListRegionSnapshots(ctx context.Context, req *allocatorv1.ListRegionSnapshotsRequest) (*allocatorv1.ListRegionSnapshotsResponse, error) {
-	limit, err := pageSize(req.GetPageSize())
+	limit, err := paging.Size(req.GetPageSize())
 	if err != nil {
-		return nil, err
-	}
-	var f store.RegionSnapshotFilter
-	if f.SnapshotID, err = parseOptionalID("snapshot_id", req.GetSnapshotId()); err != nil {
-		return nil, err
-	}
-	if f.DatasetID, err = parseOptionalID("dataset_id", req.GetDatasetId()); err != nil {
 		return nil, err
 	}
 	var after store.RegionSnapshotKey
@@ -150,9 +144,16 @@ func (s *Server) ListRegionSnapshots(ctx context.Context, req *allocatorv1.ListR
 		rid, err1 := uuid.Parse(r)
 		sid, err2 := uuid.Parse(sn)
 		if !ok || err1 != nil || err2 != nil {
-			return nil, invalid("page_token", "invalid")
+			return nil, paging.BadToken(t)
 		}
 		after = store.RegionSnapshotKey{RegionID: rid, SnapshotID: sid}
+	}
+	var f store.RegionSnapshotFilter
+	if f.SnapshotID, err = parseOptionalID("snapshot_id", req.GetSnapshotId()); err != nil {
+		return nil, err
+	}
+	if f.DatasetID, err = parseOptionalID("dataset_id", req.GetDatasetId()); err != nil {
+		return nil, err
 	}
 	snaps, err := store.ListRegionSnapshots(ctx, s.pool, f, after, limit)
 	if err != nil {

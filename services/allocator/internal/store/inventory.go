@@ -167,6 +167,54 @@ func GetDisk(ctx context.Context, q db.Querier, id uuid.UUID) (Disk, error) {
 	return d, nil
 }
 
+// ListSleds pages through sleds ordered by id, after the id `after`
+// (uuid.Nil for the first page), each with its disks counted by policy and
+// state and the regions, region snapshots, capacity and use on them. One
+// statement: the counts are of one snapshot of the tables.
+func ListSleds(ctx context.Context, q db.Querier, after uuid.UUID, limit int) ([]SledSummary, error) {
+	rows, err := q.Query(ctx, `
+		WITH page AS (SELECT id, serial, policy, state, time_created FROM sled
+			WHERE id > $1 ORDER BY id LIMIT $2),
+		disk AS (SELECT pd.sled_id, pd.policy, pd.state, d.capacity, d.size_used,
+				(SELECT count(*) FROM region r WHERE r.dataset_id = d.id) AS regions,
+				(SELECT count(*) FROM region_snapshot rs WHERE rs.dataset_id = d.id) AS snapshots
+			FROM physical_disk pd
+			JOIN zpool z ON z.physical_disk_id = pd.id
+			JOIN crucible_dataset d ON d.zpool_id = z.id
+			WHERE pd.sled_id IN (SELECT id FROM page))
+		SELECT p.id, p.serial, p.policy, p.state, p.time_created,
+			COALESCE((SELECT sum(regions) FROM disk WHERE disk.sled_id = p.id), 0)::bigint,
+			COALESCE((SELECT sum(snapshots) FROM disk WHERE disk.sled_id = p.id), 0)::bigint,
+			COALESCE((SELECT sum(capacity) FROM disk WHERE disk.sled_id = p.id), 0)::bigint,
+			COALESCE((SELECT sum(size_used) FROM disk WHERE disk.sled_id = p.id), 0)::bigint,
+			COALESCE((SELECT array_agg(c.policy ORDER BY c.policy DESC, c.state) FROM
+				(SELECT policy, state, count(*) AS n FROM disk WHERE disk.sled_id = p.id GROUP BY policy, state) c), '{}'),
+			COALESCE((SELECT array_agg(c.state ORDER BY c.policy DESC, c.state) FROM
+				(SELECT policy, state, count(*) AS n FROM disk WHERE disk.sled_id = p.id GROUP BY policy, state) c), '{}'),
+			COALESCE((SELECT array_agg(c.n ORDER BY c.policy DESC, c.state) FROM
+				(SELECT policy, state, count(*) AS n FROM disk WHERE disk.sled_id = p.id GROUP BY policy, state) c), '{}')
+		FROM page p ORDER BY p.id`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list sleds: %w", err)
+	}
+	defer rows.Close()
+	var out []SledSummary
+	for rows.Next() {
+		var s SledSummary
+		var policies, states []string
+		var counts []int64
+		if err := rows.Scan(&s.ID, &s.Serial, &s.Policy, &s.State, &s.TimeCreated,
+			&s.RegionCount, &s.RegionSnapshotCount, &s.Capacity, &s.SizeUsed, &policies, &states, &counts); err != nil {
+			return nil, fmt.Errorf("list sleds: %w", err)
+		}
+		for i := range policies {
+			s.Disks = append(s.Disks, DiskCount{Policy: policies[i], State: states[i], Count: counts[i]})
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
 // ListDisks pages through disks ordered by id, after the id `after`
 // (uuid.Nil for the first page), optionally on one sled.
 func ListDisks(ctx context.Context, q db.Querier, sledID, after uuid.UUID, limit int) ([]Disk, error) {

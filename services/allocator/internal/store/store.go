@@ -37,6 +37,23 @@ type Sled struct {
 	TimeCreated time.Time
 }
 
+// SledSummary is a sled with counts of what is on it.
+type SledSummary struct {
+	Sled
+	// Disks counts the sled's disks by (policy, state).
+	Disks               []DiskCount
+	RegionCount         int64
+	RegionSnapshotCount int64
+	Capacity            int64
+	SizeUsed            int64
+}
+
+// DiskCount is how many of a sled's disks are in one policy and state.
+type DiskCount struct {
+	Policy, State string
+	Count         int64
+}
+
 // Disk is a physical disk with its zpool, dataset and usage.
 type Disk struct {
 	ID                  uuid.UUID

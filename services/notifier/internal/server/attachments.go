@@ -16,6 +16,7 @@ import (
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 )
 
 // ConstructVolume implements UpstairsNotifierService. The attachment is
@@ -232,17 +233,9 @@ func (s *Server) SetUpstairsState(ctx context.Context, req *notifierv1.SetUpstai
 
 // ListAttachments implements UpstairsNotifierService.
 func (s *Server) ListAttachments(ctx context.Context, req *notifierv1.ListAttachmentsRequest) (*notifierv1.ListAttachmentsResponse, error) {
-	limit, err := pageSize(req.GetPageSize())
+	limit, err := paging.Size(req.GetPageSize())
 	if err != nil {
 		return nil, err
-	}
-	var volumeID *uuid.UUID
-	if req.GetVolumeId() != "" {
-		id, err := ids.Parse("volume_id", req.GetVolumeId())
-		if err != nil {
-			return nil, err
-		}
-		volumeID = &id
 	}
 	after := uuid.Nil
 	if req.GetPageToken() != "" {
@@ -251,8 +244,16 @@ func (s *Server) ListAttachments(ctx context.Context, req *notifierv1.ListAttach
 			return nil, err
 		}
 		if after, err = uuid.Parse(parts[0]); err != nil {
-			return nil, invalid("page_token", "malformed")
+			return nil, paging.BadToken(req.GetPageToken())
 		}
+	}
+	var volumeID *uuid.UUID
+	if req.GetVolumeId() != "" {
+		id, err := ids.Parse("volume_id", req.GetVolumeId())
+		if err != nil {
+			return nil, err
+		}
+		volumeID = &id
 	}
 	rows, err := s.store.ListAttachments(ctx, volumeID, after, limit+1)
 	if err != nil {

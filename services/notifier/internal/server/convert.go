@@ -11,24 +11,8 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	"storagecp.dev/notifier/internal/store"
+	"storagecp.dev/platform/paging"
 )
-
-const (
-	defaultPageSize = 100
-	maxPageSize     = 1000
-)
-
-func pageSize(n int32) (int, error) {
-	switch {
-	case n < 0:
-		return 0, invalid("page_size", "must not be negative")
-	case n == 0:
-		return defaultPageSize, nil
-	case n > maxPageSize:
-		return maxPageSize, nil
-	}
-	return int(n), nil
-}
 
 // Page tokens are opaque to clients: base64 of the last row's position.
 func encodeToken(parts ...string) string {
@@ -38,11 +22,11 @@ func encodeToken(parts ...string) string {
 func decodeToken(tok string, n int) ([]string, error) {
 	b, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
-		return nil, invalid("page_token", "malformed")
+		return nil, paging.BadToken(tok)
 	}
 	parts := strings.Split(string(b), "|")
 	if len(parts) != n {
-		return nil, invalid("page_token", "malformed")
+		return nil, paging.BadToken(tok)
 	}
 	return parts, nil
 }
@@ -57,7 +41,7 @@ func decodeSeqToken(tok string) (int64, error) {
 	}
 	seq, perr := strconv.ParseInt(parts[0], 10, 64)
 	if perr != nil || seq < 0 {
-		return 0, invalid("page_token", "malformed")
+		return 0, paging.BadToken(tok)
 	}
 	return seq, nil
 }

@@ -14,6 +14,7 @@ import (
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/notifier/internal/store"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 	"storagecp.dev/platform/target"
 )
 
@@ -244,9 +245,22 @@ func (s *Server) DownstairsStopped(ctx context.Context, req *notifierv1.Downstai
 
 // ListRepairNotifications implements UpstairsNotifierService.
 func (s *Server) ListRepairNotifications(ctx context.Context, req *notifierv1.ListRepairNotificationsRequest) (*notifierv1.ListRepairNotificationsResponse, error) {
-	limit, err := pageSize(req.GetPageSize())
+	limit, err := paging.Size(req.GetPageSize())
 	if err != nil {
 		return nil, err
+	}
+	var after *store.RepairCursor
+	if req.GetPageToken() != "" {
+		parts, err := decodeToken(req.GetPageToken(), 2)
+		if err != nil {
+			return nil, err
+		}
+		nanos, err1 := strconv.ParseInt(parts[0], 10, 64)
+		seq, err2 := strconv.ParseInt(parts[1], 10, 64)
+		if err1 != nil || err2 != nil {
+			return nil, paging.BadToken(req.GetPageToken())
+		}
+		after = &store.RepairCursor{Time: time.Unix(0, nanos), Seq: seq}
 	}
 	region := req.GetRegionId()
 	if region != "" {
@@ -264,19 +278,6 @@ func (s *Server) ListRepairNotifications(ctx context.Context, req *notifierv1.Li
 	}
 	if region == "" && addr == "" {
 		return nil, invalid("region_id", "region_id or target_address required")
-	}
-	var after *store.RepairCursor
-	if req.GetPageToken() != "" {
-		parts, err := decodeToken(req.GetPageToken(), 2)
-		if err != nil {
-			return nil, err
-		}
-		nanos, err1 := strconv.ParseInt(parts[0], 10, 64)
-		seq, err2 := strconv.ParseInt(parts[1], 10, 64)
-		if err1 != nil || err2 != nil {
-			return nil, invalid("page_token", "malformed")
-		}
-		after = &store.RepairCursor{Time: time.Unix(0, nanos), Seq: seq}
 	}
 	rows, err := s.store.ListRepairs(ctx, region, addr, after, limit+1)
 	if err != nil {

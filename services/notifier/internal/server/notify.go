@@ -18,6 +18,7 @@ import (
 	"storagecp.dev/notifier/internal/store"
 	"storagecp.dev/notifier/internal/vcrutil"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 )
 
 const (
@@ -262,7 +263,11 @@ func (s *Server) notifyOne(ctx context.Context, a store.Attachment, stepKey stri
 
 // ListNotifications implements UpstairsNotifierService.
 func (s *Server) ListNotifications(ctx context.Context, req *notifierv1.ListNotificationsRequest) (*notifierv1.ListNotificationsResponse, error) {
-	limit, err := pageSize(req.GetPageSize())
+	limit, err := paging.Size(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after, err := decodeSeqToken(req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -273,10 +278,6 @@ func (s *Server) ListNotifications(ctx context.Context, req *notifierv1.ListNoti
 			return nil, err
 		}
 		volumeID = &id
-	}
-	after, err := decodeSeqToken(req.GetPageToken())
-	if err != nil {
-		return nil, err
 	}
 	rows, err := s.store.ListNotifications(ctx, volumeID, after, limit+1)
 	if err != nil {

@@ -123,6 +123,7 @@ type createOptions struct {
 	traceParent string
 	links       []trace.Link
 	subject     *string
+	parent      *string
 }
 
 // WithID uses a caller-chosen saga id (for example one announced before
@@ -144,6 +145,13 @@ func WithLinks(links ...trace.Link) CreateOption {
 
 // WithSubject records what the saga acts on (saga.subject_id).
 func WithSubject(subject string) CreateOption { return func(o *createOptions) { o.subject = &subject } }
+
+// WithSubjectParent records the record the subject belongs to
+// (saga.subject_parent_id; a step's request), so that listing the sagas of
+// the parent finds the subject's sagas too (ListFilter.SubjectOrParent).
+func WithSubjectParent(parent string) CreateOption {
+	return func(o *createOptions) { o.parent = &parent }
+}
 
 // ErrClosed means the SEC is shut down.
 var ErrClosed = errors.New("saga executor is shut down")
@@ -216,7 +224,7 @@ func (s *SEC) Create(ctx context.Context, t *Template, params any, opts ...Creat
 		if first.state != "" {
 			state = first.state // a DAG without actions is done at once
 		}
-		return s.store.CreateSaga(wctx, o.id, t.name, s.id, state, dagJSON, o.subject, tp, first.events)
+		return s.store.CreateSaga(wctx, o.id, t.name, s.id, state, dagJSON, o.subject, o.parent, tp, first.events)
 	})
 	if err != nil {
 		s.mu.Lock()

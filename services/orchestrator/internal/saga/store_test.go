@@ -21,7 +21,7 @@ func TestAppendManyOwnership(t *testing.T) {
 		id  uuid.UUID
 		sec string
 	}{{mine, "a"}, {adopted, "a"}, {other, "b"}} {
-		if err := st.CreateSaga(ctx, c.id, "x", c.sec, sagalog.StateRunning, []byte(`{}`), nil, nil, nil); err != nil {
+		if err := st.CreateSaga(ctx, c.id, "x", c.sec, sagalog.StateRunning, []byte(`{}`), nil, nil, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -62,7 +62,7 @@ func TestAppendManyOwnership(t *testing.T) {
 	// A group mixing a written event with new ones (a retry that also
 	// carries what came since) writes the new ones, for every saga in it.
 	mine2 := uuid.New()
-	if err := st.CreateSaga(ctx, mine2, "x", "a", sagalog.StateRunning, []byte(`{}`), nil, nil, nil); err != nil {
+	if err := st.CreateSaga(ctx, mine2, "x", "a", sagalog.StateRunning, []byte(`{}`), nil, nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	owned, err = st.AppendMany(ctx, "a", []sagalog.AppendRequest{

@@ -117,14 +117,17 @@ type ListFilter struct {
 	States    []string // empty: all
 	SubjectID string   // empty: all
 	Name      string   // template name; empty: all
-	After     uuid.UUID
-	Limit     int // default 100
+	// SubjectOrParent keeps sagas whose subject is it or whose subject's
+	// parent is it (WithSubjectParent); empty: all.
+	SubjectOrParent string
+	After           uuid.UUID
+	Limit           int // default 100
 }
 
 // List returns sagas ordered by id (page with After), without nodes, each
 // done saga with its outcome's kind.
 func (s *SEC) List(ctx context.Context, f ListFilter) ([]SagaView, error) {
-	rows, err := s.store.List(ctx, sagalog.Filter{States: f.States, SubjectID: f.SubjectID, Name: f.Name, After: f.After, Limit: f.Limit})
+	rows, err := s.store.List(ctx, sagalog.Filter{States: f.States, SubjectID: f.SubjectID, Name: f.Name, SubjectOrParent: f.SubjectOrParent, After: f.After, Limit: f.Limit})
 	if err != nil {
 		return nil, err
 	}

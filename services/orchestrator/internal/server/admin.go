@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/validate"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 )
 
 type admin struct {
@@ -27,9 +29,29 @@ type admin struct {
 	s *Server
 }
 
-func (a *admin) ListBackgroundTasks(ctx context.Context, _ *orchestratorv1.ListBackgroundTasksRequest) (*orchestratorv1.ListBackgroundTasksResponse, error) {
+// ListBackgroundTasks pages through the tasks by name; the token is the
+// last name served, which must be a task's.
+func (a *admin) ListBackgroundTasks(ctx context.Context, req *orchestratorv1.ListBackgroundTasksRequest) (*orchestratorv1.ListBackgroundTasksResponse, error) {
+	limit, err := paging.Size(req.PageSize)
+	if err != nil {
+		return nil, err
+	}
+	all := a.s.driver.Statuses() // sorted by name
+	start := 0
+	if tok := req.PageToken; tok != "" {
+		i, found := slices.BinarySearchFunc(all, tok, func(s background.Status, name string) int { return strings.Compare(s.Name, name) })
+		if !found {
+			return nil, paging.BadToken(tok)
+		}
+		start = i + 1
+	}
+	page := all[start:]
 	out := &orchestratorv1.ListBackgroundTasksResponse{}
-	for _, st := range a.s.driver.Statuses() {
+	if len(page) > limit {
+		page = page[:limit]
+		out.NextPageToken = page[limit-1].Name
+	}
+	for _, st := range page {
 		t := &orchestratorv1.BackgroundTask{
 			Name: st.Name, Description: st.Description, Period: durationpb.New(st.Period),
 			LastStatusJson: string(st.LastStatus), Activations: st.Activations, SagasInFlight: st.SagasInFlight,
@@ -90,11 +112,22 @@ func sagaProto(v saga.SagaView) *orchestratorv1.Saga {
 	return out
 }
 
-func (a *admin) ListSagas(ctx context.Context, req *orchestratorv1.ListSagasRequest) (*orchestratorv1.ListSagasResponse, error) {
-	f := saga.ListFilter{Limit: int(req.PageSize)}
-	if f.Limit <= 0 || f.Limit > 1000 {
-		f.Limit = 100
+// sagaNames are the names of the sagas this orchestrator runs, sorted.
+func sagaNames() []string {
+	var out []string
+	for _, t := range sagadef.Templates() {
+		out = append(out, t.Name())
 	}
+	slices.Sort(out)
+	return out
+}
+
+func (a *admin) ListSagas(ctx context.Context, req *orchestratorv1.ListSagasRequest) (*orchestratorv1.ListSagasResponse, error) {
+	limit, after, err := paging.UUIDRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	f := saga.ListFilter{Limit: limit, After: after, Name: req.Name}
 	if req.State != orchestratorv1.SagaState_SAGA_STATE_UNSPECIFIED {
 		st, ok := sagaStates[req.State]
 		if !ok {
@@ -102,12 +135,24 @@ func (a *admin) ListSagas(ctx context.Context, req *orchestratorv1.ListSagasRequ
 		}
 		f.States = []string{st}
 	}
-	if req.PageToken != "" {
-		after, err := ids.Parse("page_token", req.PageToken)
+	if req.Name != "" && !slices.Contains(sagaNames(), req.Name) {
+		return nil, status.Errorf(codes.InvalidArgument, "name: no saga is named %q (one of: %s)", req.Name, strings.Join(sagaNames(), ", "))
+	}
+	if req.SubjectId != "" {
+		// Subjects are ids (requests, steps, volumes): one spelling, so a
+		// filter in upper case finds what the saga recorded.
+		id, err := ids.Parse("subject_id", req.SubjectId)
 		if err != nil {
 			return nil, err
 		}
-		f.After = after
+		f.SubjectID = id.String()
+	}
+	if req.ReplacementId != "" {
+		id, err := ids.Parse("replacement_id", req.ReplacementId)
+		if err != nil {
+			return nil, err
+		}
+		f.SubjectOrParent = id.String()
 	}
 	views, err := a.s.viewer.List(ctx, f)
 	if err != nil {

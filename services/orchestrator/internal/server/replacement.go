@@ -22,6 +22,7 @@ import (
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 )
 
 type replacement struct {
@@ -322,17 +323,13 @@ func (r *replacement) getRegionReplacement(ctx context.Context, id uuid.UUID) (*
 }
 
 func pageArgs(size int32, token string) (uuid.UUID, int, error) {
-	limit := int(size)
-	if limit <= 0 || limit > 1000 {
-		limit = 100
+	limit, err := paging.Size(size)
+	if err != nil {
+		return uuid.Nil, 0, err
 	}
-	after := uuid.Nil
-	if token != "" {
-		// A cursor, not an id: the nil UUID is where a listing starts.
-		var err error
-		if after, err = uuid.Parse(token); err != nil {
-			return uuid.Nil, 0, status.Errorf(codes.InvalidArgument, "page_token: not a token this service issued: %q", token)
-		}
+	after, err := paging.UUID(token)
+	if err != nil {
+		return uuid.Nil, 0, err
 	}
 	return after, limit, nil
 }
@@ -340,10 +337,14 @@ func pageArgs(size int32, token string) (uuid.UUID, int, error) {
 // ListReplacements pages through read-only requests, then rw ones (a page
 // token "rw:<id>" marks the second part).
 func (r *replacement) ListReplacements(ctx context.Context, req *orchestratorv1.ListReplacementsRequest) (*orchestratorv1.ListReplacementsResponse, error) {
-	token, rwPart := strings.CutPrefix(req.PageToken, "rw:")
-	after, limit, err := pageArgs(req.PageSize, token)
+	limit, err := paging.Size(req.PageSize)
 	if err != nil {
 		return nil, err
+	}
+	token, rwPart := strings.CutPrefix(req.PageToken, "rw:")
+	after, err := paging.UUID(token)
+	if err != nil {
+		return nil, paging.BadToken(req.PageToken)
 	}
 	wantRO := req.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION &&
 		req.RegionState == orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_UNSPECIFIED
@@ -435,15 +436,22 @@ func (r *replacement) ListSteps(ctx context.Context, req *orchestratorv1.ListSte
 		}
 		reqID = &id
 	}
-	var state store.StepState
+	f := store.StepFilter{RequestID: reqID}
+	if req.VolumeId != "" {
+		id, err := ids.Parse("volume_id", req.VolumeId)
+		if err != nil {
+			return nil, err
+		}
+		f.VolumeID = &id
+	}
 	if req.State != orchestratorv1.StepState_STEP_STATE_UNSPECIFIED {
 		s, ok := reverse(stepStates, req.State)
 		if !ok {
 			return nil, status.Errorf(codes.InvalidArgument, "state: unknown %v", req.State)
 		}
-		state = s
+		f.State = s
 	}
-	steps, err := r.s.store.ListSteps(ctx, reqID, state, after, limit)
+	steps, err := r.s.store.ListSteps(ctx, f, after, limit)
 	if err != nil {
 		return nil, r.s.status(ctx, err)
 	}

@@ -201,10 +201,21 @@ func (s *Store) StepsOfRequest(ctx context.Context, requestID uuid.UUID, state S
 }
 
 // ListSteps pages through steps by id, optionally filtered.
-func (s *Store) ListSteps(ctx context.Context, requestID *uuid.UUID, state StepState, after uuid.UUID, limit int) ([]Step, error) {
+func (s *Store) ListSteps(ctx context.Context, f StepFilter, after uuid.UUID, limit int) ([]Step, error) {
 	return collectSteps(s.pool.Query(ctx, `SELECT `+stepColumns+` FROM ro_replacement_step
-		WHERE ($1::uuid IS NULL OR request_id = $1) AND ($2 = '' OR state = $2) AND id > $3 ORDER BY id LIMIT $4`,
-		requestID, string(state), after, limit))
+		WHERE ($1::uuid IS NULL OR request_id = $1) AND ($2 = '' OR state = $2)
+		  AND ($5::uuid IS NULL OR volume_id = $5) AND id > $3 ORDER BY id LIMIT $4`,
+		f.RequestID, string(f.State), after, limit, f.VolumeID))
+}
+
+// StepFilter narrows ListSteps; every field is optional and they narrow
+// together.
+type StepFilter struct {
+	RequestID *uuid.UUID
+	State     StepState
+	// VolumeID keeps the steps of one referencing volume
+	// (ro_replacement_step_by_volume).
+	VolumeID *uuid.UUID
 }
 
 // StepCounts counts a request's steps by state (every request when nil).

@@ -32,8 +32,11 @@ func sagaCommands() []command {
 		max: 0,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			state := fs.String("state", "", "only this state: running, unwinding, done, abandoned")
+			name := fs.String("name", "", "only sagas of this name (e.g. ro-replacement-step)")
+			subject := fs.String("subject", "", "only sagas working on this id: a replacement request, a step or a volume")
+			rep := fs.String("replacement", "", "every saga of this replacement request, its steps' included")
 			return func(ctx context.Context, e *env, _ []string) error {
-				req := &orchestratorv1.ListSagasRequest{PageSize: 1000}
+				req := &orchestratorv1.ListSagasRequest{PageSize: 1000, Name: *name, SubjectId: *subject, ReplacementId: *rep}
 				if *state != "" {
 					s, err := parseEnum[orchestratorv1.SagaState]("--state", prefixSaga, *state, orchestratorv1.SagaState_value)
 					if err != nil {
@@ -319,8 +322,13 @@ func (e *env) listTasks(ctx context.Context) (*orchestratorv1.ListBackgroundTask
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.ListBackgroundTasks(ctx, &orchestratorv1.ListBackgroundTasksRequest{})
-	return resp, e.wrap(svcOrchestrator, err)
+	req := &orchestratorv1.ListBackgroundTasksRequest{PageSize: 1000}
+	all := &orchestratorv1.ListBackgroundTasksResponse{}
+	err = allPages(func(token string) (*orchestratorv1.ListBackgroundTasksResponse, error) {
+		req.PageToken = token
+		return c.ListBackgroundTasks(ctx, req)
+	}, func(resp *orchestratorv1.ListBackgroundTasksResponse) { all.Tasks = append(all.Tasks, resp.Tasks...) })
+	return all, e.wrap(svcOrchestrator, err)
 }
 
 // violations prints a check's result and turns violations into exit 3.

@@ -73,7 +73,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"sagas", "list", "--bogus"}, "flag provided but not defined: -bogus"},
 		{[]string{"-o", "yaml", "validate"}, `-o: want "table" or "json", got "yaml"`},
 		{[]string{"replacements", "list", "--kind", "x"}, `--kind: unknown "x" (one of: read_only_region, read_write_region, region_snapshot)`},
-		{[]string{"steps", "list", "--state", "done"}, `--state: unknown "done"`},
+		{[]string{"steps", "list", "--state", "finished"}, `--state: unknown "finished"`},
 		{[]string{"disks", "expunge"}, "give either DISK or --sled SLED"},
 		{[]string{"disks", "expunge", "d", "--sled", "s"}, "give either DISK or --sled SLED"},
 	} {
@@ -425,5 +425,16 @@ func TestDescribePermissionDenied(t *testing.T) {
 	got := e.describe(callError{service: svcOrchestrator, err: status.Error(codes.PermissionDenied, msg)})
 	if !strings.HasPrefix(got, "replacement-orchestrator refused the call: PermissionDenied: "+msg) {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// STEP_STATE_VOLUME_DELETED reads as what it is in a table: the step is done
+// and its stash volume, not the user's volume, was deleted.
+func TestStepStateShownAsDone(t *testing.T) {
+	if got := stepState(orchestratorv1.StepState_STEP_STATE_VOLUME_DELETED); got != "done (stash deleted)" {
+		t.Fatalf("VOLUME_DELETED shown as %q", got)
+	}
+	if got := stepState(orchestratorv1.StepState_STEP_STATE_COMPLETE); got != "complete" {
+		t.Fatalf("COMPLETE shown as %q", got)
 	}
 }

@@ -33,6 +33,29 @@ func (e *env) allocator() (allocatorv1.RegionAllocatorServiceClient, error) {
 
 func diskCommands() []command {
 	return []command{{
+		path: "sleds list", summary: "sleds with their policy and state, disks by policy and state, regions and region snapshots",
+		max: 0,
+		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
+			return func(ctx context.Context, e *env, _ []string) error {
+				c, err := e.allocator()
+				if err != nil {
+					return err
+				}
+				req := &allocatorv1.ListSledsRequest{PageSize: 1000}
+				all := &allocatorv1.ListSledsResponse{}
+				if err := allPages(func(token string) (*allocatorv1.ListSledsResponse, error) {
+					req.PageToken = token
+					return c.ListSleds(ctx, req)
+				}, func(resp *allocatorv1.ListSledsResponse) { all.Sleds = append(all.Sleds, resp.Sleds...) }); err != nil {
+					return e.wrap(svcAllocator, err)
+				}
+				if e.json() {
+					return e.printJSON(all)
+				}
+				return renderTable(e.stdout, sledHeader, sledRows(all.Sleds))
+			}
+		},
+	}, {
 		path: "disks list", summary: "physical disks with their dataset, usage and policy",
 		max: 0,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
@@ -85,6 +108,28 @@ func (e *env) listDisks(ctx context.Context, sled string) (*allocatorv1.ListPhys
 		return nil, e.wrap(svcAllocator, err)
 	}
 	return all, nil
+}
+
+var sledHeader = []string{"SLED", "SERIAL", "POLICY", "STATE", "DISKS", "USED", "CAPACITY", "REGIONS", "SNAPSHOTS"}
+
+func sledRows(ss []*allocatorv1.SledSummary) [][]string {
+	var rows [][]string
+	for _, s := range ss {
+		// DISKS: "2 in_service/active, 1 expunged/active"; "0" for none.
+		var disks []string
+		for _, c := range s.Disks {
+			disks = append(disks, fmt.Sprintf("%d %s/%s", c.Count, enum(c.Policy, prefixPolicy), enum(c.State, prefixHW)))
+		}
+		if len(disks) == 0 {
+			disks = []string{"0"}
+		}
+		sl := s.GetSled()
+		rows = append(rows, []string{
+			sl.GetSledId(), sl.GetSerial(), enum(sl.GetPolicy(), prefixPolicy), enum(sl.GetState(), prefixHW), strings.Join(disks, ", "),
+			bytesGiB(s.SizeUsedBytes), bytesGiB(s.CapacityBytes), fmt.Sprint(s.RegionCount), fmt.Sprint(s.RegionSnapshotCount),
+		})
+	}
+	return rows
 }
 
 var diskHeader = []string{"DISK", "SLED", "POLICY", "STATE", "DATASET", "ADDRESS", "USED", "CAPACITY", "REGIONS", "SNAPSHOTS"}

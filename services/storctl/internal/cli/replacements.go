@@ -382,11 +382,16 @@ func replacementCommands() []command {
 		max: 0,
 		setup: func(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			rep := fs.String("replacement", "", "only the steps of this request")
-			state := fs.String("state", "", "only this state: requested, running, complete, collecting, volume_deleted")
+			volume := fs.String("volume-id", "", "only the steps that swap a target out of this volume (--volume is the volume-service address)")
+			state := fs.String("state", "", "only this state: requested, running, complete, collecting, done (volume_deleted: the step's stash volume deleted)")
 			return func(ctx context.Context, e *env, _ []string) error {
-				req := &orchestratorv1.ListStepsRequest{PageSize: 1000, ReplacementId: *rep}
+				req := &orchestratorv1.ListStepsRequest{PageSize: 1000, ReplacementId: *rep, VolumeId: *volume}
 				if *state != "" {
-					s, err := parseEnum[orchestratorv1.StepState]("--state", prefixStep, *state, orchestratorv1.StepState_value)
+					name := *state
+					if name == "done" {
+						name = "volume_deleted"
+					}
+					s, err := parseEnum[orchestratorv1.StepState]("--state", prefixStep, name, orchestratorv1.StepState_value)
 					if err != nil {
 						return err
 					}
@@ -439,12 +444,26 @@ func replacementCommands() []command {
 	}}
 }
 
+// stepState is how a table shows a step's state. STEP_STATE_VOLUME_DELETED
+// is every step's successful end: the volume it names is the step's stash
+// volume, not the user's, so a table says so rather than print a name a
+// reader takes for data loss. -o json keeps the enum as the API has it, and
+// --state still takes volume_deleted (or done).
+func stepState(s orchestratorv1.StepState) string {
+	if s == orchestratorv1.StepState_STEP_STATE_VOLUME_DELETED {
+		return stepDoneText
+	}
+	return enum(s, prefixStep)
+}
+
+const stepDoneText = "done (stash deleted)"
+
 var stepHeader = []string{"STEP", "REPLACEMENT", "VOLUME", "STATE", "SAGA", "WAITS_ON", "ATTEMPTS", "MODIFIED"}
 
 func stepRows(steps []*orchestratorv1.Step) [][]string {
 	var rows [][]string
 	for _, s := range steps {
-		rows = append(rows, []string{s.StepId, s.ReplacementId, s.VolumeId, enum(s.State, prefixStep), s.OperatingSagaId, waitKind(s.Wait), fmt.Sprint(s.Attempts), ts(s.TimeModified)})
+		rows = append(rows, []string{s.StepId, s.ReplacementId, s.VolumeId, stepState(s.State), s.OperatingSagaId, waitKind(s.Wait), fmt.Sprint(s.Attempts), ts(s.TimeModified)})
 	}
 	return rows
 }
@@ -507,7 +526,7 @@ func renderReplacement(w io.Writer, resp *orchestratorv1.GetReplacementResponse)
 	}
 	var rows [][]string
 	for _, s := range resp.Steps {
-		rows = append(rows, []string{s.StepId, s.VolumeId, enum(s.State, prefixStep), s.OperatingSagaId, waitText(s.Wait), fmt.Sprint(s.Attempts), ts(s.TimeModified)})
+		rows = append(rows, []string{s.StepId, s.VolumeId, stepState(s.State), s.OperatingSagaId, waitText(s.Wait), fmt.Sprint(s.Attempts), ts(s.TimeModified)})
 	}
 	return renderTable(w, []string{"STEP", "VOLUME", "STATE", "SAGA", "WAITS_ON", "ATTEMPTS", "MODIFIED"}, rows)
 }
@@ -516,7 +535,9 @@ func renderReplacement(w io.Writer, resp *orchestratorv1.GetReplacementResponse)
 // line per watched request.
 func renderWatch(w io.Writer, now time.Time, msg *orchestratorv1.WatchReplacementResponse) error {
 	s := msg.Steps
-	fmt.Fprintf(w, "%s  steps: requested=%d running=%d complete=%d collecting=%d volume_deleted=%d\n",
+	// "done": steps in STEP_STATE_VOLUME_DELETED (their stash deleted, not
+	// their volume).
+	fmt.Fprintf(w, "%s  steps: requested=%d running=%d complete=%d collecting=%d done=%d\n",
 		now.UTC().Format("15:04:05"), s.GetRequested(), s.GetRunning(), s.GetComplete(), s.GetCollecting(), s.GetVolumeDeleted())
 	if msg.RackPause != nil {
 		fmt.Fprintf(w, "  THE RACK IS PAUSED: %s\n", pauseText(msg.RackPause))

@@ -18,6 +18,7 @@ import (
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/platform/apierr"
 	"storagecp.dev/platform/ids"
+	"storagecp.dev/platform/paging"
 	"storagecp.dev/platform/vcr"
 	"storagecp.dev/volume/internal/store"
 )
@@ -46,17 +47,6 @@ func parseOptionalID(field, s string) (uuid.UUID, error) {
 		return uuid.Nil, nil
 	}
 	return ids.Parse(field, s)
-}
-
-func parsePageToken(tok string) (uuid.UUID, error) {
-	if tok == "" {
-		return uuid.Nil, nil
-	}
-	id, err := uuid.Parse(tok)
-	if err != nil {
-		return uuid.Nil, status.Error(codes.InvalidArgument, "page_token: malformed")
-	}
-	return id, nil
 }
 
 func pageToken(next uuid.UUID) string {
@@ -233,11 +223,11 @@ func (s *Server) GetVolumeWithKeys(ctx context.Context, req *volumev1.GetVolumeW
 
 // ListVolumes implements VolumeService.
 func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesRequest) (*volumev1.ListVolumesResponse, error) {
-	after, err := parsePageToken(req.GetPageToken())
+	limit, after, err := paging.UUIDRequest(req)
 	if err != nil {
 		return nil, err
 	}
-	vols, next, err := s.store.ListVolumes(ctx, after, int(req.GetPageSize()), req.GetIncludeDeleted())
+	vols, next, err := s.store.ListVolumes(ctx, after, limit, req.GetIncludeDeleted())
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListVolumes", err)
 	}
@@ -377,15 +367,15 @@ func (s *Server) ReplaceRegion(ctx context.Context, req *volumev1.ReplaceRegionR
 
 // FindVolumesReferencingTarget implements VolumeService.
 func (s *Server) FindVolumesReferencingTarget(ctx context.Context, req *volumev1.FindVolumesReferencingTargetRequest) (*volumev1.FindVolumesReferencingTargetResponse, error) {
+	limit, after, err := paging.UUIDRequest(req)
+	if err != nil {
+		return nil, err
+	}
 	t, err := ids.Parse("target_id", req.GetTargetId())
 	if err != nil {
 		return nil, err
 	}
-	after, err := parsePageToken(req.GetPageToken())
-	if err != nil {
-		return nil, err
-	}
-	refs, next, err := s.store.FindVolumesReferencingTarget(ctx, t, req.GetIncludeDeleted(), after, int(req.GetPageSize()))
+	refs, next, err := s.store.FindVolumesReferencingTarget(ctx, t, req.GetIncludeDeleted(), after, limit)
 	if err != nil {
 		return nil, s.toStatus(ctx, "FindVolumesReferencingTarget", err)
 	}
@@ -543,7 +533,7 @@ func (s *Server) GetTarget(ctx context.Context, req *volumev1.GetTargetRequest) 
 
 // ListTargets implements VolumeService.
 func (s *Server) ListTargets(ctx context.Context, req *volumev1.ListTargetsRequest) (*volumev1.ListTargetsResponse, error) {
-	after, err := parsePageToken(req.GetPageToken())
+	limit, after, err := paging.UUIDRequest(req)
 	if err != nil {
 		return nil, err
 	}
@@ -551,7 +541,7 @@ func (s *Server) ListTargets(ctx context.Context, req *volumev1.ListTargetsReque
 	if f.OwnerVolumeID, err = parseOptionalID("owner_volume_id", req.GetOwnerVolumeId()); err != nil {
 		return nil, err
 	}
-	ts, next, err := s.store.ListTargets(ctx, f, after, int(req.GetPageSize()))
+	ts, next, err := s.store.ListTargets(ctx, f, after, limit)
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListTargets", err)
 	}

@@ -913,6 +913,261 @@ func (x *ExpungeSledResponse) GetDisks() []*PhysicalDisk {
 	return nil
 }
 
+type ListSledsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSledsRequest) Reset() {
+	*x = ListSledsRequest{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSledsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSledsRequest) ProtoMessage() {}
+
+func (x *ListSledsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSledsRequest.ProtoReflect.Descriptor instead.
+func (*ListSledsRequest) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListSledsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSledsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// How many of a sled's disks are in one policy and state.
+type DiskCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        Policy                 `protobuf:"varint,1,opt,name=policy,proto3,enum=storage.allocator.v1.Policy" json:"policy,omitempty"`
+	State         HardwareState          `protobuf:"varint,2,opt,name=state,proto3,enum=storage.allocator.v1.HardwareState" json:"state,omitempty"`
+	Count         int64                  `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskCount) Reset() {
+	*x = DiskCount{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskCount) ProtoMessage() {}
+
+func (x *DiskCount) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskCount.ProtoReflect.Descriptor instead.
+func (*DiskCount) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DiskCount) GetPolicy() Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return Policy_POLICY_UNSPECIFIED
+}
+
+func (x *DiskCount) GetState() HardwareState {
+	if x != nil {
+		return x.State
+	}
+	return HardwareState_HARDWARE_STATE_UNSPECIFIED
+}
+
+func (x *DiskCount) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+// A sled with what is on it.
+type SledSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Sled  *Sled                  `protobuf:"bytes,1,opt,name=sled,proto3" json:"sled,omitempty"`
+	// The sled's disks counted by policy and state: one entry per pair that
+	// has a disk, in_service before expunged, active before decommissioned.
+	Disks []*DiskCount `protobuf:"bytes,2,rep,name=disks,proto3" json:"disks,omitempty"`
+	// Regions (read-write and read-only) on the sled's disks.
+	RegionCount int64 `protobuf:"varint,3,opt,name=region_count,json=regionCount,proto3" json:"region_count,omitempty"`
+	// Region snapshots on the sled's disks.
+	RegionSnapshotCount int64 `protobuf:"varint,4,opt,name=region_snapshot_count,json=regionSnapshotCount,proto3" json:"region_snapshot_count,omitempty"`
+	// Sum over the sled's disks (in service or not).
+	CapacityBytes int64 `protobuf:"varint,5,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	SizeUsedBytes int64 `protobuf:"varint,6,opt,name=size_used_bytes,json=sizeUsedBytes,proto3" json:"size_used_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SledSummary) Reset() {
+	*x = SledSummary{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SledSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SledSummary) ProtoMessage() {}
+
+func (x *SledSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SledSummary.ProtoReflect.Descriptor instead.
+func (*SledSummary) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SledSummary) GetSled() *Sled {
+	if x != nil {
+		return x.Sled
+	}
+	return nil
+}
+
+func (x *SledSummary) GetDisks() []*DiskCount {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *SledSummary) GetRegionCount() int64 {
+	if x != nil {
+		return x.RegionCount
+	}
+	return 0
+}
+
+func (x *SledSummary) GetRegionSnapshotCount() int64 {
+	if x != nil {
+		return x.RegionSnapshotCount
+	}
+	return 0
+}
+
+func (x *SledSummary) GetCapacityBytes() int64 {
+	if x != nil {
+		return x.CapacityBytes
+	}
+	return 0
+}
+
+func (x *SledSummary) GetSizeUsedBytes() int64 {
+	if x != nil {
+		return x.SizeUsedBytes
+	}
+	return 0
+}
+
+type ListSledsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sleds         []*SledSummary         `protobuf:"bytes,1,rep,name=sleds,proto3" json:"sleds,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSledsResponse) Reset() {
+	*x = ListSledsResponse{}
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSledsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSledsResponse) ProtoMessage() {}
+
+func (x *ListSledsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSledsResponse.ProtoReflect.Descriptor instead.
+func (*ListSledsResponse) Descriptor() ([]byte, []int) {
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListSledsResponse) GetSleds() []*SledSummary {
+	if x != nil {
+		return x.Sleds
+	}
+	return nil
+}
+
+func (x *ListSledsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 type ListPhysicalDisksRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -925,7 +1180,7 @@ type ListPhysicalDisksRequest struct {
 
 func (x *ListPhysicalDisksRequest) Reset() {
 	*x = ListPhysicalDisksRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[10]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1192,7 @@ func (x *ListPhysicalDisksRequest) String() string {
 func (*ListPhysicalDisksRequest) ProtoMessage() {}
 
 func (x *ListPhysicalDisksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[10]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1205,7 @@ func (x *ListPhysicalDisksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPhysicalDisksRequest.ProtoReflect.Descriptor instead.
 func (*ListPhysicalDisksRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{10}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListPhysicalDisksRequest) GetPageSize() int32 {
@@ -984,7 +1239,7 @@ type ListPhysicalDisksResponse struct {
 
 func (x *ListPhysicalDisksResponse) Reset() {
 	*x = ListPhysicalDisksResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[11]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1251,7 @@ func (x *ListPhysicalDisksResponse) String() string {
 func (*ListPhysicalDisksResponse) ProtoMessage() {}
 
 func (x *ListPhysicalDisksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[11]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1264,7 @@ func (x *ListPhysicalDisksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPhysicalDisksResponse.ProtoReflect.Descriptor instead.
 func (*ListPhysicalDisksResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{11}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListPhysicalDisksResponse) GetDisks() []*PhysicalDisk {
@@ -1052,7 +1307,7 @@ type Region struct {
 
 func (x *Region) Reset() {
 	*x = Region{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[12]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1319,7 @@ func (x *Region) String() string {
 func (*Region) ProtoMessage() {}
 
 func (x *Region) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[12]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1332,7 @@ func (x *Region) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Region.ProtoReflect.Descriptor instead.
 func (*Region) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{12}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Region) GetRegionId() string {
@@ -1197,7 +1452,7 @@ type AllocateRegionsRequest struct {
 
 func (x *AllocateRegionsRequest) Reset() {
 	*x = AllocateRegionsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[13]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1464,7 @@ func (x *AllocateRegionsRequest) String() string {
 func (*AllocateRegionsRequest) ProtoMessage() {}
 
 func (x *AllocateRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[13]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1477,7 @@ func (x *AllocateRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRegionsRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{13}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AllocateRegionsRequest) GetVolumeId() string {
@@ -1307,7 +1562,7 @@ type AllocateRegionsResponse struct {
 
 func (x *AllocateRegionsResponse) Reset() {
 	*x = AllocateRegionsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[14]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1574,7 @@ func (x *AllocateRegionsResponse) String() string {
 func (*AllocateRegionsResponse) ProtoMessage() {}
 
 func (x *AllocateRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[14]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1587,7 @@ func (x *AllocateRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRegionsResponse.ProtoReflect.Descriptor instead.
 func (*AllocateRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{14}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AllocateRegionsResponse) GetRegions() []*Region {
@@ -1361,7 +1616,7 @@ type DryRunAllocationRequest struct {
 
 func (x *DryRunAllocationRequest) Reset() {
 	*x = DryRunAllocationRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[15]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1628,7 @@ func (x *DryRunAllocationRequest) String() string {
 func (*DryRunAllocationRequest) ProtoMessage() {}
 
 func (x *DryRunAllocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[15]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1641,7 @@ func (x *DryRunAllocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DryRunAllocationRequest.ProtoReflect.Descriptor instead.
 func (*DryRunAllocationRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{15}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DryRunAllocationRequest) GetAllocation() *AllocateRegionsRequest {
@@ -1412,7 +1667,7 @@ type DryRunAllocationResponse struct {
 
 func (x *DryRunAllocationResponse) Reset() {
 	*x = DryRunAllocationResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[16]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1679,7 @@ func (x *DryRunAllocationResponse) String() string {
 func (*DryRunAllocationResponse) ProtoMessage() {}
 
 func (x *DryRunAllocationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[16]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1692,7 @@ func (x *DryRunAllocationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DryRunAllocationResponse.ProtoReflect.Descriptor instead.
 func (*DryRunAllocationResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{16}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DryRunAllocationResponse) GetRegions() []*Region {
@@ -1460,7 +1715,7 @@ type RegionEnsure struct {
 
 func (x *RegionEnsure) Reset() {
 	*x = RegionEnsure{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[17]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1727,7 @@ func (x *RegionEnsure) String() string {
 func (*RegionEnsure) ProtoMessage() {}
 
 func (x *RegionEnsure) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[17]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1740,7 @@ func (x *RegionEnsure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionEnsure.ProtoReflect.Descriptor instead.
 func (*RegionEnsure) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{17}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RegionEnsure) GetRegionId() string {
@@ -1511,7 +1766,7 @@ type EnsureRegionsRequest struct {
 
 func (x *EnsureRegionsRequest) Reset() {
 	*x = EnsureRegionsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[18]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1778,7 @@ func (x *EnsureRegionsRequest) String() string {
 func (*EnsureRegionsRequest) ProtoMessage() {}
 
 func (x *EnsureRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[18]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1791,7 @@ func (x *EnsureRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureRegionsRequest.ProtoReflect.Descriptor instead.
 func (*EnsureRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{18}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *EnsureRegionsRequest) GetRegions() []*RegionEnsure {
@@ -1555,7 +1810,7 @@ type EnsureRegionsResponse struct {
 
 func (x *EnsureRegionsResponse) Reset() {
 	*x = EnsureRegionsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[19]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1822,7 @@ func (x *EnsureRegionsResponse) String() string {
 func (*EnsureRegionsResponse) ProtoMessage() {}
 
 func (x *EnsureRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[19]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1835,7 @@ func (x *EnsureRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureRegionsResponse.ProtoReflect.Descriptor instead.
 func (*EnsureRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{19}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *EnsureRegionsResponse) GetRegions() []*Region {
@@ -1599,7 +1854,7 @@ type DeleteRegionsRequest struct {
 
 func (x *DeleteRegionsRequest) Reset() {
 	*x = DeleteRegionsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[20]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1866,7 @@ func (x *DeleteRegionsRequest) String() string {
 func (*DeleteRegionsRequest) ProtoMessage() {}
 
 func (x *DeleteRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[20]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1879,7 @@ func (x *DeleteRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRegionsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{20}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteRegionsRequest) GetRegionIds() []string {
@@ -1644,7 +1899,7 @@ type DeleteRegionsResponse struct {
 
 func (x *DeleteRegionsResponse) Reset() {
 	*x = DeleteRegionsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[21]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1911,7 @@ func (x *DeleteRegionsResponse) String() string {
 func (*DeleteRegionsResponse) ProtoMessage() {}
 
 func (x *DeleteRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[21]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1924,7 @@ func (x *DeleteRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRegionsResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{21}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteRegionsResponse) GetDeletedRegionIds() []string {
@@ -1697,7 +1952,7 @@ type RegionSnapshot struct {
 
 func (x *RegionSnapshot) Reset() {
 	*x = RegionSnapshot{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[22]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1964,7 @@ func (x *RegionSnapshot) String() string {
 func (*RegionSnapshot) ProtoMessage() {}
 
 func (x *RegionSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[22]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1977,7 @@ func (x *RegionSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSnapshot.ProtoReflect.Descriptor instead.
 func (*RegionSnapshot) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{22}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RegionSnapshot) GetDatasetId() string {
@@ -1784,7 +2039,7 @@ type CreateRegionSnapshotsRequest struct {
 
 func (x *CreateRegionSnapshotsRequest) Reset() {
 	*x = CreateRegionSnapshotsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[23]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +2051,7 @@ func (x *CreateRegionSnapshotsRequest) String() string {
 func (*CreateRegionSnapshotsRequest) ProtoMessage() {}
 
 func (x *CreateRegionSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[23]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +2064,7 @@ func (x *CreateRegionSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRegionSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*CreateRegionSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{23}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateRegionSnapshotsRequest) GetSnapshotId() string {
@@ -1835,7 +2090,7 @@ type CreateRegionSnapshotsResponse struct {
 
 func (x *CreateRegionSnapshotsResponse) Reset() {
 	*x = CreateRegionSnapshotsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[24]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2102,7 @@ func (x *CreateRegionSnapshotsResponse) String() string {
 func (*CreateRegionSnapshotsResponse) ProtoMessage() {}
 
 func (x *CreateRegionSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[24]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2115,7 @@ func (x *CreateRegionSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRegionSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*CreateRegionSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{24}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateRegionSnapshotsResponse) GetRegionSnapshots() []*RegionSnapshot {
@@ -1881,7 +2136,7 @@ type RegionSnapshotKey struct {
 
 func (x *RegionSnapshotKey) Reset() {
 	*x = RegionSnapshotKey{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[25]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2148,7 @@ func (x *RegionSnapshotKey) String() string {
 func (*RegionSnapshotKey) ProtoMessage() {}
 
 func (x *RegionSnapshotKey) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[25]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2161,7 @@ func (x *RegionSnapshotKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSnapshotKey.ProtoReflect.Descriptor instead.
 func (*RegionSnapshotKey) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{25}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RegionSnapshotKey) GetRegionId() string {
@@ -1932,7 +2187,7 @@ type DeleteRegionSnapshotsRequest struct {
 
 func (x *DeleteRegionSnapshotsRequest) Reset() {
 	*x = DeleteRegionSnapshotsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[26]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2199,7 @@ func (x *DeleteRegionSnapshotsRequest) String() string {
 func (*DeleteRegionSnapshotsRequest) ProtoMessage() {}
 
 func (x *DeleteRegionSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[26]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2212,7 @@ func (x *DeleteRegionSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRegionSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRegionSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{26}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteRegionSnapshotsRequest) GetRegionSnapshots() []*RegionSnapshotKey {
@@ -1976,7 +2231,7 @@ type DeleteRegionSnapshotsResponse struct {
 
 func (x *DeleteRegionSnapshotsResponse) Reset() {
 	*x = DeleteRegionSnapshotsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[27]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2243,7 @@ func (x *DeleteRegionSnapshotsResponse) String() string {
 func (*DeleteRegionSnapshotsResponse) ProtoMessage() {}
 
 func (x *DeleteRegionSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[27]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2256,7 @@ func (x *DeleteRegionSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRegionSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRegionSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{27}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteRegionSnapshotsResponse) GetDeleted() int32 {
@@ -2021,7 +2276,7 @@ type ListExpungedTargetsRequest struct {
 
 func (x *ListExpungedTargetsRequest) Reset() {
 	*x = ListExpungedTargetsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[28]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2288,7 @@ func (x *ListExpungedTargetsRequest) String() string {
 func (*ListExpungedTargetsRequest) ProtoMessage() {}
 
 func (x *ListExpungedTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[28]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2301,7 @@ func (x *ListExpungedTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExpungedTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ListExpungedTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{28}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListExpungedTargetsRequest) GetPageSize() int32 {
@@ -2075,7 +2330,7 @@ type ListExpungedTargetsResponse struct {
 
 func (x *ListExpungedTargetsResponse) Reset() {
 	*x = ListExpungedTargetsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[29]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2342,7 @@ func (x *ListExpungedTargetsResponse) String() string {
 func (*ListExpungedTargetsResponse) ProtoMessage() {}
 
 func (x *ListExpungedTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[29]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2355,7 @@ func (x *ListExpungedTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExpungedTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ListExpungedTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{29}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListExpungedTargetsResponse) GetRegionSnapshots() []*RegionSnapshot {
@@ -2143,7 +2398,7 @@ type ListCloneSourcesRequest struct {
 
 func (x *ListCloneSourcesRequest) Reset() {
 	*x = ListCloneSourcesRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[30]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2410,7 @@ func (x *ListCloneSourcesRequest) String() string {
 func (*ListCloneSourcesRequest) ProtoMessage() {}
 
 func (x *ListCloneSourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[30]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2423,7 @@ func (x *ListCloneSourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCloneSourcesRequest.ProtoReflect.Descriptor instead.
 func (*ListCloneSourcesRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{30}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListCloneSourcesRequest) GetSnapshotId() string {
@@ -2195,7 +2450,7 @@ type ListCloneSourcesResponse struct {
 
 func (x *ListCloneSourcesResponse) Reset() {
 	*x = ListCloneSourcesResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[31]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2207,7 +2462,7 @@ func (x *ListCloneSourcesResponse) String() string {
 func (*ListCloneSourcesResponse) ProtoMessage() {}
 
 func (x *ListCloneSourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[31]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2220,7 +2475,7 @@ func (x *ListCloneSourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCloneSourcesResponse.ProtoReflect.Descriptor instead.
 func (*ListCloneSourcesResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{31}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListCloneSourcesResponse) GetRegionSnapshots() []*RegionSnapshot {
@@ -2246,7 +2501,7 @@ type GetRegionRequest struct {
 
 func (x *GetRegionRequest) Reset() {
 	*x = GetRegionRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[32]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2513,7 @@ func (x *GetRegionRequest) String() string {
 func (*GetRegionRequest) ProtoMessage() {}
 
 func (x *GetRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[32]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2526,7 @@ func (x *GetRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRegionRequest.ProtoReflect.Descriptor instead.
 func (*GetRegionRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{32}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetRegionRequest) GetRegionId() string {
@@ -2292,7 +2547,7 @@ type GetRegionResponse struct {
 
 func (x *GetRegionResponse) Reset() {
 	*x = GetRegionResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[33]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2559,7 @@ func (x *GetRegionResponse) String() string {
 func (*GetRegionResponse) ProtoMessage() {}
 
 func (x *GetRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[33]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2572,7 @@ func (x *GetRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRegionResponse.ProtoReflect.Descriptor instead.
 func (*GetRegionResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{33}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetRegionResponse) GetRegion() *Region {
@@ -2347,7 +2602,7 @@ type ListRegionsRequest struct {
 
 func (x *ListRegionsRequest) Reset() {
 	*x = ListRegionsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[34]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2614,7 @@ func (x *ListRegionsRequest) String() string {
 func (*ListRegionsRequest) ProtoMessage() {}
 
 func (x *ListRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[34]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2627,7 @@ func (x *ListRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRegionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{34}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListRegionsRequest) GetPageSize() int32 {
@@ -2413,7 +2668,7 @@ type ListRegionsResponse struct {
 
 func (x *ListRegionsResponse) Reset() {
 	*x = ListRegionsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[35]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2680,7 @@ func (x *ListRegionsResponse) String() string {
 func (*ListRegionsResponse) ProtoMessage() {}
 
 func (x *ListRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[35]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2693,7 @@ func (x *ListRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRegionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{35}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListRegionsResponse) GetRegions() []*Region {
@@ -2469,7 +2724,7 @@ type ListRegionSnapshotsRequest struct {
 
 func (x *ListRegionSnapshotsRequest) Reset() {
 	*x = ListRegionSnapshotsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[36]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2736,7 @@ func (x *ListRegionSnapshotsRequest) String() string {
 func (*ListRegionSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListRegionSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[36]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2749,7 @@ func (x *ListRegionSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRegionSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListRegionSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{36}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListRegionSnapshotsRequest) GetPageSize() int32 {
@@ -2535,7 +2790,7 @@ type ListRegionSnapshotsResponse struct {
 
 func (x *ListRegionSnapshotsResponse) Reset() {
 	*x = ListRegionSnapshotsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[37]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2547,7 +2802,7 @@ func (x *ListRegionSnapshotsResponse) String() string {
 func (*ListRegionSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListRegionSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[37]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,7 +2815,7 @@ func (x *ListRegionSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRegionSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListRegionSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{37}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListRegionSnapshotsResponse) GetRegionSnapshots() []*RegionSnapshot {
@@ -2586,7 +2841,7 @@ type ProbeTargetsRequest struct {
 
 func (x *ProbeTargetsRequest) Reset() {
 	*x = ProbeTargetsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[38]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2598,7 +2853,7 @@ func (x *ProbeTargetsRequest) String() string {
 func (*ProbeTargetsRequest) ProtoMessage() {}
 
 func (x *ProbeTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[38]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2611,7 +2866,7 @@ func (x *ProbeTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ProbeTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{38}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ProbeTargetsRequest) GetAddresses() []string {
@@ -2638,7 +2893,7 @@ type TargetProbe struct {
 
 func (x *TargetProbe) Reset() {
 	*x = TargetProbe{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[39]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +2905,7 @@ func (x *TargetProbe) String() string {
 func (*TargetProbe) ProtoMessage() {}
 
 func (x *TargetProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[39]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2918,7 @@ func (x *TargetProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetProbe.ProtoReflect.Descriptor instead.
 func (*TargetProbe) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{39}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TargetProbe) GetAddress() string {
@@ -2696,7 +2951,7 @@ type ProbeTargetsResponse struct {
 
 func (x *ProbeTargetsResponse) Reset() {
 	*x = ProbeTargetsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[40]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +2963,7 @@ func (x *ProbeTargetsResponse) String() string {
 func (*ProbeTargetsResponse) ProtoMessage() {}
 
 func (x *ProbeTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[40]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +2976,7 @@ func (x *ProbeTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ProbeTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{40}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ProbeTargetsResponse) GetProbes() []*TargetProbe {
@@ -2754,7 +3009,7 @@ type InjectAgentFaultRequest struct {
 
 func (x *InjectAgentFaultRequest) Reset() {
 	*x = InjectAgentFaultRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[41]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +3021,7 @@ func (x *InjectAgentFaultRequest) String() string {
 func (*InjectAgentFaultRequest) ProtoMessage() {}
 
 func (x *InjectAgentFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[41]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +3034,7 @@ func (x *InjectAgentFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InjectAgentFaultRequest.ProtoReflect.Descriptor instead.
 func (*InjectAgentFaultRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{41}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *InjectAgentFaultRequest) GetOperation() AgentOperation {
@@ -2832,7 +3087,7 @@ type InjectAgentFaultResponse struct {
 
 func (x *InjectAgentFaultResponse) Reset() {
 	*x = InjectAgentFaultResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[42]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +3099,7 @@ func (x *InjectAgentFaultResponse) String() string {
 func (*InjectAgentFaultResponse) ProtoMessage() {}
 
 func (x *InjectAgentFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[42]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +3112,7 @@ func (x *InjectAgentFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InjectAgentFaultResponse.ProtoReflect.Descriptor instead.
 func (*InjectAgentFaultResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{42}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{46}
 }
 
 type ClearAgentFaultsRequest struct {
@@ -2868,7 +3123,7 @@ type ClearAgentFaultsRequest struct {
 
 func (x *ClearAgentFaultsRequest) Reset() {
 	*x = ClearAgentFaultsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[43]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +3135,7 @@ func (x *ClearAgentFaultsRequest) String() string {
 func (*ClearAgentFaultsRequest) ProtoMessage() {}
 
 func (x *ClearAgentFaultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[43]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +3148,7 @@ func (x *ClearAgentFaultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearAgentFaultsRequest.ProtoReflect.Descriptor instead.
 func (*ClearAgentFaultsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{43}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{47}
 }
 
 type ClearAgentFaultsResponse struct {
@@ -2904,7 +3159,7 @@ type ClearAgentFaultsResponse struct {
 
 func (x *ClearAgentFaultsResponse) Reset() {
 	*x = ClearAgentFaultsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[44]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2916,7 +3171,7 @@ func (x *ClearAgentFaultsResponse) String() string {
 func (*ClearAgentFaultsResponse) ProtoMessage() {}
 
 func (x *ClearAgentFaultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[44]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2929,7 +3184,7 @@ func (x *ClearAgentFaultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearAgentFaultsResponse.ProtoReflect.Descriptor instead.
 func (*ClearAgentFaultsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{44}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{48}
 }
 
 type WriteRegionsRequest struct {
@@ -2944,7 +3199,7 @@ type WriteRegionsRequest struct {
 
 func (x *WriteRegionsRequest) Reset() {
 	*x = WriteRegionsRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[45]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2956,7 +3211,7 @@ func (x *WriteRegionsRequest) String() string {
 func (*WriteRegionsRequest) ProtoMessage() {}
 
 func (x *WriteRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[45]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2969,7 +3224,7 @@ func (x *WriteRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRegionsRequest.ProtoReflect.Descriptor instead.
 func (*WriteRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{45}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WriteRegionsRequest) GetAddresses() []string {
@@ -3000,7 +3255,7 @@ type WriteRegionsResponse struct {
 
 func (x *WriteRegionsResponse) Reset() {
 	*x = WriteRegionsResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[46]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3267,7 @@ func (x *WriteRegionsResponse) String() string {
 func (*WriteRegionsResponse) ProtoMessage() {}
 
 func (x *WriteRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[46]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3280,7 @@ func (x *WriteRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRegionsResponse.ProtoReflect.Descriptor instead.
 func (*WriteRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{46}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *WriteRegionsResponse) GetContent() string {
@@ -3062,7 +3317,7 @@ type RepairRegionSetRequest struct {
 
 func (x *RepairRegionSetRequest) Reset() {
 	*x = RepairRegionSetRequest{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[47]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3074,7 +3329,7 @@ func (x *RepairRegionSetRequest) String() string {
 func (*RepairRegionSetRequest) ProtoMessage() {}
 
 func (x *RepairRegionSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[47]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3087,7 +3342,7 @@ func (x *RepairRegionSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRegionSetRequest.ProtoReflect.Descriptor instead.
 func (*RepairRegionSetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{47}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RepairRegionSetRequest) GetAddresses() []string {
@@ -3116,7 +3371,7 @@ type RepairRegionSetResponse struct {
 
 func (x *RepairRegionSetResponse) Reset() {
 	*x = RepairRegionSetResponse{}
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[48]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3383,7 @@ func (x *RepairRegionSetResponse) String() string {
 func (*RepairRegionSetResponse) ProtoMessage() {}
 
 func (x *RepairRegionSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[48]
+	mi := &file_storage_allocator_v1_allocator_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3396,7 @@ func (x *RepairRegionSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRegionSetResponse.ProtoReflect.Descriptor instead.
 func (*RepairRegionSetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{48}
+	return file_storage_allocator_v1_allocator_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RepairRegionSetResponse) GetContent() string {
@@ -3205,7 +3460,25 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\asled_id\x18\x01 \x01(\tR\x06sledId\"\x7f\n" +
 	"\x13ExpungeSledResponse\x12.\n" +
 	"\x04sled\x18\x01 \x01(\v2\x1a.storage.allocator.v1.SledR\x04sled\x128\n" +
-	"\x05disks\x18\x02 \x03(\v2\".storage.allocator.v1.PhysicalDiskR\x05disks\"o\n" +
+	"\x05disks\x18\x02 \x03(\v2\".storage.allocator.v1.PhysicalDiskR\x05disks\"N\n" +
+	"\x10ListSledsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x92\x01\n" +
+	"\tDiskCount\x124\n" +
+	"\x06policy\x18\x01 \x01(\x0e2\x1c.storage.allocator.v1.PolicyR\x06policy\x129\n" +
+	"\x05state\x18\x02 \x01(\x0e2#.storage.allocator.v1.HardwareStateR\x05state\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count\"\x9a\x02\n" +
+	"\vSledSummary\x12.\n" +
+	"\x04sled\x18\x01 \x01(\v2\x1a.storage.allocator.v1.SledR\x04sled\x125\n" +
+	"\x05disks\x18\x02 \x03(\v2\x1f.storage.allocator.v1.DiskCountR\x05disks\x12!\n" +
+	"\fregion_count\x18\x03 \x01(\x03R\vregionCount\x122\n" +
+	"\x15region_snapshot_count\x18\x04 \x01(\x03R\x13regionSnapshotCount\x12%\n" +
+	"\x0ecapacity_bytes\x18\x05 \x01(\x03R\rcapacityBytes\x12&\n" +
+	"\x0fsize_used_bytes\x18\x06 \x01(\x03R\rsizeUsedBytes\"t\n" +
+	"\x11ListSledsResponse\x127\n" +
+	"\x05sleds\x18\x01 \x03(\v2!.storage.allocator.v1.SledSummaryR\x05sleds\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"o\n" +
 	"\x18ListPhysicalDisksRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3390,12 +3663,13 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\x1dAGENT_OPERATION_ENSURE_REGION\x10\x01\x12!\n" +
 	"\x1dAGENT_OPERATION_DELETE_REGION\x10\x02\x12#\n" +
 	"\x1fAGENT_OPERATION_CREATE_SNAPSHOT\x10\x03\x12#\n" +
-	"\x1fAGENT_OPERATION_DELETE_SNAPSHOT\x10\x042\x87\x0f\n" +
+	"\x1fAGENT_OPERATION_DELETE_SNAPSHOT\x10\x042\xe5\x0f\n" +
 	"\x16RegionAllocatorService\x12V\n" +
 	"\aAddSled\x12$.storage.allocator.v1.AddSledRequest\x1a%.storage.allocator.v1.AddSledResponse\x12n\n" +
 	"\x0fAddPhysicalDisk\x12,.storage.allocator.v1.AddPhysicalDiskRequest\x1a-.storage.allocator.v1.AddPhysicalDiskResponse\x12z\n" +
 	"\x13ExpungePhysicalDisk\x120.storage.allocator.v1.ExpungePhysicalDiskRequest\x1a1.storage.allocator.v1.ExpungePhysicalDiskResponse\x12b\n" +
-	"\vExpungeSled\x12(.storage.allocator.v1.ExpungeSledRequest\x1a).storage.allocator.v1.ExpungeSledResponse\x12t\n" +
+	"\vExpungeSled\x12(.storage.allocator.v1.ExpungeSledRequest\x1a).storage.allocator.v1.ExpungeSledResponse\x12\\\n" +
+	"\tListSleds\x12&.storage.allocator.v1.ListSledsRequest\x1a'.storage.allocator.v1.ListSledsResponse\x12t\n" +
 	"\x11ListPhysicalDisks\x12..storage.allocator.v1.ListPhysicalDisksRequest\x1a/.storage.allocator.v1.ListPhysicalDisksResponse\x12n\n" +
 	"\x0fAllocateRegions\x12,.storage.allocator.v1.AllocateRegionsRequest\x1a-.storage.allocator.v1.AllocateRegionsResponse\x12q\n" +
 	"\x10DryRunAllocation\x12-.storage.allocator.v1.DryRunAllocationRequest\x1a..storage.allocator.v1.DryRunAllocationResponse\x12h\n" +
@@ -3429,7 +3703,7 @@ func file_storage_allocator_v1_allocator_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_allocator_v1_allocator_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_storage_allocator_v1_allocator_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_storage_allocator_v1_allocator_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_storage_allocator_v1_allocator_proto_goTypes = []any{
 	(Policy)(0),                           // 0: storage.allocator.v1.Policy
 	(HardwareState)(0),                    // 1: storage.allocator.v1.HardwareState
@@ -3446,47 +3720,51 @@ var file_storage_allocator_v1_allocator_proto_goTypes = []any{
 	(*ExpungePhysicalDiskResponse)(nil),   // 12: storage.allocator.v1.ExpungePhysicalDiskResponse
 	(*ExpungeSledRequest)(nil),            // 13: storage.allocator.v1.ExpungeSledRequest
 	(*ExpungeSledResponse)(nil),           // 14: storage.allocator.v1.ExpungeSledResponse
-	(*ListPhysicalDisksRequest)(nil),      // 15: storage.allocator.v1.ListPhysicalDisksRequest
-	(*ListPhysicalDisksResponse)(nil),     // 16: storage.allocator.v1.ListPhysicalDisksResponse
-	(*Region)(nil),                        // 17: storage.allocator.v1.Region
-	(*AllocateRegionsRequest)(nil),        // 18: storage.allocator.v1.AllocateRegionsRequest
-	(*AllocateRegionsResponse)(nil),       // 19: storage.allocator.v1.AllocateRegionsResponse
-	(*DryRunAllocationRequest)(nil),       // 20: storage.allocator.v1.DryRunAllocationRequest
-	(*DryRunAllocationResponse)(nil),      // 21: storage.allocator.v1.DryRunAllocationResponse
-	(*RegionEnsure)(nil),                  // 22: storage.allocator.v1.RegionEnsure
-	(*EnsureRegionsRequest)(nil),          // 23: storage.allocator.v1.EnsureRegionsRequest
-	(*EnsureRegionsResponse)(nil),         // 24: storage.allocator.v1.EnsureRegionsResponse
-	(*DeleteRegionsRequest)(nil),          // 25: storage.allocator.v1.DeleteRegionsRequest
-	(*DeleteRegionsResponse)(nil),         // 26: storage.allocator.v1.DeleteRegionsResponse
-	(*RegionSnapshot)(nil),                // 27: storage.allocator.v1.RegionSnapshot
-	(*CreateRegionSnapshotsRequest)(nil),  // 28: storage.allocator.v1.CreateRegionSnapshotsRequest
-	(*CreateRegionSnapshotsResponse)(nil), // 29: storage.allocator.v1.CreateRegionSnapshotsResponse
-	(*RegionSnapshotKey)(nil),             // 30: storage.allocator.v1.RegionSnapshotKey
-	(*DeleteRegionSnapshotsRequest)(nil),  // 31: storage.allocator.v1.DeleteRegionSnapshotsRequest
-	(*DeleteRegionSnapshotsResponse)(nil), // 32: storage.allocator.v1.DeleteRegionSnapshotsResponse
-	(*ListExpungedTargetsRequest)(nil),    // 33: storage.allocator.v1.ListExpungedTargetsRequest
-	(*ListExpungedTargetsResponse)(nil),   // 34: storage.allocator.v1.ListExpungedTargetsResponse
-	(*ListCloneSourcesRequest)(nil),       // 35: storage.allocator.v1.ListCloneSourcesRequest
-	(*ListCloneSourcesResponse)(nil),      // 36: storage.allocator.v1.ListCloneSourcesResponse
-	(*GetRegionRequest)(nil),              // 37: storage.allocator.v1.GetRegionRequest
-	(*GetRegionResponse)(nil),             // 38: storage.allocator.v1.GetRegionResponse
-	(*ListRegionsRequest)(nil),            // 39: storage.allocator.v1.ListRegionsRequest
-	(*ListRegionsResponse)(nil),           // 40: storage.allocator.v1.ListRegionsResponse
-	(*ListRegionSnapshotsRequest)(nil),    // 41: storage.allocator.v1.ListRegionSnapshotsRequest
-	(*ListRegionSnapshotsResponse)(nil),   // 42: storage.allocator.v1.ListRegionSnapshotsResponse
-	(*ProbeTargetsRequest)(nil),           // 43: storage.allocator.v1.ProbeTargetsRequest
-	(*TargetProbe)(nil),                   // 44: storage.allocator.v1.TargetProbe
-	(*ProbeTargetsResponse)(nil),          // 45: storage.allocator.v1.ProbeTargetsResponse
-	(*InjectAgentFaultRequest)(nil),       // 46: storage.allocator.v1.InjectAgentFaultRequest
-	(*InjectAgentFaultResponse)(nil),      // 47: storage.allocator.v1.InjectAgentFaultResponse
-	(*ClearAgentFaultsRequest)(nil),       // 48: storage.allocator.v1.ClearAgentFaultsRequest
-	(*ClearAgentFaultsResponse)(nil),      // 49: storage.allocator.v1.ClearAgentFaultsResponse
-	(*WriteRegionsRequest)(nil),           // 50: storage.allocator.v1.WriteRegionsRequest
-	(*WriteRegionsResponse)(nil),          // 51: storage.allocator.v1.WriteRegionsResponse
-	(*RepairRegionSetRequest)(nil),        // 52: storage.allocator.v1.RepairRegionSetRequest
-	(*RepairRegionSetResponse)(nil),       // 53: storage.allocator.v1.RepairRegionSetResponse
-	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 55: google.protobuf.Duration
+	(*ListSledsRequest)(nil),              // 15: storage.allocator.v1.ListSledsRequest
+	(*DiskCount)(nil),                     // 16: storage.allocator.v1.DiskCount
+	(*SledSummary)(nil),                   // 17: storage.allocator.v1.SledSummary
+	(*ListSledsResponse)(nil),             // 18: storage.allocator.v1.ListSledsResponse
+	(*ListPhysicalDisksRequest)(nil),      // 19: storage.allocator.v1.ListPhysicalDisksRequest
+	(*ListPhysicalDisksResponse)(nil),     // 20: storage.allocator.v1.ListPhysicalDisksResponse
+	(*Region)(nil),                        // 21: storage.allocator.v1.Region
+	(*AllocateRegionsRequest)(nil),        // 22: storage.allocator.v1.AllocateRegionsRequest
+	(*AllocateRegionsResponse)(nil),       // 23: storage.allocator.v1.AllocateRegionsResponse
+	(*DryRunAllocationRequest)(nil),       // 24: storage.allocator.v1.DryRunAllocationRequest
+	(*DryRunAllocationResponse)(nil),      // 25: storage.allocator.v1.DryRunAllocationResponse
+	(*RegionEnsure)(nil),                  // 26: storage.allocator.v1.RegionEnsure
+	(*EnsureRegionsRequest)(nil),          // 27: storage.allocator.v1.EnsureRegionsRequest
+	(*EnsureRegionsResponse)(nil),         // 28: storage.allocator.v1.EnsureRegionsResponse
+	(*DeleteRegionsRequest)(nil),          // 29: storage.allocator.v1.DeleteRegionsRequest
+	(*DeleteRegionsResponse)(nil),         // 30: storage.allocator.v1.DeleteRegionsResponse
+	(*RegionSnapshot)(nil),                // 31: storage.allocator.v1.RegionSnapshot
+	(*CreateRegionSnapshotsRequest)(nil),  // 32: storage.allocator.v1.CreateRegionSnapshotsRequest
+	(*CreateRegionSnapshotsResponse)(nil), // 33: storage.allocator.v1.CreateRegionSnapshotsResponse
+	(*RegionSnapshotKey)(nil),             // 34: storage.allocator.v1.RegionSnapshotKey
+	(*DeleteRegionSnapshotsRequest)(nil),  // 35: storage.allocator.v1.DeleteRegionSnapshotsRequest
+	(*DeleteRegionSnapshotsResponse)(nil), // 36: storage.allocator.v1.DeleteRegionSnapshotsResponse
+	(*ListExpungedTargetsRequest)(nil),    // 37: storage.allocator.v1.ListExpungedTargetsRequest
+	(*ListExpungedTargetsResponse)(nil),   // 38: storage.allocator.v1.ListExpungedTargetsResponse
+	(*ListCloneSourcesRequest)(nil),       // 39: storage.allocator.v1.ListCloneSourcesRequest
+	(*ListCloneSourcesResponse)(nil),      // 40: storage.allocator.v1.ListCloneSourcesResponse
+	(*GetRegionRequest)(nil),              // 41: storage.allocator.v1.GetRegionRequest
+	(*GetRegionResponse)(nil),             // 42: storage.allocator.v1.GetRegionResponse
+	(*ListRegionsRequest)(nil),            // 43: storage.allocator.v1.ListRegionsRequest
+	(*ListRegionsResponse)(nil),           // 44: storage.allocator.v1.ListRegionsResponse
+	(*ListRegionSnapshotsRequest)(nil),    // 45: storage.allocator.v1.ListRegionSnapshotsRequest
+	(*ListRegionSnapshotsResponse)(nil),   // 46: storage.allocator.v1.ListRegionSnapshotsResponse
+	(*ProbeTargetsRequest)(nil),           // 47: storage.allocator.v1.ProbeTargetsRequest
+	(*TargetProbe)(nil),                   // 48: storage.allocator.v1.TargetProbe
+	(*ProbeTargetsResponse)(nil),          // 49: storage.allocator.v1.ProbeTargetsResponse
+	(*InjectAgentFaultRequest)(nil),       // 50: storage.allocator.v1.InjectAgentFaultRequest
+	(*InjectAgentFaultResponse)(nil),      // 51: storage.allocator.v1.InjectAgentFaultResponse
+	(*ClearAgentFaultsRequest)(nil),       // 52: storage.allocator.v1.ClearAgentFaultsRequest
+	(*ClearAgentFaultsResponse)(nil),      // 53: storage.allocator.v1.ClearAgentFaultsResponse
+	(*WriteRegionsRequest)(nil),           // 54: storage.allocator.v1.WriteRegionsRequest
+	(*WriteRegionsResponse)(nil),          // 55: storage.allocator.v1.WriteRegionsResponse
+	(*RepairRegionSetRequest)(nil),        // 56: storage.allocator.v1.RepairRegionSetRequest
+	(*RepairRegionSetResponse)(nil),       // 57: storage.allocator.v1.RepairRegionSetResponse
+	(*timestamppb.Timestamp)(nil),         // 58: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 59: google.protobuf.Duration
 }
 var file_storage_allocator_v1_allocator_proto_depIdxs = []int32{
 	0,  // 0: storage.allocator.v1.Sled.policy:type_name -> storage.allocator.v1.Policy
@@ -3498,76 +3776,83 @@ var file_storage_allocator_v1_allocator_proto_depIdxs = []int32{
 	8,  // 6: storage.allocator.v1.ExpungePhysicalDiskResponse.disk:type_name -> storage.allocator.v1.PhysicalDisk
 	5,  // 7: storage.allocator.v1.ExpungeSledResponse.sled:type_name -> storage.allocator.v1.Sled
 	8,  // 8: storage.allocator.v1.ExpungeSledResponse.disks:type_name -> storage.allocator.v1.PhysicalDisk
-	8,  // 9: storage.allocator.v1.ListPhysicalDisksResponse.disks:type_name -> storage.allocator.v1.PhysicalDisk
-	54, // 10: storage.allocator.v1.Region.time_created:type_name -> google.protobuf.Timestamp
-	2,  // 11: storage.allocator.v1.AllocateRegionsRequest.strategy:type_name -> storage.allocator.v1.AllocationStrategy
-	17, // 12: storage.allocator.v1.AllocateRegionsResponse.regions:type_name -> storage.allocator.v1.Region
-	18, // 13: storage.allocator.v1.DryRunAllocationRequest.allocation:type_name -> storage.allocator.v1.AllocateRegionsRequest
-	17, // 14: storage.allocator.v1.DryRunAllocationResponse.regions:type_name -> storage.allocator.v1.Region
-	22, // 15: storage.allocator.v1.EnsureRegionsRequest.regions:type_name -> storage.allocator.v1.RegionEnsure
-	17, // 16: storage.allocator.v1.EnsureRegionsResponse.regions:type_name -> storage.allocator.v1.Region
-	27, // 17: storage.allocator.v1.CreateRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	30, // 18: storage.allocator.v1.DeleteRegionSnapshotsRequest.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshotKey
-	27, // 19: storage.allocator.v1.ListExpungedTargetsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	17, // 20: storage.allocator.v1.ListExpungedTargetsResponse.read_only_regions:type_name -> storage.allocator.v1.Region
-	17, // 21: storage.allocator.v1.ListExpungedTargetsResponse.read_write_regions:type_name -> storage.allocator.v1.Region
-	27, // 22: storage.allocator.v1.ListCloneSourcesResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	17, // 23: storage.allocator.v1.ListCloneSourcesResponse.read_only_regions:type_name -> storage.allocator.v1.Region
-	17, // 24: storage.allocator.v1.GetRegionResponse.region:type_name -> storage.allocator.v1.Region
-	27, // 25: storage.allocator.v1.GetRegionResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	17, // 26: storage.allocator.v1.ListRegionsResponse.regions:type_name -> storage.allocator.v1.Region
-	27, // 27: storage.allocator.v1.ListRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	3,  // 28: storage.allocator.v1.TargetProbe.result:type_name -> storage.allocator.v1.ProbeResult
-	44, // 29: storage.allocator.v1.ProbeTargetsResponse.probes:type_name -> storage.allocator.v1.TargetProbe
-	4,  // 30: storage.allocator.v1.InjectAgentFaultRequest.operation:type_name -> storage.allocator.v1.AgentOperation
-	55, // 31: storage.allocator.v1.InjectAgentFaultRequest.delay:type_name -> google.protobuf.Duration
-	6,  // 32: storage.allocator.v1.RegionAllocatorService.AddSled:input_type -> storage.allocator.v1.AddSledRequest
-	9,  // 33: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:input_type -> storage.allocator.v1.AddPhysicalDiskRequest
-	11, // 34: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:input_type -> storage.allocator.v1.ExpungePhysicalDiskRequest
-	13, // 35: storage.allocator.v1.RegionAllocatorService.ExpungeSled:input_type -> storage.allocator.v1.ExpungeSledRequest
-	15, // 36: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:input_type -> storage.allocator.v1.ListPhysicalDisksRequest
-	18, // 37: storage.allocator.v1.RegionAllocatorService.AllocateRegions:input_type -> storage.allocator.v1.AllocateRegionsRequest
-	20, // 38: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:input_type -> storage.allocator.v1.DryRunAllocationRequest
-	23, // 39: storage.allocator.v1.RegionAllocatorService.EnsureRegions:input_type -> storage.allocator.v1.EnsureRegionsRequest
-	25, // 40: storage.allocator.v1.RegionAllocatorService.DeleteRegions:input_type -> storage.allocator.v1.DeleteRegionsRequest
-	28, // 41: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:input_type -> storage.allocator.v1.CreateRegionSnapshotsRequest
-	31, // 42: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:input_type -> storage.allocator.v1.DeleteRegionSnapshotsRequest
-	33, // 43: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:input_type -> storage.allocator.v1.ListExpungedTargetsRequest
-	35, // 44: storage.allocator.v1.RegionAllocatorService.ListCloneSources:input_type -> storage.allocator.v1.ListCloneSourcesRequest
-	37, // 45: storage.allocator.v1.RegionAllocatorService.GetRegion:input_type -> storage.allocator.v1.GetRegionRequest
-	39, // 46: storage.allocator.v1.RegionAllocatorService.ListRegions:input_type -> storage.allocator.v1.ListRegionsRequest
-	41, // 47: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:input_type -> storage.allocator.v1.ListRegionSnapshotsRequest
-	43, // 48: storage.allocator.v1.RegionAllocatorService.ProbeTargets:input_type -> storage.allocator.v1.ProbeTargetsRequest
-	46, // 49: storage.allocator.v1.AgentFaultService.InjectAgentFault:input_type -> storage.allocator.v1.InjectAgentFaultRequest
-	48, // 50: storage.allocator.v1.AgentFaultService.ClearAgentFaults:input_type -> storage.allocator.v1.ClearAgentFaultsRequest
-	50, // 51: storage.allocator.v1.AgentDataService.WriteRegions:input_type -> storage.allocator.v1.WriteRegionsRequest
-	52, // 52: storage.allocator.v1.AgentDataService.RepairRegionSet:input_type -> storage.allocator.v1.RepairRegionSetRequest
-	7,  // 53: storage.allocator.v1.RegionAllocatorService.AddSled:output_type -> storage.allocator.v1.AddSledResponse
-	10, // 54: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:output_type -> storage.allocator.v1.AddPhysicalDiskResponse
-	12, // 55: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:output_type -> storage.allocator.v1.ExpungePhysicalDiskResponse
-	14, // 56: storage.allocator.v1.RegionAllocatorService.ExpungeSled:output_type -> storage.allocator.v1.ExpungeSledResponse
-	16, // 57: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:output_type -> storage.allocator.v1.ListPhysicalDisksResponse
-	19, // 58: storage.allocator.v1.RegionAllocatorService.AllocateRegions:output_type -> storage.allocator.v1.AllocateRegionsResponse
-	21, // 59: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:output_type -> storage.allocator.v1.DryRunAllocationResponse
-	24, // 60: storage.allocator.v1.RegionAllocatorService.EnsureRegions:output_type -> storage.allocator.v1.EnsureRegionsResponse
-	26, // 61: storage.allocator.v1.RegionAllocatorService.DeleteRegions:output_type -> storage.allocator.v1.DeleteRegionsResponse
-	29, // 62: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:output_type -> storage.allocator.v1.CreateRegionSnapshotsResponse
-	32, // 63: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:output_type -> storage.allocator.v1.DeleteRegionSnapshotsResponse
-	34, // 64: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:output_type -> storage.allocator.v1.ListExpungedTargetsResponse
-	36, // 65: storage.allocator.v1.RegionAllocatorService.ListCloneSources:output_type -> storage.allocator.v1.ListCloneSourcesResponse
-	38, // 66: storage.allocator.v1.RegionAllocatorService.GetRegion:output_type -> storage.allocator.v1.GetRegionResponse
-	40, // 67: storage.allocator.v1.RegionAllocatorService.ListRegions:output_type -> storage.allocator.v1.ListRegionsResponse
-	42, // 68: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:output_type -> storage.allocator.v1.ListRegionSnapshotsResponse
-	45, // 69: storage.allocator.v1.RegionAllocatorService.ProbeTargets:output_type -> storage.allocator.v1.ProbeTargetsResponse
-	47, // 70: storage.allocator.v1.AgentFaultService.InjectAgentFault:output_type -> storage.allocator.v1.InjectAgentFaultResponse
-	49, // 71: storage.allocator.v1.AgentFaultService.ClearAgentFaults:output_type -> storage.allocator.v1.ClearAgentFaultsResponse
-	51, // 72: storage.allocator.v1.AgentDataService.WriteRegions:output_type -> storage.allocator.v1.WriteRegionsResponse
-	53, // 73: storage.allocator.v1.AgentDataService.RepairRegionSet:output_type -> storage.allocator.v1.RepairRegionSetResponse
-	53, // [53:74] is the sub-list for method output_type
-	32, // [32:53] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	0,  // 9: storage.allocator.v1.DiskCount.policy:type_name -> storage.allocator.v1.Policy
+	1,  // 10: storage.allocator.v1.DiskCount.state:type_name -> storage.allocator.v1.HardwareState
+	5,  // 11: storage.allocator.v1.SledSummary.sled:type_name -> storage.allocator.v1.Sled
+	16, // 12: storage.allocator.v1.SledSummary.disks:type_name -> storage.allocator.v1.DiskCount
+	17, // 13: storage.allocator.v1.ListSledsResponse.sleds:type_name -> storage.allocator.v1.SledSummary
+	8,  // 14: storage.allocator.v1.ListPhysicalDisksResponse.disks:type_name -> storage.allocator.v1.PhysicalDisk
+	58, // 15: storage.allocator.v1.Region.time_created:type_name -> google.protobuf.Timestamp
+	2,  // 16: storage.allocator.v1.AllocateRegionsRequest.strategy:type_name -> storage.allocator.v1.AllocationStrategy
+	21, // 17: storage.allocator.v1.AllocateRegionsResponse.regions:type_name -> storage.allocator.v1.Region
+	22, // 18: storage.allocator.v1.DryRunAllocationRequest.allocation:type_name -> storage.allocator.v1.AllocateRegionsRequest
+	21, // 19: storage.allocator.v1.DryRunAllocationResponse.regions:type_name -> storage.allocator.v1.Region
+	26, // 20: storage.allocator.v1.EnsureRegionsRequest.regions:type_name -> storage.allocator.v1.RegionEnsure
+	21, // 21: storage.allocator.v1.EnsureRegionsResponse.regions:type_name -> storage.allocator.v1.Region
+	31, // 22: storage.allocator.v1.CreateRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	34, // 23: storage.allocator.v1.DeleteRegionSnapshotsRequest.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshotKey
+	31, // 24: storage.allocator.v1.ListExpungedTargetsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	21, // 25: storage.allocator.v1.ListExpungedTargetsResponse.read_only_regions:type_name -> storage.allocator.v1.Region
+	21, // 26: storage.allocator.v1.ListExpungedTargetsResponse.read_write_regions:type_name -> storage.allocator.v1.Region
+	31, // 27: storage.allocator.v1.ListCloneSourcesResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	21, // 28: storage.allocator.v1.ListCloneSourcesResponse.read_only_regions:type_name -> storage.allocator.v1.Region
+	21, // 29: storage.allocator.v1.GetRegionResponse.region:type_name -> storage.allocator.v1.Region
+	31, // 30: storage.allocator.v1.GetRegionResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	21, // 31: storage.allocator.v1.ListRegionsResponse.regions:type_name -> storage.allocator.v1.Region
+	31, // 32: storage.allocator.v1.ListRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	3,  // 33: storage.allocator.v1.TargetProbe.result:type_name -> storage.allocator.v1.ProbeResult
+	48, // 34: storage.allocator.v1.ProbeTargetsResponse.probes:type_name -> storage.allocator.v1.TargetProbe
+	4,  // 35: storage.allocator.v1.InjectAgentFaultRequest.operation:type_name -> storage.allocator.v1.AgentOperation
+	59, // 36: storage.allocator.v1.InjectAgentFaultRequest.delay:type_name -> google.protobuf.Duration
+	6,  // 37: storage.allocator.v1.RegionAllocatorService.AddSled:input_type -> storage.allocator.v1.AddSledRequest
+	9,  // 38: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:input_type -> storage.allocator.v1.AddPhysicalDiskRequest
+	11, // 39: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:input_type -> storage.allocator.v1.ExpungePhysicalDiskRequest
+	13, // 40: storage.allocator.v1.RegionAllocatorService.ExpungeSled:input_type -> storage.allocator.v1.ExpungeSledRequest
+	15, // 41: storage.allocator.v1.RegionAllocatorService.ListSleds:input_type -> storage.allocator.v1.ListSledsRequest
+	19, // 42: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:input_type -> storage.allocator.v1.ListPhysicalDisksRequest
+	22, // 43: storage.allocator.v1.RegionAllocatorService.AllocateRegions:input_type -> storage.allocator.v1.AllocateRegionsRequest
+	24, // 44: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:input_type -> storage.allocator.v1.DryRunAllocationRequest
+	27, // 45: storage.allocator.v1.RegionAllocatorService.EnsureRegions:input_type -> storage.allocator.v1.EnsureRegionsRequest
+	29, // 46: storage.allocator.v1.RegionAllocatorService.DeleteRegions:input_type -> storage.allocator.v1.DeleteRegionsRequest
+	32, // 47: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:input_type -> storage.allocator.v1.CreateRegionSnapshotsRequest
+	35, // 48: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:input_type -> storage.allocator.v1.DeleteRegionSnapshotsRequest
+	37, // 49: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:input_type -> storage.allocator.v1.ListExpungedTargetsRequest
+	39, // 50: storage.allocator.v1.RegionAllocatorService.ListCloneSources:input_type -> storage.allocator.v1.ListCloneSourcesRequest
+	41, // 51: storage.allocator.v1.RegionAllocatorService.GetRegion:input_type -> storage.allocator.v1.GetRegionRequest
+	43, // 52: storage.allocator.v1.RegionAllocatorService.ListRegions:input_type -> storage.allocator.v1.ListRegionsRequest
+	45, // 53: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:input_type -> storage.allocator.v1.ListRegionSnapshotsRequest
+	47, // 54: storage.allocator.v1.RegionAllocatorService.ProbeTargets:input_type -> storage.allocator.v1.ProbeTargetsRequest
+	50, // 55: storage.allocator.v1.AgentFaultService.InjectAgentFault:input_type -> storage.allocator.v1.InjectAgentFaultRequest
+	52, // 56: storage.allocator.v1.AgentFaultService.ClearAgentFaults:input_type -> storage.allocator.v1.ClearAgentFaultsRequest
+	54, // 57: storage.allocator.v1.AgentDataService.WriteRegions:input_type -> storage.allocator.v1.WriteRegionsRequest
+	56, // 58: storage.allocator.v1.AgentDataService.RepairRegionSet:input_type -> storage.allocator.v1.RepairRegionSetRequest
+	7,  // 59: storage.allocator.v1.RegionAllocatorService.AddSled:output_type -> storage.allocator.v1.AddSledResponse
+	10, // 60: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:output_type -> storage.allocator.v1.AddPhysicalDiskResponse
+	12, // 61: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:output_type -> storage.allocator.v1.ExpungePhysicalDiskResponse
+	14, // 62: storage.allocator.v1.RegionAllocatorService.ExpungeSled:output_type -> storage.allocator.v1.ExpungeSledResponse
+	18, // 63: storage.allocator.v1.RegionAllocatorService.ListSleds:output_type -> storage.allocator.v1.ListSledsResponse
+	20, // 64: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:output_type -> storage.allocator.v1.ListPhysicalDisksResponse
+	23, // 65: storage.allocator.v1.RegionAllocatorService.AllocateRegions:output_type -> storage.allocator.v1.AllocateRegionsResponse
+	25, // 66: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:output_type -> storage.allocator.v1.DryRunAllocationResponse
+	28, // 67: storage.allocator.v1.RegionAllocatorService.EnsureRegions:output_type -> storage.allocator.v1.EnsureRegionsResponse
+	30, // 68: storage.allocator.v1.RegionAllocatorService.DeleteRegions:output_type -> storage.allocator.v1.DeleteRegionsResponse
+	33, // 69: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:output_type -> storage.allocator.v1.CreateRegionSnapshotsResponse
+	36, // 70: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:output_type -> storage.allocator.v1.DeleteRegionSnapshotsResponse
+	38, // 71: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:output_type -> storage.allocator.v1.ListExpungedTargetsResponse
+	40, // 72: storage.allocator.v1.RegionAllocatorService.ListCloneSources:output_type -> storage.allocator.v1.ListCloneSourcesResponse
+	42, // 73: storage.allocator.v1.RegionAllocatorService.GetRegion:output_type -> storage.allocator.v1.GetRegionResponse
+	44, // 74: storage.allocator.v1.RegionAllocatorService.ListRegions:output_type -> storage.allocator.v1.ListRegionsResponse
+	46, // 75: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:output_type -> storage.allocator.v1.ListRegionSnapshotsResponse
+	49, // 76: storage.allocator.v1.RegionAllocatorService.ProbeTargets:output_type -> storage.allocator.v1.ProbeTargetsResponse
+	51, // 77: storage.allocator.v1.AgentFaultService.InjectAgentFault:output_type -> storage.allocator.v1.InjectAgentFaultResponse
+	53, // 78: storage.allocator.v1.AgentFaultService.ClearAgentFaults:output_type -> storage.allocator.v1.ClearAgentFaultsResponse
+	55, // 79: storage.allocator.v1.AgentDataService.WriteRegions:output_type -> storage.allocator.v1.WriteRegionsResponse
+	57, // 80: storage.allocator.v1.AgentDataService.RepairRegionSet:output_type -> storage.allocator.v1.RepairRegionSetResponse
+	59, // [59:81] is the sub-list for method output_type
+	37, // [37:59] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_storage_allocator_v1_allocator_proto_init() }
@@ -3581,7 +3866,7 @@ func file_storage_allocator_v1_allocator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_allocator_v1_allocator_proto_rawDesc), len(file_storage_allocator_v1_allocator_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   49,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -31,6 +31,7 @@ const (
 	RegionAllocatorService_AddPhysicalDisk_FullMethodName       = "/storage.allocator.v1.RegionAllocatorService/AddPhysicalDisk"
 	RegionAllocatorService_ExpungePhysicalDisk_FullMethodName   = "/storage.allocator.v1.RegionAllocatorService/ExpungePhysicalDisk"
 	RegionAllocatorService_ExpungeSled_FullMethodName           = "/storage.allocator.v1.RegionAllocatorService/ExpungeSled"
+	RegionAllocatorService_ListSleds_FullMethodName             = "/storage.allocator.v1.RegionAllocatorService/ListSleds"
 	RegionAllocatorService_ListPhysicalDisks_FullMethodName     = "/storage.allocator.v1.RegionAllocatorService/ListPhysicalDisks"
 	RegionAllocatorService_AllocateRegions_FullMethodName       = "/storage.allocator.v1.RegionAllocatorService/AllocateRegions"
 	RegionAllocatorService_DryRunAllocation_FullMethodName      = "/storage.allocator.v1.RegionAllocatorService/DryRunAllocation"
@@ -65,7 +66,15 @@ type RegionAllocatorServiceClient interface {
 	ExpungePhysicalDisk(ctx context.Context, in *ExpungePhysicalDiskRequest, opts ...grpc.CallOption) (*ExpungePhysicalDiskResponse, error)
 	// Expunges a sled and, in the same transaction, every disk on it.
 	ExpungeSled(ctx context.Context, in *ExpungeSledRequest, opts ...grpc.CallOption) (*ExpungeSledResponse, error)
-	// Lists physical disks with their dataset and usage, paginated.
+	// Lists sleds by id, each with its serial, policy and state and the
+	// counts of its disks by policy and state, of the regions and of the
+	// region snapshots on its disks. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
+	ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error)
+	// Lists physical disks with their dataset and usage. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListPhysicalDisks(ctx context.Context, in *ListPhysicalDisksRequest, opts ...grpc.CallOption) (*ListPhysicalDisksResponse, error)
 	// Allocates regions for a volume in one atomic statement
 	// (docs/architecture.md, "Four services and what each owns"). Idempotent:
@@ -91,15 +100,21 @@ type RegionAllocatorServiceClient interface {
 	// Unknown ones succeed.
 	DeleteRegionSnapshots(ctx context.Context, in *DeleteRegionSnapshotsRequest, opts ...grpc.CallOption) (*DeleteRegionSnapshotsResponse, error)
 	// Region snapshots, read-only regions and rw regions on expunged disks.
+	// Paginated (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT); a page holds up to page_size of each kind.
 	ListExpungedTargets(ctx context.Context, in *ListExpungedTargetsRequest, opts ...grpc.CallOption) (*ListExpungedTargetsResponse, error)
 	// Candidate clone sources on in-service disks: region snapshots of a
 	// snapshot and read-only regions allocated for a volume.
 	ListCloneSources(ctx context.Context, in *ListCloneSourcesRequest, opts ...grpc.CallOption) (*ListCloneSourcesResponse, error)
 	// One region. NOT_FOUND if it does not exist.
 	GetRegion(ctx context.Context, in *GetRegionRequest, opts ...grpc.CallOption) (*GetRegionResponse, error)
-	// Lists regions, paginated.
+	// Lists regions. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListRegions(ctx context.Context, in *ListRegionsRequest, opts ...grpc.CallOption) (*ListRegionsResponse, error)
-	// Lists region snapshots, paginated.
+	// Lists region snapshots. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListRegionSnapshots(ctx context.Context, in *ListRegionSnapshotsRequest, opts ...grpc.CallOption) (*ListRegionSnapshotsResponse, error)
 	// The simulated data path: for each address, whether a live region or
 	// running snapshot on an agent serves it right now and, when it does, the
@@ -149,6 +164,16 @@ func (c *regionAllocatorServiceClient) ExpungeSled(ctx context.Context, in *Expu
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ExpungeSledResponse)
 	err := c.cc.Invoke(ctx, RegionAllocatorService_ExpungeSled_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *regionAllocatorServiceClient) ListSleds(ctx context.Context, in *ListSledsRequest, opts ...grpc.CallOption) (*ListSledsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSledsResponse)
+	err := c.cc.Invoke(ctx, RegionAllocatorService_ListSleds_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +329,15 @@ type RegionAllocatorServiceServer interface {
 	ExpungePhysicalDisk(context.Context, *ExpungePhysicalDiskRequest) (*ExpungePhysicalDiskResponse, error)
 	// Expunges a sled and, in the same transaction, every disk on it.
 	ExpungeSled(context.Context, *ExpungeSledRequest) (*ExpungeSledResponse, error)
-	// Lists physical disks with their dataset and usage, paginated.
+	// Lists sleds by id, each with its serial, policy and state and the
+	// counts of its disks by policy and state, of the regions and of the
+	// region snapshots on its disks. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
+	ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error)
+	// Lists physical disks with their dataset and usage. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListPhysicalDisks(context.Context, *ListPhysicalDisksRequest) (*ListPhysicalDisksResponse, error)
 	// Allocates regions for a volume in one atomic statement
 	// (docs/architecture.md, "Four services and what each owns"). Idempotent:
@@ -330,15 +363,21 @@ type RegionAllocatorServiceServer interface {
 	// Unknown ones succeed.
 	DeleteRegionSnapshots(context.Context, *DeleteRegionSnapshotsRequest) (*DeleteRegionSnapshotsResponse, error)
 	// Region snapshots, read-only regions and rw regions on expunged disks.
+	// Paginated (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT); a page holds up to page_size of each kind.
 	ListExpungedTargets(context.Context, *ListExpungedTargetsRequest) (*ListExpungedTargetsResponse, error)
 	// Candidate clone sources on in-service disks: region snapshots of a
 	// snapshot and read-only regions allocated for a volume.
 	ListCloneSources(context.Context, *ListCloneSourcesRequest) (*ListCloneSourcesResponse, error)
 	// One region. NOT_FOUND if it does not exist.
 	GetRegion(context.Context, *GetRegionRequest) (*GetRegionResponse, error)
-	// Lists regions, paginated.
+	// Lists regions. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListRegions(context.Context, *ListRegionsRequest) (*ListRegionsResponse, error)
-	// Lists region snapshots, paginated.
+	// Lists region snapshots. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListRegionSnapshots(context.Context, *ListRegionSnapshotsRequest) (*ListRegionSnapshotsResponse, error)
 	// The simulated data path: for each address, whether a live region or
 	// running snapshot on an agent serves it right now and, when it does, the
@@ -365,6 +404,9 @@ func (UnimplementedRegionAllocatorServiceServer) ExpungePhysicalDisk(context.Con
 }
 func (UnimplementedRegionAllocatorServiceServer) ExpungeSled(context.Context, *ExpungeSledRequest) (*ExpungeSledResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExpungeSled not implemented")
+}
+func (UnimplementedRegionAllocatorServiceServer) ListSleds(context.Context, *ListSledsRequest) (*ListSledsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSleds not implemented")
 }
 func (UnimplementedRegionAllocatorServiceServer) ListPhysicalDisks(context.Context, *ListPhysicalDisksRequest) (*ListPhysicalDisksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPhysicalDisks not implemented")
@@ -495,6 +537,24 @@ func _RegionAllocatorService_ExpungeSled_Handler(srv interface{}, ctx context.Co
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(RegionAllocatorServiceServer).ExpungeSled(ctx, req.(*ExpungeSledRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegionAllocatorService_ListSleds_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSledsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegionAllocatorServiceServer).ListSleds(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegionAllocatorService_ListSleds_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegionAllocatorServiceServer).ListSleds(ctx, req.(*ListSledsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -755,6 +815,10 @@ var RegionAllocatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExpungeSled",
 			Handler:    _RegionAllocatorService_ExpungeSled_Handler,
+		},
+		{
+			MethodName: "ListSleds",
+			Handler:    _RegionAllocatorService_ListSleds_Handler,
 		},
 		{
 			MethodName: "ListPhysicalDisks",

@@ -90,13 +90,19 @@ type UpstairsNotifierServiceClient interface {
 	// 512 bytes) step_key, NOT_FOUND for an unknown (or hard-deleted) volume:
 	// nothing recorded.
 	NotifyReplacement(ctx context.Context, in *NotifyReplacementRequest, opts ...grpc.CallOption) (*NotifyReplacementResponse, error)
-	// Lists attachments, paginated (INVALID_ARGUMENT for a negative page_size,
-	// a malformed page_token or volume_id).
+	// Lists attachments. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT);
+	// INVALID_ARGUMENT for a malformed volume_id.
 	ListAttachments(ctx context.Context, in *ListAttachmentsRequest, opts ...grpc.CallOption) (*ListAttachmentsResponse, error)
-	// Lists notification attempts and outcomes, paginated.
+	// Lists notification attempts and outcomes. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListNotifications(ctx context.Context, in *ListNotificationsRequest, opts ...grpc.CallOption) (*ListNotificationsResponse, error)
 	// Lists repair notifications for a region or a target address (time
-	// ascending), paginated.
+	// ascending). Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListRepairNotifications(ctx context.Context, in *ListRepairNotificationsRequest, opts ...grpc.CallOption) (*ListRepairNotificationsResponse, error)
 	// Inbound from an Upstairs: a repair started, one row per downstairs.
 	// Repeats are no-ops (the first row's time and address win). A repair id
@@ -302,13 +308,19 @@ type UpstairsNotifierServiceServer interface {
 	// 512 bytes) step_key, NOT_FOUND for an unknown (or hard-deleted) volume:
 	// nothing recorded.
 	NotifyReplacement(context.Context, *NotifyReplacementRequest) (*NotifyReplacementResponse, error)
-	// Lists attachments, paginated (INVALID_ARGUMENT for a negative page_size,
-	// a malformed page_token or volume_id).
+	// Lists attachments. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT);
+	// INVALID_ARGUMENT for a malformed volume_id.
 	ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error)
-	// Lists notification attempts and outcomes, paginated.
+	// Lists notification attempts and outcomes. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListNotifications(context.Context, *ListNotificationsRequest) (*ListNotificationsResponse, error)
 	// Lists repair notifications for a region or a target address (time
-	// ascending), paginated.
+	// ascending). Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListRepairNotifications(context.Context, *ListRepairNotificationsRequest) (*ListRepairNotificationsResponse, error)
 	// Inbound from an Upstairs: a repair started, one row per downstairs.
 	// Repeats are no-ops (the first row's time and address win). A repair id

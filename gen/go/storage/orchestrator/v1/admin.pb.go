@@ -235,6 +235,8 @@ func (x *BackgroundTask) GetSagasInFlight() int64 {
 
 type ListBackgroundTasksRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -269,9 +271,24 @@ func (*ListBackgroundTasksRequest) Descriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
+func (x *ListBackgroundTasksRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListBackgroundTasksRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListBackgroundTasksResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tasks         []*BackgroundTask      `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -311,6 +328,13 @@ func (x *ListBackgroundTasksResponse) GetTasks() []*BackgroundTask {
 		return x.Tasks
 	}
 	return nil
+}
+
+func (x *ListBackgroundTasksResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type ActivateBackgroundTaskRequest struct {
@@ -753,10 +777,23 @@ func (x *SagaEvent) GetCreator() string {
 }
 
 type ListSagasRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	State         SagaState              `protobuf:"varint,3,opt,name=state,proto3,enum=storage.orchestrator.v1.SagaState" json:"state,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Optional filter: sagas in this state.
+	State SagaState `protobuf:"varint,3,opt,name=state,proto3,enum=storage.orchestrator.v1.SagaState" json:"state,omitempty"`
+	// Optional filter: sagas of this name, exactly (e.g. "ro-replacement-step";
+	// Saga.name, docs/replacement.md lists them).
+	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional filter: sagas whose subject is this id (Saga.subject_id): the
+	// replacement request, step or volume the saga works on. Every lifecycle
+	// saga's subject is its volume (for a snapshot and a clone, the new
+	// volume), every replacement saga's its request or step.
+	SubjectId string `protobuf:"bytes,5,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	// Optional filter: every saga of one replacement request, read-only or
+	// rw: those whose subject is the request and those whose subject is one
+	// of its steps.
+	ReplacementId string `protobuf:"bytes,6,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -810,6 +847,27 @@ func (x *ListSagasRequest) GetState() SagaState {
 		return x.State
 	}
 	return SagaState_SAGA_STATE_UNSPECIFIED
+}
+
+func (x *ListSagasRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ListSagasRequest) GetSubjectId() string {
+	if x != nil {
+		return x.SubjectId
+	}
+	return ""
+}
+
+func (x *ListSagasRequest) GetReplacementId() string {
+	if x != nil {
+		return x.ReplacementId
+	}
+	return ""
 }
 
 type ListSagasResponse struct {
@@ -2132,10 +2190,14 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\rlast_finished\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastFinished\x12(\n" +
 	"\x10last_status_json\x18\x06 \x01(\tR\x0elastStatusJson\x12 \n" +
 	"\vactivations\x18\a \x01(\x03R\vactivations\x12&\n" +
-	"\x0fsagas_in_flight\x18\b \x01(\x03R\rsagasInFlight\"\x1c\n" +
-	"\x1aListBackgroundTasksRequest\"\\\n" +
+	"\x0fsagas_in_flight\x18\b \x01(\x03R\rsagasInFlight\"X\n" +
+	"\x1aListBackgroundTasksRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x84\x01\n" +
 	"\x1bListBackgroundTasksResponse\x12=\n" +
-	"\x05tasks\x18\x01 \x03(\v2'.storage.orchestrator.v1.BackgroundTaskR\x05tasks\"3\n" +
+	"\x05tasks\x18\x01 \x03(\v2'.storage.orchestrator.v1.BackgroundTaskR\x05tasks\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"3\n" +
 	"\x1dActivateBackgroundTaskRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\" \n" +
 	"\x1eActivateBackgroundTaskResponse\"\x95\x03\n" +
@@ -2179,12 +2241,16 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"event_type\x18\x03 \x01(\tR\teventType\x12\x1b\n" +
 	"\tdata_json\x18\x04 \x01(\tR\bdataJson\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
-	"\acreator\x18\x06 \x01(\tR\acreator\"\x88\x01\n" +
+	"\acreator\x18\x06 \x01(\tR\acreator\"\xe2\x01\n" +
 	"\x10ListSagasRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x128\n" +
-	"\x05state\x18\x03 \x01(\x0e2\".storage.orchestrator.v1.SagaStateR\x05state\"p\n" +
+	"\x05state\x18\x03 \x01(\x0e2\".storage.orchestrator.v1.SagaStateR\x05state\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"subject_id\x18\x05 \x01(\tR\tsubjectId\x12%\n" +
+	"\x0ereplacement_id\x18\x06 \x01(\tR\rreplacementId\"p\n" +
 	"\x11ListSagasResponse\x123\n" +
 	"\x05sagas\x18\x01 \x03(\v2\x1d.storage.orchestrator.v1.SagaR\x05sagas\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n" +

@@ -36,13 +36,19 @@ const (
 //
 // Operator views and controls of the orchestrator.
 type AdminServiceClient interface {
-	// Background tasks with their last status and counters.
+	// Background tasks with their last status and counters, by name. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListBackgroundTasks(ctx context.Context, in *ListBackgroundTasksRequest, opts ...grpc.CallOption) (*ListBackgroundTasksResponse, error)
 	// Activates a task now. NOT_FOUND for an unknown name.
 	ActivateBackgroundTask(ctx context.Context, in *ActivateBackgroundTaskRequest, opts ...grpc.CallOption) (*ActivateBackgroundTaskResponse, error)
-	// Sagas, paginated, optionally by state (INVALID_ARGUMENT for a state
-	// value this API does not define), each with the same outcome GetSaga
-	// shows.
+	// Sagas by id, each with the same outcome GetSaga shows, optionally
+	// filtered by name, state, subject and replacement request (the filters
+	// narrow together; ListSagasRequest says what each matches). Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT);
+	// INVALID_ARGUMENT for a state value this API does not define or a
+	// malformed subject_id or replacement_id.
 	ListSagas(ctx context.Context, in *ListSagasRequest, opts ...grpc.CallOption) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(ctx context.Context, in *GetSagaRequest, opts ...grpc.CallOption) (*GetSagaResponse, error)
@@ -218,13 +224,19 @@ func (c *adminServiceClient) GetDatabaseFormation(ctx context.Context, in *GetDa
 //
 // Operator views and controls of the orchestrator.
 type AdminServiceServer interface {
-	// Background tasks with their last status and counters.
+	// Background tasks with their last status and counters, by name. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListBackgroundTasks(context.Context, *ListBackgroundTasksRequest) (*ListBackgroundTasksResponse, error)
 	// Activates a task now. NOT_FOUND for an unknown name.
 	ActivateBackgroundTask(context.Context, *ActivateBackgroundTaskRequest) (*ActivateBackgroundTaskResponse, error)
-	// Sagas, paginated, optionally by state (INVALID_ARGUMENT for a state
-	// value this API does not define), each with the same outcome GetSaga
-	// shows.
+	// Sagas by id, each with the same outcome GetSaga shows, optionally
+	// filtered by name, state, subject and replacement request (the filters
+	// narrow together; ListSagasRequest says what each matches). Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT);
+	// INVALID_ARGUMENT for a state value this API does not define or a
+	// malformed subject_id or replacement_id.
 	ListSagas(context.Context, *ListSagasRequest) (*ListSagasResponse, error)
 	// One saga: its DAG with node names, every event, outputs (never secrets).
 	GetSaga(context.Context, *GetSagaRequest) (*GetSagaResponse, error)

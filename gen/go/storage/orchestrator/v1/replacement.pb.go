@@ -150,16 +150,30 @@ func (ReadOnlyReplacementState) EnumDescriptor() ([]byte, []int) {
 }
 
 // States of a replacement step (one volume of a read-only replacement).
+//
+// A step moves Requested → Running → Complete → Collecting →
+// VOLUME_DELETED, or Requested → VOLUME_DELETED when its volume was deleted
+// before the step ran. VOLUME_DELETED is the end of EVERY step, successful
+// or not needed: the volume named there is the step's *stash* volume (the
+// throwaway volume that held the old target's reference after the swap),
+// which the step garbage collect saga deleted. It does NOT mean the user's
+// volume (Step.volume_id) was deleted; that volume is untouched and, after
+// a successful step, names the new target. storctl shows this state as
+// "done (stash deleted)".
 type StepState int32
 
 const (
 	StepState_STEP_STATE_UNSPECIFIED StepState = 0
 	StepState_STEP_STATE_REQUESTED   StepState = 1
 	StepState_STEP_STATE_RUNNING     StepState = 2
-	StepState_STEP_STATE_COMPLETE    StepState = 3
+	// The volume names the new target; the old reference waits in the stash
+	// volume for the step garbage collect saga.
+	StepState_STEP_STATE_COMPLETE StepState = 3
 	// Claimed by the step garbage collect saga.
 	StepState_STEP_STATE_COLLECTING StepState = 4
-	// Terminal: nothing left to clean.
+	// Terminal, and how every step ends: done, the step's stash volume (not
+	// the user's volume) deleted, nothing left to clean. The name is kept for
+	// compatibility; see the enum's comment.
 	StepState_STEP_STATE_VOLUME_DELETED StepState = 5
 )
 
@@ -1783,6 +1797,9 @@ type ListStepsRequest struct {
 	// Optional filters.
 	ReplacementId string    `protobuf:"bytes,3,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
 	State         StepState `protobuf:"varint,4,opt,name=state,proto3,enum=storage.orchestrator.v1.StepState" json:"state,omitempty"`
+	// Optional filter: the steps that swap the old target out of this volume
+	// (Step.volume_id); INVALID_ARGUMENT when it is not a UUID.
+	VolumeId      string `protobuf:"bytes,5,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1843,6 +1860,13 @@ func (x *ListStepsRequest) GetState() StepState {
 		return x.State
 	}
 	return StepState_STEP_STATE_UNSPECIFIED
+}
+
+func (x *ListStepsRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
 }
 
 type ListStepsResponse struct {
@@ -2118,13 +2142,16 @@ func (x *WatchReplacementRequest) GetReplacementId() string {
 }
 
 // Step counts by state.
+// Steps by state (StepState).
 type StepCounts struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Requested     int64                  `protobuf:"varint,1,opt,name=requested,proto3" json:"requested,omitempty"`
-	Running       int64                  `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`
-	Complete      int64                  `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
-	Collecting    int64                  `protobuf:"varint,4,opt,name=collecting,proto3" json:"collecting,omitempty"`
-	VolumeDeleted int64                  `protobuf:"varint,5,opt,name=volume_deleted,json=volumeDeleted,proto3" json:"volume_deleted,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Requested  int64                  `protobuf:"varint,1,opt,name=requested,proto3" json:"requested,omitempty"`
+	Running    int64                  `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`
+	Complete   int64                  `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
+	Collecting int64                  `protobuf:"varint,4,opt,name=collecting,proto3" json:"collecting,omitempty"`
+	// Steps in STEP_STATE_VOLUME_DELETED: done, their stash volume deleted.
+	// This counts finished steps, not deleted user volumes.
+	VolumeDeleted int64 `protobuf:"varint,5,opt,name=volume_deleted,json=volumeDeleted,proto3" json:"volume_deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2874,13 +2901,14 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x19ResumeReplacementResponse\x12F\n" +
 	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\x12\x1f\n" +
 	"\vrack_paused\x18\x02 \x01(\bR\n" +
-	"rackPaused\"\xaf\x01\n" +
+	"rackPaused\"\xcc\x01\n" +
 	"\x10ListStepsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x12%\n" +
 	"\x0ereplacement_id\x18\x03 \x01(\tR\rreplacementId\x128\n" +
-	"\x05state\x18\x04 \x01(\x0e2\".storage.orchestrator.v1.StepStateR\x05state\"p\n" +
+	"\x05state\x18\x04 \x01(\x0e2\".storage.orchestrator.v1.StepStateR\x05state\x12\x1b\n" +
+	"\tvolume_id\x18\x05 \x01(\tR\bvolumeId\"p\n" +
 	"\x11ListStepsResponse\x123\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1d.storage.orchestrator.v1.StepR\x05steps\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa2\x01\n" +

@@ -48,11 +48,17 @@ type ReplacementServiceClient interface {
 	RequestReplacement(ctx context.Context, in *RequestReplacementRequest, opts ...grpc.CallOption) (*RequestReplacementResponse, error)
 	// One request with its steps.
 	GetReplacement(ctx context.Context, in *GetReplacementRequest, opts ...grpc.CallOption) (*GetReplacementResponse, error)
-	// Requests, paginated, optionally filtered.
+	// Requests, optionally filtered. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListReplacements(ctx context.Context, in *ListReplacementsRequest, opts ...grpc.CallOption) (*ListReplacementsResponse, error)
-	// Steps, paginated, optionally filtered.
+	// Steps by id, optionally filtered. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListSteps(ctx context.Context, in *ListStepsRequest, opts ...grpc.CallOption) (*ListStepsResponse, error)
-	// Volume repair locks and their holders, paginated.
+	// Volume repair locks and their holders. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListLocks(ctx context.Context, in *ListLocksRequest, opts ...grpc.CallOption) (*ListLocksResponse, error)
 	// Streams progress of one request (or of all, when replacement_id is empty)
 	// until it reaches a terminal state.
@@ -243,11 +249,17 @@ type ReplacementServiceServer interface {
 	RequestReplacement(context.Context, *RequestReplacementRequest) (*RequestReplacementResponse, error)
 	// One request with its steps.
 	GetReplacement(context.Context, *GetReplacementRequest) (*GetReplacementResponse, error)
-	// Requests, paginated, optionally filtered.
+	// Requests, optionally filtered. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListReplacements(context.Context, *ListReplacementsRequest) (*ListReplacementsResponse, error)
-	// Steps, paginated, optionally filtered.
+	// Steps by id, optionally filtered. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListSteps(context.Context, *ListStepsRequest) (*ListStepsResponse, error)
-	// Volume repair locks and their holders, paginated.
+	// Volume repair locks and their holders. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListLocks(context.Context, *ListLocksRequest) (*ListLocksResponse, error)
 	// Streams progress of one request (or of all, when replacement_id is empty)
 	// until it reaches a terminal state.

@@ -70,7 +70,9 @@ type VolumeServiceClient interface {
 	// the services that construct volumes (the upstairs-notifier) and to no
 	// one who may merely look (viewers, operators).
 	GetVolumeWithKeys(ctx context.Context, in *GetVolumeWithKeysRequest, opts ...grpc.CallOption) (*GetVolumeWithKeysResponse, error)
-	// Lists volumes by id, paginated.
+	// Lists volumes by id. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	// Checks a volume out for construction or copying: bumps the generation of
 	// every direct Region sub-volume in the stored VCR and returns the VCR as it
@@ -101,7 +103,9 @@ type VolumeServiceClient interface {
 	// name it). Calling it with old and new swapped undoes it.
 	ReplaceRegion(ctx context.Context, in *ReplaceRegionRequest, opts ...grpc.CallOption) (*ReplaceRegionResponse, error)
 	// Volumes whose VCR names a target, answered from the volume→target index
-	// (never by scanning VCRs). Paginated.
+	// (never by scanning VCRs). Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	FindVolumesReferencingTarget(ctx context.Context, in *FindVolumesReferencingTargetRequest, opts ...grpc.CallOption) (*FindVolumesReferencingTargetResponse, error)
 	// Whether a volume still names a read-only target anywhere in its VCR.
 	VolumeReferencesReadOnlyTarget(ctx context.Context, in *VolumeReferencesReadOnlyTargetRequest, opts ...grpc.CallOption) (*VolumeReferencesReadOnlyTargetResponse, error)
@@ -143,7 +147,9 @@ type VolumeServiceClient interface {
 	RetireTargets(ctx context.Context, in *RetireTargetsRequest, opts ...grpc.CallOption) (*RetireTargetsResponse, error)
 	// One target with its reference count. NOT_FOUND if unregistered.
 	GetTarget(ctx context.Context, in *GetTargetRequest, opts ...grpc.CallOption) (*GetTargetResponse, error)
-	// Lists registered targets, paginated, optionally filtered.
+	// Lists registered targets, optionally filtered. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListTargets(ctx context.Context, in *ListTargetsRequest, opts ...grpc.CallOption) (*ListTargetsResponse, error)
 	// Resolves an address to the one non-deleting target serving it.
 	// NOT_FOUND if none.
@@ -393,7 +399,9 @@ type VolumeServiceServer interface {
 	// the services that construct volumes (the upstairs-notifier) and to no
 	// one who may merely look (viewers, operators).
 	GetVolumeWithKeys(context.Context, *GetVolumeWithKeysRequest) (*GetVolumeWithKeysResponse, error)
-	// Lists volumes by id, paginated.
+	// Lists volumes by id. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	// Checks a volume out for construction or copying: bumps the generation of
 	// every direct Region sub-volume in the stored VCR and returns the VCR as it
@@ -424,7 +432,9 @@ type VolumeServiceServer interface {
 	// name it). Calling it with old and new swapped undoes it.
 	ReplaceRegion(context.Context, *ReplaceRegionRequest) (*ReplaceRegionResponse, error)
 	// Volumes whose VCR names a target, answered from the volume→target index
-	// (never by scanning VCRs). Paginated.
+	// (never by scanning VCRs). Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	FindVolumesReferencingTarget(context.Context, *FindVolumesReferencingTargetRequest) (*FindVolumesReferencingTargetResponse, error)
 	// Whether a volume still names a read-only target anywhere in its VCR.
 	VolumeReferencesReadOnlyTarget(context.Context, *VolumeReferencesReadOnlyTargetRequest) (*VolumeReferencesReadOnlyTargetResponse, error)
@@ -466,7 +476,9 @@ type VolumeServiceServer interface {
 	RetireTargets(context.Context, *RetireTargetsRequest) (*RetireTargetsResponse, error)
 	// One target with its reference count. NOT_FOUND if unregistered.
 	GetTarget(context.Context, *GetTargetRequest) (*GetTargetResponse, error)
-	// Lists registered targets, paginated, optionally filtered.
+	// Lists registered targets, optionally filtered. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListTargets(context.Context, *ListTargetsRequest) (*ListTargetsResponse, error)
 	// Resolves an address to the one non-deleting target serving it.
 	// NOT_FOUND if none.

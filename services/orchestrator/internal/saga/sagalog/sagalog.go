@@ -123,8 +123,8 @@ func eventArrays(events []Event) (ids []int32, types []string, data []*string) {
 const createSQL = `
 WITH s AS (
 	INSERT INTO saga (id, name, creator, dag, saga_state, current_sec, adopt_generation,
-	                  subject_id, traceparent)
-	VALUES ($1, $2, $3, $4, $10, $3, 1, $5, $6)
+	                  subject_id, subject_parent_id, traceparent)
+	VALUES ($1, $2, $3, $4, $10, $3, 1, $5, $11, $6)
 	ON CONFLICT (id) DO NOTHING
 	RETURNING id
 )
@@ -144,9 +144,9 @@ var ErrDuplicate = errors.New("saga id already in use")
 // been abandoned or started unwinding included, since the caller would
 // otherwise drive it again from its first node (re-running, say, a lock
 // whose release is long done).
-func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec, state string, dag []byte, subjectID, traceParent *string, events []Event) error {
+func (s *Store) CreateSaga(ctx context.Context, id uuid.UUID, name, sec, state string, dag []byte, subjectID, subjectParentID, traceParent *string, events []Event) error {
 	ids, types, data := eventArrays(events)
-	tag, err := s.pool.Exec(ctx, createSQL, pgUUID(id), name, sec, dag, subjectID, traceParent, ids, types, data, state)
+	tag, err := s.pool.Exec(ctx, createSQL, pgUUID(id), name, sec, dag, subjectID, traceParent, ids, types, data, state, subjectParentID)
 	if err != nil {
 		return err
 	}
@@ -347,25 +347,48 @@ type Filter struct {
 	SubjectID string
 	// Name, when not empty, keeps only sagas of that template.
 	Name string
+	// SubjectOrParent, when not empty, keeps only sagas whose subject is it
+	// or belongs to it (subject_parent_id): a request's sagas and its
+	// steps'.
+	SubjectOrParent string
 	// After pages: only ids greater than it (zero: from the start).
 	After uuid.UUID
 	// Limit defaults to 100.
 	Limit int
 }
 
-// List returns sagas ordered by id.
+// List returns sagas ordered by id. Only the filters given become
+// conditions, so each filtered listing is planned against its own index
+// (saga_by_subject, saga_by_subject_parent, saga_by_name,
+// saga_by_state_time) rather than a catch-all plan.
 func (s *Store) List(ctx context.Context, f Filter) ([]Saga, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+sagaColumns+` FROM saga s
-		WHERE (COALESCE(cardinality($1::text[]), 0) = 0 OR s.saga_state = ANY($1))
-		  AND ($2 = '' OR s.current_sec = $2)
-		  AND s.id > $3
-		  AND ($5 = '' OR s.subject_id = $5)
-		  AND ($6 = '' OR s.name = $6)
-		ORDER BY s.id LIMIT $4`, f.States, f.CurrentSEC, pgUUID(f.After), limit, f.SubjectID, f.Name)
+	args := []any{pgUUID(f.After), limit}
+	where := "s.id > $1"
+	and := func(cond string, v any) {
+		args = append(args, v)
+		where += fmt.Sprintf(" AND "+cond, len(args))
+	}
+	if len(f.States) > 0 {
+		and("s.saga_state = ANY($%d::text[])", f.States)
+	}
+	if f.CurrentSEC != "" {
+		and("s.current_sec = $%d", f.CurrentSEC)
+	}
+	if f.SubjectID != "" {
+		and("s.subject_id = $%d", f.SubjectID)
+	}
+	if f.Name != "" {
+		and("s.name = $%d", f.Name)
+	}
+	if f.SubjectOrParent != "" {
+		args = append(args, f.SubjectOrParent)
+		where += fmt.Sprintf(" AND (s.subject_id = $%[1]d OR s.subject_parent_id = $%[1]d)", len(args))
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+sagaColumns+` FROM saga s WHERE `+where+` ORDER BY s.id LIMIT $2`, args...)
 	if err != nil {
 		return nil, err
 	}
