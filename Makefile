@@ -82,7 +82,7 @@ $(BIN)/promtool:
 		{ apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root prometheus; }; \
 	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool >$@.tmp
 	chmod +x $@.tmp && mv $@.tmp $@
-	$@ --version | head -1
+	$@ --version | sed -n 1p
 
 # deploy/monitoring (README.md there): the alert rules pass promtool's
 # checks and its unit tests (every alert fires when it should and stays
