@@ -3,6 +3,7 @@ module storagecp.dev/deploy
 go 1.26.8
 
 require (
+	go.yaml.in/yaml/v3 v3.0.5
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 	storagecp.dev/gen v0.0.0

@@ -27,6 +27,18 @@
 //   - Warn "fence refused stale epoch", attributes epoch (the call's),
 //     newest (the fence's), method and caller. At most one per call.
 //
+// # Metric
+//
+// Every refusal the log shows is also counted in the counter
+// storagecp.fence.refused (Prometheus: storagecp_fence_refused_total) of
+// the process's meter provider, with one attribute, method: the gRPC full
+// method, or "internal" for a fenced transaction of the service's own that
+// no call brought (the orchestrator's, in its own database). Like the log
+// line, at most one per call. Nothing else about the call goes in (not
+// the caller, not the epochs): a label's values must stay few, and a
+// refusal's detail is in the log. Any increase means a process went on
+// acting after it lost the leader lease and the fence stopped it.
+//
 // Accepted writes at the current epoch log nothing: raises happen once per
 // change of leader and refusals only for a stale leader, so this is cheap.
 // Only calls that came through the interceptors (or AdvanceEpoch) are
@@ -49,6 +61,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -194,10 +209,12 @@ func (c *call) logRaise(ctx context.Context, from, to int64) {
 		slog.String("method", c.method), slog.String("caller", caller(ctx)))
 }
 
-// noteRefusal logs the call's first refusal.
+// noteRefusal logs and counts the call's first refusal; a refusal outside
+// any call is only counted.
 func noteRefusal(ctx context.Context, epoch, newest int64) {
 	c := callFrom(ctx)
 	if c == nil {
+		countRefusal(ctx, "internal")
 		return
 	}
 	c.mu.Lock()
@@ -207,9 +224,24 @@ func noteRefusal(ctx context.Context, epoch, newest int64) {
 	if dup {
 		return
 	}
+	countRefusal(ctx, c.method)
 	c.logger.LogAttrs(ctx, slog.LevelWarn, "fence refused stale epoch",
 		slog.Int64("epoch", epoch), slog.Int64("newest", newest),
 		slog.String("method", c.method), slog.String("caller", caller(ctx)))
+}
+
+// countRefusal adds one to storagecp.fence.refused. The instrument is
+// looked up at each refusal rather than kept: refusals are rare, the meter
+// provider returns the same instrument for the same name, and so the
+// package keeps no state and always counts on the provider the process
+// installed.
+func countRefusal(ctx context.Context, method string) {
+	c, err := otel.Meter("storagecp.dev/platform/fence").Int64Counter("storagecp.fence.refused",
+		metric.WithDescription("fenced mutations refused because they carried a stale leader epoch, by gRPC method (\"internal\": a transaction no call brought); at most one per call"))
+	if err != nil {
+		return
+	}
+	c.Add(ctx, 1, metric.WithAttributes(attribute.String("method", method)))
 }
 
 // noteOutcome records what a fenced statement that was not refused did:

@@ -1,0 +1,4 @@
+package monitoring
+
+// prometheusOwn are the series Prometheus makes itself, never exported.
+var prometheusOwn = map[string]bool{"up": true}
