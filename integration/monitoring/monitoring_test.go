@@ -44,13 +44,10 @@ var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$__interval", "
 // metrics). Delete each from this list once it is merged: the test then
 // requires it, and it fails while a merged one is still listed here.
 var pendingMetrics = map[string]bool{
-	"storagecp_rebuild_budget_limit":        true,
-	"storagecp_rebuild_budget_in_use":       true,
-	"storagecp_rebuild_budget_waiting":      true,
-	"storagecp_volume_redundancy":           true,
-	"storagecp_replacement_paused":          true,
-	"storagecp_replacement_rack_paused":     true,
-	"storagecp_replacement_stalled_seconds": true,
+	"storagecp_rebuild_budget_limit":   true,
+	"storagecp_rebuild_budget_in_use":  true,
+	"storagecp_rebuild_budget_waiting": true,
+	"storagecp_volume_redundancy":      true,
 }
 
 // services are the processes the alerts and the dashboard watch.
