@@ -56,13 +56,7 @@ import (
 // STORAGECP_SOAK=1 go test ./internal/sagadef -run
 // 'TestUserOperationsBeforeEveryNode/<name>'.
 func TestUserOperationsBeforeEveryNode(t *testing.T) {
-	e := testenv.Start(t, testenv.Options{SimUpstairs: 2})
-	// Five sleds: a read-only region kept for a clone after an unwind
-	// still takes a sled out of the retry's placement (see
-	// TestCloneDuringROStartSurvivesItsUnwind).
-	e.SeedRack(t, 5, 2, 100*gib)
-	e.Deps.PantryEndpoints = e.Stack.SimUpstairsAddrs()
-	d := newDrainer(t, e)
+	t.Parallel()
 	soak := os.Getenv("STORAGECP_SOAK") == "1"
 	var n, ran int
 	for _, subj := range interleaveSubjects() {
@@ -70,6 +64,9 @@ func TestUserOperationsBeforeEveryNode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The sample counts cases over every template in a fixed order,
+		// so it does not depend on how the cases are grouped to run.
+		var cases []interleaveCase
 		for _, node := range dag.ActionNodes() {
 			for _, o := range interleaveOps() {
 				for _, unwind := range []bool{false, true} {
@@ -80,20 +77,51 @@ func TestUserOperationsBeforeEveryNode(t *testing.T) {
 					if !soak && n%interleaveStride != 0 {
 						continue
 					}
-					ran++
-					name := fmt.Sprintf("%s/%s/%s", subj.tmpl.Name(), node, o.name)
+					name := fmt.Sprintf("%s/%s", node, o.name)
 					if unwind {
 						name += "/unwind"
 					}
-					t.Run(name, func(t *testing.T) {
-						t.Logf("case %s (replay: STORAGECP_SOAK=1 go test ./internal/sagadef -run 'TestUserOperationsBeforeEveryNode/%s')", name, name)
-						runInterleaveCase(t, e, d, subj, node, dag.ActionNodes(), o, unwind)
-					})
+					cases = append(cases, interleaveCase{name: name, node: node, op: o, unwind: unwind})
 				}
 			}
 		}
+		ran += len(cases)
+		if len(cases) == 0 {
+			continue
+		}
+		// Each template's cases share a deployment of their own, and the
+		// templates run in parallel (every case starts from and leaves an
+		// empty world, so they need no other deployment's state): the
+		// cases are sequential within a deployment, mostly waiting on
+		// round trips between the processes.
+		t.Run(subj.tmpl.Name(), func(t *testing.T) {
+			t.Parallel()
+			e := testenv.Start(t, testenv.Options{SimUpstairs: 2})
+			// Five sleds: a read-only region kept for a clone after an
+			// unwind still takes a sled out of the retry's placement (see
+			// TestCloneDuringROStartSurvivesItsUnwind).
+			e.SeedRack(t, 5, 2, 100*gib)
+			e.Deps.PantryEndpoints = e.Stack.SimUpstairsAddrs()
+			d := newDrainer(t, e)
+			for _, c := range cases {
+				t.Run(c.name, func(t *testing.T) {
+					full := subj.tmpl.Name() + "/" + c.name
+					t.Logf("case %s (replay: STORAGECP_SOAK=1 go test ./internal/sagadef -run 'TestUserOperationsBeforeEveryNode/%s')", full, full)
+					runInterleaveCase(t, e, d, subj, c.node, dag.ActionNodes(), c.op, c.unwind)
+				})
+			}
+		})
 	}
 	t.Logf("%d cases in all, %d run", n, ran)
+}
+
+// interleaveCase is one case of TestUserOperationsBeforeEveryNode: op right
+// before node, and with unwind the saga failing at its last node after it.
+type interleaveCase struct {
+	name   string // node/op[/unwind], under the template's subtest
+	node   string
+	op     interleaveOp
+	unwind bool
 }
 
 // interleaveStride samples the cases `make test` runs: about one in this

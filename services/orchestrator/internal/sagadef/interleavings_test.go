@@ -37,6 +37,7 @@ import (
 // three region snapshots take three others), so on four sleds the retry
 // would wait for capacity until the clone is deleted.
 func TestCloneDuringROStartSurvivesItsUnwind(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, testenv.Options{})
 	e.SeedRack(t, 5, 2, 100*gib)
 	d := newDrainer(t, e)
@@ -92,6 +93,7 @@ func TestCloneDuringROStartSurvivesItsUnwind(t *testing.T) {
 // The tasks start inside the window, so that the step task's first scan of
 // the request (never paced) happens there.
 func TestStashIsNeverStepped(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	h := newROHarness(t, e)
 	r := h.runToRunning(t, 0)
@@ -157,6 +159,7 @@ func TestStashIsNeverStepped(t *testing.T) {
 // that a step whose volume is deleted skips the notification and
 // completes; it holds whenever the delete lands.
 func TestVolumeDeletedBetweenSwapAndNotify(t *testing.T) {
+	t.Parallel()
 	e := rwEnv(t, 1)
 	h := newROHarness(t, e)
 	rwConstruct(t, e, h.f, notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, 0)

@@ -16,6 +16,10 @@ import (
 	"storagecp.dev/orchestrator/internal/validate"
 )
 
+// Every test that needs the services starts a deployment of its own
+// (testenv.Start: its own PostgreSQL cluster, processes and SEC), so they
+// all run in parallel: most of a test is waiting on round trips between
+// the processes, which leaves a core idle when they run one at a time.
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 const gib = 1 << 30
@@ -140,6 +144,7 @@ func expectWorld(t testing.TB, e *testenv.Env, want world) {
 }
 
 func TestVolumeCreate(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	disk := createDisk(t, e)
 	resp, err := e.Volumes.GetVolume(context.Background(), &volumev1.GetVolumeRequest{VolumeId: disk.String()})
@@ -169,6 +174,7 @@ func TestVolumeCreate(t *testing.T) {
 }
 
 func TestVolumeCreateHelpers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagadef.VolumeCreate, diskParams())
 	base := census(t, e)
@@ -181,6 +187,7 @@ func TestVolumeCreateHelpers(t *testing.T) {
 }
 
 func TestSnapshotAndClone(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	disk := createDisk(t, e)
 	snap := snapshot(t, e, disk)
@@ -210,6 +217,7 @@ func TestSnapshotAndClone(t *testing.T) {
 }
 
 func TestSnapshotCreateHelpers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	disk := createDisk(t, e)
 	params := func() any { return sagadef.SnapshotParams{DiskVolumeID: disk, SnapshotID: uuid.New()} }
@@ -224,6 +232,7 @@ func TestSnapshotCreateHelpers(t *testing.T) {
 }
 
 func TestVolumeCloneHelpers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	snap := snapshot(t, e, createDisk(t, e))
 	params := func() any { return sagadef.RegionSetParams{VolumeID: uuid.New(), SnapshotID: &snap} }
@@ -239,6 +248,7 @@ func TestVolumeCloneHelpers(t *testing.T) {
 
 // volume-delete has no undos; every action twice must still converge.
 func TestVolumeDeleteHelpers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	disk := createDisk(t, e)
 	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagadef.VolumeDelete, sagadef.DeleteParams{VolumeID: disk})
@@ -252,6 +262,7 @@ func TestVolumeDeleteHelpers(t *testing.T) {
 // volume stays (KEPT) while the snapshot pins its regions, and deleting the
 // snapshot later frees everything.
 func TestDeleteDiskThenSnapshot(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	disk := createDisk(t, e)
 	snap := snapshot(t, e, disk)
@@ -274,6 +285,7 @@ func TestDeleteDiskThenSnapshot(t *testing.T) {
 // snapshot saga: never a destroyed region that still has a snapshot, never
 // a leak, whichever wins.
 func TestDeleteRacesSnapshotAtEveryNode(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	var disk uuid.UUID
 	setup := func() any {

@@ -19,6 +19,7 @@ import (
 // the engine retries them in place, and the unwind finishes: not stuck,
 // nothing left behind.
 func TestUndoOutlastsVolumeServiceOutage(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	base := census(t, e)
 	vol := e.Stack.Proc(stack.Volume)

@@ -93,6 +93,7 @@ func regionsFor(t testing.TB, e *testenv.Env, v uuid.UUID) []*allocatorv1.Region
 
 // Scenario 9: the start saga's happy path.
 func TestROStartHappyPath(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	h := newROHarness(t, e)
 	r := h.request(t, 0)
@@ -136,6 +137,7 @@ func contains(list []string, s string) bool {
 // state before (request Requested with no new region, snapshot VCR as it
 // was, no region or target left); the same with the first undo twice.
 func TestROStartHelpers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	{
 		h := newROHarness(t, e)
@@ -182,6 +184,7 @@ func TestROStartHelpers(t *testing.T) {
 // Scenario 13: the agent fails every create; the saga unwinds cleanly and
 // the failed region is deleted on the agent.
 func TestROStartAgentFailsCreate(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	h := newROHarness(t, e)
 	r := h.request(t, 0)
@@ -206,6 +209,7 @@ func TestROStartAgentFailsCreate(t *testing.T) {
 // Scenarios 14 and 15: the clone source prefers another copy, and falls
 // back to the target itself only when its own disk is in service.
 func TestROCloneSourceChoice(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name          string
 		sleds         int
@@ -280,6 +284,7 @@ func volumeExists(t testing.TB, e *testenv.Env, id uuid.UUID) bool {
 
 // Scenario 16 and the helpers on the garbage-collect saga.
 func TestROGarbageCollect(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	h := newROHarness(t, e)
 	r := h.runToReplacementDone(t, 0)
@@ -335,6 +340,7 @@ func stepParamsOf(s store.Step) sagadef.StepParams {
 
 // The step saga replaces A with B in the clone; the helpers on it.
 func TestROStep(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	h := newROHarness(t, e)
 	r := h.runToRunning(t, 0)
@@ -384,6 +390,7 @@ func TestROStep(t *testing.T) {
 
 // Scenario 17 and the helpers on the step garbage collect.
 func TestROStepGarbageCollect(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	completeStep := func() store.Step {
 		h := newROHarness(t, e)
@@ -427,6 +434,7 @@ func TestROStepGarbageCollect(t *testing.T) {
 // gone, it deletes the reference volume (B survives in real volumes) and
 // completes the request, releasing the snapshot volume's lock.
 func TestROFinish(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ready := func() (*roHarness, store.ROReplacement) {
 		h := newROHarness(t, e)
@@ -477,6 +485,7 @@ func TestROFinish(t *testing.T) {
 // deleted) completes the request: nothing to replace and nothing lost —
 // not DataLost, even though the same deletes destroyed every copy.
 func TestROStartTargetGoneCompletes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	disk := createDisk(t, e)
 	snap := snapshot(t, e, disk)
@@ -502,6 +511,7 @@ func TestROStartTargetGoneCompletes(t *testing.T) {
 // reference. Removing the stash must destroy and unregister the target,
 // not leave it DELETING forever (found by the scenario tests).
 func TestROStepUnwindAfterVolumeDeletedFreesTheTarget(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	h := newROHarness(t, e)
 	r := h.runToRunning(t, 0)

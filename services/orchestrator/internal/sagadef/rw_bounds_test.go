@@ -19,6 +19,7 @@ import (
 // releases its volume's lock. (It used to re-drive for ever: the stall
 // bound only counted from a repair that had started.)
 func TestReadWriteThatCannotStartARepairEndsNeedsOperator(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, testenv.Options{})
 	e.SeedRack(t, 4, 1, 100*gib)
 	e.Deps.PantryEndpoints = nil

@@ -140,6 +140,7 @@ func rwCheckStarted(t testing.TB, e *testenv.Env, req store.RWReplacement, prevG
 }
 
 func TestRWStartHelpers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	req := rwRequest(t, e)
 	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagadef.RWStart, rwStartParamsOf(req))
@@ -169,6 +170,7 @@ func TestRWStartHelpers(t *testing.T) {
 // either unwinds (the request stays Requested for the task to complete) or
 // finished before the delete mattered; nothing leaks either way.
 func TestRWStartRacesVolumeDelete(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	var cur store.RWReplacement
 	var base world
@@ -277,6 +279,7 @@ func rwDriveOnce(t testing.TB, e *testenv.Env, r store.RWReplacement) bool {
 // twice), the Upstairs repairs and reports, the next drive concludes done,
 // finish frees the old region.
 func TestRWDriveLiveRepairAndFinish(t *testing.T) {
+	t.Parallel()
 	e := rwEnv(t, 1)
 	ctx := context.Background()
 	req := rwRequest(t, e)
@@ -347,6 +350,7 @@ func TestRWDriveLiveRepairAndFinish(t *testing.T) {
 // No consumer: drive reconciles on a Pantry, done comes from the
 // reconciliation's finish, and finish detaches the Pantry.
 func TestRWDrivePantryReconciles(t *testing.T) {
+	t.Parallel()
 	e := rwEnv(t, 2)
 	ctx := context.Background()
 	r := rwStarted(t, e)
@@ -379,6 +383,7 @@ func TestRWDrivePantryReconciles(t *testing.T) {
 }
 
 func TestRWDriveHelpers(t *testing.T) {
+	t.Parallel()
 	e := rwEnv(t, 1)
 	r := rwStarted(t, e)
 	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagadef.RWDrive, rwDriveParamsOf(r))
@@ -421,6 +426,7 @@ func rwDone(t testing.TB, e *testenv.Env) store.RWReplacement {
 }
 
 func TestRWFinishHelpers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := rwDone(t, e)
 	sagatest.ActionsSucceedIdempotently(t, e.SEC, sagadef.RWFinish, sagadef.RWFinishParams{RequestID: r.ID, StashVolumeID: *r.OldRegionVolumeID})
@@ -458,6 +464,7 @@ func TestRWFinishHelpers(t *testing.T) {
 // leave nothing behind (and the request back in Requested, for the task
 // to complete).
 func TestRWStartUnwindAfterSwapOnDeletedVolume(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	base := census(t, e)
 	req := rwRequest(t, e)

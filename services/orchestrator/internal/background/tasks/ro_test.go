@@ -22,6 +22,8 @@ import (
 	"storagecp.dev/orchestrator/internal/testenv"
 )
 
+// Every test starts a deployment of its own (newFixture), so they run in
+// parallel: most of a test is waiting on the processes.
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 const gib = 1 << 30
@@ -186,6 +188,7 @@ func noErrors(t testing.TB, errs []string) {
 
 // Scenario 18: the start task with nothing to do, then with one request.
 func TestStartTaskStartsRequestedRequests(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	st := f.start().Activate(context.Background()).(*StartStatus)
 	if len(st.StartInvokedOK)+len(st.RequestsCompletedOK)+len(st.Errors) != 0 || f.rec.count("ro-replacement-start") != 0 {
@@ -207,6 +210,7 @@ func TestStartTaskStartsRequestedRequests(t *testing.T) {
 // Scenario 19: expunging a disk that holds one region snapshot creates one
 // request for exactly that region snapshot, and the start task starts it.
 func TestDetectorCreatesRequestForExpungedDisk(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	snap := f.snapshot(f.disk())
 	rs := f.regionSnapshots(snap)[1]
@@ -249,6 +253,7 @@ func TestDetectorCreatesRequestForExpungedDisk(t *testing.T) {
 // Scenario 20: a Requested request whose target is gone completes without a
 // saga, releasing the snapshot volume's lock.
 func TestStartTaskCompletesGoneTarget(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	disk := f.disk()
 	snap := f.snapshot(disk)
@@ -271,6 +276,7 @@ func TestStartTaskCompletesGoneTarget(t *testing.T) {
 // Scenario 21: the step task creates steps for exactly the volumes that
 // still name the old target, and starts them; nothing else.
 func TestStepTaskFansOut(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	snap := f.snapshot(f.disk())
 	other := f.snapshot(f.disk())
@@ -299,6 +305,7 @@ func TestStepTaskFansOut(t *testing.T) {
 
 // Scenario 22: Complete steps are collected first, and only that.
 func TestStepTaskCollectsCompleteSteps(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	snap := f.snapshot(f.disk())
 	f.clone(snap)
@@ -322,6 +329,7 @@ func TestStepTaskCollectsCompleteSteps(t *testing.T) {
 // the old target to be gone — not before any step exists, not while a step
 // is Complete.
 func TestFinishWaitsForStepsAndTarget(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	snap := f.snapshot(f.disk())
 	f.clone(snap)
@@ -359,6 +367,7 @@ func TestFinishWaitsForStepsAndTarget(t *testing.T) {
 
 // Scenario 24: ReplacementDone requests get a garbage collect each.
 func TestGCTaskStartsGarbageCollect(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	var ids []uuid.UUID
 	for i := 0; i < 2; i++ {
@@ -386,6 +395,7 @@ func TestGCTaskStartsGarbageCollect(t *testing.T) {
 // Scenario 41: a volume held by another repair gets no step and no error;
 // once released, the next pass creates it.
 func TestContendedStepIsRetried(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	snap := f.snapshot(f.disk())
 	c := f.clone(snap)
@@ -413,6 +423,7 @@ func TestContendedStepIsRetried(t *testing.T) {
 // Scenario 42: two start sagas for one request; exactly one reaches
 // ReplacementDone, the other unwinds at its claim, and one region exists.
 func TestDuplicateStartSagas(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	snap := f.snapshot(f.disk())
 	r := f.request(snap, f.regionSnapshots(snap)[0])

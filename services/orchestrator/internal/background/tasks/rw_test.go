@@ -81,6 +81,7 @@ func allSucceeded(t testing.TB, os []saga.Outcome) {
 // drive task's saga finds the volume gone and concludes done without any
 // notification; the finish task completes it, releasing the lock.
 func TestRWTasksCarryARequestThrough(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 5)
 	ctx := context.Background()
 	disk := f.disk()
@@ -140,6 +141,7 @@ func TestRWTasksCarryARequestThrough(t *testing.T) {
 // it) gets a request that completes at once, without a saga, releasing
 // the lock it took (docs/replacement.md, "rw request": Requested → Complete).
 func TestRWDetectorCompletesDeletedVolume(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 5)
 	ctx := context.Background()
 	disk := f.disk()
@@ -162,6 +164,7 @@ func TestRWDetectorCompletesDeletedVolume(t *testing.T) {
 // Another repair holding the volume's lock: no request, no error; the next
 // pass after the lock is free creates it.
 func TestRWDetectorRetriesContendedLock(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 5)
 	ctx := context.Background()
 	disk := f.disk()
