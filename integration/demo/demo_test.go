@@ -21,6 +21,9 @@ import (
 	"storagecp.dev/testsupport/stack"
 )
 
+// The tests run in parallel: each runs a deployment of its own (free
+// ports, or hosts of its own, and its own run directory and cluster), so
+// none needs anything of another.
 func TestMain(m *testing.M) { harness.Main(m) }
 
 // keyLines are what every finished demo prints.
@@ -53,6 +56,7 @@ func wantKeyLines(t *testing.T, out string) {
 // (one disk fewer, made up for) and replaces the first run's volumes'
 // targets on its disk too.
 func TestDemoRun(t *testing.T) {
+	t.Parallel()
 	st := harness.Start(t, stack.Config{})
 	// The demo runs as an operator, as under make run: what it does must be
 	// what the policy lets an operator do.

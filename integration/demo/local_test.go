@@ -27,6 +27,7 @@ import (
 // attached; every other run must still end with its replacement Complete
 // and exit 0.
 func TestStoragecpLocalNonInteractive(t *testing.T) {
+	t.Parallel()
 	root, runDir, launcher := buildLauncher(t)
 	elapsed := regexp.MustCompile(`demo finished: expunge → Complete in ([0-9.]+s)`)
 	for i := 1; i <= 4; i++ {
@@ -133,6 +134,7 @@ func buildLauncher(t *testing.T) (root, runDir, launcher string) {
 // on a host of its own, deployed through its configuration file, links
 // through proxies; the demo's replacement must complete as on loopback.
 func TestStoragecpLocalHosts(t *testing.T) {
+	t.Parallel()
 	root, runDir, launcher := buildLauncher(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -26,6 +26,9 @@ import (
 // health shows it, as an operator and as a viewer. After the primary's
 // postmaster is killed, both name the promoted node.
 func TestDatabaseFormationView(t *testing.T) {
+	// Mostly waiting for the monitor to fail the formation over: beside
+	// another test.
+	t.Parallel()
 	st := harness.Start(t, stack.Config{HA: true})
 	ctx := context.Background()
 	f := st.Formation

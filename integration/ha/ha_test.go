@@ -137,6 +137,9 @@ func (w *healthWatch) stop() []string {
 // the primary is demoted once the standby has caught up, the standby
 // promoted, and the services follow as they do after a failure.
 func TestSwitchoverMidFanOut(t *testing.T) {
+	// Mostly waiting for the keepers' and the monitor's state changes:
+	// beside another test.
+	t.Parallel()
 	midFanOut(t, 60, func(t *testing.T, r *rack.Rack) {
 		ctx := context.Background()
 		f := r.Stack.Formation
