@@ -28,6 +28,7 @@ func skippedFor(s Skips, by string) bool {
 // up their volume locks, so a user can snapshot a clone meanwhile. Resumed,
 // it fans out and its steps run.
 func TestHeldRequestStartsNothingAndHoldsNoStepLocks(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 4)
 	ctx := context.Background()
 	gate := pause.New(f.e.Store)
