@@ -44,3 +44,22 @@ func TestErrorTable(t *testing.T) {
 		{Err: context.Canceled, Code: codes.Canceled},
 	})
 }
+
+// A caller whose saga stopped being driven here (the leader's term ended
+// while it waited) is told to retry, not given UNKNOWN: the saga resumes on
+// the next leader. It was UNKNOWN "saga executor shut down" before.
+func TestWaitStatus(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		code codes.Code
+	}{
+		{saga.ErrShutdown, codes.Unavailable},
+		{fmt.Errorf("wait: %w", saga.ErrNotOwner), codes.Unavailable},
+		{context.DeadlineExceeded, codes.DeadlineExceeded},
+		{context.Canceled, codes.Canceled},
+	} {
+		if got := status.Code(waitStatus(c.err)); got != c.code {
+			t.Errorf("%v: %v, want %v", c.err, got, c.code)
+		}
+	}
+}

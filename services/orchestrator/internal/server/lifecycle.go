@@ -71,7 +71,7 @@ func (l *lifecycle) start(ctx context.Context, t *saga.Template, subject uuid.UU
 			res.Outcome = orchestratorv1.SagaOutcome_SAGA_OUTCOME_ABANDONED
 			return res, o, nil
 		}
-		return nil, o, status.FromContextError(err).Err()
+		return nil, o, waitStatus(err)
 	}
 	fillOutcome(res, o)
 	// A saga that could not even take its repair lock did nothing: answer
@@ -82,6 +82,19 @@ func (l *lifecycle) start(ctx context.Context, t *saga.Template, subject uuid.UU
 		return nil, o, status.Error(codes.Aborted, store.ErrLockHeld.Error())
 	}
 	return res, o, nil
+}
+
+// waitStatus is the answer to a caller whose saga did not finish while it
+// waited: its own deadline or cancellation, or this orchestrator stopping
+// to drive the saga (its term ended, or another took the saga over). The
+// saga is not lost — the next leader resumes it — so the caller retries,
+// and the retry, keyed by the same ids, answers with the saga's outcome:
+// UNAVAILABLE, never UNKNOWN.
+func waitStatus(err error) error {
+	if errors.Is(err, saga.ErrShutdown) || errors.Is(err, saga.ErrNotOwner) {
+		return status.Error(codes.Unavailable, "this orchestrator stopped driving the saga before it finished (its leadership ended); the next leader resumes it: retry")
+	}
+	return status.FromContextError(err).Err()
 }
 
 func fillOutcome(res *orchestratorv1.SagaResult, o saga.Outcome) {
@@ -285,7 +298,7 @@ func (l *lifecycle) DeleteVolume(ctx context.Context, req *orchestratorv1.Delete
 	}
 	o, err := sec.Wait(ctx, sagaID)
 	if err != nil {
-		return nil, status.FromContextError(err).Err()
+		return nil, waitStatus(err)
 	}
 	fillOutcome(res, o)
 	var dr sagadef.DeleteResult
