@@ -369,6 +369,67 @@ func (WaitKind) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
+// Why a candidate is not in the answer.
+type LeftOutReason int32
+
+const (
+	LeftOutReason_LEFT_OUT_REASON_UNSPECIFIED LeftOutReason = 0
+	// Adding it to the chosen ones would leave some region set without a
+	// live copy: the volumes and snapshots named would lose data.
+	LeftOutReason_LEFT_OUT_REASON_DATA_LOSS LeftOutReason = 1
+	// The remaining disks lack room for its replacement regions.
+	LeftOutReason_LEFT_OUT_REASON_CAPACITY LeftOutReason = 2
+	// It would fit, but the answer already holds the most asked for.
+	LeftOutReason_LEFT_OUT_REASON_MAX_REACHED LeftOutReason = 3
+	// It has no in-service disk.
+	LeftOutReason_LEFT_OUT_REASON_ALREADY_EXPUNGED LeftOutReason = 4
+)
+
+// Enum value maps for LeftOutReason.
+var (
+	LeftOutReason_name = map[int32]string{
+		0: "LEFT_OUT_REASON_UNSPECIFIED",
+		1: "LEFT_OUT_REASON_DATA_LOSS",
+		2: "LEFT_OUT_REASON_CAPACITY",
+		3: "LEFT_OUT_REASON_MAX_REACHED",
+		4: "LEFT_OUT_REASON_ALREADY_EXPUNGED",
+	}
+	LeftOutReason_value = map[string]int32{
+		"LEFT_OUT_REASON_UNSPECIFIED":      0,
+		"LEFT_OUT_REASON_DATA_LOSS":        1,
+		"LEFT_OUT_REASON_CAPACITY":         2,
+		"LEFT_OUT_REASON_MAX_REACHED":      3,
+		"LEFT_OUT_REASON_ALREADY_EXPUNGED": 4,
+	}
+)
+
+func (x LeftOutReason) Enum() *LeftOutReason {
+	p := new(LeftOutReason)
+	*p = x
+	return p
+}
+
+func (x LeftOutReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LeftOutReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_storage_orchestrator_v1_replacement_proto_enumTypes[5].Descriptor()
+}
+
+func (LeftOutReason) Type() protoreflect.EnumType {
+	return &file_storage_orchestrator_v1_replacement_proto_enumTypes[5]
+}
+
+func (x LeftOutReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LeftOutReason.Descriptor instead.
+func (LeftOutReason) EnumDescriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
+}
+
 // What something waits on now, and since when.
 type Wait struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1798,11 +1859,23 @@ func (x *WatchReplacementResponse) GetDone() bool {
 
 type PreviewExpungeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Exactly one.
-	DiskId        string `protobuf:"bytes,1,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
-	SledId        string `protobuf:"bytes,2,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The disks and sleds to preview together: the union of disk_id,
+	// sled_id, disk_ids and sled_ids (a sled stands for its in-service
+	// disks). At least one, except in ok-to-expunge mode.
+	DiskId  string   `protobuf:"bytes,1,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	SledId  string   `protobuf:"bytes,2,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	DiskIds []string `protobuf:"bytes,3,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	SledIds []string `protobuf:"bytes,4,rep,name=sled_ids,json=sledIds,proto3" json:"sled_ids,omitempty"`
+	// Ok-to-expunge mode when above 0: the disks and sleds named are
+	// candidates (none named: every in-service disk, each its own
+	// candidate) and the answer (ok_to_expunge in the response) is the
+	// largest subset of at most this many candidates that can be expunged
+	// together without any region set losing its last live copy and with
+	// room for every replacement; the rest of the response previews that
+	// subset. Negative is INVALID_ARGUMENT.
+	OkToExpungeMax int32 `protobuf:"varint,5,opt,name=ok_to_expunge_max,json=okToExpungeMax,proto3" json:"ok_to_expunge_max,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PreviewExpungeRequest) Reset() {
@@ -1849,6 +1922,255 @@ func (x *PreviewExpungeRequest) GetSledId() string {
 	return ""
 }
 
+func (x *PreviewExpungeRequest) GetDiskIds() []string {
+	if x != nil {
+		return x.DiskIds
+	}
+	return nil
+}
+
+func (x *PreviewExpungeRequest) GetSledIds() []string {
+	if x != nil {
+		return x.SledIds
+	}
+	return nil
+}
+
+func (x *PreviewExpungeRequest) GetOkToExpungeMax() int32 {
+	if x != nil {
+		return x.OkToExpungeMax
+	}
+	return 0
+}
+
+// The answer of PreviewExpunge's ok-to-expunge mode.
+type OkToExpunge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The candidates that can be expunged together.
+	Chosen []*ExpungeCandidate `protobuf:"bytes,1,rep,name=chosen,proto3" json:"chosen,omitempty"`
+	// Every other candidate, with why it was left out.
+	LeftOut []*LeftOutCandidate `protobuf:"bytes,2,rep,name=left_out,json=leftOut,proto3" json:"left_out,omitempty"`
+	// The subset is a largest one: the search over the region sets finished.
+	// False when it ran out of its budget and the answer is greedy (safe, but
+	// perhaps not the largest).
+	Exact bool `protobuf:"varint,3,opt,name=exact,proto3" json:"exact,omitempty"`
+	// How the answer was found, in words (method, candidates, constraints).
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// Region sets whose every live copy is on candidates: the constraints
+	// the search had to respect.
+	Constraints   int32 `protobuf:"varint,5,opt,name=constraints,proto3" json:"constraints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OkToExpunge) Reset() {
+	*x = OkToExpunge{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OkToExpunge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OkToExpunge) ProtoMessage() {}
+
+func (x *OkToExpunge) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OkToExpunge.ProtoReflect.Descriptor instead.
+func (*OkToExpunge) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *OkToExpunge) GetChosen() []*ExpungeCandidate {
+	if x != nil {
+		return x.Chosen
+	}
+	return nil
+}
+
+func (x *OkToExpunge) GetLeftOut() []*LeftOutCandidate {
+	if x != nil {
+		return x.LeftOut
+	}
+	return nil
+}
+
+func (x *OkToExpunge) GetExact() bool {
+	if x != nil {
+		return x.Exact
+	}
+	return false
+}
+
+func (x *OkToExpunge) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *OkToExpunge) GetConstraints() int32 {
+	if x != nil {
+		return x.Constraints
+	}
+	return 0
+}
+
+// A disk, or a sled standing for its in-service disks.
+type ExpungeCandidate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of the two.
+	DiskId string `protobuf:"bytes,1,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	SledId string `protobuf:"bytes,2,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	// The in-service disks it covers.
+	DiskIds       []string `protobuf:"bytes,3,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpungeCandidate) Reset() {
+	*x = ExpungeCandidate{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpungeCandidate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpungeCandidate) ProtoMessage() {}
+
+func (x *ExpungeCandidate) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpungeCandidate.ProtoReflect.Descriptor instead.
+func (*ExpungeCandidate) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExpungeCandidate) GetDiskId() string {
+	if x != nil {
+		return x.DiskId
+	}
+	return ""
+}
+
+func (x *ExpungeCandidate) GetSledId() string {
+	if x != nil {
+		return x.SledId
+	}
+	return ""
+}
+
+func (x *ExpungeCandidate) GetDiskIds() []string {
+	if x != nil {
+		return x.DiskIds
+	}
+	return nil
+}
+
+type LeftOutCandidate struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Candidate *ExpungeCandidate      `protobuf:"bytes,1,opt,name=candidate,proto3" json:"candidate,omitempty"`
+	Reason    LeftOutReason          `protobuf:"varint,2,opt,name=reason,proto3,enum=storage.orchestrator.v1.LeftOutReason" json:"reason,omitempty"`
+	// DATA_LOSS: the volumes (at most 20) whose region sets, rw or read-only,
+	// would lose their last live copy, and the snapshots those read-only sets
+	// belong to.
+	VolumeIds   []string `protobuf:"bytes,3,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	SnapshotIds []string `protobuf:"bytes,4,rep,name=snapshot_ids,json=snapshotIds,proto3" json:"snapshot_ids,omitempty"`
+	// In words: the sets, or the capacity shortfall.
+	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeftOutCandidate) Reset() {
+	*x = LeftOutCandidate{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeftOutCandidate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeftOutCandidate) ProtoMessage() {}
+
+func (x *LeftOutCandidate) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeftOutCandidate.ProtoReflect.Descriptor instead.
+func (*LeftOutCandidate) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LeftOutCandidate) GetCandidate() *ExpungeCandidate {
+	if x != nil {
+		return x.Candidate
+	}
+	return nil
+}
+
+func (x *LeftOutCandidate) GetReason() LeftOutReason {
+	if x != nil {
+		return x.Reason
+	}
+	return LeftOutReason_LEFT_OUT_REASON_UNSPECIFIED
+}
+
+func (x *LeftOutCandidate) GetVolumeIds() []string {
+	if x != nil {
+		return x.VolumeIds
+	}
+	return nil
+}
+
+func (x *LeftOutCandidate) GetSnapshotIds() []string {
+	if x != nil {
+		return x.SnapshotIds
+	}
+	return nil
+}
+
+func (x *LeftOutCandidate) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 // A read-only target that would be replaced.
 type ReadOnlyTargetPreview struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -1881,7 +2203,7 @@ type ReadOnlyTargetPreview struct {
 
 func (x *ReadOnlyTargetPreview) Reset() {
 	*x = ReadOnlyTargetPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2215,7 @@ func (x *ReadOnlyTargetPreview) String() string {
 func (*ReadOnlyTargetPreview) ProtoMessage() {}
 
 func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2228,7 @@ func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOnlyTargetPreview.ProtoReflect.Descriptor instead.
 func (*ReadOnlyTargetPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReadOnlyTargetPreview) GetTargetId() string {
@@ -2033,7 +2355,7 @@ type ReadWriteRegionPreview struct {
 
 func (x *ReadWriteRegionPreview) Reset() {
 	*x = ReadWriteRegionPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2367,7 @@ func (x *ReadWriteRegionPreview) String() string {
 func (*ReadWriteRegionPreview) ProtoMessage() {}
 
 func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2380,7 @@ func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadWriteRegionPreview.ProtoReflect.Descriptor instead.
 func (*ReadWriteRegionPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReadWriteRegionPreview) GetRegionId() string {
@@ -2139,7 +2461,7 @@ type RegionSetMember struct {
 
 func (x *RegionSetMember) Reset() {
 	*x = RegionSetMember{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2473,7 @@ func (x *RegionSetMember) String() string {
 func (*RegionSetMember) ProtoMessage() {}
 
 func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2486,7 @@ func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSetMember.ProtoReflect.Descriptor instead.
 func (*RegionSetMember) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RegionSetMember) GetRegionId() string {
@@ -2206,14 +2528,16 @@ type PreviewExpungeResponse struct {
 	DataLoss bool `protobuf:"varint,5,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
 	// The in-service disks the preview covers (the disk, or every in-service
 	// disk of the sled).
-	DiskIds       []string `protobuf:"bytes,6,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	DiskIds []string `protobuf:"bytes,6,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	// Set in ok-to-expunge mode (PreviewExpungeRequest.ok_to_expunge_max).
+	OkToExpunge   *OkToExpunge `protobuf:"bytes,7,opt,name=ok_to_expunge,json=okToExpunge,proto3" json:"ok_to_expunge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PreviewExpungeResponse) Reset() {
 	*x = PreviewExpungeResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2549,7 @@ func (x *PreviewExpungeResponse) String() string {
 func (*PreviewExpungeResponse) ProtoMessage() {}
 
 func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2562,7 @@ func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeResponse.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PreviewExpungeResponse) GetReadOnlyTargets() []*ReadOnlyTargetPreview {
@@ -2279,6 +2603,13 @@ func (x *PreviewExpungeResponse) GetDataLoss() bool {
 func (x *PreviewExpungeResponse) GetDiskIds() []string {
 	if x != nil {
 		return x.DiskIds
+	}
+	return nil
+}
+
+func (x *PreviewExpungeResponse) GetOkToExpunge() *OkToExpunge {
+	if x != nil {
+		return x.OkToExpunge
 	}
 	return nil
 }
@@ -2404,10 +2735,30 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x18WatchReplacementResponse\x12H\n" +
 	"\freplacements\x18\x01 \x03(\v2$.storage.orchestrator.v1.ReplacementR\freplacements\x129\n" +
 	"\x05steps\x18\x02 \x01(\v2#.storage.orchestrator.v1.StepCountsR\x05steps\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\bR\x04done\"I\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"\xaa\x01\n" +
 	"\x15PreviewExpungeRequest\x12\x17\n" +
 	"\adisk_id\x18\x01 \x01(\tR\x06diskId\x12\x17\n" +
-	"\asled_id\x18\x02 \x01(\tR\x06sledId\"\xa5\x04\n" +
+	"\asled_id\x18\x02 \x01(\tR\x06sledId\x12\x19\n" +
+	"\bdisk_ids\x18\x03 \x03(\tR\adiskIds\x12\x19\n" +
+	"\bsled_ids\x18\x04 \x03(\tR\asledIds\x12)\n" +
+	"\x11ok_to_expunge_max\x18\x05 \x01(\x05R\x0eokToExpungeMax\"\xe6\x01\n" +
+	"\vOkToExpunge\x12A\n" +
+	"\x06chosen\x18\x01 \x03(\v2).storage.orchestrator.v1.ExpungeCandidateR\x06chosen\x12D\n" +
+	"\bleft_out\x18\x02 \x03(\v2).storage.orchestrator.v1.LeftOutCandidateR\aleftOut\x12\x14\n" +
+	"\x05exact\x18\x03 \x01(\bR\x05exact\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12 \n" +
+	"\vconstraints\x18\x05 \x01(\x05R\vconstraints\"_\n" +
+	"\x10ExpungeCandidate\x12\x17\n" +
+	"\adisk_id\x18\x01 \x01(\tR\x06diskId\x12\x17\n" +
+	"\asled_id\x18\x02 \x01(\tR\x06sledId\x12\x19\n" +
+	"\bdisk_ids\x18\x03 \x03(\tR\adiskIds\"\xf5\x01\n" +
+	"\x10LeftOutCandidate\x12G\n" +
+	"\tcandidate\x18\x01 \x01(\v2).storage.orchestrator.v1.ExpungeCandidateR\tcandidate\x12>\n" +
+	"\x06reason\x18\x02 \x01(\x0e2&.storage.orchestrator.v1.LeftOutReasonR\x06reason\x12\x1d\n" +
+	"\n" +
+	"volume_ids\x18\x03 \x03(\tR\tvolumeIds\x12!\n" +
+	"\fsnapshot_ids\x18\x04 \x03(\tR\vsnapshotIds\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\xa5\x04\n" +
 	"\x15ReadOnlyTargetPreview\x12\x1b\n" +
 	"\ttarget_id\x18\x01 \x01(\tR\btargetId\x12<\n" +
 	"\x04kind\x18\x02 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12\x1f\n" +
@@ -2441,7 +2792,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
 	"\adisk_id\x18\x03 \x01(\tR\x06diskId\x12\x12\n" +
-	"\x04lost\x18\x04 \x01(\bR\x04lost\"\xd5\x02\n" +
+	"\x04lost\x18\x04 \x01(\bR\x04lost\"\x9f\x03\n" +
 	"\x16PreviewExpungeResponse\x12Z\n" +
 	"\x11read_only_targets\x18\x01 \x03(\v2..storage.orchestrator.v1.ReadOnlyTargetPreviewR\x0freadOnlyTargets\x12]\n" +
 	"\x12read_write_regions\x18\x02 \x03(\v2/.storage.orchestrator.v1.ReadWriteRegionPreviewR\x10readWriteRegions\x12\x1f\n" +
@@ -2449,7 +2800,8 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"capacityOk\x12'\n" +
 	"\x0fcapacity_detail\x18\x04 \x01(\tR\x0ecapacityDetail\x12\x1b\n" +
 	"\tdata_loss\x18\x05 \x01(\bR\bdataLoss\x12\x19\n" +
-	"\bdisk_ids\x18\x06 \x03(\tR\adiskIds*\xa8\x01\n" +
+	"\bdisk_ids\x18\x06 \x03(\tR\adiskIds\x12H\n" +
+	"\rok_to_expunge\x18\a \x01(\v2$.storage.orchestrator.v1.OkToExpungeR\vokToExpunge*\xa8\x01\n" +
 	"\x0fReplacementKind\x12 \n" +
 	"\x1cREPLACEMENT_KIND_UNSPECIFIED\x10\x00\x12$\n" +
 	" REPLACEMENT_KIND_REGION_SNAPSHOT\x10\x01\x12%\n" +
@@ -2495,7 +2847,13 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x12WAIT_KIND_UPSTAIRS\x10\x05\x12\x12\n" +
 	"\x0eWAIT_KIND_TASK\x10\x06\x12\x13\n" +
 	"\x0fWAIT_KIND_STEPS\x10\a\x12\x18\n" +
-	"\x14WAIT_KIND_REFERENCES\x10\b2\xb1\a\n" +
+	"\x14WAIT_KIND_REFERENCES\x10\b*\xb4\x01\n" +
+	"\rLeftOutReason\x12\x1f\n" +
+	"\x1bLEFT_OUT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19LEFT_OUT_REASON_DATA_LOSS\x10\x01\x12\x1c\n" +
+	"\x18LEFT_OUT_REASON_CAPACITY\x10\x02\x12\x1f\n" +
+	"\x1bLEFT_OUT_REASON_MAX_REACHED\x10\x03\x12$\n" +
+	" LEFT_OUT_REASON_ALREADY_EXPUNGED\x10\x042\xb1\a\n" +
 	"\x12ReplacementService\x12}\n" +
 	"\x12RequestReplacement\x122.storage.orchestrator.v1.RequestReplacementRequest\x1a3.storage.orchestrator.v1.RequestReplacementResponse\x12q\n" +
 	"\x0eGetReplacement\x12..storage.orchestrator.v1.GetReplacementRequest\x1a/.storage.orchestrator.v1.GetReplacementResponse\x12w\n" +
@@ -2518,97 +2876,106 @@ func file_storage_orchestrator_v1_replacement_proto_rawDescGZIP() []byte {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescData
 }
 
-var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
 	(ReplacementKind)(0),               // 0: storage.orchestrator.v1.ReplacementKind
 	(ReadOnlyReplacementState)(0),      // 1: storage.orchestrator.v1.ReadOnlyReplacementState
 	(StepState)(0),                     // 2: storage.orchestrator.v1.StepState
 	(RegionReplacementState)(0),        // 3: storage.orchestrator.v1.RegionReplacementState
 	(WaitKind)(0),                      // 4: storage.orchestrator.v1.WaitKind
-	(*Wait)(nil),                       // 5: storage.orchestrator.v1.Wait
-	(*Replacement)(nil),                // 6: storage.orchestrator.v1.Replacement
-	(*Step)(nil),                       // 7: storage.orchestrator.v1.Step
-	(*DriveStep)(nil),                  // 8: storage.orchestrator.v1.DriveStep
-	(*RequestReplacementRequest)(nil),  // 9: storage.orchestrator.v1.RequestReplacementRequest
-	(*RequestReplacementResponse)(nil), // 10: storage.orchestrator.v1.RequestReplacementResponse
-	(*CancelReplacementRequest)(nil),   // 11: storage.orchestrator.v1.CancelReplacementRequest
-	(*CancelReplacementResponse)(nil),  // 12: storage.orchestrator.v1.CancelReplacementResponse
-	(*GetReplacementRequest)(nil),      // 13: storage.orchestrator.v1.GetReplacementRequest
-	(*GetReplacementResponse)(nil),     // 14: storage.orchestrator.v1.GetReplacementResponse
-	(*ListReplacementsRequest)(nil),    // 15: storage.orchestrator.v1.ListReplacementsRequest
-	(*ListReplacementsResponse)(nil),   // 16: storage.orchestrator.v1.ListReplacementsResponse
-	(*ListStepsRequest)(nil),           // 17: storage.orchestrator.v1.ListStepsRequest
-	(*ListStepsResponse)(nil),          // 18: storage.orchestrator.v1.ListStepsResponse
-	(*Lock)(nil),                       // 19: storage.orchestrator.v1.Lock
-	(*ListLocksRequest)(nil),           // 20: storage.orchestrator.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),          // 21: storage.orchestrator.v1.ListLocksResponse
-	(*WatchReplacementRequest)(nil),    // 22: storage.orchestrator.v1.WatchReplacementRequest
-	(*StepCounts)(nil),                 // 23: storage.orchestrator.v1.StepCounts
-	(*WatchReplacementResponse)(nil),   // 24: storage.orchestrator.v1.WatchReplacementResponse
-	(*PreviewExpungeRequest)(nil),      // 25: storage.orchestrator.v1.PreviewExpungeRequest
-	(*ReadOnlyTargetPreview)(nil),      // 26: storage.orchestrator.v1.ReadOnlyTargetPreview
-	(*ReadWriteRegionPreview)(nil),     // 27: storage.orchestrator.v1.ReadWriteRegionPreview
-	(*RegionSetMember)(nil),            // 28: storage.orchestrator.v1.RegionSetMember
-	(*PreviewExpungeResponse)(nil),     // 29: storage.orchestrator.v1.PreviewExpungeResponse
-	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
+	(LeftOutReason)(0),                 // 5: storage.orchestrator.v1.LeftOutReason
+	(*Wait)(nil),                       // 6: storage.orchestrator.v1.Wait
+	(*Replacement)(nil),                // 7: storage.orchestrator.v1.Replacement
+	(*Step)(nil),                       // 8: storage.orchestrator.v1.Step
+	(*DriveStep)(nil),                  // 9: storage.orchestrator.v1.DriveStep
+	(*RequestReplacementRequest)(nil),  // 10: storage.orchestrator.v1.RequestReplacementRequest
+	(*RequestReplacementResponse)(nil), // 11: storage.orchestrator.v1.RequestReplacementResponse
+	(*CancelReplacementRequest)(nil),   // 12: storage.orchestrator.v1.CancelReplacementRequest
+	(*CancelReplacementResponse)(nil),  // 13: storage.orchestrator.v1.CancelReplacementResponse
+	(*GetReplacementRequest)(nil),      // 14: storage.orchestrator.v1.GetReplacementRequest
+	(*GetReplacementResponse)(nil),     // 15: storage.orchestrator.v1.GetReplacementResponse
+	(*ListReplacementsRequest)(nil),    // 16: storage.orchestrator.v1.ListReplacementsRequest
+	(*ListReplacementsResponse)(nil),   // 17: storage.orchestrator.v1.ListReplacementsResponse
+	(*ListStepsRequest)(nil),           // 18: storage.orchestrator.v1.ListStepsRequest
+	(*ListStepsResponse)(nil),          // 19: storage.orchestrator.v1.ListStepsResponse
+	(*Lock)(nil),                       // 20: storage.orchestrator.v1.Lock
+	(*ListLocksRequest)(nil),           // 21: storage.orchestrator.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),          // 22: storage.orchestrator.v1.ListLocksResponse
+	(*WatchReplacementRequest)(nil),    // 23: storage.orchestrator.v1.WatchReplacementRequest
+	(*StepCounts)(nil),                 // 24: storage.orchestrator.v1.StepCounts
+	(*WatchReplacementResponse)(nil),   // 25: storage.orchestrator.v1.WatchReplacementResponse
+	(*PreviewExpungeRequest)(nil),      // 26: storage.orchestrator.v1.PreviewExpungeRequest
+	(*OkToExpunge)(nil),                // 27: storage.orchestrator.v1.OkToExpunge
+	(*ExpungeCandidate)(nil),           // 28: storage.orchestrator.v1.ExpungeCandidate
+	(*LeftOutCandidate)(nil),           // 29: storage.orchestrator.v1.LeftOutCandidate
+	(*ReadOnlyTargetPreview)(nil),      // 30: storage.orchestrator.v1.ReadOnlyTargetPreview
+	(*ReadWriteRegionPreview)(nil),     // 31: storage.orchestrator.v1.ReadWriteRegionPreview
+	(*RegionSetMember)(nil),            // 32: storage.orchestrator.v1.RegionSetMember
+	(*PreviewExpungeResponse)(nil),     // 33: storage.orchestrator.v1.PreviewExpungeResponse
+	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
 }
 var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
 	4,  // 0: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
-	30, // 1: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
+	34, // 1: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
 	0,  // 2: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
 	1,  // 3: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
 	3,  // 4: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	30, // 5: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
-	30, // 6: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
-	5,  // 7: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
-	30, // 8: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
+	34, // 5: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
+	34, // 6: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
+	6,  // 7: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
+	34, // 8: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
 	2,  // 9: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
-	30, // 10: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
-	30, // 11: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
-	5,  // 12: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
-	30, // 13: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
-	30, // 14: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
-	6,  // 15: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 16: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 17: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	7,  // 18: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
-	8,  // 19: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
+	34, // 10: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
+	34, // 11: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
+	6,  // 12: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
+	34, // 13: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
+	34, // 14: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
+	7,  // 15: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	7,  // 16: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	7,  // 17: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	8,  // 18: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
+	9,  // 19: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
 	0,  // 20: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
 	1,  // 21: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
 	3,  // 22: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	6,  // 23: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	7,  // 23: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
 	2,  // 24: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
-	7,  // 25: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
-	30, // 26: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
-	19, // 27: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
-	6,  // 28: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	23, // 29: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
-	0,  // 30: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	28, // 31: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
-	26, // 32: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
-	27, // 33: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
-	9,  // 34: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
-	13, // 35: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
-	15, // 36: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
-	17, // 37: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
-	20, // 38: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
-	22, // 39: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
-	25, // 40: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
-	11, // 41: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
-	10, // 42: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
-	14, // 43: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
-	16, // 44: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
-	18, // 45: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
-	21, // 46: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
-	24, // 47: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
-	29, // 48: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
-	12, // 49: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
-	42, // [42:50] is the sub-list for method output_type
-	34, // [34:42] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	8,  // 25: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
+	34, // 26: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
+	20, // 27: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
+	7,  // 28: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	24, // 29: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
+	28, // 30: storage.orchestrator.v1.OkToExpunge.chosen:type_name -> storage.orchestrator.v1.ExpungeCandidate
+	29, // 31: storage.orchestrator.v1.OkToExpunge.left_out:type_name -> storage.orchestrator.v1.LeftOutCandidate
+	28, // 32: storage.orchestrator.v1.LeftOutCandidate.candidate:type_name -> storage.orchestrator.v1.ExpungeCandidate
+	5,  // 33: storage.orchestrator.v1.LeftOutCandidate.reason:type_name -> storage.orchestrator.v1.LeftOutReason
+	0,  // 34: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	32, // 35: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
+	30, // 36: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
+	31, // 37: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
+	27, // 38: storage.orchestrator.v1.PreviewExpungeResponse.ok_to_expunge:type_name -> storage.orchestrator.v1.OkToExpunge
+	10, // 39: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
+	14, // 40: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
+	16, // 41: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
+	18, // 42: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
+	21, // 43: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
+	23, // 44: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
+	26, // 45: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
+	12, // 46: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
+	11, // 47: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
+	15, // 48: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
+	17, // 49: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
+	19, // 50: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
+	22, // 51: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
+	25, // 52: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
+	33, // 53: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
+	13, // 54: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
+	47, // [47:55] is the sub-list for method output_type
+	39, // [39:47] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_replacement_proto_init() }
@@ -2621,8 +2988,8 @@ func file_storage_orchestrator_v1_replacement_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_replacement_proto_rawDesc), len(file_storage_orchestrator_v1_replacement_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   25,
+			NumEnums:      6,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
