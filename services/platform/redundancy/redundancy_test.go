@@ -188,7 +188,7 @@ func TestSearchIsExactAgainstBruteForce(t *testing.T) {
 	for trial := 0; trial < 300; trial++ {
 		cands, sets := randomRack(r, 1+r.IntN(10), r.IntN(25))
 		max := 1 + r.IntN(len(cands))
-		a := Search(cands, sets, max, DefaultBudget)
+		a := Search(cands, sets, max, DefaultBudget, nil)
 		if !a.Exact {
 			t.Fatalf("trial %d: not exact", trial)
 		}
@@ -249,13 +249,13 @@ func checkAnswer(t *testing.T, cands []Candidate, sets []Set, max int, a Answer)
 func TestSearchFallsBackToGreedyAndSaysSo(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 7))
 	cands, sets := randomRack(r, 40, 120)
-	a := Search(cands, sets, 40, 50)
+	a := Search(cands, sets, 40, 50, nil)
 	if a.Exact {
 		t.Fatal("a 50-node budget on 40 candidates cannot finish, yet the answer claims to be exact")
 	}
 	checkAnswer(t, cands, sets, 40, a)
 	many, manySets := randomRack(r, MaxExact+6, 200)
-	a = Search(many, manySets, len(many), DefaultBudget)
+	a = Search(many, manySets, len(many), DefaultBudget, nil)
 	if a.Exact {
 		t.Fatalf("more than %d candidates must be greedy", MaxExact)
 	}
@@ -270,8 +270,114 @@ func TestSearchLastCopyAlone(t *testing.T) {
 		{Live: 1, Copies: []Copy{{Target: Target{DiskID: "a"}, Live: true}, {Target: Target{DiskID: "b"}}}},
 		{Live: 2, Copies: []Copy{{Target: Target{DiskID: "b"}, Live: true}, {Target: Target{DiskID: "c"}, Live: true}}},
 	}
-	a := Search(cands, sets, 3, DefaultBudget)
+	a := Search(cands, sets, 3, DefaultBudget, nil)
 	if len(a.Chosen) != 1 || a.Chosen[0] == 0 || fmt.Sprint(a.Blocked[0]) != "[0]" {
 		t.Fatalf("answer %+v", a)
+	}
+}
+
+// roomBrute is the reference Room rule: a set missing k copies after the
+// loss needs k in-service sleds holding none of its copies, unless it was
+// already short before.
+func roomBrute(room *Room, sets []Set, lost map[string]bool) bool {
+	short := func(s Set, lost map[string]bool) bool {
+		need := 0
+		occupied := map[string]bool{}
+		for _, c := range s.Copies {
+			if !c.Live || lost[c.DiskID] {
+				need++
+			}
+			if c.DiskID != "" {
+				occupied[room.SledOf[c.DiskID]] = true
+			}
+		}
+		up := map[string]bool{}
+		for d, ok := range room.InService {
+			if ok && !lost[d] {
+				up[room.SledOf[d]] = true
+			}
+		}
+		eligible := 0
+		for sl := range up {
+			if !occupied[sl] {
+				eligible++
+			}
+		}
+		return need > 0 && eligible < need
+	}
+	for _, s := range sets {
+		if short(s, lost) && !short(s, map[string]bool{}) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestSearchWithRoomIsExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 9))
+	for trial := 0; trial < 300; trial++ {
+		cands, sets := randomRack(r, 1+r.IntN(9), r.IntN(15))
+		nSleds := 2 + r.IntN(6)
+		room := &Room{SledOf: map[string]string{"outside": "s-out"}, InService: map[string]bool{"outside": true}}
+		for _, c := range cands {
+			for _, d := range c.Disks {
+				room.SledOf[d] = fmt.Sprint("s", r.IntN(nSleds))
+				room.InService[d] = true
+			}
+		}
+		max := 1 + r.IntN(len(cands))
+		a := Search(cands, sets, max, DefaultBudget, room)
+		best := 0
+		for m := 0; m < 1<<len(cands); m++ {
+			lost := map[string]bool{}
+			n := 0
+			for i, c := range cands {
+				if m&(1<<i) != 0 {
+					n++
+					for _, d := range c.Disks {
+						lost[d] = true
+					}
+				}
+			}
+			if n > max || n <= best {
+				continue
+			}
+			safe := roomBrute(room, sets, lost)
+			for _, s := range sets {
+				if s.LosesLast(func(d string) bool { return lost[d] }) {
+					safe = false
+				}
+			}
+			if safe {
+				best = n
+			}
+		}
+		if !a.Exact || len(a.Chosen) != best {
+			t.Fatalf("trial %d: chose %v (exact %v), brute force finds %d", trial, a.Chosen, a.Exact, best)
+		}
+		lost := map[string]bool{}
+		for _, c := range a.Chosen {
+			for _, d := range cands[c].Disks {
+				lost[d] = true
+			}
+		}
+		if !roomBrute(room, sets, lost) {
+			t.Fatalf("trial %d: the answer %v leaves a set without room", trial, a.Chosen)
+		}
+		for c := range cands {
+			if _, left := a.Blocked[c]; !left {
+				continue
+			}
+			with := map[string]bool{}
+			for d := range lost {
+				with[d] = true
+			}
+			for _, d := range cands[c].Disks {
+				with[d] = true
+			}
+			if len(a.Blocked[c]) == 0 && (len(a.Short[c]) > 0) == roomBrute(room, sets, with) {
+				t.Fatalf("trial %d: candidate %d short %v, reference room %v", trial, c, a.Short[c], roomBrute(room, sets, with))
+			}
+		}
 	}
 }

@@ -45,10 +45,13 @@ type readers struct {
 //
 // The search is redundancy.Search: exact (branch and bound) for up to 64
 // candidates within its node budget, greedy beyond, and the answer says
-// which. Capacity is then checked on the answer by the preview's own dry
-// runs; a candidate whose replacement regions do not fit (or whose preview
-// finds data loss the sets did not show) is left out and the search runs
-// again without it, so capacity is honoured greedily, not searched.
+// which. It searches room as well as data (redundancy.Room: every set
+// missing k copies keeps k in-service sleds outside its copies, the
+// allocator's distinct-sled rule). Bytes are then checked on the answer by
+// the preview's own dry runs; a candidate whose replacement regions do not
+// fit (or whose preview finds data loss the sets did not show) is left out
+// and the search runs again without it: bytes are honoured greedily, not
+// searched.
 func OkToExpunge(ctx context.Context, c Clients, sel Selection, max int) (*orchestratorv1.PreviewExpungeResponse, error) {
 	p := newPreviewer(c)
 	if err := p.loadDisks(ctx); err != nil {
@@ -62,6 +65,11 @@ func OkToExpunge(ctx context.Context, c Clients, sel Selection, max int) (*orche
 	if err != nil {
 		return nil, err
 	}
+	room := &redundancy.Room{SledOf: map[string]string{}, InService: map[string]bool{}}
+	for _, d := range p.disks {
+		room.SledOf[d.DiskId] = d.SledId
+		room.InService[d.DiskId] = d.Policy != allocatorv1.Policy_POLICY_EXPUNGED
+	}
 	ok := &orchestratorv1.OkToExpunge{}
 	var ans redundancy.Answer
 	var resp *orchestratorv1.PreviewExpungeResponse
@@ -72,7 +80,7 @@ func OkToExpunge(ctx context.Context, c Clients, sel Selection, max int) (*orche
 			rc[i].Name = candidateName(cd.pb)
 			rc[i].Disks = cd.pb.DiskIds
 		}
-		ans = redundancy.Search(rc, sets, max, redundancy.DefaultBudget)
+		ans = redundancy.Search(rc, sets, max, redundancy.DefaultBudget, room)
 		var chosen []*allocatorv1.PhysicalDisk
 		for _, i := range ans.Chosen {
 			chosen = append(chosen, pool[i].disks...)
@@ -130,9 +138,15 @@ func OkToExpunge(ctx context.Context, c Clients, sel Selection, max int) (*orche
 		}
 		lo := &orchestratorv1.LeftOutCandidate{Candidate: cd.pb, Reason: orchestratorv1.LeftOutReason_LEFT_OUT_REASON_MAX_REACHED,
 			Detail: fmt.Sprintf("safe to add, but the answer already holds the %d asked for", max)}
-		if len(blocked) > 0 {
+		switch short := ans.Short[i]; {
+		case len(blocked) > 0:
 			lo.Reason = orchestratorv1.LeftOutReason_LEFT_OUT_REASON_DATA_LOSS
-			lo.VolumeIds, lo.SnapshotIds, lo.Detail = lossDetail(blocked, who)
+			lo.VolumeIds, lo.SnapshotIds, lo.Detail = lossDetail(blocked, who,
+				"with the chosen ones it would take the last live copy of")
+		case len(short) > 0:
+			lo.Reason = orchestratorv1.LeftOutReason_LEFT_OUT_REASON_CAPACITY
+			lo.VolumeIds, lo.SnapshotIds, lo.Detail = lossDetail(short, who,
+				"with the chosen ones no in-service sled would be left outside the copies of (a replacement goes on a sled holding no copy of its set)")
 		}
 		out = append(out, lo)
 	}
@@ -321,7 +335,7 @@ func setKey(s redundancy.Set) string {
 }
 
 // lossDetail names what the blocked sets' readers would lose.
-func lossDetail(blocked []int, who []readers) (vols, snaps []string, detail string) {
+func lossDetail(blocked []int, who []readers, what string) (vols, snaps []string, detail string) {
 	seenV, seenS := map[string]bool{}, map[string]bool{}
 	nv := 0
 	var paths []string
@@ -349,6 +363,6 @@ func lossDetail(blocked []int, who []readers) (vols, snaps []string, detail stri
 	}
 	sort.Strings(vols)
 	sort.Strings(snaps)
-	detail = fmt.Sprintf("with the chosen ones it would take the last live copy of %d region set(s) read by %d volume(s), e.g. %s", len(blocked), nv, strings.Join(paths, "; "))
+	detail = fmt.Sprintf("%s %d region set(s) read by %d volume(s), e.g. %s", what, len(blocked), nv, strings.Join(paths, "; "))
 	return vols, snaps, detail
 }
