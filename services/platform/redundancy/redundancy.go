@@ -4,7 +4,7 @@
 // redundancy or answers "is it safe to expunge?" uses it: the
 // volume-service's GetVolume, ListDegradedVolumes and
 // storagecp.volume.redundancy metric, and the orchestrator's ok-to-expunge
-// search (docs/operations.md, "Redundancy").
+// search (docs/operations.md, "Redundancy and the degraded list").
 //
 // The rule. A volume reads every region set in its VCR: its own (rw)
 // sub-volumes and, at every depth, the region sets of its read-only

@@ -5,7 +5,8 @@ package server
 // registered and DELETING; only the allocator knows which disks are
 // expunged, so the service reads the allocator's disks (ListPhysicalDisks)
 // and keeps them for DiskTTL: one paged call per TTL however many volumes
-// are asked about. docs/architecture.md, "Redundancy", says why here.
+// are asked about. docs/architecture.md, "Redundancy: where it is counted and why there",
+// says why here.
 
 import (
 	"context"
