@@ -326,12 +326,12 @@ func renderRedundancy(w io.Writer, r *volumev1.VolumeRedundancy) error {
 				missing = append(missing, c.Address+" ("+c.NotLiveReason+")")
 			}
 		}
-		mark := ""
+		mark := "-"
 		if int32(i) == r.WeakestSet {
-			mark = "weakest"
+			mark = "yes"
 		}
 		rows = append(rows, []string{s.Path, setMode(s), strconv.Itoa(int(s.Depth)), fmt.Sprintf("%d of %d", s.LiveCopies, len(s.Copies)),
 			orDash(strings.Join(missing, ", ")), mark})
 	}
-	return renderTable(w, []string{"REGION_SET", "MODE", "DEPTH", "LIVE", "NOT_LIVE", ""}, rows)
+	return renderTable(w, []string{"REGION_SET", "MODE", "DEPTH", "LIVE", "NOT_LIVE", "WEAKEST"}, rows)
 }
