@@ -142,11 +142,11 @@ func OkToExpunge(ctx context.Context, c Clients, sel Selection, max int) (*orche
 		case len(blocked) > 0:
 			lo.Reason = orchestratorv1.LeftOutReason_LEFT_OUT_REASON_DATA_LOSS
 			lo.VolumeIds, lo.SnapshotIds, lo.Detail = lossDetail(blocked, who,
-				"with the chosen ones it would take the last live copy of")
+				"with the chosen ones it would take the last live copy of %d region set(s) read by %d volume(s)")
 		case len(short) > 0:
 			lo.Reason = orchestratorv1.LeftOutReason_LEFT_OUT_REASON_CAPACITY
 			lo.VolumeIds, lo.SnapshotIds, lo.Detail = lossDetail(short, who,
-				"with the chosen ones no in-service sled would be left outside the copies of (a replacement goes on a sled holding no copy of its set)")
+				"with the chosen ones the replacements of %d region set(s) read by %d volume(s) would find no in-service sled outside their copies (a replacement goes on a sled holding no copy of its set)")
 		}
 		out = append(out, lo)
 	}
@@ -335,7 +335,8 @@ func setKey(s redundancy.Set) string {
 }
 
 // lossDetail names what the blocked sets' readers would lose.
-func lossDetail(blocked []int, who []readers, what string) (vols, snaps []string, detail string) {
+// format takes the number of sets and of volumes.
+func lossDetail(blocked []int, who []readers, format string) (vols, snaps []string, detail string) {
 	seenV, seenS := map[string]bool{}, map[string]bool{}
 	nv := 0
 	var paths []string
@@ -363,6 +364,6 @@ func lossDetail(blocked []int, who []readers, what string) (vols, snaps []string
 	}
 	sort.Strings(vols)
 	sort.Strings(snaps)
-	detail = fmt.Sprintf("%s %d region set(s) read by %d volume(s), e.g. %s", what, len(blocked), nv, strings.Join(paths, "; "))
+	detail = fmt.Sprintf(format, len(blocked), nv) + ", e.g. " + strings.Join(paths, "; ")
 	return vols, snaps, detail
 }

@@ -296,10 +296,20 @@ func renderOkToExpunge(w io.Writer, max int, resp *orchestratorv1.PreviewExpunge
 		var rows [][]string
 		for _, l := range ok.LeftOut {
 			rows = append(rows, []string{candidateText(l.Candidate), enum(l.Reason, prefixLeftOut),
-				orDash(strings.Join(l.VolumeIds, ",")), orDash(strings.Join(l.SnapshotIds, ",")), l.Detail})
+				fmt.Sprint(len(l.VolumeIds)), fmt.Sprint(len(l.SnapshotIds))})
 		}
-		if err := renderTable(w, []string{"CANDIDATE", "REASON", "VOLUMES", "SNAPSHOTS", "DETAIL"}, rows); err != nil {
+		if err := renderTable(w, []string{"CANDIDATE", "REASON", "VOLUMES", "SNAPSHOTS"}, rows); err != nil {
 			return err
+		}
+		// Who would lose what, one candidate at a time.
+		for _, l := range ok.LeftOut {
+			fmt.Fprintf(w, "\n%s (%s): %s\n", candidateText(l.Candidate), enum(l.Reason, prefixLeftOut), l.Detail)
+			if len(l.VolumeIds) > 0 {
+				fmt.Fprintf(w, "  volumes:   %s\n", strings.Join(l.VolumeIds, " "))
+			}
+			if len(l.SnapshotIds) > 0 {
+				fmt.Fprintf(w, "  snapshots: %s\n", strings.Join(l.SnapshotIds, " "))
+			}
 		}
 	}
 	capacity := "ok"
