@@ -584,9 +584,26 @@ func TestOkToExpunge(t *testing.T) {
 		stack.Orchestrator: {"--retry-backoff-max", "1s"},
 	}})
 	ctx := context.Background()
-	chain(t, r)
+	base, _ := chain(t, r)
 	chain(t, r)
 	c := checkRedundancy(t, r, "healthy")
+
+	// The three disks of the first base disk's regions hold every copy of
+	// its snapshot, which every volume of its chain reads: together they
+	// lose data (the multi-disk preview agrees with the census), and no
+	// answer over them holds all three.
+	var baseDisks []string
+	for _, tg := range r.Targets(t, base, commonv1.TargetKind_TARGET_KIND_RW_REGION) {
+		baseDisks = append(baseDisks, r.DiskOf(t, tg.DatasetId))
+	}
+	if p := preview(t, r, &orchestratorv1.PreviewExpungeRequest{DiskIds: baseDisks}); !p.DataLoss || len(c.losers(baseDisks)) < 5 {
+		t.Fatalf("previewing %v together: data_loss=%v, census losers %v", baseDisks, p.DataLoss, c.losers(baseDisks))
+	}
+	three := okAnswer(t, r, &orchestratorv1.PreviewExpungeRequest{OkToExpungeMax: 3, DiskIds: baseDisks})
+	checkAnswer(t, r, c, 3, three)
+	if len(three.OkToExpunge.Chosen) == 3 {
+		t.Fatalf("ok-to-expunge chose every copy of a snapshot: %v", three.OkToExpunge)
+	}
 
 	// Sleds: which whole sleds can go together.
 	sledResp := okAnswer(t, r, &orchestratorv1.PreviewExpungeRequest{OkToExpungeMax: 5, SledIds: sledsOf(c)})
