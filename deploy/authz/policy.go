@@ -253,7 +253,8 @@ func match(pattern, value string) bool {
 }
 
 // Without returns a copy of the policy's JSON with path removed from every
-// allow rule: what a test proving Check can fail feeds it.
+// allow rule (a rule granting nothing else goes too): what a test proving
+// Check can fail feeds it.
 func Without(raw []byte, path string) ([]byte, error) {
 	var doc map[string]any
 	if err := json.Unmarshal(raw, &doc); err != nil {
@@ -261,6 +262,7 @@ func Without(raw []byte, path string) ([]byte, error) {
 	}
 	rules, _ := doc["allow_rules"].([]any)
 	removed := false
+	keptRules := rules[:0]
 	for _, r := range rules {
 		req, _ := r.(map[string]any)["request"].(map[string]any)
 		paths, _ := req["paths"].([]any)
@@ -275,7 +277,14 @@ func Without(raw []byte, path string) ([]byte, error) {
 		if req != nil {
 			req["paths"] = kept
 		}
+		// A rule that granted only this method goes with it (a rule left
+		// without paths would allow everything).
+		if req != nil && len(kept) == 0 && len(paths) > 0 {
+			continue
+		}
+		keptRules = append(keptRules, r)
 	}
+	doc["allow_rules"] = keptRules
 	if !removed {
 		return nil, fmt.Errorf("policy lists no %s", path)
 	}

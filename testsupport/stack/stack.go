@@ -402,6 +402,13 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			args = append(args, "--db", d)
 		}
 		switch kind {
+		case Volume:
+			// Disk states, for volumes' redundancy.
+			a, err := peer(proc, Allocator)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "--allocator-addr", a)
 		case Allocator:
 			a, err := peer(proc, SimAgent)
 			if err != nil {

@@ -36,19 +36,102 @@ type Clients struct {
 // walk, ListCloneSources, GetTarget, the dry run of the saga's allocation)
 // with the previewed disks treated as expunged, and writes nothing anywhere.
 //
-// Exactly one of diskID and sledID is set (the handler checked the
-// request). Unknown disks (NotFound) and disks already expunged
-// (FailedPrecondition) come back as gRPC status errors; any other error is
-// the failed read, wrapped.
-func Expunge(ctx context.Context, c Clients, diskID, sledID uuid.UUID) (*orchestratorv1.PreviewExpungeResponse, error) {
-	p := &previewer{c: c, disks: map[string]*allocatorv1.PhysicalDisk{}, byDataset: map[string]*allocatorv1.PhysicalDisk{}, previewed: map[string]bool{}}
+// The preview covers the union of the disks and the sleds' in-service
+// disks, together: a region set with copies on two of them loses both, and
+// no replacement region is placed on any of them. At least one disk or
+// sled is named (the handler checked the request). Unknown disks and sleds
+// (NotFound) and disks already expunged (FailedPrecondition) come back as
+// gRPC status errors; any other error is the failed read, wrapped.
+func Expunge(ctx context.Context, c Clients, sel Selection) (*orchestratorv1.PreviewExpungeResponse, error) {
+	p := newPreviewer(c)
 	if err := p.loadDisks(ctx); err != nil {
 		return nil, err
 	}
-	covered, err := p.chooseDisks(diskID, sledID)
-	if err != nil {
-		return nil, err
+	var covered []*allocatorv1.PhysicalDisk
+	seen := map[string]bool{}
+	for _, it := range sel.items() {
+		ds, err := p.chooseDisks(it.disk, it.sled)
+		if err != nil {
+			return nil, it.field(err)
+		}
+		covered = appendNew(covered, seen, ds)
 	}
+	sort.Slice(covered, func(i, j int) bool { return covered[i].DiskId < covered[j].DiskId })
+	return p.preview(ctx, covered)
+}
+
+// Selection is the disks and sleds a request names: the single fields and
+// the repeated ones (ids already parsed; uuid.Nil for an absent single
+// field).
+type Selection struct {
+	DiskID, SledID   uuid.UUID
+	DiskIDs, SledIDs []uuid.UUID
+}
+
+// item is one disk or sled of a Selection and the field it came from.
+type item struct {
+	disk, sled uuid.UUID
+	index      int // -1: the single field
+}
+
+func (s Selection) items() []item {
+	var out []item
+	if s.DiskID != uuid.Nil {
+		out = append(out, item{disk: s.DiskID, index: -1})
+	}
+	for i, id := range s.DiskIDs {
+		out = append(out, item{disk: id, index: i})
+	}
+	if s.SledID != uuid.Nil {
+		out = append(out, item{sled: s.SledID, index: -1})
+	}
+	for i, id := range s.SledIDs {
+		out = append(out, item{sled: id, index: i})
+	}
+	return out
+}
+
+// field renames "disk_id:"/"sled_id:" in err to the repeated field and
+// index the item came from.
+func (it item) field(err error) error {
+	if it.disk != uuid.Nil {
+		return fieldIndex(err, "disk_id", "disk_ids", it.index)
+	}
+	return fieldIndex(err, "sled_id", "sled_ids", it.index)
+}
+
+func newPreviewer(c Clients) *previewer {
+	return &previewer{c: c, disks: map[string]*allocatorv1.PhysicalDisk{}, byDataset: map[string]*allocatorv1.PhysicalDisk{}, previewed: map[string]bool{}}
+}
+
+// fieldIndex names the repeated field an error came from when the caller
+// gave it there ("disk_ids[1]" rather than "disk_id"). index -1 means the
+// single field.
+func fieldIndex(err error, single, repeated string, index int) error {
+	st, ok := status.FromError(err)
+	if !ok || index < 0 {
+		return err
+	}
+	msg := st.Message()
+	if rest, found := strings.CutPrefix(msg, single+":"); found {
+		msg = fmt.Sprintf("%s[%d]:%s", repeated, index, rest)
+	}
+	return status.Error(st.Code(), msg)
+}
+
+func appendNew(out []*allocatorv1.PhysicalDisk, seen map[string]bool, ds []*allocatorv1.PhysicalDisk) []*allocatorv1.PhysicalDisk {
+	for _, d := range ds {
+		if !seen[d.DiskId] {
+			seen[d.DiskId] = true
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// preview previews the covered disks together; p's disks are loaded and
+// nothing is previewed yet.
+func (p *previewer) preview(ctx context.Context, covered []*allocatorv1.PhysicalDisk) (*orchestratorv1.PreviewExpungeResponse, error) {
 	out := &orchestratorv1.PreviewExpungeResponse{CapacityOk: true}
 	for _, d := range covered {
 		out.DiskIds = append(out.DiskIds, d.DiskId)
@@ -108,7 +191,11 @@ func (p *previewer) chooseDisks(diskID, sledID uuid.UUID) ([]*allocatorv1.Physic
 		}
 		return []*allocatorv1.PhysicalDisk{d}, nil
 	}
-	id := sledID
+	return p.sledDisks(sledID)
+}
+
+// sledDisks returns the in-service disks of a sled, in id order.
+func (p *previewer) sledDisks(id uuid.UUID) ([]*allocatorv1.PhysicalDisk, error) {
 	var all, live []*allocatorv1.PhysicalDisk
 	for _, d := range p.disks {
 		if d.SledId != id.String() {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -231,20 +232,44 @@ func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1
 // PreviewExpunge implements ReplacementService (package preview holds the
 // operation).
 func (r *replacement) PreviewExpunge(ctx context.Context, req *orchestratorv1.PreviewExpungeRequest) (*orchestratorv1.PreviewExpungeResponse, error) {
-	if (req.DiskId == "") == (req.SledId == "") {
-		return nil, status.Error(codes.InvalidArgument, "disk_id: exactly one of disk_id and sled_id is required")
-	}
-	var disk, sled uuid.UUID
+	var sel preview.Selection
 	var err error
 	if req.DiskId != "" {
-		disk, err = ids.Parse("disk_id", req.DiskId)
-	} else {
-		sled, err = ids.Parse("sled_id", req.SledId)
+		if sel.DiskID, err = ids.Parse("disk_id", req.DiskId); err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
+	if req.SledId != "" {
+		if sel.SledID, err = ids.Parse("sled_id", req.SledId); err != nil {
+			return nil, err
+		}
 	}
-	out, err := preview.Expunge(ctx, preview.Clients{Volumes: r.s.deps.Volumes, Allocator: r.s.deps.Allocator}, disk, sled)
+	for i, s := range req.DiskIds {
+		id, err := ids.Parse(fmt.Sprintf("disk_ids[%d]", i), s)
+		if err != nil {
+			return nil, err
+		}
+		sel.DiskIDs = append(sel.DiskIDs, id)
+	}
+	for i, s := range req.SledIds {
+		id, err := ids.Parse(fmt.Sprintf("sled_ids[%d]", i), s)
+		if err != nil {
+			return nil, err
+		}
+		sel.SledIDs = append(sel.SledIDs, id)
+	}
+	c := preview.Clients{Volumes: r.s.deps.Volumes, Allocator: r.s.deps.Allocator}
+	var out *orchestratorv1.PreviewExpungeResponse
+	switch {
+	case req.OkToExpungeMax < 0:
+		return nil, status.Errorf(codes.InvalidArgument, "ok_to_expunge_max: %d is negative", req.OkToExpungeMax)
+	case req.OkToExpungeMax > 0:
+		out, err = preview.OkToExpunge(ctx, c, sel, int(req.OkToExpungeMax))
+	case sel.DiskID == uuid.Nil && sel.SledID == uuid.Nil && len(sel.DiskIDs) == 0 && len(sel.SledIDs) == 0:
+		return nil, status.Error(codes.InvalidArgument, "disk_id: name at least one disk or sled (disk_id, sled_id, disk_ids, sled_ids)")
+	default:
+		out, err = preview.Expunge(ctx, c, sel)
+	}
 	if err != nil {
 		return nil, r.s.status(ctx, err)
 	}

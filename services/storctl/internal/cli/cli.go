@@ -346,6 +346,7 @@ func commands() []command {
 	all = append(all, taskCommands()...)
 	all = append(all, volumeCommands()...)
 	all = append(all, diskCommands()...)
+	all = append(all, redundancyCommands()...)
 	all = append(all, rackCommands()...)
 	all = append(all, healthCommands()...)
 	return all

@@ -291,7 +291,8 @@ func TestCommandTable(t *testing.T) {
 	for _, want := range []string{
 		"replacements list", "replacements show", "replacements watch", "replacements request", "steps list",
 		"sagas list", "sagas show", "sagas abandon", "tasks list", "tasks activate", "locks list",
-		"volumes show", "volumes refs", "volumes invariants", "validate", "disks list", "disks expunge", "rack seed", "demo", "health",
+		"volumes show", "volumes refs", "volumes invariants", "volumes degraded", "validate", "disks list", "disks expunge",
+		"disks ok-to-expunge", "rack seed", "demo", "health",
 	} {
 		if !seen[want] {
 			t.Errorf("missing command %q", want)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
@@ -64,7 +66,13 @@ func volumeCommands() []command {
 				if err != nil {
 					return err
 				}
-				resp, err := c.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: args[0], IncludeReferenceCounts: true})
+				resp, err := c.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: args[0], IncludeReferenceCounts: true, IncludeRedundancy: true})
+				noRedundancy := ""
+				if code := status.Code(err); code == codes.FailedPrecondition || code == codes.Unavailable || code == codes.Unimplemented {
+					// The volume without its redundancy beats nothing.
+					noRedundancy = status.Convert(err).Message()
+					resp, err = c.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: args[0], IncludeReferenceCounts: true})
+				}
 				if err != nil {
 					return e.wrap(svcVolume, err)
 				}
@@ -72,7 +80,14 @@ func volumeCommands() []command {
 				if e.json() {
 					return e.printJSON(resp)
 				}
-				return renderVolume(e.stdout, resp.Volume)
+				if err := renderVolume(e.stdout, resp.Volume); err != nil {
+					return err
+				}
+				if resp.Redundancy == nil {
+					_, err := fmt.Fprintf(e.stdout, "\nRedundancy: unknown (%s)\n", noRedundancy)
+					return err
+				}
+				return renderRedundancy(e.stdout, resp.Redundancy)
 			}
 		},
 	}, {

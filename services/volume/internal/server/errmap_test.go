@@ -25,7 +25,7 @@ import (
 func TestErrorTable(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPool(t, "volume")
-	s := New(pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s := New(pool, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	want := func(what string, err error, code codes.Code, msg string) {
 		t.Helper()
 		if st, _ := status.FromError(err); st.Code() != code || !strings.Contains(st.Message(), msg) {

@@ -28,11 +28,15 @@ type Server struct {
 	volumev1.UnimplementedVolumeServiceServer
 	store  *store.Store
 	logger *slog.Logger
+	// disks are the allocator's disk states, for redundancy; nil when the
+	// service was given no allocator.
+	disks *Disks
 }
 
-// New returns the service over its database.
-func New(pool *pgxpool.Pool, logger *slog.Logger) *Server {
-	return &Server{store: store.New(pool), logger: logger}
+// New returns the service over its database. disks (nil: none) is where
+// it reads disk states for redundancy.
+func New(pool *pgxpool.Pool, logger *slog.Logger, disks *Disks) *Server {
+	return &Server{store: store.New(pool), logger: logger, disks: disks}
 }
 
 // toStatus maps an error to a gRPC status by apierr's rule (store errors
@@ -204,7 +208,13 @@ func (s *Server) GetVolume(ctx context.Context, req *volumev1.GetVolumeRequest) 
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetVolume", err)
 	}
-	return &volumev1.GetVolumeResponse{Volume: volumeToProto(v, false)}, nil
+	out := &volumev1.GetVolumeResponse{Volume: volumeToProto(v, false)}
+	if req.GetIncludeRedundancy() {
+		if out.Redundancy, err = s.volumeRedundancy(ctx, v); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // GetVolumeWithKeys implements VolumeService: the stored VCR, keys

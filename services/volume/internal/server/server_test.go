@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 }
 
 func newServer(t *testing.T) *Server {
-	return New(pgtest.NewPool(t, "volume"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return New(pgtest.NewPool(t, "volume"), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 }
 
 func wantCode(t *testing.T, err error, code codes.Code) {

@@ -389,6 +389,67 @@ func (WaitKind) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
+// Why a candidate is not in the answer.
+type LeftOutReason int32
+
+const (
+	LeftOutReason_LEFT_OUT_REASON_UNSPECIFIED LeftOutReason = 0
+	// Adding it to the chosen ones would leave some region set without a
+	// live copy: the volumes and snapshots named would lose data.
+	LeftOutReason_LEFT_OUT_REASON_DATA_LOSS LeftOutReason = 1
+	// The remaining disks lack room for its replacement regions.
+	LeftOutReason_LEFT_OUT_REASON_CAPACITY LeftOutReason = 2
+	// It would fit, but the answer already holds the most asked for.
+	LeftOutReason_LEFT_OUT_REASON_MAX_REACHED LeftOutReason = 3
+	// It has no in-service disk.
+	LeftOutReason_LEFT_OUT_REASON_ALREADY_EXPUNGED LeftOutReason = 4
+)
+
+// Enum value maps for LeftOutReason.
+var (
+	LeftOutReason_name = map[int32]string{
+		0: "LEFT_OUT_REASON_UNSPECIFIED",
+		1: "LEFT_OUT_REASON_DATA_LOSS",
+		2: "LEFT_OUT_REASON_CAPACITY",
+		3: "LEFT_OUT_REASON_MAX_REACHED",
+		4: "LEFT_OUT_REASON_ALREADY_EXPUNGED",
+	}
+	LeftOutReason_value = map[string]int32{
+		"LEFT_OUT_REASON_UNSPECIFIED":      0,
+		"LEFT_OUT_REASON_DATA_LOSS":        1,
+		"LEFT_OUT_REASON_CAPACITY":         2,
+		"LEFT_OUT_REASON_MAX_REACHED":      3,
+		"LEFT_OUT_REASON_ALREADY_EXPUNGED": 4,
+	}
+)
+
+func (x LeftOutReason) Enum() *LeftOutReason {
+	p := new(LeftOutReason)
+	*p = x
+	return p
+}
+
+func (x LeftOutReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LeftOutReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_storage_orchestrator_v1_replacement_proto_enumTypes[5].Descriptor()
+}
+
+func (LeftOutReason) Type() protoreflect.EnumType {
+	return &file_storage_orchestrator_v1_replacement_proto_enumTypes[5]
+}
+
+func (x LeftOutReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LeftOutReason.Descriptor instead.
+func (LeftOutReason) EnumDescriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
+}
+
 // An operator's hold on a request or on the rack.
 type Pause struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2293,11 +2354,23 @@ func (x *WatchReplacementResponse) GetRackPause() *Pause {
 
 type PreviewExpungeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Exactly one.
-	DiskId        string `protobuf:"bytes,1,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
-	SledId        string `protobuf:"bytes,2,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The disks and sleds to preview together: the union of disk_id,
+	// sled_id, disk_ids and sled_ids (a sled stands for its in-service
+	// disks). At least one, except in ok-to-expunge mode.
+	DiskId  string   `protobuf:"bytes,1,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	SledId  string   `protobuf:"bytes,2,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	DiskIds []string `protobuf:"bytes,3,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	SledIds []string `protobuf:"bytes,4,rep,name=sled_ids,json=sledIds,proto3" json:"sled_ids,omitempty"`
+	// Ok-to-expunge mode when above 0: the disks and sleds named are
+	// candidates (none named: every in-service disk, each its own
+	// candidate) and the answer (ok_to_expunge in the response) is the
+	// largest subset of at most this many candidates that can be expunged
+	// together without any region set losing its last live copy and with
+	// room for every replacement; the rest of the response previews that
+	// subset. Negative is INVALID_ARGUMENT.
+	OkToExpungeMax int32 `protobuf:"varint,5,opt,name=ok_to_expunge_max,json=okToExpungeMax,proto3" json:"ok_to_expunge_max,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PreviewExpungeRequest) Reset() {
@@ -2344,6 +2417,255 @@ func (x *PreviewExpungeRequest) GetSledId() string {
 	return ""
 }
 
+func (x *PreviewExpungeRequest) GetDiskIds() []string {
+	if x != nil {
+		return x.DiskIds
+	}
+	return nil
+}
+
+func (x *PreviewExpungeRequest) GetSledIds() []string {
+	if x != nil {
+		return x.SledIds
+	}
+	return nil
+}
+
+func (x *PreviewExpungeRequest) GetOkToExpungeMax() int32 {
+	if x != nil {
+		return x.OkToExpungeMax
+	}
+	return 0
+}
+
+// The answer of PreviewExpunge's ok-to-expunge mode.
+type OkToExpunge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The candidates that can be expunged together.
+	Chosen []*ExpungeCandidate `protobuf:"bytes,1,rep,name=chosen,proto3" json:"chosen,omitempty"`
+	// Every other candidate, with why it was left out.
+	LeftOut []*LeftOutCandidate `protobuf:"bytes,2,rep,name=left_out,json=leftOut,proto3" json:"left_out,omitempty"`
+	// The subset is a largest one: the search over the region sets finished.
+	// False when it ran out of its budget and the answer is greedy (safe, but
+	// perhaps not the largest).
+	Exact bool `protobuf:"varint,3,opt,name=exact,proto3" json:"exact,omitempty"`
+	// How the answer was found, in words (method, candidates, constraints).
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// Region sets whose every live copy is on candidates: the constraints
+	// the search had to respect.
+	Constraints   int32 `protobuf:"varint,5,opt,name=constraints,proto3" json:"constraints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OkToExpunge) Reset() {
+	*x = OkToExpunge{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OkToExpunge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OkToExpunge) ProtoMessage() {}
+
+func (x *OkToExpunge) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OkToExpunge.ProtoReflect.Descriptor instead.
+func (*OkToExpunge) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *OkToExpunge) GetChosen() []*ExpungeCandidate {
+	if x != nil {
+		return x.Chosen
+	}
+	return nil
+}
+
+func (x *OkToExpunge) GetLeftOut() []*LeftOutCandidate {
+	if x != nil {
+		return x.LeftOut
+	}
+	return nil
+}
+
+func (x *OkToExpunge) GetExact() bool {
+	if x != nil {
+		return x.Exact
+	}
+	return false
+}
+
+func (x *OkToExpunge) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *OkToExpunge) GetConstraints() int32 {
+	if x != nil {
+		return x.Constraints
+	}
+	return 0
+}
+
+// A disk, or a sled standing for its in-service disks.
+type ExpungeCandidate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of the two.
+	DiskId string `protobuf:"bytes,1,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	SledId string `protobuf:"bytes,2,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	// The in-service disks it covers.
+	DiskIds       []string `protobuf:"bytes,3,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpungeCandidate) Reset() {
+	*x = ExpungeCandidate{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpungeCandidate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpungeCandidate) ProtoMessage() {}
+
+func (x *ExpungeCandidate) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpungeCandidate.ProtoReflect.Descriptor instead.
+func (*ExpungeCandidate) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ExpungeCandidate) GetDiskId() string {
+	if x != nil {
+		return x.DiskId
+	}
+	return ""
+}
+
+func (x *ExpungeCandidate) GetSledId() string {
+	if x != nil {
+		return x.SledId
+	}
+	return ""
+}
+
+func (x *ExpungeCandidate) GetDiskIds() []string {
+	if x != nil {
+		return x.DiskIds
+	}
+	return nil
+}
+
+type LeftOutCandidate struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Candidate *ExpungeCandidate      `protobuf:"bytes,1,opt,name=candidate,proto3" json:"candidate,omitempty"`
+	Reason    LeftOutReason          `protobuf:"varint,2,opt,name=reason,proto3,enum=storage.orchestrator.v1.LeftOutReason" json:"reason,omitempty"`
+	// DATA_LOSS: the volumes (at most 20) whose region sets, rw or read-only,
+	// would lose their last live copy, and the snapshots those read-only sets
+	// belong to.
+	VolumeIds   []string `protobuf:"bytes,3,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	SnapshotIds []string `protobuf:"bytes,4,rep,name=snapshot_ids,json=snapshotIds,proto3" json:"snapshot_ids,omitempty"`
+	// In words: the sets, or the capacity shortfall.
+	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeftOutCandidate) Reset() {
+	*x = LeftOutCandidate{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeftOutCandidate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeftOutCandidate) ProtoMessage() {}
+
+func (x *LeftOutCandidate) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeftOutCandidate.ProtoReflect.Descriptor instead.
+func (*LeftOutCandidate) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LeftOutCandidate) GetCandidate() *ExpungeCandidate {
+	if x != nil {
+		return x.Candidate
+	}
+	return nil
+}
+
+func (x *LeftOutCandidate) GetReason() LeftOutReason {
+	if x != nil {
+		return x.Reason
+	}
+	return LeftOutReason_LEFT_OUT_REASON_UNSPECIFIED
+}
+
+func (x *LeftOutCandidate) GetVolumeIds() []string {
+	if x != nil {
+		return x.VolumeIds
+	}
+	return nil
+}
+
+func (x *LeftOutCandidate) GetSnapshotIds() []string {
+	if x != nil {
+		return x.SnapshotIds
+	}
+	return nil
+}
+
+func (x *LeftOutCandidate) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 // A read-only target that would be replaced.
 type ReadOnlyTargetPreview struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -2376,7 +2698,7 @@ type ReadOnlyTargetPreview struct {
 
 func (x *ReadOnlyTargetPreview) Reset() {
 	*x = ReadOnlyTargetPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2710,7 @@ func (x *ReadOnlyTargetPreview) String() string {
 func (*ReadOnlyTargetPreview) ProtoMessage() {}
 
 func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2723,7 @@ func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOnlyTargetPreview.ProtoReflect.Descriptor instead.
 func (*ReadOnlyTargetPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{27}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadOnlyTargetPreview) GetTargetId() string {
@@ -2528,7 +2850,7 @@ type ReadWriteRegionPreview struct {
 
 func (x *ReadWriteRegionPreview) Reset() {
 	*x = ReadWriteRegionPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +2862,7 @@ func (x *ReadWriteRegionPreview) String() string {
 func (*ReadWriteRegionPreview) ProtoMessage() {}
 
 func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +2875,7 @@ func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadWriteRegionPreview.ProtoReflect.Descriptor instead.
 func (*ReadWriteRegionPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{28}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadWriteRegionPreview) GetRegionId() string {
@@ -2634,7 +2956,7 @@ type RegionSetMember struct {
 
 func (x *RegionSetMember) Reset() {
 	*x = RegionSetMember{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2968,7 @@ func (x *RegionSetMember) String() string {
 func (*RegionSetMember) ProtoMessage() {}
 
 func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2981,7 @@ func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSetMember.ProtoReflect.Descriptor instead.
 func (*RegionSetMember) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{29}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RegionSetMember) GetRegionId() string {
@@ -2701,14 +3023,16 @@ type PreviewExpungeResponse struct {
 	DataLoss bool `protobuf:"varint,5,opt,name=data_loss,json=dataLoss,proto3" json:"data_loss,omitempty"`
 	// The in-service disks the preview covers (the disk, or every in-service
 	// disk of the sled).
-	DiskIds       []string `protobuf:"bytes,6,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	DiskIds []string `protobuf:"bytes,6,rep,name=disk_ids,json=diskIds,proto3" json:"disk_ids,omitempty"`
+	// Set in ok-to-expunge mode (PreviewExpungeRequest.ok_to_expunge_max).
+	OkToExpunge   *OkToExpunge `protobuf:"bytes,7,opt,name=ok_to_expunge,json=okToExpunge,proto3" json:"ok_to_expunge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PreviewExpungeResponse) Reset() {
 	*x = PreviewExpungeResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2720,7 +3044,7 @@ func (x *PreviewExpungeResponse) String() string {
 func (*PreviewExpungeResponse) ProtoMessage() {}
 
 func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2733,7 +3057,7 @@ func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeResponse.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{30}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PreviewExpungeResponse) GetReadOnlyTargets() []*ReadOnlyTargetPreview {
@@ -2774,6 +3098,13 @@ func (x *PreviewExpungeResponse) GetDataLoss() bool {
 func (x *PreviewExpungeResponse) GetDiskIds() []string {
 	if x != nil {
 		return x.DiskIds
+	}
+	return nil
+}
+
+func (x *PreviewExpungeResponse) GetOkToExpunge() *OkToExpunge {
+	if x != nil {
+		return x.OkToExpunge
 	}
 	return nil
 }
@@ -2941,10 +3272,30 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x05steps\x18\x02 \x01(\v2#.storage.orchestrator.v1.StepCountsR\x05steps\x12\x12\n" +
 	"\x04done\x18\x03 \x01(\bR\x04done\x12=\n" +
 	"\n" +
-	"rack_pause\x18\x04 \x01(\v2\x1e.storage.orchestrator.v1.PauseR\trackPause\"I\n" +
+	"rack_pause\x18\x04 \x01(\v2\x1e.storage.orchestrator.v1.PauseR\trackPause\"\xaa\x01\n" +
 	"\x15PreviewExpungeRequest\x12\x17\n" +
 	"\adisk_id\x18\x01 \x01(\tR\x06diskId\x12\x17\n" +
-	"\asled_id\x18\x02 \x01(\tR\x06sledId\"\xa5\x04\n" +
+	"\asled_id\x18\x02 \x01(\tR\x06sledId\x12\x19\n" +
+	"\bdisk_ids\x18\x03 \x03(\tR\adiskIds\x12\x19\n" +
+	"\bsled_ids\x18\x04 \x03(\tR\asledIds\x12)\n" +
+	"\x11ok_to_expunge_max\x18\x05 \x01(\x05R\x0eokToExpungeMax\"\xe6\x01\n" +
+	"\vOkToExpunge\x12A\n" +
+	"\x06chosen\x18\x01 \x03(\v2).storage.orchestrator.v1.ExpungeCandidateR\x06chosen\x12D\n" +
+	"\bleft_out\x18\x02 \x03(\v2).storage.orchestrator.v1.LeftOutCandidateR\aleftOut\x12\x14\n" +
+	"\x05exact\x18\x03 \x01(\bR\x05exact\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12 \n" +
+	"\vconstraints\x18\x05 \x01(\x05R\vconstraints\"_\n" +
+	"\x10ExpungeCandidate\x12\x17\n" +
+	"\adisk_id\x18\x01 \x01(\tR\x06diskId\x12\x17\n" +
+	"\asled_id\x18\x02 \x01(\tR\x06sledId\x12\x19\n" +
+	"\bdisk_ids\x18\x03 \x03(\tR\adiskIds\"\xf5\x01\n" +
+	"\x10LeftOutCandidate\x12G\n" +
+	"\tcandidate\x18\x01 \x01(\v2).storage.orchestrator.v1.ExpungeCandidateR\tcandidate\x12>\n" +
+	"\x06reason\x18\x02 \x01(\x0e2&.storage.orchestrator.v1.LeftOutReasonR\x06reason\x12\x1d\n" +
+	"\n" +
+	"volume_ids\x18\x03 \x03(\tR\tvolumeIds\x12!\n" +
+	"\fsnapshot_ids\x18\x04 \x03(\tR\vsnapshotIds\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\xa5\x04\n" +
 	"\x15ReadOnlyTargetPreview\x12\x1b\n" +
 	"\ttarget_id\x18\x01 \x01(\tR\btargetId\x12<\n" +
 	"\x04kind\x18\x02 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12\x1f\n" +
@@ -2978,7 +3329,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
 	"\adisk_id\x18\x03 \x01(\tR\x06diskId\x12\x12\n" +
-	"\x04lost\x18\x04 \x01(\bR\x04lost\"\xd5\x02\n" +
+	"\x04lost\x18\x04 \x01(\bR\x04lost\"\x9f\x03\n" +
 	"\x16PreviewExpungeResponse\x12Z\n" +
 	"\x11read_only_targets\x18\x01 \x03(\v2..storage.orchestrator.v1.ReadOnlyTargetPreviewR\x0freadOnlyTargets\x12]\n" +
 	"\x12read_write_regions\x18\x02 \x03(\v2/.storage.orchestrator.v1.ReadWriteRegionPreviewR\x10readWriteRegions\x12\x1f\n" +
@@ -2986,7 +3337,8 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"capacityOk\x12'\n" +
 	"\x0fcapacity_detail\x18\x04 \x01(\tR\x0ecapacityDetail\x12\x1b\n" +
 	"\tdata_loss\x18\x05 \x01(\bR\bdataLoss\x12\x19\n" +
-	"\bdisk_ids\x18\x06 \x03(\tR\adiskIds*\xa8\x01\n" +
+	"\bdisk_ids\x18\x06 \x03(\tR\adiskIds\x12H\n" +
+	"\rok_to_expunge\x18\a \x01(\v2$.storage.orchestrator.v1.OkToExpungeR\vokToExpunge*\xa8\x01\n" +
 	"\x0fReplacementKind\x12 \n" +
 	"\x1cREPLACEMENT_KIND_UNSPECIFIED\x10\x00\x12$\n" +
 	" REPLACEMENT_KIND_REGION_SNAPSHOT\x10\x01\x12%\n" +
@@ -3033,7 +3385,13 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x0eWAIT_KIND_TASK\x10\x06\x12\x13\n" +
 	"\x0fWAIT_KIND_STEPS\x10\a\x12\x18\n" +
 	"\x14WAIT_KIND_REFERENCES\x10\b\x12\x14\n" +
-	"\x10WAIT_KIND_PAUSED\x10\t2\xa6\t\n" +
+	"\x10WAIT_KIND_PAUSED\x10\t*\xb4\x01\n" +
+	"\rLeftOutReason\x12\x1f\n" +
+	"\x1bLEFT_OUT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19LEFT_OUT_REASON_DATA_LOSS\x10\x01\x12\x1c\n" +
+	"\x18LEFT_OUT_REASON_CAPACITY\x10\x02\x12\x1f\n" +
+	"\x1bLEFT_OUT_REASON_MAX_REACHED\x10\x03\x12$\n" +
+	" LEFT_OUT_REASON_ALREADY_EXPUNGED\x10\x042\xa6\t\n" +
 	"\x12ReplacementService\x12}\n" +
 	"\x12RequestReplacement\x122.storage.orchestrator.v1.RequestReplacementRequest\x1a3.storage.orchestrator.v1.RequestReplacementResponse\x12q\n" +
 	"\x0eGetReplacement\x12..storage.orchestrator.v1.GetReplacementRequest\x1a/.storage.orchestrator.v1.GetReplacementResponse\x12w\n" +
@@ -3058,119 +3416,128 @@ func file_storage_orchestrator_v1_replacement_proto_rawDescGZIP() []byte {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescData
 }
 
-var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
 	(ReplacementKind)(0),               // 0: storage.orchestrator.v1.ReplacementKind
 	(ReadOnlyReplacementState)(0),      // 1: storage.orchestrator.v1.ReadOnlyReplacementState
 	(StepState)(0),                     // 2: storage.orchestrator.v1.StepState
 	(RegionReplacementState)(0),        // 3: storage.orchestrator.v1.RegionReplacementState
 	(WaitKind)(0),                      // 4: storage.orchestrator.v1.WaitKind
-	(*Pause)(nil),                      // 5: storage.orchestrator.v1.Pause
-	(*Estimate)(nil),                   // 6: storage.orchestrator.v1.Estimate
-	(*Wait)(nil),                       // 7: storage.orchestrator.v1.Wait
-	(*Replacement)(nil),                // 8: storage.orchestrator.v1.Replacement
-	(*Step)(nil),                       // 9: storage.orchestrator.v1.Step
-	(*DriveStep)(nil),                  // 10: storage.orchestrator.v1.DriveStep
-	(*RequestReplacementRequest)(nil),  // 11: storage.orchestrator.v1.RequestReplacementRequest
-	(*RequestReplacementResponse)(nil), // 12: storage.orchestrator.v1.RequestReplacementResponse
-	(*CancelReplacementRequest)(nil),   // 13: storage.orchestrator.v1.CancelReplacementRequest
-	(*CancelReplacementResponse)(nil),  // 14: storage.orchestrator.v1.CancelReplacementResponse
-	(*GetReplacementRequest)(nil),      // 15: storage.orchestrator.v1.GetReplacementRequest
-	(*GetReplacementResponse)(nil),     // 16: storage.orchestrator.v1.GetReplacementResponse
-	(*ListReplacementsRequest)(nil),    // 17: storage.orchestrator.v1.ListReplacementsRequest
-	(*ListReplacementsResponse)(nil),   // 18: storage.orchestrator.v1.ListReplacementsResponse
-	(*PauseReplacementRequest)(nil),    // 19: storage.orchestrator.v1.PauseReplacementRequest
-	(*PauseReplacementResponse)(nil),   // 20: storage.orchestrator.v1.PauseReplacementResponse
-	(*ResumeReplacementRequest)(nil),   // 21: storage.orchestrator.v1.ResumeReplacementRequest
-	(*ResumeReplacementResponse)(nil),  // 22: storage.orchestrator.v1.ResumeReplacementResponse
-	(*ListStepsRequest)(nil),           // 23: storage.orchestrator.v1.ListStepsRequest
-	(*ListStepsResponse)(nil),          // 24: storage.orchestrator.v1.ListStepsResponse
-	(*Lock)(nil),                       // 25: storage.orchestrator.v1.Lock
-	(*ListLocksRequest)(nil),           // 26: storage.orchestrator.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),          // 27: storage.orchestrator.v1.ListLocksResponse
-	(*WatchReplacementRequest)(nil),    // 28: storage.orchestrator.v1.WatchReplacementRequest
-	(*StepCounts)(nil),                 // 29: storage.orchestrator.v1.StepCounts
-	(*WatchReplacementResponse)(nil),   // 30: storage.orchestrator.v1.WatchReplacementResponse
-	(*PreviewExpungeRequest)(nil),      // 31: storage.orchestrator.v1.PreviewExpungeRequest
-	(*ReadOnlyTargetPreview)(nil),      // 32: storage.orchestrator.v1.ReadOnlyTargetPreview
-	(*ReadWriteRegionPreview)(nil),     // 33: storage.orchestrator.v1.ReadWriteRegionPreview
-	(*RegionSetMember)(nil),            // 34: storage.orchestrator.v1.RegionSetMember
-	(*PreviewExpungeResponse)(nil),     // 35: storage.orchestrator.v1.PreviewExpungeResponse
-	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 37: google.protobuf.Duration
+	(LeftOutReason)(0),                 // 5: storage.orchestrator.v1.LeftOutReason
+	(*Pause)(nil),                      // 6: storage.orchestrator.v1.Pause
+	(*Estimate)(nil),                   // 7: storage.orchestrator.v1.Estimate
+	(*Wait)(nil),                       // 8: storage.orchestrator.v1.Wait
+	(*Replacement)(nil),                // 9: storage.orchestrator.v1.Replacement
+	(*Step)(nil),                       // 10: storage.orchestrator.v1.Step
+	(*DriveStep)(nil),                  // 11: storage.orchestrator.v1.DriveStep
+	(*RequestReplacementRequest)(nil),  // 12: storage.orchestrator.v1.RequestReplacementRequest
+	(*RequestReplacementResponse)(nil), // 13: storage.orchestrator.v1.RequestReplacementResponse
+	(*CancelReplacementRequest)(nil),   // 14: storage.orchestrator.v1.CancelReplacementRequest
+	(*CancelReplacementResponse)(nil),  // 15: storage.orchestrator.v1.CancelReplacementResponse
+	(*GetReplacementRequest)(nil),      // 16: storage.orchestrator.v1.GetReplacementRequest
+	(*GetReplacementResponse)(nil),     // 17: storage.orchestrator.v1.GetReplacementResponse
+	(*ListReplacementsRequest)(nil),    // 18: storage.orchestrator.v1.ListReplacementsRequest
+	(*ListReplacementsResponse)(nil),   // 19: storage.orchestrator.v1.ListReplacementsResponse
+	(*PauseReplacementRequest)(nil),    // 20: storage.orchestrator.v1.PauseReplacementRequest
+	(*PauseReplacementResponse)(nil),   // 21: storage.orchestrator.v1.PauseReplacementResponse
+	(*ResumeReplacementRequest)(nil),   // 22: storage.orchestrator.v1.ResumeReplacementRequest
+	(*ResumeReplacementResponse)(nil),  // 23: storage.orchestrator.v1.ResumeReplacementResponse
+	(*ListStepsRequest)(nil),           // 24: storage.orchestrator.v1.ListStepsRequest
+	(*ListStepsResponse)(nil),          // 25: storage.orchestrator.v1.ListStepsResponse
+	(*Lock)(nil),                       // 26: storage.orchestrator.v1.Lock
+	(*ListLocksRequest)(nil),           // 27: storage.orchestrator.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),          // 28: storage.orchestrator.v1.ListLocksResponse
+	(*WatchReplacementRequest)(nil),    // 29: storage.orchestrator.v1.WatchReplacementRequest
+	(*StepCounts)(nil),                 // 30: storage.orchestrator.v1.StepCounts
+	(*WatchReplacementResponse)(nil),   // 31: storage.orchestrator.v1.WatchReplacementResponse
+	(*PreviewExpungeRequest)(nil),      // 32: storage.orchestrator.v1.PreviewExpungeRequest
+	(*OkToExpunge)(nil),                // 33: storage.orchestrator.v1.OkToExpunge
+	(*ExpungeCandidate)(nil),           // 34: storage.orchestrator.v1.ExpungeCandidate
+	(*LeftOutCandidate)(nil),           // 35: storage.orchestrator.v1.LeftOutCandidate
+	(*ReadOnlyTargetPreview)(nil),      // 36: storage.orchestrator.v1.ReadOnlyTargetPreview
+	(*ReadWriteRegionPreview)(nil),     // 37: storage.orchestrator.v1.ReadWriteRegionPreview
+	(*RegionSetMember)(nil),            // 38: storage.orchestrator.v1.RegionSetMember
+	(*PreviewExpungeResponse)(nil),     // 39: storage.orchestrator.v1.PreviewExpungeResponse
+	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
 }
 var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
-	36, // 0: storage.orchestrator.v1.Pause.paused_time:type_name -> google.protobuf.Timestamp
-	37, // 1: storage.orchestrator.v1.Estimate.remaining:type_name -> google.protobuf.Duration
-	36, // 2: storage.orchestrator.v1.Estimate.complete_time:type_name -> google.protobuf.Timestamp
+	40, // 0: storage.orchestrator.v1.Pause.paused_time:type_name -> google.protobuf.Timestamp
+	41, // 1: storage.orchestrator.v1.Estimate.remaining:type_name -> google.protobuf.Duration
+	40, // 2: storage.orchestrator.v1.Estimate.complete_time:type_name -> google.protobuf.Timestamp
 	4,  // 3: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
-	36, // 4: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
+	40, // 4: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
 	0,  // 5: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
 	1,  // 6: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
 	3,  // 7: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	36, // 8: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
-	36, // 9: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
-	7,  // 10: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
-	36, // 11: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
-	5,  // 12: storage.orchestrator.v1.Replacement.pause:type_name -> storage.orchestrator.v1.Pause
-	29, // 13: storage.orchestrator.v1.Replacement.step_counts:type_name -> storage.orchestrator.v1.StepCounts
-	6,  // 14: storage.orchestrator.v1.Replacement.estimate:type_name -> storage.orchestrator.v1.Estimate
+	40, // 8: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
+	40, // 9: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
+	8,  // 10: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
+	40, // 11: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
+	6,  // 12: storage.orchestrator.v1.Replacement.pause:type_name -> storage.orchestrator.v1.Pause
+	30, // 13: storage.orchestrator.v1.Replacement.step_counts:type_name -> storage.orchestrator.v1.StepCounts
+	7,  // 14: storage.orchestrator.v1.Replacement.estimate:type_name -> storage.orchestrator.v1.Estimate
 	2,  // 15: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
-	36, // 16: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
-	36, // 17: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
-	7,  // 18: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
-	36, // 19: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
-	36, // 20: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
-	8,  // 21: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	8,  // 22: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	8,  // 23: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	9,  // 24: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
-	10, // 25: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
+	40, // 16: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
+	40, // 17: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
+	8,  // 18: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
+	40, // 19: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
+	40, // 20: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
+	9,  // 21: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	9,  // 22: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	9,  // 23: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	10, // 24: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
+	11, // 25: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
 	0,  // 26: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
 	1,  // 27: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
 	3,  // 28: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	8,  // 29: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	5,  // 30: storage.orchestrator.v1.ListReplacementsResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
-	8,  // 31: storage.orchestrator.v1.PauseReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	5,  // 32: storage.orchestrator.v1.PauseReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
-	8,  // 33: storage.orchestrator.v1.ResumeReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	9,  // 29: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	6,  // 30: storage.orchestrator.v1.ListReplacementsResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	9,  // 31: storage.orchestrator.v1.PauseReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	6,  // 32: storage.orchestrator.v1.PauseReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	9,  // 33: storage.orchestrator.v1.ResumeReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
 	2,  // 34: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
-	9,  // 35: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
-	36, // 36: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
-	25, // 37: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
-	8,  // 38: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	29, // 39: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
-	5,  // 40: storage.orchestrator.v1.WatchReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
-	0,  // 41: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	34, // 42: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
-	32, // 43: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
-	33, // 44: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
-	11, // 45: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
-	15, // 46: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
-	17, // 47: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
-	23, // 48: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
-	26, // 49: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
-	28, // 50: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
-	31, // 51: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
-	13, // 52: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
-	19, // 53: storage.orchestrator.v1.ReplacementService.PauseReplacement:input_type -> storage.orchestrator.v1.PauseReplacementRequest
-	21, // 54: storage.orchestrator.v1.ReplacementService.ResumeReplacement:input_type -> storage.orchestrator.v1.ResumeReplacementRequest
-	12, // 55: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
-	16, // 56: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
-	18, // 57: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
-	24, // 58: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
-	27, // 59: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
-	30, // 60: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
-	35, // 61: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
-	14, // 62: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
-	20, // 63: storage.orchestrator.v1.ReplacementService.PauseReplacement:output_type -> storage.orchestrator.v1.PauseReplacementResponse
-	22, // 64: storage.orchestrator.v1.ReplacementService.ResumeReplacement:output_type -> storage.orchestrator.v1.ResumeReplacementResponse
-	55, // [55:65] is the sub-list for method output_type
-	45, // [45:55] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	10, // 35: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
+	40, // 36: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
+	26, // 37: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
+	9,  // 38: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	30, // 39: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
+	6,  // 40: storage.orchestrator.v1.WatchReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	34, // 41: storage.orchestrator.v1.OkToExpunge.chosen:type_name -> storage.orchestrator.v1.ExpungeCandidate
+	35, // 42: storage.orchestrator.v1.OkToExpunge.left_out:type_name -> storage.orchestrator.v1.LeftOutCandidate
+	34, // 43: storage.orchestrator.v1.LeftOutCandidate.candidate:type_name -> storage.orchestrator.v1.ExpungeCandidate
+	5,  // 44: storage.orchestrator.v1.LeftOutCandidate.reason:type_name -> storage.orchestrator.v1.LeftOutReason
+	0,  // 45: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	38, // 46: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
+	36, // 47: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
+	37, // 48: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
+	33, // 49: storage.orchestrator.v1.PreviewExpungeResponse.ok_to_expunge:type_name -> storage.orchestrator.v1.OkToExpunge
+	12, // 50: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
+	16, // 51: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
+	18, // 52: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
+	24, // 53: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
+	27, // 54: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
+	29, // 55: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
+	32, // 56: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
+	14, // 57: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
+	20, // 58: storage.orchestrator.v1.ReplacementService.PauseReplacement:input_type -> storage.orchestrator.v1.PauseReplacementRequest
+	22, // 59: storage.orchestrator.v1.ReplacementService.ResumeReplacement:input_type -> storage.orchestrator.v1.ResumeReplacementRequest
+	13, // 60: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
+	17, // 61: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
+	19, // 62: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
+	25, // 63: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
+	28, // 64: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
+	31, // 65: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
+	39, // 66: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
+	15, // 67: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
+	21, // 68: storage.orchestrator.v1.ReplacementService.PauseReplacement:output_type -> storage.orchestrator.v1.PauseReplacementResponse
+	23, // 69: storage.orchestrator.v1.ReplacementService.ResumeReplacement:output_type -> storage.orchestrator.v1.ResumeReplacementResponse
+	60, // [60:70] is the sub-list for method output_type
+	50, // [50:60] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_replacement_proto_init() }
@@ -3183,8 +3550,8 @@ func file_storage_orchestrator_v1_replacement_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_replacement_proto_rawDesc), len(file_storage_orchestrator_v1_replacement_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   31,
+			NumEnums:      6,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -63,7 +63,9 @@ type ReplacementServiceClient interface {
 	// Streams progress of one request (or of all, when replacement_id is empty)
 	// until it reaches a terminal state.
 	WatchReplacement(ctx context.Context, in *WatchReplacementRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchReplacementResponse], error)
-	// What expunging a disk or sled would replace and lose. Changes nothing.
+	// What expunging a set of disks and sleds together would replace and
+	// lose, or (ok-to-expunge mode) which of them can be expunged together.
+	// Changes nothing.
 	PreviewExpunge(ctx context.Context, in *PreviewExpungeRequest, opts ...grpc.CallOption) (*PreviewExpungeResponse, error)
 	// Ends a request an operator does not want carried out, where that can be
 	// done without leaving anything half-made, and says why when it cannot:
@@ -264,7 +266,9 @@ type ReplacementServiceServer interface {
 	// Streams progress of one request (or of all, when replacement_id is empty)
 	// until it reaches a terminal state.
 	WatchReplacement(*WatchReplacementRequest, grpc.ServerStreamingServer[WatchReplacementResponse]) error
-	// What expunging a disk or sled would replace and lose. Changes nothing.
+	// What expunging a set of disks and sleds together would replace and
+	// lose, or (ok-to-expunge mode) which of them can be expunged together.
+	// Changes nothing.
 	PreviewExpunge(context.Context, *PreviewExpungeRequest) (*PreviewExpungeResponse, error)
 	// Ends a request an operator does not want carried out, where that can be
 	// done without leaving anything half-made, and says why when it cannot:

@@ -543,8 +543,12 @@ type GetVolumeRequest struct {
 	// every target the volume names (thousands for a popular snapshot), so
 	// it is for operators, not for the data path; otherwise the counts are 0.
 	IncludeReferenceCounts bool `protobuf:"varint,3,opt,name=include_reference_counts,json=includeReferenceCounts,proto3" json:"include_reference_counts,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// Fill the response's redundancy: the live copies of every region set
+	// the volume reads. Needs the allocator's disk states (cached for a
+	// couple of seconds); UNAVAILABLE while the allocator cannot be read.
+	IncludeRedundancy bool `protobuf:"varint,4,opt,name=include_redundancy,json=includeRedundancy,proto3" json:"include_redundancy,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetVolumeRequest) Reset() {
@@ -598,9 +602,18 @@ func (x *GetVolumeRequest) GetIncludeReferenceCounts() bool {
 	return false
 }
 
+func (x *GetVolumeRequest) GetIncludeRedundancy() bool {
+	if x != nil {
+		return x.IncludeRedundancy
+	}
+	return false
+}
+
 type GetVolumeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// Set when include_redundancy was asked.
+	Redundancy    *VolumeRedundancy `protobuf:"bytes,2,opt,name=redundancy,proto3" json:"redundancy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -642,6 +655,432 @@ func (x *GetVolumeResponse) GetVolume() *Volume {
 	return nil
 }
 
+func (x *GetVolumeResponse) GetRedundancy() *VolumeRedundancy {
+	if x != nil {
+		return x.Redundancy
+	}
+	return nil
+}
+
+// How many copies of a volume's data are left, counting every region set
+// it reads: its own (rw) region sets and, at every depth, the region sets
+// of its read-only parents (region snapshots and read-only regions). A
+// copy is live when the target the VCR names is registered, not DELETING,
+// and its dataset's physical disk is in service. The volume's redundancy
+// is the fewest live copies of any one of those sets (0..3): the set that
+// would be lost first. The rule is one function, platform/redundancy.
+type VolumeRedundancy struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Purpose  VolumePurpose          `protobuf:"varint,2,opt,name=purpose,proto3,enum=storage.volume.v1.VolumePurpose" json:"purpose,omitempty"`
+	// The fewest live copies of any region set the volume reads (0..3; 3
+	// for a volume that reads no region set).
+	Redundancy int32 `protobuf:"varint,3,opt,name=redundancy,proto3" json:"redundancy,omitempty"`
+	// Index in sets of the weakest region set (the first with the fewest
+	// live copies); -1 when there is none.
+	WeakestSet int32                  `protobuf:"varint,4,opt,name=weakest_set,json=weakestSet,proto3" json:"weakest_set,omitempty"`
+	Sets       []*RegionSetRedundancy `protobuf:"bytes,5,rep,name=sets,proto3" json:"sets,omitempty"`
+	// When the disk states this was computed from were read from the
+	// allocator.
+	DisksReadAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=disks_read_at,json=disksReadAt,proto3" json:"disks_read_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeRedundancy) Reset() {
+	*x = VolumeRedundancy{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeRedundancy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeRedundancy) ProtoMessage() {}
+
+func (x *VolumeRedundancy) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeRedundancy.ProtoReflect.Descriptor instead.
+func (*VolumeRedundancy) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *VolumeRedundancy) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *VolumeRedundancy) GetPurpose() VolumePurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return VolumePurpose_VOLUME_PURPOSE_UNSPECIFIED
+}
+
+func (x *VolumeRedundancy) GetRedundancy() int32 {
+	if x != nil {
+		return x.Redundancy
+	}
+	return 0
+}
+
+func (x *VolumeRedundancy) GetWeakestSet() int32 {
+	if x != nil {
+		return x.WeakestSet
+	}
+	return 0
+}
+
+func (x *VolumeRedundancy) GetSets() []*RegionSetRedundancy {
+	if x != nil {
+		return x.Sets
+	}
+	return nil
+}
+
+func (x *VolumeRedundancy) GetDisksReadAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DisksReadAt
+	}
+	return nil
+}
+
+// One region set of a volume and its copies.
+type RegionSetRedundancy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The set's position in the VCR, e.g. "vcr.sub_volumes[0]" or
+	// "vcr.read_only_parent.read_only_parent.sub_volumes[0]".
+	Path     string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly bool   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// How many read-only parents lie above the set: 0 for the volume's own.
+	Depth      int32         `protobuf:"varint,3,opt,name=depth,proto3" json:"depth,omitempty"`
+	LiveCopies int32         `protobuf:"varint,4,opt,name=live_copies,json=liveCopies,proto3" json:"live_copies,omitempty"`
+	Copies     []*RegionCopy `protobuf:"bytes,5,rep,name=copies,proto3" json:"copies,omitempty"`
+	// Read-only sets: the snapshot (snapshot volume id) whose data the
+	// copies hold, when a registered copy says.
+	SnapshotId    string `protobuf:"bytes,6,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegionSetRedundancy) Reset() {
+	*x = RegionSetRedundancy{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegionSetRedundancy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegionSetRedundancy) ProtoMessage() {}
+
+func (x *RegionSetRedundancy) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegionSetRedundancy.ProtoReflect.Descriptor instead.
+func (*RegionSetRedundancy) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RegionSetRedundancy) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RegionSetRedundancy) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *RegionSetRedundancy) GetDepth() int32 {
+	if x != nil {
+		return x.Depth
+	}
+	return 0
+}
+
+func (x *RegionSetRedundancy) GetLiveCopies() int32 {
+	if x != nil {
+		return x.LiveCopies
+	}
+	return 0
+}
+
+func (x *RegionSetRedundancy) GetCopies() []*RegionCopy {
+	if x != nil {
+		return x.Copies
+	}
+	return nil
+}
+
+func (x *RegionSetRedundancy) GetSnapshotId() string {
+	if x != nil {
+		return x.SnapshotId
+	}
+	return ""
+}
+
+// One copy (target) of a region set.
+type RegionCopy struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Empty when the address resolves to no registered target.
+	TargetId  string        `protobuf:"bytes,2,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
+	Kind      v1.TargetKind `protobuf:"varint,3,opt,name=kind,proto3,enum=storage.common.v1.TargetKind" json:"kind,omitempty"`
+	DatasetId string        `protobuf:"bytes,4,opt,name=dataset_id,json=datasetId,proto3" json:"dataset_id,omitempty"`
+	// Empty when the dataset is on no disk the allocator lists.
+	DiskId string `protobuf:"bytes,5,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	Live   bool   `protobuf:"varint,6,opt,name=live,proto3" json:"live,omitempty"`
+	// Why the copy is not live: "unregistered", "deleting", "disk expunged",
+	// "disk unknown". Empty when live.
+	NotLiveReason string `protobuf:"bytes,7,opt,name=not_live_reason,json=notLiveReason,proto3" json:"not_live_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegionCopy) Reset() {
+	*x = RegionCopy{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegionCopy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegionCopy) ProtoMessage() {}
+
+func (x *RegionCopy) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegionCopy.ProtoReflect.Descriptor instead.
+func (*RegionCopy) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RegionCopy) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RegionCopy) GetTargetId() string {
+	if x != nil {
+		return x.TargetId
+	}
+	return ""
+}
+
+func (x *RegionCopy) GetKind() v1.TargetKind {
+	if x != nil {
+		return x.Kind
+	}
+	return v1.TargetKind(0)
+}
+
+func (x *RegionCopy) GetDatasetId() string {
+	if x != nil {
+		return x.DatasetId
+	}
+	return ""
+}
+
+func (x *RegionCopy) GetDiskId() string {
+	if x != nil {
+		return x.DiskId
+	}
+	return ""
+}
+
+func (x *RegionCopy) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
+func (x *RegionCopy) GetNotLiveReason() string {
+	if x != nil {
+		return x.NotLiveReason
+	}
+	return ""
+}
+
+type ListDegradedVolumesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// List volumes whose redundancy is below this: 0 means 3 (every volume
+	// not fully redundant); 4 lists every live data volume. Above 4 is
+	// INVALID_ARGUMENT.
+	Below    int32 `protobuf:"varint,1,opt,name=below,proto3" json:"below,omitempty"`
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From next_page_token: a cursor over (redundancy, volume_id).
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDegradedVolumesRequest) Reset() {
+	*x = ListDegradedVolumesRequest{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDegradedVolumesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDegradedVolumesRequest) ProtoMessage() {}
+
+func (x *ListDegradedVolumesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDegradedVolumesRequest.ProtoReflect.Descriptor instead.
+func (*ListDegradedVolumesRequest) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListDegradedVolumesRequest) GetBelow() int32 {
+	if x != nil {
+		return x.Below
+	}
+	return 0
+}
+
+func (x *ListDegradedVolumesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDegradedVolumesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListDegradedVolumesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Worst first: by redundancy, then volume id.
+	Volumes       []*VolumeRedundancy `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	NextPageToken string              `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Live data volumes at each redundancy: index 0..3 (always 4 entries),
+	// over every live data volume, not only this page.
+	VolumesAtRedundancy []int64                `protobuf:"varint,3,rep,packed,name=volumes_at_redundancy,json=volumesAtRedundancy,proto3" json:"volumes_at_redundancy,omitempty"`
+	DisksReadAt         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=disks_read_at,json=disksReadAt,proto3" json:"disks_read_at,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *ListDegradedVolumesResponse) Reset() {
+	*x = ListDegradedVolumesResponse{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDegradedVolumesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDegradedVolumesResponse) ProtoMessage() {}
+
+func (x *ListDegradedVolumesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDegradedVolumesResponse.ProtoReflect.Descriptor instead.
+func (*ListDegradedVolumesResponse) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListDegradedVolumesResponse) GetVolumes() []*VolumeRedundancy {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+func (x *ListDegradedVolumesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListDegradedVolumesResponse) GetVolumesAtRedundancy() []int64 {
+	if x != nil {
+		return x.VolumesAtRedundancy
+	}
+	return nil
+}
+
+func (x *ListDegradedVolumesResponse) GetDisksReadAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DisksReadAt
+	}
+	return nil
+}
+
 type GetVolumeWithKeysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -651,7 +1090,7 @@ type GetVolumeWithKeysRequest struct {
 
 func (x *GetVolumeWithKeysRequest) Reset() {
 	*x = GetVolumeWithKeysRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +1102,7 @@ func (x *GetVolumeWithKeysRequest) String() string {
 func (*GetVolumeWithKeysRequest) ProtoMessage() {}
 
 func (x *GetVolumeWithKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[6]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +1115,7 @@ func (x *GetVolumeWithKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeWithKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeWithKeysRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{6}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetVolumeWithKeysRequest) GetVolumeId() string {
@@ -696,7 +1135,7 @@ type GetVolumeWithKeysResponse struct {
 
 func (x *GetVolumeWithKeysResponse) Reset() {
 	*x = GetVolumeWithKeysResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +1147,7 @@ func (x *GetVolumeWithKeysResponse) String() string {
 func (*GetVolumeWithKeysResponse) ProtoMessage() {}
 
 func (x *GetVolumeWithKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[7]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +1160,7 @@ func (x *GetVolumeWithKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeWithKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetVolumeWithKeysResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{7}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetVolumeWithKeysResponse) GetVolume() *Volume {
@@ -742,7 +1181,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +1193,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[8]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +1206,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{8}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListVolumesRequest) GetPageSize() int32 {
@@ -802,7 +1241,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +1253,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[9]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +1266,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{9}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -857,7 +1296,7 @@ type CheckoutVolumeRequest struct {
 
 func (x *CheckoutVolumeRequest) Reset() {
 	*x = CheckoutVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1308,7 @@ func (x *CheckoutVolumeRequest) String() string {
 func (*CheckoutVolumeRequest) ProtoMessage() {}
 
 func (x *CheckoutVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[10]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1321,7 @@ func (x *CheckoutVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckoutVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CheckoutVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{10}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckoutVolumeRequest) GetVolumeId() string {
@@ -916,7 +1355,7 @@ type CheckoutVolumeResponse struct {
 
 func (x *CheckoutVolumeResponse) Reset() {
 	*x = CheckoutVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1367,7 @@ func (x *CheckoutVolumeResponse) String() string {
 func (*CheckoutVolumeResponse) ProtoMessage() {}
 
 func (x *CheckoutVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[11]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1380,7 @@ func (x *CheckoutVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckoutVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CheckoutVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{11}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckoutVolumeResponse) GetVcr() *v1.VolumeConstructionRequest {
@@ -971,7 +1410,7 @@ type SoftDeleteVolumeRequest struct {
 
 func (x *SoftDeleteVolumeRequest) Reset() {
 	*x = SoftDeleteVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1422,7 @@ func (x *SoftDeleteVolumeRequest) String() string {
 func (*SoftDeleteVolumeRequest) ProtoMessage() {}
 
 func (x *SoftDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[12]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1435,7 @@ func (x *SoftDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftDeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*SoftDeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{12}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SoftDeleteVolumeRequest) GetVolumeId() string {
@@ -1040,7 +1479,7 @@ type SoftDeleteVolumeResponse struct {
 
 func (x *SoftDeleteVolumeResponse) Reset() {
 	*x = SoftDeleteVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1491,7 @@ func (x *SoftDeleteVolumeResponse) String() string {
 func (*SoftDeleteVolumeResponse) ProtoMessage() {}
 
 func (x *SoftDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1504,7 @@ func (x *SoftDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftDeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*SoftDeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{13}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SoftDeleteVolumeResponse) GetRegionIds() []string {
@@ -1112,7 +1551,7 @@ type HardDeleteVolumeRequest struct {
 
 func (x *HardDeleteVolumeRequest) Reset() {
 	*x = HardDeleteVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1563,7 @@ func (x *HardDeleteVolumeRequest) String() string {
 func (*HardDeleteVolumeRequest) ProtoMessage() {}
 
 func (x *HardDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1576,7 @@ func (x *HardDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardDeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*HardDeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{14}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HardDeleteVolumeRequest) GetVolumeId() string {
@@ -1158,7 +1597,7 @@ type HardDeleteVolumeResponse struct {
 
 func (x *HardDeleteVolumeResponse) Reset() {
 	*x = HardDeleteVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1609,7 @@ func (x *HardDeleteVolumeResponse) String() string {
 func (*HardDeleteVolumeResponse) ProtoMessage() {}
 
 func (x *HardDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1622,7 @@ func (x *HardDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardDeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*HardDeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{15}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HardDeleteVolumeResponse) GetOutcome() HardDeleteOutcome {
@@ -1208,7 +1647,7 @@ type FindDeletedVolumeRegionsRequest struct {
 
 func (x *FindDeletedVolumeRegionsRequest) Reset() {
 	*x = FindDeletedVolumeRegionsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1659,7 @@ func (x *FindDeletedVolumeRegionsRequest) String() string {
 func (*FindDeletedVolumeRegionsRequest) ProtoMessage() {}
 
 func (x *FindDeletedVolumeRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1672,7 @@ func (x *FindDeletedVolumeRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDeletedVolumeRegionsRequest.ProtoReflect.Descriptor instead.
 func (*FindDeletedVolumeRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{16}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{21}
 }
 
 type FindDeletedVolumeRegionsResponse struct {
@@ -1248,7 +1687,7 @@ type FindDeletedVolumeRegionsResponse struct {
 
 func (x *FindDeletedVolumeRegionsResponse) Reset() {
 	*x = FindDeletedVolumeRegionsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1699,7 @@ func (x *FindDeletedVolumeRegionsResponse) String() string {
 func (*FindDeletedVolumeRegionsResponse) ProtoMessage() {}
 
 func (x *FindDeletedVolumeRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1712,7 @@ func (x *FindDeletedVolumeRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDeletedVolumeRegionsResponse.ProtoReflect.Descriptor instead.
 func (*FindDeletedVolumeRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{17}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FindDeletedVolumeRegionsResponse) GetRegionIds() []string {
@@ -1303,7 +1742,7 @@ type ReplaceReadOnlyTargetRequest struct {
 
 func (x *ReplaceReadOnlyTargetRequest) Reset() {
 	*x = ReplaceReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1754,7 @@ func (x *ReplaceReadOnlyTargetRequest) String() string {
 func (*ReplaceReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1767,7 @@ func (x *ReplaceReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{18}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReplaceReadOnlyTargetRequest) GetVolumeId() string {
@@ -1368,7 +1807,7 @@ type ReplaceReadOnlyTargetResponse struct {
 
 func (x *ReplaceReadOnlyTargetResponse) Reset() {
 	*x = ReplaceReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1819,7 @@ func (x *ReplaceReadOnlyTargetResponse) String() string {
 func (*ReplaceReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1832,7 @@ func (x *ReplaceReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{19}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReplaceReadOnlyTargetResponse) GetResult() v1.VolumeReplaceResult {
@@ -1416,7 +1855,7 @@ type ReplaceRegionRequest struct {
 
 func (x *ReplaceRegionRequest) Reset() {
 	*x = ReplaceRegionRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1867,7 @@ func (x *ReplaceRegionRequest) String() string {
 func (*ReplaceRegionRequest) ProtoMessage() {}
 
 func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1880,7 @@ func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{20}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReplaceRegionRequest) GetVolumeId() string {
@@ -1481,7 +1920,7 @@ type ReplaceRegionResponse struct {
 
 func (x *ReplaceRegionResponse) Reset() {
 	*x = ReplaceRegionResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1932,7 @@ func (x *ReplaceRegionResponse) String() string {
 func (*ReplaceRegionResponse) ProtoMessage() {}
 
 func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1945,7 @@ func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{21}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReplaceRegionResponse) GetResult() v1.VolumeReplaceResult {
@@ -1529,7 +1968,7 @@ type FindVolumesReferencingTargetRequest struct {
 
 func (x *FindVolumesReferencingTargetRequest) Reset() {
 	*x = FindVolumesReferencingTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1980,7 @@ func (x *FindVolumesReferencingTargetRequest) String() string {
 func (*FindVolumesReferencingTargetRequest) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1993,7 @@ func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use FindVolumesReferencingTargetRequest.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{22}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FindVolumesReferencingTargetRequest) GetTargetId() string {
@@ -1597,7 +2036,7 @@ type VolumeRef struct {
 
 func (x *VolumeRef) Reset() {
 	*x = VolumeRef{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2048,7 @@ func (x *VolumeRef) String() string {
 func (*VolumeRef) ProtoMessage() {}
 
 func (x *VolumeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2061,7 @@ func (x *VolumeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeRef.ProtoReflect.Descriptor instead.
 func (*VolumeRef) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{23}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VolumeRef) GetVolumeId() string {
@@ -1656,7 +2095,7 @@ type FindVolumesReferencingTargetResponse struct {
 
 func (x *FindVolumesReferencingTargetResponse) Reset() {
 	*x = FindVolumesReferencingTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +2107,7 @@ func (x *FindVolumesReferencingTargetResponse) String() string {
 func (*FindVolumesReferencingTargetResponse) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +2120,7 @@ func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FindVolumesReferencingTargetResponse.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{24}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FindVolumesReferencingTargetResponse) GetVolumes() []*VolumeRef {
@@ -1708,7 +2147,7 @@ type VolumeReferencesReadOnlyTargetRequest struct {
 
 func (x *VolumeReferencesReadOnlyTargetRequest) Reset() {
 	*x = VolumeReferencesReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +2159,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) String() string {
 func (*VolumeReferencesReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +2172,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *VolumeReferencesReadOnlyTargetRequest) GetVolumeId() string {
@@ -1765,7 +2204,7 @@ type VolumeReferencesReadOnlyTargetResponse struct {
 
 func (x *VolumeReferencesReadOnlyTargetResponse) Reset() {
 	*x = VolumeReferencesReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +2216,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) String() string {
 func (*VolumeReferencesReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +2229,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Mes
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VolumeReferencesReadOnlyTargetResponse) GetVolumeExists() bool {
@@ -1831,7 +2270,7 @@ type RemoveReadOnlyParentRequest struct {
 
 func (x *RemoveReadOnlyParentRequest) Reset() {
 	*x = RemoveReadOnlyParentRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2282,7 @@ func (x *RemoveReadOnlyParentRequest) String() string {
 func (*RemoveReadOnlyParentRequest) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2295,7 @@ func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RemoveReadOnlyParentRequest) GetVolumeId() string {
@@ -1882,7 +2321,7 @@ type RemoveReadOnlyParentResponse struct {
 
 func (x *RemoveReadOnlyParentResponse) Reset() {
 	*x = RemoveReadOnlyParentResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2333,7 @@ func (x *RemoveReadOnlyParentResponse) String() string {
 func (*RemoveReadOnlyParentResponse) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2346,7 @@ func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveReadOnlyParentResponse) GetRemoved() bool {
@@ -1933,7 +2372,7 @@ type TargetRegistration struct {
 
 func (x *TargetRegistration) Reset() {
 	*x = TargetRegistration{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2384,7 @@ func (x *TargetRegistration) String() string {
 func (*TargetRegistration) ProtoMessage() {}
 
 func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2397,7 @@ func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetRegistration.ProtoReflect.Descriptor instead.
 func (*TargetRegistration) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TargetRegistration) GetTargetId() string {
@@ -2005,7 +2444,7 @@ type RegisterTargetsRequest struct {
 
 func (x *RegisterTargetsRequest) Reset() {
 	*x = RegisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2456,7 @@ func (x *RegisterTargetsRequest) String() string {
 func (*RegisterTargetsRequest) ProtoMessage() {}
 
 func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2469,7 @@ func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RegisterTargetsRequest) GetTargets() []*TargetRegistration {
@@ -2049,7 +2488,7 @@ type RegisterTargetsResponse struct {
 
 func (x *RegisterTargetsResponse) Reset() {
 	*x = RegisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2500,7 @@ func (x *RegisterTargetsResponse) String() string {
 func (*RegisterTargetsResponse) ProtoMessage() {}
 
 func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2513,7 @@ func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RegisterTargetsResponse) GetTargets() []*v1.Target {
@@ -2096,7 +2535,7 @@ type TargetActivation struct {
 
 func (x *TargetActivation) Reset() {
 	*x = TargetActivation{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2547,7 @@ func (x *TargetActivation) String() string {
 func (*TargetActivation) ProtoMessage() {}
 
 func (x *TargetActivation) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2560,7 @@ func (x *TargetActivation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetActivation.ProtoReflect.Descriptor instead.
 func (*TargetActivation) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TargetActivation) GetTargetId() string {
@@ -2154,7 +2593,7 @@ type ActivateTargetsRequest struct {
 
 func (x *ActivateTargetsRequest) Reset() {
 	*x = ActivateTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2605,7 @@ func (x *ActivateTargetsRequest) String() string {
 func (*ActivateTargetsRequest) ProtoMessage() {}
 
 func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2618,7 @@ func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ActivateTargetsRequest) GetTargets() []*TargetActivation {
@@ -2198,7 +2637,7 @@ type ActivateTargetsResponse struct {
 
 func (x *ActivateTargetsResponse) Reset() {
 	*x = ActivateTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2649,7 @@ func (x *ActivateTargetsResponse) String() string {
 func (*ActivateTargetsResponse) ProtoMessage() {}
 
 func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2662,7 @@ func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ActivateTargetsResponse) GetTargets() []*v1.Target {
@@ -2242,7 +2681,7 @@ type UnregisterTargetsRequest struct {
 
 func (x *UnregisterTargetsRequest) Reset() {
 	*x = UnregisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2693,7 @@ func (x *UnregisterTargetsRequest) String() string {
 func (*UnregisterTargetsRequest) ProtoMessage() {}
 
 func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2706,7 @@ func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UnregisterTargetsRequest) GetTargetIds() []string {
@@ -2287,7 +2726,7 @@ type UnregisterTargetsResponse struct {
 
 func (x *UnregisterTargetsResponse) Reset() {
 	*x = UnregisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2738,7 @@ func (x *UnregisterTargetsResponse) String() string {
 func (*UnregisterTargetsResponse) ProtoMessage() {}
 
 func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2751,7 @@ func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *UnregisterTargetsResponse) GetRemoved() int32 {
@@ -2332,7 +2771,7 @@ type RetireTargetsRequest struct {
 
 func (x *RetireTargetsRequest) Reset() {
 	*x = RetireTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2783,7 @@ func (x *RetireTargetsRequest) String() string {
 func (*RetireTargetsRequest) ProtoMessage() {}
 
 func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2796,7 @@ func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RetireTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RetireTargetsRequest) GetTargetIds() []string {
@@ -2381,7 +2820,7 @@ type RetireTargetsResponse struct {
 
 func (x *RetireTargetsResponse) Reset() {
 	*x = RetireTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2832,7 @@ func (x *RetireTargetsResponse) String() string {
 func (*RetireTargetsResponse) ProtoMessage() {}
 
 func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2845,7 @@ func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RetireTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RetireTargetsResponse) GetRetiredTargetIds() []string {
@@ -2442,7 +2881,7 @@ type GetTargetRequest struct {
 
 func (x *GetTargetRequest) Reset() {
 	*x = GetTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2893,7 @@ func (x *GetTargetRequest) String() string {
 func (*GetTargetRequest) ProtoMessage() {}
 
 func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2906,7 @@ func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetRequest.ProtoReflect.Descriptor instead.
 func (*GetTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetTargetRequest) GetTargetId() string {
@@ -2493,7 +2932,7 @@ type GetTargetResponse struct {
 
 func (x *GetTargetResponse) Reset() {
 	*x = GetTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2944,7 @@ func (x *GetTargetResponse) String() string {
 func (*GetTargetResponse) ProtoMessage() {}
 
 func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2957,7 @@ func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetResponse.ProtoReflect.Descriptor instead.
 func (*GetTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetTargetResponse) GetTarget() *v1.Target {
@@ -2542,7 +2981,7 @@ type ListTargetsRequest struct {
 
 func (x *ListTargetsRequest) Reset() {
 	*x = ListTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2554,7 +2993,7 @@ func (x *ListTargetsRequest) String() string {
 func (*ListTargetsRequest) ProtoMessage() {}
 
 func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2567,7 +3006,7 @@ func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ListTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListTargetsRequest) GetPageSize() int32 {
@@ -2615,7 +3054,7 @@ type ListTargetsResponse struct {
 
 func (x *ListTargetsResponse) Reset() {
 	*x = ListTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +3066,7 @@ func (x *ListTargetsResponse) String() string {
 func (*ListTargetsResponse) ProtoMessage() {}
 
 func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +3079,7 @@ func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ListTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListTargetsResponse) GetTargets() []*v1.Target {
@@ -2666,7 +3105,7 @@ type ResolveAddressRequest struct {
 
 func (x *ResolveAddressRequest) Reset() {
 	*x = ResolveAddressRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +3117,7 @@ func (x *ResolveAddressRequest) String() string {
 func (*ResolveAddressRequest) ProtoMessage() {}
 
 func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +3130,7 @@ func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressRequest.ProtoReflect.Descriptor instead.
 func (*ResolveAddressRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ResolveAddressRequest) GetAddress() string {
@@ -2710,7 +3149,7 @@ type ResolveAddressResponse struct {
 
 func (x *ResolveAddressResponse) Reset() {
 	*x = ResolveAddressResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +3161,7 @@ func (x *ResolveAddressResponse) String() string {
 func (*ResolveAddressResponse) ProtoMessage() {}
 
 func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +3174,7 @@ func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressResponse.ProtoReflect.Descriptor instead.
 func (*ResolveAddressResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ResolveAddressResponse) GetTarget() *v1.Target {
@@ -2753,7 +3192,7 @@ type CheckInvariantsRequest struct {
 
 func (x *CheckInvariantsRequest) Reset() {
 	*x = CheckInvariantsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2765,7 +3204,7 @@ func (x *CheckInvariantsRequest) String() string {
 func (*CheckInvariantsRequest) ProtoMessage() {}
 
 func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2778,7 +3217,7 @@ func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsRequest.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{50}
 }
 
 type CheckInvariantsResponse struct {
@@ -2790,7 +3229,7 @@ type CheckInvariantsResponse struct {
 
 func (x *CheckInvariantsResponse) Reset() {
 	*x = CheckInvariantsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +3241,7 @@ func (x *CheckInvariantsResponse) String() string {
 func (*CheckInvariantsResponse) ProtoMessage() {}
 
 func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +3254,7 @@ func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsResponse.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CheckInvariantsResponse) GetViolations() []*v1.Violation {
@@ -2854,13 +3293,56 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
 	"\x14CreateVolumeResponse\x121\n" +
 	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"\x9c\x01\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\xcb\x01\n" +
 	"\x10GetVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x121\n" +
 	"\x04view\x18\x02 \x01(\x0e2\x1d.storage.volume.v1.VolumeViewR\x04view\x128\n" +
-	"\x18include_reference_counts\x18\x03 \x01(\bR\x16includeReferenceCounts\"F\n" +
+	"\x18include_reference_counts\x18\x03 \x01(\bR\x16includeReferenceCounts\x12-\n" +
+	"\x12include_redundancy\x18\x04 \x01(\bR\x11includeRedundancy\"\x8b\x01\n" +
 	"\x11GetVolumeResponse\x121\n" +
-	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\"7\n" +
+	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\x12C\n" +
+	"\n" +
+	"redundancy\x18\x02 \x01(\v2#.storage.volume.v1.VolumeRedundancyR\n" +
+	"redundancy\"\xa8\x02\n" +
+	"\x10VolumeRedundancy\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12:\n" +
+	"\apurpose\x18\x02 \x01(\x0e2 .storage.volume.v1.VolumePurposeR\apurpose\x12\x1e\n" +
+	"\n" +
+	"redundancy\x18\x03 \x01(\x05R\n" +
+	"redundancy\x12\x1f\n" +
+	"\vweakest_set\x18\x04 \x01(\x05R\n" +
+	"weakestSet\x12:\n" +
+	"\x04sets\x18\x05 \x03(\v2&.storage.volume.v1.RegionSetRedundancyR\x04sets\x12>\n" +
+	"\rdisks_read_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vdisksReadAt\"\xd5\x01\n" +
+	"\x13RegionSetRedundancy\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1b\n" +
+	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12\x14\n" +
+	"\x05depth\x18\x03 \x01(\x05R\x05depth\x12\x1f\n" +
+	"\vlive_copies\x18\x04 \x01(\x05R\n" +
+	"liveCopies\x125\n" +
+	"\x06copies\x18\x05 \x03(\v2\x1d.storage.volume.v1.RegionCopyR\x06copies\x12\x1f\n" +
+	"\vsnapshot_id\x18\x06 \x01(\tR\n" +
+	"snapshotId\"\xea\x01\n" +
+	"\n" +
+	"RegionCopy\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1b\n" +
+	"\ttarget_id\x18\x02 \x01(\tR\btargetId\x121\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x1d.storage.common.v1.TargetKindR\x04kind\x12\x1d\n" +
+	"\n" +
+	"dataset_id\x18\x04 \x01(\tR\tdatasetId\x12\x17\n" +
+	"\adisk_id\x18\x05 \x01(\tR\x06diskId\x12\x12\n" +
+	"\x04live\x18\x06 \x01(\bR\x04live\x12&\n" +
+	"\x0fnot_live_reason\x18\a \x01(\tR\rnotLiveReason\"n\n" +
+	"\x1aListDegradedVolumesRequest\x12\x14\n" +
+	"\x05below\x18\x01 \x01(\x05R\x05below\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xf8\x01\n" +
+	"\x1bListDegradedVolumesResponse\x12=\n" +
+	"\avolumes\x18\x01 \x03(\v2#.storage.volume.v1.VolumeRedundancyR\avolumes\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x122\n" +
+	"\x15volumes_at_redundancy\x18\x03 \x03(\x03R\x13volumesAtRedundancy\x12>\n" +
+	"\rdisks_read_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vdisksReadAt\"7\n" +
 	"\x18GetVolumeWithKeysRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"N\n" +
 	"\x19GetVolumeWithKeysResponse\x121\n" +
@@ -3017,7 +3499,7 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x11HardDeleteOutcome\x12#\n" +
 	"\x1fHARD_DELETE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bHARD_DELETE_OUTCOME_DELETED\x10\x01\x12\x1c\n" +
-	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x8f\x12\n" +
+	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x85\x13\n" +
 	"\rVolumeService\x12_\n" +
 	"\fCreateVolume\x12&.storage.volume.v1.CreateVolumeRequest\x1a'.storage.volume.v1.CreateVolumeResponse\x12V\n" +
 	"\tGetVolume\x12#.storage.volume.v1.GetVolumeRequest\x1a$.storage.volume.v1.GetVolumeResponse\x12n\n" +
@@ -3039,7 +3521,8 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\tGetTarget\x12#.storage.volume.v1.GetTargetRequest\x1a$.storage.volume.v1.GetTargetResponse\x12\\\n" +
 	"\vListTargets\x12%.storage.volume.v1.ListTargetsRequest\x1a&.storage.volume.v1.ListTargetsResponse\x12e\n" +
 	"\x0eResolveAddress\x12(.storage.volume.v1.ResolveAddressRequest\x1a).storage.volume.v1.ResolveAddressResponse\x12h\n" +
-	"\x0fCheckInvariants\x12).storage.volume.v1.CheckInvariantsRequest\x1a*.storage.volume.v1.CheckInvariantsResponseB1Z/storagecp.dev/gen/go/storage/volume/v1;volumev1b\x06proto3"
+	"\x0fCheckInvariants\x12).storage.volume.v1.CheckInvariantsRequest\x1a*.storage.volume.v1.CheckInvariantsResponse\x12t\n" +
+	"\x13ListDegradedVolumes\x12-.storage.volume.v1.ListDegradedVolumesRequest\x1a..storage.volume.v1.ListDegradedVolumesResponseB1Z/storagecp.dev/gen/go/storage/volume/v1;volumev1b\x06proto3"
 
 var (
 	file_storage_volume_v1_volume_proto_rawDescOnce sync.Once
@@ -3054,7 +3537,7 @@ func file_storage_volume_v1_volume_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(VolumePurpose)(0),                             // 0: storage.volume.v1.VolumePurpose
 	(VolumeView)(0),                                // 1: storage.volume.v1.VolumeView
@@ -3066,140 +3549,155 @@ var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(*CreateVolumeResponse)(nil),                   // 7: storage.volume.v1.CreateVolumeResponse
 	(*GetVolumeRequest)(nil),                       // 8: storage.volume.v1.GetVolumeRequest
 	(*GetVolumeResponse)(nil),                      // 9: storage.volume.v1.GetVolumeResponse
-	(*GetVolumeWithKeysRequest)(nil),               // 10: storage.volume.v1.GetVolumeWithKeysRequest
-	(*GetVolumeWithKeysResponse)(nil),              // 11: storage.volume.v1.GetVolumeWithKeysResponse
-	(*ListVolumesRequest)(nil),                     // 12: storage.volume.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),                    // 13: storage.volume.v1.ListVolumesResponse
-	(*CheckoutVolumeRequest)(nil),                  // 14: storage.volume.v1.CheckoutVolumeRequest
-	(*CheckoutVolumeResponse)(nil),                 // 15: storage.volume.v1.CheckoutVolumeResponse
-	(*SoftDeleteVolumeRequest)(nil),                // 16: storage.volume.v1.SoftDeleteVolumeRequest
-	(*SoftDeleteVolumeResponse)(nil),               // 17: storage.volume.v1.SoftDeleteVolumeResponse
-	(*HardDeleteVolumeRequest)(nil),                // 18: storage.volume.v1.HardDeleteVolumeRequest
-	(*HardDeleteVolumeResponse)(nil),               // 19: storage.volume.v1.HardDeleteVolumeResponse
-	(*FindDeletedVolumeRegionsRequest)(nil),        // 20: storage.volume.v1.FindDeletedVolumeRegionsRequest
-	(*FindDeletedVolumeRegionsResponse)(nil),       // 21: storage.volume.v1.FindDeletedVolumeRegionsResponse
-	(*ReplaceReadOnlyTargetRequest)(nil),           // 22: storage.volume.v1.ReplaceReadOnlyTargetRequest
-	(*ReplaceReadOnlyTargetResponse)(nil),          // 23: storage.volume.v1.ReplaceReadOnlyTargetResponse
-	(*ReplaceRegionRequest)(nil),                   // 24: storage.volume.v1.ReplaceRegionRequest
-	(*ReplaceRegionResponse)(nil),                  // 25: storage.volume.v1.ReplaceRegionResponse
-	(*FindVolumesReferencingTargetRequest)(nil),    // 26: storage.volume.v1.FindVolumesReferencingTargetRequest
-	(*VolumeRef)(nil),                              // 27: storage.volume.v1.VolumeRef
-	(*FindVolumesReferencingTargetResponse)(nil),   // 28: storage.volume.v1.FindVolumesReferencingTargetResponse
-	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 29: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 30: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	(*RemoveReadOnlyParentRequest)(nil),            // 31: storage.volume.v1.RemoveReadOnlyParentRequest
-	(*RemoveReadOnlyParentResponse)(nil),           // 32: storage.volume.v1.RemoveReadOnlyParentResponse
-	(*TargetRegistration)(nil),                     // 33: storage.volume.v1.TargetRegistration
-	(*RegisterTargetsRequest)(nil),                 // 34: storage.volume.v1.RegisterTargetsRequest
-	(*RegisterTargetsResponse)(nil),                // 35: storage.volume.v1.RegisterTargetsResponse
-	(*TargetActivation)(nil),                       // 36: storage.volume.v1.TargetActivation
-	(*ActivateTargetsRequest)(nil),                 // 37: storage.volume.v1.ActivateTargetsRequest
-	(*ActivateTargetsResponse)(nil),                // 38: storage.volume.v1.ActivateTargetsResponse
-	(*UnregisterTargetsRequest)(nil),               // 39: storage.volume.v1.UnregisterTargetsRequest
-	(*UnregisterTargetsResponse)(nil),              // 40: storage.volume.v1.UnregisterTargetsResponse
-	(*RetireTargetsRequest)(nil),                   // 41: storage.volume.v1.RetireTargetsRequest
-	(*RetireTargetsResponse)(nil),                  // 42: storage.volume.v1.RetireTargetsResponse
-	(*GetTargetRequest)(nil),                       // 43: storage.volume.v1.GetTargetRequest
-	(*GetTargetResponse)(nil),                      // 44: storage.volume.v1.GetTargetResponse
-	(*ListTargetsRequest)(nil),                     // 45: storage.volume.v1.ListTargetsRequest
-	(*ListTargetsResponse)(nil),                    // 46: storage.volume.v1.ListTargetsResponse
-	(*ResolveAddressRequest)(nil),                  // 47: storage.volume.v1.ResolveAddressRequest
-	(*ResolveAddressResponse)(nil),                 // 48: storage.volume.v1.ResolveAddressResponse
-	(*CheckInvariantsRequest)(nil),                 // 49: storage.volume.v1.CheckInvariantsRequest
-	(*CheckInvariantsResponse)(nil),                // 50: storage.volume.v1.CheckInvariantsResponse
-	nil,                                            // 51: storage.volume.v1.SnapshotOf.TargetMapEntry
-	(*timestamppb.Timestamp)(nil),                  // 52: google.protobuf.Timestamp
-	(*v1.VolumeConstructionRequest)(nil),           // 53: storage.common.v1.VolumeConstructionRequest
-	(*v1.Target)(nil),                              // 54: storage.common.v1.Target
-	(*v1.RegionSnapshotRef)(nil),                   // 55: storage.common.v1.RegionSnapshotRef
-	(v1.VolumeReplaceResult)(0),                    // 56: storage.common.v1.VolumeReplaceResult
-	(v1.TargetKind)(0),                             // 57: storage.common.v1.TargetKind
-	(v1.TargetState)(0),                            // 58: storage.common.v1.TargetState
-	(*v1.Violation)(nil),                           // 59: storage.common.v1.Violation
+	(*VolumeRedundancy)(nil),                       // 10: storage.volume.v1.VolumeRedundancy
+	(*RegionSetRedundancy)(nil),                    // 11: storage.volume.v1.RegionSetRedundancy
+	(*RegionCopy)(nil),                             // 12: storage.volume.v1.RegionCopy
+	(*ListDegradedVolumesRequest)(nil),             // 13: storage.volume.v1.ListDegradedVolumesRequest
+	(*ListDegradedVolumesResponse)(nil),            // 14: storage.volume.v1.ListDegradedVolumesResponse
+	(*GetVolumeWithKeysRequest)(nil),               // 15: storage.volume.v1.GetVolumeWithKeysRequest
+	(*GetVolumeWithKeysResponse)(nil),              // 16: storage.volume.v1.GetVolumeWithKeysResponse
+	(*ListVolumesRequest)(nil),                     // 17: storage.volume.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),                    // 18: storage.volume.v1.ListVolumesResponse
+	(*CheckoutVolumeRequest)(nil),                  // 19: storage.volume.v1.CheckoutVolumeRequest
+	(*CheckoutVolumeResponse)(nil),                 // 20: storage.volume.v1.CheckoutVolumeResponse
+	(*SoftDeleteVolumeRequest)(nil),                // 21: storage.volume.v1.SoftDeleteVolumeRequest
+	(*SoftDeleteVolumeResponse)(nil),               // 22: storage.volume.v1.SoftDeleteVolumeResponse
+	(*HardDeleteVolumeRequest)(nil),                // 23: storage.volume.v1.HardDeleteVolumeRequest
+	(*HardDeleteVolumeResponse)(nil),               // 24: storage.volume.v1.HardDeleteVolumeResponse
+	(*FindDeletedVolumeRegionsRequest)(nil),        // 25: storage.volume.v1.FindDeletedVolumeRegionsRequest
+	(*FindDeletedVolumeRegionsResponse)(nil),       // 26: storage.volume.v1.FindDeletedVolumeRegionsResponse
+	(*ReplaceReadOnlyTargetRequest)(nil),           // 27: storage.volume.v1.ReplaceReadOnlyTargetRequest
+	(*ReplaceReadOnlyTargetResponse)(nil),          // 28: storage.volume.v1.ReplaceReadOnlyTargetResponse
+	(*ReplaceRegionRequest)(nil),                   // 29: storage.volume.v1.ReplaceRegionRequest
+	(*ReplaceRegionResponse)(nil),                  // 30: storage.volume.v1.ReplaceRegionResponse
+	(*FindVolumesReferencingTargetRequest)(nil),    // 31: storage.volume.v1.FindVolumesReferencingTargetRequest
+	(*VolumeRef)(nil),                              // 32: storage.volume.v1.VolumeRef
+	(*FindVolumesReferencingTargetResponse)(nil),   // 33: storage.volume.v1.FindVolumesReferencingTargetResponse
+	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 34: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 35: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	(*RemoveReadOnlyParentRequest)(nil),            // 36: storage.volume.v1.RemoveReadOnlyParentRequest
+	(*RemoveReadOnlyParentResponse)(nil),           // 37: storage.volume.v1.RemoveReadOnlyParentResponse
+	(*TargetRegistration)(nil),                     // 38: storage.volume.v1.TargetRegistration
+	(*RegisterTargetsRequest)(nil),                 // 39: storage.volume.v1.RegisterTargetsRequest
+	(*RegisterTargetsResponse)(nil),                // 40: storage.volume.v1.RegisterTargetsResponse
+	(*TargetActivation)(nil),                       // 41: storage.volume.v1.TargetActivation
+	(*ActivateTargetsRequest)(nil),                 // 42: storage.volume.v1.ActivateTargetsRequest
+	(*ActivateTargetsResponse)(nil),                // 43: storage.volume.v1.ActivateTargetsResponse
+	(*UnregisterTargetsRequest)(nil),               // 44: storage.volume.v1.UnregisterTargetsRequest
+	(*UnregisterTargetsResponse)(nil),              // 45: storage.volume.v1.UnregisterTargetsResponse
+	(*RetireTargetsRequest)(nil),                   // 46: storage.volume.v1.RetireTargetsRequest
+	(*RetireTargetsResponse)(nil),                  // 47: storage.volume.v1.RetireTargetsResponse
+	(*GetTargetRequest)(nil),                       // 48: storage.volume.v1.GetTargetRequest
+	(*GetTargetResponse)(nil),                      // 49: storage.volume.v1.GetTargetResponse
+	(*ListTargetsRequest)(nil),                     // 50: storage.volume.v1.ListTargetsRequest
+	(*ListTargetsResponse)(nil),                    // 51: storage.volume.v1.ListTargetsResponse
+	(*ResolveAddressRequest)(nil),                  // 52: storage.volume.v1.ResolveAddressRequest
+	(*ResolveAddressResponse)(nil),                 // 53: storage.volume.v1.ResolveAddressResponse
+	(*CheckInvariantsRequest)(nil),                 // 54: storage.volume.v1.CheckInvariantsRequest
+	(*CheckInvariantsResponse)(nil),                // 55: storage.volume.v1.CheckInvariantsResponse
+	nil,                                            // 56: storage.volume.v1.SnapshotOf.TargetMapEntry
+	(*timestamppb.Timestamp)(nil),                  // 57: google.protobuf.Timestamp
+	(*v1.VolumeConstructionRequest)(nil),           // 58: storage.common.v1.VolumeConstructionRequest
+	(*v1.Target)(nil),                              // 59: storage.common.v1.Target
+	(v1.TargetKind)(0),                             // 60: storage.common.v1.TargetKind
+	(*v1.RegionSnapshotRef)(nil),                   // 61: storage.common.v1.RegionSnapshotRef
+	(v1.VolumeReplaceResult)(0),                    // 62: storage.common.v1.VolumeReplaceResult
+	(v1.TargetState)(0),                            // 63: storage.common.v1.TargetState
+	(*v1.Violation)(nil),                           // 64: storage.common.v1.Violation
 }
 var file_storage_volume_v1_volume_proto_depIdxs = []int32{
-	52, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
-	52, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
-	53, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	54, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
+	57, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
+	57, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
+	58, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	59, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
 	0,  // 4: storage.volume.v1.Volume.purpose:type_name -> storage.volume.v1.VolumePurpose
-	53, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	58, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
 	6,  // 6: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
 	0,  // 7: storage.volume.v1.CreateVolumeRequest.purpose:type_name -> storage.volume.v1.VolumePurpose
-	51, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
+	56, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
 	4,  // 9: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
 	1,  // 10: storage.volume.v1.GetVolumeRequest.view:type_name -> storage.volume.v1.VolumeView
 	4,  // 11: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
-	4,  // 12: storage.volume.v1.GetVolumeWithKeysResponse.volume:type_name -> storage.volume.v1.Volume
-	4,  // 13: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
-	2,  // 14: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
-	53, // 15: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	0,  // 16: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
-	55, // 17: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
-	3,  // 18: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
-	56, // 19: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	56, // 20: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	0,  // 21: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
-	27, // 22: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
-	0,  // 23: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
-	57, // 24: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
-	33, // 25: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
-	54, // 26: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
-	36, // 27: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
-	54, // 28: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
-	54, // 29: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
-	57, // 30: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
-	58, // 31: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
-	54, // 32: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
-	54, // 33: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
-	59, // 34: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
-	5,  // 35: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
-	8,  // 36: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
-	10, // 37: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
-	12, // 38: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
-	14, // 39: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
-	16, // 40: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
-	18, // 41: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
-	20, // 42: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
-	22, // 43: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
-	24, // 44: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
-	26, // 45: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
-	29, // 46: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	31, // 47: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
-	34, // 48: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
-	37, // 49: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
-	39, // 50: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
-	41, // 51: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
-	43, // 52: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
-	45, // 53: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
-	47, // 54: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
-	49, // 55: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
-	7,  // 56: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
-	9,  // 57: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
-	11, // 58: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
-	13, // 59: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
-	15, // 60: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
-	17, // 61: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
-	19, // 62: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
-	21, // 63: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
-	23, // 64: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
-	25, // 65: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
-	28, // 66: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
-	30, // 67: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	32, // 68: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
-	35, // 69: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
-	38, // 70: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
-	40, // 71: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
-	42, // 72: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
-	44, // 73: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
-	46, // 74: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
-	48, // 75: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
-	50, // 76: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
-	56, // [56:77] is the sub-list for method output_type
-	35, // [35:56] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	10, // 12: storage.volume.v1.GetVolumeResponse.redundancy:type_name -> storage.volume.v1.VolumeRedundancy
+	0,  // 13: storage.volume.v1.VolumeRedundancy.purpose:type_name -> storage.volume.v1.VolumePurpose
+	11, // 14: storage.volume.v1.VolumeRedundancy.sets:type_name -> storage.volume.v1.RegionSetRedundancy
+	57, // 15: storage.volume.v1.VolumeRedundancy.disks_read_at:type_name -> google.protobuf.Timestamp
+	12, // 16: storage.volume.v1.RegionSetRedundancy.copies:type_name -> storage.volume.v1.RegionCopy
+	60, // 17: storage.volume.v1.RegionCopy.kind:type_name -> storage.common.v1.TargetKind
+	10, // 18: storage.volume.v1.ListDegradedVolumesResponse.volumes:type_name -> storage.volume.v1.VolumeRedundancy
+	57, // 19: storage.volume.v1.ListDegradedVolumesResponse.disks_read_at:type_name -> google.protobuf.Timestamp
+	4,  // 20: storage.volume.v1.GetVolumeWithKeysResponse.volume:type_name -> storage.volume.v1.Volume
+	4,  // 21: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
+	2,  // 22: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
+	58, // 23: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	0,  // 24: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
+	61, // 25: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
+	3,  // 26: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
+	62, // 27: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	62, // 28: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	0,  // 29: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
+	32, // 30: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
+	0,  // 31: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
+	60, // 32: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
+	38, // 33: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
+	59, // 34: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
+	41, // 35: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
+	59, // 36: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
+	59, // 37: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
+	60, // 38: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
+	63, // 39: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
+	59, // 40: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
+	59, // 41: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
+	64, // 42: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
+	5,  // 43: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
+	8,  // 44: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
+	15, // 45: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
+	17, // 46: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
+	19, // 47: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
+	21, // 48: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
+	23, // 49: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
+	25, // 50: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
+	27, // 51: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
+	29, // 52: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
+	31, // 53: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
+	34, // 54: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	36, // 55: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
+	39, // 56: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
+	42, // 57: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
+	44, // 58: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
+	46, // 59: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
+	48, // 60: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
+	50, // 61: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
+	52, // 62: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
+	54, // 63: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
+	13, // 64: storage.volume.v1.VolumeService.ListDegradedVolumes:input_type -> storage.volume.v1.ListDegradedVolumesRequest
+	7,  // 65: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
+	9,  // 66: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
+	16, // 67: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
+	18, // 68: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
+	20, // 69: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
+	22, // 70: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
+	24, // 71: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
+	26, // 72: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
+	28, // 73: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
+	30, // 74: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
+	33, // 75: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
+	35, // 76: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	37, // 77: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
+	40, // 78: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
+	43, // 79: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
+	45, // 80: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
+	47, // 81: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
+	49, // 82: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
+	51, // 83: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
+	53, // 84: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
+	55, // 85: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
+	14, // 86: storage.volume.v1.VolumeService.ListDegradedVolumes:output_type -> storage.volume.v1.ListDegradedVolumesResponse
+	65, // [65:87] is the sub-list for method output_type
+	43, // [43:65] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_storage_volume_v1_volume_proto_init() }
@@ -3213,7 +3711,7 @@ func file_storage_volume_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_volume_v1_volume_proto_rawDesc), len(file_storage_volume_v1_volume_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   48,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,6 +48,7 @@ const (
 	VolumeService_ListTargets_FullMethodName                    = "/storage.volume.v1.VolumeService/ListTargets"
 	VolumeService_ResolveAddress_FullMethodName                 = "/storage.volume.v1.VolumeService/ResolveAddress"
 	VolumeService_CheckInvariants_FullMethodName                = "/storage.volume.v1.VolumeService/CheckInvariants"
+	VolumeService_ListDegradedVolumes_FullMethodName            = "/storage.volume.v1.VolumeService/ListDegradedVolumes"
 )
 
 // VolumeServiceClient is the client API for VolumeService service.
@@ -159,6 +160,13 @@ type VolumeServiceClient interface {
 	// VCRs, ownership is consistent; the codes are listed in
 	// services/volume/internal/store/invariants.go). An empty list means healthy.
 	CheckInvariants(ctx context.Context, in *CheckInvariantsRequest, opts ...grpc.CallOption) (*CheckInvariantsResponse, error)
+	// Lists the live data volumes whose redundancy (VolumeRedundancy) is
+	// below a threshold, worst first, with the counts of every live data
+	// volume at each level. Reads every live volume's VCR from the service's
+	// own database and the allocator's disk states (cached for a couple of
+	// seconds): O(volumes) rows, no call per volume. Stash and reference
+	// volumes (a replacement's own bookkeeping) are left out.
+	ListDegradedVolumes(ctx context.Context, in *ListDegradedVolumesRequest, opts ...grpc.CallOption) (*ListDegradedVolumesResponse, error)
 }
 
 type volumeServiceClient struct {
@@ -379,6 +387,16 @@ func (c *volumeServiceClient) CheckInvariants(ctx context.Context, in *CheckInva
 	return out, nil
 }
 
+func (c *volumeServiceClient) ListDegradedVolumes(ctx context.Context, in *ListDegradedVolumesRequest, opts ...grpc.CallOption) (*ListDegradedVolumesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDegradedVolumesResponse)
+	err := c.cc.Invoke(ctx, VolumeService_ListDegradedVolumes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VolumeServiceServer is the server API for VolumeService service.
 // All implementations must embed UnimplementedVolumeServiceServer
 // for forward compatibility.
@@ -488,6 +506,13 @@ type VolumeServiceServer interface {
 	// VCRs, ownership is consistent; the codes are listed in
 	// services/volume/internal/store/invariants.go). An empty list means healthy.
 	CheckInvariants(context.Context, *CheckInvariantsRequest) (*CheckInvariantsResponse, error)
+	// Lists the live data volumes whose redundancy (VolumeRedundancy) is
+	// below a threshold, worst first, with the counts of every live data
+	// volume at each level. Reads every live volume's VCR from the service's
+	// own database and the allocator's disk states (cached for a couple of
+	// seconds): O(volumes) rows, no call per volume. Stash and reference
+	// volumes (a replacement's own bookkeeping) are left out.
+	ListDegradedVolumes(context.Context, *ListDegradedVolumesRequest) (*ListDegradedVolumesResponse, error)
 	mustEmbedUnimplementedVolumeServiceServer()
 }
 
@@ -560,6 +585,9 @@ func (UnimplementedVolumeServiceServer) ResolveAddress(context.Context, *Resolve
 }
 func (UnimplementedVolumeServiceServer) CheckInvariants(context.Context, *CheckInvariantsRequest) (*CheckInvariantsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckInvariants not implemented")
+}
+func (UnimplementedVolumeServiceServer) ListDegradedVolumes(context.Context, *ListDegradedVolumesRequest) (*ListDegradedVolumesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDegradedVolumes not implemented")
 }
 func (UnimplementedVolumeServiceServer) mustEmbedUnimplementedVolumeServiceServer() {}
 func (UnimplementedVolumeServiceServer) testEmbeddedByValue()                       {}
@@ -960,6 +988,24 @@ func _VolumeService_CheckInvariants_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_ListDegradedVolumes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDegradedVolumesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).ListDegradedVolumes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_ListDegradedVolumes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).ListDegradedVolumes(ctx, req.(*ListDegradedVolumesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VolumeService_ServiceDesc is the grpc.ServiceDesc for VolumeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1050,6 +1096,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckInvariants",
 			Handler:    _VolumeService_CheckInvariants_Handler,
+		},
+		{
+			MethodName: "ListDegradedVolumes",
+			Handler:    _VolumeService_ListDegradedVolumes_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
