@@ -47,7 +47,6 @@ var pendingMetrics = map[string]bool{
 	"storagecp_rebuild_budget_limit":   true,
 	"storagecp_rebuild_budget_in_use":  true,
 	"storagecp_rebuild_budget_waiting": true,
-	"storagecp_volume_redundancy":      true,
 }
 
 // services are the processes the alerts and the dashboard watch.
