@@ -144,6 +144,9 @@ func (s *Server) ListRegionSnapshots(ctx context.Context, req *allocatorv1.ListR
 	if f.DatasetID, err = parseOptionalID("dataset_id", req.GetDatasetId()); err != nil {
 		return nil, err
 	}
+	if f.SnapshotIDs, err = parseIDList("snapshot_ids", req.GetSnapshotIds()); err != nil {
+		return nil, err
+	}
 	var after store.RegionSnapshotKey
 	if t := req.GetPageToken(); t != "" {
 		r, sn, ok := strings.Cut(t, "/")

@@ -314,20 +314,25 @@ const (
 	WaitKind_WAIT_KIND_STEPS WaitKind = 7
 	// The old target's last references to go (stashes being deleted).
 	WaitKind_WAIT_KIND_REFERENCES WaitKind = 8
+	// A rebuild budget (docs/operations.md, "Rebuild budgets"): the detail
+	// names the budget (rack_rebuilds, source_sled_rebuilds,
+	// dest_sled_rebuilds, rack_steps) and, for a per-sled one, the sled.
+	WaitKind_WAIT_KIND_BUDGET WaitKind = 10
 )
 
 // Enum value maps for WaitKind.
 var (
 	WaitKind_name = map[int32]string{
-		0: "WAIT_KIND_UNSPECIFIED",
-		1: "WAIT_KIND_NONE",
-		2: "WAIT_KIND_SAGA",
-		3: "WAIT_KIND_LOCK",
-		4: "WAIT_KIND_CAPACITY",
-		5: "WAIT_KIND_UPSTAIRS",
-		6: "WAIT_KIND_TASK",
-		7: "WAIT_KIND_STEPS",
-		8: "WAIT_KIND_REFERENCES",
+		0:  "WAIT_KIND_UNSPECIFIED",
+		1:  "WAIT_KIND_NONE",
+		2:  "WAIT_KIND_SAGA",
+		3:  "WAIT_KIND_LOCK",
+		4:  "WAIT_KIND_CAPACITY",
+		5:  "WAIT_KIND_UPSTAIRS",
+		6:  "WAIT_KIND_TASK",
+		7:  "WAIT_KIND_STEPS",
+		8:  "WAIT_KIND_REFERENCES",
+		10: "WAIT_KIND_BUDGET",
 	}
 	WaitKind_value = map[string]int32{
 		"WAIT_KIND_UNSPECIFIED": 0,
@@ -339,6 +344,7 @@ var (
 		"WAIT_KIND_TASK":        6,
 		"WAIT_KIND_STEPS":       7,
 		"WAIT_KIND_REFERENCES":  8,
+		"WAIT_KIND_BUDGET":      10,
 	}
 )
 
@@ -369,6 +375,102 @@ func (WaitKind) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
+type SetReplacementPriorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplacementId string                 `protobuf:"bytes,1,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
+	Priority      int32                  `protobuf:"varint,2,opt,name=priority,proto3" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetReplacementPriorityRequest) Reset() {
+	*x = SetReplacementPriorityRequest{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReplacementPriorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReplacementPriorityRequest) ProtoMessage() {}
+
+func (x *SetReplacementPriorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReplacementPriorityRequest.ProtoReflect.Descriptor instead.
+func (*SetReplacementPriorityRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SetReplacementPriorityRequest) GetReplacementId() string {
+	if x != nil {
+		return x.ReplacementId
+	}
+	return ""
+}
+
+func (x *SetReplacementPriorityRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+type SetReplacementPriorityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replacement   *Replacement           `protobuf:"bytes,1,opt,name=replacement,proto3" json:"replacement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetReplacementPriorityResponse) Reset() {
+	*x = SetReplacementPriorityResponse{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReplacementPriorityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReplacementPriorityResponse) ProtoMessage() {}
+
+func (x *SetReplacementPriorityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReplacementPriorityResponse.ProtoReflect.Descriptor instead.
+func (*SetReplacementPriorityResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SetReplacementPriorityResponse) GetReplacement() *Replacement {
+	if x != nil {
+		return x.Replacement
+	}
+	return nil
+}
+
 // What something waits on now, and since when.
 type Wait struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -385,7 +487,7 @@ type Wait struct {
 
 func (x *Wait) Reset() {
 	*x = Wait{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +499,7 @@ func (x *Wait) String() string {
 func (*Wait) ProtoMessage() {}
 
 func (x *Wait) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +512,7 @@ func (x *Wait) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wait.ProtoReflect.Descriptor instead.
 func (*Wait) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Wait) GetKind() WaitKind {
@@ -478,14 +580,23 @@ type Replacement struct {
 	LastError     string                 `protobuf:"bytes,19,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	LastErrorTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=last_error_time,json=lastErrorTime,proto3" json:"last_error_time,omitempty"`
 	// Why it ended other than COMPLETE (DATA_LOST, NEEDS_OPERATOR, CANCELLED).
-	EndReason     string `protobuf:"bytes,21,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
+	EndReason string `protobuf:"bytes,21,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
+	// The operator's priority (SetReplacementPriority): higher is admitted
+	// first under the rebuild budgets. Default 0.
+	Priority int32 `protobuf:"varint,30,opt,name=priority,proto3" json:"priority,omitempty"`
+	// Live copies of the request's data when its task last ordered it: for a
+	// rw region, the members of its region set on in-service disks; for a
+	// read-only target, the snapshot's region snapshots and read-only regions
+	// on in-service disks. Fewer is riskier and admitted first. -1: not yet
+	// computed.
+	LiveCopies    int32 `protobuf:"varint,31,opt,name=live_copies,json=liveCopies,proto3" json:"live_copies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Replacement) Reset() {
 	*x = Replacement{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +608,7 @@ func (x *Replacement) String() string {
 func (*Replacement) ProtoMessage() {}
 
 func (x *Replacement) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +621,7 @@ func (x *Replacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replacement.ProtoReflect.Descriptor instead.
 func (*Replacement) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Replacement) GetReplacementId() string {
@@ -660,6 +771,20 @@ func (x *Replacement) GetEndReason() string {
 	return ""
 }
 
+func (x *Replacement) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *Replacement) GetLiveCopies() int32 {
+	if x != nil {
+		return x.LiveCopies
+	}
+	return 0
+}
+
 // A replacement step.
 type Step struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -683,7 +808,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +820,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +833,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Step) GetStepId() string {
@@ -812,7 +937,7 @@ type DriveStep struct {
 
 func (x *DriveStep) Reset() {
 	*x = DriveStep{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +949,7 @@ func (x *DriveStep) String() string {
 func (*DriveStep) ProtoMessage() {}
 
 func (x *DriveStep) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +962,7 @@ func (x *DriveStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriveStep.ProtoReflect.Descriptor instead.
 func (*DriveStep) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DriveStep) GetDriveStepId() string {
@@ -898,7 +1023,7 @@ type RequestReplacementRequest struct {
 
 func (x *RequestReplacementRequest) Reset() {
 	*x = RequestReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1035,7 @@ func (x *RequestReplacementRequest) String() string {
 func (*RequestReplacementRequest) ProtoMessage() {}
 
 func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1048,7 @@ func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementRequest.ProtoReflect.Descriptor instead.
 func (*RequestReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RequestReplacementRequest) GetTargetId() string {
@@ -945,7 +1070,7 @@ type RequestReplacementResponse struct {
 
 func (x *RequestReplacementResponse) Reset() {
 	*x = RequestReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1082,7 @@ func (x *RequestReplacementResponse) String() string {
 func (*RequestReplacementResponse) ProtoMessage() {}
 
 func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1095,7 @@ func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementResponse.ProtoReflect.Descriptor instead.
 func (*RequestReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RequestReplacementResponse) GetReplacement() *Replacement {
@@ -998,7 +1123,7 @@ type CancelReplacementRequest struct {
 
 func (x *CancelReplacementRequest) Reset() {
 	*x = CancelReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1135,7 @@ func (x *CancelReplacementRequest) String() string {
 func (*CancelReplacementRequest) ProtoMessage() {}
 
 func (x *CancelReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1148,7 @@ func (x *CancelReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplacementRequest.ProtoReflect.Descriptor instead.
 func (*CancelReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CancelReplacementRequest) GetReplacementId() string {
@@ -1049,7 +1174,7 @@ type CancelReplacementResponse struct {
 
 func (x *CancelReplacementResponse) Reset() {
 	*x = CancelReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1186,7 @@ func (x *CancelReplacementResponse) String() string {
 func (*CancelReplacementResponse) ProtoMessage() {}
 
 func (x *CancelReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1199,7 @@ func (x *CancelReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplacementResponse.ProtoReflect.Descriptor instead.
 func (*CancelReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelReplacementResponse) GetReplacement() *Replacement {
@@ -1093,7 +1218,7 @@ type GetReplacementRequest struct {
 
 func (x *GetReplacementRequest) Reset() {
 	*x = GetReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1230,7 @@ func (x *GetReplacementRequest) String() string {
 func (*GetReplacementRequest) ProtoMessage() {}
 
 func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1243,7 @@ func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementRequest.ProtoReflect.Descriptor instead.
 func (*GetReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetReplacementRequest) GetReplacementId() string {
@@ -1139,7 +1264,7 @@ type GetReplacementResponse struct {
 
 func (x *GetReplacementResponse) Reset() {
 	*x = GetReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1276,7 @@ func (x *GetReplacementResponse) String() string {
 func (*GetReplacementResponse) ProtoMessage() {}
 
 func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1289,7 @@ func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementResponse.ProtoReflect.Descriptor instead.
 func (*GetReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetReplacementResponse) GetReplacement() *Replacement {
@@ -1202,7 +1327,7 @@ type ListReplacementsRequest struct {
 
 func (x *ListReplacementsRequest) Reset() {
 	*x = ListReplacementsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1339,7 @@ func (x *ListReplacementsRequest) String() string {
 func (*ListReplacementsRequest) ProtoMessage() {}
 
 func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1352,7 @@ func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsRequest.ProtoReflect.Descriptor instead.
 func (*ListReplacementsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListReplacementsRequest) GetPageSize() int32 {
@@ -1275,7 +1400,7 @@ type ListReplacementsResponse struct {
 
 func (x *ListReplacementsResponse) Reset() {
 	*x = ListReplacementsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1412,7 @@ func (x *ListReplacementsResponse) String() string {
 func (*ListReplacementsResponse) ProtoMessage() {}
 
 func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1425,7 @@ func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsResponse.ProtoReflect.Descriptor instead.
 func (*ListReplacementsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListReplacementsResponse) GetReplacements() []*Replacement {
@@ -1330,7 +1455,7 @@ type ListStepsRequest struct {
 
 func (x *ListStepsRequest) Reset() {
 	*x = ListStepsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1467,7 @@ func (x *ListStepsRequest) String() string {
 func (*ListStepsRequest) ProtoMessage() {}
 
 func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1480,7 @@ func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsRequest.ProtoReflect.Descriptor instead.
 func (*ListStepsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListStepsRequest) GetPageSize() int32 {
@@ -1396,7 +1521,7 @@ type ListStepsResponse struct {
 
 func (x *ListStepsResponse) Reset() {
 	*x = ListStepsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1533,7 @@ func (x *ListStepsResponse) String() string {
 func (*ListStepsResponse) ProtoMessage() {}
 
 func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1546,7 @@ func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsResponse.ProtoReflect.Descriptor instead.
 func (*ListStepsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListStepsResponse) GetSteps() []*Step {
@@ -1453,7 +1578,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1590,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1603,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Lock) GetVolumeId() string {
@@ -1519,7 +1644,7 @@ type ListLocksRequest struct {
 
 func (x *ListLocksRequest) Reset() {
 	*x = ListLocksRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1656,7 @@ func (x *ListLocksRequest) String() string {
 func (*ListLocksRequest) ProtoMessage() {}
 
 func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1669,7 @@ func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksRequest.ProtoReflect.Descriptor instead.
 func (*ListLocksRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListLocksRequest) GetPageSize() int32 {
@@ -1571,7 +1696,7 @@ type ListLocksResponse struct {
 
 func (x *ListLocksResponse) Reset() {
 	*x = ListLocksResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1708,7 @@ func (x *ListLocksResponse) String() string {
 func (*ListLocksResponse) ProtoMessage() {}
 
 func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1721,7 @@ func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksResponse.ProtoReflect.Descriptor instead.
 func (*ListLocksResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListLocksResponse) GetLocks() []*Lock {
@@ -1623,7 +1748,7 @@ type WatchReplacementRequest struct {
 
 func (x *WatchReplacementRequest) Reset() {
 	*x = WatchReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1760,7 @@ func (x *WatchReplacementRequest) String() string {
 func (*WatchReplacementRequest) ProtoMessage() {}
 
 func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1773,7 @@ func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementRequest.ProtoReflect.Descriptor instead.
 func (*WatchReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchReplacementRequest) GetReplacementId() string {
@@ -1672,7 +1797,7 @@ type StepCounts struct {
 
 func (x *StepCounts) Reset() {
 	*x = StepCounts{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1809,7 @@ func (x *StepCounts) String() string {
 func (*StepCounts) ProtoMessage() {}
 
 func (x *StepCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1822,7 @@ func (x *StepCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepCounts.ProtoReflect.Descriptor instead.
 func (*StepCounts) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StepCounts) GetRequested() int64 {
@@ -1747,7 +1872,7 @@ type WatchReplacementResponse struct {
 
 func (x *WatchReplacementResponse) Reset() {
 	*x = WatchReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1884,7 @@ func (x *WatchReplacementResponse) String() string {
 func (*WatchReplacementResponse) ProtoMessage() {}
 
 func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1897,7 @@ func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementResponse.ProtoReflect.Descriptor instead.
 func (*WatchReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchReplacementResponse) GetReplacements() []*Replacement {
@@ -1807,7 +1932,7 @@ type PreviewExpungeRequest struct {
 
 func (x *PreviewExpungeRequest) Reset() {
 	*x = PreviewExpungeRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1944,7 @@ func (x *PreviewExpungeRequest) String() string {
 func (*PreviewExpungeRequest) ProtoMessage() {}
 
 func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1957,7 @@ func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeRequest.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PreviewExpungeRequest) GetDiskId() string {
@@ -1881,7 +2006,7 @@ type ReadOnlyTargetPreview struct {
 
 func (x *ReadOnlyTargetPreview) Reset() {
 	*x = ReadOnlyTargetPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2018,7 @@ func (x *ReadOnlyTargetPreview) String() string {
 func (*ReadOnlyTargetPreview) ProtoMessage() {}
 
 func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2031,7 @@ func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOnlyTargetPreview.ProtoReflect.Descriptor instead.
 func (*ReadOnlyTargetPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReadOnlyTargetPreview) GetTargetId() string {
@@ -2033,7 +2158,7 @@ type ReadWriteRegionPreview struct {
 
 func (x *ReadWriteRegionPreview) Reset() {
 	*x = ReadWriteRegionPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2170,7 @@ func (x *ReadWriteRegionPreview) String() string {
 func (*ReadWriteRegionPreview) ProtoMessage() {}
 
 func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2183,7 @@ func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadWriteRegionPreview.ProtoReflect.Descriptor instead.
 func (*ReadWriteRegionPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReadWriteRegionPreview) GetRegionId() string {
@@ -2139,7 +2264,7 @@ type RegionSetMember struct {
 
 func (x *RegionSetMember) Reset() {
 	*x = RegionSetMember{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2276,7 @@ func (x *RegionSetMember) String() string {
 func (*RegionSetMember) ProtoMessage() {}
 
 func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2289,7 @@ func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSetMember.ProtoReflect.Descriptor instead.
 func (*RegionSetMember) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RegionSetMember) GetRegionId() string {
@@ -2213,7 +2338,7 @@ type PreviewExpungeResponse struct {
 
 func (x *PreviewExpungeResponse) Reset() {
 	*x = PreviewExpungeResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2350,7 @@ func (x *PreviewExpungeResponse) String() string {
 func (*PreviewExpungeResponse) ProtoMessage() {}
 
 func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2363,7 @@ func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeResponse.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PreviewExpungeResponse) GetReadOnlyTargets() []*ReadOnlyTargetPreview {
@@ -2287,12 +2412,17 @@ var File_storage_orchestrator_v1_replacement_proto protoreflect.FileDescriptor
 
 const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\n" +
-	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n" +
+	"\x1dSetReplacementPriorityRequest\x12%\n" +
+	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12\x1a\n" +
+	"\bpriority\x18\x02 \x01(\x05R\bpriority\"h\n" +
+	"\x1eSetReplacementPriorityResponse\x12F\n" +
+	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\"\xa1\x01\n" +
 	"\x04Wait\x125\n" +
 	"\x04kind\x18\x01 \x01(\x0e2!.storage.orchestrator.v1.WaitKindR\x04kind\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x120\n" +
 	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\asubject\x18\x04 \x01(\tR\asubject\"\x86\b\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\"\xc3\b\n" +
 	"\vReplacement\x12%\n" +
 	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12<\n" +
 	"\x04kind\x18\x02 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12\"\n" +
@@ -2317,7 +2447,10 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"last_error\x18\x13 \x01(\tR\tlastError\x12B\n" +
 	"\x0flast_error_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\rlastErrorTime\x12\x1d\n" +
 	"\n" +
-	"end_reason\x18\x15 \x01(\tR\tendReason\"\xb0\x04\n" +
+	"end_reason\x18\x15 \x01(\tR\tendReason\x12\x1a\n" +
+	"\bpriority\x18\x1e \x01(\x05R\bpriority\x12\x1f\n" +
+	"\vlive_copies\x18\x1f \x01(\x05R\n" +
+	"liveCopies\"\xb0\x04\n" +
 	"\x04Step\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12%\n" +
 	"\x0ereplacement_id\x18\x02 \x01(\tR\rreplacementId\x12\x1b\n" +
@@ -2485,7 +2618,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\"REGION_REPLACEMENT_STATE_DATA_LOST\x10\b\x12+\n" +
 	"'REGION_REPLACEMENT_STATE_NEEDS_OPERATOR\x10\t\x12&\n" +
 	"\"REGION_REPLACEMENT_STATE_CANCELLED\x10\n" +
-	"*\xd4\x01\n" +
+	"*\xea\x01\n" +
 	"\bWaitKind\x12\x19\n" +
 	"\x15WAIT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eWAIT_KIND_NONE\x10\x01\x12\x12\n" +
@@ -2495,7 +2628,9 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x12WAIT_KIND_UPSTAIRS\x10\x05\x12\x12\n" +
 	"\x0eWAIT_KIND_TASK\x10\x06\x12\x13\n" +
 	"\x0fWAIT_KIND_STEPS\x10\a\x12\x18\n" +
-	"\x14WAIT_KIND_REFERENCES\x10\b2\xb1\a\n" +
+	"\x14WAIT_KIND_REFERENCES\x10\b\x12\x14\n" +
+	"\x10WAIT_KIND_BUDGET\x10\n" +
+	"2\xbd\b\n" +
 	"\x12ReplacementService\x12}\n" +
 	"\x12RequestReplacement\x122.storage.orchestrator.v1.RequestReplacementRequest\x1a3.storage.orchestrator.v1.RequestReplacementResponse\x12q\n" +
 	"\x0eGetReplacement\x12..storage.orchestrator.v1.GetReplacementRequest\x1a/.storage.orchestrator.v1.GetReplacementResponse\x12w\n" +
@@ -2504,7 +2639,8 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\tListLocks\x12).storage.orchestrator.v1.ListLocksRequest\x1a*.storage.orchestrator.v1.ListLocksResponse\x12y\n" +
 	"\x10WatchReplacement\x120.storage.orchestrator.v1.WatchReplacementRequest\x1a1.storage.orchestrator.v1.WatchReplacementResponse0\x01\x12q\n" +
 	"\x0ePreviewExpunge\x12..storage.orchestrator.v1.PreviewExpungeRequest\x1a/.storage.orchestrator.v1.PreviewExpungeResponse\x12z\n" +
-	"\x11CancelReplacement\x121.storage.orchestrator.v1.CancelReplacementRequest\x1a2.storage.orchestrator.v1.CancelReplacementResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
+	"\x11CancelReplacement\x121.storage.orchestrator.v1.CancelReplacementRequest\x1a2.storage.orchestrator.v1.CancelReplacementResponse\x12\x89\x01\n" +
+	"\x16SetReplacementPriority\x126.storage.orchestrator.v1.SetReplacementPriorityRequest\x1a7.storage.orchestrator.v1.SetReplacementPriorityResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
 	file_storage_orchestrator_v1_replacement_proto_rawDescOnce sync.Once
@@ -2519,96 +2655,101 @@ func file_storage_orchestrator_v1_replacement_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
-	(ReplacementKind)(0),               // 0: storage.orchestrator.v1.ReplacementKind
-	(ReadOnlyReplacementState)(0),      // 1: storage.orchestrator.v1.ReadOnlyReplacementState
-	(StepState)(0),                     // 2: storage.orchestrator.v1.StepState
-	(RegionReplacementState)(0),        // 3: storage.orchestrator.v1.RegionReplacementState
-	(WaitKind)(0),                      // 4: storage.orchestrator.v1.WaitKind
-	(*Wait)(nil),                       // 5: storage.orchestrator.v1.Wait
-	(*Replacement)(nil),                // 6: storage.orchestrator.v1.Replacement
-	(*Step)(nil),                       // 7: storage.orchestrator.v1.Step
-	(*DriveStep)(nil),                  // 8: storage.orchestrator.v1.DriveStep
-	(*RequestReplacementRequest)(nil),  // 9: storage.orchestrator.v1.RequestReplacementRequest
-	(*RequestReplacementResponse)(nil), // 10: storage.orchestrator.v1.RequestReplacementResponse
-	(*CancelReplacementRequest)(nil),   // 11: storage.orchestrator.v1.CancelReplacementRequest
-	(*CancelReplacementResponse)(nil),  // 12: storage.orchestrator.v1.CancelReplacementResponse
-	(*GetReplacementRequest)(nil),      // 13: storage.orchestrator.v1.GetReplacementRequest
-	(*GetReplacementResponse)(nil),     // 14: storage.orchestrator.v1.GetReplacementResponse
-	(*ListReplacementsRequest)(nil),    // 15: storage.orchestrator.v1.ListReplacementsRequest
-	(*ListReplacementsResponse)(nil),   // 16: storage.orchestrator.v1.ListReplacementsResponse
-	(*ListStepsRequest)(nil),           // 17: storage.orchestrator.v1.ListStepsRequest
-	(*ListStepsResponse)(nil),          // 18: storage.orchestrator.v1.ListStepsResponse
-	(*Lock)(nil),                       // 19: storage.orchestrator.v1.Lock
-	(*ListLocksRequest)(nil),           // 20: storage.orchestrator.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),          // 21: storage.orchestrator.v1.ListLocksResponse
-	(*WatchReplacementRequest)(nil),    // 22: storage.orchestrator.v1.WatchReplacementRequest
-	(*StepCounts)(nil),                 // 23: storage.orchestrator.v1.StepCounts
-	(*WatchReplacementResponse)(nil),   // 24: storage.orchestrator.v1.WatchReplacementResponse
-	(*PreviewExpungeRequest)(nil),      // 25: storage.orchestrator.v1.PreviewExpungeRequest
-	(*ReadOnlyTargetPreview)(nil),      // 26: storage.orchestrator.v1.ReadOnlyTargetPreview
-	(*ReadWriteRegionPreview)(nil),     // 27: storage.orchestrator.v1.ReadWriteRegionPreview
-	(*RegionSetMember)(nil),            // 28: storage.orchestrator.v1.RegionSetMember
-	(*PreviewExpungeResponse)(nil),     // 29: storage.orchestrator.v1.PreviewExpungeResponse
-	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
+	(ReplacementKind)(0),                   // 0: storage.orchestrator.v1.ReplacementKind
+	(ReadOnlyReplacementState)(0),          // 1: storage.orchestrator.v1.ReadOnlyReplacementState
+	(StepState)(0),                         // 2: storage.orchestrator.v1.StepState
+	(RegionReplacementState)(0),            // 3: storage.orchestrator.v1.RegionReplacementState
+	(WaitKind)(0),                          // 4: storage.orchestrator.v1.WaitKind
+	(*SetReplacementPriorityRequest)(nil),  // 5: storage.orchestrator.v1.SetReplacementPriorityRequest
+	(*SetReplacementPriorityResponse)(nil), // 6: storage.orchestrator.v1.SetReplacementPriorityResponse
+	(*Wait)(nil),                           // 7: storage.orchestrator.v1.Wait
+	(*Replacement)(nil),                    // 8: storage.orchestrator.v1.Replacement
+	(*Step)(nil),                           // 9: storage.orchestrator.v1.Step
+	(*DriveStep)(nil),                      // 10: storage.orchestrator.v1.DriveStep
+	(*RequestReplacementRequest)(nil),      // 11: storage.orchestrator.v1.RequestReplacementRequest
+	(*RequestReplacementResponse)(nil),     // 12: storage.orchestrator.v1.RequestReplacementResponse
+	(*CancelReplacementRequest)(nil),       // 13: storage.orchestrator.v1.CancelReplacementRequest
+	(*CancelReplacementResponse)(nil),      // 14: storage.orchestrator.v1.CancelReplacementResponse
+	(*GetReplacementRequest)(nil),          // 15: storage.orchestrator.v1.GetReplacementRequest
+	(*GetReplacementResponse)(nil),         // 16: storage.orchestrator.v1.GetReplacementResponse
+	(*ListReplacementsRequest)(nil),        // 17: storage.orchestrator.v1.ListReplacementsRequest
+	(*ListReplacementsResponse)(nil),       // 18: storage.orchestrator.v1.ListReplacementsResponse
+	(*ListStepsRequest)(nil),               // 19: storage.orchestrator.v1.ListStepsRequest
+	(*ListStepsResponse)(nil),              // 20: storage.orchestrator.v1.ListStepsResponse
+	(*Lock)(nil),                           // 21: storage.orchestrator.v1.Lock
+	(*ListLocksRequest)(nil),               // 22: storage.orchestrator.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),              // 23: storage.orchestrator.v1.ListLocksResponse
+	(*WatchReplacementRequest)(nil),        // 24: storage.orchestrator.v1.WatchReplacementRequest
+	(*StepCounts)(nil),                     // 25: storage.orchestrator.v1.StepCounts
+	(*WatchReplacementResponse)(nil),       // 26: storage.orchestrator.v1.WatchReplacementResponse
+	(*PreviewExpungeRequest)(nil),          // 27: storage.orchestrator.v1.PreviewExpungeRequest
+	(*ReadOnlyTargetPreview)(nil),          // 28: storage.orchestrator.v1.ReadOnlyTargetPreview
+	(*ReadWriteRegionPreview)(nil),         // 29: storage.orchestrator.v1.ReadWriteRegionPreview
+	(*RegionSetMember)(nil),                // 30: storage.orchestrator.v1.RegionSetMember
+	(*PreviewExpungeResponse)(nil),         // 31: storage.orchestrator.v1.PreviewExpungeResponse
+	(*timestamppb.Timestamp)(nil),          // 32: google.protobuf.Timestamp
 }
 var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
-	4,  // 0: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
-	30, // 1: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
-	0,  // 2: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 3: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 4: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	30, // 5: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
-	30, // 6: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
-	5,  // 7: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
-	30, // 8: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
-	2,  // 9: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
-	30, // 10: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
-	30, // 11: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
-	5,  // 12: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
-	30, // 13: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
-	30, // 14: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
-	6,  // 15: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 16: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 17: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	7,  // 18: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
-	8,  // 19: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
-	0,  // 20: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 21: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 22: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	6,  // 23: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	2,  // 24: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
-	7,  // 25: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
-	30, // 26: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
-	19, // 27: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
-	6,  // 28: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	23, // 29: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
-	0,  // 30: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	28, // 31: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
-	26, // 32: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
-	27, // 33: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
-	9,  // 34: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
-	13, // 35: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
-	15, // 36: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
-	17, // 37: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
-	20, // 38: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
-	22, // 39: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
-	25, // 40: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
-	11, // 41: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
-	10, // 42: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
-	14, // 43: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
-	16, // 44: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
-	18, // 45: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
-	21, // 46: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
-	24, // 47: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
-	29, // 48: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
-	12, // 49: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
-	42, // [42:50] is the sub-list for method output_type
-	34, // [34:42] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	8,  // 0: storage.orchestrator.v1.SetReplacementPriorityResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	4,  // 1: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
+	32, // 2: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
+	0,  // 3: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 4: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 5: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	32, // 6: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
+	32, // 7: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
+	7,  // 8: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
+	32, // 9: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
+	2,  // 10: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
+	32, // 11: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
+	32, // 12: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
+	7,  // 13: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
+	32, // 14: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
+	32, // 15: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
+	8,  // 16: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	8,  // 17: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	8,  // 18: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	9,  // 19: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
+	10, // 20: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
+	0,  // 21: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 22: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 23: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	8,  // 24: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	2,  // 25: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
+	9,  // 26: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
+	32, // 27: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
+	21, // 28: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
+	8,  // 29: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	25, // 30: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
+	0,  // 31: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	30, // 32: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
+	28, // 33: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
+	29, // 34: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
+	11, // 35: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
+	15, // 36: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
+	17, // 37: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
+	19, // 38: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
+	22, // 39: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
+	24, // 40: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
+	27, // 41: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
+	13, // 42: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
+	5,  // 43: storage.orchestrator.v1.ReplacementService.SetReplacementPriority:input_type -> storage.orchestrator.v1.SetReplacementPriorityRequest
+	12, // 44: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
+	16, // 45: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
+	18, // 46: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
+	20, // 47: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
+	23, // 48: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
+	26, // 49: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
+	31, // 50: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
+	14, // 51: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
+	6,  // 52: storage.orchestrator.v1.ReplacementService.SetReplacementPriority:output_type -> storage.orchestrator.v1.SetReplacementPriorityResponse
+	44, // [44:53] is the sub-list for method output_type
+	35, // [35:44] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_replacement_proto_init() }
@@ -2622,7 +2763,7 @@ func file_storage_orchestrator_v1_replacement_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_replacement_proto_rawDesc), len(file_storage_orchestrator_v1_replacement_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,14 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ReplacementService_RequestReplacement_FullMethodName = "/storage.orchestrator.v1.ReplacementService/RequestReplacement"
-	ReplacementService_GetReplacement_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/GetReplacement"
-	ReplacementService_ListReplacements_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/ListReplacements"
-	ReplacementService_ListSteps_FullMethodName          = "/storage.orchestrator.v1.ReplacementService/ListSteps"
-	ReplacementService_ListLocks_FullMethodName          = "/storage.orchestrator.v1.ReplacementService/ListLocks"
-	ReplacementService_WatchReplacement_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/WatchReplacement"
-	ReplacementService_PreviewExpunge_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/PreviewExpunge"
-	ReplacementService_CancelReplacement_FullMethodName  = "/storage.orchestrator.v1.ReplacementService/CancelReplacement"
+	ReplacementService_RequestReplacement_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/RequestReplacement"
+	ReplacementService_GetReplacement_FullMethodName         = "/storage.orchestrator.v1.ReplacementService/GetReplacement"
+	ReplacementService_ListReplacements_FullMethodName       = "/storage.orchestrator.v1.ReplacementService/ListReplacements"
+	ReplacementService_ListSteps_FullMethodName              = "/storage.orchestrator.v1.ReplacementService/ListSteps"
+	ReplacementService_ListLocks_FullMethodName              = "/storage.orchestrator.v1.ReplacementService/ListLocks"
+	ReplacementService_WatchReplacement_FullMethodName       = "/storage.orchestrator.v1.ReplacementService/WatchReplacement"
+	ReplacementService_PreviewExpunge_FullMethodName         = "/storage.orchestrator.v1.ReplacementService/PreviewExpunge"
+	ReplacementService_CancelReplacement_FullMethodName      = "/storage.orchestrator.v1.ReplacementService/CancelReplacement"
+	ReplacementService_SetReplacementPriority_FullMethodName = "/storage.orchestrator.v1.ReplacementService/SetReplacementPriority"
 )
 
 // ReplacementServiceClient is the client API for ReplacementService service.
@@ -82,6 +83,13 @@ type ReplacementServiceClient interface {
 	// INVALID_ARGUMENT for a malformed id or an empty reason; NOT_FOUND for an
 	// unknown request.
 	CancelReplacement(ctx context.Context, in *CancelReplacementRequest, opts ...grpc.CallOption) (*CancelReplacementResponse, error)
+	// Sets a request's operator priority (higher goes first; default 0).
+	// Under the rebuild budgets, waiting work is admitted by priority, then
+	// by risk (fewest live copies of the request's data first), then by age.
+	// Any request, in any state, read-only or rw; persisted. NOT_FOUND for an
+	// unknown request, INVALID_ARGUMENT for a malformed id or a priority
+	// outside -1000..1000.
+	SetReplacementPriority(ctx context.Context, in *SetReplacementPriorityRequest, opts ...grpc.CallOption) (*SetReplacementPriorityResponse, error)
 }
 
 type replacementServiceClient struct {
@@ -181,6 +189,16 @@ func (c *replacementServiceClient) CancelReplacement(ctx context.Context, in *Ca
 	return out, nil
 }
 
+func (c *replacementServiceClient) SetReplacementPriority(ctx context.Context, in *SetReplacementPriorityRequest, opts ...grpc.CallOption) (*SetReplacementPriorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetReplacementPriorityResponse)
+	err := c.cc.Invoke(ctx, ReplacementService_SetReplacementPriority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplacementServiceServer is the server API for ReplacementService service.
 // All implementations must embed UnimplementedReplacementServiceServer
 // for forward compatibility.
@@ -234,6 +252,13 @@ type ReplacementServiceServer interface {
 	// INVALID_ARGUMENT for a malformed id or an empty reason; NOT_FOUND for an
 	// unknown request.
 	CancelReplacement(context.Context, *CancelReplacementRequest) (*CancelReplacementResponse, error)
+	// Sets a request's operator priority (higher goes first; default 0).
+	// Under the rebuild budgets, waiting work is admitted by priority, then
+	// by risk (fewest live copies of the request's data first), then by age.
+	// Any request, in any state, read-only or rw; persisted. NOT_FOUND for an
+	// unknown request, INVALID_ARGUMENT for a malformed id or a priority
+	// outside -1000..1000.
+	SetReplacementPriority(context.Context, *SetReplacementPriorityRequest) (*SetReplacementPriorityResponse, error)
 	mustEmbedUnimplementedReplacementServiceServer()
 }
 
@@ -267,6 +292,9 @@ func (UnimplementedReplacementServiceServer) PreviewExpunge(context.Context, *Pr
 }
 func (UnimplementedReplacementServiceServer) CancelReplacement(context.Context, *CancelReplacementRequest) (*CancelReplacementResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelReplacement not implemented")
+}
+func (UnimplementedReplacementServiceServer) SetReplacementPriority(context.Context, *SetReplacementPriorityRequest) (*SetReplacementPriorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetReplacementPriority not implemented")
 }
 func (UnimplementedReplacementServiceServer) mustEmbedUnimplementedReplacementServiceServer() {}
 func (UnimplementedReplacementServiceServer) testEmbeddedByValue()                            {}
@@ -426,6 +454,24 @@ func _ReplacementService_CancelReplacement_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReplacementService_SetReplacementPriority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetReplacementPriorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplacementServiceServer).SetReplacementPriority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplacementService_SetReplacementPriority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplacementServiceServer).SetReplacementPriority(ctx, req.(*SetReplacementPriorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReplacementService_ServiceDesc is the grpc.ServiceDesc for ReplacementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -460,6 +506,10 @@ var ReplacementService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelReplacement",
 			Handler:    _ReplacementService_CancelReplacement_Handler,
+		},
+		{
+			MethodName: "SetReplacementPriority",
+			Handler:    _ReplacementService_SetReplacementPriority_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
