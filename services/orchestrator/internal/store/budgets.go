@@ -461,3 +461,45 @@ func setLiveCopies(ctx context.Context, tx pgx.Tx, ro, rw []LiveCopies) error {
 	}
 	return nil
 }
+
+// RebuildsStarting lists the requests in a start saga's Allocating state,
+// read-only and rw: each either holds a slot already or is on its way to
+// its allocation, where it will ask for one. Planning counts the second
+// kind as taken, so a new leader does not admit past the budget while its
+// adopted sagas are still before their allocation.
+func (s *Store) RebuildsStarting(ctx context.Context) ([]uuid.UUID, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM ro_replacement WHERE state = 'allocating'
+		UNION ALL SELECT id FROM rw_replacement WHERE state = 'allocating'`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+}
+
+// RequestedStepsByRequest lists Requested steps with no saga, at most per
+// of each request (oldest first): a fan-out of any size cannot push a
+// small request's steps out of the list a pass looks at.
+func (s *Store) RequestedStepsByRequest(ctx context.Context, per int) ([]Step, error) {
+	return collectSteps(s.pool.Query(ctx, `SELECT `+stepColumns+` FROM (
+		SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY request_time, id) AS n
+		FROM ro_replacement_step WHERE state = 'requested' AND operating_saga_id IS NULL) s
+		WHERE n <= $1 ORDER BY request_time, id`, per))
+}
+
+// RunningStepRequests maps each Running step to its request.
+func (s *Store) RunningStepRequests(ctx context.Context) (map[uuid.UUID]uuid.UUID, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, request_id FROM ro_replacement_step WHERE state = 'running'`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[uuid.UUID]uuid.UUID{}
+	for rows.Next() {
+		var id, req uuid.UUID
+		if err := rows.Scan(&id, &req); err != nil {
+			return nil, err
+		}
+		out[id] = req
+	}
+	return out, rows.Err()
+}
