@@ -86,6 +86,9 @@ func (a *Admission) HeldBack(id uuid.UUID) (string, bool) {
 
 // stepsHeld replaces what the step task held back.
 func (a *Admission) stepsHeld(held map[uuid.UUID]string) {
+	if a == nil {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.heldSteps = held
@@ -113,6 +116,9 @@ func (a *Admission) Waiting() map[string]int {
 // anyWaiting reports whether anything is held back (a freed slot must then
 // wake the tasks that admit).
 func (a *Admission) anyWaiting() bool {
+	if a == nil {
+		return false
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.held) > 0 || len(a.destBlocked) > 0 || len(a.heldSteps) > 0
@@ -120,6 +126,9 @@ func (a *Admission) anyWaiting() bool {
 
 // ended forgets a rebuild saga's reservation.
 func (a *Admission) ended(id uuid.UUID) {
+	if a == nil {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.reserved, id)
@@ -127,6 +136,9 @@ func (a *Admission) ended(id uuid.UUID) {
 
 // refusedDest notes a rebuild refused for want of a destination sled.
 func (a *Admission) refusedDest(id uuid.UUID) {
+	if a == nil {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.destBlocked[id] = true
@@ -200,6 +212,9 @@ func (s *BudgetStatus) hold(budget, format string, args ...any) {
 // kind were admitted (their task must be woken).
 func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *BudgetStatus, error) {
 	a := env.Admission
+	if a == nil {
+		a = NewAdmission() // tasks built without Register (tests): plan afresh each pass
+	}
 	d := env.Deps
 	limits, _, err := d.Store.RebuildLimits(ctx)
 	if err != nil {
