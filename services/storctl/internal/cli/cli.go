@@ -348,6 +348,7 @@ func commands() []command {
 	all = append(all, diskCommands()...)
 	all = append(all, rackCommands()...)
 	all = append(all, healthCommands()...)
+	all = append(all, budgetCommands()...)
 	return all
 }
 

@@ -44,9 +44,11 @@ var DefaultBudgets = store.Limits{RackRebuilds: 32, SourceSledRebuilds: 4, DestS
 // what the last passes held back.
 type Admission struct {
 	mu sync.Mutex
-	// reserved: rebuild sagas started from a plan whose records hold no
-	// slot yet, with the sources the plan counted for them.
-	reserved map[uuid.UUID][]uuid.UUID
+	// reserved: rebuilds a plan admitted whose records hold no slot yet:
+	// started by this task, or owed to the other kind's task (admitted
+	// ahead of this task's own; they keep their place until that task
+	// plans again).
+	reserved map[uuid.UUID]reservation
 	// destBlocked: records whose saga was refused for want of a
 	// destination sled since the last slot freed. Planning holds them back
 	// until a slot frees (lastHeld tells).
@@ -65,7 +67,7 @@ type Admission struct {
 // NewAdmission returns an empty Admission.
 func NewAdmission() *Admission {
 	return &Admission{
-		reserved: map[uuid.UUID][]uuid.UUID{}, destBlocked: map[uuid.UUID]bool{}, lastHeld: map[uuid.UUID]bool{},
+		reserved: map[uuid.UUID]reservation{}, destBlocked: map[uuid.UUID]bool{}, lastHeld: map[uuid.UUID]bool{},
 		held: map[uuid.UUID]string{}, heldSteps: map[uuid.UUID]string{}, waitingRebuilds: map[string]int{},
 	}
 }
@@ -142,6 +144,14 @@ func (a *Admission) refusedDest(id uuid.UUID) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.destBlocked[id] = true
+}
+
+// reservation is a rebuild a plan admitted, with the sources it counted.
+type reservation struct {
+	kind    string
+	sources []uuid.UUID
+	// owed: admitted for the other kind's task, not started yet.
+	owed bool
 }
 
 // Request kinds in a plan.
@@ -245,6 +255,13 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// This task starts its own kind: what another plan owed it is planned
+	// afresh here, in the current order.
+	for id, r := range a.reserved {
+		if r.owed && r.kind == mine {
+			delete(a.reserved, id)
+		}
+	}
 	held := map[uuid.UUID]bool{}
 	for _, sl := range slots {
 		held[sl.RecordID] = true
@@ -271,19 +288,20 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 		}
 		counted[id] = true
 		use.Rack++
-		for _, src := range a.reserved[id] {
+		for _, src := range a.reserved[id].sources {
 			use.BySource[src]++
 		}
 	}
-	for id, srcs := range a.reserved {
+	for id, res := range a.reserved {
 		switch {
 		case held[id]:
 			delete(a.reserved, id) // it took its slot: the slot counts now
 		case counted[id]:
 		case requested[id]:
-			// Started, not yet claimed: counts like one starting.
+			// Started and not yet claimed, or owed to the other task:
+			// counts like one starting.
 			use.Rack++
-			for _, src := range srcs {
+			for _, src := range res.sources {
 				use.BySource[src]++
 			}
 		default:
@@ -299,7 +317,7 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 	other := false
 	for _, c := range cands {
 		if _, ok := a.reserved[c.id]; ok {
-			continue // its saga is starting
+			continue // its saga is starting, or the other task's plan admitted it
 		}
 		if left, ok := env.backingOff(c.attempts); ok {
 			st.hold("backoff", "%s %s: retry in %v after %d failed attempts", c.kind, c.id, left.Round(time.Millisecond), c.attempts.Attempts)
@@ -325,10 +343,11 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 		st.Admitted = append(st.Admitted, fmt.Sprintf("%s %s (priority %d, %d live copies, requested %s)",
 			c.kind, c.id, c.order.Priority, c.order.LiveCopies, c.requestTime.UTC().Format(time.RFC3339Nano)))
 		if c.kind != mine {
+			a.reserved[c.id] = reservation{kind: c.kind, sources: c.sources, owed: true}
 			other = true
 			continue
 		}
-		a.reserved[c.id] = c.sources
+		a.reserved[c.id] = reservation{kind: c.kind, sources: c.sources}
 		mineOut = append(mineOut, c)
 	}
 	return mineOut, other, st, nil
