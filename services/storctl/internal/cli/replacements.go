@@ -348,6 +348,8 @@ func renderReplacement(w io.Writer, resp *orchestratorv1.GetReplacementResponse)
 		[2]string{"modified", ts(r.TimeModified)},
 		[2]string{"traceparent", r.Traceparent},
 		[2]string{"waits on", waitText(r.Wait)},
+		[2]string{"priority", fmt.Sprint(r.Priority)},
+		[2]string{"live copies", liveCopies(r.LiveCopies)},
 		[2]string{"attempts", fmt.Sprint(r.Attempts)},
 		[2]string{"last error", r.LastError},
 		[2]string{"end reason", r.EndReason},
@@ -404,4 +406,13 @@ func renderWatch(w io.Writer, now time.Time, msg *orchestratorv1.WatchReplacemen
 		return err
 	}
 	return nil
+}
+
+// liveCopies prints a request's live-copies figure; -1 is "not counted
+// yet" (its task has not planned it).
+func liveCopies(n int32) string {
+	if n < 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
 }
