@@ -96,23 +96,36 @@ func TestBudgetsUnderSledExpunge(t *testing.T) {
 		}
 		return n
 	}
+	// Six disks at a time, each snapshotted four times (a disk's snapshots
+	// one after another: each takes the disk's repair lock).
 	var counts map[string]int
-	for i := 0; ; i++ {
-		d := r.CreateDisk(t)
-		for range 4 {
-			r.Snapshot(t, d)
+	for batch := 0; ; batch++ {
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				d := r.CreateDisk(t)
+				for range 4 {
+					r.Snapshot(t, d)
+				}
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
 		}
 		counts = perSledTargets()
 		if slices.Max(mapValues(counts)) >= 50 {
 			break
 		}
-		if i > 40 {
+		if batch > 6 {
 			t.Fatalf("no sled reached 50 targets: %v", counts)
 		}
 	}
+	// The sled with the most targets, and the one with the fewest: the
+	// targets of region sets on both are down to one live copy.
 	sleds := mapKeys(counts)
 	slices.SortFunc(sleds, func(a, b string) int { return counts[b] - counts[a] })
-	x, y := sleds[0], sleds[1]
+	x, y := sleds[0], sleds[len(sleds)-1]
 	t.Logf("setup took %v; targets per sled %v; expunging %s (%d targets) and %s (%d)", time.Since(began).Round(time.Millisecond), counts, x, counts[x], y, counts[y])
 
 	// Hold admission to one rebuild while the detectors find everything,
