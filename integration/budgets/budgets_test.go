@@ -96,12 +96,18 @@ func TestBudgetsUnderSledExpunge(t *testing.T) {
 		}
 		return n
 	}
-	// Six disks at a time, each snapshotted four times (a disk's snapshots
-	// one after another: each takes the disk's repair lock).
+	// Twelve disks at once, then two at a time, each snapshotted four
+	// times (a disk's snapshots one after another: each takes the disk's
+	// repair lock). A disk puts five targets on each of three sleds of
+	// five, so twelve average 36 a sled.
 	var counts map[string]int
 	for batch := 0; ; batch++ {
 		var wg sync.WaitGroup
-		for range 6 {
+		n := 2
+		if batch == 0 {
+			n = 12
+		}
+		for range n {
 			wg.Go(func() {
 				d := r.CreateDisk(t)
 				for range 4 {
@@ -117,7 +123,7 @@ func TestBudgetsUnderSledExpunge(t *testing.T) {
 		if slices.Max(mapValues(counts)) >= 50 {
 			break
 		}
-		if batch > 6 {
+		if batch > 20 {
 			t.Fatalf("no sled reached 50 targets: %v", counts)
 		}
 	}
