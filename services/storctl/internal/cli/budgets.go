@@ -72,13 +72,13 @@ func budgetCommands() []command {
 			}
 		},
 	}, {
-		path: "replacements priority", args: "ID PRIORITY", summary: "set a request's priority (higher is admitted first under the rebuild budgets; default 0)",
+		path: "replacements priority", args: "ID N", summary: "set a request's priority (higher is admitted first under the rebuild budgets; default 0)",
 		min: 2, max: 2,
 		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, args []string) error {
 				p, err := strconv.ParseInt(args[1], 10, 32)
 				if err != nil {
-					return usagef("PRIORITY: not a number: %q", args[1])
+					return usagef("N: not a number: %q", args[1])
 				}
 				c, err := e.replacement()
 				if err != nil {
