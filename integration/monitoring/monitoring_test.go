@@ -43,11 +43,7 @@ var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$__interval", "
 // work not merged yet (issue 22's budgets, redundancy and pause/stall
 // metrics). Delete each from this list once it is merged: the test then
 // requires it, and it fails while a merged one is still listed here.
-var pendingMetrics = map[string]bool{
-	"storagecp_rebuild_budget_limit":   true,
-	"storagecp_rebuild_budget_in_use":  true,
-	"storagecp_rebuild_budget_waiting": true,
-}
+var pendingMetrics = map[string]bool{}
 
 // services are the processes the alerts and the dashboard watch.
 var services = []string{stack.Volume, stack.Allocator, stack.Notifier, stack.Orchestrator}

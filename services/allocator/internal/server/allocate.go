@@ -23,6 +23,9 @@ const (
 	maxRegionBytes = 1023 << 30
 	// maxRedundancy bounds how many regions one volume can ask for.
 	maxRedundancy = 16
+	// maxIDFilter bounds a list of ids in one request (exclusions, batch
+	// filters).
+	maxIDFilter = 1000
 )
 
 // parseAllocation validates an allocation request; every error is
@@ -87,6 +90,16 @@ func parseAllocation(req *allocatorv1.AllocateRegionsRequest) (store.Allocation,
 	}
 	if len(a.NewRegionIDs) > math.MaxInt32 {
 		return a, invalid("new_region_ids", "too many")
+	}
+	if len(req.GetExcludeSledIds()) > maxIDFilter {
+		return a, invalid("exclude_sled_ids", fmt.Sprintf("at most %d", maxIDFilter))
+	}
+	for i, v := range req.GetExcludeSledIds() {
+		id, err := ids.Parse(fmt.Sprintf("exclude_sled_ids[%d]", i), v)
+		if err != nil {
+			return a, err
+		}
+		a.ExcludeSledIDs = append(a.ExcludeSledIDs, id)
 	}
 	return a, nil
 }

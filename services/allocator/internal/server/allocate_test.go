@@ -254,3 +254,66 @@ func TestAllocateUniqueZpoolsGuard(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// exclude_sled_ids keeps new regions off those sleds (the orchestrator's
+// destination budget), in the allocation and its dry run alike; a replay
+// returns the existing regions wherever they are; a malformed id names
+// its element.
+func TestAllocateExcludeSleds(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	inv := addInventory(t, s, 4, 1, 100*gib)
+	vol := uuid.NewString()
+	req := allocReq(vol, 1, newIDs(1))
+	req.ExcludeSledIds = []string{inv.sleds[0], inv.sleds[1], inv.sleds[2]}
+	dry := ok(s.DryRunAllocation(ctx, &allocatorv1.DryRunAllocationRequest{Allocation: req}))(t)
+	if got := dry.GetRegions()[0].GetSledId(); got != inv.sleds[3] {
+		t.Fatalf("dry run placed on %s, want the only sled not excluded %s", got, inv.sleds[3])
+	}
+	got := ok(s.AllocateRegions(ctx, req))(t)
+	if sled := got.GetRegions()[0].GetSledId(); sled != inv.sleds[3] {
+		t.Fatalf("allocated on %s, want the only sled not excluded %s", sled, inv.sleds[3])
+	}
+	// Replayed with that sled excluded too: the same region, unchanged.
+	replay := allocReq(vol, 1, req.NewRegionIds)
+	replay.ExcludeSledIds = inv.sleds
+	again := ok(s.AllocateRegions(ctx, replay))(t)
+	if again.GetRegions()[0].GetRegionId() != got.GetRegions()[0].GetRegionId() || len(again.GetCreatedRegionIds()) != 0 {
+		t.Fatalf("replay: %v, want the existing region", again)
+	}
+	// Every sled excluded: no room.
+	all := allocReq(uuid.NewString(), 1, newIDs(1))
+	all.ExcludeSledIds = inv.sleds
+	_, err := s.AllocateRegions(ctx, all)
+	wantCode(t, err, codes.ResourceExhausted)
+	bad := allocReq(uuid.NewString(), 1, newIDs(1))
+	bad.ExcludeSledIds = []string{inv.sleds[0], "nope"}
+	_, err = s.AllocateRegions(ctx, bad)
+	wantCode(t, err, codes.InvalidArgument)
+	if !strings.Contains(err.Error(), "exclude_sled_ids[1]") {
+		t.Fatalf("got %v, want the bad element named", err)
+	}
+}
+
+// The batch filters list regions of any of the volumes, and region
+// snapshots of any of the snapshots.
+func TestListBatchFilters(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newServer(t)
+	addInventory(t, s, 4, 1, 100*gib)
+	a, b, c := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	for _, v := range []string{a, b, c} {
+		ok(s.AllocateRegions(ctx, allocReq(v, 1, newIDs(1))))(t)
+	}
+	got := ok(s.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedForIds: []string{a, c}, PageSize: 100}))(t)
+	if len(got.GetRegions()) != 2 {
+		t.Fatalf("%d regions for two volumes, want 2", len(got.GetRegions()))
+	}
+	for _, r := range got.GetRegions() {
+		if r.GetAllocatedFor() == b {
+			t.Fatalf("listed a region of a volume not asked for")
+		}
+	}
+	_, err := s.ListRegionSnapshots(ctx, &allocatorv1.ListRegionSnapshotsRequest{SnapshotIds: []string{"x"}})
+	wantCode(t, err, codes.InvalidArgument)
+}

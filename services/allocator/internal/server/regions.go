@@ -196,6 +196,9 @@ func (s *Server) ListRegions(ctx context.Context, req *allocatorv1.ListRegionsRe
 	if f.DatasetID, err = parseOptionalID("dataset_id", req.GetDatasetId()); err != nil {
 		return nil, err
 	}
+	if f.AllocatedForAny, err = parseIDList("allocated_for_ids", req.GetAllocatedForIds()); err != nil {
+		return nil, err
+	}
 	regions, err := store.ListRegions(ctx, s.pool, f, after, limit)
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
@@ -304,4 +307,21 @@ func (s *Server) ProbeTargets(ctx context.Context, req *allocatorv1.ProbeTargets
 		resp.Probes[i] = p
 	}
 	return resp, nil
+}
+
+// parseIDList parses a batch filter of at most maxIDFilter ids, naming the
+// offending element.
+func parseIDList(field string, in []string) ([]uuid.UUID, error) {
+	if len(in) > maxIDFilter {
+		return nil, invalid(field, fmt.Sprintf("at most %d", maxIDFilter))
+	}
+	out := make([]uuid.UUID, 0, len(in))
+	for i, v := range in {
+		id, err := ids.Parse(fmt.Sprintf("%s[%d]", field, i), v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, nil
 }

@@ -155,6 +155,9 @@ func (s *Server) ListRegionSnapshots(ctx context.Context, req *allocatorv1.ListR
 	if f.DatasetID, err = parseOptionalID("dataset_id", req.GetDatasetId()); err != nil {
 		return nil, err
 	}
+	if f.SnapshotIDs, err = parseIDList("snapshot_ids", req.GetSnapshotIds()); err != nil {
+		return nil, err
+	}
 	snaps, err := store.ListRegionSnapshots(ctx, s.pool, f, after, limit)
 	if err != nil {
 		return nil, s.toStatus(ctx, err)

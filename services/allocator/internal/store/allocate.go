@@ -33,6 +33,9 @@ type Allocation struct {
 	// ExcludeDiskIDs are treated as expunged (dry runs that preview an
 	// expunge).
 	ExcludeDiskIDs []uuid.UUID
+	// ExcludeSledIDs get no new region (the orchestrator's per-destination
+	// rebuild budget).
+	ExcludeSledIDs []uuid.UUID
 }
 
 // Reserved is what a region of the allocation's geometry reserves on its
@@ -91,7 +94,8 @@ type AllocatedRegion struct {
 //
 // $1 volume, $2 snapshot (nullable), $3 block size, $4 blocks per extent,
 // $5 extent count, $6 read-only, $7 distinct sleds, $8 seed, $9 redundancy,
-// $10 new region ids, $11 reserved bytes per region, $12 disks to exclude.
+// $10 new region ids, $11 reserved bytes per region, $12 disks to exclude,
+// $13 sleds to exclude.
 const allocateSQL = `
 WITH
 old_regions AS (
@@ -120,6 +124,7 @@ candidate_zpools AS (
 	  AND s.policy = 'in_service' AND s.state = 'active'
 	  AND pd.policy = 'in_service' AND pd.state = 'active'
 	  AND pd.id <> ALL($12::uuid[])
+	  AND s.id <> ALL($13::uuid[])
 	  AND d.time_deleted IS NULL AND NOT d.no_provision
 	  AND d.size_used + $11::bigint <= d.capacity
 	  AND z.id NOT IN (SELECT zpool_id FROM existing_zpools)
@@ -198,9 +203,13 @@ func Allocate(ctx context.Context, q db.Querier, a Allocation) ([]AllocatedRegio
 	if exclude == nil {
 		exclude = []uuid.UUID{}
 	}
+	excludeSleds := a.ExcludeSledIDs
+	if excludeSleds == nil {
+		excludeSleds = []uuid.UUID{}
+	}
 	rows, err := q.Query(ctx, allocateSQL,
 		a.VolumeID, nullUUID(a.SnapshotID), a.BlockSize, a.BlocksPerExtent, a.ExtentCount, a.ReadOnly,
-		a.DistinctSleds, a.Seed, a.Redundancy, ids, a.Reserved(), exclude)
+		a.DistinctSleds, a.Seed, a.Redundancy, ids, a.Reserved(), exclude, excludeSleds)
 	if err != nil {
 		return nil, mapAllocateError(err)
 	}

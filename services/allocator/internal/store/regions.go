@@ -77,6 +77,9 @@ func GetRegion(ctx context.Context, q db.Querier, id uuid.UUID) (Region, error) 
 type RegionFilter struct {
 	AllocatedFor uuid.UUID
 	DatasetID    uuid.UUID
+	// AllocatedForAny, when not empty, keeps regions allocated for any of
+	// these volumes.
+	AllocatedForAny []uuid.UUID
 }
 
 // ListRegions pages through regions ordered by id, after `after`.
@@ -85,7 +88,8 @@ func ListRegions(ctx context.Context, q db.Querier, f RegionFilter, after uuid.U
 		WHERE ($1::uuid IS NULL OR r.allocated_for = $1)
 		  AND ($2::uuid IS NULL OR r.dataset_id = $2)
 		  AND r.id > $3
-		ORDER BY r.id LIMIT $4`, nullUUID(f.AllocatedFor), nullUUID(f.DatasetID), after, limit))
+		  AND (cardinality($5::uuid[]) = 0 OR r.allocated_for = ANY($5))
+		ORDER BY r.id LIMIT $4`, nullUUID(f.AllocatedFor), nullUUID(f.DatasetID), after, limit, nonNil(f.AllocatedForAny)))
 }
 
 // SetRegionPort records the port the agent assigned. Setting the same port
@@ -181,4 +185,12 @@ func ListCloneSourceRegions(ctx context.Context, q db.Querier, volumeID uuid.UUI
 		WHERE r.allocated_for = $1 AND r.read_only AND r.port IS NOT NULL
 		  AND pd.policy = 'in_service' AND s.policy = 'in_service'
 		ORDER BY r.id`, volumeID))
+}
+
+// nonNil turns a nil id list into an empty array parameter.
+func nonNil(v []uuid.UUID) []uuid.UUID {
+	if v == nil {
+		return []uuid.UUID{}
+	}
+	return v
 }

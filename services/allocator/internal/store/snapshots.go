@@ -84,6 +84,9 @@ type RegionSnapshotKey struct {
 type RegionSnapshotFilter struct {
 	SnapshotID uuid.UUID
 	DatasetID  uuid.UUID
+	// SnapshotIDs, when not empty, keeps region snapshots of any of these
+	// snapshots.
+	SnapshotIDs []uuid.UUID
 }
 
 // ListRegionSnapshots pages by (region, snapshot) after `after`.
@@ -92,7 +95,8 @@ func ListRegionSnapshots(ctx context.Context, q db.Querier, f RegionSnapshotFilt
 		WHERE ($1::uuid IS NULL OR rs.snapshot_id = $1)
 		  AND ($5::uuid IS NULL OR rs.dataset_id = $5)
 		  AND (rs.region_id, rs.snapshot_id) > ($2, $3)
-		ORDER BY rs.region_id, rs.snapshot_id LIMIT $4`, nullUUID(f.SnapshotID), after.RegionID, after.SnapshotID, limit, nullUUID(f.DatasetID)))
+		  AND (cardinality($6::uuid[]) = 0 OR rs.snapshot_id = ANY($6))
+		ORDER BY rs.region_id, rs.snapshot_id LIMIT $4`, nullUUID(f.SnapshotID), after.RegionID, after.SnapshotID, limit, nullUUID(f.DatasetID), nonNil(f.SnapshotIDs)))
 }
 
 // ListExpungedRegionSnapshots lists region snapshots on expunged disks.

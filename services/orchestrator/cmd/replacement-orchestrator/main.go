@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -54,6 +55,14 @@ func service() server.Service {
 				"how long an operator's abandon (AbandonSaga) lets a saga's actions in flight finish before cancelling them")
 			fs.StringVar(&cfg.DBMonitor, "db-monitor", "",
 				"pg_auto_failover monitor's connection string, when the database is a formation: AdminService/GetDatabaseFormation adds every node as the monitor sees it")
+			fs.IntVar(&cfg.Budgets.RackRebuilds, "budget-rack-rebuilds", tasks.DefaultBudgets.RackRebuilds,
+				"region clones plus live repairs in flight rack-wide (0: unlimited; AdminService/SetRebuildBudgets overrides at runtime)")
+			fs.IntVar(&cfg.Budgets.SourceSledRebuilds, "budget-source-sled-rebuilds", tasks.DefaultBudgets.SourceSledRebuilds,
+				"rebuilds reading from one sled (0: unlimited)")
+			fs.IntVar(&cfg.Budgets.DestSledRebuilds, "budget-dest-sled-rebuilds", tasks.DefaultBudgets.DestSledRebuilds,
+				"rebuilds writing a new region to one sled (0: unlimited)")
+			fs.IntVar(&cfg.Budgets.RackSteps, "budget-rack-steps", tasks.DefaultBudgets.RackSteps,
+				"read-only replacement steps in flight rack-wide (0: unlimited)")
 			fs.Func("pantry-addrs", "comma-separated Pantry-like Upstairs hosts used to reconcile volumes with no consumer", func(v string) error {
 				for _, a := range strings.Split(v, ",") {
 					if a = strings.TrimSpace(a); a != "" {
@@ -93,6 +102,13 @@ func service() server.Service {
 					}
 					cfg.Sabotage = sab
 					env.Logger.Warn("sabotage hooks on: replacements are deliberately wrong", "sabotage", sab.String())
+				}
+			}
+			for name, v := range map[string]int{"budget-rack-rebuilds": cfg.Budgets.RackRebuilds,
+				"budget-source-sled-rebuilds": cfg.Budgets.SourceSledRebuilds, "budget-dest-sled-rebuilds": cfg.Budgets.DestSledRebuilds,
+				"budget-rack-steps": cfg.Budgets.RackSteps} {
+				if v < 0 {
+					return fmt.Errorf("--%s: must be 0 (unlimited) or more, got %d", name, v)
 				}
 			}
 			cfg.Transport = env.Transport

@@ -77,6 +77,9 @@ type Config struct {
 	// database is a formation (--db-monitor): GetDatabaseFormation then
 	// includes its view. Empty: the connection's view alone.
 	DBMonitor string
+	// Budgets are the rebuild budgets' configured limits (0: unlimited);
+	// values set at runtime (AdminService/SetRebuildBudgets) override them.
+	Budgets store.Limits
 }
 
 // App is one orchestrator process: its clients, store, saga registry,
@@ -97,6 +100,10 @@ type App struct {
 	fences map[string]commonv1.FenceServiceClient
 	// formation reads the database's replication state.
 	formation *formation.Reader
+
+	// admission is the rebuild budgets' planning state the tasks share
+	// (what the last passes held back, for waits and metrics).
+	admission *tasks.Admission
 
 	mu  sync.Mutex
 	sec *saga.SEC // the current term's SEC; nil on a standby
@@ -150,12 +157,14 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 		lease:    leader.New(pool, cfg.SECID, leader.Config{TTL: cfg.LeaseTTL}, logger),
 		registry: registry,
 		driver:   background.NewDriver(logger),
+
+		admission: tasks.NewAdmission(),
 	}
 	// A released repair lock may unblock a request or step insertion that
 	// lost the contention: activate whoever retries those.
 	s.store = store.New(pool, store.WithLockReleased(func() {
 		sagadef.Wakeup(s.deps.Wake.RODetector, s.deps.Wake.ROStep, s.deps.Wake.RWDetector)
-	}))
+	}), store.WithRebuildLimits(cfg.Budgets))
 	s.deps = &sagadef.Deps{
 		Volumes:   volumev1.NewVolumeServiceClient(vc),
 		Allocator: allocatorv1.NewRegionAllocatorServiceClient(ac),
@@ -174,7 +183,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	s.pauses = pause.New(s.store)
 	tasks.Register(s.driver, tasks.Env{
 		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
-		Retry: cfg.Retry, RWBounds: cfg.RWBounds, Pauses: s.pauses,
+		Retry: cfg.Retry, RWBounds: cfg.RWBounds, Pauses: s.pauses, Admission: s.admission,
 	})
 	return s, nil
 }
@@ -183,6 +192,11 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 func (s *App) Run(ctx context.Context) {
 	if unregister, err := s.registerMetrics(ctx); err != nil {
 		s.logger.Warn("replacement metrics unavailable", "err", err)
+	} else {
+		defer unregister()
+	}
+	if unregister, err := s.registerBudgetMetrics(); err != nil {
+		s.logger.Warn("rebuild budget metrics unavailable", "err", err)
 	} else {
 		defer unregister()
 	}
@@ -405,6 +419,10 @@ func (s *App) Pauses() *pause.Gate { return s.pauses }
 // Deps are the clients and hooks the sagas use; the handlers use the same
 // clients.
 func (s *App) Deps() *sagadef.Deps { return s.deps }
+
+// Admission is the rebuild budgets' planning state (what the leader's last
+// passes held back).
+func (s *App) Admission() *tasks.Admission { return s.admission }
 
 // Driver runs the background tasks.
 func (s *App) Driver() *background.Driver { return s.driver }

@@ -15,6 +15,9 @@ type CloneCandidate struct {
 	Address  string
 	Kind     string // region_snapshot | read_only_region
 	DiskID   string
+	// SledID is where the clone reads from (the source_sled_rebuilds
+	// budget).
+	SledID string
 }
 
 // ChooseCloneSource is the one rule for the copy a read-only replacement
@@ -33,7 +36,7 @@ func ChooseCloneSource(ctx context.Context, sources *allocatorv1.ListCloneSource
 		if err != nil {
 			return CloneCandidate{}, false, err
 		}
-		cands = append(cands, CloneCandidate{TargetID: id, Address: rs.GetAddress(), Kind: "region_snapshot", DiskID: rs.GetDiskId()})
+		cands = append(cands, CloneCandidate{TargetID: id, Address: rs.GetAddress(), Kind: "region_snapshot", DiskID: rs.GetDiskId(), SledID: rs.GetSledId()})
 	}
 	for _, r := range sources.GetReadOnlyRegions() {
 		id, err := uuid.Parse(r.GetRegionId())
@@ -43,7 +46,7 @@ func ChooseCloneSource(ctx context.Context, sources *allocatorv1.ListCloneSource
 		if r.GetAddress() == "" {
 			continue
 		}
-		cands = append(cands, CloneCandidate{TargetID: id, Address: r.GetAddress(), Kind: "read_only_region", DiskID: r.GetDiskId()})
+		cands = append(cands, CloneCandidate{TargetID: id, Address: r.GetAddress(), Kind: "read_only_region", DiskID: r.GetDiskId(), SledID: r.GetSledId()})
 	}
 	var self *CloneCandidate
 	for _, c := range cands {

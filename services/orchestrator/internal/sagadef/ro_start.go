@@ -4,16 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/uuid"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/store"
 )
 
 // ro-replacement-start: replaces a read-only target (region snapshot or read-only
@@ -130,6 +135,9 @@ type CloneSource struct {
 	TargetID uuid.UUID `json:"target_id"`
 	Address  string    `json:"address"`
 	Kind     string    `json:"kind"` // region_snapshot | read_only_region
+	// SledID is the source's sled (empty in outputs written before the
+	// rebuild budgets: such a clone counts against no source sled).
+	SledID string `json:"sled_id,omitempty"`
 	// DataLost: no surviving copy; the request ended DataLost.
 	DataLost bool `json:"data_lost,omitempty"`
 	// TargetGone: nothing references the target any more; the request
@@ -181,7 +189,7 @@ func roCloneSource(ctx context.Context, ac *saga.ActionContext) (any, error) {
 		return nil, err
 	}
 	if ok {
-		return &CloneSource{TargetID: src.TargetID, Address: src.Address, Kind: src.Kind}, nil
+		return &CloneSource{TargetID: src.TargetID, Address: src.Address, Kind: src.Kind, SledID: src.SledID}, nil
 	}
 	// No copy survives. Lost only if something still references the target:
 	// checked after the listing, since gone is irreversible — a target not
@@ -277,12 +285,18 @@ func roReleaseNewRegion(ctx context.Context, ac *saga.ActionContext) error {
 
 // roAlloc allocates B before anything removes A: were A's downstairs torn
 // down first, its agent could hand A's port to B and the two addresses
-// would collide.
+// would collide. It is where the clone is admitted under the rebuild
+// budgets (store.AdmitRebuild): refused, the saga unwinds having cloned
+// nothing, and the request waits in Requested for a slot.
 func roAlloc(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if l, err := lost(ac); l || err != nil {
 		return nil, err
 	}
-	p, _, err := startParams(ac)
+	p, s, err := startParams(ac)
+	if err != nil {
+		return nil, err
+	}
+	src, err := saga.Lookup[CloneSource](ac, "get_clone_source")
 	if err != nil {
 		return nil, err
 	}
@@ -294,21 +308,78 @@ func roAlloc(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := deps(ac).Allocator.AllocateRegions(ctx, &allocatorv1.AllocateRegionsRequest{
+	d := deps(ac)
+	req := &allocatorv1.AllocateRegionsRequest{
 		VolumeId: p.OldSnapshotID.String(), SnapshotId: p.OldSnapshotID.String(),
 		BlockSize: ap.Geometry.BlockSize, BlocksPerExtent: ap.Geometry.BlocksPerExtent, ExtentCount: ap.Geometry.ExtentCount,
 		ReadOnly: true, Strategy: allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM_WITH_DISTINCT_SLEDS,
 		Seed: p.Seed, Redundancy: int32(ap.Current + 1), NewRegionIds: []string{b.String()},
-	})
+	}
+	var out Region
+	_, err = d.Store.AdmitRebuild(ctx, store.RebuildClaim{RecordID: p.RequestID, Kind: store.RebuildClone, SagaID: s, Sources: sledIDs(src.SledID)},
+		func(ctx context.Context, exclude []uuid.UUID) (uuid.UUID, error) {
+			r, err := allocateOne(ctx, d, req, b, exclude)
+			if err != nil {
+				return uuid.Nil, err
+			}
+			out = Region{RegionID: b, DatasetID: uuid.MustParse(r.DatasetId)}
+			return uuid.Parse(r.SledId)
+		})
+	if err != nil {
+		return nil, budgetPermanent(err)
+	}
+	return out, nil
+}
+
+// allocateOne runs an allocation that must create region id, with the
+// sleds in exclude left out, and returns that region. An allocation that
+// found no room only because of the exclusions (a dry run without them
+// finds some) is store.ErrDestinationsFull: the destination budget, not
+// the rack's capacity, holds it back.
+func allocateOne(ctx context.Context, d *Deps, req *allocatorv1.AllocateRegionsRequest, id uuid.UUID, exclude []uuid.UUID) (*allocatorv1.Region, error) {
+	req = proto.CloneOf(req)
+	for _, sled := range exclude {
+		req.ExcludeSledIds = append(req.ExcludeSledIds, sled.String())
+	}
+	resp, err := d.Allocator.AllocateRegions(ctx, req)
+	if status.Code(err) == codes.ResourceExhausted && len(exclude) > 0 {
+		dry := proto.CloneOf(req)
+		dry.ExcludeSledIds, dry.NewRegionIds = nil, nil
+		if _, derr := d.Allocator.DryRunAllocation(ctx, &allocatorv1.DryRunAllocationRequest{Allocation: dry}); derr == nil {
+			return nil, fmt.Errorf("%w: %w", store.ErrDestinationsFull, err)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
 	for _, r := range resp.Regions {
-		if r.RegionId == b.String() {
-			return Region{RegionID: b, DatasetID: uuid.MustParse(r.DatasetId)}, nil
+		if r.RegionId == id.String() {
+			return r, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: allocation for snapshot volume %s did not create region %s (another allocation raced it)", errInvalidState, p.OldSnapshotID, b)
+	return nil, fmt.Errorf("%w: allocation for volume %s did not create region %s (another allocation raced it, or it already has its regions)", errInvalidState, req.VolumeId, id)
+}
+
+// sledIDs parses the sleds that are set, skipping empty or malformed ones.
+func sledIDs(in ...string) []uuid.UUID {
+	var out []uuid.UUID
+	for _, s := range in {
+		if id, err := uuid.Parse(s); err == nil && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// budgetPermanent marks a budget refusal permanent: retrying the node in
+// place would only hold the saga while the slot stays taken; unwinding
+// returns the record to its task, which admits it when a slot frees.
+func budgetPermanent(err error) error {
+	var be *store.BudgetError
+	if errors.As(err, &be) {
+		return saga.Permanent(err)
+	}
+	return err
 }
 
 func roEnsure(ctx context.Context, ac *saga.ActionContext) (any, error) {

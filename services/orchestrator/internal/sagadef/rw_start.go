@@ -13,6 +13,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/orchestrator/internal/saga"
+	"storagecp.dev/orchestrator/internal/store"
 )
 
 // rw-replacement-start: replaces one rw region of a volume with a blank new region
@@ -206,8 +207,13 @@ func rwRegisterUndo(ctx context.Context, ac *saga.ActionContext) error {
 	return err
 }
 
+// rwAlloc is where the repair is admitted under the rebuild budgets
+// (store.AdmitRebuild): its sources are the sleds of the region set's
+// surviving members (a repair may read from any of them); refused, the saga
+// unwinds and the request waits in Requested for a slot. The slot is held
+// until the request reaches ReplacementDone.
 func rwAlloc(ctx context.Context, ac *saga.ActionContext) (any, error) {
-	p, _, err := rwStartParams(ac)
+	p, s, err := rwStartParams(ac)
 	if err != nil {
 		return nil, err
 	}
@@ -219,20 +225,62 @@ func rwAlloc(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := deps(ac).Allocator.AllocateRegions(ctx, &allocatorv1.AllocateRegionsRequest{
-		VolumeId: p.VolumeID.String(), BlockSize: g.BlockSize, BlocksPerExtent: g.BlocksPerExtent, ExtentCount: g.ExtentCount,
-		Strategy: allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM_WITH_DISTINCT_SLEDS,
-		Seed:     p.Seed, Redundancy: 3 + 1, NewRegionIds: []string{n.String()},
-	})
+	d := deps(ac)
+	sources, err := RepairSourceSleds(ctx, d, p.VolumeID, p.OldRegionID, n)
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range resp.Regions {
-		if r.RegionId == n.String() {
-			return Region{RegionID: n, DatasetID: uuid.MustParse(r.DatasetId)}, nil
-		}
+	req := &allocatorv1.AllocateRegionsRequest{
+		VolumeId: p.VolumeID.String(), BlockSize: g.BlockSize, BlocksPerExtent: g.BlocksPerExtent, ExtentCount: g.ExtentCount,
+		Strategy: allocatorv1.AllocationStrategy_ALLOCATION_STRATEGY_RANDOM_WITH_DISTINCT_SLEDS,
+		Seed:     p.Seed, Redundancy: 3 + 1, NewRegionIds: []string{n.String()},
 	}
-	return nil, fmt.Errorf("%w: allocation for volume %s did not create region %s (it already has 3+1 regions)", errInvalidState, p.VolumeID, n)
+	var out Region
+	_, err = d.Store.AdmitRebuild(ctx, store.RebuildClaim{RecordID: p.RequestID, Kind: store.RebuildRepair, SagaID: s, Sources: sources},
+		func(ctx context.Context, exclude []uuid.UUID) (uuid.UUID, error) {
+			r, err := allocateOne(ctx, d, req, n, exclude)
+			if err != nil {
+				return uuid.Nil, err
+			}
+			out = Region{RegionID: n, DatasetID: uuid.MustParse(r.DatasetId)}
+			return uuid.Parse(r.SledId)
+		})
+	if err != nil {
+		return nil, budgetPermanent(err)
+	}
+	return out, nil
+}
+
+// RepairSourceSleds lists the sleds of the rw regions allocated for the
+// volume that a repair of it may read from: on an in-service disk, other
+// than the region being replaced and the new one, and not a replacement
+// region that was never repaired.
+func RepairSourceSleds(ctx context.Context, d *Deps, volumeID, oldRegionID, newRegionID uuid.UUID) ([]uuid.UUID, error) {
+	regions, err := d.Allocator.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedFor: volumeID.String(), PageSize: 1000})
+	if err != nil {
+		return nil, err
+	}
+	disks, err := d.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000})
+	if err != nil {
+		return nil, err
+	}
+	inService := map[string]bool{}
+	for _, dk := range disks.Disks {
+		inService[dk.DiskId] = dk.Policy == allocatorv1.Policy_POLICY_IN_SERVICE
+	}
+	unrepaired, err := d.Store.UnrepairedRegions(ctx, volumeID)
+	if err != nil {
+		return nil, err
+	}
+	var sleds []string
+	for _, r := range regions.Regions {
+		id := parseOrNil(r.RegionId)
+		if r.ReadOnly || id == oldRegionID || id == newRegionID || unrepaired[id] || !inService[r.DiskId] {
+			continue
+		}
+		sleds = append(sleds, r.SledId)
+	}
+	return sledIDs(sleds...), nil
 }
 
 func rwAllocUndo(ctx context.Context, ac *saga.ActionContext) error {

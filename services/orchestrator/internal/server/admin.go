@@ -16,9 +16,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
+	"storagecp.dev/orchestrator/internal/app"
 	"storagecp.dev/orchestrator/internal/background"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
+	"storagecp.dev/orchestrator/internal/store"
 	"storagecp.dev/orchestrator/internal/validate"
 	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/paging"
@@ -414,4 +416,65 @@ func (a *admin) ValidateSystem(ctx context.Context, _ *orchestratorv1.ValidateSy
 		return nil, a.s.status(ctx, err)
 	}
 	return &orchestratorv1.ValidateSystemResponse{Violations: vs}, nil
+}
+
+func budgetsProto(views []app.BudgetView) []*orchestratorv1.RebuildBudget {
+	out := make([]*orchestratorv1.RebuildBudget, 0, len(views))
+	for _, v := range views {
+		b := &orchestratorv1.RebuildBudget{Name: v.Name, Limit: int32(v.Limit), InUse: int32(v.InUse), Waiting: int32(v.Waiting), Source: "config"}
+		if v.Runtime {
+			b.Source = "runtime"
+		}
+		if len(v.BySled) > 0 {
+			b.InUseBySled = map[string]int32{}
+			for k, n := range v.BySled {
+				b.InUseBySled[k] = int32(n)
+			}
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// GetRebuildBudgets implements AdminService.
+func (a *admin) GetRebuildBudgets(ctx context.Context, _ *orchestratorv1.GetRebuildBudgetsRequest) (*orchestratorv1.GetRebuildBudgetsResponse, error) {
+	views, err := a.s.app.RebuildBudgets(ctx)
+	if err != nil {
+		return nil, a.s.status(ctx, err)
+	}
+	return &orchestratorv1.GetRebuildBudgetsResponse{Budgets: budgetsProto(views)}, nil
+}
+
+// SetRebuildBudgets implements AdminService: every field is checked before
+// anything is written, and all are written in one transaction.
+func (a *admin) SetRebuildBudgets(ctx context.Context, req *orchestratorv1.SetRebuildBudgetsRequest) (*orchestratorv1.SetRebuildBudgetsResponse, error) {
+	set := map[string]int{}
+	for _, f := range []struct {
+		name string
+		v    *int32
+	}{
+		{store.BudgetRackRebuilds, req.RackRebuilds}, {store.BudgetSourceSledRebuilds, req.SourceSledRebuilds},
+		{store.BudgetDestSledRebuilds, req.DestSledRebuilds}, {store.BudgetRackSteps, req.RackSteps},
+	} {
+		if f.v == nil {
+			continue
+		}
+		if *f.v < 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "%s: must be 0 (unlimited) or more, got %d", f.name, *f.v)
+		}
+		set[f.name] = int(*f.v)
+	}
+	if len(set) == 0 && !req.Reset_ {
+		return nil, status.Error(codes.InvalidArgument, "rack_rebuilds: set at least one limit, or reset")
+	}
+	if err := a.s.store.SetRebuildLimits(ctx, set, req.Reset_); err != nil {
+		return nil, a.s.status(ctx, err)
+	}
+	// A raised limit admits waiting work now.
+	sagadef.Wakeup(a.s.deps.Wake.ROStart, a.s.deps.Wake.RWDetector, a.s.deps.Wake.ROStep)
+	views, err := a.s.app.RebuildBudgets(ctx)
+	if err != nil {
+		return nil, a.s.status(ctx, err)
+	}
+	return &orchestratorv1.SetRebuildBudgetsResponse{Budgets: budgetsProto(views)}, nil
 }

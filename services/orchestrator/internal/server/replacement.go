@@ -72,6 +72,7 @@ func rwProto(r store.RWReplacement) *orchestratorv1.Replacement {
 		OldSnapshotVolumeId: idStr(r.OldRegionVolumeID),
 		RequestTime:         timestamppb.New(r.RequestTime), TimeModified: timestamppb.New(r.TimeModified), Traceparent: r.Traceparent,
 		Attempts: int32(r.Attempts.Attempts), LastError: r.LastError, LastErrorTime: optTime(r.LastErrorTime), EndReason: strOrEmpty(r.EndReason),
+		Priority: r.Priority, LiveCopies: r.LiveCopies,
 	}
 }
 
@@ -118,6 +119,7 @@ func roProto(r store.ROReplacement) *orchestratorv1.Replacement {
 		NewRegionVolumeId: idStr(r.NewRegionVolumeID), OldSnapshotVolumeId: idStr(r.OldSnapshotVolumeID),
 		RequestTime: timestamppb.New(r.RequestTime), TimeModified: timestamppb.New(r.TimeModified), Traceparent: r.Traceparent,
 		Attempts: int32(r.Attempts.Attempts), LastError: r.LastError, LastErrorTime: optTime(r.LastErrorTime), EndReason: strOrEmpty(r.EndReason),
+		Priority: r.Priority, LiveCopies: r.LiveCopies,
 	}
 }
 
@@ -225,6 +227,33 @@ func (r *replacement) CancelReplacement(ctx context.Context, req *orchestratorv1
 		return nil, err
 	}
 	return &orchestratorv1.CancelReplacementResponse{Replacement: got.Replacement}, nil
+}
+
+// maxPriority bounds an operator's priority either way: wide enough for
+// any ranking, narrow enough that a typo is caught.
+const maxPriority = 1000
+
+// SetReplacementPriority implements ReplacementService: the priority only
+// orders admission under the rebuild budgets, so any request in any state
+// may have it set.
+func (r *replacement) SetReplacementPriority(ctx context.Context, req *orchestratorv1.SetReplacementPriorityRequest) (*orchestratorv1.SetReplacementPriorityResponse, error) {
+	id, err := ids.Parse("replacement_id", req.ReplacementId)
+	if err != nil {
+		return nil, err
+	}
+	if req.Priority < -maxPriority || req.Priority > maxPriority {
+		return nil, status.Errorf(codes.InvalidArgument, "priority: must be between %d and %d", -maxPriority, maxPriority)
+	}
+	if err := r.s.store.SetPriority(ctx, id, req.Priority); err != nil {
+		return nil, r.s.status(ctx, err)
+	}
+	// The order changed: plan again now.
+	sagadef.Wakeup(r.s.deps.Wake.ROStart, r.s.deps.Wake.RWDetector, r.s.deps.Wake.ROStep)
+	got, err := r.GetReplacement(ctx, &orchestratorv1.GetReplacementRequest{ReplacementId: id.String()})
+	if err != nil {
+		return nil, err
+	}
+	return &orchestratorv1.SetReplacementPriorityResponse{Replacement: got.Replacement}, nil
 }
 
 // requestTrace starts the root span of a manual request, linked to the

@@ -70,9 +70,13 @@ func waitProto(kind orchestratorv1.WaitKind, since time.Time, subject, format st
 	return w
 }
 
-// atRest is the wait of a record at rest with no saga: its task, after
+// atRest is the wait of a record at rest with no saga: a rebuild budget
+// when the leader's last pass held it back for one, else its task, after
 // any backoff, or capacity when the last attempt found no room.
-func (w waits) atRest(task string, modified time.Time, a store.Attempts) *orchestratorv1.Wait {
+func (w waits) atRest(id uuid.UUID, task string, modified time.Time, a store.Attempts) *orchestratorv1.Wait {
+	if why, ok := w.s.app.Admission().HeldBack(id); ok {
+		return waitProto(orchestratorv1.WaitKind_WAIT_KIND_BUDGET, modified, "", "%s (%s admits it when a slot frees)", why, task)
+	}
 	if a.Attempts > 0 && a.LastErrorTime != nil {
 		if capacityError(a.LastError) {
 			return waitProto(orchestratorv1.WaitKind_WAIT_KIND_CAPACITY, *a.LastErrorTime, "",
@@ -114,9 +118,9 @@ func (w waits) readOnly(ctx context.Context, r store.ROReplacement) *orchestrato
 	case w.holds.Of(r.ID) != nil:
 		return paused(w.holds.Of(r.ID), "no saga starts and no step is made")
 	case r.State == store.RORequested:
-		return w.atRest("the start task", r.TimeModified, r.Attempts)
+		return w.atRest(r.ID, "the start task", r.TimeModified, r.Attempts)
 	case r.State == store.ROReplacementDone:
-		return w.atRest("the garbage-collect task", r.TimeModified, r.Attempts)
+		return w.atRest(r.ID, "the garbage-collect task", r.TimeModified, r.Attempts)
 	}
 	// Running.
 	if !w.full {
@@ -163,9 +167,9 @@ func (w waits) regionRequest(ctx context.Context, r store.RWReplacement) *orches
 	case w.holds.Of(r.ID) != nil:
 		return paused(w.holds.Of(r.ID), "no saga starts (an Upstairs may still finish a repair it began)")
 	case r.State == store.RWRequested:
-		return w.atRest("the rw detector", r.TimeModified, r.Attempts)
+		return w.atRest(r.ID, "the rw detector", r.TimeModified, r.Attempts)
 	case r.State == store.RWReplacementDone:
-		return w.atRest("the rw finish task", r.TimeModified, r.Attempts)
+		return w.atRest(r.ID, "the rw finish task", r.TimeModified, r.Attempts)
 	}
 	// Running: the Upstairs' repair of the new region.
 	since := r.TimeModified
@@ -196,7 +200,7 @@ func (w waits) step(ctx context.Context, s store.Step) *orchestratorv1.Wait {
 		return paused(p, "no saga starts for the step")
 	}
 	if s.State == store.StepComplete {
-		return w.atRest("the step task (to delete its stash)", s.TimeModified, s.Attempts)
+		return w.atRest(s.ID, "the step task (to delete its stash)", s.TimeModified, s.Attempts)
 	}
-	return w.atRest("the step task", s.TimeModified, s.Attempts)
+	return w.atRest(s.ID, "the step task", s.TimeModified, s.Attempts)
 }

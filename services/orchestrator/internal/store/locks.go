@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,6 +61,13 @@ type Store struct {
 	// lostWaiters counts refused takers whose queue place could not be
 	// recorded (a database error): they lose their place, not their retry.
 	lostWaiters atomic.Int64
+	// configured are the rebuild budgets' limits from the process's
+	// configuration (runtime values in rebuild_budget override them).
+	configured Limits
+	// admit serialises this process's rebuild admissions (AdmitRebuild),
+	// so only one of them at a time holds a connection waiting for the
+	// advisory lock.
+	admit sync.Mutex
 }
 
 // Option tunes New.
@@ -67,6 +75,9 @@ type Option func(*Store)
 
 // WithLockReleased registers fn to run after any repair lock is released.
 func WithLockReleased(fn func()) Option { return func(s *Store) { s.lockReleased = fn } }
+
+// WithRebuildLimits sets the configured rebuild budgets.
+func WithRebuildLimits(l Limits) Option { return func(s *Store) { s.configured = l } }
 
 // New returns a Store over the orchestrator database.
 func New(pool *pgxpool.Pool, opts ...Option) *Store {

@@ -62,17 +62,19 @@ type ROReplacement struct {
 	// EndReason says why it ended other than Complete.
 	EndReason *string
 	Attempts
+	Order
 }
 
 const roColumns = `id, request_time, time_modified, kind, old_target_id, old_region_id, old_dataset_id,
 	old_snapshot_id, lock_volume_id, state, operating_saga_id, new_region_id, new_region_volume_id,
-	old_snapshot_volume_id, traceparent, end_reason, ` + attemptsColumns
+	old_snapshot_volume_id, traceparent, end_reason, ` + attemptsColumns + `, ` + orderColumns
 
 func scanRO(row pgx.Row) (ROReplacement, error) {
 	var r ROReplacement
 	err := row.Scan(&r.ID, &r.RequestTime, &r.TimeModified, &r.Kind, &r.OldTargetID, &r.OldRegionID, &r.OldDatasetID,
 		&r.OldSnapshotID, &r.LockVolumeID, &r.State, &r.OperatingSagaID, &r.NewRegionID, &r.NewRegionVolumeID,
-		&r.OldSnapshotVolumeID, &r.Traceparent, &r.EndReason, &r.Attempts.Attempts, &r.LastError, &r.LastErrorTime)
+		&r.OldSnapshotVolumeID, &r.Traceparent, &r.EndReason, &r.Attempts.Attempts, &r.LastError, &r.LastErrorTime,
+		&r.Priority, &r.LiveCopies)
 	return r, err
 }
 

@@ -258,8 +258,14 @@ func (s *Store) HasStepsInProgress(ctx context.Context, requestID uuid.UUID) (bo
 }
 
 // SetStepRunning is S1: the step saga claims a Requested step.
+//
+// A first claim is refused with a *BudgetError when the rack_steps budget
+// is full: the task admits steps within it, and this check keeps it exact
+// whatever the task believed (a saga adopted from an old leader, say).
 func (s *Store) SetStepRunning(ctx context.Context, id, saga uuid.UUID) error {
-	return s.claim(ctx, roSteps, id, string(StepRequested), string(StepRunning), saga)
+	return s.claimChecked(ctx, roSteps, id, string(StepRequested), string(StepRunning), saga, func(tx pgx.Tx) error {
+		return s.checkStepBudget(ctx, tx, id)
+	})
 }
 
 // UndoStepRunning is S2.

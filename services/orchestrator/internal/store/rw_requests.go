@@ -58,15 +58,17 @@ type RWReplacement struct {
 	GiveUp    *RegionState
 	EndReason *string
 	Attempts
+	Order
 }
 
 const rwColumns = `id, request_time, time_modified, old_region_id, volume_id, state, operating_saga_id,
-	new_region_id, old_region_volume_id, traceparent, give_up, end_reason, ` + attemptsColumns
+	new_region_id, old_region_volume_id, traceparent, give_up, end_reason, ` + attemptsColumns + `, ` + orderColumns
 
 func scanRW(row pgx.Row) (RWReplacement, error) {
 	var r RWReplacement
 	err := row.Scan(&r.ID, &r.RequestTime, &r.TimeModified, &r.OldRegionID, &r.VolumeID, &r.State, &r.OperatingSagaID,
-		&r.NewRegionID, &r.OldRegionVolumeID, &r.Traceparent, &r.GiveUp, &r.EndReason, &r.Attempts.Attempts, &r.LastError, &r.LastErrorTime)
+		&r.NewRegionID, &r.OldRegionVolumeID, &r.Traceparent, &r.GiveUp, &r.EndReason, &r.Attempts.Attempts, &r.LastError, &r.LastErrorTime,
+		&r.Priority, &r.LiveCopies)
 	return r, err
 }
 

@@ -53,9 +53,18 @@ func stateOf(ctx context.Context, tx pgx.Tx, t recordTable, id uuid.UUID) (strin
 
 // claim moves (from, no saga) → (to, saga).
 func (s *Store) claim(ctx context.Context, t recordTable, id uuid.UUID, from, to string, saga uuid.UUID) error {
+	return s.claimChecked(ctx, t, id, from, to, saga, nil)
+}
+
+// claimChecked is claim with a check that may refuse a first claim (not a
+// re-run that finds the claim made) inside its transaction.
+func (s *Store) claimChecked(ctx context.Context, t recordTable, id uuid.UUID, from, to string, saga uuid.UUID, check func(pgx.Tx) error) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE `+t.name+` SET state = $3, operating_saga_id = $4, time_modified = now()
 			WHERE id = $1 AND state = $2 AND operating_saga_id IS NULL`, id, from, to, saga)
+		if err == nil && tag.RowsAffected() == 1 && check != nil {
+			return check(tx)
+		}
 		if err != nil || tag.RowsAffected() == 1 {
 			return err
 		}

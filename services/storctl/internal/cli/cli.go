@@ -349,6 +349,7 @@ func commands() []command {
 	all = append(all, redundancyCommands()...)
 	all = append(all, rackCommands()...)
 	all = append(all, healthCommands()...)
+	all = append(all, budgetCommands()...)
 	return all
 }
 

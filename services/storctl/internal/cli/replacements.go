@@ -497,6 +497,8 @@ func renderReplacement(w io.Writer, resp *orchestratorv1.GetReplacementResponse)
 		[2]string{"paused", pauseText(r.Pause)},
 		[2]string{"progress", progressText(r)},
 		[2]string{"estimate", estimateText(r.Estimate)},
+		[2]string{"priority", fmt.Sprint(r.Priority)},
+		[2]string{"live copies", liveCopies(r.LiveCopies)},
 		[2]string{"attempts", fmt.Sprint(r.Attempts)},
 		[2]string{"last error", r.LastError},
 		[2]string{"end reason", r.EndReason},
@@ -562,4 +564,13 @@ func renderWatch(w io.Writer, now time.Time, msg *orchestratorv1.WatchReplacemen
 		return err
 	}
 	return nil
+}
+
+// liveCopies prints a request's live-copies figure; -1 is "not counted
+// yet" (its task has not planned it).
+func liveCopies(n int32) string {
+	if n < 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
 }

@@ -1445,9 +1445,13 @@ type AllocateRegionsRequest struct {
 	// Ids for the regions this call creates, used in order; at least
 	// redundancy minus existing. Lets a saga register targets before
 	// allocating.
-	NewRegionIds  []string `protobuf:"bytes,10,rep,name=new_region_ids,json=newRegionIds,proto3" json:"new_region_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NewRegionIds []string `protobuf:"bytes,10,rep,name=new_region_ids,json=newRegionIds,proto3" json:"new_region_ids,omitempty"`
+	// Optional: sleds no new region may be placed on (the orchestrator's
+	// per-destination rebuild budget). An idempotent replay returns the
+	// regions already allocated wherever they are.
+	ExcludeSledIds []string `protobuf:"bytes,11,rep,name=exclude_sled_ids,json=excludeSledIds,proto3" json:"exclude_sled_ids,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AllocateRegionsRequest) Reset() {
@@ -1546,6 +1550,13 @@ func (x *AllocateRegionsRequest) GetRedundancy() int32 {
 func (x *AllocateRegionsRequest) GetNewRegionIds() []string {
 	if x != nil {
 		return x.NewRegionIds
+	}
+	return nil
+}
+
+func (x *AllocateRegionsRequest) GetExcludeSledIds() []string {
+	if x != nil {
+		return x.ExcludeSledIds
 	}
 	return nil
 }
@@ -2594,10 +2605,12 @@ type ListRegionsRequest struct {
 	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Optional filters.
-	AllocatedFor  string `protobuf:"bytes,3,opt,name=allocated_for,json=allocatedFor,proto3" json:"allocated_for,omitempty"`
-	DatasetId     string `protobuf:"bytes,4,opt,name=dataset_id,json=datasetId,proto3" json:"dataset_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AllocatedFor string `protobuf:"bytes,3,opt,name=allocated_for,json=allocatedFor,proto3" json:"allocated_for,omitempty"`
+	DatasetId    string `protobuf:"bytes,4,opt,name=dataset_id,json=datasetId,proto3" json:"dataset_id,omitempty"`
+	// Optional: regions allocated for any of these volumes (at most 1000).
+	AllocatedForIds []string `protobuf:"bytes,5,rep,name=allocated_for_ids,json=allocatedForIds,proto3" json:"allocated_for_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ListRegionsRequest) Reset() {
@@ -2656,6 +2669,13 @@ func (x *ListRegionsRequest) GetDatasetId() string {
 		return x.DatasetId
 	}
 	return ""
+}
+
+func (x *ListRegionsRequest) GetAllocatedForIds() []string {
+	if x != nil {
+		return x.AllocatedForIds
+	}
+	return nil
 }
 
 type ListRegionsResponse struct {
@@ -2717,7 +2737,10 @@ type ListRegionSnapshotsRequest struct {
 	// Optional filter.
 	SnapshotId string `protobuf:"bytes,3,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
 	// Optional filter: region snapshots on this dataset (in service or not).
-	DatasetId     string `protobuf:"bytes,4,opt,name=dataset_id,json=datasetId,proto3" json:"dataset_id,omitempty"`
+	DatasetId string `protobuf:"bytes,4,opt,name=dataset_id,json=datasetId,proto3" json:"dataset_id,omitempty"`
+	// Optional filter: region snapshots of any of these snapshots (at most
+	// 1000).
+	SnapshotIds   []string `protobuf:"bytes,5,rep,name=snapshot_ids,json=snapshotIds,proto3" json:"snapshot_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2778,6 +2801,13 @@ func (x *ListRegionSnapshotsRequest) GetDatasetId() string {
 		return x.DatasetId
 	}
 	return ""
+}
+
+func (x *ListRegionSnapshotsRequest) GetSnapshotIds() []string {
+	if x != nil {
+		return x.SnapshotIds
+	}
+	return nil
 }
 
 type ListRegionSnapshotsResponse struct {
@@ -3503,7 +3533,7 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	" \x01(\bR\aensured\x12\x17\n" +
 	"\asled_id\x18\v \x01(\tR\x06sledId\x12\x17\n" +
 	"\adisk_id\x18\f \x01(\tR\x06diskId\x12=\n" +
-	"\ftime_created\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\"\x81\x03\n" +
+	"\ftime_created\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\"\xab\x03\n" +
 	"\x16AllocateRegionsRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x1f\n" +
 	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
@@ -3519,7 +3549,8 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"redundancy\x18\t \x01(\x05R\n" +
 	"redundancy\x12$\n" +
 	"\x0enew_region_ids\x18\n" +
-	" \x03(\tR\fnewRegionIds\"\x7f\n" +
+	" \x03(\tR\fnewRegionIds\x12(\n" +
+	"\x10exclude_sled_ids\x18\v \x03(\tR\x0eexcludeSledIds\"\x7f\n" +
 	"\x17AllocateRegionsResponse\x126\n" +
 	"\aregions\x18\x01 \x03(\v2\x1c.storage.allocator.v1.RegionR\aregions\x12,\n" +
 	"\x12created_region_ids\x18\x02 \x03(\tR\x10createdRegionIds\"\x91\x01\n" +
@@ -3587,17 +3618,18 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\"\x9a\x01\n" +
 	"\x11GetRegionResponse\x124\n" +
 	"\x06region\x18\x01 \x01(\v2\x1c.storage.allocator.v1.RegionR\x06region\x12O\n" +
-	"\x10region_snapshots\x18\x02 \x03(\v2$.storage.allocator.v1.RegionSnapshotR\x0fregionSnapshots\"\x94\x01\n" +
+	"\x10region_snapshots\x18\x02 \x03(\v2$.storage.allocator.v1.RegionSnapshotR\x0fregionSnapshots\"\xc0\x01\n" +
 	"\x12ListRegionsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x12#\n" +
 	"\rallocated_for\x18\x03 \x01(\tR\fallocatedFor\x12\x1d\n" +
 	"\n" +
-	"dataset_id\x18\x04 \x01(\tR\tdatasetId\"u\n" +
+	"dataset_id\x18\x04 \x01(\tR\tdatasetId\x12*\n" +
+	"\x11allocated_for_ids\x18\x05 \x03(\tR\x0fallocatedForIds\"u\n" +
 	"\x13ListRegionsResponse\x126\n" +
 	"\aregions\x18\x01 \x03(\v2\x1c.storage.allocator.v1.RegionR\aregions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x98\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbb\x01\n" +
 	"\x1aListRegionSnapshotsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3605,7 +3637,8 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\vsnapshot_id\x18\x03 \x01(\tR\n" +
 	"snapshotId\x12\x1d\n" +
 	"\n" +
-	"dataset_id\x18\x04 \x01(\tR\tdatasetId\"\x96\x01\n" +
+	"dataset_id\x18\x04 \x01(\tR\tdatasetId\x12!\n" +
+	"\fsnapshot_ids\x18\x05 \x03(\tR\vsnapshotIds\"\x96\x01\n" +
 	"\x1bListRegionSnapshotsResponse\x12O\n" +
 	"\x10region_snapshots\x18\x01 \x03(\v2$.storage.allocator.v1.RegionSnapshotR\x0fregionSnapshots\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"3\n" +

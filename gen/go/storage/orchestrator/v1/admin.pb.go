@@ -131,6 +131,373 @@ func (DatabaseNodeHealth) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
+// The limits of concurrent rebuild work. 0 is unlimited.
+type RebuildLimits struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Region clones plus live repairs in flight, rack-wide.
+	RackRebuilds int32 `protobuf:"varint,1,opt,name=rack_rebuilds,json=rackRebuilds,proto3" json:"rack_rebuilds,omitempty"`
+	// Rebuilds reading from one sled (a clone's source; every surviving
+	// member of a repaired region set).
+	SourceSledRebuilds int32 `protobuf:"varint,2,opt,name=source_sled_rebuilds,json=sourceSledRebuilds,proto3" json:"source_sled_rebuilds,omitempty"`
+	// Rebuilds writing a new region to one sled.
+	DestSledRebuilds int32 `protobuf:"varint,3,opt,name=dest_sled_rebuilds,json=destSledRebuilds,proto3" json:"dest_sled_rebuilds,omitempty"`
+	// Read-only replacement steps in flight, rack-wide.
+	RackSteps     int32 `protobuf:"varint,4,opt,name=rack_steps,json=rackSteps,proto3" json:"rack_steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebuildLimits) Reset() {
+	*x = RebuildLimits{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebuildLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebuildLimits) ProtoMessage() {}
+
+func (x *RebuildLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebuildLimits.ProtoReflect.Descriptor instead.
+func (*RebuildLimits) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RebuildLimits) GetRackRebuilds() int32 {
+	if x != nil {
+		return x.RackRebuilds
+	}
+	return 0
+}
+
+func (x *RebuildLimits) GetSourceSledRebuilds() int32 {
+	if x != nil {
+		return x.SourceSledRebuilds
+	}
+	return 0
+}
+
+func (x *RebuildLimits) GetDestSledRebuilds() int32 {
+	if x != nil {
+		return x.DestSledRebuilds
+	}
+	return 0
+}
+
+func (x *RebuildLimits) GetRackSteps() int32 {
+	if x != nil {
+		return x.RackSteps
+	}
+	return 0
+}
+
+// One budget's state.
+type RebuildBudget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rack_rebuilds, source_sled_rebuilds, dest_sled_rebuilds, rack_steps.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// 0: unlimited.
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// In use now; for per-sled budgets, the highest use over sleds.
+	InUse int32 `protobuf:"varint,3,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
+	// Requests or steps held back by this budget at the last pass of the
+	// tasks that admit work.
+	Waiting int32 `protobuf:"varint,4,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// "runtime" (set by SetRebuildBudgets) or "config" (flags/file/default).
+	Source string `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
+	// Per-sled budgets: use by sled id, sleds with none omitted.
+	InUseBySled   map[string]int32 `protobuf:"bytes,6,rep,name=in_use_by_sled,json=inUseBySled,proto3" json:"in_use_by_sled,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebuildBudget) Reset() {
+	*x = RebuildBudget{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebuildBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebuildBudget) ProtoMessage() {}
+
+func (x *RebuildBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebuildBudget.ProtoReflect.Descriptor instead.
+func (*RebuildBudget) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RebuildBudget) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RebuildBudget) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *RebuildBudget) GetInUse() int32 {
+	if x != nil {
+		return x.InUse
+	}
+	return 0
+}
+
+func (x *RebuildBudget) GetWaiting() int32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *RebuildBudget) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *RebuildBudget) GetInUseBySled() map[string]int32 {
+	if x != nil {
+		return x.InUseBySled
+	}
+	return nil
+}
+
+type GetRebuildBudgetsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRebuildBudgetsRequest) Reset() {
+	*x = GetRebuildBudgetsRequest{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRebuildBudgetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRebuildBudgetsRequest) ProtoMessage() {}
+
+func (x *GetRebuildBudgetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRebuildBudgetsRequest.ProtoReflect.Descriptor instead.
+func (*GetRebuildBudgetsRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+type GetRebuildBudgetsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Budgets       []*RebuildBudget       `protobuf:"bytes,1,rep,name=budgets,proto3" json:"budgets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRebuildBudgetsResponse) Reset() {
+	*x = GetRebuildBudgetsResponse{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRebuildBudgetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRebuildBudgetsResponse) ProtoMessage() {}
+
+func (x *GetRebuildBudgetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRebuildBudgetsResponse.ProtoReflect.Descriptor instead.
+func (*GetRebuildBudgetsResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetRebuildBudgetsResponse) GetBudgets() []*RebuildBudget {
+	if x != nil {
+		return x.Budgets
+	}
+	return nil
+}
+
+type SetRebuildBudgetsRequest struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	RackRebuilds       *int32                 `protobuf:"varint,1,opt,name=rack_rebuilds,json=rackRebuilds,proto3,oneof" json:"rack_rebuilds,omitempty"`
+	SourceSledRebuilds *int32                 `protobuf:"varint,2,opt,name=source_sled_rebuilds,json=sourceSledRebuilds,proto3,oneof" json:"source_sled_rebuilds,omitempty"`
+	DestSledRebuilds   *int32                 `protobuf:"varint,3,opt,name=dest_sled_rebuilds,json=destSledRebuilds,proto3,oneof" json:"dest_sled_rebuilds,omitempty"`
+	RackSteps          *int32                 `protobuf:"varint,4,opt,name=rack_steps,json=rackSteps,proto3,oneof" json:"rack_steps,omitempty"`
+	// Drop every runtime value first (then apply the fields that are set).
+	Reset_        bool `protobuf:"varint,5,opt,name=reset,proto3" json:"reset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRebuildBudgetsRequest) Reset() {
+	*x = SetRebuildBudgetsRequest{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRebuildBudgetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRebuildBudgetsRequest) ProtoMessage() {}
+
+func (x *SetRebuildBudgetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRebuildBudgetsRequest.ProtoReflect.Descriptor instead.
+func (*SetRebuildBudgetsRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SetRebuildBudgetsRequest) GetRackRebuilds() int32 {
+	if x != nil && x.RackRebuilds != nil {
+		return *x.RackRebuilds
+	}
+	return 0
+}
+
+func (x *SetRebuildBudgetsRequest) GetSourceSledRebuilds() int32 {
+	if x != nil && x.SourceSledRebuilds != nil {
+		return *x.SourceSledRebuilds
+	}
+	return 0
+}
+
+func (x *SetRebuildBudgetsRequest) GetDestSledRebuilds() int32 {
+	if x != nil && x.DestSledRebuilds != nil {
+		return *x.DestSledRebuilds
+	}
+	return 0
+}
+
+func (x *SetRebuildBudgetsRequest) GetRackSteps() int32 {
+	if x != nil && x.RackSteps != nil {
+		return *x.RackSteps
+	}
+	return 0
+}
+
+func (x *SetRebuildBudgetsRequest) GetReset_() bool {
+	if x != nil {
+		return x.Reset_
+	}
+	return false
+}
+
+type SetRebuildBudgetsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Budgets       []*RebuildBudget       `protobuf:"bytes,1,rep,name=budgets,proto3" json:"budgets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRebuildBudgetsResponse) Reset() {
+	*x = SetRebuildBudgetsResponse{}
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRebuildBudgetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRebuildBudgetsResponse) ProtoMessage() {}
+
+func (x *SetRebuildBudgetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRebuildBudgetsResponse.ProtoReflect.Descriptor instead.
+func (*SetRebuildBudgetsResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SetRebuildBudgetsResponse) GetBudgets() []*RebuildBudget {
+	if x != nil {
+		return x.Budgets
+	}
+	return nil
+}
+
 type BackgroundTask struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -149,7 +516,7 @@ type BackgroundTask struct {
 
 func (x *BackgroundTask) Reset() {
 	*x = BackgroundTask{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +528,7 @@ func (x *BackgroundTask) String() string {
 func (*BackgroundTask) ProtoMessage() {}
 
 func (x *BackgroundTask) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +541,7 @@ func (x *BackgroundTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackgroundTask.ProtoReflect.Descriptor instead.
 func (*BackgroundTask) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BackgroundTask) GetName() string {
@@ -243,7 +610,7 @@ type ListBackgroundTasksRequest struct {
 
 func (x *ListBackgroundTasksRequest) Reset() {
 	*x = ListBackgroundTasksRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +622,7 @@ func (x *ListBackgroundTasksRequest) String() string {
 func (*ListBackgroundTasksRequest) ProtoMessage() {}
 
 func (x *ListBackgroundTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +635,7 @@ func (x *ListBackgroundTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackgroundTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListBackgroundTasksRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListBackgroundTasksRequest) GetPageSize() int32 {
@@ -295,7 +662,7 @@ type ListBackgroundTasksResponse struct {
 
 func (x *ListBackgroundTasksResponse) Reset() {
 	*x = ListBackgroundTasksResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +674,7 @@ func (x *ListBackgroundTasksResponse) String() string {
 func (*ListBackgroundTasksResponse) ProtoMessage() {}
 
 func (x *ListBackgroundTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +687,7 @@ func (x *ListBackgroundTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackgroundTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListBackgroundTasksResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListBackgroundTasksResponse) GetTasks() []*BackgroundTask {
@@ -346,7 +713,7 @@ type ActivateBackgroundTaskRequest struct {
 
 func (x *ActivateBackgroundTaskRequest) Reset() {
 	*x = ActivateBackgroundTaskRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +725,7 @@ func (x *ActivateBackgroundTaskRequest) String() string {
 func (*ActivateBackgroundTaskRequest) ProtoMessage() {}
 
 func (x *ActivateBackgroundTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +738,7 @@ func (x *ActivateBackgroundTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateBackgroundTaskRequest.ProtoReflect.Descriptor instead.
 func (*ActivateBackgroundTaskRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ActivateBackgroundTaskRequest) GetName() string {
@@ -389,7 +756,7 @@ type ActivateBackgroundTaskResponse struct {
 
 func (x *ActivateBackgroundTaskResponse) Reset() {
 	*x = ActivateBackgroundTaskResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +768,7 @@ func (x *ActivateBackgroundTaskResponse) String() string {
 func (*ActivateBackgroundTaskResponse) ProtoMessage() {}
 
 func (x *ActivateBackgroundTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +781,7 @@ func (x *ActivateBackgroundTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateBackgroundTaskResponse.ProtoReflect.Descriptor instead.
 func (*ActivateBackgroundTaskResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 type Saga struct {
@@ -442,7 +809,7 @@ type Saga struct {
 
 func (x *Saga) Reset() {
 	*x = Saga{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +821,7 @@ func (x *Saga) String() string {
 func (*Saga) ProtoMessage() {}
 
 func (x *Saga) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +834,7 @@ func (x *Saga) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Saga.ProtoReflect.Descriptor instead.
 func (*Saga) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Saga) GetSagaId() string {
@@ -580,7 +947,7 @@ type SagaNode struct {
 
 func (x *SagaNode) Reset() {
 	*x = SagaNode{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +959,7 @@ func (x *SagaNode) String() string {
 func (*SagaNode) ProtoMessage() {}
 
 func (x *SagaNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +972,7 @@ func (x *SagaNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SagaNode.ProtoReflect.Descriptor instead.
 func (*SagaNode) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SagaNode) GetNodeIndex() int32 {
@@ -706,7 +1073,7 @@ type SagaEvent struct {
 
 func (x *SagaEvent) Reset() {
 	*x = SagaEvent{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +1085,7 @@ func (x *SagaEvent) String() string {
 func (*SagaEvent) ProtoMessage() {}
 
 func (x *SagaEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +1098,7 @@ func (x *SagaEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SagaEvent.ProtoReflect.Descriptor instead.
 func (*SagaEvent) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SagaEvent) GetNodeIndex() int32 {
@@ -800,7 +1167,7 @@ type ListSagasRequest struct {
 
 func (x *ListSagasRequest) Reset() {
 	*x = ListSagasRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +1179,7 @@ func (x *ListSagasRequest) String() string {
 func (*ListSagasRequest) ProtoMessage() {}
 
 func (x *ListSagasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +1192,7 @@ func (x *ListSagasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagasRequest.ProtoReflect.Descriptor instead.
 func (*ListSagasRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListSagasRequest) GetPageSize() int32 {
@@ -880,7 +1247,7 @@ type ListSagasResponse struct {
 
 func (x *ListSagasResponse) Reset() {
 	*x = ListSagasResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1259,7 @@ func (x *ListSagasResponse) String() string {
 func (*ListSagasResponse) ProtoMessage() {}
 
 func (x *ListSagasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1272,7 @@ func (x *ListSagasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagasResponse.ProtoReflect.Descriptor instead.
 func (*ListSagasResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListSagasResponse) GetSagas() []*Saga {
@@ -931,7 +1298,7 @@ type GetSagaRequest struct {
 
 func (x *GetSagaRequest) Reset() {
 	*x = GetSagaRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1310,7 @@ func (x *GetSagaRequest) String() string {
 func (*GetSagaRequest) ProtoMessage() {}
 
 func (x *GetSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1323,7 @@ func (x *GetSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaRequest.ProtoReflect.Descriptor instead.
 func (*GetSagaRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetSagaRequest) GetSagaId() string {
@@ -979,7 +1346,7 @@ type GetSagaResponse struct {
 
 func (x *GetSagaResponse) Reset() {
 	*x = GetSagaResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1358,7 @@ func (x *GetSagaResponse) String() string {
 func (*GetSagaResponse) ProtoMessage() {}
 
 func (x *GetSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1371,7 @@ func (x *GetSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaResponse.ProtoReflect.Descriptor instead.
 func (*GetSagaResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetSagaResponse) GetSaga() *Saga {
@@ -1054,7 +1421,7 @@ type AbandonSagaRequest struct {
 
 func (x *AbandonSagaRequest) Reset() {
 	*x = AbandonSagaRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1433,7 @@ func (x *AbandonSagaRequest) String() string {
 func (*AbandonSagaRequest) ProtoMessage() {}
 
 func (x *AbandonSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1446,7 @@ func (x *AbandonSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbandonSagaRequest.ProtoReflect.Descriptor instead.
 func (*AbandonSagaRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AbandonSagaRequest) GetSagaId() string {
@@ -1146,7 +1513,7 @@ type AbandonSagaResponse struct {
 
 func (x *AbandonSagaResponse) Reset() {
 	*x = AbandonSagaResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1158,7 +1525,7 @@ func (x *AbandonSagaResponse) String() string {
 func (*AbandonSagaResponse) ProtoMessage() {}
 
 func (x *AbandonSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1171,7 +1538,7 @@ func (x *AbandonSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbandonSagaResponse.ProtoReflect.Descriptor instead.
 func (*AbandonSagaResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AbandonSagaResponse) GetSaga() *Saga {
@@ -1230,7 +1597,7 @@ type ReconciledRecord struct {
 
 func (x *ReconciledRecord) Reset() {
 	*x = ReconciledRecord{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1609,7 @@ func (x *ReconciledRecord) String() string {
 func (*ReconciledRecord) ProtoMessage() {}
 
 func (x *ReconciledRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1622,7 @@ func (x *ReconciledRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconciledRecord.ProtoReflect.Descriptor instead.
 func (*ReconciledRecord) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReconciledRecord) GetWhat() string {
@@ -1295,7 +1662,7 @@ type WaitIdleRequest struct {
 
 func (x *WaitIdleRequest) Reset() {
 	*x = WaitIdleRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1674,7 @@ func (x *WaitIdleRequest) String() string {
 func (*WaitIdleRequest) ProtoMessage() {}
 
 func (x *WaitIdleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1687,7 @@ func (x *WaitIdleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitIdleRequest.ProtoReflect.Descriptor instead.
 func (*WaitIdleRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WaitIdleRequest) GetTimeout() *durationpb.Duration {
@@ -1338,7 +1705,7 @@ type WaitIdleResponse struct {
 
 func (x *WaitIdleResponse) Reset() {
 	*x = WaitIdleResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1717,7 @@ func (x *WaitIdleResponse) String() string {
 func (*WaitIdleResponse) ProtoMessage() {}
 
 func (x *WaitIdleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1730,7 @@ func (x *WaitIdleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitIdleResponse.ProtoReflect.Descriptor instead.
 func (*WaitIdleResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type ValidateSystemRequest struct {
@@ -1374,7 +1741,7 @@ type ValidateSystemRequest struct {
 
 func (x *ValidateSystemRequest) Reset() {
 	*x = ValidateSystemRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1753,7 @@ func (x *ValidateSystemRequest) String() string {
 func (*ValidateSystemRequest) ProtoMessage() {}
 
 func (x *ValidateSystemRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1766,7 @@ func (x *ValidateSystemRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateSystemRequest.ProtoReflect.Descriptor instead.
 func (*ValidateSystemRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 type ValidateSystemResponse struct {
@@ -1411,7 +1778,7 @@ type ValidateSystemResponse struct {
 
 func (x *ValidateSystemResponse) Reset() {
 	*x = ValidateSystemResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1790,7 @@ func (x *ValidateSystemResponse) String() string {
 func (*ValidateSystemResponse) ProtoMessage() {}
 
 func (x *ValidateSystemResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1803,7 @@ func (x *ValidateSystemResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateSystemResponse.ProtoReflect.Descriptor instead.
 func (*ValidateSystemResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ValidateSystemResponse) GetViolations() []*v1.Violation {
@@ -1454,7 +1821,7 @@ type GetLeadershipRequest struct {
 
 func (x *GetLeadershipRequest) Reset() {
 	*x = GetLeadershipRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1833,7 @@ func (x *GetLeadershipRequest) String() string {
 func (*GetLeadershipRequest) ProtoMessage() {}
 
 func (x *GetLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1846,7 @@ func (x *GetLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*GetLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 type GetLeadershipResponse struct {
@@ -1497,7 +1864,7 @@ type GetLeadershipResponse struct {
 
 func (x *GetLeadershipResponse) Reset() {
 	*x = GetLeadershipResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1876,7 @@ func (x *GetLeadershipResponse) String() string {
 func (*GetLeadershipResponse) ProtoMessage() {}
 
 func (x *GetLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1889,7 @@ func (x *GetLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*GetLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetLeadershipResponse) GetHolder() string {
@@ -1568,7 +1935,7 @@ type GetDatabaseFormationRequest struct {
 
 func (x *GetDatabaseFormationRequest) Reset() {
 	*x = GetDatabaseFormationRequest{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1947,7 @@ func (x *GetDatabaseFormationRequest) String() string {
 func (*GetDatabaseFormationRequest) ProtoMessage() {}
 
 func (x *GetDatabaseFormationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1960,7 @@ func (x *GetDatabaseFormationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDatabaseFormationRequest.ProtoReflect.Descriptor instead.
 func (*GetDatabaseFormationRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 type GetDatabaseFormationResponse struct {
@@ -1614,7 +1981,7 @@ type GetDatabaseFormationResponse struct {
 
 func (x *GetDatabaseFormationResponse) Reset() {
 	*x = GetDatabaseFormationResponse{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1993,7 @@ func (x *GetDatabaseFormationResponse) String() string {
 func (*GetDatabaseFormationResponse) ProtoMessage() {}
 
 func (x *GetDatabaseFormationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +2006,7 @@ func (x *GetDatabaseFormationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDatabaseFormationResponse.ProtoReflect.Descriptor instead.
 func (*GetDatabaseFormationResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetDatabaseFormationResponse) GetOrchestrator() string {
@@ -1701,7 +2068,7 @@ type DatabaseConnection struct {
 
 func (x *DatabaseConnection) Reset() {
 	*x = DatabaseConnection{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +2080,7 @@ func (x *DatabaseConnection) String() string {
 func (*DatabaseConnection) ProtoMessage() {}
 
 func (x *DatabaseConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +2093,7 @@ func (x *DatabaseConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatabaseConnection.ProtoReflect.Descriptor instead.
 func (*DatabaseConnection) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DatabaseConnection) GetError() string {
@@ -1824,7 +2191,7 @@ type DatabaseStandby struct {
 
 func (x *DatabaseStandby) Reset() {
 	*x = DatabaseStandby{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2203,7 @@ func (x *DatabaseStandby) String() string {
 func (*DatabaseStandby) ProtoMessage() {}
 
 func (x *DatabaseStandby) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2216,7 @@ func (x *DatabaseStandby) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatabaseStandby.ProtoReflect.Descriptor instead.
 func (*DatabaseStandby) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DatabaseStandby) GetApplicationName() string {
@@ -1959,7 +2326,7 @@ type DatabaseMonitor struct {
 
 func (x *DatabaseMonitor) Reset() {
 	*x = DatabaseMonitor{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[25]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1971,7 +2338,7 @@ func (x *DatabaseMonitor) String() string {
 func (*DatabaseMonitor) ProtoMessage() {}
 
 func (x *DatabaseMonitor) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[25]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1984,7 +2351,7 @@ func (x *DatabaseMonitor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatabaseMonitor.ProtoReflect.Descriptor instead.
 func (*DatabaseMonitor) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DatabaseMonitor) GetUri() string {
@@ -2051,7 +2418,7 @@ type DatabaseNode struct {
 
 func (x *DatabaseNode) Reset() {
 	*x = DatabaseNode{}
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[26]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2430,7 @@ func (x *DatabaseNode) String() string {
 func (*DatabaseNode) ProtoMessage() {}
 
 func (x *DatabaseNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[26]
+	mi := &file_storage_orchestrator_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2443,7 @@ func (x *DatabaseNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatabaseNode.ProtoReflect.Descriptor instead.
 func (*DatabaseNode) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_storage_orchestrator_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DatabaseNode) GetName() string {
@@ -2181,7 +2548,39 @@ var File_storage_orchestrator_v1_admin_proto protoreflect.FileDescriptor
 
 const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"#storage/orchestrator/v1/admin.proto\x12\x17storage.orchestrator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1estorage/common/v1/common.proto\"\xed\x02\n" +
+	"#storage/orchestrator/v1/admin.proto\x12\x17storage.orchestrator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1estorage/common/v1/common.proto\"\xb3\x01\n" +
+	"\rRebuildLimits\x12#\n" +
+	"\rrack_rebuilds\x18\x01 \x01(\x05R\frackRebuilds\x120\n" +
+	"\x14source_sled_rebuilds\x18\x02 \x01(\x05R\x12sourceSledRebuilds\x12,\n" +
+	"\x12dest_sled_rebuilds\x18\x03 \x01(\x05R\x10destSledRebuilds\x12\x1d\n" +
+	"\n" +
+	"rack_steps\x18\x04 \x01(\x05R\trackSteps\"\xa0\x02\n" +
+	"\rRebuildBudget\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x15\n" +
+	"\x06in_use\x18\x03 \x01(\x05R\x05inUse\x12\x18\n" +
+	"\awaiting\x18\x04 \x01(\x05R\awaiting\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\x12\\\n" +
+	"\x0ein_use_by_sled\x18\x06 \x03(\v27.storage.orchestrator.v1.RebuildBudget.InUseBySledEntryR\vinUseBySled\x1a>\n" +
+	"\x10InUseBySledEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\x1a\n" +
+	"\x18GetRebuildBudgetsRequest\"]\n" +
+	"\x19GetRebuildBudgetsResponse\x12@\n" +
+	"\abudgets\x18\x01 \x03(\v2&.storage.orchestrator.v1.RebuildBudgetR\abudgets\"\xb9\x02\n" +
+	"\x18SetRebuildBudgetsRequest\x12(\n" +
+	"\rrack_rebuilds\x18\x01 \x01(\x05H\x00R\frackRebuilds\x88\x01\x01\x125\n" +
+	"\x14source_sled_rebuilds\x18\x02 \x01(\x05H\x01R\x12sourceSledRebuilds\x88\x01\x01\x121\n" +
+	"\x12dest_sled_rebuilds\x18\x03 \x01(\x05H\x02R\x10destSledRebuilds\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"rack_steps\x18\x04 \x01(\x05H\x03R\trackSteps\x88\x01\x01\x12\x14\n" +
+	"\x05reset\x18\x05 \x01(\bR\x05resetB\x10\n" +
+	"\x0e_rack_rebuildsB\x17\n" +
+	"\x15_source_sled_rebuildsB\x15\n" +
+	"\x13_dest_sled_rebuildsB\r\n" +
+	"\v_rack_steps\"]\n" +
+	"\x19SetRebuildBudgetsResponse\x12@\n" +
+	"\abudgets\x18\x01 \x03(\v2&.storage.orchestrator.v1.RebuildBudgetR\abudgets\"\xed\x02\n" +
 	"\x0eBackgroundTask\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x121\n" +
@@ -2369,7 +2768,8 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\x12DatabaseNodeHealth\x12$\n" +
 	" DATABASE_NODE_HEALTH_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cDATABASE_NODE_HEALTH_HEALTHY\x10\x01\x12\"\n" +
-	"\x1eDATABASE_NODE_HEALTH_UNHEALTHY\x10\x022\x93\b\n" +
+	"\x1eDATABASE_NODE_HEALTH_UNHEALTHY\x10\x022\x8b\n" +
+	"\n" +
 	"\fAdminService\x12\x80\x01\n" +
 	"\x13ListBackgroundTasks\x123.storage.orchestrator.v1.ListBackgroundTasksRequest\x1a4.storage.orchestrator.v1.ListBackgroundTasksResponse\x12\x89\x01\n" +
 	"\x16ActivateBackgroundTask\x126.storage.orchestrator.v1.ActivateBackgroundTaskRequest\x1a7.storage.orchestrator.v1.ActivateBackgroundTaskResponse\x12b\n" +
@@ -2379,7 +2779,9 @@ const file_storage_orchestrator_v1_admin_proto_rawDesc = "" +
 	"\bWaitIdle\x12(.storage.orchestrator.v1.WaitIdleRequest\x1a).storage.orchestrator.v1.WaitIdleResponse\x12q\n" +
 	"\x0eValidateSystem\x12..storage.orchestrator.v1.ValidateSystemRequest\x1a/.storage.orchestrator.v1.ValidateSystemResponse\x12n\n" +
 	"\rGetLeadership\x12-.storage.orchestrator.v1.GetLeadershipRequest\x1a..storage.orchestrator.v1.GetLeadershipResponse\x12\x83\x01\n" +
-	"\x14GetDatabaseFormation\x124.storage.orchestrator.v1.GetDatabaseFormationRequest\x1a5.storage.orchestrator.v1.GetDatabaseFormationResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
+	"\x14GetDatabaseFormation\x124.storage.orchestrator.v1.GetDatabaseFormationRequest\x1a5.storage.orchestrator.v1.GetDatabaseFormationResponse\x12z\n" +
+	"\x11GetRebuildBudgets\x121.storage.orchestrator.v1.GetRebuildBudgetsRequest\x1a2.storage.orchestrator.v1.GetRebuildBudgetsResponse\x12z\n" +
+	"\x11SetRebuildBudgets\x121.storage.orchestrator.v1.SetRebuildBudgetsRequest\x1a2.storage.orchestrator.v1.SetRebuildBudgetsResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
 	file_storage_orchestrator_v1_admin_proto_rawDescOnce sync.Once
@@ -2394,95 +2796,109 @@ func file_storage_orchestrator_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_orchestrator_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_storage_orchestrator_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_storage_orchestrator_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_storage_orchestrator_v1_admin_proto_goTypes = []any{
 	(SagaState)(0),                         // 0: storage.orchestrator.v1.SagaState
 	(DatabaseNodeHealth)(0),                // 1: storage.orchestrator.v1.DatabaseNodeHealth
-	(*BackgroundTask)(nil),                 // 2: storage.orchestrator.v1.BackgroundTask
-	(*ListBackgroundTasksRequest)(nil),     // 3: storage.orchestrator.v1.ListBackgroundTasksRequest
-	(*ListBackgroundTasksResponse)(nil),    // 4: storage.orchestrator.v1.ListBackgroundTasksResponse
-	(*ActivateBackgroundTaskRequest)(nil),  // 5: storage.orchestrator.v1.ActivateBackgroundTaskRequest
-	(*ActivateBackgroundTaskResponse)(nil), // 6: storage.orchestrator.v1.ActivateBackgroundTaskResponse
-	(*Saga)(nil),                           // 7: storage.orchestrator.v1.Saga
-	(*SagaNode)(nil),                       // 8: storage.orchestrator.v1.SagaNode
-	(*SagaEvent)(nil),                      // 9: storage.orchestrator.v1.SagaEvent
-	(*ListSagasRequest)(nil),               // 10: storage.orchestrator.v1.ListSagasRequest
-	(*ListSagasResponse)(nil),              // 11: storage.orchestrator.v1.ListSagasResponse
-	(*GetSagaRequest)(nil),                 // 12: storage.orchestrator.v1.GetSagaRequest
-	(*GetSagaResponse)(nil),                // 13: storage.orchestrator.v1.GetSagaResponse
-	(*AbandonSagaRequest)(nil),             // 14: storage.orchestrator.v1.AbandonSagaRequest
-	(*AbandonSagaResponse)(nil),            // 15: storage.orchestrator.v1.AbandonSagaResponse
-	(*ReconciledRecord)(nil),               // 16: storage.orchestrator.v1.ReconciledRecord
-	(*WaitIdleRequest)(nil),                // 17: storage.orchestrator.v1.WaitIdleRequest
-	(*WaitIdleResponse)(nil),               // 18: storage.orchestrator.v1.WaitIdleResponse
-	(*ValidateSystemRequest)(nil),          // 19: storage.orchestrator.v1.ValidateSystemRequest
-	(*ValidateSystemResponse)(nil),         // 20: storage.orchestrator.v1.ValidateSystemResponse
-	(*GetLeadershipRequest)(nil),           // 21: storage.orchestrator.v1.GetLeadershipRequest
-	(*GetLeadershipResponse)(nil),          // 22: storage.orchestrator.v1.GetLeadershipResponse
-	(*GetDatabaseFormationRequest)(nil),    // 23: storage.orchestrator.v1.GetDatabaseFormationRequest
-	(*GetDatabaseFormationResponse)(nil),   // 24: storage.orchestrator.v1.GetDatabaseFormationResponse
-	(*DatabaseConnection)(nil),             // 25: storage.orchestrator.v1.DatabaseConnection
-	(*DatabaseStandby)(nil),                // 26: storage.orchestrator.v1.DatabaseStandby
-	(*DatabaseMonitor)(nil),                // 27: storage.orchestrator.v1.DatabaseMonitor
-	(*DatabaseNode)(nil),                   // 28: storage.orchestrator.v1.DatabaseNode
-	(*durationpb.Duration)(nil),            // 29: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
-	(*v1.Violation)(nil),                   // 31: storage.common.v1.Violation
+	(*RebuildLimits)(nil),                  // 2: storage.orchestrator.v1.RebuildLimits
+	(*RebuildBudget)(nil),                  // 3: storage.orchestrator.v1.RebuildBudget
+	(*GetRebuildBudgetsRequest)(nil),       // 4: storage.orchestrator.v1.GetRebuildBudgetsRequest
+	(*GetRebuildBudgetsResponse)(nil),      // 5: storage.orchestrator.v1.GetRebuildBudgetsResponse
+	(*SetRebuildBudgetsRequest)(nil),       // 6: storage.orchestrator.v1.SetRebuildBudgetsRequest
+	(*SetRebuildBudgetsResponse)(nil),      // 7: storage.orchestrator.v1.SetRebuildBudgetsResponse
+	(*BackgroundTask)(nil),                 // 8: storage.orchestrator.v1.BackgroundTask
+	(*ListBackgroundTasksRequest)(nil),     // 9: storage.orchestrator.v1.ListBackgroundTasksRequest
+	(*ListBackgroundTasksResponse)(nil),    // 10: storage.orchestrator.v1.ListBackgroundTasksResponse
+	(*ActivateBackgroundTaskRequest)(nil),  // 11: storage.orchestrator.v1.ActivateBackgroundTaskRequest
+	(*ActivateBackgroundTaskResponse)(nil), // 12: storage.orchestrator.v1.ActivateBackgroundTaskResponse
+	(*Saga)(nil),                           // 13: storage.orchestrator.v1.Saga
+	(*SagaNode)(nil),                       // 14: storage.orchestrator.v1.SagaNode
+	(*SagaEvent)(nil),                      // 15: storage.orchestrator.v1.SagaEvent
+	(*ListSagasRequest)(nil),               // 16: storage.orchestrator.v1.ListSagasRequest
+	(*ListSagasResponse)(nil),              // 17: storage.orchestrator.v1.ListSagasResponse
+	(*GetSagaRequest)(nil),                 // 18: storage.orchestrator.v1.GetSagaRequest
+	(*GetSagaResponse)(nil),                // 19: storage.orchestrator.v1.GetSagaResponse
+	(*AbandonSagaRequest)(nil),             // 20: storage.orchestrator.v1.AbandonSagaRequest
+	(*AbandonSagaResponse)(nil),            // 21: storage.orchestrator.v1.AbandonSagaResponse
+	(*ReconciledRecord)(nil),               // 22: storage.orchestrator.v1.ReconciledRecord
+	(*WaitIdleRequest)(nil),                // 23: storage.orchestrator.v1.WaitIdleRequest
+	(*WaitIdleResponse)(nil),               // 24: storage.orchestrator.v1.WaitIdleResponse
+	(*ValidateSystemRequest)(nil),          // 25: storage.orchestrator.v1.ValidateSystemRequest
+	(*ValidateSystemResponse)(nil),         // 26: storage.orchestrator.v1.ValidateSystemResponse
+	(*GetLeadershipRequest)(nil),           // 27: storage.orchestrator.v1.GetLeadershipRequest
+	(*GetLeadershipResponse)(nil),          // 28: storage.orchestrator.v1.GetLeadershipResponse
+	(*GetDatabaseFormationRequest)(nil),    // 29: storage.orchestrator.v1.GetDatabaseFormationRequest
+	(*GetDatabaseFormationResponse)(nil),   // 30: storage.orchestrator.v1.GetDatabaseFormationResponse
+	(*DatabaseConnection)(nil),             // 31: storage.orchestrator.v1.DatabaseConnection
+	(*DatabaseStandby)(nil),                // 32: storage.orchestrator.v1.DatabaseStandby
+	(*DatabaseMonitor)(nil),                // 33: storage.orchestrator.v1.DatabaseMonitor
+	(*DatabaseNode)(nil),                   // 34: storage.orchestrator.v1.DatabaseNode
+	nil,                                    // 35: storage.orchestrator.v1.RebuildBudget.InUseBySledEntry
+	(*durationpb.Duration)(nil),            // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
+	(*v1.Violation)(nil),                   // 38: storage.common.v1.Violation
 }
 var file_storage_orchestrator_v1_admin_proto_depIdxs = []int32{
-	29, // 0: storage.orchestrator.v1.BackgroundTask.period:type_name -> google.protobuf.Duration
-	30, // 1: storage.orchestrator.v1.BackgroundTask.last_started:type_name -> google.protobuf.Timestamp
-	30, // 2: storage.orchestrator.v1.BackgroundTask.last_finished:type_name -> google.protobuf.Timestamp
-	2,  // 3: storage.orchestrator.v1.ListBackgroundTasksResponse.tasks:type_name -> storage.orchestrator.v1.BackgroundTask
-	0,  // 4: storage.orchestrator.v1.Saga.state:type_name -> storage.orchestrator.v1.SagaState
-	30, // 5: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
-	30, // 6: storage.orchestrator.v1.Saga.unwind_time:type_name -> google.protobuf.Timestamp
-	30, // 7: storage.orchestrator.v1.SagaNode.retry_time:type_name -> google.protobuf.Timestamp
-	30, // 8: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 9: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
-	7,  // 10: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
-	7,  // 11: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	8,  // 12: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
-	9,  // 13: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
-	29, // 14: storage.orchestrator.v1.AbandonSagaRequest.wait:type_name -> google.protobuf.Duration
-	7,  // 15: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
-	16, // 16: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
-	29, // 17: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
-	31, // 18: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
-	30, // 19: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
-	30, // 20: storage.orchestrator.v1.GetDatabaseFormationResponse.observed_time:type_name -> google.protobuf.Timestamp
-	25, // 21: storage.orchestrator.v1.GetDatabaseFormationResponse.connection:type_name -> storage.orchestrator.v1.DatabaseConnection
-	27, // 22: storage.orchestrator.v1.GetDatabaseFormationResponse.monitor:type_name -> storage.orchestrator.v1.DatabaseMonitor
-	26, // 23: storage.orchestrator.v1.DatabaseConnection.standbys:type_name -> storage.orchestrator.v1.DatabaseStandby
-	29, // 24: storage.orchestrator.v1.DatabaseStandby.write_lag:type_name -> google.protobuf.Duration
-	29, // 25: storage.orchestrator.v1.DatabaseStandby.flush_lag:type_name -> google.protobuf.Duration
-	29, // 26: storage.orchestrator.v1.DatabaseStandby.replay_lag:type_name -> google.protobuf.Duration
-	30, // 27: storage.orchestrator.v1.DatabaseStandby.reply_time:type_name -> google.protobuf.Timestamp
-	28, // 28: storage.orchestrator.v1.DatabaseMonitor.nodes:type_name -> storage.orchestrator.v1.DatabaseNode
-	1,  // 29: storage.orchestrator.v1.DatabaseNode.health:type_name -> storage.orchestrator.v1.DatabaseNodeHealth
-	3,  // 30: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
-	5,  // 31: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
-	10, // 32: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
-	12, // 33: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
-	14, // 34: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
-	17, // 35: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
-	19, // 36: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
-	21, // 37: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
-	23, // 38: storage.orchestrator.v1.AdminService.GetDatabaseFormation:input_type -> storage.orchestrator.v1.GetDatabaseFormationRequest
-	4,  // 39: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
-	6,  // 40: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
-	11, // 41: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
-	13, // 42: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
-	15, // 43: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
-	18, // 44: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
-	20, // 45: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
-	22, // 46: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
-	24, // 47: storage.orchestrator.v1.AdminService.GetDatabaseFormation:output_type -> storage.orchestrator.v1.GetDatabaseFormationResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	35, // 0: storage.orchestrator.v1.RebuildBudget.in_use_by_sled:type_name -> storage.orchestrator.v1.RebuildBudget.InUseBySledEntry
+	3,  // 1: storage.orchestrator.v1.GetRebuildBudgetsResponse.budgets:type_name -> storage.orchestrator.v1.RebuildBudget
+	3,  // 2: storage.orchestrator.v1.SetRebuildBudgetsResponse.budgets:type_name -> storage.orchestrator.v1.RebuildBudget
+	36, // 3: storage.orchestrator.v1.BackgroundTask.period:type_name -> google.protobuf.Duration
+	37, // 4: storage.orchestrator.v1.BackgroundTask.last_started:type_name -> google.protobuf.Timestamp
+	37, // 5: storage.orchestrator.v1.BackgroundTask.last_finished:type_name -> google.protobuf.Timestamp
+	8,  // 6: storage.orchestrator.v1.ListBackgroundTasksResponse.tasks:type_name -> storage.orchestrator.v1.BackgroundTask
+	0,  // 7: storage.orchestrator.v1.Saga.state:type_name -> storage.orchestrator.v1.SagaState
+	37, // 8: storage.orchestrator.v1.Saga.time_created:type_name -> google.protobuf.Timestamp
+	37, // 9: storage.orchestrator.v1.Saga.unwind_time:type_name -> google.protobuf.Timestamp
+	37, // 10: storage.orchestrator.v1.SagaNode.retry_time:type_name -> google.protobuf.Timestamp
+	37, // 11: storage.orchestrator.v1.SagaEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 12: storage.orchestrator.v1.ListSagasRequest.state:type_name -> storage.orchestrator.v1.SagaState
+	13, // 13: storage.orchestrator.v1.ListSagasResponse.sagas:type_name -> storage.orchestrator.v1.Saga
+	13, // 14: storage.orchestrator.v1.GetSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	14, // 15: storage.orchestrator.v1.GetSagaResponse.nodes:type_name -> storage.orchestrator.v1.SagaNode
+	15, // 16: storage.orchestrator.v1.GetSagaResponse.events:type_name -> storage.orchestrator.v1.SagaEvent
+	36, // 17: storage.orchestrator.v1.AbandonSagaRequest.wait:type_name -> google.protobuf.Duration
+	13, // 18: storage.orchestrator.v1.AbandonSagaResponse.saga:type_name -> storage.orchestrator.v1.Saga
+	22, // 19: storage.orchestrator.v1.AbandonSagaResponse.reconciled:type_name -> storage.orchestrator.v1.ReconciledRecord
+	36, // 20: storage.orchestrator.v1.WaitIdleRequest.timeout:type_name -> google.protobuf.Duration
+	38, // 21: storage.orchestrator.v1.ValidateSystemResponse.violations:type_name -> storage.common.v1.Violation
+	37, // 22: storage.orchestrator.v1.GetLeadershipResponse.lease_expiry:type_name -> google.protobuf.Timestamp
+	37, // 23: storage.orchestrator.v1.GetDatabaseFormationResponse.observed_time:type_name -> google.protobuf.Timestamp
+	31, // 24: storage.orchestrator.v1.GetDatabaseFormationResponse.connection:type_name -> storage.orchestrator.v1.DatabaseConnection
+	33, // 25: storage.orchestrator.v1.GetDatabaseFormationResponse.monitor:type_name -> storage.orchestrator.v1.DatabaseMonitor
+	32, // 26: storage.orchestrator.v1.DatabaseConnection.standbys:type_name -> storage.orchestrator.v1.DatabaseStandby
+	36, // 27: storage.orchestrator.v1.DatabaseStandby.write_lag:type_name -> google.protobuf.Duration
+	36, // 28: storage.orchestrator.v1.DatabaseStandby.flush_lag:type_name -> google.protobuf.Duration
+	36, // 29: storage.orchestrator.v1.DatabaseStandby.replay_lag:type_name -> google.protobuf.Duration
+	37, // 30: storage.orchestrator.v1.DatabaseStandby.reply_time:type_name -> google.protobuf.Timestamp
+	34, // 31: storage.orchestrator.v1.DatabaseMonitor.nodes:type_name -> storage.orchestrator.v1.DatabaseNode
+	1,  // 32: storage.orchestrator.v1.DatabaseNode.health:type_name -> storage.orchestrator.v1.DatabaseNodeHealth
+	9,  // 33: storage.orchestrator.v1.AdminService.ListBackgroundTasks:input_type -> storage.orchestrator.v1.ListBackgroundTasksRequest
+	11, // 34: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:input_type -> storage.orchestrator.v1.ActivateBackgroundTaskRequest
+	16, // 35: storage.orchestrator.v1.AdminService.ListSagas:input_type -> storage.orchestrator.v1.ListSagasRequest
+	18, // 36: storage.orchestrator.v1.AdminService.GetSaga:input_type -> storage.orchestrator.v1.GetSagaRequest
+	20, // 37: storage.orchestrator.v1.AdminService.AbandonSaga:input_type -> storage.orchestrator.v1.AbandonSagaRequest
+	23, // 38: storage.orchestrator.v1.AdminService.WaitIdle:input_type -> storage.orchestrator.v1.WaitIdleRequest
+	25, // 39: storage.orchestrator.v1.AdminService.ValidateSystem:input_type -> storage.orchestrator.v1.ValidateSystemRequest
+	27, // 40: storage.orchestrator.v1.AdminService.GetLeadership:input_type -> storage.orchestrator.v1.GetLeadershipRequest
+	29, // 41: storage.orchestrator.v1.AdminService.GetDatabaseFormation:input_type -> storage.orchestrator.v1.GetDatabaseFormationRequest
+	4,  // 42: storage.orchestrator.v1.AdminService.GetRebuildBudgets:input_type -> storage.orchestrator.v1.GetRebuildBudgetsRequest
+	6,  // 43: storage.orchestrator.v1.AdminService.SetRebuildBudgets:input_type -> storage.orchestrator.v1.SetRebuildBudgetsRequest
+	10, // 44: storage.orchestrator.v1.AdminService.ListBackgroundTasks:output_type -> storage.orchestrator.v1.ListBackgroundTasksResponse
+	12, // 45: storage.orchestrator.v1.AdminService.ActivateBackgroundTask:output_type -> storage.orchestrator.v1.ActivateBackgroundTaskResponse
+	17, // 46: storage.orchestrator.v1.AdminService.ListSagas:output_type -> storage.orchestrator.v1.ListSagasResponse
+	19, // 47: storage.orchestrator.v1.AdminService.GetSaga:output_type -> storage.orchestrator.v1.GetSagaResponse
+	21, // 48: storage.orchestrator.v1.AdminService.AbandonSaga:output_type -> storage.orchestrator.v1.AbandonSagaResponse
+	24, // 49: storage.orchestrator.v1.AdminService.WaitIdle:output_type -> storage.orchestrator.v1.WaitIdleResponse
+	26, // 50: storage.orchestrator.v1.AdminService.ValidateSystem:output_type -> storage.orchestrator.v1.ValidateSystemResponse
+	28, // 51: storage.orchestrator.v1.AdminService.GetLeadership:output_type -> storage.orchestrator.v1.GetLeadershipResponse
+	30, // 52: storage.orchestrator.v1.AdminService.GetDatabaseFormation:output_type -> storage.orchestrator.v1.GetDatabaseFormationResponse
+	5,  // 53: storage.orchestrator.v1.AdminService.GetRebuildBudgets:output_type -> storage.orchestrator.v1.GetRebuildBudgetsResponse
+	7,  // 54: storage.orchestrator.v1.AdminService.SetRebuildBudgets:output_type -> storage.orchestrator.v1.SetRebuildBudgetsResponse
+	44, // [44:55] is the sub-list for method output_type
+	33, // [33:44] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_admin_proto_init() }
@@ -2490,14 +2906,15 @@ func file_storage_orchestrator_v1_admin_proto_init() {
 	if File_storage_orchestrator_v1_admin_proto != nil {
 		return
 	}
-	file_storage_orchestrator_v1_admin_proto_msgTypes[26].OneofWrappers = []any{}
+	file_storage_orchestrator_v1_admin_proto_msgTypes[4].OneofWrappers = []any{}
+	file_storage_orchestrator_v1_admin_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_admin_proto_rawDesc), len(file_storage_orchestrator_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,8 @@ const (
 	AdminService_ValidateSystem_FullMethodName         = "/storage.orchestrator.v1.AdminService/ValidateSystem"
 	AdminService_GetLeadership_FullMethodName          = "/storage.orchestrator.v1.AdminService/GetLeadership"
 	AdminService_GetDatabaseFormation_FullMethodName   = "/storage.orchestrator.v1.AdminService/GetDatabaseFormation"
+	AdminService_GetRebuildBudgets_FullMethodName      = "/storage.orchestrator.v1.AdminService/GetRebuildBudgets"
+	AdminService_SetRebuildBudgets_FullMethodName      = "/storage.orchestrator.v1.AdminService/SetRebuildBudgets"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -118,6 +120,20 @@ type AdminServiceClient interface {
 	// `error` field, and the call still succeeds with what the other source
 	// said.
 	GetDatabaseFormation(ctx context.Context, in *GetDatabaseFormationRequest, opts ...grpc.CallOption) (*GetDatabaseFormationResponse, error)
+	// The rebuild budgets: each limit in force (and whether it was set at
+	// runtime or comes from the process's configuration), what is in use
+	// against it now, and how much work it holds back. Read from the
+	// database, so every orchestrator answers alike (docs/operations.md,
+	// "Rebuild budgets").
+	GetRebuildBudgets(ctx context.Context, in *GetRebuildBudgetsRequest, opts ...grpc.CallOption) (*GetRebuildBudgetsResponse, error)
+	// Changes the rebuild budgets at runtime. Each limit left unset keeps its
+	// current value; 0 means unlimited; a negative limit is INVALID_ARGUMENT
+	// naming the field (nothing is written). `reset` first drops every
+	// runtime value, so the configured ones apply again. Persisted in the
+	// orchestrator's database: it survives restarts and changes of leader.
+	// Lowering a limit never stops work already admitted; new work waits
+	// until use is below the new limit.
+	SetRebuildBudgets(ctx context.Context, in *SetRebuildBudgetsRequest, opts ...grpc.CallOption) (*SetRebuildBudgetsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -218,6 +234,26 @@ func (c *adminServiceClient) GetDatabaseFormation(ctx context.Context, in *GetDa
 	return out, nil
 }
 
+func (c *adminServiceClient) GetRebuildBudgets(ctx context.Context, in *GetRebuildBudgetsRequest, opts ...grpc.CallOption) (*GetRebuildBudgetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRebuildBudgetsResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetRebuildBudgets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetRebuildBudgets(ctx context.Context, in *SetRebuildBudgetsRequest, opts ...grpc.CallOption) (*SetRebuildBudgetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRebuildBudgetsResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetRebuildBudgets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -306,6 +342,20 @@ type AdminServiceServer interface {
 	// `error` field, and the call still succeeds with what the other source
 	// said.
 	GetDatabaseFormation(context.Context, *GetDatabaseFormationRequest) (*GetDatabaseFormationResponse, error)
+	// The rebuild budgets: each limit in force (and whether it was set at
+	// runtime or comes from the process's configuration), what is in use
+	// against it now, and how much work it holds back. Read from the
+	// database, so every orchestrator answers alike (docs/operations.md,
+	// "Rebuild budgets").
+	GetRebuildBudgets(context.Context, *GetRebuildBudgetsRequest) (*GetRebuildBudgetsResponse, error)
+	// Changes the rebuild budgets at runtime. Each limit left unset keeps its
+	// current value; 0 means unlimited; a negative limit is INVALID_ARGUMENT
+	// naming the field (nothing is written). `reset` first drops every
+	// runtime value, so the configured ones apply again. Persisted in the
+	// orchestrator's database: it survives restarts and changes of leader.
+	// Lowering a limit never stops work already admitted; new work waits
+	// until use is below the new limit.
+	SetRebuildBudgets(context.Context, *SetRebuildBudgetsRequest) (*SetRebuildBudgetsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -342,6 +392,12 @@ func (UnimplementedAdminServiceServer) GetLeadership(context.Context, *GetLeader
 }
 func (UnimplementedAdminServiceServer) GetDatabaseFormation(context.Context, *GetDatabaseFormationRequest) (*GetDatabaseFormationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetDatabaseFormation not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRebuildBudgets(context.Context, *GetRebuildBudgetsRequest) (*GetRebuildBudgetsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRebuildBudgets not implemented")
+}
+func (UnimplementedAdminServiceServer) SetRebuildBudgets(context.Context, *SetRebuildBudgetsRequest) (*SetRebuildBudgetsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRebuildBudgets not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -526,6 +582,42 @@ func _AdminService_GetDatabaseFormation_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetRebuildBudgets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRebuildBudgetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRebuildBudgets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetRebuildBudgets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRebuildBudgets(ctx, req.(*GetRebuildBudgetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetRebuildBudgets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRebuildBudgetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetRebuildBudgets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetRebuildBudgets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetRebuildBudgets(ctx, req.(*SetRebuildBudgetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -568,6 +660,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetDatabaseFormation",
 			Handler:    _AdminService_GetDatabaseFormation_Handler,
+		},
+		{
+			MethodName: "GetRebuildBudgets",
+			Handler:    _AdminService_GetRebuildBudgets_Handler,
+		},
+		{
+			MethodName: "SetRebuildBudgets",
+			Handler:    _AdminService_SetRebuildBudgets_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

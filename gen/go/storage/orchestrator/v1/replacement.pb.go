@@ -332,21 +332,26 @@ const (
 	// An operator's pause (of the request, or of the whole rack): nothing
 	// starts until it is resumed (subject: the request id, or "rack").
 	WaitKind_WAIT_KIND_PAUSED WaitKind = 9
+	// A rebuild budget (docs/operations.md, "Rebuild budgets"): the detail
+	// names the budget (rack_rebuilds, source_sled_rebuilds,
+	// dest_sled_rebuilds, rack_steps) and, for a per-sled one, the sled.
+	WaitKind_WAIT_KIND_BUDGET WaitKind = 10
 )
 
 // Enum value maps for WaitKind.
 var (
 	WaitKind_name = map[int32]string{
-		0: "WAIT_KIND_UNSPECIFIED",
-		1: "WAIT_KIND_NONE",
-		2: "WAIT_KIND_SAGA",
-		3: "WAIT_KIND_LOCK",
-		4: "WAIT_KIND_CAPACITY",
-		5: "WAIT_KIND_UPSTAIRS",
-		6: "WAIT_KIND_TASK",
-		7: "WAIT_KIND_STEPS",
-		8: "WAIT_KIND_REFERENCES",
-		9: "WAIT_KIND_PAUSED",
+		0:  "WAIT_KIND_UNSPECIFIED",
+		1:  "WAIT_KIND_NONE",
+		2:  "WAIT_KIND_SAGA",
+		3:  "WAIT_KIND_LOCK",
+		4:  "WAIT_KIND_CAPACITY",
+		5:  "WAIT_KIND_UPSTAIRS",
+		6:  "WAIT_KIND_TASK",
+		7:  "WAIT_KIND_STEPS",
+		8:  "WAIT_KIND_REFERENCES",
+		9:  "WAIT_KIND_PAUSED",
+		10: "WAIT_KIND_BUDGET",
 	}
 	WaitKind_value = map[string]int32{
 		"WAIT_KIND_UNSPECIFIED": 0,
@@ -359,6 +364,7 @@ var (
 		"WAIT_KIND_STEPS":       7,
 		"WAIT_KIND_REFERENCES":  8,
 		"WAIT_KIND_PAUSED":      9,
+		"WAIT_KIND_BUDGET":      10,
 	}
 )
 
@@ -450,6 +456,102 @@ func (LeftOutReason) EnumDescriptor() ([]byte, []int) {
 	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
 }
 
+type SetReplacementPriorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplacementId string                 `protobuf:"bytes,1,opt,name=replacement_id,json=replacementId,proto3" json:"replacement_id,omitempty"`
+	Priority      int32                  `protobuf:"varint,2,opt,name=priority,proto3" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetReplacementPriorityRequest) Reset() {
+	*x = SetReplacementPriorityRequest{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReplacementPriorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReplacementPriorityRequest) ProtoMessage() {}
+
+func (x *SetReplacementPriorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReplacementPriorityRequest.ProtoReflect.Descriptor instead.
+func (*SetReplacementPriorityRequest) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SetReplacementPriorityRequest) GetReplacementId() string {
+	if x != nil {
+		return x.ReplacementId
+	}
+	return ""
+}
+
+func (x *SetReplacementPriorityRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+type SetReplacementPriorityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replacement   *Replacement           `protobuf:"bytes,1,opt,name=replacement,proto3" json:"replacement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetReplacementPriorityResponse) Reset() {
+	*x = SetReplacementPriorityResponse{}
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReplacementPriorityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReplacementPriorityResponse) ProtoMessage() {}
+
+func (x *SetReplacementPriorityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReplacementPriorityResponse.ProtoReflect.Descriptor instead.
+func (*SetReplacementPriorityResponse) Descriptor() ([]byte, []int) {
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SetReplacementPriorityResponse) GetReplacement() *Replacement {
+	if x != nil {
+		return x.Replacement
+	}
+	return nil
+}
+
 // An operator's hold on a request or on the rack.
 type Pause struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -465,7 +567,7 @@ type Pause struct {
 
 func (x *Pause) Reset() {
 	*x = Pause{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +579,7 @@ func (x *Pause) String() string {
 func (*Pause) ProtoMessage() {}
 
 func (x *Pause) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[0]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +592,7 @@ func (x *Pause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pause.ProtoReflect.Descriptor instead.
 func (*Pause) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{0}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Pause) GetPausedBy() string {
@@ -545,7 +647,7 @@ type Estimate struct {
 
 func (x *Estimate) Reset() {
 	*x = Estimate{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +659,7 @@ func (x *Estimate) String() string {
 func (*Estimate) ProtoMessage() {}
 
 func (x *Estimate) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[1]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +672,7 @@ func (x *Estimate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Estimate.ProtoReflect.Descriptor instead.
 func (*Estimate) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{1}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Estimate) GetKnown() bool {
@@ -638,7 +740,7 @@ type Wait struct {
 
 func (x *Wait) Reset() {
 	*x = Wait{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +752,7 @@ func (x *Wait) String() string {
 func (*Wait) ProtoMessage() {}
 
 func (x *Wait) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[2]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +765,7 @@ func (x *Wait) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wait.ProtoReflect.Descriptor instead.
 func (*Wait) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{2}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Wait) GetKind() WaitKind {
@@ -740,14 +842,23 @@ type Replacement struct {
 	StepCounts *StepCounts `protobuf:"bytes,23,opt,name=step_counts,json=stepCounts,proto3" json:"step_counts,omitempty"`
 	// Time to completion, from the observed rate (GetReplacement and
 	// WatchReplacement; not filled by ListReplacements).
-	Estimate      *Estimate `protobuf:"bytes,24,opt,name=estimate,proto3" json:"estimate,omitempty"`
+	Estimate *Estimate `protobuf:"bytes,24,opt,name=estimate,proto3" json:"estimate,omitempty"`
+	// The operator's priority (SetReplacementPriority): higher is admitted
+	// first under the rebuild budgets. Default 0.
+	Priority int32 `protobuf:"varint,30,opt,name=priority,proto3" json:"priority,omitempty"`
+	// Live copies of the request's data when its task last ordered it: for a
+	// rw region, the members of its region set on in-service disks; for a
+	// read-only target, the snapshot's region snapshots and read-only regions
+	// on in-service disks. Fewer is riskier and admitted first. -1: not yet
+	// computed.
+	LiveCopies    int32 `protobuf:"varint,31,opt,name=live_copies,json=liveCopies,proto3" json:"live_copies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Replacement) Reset() {
 	*x = Replacement{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +870,7 @@ func (x *Replacement) String() string {
 func (*Replacement) ProtoMessage() {}
 
 func (x *Replacement) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[3]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +883,7 @@ func (x *Replacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replacement.ProtoReflect.Descriptor instead.
 func (*Replacement) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{3}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Replacement) GetReplacementId() string {
@@ -943,6 +1054,20 @@ func (x *Replacement) GetEstimate() *Estimate {
 	return nil
 }
 
+func (x *Replacement) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *Replacement) GetLiveCopies() int32 {
+	if x != nil {
+		return x.LiveCopies
+	}
+	return 0
+}
+
 // A replacement step.
 type Step struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -966,7 +1091,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1103,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[4]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1116,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{4}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Step) GetStepId() string {
@@ -1095,7 +1220,7 @@ type DriveStep struct {
 
 func (x *DriveStep) Reset() {
 	*x = DriveStep{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1232,7 @@ func (x *DriveStep) String() string {
 func (*DriveStep) ProtoMessage() {}
 
 func (x *DriveStep) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[5]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1245,7 @@ func (x *DriveStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriveStep.ProtoReflect.Descriptor instead.
 func (*DriveStep) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{5}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DriveStep) GetDriveStepId() string {
@@ -1181,7 +1306,7 @@ type RequestReplacementRequest struct {
 
 func (x *RequestReplacementRequest) Reset() {
 	*x = RequestReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1318,7 @@ func (x *RequestReplacementRequest) String() string {
 func (*RequestReplacementRequest) ProtoMessage() {}
 
 func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[6]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1331,7 @@ func (x *RequestReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementRequest.ProtoReflect.Descriptor instead.
 func (*RequestReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{6}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RequestReplacementRequest) GetTargetId() string {
@@ -1228,7 +1353,7 @@ type RequestReplacementResponse struct {
 
 func (x *RequestReplacementResponse) Reset() {
 	*x = RequestReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1365,7 @@ func (x *RequestReplacementResponse) String() string {
 func (*RequestReplacementResponse) ProtoMessage() {}
 
 func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[7]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1378,7 @@ func (x *RequestReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestReplacementResponse.ProtoReflect.Descriptor instead.
 func (*RequestReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{7}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RequestReplacementResponse) GetReplacement() *Replacement {
@@ -1281,7 +1406,7 @@ type CancelReplacementRequest struct {
 
 func (x *CancelReplacementRequest) Reset() {
 	*x = CancelReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1418,7 @@ func (x *CancelReplacementRequest) String() string {
 func (*CancelReplacementRequest) ProtoMessage() {}
 
 func (x *CancelReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[8]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1431,7 @@ func (x *CancelReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplacementRequest.ProtoReflect.Descriptor instead.
 func (*CancelReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{8}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelReplacementRequest) GetReplacementId() string {
@@ -1332,7 +1457,7 @@ type CancelReplacementResponse struct {
 
 func (x *CancelReplacementResponse) Reset() {
 	*x = CancelReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1469,7 @@ func (x *CancelReplacementResponse) String() string {
 func (*CancelReplacementResponse) ProtoMessage() {}
 
 func (x *CancelReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[9]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1482,7 @@ func (x *CancelReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelReplacementResponse.ProtoReflect.Descriptor instead.
 func (*CancelReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{9}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelReplacementResponse) GetReplacement() *Replacement {
@@ -1376,7 +1501,7 @@ type GetReplacementRequest struct {
 
 func (x *GetReplacementRequest) Reset() {
 	*x = GetReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1513,7 @@ func (x *GetReplacementRequest) String() string {
 func (*GetReplacementRequest) ProtoMessage() {}
 
 func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[10]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1526,7 @@ func (x *GetReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementRequest.ProtoReflect.Descriptor instead.
 func (*GetReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{10}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetReplacementRequest) GetReplacementId() string {
@@ -1422,7 +1547,7 @@ type GetReplacementResponse struct {
 
 func (x *GetReplacementResponse) Reset() {
 	*x = GetReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1559,7 @@ func (x *GetReplacementResponse) String() string {
 func (*GetReplacementResponse) ProtoMessage() {}
 
 func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[11]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1572,7 @@ func (x *GetReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplacementResponse.ProtoReflect.Descriptor instead.
 func (*GetReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{11}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetReplacementResponse) GetReplacement() *Replacement {
@@ -1488,7 +1613,7 @@ type ListReplacementsRequest struct {
 
 func (x *ListReplacementsRequest) Reset() {
 	*x = ListReplacementsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1625,7 @@ func (x *ListReplacementsRequest) String() string {
 func (*ListReplacementsRequest) ProtoMessage() {}
 
 func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[12]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1638,7 @@ func (x *ListReplacementsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsRequest.ProtoReflect.Descriptor instead.
 func (*ListReplacementsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{12}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListReplacementsRequest) GetPageSize() int32 {
@@ -1570,7 +1695,7 @@ type ListReplacementsResponse struct {
 
 func (x *ListReplacementsResponse) Reset() {
 	*x = ListReplacementsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1707,7 @@ func (x *ListReplacementsResponse) String() string {
 func (*ListReplacementsResponse) ProtoMessage() {}
 
 func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[13]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1720,7 @@ func (x *ListReplacementsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplacementsResponse.ProtoReflect.Descriptor instead.
 func (*ListReplacementsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{13}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListReplacementsResponse) GetReplacements() []*Replacement {
@@ -1632,7 +1757,7 @@ type PauseReplacementRequest struct {
 
 func (x *PauseReplacementRequest) Reset() {
 	*x = PauseReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1769,7 @@ func (x *PauseReplacementRequest) String() string {
 func (*PauseReplacementRequest) ProtoMessage() {}
 
 func (x *PauseReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[14]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1782,7 @@ func (x *PauseReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseReplacementRequest.ProtoReflect.Descriptor instead.
 func (*PauseReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{14}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PauseReplacementRequest) GetReplacementId() string {
@@ -1695,7 +1820,7 @@ type PauseReplacementResponse struct {
 
 func (x *PauseReplacementResponse) Reset() {
 	*x = PauseReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1832,7 @@ func (x *PauseReplacementResponse) String() string {
 func (*PauseReplacementResponse) ProtoMessage() {}
 
 func (x *PauseReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[15]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1845,7 @@ func (x *PauseReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseReplacementResponse.ProtoReflect.Descriptor instead.
 func (*PauseReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{15}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseReplacementResponse) GetReplacement() *Replacement {
@@ -1755,7 +1880,7 @@ type ResumeReplacementRequest struct {
 
 func (x *ResumeReplacementRequest) Reset() {
 	*x = ResumeReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1892,7 @@ func (x *ResumeReplacementRequest) String() string {
 func (*ResumeReplacementRequest) ProtoMessage() {}
 
 func (x *ResumeReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[16]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1905,7 @@ func (x *ResumeReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeReplacementRequest.ProtoReflect.Descriptor instead.
 func (*ResumeReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{16}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResumeReplacementRequest) GetReplacementId() string {
@@ -1809,7 +1934,7 @@ type ResumeReplacementResponse struct {
 
 func (x *ResumeReplacementResponse) Reset() {
 	*x = ResumeReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1946,7 @@ func (x *ResumeReplacementResponse) String() string {
 func (*ResumeReplacementResponse) ProtoMessage() {}
 
 func (x *ResumeReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[17]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1959,7 @@ func (x *ResumeReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeReplacementResponse.ProtoReflect.Descriptor instead.
 func (*ResumeReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{17}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResumeReplacementResponse) GetReplacement() *Replacement {
@@ -1867,7 +1992,7 @@ type ListStepsRequest struct {
 
 func (x *ListStepsRequest) Reset() {
 	*x = ListStepsRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2004,7 @@ func (x *ListStepsRequest) String() string {
 func (*ListStepsRequest) ProtoMessage() {}
 
 func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[18]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2017,7 @@ func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsRequest.ProtoReflect.Descriptor instead.
 func (*ListStepsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{18}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListStepsRequest) GetPageSize() int32 {
@@ -1940,7 +2065,7 @@ type ListStepsResponse struct {
 
 func (x *ListStepsResponse) Reset() {
 	*x = ListStepsResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2077,7 @@ func (x *ListStepsResponse) String() string {
 func (*ListStepsResponse) ProtoMessage() {}
 
 func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[19]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2090,7 @@ func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStepsResponse.ProtoReflect.Descriptor instead.
 func (*ListStepsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{19}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListStepsResponse) GetSteps() []*Step {
@@ -1997,7 +2122,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2134,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[20]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2147,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{20}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Lock) GetVolumeId() string {
@@ -2063,7 +2188,7 @@ type ListLocksRequest struct {
 
 func (x *ListLocksRequest) Reset() {
 	*x = ListLocksRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2200,7 @@ func (x *ListLocksRequest) String() string {
 func (*ListLocksRequest) ProtoMessage() {}
 
 func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[21]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2213,7 @@ func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksRequest.ProtoReflect.Descriptor instead.
 func (*ListLocksRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{21}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListLocksRequest) GetPageSize() int32 {
@@ -2115,7 +2240,7 @@ type ListLocksResponse struct {
 
 func (x *ListLocksResponse) Reset() {
 	*x = ListLocksResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2252,7 @@ func (x *ListLocksResponse) String() string {
 func (*ListLocksResponse) ProtoMessage() {}
 
 func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[22]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2265,7 @@ func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksResponse.ProtoReflect.Descriptor instead.
 func (*ListLocksResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{22}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListLocksResponse) GetLocks() []*Lock {
@@ -2167,7 +2292,7 @@ type WatchReplacementRequest struct {
 
 func (x *WatchReplacementRequest) Reset() {
 	*x = WatchReplacementRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2304,7 @@ func (x *WatchReplacementRequest) String() string {
 func (*WatchReplacementRequest) ProtoMessage() {}
 
 func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[23]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2317,7 @@ func (x *WatchReplacementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementRequest.ProtoReflect.Descriptor instead.
 func (*WatchReplacementRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{23}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchReplacementRequest) GetReplacementId() string {
@@ -2219,7 +2344,7 @@ type StepCounts struct {
 
 func (x *StepCounts) Reset() {
 	*x = StepCounts{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2356,7 @@ func (x *StepCounts) String() string {
 func (*StepCounts) ProtoMessage() {}
 
 func (x *StepCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[24]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2369,7 @@ func (x *StepCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepCounts.ProtoReflect.Descriptor instead.
 func (*StepCounts) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{24}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StepCounts) GetRequested() int64 {
@@ -2296,7 +2421,7 @@ type WatchReplacementResponse struct {
 
 func (x *WatchReplacementResponse) Reset() {
 	*x = WatchReplacementResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2433,7 @@ func (x *WatchReplacementResponse) String() string {
 func (*WatchReplacementResponse) ProtoMessage() {}
 
 func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[25]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2446,7 @@ func (x *WatchReplacementResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReplacementResponse.ProtoReflect.Descriptor instead.
 func (*WatchReplacementResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{25}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchReplacementResponse) GetReplacements() []*Replacement {
@@ -2375,7 +2500,7 @@ type PreviewExpungeRequest struct {
 
 func (x *PreviewExpungeRequest) Reset() {
 	*x = PreviewExpungeRequest{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2512,7 @@ func (x *PreviewExpungeRequest) String() string {
 func (*PreviewExpungeRequest) ProtoMessage() {}
 
 func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[26]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2525,7 @@ func (x *PreviewExpungeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeRequest.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{26}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PreviewExpungeRequest) GetDiskId() string {
@@ -2460,7 +2585,7 @@ type OkToExpunge struct {
 
 func (x *OkToExpunge) Reset() {
 	*x = OkToExpunge{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2472,7 +2597,7 @@ func (x *OkToExpunge) String() string {
 func (*OkToExpunge) ProtoMessage() {}
 
 func (x *OkToExpunge) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[27]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2485,7 +2610,7 @@ func (x *OkToExpunge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OkToExpunge.ProtoReflect.Descriptor instead.
 func (*OkToExpunge) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{27}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *OkToExpunge) GetChosen() []*ExpungeCandidate {
@@ -2537,7 +2662,7 @@ type ExpungeCandidate struct {
 
 func (x *ExpungeCandidate) Reset() {
 	*x = ExpungeCandidate{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2674,7 @@ func (x *ExpungeCandidate) String() string {
 func (*ExpungeCandidate) ProtoMessage() {}
 
 func (x *ExpungeCandidate) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[28]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2687,7 @@ func (x *ExpungeCandidate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpungeCandidate.ProtoReflect.Descriptor instead.
 func (*ExpungeCandidate) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{28}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExpungeCandidate) GetDiskId() string {
@@ -2603,7 +2728,7 @@ type LeftOutCandidate struct {
 
 func (x *LeftOutCandidate) Reset() {
 	*x = LeftOutCandidate{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2615,7 +2740,7 @@ func (x *LeftOutCandidate) String() string {
 func (*LeftOutCandidate) ProtoMessage() {}
 
 func (x *LeftOutCandidate) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[29]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2628,7 +2753,7 @@ func (x *LeftOutCandidate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeftOutCandidate.ProtoReflect.Descriptor instead.
 func (*LeftOutCandidate) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{29}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LeftOutCandidate) GetCandidate() *ExpungeCandidate {
@@ -2698,7 +2823,7 @@ type ReadOnlyTargetPreview struct {
 
 func (x *ReadOnlyTargetPreview) Reset() {
 	*x = ReadOnlyTargetPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2710,7 +2835,7 @@ func (x *ReadOnlyTargetPreview) String() string {
 func (*ReadOnlyTargetPreview) ProtoMessage() {}
 
 func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[30]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2723,7 +2848,7 @@ func (x *ReadOnlyTargetPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOnlyTargetPreview.ProtoReflect.Descriptor instead.
 func (*ReadOnlyTargetPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{30}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReadOnlyTargetPreview) GetTargetId() string {
@@ -2850,7 +2975,7 @@ type ReadWriteRegionPreview struct {
 
 func (x *ReadWriteRegionPreview) Reset() {
 	*x = ReadWriteRegionPreview{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[31]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +2987,7 @@ func (x *ReadWriteRegionPreview) String() string {
 func (*ReadWriteRegionPreview) ProtoMessage() {}
 
 func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[31]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3000,7 @@ func (x *ReadWriteRegionPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadWriteRegionPreview.ProtoReflect.Descriptor instead.
 func (*ReadWriteRegionPreview) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{31}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReadWriteRegionPreview) GetRegionId() string {
@@ -2956,7 +3081,7 @@ type RegionSetMember struct {
 
 func (x *RegionSetMember) Reset() {
 	*x = RegionSetMember{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[32]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2968,7 +3093,7 @@ func (x *RegionSetMember) String() string {
 func (*RegionSetMember) ProtoMessage() {}
 
 func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[32]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2981,7 +3106,7 @@ func (x *RegionSetMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionSetMember.ProtoReflect.Descriptor instead.
 func (*RegionSetMember) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{32}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RegionSetMember) GetRegionId() string {
@@ -3032,7 +3157,7 @@ type PreviewExpungeResponse struct {
 
 func (x *PreviewExpungeResponse) Reset() {
 	*x = PreviewExpungeResponse{}
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[33]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3044,7 +3169,7 @@ func (x *PreviewExpungeResponse) String() string {
 func (*PreviewExpungeResponse) ProtoMessage() {}
 
 func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[33]
+	mi := &file_storage_orchestrator_v1_replacement_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3057,7 +3182,7 @@ func (x *PreviewExpungeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewExpungeResponse.ProtoReflect.Descriptor instead.
 func (*PreviewExpungeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{33}
+	return file_storage_orchestrator_v1_replacement_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PreviewExpungeResponse) GetReadOnlyTargets() []*ReadOnlyTargetPreview {
@@ -3113,7 +3238,12 @@ var File_storage_orchestrator_v1_replacement_proto protoreflect.FileDescriptor
 
 const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\n" +
-	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n" +
+	")storage/orchestrator/v1/replacement.proto\x12\x17storage.orchestrator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n" +
+	"\x1dSetReplacementPriorityRequest\x12%\n" +
+	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12\x1a\n" +
+	"\bpriority\x18\x02 \x01(\x05R\bpriority\"h\n" +
+	"\x1eSetReplacementPriorityResponse\x12F\n" +
+	"\vreplacement\x18\x01 \x01(\v2$.storage.orchestrator.v1.ReplacementR\vreplacement\"\x8d\x01\n" +
 	"\x05Pause\x12\x1b\n" +
 	"\tpaused_by\x18\x01 \x01(\tR\bpausedBy\x12;\n" +
 	"\vpaused_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -3134,7 +3264,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x04kind\x18\x01 \x01(\x0e2!.storage.orchestrator.v1.WaitKindR\x04kind\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x120\n" +
 	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\asubject\x18\x04 \x01(\tR\asubject\"\xc1\t\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\"\xfe\t\n" +
 	"\vReplacement\x12%\n" +
 	"\x0ereplacement_id\x18\x01 \x01(\tR\rreplacementId\x12<\n" +
 	"\x04kind\x18\x02 \x01(\x0e2(.storage.orchestrator.v1.ReplacementKindR\x04kind\x12\"\n" +
@@ -3163,7 +3293,10 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x05pause\x18\x16 \x01(\v2\x1e.storage.orchestrator.v1.PauseR\x05pause\x12D\n" +
 	"\vstep_counts\x18\x17 \x01(\v2#.storage.orchestrator.v1.StepCountsR\n" +
 	"stepCounts\x12=\n" +
-	"\bestimate\x18\x18 \x01(\v2!.storage.orchestrator.v1.EstimateR\bestimate\"\xb0\x04\n" +
+	"\bestimate\x18\x18 \x01(\v2!.storage.orchestrator.v1.EstimateR\bestimate\x12\x1a\n" +
+	"\bpriority\x18\x1e \x01(\x05R\bpriority\x12\x1f\n" +
+	"\vlive_copies\x18\x1f \x01(\x05R\n" +
+	"liveCopies\"\xb0\x04\n" +
 	"\x04Step\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12%\n" +
 	"\x0ereplacement_id\x18\x02 \x01(\tR\rreplacementId\x12\x1b\n" +
@@ -3374,7 +3507,7 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\"REGION_REPLACEMENT_STATE_DATA_LOST\x10\b\x12+\n" +
 	"'REGION_REPLACEMENT_STATE_NEEDS_OPERATOR\x10\t\x12&\n" +
 	"\"REGION_REPLACEMENT_STATE_CANCELLED\x10\n" +
-	"*\xea\x01\n" +
+	"*\x80\x02\n" +
 	"\bWaitKind\x12\x19\n" +
 	"\x15WAIT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eWAIT_KIND_NONE\x10\x01\x12\x12\n" +
@@ -3385,13 +3518,16 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x0eWAIT_KIND_TASK\x10\x06\x12\x13\n" +
 	"\x0fWAIT_KIND_STEPS\x10\a\x12\x18\n" +
 	"\x14WAIT_KIND_REFERENCES\x10\b\x12\x14\n" +
-	"\x10WAIT_KIND_PAUSED\x10\t*\xb4\x01\n" +
+	"\x10WAIT_KIND_PAUSED\x10\t\x12\x14\n" +
+	"\x10WAIT_KIND_BUDGET\x10\n" +
+	"*\xb4\x01\n" +
 	"\rLeftOutReason\x12\x1f\n" +
 	"\x1bLEFT_OUT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19LEFT_OUT_REASON_DATA_LOSS\x10\x01\x12\x1c\n" +
 	"\x18LEFT_OUT_REASON_CAPACITY\x10\x02\x12\x1f\n" +
 	"\x1bLEFT_OUT_REASON_MAX_REACHED\x10\x03\x12$\n" +
-	" LEFT_OUT_REASON_ALREADY_EXPUNGED\x10\x042\xa6\t\n" +
+	" LEFT_OUT_REASON_ALREADY_EXPUNGED\x10\x042\xb2\n" +
+	"\n" +
 	"\x12ReplacementService\x12}\n" +
 	"\x12RequestReplacement\x122.storage.orchestrator.v1.RequestReplacementRequest\x1a3.storage.orchestrator.v1.RequestReplacementResponse\x12q\n" +
 	"\x0eGetReplacement\x12..storage.orchestrator.v1.GetReplacementRequest\x1a/.storage.orchestrator.v1.GetReplacementResponse\x12w\n" +
@@ -3402,7 +3538,8 @@ const file_storage_orchestrator_v1_replacement_proto_rawDesc = "" +
 	"\x0ePreviewExpunge\x12..storage.orchestrator.v1.PreviewExpungeRequest\x1a/.storage.orchestrator.v1.PreviewExpungeResponse\x12z\n" +
 	"\x11CancelReplacement\x121.storage.orchestrator.v1.CancelReplacementRequest\x1a2.storage.orchestrator.v1.CancelReplacementResponse\x12w\n" +
 	"\x10PauseReplacement\x120.storage.orchestrator.v1.PauseReplacementRequest\x1a1.storage.orchestrator.v1.PauseReplacementResponse\x12z\n" +
-	"\x11ResumeReplacement\x121.storage.orchestrator.v1.ResumeReplacementRequest\x1a2.storage.orchestrator.v1.ResumeReplacementResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
+	"\x11ResumeReplacement\x121.storage.orchestrator.v1.ResumeReplacementRequest\x1a2.storage.orchestrator.v1.ResumeReplacementResponse\x12\x89\x01\n" +
+	"\x16SetReplacementPriority\x126.storage.orchestrator.v1.SetReplacementPriorityRequest\x1a7.storage.orchestrator.v1.SetReplacementPriorityResponseB=Z;storagecp.dev/gen/go/storage/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
 	file_storage_orchestrator_v1_replacement_proto_rawDescOnce sync.Once
@@ -3417,127 +3554,132 @@ func file_storage_orchestrator_v1_replacement_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_orchestrator_v1_replacement_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_storage_orchestrator_v1_replacement_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_storage_orchestrator_v1_replacement_proto_goTypes = []any{
-	(ReplacementKind)(0),               // 0: storage.orchestrator.v1.ReplacementKind
-	(ReadOnlyReplacementState)(0),      // 1: storage.orchestrator.v1.ReadOnlyReplacementState
-	(StepState)(0),                     // 2: storage.orchestrator.v1.StepState
-	(RegionReplacementState)(0),        // 3: storage.orchestrator.v1.RegionReplacementState
-	(WaitKind)(0),                      // 4: storage.orchestrator.v1.WaitKind
-	(LeftOutReason)(0),                 // 5: storage.orchestrator.v1.LeftOutReason
-	(*Pause)(nil),                      // 6: storage.orchestrator.v1.Pause
-	(*Estimate)(nil),                   // 7: storage.orchestrator.v1.Estimate
-	(*Wait)(nil),                       // 8: storage.orchestrator.v1.Wait
-	(*Replacement)(nil),                // 9: storage.orchestrator.v1.Replacement
-	(*Step)(nil),                       // 10: storage.orchestrator.v1.Step
-	(*DriveStep)(nil),                  // 11: storage.orchestrator.v1.DriveStep
-	(*RequestReplacementRequest)(nil),  // 12: storage.orchestrator.v1.RequestReplacementRequest
-	(*RequestReplacementResponse)(nil), // 13: storage.orchestrator.v1.RequestReplacementResponse
-	(*CancelReplacementRequest)(nil),   // 14: storage.orchestrator.v1.CancelReplacementRequest
-	(*CancelReplacementResponse)(nil),  // 15: storage.orchestrator.v1.CancelReplacementResponse
-	(*GetReplacementRequest)(nil),      // 16: storage.orchestrator.v1.GetReplacementRequest
-	(*GetReplacementResponse)(nil),     // 17: storage.orchestrator.v1.GetReplacementResponse
-	(*ListReplacementsRequest)(nil),    // 18: storage.orchestrator.v1.ListReplacementsRequest
-	(*ListReplacementsResponse)(nil),   // 19: storage.orchestrator.v1.ListReplacementsResponse
-	(*PauseReplacementRequest)(nil),    // 20: storage.orchestrator.v1.PauseReplacementRequest
-	(*PauseReplacementResponse)(nil),   // 21: storage.orchestrator.v1.PauseReplacementResponse
-	(*ResumeReplacementRequest)(nil),   // 22: storage.orchestrator.v1.ResumeReplacementRequest
-	(*ResumeReplacementResponse)(nil),  // 23: storage.orchestrator.v1.ResumeReplacementResponse
-	(*ListStepsRequest)(nil),           // 24: storage.orchestrator.v1.ListStepsRequest
-	(*ListStepsResponse)(nil),          // 25: storage.orchestrator.v1.ListStepsResponse
-	(*Lock)(nil),                       // 26: storage.orchestrator.v1.Lock
-	(*ListLocksRequest)(nil),           // 27: storage.orchestrator.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),          // 28: storage.orchestrator.v1.ListLocksResponse
-	(*WatchReplacementRequest)(nil),    // 29: storage.orchestrator.v1.WatchReplacementRequest
-	(*StepCounts)(nil),                 // 30: storage.orchestrator.v1.StepCounts
-	(*WatchReplacementResponse)(nil),   // 31: storage.orchestrator.v1.WatchReplacementResponse
-	(*PreviewExpungeRequest)(nil),      // 32: storage.orchestrator.v1.PreviewExpungeRequest
-	(*OkToExpunge)(nil),                // 33: storage.orchestrator.v1.OkToExpunge
-	(*ExpungeCandidate)(nil),           // 34: storage.orchestrator.v1.ExpungeCandidate
-	(*LeftOutCandidate)(nil),           // 35: storage.orchestrator.v1.LeftOutCandidate
-	(*ReadOnlyTargetPreview)(nil),      // 36: storage.orchestrator.v1.ReadOnlyTargetPreview
-	(*ReadWriteRegionPreview)(nil),     // 37: storage.orchestrator.v1.ReadWriteRegionPreview
-	(*RegionSetMember)(nil),            // 38: storage.orchestrator.v1.RegionSetMember
-	(*PreviewExpungeResponse)(nil),     // 39: storage.orchestrator.v1.PreviewExpungeResponse
-	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
+	(ReplacementKind)(0),                   // 0: storage.orchestrator.v1.ReplacementKind
+	(ReadOnlyReplacementState)(0),          // 1: storage.orchestrator.v1.ReadOnlyReplacementState
+	(StepState)(0),                         // 2: storage.orchestrator.v1.StepState
+	(RegionReplacementState)(0),            // 3: storage.orchestrator.v1.RegionReplacementState
+	(WaitKind)(0),                          // 4: storage.orchestrator.v1.WaitKind
+	(LeftOutReason)(0),                     // 5: storage.orchestrator.v1.LeftOutReason
+	(*SetReplacementPriorityRequest)(nil),  // 6: storage.orchestrator.v1.SetReplacementPriorityRequest
+	(*SetReplacementPriorityResponse)(nil), // 7: storage.orchestrator.v1.SetReplacementPriorityResponse
+	(*Pause)(nil),                          // 8: storage.orchestrator.v1.Pause
+	(*Estimate)(nil),                       // 9: storage.orchestrator.v1.Estimate
+	(*Wait)(nil),                           // 10: storage.orchestrator.v1.Wait
+	(*Replacement)(nil),                    // 11: storage.orchestrator.v1.Replacement
+	(*Step)(nil),                           // 12: storage.orchestrator.v1.Step
+	(*DriveStep)(nil),                      // 13: storage.orchestrator.v1.DriveStep
+	(*RequestReplacementRequest)(nil),      // 14: storage.orchestrator.v1.RequestReplacementRequest
+	(*RequestReplacementResponse)(nil),     // 15: storage.orchestrator.v1.RequestReplacementResponse
+	(*CancelReplacementRequest)(nil),       // 16: storage.orchestrator.v1.CancelReplacementRequest
+	(*CancelReplacementResponse)(nil),      // 17: storage.orchestrator.v1.CancelReplacementResponse
+	(*GetReplacementRequest)(nil),          // 18: storage.orchestrator.v1.GetReplacementRequest
+	(*GetReplacementResponse)(nil),         // 19: storage.orchestrator.v1.GetReplacementResponse
+	(*ListReplacementsRequest)(nil),        // 20: storage.orchestrator.v1.ListReplacementsRequest
+	(*ListReplacementsResponse)(nil),       // 21: storage.orchestrator.v1.ListReplacementsResponse
+	(*PauseReplacementRequest)(nil),        // 22: storage.orchestrator.v1.PauseReplacementRequest
+	(*PauseReplacementResponse)(nil),       // 23: storage.orchestrator.v1.PauseReplacementResponse
+	(*ResumeReplacementRequest)(nil),       // 24: storage.orchestrator.v1.ResumeReplacementRequest
+	(*ResumeReplacementResponse)(nil),      // 25: storage.orchestrator.v1.ResumeReplacementResponse
+	(*ListStepsRequest)(nil),               // 26: storage.orchestrator.v1.ListStepsRequest
+	(*ListStepsResponse)(nil),              // 27: storage.orchestrator.v1.ListStepsResponse
+	(*Lock)(nil),                           // 28: storage.orchestrator.v1.Lock
+	(*ListLocksRequest)(nil),               // 29: storage.orchestrator.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),              // 30: storage.orchestrator.v1.ListLocksResponse
+	(*WatchReplacementRequest)(nil),        // 31: storage.orchestrator.v1.WatchReplacementRequest
+	(*StepCounts)(nil),                     // 32: storage.orchestrator.v1.StepCounts
+	(*WatchReplacementResponse)(nil),       // 33: storage.orchestrator.v1.WatchReplacementResponse
+	(*PreviewExpungeRequest)(nil),          // 34: storage.orchestrator.v1.PreviewExpungeRequest
+	(*OkToExpunge)(nil),                    // 35: storage.orchestrator.v1.OkToExpunge
+	(*ExpungeCandidate)(nil),               // 36: storage.orchestrator.v1.ExpungeCandidate
+	(*LeftOutCandidate)(nil),               // 37: storage.orchestrator.v1.LeftOutCandidate
+	(*ReadOnlyTargetPreview)(nil),          // 38: storage.orchestrator.v1.ReadOnlyTargetPreview
+	(*ReadWriteRegionPreview)(nil),         // 39: storage.orchestrator.v1.ReadWriteRegionPreview
+	(*RegionSetMember)(nil),                // 40: storage.orchestrator.v1.RegionSetMember
+	(*PreviewExpungeResponse)(nil),         // 41: storage.orchestrator.v1.PreviewExpungeResponse
+	(*timestamppb.Timestamp)(nil),          // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 43: google.protobuf.Duration
 }
 var file_storage_orchestrator_v1_replacement_proto_depIdxs = []int32{
-	40, // 0: storage.orchestrator.v1.Pause.paused_time:type_name -> google.protobuf.Timestamp
-	41, // 1: storage.orchestrator.v1.Estimate.remaining:type_name -> google.protobuf.Duration
-	40, // 2: storage.orchestrator.v1.Estimate.complete_time:type_name -> google.protobuf.Timestamp
-	4,  // 3: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
-	40, // 4: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
-	0,  // 5: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 6: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 7: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	40, // 8: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
-	40, // 9: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
-	8,  // 10: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
-	40, // 11: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
-	6,  // 12: storage.orchestrator.v1.Replacement.pause:type_name -> storage.orchestrator.v1.Pause
-	30, // 13: storage.orchestrator.v1.Replacement.step_counts:type_name -> storage.orchestrator.v1.StepCounts
-	7,  // 14: storage.orchestrator.v1.Replacement.estimate:type_name -> storage.orchestrator.v1.Estimate
-	2,  // 15: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
-	40, // 16: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
-	40, // 17: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
-	8,  // 18: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
-	40, // 19: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
-	40, // 20: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
-	9,  // 21: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	9,  // 22: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	9,  // 23: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	10, // 24: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
-	11, // 25: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
-	0,  // 26: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	1,  // 27: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
-	3,  // 28: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
-	9,  // 29: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 30: storage.orchestrator.v1.ListReplacementsResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
-	9,  // 31: storage.orchestrator.v1.PauseReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	6,  // 32: storage.orchestrator.v1.PauseReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
-	9,  // 33: storage.orchestrator.v1.ResumeReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
-	2,  // 34: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
-	10, // 35: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
-	40, // 36: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
-	26, // 37: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
-	9,  // 38: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
-	30, // 39: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
-	6,  // 40: storage.orchestrator.v1.WatchReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
-	34, // 41: storage.orchestrator.v1.OkToExpunge.chosen:type_name -> storage.orchestrator.v1.ExpungeCandidate
-	35, // 42: storage.orchestrator.v1.OkToExpunge.left_out:type_name -> storage.orchestrator.v1.LeftOutCandidate
-	34, // 43: storage.orchestrator.v1.LeftOutCandidate.candidate:type_name -> storage.orchestrator.v1.ExpungeCandidate
-	5,  // 44: storage.orchestrator.v1.LeftOutCandidate.reason:type_name -> storage.orchestrator.v1.LeftOutReason
-	0,  // 45: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
-	38, // 46: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
-	36, // 47: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
-	37, // 48: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
-	33, // 49: storage.orchestrator.v1.PreviewExpungeResponse.ok_to_expunge:type_name -> storage.orchestrator.v1.OkToExpunge
-	12, // 50: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
-	16, // 51: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
-	18, // 52: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
-	24, // 53: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
-	27, // 54: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
-	29, // 55: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
-	32, // 56: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
-	14, // 57: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
-	20, // 58: storage.orchestrator.v1.ReplacementService.PauseReplacement:input_type -> storage.orchestrator.v1.PauseReplacementRequest
-	22, // 59: storage.orchestrator.v1.ReplacementService.ResumeReplacement:input_type -> storage.orchestrator.v1.ResumeReplacementRequest
-	13, // 60: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
-	17, // 61: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
-	19, // 62: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
-	25, // 63: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
-	28, // 64: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
-	31, // 65: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
-	39, // 66: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
-	15, // 67: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
-	21, // 68: storage.orchestrator.v1.ReplacementService.PauseReplacement:output_type -> storage.orchestrator.v1.PauseReplacementResponse
-	23, // 69: storage.orchestrator.v1.ReplacementService.ResumeReplacement:output_type -> storage.orchestrator.v1.ResumeReplacementResponse
-	60, // [60:70] is the sub-list for method output_type
-	50, // [50:60] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	11, // 0: storage.orchestrator.v1.SetReplacementPriorityResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	42, // 1: storage.orchestrator.v1.Pause.paused_time:type_name -> google.protobuf.Timestamp
+	43, // 2: storage.orchestrator.v1.Estimate.remaining:type_name -> google.protobuf.Duration
+	42, // 3: storage.orchestrator.v1.Estimate.complete_time:type_name -> google.protobuf.Timestamp
+	4,  // 4: storage.orchestrator.v1.Wait.kind:type_name -> storage.orchestrator.v1.WaitKind
+	42, // 5: storage.orchestrator.v1.Wait.since:type_name -> google.protobuf.Timestamp
+	0,  // 6: storage.orchestrator.v1.Replacement.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 7: storage.orchestrator.v1.Replacement.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 8: storage.orchestrator.v1.Replacement.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	42, // 9: storage.orchestrator.v1.Replacement.request_time:type_name -> google.protobuf.Timestamp
+	42, // 10: storage.orchestrator.v1.Replacement.time_modified:type_name -> google.protobuf.Timestamp
+	10, // 11: storage.orchestrator.v1.Replacement.wait:type_name -> storage.orchestrator.v1.Wait
+	42, // 12: storage.orchestrator.v1.Replacement.last_error_time:type_name -> google.protobuf.Timestamp
+	8,  // 13: storage.orchestrator.v1.Replacement.pause:type_name -> storage.orchestrator.v1.Pause
+	32, // 14: storage.orchestrator.v1.Replacement.step_counts:type_name -> storage.orchestrator.v1.StepCounts
+	9,  // 15: storage.orchestrator.v1.Replacement.estimate:type_name -> storage.orchestrator.v1.Estimate
+	2,  // 16: storage.orchestrator.v1.Step.state:type_name -> storage.orchestrator.v1.StepState
+	42, // 17: storage.orchestrator.v1.Step.request_time:type_name -> google.protobuf.Timestamp
+	42, // 18: storage.orchestrator.v1.Step.time_modified:type_name -> google.protobuf.Timestamp
+	10, // 19: storage.orchestrator.v1.Step.wait:type_name -> storage.orchestrator.v1.Wait
+	42, // 20: storage.orchestrator.v1.Step.last_error_time:type_name -> google.protobuf.Timestamp
+	42, // 21: storage.orchestrator.v1.DriveStep.time:type_name -> google.protobuf.Timestamp
+	11, // 22: storage.orchestrator.v1.RequestReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	11, // 23: storage.orchestrator.v1.CancelReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	11, // 24: storage.orchestrator.v1.GetReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	12, // 25: storage.orchestrator.v1.GetReplacementResponse.steps:type_name -> storage.orchestrator.v1.Step
+	13, // 26: storage.orchestrator.v1.GetReplacementResponse.drive_steps:type_name -> storage.orchestrator.v1.DriveStep
+	0,  // 27: storage.orchestrator.v1.ListReplacementsRequest.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	1,  // 28: storage.orchestrator.v1.ListReplacementsRequest.read_only_state:type_name -> storage.orchestrator.v1.ReadOnlyReplacementState
+	3,  // 29: storage.orchestrator.v1.ListReplacementsRequest.region_state:type_name -> storage.orchestrator.v1.RegionReplacementState
+	11, // 30: storage.orchestrator.v1.ListReplacementsResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	8,  // 31: storage.orchestrator.v1.ListReplacementsResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	11, // 32: storage.orchestrator.v1.PauseReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	8,  // 33: storage.orchestrator.v1.PauseReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	11, // 34: storage.orchestrator.v1.ResumeReplacementResponse.replacement:type_name -> storage.orchestrator.v1.Replacement
+	2,  // 35: storage.orchestrator.v1.ListStepsRequest.state:type_name -> storage.orchestrator.v1.StepState
+	12, // 36: storage.orchestrator.v1.ListStepsResponse.steps:type_name -> storage.orchestrator.v1.Step
+	42, // 37: storage.orchestrator.v1.Lock.time_acquired:type_name -> google.protobuf.Timestamp
+	28, // 38: storage.orchestrator.v1.ListLocksResponse.locks:type_name -> storage.orchestrator.v1.Lock
+	11, // 39: storage.orchestrator.v1.WatchReplacementResponse.replacements:type_name -> storage.orchestrator.v1.Replacement
+	32, // 40: storage.orchestrator.v1.WatchReplacementResponse.steps:type_name -> storage.orchestrator.v1.StepCounts
+	8,  // 41: storage.orchestrator.v1.WatchReplacementResponse.rack_pause:type_name -> storage.orchestrator.v1.Pause
+	36, // 42: storage.orchestrator.v1.OkToExpunge.chosen:type_name -> storage.orchestrator.v1.ExpungeCandidate
+	37, // 43: storage.orchestrator.v1.OkToExpunge.left_out:type_name -> storage.orchestrator.v1.LeftOutCandidate
+	36, // 44: storage.orchestrator.v1.LeftOutCandidate.candidate:type_name -> storage.orchestrator.v1.ExpungeCandidate
+	5,  // 45: storage.orchestrator.v1.LeftOutCandidate.reason:type_name -> storage.orchestrator.v1.LeftOutReason
+	0,  // 46: storage.orchestrator.v1.ReadOnlyTargetPreview.kind:type_name -> storage.orchestrator.v1.ReplacementKind
+	40, // 47: storage.orchestrator.v1.ReadWriteRegionPreview.other_members:type_name -> storage.orchestrator.v1.RegionSetMember
+	38, // 48: storage.orchestrator.v1.PreviewExpungeResponse.read_only_targets:type_name -> storage.orchestrator.v1.ReadOnlyTargetPreview
+	39, // 49: storage.orchestrator.v1.PreviewExpungeResponse.read_write_regions:type_name -> storage.orchestrator.v1.ReadWriteRegionPreview
+	35, // 50: storage.orchestrator.v1.PreviewExpungeResponse.ok_to_expunge:type_name -> storage.orchestrator.v1.OkToExpunge
+	14, // 51: storage.orchestrator.v1.ReplacementService.RequestReplacement:input_type -> storage.orchestrator.v1.RequestReplacementRequest
+	18, // 52: storage.orchestrator.v1.ReplacementService.GetReplacement:input_type -> storage.orchestrator.v1.GetReplacementRequest
+	20, // 53: storage.orchestrator.v1.ReplacementService.ListReplacements:input_type -> storage.orchestrator.v1.ListReplacementsRequest
+	26, // 54: storage.orchestrator.v1.ReplacementService.ListSteps:input_type -> storage.orchestrator.v1.ListStepsRequest
+	29, // 55: storage.orchestrator.v1.ReplacementService.ListLocks:input_type -> storage.orchestrator.v1.ListLocksRequest
+	31, // 56: storage.orchestrator.v1.ReplacementService.WatchReplacement:input_type -> storage.orchestrator.v1.WatchReplacementRequest
+	34, // 57: storage.orchestrator.v1.ReplacementService.PreviewExpunge:input_type -> storage.orchestrator.v1.PreviewExpungeRequest
+	16, // 58: storage.orchestrator.v1.ReplacementService.CancelReplacement:input_type -> storage.orchestrator.v1.CancelReplacementRequest
+	22, // 59: storage.orchestrator.v1.ReplacementService.PauseReplacement:input_type -> storage.orchestrator.v1.PauseReplacementRequest
+	24, // 60: storage.orchestrator.v1.ReplacementService.ResumeReplacement:input_type -> storage.orchestrator.v1.ResumeReplacementRequest
+	6,  // 61: storage.orchestrator.v1.ReplacementService.SetReplacementPriority:input_type -> storage.orchestrator.v1.SetReplacementPriorityRequest
+	15, // 62: storage.orchestrator.v1.ReplacementService.RequestReplacement:output_type -> storage.orchestrator.v1.RequestReplacementResponse
+	19, // 63: storage.orchestrator.v1.ReplacementService.GetReplacement:output_type -> storage.orchestrator.v1.GetReplacementResponse
+	21, // 64: storage.orchestrator.v1.ReplacementService.ListReplacements:output_type -> storage.orchestrator.v1.ListReplacementsResponse
+	27, // 65: storage.orchestrator.v1.ReplacementService.ListSteps:output_type -> storage.orchestrator.v1.ListStepsResponse
+	30, // 66: storage.orchestrator.v1.ReplacementService.ListLocks:output_type -> storage.orchestrator.v1.ListLocksResponse
+	33, // 67: storage.orchestrator.v1.ReplacementService.WatchReplacement:output_type -> storage.orchestrator.v1.WatchReplacementResponse
+	41, // 68: storage.orchestrator.v1.ReplacementService.PreviewExpunge:output_type -> storage.orchestrator.v1.PreviewExpungeResponse
+	17, // 69: storage.orchestrator.v1.ReplacementService.CancelReplacement:output_type -> storage.orchestrator.v1.CancelReplacementResponse
+	23, // 70: storage.orchestrator.v1.ReplacementService.PauseReplacement:output_type -> storage.orchestrator.v1.PauseReplacementResponse
+	25, // 71: storage.orchestrator.v1.ReplacementService.ResumeReplacement:output_type -> storage.orchestrator.v1.ResumeReplacementResponse
+	7,  // 72: storage.orchestrator.v1.ReplacementService.SetReplacementPriority:output_type -> storage.orchestrator.v1.SetReplacementPriorityResponse
+	62, // [62:73] is the sub-list for method output_type
+	51, // [51:62] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_storage_orchestrator_v1_replacement_proto_init() }
@@ -3551,7 +3693,7 @@ func file_storage_orchestrator_v1_replacement_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_orchestrator_v1_replacement_proto_rawDesc), len(file_storage_orchestrator_v1_replacement_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ReplacementService_RequestReplacement_FullMethodName = "/storage.orchestrator.v1.ReplacementService/RequestReplacement"
-	ReplacementService_GetReplacement_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/GetReplacement"
-	ReplacementService_ListReplacements_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/ListReplacements"
-	ReplacementService_ListSteps_FullMethodName          = "/storage.orchestrator.v1.ReplacementService/ListSteps"
-	ReplacementService_ListLocks_FullMethodName          = "/storage.orchestrator.v1.ReplacementService/ListLocks"
-	ReplacementService_WatchReplacement_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/WatchReplacement"
-	ReplacementService_PreviewExpunge_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/PreviewExpunge"
-	ReplacementService_CancelReplacement_FullMethodName  = "/storage.orchestrator.v1.ReplacementService/CancelReplacement"
-	ReplacementService_PauseReplacement_FullMethodName   = "/storage.orchestrator.v1.ReplacementService/PauseReplacement"
-	ReplacementService_ResumeReplacement_FullMethodName  = "/storage.orchestrator.v1.ReplacementService/ResumeReplacement"
+	ReplacementService_RequestReplacement_FullMethodName     = "/storage.orchestrator.v1.ReplacementService/RequestReplacement"
+	ReplacementService_GetReplacement_FullMethodName         = "/storage.orchestrator.v1.ReplacementService/GetReplacement"
+	ReplacementService_ListReplacements_FullMethodName       = "/storage.orchestrator.v1.ReplacementService/ListReplacements"
+	ReplacementService_ListSteps_FullMethodName              = "/storage.orchestrator.v1.ReplacementService/ListSteps"
+	ReplacementService_ListLocks_FullMethodName              = "/storage.orchestrator.v1.ReplacementService/ListLocks"
+	ReplacementService_WatchReplacement_FullMethodName       = "/storage.orchestrator.v1.ReplacementService/WatchReplacement"
+	ReplacementService_PreviewExpunge_FullMethodName         = "/storage.orchestrator.v1.ReplacementService/PreviewExpunge"
+	ReplacementService_CancelReplacement_FullMethodName      = "/storage.orchestrator.v1.ReplacementService/CancelReplacement"
+	ReplacementService_PauseReplacement_FullMethodName       = "/storage.orchestrator.v1.ReplacementService/PauseReplacement"
+	ReplacementService_ResumeReplacement_FullMethodName      = "/storage.orchestrator.v1.ReplacementService/ResumeReplacement"
+	ReplacementService_SetReplacementPriority_FullMethodName = "/storage.orchestrator.v1.ReplacementService/SetReplacementPriority"
 )
 
 // ReplacementServiceClient is the client API for ReplacementService service.
@@ -115,6 +116,13 @@ type ReplacementServiceClient interface {
 	// pause while the rack is held leaves it held by the rack. Leader only,
 	// like PauseReplacement.
 	ResumeReplacement(ctx context.Context, in *ResumeReplacementRequest, opts ...grpc.CallOption) (*ResumeReplacementResponse, error)
+	// Sets a request's operator priority (higher goes first; default 0).
+	// Under the rebuild budgets, waiting work is admitted by priority, then
+	// by risk (fewest live copies of the request's data first), then by age.
+	// Any request, in any state, read-only or rw; persisted. NOT_FOUND for an
+	// unknown request, INVALID_ARGUMENT for a malformed id or a priority
+	// outside -1000..1000.
+	SetReplacementPriority(ctx context.Context, in *SetReplacementPriorityRequest, opts ...grpc.CallOption) (*SetReplacementPriorityResponse, error)
 }
 
 type replacementServiceClient struct {
@@ -234,6 +242,16 @@ func (c *replacementServiceClient) ResumeReplacement(ctx context.Context, in *Re
 	return out, nil
 }
 
+func (c *replacementServiceClient) SetReplacementPriority(ctx context.Context, in *SetReplacementPriorityRequest, opts ...grpc.CallOption) (*SetReplacementPriorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetReplacementPriorityResponse)
+	err := c.cc.Invoke(ctx, ReplacementService_SetReplacementPriority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplacementServiceServer is the server API for ReplacementService service.
 // All implementations must embed UnimplementedReplacementServiceServer
 // for forward compatibility.
@@ -318,6 +336,13 @@ type ReplacementServiceServer interface {
 	// pause while the rack is held leaves it held by the rack. Leader only,
 	// like PauseReplacement.
 	ResumeReplacement(context.Context, *ResumeReplacementRequest) (*ResumeReplacementResponse, error)
+	// Sets a request's operator priority (higher goes first; default 0).
+	// Under the rebuild budgets, waiting work is admitted by priority, then
+	// by risk (fewest live copies of the request's data first), then by age.
+	// Any request, in any state, read-only or rw; persisted. NOT_FOUND for an
+	// unknown request, INVALID_ARGUMENT for a malformed id or a priority
+	// outside -1000..1000.
+	SetReplacementPriority(context.Context, *SetReplacementPriorityRequest) (*SetReplacementPriorityResponse, error)
 	mustEmbedUnimplementedReplacementServiceServer()
 }
 
@@ -357,6 +382,9 @@ func (UnimplementedReplacementServiceServer) PauseReplacement(context.Context, *
 }
 func (UnimplementedReplacementServiceServer) ResumeReplacement(context.Context, *ResumeReplacementRequest) (*ResumeReplacementResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeReplacement not implemented")
+}
+func (UnimplementedReplacementServiceServer) SetReplacementPriority(context.Context, *SetReplacementPriorityRequest) (*SetReplacementPriorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetReplacementPriority not implemented")
 }
 func (UnimplementedReplacementServiceServer) mustEmbedUnimplementedReplacementServiceServer() {}
 func (UnimplementedReplacementServiceServer) testEmbeddedByValue()                            {}
@@ -552,6 +580,24 @@ func _ReplacementService_ResumeReplacement_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReplacementService_SetReplacementPriority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetReplacementPriorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplacementServiceServer).SetReplacementPriority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplacementService_SetReplacementPriority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplacementServiceServer).SetReplacementPriority(ctx, req.(*SetReplacementPriorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReplacementService_ServiceDesc is the grpc.ServiceDesc for ReplacementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -594,6 +640,10 @@ var ReplacementService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeReplacement",
 			Handler:    _ReplacementService_ResumeReplacement_Handler,
+		},
+		{
+			MethodName: "SetReplacementPriority",
+			Handler:    _ReplacementService_SetReplacementPriority_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

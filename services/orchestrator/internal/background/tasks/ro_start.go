@@ -29,6 +29,10 @@ type StartStatus struct {
 	DataLost []string `json:"data_lost"`
 	Skipped  Skips    `json:"skipped"`
 	Errors   []string `json:"errors"`
+	// Budgets: the rebuild budgets' plan this pass (shared with the rw
+	// detector): what was admitted in which order, what was held back by
+	// which budget.
+	Budgets *BudgetStatus `json:"budgets,omitempty"`
 }
 
 // ROStartName is the task's name (AdminService, metrics, logs).
@@ -71,20 +75,36 @@ func (t *roStart) Activate(ctx context.Context) any {
 			}
 			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "replacement "+r.ID.String())
 			completed = true
-			continue
 		}
+	}
+	// The others start in the budgets' order, as far as they have room.
+	admitted, other, budgets, err := t.env.plan(ctx, kindRO)
+	st.Budgets = budgets
+	if err != nil {
+		errf(&st.Errors, "planning under the rebuild budgets: %v", err)
+	}
+	for _, c := range admitted {
+		r := c.ro
 		p := sagadef.StartParams{
 			RequestID: r.ID, Kind: string(r.Kind), OldTargetID: r.OldTargetID, OldRegionID: r.OldRegionID,
 			OldSnapshotID: r.OldSnapshotID, OldDatasetID: r.OldDatasetID,
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.ROStart, p,
+		adm := t.env.Admission
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped,
+			ended: func() { adm.ended(r.ID) }}, sagadef.ROStart, p,
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
+		if !ok {
+			adm.ended(r.ID)
+		}
 		switch {
 		case err != nil:
 			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)
 		case ok:
 			st.StartInvokedOK = append(st.StartInvokedOK, "request "+r.ID.String())
 		}
+	}
+	if other {
+		sagadef.Wakeup(d.Wake.RWDetector)
 	}
 	if completed {
 		// A released snapshot-volume lock may unblock another target.

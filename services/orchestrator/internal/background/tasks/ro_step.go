@@ -1,9 +1,12 @@
 package tasks
 
 import (
+	"cmp"
 	"context"
 	"maps"
+	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -41,6 +44,12 @@ type roStep struct {
 	// retries just these, so a volume is stepped as soon as the lock is
 	// released (the release wakes this task) and not a scan period later.
 	lockWait map[uuid.UUID][]uuid.UUID
+	// inflight holds the step sagas this process started and that have
+	// not ended, by step, with their request (the rack_steps budget's use
+	// before they claim their step). Guarded by mu: sagas end on their
+	// own goroutines.
+	mu       sync.Mutex
+	inflight map[uuid.UUID]uuid.UUID
 }
 
 // maxFresh bounds fresh; beyond it the launch checks every step again.
@@ -61,6 +70,9 @@ type StepStatus struct {
 	StepSetVolumeDeletedOK      []string `json:"step_set_volume_deleted_ok"`
 	Skipped                     Skips    `json:"skipped"`
 	Errors                      []string `json:"errors"`
+	// Budgets: the rack_steps budget this pass, with the steps it (or the
+	// task's saga bound) held back.
+	Budgets *BudgetStatus `json:"budgets,omitempty"`
 }
 
 // ROStepName is the task's name (AdminService, metrics, logs).
@@ -112,7 +124,7 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 		// slot for a moment after committing Complete.
 		ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStepGarbageCollect,
 			sagadef.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
-			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()), saga.WithSubjectParent(s.RequestID.String()))
+			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()))
 		switch {
 		case err != nil:
 			errf(&st.Errors, "step %s: start garbage collect: %v", s.ID, err)
@@ -275,37 +287,112 @@ func (t *roStep) insertSteps(ctx context.Context, st *StepStatus, request uuid.U
 
 func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 	d := t.env.Deps
-	steps, err := d.Store.StepsIn(ctx, store.StepRequested, stepBatch)
+	steps, err := d.Store.RequestedStepsByRequest(ctx, stepsPerRequest)
 	if err != nil {
 		errf(&st.Errors, "listing requested steps: %v", err)
 		return
 	}
+	limits, _, err := d.Store.RebuildLimits(ctx)
+	if err != nil {
+		errf(&st.Errors, "rebuild budgets: %v", err)
+		return
+	}
+	running, err := d.Store.RunningStepRequests(ctx)
+	if err != nil {
+		errf(&st.Errors, "listing running steps: %v", err)
+		return
+	}
+	// In flight: the steps Running in the database (adopted sagas too)
+	// and the step sagas this process started that have not claimed yet.
+	t.mu.Lock()
+	for id, req := range t.inflight {
+		running[id] = req
+	}
+	t.mu.Unlock()
+	perRequest := map[uuid.UUID]int{}
+	for _, req := range running {
+		perRequest[req]++
+	}
+	used := len(running)
+	budgets := newBudgetStatus(limits)
+	budgets.InUse[store.BudgetRackSteps] = used
+	st.Budgets = budgets
+	held := map[uuid.UUID]string{}
+	defer func() { t.env.Admission.stepsHeld(held) }()
+
 	reqs := map[uuid.UUID]*store.ROReplacement{}
 	gone := map[uuid.UUID]bool{}
-	for _, s := range roundRobin(steps) {
-		if t.limiter.InFlight() >= t.env.MaxSagas {
-			return // the rest wait for the next pass, which a finishing saga triggers
+	queues := map[uuid.UUID][]store.Step{}
+	for _, s := range steps {
+		queues[s.RequestID] = append(queues[s.RequestID], s)
+	}
+	for id := range queues {
+		got, err := d.Store.GetROReplacement(ctx, id)
+		if err != nil {
+			errf(&st.Errors, "request %s: %v", id, err)
+			delete(queues, id)
+			continue
 		}
-		if t.env.heldBy(s.RequestID, &st.Skipped, "step "+s.ID.String()) {
-			// Back at Requested after its saga unwound during the hold:
-			// it gives up its lock like the steps the pause withdrew.
+		reqs[id] = &got
+	}
+	for id, q := range queues {
+		if !t.env.heldBy(id, &st.Skipped, "request "+id.String()+": its requested steps") {
+			continue
+		}
+		// Back at Requested after their sagas unwound during the hold:
+		// they give up their locks like the steps the pause withdrew.
+		for _, s := range q {
 			if _, err := d.Store.WithdrawStep(ctx, s.ID); err != nil {
 				errf(&st.Errors, "step %s: withdraw: %v", s.ID, err)
 			}
-			continue
 		}
-		r, ok := reqs[s.RequestID]
-		if !ok {
-			got, err := d.Store.GetROReplacement(ctx, s.RequestID)
-			if err != nil {
-				errf(&st.Errors, "step %s: request: %v", s.ID, err)
+		delete(queues, id)
+	}
+	for {
+		// The next step comes from the request first by: operator
+		// priority, then fewest steps in flight (so a large fan-out
+		// cannot starve a small request), then fewest live copies, then
+		// age.
+		var next uuid.UUID
+		for id, q := range queues {
+			if len(q) == 0 {
 				continue
 			}
-			r = &got
-			reqs[s.RequestID] = r
+			if next == uuid.Nil || stepBefore(reqs[id], perRequest[id], reqs[next], perRequest[next]) {
+				next = id
+			}
+		}
+		if next == uuid.Nil {
+			break
+		}
+		s := queues[next][0]
+		queues[next] = queues[next][1:]
+		r := reqs[next]
+		if full(limits.RackSteps, used) || t.limiter.InFlight() >= t.env.MaxSagas {
+			// Everything left waits for a slot; the end of a step saga
+			// wakes this task.
+			why := "the task is at its bound of sagas in flight"
+			budget := "task_bound"
+			if full(limits.RackSteps, used) {
+				budget = store.BudgetRackSteps
+				why = (&store.BudgetError{Budget: store.BudgetRackSteps, Limit: limits.RackSteps, InUse: used}).Error()
+			}
+			rest := []store.Step{s}
+			for _, q := range queues {
+				rest = append(rest, q...)
+			}
+			for _, w := range rest {
+				if budget == store.BudgetRackSteps {
+					held[w.ID] = why
+				}
+				budgets.hold(budget, "step %s of request %s (priority %d, %d live copies): %s", w.ID, w.RequestID, reqs[w.RequestID].Priority, reqs[w.RequestID].LiveCopies, why)
+			}
+			break
+		}
+		if _, ok := gone[r.ID]; !ok {
 			if gone[r.ID], err = sagadef.TargetGone(ctx, d, r.OldTargetID); err != nil {
 				errf(&st.Errors, "step %s: target: %v", s.ID, err)
-				delete(reqs, s.RequestID)
+				delete(gone, r.ID)
 				continue
 			}
 		}
@@ -333,17 +420,60 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 			st.StepSetVolumeDeletedOK = append(st.StepSetVolumeDeletedOK, "step "+s.ID.String())
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStep,
+		stepID, reqID := s.ID, s.RequestID
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped,
+			ended: func() {
+				t.mu.Lock()
+				delete(t.inflight, stepID)
+				t.mu.Unlock()
+			}}, sagadef.ROStep,
 			sagadef.StepParams{StepID: s.ID, RequestID: s.RequestID, VolumeID: s.VolumeID},
-			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()), saga.WithSubjectParent(s.RequestID.String()))
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()))
 		switch {
 		case err != nil:
 			errf(&st.Errors, "step %s: start saga: %v", s.ID, err)
 		case ok:
+			t.mu.Lock()
+			if t.inflight == nil {
+				t.inflight = map[uuid.UUID]uuid.UUID{}
+			}
+			t.inflight[stepID] = reqID
+			t.mu.Unlock()
+			used++
+			perRequest[reqID]++
+			budgets.InUse[store.BudgetRackSteps] = used
 			st.StepInvokedOK = append(st.StepInvokedOK, "step "+s.ID.String())
 		}
 	}
 }
+
+// stepsPerRequest bounds the Requested steps a pass reads per request: a
+// pass starts at most the task's saga bound, and every request gets its
+// share of the list whatever the others' fan-out.
+const stepsPerRequest = 512
+
+// stepBefore orders two requests for the next step slot: higher priority,
+// then fewer steps in flight, then fewer live copies (uncounted last), then
+// older.
+func stepBefore(a *store.ROReplacement, aRunning int, b *store.ROReplacement, bRunning int) bool {
+	lc := func(r *store.ROReplacement) int64 {
+		if r.LiveCopies < 0 {
+			return math.MaxInt64
+		}
+		return int64(r.LiveCopies)
+	}
+	if c := cmp.Or(
+		cmp.Compare(b.Priority, a.Priority),
+		cmp.Compare(aRunning, bRunning),
+		cmp.Compare(lc(a), lc(b)),
+		a.RequestTime.Compare(b.RequestTime),
+	); c != 0 {
+		return c < 0
+	}
+	return a.ID.String() < b.ID.String()
+}
+
+func full(limit, use int) bool { return limit > 0 && use >= limit }
 
 // roundRobin interleaves steps by request, keeping each request's order.
 func roundRobin(steps []store.Step) []store.Step {

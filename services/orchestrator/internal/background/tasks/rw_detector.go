@@ -35,6 +35,9 @@ type RWDetectorStatus struct {
 	RequestsCompletedOK []string `json:"requests_completed_ok"`
 	Skipped             Skips    `json:"skipped"`
 	Errors              []string `json:"errors"`
+	// Budgets: the rebuild budgets' plan this pass (shared with the
+	// read-only start task).
+	Budgets *BudgetStatus `json:"budgets,omitempty"`
 }
 
 // RWDetectorName is the task's name (AdminService, metrics, logs).
@@ -169,15 +172,31 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
 			continue
 		}
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped}, sagadef.RWStart,
+	}
+	admitted, other, budgets, err := t.env.plan(ctx, kindRW)
+	st.Budgets = budgets
+	if err != nil {
+		errf(&st.Errors, "planning under the rebuild budgets: %v", err)
+	}
+	for _, c := range admitted {
+		r := c.rw
+		adm := t.env.Admission
+		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped,
+			ended: func() { adm.ended(r.ID) }}, sagadef.RWStart,
 			sagadef.RWStartParams{RequestID: r.ID, VolumeID: r.VolumeID, OldRegionID: r.OldRegionID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
+		if !ok {
+			adm.ended(r.ID)
+		}
 		switch {
 		case err != nil:
 			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)
 		case ok:
 			st.StartInvokedOK = append(st.StartInvokedOK, "request "+r.ID.String())
 		}
+	}
+	if other {
+		sagadef.Wakeup(d.Wake.ROStart)
 	}
 	if len(st.RequestsCompletedOK) > 0 {
 		// A released volume lock may let another region of it, or a

@@ -161,6 +161,8 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 	}
 	if len(st.DoneOK) > 0 || len(st.GaveUp) > 0 {
 		sagadef.Wakeup(d.Wake.RWFinish)
+		// Each gave back its repair's rebuild slot.
+		t.env.slotFreed(sagadef.RWDrive)
 	}
 	ids := make([]uuid.UUID, len(reqs))
 	for i, r := range reqs {

@@ -43,6 +43,9 @@ type Env struct {
 	// Retry is the backoff before a record whose saga unwound is tried
 	// again (zero: the defaults).
 	Retry RetryBackoff
+	// Admission is the rebuild budgets' planning state, shared by the
+	// tasks that start rebuilds and steps (nil: Register makes one).
+	Admission *Admission
 	// Pauses is the leader's gate for operators' holds: no saga starts and
 	// no lock is taken for a held request (nil: nothing is ever held, for
 	// tests of a task alone).
@@ -58,6 +61,9 @@ type Env struct {
 func Register(d *background.Driver, env Env) {
 	if env.MaxSagas <= 0 {
 		env.MaxSagas = 64
+	}
+	if env.Admission == nil {
+		env.Admission = NewAdmission()
 	}
 	env.activate = func(name string) { _ = d.Activate(name) }
 	by := func(name string) func() { return func() { env.activate(name) } }
@@ -103,6 +109,9 @@ type job struct {
 	attempts store.Attempts
 	// skipped, when set, receives why the saga was not started.
 	skipped *Skips
+	// ended, when set, runs once the saga has ended (after its attempt
+	// is counted).
+	ended func()
 }
 
 // startSaga starts a saga for the job unless the record is backing off
@@ -139,12 +148,20 @@ func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *sa
 			// Count the attempt before the slot frees: a pass that takes the
 			// slot next then reads the record with its backoff.
 			env.afterUnwind(j, o)
+			if j.ended != nil {
+				j.ended()
+			}
 			release()
+			env.slotFreed(t)
 		}()
 		return nil
 	})
 	if held != nil {
 		j.skipped.Add("%s %s: %s", t.Name(), j.record, heldText(held))
+	}
+	if !started && j.ended != nil {
+		// Nothing will end: whoever planned the job forgets it now.
+		j.ended()
 	}
 	return started, err
 }
@@ -184,6 +201,15 @@ func (env Env) heldBy(request uuid.UUID, skipped *Skips, what string) bool {
 	return true
 }
 
+// holdOn is the hold on request now (its own or the rack's), or nil.
+func (env Env) holdOn(request uuid.UUID) *store.Pause {
+	if env.Pauses == nil {
+		return nil
+	}
+	p, _ := env.Pauses.Of(request)
+	return p
+}
+
 // heldText says who holds what, since when and why.
 func heldText(p *store.Pause) string {
 	whose := "its request is paused"
@@ -191,6 +217,23 @@ func heldText(p *store.Pause) string {
 		whose = "the rack is paused"
 	}
 	return fmt.Sprintf("%s by %s since %s (%s)", whose, p.By, p.Time.UTC().Format(time.RFC3339), p.Reason)
+}
+
+// slotFreed wakes the tasks that admit work when a saga that may have
+// given back a budget's slot ends while work waits for one: a rebuild's
+// start (a clone's slot), a rw drive (a repair reaching ReplacementDone),
+// a step.
+func (env Env) slotFreed(t *saga.Template) {
+	if env.Admission == nil || env.activate == nil || !env.Admission.anyWaiting() {
+		return
+	}
+	switch t {
+	case sagadef.ROStart, sagadef.RWStart, sagadef.RWDrive:
+		env.activate(ROStartName)
+		env.activate(RWDetectorName)
+	case sagadef.ROStep:
+		env.activate(ROStepName)
+	}
 }
 
 // afterUnwind counts a saga that did not move its record on as an attempt
@@ -205,6 +248,16 @@ func (env Env) afterUnwind(j job, o saga.Outcome) {
 	}
 	if o.Kind == saga.Failed && o.FailedNode == "set_saga_id" && o.Err != nil && strings.Contains(o.Err.Message, store.ErrConflict.Error()) {
 		return
+	}
+	// Held back by a rebuild budget: not a failed attempt (no backoff);
+	// the record waits for a slot, and the slot's release wakes its task.
+	if o.Kind == saga.Failed && o.Err != nil {
+		if refused, dest := budgetRefusal(o.Err.Message); refused {
+			if dest && env.Admission != nil {
+				env.Admission.refusedDest(j.record)
+			}
+			return
+		}
 	}
 	cause := fmt.Sprintf("%v", o.Error())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
