@@ -124,7 +124,7 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 		// slot for a moment after committing Complete.
 		ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStepGarbageCollect,
 			sagadef.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
-			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()))
+			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()), saga.WithSubjectParent(s.RequestID.String()))
 		switch {
 		case err != nil:
 			errf(&st.Errors, "step %s: start garbage collect: %v", s.ID, err)
@@ -428,7 +428,7 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 				t.mu.Unlock()
 			}}, sagadef.ROStep,
 			sagadef.StepParams{StepID: s.ID, RequestID: s.RequestID, VolumeID: s.VolumeID},
-			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()))
+			saga.WithTraceParent(r.Traceparent), saga.WithSubject(s.ID.String()), saga.WithSubjectParent(s.RequestID.String()))
 		switch {
 		case err != nil:
 			errf(&st.Errors, "step %s: start saga: %v", s.ID, err)
