@@ -28,6 +28,7 @@ import (
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/platform/paging"
 	"storagecp.dev/platform/redundancy"
 	"storagecp.dev/volume/internal/store"
 )
@@ -212,30 +213,24 @@ func parseDegradedCursor(tok string) (int32, string, error) {
 
 // ListDegradedVolumes implements VolumeService.
 func (s *Server) ListDegradedVolumes(ctx context.Context, req *volumev1.ListDegradedVolumesRequest) (*volumev1.ListDegradedVolumesResponse, error) {
+	// Paging first, by the rule every List RPC follows.
+	limit, err := paging.Size(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	var afterR int32 = -1
+	var afterID string
+	if tok := req.GetPageToken(); tok != "" {
+		if afterR, afterID, err = parseDegradedCursor(tok); err != nil {
+			return nil, paging.BadToken(tok)
+		}
+	}
 	below := int(req.GetBelow())
 	switch {
 	case below == 0:
 		below = redundancy.Full
 	case below < 0 || below > redundancy.Full+1:
 		return nil, status.Errorf(codes.InvalidArgument, "below: %d is outside 0..%d", below, redundancy.Full+1)
-	}
-	var afterR int32 = -1
-	var afterID string
-	if tok := req.GetPageToken(); tok != "" {
-		var err error
-		if afterR, afterID, err = parseDegradedCursor(tok); err != nil {
-			return nil, err
-		}
-	}
-	if req.GetPageSize() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "page_size: negative")
-	}
-	limit := int(req.GetPageSize())
-	switch {
-	case limit == 0:
-		limit = 100
-	case limit > 1000:
-		limit = 1000
 	}
 	sv, err := s.surveyAll(ctx, below)
 	if err != nil {

@@ -165,7 +165,9 @@ type VolumeServiceClient interface {
 	// volume at each level. Reads every live volume's VCR from the service's
 	// own database and the allocator's disk states (cached for a couple of
 	// seconds): O(volumes) rows, no call per volume. Stash and reference
-	// volumes (a replacement's own bookkeeping) are left out.
+	// volumes (a replacement's own bookkeeping) are left out. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListDegradedVolumes(ctx context.Context, in *ListDegradedVolumesRequest, opts ...grpc.CallOption) (*ListDegradedVolumesResponse, error)
 }
 
@@ -511,7 +513,9 @@ type VolumeServiceServer interface {
 	// volume at each level. Reads every live volume's VCR from the service's
 	// own database and the allocator's disk states (cached for a couple of
 	// seconds): O(volumes) rows, no call per volume. Stash and reference
-	// volumes (a replacement's own bookkeeping) are left out.
+	// volumes (a replacement's own bookkeeping) are left out. Paginated
+	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
+	// or a page_token this service did not issue, is INVALID_ARGUMENT).
 	ListDegradedVolumes(context.Context, *ListDegradedVolumesRequest) (*ListDegradedVolumesResponse, error)
 	mustEmbedUnimplementedVolumeServiceServer()
 }
