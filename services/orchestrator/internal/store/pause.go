@@ -51,9 +51,7 @@ func (s *Store) LoadPauses(ctx context.Context) (Pauses, error) {
 		return Pauses{}, err
 	}
 	rows, err := s.pool.Query(ctx, `
-		SELECT p.request_id, p.paused_by, p.paused_time, p.reason FROM replacement_pause p
-		WHERE EXISTS (SELECT 1 FROM ro_replacement r WHERE r.id = p.request_id AND r.state NOT IN `+roTerminalSQL+`)
-		   OR EXISTS (SELECT 1 FROM rw_replacement r WHERE r.id = p.request_id AND r.state NOT IN `+rwTerminalSQL+`)`)
+		SELECT p.request_id, p.paused_by, p.paused_time, p.reason FROM replacement_pause p WHERE `+holdOnOpenRequestSQL)
 	if err != nil {
 		return Pauses{}, err
 	}
@@ -70,6 +68,11 @@ func (s *Store) LoadPauses(ctx context.Context) (Pauses, error) {
 	}
 	return out, nil
 }
+
+// holdOnOpenRequestSQL is true for a row p of replacement_pause whose
+// request has not ended: only those holds count.
+var holdOnOpenRequestSQL = `(EXISTS (SELECT 1 FROM ro_replacement r WHERE r.id = p.request_id AND r.state NOT IN ` + roTerminalSQL + `)
+	OR EXISTS (SELECT 1 FROM rw_replacement r WHERE r.id = p.request_id AND r.state NOT IN ` + rwTerminalSQL + `))`
 
 // The terminal states of each request table, as SQL lists.
 const (

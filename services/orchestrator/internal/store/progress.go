@@ -63,9 +63,7 @@ func (s *Store) PausedRequests(ctx context.Context) (int64, bool, error) {
 	var n int64
 	var rack bool
 	err := s.pool.QueryRow(ctx, `SELECT
-		(SELECT count(*) FROM replacement_pause p WHERE
-			EXISTS (SELECT 1 FROM ro_replacement r WHERE r.id = p.request_id AND r.state NOT IN `+roTerminalSQL+`)
-			OR EXISTS (SELECT 1 FROM rw_replacement r WHERE r.id = p.request_id AND r.state NOT IN `+rwTerminalSQL+`)),
+		(SELECT count(*) FROM replacement_pause p WHERE `+holdOnOpenRequestSQL+`),
 		EXISTS (SELECT 1 FROM rack_pause)`).Scan(&n, &rack)
 	return n, rack, err
 }

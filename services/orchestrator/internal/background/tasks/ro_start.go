@@ -93,9 +93,6 @@ func (t *roStart) Activate(ctx context.Context) any {
 		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped,
 			ended: func() { adm.ended(r.ID) }}, sagadef.ROStart, p,
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
-		if !ok {
-			adm.ended(r.ID)
-		}
 		switch {
 		case err != nil:
 			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)

@@ -185,9 +185,6 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 			ended: func() { adm.ended(r.ID) }}, sagadef.RWStart,
 			sagadef.RWStartParams{RequestID: r.ID, VolumeID: r.VolumeID, OldRegionID: r.OldRegionID},
 			saga.WithTraceParent(r.Traceparent), saga.WithSubject(r.ID.String()))
-		if !ok {
-			adm.ended(r.ID)
-		}
 		switch {
 		case err != nil:
 			errf(&st.Errors, "request %s: start saga: %v", r.ID, err)

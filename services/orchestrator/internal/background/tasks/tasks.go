@@ -160,7 +160,9 @@ func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *sa
 		j.skipped.Add("%s %s: %s", t.Name(), j.record, heldText(held))
 	}
 	if !started && j.ended != nil {
-		// Nothing will end: whoever planned the job forgets it now.
+		// No saga will end: whoever planned the job (a budget's
+		// reservation, a step counted in flight) forgets it now, whatever
+		// kept it from starting.
 		j.ended()
 	}
 	return started, err
@@ -190,10 +192,7 @@ func (env Env) unlessHeld(ctx context.Context, request uuid.UUID, start func() e
 // what makes a start and a pause exclusive; this only spares the work of
 // preparing one).
 func (env Env) heldBy(request uuid.UUID, skipped *Skips, what string) bool {
-	if env.Pauses == nil {
-		return false
-	}
-	p, _ := env.Pauses.Of(request)
+	p := env.holdOn(request)
 	if p == nil {
 		return false
 	}
