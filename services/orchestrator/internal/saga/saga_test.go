@@ -555,7 +555,14 @@ func TestRecoverFencesStaleInstance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return f.runs(t, "k")["create_c/do"] == 1 })
+	// Wait for create_c's end in the log, not for its run counter: the
+	// counter moves before the log does, and a recovery in between reruns
+	// create_c and fences the first instance before create_b ever runs
+	// there (both fine, but not the interleaving this test is about).
+	waitFor(t, func() bool {
+		v, err := first.Get(ctx, id)
+		return err == nil && nodeView(t, v, "create_c").Status == "succeeded"
+	})
 	second := f.sec(t, "sec-1")
 	rep, err := second.Recover(ctx)
 	if err != nil || len(rep.Recovered) != 1 {
