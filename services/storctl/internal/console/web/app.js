@@ -21,6 +21,8 @@ function h(tag, attrs, ...kids) {
     if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? '' : String(v));
   }
+  // A <pre> scrolls when long: keyboard users must be able to reach it.
+  if (tag === 'pre') el.setAttribute('tabindex', '0');
   for (const k of kids.flat(Infinity)) {
     if (k === undefined || k === null || k === false) continue;
     el.append(k instanceof Node ? k : document.createTextNode(String(k)));
@@ -65,7 +67,7 @@ function route() {
     document.getElementById('actions-identity').textContent = env.actionsIdentity || '—';
     live.textContent = `live, updated ${new Date(env.at).toLocaleTimeString()}`;
     render(env);
-    const rec = { view: env.view, at: env.at, shown: Date.now() };
+    const rec = { view: env.view, at: env.at, shown: Date.now(), bytes: new TextEncoder().encode(ev.data).length };
     if (env.view === 'replacements' && env.data) {
       rec.requests = (env.data.requests || []).map((g) => ({ id: g.replacement.replacementId, counts: g.replacement.stepCounts || {} }));
     }
@@ -82,7 +84,7 @@ function render(env) {
     return;
   }
   const fn = views[env.view];
-  main.replaceChildren(...[].concat(fn(env.data || {}, env.id || '')));
+  main.replaceChildren(...[].concat(fn(env.data || {}, env.id || '')).flat(Infinity).filter((x) => x !== null && x !== undefined && x !== false));
 }
 
 function title(view) {
@@ -294,34 +296,47 @@ function volume(data, id) {
 
 // ---- sagas ----
 
+// dag draws a saga's nodes. With stages (SagaNode.stage) each stage is a
+// column and runs after the whole stage before it: an edge from every node
+// of a stage to every node of the next. The orchestrator leaves stage unset
+// today, so a saga whose nodes all say stage 0 is drawn as what its node
+// order is, a chain, wrapped into columns of chainRows.
 function dag(nodes) {
-  const stages = new Map();
-  for (const n of nodes) {
-    const s = n.stage || 0;
-    if (!stages.has(s)) stages.set(s, []);
-    stages.get(s).push(n);
-  }
-  const order = [...stages.keys()].sort((a, b) => a - b);
-  const W = 170, H = 44, BW = 150, BH = 30;
-  const rows = Math.max(1, ...[...stages.values()].map((s) => s.length));
+  const W = 170, H = 44, BW = 150, BH = 30, chainRows = 8;
+  const staged = new Set(nodes.map((n) => n.stage || 0)).size > 1 || nodes.length < 2;
   const pos = new Map();
-  order.forEach((s, x) => stages.get(s).forEach((n, y) => pos.set(n.nodeIndex || 0, { x: 10 + x * W, y: 10 + y * H })));
   const edges = [];
-  // Each stage runs after the whole stage before it: an edge from every
-  // node of a stage to every node of the next.
-  for (let i = 1; i < order.length; i++) {
-    for (const a of stages.get(order[i - 1])) {
-      for (const b of stages.get(order[i])) {
-        const pa = pos.get(a.nodeIndex || 0), pb = pos.get(b.nodeIndex || 0);
-        edges.push(h('line', { x1: pa.x + BW, y1: pa.y + BH / 2, x2: pb.x, y2: pb.y + BH / 2 }));
-      }
+  const key = (n) => n.nodeIndex || 0;
+  let cols, rows;
+  const edge = (pa, pb) => edges.push(pb.x > pa.x
+    ? h('line', { x1: pa.x + BW, y1: pa.y + BH / 2, x2: pb.x, y2: pb.y + BH / 2 })
+    : h('line', { x1: pa.x + BW / 2, y1: pa.y + BH, x2: pb.x + BW / 2, y2: pb.y }));
+  if (staged) {
+    const stages = new Map();
+    for (const n of nodes) {
+      const st = n.stage || 0;
+      if (!stages.has(st)) stages.set(st, []);
+      stages.get(st).push(n);
     }
+    const order = [...stages.keys()].sort((a, b) => a - b);
+    order.forEach((st, x) => stages.get(st).forEach((n, y) => pos.set(key(n), { x: 10 + x * W, y: 10 + y * H })));
+    for (let i = 1; i < order.length; i++) {
+      for (const a of stages.get(order[i - 1])) for (const b of stages.get(order[i])) edge(pos.get(key(a)), pos.get(key(b)));
+    }
+    cols = order.length;
+    rows = Math.max(1, ...[...stages.values()].map((v) => v.length));
+  } else {
+    const sorted = [...nodes].sort((a, b) => key(a) - key(b));
+    sorted.forEach((n, i) => pos.set(key(n), { x: 10 + Math.floor(i / chainRows) * W, y: 10 + (i % chainRows) * H }));
+    for (let i = 1; i < sorted.length; i++) edge(pos.get(key(sorted[i - 1])), pos.get(key(sorted[i])));
+    cols = Math.ceil(sorted.length / chainRows);
+    rows = Math.min(chainRows, sorted.length);
   }
-  const width = 20 + order.length * W, height = 20 + rows * H;
+  const width = 20 + cols * W, height = 20 + rows * H;
   return h('svg', { class: 'dag', role: 'img', 'aria-label': `saga DAG with ${nodes.length} nodes`, viewBox: `0 0 ${width} ${height}`, width, height },
     h('title', {}, `saga DAG with ${nodes.length} nodes`), edges,
     nodes.map((n) => {
-      const p = pos.get(n.nodeIndex || 0);
+      const p = pos.get(key(n));
       const st = n.status || 'pending';
       return h('g', { class: `node status-${st}`, 'data-node': n.name, 'data-status': st },
         h('title', {}, `${n.name}: ${st}`),
