@@ -215,8 +215,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	if err != nil || len(sagas.Sagas) == 0 {
 		t.Fatalf("no %s saga of %s: %v", rsrStart, ro, err)
 	}
-	in, _ := json.Marshal(map[string]string{"diskId": res.DiskID, "replacementId": ro, "volumeId": res.CloneIDs[0],
-		"sagaId": sagas.Sagas[0].SagaId, "sagaName": rsrStart})
+	in, _ := json.Marshal(map[string]any{"diskId": res.DiskID, "replacementId": ro, "volumeId": res.CloneIDs[0],
+		"sagaId": sagas.Sagas[0].SagaId, "sagaName": rsrStart, "requests": len(res.Replacements)})
 	if _, err := fmt.Fprintf(stdin, "%s\n", in); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@
 // console that reads and acts as a viewer), OUT_DIR (screenshots), CHROMIUM
 // (default /usr/bin/chromium). Protocol on stdio: this script prints READY
 // once the replacements page is open, then reads one JSON line naming what
-// the demo did ({diskId, replacementId, volumeId, sagaId}), checks every
+// the demo did ({diskId, replacementId, volumeId, sagaId, sagaName, requests}), checks every
 // page, and prints one line "RESULT <json>" with its measurements. Any
 // failed check exits 1 with the reason. Every wait has a deadline.
 import { chromium } from 'playwright-core';
@@ -124,7 +124,11 @@ async function main() {
 
     // Rack: the expunged disk is marked.
     await page.evaluate(() => { location.hash = '#/rack'; });
-    await page.waitForSelector(`[data-disk-id="${demo.diskId}"][data-expunged="true"]`, { timeout: WAIT });
+    const diskSel = `[data-disk-id="${demo.diskId}"][data-expunged="true"]`;
+    await page.waitForSelector(diskSel, { timeout: WAIT });
+    // Each of the demo's requests is shown on the disk it replaces from.
+    await page.waitForFunction(([sel, n]) => document.querySelectorAll(`${sel} a`).length === n, [diskSel, demo.requests], { timeout: WAIT })
+      .catch(async () => fail(`expunged disk lists ${await page.$$eval(`${diskSel} a`, (as) => as.length)} requests, want ${demo.requests}`));
     await shot(page, 'rack');
     result.axeViolations.rack = await axeCheck(page, 'rack');
 

@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -90,6 +91,9 @@ type Options struct {
 type Server struct {
 	o   Options
 	mux *http.ServeMux
+	// regionDatasets caches GetRegion's dataset by region id (regions
+	// never move).
+	regionDatasets sync.Map
 }
 
 // New returns the console's handler.

@@ -113,6 +113,52 @@ func (s *Server) listReplacements(ctx context.Context) (*orchestratorv1.ListRepl
 type rackView struct {
 	Disks        json.RawMessage `json:"disks"`
 	Replacements json.RawMessage `json:"replacements"`
+	// DatasetOf maps each request to the dataset (so the disk) of the
+	// target it replaces: a region snapshot's request names it, a region's
+	// is the region's (GetRegion).
+	DatasetOf map[string]string `json:"datasetOf"`
+}
+
+// datasetsOf maps each request to the dataset of the target it replaces,
+// where that is known: a region snapshot's request names it; a region's is
+// asked of the allocator while the region exists and kept (the region is
+// deleted once replaced, so a request the console never saw in flight may
+// stay unplaced).
+func (s *Server) datasetsOf(ctx context.Context, reps []*orchestratorv1.Replacement) (map[string]string, error) {
+	out := map[string]string{}
+	for _, r := range reps {
+		ds := r.OldDatasetId
+		if ds == "" && r.OldRegionId != "" {
+			var err error
+			if ds, err = s.regionDataset(ctx, r.OldRegionId); err != nil {
+				return nil, err
+			}
+		}
+		if ds != "" {
+			out[r.ReplacementId] = ds
+		}
+	}
+	return out, nil
+}
+
+// regionDataset is the dataset a region lives on. A region never moves,
+// so the answer is kept for the server's life; a region the allocator no
+// longer knows (deleted once replaced) maps to "".
+func (s *Server) regionDataset(ctx context.Context, regionID string) (string, error) {
+	if v, ok := s.regionDatasets.Load(regionID); ok {
+		return v.(string), nil
+	}
+	resp, err := s.o.Reads.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: regionID})
+	if status.Code(err) == codes.NotFound {
+		s.regionDatasets.Store(regionID, "")
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("GetRegion %s: %w", regionID, err)
+	}
+	ds := resp.GetRegion().GetDatasetId()
+	s.regionDatasets.Store(regionID, ds)
+	return ds, nil
 }
 
 func (s *Server) rack(ctx context.Context) (any, error) {
@@ -124,9 +170,14 @@ func (s *Server) rack(ctx context.Context) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	datasetOf, err := s.datasetsOf(ctx, reps.Replacements)
+	if err != nil {
+		return nil, err
+	}
 	return rackView{
 		Disks:        pbJSON(&allocatorv1.ListPhysicalDisksResponse{Disks: disks}),
 		Replacements: pbJSON(reps),
+		DatasetOf:    datasetOf,
 	}, nil
 }
 
@@ -137,6 +188,9 @@ type replacementsView struct {
 	RackPause json.RawMessage   `json:"rackPause,omitempty"`
 	Total     int               `json:"total"`
 	JaegerURL string            `json:"jaegerUrl,omitempty"`
+	// DatasetOf: as the rack's; resolved here too so that a request seen
+	// in flight keeps its disk once its region is gone.
+	DatasetOf map[string]string `json:"datasetOf"`
 }
 
 func (s *Server) replacements(ctx context.Context) (any, error) {
@@ -152,7 +206,11 @@ func (s *Server) replacements(ctx context.Context) (any, error) {
 		}
 		return reps[i].ReplacementId < reps[j].ReplacementId
 	})
-	v := replacementsView{Total: len(reps), JaegerURL: s.o.JaegerURL, Requests: []json.RawMessage{}}
+	datasetOf, err := s.datasetsOf(ctx, reps)
+	if err != nil {
+		return nil, err
+	}
+	v := replacementsView{Total: len(reps), JaegerURL: s.o.JaegerURL, Requests: []json.RawMessage{}, DatasetOf: datasetOf}
 	if list.RackPause != nil {
 		v.RackPause = pbJSON(list.RackPause)
 	}

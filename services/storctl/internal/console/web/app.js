@@ -159,6 +159,7 @@ function requestState(r) {
 function rack(data) {
   const disks = (data.disks && data.disks.disks) || [];
   const reps = (data.replacements && data.replacements.replacements) || [];
+  const datasetOf = data.datasetOf || {};
   const bySled = new Map();
   for (const d of disks) {
     if (!bySled.has(d.sledId)) bySled.set(d.sledId, []);
@@ -166,19 +167,26 @@ function rack(data) {
   }
   const out = [h('h1', {}, `Rack: ${bySled.size} sleds, ${disks.length} disks`),
     h('p', { class: 'muted' }, 'Green: in service; red: expunged or failed; amber: not provisioned. The bar is the share of capacity reserved by regions.')];
+  const placed = new Set(disks.map((d) => d.datasetId).filter(Boolean));
+  const unplaced = reps.filter((r) => !placed.has(datasetOf[r.replacementId]));
   for (const [sled, ds] of [...bySled.entries()].sort()) {
     out.push(h('section', { class: 'sled', 'aria-label': `sled ${sled}` }, h('h2', {}, `Sled ${sled}`),
-      h('ul', { class: 'grid' }, ds.sort((a, b) => a.diskId.localeCompare(b.diskId)).map((d) => diskCell(d, reps)))));
+      h('ul', { class: 'grid' }, ds.sort((a, b) => a.diskId.localeCompare(b.diskId)).map((d) => diskCell(d, reps, datasetOf)))));
+  }
+  if (unplaced.length) {
+    out.push(h('h2', {}, `Requests whose disk is unknown (${unplaced.length})`),
+      h('p', { class: 'muted' }, 'Their old region was deleted before this console first saw them.'),
+      h('ul', {}, unplaced.map((r) => h('li', {}, h('a', { href: '#/replacements', title: r.replacementId }, `${short(r.replacementId)} (${requestState(r)})`)))));
   }
   return out;
 }
 
-function diskCell(d, reps) {
+function diskCell(d, reps, datasetOf) {
   const policy = strip(d.policy, 'POLICY_').toLowerCase();
   const state = strip(d.state, 'HARDWARE_STATE_').toLowerCase();
   const expunged = policy === 'expunged';
   const fill = num(d.capacityBytes) ? Math.min(100, (100 * num(d.sizeUsedBytes)) / num(d.capacityBytes)) : 0;
-  const caused = reps.filter((r) => r.oldDatasetId && r.oldDatasetId === d.datasetId);
+  const caused = reps.filter((r) => d.datasetId && datasetOf[r.replacementId] === d.datasetId);
   const cls = `disk policy-${policy} state-${state}${d.noProvision ? ' no-provision' : ''}`;
   return h('li', { class: cls, 'data-disk-id': d.diskId, 'data-expunged': expunged ? 'true' : 'false' },
     h('div', { class: 'mono' }, `disk ${short(d.diskId)}`),
