@@ -133,6 +133,7 @@ type browserResult struct {
 // drawn whole, a viewer's expunge is refused by the allocator and the
 // refusal shown, and the services audit the console's identities.
 func TestConsoleInBrowser(t *testing.T) {
+	t.Parallel()
 	requireBrowser(t)
 	started := time.Now()
 	st := harness.Start(t, stack.Config{})

@@ -1,6 +1,9 @@
 // The console's browser test, driven by integration/console (console_test.go):
 // Debian's chromium through playwright-core, axe-core in each page.
 //
+// Screenshots of each page and results.json (the measurements) are left in
+// OUT_DIR (.run/console) as the test's artifacts.
+//
 // Environment: CONSOLE_URL (a console acting as an operator), VIEWER_URL (a
 // console that reads and acts as a viewer), OUT_DIR (screenshots), CHROMIUM
 // (default /usr/bin/chromium). Protocol on stdio: this script prints READY
@@ -9,9 +12,9 @@
 // page, and prints one line "RESULT <json>" with its measurements. Any
 // failed check exits 1 with the reason. Every wait has a deadline.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { createRequire } from 'node:module';
 
@@ -153,7 +156,9 @@ async function main() {
 
     // Health.
     await page.evaluate(() => { location.hash = '#/health'; });
-    await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'Health' && document.querySelector('table'), null, { timeout: WAIT });
+    // Every service serving, and the leader named.
+    await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'Health'
+      && document.querySelectorAll('span.SERVING').length === 4 && /leader/.test(document.querySelector('main').textContent), null, { timeout: WAIT });
     await shot(page, 'health');
     result.axeViolations.health = await axeCheck(page, 'health');
 
@@ -185,6 +190,7 @@ async function main() {
       result.pageBytes[view.split('/')[0]] = await weigh(context, `${CONSOLE_URL}#/${view}`);
     }
     result.screenshots = ['replacements', 'rack', 'volume', 'saga', 'health', 'viewer-refused'].map((n) => join(OUT_DIR, `${n}.png`));
+    writeFileSync(join(OUT_DIR, 'results.json'), `${JSON.stringify(result, null, 2)}\n`);
     console.log(`RESULT ${JSON.stringify(result)}`);
   } finally {
     await context.close();

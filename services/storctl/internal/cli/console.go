@@ -92,6 +92,9 @@ func (e *env) serveConsole(ctx context.Context, listen, actCert, actKey, jaegerU
 	if err != nil {
 		return fmt.Errorf("console: %w", err)
 	}
+	if a, ok := l.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+		fmt.Fprintf(e.stderr, "storctl: WARNING: the console listens on %s, beyond this machine: it has no login of its own, so whoever reaches it reads as %s and acts as %s\n", l.Addr(), who(e), who(actions))
+	}
 	// The first line is the URL: the launcher and the tests read it.
 	fmt.Fprintf(e.stdout, "console: http://%s/ (reads as %s, acts as %s)\n", l.Addr(), who(e), who(actions))
 	return console.Serve(ctx, l, srv)

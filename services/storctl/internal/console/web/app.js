@@ -383,13 +383,22 @@ function saga(data, id) {
 function health(data) {
   const lead = data.leadership || {};
   const f = data.databaseFormation || {};
+  const c = f.connection || {};
+  const m = f.monitor;
   return [h('h1', {}, 'Health'),
     h('h2', {}, 'Services'),
     table(['service', 'address', 'status', 'error'], (data.services || []).map((s) => [s.service, s.address, h('span', { class: s.status }, s.status), s.error || ''])),
     h('h2', {}, 'Orchestrator leadership'),
-    data.leadershipError ? h('p', { class: 'state-bad' }, data.leadershipError) : h('pre', {}, JSON.stringify(lead, null, 2)),
+    data.leadershipError ? h('p', { class: 'state-bad' }, data.leadershipError)
+      : kv([['leader', lead.holder || 'none'], ['epoch', lead.epoch || '0'], ['lease expires', when(lead.leaseExpiry)], ['answered by', `${lead.self || '—'}${lead.isLeader ? ' (the leader)' : ''}`]]),
     h('h2', {}, 'Database formation'),
-    data.databaseFormationError ? h('p', { class: 'state-bad' }, data.databaseFormationError) : h('pre', {}, JSON.stringify(f, null, 2)),
+    data.databaseFormationError ? h('p', { class: 'state-bad' }, data.databaseFormationError) : [
+      kv([['orchestrator connects to', c.error ? h('span', { class: 'state-bad' }, c.error) : `${c.host || 'local socket'}:${c.port || '—'}/${c.database || '—'} (${c.primary ? 'primary' : 'NOT primary'}, WAL ${c.walLsn || '—'})`],
+        ['synchronous standbys', c.synchronousStandbyNames || 'none'], ['observed', when(f.observedTime)]]),
+      (c.standbys || []).length ? table(['standby', 'address', 'state', 'sync', 'replay lag (bytes)'], c.standbys.map((s) => [s.applicationName, s.clientAddr, s.state, s.syncState, s.replayLagBytes || '0'])) : null,
+      m ? [h('h3', {}, `Monitor (${m.formation || 'formation'})`), m.error ? h('p', { class: 'state-bad' }, m.error) : null,
+        table(['node', 'address', 'reported', 'assigned', 'health', 'LSN', 'lag (bytes)'], (m.nodes || []).map((n) => [n.name, `${n.host}:${n.port}`, n.reportedState, n.assignedState,
+          strip(n.health, 'DATABASE_NODE_HEALTH_'), n.reportedLsn || '—', n.lagBytes ?? '—']))] : h('p', { class: 'muted' }, 'one PostgreSQL, no formation monitor')],
     h('h2', {}, 'Problems'),
     (data.problems || []).length ? h('ul', {}, data.problems.map((p) => h('li', { class: 'state-bad' }, p))) : h('p', {}, 'none')];
 }
