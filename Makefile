@@ -36,7 +36,7 @@ INTEGRATION_PKGS = $$({ printf '%s\n' $(INTEGRATION_FIRST); $(GO) list storagecp
 
 BASELINE := proto/baseline.binpb
 
-.PHONY: deploy-check monitoring-check ha-deps all tools jaeger generate lint breaking baseline gen-check vet prod-deps-check unit integration test run clean-run bench soak fmt-check doc-check
+.PHONY: deploy-check monitoring-check ha-deps console-deps all tools jaeger generate lint breaking baseline gen-check vet prod-deps-check unit integration test run clean-run bench soak fmt-check doc-check
 
 all: test
 
@@ -61,6 +61,24 @@ ha-deps:
 	@command -v pg_autoctl >/dev/null 2>&1 || { \
 		echo "installing pg_auto_failover (apt-get install postgresql-15-auto-failover pg-auto-failover-cli)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-auto-failover pg-auto-failover-cli; }
+
+# The console's browser test (integration/console): Debian's chromium, and
+# node with the test's pinned npm packages (playwright-core, axe-core:
+# integration/console/browser/package-lock.json, `npm ci`, so the exact
+# versions), each installed when missing. The console itself needs none of
+# this: its pages are embedded in storctl from source (go:embed).
+CONSOLE_BROWSER := integration/console/browser
+console-deps: $(CONSOLE_BROWSER)/node_modules/.ci-stamp
+	@test -x /usr/bin/chromium || { \
+		echo "installing chromium (apt-get install chromium)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+$(CONSOLE_BROWSER)/node_modules/.ci-stamp: $(CONSOLE_BROWSER)/package.json $(CONSOLE_BROWSER)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing node and npm (apt-get install nodejs npm)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd $(CONSOLE_BROWSER) && npm ci --no-audit --no-fund --prefer-offline
+	touch $@
 
 # What an operator installs (deploy/README.md): each systemd unit under
 # deploy/systemd passes `systemd-analyze verify` and keeps its hardening
@@ -170,9 +188,10 @@ unit: ha-deps
 	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
 
 # STORAGECP_REQUIRE_JAEGER turns the trace tests' skip (no Jaeger binary)
-# into a failure: under make, the binary is a prerequisite.
-integration: $(BIN)/jaeger ha-deps
-	STORAGECP_REQUIRE_JAEGER=1 $(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
+# into a failure: under make, the binary is a prerequisite; so does
+# STORAGECP_REQUIRE_BROWSER for the console's browser test (console-deps).
+integration: $(BIN)/jaeger ha-deps console-deps
+	STORAGECP_REQUIRE_JAEGER=1 STORAGECP_REQUIRE_BROWSER=1 $(GO) test -count=1 -timeout 30m $(INTEGRATION_PKGS)
 
 test: gen-check lint breaking fmt-check doc-check deploy-check monitoring-check vet prod-deps-check unit integration
 	@echo "make test: all checks passed"

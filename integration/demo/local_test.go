@@ -64,7 +64,7 @@ func TestStoragecpLocalNonInteractive(t *testing.T) {
 		}
 		wantKeyLines(t, text)
 		// TLS by default, and every printed command carries it.
-		for _, want := range []string{"Security: mutual TLS", "operator/local", "viewer/local", "-cacert " + filepath.Join(runDir, "pki", "bundle.pem")} {
+		for _, want := range []string{"Security: mutual TLS", "operator/local", "viewer/local", "Console (live, in a browser; reads as viewer/console, acts as operator/console): http://127.0.0.1:", "-cacert " + filepath.Join(runDir, "pki", "bundle.pem")} {
 			if !strings.Contains(text, want) {
 				t.Errorf("run %d: no %q", i, want)
 			}

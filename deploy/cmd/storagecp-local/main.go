@@ -6,7 +6,8 @@
 // missing or near-expiry certificates are re-issued), which also holds an
 // operator identity (what storctl uses by default) and a viewer one;
 // --insecure runs everything in plaintext instead. Once everything is up
-// it runs the demo (storctl/demo: a live read-only replacement, shown on
+// it starts the live web console (storctl console, its URL printed) and
+// runs the demo (storctl/demo: a live read-only replacement, shown on
 // the terminal) as the operator, then serves until Ctrl-C and stops
 // everything.
 //
@@ -56,6 +57,7 @@ func run() int {
 	ha := fs.Bool("ha", false, "run the services on a replicated PostgreSQL under <run-dir>/ha (pg_auto_failover: a monitor, a primary and a synchronous standby; make run HA=1) instead of the single cluster under <run-dir>/pg")
 	hosts := fs.Bool("hosts", false, "run every process on a host of its own (a network namespace on a bridge) with every link through a fault proxy, deployed through configuration files (make run HOSTS=1; needs root)")
 	linksAPI := fs.String("links-api", "127.0.0.1:8474", "with --hosts: serve toxiproxy's HTTP API for the links' proxies here (empty: none)")
+	withConsole := fs.Bool("console", true, "serve the live web console (storctl console) and print its URL")
 	insecure := fs.Bool("insecure", false, "plaintext gRPC without identities or authorization: anything that reaches a port may call every RPC (a lab bench only; make run INSECURE=1)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -144,6 +146,16 @@ Explore with grpcurl (as %[5]s):
   %[1]s -d '{}' %[4]s storage.orchestrator.v1.AdminService/ListSagas
 `, g, st.Addr(stack.Volume), st.Addr(stack.Allocator), st.Addr(stack.Orchestrator), sec.who())
 	sec.printStorctl(st, demo.ShortPath(filepath.Join(binDir, "storctl")))
+	if *withConsole {
+		url, stopConsole, err := startConsole(ctx, st, binDir, *freePorts || *hosts)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "storagecp-local:", err)
+			return 1
+		}
+		// Before the services stop (defers run last first).
+		defer stopConsole()
+		fmt.Printf("\nConsole (live, in a browser; reads as %s, acts as %s): %s\n", ConsoleViewerID, ConsoleOperatorID, url)
+	}
 	if *exitAfterStart {
 		return 0
 	}

@@ -167,7 +167,7 @@ func Run(args []string, stdout, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	e := &env{opts: newOptions(getenv), stdout: stdout, stderr: stderr, conns: map[string]*grpc.ClientConn{}}
+	e := &env{opts: newOptions(getenv), stdout: stdout, stderr: stderr, conns: map[string]*grpc.ClientConn{}, getenv: getenv}
 	defer e.close()
 	err := e.dispatch(ctx, args)
 	var ue usageError
@@ -194,6 +194,7 @@ type env struct {
 	opts           *options
 	stdout, stderr io.Writer
 	conns          map[string]*grpc.ClientConn
+	getenv         func(string) string
 	// transport is loaded with the first connection; files are what it
 	// was loaded from, and discovered whether they were found under
 	// .run/pki rather than given.
@@ -350,6 +351,7 @@ func commands() []command {
 	all = append(all, rackCommands()...)
 	all = append(all, healthCommands()...)
 	all = append(all, budgetCommands()...)
+	all = append(all, consoleCommands()...)
 	return all
 }
 

@@ -76,6 +76,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"steps", "list", "--state", "finished"}, `--state: unknown "finished"`},
 		{[]string{"disks", "expunge"}, "give either DISK or --sled SLED"},
 		{[]string{"disks", "expunge", "d", "--sled", "s"}, "give either DISK or --sled SLED"},
+		{[]string{"console", "--actions-cert", "op.pem"}, "console: --actions-cert and --actions-key go together"},
+		{[]string{"console", "extra"}, "console: want no arguments, got 1 argument(s)"},
 	} {
 		_, stderr, code := runCLI(t, noEnv, c.args...)
 		if code != ExitUsage || !strings.Contains(stderr, c.want) {

@@ -9,10 +9,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/storctl/internal/redact"
 )
 
 const (
@@ -28,32 +28,10 @@ func (e *env) volumes() (volumev1.VolumeServiceClient, error) {
 	return volumev1.NewVolumeServiceClient(c), nil
 }
 
-// redactVCR returns a copy of vcr without key material. The volume-service
-// already redacts by default; storctl redacts again so that no server
-// default, flag or future view can make it print a key.
+// redactVCR returns a copy of vcr without key material (package redact,
+// which the console shares, says why storctl redacts again).
 func redactVCR(vcr *commonv1.VolumeConstructionRequest) *commonv1.VolumeConstructionRequest {
-	if vcr == nil {
-		return nil
-	}
-	out := proto.Clone(vcr).(*commonv1.VolumeConstructionRequest)
-	var walk func(v *commonv1.VolumeConstructionRequest)
-	walk = func(v *commonv1.VolumeConstructionRequest) {
-		switch k := v.GetKind().(type) {
-		case *commonv1.VolumeConstructionRequest_Volume:
-			for _, sv := range k.Volume.SubVolumes {
-				walk(sv)
-			}
-			if k.Volume.ReadOnlyParent != nil {
-				walk(k.Volume.ReadOnlyParent)
-			}
-		case *commonv1.VolumeConstructionRequest_Region:
-			if o := k.Region.Opts; o != nil {
-				o.Key, o.KeyPem, o.CertPem, o.RootCertPem = nil, nil, nil, nil
-			}
-		}
-	}
-	walk(out)
-	return out
+	return redact.VCR(vcr)
 }
 
 func volumeCommands() []command {
