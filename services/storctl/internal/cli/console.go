@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,6 +26,7 @@ func consoleCommands() []command {
 			actCert := fs.String("actions-cert", "", "a second X509-SVID for the actions (e.g. an operator's), PEM, while --cert reads (e.g. a viewer's); default: --cert does both")
 			actKey := fs.String("actions-key", "", "its private key")
 			jaeger := fs.String("jaeger-url", "", "Jaeger UI base URL: each request links to its trace (env STORAGECP_JAEGER_URL)")
+			alerts := fs.String("alerts-url", "", "Prometheus base URL whose alerts (deploy/monitoring/alerts.yml) the health page lists (env STORAGECP_ALERTS_URL)")
 			poll := fs.Duration("poll", time.Second, "how often a page's data is re-read without news from WatchReplacement")
 			return func(ctx context.Context, e *env, _ []string) error {
 				if (*actCert == "") != (*actKey == "") {
@@ -33,13 +35,23 @@ func consoleCommands() []command {
 				if *jaeger == "" {
 					*jaeger = e.getenv("STORAGECP_JAEGER_URL")
 				}
-				return e.serveConsole(ctx, *listen, *actCert, *actKey, *jaeger, *poll)
+				if *alerts == "" {
+					*alerts = e.getenv("STORAGECP_ALERTS_URL")
+				}
+				return e.serveConsole(ctx, consoleConfig{listen: *listen, actCert: *actCert, actKey: *actKey, jaegerURL: *jaeger, alertsURL: *alerts, poll: *poll})
 			}
 		},
 	}}
 }
 
-func (e *env) serveConsole(ctx context.Context, listen, actCert, actKey, jaegerURL string, poll time.Duration) error {
+// consoleConfig is `storctl console`'s flags.
+type consoleConfig struct {
+	listen, actCert, actKey, jaegerURL, alertsURL string
+	poll                                          time.Duration
+}
+
+func (e *env) serveConsole(ctx context.Context, cfg consoleConfig) error {
+	listen, actCert, actKey, jaegerURL, poll := cfg.listen, cfg.actCert, cfg.actKey, cfg.jaegerURL, cfg.poll
 	// Every connection is dialled before the first request: the HTTP
 	// handlers then only read e.conns, from many goroutines at once.
 	for _, ep := range endpoints {
@@ -68,6 +80,14 @@ func (e *env) serveConsole(ctx context.Context, listen, actCert, actKey, jaegerU
 		}
 		return "nobody (insecure)"
 	}
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("console: %w", err)
+	}
+	var allowedHost func(string) bool
+	if a, ok := l.Addr().(*net.TCPAddr); ok && a.IP.IsLoopback() {
+		allowedHost = console.LoopbackHost(strconv.Itoa(a.Port))
+	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv := console.New(console.Options{
 		Reads: clients(e), Actions: clients(actions),
@@ -83,15 +103,13 @@ func (e *env) serveConsole(ctx context.Context, listen, actCert, actKey, jaegerU
 			}
 			return b.Bytes(), nil
 		},
-		Detectors: detectors,
-		JaegerURL: jaegerURL,
-		Poll:      poll,
-		Logger:    logger,
+		Detectors:   detectors,
+		JaegerURL:   jaegerURL,
+		AlertsURL:   cfg.alertsURL,
+		AllowedHost: allowedHost,
+		Poll:        poll,
+		Logger:      logger,
 	})
-	l, err := net.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("console: %w", err)
-	}
 	if a, ok := l.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
 		fmt.Fprintf(e.stderr, "storctl: WARNING: the console listens on %s, beyond this machine: it has no login of its own, so whoever reaches it reads as %s and acts as %s\n", l.Addr(), who(e), who(actions))
 	}

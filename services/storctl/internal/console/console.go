@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +80,14 @@ type Options struct {
 	Detectors []string
 	// JaegerURL, when set, links each request to its trace.
 	JaegerURL string
+	// AlertsURL, when set, is a Prometheus whose alerts (from
+	// deploy/monitoring/alerts.yml) the health page lists; HTTPClient asks
+	// it (default http.DefaultClient).
+	AlertsURL  string
+	HTTPClient *http.Client
+	// AllowedHost, when set, is the check every request's Host header must
+	// pass (see LoopbackHost); others are refused with 421.
+	AllowedHost func(host string) bool
 	// Poll is how often a view is rebuilt without news from
 	// WatchReplacement (default 1 s).
 	Poll time.Duration
@@ -134,7 +143,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Referrer-Policy", "no-referrer")
+	if s.o.AllowedHost != nil && !s.o.AllowedHost(r.Host) {
+		// A page elsewhere that rebinds its own name to 127.0.0.1 is
+		// same-origin with the console as far as the browser knows, and
+		// could read it and send actions with the console's header; only
+		// the Host it sends gives it away.
+		http.Error(w, fmt.Sprintf("host %q: the console answers only to the loopback names it listens on", r.Host), http.StatusMisdirectedRequest)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// LoopbackHost is the Host check of a console listening on loopback:
+// localhost or a loopback address, with the port it listens on.
+func LoopbackHost(port string) func(string) bool {
+	return func(host string) bool {
+		h, p, err := net.SplitHostPort(host)
+		if err != nil || p != port {
+			return false
+		}
+		if strings.EqualFold(h, "localhost") {
+			return true
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && ip.IsLoopback()
+	}
 }
 
 // Serve serves the console on l until ctx ends.

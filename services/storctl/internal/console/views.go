@@ -74,7 +74,7 @@ func (s *Server) build(ctx context.Context, view, id string) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		return json.RawMessage(b), nil
+		return s.healthWithAlerts(ctx, b)
 	}
 	return nil, status.Errorf(codes.InvalidArgument, "view: unknown view %q", view)
 }

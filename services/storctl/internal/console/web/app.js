@@ -399,8 +399,22 @@ function health(data) {
       m ? [h('h3', {}, `Monitor (${m.formation || 'formation'})`), m.error ? h('p', { class: 'state-bad' }, m.error) : null,
         table(['node', 'address', 'reported', 'assigned', 'health', 'LSN', 'lag (bytes)'], (m.nodes || []).map((n) => [n.name, `${n.host}:${n.port}`, n.reportedState, n.assignedState,
           strip(n.health, 'DATABASE_NODE_HEALTH_'), n.reportedLsn || '—', n.lagBytes ?? '—']))] : h('p', { class: 'muted' }, 'one PostgreSQL, no formation monitor')],
+    h('h2', {}, 'Active alerts'),
+    alertsSection(data.alerts || {}),
     h('h2', {}, 'Problems'),
     (data.problems || []).length ? h('ul', {}, data.problems.map((p) => h('li', { class: 'state-bad' }, p))) : h('p', {}, 'none')];
+}
+
+// alertsSection: Prometheus's pending and firing alerts, or why there
+// are none to show (no Prometheus configured reads differently from "all
+// clear").
+function alertsSection(a) {
+  if (!a.source) return h('p', { class: 'muted' }, 'no Prometheus configured (storctl console --alerts-url): alerts unknown');
+  if (a.error) return h('p', { class: 'state-bad' }, `${a.source}: ${a.error}`);
+  if (!(a.alerts || []).length) return h('p', {}, `none firing or pending (${a.source})`);
+  return table(['alert', 'state', 'severity', 'since', 'summary', 'labels'], a.alerts.map((x) => [x.name,
+    h('span', { class: x.state === 'firing' ? 'state-bad' : '' }, x.state), x.severity || '', when(x.activeAt), x.summary || '',
+    Object.entries(x.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ')]));
 }
 
 window.addEventListener('hashchange', route);
