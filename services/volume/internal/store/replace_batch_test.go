@@ -55,6 +55,9 @@ func TestReplaceReadOnlyTargetsSwapsEveryVolumeAndCreatesStashes(t *testing.T) {
 		if got := vcr.ReadOnlyTargets(st.VCR); len(got) != 1 || got[0] != snaps[0].Address {
 			t.Fatalf("stash %d names %v", i, got)
 		}
+		if len(st.Targets) != 1 || st.Targets[0].ID != snaps[0].ID {
+			t.Fatalf("stash %d indexed under %v", i, st.Targets)
+		}
 	}
 	// Old: the snapshot volume's and three stashes' references.
 	if f.target(snaps[0].ID).RefCount != 4 || f.target(ro.ID).RefCount != 4 {
