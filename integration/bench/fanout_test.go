@@ -186,8 +186,14 @@ func fanOut(t *testing.T, clones int, mode transportMode, attachedPct int) resul
 			}
 			// CPU profiles of the busiest processes during the replacement,
 			// under .run/bench/ (go tool pprof -top FILE).
+			// STORAGECP_BENCH_PPROF_DELAY (a duration) waits into the
+			// fan-out first: its first seconds are the request's start.
+			delay, _ := time.ParseDuration(os.Getenv("STORAGECP_BENCH_PPROF_DELAY"))
 			for _, name := range []string{stack.Volume, stack.Orchestrator, stack.Notifier} {
-				go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d.pprof", name, clones))
+				go func() {
+					time.Sleep(delay)
+					saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d-attached-%d-batch-%d.pprof", name, clones, attachedPct, stepBatch()))
+				}()
 			}
 			// Statement statistics of the replacement only, not of the setup.
 			resetStatements(t, db)

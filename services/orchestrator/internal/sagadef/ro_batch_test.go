@@ -2,6 +2,8 @@ package sagadef_test
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
@@ -9,6 +11,7 @@ import (
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/saga/sagatest"
 	"storagecp.dev/orchestrator/internal/sagadef"
@@ -208,4 +211,68 @@ func TestROStepBatchNotifiesUpstairsFoundAfterTheSwap(t *testing.T) {
 		}
 	}
 	invariantsHold(t, e)
+}
+
+// sagaCounts counts the sagas of each name in the log.
+func sagaCounts(t testing.TB, e *testenv.Env) map[string]int {
+	t.Helper()
+	rows, err := e.Pool.Query(context.Background(), `SELECT name, count(*) FROM saga GROUP BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var name string
+		var n int
+		if err := rows.Scan(&name, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[name] = n
+	}
+	return out
+}
+
+// The step task with --step-batch: the volume an Upstairs runs keeps its
+// own ro-replacement-step, the others take one batch. A batch that unwinds
+// (here its commit fails once) sends its steps the per-volume way, and
+// the request still completes with the world consistent.
+func TestStepTaskRoutesUnattachedVolumesToTheBatch(t *testing.T) {
+	t.Parallel()
+	for _, fail := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch_fails=%v", fail), func(t *testing.T) {
+			e := testenv.Start(t, testenv.Options{SimUpstairs: 1})
+			e.SeedRack(t, 4, 2, 100*gib)
+			d := newDrainer(t, e, func(env *tasks.Env) { env.StepBatch = 8 })
+			h := newROHarness(t, e)
+			more := h.clones(t, 3)
+			rwConstruct(t, e, h.f, notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS, 0)
+			var failed atomic.Bool
+			if fail {
+				d.arm(sagadef.ROStepBatch.Name(), func() *saga.Hooks {
+					if failed.Swap(true) {
+						return &saga.Hooks{}
+					}
+					return (&saga.Hooks{}).InjectError("update_request")
+				})
+			}
+			r := h.request(t, 0)
+			d.drain(t, r.ID)
+			got := sagaCounts(t, e)
+			wantStep := 1 // F's
+			if fail {
+				wantStep += len(more) // the unwound batch's steps, one by one
+			}
+			if got[sagadef.ROStepBatch.Name()] < 1 || got[sagadef.ROStep.Name()] != wantStep {
+				t.Fatalf("sagas %v: want a batch and %d ro-replacement-step", got, wantStep)
+			}
+			for _, v := range append(more, h.f) {
+				if ids := targetIDsOf(t, e, v); contains(ids, r.OldTargetID.String()) {
+					t.Fatalf("volume %s still names A: %v", v, ids)
+				}
+			}
+			invariantsHold(t, e)
+			validateHolds(t, e)
+		})
+	}
 }

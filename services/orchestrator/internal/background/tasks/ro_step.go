@@ -396,6 +396,13 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 		s := queues[next][0]
 		queues[next] = queues[next][1:]
 		r := reqs[next]
+		if _, busy := running[s.ID]; busy && t.env.StepBatch > 0 {
+			// A saga this process started holds it (still Requested until
+			// it claims): a batch keyed by another step would not be
+			// stopped by the limiter, so it is left out here. Its claim
+			// would refuse a second saga anyway; this saves the saga.
+			continue
+		}
 		if full(limits.RackSteps, used) || t.limiter.InFlight() >= t.env.MaxSagas {
 			// Everything left waits for a slot; the end of a step saga
 			// wakes this task.
