@@ -288,3 +288,30 @@ func TestAllowsAgreesWithTheServers(t *testing.T) {
 		t.Logf("%-40s may call %d of %d paths", principal, granted, len(paths))
 	}
 }
+
+// The batch swap's RPCs write replacement state (ReplaceReadOnlyTargets)
+// or serve its safety check (FindAttachedVolumes): like the per-volume
+// swap, only the orchestrator may call them, never an operator, viewer,
+// Upstairs or another service.
+func TestBatchSwapRPCsAreTheOrchestratorsOnly(t *testing.T) {
+	p := load(t)
+	callers := []string{
+		TrustDomainPrefix + "replacement-orchestrator",
+		TrustDomainPrefix + "operator/local",
+		TrustDomainPrefix + "viewer/local",
+		TrustDomainPrefix + "upstairs-notifier",
+		TrustDomainPrefix + "volume-service",
+		TrustDomainPrefix + "region-allocator",
+		TrustDomainPrefix + "upstairs/sim",
+	}
+	for _, path := range []string{
+		"/storage.volume.v1.VolumeService/ReplaceReadOnlyTargets",
+		"/storage.notifier.v1.UpstairsNotifierService/FindAttachedVolumes",
+	} {
+		for i, c := range callers {
+			if got := p.Allows(c, path); got != (i == 0) {
+				t.Errorf("%s allowed to %s: %v", path, c, got)
+			}
+		}
+	}
+}

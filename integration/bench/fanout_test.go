@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
+	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 
@@ -38,7 +39,12 @@ func TestMain(m *testing.M) { harness.Main(m) }
 type result struct {
 	Clones int `json:"clones"`
 	// Transport is "mtls" (the default) or "plaintext" (--insecure).
-	Transport         string  `json:"transport"`
+	Transport string `json:"transport"`
+	// AttachedPercent of the clones run on sim-upstairs during the
+	// fan-out (their steps are notified; the others nobody runs).
+	AttachedPercent int `json:"attached_percent"`
+	// StepBatch is the orchestrator's --step-batch (0: one saga per step).
+	StepBatch         int     `json:"step_batch"`
 	SecondsToComplete float64 `json:"seconds_to_complete"`
 	StepsPerSecond    float64 `json:"steps_per_second"`
 	CommitsPerVolume  float64 `json:"commits_per_replaced_volume"`
@@ -56,6 +62,10 @@ type result struct {
 	CPUMsPerVolume float64 `json:"cpu_ms_per_replaced_volume"`
 	CPUBusy        float64 `json:"cpu_busy"`
 	PgbenchTPS     float64 `json:"pgbench_single_row_insert_tps"`
+	// StepsRatio is steps per second over pgbench's transactions per
+	// second, measured in the same run: the fan-out's rate in units of
+	// what the server's commits allow.
+	StepsRatio float64 `json:"steps_ratio_to_pgbench"`
 	// CommitsPerSecond are all the services' commits during the fan-out;
 	// RatioToPgbench divides them by pgbench's rate. The fan-out is
 	// bound by CPU, not by commits, so this says how much of the
@@ -89,8 +99,14 @@ func TestFanOut(t *testing.T) {
 	var results []result
 	for _, n := range cloneSizes() {
 		for _, m := range transportModes() {
-			t.Run(fmt.Sprintf("%d/%s", n, m.name), func(t *testing.T) { results = append(results, fanOut(t, n, m)) })
+			for _, pct := range attachedMixes() {
+				t.Run(fmt.Sprintf("%d/%s/attached-%d", n, m.name, pct), func(t *testing.T) { results = append(results, fanOut(t, n, m, pct)) })
+			}
 		}
+	}
+	fmt.Printf("\n%-8s %-9s %-6s %-10s %-10s %-12s %-10s\n", "clones", "attached", "batch", "transport", "steps/s", "pgbench_tps", "steps_ratio")
+	for _, r := range results {
+		fmt.Printf("%-8d %-9d %-6d %-10s %-10.1f %-12.0f %.4f\n", r.Clones, r.AttachedPercent, r.StepBatch, r.Transport, r.StepsPerSecond, r.PgbenchTPS, r.StepsRatio)
 	}
 	fmt.Printf("\n%-8s %-10s %-12s %-10s %-16s %-14s %-14s %-11s %-9s %-10s %-12s %-12s %-7s %-14s %-12s %s\n", "clones", "transport", "complete_s", "steps/s", "commits/volume",
 		"write_tx/vol", "wal_syncs/vol", "cpu_ms/vol", "cpu_busy", "rollbacks", "commits/s", "pgbench_tps", "ratio", "log_commits/s", "log_tx/s", "log_ratio")
@@ -120,10 +136,48 @@ func cloneSizes() []int {
 	return sizes
 }
 
-func fanOut(t *testing.T, clones int, mode transportMode) result {
-	r := rack.Start(t, 6, 2, benchConfig(mode))
+// attachedMixes are the shares of clones (percent) run on sim-upstairs
+// during a fan-out: the numbers in STORAGECP_BENCH_ATTACHED (make bench
+// ATTACHED="0 25 100"), else 0 alone.
+func attachedMixes() []int {
+	mixes := []int{0}
+	if s := os.Getenv("STORAGECP_BENCH_ATTACHED"); s != "" {
+		mixes = nil
+		for _, f := range regexp.MustCompile(`\d+`).FindAllString(s, -1) {
+			n, _ := strconv.Atoi(f)
+			mixes = append(mixes, min(n, 100))
+		}
+	}
+	return mixes
+}
+
+// benchSims is how many sim-upstairs run the attached clones
+// (STORAGECP_BENCH_SIMS, else 2).
+func benchSims() int {
+	if n, err := strconv.Atoi(os.Getenv("STORAGECP_BENCH_SIMS")); err == nil && n > 0 {
+		return n
+	}
+	return 2
+}
+
+// stepBatch is the orchestrator's --step-batch for the run
+// (STORAGECP_BENCH_STEP_BATCH, else 0: one saga per step, main's path).
+func stepBatch() int {
+	n, _ := strconv.Atoi(os.Getenv("STORAGECP_BENCH_STEP_BATCH"))
+	return n
+}
+
+func fanOut(t *testing.T, clones int, mode transportMode, attachedPct int) result {
+	cfg := benchConfig(mode)
+	sims := 0
+	if attachedPct > 0 {
+		sims = benchSims()
+		cfg.SimUpstairs = sims
+	}
+	r := rack.Start(t, 6, 2, cfg)
 	db := databaseOf(r.Stack)
-	snap := prepareFanOut(t, r, clones)
+	snap, ids := prepareClones(t, r, clones)
+	attach(t, r, ids[:clones*attachedPct/100], sims)
 	pprof := os.Getenv("STORAGECP_BENCH_PPROF") == "1"
 	res := replace(t, r, db, snap, clones, replaceHooks{
 		beforeExpunge: func() {
@@ -132,8 +186,14 @@ func fanOut(t *testing.T, clones int, mode transportMode) result {
 			}
 			// CPU profiles of the busiest processes during the replacement,
 			// under .run/bench/ (go tool pprof -top FILE).
+			// STORAGECP_BENCH_PPROF_DELAY (a duration) waits into the
+			// fan-out first: its first seconds are the request's start.
+			delay, _ := time.ParseDuration(os.Getenv("STORAGECP_BENCH_PPROF_DELAY"))
 			for _, name := range []string{stack.Volume, stack.Orchestrator, stack.Notifier} {
-				go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d.pprof", name, clones))
+				go func() {
+					time.Sleep(delay)
+					saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d-attached-%d-batch-%d.pprof", name, clones, attachedPct, stepBatch()))
+				}()
 			}
 			// Statement statistics of the replacement only, not of the setup.
 			resetStatements(t, db)
@@ -150,9 +210,12 @@ func fanOut(t *testing.T, clones int, mode transportMode) result {
 		},
 	})
 	res.Transport = mode.name
+	res.AttachedPercent = attachedPct
+	res.StepBatch = stepBatch()
 	res.SagaLog, res.sagaLog = sagaLogCapacity(t, db)
 	res.PgbenchTPS = pgbench(t, db)
 	if res.PgbenchTPS > 0 {
+		res.StepsRatio = res.StepsPerSecond / res.PgbenchTPS
 		res.RatioToPgbench = res.CommitsPerSecond / res.PgbenchTPS
 		res.SagaLogRatio = res.sagaLog.SagaCommitsPerSecond / res.PgbenchTPS
 	}
@@ -169,6 +232,9 @@ func benchConfig(mode transportMode) stack.Config {
 	if m := os.Getenv("STORAGECP_BENCH_MAX_SAGAS"); m != "" {
 		extra = []string{"--max-sagas-per-task", m}
 	}
+	if n := stepBatch(); n > 0 {
+		extra = append(extra, "--step-batch", strconv.Itoa(n))
+	}
 	cfg := stack.Config{Fsync: true, Insecure: mode.insecure, ExtraArgs: map[string][]string{stack.Orchestrator: extra}}
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
 		// Failed statements (serialization failures above all) go to the
@@ -184,19 +250,28 @@ func benchConfig(mode transportMode) stack.Config {
 // snapshot and no regions of their own (fast to set up; what is measured
 // is the replacement, which only touches the parent).
 func prepareFanOut(t *testing.T, r *rack.Rack, clones int) string {
+	snap, _ := prepareClones(t, r, clones)
+	return snap
+}
+
+// prepareClones is prepareFanOut returning the clones' ids too.
+func prepareClones(t *testing.T, r *rack.Rack, clones int) (string, []string) {
 	t.Helper()
 	ctx := context.Background()
 	disk := r.CreateDisk(t)
 	snap := r.Snapshot(t, disk)
 	start := time.Now()
 	var wg sync.WaitGroup
-	ch := make(chan int)
+	ids := make([]string, clones)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	ch := make(chan string)
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for range ch {
-				id := uuid.NewString()
+			for id := range ch {
 				_, err := r.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{
 					VolumeId: id, ReadOnlyParentFromVolumeId: snap,
 					Vcr: &commonv1.VolumeConstructionRequest{Kind: &commonv1.VolumeConstructionRequest_Volume{
@@ -209,13 +284,46 @@ func prepareFanOut(t *testing.T, r *rack.Rack, clones int) string {
 			}
 		}()
 	}
-	for i := 0; i < clones; i++ {
-		ch <- i
+	for _, id := range ids {
+		ch <- id
 	}
 	close(ch)
 	wg.Wait()
 	t.Logf("%d clones created in %s", clones, time.Since(start))
-	return snap
+	return snap, ids
+}
+
+// attach runs each volume on one of the sim-upstairs (round robin), as an
+// instance would: ConstructVolume through the notifier.
+func attach(t *testing.T, r *rack.Rack, volumes []string, sims int) {
+	t.Helper()
+	if len(volumes) == 0 {
+		return
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	ch := make(chan int)
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range ch {
+				_, err := r.Notifier.ConstructVolume(context.Background(), &notifierv1.ConstructVolumeRequest{
+					VolumeId: volumes[i], Kind: notifierv1.UpstairsKind_UPSTAIRS_KIND_PROPOLIS,
+					Endpoint: r.Stack.UpstairsEndpoints()[i%sims], ReadOnly: true,
+				})
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	for i := range volumes {
+		ch <- i
+	}
+	close(ch)
+	wg.Wait()
+	t.Logf("%d clones attached to %d sim-upstairs in %s", len(volumes), sims, time.Since(start))
 }
 
 // replaceHooks let a bench act around the measured replacement.

@@ -14,8 +14,9 @@ import (
 	"storagecp.dev/testsupport/stack"
 )
 
-// The orchestrator crashes at each point of each node of the five read-only
-// replacement sagas (the volume-delete subsaga nodes they embed included):
+// The orchestrator crashes at each point of each node of the six read-only
+// replacement sagas (ro-replacement-step-batch run with --step-batch, on a
+// clone no Upstairs runs) (the volume-delete subsaga nodes they embed included):
 // right after `started` is committed, right after the action's effect, and
 // right after the undo's effect of every node that has one (reached by
 // failing the saga's last node with STORAGECP_FAIL_AT). Restarted, it
@@ -23,7 +24,7 @@ import (
 // and the replacement still ends Complete with the world consistent and no
 // data-loss probe.
 func TestCrashAtEveryReplacementNode(t *testing.T) {
-	templates := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step", "ro-replacement-step-garbage-collect", "ro-replacement-finish"}
+	templates := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step", "ro-replacement-step-garbage-collect", "ro-replacement-finish", batchTemplate}
 	every := 5
 	if os.Getenv("STORAGECP_SOAK") == "1" {
 		every = 1
@@ -40,7 +41,7 @@ func TestCrashAtEveryReplacementNode(t *testing.T) {
 			var nodes []sagaNode
 			cases := 0
 			fresh := func() {
-				r = rack.Start(t, 8, 4, stack.Config{})
+				r = rack.Start(t, 8, 4, configFor(tmpl))
 				nodes = replacementNodes(t, r, tmpl)
 				cases = 0
 			}
@@ -72,6 +73,17 @@ func TestCrashAtEveryReplacementNode(t *testing.T) {
 		})
 	}
 	t.Logf("%d of %d crash points run", ran, n)
+}
+
+// batchTemplate is the batch swap's saga, which only an orchestrator run
+// with --step-batch starts (for the steps of volumes no Upstairs runs).
+const batchTemplate = "ro-replacement-step-batch"
+
+func configFor(tmpl string) stack.Config {
+	if tmpl != batchTemplate {
+		return stack.Config{}
+	}
+	return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=64"}}}
 }
 
 // failNode ends every read-only replacement saga: failing it unwinds
@@ -124,6 +136,9 @@ func crashCase(t *testing.T, r *rack.Rack, tmpl, node, at string) {
 	snap := r.Snapshot(t, disk)
 	clone := r.Clone(t, snap)
 	att := r.Construct(t, clone, 0)
+	if tmpl == batchTemplate {
+		r.Clone(t, snap) // run by nobody: its step takes the batch
+	}
 	old := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
 	env := []string{fmt.Sprintf("STORAGECP_CRASH_AT=%s/%s/%s", tmpl, node, at)}
 	if at == "after_undo" {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -266,6 +267,36 @@ func (s *Server) ListAttachments(ctx context.Context, req *notifierv1.ListAttach
 	}
 	for _, a := range rows {
 		resp.Attachments = append(resp.Attachments, attachmentProto(a))
+	}
+	return resp, nil
+}
+
+// maxAttachedQuery bounds FindAttachedVolumes' volume_ids.
+const maxAttachedQuery = 1000
+
+// FindAttachedVolumes implements UpstairsNotifierService.
+func (s *Server) FindAttachedVolumes(ctx context.Context, req *notifierv1.FindAttachedVolumesRequest) (*notifierv1.FindAttachedVolumesResponse, error) {
+	if n := len(req.GetVolumeIds()); n > maxAttachedQuery {
+		return nil, invalid("volume_ids", "at most %d, got %d", maxAttachedQuery, n)
+	}
+	vols := make([]uuid.UUID, len(req.GetVolumeIds()))
+	for i, v := range req.GetVolumeIds() {
+		id, err := ids.Parse(fmt.Sprintf("volume_ids[%d]", i), v)
+		if err != nil {
+			return nil, err
+		}
+		vols[i] = id
+	}
+	resp := &notifierv1.FindAttachedVolumesResponse{}
+	if len(vols) == 0 {
+		return resp, nil
+	}
+	found, err := s.store.AttachedVolumes(ctx, vols)
+	if err != nil {
+		return nil, s.storeError(ctx, "find attached volumes", err)
+	}
+	for _, id := range found {
+		resp.VolumeIds = append(resp.VolumeIds, id.String())
 	}
 	return resp, nil
 }

@@ -292,3 +292,21 @@ func (s *Store) ListAttachments(ctx context.Context, volumeID *uuid.UUID, after 
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Attachment, error) { return scanAttachment(r) })
 }
+
+// AttachedVolumes returns which of volumeIDs have an attachment recorded,
+// in any state, each once. An attachment is recorded (STARTING) before
+// its construction checks the VCR out, so a read here that begins after a
+// swap committed sees every consumer that could hold the VCR from before
+// it. It reads under the fence check, as VolumeAttachments does.
+func (s *Store) AttachedVolumes(ctx context.Context, volumeIDs []uuid.UUID) ([]uuid.UUID, error) {
+	var out []uuid.UUID
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT DISTINCT volume_id FROM attachment WHERE volume_id = ANY($1::uuid[])`, volumeIDs)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		return err
+	})
+	return out, err
+}

@@ -52,6 +52,8 @@ type Config struct {
 	TaskPeriod time.Duration
 	// MaxSagasPerTask bounds the sagas each task keeps in flight.
 	MaxSagasPerTask int
+	// StepBatch is tasks.Env.StepBatch (0: no batch swap).
+	StepBatch int
 	// PantryEndpoints are Pantry-like Upstairs hosts for reconciliation.
 	PantryEndpoints []string
 	// Sabotage: deliberate replacement bugs (dev/test only; see
@@ -122,6 +124,9 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	if cfg.MaxSagasPerTask == 0 {
 		cfg.MaxSagasPerTask = 64
 	}
+	if cfg.StepBatch < 0 || cfg.StepBatch > sagadef.MaxStepBatch {
+		return nil, fmt.Errorf("step-batch: must be 0 to %d, got %d", sagadef.MaxStepBatch, cfg.StepBatch)
+	}
 	if cfg.Transport == nil {
 		return nil, errors.New("app: no transport")
 	}
@@ -183,7 +188,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	s.pauses = pause.New(s.store)
 	tasks.Register(s.driver, tasks.Env{
 		Deps: s.deps, Start: s.sagaStarter(), Period: cfg.TaskPeriod, MaxSagas: cfg.MaxSagasPerTask, Logger: logger,
-		Retry: cfg.Retry, RWBounds: cfg.RWBounds, Pauses: s.pauses, Admission: s.admission,
+		Retry: cfg.Retry, RWBounds: cfg.RWBounds, Pauses: s.pauses, Admission: s.admission, StepBatch: cfg.StepBatch,
 	})
 	return s, nil
 }

@@ -16,6 +16,7 @@ import (
 	notifierv1 "storagecp.dev/gen/go/storage/notifier/v1"
 	upstairsv1 "storagecp.dev/gen/go/storage/upstairs/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
+	"storagecp.dev/orchestrator/internal/background/tasks"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/saga/sagatest"
 	"storagecp.dev/orchestrator/internal/sagadef"
@@ -102,7 +103,7 @@ func TestUserOperationsBeforeEveryNode(t *testing.T) {
 			// TestCloneDuringROStartSurvivesItsUnwind).
 			e.SeedRack(t, 5, 2, 100*gib)
 			e.Deps.PantryEndpoints = e.Stack.SimUpstairsAddrs()
-			d := newDrainer(t, e)
+			d := newDrainer(t, e, subj.tune...)
 			for _, c := range cases {
 				t.Run(c.name, func(t *testing.T) {
 					full := subj.tmpl.Name() + "/" + c.name
@@ -134,6 +135,9 @@ type interleaveSubject struct {
 	// run starts the saga under test itself (lifecycle sagas); nil: the
 	// background tasks start it while they drive the requests.
 	run func(t *testing.T, w *interleaveWorld, opts ...saga.CreateOption)
+	// tune sets up the deployment's tasks (the batch swap is off unless
+	// a subject turns it on).
+	tune []func(*tasks.Env)
 }
 
 func interleaveSubjects() []interleaveSubject {
@@ -158,6 +162,9 @@ func interleaveSubjects() []interleaveSubject {
 		{tmpl: sagadef.ROStart}, {tmpl: sagadef.ROGarbageCollect}, {tmpl: sagadef.ROStep},
 		{tmpl: sagadef.ROStepGarbageCollect}, {tmpl: sagadef.ROFinish},
 		{tmpl: sagadef.RWStart}, {tmpl: sagadef.RWDrive}, {tmpl: sagadef.RWFinish},
+		// Last, so the sample of the others stays as it was: G, which no
+		// Upstairs runs, takes the batch (F, running, its own step).
+		{tmpl: sagadef.ROStepBatch, tune: []func(*tasks.Env){func(env *tasks.Env) { env.StepBatch = 8 }}},
 	}
 }
 

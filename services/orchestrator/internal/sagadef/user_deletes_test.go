@@ -28,6 +28,8 @@ func dummyParams(t *saga.Template) any {
 		return sagadef.FinishParams{RequestID: id, NewRegionVolumeID: &id}
 	case sagadef.ROStep:
 		return sagadef.StepParams{StepID: id, RequestID: id, VolumeID: id}
+	case sagadef.ROStepBatch:
+		return sagadef.StepBatchParams{RequestID: id, Steps: []sagadef.BatchStep{{StepID: id, VolumeID: id}}}
 	case sagadef.RWStart:
 		return sagadef.RWStartParams{RequestID: id, VolumeID: id, OldRegionID: id}
 	case sagadef.RWDrive:

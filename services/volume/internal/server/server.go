@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strconv"
 
@@ -360,6 +361,39 @@ func (s *Server) ReplaceReadOnlyTarget(ctx context.Context, req *volumev1.Replac
 		return nil, s.toStatus(ctx, "ReplaceReadOnlyTarget", err)
 	}
 	return &volumev1.ReplaceReadOnlyTargetResponse{Result: replaceToProto[r]}, nil
+}
+
+// ReplaceReadOnlyTargets implements VolumeService.
+func (s *Server) ReplaceReadOnlyTargets(ctx context.Context, req *volumev1.ReplaceReadOnlyTargetsRequest) (*volumev1.ReplaceReadOnlyTargetsResponse, error) {
+	o, err := ids.Parse("old_target_id", req.GetOldTargetId())
+	if err != nil {
+		return nil, err
+	}
+	n, err := ids.Parse("new_target_id", req.GetNewTargetId())
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetSwaps()) > store.MaxReadOnlySwaps {
+		return nil, status.Errorf(codes.InvalidArgument, "swaps: at most %d, got %d", store.MaxReadOnlySwaps, len(req.GetSwaps()))
+	}
+	swaps := make([]store.ReadOnlySwap, len(req.GetSwaps()))
+	for i, sw := range req.GetSwaps() {
+		if swaps[i].Volume, err = ids.Parse(fmt.Sprintf("swaps[%d].volume_id", i), sw.GetVolumeId()); err != nil {
+			return nil, err
+		}
+		if swaps[i].Stash, err = ids.Parse(fmt.Sprintf("swaps[%d].stash_volume_id", i), sw.GetStashVolumeId()); err != nil {
+			return nil, err
+		}
+	}
+	rs, err := s.store.ReplaceReadOnlyTargets(ctx, o, n, swaps, req.GetCreateStashes())
+	if err != nil {
+		return nil, s.toStatus(ctx, "ReplaceReadOnlyTargets", err)
+	}
+	out := &volumev1.ReplaceReadOnlyTargetsResponse{Results: make([]commonv1.VolumeReplaceResult, len(rs))}
+	for i, r := range rs {
+		out.Results[i] = replaceToProto[r]
+	}
+	return out, nil
 }
 
 // ReplaceRegion implements VolumeService.

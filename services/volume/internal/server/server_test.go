@@ -209,3 +209,39 @@ func TestStaleEpochIsRefused(t *testing.T) {
 		t.Fatal("stale leader deleted the volume")
 	}
 }
+
+// ReplaceReadOnlyTargets refuses malformed input as InvalidArgument naming
+// the field, before anything is read or written.
+func TestReplaceReadOnlyTargetsBadInput(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	id := func() string { return uuid.NewString() }
+	ok := func() *volumev1.ReplaceReadOnlyTargetsRequest {
+		return &volumev1.ReplaceReadOnlyTargetsRequest{
+			OldTargetId: id(), NewTargetId: id(), CreateStashes: true,
+			Swaps: []*volumev1.ReadOnlySwap{{VolumeId: id(), StashVolumeId: id()}, {VolumeId: id(), StashVolumeId: id()}},
+		}
+	}
+	for _, c := range []struct {
+		field  string
+		mutate func(*volumev1.ReplaceReadOnlyTargetsRequest)
+	}{
+		{"old_target_id", func(r *volumev1.ReplaceReadOnlyTargetsRequest) { r.OldTargetId = "a" }},
+		{"new_target_id", func(r *volumev1.ReplaceReadOnlyTargetsRequest) { r.NewTargetId = "" }},
+		{"new_target_id", func(r *volumev1.ReplaceReadOnlyTargetsRequest) { r.NewTargetId = r.OldTargetId }},
+		{"swaps", func(r *volumev1.ReplaceReadOnlyTargetsRequest) { r.Swaps = nil }},
+		{"swaps", func(r *volumev1.ReplaceReadOnlyTargetsRequest) {
+			r.Swaps = make([]*volumev1.ReadOnlySwap, 1001)
+		}},
+		{"swaps[1].volume_id", func(r *volumev1.ReplaceReadOnlyTargetsRequest) { r.Swaps[1].VolumeId = "v" }},
+		{"swaps[0].stash_volume_id", func(r *volumev1.ReplaceReadOnlyTargetsRequest) { r.Swaps[0].StashVolumeId = "" }},
+		{"swaps[1].volume_id", func(r *volumev1.ReplaceReadOnlyTargetsRequest) { r.Swaps[1].VolumeId = r.Swaps[0].VolumeId }},
+	} {
+		r := ok()
+		c.mutate(r)
+		_, err := s.ReplaceReadOnlyTargets(ctx, r)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("%s: %v, want InvalidArgument naming it", c.field, err)
+		}
+	}
+}

@@ -175,84 +175,112 @@ func (s *Store) ReplaceReadOnlyTarget(ctx context.Context, volumeID, oldID, newI
 			res = r
 			return err
 		}
-		hasOld, err := vcr.ReadOnlyTargetInVCR(in.volume.VCR, in.old.Address)
-		if err != nil {
-			return internal("volume %s: malformed VCR: %v", volumeID, err)
-		}
-		hasNew, err := vcr.ReadOnlyTargetInVCR(in.volume.VCR, in.new.Address)
-		if err != nil {
-			return internal("volume %s: malformed VCR: %v", volumeID, err)
-		}
-		switch {
-		case !hasOld && hasNew:
-			res = ReplaceAlreadyHappened
-			return nil
-		case hasOld && hasNew:
-			return failedPrecondition("volume %s names both %s and %s", volumeID, in.old.Address, in.new.Address)
-		case !hasOld:
-			return failedPrecondition("volume %s names neither %s nor %s", volumeID, in.old.Address, in.new.Address)
-		}
-		if err := stashUsable(stash, stashID, in.new, stashOthers); err != nil {
+		w, r, err := planReadOnlySwap(volumeID, stashID, in, stash, stashOthers)
+		if err != nil || r != 0 {
+			res = r
 			return err
 		}
-		replaced, n, err := vcr.ReplaceReadOnlyTargetInVCR(in.volume.VCR, in.old.Address, in.new.Address)
-		if err != nil {
-			return internal("volume %s: %v", volumeID, err)
-		}
-		if n != 1 {
-			return internal("volume %s: replaced %d occurrences of %s, want 1", volumeID, n, in.old.Address)
-		}
-		volData, err := vcr.Encode(replaced)
-		if err != nil {
-			return internal("volume %s: encode VCR: %v", volumeID, err)
-		}
-		stashData, err := vcr.Encode(vcr.StubReadOnly(stashID, in.old.Address))
-		if err != nil {
-			return internal("volume %s: encode VCR: %v", stashID, err)
-		}
-
 		var writes pgx.Batch
-		const writeLive = `UPDATE volume SET data = $2 WHERE id = $1 AND time_deleted IS NULL`
-		var volRows, stashRows, oldMoved, newMoved int64
-		rows := func(n *int64) func(pgconn.CommandTag) error {
-			return func(tag pgconn.CommandTag) error { *n = tag.RowsAffected(); return nil }
-		}
-		writes.Queue(writeLive, volumeID, volData).Exec(rows(&volRows))
-		writes.Queue(writeLive, stashID, stashData).Exec(rows(&stashRows))
-		// Old reference: volume → stash.
-		writes.Queue(`UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3`,
-			volumeID, stashID, oldID).Exec(rows(&oldMoved))
-		// New reference: moved back from the stash (an undo) or inserted.
-		writes.Queue(`WITH moved AS (
-				UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3 RETURNING 1
-			), inserted AS (
-				INSERT INTO volume_resource_usage (usage_id, volume_id, target_id)
-				SELECT gen_random_uuid(), $2, $3 WHERE NOT EXISTS (SELECT 1 FROM moved)
-			)
-			SELECT count(*) FROM moved`, stashID, volumeID, newID).
-			QueryRow(func(row pgx.Row) error { return row.Scan(&newMoved) })
-		// The index: the volume trades old for new; the stash names old.
-		writes.Queue(`DELETE FROM volume_target WHERE volume_id = $1 AND target_id = $2`, volumeID, oldID)
-		writes.Queue(`INSERT INTO volume_target (volume_id, target_id, read_only) VALUES ($1, $2, true)`, volumeID, newID)
-		writes.Queue(`DELETE FROM volume_target WHERE volume_id = $1`, stashID)
-		writes.Queue(`INSERT INTO volume_target (volume_id, target_id, read_only) VALUES ($1, $2, true)`, stashID, oldID)
+		check := queueReadOnlySwap(&writes, w)
 		if err := tx.SendBatch(ctx, &writes).Close(); err != nil {
 			return fmt.Errorf("replace %s in %s: %w", oldID, volumeID, err)
 		}
-		switch {
-		case volRows != 1:
-			return failedPrecondition("volume %s does not exist or is soft-deleted", volumeID)
-		case stashRows != 1:
-			return failedPrecondition("volume %s does not exist or is soft-deleted", stashID)
-		case oldMoved != 1:
-			return internal("volume %s: moved %d usage rows of %s, want 1", volumeID, oldMoved, oldID)
-		case newMoved > 1:
-			return internal("stash %s held %d usage rows of %s, want at most 1", stashID, newMoved, newID)
+		if err := check(); err != nil {
+			return err
 		}
 		res = ReplaceDone
 		return nil
 	})
 	return res, err
+}
+
+// readOnlySwap is the writes of one read-only swap, worked out from what
+// was read.
+type readOnlySwap struct {
+	volume, stash, old, new uuid.UUID
+	volData, stashData      []byte
+}
+
+// planReadOnlySwap decides one read-only swap from the loaded rows: a
+// non-zero result when there is nothing to write (ReplaceAlreadyHappened),
+// an error when the swap is refused.
+func planReadOnlySwap(volumeID, stashID uuid.UUID, in replaceInputs, stash *loadedVolume, stashOthers int64) (readOnlySwap, ReplaceResult, error) {
+	hasOld, err := vcr.ReadOnlyTargetInVCR(in.volume.VCR, in.old.Address)
+	if err != nil {
+		return readOnlySwap{}, 0, internal("volume %s: malformed VCR: %v", volumeID, err)
+	}
+	hasNew, err := vcr.ReadOnlyTargetInVCR(in.volume.VCR, in.new.Address)
+	if err != nil {
+		return readOnlySwap{}, 0, internal("volume %s: malformed VCR: %v", volumeID, err)
+	}
+	switch {
+	case !hasOld && hasNew:
+		return readOnlySwap{}, ReplaceAlreadyHappened, nil
+	case hasOld && hasNew:
+		return readOnlySwap{}, 0, failedPrecondition("volume %s names both %s and %s", volumeID, in.old.Address, in.new.Address)
+	case !hasOld:
+		return readOnlySwap{}, 0, failedPrecondition("volume %s names neither %s nor %s", volumeID, in.old.Address, in.new.Address)
+	}
+	if err := stashUsable(stash, stashID, in.new, stashOthers); err != nil {
+		return readOnlySwap{}, 0, err
+	}
+	replaced, n, err := vcr.ReplaceReadOnlyTargetInVCR(in.volume.VCR, in.old.Address, in.new.Address)
+	if err != nil {
+		return readOnlySwap{}, 0, internal("volume %s: %v", volumeID, err)
+	}
+	if n != 1 {
+		return readOnlySwap{}, 0, internal("volume %s: replaced %d occurrences of %s, want 1", volumeID, n, in.old.Address)
+	}
+	w := readOnlySwap{volume: volumeID, stash: stashID, old: in.old.ID, new: in.new.ID}
+	if w.volData, err = vcr.Encode(replaced); err != nil {
+		return readOnlySwap{}, 0, internal("volume %s: encode VCR: %v", volumeID, err)
+	}
+	if w.stashData, err = vcr.Encode(vcr.StubReadOnly(stashID, in.old.Address)); err != nil {
+		return readOnlySwap{}, 0, internal("volume %s: encode VCR: %v", stashID, err)
+	}
+	return w, 0, nil
+}
+
+// queueReadOnlySwap queues one swap's writes on b; the returned check,
+// called once the batch ran, says whether every write found its row.
+func queueReadOnlySwap(b *pgx.Batch, w readOnlySwap) func() error {
+	const writeLive = `UPDATE volume SET data = $2 WHERE id = $1 AND time_deleted IS NULL`
+	var volRows, stashRows, oldMoved, newMoved int64
+	rows := func(n *int64) func(pgconn.CommandTag) error {
+		return func(tag pgconn.CommandTag) error { *n = tag.RowsAffected(); return nil }
+	}
+	b.Queue(writeLive, w.volume, w.volData).Exec(rows(&volRows))
+	b.Queue(writeLive, w.stash, w.stashData).Exec(rows(&stashRows))
+	// Old reference: volume → stash.
+	b.Queue(`UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3`,
+		w.volume, w.stash, w.old).Exec(rows(&oldMoved))
+	// New reference: moved back from the stash (an undo) or inserted.
+	b.Queue(`WITH moved AS (
+			UPDATE volume_resource_usage SET volume_id = $2 WHERE volume_id = $1 AND target_id = $3 RETURNING 1
+		), inserted AS (
+			INSERT INTO volume_resource_usage (usage_id, volume_id, target_id)
+			SELECT gen_random_uuid(), $2, $3 WHERE NOT EXISTS (SELECT 1 FROM moved)
+		)
+		SELECT count(*) FROM moved`, w.stash, w.volume, w.new).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&newMoved) })
+	// The index: the volume trades old for new; the stash names old.
+	b.Queue(`DELETE FROM volume_target WHERE volume_id = $1 AND target_id = $2`, w.volume, w.old)
+	b.Queue(`INSERT INTO volume_target (volume_id, target_id, read_only) VALUES ($1, $2, true)`, w.volume, w.new)
+	b.Queue(`DELETE FROM volume_target WHERE volume_id = $1`, w.stash)
+	b.Queue(`INSERT INTO volume_target (volume_id, target_id, read_only) VALUES ($1, $2, true)`, w.stash, w.old)
+	return func() error {
+		switch {
+		case volRows != 1:
+			return failedPrecondition("volume %s does not exist or is soft-deleted", w.volume)
+		case stashRows != 1:
+			return failedPrecondition("volume %s does not exist or is soft-deleted", w.stash)
+		case oldMoved != 1:
+			return internal("volume %s: moved %d usage rows of %s, want 1", w.volume, oldMoved, w.old)
+		case newMoved > 1:
+			return internal("stash %s held %d usage rows of %s, want at most 1", w.stash, newMoved, w.new)
+		}
+		return nil
+	}
 }
 
 // ReplaceRegion replaces one rw region of a volume: the target is

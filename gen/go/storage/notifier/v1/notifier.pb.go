@@ -1169,6 +1169,95 @@ func (x *ListAttachmentsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type FindAttachedVolumesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeIds     []string               `protobuf:"bytes,1,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindAttachedVolumesRequest) Reset() {
+	*x = FindAttachedVolumesRequest{}
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindAttachedVolumesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindAttachedVolumesRequest) ProtoMessage() {}
+
+func (x *FindAttachedVolumesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindAttachedVolumesRequest.ProtoReflect.Descriptor instead.
+func (*FindAttachedVolumesRequest) Descriptor() ([]byte, []int) {
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FindAttachedVolumesRequest) GetVolumeIds() []string {
+	if x != nil {
+		return x.VolumeIds
+	}
+	return nil
+}
+
+type FindAttachedVolumesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subset of the request's volume_ids with any attachment recorded.
+	VolumeIds     []string `protobuf:"bytes,1,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindAttachedVolumesResponse) Reset() {
+	*x = FindAttachedVolumesResponse{}
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindAttachedVolumesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindAttachedVolumesResponse) ProtoMessage() {}
+
+func (x *FindAttachedVolumesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindAttachedVolumesResponse.ProtoReflect.Descriptor instead.
+func (*FindAttachedVolumesResponse) Descriptor() ([]byte, []int) {
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *FindAttachedVolumesResponse) GetVolumeIds() []string {
+	if x != nil {
+		return x.VolumeIds
+	}
+	return nil
+}
+
 // A recorded notification attempt.
 type Notification struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1188,7 +1277,7 @@ type Notification struct {
 
 func (x *Notification) Reset() {
 	*x = Notification{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[12]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1289,7 @@ func (x *Notification) String() string {
 func (*Notification) ProtoMessage() {}
 
 func (x *Notification) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[12]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1302,7 @@ func (x *Notification) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notification.ProtoReflect.Descriptor instead.
 func (*Notification) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{12}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Notification) GetNotificationId() string {
@@ -1298,7 +1387,7 @@ type ListNotificationsRequest struct {
 
 func (x *ListNotificationsRequest) Reset() {
 	*x = ListNotificationsRequest{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[13]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1399,7 @@ func (x *ListNotificationsRequest) String() string {
 func (*ListNotificationsRequest) ProtoMessage() {}
 
 func (x *ListNotificationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[13]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1412,7 @@ func (x *ListNotificationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNotificationsRequest.ProtoReflect.Descriptor instead.
 func (*ListNotificationsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{13}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListNotificationsRequest) GetPageSize() int32 {
@@ -1357,7 +1446,7 @@ type ListNotificationsResponse struct {
 
 func (x *ListNotificationsResponse) Reset() {
 	*x = ListNotificationsResponse{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[14]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1458,7 @@ func (x *ListNotificationsResponse) String() string {
 func (*ListNotificationsResponse) ProtoMessage() {}
 
 func (x *ListNotificationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[14]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1471,7 @@ func (x *ListNotificationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNotificationsResponse.ProtoReflect.Descriptor instead.
 func (*ListNotificationsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{14}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNotificationsResponse) GetNotifications() []*Notification {
@@ -1411,7 +1500,7 @@ type RepairedDownstairs struct {
 
 func (x *RepairedDownstairs) Reset() {
 	*x = RepairedDownstairs{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[15]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1512,7 @@ func (x *RepairedDownstairs) String() string {
 func (*RepairedDownstairs) ProtoMessage() {}
 
 func (x *RepairedDownstairs) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[15]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1525,7 @@ func (x *RepairedDownstairs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairedDownstairs.ProtoReflect.Descriptor instead.
 func (*RepairedDownstairs) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{15}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RepairedDownstairs) GetRegionId() string {
@@ -1470,7 +1559,7 @@ type RepairNotification struct {
 
 func (x *RepairNotification) Reset() {
 	*x = RepairNotification{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[16]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1571,7 @@ func (x *RepairNotification) String() string {
 func (*RepairNotification) ProtoMessage() {}
 
 func (x *RepairNotification) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[16]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1584,7 @@ func (x *RepairNotification) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairNotification.ProtoReflect.Descriptor instead.
 func (*RepairNotification) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{16}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RepairNotification) GetRepairId() string {
@@ -1571,7 +1660,7 @@ type ListRepairNotificationsRequest struct {
 
 func (x *ListRepairNotificationsRequest) Reset() {
 	*x = ListRepairNotificationsRequest{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[17]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1672,7 @@ func (x *ListRepairNotificationsRequest) String() string {
 func (*ListRepairNotificationsRequest) ProtoMessage() {}
 
 func (x *ListRepairNotificationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[17]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1685,7 @@ func (x *ListRepairNotificationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRepairNotificationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRepairNotificationsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{17}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListRepairNotificationsRequest) GetRegionId() string {
@@ -1637,7 +1726,7 @@ type ListRepairNotificationsResponse struct {
 
 func (x *ListRepairNotificationsResponse) Reset() {
 	*x = ListRepairNotificationsResponse{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[18]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1738,7 @@ func (x *ListRepairNotificationsResponse) String() string {
 func (*ListRepairNotificationsResponse) ProtoMessage() {}
 
 func (x *ListRepairNotificationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[18]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1751,7 @@ func (x *ListRepairNotificationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRepairNotificationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRepairNotificationsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{18}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListRepairNotificationsResponse) GetNotifications() []*RepairNotification {
@@ -1693,7 +1782,7 @@ type RepairStartRequest struct {
 
 func (x *RepairStartRequest) Reset() {
 	*x = RepairStartRequest{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[19]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1794,7 @@ func (x *RepairStartRequest) String() string {
 func (*RepairStartRequest) ProtoMessage() {}
 
 func (x *RepairStartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[19]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1807,7 @@ func (x *RepairStartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairStartRequest.ProtoReflect.Descriptor instead.
 func (*RepairStartRequest) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{19}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RepairStartRequest) GetUpstairsId() string {
@@ -1771,7 +1860,7 @@ type RepairStartResponse struct {
 
 func (x *RepairStartResponse) Reset() {
 	*x = RepairStartResponse{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[20]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +1872,7 @@ func (x *RepairStartResponse) String() string {
 func (*RepairStartResponse) ProtoMessage() {}
 
 func (x *RepairStartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[20]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +1885,7 @@ func (x *RepairStartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairStartResponse.ProtoReflect.Descriptor instead.
 func (*RepairStartResponse) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{20}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{22}
 }
 
 type RepairFinishRequest struct {
@@ -1814,7 +1903,7 @@ type RepairFinishRequest struct {
 
 func (x *RepairFinishRequest) Reset() {
 	*x = RepairFinishRequest{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[21]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1915,7 @@ func (x *RepairFinishRequest) String() string {
 func (*RepairFinishRequest) ProtoMessage() {}
 
 func (x *RepairFinishRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[21]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1928,7 @@ func (x *RepairFinishRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairFinishRequest.ProtoReflect.Descriptor instead.
 func (*RepairFinishRequest) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{21}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RepairFinishRequest) GetUpstairsId() string {
@@ -1899,7 +1988,7 @@ type RepairFinishResponse struct {
 
 func (x *RepairFinishResponse) Reset() {
 	*x = RepairFinishResponse{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[22]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +2000,7 @@ func (x *RepairFinishResponse) String() string {
 func (*RepairFinishResponse) ProtoMessage() {}
 
 func (x *RepairFinishResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[22]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2013,7 @@ func (x *RepairFinishResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairFinishResponse.ProtoReflect.Descriptor instead.
 func (*RepairFinishResponse) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{22}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{24}
 }
 
 type RepairProgressRequest struct {
@@ -1940,7 +2029,7 @@ type RepairProgressRequest struct {
 
 func (x *RepairProgressRequest) Reset() {
 	*x = RepairProgressRequest{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[23]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2041,7 @@ func (x *RepairProgressRequest) String() string {
 func (*RepairProgressRequest) ProtoMessage() {}
 
 func (x *RepairProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[23]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2054,7 @@ func (x *RepairProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairProgressRequest.ProtoReflect.Descriptor instead.
 func (*RepairProgressRequest) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{23}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RepairProgressRequest) GetUpstairsId() string {
@@ -2011,7 +2100,7 @@ type RepairProgressResponse struct {
 
 func (x *RepairProgressResponse) Reset() {
 	*x = RepairProgressResponse{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[24]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2112,7 @@ func (x *RepairProgressResponse) String() string {
 func (*RepairProgressResponse) ProtoMessage() {}
 
 func (x *RepairProgressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[24]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2125,7 @@ func (x *RepairProgressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairProgressResponse.ProtoReflect.Descriptor instead.
 func (*RepairProgressResponse) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{24}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{26}
 }
 
 type DownstairsStopRequestRequest struct {
@@ -2051,7 +2140,7 @@ type DownstairsStopRequestRequest struct {
 
 func (x *DownstairsStopRequestRequest) Reset() {
 	*x = DownstairsStopRequestRequest{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[25]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2152,7 @@ func (x *DownstairsStopRequestRequest) String() string {
 func (*DownstairsStopRequestRequest) ProtoMessage() {}
 
 func (x *DownstairsStopRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[25]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2165,7 @@ func (x *DownstairsStopRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownstairsStopRequestRequest.ProtoReflect.Descriptor instead.
 func (*DownstairsStopRequestRequest) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{25}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DownstairsStopRequestRequest) GetUpstairsId() string {
@@ -2115,7 +2204,7 @@ type DownstairsStopRequestResponse struct {
 
 func (x *DownstairsStopRequestResponse) Reset() {
 	*x = DownstairsStopRequestResponse{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[26]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2216,7 @@ func (x *DownstairsStopRequestResponse) String() string {
 func (*DownstairsStopRequestResponse) ProtoMessage() {}
 
 func (x *DownstairsStopRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[26]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2229,7 @@ func (x *DownstairsStopRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownstairsStopRequestResponse.ProtoReflect.Descriptor instead.
 func (*DownstairsStopRequestResponse) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{26}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{28}
 }
 
 type DownstairsStoppedRequest struct {
@@ -2155,7 +2244,7 @@ type DownstairsStoppedRequest struct {
 
 func (x *DownstairsStoppedRequest) Reset() {
 	*x = DownstairsStoppedRequest{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[27]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2256,7 @@ func (x *DownstairsStoppedRequest) String() string {
 func (*DownstairsStoppedRequest) ProtoMessage() {}
 
 func (x *DownstairsStoppedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[27]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2269,7 @@ func (x *DownstairsStoppedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownstairsStoppedRequest.ProtoReflect.Descriptor instead.
 func (*DownstairsStoppedRequest) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{27}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DownstairsStoppedRequest) GetUpstairsId() string {
@@ -2219,7 +2308,7 @@ type DownstairsStoppedResponse struct {
 
 func (x *DownstairsStoppedResponse) Reset() {
 	*x = DownstairsStoppedResponse{}
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[28]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2320,7 @@ func (x *DownstairsStoppedResponse) String() string {
 func (*DownstairsStoppedResponse) ProtoMessage() {}
 
 func (x *DownstairsStoppedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[28]
+	mi := &file_storage_notifier_v1_notifier_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2333,7 @@ func (x *DownstairsStoppedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownstairsStoppedResponse.ProtoReflect.Descriptor instead.
 func (*DownstairsStoppedResponse) Descriptor() ([]byte, []int) {
-	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{28}
+	return file_storage_notifier_v1_notifier_proto_rawDescGZIP(), []int{30}
 }
 
 var File_storage_notifier_v1_notifier_proto protoreflect.FileDescriptor
@@ -2306,7 +2395,13 @@ const file_storage_notifier_v1_notifier_proto_rawDesc = "" +
 	"\tvolume_id\x18\x03 \x01(\tR\bvolumeId\"\x84\x01\n" +
 	"\x17ListAttachmentsResponse\x12A\n" +
 	"\vattachments\x18\x01 \x03(\v2\x1f.storage.notifier.v1.AttachmentR\vattachments\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa3\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\";\n" +
+	"\x1aFindAttachedVolumesRequest\x12\x1d\n" +
+	"\n" +
+	"volume_ids\x18\x01 \x03(\tR\tvolumeIds\"<\n" +
+	"\x1bFindAttachedVolumesResponse\x12\x1d\n" +
+	"\n" +
+	"volume_ids\x18\x01 \x03(\tR\tvolumeIds\"\xa3\x03\n" +
 	"\fNotification\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x19\n" +
@@ -2447,13 +2542,13 @@ const file_storage_notifier_v1_notifier_proto_rawDesc = "" +
 	"\x1dSTOPPED_REASON_REQUESTED_STOP\x10\x06\x12\x1b\n" +
 	"\x17STOPPED_REASON_FINISHED\x10\a\x12\x1f\n" +
 	"\x1bSTOPPED_REASON_QUEUE_CLOSED\x10\b\x12)\n" +
-	"%STOPPED_REASON_RECEIVE_TASK_CANCELLED\x10\t2\xe6\n" +
-	"\n" +
+	"%STOPPED_REASON_RECEIVE_TASK_CANCELLED\x10\t2\xe0\v\n" +
 	"\x17UpstairsNotifierService\x12l\n" +
 	"\x0fConstructVolume\x12+.storage.notifier.v1.ConstructVolumeRequest\x1a,.storage.notifier.v1.ConstructVolumeResponse\x12i\n" +
 	"\x0eDetachUpstairs\x12*.storage.notifier.v1.DetachUpstairsRequest\x1a+.storage.notifier.v1.DetachUpstairsResponse\x12o\n" +
 	"\x10SetUpstairsState\x12,.storage.notifier.v1.SetUpstairsStateRequest\x1a-.storage.notifier.v1.SetUpstairsStateResponse\x12r\n" +
-	"\x11NotifyReplacement\x12-.storage.notifier.v1.NotifyReplacementRequest\x1a..storage.notifier.v1.NotifyReplacementResponse\x12l\n" +
+	"\x11NotifyReplacement\x12-.storage.notifier.v1.NotifyReplacementRequest\x1a..storage.notifier.v1.NotifyReplacementResponse\x12x\n" +
+	"\x13FindAttachedVolumes\x12/.storage.notifier.v1.FindAttachedVolumesRequest\x1a0.storage.notifier.v1.FindAttachedVolumesResponse\x12l\n" +
 	"\x0fListAttachments\x12+.storage.notifier.v1.ListAttachmentsRequest\x1a,.storage.notifier.v1.ListAttachmentsResponse\x12r\n" +
 	"\x11ListNotifications\x12-.storage.notifier.v1.ListNotificationsRequest\x1a..storage.notifier.v1.ListNotificationsResponse\x12\x84\x01\n" +
 	"\x17ListRepairNotifications\x123.storage.notifier.v1.ListRepairNotificationsRequest\x1a4.storage.notifier.v1.ListRepairNotificationsResponse\x12`\n" +
@@ -2476,7 +2571,7 @@ func file_storage_notifier_v1_notifier_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_notifier_v1_notifier_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_storage_notifier_v1_notifier_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_storage_notifier_v1_notifier_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_storage_notifier_v1_notifier_proto_goTypes = []any{
 	(UpstairsKind)(0),                       // 0: storage.notifier.v1.UpstairsKind
 	(AttachmentState)(0),                    // 1: storage.notifier.v1.AttachmentState
@@ -2497,83 +2592,87 @@ var file_storage_notifier_v1_notifier_proto_goTypes = []any{
 	(*NotifyReplacementResponse)(nil),       // 16: storage.notifier.v1.NotifyReplacementResponse
 	(*ListAttachmentsRequest)(nil),          // 17: storage.notifier.v1.ListAttachmentsRequest
 	(*ListAttachmentsResponse)(nil),         // 18: storage.notifier.v1.ListAttachmentsResponse
-	(*Notification)(nil),                    // 19: storage.notifier.v1.Notification
-	(*ListNotificationsRequest)(nil),        // 20: storage.notifier.v1.ListNotificationsRequest
-	(*ListNotificationsResponse)(nil),       // 21: storage.notifier.v1.ListNotificationsResponse
-	(*RepairedDownstairs)(nil),              // 22: storage.notifier.v1.RepairedDownstairs
-	(*RepairNotification)(nil),              // 23: storage.notifier.v1.RepairNotification
-	(*ListRepairNotificationsRequest)(nil),  // 24: storage.notifier.v1.ListRepairNotificationsRequest
-	(*ListRepairNotificationsResponse)(nil), // 25: storage.notifier.v1.ListRepairNotificationsResponse
-	(*RepairStartRequest)(nil),              // 26: storage.notifier.v1.RepairStartRequest
-	(*RepairStartResponse)(nil),             // 27: storage.notifier.v1.RepairStartResponse
-	(*RepairFinishRequest)(nil),             // 28: storage.notifier.v1.RepairFinishRequest
-	(*RepairFinishResponse)(nil),            // 29: storage.notifier.v1.RepairFinishResponse
-	(*RepairProgressRequest)(nil),           // 30: storage.notifier.v1.RepairProgressRequest
-	(*RepairProgressResponse)(nil),          // 31: storage.notifier.v1.RepairProgressResponse
-	(*DownstairsStopRequestRequest)(nil),    // 32: storage.notifier.v1.DownstairsStopRequestRequest
-	(*DownstairsStopRequestResponse)(nil),   // 33: storage.notifier.v1.DownstairsStopRequestResponse
-	(*DownstairsStoppedRequest)(nil),        // 34: storage.notifier.v1.DownstairsStoppedRequest
-	(*DownstairsStoppedResponse)(nil),       // 35: storage.notifier.v1.DownstairsStoppedResponse
-	(*timestamppb.Timestamp)(nil),           // 36: google.protobuf.Timestamp
-	(v1.ReplaceResult)(0),                   // 37: storage.upstairs.v1.ReplaceResult
+	(*FindAttachedVolumesRequest)(nil),      // 19: storage.notifier.v1.FindAttachedVolumesRequest
+	(*FindAttachedVolumesResponse)(nil),     // 20: storage.notifier.v1.FindAttachedVolumesResponse
+	(*Notification)(nil),                    // 21: storage.notifier.v1.Notification
+	(*ListNotificationsRequest)(nil),        // 22: storage.notifier.v1.ListNotificationsRequest
+	(*ListNotificationsResponse)(nil),       // 23: storage.notifier.v1.ListNotificationsResponse
+	(*RepairedDownstairs)(nil),              // 24: storage.notifier.v1.RepairedDownstairs
+	(*RepairNotification)(nil),              // 25: storage.notifier.v1.RepairNotification
+	(*ListRepairNotificationsRequest)(nil),  // 26: storage.notifier.v1.ListRepairNotificationsRequest
+	(*ListRepairNotificationsResponse)(nil), // 27: storage.notifier.v1.ListRepairNotificationsResponse
+	(*RepairStartRequest)(nil),              // 28: storage.notifier.v1.RepairStartRequest
+	(*RepairStartResponse)(nil),             // 29: storage.notifier.v1.RepairStartResponse
+	(*RepairFinishRequest)(nil),             // 30: storage.notifier.v1.RepairFinishRequest
+	(*RepairFinishResponse)(nil),            // 31: storage.notifier.v1.RepairFinishResponse
+	(*RepairProgressRequest)(nil),           // 32: storage.notifier.v1.RepairProgressRequest
+	(*RepairProgressResponse)(nil),          // 33: storage.notifier.v1.RepairProgressResponse
+	(*DownstairsStopRequestRequest)(nil),    // 34: storage.notifier.v1.DownstairsStopRequestRequest
+	(*DownstairsStopRequestResponse)(nil),   // 35: storage.notifier.v1.DownstairsStopRequestResponse
+	(*DownstairsStoppedRequest)(nil),        // 36: storage.notifier.v1.DownstairsStoppedRequest
+	(*DownstairsStoppedResponse)(nil),       // 37: storage.notifier.v1.DownstairsStoppedResponse
+	(*timestamppb.Timestamp)(nil),           // 38: google.protobuf.Timestamp
+	(v1.ReplaceResult)(0),                   // 39: storage.upstairs.v1.ReplaceResult
 }
 var file_storage_notifier_v1_notifier_proto_depIdxs = []int32{
 	0,  // 0: storage.notifier.v1.Attachment.kind:type_name -> storage.notifier.v1.UpstairsKind
 	1,  // 1: storage.notifier.v1.Attachment.state:type_name -> storage.notifier.v1.AttachmentState
-	36, // 2: storage.notifier.v1.Attachment.time_updated:type_name -> google.protobuf.Timestamp
+	38, // 2: storage.notifier.v1.Attachment.time_updated:type_name -> google.protobuf.Timestamp
 	0,  // 3: storage.notifier.v1.ConstructVolumeRequest.kind:type_name -> storage.notifier.v1.UpstairsKind
 	7,  // 4: storage.notifier.v1.ConstructVolumeResponse.attachment:type_name -> storage.notifier.v1.Attachment
 	1,  // 5: storage.notifier.v1.SetUpstairsStateRequest.state:type_name -> storage.notifier.v1.AttachmentState
 	7,  // 6: storage.notifier.v1.SetUpstairsStateResponse.attachment:type_name -> storage.notifier.v1.Attachment
-	37, // 7: storage.notifier.v1.AttachmentNotification.result:type_name -> storage.upstairs.v1.ReplaceResult
+	39, // 7: storage.notifier.v1.AttachmentNotification.result:type_name -> storage.upstairs.v1.ReplaceResult
 	2,  // 8: storage.notifier.v1.NotifyReplacementResponse.outcome:type_name -> storage.notifier.v1.NotificationOutcome
 	15, // 9: storage.notifier.v1.NotifyReplacementResponse.attachments:type_name -> storage.notifier.v1.AttachmentNotification
 	7,  // 10: storage.notifier.v1.ListAttachmentsResponse.attachments:type_name -> storage.notifier.v1.Attachment
 	2,  // 11: storage.notifier.v1.Notification.outcome:type_name -> storage.notifier.v1.NotificationOutcome
-	37, // 12: storage.notifier.v1.Notification.result:type_name -> storage.upstairs.v1.ReplaceResult
-	36, // 13: storage.notifier.v1.Notification.time:type_name -> google.protobuf.Timestamp
-	19, // 14: storage.notifier.v1.ListNotificationsResponse.notifications:type_name -> storage.notifier.v1.Notification
+	39, // 12: storage.notifier.v1.Notification.result:type_name -> storage.upstairs.v1.ReplaceResult
+	38, // 13: storage.notifier.v1.Notification.time:type_name -> google.protobuf.Timestamp
+	21, // 14: storage.notifier.v1.ListNotificationsResponse.notifications:type_name -> storage.notifier.v1.Notification
 	3,  // 15: storage.notifier.v1.RepairNotification.repair_type:type_name -> storage.notifier.v1.RepairType
 	4,  // 16: storage.notifier.v1.RepairNotification.notification_type:type_name -> storage.notifier.v1.RepairNotificationType
-	36, // 17: storage.notifier.v1.RepairNotification.time:type_name -> google.protobuf.Timestamp
-	23, // 18: storage.notifier.v1.ListRepairNotificationsResponse.notifications:type_name -> storage.notifier.v1.RepairNotification
+	38, // 17: storage.notifier.v1.RepairNotification.time:type_name -> google.protobuf.Timestamp
+	25, // 18: storage.notifier.v1.ListRepairNotificationsResponse.notifications:type_name -> storage.notifier.v1.RepairNotification
 	3,  // 19: storage.notifier.v1.RepairStartRequest.repair_type:type_name -> storage.notifier.v1.RepairType
-	36, // 20: storage.notifier.v1.RepairStartRequest.time:type_name -> google.protobuf.Timestamp
-	22, // 21: storage.notifier.v1.RepairStartRequest.repairs:type_name -> storage.notifier.v1.RepairedDownstairs
+	38, // 20: storage.notifier.v1.RepairStartRequest.time:type_name -> google.protobuf.Timestamp
+	24, // 21: storage.notifier.v1.RepairStartRequest.repairs:type_name -> storage.notifier.v1.RepairedDownstairs
 	3,  // 22: storage.notifier.v1.RepairFinishRequest.repair_type:type_name -> storage.notifier.v1.RepairType
-	36, // 23: storage.notifier.v1.RepairFinishRequest.time:type_name -> google.protobuf.Timestamp
-	22, // 24: storage.notifier.v1.RepairFinishRequest.repairs:type_name -> storage.notifier.v1.RepairedDownstairs
-	36, // 25: storage.notifier.v1.RepairProgressRequest.time:type_name -> google.protobuf.Timestamp
-	36, // 26: storage.notifier.v1.DownstairsStopRequestRequest.time:type_name -> google.protobuf.Timestamp
+	38, // 23: storage.notifier.v1.RepairFinishRequest.time:type_name -> google.protobuf.Timestamp
+	24, // 24: storage.notifier.v1.RepairFinishRequest.repairs:type_name -> storage.notifier.v1.RepairedDownstairs
+	38, // 25: storage.notifier.v1.RepairProgressRequest.time:type_name -> google.protobuf.Timestamp
+	38, // 26: storage.notifier.v1.DownstairsStopRequestRequest.time:type_name -> google.protobuf.Timestamp
 	5,  // 27: storage.notifier.v1.DownstairsStopRequestRequest.reason:type_name -> storage.notifier.v1.StopRequestReason
-	36, // 28: storage.notifier.v1.DownstairsStoppedRequest.time:type_name -> google.protobuf.Timestamp
+	38, // 28: storage.notifier.v1.DownstairsStoppedRequest.time:type_name -> google.protobuf.Timestamp
 	6,  // 29: storage.notifier.v1.DownstairsStoppedRequest.reason:type_name -> storage.notifier.v1.StoppedReason
 	8,  // 30: storage.notifier.v1.UpstairsNotifierService.ConstructVolume:input_type -> storage.notifier.v1.ConstructVolumeRequest
 	10, // 31: storage.notifier.v1.UpstairsNotifierService.DetachUpstairs:input_type -> storage.notifier.v1.DetachUpstairsRequest
 	12, // 32: storage.notifier.v1.UpstairsNotifierService.SetUpstairsState:input_type -> storage.notifier.v1.SetUpstairsStateRequest
 	14, // 33: storage.notifier.v1.UpstairsNotifierService.NotifyReplacement:input_type -> storage.notifier.v1.NotifyReplacementRequest
-	17, // 34: storage.notifier.v1.UpstairsNotifierService.ListAttachments:input_type -> storage.notifier.v1.ListAttachmentsRequest
-	20, // 35: storage.notifier.v1.UpstairsNotifierService.ListNotifications:input_type -> storage.notifier.v1.ListNotificationsRequest
-	24, // 36: storage.notifier.v1.UpstairsNotifierService.ListRepairNotifications:input_type -> storage.notifier.v1.ListRepairNotificationsRequest
-	26, // 37: storage.notifier.v1.UpstairsNotifierService.RepairStart:input_type -> storage.notifier.v1.RepairStartRequest
-	28, // 38: storage.notifier.v1.UpstairsNotifierService.RepairFinish:input_type -> storage.notifier.v1.RepairFinishRequest
-	30, // 39: storage.notifier.v1.UpstairsNotifierService.RepairProgress:input_type -> storage.notifier.v1.RepairProgressRequest
-	32, // 40: storage.notifier.v1.UpstairsNotifierService.DownstairsStopRequest:input_type -> storage.notifier.v1.DownstairsStopRequestRequest
-	34, // 41: storage.notifier.v1.UpstairsNotifierService.DownstairsStopped:input_type -> storage.notifier.v1.DownstairsStoppedRequest
-	9,  // 42: storage.notifier.v1.UpstairsNotifierService.ConstructVolume:output_type -> storage.notifier.v1.ConstructVolumeResponse
-	11, // 43: storage.notifier.v1.UpstairsNotifierService.DetachUpstairs:output_type -> storage.notifier.v1.DetachUpstairsResponse
-	13, // 44: storage.notifier.v1.UpstairsNotifierService.SetUpstairsState:output_type -> storage.notifier.v1.SetUpstairsStateResponse
-	16, // 45: storage.notifier.v1.UpstairsNotifierService.NotifyReplacement:output_type -> storage.notifier.v1.NotifyReplacementResponse
-	18, // 46: storage.notifier.v1.UpstairsNotifierService.ListAttachments:output_type -> storage.notifier.v1.ListAttachmentsResponse
-	21, // 47: storage.notifier.v1.UpstairsNotifierService.ListNotifications:output_type -> storage.notifier.v1.ListNotificationsResponse
-	25, // 48: storage.notifier.v1.UpstairsNotifierService.ListRepairNotifications:output_type -> storage.notifier.v1.ListRepairNotificationsResponse
-	27, // 49: storage.notifier.v1.UpstairsNotifierService.RepairStart:output_type -> storage.notifier.v1.RepairStartResponse
-	29, // 50: storage.notifier.v1.UpstairsNotifierService.RepairFinish:output_type -> storage.notifier.v1.RepairFinishResponse
-	31, // 51: storage.notifier.v1.UpstairsNotifierService.RepairProgress:output_type -> storage.notifier.v1.RepairProgressResponse
-	33, // 52: storage.notifier.v1.UpstairsNotifierService.DownstairsStopRequest:output_type -> storage.notifier.v1.DownstairsStopRequestResponse
-	35, // 53: storage.notifier.v1.UpstairsNotifierService.DownstairsStopped:output_type -> storage.notifier.v1.DownstairsStoppedResponse
-	42, // [42:54] is the sub-list for method output_type
-	30, // [30:42] is the sub-list for method input_type
+	19, // 34: storage.notifier.v1.UpstairsNotifierService.FindAttachedVolumes:input_type -> storage.notifier.v1.FindAttachedVolumesRequest
+	17, // 35: storage.notifier.v1.UpstairsNotifierService.ListAttachments:input_type -> storage.notifier.v1.ListAttachmentsRequest
+	22, // 36: storage.notifier.v1.UpstairsNotifierService.ListNotifications:input_type -> storage.notifier.v1.ListNotificationsRequest
+	26, // 37: storage.notifier.v1.UpstairsNotifierService.ListRepairNotifications:input_type -> storage.notifier.v1.ListRepairNotificationsRequest
+	28, // 38: storage.notifier.v1.UpstairsNotifierService.RepairStart:input_type -> storage.notifier.v1.RepairStartRequest
+	30, // 39: storage.notifier.v1.UpstairsNotifierService.RepairFinish:input_type -> storage.notifier.v1.RepairFinishRequest
+	32, // 40: storage.notifier.v1.UpstairsNotifierService.RepairProgress:input_type -> storage.notifier.v1.RepairProgressRequest
+	34, // 41: storage.notifier.v1.UpstairsNotifierService.DownstairsStopRequest:input_type -> storage.notifier.v1.DownstairsStopRequestRequest
+	36, // 42: storage.notifier.v1.UpstairsNotifierService.DownstairsStopped:input_type -> storage.notifier.v1.DownstairsStoppedRequest
+	9,  // 43: storage.notifier.v1.UpstairsNotifierService.ConstructVolume:output_type -> storage.notifier.v1.ConstructVolumeResponse
+	11, // 44: storage.notifier.v1.UpstairsNotifierService.DetachUpstairs:output_type -> storage.notifier.v1.DetachUpstairsResponse
+	13, // 45: storage.notifier.v1.UpstairsNotifierService.SetUpstairsState:output_type -> storage.notifier.v1.SetUpstairsStateResponse
+	16, // 46: storage.notifier.v1.UpstairsNotifierService.NotifyReplacement:output_type -> storage.notifier.v1.NotifyReplacementResponse
+	20, // 47: storage.notifier.v1.UpstairsNotifierService.FindAttachedVolumes:output_type -> storage.notifier.v1.FindAttachedVolumesResponse
+	18, // 48: storage.notifier.v1.UpstairsNotifierService.ListAttachments:output_type -> storage.notifier.v1.ListAttachmentsResponse
+	23, // 49: storage.notifier.v1.UpstairsNotifierService.ListNotifications:output_type -> storage.notifier.v1.ListNotificationsResponse
+	27, // 50: storage.notifier.v1.UpstairsNotifierService.ListRepairNotifications:output_type -> storage.notifier.v1.ListRepairNotificationsResponse
+	29, // 51: storage.notifier.v1.UpstairsNotifierService.RepairStart:output_type -> storage.notifier.v1.RepairStartResponse
+	31, // 52: storage.notifier.v1.UpstairsNotifierService.RepairFinish:output_type -> storage.notifier.v1.RepairFinishResponse
+	33, // 53: storage.notifier.v1.UpstairsNotifierService.RepairProgress:output_type -> storage.notifier.v1.RepairProgressResponse
+	35, // 54: storage.notifier.v1.UpstairsNotifierService.DownstairsStopRequest:output_type -> storage.notifier.v1.DownstairsStopRequestResponse
+	37, // 55: storage.notifier.v1.UpstairsNotifierService.DownstairsStopped:output_type -> storage.notifier.v1.DownstairsStoppedResponse
+	43, // [43:56] is the sub-list for method output_type
+	30, // [30:43] is the sub-list for method input_type
 	30, // [30:30] is the sub-list for extension type_name
 	30, // [30:30] is the sub-list for extension extendee
 	0,  // [0:30] is the sub-list for field type_name
@@ -2590,7 +2689,7 @@ func file_storage_notifier_v1_notifier_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_notifier_v1_notifier_proto_rawDesc), len(file_storage_notifier_v1_notifier_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	UpstairsNotifierService_DetachUpstairs_FullMethodName          = "/storage.notifier.v1.UpstairsNotifierService/DetachUpstairs"
 	UpstairsNotifierService_SetUpstairsState_FullMethodName        = "/storage.notifier.v1.UpstairsNotifierService/SetUpstairsState"
 	UpstairsNotifierService_NotifyReplacement_FullMethodName       = "/storage.notifier.v1.UpstairsNotifierService/NotifyReplacement"
+	UpstairsNotifierService_FindAttachedVolumes_FullMethodName     = "/storage.notifier.v1.UpstairsNotifierService/FindAttachedVolumes"
 	UpstairsNotifierService_ListAttachments_FullMethodName         = "/storage.notifier.v1.UpstairsNotifierService/ListAttachments"
 	UpstairsNotifierService_ListNotifications_FullMethodName       = "/storage.notifier.v1.UpstairsNotifierService/ListNotifications"
 	UpstairsNotifierService_ListRepairNotifications_FullMethodName = "/storage.notifier.v1.UpstairsNotifierService/ListRepairNotifications"
@@ -90,6 +91,15 @@ type UpstairsNotifierServiceClient interface {
 	// 512 bytes) step_key, NOT_FOUND for an unknown (or hard-deleted) volume:
 	// nothing recorded.
 	NotifyReplacement(ctx context.Context, in *NotifyReplacementRequest, opts ...grpc.CallOption) (*NotifyReplacementResponse, error)
+	// Which of the given volumes have an attachment recorded, in any state
+	// (STARTING, RUNNING, REBOOTING, MIGRATING, STOPPING, STOPPED or FAILED):
+	// the batch swap's question after it swapped, answered from the store in
+	// one query. An attachment is recorded STARTING before ConstructVolume
+	// checks the VCR out, so a consumer that read a VCR before a swap
+	// committed is listed by any call made after it. The answer lists each
+	// such volume once, in no particular order. INVALID_ARGUMENT for a
+	// malformed volume_id (naming its index) or more than 1000 ids.
+	FindAttachedVolumes(ctx context.Context, in *FindAttachedVolumesRequest, opts ...grpc.CallOption) (*FindAttachedVolumesResponse, error)
 	// Lists attachments. Paginated
 	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
 	// or a page_token this service did not issue, is INVALID_ARGUMENT);
@@ -172,6 +182,16 @@ func (c *upstairsNotifierServiceClient) NotifyReplacement(ctx context.Context, i
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(NotifyReplacementResponse)
 	err := c.cc.Invoke(ctx, UpstairsNotifierService_NotifyReplacement_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *upstairsNotifierServiceClient) FindAttachedVolumes(ctx context.Context, in *FindAttachedVolumesRequest, opts ...grpc.CallOption) (*FindAttachedVolumesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FindAttachedVolumesResponse)
+	err := c.cc.Invoke(ctx, UpstairsNotifierService_FindAttachedVolumes_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -308,6 +328,15 @@ type UpstairsNotifierServiceServer interface {
 	// 512 bytes) step_key, NOT_FOUND for an unknown (or hard-deleted) volume:
 	// nothing recorded.
 	NotifyReplacement(context.Context, *NotifyReplacementRequest) (*NotifyReplacementResponse, error)
+	// Which of the given volumes have an attachment recorded, in any state
+	// (STARTING, RUNNING, REBOOTING, MIGRATING, STOPPING, STOPPED or FAILED):
+	// the batch swap's question after it swapped, answered from the store in
+	// one query. An attachment is recorded STARTING before ConstructVolume
+	// checks the VCR out, so a consumer that read a VCR before a swap
+	// committed is listed by any call made after it. The answer lists each
+	// such volume once, in no particular order. INVALID_ARGUMENT for a
+	// malformed volume_id (naming its index) or more than 1000 ids.
+	FindAttachedVolumes(context.Context, *FindAttachedVolumesRequest) (*FindAttachedVolumesResponse, error)
 	// Lists attachments. Paginated
 	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
 	// or a page_token this service did not issue, is INVALID_ARGUMENT);
@@ -367,6 +396,9 @@ func (UnimplementedUpstairsNotifierServiceServer) SetUpstairsState(context.Conte
 }
 func (UnimplementedUpstairsNotifierServiceServer) NotifyReplacement(context.Context, *NotifyReplacementRequest) (*NotifyReplacementResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NotifyReplacement not implemented")
+}
+func (UnimplementedUpstairsNotifierServiceServer) FindAttachedVolumes(context.Context, *FindAttachedVolumesRequest) (*FindAttachedVolumesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FindAttachedVolumes not implemented")
 }
 func (UnimplementedUpstairsNotifierServiceServer) ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAttachments not implemented")
@@ -482,6 +514,24 @@ func _UpstairsNotifierService_NotifyReplacement_Handler(srv interface{}, ctx con
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(UpstairsNotifierServiceServer).NotifyReplacement(ctx, req.(*NotifyReplacementRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UpstairsNotifierService_FindAttachedVolumes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FindAttachedVolumesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpstairsNotifierServiceServer).FindAttachedVolumes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UpstairsNotifierService_FindAttachedVolumes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpstairsNotifierServiceServer).FindAttachedVolumes(ctx, req.(*FindAttachedVolumesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -652,6 +702,10 @@ var UpstairsNotifierService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NotifyReplacement",
 			Handler:    _UpstairsNotifierService_NotifyReplacement_Handler,
+		},
+		{
+			MethodName: "FindAttachedVolumes",
+			Handler:    _UpstairsNotifierService_FindAttachedVolumes_Handler,
 		},
 		{
 			MethodName: "ListAttachments",

@@ -1842,6 +1842,174 @@ func (x *ReplaceReadOnlyTargetResponse) GetResult() v1.VolumeReplaceResult {
 	return v1.VolumeReplaceResult(0)
 }
 
+// One volume of a ReplaceReadOnlyTargets batch.
+type ReadOnlySwap struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// Receives the old reference; created blank first when the request's
+	// create_stashes is set and it does not exist.
+	StashVolumeId string `protobuf:"bytes,2,opt,name=stash_volume_id,json=stashVolumeId,proto3" json:"stash_volume_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadOnlySwap) Reset() {
+	*x = ReadOnlySwap{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadOnlySwap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadOnlySwap) ProtoMessage() {}
+
+func (x *ReadOnlySwap) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadOnlySwap.ProtoReflect.Descriptor instead.
+func (*ReadOnlySwap) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReadOnlySwap) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *ReadOnlySwap) GetStashVolumeId() string {
+	if x != nil {
+		return x.StashVolumeId
+	}
+	return ""
+}
+
+type ReplaceReadOnlyTargetsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OldTargetId   string                 `protobuf:"bytes,1,opt,name=old_target_id,json=oldTargetId,proto3" json:"old_target_id,omitempty"`
+	NewTargetId   string                 `protobuf:"bytes,2,opt,name=new_target_id,json=newTargetId,proto3" json:"new_target_id,omitempty"`
+	Swaps         []*ReadOnlySwap        `protobuf:"bytes,3,rep,name=swaps,proto3" json:"swaps,omitempty"`
+	CreateStashes bool                   `protobuf:"varint,4,opt,name=create_stashes,json=createStashes,proto3" json:"create_stashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplaceReadOnlyTargetsRequest) Reset() {
+	*x = ReplaceReadOnlyTargetsRequest{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplaceReadOnlyTargetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplaceReadOnlyTargetsRequest) ProtoMessage() {}
+
+func (x *ReplaceReadOnlyTargetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplaceReadOnlyTargetsRequest.ProtoReflect.Descriptor instead.
+func (*ReplaceReadOnlyTargetsRequest) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReplaceReadOnlyTargetsRequest) GetOldTargetId() string {
+	if x != nil {
+		return x.OldTargetId
+	}
+	return ""
+}
+
+func (x *ReplaceReadOnlyTargetsRequest) GetNewTargetId() string {
+	if x != nil {
+		return x.NewTargetId
+	}
+	return ""
+}
+
+func (x *ReplaceReadOnlyTargetsRequest) GetSwaps() []*ReadOnlySwap {
+	if x != nil {
+		return x.Swaps
+	}
+	return nil
+}
+
+func (x *ReplaceReadOnlyTargetsRequest) GetCreateStashes() bool {
+	if x != nil {
+		return x.CreateStashes
+	}
+	return false
+}
+
+type ReplaceReadOnlyTargetsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per swap, in the request's order.
+	Results       []v1.VolumeReplaceResult `protobuf:"varint,1,rep,packed,name=results,proto3,enum=storage.common.v1.VolumeReplaceResult" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplaceReadOnlyTargetsResponse) Reset() {
+	*x = ReplaceReadOnlyTargetsResponse{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplaceReadOnlyTargetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplaceReadOnlyTargetsResponse) ProtoMessage() {}
+
+func (x *ReplaceReadOnlyTargetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplaceReadOnlyTargetsResponse.ProtoReflect.Descriptor instead.
+func (*ReplaceReadOnlyTargetsResponse) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ReplaceReadOnlyTargetsResponse) GetResults() []v1.VolumeReplaceResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type ReplaceRegionRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId    string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -1855,7 +2023,7 @@ type ReplaceRegionRequest struct {
 
 func (x *ReplaceRegionRequest) Reset() {
 	*x = ReplaceRegionRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2035,7 @@ func (x *ReplaceRegionRequest) String() string {
 func (*ReplaceRegionRequest) ProtoMessage() {}
 
 func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2048,7 @@ func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReplaceRegionRequest) GetVolumeId() string {
@@ -1920,7 +2088,7 @@ type ReplaceRegionResponse struct {
 
 func (x *ReplaceRegionResponse) Reset() {
 	*x = ReplaceRegionResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2100,7 @@ func (x *ReplaceRegionResponse) String() string {
 func (*ReplaceRegionResponse) ProtoMessage() {}
 
 func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2113,7 @@ func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReplaceRegionResponse) GetResult() v1.VolumeReplaceResult {
@@ -1968,7 +2136,7 @@ type FindVolumesReferencingTargetRequest struct {
 
 func (x *FindVolumesReferencingTargetRequest) Reset() {
 	*x = FindVolumesReferencingTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2148,7 @@ func (x *FindVolumesReferencingTargetRequest) String() string {
 func (*FindVolumesReferencingTargetRequest) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2161,7 @@ func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use FindVolumesReferencingTargetRequest.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FindVolumesReferencingTargetRequest) GetTargetId() string {
@@ -2036,7 +2204,7 @@ type VolumeRef struct {
 
 func (x *VolumeRef) Reset() {
 	*x = VolumeRef{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2216,7 @@ func (x *VolumeRef) String() string {
 func (*VolumeRef) ProtoMessage() {}
 
 func (x *VolumeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2229,7 @@ func (x *VolumeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeRef.ProtoReflect.Descriptor instead.
 func (*VolumeRef) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VolumeRef) GetVolumeId() string {
@@ -2095,7 +2263,7 @@ type FindVolumesReferencingTargetResponse struct {
 
 func (x *FindVolumesReferencingTargetResponse) Reset() {
 	*x = FindVolumesReferencingTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2275,7 @@ func (x *FindVolumesReferencingTargetResponse) String() string {
 func (*FindVolumesReferencingTargetResponse) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2288,7 @@ func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FindVolumesReferencingTargetResponse.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FindVolumesReferencingTargetResponse) GetVolumes() []*VolumeRef {
@@ -2147,7 +2315,7 @@ type VolumeReferencesReadOnlyTargetRequest struct {
 
 func (x *VolumeReferencesReadOnlyTargetRequest) Reset() {
 	*x = VolumeReferencesReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2327,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) String() string {
 func (*VolumeReferencesReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2340,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VolumeReferencesReadOnlyTargetRequest) GetVolumeId() string {
@@ -2204,7 +2372,7 @@ type VolumeReferencesReadOnlyTargetResponse struct {
 
 func (x *VolumeReferencesReadOnlyTargetResponse) Reset() {
 	*x = VolumeReferencesReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2384,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) String() string {
 func (*VolumeReferencesReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2397,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Mes
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VolumeReferencesReadOnlyTargetResponse) GetVolumeExists() bool {
@@ -2270,7 +2438,7 @@ type RemoveReadOnlyParentRequest struct {
 
 func (x *RemoveReadOnlyParentRequest) Reset() {
 	*x = RemoveReadOnlyParentRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2450,7 @@ func (x *RemoveReadOnlyParentRequest) String() string {
 func (*RemoveReadOnlyParentRequest) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2463,7 @@ func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveReadOnlyParentRequest) GetVolumeId() string {
@@ -2321,7 +2489,7 @@ type RemoveReadOnlyParentResponse struct {
 
 func (x *RemoveReadOnlyParentResponse) Reset() {
 	*x = RemoveReadOnlyParentResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2333,7 +2501,7 @@ func (x *RemoveReadOnlyParentResponse) String() string {
 func (*RemoveReadOnlyParentResponse) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2346,7 +2514,7 @@ func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveReadOnlyParentResponse) GetRemoved() bool {
@@ -2372,7 +2540,7 @@ type TargetRegistration struct {
 
 func (x *TargetRegistration) Reset() {
 	*x = TargetRegistration{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2552,7 @@ func (x *TargetRegistration) String() string {
 func (*TargetRegistration) ProtoMessage() {}
 
 func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2565,7 @@ func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetRegistration.ProtoReflect.Descriptor instead.
 func (*TargetRegistration) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TargetRegistration) GetTargetId() string {
@@ -2444,7 +2612,7 @@ type RegisterTargetsRequest struct {
 
 func (x *RegisterTargetsRequest) Reset() {
 	*x = RegisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2456,7 +2624,7 @@ func (x *RegisterTargetsRequest) String() string {
 func (*RegisterTargetsRequest) ProtoMessage() {}
 
 func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2469,7 +2637,7 @@ func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RegisterTargetsRequest) GetTargets() []*TargetRegistration {
@@ -2488,7 +2656,7 @@ type RegisterTargetsResponse struct {
 
 func (x *RegisterTargetsResponse) Reset() {
 	*x = RegisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +2668,7 @@ func (x *RegisterTargetsResponse) String() string {
 func (*RegisterTargetsResponse) ProtoMessage() {}
 
 func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2681,7 @@ func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RegisterTargetsResponse) GetTargets() []*v1.Target {
@@ -2535,7 +2703,7 @@ type TargetActivation struct {
 
 func (x *TargetActivation) Reset() {
 	*x = TargetActivation{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2547,7 +2715,7 @@ func (x *TargetActivation) String() string {
 func (*TargetActivation) ProtoMessage() {}
 
 func (x *TargetActivation) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,7 +2728,7 @@ func (x *TargetActivation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetActivation.ProtoReflect.Descriptor instead.
 func (*TargetActivation) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TargetActivation) GetTargetId() string {
@@ -2593,7 +2761,7 @@ type ActivateTargetsRequest struct {
 
 func (x *ActivateTargetsRequest) Reset() {
 	*x = ActivateTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +2773,7 @@ func (x *ActivateTargetsRequest) String() string {
 func (*ActivateTargetsRequest) ProtoMessage() {}
 
 func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +2786,7 @@ func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ActivateTargetsRequest) GetTargets() []*TargetActivation {
@@ -2637,7 +2805,7 @@ type ActivateTargetsResponse struct {
 
 func (x *ActivateTargetsResponse) Reset() {
 	*x = ActivateTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2649,7 +2817,7 @@ func (x *ActivateTargetsResponse) String() string {
 func (*ActivateTargetsResponse) ProtoMessage() {}
 
 func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2662,7 +2830,7 @@ func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ActivateTargetsResponse) GetTargets() []*v1.Target {
@@ -2681,7 +2849,7 @@ type UnregisterTargetsRequest struct {
 
 func (x *UnregisterTargetsRequest) Reset() {
 	*x = UnregisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2693,7 +2861,7 @@ func (x *UnregisterTargetsRequest) String() string {
 func (*UnregisterTargetsRequest) ProtoMessage() {}
 
 func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2706,7 +2874,7 @@ func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UnregisterTargetsRequest) GetTargetIds() []string {
@@ -2726,7 +2894,7 @@ type UnregisterTargetsResponse struct {
 
 func (x *UnregisterTargetsResponse) Reset() {
 	*x = UnregisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2738,7 +2906,7 @@ func (x *UnregisterTargetsResponse) String() string {
 func (*UnregisterTargetsResponse) ProtoMessage() {}
 
 func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2751,7 +2919,7 @@ func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UnregisterTargetsResponse) GetRemoved() int32 {
@@ -2771,7 +2939,7 @@ type RetireTargetsRequest struct {
 
 func (x *RetireTargetsRequest) Reset() {
 	*x = RetireTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2783,7 +2951,7 @@ func (x *RetireTargetsRequest) String() string {
 func (*RetireTargetsRequest) ProtoMessage() {}
 
 func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +2964,7 @@ func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RetireTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RetireTargetsRequest) GetTargetIds() []string {
@@ -2820,7 +2988,7 @@ type RetireTargetsResponse struct {
 
 func (x *RetireTargetsResponse) Reset() {
 	*x = RetireTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +3000,7 @@ func (x *RetireTargetsResponse) String() string {
 func (*RetireTargetsResponse) ProtoMessage() {}
 
 func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +3013,7 @@ func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RetireTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RetireTargetsResponse) GetRetiredTargetIds() []string {
@@ -2881,7 +3049,7 @@ type GetTargetRequest struct {
 
 func (x *GetTargetRequest) Reset() {
 	*x = GetTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2893,7 +3061,7 @@ func (x *GetTargetRequest) String() string {
 func (*GetTargetRequest) ProtoMessage() {}
 
 func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2906,7 +3074,7 @@ func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetRequest.ProtoReflect.Descriptor instead.
 func (*GetTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetTargetRequest) GetTargetId() string {
@@ -2932,7 +3100,7 @@ type GetTargetResponse struct {
 
 func (x *GetTargetResponse) Reset() {
 	*x = GetTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3112,7 @@ func (x *GetTargetResponse) String() string {
 func (*GetTargetResponse) ProtoMessage() {}
 
 func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3125,7 @@ func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetResponse.ProtoReflect.Descriptor instead.
 func (*GetTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetTargetResponse) GetTarget() *v1.Target {
@@ -2981,7 +3149,7 @@ type ListTargetsRequest struct {
 
 func (x *ListTargetsRequest) Reset() {
 	*x = ListTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2993,7 +3161,7 @@ func (x *ListTargetsRequest) String() string {
 func (*ListTargetsRequest) ProtoMessage() {}
 
 func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3006,7 +3174,7 @@ func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ListTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListTargetsRequest) GetPageSize() int32 {
@@ -3054,7 +3222,7 @@ type ListTargetsResponse struct {
 
 func (x *ListTargetsResponse) Reset() {
 	*x = ListTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3066,7 +3234,7 @@ func (x *ListTargetsResponse) String() string {
 func (*ListTargetsResponse) ProtoMessage() {}
 
 func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3079,7 +3247,7 @@ func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ListTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{47}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListTargetsResponse) GetTargets() []*v1.Target {
@@ -3105,7 +3273,7 @@ type ResolveAddressRequest struct {
 
 func (x *ResolveAddressRequest) Reset() {
 	*x = ResolveAddressRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3117,7 +3285,7 @@ func (x *ResolveAddressRequest) String() string {
 func (*ResolveAddressRequest) ProtoMessage() {}
 
 func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3130,7 +3298,7 @@ func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressRequest.ProtoReflect.Descriptor instead.
 func (*ResolveAddressRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{48}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ResolveAddressRequest) GetAddress() string {
@@ -3149,7 +3317,7 @@ type ResolveAddressResponse struct {
 
 func (x *ResolveAddressResponse) Reset() {
 	*x = ResolveAddressResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3161,7 +3329,7 @@ func (x *ResolveAddressResponse) String() string {
 func (*ResolveAddressResponse) ProtoMessage() {}
 
 func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3174,7 +3342,7 @@ func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressResponse.ProtoReflect.Descriptor instead.
 func (*ResolveAddressResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{49}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ResolveAddressResponse) GetTarget() *v1.Target {
@@ -3192,7 +3360,7 @@ type CheckInvariantsRequest struct {
 
 func (x *CheckInvariantsRequest) Reset() {
 	*x = CheckInvariantsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3204,7 +3372,7 @@ func (x *CheckInvariantsRequest) String() string {
 func (*CheckInvariantsRequest) ProtoMessage() {}
 
 func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3217,7 +3385,7 @@ func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsRequest.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{50}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{53}
 }
 
 type CheckInvariantsResponse struct {
@@ -3229,7 +3397,7 @@ type CheckInvariantsResponse struct {
 
 func (x *CheckInvariantsResponse) Reset() {
 	*x = CheckInvariantsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3241,7 +3409,7 @@ func (x *CheckInvariantsResponse) String() string {
 func (*CheckInvariantsResponse) ProtoMessage() {}
 
 func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3254,7 +3422,7 @@ func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsResponse.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{51}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CheckInvariantsResponse) GetViolations() []*v1.Violation {
@@ -3389,7 +3557,17 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\rnew_target_id\x18\x03 \x01(\tR\vnewTargetId\x12&\n" +
 	"\x0fstash_volume_id\x18\x04 \x01(\tR\rstashVolumeId\"_\n" +
 	"\x1dReplaceReadOnlyTargetResponse\x12>\n" +
-	"\x06result\x18\x01 \x01(\x0e2&.storage.common.v1.VolumeReplaceResultR\x06result\"\xa3\x01\n" +
+	"\x06result\x18\x01 \x01(\x0e2&.storage.common.v1.VolumeReplaceResultR\x06result\"S\n" +
+	"\fReadOnlySwap\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12&\n" +
+	"\x0fstash_volume_id\x18\x02 \x01(\tR\rstashVolumeId\"\xc5\x01\n" +
+	"\x1dReplaceReadOnlyTargetsRequest\x12\"\n" +
+	"\rold_target_id\x18\x01 \x01(\tR\voldTargetId\x12\"\n" +
+	"\rnew_target_id\x18\x02 \x01(\tR\vnewTargetId\x125\n" +
+	"\x05swaps\x18\x03 \x03(\v2\x1f.storage.volume.v1.ReadOnlySwapR\x05swaps\x12%\n" +
+	"\x0ecreate_stashes\x18\x04 \x01(\bR\rcreateStashes\"b\n" +
+	"\x1eReplaceReadOnlyTargetsResponse\x12@\n" +
+	"\aresults\x18\x01 \x03(\x0e2&.storage.common.v1.VolumeReplaceResultR\aresults\"\xa3\x01\n" +
 	"\x14ReplaceRegionRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\"\n" +
 	"\rold_region_id\x18\x02 \x01(\tR\voldRegionId\x12\"\n" +
@@ -3499,7 +3677,7 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x11HardDeleteOutcome\x12#\n" +
 	"\x1fHARD_DELETE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bHARD_DELETE_OUTCOME_DELETED\x10\x01\x12\x1c\n" +
-	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x85\x13\n" +
+	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x84\x14\n" +
 	"\rVolumeService\x12_\n" +
 	"\fCreateVolume\x12&.storage.volume.v1.CreateVolumeRequest\x1a'.storage.volume.v1.CreateVolumeResponse\x12V\n" +
 	"\tGetVolume\x12#.storage.volume.v1.GetVolumeRequest\x1a$.storage.volume.v1.GetVolumeResponse\x12n\n" +
@@ -3509,7 +3687,8 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x10SoftDeleteVolume\x12*.storage.volume.v1.SoftDeleteVolumeRequest\x1a+.storage.volume.v1.SoftDeleteVolumeResponse\x12k\n" +
 	"\x10HardDeleteVolume\x12*.storage.volume.v1.HardDeleteVolumeRequest\x1a+.storage.volume.v1.HardDeleteVolumeResponse\x12\x83\x01\n" +
 	"\x18FindDeletedVolumeRegions\x122.storage.volume.v1.FindDeletedVolumeRegionsRequest\x1a3.storage.volume.v1.FindDeletedVolumeRegionsResponse\x12z\n" +
-	"\x15ReplaceReadOnlyTarget\x12/.storage.volume.v1.ReplaceReadOnlyTargetRequest\x1a0.storage.volume.v1.ReplaceReadOnlyTargetResponse\x12b\n" +
+	"\x15ReplaceReadOnlyTarget\x12/.storage.volume.v1.ReplaceReadOnlyTargetRequest\x1a0.storage.volume.v1.ReplaceReadOnlyTargetResponse\x12}\n" +
+	"\x16ReplaceReadOnlyTargets\x120.storage.volume.v1.ReplaceReadOnlyTargetsRequest\x1a1.storage.volume.v1.ReplaceReadOnlyTargetsResponse\x12b\n" +
 	"\rReplaceRegion\x12'.storage.volume.v1.ReplaceRegionRequest\x1a(.storage.volume.v1.ReplaceRegionResponse\x12\x8f\x01\n" +
 	"\x1cFindVolumesReferencingTarget\x126.storage.volume.v1.FindVolumesReferencingTargetRequest\x1a7.storage.volume.v1.FindVolumesReferencingTargetResponse\x12\x95\x01\n" +
 	"\x1eVolumeReferencesReadOnlyTarget\x128.storage.volume.v1.VolumeReferencesReadOnlyTargetRequest\x1a9.storage.volume.v1.VolumeReferencesReadOnlyTargetResponse\x12w\n" +
@@ -3537,7 +3716,7 @@ func file_storage_volume_v1_volume_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(VolumePurpose)(0),                             // 0: storage.volume.v1.VolumePurpose
 	(VolumeView)(0),                                // 1: storage.volume.v1.VolumeView
@@ -3568,136 +3747,143 @@ var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(*FindDeletedVolumeRegionsResponse)(nil),       // 26: storage.volume.v1.FindDeletedVolumeRegionsResponse
 	(*ReplaceReadOnlyTargetRequest)(nil),           // 27: storage.volume.v1.ReplaceReadOnlyTargetRequest
 	(*ReplaceReadOnlyTargetResponse)(nil),          // 28: storage.volume.v1.ReplaceReadOnlyTargetResponse
-	(*ReplaceRegionRequest)(nil),                   // 29: storage.volume.v1.ReplaceRegionRequest
-	(*ReplaceRegionResponse)(nil),                  // 30: storage.volume.v1.ReplaceRegionResponse
-	(*FindVolumesReferencingTargetRequest)(nil),    // 31: storage.volume.v1.FindVolumesReferencingTargetRequest
-	(*VolumeRef)(nil),                              // 32: storage.volume.v1.VolumeRef
-	(*FindVolumesReferencingTargetResponse)(nil),   // 33: storage.volume.v1.FindVolumesReferencingTargetResponse
-	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 34: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 35: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	(*RemoveReadOnlyParentRequest)(nil),            // 36: storage.volume.v1.RemoveReadOnlyParentRequest
-	(*RemoveReadOnlyParentResponse)(nil),           // 37: storage.volume.v1.RemoveReadOnlyParentResponse
-	(*TargetRegistration)(nil),                     // 38: storage.volume.v1.TargetRegistration
-	(*RegisterTargetsRequest)(nil),                 // 39: storage.volume.v1.RegisterTargetsRequest
-	(*RegisterTargetsResponse)(nil),                // 40: storage.volume.v1.RegisterTargetsResponse
-	(*TargetActivation)(nil),                       // 41: storage.volume.v1.TargetActivation
-	(*ActivateTargetsRequest)(nil),                 // 42: storage.volume.v1.ActivateTargetsRequest
-	(*ActivateTargetsResponse)(nil),                // 43: storage.volume.v1.ActivateTargetsResponse
-	(*UnregisterTargetsRequest)(nil),               // 44: storage.volume.v1.UnregisterTargetsRequest
-	(*UnregisterTargetsResponse)(nil),              // 45: storage.volume.v1.UnregisterTargetsResponse
-	(*RetireTargetsRequest)(nil),                   // 46: storage.volume.v1.RetireTargetsRequest
-	(*RetireTargetsResponse)(nil),                  // 47: storage.volume.v1.RetireTargetsResponse
-	(*GetTargetRequest)(nil),                       // 48: storage.volume.v1.GetTargetRequest
-	(*GetTargetResponse)(nil),                      // 49: storage.volume.v1.GetTargetResponse
-	(*ListTargetsRequest)(nil),                     // 50: storage.volume.v1.ListTargetsRequest
-	(*ListTargetsResponse)(nil),                    // 51: storage.volume.v1.ListTargetsResponse
-	(*ResolveAddressRequest)(nil),                  // 52: storage.volume.v1.ResolveAddressRequest
-	(*ResolveAddressResponse)(nil),                 // 53: storage.volume.v1.ResolveAddressResponse
-	(*CheckInvariantsRequest)(nil),                 // 54: storage.volume.v1.CheckInvariantsRequest
-	(*CheckInvariantsResponse)(nil),                // 55: storage.volume.v1.CheckInvariantsResponse
-	nil,                                            // 56: storage.volume.v1.SnapshotOf.TargetMapEntry
-	(*timestamppb.Timestamp)(nil),                  // 57: google.protobuf.Timestamp
-	(*v1.VolumeConstructionRequest)(nil),           // 58: storage.common.v1.VolumeConstructionRequest
-	(*v1.Target)(nil),                              // 59: storage.common.v1.Target
-	(v1.TargetKind)(0),                             // 60: storage.common.v1.TargetKind
-	(*v1.RegionSnapshotRef)(nil),                   // 61: storage.common.v1.RegionSnapshotRef
-	(v1.VolumeReplaceResult)(0),                    // 62: storage.common.v1.VolumeReplaceResult
-	(v1.TargetState)(0),                            // 63: storage.common.v1.TargetState
-	(*v1.Violation)(nil),                           // 64: storage.common.v1.Violation
+	(*ReadOnlySwap)(nil),                           // 29: storage.volume.v1.ReadOnlySwap
+	(*ReplaceReadOnlyTargetsRequest)(nil),          // 30: storage.volume.v1.ReplaceReadOnlyTargetsRequest
+	(*ReplaceReadOnlyTargetsResponse)(nil),         // 31: storage.volume.v1.ReplaceReadOnlyTargetsResponse
+	(*ReplaceRegionRequest)(nil),                   // 32: storage.volume.v1.ReplaceRegionRequest
+	(*ReplaceRegionResponse)(nil),                  // 33: storage.volume.v1.ReplaceRegionResponse
+	(*FindVolumesReferencingTargetRequest)(nil),    // 34: storage.volume.v1.FindVolumesReferencingTargetRequest
+	(*VolumeRef)(nil),                              // 35: storage.volume.v1.VolumeRef
+	(*FindVolumesReferencingTargetResponse)(nil),   // 36: storage.volume.v1.FindVolumesReferencingTargetResponse
+	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 37: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 38: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	(*RemoveReadOnlyParentRequest)(nil),            // 39: storage.volume.v1.RemoveReadOnlyParentRequest
+	(*RemoveReadOnlyParentResponse)(nil),           // 40: storage.volume.v1.RemoveReadOnlyParentResponse
+	(*TargetRegistration)(nil),                     // 41: storage.volume.v1.TargetRegistration
+	(*RegisterTargetsRequest)(nil),                 // 42: storage.volume.v1.RegisterTargetsRequest
+	(*RegisterTargetsResponse)(nil),                // 43: storage.volume.v1.RegisterTargetsResponse
+	(*TargetActivation)(nil),                       // 44: storage.volume.v1.TargetActivation
+	(*ActivateTargetsRequest)(nil),                 // 45: storage.volume.v1.ActivateTargetsRequest
+	(*ActivateTargetsResponse)(nil),                // 46: storage.volume.v1.ActivateTargetsResponse
+	(*UnregisterTargetsRequest)(nil),               // 47: storage.volume.v1.UnregisterTargetsRequest
+	(*UnregisterTargetsResponse)(nil),              // 48: storage.volume.v1.UnregisterTargetsResponse
+	(*RetireTargetsRequest)(nil),                   // 49: storage.volume.v1.RetireTargetsRequest
+	(*RetireTargetsResponse)(nil),                  // 50: storage.volume.v1.RetireTargetsResponse
+	(*GetTargetRequest)(nil),                       // 51: storage.volume.v1.GetTargetRequest
+	(*GetTargetResponse)(nil),                      // 52: storage.volume.v1.GetTargetResponse
+	(*ListTargetsRequest)(nil),                     // 53: storage.volume.v1.ListTargetsRequest
+	(*ListTargetsResponse)(nil),                    // 54: storage.volume.v1.ListTargetsResponse
+	(*ResolveAddressRequest)(nil),                  // 55: storage.volume.v1.ResolveAddressRequest
+	(*ResolveAddressResponse)(nil),                 // 56: storage.volume.v1.ResolveAddressResponse
+	(*CheckInvariantsRequest)(nil),                 // 57: storage.volume.v1.CheckInvariantsRequest
+	(*CheckInvariantsResponse)(nil),                // 58: storage.volume.v1.CheckInvariantsResponse
+	nil,                                            // 59: storage.volume.v1.SnapshotOf.TargetMapEntry
+	(*timestamppb.Timestamp)(nil),                  // 60: google.protobuf.Timestamp
+	(*v1.VolumeConstructionRequest)(nil),           // 61: storage.common.v1.VolumeConstructionRequest
+	(*v1.Target)(nil),                              // 62: storage.common.v1.Target
+	(v1.TargetKind)(0),                             // 63: storage.common.v1.TargetKind
+	(*v1.RegionSnapshotRef)(nil),                   // 64: storage.common.v1.RegionSnapshotRef
+	(v1.VolumeReplaceResult)(0),                    // 65: storage.common.v1.VolumeReplaceResult
+	(v1.TargetState)(0),                            // 66: storage.common.v1.TargetState
+	(*v1.Violation)(nil),                           // 67: storage.common.v1.Violation
 }
 var file_storage_volume_v1_volume_proto_depIdxs = []int32{
-	57, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
-	57, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
-	58, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	59, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
+	60, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
+	60, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
+	61, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	62, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
 	0,  // 4: storage.volume.v1.Volume.purpose:type_name -> storage.volume.v1.VolumePurpose
-	58, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	61, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
 	6,  // 6: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
 	0,  // 7: storage.volume.v1.CreateVolumeRequest.purpose:type_name -> storage.volume.v1.VolumePurpose
-	56, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
+	59, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
 	4,  // 9: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
 	1,  // 10: storage.volume.v1.GetVolumeRequest.view:type_name -> storage.volume.v1.VolumeView
 	4,  // 11: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
 	10, // 12: storage.volume.v1.GetVolumeResponse.redundancy:type_name -> storage.volume.v1.VolumeRedundancy
 	0,  // 13: storage.volume.v1.VolumeRedundancy.purpose:type_name -> storage.volume.v1.VolumePurpose
 	11, // 14: storage.volume.v1.VolumeRedundancy.sets:type_name -> storage.volume.v1.RegionSetRedundancy
-	57, // 15: storage.volume.v1.VolumeRedundancy.disks_read_at:type_name -> google.protobuf.Timestamp
+	60, // 15: storage.volume.v1.VolumeRedundancy.disks_read_at:type_name -> google.protobuf.Timestamp
 	12, // 16: storage.volume.v1.RegionSetRedundancy.copies:type_name -> storage.volume.v1.RegionCopy
-	60, // 17: storage.volume.v1.RegionCopy.kind:type_name -> storage.common.v1.TargetKind
+	63, // 17: storage.volume.v1.RegionCopy.kind:type_name -> storage.common.v1.TargetKind
 	10, // 18: storage.volume.v1.ListDegradedVolumesResponse.volumes:type_name -> storage.volume.v1.VolumeRedundancy
-	57, // 19: storage.volume.v1.ListDegradedVolumesResponse.disks_read_at:type_name -> google.protobuf.Timestamp
+	60, // 19: storage.volume.v1.ListDegradedVolumesResponse.disks_read_at:type_name -> google.protobuf.Timestamp
 	4,  // 20: storage.volume.v1.GetVolumeWithKeysResponse.volume:type_name -> storage.volume.v1.Volume
 	4,  // 21: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
 	2,  // 22: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
-	58, // 23: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	61, // 23: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
 	0,  // 24: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
-	61, // 25: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
+	64, // 25: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
 	3,  // 26: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
-	62, // 27: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	62, // 28: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	0,  // 29: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
-	32, // 30: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
-	0,  // 31: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
-	60, // 32: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
-	38, // 33: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
-	59, // 34: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
-	41, // 35: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
-	59, // 36: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
-	59, // 37: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
-	60, // 38: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
-	63, // 39: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
-	59, // 40: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
-	59, // 41: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
-	64, // 42: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
-	5,  // 43: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
-	8,  // 44: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
-	15, // 45: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
-	17, // 46: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
-	19, // 47: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
-	21, // 48: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
-	23, // 49: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
-	25, // 50: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
-	27, // 51: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
-	29, // 52: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
-	31, // 53: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
-	34, // 54: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	36, // 55: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
-	39, // 56: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
-	42, // 57: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
-	44, // 58: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
-	46, // 59: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
-	48, // 60: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
-	50, // 61: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
-	52, // 62: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
-	54, // 63: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
-	13, // 64: storage.volume.v1.VolumeService.ListDegradedVolumes:input_type -> storage.volume.v1.ListDegradedVolumesRequest
-	7,  // 65: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
-	9,  // 66: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
-	16, // 67: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
-	18, // 68: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
-	20, // 69: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
-	22, // 70: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
-	24, // 71: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
-	26, // 72: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
-	28, // 73: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
-	30, // 74: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
-	33, // 75: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
-	35, // 76: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	37, // 77: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
-	40, // 78: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
-	43, // 79: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
-	45, // 80: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
-	47, // 81: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
-	49, // 82: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
-	51, // 83: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
-	53, // 84: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
-	55, // 85: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
-	14, // 86: storage.volume.v1.VolumeService.ListDegradedVolumes:output_type -> storage.volume.v1.ListDegradedVolumesResponse
-	65, // [65:87] is the sub-list for method output_type
-	43, // [43:65] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	65, // 27: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	29, // 28: storage.volume.v1.ReplaceReadOnlyTargetsRequest.swaps:type_name -> storage.volume.v1.ReadOnlySwap
+	65, // 29: storage.volume.v1.ReplaceReadOnlyTargetsResponse.results:type_name -> storage.common.v1.VolumeReplaceResult
+	65, // 30: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	0,  // 31: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
+	35, // 32: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
+	0,  // 33: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
+	63, // 34: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
+	41, // 35: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
+	62, // 36: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
+	44, // 37: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
+	62, // 38: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
+	62, // 39: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
+	63, // 40: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
+	66, // 41: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
+	62, // 42: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
+	62, // 43: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
+	67, // 44: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
+	5,  // 45: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
+	8,  // 46: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
+	15, // 47: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
+	17, // 48: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
+	19, // 49: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
+	21, // 50: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
+	23, // 51: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
+	25, // 52: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
+	27, // 53: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
+	30, // 54: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:input_type -> storage.volume.v1.ReplaceReadOnlyTargetsRequest
+	32, // 55: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
+	34, // 56: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
+	37, // 57: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	39, // 58: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
+	42, // 59: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
+	45, // 60: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
+	47, // 61: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
+	49, // 62: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
+	51, // 63: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
+	53, // 64: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
+	55, // 65: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
+	57, // 66: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
+	13, // 67: storage.volume.v1.VolumeService.ListDegradedVolumes:input_type -> storage.volume.v1.ListDegradedVolumesRequest
+	7,  // 68: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
+	9,  // 69: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
+	16, // 70: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
+	18, // 71: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
+	20, // 72: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
+	22, // 73: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
+	24, // 74: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
+	26, // 75: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
+	28, // 76: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
+	31, // 77: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:output_type -> storage.volume.v1.ReplaceReadOnlyTargetsResponse
+	33, // 78: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
+	36, // 79: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
+	38, // 80: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	40, // 81: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
+	43, // 82: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
+	46, // 83: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
+	48, // 84: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
+	50, // 85: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
+	52, // 86: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
+	54, // 87: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
+	56, // 88: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
+	58, // 89: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
+	14, // 90: storage.volume.v1.VolumeService.ListDegradedVolumes:output_type -> storage.volume.v1.ListDegradedVolumesResponse
+	68, // [68:91] is the sub-list for method output_type
+	45, // [45:68] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_storage_volume_v1_volume_proto_init() }
@@ -3711,7 +3897,7 @@ func file_storage_volume_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_volume_v1_volume_proto_rawDesc), len(file_storage_volume_v1_volume_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   53,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	VolumeService_HardDeleteVolume_FullMethodName               = "/storage.volume.v1.VolumeService/HardDeleteVolume"
 	VolumeService_FindDeletedVolumeRegions_FullMethodName       = "/storage.volume.v1.VolumeService/FindDeletedVolumeRegions"
 	VolumeService_ReplaceReadOnlyTarget_FullMethodName          = "/storage.volume.v1.VolumeService/ReplaceReadOnlyTarget"
+	VolumeService_ReplaceReadOnlyTargets_FullMethodName         = "/storage.volume.v1.VolumeService/ReplaceReadOnlyTargets"
 	VolumeService_ReplaceRegion_FullMethodName                  = "/storage.volume.v1.VolumeService/ReplaceRegion"
 	VolumeService_FindVolumesReferencingTarget_FullMethodName   = "/storage.volume.v1.VolumeService/FindVolumesReferencingTarget"
 	VolumeService_VolumeReferencesReadOnlyTarget_FullMethodName = "/storage.volume.v1.VolumeService/VolumeReferencesReadOnlyTarget"
@@ -98,6 +99,20 @@ type VolumeServiceClient interface {
 	// reference volume"). Calling it with old and new swapped undoes it. A
 	// deleted volume is a result, not an error.
 	ReplaceReadOnlyTarget(ctx context.Context, in *ReplaceReadOnlyTargetRequest, opts ...grpc.CallOption) (*ReplaceReadOnlyTargetResponse, error)
+	// ReplaceReadOnlyTarget for many volumes of one fan-out in one transaction:
+	// each swap replaces old_target_id with new_target_id in its volume and
+	// parks the old reference in its stash, exactly as ReplaceReadOnlyTarget
+	// does one. With create_stashes, each stash that does not exist yet is
+	// first created blank (purpose STASH) in the same transaction, as the
+	// per-volume path's CreateVolume does. One result per swap, in order
+	// (a deleted volume is a result, its stash left blank). All or nothing:
+	// any refused swap (a volume that names neither target, an unusable
+	// stash, targets that are not both read-only, a new target that is not
+	// ACTIVE) is FAILED_PRECONDITION naming it, with nothing written.
+	// INVALID_ARGUMENT naming the field, with nothing written, for a
+	// malformed or missing id, equal old and new targets, no swaps or more
+	// than 1000, or an id that appears twice among the volumes and stashes.
+	ReplaceReadOnlyTargets(ctx context.Context, in *ReplaceReadOnlyTargetsRequest, opts ...grpc.CallOption) (*ReplaceReadOnlyTargetsResponse, error)
 	// Replaces one rw region of a volume, bumping the generation of every region
 	// set reached through sub_volumes, swapping ownership in the registry (the
 	// old region now belongs to the stash volume, whose VCR is rewritten to
@@ -263,6 +278,16 @@ func (c *volumeServiceClient) ReplaceReadOnlyTarget(ctx context.Context, in *Rep
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReplaceReadOnlyTargetResponse)
 	err := c.cc.Invoke(ctx, VolumeService_ReplaceReadOnlyTarget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) ReplaceReadOnlyTargets(ctx context.Context, in *ReplaceReadOnlyTargetsRequest, opts ...grpc.CallOption) (*ReplaceReadOnlyTargetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplaceReadOnlyTargetsResponse)
+	err := c.cc.Invoke(ctx, VolumeService_ReplaceReadOnlyTargets_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -446,6 +471,20 @@ type VolumeServiceServer interface {
 	// reference volume"). Calling it with old and new swapped undoes it. A
 	// deleted volume is a result, not an error.
 	ReplaceReadOnlyTarget(context.Context, *ReplaceReadOnlyTargetRequest) (*ReplaceReadOnlyTargetResponse, error)
+	// ReplaceReadOnlyTarget for many volumes of one fan-out in one transaction:
+	// each swap replaces old_target_id with new_target_id in its volume and
+	// parks the old reference in its stash, exactly as ReplaceReadOnlyTarget
+	// does one. With create_stashes, each stash that does not exist yet is
+	// first created blank (purpose STASH) in the same transaction, as the
+	// per-volume path's CreateVolume does. One result per swap, in order
+	// (a deleted volume is a result, its stash left blank). All or nothing:
+	// any refused swap (a volume that names neither target, an unusable
+	// stash, targets that are not both read-only, a new target that is not
+	// ACTIVE) is FAILED_PRECONDITION naming it, with nothing written.
+	// INVALID_ARGUMENT naming the field, with nothing written, for a
+	// malformed or missing id, equal old and new targets, no swaps or more
+	// than 1000, or an id that appears twice among the volumes and stashes.
+	ReplaceReadOnlyTargets(context.Context, *ReplaceReadOnlyTargetsRequest) (*ReplaceReadOnlyTargetsResponse, error)
 	// Replaces one rw region of a volume, bumping the generation of every region
 	// set reached through sub_volumes, swapping ownership in the registry (the
 	// old region now belongs to the stash volume, whose VCR is rewritten to
@@ -553,6 +592,9 @@ func (UnimplementedVolumeServiceServer) FindDeletedVolumeRegions(context.Context
 }
 func (UnimplementedVolumeServiceServer) ReplaceReadOnlyTarget(context.Context, *ReplaceReadOnlyTargetRequest) (*ReplaceReadOnlyTargetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplaceReadOnlyTarget not implemented")
+}
+func (UnimplementedVolumeServiceServer) ReplaceReadOnlyTargets(context.Context, *ReplaceReadOnlyTargetsRequest) (*ReplaceReadOnlyTargetsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplaceReadOnlyTargets not implemented")
 }
 func (UnimplementedVolumeServiceServer) ReplaceRegion(context.Context, *ReplaceRegionRequest) (*ReplaceRegionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplaceRegion not implemented")
@@ -772,6 +814,24 @@ func _VolumeService_ReplaceReadOnlyTarget_Handler(srv interface{}, ctx context.C
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VolumeServiceServer).ReplaceReadOnlyTarget(ctx, req.(*ReplaceReadOnlyTargetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_ReplaceReadOnlyTargets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplaceReadOnlyTargetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).ReplaceReadOnlyTargets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_ReplaceReadOnlyTargets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).ReplaceReadOnlyTargets(ctx, req.(*ReplaceReadOnlyTargetsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1052,6 +1112,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReplaceReadOnlyTarget",
 			Handler:    _VolumeService_ReplaceReadOnlyTarget_Handler,
+		},
+		{
+			MethodName: "ReplaceReadOnlyTargets",
+			Handler:    _VolumeService_ReplaceReadOnlyTargets_Handler,
 		},
 		{
 			MethodName: "ReplaceRegion",

@@ -20,3 +20,19 @@ func countGaveUp(ctx context.Context, end store.RegionState) {
 		c.Add(ctx, 1, metric.WithAttributes(attribute.String("end", string(end))))
 	}
 }
+
+// countStepBatch records the size of a ro-replacement-step-batch saga the
+// step task started (storagecp_step_batch_steps, a histogram) and counts
+// its steps (storagecp_step_batch_steps_started_total): how much of a
+// fan-out took the batch path rather than one saga per volume.
+func countStepBatch(ctx context.Context, n int) {
+	m := otel.Meter("storagecp/replacement")
+	if h, err := m.Int64Histogram("storagecp.step_batch.steps",
+		metric.WithDescription("steps per ro-replacement-step-batch saga started")); err == nil {
+		h.Record(ctx, int64(n))
+	}
+	if c, err := m.Int64Counter("storagecp.step_batch.steps_started",
+		metric.WithDescription("steps started through ro-replacement-step-batch")); err == nil {
+		c.Add(ctx, int64(n))
+	}
+}

@@ -348,6 +348,34 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 		}
 		delete(queues, id)
 	}
+	// The batch path (Env.StepBatch): which volumes have an Upstairs
+	// attached now, asked once for the pass. Only a hint — the batch saga
+	// asks again after its swap — so a failed question sends every step
+	// the per-volume way.
+	var attached map[uuid.UUID]bool
+	batches := map[uuid.UUID][]store.Step{}
+	if t.env.StepBatch > 0 {
+		var vols []uuid.UUID
+		for _, q := range queues {
+			for _, s := range q {
+				vols = append(vols, s.VolumeID)
+			}
+		}
+		if attached, err = sagadef.AttachedVolumes(ctx, d, vols); err != nil {
+			errf(&st.Errors, "attached volumes: %v (every step takes the per-volume path this pass)", err)
+			attached = map[uuid.UUID]bool{}
+			for _, v := range vols {
+				attached[v] = true
+			}
+		}
+		defer func() {
+			for id, b := range batches {
+				if len(b) > 0 {
+					t.startBatch(ctx, st, reqs[id], b)
+				}
+			}
+		}()
+	}
 	for {
 		// The next step comes from the request first by: operator
 		// priority, then fewest steps in flight (so a large fan-out
@@ -368,6 +396,13 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 		s := queues[next][0]
 		queues[next] = queues[next][1:]
 		r := reqs[next]
+		if _, busy := running[s.ID]; busy && t.env.StepBatch > 0 {
+			// A saga this process started holds it (still Requested until
+			// it claims): a batch keyed by another step would not be
+			// stopped by the limiter, so it is left out here. Its claim
+			// would refuse a second saga anyway; this saves the saga.
+			continue
+		}
 		if full(limits.RackSteps, used) || t.limiter.InFlight() >= t.env.MaxSagas {
 			// Everything left waits for a slot; the end of a step saga
 			// wakes this task.
@@ -420,6 +455,20 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 			st.StepSetVolumeDeletedOK = append(st.StepSetVolumeDeletedOK, "step "+s.ID.String())
 			continue
 		}
+		if t.env.StepBatch > 0 && s.Attempts.Attempts == 0 && !attached[s.VolumeID] {
+			// No Upstairs seen, no failed attempt: this step joins its
+			// request's batch (the budget counts it from now on).
+			batches[r.ID] = append(batches[r.ID], s)
+			used++
+			perRequest[r.ID]++
+			budgets.InUse[store.BudgetRackSteps] = used
+			if len(batches[r.ID]) >= t.env.StepBatch {
+				used -= t.startBatch(ctx, st, r, batches[r.ID])
+				budgets.InUse[store.BudgetRackSteps] = used
+				delete(batches, r.ID)
+			}
+			continue
+		}
 		stepID, reqID := s.ID, s.RequestID
 		ok, err := startSaga(ctx, t.env, t.limiter, job{key: s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped,
 			ended: func() {
@@ -445,6 +494,48 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 			st.StepInvokedOK = append(st.StepInvokedOK, "step "+s.ID.String())
 		}
 	}
+}
+
+// startBatch starts ro-replacement-step-batch on steps of request r (each
+// already counted in the rack_steps use) and returns how many of them it
+// did not start, for the caller to uncount.
+func (t *roStep) startBatch(ctx context.Context, st *StepStatus, r *store.ROReplacement, steps []store.Step) int {
+	p := sagadef.StepBatchParams{RequestID: r.ID, Steps: make([]sagadef.BatchStep, len(steps))}
+	ids := make([]uuid.UUID, len(steps))
+	for i, s := range steps {
+		p.Steps[i] = sagadef.BatchStep{StepID: s.ID, VolumeID: s.VolumeID}
+		ids[i] = s.ID
+	}
+	t.mu.Lock()
+	if t.inflight == nil {
+		t.inflight = map[uuid.UUID]uuid.UUID{}
+	}
+	for _, id := range ids {
+		t.inflight[id] = r.ID
+	}
+	t.mu.Unlock()
+	// Keyed by its first step: each step is in one batch at a time (a
+	// step is launched only while Requested and not in flight).
+	ok, err := startSaga(ctx, t.env, t.limiter, job{key: "batch/" + ids[0].String(), record: ids[0], also: ids[1:], request: r.ID, task: t.Name(), skipped: &st.Skipped,
+		ended: func() {
+			t.mu.Lock()
+			for _, id := range ids {
+				delete(t.inflight, id)
+			}
+			t.mu.Unlock()
+		}}, sagadef.ROStepBatch, p,
+		saga.WithTraceParent(r.Traceparent), saga.WithSubject(ids[0].String()), saga.WithSubjectParent(r.ID.String()))
+	switch {
+	case err != nil:
+		errf(&st.Errors, "request %s: start a batch of %d steps: %v", r.ID, len(ids), err)
+	case ok:
+		countStepBatch(ctx, len(ids))
+		for _, id := range ids {
+			st.StepInvokedOK = append(st.StepInvokedOK, "step "+id.String()+" (batch)")
+		}
+		return 0
+	}
+	return len(ids)
 }
 
 // stepsPerRequest bounds the Requested steps a pass reads per request: a

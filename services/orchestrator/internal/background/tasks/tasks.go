@@ -50,6 +50,12 @@ type Env struct {
 	// no lock is taken for a held request (nil: nothing is ever held, for
 	// tests of a task alone).
 	Pauses *pause.Gate
+	// StepBatch, when positive, sends the steps whose volume has no
+	// Upstairs attached (and no failed attempt) through
+	// ro-replacement-step-batch, at most this many per saga
+	// (docs/replacement.md, "The batch swap"); zero runs every step on
+	// its own ro-replacement-step.
+	StepBatch int
 
 	// activate wakes a task by name (set by Register).
 	activate func(name string)
@@ -99,6 +105,9 @@ type job struct {
 	// counts as an attempt on it, and task is woken to try again once the
 	// backoff for that many attempts has passed.
 	record uuid.UUID
+	// also are more records the saga works on (a batch's other steps):
+	// an unwind counts as an attempt on each of them too.
+	also []uuid.UUID
 	// request is the replacement request the record belongs to (the record
 	// itself, or a step's request): its hold, or the rack's, keeps the saga
 	// from starting.
@@ -265,6 +274,11 @@ func (env Env) afterUnwind(j job, o saga.Outcome) {
 	if err != nil {
 		env.Logger.Warn("record a failed attempt", "record", j.record, "error", err)
 		return
+	}
+	for _, id := range j.also {
+		if _, err := env.Deps.Store.RecordAttempt(ctx, id, cause); err != nil {
+			env.Logger.Warn("record a failed attempt", "record", id, "error", err)
+		}
 	}
 	if o.Kind != saga.Failed {
 		return

@@ -1,0 +1,182 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// The batch swap's transitions (docs/replacement.md, "The batch swap"):
+// SetStepRunning, UndoStepRunning and SetStepComplete for many steps of one
+// request under one saga, each in one transaction, with the per-step rules
+// of the state lock (transition.go) applied to every step.
+
+// SetStepsRunning claims, for saga, Requested steps among ids, in the
+// order given and at most as many as the rack_steps budget admits, and
+// returns the ones it claimed. A re-run returns exactly the steps the saga
+// already holds and claims no more (a step Running under saga can only
+// have been claimed by it). No step claimable is a *BudgetError when the
+// budget is full, else ErrConflict (every step moved on).
+func (s *Store) SetStepsRunning(ctx context.Context, ids []uuid.UUID, saga uuid.UUID) ([]uuid.UUID, error) {
+	var out []uuid.UUID
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		out = nil
+		rows, err := tx.Query(ctx, `SELECT id FROM ro_replacement_step
+			WHERE id = ANY($1::uuid[]) AND state = 'running' AND operating_saga_id = $2`, ids, saga)
+		if err != nil {
+			return err
+		}
+		mine, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return err
+		}
+		if len(mine) > 0 {
+			out = inOrder(ids, mine)
+			return nil
+		}
+		var admit *int
+		limit, err := s.rackStepsLimit(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if limit > 0 {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM ro_replacement_step WHERE state = 'running'`).Scan(&n); err != nil {
+				return err
+			}
+			if full(limit, n) {
+				return &BudgetError{Budget: BudgetRackSteps, Limit: limit, InUse: n}
+			}
+			left := limit - n
+			admit = &left
+		}
+		rows, err = tx.Query(ctx, `UPDATE ro_replacement_step SET state = 'running', operating_saga_id = $2, time_modified = now()
+			WHERE id IN (
+				SELECT id FROM ro_replacement_step
+				WHERE id = ANY($1::uuid[]) AND state = 'requested' AND operating_saga_id IS NULL
+				ORDER BY array_position($1::uuid[], id) LIMIT $3)
+			RETURNING id`, ids, saga, admit)
+		if err != nil {
+			return err
+		}
+		claimed, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return err
+		}
+		if len(claimed) == 0 {
+			return fmt.Errorf("%w: none of the %d replacement steps is requested", ErrConflict, len(ids))
+		}
+		out = inOrder(ids, claimed)
+		return nil
+	})
+	return out, err
+}
+
+// rackStepsLimit is the rack_steps budget in force (0: unlimited), as
+// checkStepBudget reads it.
+func (s *Store) rackStepsLimit(ctx context.Context, tx pgx.Tx) (int, error) {
+	limit := s.configured.RackSteps
+	var v *int
+	if err := tx.QueryRow(ctx, `SELECT value FROM rebuild_budget WHERE name = $1`, BudgetRackSteps).Scan(&v); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, err
+	}
+	if v != nil {
+		limit = *v
+	}
+	return limit, nil
+}
+
+// inOrder returns the members of subset in the order of all.
+func inOrder(all, subset []uuid.UUID) []uuid.UUID {
+	out := make([]uuid.UUID, 0, len(subset))
+	for _, id := range all {
+		if slices.Contains(subset, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// UndoStepsRunning returns to Requested every step among ids that saga
+// holds Running; the others are left alone (never claimed by it, or
+// already returned: an undo accepts every state, as UndoStepRunning does).
+func (s *Store) UndoStepsRunning(ctx context.Context, ids []uuid.UUID, saga uuid.UUID) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE ro_replacement_step SET state = 'requested', operating_saga_id = NULL, time_modified = now()
+			WHERE id = ANY($1::uuid[]) AND state = 'running' AND operating_saga_id = $2`, ids, saga)
+		return err
+	})
+}
+
+// SetStepsComplete is SetStepComplete for each of steps (with the stash at
+// the same index), in one transaction: Running under saga → Complete with
+// its stash, releasing its volume's lock. A step found already moved on is
+// accepted as SetStepComplete accepts it, except Requested with no saga
+// (its claim was undone) and Complete with another stash: ErrConflict, and
+// nothing is written.
+func (s *Store) SetStepsComplete(ctx context.Context, saga uuid.UUID, steps, stashes []uuid.UUID) error {
+	if len(steps) != len(stashes) {
+		return fmt.Errorf("%d steps, %d stashes", len(steps), len(stashes))
+	}
+	var released bool
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		released = false
+		rows, err := tx.Query(ctx, `UPDATE ro_replacement_step s
+			SET state = 'complete', operating_saga_id = NULL, old_snapshot_volume_id = c.stash, time_modified = now()
+			FROM unnest($1::uuid[], $2::uuid[]) AS c(id, stash)
+			WHERE s.id = c.id AND s.state = 'running' AND s.operating_saga_id = $3
+			RETURNING s.id`, steps, stashes, saga)
+		if err != nil {
+			return err
+		}
+		done, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return err
+		}
+		if len(done) < len(steps) {
+			// A re-run: each step the update missed must show this
+			// saga's commit, not its undo.
+			rows, err := tx.Query(ctx, `SELECT c.id, s.state, s.operating_saga_id, s.old_snapshot_volume_id, c.stash
+				FROM unnest($1::uuid[], $2::uuid[]) AS c(id, stash) LEFT JOIN ro_replacement_step s ON s.id = c.id
+				WHERE NOT (c.id = ANY($3::uuid[]))`, steps, stashes, done)
+			if err != nil {
+				return err
+			}
+			var id, want uuid.UUID
+			var state *string
+			var cur, got *uuid.UUID
+			_, err = pgx.ForEachRow(rows, []any{&id, &state, &cur, &got, &want}, func() error {
+				switch {
+				case state == nil:
+					return fmt.Errorf("%s %s: %w", roSteps.what, id, ErrNotFound)
+				case *state == string(StepRequested) && cur == nil:
+					return conflictf(roSteps.what, id, *state, cur)
+				case *state == string(StepComplete) && (got == nil || *got != want):
+					return fmt.Errorf("%w: step %s is complete with another stash", ErrConflict, id)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if len(done) > 0 {
+			if _, err := tx.Exec(ctx, `DELETE FROM volume_repair WHERE repair_id = ANY($1::uuid[])`, done); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM volume_lock_waiter WHERE waiter_id = ANY($1::uuid[])`, done); err != nil {
+				return err
+			}
+			released = true
+		}
+		return nil
+	})
+	if err == nil && released {
+		s.released()
+	}
+	return err
+}
