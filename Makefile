@@ -228,9 +228,12 @@ clean-run:
 # the failover bench takes the first.
 CLONES ?= 1000 10000
 # BENCH runs parts of the suite alone, e.g. BENCH=failover or BENCH="canonical
-# fanout": go (the Go benchmarks), canonical, fanout, failover. Empty runs all.
+# fanout": go (the Go benchmarks), canonical, fanout, failover, rack. Empty runs all.
 BENCH ?=
-bench_parts := go canonical fanout failover
+# RACK_SCALE: the rack bench's population over its full size (4,000 disks,
+# 400 snapshots, 4,000 clones); empty is 1.
+RACK_SCALE ?=
+bench_parts := go canonical fanout failover rack
 bench_run = $(if $(BENCH),$(filter $(1),$(BENCH)),$(1))
 bench_fanout_tests = $(subst $(eval) ,|,$(strip $(if $(call bench_run,canonical),TestCanonical) $(if $(call bench_run,fanout),TestFanOut)))
 bench: $(if $(call bench_run,failover),ha-deps)
@@ -245,6 +248,9 @@ bench: $(if $(call bench_run,failover),ha-deps)
 	# The failover bench: the fan-out on one PostgreSQL and on a replicated
 	# formation, then the formation's primary killed in the middle of it.
 	$(if $(call bench_run,failover),STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 60m -run '^TestFailover$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/failover.txt)
+	# The rack bench: 32 sleds of 10 disks populated (RACK_SCALE=0.1 for a
+	# tenth), the fullest sled expunged, at half and full population.
+	$(if $(call bench_run,rack),STORAGECP_BENCH=1 STORAGECP_BENCH_RACK_SCALE="$(RACK_SCALE)" $(GO) test -count=1 -v -timeout 120m -run '^TestRack$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/rack.txt)
 
 # Every crash point, every user operation before every saga node, a
 # transient fault at every undo and a lost answer at every action of every
