@@ -7,7 +7,6 @@ import (
 
 	"github.com/google/uuid"
 
-	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/platform/vcr"
@@ -44,14 +43,11 @@ func RepairSources(ctx context.Context, d *Deps, volumeID, newRegionID uuid.UUID
 	if newAddr == "" {
 		return 0, "", fmt.Errorf("%w: volume %s does not name region %s", errInvalidState, volumeID, newRegionID)
 	}
-	disks, err := d.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{})
+	policies, err := ListDiskPolicies(ctx, d.Allocator)
 	if err != nil {
 		return 0, "", err
 	}
-	inService := map[string]bool{}
-	for _, dk := range disks.Disks {
-		inService[dk.DatasetId] = dk.Policy == allocatorv1.Policy_POLICY_IN_SERVICE
-	}
+	inService := policies.ByDataset
 	var survivors int
 	var fates []string
 	for _, addr := range RegionSetOf(vol.Volume.Vcr, newAddr) {

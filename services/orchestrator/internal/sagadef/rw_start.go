@@ -260,14 +260,11 @@ func RepairSourceSleds(ctx context.Context, d *Deps, volumeID, oldRegionID, newR
 	if err != nil {
 		return nil, err
 	}
-	disks, err := d.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000})
+	policies, err := ListDiskPolicies(ctx, d.Allocator)
 	if err != nil {
 		return nil, err
 	}
-	inService := map[string]bool{}
-	for _, dk := range disks.Disks {
-		inService[dk.DiskId] = dk.Policy == allocatorv1.Policy_POLICY_IN_SERVICE
-	}
+	inService := policies.ByDisk
 	unrepaired, err := d.Store.UnrepairedRegions(ctx, volumeID)
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
 )
 
@@ -372,20 +373,11 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 		return nil, nil
 	}
 	d := env.Deps
-	inService := map[string]bool{}
-	token := ""
-	for {
-		resp, err := d.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token})
-		if err != nil {
-			return nil, fmt.Errorf("disks: %w", err)
-		}
-		for _, dk := range resp.Disks {
-			inService[dk.DiskId] = dk.Policy == allocatorv1.Policy_POLICY_IN_SERVICE
-		}
-		if token = resp.NextPageToken; token == "" {
-			break
-		}
+	policies, err := sagadef.ListDiskPolicies(ctx, d.Allocator)
+	if err != nil {
+		return nil, fmt.Errorf("disks: %w", err)
 	}
+	inService := policies.ByDisk
 	owners := map[string]bool{}
 	var snaps []string
 	for _, r := range ros {
