@@ -8,6 +8,7 @@ package validate
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/google/uuid"
@@ -59,7 +60,22 @@ import (
 // Run validates the system and returns every violation found (none when
 // healthy).
 func Run(ctx context.Context, deps *sagadef.Deps, st *store.Store) ([]*commonv1.Violation, error) {
-	v := &validator{deps: deps, store: st, pool: st.Pool()}
+	return run(ctx, deps, st, probeBatchSize)
+}
+
+// probeBatchSize is how many addresses one ProbeTargets call carries. The
+// agent answers each address with its own queries, so one call for every
+// ACTIVE target of a rack (tens of thousands) outlasted a call's deadline
+// under load; one call per batch keeps each call short whatever the rack's
+// size. A request of 500 addresses is a few tens of kilobytes, far inside
+// gRPC's message limit (the allocator sets no bound of its own). The
+// batches go one after the other, not in parallel: validation runs beside
+// replacements, on the agents they are using.
+const probeBatchSize = 500
+
+// run is Run with the probe batch size a test can make small.
+func run(ctx context.Context, deps *sagadef.Deps, st *store.Store, probeBatch int) ([]*commonv1.Violation, error) {
+	v := &validator{deps: deps, store: st, pool: st.Pool(), probeBatch: probeBatch}
 	if err := v.run(ctx); err != nil {
 		return nil, err
 	}
@@ -76,6 +92,8 @@ type validator struct {
 	// otherwise, their findings would be dropped anyway).
 	start sagaMark
 	quiet bool
+	// probeBatch bounds the addresses of one ProbeTargets call.
+	probeBatch int
 }
 
 type finding struct {
@@ -229,10 +247,14 @@ func (v *validator) registry(ctx context.Context) error {
 			v.addQuiet("stuck_deleting", id, "%s reached zero references but was never destroyed and unregistered", t.Kind)
 		}
 	}
-	if len(probe) > 0 {
-		resp, err := d.Allocator.ProbeTargets(ctx, &allocatorv1.ProbeTargetsRequest{Addresses: probe})
+	// Sorted, so the batches (and a failure's place among them) are the
+	// same from one run to the next.
+	sort.Strings(probe)
+	for start := 0; start < len(probe); start += v.probeBatch {
+		batch := probe[start:min(start+v.probeBatch, len(probe))]
+		resp, err := d.Allocator.ProbeTargets(ctx, &allocatorv1.ProbeTargetsRequest{Addresses: batch})
 		if err != nil {
-			return fmt.Errorf("probe targets: %w", err)
+			return fmt.Errorf("probe targets %d-%d of %d: %w", start+1, start+len(batch), len(probe), err)
 		}
 		for _, p := range resp.Probes {
 			if p.Result != allocatorv1.ProbeResult_PROBE_RESULT_DESTROYED {
