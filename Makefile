@@ -227,6 +227,11 @@ clean-run:
 # CLONES: fan-out sizes for the replacement benchmark (e.g. CLONES="1000 10000");
 # the failover bench takes the first.
 CLONES ?= 1000 10000
+# ATTACHED: shares (percent) of the fan-out's clones running on sim-upstairs,
+# one run each (e.g. ATTACHED="0 25 100"); STEP_BATCH: the orchestrator's
+# --step-batch for the fan-out (empty: its default, 256; 0: one saga per step).
+ATTACHED ?= 0
+STEP_BATCH ?=
 # BENCH runs parts of the suite alone, e.g. BENCH=failover or BENCH="canonical
 # fanout": go (the Go benchmarks), canonical, fanout, failover, rack. Empty runs all.
 BENCH ?=
@@ -244,7 +249,7 @@ bench: $(if $(call bench_run,failover),ha-deps)
 	# the VCR decoder per decode.
 	$(if $(call bench_run,go),$(GO) test -run '^$$' -bench SagaThroughput -benchtime 300x -count 1 -timeout 20m storagecp.dev/orchestrator/internal/saga | tee -a .run/bench/go-bench.txt)
 	$(if $(call bench_run,go),$(GO) test -run '^$$' -bench DecodeClone -count 1 storagecp.dev/platform/vcr | tee -a .run/bench/go-bench.txt)
-	$(if $(bench_fanout_tests),STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 120m -run '^($(bench_fanout_tests))$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt)
+	$(if $(bench_fanout_tests),STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" STORAGECP_BENCH_ATTACHED="$(ATTACHED)" STORAGECP_BENCH_STEP_BATCH="$(STEP_BATCH)" $(GO) test -count=1 -v -timeout 120m -run '^($(bench_fanout_tests))$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/fanout.txt)
 	# The failover bench: the fan-out on one PostgreSQL and on a replicated
 	# formation, then the formation's primary killed in the middle of it.
 	$(if $(call bench_run,failover),STORAGECP_BENCH=1 STORAGECP_BENCH_CLONES="$(CLONES)" $(GO) test -count=1 -v -timeout 60m -run '^TestFailover$$' storagecp.dev/integration/bench | grep -v '^ *{' | tee .run/bench/failover.txt)

@@ -160,10 +160,17 @@ func benchSims() int {
 	return 2
 }
 
+// defaultStepBatch is the orchestrator's own --step-batch default.
+const defaultStepBatch = 256
+
 // stepBatch is the orchestrator's --step-batch for the run
-// (STORAGECP_BENCH_STEP_BATCH, else 0: one saga per step, main's path).
+// (STORAGECP_BENCH_STEP_BATCH, else the orchestrator's default; 0: one saga
+// per step, the path before the batch swap).
 func stepBatch() int {
-	n, _ := strconv.Atoi(os.Getenv("STORAGECP_BENCH_STEP_BATCH"))
+	n, err := strconv.Atoi(os.Getenv("STORAGECP_BENCH_STEP_BATCH"))
+	if err != nil {
+		return defaultStepBatch
+	}
 	return n
 }
 
@@ -232,9 +239,7 @@ func benchConfig(mode transportMode) stack.Config {
 	if m := os.Getenv("STORAGECP_BENCH_MAX_SAGAS"); m != "" {
 		extra = []string{"--max-sagas-per-task", m}
 	}
-	if n := stepBatch(); n > 0 {
-		extra = append(extra, "--step-batch", strconv.Itoa(n))
-	}
+	extra = append(extra, "--step-batch", strconv.Itoa(stepBatch()))
 	cfg := stack.Config{Fsync: true, Insecure: mode.insecure, ExtraArgs: map[string][]string{stack.Orchestrator: extra}}
 	if os.Getenv("STORAGECP_BENCH_PPROF") == "1" {
 		// Failed statements (serialization failures above all) go to the

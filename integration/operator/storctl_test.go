@@ -306,7 +306,9 @@ func TestStorctlGolden(t *testing.T) {
 		}
 		return names
 	}
-	want := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step", "ro-replacement-step-garbage-collect", "ro-replacement-finish"}
+	// No Upstairs runs the request's volumes: the step task swaps them in
+	// a batch (--step-batch's default), not one ro-replacement-step each.
+	want := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step-batch", "ro-replacement-step-garbage-collect", "ro-replacement-finish"}
 	got := sagaNames("--replacement", roReq)
 	for _, w := range want {
 		if !got[w] {
@@ -319,7 +321,7 @@ func TestStorctlGolden(t *testing.T) {
 	if got := sagaNames("--subject", clone, "--name", "volume-clone", "--state", "done"); len(got) != 1 || !got["volume-clone"] {
 		t.Errorf("sagas list --subject CLONE --name volume-clone: got %v", got)
 	}
-	if got := sagaNames("--subject", roReq); got["ro-replacement-step"] || !got["ro-replacement-start"] {
+	if got := sagaNames("--subject", roReq); got["ro-replacement-step-garbage-collect"] || !got["ro-replacement-start"] {
 		t.Errorf("sagas list --subject REQUEST: got %v, want the request's own sagas only", got)
 	}
 	resp, err := r.Admin.ListSagas(ctx, &orchestratorv1.ListSagasRequest{PageSize: 1})

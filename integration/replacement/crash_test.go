@@ -80,10 +80,15 @@ func TestCrashAtEveryReplacementNode(t *testing.T) {
 const batchTemplate = "ro-replacement-step-batch"
 
 func configFor(tmpl string) stack.Config {
-	if tmpl != batchTemplate {
-		return stack.Config{}
+	switch tmpl {
+	case batchTemplate:
+		return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=64"}}}
+	case "ro-replacement-step":
+		// The per-volume path: what every step takes without the batch
+		// swap, and a volume with an Upstairs takes with it.
+		return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=0"}}}
 	}
-	return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=64"}}}
+	return stack.Config{}
 }
 
 // failNode ends every read-only replacement saga: failing it unwinds

@@ -40,8 +40,8 @@ func service() server.Service {
 			fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 6*time.Second, "leader lease duration")
 			fs.DurationVar(&cfg.TaskPeriod, "task-period", 30*time.Second, "background tasks' safety-net period")
 			fs.IntVar(&cfg.MaxSagasPerTask, "max-sagas-per-task", 64, "sagas each background task keeps in flight")
-			fs.IntVar(&cfg.StepBatch, "step-batch", 0,
-				"steps of a read-only replacement swapped by one ro-replacement-step-batch saga when their volume has no Upstairs attached (at most 1000; 0: one saga per step)")
+			fs.IntVar(&cfg.StepBatch, "step-batch", 256,
+				"steps of a read-only replacement swapped by one ro-replacement-step-batch saga when their volume has no Upstairs attached (at most 1000; 0: one saga per step, the way back)")
 			fs.DurationVar(&cfg.Retry.Initial, "retry-backoff-initial", tasks.DefaultRetryInitial,
 				"wait before retrying a request or step whose saga unwound once; doubles with each further failed attempt")
 			fs.DurationVar(&cfg.Retry.Max, "retry-backoff-max", tasks.DefaultRetryMax, "longest wait before retrying a request or step whose saga unwound")
