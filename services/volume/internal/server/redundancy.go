@@ -64,11 +64,15 @@ func NewDisks(client DiskLister, ttl time.Duration) *Disks {
 }
 
 // states returns the disk states by dataset and when they were read. The
-// lock is held across the read, so concurrent callers share one.
-func (d *Disks) states(ctx context.Context) (map[string]diskState, time.Time, error) {
+// lock is held across the read, so concurrent callers share one. A dataset
+// in need that the cached read does not know is read again at once: the
+// cache is for policies, which change rarely, and must not answer "disk
+// unknown" for a disk added since (an empty rack read at start, then
+// seeded, showed every copy of a new volume as on an unknown disk).
+func (d *Disks) states(ctx context.Context, need ...string) (map[string]diskState, time.Time, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.byDataset != nil && time.Since(d.readAt) < d.ttl {
+	if d.byDataset != nil && time.Since(d.readAt) < d.ttl && knowsAll(d.byDataset, need) {
 		return d.byDataset, d.readAt, nil
 	}
 	at := time.Now()
@@ -87,6 +91,26 @@ func (d *Disks) states(ctx context.Context) (map[string]diskState, time.Time, er
 	}
 	d.byDataset, d.readAt = out, at
 	return out, at, nil
+}
+
+func knowsAll(m map[string]diskState, datasets []string) bool {
+	for _, ds := range datasets {
+		if _, ok := m[ds]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// datasetsOf is every dataset a volume's registered targets sit on.
+func datasetsOf(v store.Volume) []string {
+	var out []string
+	for _, t := range v.Targets {
+		if ds := idString(t.DatasetID); ds != "" {
+			out = append(out, ds)
+		}
+	}
+	return out
 }
 
 // countVolume applies the rule to one volume with its registered targets.
@@ -137,7 +161,7 @@ func (s *Server) volumeRedundancy(ctx context.Context, v store.Volume) (*volumev
 	if s.disks == nil {
 		return nil, status.Error(codes.FailedPrecondition, "include_redundancy: this volume-service has no region-allocator to read disk states from (--allocator-addr)")
 	}
-	disks, at, err := s.disks.states(ctx)
+	disks, at, err := s.disks.states(ctx, datasetsOf(v)...)
 	if err != nil {
 		return nil, err
 	}
