@@ -200,6 +200,16 @@ func (l *Lease) tick(ctx context.Context, onElected func(*Term)) {
 		} else if ctx.Err() == nil {
 			l.logger.Warn("lease renewal failed", "err", err)
 		}
+		if ctx.Err() == nil && db.IsUnreachable(err) {
+			// A renewal that fails on a broken connection tick after tick
+			// (seen under lost COMMIT answers: "conn closed" every 6 s for
+			// minutes, the request waiting on a leader that never came
+			// back) must not depend on the pool noticing: every pooled
+			// connection is dropped, in-use ones when released, and the
+			// next tick dials afresh. Work in flight keeps its connection.
+			l.logger.Warn("lease renewal failed on a broken connection: reconnecting the pool")
+			l.pool.Reset()
+		}
 	case epoch == -1:
 		if cur != nil {
 			l.endTerm("another process holds the lease")
