@@ -78,7 +78,11 @@ type world struct {
 // newWorld starts a rack of sleds×1 disk and builds D, P and F.
 func newWorld(t *testing.T, sleds int) *world {
 	t.Helper()
-	cfg := stack.Config{}
+	// The scenarios choreograph single steps (a step held Requested while
+	// F migrates, retired when F goes away): they run the per-volume path
+	// they were written for. The batch saga meets the same user operations
+	// in sagadef's interleavings harness and its own tests.
+	cfg := stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=0"}}}
 	if dir := os.Getenv("STORAGECP_SCENARIO_LOGS"); dir != "" {
 		// Keep the processes' logs past the test (t.TempDir is removed).
 		cfg.LogDir = filepath.Join(dir, t.Name())
