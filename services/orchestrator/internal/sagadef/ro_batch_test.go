@@ -263,14 +263,7 @@ func TestStepTaskRoutesUnattachedVolumesToTheBatch(t *testing.T) {
 			if fail {
 				wantStep += len(more) // the unwound batch's steps, one by one
 			}
-			// Known race (left open): the batch's claim undo returns its
-			// steps to Requested before the task charges them the failed
-			// attempt, and a pass in between batches them again (seen once
-			// in a loaded make test: two batches, F's step alone). Either
-			// way every step completes; the per-volume count is pinned only
-			// when no second batch ran.
-			rebatched := fail && got[sagadef.ROStepBatch.Name()] >= 2 && got[sagadef.ROStep.Name()] == 1
-			if got[sagadef.ROStepBatch.Name()] < 1 || (got[sagadef.ROStep.Name()] != wantStep && !rebatched) {
+			if got[sagadef.ROStepBatch.Name()] < 1 || got[sagadef.ROStep.Name()] != wantStep {
 				t.Fatalf("sagas %v: want a batch and %d ro-replacement-step", got, wantStep)
 			}
 			for _, v := range append(more, h.f) {

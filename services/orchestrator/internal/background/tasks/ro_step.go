@@ -50,6 +50,9 @@ type roStep struct {
 	// own goroutines.
 	mu       sync.Mutex
 	inflight map[uuid.UUID]uuid.UUID
+	// afterRequestedRead, when set, runs right after launch reads the
+	// Requested steps: a test's way to end a saga at that moment.
+	afterRequestedRead func()
 }
 
 // maxFresh bounds fresh; beyond it the launch checks every step again.
@@ -287,28 +290,36 @@ func (t *roStep) insertSteps(ctx context.Context, st *StepStatus, request uuid.U
 
 func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 	d := t.env.Deps
-	steps, err := d.Store.RequestedStepsByRequest(ctx, stepsPerRequest)
-	if err != nil {
-		errf(&st.Errors, "listing requested steps: %v", err)
-		return
-	}
 	limits, _, err := d.Store.RebuildLimits(ctx)
 	if err != nil {
 		errf(&st.Errors, "rebuild budgets: %v", err)
 		return
 	}
+	// In flight: the steps Running in the database (adopted sagas too)
+	// and the step sagas this process started that have not claimed yet.
+	// Read before the Requested steps: a saga that ends after this read
+	// charged its unwind to its steps (afterUnwind runs before they leave
+	// inflight) before the read below, so every step read is either in
+	// flight here or read with its failed attempt — never an unwound
+	// batch's step taken for a fresh one and batched again.
 	running, err := d.Store.RunningStepRequests(ctx)
 	if err != nil {
 		errf(&st.Errors, "listing running steps: %v", err)
 		return
 	}
-	// In flight: the steps Running in the database (adopted sagas too)
-	// and the step sagas this process started that have not claimed yet.
 	t.mu.Lock()
 	for id, req := range t.inflight {
 		running[id] = req
 	}
 	t.mu.Unlock()
+	steps, err := d.Store.RequestedStepsByRequest(ctx, stepsPerRequest)
+	if err != nil {
+		errf(&st.Errors, "listing requested steps: %v", err)
+		return
+	}
+	if t.afterRequestedRead != nil {
+		t.afterRequestedRead()
+	}
 	perRequest := map[uuid.UUID]int{}
 	for _, req := range running {
 		perRequest[req]++
