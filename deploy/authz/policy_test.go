@@ -289,11 +289,11 @@ func TestAllowsAgreesWithTheServers(t *testing.T) {
 	}
 }
 
-// The batch swap's RPCs write replacement state (ReplaceReadOnlyTargets)
-// or serve its safety check (FindAttachedVolumes): like the per-volume
-// swap, only the orchestrator may call them, never an operator, viewer,
-// Upstairs or another service.
-func TestBatchSwapRPCsAreTheOrchestratorsOnly(t *testing.T) {
+// The batch RPCs write replacement state (ReplaceReadOnlyTargets), serve
+// the batch swap's safety check (FindAttachedVolumes) or the tasks' pass
+// (GetVolumeStates): like the per-volume swap, only the orchestrator may
+// call them, never an operator, viewer, Upstairs or another service.
+func TestBatchRPCsAreTheOrchestratorsOnly(t *testing.T) {
 	p := load(t)
 	callers := []string{
 		TrustDomainPrefix + "replacement-orchestrator",
@@ -307,6 +307,7 @@ func TestBatchSwapRPCsAreTheOrchestratorsOnly(t *testing.T) {
 	for _, path := range []string{
 		"/storage.volume.v1.VolumeService/ReplaceReadOnlyTargets",
 		"/storage.notifier.v1.UpstairsNotifierService/FindAttachedVolumes",
+		"/storage.volume.v1.VolumeService/GetVolumeStates",
 	} {
 		for i, c := range callers {
 			if got := p.Allows(c, path); got != (i == 0) {

@@ -141,6 +141,29 @@ func VolumeDeleted(ctx context.Context, d *Deps, id uuid.UUID) (bool, error) {
 	return resp.GetVolume().GetTimeDeleted() != nil, nil
 }
 
+// DeletedVolumes is VolumeDeleted for many volumes, in calls of at most
+// 1000 ids that read no VCR: the tasks ask it of every waiting request on
+// every pass.
+func DeletedVolumes(ctx context.Context, d *Deps, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
+	out := make(map[uuid.UUID]bool, len(ids))
+	for chunk := range slices.Chunk(ids, maxVolumeStates) {
+		resp, err := d.Volumes.GetVolumeStates(ctx, &volumev1.GetVolumeStatesRequest{VolumeIds: strs(chunk)})
+		if err != nil {
+			return nil, err
+		}
+		if len(resp.States) != len(chunk) {
+			return nil, fmt.Errorf("%w: %d volume states for %d ids", errInvalidState, len(resp.States), len(chunk))
+		}
+		for i, st := range resp.States {
+			out[chunk[i]] = !st.Found || st.TimeDeleted != nil
+		}
+	}
+	return out, nil
+}
+
+// maxVolumeStates is the volume-service's bound on one GetVolumeStates.
+const maxVolumeStates = 1000
+
 func rwAllocParams(ctx context.Context, ac *saga.ActionContext) (any, error) {
 	p, _, err := rwStartParams(ac)
 	if err != nil {

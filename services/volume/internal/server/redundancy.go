@@ -78,7 +78,7 @@ func (d *Disks) states(ctx context.Context, need ...string) (map[string]diskStat
 	at := time.Now()
 	out := map[string]diskState{}
 	for token := ""; ; {
-		resp, err := d.client.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token})
+		resp, err := d.client.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token, OmitCounts: true})
 		if err != nil {
 			return nil, time.Time{}, status.Errorf(codes.Unavailable, "reading disk states from the region-allocator: %v", status.Convert(err).Message())
 		}

@@ -232,6 +232,35 @@ func (s *Server) GetVolumeWithKeys(ctx context.Context, req *volumev1.GetVolumeW
 	return &volumev1.GetVolumeWithKeysResponse{Volume: volumeToProto(v, true)}, nil
 }
 
+// GetVolumeStates implements VolumeService.
+func (s *Server) GetVolumeStates(ctx context.Context, req *volumev1.GetVolumeStatesRequest) (*volumev1.GetVolumeStatesResponse, error) {
+	switch n := len(req.GetVolumeIds()); {
+	case n == 0:
+		return nil, status.Error(codes.InvalidArgument, "volume_ids: at least one id is required")
+	case n > store.MaxVolumeStates:
+		return nil, status.Errorf(codes.InvalidArgument, "volume_ids: at most %d, got %d", store.MaxVolumeStates, n)
+	}
+	vols := make([]uuid.UUID, len(req.GetVolumeIds()))
+	for i, v := range req.GetVolumeIds() {
+		var err error
+		if vols[i], err = ids.Parse(fmt.Sprintf("volume_ids[%d]", i), v); err != nil {
+			return nil, err
+		}
+	}
+	states, err := s.store.VolumeStates(ctx, vols)
+	if err != nil {
+		return nil, s.toStatus(ctx, "GetVolumeStates", err)
+	}
+	out := &volumev1.GetVolumeStatesResponse{States: make([]*volumev1.VolumeState, len(states))}
+	for i, st := range states {
+		out.States[i] = &volumev1.VolumeState{VolumeId: st.ID.String(), Found: st.Found}
+		if st.TimeDeleted != nil {
+			out.States[i].TimeDeleted = timestamppb.New(*st.TimeDeleted)
+		}
+	}
+	return out, nil
+}
+
 // ListVolumes implements VolumeService.
 func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesRequest) (*volumev1.ListVolumesResponse, error) {
 	limit, after, err := paging.UUIDRequest(req)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -157,4 +158,31 @@ func orderOf(order map[string]int, addr string) int {
 		return i
 	}
 	return 1 << 30
+}
+
+// VolumeState is whether a volume exists, and when it was soft-deleted.
+type VolumeState struct {
+	ID          uuid.UUID
+	Found       bool
+	TimeDeleted *time.Time
+}
+
+// MaxVolumeStates bounds one VolumeStates read.
+const MaxVolumeStates = 1000
+
+// VolumeStates returns the state of each of ids, in order (an id may
+// repeat), in one statement that reads no VCR: the orchestrator asks it of
+// every waiting request on every pass of its tasks.
+func (s *Store) VolumeStates(ctx context.Context, ids []uuid.UUID) ([]VolumeState, error) {
+	rows, err := s.pool.Query(ctx, `SELECT a.id, v.id IS NOT NULL, v.time_deleted
+		FROM unnest($1::uuid[]) WITH ORDINALITY AS a(id, n) LEFT JOIN volume v ON v.id = a.id
+		ORDER BY a.n`, ids)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (VolumeState, error) {
+		var st VolumeState
+		err := row.Scan(&st.ID, &st.Found, &st.TimeDeleted)
+		return st, err
+	})
 }

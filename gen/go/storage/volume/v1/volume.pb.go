@@ -1170,6 +1170,157 @@ func (x *GetVolumeWithKeysResponse) GetVolume() *Volume {
 	return nil
 }
 
+type GetVolumeStatesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeIds     []string               `protobuf:"bytes,1,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeStatesRequest) Reset() {
+	*x = GetVolumeStatesRequest{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeStatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeStatesRequest) ProtoMessage() {}
+
+func (x *GetVolumeStatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeStatesRequest.ProtoReflect.Descriptor instead.
+func (*GetVolumeStatesRequest) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetVolumeStatesRequest) GetVolumeIds() []string {
+	if x != nil {
+		return x.VolumeIds
+	}
+	return nil
+}
+
+// Whether a volume exists, and since when it is soft-deleted.
+type VolumeState struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// False when there is no such volume: never created, or hard-deleted.
+	Found bool `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
+	// Set when the volume is soft-deleted.
+	TimeDeleted   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time_deleted,json=timeDeleted,proto3" json:"time_deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeState) Reset() {
+	*x = VolumeState{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeState) ProtoMessage() {}
+
+func (x *VolumeState) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeState.ProtoReflect.Descriptor instead.
+func (*VolumeState) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *VolumeState) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *VolumeState) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *VolumeState) GetTimeDeleted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TimeDeleted
+	}
+	return nil
+}
+
+type GetVolumeStatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	States        []*VolumeState         `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeStatesResponse) Reset() {
+	*x = GetVolumeStatesResponse{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeStatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeStatesResponse) ProtoMessage() {}
+
+func (x *GetVolumeStatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeStatesResponse.ProtoReflect.Descriptor instead.
+func (*GetVolumeStatesResponse) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetVolumeStatesResponse) GetStates() []*VolumeState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
 type ListVolumesRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PageSize       int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -1181,7 +1332,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1344,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[13]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1357,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{13}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListVolumesRequest) GetPageSize() int32 {
@@ -1241,7 +1392,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1404,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[14]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1417,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{14}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1296,7 +1447,7 @@ type CheckoutVolumeRequest struct {
 
 func (x *CheckoutVolumeRequest) Reset() {
 	*x = CheckoutVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1459,7 @@ func (x *CheckoutVolumeRequest) String() string {
 func (*CheckoutVolumeRequest) ProtoMessage() {}
 
 func (x *CheckoutVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[15]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1472,7 @@ func (x *CheckoutVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckoutVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CheckoutVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{15}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CheckoutVolumeRequest) GetVolumeId() string {
@@ -1355,7 +1506,7 @@ type CheckoutVolumeResponse struct {
 
 func (x *CheckoutVolumeResponse) Reset() {
 	*x = CheckoutVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1518,7 @@ func (x *CheckoutVolumeResponse) String() string {
 func (*CheckoutVolumeResponse) ProtoMessage() {}
 
 func (x *CheckoutVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[16]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1531,7 @@ func (x *CheckoutVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckoutVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CheckoutVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{16}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckoutVolumeResponse) GetVcr() *v1.VolumeConstructionRequest {
@@ -1410,7 +1561,7 @@ type SoftDeleteVolumeRequest struct {
 
 func (x *SoftDeleteVolumeRequest) Reset() {
 	*x = SoftDeleteVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1573,7 @@ func (x *SoftDeleteVolumeRequest) String() string {
 func (*SoftDeleteVolumeRequest) ProtoMessage() {}
 
 func (x *SoftDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[17]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1586,7 @@ func (x *SoftDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftDeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*SoftDeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{17}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SoftDeleteVolumeRequest) GetVolumeId() string {
@@ -1479,7 +1630,7 @@ type SoftDeleteVolumeResponse struct {
 
 func (x *SoftDeleteVolumeResponse) Reset() {
 	*x = SoftDeleteVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1642,7 @@ func (x *SoftDeleteVolumeResponse) String() string {
 func (*SoftDeleteVolumeResponse) ProtoMessage() {}
 
 func (x *SoftDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[18]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1655,7 @@ func (x *SoftDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftDeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*SoftDeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{18}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SoftDeleteVolumeResponse) GetRegionIds() []string {
@@ -1551,7 +1702,7 @@ type HardDeleteVolumeRequest struct {
 
 func (x *HardDeleteVolumeRequest) Reset() {
 	*x = HardDeleteVolumeRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1714,7 @@ func (x *HardDeleteVolumeRequest) String() string {
 func (*HardDeleteVolumeRequest) ProtoMessage() {}
 
 func (x *HardDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[19]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1727,7 @@ func (x *HardDeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardDeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*HardDeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{19}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HardDeleteVolumeRequest) GetVolumeId() string {
@@ -1597,7 +1748,7 @@ type HardDeleteVolumeResponse struct {
 
 func (x *HardDeleteVolumeResponse) Reset() {
 	*x = HardDeleteVolumeResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1760,7 @@ func (x *HardDeleteVolumeResponse) String() string {
 func (*HardDeleteVolumeResponse) ProtoMessage() {}
 
 func (x *HardDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[20]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1773,7 @@ func (x *HardDeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardDeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*HardDeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{20}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HardDeleteVolumeResponse) GetOutcome() HardDeleteOutcome {
@@ -1647,7 +1798,7 @@ type FindDeletedVolumeRegionsRequest struct {
 
 func (x *FindDeletedVolumeRegionsRequest) Reset() {
 	*x = FindDeletedVolumeRegionsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1810,7 @@ func (x *FindDeletedVolumeRegionsRequest) String() string {
 func (*FindDeletedVolumeRegionsRequest) ProtoMessage() {}
 
 func (x *FindDeletedVolumeRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[21]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1823,7 @@ func (x *FindDeletedVolumeRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDeletedVolumeRegionsRequest.ProtoReflect.Descriptor instead.
 func (*FindDeletedVolumeRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{21}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{24}
 }
 
 type FindDeletedVolumeRegionsResponse struct {
@@ -1687,7 +1838,7 @@ type FindDeletedVolumeRegionsResponse struct {
 
 func (x *FindDeletedVolumeRegionsResponse) Reset() {
 	*x = FindDeletedVolumeRegionsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1850,7 @@ func (x *FindDeletedVolumeRegionsResponse) String() string {
 func (*FindDeletedVolumeRegionsResponse) ProtoMessage() {}
 
 func (x *FindDeletedVolumeRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[22]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1863,7 @@ func (x *FindDeletedVolumeRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDeletedVolumeRegionsResponse.ProtoReflect.Descriptor instead.
 func (*FindDeletedVolumeRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{22}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FindDeletedVolumeRegionsResponse) GetRegionIds() []string {
@@ -1742,7 +1893,7 @@ type ReplaceReadOnlyTargetRequest struct {
 
 func (x *ReplaceReadOnlyTargetRequest) Reset() {
 	*x = ReplaceReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1905,7 @@ func (x *ReplaceReadOnlyTargetRequest) String() string {
 func (*ReplaceReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[23]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1918,7 @@ func (x *ReplaceReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{23}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReplaceReadOnlyTargetRequest) GetVolumeId() string {
@@ -1807,7 +1958,7 @@ type ReplaceReadOnlyTargetResponse struct {
 
 func (x *ReplaceReadOnlyTargetResponse) Reset() {
 	*x = ReplaceReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1970,7 @@ func (x *ReplaceReadOnlyTargetResponse) String() string {
 func (*ReplaceReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[24]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1983,7 @@ func (x *ReplaceReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{24}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReplaceReadOnlyTargetResponse) GetResult() v1.VolumeReplaceResult {
@@ -1855,7 +2006,7 @@ type ReadOnlySwap struct {
 
 func (x *ReadOnlySwap) Reset() {
 	*x = ReadOnlySwap{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2018,7 @@ func (x *ReadOnlySwap) String() string {
 func (*ReadOnlySwap) ProtoMessage() {}
 
 func (x *ReadOnlySwap) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[25]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2031,7 @@ func (x *ReadOnlySwap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOnlySwap.ProtoReflect.Descriptor instead.
 func (*ReadOnlySwap) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{25}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadOnlySwap) GetVolumeId() string {
@@ -1909,7 +2060,7 @@ type ReplaceReadOnlyTargetsRequest struct {
 
 func (x *ReplaceReadOnlyTargetsRequest) Reset() {
 	*x = ReplaceReadOnlyTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2072,7 @@ func (x *ReplaceReadOnlyTargetsRequest) String() string {
 func (*ReplaceReadOnlyTargetsRequest) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[26]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2085,7 @@ func (x *ReplaceReadOnlyTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{26}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReplaceReadOnlyTargetsRequest) GetOldTargetId() string {
@@ -1975,7 +2126,7 @@ type ReplaceReadOnlyTargetsResponse struct {
 
 func (x *ReplaceReadOnlyTargetsResponse) Reset() {
 	*x = ReplaceReadOnlyTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2138,7 @@ func (x *ReplaceReadOnlyTargetsResponse) String() string {
 func (*ReplaceReadOnlyTargetsResponse) ProtoMessage() {}
 
 func (x *ReplaceReadOnlyTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[27]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2151,7 @@ func (x *ReplaceReadOnlyTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceReadOnlyTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceReadOnlyTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{27}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReplaceReadOnlyTargetsResponse) GetResults() []v1.VolumeReplaceResult {
@@ -2023,7 +2174,7 @@ type ReplaceRegionRequest struct {
 
 func (x *ReplaceRegionRequest) Reset() {
 	*x = ReplaceRegionRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2186,7 @@ func (x *ReplaceRegionRequest) String() string {
 func (*ReplaceRegionRequest) ProtoMessage() {}
 
 func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[28]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2199,7 @@ func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{28}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReplaceRegionRequest) GetVolumeId() string {
@@ -2088,7 +2239,7 @@ type ReplaceRegionResponse struct {
 
 func (x *ReplaceRegionResponse) Reset() {
 	*x = ReplaceRegionResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2251,7 @@ func (x *ReplaceRegionResponse) String() string {
 func (*ReplaceRegionResponse) ProtoMessage() {}
 
 func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[29]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2264,7 @@ func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{29}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReplaceRegionResponse) GetResult() v1.VolumeReplaceResult {
@@ -2136,7 +2287,7 @@ type FindVolumesReferencingTargetRequest struct {
 
 func (x *FindVolumesReferencingTargetRequest) Reset() {
 	*x = FindVolumesReferencingTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2299,7 @@ func (x *FindVolumesReferencingTargetRequest) String() string {
 func (*FindVolumesReferencingTargetRequest) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[30]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2312,7 @@ func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use FindVolumesReferencingTargetRequest.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{30}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *FindVolumesReferencingTargetRequest) GetTargetId() string {
@@ -2204,7 +2355,7 @@ type VolumeRef struct {
 
 func (x *VolumeRef) Reset() {
 	*x = VolumeRef{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2367,7 @@ func (x *VolumeRef) String() string {
 func (*VolumeRef) ProtoMessage() {}
 
 func (x *VolumeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2380,7 @@ func (x *VolumeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeRef.ProtoReflect.Descriptor instead.
 func (*VolumeRef) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VolumeRef) GetVolumeId() string {
@@ -2263,7 +2414,7 @@ type FindVolumesReferencingTargetResponse struct {
 
 func (x *FindVolumesReferencingTargetResponse) Reset() {
 	*x = FindVolumesReferencingTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2275,7 +2426,7 @@ func (x *FindVolumesReferencingTargetResponse) String() string {
 func (*FindVolumesReferencingTargetResponse) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2288,7 +2439,7 @@ func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FindVolumesReferencingTargetResponse.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FindVolumesReferencingTargetResponse) GetVolumes() []*VolumeRef {
@@ -2315,7 +2466,7 @@ type VolumeReferencesReadOnlyTargetRequest struct {
 
 func (x *VolumeReferencesReadOnlyTargetRequest) Reset() {
 	*x = VolumeReferencesReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2478,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) String() string {
 func (*VolumeReferencesReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2491,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *VolumeReferencesReadOnlyTargetRequest) GetVolumeId() string {
@@ -2372,7 +2523,7 @@ type VolumeReferencesReadOnlyTargetResponse struct {
 
 func (x *VolumeReferencesReadOnlyTargetResponse) Reset() {
 	*x = VolumeReferencesReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2535,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) String() string {
 func (*VolumeReferencesReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2548,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Mes
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VolumeReferencesReadOnlyTargetResponse) GetVolumeExists() bool {
@@ -2438,7 +2589,7 @@ type RemoveReadOnlyParentRequest struct {
 
 func (x *RemoveReadOnlyParentRequest) Reset() {
 	*x = RemoveReadOnlyParentRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2601,7 @@ func (x *RemoveReadOnlyParentRequest) String() string {
 func (*RemoveReadOnlyParentRequest) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2614,7 @@ func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RemoveReadOnlyParentRequest) GetVolumeId() string {
@@ -2489,7 +2640,7 @@ type RemoveReadOnlyParentResponse struct {
 
 func (x *RemoveReadOnlyParentResponse) Reset() {
 	*x = RemoveReadOnlyParentResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2652,7 @@ func (x *RemoveReadOnlyParentResponse) String() string {
 func (*RemoveReadOnlyParentResponse) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2665,7 @@ func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveReadOnlyParentResponse) GetRemoved() bool {
@@ -2540,7 +2691,7 @@ type TargetRegistration struct {
 
 func (x *TargetRegistration) Reset() {
 	*x = TargetRegistration{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2552,7 +2703,7 @@ func (x *TargetRegistration) String() string {
 func (*TargetRegistration) ProtoMessage() {}
 
 func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2565,7 +2716,7 @@ func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetRegistration.ProtoReflect.Descriptor instead.
 func (*TargetRegistration) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TargetRegistration) GetTargetId() string {
@@ -2612,7 +2763,7 @@ type RegisterTargetsRequest struct {
 
 func (x *RegisterTargetsRequest) Reset() {
 	*x = RegisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2624,7 +2775,7 @@ func (x *RegisterTargetsRequest) String() string {
 func (*RegisterTargetsRequest) ProtoMessage() {}
 
 func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2637,7 +2788,7 @@ func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RegisterTargetsRequest) GetTargets() []*TargetRegistration {
@@ -2656,7 +2807,7 @@ type RegisterTargetsResponse struct {
 
 func (x *RegisterTargetsResponse) Reset() {
 	*x = RegisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +2819,7 @@ func (x *RegisterTargetsResponse) String() string {
 func (*RegisterTargetsResponse) ProtoMessage() {}
 
 func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +2832,7 @@ func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RegisterTargetsResponse) GetTargets() []*v1.Target {
@@ -2703,7 +2854,7 @@ type TargetActivation struct {
 
 func (x *TargetActivation) Reset() {
 	*x = TargetActivation{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2866,7 @@ func (x *TargetActivation) String() string {
 func (*TargetActivation) ProtoMessage() {}
 
 func (x *TargetActivation) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2879,7 @@ func (x *TargetActivation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetActivation.ProtoReflect.Descriptor instead.
 func (*TargetActivation) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TargetActivation) GetTargetId() string {
@@ -2761,7 +2912,7 @@ type ActivateTargetsRequest struct {
 
 func (x *ActivateTargetsRequest) Reset() {
 	*x = ActivateTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +2924,7 @@ func (x *ActivateTargetsRequest) String() string {
 func (*ActivateTargetsRequest) ProtoMessage() {}
 
 func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +2937,7 @@ func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ActivateTargetsRequest) GetTargets() []*TargetActivation {
@@ -2805,7 +2956,7 @@ type ActivateTargetsResponse struct {
 
 func (x *ActivateTargetsResponse) Reset() {
 	*x = ActivateTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +2968,7 @@ func (x *ActivateTargetsResponse) String() string {
 func (*ActivateTargetsResponse) ProtoMessage() {}
 
 func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +2981,7 @@ func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ActivateTargetsResponse) GetTargets() []*v1.Target {
@@ -2849,7 +3000,7 @@ type UnregisterTargetsRequest struct {
 
 func (x *UnregisterTargetsRequest) Reset() {
 	*x = UnregisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2861,7 +3012,7 @@ func (x *UnregisterTargetsRequest) String() string {
 func (*UnregisterTargetsRequest) ProtoMessage() {}
 
 func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2874,7 +3025,7 @@ func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UnregisterTargetsRequest) GetTargetIds() []string {
@@ -2894,7 +3045,7 @@ type UnregisterTargetsResponse struct {
 
 func (x *UnregisterTargetsResponse) Reset() {
 	*x = UnregisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2906,7 +3057,7 @@ func (x *UnregisterTargetsResponse) String() string {
 func (*UnregisterTargetsResponse) ProtoMessage() {}
 
 func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2919,7 +3070,7 @@ func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UnregisterTargetsResponse) GetRemoved() int32 {
@@ -2939,7 +3090,7 @@ type RetireTargetsRequest struct {
 
 func (x *RetireTargetsRequest) Reset() {
 	*x = RetireTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3102,7 @@ func (x *RetireTargetsRequest) String() string {
 func (*RetireTargetsRequest) ProtoMessage() {}
 
 func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3115,7 @@ func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RetireTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RetireTargetsRequest) GetTargetIds() []string {
@@ -2988,7 +3139,7 @@ type RetireTargetsResponse struct {
 
 func (x *RetireTargetsResponse) Reset() {
 	*x = RetireTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3151,7 @@ func (x *RetireTargetsResponse) String() string {
 func (*RetireTargetsResponse) ProtoMessage() {}
 
 func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3164,7 @@ func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RetireTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RetireTargetsResponse) GetRetiredTargetIds() []string {
@@ -3049,7 +3200,7 @@ type GetTargetRequest struct {
 
 func (x *GetTargetRequest) Reset() {
 	*x = GetTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3061,7 +3212,7 @@ func (x *GetTargetRequest) String() string {
 func (*GetTargetRequest) ProtoMessage() {}
 
 func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3074,7 +3225,7 @@ func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetRequest.ProtoReflect.Descriptor instead.
 func (*GetTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{47}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetTargetRequest) GetTargetId() string {
@@ -3100,7 +3251,7 @@ type GetTargetResponse struct {
 
 func (x *GetTargetResponse) Reset() {
 	*x = GetTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3112,7 +3263,7 @@ func (x *GetTargetResponse) String() string {
 func (*GetTargetResponse) ProtoMessage() {}
 
 func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3125,7 +3276,7 @@ func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetResponse.ProtoReflect.Descriptor instead.
 func (*GetTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{48}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetTargetResponse) GetTarget() *v1.Target {
@@ -3149,7 +3300,7 @@ type ListTargetsRequest struct {
 
 func (x *ListTargetsRequest) Reset() {
 	*x = ListTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3161,7 +3312,7 @@ func (x *ListTargetsRequest) String() string {
 func (*ListTargetsRequest) ProtoMessage() {}
 
 func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3174,7 +3325,7 @@ func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ListTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{49}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListTargetsRequest) GetPageSize() int32 {
@@ -3222,7 +3373,7 @@ type ListTargetsResponse struct {
 
 func (x *ListTargetsResponse) Reset() {
 	*x = ListTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3234,7 +3385,7 @@ func (x *ListTargetsResponse) String() string {
 func (*ListTargetsResponse) ProtoMessage() {}
 
 func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3247,7 +3398,7 @@ func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ListTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{50}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListTargetsResponse) GetTargets() []*v1.Target {
@@ -3273,7 +3424,7 @@ type ResolveAddressRequest struct {
 
 func (x *ResolveAddressRequest) Reset() {
 	*x = ResolveAddressRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3436,7 @@ func (x *ResolveAddressRequest) String() string {
 func (*ResolveAddressRequest) ProtoMessage() {}
 
 func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3449,7 @@ func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressRequest.ProtoReflect.Descriptor instead.
 func (*ResolveAddressRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{51}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ResolveAddressRequest) GetAddress() string {
@@ -3317,7 +3468,7 @@ type ResolveAddressResponse struct {
 
 func (x *ResolveAddressResponse) Reset() {
 	*x = ResolveAddressResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3480,7 @@ func (x *ResolveAddressResponse) String() string {
 func (*ResolveAddressResponse) ProtoMessage() {}
 
 func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3493,7 @@ func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressResponse.ProtoReflect.Descriptor instead.
 func (*ResolveAddressResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{52}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ResolveAddressResponse) GetTarget() *v1.Target {
@@ -3360,7 +3511,7 @@ type CheckInvariantsRequest struct {
 
 func (x *CheckInvariantsRequest) Reset() {
 	*x = CheckInvariantsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3372,7 +3523,7 @@ func (x *CheckInvariantsRequest) String() string {
 func (*CheckInvariantsRequest) ProtoMessage() {}
 
 func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3385,7 +3536,7 @@ func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsRequest.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{53}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{56}
 }
 
 type CheckInvariantsResponse struct {
@@ -3397,7 +3548,7 @@ type CheckInvariantsResponse struct {
 
 func (x *CheckInvariantsResponse) Reset() {
 	*x = CheckInvariantsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3409,7 +3560,7 @@ func (x *CheckInvariantsResponse) String() string {
 func (*CheckInvariantsResponse) ProtoMessage() {}
 
 func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3422,7 +3573,7 @@ func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsResponse.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{54}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CheckInvariantsResponse) GetViolations() []*v1.Violation {
@@ -3514,7 +3665,16 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x18GetVolumeWithKeysRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"N\n" +
 	"\x19GetVolumeWithKeysResponse\x121\n" +
-	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\"y\n" +
+	"\x06volume\x18\x01 \x01(\v2\x19.storage.volume.v1.VolumeR\x06volume\"7\n" +
+	"\x16GetVolumeStatesRequest\x12\x1d\n" +
+	"\n" +
+	"volume_ids\x18\x01 \x03(\tR\tvolumeIds\"\x7f\n" +
+	"\vVolumeState\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x14\n" +
+	"\x05found\x18\x02 \x01(\bR\x05found\x12=\n" +
+	"\ftime_deleted\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vtimeDeleted\"Q\n" +
+	"\x17GetVolumeStatesResponse\x126\n" +
+	"\x06states\x18\x01 \x03(\v2\x1e.storage.volume.v1.VolumeStateR\x06states\"y\n" +
 	"\x12ListVolumesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3677,11 +3837,12 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x11HardDeleteOutcome\x12#\n" +
 	"\x1fHARD_DELETE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bHARD_DELETE_OUTCOME_DELETED\x10\x01\x12\x1c\n" +
-	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\x84\x14\n" +
+	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\xee\x14\n" +
 	"\rVolumeService\x12_\n" +
 	"\fCreateVolume\x12&.storage.volume.v1.CreateVolumeRequest\x1a'.storage.volume.v1.CreateVolumeResponse\x12V\n" +
 	"\tGetVolume\x12#.storage.volume.v1.GetVolumeRequest\x1a$.storage.volume.v1.GetVolumeResponse\x12n\n" +
-	"\x11GetVolumeWithKeys\x12+.storage.volume.v1.GetVolumeWithKeysRequest\x1a,.storage.volume.v1.GetVolumeWithKeysResponse\x12\\\n" +
+	"\x11GetVolumeWithKeys\x12+.storage.volume.v1.GetVolumeWithKeysRequest\x1a,.storage.volume.v1.GetVolumeWithKeysResponse\x12h\n" +
+	"\x0fGetVolumeStates\x12).storage.volume.v1.GetVolumeStatesRequest\x1a*.storage.volume.v1.GetVolumeStatesResponse\x12\\\n" +
 	"\vListVolumes\x12%.storage.volume.v1.ListVolumesRequest\x1a&.storage.volume.v1.ListVolumesResponse\x12e\n" +
 	"\x0eCheckoutVolume\x12(.storage.volume.v1.CheckoutVolumeRequest\x1a).storage.volume.v1.CheckoutVolumeResponse\x12k\n" +
 	"\x10SoftDeleteVolume\x12*.storage.volume.v1.SoftDeleteVolumeRequest\x1a+.storage.volume.v1.SoftDeleteVolumeResponse\x12k\n" +
@@ -3716,7 +3877,7 @@ func file_storage_volume_v1_volume_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(VolumePurpose)(0),                             // 0: storage.volume.v1.VolumePurpose
 	(VolumeView)(0),                                // 1: storage.volume.v1.VolumeView
@@ -3735,155 +3896,162 @@ var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(*ListDegradedVolumesResponse)(nil),            // 14: storage.volume.v1.ListDegradedVolumesResponse
 	(*GetVolumeWithKeysRequest)(nil),               // 15: storage.volume.v1.GetVolumeWithKeysRequest
 	(*GetVolumeWithKeysResponse)(nil),              // 16: storage.volume.v1.GetVolumeWithKeysResponse
-	(*ListVolumesRequest)(nil),                     // 17: storage.volume.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),                    // 18: storage.volume.v1.ListVolumesResponse
-	(*CheckoutVolumeRequest)(nil),                  // 19: storage.volume.v1.CheckoutVolumeRequest
-	(*CheckoutVolumeResponse)(nil),                 // 20: storage.volume.v1.CheckoutVolumeResponse
-	(*SoftDeleteVolumeRequest)(nil),                // 21: storage.volume.v1.SoftDeleteVolumeRequest
-	(*SoftDeleteVolumeResponse)(nil),               // 22: storage.volume.v1.SoftDeleteVolumeResponse
-	(*HardDeleteVolumeRequest)(nil),                // 23: storage.volume.v1.HardDeleteVolumeRequest
-	(*HardDeleteVolumeResponse)(nil),               // 24: storage.volume.v1.HardDeleteVolumeResponse
-	(*FindDeletedVolumeRegionsRequest)(nil),        // 25: storage.volume.v1.FindDeletedVolumeRegionsRequest
-	(*FindDeletedVolumeRegionsResponse)(nil),       // 26: storage.volume.v1.FindDeletedVolumeRegionsResponse
-	(*ReplaceReadOnlyTargetRequest)(nil),           // 27: storage.volume.v1.ReplaceReadOnlyTargetRequest
-	(*ReplaceReadOnlyTargetResponse)(nil),          // 28: storage.volume.v1.ReplaceReadOnlyTargetResponse
-	(*ReadOnlySwap)(nil),                           // 29: storage.volume.v1.ReadOnlySwap
-	(*ReplaceReadOnlyTargetsRequest)(nil),          // 30: storage.volume.v1.ReplaceReadOnlyTargetsRequest
-	(*ReplaceReadOnlyTargetsResponse)(nil),         // 31: storage.volume.v1.ReplaceReadOnlyTargetsResponse
-	(*ReplaceRegionRequest)(nil),                   // 32: storage.volume.v1.ReplaceRegionRequest
-	(*ReplaceRegionResponse)(nil),                  // 33: storage.volume.v1.ReplaceRegionResponse
-	(*FindVolumesReferencingTargetRequest)(nil),    // 34: storage.volume.v1.FindVolumesReferencingTargetRequest
-	(*VolumeRef)(nil),                              // 35: storage.volume.v1.VolumeRef
-	(*FindVolumesReferencingTargetResponse)(nil),   // 36: storage.volume.v1.FindVolumesReferencingTargetResponse
-	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 37: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 38: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	(*RemoveReadOnlyParentRequest)(nil),            // 39: storage.volume.v1.RemoveReadOnlyParentRequest
-	(*RemoveReadOnlyParentResponse)(nil),           // 40: storage.volume.v1.RemoveReadOnlyParentResponse
-	(*TargetRegistration)(nil),                     // 41: storage.volume.v1.TargetRegistration
-	(*RegisterTargetsRequest)(nil),                 // 42: storage.volume.v1.RegisterTargetsRequest
-	(*RegisterTargetsResponse)(nil),                // 43: storage.volume.v1.RegisterTargetsResponse
-	(*TargetActivation)(nil),                       // 44: storage.volume.v1.TargetActivation
-	(*ActivateTargetsRequest)(nil),                 // 45: storage.volume.v1.ActivateTargetsRequest
-	(*ActivateTargetsResponse)(nil),                // 46: storage.volume.v1.ActivateTargetsResponse
-	(*UnregisterTargetsRequest)(nil),               // 47: storage.volume.v1.UnregisterTargetsRequest
-	(*UnregisterTargetsResponse)(nil),              // 48: storage.volume.v1.UnregisterTargetsResponse
-	(*RetireTargetsRequest)(nil),                   // 49: storage.volume.v1.RetireTargetsRequest
-	(*RetireTargetsResponse)(nil),                  // 50: storage.volume.v1.RetireTargetsResponse
-	(*GetTargetRequest)(nil),                       // 51: storage.volume.v1.GetTargetRequest
-	(*GetTargetResponse)(nil),                      // 52: storage.volume.v1.GetTargetResponse
-	(*ListTargetsRequest)(nil),                     // 53: storage.volume.v1.ListTargetsRequest
-	(*ListTargetsResponse)(nil),                    // 54: storage.volume.v1.ListTargetsResponse
-	(*ResolveAddressRequest)(nil),                  // 55: storage.volume.v1.ResolveAddressRequest
-	(*ResolveAddressResponse)(nil),                 // 56: storage.volume.v1.ResolveAddressResponse
-	(*CheckInvariantsRequest)(nil),                 // 57: storage.volume.v1.CheckInvariantsRequest
-	(*CheckInvariantsResponse)(nil),                // 58: storage.volume.v1.CheckInvariantsResponse
-	nil,                                            // 59: storage.volume.v1.SnapshotOf.TargetMapEntry
-	(*timestamppb.Timestamp)(nil),                  // 60: google.protobuf.Timestamp
-	(*v1.VolumeConstructionRequest)(nil),           // 61: storage.common.v1.VolumeConstructionRequest
-	(*v1.Target)(nil),                              // 62: storage.common.v1.Target
-	(v1.TargetKind)(0),                             // 63: storage.common.v1.TargetKind
-	(*v1.RegionSnapshotRef)(nil),                   // 64: storage.common.v1.RegionSnapshotRef
-	(v1.VolumeReplaceResult)(0),                    // 65: storage.common.v1.VolumeReplaceResult
-	(v1.TargetState)(0),                            // 66: storage.common.v1.TargetState
-	(*v1.Violation)(nil),                           // 67: storage.common.v1.Violation
+	(*GetVolumeStatesRequest)(nil),                 // 17: storage.volume.v1.GetVolumeStatesRequest
+	(*VolumeState)(nil),                            // 18: storage.volume.v1.VolumeState
+	(*GetVolumeStatesResponse)(nil),                // 19: storage.volume.v1.GetVolumeStatesResponse
+	(*ListVolumesRequest)(nil),                     // 20: storage.volume.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),                    // 21: storage.volume.v1.ListVolumesResponse
+	(*CheckoutVolumeRequest)(nil),                  // 22: storage.volume.v1.CheckoutVolumeRequest
+	(*CheckoutVolumeResponse)(nil),                 // 23: storage.volume.v1.CheckoutVolumeResponse
+	(*SoftDeleteVolumeRequest)(nil),                // 24: storage.volume.v1.SoftDeleteVolumeRequest
+	(*SoftDeleteVolumeResponse)(nil),               // 25: storage.volume.v1.SoftDeleteVolumeResponse
+	(*HardDeleteVolumeRequest)(nil),                // 26: storage.volume.v1.HardDeleteVolumeRequest
+	(*HardDeleteVolumeResponse)(nil),               // 27: storage.volume.v1.HardDeleteVolumeResponse
+	(*FindDeletedVolumeRegionsRequest)(nil),        // 28: storage.volume.v1.FindDeletedVolumeRegionsRequest
+	(*FindDeletedVolumeRegionsResponse)(nil),       // 29: storage.volume.v1.FindDeletedVolumeRegionsResponse
+	(*ReplaceReadOnlyTargetRequest)(nil),           // 30: storage.volume.v1.ReplaceReadOnlyTargetRequest
+	(*ReplaceReadOnlyTargetResponse)(nil),          // 31: storage.volume.v1.ReplaceReadOnlyTargetResponse
+	(*ReadOnlySwap)(nil),                           // 32: storage.volume.v1.ReadOnlySwap
+	(*ReplaceReadOnlyTargetsRequest)(nil),          // 33: storage.volume.v1.ReplaceReadOnlyTargetsRequest
+	(*ReplaceReadOnlyTargetsResponse)(nil),         // 34: storage.volume.v1.ReplaceReadOnlyTargetsResponse
+	(*ReplaceRegionRequest)(nil),                   // 35: storage.volume.v1.ReplaceRegionRequest
+	(*ReplaceRegionResponse)(nil),                  // 36: storage.volume.v1.ReplaceRegionResponse
+	(*FindVolumesReferencingTargetRequest)(nil),    // 37: storage.volume.v1.FindVolumesReferencingTargetRequest
+	(*VolumeRef)(nil),                              // 38: storage.volume.v1.VolumeRef
+	(*FindVolumesReferencingTargetResponse)(nil),   // 39: storage.volume.v1.FindVolumesReferencingTargetResponse
+	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 40: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 41: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	(*RemoveReadOnlyParentRequest)(nil),            // 42: storage.volume.v1.RemoveReadOnlyParentRequest
+	(*RemoveReadOnlyParentResponse)(nil),           // 43: storage.volume.v1.RemoveReadOnlyParentResponse
+	(*TargetRegistration)(nil),                     // 44: storage.volume.v1.TargetRegistration
+	(*RegisterTargetsRequest)(nil),                 // 45: storage.volume.v1.RegisterTargetsRequest
+	(*RegisterTargetsResponse)(nil),                // 46: storage.volume.v1.RegisterTargetsResponse
+	(*TargetActivation)(nil),                       // 47: storage.volume.v1.TargetActivation
+	(*ActivateTargetsRequest)(nil),                 // 48: storage.volume.v1.ActivateTargetsRequest
+	(*ActivateTargetsResponse)(nil),                // 49: storage.volume.v1.ActivateTargetsResponse
+	(*UnregisterTargetsRequest)(nil),               // 50: storage.volume.v1.UnregisterTargetsRequest
+	(*UnregisterTargetsResponse)(nil),              // 51: storage.volume.v1.UnregisterTargetsResponse
+	(*RetireTargetsRequest)(nil),                   // 52: storage.volume.v1.RetireTargetsRequest
+	(*RetireTargetsResponse)(nil),                  // 53: storage.volume.v1.RetireTargetsResponse
+	(*GetTargetRequest)(nil),                       // 54: storage.volume.v1.GetTargetRequest
+	(*GetTargetResponse)(nil),                      // 55: storage.volume.v1.GetTargetResponse
+	(*ListTargetsRequest)(nil),                     // 56: storage.volume.v1.ListTargetsRequest
+	(*ListTargetsResponse)(nil),                    // 57: storage.volume.v1.ListTargetsResponse
+	(*ResolveAddressRequest)(nil),                  // 58: storage.volume.v1.ResolveAddressRequest
+	(*ResolveAddressResponse)(nil),                 // 59: storage.volume.v1.ResolveAddressResponse
+	(*CheckInvariantsRequest)(nil),                 // 60: storage.volume.v1.CheckInvariantsRequest
+	(*CheckInvariantsResponse)(nil),                // 61: storage.volume.v1.CheckInvariantsResponse
+	nil,                                            // 62: storage.volume.v1.SnapshotOf.TargetMapEntry
+	(*timestamppb.Timestamp)(nil),                  // 63: google.protobuf.Timestamp
+	(*v1.VolumeConstructionRequest)(nil),           // 64: storage.common.v1.VolumeConstructionRequest
+	(*v1.Target)(nil),                              // 65: storage.common.v1.Target
+	(v1.TargetKind)(0),                             // 66: storage.common.v1.TargetKind
+	(*v1.RegionSnapshotRef)(nil),                   // 67: storage.common.v1.RegionSnapshotRef
+	(v1.VolumeReplaceResult)(0),                    // 68: storage.common.v1.VolumeReplaceResult
+	(v1.TargetState)(0),                            // 69: storage.common.v1.TargetState
+	(*v1.Violation)(nil),                           // 70: storage.common.v1.Violation
 }
 var file_storage_volume_v1_volume_proto_depIdxs = []int32{
-	60, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
-	60, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
-	61, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	62, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
+	63, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
+	63, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
+	64, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	65, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
 	0,  // 4: storage.volume.v1.Volume.purpose:type_name -> storage.volume.v1.VolumePurpose
-	61, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	64, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
 	6,  // 6: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
 	0,  // 7: storage.volume.v1.CreateVolumeRequest.purpose:type_name -> storage.volume.v1.VolumePurpose
-	59, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
+	62, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
 	4,  // 9: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
 	1,  // 10: storage.volume.v1.GetVolumeRequest.view:type_name -> storage.volume.v1.VolumeView
 	4,  // 11: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
 	10, // 12: storage.volume.v1.GetVolumeResponse.redundancy:type_name -> storage.volume.v1.VolumeRedundancy
 	0,  // 13: storage.volume.v1.VolumeRedundancy.purpose:type_name -> storage.volume.v1.VolumePurpose
 	11, // 14: storage.volume.v1.VolumeRedundancy.sets:type_name -> storage.volume.v1.RegionSetRedundancy
-	60, // 15: storage.volume.v1.VolumeRedundancy.disks_read_at:type_name -> google.protobuf.Timestamp
+	63, // 15: storage.volume.v1.VolumeRedundancy.disks_read_at:type_name -> google.protobuf.Timestamp
 	12, // 16: storage.volume.v1.RegionSetRedundancy.copies:type_name -> storage.volume.v1.RegionCopy
-	63, // 17: storage.volume.v1.RegionCopy.kind:type_name -> storage.common.v1.TargetKind
+	66, // 17: storage.volume.v1.RegionCopy.kind:type_name -> storage.common.v1.TargetKind
 	10, // 18: storage.volume.v1.ListDegradedVolumesResponse.volumes:type_name -> storage.volume.v1.VolumeRedundancy
-	60, // 19: storage.volume.v1.ListDegradedVolumesResponse.disks_read_at:type_name -> google.protobuf.Timestamp
+	63, // 19: storage.volume.v1.ListDegradedVolumesResponse.disks_read_at:type_name -> google.protobuf.Timestamp
 	4,  // 20: storage.volume.v1.GetVolumeWithKeysResponse.volume:type_name -> storage.volume.v1.Volume
-	4,  // 21: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
-	2,  // 22: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
-	61, // 23: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	0,  // 24: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
-	64, // 25: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
-	3,  // 26: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
-	65, // 27: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	29, // 28: storage.volume.v1.ReplaceReadOnlyTargetsRequest.swaps:type_name -> storage.volume.v1.ReadOnlySwap
-	65, // 29: storage.volume.v1.ReplaceReadOnlyTargetsResponse.results:type_name -> storage.common.v1.VolumeReplaceResult
-	65, // 30: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	0,  // 31: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
-	35, // 32: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
-	0,  // 33: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
-	63, // 34: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
-	41, // 35: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
-	62, // 36: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
-	44, // 37: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
-	62, // 38: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
-	62, // 39: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
-	63, // 40: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
-	66, // 41: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
-	62, // 42: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
-	62, // 43: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
-	67, // 44: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
-	5,  // 45: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
-	8,  // 46: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
-	15, // 47: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
-	17, // 48: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
-	19, // 49: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
-	21, // 50: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
-	23, // 51: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
-	25, // 52: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
-	27, // 53: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
-	30, // 54: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:input_type -> storage.volume.v1.ReplaceReadOnlyTargetsRequest
-	32, // 55: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
-	34, // 56: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
-	37, // 57: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	39, // 58: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
-	42, // 59: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
-	45, // 60: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
-	47, // 61: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
-	49, // 62: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
-	51, // 63: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
-	53, // 64: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
-	55, // 65: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
-	57, // 66: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
-	13, // 67: storage.volume.v1.VolumeService.ListDegradedVolumes:input_type -> storage.volume.v1.ListDegradedVolumesRequest
-	7,  // 68: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
-	9,  // 69: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
-	16, // 70: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
-	18, // 71: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
-	20, // 72: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
-	22, // 73: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
-	24, // 74: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
-	26, // 75: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
-	28, // 76: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
-	31, // 77: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:output_type -> storage.volume.v1.ReplaceReadOnlyTargetsResponse
-	33, // 78: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
-	36, // 79: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
-	38, // 80: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	40, // 81: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
-	43, // 82: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
-	46, // 83: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
-	48, // 84: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
-	50, // 85: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
-	52, // 86: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
-	54, // 87: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
-	56, // 88: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
-	58, // 89: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
-	14, // 90: storage.volume.v1.VolumeService.ListDegradedVolumes:output_type -> storage.volume.v1.ListDegradedVolumesResponse
-	68, // [68:91] is the sub-list for method output_type
-	45, // [45:68] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	63, // 21: storage.volume.v1.VolumeState.time_deleted:type_name -> google.protobuf.Timestamp
+	18, // 22: storage.volume.v1.GetVolumeStatesResponse.states:type_name -> storage.volume.v1.VolumeState
+	4,  // 23: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
+	2,  // 24: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
+	64, // 25: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	0,  // 26: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
+	67, // 27: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
+	3,  // 28: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
+	68, // 29: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	32, // 30: storage.volume.v1.ReplaceReadOnlyTargetsRequest.swaps:type_name -> storage.volume.v1.ReadOnlySwap
+	68, // 31: storage.volume.v1.ReplaceReadOnlyTargetsResponse.results:type_name -> storage.common.v1.VolumeReplaceResult
+	68, // 32: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	0,  // 33: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
+	38, // 34: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
+	0,  // 35: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
+	66, // 36: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
+	44, // 37: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
+	65, // 38: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
+	47, // 39: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
+	65, // 40: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
+	65, // 41: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
+	66, // 42: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
+	69, // 43: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
+	65, // 44: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
+	65, // 45: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
+	70, // 46: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
+	5,  // 47: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
+	8,  // 48: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
+	15, // 49: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
+	17, // 50: storage.volume.v1.VolumeService.GetVolumeStates:input_type -> storage.volume.v1.GetVolumeStatesRequest
+	20, // 51: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
+	22, // 52: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
+	24, // 53: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
+	26, // 54: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
+	28, // 55: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
+	30, // 56: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
+	33, // 57: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:input_type -> storage.volume.v1.ReplaceReadOnlyTargetsRequest
+	35, // 58: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
+	37, // 59: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
+	40, // 60: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	42, // 61: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
+	45, // 62: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
+	48, // 63: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
+	50, // 64: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
+	52, // 65: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
+	54, // 66: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
+	56, // 67: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
+	58, // 68: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
+	60, // 69: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
+	13, // 70: storage.volume.v1.VolumeService.ListDegradedVolumes:input_type -> storage.volume.v1.ListDegradedVolumesRequest
+	7,  // 71: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
+	9,  // 72: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
+	16, // 73: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
+	19, // 74: storage.volume.v1.VolumeService.GetVolumeStates:output_type -> storage.volume.v1.GetVolumeStatesResponse
+	21, // 75: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
+	23, // 76: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
+	25, // 77: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
+	27, // 78: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
+	29, // 79: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
+	31, // 80: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
+	34, // 81: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:output_type -> storage.volume.v1.ReplaceReadOnlyTargetsResponse
+	36, // 82: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
+	39, // 83: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
+	41, // 84: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	43, // 85: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
+	46, // 86: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
+	49, // 87: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
+	51, // 88: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
+	53, // 89: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
+	55, // 90: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
+	57, // 91: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
+	59, // 92: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
+	61, // 93: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
+	14, // 94: storage.volume.v1.VolumeService.ListDegradedVolumes:output_type -> storage.volume.v1.ListDegradedVolumesResponse
+	71, // [71:95] is the sub-list for method output_type
+	47, // [47:71] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_storage_volume_v1_volume_proto_init() }
@@ -3897,7 +4065,7 @@ func file_storage_volume_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_volume_v1_volume_proto_rawDesc), len(file_storage_volume_v1_volume_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   56,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	VolumeService_CreateVolume_FullMethodName                   = "/storage.volume.v1.VolumeService/CreateVolume"
 	VolumeService_GetVolume_FullMethodName                      = "/storage.volume.v1.VolumeService/GetVolume"
 	VolumeService_GetVolumeWithKeys_FullMethodName              = "/storage.volume.v1.VolumeService/GetVolumeWithKeys"
+	VolumeService_GetVolumeStates_FullMethodName                = "/storage.volume.v1.VolumeService/GetVolumeStates"
 	VolumeService_ListVolumes_FullMethodName                    = "/storage.volume.v1.VolumeService/ListVolumes"
 	VolumeService_CheckoutVolume_FullMethodName                 = "/storage.volume.v1.VolumeService/CheckoutVolume"
 	VolumeService_SoftDeleteVolume_FullMethodName               = "/storage.volume.v1.VolumeService/SoftDeleteVolume"
@@ -72,6 +73,14 @@ type VolumeServiceClient interface {
 	// the services that construct volumes (the upstairs-notifier) and to no
 	// one who may merely look (viewers, operators).
 	GetVolumeWithKeys(ctx context.Context, in *GetVolumeWithKeysRequest, opts ...grpc.CallOption) (*GetVolumeWithKeysResponse, error)
+	// Whether each of up to 1000 volumes exists and whether it is
+	// soft-deleted, in one read and without their VCRs: the orchestrator's
+	// tasks ask it of every waiting request on every pass, where a GetVolume
+	// per request made each pass cost as much as there were requests. One
+	// state per id, in the order asked (an id may repeat). INVALID_ARGUMENT
+	// naming the field, with nothing read, for a malformed id, no ids or more
+	// than 1000.
+	GetVolumeStates(ctx context.Context, in *GetVolumeStatesRequest, opts ...grpc.CallOption) (*GetVolumeStatesResponse, error)
 	// Lists volumes by id. Paginated
 	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
 	// or a page_token this service did not issue, is INVALID_ARGUMENT).
@@ -218,6 +227,16 @@ func (c *volumeServiceClient) GetVolumeWithKeys(ctx context.Context, in *GetVolu
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetVolumeWithKeysResponse)
 	err := c.cc.Invoke(ctx, VolumeService_GetVolumeWithKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) GetVolumeStates(ctx context.Context, in *GetVolumeStatesRequest, opts ...grpc.CallOption) (*GetVolumeStatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVolumeStatesResponse)
+	err := c.cc.Invoke(ctx, VolumeService_GetVolumeStates_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -444,6 +463,14 @@ type VolumeServiceServer interface {
 	// the services that construct volumes (the upstairs-notifier) and to no
 	// one who may merely look (viewers, operators).
 	GetVolumeWithKeys(context.Context, *GetVolumeWithKeysRequest) (*GetVolumeWithKeysResponse, error)
+	// Whether each of up to 1000 volumes exists and whether it is
+	// soft-deleted, in one read and without their VCRs: the orchestrator's
+	// tasks ask it of every waiting request on every pass, where a GetVolume
+	// per request made each pass cost as much as there were requests. One
+	// state per id, in the order asked (an id may repeat). INVALID_ARGUMENT
+	// naming the field, with nothing read, for a malformed id, no ids or more
+	// than 1000.
+	GetVolumeStates(context.Context, *GetVolumeStatesRequest) (*GetVolumeStatesResponse, error)
 	// Lists volumes by id. Paginated
 	// (page_size 0 means 100, more than 1000 means 1000; a negative page_size,
 	// or a page_token this service did not issue, is INVALID_ARGUMENT).
@@ -574,6 +601,9 @@ func (UnimplementedVolumeServiceServer) GetVolume(context.Context, *GetVolumeReq
 }
 func (UnimplementedVolumeServiceServer) GetVolumeWithKeys(context.Context, *GetVolumeWithKeysRequest) (*GetVolumeWithKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVolumeWithKeys not implemented")
+}
+func (UnimplementedVolumeServiceServer) GetVolumeStates(context.Context, *GetVolumeStatesRequest) (*GetVolumeStatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVolumeStates not implemented")
 }
 func (UnimplementedVolumeServiceServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVolumes not implemented")
@@ -706,6 +736,24 @@ func _VolumeService_GetVolumeWithKeys_Handler(srv interface{}, ctx context.Conte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VolumeServiceServer).GetVolumeWithKeys(ctx, req.(*GetVolumeWithKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_GetVolumeStates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVolumeStatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).GetVolumeStates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_GetVolumeStates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).GetVolumeStates(ctx, req.(*GetVolumeStatesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1088,6 +1136,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVolumeWithKeys",
 			Handler:    _VolumeService_GetVolumeWithKeys_Handler,
+		},
+		{
+			MethodName: "GetVolumeStates",
+			Handler:    _VolumeService_GetVolumeStates_Handler,
 		},
 		{
 			MethodName: "ListVolumes",
