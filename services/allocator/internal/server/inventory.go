@@ -205,7 +205,7 @@ func (s *Server) ListPhysicalDisks(ctx context.Context, req *allocatorv1.ListPhy
 	if err != nil {
 		return nil, err
 	}
-	disks, err := store.ListDisks(ctx, s.pool, sledID, after, limit)
+	disks, err := store.ListDisks(ctx, s.pool, sledID, after, limit, !req.GetOmitCounts())
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}

@@ -224,15 +224,23 @@ func ListSleds(ctx context.Context, q db.Querier, after uuid.UUID, limit int) ([
 // index, ~26,000 buffers a call, and the orchestrator lists the disks for
 // every rw repair it plans. A sequential pass over the tables is a few
 // hundred buffers, and the counts are of the statement's one snapshot as
-// before.
-func ListDisks(ctx context.Context, q db.Querier, sledID, after uuid.UUID, limit int) ([]Disk, error) {
-	rows, err := q.Query(ctx, `
+// before. Even so the pass is over the whole rack's regions, so callers
+// that need no counts (withCounts false: they are left zero) skip it; the
+// orchestrator lists the disks several times per rw repair.
+func ListDisks(ctx context.Context, q db.Querier, sledID, after uuid.UUID, limit int, withCounts bool) ([]Disk, error) {
+	counted := `
 		WITH regions AS (SELECT dataset_id, count(*) AS n FROM region GROUP BY dataset_id),
 		snapshots AS (SELECT dataset_id, count(*) AS n FROM region_snapshot GROUP BY dataset_id)
 		SELECT pd.id, pd.sled_id, pd.policy, pd.state, z.id, d.id, host(d.ip), d.capacity, d.size_used, d.no_provision,
-			COALESCE(r.n, 0), COALESCE(s.n, 0)`+diskFrom+`
+			COALESCE(r.n, 0), COALESCE(s.n, 0)` + diskFrom + `
 		LEFT JOIN regions r ON r.dataset_id = d.id
-		LEFT JOIN snapshots s ON s.dataset_id = d.id
+		LEFT JOIN snapshots s ON s.dataset_id = d.id`
+	if !withCounts {
+		counted = `
+		SELECT pd.id, pd.sled_id, pd.policy, pd.state, z.id, d.id, host(d.ip), d.capacity, d.size_used, d.no_provision,
+			0::bigint, 0::bigint` + diskFrom
+	}
+	rows, err := q.Query(ctx, counted+`
 		WHERE ($1::uuid IS NULL OR pd.sled_id = $1) AND pd.id > $2
 		ORDER BY pd.id LIMIT $3`, nullUUID(sledID), after, limit)
 	if err != nil {
@@ -281,6 +289,6 @@ func ExpungeSled(ctx context.Context, q db.Querier, id uuid.UUID) (Sled, []Disk,
 	if err != nil {
 		return Sled{}, nil, err
 	}
-	disks, err := ListDisks(ctx, q, id, uuid.Nil, 1<<20)
+	disks, err := ListDisks(ctx, q, id, uuid.Nil, 1<<20, true)
 	return s, disks, err
 }

@@ -164,7 +164,7 @@ type previewer struct {
 
 func (p *previewer) loadDisks(ctx context.Context) error {
 	for token := ""; ; {
-		resp, err := p.c.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token})
+		resp, err := p.c.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token, OmitCounts: true})
 		if err != nil {
 			return fmt.Errorf("list physical disks: %w", err)
 		}

@@ -20,7 +20,7 @@ type DiskPolicies struct {
 func ListDiskPolicies(ctx context.Context, alloc allocatorv1.RegionAllocatorServiceClient) (DiskPolicies, error) {
 	p := DiskPolicies{ByDisk: map[string]bool{}, ByDataset: map[string]bool{}}
 	for token := ""; ; {
-		resp, err := alloc.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token})
+		resp, err := alloc.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 1000, PageToken: token, OmitCounts: true})
 		if err != nil {
 			return DiskPolicies{}, err
 		}

@@ -1173,7 +1173,13 @@ type ListPhysicalDisksRequest struct {
 	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Optional filter.
-	SledId        string `protobuf:"bytes,3,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	SledId string `protobuf:"bytes,3,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	// Leave region_count and region_snapshot_count zero. Counting reads every
+	// region and region snapshot of the rack, so each call costs as much as
+	// the rack holds; callers that need only where disks are, their policy,
+	// state and usage (the orchestrator, several times per rw repair it
+	// plans, and the volume-service's redundancy) skip it.
+	OmitCounts    bool `protobuf:"varint,4,opt,name=omit_counts,json=omitCounts,proto3" json:"omit_counts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1227,6 +1233,13 @@ func (x *ListPhysicalDisksRequest) GetSledId() string {
 		return x.SledId
 	}
 	return ""
+}
+
+func (x *ListPhysicalDisksRequest) GetOmitCounts() bool {
+	if x != nil {
+		return x.OmitCounts
+	}
+	return false
 }
 
 type ListPhysicalDisksResponse struct {
@@ -3508,12 +3521,14 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\x0fsize_used_bytes\x18\x06 \x01(\x03R\rsizeUsedBytes\"t\n" +
 	"\x11ListSledsResponse\x127\n" +
 	"\x05sleds\x18\x01 \x03(\v2!.storage.allocator.v1.SledSummaryR\x05sleds\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"o\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x90\x01\n" +
 	"\x18ListPhysicalDisksRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x17\n" +
-	"\asled_id\x18\x03 \x01(\tR\x06sledId\"}\n" +
+	"\asled_id\x18\x03 \x01(\tR\x06sledId\x12\x1f\n" +
+	"\vomit_counts\x18\x04 \x01(\bR\n" +
+	"omitCounts\"}\n" +
 	"\x19ListPhysicalDisksResponse\x128\n" +
 	"\x05disks\x18\x01 \x03(\v2\".storage.allocator.v1.PhysicalDiskR\x05disks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xad\x03\n" +
