@@ -213,15 +213,56 @@ func (s *Sim) DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 }
 
 // ProbeTargets says, for each address, whether a live region or running
-// snapshot serves it and, when one does, the content identity it serves.
+// snapshot serves it and, when one does, the content identity it serves:
+// resolve's answer for every address, in one statement. Every running
+// sim-upstairs probes all its volumes' targets each interval, so on a
+// populated rack two statements per address made the simulated hardware
+// the database's busiest client.
 func (s *Sim) ProbeTargets(ctx context.Context, addrs []netip.AddrPort) ([]agentapi.Probe, error) {
-	out := make([]agentapi.Probe, len(addrs))
+	ips := make([]string, len(addrs))
+	ports := make([]int32, len(addrs))
 	for i, a := range addrs {
-		res, content, err := probe(ctx, s.pool, a)
-		if err != nil {
-			return nil, err
+		ips[i], ports[i] = a.Addr().String(), int32(a.Port())
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT a.n, d.id IS NOT NULL, coalesce(pd.policy = 'in_service' AND sl.policy = 'in_service', false),
+		       ap.dataset_id IS NOT NULL, coalesce(sn.content, r.content, '')
+		FROM unnest($1::inet[], $2::int[]) WITH ORDINALITY AS a(ip, port, n)
+		LEFT JOIN crucible_dataset d ON d.ip = a.ip
+		LEFT JOIN zpool z ON z.id = d.zpool_id
+		LEFT JOIN physical_disk pd ON pd.id = z.physical_disk_id
+		LEFT JOIN sled sl ON sl.id = pd.sled_id
+		LEFT JOIN agent_port ap ON ap.dataset_id = d.id AND ap.port = a.port
+		LEFT JOIN agent_region r ON ap.snapshot_id IS NULL
+		     AND r.dataset_id = ap.dataset_id AND r.region_id = ap.region_id
+		LEFT JOIN agent_snapshot sn ON sn.dataset_id = ap.dataset_id
+		     AND sn.region_id = ap.region_id AND sn.snapshot_id = ap.snapshot_id
+		ORDER BY a.n`, ips, ports)
+	if err != nil {
+		return nil, fmt.Errorf("probe targets: %w", err)
+	}
+	out := make([]agentapi.Probe, len(addrs))
+	var n int64
+	var found, inService, used bool
+	var content string
+	_, err = pgx.ForEachRow(rows, []any{&n, &found, &inService, &used, &content}, func() error {
+		if n < 1 || int(n) > len(out) {
+			return fmt.Errorf("probe targets: row for address %d of %d", n, len(out))
 		}
-		out[i] = agentapi.Probe{Result: res, Content: content}
+		switch {
+		case !found:
+			out[n-1] = agentapi.Probe{Result: agentapi.Destroyed}
+		case !inService:
+			out[n-1] = agentapi.Probe{Result: agentapi.Unreachable}
+		case !used:
+			out[n-1] = agentapi.Probe{Result: agentapi.Destroyed}
+		default:
+			out[n-1] = agentapi.Probe{Result: agentapi.Served, Content: content}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("probe targets: %w", err)
 	}
 	return out, nil
 }
