@@ -126,6 +126,24 @@ func (s *Store) RWReplacementsIn(ctx context.Context, state RegionState) ([]RWRe
 		WHERE state = $1 AND operating_saga_id IS NULL ORDER BY request_time, id`, state))
 }
 
+// RegionsWithRWRequest returns which of regions have a rw request, in any
+// state (a region has at most one over its lifetime).
+func (s *Store) RegionsWithRWRequest(ctx context.Context, regions []uuid.UUID) (map[uuid.UUID]bool, error) {
+	out := make(map[uuid.UUID]bool, len(regions))
+	if len(regions) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT old_region_id FROM rw_replacement WHERE old_region_id = ANY($1::uuid[])`, regions)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out, err
+}
+
 // ListRWReplacements pages through requests by id, optionally in one state.
 func (s *Store) ListRWReplacements(ctx context.Context, state RegionState, after uuid.UUID, limit int) ([]RWReplacement, error) {
 	return collectRW(s.pool.Query(ctx, `SELECT `+rwColumns+` FROM rw_replacement

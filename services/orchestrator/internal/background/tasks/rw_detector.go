@@ -55,38 +55,27 @@ func (t *rwDetector) Activate(ctx context.Context) any {
 	return st
 }
 
-// knownRegions is every region that already has a request (at most one per
-// region over its lifetime).
-func (t *rwDetector) knownRegions(ctx context.Context) (map[uuid.UUID]bool, error) {
-	known := map[uuid.UUID]bool{}
-	after := uuid.Nil
-	for {
-		page, err := t.env.Deps.Store.ListRWReplacements(ctx, "", after, 1000)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range page {
-			known[r.OldRegionID] = true
-		}
-		if len(page) < 1000 {
-			return known, nil
-		}
-		after = page[len(page)-1].ID
-	}
-}
-
 func (t *rwDetector) detect(ctx context.Context, st *RWDetectorStatus) {
 	d := t.env.Deps
-	known, err := t.knownRegions(ctx)
-	if err != nil {
-		errf(&st.Errors, "listing requests: %v", err)
-		return
-	}
 	token := ""
 	for {
 		resp, err := d.Allocator.ListExpungedTargets(ctx, &allocatorv1.ListExpungedTargetsRequest{PageSize: 1000, PageToken: token})
 		if err != nil {
 			errf(&st.Errors, "listing expunged targets: %v", err)
+			return
+		}
+		// Which of the page's regions already have a request (at most one
+		// per region over its lifetime), asked for the page's regions
+		// only: every request ever made would be read on every pass.
+		var regions []uuid.UUID
+		for _, r := range resp.ReadWriteRegions {
+			if id, err := uuid.Parse(r.RegionId); err == nil {
+				regions = append(regions, id)
+			}
+		}
+		known, err := d.Store.RegionsWithRWRequest(ctx, regions)
+		if err != nil {
+			errf(&st.Errors, "requests for expunged regions: %v", err)
 			return
 		}
 		for _, r := range resp.ReadWriteRegions {
