@@ -283,7 +283,11 @@ func RepairSourceSleds(ctx context.Context, d *Deps, volumeID, oldRegionID, newR
 	if err != nil {
 		return nil, err
 	}
-	policies, err := ListDiskPolicies(ctx, d.Allocator)
+	disks := make([]string, len(regions.Regions))
+	for i, r := range regions.Regions {
+		disks[i] = r.DiskId
+	}
+	policies, err := d.DiskPolicies(ctx, disks, nil)
 	if err != nil {
 		return nil, err
 	}
