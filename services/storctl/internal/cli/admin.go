@@ -301,6 +301,8 @@ func taskCommands() []command {
 	}, {
 		path: "validate", summary: "cross-service consistency check (exit 3 on violations)",
 		max: 0,
+		// It probes every target of the rack: over 10 s on a full one.
+		timeout: 2 * time.Minute,
 		setup: func(*flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, _ []string) error {
 				c, err := e.admin()

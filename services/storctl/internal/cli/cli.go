@@ -65,6 +65,9 @@ type options struct {
 	addrs   map[string]*string // by service
 	output  string
 	timeout time.Duration
+	// timeoutSet: --timeout was given, so it overrides a command's own
+	// deadline (command.timeout).
+	timeoutSet bool
 
 	// TLS: the trust bundle and this operator's X509-SVID, or plaintext.
 	files       mtls.Files
@@ -97,12 +100,31 @@ func (o *options) bind(fs *flag.FlagSet) {
 		fs.StringVar(o.addrs[ep.service], ep.flag, *o.addrs[ep.service], fmt.Sprintf("%s address (env %s)", ep.service, ep.env))
 	}
 	fs.StringVar(&o.output, "o", o.output, `output: "table" or "json"`)
-	fs.DurationVar(&o.timeout, "timeout", o.timeout, "deadline of each command's calls (watch and demo are not bounded by it)")
+	fs.Var(timeoutFlag{o}, "timeout", "deadline of each command's calls (watch and demo are not bounded by it; validate's is 2m unless given)")
 	fs.StringVar(&o.files.CA, "ca", o.files.CA, "trust bundle, PEM CA certificates (env STORCTL_CA; default .run/pki/bundle.pem above the working directory)")
 	fs.StringVar(&o.files.Cert, "cert", o.files.Cert, "your X509-SVID, PEM (env STORCTL_CERT; default .run/pki/"+creds.Operator+"/svid.pem)")
 	fs.StringVar(&o.files.Key, "key", o.files.Key, "its private key (env STORCTL_KEY; default .run/pki/"+creds.Operator+"/svid.key)")
 	fs.StringVar(&o.trustDomain, "trust-domain", o.trustDomain, "SPIFFE trust domain of the deployment (env STORAGECP_TRUST_DOMAIN)")
 	fs.BoolVar(&o.insecure, "insecure", o.insecure, "plaintext, no certificates: only for a deployment started with --insecure")
+}
+
+// timeoutFlag is --timeout, noting that it was given.
+type timeoutFlag struct{ o *options }
+
+func (f timeoutFlag) String() string {
+	if f.o == nil {
+		return ""
+	}
+	return f.o.timeout.String()
+}
+
+func (f timeoutFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	f.o.timeout, f.o.timeoutSet = d, true
+	return nil
 }
 
 // errNoCredentials is storctl's one line when it has no certificate.
@@ -337,6 +359,10 @@ type command struct {
 	// unbounded commands (watch, demo) run until done or interrupted,
 	// without the --timeout deadline.
 	unbounded bool
+	// timeout, when set, is the command's deadline unless --timeout is
+	// given: a call that reads the whole rack (validate) needs longer than
+	// the default.
+	timeout time.Duration
 	setup     func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
 }
 
@@ -396,6 +422,9 @@ func (e *env) dispatch(ctx context.Context, args []string) error {
 	}
 	if e.opts.output != "table" && e.opts.output != "json" {
 		return usagef(`-o: want "table" or "json", got %q`, e.opts.output)
+	}
+	if cmd.timeout > 0 && !e.opts.timeoutSet {
+		e.opts.timeout = cmd.timeout
 	}
 	if !cmd.unbounded && e.opts.timeout > 0 {
 		var cancel context.CancelFunc
