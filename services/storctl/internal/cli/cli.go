@@ -363,7 +363,7 @@ type command struct {
 	// given: a call that reads the whole rack (validate) needs longer than
 	// the default.
 	timeout time.Duration
-	setup     func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
+	setup   func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
 }
 
 func commands() []command {
