@@ -137,13 +137,19 @@ func rackSizes(scale float64) []struct {
 // rackTimeout bounds the wait for every request to end
 // (STORAGECP_BENCH_RACK_TIMEOUT, a Go duration; default 45m).
 func rackTimeout(t *testing.T) time.Duration {
-	s := os.Getenv("STORAGECP_BENCH_RACK_TIMEOUT")
+	return envDuration(t, "STORAGECP_BENCH_RACK_TIMEOUT", 45*time.Minute)
+}
+
+// envDuration is the positive Go duration in the environment variable
+// name, else def.
+func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+	s := os.Getenv(name)
 	if s == "" {
-		return 45 * time.Minute
+		return def
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		t.Fatalf("STORAGECP_BENCH_RACK_TIMEOUT=%q: want a positive duration", s)
+		t.Fatalf("%s=%q: want a positive duration", name, s)
 	}
 	return d
 }
@@ -159,15 +165,7 @@ func rackTimeout(t *testing.T) time.Duration {
 // at every activation and every accepted ReplaceVolume, and the oracles
 // run in full after the replacement.
 func rackProbeInterval(t *testing.T) time.Duration {
-	s := os.Getenv("STORAGECP_BENCH_RACK_PROBE")
-	if s == "" {
-		return 3 * time.Second
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		t.Fatalf("STORAGECP_BENCH_RACK_PROBE=%q: want a positive duration", s)
-	}
-	return d
+	return envDuration(t, "STORAGECP_BENCH_RACK_PROBE", 3*time.Second)
 }
 
 // rackWorkers is how many RPCs populate keeps in flight
