@@ -113,11 +113,6 @@ type App struct {
 	pauses *pause.Gate
 }
 
-// diskPolicyAge is how long the disk policies the tasks and sagas read are
-// kept (sagadef.DiskPolicyCache): a rw repair's planning, start and drive
-// each ask, and a disk only ever goes from in service to expunged.
-const diskPolicyAge = time.Second
-
 // New returns the orchestrator over its database.
 func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	if cfg.SECID == "" {
@@ -175,13 +170,11 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*App, error) {
 	s.store = store.New(pool, store.WithLockReleased(func() {
 		sagadef.Wakeup(s.deps.Wake.RODetector, s.deps.Wake.ROStep, s.deps.Wake.RWDetector)
 	}), store.WithRebuildLimits(cfg.Budgets))
-	alloc := allocatorv1.NewRegionAllocatorServiceClient(ac)
 	s.deps = &sagadef.Deps{
 		Volumes:   volumev1.NewVolumeServiceClient(vc),
-		Allocator: alloc,
+		Allocator: allocatorv1.NewRegionAllocatorServiceClient(ac),
 		Notifier:  notifierv1.NewUpstairsNotifierServiceClient(nc),
 		Store:     s.store,
-		Disks:     &sagadef.DiskPolicyCache{Alloc: alloc, MaxAge: diskPolicyAge},
 
 		PantryEndpoints: cfg.PantryEndpoints,
 		Sabotage:        cfg.Sabotage,

@@ -37,9 +37,6 @@ type Deps struct {
 	// Sabotage holds the deliberate bugs a dev/test process runs with
 	// (sabotage.go); the zero value, always outside --dev, holds none.
 	Sabotage Sabotage
-	// Disks, when set, keeps the allocator's disk policies for a moment
-	// (DiskPolicyCache); nil reads them afresh every time.
-	Disks *DiskPolicyCache
 }
 
 func deps(ac *saga.ActionContext) *Deps { return ac.Deps().(*Deps) }

@@ -43,11 +43,7 @@ func RepairSources(ctx context.Context, d *Deps, volumeID, newRegionID uuid.UUID
 	if newAddr == "" {
 		return 0, "", fmt.Errorf("%w: volume %s does not name region %s", errInvalidState, volumeID, newRegionID)
 	}
-	datasets := make([]string, 0, len(vol.Volume.Targets))
-	for _, t := range vol.Volume.Targets {
-		datasets = append(datasets, t.DatasetId)
-	}
-	policies, err := d.DiskPolicies(ctx, nil, datasets)
+	policies, err := ListDiskPolicies(ctx, d.Allocator)
 	if err != nil {
 		return 0, "", err
 	}

@@ -283,11 +283,7 @@ func RepairSourceSleds(ctx context.Context, d *Deps, volumeID, oldRegionID, newR
 	if err != nil {
 		return nil, err
 	}
-	disks := make([]string, len(regions.Regions))
-	for i, r := range regions.Regions {
-		disks[i] = r.DiskId
-	}
-	policies, err := d.DiskPolicies(ctx, disks, nil)
+	policies, err := ListDiskPolicies(ctx, d.Allocator)
 	if err != nil {
 		return nil, err
 	}

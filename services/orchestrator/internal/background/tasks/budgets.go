@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
 )
 
@@ -372,6 +373,11 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 		return nil, nil
 	}
 	d := env.Deps
+	policies, err := sagadef.ListDiskPolicies(ctx, d.Allocator)
+	if err != nil {
+		return nil, fmt.Errorf("disks: %w", err)
+	}
+	inService := policies.ByDisk
 	owners := map[string]bool{}
 	var snaps []string
 	for _, r := range ros {
@@ -383,10 +389,11 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 	for _, r := range rws {
 		owners[r.VolumeID.String()] = true
 	}
-	// The regions allocated for them and the snapshots' region snapshots,
-	// then the policies of every disk those are on.
-	var regions []*allocatorv1.Region
-	var regionSnapshots []*allocatorv1.RegionSnapshot
+	// Per volume or snapshot: the sleds of its live rw regions, of its
+	// live read-only regions, of its live region snapshots.
+	rwLive := map[string][]string{}
+	roLive := map[string][]string{}
+	rsLive := map[string][]string{}
 	ids := make([]string, 0, len(owners))
 	for id := range owners {
 		ids = append(ids, id)
@@ -399,7 +406,18 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 			if err != nil {
 				return nil, fmt.Errorf("regions: %w", err)
 			}
-			regions = append(regions, resp.Regions...)
+			for _, r := range resp.Regions {
+				if !inService[r.DiskId] {
+					continue
+				}
+				if r.ReadOnly {
+					if r.Address != "" {
+						roLive[r.AllocatedFor] = append(roLive[r.AllocatedFor], r.SledId)
+					}
+				} else {
+					rwLive[r.AllocatedFor] = append(rwLive[r.AllocatedFor], r.SledId)
+				}
+			}
 			if token = resp.NextPageToken; token == "" {
 				break
 			}
@@ -412,44 +430,14 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 			if err != nil {
 				return nil, fmt.Errorf("region snapshots: %w", err)
 			}
-			regionSnapshots = append(regionSnapshots, resp.RegionSnapshots...)
+			for _, rs := range resp.RegionSnapshots {
+				if inService[rs.DiskId] {
+					rsLive[rs.SnapshotId] = append(rsLive[rs.SnapshotId], rs.SledId)
+				}
+			}
 			if token = resp.NextPageToken; token == "" {
 				break
 			}
-		}
-	}
-	disks := make([]string, 0, len(regions)+len(regionSnapshots))
-	for _, r := range regions {
-		disks = append(disks, r.DiskId)
-	}
-	for _, rs := range regionSnapshots {
-		disks = append(disks, rs.DiskId)
-	}
-	policies, err := d.DiskPolicies(ctx, disks, nil)
-	if err != nil {
-		return nil, fmt.Errorf("disks: %w", err)
-	}
-	inService := policies.ByDisk
-	// Per volume or snapshot: the sleds of its live rw regions, of its
-	// live read-only regions, of its live region snapshots.
-	rwLive := map[string][]string{}
-	roLive := map[string][]string{}
-	rsLive := map[string][]string{}
-	for _, r := range regions {
-		if !inService[r.DiskId] {
-			continue
-		}
-		if r.ReadOnly {
-			if r.Address != "" {
-				roLive[r.AllocatedFor] = append(roLive[r.AllocatedFor], r.SledId)
-			}
-		} else {
-			rwLive[r.AllocatedFor] = append(rwLive[r.AllocatedFor], r.SledId)
-		}
-	}
-	for _, rs := range regionSnapshots {
-		if inService[rs.DiskId] {
-			rsLive[rs.SnapshotId] = append(rsLive[rs.SnapshotId], rs.SledId)
 		}
 	}
 	var out []candidate
