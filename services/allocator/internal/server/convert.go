@@ -77,6 +77,7 @@ func regionPB(r store.Region) *allocatorv1.Region {
 		SledId:          r.SledID.String(),
 		DiskId:          r.DiskID.String(),
 		TimeCreated:     timestamppb.New(r.TimeCreated),
+		DiskPolicy:      policyPB(r.DiskPolicy),
 	}
 }
 
@@ -97,6 +98,7 @@ func regionSnapshotPB(s store.RegionSnapshot) *allocatorv1.RegionSnapshot {
 		TargetId:   ids.RegionSnapshotTargetID(s.RegionID, s.SnapshotID).String(),
 		DiskId:     s.DiskID.String(),
 		SledId:     s.SledID.String(),
+		DiskPolicy: policyPB(s.DiskPolicy),
 	}
 }
 

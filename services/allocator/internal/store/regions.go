@@ -14,10 +14,11 @@ import (
 
 const regionSelect = `
 	SELECT r.id, r.dataset_id, r.allocated_for, r.block_size, r.blocks_per_extent, r.extent_count,
-		r.read_only, coalesce(r.port, 0), host(d.ip), z.sled_id, z.physical_disk_id, r.time_created
+		r.read_only, coalesce(r.port, 0), host(d.ip), z.sled_id, z.physical_disk_id, r.time_created, pd.policy
 	FROM region r
 	JOIN crucible_dataset d ON d.id = r.dataset_id
-	JOIN zpool z ON z.id = d.zpool_id`
+	JOIN zpool z ON z.id = d.zpool_id
+	JOIN physical_disk pd ON pd.id = z.physical_disk_id`
 
 func scanRegions(rows pgx.Rows, err error) ([]Region, error) {
 	if err != nil {
@@ -29,7 +30,7 @@ func scanRegions(rows pgx.Rows, err error) ([]Region, error) {
 		var r Region
 		var ip string
 		if err := rows.Scan(&r.ID, &r.DatasetID, &r.AllocatedFor, &r.BlockSize, &r.BlocksPerExtent,
-			&r.ExtentCount, &r.ReadOnly, &r.Port, &ip, &r.SledID, &r.DiskID, &r.TimeCreated); err != nil {
+			&r.ExtentCount, &r.ReadOnly, &r.Port, &ip, &r.SledID, &r.DiskID, &r.TimeCreated, &r.DiskPolicy); err != nil {
 			return nil, fmt.Errorf("scan region: %w", err)
 		}
 		if r.IP, err = netip.ParseAddr(ip); err != nil {
@@ -165,7 +166,6 @@ func RecomputeSizeUsed(ctx context.Context, q db.Querier, datasetID uuid.UUID) e
 
 // expungedRegionsSQL walks expunged disk → zpool → dataset → regions.
 const expungedRegionsSQL = regionSelect + `
-	JOIN physical_disk pd ON pd.id = z.physical_disk_id
 	WHERE pd.policy = 'expunged' AND z.time_deleted IS NULL AND d.time_deleted IS NULL
 	  AND r.read_only = $1
 	ORDER BY r.id OFFSET $2 LIMIT $3`
@@ -180,7 +180,6 @@ func ListExpungedRegions(ctx context.Context, q db.Querier, readOnly bool, offse
 // that are ensured and on in-service disks.
 func ListCloneSourceRegions(ctx context.Context, q db.Querier, volumeID uuid.UUID) ([]Region, error) {
 	return scanRegions(q.Query(ctx, regionSelect+`
-		JOIN physical_disk pd ON pd.id = z.physical_disk_id
 		JOIN sled s ON s.id = pd.sled_id
 		WHERE r.allocated_for = $1 AND r.read_only AND r.port IS NOT NULL
 		  AND pd.policy = 'in_service' AND s.policy = 'in_service'

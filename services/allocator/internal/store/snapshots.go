@@ -12,10 +12,11 @@ import (
 )
 
 const regionSnapshotSelect = `
-	SELECT rs.dataset_id, rs.region_id, rs.snapshot_id, rs.address, z.physical_disk_id, z.sled_id
+	SELECT rs.dataset_id, rs.region_id, rs.snapshot_id, rs.address, z.physical_disk_id, z.sled_id, pd.policy
 	FROM region_snapshot rs
 	JOIN crucible_dataset d ON d.id = rs.dataset_id
-	JOIN zpool z ON z.id = d.zpool_id`
+	JOIN zpool z ON z.id = d.zpool_id
+	JOIN physical_disk pd ON pd.id = z.physical_disk_id`
 
 func scanRegionSnapshots(rows pgx.Rows, err error) ([]RegionSnapshot, error) {
 	if err != nil {
@@ -25,7 +26,7 @@ func scanRegionSnapshots(rows pgx.Rows, err error) ([]RegionSnapshot, error) {
 	var out []RegionSnapshot
 	for rows.Next() {
 		var s RegionSnapshot
-		if err := rows.Scan(&s.DatasetID, &s.RegionID, &s.SnapshotID, &s.Address, &s.DiskID, &s.SledID); err != nil {
+		if err := rows.Scan(&s.DatasetID, &s.RegionID, &s.SnapshotID, &s.Address, &s.DiskID, &s.SledID, &s.DiskPolicy); err != nil {
 			return nil, fmt.Errorf("scan region snapshot: %w", err)
 		}
 		out = append(out, s)
@@ -102,7 +103,6 @@ func ListRegionSnapshots(ctx context.Context, q db.Querier, f RegionSnapshotFilt
 // ListExpungedRegionSnapshots lists region snapshots on expunged disks.
 func ListExpungedRegionSnapshots(ctx context.Context, q db.Querier, offset, limit int) ([]RegionSnapshot, error) {
 	return scanRegionSnapshots(q.Query(ctx, regionSnapshotSelect+`
-		JOIN physical_disk pd ON pd.id = z.physical_disk_id
 		WHERE pd.policy = 'expunged' AND z.time_deleted IS NULL AND d.time_deleted IS NULL
 		ORDER BY rs.region_id, rs.snapshot_id OFFSET $1 LIMIT $2`, offset, limit))
 }
@@ -111,7 +111,6 @@ func ListExpungedRegionSnapshots(ctx context.Context, q db.Querier, offset, limi
 // in-service disks.
 func ListCloneSourceSnapshots(ctx context.Context, q db.Querier, snapshotID uuid.UUID) ([]RegionSnapshot, error) {
 	return scanRegionSnapshots(q.Query(ctx, regionSnapshotSelect+`
-		JOIN physical_disk pd ON pd.id = z.physical_disk_id
 		JOIN sled s ON s.id = pd.sled_id
 		WHERE rs.snapshot_id = $1 AND pd.policy = 'in_service' AND s.policy = 'in_service'
 		ORDER BY rs.region_id`, snapshotID))

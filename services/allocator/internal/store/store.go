@@ -85,6 +85,8 @@ type Region struct {
 	SledID      uuid.UUID
 	DiskID      uuid.UUID
 	TimeCreated time.Time
+	// DiskPolicy is the disk's policy when the row was read.
+	DiskPolicy string
 }
 
 // Ensured reports whether the region was created on its agent.
@@ -106,6 +108,8 @@ type RegionSnapshot struct {
 	Address    string
 	DiskID     uuid.UUID
 	SledID     uuid.UUID
+	// DiskPolicy is the disk's policy when the row was read.
+	DiskPolicy string
 }
 
 // nullUUID turns the zero UUID into SQL NULL.

@@ -7,6 +7,10 @@ import (
 
 	"github.com/google/uuid"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
 	volumev1 "storagecp.dev/gen/go/storage/volume/v1"
 	"storagecp.dev/platform/vcr"
@@ -43,11 +47,10 @@ func RepairSources(ctx context.Context, d *Deps, volumeID, newRegionID uuid.UUID
 	if newAddr == "" {
 		return 0, "", fmt.Errorf("%w: volume %s does not name region %s", errInvalidState, volumeID, newRegionID)
 	}
-	policies, err := ListDiskPolicies(ctx, d.Allocator)
+	policies, err := regionPolicies(ctx, d, volumeID)
 	if err != nil {
 		return 0, "", err
 	}
-	inService := policies.ByDataset
 	var survivors int
 	var fates []string
 	for _, addr := range RegionSetOf(vol.Volume.Vcr, newAddr) {
@@ -55,10 +58,30 @@ func RepairSources(ctx context.Context, d *Deps, volumeID, newRegionID uuid.UUID
 			continue
 		}
 		t, ok := byAddr[addr]
-		switch {
-		case !ok:
+		if !ok {
 			fates = append(fates, addr+": not registered")
-		case !inService[t.DatasetId]:
+			continue
+		}
+		policy, known := policies[t.RegionId]
+		if !known {
+			// Not allocated for this volume (no repair puts one there):
+			// read it alone.
+			r, err := d.Allocator.GetRegion(ctx, &allocatorv1.GetRegionRequest{RegionId: t.RegionId})
+			switch {
+			case status.Code(err) == codes.NotFound:
+				fates = append(fates, fmt.Sprintf("region %s: not in the allocator", t.RegionId))
+				continue
+			case err != nil:
+				return 0, "", fmt.Errorf("region %s: %w", t.RegionId, err)
+			}
+			policy = r.Region.DiskPolicy
+		}
+		in, err := DiskInService(policy, "region "+t.RegionId)
+		if err != nil {
+			return 0, "", err
+		}
+		switch {
+		case !in:
 			fates = append(fates, fmt.Sprintf("region %s: disk expunged", t.RegionId))
 		case unrepaired[parseOrNil(t.RegionId)]:
 			fates = append(fates, fmt.Sprintf("region %s: a replacement region never repaired", t.RegionId))
@@ -68,6 +91,24 @@ func RepairSources(ctx context.Context, d *Deps, volumeID, newRegionID uuid.UUID
 		}
 	}
 	return survivors, strings.Join(fates, "; "), nil
+}
+
+// regionPolicies reads the disk policy of every region allocated for the
+// volume, by region id, in the same answer as the regions.
+func regionPolicies(ctx context.Context, d *Deps, volumeID uuid.UUID) (map[string]allocatorv1.Policy, error) {
+	out := map[string]allocatorv1.Policy{}
+	for token := ""; ; {
+		resp, err := d.Allocator.ListRegions(ctx, &allocatorv1.ListRegionsRequest{AllocatedFor: volumeID.String(), PageSize: 1000, PageToken: token})
+		if err != nil {
+			return nil, fmt.Errorf("regions of volume %s: %w", volumeID, err)
+		}
+		for _, r := range resp.Regions {
+			out[r.RegionId] = r.DiskPolicy
+		}
+		if token = resp.NextPageToken; token == "" {
+			return out, nil
+		}
+	}
 }
 
 func parseOrNil(s string) uuid.UUID {

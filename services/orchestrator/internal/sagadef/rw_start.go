@@ -283,11 +283,6 @@ func RepairSourceSleds(ctx context.Context, d *Deps, volumeID, oldRegionID, newR
 	if err != nil {
 		return nil, err
 	}
-	policies, err := ListDiskPolicies(ctx, d.Allocator)
-	if err != nil {
-		return nil, err
-	}
-	inService := policies.ByDisk
 	unrepaired, err := d.Store.UnrepairedRegions(ctx, volumeID)
 	if err != nil {
 		return nil, err
@@ -295,10 +290,16 @@ func RepairSourceSleds(ctx context.Context, d *Deps, volumeID, oldRegionID, newR
 	var sleds []string
 	for _, r := range regions.Regions {
 		id := parseOrNil(r.RegionId)
-		if r.ReadOnly || id == oldRegionID || id == newRegionID || unrepaired[id] || !inService[r.DiskId] {
+		if r.ReadOnly || id == oldRegionID || id == newRegionID || unrepaired[id] {
 			continue
 		}
-		sleds = append(sleds, r.SledId)
+		in, err := DiskInService(r.DiskPolicy, "region "+r.RegionId)
+		if err != nil {
+			return nil, err
+		}
+		if in {
+			sleds = append(sleds, r.SledId)
+		}
 	}
 	return sledIDs(sleds...), nil
 }

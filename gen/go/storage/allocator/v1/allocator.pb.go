@@ -1310,10 +1310,16 @@ type Region struct {
 	// "[ipv6]:port" once ensured; empty before.
 	Address string `protobuf:"bytes,9,opt,name=address,proto3" json:"address,omitempty"`
 	// true once created on its agent.
-	Ensured       bool                   `protobuf:"varint,10,opt,name=ensured,proto3" json:"ensured,omitempty"`
-	SledId        string                 `protobuf:"bytes,11,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
-	DiskId        string                 `protobuf:"bytes,12,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
-	TimeCreated   *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=time_created,json=timeCreated,proto3" json:"time_created,omitempty"`
+	Ensured     bool                   `protobuf:"varint,10,opt,name=ensured,proto3" json:"ensured,omitempty"`
+	SledId      string                 `protobuf:"bytes,11,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	DiskId      string                 `protobuf:"bytes,12,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	TimeCreated *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=time_created,json=timeCreated,proto3" json:"time_created,omitempty"`
+	// The policy of the region's physical disk, read with the region: a
+	// repair tells a surviving copy from one on an expunged disk by it,
+	// without listing every disk of the rack. Never POLICY_UNSPECIFIED from
+	// this allocator; a reader that gets it is talking to an older one and
+	// must not take the copy for lost.
+	DiskPolicy    Policy `protobuf:"varint,14,opt,name=disk_policy,json=diskPolicy,proto3,enum=storage.allocator.v1.Policy" json:"disk_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1437,6 +1443,13 @@ func (x *Region) GetTimeCreated() *timestamppb.Timestamp {
 		return x.TimeCreated
 	}
 	return nil
+}
+
+func (x *Region) GetDiskPolicy() Policy {
+	if x != nil {
+		return x.DiskPolicy
+	}
+	return Policy_POLICY_UNSPECIFIED
 }
 
 type AllocateRegionsRequest struct {
@@ -1967,9 +1980,11 @@ type RegionSnapshot struct {
 	// "[ipv6]:port" of the running snapshot.
 	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
 	// The derived target id.
-	TargetId      string `protobuf:"bytes,5,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
-	DiskId        string `protobuf:"bytes,6,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
-	SledId        string `protobuf:"bytes,7,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	TargetId string `protobuf:"bytes,5,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
+	DiskId   string `protobuf:"bytes,6,opt,name=disk_id,json=diskId,proto3" json:"disk_id,omitempty"`
+	SledId   string `protobuf:"bytes,7,opt,name=sled_id,json=sledId,proto3" json:"sled_id,omitempty"`
+	// The policy of its physical disk, read with it (as Region.disk_policy).
+	DiskPolicy    Policy `protobuf:"varint,8,opt,name=disk_policy,json=diskPolicy,proto3,enum=storage.allocator.v1.Policy" json:"disk_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2051,6 +2066,13 @@ func (x *RegionSnapshot) GetSledId() string {
 		return x.SledId
 	}
 	return ""
+}
+
+func (x *RegionSnapshot) GetDiskPolicy() Policy {
+	if x != nil {
+		return x.DiskPolicy
+	}
+	return Policy_POLICY_UNSPECIFIED
 }
 
 type CreateRegionSnapshotsRequest struct {
@@ -3531,7 +3553,7 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"omitCounts\"}\n" +
 	"\x19ListPhysicalDisksResponse\x128\n" +
 	"\x05disks\x18\x01 \x03(\v2\".storage.allocator.v1.PhysicalDiskR\x05disks\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xad\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xec\x03\n" +
 	"\x06Region\x12\x1b\n" +
 	"\tregion_id\x18\x01 \x01(\tR\bregionId\x12\x1d\n" +
 	"\n" +
@@ -3548,7 +3570,9 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	" \x01(\bR\aensured\x12\x17\n" +
 	"\asled_id\x18\v \x01(\tR\x06sledId\x12\x17\n" +
 	"\adisk_id\x18\f \x01(\tR\x06diskId\x12=\n" +
-	"\ftime_created\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\"\xab\x03\n" +
+	"\ftime_created\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vtimeCreated\x12=\n" +
+	"\vdisk_policy\x18\x0e \x01(\x0e2\x1c.storage.allocator.v1.PolicyR\n" +
+	"diskPolicy\"\xab\x03\n" +
 	"\x16AllocateRegionsRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x1f\n" +
 	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
@@ -3587,7 +3611,7 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\n" +
 	"region_ids\x18\x01 \x03(\tR\tregionIds\"E\n" +
 	"\x15DeleteRegionsResponse\x12,\n" +
-	"\x12deleted_region_ids\x18\x01 \x03(\tR\x10deletedRegionIds\"\xd6\x01\n" +
+	"\x12deleted_region_ids\x18\x01 \x03(\tR\x10deletedRegionIds\"\x95\x02\n" +
 	"\x0eRegionSnapshot\x12\x1d\n" +
 	"\n" +
 	"dataset_id\x18\x01 \x01(\tR\tdatasetId\x12\x1b\n" +
@@ -3597,7 +3621,9 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x1b\n" +
 	"\ttarget_id\x18\x05 \x01(\tR\btargetId\x12\x17\n" +
 	"\adisk_id\x18\x06 \x01(\tR\x06diskId\x12\x17\n" +
-	"\asled_id\x18\a \x01(\tR\x06sledId\"^\n" +
+	"\asled_id\x18\a \x01(\tR\x06sledId\x12=\n" +
+	"\vdisk_policy\x18\b \x01(\x0e2\x1c.storage.allocator.v1.PolicyR\n" +
+	"diskPolicy\"^\n" +
 	"\x1cCreateRegionSnapshotsRequest\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\x12\x1d\n" +
@@ -3831,76 +3857,78 @@ var file_storage_allocator_v1_allocator_proto_depIdxs = []int32{
 	17, // 13: storage.allocator.v1.ListSledsResponse.sleds:type_name -> storage.allocator.v1.SledSummary
 	8,  // 14: storage.allocator.v1.ListPhysicalDisksResponse.disks:type_name -> storage.allocator.v1.PhysicalDisk
 	58, // 15: storage.allocator.v1.Region.time_created:type_name -> google.protobuf.Timestamp
-	2,  // 16: storage.allocator.v1.AllocateRegionsRequest.strategy:type_name -> storage.allocator.v1.AllocationStrategy
-	21, // 17: storage.allocator.v1.AllocateRegionsResponse.regions:type_name -> storage.allocator.v1.Region
-	22, // 18: storage.allocator.v1.DryRunAllocationRequest.allocation:type_name -> storage.allocator.v1.AllocateRegionsRequest
-	21, // 19: storage.allocator.v1.DryRunAllocationResponse.regions:type_name -> storage.allocator.v1.Region
-	26, // 20: storage.allocator.v1.EnsureRegionsRequest.regions:type_name -> storage.allocator.v1.RegionEnsure
-	21, // 21: storage.allocator.v1.EnsureRegionsResponse.regions:type_name -> storage.allocator.v1.Region
-	31, // 22: storage.allocator.v1.CreateRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	34, // 23: storage.allocator.v1.DeleteRegionSnapshotsRequest.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshotKey
-	31, // 24: storage.allocator.v1.ListExpungedTargetsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	21, // 25: storage.allocator.v1.ListExpungedTargetsResponse.read_only_regions:type_name -> storage.allocator.v1.Region
-	21, // 26: storage.allocator.v1.ListExpungedTargetsResponse.read_write_regions:type_name -> storage.allocator.v1.Region
-	31, // 27: storage.allocator.v1.ListCloneSourcesResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	21, // 28: storage.allocator.v1.ListCloneSourcesResponse.read_only_regions:type_name -> storage.allocator.v1.Region
-	21, // 29: storage.allocator.v1.GetRegionResponse.region:type_name -> storage.allocator.v1.Region
-	31, // 30: storage.allocator.v1.GetRegionResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	21, // 31: storage.allocator.v1.ListRegionsResponse.regions:type_name -> storage.allocator.v1.Region
-	31, // 32: storage.allocator.v1.ListRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
-	3,  // 33: storage.allocator.v1.TargetProbe.result:type_name -> storage.allocator.v1.ProbeResult
-	48, // 34: storage.allocator.v1.ProbeTargetsResponse.probes:type_name -> storage.allocator.v1.TargetProbe
-	4,  // 35: storage.allocator.v1.InjectAgentFaultRequest.operation:type_name -> storage.allocator.v1.AgentOperation
-	59, // 36: storage.allocator.v1.InjectAgentFaultRequest.delay:type_name -> google.protobuf.Duration
-	6,  // 37: storage.allocator.v1.RegionAllocatorService.AddSled:input_type -> storage.allocator.v1.AddSledRequest
-	9,  // 38: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:input_type -> storage.allocator.v1.AddPhysicalDiskRequest
-	11, // 39: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:input_type -> storage.allocator.v1.ExpungePhysicalDiskRequest
-	13, // 40: storage.allocator.v1.RegionAllocatorService.ExpungeSled:input_type -> storage.allocator.v1.ExpungeSledRequest
-	15, // 41: storage.allocator.v1.RegionAllocatorService.ListSleds:input_type -> storage.allocator.v1.ListSledsRequest
-	19, // 42: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:input_type -> storage.allocator.v1.ListPhysicalDisksRequest
-	22, // 43: storage.allocator.v1.RegionAllocatorService.AllocateRegions:input_type -> storage.allocator.v1.AllocateRegionsRequest
-	24, // 44: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:input_type -> storage.allocator.v1.DryRunAllocationRequest
-	27, // 45: storage.allocator.v1.RegionAllocatorService.EnsureRegions:input_type -> storage.allocator.v1.EnsureRegionsRequest
-	29, // 46: storage.allocator.v1.RegionAllocatorService.DeleteRegions:input_type -> storage.allocator.v1.DeleteRegionsRequest
-	32, // 47: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:input_type -> storage.allocator.v1.CreateRegionSnapshotsRequest
-	35, // 48: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:input_type -> storage.allocator.v1.DeleteRegionSnapshotsRequest
-	37, // 49: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:input_type -> storage.allocator.v1.ListExpungedTargetsRequest
-	39, // 50: storage.allocator.v1.RegionAllocatorService.ListCloneSources:input_type -> storage.allocator.v1.ListCloneSourcesRequest
-	41, // 51: storage.allocator.v1.RegionAllocatorService.GetRegion:input_type -> storage.allocator.v1.GetRegionRequest
-	43, // 52: storage.allocator.v1.RegionAllocatorService.ListRegions:input_type -> storage.allocator.v1.ListRegionsRequest
-	45, // 53: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:input_type -> storage.allocator.v1.ListRegionSnapshotsRequest
-	47, // 54: storage.allocator.v1.RegionAllocatorService.ProbeTargets:input_type -> storage.allocator.v1.ProbeTargetsRequest
-	50, // 55: storage.allocator.v1.AgentFaultService.InjectAgentFault:input_type -> storage.allocator.v1.InjectAgentFaultRequest
-	52, // 56: storage.allocator.v1.AgentFaultService.ClearAgentFaults:input_type -> storage.allocator.v1.ClearAgentFaultsRequest
-	54, // 57: storage.allocator.v1.AgentDataService.WriteRegions:input_type -> storage.allocator.v1.WriteRegionsRequest
-	56, // 58: storage.allocator.v1.AgentDataService.RepairRegionSet:input_type -> storage.allocator.v1.RepairRegionSetRequest
-	7,  // 59: storage.allocator.v1.RegionAllocatorService.AddSled:output_type -> storage.allocator.v1.AddSledResponse
-	10, // 60: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:output_type -> storage.allocator.v1.AddPhysicalDiskResponse
-	12, // 61: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:output_type -> storage.allocator.v1.ExpungePhysicalDiskResponse
-	14, // 62: storage.allocator.v1.RegionAllocatorService.ExpungeSled:output_type -> storage.allocator.v1.ExpungeSledResponse
-	18, // 63: storage.allocator.v1.RegionAllocatorService.ListSleds:output_type -> storage.allocator.v1.ListSledsResponse
-	20, // 64: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:output_type -> storage.allocator.v1.ListPhysicalDisksResponse
-	23, // 65: storage.allocator.v1.RegionAllocatorService.AllocateRegions:output_type -> storage.allocator.v1.AllocateRegionsResponse
-	25, // 66: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:output_type -> storage.allocator.v1.DryRunAllocationResponse
-	28, // 67: storage.allocator.v1.RegionAllocatorService.EnsureRegions:output_type -> storage.allocator.v1.EnsureRegionsResponse
-	30, // 68: storage.allocator.v1.RegionAllocatorService.DeleteRegions:output_type -> storage.allocator.v1.DeleteRegionsResponse
-	33, // 69: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:output_type -> storage.allocator.v1.CreateRegionSnapshotsResponse
-	36, // 70: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:output_type -> storage.allocator.v1.DeleteRegionSnapshotsResponse
-	38, // 71: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:output_type -> storage.allocator.v1.ListExpungedTargetsResponse
-	40, // 72: storage.allocator.v1.RegionAllocatorService.ListCloneSources:output_type -> storage.allocator.v1.ListCloneSourcesResponse
-	42, // 73: storage.allocator.v1.RegionAllocatorService.GetRegion:output_type -> storage.allocator.v1.GetRegionResponse
-	44, // 74: storage.allocator.v1.RegionAllocatorService.ListRegions:output_type -> storage.allocator.v1.ListRegionsResponse
-	46, // 75: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:output_type -> storage.allocator.v1.ListRegionSnapshotsResponse
-	49, // 76: storage.allocator.v1.RegionAllocatorService.ProbeTargets:output_type -> storage.allocator.v1.ProbeTargetsResponse
-	51, // 77: storage.allocator.v1.AgentFaultService.InjectAgentFault:output_type -> storage.allocator.v1.InjectAgentFaultResponse
-	53, // 78: storage.allocator.v1.AgentFaultService.ClearAgentFaults:output_type -> storage.allocator.v1.ClearAgentFaultsResponse
-	55, // 79: storage.allocator.v1.AgentDataService.WriteRegions:output_type -> storage.allocator.v1.WriteRegionsResponse
-	57, // 80: storage.allocator.v1.AgentDataService.RepairRegionSet:output_type -> storage.allocator.v1.RepairRegionSetResponse
-	59, // [59:81] is the sub-list for method output_type
-	37, // [37:59] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	0,  // 16: storage.allocator.v1.Region.disk_policy:type_name -> storage.allocator.v1.Policy
+	2,  // 17: storage.allocator.v1.AllocateRegionsRequest.strategy:type_name -> storage.allocator.v1.AllocationStrategy
+	21, // 18: storage.allocator.v1.AllocateRegionsResponse.regions:type_name -> storage.allocator.v1.Region
+	22, // 19: storage.allocator.v1.DryRunAllocationRequest.allocation:type_name -> storage.allocator.v1.AllocateRegionsRequest
+	21, // 20: storage.allocator.v1.DryRunAllocationResponse.regions:type_name -> storage.allocator.v1.Region
+	26, // 21: storage.allocator.v1.EnsureRegionsRequest.regions:type_name -> storage.allocator.v1.RegionEnsure
+	21, // 22: storage.allocator.v1.EnsureRegionsResponse.regions:type_name -> storage.allocator.v1.Region
+	0,  // 23: storage.allocator.v1.RegionSnapshot.disk_policy:type_name -> storage.allocator.v1.Policy
+	31, // 24: storage.allocator.v1.CreateRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	34, // 25: storage.allocator.v1.DeleteRegionSnapshotsRequest.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshotKey
+	31, // 26: storage.allocator.v1.ListExpungedTargetsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	21, // 27: storage.allocator.v1.ListExpungedTargetsResponse.read_only_regions:type_name -> storage.allocator.v1.Region
+	21, // 28: storage.allocator.v1.ListExpungedTargetsResponse.read_write_regions:type_name -> storage.allocator.v1.Region
+	31, // 29: storage.allocator.v1.ListCloneSourcesResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	21, // 30: storage.allocator.v1.ListCloneSourcesResponse.read_only_regions:type_name -> storage.allocator.v1.Region
+	21, // 31: storage.allocator.v1.GetRegionResponse.region:type_name -> storage.allocator.v1.Region
+	31, // 32: storage.allocator.v1.GetRegionResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	21, // 33: storage.allocator.v1.ListRegionsResponse.regions:type_name -> storage.allocator.v1.Region
+	31, // 34: storage.allocator.v1.ListRegionSnapshotsResponse.region_snapshots:type_name -> storage.allocator.v1.RegionSnapshot
+	3,  // 35: storage.allocator.v1.TargetProbe.result:type_name -> storage.allocator.v1.ProbeResult
+	48, // 36: storage.allocator.v1.ProbeTargetsResponse.probes:type_name -> storage.allocator.v1.TargetProbe
+	4,  // 37: storage.allocator.v1.InjectAgentFaultRequest.operation:type_name -> storage.allocator.v1.AgentOperation
+	59, // 38: storage.allocator.v1.InjectAgentFaultRequest.delay:type_name -> google.protobuf.Duration
+	6,  // 39: storage.allocator.v1.RegionAllocatorService.AddSled:input_type -> storage.allocator.v1.AddSledRequest
+	9,  // 40: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:input_type -> storage.allocator.v1.AddPhysicalDiskRequest
+	11, // 41: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:input_type -> storage.allocator.v1.ExpungePhysicalDiskRequest
+	13, // 42: storage.allocator.v1.RegionAllocatorService.ExpungeSled:input_type -> storage.allocator.v1.ExpungeSledRequest
+	15, // 43: storage.allocator.v1.RegionAllocatorService.ListSleds:input_type -> storage.allocator.v1.ListSledsRequest
+	19, // 44: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:input_type -> storage.allocator.v1.ListPhysicalDisksRequest
+	22, // 45: storage.allocator.v1.RegionAllocatorService.AllocateRegions:input_type -> storage.allocator.v1.AllocateRegionsRequest
+	24, // 46: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:input_type -> storage.allocator.v1.DryRunAllocationRequest
+	27, // 47: storage.allocator.v1.RegionAllocatorService.EnsureRegions:input_type -> storage.allocator.v1.EnsureRegionsRequest
+	29, // 48: storage.allocator.v1.RegionAllocatorService.DeleteRegions:input_type -> storage.allocator.v1.DeleteRegionsRequest
+	32, // 49: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:input_type -> storage.allocator.v1.CreateRegionSnapshotsRequest
+	35, // 50: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:input_type -> storage.allocator.v1.DeleteRegionSnapshotsRequest
+	37, // 51: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:input_type -> storage.allocator.v1.ListExpungedTargetsRequest
+	39, // 52: storage.allocator.v1.RegionAllocatorService.ListCloneSources:input_type -> storage.allocator.v1.ListCloneSourcesRequest
+	41, // 53: storage.allocator.v1.RegionAllocatorService.GetRegion:input_type -> storage.allocator.v1.GetRegionRequest
+	43, // 54: storage.allocator.v1.RegionAllocatorService.ListRegions:input_type -> storage.allocator.v1.ListRegionsRequest
+	45, // 55: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:input_type -> storage.allocator.v1.ListRegionSnapshotsRequest
+	47, // 56: storage.allocator.v1.RegionAllocatorService.ProbeTargets:input_type -> storage.allocator.v1.ProbeTargetsRequest
+	50, // 57: storage.allocator.v1.AgentFaultService.InjectAgentFault:input_type -> storage.allocator.v1.InjectAgentFaultRequest
+	52, // 58: storage.allocator.v1.AgentFaultService.ClearAgentFaults:input_type -> storage.allocator.v1.ClearAgentFaultsRequest
+	54, // 59: storage.allocator.v1.AgentDataService.WriteRegions:input_type -> storage.allocator.v1.WriteRegionsRequest
+	56, // 60: storage.allocator.v1.AgentDataService.RepairRegionSet:input_type -> storage.allocator.v1.RepairRegionSetRequest
+	7,  // 61: storage.allocator.v1.RegionAllocatorService.AddSled:output_type -> storage.allocator.v1.AddSledResponse
+	10, // 62: storage.allocator.v1.RegionAllocatorService.AddPhysicalDisk:output_type -> storage.allocator.v1.AddPhysicalDiskResponse
+	12, // 63: storage.allocator.v1.RegionAllocatorService.ExpungePhysicalDisk:output_type -> storage.allocator.v1.ExpungePhysicalDiskResponse
+	14, // 64: storage.allocator.v1.RegionAllocatorService.ExpungeSled:output_type -> storage.allocator.v1.ExpungeSledResponse
+	18, // 65: storage.allocator.v1.RegionAllocatorService.ListSleds:output_type -> storage.allocator.v1.ListSledsResponse
+	20, // 66: storage.allocator.v1.RegionAllocatorService.ListPhysicalDisks:output_type -> storage.allocator.v1.ListPhysicalDisksResponse
+	23, // 67: storage.allocator.v1.RegionAllocatorService.AllocateRegions:output_type -> storage.allocator.v1.AllocateRegionsResponse
+	25, // 68: storage.allocator.v1.RegionAllocatorService.DryRunAllocation:output_type -> storage.allocator.v1.DryRunAllocationResponse
+	28, // 69: storage.allocator.v1.RegionAllocatorService.EnsureRegions:output_type -> storage.allocator.v1.EnsureRegionsResponse
+	30, // 70: storage.allocator.v1.RegionAllocatorService.DeleteRegions:output_type -> storage.allocator.v1.DeleteRegionsResponse
+	33, // 71: storage.allocator.v1.RegionAllocatorService.CreateRegionSnapshots:output_type -> storage.allocator.v1.CreateRegionSnapshotsResponse
+	36, // 72: storage.allocator.v1.RegionAllocatorService.DeleteRegionSnapshots:output_type -> storage.allocator.v1.DeleteRegionSnapshotsResponse
+	38, // 73: storage.allocator.v1.RegionAllocatorService.ListExpungedTargets:output_type -> storage.allocator.v1.ListExpungedTargetsResponse
+	40, // 74: storage.allocator.v1.RegionAllocatorService.ListCloneSources:output_type -> storage.allocator.v1.ListCloneSourcesResponse
+	42, // 75: storage.allocator.v1.RegionAllocatorService.GetRegion:output_type -> storage.allocator.v1.GetRegionResponse
+	44, // 76: storage.allocator.v1.RegionAllocatorService.ListRegions:output_type -> storage.allocator.v1.ListRegionsResponse
+	46, // 77: storage.allocator.v1.RegionAllocatorService.ListRegionSnapshots:output_type -> storage.allocator.v1.ListRegionSnapshotsResponse
+	49, // 78: storage.allocator.v1.RegionAllocatorService.ProbeTargets:output_type -> storage.allocator.v1.ProbeTargetsResponse
+	51, // 79: storage.allocator.v1.AgentFaultService.InjectAgentFault:output_type -> storage.allocator.v1.InjectAgentFaultResponse
+	53, // 80: storage.allocator.v1.AgentFaultService.ClearAgentFaults:output_type -> storage.allocator.v1.ClearAgentFaultsResponse
+	55, // 81: storage.allocator.v1.AgentDataService.WriteRegions:output_type -> storage.allocator.v1.WriteRegionsResponse
+	57, // 82: storage.allocator.v1.AgentDataService.RepairRegionSet:output_type -> storage.allocator.v1.RepairRegionSetResponse
+	61, // [61:83] is the sub-list for method output_type
+	39, // [39:61] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_storage_allocator_v1_allocator_proto_init() }

@@ -240,15 +240,15 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 	if err != nil {
 		return nil, false, st, err
 	}
-	cands, err := env.liveCopies(ctx, ros, rws)
-	if err != nil {
-		return nil, false, st, err
-	}
 	slots, err := d.Store.HeldSlots(ctx)
 	if err != nil {
 		return nil, false, st, err
 	}
 	starting, err := d.Store.RebuildsStarting(ctx)
+	if err != nil {
+		return nil, false, st, err
+	}
+	cands, err := env.liveCopies(ctx, ros, rws)
 	if err != nil {
 		return nil, false, st, err
 	}
@@ -360,9 +360,9 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 }
 
 // liveCopies builds the candidates and counts each one's live copies from
-// one listing of the disks and two batched listings (regions allocated for
-// the requests' volumes and snapshots; the snapshots' region snapshots),
-// then records the counts on the requests for operators.
+// two batched listings (regions allocated for the requests' volumes and
+// snapshots; the snapshots' region snapshots), each row with its disk's
+// policy, then records the counts on the requests for operators.
 //
 // rw region: the rw regions allocated for its volume on in-service disks
 // (the members of its region set still serving). Read-only target: its
@@ -373,11 +373,6 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 		return nil, nil
 	}
 	d := env.Deps
-	policies, err := sagadef.ListDiskPolicies(ctx, d.Allocator)
-	if err != nil {
-		return nil, fmt.Errorf("disks: %w", err)
-	}
-	inService := policies.ByDisk
 	owners := map[string]bool{}
 	var snaps []string
 	for _, r := range ros {
@@ -407,7 +402,11 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 				return nil, fmt.Errorf("regions: %w", err)
 			}
 			for _, r := range resp.Regions {
-				if !inService[r.DiskId] {
+				in, err := sagadef.DiskInService(r.DiskPolicy, "region "+r.RegionId)
+				if err != nil {
+					return nil, err
+				}
+				if !in {
 					continue
 				}
 				if r.ReadOnly {
@@ -431,7 +430,11 @@ func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []
 				return nil, fmt.Errorf("region snapshots: %w", err)
 			}
 			for _, rs := range resp.RegionSnapshots {
-				if inService[rs.DiskId] {
+				in, err := sagadef.DiskInService(rs.DiskPolicy, "region snapshot "+rs.TargetId)
+				if err != nil {
+					return nil, err
+				}
+				if in {
 					rsLive[rs.SnapshotId] = append(rsLive[rs.SnapshotId], rs.SledId)
 				}
 			}
