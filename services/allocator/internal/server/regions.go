@@ -211,9 +211,9 @@ func (s *Server) ListRegions(ctx context.Context, req *allocatorv1.ListRegionsRe
 }
 
 // ListExpungedTargets lists region snapshots, read-only regions and rw
-// regions on expunged disks. The page token is an offset applied to each
-// of the three lists; a next token is returned while any list filled its
-// page.
+// regions on expunged disks, less the lists the request omits. The page
+// token is an offset applied to each of the three lists; a next token is
+// returned while any list filled its page.
 func (s *Server) ListExpungedTargets(ctx context.Context, req *allocatorv1.ListExpungedTargetsRequest) (*allocatorv1.ListExpungedTargetsResponse, error) {
 	limit, err := paging.Size(req.GetPageSize())
 	if err != nil {
@@ -223,17 +223,22 @@ func (s *Server) ListExpungedTargets(ctx context.Context, req *allocatorv1.ListE
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := store.ListExpungedRegionSnapshots(ctx, s.pool, offset, limit)
-	if err != nil {
-		return nil, s.toStatus(ctx, err)
+	var snaps []store.RegionSnapshot
+	var ro, rw []store.Region
+	if !req.GetOmitRegionSnapshots() {
+		if snaps, err = store.ListExpungedRegionSnapshots(ctx, s.pool, offset, limit); err != nil {
+			return nil, s.toStatus(ctx, err)
+		}
 	}
-	ro, err := store.ListExpungedRegions(ctx, s.pool, true, offset, limit)
-	if err != nil {
-		return nil, s.toStatus(ctx, err)
+	if !req.GetOmitReadOnlyRegions() {
+		if ro, err = store.ListExpungedRegions(ctx, s.pool, true, offset, limit); err != nil {
+			return nil, s.toStatus(ctx, err)
+		}
 	}
-	rw, err := store.ListExpungedRegions(ctx, s.pool, false, offset, limit)
-	if err != nil {
-		return nil, s.toStatus(ctx, err)
+	if !req.GetOmitReadWriteRegions() {
+		if rw, err = store.ListExpungedRegions(ctx, s.pool, false, offset, limit); err != nil {
+			return nil, s.toStatus(ctx, err)
+		}
 	}
 	resp := &allocatorv1.ListExpungedTargetsResponse{
 		RegionSnapshots:  regionSnapshotsPB(snaps),

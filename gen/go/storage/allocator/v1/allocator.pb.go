@@ -2313,11 +2313,17 @@ func (x *DeleteRegionSnapshotsResponse) GetDeleted() int32 {
 }
 
 type ListExpungedTargetsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Optional: leave lists out, for a reader that wants only some kinds
+	// (the read-only and the rw detectors each read their own). An omitted
+	// list comes back empty and does not keep the paging going.
+	OmitRegionSnapshots  bool `protobuf:"varint,3,opt,name=omit_region_snapshots,json=omitRegionSnapshots,proto3" json:"omit_region_snapshots,omitempty"`
+	OmitReadOnlyRegions  bool `protobuf:"varint,4,opt,name=omit_read_only_regions,json=omitReadOnlyRegions,proto3" json:"omit_read_only_regions,omitempty"`
+	OmitReadWriteRegions bool `protobuf:"varint,5,opt,name=omit_read_write_regions,json=omitReadWriteRegions,proto3" json:"omit_read_write_regions,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *ListExpungedTargetsRequest) Reset() {
@@ -2362,6 +2368,27 @@ func (x *ListExpungedTargetsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListExpungedTargetsRequest) GetOmitRegionSnapshots() bool {
+	if x != nil {
+		return x.OmitRegionSnapshots
+	}
+	return false
+}
+
+func (x *ListExpungedTargetsRequest) GetOmitReadOnlyRegions() bool {
+	if x != nil {
+		return x.OmitReadOnlyRegions
+	}
+	return false
+}
+
+func (x *ListExpungedTargetsRequest) GetOmitReadWriteRegions() bool {
+	if x != nil {
+		return x.OmitReadWriteRegions
+	}
+	return false
 }
 
 type ListExpungedTargetsResponse struct {
@@ -3638,11 +3665,14 @@ const file_storage_allocator_v1_allocator_proto_rawDesc = "" +
 	"\x1cDeleteRegionSnapshotsRequest\x12R\n" +
 	"\x10region_snapshots\x18\x01 \x03(\v2'.storage.allocator.v1.RegionSnapshotKeyR\x0fregionSnapshots\"9\n" +
 	"\x1dDeleteRegionSnapshotsResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\x05R\adeleted\"X\n" +
+	"\adeleted\x18\x01 \x01(\x05R\adeleted\"\xf8\x01\n" +
 	"\x1aListExpungedTargetsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"\xac\x02\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x122\n" +
+	"\x15omit_region_snapshots\x18\x03 \x01(\bR\x13omitRegionSnapshots\x123\n" +
+	"\x16omit_read_only_regions\x18\x04 \x01(\bR\x13omitReadOnlyRegions\x125\n" +
+	"\x17omit_read_write_regions\x18\x05 \x01(\bR\x14omitReadWriteRegions\"\xac\x02\n" +
 	"\x1bListExpungedTargetsResponse\x12O\n" +
 	"\x10region_snapshots\x18\x01 \x03(\v2$.storage.allocator.v1.RegionSnapshotR\x0fregionSnapshots\x12H\n" +
 	"\x11read_only_regions\x18\x02 \x03(\v2\x1c.storage.allocator.v1.RegionR\x0freadOnlyRegions\x12J\n" +

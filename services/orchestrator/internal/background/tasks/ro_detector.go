@@ -39,7 +39,7 @@ func (t *roDetector) Activate(ctx context.Context) any {
 	d := t.env.Deps
 	token := ""
 	for {
-		resp, err := d.Allocator.ListExpungedTargets(ctx, &allocatorv1.ListExpungedTargetsRequest{PageSize: 1000, PageToken: token})
+		resp, err := d.Allocator.ListExpungedTargets(ctx, &allocatorv1.ListExpungedTargetsRequest{PageSize: 1000, PageToken: token, OmitReadWriteRegions: true})
 		if err != nil {
 			errf(&st.Errors, "listing expunged targets: %v", err)
 			return st

@@ -59,7 +59,8 @@ func (t *rwDetector) detect(ctx context.Context, st *RWDetectorStatus) {
 	d := t.env.Deps
 	token := ""
 	for {
-		resp, err := d.Allocator.ListExpungedTargets(ctx, &allocatorv1.ListExpungedTargetsRequest{PageSize: 1000, PageToken: token})
+		resp, err := d.Allocator.ListExpungedTargets(ctx, &allocatorv1.ListExpungedTargetsRequest{PageSize: 1000, PageToken: token,
+			OmitRegionSnapshots: true, OmitReadOnlyRegions: true})
 		if err != nil {
 			errf(&st.Errors, "listing expunged targets: %v", err)
 			return
