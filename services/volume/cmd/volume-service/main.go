@@ -35,7 +35,7 @@ func service() server.Service {
 			allocatorAddr = fs.String("allocator-addr", "127.0.0.1:7102",
 				"region-allocator address: disk states for volume redundancy (ListPhysicalDisks only); empty: no redundancy")
 			redundancyPeriod = fs.Duration("redundancy-period", 15*time.Second,
-				"how often the storagecp.volume.redundancy gauge is recomputed (reads every live volume)")
+				"how often the storagecp.volume.redundancy gauge is recomputed (reads every live volume); a survey that takes longer than a twentieth of it spaces the next to twenty times its length")
 		},
 		Register: func(ctx context.Context, env *server.Env) error {
 			var disks *volumeserver.Disks

@@ -79,3 +79,20 @@ func TestDiskCacheRereadsForAnUnknownDataset(t *testing.T) {
 		t.Fatalf("no dataset named, read again (%d calls): %v", l.calls, err)
 	}
 }
+
+// The gauge's survey keeps its period while it is quick, and spaces itself
+// to twenty times its own length when it is not: a survey of a full rack
+// under load must not take a fifth of the database's time.
+func TestSurveyWaitBoundsTheSurveysShare(t *testing.T) {
+	period := 15 * time.Second
+	for _, c := range []struct{ took, wait time.Duration }{
+		{10 * time.Millisecond, period - 10*time.Millisecond},
+		{750 * time.Millisecond, period - 750*time.Millisecond},
+		{2 * time.Second, 38 * time.Second},
+		{20 * time.Second, 380 * time.Second},
+	} {
+		if got := surveyWait(period, c.took); got != c.wait {
+			t.Errorf("a survey of %v: next after %v, want %v", c.took, got, c.wait)
+		}
+	}
+}
