@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -63,13 +64,35 @@ type Admission struct {
 	// the last plan, steps from the step task's last pass).
 	waitingRebuilds map[string]int
 	waitingSteps    int
+	// counts: each waiting request's live copies and sources as a plan
+	// last counted them, recounted once older than recount (0:
+	// copiesRecount) so that a pass lists only the requests due.
+	counts  map[uuid.UUID]copiesCount
+	recount time.Duration
 }
+
+// copiesCount is one request's live copies as a plan counted them.
+type copiesCount struct {
+	live    int32
+	sources []uuid.UUID
+	at      time.Time
+}
+
+// copiesRecount is how long a plan orders a waiting request by the live
+// copies it counted before counting them again. The count only orders
+// admissions and forecasts their source sleds; the rebuild's own
+// admission (store.AdmitRebuild) reads its sources afresh, and every
+// give-up counts survivors afresh. A fresh expunge's requests are counted
+// in the first pass that sees them; an older request whose copies a
+// second expunge reduced moves ahead within this long.
+const copiesRecount = 5 * time.Second
 
 // NewAdmission returns an empty Admission.
 func NewAdmission() *Admission {
 	return &Admission{
 		reserved: map[uuid.UUID]reservation{}, destBlocked: map[uuid.UUID]bool{}, lastHeld: map[uuid.UUID]bool{},
 		held: map[uuid.UUID]string{}, heldSteps: map[uuid.UUID]string{}, waitingRebuilds: map[string]int{},
+		counts: map[uuid.UUID]copiesCount{},
 	}
 }
 
@@ -256,7 +279,7 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 		// order its last count gave. A sled's expunge keeps the rack budget
 		// full for most of its repairs, and every completion wakes a pass.
 		cands = recordedCandidates(ros, rws)
-	} else if cands, err = env.liveCopies(ctx, ros, rws); err != nil {
+	} else if cands, err = env.liveCopies(ctx, a, ros, rws); err != nil {
 		return nil, false, st, err
 	}
 	slices.SortFunc(cands, before)
@@ -397,7 +420,62 @@ func recordedCandidates(ros []store.ROReplacement, rws []store.RWReplacement) []
 	return out
 }
 
-// liveCopies builds the candidates and counts each one's live copies from
+// liveCopies builds the candidates: the requests a.counts counted within
+// the recount period with that count, and the rest (new, or due) counted
+// now (countCopies), their counts kept for the next passes.
+func (env Env) liveCopies(ctx context.Context, a *Admission, ros []store.ROReplacement, rws []store.RWReplacement) ([]candidate, error) {
+	now := time.Now()
+	a.mu.Lock()
+	recount := a.recount
+	if recount == 0 {
+		recount = copiesRecount
+	}
+	counted := func(id uuid.UUID) (copiesCount, bool) {
+		c, ok := a.counts[id]
+		return c, ok && now.Sub(c.at) < recount
+	}
+	waiting := make(map[uuid.UUID]bool, len(ros)+len(rws))
+	var out []candidate
+	var dueRO []store.ROReplacement
+	var dueRW []store.RWReplacement
+	for _, r := range ros {
+		waiting[r.ID] = true
+		c, ok := counted(r.ID)
+		if !ok {
+			dueRO = append(dueRO, r)
+			continue
+		}
+		o := r.Order
+		o.LiveCopies = c.live
+		out = append(out, candidate{id: r.ID, kind: kindRO, order: o, requestTime: r.RequestTime, sources: c.sources, attempts: r.Attempts, ro: r})
+	}
+	for _, r := range rws {
+		waiting[r.ID] = true
+		c, ok := counted(r.ID)
+		if !ok {
+			dueRW = append(dueRW, r)
+			continue
+		}
+		o := r.Order
+		o.LiveCopies = c.live
+		out = append(out, candidate{id: r.ID, kind: kindRW, order: o, requestTime: r.RequestTime, sources: c.sources, attempts: r.Attempts, rw: r})
+	}
+	maps.DeleteFunc(a.counts, func(id uuid.UUID, _ copiesCount) bool { return !waiting[id] })
+	a.mu.Unlock()
+
+	fresh, err := env.countCopies(ctx, dueRO, dueRW)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	for _, c := range fresh {
+		a.counts[c.id] = copiesCount{live: c.order.LiveCopies, sources: c.sources, at: now}
+	}
+	a.mu.Unlock()
+	return append(out, fresh...), nil
+}
+
+// countCopies builds the candidates and counts each one's live copies from
 // two batched listings (regions allocated for the requests' volumes and
 // snapshots; the snapshots' region snapshots), each row with its disk's
 // policy, then records the counts on the requests for operators.
@@ -406,7 +484,7 @@ func recordedCandidates(ros []store.ROReplacement, rws []store.RWReplacement) []
 // (the members of its region set still serving). Read-only target: its
 // snapshot's region snapshots and read-only regions on in-service disks
 // (what ListCloneSources would offer to clone from).
-func (env Env) liveCopies(ctx context.Context, ros []store.ROReplacement, rws []store.RWReplacement) ([]candidate, error) {
+func (env Env) countCopies(ctx context.Context, ros []store.ROReplacement, rws []store.RWReplacement) ([]candidate, error) {
 	if len(ros) == 0 && len(rws) == 0 {
 		return nil, nil
 	}

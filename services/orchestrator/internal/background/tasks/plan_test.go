@@ -2,7 +2,9 @@ package tasks
 
 import (
 	"context"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
@@ -18,6 +20,8 @@ import (
 type copyCounter struct {
 	allocatorv1.RegionAllocatorServiceClient
 	listings int
+	// snapshots: the snapshots whose region snapshots were listed.
+	snapshots []string
 }
 
 func (c *copyCounter) ListRegions(context.Context, *allocatorv1.ListRegionsRequest, ...grpc.CallOption) (*allocatorv1.ListRegionsResponse, error) {
@@ -25,9 +29,24 @@ func (c *copyCounter) ListRegions(context.Context, *allocatorv1.ListRegionsReque
 	return &allocatorv1.ListRegionsResponse{}, nil
 }
 
-func (c *copyCounter) ListRegionSnapshots(context.Context, *allocatorv1.ListRegionSnapshotsRequest, ...grpc.CallOption) (*allocatorv1.ListRegionSnapshotsResponse, error) {
+func (c *copyCounter) ListRegionSnapshots(_ context.Context, in *allocatorv1.ListRegionSnapshotsRequest, _ ...grpc.CallOption) (*allocatorv1.ListRegionSnapshotsResponse, error) {
 	c.listings++
+	c.snapshots = append(c.snapshots, in.SnapshotIds...)
 	return &allocatorv1.ListRegionSnapshotsResponse{}, nil
+}
+
+// waitingRO inserts a Requested read-only request of a snapshot of its own.
+func waitingRO(t *testing.T, s *store.Store) store.ROReplacement {
+	t.Helper()
+	snap, ds := uuid.New(), uuid.New()
+	r, _, err := s.InsertROReplacement(context.Background(), store.ROReplacement{
+		ID: uuid.New(), Kind: store.KindRegionSnapshot, OldTargetID: uuid.New(), OldRegionID: uuid.New(),
+		OldDatasetID: &ds, OldSnapshotID: snap, LockVolumeID: snap,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 // While the rebuilds on their way fill the rack budget, a plan admits
@@ -39,18 +58,7 @@ func (c *copyCounter) ListRegionSnapshots(context.Context, *allocatorv1.ListRegi
 func TestPlanReadsNoCopiesWhileTheRackIsFull(t *testing.T) {
 	ctx := context.Background()
 	s := store.New(testenv.Start(t, testenv.Options{}).Pool, store.WithRebuildLimits(store.Limits{RackRebuilds: 1}))
-	request := func() store.ROReplacement {
-		snap, ds := uuid.New(), uuid.New()
-		r, _, err := s.InsertROReplacement(ctx, store.ROReplacement{
-			ID: uuid.New(), Kind: store.KindRegionSnapshot, OldTargetID: uuid.New(), OldRegionID: uuid.New(),
-			OldDatasetID: &ds, OldSnapshotID: snap, LockVolumeID: snap,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
-	busy, waiting := request(), request()
+	busy, waiting := waitingRO(t, s), waitingRO(t, s)
 	if err := s.SetROAllocating(ctx, busy.ID, uuid.New()); err != nil {
 		t.Fatal(err)
 	}
@@ -77,5 +85,53 @@ func TestPlanReadsNoCopiesWhileTheRackIsFull(t *testing.T) {
 	}
 	if len(admitted) != 1 || admitted[0].id != waiting.ID || alloc.listings == 0 {
 		t.Fatalf("a slot free: admitted %d, read copies %d times; want the waiting request, counted", len(admitted), alloc.listings)
+	}
+}
+
+// A plan counts a waiting request's live copies when it first sees it and
+// again once its count is copiesRecount old, not on every pass: on a full
+// rack every completion wakes a plan, and listing every waiting request's
+// copies each time was the plan's largest cost. A request it has not
+// counted yet is counted in the first pass that sees it.
+func TestPlanCountsEachRequestOncePerRecount(t *testing.T) {
+	ctx := context.Background()
+	s := store.New(testenv.Start(t, testenv.Options{}).Pool, store.WithRebuildLimits(store.Limits{RackRebuilds: 100}))
+	first, second := waitingRO(t, s), waitingRO(t, s)
+	alloc := &copyCounter{}
+	env := Env{Deps: &sagadef.Deps{Store: s, Allocator: alloc}, Admission: NewAdmission()}
+	plan := func() {
+		t.Helper()
+		alloc.snapshots = nil
+		if _, _, _, err := env.plan(ctx, kindRO); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asked := func(rs ...store.ROReplacement) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.OldSnapshotID.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	got := func() []string { return slices.Sorted(slices.Values(alloc.snapshots)) }
+
+	plan()
+	if want := asked(first, second); !slices.Equal(got(), want) {
+		t.Fatalf("first plan counted %v, want both requests %v", got(), want)
+	}
+	plan()
+	if len(alloc.snapshots) != 0 {
+		t.Fatalf("a plan right after counted %v again", alloc.snapshots)
+	}
+	third := waitingRO(t, s)
+	plan()
+	if want := asked(third); !slices.Equal(got(), want) {
+		t.Fatalf("with a new request, a plan counted %v, want only the new one %v", got(), want)
+	}
+	env.Admission.recount = time.Nanosecond
+	plan()
+	if want := asked(first, second, third); !slices.Equal(got(), want) {
+		t.Fatalf("past the recount period, a plan counted %v, want every request %v", got(), want)
 	}
 }
