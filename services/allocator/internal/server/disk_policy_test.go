@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/google/uuid"
-
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 )
 
@@ -19,15 +17,8 @@ func TestRegionsCarryTheirDisksPolicy(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newServer(t)
 	addInventory(t, s, 5, 1, 100*gib)
-	vol := uuid.NewString()
-	alloc := ok(s.AllocateRegions(ctx, allocReq(vol, 3, newIDs(3))))(t)
-	ens := ok(s.EnsureRegions(ctx, ensureReq(alloc.GetRegions())))(t)
-	snap := uuid.NewString()
-	rsReq := &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: snap}
-	for _, r := range ens.GetRegions() {
-		rsReq.RegionIds = append(rsReq.RegionIds, r.GetRegionId())
-	}
-	created := ok(s.CreateRegionSnapshots(ctx, rsReq))(t)
+	v := newSnapshottedVolume(t, s)
+	vol, snap, alloc, ens, created := v.volume, v.snapshot, v.allocated, v.ensured, v.snapshots
 	lost := ens.GetRegions()[0]
 
 	// policies reads every answer that carries a region or a region

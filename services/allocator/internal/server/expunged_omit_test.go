@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/google/uuid"
-
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 )
 
@@ -16,15 +14,8 @@ func TestListExpungedTargetsOmitsLists(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newServer(t)
 	addInventory(t, s, 7, 1, 100*gib)
-	vol := uuid.NewString()
-	alloc := ok(s.AllocateRegions(ctx, allocReq(vol, 3, newIDs(3))))(t)
-	ens := ok(s.EnsureRegions(ctx, ensureReq(alloc.GetRegions())))(t)
-	snap := uuid.NewString()
-	rsReq := &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: snap}
-	for _, r := range ens.GetRegions() {
-		rsReq.RegionIds = append(rsReq.RegionIds, r.GetRegionId())
-	}
-	rs := ok(s.CreateRegionSnapshots(ctx, rsReq))(t)
+	v := newSnapshottedVolume(t, s)
+	snap, ens, rs := v.snapshot, v.ensured, v.snapshots
 	roReq := allocReq(snap, 1, newIDs(1))
 	roReq.SnapshotId, roReq.ReadOnly = snap, true
 	ro := ok(s.AllocateRegions(ctx, roReq))(t).GetRegions()[0]

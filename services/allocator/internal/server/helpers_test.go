@@ -184,3 +184,26 @@ func diskUsage(t fataler, s *Server) map[string]*allocatorv1.PhysicalDisk {
 		}
 	}
 }
+
+// snapshottedVolume is a volume's three regions, allocated and ensured,
+// and a snapshot of every one of them.
+type snapshottedVolume struct {
+	volume, snapshot string
+	allocated        *allocatorv1.AllocateRegionsResponse
+	ensured          *allocatorv1.EnsureRegionsResponse
+	snapshots        *allocatorv1.CreateRegionSnapshotsResponse
+}
+
+func newSnapshottedVolume(t testing.TB, s *Server) snapshottedVolume {
+	t.Helper()
+	ctx := context.Background()
+	v := snapshottedVolume{volume: uuid.NewString(), snapshot: uuid.NewString()}
+	v.allocated = ok(s.AllocateRegions(ctx, allocReq(v.volume, 3, newIDs(3))))(t)
+	v.ensured = ok(s.EnsureRegions(ctx, ensureReq(v.allocated.GetRegions())))(t)
+	req := &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: v.snapshot}
+	for _, r := range v.ensured.GetRegions() {
+		req.RegionIds = append(req.RegionIds, r.GetRegionId())
+	}
+	v.snapshots = ok(s.CreateRegionSnapshots(ctx, req))(t)
+	return v
+}

@@ -162,15 +162,8 @@ func TestCloneSourceAndExpungement(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newServer(t)
 	inv := addInventory(t, s, 7, 1, 100*gib)
-	vol := uuid.NewString()
-	alloc := ok(s.AllocateRegions(ctx, allocReq(vol, 3, newIDs(3))))(t)
-	ens := ok(s.EnsureRegions(ctx, ensureReq(alloc.GetRegions())))(t)
-	snap := uuid.NewString()
-	rsReq := &allocatorv1.CreateRegionSnapshotsRequest{SnapshotId: snap}
-	for _, r := range ens.GetRegions() {
-		rsReq.RegionIds = append(rsReq.RegionIds, r.GetRegionId())
-	}
-	rs := ok(s.CreateRegionSnapshots(ctx, rsReq))(t)
+	v := newSnapshottedVolume(t, s)
+	vol, snap, ens, rs := v.volume, v.snapshot, v.ensured, v.snapshots
 
 	// A read-only clone for the snapshot volume avoids the region set's and
 	// the snapshot's sleds (here the same three).

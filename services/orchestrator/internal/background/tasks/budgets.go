@@ -438,27 +438,18 @@ func (env Env) liveCopies(ctx context.Context, a *Admission, ros []store.RORepla
 	var out []candidate
 	var dueRO []store.ROReplacement
 	var dueRW []store.RWReplacement
-	for _, r := range ros {
-		waiting[r.ID] = true
-		c, ok := counted(r.ID)
-		if !ok {
-			dueRO = append(dueRO, r)
-			continue
+	for _, c := range recordedCandidates(ros, rws) {
+		waiting[c.id] = true
+		n, ok := counted(c.id)
+		switch {
+		case ok:
+			c.order.LiveCopies, c.sources = n.live, n.sources
+			out = append(out, c)
+		case c.kind == kindRO:
+			dueRO = append(dueRO, c.ro)
+		default:
+			dueRW = append(dueRW, c.rw)
 		}
-		o := r.Order
-		o.LiveCopies = c.live
-		out = append(out, candidate{id: r.ID, kind: kindRO, order: o, requestTime: r.RequestTime, sources: c.sources, attempts: r.Attempts, ro: r})
-	}
-	for _, r := range rws {
-		waiting[r.ID] = true
-		c, ok := counted(r.ID)
-		if !ok {
-			dueRW = append(dueRW, r)
-			continue
-		}
-		o := r.Order
-		o.LiveCopies = c.live
-		out = append(out, candidate{id: r.ID, kind: kindRW, order: o, requestTime: r.RequestTime, sources: c.sources, attempts: r.Attempts, rw: r})
 	}
 	maps.DeleteFunc(a.counts, func(id uuid.UUID, _ copiesCount) bool { return !waiting[id] })
 	a.mu.Unlock()
