@@ -293,8 +293,10 @@ func midFanOutOn(t *testing.T, clones int, cfg stack.Config, fault func(*testing
 	// default; even of 4) finish the whole fan-out in the moment commits
 	// resume after the fault, and these tests need a fan-out still going
 	// to count steps before and after it. TestAmbiguousCommits runs the
-	// batch path under lost commits.
-	cfg.ExtraArgs = map[string][]string{stack.Orchestrator: {"--step-batch=0"}}
+	// batch path under lost commits. A rack step budget of 4 keeps the
+	// fan-out going for the fault: with 64 steps at once, a faster plan let
+	// the 60 steps all finish before the fault landed.
+	cfg.ExtraArgs = map[string][]string{stack.Orchestrator: {"--step-batch=0", "--budget-rack-steps=4"}}
 	r := rack.Start(t, 4, 2, cfg)
 	ctx := context.Background()
 	f := r.Stack.Formation
