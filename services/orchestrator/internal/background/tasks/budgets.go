@@ -271,15 +271,8 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 	if err != nil {
 		return nil, false, st, err
 	}
-	var cands []candidate
-	if rackFull(limits, slots, starting) {
-		// Nothing can be admitted this pass whatever the order: skip
-		// counting live copies (two listings of every waiting request's
-		// copies) and hold every request on the rack budget below, in the
-		// order its last count gave. A sled's expunge keeps the rack budget
-		// full for most of its repairs, and every completion wakes a pass.
-		cands = recordedCandidates(ros, rws)
-	} else if cands, err = env.liveCopies(ctx, a, ros, rws); err != nil {
+	cands, err := env.liveCopies(ctx, a, ros, rws)
+	if err != nil {
 		return nil, false, st, err
 	}
 	slices.SortFunc(cands, before)
@@ -389,26 +382,8 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 	return mineOut, other, st, nil
 }
 
-// rackFull reports whether the rebuilds holding slots and those on their
-// way to one already fill the rack budget. It is a lower bound of the use
-// plan counts (which adds this process's reservations), so when it is
-// full, plan admits nothing.
-func rackFull(limits store.Limits, slots []store.Slot, starting []uuid.UUID) bool {
-	use := store.UseOf(slots, uuid.Nil)
-	held := make(map[uuid.UUID]bool, len(slots))
-	for _, sl := range slots {
-		held[sl.RecordID] = true
-	}
-	for _, id := range starting {
-		if !held[id] {
-			use.Rack++
-		}
-	}
-	return use.Check(limits, nil) != nil
-}
-
 // recordedCandidates are the candidates with the live copies their last
-// count recorded, and no sources: enough to hold them in order.
+// count recorded, and no sources yet.
 func recordedCandidates(ros []store.ROReplacement, rws []store.RWReplacement) []candidate {
 	out := make([]candidate, 0, len(ros)+len(rws))
 	for _, r := range ros {
