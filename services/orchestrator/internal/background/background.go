@@ -107,11 +107,32 @@ func (d *Driver) Run(ctx context.Context) {
 	wg.Wait()
 }
 
+// A pass that reports errors (its status's "errors", the tasks'
+// convention) may have met something transient: a broken connection, a
+// service restarting, a COMMIT whose answer was lost. Whatever it left
+// undone would otherwise wait for the next activation from elsewhere, or
+// a whole period, and after a lost answer nothing else may come: the write
+// happened, so nobody fails again, and nobody wakes the task. So the driver
+// runs the task again after errorRetryFirst, doubling the wait with each
+// pass that errs again, never waiting longer than the period; a clean pass
+// returns the task to its period. Activations still run at once.
+const errorRetryFirst = time.Second
+
+// nextErrorRetry is the wait before the pass after one that erred, given
+// the wait before that one (0: the pass before did not err).
+func nextErrorRetry(last, period time.Duration) time.Duration {
+	return min(max(2*last, errorRetryFirst), period)
+}
+
 func (d *Driver) loop(ctx context.Context, e *entry) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var retry time.Duration // the wait since the last pass erred; 0 after a clean one
 	for {
 		trigger := "period"
+		if retry > 0 {
+			trigger = "retry"
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -125,12 +146,20 @@ func (d *Driver) loop(ctx context.Context, e *entry) {
 				}
 			}
 		}
-		d.activate(ctx, e, trigger)
-		timer.Reset(e.period)
+		wait := e.period
+		if d.activate(ctx, e, trigger) {
+			retry = nextErrorRetry(retry, e.period)
+			wait = retry
+		} else {
+			retry = 0
+		}
+		timer.Reset(wait)
 	}
 }
 
-func (d *Driver) activate(ctx context.Context, e *entry, trigger string) {
+// activate runs one pass and records its status; it reports whether the
+// pass reported errors.
+func (d *Driver) activate(ctx context.Context, e *entry, trigger string) (erred bool) {
 	ctx, span := d.tracer.Start(ctx, "task "+e.task.Name(), trace.WithNewRoot(),
 		trace.WithAttributes(attribute.String("task.name", e.task.Name())))
 	defer span.End()
@@ -148,7 +177,9 @@ func (d *Driver) activate(ctx context.Context, e *entry, trigger string) {
 	e.status.LastStatus = raw
 	e.status.Activations++
 	e.mu.Unlock()
-	d.metrics.passDone(ctx, e.task.Name(), trigger, raw, time.Since(began))
+	outcome := outcomeOf(raw)
+	d.metrics.passDone(ctx, e.task.Name(), trigger, outcome, time.Since(began))
+	return outcome == outcomeError
 }
 
 // Activate asks a task to run as soon as possible. Requests while it runs

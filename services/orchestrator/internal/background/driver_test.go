@@ -126,3 +126,49 @@ func TestLimiter(t *testing.T) {
 		t.Fatalf("in flight %d after releases", l.InFlight())
 	}
 }
+
+// erring reports errors on its first passes, then none.
+type erring struct {
+	errs int64 // passes that report an error
+	runs atomic.Int64
+	mu   sync.Mutex
+	at   []time.Time
+}
+
+func (e *erring) Name() string        { return "erring" }
+func (e *erring) Description() string { return "errs, then recovers" }
+func (e *erring) Activate(ctx context.Context) any {
+	n := e.runs.Add(1)
+	e.mu.Lock()
+	e.at = append(e.at, time.Now())
+	e.mu.Unlock()
+	if n <= e.errs {
+		return map[string][]string{"errors": {"conn closed"}}
+	}
+	return map[string][]string{"errors": {}}
+}
+
+// A pass that reports errors runs again long before the task's period,
+// after a wait that doubles while the passes keep erring; a clean pass
+// returns the task to its period. (Without this, a pass that lost a
+// COMMIT's answer left its work for the next period: an hour here.)
+func TestErringPassRunsAgainBeforeItsPeriod(t *testing.T) {
+	d := background.NewDriver(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e := &erring{errs: 2}
+	d.Register(e, time.Hour, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+	waitUntil(t, "two retries after two erring passes", func() bool { return e.runs.Load() == 3 })
+	e.mu.Lock()
+	first, second := e.at[1].Sub(e.at[0]), e.at[2].Sub(e.at[1])
+	e.mu.Unlock()
+	if first < time.Second || second < 2*time.Second {
+		t.Errorf("waits before the retries: %v then %v, want at least 1s then 2s", first, second)
+	}
+	// The third pass was clean: the next waits for the period.
+	time.Sleep(1500 * time.Millisecond)
+	if n := e.runs.Load(); n != 3 {
+		t.Errorf("%d passes after a clean one, want 3", n)
+	}
+}

@@ -46,13 +46,15 @@ func outcomeOf(status json.RawMessage) string {
 		Errors []string `json:"errors"`
 	}
 	if json.Unmarshal(status, &s) == nil && len(s.Errors) > 0 {
-		return "error"
+		return outcomeError
 	}
 	return "ok"
 }
 
-func (m driverMetrics) passDone(ctx context.Context, task, trigger string, status json.RawMessage, took time.Duration) {
+const outcomeError = "error"
+
+func (m driverMetrics) passDone(ctx context.Context, task, trigger, outcome string, took time.Duration) {
 	m.activations.Add(ctx, 1, metric.WithAttributes(attribute.String("task", task),
-		attribute.String("trigger", trigger), attribute.String("outcome", outcomeOf(status))))
+		attribute.String("trigger", trigger), attribute.String("outcome", outcome)))
 	m.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("task", task)))
 }

@@ -17,7 +17,10 @@ import (
 // "How the background tasks chain"). A request locks the snapshot volume, so
 // the targets of one snapshot are replaced one after another; contention is
 // retried silently on the next pass.
-type roDetector struct{ env Env }
+type roDetector struct {
+	env  Env
+	lost lostAnswers // targets whose request insert ended in an error
+}
 
 // DetectorStatus is the detector's status per activation.
 type DetectorStatus struct {
@@ -83,8 +86,12 @@ func (t *roDetector) request(ctx context.Context, st *DetectorStatus, kind store
 		}
 		r.OldDatasetID = &ds
 	}
-	if _, err := t.env.Deps.Store.GetROReplacementByTarget(ctx, r.OldTargetID); err == nil {
-		return // at most one request per target over its lifetime
+	if got, err := t.env.Deps.Store.GetROReplacementByTarget(ctx, r.OldTargetID); err == nil {
+		// At most one request per target over its lifetime.
+		if t.lost.found(r.OldTargetID) {
+			st.RequestsCreatedOK = append(st.RequestsCreatedOK, "created request "+got.ID.String()+" (an earlier pass lost the answer)")
+		}
+		return
 	}
 	r.Traceparent = newRequestTrace(ctx, "read-only replacement",
 		attribute.String("replacement.id", r.ID.String()), attribute.String("replacement.kind", string(kind)),
@@ -104,7 +111,8 @@ func (t *roDetector) request(ctx context.Context, st *DetectorStatus, kind store
 		st.Skipped.Add("target %s: %s", target, store.LockDetail(err))
 	case err != nil:
 		errf(&st.Errors, "request for target %s: %v", target, err)
-	case created:
+		t.lost.note(r.OldTargetID)
+	case created || t.lost.found(r.OldTargetID):
 		st.RequestsCreatedOK = append(st.RequestsCreatedOK, "created request "+got.ID.String())
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/google/uuid"
+
 	"storagecp.dev/orchestrator/internal/background"
 	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
@@ -18,6 +20,7 @@ import (
 type roStart struct {
 	env     Env
 	limiter *background.Limiter
+	lost    lostAnswers // requests whose completion ended in an error
 }
 
 // StartStatus is the start task's status per activation.
@@ -58,7 +61,11 @@ func (t *roStart) Activate(ctx context.Context) any {
 		errf(&st.Errors, "listing requested: %v", err)
 		return st
 	}
-	completed := false
+	requested := make(map[uuid.UUID]bool, len(reqs))
+	for _, r := range reqs {
+		requested[r.ID] = true
+	}
+	completed := t.lost.gone(func(id uuid.UUID) bool { return requested[id] }) > 0
 	for _, r := range reqs {
 		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
 			continue
@@ -71,6 +78,7 @@ func (t *roStart) Activate(ctx context.Context) any {
 		if gone {
 			if err := d.Store.SetROCompleteFromRequested(ctx, r.ID); err != nil {
 				errf(&st.Errors, "request %s: complete: %v", r.ID, err)
+				t.lost.note(r.ID)
 				continue
 			}
 			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "replacement "+r.ID.String())

@@ -53,6 +53,9 @@ type roStep struct {
 	// afterRequestedRead, when set, runs right after launch reads the
 	// Requested steps: a test's way to end a saga at that moment.
 	afterRequestedRead func()
+	// lost: steps whose retirement ended in an error (the finish task is
+	// owed a wakeup once they are seen retired).
+	lost lostAnswers
 }
 
 // maxFresh bounds fresh; beyond it the launch checks every step again.
@@ -320,6 +323,13 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 	if t.afterRequestedRead != nil {
 		t.afterRequestedRead()
 	}
+	waiting := make(map[uuid.UUID]bool, len(steps))
+	for _, s := range steps {
+		waiting[s.ID] = true
+	}
+	if t.lost.gone(func(id uuid.UUID) bool { return waiting[id] }) > 0 {
+		sagadef.Wakeup(d.Wake.ROFinish)
+	}
 	perRequest := map[uuid.UUID]int{}
 	for _, req := range running {
 		perRequest[req]++
@@ -461,6 +471,7 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 		if retire {
 			if err := d.Store.SetStepVolumeDeletedFromRequested(ctx, s.ID); err != nil {
 				errf(&st.Errors, "step %s: retire: %v", s.ID, err)
+				t.lost.note(s.ID)
 				continue
 			}
 			st.StepSetVolumeDeletedOK = append(st.StepSetVolumeDeletedOK, "step "+s.ID.String())

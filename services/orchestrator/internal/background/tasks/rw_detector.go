@@ -26,6 +26,7 @@ import (
 type rwDetector struct {
 	env     Env
 	limiter *background.Limiter
+	lost    lostAnswers // requests whose completion ended in an error
 }
 
 // RWDetectorStatus is the rw detector's status per activation.
@@ -145,6 +146,11 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 		errf(&st.Errors, "listing requested: %v", err)
 		return
 	}
+	requested := make(map[uuid.UUID]bool, len(reqs))
+	for _, r := range reqs {
+		requested[r.ID] = true
+	}
+	completedUnseen := t.lost.gone(func(id uuid.UUID) bool { return requested[id] })
 	// Whether each request's volume is deleted, asked in one call for the
 	// pass: a call per request made every pass cost as much as there were
 	// requests waiting, and a sled's expunge makes hundreds wait.
@@ -167,6 +173,7 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 		if deleted[r.VolumeID] {
 			if err := d.Store.SetRWCompleteFromRequested(ctx, r.ID); err != nil {
 				errf(&st.Errors, "request %s: complete: %v", r.ID, err)
+				t.lost.note(r.ID)
 				continue
 			}
 			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
@@ -195,7 +202,7 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 	if other {
 		sagadef.Wakeup(d.Wake.ROStart)
 	}
-	if len(st.RequestsCompletedOK) > 0 {
+	if len(st.RequestsCompletedOK) > 0 || completedUnseen > 0 {
 		// A released volume lock may let another region of it, or a
 		// read-only request on it, proceed.
 		sagadef.Wakeup(d.Wake.RWDetector, d.Wake.RODetector)

@@ -32,6 +32,7 @@ type rwDrive struct {
 	// stall bound runs from there, so time spent paused never ends a repair
 	// NeedsOperator the moment it is resumed.
 	heldAt map[uuid.UUID]time.Time
+	lost   lostAnswers // requests whose done or give-up ended in an error
 }
 
 // Only the Upstairs can say a repair finished, and it tells the notifier,
@@ -105,6 +106,11 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		errf(&st.Errors, "listing running: %v", err)
 		return st
 	}
+	running := make(map[uuid.UUID]bool, len(reqs))
+	for _, r := range reqs {
+		running[r.ID] = true
+	}
+	endedUnseen := t.lost.gone(func(id uuid.UUID) bool { return running[id] })
 	waiting := false
 	for _, r := range reqs {
 		if r.NewRegionID == nil {
@@ -119,6 +125,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		if rs.Succeeded {
 			if err := d.Store.SetRWReplacementDoneFromRunning(ctx, r.ID); err != nil {
 				errf(&st.Errors, "request %s: done: %v", r.ID, err)
+				t.lost.note(r.ID)
 				continue
 			}
 			st.DoneOK = append(st.DoneOK, "request "+r.ID.String())
@@ -142,6 +149,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		} else if end != "" {
 			if err := d.Store.GiveUpRW(ctx, r.ID, end, why); err != nil {
 				errf(&st.Errors, "request %s: give up: %v", r.ID, err)
+				t.lost.note(r.ID)
 				continue
 			}
 			t.env.Logger.Error("rw replacement given up", "request_id", r.ID, "volume_id", r.VolumeID, "end", end, "reason", why)
@@ -159,7 +167,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 			st.DriveInvokedOK = append(st.DriveInvokedOK, "request "+r.ID.String())
 		}
 	}
-	if len(st.DoneOK) > 0 || len(st.GaveUp) > 0 {
+	if len(st.DoneOK) > 0 || len(st.GaveUp) > 0 || endedUnseen > 0 {
 		sagadef.Wakeup(d.Wake.RWFinish)
 		// Each gave back its repair's rebuild slot.
 		t.env.slotFreed(sagadef.RWDrive)
