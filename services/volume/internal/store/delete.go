@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/ids"
 	"storagecp.dev/platform/vcr"
 )
@@ -351,9 +352,15 @@ func removeVolumeRow(ctx context.Context, tx pgx.Tx, id uuid.UUID) error {
 // FindDeletedVolumeRegions lists rw regions whose owner volume exists and is
 // soft-deleted and which have no region snapshot registered (any state), and
 // the volumes all of whose rw regions are in that batch.
+//
+// It reads in a serializable transaction, not a snapshot: its answer frees
+// regions, and it races soft deletes that keep a region because a
+// snapshot of it was still registered. A snapshot read could miss both the
+// soft delete (not yet committed) and the snapshot (unregistered since the
+// soft delete read it), and the region would be left to nobody.
 func (s *Store) FindDeletedVolumeRegions(ctx context.Context) ([]uuid.UUID, []uuid.UUID, error) {
 	var regions, volumes []uuid.UUID
-	err := s.readTx(ctx, func(tx pgx.Tx) error {
+	err := db.InTxOpts(ctx, s.pool, db.TxOptions{ReadOnly: true}, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT r.target_id FROM target r
 			JOIN volume v ON v.id = r.owner_volume_id AND v.time_deleted IS NOT NULL
 			WHERE r.kind = 'RW_REGION'
