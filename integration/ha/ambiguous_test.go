@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	commonv1 "storagecp.dev/gen/go/storage/common/v1"
@@ -216,4 +220,59 @@ func TestAmbiguousCommits(t *testing.T) {
 	lp.set(false)
 	r.ExpectEmpty(t)
 	r.NoStuckSagas(t)
+}
+
+// An operator's RequestReplacement whose COMMIT answer is lost answers
+// Unavailable, and the request exists all the same. The retry finds it and
+// must wake the start task as the first call would have: tasks here run
+// hourly, so a request nobody wakes stays Requested.
+func TestRequestReplacementRetriedAfterALostAnswer(t *testing.T) {
+	var lost atomic.Int32
+	wrap := func(process, dsn string) (string, error) {
+		if process != stack.Orchestrator {
+			return dsn, nil
+		}
+		d, ps, err := pgproxy.WrapDSN(dsn)
+		if err != nil {
+			return "", err
+		}
+		for _, p := range ps {
+			p.SetPolicy(func(c pgproxy.Commit) bool { return c.Touches("INSERT INTO ro_replacement ") && lost.Add(1) == 1 })
+			t.Cleanup(p.Close)
+		}
+		return d, nil
+	}
+	r := rack.Start(t, 4, 1, stack.Config{WrapDSN: wrap})
+	ctx := context.Background()
+	disk := r.CreateDisk(t)
+	snap := r.Snapshot(t, disk)
+	clone := r.Clone(t, snap)
+	target := r.Targets(t, snap, commonv1.TargetKind_TARGET_KIND_REGION_SNAPSHOT)[0]
+
+	_, err := r.Replacement.RequestReplacement(ctx, &orchestratorv1.RequestReplacementRequest{TargetId: target.TargetId})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("the call whose answer was lost: %v, want Unavailable", err)
+	}
+	resp, err := r.Replacement.RequestReplacement(ctx, &orchestratorv1.RequestReplacementRequest{TargetId: target.TargetId})
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if lost.Load() != 1 {
+		t.Fatalf("%d COMMIT answers lost, want 1", lost.Load())
+	}
+	t.Logf("the retry found request %s (created=%v)", resp.Replacement.ReplacementId, resp.Created)
+	for _, q := range r.WaitRequests(t, time.Minute) {
+		if q.ReadOnlyState != orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_COMPLETE {
+			t.Errorf("request %s ended %v", q.ReplacementId, q.ReadOnlyState)
+		}
+	}
+	if _, err := r.Admin.WaitIdle(ctx, &orchestratorv1.WaitIdleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Invariants(t)
+	r.Validate(t)
+	r.NoDataLoss(t)
+	r.NoStuckSagas(t)
+	r.Drain(t, nil, []string{disk, snap, clone})
+	r.ExpectEmpty(t)
 }

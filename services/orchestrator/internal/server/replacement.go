@@ -139,17 +139,26 @@ func (r *replacement) RequestReplacement(ctx context.Context, req *orchestratorv
 	if err != nil {
 		return nil, err
 	}
+	// A request found still Requested wakes its task as creating (or
+	// reopening) it did: this may be the caller's retry after the first
+	// call's COMMIT answer was lost, and that call woke nobody.
 	if existing, err := r.s.store.GetROReplacementByTarget(ctx, id); err == nil {
-		if existing.State != store.ROCancelled {
-			return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(existing)}, nil
+		switch existing.State {
+		case store.ROCancelled:
+			return r.reopen(ctx, existing.ID)
+		case store.RORequested:
+			sagadef.Wakeup(r.s.deps.Wake.ROStart)
 		}
-		return r.reopen(ctx, existing.ID)
+		return &orchestratorv1.RequestReplacementResponse{Replacement: roProto(existing)}, nil
 	}
 	if existing, err := r.s.store.GetRWReplacementByRegion(ctx, id); err == nil {
-		if existing.State != store.RWCancelled {
-			return &orchestratorv1.RequestReplacementResponse{Replacement: rwProto(existing)}, nil
+		switch existing.State {
+		case store.RWCancelled:
+			return r.reopen(ctx, existing.ID)
+		case store.RWRequested:
+			sagadef.Wakeup(r.s.deps.Wake.RWDetector)
 		}
-		return r.reopen(ctx, existing.ID)
+		return &orchestratorv1.RequestReplacementResponse{Replacement: rwProto(existing)}, nil
 	}
 	tr, err := r.s.deps.Volumes.GetTarget(ctx, &volumev1.GetTargetRequest{TargetId: id.String()})
 	if err != nil {
