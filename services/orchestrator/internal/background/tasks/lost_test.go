@@ -19,7 +19,7 @@ import (
 // answer to the first COMMIT whose statements contain statement (the
 // transaction is applied; the caller sees a broken connection), and wake
 // functions that count.
-func (f *fixture) losingEnv(statement string) (Env, *sagadef.Wake, map[string]*atomic.Int32) {
+func (f *fixture) losingEnv(statement string) (Env, map[string]*atomic.Int32) {
 	f.t.Helper()
 	dsn, proxies, err := pgproxy.WrapDSN(f.e.Stack.DSN(stack.DatabaseOf(stack.Orchestrator)))
 	if err != nil {
@@ -44,7 +44,7 @@ func (f *fixture) losingEnv(statement string) (Env, *sagadef.Wake, map[string]*a
 	}
 	env := f.env
 	env.Deps = &deps
-	return env, &deps.Wake, woken
+	return env, woken
 }
 
 func (f *fixture) expungeDataset(dataset string) {
@@ -75,7 +75,7 @@ func TestDetectorWakesStartAfterItsInsertLostItsAnswer(t *testing.T) {
 	snap := f.snapshot(f.disk())
 	rs := f.regionSnapshots(snap)[1]
 	f.expungeDataset(rs.DatasetId)
-	env, _, woken := f.losingEnv("INSERT INTO ro_replacement ")
+	env, woken := f.losingEnv("INSERT INTO ro_replacement ")
 	det := &roDetector{env: env}
 	ctx := context.Background()
 
@@ -105,12 +105,8 @@ func TestDetectorWakesStartAfterItsInsertLostItsAnswer(t *testing.T) {
 func TestStartWakesDetectorAfterACompletionLostItsAnswer(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 4)
-	disk := f.disk()
-	snap := f.snapshot(disk)
-	r := f.request(snap, f.regionSnapshots(snap)[0])
-	f.delete(snap)
-	f.delete(disk)
-	env, _, woken := f.losingEnv("UPDATE ro_replacement SET state")
+	r, _ := f.requestOfGoneTarget()
+	env, woken := f.losingEnv("UPDATE ro_replacement SET state")
 	start := &roStart{env: env, limiter: f.start().limiter}
 	ctx := context.Background()
 

@@ -160,6 +160,17 @@ func (f *fixture) request(snap uuid.UUID, tg *commonv1.Target) store.ROReplaceme
 	return r
 }
 
+// requestOfGoneTarget makes a Requested request for a region snapshot,
+// then deletes the snapshot and its disk, so its target is gone.
+func (f *fixture) requestOfGoneTarget() (store.ROReplacement, uuid.UUID) {
+	disk := f.disk()
+	snap := f.snapshot(disk)
+	r := f.request(snap, f.regionSnapshots(snap)[0])
+	f.delete(snap)
+	f.delete(disk)
+	return r, snap
+}
+
 func (f *fixture) get(id uuid.UUID) store.ROReplacement {
 	r, err := f.e.Store.GetROReplacement(context.Background(), id)
 	if err != nil {
@@ -255,11 +266,7 @@ func TestDetectorCreatesRequestForExpungedDisk(t *testing.T) {
 func TestStartTaskCompletesGoneTarget(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 4)
-	disk := f.disk()
-	snap := f.snapshot(disk)
-	r := f.request(snap, f.regionSnapshots(snap)[0])
-	f.delete(snap)
-	f.delete(disk)
+	r, snap := f.requestOfGoneTarget()
 	st := f.start().Activate(context.Background()).(*StartStatus)
 	noErrors(t, st.Errors)
 	if len(st.StartInvokedOK) != 0 || len(st.RequestsCompletedOK) != 1 || f.rec.count("ro-replacement-start") != 0 {
