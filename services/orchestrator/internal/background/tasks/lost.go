@@ -33,14 +33,23 @@ func (l *lostAnswers) found(id uuid.UUID) bool {
 	return ok
 }
 
-// gone forgets every noted id that waiting no longer reports (the records
-// a pass found still waiting), returning how many: each advanced, by this
-// process's unseen commit or by someone else, and owes its wakeup.
-func (l *lostAnswers) gone(waiting func(uuid.UUID) bool) int {
+// advancedPast forgets every noted id that is not among waiting (the
+// records a pass found still waiting, each named by id), returning how
+// many: each advanced, by this process's unseen commit or by someone else,
+// and owes its wakeup. With nothing noted, the usual case, it reads
+// nothing.
+func advancedPast[T any](l *lostAnswers, waiting []T, id func(T) uuid.UUID) int {
+	if len(l.ids) == 0 {
+		return 0
+	}
+	still := make(map[uuid.UUID]bool, len(waiting))
+	for _, w := range waiting {
+		still[id(w)] = true
+	}
 	n := 0
-	for id := range l.ids {
-		if !waiting(id) {
-			delete(l.ids, id)
+	for noted := range l.ids {
+		if !still[noted] {
+			delete(l.ids, noted)
 			n++
 		}
 	}

@@ -61,11 +61,7 @@ func (t *roStart) Activate(ctx context.Context) any {
 		errf(&st.Errors, "listing requested: %v", err)
 		return st
 	}
-	requested := make(map[uuid.UUID]bool, len(reqs))
-	for _, r := range reqs {
-		requested[r.ID] = true
-	}
-	completed := t.lost.gone(func(id uuid.UUID) bool { return requested[id] }) > 0
+	completed := advancedPast(&t.lost, reqs, func(r store.ROReplacement) uuid.UUID { return r.ID }) > 0
 	for _, r := range reqs {
 		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
 			continue

@@ -323,11 +323,7 @@ func (t *roStep) launch(ctx context.Context, st *StepStatus) {
 	if t.afterRequestedRead != nil {
 		t.afterRequestedRead()
 	}
-	waiting := make(map[uuid.UUID]bool, len(steps))
-	for _, s := range steps {
-		waiting[s.ID] = true
-	}
-	if t.lost.gone(func(id uuid.UUID) bool { return waiting[id] }) > 0 {
+	if advancedPast(&t.lost, steps, func(s store.Step) uuid.UUID { return s.ID }) > 0 {
 		sagadef.Wakeup(d.Wake.ROFinish)
 	}
 	perRequest := map[uuid.UUID]int{}

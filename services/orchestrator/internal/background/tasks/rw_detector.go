@@ -146,11 +146,7 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 		errf(&st.Errors, "listing requested: %v", err)
 		return
 	}
-	requested := make(map[uuid.UUID]bool, len(reqs))
-	for _, r := range reqs {
-		requested[r.ID] = true
-	}
-	completedUnseen := t.lost.gone(func(id uuid.UUID) bool { return requested[id] })
+	completedUnseen := advancedPast(&t.lost, reqs, func(r store.RWReplacement) uuid.UUID { return r.ID })
 	// Whether each request's volume is deleted, asked in one call for the
 	// pass: a call per request made every pass cost as much as there were
 	// requests waiting, and a sled's expunge makes hundreds wait.

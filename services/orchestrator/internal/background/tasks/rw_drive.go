@@ -106,11 +106,7 @@ func (t *rwDrive) Activate(ctx context.Context) any {
 		errf(&st.Errors, "listing running: %v", err)
 		return st
 	}
-	running := make(map[uuid.UUID]bool, len(reqs))
-	for _, r := range reqs {
-		running[r.ID] = true
-	}
-	endedUnseen := t.lost.gone(func(id uuid.UUID) bool { return running[id] })
+	endedUnseen := advancedPast(&t.lost, reqs, func(r store.RWReplacement) uuid.UUID { return r.ID })
 	waiting := false
 	for _, r := range reqs {
 		if r.NewRegionID == nil {
