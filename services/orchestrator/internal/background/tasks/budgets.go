@@ -298,6 +298,14 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 	}
 	a.lastHeld = held
 	use := store.UseOf(slots, uuid.Nil)
+	if store.MaxOf(use.ByDest) < limits.DestSledRebuilds || limits.DestSledRebuilds == 0 {
+		// No sled is at its destination limit, so no refusal for want of
+		// one still stands. The rule above misses a slot that freed after
+		// the refusal and before the refused saga finished unwinding (the
+		// plan in between saw it go, with nothing yet blocked); the record
+		// then waited for a release that never came.
+		clear(a.destBlocked)
+	}
 	// Rebuilds on their way to their allocation hold no slot yet but
 	// will ask for one: count them, with the sources this process
 	// reserved for them when it knows them.

@@ -96,3 +96,29 @@ func TestPlanCountsEachRequestOncePerRecount(t *testing.T) {
 		t.Fatalf("past the recount period, a plan counted %v, want every request %v", got(), want)
 	}
 }
+
+// A rebuild refused for want of a destination waits for a slot to free.
+// When the slot freed after the refusal but before the refused saga
+// finished unwinding, a plan in between saw it go with nothing blocked
+// yet, and no release was left to come: the record waited forever (a
+// console demo's last rw request stayed Requested). With no sled at its
+// destination limit, no such refusal still stands.
+func TestPlanAdmitsADestRefusalOnceNoSledIsFull(t *testing.T) {
+	ctx := context.Background()
+	s := store.New(testenv.Start(t, testenv.Options{}).Pool, store.WithRebuildLimits(store.Limits{RackRebuilds: 100, DestSledRebuilds: 2}))
+	r := waitingRO(t, s)
+	env := Env{Deps: &sagadef.Deps{Store: s, Allocator: &copyCounter{}}, Admission: NewAdmission()}
+	// The plan that saw the last slot free ran before the refusal was
+	// noted: no slot held then, none now.
+	if _, _, _, err := env.plan(ctx, kindRW); err != nil {
+		t.Fatal(err)
+	}
+	env.Admission.refusedDest(r.ID)
+	admitted, _, st, err := env.plan(ctx, kindRO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(admitted) != 1 || admitted[0].id != r.ID {
+		t.Fatalf("admitted %v, want request %s; held back: %v", admitted, r.ID, st.HeldBack)
+	}
+}
