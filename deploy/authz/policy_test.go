@@ -289,10 +289,11 @@ func TestAllowsAgreesWithTheServers(t *testing.T) {
 	}
 }
 
-// The batch RPCs write replacement state (ReplaceReadOnlyTargets), serve
-// the batch swap's safety check (FindAttachedVolumes) or the tasks' pass
-// (GetVolumeStates): like the per-volume swap, only the orchestrator may
-// call them, never an operator, viewer, Upstairs or another service.
+// The batch RPCs write replacement state (ReplaceReadOnlyTargets,
+// DeleteReadOnlyStashes), serve the batch swap's safety check
+// (FindAttachedVolumes) or the tasks' pass (GetVolumeStates): like the
+// per-volume calls, only the orchestrator may call them, never an
+// operator, viewer, Upstairs or another service.
 func TestBatchRPCsAreTheOrchestratorsOnly(t *testing.T) {
 	p := load(t)
 	callers := []string{
@@ -306,6 +307,7 @@ func TestBatchRPCsAreTheOrchestratorsOnly(t *testing.T) {
 	}
 	for _, path := range []string{
 		"/storage.volume.v1.VolumeService/ReplaceReadOnlyTargets",
+		"/storage.volume.v1.VolumeService/DeleteReadOnlyStashes",
 		"/storage.notifier.v1.UpstairsNotifierService/FindAttachedVolumes",
 		"/storage.volume.v1.VolumeService/GetVolumeStates",
 	} {

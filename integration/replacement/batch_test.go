@@ -19,7 +19,8 @@ import (
 // With --step-batch, the expunge of a snapshot's region snapshot A swaps A
 // for B in a fan-out of clones: the clones no Upstairs runs in
 // ro-replacement-step-batch sagas, the three an Upstairs runs each in its
-// own ro-replacement-step (which tells its Upstairs). Two clones deleted
+// own ro-replacement-step (which tells its Upstairs); the stashes are
+// collected by ro-replacement-step-garbage-collect-batch sagas. Two clones deleted
 // before the expunge and one deleted while the replacement runs change
 // nothing of that: every surviving clone names B and not A, every running
 // Upstairs serves its volume's current VCR, and no lock is left.
@@ -101,10 +102,13 @@ func TestBatchSwapOfAFanOut(t *testing.T) {
 	// The running Upstairs were told: each serves its volume's VCR now.
 	r.UpstairsCurrent(t)
 
-	// The batch path ran: at least one batch saga succeeded.
-	batches := sagas(t, r, &orchestratorv1.ListSagasRequest{Name: batchTemplate})
-	if batches["succeeded"] == 0 {
-		t.Errorf("no %s saga succeeded: %v", batchTemplate, batches)
+	// The batch path ran: at least one batch saga succeeded, and the
+	// stashes were collected in batches too.
+	for _, name := range []string{batchTemplate, gcBatchTemplate} {
+		batches := sagas(t, r, &orchestratorv1.ListSagasRequest{Name: name})
+		if batches["succeeded"] == 0 {
+			t.Errorf("no %s saga succeeded: %v", name, batches)
+		}
 	}
 	// And every attached clone's step went through ro-replacement-step,
 	// which notifies its Upstairs.

@@ -14,8 +14,9 @@ import (
 	"storagecp.dev/testsupport/stack"
 )
 
-// The orchestrator crashes at each point of each node of the six read-only
-// replacement sagas (ro-replacement-step-batch run with --step-batch, on a
+// The orchestrator crashes at each point of each node of the seven read-only
+// replacement sagas (ro-replacement-step-batch and
+// ro-replacement-step-garbage-collect-batch run with --step-batch, on a
 // clone no Upstairs runs) (the volume-delete subsaga nodes they embed included):
 // right after `started` is committed, right after the action's effect, and
 // right after the undo's effect of every node that has one (reached by
@@ -24,7 +25,7 @@ import (
 // and the replacement still ends Complete with the world consistent and no
 // data-loss probe.
 func TestCrashAtEveryReplacementNode(t *testing.T) {
-	templates := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step", "ro-replacement-step-garbage-collect", "ro-replacement-finish", batchTemplate}
+	templates := []string{"ro-replacement-start", "ro-replacement-garbage-collect", "ro-replacement-step", "ro-replacement-step-garbage-collect", "ro-replacement-finish", batchTemplate, gcBatchTemplate}
 	every := 5
 	if os.Getenv("STORAGECP_SOAK") == "1" {
 		every = 1
@@ -76,16 +77,22 @@ func TestCrashAtEveryReplacementNode(t *testing.T) {
 }
 
 // batchTemplate is the batch swap's saga, which only an orchestrator run
-// with --step-batch starts (for the steps of volumes no Upstairs runs).
-const batchTemplate = "ro-replacement-step-batch"
+// with --step-batch starts (for the steps of volumes no Upstairs runs);
+// gcBatchTemplate collects Complete steps' stashes with it.
+const (
+	batchTemplate   = "ro-replacement-step-batch"
+	gcBatchTemplate = "ro-replacement-step-garbage-collect-batch"
+)
 
 func configFor(tmpl string) stack.Config {
 	switch tmpl {
-	case batchTemplate:
+	case batchTemplate, gcBatchTemplate:
 		return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=64"}}}
-	case "ro-replacement-step":
+	case "ro-replacement-step", "ro-replacement-step-garbage-collect":
 		// The per-volume path: what every step takes without the batch
-		// swap, and a volume with an Upstairs takes with it.
+		// swap, and a volume with an Upstairs takes with it (the
+		// per-step collect: every step without it, and with it a step
+		// whose stash holds the old target's last reference).
 		return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=0"}}}
 	}
 	return stack.Config{}

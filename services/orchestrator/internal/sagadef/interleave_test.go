@@ -28,7 +28,7 @@ import (
 // Users clone, snapshot, construct, detach and delete at any moment while a
 // replacement runs, and the background tasks run whenever anything wakes
 // them. For every action node of every saga — the lifecycle sagas, the
-// five read-only and three rw replacement sagas, and the volume-delete they
+// seven read-only and three rw replacement sagas, and the volume-delete they
 // embed — and for every operation the public API lets a user run on the
 // objects in play, plus an activation of every background task, a case
 // runs that operation right before that node, in the first saga of that
@@ -165,6 +165,9 @@ func interleaveSubjects() []interleaveSubject {
 		// Last, so the sample of the others stays as it was: G, which no
 		// Upstairs runs, takes the batch (F, running, its own step).
 		{tmpl: sagadef.ROStepBatch, tune: []func(*tasks.Env){func(env *tasks.Env) { env.StepBatch = 8 }}},
+		// With it, every Complete step's stash is collected in a batch
+		// first (F's and G's both).
+		{tmpl: sagadef.ROStepGCBatch, tune: []func(*tasks.Env){func(env *tasks.Env) { env.StepBatch = 8 }}},
 	}
 }
 

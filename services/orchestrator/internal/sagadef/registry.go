@@ -7,7 +7,7 @@ import "storagecp.dev/orchestrator/internal/saga"
 func Templates() []*saga.Template {
 	return []*saga.Template{
 		VolumeCreate, VolumeClone, SnapshotCreate, VolumeDelete,
-		ROStart, ROGarbageCollect, ROStep, ROStepGarbageCollect, ROFinish, ROStepBatch,
+		ROStart, ROGarbageCollect, ROStep, ROStepGarbageCollect, ROFinish, ROStepBatch, ROStepGCBatch,
 		RWStart, RWDrive, RWFinish,
 	}
 }

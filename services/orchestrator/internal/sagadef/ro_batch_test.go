@@ -266,6 +266,12 @@ func TestStepTaskRoutesUnattachedVolumesToTheBatch(t *testing.T) {
 			if got[sagadef.ROStepBatch.Name()] < 1 || got[sagadef.ROStep.Name()] != wantStep {
 				t.Fatalf("sagas %v: want a batch and %d ro-replacement-step", got, wantStep)
 			}
+			// Every stash is collected in a batch first; at most the one
+			// holding A's last reference (and none while the snapshot
+			// volume's old reference lasts) is collected alone.
+			if got[sagadef.ROStepGCBatch.Name()] < 1 || got[sagadef.ROStepGarbageCollect.Name()] > 1 {
+				t.Fatalf("sagas %v: want a collect batch and at most one ro-replacement-step-garbage-collect", got)
+			}
 			for _, v := range append(more, h.f) {
 				if ids := targetIDsOf(t, e, v); contains(ids, r.OldTargetID.String()) {
 					t.Fatalf("volume %s still names A: %v", v, ids)

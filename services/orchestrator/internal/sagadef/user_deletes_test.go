@@ -30,6 +30,8 @@ func dummyParams(t *saga.Template) any {
 		return sagadef.StepParams{StepID: id, RequestID: id, VolumeID: id}
 	case sagadef.ROStepBatch:
 		return sagadef.StepBatchParams{RequestID: id, Steps: []sagadef.BatchStep{{StepID: id, VolumeID: id}}}
+	case sagadef.ROStepGCBatch:
+		return sagadef.StepGCBatchParams{RequestID: id, Steps: []sagadef.GCBatchStep{{StepID: id, StashID: id}}}
 	case sagadef.RWStart:
 		return sagadef.RWStartParams{RequestID: id, VolumeID: id, OldRegionID: id}
 	case sagadef.RWDrive:

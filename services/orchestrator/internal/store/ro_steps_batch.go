@@ -180,3 +180,116 @@ func (s *Store) SetStepsComplete(ctx context.Context, saga uuid.UUID, steps, sta
 	}
 	return err
 }
+
+// The batch collect's transitions (docs/replacement.md, "The batch
+// collect"): SetStepCollecting, UndoStepCollecting and SetStepVolumeDeleted
+// for many Complete steps of one request under one saga, each in one
+// transaction.
+
+// SetStepsCollecting claims, for saga, the Complete steps among ids whose
+// stash is the one at the same index of stashes, and returns the ones it
+// claimed, in the order given. A re-run returns exactly the steps the saga
+// already holds and claims no more. None claimable is ErrConflict.
+func (s *Store) SetStepsCollecting(ctx context.Context, ids, stashes []uuid.UUID, saga uuid.UUID) ([]uuid.UUID, error) {
+	if len(ids) != len(stashes) {
+		return nil, fmt.Errorf("%d steps, %d stashes", len(ids), len(stashes))
+	}
+	var out []uuid.UUID
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		out = nil
+		rows, err := tx.Query(ctx, `SELECT id FROM ro_replacement_step
+			WHERE id = ANY($1::uuid[]) AND state = 'collecting' AND operating_saga_id = $2`, ids, saga)
+		if err != nil {
+			return err
+		}
+		mine, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return err
+		}
+		if len(mine) > 0 {
+			out = inOrder(ids, mine)
+			return nil
+		}
+		rows, err = tx.Query(ctx, `UPDATE ro_replacement_step s
+			SET state = 'collecting', operating_saga_id = $3, time_modified = now()
+			FROM unnest($1::uuid[], $2::uuid[]) AS c(id, stash)
+			WHERE s.id = c.id AND s.state = 'complete' AND s.operating_saga_id IS NULL
+				AND s.old_snapshot_volume_id = c.stash
+			RETURNING s.id`, ids, stashes, saga)
+		if err != nil {
+			return err
+		}
+		claimed, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return err
+		}
+		if len(claimed) == 0 {
+			return fmt.Errorf("%w: none of the %d replacement steps is complete", ErrConflict, len(ids))
+		}
+		out = inOrder(ids, claimed)
+		return nil
+	})
+	return out, err
+}
+
+// UndoStepsCollecting returns to Complete every step among ids that saga
+// holds Collecting; the others are left alone (an undo accepts every
+// state, as UndoStepCollecting does).
+func (s *Store) UndoStepsCollecting(ctx context.Context, ids []uuid.UUID, saga uuid.UUID) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE ro_replacement_step SET state = 'complete', operating_saga_id = NULL, time_modified = now()
+			WHERE id = ANY($1::uuid[]) AND state = 'collecting' AND operating_saga_id = $2`, ids, saga)
+		return err
+	})
+}
+
+// SetStepsCollected is the batch collect's commit, in one transaction:
+// each of collected, held Collecting by saga, → VolumeDeleted (as
+// SetStepVolumeDeleted); each of back → Complete again, unclaimed, for the
+// per-step collect. A re-run finds its own commit: a collected step must
+// be VolumeDeleted (Complete with no saga is this saga's undo, and
+// ErrConflict with nothing written); a step sent back may have moved on
+// since.
+func (s *Store) SetStepsCollected(ctx context.Context, saga uuid.UUID, collected, back []uuid.UUID) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE ro_replacement_step
+			SET state = CASE WHEN id = ANY($1::uuid[]) THEN 'volume_deleted' ELSE 'complete' END,
+				operating_saga_id = NULL, time_modified = now()
+			WHERE (id = ANY($1::uuid[]) OR id = ANY($2::uuid[])) AND state = 'collecting' AND operating_saga_id = $3
+			RETURNING id`, collected, back, saga)
+		if err != nil {
+			return err
+		}
+		done, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return err
+		}
+		var missed []uuid.UUID
+		for _, id := range collected {
+			if !slices.Contains(done, id) {
+				missed = append(missed, id)
+			}
+		}
+		if len(missed) == 0 {
+			return nil
+		}
+		rows, err = tx.Query(ctx, `SELECT c.id, s.state, s.operating_saga_id
+			FROM unnest($1::uuid[]) AS c(id) LEFT JOIN ro_replacement_step s ON s.id = c.id`, missed)
+		if err != nil {
+			return err
+		}
+		var id uuid.UUID
+		var state *string
+		var cur *uuid.UUID
+		_, err = pgx.ForEachRow(rows, []any{&id, &state, &cur}, func() error {
+			switch {
+			case state == nil:
+				return fmt.Errorf("%s %s: %w", roSteps.what, id, ErrNotFound)
+			case *state != string(StepVolumeDeleted):
+				return conflictf(roSteps.what, id, *state, cur)
+			}
+			return nil
+		})
+		return err
+	})
+}

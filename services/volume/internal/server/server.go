@@ -425,6 +425,35 @@ func (s *Server) ReplaceReadOnlyTargets(ctx context.Context, req *volumev1.Repla
 	return out, nil
 }
 
+// DeleteReadOnlyStashes implements VolumeService.
+func (s *Server) DeleteReadOnlyStashes(ctx context.Context, req *volumev1.DeleteReadOnlyStashesRequest) (*volumev1.DeleteReadOnlyStashesResponse, error) {
+	if len(req.GetVolumeIds()) > store.MaxStashDeletes {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_ids: at most %d, got %d", store.MaxStashDeletes, len(req.GetVolumeIds()))
+	}
+	vols := make([]uuid.UUID, len(req.GetVolumeIds()))
+	for i, v := range req.GetVolumeIds() {
+		var err error
+		if vols[i], err = ids.Parse(fmt.Sprintf("volume_ids[%d]", i), v); err != nil {
+			return nil, err
+		}
+	}
+	rs, err := s.store.DeleteReadOnlyStashes(ctx, vols)
+	if err != nil {
+		return nil, s.toStatus(ctx, "DeleteReadOnlyStashes", err)
+	}
+	out := &volumev1.DeleteReadOnlyStashesResponse{Results: make([]volumev1.StashDeleteResult, len(rs))}
+	for i, r := range rs {
+		out.Results[i] = stashDeleteToProto[r]
+	}
+	return out, nil
+}
+
+var stashDeleteToProto = map[store.StashDelete]volumev1.StashDeleteResult{
+	store.StashRemoved: volumev1.StashDeleteResult_STASH_DELETE_RESULT_REMOVED,
+	store.StashMissing: volumev1.StashDeleteResult_STASH_DELETE_RESULT_MISSING,
+	store.StashKept:    volumev1.StashDeleteResult_STASH_DELETE_RESULT_KEPT,
+}
+
 // ReplaceRegion implements VolumeService.
 func (s *Server) ReplaceRegion(ctx context.Context, req *volumev1.ReplaceRegionRequest) (*volumev1.ReplaceRegionResponse, error) {
 	v, o, n, st, err := parseReplace(req.GetVolumeId(), req.GetOldRegionId(), req.GetNewRegionId(), req.GetStashVolumeId(), "old_region_id", "new_region_id")

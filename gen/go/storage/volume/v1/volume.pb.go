@@ -253,6 +253,62 @@ func (HardDeleteOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{3}
 }
 
+// What DeleteReadOnlyStashes did to one stash.
+type StashDeleteResult int32
+
+const (
+	StashDeleteResult_STASH_DELETE_RESULT_UNSPECIFIED StashDeleteResult = 0
+	// Removed now: its references dropped, its row gone.
+	StashDeleteResult_STASH_DELETE_RESULT_REMOVED StashDeleteResult = 1
+	// No such volume (removed before, by this call's earlier run or another).
+	StashDeleteResult_STASH_DELETE_RESULT_MISSING StashDeleteResult = 2
+	// Left as it was, for SoftDeleteVolume and the rest of the volume delete.
+	StashDeleteResult_STASH_DELETE_RESULT_KEPT StashDeleteResult = 3
+)
+
+// Enum value maps for StashDeleteResult.
+var (
+	StashDeleteResult_name = map[int32]string{
+		0: "STASH_DELETE_RESULT_UNSPECIFIED",
+		1: "STASH_DELETE_RESULT_REMOVED",
+		2: "STASH_DELETE_RESULT_MISSING",
+		3: "STASH_DELETE_RESULT_KEPT",
+	}
+	StashDeleteResult_value = map[string]int32{
+		"STASH_DELETE_RESULT_UNSPECIFIED": 0,
+		"STASH_DELETE_RESULT_REMOVED":     1,
+		"STASH_DELETE_RESULT_MISSING":     2,
+		"STASH_DELETE_RESULT_KEPT":        3,
+	}
+)
+
+func (x StashDeleteResult) Enum() *StashDeleteResult {
+	p := new(StashDeleteResult)
+	*p = x
+	return p
+}
+
+func (x StashDeleteResult) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StashDeleteResult) Descriptor() protoreflect.EnumDescriptor {
+	return file_storage_volume_v1_volume_proto_enumTypes[4].Descriptor()
+}
+
+func (StashDeleteResult) Type() protoreflect.EnumType {
+	return &file_storage_volume_v1_volume_proto_enumTypes[4]
+}
+
+func (x StashDeleteResult) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StashDeleteResult.Descriptor instead.
+func (StashDeleteResult) EnumDescriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{4}
+}
+
 // A stored volume.
 type Volume struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -2161,6 +2217,95 @@ func (x *ReplaceReadOnlyTargetsResponse) GetResults() []v1.VolumeReplaceResult {
 	return nil
 }
 
+type DeleteReadOnlyStashesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeIds     []string               `protobuf:"bytes,1,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteReadOnlyStashesRequest) Reset() {
+	*x = DeleteReadOnlyStashesRequest{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteReadOnlyStashesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteReadOnlyStashesRequest) ProtoMessage() {}
+
+func (x *DeleteReadOnlyStashesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteReadOnlyStashesRequest.ProtoReflect.Descriptor instead.
+func (*DeleteReadOnlyStashesRequest) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DeleteReadOnlyStashesRequest) GetVolumeIds() []string {
+	if x != nil {
+		return x.VolumeIds
+	}
+	return nil
+}
+
+type DeleteReadOnlyStashesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per id, in the request's order.
+	Results       []StashDeleteResult `protobuf:"varint,1,rep,packed,name=results,proto3,enum=storage.volume.v1.StashDeleteResult" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteReadOnlyStashesResponse) Reset() {
+	*x = DeleteReadOnlyStashesResponse{}
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteReadOnlyStashesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteReadOnlyStashesResponse) ProtoMessage() {}
+
+func (x *DeleteReadOnlyStashesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteReadOnlyStashesResponse.ProtoReflect.Descriptor instead.
+func (*DeleteReadOnlyStashesResponse) Descriptor() ([]byte, []int) {
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeleteReadOnlyStashesResponse) GetResults() []StashDeleteResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type ReplaceRegionRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId    string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -2174,7 +2319,7 @@ type ReplaceRegionRequest struct {
 
 func (x *ReplaceRegionRequest) Reset() {
 	*x = ReplaceRegionRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2331,7 @@ func (x *ReplaceRegionRequest) String() string {
 func (*ReplaceRegionRequest) ProtoMessage() {}
 
 func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[31]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2344,7 @@ func (x *ReplaceRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionRequest.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReplaceRegionRequest) GetVolumeId() string {
@@ -2239,7 +2384,7 @@ type ReplaceRegionResponse struct {
 
 func (x *ReplaceRegionResponse) Reset() {
 	*x = ReplaceRegionResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2396,7 @@ func (x *ReplaceRegionResponse) String() string {
 func (*ReplaceRegionResponse) ProtoMessage() {}
 
 func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[32]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2409,7 @@ func (x *ReplaceRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceRegionResponse.ProtoReflect.Descriptor instead.
 func (*ReplaceRegionResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReplaceRegionResponse) GetResult() v1.VolumeReplaceResult {
@@ -2287,7 +2432,7 @@ type FindVolumesReferencingTargetRequest struct {
 
 func (x *FindVolumesReferencingTargetRequest) Reset() {
 	*x = FindVolumesReferencingTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2444,7 @@ func (x *FindVolumesReferencingTargetRequest) String() string {
 func (*FindVolumesReferencingTargetRequest) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[33]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2457,7 @@ func (x *FindVolumesReferencingTargetRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use FindVolumesReferencingTargetRequest.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FindVolumesReferencingTargetRequest) GetTargetId() string {
@@ -2355,7 +2500,7 @@ type VolumeRef struct {
 
 func (x *VolumeRef) Reset() {
 	*x = VolumeRef{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2512,7 @@ func (x *VolumeRef) String() string {
 func (*VolumeRef) ProtoMessage() {}
 
 func (x *VolumeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[34]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2525,7 @@ func (x *VolumeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeRef.ProtoReflect.Descriptor instead.
 func (*VolumeRef) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *VolumeRef) GetVolumeId() string {
@@ -2414,7 +2559,7 @@ type FindVolumesReferencingTargetResponse struct {
 
 func (x *FindVolumesReferencingTargetResponse) Reset() {
 	*x = FindVolumesReferencingTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2426,7 +2571,7 @@ func (x *FindVolumesReferencingTargetResponse) String() string {
 func (*FindVolumesReferencingTargetResponse) ProtoMessage() {}
 
 func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[35]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2439,7 +2584,7 @@ func (x *FindVolumesReferencingTargetResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FindVolumesReferencingTargetResponse.ProtoReflect.Descriptor instead.
 func (*FindVolumesReferencingTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FindVolumesReferencingTargetResponse) GetVolumes() []*VolumeRef {
@@ -2466,7 +2611,7 @@ type VolumeReferencesReadOnlyTargetRequest struct {
 
 func (x *VolumeReferencesReadOnlyTargetRequest) Reset() {
 	*x = VolumeReferencesReadOnlyTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2623,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) String() string {
 func (*VolumeReferencesReadOnlyTargetRequest) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[36]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2636,7 @@ func (x *VolumeReferencesReadOnlyTargetRequest) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetRequest.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *VolumeReferencesReadOnlyTargetRequest) GetVolumeId() string {
@@ -2523,7 +2668,7 @@ type VolumeReferencesReadOnlyTargetResponse struct {
 
 func (x *VolumeReferencesReadOnlyTargetResponse) Reset() {
 	*x = VolumeReferencesReadOnlyTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2680,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) String() string {
 func (*VolumeReferencesReadOnlyTargetResponse) ProtoMessage() {}
 
 func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[37]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2693,7 @@ func (x *VolumeReferencesReadOnlyTargetResponse) ProtoReflect() protoreflect.Mes
 
 // Deprecated: Use VolumeReferencesReadOnlyTargetResponse.ProtoReflect.Descriptor instead.
 func (*VolumeReferencesReadOnlyTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{37}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *VolumeReferencesReadOnlyTargetResponse) GetVolumeExists() bool {
@@ -2589,7 +2734,7 @@ type RemoveReadOnlyParentRequest struct {
 
 func (x *RemoveReadOnlyParentRequest) Reset() {
 	*x = RemoveReadOnlyParentRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2746,7 @@ func (x *RemoveReadOnlyParentRequest) String() string {
 func (*RemoveReadOnlyParentRequest) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[38]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2759,7 @@ func (x *RemoveReadOnlyParentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{38}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveReadOnlyParentRequest) GetVolumeId() string {
@@ -2640,7 +2785,7 @@ type RemoveReadOnlyParentResponse struct {
 
 func (x *RemoveReadOnlyParentResponse) Reset() {
 	*x = RemoveReadOnlyParentResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +2797,7 @@ func (x *RemoveReadOnlyParentResponse) String() string {
 func (*RemoveReadOnlyParentResponse) ProtoMessage() {}
 
 func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[39]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2810,7 @@ func (x *RemoveReadOnlyParentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReadOnlyParentResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReadOnlyParentResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{39}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RemoveReadOnlyParentResponse) GetRemoved() bool {
@@ -2691,7 +2836,7 @@ type TargetRegistration struct {
 
 func (x *TargetRegistration) Reset() {
 	*x = TargetRegistration{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +2848,7 @@ func (x *TargetRegistration) String() string {
 func (*TargetRegistration) ProtoMessage() {}
 
 func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[40]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +2861,7 @@ func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetRegistration.ProtoReflect.Descriptor instead.
 func (*TargetRegistration) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{40}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TargetRegistration) GetTargetId() string {
@@ -2763,7 +2908,7 @@ type RegisterTargetsRequest struct {
 
 func (x *RegisterTargetsRequest) Reset() {
 	*x = RegisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2920,7 @@ func (x *RegisterTargetsRequest) String() string {
 func (*RegisterTargetsRequest) ProtoMessage() {}
 
 func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[41]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2933,7 @@ func (x *RegisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{41}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RegisterTargetsRequest) GetTargets() []*TargetRegistration {
@@ -2807,7 +2952,7 @@ type RegisterTargetsResponse struct {
 
 func (x *RegisterTargetsResponse) Reset() {
 	*x = RegisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2819,7 +2964,7 @@ func (x *RegisterTargetsResponse) String() string {
 func (*RegisterTargetsResponse) ProtoMessage() {}
 
 func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[42]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2832,7 +2977,7 @@ func (x *RegisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{42}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RegisterTargetsResponse) GetTargets() []*v1.Target {
@@ -2854,7 +2999,7 @@ type TargetActivation struct {
 
 func (x *TargetActivation) Reset() {
 	*x = TargetActivation{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +3011,7 @@ func (x *TargetActivation) String() string {
 func (*TargetActivation) ProtoMessage() {}
 
 func (x *TargetActivation) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[43]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +3024,7 @@ func (x *TargetActivation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetActivation.ProtoReflect.Descriptor instead.
 func (*TargetActivation) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{43}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TargetActivation) GetTargetId() string {
@@ -2912,7 +3057,7 @@ type ActivateTargetsRequest struct {
 
 func (x *ActivateTargetsRequest) Reset() {
 	*x = ActivateTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2924,7 +3069,7 @@ func (x *ActivateTargetsRequest) String() string {
 func (*ActivateTargetsRequest) ProtoMessage() {}
 
 func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[44]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2937,7 +3082,7 @@ func (x *ActivateTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{44}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ActivateTargetsRequest) GetTargets() []*TargetActivation {
@@ -2956,7 +3101,7 @@ type ActivateTargetsResponse struct {
 
 func (x *ActivateTargetsResponse) Reset() {
 	*x = ActivateTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2968,7 +3113,7 @@ func (x *ActivateTargetsResponse) String() string {
 func (*ActivateTargetsResponse) ProtoMessage() {}
 
 func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[45]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2981,7 +3126,7 @@ func (x *ActivateTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ActivateTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{45}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ActivateTargetsResponse) GetTargets() []*v1.Target {
@@ -3000,7 +3145,7 @@ type UnregisterTargetsRequest struct {
 
 func (x *UnregisterTargetsRequest) Reset() {
 	*x = UnregisterTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3157,7 @@ func (x *UnregisterTargetsRequest) String() string {
 func (*UnregisterTargetsRequest) ProtoMessage() {}
 
 func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[46]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3170,7 @@ func (x *UnregisterTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{46}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UnregisterTargetsRequest) GetTargetIds() []string {
@@ -3045,7 +3190,7 @@ type UnregisterTargetsResponse struct {
 
 func (x *UnregisterTargetsResponse) Reset() {
 	*x = UnregisterTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +3202,7 @@ func (x *UnregisterTargetsResponse) String() string {
 func (*UnregisterTargetsResponse) ProtoMessage() {}
 
 func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[47]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +3215,7 @@ func (x *UnregisterTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterTargetsResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{47}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UnregisterTargetsResponse) GetRemoved() int32 {
@@ -3090,7 +3235,7 @@ type RetireTargetsRequest struct {
 
 func (x *RetireTargetsRequest) Reset() {
 	*x = RetireTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3102,7 +3247,7 @@ func (x *RetireTargetsRequest) String() string {
 func (*RetireTargetsRequest) ProtoMessage() {}
 
 func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[48]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3115,7 +3260,7 @@ func (x *RetireTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsRequest.ProtoReflect.Descriptor instead.
 func (*RetireTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{48}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RetireTargetsRequest) GetTargetIds() []string {
@@ -3139,7 +3284,7 @@ type RetireTargetsResponse struct {
 
 func (x *RetireTargetsResponse) Reset() {
 	*x = RetireTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3151,7 +3296,7 @@ func (x *RetireTargetsResponse) String() string {
 func (*RetireTargetsResponse) ProtoMessage() {}
 
 func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[49]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3164,7 +3309,7 @@ func (x *RetireTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireTargetsResponse.ProtoReflect.Descriptor instead.
 func (*RetireTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{49}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RetireTargetsResponse) GetRetiredTargetIds() []string {
@@ -3200,7 +3345,7 @@ type GetTargetRequest struct {
 
 func (x *GetTargetRequest) Reset() {
 	*x = GetTargetRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3212,7 +3357,7 @@ func (x *GetTargetRequest) String() string {
 func (*GetTargetRequest) ProtoMessage() {}
 
 func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[50]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3225,7 +3370,7 @@ func (x *GetTargetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetRequest.ProtoReflect.Descriptor instead.
 func (*GetTargetRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{50}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetTargetRequest) GetTargetId() string {
@@ -3251,7 +3396,7 @@ type GetTargetResponse struct {
 
 func (x *GetTargetResponse) Reset() {
 	*x = GetTargetResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3263,7 +3408,7 @@ func (x *GetTargetResponse) String() string {
 func (*GetTargetResponse) ProtoMessage() {}
 
 func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[51]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3276,7 +3421,7 @@ func (x *GetTargetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTargetResponse.ProtoReflect.Descriptor instead.
 func (*GetTargetResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{51}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetTargetResponse) GetTarget() *v1.Target {
@@ -3300,7 +3445,7 @@ type ListTargetsRequest struct {
 
 func (x *ListTargetsRequest) Reset() {
 	*x = ListTargetsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3457,7 @@ func (x *ListTargetsRequest) String() string {
 func (*ListTargetsRequest) ProtoMessage() {}
 
 func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[52]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3470,7 @@ func (x *ListTargetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsRequest.ProtoReflect.Descriptor instead.
 func (*ListTargetsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{52}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListTargetsRequest) GetPageSize() int32 {
@@ -3373,7 +3518,7 @@ type ListTargetsResponse struct {
 
 func (x *ListTargetsResponse) Reset() {
 	*x = ListTargetsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3385,7 +3530,7 @@ func (x *ListTargetsResponse) String() string {
 func (*ListTargetsResponse) ProtoMessage() {}
 
 func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[53]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3398,7 +3543,7 @@ func (x *ListTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTargetsResponse.ProtoReflect.Descriptor instead.
 func (*ListTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{53}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListTargetsResponse) GetTargets() []*v1.Target {
@@ -3424,7 +3569,7 @@ type ResolveAddressRequest struct {
 
 func (x *ResolveAddressRequest) Reset() {
 	*x = ResolveAddressRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3436,7 +3581,7 @@ func (x *ResolveAddressRequest) String() string {
 func (*ResolveAddressRequest) ProtoMessage() {}
 
 func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[54]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3449,7 +3594,7 @@ func (x *ResolveAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressRequest.ProtoReflect.Descriptor instead.
 func (*ResolveAddressRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{54}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ResolveAddressRequest) GetAddress() string {
@@ -3468,7 +3613,7 @@ type ResolveAddressResponse struct {
 
 func (x *ResolveAddressResponse) Reset() {
 	*x = ResolveAddressResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[55]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3480,7 +3625,7 @@ func (x *ResolveAddressResponse) String() string {
 func (*ResolveAddressResponse) ProtoMessage() {}
 
 func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[55]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3493,7 +3638,7 @@ func (x *ResolveAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveAddressResponse.ProtoReflect.Descriptor instead.
 func (*ResolveAddressResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{55}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ResolveAddressResponse) GetTarget() *v1.Target {
@@ -3511,7 +3656,7 @@ type CheckInvariantsRequest struct {
 
 func (x *CheckInvariantsRequest) Reset() {
 	*x = CheckInvariantsRequest{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[56]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3523,7 +3668,7 @@ func (x *CheckInvariantsRequest) String() string {
 func (*CheckInvariantsRequest) ProtoMessage() {}
 
 func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[56]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3536,7 +3681,7 @@ func (x *CheckInvariantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsRequest.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{56}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{58}
 }
 
 type CheckInvariantsResponse struct {
@@ -3548,7 +3693,7 @@ type CheckInvariantsResponse struct {
 
 func (x *CheckInvariantsResponse) Reset() {
 	*x = CheckInvariantsResponse{}
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[57]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3560,7 +3705,7 @@ func (x *CheckInvariantsResponse) String() string {
 func (*CheckInvariantsResponse) ProtoMessage() {}
 
 func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_volume_v1_volume_proto_msgTypes[57]
+	mi := &file_storage_volume_v1_volume_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3573,7 +3718,7 @@ func (x *CheckInvariantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckInvariantsResponse.ProtoReflect.Descriptor instead.
 func (*CheckInvariantsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{57}
+	return file_storage_volume_v1_volume_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CheckInvariantsResponse) GetViolations() []*v1.Violation {
@@ -3727,7 +3872,12 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x05swaps\x18\x03 \x03(\v2\x1f.storage.volume.v1.ReadOnlySwapR\x05swaps\x12%\n" +
 	"\x0ecreate_stashes\x18\x04 \x01(\bR\rcreateStashes\"b\n" +
 	"\x1eReplaceReadOnlyTargetsResponse\x12@\n" +
-	"\aresults\x18\x01 \x03(\x0e2&.storage.common.v1.VolumeReplaceResultR\aresults\"\xa3\x01\n" +
+	"\aresults\x18\x01 \x03(\x0e2&.storage.common.v1.VolumeReplaceResultR\aresults\"=\n" +
+	"\x1cDeleteReadOnlyStashesRequest\x12\x1d\n" +
+	"\n" +
+	"volume_ids\x18\x01 \x03(\tR\tvolumeIds\"_\n" +
+	"\x1dDeleteReadOnlyStashesResponse\x12>\n" +
+	"\aresults\x18\x01 \x03(\x0e2$.storage.volume.v1.StashDeleteResultR\aresults\"\xa3\x01\n" +
 	"\x14ReplaceRegionRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\"\n" +
 	"\rold_region_id\x18\x02 \x01(\tR\voldRegionId\x12\"\n" +
@@ -3837,7 +3987,12 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x11HardDeleteOutcome\x12#\n" +
 	"\x1fHARD_DELETE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bHARD_DELETE_OUTCOME_DELETED\x10\x01\x12\x1c\n" +
-	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x022\xee\x14\n" +
+	"\x18HARD_DELETE_OUTCOME_KEPT\x10\x02*\x98\x01\n" +
+	"\x11StashDeleteResult\x12#\n" +
+	"\x1fSTASH_DELETE_RESULT_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bSTASH_DELETE_RESULT_REMOVED\x10\x01\x12\x1f\n" +
+	"\x1bSTASH_DELETE_RESULT_MISSING\x10\x02\x12\x1c\n" +
+	"\x18STASH_DELETE_RESULT_KEPT\x10\x032\xea\x15\n" +
 	"\rVolumeService\x12_\n" +
 	"\fCreateVolume\x12&.storage.volume.v1.CreateVolumeRequest\x1a'.storage.volume.v1.CreateVolumeResponse\x12V\n" +
 	"\tGetVolume\x12#.storage.volume.v1.GetVolumeRequest\x1a$.storage.volume.v1.GetVolumeResponse\x12n\n" +
@@ -3849,7 +4004,8 @@ const file_storage_volume_v1_volume_proto_rawDesc = "" +
 	"\x10HardDeleteVolume\x12*.storage.volume.v1.HardDeleteVolumeRequest\x1a+.storage.volume.v1.HardDeleteVolumeResponse\x12\x83\x01\n" +
 	"\x18FindDeletedVolumeRegions\x122.storage.volume.v1.FindDeletedVolumeRegionsRequest\x1a3.storage.volume.v1.FindDeletedVolumeRegionsResponse\x12z\n" +
 	"\x15ReplaceReadOnlyTarget\x12/.storage.volume.v1.ReplaceReadOnlyTargetRequest\x1a0.storage.volume.v1.ReplaceReadOnlyTargetResponse\x12}\n" +
-	"\x16ReplaceReadOnlyTargets\x120.storage.volume.v1.ReplaceReadOnlyTargetsRequest\x1a1.storage.volume.v1.ReplaceReadOnlyTargetsResponse\x12b\n" +
+	"\x16ReplaceReadOnlyTargets\x120.storage.volume.v1.ReplaceReadOnlyTargetsRequest\x1a1.storage.volume.v1.ReplaceReadOnlyTargetsResponse\x12z\n" +
+	"\x15DeleteReadOnlyStashes\x12/.storage.volume.v1.DeleteReadOnlyStashesRequest\x1a0.storage.volume.v1.DeleteReadOnlyStashesResponse\x12b\n" +
 	"\rReplaceRegion\x12'.storage.volume.v1.ReplaceRegionRequest\x1a(.storage.volume.v1.ReplaceRegionResponse\x12\x8f\x01\n" +
 	"\x1cFindVolumesReferencingTarget\x126.storage.volume.v1.FindVolumesReferencingTargetRequest\x1a7.storage.volume.v1.FindVolumesReferencingTargetResponse\x12\x95\x01\n" +
 	"\x1eVolumeReferencesReadOnlyTarget\x128.storage.volume.v1.VolumeReferencesReadOnlyTargetRequest\x1a9.storage.volume.v1.VolumeReferencesReadOnlyTargetResponse\x12w\n" +
@@ -3876,182 +4032,188 @@ func file_storage_volume_v1_volume_proto_rawDescGZIP() []byte {
 	return file_storage_volume_v1_volume_proto_rawDescData
 }
 
-var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_storage_volume_v1_volume_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_storage_volume_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_storage_volume_v1_volume_proto_goTypes = []any{
 	(VolumePurpose)(0),                             // 0: storage.volume.v1.VolumePurpose
 	(VolumeView)(0),                                // 1: storage.volume.v1.VolumeView
 	(CheckoutReason)(0),                            // 2: storage.volume.v1.CheckoutReason
 	(HardDeleteOutcome)(0),                         // 3: storage.volume.v1.HardDeleteOutcome
-	(*Volume)(nil),                                 // 4: storage.volume.v1.Volume
-	(*CreateVolumeRequest)(nil),                    // 5: storage.volume.v1.CreateVolumeRequest
-	(*SnapshotOf)(nil),                             // 6: storage.volume.v1.SnapshotOf
-	(*CreateVolumeResponse)(nil),                   // 7: storage.volume.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),                       // 8: storage.volume.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),                      // 9: storage.volume.v1.GetVolumeResponse
-	(*VolumeRedundancy)(nil),                       // 10: storage.volume.v1.VolumeRedundancy
-	(*RegionSetRedundancy)(nil),                    // 11: storage.volume.v1.RegionSetRedundancy
-	(*RegionCopy)(nil),                             // 12: storage.volume.v1.RegionCopy
-	(*ListDegradedVolumesRequest)(nil),             // 13: storage.volume.v1.ListDegradedVolumesRequest
-	(*ListDegradedVolumesResponse)(nil),            // 14: storage.volume.v1.ListDegradedVolumesResponse
-	(*GetVolumeWithKeysRequest)(nil),               // 15: storage.volume.v1.GetVolumeWithKeysRequest
-	(*GetVolumeWithKeysResponse)(nil),              // 16: storage.volume.v1.GetVolumeWithKeysResponse
-	(*GetVolumeStatesRequest)(nil),                 // 17: storage.volume.v1.GetVolumeStatesRequest
-	(*VolumeState)(nil),                            // 18: storage.volume.v1.VolumeState
-	(*GetVolumeStatesResponse)(nil),                // 19: storage.volume.v1.GetVolumeStatesResponse
-	(*ListVolumesRequest)(nil),                     // 20: storage.volume.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),                    // 21: storage.volume.v1.ListVolumesResponse
-	(*CheckoutVolumeRequest)(nil),                  // 22: storage.volume.v1.CheckoutVolumeRequest
-	(*CheckoutVolumeResponse)(nil),                 // 23: storage.volume.v1.CheckoutVolumeResponse
-	(*SoftDeleteVolumeRequest)(nil),                // 24: storage.volume.v1.SoftDeleteVolumeRequest
-	(*SoftDeleteVolumeResponse)(nil),               // 25: storage.volume.v1.SoftDeleteVolumeResponse
-	(*HardDeleteVolumeRequest)(nil),                // 26: storage.volume.v1.HardDeleteVolumeRequest
-	(*HardDeleteVolumeResponse)(nil),               // 27: storage.volume.v1.HardDeleteVolumeResponse
-	(*FindDeletedVolumeRegionsRequest)(nil),        // 28: storage.volume.v1.FindDeletedVolumeRegionsRequest
-	(*FindDeletedVolumeRegionsResponse)(nil),       // 29: storage.volume.v1.FindDeletedVolumeRegionsResponse
-	(*ReplaceReadOnlyTargetRequest)(nil),           // 30: storage.volume.v1.ReplaceReadOnlyTargetRequest
-	(*ReplaceReadOnlyTargetResponse)(nil),          // 31: storage.volume.v1.ReplaceReadOnlyTargetResponse
-	(*ReadOnlySwap)(nil),                           // 32: storage.volume.v1.ReadOnlySwap
-	(*ReplaceReadOnlyTargetsRequest)(nil),          // 33: storage.volume.v1.ReplaceReadOnlyTargetsRequest
-	(*ReplaceReadOnlyTargetsResponse)(nil),         // 34: storage.volume.v1.ReplaceReadOnlyTargetsResponse
-	(*ReplaceRegionRequest)(nil),                   // 35: storage.volume.v1.ReplaceRegionRequest
-	(*ReplaceRegionResponse)(nil),                  // 36: storage.volume.v1.ReplaceRegionResponse
-	(*FindVolumesReferencingTargetRequest)(nil),    // 37: storage.volume.v1.FindVolumesReferencingTargetRequest
-	(*VolumeRef)(nil),                              // 38: storage.volume.v1.VolumeRef
-	(*FindVolumesReferencingTargetResponse)(nil),   // 39: storage.volume.v1.FindVolumesReferencingTargetResponse
-	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 40: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 41: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	(*RemoveReadOnlyParentRequest)(nil),            // 42: storage.volume.v1.RemoveReadOnlyParentRequest
-	(*RemoveReadOnlyParentResponse)(nil),           // 43: storage.volume.v1.RemoveReadOnlyParentResponse
-	(*TargetRegistration)(nil),                     // 44: storage.volume.v1.TargetRegistration
-	(*RegisterTargetsRequest)(nil),                 // 45: storage.volume.v1.RegisterTargetsRequest
-	(*RegisterTargetsResponse)(nil),                // 46: storage.volume.v1.RegisterTargetsResponse
-	(*TargetActivation)(nil),                       // 47: storage.volume.v1.TargetActivation
-	(*ActivateTargetsRequest)(nil),                 // 48: storage.volume.v1.ActivateTargetsRequest
-	(*ActivateTargetsResponse)(nil),                // 49: storage.volume.v1.ActivateTargetsResponse
-	(*UnregisterTargetsRequest)(nil),               // 50: storage.volume.v1.UnregisterTargetsRequest
-	(*UnregisterTargetsResponse)(nil),              // 51: storage.volume.v1.UnregisterTargetsResponse
-	(*RetireTargetsRequest)(nil),                   // 52: storage.volume.v1.RetireTargetsRequest
-	(*RetireTargetsResponse)(nil),                  // 53: storage.volume.v1.RetireTargetsResponse
-	(*GetTargetRequest)(nil),                       // 54: storage.volume.v1.GetTargetRequest
-	(*GetTargetResponse)(nil),                      // 55: storage.volume.v1.GetTargetResponse
-	(*ListTargetsRequest)(nil),                     // 56: storage.volume.v1.ListTargetsRequest
-	(*ListTargetsResponse)(nil),                    // 57: storage.volume.v1.ListTargetsResponse
-	(*ResolveAddressRequest)(nil),                  // 58: storage.volume.v1.ResolveAddressRequest
-	(*ResolveAddressResponse)(nil),                 // 59: storage.volume.v1.ResolveAddressResponse
-	(*CheckInvariantsRequest)(nil),                 // 60: storage.volume.v1.CheckInvariantsRequest
-	(*CheckInvariantsResponse)(nil),                // 61: storage.volume.v1.CheckInvariantsResponse
-	nil,                                            // 62: storage.volume.v1.SnapshotOf.TargetMapEntry
-	(*timestamppb.Timestamp)(nil),                  // 63: google.protobuf.Timestamp
-	(*v1.VolumeConstructionRequest)(nil),           // 64: storage.common.v1.VolumeConstructionRequest
-	(*v1.Target)(nil),                              // 65: storage.common.v1.Target
-	(v1.TargetKind)(0),                             // 66: storage.common.v1.TargetKind
-	(*v1.RegionSnapshotRef)(nil),                   // 67: storage.common.v1.RegionSnapshotRef
-	(v1.VolumeReplaceResult)(0),                    // 68: storage.common.v1.VolumeReplaceResult
-	(v1.TargetState)(0),                            // 69: storage.common.v1.TargetState
-	(*v1.Violation)(nil),                           // 70: storage.common.v1.Violation
+	(StashDeleteResult)(0),                         // 4: storage.volume.v1.StashDeleteResult
+	(*Volume)(nil),                                 // 5: storage.volume.v1.Volume
+	(*CreateVolumeRequest)(nil),                    // 6: storage.volume.v1.CreateVolumeRequest
+	(*SnapshotOf)(nil),                             // 7: storage.volume.v1.SnapshotOf
+	(*CreateVolumeResponse)(nil),                   // 8: storage.volume.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),                       // 9: storage.volume.v1.GetVolumeRequest
+	(*GetVolumeResponse)(nil),                      // 10: storage.volume.v1.GetVolumeResponse
+	(*VolumeRedundancy)(nil),                       // 11: storage.volume.v1.VolumeRedundancy
+	(*RegionSetRedundancy)(nil),                    // 12: storage.volume.v1.RegionSetRedundancy
+	(*RegionCopy)(nil),                             // 13: storage.volume.v1.RegionCopy
+	(*ListDegradedVolumesRequest)(nil),             // 14: storage.volume.v1.ListDegradedVolumesRequest
+	(*ListDegradedVolumesResponse)(nil),            // 15: storage.volume.v1.ListDegradedVolumesResponse
+	(*GetVolumeWithKeysRequest)(nil),               // 16: storage.volume.v1.GetVolumeWithKeysRequest
+	(*GetVolumeWithKeysResponse)(nil),              // 17: storage.volume.v1.GetVolumeWithKeysResponse
+	(*GetVolumeStatesRequest)(nil),                 // 18: storage.volume.v1.GetVolumeStatesRequest
+	(*VolumeState)(nil),                            // 19: storage.volume.v1.VolumeState
+	(*GetVolumeStatesResponse)(nil),                // 20: storage.volume.v1.GetVolumeStatesResponse
+	(*ListVolumesRequest)(nil),                     // 21: storage.volume.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),                    // 22: storage.volume.v1.ListVolumesResponse
+	(*CheckoutVolumeRequest)(nil),                  // 23: storage.volume.v1.CheckoutVolumeRequest
+	(*CheckoutVolumeResponse)(nil),                 // 24: storage.volume.v1.CheckoutVolumeResponse
+	(*SoftDeleteVolumeRequest)(nil),                // 25: storage.volume.v1.SoftDeleteVolumeRequest
+	(*SoftDeleteVolumeResponse)(nil),               // 26: storage.volume.v1.SoftDeleteVolumeResponse
+	(*HardDeleteVolumeRequest)(nil),                // 27: storage.volume.v1.HardDeleteVolumeRequest
+	(*HardDeleteVolumeResponse)(nil),               // 28: storage.volume.v1.HardDeleteVolumeResponse
+	(*FindDeletedVolumeRegionsRequest)(nil),        // 29: storage.volume.v1.FindDeletedVolumeRegionsRequest
+	(*FindDeletedVolumeRegionsResponse)(nil),       // 30: storage.volume.v1.FindDeletedVolumeRegionsResponse
+	(*ReplaceReadOnlyTargetRequest)(nil),           // 31: storage.volume.v1.ReplaceReadOnlyTargetRequest
+	(*ReplaceReadOnlyTargetResponse)(nil),          // 32: storage.volume.v1.ReplaceReadOnlyTargetResponse
+	(*ReadOnlySwap)(nil),                           // 33: storage.volume.v1.ReadOnlySwap
+	(*ReplaceReadOnlyTargetsRequest)(nil),          // 34: storage.volume.v1.ReplaceReadOnlyTargetsRequest
+	(*ReplaceReadOnlyTargetsResponse)(nil),         // 35: storage.volume.v1.ReplaceReadOnlyTargetsResponse
+	(*DeleteReadOnlyStashesRequest)(nil),           // 36: storage.volume.v1.DeleteReadOnlyStashesRequest
+	(*DeleteReadOnlyStashesResponse)(nil),          // 37: storage.volume.v1.DeleteReadOnlyStashesResponse
+	(*ReplaceRegionRequest)(nil),                   // 38: storage.volume.v1.ReplaceRegionRequest
+	(*ReplaceRegionResponse)(nil),                  // 39: storage.volume.v1.ReplaceRegionResponse
+	(*FindVolumesReferencingTargetRequest)(nil),    // 40: storage.volume.v1.FindVolumesReferencingTargetRequest
+	(*VolumeRef)(nil),                              // 41: storage.volume.v1.VolumeRef
+	(*FindVolumesReferencingTargetResponse)(nil),   // 42: storage.volume.v1.FindVolumesReferencingTargetResponse
+	(*VolumeReferencesReadOnlyTargetRequest)(nil),  // 43: storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	(*VolumeReferencesReadOnlyTargetResponse)(nil), // 44: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	(*RemoveReadOnlyParentRequest)(nil),            // 45: storage.volume.v1.RemoveReadOnlyParentRequest
+	(*RemoveReadOnlyParentResponse)(nil),           // 46: storage.volume.v1.RemoveReadOnlyParentResponse
+	(*TargetRegistration)(nil),                     // 47: storage.volume.v1.TargetRegistration
+	(*RegisterTargetsRequest)(nil),                 // 48: storage.volume.v1.RegisterTargetsRequest
+	(*RegisterTargetsResponse)(nil),                // 49: storage.volume.v1.RegisterTargetsResponse
+	(*TargetActivation)(nil),                       // 50: storage.volume.v1.TargetActivation
+	(*ActivateTargetsRequest)(nil),                 // 51: storage.volume.v1.ActivateTargetsRequest
+	(*ActivateTargetsResponse)(nil),                // 52: storage.volume.v1.ActivateTargetsResponse
+	(*UnregisterTargetsRequest)(nil),               // 53: storage.volume.v1.UnregisterTargetsRequest
+	(*UnregisterTargetsResponse)(nil),              // 54: storage.volume.v1.UnregisterTargetsResponse
+	(*RetireTargetsRequest)(nil),                   // 55: storage.volume.v1.RetireTargetsRequest
+	(*RetireTargetsResponse)(nil),                  // 56: storage.volume.v1.RetireTargetsResponse
+	(*GetTargetRequest)(nil),                       // 57: storage.volume.v1.GetTargetRequest
+	(*GetTargetResponse)(nil),                      // 58: storage.volume.v1.GetTargetResponse
+	(*ListTargetsRequest)(nil),                     // 59: storage.volume.v1.ListTargetsRequest
+	(*ListTargetsResponse)(nil),                    // 60: storage.volume.v1.ListTargetsResponse
+	(*ResolveAddressRequest)(nil),                  // 61: storage.volume.v1.ResolveAddressRequest
+	(*ResolveAddressResponse)(nil),                 // 62: storage.volume.v1.ResolveAddressResponse
+	(*CheckInvariantsRequest)(nil),                 // 63: storage.volume.v1.CheckInvariantsRequest
+	(*CheckInvariantsResponse)(nil),                // 64: storage.volume.v1.CheckInvariantsResponse
+	nil,                                            // 65: storage.volume.v1.SnapshotOf.TargetMapEntry
+	(*timestamppb.Timestamp)(nil),                  // 66: google.protobuf.Timestamp
+	(*v1.VolumeConstructionRequest)(nil),           // 67: storage.common.v1.VolumeConstructionRequest
+	(*v1.Target)(nil),                              // 68: storage.common.v1.Target
+	(v1.TargetKind)(0),                             // 69: storage.common.v1.TargetKind
+	(*v1.RegionSnapshotRef)(nil),                   // 70: storage.common.v1.RegionSnapshotRef
+	(v1.VolumeReplaceResult)(0),                    // 71: storage.common.v1.VolumeReplaceResult
+	(v1.TargetState)(0),                            // 72: storage.common.v1.TargetState
+	(*v1.Violation)(nil),                           // 73: storage.common.v1.Violation
 }
 var file_storage_volume_v1_volume_proto_depIdxs = []int32{
-	63, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
-	63, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
-	64, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	65, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
+	66, // 0: storage.volume.v1.Volume.time_created:type_name -> google.protobuf.Timestamp
+	66, // 1: storage.volume.v1.Volume.time_deleted:type_name -> google.protobuf.Timestamp
+	67, // 2: storage.volume.v1.Volume.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	68, // 3: storage.volume.v1.Volume.targets:type_name -> storage.common.v1.Target
 	0,  // 4: storage.volume.v1.Volume.purpose:type_name -> storage.volume.v1.VolumePurpose
-	64, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
-	6,  // 6: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
+	67, // 5: storage.volume.v1.CreateVolumeRequest.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	7,  // 6: storage.volume.v1.CreateVolumeRequest.snapshot_of:type_name -> storage.volume.v1.SnapshotOf
 	0,  // 7: storage.volume.v1.CreateVolumeRequest.purpose:type_name -> storage.volume.v1.VolumePurpose
-	62, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
-	4,  // 9: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
+	65, // 8: storage.volume.v1.SnapshotOf.target_map:type_name -> storage.volume.v1.SnapshotOf.TargetMapEntry
+	5,  // 9: storage.volume.v1.CreateVolumeResponse.volume:type_name -> storage.volume.v1.Volume
 	1,  // 10: storage.volume.v1.GetVolumeRequest.view:type_name -> storage.volume.v1.VolumeView
-	4,  // 11: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
-	10, // 12: storage.volume.v1.GetVolumeResponse.redundancy:type_name -> storage.volume.v1.VolumeRedundancy
+	5,  // 11: storage.volume.v1.GetVolumeResponse.volume:type_name -> storage.volume.v1.Volume
+	11, // 12: storage.volume.v1.GetVolumeResponse.redundancy:type_name -> storage.volume.v1.VolumeRedundancy
 	0,  // 13: storage.volume.v1.VolumeRedundancy.purpose:type_name -> storage.volume.v1.VolumePurpose
-	11, // 14: storage.volume.v1.VolumeRedundancy.sets:type_name -> storage.volume.v1.RegionSetRedundancy
-	63, // 15: storage.volume.v1.VolumeRedundancy.disks_read_at:type_name -> google.protobuf.Timestamp
-	12, // 16: storage.volume.v1.RegionSetRedundancy.copies:type_name -> storage.volume.v1.RegionCopy
-	66, // 17: storage.volume.v1.RegionCopy.kind:type_name -> storage.common.v1.TargetKind
-	10, // 18: storage.volume.v1.ListDegradedVolumesResponse.volumes:type_name -> storage.volume.v1.VolumeRedundancy
-	63, // 19: storage.volume.v1.ListDegradedVolumesResponse.disks_read_at:type_name -> google.protobuf.Timestamp
-	4,  // 20: storage.volume.v1.GetVolumeWithKeysResponse.volume:type_name -> storage.volume.v1.Volume
-	63, // 21: storage.volume.v1.VolumeState.time_deleted:type_name -> google.protobuf.Timestamp
-	18, // 22: storage.volume.v1.GetVolumeStatesResponse.states:type_name -> storage.volume.v1.VolumeState
-	4,  // 23: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
+	12, // 14: storage.volume.v1.VolumeRedundancy.sets:type_name -> storage.volume.v1.RegionSetRedundancy
+	66, // 15: storage.volume.v1.VolumeRedundancy.disks_read_at:type_name -> google.protobuf.Timestamp
+	13, // 16: storage.volume.v1.RegionSetRedundancy.copies:type_name -> storage.volume.v1.RegionCopy
+	69, // 17: storage.volume.v1.RegionCopy.kind:type_name -> storage.common.v1.TargetKind
+	11, // 18: storage.volume.v1.ListDegradedVolumesResponse.volumes:type_name -> storage.volume.v1.VolumeRedundancy
+	66, // 19: storage.volume.v1.ListDegradedVolumesResponse.disks_read_at:type_name -> google.protobuf.Timestamp
+	5,  // 20: storage.volume.v1.GetVolumeWithKeysResponse.volume:type_name -> storage.volume.v1.Volume
+	66, // 21: storage.volume.v1.VolumeState.time_deleted:type_name -> google.protobuf.Timestamp
+	19, // 22: storage.volume.v1.GetVolumeStatesResponse.states:type_name -> storage.volume.v1.VolumeState
+	5,  // 23: storage.volume.v1.ListVolumesResponse.volumes:type_name -> storage.volume.v1.Volume
 	2,  // 24: storage.volume.v1.CheckoutVolumeRequest.reason:type_name -> storage.volume.v1.CheckoutReason
-	64, // 25: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
+	67, // 25: storage.volume.v1.CheckoutVolumeResponse.vcr:type_name -> storage.common.v1.VolumeConstructionRequest
 	0,  // 26: storage.volume.v1.SoftDeleteVolumeRequest.only_purpose:type_name -> storage.volume.v1.VolumePurpose
-	67, // 27: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
+	70, // 27: storage.volume.v1.SoftDeleteVolumeResponse.region_snapshots:type_name -> storage.common.v1.RegionSnapshotRef
 	3,  // 28: storage.volume.v1.HardDeleteVolumeResponse.outcome:type_name -> storage.volume.v1.HardDeleteOutcome
-	68, // 29: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	32, // 30: storage.volume.v1.ReplaceReadOnlyTargetsRequest.swaps:type_name -> storage.volume.v1.ReadOnlySwap
-	68, // 31: storage.volume.v1.ReplaceReadOnlyTargetsResponse.results:type_name -> storage.common.v1.VolumeReplaceResult
-	68, // 32: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
-	0,  // 33: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
-	38, // 34: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
-	0,  // 35: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
-	66, // 36: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
-	44, // 37: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
-	65, // 38: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
-	47, // 39: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
-	65, // 40: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
-	65, // 41: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
-	66, // 42: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
-	69, // 43: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
-	65, // 44: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
-	65, // 45: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
-	70, // 46: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
-	5,  // 47: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
-	8,  // 48: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
-	15, // 49: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
-	17, // 50: storage.volume.v1.VolumeService.GetVolumeStates:input_type -> storage.volume.v1.GetVolumeStatesRequest
-	20, // 51: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
-	22, // 52: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
-	24, // 53: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
-	26, // 54: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
-	28, // 55: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
-	30, // 56: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
-	33, // 57: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:input_type -> storage.volume.v1.ReplaceReadOnlyTargetsRequest
-	35, // 58: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
-	37, // 59: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
-	40, // 60: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
-	42, // 61: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
-	45, // 62: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
-	48, // 63: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
-	50, // 64: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
-	52, // 65: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
-	54, // 66: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
-	56, // 67: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
-	58, // 68: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
-	60, // 69: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
-	13, // 70: storage.volume.v1.VolumeService.ListDegradedVolumes:input_type -> storage.volume.v1.ListDegradedVolumesRequest
-	7,  // 71: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
-	9,  // 72: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
-	16, // 73: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
-	19, // 74: storage.volume.v1.VolumeService.GetVolumeStates:output_type -> storage.volume.v1.GetVolumeStatesResponse
-	21, // 75: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
-	23, // 76: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
-	25, // 77: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
-	27, // 78: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
-	29, // 79: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
-	31, // 80: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
-	34, // 81: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:output_type -> storage.volume.v1.ReplaceReadOnlyTargetsResponse
-	36, // 82: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
-	39, // 83: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
-	41, // 84: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
-	43, // 85: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
-	46, // 86: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
-	49, // 87: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
-	51, // 88: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
-	53, // 89: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
-	55, // 90: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
-	57, // 91: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
-	59, // 92: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
-	61, // 93: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
-	14, // 94: storage.volume.v1.VolumeService.ListDegradedVolumes:output_type -> storage.volume.v1.ListDegradedVolumesResponse
-	71, // [71:95] is the sub-list for method output_type
-	47, // [47:71] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	71, // 29: storage.volume.v1.ReplaceReadOnlyTargetResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	33, // 30: storage.volume.v1.ReplaceReadOnlyTargetsRequest.swaps:type_name -> storage.volume.v1.ReadOnlySwap
+	71, // 31: storage.volume.v1.ReplaceReadOnlyTargetsResponse.results:type_name -> storage.common.v1.VolumeReplaceResult
+	4,  // 32: storage.volume.v1.DeleteReadOnlyStashesResponse.results:type_name -> storage.volume.v1.StashDeleteResult
+	71, // 33: storage.volume.v1.ReplaceRegionResponse.result:type_name -> storage.common.v1.VolumeReplaceResult
+	0,  // 34: storage.volume.v1.VolumeRef.purpose:type_name -> storage.volume.v1.VolumePurpose
+	41, // 35: storage.volume.v1.FindVolumesReferencingTargetResponse.volumes:type_name -> storage.volume.v1.VolumeRef
+	0,  // 36: storage.volume.v1.VolumeReferencesReadOnlyTargetResponse.purpose:type_name -> storage.volume.v1.VolumePurpose
+	69, // 37: storage.volume.v1.TargetRegistration.kind:type_name -> storage.common.v1.TargetKind
+	47, // 38: storage.volume.v1.RegisterTargetsRequest.targets:type_name -> storage.volume.v1.TargetRegistration
+	68, // 39: storage.volume.v1.RegisterTargetsResponse.targets:type_name -> storage.common.v1.Target
+	50, // 40: storage.volume.v1.ActivateTargetsRequest.targets:type_name -> storage.volume.v1.TargetActivation
+	68, // 41: storage.volume.v1.ActivateTargetsResponse.targets:type_name -> storage.common.v1.Target
+	68, // 42: storage.volume.v1.GetTargetResponse.target:type_name -> storage.common.v1.Target
+	69, // 43: storage.volume.v1.ListTargetsRequest.kind:type_name -> storage.common.v1.TargetKind
+	72, // 44: storage.volume.v1.ListTargetsRequest.state:type_name -> storage.common.v1.TargetState
+	68, // 45: storage.volume.v1.ListTargetsResponse.targets:type_name -> storage.common.v1.Target
+	68, // 46: storage.volume.v1.ResolveAddressResponse.target:type_name -> storage.common.v1.Target
+	73, // 47: storage.volume.v1.CheckInvariantsResponse.violations:type_name -> storage.common.v1.Violation
+	6,  // 48: storage.volume.v1.VolumeService.CreateVolume:input_type -> storage.volume.v1.CreateVolumeRequest
+	9,  // 49: storage.volume.v1.VolumeService.GetVolume:input_type -> storage.volume.v1.GetVolumeRequest
+	16, // 50: storage.volume.v1.VolumeService.GetVolumeWithKeys:input_type -> storage.volume.v1.GetVolumeWithKeysRequest
+	18, // 51: storage.volume.v1.VolumeService.GetVolumeStates:input_type -> storage.volume.v1.GetVolumeStatesRequest
+	21, // 52: storage.volume.v1.VolumeService.ListVolumes:input_type -> storage.volume.v1.ListVolumesRequest
+	23, // 53: storage.volume.v1.VolumeService.CheckoutVolume:input_type -> storage.volume.v1.CheckoutVolumeRequest
+	25, // 54: storage.volume.v1.VolumeService.SoftDeleteVolume:input_type -> storage.volume.v1.SoftDeleteVolumeRequest
+	27, // 55: storage.volume.v1.VolumeService.HardDeleteVolume:input_type -> storage.volume.v1.HardDeleteVolumeRequest
+	29, // 56: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:input_type -> storage.volume.v1.FindDeletedVolumeRegionsRequest
+	31, // 57: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:input_type -> storage.volume.v1.ReplaceReadOnlyTargetRequest
+	34, // 58: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:input_type -> storage.volume.v1.ReplaceReadOnlyTargetsRequest
+	36, // 59: storage.volume.v1.VolumeService.DeleteReadOnlyStashes:input_type -> storage.volume.v1.DeleteReadOnlyStashesRequest
+	38, // 60: storage.volume.v1.VolumeService.ReplaceRegion:input_type -> storage.volume.v1.ReplaceRegionRequest
+	40, // 61: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:input_type -> storage.volume.v1.FindVolumesReferencingTargetRequest
+	43, // 62: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:input_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetRequest
+	45, // 63: storage.volume.v1.VolumeService.RemoveReadOnlyParent:input_type -> storage.volume.v1.RemoveReadOnlyParentRequest
+	48, // 64: storage.volume.v1.VolumeService.RegisterTargets:input_type -> storage.volume.v1.RegisterTargetsRequest
+	51, // 65: storage.volume.v1.VolumeService.ActivateTargets:input_type -> storage.volume.v1.ActivateTargetsRequest
+	53, // 66: storage.volume.v1.VolumeService.UnregisterTargets:input_type -> storage.volume.v1.UnregisterTargetsRequest
+	55, // 67: storage.volume.v1.VolumeService.RetireTargets:input_type -> storage.volume.v1.RetireTargetsRequest
+	57, // 68: storage.volume.v1.VolumeService.GetTarget:input_type -> storage.volume.v1.GetTargetRequest
+	59, // 69: storage.volume.v1.VolumeService.ListTargets:input_type -> storage.volume.v1.ListTargetsRequest
+	61, // 70: storage.volume.v1.VolumeService.ResolveAddress:input_type -> storage.volume.v1.ResolveAddressRequest
+	63, // 71: storage.volume.v1.VolumeService.CheckInvariants:input_type -> storage.volume.v1.CheckInvariantsRequest
+	14, // 72: storage.volume.v1.VolumeService.ListDegradedVolumes:input_type -> storage.volume.v1.ListDegradedVolumesRequest
+	8,  // 73: storage.volume.v1.VolumeService.CreateVolume:output_type -> storage.volume.v1.CreateVolumeResponse
+	10, // 74: storage.volume.v1.VolumeService.GetVolume:output_type -> storage.volume.v1.GetVolumeResponse
+	17, // 75: storage.volume.v1.VolumeService.GetVolumeWithKeys:output_type -> storage.volume.v1.GetVolumeWithKeysResponse
+	20, // 76: storage.volume.v1.VolumeService.GetVolumeStates:output_type -> storage.volume.v1.GetVolumeStatesResponse
+	22, // 77: storage.volume.v1.VolumeService.ListVolumes:output_type -> storage.volume.v1.ListVolumesResponse
+	24, // 78: storage.volume.v1.VolumeService.CheckoutVolume:output_type -> storage.volume.v1.CheckoutVolumeResponse
+	26, // 79: storage.volume.v1.VolumeService.SoftDeleteVolume:output_type -> storage.volume.v1.SoftDeleteVolumeResponse
+	28, // 80: storage.volume.v1.VolumeService.HardDeleteVolume:output_type -> storage.volume.v1.HardDeleteVolumeResponse
+	30, // 81: storage.volume.v1.VolumeService.FindDeletedVolumeRegions:output_type -> storage.volume.v1.FindDeletedVolumeRegionsResponse
+	32, // 82: storage.volume.v1.VolumeService.ReplaceReadOnlyTarget:output_type -> storage.volume.v1.ReplaceReadOnlyTargetResponse
+	35, // 83: storage.volume.v1.VolumeService.ReplaceReadOnlyTargets:output_type -> storage.volume.v1.ReplaceReadOnlyTargetsResponse
+	37, // 84: storage.volume.v1.VolumeService.DeleteReadOnlyStashes:output_type -> storage.volume.v1.DeleteReadOnlyStashesResponse
+	39, // 85: storage.volume.v1.VolumeService.ReplaceRegion:output_type -> storage.volume.v1.ReplaceRegionResponse
+	42, // 86: storage.volume.v1.VolumeService.FindVolumesReferencingTarget:output_type -> storage.volume.v1.FindVolumesReferencingTargetResponse
+	44, // 87: storage.volume.v1.VolumeService.VolumeReferencesReadOnlyTarget:output_type -> storage.volume.v1.VolumeReferencesReadOnlyTargetResponse
+	46, // 88: storage.volume.v1.VolumeService.RemoveReadOnlyParent:output_type -> storage.volume.v1.RemoveReadOnlyParentResponse
+	49, // 89: storage.volume.v1.VolumeService.RegisterTargets:output_type -> storage.volume.v1.RegisterTargetsResponse
+	52, // 90: storage.volume.v1.VolumeService.ActivateTargets:output_type -> storage.volume.v1.ActivateTargetsResponse
+	54, // 91: storage.volume.v1.VolumeService.UnregisterTargets:output_type -> storage.volume.v1.UnregisterTargetsResponse
+	56, // 92: storage.volume.v1.VolumeService.RetireTargets:output_type -> storage.volume.v1.RetireTargetsResponse
+	58, // 93: storage.volume.v1.VolumeService.GetTarget:output_type -> storage.volume.v1.GetTargetResponse
+	60, // 94: storage.volume.v1.VolumeService.ListTargets:output_type -> storage.volume.v1.ListTargetsResponse
+	62, // 95: storage.volume.v1.VolumeService.ResolveAddress:output_type -> storage.volume.v1.ResolveAddressResponse
+	64, // 96: storage.volume.v1.VolumeService.CheckInvariants:output_type -> storage.volume.v1.CheckInvariantsResponse
+	15, // 97: storage.volume.v1.VolumeService.ListDegradedVolumes:output_type -> storage.volume.v1.ListDegradedVolumesResponse
+	73, // [73:98] is the sub-list for method output_type
+	48, // [48:73] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_storage_volume_v1_volume_proto_init() }
@@ -4064,8 +4226,8 @@ func file_storage_volume_v1_volume_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_volume_v1_volume_proto_rawDesc), len(file_storage_volume_v1_volume_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   59,
+			NumEnums:      5,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	VolumeService_FindDeletedVolumeRegions_FullMethodName       = "/storage.volume.v1.VolumeService/FindDeletedVolumeRegions"
 	VolumeService_ReplaceReadOnlyTarget_FullMethodName          = "/storage.volume.v1.VolumeService/ReplaceReadOnlyTarget"
 	VolumeService_ReplaceReadOnlyTargets_FullMethodName         = "/storage.volume.v1.VolumeService/ReplaceReadOnlyTargets"
+	VolumeService_DeleteReadOnlyStashes_FullMethodName          = "/storage.volume.v1.VolumeService/DeleteReadOnlyStashes"
 	VolumeService_ReplaceRegion_FullMethodName                  = "/storage.volume.v1.VolumeService/ReplaceRegion"
 	VolumeService_FindVolumesReferencingTarget_FullMethodName   = "/storage.volume.v1.VolumeService/FindVolumesReferencingTarget"
 	VolumeService_VolumeReferencesReadOnlyTarget_FullMethodName = "/storage.volume.v1.VolumeService/VolumeReferencesReadOnlyTarget"
@@ -122,6 +123,19 @@ type VolumeServiceClient interface {
 	// malformed or missing id, equal old and new targets, no swaps or more
 	// than 1000, or an id that appears twice among the volumes and stashes.
 	ReplaceReadOnlyTargets(ctx context.Context, in *ReplaceReadOnlyTargetsRequest, opts ...grpc.CallOption) (*ReplaceReadOnlyTargetsResponse, error)
+	// Removes many read-only stashes of one fan-out in one transaction, each
+	// exactly as SoftDeleteVolume with hard_delete_if_nothing_freed removes a
+	// stash whose delete frees nothing (docs/replacement.md, "The batch
+	// collect"). A stash whose delete would free something (it holds the
+	// last reference to its target), that is already soft-deleted, that
+	// names anything but one read-only target, or that owns a rw region is
+	// left untouched and answered KEPT, for the per-stash delete, which frees
+	// what it must. A missing stash answers MISSING (a re-run finds what it
+	// removed missing). One result per id, in order. A live volume that is
+	// not a stash is FAILED_PRECONDITION naming it, with nothing written.
+	// INVALID_ARGUMENT naming the field, with nothing written, for a
+	// malformed or missing id, an id given twice, or no ids or more than 1000.
+	DeleteReadOnlyStashes(ctx context.Context, in *DeleteReadOnlyStashesRequest, opts ...grpc.CallOption) (*DeleteReadOnlyStashesResponse, error)
 	// Replaces one rw region of a volume, bumping the generation of every region
 	// set reached through sub_volumes, swapping ownership in the registry (the
 	// old region now belongs to the stash volume, whose VCR is rewritten to
@@ -307,6 +321,16 @@ func (c *volumeServiceClient) ReplaceReadOnlyTargets(ctx context.Context, in *Re
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReplaceReadOnlyTargetsResponse)
 	err := c.cc.Invoke(ctx, VolumeService_ReplaceReadOnlyTargets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) DeleteReadOnlyStashes(ctx context.Context, in *DeleteReadOnlyStashesRequest, opts ...grpc.CallOption) (*DeleteReadOnlyStashesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteReadOnlyStashesResponse)
+	err := c.cc.Invoke(ctx, VolumeService_DeleteReadOnlyStashes_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -512,6 +536,19 @@ type VolumeServiceServer interface {
 	// malformed or missing id, equal old and new targets, no swaps or more
 	// than 1000, or an id that appears twice among the volumes and stashes.
 	ReplaceReadOnlyTargets(context.Context, *ReplaceReadOnlyTargetsRequest) (*ReplaceReadOnlyTargetsResponse, error)
+	// Removes many read-only stashes of one fan-out in one transaction, each
+	// exactly as SoftDeleteVolume with hard_delete_if_nothing_freed removes a
+	// stash whose delete frees nothing (docs/replacement.md, "The batch
+	// collect"). A stash whose delete would free something (it holds the
+	// last reference to its target), that is already soft-deleted, that
+	// names anything but one read-only target, or that owns a rw region is
+	// left untouched and answered KEPT, for the per-stash delete, which frees
+	// what it must. A missing stash answers MISSING (a re-run finds what it
+	// removed missing). One result per id, in order. A live volume that is
+	// not a stash is FAILED_PRECONDITION naming it, with nothing written.
+	// INVALID_ARGUMENT naming the field, with nothing written, for a
+	// malformed or missing id, an id given twice, or no ids or more than 1000.
+	DeleteReadOnlyStashes(context.Context, *DeleteReadOnlyStashesRequest) (*DeleteReadOnlyStashesResponse, error)
 	// Replaces one rw region of a volume, bumping the generation of every region
 	// set reached through sub_volumes, swapping ownership in the registry (the
 	// old region now belongs to the stash volume, whose VCR is rewritten to
@@ -625,6 +662,9 @@ func (UnimplementedVolumeServiceServer) ReplaceReadOnlyTarget(context.Context, *
 }
 func (UnimplementedVolumeServiceServer) ReplaceReadOnlyTargets(context.Context, *ReplaceReadOnlyTargetsRequest) (*ReplaceReadOnlyTargetsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplaceReadOnlyTargets not implemented")
+}
+func (UnimplementedVolumeServiceServer) DeleteReadOnlyStashes(context.Context, *DeleteReadOnlyStashesRequest) (*DeleteReadOnlyStashesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteReadOnlyStashes not implemented")
 }
 func (UnimplementedVolumeServiceServer) ReplaceRegion(context.Context, *ReplaceRegionRequest) (*ReplaceRegionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplaceRegion not implemented")
@@ -880,6 +920,24 @@ func _VolumeService_ReplaceReadOnlyTargets_Handler(srv interface{}, ctx context.
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VolumeServiceServer).ReplaceReadOnlyTargets(ctx, req.(*ReplaceReadOnlyTargetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_DeleteReadOnlyStashes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteReadOnlyStashesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).DeleteReadOnlyStashes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_DeleteReadOnlyStashes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).DeleteReadOnlyStashes(ctx, req.(*DeleteReadOnlyStashesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1168,6 +1226,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReplaceReadOnlyTargets",
 			Handler:    _VolumeService_ReplaceReadOnlyTargets_Handler,
+		},
+		{
+			MethodName: "DeleteReadOnlyStashes",
+			Handler:    _VolumeService_DeleteReadOnlyStashes_Handler,
 		},
 		{
 			MethodName: "ReplaceRegion",

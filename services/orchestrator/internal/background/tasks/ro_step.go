@@ -20,8 +20,10 @@ import (
 
 // roStep fans a Running request out into per-volume steps and drives them
 // (docs/replacement.md, "How the background tasks chain"). Phases, in order:
-//  1. collect: start ro-replacement-step-garbage-collect for Complete steps, so their
-//     stashes (which still name A) are on their way out before scanning;
+//  1. collect: start ro-replacement-step-garbage-collect-batch (with
+//     Env.StepBatch) or ro-replacement-step-garbage-collect for Complete
+//     steps, so their stashes (which still name A) are on their way out
+//     before scanning;
 //  2. create: for each Running request, ask the volume→target index which
 //     live data volumes still name A and insert a step for each (never a
 //     stash or reference volume, nor one already handled; lock contention is
@@ -56,6 +58,12 @@ type roStep struct {
 	// lost: steps whose retirement ended in an error (the finish task is
 	// owed a wakeup once they are seen retired).
 	lost lostAnswers
+	// batchCollected holds the steps a batch collect took, true once its
+	// saga ended: one seen Complete while its batch runs is left to it;
+	// one seen Complete after was kept by it (or its batch unwound) and
+	// is collected alone. Cleared beyond maxFresh, which costs a step at
+	// most one more batch. Guarded by mu.
+	batchCollected map[uuid.UUID]bool
 }
 
 // maxFresh bounds fresh; beyond it the launch checks every step again.
@@ -118,6 +126,12 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 		return
 	}
 	traces := t.traces(ctx)
+	// The batch collect (Env.StepBatch): every Complete step of a request
+	// goes to its request's batch first; one the batch kept (its stash
+	// frees something, or is not the batch's to remove) is back at
+	// Complete and is collected alone.
+	var order []uuid.UUID
+	batches := map[uuid.UUID][]store.Step{}
 	for _, s := range steps {
 		if t.env.heldBy(s.RequestID, &st.Skipped, "step "+s.ID.String()) {
 			continue
@@ -125,6 +139,21 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 		if s.OldSnapshotVolumeID == nil {
 			errf(&st.Errors, "step %s: complete without a stash volume", s.ID)
 			continue
+		}
+		if t.env.StepBatch > 0 {
+			t.mu.Lock()
+			ended, taken := t.batchCollected[s.ID]
+			t.mu.Unlock()
+			if taken && !ended {
+				continue // its batch has not claimed it yet
+			}
+			if !taken {
+				if _, ok := batches[s.RequestID]; !ok {
+					order = append(order, s.RequestID)
+				}
+				batches[s.RequestID] = append(batches[s.RequestID], s)
+				continue
+			}
 		}
 		// Its own key: the step's ro-replacement-step may still hold the step id's
 		// slot for a moment after committing Complete.
@@ -135,7 +164,64 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 		case err != nil:
 			errf(&st.Errors, "step %s: start garbage collect: %v", s.ID, err)
 		case ok:
+			t.mu.Lock()
+			delete(t.batchCollected, s.ID)
+			t.mu.Unlock()
 			st.StepGarbageCollectInvokedOK = append(st.StepGarbageCollectInvokedOK, "step "+s.ID.String())
+		}
+	}
+	for _, req := range order {
+		b := batches[req]
+		if len(b) > sagadef.MaxStepBatch {
+			b = b[:sagadef.MaxStepBatch]
+		}
+		t.startCollectBatch(ctx, st, req, traces[req], b)
+	}
+}
+
+// startCollectBatch starts ro-replacement-step-garbage-collect-batch on
+// Complete steps of request req. One runs per request at a time: every
+// batch of a fan-out removes references to the same target, and two at
+// once would only make the volume-service retry one of them. When it
+// ends, the task runs again for the steps that completed meanwhile.
+func (t *roStep) startCollectBatch(ctx context.Context, st *StepStatus, req uuid.UUID, traceparent string, steps []store.Step) {
+	p := sagadef.StepGCBatchParams{RequestID: req, Steps: make([]sagadef.GCBatchStep, len(steps))}
+	ids := make([]uuid.UUID, len(steps))
+	for i, s := range steps {
+		p.Steps[i] = sagadef.GCBatchStep{StepID: s.ID, StashID: *s.OldSnapshotVolumeID}
+		ids[i] = s.ID
+	}
+	mark := func(ended bool) {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.batchCollected == nil || len(t.batchCollected) > maxFresh {
+			t.batchCollected = map[uuid.UUID]bool{}
+		}
+		for _, id := range ids {
+			t.batchCollected[id] = ended
+		}
+	}
+	// Taken before the start: a pass that runs while the saga has not
+	// claimed them yet leaves them alone.
+	mark(false)
+	ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect-batch/" + req.String(), record: ids[0], also: ids[1:], request: req, task: t.Name(), skipped: &st.Skipped, then: t.Name(),
+		ended: func() { mark(true) }}, sagadef.ROStepGCBatch, p,
+		saga.WithTraceParent(traceparent), saga.WithSubject(ids[0].String()), saga.WithSubjectParent(req.String()))
+	if !ok {
+		// Not started (its request's batch still runs, say): a later
+		// pass batches them again.
+		t.mu.Lock()
+		for _, id := range ids {
+			delete(t.batchCollected, id)
+		}
+		t.mu.Unlock()
+	}
+	switch {
+	case err != nil:
+		errf(&st.Errors, "request %s: start collecting a batch of %d steps: %v", req, len(ids), err)
+	case ok:
+		for _, id := range ids {
+			st.StepGarbageCollectInvokedOK = append(st.StepGarbageCollectInvokedOK, "step "+id.String()+" (batch)")
 		}
 	}
 }

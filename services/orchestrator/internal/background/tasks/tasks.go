@@ -121,6 +121,9 @@ type job struct {
 	// ended, when set, runs once the saga has ended (after its attempt
 	// is counted).
 	ended func()
+	// then, when set, is a task activated once the saga has ended and
+	// its key is free again (work the key held back may be waiting).
+	then string
 }
 
 // startSaga starts a saga for the job unless the record is backing off
@@ -161,6 +164,9 @@ func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *sa
 				j.ended()
 			}
 			release()
+			if j.then != "" && env.activate != nil {
+				env.activate(j.then)
+			}
 			env.slotFreed(t)
 		}()
 		return nil
