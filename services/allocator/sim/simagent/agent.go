@@ -213,21 +213,28 @@ func (s *Sim) DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 }
 
 // probeSQL answers resolve for many addresses ($1 their IPs, $2 their
-// ports): each is looked up through the indexes on its own (LATERAL with
-// LIMIT keeps the planner from hashing the whole agent tables for a probe
-// of a few hundred addresses, which a plain join did: 64,000 buffers a
-// call on a full rack).
+// ports). Each distinct IP (an agent: a probe names a few hundred
+// addresses on a few dozen agents) is resolved to its dataset once, and
+// each address is then looked up through the indexes on its own (LATERAL
+// with LIMIT keeps the planner from hashing the whole agent tables, which
+// a plain join did: 64,000 buffers a call on a full rack).
 const probeSQL = `
+		WITH a AS (
+			SELECT * FROM unnest($1::inet[], $2::int[]) WITH ORDINALITY AS a(ip, port, n)),
+		ds AS (
+			SELECT ips.ip, d.id, d.in_service
+			FROM (SELECT DISTINCT ip FROM a) ips
+			CROSS JOIN LATERAL (
+				SELECT d.id, pd.policy = 'in_service' AND sl.policy = 'in_service' AS in_service
+				FROM crucible_dataset d
+				JOIN zpool z ON z.id = d.zpool_id
+				JOIN physical_disk pd ON pd.id = z.physical_disk_id
+				JOIN sled sl ON sl.id = pd.sled_id
+				WHERE d.ip = ips.ip
+				LIMIT 1) d)
 		SELECT a.n, ds.id IS NOT NULL, coalesce(ds.in_service, false), sv.used IS NOT NULL, coalesce(sv.content, '')
-		FROM unnest($1::inet[], $2::int[]) WITH ORDINALITY AS a(ip, port, n)
-		LEFT JOIN LATERAL (
-			SELECT d.id, pd.policy = 'in_service' AND sl.policy = 'in_service' AS in_service
-			FROM crucible_dataset d
-			JOIN zpool z ON z.id = d.zpool_id
-			JOIN physical_disk pd ON pd.id = z.physical_disk_id
-			JOIN sled sl ON sl.id = pd.sled_id
-			WHERE d.ip = a.ip
-			LIMIT 1) ds ON true
+		FROM a
+		LEFT JOIN ds ON ds.ip = a.ip
 		LEFT JOIN LATERAL (
 			SELECT true AS used, coalesce(sn.content, r.content, '') AS content
 			FROM agent_port ap
