@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
@@ -27,7 +28,18 @@ type rwDetector struct {
 	env     Env
 	limiter *background.Limiter
 	lost    lostAnswers // requests whose completion ended in an error
+	// deletedScans paces the question "is its volume deleted?" over every
+	// waiting request (one GetVolumeStates of them all). The task runs
+	// after every finished rebuild, and a sled's expunge leaves hundreds
+	// waiting: asked each pass, it cost as much as the rest of the pass.
+	// Between scans only the requests the pass admits are asked. The
+	// zero value scans every pass.
+	deletedScans pacer
 }
+
+// deletedScanEvery bounds how often the rw detector asks about the volume
+// of every waiting request.
+const deletedScanEvery = time.Second
 
 // RWDetectorStatus is the rw detector's status per activation.
 type RWDetectorStatus struct {
@@ -147,33 +159,26 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 		return
 	}
 	completedUnseen := advancedPast(&t.lost, reqs, func(r store.RWReplacement) uuid.UUID { return r.ID })
-	// Whether each request's volume is deleted, asked in one call for the
-	// pass: a call per request made every pass cost as much as there were
-	// requests waiting, and a sled's expunge makes hundreds wait.
-	vols := make([]uuid.UUID, 0, len(reqs))
-	for _, r := range reqs {
-		vols = append(vols, r.VolumeID)
+	// Whether each request's volume is deleted (its request completes at
+	// once, nothing to repair), asked in one call for every waiting
+	// request at most every deletedScanEvery, and in between for the
+	// requests this pass admits only; a skipped scan schedules a pass for
+	// when it is due, so a request whose volume a user deleted completes
+	// within about that long even while it waits for a budget.
+	scanAll, wait := t.deletedScans.due(uuid.Nil)
+	if !scanAll && len(reqs) > 0 {
+		t.deletedScans.kickAfter(wait, func() { sagadef.Wakeup(d.Wake.RWDetector) })
 	}
 	deleted := map[uuid.UUID]bool{}
-	if len(vols) > 0 {
-		if deleted, err = sagadef.DeletedVolumes(ctx, d, vols); err != nil {
-			// The start saga checks again; the pass goes on without.
-			errf(&st.Errors, "volumes of %d requested requests: %v", len(vols), err)
-			deleted = map[uuid.UUID]bool{}
-		}
+	if scanAll {
+		deleted = t.deletedVolumes(ctx, st, reqs)
 	}
 	for _, r := range reqs {
 		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
 			continue
 		}
 		if deleted[r.VolumeID] {
-			if err := d.Store.SetRWCompleteFromRequested(ctx, r.ID); err != nil {
-				errf(&st.Errors, "request %s: complete: %v", r.ID, err)
-				t.lost.note(r.ID)
-				continue
-			}
-			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
-			continue
+			t.completeDeleted(ctx, st, r)
 		}
 	}
 	admitted, other, budgets, err := t.env.plan(ctx, kindRW)
@@ -181,9 +186,22 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 	if err != nil {
 		errf(&st.Errors, "planning under the rebuild budgets: %v", err)
 	}
+	if !scanAll && len(admitted) > 0 {
+		starting := make([]store.RWReplacement, len(admitted))
+		for i, c := range admitted {
+			starting[i] = c.rw
+		}
+		deleted = t.deletedVolumes(ctx, st, starting)
+	}
 	for _, c := range admitted {
 		r := c.rw
 		adm := t.env.Admission
+		if !scanAll && deleted[r.VolumeID] && t.env.holdOn(r.ID) == nil {
+			// Admitted, but nothing to repair: its reservation goes back.
+			adm.ended(r.ID)
+			t.completeDeleted(ctx, st, r)
+			continue
+		}
 		ok, err := startSaga(ctx, t.env, t.limiter, job{key: r.ID.String(), record: r.ID, request: r.ID, task: t.Name(), attempts: r.Attempts, skipped: &st.Skipped,
 			ended: func() { adm.ended(r.ID) }}, sagadef.RWStart,
 			sagadef.RWStartParams{RequestID: r.ID, VolumeID: r.VolumeID, OldRegionID: r.OldRegionID},
@@ -203,4 +221,33 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 		// read-only request on it, proceed.
 		sagadef.Wakeup(d.Wake.RWDetector, d.Wake.RODetector)
 	}
+}
+
+// deletedVolumes asks, in one call, which of reqs' volumes are deleted. On
+// an error the pass goes on without (the start saga checks again).
+func (t *rwDetector) deletedVolumes(ctx context.Context, st *RWDetectorStatus, reqs []store.RWReplacement) map[uuid.UUID]bool {
+	if len(reqs) == 0 {
+		return map[uuid.UUID]bool{}
+	}
+	vols := make([]uuid.UUID, 0, len(reqs))
+	for _, r := range reqs {
+		vols = append(vols, r.VolumeID)
+	}
+	deleted, err := sagadef.DeletedVolumes(ctx, t.env.Deps, vols)
+	if err != nil {
+		errf(&st.Errors, "volumes of %d requested requests: %v", len(vols), err)
+		return map[uuid.UUID]bool{}
+	}
+	return deleted
+}
+
+// completeDeleted completes a Requested request whose volume is deleted
+// (the caller leaves a held request alone).
+func (t *rwDetector) completeDeleted(ctx context.Context, st *RWDetectorStatus, r store.RWReplacement) {
+	if err := t.env.Deps.Store.SetRWCompleteFromRequested(ctx, r.ID); err != nil {
+		errf(&st.Errors, "request %s: complete: %v", r.ID, err)
+		t.lost.note(r.ID)
+		return
+	}
+	st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
 }

@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -195,4 +196,48 @@ func TestRWDetectorRetriesContendedLock(t *testing.T) {
 		t.Fatalf("after release: %+v", ds)
 	}
 	allSucceeded(t, f.rec.settle(t))
+}
+
+// Between the paced scans of every waiting request's volume, a request the
+// pass admits is still asked about: one whose volume was deleted completes
+// instead of starting a saga, its budget reservation returned. A skipped
+// scan schedules a pass for when it is due.
+func TestRWDetectorCompletesDeletedVolumeBetweenScans(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 5)
+	ctx := context.Background()
+	disk := f.disk()
+	f.snapshot(disk)
+	f.delete(disk) // soft-deleted: its regions are pinned by the snapshot
+	region := f.expungeRegionOf(disk)
+	req, _, err := f.e.Store.InsertRWReplacement(ctx, store.RWReplacement{ID: uuid.New(), OldRegionID: region, VolumeID: disk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deps := *f.env.Deps
+	woke := make(chan struct{}, 8)
+	deps.Wake.RWDetector = func() { woke <- struct{}{} }
+	det := f.rwDetector()
+	det.env.Deps = &deps
+	det.deletedScans.every = 200 * time.Millisecond
+	det.deletedScans.due(uuid.Nil) // a scan just ran
+	ds := det.Activate(ctx).(*RWDetectorStatus)
+	noErrors(t, ds.Errors)
+	if len(ds.RequestsCompletedOK) != 1 || len(ds.StartInvokedOK) != 0 {
+		t.Fatalf("detector %+v", ds)
+	}
+	if r, _ := f.rwRequestFor(region); r.ID != req.ID || r.State != store.RWComplete {
+		t.Fatalf("request %+v", r)
+	}
+	if _, err := f.e.Store.GetLock(ctx, disk); err == nil {
+		t.Error("lock not released")
+	}
+	if n := f.rec.count(sagadef.RWStart.Name()); n != 0 {
+		t.Errorf("%d rw-replacement-start sagas for a deleted volume", n)
+	}
+	select {
+	case <-woke:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pass scheduled for the skipped scan")
+	}
 }
