@@ -87,15 +87,26 @@ func newROStepBatch() *saga.Template {
 
 // checkBatch refuses parameters the volume-service would refuse whole.
 func checkBatch(p StepBatchParams) error {
-	if len(p.Steps) > MaxStepBatch {
-		return fmt.Errorf("steps: at most %d, got %d", MaxStepBatch, len(p.Steps))
+	vols := make([]uuid.UUID, len(p.Steps))
+	for i, s := range p.Steps {
+		vols[i] = s.VolumeID
+	}
+	return checkBatchIDs("volume", vols)
+}
+
+// checkBatchIDs refuses a batch of more than MaxStepBatch steps, or one
+// whose steps name a volume (what) twice: the volume-service's batch
+// calls refuse both whole.
+func checkBatchIDs(what string, ids []uuid.UUID) error {
+	if len(ids) > MaxStepBatch {
+		return fmt.Errorf("steps: at most %d, got %d", MaxStepBatch, len(ids))
 	}
 	seen := map[uuid.UUID]bool{}
-	for i, s := range p.Steps {
-		if seen[s.VolumeID] {
-			return fmt.Errorf("steps[%d]: volume %s appears twice", i, s.VolumeID)
+	for i, id := range ids {
+		if seen[id] {
+			return fmt.Errorf("steps[%d]: %s %s appears twice", i, what, id)
 		}
-		seen[s.VolumeID] = true
+		seen[id] = true
 	}
 	return nil
 }

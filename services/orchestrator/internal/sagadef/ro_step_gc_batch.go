@@ -80,17 +80,8 @@ func newROStepGCBatch() *saga.Template {
 
 // checkGCBatch refuses parameters the volume-service would refuse whole.
 func checkGCBatch(p StepGCBatchParams) error {
-	if len(p.Steps) > MaxStepBatch {
-		return fmt.Errorf("steps: at most %d, got %d", MaxStepBatch, len(p.Steps))
-	}
-	seen := map[uuid.UUID]bool{}
-	for i, s := range p.Steps {
-		if seen[s.StashID] {
-			return fmt.Errorf("steps[%d]: stash %s appears twice", i, s.StashID)
-		}
-		seen[s.StashID] = true
-	}
-	return nil
+	_, stashes := gcBatchIDs(p)
+	return checkBatchIDs("stash", stashes)
 }
 
 func gcBatchParams(ac *saga.ActionContext) (StepGCBatchParams, uuid.UUID, error) {

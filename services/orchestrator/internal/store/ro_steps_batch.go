@@ -24,19 +24,9 @@ import (
 func (s *Store) SetStepsRunning(ctx context.Context, ids []uuid.UUID, saga uuid.UUID) ([]uuid.UUID, error) {
 	var out []uuid.UUID
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		out = nil
-		rows, err := tx.Query(ctx, `SELECT id FROM ro_replacement_step
-			WHERE id = ANY($1::uuid[]) AND state = 'running' AND operating_saga_id = $2`, ids, saga)
-		if err != nil {
+		var err error
+		if out, err = stepsHeld(ctx, tx, ids, saga, StepRunning); err != nil || len(out) > 0 {
 			return err
-		}
-		mine, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-		if err != nil {
-			return err
-		}
-		if len(mine) > 0 {
-			out = inOrder(ids, mine)
-			return nil
 		}
 		var admit *int
 		limit, err := s.rackStepsLimit(ctx, tx)
@@ -54,24 +44,14 @@ func (s *Store) SetStepsRunning(ctx context.Context, ids []uuid.UUID, saga uuid.
 			left := limit - n
 			admit = &left
 		}
-		rows, err = tx.Query(ctx, `UPDATE ro_replacement_step SET state = 'running', operating_saga_id = $2, time_modified = now()
+		rows, err := tx.Query(ctx, `UPDATE ro_replacement_step SET state = 'running', operating_saga_id = $2, time_modified = now()
 			WHERE id IN (
 				SELECT id FROM ro_replacement_step
 				WHERE id = ANY($1::uuid[]) AND state = 'requested' AND operating_saga_id IS NULL
 				ORDER BY array_position($1::uuid[], id) LIMIT $3)
 			RETURNING id`, ids, saga, admit)
-		if err != nil {
-			return err
-		}
-		claimed, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-		if err != nil {
-			return err
-		}
-		if len(claimed) == 0 {
-			return fmt.Errorf("%w: none of the %d replacement steps is requested", ErrConflict, len(ids))
-		}
-		out = inOrder(ids, claimed)
-		return nil
+		out, err = claimedInOrder(rows, err, ids, StepRequested)
+		return err
 	})
 	return out, err
 }
@@ -105,9 +85,47 @@ func inOrder(all, subset []uuid.UUID) []uuid.UUID {
 // holds Running; the others are left alone (never claimed by it, or
 // already returned: an undo accepts every state, as UndoStepRunning does).
 func (s *Store) UndoStepsRunning(ctx context.Context, ids []uuid.UUID, saga uuid.UUID) error {
+	return s.undoSteps(ctx, ids, saga, StepRunning, StepRequested)
+}
+
+// claimedInOrder reads the ids a claim's UPDATE returned, in the order of
+// ids; none is ErrConflict (every step had moved on from the state the
+// claim takes steps in).
+func claimedInOrder(rows pgx.Rows, err error, ids []uuid.UUID, from StepState) ([]uuid.UUID, error) {
+	if err != nil {
+		return nil, err
+	}
+	claimed, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, err
+	}
+	if len(claimed) == 0 {
+		return nil, fmt.Errorf("%w: none of the %d replacement steps is %s", ErrConflict, len(ids), from)
+	}
+	return inOrder(ids, claimed), nil
+}
+
+// stepsHeld returns, in the order of ids, the steps among them that saga
+// holds in state (a claim's re-run finds its own claim).
+func stepsHeld(ctx context.Context, tx pgx.Tx, ids []uuid.UUID, saga uuid.UUID, state StepState) ([]uuid.UUID, error) {
+	rows, err := tx.Query(ctx, `SELECT id FROM ro_replacement_step
+		WHERE id = ANY($1::uuid[]) AND state = $3 AND operating_saga_id = $2`, ids, saga, string(state))
+	if err != nil {
+		return nil, err
+	}
+	mine, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil || len(mine) == 0 {
+		return nil, err
+	}
+	return inOrder(ids, mine), nil
+}
+
+// undoSteps moves every step among ids that saga holds in from back to
+// to, unclaimed; the others are left alone.
+func (s *Store) undoSteps(ctx context.Context, ids []uuid.UUID, saga uuid.UUID, from, to StepState) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `UPDATE ro_replacement_step SET state = 'requested', operating_saga_id = NULL, time_modified = now()
-			WHERE id = ANY($1::uuid[]) AND state = 'running' AND operating_saga_id = $2`, ids, saga)
+		_, err := tx.Exec(ctx, `UPDATE ro_replacement_step SET state = $4, operating_saga_id = NULL, time_modified = now()
+			WHERE id = ANY($1::uuid[]) AND state = $3 AND operating_saga_id = $2`, ids, saga, string(from), string(to))
 		return err
 	})
 }
@@ -196,38 +214,18 @@ func (s *Store) SetStepsCollecting(ctx context.Context, ids, stashes []uuid.UUID
 	}
 	var out []uuid.UUID
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		out = nil
-		rows, err := tx.Query(ctx, `SELECT id FROM ro_replacement_step
-			WHERE id = ANY($1::uuid[]) AND state = 'collecting' AND operating_saga_id = $2`, ids, saga)
-		if err != nil {
+		var err error
+		if out, err = stepsHeld(ctx, tx, ids, saga, StepCollecting); err != nil || len(out) > 0 {
 			return err
 		}
-		mine, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-		if err != nil {
-			return err
-		}
-		if len(mine) > 0 {
-			out = inOrder(ids, mine)
-			return nil
-		}
-		rows, err = tx.Query(ctx, `UPDATE ro_replacement_step s
+		rows, err := tx.Query(ctx, `UPDATE ro_replacement_step s
 			SET state = 'collecting', operating_saga_id = $3, time_modified = now()
 			FROM unnest($1::uuid[], $2::uuid[]) AS c(id, stash)
 			WHERE s.id = c.id AND s.state = 'complete' AND s.operating_saga_id IS NULL
 				AND s.old_snapshot_volume_id = c.stash
 			RETURNING s.id`, ids, stashes, saga)
-		if err != nil {
-			return err
-		}
-		claimed, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-		if err != nil {
-			return err
-		}
-		if len(claimed) == 0 {
-			return fmt.Errorf("%w: none of the %d replacement steps is complete", ErrConflict, len(ids))
-		}
-		out = inOrder(ids, claimed)
-		return nil
+		out, err = claimedInOrder(rows, err, ids, StepComplete)
+		return err
 	})
 	return out, err
 }
@@ -236,11 +234,7 @@ func (s *Store) SetStepsCollecting(ctx context.Context, ids, stashes []uuid.UUID
 // holds Collecting; the others are left alone (an undo accepts every
 // state, as UndoStepCollecting does).
 func (s *Store) UndoStepsCollecting(ctx context.Context, ids []uuid.UUID, saga uuid.UUID) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `UPDATE ro_replacement_step SET state = 'complete', operating_saga_id = NULL, time_modified = now()
-			WHERE id = ANY($1::uuid[]) AND state = 'collecting' AND operating_saga_id = $2`, ids, saga)
-		return err
-	})
+	return s.undoSteps(ctx, ids, saga, StepCollecting, StepComplete)
 }
 
 // SetStepsCollected is the batch collect's commit, in one transaction:
