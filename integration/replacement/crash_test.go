@@ -86,8 +86,13 @@ const (
 
 func configFor(tmpl string) stack.Config {
 	switch tmpl {
-	case batchTemplate, gcBatchTemplate:
+	case batchTemplate:
 		return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=64"}}}
+	case gcBatchTemplate:
+		// A batch of one: the reference run's single clone is collected
+		// in a batch (fewer waiting than --step-batch's size, or 16, are
+		// collected one by one).
+		return stack.Config{ExtraArgs: map[string][]string{stack.Orchestrator: {"--step-batch=1"}}}
 	case "ro-replacement-step", "ro-replacement-step-garbage-collect":
 		// The per-volume path: what every step takes without the batch
 		// swap, and a volume with an Upstairs takes with it (the

@@ -165,9 +165,9 @@ func interleaveSubjects() []interleaveSubject {
 		// Last, so the sample of the others stays as it was: G, which no
 		// Upstairs runs, takes the batch (F, running, its own step).
 		{tmpl: sagadef.ROStepBatch, tune: []func(*tasks.Env){func(env *tasks.Env) { env.StepBatch = 8 }}},
-		// With it, every Complete step's stash is collected in a batch
-		// first (F's and G's both).
-		{tmpl: sagadef.ROStepGCBatch, tune: []func(*tasks.Env){func(env *tasks.Env) { env.StepBatch = 8 }}},
+		// With batches of one, every Complete step's stash is collected
+		// in a batch first (F's and G's both).
+		{tmpl: sagadef.ROStepGCBatch, tune: []func(*tasks.Env){func(env *tasks.Env) { env.StepBatch = 1 }}},
 	}
 }
 

@@ -126,10 +126,11 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 		return
 	}
 	traces := t.traces(ctx)
-	// The batch collect (Env.StepBatch): every Complete step of a request
-	// goes to its request's batch first; one the batch kept (its stash
-	// frees something, or is not the batch's to remove) is back at
-	// Complete and is collected alone.
+	// The batch collect (Env.StepBatch): the Complete steps of a request
+	// with at least minCollectBatch of them waiting go to one batch; one
+	// the batch kept (its stash frees something, or is not the batch's to
+	// remove) is back at Complete and is collected alone, as is every step
+	// of a request with fewer waiting.
 	var order []uuid.UUID
 	batches := map[uuid.UUID][]store.Step{}
 	for _, s := range steps {
@@ -155,27 +156,44 @@ func (t *roStep) collect(ctx context.Context, st *StepStatus) {
 				continue
 			}
 		}
-		// Its own key: the step's ro-replacement-step may still hold the step id's
-		// slot for a moment after committing Complete.
-		ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStepGarbageCollect,
-			sagadef.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
-			saga.WithTraceParent(traces[s.RequestID]), saga.WithSubject(s.ID.String()), saga.WithSubjectParent(s.RequestID.String()))
-		switch {
-		case err != nil:
-			errf(&st.Errors, "step %s: start garbage collect: %v", s.ID, err)
-		case ok:
-			t.mu.Lock()
-			delete(t.batchCollected, s.ID)
-			t.mu.Unlock()
-			st.StepGarbageCollectInvokedOK = append(st.StepGarbageCollectInvokedOK, "step "+s.ID.String())
-		}
+		t.collectOne(ctx, st, s, traces[s.RequestID])
 	}
 	for _, req := range order {
 		b := batches[req]
+		if len(b) < min(minCollectBatch, t.env.StepBatch) {
+			for _, s := range b {
+				t.collectOne(ctx, st, s, traces[req])
+			}
+			continue
+		}
 		if len(b) > sagadef.MaxStepBatch {
 			b = b[:sagadef.MaxStepBatch]
 		}
 		t.startCollectBatch(ctx, st, req, traces[req], b)
+	}
+}
+
+// minCollectBatch is the fewest Complete steps of one request that the step
+// task collects in a batch (or Env.StepBatch, if smaller). Below it the
+// per-step collect costs about what a batch would, and a small request's
+// sagas stay one per step.
+const minCollectBatch = 16
+
+// collectOne starts ro-replacement-step-garbage-collect on one Complete step.
+func (t *roStep) collectOne(ctx context.Context, st *StepStatus, s store.Step, traceparent string) {
+	// Its own key: the step's ro-replacement-step may still hold the step id's
+	// slot for a moment after committing Complete.
+	ok, err := startSaga(ctx, t.env, t.limiter, job{key: "collect/" + s.ID.String(), record: s.ID, request: s.RequestID, task: t.Name(), attempts: s.Attempts, skipped: &st.Skipped}, sagadef.ROStepGarbageCollect,
+		sagadef.StepGCParams{StepID: s.ID, StashID: *s.OldSnapshotVolumeID},
+		saga.WithTraceParent(traceparent), saga.WithSubject(s.ID.String()), saga.WithSubjectParent(s.RequestID.String()))
+	switch {
+	case err != nil:
+		errf(&st.Errors, "step %s: start garbage collect: %v", s.ID, err)
+	case ok:
+		t.mu.Lock()
+		delete(t.batchCollected, s.ID)
+		t.mu.Unlock()
+		st.StepGarbageCollectInvokedOK = append(st.StepGarbageCollectInvokedOK, "step "+s.ID.String())
 	}
 }
 
