@@ -13,6 +13,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -26,7 +28,8 @@ import (
 
 // Sim is the simulated agent of every dataset.
 type Sim struct {
-	pool *pgxpool.Pool
+	pool   *pgxpool.Pool
+	probes probeCache
 }
 
 var _ agentapi.Agent = (*Sim)(nil)
@@ -55,6 +58,9 @@ func (s *Sim) inTx(ctx context.Context, datasetID uuid.UUID, goneOK bool, fn fun
 					return nil
 				}
 				return fmt.Errorf("dataset %s: %w", datasetID, agentapi.ErrGone)
+			}
+			if err := lockAgents(ctx, tx, []uuid.UUID{datasetID}); err != nil {
+				return err
 			}
 			return fn(tx)
 		})
@@ -213,26 +219,34 @@ func (s *Sim) DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 }
 
 // probeSQL answers resolve for many addresses ($1 their IPs, $2 their
-// ports). Each distinct IP (an agent: a probe names a few hundred
-// addresses on a few dozen agents) is resolved to its dataset once, and
-// each address is then looked up through the indexes on its own (LATERAL
-// with LIMIT keeps the planner from hashing the whole agent tables, which
-// a plain join did: 64,000 buffers a call on a full rack).
+// ports, $3 the agent version the caller already knows the address's
+// answer at, or -1). Each distinct IP (an agent: a probe names a few
+// hundred addresses on a few dozen agents) is resolved to its dataset and
+// version once. An address is looked up only when its agent is in service
+// and its version is not the one known (the condition, on the outer row
+// alone, is a one-time filter that skips the lookup); LATERAL with LIMIT
+// keeps the planner from hashing the whole agent tables, which a plain
+// join did: 64,000 buffers a call on a full rack. Each row says whether
+// the known answer still holds (known), or else whether the port is used
+// and its content.
 const probeSQL = `
 		WITH a AS (
-			SELECT * FROM unnest($1::inet[], $2::int[]) WITH ORDINALITY AS a(ip, port, n)),
+			SELECT * FROM unnest($1::inet[], $2::int[], $3::int8[]) WITH ORDINALITY AS a(ip, port, known, n)),
 		ds AS (
-			SELECT ips.ip, d.id, d.in_service
+			SELECT ips.ip, d.id, d.in_service, d.version
 			FROM (SELECT DISTINCT ip FROM a) ips
 			CROSS JOIN LATERAL (
-				SELECT d.id, pd.policy = 'in_service' AND sl.policy = 'in_service' AS in_service
+				SELECT d.id, pd.policy = 'in_service' AND sl.policy = 'in_service' AS in_service,
+				       coalesce(v.version, 0) AS version
 				FROM crucible_dataset d
 				JOIN zpool z ON z.id = d.zpool_id
 				JOIN physical_disk pd ON pd.id = z.physical_disk_id
 				JOIN sled sl ON sl.id = pd.sled_id
+				LEFT JOIN agent_dataset_version v ON v.dataset_id = d.id
 				WHERE d.ip = ips.ip
 				LIMIT 1) d)
-		SELECT a.n, ds.id IS NOT NULL, coalesce(ds.in_service, false), sv.used IS NOT NULL, coalesce(sv.content, '')
+		SELECT a.n, ds.id IS NOT NULL, coalesce(ds.in_service, false), coalesce(ds.version, 0),
+		       coalesce(ds.version = a.known, false), sv.used IS NOT NULL, coalesce(sv.content, '')
 		FROM a
 		LEFT JOIN ds ON ds.ip = a.ip
 		LEFT JOIN LATERAL (
@@ -242,49 +256,116 @@ const probeSQL = `
 			     AND r.dataset_id = ap.dataset_id AND r.region_id = ap.region_id
 			LEFT JOIN agent_snapshot sn ON sn.dataset_id = ap.dataset_id
 			     AND sn.region_id = ap.region_id AND sn.snapshot_id = ap.snapshot_id
-			WHERE ap.dataset_id = ds.id AND ap.port = a.port
+			WHERE ds.in_service AND ds.version <> a.known
+			  AND ap.dataset_id = ds.id AND ap.port = a.port
 			LIMIT 1) sv ON true
 		ORDER BY a.n`
 
+// portAnswer is what an in-service agent's port served at an agent
+// version: whether something listens there, and its content.
+type portAnswer struct {
+	version int64
+	used    bool
+	content string
+	read    time.Time
+}
+
+// probeCacheTTL bounds how long a port's answer is offered as known. The
+// versions make the cache exact; the bound is for what they cannot see (a
+// database rewound under a running sim-agent).
+const probeCacheTTL = 10 * time.Second
+
+// probeCache holds each port's last answer. Every running sim-upstairs
+// probes all its volumes' targets every few hundred milliseconds, and
+// almost none of them change between two probes: resolving each again was
+// the simulated hardware's share of a populated rack's database, larger
+// than the control plane's.
+type probeCache struct {
+	mu      sync.Mutex
+	answers map[netip.AddrPort]portAnswer
+}
+
+// known returns the answers still offered for addrs (version -1 for none).
+func (c *probeCache) known(addrs []netip.AddrPort, now time.Time) []portAnswer {
+	out := make([]portAnswer, len(addrs))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, a := range addrs {
+		p, ok := c.answers[a]
+		if !ok || now.Sub(p.read) > probeCacheTTL {
+			p = portAnswer{version: -1}
+		}
+		out[i] = p
+	}
+	return out
+}
+
+// store records fresh answers. An answer read at an older version may
+// overwrite a newer one from a concurrent probe: the next probe then
+// re-reads it, and is never wrong.
+func (c *probeCache) store(fresh map[netip.AddrPort]portAnswer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.answers == nil {
+		c.answers = map[netip.AddrPort]portAnswer{}
+	}
+	for a, p := range fresh {
+		c.answers[a] = p
+	}
+}
+
 // ProbeTargets says, for each address, whether a live region or running
 // snapshot serves it and, when one does, the content identity it serves:
-// resolve's answer for every address, in one statement. Every running
-// sim-upstairs probes all its volumes' targets each interval, so on a
-// populated rack two statements per address made the simulated hardware
-// the database's busiest client.
+// resolve's answer for every address, in one statement. An address whose
+// agent's version is the one its cached answer was read at is not looked
+// up again: nothing on that agent has changed since, in the statement's
+// own snapshot, so the cached answer is what a lookup would read.
 func (s *Sim) ProbeTargets(ctx context.Context, addrs []netip.AddrPort) ([]agentapi.Probe, error) {
+	now := time.Now()
+	known := s.probes.known(addrs, now)
 	ips := make([]string, len(addrs))
 	ports := make([]int32, len(addrs))
+	versions := make([]int64, len(addrs))
 	for i, a := range addrs {
-		ips[i], ports[i] = a.Addr().String(), int32(a.Port())
+		ips[i], ports[i], versions[i] = a.Addr().String(), int32(a.Port()), known[i].version
 	}
-	rows, err := s.pool.Query(ctx, probeSQL, ips, ports)
+	rows, err := s.pool.Query(ctx, probeSQL, ips, ports, versions)
 	if err != nil {
 		return nil, fmt.Errorf("probe targets: %w", err)
 	}
 	out := make([]agentapi.Probe, len(addrs))
-	var n int64
-	var found, inService, used bool
+	fresh := map[netip.AddrPort]portAnswer{}
+	var n, version int64
+	var found, inService, unchanged, used bool
 	var content string
-	_, err = pgx.ForEachRow(rows, []any{&n, &found, &inService, &used, &content}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&n, &found, &inService, &version, &unchanged, &used, &content}, func() error {
 		if n < 1 || int(n) > len(out) {
 			return fmt.Errorf("probe targets: row for address %d of %d", n, len(out))
 		}
+		i := n - 1
+		if found && inService {
+			if unchanged {
+				used, content = known[i].used, known[i].content
+			} else {
+				fresh[addrs[i]] = portAnswer{version: version, used: used, content: content, read: now}
+			}
+		}
 		switch {
 		case !found:
-			out[n-1] = agentapi.Probe{Result: agentapi.Destroyed}
+			out[i] = agentapi.Probe{Result: agentapi.Destroyed}
 		case !inService:
-			out[n-1] = agentapi.Probe{Result: agentapi.Unreachable}
+			out[i] = agentapi.Probe{Result: agentapi.Unreachable}
 		case !used:
-			out[n-1] = agentapi.Probe{Result: agentapi.Destroyed}
+			out[i] = agentapi.Probe{Result: agentapi.Destroyed}
 		default:
-			out[n-1] = agentapi.Probe{Result: agentapi.Served, Content: content}
+			out[i] = agentapi.Probe{Result: agentapi.Served, Content: content}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("probe targets: %w", err)
 	}
+	s.probes.store(fresh)
 	return out, nil
 }
 

@@ -52,11 +52,14 @@ var (
 func WriteContent(writeID uuid.UUID) string { return "write:" + writeID.String() }
 
 // dataTx runs a data-path call's transaction, fenced like every agent call.
-// Unlike inTx it spans several agents: a write or a repair reaches every
-// copy of a region set, each on its own dataset.
-func (s *Sim) dataTx(ctx context.Context, fn func(pgx.Tx) error) error {
+// Unlike inTx it spans several agents, those at addrs: a write or a repair
+// reaches every copy of a region set, each on its own dataset.
+func (s *Sim) dataTx(ctx context.Context, addrs []netip.AddrPort, fn func(pgx.Tx) error) error {
 	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := fence.Check(ctx, tx); err != nil {
+			return err
+		}
+		if err := lockAgentsAt(ctx, tx, addrs); err != nil {
 			return err
 		}
 		return fn(tx)
@@ -70,7 +73,7 @@ func (s *Sim) dataTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // is ErrReadOnly and nothing is written.
 func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UUID) (content string, written, skipped []netip.AddrPort, err error) {
 	content = WriteContent(writeID)
-	err = s.dataTx(ctx, func(tx pgx.Tx) error {
+	err = s.dataTx(ctx, addrs, func(tx pgx.Tx) error {
 		written, skipped = written[:0], skipped[:0]
 		var objs []servedObject
 		for _, a := range dedup(addrs) {
@@ -118,7 +121,7 @@ func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UU
 // Any address serving read-only data is ErrReadOnly. Nothing changes on
 // error.
 func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (content string, repaired []netip.AddrPort, err error) {
-	err = s.dataTx(ctx, func(tx pgx.Tx) error {
+	err = s.dataTx(ctx, addrs, func(tx pgx.Tx) error {
 		repaired = repaired[:0]
 		served := map[netip.AddrPort]servedObject{}
 		for _, a := range dedup(addrs) {

@@ -209,3 +209,39 @@ func datasetByIP(ctx context.Context, q db.Querier, ip netip.Addr) (datasetID uu
 	}
 	return datasetID, inService, true, nil
 }
+
+// lockAgents changes the versions of the given agents (datasets) in this
+// transaction, in dataset order, before anything else on them changes. The
+// tables' trigger changes them anyway on every write; taking them first
+// and in one order keeps two transactions from each holding what the other
+// waits for (one agent's version and another's row, or two agents'
+// versions taken in opposite orders).
+func lockAgents(ctx context.Context, q db.Querier, datasetIDs []uuid.UUID) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO agent_dataset_version (dataset_id, version)
+		SELECT id, nextval('agent_version_seq')
+		FROM (SELECT DISTINCT unnest($1::uuid[]) AS id) d ORDER BY id
+		ON CONFLICT (dataset_id) DO UPDATE SET version = EXCLUDED.version`, datasetIDs)
+	if err != nil {
+		return fmt.Errorf("lock agents: %w", err)
+	}
+	return nil
+}
+
+// lockAgentsAt is lockAgents for the agents at the given addresses' IPs
+// (unknown IPs are skipped: nothing there can change).
+func lockAgentsAt(ctx context.Context, q db.Querier, addrs []netip.AddrPort) error {
+	ips := make([]string, len(addrs))
+	for i, a := range addrs {
+		ips[i] = a.Addr().String()
+	}
+	_, err := q.Exec(ctx, `
+		INSERT INTO agent_dataset_version (dataset_id, version)
+		SELECT id, nextval('agent_version_seq')
+		FROM (SELECT DISTINCT d.id FROM crucible_dataset d WHERE d.ip = ANY($1::inet[])) d ORDER BY id
+		ON CONFLICT (dataset_id) DO UPDATE SET version = EXCLUDED.version`, ips)
+	if err != nil {
+		return fmt.Errorf("lock agents: %w", err)
+	}
+	return nil
+}
