@@ -220,31 +220,28 @@ func (s *Sim) DeleteSnapshot(ctx context.Context, datasetID, regionID, snapshotI
 
 // probeSQL answers resolve for many addresses ($1 their IPs, $2 their
 // ports, $3 the agent version the caller already knows the address's
-// answer at, or -1). Each distinct IP (an agent: a probe names a few
-// hundred addresses on a few dozen agents) is resolved to its dataset and
-// version once. An address is looked up only when its agent is in service
-// and its version is not the one known (the condition, on the outer row
-// alone, is a one-time filter that skips the lookup); LATERAL with LIMIT
-// keeps the planner from hashing the whole agent tables, which a plain
-// join did: 64,000 buffers a call on a full rack. Each row says whether
-// the known answer still holds (known), or else whether the port is used
-// and its content.
+// answer at, or -1). The agents named (a probe names a few thousand
+// addresses on a few hundred agents) are resolved to their datasets and
+// versions in one join of the inventory, which is small: looked up one IP
+// at a time it scanned the zpools once per agent. An address is looked up
+// only when its agent is in service and its version is not the one known
+// (the condition, on the outer row alone, is a one-time filter that skips
+// the lookup); LATERAL with LIMIT keeps the planner from hashing the
+// whole agent tables, which a plain join did: 64,000 buffers a call on a
+// full rack. Each row says whether the known answer still holds
+// (known), or else whether the port is used and its content.
 const probeSQL = `
 		WITH a AS (
 			SELECT * FROM unnest($1::inet[], $2::int[], $3::int8[]) WITH ORDINALITY AS a(ip, port, known, n)),
 		ds AS (
-			SELECT ips.ip, d.id, d.in_service, d.version
-			FROM (SELECT DISTINCT ip FROM a) ips
-			CROSS JOIN LATERAL (
-				SELECT d.id, pd.policy = 'in_service' AND sl.policy = 'in_service' AS in_service,
-				       coalesce(v.version, 0) AS version
-				FROM crucible_dataset d
-				JOIN zpool z ON z.id = d.zpool_id
-				JOIN physical_disk pd ON pd.id = z.physical_disk_id
-				JOIN sled sl ON sl.id = pd.sled_id
-				LEFT JOIN agent_dataset_version v ON v.dataset_id = d.id
-				WHERE d.ip = ips.ip
-				LIMIT 1) d)
+			SELECT d.ip, d.id, pd.policy = 'in_service' AND sl.policy = 'in_service' AS in_service,
+			       coalesce(v.version, 0) AS version
+			FROM crucible_dataset d
+			JOIN zpool z ON z.id = d.zpool_id
+			JOIN physical_disk pd ON pd.id = z.physical_disk_id
+			JOIN sled sl ON sl.id = pd.sled_id
+			LEFT JOIN agent_dataset_version v ON v.dataset_id = d.id
+			WHERE d.ip IN (SELECT ip FROM a))
 		SELECT a.n, ds.id IS NOT NULL, coalesce(ds.in_service, false), coalesce(ds.version, 0),
 		       coalesce(ds.version = a.known, false), sv.used IS NOT NULL, coalesce(sv.content, '')
 		FROM a
