@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -26,6 +27,36 @@ type Task interface {
 	Description() string
 	// Activate does one pass and returns its status (JSON-serialisable).
 	Activate(ctx context.Context) any
+}
+
+// Why a pass runs, as Trigger reports it and the pass metric counts it.
+const (
+	// TriggerPeriod is the task's period: the safety net.
+	TriggerPeriod = "period"
+	// TriggerRetry is the shorter wait after a pass that reported errors.
+	TriggerRetry = "retry"
+	// TriggerActivation is Activate: whatever advanced the records the
+	// task waits on (a finished saga, a released lock).
+	TriggerActivation = "activation"
+	// TriggerOperator is ActivateByOperator: AdminService.
+	TriggerOperator = "operator"
+)
+
+type triggerKey struct{}
+
+// WithTrigger returns ctx for a pass run for trigger: what the driver
+// gives each pass, and how a task's test runs a pass as the driver would.
+func WithTrigger(ctx context.Context, trigger string) context.Context {
+	return context.WithValue(ctx, triggerKey{}, trigger)
+}
+
+// Trigger says why the pass running under ctx runs (one of the Trigger
+// constants; "" outside a pass). A task may pace expensive work across
+// activations, which can come after every finished saga, but should not
+// pace it on the period, a retry or an operator's request.
+func Trigger(ctx context.Context) string {
+	t, _ := ctx.Value(triggerKey{}).(string)
+	return t
 }
 
 // ErrUnknownTask is returned by Activate for an unregistered name.
@@ -48,6 +79,9 @@ type entry struct {
 	period  time.Duration
 	kick    chan struct{}
 	limiter *Limiter
+	// operator is set by ActivateByOperator until the pass it asked for
+	// starts.
+	operator atomic.Bool
 
 	mu     sync.Mutex
 	status Status
@@ -129,16 +163,19 @@ func (d *Driver) loop(ctx context.Context, e *entry) {
 	defer timer.Stop()
 	var retry time.Duration // the wait since the last pass erred; 0 after a clean one
 	for {
-		trigger := "period"
+		trigger := TriggerPeriod
 		if retry > 0 {
-			trigger = "retry"
+			trigger = TriggerRetry
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		case <-e.kick:
-			trigger = "activation"
+			trigger = TriggerActivation
+			if e.operator.Swap(false) {
+				trigger = TriggerOperator
+			}
 			if !timer.Stop() {
 				select {
 				case <-timer.C:
@@ -167,7 +204,7 @@ func (d *Driver) activate(ctx context.Context, e *entry, trigger string) (erred 
 	e.mu.Lock()
 	e.status.LastStarted = began
 	e.mu.Unlock()
-	st := e.task.Activate(ctx)
+	st := e.task.Activate(WithTrigger(ctx, trigger))
 	raw, err := json.Marshal(st)
 	if err != nil {
 		raw, _ = json.Marshal(map[string]string{"error": "status not serialisable: " + err.Error()})
@@ -185,17 +222,42 @@ func (d *Driver) activate(ctx context.Context, e *entry, trigger string) (erred 
 // Activate asks a task to run as soon as possible. Requests while it runs
 // coalesce into one more run.
 func (d *Driver) Activate(name string) error {
-	d.mu.Lock()
-	e, ok := d.entries[name]
-	d.mu.Unlock()
-	if !ok {
-		return ErrUnknownTask
+	e, err := d.lookup(name)
+	if err != nil {
+		return err
 	}
+	e.wake()
+	return nil
+}
+
+// ActivateByOperator is Activate for an operator's request: the pass it
+// runs has TriggerOperator, which a task may not pace (see Trigger).
+func (d *Driver) ActivateByOperator(name string) error {
+	e, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	e.operator.Store(true)
+	e.wake()
+	return nil
+}
+
+func (d *Driver) lookup(name string) (*entry, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.entries[name]
+	if !ok {
+		return nil, ErrUnknownTask
+	}
+	return e, nil
+}
+
+// wake asks for one more pass; it coalesces with one already asked for.
+func (e *entry) wake() {
 	select {
 	case e.kick <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
 // Statuses lists every task's status, by name.

@@ -26,7 +26,7 @@ func newDriverMetrics() driverMetrics {
 	var out driverMetrics
 	var err error
 	if out.activations, err = m.Int64Counter("storagecp.task.activations",
-		metric.WithDescription("background task passes, by task, trigger (period or activation) and outcome (ok, or error when the pass reported errors)")); err != nil {
+		metric.WithDescription("background task passes, by task, trigger (period, retry, activation or operator) and outcome (ok, or error when the pass reported errors)")); err != nil {
 		out.activations, _ = nm.Int64Counter("")
 	}
 	if out.duration, err = m.Float64Histogram("storagecp.task.duration",

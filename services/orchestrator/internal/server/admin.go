@@ -70,7 +70,7 @@ func (a *admin) ListBackgroundTasks(ctx context.Context, req *orchestratorv1.Lis
 }
 
 func (a *admin) ActivateBackgroundTask(ctx context.Context, req *orchestratorv1.ActivateBackgroundTaskRequest) (*orchestratorv1.ActivateBackgroundTaskResponse, error) {
-	if err := a.s.driver.Activate(req.Name); errors.Is(err, background.ErrUnknownTask) {
+	if err := a.s.driver.ActivateByOperator(req.Name); errors.Is(err, background.ErrUnknownTask) {
 		return nil, status.Errorf(codes.NotFound, "name: no background task %q", req.Name)
 	}
 	return &orchestratorv1.ActivateBackgroundTaskResponse{}, nil

@@ -1,10 +1,13 @@
 package tasks
 
 import (
+	"context"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
+
+	"storagecp.dev/orchestrator/internal/background"
 )
 
 // pacer spaces out expensive per-request work of a task that runs far more
@@ -88,4 +91,41 @@ func (p *pacer) forget(id uuid.UUID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.last, id)
+}
+
+// listingPacer paces a detector's listing of every target on an expunged
+// disk. The detectors are activated after every released lock and every
+// finished rebuild, hundreds of times during a sled's replacement, and
+// each pass listed every target of the sled again although nothing new
+// can appear there but by an expunge, a snapshot or allocation racing
+// one, or an operator. So a listing is repeated on an activation at most
+// every `every`, and a put-off listing gets a follow-up pass; a listing
+// that left work to retry (a target skipped for a held lock, an error),
+// and every pass on the period, a retry or an operator's request, lists
+// at once.
+type listingPacer struct {
+	pacer
+	retry bool // the last listing left work to retry
+}
+
+// due reports whether this pass lists; when it does not, kick runs when
+// it may.
+func (p *listingPacer) due(ctx context.Context, kick func()) bool {
+	p.mu.Lock()
+	retry := p.retry
+	p.mu.Unlock()
+	ok, wait := p.pacer.due(uuid.Nil)
+	if ok || retry || background.Trigger(ctx) != background.TriggerActivation {
+		return true
+	}
+	p.kickAfter(wait, kick)
+	return false
+}
+
+// listed records how the listing went: clean when it left nothing to
+// retry.
+func (p *listingPacer) listed(clean bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.retry = !clean
 }

@@ -20,6 +20,8 @@ import (
 type roDetector struct {
 	env  Env
 	lost lostAnswers // targets whose request insert ended in an error
+	// listings paces the listing (the zero value lists every pass).
+	listings listingPacer
 }
 
 // DetectorStatus is the detector's status per activation.
@@ -27,6 +29,9 @@ type DetectorStatus struct {
 	RequestsCreatedOK []string `json:"requests_created_ok"`
 	Skipped           Skips    `json:"skipped"`
 	Errors            []string `json:"errors"`
+	// ListingPaced: this pass did not list the expunged disks' targets
+	// (the last listing was clean and recent; a later pass will).
+	ListingPaced bool `json:"listing_paced,omitempty"`
 }
 
 // RODetectorName is the task's name (AdminService, metrics, logs).
@@ -40,12 +45,27 @@ func (t *roDetector) Description() string {
 func (t *roDetector) Activate(ctx context.Context) any {
 	st := &DetectorStatus{RequestsCreatedOK: []string{}, Errors: []string{}}
 	d := t.env.Deps
+	if !t.listings.due(ctx, func() { sagadef.Wakeup(d.Wake.RODetector) }) {
+		st.ListingPaced = true
+		return st
+	}
+	t.list(ctx, st)
+	t.listings.listed(len(st.Errors) == 0 && st.Skipped.Total == 0)
+	if len(st.RequestsCreatedOK) > 0 {
+		sagadef.Wakeup(d.Wake.ROStart)
+	}
+	return st
+}
+
+// list creates a request for every listed target that has none.
+func (t *roDetector) list(ctx context.Context, st *DetectorStatus) {
+	d := t.env.Deps
 	token := ""
 	for {
 		resp, err := d.Allocator.ListExpungedTargets(ctx, &allocatorv1.ListExpungedTargetsRequest{PageSize: 1000, PageToken: token, OmitReadWriteRegions: true})
 		if err != nil {
 			errf(&st.Errors, "listing expunged targets: %v", err)
-			return st
+			return
 		}
 		for _, rs := range resp.RegionSnapshots {
 			t.request(ctx, st, store.KindRegionSnapshot, rs.TargetId, rs.RegionId, rs.SnapshotId, rs.DatasetId)
@@ -56,13 +76,9 @@ func (t *roDetector) Activate(ctx context.Context) any {
 			t.request(ctx, st, store.KindReadOnlyRegion, r.RegionId, r.RegionId, r.AllocatedFor, "")
 		}
 		if token = resp.NextPageToken; token == "" {
-			break
+			return
 		}
 	}
-	if len(st.RequestsCreatedOK) > 0 {
-		sagadef.Wakeup(d.Wake.ROStart)
-	}
-	return st
 }
 
 func (t *roDetector) request(ctx context.Context, st *DetectorStatus, kind store.ReadOnlyKind, target, region, snapshot, dataset string) {

@@ -35,11 +35,18 @@ type rwDetector struct {
 	// Between scans only the requests the pass admits are asked. The
 	// zero value scans every pass.
 	deletedScans pacer
+	// listings paces the listing of the expunged disks' rw regions (the
+	// zero value lists every pass).
+	listings listingPacer
 }
 
 // deletedScanEvery bounds how often the rw detector asks about the volume
 // of every waiting request.
 const deletedScanEvery = time.Second
+
+// listingEvery bounds how often an activation of a detector lists every
+// target on the expunged disks again after a clean listing.
+const listingEvery = time.Second
 
 // RWDetectorStatus is the rw detector's status per activation.
 type RWDetectorStatus struct {
@@ -51,6 +58,9 @@ type RWDetectorStatus struct {
 	// Budgets: the rebuild budgets' plan this pass (shared with the
 	// read-only start task).
 	Budgets *BudgetStatus `json:"budgets,omitempty"`
+	// ListingPaced: this pass did not list the expunged disks' regions
+	// (the last listing was clean and recent; a later pass will).
+	ListingPaced bool `json:"listing_paced,omitempty"`
 }
 
 // RWDetectorName is the task's name (AdminService, metrics, logs).
@@ -63,7 +73,12 @@ func (t *rwDetector) Description() string {
 
 func (t *rwDetector) Activate(ctx context.Context) any {
 	st := &RWDetectorStatus{RequestsCreatedOK: []string{}, StartInvokedOK: []string{}, RequestsCompletedOK: []string{}, Errors: []string{}}
-	t.detect(ctx, st)
+	if t.listings.due(ctx, func() { sagadef.Wakeup(t.env.Deps.Wake.RWDetector) }) {
+		t.detect(ctx, st)
+		t.listings.listed(len(st.Errors) == 0 && st.Skipped.Total == 0)
+	} else {
+		st.ListingPaced = true
+	}
 	t.start(ctx, st)
 	return st
 }

@@ -241,7 +241,8 @@ func (t *rwDrive) bound(ctx context.Context, r store.RWReplacement, rs sagadef.R
 // registerRW adds the rw region replacement tasks; the drive task runs at
 // least every DefaultDrivePeriod.
 func registerRW(d *background.Driver, env Env) {
-	det := &rwDetector{env: env, limiter: background.NewLimiter(env.MaxSagas, 1), deletedScans: pacer{every: deletedScanEvery}}
+	det := &rwDetector{env: env, limiter: background.NewLimiter(env.MaxSagas, 1), deletedScans: pacer{every: deletedScanEvery},
+		listings: listingPacer{pacer: pacer{every: listingEvery}}}
 	d.Register(det, env.Period, det.limiter)
 	drivePeriod := env.Period
 	if drivePeriod <= 0 || drivePeriod > DefaultDrivePeriod {

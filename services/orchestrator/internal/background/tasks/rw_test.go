@@ -178,11 +178,14 @@ func (f *fixture) wantCompleteUnlocked(region, volume uuid.UUID) {
 }
 
 // Another repair holding the volume's lock: no request, no error; the next
-// pass after the lock is free creates it.
+// pass after the lock is free creates it, at once, although listings are
+// paced: the last one left work to retry.
 func TestRWDetectorRetriesContendedLock(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 5)
-	ctx := context.Background()
+	ctx := background.WithTrigger(context.Background(), background.TriggerActivation)
+	det := f.rwDetector()
+	det.listings.every = time.Hour
 	disk := f.disk()
 	region := f.expungeRegionOf(disk)
 	// Scenario 2's other side: a read-only request holding the volume.
@@ -193,7 +196,7 @@ func TestRWDetectorRetriesContendedLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds := f.rwDetector().Activate(ctx).(*RWDetectorStatus)
+	ds := det.Activate(ctx).(*RWDetectorStatus)
 	noErrors(t, ds.Errors)
 	if len(ds.RequestsCreatedOK) != 0 {
 		t.Fatalf("created %v while the lock was held", ds.RequestsCreatedOK)
@@ -205,11 +208,98 @@ func TestRWDetectorRetriesContendedLock(t *testing.T) {
 	if err := f.e.Store.SetROCompleteFromRequested(ctx, holder.ID); err != nil {
 		t.Fatal(err)
 	}
-	ds = f.rwDetector().Activate(ctx).(*RWDetectorStatus)
+	ds = det.Activate(ctx).(*RWDetectorStatus)
 	noErrors(t, ds.Errors)
 	if len(ds.RequestsCreatedOK) != 1 {
 		t.Fatalf("after release: %+v", ds)
 	}
+	allSucceeded(t, f.rec.settle(t))
+}
+
+// After a clean listing, an activation within listingEvery does not list
+// the expunged disks again but schedules a pass that does; the period, a
+// retry and an operator's request always list. Both detectors.
+func TestDetectorsPaceListingsOnActivations(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 7) // three expunged, three left for a new disk
+	activation := background.WithTrigger(context.Background(), background.TriggerActivation)
+	operator := background.WithTrigger(context.Background(), background.TriggerOperator)
+	deps := *f.env.Deps
+	rwWoke, roWoke := make(chan struct{}, 8), make(chan struct{}, 8)
+	deps.Wake.RWDetector = func() { rwWoke <- struct{}{} }
+	deps.Wake.RODetector = func() { roWoke <- struct{}{} }
+	rw := f.rwDetector()
+	rw.env.Deps = &deps
+	// Long enough to make a disk and a snapshot in, on a loaded machine.
+	rw.listings.every = 3 * time.Second
+	ro := f.detector()
+	ro.env.Deps = &deps
+	ro.listings.every = rw.listings.every
+	pass := func(ctx context.Context) (*RWDetectorStatus, *DetectorStatus) {
+		t.Helper()
+		rs := rw.Activate(ctx).(*RWDetectorStatus)
+		noErrors(t, rs.Errors)
+		os := ro.Activate(ctx).(*DetectorStatus)
+		noErrors(t, os.Errors)
+		return rs, os
+	}
+	hasRequests := func(step string, region uuid.UUID, snap uuid.UUID, want bool) {
+		t.Helper()
+		if _, ok := f.rwRequestFor(region); ok != want {
+			t.Errorf("%s: rw request for region %s: %v, want %v", step, region, ok, want)
+		}
+		reqs, err := f.e.Store.ListROReplacements(context.Background(), "", uuid.Nil, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, r := range reqs {
+			found = found || r.OldSnapshotID == snap
+		}
+		if found != want {
+			t.Errorf("%s: read-only request for snapshot %s: %v, want %v", step, snap, found, want)
+		}
+	}
+	// expunge expunges a new disk's first region, under a snapshot of
+	// the disk: one rw and one read-only target to detect.
+	expunge := func() (region, snap uuid.UUID) {
+		disk := f.disk()
+		snap = f.snapshot(disk)
+		return f.expungeRegionOf(disk), snap
+	}
+
+	r1, s1 := expunge()
+	rs, os := pass(activation)
+	if rs.ListingPaced || os.ListingPaced {
+		t.Fatalf("first pass paced: %+v %+v", rs, os)
+	}
+	hasRequests("first pass", r1, s1, true)
+
+	r2, s2 := expunge()
+	rs, os = pass(activation)
+	if !rs.ListingPaced || !os.ListingPaced {
+		t.Fatalf("an activation right after a clean listing listed: %+v %+v", rs, os)
+	}
+	hasRequests("paced pass", r2, s2, false)
+	for name, woke := range map[string]chan struct{}{"rw": rwWoke, "read-only": roWoke} {
+		select {
+		case <-woke:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s detector: no pass scheduled for the put-off listing", name)
+		}
+	}
+	rs, os = pass(activation)
+	if rs.ListingPaced || os.ListingPaced {
+		t.Fatalf("the scheduled pass was paced: %+v %+v", rs, os)
+	}
+	hasRequests("scheduled pass", r2, s2, true)
+
+	r3, s3 := expunge()
+	rs, os = pass(operator)
+	if rs.ListingPaced || os.ListingPaced {
+		t.Fatalf("an operator's pass was paced: %+v %+v", rs, os)
+	}
+	hasRequests("operator's pass", r3, s3, true)
 	allSucceeded(t, f.rec.settle(t))
 }
 

@@ -84,7 +84,7 @@ func Register(d *background.Driver, env Env) {
 		},
 	}
 	add := func(t background.Task, l *background.Limiter) { d.Register(t, env.Period, l) }
-	add(&roDetector{env: env}, nil)
+	add(&roDetector{env: env, listings: listingPacer{pacer: pacer{every: listingEvery}}}, nil)
 	start := &roStart{env: env, limiter: background.NewLimiter(env.MaxSagas, 1)}
 	add(start, start.limiter)
 	gc := &roGC{env: env, limiter: background.NewLimiter(env.MaxSagas, 1)}
