@@ -341,3 +341,58 @@ func TestRWDetectorCompletesDeletedVolumeBetweenScans(t *testing.T) {
 		t.Fatal("no pass scheduled for the skipped scan")
 	}
 }
+
+// One pass requests every rw region of an expunged disk, several at once,
+// each exactly once, and reports each once; the next pass creates none.
+func TestRWDetectorRequestsEveryRegionOfADisk(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	var disks []uuid.UUID
+	for range 3 * requestWorkers {
+		disks = append(disks, f.disk())
+	}
+	f.expungeRegionOf(disks[0])
+	want := 0
+	det := f.rwDetector()
+	ds := det.Activate(ctx).(*RWDetectorStatus)
+	noErrors(t, ds.Errors)
+	expunged := map[string]bool{}
+	disksResp, err := f.e.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disksResp.Disks {
+		if d.Policy == allocatorv1.Policy_POLICY_EXPUNGED {
+			expunged[d.DatasetId] = true
+		}
+	}
+	for _, v := range disks {
+		resp, err := f.e.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: v.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tg := range resp.Volume.Targets {
+			if tg.Kind == commonv1.TargetKind_TARGET_KIND_RW_REGION && expunged[tg.DatasetId] {
+				want++
+				if _, ok := f.rwRequestFor(uuid.MustParse(tg.TargetId)); !ok {
+					t.Errorf("region %s of volume %s: no request", tg.TargetId, v)
+				}
+			}
+		}
+	}
+	if want < requestWorkers || len(ds.RequestsCreatedOK) != want {
+		t.Fatalf("%d requests reported for %d regions on the disk (want at least %d regions): %v", len(ds.RequestsCreatedOK), want, requestWorkers, ds.RequestsCreatedOK)
+	}
+	reqs, err := f.e.Store.ListRWReplacements(ctx, "", uuid.Nil, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reqs) != want {
+		t.Errorf("%d requests stored, want %d", len(reqs), want)
+	}
+	if again := det.Activate(ctx).(*RWDetectorStatus); len(again.RequestsCreatedOK) != 0 {
+		t.Errorf("second pass created %v", again.RequestsCreatedOK)
+	}
+	allSucceeded(t, f.rec.settle(t))
+}
