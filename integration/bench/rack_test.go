@@ -74,6 +74,9 @@ type rackResult struct {
 	OldestLockWaitGaugeS float64 `json:"oldest_lock_wait_gauge_seconds"`
 	// From the expunge to every request terminal.
 	SecondsToTerminal float64 `json:"seconds_to_terminal"`
+	// From the expunge to the last request's creation: how long the
+	// detectors took to see the whole sled.
+	SecondsToLastRequest float64 `json:"seconds_to_last_request"`
 	MsPerTarget       float64 `json:"ms_per_replaced_target"`
 	// Per request: created → terminal (its last modification).
 	P50Seconds       float64 `json:"p50_seconds"`
@@ -320,13 +323,17 @@ func rackRun(t *testing.T, pop population, record func(rackResult)) {
 	res.LoadAfter = loadAverage()
 
 	res.Replaced = len(reqs)
-	var last time.Time
+	var last, lastCreated time.Time
 	for _, q := range reqs {
 		if m := q.TimeModified.AsTime(); m.After(last) {
 			last = m
 		}
+		if c := q.RequestTime.AsTime(); c.After(lastCreated) {
+			lastCreated = c
+		}
 	}
 	res.SecondsToTerminal = last.Sub(began).Seconds()
+	res.SecondsToLastRequest = lastCreated.Sub(began).Seconds()
 	res.MsPerTarget = res.SecondsToTerminal * 1000 / float64(res.Replaced)
 	res.Requests, res.Outcomes = map[string]int{}, map[string]int{}
 	var per []time.Duration
@@ -433,6 +440,7 @@ func printRack(results []rackResult) {
 	row("longest lock wait_s (gauge)", func(r rackResult) string {
 		return fmt.Sprintf("%.1f (%.1f)", r.LongestLockWaitS, r.OldestLockWaitGaugeS)
 	})
+	row("last request created_s", num("%.1f", func(r rackResult) float64 { return r.SecondsToLastRequest }))
 	row("terminal_s", num("%.1f", func(r rackResult) float64 { return r.SecondsToTerminal }))
 	row("ms per replaced target", num("%.1f", func(r rackResult) float64 { return r.MsPerTarget }))
 	row("per request p50/p99/max_s", func(r rackResult) string {

@@ -386,6 +386,25 @@ func (s *Store) LockWaitsOf(ctx context.Context, waiterID uuid.UUID) ([]LockWait
 	})
 }
 
+// VolumesWithLockWaiters returns the volumes whose repair lock has a live
+// waiter.
+func (s *Store) VolumesWithLockWaiters(ctx context.Context) (map[uuid.UUID]bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT w.volume_id FROM volume_lock_waiter w
+		WHERE `+waiterLiveSQL("$1"), lockWaiterLive)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uuid.UUID]bool, len(ids))
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out, nil
+}
+
 // OldestLockWait is how long the longest live lock waiter has waited, and
 // how many wait (0, 0 when nobody does).
 func (s *Store) OldestLockWait(ctx context.Context) (time.Duration, int, error) {

@@ -11,13 +11,15 @@ import (
 )
 
 // Rebuilds are admitted by operator priority, then by risk (fewest live
-// copies; uncounted last), then by age.
+// copies; uncounted last), then holders of a lock someone waits for, then
+// by age.
 func TestAdmissionOrder(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	mk := func(name string, prio, copies int32, age int) candidate {
 		id := uuid.NewSHA1(uuid.Nil, []byte(name))
 		return candidate{id: id, kind: name, order: store.Order{Priority: prio, LiveCopies: copies}, requestTime: t0.Add(time.Duration(age) * time.Second)}
 	}
+	blocking := func(c candidate) candidate { c.blocking = true; return c }
 	in := []candidate{
 		mk("two-copies-old", 0, 2, 0),
 		mk("uncounted", 0, -1, 0),
@@ -25,13 +27,16 @@ func TestAdmissionOrder(t *testing.T) {
 		mk("one-copy-old", 0, 1, 1),
 		mk("priority-two-copies", 5, 2, 20),
 		mk("negative-priority-one-copy", -1, 1, 0),
+		blocking(mk("two-copies-blocking-young", 0, 2, 30)),
+		blocking(mk("uncounted-blocking", 0, -1, 40)),
 	}
 	slices.SortFunc(in, before)
 	var got []string
 	for _, c := range in {
 		got = append(got, c.kind)
 	}
-	want := []string{"priority-two-copies", "one-copy-old", "one-copy-young", "two-copies-old", "uncounted", "negative-priority-one-copy"}
+	want := []string{"priority-two-copies", "one-copy-old", "one-copy-young", "two-copies-blocking-young", "two-copies-old",
+		"uncounted-blocking", "uncounted", "negative-priority-one-copy"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("order %v, want %v", got, want)
 	}

@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -120,5 +121,36 @@ func TestPlanAdmitsADestRefusalOnceNoSledIsFull(t *testing.T) {
 	}
 	if len(admitted) != 1 || admitted[0].id != r.ID {
 		t.Fatalf("admitted %v, want request %s; held back: %v", admitted, r.ID, st.HeldBack)
+	}
+}
+
+// Among equals, a plan admits first the request whose volume lock someone
+// waits for: here a younger snapshot request, with a second target of its
+// snapshot queued behind it, goes before an older one nobody waits for.
+func TestPlanAdmitsALockWaitedForFirst(t *testing.T) {
+	ctx := context.Background()
+	s := store.New(testenv.Start(t, testenv.Options{}).Pool, store.WithRebuildLimits(store.Limits{RackRebuilds: 1}))
+	older := waitingRO(t, s)
+	time.Sleep(10 * time.Millisecond) // a later request time
+	waited := waitingRO(t, s)
+	ds := uuid.New()
+	_, _, err := s.InsertROReplacement(ctx, store.ROReplacement{
+		ID: uuid.New(), Kind: store.KindRegionSnapshot, OldTargetID: uuid.New(), OldRegionID: uuid.New(),
+		OldDatasetID: &ds, OldSnapshotID: waited.OldSnapshotID, LockVolumeID: waited.LockVolumeID,
+	})
+	if !errors.Is(err, store.ErrLockHeld) {
+		t.Fatalf("a second request on a held snapshot: %v, want it queued behind the lock", err)
+	}
+	env := Env{Deps: &sagadef.Deps{Store: s, Allocator: &copyCounter{}}, Admission: NewAdmission()}
+	admitted, _, _, err := env.plan(ctx, kindRO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(admitted) != 1 || admitted[0].id != waited.ID {
+		var got []uuid.UUID
+		for _, c := range admitted {
+			got = append(got, c.id)
+		}
+		t.Fatalf("admitted %v, want only %s (waited for), not %s (older)", got, waited.ID, older.ID)
 	}
 }
