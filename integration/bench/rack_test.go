@@ -77,7 +77,7 @@ type rackResult struct {
 	// From the expunge to the last request's creation: how long the
 	// detectors took to see the whole sled.
 	SecondsToLastRequest float64 `json:"seconds_to_last_request"`
-	MsPerTarget       float64 `json:"ms_per_replaced_target"`
+	MsPerTarget          float64 `json:"ms_per_replaced_target"`
 	// Per request: created → terminal (its last modification).
 	P50Seconds       float64 `json:"p50_seconds"`
 	P99Seconds       float64 `json:"p99_seconds"`

@@ -269,8 +269,9 @@ type portAnswer struct {
 
 // probeCacheTTL bounds how long a port's answer is offered as known. The
 // versions make the cache exact; the bound is for what they cannot see (a
-// database rewound under a running sim-agent).
-const probeCacheTTL = 10 * time.Second
+// database rewound under a running sim-agent). At 10 s, a third of a
+// full rack's probes (every 3 s) re-read every address.
+const probeCacheTTL = time.Minute
 
 // probeCache holds each port's last answer. Every running sim-upstairs
 // probes all its volumes' targets every few hundred milliseconds, and
