@@ -52,14 +52,13 @@ var (
 func WriteContent(writeID uuid.UUID) string { return "write:" + writeID.String() }
 
 // dataTx runs a data-path call's transaction, fenced like every agent call.
-// Unlike inTx it spans several agents, those at addrs: a write or a repair
-// reaches every copy of a region set, each on its own dataset.
-func (s *Sim) dataTx(ctx context.Context, addrs []netip.AddrPort, fn func(pgx.Tx) error) error {
+// Unlike inTx it spans several agents: a write or a repair reaches every
+// copy of a region set, each on its own dataset. It reads first and takes
+// the versions of only the agents it then writes (setContents), so that a
+// reconciliation that changes nothing changes no agent's version.
+func (s *Sim) dataTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := fence.Check(ctx, tx); err != nil {
-			return err
-		}
-		if err := lockAgentsAt(ctx, tx, addrs); err != nil {
 			return err
 		}
 		return fn(tx)
@@ -73,7 +72,7 @@ func (s *Sim) dataTx(ctx context.Context, addrs []netip.AddrPort, fn func(pgx.Tx
 // is ErrReadOnly and nothing is written.
 func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UUID) (content string, written, skipped []netip.AddrPort, err error) {
 	content = WriteContent(writeID)
-	err = s.dataTx(ctx, addrs, func(tx pgx.Tx) error {
+	err = s.dataTx(ctx, func(tx pgx.Tx) error {
 		written, skipped = written[:0], skipped[:0]
 		var objs []servedObject
 		for _, a := range dedup(addrs) {
@@ -91,12 +90,7 @@ func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UU
 			written = append(written, a)
 			objs = append(objs, obj)
 		}
-		for _, o := range objs {
-			if err := setAgentRegionContent(ctx, tx, o.DatasetID, o.RegionID, content); err != nil {
-				return err
-			}
-		}
-		return nil
+		return setContents(ctx, tx, objs, content)
 	})
 	if err != nil {
 		return "", nil, nil, err
@@ -121,7 +115,7 @@ func (s *Sim) Write(ctx context.Context, addrs []netip.AddrPort, writeID uuid.UU
 // Any address serving read-only data is ErrReadOnly. Nothing changes on
 // error.
 func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (content string, repaired []netip.AddrPort, err error) {
-	err = s.dataTx(ctx, addrs, func(tx pgx.Tx) error {
+	err = s.dataTx(ctx, func(tx pgx.Tx) error {
 		repaired = repaired[:0]
 		served := map[netip.AddrPort]servedObject{}
 		for _, a := range dedup(addrs) {
@@ -174,22 +168,40 @@ func (s *Sim) Repair(ctx context.Context, addrs, repair []netip.AddrPort) (conte
 				}
 			}
 		}
+		var objs []servedObject
 		for _, a := range fill {
-			o := served[a]
-			if o.Content == content {
-				continue
+			if o := served[a]; o.Content != content {
+				objs = append(objs, o)
+				repaired = append(repaired, a)
 			}
-			if err := setAgentRegionContent(ctx, tx, o.DatasetID, o.RegionID, content); err != nil {
-				return err
-			}
-			repaired = append(repaired, a)
 		}
-		return nil
+		return setContents(ctx, tx, objs, content)
 	})
 	if err != nil {
 		return "", nil, err
 	}
 	return content, repaired, nil
+}
+
+// setContents gives each object content, after taking the versions of
+// their agents (lockAgents: first, and in one order).
+func setContents(ctx context.Context, tx pgx.Tx, objs []servedObject, content string) error {
+	if len(objs) == 0 {
+		return nil
+	}
+	datasets := make([]uuid.UUID, len(objs))
+	for i, o := range objs {
+		datasets[i] = o.DatasetID
+	}
+	if err := lockAgents(ctx, tx, datasets); err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if err := setAgentRegionContent(ctx, tx, o.DatasetID, o.RegionID, content); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // reconciled is the content a reconciliation settles on (see Repair).

@@ -227,21 +227,3 @@ func lockAgents(ctx context.Context, q db.Querier, datasetIDs []uuid.UUID) error
 	}
 	return nil
 }
-
-// lockAgentsAt is lockAgents for the agents at the given addresses' IPs
-// (unknown IPs are skipped: nothing there can change).
-func lockAgentsAt(ctx context.Context, q db.Querier, addrs []netip.AddrPort) error {
-	ips := make([]string, len(addrs))
-	for i, a := range addrs {
-		ips[i] = a.Addr().String()
-	}
-	_, err := q.Exec(ctx, `
-		INSERT INTO agent_dataset_version (dataset_id, version)
-		SELECT id, nextval('agent_version_seq')
-		FROM (SELECT DISTINCT d.id FROM crucible_dataset d WHERE d.ip = ANY($1::inet[])) d ORDER BY id
-		ON CONFLICT (dataset_id) DO UPDATE SET version = EXCLUDED.version`, ips)
-	if err != nil {
-		return fmt.Errorf("lock agents: %w", err)
-	}
-	return nil
-}
