@@ -16,6 +16,7 @@ import (
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
+	"storagecp.dev/integration/harness"
 	"storagecp.dev/integration/rack"
 	"storagecp.dev/testsupport/stack"
 )
@@ -106,22 +107,6 @@ type rackResult struct {
 // terminalPoll is how often the bench lists every request to see whether
 // all are terminal.
 const terminalPoll = 250 * time.Millisecond
-
-// pollUntil is harness.Eventually at its own poll period.
-func pollUntil(t testing.TB, timeout, every time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
-		}
-		time.Sleep(every)
-	}
-}
 
 // samplePeriod is how often the sampler reads the orchestrator during the
 // replacement. Its reads are transactions too, a few per sample; at this
@@ -294,7 +279,7 @@ func rackRun(t *testing.T, pop population, record func(rackResult)) {
 	// twenty), and the time to terminal is the last request's own
 	// terminal time, not when the poll saw it.
 	var reqs []*orchestratorv1.Replacement
-	pollUntil(t, rackTimeout(t), terminalPoll, "every request of the sled terminal", func() error {
+	harness.EventuallyEvery(t, rackTimeout(t), terminalPoll, "every request of the sled terminal", func() error {
 		got, err := allReplacements(ctx, r)
 		if err != nil {
 			return err

@@ -43,3 +43,9 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 	t.Helper()
 	testenv.Eventually(t, timeout, what, cond)
 }
+
+// EventuallyEvery is Eventually polling every `every`.
+func EventuallyEvery(t testing.TB, timeout, every time.Duration, what string, cond func() error) {
+	t.Helper()
+	testenv.EventuallyEvery(t, timeout, every, what, cond)
+}

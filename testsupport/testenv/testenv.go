@@ -266,6 +266,13 @@ func Dial(t testing.TB, st *stack.Stack, addr string, opts ...grpc.DialOption) *
 // Eventually polls cond until it returns nil or the timeout passes.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
+	EventuallyEvery(t, timeout, 50*time.Millisecond, what, cond)
+}
+
+// EventuallyEvery is Eventually polling every `every`: for a condition
+// whose check is itself load worth keeping down.
+func EventuallyEvery(t testing.TB, timeout, every time.Duration, what string, cond func() error) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
@@ -275,6 +282,6 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
