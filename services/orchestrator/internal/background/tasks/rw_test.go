@@ -217,24 +217,38 @@ func TestRWDetectorRetriesContendedLock(t *testing.T) {
 }
 
 // After a clean listing, an activation within listingEvery does not list
-// the expunged disks again but schedules a pass that does; the period, a
-// retry and an operator's request always list. Both detectors.
+// the expunged disks again but schedules a pass that does; once it is due
+// an activation lists, and the period, a retry and an operator's request
+// always list. Both detectors.
 func TestDetectorsPaceListingsOnActivations(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 7) // three expunged, three left for a new disk
 	activation := background.WithTrigger(context.Background(), background.TriggerActivation)
 	operator := background.WithTrigger(context.Background(), background.TriggerOperator)
 	deps := *f.env.Deps
-	rwWoke, roWoke := make(chan struct{}, 8), make(chan struct{}, 8)
-	deps.Wake.RWDetector = func() { rwWoke <- struct{}{} }
-	deps.Wake.RODetector = func() { roWoke <- struct{}{} }
+	deps.Wake.RWDetector, deps.Wake.RODetector = func() {}, func() {}
 	rw := f.rwDetector()
 	rw.env.Deps = &deps
-	// Long enough to make a disk and a snapshot in, on a loaded machine.
-	rw.listings.every = 3 * time.Second
 	ro := f.detector()
 	ro.env.Deps = &deps
-	ro.listings.every = rw.listings.every
+	// every sets both detectors' pacing: an hour, so that a listing stays
+	// recent however slow the machine, or 0, so that it is due.
+	every := func(d time.Duration) {
+		for _, p := range []*listingPacer{&rw.listings, &ro.listings} {
+			p.mu.Lock()
+			p.every = d
+			p.mu.Unlock()
+		}
+	}
+	scheduled := func() bool {
+		ok := true
+		for _, p := range []*listingPacer{&rw.listings, &ro.listings} {
+			p.mu.Lock()
+			ok = ok && p.followUp
+			p.mu.Unlock()
+		}
+		return ok
+	}
 	pass := func(ctx context.Context) (*RWDetectorStatus, *DetectorStatus) {
 		t.Helper()
 		rs := rw.Activate(ctx).(*RWDetectorStatus)
@@ -268,6 +282,7 @@ func TestDetectorsPaceListingsOnActivations(t *testing.T) {
 		return f.expungeRegionOf(disk), snap
 	}
 
+	every(time.Hour)
 	r1, s1 := expunge()
 	rs, os := pass(activation)
 	if rs.ListingPaced || os.ListingPaced {
@@ -281,19 +296,17 @@ func TestDetectorsPaceListingsOnActivations(t *testing.T) {
 		t.Fatalf("an activation right after a clean listing listed: %+v %+v", rs, os)
 	}
 	hasRequests("paced pass", r2, s2, false)
-	for name, woke := range map[string]chan struct{}{"rw": rwWoke, "read-only": roWoke} {
-		select {
-		case <-woke:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s detector: no pass scheduled for the put-off listing", name)
-		}
+	if !scheduled() {
+		t.Fatal("no pass scheduled for the put-off listing")
 	}
+	every(0)
 	rs, os = pass(activation)
 	if rs.ListingPaced || os.ListingPaced {
-		t.Fatalf("the scheduled pass was paced: %+v %+v", rs, os)
+		t.Fatalf("a pass once the listing was due was paced: %+v %+v", rs, os)
 	}
-	hasRequests("scheduled pass", r2, s2, true)
+	hasRequests("pass when due", r2, s2, true)
 
+	every(time.Hour)
 	r3, s3 := expunge()
 	rs, os = pass(operator)
 	if rs.ListingPaced || os.ListingPaced {
@@ -301,45 +314,6 @@ func TestDetectorsPaceListingsOnActivations(t *testing.T) {
 	}
 	hasRequests("operator's pass", r3, s3, true)
 	allSucceeded(t, f.rec.settle(t))
-}
-
-// Between the paced scans of every waiting request's volume, a request the
-// pass admits is still asked about: one whose volume was deleted completes
-// instead of starting a saga, its budget reservation returned. A skipped
-// scan schedules a pass for when it is due.
-func TestRWDetectorCompletesDeletedVolumeBetweenScans(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, 5)
-	ctx := context.Background()
-	disk, region := f.deletedDiskOnAnExpungedDisk()
-	req, _, err := f.e.Store.InsertRWReplacement(ctx, store.RWReplacement{ID: uuid.New(), OldRegionID: region, VolumeID: disk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	deps := *f.env.Deps
-	woke := make(chan struct{}, 8)
-	deps.Wake.RWDetector = func() { woke <- struct{}{} }
-	det := f.rwDetector()
-	det.env.Deps = &deps
-	det.deletedScans.every = 200 * time.Millisecond
-	det.deletedScans.due(uuid.Nil) // a scan just ran
-	ds := det.Activate(ctx).(*RWDetectorStatus)
-	noErrors(t, ds.Errors)
-	if len(ds.RequestsCompletedOK) != 1 || len(ds.StartInvokedOK) != 0 {
-		t.Fatalf("detector %+v", ds)
-	}
-	if r, _ := f.rwRequestFor(region); r.ID != req.ID {
-		t.Fatalf("request %+v, want %s", r, req.ID)
-	}
-	f.wantCompleteUnlocked(region, disk)
-	if n := f.rec.count(sagadef.RWStart.Name()); n != 0 {
-		t.Errorf("%d rw-replacement-start sagas for a deleted volume", n)
-	}
-	select {
-	case <-woke:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no pass scheduled for the skipped scan")
-	}
 }
 
 // One pass requests every rw region of an expunged disk, several at once,
@@ -353,10 +327,8 @@ func TestRWDetectorRequestsEveryRegionOfADisk(t *testing.T) {
 		disks = append(disks, f.disk())
 	}
 	f.expungeRegionOf(disks[0])
-	want := 0
-	det := f.rwDetector()
-	ds := det.Activate(ctx).(*RWDetectorStatus)
-	noErrors(t, ds.Errors)
+	// The regions on the expunged disk, read before the pass: its sagas
+	// go on to replace them in their volumes.
 	expunged := map[string]bool{}
 	disksResp, err := f.e.Allocator.ListPhysicalDisks(ctx, &allocatorv1.ListPhysicalDisksRequest{PageSize: 100})
 	if err != nil {
@@ -367,6 +339,7 @@ func TestRWDetectorRequestsEveryRegionOfADisk(t *testing.T) {
 			expunged[d.DatasetId] = true
 		}
 	}
+	var onDisk []uuid.UUID
 	for _, v := range disks {
 		resp, err := f.e.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{VolumeId: v.String()})
 		if err != nil {
@@ -374,11 +347,17 @@ func TestRWDetectorRequestsEveryRegionOfADisk(t *testing.T) {
 		}
 		for _, tg := range resp.Volume.Targets {
 			if tg.Kind == commonv1.TargetKind_TARGET_KIND_RW_REGION && expunged[tg.DatasetId] {
-				want++
-				if _, ok := f.rwRequestFor(uuid.MustParse(tg.TargetId)); !ok {
-					t.Errorf("region %s of volume %s: no request", tg.TargetId, v)
-				}
+				onDisk = append(onDisk, uuid.MustParse(tg.TargetId))
 			}
+		}
+	}
+	want := len(onDisk)
+	det := f.rwDetector()
+	ds := det.Activate(ctx).(*RWDetectorStatus)
+	noErrors(t, ds.Errors)
+	for _, region := range onDisk {
+		if _, ok := f.rwRequestFor(region); !ok {
+			t.Errorf("region %s: no request", region)
 		}
 	}
 	if want < requestWorkers || len(ds.RequestsCreatedOK) != want {
