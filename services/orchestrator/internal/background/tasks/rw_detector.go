@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -133,18 +132,15 @@ const requestWorkers = 8
 // st in the regions' order.
 func (t *rwDetector) requestAll(ctx context.Context, st *RWDetectorStatus, regions []string) {
 	parts := make([]RWDetectorStatus, len(regions))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(requestWorkers, len(regions)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(regions); i = int(next.Add(1) - 1) {
-				t.request(ctx, &parts[i], regions[i])
-			}
-		}()
+	var g errgroup.Group
+	g.SetLimit(requestWorkers)
+	for i, region := range regions {
+		g.Go(func() error {
+			t.request(ctx, &parts[i], region)
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // request reports its errors in its part
 	for _, p := range parts {
 		st.RequestsCreatedOK = append(st.RequestsCreatedOK, p.RequestsCreatedOK...)
 		st.Errors = append(st.Errors, p.Errors...)
