@@ -199,7 +199,7 @@ func fanOut(t *testing.T, clones int, mode transportMode, attachedPct int) resul
 			for _, name := range []string{stack.Volume, stack.Orchestrator, stack.Notifier} {
 				go func() {
 					time.Sleep(delay)
-					saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d-attached-%d-batch-%d.pprof", name, clones, attachedPct, stepBatch()))
+					saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("%s-%d-attached-%d-batch-%d.pprof", name, clones, attachedPct, stepBatch()), 10)
 				}()
 			}
 			// Statement statistics of the replacement only, not of the setup.
@@ -442,10 +442,10 @@ func databaseOf(st *stack.Stack) database {
 	return st.Cluster
 }
 
-// saveProfile fetches a 10-second CPU profile from a process's metrics
+// saveProfile fetches a CPU profile of seconds from a process's metrics
 // listener into .run/bench/.
-func saveProfile(t *testing.T, metricsURL, file string) {
-	url := strings.TrimSuffix(metricsURL, "/metrics") + "/debug/pprof/profile?seconds=10"
+func saveProfile(t *testing.T, metricsURL, file string, seconds int) {
+	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimSuffix(metricsURL, "/metrics"), seconds)
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Logf("profile %s: %v", url, err)

@@ -143,11 +143,28 @@ type sampler struct {
 	oldestLockWait float64
 	// lockWaited: request → the longest it was seen waiting on a lock.
 	lockWaited map[string]time.Duration
-	samples    int
+	// admitted and repaired: request → when a sample first saw it past
+	// its admission (a rw request running, a read-only request's clone
+	// made) and, for rw requests, past its repair (replacement done).
+	admitted, repaired map[string]time.Time
+	samples            int
+}
+
+// phase is how far a sampled request has come: admitted (its rebuild
+// started: a rw request running or later, a read-only request's clone
+// made), repaired (a rw request's repair done).
+func phase(q *orchestratorv1.Replacement) (admitted, repaired bool) {
+	if q.Kind == orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
+		st := q.RegionState
+		return st >= orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_RUNNING,
+			st >= orchestratorv1.RegionReplacementState_REGION_REPLACEMENT_STATE_REPLACEMENT_DONE
+	}
+	return q.ReadOnlyState >= orchestratorv1.ReadOnlyReplacementState_READ_ONLY_REPLACEMENT_STATE_REPLACEMENT_DONE, false
 }
 
 func (s *sampler) run(ctx context.Context, r *rack.Rack, period time.Duration) {
 	s.lockWaited = map[string]time.Duration{}
+	s.admitted, s.repaired = map[string]time.Time{}, map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -177,6 +194,13 @@ func (s *sampler) run(ctx context.Context, r *rack.Rack, period time.Duration) {
 			for _, q := range reqs {
 				if w := q.GetWait(); w.GetKind() == orchestratorv1.WaitKind_WAIT_KIND_LOCK && w.Since != nil {
 					s.lockWaited[q.ReplacementId] = max(s.lockWaited[q.ReplacementId], now.Sub(w.Since.AsTime()))
+				}
+				admitted, repaired := phase(q)
+				if _, seen := s.admitted[q.ReplacementId]; admitted && !seen {
+					s.admitted[q.ReplacementId] = now
+				}
+				if _, seen := s.repaired[q.ReplacementId]; repaired && !seen {
+					s.repaired[q.ReplacementId] = now
 				}
 			}
 		}
@@ -277,6 +301,57 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	}
 	k := int(p/100*float64(len(sorted))+0.999999) - 1
 	return sorted[min(max(k, 0), len(sorted)-1)]
+}
+
+// phases are the per-request phase times the sampler saw: for rw requests
+// the wait for admission (created → running), the repair (running →
+// replacement done) and the finish (→ terminal); for read-only requests the
+// wait for their clone (created → clone made) and the rest (→ terminal).
+// A phase a request passed between two samples is charged to the later
+// one, so each is good to a sample period.
+type phases struct {
+	RWWait, RWRepair, RWFinish, ROWait, RORest quantiles
+}
+
+// quantiles are a phase's p50 and p99 in seconds, over n requests.
+type quantiles struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50_seconds"`
+	P99 float64 `json:"p99_seconds"`
+}
+
+func quantilesOf(d []time.Duration) quantiles {
+	slices.Sort(d)
+	return quantiles{N: len(d), P50: percentile(d, 50).Seconds(), P99: percentile(d, 99).Seconds()}
+}
+
+func (q quantiles) String() string { return fmt.Sprintf("%.1f/%.1f (%d)", q.P50, q.P99, q.N) }
+
+// phasesOf splits each terminal request's life at the sampled times.
+func (s *sampler) phasesOf(reqs []*orchestratorv1.Replacement) phases {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var rwWait, rwRepair, rwFinish, roWait, roRest []time.Duration
+	for _, q := range reqs {
+		created, ended := q.RequestTime.AsTime(), q.TimeModified.AsTime()
+		admitted, ok := s.admitted[q.ReplacementId]
+		if !ok || admitted.After(ended) {
+			// Ended between two samples, or never admitted.
+			continue
+		}
+		if q.Kind != orchestratorv1.ReplacementKind_REPLACEMENT_KIND_READ_WRITE_REGION {
+			roWait, roRest = append(roWait, admitted.Sub(created)), append(roRest, ended.Sub(admitted))
+			continue
+		}
+		repaired, ok := s.repaired[q.ReplacementId]
+		if !ok || repaired.After(ended) {
+			repaired = ended
+		}
+		rwWait = append(rwWait, admitted.Sub(created))
+		rwRepair = append(rwRepair, repaired.Sub(admitted))
+		rwFinish = append(rwFinish, ended.Sub(repaired))
+	}
+	return phases{quantilesOf(rwWait), quantilesOf(rwRepair), quantilesOf(rwFinish), quantilesOf(roWait), quantilesOf(roRest)}
 }
 
 // budgets reads the rebuild budgets in force.

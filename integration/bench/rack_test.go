@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
 	orchestratorv1 "storagecp.dev/gen/go/storage/orchestrator/v1"
 
@@ -84,6 +85,8 @@ type rackResult struct {
 	P99Seconds       float64 `json:"p99_seconds"`
 	MaxSeconds       float64 `json:"max_seconds"`
 	P99Under2xMedian bool    `json:"p99_under_2x_median"`
+	// Where each request's life went (sampled: see phases).
+	Phases phases `json:"phases"`
 	// Commits of the four service databases, per replaced target.
 	Commits          int64   `json:"commits"`
 	CommitsPerTarget float64 `json:"commits_per_replaced_target"`
@@ -175,6 +178,21 @@ func rackProbeInterval(t *testing.T) time.Duration {
 	return envDuration(t, "STORAGECP_BENCH_RACK_PROBE", 3*time.Second)
 }
 
+// rackRebuilds is STORAGECP_BENCH_RACK_REBUILDS: the rack_rebuilds budget
+// to set before the expunge (AdminService/SetRebuildBudgets, as an
+// operator would), or -1 to keep the default.
+func rackRebuilds(t *testing.T) int {
+	s := os.Getenv("STORAGECP_BENCH_RACK_REBUILDS")
+	if s == "" {
+		return -1
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		t.Fatalf("STORAGECP_BENCH_RACK_REBUILDS=%q: want a budget (0 is unlimited)", s)
+	}
+	return n
+}
+
 // rackWorkers is how many RPCs populate keeps in flight
 // (STORAGECP_BENCH_RACK_WORKERS, default 24).
 func rackWorkers() int {
@@ -243,6 +261,11 @@ func rackRun(t *testing.T, pop population, record func(rackResult)) {
 	slices.SortStableFunc(sleds, func(a, b string) int { return counts[b] - counts[a] })
 	res.ExpungedSled, res.SledTargets = sleds[0], counts[sleds[0]]
 	res.FewestOnASled = counts[sleds[len(sleds)-1]]
+	if n := rackRebuilds(t); n >= 0 {
+		if _, err := r.Admin.SetRebuildBudgets(ctx, &orchestratorv1.SetRebuildBudgetsRequest{RackRebuilds: proto.Int32(int32(n))}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	res.Budgets = budgets(t, r)
 	t.Logf("expunging sled %s: %d targets (fewest on a sled: %d); budgets %v", res.ExpungedSled, res.SledTargets, res.FewestOnASled, res.Budgets)
 
@@ -257,10 +280,19 @@ func rackRun(t *testing.T, pop population, record func(rackResult)) {
 		// Statement statistics of the replacement only, not of the
 		// population.
 		resetStatements(t, db)
-		// CPU profiles of the busiest services from the expunge on
-		// (go tool pprof -top .run/bench/rack-*.pprof).
-		for _, name := range []string{stack.Orchestrator, stack.Volume} {
-			go saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("rack-%s-%d.pprof", name, pop.Disks))
+		// CPU profiles of the services, 30 s from 15 s after the
+		// expunge: the steady middle of the replacement, not the
+		// detectors' first listing (go tool pprof -top
+		// .run/bench/rack-*.pprof).
+		for _, name := range []string{stack.Orchestrator, stack.Volume, stack.Allocator, stack.Notifier} {
+			go func() {
+				select {
+				case <-time.After(15 * time.Second):
+				case <-sctx.Done():
+					return
+				}
+				saveProfile(t, r.Stack.MetricsURL(name), fmt.Sprintf("rack-%s-%d.pprof", name, pop.Disks), 30)
+			}()
 		}
 	}
 
@@ -340,6 +372,7 @@ func rackRun(t *testing.T, pop population, record func(rackResult)) {
 	res.P99Seconds = percentile(per, 99).Seconds()
 	res.MaxSeconds = maxDuration(per).Seconds()
 	res.P99Under2xMedian = res.P99Seconds < 2*res.P50Seconds
+	res.Phases = s.phasesOf(reqs)
 	res.Steps = stepCount(t, r)
 	res.LiveRepairs = liveRepairs(t, r, reqs)
 	res.PeakSagas, res.PeakLockWaiters, res.OldestLockWaitGaugeS = s.peakSagas, s.peakWaiters, s.oldestLockWait
@@ -432,6 +465,11 @@ func printRack(results []rackResult) {
 		return fmt.Sprintf("%.1f/%.1f/%.1f", r.P50Seconds, r.P99Seconds, r.MaxSeconds)
 	})
 	row("p99 < 2 x median", func(r rackResult) string { return strconv.FormatBool(r.P99Under2xMedian) })
+	row("rw wait p50/p99_s (n)", func(r rackResult) string { return r.Phases.RWWait.String() })
+	row("rw repair p50/p99_s", func(r rackResult) string { return r.Phases.RWRepair.String() })
+	row("rw finish p50/p99_s", func(r rackResult) string { return r.Phases.RWFinish.String() })
+	row("read-only wait p50/p99_s (n)", func(r rackResult) string { return r.Phases.ROWait.String() })
+	row("read-only rest p50/p99_s", func(r rackResult) string { return r.Phases.RORest.String() })
 	row("commits/target (rollbacks)", func(r rackResult) string { return fmt.Sprintf("%.1f (%d)", r.CommitsPerTarget, r.Rollbacks) })
 	names := map[string]bool{}
 	for _, r := range results {
