@@ -278,6 +278,22 @@ func (s *BudgetStatus) hold(budget, format string, args ...any) {
 // reservation with Admission.ended), and whether candidates of the other
 // kind were admitted (their task must be woken).
 func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *BudgetStatus, error) {
+	return env.planFrom(ctx, mine, requestedLists{})
+}
+
+// requestedLists are the Requested requests a pass has already read, so
+// that its plan does not read them again: the rw detector and the start
+// task read their own kind first (to complete what needs no rebuild), and
+// during a sled's replacement each runs many times a second over hundreds
+// of waiting requests. A kind not marked read is read by the plan.
+type requestedLists struct {
+	ro             []store.ROReplacement
+	rw             []store.RWReplacement
+	haveRO, haveRW bool
+}
+
+// planFrom is plan with the Requested requests the caller already read.
+func (env Env) planFrom(ctx context.Context, mine string, lists requestedLists) ([]candidate, bool, *BudgetStatus, error) {
 	a := env.Admission
 	if a == nil {
 		a = NewAdmission() // tasks built without Register (tests): plan afresh each pass
@@ -288,13 +304,16 @@ func (env Env) plan(ctx context.Context, mine string) ([]candidate, bool, *Budge
 		return nil, false, nil, err
 	}
 	st := newBudgetStatus(limits)
-	ros, err := d.Store.ROReplacementsIn(ctx, store.RORequested)
-	if err != nil {
-		return nil, false, st, err
+	ros, rws := lists.ro, lists.rw
+	if !lists.haveRO {
+		if ros, err = d.Store.ROReplacementsIn(ctx, store.RORequested); err != nil {
+			return nil, false, st, err
+		}
 	}
-	rws, err := d.Store.RWReplacementsIn(ctx, store.RWRequested)
-	if err != nil {
-		return nil, false, st, err
+	if !lists.haveRW {
+		if rws, err = d.Store.RWReplacementsIn(ctx, store.RWRequested); err != nil {
+			return nil, false, st, err
+		}
 	}
 	slots, err := d.Store.HeldSlots(ctx)
 	if err != nil {

@@ -62,27 +62,33 @@ func (t *roStart) Activate(ctx context.Context) any {
 		return st
 	}
 	completed := advancedPast(&t.lost, reqs, func(r store.ROReplacement) uuid.UUID { return r.ID }) > 0
+	waiting := reqs[:0:0]
 	for _, r := range reqs {
 		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+			waiting = append(waiting, r)
 			continue
 		}
 		gone, err := sagadef.TargetGone(ctx, d, r.OldTargetID)
 		if err != nil {
 			errf(&st.Errors, "request %s: target %s: %v", r.ID, r.OldTargetID, err)
+			waiting = append(waiting, r)
 			continue
 		}
-		if gone {
-			if err := d.Store.SetROCompleteFromRequested(ctx, r.ID); err != nil {
-				errf(&st.Errors, "request %s: complete: %v", r.ID, err)
-				t.lost.note(r.ID)
-				continue
-			}
-			st.RequestsCompletedOK = append(st.RequestsCompletedOK, "replacement "+r.ID.String())
-			completed = true
+		if !gone {
+			waiting = append(waiting, r)
+			continue
 		}
+		if err := d.Store.SetROCompleteFromRequested(ctx, r.ID); err != nil {
+			errf(&st.Errors, "request %s: complete: %v", r.ID, err)
+			t.lost.note(r.ID)
+			waiting = append(waiting, r)
+			continue
+		}
+		st.RequestsCompletedOK = append(st.RequestsCompletedOK, "replacement "+r.ID.String())
+		completed = true
 	}
 	// The others start in the budgets' order, as far as they have room.
-	admitted, other, budgets, err := t.env.plan(ctx, kindRO)
+	admitted, other, budgets, err := t.env.planFrom(ctx, kindRO, requestedLists{ro: waiting, haveRO: true})
 	st.Budgets = budgets
 	if err != nil {
 		errf(&st.Errors, "planning under the rebuild budgets: %v", err)

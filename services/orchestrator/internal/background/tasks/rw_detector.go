@@ -218,15 +218,14 @@ func (t *rwDetector) start(ctx context.Context, st *RWDetectorStatus) {
 	if scanAll {
 		deleted = t.deletedVolumes(ctx, st, reqs)
 	}
+	waiting := reqs[:0:0]
 	for _, r := range reqs {
-		if t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) {
+		if !t.env.heldBy(r.ID, &st.Skipped, "request "+r.ID.String()) && deleted[r.VolumeID] && t.completeDeleted(ctx, st, r) {
 			continue
 		}
-		if deleted[r.VolumeID] {
-			t.completeDeleted(ctx, st, r)
-		}
+		waiting = append(waiting, r)
 	}
-	admitted, other, budgets, err := t.env.plan(ctx, kindRW)
+	admitted, other, budgets, err := t.env.planFrom(ctx, kindRW, requestedLists{rw: waiting, haveRW: true})
 	st.Budgets = budgets
 	if err != nil {
 		errf(&st.Errors, "planning under the rebuild budgets: %v", err)
@@ -287,12 +286,13 @@ func (t *rwDetector) deletedVolumes(ctx context.Context, st *RWDetectorStatus, r
 }
 
 // completeDeleted completes a Requested request whose volume is deleted
-// (the caller leaves a held request alone).
-func (t *rwDetector) completeDeleted(ctx context.Context, st *RWDetectorStatus, r store.RWReplacement) {
+// (the caller leaves a held request alone), and says whether it did.
+func (t *rwDetector) completeDeleted(ctx context.Context, st *RWDetectorStatus, r store.RWReplacement) bool {
 	if err := t.env.Deps.Store.SetRWCompleteFromRequested(ctx, r.ID); err != nil {
 		errf(&st.Errors, "request %s: complete: %v", r.ID, err)
 		t.lost.note(r.ID)
-		return
+		return false
 	}
 	st.RequestsCompletedOK = append(st.RequestsCompletedOK, "region replacement "+r.ID.String())
+	return true
 }
