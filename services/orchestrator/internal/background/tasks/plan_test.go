@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	allocatorv1 "storagecp.dev/gen/go/storage/allocator/v1"
+	"storagecp.dev/orchestrator/internal/saga"
 	"storagecp.dev/orchestrator/internal/sagadef"
 	"storagecp.dev/orchestrator/internal/store"
 	"storagecp.dev/orchestrator/internal/testenv"
@@ -152,5 +153,47 @@ func TestPlanAdmitsALockWaitedForFirst(t *testing.T) {
 			got = append(got, c.id)
 		}
 		t.Fatalf("admitted %v, want only %s (waited for), not %s (older)", got, waited.ID, older.ID)
+	}
+}
+
+// A freed slot wakes only the rw detector, so its plan alone must bring
+// waiting read-only work to the start task: it admits the read-only
+// request under the budgets, keeps its slot for it and says so (the
+// detector then wakes the start task), and the start task's own plan
+// admits it. A committed rw-replacement-start frees nothing and wakes
+// nobody (see startSaga).
+func TestFreedSlotWakesOnePlanThatAdmitsBothKinds(t *testing.T) {
+	ctx := context.Background()
+	s := store.New(testenv.Start(t, testenv.Options{}).Pool, store.WithRebuildLimits(store.Limits{RackRebuilds: 1}))
+	r := waitingRO(t, s)
+	env := Env{Deps: &sagadef.Deps{Store: s, Allocator: &copyCounter{}}, Admission: NewAdmission()}
+	var woken []string
+	env.activate = func(name string) { woken = append(woken, name) }
+
+	// Something waits, so a freed slot wakes a plan: one, not two.
+	env.Admission.mu.Lock()
+	env.Admission.held[uuid.New()] = "rack_rebuilds"
+	env.Admission.mu.Unlock()
+	for _, tmpl := range []*saga.Template{sagadef.ROStart, sagadef.RWStart, sagadef.RWDrive} {
+		woken = nil
+		env.slotFreed(tmpl)
+		if !slices.Equal(woken, []string{RWDetectorName}) {
+			t.Errorf("a slot freed by %s woke %v, want only %s", tmpl.Name(), woken, RWDetectorName)
+		}
+	}
+
+	mine, other, _, err := env.plan(ctx, kindRW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mine) != 0 || !other {
+		t.Fatalf("the rw detector's plan admitted %v of its own and other=%v, want none and the read-only request reserved for the start task", mine, other)
+	}
+	admitted, _, st, err := env.plan(ctx, kindRO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(admitted) != 1 || admitted[0].id != r.ID {
+		t.Fatalf("the start task's plan admitted %v, want request %s; held back: %v", admitted, r.ID, st.HeldBack)
 	}
 }
