@@ -69,6 +69,8 @@ type Admission struct {
 	// copiesRecount) so that a pass lists only the requests due.
 	counts  map[uuid.UUID]copiesCount
 	recount time.Duration
+	// readOnlyWaiting: the last plan left read-only requests waiting.
+	readOnlyWaiting bool
 }
 
 // copiesCount is one request's live copies as a plan counted them.
@@ -148,6 +150,17 @@ func (a *Admission) anyWaiting() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.held) > 0 || len(a.destBlocked) > 0 || len(a.heldSteps) > 0
+}
+
+// readOnlyWaits reports whether the last plan left read-only requests
+// waiting.
+func (a *Admission) readOnlyWaits() bool {
+	if a == nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.readOnlyWaiting
 }
 
 // ended forgets a rebuild saga's reservation.
@@ -446,6 +459,13 @@ func (env Env) planFrom(ctx context.Context, mine string, lists requestedLists) 
 		a.reserved[c.id] = reservation{kind: c.kind, sources: c.sources}
 		mineOut = append(mineOut, c)
 	}
+	// Read-only requests left waiting, whatever holds them (a budget, a
+	// pause, a backoff): while there are some, a freed slot wakes the
+	// start task too (slotFreed).
+	a.readOnlyWaiting = slices.ContainsFunc(cands, func(c candidate) bool {
+		_, reserved := a.reserved[c.id]
+		return c.kind == kindRO && !reserved
+	})
 	return mineOut, other, st, nil
 }
 

@@ -156,44 +156,55 @@ func TestPlanAdmitsALockWaitedForFirst(t *testing.T) {
 	}
 }
 
-// A freed slot wakes only the rw detector, so its plan alone must bring
-// waiting read-only work to the start task: it admits the read-only
-// request under the budgets, keeps its slot for it and says so (the
-// detector then wakes the start task), and the start task's own plan
-// admits it. A committed rw-replacement-start frees nothing and wakes
-// nobody (see startSaga).
+// A freed slot wakes the rw detector, whose plan brings waiting read-only
+// work to the start task: it admits the read-only request under the
+// budgets, keeps its slot for it and says so (the detector then wakes the
+// start task), and the start task's own plan admits it. The start task is
+// woken directly only while the last plan left read-only requests waiting
+// (its pass also completes those whose target is gone). A committed
+// rw-replacement-start frees nothing and wakes nobody (see startSaga).
 func TestFreedSlotWakesOnePlanThatAdmitsBothKinds(t *testing.T) {
 	ctx := context.Background()
 	s := store.New(testenv.Start(t, testenv.Options{}).Pool, store.WithRebuildLimits(store.Limits{RackRebuilds: 1}))
-	r := waitingRO(t, s)
+	first := waitingRO(t, s)
+	time.Sleep(10 * time.Millisecond) // a later request time
+	waitingRO(t, s)
 	env := Env{Deps: &sagadef.Deps{Store: s, Allocator: &copyCounter{}}, Admission: NewAdmission()}
 	var woken []string
 	env.activate = func(name string) { woken = append(woken, name) }
+	freed := func(want ...string) {
+		t.Helper()
+		for _, tmpl := range []*saga.Template{sagadef.ROStart, sagadef.RWStart, sagadef.RWDrive} {
+			woken = nil
+			env.slotFreed(tmpl)
+			if !slices.Equal(woken, want) {
+				t.Errorf("a slot freed by %s woke %v, want %v", tmpl.Name(), woken, want)
+			}
+		}
+	}
 
-	// Something waits, so a freed slot wakes a plan: one, not two.
+	// Something waits, so a freed slot wakes a plan: with no read-only
+	// request known to wait, only the rw detector's.
 	env.Admission.mu.Lock()
 	env.Admission.held[uuid.New()] = "rack_rebuilds"
 	env.Admission.mu.Unlock()
-	for _, tmpl := range []*saga.Template{sagadef.ROStart, sagadef.RWStart, sagadef.RWDrive} {
-		woken = nil
-		env.slotFreed(tmpl)
-		if !slices.Equal(woken, []string{RWDetectorName}) {
-			t.Errorf("a slot freed by %s woke %v, want only %s", tmpl.Name(), woken, RWDetectorName)
-		}
-	}
+	freed(RWDetectorName)
 
 	mine, other, _, err := env.plan(ctx, kindRW)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(mine) != 0 || !other {
-		t.Fatalf("the rw detector's plan admitted %v of its own and other=%v, want none and the read-only request reserved for the start task", mine, other)
+		t.Fatalf("the rw detector's plan admitted %v of its own and other=%v, want none and a read-only request reserved for the start task", mine, other)
 	}
+	// One read-only request still waits for the rack's one slot.
+	freed(RWDetectorName, ROStartName)
+
 	admitted, _, st, err := env.plan(ctx, kindRO)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(admitted) != 1 || admitted[0].id != r.ID {
-		t.Fatalf("the start task's plan admitted %v, want request %s; held back: %v", admitted, r.ID, st.HeldBack)
+	if len(admitted) != 1 || admitted[0].id != first.ID {
+		t.Fatalf("the start task's plan admitted %v, want request %s; held back: %v", admitted, first.ID, st.HeldBack)
 	}
 }

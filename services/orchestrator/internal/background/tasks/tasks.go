@@ -251,8 +251,14 @@ func (env Env) slotFreed(t *saga.Template) {
 		// requests too, reserves their slots and wakes the start task
 		// for them. Waking both made two full plans of the same waiting
 		// requests per freed slot, a fifth of the orchestrator's CPU
-		// during a sled's replacement.
+		// during a sled's replacement, most of it with no read-only
+		// request left to start. While some wait, the start task is
+		// woken as well: its pass also completes those whose target is
+		// gone, which no plan does.
 		env.activate(RWDetectorName)
+		if env.Admission.readOnlyWaits() {
+			env.activate(ROStartName)
+		}
 	case sagadef.ROStep:
 		env.activate(ROStepName)
 	}
