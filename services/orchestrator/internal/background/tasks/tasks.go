@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -59,6 +60,9 @@ type Env struct {
 
 	// activate wakes a task by name (set by Register).
 	activate func(name string)
+	// retryWakes brings a task back when a record it skipped for a
+	// backoff is due (set by Register).
+	retryWakes *retryWakes
 }
 
 // Register adds every background task to the driver, and sets
@@ -72,6 +76,7 @@ func Register(d *background.Driver, env Env) {
 		env.Admission = NewAdmission()
 	}
 	env.activate = func(name string) { _ = d.Activate(name) }
+	env.retryWakes = &retryWakes{}
 	by := func(name string) func() { return func() { env.activate(name) } }
 	env.Deps.Wake = sagadef.Wake{
 		ROStart: by(ROStartName), ROGarbageCollect: by(ROGarbageCollectName), ROStep: by(ROStepName),
@@ -133,6 +138,7 @@ type job struct {
 func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *saga.Template, params any, opts ...saga.CreateOption) (bool, error) {
 	if left, ok := env.backingOff(j.attempts); ok {
 		j.skipped.Add("%s %s: retry in %v, after %d failed attempts (last: %s)", t.Name(), j.record, left.Round(time.Millisecond), j.attempts.Attempts, j.attempts.LastError)
+		env.retryWakes.at(j.attempts.LastErrorTime.Add(env.Retry.After(j.attempts.Attempts)), j.task, env.activate)
 		return false, nil
 	}
 	started := false
@@ -307,6 +313,43 @@ func (env Env) afterUnwind(j job, o saga.Outcome) {
 	if env.activate != nil {
 		time.AfterFunc(delay, func() { env.activate(j.task) })
 	}
+}
+
+// retryWakes schedules, per task, one activation for when the earliest
+// backoff it skipped a record for ends. The failed attempt's own timer
+// (afterUnwind) wakes only the task whose saga failed; a record that has
+// moved on since counts the attempt against the next task too. A retried
+// saga that succeeds before the failure was recorded (an operator's
+// abandon wakes the task at once) leaves the record in the next phase
+// with a fresh backoff and no one due to look: its task skipped it and
+// was never woken again, and the request waited for the task's period.
+type retryWakes struct {
+	mu  sync.Mutex
+	due map[string]time.Time // task → when its pending wake fires
+}
+
+func (w *retryWakes) at(at time.Time, task string, activate func(string)) {
+	if w == nil || activate == nil || task == "" {
+		return
+	}
+	w.mu.Lock()
+	if pending, ok := w.due[task]; ok && !pending.After(at) {
+		w.mu.Unlock()
+		return // an earlier wake will look again
+	}
+	if w.due == nil {
+		w.due = map[string]time.Time{}
+	}
+	w.due[task] = at
+	w.mu.Unlock()
+	time.AfterFunc(time.Until(at), func() {
+		w.mu.Lock()
+		if w.due[task].Equal(at) {
+			delete(w.due, task)
+		}
+		w.mu.Unlock()
+		activate(task)
+	})
 }
 
 // RetryBackoff is the wait before a record whose saga unwound is tried
