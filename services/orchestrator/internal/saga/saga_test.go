@@ -302,7 +302,13 @@ func TestOwnershipConditionalWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return f.runs(t, "k")["create_c/do"] == 1 })
+	// Wait for c's success to be in the log, not only for c to have run:
+	// adopting between the two would refuse A's write of c, and B would
+	// run c again.
+	waitFor(t, func() bool {
+		v, err := secA.Get(ctx, id)
+		return err == nil && nodeView(t, v, "create_c").Status == "succeeded"
+	})
 	secB := f.sec(t, "sec-b")
 	n, err := secB.Adopt(ctx, "sec-a")
 	if err != nil || n != 1 {
