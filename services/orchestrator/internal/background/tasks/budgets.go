@@ -428,8 +428,8 @@ func (env Env) planFrom(ctx context.Context, mine string, lists requestedLists) 
 			st.hold("paused", "%s %s: %s", c.kind, c.id, heldText(p))
 			continue
 		}
-		if left, ok := env.backingOff(c.attempts); ok {
-			st.hold("backoff", "%s %s: retry in %v after %d failed attempts", c.kind, c.id, left.Round(time.Millisecond), c.attempts.Attempts)
+		if due, ok := env.backoffEnds(c.attempts); ok {
+			st.hold("backoff", "%s %s: retry in %v after %d failed attempts", c.kind, c.id, time.Until(due).Round(time.Millisecond), c.attempts.Attempts)
 			continue
 		}
 		if be := use.Check(limits, c.sources); be != nil {

@@ -136,9 +136,9 @@ type job struct {
 // releasing the slot when the saga ends. It reports whether it started one
 // (and in j.skipped why not).
 func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *saga.Template, params any, opts ...saga.CreateOption) (bool, error) {
-	if left, ok := env.backingOff(j.attempts); ok {
-		j.skipped.Add("%s %s: retry in %v, after %d failed attempts (last: %s)", t.Name(), j.record, left.Round(time.Millisecond), j.attempts.Attempts, j.attempts.LastError)
-		env.retryWakes.at(j.attempts.LastErrorTime.Add(env.Retry.After(j.attempts.Attempts)), j.task, env.activate)
+	if due, ok := env.backoffEnds(j.attempts); ok {
+		j.skipped.Add("%s %s: retry in %v, after %d failed attempts (last: %s)", t.Name(), j.record, time.Until(due).Round(time.Millisecond), j.attempts.Attempts, j.attempts.LastError)
+		env.retryWakes.at(due, j.task, env.activate)
 		return false, nil
 	}
 	started := false
@@ -173,11 +173,7 @@ func startSaga(ctx context.Context, env Env, l *background.Limiter, j job, t *sa
 			if j.then != "" && env.activate != nil {
 				env.activate(j.then)
 			}
-			if !(t == sagadef.RWStart && o.Kind == saga.Succeeded) {
-				// A committed rw-replacement-start keeps its slot: the
-				// repair holds it until ReplacementDone.
-				env.slotFreed(t)
-			}
+			env.sagaEnded(t, o)
 		}()
 		return nil
 	})
@@ -270,6 +266,16 @@ func (env Env) slotFreed(t *saga.Template) {
 	}
 }
 
+// sagaEnded wakes admission for the slot an ended saga gave back. A
+// committed rw-replacement-start gave none back: its repair holds the
+// slot until ReplacementDone, and the drive that sees that frees it.
+func (env Env) sagaEnded(t *saga.Template, o saga.Outcome) {
+	if t == sagadef.RWStart && o.Kind == saga.Succeeded {
+		return
+	}
+	env.slotFreed(t)
+}
+
 // afterUnwind counts a saga that did not move its record on as an attempt
 // (with its error, for operators) and wakes the record's task once the
 // backoff for that many attempts has passed: an unwound step or request is
@@ -316,13 +322,10 @@ func (env Env) afterUnwind(j job, o saga.Outcome) {
 }
 
 // retryWakes schedules, per task, one activation for when the earliest
-// backoff it skipped a record for ends. The failed attempt's own timer
-// (afterUnwind) wakes only the task whose saga failed; a record that has
-// moved on since counts the attempt against the next task too. A retried
-// saga that succeeds before the failure was recorded (an operator's
-// abandon wakes the task at once) leaves the record in the next phase
-// with a fresh backoff and no one due to look: its task skipped it and
-// was never woken again, and the request waited for the task's period.
+// backoff it skipped a record for ends. afterUnwind's timer wakes only the
+// task whose saga failed; a record that has since moved to another task's
+// phase carries its backoff there, and that task must look again when it
+// ends rather than after its safety period.
 type retryWakes struct {
 	mu  sync.Mutex
 	due map[string]time.Time // task → when its pending wake fires
@@ -383,14 +386,14 @@ func (b RetryBackoff) After(attempts int) time.Duration {
 	return min(d, b.Max)
 }
 
-// backingOff reports whether a record's last failed attempt is too recent
-// to try again, and how long is left.
-func (env Env) backingOff(a store.Attempts) (time.Duration, bool) {
+// backoffEnds reports whether a record's last failed attempt is too
+// recent to try again, and when its backoff ends.
+func (env Env) backoffEnds(a store.Attempts) (time.Time, bool) {
 	if a.Attempts == 0 || a.LastErrorTime == nil {
-		return 0, false
+		return time.Time{}, false
 	}
-	left := env.Retry.After(a.Attempts) - time.Since(*a.LastErrorTime)
-	return left, left > 0
+	due := a.LastErrorTime.Add(env.Retry.After(a.Attempts))
+	return due, time.Now().Before(due)
 }
 
 // newRequestTrace starts the root span of a new replacement request and
