@@ -162,7 +162,7 @@ func TestPlanAdmitsALockWaitedForFirst(t *testing.T) {
 // start task), and the start task's own plan admits it. The start task is
 // woken directly only while the last plan left read-only requests waiting
 // (its pass also completes those whose target is gone). A committed
-// rw-replacement-start frees nothing and wakes nobody (see startSaga).
+// rw-replacement-start frees nothing and wakes nobody (sagaEnded).
 func TestFreedSlotWakesOnePlanThatAdmitsBothKinds(t *testing.T) {
 	ctx := context.Background()
 	s := store.New(testenv.Start(t, testenv.Options{}).Pool, store.WithRebuildLimits(store.Limits{RackRebuilds: 1}))
