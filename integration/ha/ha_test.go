@@ -151,7 +151,9 @@ func TestSwitchoverMidFanOut(t *testing.T) {
 		if err := f.Switchover(ctx); err != nil {
 			t.Fatal(err)
 		}
-		now, err := f.WaitFailover(ctx, before.Name, 90*time.Second)
+		// Usually seconds; a primary slow to stop waits for the monitor's
+		// demote timeout (30 s), and a loaded machine adds to both.
+		now, err := f.WaitFailover(ctx, before.Name, 2*time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}

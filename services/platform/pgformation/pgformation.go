@@ -332,10 +332,26 @@ func (f *Formation) WaitFailover(ctx context.Context, from string, timeout time.
 
 // Switchover asks the monitor for a planned switchover: the primary is
 // demoted once the standby has caught up, and the standby promoted. It
-// returns when the monitor reports the new primary (pg_autoctl waits up to
-// a minute).
+// returns once the monitor has taken the request (it refuses one while the
+// formation is not healthy); WaitFailover tells when the standby is the
+// primary.
+//
+// It calls the monitor's perform_failover itself rather than run
+// `pg_autoctl perform switchover`: that command then waits for the
+// monitor's notifications, and pg_autoctl 2.0 run against the monitor may
+// give up waiting (exit 12, "Failed to receive monitor's notifications")
+// while the switchover goes on and completes. The monitor's state is the
+// answer, and WaitFailover polls it.
 func (f *Formation) Switchover(ctx context.Context) error {
-	return f.autoctl(ctx, "perform", "switchover", "--pgdata", f.monitor.PGData, "--wait", "60")
+	conn, err := pgx.Connect(ctx, f.superuserDSN(f.monitor, "pg_auto_failover"))
+	if err != nil {
+		return fmt.Errorf("switchover: monitor: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `SELECT pgautofailover.perform_failover('default', 0)`); err != nil {
+		return fmt.Errorf("switchover: %w", err)
+	}
+	return nil
 }
 
 // StopNode stops a node's keeper and its PostgreSQL (a fast shutdown), as
@@ -503,7 +519,7 @@ func (f *Formation) startRun(n *Node) error {
 
 func (f *Formation) waitConnect(ctx context.Context, n *Node, db string) error {
 	port := n.Port
-	dsn := fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable&connect_timeout=2", net.JoinHostPort(n.Host, strconv.Itoa(port)), db)
+	dsn := f.superuserDSN(n, db)
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		conn, err := pgx.Connect(ctx, dsn)
@@ -520,6 +536,12 @@ func (f *Formation) waitConnect(ctx context.Context, n *Node, db string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// superuserDSN reaches database db on node n (or the monitor) as the
+// postgres superuser, whom the formation trusts from this machine.
+func (f *Formation) superuserDSN(n *Node, db string) string {
+	return fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable&connect_timeout=2", net.JoinHostPort(n.Host, strconv.Itoa(n.Port)), db)
 }
 
 func (f *Formation) autoctl(ctx context.Context, args ...string) error {
