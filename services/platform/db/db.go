@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -29,6 +30,21 @@ import (
 // VersionTable records applied migrations in every service database.
 const VersionTable = "schema_version"
 
+// IdleInTransactionTimeout is how long the server lets a session of ours sit
+// idle inside a transaction before it ends the session, which rolls the
+// transaction back and frees its locks. A process stopped in the middle of a
+// transaction (paused, its machine frozen, its link gone half-open) would
+// otherwise hold its row locks for as long as it is stopped: a leader
+// stopped mid-renewal would keep the lease row locked, and its standby would
+// wait on that lock instead of taking the expired lease. No transaction of
+// ours waits between statements on anything but its own client (none makes
+// a call), so those gaps are milliseconds. The bound is far above them, and
+// below the leader lease (6 s), so a stopped leader's locks are gone about
+// when its lease is.
+const IdleInTransactionTimeout = 5 * time.Second
+
+const idleInTxParam = "idle_in_transaction_session_timeout"
+
 // Open parses the DSN and creates a traced pool. It does not wait for the
 // database to be reachable: pgx connects lazily.
 func Open(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
@@ -46,6 +62,10 @@ func Open(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 		cfg.MaxConns = 16
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	// A DSN that sets the timeout (an operator's choice) keeps it.
+	if _, set := cfg.ConnConfig.RuntimeParams[idleInTxParam]; !set {
+		cfg.ConnConfig.RuntimeParams[idleInTxParam] = strconv.FormatInt(IdleInTransactionTimeout.Milliseconds(), 10)
+	}
 	cfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
 		registerUUID(conn.TypeMap())
 		return nil

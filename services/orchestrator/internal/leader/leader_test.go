@@ -111,3 +111,66 @@ func TestFailoverRaisesEpochAndFencesTheOldLeader(t *testing.T) {
 		t.Fatalf("lease row %+v, %v", info, err)
 	}
 }
+
+// A leader stopped in the middle of renewing (SIGSTOP, a frozen machine)
+// holds the lease row's lock in a transaction it will not finish. Its
+// standby must still take the lease once it has expired: the server ends
+// the stopped session after db.IdleInTransactionTimeout, and with it the
+// lock. Without that timeout the standby waits on the lock for as long as
+// the leader is stopped.
+func TestStandbyTakesOverFromALeaderPausedMidRenewal(t *testing.T) {
+	pool := pgtest.NewPool(t, "orchestrator")
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := leader.Config{TTL: 600 * time.Millisecond, RenewEvery: 100 * time.Millisecond, MinRemaining: 100 * time.Millisecond}
+	ctx := context.Background()
+
+	a := leader.New(pool, "a", cfg, logger)
+	var ea elections
+	ctxA, stopA := context.WithCancel(ctx)
+	doneA := make(chan struct{})
+	go func() { a.Run(ctxA, ea.add); close(doneA) }()
+	waitFor(t, "a elected", func() bool { return ea.last() != nil })
+	stopA()
+	<-doneA
+
+	// a's renewal, stopped after its first statement: the row is locked
+	// by a session of the services' own configuration (db.Open's).
+	paused, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer paused.Rollback(context.Background()) //nolint:errcheck // the session is gone
+	var holder string
+	if err := paused.QueryRow(ctx, `SELECT holder FROM leader_lease WHERE id = 1 FOR UPDATE`).Scan(&holder); err != nil || holder != "a" {
+		t.Fatalf("lease holder %q, %v", holder, err)
+	}
+
+	b := leader.New(pool, "b", cfg, logger)
+	var eb elections
+	ctxB, stopB := context.WithCancel(ctx)
+	defer stopB()
+	began := time.Now()
+	go b.Run(ctxB, eb.add)
+	deadline := began.Add(db.IdleInTransactionTimeout + 20*time.Second)
+	for eb.last() == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("b not elected %s after a stopped mid-renewal: the stopped session still holds the lease row", time.Since(began).Round(time.Millisecond))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("b elected after %s", time.Since(began).Round(time.Millisecond))
+
+	// a, resumed, finds its session ended: an error its callers retry on a
+	// new connection, not one that means the request was wrong.
+	_, err = paused.Exec(ctx, `UPDATE leader_lease SET expires_at = now() WHERE id = 1`)
+	if err == nil {
+		t.Fatal("the stopped session's transaction went on after the server ended it")
+	}
+	if !db.IsUnreachable(err) {
+		t.Fatalf("a resumed session's error is not one to retry elsewhere: %v", err)
+	}
+	info, err := b.Read(ctx)
+	if err != nil || info.Holder != "b" {
+		t.Fatalf("lease row %+v, %v", info, err)
+	}
+}
