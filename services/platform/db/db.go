@@ -233,6 +233,7 @@ func IsUnreachable(err error) bool {
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "57P01", "57P02", "57P03", // admin or crash shutdown, cannot connect now
+			"57P05", "25P03", // the server ended our idle session (IdleInTransactionTimeout)
 			"25006": // read_only_sql_transaction: a standby answered
 			return true
 		}

@@ -20,6 +20,8 @@ func TestIsUnreachable(t *testing.T) {
 	}{
 		{"admin shutdown", &pgconn.PgError{Code: "57P01"}, true},
 		{"starting up", &pgconn.PgError{Code: "57P03"}, true},
+		{"idle in a transaction too long", &pgconn.PgError{Code: "25P03"}, true},
+		{"idle session too long", &pgconn.PgError{Code: "57P05"}, true},
 		{"read-only standby", fmt.Errorf("update: %w", &pgconn.PgError{Code: "25006"}), true},
 		{"connection failure", &pgconn.PgError{Code: "08006"}, true},
 		{"conn closed", fmt.Errorf("x: %w", pgconn.ErrConnClosed), true},

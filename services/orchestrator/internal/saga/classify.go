@@ -117,7 +117,8 @@ func classifySQLState(code string) ErrorClass {
 		"57P01", // admin_shutdown
 		"57P02", // crash_shutdown
 		"57P03", // cannot_connect_now (starting up, or in recovery)
-		"57P05": // idle_session_timeout
+		"57P05", // idle_session_timeout
+		"25P03": // idle_in_transaction_session_timeout: our session, stopped, was ended
 		return ErrorClass{Retryable: true, Reason: reason}
 	case "57014": // query_canceled: a statement timeout, like a call's deadline
 		return ErrorClass{Retryable: true, Reason: reason}

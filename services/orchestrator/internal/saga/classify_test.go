@@ -56,6 +56,8 @@ func TestClassify(t *testing.T) {
 		{"connection failure", live, pg("08006"), true, "pg:08006"},
 		{"admin shutdown", live, pg("57P01"), true, "pg:57P01"},
 		{"cannot connect now", live, pg("57P03"), true, "pg:57P03"},
+		{"idle session ended", live, pg("57P05"), true, "pg:57P05"},
+		{"idle in a transaction, session ended", live, pg("25P03"), true, "pg:25P03"},
 		{"too many connections", live, pg("53300"), true, "pg:53300"},
 		{"statement timeout", live, pg("57014"), true, "pg:57014"},
 		{"unique violation", live, pg("23505"), false, "pg:23505"},

@@ -89,8 +89,9 @@
 //	PostgreSQL class 08 (connection), 53 (out of
 //	  connections, memory or disk), 58 (I/O);
 //	  57P01/57P02 shutdown, 57P03 cannot connect
-//	  now, 57P05 idle session timeout, 57014
-//	  statement timeout                               yes        pg:<SQLSTATE>
+//	  now, 57P05 and 25P03 idle session and idle
+//	  in transaction timeouts, 57014 statement
+//	  timeout                                         yes        pg:<SQLSTATE>
 //	every other PostgreSQL error (constraints, bad
 //	  SQL, 57P04 database dropped…)                   no         pg:<SQLSTATE>
 //	a broken or refused connection: pgconn's
