@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"storagecp.dev/platform/apierr"
+	"storagecp.dev/platform/db"
 )
 
 // Rebuild budgets (docs/operations.md, "Rebuild budgets"): limits on
@@ -313,15 +315,28 @@ func (s *Store) AdmitRebuild(ctx context.Context, c RebuildClaim, alloc Allocate
 		return uuid.Nil, err
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, rebuildLockKey); err != nil {
+	// The lock is a session's, held across the allocation call, when the
+	// session idles outside any transaction. A leader stopped there
+	// (SIGSTOP, a frozen machine) would hold it for as long as it is
+	// stopped, and its successor's admissions would wait on it; so while
+	// the lock is held the server ends the session once it has idled for
+	// db.IdleInTransactionTimeout, which frees the lock. The bound is the
+	// one a stopped transaction gets, far above an allocation call.
+	var idleBefore string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('idle_session_timeout'),
+		set_config('idle_session_timeout', $2, false), pg_advisory_lock($1)`,
+		rebuildLockKey, strconv.FormatInt(db.IdleInTransactionTimeout.Milliseconds(), 10)).Scan(&idleBefore, nil, nil); err != nil {
+		_ = conn.Conn().Close(ctx)
 		return uuid.Nil, fmt.Errorf("rebuild admission lock: %w", err)
 	}
 	defer func() {
 		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, rebuildLockKey); err != nil {
-			// A connection that may still hold the lock must not go back
-			// to the pool; closing it releases the lock.
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1), set_config('idle_session_timeout', $2, false)`,
+			rebuildLockKey, idleBefore); err != nil {
+			// A connection that may still hold the lock, or still carry
+			// the bound, must not go back to the pool; closing it
+			// releases the lock.
 			_ = conn.Conn().Close(uctx)
 		}
 	}()
@@ -364,6 +379,12 @@ func (s *Store) AdmitRebuild(ctx context.Context, c RebuildClaim, alloc Allocate
 	sources := c.Sources
 	if sources == nil {
 		sources = []uuid.UUID{}
+	}
+	// The lock is still ours only if the session outlived the allocation:
+	// one that idled past the bound (this process stopped, or an
+	// allocation that slow) has been ended, and the slot is not recorded.
+	if err := conn.Ping(ctx); err != nil {
+		return uuid.Nil, fmt.Errorf("rebuild admission lock lost during the allocation: %w", err)
 	}
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM rebuild_slot sl WHERE NOT `+slotHeldSQL); err != nil {

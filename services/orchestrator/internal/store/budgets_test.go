@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"storagecp.dev/orchestrator/internal/store"
+	"storagecp.dev/platform/db"
 	"storagecp.dev/platform/pgtest"
 )
 
@@ -256,4 +257,62 @@ func TestSetPriority(t *testing.T) {
 		t.Fatalf("priority %d live copies %d, want 7 and -1 (not counted)", got.Priority, got.LiveCopies)
 	}
 	wantErr(t, s.SetPriority(ctx, uuid.New(), 1), store.ErrNotFound)
+}
+
+// A leader stopped inside an admission (its allocation call never
+// returns while it is stopped) holds the admission lock in a session
+// idling outside any transaction. Its successor's admissions go on once
+// the server has ended that session, after db.IdleInTransactionTimeout;
+// the stopped one, resumed, records nothing, since its lock is gone.
+func TestAdmissionLockFreedFromAStoppedLeader(t *testing.T) {
+	ctx := context.Background()
+	l := store.Limits{RackRebuilds: 4}
+	pool := pgtest.NewPool(t, "orchestrator")
+	old := store.New(pool, store.WithRebuildLimits(l))
+	next := store.New(pool, store.WithRebuildLimits(l))
+	p := &placer{sleds: sleds(3), placed: map[uuid.UUID]uuid.UUID{}}
+
+	stoppedID, stoppedSaga := allocatingRO(t, old)
+	entered, resume := make(chan struct{}), make(chan struct{})
+	stoppedErr := make(chan error, 1)
+	go func() {
+		_, err := old.AdmitRebuild(ctx, store.RebuildClaim{RecordID: stoppedID, Kind: store.RebuildClone, SagaID: stoppedSaga},
+			func(ctx context.Context, exclude []uuid.UUID) (uuid.UUID, error) {
+				close(entered)
+				<-resume
+				return p.alloc(stoppedID)(ctx, exclude)
+			})
+		stoppedErr <- err
+	}()
+	<-entered
+	defer func() {
+		select {
+		case <-resume:
+		default:
+			close(resume)
+		}
+	}()
+
+	id, saga := allocatingRO(t, next)
+	admitted := make(chan error, 1)
+	began := time.Now()
+	go func() {
+		_, err := next.AdmitRebuild(ctx, store.RebuildClaim{RecordID: id, Kind: store.RebuildClone, SagaID: saga}, p.alloc(id))
+		admitted <- err
+	}()
+	select {
+	case err := <-admitted:
+		must(t, err)
+		t.Logf("admitted %s after the other admission stopped", time.Since(began).Round(time.Millisecond))
+	case <-time.After(db.IdleInTransactionTimeout + 20*time.Second):
+		t.Fatalf("no admission %s after a leader stopped inside one: its session still holds the lock", time.Since(began).Round(time.Millisecond))
+	}
+
+	close(resume)
+	if err := <-stoppedErr; err == nil {
+		t.Fatal("the stopped admission recorded its slot after its lock was freed")
+	}
+	if u := checkUse(t, next, l); u.Rack != 1 {
+		t.Fatalf("rack use %d, want 1: only the successor's admission holds a slot", u.Rack)
+	}
 }
