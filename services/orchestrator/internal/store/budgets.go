@@ -326,6 +326,8 @@ func (s *Store) AdmitRebuild(ctx context.Context, c RebuildClaim, alloc Allocate
 	if err := conn.QueryRow(ctx, `SELECT current_setting('idle_session_timeout'),
 		set_config('idle_session_timeout', $2, false), pg_advisory_lock($1)`,
 		rebuildLockKey, strconv.FormatInt(db.IdleInTransactionTimeout.Milliseconds(), 10)).Scan(&idleBefore, nil, nil); err != nil {
+		// The answer may have been lost after the lock was taken: like
+		// a failed unlock, the connection must not go back to the pool.
 		_ = conn.Conn().Close(ctx)
 		return uuid.Nil, fmt.Errorf("rebuild admission lock: %w", err)
 	}
