@@ -2,7 +2,6 @@ package db_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"storagecp.dev/platform/db"
@@ -29,14 +28,7 @@ func TestOpenBoundsIdleTransactions(t *testing.T) {
 	if got, want := show(dsn), db.IdleInTransactionTimeout.String(); got != want {
 		t.Fatalf("idle_in_transaction_session_timeout %s, want %s", got, want)
 	}
-	sep := " "
-	if strings.Contains(dsn, "://") {
-		sep = "&"
-		if !strings.Contains(dsn, "?") {
-			sep = "?"
-		}
-	}
-	if got := show(dsn + sep + "idle_in_transaction_session_timeout=7000"); got != "7s" {
+	if got := show(withParam(dsn, "idle_in_transaction_session_timeout=7000")); got != "7s" {
 		t.Fatalf("a DSN's own timeout: %s, want 7s", got)
 	}
 }

@@ -19,18 +19,20 @@ import (
 // a test runs on the session the previous one left behind.
 func onePool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	dsn := pgtest.NewDSN(t, "ids")
-	if strings.Contains(dsn, "?") {
-		dsn += "&pool_max_conns=1"
-	} else {
-		dsn += " pool_max_conns=1"
-	}
-	pool, err := db.Open(context.Background(), dsn)
+	pool, err := db.Open(context.Background(), withParam(pgtest.NewDSN(t, "ids"), "pool_max_conns=1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// withParam adds key=value to a DSN, a URL or a keyword/value string.
+func withParam(dsn, kv string) string {
+	if strings.Contains(dsn, "?") {
+		return dsn + "&" + kv
+	}
+	return dsn + " " + kv
 }
 
 func count(t *testing.T, pool *pgxpool.Pool) int {
